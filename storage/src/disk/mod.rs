@@ -1,0 +1,64 @@
+//! The disk the engine runs on, as a small async trait.
+//!
+//! The engine never names a path or a runtime: it asks a [`Disk`] for files by name inside one
+//! directory. `ringkv-io` implements it over glommio DMA files (O_DIRECT, io_uring);
+//! [`memory::MemDisk`] implements it in memory with fault injection for tests and the simulator.
+//!
+//! Contracts every implementation keeps:
+//! - `write_at` offsets and lengths are multiples of [`ALIGNMENT`] (O_DIRECT needs it); the
+//!   engine pads. Reads may be of any offset and length.
+//! - When `sync` resolves `Ok`, every `write_at` that resolved before it was called is durable.
+//! - When `sync_dir` resolves `Ok`, every create, rename and remove that resolved before it is
+//!   durable.
+//! - Futures need not be `Send`: glommio's are not.
+
+pub mod memory;
+
+use bytes::Bytes;
+use std::io;
+
+/// Write alignment for files: O_DIRECT writes must start and end on this boundary.
+pub const ALIGNMENT: usize = 4096;
+
+/// Rounds `n` up to the next multiple of [`ALIGNMENT`].
+pub const fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGNMENT as u64) * ALIGNMENT as u64
+}
+
+/// A directory of files the engine owns.
+#[allow(async_fn_in_trait)] // Deliberate: glommio futures are !Send, so no Send bound is wanted.
+pub trait Disk {
+    /// A file opened for reading and writing.
+    type File: DiskFile;
+
+    /// Creates a new, empty file. Fails if it exists. The name is durable after `sync_dir`.
+    async fn create(&self, name: &str) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Removes a file. Open handles stay readable until dropped.
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to` if it exists.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Lists the names of the files in the directory.
+    async fn list(&self) -> io::Result<Vec<String>>;
+    /// Makes creates, renames and removes durable (fsync of the directory).
+    async fn sync_dir(&self) -> io::Result<()>;
+    /// A cooperative scheduling point: long loops (flush, compaction) call it between blocks so
+    /// that foreground requests keep their latency. May return at once.
+    async fn yield_point(&self);
+}
+
+/// One open file.
+#[allow(async_fn_in_trait)]
+pub trait DiskFile {
+    /// Writes all of `data` at `offset`. Both are multiples of [`ALIGNMENT`].
+    /// Not durable until [`DiskFile::sync`] resolves.
+    async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
+    /// Makes every completed write durable (fdatasync). When this resolves `Ok`, the data is on
+    /// stable storage; an `Err` means some of it may not be, and the caller must fail-stop.
+    async fn sync(&self) -> io::Result<()>;
+    /// The file's current size in bytes.
+    async fn size(&self) -> io::Result<u64>;
+}

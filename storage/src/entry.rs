@@ -1,0 +1,183 @@
+//! What the engine stores for a key: a version, and either a value (with an optional expiry) or
+//! a tombstone (with its deletion time), plus the one byte encoding both the WAL and SSTables use.
+//!
+//! Encoding, little-endian:
+//! ```text
+//! flags u8 | version u64 | time_ms u64 | key_len u16 | key | value_len u32 | value
+//! ```
+//! `flags` bit 0: tombstone; bit 1: the value has an expiry. `time_ms` is the expiry of a value
+//! (0 when none) or the deletion time of a tombstone.
+
+use bytes::{BufMut, Bytes};
+
+/// Flag bit: the entry is a tombstone.
+const FLAG_TOMBSTONE: u8 = 1;
+/// Flag bit: the value expires at `time_ms`.
+const FLAG_EXPIRES: u8 = 2;
+/// Bytes of an encoded entry before the key.
+pub const ENTRY_HEADER_BYTES: usize = 1 + 8 + 8 + 2;
+
+/// A value or its absence, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// A live value, expiring at `expires_at_ms` (caller's clock, milliseconds) if set.
+    Live { data: Bytes, expires_at_ms: Option<u64> },
+    /// A delete, made at `deleted_at_ms`; kept for the tombstone grace period.
+    Tombstone { deleted_at_ms: u64 },
+}
+
+/// One key's stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Caller-supplied version (a hybrid logical clock timestamp in ringkv).
+    pub version: u64,
+    /// The value or tombstone.
+    pub value: Value,
+}
+
+impl Entry {
+    /// A live value.
+    pub fn live(version: u64, data: Bytes, expires_at_ms: Option<u64>) -> Self {
+        Entry { version, value: Value::Live { data, expires_at_ms } }
+    }
+
+    /// A tombstone.
+    pub fn tombstone(version: u64, deleted_at_ms: u64) -> Self {
+        Entry { version, value: Value::Tombstone { deleted_at_ms } }
+    }
+
+    /// True when a reader at `now_ms` must see this entry as absent: a tombstone, or a value
+    /// whose expiry has passed.
+    pub fn is_absent_at(&self, now_ms: u64) -> bool {
+        match &self.value {
+            Value::Tombstone { .. } => true,
+            Value::Live { expires_at_ms: Some(at), .. } => *at <= now_ms,
+            Value::Live { expires_at_ms: None, .. } => false,
+        }
+    }
+
+    /// When the entry stopped being visible (deletion or expiry time), if it has.
+    pub fn dead_since_ms(&self, now_ms: u64) -> Option<u64> {
+        match &self.value {
+            Value::Tombstone { deleted_at_ms } => Some(*deleted_at_ms),
+            Value::Live { expires_at_ms: Some(at), .. } if *at <= now_ms => Some(*at),
+            Value::Live { .. } => None,
+        }
+    }
+
+    /// The value bytes, if live.
+    pub fn data(&self) -> Option<&Bytes> {
+        match &self.value {
+            Value::Live { data, .. } => Some(data),
+            Value::Tombstone { .. } => None,
+        }
+    }
+
+    /// Size of this entry encoded with a key of `key_len` bytes.
+    pub fn encoded_len(&self, key_len: usize) -> usize {
+        ENTRY_HEADER_BYTES + key_len + 4 + self.data().map_or(0, Bytes::len)
+    }
+
+    /// Appends the encoding of `(key, self)` to `out`.
+    pub fn encode(&self, key: &[u8], out: &mut impl BufMut) {
+        debug_assert!(key.len() <= u16::MAX as usize);
+        let (flags, time_ms, data): (u8, u64, &[u8]) = match &self.value {
+            Value::Live { data, expires_at_ms: Some(at) } => (FLAG_EXPIRES, *at, data),
+            Value::Live { data, expires_at_ms: None } => (0, 0, data),
+            Value::Tombstone { deleted_at_ms } => (FLAG_TOMBSTONE, *deleted_at_ms, &[]),
+        };
+        out.put_u8(flags);
+        out.put_u64_le(self.version);
+        out.put_u64_le(time_ms);
+        out.put_u16_le(key.len() as u16);
+        out.put_slice(key);
+        out.put_u32_le(data.len() as u32);
+        out.put_slice(data);
+    }
+
+    /// Decodes one entry from the front of `buf`, a slice of `whole` (so values are zero-copy
+    /// slices of it). Returns the key, the entry and the bytes consumed; `Err` names what is wrong.
+    pub fn decode(whole: &Bytes, start: usize) -> Result<(Bytes, Entry, usize), &'static str> {
+        let buf = whole.get(start..).ok_or("entry starts past the end")?;
+        if buf.len() < ENTRY_HEADER_BYTES {
+            return Err("entry header truncated");
+        }
+        let flags = buf[0];
+        if flags & !(FLAG_TOMBSTONE | FLAG_EXPIRES) != 0 {
+            return Err("unknown entry flags");
+        }
+        let version = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
+        let time_ms = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes"));
+        let key_len = u16::from_le_bytes(buf[17..19].try_into().expect("2 bytes")) as usize;
+        let key_end = ENTRY_HEADER_BYTES + key_len;
+        if key_len == 0 || key_len > crate::KEY_BYTES_MAX || buf.len() < key_end + 4 {
+            return Err("entry key truncated or out of limits");
+        }
+        let value_len = u32::from_le_bytes(buf[key_end..key_end + 4].try_into().expect("4 bytes")) as usize;
+        let value_start = key_end + 4;
+        if value_len > crate::VALUE_BYTES_MAX || buf.len() < value_start + value_len {
+            return Err("entry value truncated or out of limits");
+        }
+        let key = whole.slice(start + ENTRY_HEADER_BYTES..start + key_end);
+        let value = if flags & FLAG_TOMBSTONE != 0 {
+            if value_len != 0 || flags & FLAG_EXPIRES != 0 {
+                return Err("tombstone with a value");
+            }
+            Value::Tombstone { deleted_at_ms: time_ms }
+        } else {
+            let data = whole.slice(start + value_start..start + value_start + value_len);
+            let expires_at_ms = (flags & FLAG_EXPIRES != 0).then_some(time_ms);
+            Value::Live { data, expires_at_ms }
+        };
+        Ok((key, Entry { version, value }, value_start + value_len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_kind() {
+        let entries = [
+            Entry::live(7, Bytes::from_static(b"value"), None),
+            Entry::live(8, Bytes::from_static(b""), Some(1_000)),
+            Entry::tombstone(9, 55),
+        ];
+        let mut buf = Vec::new();
+        for entry in &entries {
+            entry.encode(b"key", &mut buf);
+        }
+        let whole = Bytes::from(buf);
+        let mut at = 0;
+        for expected in &entries {
+            let (key, entry, used) = Entry::decode(&whole, at).unwrap();
+            assert_eq!(&key[..], b"key");
+            assert_eq!(&entry, expected);
+            assert_eq!(used, expected.encoded_len(3));
+            at += used;
+        }
+        assert_eq!(at, whole.len());
+    }
+
+    #[test]
+    fn rejects_truncation_and_bad_flags() {
+        let mut buf = Vec::new();
+        Entry::live(1, Bytes::from_static(b"abc"), None).encode(b"k", &mut buf);
+        let whole = Bytes::from(buf.clone());
+        for cut in 0..whole.len() {
+            assert!(Entry::decode(&whole.slice(..cut), 0).is_err(), "cut at {cut}");
+        }
+        buf[0] = 0x80;
+        assert!(Entry::decode(&Bytes::from(buf), 0).is_err());
+    }
+
+    #[test]
+    fn expiry_hides_value_from_then_on() {
+        let entry = Entry::live(1, Bytes::from_static(b"v"), Some(100));
+        assert!(!entry.is_absent_at(99));
+        assert!(entry.is_absent_at(100));
+        assert_eq!(entry.dead_since_ms(150), Some(100));
+        assert_eq!(entry.dead_since_ms(50), None);
+    }
+}

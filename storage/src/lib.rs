@@ -1,0 +1,33 @@
+//! # ringkv-storage
+//!
+//! The per-shard LSM storage engine of ringkv. One instance per core; it is single-threaded and
+//! owns no clock, no randomness and no runtime: files come through the [`disk::Disk`] trait,
+//! times come in as arguments (`now_ms`), and versions are supplied by the caller.
+//!
+//! ```text
+//!  put/delete/cas ──▶ WAL buffer ──group commit──▶ one fdatasync ──▶ futures resolve
+//!        │
+//!        └──▶ memtable ──(full)──▶ sealed ──flush──▶ SSTable ──compaction──▶ merged SSTable
+//!  get ──▶ memtable ─▶ sealed memtable ─▶ per table: bloom filter ─▶ block index ─▶ block cache ─▶ disk
+//! ```
+//!
+//! ## Layout
+//! - [`entry`]: the stored form of a key's state and its byte encoding.
+//! - [`disk`]: the async disk trait; [`disk::memory`] is an in-memory disk with fault injection.
+//! - [`options`]: tuning, including the sync mode.
+//! - [`error`]: the crate's error type.
+
+pub mod disk;
+pub mod entry;
+pub mod error;
+pub mod options;
+
+pub use disk::{Disk, DiskFile};
+pub use entry::{Entry, Value};
+pub use error::{Result, StorageError};
+pub use options::{EngineOptions, SyncMode};
+
+/// Longest key accepted, in bytes.
+pub const KEY_BYTES_MAX: usize = 256;
+/// Largest value accepted, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;

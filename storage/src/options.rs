@@ -1,0 +1,52 @@
+//! Engine configuration. Every default works for one shard on one machine.
+
+/// When a write's future resolves relative to the WAL sync that makes it durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// A write resolves only after an fdatasync covering it (group commit shares one sync
+    /// between every write queued while the previous sync ran). The default.
+    Always,
+    /// A write resolves once it is in the WAL buffer; the owner of the engine calls
+    /// [`crate::Engine::sync`] every `interval_ms`, so at most that much is lost on power loss.
+    Periodic { interval_ms: u64 },
+}
+
+/// Tuning for one engine instance.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// When writes are acknowledged.
+    pub sync: SyncMode,
+    /// The active memtable is sealed and flushed once it holds this many bytes.
+    pub memtable_bytes_max: usize,
+    /// Bytes of verified SSTable blocks kept in memory (O_DIRECT bypasses the page cache).
+    pub block_cache_bytes: usize,
+    /// A WAL segment is closed and a new one started past this size.
+    pub wal_segment_bytes_max: u64,
+    /// In periodic mode, buffered WAL bytes are written (not synced) past this size.
+    pub wal_buffer_bytes_max: usize,
+    /// Tombstones and expired values are kept at least this long after their deletion or
+    /// expiry before compaction may purge them, so replicas can learn of the delete first.
+    pub tombstone_grace_ms: u64,
+    /// Bloom filter bits per key in each SSTable (10 gives about 1% false positives).
+    pub bloom_bits_per_key: u32,
+    /// Size-tiered compaction: merge once this many similar-sized tables exist.
+    pub compaction_width_min: usize,
+    /// Most tables merged by one compaction.
+    pub compaction_width_max: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            sync: SyncMode::Always,
+            memtable_bytes_max: 64 << 20,
+            block_cache_bytes: 256 << 20,
+            wal_segment_bytes_max: 128 << 20,
+            wal_buffer_bytes_max: 1 << 20,
+            tombstone_grace_ms: 10 * 24 * 3600 * 1000,
+            bloom_bits_per_key: 10,
+            compaction_width_min: 4,
+            compaction_width_max: 16,
+        }
+    }
+}
