@@ -16,11 +16,13 @@
 //! - [`disk`]: the async disk trait; [`disk::memory`] is an in-memory disk with fault injection.
 //! - [`options`]: tuning, including the sync mode.
 //! - [`error`]: the crate's error type.
+//! - [`wal`]: write-ahead log segments, records, recovery scan and the group-commit writer.
 
 pub mod disk;
 pub mod entry;
 pub mod error;
 pub mod options;
+pub mod wal;
 
 pub use disk::{Disk, DiskFile};
 pub use entry::{Entry, Value};

@@ -1,0 +1,278 @@
+//! The group-commit WAL writer.
+//!
+//! Writers append records to an in-memory buffer synchronously (so the order of records is the
+//! order of sequence numbers), then wait for a commit covering their record. One waiter at a time
+//! becomes the leader: it takes the whole buffer, writes it as one padded, aligned write and, for
+//! durable commits, one fdatasync. Everything appended while that ran is taken by the next leader,
+//! so under load one sync covers many writes (group commit).
+//!
+//! A failed write or sync poisons the writer for good: the records may or may not be on disk, and
+//! retrying the sync could report success for pages the kernel already dropped (the "fsyncgate"
+//! lesson), so nothing is acknowledged after it.
+
+use super::record;
+use super::segment_file_name;
+use crate::disk::{align_up, Disk, DiskFile};
+use crate::{Result, StorageError};
+use event_listener::Event;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// A closed or current segment and the last sequence number written to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The segment's file number.
+    pub number: u64,
+    /// The highest sequence number it holds (0 if none).
+    pub last_seq: u64,
+}
+
+struct State<F> {
+    file: Rc<F>,
+    number: u64,
+    /// Where the next group write goes: always a multiple of the alignment.
+    offset: u64,
+    /// Written to `file` since its last sync.
+    dirty: bool,
+    buffer: Vec<u8>,
+    /// Highest sequence number appended (to the buffer or earlier).
+    appended_seq: u64,
+    /// Highest sequence number written to a file.
+    written_seq: u64,
+    /// Highest sequence number made durable by a sync.
+    durable_seq: u64,
+    committing: bool,
+    failure: Option<String>,
+    /// Closed segments still needed for recovery, oldest first.
+    closed: Vec<SegmentInfo>,
+}
+
+/// The write-ahead log of one engine.
+pub struct WalWriter<D: Disk> {
+    disk: Rc<D>,
+    next_file_number: Rc<Cell<u64>>,
+    segment_bytes_max: u64,
+    state: RefCell<State<D::File>>,
+    committed: Event,
+    /// Bytes handed to the disk, padding included (for write amplification figures).
+    bytes_written: Cell<u64>,
+}
+
+impl<D: Disk> WalWriter<D> {
+    /// Starts a new, empty segment. `closed` lists older segments that recovery replayed and that
+    /// stay until a flush makes them obsolete; `last_seq` is the highest sequence number in use.
+    pub async fn create(
+        disk: Rc<D>,
+        next_file_number: Rc<Cell<u64>>,
+        segment_bytes_max: u64,
+        closed: Vec<SegmentInfo>,
+        last_seq: u64,
+    ) -> Result<Self> {
+        let (file, number) = create_segment(disk.as_ref(), &next_file_number).await?;
+        let state = State {
+            file: Rc::new(file),
+            number,
+            offset: 0,
+            dirty: false,
+            buffer: Vec::with_capacity(64 << 10),
+            appended_seq: last_seq,
+            written_seq: last_seq,
+            durable_seq: last_seq,
+            committing: false,
+            failure: None,
+            closed,
+        };
+        Ok(WalWriter {
+            disk,
+            next_file_number,
+            segment_bytes_max,
+            state: RefCell::new(state),
+            committed: Event::new(),
+            bytes_written: Cell::new(0),
+        })
+    }
+
+    /// Appends one record to the buffer. `seq` must be the next sequence number.
+    pub fn append(
+        &self,
+        seq: u64,
+        payload_len: usize,
+        write_payload: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<()> {
+        let mut state = self.state.borrow_mut();
+        if let Some(reason) = &state.failure {
+            return Err(StorageError::Poisoned { reason: reason.clone() });
+        }
+        assert_eq!(seq, state.appended_seq + 1, "WAL sequence numbers must be contiguous");
+        record::encode(&mut state.buffer, seq, payload_len, write_payload);
+        state.appended_seq = seq;
+        Ok(())
+    }
+
+    /// Bytes appended but not yet handed to the disk.
+    pub fn buffered_bytes(&self) -> usize {
+        self.state.borrow().buffer.len()
+    }
+
+    /// Highest sequence number appended.
+    pub fn appended_seq(&self) -> u64 {
+        self.state.borrow().appended_seq
+    }
+
+    /// Highest sequence number known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.state.borrow().durable_seq
+    }
+
+    /// The reason the writer failed, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.state.borrow().failure.clone()
+    }
+
+    /// Bytes written to segment files so far, padding included.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.get()
+    }
+
+    /// Resolves once every record up to `seq` is written to its segment and, if `durable`, synced.
+    /// When this resolves `Ok` with `durable`, those records survive power loss.
+    pub async fn commit_through(&self, seq: u64, durable: bool) -> Result<()> {
+        loop {
+            let listener = {
+                let state = self.state.borrow();
+                if let Some(reason) = &state.failure {
+                    return Err(StorageError::Poisoned { reason: reason.clone() });
+                }
+                let done = if durable { state.durable_seq } else { state.written_seq };
+                if done >= seq {
+                    return Ok(());
+                }
+                if state.committing {
+                    Some(self.committed.listen())
+                } else {
+                    None
+                }
+            };
+            match listener {
+                // Another caller is the leader; its commit (or the next) covers this record.
+                Some(listener) => listener.await,
+                None => self.lead_commit(durable).await,
+            }
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub async fn sync(&self) -> Result<()> {
+        let seq = self.appended_seq();
+        self.commit_through(seq, true).await
+    }
+
+    /// Removes closed segments whose records are all at or below `flushed_seq` from the list and
+    /// returns their file names for deletion.
+    pub fn take_obsolete(&self, flushed_seq: u64) -> Vec<String> {
+        let mut state = self.state.borrow_mut();
+        let (obsolete, kept): (Vec<_>, Vec<_>) =
+            state.closed.iter().partition(|segment| segment.last_seq <= flushed_seq);
+        state.closed = kept;
+        obsolete.into_iter().map(|segment| segment_file_name(segment.number)).collect()
+    }
+
+    /// Segments still needed for recovery, including the current one.
+    pub fn live_segments(&self) -> Vec<SegmentInfo> {
+        let state = self.state.borrow();
+        let mut segments = state.closed.clone();
+        segments.push(SegmentInfo { number: state.number, last_seq: state.written_seq });
+        segments
+    }
+
+    async fn lead_commit(&self, durable: bool) {
+        let outcome = self.write_buffer(durable).await;
+        let mut state = self.state.borrow_mut();
+        state.committing = false;
+        if let Err(error) = outcome {
+            tracing::error!(%error, "WAL write failed; the engine refuses writes from now on");
+            state.failure.get_or_insert_with(|| error.to_string());
+        }
+        drop(state);
+        self.committed.notify(usize::MAX);
+    }
+
+    async fn write_buffer(&self, durable: bool) -> Result<()> {
+        let (mut data, last_seq, roll) = {
+            let mut state = self.state.borrow_mut();
+            state.committing = true;
+            let data = std::mem::take(&mut state.buffer);
+            let roll = !data.is_empty()
+                && state.offset > 0
+                && state.offset + data.len() as u64 > self.segment_bytes_max;
+            (data, state.appended_seq, roll)
+        };
+        if roll {
+            self.roll_segment().await?;
+        }
+        let (file, offset, number) = {
+            let state = self.state.borrow();
+            (state.file.clone(), state.offset, state.number)
+        };
+        let name = || segment_file_name(number);
+        if !data.is_empty() {
+            data.resize(align_up(data.len() as u64) as usize, 0);
+            file.write_at(offset, &data).await.map_err(|error| StorageError::io("write", name(), error))?;
+            self.bytes_written.set(self.bytes_written.get() + data.len() as u64);
+            let mut state = self.state.borrow_mut();
+            state.offset += data.len() as u64;
+            state.dirty = true;
+            state.written_seq = last_seq;
+            if state.buffer.capacity() == 0 {
+                // Keep the allocation for the next group.
+                data.clear();
+                state.buffer = data;
+            }
+        }
+        let dirty = self.state.borrow().dirty;
+        if durable && dirty {
+            file.sync().await.map_err(|error| StorageError::io("fdatasync", name(), error))?;
+            let mut state = self.state.borrow_mut();
+            state.dirty = false;
+            state.durable_seq = state.durable_seq.max(last_seq);
+        } else if durable {
+            let mut state = self.state.borrow_mut();
+            state.durable_seq = state.durable_seq.max(last_seq);
+        }
+        Ok(())
+    }
+
+    /// Closes the current segment (syncing it) and starts the next one.
+    async fn roll_segment(&self) -> Result<()> {
+        let (old_file, old_number, dirty) = {
+            let state = self.state.borrow();
+            (state.file.clone(), state.number, state.dirty)
+        };
+        if dirty {
+            old_file
+                .sync()
+                .await
+                .map_err(|error| StorageError::io("fdatasync", segment_file_name(old_number), error))?;
+        }
+        let (file, number) = create_segment(self.disk.as_ref(), &self.next_file_number).await?;
+        let mut state = self.state.borrow_mut();
+        let closed = SegmentInfo { number: old_number, last_seq: state.written_seq };
+        state.closed.push(closed);
+        state.durable_seq = state.durable_seq.max(state.written_seq);
+        state.file = Rc::new(file);
+        state.number = number;
+        state.offset = 0;
+        state.dirty = false;
+        Ok(())
+    }
+}
+
+/// Creates the next segment file and makes its name durable before any record goes into it.
+async fn create_segment<D: Disk>(disk: &D, next_file_number: &Cell<u64>) -> Result<(D::File, u64)> {
+    let number = next_file_number.get();
+    next_file_number.set(number + 1);
+    let name = segment_file_name(number);
+    let file = disk.create(&name).await.map_err(|error| StorageError::io("create", name.clone(), error))?;
+    disk.sync_dir().await.map_err(|error| StorageError::io("fsync directory after creating", name, error))?;
+    Ok((file, number))
+}
