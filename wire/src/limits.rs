@@ -1,0 +1,79 @@
+//! Every bound the client protocol enforces, in one place, with the relations between them
+//! checked at compile time.
+//!
+//! Both sides use these numbers: the client checks a request before sending it, the server
+//! checks it again after verifying the frame, and the frame decoder refuses a length prefix above
+//! [`FRAME_BYTES_MAX`] before it reserves a single byte for the frame.
+
+use flatbuffers::VerifierOptions;
+
+/// Shortest key accepted, in bytes. An empty key would make "no key" and "the empty key"
+/// indistinguishable in logs and in the storage engine's ordering.
+pub const KEY_BYTES_MIN: usize = 1;
+
+/// Longest key accepted, in bytes. Keys travel in every replication message and sit in every
+/// index block, so they are kept short.
+pub const KEY_BYTES_MAX: usize = 256;
+
+/// Largest value accepted, in bytes (1 MiB). Larger objects belong in a blob store; a bounded
+/// value keeps one request from monopolising a shard's core or memory.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+
+/// Most operations one batch may carry. Bounds the work a single frame can queue on a shard
+/// and the size of the response vector.
+pub const BATCH_OPERATIONS_MAX: usize = 1024;
+
+/// Longest time-to-live accepted, in milliseconds (about ten years). Bounding it keeps
+/// `now_ms + ttl_ms` far from overflowing a `u64` on every node.
+pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
+
+/// Bytes of the little-endian `u32` length that starts every frame.
+pub const FRAME_LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Room in a frame for everything except one value: the key, the FlatBuffers tables, vtables,
+/// offsets and padding, and an error message.
+pub const FRAME_HEADROOM_BYTES: usize = 64 * 1024;
+
+/// Largest frame payload accepted (the length prefix excluded), in bytes. A frame holds at most
+/// one maximal value plus headroom; a batch may hold many small values but never more bytes
+/// than this in total.
+pub const FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX + FRAME_HEADROOM_BYTES;
+
+/// Deepest nesting of tables in a valid frame:
+/// `Request > Batch > BatchOperation > CompareAndSwap > ExpectVersion`. Responses nest at most
+/// three deep (`Response > OperationResult > Error`, `Response > Topology > Shard`). Raise it
+/// only together with a schema change that needs it.
+pub const TABLE_DEPTH_MAX: usize = 5;
+
+/// Most tables in a valid frame. The largest legitimate frame is a full batch of
+/// compare-and-swap operations: the request, the batch, and per operation a `BatchOperation`,
+/// a `CompareAndSwap` and its expectation. A full batch response needs fewer (per result an
+/// `OperationResult` and at most one `Error`).
+pub const TABLES_MAX: usize = 3 * BATCH_OPERATIONS_MAX + 8;
+
+/// Verifier options for every frame this crate parses. FlatBuffers' defaults allow depth 64,
+/// a million tables and 2 GiB of apparent size, which would let one hostile frame cost far more
+/// CPU than its bytes suggest.
+pub const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
+    max_depth: TABLE_DEPTH_MAX,
+    max_tables: TABLES_MAX,
+    // The verifier adds up the sizes of everything it visits; a frame that reaches further than
+    // its own length can only do so by pointing at the same bytes many times.
+    max_apparent_size: FRAME_BYTES_MAX + FRAME_LENGTH_PREFIX_BYTES,
+    ignore_missing_null_terminator: false,
+};
+
+/// Bytes the protocol itself needs around one maximal key and value in a single `Put` or a
+/// `Value` response: root offset, tables, vtables, vector lengths, optional TTL and version.
+/// Generous on purpose; the tests measure the real figure.
+const SINGLE_OPERATION_ENVELOPE_BYTES: usize = 256;
+
+const _: () = assert!(KEY_BYTES_MIN >= 1 && KEY_BYTES_MIN <= KEY_BYTES_MAX);
+// A single maximal put must fit in one frame, or the value limit would be a lie.
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + SINGLE_OPERATION_ENVELOPE_BYTES <= FRAME_BYTES_MAX);
+// The length prefix is a u32, and FlatBuffers offsets are signed 32-bit: stay far below both.
+const _: () = assert!(FRAME_BYTES_MAX + FRAME_LENGTH_PREFIX_BYTES <= i32::MAX as usize);
+// A full batch of compare-and-swap operations must pass the table limit.
+const _: () = assert!(TABLES_MAX >= 2 + 3 * BATCH_OPERATIONS_MAX);
+// A batch must be able to carry at least one operation per entry with a minimal key.
+const _: () = assert!(BATCH_OPERATIONS_MAX * (KEY_BYTES_MIN + 64) <= FRAME_BYTES_MAX);
