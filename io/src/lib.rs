@@ -1,1 +1,27 @@
-//! placeholder crate root; replaced by the io helper
+//! # ringkv-io
+//!
+//! The only ringkv crate that touches glommio and io_uring. Everything above it (the storage
+//! engine, the replication engine) is written against small traits and plain values; this crate
+//! supplies the real thing on a thread-per-core glommio executor.
+//!
+//! ```text
+//!  storage engine ──Disk / DiskFile calls──▶ DmaDisk / DmaDiskFile ──O_DIRECT via io_uring──▶ disk
+//!  shard start-up ──ExecutorBuilder::run / spawn──▶ one glommio LocalExecutor per core
+//!  compaction     ──spawn into low_priority_queue()──▶ runs only when foreground work leaves room
+//!  callers        ──clock::now_ms()──▶ wall-clock milliseconds, passed into the engines as data
+//! ```
+//!
+//! ## Layout
+//! - [`dma_disk`]: [`DmaDisk`] and [`DmaDiskFile`], the storage disk trait over glommio DMA
+//!   files, including the work-around for glommio's iopoll probe bug (see `DmaDisk::open`).
+//! - [`executor`]: starting a glommio executor (pinned or not, with a modest `io_memory`) and
+//!   running a future on it; the low-priority task queue for background work.
+//! - [`clock`]: the wall clock, the only one the engine's callers use.
+
+pub mod clock;
+pub mod dma_disk;
+pub mod executor;
+
+pub use clock::now_ms;
+pub use dma_disk::{DmaDisk, DmaDiskFile, PROBE_FILE_NAME};
+pub use executor::{low_priority_queue, run_local, ExecutorBuilder, TaskQueueHandle};

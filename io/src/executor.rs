@@ -1,0 +1,197 @@
+//! Starting glommio executors and running futures on them.
+//!
+//! A shard is one [`glommio::LocalExecutor`] pinned to one core. Tests and tools start many
+//! short-lived, unpinned executors instead. Both come from [`ExecutorBuilder`]; [`run_local`] is
+//! the one-line form for tests and tools.
+//!
+//! Every executor locks memory for its io_uring rings and its `io_memory` buffers (PITFALLS:
+//! `ulimit -l` is 8 MiB here), so the default `io_memory` is small: reads and writes larger
+//! than it still work, their buffers just come from the ordinary allocator.
+
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use std::future::Future;
+use std::io;
+use std::thread;
+use std::time::Duration;
+
+pub use glommio::TaskQueueHandle;
+
+/// Default memory registered with io_uring for DMA buffers, per executor. glommio's own default
+/// is 10 MiB; with `ulimit -l` at 8 MiB and tests starting executors in parallel, 1 MiB is the
+/// modest choice. Shards that want more set it with [`ExecutorBuilder::io_memory_bytes`].
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
+
+/// Shares of the low-priority task queue. glommio's default queue has 1000 shares, so when both
+/// are busy, background work gets about 1/11 of the core.
+pub const LOW_PRIORITY_SHARES: usize = 100;
+
+/// Configuration of one glommio executor: its name, whether it is pinned to a core, and its
+/// memory for DMA buffers.
+#[derive(Clone, Debug)]
+pub struct ExecutorBuilder {
+    name: String,
+    core: Option<usize>,
+    io_memory_bytes: usize,
+    spin_before_park: Option<Duration>,
+    preempt_timer: Option<Duration>,
+}
+
+impl ExecutorBuilder {
+    /// An unpinned executor named `name`, with [`IO_MEMORY_BYTES_DEFAULT`] of DMA memory, that
+    /// parks as soon as it is idle (no busy spinning: the machine's cores are shared).
+    pub fn new(name: &str) -> Self {
+        ExecutorBuilder {
+            name: name.to_string(),
+            core: None,
+            io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
+            spin_before_park: None,
+            preempt_timer: None,
+        }
+    }
+
+    /// Pins the executor's thread to CPU `core`.
+    pub fn pin_to_core(mut self, core: usize) -> Self {
+        self.core = Some(core);
+        self
+    }
+
+    /// Memory registered with io_uring for DMA buffers (glommio's minimum is 64 KiB).
+    pub fn io_memory_bytes(mut self, io_memory_bytes: usize) -> Self {
+        self.io_memory_bytes = io_memory_bytes;
+        self
+    }
+
+    /// Spins for `spin` before parking an idle executor: lower wake-up latency for a dedicated
+    /// core, at the price of burning it. Leave it off when cores are shared.
+    pub fn spin_before_park(mut self, spin: Duration) -> Self {
+        self.spin_before_park = Some(spin);
+        self
+    }
+
+    /// How often task queues are asked to yield (glommio's default is 100 ms).
+    pub fn preempt_timer(mut self, preempt_timer: Duration) -> Self {
+        self.preempt_timer = Some(preempt_timer);
+        self
+    }
+
+    fn glommio_builder(&self) -> LocalExecutorBuilder {
+        let placement = match self.core {
+            Some(core) => Placement::Fixed(core),
+            None => Placement::Unbound,
+        };
+        let mut builder =
+            LocalExecutorBuilder::new(placement).name(&self.name).io_memory(self.io_memory_bytes);
+        if let Some(spin) = self.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        if let Some(preempt_timer) = self.preempt_timer {
+            builder = builder.preempt_timer(preempt_timer);
+        }
+        builder
+    }
+
+    /// Starts the executor on the calling thread, runs `future` to completion and returns its
+    /// output. Fails if the executor cannot start (no io_uring, memory-lock limit, bad core).
+    ///
+    /// After the future completes, the executor runs one more reactor cycle before it is
+    /// dropped: files dropped without an explicit close queue their close on the ring, and
+    /// without that cycle the queued closes would never reach the kernel and the descriptors
+    /// would leak (glommio's own `OwnedDmaFile` example does the same).
+    pub fn run<T>(&self, future: impl Future<Output = T>) -> io::Result<T> {
+        let executor = self.glommio_builder().make().map_err(|error| {
+            let error = io::Error::from(error);
+            io::Error::new(error.kind(), format!("starting executor {}: {error}", self.name))
+        })?;
+        let output = executor.run(future);
+        executor.run(async {});
+        Ok(output)
+    }
+
+    /// Starts the executor on a new thread named after it and runs the future that
+    /// `make_future` returns there. The future itself need not be `Send` (glommio futures are
+    /// not); only the closure that builds it and the output cross threads.
+    ///
+    /// Joining the handle gives the output, or the error that kept the executor from starting.
+    pub fn spawn<MakeFuture, F, T>(
+        self,
+        make_future: MakeFuture,
+    ) -> io::Result<thread::JoinHandle<io::Result<T>>>
+    where
+        MakeFuture: FnOnce() -> F + Send + 'static,
+        F: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        thread::Builder::new().name(self.name.clone()).spawn(move || self.run(make_future()))
+    }
+}
+
+/// Runs `future` to completion on a new unpinned executor on the calling thread, with a modest
+/// `io_memory` and no busy spinning, and returns its output. Meant for tests and tools.
+///
+/// # Panics
+///
+/// If the executor cannot start (no io_uring, memory-lock limit), or if called from inside
+/// another glommio executor on the same thread.
+pub fn run_local<T>(name: &str, future: impl Future<Output = T>) -> T {
+    match ExecutorBuilder::new(name).run(future) {
+        Ok(output) => output,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+/// Creates a task queue for background work (compaction, repair) on the current executor: it
+/// has [`LOW_PRIORITY_SHARES`] against the default queue's 1000 and does not ask other queues to
+/// preempt often ([`Latency::NotImportant`]). Tasks spawned into it (`glommio::spawn_local_into`)
+/// run when foreground work leaves room, and must still call `yield_if_needed` in long loops.
+///
+/// Each call creates a new queue: create one per shard at start-up and keep the handle.
+///
+/// # Panics
+///
+/// If called outside a glommio executor.
+pub fn low_priority_queue() -> TaskQueueHandle {
+    glommio::executor().create_task_queue(
+        Shares::Static(LOW_PRIORITY_SHARES),
+        Latency::NotImportant,
+        "ringkv-background",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_local_returns_the_output() {
+        assert_eq!(run_local("executor-test", async { 40 + 2 }), 42);
+    }
+
+    #[test]
+    fn spawned_executor_returns_its_output() {
+        let handle = ExecutorBuilder::new("executor-spawn-test")
+            .io_memory_bytes(256 << 10)
+            .spawn(|| async { String::from("done") })
+            .unwrap();
+        assert_eq!(handle.join().unwrap().unwrap(), "done");
+    }
+
+    #[test]
+    fn pinning_to_a_missing_core_is_an_error() {
+        let result = ExecutorBuilder::new("executor-bad-core").pin_to_core(1 << 20).run(async {});
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn low_priority_queue_runs_tasks() {
+        let ran_in = run_local("executor-queue-test", async {
+            let queue = low_priority_queue();
+            let task = glommio::spawn_local_into(
+                async move { glommio::executor().current_task_queue() == queue },
+                queue,
+            )
+            .unwrap();
+            task.await
+        });
+        assert!(ran_in, "the task ran in the low-priority queue");
+    }
+}
