@@ -16,12 +16,16 @@
 //! - [`disk`]: the async disk trait; [`disk::memory`] is an in-memory disk with fault injection.
 //! - [`options`]: tuning, including the sync mode.
 //! - [`error`]: the crate's error type.
+//! - [`sstable`]: the immutable sorted table files: format, writer, point reads and scans.
+//! - [`block_cache`]: verified SSTable blocks kept in memory, weighted by bytes.
 //! - [`wal`]: write-ahead log segments, records, recovery scan and the group-commit writer.
 
+pub mod block_cache;
 pub mod disk;
 pub mod entry;
 pub mod error;
 pub mod options;
+pub mod sstable;
 pub mod wal;
 
 pub use disk::{Disk, DiskFile};
