@@ -12,6 +12,7 @@
 //! ```
 //!
 //! ## Layout
+//! - [`engine`]: the engine: write path with group commit, reads, scans, flush, compaction, recovery.
 //! - [`entry`]: the stored form of a key's state and its byte encoding.
 //! - [`disk`]: the async disk trait; [`disk::memory`] is an in-memory disk with fault injection.
 //! - [`options`]: tuning, including the sync mode.
@@ -21,14 +22,19 @@
 //! - [`wal`]: write-ahead log segments, records, recovery scan and the group-commit writer.
 
 pub mod block_cache;
+pub mod compaction;
 pub mod disk;
+pub mod engine;
 pub mod entry;
 pub mod error;
+pub mod manifest;
+pub mod memtable;
 pub mod options;
 pub mod sstable;
 pub mod wal;
 
 pub use disk::{Disk, DiskFile};
+pub use engine::{CasOutcome, Engine, EngineStats, Expected, RecoveryReport, ScanPage, Versioned};
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};
 pub use options::{EngineOptions, SyncMode};

@@ -244,8 +244,10 @@ impl DiskFile for MemFile {
     async fn sync(&self) -> io::Result<()> {
         take_budget(&mut self.dir.borrow_mut().faults.syncs_until_failure, "injected sync failure")?;
         let mut file = self.data.borrow_mut();
-        file.durable = file.current.clone();
-        file.unsynced.clear();
+        let file = &mut *file;
+        for (offset, bytes) in file.unsynced.drain(..) {
+            write_into(&mut file.durable, offset, &bytes);
+        }
         Ok(())
     }
 
