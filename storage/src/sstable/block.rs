@@ -306,6 +306,32 @@ mod tests {
         assert_eq!(block.entry_at(2, "t", 0).unwrap().1, entries[2].1);
     }
 
+    proptest::proptest! {
+        /// A stand-in for a fuzz target: payloads damaged past their checksum never panic the
+        /// parser, and a block it accepts never panics a lookup.
+        #[test]
+        fn damaged_payloads_never_panic(
+            damage in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let entries: Vec<_> = (0..20u32)
+                .map(|n| (format!("k{n:02}").into_bytes(), Entry::live(n.into(), Bytes::from(vec![1; n as usize]), None)))
+                .collect();
+            let (_, len, frame) = build(&entries).remove(0);
+            let mut payload = frame[4..len - 4].to_vec();
+            for (at, byte) in damage {
+                let at = at % payload.len();
+                payload[at] = byte;
+            }
+            if let Ok(block) = Block::parse(Bytes::from(payload), "t", 0) {
+                for index in 0..block.len() {
+                    let _ = block.entry_at(index, "t", 0);
+                }
+                block.seek(b"k10");
+                block.find(b"k10");
+            }
+        }
+    }
+
     #[test]
     fn structural_damage_under_a_valid_checksum_is_corruption() {
         let entries = vec![

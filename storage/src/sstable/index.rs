@@ -83,7 +83,8 @@ impl Index {
         let smallest_len = u16::from_le_bytes(take(&payload, &mut at).ok_or_else(|| corrupt("truncated"))?);
         let smallest_range = at..at + smallest_len as usize;
         at = smallest_range.end;
-        if at > payload.len() || (block_count > 0 && !key_ok(smallest_len as usize)) {
+        let smallest_ok = if block_count == 0 { smallest_len == 0 } else { key_ok(smallest_len as usize) };
+        if at > payload.len() || !smallest_ok {
             return Err(corrupt("bad smallest key"));
         }
         // Each entry takes at least 2 + 1 + 8 + 4 bytes; bound the allocation by what fits.
@@ -214,6 +215,28 @@ mod tests {
         let mut encoded = Vec::new();
         unordered.encode(b"a", &mut encoded);
         assert!(Index::decode(Bytes::from(encoded), "t", 0, 8192).is_err());
+    }
+
+    proptest::proptest! {
+        /// A stand-in for a fuzz target: damaged payloads (past their checksum) never panic.
+        #[test]
+        fn damaged_payloads_never_panic(
+            damage in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..6),
+        ) {
+            let (_, mut out) = sample();
+            for (at, byte) in damage {
+                let at = at % out.len();
+                out[at] = byte;
+            }
+            if let Ok(index) = Index::decode(Bytes::from(out), "t", 0, 16384) {
+                for key in [&b"a"[..], b"f", b"zz"] {
+                    let block = index.seek(key);
+                    if block < index.len() {
+                        index.handle(block);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
