@@ -209,6 +209,15 @@ pub fn encode_request<'builder>(
 ) -> Result<&'builder [u8], WireError> {
     request.validate()?;
     check_estimated_size(request)?;
+    build_request(builder, request)
+}
+
+/// Encodes without checking limits; the server-side tests use it to send what a well-behaved
+/// client never would.
+fn build_request<'builder>(
+    builder: &'builder mut FlatBufferBuilder<'_>,
+    request: &Request,
+) -> Result<&'builder [u8], WireError> {
     builder.reset();
     let (command_type, command) = match &request.command {
         Command::Single(operation) => {
@@ -366,6 +375,351 @@ fn encode_operation(
                 },
             );
             (OperationKind::CompareAndSwap, compare_and_swap.as_union_value())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+    use crate::ErrorCode;
+
+    fn bytes(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    fn every_operation() -> Vec<Operation> {
+        vec![
+            Operation::Get { key: bytes("user:1") },
+            Operation::Put { key: bytes("user:1"), value: bytes("alice"), ttl_ms: None },
+            Operation::Put { key: bytes("session"), value: Bytes::new(), ttl_ms: Some(30_000) },
+            Operation::Delete { key: bytes("user:2") },
+            Operation::CompareAndSwap {
+                key: bytes("counter"),
+                expected: Expected::Version(u64::MAX),
+                value: bytes("7"),
+                ttl_ms: None,
+            },
+            Operation::CompareAndSwap {
+                key: bytes("lock"),
+                expected: Expected::Absent,
+                value: bytes("owner-3"),
+                ttl_ms: Some(5_000),
+            },
+        ]
+    }
+
+    fn every_request() -> Vec<Request> {
+        let mut requests: Vec<Request> = every_operation()
+            .into_iter()
+            .enumerate()
+            .map(|(index, operation)| Request { id: index as u64 + 1, command: Command::Single(operation) })
+            .collect();
+        requests.push(Request { id: 100, command: Command::Batch(every_operation()) });
+        requests.push(Request { id: 101, command: Command::Batch(Vec::new()) });
+        requests.push(Request { id: 102, command: Command::Topology });
+        requests.push(Request { id: u64::MAX, command: Command::Ping });
+        requests
+    }
+
+    fn encode(request: &Request) -> Bytes {
+        Bytes::copy_from_slice(encode_request(&mut FlatBufferBuilder::new(), request).unwrap())
+    }
+
+    fn encode_without_checks(request: &Request) -> Bytes {
+        Bytes::copy_from_slice(build_request(&mut FlatBufferBuilder::new(), request).unwrap())
+    }
+
+    /// Builds a `Request` root by hand, for shapes the encoder never produces.
+    fn raw_request(
+        id: u64,
+        build_command: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> (fb::Command, Option<WIPOffset<UnionWIPOffset>>),
+    ) -> Bytes {
+        let mut builder = FlatBufferBuilder::new();
+        let (command_type, command) = build_command(&mut builder);
+        let root = fb::Request::create(&mut builder, &fb::RequestArgs { id, command_type, command });
+        builder.finish_size_prefixed(root, None);
+        Bytes::copy_from_slice(builder.finished_data())
+    }
+
+    fn assert_untrusted(frame: &Bytes) {
+        match parse_request(frame) {
+            Err(error @ RequestError { id: None, .. }) => {
+                assert!(error.closes_connection());
+                assert_eq!(error.response().id, CONNECTION_ERROR_ID);
+            }
+            other => panic!("expected an untrusted-frame error, got {other:?}"),
+        }
+    }
+
+    fn assert_rejected(frame: &Bytes, id: u64, expected: WireError) {
+        let error = parse_request(frame).unwrap_err();
+        assert_eq!(error, RequestError { id: Some(id), error: expected.clone() });
+        assert!(!error.closes_connection());
+        let response = error.response();
+        assert_eq!(response.id, id);
+        match response.reply {
+            Reply::Failed(failure) => {
+                assert_eq!(failure.code, expected.code());
+                assert_eq!(failure.message, expected.to_string());
+            }
+            other => panic!("expected a failure reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_request_kind_round_trips() {
+        for request in every_request() {
+            assert_eq!(parse_request(&encode(&request)).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn one_builder_serves_many_requests() {
+        let mut builder = FlatBufferBuilder::new();
+        let mut stream = BytesMut::new();
+        for request in every_request().iter().chain(every_request().iter().rev()) {
+            encode_request_into(&mut builder, request, &mut stream).unwrap();
+        }
+        let mut decoder = crate::FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        let mut parsed = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            parsed.push(parse_request(&frame).unwrap());
+        }
+        let expected: Vec<_> = every_request().into_iter().chain(every_request().into_iter().rev()).collect();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn parsed_keys_and_values_point_into_the_frame() {
+        let request = Request {
+            id: 9,
+            command: Command::Single(Operation::Put {
+                key: bytes("key"),
+                value: bytes("value"),
+                ttl_ms: None,
+            }),
+        };
+        let frame = encode(&request);
+        let Command::Single(Operation::Put { key, value, .. }) = parse_request(&frame).unwrap().command
+        else {
+            panic!("not a put");
+        };
+        let frame_range = frame.as_ptr_range();
+        assert!(frame_range.contains(&key.as_ptr()) && frame_range.contains(&value.as_ptr()));
+    }
+
+    #[test]
+    fn largest_single_put_fits_in_a_frame() {
+        let request = Request {
+            id: 1,
+            command: Command::Single(Operation::CompareAndSwap {
+                key: vec![b'k'; KEY_BYTES_MAX].into(),
+                expected: Expected::Version(u64::MAX),
+                value: vec![b'v'; VALUE_BYTES_MAX].into(),
+                ttl_ms: Some(crate::limits::TTL_MS_MAX),
+            }),
+        };
+        assert_eq!(parse_request(&encode(&request)).unwrap(), request);
+    }
+
+    #[test]
+    fn full_batch_of_the_deepest_operation_passes_the_verifier() {
+        let operation = Operation::CompareAndSwap {
+            key: vec![b'k'; 8].into(),
+            expected: Expected::Version(3),
+            value: bytes("v"),
+            ttl_ms: Some(1),
+        };
+        let request = Request { id: 1, command: Command::Batch(vec![operation; BATCH_OPERATIONS_MAX]) };
+        assert_eq!(parse_request(&encode(&request)).unwrap(), request);
+    }
+
+    #[test]
+    fn empty_key_is_rejected_with_its_id() {
+        let request = Request { id: 41, command: Command::Single(Operation::Get { key: Bytes::new() }) };
+        assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(WireError::KeyEmpty));
+        assert_rejected(&encode_without_checks(&request), 41, WireError::KeyEmpty);
+    }
+
+    #[test]
+    fn key_of_257_bytes_is_rejected_with_its_id() {
+        let request =
+            Request { id: 42, command: Command::Single(Operation::Delete { key: vec![1; 257].into() }) };
+        assert_rejected(&encode_without_checks(&request), 42, WireError::KeyTooLong { length_bytes: 257 });
+    }
+
+    #[test]
+    fn value_one_byte_above_a_mebibyte_is_rejected_with_its_id() {
+        let request = Request {
+            id: 43,
+            command: Command::Single(Operation::Put {
+                key: bytes("k"),
+                value: vec![0; VALUE_BYTES_MAX + 1].into(),
+                ttl_ms: None,
+            }),
+        };
+        let expected = WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 };
+        assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(expected.clone()));
+        assert_rejected(&encode_without_checks(&request), 43, expected);
+    }
+
+    #[test]
+    fn zero_ttl_is_rejected_with_its_id() {
+        let request = Request {
+            id: 44,
+            command: Command::Single(Operation::Put { key: bytes("k"), value: bytes("v"), ttl_ms: Some(0) }),
+        };
+        assert_rejected(&encode_without_checks(&request), 44, WireError::TtlOutOfRange { ttl_ms: 0 });
+    }
+
+    #[test]
+    fn oversized_batch_is_rejected_whole_with_its_id() {
+        let operations = vec![Operation::Get { key: bytes("k") }; BATCH_OPERATIONS_MAX + 1];
+        let request = Request { id: 45, command: Command::Batch(operations) };
+        assert_rejected(
+            &encode_without_checks(&request),
+            45,
+            WireError::BatchTooLarge { operations: BATCH_OPERATIONS_MAX + 1 },
+        );
+    }
+
+    #[test]
+    fn one_bad_key_rejects_the_whole_batch() {
+        let mut operations = every_operation();
+        operations.push(Operation::Get { key: vec![0; KEY_BYTES_MAX + 1].into() });
+        let request = Request { id: 46, command: Command::Batch(operations) };
+        assert_rejected(
+            &encode_without_checks(&request),
+            46,
+            WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+        );
+    }
+
+    #[test]
+    fn batch_whose_values_exceed_the_frame_is_refused_before_building() {
+        let value: Bytes = vec![0; VALUE_BYTES_MAX].into();
+        let put = Operation::Put { key: bytes("k"), value, ttl_ms: None };
+        let request = Request { id: 1, command: Command::Batch(vec![put; 2]) };
+        let error = encode_request(&mut FlatBufferBuilder::new(), &request).unwrap_err();
+        assert!(matches!(error, WireError::FrameTooLarge { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn reserved_id_closes_the_connection() {
+        let request = Request { id: CONNECTION_ERROR_ID, command: Command::Ping };
+        assert_eq!(
+            encode_request(&mut FlatBufferBuilder::new(), &request),
+            Err(WireError::RequestIdReserved)
+        );
+        assert_untrusted(&encode_without_checks(&request));
+    }
+
+    #[test]
+    fn union_type_without_its_table_is_malformed() {
+        assert_untrusted(&raw_request(5, |_| (fb::Command::Get, None)));
+        assert_untrusted(&raw_request(5, |_| (fb::Command::NONE, None)));
+    }
+
+    #[test]
+    fn unknown_command_type_is_malformed() {
+        let frame = raw_request(5, |builder| {
+            (
+                fb::Command(fb::Command::ENUM_MAX + 1),
+                Some(fb::Ping::create(builder, &fb::PingArgs {}).as_union_value()),
+            )
+        });
+        assert_untrusted(&frame);
+    }
+
+    #[test]
+    fn compare_and_swap_without_expectation_is_malformed() {
+        let frame = raw_request(5, |builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let value = builder.create_vector(b"v".as_slice());
+            let args = fb::CompareAndSwapArgs { key: Some(key), value: Some(value), ..Default::default() };
+            (fb::Command::CompareAndSwap, Some(fb::CompareAndSwap::create(builder, &args).as_union_value()))
+        });
+        assert_untrusted(&frame);
+    }
+
+    #[test]
+    fn garbage_and_empty_frames_are_malformed() {
+        assert_untrusted(&Bytes::new());
+        assert_untrusted(&Bytes::from_static(&[1, 0]));
+        assert_untrusted(&Bytes::from_static(&[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]));
+        assert_untrusted(&Bytes::from_static(&[8, 0, 0, 0, b'g', b'a', b'r', b'b', b'a', b'g', b'e', b'!']));
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_frame_is_malformed() {
+        let original = Request { id: 7, command: Command::Batch(every_operation()) };
+        let frame = encode(&original);
+        for length in 0..frame.len() {
+            // As received: the prefix promises more than is there.
+            assert_untrusted(&frame.slice(..length));
+            // As a lying sender would write it: the prefix agrees with the short payload. Cutting
+            // only trailing alignment padding leaves a valid buffer, which must then read back
+            // unchanged; any other cut must be refused.
+            if length > 4 {
+                let mut fixed = frame[..length].to_vec();
+                fixed[..4].copy_from_slice(&(length as u32 - 4).to_le_bytes());
+                match parse_request(&Bytes::from(fixed)) {
+                    Err(RequestError { id: None, .. }) => {}
+                    Ok(request) if frame[length..].iter().all(|&byte| byte == 0) => {
+                        assert_eq!(request, original, "length {length}");
+                    }
+                    other => panic!("length {length}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn root_offset_pointing_outside_the_frame_is_malformed() {
+        let mut frame = encode(&Request { id: 7, command: Command::Ping }).to_vec();
+        frame[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_untrusted(&Bytes::from(frame));
+    }
+
+    #[test]
+    fn limit_errors_map_to_their_codes() {
+        let request = Request { id: 3, command: Command::Single(Operation::Get { key: Bytes::new() }) };
+        let error = parse_request(&encode_without_checks(&request)).unwrap_err();
+        assert_eq!(error.error.code(), ErrorCode::KeyEmpty);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_request(&Bytes::from(payload.clone()));
+            // With a correct prefix in front, the bytes reach the FlatBuffers verifier.
+            let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            let _ = parse_request(&Bytes::from(frame));
+        }
+
+        #[test]
+        fn corrupted_valid_frames_never_panic(
+            corruptions in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let mut frame = encode(&Request { id: 7, command: Command::Batch(every_operation()) }).to_vec();
+            for (position, byte) in corruptions {
+                // Leave the prefix alone so that every case reaches the verifier.
+                let position = 4 + position % (frame.len() - 4);
+                frame[position] = byte;
+            }
+            let frame = Bytes::from(frame);
+            if let Ok(request) = parse_request(&frame) {
+                // Whatever survives verification must also satisfy the limits.
+                prop_assert!(request.validate().is_ok());
+            }
         }
     }
 }

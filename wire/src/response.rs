@@ -309,3 +309,237 @@ fn check_estimated_size(reply: &Reply) -> Result<(), WireError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::limits::VALUE_BYTES_MAX;
+
+    fn bytes(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    fn every_outcome() -> Vec<Outcome> {
+        vec![
+            Outcome::Value { value: bytes("alice"), version: 17 },
+            Outcome::Value { value: Bytes::new(), version: 0 },
+            Outcome::NotFound,
+            Outcome::Written { version: u64::MAX },
+            Outcome::CasMismatch { current_version: Some(16) },
+            Outcome::CasMismatch { current_version: None },
+        ]
+    }
+
+    fn every_response() -> Vec<Response> {
+        let mut responses: Vec<Response> = every_outcome()
+            .into_iter()
+            .enumerate()
+            .map(|(index, outcome)| Response { id: index as u64 + 1, reply: Reply::Single(outcome) })
+            .collect();
+        let mut batch: Vec<Result<Outcome, Failure>> = every_outcome().into_iter().map(Ok).collect();
+        batch.insert(2, Err(Failure::new(ErrorCode::WrongShard, "key belongs to shard 3")));
+        batch.push(Err(Failure::new(ErrorCode::Unrecognized(900), "")));
+        responses.push(Response { id: 100, reply: Reply::Batch(batch) });
+        responses.push(Response { id: 101, reply: Reply::Batch(Vec::new()) });
+        responses.push(Response {
+            id: 102,
+            reply: Reply::Topology(Topology {
+                shards: vec![
+                    ShardPlacement {
+                        shard_id: 0,
+                        port: 7000,
+                        token_ranges: vec![
+                            TokenRange { start: 0, end: 1 << 62 },
+                            TokenRange { start: 1 << 63, end: 0 },
+                        ],
+                    },
+                    ShardPlacement { shard_id: 1, port: 7001, token_ranges: Vec::new() },
+                ],
+            }),
+        });
+        responses.push(Response { id: 103, reply: Reply::Topology(Topology::default()) });
+        responses.push(Response { id: 104, reply: Reply::Pong });
+        responses
+            .push(Response { id: 105, reply: Reply::Failed(Failure::new(ErrorCode::Overloaded, "shed")) });
+        responses.push(Response::connection_error(&WireError::FrameEmpty));
+        responses
+    }
+
+    fn encode(response: &Response) -> Bytes {
+        Bytes::copy_from_slice(encode_response(&mut FlatBufferBuilder::new(), response).unwrap())
+    }
+
+    /// Builds a `Response` root by hand, for shapes the encoder never produces.
+    fn raw_response(
+        build: impl FnOnce(&mut FlatBufferBuilder<'static>) -> fb::ResponseArgs<'static>,
+    ) -> Bytes {
+        let mut builder = FlatBufferBuilder::new();
+        let args = build(&mut builder);
+        let root = fb::Response::create(&mut builder, &args);
+        builder.finish_size_prefixed(root, None);
+        Bytes::copy_from_slice(builder.finished_data())
+    }
+
+    fn assert_malformed(frame: &Bytes) {
+        let result = parse_response(frame);
+        assert!(matches!(result, Err(WireError::Malformed { .. })), "{result:?}");
+    }
+
+    #[test]
+    fn every_response_kind_round_trips() {
+        for response in every_response() {
+            assert_eq!(parse_response(&encode(&response)).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn one_builder_serves_many_responses() {
+        let mut builder = FlatBufferBuilder::new();
+        let mut stream = BytesMut::new();
+        for response in every_response().iter().rev() {
+            encode_response_into(&mut builder, response, &mut stream).unwrap();
+        }
+        let mut decoder = crate::FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        let mut parsed = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            parsed.push(parse_response(&frame).unwrap());
+        }
+        assert_eq!(parsed, every_response().into_iter().rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn largest_value_fits_in_a_response_frame() {
+        let response = Response {
+            id: 1,
+            reply: Reply::Single(Outcome::Value {
+                value: vec![7; VALUE_BYTES_MAX].into(),
+                version: u64::MAX,
+            }),
+        };
+        assert_eq!(parse_response(&encode(&response)).unwrap(), response);
+    }
+
+    #[test]
+    fn full_batch_of_failures_passes_the_verifier() {
+        let failure = Err(Failure::new(ErrorCode::Unavailable, "1 of 2 replicas answered"));
+        let response = Response { id: 1, reply: Reply::Batch(vec![failure; BATCH_OPERATIONS_MAX]) };
+        assert_eq!(parse_response(&encode(&response)).unwrap(), response);
+    }
+
+    #[test]
+    fn batch_of_values_larger_than_a_frame_is_refused_before_building() {
+        let value = Ok(Outcome::Value { value: vec![0; VALUE_BYTES_MAX].into(), version: 1 });
+        let response = Response { id: 1, reply: Reply::Batch(vec![value; 2]) };
+        let error = encode_response(&mut FlatBufferBuilder::new(), &response).unwrap_err();
+        assert!(matches!(error, WireError::FrameTooLarge { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn connection_error_names_the_limit() {
+        let error =
+            WireError::FrameTooLarge { length_bytes: u64::from(u32::MAX), max_bytes: FRAME_BYTES_MAX };
+        let response = parse_response(&encode(&Response::connection_error(&error))).unwrap();
+        assert_eq!(response.id, CONNECTION_ERROR_ID);
+        let Reply::Failed(failure) = response.reply else { panic!("not a failure") };
+        assert_eq!(failure.code, ErrorCode::FrameTooLarge);
+        assert!(failure.message.contains("FRAME_BYTES_MAX"), "{}", failure.message);
+    }
+
+    #[test]
+    fn status_without_its_fields_is_malformed() {
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::Error,
+            ..Default::default()
+        }));
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::Value,
+            version: Some(1),
+            ..Default::default()
+        }));
+        assert_malformed(&raw_response(|builder| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::Value,
+            value: Some(builder.create_vector(b"v".as_slice())),
+            ..Default::default()
+        }));
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::Written,
+            ..Default::default()
+        }));
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::Batch,
+            ..Default::default()
+        }));
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::Topology,
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn unknown_status_is_malformed() {
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status(fb::Status::ENUM_MAX + 1),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn whole_response_status_inside_a_batch_is_malformed() {
+        for nested in [fb::Status::Batch, fb::Status::Topology, fb::Status::Pong] {
+            assert_malformed(&raw_response(|builder| {
+                let result = fb::OperationResult::create(
+                    builder,
+                    &fb::OperationResultArgs { status: nested, ..Default::default() },
+                );
+                fb::ResponseArgs {
+                    id: 1,
+                    status: fb::Status::Batch,
+                    batch: Some(builder.create_vector(&[result])),
+                    ..Default::default()
+                }
+            }));
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_frame_is_refused() {
+        let frame = encode(&every_response()[6]);
+        for length in 0..frame.len() {
+            assert_malformed(&frame.slice(..length));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_response(&Bytes::from(payload.clone()));
+            let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            let _ = parse_response(&Bytes::from(frame));
+        }
+
+        #[test]
+        fn corrupted_valid_frames_never_panic(
+            choice in 0..11usize,
+            corruptions in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let responses = every_response();
+            let mut frame = encode(&responses[choice % responses.len()]).to_vec();
+            for (position, byte) in corruptions {
+                let position = 4 + position % (frame.len() - 4);
+                frame[position] = byte;
+            }
+            let _ = parse_response(&Bytes::from(frame));
+        }
+    }
+}

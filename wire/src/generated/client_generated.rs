@@ -800,7 +800,7 @@ pub enum PutOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// Write a value. Without `ttl_ms` the value never expires; with it, the value expires
-/// `ttl_ms` milliseconds after the server applies the write (must be >= 1).
+/// `ttl_ms` milliseconds after the server applies the write (1 ms to about ten years, TTL_MS_MAX).
 pub struct Put<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
