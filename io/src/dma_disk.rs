@@ -47,13 +47,7 @@ const PROBE_FILE_BYTES: usize = ALIGNMENT;
 /// opened it: glommio's per-device probe answer, which [`DmaDisk::open`] fixes, is per thread.
 #[derive(Clone)]
 pub struct DmaDisk {
-    inner: Rc<DiskInner>,
-}
-
-struct DiskInner {
-    directory: PathBuf,
-    /// The device's O_DIRECT alignment (its logical block size, at least 512 bytes).
-    device_alignment: u64,
+    directory: Rc<PathBuf>,
 }
 
 /// A file of a [`DmaDisk`], opened read-write with O_DIRECT.
@@ -100,6 +94,19 @@ fn glommio_error(error: GlommioError<()>, operation: &str, path: &Path) -> io::E
     with_context(source, operation, path)
 }
 
+/// The engine writes in multiples of [`ALIGNMENT`]; that only works where the device's O_DIRECT
+/// alignment (its logical block size, at least 512) divides it.
+fn check_alignment(device_alignment: u64, path: &Path) -> io::Result<()> {
+    if (ALIGNMENT as u64).is_multiple_of(device_alignment) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: O_DIRECT alignment {device_alignment} does not divide {ALIGNMENT}", path.display()),
+        ))
+    }
+}
+
 fn invalid_input(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
@@ -120,10 +127,16 @@ fn check_name(name: &str) -> io::Result<()> {
 }
 
 /// Writes the probe marker with std (a DMA open of an empty file is exactly what must not happen
-/// first) and makes it durable, so the marker is non-empty even after a crash.
+/// first) and makes it durable. A marker of the right size from an earlier run is kept as it is:
+/// rewriting would leave it empty for a moment, and a crash then would leave it empty.
 fn write_probe_file(directory: &Path, probe_path: &Path) -> io::Result<()> {
     std::fs::create_dir_all(directory)
         .map_err(|error| with_context(error, "creating directory", directory))?;
+    if std::fs::metadata(probe_path)
+        .is_ok_and(|metadata| metadata.is_file() && metadata.len() == PROBE_FILE_BYTES as u64)
+    {
+        return Ok(());
+    }
     let write = || -> io::Result<()> {
         let mut file = std::fs::File::create(probe_path)?;
         file.write_all(&[0x5a; PROBE_FILE_BYTES])?;
@@ -162,10 +175,16 @@ impl DmaDisk {
             .await
             .map_err(|error| glommio_error(error, "opening probe file", &probe_path))?;
         let device_alignment = probe.alignment();
-        let verified = probe.read_at_aligned(0, PROBE_FILE_BYTES).await;
+        let verified = if (ALIGNMENT as u64).is_multiple_of(device_alignment) {
+            probe.read_at_aligned(0, PROBE_FILE_BYTES).await
+        } else {
+            // The probe's own read happened at the device's alignment; ours would be refused.
+            Ok(Default::default())
+        };
         if let Err(error) = probe.close().await {
             warn!(path = %probe_path.display(), %error, "closing probe file failed");
         }
+        check_alignment(device_alignment, &directory)?;
         match verified {
             Ok(read) if read.len() == PROBE_FILE_BYTES => {}
             Ok(read) => {
@@ -194,27 +213,18 @@ impl DmaDisk {
                 return Err(error);
             }
         }
-        if ALIGNMENT as u64 % device_alignment != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "{}: device O_DIRECT alignment {device_alignment} does not divide {ALIGNMENT}",
-                    directory.display()
-                ),
-            ));
-        }
         debug!(directory = %directory.display(), device_alignment, "opened DMA disk");
-        Ok(DmaDisk { inner: Rc::new(DiskInner { directory, device_alignment }) })
+        Ok(DmaDisk { directory: Rc::new(directory) })
     }
 
     /// The directory this disk lives in.
     pub fn directory(&self) -> &Path {
-        &self.inner.directory
+        &self.directory
     }
 
     fn path_of(&self, name: &str) -> io::Result<PathBuf> {
         check_name(name)?;
-        Ok(self.inner.directory.join(name))
+        Ok(self.directory.join(name))
     }
 
     async fn open_file(&self, name: &str, create: bool) -> io::Result<DmaDiskFile> {
@@ -226,9 +236,9 @@ impl DmaDisk {
             options.create_new(true);
         }
         let operation = if create { "creating" } else { "opening" };
-        let file =
-            options.dma_open(&path).await.map_err(|error| glommio_error(error, operation, &path))?;
-        debug_assert_eq!(file.alignment(), self.inner.device_alignment);
+        let file = options.dma_open(&path).await.map_err(|error| glommio_error(error, operation, &path))?;
+        // Normally the same device as the probe marker, but a file can be a mount point.
+        check_alignment(file.alignment(), &path)?;
         Ok(DmaDiskFile { file, path })
     }
 }
@@ -253,13 +263,13 @@ impl Disk for DmaDisk {
         let from_path = self.path_of(from)?;
         let to_path = self.path_of(to)?;
         // rename(2) replaces `to` atomically if it exists.
-        glommio::io::rename(&from_path, &to_path).await.map_err(|error| {
-            glommio_error(error, &format!("renaming to {}", to_path.display()), &from_path)
-        })
+        glommio::io::rename(&from_path, &to_path)
+            .await
+            .map_err(|error| glommio_error(error, &format!("renaming to {}", to_path.display()), &from_path))
     }
 
     async fn list(&self) -> io::Result<Vec<String>> {
-        let directory = self.inner.directory.clone();
+        let directory = PathBuf::clone(&self.directory);
         glommio::executor().spawn_blocking(move || list_files(&directory)).await
     }
 
@@ -267,7 +277,7 @@ impl Disk for DmaDisk {
         // A full fsync of the directory, on the blocking pool: glommio's `Directory::sync`
         // issues fdatasync, and a directory's entries are exactly the metadata that must reach
         // the disk here.
-        let directory = self.inner.directory.clone();
+        let directory = PathBuf::clone(&self.directory);
         glommio::executor()
             .spawn_blocking(move || {
                 std::fs::File::open(&directory)
@@ -325,7 +335,7 @@ impl DmaDiskFile {
 
 impl DiskFile for DmaDiskFile {
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        if offset % ALIGNMENT as u64 != 0 || data.len() % ALIGNMENT != 0 {
+        if !offset.is_multiple_of(ALIGNMENT as u64) || !data.len().is_multiple_of(ALIGNMENT) {
             return Err(invalid_input(format!(
                 "unaligned write to {} at {offset} of {} bytes (alignment {ALIGNMENT})",
                 self.path.display(),
@@ -349,7 +359,7 @@ impl DiskFile for DmaDiskFile {
                     format!("writing at {position} to {}: wrote 0 bytes", self.path.display()),
                 ));
             }
-            if count % ALIGNMENT != 0 && count < rest.len() {
+            if !count.is_multiple_of(ALIGNMENT) && count < rest.len() {
                 // The rest could only be written at an unaligned offset, which O_DIRECT refuses.
                 return Err(io::Error::other(format!(
                     "writing at {position} to {}: short write of {count} bytes is not aligned",
@@ -388,7 +398,7 @@ impl DiskFile for DmaDiskFile {
         out.extend_from_slice(read.get(head..).unwrap_or_default());
         let mut position = start + read.len() as u64;
         let mut last = read.len();
-        while out.len() < len && last > 0 && last as u64 % alignment == 0 {
+        while out.len() < len && last > 0 && (last as u64).is_multiple_of(alignment) {
             let remaining = (len - out.len()).next_multiple_of(alignment as usize);
             // `position` is past `offset` here: a non-empty aligned read covers the head.
             let read = self.read_aligned(position, remaining).await?;

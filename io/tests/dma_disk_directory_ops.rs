@@ -12,10 +12,8 @@ fn page(byte: u8) -> Vec<u8> {
 
 #[test]
 fn dma_disk_directory_ops() {
-    let temporary = tempfile::Builder::new()
-        .prefix("dma-disk-ops-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let temporary =
+        tempfile::Builder::new().prefix("dma-disk-ops-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let directory = temporary.path().to_path_buf();
 
     run_local("dma-disk-directory-ops", {

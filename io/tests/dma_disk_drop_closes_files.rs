@@ -10,10 +10,8 @@ fn open_descriptors() -> usize {
 
 #[test]
 fn dma_disk_drop_closes_files() {
-    let temporary = tempfile::Builder::new()
-        .prefix("dma-disk-drop-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let temporary =
+        tempfile::Builder::new().prefix("dma-disk-drop-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let directory = temporary.path().to_path_buf();
     const FILES: usize = 32;
 
@@ -38,5 +36,8 @@ fn dma_disk_drop_closes_files() {
     });
     assert_eq!(sizes, vec![4096; FILES]);
     let leaked = open_descriptors().saturating_sub(before);
-    assert!(leaked <= executor_residue, "{leaked} descriptors left open (executor alone leaves {executor_residue})");
+    assert!(
+        leaked <= executor_residue,
+        "{leaked} descriptors left open (executor alone leaves {executor_residue})"
+    );
 }

@@ -15,10 +15,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn dma_disk_fresh_file_reads() {
-    let temporary = tempfile::Builder::new()
-        .prefix("dma-disk-fresh-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
+    let temporary =
+        tempfile::Builder::new().prefix("dma-disk-fresh-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // A directory that does not exist yet: `open` creates it.
     let directory = temporary.path().join("shard-0");
 
