@@ -16,12 +16,16 @@
 //!   files, including the work-around for glommio's iopoll probe bug (see `DmaDisk::open`).
 //! - [`executor`]: starting a glommio executor (pinned or not, with a modest `io_memory`) and
 //!   running a future on it; the low-priority task queue for background work.
+//! - [`engine_service`]: an engine on a DMA disk with its maintenance task in the low-priority
+//!   queue and, in periodic sync mode, its sync timer; `stop()` ends both.
 //! - [`clock`]: the wall clock, the only one the engine's callers use.
 
 pub mod clock;
 pub mod dma_disk;
+pub mod engine_service;
 pub mod executor;
 
 pub use clock::now_ms;
 pub use dma_disk::{DmaDisk, DmaDiskFile, PROBE_FILE_NAME};
+pub use engine_service::EngineService;
 pub use executor::{low_priority_queue, run_local, ExecutorBuilder, TaskQueueHandle};

@@ -130,6 +130,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::same_item_push)] // Merges change the list between pushes.
     fn tiers_cascade_into_logarithmic_write_amplification() {
         // Simulate flushes of equal size and count bytes rewritten by merges.
         let mut sizes: Vec<u64> = Vec::new();

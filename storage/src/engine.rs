@@ -366,31 +366,43 @@ impl<D: Disk> Engine<D> {
                 (state.flush_generation, state.next_seq)
             };
             let found = self.get_entry(&key).await?;
-            let mut state = self.state.borrow_mut();
-            if state.flush_generation != generation {
-                // A memtable moved to a table while we read; the read may have missed a write.
-                continue;
-            }
-            // A write to the key after the read started is in a memtable; it decides.
-            let newer = state
-                .active
-                .get(&key)
-                .or_else(|| state.sealed.as_ref().and_then(|sealed| sealed.get(&key)))
-                .filter(|mem_entry| mem_entry.seq >= start_seq)
-                .map(|mem_entry| mem_entry.entry.clone());
-            let current =
-                newer.or(found).filter(|entry| !entry.is_absent_at(now_ms)).map(|entry| entry.version);
-            let matches = match expected {
-                Expected::Absent => current.is_none(),
-                Expected::Version(version) => current == Some(version),
+            let decided = {
+                let mut state = self.state.borrow_mut();
+                if state.flush_generation != generation {
+                    // A memtable moved to a table while we read; the read may have missed a write.
+                    None
+                } else {
+                    // A write to the key after the read started is in a memtable; it decides.
+                    let newer = state
+                        .active
+                        .get(&key)
+                        .or_else(|| state.sealed.as_ref().and_then(|sealed| sealed.get(&key)))
+                        .filter(|mem_entry| mem_entry.seq >= start_seq)
+                        .map(|mem_entry| mem_entry.entry.clone());
+                    let current = newer
+                        .or(found)
+                        .filter(|entry| !entry.is_absent_at(now_ms))
+                        .map(|entry| entry.version);
+                    let matches = match expected {
+                        Expected::Absent => current.is_none(),
+                        Expected::Version(version) => current == Some(version),
+                    };
+                    if matches {
+                        let entry = Entry::live(version, value.clone(), expires_at_ms);
+                        Some(Ok(self.apply(&mut state, key.clone(), entry)?))
+                    } else {
+                        Some(Err(current))
+                    }
+                }
             };
-            if !matches {
-                return Ok(CasOutcome::Mismatch { current_version: current });
+            match decided {
+                None => continue,
+                Some(Err(current_version)) => return Ok(CasOutcome::Mismatch { current_version }),
+                Some(Ok(seq)) => {
+                    self.acknowledge(seq).await?;
+                    return Ok(CasOutcome::Swapped);
+                }
             }
-            let seq = self.apply(&mut state, key, Entry::live(version, value, expires_at_ms))?;
-            drop(state);
-            self.acknowledge(seq).await?;
-            return Ok(CasOutcome::Swapped);
         }
     }
 
@@ -458,14 +470,13 @@ impl<D: Disk> Engine<D> {
             let state = self.state.borrow();
             let memtables = std::iter::once(&state.active).chain(state.sealed.as_deref());
             for memtable in memtables {
-                let mut taken = 0;
-                for (key, mem_entry) in memtable.range(as_slice(&start), as_slice(&end)) {
+                for (taken, (key, mem_entry)) in memtable.range(as_slice(&start), as_slice(&end)).enumerate()
+                {
                     if taken == limit {
                         cut_at(key, &mut complete_through);
                         break;
                     }
                     merged.entry(key.clone()).or_insert_with(|| mem_entry.entry.clone());
-                    taken += 1;
                 }
             }
             state.tables.clone()
@@ -673,11 +684,21 @@ impl<D: Disk> Engine<D> {
         let sealed = {
             let mut state = self.state.borrow_mut();
             if state.flushing {
+                Err(self.structure_changed.listen())
+            } else {
+                let Some(sealed) = state.sealed.clone() else { return Ok(()) };
+                state.flushing = true;
+                Ok(sealed)
+            }
+        };
+        let sealed = match sealed {
+            Ok(sealed) => sealed,
+            Err(listener) => {
+                // Someone else is flushing: wait for it rather than return at once, so a caller
+                // looping on "is there a sealed memtable" awaits instead of spinning.
+                listener.await;
                 return Ok(());
             }
-            let Some(sealed) = state.sealed.clone() else { return Ok(()) };
-            state.flushing = true;
-            sealed
         };
         let outcome = self.flush_memtable(&sealed).await;
         let mut state = self.state.borrow_mut();
@@ -858,7 +879,7 @@ impl<D: Disk> Engine<D> {
             };
             writer.add(&key, &entry).await?;
             merged += 1;
-            if merged % COMPACTION_ENTRIES_PER_YIELD == 0 {
+            if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
                 self.disk.yield_point().await;
             }
         }

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 /// Granularity at which a torn write is cut: a disk sector.
 pub const SECTOR_BYTES: usize = 512;
-const _: () = assert!(ALIGNMENT % SECTOR_BYTES == 0);
+const _: () = assert!(ALIGNMENT.is_multiple_of(SECTOR_BYTES));
 
 /// What survives a simulated power loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +221,7 @@ impl MemFile {
 
 impl DiskFile for MemFile {
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        if offset % ALIGNMENT as u64 != 0 || data.len() % ALIGNMENT != 0 {
+        if !offset.is_multiple_of(ALIGNMENT as u64) || !data.len().is_multiple_of(ALIGNMENT) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("unaligned write to {} at {offset} of {} bytes", self.name, data.len()),

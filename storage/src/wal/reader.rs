@@ -56,7 +56,7 @@ pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Re
             }
             Decoded::Zero => {
                 // Padding runs to the next boundary; a zero header on a boundary is the end.
-                if offset % ALIGNMENT == 0 {
+                if offset.is_multiple_of(ALIGNMENT) {
                     break;
                 }
                 offset = align_up(offset as u64) as usize;
