@@ -19,7 +19,7 @@ use crate::entry::{Entry, Value};
 use crate::manifest::{self, Manifest, TableRecord};
 use crate::memtable::Memtable;
 use crate::options::{EngineOptions, SyncMode};
-use crate::sstable::{Table, TableWriter};
+use crate::sstable::{key_hash, Table, TableWriter};
 use crate::wal::reader::scan_segment;
 use crate::wal::writer::{SegmentInfo, WalWriter};
 use crate::wal::{parse_segment_file_name, segment_file_name};
@@ -335,7 +335,6 @@ impl<D: Disk> Engine<D> {
 
     /// Deletes `key` by writing a tombstone with `version`, made at `now_ms`.
     pub async fn delete(&self, key: Bytes, version: u64, now_ms: u64) -> Result<()> {
-        validate(&key, None)?;
         self.write(key, Entry::tombstone(version, now_ms)).await
     }
 
@@ -428,8 +427,10 @@ impl<D: Disk> Engine<D> {
             }
             state.tables.clone()
         };
+        // Hash once for every table's filter.
+        let hash = key_hash(key);
         for table in tables.iter().rev() {
-            if let Some(entry) = table.get(key).await? {
+            if let Some(entry) = table.get_with_hash(key, hash).await? {
                 return Ok(Some(entry));
             }
         }
