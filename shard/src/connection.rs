@@ -1,0 +1,360 @@
+//! [`Connection`]: one client connection on one shard: reads frames, runs requests
+//! concurrently, and writes replies in batches.
+//!
+//! ```text
+//!  socket ─read─▶ FrameDecoder ─▶ parse_request ─┬─ Ping / Topology ─────────────▶ outbox
+//!                                                ├─ limit broken ─ error reply ──▶ outbox
+//!                                                ├─ untrusted frame ─ id-0 error ▶ outbox, stop reading
+//!                                                └─ spawn: Router::answer ─ reply ▶ outbox
+//!  outbox (encoded frames) ─writer task: everything ready, one write─▶ socket
+//! ```
+//!
+//! Replies go out in completion order, not request order; clients match them by id. The writer
+//! takes every reply that is ready at once and writes them with one call, so a pipelining client
+//! costs one syscall per batch rather than per reply.
+//!
+//! Bounds, per connection:
+//! - `in_flight_max` requests executing at once; a request beyond that is answered
+//!   "overloaded" straight away.
+//! - `outbox_bytes_max` bytes of encoded replies not yet written; above it the connection stops
+//!   reading, so a client that sends without reading is held back by TCP flow control instead
+//!   of growing the server's memory.
+//!
+//! A frame that cannot be trusted (bad length prefix, failed verification, truncated at end of
+//! stream) gets an error reply with id 0; then the connection stops reading, finishes the
+//! requests already running, writes their replies, and closes. Every other connection is
+//! untouched.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use event_listener::Event;
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::future::or;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use ringkv_wire::{
+    encode_response_into, parse_request, ErrorCode, Failure, FrameDecoder, Reply, Request, Response,
+};
+use tracing::{debug, Instrument};
+
+use crate::router::Router;
+use crate::stop_signal::StopSignal;
+
+/// Bytes read from the socket per call.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// After an untrusted frame, how much more the connection reads and discards before closing.
+/// Closing a socket with unread bytes makes the kernel send a reset, which can destroy the error
+/// reply before the client reads it; draining a bounded amount first lets the reply arrive.
+const LINGER_BYTES_MAX: usize = 4 << 20;
+
+/// How long the connection lingers (see [`LINGER_BYTES_MAX`]) at most.
+const LINGER_MS: u64 = 1000;
+
+/// The bounds one connection works within.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Requests executing at once.
+    pub in_flight_max: usize,
+    /// Encoded replies waiting for the socket, in bytes, above which reading pauses.
+    pub outbox_bytes_max: usize,
+}
+
+/// A client connection being served.
+pub struct Connection {
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    router: Rc<Router>,
+    stop: Rc<StopSignal>,
+    limits: ConnectionLimits,
+}
+
+/// Replies waiting for the socket, and what the writer needs to know to finish.
+struct Outbox {
+    bytes: BytesMut,
+    builder: FlatBufferBuilder<'static>,
+    in_flight: usize,
+    reading_done: bool,
+    write_failed: bool,
+}
+
+/// State the reader, the request tasks and the writer share.
+struct Shared {
+    outbox: RefCell<Outbox>,
+    /// The writer has something to do: replies, or the end.
+    ready: Event,
+    /// The writer has written a batch, or failed: reading may resume.
+    drained: Event,
+}
+
+/// Why the reader stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The client closed its side, the socket failed, or the shard is stopping.
+    Finished,
+    /// An untrusted frame; the client may still be sending.
+    Refused,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            outbox: RefCell::new(Outbox {
+                bytes: BytesMut::with_capacity(READ_CHUNK_BYTES),
+                builder: FlatBufferBuilder::with_capacity(1024),
+                in_flight: 0,
+                reading_done: false,
+                write_failed: false,
+            }),
+            ready: Event::new(),
+            drained: Event::new(),
+        }
+    }
+
+    /// Encodes `response` into the outbox and wakes the writer.
+    fn push(&self, response: &Response) {
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            let Outbox { bytes, builder, .. } = &mut *outbox;
+            if let Err(error) = encode_response_into(builder, response, bytes) {
+                // A batch of large values can add up to more than one frame may carry.
+                let refused = Response {
+                    id: response.id,
+                    reply: Reply::Failed(Failure::new(error.code(), format!("the response: {error}"))),
+                };
+                encode_response_into(builder, &refused, bytes)
+                    .expect("a short error response fits in a frame");
+            }
+        }
+        self.ready.notify(1);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outbox.borrow().in_flight
+    }
+
+    fn begin_request(&self) {
+        self.outbox.borrow_mut().in_flight += 1;
+    }
+
+    /// A request task's reply: into the outbox, and one fewer in flight.
+    fn complete_request(&self, response: &Response) {
+        self.outbox.borrow_mut().in_flight -= 1;
+        self.push(response);
+    }
+
+    fn finish_reading(&self) {
+        self.outbox.borrow_mut().reading_done = true;
+        self.ready.notify(1);
+    }
+
+    /// Waits until the outbox is below `outbox_bytes_max`. False when the writer failed or the
+    /// shard is stopping: stop reading.
+    async fn wait_for_room(&self, outbox_bytes_max: usize, stop: &StopSignal) -> bool {
+        loop {
+            let listener = self.drained.listen();
+            {
+                let outbox = self.outbox.borrow();
+                if outbox.write_failed {
+                    return false;
+                }
+                if outbox.bytes.len() < outbox_bytes_max {
+                    return true;
+                }
+            }
+            let stopping = or(
+                async {
+                    listener.await;
+                    false
+                },
+                async {
+                    stop.wait().await;
+                    true
+                },
+            )
+            .await;
+            if stopping {
+                return false;
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// A connection to serve with `router`, stopping to read when `stop` is triggered.
+    pub fn new(
+        stream: TcpStream,
+        router: Rc<Router>,
+        stop: Rc<StopSignal>,
+        limits: ConnectionLimits,
+    ) -> Self {
+        // Replies are already batched by the writer; Nagle's delay would only add latency.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "could not disable Nagle's algorithm");
+        }
+        let peer = stream.peer_addr().ok();
+        Connection { stream, peer, router, stop, limits }
+    }
+
+    /// The client's address, when the socket still knows it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Serves the connection until the client closes it, it breaks the protocol, or the shard
+    /// stops; then finishes the requests in flight, writes their replies and closes.
+    pub async fn serve(self) {
+        let Connection { stream, router, stop, limits, .. } = self;
+        let (mut reader, writer) = futures_lite::io::split(stream);
+        let shared = Rc::new(Shared::new());
+        let writer_task =
+            glommio::spawn_local(write_replies(writer, shared.clone()).instrument(tracing::Span::current()));
+        let end = read_requests(&mut reader, &shared, &router, &stop, limits).await;
+        shared.finish_reading();
+        writer_task.await;
+        if end == ReadEnd::Refused {
+            linger(&mut reader).await;
+        }
+        debug!(?end, "connection closed");
+    }
+}
+
+/// Reads and dispatches requests until the connection should stop reading.
+async fn read_requests(
+    reader: &mut ReadHalf<TcpStream>,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    stop: &StopSignal,
+    limits: ConnectionLimits,
+) -> ReadEnd {
+    let mut decoder = FrameDecoder::with_capacity(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
+            return ReadEnd::Finished;
+        }
+        let read = or(async { Some(reader.read(&mut chunk).await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match read {
+            None => return ReadEnd::Finished,
+            Some(Ok(0)) => {
+                if let Err(error) = decoder.check_end_of_stream() {
+                    debug!(%error, "stream ended inside a frame");
+                    shared.push(&Response::connection_error(&error));
+                }
+                return ReadEnd::Finished;
+            }
+            Some(Ok(read)) => decoder.extend_from_slice(&chunk[..read]),
+            Some(Err(error)) => {
+                debug!(%error, "reading from the client failed");
+                return ReadEnd::Finished;
+            }
+        }
+        loop {
+            match decoder.next_frame() {
+                Ok(None) => break,
+                Ok(Some(frame)) => match parse_request(&frame) {
+                    Ok(request) => dispatch(request, shared, router, limits),
+                    Err(error) => {
+                        debug!(%error, "request refused");
+                        shared.push(&error.response());
+                        if error.closes_connection() {
+                            return ReadEnd::Refused;
+                        }
+                    }
+                },
+                Err(error) => {
+                    debug!(%error, "frame refused");
+                    shared.push(&Response::connection_error(&error));
+                    return ReadEnd::Refused;
+                }
+            }
+        }
+    }
+}
+
+/// Answers a request: on the spot when it needs nothing, otherwise in a task of its own.
+fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: ConnectionLimits) {
+    let Request { id, command } = request;
+    if let Some(reply) = router.answer_immediately(&command) {
+        shared.push(&Response { id, reply });
+        return;
+    }
+    if shared.in_flight() >= limits.in_flight_max {
+        let failure = Failure::new(
+            ErrorCode::Overloaded,
+            format!(
+                "the connection has {} requests in flight (in_flight_max); retry later",
+                limits.in_flight_max
+            ),
+        );
+        shared.push(&Response { id, reply: Reply::Failed(failure) });
+        return;
+    }
+    shared.begin_request();
+    let router = router.clone();
+    let shared = shared.clone();
+    glommio::spawn_local(
+        async move {
+            let reply = router.answer(command).await;
+            shared.complete_request(&Response { id, reply });
+        }
+        .instrument(tracing::Span::current()),
+    )
+    .detach();
+}
+
+/// Writes whatever replies are ready, all at once, until reading is done and nothing is in
+/// flight; then shuts the write side down.
+async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
+    let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let listener = shared.ready.listen();
+        {
+            let mut outbox = shared.outbox.borrow_mut();
+            if !outbox.bytes.is_empty() {
+                // Swap buffers: request tasks keep appending to the other one meanwhile.
+                std::mem::swap(&mut outbox.bytes, &mut batch);
+            } else if outbox.reading_done && outbox.in_flight == 0 {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            listener.await;
+            continue;
+        }
+        if let Err(error) = writer.write_all(&batch).await {
+            debug!(%error, "writing to the client failed");
+            shared.outbox.borrow_mut().write_failed = true;
+            shared.drained.notify(usize::MAX);
+            return;
+        }
+        batch.clear();
+        shared.drained.notify(usize::MAX);
+    }
+    if let Err(error) = writer.close().await {
+        debug!(%error, "shutting down the write side failed");
+    }
+}
+
+/// Reads and discards what the client still sends, within bounds (see [`LINGER_BYTES_MAX`]).
+async fn linger(reader: &mut ReadHalf<TcpStream>) {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut discarded = 0;
+    let drain = async {
+        while discarded < LINGER_BYTES_MAX {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    };
+    or(drain, glommio::timer::sleep(Duration::from_millis(LINGER_MS))).await;
+}

@@ -1,0 +1,53 @@
+//! # ringkv-shard
+//!
+//! The per-core composition root of a ringkv node. Each shard is one glommio executor pinned to
+//! one core, owning a slice of the token ring and everything that slice needs: its storage
+//! engine, its clock, its client connections and its end of the cross-shard mesh. Shards share
+//! no mutable state; they talk by message.
+//!
+//! ```text
+//!  client ─frame─▶ shard k (client port, or k's own port)
+//!                   Connection ─▶ Router: owner = ring.owner_of_key(key)
+//!                                   ├─ owner == k ─▶ Handler ─▶ Engine (WAL group commit, memtable)
+//!                                   └─ owner == j ─▶ Forwarding ─mesh─▶ shard j's Handler
+//!  client ◀─frame─ replies, batched per write, in completion order, matched by request id
+//! ```
+//!
+//! ## Layout
+//! - [`node`]: [`Node`], every shard of a node on its own executor; start, stop, wait.
+//! - [`service`]: [`ShardService`], one shard composed: engine, router, sockets; `drain`/`stop`.
+//! - [`connection`]: [`Connection`], one client connection: frames in, concurrent requests,
+//!   batched replies out, bounded in-flight window and outbox.
+//! - [`router`]: [`Router`], runs each operation on its owning shard; [`router::forwarding`]
+//!   carries operations and replies between shards over glommio's channel mesh.
+//! - [`handler`]: [`Handler`], one operation on the local storage engine, versioned by the clock.
+//! - [`ring`]: [`Ring`], xxh3-64 tokens and the vnode ranges each shard owns.
+//! - [`clock`]: [`HybridClock`], the hybrid logical clock versions come from.
+//! - [`config`]: [`NodeConfig`], every setting, with defaults that need no file.
+//! - [`data_directory`]: [`DataDirectory`], the locked data directory and its shard count.
+//! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.
+//! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
+
+pub mod clock;
+pub mod config;
+pub mod connection;
+pub mod data_directory;
+pub mod error;
+pub mod handler;
+pub mod node;
+pub mod ring;
+pub mod router;
+pub mod service;
+pub mod stop_signal;
+
+pub use clock::HybridClock;
+pub use config::{NodeConfig, SyncSetting, CLIENT_PORT_DEFAULT};
+pub use connection::{Connection, ConnectionLimits};
+pub use data_directory::DataDirectory;
+pub use error::ShardError;
+pub use handler::Handler;
+pub use node::{Node, StopHandle};
+pub use ring::{token, Ring};
+pub use router::Router;
+pub use service::ShardService;
+pub use stop_signal::StopSignal;

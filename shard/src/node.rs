@@ -1,0 +1,259 @@
+//! [`Node`]: every shard of one ringkv node, each on its own pinned glommio executor.
+//!
+//! ```text
+//!  Node::start ─▶ lock DATA_DIR ─▶ per shard: thread + executor (pinned)
+//!                                      ├─ join the channel mesh (waits for every shard)
+//!                                      ├─ ShardService::start (engine, sockets) ─▶ "ready"
+//!                                      ├─ serve until the node is asked to stop
+//!                                      ├─ drain ─▶ wait until every shard has drained
+//!                                      └─ stop (mesh, engine: sync and close)
+//!  StopHandle::stop (signal thread) ─▶ every shard sees it within STOP_POLL_MS
+//!  Node::wait ─▶ joins the threads; the lock is released when the Node is dropped
+//! ```
+//!
+//! The stop request crosses from an ordinary thread (the signal handler's) into the executors,
+//! which cannot be woken from outside without a channel endpoint on each; every shard polls an
+//! atomic flag on a slow timer instead. It costs a wake-up every [`STOP_POLL_MS`] and nothing
+//! else.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use ringkv_io::ExecutorBuilder;
+use tracing::{info, info_span, Instrument};
+
+use crate::config::NodeConfig;
+use crate::data_directory::DataDirectory;
+use crate::error::ShardError;
+use crate::ring::Ring;
+use crate::router::forwarding::ShardMessage;
+use crate::service::{ShardService, ShardSetup};
+
+/// How often a shard checks whether the node was asked to stop.
+pub const STOP_POLL_MS: u64 = 20;
+
+/// How often a shard checks whether its peers have reached a start-up or shutdown step.
+const PEER_POLL_MS: u64 = 1;
+
+/// Marks a mesh peer index not yet published.
+const PEER_UNKNOWN: usize = usize::MAX;
+
+/// A running node.
+pub struct Node {
+    shards: usize,
+    threads: Vec<thread::JoinHandle<std::io::Result<Result<(), ShardError>>>>,
+    control: Arc<NodeControl>,
+    /// Held for the node's lifetime: dropping it releases the data directory's lock.
+    _data_directory: Arc<DataDirectory>,
+}
+
+/// What the shards of a node share, across threads.
+#[derive(Default)]
+struct NodeControl {
+    stop_requested: AtomicBool,
+    /// Shards that have drained their connections (or never started serving).
+    drained: AtomicUsize,
+}
+
+/// Asks a node to stop; cheap to clone and usable from any thread.
+#[derive(Clone)]
+pub struct StopHandle(Arc<NodeControl>);
+
+impl StopHandle {
+    /// Asks every shard to stop accepting, finish what is in flight, and close.
+    pub fn stop(&self) {
+        self.0.stop_requested.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sends a shard's start-up result to [`Node::start`] exactly once. If the shard's future is
+/// dropped before it reports (its executor failed to start), the drop reports the failure, so
+/// the node never waits for a shard that is gone.
+struct ReadyReport {
+    shard_id: u32,
+    sender: Option<mpsc::Sender<Result<(), ShardError>>>,
+}
+
+impl ReadyReport {
+    fn report(&mut self, result: Result<(), ShardError>) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(result);
+        }
+    }
+}
+
+impl Drop for ReadyReport {
+    fn drop(&mut self) {
+        let shard_id = self.shard_id;
+        self.report(Err(ShardError::Executor {
+            shard_id,
+            reason: "the shard ended before it was ready".into(),
+        }));
+    }
+}
+
+impl Node {
+    /// Validates the configuration, locks the data directory, starts every shard and returns
+    /// once all of them serve.
+    ///
+    /// On error, shards that did start keep running until the process exits: a node that
+    /// cannot start is meant to end the process.
+    pub fn start(config: NodeConfig) -> Result<Node, ShardError> {
+        config.validate()?;
+        let shards = config.shard_count();
+        let data_directory = Arc::new(DataDirectory::open(&config.data_dir, shards)?);
+        let config = Arc::new(config);
+        let control = Arc::new(NodeControl::default());
+        let peers: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..shards).map(|_| AtomicUsize::new(PEER_UNKNOWN)).collect());
+        let mesh = MeshBuilder::<ShardMessage, _>::full(shards, config.mesh_channel_capacity);
+        let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
+        let (ready_sender, ready_receiver) = mpsc::channel();
+
+        let mut threads = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let shard_id = shard as u32;
+            let mut builder = ExecutorBuilder::new(&format!("ringkv-shard-{shard_id}"))
+                .io_memory_bytes(config.io_memory_bytes);
+            if config.pin_to_cores {
+                builder = builder.pin_to_core(shard % cores);
+            }
+            let context = ShardThread {
+                shard_id,
+                config: config.clone(),
+                data_directory: data_directory.clone(),
+                control: control.clone(),
+                peers: peers.clone(),
+                mesh: Some(mesh.clone()),
+                ready: ReadyReport { shard_id, sender: Some(ready_sender.clone()) },
+            };
+            let thread = builder
+                .spawn(move || context.run())
+                .map_err(|error| ShardError::Executor { shard_id, reason: error.to_string() })?;
+            threads.push(thread);
+        }
+        drop(ready_sender);
+
+        for _ in 0..shards {
+            let started = ready_receiver.recv().unwrap_or_else(|_| {
+                Err(ShardError::Executor {
+                    shard_id: 0,
+                    reason: "a shard thread ended before it was ready".into(),
+                })
+            });
+            if let Err(error) = started {
+                control.stop_requested.store(true, Ordering::SeqCst);
+                return Err(error);
+            }
+        }
+        info!(shards, data_dir = %data_directory.path().display(), "node serving");
+        Ok(Node { shards, threads, control, _data_directory: data_directory })
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// A handle that asks the node to stop, for a signal handler's thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.control.clone())
+    }
+
+    /// Waits for every shard to stop (after [`StopHandle::stop`]) and returns the first error
+    /// one of them reported. The data directory's lock is released on return.
+    pub fn wait(self) -> Result<(), ShardError> {
+        let mut first_error = None;
+        for (shard_id, thread) in self.threads.into_iter().enumerate() {
+            let shard_id = shard_id as u32;
+            let result = match thread.join() {
+                Ok(Ok(result)) => result,
+                Ok(Err(error)) => Err(ShardError::Executor { shard_id, reason: error.to_string() }),
+                Err(_) => {
+                    Err(ShardError::Executor { shard_id, reason: "the shard's thread panicked".into() })
+                }
+            };
+            if let Err(error) = result {
+                tracing::error!(shard = shard_id, %error, "shard stopped with an error");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// What one shard's thread owns.
+struct ShardThread {
+    shard_id: u32,
+    config: Arc<NodeConfig>,
+    data_directory: Arc<DataDirectory>,
+    control: Arc<NodeControl>,
+    peers: Arc<Vec<AtomicUsize>>,
+    /// Cloned on the main thread, as glommio's examples do, and consumed by `join`.
+    mesh: Option<MeshBuilder<ShardMessage, Full>>,
+    ready: ReadyReport,
+}
+
+impl ShardThread {
+    /// The shard's whole life, on its executor.
+    async fn run(mut self) -> Result<(), ShardError> {
+        let span = info_span!("shard", shard = self.shard_id);
+        let shard_id = self.shard_id;
+        async move {
+            let started = self.start().await;
+            let mut service = match started {
+                Ok(service) => {
+                    self.ready.report(Ok(()));
+                    service
+                }
+                Err(error) => {
+                    self.ready.report(Err(error));
+                    // Count as drained so that peers, if they stop, do not wait for this shard.
+                    self.control.drained.fetch_add(1, Ordering::SeqCst);
+                    return Ok(());
+                }
+            };
+            while !self.control.stop_requested.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+            }
+            info!("stopping: draining connections");
+            service.drain().await;
+            self.control.drained.fetch_add(1, Ordering::SeqCst);
+            let shards = self.peers.len();
+            while self.control.drained.load(Ordering::SeqCst) < shards {
+                glommio::timer::sleep(Duration::from_millis(PEER_POLL_MS)).await;
+            }
+            service.stop().await
+        }
+        .instrument(span)
+        .await
+        .inspect_err(|error| tracing::error!(shard = shard_id, %error, "stopping failed"))
+    }
+
+    async fn start(&mut self) -> Result<ShardService, ShardError> {
+        let shard_id = self.shard_id;
+        let mesh = self.mesh.take().expect("a shard starts once");
+        let (senders, receivers) =
+            mesh.join().await.map_err(|error| ShardError::Mesh { shard_id, reason: error.to_string() })?;
+        // glommio numbers mesh peers in its own order; publish ours and learn everyone's.
+        self.peers[shard_id as usize].store(senders.peer_id(), Ordering::SeqCst);
+        while self.peers.iter().any(|peer| peer.load(Ordering::SeqCst) == PEER_UNKNOWN) {
+            glommio::timer::sleep(Duration::from_millis(PEER_POLL_MS)).await;
+        }
+        let peer_of_shard = self.peers.iter().map(|peer| peer.load(Ordering::SeqCst)).collect();
+        ShardService::start(ShardSetup {
+            shard_id,
+            config: &self.config,
+            data_directory: &self.data_directory,
+            ring: Ring::new(self.peers.len(), self.config.vnodes_per_shard),
+            senders,
+            receivers,
+            peer_of_shard,
+        })
+        .await
+    }
+}

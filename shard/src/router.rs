@@ -1,0 +1,102 @@
+//! [`Router`]: answers a request's command, running each operation on the shard that owns its
+//! key.
+//!
+//! ```text
+//!  Command::Single(op) ─▶ ring.owner_of_key ─┬─ this shard ─▶ Handler::execute
+//!                                            └─ another    ─▶ Forwarding::forward ─mesh─▶ owner
+//!  Command::Batch(ops) ─▶ each op routed on its own, concurrently; results in request order
+//!  Command::Topology   ─▶ the ring's ranges and each shard's port (answered by any shard)
+//!  Command::Ping       ─▶ Pong
+//! ```
+
+pub mod forwarding;
+
+use std::rc::Rc;
+
+use ringkv_io::DmaDisk;
+use ringkv_wire::{Command, Failure, Operation, Outcome, Reply, Topology};
+
+use crate::handler::Handler;
+use crate::ring::Ring;
+use forwarding::Forwarding;
+
+/// Routes commands for one shard.
+pub struct Router {
+    shard_id: u32,
+    ring: Ring,
+    topology: Topology,
+    handler: Rc<Handler<DmaDisk>>,
+    forwarding: Rc<Forwarding>,
+}
+
+impl Router {
+    /// A router for shard `shard_id`; `topology` is what topology requests are answered with.
+    pub fn new(
+        shard_id: u32,
+        ring: Ring,
+        topology: Topology,
+        handler: Rc<Handler<DmaDisk>>,
+        forwarding: Rc<Forwarding>,
+    ) -> Self {
+        Router { shard_id, ring, topology, handler, forwarding }
+    }
+
+    /// The shard this router runs on.
+    pub fn shard_id(&self) -> u32 {
+        self.shard_id
+    }
+
+    /// Runs one operation where its key lives.
+    pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
+        let owner = self.ring.owner_of_key(operation.key());
+        if owner == self.shard_id {
+            self.handler.execute(operation).await
+        } else {
+            self.forwarding.forward(owner, operation).await
+        }
+    }
+
+    /// Whether answering `command` means waiting on storage or another shard; the connection
+    /// answers the others on the spot.
+    pub fn is_immediate(command: &Command) -> bool {
+        matches!(command, Command::Topology | Command::Ping)
+    }
+
+    /// The answer to an immediate command (see [`Router::is_immediate`]), or `None`.
+    pub fn answer_immediately(&self, command: &Command) -> Option<Reply> {
+        match command {
+            Command::Topology => Some(Reply::Topology(self.topology.clone())),
+            Command::Ping => Some(Reply::Pong),
+            Command::Single(_) | Command::Batch(_) => None,
+        }
+    }
+
+    /// The answer to `command`.
+    pub async fn answer(self: &Rc<Self>, command: Command) -> Reply {
+        match command {
+            Command::Single(operation) => match self.execute(operation).await {
+                Ok(outcome) => Reply::Single(outcome),
+                Err(failure) => Reply::Failed(failure),
+            },
+            Command::Batch(operations) => {
+                // Operations of a batch are independent (not a transaction): run them all at
+                // once, each on its owning shard, and collect the results in request order.
+                let tasks: Vec<_> = operations
+                    .into_iter()
+                    .map(|operation| {
+                        let router = self.clone();
+                        glommio::spawn_local(async move { router.execute(operation).await })
+                    })
+                    .collect();
+                let mut results = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    results.push(task.await);
+                }
+                Reply::Batch(results)
+            }
+            Command::Topology | Command::Ping => {
+                self.answer_immediately(&command).expect("topology and ping are immediate")
+            }
+        }
+    }
+}

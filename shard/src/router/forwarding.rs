@@ -1,0 +1,184 @@
+//! [`Forwarding`]: sends operations for keys this shard does not own to the shard that does,
+//! over glommio's cross-shard channel mesh, and routes the replies back to the waiting request.
+//!
+//! ```text
+//!  shard A (has the connection)                      shard B (owns the key)
+//!  forward(B, op) ─▶ pending[ticket] ─try_send─▶ ─mesh─▶ receive task ─spawn─▶ Handler::execute
+//!                        ▲                                                          │
+//!  receive task ◀─mesh◀─ send Reply { ticket, result } ◀──────────────────────────── ┘
+//!    └─▶ pending.remove(ticket) ─▶ wakes forward()
+//! ```
+//!
+//! Deadlock freedom (PITFALLS: two shards that both send on bounded channels and neither
+//! drains): each peer's channel is drained by its own receive task, which never waits on a send.
+//! Requests are executed in tasks of their own, and only those tasks wait for room to send the
+//! reply back; the receive task on the other side keeps draining, so that wait always ends.
+//!
+//! Bounds: a shard has at most `forward_in_flight_max` requests waiting on other shards; a
+//! request beyond that, or one that finds the channel full, is answered "overloaded" at once.
+//! Because every shard bounds what it sends, what a shard executes for its peers is bounded too.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::task::JoinHandle;
+use ringkv_wire::{ErrorCode, Failure, Operation, Outcome};
+use tracing::{debug, Instrument};
+
+use crate::handler::Handler;
+use ringkv_io::DmaDisk;
+
+/// What shards send each other.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// Execute `operation` (the receiver owns its key) and reply with `ticket`.
+    Request { ticket: u64, operation: Operation },
+    /// The result of the request with `ticket`.
+    Reply { ticket: u64, result: Result<Outcome, Failure> },
+}
+
+/// This shard's end of the mesh.
+pub struct Forwarding {
+    shard_id: u32,
+    senders: Senders<ShardMessage>,
+    /// Mesh peer index of each shard id: glommio numbers peers in its own order.
+    peer_of_shard: Vec<usize>,
+    /// Requests sent and not yet answered, by ticket.
+    pending: RefCell<HashMap<u64, LocalSender<Result<Outcome, Failure>>>>,
+    next_ticket: Cell<u64>,
+    forward_in_flight_max: usize,
+}
+
+/// Removes a ticket from the pending map when the waiting request goes away, answered or not
+/// (a connection can be dropped while its request waits).
+struct PendingTicket<'forwarding> {
+    forwarding: &'forwarding Forwarding,
+    ticket: u64,
+}
+
+impl Drop for PendingTicket<'_> {
+    fn drop(&mut self) {
+        self.forwarding.pending.borrow_mut().remove(&self.ticket);
+    }
+}
+
+impl Forwarding {
+    /// This shard's end of a joined mesh. `peer_of_shard[shard]` is that shard's mesh peer index.
+    pub fn new(
+        shard_id: u32,
+        senders: Senders<ShardMessage>,
+        peer_of_shard: Vec<usize>,
+        forward_in_flight_max: usize,
+    ) -> Self {
+        Forwarding {
+            shard_id,
+            senders,
+            peer_of_shard,
+            pending: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(1),
+            forward_in_flight_max,
+        }
+    }
+
+    /// Requests waiting for another shard's answer.
+    pub fn pending(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// Executes `operation` on shard `owner` and returns its result.
+    pub async fn forward(&self, owner: u32, operation: Operation) -> Result<Outcome, Failure> {
+        if self.pending() >= self.forward_in_flight_max {
+            return Err(Failure::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "shard {} has {} requests forwarded to other shards (forward_in_flight_max); retry later",
+                    self.shard_id, self.forward_in_flight_max
+                ),
+            ));
+        }
+        let peer = self.peer_of_shard[owner as usize];
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(ticket, sender);
+        let _guard = PendingTicket { forwarding: self, ticket };
+        if self.senders.try_send_to(peer, ShardMessage::Request { ticket, operation }).is_err() {
+            return Err(Failure::new(
+                ErrorCode::Overloaded,
+                format!("the channel from shard {} to shard {owner} is full; retry later", self.shard_id),
+            ));
+        }
+        match receiver.recv().await {
+            Some(result) => result,
+            None => Err(Failure::new(ErrorCode::Unavailable, format!("shard {owner} did not answer"))),
+        }
+    }
+
+    /// Starts one task per peer draining what that peer sends: requests are executed on
+    /// `handler`, replies wake the waiting request. The tasks end when the peer closes its side.
+    pub fn start_receivers(
+        self: &Rc<Self>,
+        mut receivers: Receivers<ShardMessage>,
+        handler: Rc<Handler<DmaDisk>>,
+    ) -> Vec<JoinHandle<()>> {
+        receivers
+            .streams()
+            .into_iter()
+            .map(|(peer, receiver)| {
+                let forwarding = self.clone();
+                let handler = handler.clone();
+                let span = tracing::debug_span!("mesh_receiver", shard = self.shard_id, peer);
+                glommio::spawn_local(
+                    async move {
+                        while let Some(message) = receiver.recv().await {
+                            forwarding.on_message(peer, message, &handler);
+                        }
+                        debug!("peer closed its channel");
+                    }
+                    .instrument(span),
+                )
+                .detach()
+            })
+            .collect()
+    }
+
+    fn on_message(self: &Rc<Self>, peer: usize, message: ShardMessage, handler: &Rc<Handler<DmaDisk>>) {
+        match message {
+            ShardMessage::Request { ticket, operation } => {
+                let forwarding = self.clone();
+                let handler = handler.clone();
+                let span = tracing::debug_span!("forwarded", shard = self.shard_id, peer, ticket);
+                glommio::spawn_local(
+                    async move {
+                        let result = handler.execute(operation).await;
+                        // Waits for room; the peer's receive task drains without waiting.
+                        if forwarding
+                            .senders
+                            .send_to(peer, ShardMessage::Reply { ticket, result })
+                            .await
+                            .is_err()
+                        {
+                            debug!("the requesting shard closed its channel before the reply");
+                        }
+                    }
+                    .instrument(span),
+                )
+                .detach();
+            }
+            ShardMessage::Reply { ticket, result } => {
+                // Absent when the waiting request was dropped; the reply has no one to go to.
+                if let Some(waiting) = self.pending.borrow_mut().remove(&ticket) {
+                    let _ = waiting.try_send(result);
+                }
+            }
+        }
+    }
+
+    /// Closes this shard's sending side: peers' receive tasks end once they have drained it.
+    pub fn close(&self) {
+        self.senders.close();
+    }
+}

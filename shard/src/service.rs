@@ -1,0 +1,309 @@
+//! [`ShardService`]: one shard, composed: its storage engine, its handler, router and end of
+//! the mesh, and its two listening sockets; with a two-step stop.
+//!
+//! ```text
+//!  start:  EngineService::open(DATA_DIR/shard-<id>) ─▶ Handler ─▶ Router ◀─ Forwarding (mesh)
+//!          bind client port (SO_REUSEPORT, shared) + shard port (this shard only)
+//!          accept tasks ─▶ one Connection task per client
+//!  drain:  stop accepting, stop reading requests, finish in-flight requests, write replies
+//!  stop:   (every shard drained) close the mesh, sync and close the engine
+//! ```
+//!
+//! Stopping takes two steps because of forwarding: a shard that has drained its own connections
+//! must keep executing requests other shards forward to it until they have drained theirs too.
+//! The node runs `drain` on every shard, waits for all of them, then runs `stop`.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_lite::future::or;
+use futures_lite::io::AsyncWriteExt;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::task::JoinHandle;
+use ringkv_io::{now_ms, EngineService};
+use ringkv_wire::{encode_response, ErrorCode, Failure, Reply, Response, CONNECTION_ERROR_ID};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::clock::HybridClock;
+use crate::config::NodeConfig;
+use crate::connection::{Connection, ConnectionLimits};
+use crate::data_directory::DataDirectory;
+use crate::error::ShardError;
+use crate::handler::Handler;
+use crate::ring::Ring;
+use crate::router::forwarding::{Forwarding, ShardMessage};
+use crate::router::Router;
+use crate::stop_signal::StopSignal;
+
+/// Pause after a failed accept (out of descriptors, say) before trying again, so the shard does
+/// not spin on an error that persists.
+const ACCEPT_RETRY_MS: u64 = 10;
+
+/// Everything a shard needs to start, besides its executor.
+pub struct ShardSetup<'setup> {
+    pub shard_id: u32,
+    pub config: &'setup NodeConfig,
+    pub data_directory: &'setup DataDirectory,
+    pub ring: Ring,
+    pub senders: Senders<ShardMessage>,
+    pub receivers: Receivers<ShardMessage>,
+    /// Mesh peer index of each shard id.
+    pub peer_of_shard: Vec<usize>,
+}
+
+/// A running shard.
+pub struct ShardService {
+    shard_id: u32,
+    engine: EngineService,
+    forwarding: Rc<Forwarding>,
+    receivers: Vec<JoinHandle<()>>,
+    acceptors: Vec<JoinHandle<()>>,
+    connections: Rc<ConnectionCount>,
+    stop: Rc<StopSignal>,
+    shutdown_grace: Duration,
+}
+
+/// Open connections of one shard, with a wake-up when the last one closes.
+#[derive(Default)]
+struct ConnectionCount {
+    open: Cell<usize>,
+    closed: Event,
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Rc<ConnectionCount>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let count = &self.0;
+        count.open.set(count.open.get() - 1);
+        count.closed.notify(usize::MAX);
+    }
+}
+
+impl ConnectionCount {
+    fn open(self: &Rc<Self>) -> OpenConnection {
+        self.open.set(self.open.get() + 1);
+        OpenConnection(self.clone())
+    }
+
+    async fn wait_until_none(&self) {
+        loop {
+            let listener = self.closed.listen();
+            if self.open.get() == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl ShardService {
+    /// Opens the shard's engine, binds its sockets and starts serving. Must run on the shard's
+    /// own executor.
+    pub async fn start(setup: ShardSetup<'_>) -> Result<ShardService, ShardError> {
+        let ShardSetup { shard_id, config, data_directory, ring, senders, receivers, peer_of_shard } = setup;
+        let directory = data_directory.shard_path(shard_id);
+        let engine = EngineService::open(&directory, config.engine_options())
+            .await
+            .map_err(|source| ShardError::Storage { shard_id, source })?;
+        let recovery = engine.engine().recovery();
+        info!(
+            directory = %directory.display(),
+            records_replayed = recovery.records_replayed,
+            torn_tail_bytes = recovery.torn_tail_bytes,
+            tables = recovery.tables_opened,
+            "storage engine open"
+        );
+
+        let handler =
+            Rc::new(Handler::new(engine.engine().clone(), HybridClock::new(config.node_id), now_ms));
+        let forwarding =
+            Rc::new(Forwarding::new(shard_id, senders, peer_of_shard, config.forward_in_flight_max));
+        let receivers = forwarding.start_receivers(receivers, handler.clone());
+        let topology = ring.topology(|shard| config.shard_port(shard));
+        let router = Rc::new(Router::new(shard_id, ring, topology, handler, forwarding.clone()));
+
+        let client_listener = bind_shared(config.listen)?;
+        let shard_address = config.shard_address(shard_id);
+        let shard_listener = bind_exclusive(shard_address)?;
+        info!(client = %config.listen, shard = %shard_address, "listening");
+
+        let stop = Rc::new(StopSignal::new());
+        let connections = Rc::new(ConnectionCount::default());
+        let acceptor = Acceptor {
+            shard_id,
+            router,
+            stop: stop.clone(),
+            connections: connections.clone(),
+            connections_max: config.connections_max,
+            limits: ConnectionLimits {
+                in_flight_max: config.in_flight_max,
+                outbox_bytes_max: config.outbox_bytes_max,
+            },
+        };
+        let acceptor = Rc::new(acceptor);
+        let acceptors = [("client", client_listener), ("shard", shard_listener)]
+            .into_iter()
+            .map(|(port, listener)| {
+                let acceptor = acceptor.clone();
+                let span = info_span!("accept", shard = shard_id, port);
+                glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
+            })
+            .collect();
+
+        Ok(ShardService {
+            shard_id,
+            engine,
+            forwarding,
+            receivers,
+            acceptors,
+            connections,
+            stop,
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        })
+    }
+
+    /// The shard's id.
+    pub fn shard_id(&self) -> u32 {
+        self.shard_id
+    }
+
+    /// First step of stopping: stop accepting connections and reading requests, then wait for
+    /// the requests in flight to be answered and the connections to close, for at most the
+    /// shutdown grace period. Requests other shards forward keep being served.
+    pub async fn drain(&mut self) {
+        self.stop.trigger();
+        for acceptor in self.acceptors.drain(..) {
+            acceptor.await;
+        }
+        let open = self.connections.open.get();
+        if open > 0 {
+            info!(open, "waiting for connections to finish their requests");
+        }
+        let drained = or(
+            async {
+                self.connections.wait_until_none().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(self.shutdown_grace).await;
+                false
+            },
+        )
+        .await;
+        if !drained {
+            warn!(
+                open = self.connections.open.get(),
+                grace_ms = self.shutdown_grace.as_millis() as u64,
+                "connections still open after the shutdown grace period; closing anyway"
+            );
+        }
+    }
+
+    /// Second step, once every shard has drained: close the mesh and the engine (which makes
+    /// every acknowledged write durable). Returns the error that poisoned the engine, if any.
+    pub async fn stop(self) -> Result<(), ShardError> {
+        self.forwarding.close();
+        for receiver in &self.receivers {
+            // Every shard has drained: nothing more will be forwarded, so the receive tasks
+            // have nothing left to do.
+            receiver.cancel();
+        }
+        for receiver in self.receivers {
+            receiver.await;
+        }
+        let shard_id = self.shard_id;
+        self.engine.stop().await.map_err(|source| ShardError::Storage { shard_id, source })?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Accepts connections on one listener and starts a task for each.
+struct Acceptor {
+    shard_id: u32,
+    router: Rc<Router>,
+    stop: Rc<StopSignal>,
+    connections: Rc<ConnectionCount>,
+    connections_max: usize,
+    limits: ConnectionLimits,
+}
+
+impl Acceptor {
+    async fn run(&self, listener: TcpListener) {
+        loop {
+            let accepted = or(async { Some(listener.accept().await) }, async {
+                self.stop.wait().await;
+                None
+            })
+            .await;
+            match accepted {
+                None => break,
+                Some(Ok(stream)) => self.start_connection(stream),
+                Some(Err(error)) => {
+                    warn!(%error, "accepting a connection failed");
+                    glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                }
+            }
+        }
+        debug!("stopped accepting");
+    }
+
+    fn start_connection(&self, stream: TcpStream) {
+        if self.connections.open.get() >= self.connections_max {
+            let span = info_span!("refuse", shard = self.shard_id);
+            let connections_max = self.connections_max;
+            glommio::spawn_local(refuse(stream, connections_max).instrument(span)).detach();
+            return;
+        }
+        let open = self.connections.open();
+        let connection = Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits);
+        let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
+        let span = info_span!("connection", shard = self.shard_id, %peer);
+        glommio::spawn_local(
+            async move {
+                debug!("connection open");
+                connection.serve().await;
+                drop(open);
+            }
+            .instrument(span),
+        )
+        .detach();
+    }
+}
+
+/// Tells a client the shard has no room for another connection, and closes.
+async fn refuse(mut stream: TcpStream, connections_max: usize) {
+    let failure = Failure::new(
+        ErrorCode::Overloaded,
+        format!("the shard has {connections_max} open connections (connections_max); retry later"),
+    );
+    let response = Response { id: CONNECTION_ERROR_ID, reply: Reply::Failed(failure) };
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let frame = encode_response(&mut builder, &response).expect("a short error response fits in a frame");
+    if let Err(error) = stream.write_all(frame).await {
+        debug!(%error, "could not tell a refused client why");
+    }
+    let _ = stream.close().await;
+}
+
+/// Binds the client port, shared by every shard of the node (glommio sets SO_REUSEPORT and the
+/// kernel spreads connections among the shards).
+fn bind_shared(address: SocketAddr) -> Result<TcpListener, ShardError> {
+    TcpListener::bind(address).map_err(|error| ShardError::Listen { address, source: error.into() })
+}
+
+/// Binds a shard's own port without SO_REUSEPORT, so that no other process can quietly share it.
+fn bind_exclusive(address: SocketAddr) -> Result<TcpListener, ShardError> {
+    let listener =
+        std::net::TcpListener::bind(address).map_err(|source| ShardError::Listen { address, source })?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that `into_raw_fd` hands over; the
+    // glommio listener becomes its only owner.
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
+}

@@ -1,0 +1,190 @@
+//! The `ringkv` binary: reads the configuration (a TOML file, then flags on top), starts one
+//! pinned glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ringkv_shard::{Node, NodeConfig, SyncSetting};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// ringkv: a Dynamo-style key-value store, thread-per-core on io_uring.
+#[derive(Parser, Debug)]
+#[command(name = "ringkv", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: one shard per core, each serving the client port and its own shard port.
+    ///
+    /// Settings come from the defaults, then the --config file, then these flags. Logs go to
+    /// stderr; set RINGKV_LOG (or RUST_LOG) to a tracing filter such as `debug` or
+    /// `ringkv_shard=debug` to see more. SIGINT or SIGTERM stops the node cleanly: it stops
+    /// accepting, finishes requests in flight, syncs and closes its files, and exits 0.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML file with any of the settings below (same names, with underscores).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for the data; one sub-directory per shard. [default: ./ringkv-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Client address every shard listens on (SO_REUSEPORT). [default: 127.0.0.1:7379]
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// First shard port: shard i listens on this + i, alone. [default: the client port + 1]
+    #[arg(long, value_name = "PORT")]
+    shard_port_base: Option<u16>,
+    /// Number of shards, one pinned executor each. [default: one per available core]
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Do not pin shard executors to cores (for machines shared with other work).
+    #[arg(long)]
+    no_pin: bool,
+    /// Node id (0-1023), carried in the low bits of every version this node writes. [default: 0]
+    #[arg(long, value_name = "ID")]
+    node_id: Option<u16>,
+    /// When a write is acknowledged: `always` (after its fdatasync; group commit shares one
+    /// sync among concurrent writes) or `periodic:MS` (once buffered; synced every MS
+    /// milliseconds, so up to MS of writes can be lost on power failure). [default: always]
+    #[arg(long, value_name = "MODE")]
+    sync: Option<SyncSetting>,
+    /// Token ranges (vnodes) per shard. [default: 16]
+    #[arg(long, value_name = "N")]
+    vnodes_per_shard: Option<usize>,
+    /// Open client connections per shard; more are answered "overloaded". [default: 1024]
+    #[arg(long, value_name = "N")]
+    connections_max: Option<usize>,
+    /// Requests executing at once per connection; more are answered "overloaded". [default: 1024]
+    #[arg(long, value_name = "N")]
+    in_flight_max: Option<usize>,
+    /// Bytes of replies waiting per connection before it stops reading requests. [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    outbox_bytes_max: Option<usize>,
+    /// Requests a shard may have waiting on other shards; more are answered "overloaded".
+    /// [default: 4096]
+    #[arg(long, value_name = "N")]
+    forward_in_flight_max: Option<usize>,
+    /// Capacity of each shard-to-shard channel, in messages. [default: 1024]
+    #[arg(long, value_name = "N")]
+    mesh_channel_capacity: Option<usize>,
+    /// Memory each shard registers with io_uring for DMA buffers. [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    io_memory_bytes: Option<usize>,
+    /// Memtable size at which a shard flushes it to an SSTable. [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    memtable_bytes_max: Option<usize>,
+    /// SSTable block cache per shard. [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    block_cache_bytes: Option<usize>,
+    /// On shutdown, how long to wait for connections to finish before closing them. [default: 10000]
+    #[arg(long, value_name = "MS")]
+    shutdown_grace_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The configuration file (or the defaults) with every given flag applied on top.
+    fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *field = value.clone();
+            }
+        }
+        set(&mut config.data_dir, &self.data_dir);
+        set(&mut config.listen, &self.listen);
+        if self.shard_port_base.is_some() {
+            config.shard_port_base = self.shard_port_base;
+        }
+        if self.shards.is_some() {
+            config.shards = self.shards;
+        }
+        if self.no_pin {
+            config.pin_to_cores = false;
+        }
+        set(&mut config.node_id, &self.node_id);
+        set(&mut config.sync, &self.sync);
+        set(&mut config.vnodes_per_shard, &self.vnodes_per_shard);
+        set(&mut config.connections_max, &self.connections_max);
+        set(&mut config.in_flight_max, &self.in_flight_max);
+        set(&mut config.outbox_bytes_max, &self.outbox_bytes_max);
+        set(&mut config.forward_in_flight_max, &self.forward_in_flight_max);
+        set(&mut config.mesh_channel_capacity, &self.mesh_channel_capacity);
+        set(&mut config.io_memory_bytes, &self.io_memory_bytes);
+        set(&mut config.memtable_bytes_max, &self.memtable_bytes_max);
+        set(&mut config.block_cache_bytes, &self.block_cache_bytes);
+        set(&mut config.shutdown_grace_ms, &self.shutdown_grace_ms);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::var("RINGKV_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|filter| EnvFilter::try_new(filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!("{error:#}");
+            eprintln!("ringkv: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    // Register before starting: a signal during start-up must not kill the process mid-write.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        shards = config.shard_count(),
+        sync = %config.sync,
+        "starting"
+    );
+    let node = Node::start(config).context("starting the node")?;
+    let stop = node.stop_handle();
+    std::thread::Builder::new()
+        .name("ringkv-signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received == 1 {
+                    info!(signal, "stopping: finishing requests in flight, then syncing and closing");
+                    stop.stop();
+                } else {
+                    warn!(signal, "second signal: exiting without waiting");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    node.wait().context("stopping the node")?;
+    info!("stopped cleanly");
+    Ok(())
+}
