@@ -147,6 +147,17 @@ fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) 
     move |error| StorageError::io(op, file, error)
 }
 
+/// True when no key lies between `start` and `end`.
+fn range_is_empty(start: &Bound<Bytes>, end: &Bound<Bytes>) -> bool {
+    match (start, end) {
+        (Bound::Included(start), Bound::Included(end)) => start > end,
+        (Bound::Included(start) | Bound::Excluded(start), Bound::Included(end) | Bound::Excluded(end)) => {
+            start >= end
+        }
+        _ => false,
+    }
+}
+
 fn validate(key: &[u8], value: Option<&Bytes>) -> Result<()> {
     if key.is_empty() {
         return Err(StorageError::KeyEmpty);
@@ -449,6 +460,9 @@ impl<D: Disk> Engine<D> {
         include_dead: bool,
     ) -> Result<ScanPage> {
         assert!(limit > 0, "a scan page holds at least one entry");
+        if range_is_empty(&start, &end) {
+            return Ok(ScanPage::default());
+        }
         fn as_slice(bound: &Bound<Bytes>) -> Bound<&[u8]> {
             bound.as_ref().map(|key| &key[..])
         }
@@ -528,7 +542,8 @@ impl<D: Disk> Engine<D> {
             }
             // A source was cut short: everything below its first unread key has been seen.
             _ => complete_through,
-        };
+        }
+        .filter(|next| !range_is_empty(&Bound::Included(next.clone()), &end));
         Ok(page)
     }
 

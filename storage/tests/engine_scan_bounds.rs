@@ -21,7 +21,6 @@ async fn engine_with_keys(count: u32) -> Engine<MemDisk> {
 }
 
 #[test]
-#[ignore = "engine bug: scan panics (BTreeMap::range) when a page ends exactly at an inclusive end key; run with cargo test -- --ignored"]
 fn engine_scan_pages_to_an_inclusive_end() {
     block_on(async {
         let engine = engine_with_keys(10).await;
@@ -42,7 +41,6 @@ fn engine_scan_pages_to_an_inclusive_end() {
 }
 
 #[test]
-#[ignore = "engine bug: scan panics (BTreeMap::range) on an empty range such as start > end; run with cargo test -- --ignored"]
 fn engine_scan_of_an_empty_range_is_an_empty_page() {
     block_on(async {
         let engine = engine_with_keys(10).await;
