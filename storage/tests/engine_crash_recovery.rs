@@ -9,12 +9,11 @@
 
 mod common;
 
-use common::{reopen_and_check, CrashPointDisk, Snapshot, Write};
+use common::{reopen_and_check, Acknowledged, CrashPointDisk, Snapshot, Write};
 use futures_executor::block_on;
 use proptest::prelude::*;
 use ringkv_storage::disk::memory::CrashMode;
 use ringkv_storage::{Engine, EngineOptions, SyncMode};
-use std::cell::Cell;
 use std::rc::Rc;
 
 const SLOTS: usize = 48;
@@ -73,15 +72,15 @@ fn history(steps: &[Step]) -> Vec<Write> {
 }
 
 /// Runs the script on `disk`, acknowledging each write as it resolves.
-async fn run_script(disk: &CrashPointDisk, steps: &[Step], writes: &[Write], acknowledged: &Cell<usize>) {
+async fn run_script(disk: &CrashPointDisk, steps: &[Step], writes: &[Write], acknowledged: &Acknowledged) {
     let engine = Engine::open(disk.clone(), options()).await.unwrap();
     let mut next_write = 0;
     for step in steps {
         match step {
             Step::Put { .. } | Step::Delete { .. } => {
                 writes[next_write].issue(&engine, next_write).await.unwrap();
+                acknowledged.record(next_write);
                 next_write += 1;
-                acknowledged.set(next_write);
             }
             Step::Flush => engine.flush().await.unwrap(),
             Step::Compact => {
@@ -133,7 +132,7 @@ proptest! {
         tear in crash_mode(),
     ) {
         let writes = history(&steps);
-        let acknowledged = Rc::new(Cell::new(0));
+        let acknowledged = Rc::new(Acknowledged::default());
         let disk = CrashPointDisk::new(vec![CrashMode::DropUnsynced, tear], acknowledged.clone(), move |operation| {
             (operation.number + crash_offset) % crash_every == 0
         });
@@ -163,7 +162,7 @@ fn engine_crash_after_every_disk_operation_keeps_an_acknowledged_prefix() {
     }
     steps.push(Step::CompactAll);
     let writes = history(&steps);
-    let acknowledged = Rc::new(Cell::new(0));
+    let acknowledged = Rc::new(Acknowledged::default());
     let disk = CrashPointDisk::new(
         vec![CrashMode::DropUnsynced, CrashMode::TearLastWrite { sectors_kept: 1 }],
         acknowledged.clone(),
