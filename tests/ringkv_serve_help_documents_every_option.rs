@@ -1,0 +1,35 @@
+//! `ringkv serve --help` documents every option, with its default.
+
+use std::process::Command;
+
+#[test]
+fn ringkv_serve_help_documents_every_option() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringkv")).args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "--config",
+        "--data-dir",
+        "--listen",
+        "--shard-port-base",
+        "--shards",
+        "--no-pin",
+        "--node-id",
+        "--sync",
+        "--vnodes-per-shard",
+        "--connections-max",
+        "--in-flight-max",
+        "--outbox-bytes-max",
+        "--forward-in-flight-max",
+        "--mesh-channel-capacity",
+        "--io-memory-bytes",
+        "--memtable-bytes-max",
+        "--block-cache-bytes",
+        "--shutdown-grace-ms",
+    ] {
+        assert!(help.contains(option), "{option} is not documented:\n{help}");
+    }
+    for default in ["./ringkv-data", "127.0.0.1:7379", "periodic:MS", "SIGTERM"] {
+        assert!(help.contains(default), "{default} is not mentioned:\n{help}");
+    }
+}
