@@ -47,7 +47,8 @@ use crate::stop_signal::StopSignal;
 /// Bytes read from the socket per call.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
-/// After an untrusted frame, how much more the connection reads and discards before closing.
+/// After an untrusted frame, or when the shard stops, how much more the connection reads and
+/// discards before closing.
 /// Closing a socket with unread bytes makes the kernel send a reset, which can destroy the error
 /// reply before the client reads it; draining a bounded amount first lets the reply arrive.
 const LINGER_BYTES_MAX: usize = 4 << 20;
@@ -94,8 +95,10 @@ struct Shared {
 /// Why the reader stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadEnd {
-    /// The client closed its side, the socket failed, or the shard is stopping.
+    /// The client closed its side, or the socket failed.
     Finished,
+    /// The shard is stopping; the client may still be sending.
+    Stopped,
     /// An untrusted frame; the client may still be sending.
     Refused,
 }
@@ -216,7 +219,7 @@ impl Connection {
         let end = read_requests(&mut reader, &shared, &router, &stop, limits).await;
         shared.finish_reading();
         writer_task.await;
-        if end == ReadEnd::Refused {
+        if end != ReadEnd::Finished {
             linger(&mut reader).await;
         }
         debug!(?end, "connection closed");
@@ -235,7 +238,7 @@ async fn read_requests(
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
-            return ReadEnd::Finished;
+            return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
         }
         let read = or(async { Some(reader.read(&mut chunk).await) }, async {
             stop.wait().await;
@@ -243,7 +246,7 @@ async fn read_requests(
         })
         .await;
         match read {
-            None => return ReadEnd::Finished,
+            None => return ReadEnd::Stopped,
             Some(Ok(0)) => {
                 if let Err(error) = decoder.check_end_of_stream() {
                     debug!(%error, "stream ended inside a frame");

@@ -186,7 +186,13 @@ impl Server {
         assert_eq!(sent, 0, "kill({signal}) failed");
     }
 
-    fn wait_for_exit(&mut self) -> ExitStatus {
+    /// Sends SIGTERM without waiting; see [`Server::wait_for_exit`].
+    pub fn signal_terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Waits for the process to exit (after a signal).
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
         let deadline = Instant::now() + DEADLINE;
         loop {
