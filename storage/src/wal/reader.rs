@@ -61,6 +61,11 @@ pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Re
                 }
                 offset = align_up(offset as u64) as usize;
             }
+            Decoded::Invalid(_) if is_padding_to_boundary(buf, offset) => {
+                // A group write ended fewer than a header's bytes before a boundary: the header
+                // read straddled its zero padding and the next group's first record.
+                offset = align_up(offset as u64) as usize;
+            }
             Decoded::Invalid(reason) => {
                 if let Some(later) = valid_record_after(buf, offset, expected_seq) {
                     return Err(StorageError::corruption(
@@ -87,6 +92,14 @@ pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Re
         }
     }
     Ok(scan)
+}
+
+/// True when `offset` is inside a 4 KiB block and every byte from it to the block's end is zero.
+fn is_padding_to_boundary(buf: &[u8], offset: usize) -> bool {
+    offset % ALIGNMENT != 0 && {
+        let boundary = (align_up(offset as u64) as usize).min(buf.len());
+        buf[offset..boundary].iter().all(|&byte| byte == 0)
+    }
 }
 
 /// Finds a valid record starting on a boundary after `offset` whose sequence number is at least
@@ -126,6 +139,17 @@ mod tests {
         let scan = scan_segment("s", &buf, Some(1)).unwrap();
         assert_eq!(scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(scan.torn_bytes, 0);
+    }
+
+    #[test]
+    fn a_group_ending_just_before_a_boundary_is_padding() {
+        // Size the first record so that its group ends 1..16 bytes before the boundary.
+        for gap in 1..=RECORD_HEADER_BYTES {
+            let payload = vec![9u8; ALIGNMENT - RECORD_HEADER_BYTES - gap];
+            let buf = segment(&[&[(1, &payload)], &[(2, b"next")]]);
+            let scan = scan_segment("s", &buf, Some(1)).unwrap_or_else(|error| panic!("gap {gap}: {error}"));
+            assert_eq!(scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2], "gap {gap}");
+        }
     }
 
     #[test]
