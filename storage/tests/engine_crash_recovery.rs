@@ -122,7 +122,7 @@ async fn check_snapshot(snapshot: &Snapshot, writes: &[Write]) -> ringkv_storage
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_crash_at_random_points_keeps_an_acknowledged_prefix(
