@@ -1,0 +1,62 @@
+//! The commands each client call sends, built in one place for every adapter.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_wire::{Command, Expected, Operation};
+
+/// A time-to-live in whole milliseconds, rounded up so that a short non-zero TTL never becomes
+/// the zero the server refuses. Too large a TTL saturates and is then refused by the limit
+/// check, with the server's error.
+pub fn ttl_ms(ttl: Duration) -> u64 {
+    let milliseconds = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(milliseconds).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn get(key: &[u8]) -> Command {
+    Command::Single(Operation::Get { key: Bytes::copy_from_slice(key) })
+}
+
+pub(crate) fn put(key: &[u8], value: &[u8], ttl: Option<Duration>) -> Command {
+    Command::Single(Operation::Put {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(value),
+        ttl_ms: ttl.map(ttl_ms),
+    })
+}
+
+pub(crate) fn delete(key: &[u8]) -> Command {
+    Command::Single(Operation::Delete { key: Bytes::copy_from_slice(key) })
+}
+
+pub(crate) fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> Command {
+    Command::Single(Operation::CompareAndSwap {
+        key: Bytes::copy_from_slice(key),
+        expected,
+        value: Bytes::copy_from_slice(value),
+        ttl_ms: None,
+    })
+}
+
+/// The key a command should be routed by: the single operation's key. Batches, pings and
+/// topology requests address no single shard and go to the shared port, where the server
+/// forwards each operation to its owner.
+pub(crate) fn routing_key(command: &Command) -> Option<&[u8]> {
+    match command {
+        Command::Single(operation) => Some(operation.key()),
+        Command::Batch(_) | Command::Topology | Command::Ping => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_milliseconds() {
+        assert_eq!(ttl_ms(Duration::from_micros(1)), 1);
+        assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(ttl_ms(Duration::ZERO), 0);
+        assert_eq!(ttl_ms(Duration::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,224 @@
+//! [`Connection`]: the sans-IO core of one client connection. Every adapter drives one of these
+//! per socket; none of them encodes, decodes or matches anything itself.
+//!
+//! ```text
+//!  send(command) ──validate, id, encode──▶ outbox ──take_output──▶ adapter writes to the socket
+//!  adapter reads the socket ──on_received──▶ FrameDecoder ──poll_reply──▶ (id, Reply)
+//!  abandon(id): a timed-out request keeps its slot until its late reply arrives and is dropped
+//! ```
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+use flatbuffers::FlatBufferBuilder;
+use ringkv_wire::{
+    encode_request_into, parse_response, Command, FrameDecoder, Reply, Request, WireError,
+    CONNECTION_ERROR_ID,
+};
+
+use crate::error::Error;
+
+/// Default bound on requests awaiting an answer on one connection; matches the server's
+/// default per-connection window, so a client left at its defaults is never answered
+/// "overloaded" for pipelining alone.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+
+/// One connection's protocol state: request ids, encoding, response matching, and the bound on
+/// requests in flight. No I/O: bytes to send come out of [`Connection::take_output`], bytes
+/// received go into [`Connection::on_received`].
+pub struct Connection {
+    builder: FlatBufferBuilder<'static>,
+    decoder: FrameDecoder,
+    outbox: BytesMut,
+    next_id: u64,
+    /// Requests sent whose reply someone is waiting for.
+    awaited: HashSet<u64>,
+    /// Requests whose caller gave up (timed out). The server still works on them, so they keep
+    /// counting against `in_flight_max` until their reply arrives and is dropped.
+    abandoned: HashSet<u64>,
+    in_flight_max: usize,
+}
+
+impl Connection {
+    /// A fresh connection state allowing `in_flight_max` unanswered requests (at least one).
+    pub fn new(in_flight_max: usize) -> Self {
+        Connection {
+            builder: FlatBufferBuilder::new(),
+            decoder: FrameDecoder::new(),
+            outbox: BytesMut::new(),
+            next_id: CONNECTION_ERROR_ID + 1,
+            awaited: HashSet::new(),
+            abandoned: HashSet::new(),
+            in_flight_max: in_flight_max.max(1),
+        }
+    }
+
+    /// Requests sent and not yet answered, abandoned ones included.
+    pub fn in_flight(&self) -> usize {
+        self.awaited.len() + self.abandoned.len()
+    }
+
+    /// The bound on [`Connection::in_flight`].
+    pub fn in_flight_max(&self) -> usize {
+        self.in_flight_max
+    }
+
+    /// Whether another request may be sent now.
+    pub fn has_room(&self) -> bool {
+        self.in_flight() < self.in_flight_max
+    }
+
+    /// Checks `command` against every limit the server enforces, encodes it with a fresh id
+    /// into the outbox, and returns the id its reply will carry.
+    ///
+    /// Fails with [`Error::Limit`] (the server's own error for that limit) without sending
+    /// anything, or with [`Error::InFlightFull`] when `in_flight_max` requests are unanswered.
+    pub fn send(&mut self, command: Command) -> Result<u64, Error> {
+        let request = Request { id: self.next_id, command };
+        request.validate().map_err(Error::Limit)?;
+        if !self.has_room() {
+            return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
+        }
+        encode_request_into(&mut self.builder, &request, &mut self.outbox).map_err(Error::Limit)?;
+        // Ids never repeat on one connection, so a late reply can never be taken for another
+        // request's; 0 is reserved for connection-level errors.
+        self.next_id = self.next_id.checked_add(1).unwrap_or(CONNECTION_ERROR_ID + 1);
+        self.awaited.insert(request.id);
+        Ok(request.id)
+    }
+
+    /// Encoded requests not yet handed to the socket, all of them as one buffer so that a burst
+    /// of requests costs one write.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if self.outbox.is_empty() {
+            return None;
+        }
+        Some(self.outbox.split().freeze())
+    }
+
+    /// Bytes the socket returned.
+    pub fn on_received(&mut self, bytes: &[u8]) {
+        self.decoder.extend_from_slice(bytes);
+    }
+
+    /// The next reply to a request someone waits for, in the order the server sent them (which
+    /// need not be the order of the requests). `Ok(None)` means more bytes are needed.
+    ///
+    /// An error means the connection cannot go on and must be closed: the server broke the
+    /// protocol, or reported a connection-level failure (reply id 0).
+    pub fn poll_reply(&mut self) -> Result<Option<(u64, Reply)>, Error> {
+        loop {
+            let Some(frame) = self.decoder.next_frame().map_err(Error::Protocol)? else {
+                return Ok(None);
+            };
+            let response = parse_response(&frame).map_err(Error::Protocol)?;
+            if response.id == CONNECTION_ERROR_ID {
+                return Err(match response.reply {
+                    Reply::Failed(failure) => Error::Server(failure),
+                    other => Error::Protocol(WireError::Malformed {
+                        reason: format!("reply with the reserved id 0 is not an error: {other:?}"),
+                    }),
+                });
+            }
+            if self.awaited.remove(&response.id) {
+                return Ok(Some((response.id, response.reply)));
+            }
+            if self.abandoned.remove(&response.id) {
+                // The caller timed out; the reply frees its slot and nothing else.
+                continue;
+            }
+            return Err(Error::Protocol(WireError::Malformed {
+                reason: format!("reply to request {} that was never sent", response.id),
+            }));
+        }
+    }
+
+    /// The caller no longer waits for request `id` (it timed out or was cancelled).
+    pub fn abandon(&mut self, id: u64) {
+        if self.awaited.remove(&id) {
+            self.abandoned.insert(id);
+        }
+    }
+
+    /// The socket closed: every awaited request is lost. Returns their ids.
+    pub fn on_closed(&mut self) -> Vec<u64> {
+        self.abandoned.clear();
+        self.outbox.clear();
+        self.awaited.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ringkv_wire::{encode_response, ErrorCode, Operation, Outcome, Response};
+
+    use super::*;
+
+    fn get(key: &str) -> Command {
+        Command::Single(Operation::Get { key: Bytes::copy_from_slice(key.as_bytes()) })
+    }
+
+    fn response_frame(id: u64, reply: Reply) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        encode_response(&mut builder, &Response { id, reply }).unwrap().to_vec()
+    }
+
+    #[test]
+    fn replies_are_matched_by_id_in_any_order() {
+        let mut connection = Connection::new(8);
+        let first = connection.send(get("a")).unwrap();
+        let second = connection.send(get("b")).unwrap();
+        assert_ne!(first, second);
+        assert!(connection.take_output().is_some());
+        assert!(connection.take_output().is_none());
+        let mut bytes = response_frame(second, Reply::Single(Outcome::NotFound));
+        bytes.extend(response_frame(first, Reply::Pong));
+        // Split mid-frame: the decoder waits for the rest.
+        connection.on_received(&bytes[..5]);
+        assert!(connection.poll_reply().unwrap().is_none());
+        connection.on_received(&bytes[5..]);
+        assert_eq!(connection.poll_reply().unwrap(), Some((second, Reply::Single(Outcome::NotFound))));
+        assert_eq!(connection.poll_reply().unwrap(), Some((first, Reply::Pong)));
+        assert_eq!(connection.in_flight(), 0);
+    }
+
+    #[test]
+    fn limits_are_refused_before_anything_is_queued() {
+        let mut connection = Connection::new(8);
+        let error = connection.send(get("")).unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::KeyEmpty));
+        assert!(connection.take_output().is_none());
+        assert_eq!(connection.in_flight(), 0);
+    }
+
+    #[test]
+    fn in_flight_is_bounded_and_abandoned_requests_keep_their_slot_until_answered() {
+        let mut connection = Connection::new(2);
+        let first = connection.send(get("a")).unwrap();
+        connection.send(get("b")).unwrap();
+        assert!(matches!(connection.send(get("c")), Err(Error::InFlightFull { in_flight_max: 2 })));
+        connection.abandon(first);
+        assert!(!connection.has_room());
+        connection.on_received(&response_frame(first, Reply::Pong));
+        assert_eq!(connection.poll_reply().unwrap(), None, "an abandoned reply is dropped");
+        assert!(connection.has_room());
+    }
+
+    #[test]
+    fn a_reply_nobody_asked_for_is_a_protocol_error() {
+        let mut connection = Connection::new(2);
+        connection.on_received(&response_frame(99, Reply::Pong));
+        assert!(matches!(connection.poll_reply(), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn a_connection_level_error_ends_the_connection() {
+        let mut connection = Connection::new(2);
+        let id = connection.send(get("a")).unwrap();
+        let failure = ringkv_wire::Failure::new(ErrorCode::Malformed, "bad frame");
+        connection.on_received(&response_frame(CONNECTION_ERROR_ID, Reply::Failed(failure)));
+        assert!(matches!(connection.poll_reply(), Err(Error::Server(_))));
+        assert_eq!(connection.on_closed(), vec![id]);
+    }
+}

@@ -1,0 +1,85 @@
+//! [`ClientOptions`] and the reconnection [`Backoff`], shared by every adapter.
+
+use std::time::Duration;
+
+use crate::connection::IN_FLIGHT_MAX_DEFAULT;
+
+/// Settings of a client, with defaults suited to a server on the same network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Longest wait for each request's reply. After it the call fails with
+    /// [`crate::Error::Timeout`]; the request may still take effect.
+    pub request_timeout: Duration,
+    /// Longest wait for one TCP connection attempt.
+    pub connect_timeout: Duration,
+    /// Requests awaiting replies on one connection; the async adapters wait for room beyond
+    /// it, the blocking pipeline reads replies before sending more.
+    pub in_flight_max: usize,
+    /// How often, and how patiently, to retry connecting.
+    pub reconnect: Backoff,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            reconnect: Backoff::default(),
+        }
+    }
+}
+
+/// Bounded exponential back-off between connection attempts: the first attempt is immediate,
+/// each later one waits twice as long as the one before, up to `delay_max`, and after
+/// `attempts_max` attempts the call fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub attempts_max: u32,
+    pub delay_initial: Duration,
+    pub delay_max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempts_max: 6,
+            delay_initial: Duration::from_millis(50),
+            delay_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Backoff {
+    /// How long to wait before attempt number `attempt` (0-based).
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX);
+        self.delay_initial.saturating_mul(factor).min(self.delay_max)
+    }
+
+    /// The attempts to make, at least one.
+    pub fn attempts(&self) -> std::ops::Range<u32> {
+        0..self.attempts_max.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_and_stop_at_the_maximum() {
+        let backoff = Backoff {
+            attempts_max: 40,
+            delay_initial: Duration::from_millis(10),
+            delay_max: Duration::from_millis(50),
+        };
+        let delays: Vec<u128> = (0..6).map(|attempt| backoff.delay_before(attempt).as_millis()).collect();
+        assert_eq!(delays, vec![0, 10, 20, 40, 50, 50]);
+        assert_eq!(backoff.delay_before(39), Duration::from_millis(50));
+        assert_eq!(Backoff { attempts_max: 0, ..backoff }.attempts().count(), 1);
+    }
+}
