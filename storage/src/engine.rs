@@ -584,23 +584,40 @@ impl<D: Disk> Engine<D> {
     /// Flushes sealed memtables and runs compactions as they become due, until
     /// [`Engine::stop_maintenance`]. Run it on a low-priority task queue; `now_ms` is the clock
     /// (the engine has none). Returns the error that poisoned the engine, if one did.
+    ///
+    /// Flushes and compactions are two loops that interleave at their awaits: a long compaction
+    /// never holds up a flush (which would stall writers), and a steady stream of flushes never
+    /// starves compaction (which would let the table count, and so read cost, grow without bound).
     pub async fn run_maintenance(&self, now_ms: impl Fn() -> u64) -> Result<()> {
-        while !self.stopping.get() {
-            let listener = self.work.listen();
-            let has_sealed = self.state.borrow().sealed.is_some();
-            if has_sealed {
-                self.flush_sealed().await?;
-                continue;
+        let flushes = async {
+            while !self.stopping.get() {
+                let listener = self.work.listen();
+                let has_sealed = self.state.borrow().sealed.is_some();
+                if has_sealed {
+                    self.flush_sealed().await?;
+                    continue;
+                }
+                if self.stopping.get() {
+                    break;
+                }
+                listener.await;
             }
-            if self.compact(now_ms()).await? {
-                continue;
+            Ok(())
+        };
+        let compactions = async {
+            while !self.stopping.get() {
+                let listener = self.work.listen();
+                if self.compact(now_ms()).await? {
+                    continue;
+                }
+                if self.stopping.get() {
+                    break;
+                }
+                listener.await;
             }
-            if self.stopping.get() {
-                break;
-            }
-            listener.await;
-        }
-        Ok(())
+            Ok(())
+        };
+        futures_util::future::try_join(flushes, compactions).await.map(|((), ())| ())
     }
 
     /// Asks [`Engine::run_maintenance`] to return after the step it is in.
@@ -661,7 +678,7 @@ impl<D: Disk> Engine<D> {
         if state.active.approximate_bytes() >= self.options.memtable_bytes_max && state.sealed.is_none() {
             let active = std::mem::take(&mut state.active);
             state.sealed = Some(Rc::new(active));
-            self.work.notify(1);
+            self.work.notify(usize::MAX);
         }
     }
 
@@ -771,6 +788,8 @@ impl<D: Disk> Engine<D> {
             state.sealed = None;
             state.flush_generation += 1;
         }
+        // A new table may make a compaction due.
+        self.work.notify(usize::MAX);
         for name in self.wal.take_obsolete(flushed_seq) {
             self.disk.remove(&name).await.map_err(io_error("remove", &name))?;
         }
@@ -948,6 +967,21 @@ mod tests {
     use crate::disk::memory::{CrashMode, MemDisk};
     use futures_executor::block_on;
 
+    /// Returns `Pending` once, waking itself, so other futures in a join get polled.
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|context| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                context.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
     fn small_options() -> EngineOptions {
         EngineOptions { memtable_bytes_max: 16 << 10, block_cache_bytes: 1 << 20, ..EngineOptions::default() }
     }
@@ -990,6 +1024,37 @@ mod tests {
             let engine = check(engine).await;
             engine.compact_all(u64::MAX / 2).await.unwrap();
             check(engine).await;
+        });
+    }
+
+    #[test]
+    fn compaction_keeps_up_while_writes_keep_flushes_coming() {
+        block_on(async {
+            let options = EngineOptions {
+                sync: SyncMode::Periodic { interval_ms: 1000 },
+                memtable_bytes_max: 4 << 10,
+                ..small_options()
+            };
+            let engine = Engine::open(MemDisk::new(), options).await.unwrap();
+            let writer = async {
+                for index in 0..6000u32 {
+                    engine
+                        .put(key(index % 1500), Bytes::from(vec![1u8; 64]), index as u64, None)
+                        .await
+                        .unwrap();
+                    // Requests arrive over time: let the maintenance loops run between them, as
+                    // the executor would while the writer waits on its socket.
+                    yield_once().await;
+                }
+                engine.stop_maintenance();
+                Ok(())
+            };
+            futures_util::future::try_join(writer, engine.run_maintenance(|| 0)).await.unwrap();
+            let stats = engine.stats();
+            assert!(stats.flushes > 40, "{stats:?}");
+            assert!(stats.compactions > 0, "compaction starved by flushes: {stats:?}");
+            let limits = engine.compaction_limits();
+            assert!(stats.tables <= limits.tables_max + limits.width_min, "{stats:?}");
         });
     }
 

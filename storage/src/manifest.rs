@@ -100,6 +100,9 @@ impl Manifest {
         }
         let body_len = header.get_u32_le() as usize;
         let expected = header.get_u32_le();
+        if header.get_u32_le() != 0 {
+            return Err(corrupt("reserved header field is not zero"));
+        }
         let body =
             buf.get(HEADER_BYTES..HEADER_BYTES + body_len).ok_or_else(|| corrupt("manifest truncated"))?;
         let actual = crc32c::crc32c(body);

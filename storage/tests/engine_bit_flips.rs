@@ -310,7 +310,6 @@ fn engine_manifest_bit_flip_fails_the_open() {
 }
 
 #[test]
-#[ignore = "engine bug: the manifest header's reserved u32 (bytes 20..24) is not checked, so a flip there goes unnoticed; run with cargo test -- --ignored"]
 fn engine_manifest_reserved_header_bytes_are_checked() {
     let disk = MemDisk::new();
     block_on(async {

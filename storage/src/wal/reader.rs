@@ -96,7 +96,7 @@ pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Re
 
 /// True when `offset` is inside a 4 KiB block and every byte from it to the block's end is zero.
 fn is_padding_to_boundary(buf: &[u8], offset: usize) -> bool {
-    offset % ALIGNMENT != 0 && {
+    !offset.is_multiple_of(ALIGNMENT) && {
         let boundary = (align_up(offset as u64) as usize).min(buf.len());
         buf[offset..boundary].iter().all(|&byte| byte == 0)
     }
