@@ -1,5 +1,8 @@
 //! The `ringkv` binary: reads the configuration (a TOML file, then flags on top), starts one
-//! pinned glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM.
+//! pinned glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM. Its other
+//! subcommands are the command-line client ([`client_command`]).
+
+mod client_command;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -31,6 +34,19 @@ enum Command {
     /// `ringkv_shard=debug` to see more. SIGINT or SIGTERM stops the node cleanly: it stops
     /// accepting, finishes requests in flight, syncs and closes its files, and exits 0.
     Serve(ServeArgs),
+    /// Print a key's value (raw bytes). Exit 0 if found, 1 if missing, 2 on error.
+    Get(client_command::GetArgs),
+    /// Store a value (`-` reads it from stdin) and print its version.
+    Put(client_command::PutArgs),
+    /// Delete a key and print the deletion's version.
+    Del(client_command::DeleteArgs),
+    /// Compare-and-swap: write only if the key's version matches (or it is absent). Prints the
+    /// new version; exits 1 when the expectation does not hold.
+    Cas(client_command::CasArgs),
+    /// Check that the node answers.
+    Ping(client_command::NodeArgs),
+    /// Print which shard owns which token ranges, and each shard's port.
+    Topology(client_command::NodeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +151,16 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Get(args) => return client_command::run(|| client_command::get(&args)),
+        Command::Put(args) => return client_command::run(|| client_command::put(&args)),
+        Command::Del(args) => return client_command::run(|| client_command::delete(&args)),
+        Command::Cas(args) => return client_command::run(|| client_command::cas(&args)),
+        Command::Ping(args) => return client_command::run(|| client_command::ping(&args)),
+        Command::Topology(args) => return client_command::run(|| client_command::topology(&args)),
+    };
     let filter = std::env::var("RINGKV_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -146,11 +172,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => serve(&args),
-    };
-    match result {
+    match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");

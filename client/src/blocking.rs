@@ -64,7 +64,10 @@ impl Client {
 
     /// Connects with `options` and fetches the topology, so that later requests go straight to
     /// their owning shard.
-    pub fn connect_with(address: impl ToSocketAddrs + fmt::Debug, options: ClientOptions) -> Result<Client, Error> {
+    pub fn connect_with(
+        address: impl ToSocketAddrs + fmt::Debug,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
         let shared = crate::resolve(&address)?;
         let mut client = Client { router: Router::new(shared), options, links: HashMap::new() };
         client.refresh_topology()?;
@@ -134,6 +137,14 @@ impl Client {
     /// Where a request for `key` goes: its owning shard's port, or the shared port.
     pub fn route(&self, key: impl AsRef<[u8]>) -> Route {
         self.router.route_key(key.as_ref())
+    }
+
+    /// The addresses this client holds a connection to: the shared port it fetched the
+    /// topology from, and each shard port a request went to.
+    pub fn connected_addresses(&self) -> Vec<SocketAddr> {
+        let mut addresses: Vec<SocketAddr> = self.links.keys().copied().collect();
+        addresses.sort();
+        addresses
     }
 
     /// Sends every operation to its owning shard without waiting, then collects the replies:
@@ -222,7 +233,8 @@ impl Client {
             return Ok(reply);
         }
         self.refresh_topology()?;
-        let route = command::routing_key(&command).map_or(self.router.shared_route(), |key| self.router.route_key(key));
+        let route = command::routing_key(&command)
+            .map_or(self.router.shared_route(), |key| self.router.route_key(key));
         self.call(route.address, command)
     }
 
@@ -347,7 +359,9 @@ impl Link {
 fn copy_error(error: &Error, address: SocketAddr) -> Error {
     match error {
         Error::Timeout { timeout } => Error::Timeout { timeout: *timeout },
-        Error::ConnectionLost { address, reason } => Error::ConnectionLost { address: *address, reason: reason.clone() },
+        Error::ConnectionLost { address, reason } => {
+            Error::ConnectionLost { address: *address, reason: reason.clone() }
+        }
         Error::Server(failure) => Error::Server(failure.clone()),
         Error::Protocol(error) => Error::Protocol(error.clone()),
         Error::Limit(error) => Error::Limit(error.clone()),

@@ -61,7 +61,9 @@ pub use connection::{Connection, IN_FLIGHT_MAX_DEFAULT};
 pub use error::{Error, Result};
 pub use options::{Backoff, ClientOptions};
 pub use reply::{CasResult, Versioned};
-pub use ringkv_wire::{ErrorCode, Expected, Failure, Operation, Outcome, ShardPlacement, TokenRange, Topology};
+pub use ringkv_wire::{
+    ErrorCode, Expected, Failure, Operation, Outcome, ShardPlacement, TokenRange, Topology,
+};
 pub use routing::{Route, Router};
 pub use token::token_of;
 

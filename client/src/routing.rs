@@ -143,10 +143,8 @@ mod tests {
 
     #[test]
     fn routes_agree_with_the_topologys_own_lookup() {
-        let topology_shards = vec![
-            placement(0, &[(0, 100), (1000, 5000)]),
-            placement(1, &[(100, 1000), (5000, 0)]),
-        ];
+        let topology_shards =
+            vec![placement(0, &[(0, 100), (1000, 5000)]), placement(1, &[(100, 1000), (5000, 0)])];
         let router = router(topology_shards.clone());
         let topology = Topology { shards: topology_shards };
         for token in [0, 1, 99, 100, 999, 1000, 4999, 5000, u64::MAX - 1, u64::MAX] {

@@ -1,0 +1,266 @@
+//! The command-line client: `ringkv get|put|del|cas|ping|topology`, over the blocking
+//! `ringkv-client`.
+//!
+//! Exit codes are for scripts: 0 on success; 1 when a `get` finds no value or a `cas`
+//! expectation does not hold (nothing printed on stdout); 2 on any error, with one line on
+//! stderr.
+//!
+//! With `--json`, values go out as a JSON string when they are valid UTF-8 (`"value"`) and as
+//! standard base64 otherwise (`"value_base64"`), so that any byte string survives the round
+//! trip and text stays readable.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Args;
+use ringkv_client::blocking::Client;
+use ringkv_client::{CasResult, Expected};
+use serde_json::json;
+
+/// Exit code when a `get` finds nothing or a `cas` expectation fails.
+const EXIT_NOT_MATCHED: u8 = 1;
+/// Exit code for every error.
+const EXIT_ERROR: u8 = 2;
+
+/// Options every client subcommand takes.
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// Address of the node's client port.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7379")]
+    addr: String,
+    /// Print results as one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// The key.
+    key: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// The key.
+    key: String,
+    /// The value; `-` reads it from stdin.
+    value: String,
+    /// Expire the value after this long: a number with a unit, `ms`, `s`, `m`, `h` or `d`
+    /// (seconds when there is none).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    ttl: Option<Duration>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The key.
+    key: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("expectation").required(true).args(["expect_version", "expect_absent"])))]
+pub struct CasArgs {
+    /// The key.
+    key: String,
+    /// The new value; `-` reads it from stdin.
+    value: String,
+    /// Write only if the key's current version is this.
+    #[arg(long, value_name = "VERSION")]
+    expect_version: Option<u64>,
+    /// Write only if the key has no live value.
+    #[arg(long)]
+    expect_absent: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Runs a client subcommand and turns its result into the documented exit code.
+pub fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
+    match command() {
+        Ok(code) => code,
+        Err(error) => {
+            // One line, whatever the error chain: scripts read stderr line by line.
+            eprintln!("ringkv: {}", format!("{error:#}").replace('\n', " "));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn connect(connection: &Connection) -> anyhow::Result<Client> {
+    Client::connect(connection.addr.as_str()).with_context(|| format!("connecting to {}", connection.addr))
+}
+
+/// The value argument, or stdin when it is `-`.
+fn value_bytes(value: &str) -> anyhow::Result<Vec<u8>> {
+    if value != "-" {
+        return Ok(value.as_bytes().to_vec());
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).context("reading the value from stdin")?;
+    Ok(bytes)
+}
+
+/// A value as JSON fields: text when it is UTF-8, base64 otherwise.
+fn value_json(value: &[u8]) -> (&'static str, String) {
+    match std::str::from_utf8(value) {
+        Ok(text) => ("value", text.to_owned()),
+        Err(_) => ("value_base64", base64::engine::general_purpose::STANDARD.encode(value)),
+    }
+}
+
+fn print_line(text: &str) -> anyhow::Result<()> {
+    writeln!(std::io::stdout().lock(), "{text}").context("writing to stdout")
+}
+
+pub fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection)?;
+    let Some(stored) = client.get(&args.key)? else {
+        return Ok(ExitCode::from(EXIT_NOT_MATCHED));
+    };
+    if args.connection.json {
+        let (field, value) = value_json(&stored.value);
+        print_line(&json!({ field: value, "version": stored.version }).to_string())?;
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&stored.value).and_then(|()| stdout.flush()).context("writing to stdout")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_version(json: bool, version: u64) -> anyhow::Result<ExitCode> {
+    if json {
+        print_line(&json!({ "version": version }).to_string())?;
+    } else {
+        print_line(&version.to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn put(args: &PutArgs) -> anyhow::Result<ExitCode> {
+    let value = value_bytes(&args.value)?;
+    let mut client = connect(&args.connection)?;
+    let version = match args.ttl {
+        Some(ttl) => client.put_with_ttl(&args.key, value, ttl)?,
+        None => client.put(&args.key, value)?,
+    };
+    print_version(args.connection.json, version)
+}
+
+pub fn delete(args: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection)?;
+    let version = client.delete(&args.key)?;
+    print_version(args.connection.json, version)
+}
+
+pub fn cas(args: &CasArgs) -> anyhow::Result<ExitCode> {
+    let expected = match args.expect_version {
+        Some(version) => Expected::Version(version),
+        None => Expected::Absent,
+    };
+    let value = value_bytes(&args.value)?;
+    let mut client = connect(&args.connection)?;
+    match client.compare_and_swap(&args.key, expected, value)? {
+        CasResult::Swapped { version } => print_version(args.connection.json, version),
+        CasResult::Mismatch { current_version } => {
+            if args.connection.json {
+                print_line(&json!({ "swapped": false, "current_version": current_version }).to_string())?;
+            } else {
+                let current =
+                    current_version.map_or_else(|| "absent".to_owned(), |version| version.to_string());
+                eprintln!("ringkv: compare-and-swap did not hold; current version: {current}");
+            }
+            Ok(ExitCode::from(EXIT_NOT_MATCHED))
+        }
+    }
+}
+
+pub fn ping(args: &NodeArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection)?;
+    client.ping()?;
+    if args.connection.json {
+        print_line(&json!({ "pong": true }).to_string())?;
+    } else {
+        print_line("pong")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn topology(args: &NodeArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection)?;
+    let topology = client.refresh_topology()?;
+    for shard in &topology.shards {
+        if args.connection.json {
+            let ranges: Vec<_> = shard
+                .token_ranges
+                .iter()
+                .map(|range| json!({ "start": range.start, "end": range.end }))
+                .collect();
+            print_line(
+                &json!({ "shard": shard.shard_id, "port": shard.port, "ranges": ranges }).to_string(),
+            )?;
+        } else {
+            print_line(&format!(
+                "shard {} port {} ranges {}",
+                shard.shard_id,
+                shard.port,
+                shard.token_ranges.len()
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, `1d`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let digits_end = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} does not start with a number"))?;
+    let milliseconds_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 60 * 60 * 1000,
+        "d" => 24 * 60 * 60 * 1000,
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
+    };
+    let milliseconds = number
+        .checked_mul(milliseconds_per_unit)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+    Ok(Duration::from_millis(milliseconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_default_to_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn json_values_are_text_when_utf8_and_base64_otherwise() {
+        assert_eq!(value_json(b"hello"), ("value", "hello".to_owned()));
+        assert_eq!(value_json(&[0xff, 0x00]), ("value_base64", "/wA=".to_owned()));
+    }
+}
