@@ -1,4 +1,5 @@
-//! The commands each client call sends, built in one place for every adapter.
+//! The commands each client call sends, built in one place for every adapter (and for
+//! callers driving a [`crate::Connection`] themselves).
 
 use std::time::Duration;
 
@@ -13,11 +14,11 @@ pub fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(milliseconds).unwrap_or(u64::MAX)
 }
 
-pub(crate) fn get(key: &[u8]) -> Command {
+pub fn get(key: &[u8]) -> Command {
     Command::Single(Operation::Get { key: Bytes::copy_from_slice(key) })
 }
 
-pub(crate) fn put(key: &[u8], value: &[u8], ttl: Option<Duration>) -> Command {
+pub fn put(key: &[u8], value: &[u8], ttl: Option<Duration>) -> Command {
     Command::Single(Operation::Put {
         key: Bytes::copy_from_slice(key),
         value: Bytes::copy_from_slice(value),
@@ -25,11 +26,11 @@ pub(crate) fn put(key: &[u8], value: &[u8], ttl: Option<Duration>) -> Command {
     })
 }
 
-pub(crate) fn delete(key: &[u8]) -> Command {
+pub fn delete(key: &[u8]) -> Command {
     Command::Single(Operation::Delete { key: Bytes::copy_from_slice(key) })
 }
 
-pub(crate) fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> Command {
+pub fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> Command {
     Command::Single(Operation::CompareAndSwap {
         key: Bytes::copy_from_slice(key),
         expected,
@@ -41,7 +42,7 @@ pub(crate) fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> 
 /// The key a command should be routed by: the single operation's key. Batches, pings and
 /// topology requests address no single shard and go to the shared port, where the server
 /// forwards each operation to its owner.
-pub(crate) fn routing_key(command: &Command) -> Option<&[u8]> {
+pub fn routing_key(command: &Command) -> Option<&[u8]> {
     match command {
         Command::Single(operation) => Some(operation.key()),
         Command::Batch(_) | Command::Topology | Command::Ping => None,

@@ -29,14 +29,15 @@
 //! back-off of [`ClientOptions::reconnect`].
 //!
 //! ## Layout
-//! - [`connection`]: [`Connection`], the sans-IO core of one connection.
+//! - [`connection`]: [`Connection`], the sans-IO core of one connection; [`command`]: the
+//!   command each call sends.
 //! - [`routing`]: [`Router`], key → token → shard → address; [`token`]: [`token_of`].
 //! - [`reply`]: [`Versioned`], [`CasResult`], what each reply means.
 //! - [`options`]: [`ClientOptions`], [`Backoff`]; [`error`]: [`Error`].
 //! - [`blocking`], `tokio`, `glommio`: the adapters; the two async ones share `multiplexed`
 //!   (replies handed to waiting tasks) and `asynchronous` (the client itself).
 
-pub(crate) mod command;
+pub mod command;
 pub mod connection;
 pub mod error;
 pub mod options;
@@ -68,6 +69,7 @@ pub use routing::{Route, Router};
 pub use token::token_of;
 
 /// The first socket address `address` resolves to.
+#[cfg(any(feature = "blocking", feature = "tokio", feature = "glommio"))]
 fn resolve(address: &(impl std::net::ToSocketAddrs + std::fmt::Debug)) -> Result<std::net::SocketAddr> {
     let resolve_error = |reason: String| Error::Resolve { address: format!("{address:?}"), reason };
     address

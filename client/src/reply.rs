@@ -1,5 +1,5 @@
 //! What a reply means for each client call: [`Versioned`], [`CasResult`], and the conversions
-//! every adapter shares.
+//! every adapter shares (public for callers driving a [`crate::Connection`] themselves).
 
 use bytes::Bytes;
 use ringkv_wire::{ErrorCode, Failure, Outcome, Reply, Topology};
@@ -25,7 +25,7 @@ pub enum CasResult {
 
 /// Whether the server refused a request because the receiving shard does not own the key,
 /// which means the client's topology is stale.
-pub(crate) fn is_wrong_shard(reply: &Reply) -> bool {
+pub fn is_wrong_shard(reply: &Reply) -> bool {
     matches!(reply, Reply::Failed(Failure { code: ErrorCode::WrongShard, .. }))
 }
 
@@ -43,7 +43,7 @@ fn single(request: &'static str, reply: Reply) -> Result<Outcome, Error> {
     }
 }
 
-pub(crate) fn into_get(reply: Reply) -> Result<Option<Versioned>, Error> {
+pub fn into_get(reply: Reply) -> Result<Option<Versioned>, Error> {
     match single("get", reply)? {
         Outcome::Value { value, version } => Ok(Some(Versioned { value, version })),
         Outcome::NotFound => Ok(None),
@@ -52,14 +52,14 @@ pub(crate) fn into_get(reply: Reply) -> Result<Option<Versioned>, Error> {
 }
 
 /// The version of a put or delete.
-pub(crate) fn into_written(request: &'static str, reply: Reply) -> Result<u64, Error> {
+pub fn into_written(request: &'static str, reply: Reply) -> Result<u64, Error> {
     match single(request, reply)? {
         Outcome::Written { version } => Ok(version),
         other => Err(unexpected(request, Reply::Single(other))),
     }
 }
 
-pub(crate) fn into_cas(reply: Reply) -> Result<CasResult, Error> {
+pub fn into_cas(reply: Reply) -> Result<CasResult, Error> {
     match single("compare-and-swap", reply)? {
         Outcome::Written { version } => Ok(CasResult::Swapped { version }),
         Outcome::CasMismatch { current_version } => Ok(CasResult::Mismatch { current_version }),
@@ -68,25 +68,25 @@ pub(crate) fn into_cas(reply: Reply) -> Result<CasResult, Error> {
 }
 
 /// A single operation's outcome as a pipeline entry: failures become [`Error::Server`].
-pub(crate) fn into_outcome(reply: Reply) -> Result<Outcome, Error> {
+pub fn into_outcome(reply: Reply) -> Result<Outcome, Error> {
     single("pipelined", reply)
 }
 
-pub(crate) fn into_batch(reply: Reply) -> Result<Vec<Result<Outcome, Failure>>, Error> {
+pub fn into_batch(reply: Reply) -> Result<Vec<Result<Outcome, Failure>>, Error> {
     match reply {
         Reply::Batch(results) => Ok(results),
         other => Err(unexpected("batch", other)),
     }
 }
 
-pub(crate) fn into_topology(reply: Reply) -> Result<Topology, Error> {
+pub fn into_topology(reply: Reply) -> Result<Topology, Error> {
     match reply {
         Reply::Topology(topology) => Ok(topology),
         other => Err(unexpected("topology", other)),
     }
 }
 
-pub(crate) fn into_pong(reply: Reply) -> Result<(), Error> {
+pub fn into_pong(reply: Reply) -> Result<(), Error> {
     match reply {
         Reply::Pong => Ok(()),
         other => Err(unexpected("ping", other)),
