@@ -11,10 +11,6 @@
 //! never ahash (whose output changes between machines and versions; see DESIGN.md).
 
 use ringkv_wire::{ShardPlacement, TokenRange, Topology};
-use xxhash_rust::xxh3::xxh3_64_with_seed;
-
-/// Seed of the token hash. Changing it moves every key: never do.
-pub const TOKEN_SEED: u64 = 0x7269_6e67_6b76_0001;
 
 /// Most shards a node may run: shard ids travel as `u32` and the ring stays small.
 pub const SHARDS_MAX: usize = 1024;
@@ -22,10 +18,7 @@ pub const SHARDS_MAX: usize = 1024;
 /// Most vnode ranges per shard.
 pub const VNODES_PER_SHARD_MAX: usize = 1024;
 
-/// The token of a key: where it sits on the ring.
-pub fn token(key: &[u8]) -> u64 {
-    xxh3_64_with_seed(key, TOKEN_SEED)
-}
+pub use ringkv_wire::token::{token, TOKEN_SEED};
 
 /// The node's token ranges and their owning shards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +106,7 @@ mod tests {
     #[test]
     fn token_is_stable() {
         // Pinned: a change here means every stored key moved shard.
-        assert_eq!(token(b"hello"), xxh3_64_with_seed(b"hello", TOKEN_SEED));
+        assert_eq!(token(b"hello"), xxhash_rust::xxh3::xxh3_64_with_seed(b"hello", TOKEN_SEED));
         assert_eq!(token(b"hello"), token(b"hello"));
         assert_ne!(token(b"hello"), token(b"hellp"));
     }
