@@ -1,14 +1,19 @@
 //! Runs one storage engine's background work on the current glommio executor.
 //!
-//! The engine itself has no runtime: it exposes `run_maintenance` (flushes and compactions) and
-//! `sync`. This service spawns the maintenance loop into a low-priority task queue, so compaction
-//! only takes the CPU that foreground requests leave, and, when the engine runs with
-//! `SyncMode::Periodic`, a timer task that makes the WAL durable every interval. `stop` ends both
-//! and closes the engine.
+//! The engine itself has no runtime: it exposes `run_flushes`, `run_compactions` and `sync`. This
+//! service spawns flushes at normal priority (writers stall while a sealed memtable waits for its
+//! flush), compactions into a low-priority task queue (they only take the CPU that foreground
+//! requests leave), and, when the engine runs with `SyncMode::Periodic`, a timer task that makes
+//! the WAL durable every interval. `stop` ends all three and closes the engine.
+//!
+//! The sync timer is stopped by a signal it waits on next to its sleep, never by cancelling the
+//! task: cancelled in the middle of a WAL commit, the engine would have to fail-stop.
 
 use crate::clock::now_ms;
 use crate::dma_disk::DmaDisk;
 use crate::executor::low_priority_queue;
+use event_listener::Event;
+use futures_util::future::{select, Either};
 use glommio::task::JoinHandle;
 use ringkv_storage::{Engine, EngineOptions, StorageError, SyncMode};
 use std::cell::Cell;
@@ -19,9 +24,11 @@ use std::time::Duration;
 /// An open engine on a DMA disk with its background tasks running.
 pub struct EngineService {
     engine: Rc<Engine<DmaDisk>>,
-    maintenance: JoinHandle<Result<(), StorageError>>,
+    flushes: JoinHandle<Result<(), StorageError>>,
+    compactions: JoinHandle<Result<(), StorageError>>,
     syncer: Option<JoinHandle<()>>,
     stopping: Rc<Cell<bool>>,
+    stop_requested: Rc<Event>,
 }
 
 impl EngineService {
@@ -39,22 +46,34 @@ impl EngineService {
     /// Starts the background tasks of an open engine.
     pub fn start(engine: Rc<Engine<DmaDisk>>) -> Self {
         let stopping = Rc::new(Cell::new(false));
-        let queue = low_priority_queue();
-        let maintained = engine.clone();
-        let maintenance =
-            glommio::spawn_local_into(async move { maintained.run_maintenance(now_ms).await }, queue)
-                .expect("the queue was just created on this executor")
-                .detach();
+        let stop_requested = Rc::new(Event::new());
+        let flushed = engine.clone();
+        let flushes = glommio::spawn_local(async move { flushed.run_flushes().await }).detach();
+        let compacted = engine.clone();
+        let compactions = glommio::spawn_local_into(
+            async move { compacted.run_compactions(now_ms).await },
+            low_priority_queue(),
+        )
+        .expect("the queue was just created on this executor")
+        .detach();
         let syncer = match engine.options().sync {
             SyncMode::Always => None,
             SyncMode::Periodic { interval_ms } => {
                 let synced = engine.clone();
                 let stopped = stopping.clone();
+                let stop_requested = stop_requested.clone();
                 let interval = Duration::from_millis(interval_ms.max(1));
                 Some(
                     glommio::spawn_local(async move {
                         while !stopped.get() {
-                            glommio::timer::sleep(interval).await;
+                            let stop = stop_requested.listen();
+                            if stopped.get() {
+                                break;
+                            }
+                            let sleep = std::pin::pin!(glommio::timer::sleep(interval));
+                            if let Either::Right(_) = select(sleep, stop).await {
+                                break;
+                            }
                             if let Err(error) = synced.sync().await {
                                 tracing::error!(%error, "periodic WAL sync failed");
                                 break;
@@ -65,7 +84,7 @@ impl EngineService {
                 )
             }
         };
-        EngineService { engine, maintenance, syncer, stopping }
+        EngineService { engine, flushes, compactions, syncer, stopping, stop_requested }
     }
 
     /// The engine, to serve requests with.
@@ -77,15 +96,15 @@ impl EngineService {
     /// engine. Returns the error that poisoned the engine, if one did.
     pub async fn stop(self) -> Result<(), StorageError> {
         self.stopping.set(true);
+        self.stop_requested.notify(usize::MAX);
         self.engine.stop_maintenance();
-        let maintained = self.maintenance.await.unwrap_or(Ok(()));
+        let flushed = self.flushes.await.unwrap_or(Ok(()));
+        let compacted = self.compactions.await.unwrap_or(Ok(()));
         if let Some(syncer) = self.syncer {
-            // The timer may be mid-sleep; cancelling is safe, the final sync happens in close.
-            syncer.cancel();
             syncer.await;
         }
         let closed = self.engine.close().await;
-        maintained.and(closed)
+        flushed.and(compacted).and(closed)
     }
 }
 
@@ -100,7 +119,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         run_local("engine-service-test", async {
             let options = EngineOptions {
-                sync: SyncMode::Periodic { interval_ms: 5 },
+                sync: SyncMode::Periodic { interval_ms: 1 },
                 memtable_bytes_max: 32 << 10,
                 ..EngineOptions::default()
             };

@@ -589,35 +589,43 @@ impl<D: Disk> Engine<D> {
     /// never holds up a flush (which would stall writers), and a steady stream of flushes never
     /// starves compaction (which would let the table count, and so read cost, grow without bound).
     pub async fn run_maintenance(&self, now_ms: impl Fn() -> u64) -> Result<()> {
-        let flushes = async {
-            while !self.stopping.get() {
-                let listener = self.work.listen();
-                let has_sealed = self.state.borrow().sealed.is_some();
-                if has_sealed {
-                    self.flush_sealed().await?;
-                    continue;
-                }
-                if self.stopping.get() {
-                    break;
-                }
-                listener.await;
+        futures_util::future::try_join(self.run_flushes(), self.run_compactions(now_ms))
+            .await
+            .map(|((), ())| ())
+    }
+
+    /// The flush half of [`Engine::run_maintenance`]: flushes each sealed memtable, until stopped.
+    /// Writers stall while a sealed memtable waits, so run it at normal priority.
+    pub async fn run_flushes(&self) -> Result<()> {
+        while !self.stopping.get() {
+            let listener = self.work.listen();
+            let has_sealed = self.state.borrow().sealed.is_some();
+            if has_sealed {
+                self.flush_sealed().await?;
+                continue;
             }
-            Ok(())
-        };
-        let compactions = async {
-            while !self.stopping.get() {
-                let listener = self.work.listen();
-                if self.compact(now_ms()).await? {
-                    continue;
-                }
-                if self.stopping.get() {
-                    break;
-                }
-                listener.await;
+            if self.stopping.get() {
+                break;
             }
-            Ok(())
-        };
-        futures_util::future::try_join(flushes, compactions).await.map(|((), ())| ())
+            listener.await;
+        }
+        Ok(())
+    }
+
+    /// The compaction half of [`Engine::run_maintenance`]: runs compactions as they become due,
+    /// until stopped. Run it on a low-priority queue.
+    pub async fn run_compactions(&self, now_ms: impl Fn() -> u64) -> Result<()> {
+        while !self.stopping.get() {
+            let listener = self.work.listen();
+            if self.compact(now_ms()).await? {
+                continue;
+            }
+            if self.stopping.get() {
+                break;
+            }
+            listener.await;
+        }
+        Ok(())
     }
 
     /// Asks [`Engine::run_maintenance`] to return after the step it is in.
@@ -965,22 +973,8 @@ impl<D: Disk> Engine<D> {
 mod tests {
     use super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
+    use crate::wal::writer::yield_once;
     use futures_executor::block_on;
-
-    /// Returns `Pending` once, waking itself, so other futures in a join get polled.
-    async fn yield_once() {
-        let mut yielded = false;
-        std::future::poll_fn(|context| {
-            if yielded {
-                std::task::Poll::Ready(())
-            } else {
-                yielded = true;
-                context.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        })
-        .await
-    }
 
     fn small_options() -> EngineOptions {
         EngineOptions { memtable_bytes_max: 16 << 10, block_cache_bytes: 1 << 20, ..EngineOptions::default() }
@@ -1134,6 +1128,22 @@ mod tests {
             assert!(engine.failure().is_some());
             // Reads of what is there still work.
             assert!(engine.get(&key(1), 0).await.unwrap().is_some());
+        });
+    }
+
+    #[test]
+    fn a_commit_dropped_mid_way_poisons_instead_of_leaving_a_hole() {
+        use futures_util::FutureExt;
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"a"), 1, None).await.unwrap();
+            // Polled once, the put leads a commit and yields inside it; dropping it cancels that.
+            assert!(engine.put(key(2), Bytes::from_static(b"b"), 2, None).now_or_never().is_none());
+            let error = engine.put(key(3), Bytes::from_static(b"c"), 3, None).await.unwrap_err();
+            assert!(
+                matches!(&error, StorageError::Poisoned { reason } if reason.contains("cancelled")),
+                "{error}"
+            );
         });
     }
 

@@ -186,7 +186,16 @@ impl<D: Disk> WalWriter<D> {
     }
 
     async fn lead_commit(&self, durable: bool) {
+        self.state.borrow_mut().committing = true;
+        let mut guard = CommitGuard { writer: self, finished: false };
+        if durable {
+            // The writers woken by the previous commit are about to append their next records:
+            // let them, so this group carries them instead of leaving them a group of their own
+            // (without this, groups alternate between one record and all the rest).
+            yield_once().await;
+        }
         let outcome = self.write_buffer(durable).await;
+        guard.finished = true;
         let mut state = self.state.borrow_mut();
         state.committing = false;
         if let Err(error) = outcome {
@@ -265,6 +274,41 @@ impl<D: Disk> WalWriter<D> {
         state.dirty = false;
         Ok(())
     }
+}
+
+/// Fail-stop if a commit future is dropped before it finishes: the records it took from the
+/// buffer may never reach the disk, and later records must not be acknowledged past that hole.
+struct CommitGuard<'a, D: Disk> {
+    writer: &'a WalWriter<D>,
+    finished: bool,
+}
+
+impl<D: Disk> Drop for CommitGuard<'_, D> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut state = self.writer.state.borrow_mut();
+            state.committing = false;
+            state.failure.get_or_insert_with(|| "a WAL commit was cancelled before it finished".to_string());
+            drop(state);
+            self.writer.committed.notify(usize::MAX);
+        }
+    }
+}
+
+/// Returns `Pending` once, waking itself: every other ready task runs before this one resumes.
+/// Runtime-agnostic, so the engine stays free of glommio.
+pub(crate) async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|context| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            context.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Creates the next segment file and makes its name durable before any record goes into it.
