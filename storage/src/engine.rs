@@ -312,7 +312,7 @@ impl<D: Disk> Engine<D> {
                         "trailing record bytes",
                     ));
                 }
-                active.insert(key, record.seq, entry);
+                active.insert(&key, record.seq, entry);
                 recovery.records_replayed += 1;
                 last_seq = last_seq.max(record.seq);
             }
@@ -476,9 +476,9 @@ impl<D: Disk> Engine<D> {
         // was cut short.
         let mut merged: BTreeMap<Bytes, Entry> = BTreeMap::new();
         let mut complete_through: Option<Bytes> = None;
-        let cut_at = |key: &Bytes, complete_through: &mut Option<Bytes>| {
-            if complete_through.as_ref().is_none_or(|through| key < through) {
-                *complete_through = Some(key.clone());
+        let cut_at = |key: &[u8], complete_through: &mut Option<Bytes>| {
+            if complete_through.as_ref().is_none_or(|through| key < &through[..]) {
+                *complete_through = Some(Bytes::copy_from_slice(key));
             }
         };
         let tables = {
@@ -491,7 +491,7 @@ impl<D: Disk> Engine<D> {
                         cut_at(key, &mut complete_through);
                         break;
                     }
-                    merged.entry(key.clone()).or_insert_with(|| mem_entry.entry.clone());
+                    merged.entry(Bytes::copy_from_slice(key)).or_insert_with(|| mem_entry.entry.clone());
                 }
             }
             state.tables.clone()
@@ -677,7 +677,7 @@ impl<D: Disk> Engine<D> {
         self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(&key, out))?;
         state.next_seq += 1;
         self.stats.borrow_mut().user_bytes += (key.len() + entry.data().map_or(0, Bytes::len)) as u64;
-        state.active.insert(key, seq, entry);
+        state.active.insert(&key, seq, entry);
         self.seal_if_full(state);
         Ok(seq)
     }
