@@ -20,8 +20,13 @@ pub const INLINE_KEY_BYTES: usize = 24;
 /// A memtable key: inline when short, on the heap otherwise; ordered as bytes.
 type MemKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
 
-/// Bookkeeping bytes charged per entry on top of key and value (map node share, `Bytes` headers).
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes charged per entry on top of the key and value bytes: the key and entry slots of a
+/// B-tree node (nodes run about two-thirds full on random inserts, hence the factor 3/2), plus
+/// the allocator's header of the value's own allocation.
+const ENTRY_OVERHEAD_BYTES: usize =
+    (std::mem::size_of::<MemKey>() + std::mem::size_of::<MemEntry>()) * 3 / 2 + ALLOCATION_HEADER_BYTES;
+/// What the allocator adds to each heap allocation (the value's copy).
+const ALLOCATION_HEADER_BYTES: usize = 16;
 
 /// An entry as the memtable holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +54,10 @@ impl Memtable {
     /// Records a write; a later write to the same key replaces the earlier one.
     pub fn insert(&mut self, key: &[u8], seq: u64, entry: Entry) {
         debug_assert!(seq > self.last_seq, "memtable writes arrive in sequence order");
-        let key_and_overhead = key.len() + ENTRY_OVERHEAD_BYTES;
+        // A short key lives in its node slot, already counted in the overhead.
+        let key_heap_bytes =
+            if key.len() > INLINE_KEY_BYTES { key.len() + ALLOCATION_HEADER_BYTES } else { 0 };
+        let key_and_overhead = key_heap_bytes + ENTRY_OVERHEAD_BYTES;
         let added = key_and_overhead + entry.data().map_or(0, Bytes::len);
         match self.map.insert(MemKey::from_slice(key), MemEntry { seq, entry }) {
             Some(old) => {
