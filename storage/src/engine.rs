@@ -767,18 +767,8 @@ impl<D: Disk> Engine<D> {
                     self.disk.yield_point().await;
                 }
             }
-            let summary = writer.finish().await?;
-            self.disk.sync_dir().await.map_err(io_error("fsync directory after creating", &name))?;
-            self.stats.borrow_mut().flush_bytes += summary.file_bytes;
-            let file = self.disk.open(&name).await.map_err(io_error("open", &name))?;
-            let table = Rc::new(Table::open(file, name, id, self.cache.clone()).await?);
-            let record = TableRecord {
-                id,
-                file_bytes: summary.file_bytes,
-                entry_count: summary.entry_count,
-                smallest_key: summary.smallest_key,
-                largest_key: summary.largest_key,
-            };
+            let (table, record) = self.seal_table(writer, name, id).await?;
+            self.stats.borrow_mut().flush_bytes += record.file_bytes;
             Some((table, record))
         };
         let flushed_seq = sealed.last_seq();
@@ -833,6 +823,28 @@ impl<D: Disk> Engine<D> {
         self.manifest_busy.set(false);
         self.structure_changed.notify(usize::MAX);
         written
+    }
+
+    /// Finishes a new table (its data synced), makes its name durable, and opens it for reads.
+    /// Returns the table and its manifest record, ready to install.
+    async fn seal_table(
+        &self,
+        writer: TableWriter<D::File>,
+        name: String,
+        id: u64,
+    ) -> Result<(Rc<Table<D::File>>, TableRecord)> {
+        let summary = writer.finish().await?;
+        self.disk.sync_dir().await.map_err(io_error("fsync directory after creating", &name))?;
+        let file = self.disk.open(&name).await.map_err(io_error("open", &name))?;
+        let table = Rc::new(Table::open(file, name, id, self.cache.clone()).await?);
+        let record = TableRecord {
+            id,
+            file_bytes: summary.file_bytes,
+            entry_count: summary.entry_count,
+            smallest_key: summary.smallest_key,
+            largest_key: summary.largest_key,
+        };
+        Ok((table, record))
     }
 
     fn allocate_file_number(&self) -> u64 {
@@ -931,18 +943,8 @@ impl<D: Disk> Engine<D> {
             self.disk.remove(&name).await.map_err(io_error("remove", &name))?;
             None
         } else {
-            let summary = writer.finish().await?;
-            self.disk.sync_dir().await.map_err(io_error("fsync directory after creating", &name))?;
-            self.stats.borrow_mut().compaction_bytes += summary.file_bytes;
-            let file = self.disk.open(&name).await.map_err(io_error("open", &name))?;
-            let table = Rc::new(Table::open(file, name, id, self.cache.clone()).await?);
-            let record = TableRecord {
-                id,
-                file_bytes: summary.file_bytes,
-                entry_count: summary.entry_count,
-                smallest_key: summary.smallest_key,
-                largest_key: summary.largest_key,
-            };
+            let (table, record) = self.seal_table(writer, name, id).await?;
+            self.stats.borrow_mut().compaction_bytes += record.file_bytes;
             Some((table, record))
         };
         let input_ids: Vec<u64> = inputs.iter().map(|table| table.id()).collect();
