@@ -12,6 +12,7 @@ const LATENCY_NANOS_MAX: u64 = 100_000_000_000;
 pub struct LatencySummary {
     pub mean_us: f64,
     pub p50_us: f64,
+    pub p90_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
@@ -40,6 +41,55 @@ impl LatencyRecorder {
         self.histogram.add(&other.histogram).expect("recorders share their bounds");
     }
 
+    /// Operations recorded.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// Writes the latencies in HdrHistogram's percentile-distribution text format (Java's
+    /// `outputPercentileDistribution`, five steps per halving of the distance to 100%), the
+    /// format HdrHistogram's online plotter and wrk2 use. Values are in milliseconds, as wrk2's are.
+    pub fn write_percentile_distribution(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        const NANOS_PER_MILLI: f64 = 1_000_000.0;
+        let histogram = &self.histogram;
+        writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        )?;
+        let mut total = 0u64;
+        for step in histogram.iter_quantiles(5) {
+            total += step.count_since_last_iteration();
+            let value = step.value_iterated_to() as f64 / NANOS_PER_MILLI;
+            let quantile = step.quantile_iterated_to();
+            if quantile < 1.0 {
+                writeln!(out, "{value:12.3} {quantile:2.12} {total:10} {:14.2}", 1.0 / (1.0 - quantile))?;
+            } else {
+                writeln!(out, "{value:12.3} {quantile:2.12} {total:10}")?;
+            }
+        }
+        let (mean, deviation, max) = if histogram.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            (histogram.mean(), histogram.stdev(), histogram.max() as f64)
+        };
+        writeln!(
+            out,
+            "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+            mean / NANOS_PER_MILLI,
+            deviation / NANOS_PER_MILLI
+        )?;
+        writeln!(
+            out,
+            "#[Max     = {:12.3}, Total count    = {:12}]",
+            max / NANOS_PER_MILLI,
+            histogram.len()
+        )?;
+        // HdrHistogram's sub-bucket count: 2 * 10^digits rounded up to a power of two.
+        let sub_buckets = (2 * 10u64.pow(u32::from(histogram.sigfig()))).next_power_of_two();
+        writeln!(out, "#[Buckets = {:12}, SubBuckets     = {sub_buckets:12}]", histogram.buckets())
+    }
+
     pub fn summary(&self) -> LatencySummary {
         let micros = |nanos: u64| nanos as f64 / 1000.0;
         if self.histogram.is_empty() {
@@ -48,6 +98,7 @@ impl LatencyRecorder {
         LatencySummary {
             mean_us: self.histogram.mean() / 1000.0,
             p50_us: micros(self.histogram.value_at_quantile(0.50)),
+            p90_us: micros(self.histogram.value_at_quantile(0.90)),
             p99_us: micros(self.histogram.value_at_quantile(0.99)),
             p999_us: micros(self.histogram.value_at_quantile(0.999)),
             max_us: micros(self.histogram.max()),
@@ -74,5 +125,25 @@ mod tests {
         assert!(close(summary.p50_us, 501.0), "{summary:?}");
         assert!(close(summary.p99_us, 991.0), "{summary:?}");
         assert!(close(summary.max_us, 100_000_000.0), "{summary:?}");
+    }
+
+    #[test]
+    fn percentile_distribution_has_the_hdr_text_layout() {
+        let mut recorder = LatencyRecorder::new();
+        for millis in 1..=100u64 {
+            recorder.record(Duration::from_millis(millis));
+        }
+        let mut out = Vec::new();
+        recorder.write_percentile_distribution(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].trim_start().starts_with("Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert_eq!(lines[1], "");
+        let last_row: Vec<&str> = lines[lines.len() - 4].split_whitespace().collect();
+        assert_eq!(last_row.len(), 3, "the 100% row has no 1/(1-Percentile) column: {last_row:?}");
+        assert_eq!(last_row[1], "1.000000000000");
+        assert_eq!(last_row[2], "100");
+        assert!(lines[lines.len() - 2].starts_with("#[Max     =      100.0"), "{text}");
+        assert!(lines[lines.len() - 2].ends_with("Total count    =          100]"), "{text}");
     }
 }

@@ -7,6 +7,12 @@
 //! - `engine`: the storage engine in-process on one shard, with db_bench's workloads
 //!   (`fillrandom`, `readrandom`, `overwrite`, ...) so the figures sit beside RocksDB's
 //!   (`shared/bench/engine-vs-rocksdb.sh` runs both).
+//! - `load`: YCSB's load phase against a server: inserts keys `user000000000000` ... in order.
+//! - `run`: a YCSB core workload (a, b, c, d, f) against a server for a fixed time, closed loop or
+//!   open loop at a fixed rate (`--rate`, coordinated-omission correct); HDR latencies per
+//!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files. Targets are
+//!   `ringkv://host:port` and `redis://host:port`, so Redis can be measured by the same tool
+//!   (`shared/bench/server-vs-redis.sh`).
 //!
 //! ## Layout
 //! - [`engine`]: the `engine` subcommand: options, the benchmarks, the report.
@@ -15,13 +21,27 @@
 //! - [`key_set`]: which keys a run has written, to check reads and to count live keys.
 //! - [`process_memory`]: this process's resident memory, from `/proc/self/status`.
 //! - [`data_directory`]: preparing the benchmark's directory (empty, not on tmpfs).
+//! - [`run`]: the `load` and `run` subcommands: threads, connections, closed and open loop.
+//! - [`ycsb`]: YCSB's core workloads: operation mixes and key names.
+//! - [`distribution`]: YCSB's request distributions (uniform, scrambled zipfian, latest).
+//! - [`target`]: the store measured (`ringkv://` or `redis://`) behind one interface.
+//! - [`redis`]: a pipelined RESP2 `GET`/`SET` client on glommio.
+//! - [`report`]: merged measurements, the terminal summary, the JSON line, `.hgrm` files.
+//! - [`cpu_usage`]: the load generator's own CPU time.
 
+mod cpu_usage;
 mod data_directory;
+mod distribution;
 mod engine;
 mod histogram;
 mod key_set;
 mod process_memory;
+mod redis;
+mod report;
+mod run;
+mod target;
 mod workload;
+mod ycsb;
 
 use clap::{Parser, Subcommand};
 
@@ -37,11 +57,17 @@ struct Cli {
 enum Command {
     /// Runs the storage engine in-process on one shard with db_bench's workloads.
     Engine(engine::EngineArgs),
+    /// Inserts the YCSB key space (`user` + zero-padded number) into a server.
+    Load(run::LoadArgs),
+    /// Runs a YCSB core workload against a server and reports throughput and latency.
+    Run(run::RunArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Engine(args) => engine::run(args),
+        Command::Load(args) => run::load(args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -1,0 +1,228 @@
+//! What a `load` or `run` measured: latencies per operation kind, errors by kind, and the load
+//! generator's own CPU use; printed as a terminal summary, one JSON line, and `.hgrm` files.
+
+use crate::cpu_usage::CpuTime;
+use crate::histogram::{LatencyRecorder, LatencySummary};
+use crate::ycsb::OperationKind;
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// What one executor thread measured; merged across threads at the end of a run.
+pub struct Measurements {
+    /// Latencies of successful operations, by [`OperationKind::index`].
+    pub latencies: [LatencyRecorder; 4],
+    /// Failed operations by error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Reads that found no value (YCSB's `NOT_FOUND`): not errors, but a sign of a short load.
+    pub not_found: u64,
+}
+
+impl Measurements {
+    pub fn new() -> Self {
+        Measurements {
+            latencies: std::array::from_fn(|_| LatencyRecorder::new()),
+            errors: BTreeMap::new(),
+            not_found: 0,
+        }
+    }
+
+    pub fn record(&mut self, kind: OperationKind, latency: Duration) {
+        self.latencies[kind.index()].record(latency);
+    }
+
+    pub fn record_error(&mut self, kind: String) {
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Measurements) {
+        for (mine, theirs) in self.latencies.iter_mut().zip(&other.latencies) {
+            mine.merge(theirs);
+        }
+        for (kind, count) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += count;
+        }
+        self.not_found += other.not_found;
+    }
+
+    /// Successful operations of every kind.
+    pub fn operations(&self) -> u64 {
+        self.latencies.iter().map(LatencyRecorder::count).sum()
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Every kind's latencies together.
+    fn all_latencies(&self) -> LatencyRecorder {
+        let mut all = LatencyRecorder::new();
+        for recorder in &self.latencies {
+            all.merge(recorder);
+        }
+        all
+    }
+
+    /// The kinds that ran, with their latencies.
+    fn kinds_seen(&self) -> impl Iterator<Item = (OperationKind, &LatencyRecorder)> {
+        OperationKind::ALL
+            .into_iter()
+            .map(|kind| (kind, &self.latencies[kind.index()]))
+            .filter(|(_, recorder)| recorder.count() > 0)
+    }
+}
+
+/// How a run was set up, for the report.
+pub struct RunDescription {
+    pub target: String,
+    pub workload: String,
+    pub records: u64,
+    pub value_size: usize,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub threads: usize,
+    pub rate: Option<f64>,
+}
+
+/// A finished run: its set-up, what it measured, how long it took and the CPU it used.
+pub struct RunReport {
+    pub description: RunDescription,
+    pub measurements: Measurements,
+    pub wall: Duration,
+    pub cpu: CpuTime,
+}
+
+fn latency_fields(summary: &LatencySummary, fields: &mut Map<String, Value>) {
+    fields.insert("p50_us".into(), json!(summary.p50_us));
+    fields.insert("p90_us".into(), json!(summary.p90_us));
+    fields.insert("p99_us".into(), json!(summary.p99_us));
+    fields.insert("p999_us".into(), json!(summary.p999_us));
+    fields.insert("max_us".into(), json!(summary.max_us));
+    fields.insert("mean_us".into(), json!(summary.mean_us));
+}
+
+impl RunReport {
+    fn per_second(&self, count: u64) -> f64 {
+        let seconds = self.wall.as_secs_f64();
+        if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The report as one JSON object (`server-vs-redis.sh` reads it).
+    pub fn to_json(&self) -> Value {
+        let description = &self.description;
+        let measurements = &self.measurements;
+        let ops = measurements.operations();
+        let mut fields = Map::new();
+        fields.insert("target".into(), json!(description.target));
+        fields.insert("workload".into(), json!(description.workload));
+        fields.insert("records".into(), json!(description.records));
+        fields.insert("value_size".into(), json!(description.value_size));
+        fields.insert("connections".into(), json!(description.connections));
+        fields.insert("pipeline".into(), json!(description.pipeline));
+        fields.insert("threads".into(), json!(description.threads));
+        fields.insert("rate".into(), json!(description.rate));
+        fields.insert("ops".into(), json!(ops));
+        fields.insert("seconds".into(), json!(self.wall.as_secs_f64()));
+        fields.insert("ops_per_sec".into(), json!(self.per_second(ops)));
+        latency_fields(&measurements.all_latencies().summary(), &mut fields);
+        fields.insert("errors".into(), json!(measurements.error_count()));
+        fields.insert("errors_by_kind".into(), json!(measurements.errors));
+        fields.insert("not_found".into(), json!(measurements.not_found));
+        let mut by_op = Map::new();
+        for (kind, recorder) in measurements.kinds_seen() {
+            let mut op = Map::new();
+            op.insert("ops".into(), json!(recorder.count()));
+            op.insert("ops_per_sec".into(), json!(self.per_second(recorder.count())));
+            latency_fields(&recorder.summary(), &mut op);
+            by_op.insert(kind.name().into(), Value::Object(op));
+        }
+        fields.insert("by_op".into(), Value::Object(by_op));
+        fields.insert(
+            "client_cpu".into(),
+            json!({
+                "user_seconds": self.cpu.user.as_secs_f64(),
+                "system_seconds": self.cpu.system.as_secs_f64(),
+                "percent_of_one_core": self.cpu.percent_of_one_core(self.wall),
+            }),
+        );
+        Value::Object(fields)
+    }
+
+    /// The terminal summary: throughput, percentiles per operation, errors, the tool's own CPU.
+    pub fn summary_text(&self) -> String {
+        let description = &self.description;
+        let measurements = &self.measurements;
+        let ops = measurements.operations();
+        let mut text = format!(
+            "{} workload {} against {}: {} connections x {} in flight on {} thread(s), {}\n",
+            if description.workload == "load" { "load" } else { "run" },
+            description.workload,
+            description.target,
+            description.connections,
+            description.pipeline,
+            description.threads,
+            match description.rate {
+                Some(rate) => format!("open loop at {rate:.0} ops/s (latency from intended start)"),
+                None => "closed loop".into(),
+            }
+        );
+        text +=
+            &format!("{ops} ops in {:.2} s: {:.0} ops/s\n", self.wall.as_secs_f64(), self.per_second(ops));
+        text += &format!(
+            "{:<18} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
+            "operation", "ops", "ops/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
+        );
+        let all = measurements.all_latencies();
+        let rows =
+            measurements.kinds_seen().map(|(kind, recorder)| (kind.name(), recorder)).chain([("all", &all)]);
+        for (name, recorder) in rows {
+            let summary = recorder.summary();
+            text += &format!(
+                "{:<18} {:>10} {:>12.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.0}\n",
+                name,
+                recorder.count(),
+                self.per_second(recorder.count()),
+                summary.p50_us,
+                summary.p90_us,
+                summary.p99_us,
+                summary.p999_us,
+                summary.max_us
+            );
+        }
+        if measurements.errors.is_empty() {
+            text += "errors: none\n";
+        } else {
+            let kinds: Vec<String> =
+                measurements.errors.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+            text += &format!("errors: {}\n", kinds.join(", "));
+        }
+        if measurements.not_found > 0 {
+            text += &format!("reads that found no value: {}\n", measurements.not_found);
+        }
+        text += &format!(
+            "load generator CPU: {:.2} s user, {:.2} s system, {:.0}% of one core\n",
+            self.cpu.user.as_secs_f64(),
+            self.cpu.system.as_secs_f64(),
+            self.cpu.percent_of_one_core(self.wall)
+        );
+        text
+    }
+
+    /// Writes `<kind>.hgrm` per operation kind that ran, in HdrHistogram's percentile format.
+    pub fn write_hgrm_files(&self, directory: &Path) -> Result<()> {
+        std::fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+        for (kind, recorder) in self.measurements.kinds_seen() {
+            let path = directory.join(format!("{}.hgrm", kind.name()));
+            let mut text = Vec::new();
+            recorder.write_percentile_distribution(&mut text).expect("writing to a Vec cannot fail");
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,437 @@
+//! The `load` and `run` subcommands: YCSB's load and transaction phases against a server.
+//!
+//! ```text
+//!  thread 0 (glommio executor) ── connection 0, 2, 4, ... ── `--pipeline` tasks each
+//!  thread 1 (glommio executor) ── connection 1, 3, 5, ... ── `--pipeline` tasks each
+//!  each task: next operation ─▶ Store::read/write ─▶ latency into its thread's Measurements
+//!  main: join the threads ─▶ merge ─▶ summary, JSON line, .hgrm files
+//! ```
+//!
+//! Closed loop (the default): each connection keeps `--pipeline` requests in flight; a task sends
+//! its next request as soon as the last one is answered, and latency is measured from sending.
+//!
+//! Open loop (`--rate OPS`): each connection owns `OPS / connections` of the rate and numbers its
+//! operations; operation `i` is due at `start + i * interval`. A task sleeps until its operation's
+//! intended time and latency is measured from that time, not from when the request went out, so a
+//! stalled server (or a saturated generator) shows up in the tail instead of silently delaying the
+//! schedule. This is the coordinated-omission correction wrk2 makes (Gil Tene, "How NOT to Measure
+//! Latency"). `--pipeline` then bounds the requests in flight per connection.
+//!
+//! `load` inserts keys `[0, records)` in order, each key once, with the same machinery in closed
+//! loop. Workload D's inserts continue from `records`; its latest distribution reads among the
+//! keys inserted so far, counting a key once its insert is acknowledged (an approximation of
+//! YCSB's acknowledged-counter window: a key whose insert is acknowledged before an older one's
+//! may be read before the older one is written).
+
+use crate::cpu_usage::CpuTime;
+use crate::distribution::KeyChooser;
+use crate::report::{Measurements, RunDescription, RunReport};
+use crate::target::{Store, StoreError, Target};
+use crate::workload::ValuePool;
+use crate::ycsb::{key_name, Mix, OperationKind, RequestDistribution, Workload};
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use glommio::LocalExecutorBuilder;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most requests one connection keeps in flight.
+const PIPELINE_MAX: usize = 4096;
+/// Most connections one run opens.
+const CONNECTIONS_MAX: usize = 4096;
+/// Most executor threads one run starts.
+const THREADS_MAX: usize = 256;
+/// glommio's memory for its rings and I/O buffers per executor: the load generator does only
+/// socket I/O, and every executor locks this much memory.
+const IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Options shared by `load` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionArgs {
+    /// The store to measure: ringkv://host:port or redis://host:port.
+    #[arg(long)]
+    pub target: Target,
+    /// Records in the key space: keys `user000000000000` .. `user` + (records - 1).
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Bytes of each value written.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Connections to open, spread over the threads. A ringkv connection is one client: one
+    /// socket per shard, requests pipelined on each.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Requests each connection keeps in flight.
+    #[arg(long, default_value_t = 64)]
+    pub pipeline: usize,
+    /// Executor threads (one glommio executor each). The default leaves the other core of a
+    /// two-core machine to the server.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seed of the key and operation choices, so runs can be repeated.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write `<operation>.hgrm` files (HdrHistogram percentile distribution, milliseconds) here.
+    #[arg(long)]
+    pub hdr_dir: Option<PathBuf>,
+    /// Print the summary and then, as the last line, the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the `load` subcommand.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Options of the `run` subcommand.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// YCSB core workload: a (50/50 read/update), b (95/5), c (read only), d (read latest, 5%
+    /// inserts), f (read-modify-write).
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// Override the workload's request distribution (YCSB's `requestdistribution`): uniform,
+    /// zipfian or latest. A, B, C and F use zipfian, D uses latest.
+    #[arg(long, value_enum)]
+    pub request_distribution: Option<RequestDistribution>,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Open loop: offer this many operations per second in total, on a fixed schedule, and measure
+    /// latency from each operation's intended time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+/// What the operations of a phase are.
+#[derive(Clone, Debug)]
+enum Phase {
+    /// Insert each key of `[0, records)` once.
+    Load,
+    /// A YCSB workload for a fixed time.
+    Transactions { mix: Mix, chooser: KeyChooser, deadline_after: Duration },
+}
+
+/// Key counters every thread shares.
+struct KeySpace {
+    records: u64,
+    /// The number of the next key to insert.
+    insert_next: AtomicU64,
+    /// One past the highest key whose insert was acknowledged: what reads may choose from.
+    acknowledged: AtomicU64,
+}
+
+/// Everything a thread needs to run its share.
+#[derive(Clone)]
+struct Plan {
+    target: Target,
+    phase: Phase,
+    value_size: usize,
+    pipeline: usize,
+    /// Between one connection's consecutive intended start times, in open loop.
+    interval: Option<Duration>,
+    seed: u64,
+    key_space: Arc<KeySpace>,
+}
+
+fn check(connection: &ConnectionArgs) -> Result<()> {
+    ensure!(
+        (1..=CONNECTIONS_MAX).contains(&connection.connections),
+        "--connections is 1..={CONNECTIONS_MAX}"
+    );
+    ensure!((1..=PIPELINE_MAX).contains(&connection.pipeline), "--pipeline is 1..={PIPELINE_MAX}");
+    ensure!((1..=THREADS_MAX).contains(&connection.threads), "--threads is 1..={THREADS_MAX}");
+    ensure!(connection.records > 0, "--records must be at least 1");
+    Ok(())
+}
+
+/// The `load` subcommand.
+pub fn load(args: LoadArgs) -> Result<()> {
+    let connection = args.connection;
+    check(&connection)?;
+    let key_space = KeySpace {
+        records: connection.records,
+        insert_next: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+    };
+    let report = execute(&connection, "load", Phase::Load, None, key_space)?;
+    emit(&connection, &report)
+}
+
+/// The `run` subcommand.
+pub fn run(args: RunArgs) -> Result<()> {
+    let connection = args.connection;
+    check(&connection)?;
+    ensure!(
+        args.duration > 0.0 && args.duration.is_finite(),
+        "--duration must be a positive number of seconds"
+    );
+    if let Some(rate) = args.rate {
+        ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of operations per second");
+    }
+    let phase = Phase::Transactions {
+        mix: args.workload.mix(),
+        chooser: args
+            .request_distribution
+            .unwrap_or(args.workload.request_distribution())
+            .key_chooser(connection.records),
+        deadline_after: Duration::from_secs_f64(args.duration),
+    };
+    let key_space = KeySpace {
+        records: connection.records,
+        insert_next: AtomicU64::new(connection.records),
+        acknowledged: AtomicU64::new(connection.records),
+    };
+    let report = execute(&connection, args.workload.name(), phase, args.rate, key_space)?;
+    emit(&connection, &report)
+}
+
+/// Prints the summary (and the JSON line last) and writes the `.hgrm` files.
+fn emit(connection: &ConnectionArgs, report: &RunReport) -> Result<()> {
+    print!("{}", report.summary_text());
+    if let Some(directory) = &connection.hdr_dir {
+        report.write_hgrm_files(directory)?;
+    }
+    if connection.json {
+        println!("{}", report.to_json());
+    }
+    Ok(())
+}
+
+/// Starts the threads, runs `phase` on every connection, and merges what they measured.
+fn execute(
+    connection: &ConnectionArgs,
+    workload: &str,
+    phase: Phase,
+    rate: Option<f64>,
+    key_space: KeySpace,
+) -> Result<RunReport> {
+    let interval = rate.map(|rate| {
+        Duration::from_secs_f64(connection.connections as f64 / rate).max(Duration::from_nanos(1))
+    });
+    let plan = Plan {
+        target: connection.target.clone(),
+        phase,
+        value_size: connection.value_size,
+        pipeline: connection.pipeline,
+        interval,
+        seed: connection.seed,
+        key_space: Arc::new(key_space),
+    };
+    let cpu_before = CpuTime::now().context("reading this process's CPU time")?;
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for thread in 0..connection.threads {
+        let connections: Vec<usize> = (thread..connection.connections).step_by(connection.threads).collect();
+        if connections.is_empty() {
+            continue;
+        }
+        let plan = plan.clone();
+        let handle = LocalExecutorBuilder::default()
+            .name(&format!("bench-{thread}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move { run_thread(plan, connections).await })
+            .map_err(|error| anyhow::anyhow!("starting executor thread {thread}: {error}"))?;
+        threads.push(handle);
+    }
+    let mut measurements = Measurements::new();
+    let mut first_error = None;
+    for handle in threads {
+        match handle.join().map_err(|error| anyhow::anyhow!("executor thread failed: {error}"))? {
+            Ok(thread_measurements) => measurements.merge(&thread_measurements),
+            Err(error) => first_error = first_error.or(Some(error)),
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let wall = started.elapsed();
+    let cpu = CpuTime::now().context("reading this process's CPU time")?.since(&cpu_before);
+    let description = RunDescription {
+        target: connection.target.to_string(),
+        workload: workload.to_string(),
+        records: connection.records,
+        value_size: connection.value_size,
+        connections: connection.connections,
+        pipeline: connection.pipeline,
+        threads: connection.threads,
+        rate,
+    };
+    Ok(RunReport { description, measurements, wall, cpu })
+}
+
+/// Per-thread state the tasks share: the random source, the key chooser and the value pool. One
+/// of each per thread, because building a latest distribution sums zeta over every key.
+struct Generator {
+    random: SmallRng,
+    chooser: Option<KeyChooser>,
+    values: ValuePool,
+}
+
+/// Connects this thread's connections, runs `pipeline` tasks on each, and returns what they
+/// measured.
+async fn run_thread(plan: Plan, connections: Vec<usize>) -> Result<Measurements> {
+    let mut stores = Vec::new();
+    for &connection in &connections {
+        let store = Store::connect(&plan.target, plan.pipeline)
+            .await
+            .with_context(|| format!("connection {connection} to {}", plan.target))?;
+        stores.push(Rc::new(store));
+    }
+    let thread_seed = plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ connections[0] as u64;
+    let chooser = match &plan.phase {
+        Phase::Load => None,
+        Phase::Transactions { chooser, .. } => Some(chooser.clone()),
+    };
+    let generator = Rc::new(RefCell::new(Generator {
+        random: SmallRng::seed_from_u64(thread_seed),
+        chooser,
+        values: ValuePool::new(plan.value_size, thread_seed),
+    }));
+    let measurements = Rc::new(RefCell::new(Measurements::new()));
+    let plan = Rc::new(plan);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for store in stores {
+        // Numbers this connection's operations, for the open-loop schedule.
+        let schedule = Rc::new(Cell::new(0u64));
+        for _ in 0..plan.pipeline {
+            let worker = Worker {
+                plan: Rc::clone(&plan),
+                store: Rc::clone(&store),
+                generator: Rc::clone(&generator),
+                measurements: Rc::clone(&measurements),
+                schedule: Rc::clone(&schedule),
+                start,
+            };
+            tasks.push(glommio::spawn_local(worker.run()));
+        }
+    }
+    for task in tasks {
+        task.await;
+    }
+    let measurements = Rc::try_unwrap(measurements)
+        .map_err(|_| anyhow::anyhow!("every task has ended, so nothing else holds the measurements"))?;
+    Ok(measurements.into_inner())
+}
+
+/// One of a connection's `--pipeline` tasks: one request in flight at a time.
+struct Worker {
+    plan: Rc<Plan>,
+    store: Rc<Store>,
+    generator: Rc<RefCell<Generator>>,
+    measurements: Rc<RefCell<Measurements>>,
+    schedule: Rc<Cell<u64>>,
+    start: Instant,
+}
+
+/// One operation to perform: its kind and key number.
+struct Operation {
+    kind: OperationKind,
+    key_number: u64,
+}
+
+impl Worker {
+    async fn run(self) {
+        loop {
+            // When this operation should start: now in closed loop, on the schedule in open loop.
+            let intended = match self.plan.interval {
+                Some(interval) => {
+                    let index = self.schedule.get();
+                    self.schedule.set(index + 1);
+                    let offset_nanos =
+                        u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).saturating_mul(index);
+                    self.start + Duration::from_nanos(offset_nanos)
+                }
+                None => Instant::now(),
+            };
+            if let Phase::Transactions { deadline_after, .. } = &self.plan.phase {
+                if intended.max(Instant::now()) >= self.start + *deadline_after {
+                    break;
+                }
+            }
+            let Some(operation) = self.next_operation() else { break };
+            let now = Instant::now();
+            if intended > now {
+                glommio::timer::sleep(intended - now).await;
+            }
+            // Closed loop measures from sending; open loop from the intended time, which is
+            // earlier than sending whenever the schedule has fallen behind.
+            let measured_from = intended.min(Instant::now());
+            let outcome = self.perform(&operation).await;
+            let latency = measured_from.elapsed();
+            self.record(&operation, outcome, latency);
+            // A run against a store that answers instantly must still let the other tasks in.
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Records one finished operation.
+    fn record(&self, operation: &Operation, outcome: Result<bool, StoreError>, latency: Duration) {
+        let mut measurements = self.measurements.borrow_mut();
+        match outcome {
+            Ok(found) => {
+                measurements.record(operation.kind, latency);
+                if !found {
+                    measurements.not_found += 1;
+                }
+                if operation.kind == OperationKind::Insert {
+                    self.plan.key_space.acknowledged.fetch_max(operation.key_number + 1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => measurements.record_error(error.kind()),
+        }
+    }
+
+    /// The next operation, or `None` when a load has handed out every key.
+    fn next_operation(&self) -> Option<Operation> {
+        let key_space = &self.plan.key_space;
+        let mut generator = self.generator.borrow_mut();
+        let Generator { random, chooser, .. } = &mut *generator;
+        match &self.plan.phase {
+            Phase::Load => {
+                let key_number = key_space.insert_next.fetch_add(1, Ordering::Relaxed);
+                (key_number < key_space.records)
+                    .then_some(Operation { kind: OperationKind::Insert, key_number })
+            }
+            Phase::Transactions { mix, .. } => {
+                let kind = mix.choose(random);
+                let key_number = if kind == OperationKind::Insert {
+                    key_space.insert_next.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    let items = key_space.acknowledged.load(Ordering::Relaxed);
+                    chooser.as_mut().expect("transactions have a key chooser").next(items, random)
+                };
+                Some(Operation { kind, key_number })
+            }
+        }
+    }
+
+    /// Performs `operation`; for reads, whether the key had a value (writes count as found).
+    async fn perform(&self, operation: &Operation) -> Result<bool, StoreError> {
+        let key = key_name(operation.key_number);
+        match operation.kind {
+            OperationKind::Read => self.store.read(&key).await,
+            OperationKind::Update | OperationKind::Insert => {
+                let value = self.generator.borrow_mut().values.next_value();
+                self.store.write(&key, &value).await.map(|()| true)
+            }
+            OperationKind::ReadModifyWrite => {
+                let found = self.store.read(&key).await?;
+                let value = self.generator.borrow_mut().values.next_value();
+                self.store.write(&key, &value).await.map(|()| found)
+            }
+        }
+    }
+}
