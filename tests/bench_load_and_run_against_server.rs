@@ -1,0 +1,99 @@
+//! `ringkv-bench load` then `ringkv-bench run --workload a --json` against a real server: the
+//! load writes every key (the run reads none missing), the run succeeds without errors, and its
+//! JSON line and `.hgrm` files report the reads and updates it made. Nothing here is timed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Server;
+
+/// Records loaded: small, so the test stays quick on two shared cores.
+const RECORDS: &str = "2000";
+
+/// The `ringkv-bench` binary, built now with the profile and target directory of this test.
+///
+/// The bench is another package of the workspace, so Cargo does not build it for this package's
+/// tests nor tell us its path (`CARGO_BIN_EXE_*` covers this package's binaries only). The test
+/// executable lives in `<target>/<profile>/deps/`, so the binary goes to `<target>/<profile>/`.
+fn bench_binary() -> PathBuf {
+    let test_executable = std::env::current_exe().expect("the test executable's path");
+    let profile_directory =
+        test_executable.parent().and_then(Path::parent).expect("<target>/<profile>/deps/test");
+    let target_directory = profile_directory.parent().expect("<target>/<profile>");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "-p", "ringkv-bench", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_directory);
+    if profile_directory.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build -p ringkv-bench");
+    assert!(status.success(), "cargo build -p ringkv-bench failed: {status}");
+    profile_directory.join("ringkv-bench")
+}
+
+/// Runs the bench with `args`; its standard output, after checking it exited successfully.
+fn bench(binary: &Path, args: &[&str], server: &Server) -> String {
+    let output = Command::new(binary).args(args).output().expect("running ringkv-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ringkv-bench {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    stdout
+}
+
+#[test]
+fn bench_load_and_run_against_server() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let binary = bench_binary();
+    let target = format!("ringkv://127.0.0.1:{}", server.client_port);
+    let shared = ["--target", &target, "--records", RECORDS, "--value-size", "100", "--connections", "2"];
+
+    let mut load_args = vec!["load"];
+    load_args.extend(shared);
+    load_args.extend(["--pipeline", "16", "--json"]);
+    let load_output = bench(&binary, &load_args, &server);
+    let load: serde_json::Value = serde_json::from_str(load_output.lines().last().unwrap()).unwrap();
+    assert_eq!(load["ops"], 2000, "every key inserted once: {load}");
+    assert_eq!(load["errors"], 0, "{load}");
+
+    let hdr_directory = root.path().join("hgrm");
+    let mut run_args = vec!["run"];
+    run_args.extend(shared);
+    run_args.extend(["--workload", "a", "--duration", "1", "--pipeline", "8", "--json", "--hdr-dir"]);
+    run_args.push(hdr_directory.to_str().unwrap());
+    let run_output = bench(&binary, &run_args, &server);
+    let last_line = run_output.lines().last().expect("the run printed something");
+    let report: serde_json::Value =
+        serde_json::from_str(last_line).expect("the last line is one JSON object");
+
+    assert_eq!(report["target"], target);
+    assert_eq!(report["workload"], "a");
+    assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["not_found"], 0, "the load wrote every key the run reads: {report}");
+    for field in ["seconds", "ops_per_sec", "p50_us", "p99_us", "p999_us", "max_us"] {
+        assert!(report[field].as_f64().is_some(), "{field} missing: {report}");
+    }
+    let by_op = report["by_op"].as_object().expect("by_op is a map");
+    let mut per_operation = 0;
+    for operation in ["read", "update"] {
+        let ops = by_op[operation]["ops"].as_u64().unwrap_or_else(|| panic!("no {operation} in {report}"));
+        assert!(ops > 0, "{report}");
+        per_operation += ops;
+        // The .hgrm file holds the same operations as the JSON line.
+        let hgrm = std::fs::read_to_string(hdr_directory.join(format!("{operation}.hgrm"))).unwrap();
+        let total_line = hgrm.lines().find(|line| line.starts_with("#[Max")).expect("the footer");
+        assert!(total_line.ends_with(&format!("Total count    = {ops:>12}]")), "{total_line} against {ops}");
+    }
+    assert_eq!(per_operation, report["ops"].as_u64().unwrap(), "workload a is reads and updates only");
+}
