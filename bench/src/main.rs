@@ -13,6 +13,8 @@
 //!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files. Targets are
 //!   `ringkv://host:port` and `redis://host:port`, so Redis can be measured by the same tool
 //!   (`shared/bench/server-vs-redis.sh`).
+//! - `sweep`: open-loop runs at rising rates until p99 breaks an SLO; the highest rate that met
+//!   it, a CSV of the steps, `.hgrm` files per step.
 //!
 //! ## Layout
 //! - [`engine`]: the `engine` subcommand: options, the benchmarks, the report.
@@ -22,6 +24,7 @@
 //! - [`process_memory`]: this process's resident memory, from `/proc/self/status`.
 //! - [`data_directory`]: preparing the benchmark's directory (empty, not on tmpfs).
 //! - [`run`]: the `load` and `run` subcommands: threads, connections, closed and open loop.
+//! - [`sweep`]: the `sweep` subcommand.
 //! - [`ycsb`]: YCSB's core workloads: operation mixes and key names.
 //! - [`distribution`]: YCSB's request distributions (uniform, scrambled zipfian, latest).
 //! - [`target`]: the store measured (`ringkv://` or `redis://`) behind one interface.
@@ -39,6 +42,7 @@ mod process_memory;
 mod redis;
 mod report;
 mod run;
+mod sweep;
 mod target;
 mod workload;
 mod ycsb;
@@ -61,6 +65,9 @@ enum Command {
     Load(run::LoadArgs),
     /// Runs a YCSB core workload against a server and reports throughput and latency.
     Run(run::RunArgs),
+    /// Raises the offered rate in open loop until p99 breaks the SLO; reports the highest rate
+    /// that met it.
+    Sweep(sweep::SweepArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,5 +76,6 @@ fn main() -> anyhow::Result<()> {
         Command::Engine(args) => engine::run(args),
         Command::Load(args) => run::load(args),
         Command::Run(args) => run::run(args),
+        Command::Sweep(args) => sweep::sweep(args),
     }
 }

@@ -77,6 +77,11 @@ pub struct ConnectionArgs {
     /// Seed of the key and operation choices, so runs can be repeated.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// Where `load` and `run` put their report.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
     /// Write `<operation>.hgrm` files (HdrHistogram percentile distribution, milliseconds) here.
     #[arg(long)]
     pub hdr_dir: Option<PathBuf>,
@@ -90,6 +95,8 @@ pub struct ConnectionArgs {
 pub struct LoadArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Options of the `run` subcommand.
@@ -97,6 +104,19 @@ pub struct LoadArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub transactions: TransactionArgs,
+    /// Open loop: offer this many operations per second in total, on a fixed schedule, and measure
+    /// latency from each operation's intended time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+/// What a run does: the workload and for how long.
+#[derive(Args, Debug, Clone)]
+pub struct TransactionArgs {
     /// YCSB core workload: a (50/50 read/update), b (95/5), c (read only), d (read latest, 5%
     /// inserts), f (read-modify-write).
     #[arg(long, value_enum)]
@@ -105,13 +125,9 @@ pub struct RunArgs {
     /// zipfian or latest. A, B, C and F use zipfian, D uses latest.
     #[arg(long, value_enum)]
     pub request_distribution: Option<RequestDistribution>,
-    /// Seconds to run.
+    /// Seconds to run (for `sweep`, each step).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Open loop: offer this many operations per second in total, on a fixed schedule, and measure
-    /// latency from each operation's intended time.
-    #[arg(long)]
-    pub rate: Option<f64>,
 }
 
 /// What the operations of a phase are.
@@ -166,44 +182,51 @@ pub fn load(args: LoadArgs) -> Result<()> {
         acknowledged: AtomicU64::new(0),
     };
     let report = execute(&connection, "load", Phase::Load, None, key_space)?;
-    emit(&connection, &report)
+    emit(&args.output, &report)
 }
 
 /// The `run` subcommand.
 pub fn run(args: RunArgs) -> Result<()> {
-    let connection = args.connection;
-    check(&connection)?;
-    ensure!(
-        args.duration > 0.0 && args.duration.is_finite(),
-        "--duration must be a positive number of seconds"
-    );
-    if let Some(rate) = args.rate {
+    let report = run_transactions(&args.connection, &args.transactions, args.rate)?;
+    emit(&args.output, &report)
+}
+
+/// Runs a workload once, in closed loop or at `rate` in open loop, and returns its report.
+pub fn run_transactions(
+    connection: &ConnectionArgs,
+    transactions: &TransactionArgs,
+    rate: Option<f64>,
+) -> Result<RunReport> {
+    check(connection)?;
+    let duration = transactions.duration;
+    ensure!(duration > 0.0 && duration.is_finite(), "--duration must be a positive number of seconds");
+    if let Some(rate) = rate {
         ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of operations per second");
     }
+    let workload = transactions.workload;
     let phase = Phase::Transactions {
-        mix: args.workload.mix(),
-        chooser: args
+        mix: workload.mix(),
+        chooser: transactions
             .request_distribution
-            .unwrap_or(args.workload.request_distribution())
+            .unwrap_or(workload.request_distribution())
             .key_chooser(connection.records),
-        deadline_after: Duration::from_secs_f64(args.duration),
+        deadline_after: Duration::from_secs_f64(duration),
     };
     let key_space = KeySpace {
         records: connection.records,
         insert_next: AtomicU64::new(connection.records),
         acknowledged: AtomicU64::new(connection.records),
     };
-    let report = execute(&connection, args.workload.name(), phase, args.rate, key_space)?;
-    emit(&connection, &report)
+    execute(connection, workload.name(), phase, rate, key_space)
 }
 
 /// Prints the summary (and the JSON line last) and writes the `.hgrm` files.
-fn emit(connection: &ConnectionArgs, report: &RunReport) -> Result<()> {
+fn emit(output: &OutputArgs, report: &RunReport) -> Result<()> {
     print!("{}", report.summary_text());
-    if let Some(directory) = &connection.hdr_dir {
+    if let Some(directory) = &output.hdr_dir {
         report.write_hgrm_files(directory)?;
     }
-    if connection.json {
+    if output.json {
         println!("{}", report.to_json());
     }
     Ok(())
