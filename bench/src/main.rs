@@ -31,6 +31,7 @@
 //! - [`redis`]: a pipelined RESP2 `GET`/`SET` client on glommio.
 //! - [`report`]: merged measurements, the terminal summary, the JSON line, `.hgrm` files.
 //! - [`cpu_usage`]: the load generator's own CPU time.
+//! - [`progress`]: the live progress line on a terminal.
 
 mod cpu_usage;
 mod data_directory;
@@ -39,6 +40,7 @@ mod engine;
 mod histogram;
 mod key_set;
 mod process_memory;
+mod progress;
 mod redis;
 mod report;
 mod run;

@@ -25,6 +25,7 @@
 
 use crate::cpu_usage::CpuTime;
 use crate::distribution::KeyChooser;
+use crate::progress::{Live, Progress};
 use crate::report::{Measurements, RunDescription, RunReport};
 use crate::target::{Store, StoreError, Target};
 use crate::workload::ValuePool;
@@ -157,6 +158,8 @@ struct Plan {
     pipeline: usize,
     /// Between one connection's consecutive intended start times, in open loop.
     interval: Option<Duration>,
+    /// Where workers report for the progress line, when one is shown.
+    live: Option<Arc<Live>>,
     seed: u64,
     key_space: Arc<KeySpace>,
 }
@@ -243,6 +246,7 @@ fn execute(
     let interval = rate.map(|rate| {
         Duration::from_secs_f64(connection.connections as f64 / rate).max(Duration::from_nanos(1))
     });
+    let progress = Progress::start_on_terminal();
     let plan = Plan {
         target: connection.target.clone(),
         phase,
@@ -251,6 +255,7 @@ fn execute(
         interval,
         seed: connection.seed,
         key_space: Arc::new(key_space),
+        live: progress.as_ref().map(Progress::live),
     };
     let cpu_before = CpuTime::now().context("reading this process's CPU time")?;
     let started = Instant::now();
@@ -276,10 +281,13 @@ fn execute(
             Err(error) => first_error = first_error.or(Some(error)),
         }
     }
+    let wall = started.elapsed();
+    if let Some(progress) = progress {
+        progress.stop();
+    }
     if let Some(error) = first_error {
         return Err(error);
     }
-    let wall = started.elapsed();
     let cpu = CpuTime::now().context("reading this process's CPU time")?.since(&cpu_before);
     let description = RunDescription {
         target: connection.target.to_string(),
@@ -406,6 +414,9 @@ impl Worker {
         match outcome {
             Ok(found) => {
                 measurements.record(operation.kind, latency);
+                if let Some(live) = &self.plan.live {
+                    live.record(latency);
+                }
                 if !found {
                     measurements.not_found += 1;
                 }
