@@ -357,6 +357,12 @@ async fn run_thread(plan: Plan, connections: Vec<usize>) -> Result<Measurements>
     Ok(measurements.into_inner())
 }
 
+/// When a connection's operation number `index` is due in open loop, after the run's start. The
+/// schedule is fixed in advance, so a slow answer delays no later operation's intended time.
+fn scheduled_offset(interval: Duration, index: u64) -> Duration {
+    Duration::from_nanos(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).saturating_mul(index))
+}
+
 /// One of a connection's `--pipeline` tasks: one request in flight at a time.
 struct Worker {
     plan: Rc<Plan>,
@@ -381,9 +387,7 @@ impl Worker {
                 Some(interval) => {
                     let index = self.schedule.get();
                     self.schedule.set(index + 1);
-                    let offset_nanos =
-                        u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).saturating_mul(index);
-                    self.start + Duration::from_nanos(offset_nanos)
+                    self.start + scheduled_offset(interval, index)
                 }
                 None => Instant::now(),
             };
@@ -467,5 +471,20 @@ impl Worker {
                 self.store.write(&key, &value).await.map(|()| found)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_loop_operations_are_due_at_fixed_intervals() {
+        // 100,000 ops/s over 8 connections: each connection's operations are 80 us apart.
+        let interval = Duration::from_secs_f64(8.0 / 100_000.0);
+        assert_eq!(scheduled_offset(interval, 0), Duration::ZERO);
+        assert_eq!(scheduled_offset(interval, 1), Duration::from_micros(80));
+        assert_eq!(scheduled_offset(interval, 12_500), Duration::from_secs(1));
+        assert_eq!(scheduled_offset(Duration::from_secs(1), u64::MAX), Duration::from_nanos(u64::MAX));
     }
 }
