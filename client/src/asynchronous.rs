@@ -212,12 +212,17 @@ impl<R: Transport> AsyncClient<R> {
             R::sleep(options.reconnect.delay_before(attempt)).await;
             match R::open(address, options).await {
                 Ok(connection) => {
-                    let replaced = locked(&self.inner.connections).insert(address, Arc::clone(&connection));
-                    // Another task may have reconnected at the same time; one connection per
-                    // address is enough.
-                    if let Some(replaced) = replaced {
-                        replaced.close("replaced by a newer connection");
+                    let mut connections = locked(&self.inner.connections);
+                    if let Some(existing) = connections.get(&address).filter(|existing| !existing.is_closed())
+                    {
+                        // Another task connected while this one did, and may already have
+                        // requests in flight on its connection: keep that one, drop ours (unused).
+                        let existing = Arc::clone(existing);
+                        drop(connections);
+                        connection.close("another task connected to this address first");
+                        return Ok(existing);
                     }
+                    connections.insert(address, Arc::clone(&connection));
                     return Ok(connection);
                 }
                 Err(error) => last_error = Some(error),
