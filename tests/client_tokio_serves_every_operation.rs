@@ -3,12 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use common::Server;
 use ringkv_client::tokio::Client;
-use ringkv_client::{CasResult, Expected, Operation, Outcome};
 
 #[test]
 fn client_tokio_serves_every_operation() {
@@ -18,38 +14,7 @@ fn client_tokio_serves_every_operation() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
         let client = Client::connect(("127.0.0.1", port)).await.unwrap();
-        client.ping().await.unwrap();
-        assert_eq!(client.topology().expect("fetched on connect").shards.len(), common::SHARDS);
-
-        assert_eq!(client.get("missing").await.unwrap(), None);
-        let first = client.put("fruit", "apple").await.unwrap();
-        let stored = client.get("fruit").await.unwrap().expect("just written");
-        assert_eq!((&stored.value[..], stored.version), (&b"apple"[..], first));
-        client.put_with_ttl("ephemeral", "soon gone", Duration::from_secs(3600)).await.unwrap();
-        assert!(client.get("ephemeral").await.unwrap().is_some());
-        let CasResult::Swapped { version } =
-            client.compare_and_swap("fruit", Expected::Version(first), "banana").await.unwrap()
-        else {
-            panic!("the expectation held")
-        };
-        assert_eq!(
-            client.compare_and_swap("fruit", Expected::Absent, "x").await.unwrap(),
-            CasResult::Mismatch { current_version: Some(version) }
-        );
-        client.delete("fruit").await.unwrap();
-        assert_eq!(client.get("fruit").await.unwrap(), None);
-        let results = client
-            .batch(vec![
-                Operation::Put {
-                    key: Bytes::from_static(b"b1"),
-                    value: Bytes::from_static(b"one"),
-                    ttl_ms: None,
-                },
-                Operation::Get { key: Bytes::from_static(b"b1") },
-            ])
-            .await
-            .unwrap();
-        assert!(matches!(&results[1], Ok(Outcome::Value { value, .. }) if &value[..] == b"one"));
+        common::async_client::serves_every_operation(&client).await;
 
         // 2000 requests from spawned tasks at once (which also proves the client and its
         // futures are Send): they share one connection per shard and pipeline on it.

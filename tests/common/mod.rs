@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod async_client;
+
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
