@@ -177,14 +177,6 @@ impl<D: Disk> WalWriter<D> {
         obsolete.into_iter().map(|segment| segment_file_name(segment.number)).collect()
     }
 
-    /// Segments still needed for recovery, including the current one.
-    pub fn live_segments(&self) -> Vec<SegmentInfo> {
-        let state = self.state.borrow();
-        let mut segments = state.closed.clone();
-        segments.push(SegmentInfo { number: state.number, last_seq: state.written_seq });
-        segments
-    }
-
     async fn lead_commit(&self, durable: bool) {
         self.state.borrow_mut().committing = true;
         let mut guard = CommitGuard { writer: self, finished: false };
