@@ -148,6 +148,16 @@ fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) 
 }
 
 /// True when no key lies between `start` and `end`.
+/// The value `entry` holds at `now_ms`: none for a tombstone or an expired value.
+fn live_at(entry: Entry, now_ms: u64) -> Option<Versioned> {
+    match entry.value {
+        Value::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now_ms) => {
+            Some(Versioned { value: data, version: entry.version })
+        }
+        _ => None,
+    }
+}
+
 fn range_is_empty(start: &Bound<Bytes>, end: &Bound<Bytes>) -> bool {
     match (start, end) {
         (Bound::Included(start), Bound::Included(end)) => start > end,
@@ -210,7 +220,8 @@ impl<D: Disk> Engine<D> {
         recovery.tables_opened = tables.len();
 
         let (active, closed, last_seq) =
-            Self::replay_wal(disk.as_ref(), &names, &manifest, &mut recovery).await?;
+            Self::replay_wal(disk.as_ref(), &names, &manifest, options.memtable_hash_seed, &mut recovery)
+                .await?;
         let wal = WalWriter::create(
             disk.clone(),
             next_file_number.clone(),
@@ -267,11 +278,12 @@ impl<D: Disk> Engine<D> {
         disk: &D,
         names: &[String],
         manifest: &Manifest,
+        memtable_hash_seed: u64,
         recovery: &mut RecoveryReport,
     ) -> Result<(Memtable, Vec<SegmentInfo>, u64)> {
         let mut numbers: Vec<u64> = names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
         numbers.sort_unstable();
-        let mut active = Memtable::new();
+        let mut active = Memtable::with_hash_seed(memtable_hash_seed);
         let mut closed = Vec::new();
         let mut last_seq = manifest.flushed_seq;
         let mut expected_seq: Option<u64> = None;
@@ -418,12 +430,33 @@ impl<D: Disk> Engine<D> {
 
     /// The live value of `key` at `now_ms`, if any.
     pub async fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Versioned>> {
-        Ok(self.get_entry(key).await?.and_then(|entry| match entry.value {
-            Value::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now_ms) => {
-                Some(Versioned { value: data, version: entry.version })
+        Ok(self.get_entry(key).await?.and_then(|entry| live_at(entry, now_ms)))
+    }
+
+    /// [`Engine::get`] without waiting: the answer when memory holds it (a memtable, or cached
+    /// blocks of every table that may hold the key), `None` when a block must be read from
+    /// disk. Lets a server answer hot reads in place instead of starting a task for each.
+    pub fn get_now(&self, key: &[u8], now_ms: u64) -> Option<Result<Option<Versioned>>> {
+        Some(self.get_entry_now(key)?.map(|found| found.and_then(|entry| live_at(entry, now_ms))))
+    }
+
+    /// [`Engine::get_entry`] without waiting; see [`Engine::get_now`].
+    fn get_entry_now(&self, key: &[u8]) -> Option<Result<Option<Entry>>> {
+        let state = self.state.borrow();
+        if let Some(found) = state.active.get(key) {
+            return Some(Ok(Some(found.entry.clone())));
+        }
+        if let Some(found) = state.sealed.as_ref().and_then(|sealed| sealed.get(key)) {
+            return Some(Ok(Some(found.entry.clone())));
+        }
+        let hash = key_hash(key);
+        for table in state.tables.iter().rev() {
+            match table.get_cached(key, hash)? {
+                Ok(None) => continue,
+                found => return Some(found),
             }
-            _ => None,
-        }))
+        }
+        Some(Ok(None))
     }
 
     /// The newest stored entry for `key`, tombstones and expired values included.
@@ -562,7 +595,8 @@ impl<D: Disk> Engine<D> {
                     if state.active.is_empty() {
                         return Ok(());
                     }
-                    let active = std::mem::take(&mut state.active);
+                    let fresh = state.active.empty_like();
+                    let active = std::mem::replace(&mut state.active, fresh);
                     state.sealed = Some(Rc::new(active));
                 }
             }
@@ -684,7 +718,8 @@ impl<D: Disk> Engine<D> {
 
     fn seal_if_full(&self, state: &mut State<D::File>) {
         if state.active.approximate_bytes() >= self.options.memtable_bytes_max && state.sealed.is_none() {
-            let active = std::mem::take(&mut state.active);
+            let fresh = state.active.empty_like();
+            let active = std::mem::replace(&mut state.active, fresh);
             state.sealed = Some(Rc::new(active));
             self.work.notify(usize::MAX);
         }
@@ -1020,6 +1055,44 @@ mod tests {
             let engine = check(engine).await;
             engine.compact_all(u64::MAX / 2).await.unwrap();
             check(engine).await;
+        });
+    }
+
+    #[test]
+    fn get_now_answers_from_memory_and_defers_disk_reads() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            for index in 0..500u32 {
+                engine
+                    .put(key(index), Bytes::from(vec![index as u8; 40]), u64::from(index) + 1, None)
+                    .await
+                    .unwrap();
+            }
+            engine.put(key(1000), Bytes::from_static(b"short-lived"), 2000, Some(50)).await.unwrap();
+            engine.delete(key(7), 3000, 0).await.unwrap();
+            engine.flush().await.unwrap();
+            assert!(engine.stats().tables >= 1);
+            // Reopened, nothing is cached: a key some table may hold needs a disk read.
+            drop(engine);
+            let engine = Engine::open(disk, small_options()).await.unwrap();
+            assert!(engine.get_now(&key(3), 0).is_none(), "the block is not cached yet");
+            // Keys outside every table's range are answered without a read.
+            assert_eq!(engine.get_now(b"zzz", 0).unwrap().unwrap(), None);
+            for index in 0..500u32 {
+                let read = engine.get(&key(index), 0).await.unwrap();
+                let now =
+                    engine.get_now(&key(index), 0).expect("the block was just read and cached").unwrap();
+                assert_eq!(read, now, "key {index}");
+            }
+            assert_eq!(engine.get_now(&key(7), 0).unwrap().unwrap(), None, "deleted");
+            engine.get(&key(1000), 0).await.unwrap();
+            assert!(engine.get_now(&key(1000), 10).unwrap().unwrap().is_some());
+            assert_eq!(engine.get_now(&key(1000), 50).unwrap().unwrap(), None, "expired");
+            // A write lands in the memtable, which answers before any table.
+            engine.put(key(3), Bytes::from_static(b"new"), 5000, None).await.unwrap();
+            let found = engine.get_now(&key(3), 0).unwrap().unwrap().unwrap();
+            assert_eq!((found.value, found.version), (Bytes::from_static(b"new"), 5000));
         });
     }
 

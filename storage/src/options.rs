@@ -33,6 +33,9 @@ pub struct EngineOptions {
     pub compaction_width_min: usize,
     /// Most tables merged by one compaction.
     pub compaction_width_max: usize,
+    /// Seeds the memtable's hash index. A server passes a random value so that clients cannot
+    /// pick keys that collide; tests and simulations pass a fixed one to replay runs exactly.
+    pub memtable_hash_seed: u64,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +50,7 @@ impl Default for EngineOptions {
             bloom_bits_per_key: 10,
             compaction_width_min: 4,
             compaction_width_max: 16,
+            memtable_hash_seed: 0,
         }
     }
 }

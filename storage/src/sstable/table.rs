@@ -96,6 +96,23 @@ impl<F: DiskFile> Table<F> {
         }
     }
 
+    /// [`Table::get_with_hash`] answered from memory: `None` when the block that may hold
+    /// `key` is not in the block cache (the caller then reads it with `get_with_hash`).
+    pub fn get_cached(&self, key: &[u8], key_hash: u64) -> Option<Result<Option<Entry>>> {
+        if !self.may_contain_hash(key, key_hash) {
+            return Some(Ok(None));
+        }
+        let block_number = self.index.seek(key);
+        let block = self.cached_block(block_number)?;
+        Some(match block.find(key) {
+            Some(position) => {
+                let offset = self.index.handle(block_number).offset;
+                block.entry_at(position, &self.file_name, offset).map(|(_, entry)| Some(entry))
+            }
+            None => Ok(None),
+        })
+    }
+
     /// False when the table certainly has no entry for `key` (outside its key range, or
     /// rejected by its filter).
     pub fn may_contain(&self, key: &[u8]) -> bool {
