@@ -175,6 +175,7 @@ impl NodeConfig {
             sync: self.sync.into(),
             memtable_bytes_max: self.memtable_bytes_max,
             block_cache_bytes: self.block_cache_bytes,
+            memtable_hash_seed: random_seed(),
             ..EngineOptions::default()
         }
     }
@@ -236,6 +237,12 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// A seed no client can predict, from the standard library's per-process random hash keys.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0x7269_6e67_6b76_u64)
 }
 
 #[cfg(test)]

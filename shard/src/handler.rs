@@ -35,6 +35,20 @@ impl<D: Disk> Handler<D> {
         &self.engine
     }
 
+    /// The answer to a read of `key` when memory holds it, without waiting; `None` when the
+    /// read needs the disk (run it with [`Handler::execute`] then).
+    pub fn get_now(&self, key: &[u8]) -> Option<Result<Outcome, Failure>> {
+        let found = self.engine.get_now(key, (self.now_ms)())?;
+        Some(match found {
+            Ok(Some(found)) => {
+                self.clock.observe(found.version);
+                Ok(Outcome::Value { value: found.value, version: found.version })
+            }
+            Ok(None) => Ok(Outcome::NotFound),
+            Err(error) => Err(failure_of(&error)),
+        })
+    }
+
     /// Carries out `operation`; resolves when a write is acknowledged by the engine (after its
     /// fdatasync in the default sync mode).
     pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {

@@ -62,11 +62,19 @@ impl Router {
         matches!(command, Command::Topology | Command::Ping)
     }
 
-    /// The answer to an immediate command (see [`Router::is_immediate`]), or `None`.
+    /// The answer to `command` when it can be given without waiting, or `None`: immediate
+    /// commands (see [`Router::is_immediate`]), and reads of this shard's keys that memory
+    /// holds. Answering those in place saves a task per request on the hottest path.
     pub fn answer_immediately(&self, command: &Command) -> Option<Reply> {
         match command {
             Command::Topology => Some(Reply::Topology(self.topology.clone())),
             Command::Ping => Some(Reply::Pong),
+            Command::Single(Operation::Get { key }) if self.ring.owner_of_key(key) == self.shard_id => {
+                Some(match self.handler.get_now(key)? {
+                    Ok(outcome) => Reply::Single(outcome),
+                    Err(failure) => Reply::Failed(failure),
+                })
+            }
             Command::Single(_) | Command::Batch(_) => None,
         }
     }
@@ -94,9 +102,8 @@ impl Router {
                 }
                 Reply::Batch(results)
             }
-            Command::Topology | Command::Ping => {
-                self.answer_immediately(&command).expect("topology and ping are immediate")
-            }
+            Command::Topology => Reply::Topology(self.topology.clone()),
+            Command::Ping => Reply::Pong,
         }
     }
 }
