@@ -12,13 +12,14 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, Topology};
 
 use crate::command;
 use crate::error::Error;
 pub(crate) use crate::multiplexed::SharedConnection;
+use crate::multiplexed::Started;
 use crate::options::ClientOptions;
 use crate::reply::{self, CasResult, Versioned};
 use crate::routing::{Route, Router};
@@ -190,12 +191,20 @@ impl<R: Transport> AsyncClient<R> {
         self.call(route.address, command).await
     }
 
-    /// One request to `address`, bounded by the request timeout.
+    /// One request to `address`, bounded by the request timeout: the connection's deadline
+    /// task fails it if no reply comes in time (see [`SharedConnection::expire_overdue`]), and
+    /// a wait for room in a full pipeline is bounded by a timer.
     async fn call(&self, address: SocketAddr, command: Command) -> Result<Reply, Error> {
         let connection = self.connection(address).await?;
         let timeout = self.inner.options.request_timeout;
-        let exchange = async move { connection.start(command).await?.await };
-        R::timeout(timeout, exchange).await.unwrap_or(Err(Error::Timeout { timeout }))
+        let deadline = Instant::now() + timeout;
+        let reply = match connection.try_start(command, deadline)? {
+            Started::Sent(reply) => reply,
+            Started::Full(command) => R::timeout(timeout, connection.start(command, deadline))
+                .await
+                .unwrap_or(Err(Error::Timeout { timeout }))?,
+        };
+        reply.await
     }
 
     /// The open connection to `address`, reconnecting with bounded back-off when there is none

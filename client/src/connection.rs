@@ -7,7 +7,13 @@
 //!  abandon(id): a timed-out request keeps its slot until its late reply arrives and is dropped
 //! ```
 
-use std::collections::HashSet;
+/// Ids are sequential and picked by this client, so a fast non-cryptographic hash is safe.
+type IdSet = std::collections::HashSet<u64, ahash::RandomState>;
+
+/// The hasher of request-id maps and sets: fixed keys, as ids are not chosen by anyone hostile.
+pub(crate) fn id_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(0x7269_6e67, 0x6b76_636c, 0x6965_6e74, 0x6964_7321)
+}
 
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
@@ -32,10 +38,10 @@ pub struct Connection {
     outbox: BytesMut,
     next_id: u64,
     /// Requests sent whose reply someone is waiting for.
-    awaited: HashSet<u64>,
+    awaited: IdSet,
     /// Requests whose caller gave up (timed out). The server still works on them, so they keep
     /// counting against `in_flight_max` until their reply arrives and is dropped.
-    abandoned: HashSet<u64>,
+    abandoned: IdSet,
     in_flight_max: usize,
 }
 
@@ -47,8 +53,8 @@ impl Connection {
             decoder: FrameDecoder::new(),
             outbox: BytesMut::new(),
             next_id: CONNECTION_ERROR_ID + 1,
-            awaited: HashSet::new(),
-            abandoned: HashSet::new(),
+            awaited: IdSet::with_hasher(id_hasher()),
+            abandoned: IdSet::with_hasher(id_hasher()),
             in_flight_max: in_flight_max.max(1),
         }
     }

@@ -45,7 +45,7 @@ impl Transport for Glommio {
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) = futures_lite::io::split(stream);
-        let shared = SharedConnection::new(address, options.in_flight_max);
+        let shared = SharedConnection::new(address, options);
         let reading = Arc::clone(&shared);
         ::glommio::spawn_local(async move {
             let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -72,6 +72,7 @@ impl Transport for Glommio {
             let _ = writer.close().await;
         })
         .detach();
+        ::glommio::spawn_local(Arc::clone(&shared).expire_overdue(::glommio::timer::sleep)).detach();
         Ok(shared)
     }
 

@@ -4,56 +4,95 @@
 //!
 //! ```text
 //!  caller ─start(command)─▶ Connection.send ─notify─▶ writer task: take_output ─▶ socket
-//!  socket ─▶ reader task: on_received ─▶ Connection.poll_reply ─▶ replies[id] ─wake─▶ caller
+//!  socket ─▶ reader task: on_received ─▶ Connection.poll_reply ─▶ slots[id] ─wake─▶ caller
+//!  deadline task: every timeout/8 while requests are pending ─▶ overdue slots ─wake─▶ caller
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
 use ringkv_wire::{Command, Reply};
 
-use crate::connection::Connection;
+use crate::connection::{id_hasher, Connection};
 use crate::error::Error;
+use crate::options::ClientOptions;
+
+/// Ids are sequential and picked by this client, so a fast non-cryptographic hash is safe.
+type IdMap<V> = std::collections::HashMap<u64, V, ahash::RandomState>;
+
+/// How many times per request timeout the deadline task looks for overdue requests: a request
+/// fails between its deadline and `timeout / DEADLINE_CHECKS_PER_TIMEOUT` after it.
+const DEADLINE_CHECKS_PER_TIMEOUT: u32 = 8;
+/// The deadline task checks at most this often, whatever the timeout.
+const DEADLINE_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(1);
 
 /// Public only because [`crate::asynchronous::Transport`] names it; unreachable from outside.
 #[doc(hidden)]
 pub struct SharedConnection {
     address: SocketAddr,
+    /// How long a request may wait for its reply (see [`SharedConnection::expire_overdue`]).
+    request_timeout: Duration,
     state: Mutex<State>,
     /// Signalled when a request slot frees up or the connection closes.
     room: Event,
     /// Signalled when requests are queued for the writer or the connection closes.
     output: Event,
+    /// Signalled when a request is sent while none was pending, or the connection closes:
+    /// the deadline task resumes its checks.
+    pending: Event,
 }
 
 struct State {
     connection: Connection,
-    /// Replies that arrived and whose caller has not picked them up yet.
-    replies: HashMap<u64, Reply>,
-    /// The task waiting for each request's reply.
-    wakers: HashMap<u64, Waker>,
+    /// Every request sent and not yet picked up by its caller (or abandoned).
+    slots: IdMap<Slot>,
     /// Why the connection closed, once it has.
     closed: Option<String>,
 }
 
+/// One request's progress.
+struct Slot {
+    /// When the request fails with [`Error::Timeout`] if no reply has come.
+    deadline: Instant,
+    progress: Progress,
+}
+
+enum Progress {
+    /// No reply yet; the task to wake when one comes, once the caller has polled.
+    Waiting(Option<Waker>),
+    /// The reply, for the caller to pick up.
+    Replied(Reply),
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// What [`SharedConnection::try_start`] did.
+pub(crate) enum Started {
+    /// The request is queued; await its reply.
+    Sent(ReplyFuture),
+    /// `in_flight_max` requests are unanswered; the command comes back untouched.
+    Full(Command),
+}
+
 impl SharedConnection {
-    pub(crate) fn new(address: SocketAddr, in_flight_max: usize) -> Arc<Self> {
+    pub(crate) fn new(address: SocketAddr, options: &ClientOptions) -> Arc<Self> {
         Arc::new(SharedConnection {
             address,
+            request_timeout: options.request_timeout,
             state: Mutex::new(State {
-                connection: Connection::new(in_flight_max),
-                replies: HashMap::new(),
-                wakers: HashMap::new(),
+                connection: Connection::new(options.in_flight_max),
+                slots: IdMap::with_hasher(id_hasher()),
                 closed: None,
             }),
             room: Event::new(),
             output: Event::new(),
+            pending: Event::new(),
         })
     }
 
@@ -70,25 +109,41 @@ impl SharedConnection {
         self.state().closed.is_some()
     }
 
-    /// Queues `command` for the writer, waiting while `in_flight_max` requests are unanswered,
-    /// and returns a future for its reply. Dropping that future (a timeout) abandons the
-    /// request.
-    pub(crate) async fn start(self: &Arc<Self>, command: Command) -> Result<ReplyFuture, Error> {
-        let mut command = Some(command);
+    /// Queues `command` for the writer if fewer than `in_flight_max` requests are unanswered,
+    /// without waiting; its reply is due by `deadline`.
+    pub(crate) fn try_start(self: &Arc<Self>, command: Command, deadline: Instant) -> Result<Started, Error> {
+        let mut state = self.state();
+        if let Some(reason) = &state.closed {
+            return Err(self.lost(reason));
+        }
+        if !state.connection.has_room() {
+            return Ok(Started::Full(command));
+        }
+        let id = state.connection.send(command)?;
+        let was_idle = state.slots.is_empty();
+        state.slots.insert(id, Slot { deadline, progress: Progress::Waiting(None) });
+        drop(state);
+        self.output.notify(1);
+        if was_idle {
+            self.pending.notify(1);
+        }
+        Ok(Started::Sent(ReplyFuture { shared: Arc::clone(self), id, finished: false }))
+    }
+
+    /// [`SharedConnection::try_start`], waiting while `in_flight_max` requests are unanswered.
+    /// Dropping the returned future (a timeout) abandons the request.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<ReplyFuture, Error> {
+        let mut command = command;
         loop {
-            let listener = {
-                let mut state = self.state();
-                if let Some(reason) = &state.closed {
-                    return Err(self.lost(reason));
-                }
-                if state.connection.has_room() {
-                    let id = state.connection.send(command.take().expect("sent once"))?;
-                    drop(state);
-                    self.output.notify(1);
-                    return Ok(ReplyFuture { shared: Arc::clone(self), id, finished: false });
-                }
-                self.room.listen()
-            };
+            let listener = self.room.listen();
+            match self.try_start(command, deadline)? {
+                Started::Sent(reply) => return Ok(reply),
+                Started::Full(unsent) => command = unsent,
+            }
             listener.await;
         }
     }
@@ -102,8 +157,12 @@ impl SharedConnection {
             match state.connection.poll_reply() {
                 Ok(Some((id, reply))) => {
                     answered = true;
-                    state.replies.insert(id, reply);
-                    if let Some(waker) = state.wakers.remove(&id) {
+                    let Some(slot) = state.slots.get_mut(&id) else {
+                        continue;
+                    };
+                    if let Progress::Waiting(Some(waker)) =
+                        std::mem::replace(&mut slot.progress, Progress::Replied(reply))
+                    {
                         waker.wake();
                     }
                 }
@@ -147,11 +206,61 @@ impl SharedConnection {
         }
         state.closed = Some(reason.to_owned());
         state.connection.on_closed();
-        let wakers: Vec<Waker> = state.wakers.drain().map(|(_, waker)| waker).collect();
+        let wakers: Vec<Waker> = state
+            .slots
+            .values_mut()
+            .filter_map(|slot| match &mut slot.progress {
+                Progress::Waiting(waker) => waker.take(),
+                Progress::Replied(_) | Progress::TimedOut => None,
+            })
+            .collect();
         drop(state);
         wakers.into_iter().for_each(Waker::wake);
         self.room.notify(usize::MAX);
         self.output.notify(usize::MAX);
+        self.pending.notify(usize::MAX);
+    }
+
+    /// The deadline task of a connection, run by its adapter until the connection closes:
+    /// fails each request still waiting past its deadline with [`Error::Timeout`] and
+    /// abandons it (a late reply is dropped). While requests are pending it checks every
+    /// `request_timeout / 8` (at most once a millisecond); otherwise it sleeps until one is
+    /// sent. One task per connection replaces a timer per request, which cost a fifth of a
+    /// pipelining caller's CPU.
+    pub(crate) async fn expire_overdue<S: Future<Output = ()>>(
+        self: Arc<Self>,
+        sleep: impl Fn(Duration) -> S,
+    ) {
+        let interval = (self.request_timeout / DEADLINE_CHECKS_PER_TIMEOUT).max(DEADLINE_CHECK_INTERVAL_MIN);
+        loop {
+            let listener = self.pending.listen();
+            let (idle, overdue) = {
+                let mut state = self.state();
+                if state.closed.is_some() {
+                    return;
+                }
+                let now = Instant::now();
+                let State { connection, slots, .. } = &mut *state;
+                let mut overdue = Vec::new();
+                for (id, slot) in slots.iter_mut() {
+                    if slot.deadline <= now {
+                        if let Progress::Waiting(waker) = &mut slot.progress {
+                            overdue.extend(waker.take());
+                            slot.progress = Progress::TimedOut;
+                            connection.abandon(*id);
+                        }
+                    }
+                }
+                (slots.is_empty(), overdue)
+            };
+            overdue.into_iter().for_each(Waker::wake);
+            if idle {
+                listener.await;
+            } else {
+                drop(listener);
+                sleep(interval).await;
+            }
+        }
     }
 }
 
@@ -168,19 +277,37 @@ impl Future for ReplyFuture {
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
         let id = self.id;
-        let mut state = self.shared.state();
-        if let Some(reply) = state.replies.remove(&id) {
+        let shared = Arc::clone(&self.shared);
+        let mut state = shared.state();
+        let closed = state.closed.clone();
+        let Some(slot) = state.slots.get_mut(&id) else {
+            // A slot lives until its future finishes or is dropped; answer sanely regardless.
             drop(state);
             self.finished = true;
-            return Poll::Ready(Ok(reply));
-        }
-        if let Some(reason) = state.closed.clone() {
-            drop(state);
-            self.finished = true;
-            return Poll::Ready(Err(self.shared.lost(&reason)));
-        }
-        state.wakers.insert(id, context.waker().clone());
-        Poll::Pending
+            return Poll::Ready(Err(shared.lost("the request's state was lost")));
+        };
+        let outcome = match &mut slot.progress {
+            Progress::Replied(_) | Progress::TimedOut => {
+                match state.slots.remove(&id).map(|slot| slot.progress) {
+                    Some(Progress::Replied(reply)) => Ok(reply),
+                    _ => Err(Error::Timeout { timeout: shared.request_timeout }),
+                }
+            }
+            Progress::Waiting(_) if closed.is_some() => {
+                state.slots.remove(&id);
+                Err(shared.lost(closed.as_deref().unwrap_or_default()))
+            }
+            Progress::Waiting(waker) => {
+                match waker {
+                    Some(waker) if waker.will_wake(context.waker()) => {}
+                    _ => *waker = Some(context.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+        };
+        drop(state);
+        self.finished = true;
+        Poll::Ready(outcome)
     }
 }
 
@@ -190,9 +317,10 @@ impl Drop for ReplyFuture {
             return;
         }
         let mut state = self.shared.state();
-        state.wakers.remove(&self.id);
-        if state.replies.remove(&self.id).is_none() {
-            state.connection.abandon(self.id);
+        if let Some(slot) = state.slots.remove(&self.id) {
+            if matches!(slot.progress, Progress::Waiting(_)) {
+                state.connection.abandon(self.id);
+            }
         }
     }
 }

@@ -56,7 +56,7 @@ impl Transport for Tokio {
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) = stream.into_split();
-        let shared = SharedConnection::new(address, options.in_flight_max);
+        let shared = SharedConnection::new(address, options);
         let reading = Arc::clone(&shared);
         ::tokio::spawn(async move {
             let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -81,6 +81,7 @@ impl Transport for Tokio {
             // Closing our side lets the server close its side, which ends the reader task.
             let _ = writer.shutdown().await;
         });
+        ::tokio::spawn(Arc::clone(&shared).expire_overdue(::tokio::time::sleep));
         Ok(shared)
     }
 

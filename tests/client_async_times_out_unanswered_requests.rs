@@ -1,0 +1,124 @@
+//! The tokio and glommio clients fail a request that gets no reply within the request timeout
+//! with `Error::Timeout`, while requests answered in time on the same connection succeed and
+//! the connection stays usable. The server is a stand-in that answers the topology and reads
+//! of `fast`, and never answers reads of `slow`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use flatbuffers::FlatBufferBuilder;
+use ringkv_client::{ClientOptions, Error};
+use ringkv_wire::{
+    encode_response, parse_request, Command, FrameDecoder, Operation, Outcome, Reply, Response,
+    ShardPlacement, TokenRange, Topology,
+};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Starts the stand-in server on an ephemeral port; returns the port.
+fn start_silent_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || serve(stream, port));
+        }
+    });
+    port
+}
+
+fn serve(mut stream: TcpStream, port: u16) {
+    let topology = Topology {
+        shards: vec![ShardPlacement {
+            shard_id: 0,
+            port,
+            token_ranges: vec![TokenRange { start: 0, end: 0 }],
+        }],
+    };
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = [0u8; 4096];
+    let mut builder = FlatBufferBuilder::new();
+    loop {
+        let read = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        decoder.extend_from_slice(&chunk[..read]);
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            let request = parse_request(&frame).unwrap();
+            let reply = match request.command {
+                Command::Topology => Reply::Topology(topology.clone()),
+                Command::Single(Operation::Get { key }) if &key[..] == b"fast" => {
+                    Reply::Single(Outcome::NotFound)
+                }
+                _ => continue, // never answered
+            };
+            let bytes = encode_response(&mut builder, &Response { id: request.id, reply }).unwrap().to_vec();
+            if stream.write_all(&bytes).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn options() -> ClientOptions {
+    ClientOptions { request_timeout: TIMEOUT, ..ClientOptions::default() }
+}
+
+/// What each client must show; `get` runs one read of the given key.
+async fn check_timeouts<F, Fut>(get: F)
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<ringkv_client::Versioned>, Error>>,
+{
+    let started = Instant::now();
+    let (slow, fast) = futures_lite::future::zip(get("slow"), async {
+        let fast = get("fast").await;
+        (fast, started.elapsed())
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(matches!(slow, Err(Error::Timeout { timeout }) if timeout == TIMEOUT), "got {slow:?}");
+    assert!(waited >= TIMEOUT, "failed after {waited:?}, before the timeout");
+    // Checked every timeout / 8; allow generously for a loaded machine.
+    assert!(waited < TIMEOUT * 4, "took {waited:?} to time out");
+    let (fast, fast_took) = fast;
+    assert_eq!(fast.unwrap(), None);
+    assert!(fast_took < TIMEOUT, "an answered request waited {fast_took:?} behind an unanswered one");
+    // The connection is still usable after a timeout.
+    assert_eq!(get("fast").await.unwrap(), None);
+}
+
+#[test]
+fn tokio_client_times_out_unanswered_requests() {
+    let port = start_silent_server();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let client =
+            ringkv_client::tokio::Client::connect_with(("127.0.0.1", port), options()).await.unwrap();
+        check_timeouts(|key| {
+            let client = client.clone();
+            async move { client.get(key).await }
+        })
+        .await;
+    });
+}
+
+#[test]
+fn glommio_client_times_out_unanswered_requests() {
+    let port = start_silent_server();
+    let executor = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let client =
+                ringkv_client::glommio::Client::connect_with(("127.0.0.1", port), options()).await.unwrap();
+            check_timeouts(|key| {
+                let client = client.clone();
+                async move { client.get(key).await }
+            })
+            .await;
+        })
+        .unwrap();
+    executor.join().unwrap();
+}
