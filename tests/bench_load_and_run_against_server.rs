@@ -1,6 +1,8 @@
 //! `ringkv-bench load` then `ringkv-bench run --workload a --json` against a real server: the
 //! load writes every key (the run reads none missing), the run succeeds without errors, and its
-//! JSON line and `.hgrm` files report the reads and updates it made. Nothing here is timed.
+//! JSON line and `.hgrm` files report the reads and updates it made, with a PNG chart of each. And
+//! `ringkv-bench sweep --search bisect` writes a row and charts for every run it tried, by offered
+//! rate. Nothing here is timed: no assertion depends on the latencies measured.
 
 mod common;
 
@@ -34,6 +36,18 @@ fn bench_binary() -> PathBuf {
     let status = build.status().expect("running cargo build -p ringkv-bench");
     assert!(status.success(), "cargo build -p ringkv-bench failed: {status}");
     profile_directory.join("ringkv-bench")
+}
+
+/// Checks that `path` holds a PNG image (its signature and header chunk) of more than a blank
+/// image's size, and returns its width and height.
+fn assert_png(path: &Path) -> (u32, u32) {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    assert!(bytes.len() > 10_000, "{}: {} bytes", path.display(), bytes.len());
+    assert_eq!(bytes[..8], SIGNATURE, "{} is not a PNG", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR", "{}", path.display());
+    let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (word(16), word(20))
 }
 
 /// Runs the bench with `args`; its standard output, after checking it exited successfully.
@@ -94,6 +108,46 @@ fn bench_load_and_run_against_server() {
         let hgrm = std::fs::read_to_string(hdr_directory.join(format!("{operation}.hgrm"))).unwrap();
         let total_line = hgrm.lines().find(|line| line.starts_with("#[Max")).expect("the footer");
         assert!(total_line.ends_with(&format!("Total count    = {ops:>12}]")), "{total_line} against {ops}");
+        let (width, height) = assert_png(&hdr_directory.join(format!("{operation}.png")));
+        assert!(width >= 800 && height >= 500, "{operation}.png is {width}x{height}");
     }
+    assert_png(&hdr_directory.join("latency.png"));
     assert_eq!(per_operation, report["ops"].as_u64().unwrap(), "workload a is reads and updates only");
+}
+
+#[test]
+fn bench_sweep_bisect_against_server() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&root.path().join("data"));
+    let binary = bench_binary();
+    let target = format!("ringkv://127.0.0.1:{}", server.client_port);
+    let out = root.path().join("sweep");
+    // Read-only and unloaded: every read finds nothing, which is not an error. A lenient SLO and
+    // low rates, but the outcomes are not asserted: the rates tried depend on them.
+    let mut args = vec!["sweep", "--target", &target, "--records", RECORDS, "--connections", "2"];
+    args.extend(["--pipeline", "4", "--workload", "c", "--duration", "0.5", "--slo-p99-ms", "1000"]);
+    args.extend(["--rate-max", "2000", "--search", "bisect", "--precision", "0.3", "--runs-max", "3"]);
+    args.extend(["--json", "--out", out.to_str().unwrap()]);
+    let output = bench(&binary, &args, &server);
+    let summary: serde_json::Value =
+        serde_json::from_str(output.lines().last().expect("the sweep printed something")).unwrap();
+    assert_eq!(summary["search"], "bisect", "{summary}");
+    let runs = summary["steps"].as_array().expect("steps is a list");
+    assert!((1..=3).contains(&runs.len()), "--runs-max 3: {summary}");
+    let offered: Vec<f64> = runs.iter().map(|run| run["offered_ops_per_sec"].as_f64().unwrap()).collect();
+    assert!(offered.windows(2).all(|pair| pair[0] < pair[1]), "rows by offered rate: {offered:?}");
+    // Bisection starts halfway up.
+    assert!(offered.contains(&1000.0), "{offered:?}");
+
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    let csv_offered: Vec<&str> = csv.lines().skip(1).map(|line| line.split(',').next().unwrap()).collect();
+    let rates: Vec<String> = offered.iter().map(|rate| format!("{rate:.0}")).collect();
+    assert_eq!(csv_offered, rates, "{csv}");
+    assert_png(&out.join("sweep.png"));
+    for rate in rates {
+        let run_directory = out.join(format!("rate-{rate}"));
+        assert!(run_directory.join("read.hgrm").is_file(), "{}", run_directory.display());
+        assert_png(&run_directory.join("read.png"));
+        assert_png(&run_directory.join("latency.png"));
+    }
 }

@@ -18,6 +18,14 @@ pub struct LatencySummary {
     pub max_us: f64,
 }
 
+/// One point of a latency-by-percentile curve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PercentilePoint {
+    /// The fraction of operations that took at most `latency_us`, in `0.0..=1.0`.
+    pub quantile: f64,
+    pub latency_us: f64,
+}
+
 /// Latencies of one benchmark (or one of its concurrent workers).
 pub struct LatencyRecorder {
     histogram: Histogram<u64>,
@@ -90,6 +98,21 @@ impl LatencyRecorder {
         writeln!(out, "#[Buckets = {:12}, SubBuckets     = {sub_buckets:12}]", histogram.buckets())
     }
 
+    /// The latency-by-percentile curve at the `.hgrm` file's percentiles (five steps per halving of
+    /// the distance to 100%), ending at 100% with the maximum; empty when nothing was recorded.
+    pub fn percentile_curve(&self) -> Vec<PercentilePoint> {
+        if self.histogram.is_empty() {
+            return Vec::new();
+        }
+        self.histogram
+            .iter_quantiles(5)
+            .map(|step| PercentilePoint {
+                quantile: step.quantile_iterated_to(),
+                latency_us: step.value_iterated_to() as f64 / 1000.0,
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> LatencySummary {
         let micros = |nanos: u64| nanos as f64 / 1000.0;
         if self.histogram.is_empty() {
@@ -145,5 +168,28 @@ mod tests {
         assert_eq!(last_row[2], "100");
         assert!(lines[lines.len() - 2].starts_with("#[Max     =      100.0"), "{text}");
         assert!(lines[lines.len() - 2].ends_with("Total count    =          100]"), "{text}");
+    }
+
+    #[test]
+    fn percentile_curve_rises_to_the_maximum_at_100_percent() {
+        let mut recorder = LatencyRecorder::new();
+        assert!(recorder.percentile_curve().is_empty());
+        for micros in 1..=1000u64 {
+            recorder.record(Duration::from_micros(micros));
+        }
+        let curve = recorder.percentile_curve();
+        assert_eq!(curve[0].quantile, 0.0);
+        let last = curve.last().unwrap();
+        assert_eq!(last.quantile, 1.0);
+        assert!((last.latency_us - 1000.0).abs() < 1.0, "{last:?}");
+        for pair in curve.windows(2) {
+            assert!(pair[0].quantile <= pair[1].quantile, "{pair:?}");
+            assert!(pair[0].latency_us <= pair[1].latency_us, "{pair:?}");
+        }
+        // The points are the .hgrm file's rows, one per line between the header and the footer.
+        let mut out = Vec::new();
+        recorder.write_percentile_distribution(&mut out).unwrap();
+        let rows = String::from_utf8(out).unwrap().lines().filter(|line| !line.starts_with('#')).count();
+        assert_eq!(curve.len(), rows - 2);
     }
 }

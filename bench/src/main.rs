@@ -10,11 +10,12 @@
 //! - `load`: YCSB's load phase against a server: inserts keys `user000000000000` ... in order.
 //! - `run`: a YCSB core workload (a, b, c, d, f) against a server for a fixed time, closed loop or
 //!   open loop at a fixed rate (`--rate`, coordinated-omission correct); HDR latencies per
-//!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files. Targets are
-//!   `ringkv://host:port` and `redis://host:port`, so Redis can be measured by the same tool
-//!   (`shared/bench/server-vs-redis.sh`).
-//! - `sweep`: open-loop runs at rising rates until p99 breaks an SLO; the highest rate that met
-//!   it, a CSV of the steps, `.hgrm` files per step.
+//!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files and PNG charts of latency by
+//!   percentile. Targets are `ringkv://host:port` and `redis://host:port`, so Redis can be
+//!   measured by the same tool (`shared/bench/server-vs-redis.sh`).
+//! - `sweep`: open-loop runs at rates chosen by stepping up (`--search step`) or bisecting
+//!   (`--search bisect`) to find the highest rate at which p99 meets an SLO; a CSV and a PNG chart
+//!   of every run, `.hgrm` files and charts per run.
 //!
 //! ## Layout
 //! - [`engine`]: the `engine` subcommand: options, the benchmarks, the report.
@@ -25,14 +26,18 @@
 //! - [`data_directory`]: preparing the benchmark's directory (empty, not on tmpfs).
 //! - [`run`]: the `load` and `run` subcommands: threads, connections, closed and open loop.
 //! - [`sweep`]: the `sweep` subcommand.
+//! - [`rate_search`]: which rate a sweep offers next, from the outcomes so far (step or bisect).
+//! - [`chart`]: PNG charts: latency by percentile, and a sweep's latency against throughput.
 //! - [`ycsb`]: YCSB's core workloads: operation mixes and key names.
 //! - [`distribution`]: YCSB's request distributions (uniform, scrambled zipfian, latest).
 //! - [`target`]: the store measured (`ringkv://` or `redis://`) behind one interface.
 //! - [`redis`]: a pipelined RESP2 `GET`/`SET` client on glommio.
-//! - [`report`]: merged measurements, the terminal summary, the JSON line, `.hgrm` files.
+//! - [`report`]: merged measurements, the terminal summary, the JSON line, `.hgrm` files and
+//!   latency charts.
 //! - [`cpu_usage`]: the load generator's own CPU time.
 //! - [`progress`]: the live progress line on a terminal.
 
+mod chart;
 mod cpu_usage;
 mod data_directory;
 mod distribution;
@@ -41,6 +46,7 @@ mod histogram;
 mod key_set;
 mod process_memory;
 mod progress;
+mod rate_search;
 mod redis;
 mod report;
 mod run;
@@ -67,8 +73,8 @@ enum Command {
     Load(run::LoadArgs),
     /// Runs a YCSB core workload against a server and reports throughput and latency.
     Run(run::RunArgs),
-    /// Raises the offered rate in open loop until p99 breaks the SLO; reports the highest rate
-    /// that met it.
+    /// Searches, in open loop, for the highest offered rate at which p99 meets the SLO (stepping
+    /// up or bisecting); reports it, with a CSV and a chart of every run.
     Sweep(sweep::SweepArgs),
 }
 

@@ -1,6 +1,8 @@
 //! What a `load` or `run` measured: latencies per operation kind, errors by kind, and the load
-//! generator's own CPU use; printed as a terminal summary, one JSON line, and `.hgrm` files.
+//! generator's own CPU use; printed as a terminal summary, one JSON line, `.hgrm` files and PNG
+//! charts of latency by percentile.
 
+use crate::chart::{write_percentile_chart, Heading, LatencyCurve};
 use crate::cpu_usage::CpuTime;
 use crate::histogram::{LatencyRecorder, LatencySummary};
 use crate::ycsb::OperationKind;
@@ -212,6 +214,57 @@ impl RunReport {
             self.cpu.percent_of_one_core(self.wall)
         );
         text
+    }
+
+    /// What the charts' subtitle says about the run: the workload, the target, the load offered
+    /// and the throughput achieved.
+    fn chart_subtitle(&self) -> String {
+        let description = &self.description;
+        let ops_per_sec = self.per_second(self.measurements.operations());
+        let schedule = match description.rate {
+            Some(rate) => format!("open loop at {rate:.0} ops/s offered · {ops_per_sec:.0} achieved"),
+            None => format!("closed loop · {ops_per_sec:.0} ops/s"),
+        };
+        format!(
+            "workload {} against {} · {} connections × {} in flight · {schedule}",
+            description.workload, description.target, description.connections, description.pipeline
+        )
+    }
+
+    /// Writes, in HdrHistogram's plotter's form, a PNG chart of latency by percentile per
+    /// operation kind that ran (`<kind>.png`) and one of every kind together (`latency.png`).
+    pub fn write_latency_charts(&self, directory: &Path) -> Result<()> {
+        std::fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
+        let subtitle = self.chart_subtitle();
+        let curves: Vec<(OperationKind, LatencyCurve)> = self
+            .measurements
+            .kinds_seen()
+            .map(|(kind, recorder)| {
+                let label = format!(
+                    "{} ({} ops, {:.0} ops/s)",
+                    kind.name(),
+                    recorder.count(),
+                    self.per_second(recorder.count())
+                );
+                let curve =
+                    LatencyCurve { label, count: recorder.count(), points: recorder.percentile_curve() };
+                (kind, curve)
+            })
+            .collect();
+        if curves.is_empty() {
+            return Ok(());
+        }
+        for (kind, curve) in &curves {
+            let heading = Heading {
+                title: format!("{} latency by percentile", kind.name()),
+                subtitle: subtitle.clone(),
+            };
+            let path = directory.join(format!("{}.png", kind.name()));
+            write_percentile_chart(&path, &heading, std::slice::from_ref(curve))?;
+        }
+        let heading = Heading { title: "latency by percentile".to_string(), subtitle };
+        let all: Vec<LatencyCurve> = curves.into_iter().map(|(_, curve)| curve).collect();
+        write_percentile_chart(&directory.join("latency.png"), &heading, &all)
     }
 
     /// Writes `<kind>.hgrm` per operation kind that ran, in HdrHistogram's percentile format.

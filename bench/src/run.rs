@@ -4,7 +4,7 @@
 //!  thread 0 (glommio executor) ── connection 0, 2, 4, ... ── `--pipeline` tasks each
 //!  thread 1 (glommio executor) ── connection 1, 3, 5, ... ── `--pipeline` tasks each
 //!  each task: next operation ─▶ Store::read/write ─▶ latency into its thread's Measurements
-//!  main: join the threads ─▶ merge ─▶ summary, JSON line, .hgrm files
+//!  main: join the threads ─▶ merge ─▶ summary, JSON line, .hgrm files and PNG charts
 //! ```
 //!
 //! Closed loop (the default): each connection keeps `--pipeline` requests in flight; a task sends
@@ -83,7 +83,8 @@ pub struct ConnectionArgs {
 /// Where `load` and `run` put their report.
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {
-    /// Write `<operation>.hgrm` files (HdrHistogram percentile distribution, milliseconds) here.
+    /// Write `<operation>.hgrm` files (HdrHistogram percentile distribution, milliseconds) here,
+    /// with a PNG chart of each (`<operation>.png`) and of all together (`latency.png`).
     #[arg(long)]
     pub hdr_dir: Option<PathBuf>,
     /// Print the summary and then, as the last line, the report as one JSON object.
@@ -223,11 +224,12 @@ pub fn run_transactions(
     execute(connection, workload.name(), phase, rate, key_space)
 }
 
-/// Prints the summary (and the JSON line last) and writes the `.hgrm` files.
+/// Prints the summary (and the JSON line last) and writes the `.hgrm` files and their charts.
 fn emit(output: &OutputArgs, report: &RunReport) -> Result<()> {
     print!("{}", report.summary_text());
     if let Some(directory) = &output.hdr_dir {
         report.write_hgrm_files(directory)?;
+        report.write_latency_charts(directory)?;
     }
     if output.json {
         println!("{}", report.to_json());
