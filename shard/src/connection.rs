@@ -38,7 +38,8 @@ use futures_lite::future::or;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use ringkv_wire::{
-    encode_response_into, parse_request, ErrorCode, Failure, FrameDecoder, Reply, Request, Response,
+    encode_read_reply_into, encode_response_into, parse_request, Command, ErrorCode, Failure, FrameDecoder,
+    Operation, Reply, Request, Response,
 };
 use tracing::{debug, Instrument};
 
@@ -135,6 +136,29 @@ impl Shared {
             }
         }
         self.ready.notify(1);
+    }
+
+    /// Encodes the reply to a read answered in place (see [`Router::read_now`]) straight from
+    /// the borrowed value, and wakes the writer.
+    fn push_read(&self, id: u64, found: Result<Option<(&[u8], u64)>, Failure>) {
+        let found = match found {
+            Ok(found) => found,
+            Err(failure) => return self.push(&Response { id, reply: Reply::Failed(failure) }),
+        };
+        let encoded = {
+            let mut outbox = self.outbox.borrow_mut();
+            let Outbox { bytes, builder, .. } = &mut *outbox;
+            encode_read_reply_into(builder, id, found, bytes)
+        };
+        match encoded {
+            Ok(()) => {
+                self.ready.notify(1);
+            }
+            Err(error) => {
+                let failure = Failure::new(error.code(), format!("the response: {error}"));
+                self.push(&Response { id, reply: Reply::Failed(failure) });
+            }
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -290,6 +314,11 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
     if let Some(reply) = router.answer_immediately(&command) {
         shared.push(&Response { id, reply });
         return;
+    }
+    if let Command::Single(Operation::Get { key }) = &command {
+        if router.read_now(key, |found| shared.push_read(id, found)).is_some() {
+            return;
+        }
     }
     if shared.in_flight() >= limits.in_flight_max {
         let failure = Failure::new(

@@ -35,17 +35,28 @@ impl<D: Disk> Handler<D> {
         &self.engine
     }
 
-    /// The answer to a read of `key` when memory holds it, without waiting; `None` when the
+    /// A read of `key` answered in place when memory holds it: `read` is lent the live value
+    /// and its version (or `None`), or the failure, and its result returned. `None` when the
     /// read needs the disk (run it with [`Handler::execute`] then).
-    pub fn get_now(&self, key: &[u8]) -> Option<Result<Outcome, Failure>> {
-        let found = self.engine.get_now(key, (self.now_ms)())?;
-        Some(match found {
-            Ok(Some(found)) => {
-                self.clock.observe(found.version);
-                Ok(Outcome::Value { value: found.value, version: found.version })
+    pub fn read_now<R>(
+        &self,
+        key: &[u8],
+        read: impl FnOnce(Result<Option<(&[u8], u64)>, Failure>) -> R,
+    ) -> Option<R> {
+        let mut read = Some(read);
+        let mut lend = |found: Result<Option<(&[u8], u64)>, Failure>| {
+            let read = read.take().expect("a read is answered once");
+            read(found)
+        };
+        let answered = self.engine.read_now(key, (self.now_ms)(), |found| {
+            if let Some((_, version)) = found {
+                self.clock.observe(version);
             }
-            Ok(None) => Ok(Outcome::NotFound),
-            Err(error) => Err(failure_of(&error)),
+            lend(Ok(found))
+        })?;
+        Some(match answered {
+            Ok(result) => result,
+            Err(error) => lend(Err(failure_of(&error))),
         })
     }
 

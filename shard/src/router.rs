@@ -62,21 +62,28 @@ impl Router {
         matches!(command, Command::Topology | Command::Ping)
     }
 
-    /// The answer to `command` when it can be given without waiting, or `None`: immediate
-    /// commands (see [`Router::is_immediate`]), and reads of this shard's keys that memory
-    /// holds. Answering those in place saves a task per request on the hottest path.
+    /// The answer to an immediate command (see [`Router::is_immediate`]), or `None`.
     pub fn answer_immediately(&self, command: &Command) -> Option<Reply> {
         match command {
             Command::Topology => Some(Reply::Topology(self.topology.clone())),
             Command::Ping => Some(Reply::Pong),
-            Command::Single(Operation::Get { key }) if self.ring.owner_of_key(key) == self.shard_id => {
-                Some(match self.handler.get_now(key)? {
-                    Ok(outcome) => Reply::Single(outcome),
-                    Err(failure) => Reply::Failed(failure),
-                })
-            }
             Command::Single(_) | Command::Batch(_) => None,
         }
+    }
+
+    /// A read of `key` answered in place, when this shard owns the key and memory holds it:
+    /// `read` is lent the value and version (or `None`, or the failure) and its result
+    /// returned. `None` otherwise: answer the read with [`Router::answer`]. Answering cached
+    /// reads in place saves a task per request on the hottest path.
+    pub fn read_now<R>(
+        &self,
+        key: &[u8],
+        read: impl FnOnce(Result<Option<(&[u8], u64)>, Failure>) -> R,
+    ) -> Option<R> {
+        if self.ring.owner_of_key(key) != self.shard_id {
+            return None;
+        }
+        self.handler.read_now(key, read)
     }
 
     /// The answer to `command`.
@@ -102,8 +109,9 @@ impl Router {
                 }
                 Reply::Batch(results)
             }
-            Command::Topology => Reply::Topology(self.topology.clone()),
-            Command::Ping => Reply::Pong,
+            Command::Topology | Command::Ping => {
+                self.answer_immediately(&command).expect("topology and ping are immediate")
+            }
         }
     }
 }

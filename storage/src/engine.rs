@@ -158,6 +158,16 @@ fn live_at(entry: Entry, now_ms: u64) -> Option<Versioned> {
     }
 }
 
+/// [`live_at`], borrowed: the value and version `entry` holds at `now_ms`.
+fn live_value(entry: &Entry, now_ms: u64) -> Option<(&[u8], u64)> {
+    match &entry.value {
+        Value::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now_ms) => {
+            Some((&data[..], entry.version))
+        }
+        _ => None,
+    }
+}
+
 fn range_is_empty(start: &Bound<Bytes>, end: &Bound<Bytes>) -> bool {
     match (start, end) {
         (Bound::Included(start), Bound::Included(end)) => start > end,
@@ -437,26 +447,35 @@ impl<D: Disk> Engine<D> {
     /// blocks of every table that may hold the key), `None` when a block must be read from
     /// disk. Lets a server answer hot reads in place instead of starting a task for each.
     pub fn get_now(&self, key: &[u8], now_ms: u64) -> Option<Result<Option<Versioned>>> {
-        Some(self.get_entry_now(key)?.map(|found| found.and_then(|entry| live_at(entry, now_ms))))
+        self.read_now(key, now_ms, |found| {
+            found.map(|(value, version)| Versioned { value: Bytes::copy_from_slice(value), version })
+        })
     }
 
-    /// [`Engine::get_entry`] without waiting; see [`Engine::get_now`].
-    fn get_entry_now(&self, key: &[u8]) -> Option<Result<Option<Entry>>> {
+    /// [`Engine::get_now`] lending the live value and its version to `read` instead of
+    /// returning a handle to it: a server encodes the reply straight from the memtable, with
+    /// no reference count touched.
+    pub fn read_now<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(Option<(&[u8], u64)>) -> R,
+    ) -> Option<Result<R>> {
         let state = self.state.borrow();
-        if let Some(found) = state.active.get(key) {
-            return Some(Ok(Some(found.entry.clone())));
-        }
-        if let Some(found) = state.sealed.as_ref().and_then(|sealed| sealed.get(key)) {
-            return Some(Ok(Some(found.entry.clone())));
+        let in_memtable =
+            state.active.get(key).or_else(|| state.sealed.as_ref().and_then(|sealed| sealed.get(key)));
+        if let Some(found) = in_memtable {
+            return Some(Ok(read(live_value(&found.entry, now_ms))));
         }
         let hash = key_hash(key);
         for table in state.tables.iter().rev() {
             match table.get_cached(key, hash)? {
                 Ok(None) => continue,
-                found => return Some(found),
+                Ok(Some(entry)) => return Some(Ok(read(live_value(&entry, now_ms)))),
+                Err(error) => return Some(Err(error)),
             }
         }
-        Some(Ok(None))
+        Some(Ok(read(None)))
     }
 
     /// The newest stored entry for `key`, tombstones and expired values included.

@@ -52,7 +52,9 @@ pub use frame::FrameDecoder;
 pub use operation::{Expected, Operation};
 pub use outcome::{Failure, Outcome};
 pub use request::{encode_request, encode_request_into, parse_request, Command, Request, RequestError};
-pub use response::{encode_response, encode_response_into, parse_response, Reply, Response};
+pub use response::{
+    encode_read_reply_into, encode_response, encode_response_into, parse_response, Reply, Response,
+};
 pub use topology::{ShardPlacement, TokenRange, Topology};
 
 /// The request id reserved for connection-level errors: a response with this id reports a
