@@ -25,9 +25,21 @@ pub const KEY_NUMBER_DIGITS: usize = 12;
 
 /// The key named by `number`, written into `out` (cleared first).
 pub fn key_name_into(number: u64, out: &mut Vec<u8>) {
-    use std::io::Write;
+    // By hand rather than with `write!`: formatting machinery was 4% of the generator's CPU.
+    let mut digits = [b'0'; 20]; // u64::MAX has 20 digits
+    let mut rest = number;
+    let mut first = digits.len();
+    loop {
+        first -= 1;
+        digits[first] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
     out.clear();
-    write!(out, "user{number:0width$}", width = KEY_NUMBER_DIGITS).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b"user");
+    out.extend_from_slice(&digits[first.min(digits.len() - KEY_NUMBER_DIGITS)..]);
 }
 
 /// The key named by `number`.
@@ -168,6 +180,9 @@ mod tests {
     #[test]
     fn keys_are_user_and_a_zero_padded_number() {
         assert_eq!(key_name(42), b"user000000000042");
+        for number in [0, 7, 999_999_999_999, 1_000_000_000_000, u64::MAX] {
+            assert_eq!(key_name(number), format!("user{number:012}").into_bytes());
+        }
         assert!(key_name(9) < key_name(10), "ordered keys sort in number order");
     }
 
