@@ -12,7 +12,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, Topology};
 
@@ -197,10 +197,9 @@ impl<R: Transport> AsyncClient<R> {
     async fn call(&self, address: SocketAddr, command: Command) -> Result<Reply, Error> {
         let connection = self.connection(address).await?;
         let timeout = self.inner.options.request_timeout;
-        let deadline = Instant::now() + timeout;
-        let reply = match connection.try_start(command, deadline)? {
+        let reply = match connection.try_start(command)? {
             Started::Sent(reply) => reply,
-            Started::Full(command) => R::timeout(timeout, connection.start(command, deadline))
+            Started::Full(command) => R::timeout(timeout, connection.start(command))
                 .await
                 .unwrap_or(Err(Error::Timeout { timeout }))?,
         };

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
@@ -27,8 +27,13 @@ use crate::options::ClientOptions;
 type IdMap<V> = std::collections::HashMap<u64, V, ahash::RandomState>;
 
 /// How many times per request timeout the deadline task looks for overdue requests: a request
-/// fails between its deadline and `timeout / DEADLINE_CHECKS_PER_TIMEOUT` after it.
+/// fails between `timeout` and `timeout * (1 + 1 / DEADLINE_CHECKS_PER_TIMEOUT)` after it was
+/// sent.
 const DEADLINE_CHECKS_PER_TIMEOUT: u32 = 8;
+/// Rounds (checks) that must begin after a request's own round before it times out. A request
+/// sent in round r went out at most one interval after round r began, and round r + k begins at
+/// least k intervals after it; so at round r + 9 at least 8 intervals (the timeout) have passed.
+const ROUNDS_TO_TIME_OUT: u64 = DEADLINE_CHECKS_PER_TIMEOUT as u64 + 1;
 /// The deadline task checks at most this often, whatever the timeout.
 const DEADLINE_CHECK_INTERVAL_MIN: Duration = Duration::from_millis(1);
 
@@ -52,14 +57,18 @@ struct State {
     connection: Connection,
     /// Every request sent and not yet picked up by its caller (or abandoned).
     slots: IdMap<Slot>,
+    /// Counts the deadline task's checks: a slot remembers the round it was sent in, so no
+    /// request reads the clock.
+    round: u64,
     /// Why the connection closed, once it has.
     closed: Option<String>,
 }
 
 /// One request's progress.
 struct Slot {
-    /// When the request fails with [`Error::Timeout`] if no reply has come.
-    deadline: Instant,
+    /// The deadline task's round when the request was sent: it fails with [`Error::Timeout`]
+    /// once `ROUNDS_TO_TIME_OUT` more rounds have begun with no reply.
+    sent_round: u64,
     progress: Progress,
 }
 
@@ -88,6 +97,7 @@ impl SharedConnection {
             state: Mutex::new(State {
                 connection: Connection::new(options.in_flight_max),
                 slots: IdMap::with_hasher(id_hasher()),
+                round: 0,
                 closed: None,
             }),
             room: Event::new(),
@@ -110,8 +120,8 @@ impl SharedConnection {
     }
 
     /// Queues `command` for the writer if fewer than `in_flight_max` requests are unanswered,
-    /// without waiting; its reply is due by `deadline`.
-    pub(crate) fn try_start(self: &Arc<Self>, command: Command, deadline: Instant) -> Result<Started, Error> {
+    /// without waiting; its reply is due within the request timeout.
+    pub(crate) fn try_start(self: &Arc<Self>, command: Command) -> Result<Started, Error> {
         let mut state = self.state();
         if let Some(reason) = &state.closed {
             return Err(self.lost(reason));
@@ -121,7 +131,8 @@ impl SharedConnection {
         }
         let id = state.connection.send(command)?;
         let was_idle = state.slots.is_empty();
-        state.slots.insert(id, Slot { deadline, progress: Progress::Waiting(None) });
+        let sent_round = state.round;
+        state.slots.insert(id, Slot { sent_round, progress: Progress::Waiting(None) });
         drop(state);
         self.output.notify(1);
         if was_idle {
@@ -132,15 +143,11 @@ impl SharedConnection {
 
     /// [`SharedConnection::try_start`], waiting while `in_flight_max` requests are unanswered.
     /// Dropping the returned future (a timeout) abandons the request.
-    pub(crate) async fn start(
-        self: &Arc<Self>,
-        command: Command,
-        deadline: Instant,
-    ) -> Result<ReplyFuture, Error> {
+    pub(crate) async fn start(self: &Arc<Self>, command: Command) -> Result<ReplyFuture, Error> {
         let mut command = command;
         loop {
             let listener = self.room.listen();
-            match self.try_start(command, deadline)? {
+            match self.try_start(command)? {
                 Started::Sent(reply) => return Ok(reply),
                 Started::Full(unsent) => command = unsent,
             }
@@ -222,11 +229,11 @@ impl SharedConnection {
     }
 
     /// The deadline task of a connection, run by its adapter until the connection closes:
-    /// fails each request still waiting past its deadline with [`Error::Timeout`] and
+    /// fails each request still waiting after the request timeout with [`Error::Timeout`] and
     /// abandons it (a late reply is dropped). While requests are pending it checks every
-    /// `request_timeout / 8` (at most once a millisecond); otherwise it sleeps until one is
-    /// sent. One task per connection replaces a timer per request, which cost a fifth of a
-    /// pipelining caller's CPU.
+    /// `request_timeout / 8` (at most once a millisecond), counting rounds; otherwise it sleeps
+    /// until one is sent. One task per connection replaces a timer (and a clock read) per
+    /// request, which cost a fifth of a pipelining caller's CPU.
     pub(crate) async fn expire_overdue<S: Future<Output = ()>>(
         self: Arc<Self>,
         sleep: impl Fn(Duration) -> S,
@@ -239,11 +246,11 @@ impl SharedConnection {
                 if state.closed.is_some() {
                     return;
                 }
-                let now = Instant::now();
-                let State { connection, slots, .. } = &mut *state;
+                state.round += 1;
+                let State { connection, slots, round, .. } = &mut *state;
                 let mut overdue = Vec::new();
                 for (id, slot) in slots.iter_mut() {
-                    if slot.deadline <= now {
+                    if *round - slot.sent_round >= ROUNDS_TO_TIME_OUT {
                         if let Progress::Waiting(waker) = &mut slot.progress {
                             overdue.extend(waker.take());
                             slot.progress = Progress::TimedOut;
