@@ -2,7 +2,7 @@
 //! [`ErrorCode`] the peer receives.
 
 use crate::error_code::ErrorCode;
-use crate::limits::{BATCH_OPERATIONS_MAX, KEY_BYTES_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
+use crate::limits::{BATCH_OPERATIONS_MAX, KEY_BYTES_MAX, SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 
 /// A frame or request this crate refused. The `Display` text names the broken limit, so it can
 /// go straight into an error response's message.
@@ -33,6 +33,8 @@ pub enum WireError {
     BatchTooLarge { operations: usize },
     #[error("TTL of {ttl_ms} ms is outside 1 to {TTL_MS_MAX} ms (TTL_MS_MAX)")]
     TtlOutOfRange { ttl_ms: u64 },
+    #[error("scan limit of {limit} entries is outside 1 to {SCAN_LIMIT_MAX} entries (SCAN_LIMIT_MAX)")]
+    ScanLimitOutOfRange { limit: u32 },
 }
 
 impl WireError {
@@ -47,6 +49,7 @@ impl WireError {
             Self::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
             Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             Self::TtlOutOfRange { .. } => ErrorCode::TtlOutOfRange,
+            Self::ScanLimitOutOfRange { .. } => ErrorCode::ScanLimitOutOfRange,
         }
     }
 
@@ -63,7 +66,8 @@ impl WireError {
             | Self::KeyTooLong { .. }
             | Self::ValueTooLarge { .. }
             | Self::BatchTooLarge { .. }
-            | Self::TtlOutOfRange { .. } => false,
+            | Self::TtlOutOfRange { .. }
+            | Self::ScanLimitOutOfRange { .. } => false,
         }
     }
 
@@ -97,5 +101,9 @@ mod tests {
         assert!(!WireError::KeyEmpty.closes_connection());
         assert!(!WireError::BatchTooLarge { operations: 2000 }.closes_connection());
         assert_eq!(WireError::TtlOutOfRange { ttl_ms: 0 }.code(), ErrorCode::TtlOutOfRange);
+        let limit = WireError::ScanLimitOutOfRange { limit: 0 };
+        assert!(!limit.closes_connection());
+        assert_eq!(limit.code(), ErrorCode::ScanLimitOutOfRange);
+        assert!(limit.to_string().contains("SCAN_LIMIT_MAX"), "{limit}");
     }
 }

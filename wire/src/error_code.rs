@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The request did not complete in time; whether it took effect is unknown.
     Timeout,
+    /// A scan's limit is zero or above [`crate::limits::SCAN_LIMIT_MAX`].
+    ScanLimitOutOfRange,
     /// A code added to the schema after this build. Holds only values that no other variant
     /// names.
     Unrecognized(u16),
@@ -58,6 +60,7 @@ impl ErrorCode {
             fb::ErrorCode::WrongShard => Self::WrongShard,
             fb::ErrorCode::Unavailable => Self::Unavailable,
             fb::ErrorCode::Timeout => Self::Timeout,
+            fb::ErrorCode::ScanLimitOutOfRange => Self::ScanLimitOutOfRange,
             fb::ErrorCode(other) => Self::Unrecognized(other),
         }
     }
@@ -78,6 +81,7 @@ impl ErrorCode {
             Self::WrongShard => fb::ErrorCode::WrongShard,
             Self::Unavailable => fb::ErrorCode::Unavailable,
             Self::Timeout => fb::ErrorCode::Timeout,
+            Self::ScanLimitOutOfRange => fb::ErrorCode::ScanLimitOutOfRange,
             Self::Unrecognized(code) => fb::ErrorCode(code),
         }
     }

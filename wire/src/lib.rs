@@ -22,12 +22,13 @@
 //! keeps serving ([`WireError::closes_connection`]).
 //!
 //! ## Layout
-//! - [`limits`]: key, value, batch, TTL and frame bounds, and the verifier options.
+//! - [`limits`]: key, value, batch, TTL, scan and frame bounds, and the verifier options.
 //! - [`frame`]: [`FrameDecoder`], which cuts a byte stream into frames.
 //! - [`request`]: [`Request`] and [`Command`], [`parse_request`], [`encode_request`].
 //! - [`operation`]: [`Operation`], the single-key operations, and their limit checks.
 //! - [`response`]: [`Response`] and [`Reply`], [`parse_response`], [`encode_response`].
 //! - [`outcome`]: [`Outcome`] of one operation and [`Failure`].
+//! - [`scan`]: [`Scan`], an ordered range read, and [`ScanPage`], one page of its answer.
 //! - [`token`]: the token of a key (xxh3-64, pinned seed), shared by server and client.
 //! - [`topology`]: [`Topology`], which shard owns which token range.
 //! - [`error`]: [`WireError`]; [`error_code`]: [`ErrorCode`], the code peers see.
@@ -43,6 +44,7 @@ pub mod operation;
 pub mod outcome;
 pub mod request;
 pub mod response;
+pub mod scan;
 pub mod token;
 pub mod topology;
 
@@ -55,6 +57,7 @@ pub use request::{encode_request, encode_request_into, parse_request, Command, R
 pub use response::{
     encode_read_reply_into, encode_response, encode_response_into, parse_response, Reply, Response,
 };
+pub use scan::{Scan, ScanEntry, ScanPage};
 pub use topology::{ShardPlacement, TokenRange, Topology};
 
 /// The request id reserved for connection-level errors: a response with this id reports a

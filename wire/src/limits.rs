@@ -27,6 +27,25 @@ pub const BATCH_OPERATIONS_MAX: usize = 1024;
 /// `now_ms + ttl_ms` far from overflowing a `u64` on every node.
 pub const TTL_MS_MAX: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
 
+/// Most entries one scan page may carry; a scan asks for 1 to this many. Bounds the tables in
+/// a scan response and the work one scan request queues on every shard.
+pub const SCAN_LIMIT_MAX: u32 = 1000;
+
+/// Bytes of keys and values (each entry counted by [`scan_entry_bytes`]) past which a scan page
+/// stops, so that its response fits in one frame. A page always holds its first entry, whatever
+/// its size: a maximal key and value fit in a frame on their own.
+pub const SCAN_PAGE_BYTES_MAX: usize = 1 << 20;
+
+/// What one scan entry costs in a response beyond its key and value bytes, rounded up: the
+/// entry's table and offset in the vector, its version, two vector lengths and the padding
+/// around them. The tests measure the real figure against it.
+pub const SCAN_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// The bytes one entry counts for against [`SCAN_PAGE_BYTES_MAX`].
+pub const fn scan_entry_bytes(key_bytes: usize, value_bytes: usize) -> usize {
+    key_bytes + value_bytes + SCAN_ENTRY_OVERHEAD_BYTES
+}
+
 /// Bytes of the little-endian `u32` length that starts every frame.
 pub const FRAME_LENGTH_PREFIX_BYTES: usize = 4;
 
@@ -41,7 +60,8 @@ pub const FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX + FRAME_HEADROOM_BYTES;
 
 /// Deepest nesting of tables in a valid frame:
 /// `Request > Batch > BatchOperation > CompareAndSwap > ExpectVersion`. Responses nest at most
-/// three deep (`Response > OperationResult > Error`, `Response > Topology > Shard`). Raise it
+/// three deep (`Response > OperationResult > Error`, `Response > Topology > Shard`,
+/// `Response > ScanPage > ScanEntry`). Raise it
 /// only together with a schema change that needs it.
 pub const TABLE_DEPTH_MAX: usize = 5;
 
@@ -68,6 +88,11 @@ pub const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
 /// Generous on purpose; the tests measure the real figure.
 const SINGLE_OPERATION_ENVELOPE_BYTES: usize = 256;
 
+/// Bytes a scan response needs beyond its entries: root offset, the response and page tables,
+/// vtables, the entry vector's length and `next_start` (a key). Generous on purpose; the tests
+/// measure the real figure.
+const SCAN_PAGE_ENVELOPE_BYTES: usize = KEY_BYTES_MAX + 256;
+
 const _: () = assert!(KEY_BYTES_MIN >= 1 && KEY_BYTES_MIN <= KEY_BYTES_MAX);
 // A single maximal put must fit in one frame, or the value limit would be a lie.
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + SINGLE_OPERATION_ENVELOPE_BYTES <= FRAME_BYTES_MAX);
@@ -75,5 +100,12 @@ const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + SINGLE_OPERATION_ENVELOP
 const _: () = assert!(FRAME_BYTES_MAX + FRAME_LENGTH_PREFIX_BYTES <= i32::MAX as usize);
 // A full batch of compare-and-swap operations must pass the table limit.
 const _: () = assert!(TABLES_MAX >= 2 + 3 * BATCH_OPERATIONS_MAX);
+// A full scan page fits in a frame, and so does a page of one maximal entry.
+const _: () = assert!(SCAN_PAGE_BYTES_MAX + SCAN_PAGE_ENVELOPE_BYTES <= FRAME_BYTES_MAX);
+const _: () =
+    assert!(scan_entry_bytes(KEY_BYTES_MAX, VALUE_BYTES_MAX) + SCAN_PAGE_ENVELOPE_BYTES <= FRAME_BYTES_MAX);
+// A full page of entries passes the verifier's table limit (one table per entry, plus the
+// response and the page).
+const _: () = assert!(TABLES_MAX >= SCAN_LIMIT_MAX as usize + 2);
 // A batch must be able to carry at least one operation per entry with a minimal key.
 const _: () = assert!(BATCH_OPERATIONS_MAX * (KEY_BYTES_MIN + 64) <= FRAME_BYTES_MAX);

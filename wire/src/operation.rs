@@ -63,7 +63,7 @@ impl Operation {
     }
 }
 
-fn validate_key(key: &[u8]) -> Result<(), WireError> {
+pub(crate) fn validate_key(key: &[u8]) -> Result<(), WireError> {
     if key.len() < KEY_BYTES_MIN {
         return Err(WireError::KeyEmpty);
     }

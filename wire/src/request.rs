@@ -10,6 +10,7 @@ use crate::generated as fb;
 use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES};
 use crate::operation::{Expected, Operation};
 use crate::response::{Reply, Response};
+use crate::scan::Scan;
 use crate::CONNECTION_ERROR_ID;
 
 /// One request, identified by a client-chosen id that its response repeats. Ids let many
@@ -32,6 +33,8 @@ pub enum Command {
     Topology,
     /// Liveness check.
     Ping,
+    /// One page of live keys in a key range, in byte order.
+    Scan(Scan),
 }
 
 impl Request {
@@ -50,6 +53,7 @@ impl Request {
                 operations.iter().try_for_each(Operation::validate)
             }
             Command::Topology | Command::Ping => Ok(()),
+            Command::Scan(scan) => scan.validate(),
         }
     }
 }
@@ -123,6 +127,7 @@ fn parse_command(frame: &Bytes, root: &fb::Request<'_>) -> Result<Command, WireE
             root.command_as_ping().ok_or_else(missing)?;
             Command::Ping
         }
+        fb::Command::Scan => Command::Scan(parse_scan(frame, root.command_as_scan().ok_or_else(missing)?)),
         fb::Command::NONE => return Err(missing()),
         fb::Command(unknown) => return Err(WireError::malformed(format!("unknown command type {unknown}"))),
     };
@@ -170,6 +175,14 @@ fn parse_put(frame: &Bytes, put: fb::Put<'_>) -> Operation {
 
 fn parse_delete(frame: &Bytes, delete: fb::Delete<'_>) -> Operation {
     Operation::Delete { key: frame.slice_ref(delete.key().bytes()) }
+}
+
+fn parse_scan(frame: &Bytes, scan: fb::Scan<'_>) -> Scan {
+    Scan {
+        start: frame.slice_ref(scan.start().bytes()),
+        end: scan.end().map(|end| frame.slice_ref(end.bytes())),
+        limit: scan.limit(),
+    }
 }
 
 fn parse_compare_and_swap(
@@ -244,6 +257,13 @@ fn build_request<'builder>(
             fb::GetTopology::create(builder, &fb::GetTopologyArgs {}).as_union_value(),
         ),
         Command::Ping => (fb::Command::Ping, fb::Ping::create(builder, &fb::PingArgs {}).as_union_value()),
+        Command::Scan(scan) => {
+            let start = builder.create_vector(&scan.start[..]);
+            let end = scan.end.as_ref().map(|end| builder.create_vector(&end[..]));
+            let scan =
+                fb::Scan::create(builder, &fb::ScanArgs { start: Some(start), end, limit: scan.limit });
+            (fb::Command::Scan, scan.as_union_value())
+        }
     };
     let root = fb::Request::create(
         builder,
@@ -271,6 +291,7 @@ fn check_estimated_size(request: &Request) -> Result<(), WireError> {
         Command::Single(operation) => operation.payload_bytes(),
         Command::Batch(operations) => operations.iter().map(Operation::payload_bytes).sum(),
         Command::Topology | Command::Ping => 0,
+        Command::Scan(scan) => scan.payload_bytes(),
     };
     if payload_bytes > FRAME_BYTES_MAX {
         return Err(WireError::FrameTooLarge {
@@ -384,7 +405,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+    use crate::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX};
     use crate::ErrorCode;
 
     fn bytes(text: &str) -> Bytes {
@@ -422,6 +443,18 @@ mod tests {
         requests.push(Request { id: 101, command: Command::Batch(Vec::new()) });
         requests.push(Request { id: 102, command: Command::Topology });
         requests.push(Request { id: u64::MAX, command: Command::Ping });
+        requests.push(Request {
+            id: 103,
+            command: Command::Scan(Scan { start: bytes("user:0"), end: Some(bytes("user:9")), limit: 100 }),
+        });
+        requests.push(Request {
+            id: 104,
+            command: Command::Scan(Scan {
+                start: Bytes::from_static(&[0]),
+                end: None,
+                limit: SCAN_LIMIT_MAX,
+            }),
+        });
         requests
     }
 
@@ -609,6 +642,51 @@ mod tests {
         let request = Request { id: 1, command: Command::Batch(vec![put; 2]) };
         let error = encode_request(&mut FlatBufferBuilder::new(), &request).unwrap_err();
         assert!(matches!(error, WireError::FrameTooLarge { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn scan_limits_are_rejected_with_the_id() {
+        for limit in [0, SCAN_LIMIT_MAX + 1, u32::MAX] {
+            let request =
+                Request { id: 47, command: Command::Scan(Scan { start: bytes("a"), end: None, limit }) };
+            let expected = WireError::ScanLimitOutOfRange { limit };
+            assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(expected.clone()));
+            assert_rejected(&encode_without_checks(&request), 47, expected);
+        }
+        let long_end = Scan { start: bytes("a"), end: Some(vec![b'z'; KEY_BYTES_MAX + 1].into()), limit: 1 };
+        assert_rejected(
+            &encode_without_checks(&Request { id: 48, command: Command::Scan(long_end) }),
+            48,
+            WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+        );
+        let empty_start = Scan { start: Bytes::new(), end: None, limit: 1 };
+        assert_rejected(
+            &encode_without_checks(&Request { id: 49, command: Command::Scan(empty_start) }),
+            49,
+            WireError::KeyEmpty,
+        );
+    }
+
+    #[test]
+    fn scan_without_a_limit_reads_as_zero_and_is_refused() {
+        let frame = raw_request(50, |builder| {
+            let start = builder.create_vector(b"a".as_slice());
+            let args = fb::ScanArgs { start: Some(start), ..Default::default() };
+            (fb::Command::Scan, Some(fb::Scan::create(builder, &args).as_union_value()))
+        });
+        assert_rejected(&frame, 50, WireError::ScanLimitOutOfRange { limit: 0 });
+    }
+
+    #[test]
+    fn scan_without_a_start_is_malformed() {
+        let frame = raw_request(51, |builder| {
+            // Built by hand: the generated builder insists on the required field.
+            let table = builder.start_table();
+            builder.push_slot::<u32>(fb::Scan::VT_LIMIT, 10, 0);
+            let scan: WIPOffset<fb::Scan> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Command::Scan, Some(scan.as_union_value()))
+        });
+        assert_untrusted(&frame);
     }
 
     #[test]

@@ -9,9 +9,10 @@ use crate::error::WireError;
 use crate::error_code::ErrorCode;
 use crate::frame::verified_root;
 use crate::generated as fb;
-use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX};
+use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, SCAN_LIMIT_MAX};
 use crate::outcome::{Failure, Outcome};
 use crate::request::finished_frame;
+use crate::scan::{ScanEntry, ScanPage};
 use crate::topology::{ShardPlacement, TokenRange, Topology};
 use crate::CONNECTION_ERROR_ID;
 
@@ -33,6 +34,8 @@ pub enum Reply {
     Batch(Vec<Result<Outcome, Failure>>),
     Topology(Topology),
     Pong,
+    /// One page of a scan.
+    Scan(ScanPage),
     /// The request as a whole failed (a broken limit, overload, wrong shard, ...), or with id 0,
     /// the connection did.
     Failed(Failure),
@@ -76,6 +79,10 @@ pub fn parse_response(frame: &Bytes) -> Result<Response, WireError> {
             Reply::Topology(parse_topology(topology))
         }
         fb::Status::Pong => Reply::Pong,
+        fb::Status::ScanPage => {
+            let page = root.scan().ok_or_else(|| WireError::malformed("scan response has no page"))?;
+            Reply::Scan(parse_scan_page(frame, page)?)
+        }
         status => match parse_outcome(frame, status, root.value(), root.version(), root.error())? {
             Ok(outcome) => Reply::Single(outcome),
             Err(failure) => Reply::Failed(failure),
@@ -122,6 +129,26 @@ fn parse_outcome(
     Ok(Ok(outcome))
 }
 
+fn parse_scan_page(frame: &Bytes, page: fb::ScanPage<'_>) -> Result<ScanPage, WireError> {
+    let entries = page.entries();
+    if entries.len() > SCAN_LIMIT_MAX as usize {
+        return Err(WireError::malformed(format!(
+            "scan page has {} entries, above the scan limit of {SCAN_LIMIT_MAX}",
+            entries.len()
+        )));
+    }
+    let entries = entries
+        .iter()
+        .map(|entry| ScanEntry {
+            key: frame.slice_ref(entry.key().bytes()),
+            value: frame.slice_ref(entry.value().bytes()),
+            version: entry.version(),
+        })
+        .collect();
+    let next_start = page.next_start().map(|next| frame.slice_ref(next.bytes()));
+    Ok(ScanPage { entries, next_start })
+}
+
 fn parse_topology(topology: fb::Topology<'_>) -> Topology {
     let shards = topology
         .shards()
@@ -154,6 +181,7 @@ pub fn encode_response<'builder>(
     let mut fields = FlatOutcome::default();
     let mut batch = None;
     let mut topology = None;
+    let mut scan = None;
     match &response.reply {
         Reply::Single(outcome) => fields = encode_outcome(builder, outcome),
         Reply::Failed(failure) => fields = encode_failure(builder, failure),
@@ -184,6 +212,10 @@ pub fn encode_response<'builder>(
             topology = Some(encode_topology(builder, shards));
             fields.status = fb::Status::Topology;
         }
+        Reply::Scan(page) => {
+            scan = Some(encode_scan_page(builder, page));
+            fields.status = fb::Status::ScanPage;
+        }
     }
     let root = fb::Response::create(
         builder,
@@ -195,6 +227,7 @@ pub fn encode_response<'builder>(
             error: fields.error,
             batch,
             topology,
+            scan,
         },
     );
     builder.finish_size_prefixed(root, None);
@@ -318,6 +351,27 @@ fn encode_topology<'fbb>(
     fb::Topology::create(builder, &fb::TopologyArgs { shards: Some(shards) })
 }
 
+fn encode_scan_page<'fbb>(
+    builder: &mut FlatBufferBuilder<'fbb>,
+    page: &ScanPage,
+) -> WIPOffset<fb::ScanPage<'fbb>> {
+    let entries: Vec<_> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let key = builder.create_vector(&entry.key[..]);
+            let value = builder.create_vector(&entry.value[..]);
+            fb::ScanEntry::create(
+                builder,
+                &fb::ScanEntryArgs { key: Some(key), value: Some(value), version: entry.version },
+            )
+        })
+        .collect();
+    let entries = builder.create_vector(&entries);
+    let next_start = page.next_start.as_ref().map(|next| builder.create_vector(&next[..]));
+    fb::ScanPage::create(builder, &fb::ScanPageArgs { entries: Some(entries), next_start })
+}
+
 /// Refuses, before building anything, a response whose values, messages and token ranges alone
 /// exceed the frame limit, so that an oversized batch of values is not first copied into the
 /// builder.
@@ -344,6 +398,10 @@ fn check_estimated_size(reply: &Reply) -> Result<(), WireError> {
             .iter()
             .map(|shard| shard.token_ranges.len() * std::mem::size_of::<fb::TokenRange>())
             .sum(),
+        Reply::Scan(page) => {
+            page.entries.iter().map(|entry| entry.key.len() + entry.value.len()).sum::<usize>()
+                + page.next_start.as_ref().map_or(0, Bytes::len)
+        }
     };
     if payload_bytes > FRAME_BYTES_MAX {
         return Err(WireError::FrameTooLarge {
@@ -359,7 +417,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::limits::VALUE_BYTES_MAX;
+    use crate::limits::{
+        scan_entry_bytes, KEY_BYTES_MAX, SCAN_ENTRY_OVERHEAD_BYTES, SCAN_PAGE_BYTES_MAX, VALUE_BYTES_MAX,
+    };
+    use crate::scan::page_has_room;
 
     fn bytes(text: &str) -> Bytes {
         Bytes::copy_from_slice(text.as_bytes())
@@ -408,6 +469,17 @@ mod tests {
         responses
             .push(Response { id: 105, reply: Reply::Failed(Failure::new(ErrorCode::Overloaded, "shed")) });
         responses.push(Response::connection_error(&WireError::FrameEmpty));
+        responses.push(Response {
+            id: 106,
+            reply: Reply::Scan(ScanPage {
+                entries: vec![
+                    ScanEntry { key: bytes("user:1"), value: bytes("alice"), version: 3 },
+                    ScanEntry { key: bytes("user:2"), value: Bytes::new(), version: u64::MAX },
+                ],
+                next_start: Some(bytes("user:3")),
+            }),
+        });
+        responses.push(Response { id: 107, reply: Reply::Scan(ScanPage::default()) });
         responses
     }
 
@@ -501,6 +573,71 @@ mod tests {
         assert!(matches!(error, WireError::FrameTooLarge { .. }), "{error:?}");
     }
 
+    fn scan_response(entries: Vec<ScanEntry>, next_start: Option<Bytes>) -> Response {
+        Response { id: 1, reply: Reply::Scan(ScanPage { entries, next_start }) }
+    }
+
+    fn entry(key_bytes: usize, value_bytes: usize) -> ScanEntry {
+        ScanEntry {
+            key: vec![b'k'; key_bytes].into(),
+            value: vec![b'v'; value_bytes].into(),
+            version: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn one_scan_entry_costs_at_most_its_counted_overhead() {
+        for key_bytes in [1, 2, 3, 5, 8, 16, KEY_BYTES_MAX] {
+            for value_bytes in [0, 1, 3, 7, 100, 4097] {
+                for existing in [0, 1, 7] {
+                    let before = scan_response(vec![entry(9, 9); existing], Some(vec![b'n'; 17].into()));
+                    let mut after = before.clone();
+                    let Reply::Scan(page) = &mut after.reply else { unreachable!() };
+                    page.entries.push(entry(key_bytes, value_bytes));
+                    let growth = encode(&after).len() - encode(&before).len();
+                    assert!(
+                        growth <= scan_entry_bytes(key_bytes, value_bytes),
+                        "an entry of {key_bytes}+{value_bytes} bytes took {growth} (overhead counted: {SCAN_ENTRY_OVERHEAD_BYTES})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fullest_scan_pages_fit_in_a_frame() {
+        // As many entries as the byte cap lets in, with maximal keys and a maximal next_start.
+        let mut entries = Vec::new();
+        let mut page_bytes = 0;
+        loop {
+            let next = entry(KEY_BYTES_MAX, 700);
+            if !page_has_room(entries.len(), page_bytes, next.page_bytes(), SCAN_LIMIT_MAX as usize) {
+                break;
+            }
+            page_bytes += next.page_bytes();
+            entries.push(next);
+        }
+        assert!(page_bytes <= SCAN_PAGE_BYTES_MAX && entries.len() > 1);
+        let full = scan_response(entries, Some(vec![b'n'; KEY_BYTES_MAX].into()));
+        assert_eq!(parse_response(&encode(&full)).unwrap(), full);
+
+        // The entry limit, with the smallest entries.
+        let many = scan_response(vec![entry(1, 0); SCAN_LIMIT_MAX as usize], Some(bytes("n")));
+        assert_eq!(parse_response(&encode(&many)).unwrap(), many);
+
+        // One maximal entry alone, which a page always takes.
+        let largest = scan_response(
+            vec![entry(KEY_BYTES_MAX, VALUE_BYTES_MAX)],
+            Some(vec![b'n'; KEY_BYTES_MAX].into()),
+        );
+        assert_eq!(parse_response(&encode(&largest)).unwrap(), largest);
+    }
+
+    #[test]
+    fn scan_page_above_the_scan_limit_is_malformed() {
+        assert_malformed(&encode(&scan_response(vec![entry(1, 0); SCAN_LIMIT_MAX as usize + 1], None)));
+    }
+
     #[test]
     fn connection_error_names_the_limit() {
         let error =
@@ -546,6 +683,11 @@ mod tests {
             status: fb::Status::Topology,
             ..Default::default()
         }));
+        assert_malformed(&raw_response(|_| fb::ResponseArgs {
+            id: 1,
+            status: fb::Status::ScanPage,
+            ..Default::default()
+        }));
     }
 
     #[test]
@@ -559,7 +701,7 @@ mod tests {
 
     #[test]
     fn whole_response_status_inside_a_batch_is_malformed() {
-        for nested in [fb::Status::Batch, fb::Status::Topology, fb::Status::Pong] {
+        for nested in [fb::Status::Batch, fb::Status::Topology, fb::Status::Pong, fb::Status::ScanPage] {
             assert_malformed(&raw_response(|builder| {
                 let result = fb::OperationResult::create(
                     builder,
@@ -594,7 +736,7 @@ mod tests {
 
         #[test]
         fn corrupted_valid_frames_never_panic(
-            choice in 0..11usize,
+            choice in 0..13usize,
             corruptions in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         ) {
             let responses = every_response();

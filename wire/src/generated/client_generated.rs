@@ -202,10 +202,10 @@ pub struct OperationUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_COMMAND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_COMMAND: u8 = 7;
+pub const ENUM_MAX_COMMAND: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_COMMAND: [Command; 8] = [
+pub const ENUM_VALUES_COMMAND: [Command; 9] = [
   Command::NONE,
   Command::Get,
   Command::Put,
@@ -214,6 +214,7 @@ pub const ENUM_VALUES_COMMAND: [Command; 8] = [
   Command::Batch,
   Command::GetTopology,
   Command::Ping,
+  Command::Scan,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -229,9 +230,10 @@ impl Command {
   pub const Batch: Self = Self(5);
   pub const GetTopology: Self = Self(6);
   pub const Ping: Self = Self(7);
+  pub const Scan: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -241,6 +243,7 @@ impl Command {
     Self::Batch,
     Self::GetTopology,
     Self::Ping,
+    Self::Scan,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -253,6 +256,7 @@ impl Command {
       Self::Batch => Some("Batch"),
       Self::GetTopology => Some("GetTopology"),
       Self::Ping => Some("Ping"),
+      Self::Scan => Some("Scan"),
       _ => None,
     }
   }
@@ -312,10 +316,10 @@ pub struct CommandUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STATUS: u8 = 7;
+pub const ENUM_MAX_STATUS: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STATUS: [Status; 8] = [
+pub const ENUM_VALUES_STATUS: [Status; 9] = [
   Status::Error,
   Status::Value,
   Status::NotFound,
@@ -324,6 +328,7 @@ pub const ENUM_VALUES_STATUS: [Status; 8] = [
   Status::Batch,
   Status::Topology,
   Status::Pong,
+  Status::ScanPage,
 ];
 
 /// What a response (or one batch result) carries. Each status names the fields that are set.
@@ -350,9 +355,11 @@ impl Status {
   pub const Topology: Self = Self(6);
   /// Nothing else is set: the answer to `Ping`.
   pub const Pong: Self = Self(7);
+  /// `scan` is set: one page of a `Scan`.
+  pub const ScanPage: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Error,
     Self::Value,
@@ -362,6 +369,7 @@ impl Status {
     Self::Batch,
     Self::Topology,
     Self::Pong,
+    Self::ScanPage,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -374,6 +382,7 @@ impl Status {
       Self::Batch => Some("Batch"),
       Self::Topology => Some("Topology"),
       Self::Pong => Some("Pong"),
+      Self::ScanPage => Some("ScanPage"),
       _ => None,
     }
   }
@@ -431,10 +440,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Status {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 12;
+pub const ENUM_MAX_ERROR_CODE: u16 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Internal,
   ErrorCode::Malformed,
   ErrorCode::FrameTooLarge,
@@ -448,6 +457,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::WrongShard,
   ErrorCode::Unavailable,
   ErrorCode::Timeout,
+  ErrorCode::ScanLimitOutOfRange,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -481,9 +491,11 @@ impl ErrorCode {
   pub const Unavailable: Self = Self(11);
   /// The request did not complete in time; its effect is unknown.
   pub const Timeout: Self = Self(12);
+  /// A scan's `limit` is zero or above 1000 (SCAN_LIMIT_MAX).
+  pub const ScanLimitOutOfRange: Self = Self(13);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 12;
+  pub const ENUM_MAX: u16 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Malformed,
@@ -498,6 +510,7 @@ impl ErrorCode {
     Self::WrongShard,
     Self::Unavailable,
     Self::Timeout,
+    Self::ScanLimitOutOfRange,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -515,6 +528,7 @@ impl ErrorCode {
       Self::WrongShard => Some("WrongShard"),
       Self::Unavailable => Some("Unavailable"),
       Self::Timeout => Some("Timeout"),
+      Self::ScanLimitOutOfRange => Some("ScanLimitOutOfRange"),
       _ => None,
     }
   }
@@ -1897,6 +1911,147 @@ impl ::core::fmt::Debug for Ping<'_> {
       ds.finish()
   }
 }
+pub enum ScanOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Read live keys in byte order: those in [start, end), or from `start` to the last key when
+/// `end` is absent; both keys obey the key limits (1 to 256 bytes). At most `limit` entries
+/// (1 to 1000, SCAN_LIMIT_MAX; a missing limit reads as 0 and is refused with
+/// `ScanLimitOutOfRange`), and a page stops before its keys and values pass about 1 MiB
+/// (SCAN_PAGE_BYTES_MAX), though it always holds at least one entry when one exists, so a
+/// maximal value fits. Deleted and expired keys never appear. `end <= start` is an empty range.
+///
+/// Answered with `Status.ScanPage`. Keys are spread over shards by token, so the receiving
+/// shard asks every shard and merges their pages; a scan reads each shard at a slightly
+/// different moment and is not a snapshot.
+pub struct Scan<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Scan<'a> {
+  type Inner = Scan<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Scan<'a> {
+  pub const VT_START: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Scan { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScanArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
+    let mut builder = ScanBuilder::new(_fbb);
+    builder.add_limit(args.limit);
+    if let Some(x) = args.end { builder.add_end(x); }
+    if let Some(x) = args.start { builder.add_start(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_START, None).unwrap()}
+  }
+  #[inline]
+  pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_END, None)}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Scan::VT_LIMIT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Scan<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("start", Self::VT_START, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScanArgs<'a> {
+    pub start: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub limit: u32,
+}
+impl<'a> Default for ScanArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScanArgs {
+      start: None, // required field
+      end: None,
+      limit: 0,
+    }
+  }
+}
+
+pub struct ScanBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start(&mut self, start: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_START, start);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_END, end);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(Scan::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScanBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Scan<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Scan::VT_START,"start");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Scan<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Scan");
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("limit", &self.limit());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2062,6 +2217,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn command_as_scan(&self) -> Option<Scan<'a>> {
+    if self.command_type() == Command::Scan {
+      self.command().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Scan::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2080,6 +2250,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Command::Batch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Batch>>("Command::Batch", pos),
           Command::GetTopology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetTopology>>("Command::GetTopology", pos),
           Command::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ping>>("Command::Ping", pos),
+          Command::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Command::Scan", pos),
           _ => Ok(()),
         }
      })?
@@ -2185,6 +2356,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Command::Ping => {
           if let Some(x) = self.command_as_ping() {
+            ds.field("command", &x)
+          } else {
+            ds.field("command", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Command::Scan => {
+          if let Some(x) = self.command_as_scan() {
             ds.field("command", &x)
           } else {
             ds.field("command", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2688,6 +2866,257 @@ impl ::core::fmt::Debug for OperationResult<'_> {
       ds.finish()
   }
 }
+pub enum ScanEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One live key of a scan page, with its value and the version of the write that stored it.
+pub struct ScanEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScanEntry<'a> {
+  type Inner = ScanEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScanEntry<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScanEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScanEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ScanEntry<'bldr>> {
+    let mut builder = ScanEntryBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ScanEntry::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ScanEntry::VT_VALUE, None).unwrap()}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ScanEntry::VT_VERSION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScanEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, true)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScanEntryArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version: u64,
+}
+impl<'a> Default for ScanEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScanEntryArgs {
+      key: None, // required field
+      value: None, // required field
+      version: 0,
+    }
+  }
+}
+
+pub struct ScanEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScanEntry::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScanEntry::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(ScanEntry::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScanEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScanEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ScanEntry::VT_KEY,"key");
+    self.fbb_.required(o, ScanEntry::VT_VALUE,"value");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScanEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScanEntry");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.field("version", &self.version());
+      ds.finish()
+  }
+}
+pub enum ScanPageOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One page of a scan: entries in ascending key order. When `next_start` is set more entries
+/// may follow; send the same scan again with `start = next_start` for the next page. It is the
+/// smallest key the page did not cover, so paging returns every key present throughout exactly
+/// once. Absent: the range is finished.
+pub struct ScanPage<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ScanPage<'a> {
+  type Inner = ScanPage<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ScanPage<'a> {
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEXT_START: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ScanPage { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ScanPageArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ScanPage<'bldr>> {
+    let mut builder = ScanPageBuilder::new(_fbb);
+    if let Some(x) = args.next_start { builder.add_next_start(x); }
+    if let Some(x) = args.entries { builder.add_entries(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn entries(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScanEntry<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScanEntry>>>>(ScanPage::VT_ENTRIES, None).unwrap()}
+  }
+  #[inline]
+  pub fn next_start(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ScanPage::VT_NEXT_START, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ScanPage<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ScanEntry>>>>("entries", Self::VT_ENTRIES, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("next_start", Self::VT_NEXT_START, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ScanPageArgs<'a> {
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ScanEntry<'a>>>>>,
+    pub next_start: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ScanPageArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ScanPageArgs {
+      entries: None, // required field
+      next_start: None,
+    }
+  }
+}
+
+pub struct ScanPageBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanPageBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ScanEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScanPage::VT_ENTRIES, entries);
+  }
+  #[inline]
+  pub fn add_next_start(&mut self, next_start: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ScanPage::VT_NEXT_START, next_start);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanPageBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ScanPageBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ScanPage<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ScanPage::VT_ENTRIES,"entries");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ScanPage<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ScanPage");
+      ds.field("entries", &self.entries());
+      ds.field("next_start", &self.next_start());
+      ds.finish()
+  }
+}
 pub enum ResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2711,6 +3140,7 @@ impl<'a> Response<'a> {
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 12;
   pub const VT_BATCH: ::flatbuffers::VOffsetT = 14;
   pub const VT_TOPOLOGY: ::flatbuffers::VOffsetT = 16;
+  pub const VT_SCAN: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2724,6 +3154,7 @@ impl<'a> Response<'a> {
     let mut builder = ResponseBuilder::new(_fbb);
     if let Some(x) = args.version { builder.add_version(x); }
     builder.add_id(args.id);
+    if let Some(x) = args.scan { builder.add_scan(x); }
     if let Some(x) = args.topology { builder.add_topology(x); }
     if let Some(x) = args.batch { builder.add_batch(x); }
     if let Some(x) = args.error { builder.add_error(x); }
@@ -2783,6 +3214,14 @@ impl<'a> Response<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Topology>>(Response::VT_TOPOLOGY, None)}
   }
+  /// Set with `Status.ScanPage`.
+  #[inline]
+  pub fn scan(&self) -> Option<ScanPage<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ScanPage>>(Response::VT_SCAN, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -2798,6 +3237,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<Error>>("error", Self::VT_ERROR, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OperationResult>>>>("batch", Self::VT_BATCH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Topology>>("topology", Self::VT_TOPOLOGY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ScanPage>>("scan", Self::VT_SCAN, false)?
      .finish();
     Ok(())
   }
@@ -2810,6 +3250,7 @@ pub struct ResponseArgs<'a> {
     pub error: Option<::flatbuffers::WIPOffset<Error<'a>>>,
     pub batch: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OperationResult<'a>>>>>,
     pub topology: Option<::flatbuffers::WIPOffset<Topology<'a>>>,
+    pub scan: Option<::flatbuffers::WIPOffset<ScanPage<'a>>>,
 }
 impl<'a> Default for ResponseArgs<'a> {
   #[inline]
@@ -2822,6 +3263,7 @@ impl<'a> Default for ResponseArgs<'a> {
       error: None,
       batch: None,
       topology: None,
+      scan: None,
     }
   }
 }
@@ -2860,6 +3302,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Topology>>(Response::VT_TOPOLOGY, topology);
   }
   #[inline]
+  pub fn add_scan(&mut self, scan: ::flatbuffers::WIPOffset<ScanPage<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ScanPage>>(Response::VT_SCAN, scan);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ResponseBuilder {
@@ -2884,6 +3330,7 @@ impl ::core::fmt::Debug for Response<'_> {
       ds.field("error", &self.error());
       ds.field("batch", &self.batch());
       ds.field("topology", &self.topology());
+      ds.field("scan", &self.scan());
       ds.finish()
   }
 }
