@@ -3,16 +3,19 @@
 //! ```text
 //!  Operation ─▶ stamp a version (HybridClock) ─▶ Engine put/delete/cas/get ─▶ Outcome
 //!                                                         └─ StorageError ─▶ Failure (ErrorCode)
+//!  Scan ─▶ Engine::scan pages until the limit or the byte cap ─▶ this shard's ScanPage
 //! ```
 //!
 //! Only the shard that owns a key's token runs its operations, so one clock versions every
 //! write of a key and the engine's compare-and-swap is atomic for it.
 
+use std::ops::Bound;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use ringkv_storage::{CasOutcome, Disk, Engine, StorageError};
-use ringkv_wire::{ErrorCode, Expected, Failure, Operation, Outcome};
+use ringkv_storage::{CasOutcome, Disk, Engine, StorageError, Value};
+use ringkv_wire::scan::page_has_room;
+use ringkv_wire::{ErrorCode, Expected, Failure, Operation, Outcome, Scan, ScanEntry, ScanPage};
 
 use crate::clock::HybridClock;
 
@@ -109,6 +112,57 @@ impl<D: Disk> Handler<D> {
             }
         };
         outcome.map_err(|error| failure_of(&error))
+    }
+
+    /// One page of this shard's live keys in `scan`'s range, in order: at most `scan.limit`
+    /// entries, stopping before the page passes `SCAN_PAGE_BYTES_MAX` (but always taking the
+    /// first entry). `next_start` is the first live key the page left out, so the page covers
+    /// every live key of this shard below it; `None` when the range is finished here.
+    ///
+    /// The router merges such pages from every shard (see [`crate::router::scan`]). Because
+    /// `next_start` is always a stored key, never a made-up successor, it obeys the key limits
+    /// and a client can send it back as the next scan's start.
+    pub async fn scan(&self, scan: &Scan) -> Result<ScanPage, Failure> {
+        let limit = scan.limit as usize;
+        let now_ms = (self.now_ms)();
+        let mut page = ScanPage::default();
+        if scan.is_empty_range() {
+            return Ok(page);
+        }
+        let end = scan.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut start = Bound::Included(scan.start.clone());
+        let mut page_bytes = 0;
+        loop {
+            // One entry more than the page can take, so that the first key left out is known.
+            // An engine page may hold fewer live entries than asked (tombstones and expired
+            // values count against its sources' limits), hence the loop.
+            let wanted = limit - page.entries.len() + 1;
+            let engine_page = self
+                .engine
+                .scan(start, end.clone(), wanted, now_ms, false)
+                .await
+                .map_err(|error| failure_of(&error))?;
+            for (key, entry) in engine_page.entries {
+                let Value::Live { data, .. } = entry.value else {
+                    // Dead entries are filtered by the engine; nothing to return for one anyway.
+                    continue;
+                };
+                let entry = ScanEntry { key, value: data, version: entry.version };
+                if !page_has_room(page.entries.len(), page_bytes, entry.page_bytes(), limit) {
+                    page.next_start = Some(entry.key);
+                    return Ok(page);
+                }
+                self.clock.observe(entry.version);
+                page_bytes += entry.page_bytes();
+                page.entries.push(entry);
+            }
+            match engine_page.next_start {
+                Some(next) => start = Bound::Included(next),
+                None => return Ok(page),
+            }
+            // A range full of tombstones can take many engine pages.
+            glommio::yield_if_needed().await;
+        }
     }
 }
 
@@ -214,6 +268,58 @@ mod tests {
                 handler.execute(Operation::Get { key: key("new") }).await.unwrap(),
                 Outcome::Value { .. }
             ));
+        });
+    }
+
+    fn scan(start: &'static str, end: Option<&'static str>, limit: u32) -> Scan {
+        Scan { start: key(start), end: end.map(key), limit }
+    }
+
+    fn keys_of(page: &ScanPage) -> Vec<Bytes> {
+        page.entries.iter().map(|entry| entry.key.clone()).collect()
+    }
+
+    #[test]
+    fn scan_pages_skip_dead_keys_and_start_the_next_page_at_a_stored_key() {
+        let handler = handler();
+        ringkv_io::run_local("handler-scan", async {
+            for name in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+                handler.engine().put(key(name), key("v"), 1, None).await.unwrap();
+            }
+            // A run of tombstones longer than an engine page, and a value already expired.
+            for name in ["b", "c", "d", "e"] {
+                handler.engine().delete(key(name), 2, 0).await.unwrap();
+            }
+            handler.engine().put(key("g"), key("old"), 3, Some(fixed_now() - 1)).await.unwrap();
+
+            let page = handler.scan(&scan("a", None, 1)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("a")], Some(key("f"))));
+            let page = handler.scan(&scan("b", None, 2)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("f"), key("h")], None));
+            let page = handler.scan(&scan("a", Some("f"), 5)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("a")], None));
+            assert_eq!(handler.scan(&scan("f", Some("f"), 5)).await.unwrap(), ScanPage::default());
+            assert_eq!(page.entries[0].value, key("v"));
+            assert_eq!(page.entries[0].version, 1);
+        });
+    }
+
+    #[test]
+    fn scan_pages_stop_at_the_byte_cap_but_always_take_one_entry() {
+        use ringkv_wire::limits::VALUE_BYTES_MAX;
+        let handler = handler();
+        ringkv_io::run_local("handler-scan-bytes", async {
+            let large = Bytes::from(vec![7u8; 400 * 1024]);
+            for name in ["a", "b", "c"] {
+                handler.engine().put(key(name), large.clone(), 1, None).await.unwrap();
+            }
+            handler.engine().put(key("d"), Bytes::from(vec![8u8; VALUE_BYTES_MAX]), 1, None).await.unwrap();
+            let page = handler.scan(&scan("a", None, 100)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("a"), key("b")], Some(key("c"))));
+            let page = handler.scan(&scan("c", None, 100)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("c")], Some(key("d"))));
+            let page = handler.scan(&scan("d", None, 100)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start), (vec![key("d")], None));
         });
     }
 

@@ -7,14 +7,17 @@
 //!  Command::Batch(ops) ─▶ each op routed on its own, concurrently; results in request order
 //!  Command::Topology   ─▶ the ring's ranges and each shard's port (answered by any shard)
 //!  Command::Ping       ─▶ Pong
+//!  Command::Scan(scan) ─▶ every shard's page (this one's Handler::scan, the others' over the
+//!                         mesh), concurrently ─▶ scan::merge ─▶ one page
 //! ```
 
 pub mod forwarding;
+pub mod scan;
 
 use std::rc::Rc;
 
 use ringkv_io::DmaDisk;
-use ringkv_wire::{Command, Failure, Operation, Outcome, Reply, Topology};
+use ringkv_wire::{Command, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
 
 use crate::handler::Handler;
 use crate::ring::Ring;
@@ -56,6 +59,37 @@ impl Router {
         }
     }
 
+    /// One page of `scan` over the whole node. Keys are spread over the shards by the hash of
+    /// the key, so every shard may hold keys of any range: each is asked for its own page (at
+    /// most `limit` entries, byte-capped) and the pages are merged in key order (see
+    /// [`scan::merge`]). Any shard's failure fails the scan.
+    pub async fn scan(self: &Rc<Self>, scan: Scan) -> Result<ScanPage, Failure> {
+        if scan.is_empty_range() {
+            return Ok(ScanPage::default());
+        }
+        let limit = scan.limit as usize;
+        let tasks: Vec<_> = (0..self.ring.shards() as u32)
+            .map(|shard| {
+                let router = self.clone();
+                let scan = scan.clone();
+                glommio::spawn_local(async move {
+                    if shard == router.shard_id {
+                        router.handler.scan(&scan).await
+                    } else {
+                        router.forwarding.scan(shard, scan).await
+                    }
+                })
+            })
+            .collect();
+        // Every task is awaited, failed or not, so none outlives the request.
+        let mut pages = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            pages.push(task.await);
+        }
+        let pages = pages.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(scan::merge(pages, limit))
+    }
+
     /// Whether answering `command` means waiting on storage or another shard; the connection
     /// answers the others on the spot.
     pub fn is_immediate(command: &Command) -> bool {
@@ -67,7 +101,7 @@ impl Router {
         match command {
             Command::Topology => Some(Reply::Topology(self.topology.clone())),
             Command::Ping => Some(Reply::Pong),
-            Command::Single(_) | Command::Batch(_) => None,
+            Command::Single(_) | Command::Batch(_) | Command::Scan(_) => None,
         }
     }
 
@@ -109,6 +143,10 @@ impl Router {
                 }
                 Reply::Batch(results)
             }
+            Command::Scan(scan) => match self.scan(scan).await {
+                Ok(page) => Reply::Scan(page),
+                Err(failure) => Reply::Failed(failure),
+            },
             Command::Topology | Command::Ping => {
                 self.answer_immediately(&command).expect("topology and ping are immediate")
             }

@@ -9,6 +9,9 @@
 //!    └─▶ pending.remove(ticket) ─▶ wakes forward()
 //! ```
 //!
+//! A scan crosses the mesh the same way: `scan(B, scan)` sends a `ScanRequest`, shard B answers
+//! with its own page of the range (`Handler::scan`) in a `ScanReply`.
+//!
 //! Deadlock freedom (PITFALLS: two shards that both send on bounded channels and neither
 //! drains): each peer's channel is drained by its own receive task, which never waits on a send.
 //! Requests are executed in tasks of their own, and only those tasks wait for room to send the
@@ -17,6 +20,8 @@
 //! Bounds: a shard has at most `forward_in_flight_max` requests waiting on other shards; a
 //! request beyond that, or one that finds the channel full, is answered "overloaded" at once.
 //! Because every shard bounds what it sends, what a shard executes for its peers is bounded too.
+//! A scan takes one slot per peer it asks. A forwarded put carries at most one value and a scan
+//! reply at most one page (`SCAN_PAGE_BYTES_MAX`), so the same bound caps the bytes in flight.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,7 +30,7 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::task::JoinHandle;
-use ringkv_wire::{ErrorCode, Failure, Operation, Outcome};
+use ringkv_wire::{ErrorCode, Failure, Operation, Outcome, Scan, ScanPage};
 use tracing::{debug, Instrument};
 
 use crate::handler::Handler;
@@ -38,6 +43,17 @@ pub enum ShardMessage {
     Request { ticket: u64, operation: Operation },
     /// The result of the request with `ticket`.
     Reply { ticket: u64, result: Result<Outcome, Failure> },
+    /// Answer with the receiver's own page of `scan` (see `Handler::scan`) under `ticket`.
+    ScanRequest { ticket: u64, scan: Scan },
+    /// The page asked for by the scan request with `ticket`.
+    ScanReply { ticket: u64, result: Result<ScanPage, Failure> },
+}
+
+/// What a waiting request receives: the reply its message asked for.
+#[derive(Debug)]
+enum Answer {
+    Operation(Result<Outcome, Failure>),
+    Scan(Result<ScanPage, Failure>),
 }
 
 /// This shard's end of the mesh.
@@ -47,7 +63,7 @@ pub struct Forwarding {
     /// Mesh peer index of each shard id: glommio numbers peers in its own order.
     peer_of_shard: Vec<usize>,
     /// Requests sent and not yet answered, by ticket.
-    pending: RefCell<HashMap<u64, LocalSender<Result<Outcome, Failure>>>>,
+    pending: RefCell<HashMap<u64, LocalSender<Answer>>>,
     next_ticket: Cell<u64>,
     forward_in_flight_max: usize,
 }
@@ -90,6 +106,27 @@ impl Forwarding {
 
     /// Executes `operation` on shard `owner` and returns its result.
     pub async fn forward(&self, owner: u32, operation: Operation) -> Result<Outcome, Failure> {
+        match self.exchange(owner, |ticket| ShardMessage::Request { ticket, operation }).await? {
+            Answer::Operation(result) => result,
+            Answer::Scan(_) => Err(mismatched_answer(owner)),
+        }
+    }
+
+    /// Shard `shard`'s own page of `scan`.
+    pub async fn scan(&self, shard: u32, scan: Scan) -> Result<ScanPage, Failure> {
+        match self.exchange(shard, |ticket| ShardMessage::ScanRequest { ticket, scan }).await? {
+            Answer::Scan(result) => result,
+            Answer::Operation(_) => Err(mismatched_answer(shard)),
+        }
+    }
+
+    /// Sends the message `message(ticket)` to shard `owner` and waits for the answer filed
+    /// under that ticket.
+    async fn exchange(
+        &self,
+        owner: u32,
+        message: impl FnOnce(u64) -> ShardMessage,
+    ) -> Result<Answer, Failure> {
         if self.pending() >= self.forward_in_flight_max {
             return Err(Failure::new(
                 ErrorCode::Overloaded,
@@ -105,16 +142,16 @@ impl Forwarding {
         let (sender, receiver) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(ticket, sender);
         let _guard = PendingTicket { forwarding: self, ticket };
-        if self.senders.try_send_to(peer, ShardMessage::Request { ticket, operation }).is_err() {
+        if self.senders.try_send_to(peer, message(ticket)).is_err() {
             return Err(Failure::new(
                 ErrorCode::Overloaded,
                 format!("the channel from shard {} to shard {owner} is full; retry later", self.shard_id),
             ));
         }
-        match receiver.recv().await {
-            Some(result) => result,
-            None => Err(Failure::new(ErrorCode::Unavailable, format!("shard {owner} did not answer"))),
-        }
+        receiver
+            .recv()
+            .await
+            .ok_or_else(|| Failure::new(ErrorCode::Unavailable, format!("shard {owner} did not answer")))
     }
 
     /// Starts one task per peer draining what that peer sends: requests are executed on
@@ -154,26 +191,42 @@ impl Forwarding {
                 glommio::spawn_local(
                     async move {
                         let result = handler.execute(operation).await;
-                        // Waits for room; the peer's receive task drains without waiting.
-                        if forwarding
-                            .senders
-                            .send_to(peer, ShardMessage::Reply { ticket, result })
-                            .await
-                            .is_err()
-                        {
-                            debug!("the requesting shard closed its channel before the reply");
-                        }
+                        forwarding.reply(peer, ShardMessage::Reply { ticket, result }).await;
                     }
                     .instrument(span),
                 )
                 .detach();
             }
-            ShardMessage::Reply { ticket, result } => {
-                // Absent when the waiting request was dropped; the reply has no one to go to.
-                if let Some(waiting) = self.pending.borrow_mut().remove(&ticket) {
-                    let _ = waiting.try_send(result);
-                }
+            ShardMessage::ScanRequest { ticket, scan } => {
+                let forwarding = self.clone();
+                let handler = handler.clone();
+                let span = tracing::debug_span!("forwarded_scan", shard = self.shard_id, peer, ticket);
+                glommio::spawn_local(
+                    async move {
+                        let result = handler.scan(&scan).await;
+                        forwarding.reply(peer, ShardMessage::ScanReply { ticket, result }).await;
+                    }
+                    .instrument(span),
+                )
+                .detach();
             }
+            ShardMessage::Reply { ticket, result } => self.on_answer(ticket, Answer::Operation(result)),
+            ShardMessage::ScanReply { ticket, result } => self.on_answer(ticket, Answer::Scan(result)),
+        }
+    }
+
+    /// Sends a reply to `peer`, waiting for room; the peer's receive task drains without waiting.
+    async fn reply(&self, peer: usize, message: ShardMessage) {
+        if self.senders.send_to(peer, message).await.is_err() {
+            debug!("the requesting shard closed its channel before the reply");
+        }
+    }
+
+    /// Wakes the request waiting on `ticket`.
+    fn on_answer(&self, ticket: u64, answer: Answer) {
+        // Absent when the waiting request was dropped; the answer has no one to go to.
+        if let Some(waiting) = self.pending.borrow_mut().remove(&ticket) {
+            let _ = waiting.try_send(answer);
         }
     }
 
@@ -181,4 +234,9 @@ impl Forwarding {
     pub fn close(&self) {
         self.senders.close();
     }
+}
+
+/// The failure for a peer that answered a ticket with the wrong kind of reply: a bug.
+fn mismatched_answer(shard: u32) -> Failure {
+    Failure::new(ErrorCode::Internal, format!("shard {shard} answered with a reply of the wrong kind"))
 }
