@@ -14,7 +14,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, Topology};
+use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, ScanPage, Topology};
 
 use crate::command;
 use crate::error::Error;
@@ -137,6 +137,19 @@ impl<R: Transport> AsyncClient<R> {
     ) -> Result<CasResult, Error> {
         let command = command::compare_and_swap(key.as_ref(), expected, value.as_ref());
         reply::into_cas(self.execute(command).await?)
+    }
+
+    /// One page of the live keys in `[start, end)` (from `start` on when `end` is `None`), in
+    /// byte order: at most `limit` entries (1 to [`crate::SCAN_LIMIT_MAX`]), fewer when the page
+    /// reaches the server's byte cap. When [`ScanPage::next_start`] is set, more may follow: scan
+    /// again from it. The request goes to the shared port; the server asks every shard.
+    pub async fn scan(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<ScanPage, Error> {
+        reply::into_scan(self.execute(command::scan(start.as_ref(), end, limit)).await?)
     }
 
     /// Independent operations in one request, answered in order; each can fail on its own.

@@ -29,7 +29,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, Topology};
+use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, ScanEntry, ScanPage, Topology};
 
 use crate::command;
 use crate::connection::Connection;
@@ -107,6 +107,34 @@ impl Client {
         value: impl AsRef<[u8]>,
     ) -> Result<CasResult, Error> {
         reply::into_cas(self.execute(command::compare_and_swap(key.as_ref(), expected, value.as_ref()))?)
+    }
+
+    /// One page of the live keys in `[start, end)` (from `start` on when `end` is `None`), in
+    /// byte order: at most `limit` entries (1 to [`crate::SCAN_LIMIT_MAX`]), fewer when the page
+    /// reaches the server's byte cap. When [`ScanPage::next_start`] is set, more may follow: scan
+    /// again from it, or let [`Client::scan_all`] do the paging. The request goes to the shared
+    /// port; the server asks every shard.
+    pub fn scan(
+        &mut self,
+        start: impl AsRef<[u8]>,
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<ScanPage, Error> {
+        reply::into_scan(self.execute(command::scan(start.as_ref(), end, limit))?)
+    }
+
+    /// Every live key in `[start, end)`, in byte order, fetched `page_limit` entries per request
+    /// as the iterator is consumed. An error ends the iteration after it is yielded. Keys
+    /// written or deleted meanwhile may or may not appear (each page is read at its own time),
+    /// but no key present throughout is skipped or repeated.
+    pub fn scan_all(&mut self, start: impl AsRef<[u8]>, end: Option<&[u8]>, page_limit: u32) -> ScanAll<'_> {
+        ScanAll {
+            client: self,
+            next_start: Some(start.as_ref().to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            page_limit,
+            page: Vec::new().into_iter(),
+        }
     }
 
     /// Independent operations in one request, answered in order; each can fail on its own.
@@ -274,6 +302,37 @@ impl Client {
             self.links.insert(address, link);
         }
         Ok(self.links.get_mut(&address).expect("inserted above"))
+    }
+}
+
+/// The entries of a range, page by page; see [`Client::scan_all`].
+pub struct ScanAll<'client> {
+    client: &'client mut Client,
+    /// Where the next page starts; `None` once the range is finished or an error was yielded.
+    next_start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page_limit: u32,
+    /// The current page's entries not yet yielded.
+    page: std::vec::IntoIter<ScanEntry>,
+}
+
+impl Iterator for ScanAll<'_> {
+    type Item = Result<ScanEntry, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(entry) = self.page.next() {
+                return Some(Ok(entry));
+            }
+            let start = self.next_start.take()?;
+            match self.client.scan(&start, self.end.as_deref(), self.page_limit) {
+                Ok(page) => {
+                    self.next_start = page.next_start.map(|next| next.to_vec());
+                    self.page = page.entries.into_iter();
+                }
+                Err(error) => return Some(Err(error)),
+            }
+        }
     }
 }
 

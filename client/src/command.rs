@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_wire::{Command, Expected, Operation};
+use ringkv_wire::{Command, Expected, Operation, Scan};
 
 /// A time-to-live in whole milliseconds, rounded up so that a short non-zero TTL never becomes
 /// the zero the server refuses. Too large a TTL saturates and is then refused by the limit
@@ -39,13 +39,18 @@ pub fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> Command
     })
 }
 
-/// The key a command should be routed by: the single operation's key. Batches, pings and
-/// topology requests address no single shard and go to the shared port, where the server
-/// forwards each operation to its owner.
+/// One page of the live keys in `[start, end)` (from `start` on when `end` is `None`).
+pub fn scan(start: &[u8], end: Option<&[u8]>, limit: u32) -> Command {
+    Command::Scan(Scan { start: Bytes::copy_from_slice(start), end: end.map(Bytes::copy_from_slice), limit })
+}
+
+/// The key a command should be routed by: the single operation's key. Batches, scans, pings
+/// and topology requests address no single shard and go to the shared port, where the server
+/// forwards each operation to its owner (a scan asks every shard wherever it lands).
 pub fn routing_key(command: &Command) -> Option<&[u8]> {
     match command {
         Command::Single(operation) => Some(operation.key()),
-        Command::Batch(_) | Command::Topology | Command::Ping => None,
+        Command::Batch(_) | Command::Topology | Command::Ping | Command::Scan(_) => None,
     }
 }
 

@@ -32,7 +32,7 @@
 //! - [`connection`]: [`Connection`], the sans-IO core of one connection; [`command`]: the
 //!   command each call sends.
 //! - [`routing`]: [`Router`], key → token → shard → address; [`token`]: [`token_of`].
-//! - [`reply`]: [`Versioned`], [`CasResult`], what each reply means.
+//! - [`reply`]: [`Versioned`], [`CasResult`], [`ScanPage`], what each reply means.
 //! - [`options`]: [`ClientOptions`], [`Backoff`]; [`error`]: [`Error`].
 //! - [`blocking`], `tokio`, `glommio`: the adapters; the two async ones share `multiplexed`
 //!   (replies handed to waiting tasks) and `asynchronous` (the client itself).
@@ -62,8 +62,10 @@ pub use connection::{Connection, IN_FLIGHT_MAX_DEFAULT};
 pub use error::{Error, Result};
 pub use options::{Backoff, ClientOptions};
 pub use reply::{CasResult, Versioned};
+pub use ringkv_wire::limits::SCAN_LIMIT_MAX;
 pub use ringkv_wire::{
-    ErrorCode, Expected, Failure, Operation, Outcome, ShardPlacement, TokenRange, Topology,
+    ErrorCode, Expected, Failure, Operation, Outcome, ScanEntry, ScanPage, ShardPlacement, TokenRange,
+    Topology,
 };
 pub use routing::{Route, Router};
 pub use token::token_of;

@@ -1,8 +1,9 @@
-//! What a reply means for each client call: [`Versioned`], [`CasResult`], and the conversions
-//! every adapter shares (public for callers driving a [`crate::Connection`] themselves).
+//! What a reply means for each client call: [`Versioned`], [`CasResult`], [`ScanPage`], and the
+//! conversions every adapter shares (public for callers driving a [`crate::Connection`]
+//! themselves).
 
 use bytes::Bytes;
-use ringkv_wire::{ErrorCode, Failure, Outcome, Reply, Topology};
+use ringkv_wire::{ErrorCode, Failure, Outcome, Reply, ScanPage, Topology};
 
 use crate::error::Error;
 
@@ -86,6 +87,14 @@ pub fn into_topology(reply: Reply) -> Result<Topology, Error> {
     }
 }
 
+/// One page of a scan: entries in key order, and where the next page starts if any remain.
+pub fn into_scan(reply: Reply) -> Result<ScanPage, Error> {
+    match reply {
+        Reply::Scan(page) => Ok(page),
+        other => Err(unexpected("scan", other)),
+    }
+}
+
 pub fn into_pong(reply: Reply) -> Result<(), Error> {
     match reply {
         Reply::Pong => Ok(()),
@@ -109,5 +118,7 @@ mod tests {
             CasResult::Mismatch { current_version: Some(3) }
         );
         assert!(is_wrong_shard(&Reply::Failed(Failure::new(ErrorCode::WrongShard, "moved"))));
+        assert_eq!(into_scan(Reply::Scan(ScanPage::default())).unwrap(), ScanPage::default());
+        assert!(matches!(into_scan(Reply::Pong), Err(Error::UnexpectedReply { request: "scan", .. })));
     }
 }
