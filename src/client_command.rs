@@ -1,9 +1,9 @@
-//! The command-line client: `ringkv get|put|del|cas|ping|topology`, over the blocking
+//! The command-line client: `ringkv get|put|del|cas|scan|ping|topology`, over the blocking
 //! `ringkv-client`.
 //!
-//! Exit codes are for scripts: 0 on success; 1 when a `get` finds no value or a `cas`
-//! expectation does not hold (nothing printed on stdout); 2 on any error, with one line on
-//! stderr.
+//! Exit codes are for scripts: 0 on success; 1 when a `get` finds no value, a `scan` finds no
+//! key or a `cas` expectation does not hold (nothing printed on stdout); 2 on any error, with
+//! one line on stderr.
 //!
 //! With `--json`, values go out as a JSON string when they are valid UTF-8 (`"value"`) and as
 //! standard base64 otherwise (`"value_base64"`), so that any byte string survives the round
@@ -17,10 +17,10 @@ use anyhow::Context;
 use base64::Engine;
 use clap::Args;
 use ringkv_client::blocking::Client;
-use ringkv_client::{CasResult, Expected};
+use ringkv_client::{CasResult, Expected, ScanEntry, SCAN_LIMIT_MAX};
 use serde_json::json;
 
-/// Exit code when a `get` finds nothing or a `cas` expectation fails.
+/// Exit code when a `get` or `scan` finds nothing or a `cas` expectation fails.
 const EXIT_NOT_MATCHED: u8 = 1;
 /// Exit code for every error.
 const EXIT_ERROR: u8 = 2;
@@ -79,6 +79,21 @@ pub struct CasArgs {
     /// Write only if the key has no live value.
     #[arg(long)]
     expect_absent: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// First key of the range (inclusive).
+    #[arg(long, value_name = "KEY")]
+    start: String,
+    /// End of the range (exclusive). [default: the last key]
+    #[arg(long, value_name = "KEY")]
+    end: Option<String>,
+    /// Most entries to print; the client fetches them in pages of up to 1000 (SCAN_LIMIT_MAX).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit: u64,
     #[command(flatten)]
     connection: Connection,
 }
@@ -189,6 +204,61 @@ pub fn cas(args: &CasArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+pub fn scan(args: &ScanArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection)?;
+    let mut start = args.start.as_bytes().to_vec();
+    let end = args.end.as_ref().map(String::as_bytes);
+    let mut printed = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        // A limit of 0 is sent as it is, to be refused with the protocol's own error.
+        let remaining = args.limit - printed;
+        let page_limit = u32::try_from(remaining).unwrap_or(u32::MAX).min(SCAN_LIMIT_MAX);
+        let page = client.scan(&start, end, page_limit)?;
+        for entry in &page.entries {
+            write_scan_entry(&mut stdout, entry, args.connection.json).context("writing to stdout")?;
+            printed += 1;
+        }
+        match page.next_start {
+            Some(next) if printed < args.limit => start = next.to_vec(),
+            Some(next) => {
+                if args.connection.json {
+                    let (field, key) = key_json(&next, "next_start");
+                    writeln!(stdout, "{}", json!({ field: key })).context("writing to stdout")?;
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    stdout.flush().context("writing to stdout")?;
+    if printed == 0 {
+        return Ok(ExitCode::from(EXIT_NOT_MATCHED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One scanned entry: `key=value` with the raw bytes, or a JSON object.
+fn write_scan_entry(out: &mut impl Write, entry: &ScanEntry, json: bool) -> std::io::Result<()> {
+    if json {
+        let (key_field, key) = key_json(&entry.key, "key");
+        let (value_field, value) = value_json(&entry.value);
+        return writeln!(out, "{}", json!({ key_field: key, value_field: value, "version": entry.version }));
+    }
+    out.write_all(&entry.key)?;
+    out.write_all(b"=")?;
+    out.write_all(&entry.value)?;
+    out.write_all(b"\n")
+}
+
+/// A key as a JSON field named `field`: text when it is UTF-8, `<field>_base64` otherwise.
+fn key_json(key: &[u8], field: &'static str) -> (String, String) {
+    match std::str::from_utf8(key) {
+        Ok(text) => (field.to_owned(), text.to_owned()),
+        Err(_) => (format!("{field}_base64"), base64::engine::general_purpose::STANDARD.encode(key)),
+    }
+}
+
 pub fn ping(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.connection)?;
     client.ping()?;
@@ -262,5 +332,23 @@ mod tests {
     fn json_values_are_text_when_utf8_and_base64_otherwise() {
         assert_eq!(value_json(b"hello"), ("value", "hello".to_owned()));
         assert_eq!(value_json(&[0xff, 0x00]), ("value_base64", "/wA=".to_owned()));
+        assert_eq!(key_json(b"k", "key"), ("key".to_owned(), "k".to_owned()));
+        assert_eq!(key_json(&[0xff], "next_start"), ("next_start_base64".to_owned(), "/w==".to_owned()));
+    }
+
+    #[test]
+    fn scanned_entries_print_as_key_equals_value_or_json() {
+        let entry = ScanEntry {
+            key: bytes::Bytes::from_static(b"user:1"),
+            value: bytes::Bytes::from_static(b"alice"),
+            version: 7,
+        };
+        let mut plain = Vec::new();
+        write_scan_entry(&mut plain, &entry, false).unwrap();
+        assert_eq!(plain, b"user:1=alice\n");
+        let mut json = Vec::new();
+        write_scan_entry(&mut json, &entry, true).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed, json!({ "key": "user:1", "value": "alice", "version": 7 }));
     }
 }

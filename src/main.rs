@@ -43,6 +43,9 @@ enum Command {
     /// Compare-and-swap: write only if the key's version matches (or it is absent). Prints the
     /// new version; exits 1 when the expectation does not hold.
     Cas(client_command::CasArgs),
+    /// Print the live keys of a range in key order, one `key=value` line each (raw bytes).
+    /// Exit 0 if any were found, 1 if none, 2 on error.
+    Scan(client_command::ScanArgs),
     /// Check that the node answers.
     Ping(client_command::NodeArgs),
     /// Print which shard owns which token ranges, and each shard's port.
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
         Command::Put(args) => return client_command::run(|| client_command::put(&args)),
         Command::Del(args) => return client_command::run(|| client_command::delete(&args)),
         Command::Cas(args) => return client_command::run(|| client_command::cas(&args)),
+        Command::Scan(args) => return client_command::run(|| client_command::scan(&args)),
         Command::Ping(args) => return client_command::run(|| client_command::ping(&args)),
         Command::Topology(args) => return client_command::run(|| client_command::topology(&args)),
     };
