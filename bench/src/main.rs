@@ -8,7 +8,7 @@
 //!   (`fillrandom`, `readrandom`, `overwrite`, ...) so the figures sit beside RocksDB's
 //!   (`shared/bench/engine-vs-rocksdb.sh` runs both).
 //! - `load`: YCSB's load phase against a server: inserts keys `user000000000000` ... in order.
-//! - `run`: a YCSB core workload (a, b, c, d, f) against a server for a fixed time, closed loop or
+//! - `run`: a YCSB core workload (a to f) against a server for a fixed time, closed loop or
 //!   open loop at a fixed rate (`--rate`, coordinated-omission correct); HDR latencies per
 //!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files and PNG charts of latency by
 //!   percentile. Targets are `ringkv://host:port` and `redis://host:port`, so Redis can be

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// What one executor thread measured; merged across threads at the end of a run.
 pub struct Measurements {
     /// Latencies of successful operations, by [`OperationKind::index`].
-    pub latencies: [LatencyRecorder; 4],
+    pub latencies: [LatencyRecorder; OperationKind::ALL.len()],
     /// Failed operations by error kind.
     pub errors: BTreeMap<String, u64>,
     /// Reads that found no value (YCSB's `NOT_FOUND`): not errors, but a sign of a short load.

@@ -22,6 +22,9 @@
 //! keys inserted so far, counting a key once its insert is acknowledged (an approximation of
 //! YCSB's acknowledged-counter window: a key whose insert is acknowledged before an older one's
 //! may be read before the older one is written).
+//!
+//! Workload E's scans start at a key chosen like a read, from the acknowledged keys, and read
+//! `1..=100` keys on from it (one `scan` operation, however many pages it takes).
 
 use crate::cpu_usage::CpuTime;
 use crate::distribution::KeyChooser;
@@ -29,7 +32,7 @@ use crate::progress::{Live, Progress};
 use crate::report::{Measurements, RunDescription, RunReport};
 use crate::target::{Store, StoreError, Target};
 use crate::workload::ValuePool;
-use crate::ycsb::{key_name, Mix, OperationKind, RequestDistribution, Workload};
+use crate::ycsb::{key_name, scan_length, Mix, OperationKind, RequestDistribution, Workload};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use glommio::LocalExecutorBuilder;
@@ -120,11 +123,12 @@ pub struct RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TransactionArgs {
     /// YCSB core workload: a (50/50 read/update), b (95/5), c (read only), d (read latest, 5%
-    /// inserts), f (read-modify-write).
+    /// inserts), e (95% scans of 1-100 keys from a zipfian start, 5% inserts; ringkv:// only),
+    /// f (read-modify-write).
     #[arg(long, value_enum)]
     pub workload: Workload,
     /// Override the workload's request distribution (YCSB's `requestdistribution`): uniform,
-    /// zipfian or latest. A, B, C and F use zipfian, D uses latest.
+    /// zipfian or latest. A, B, C, E and F use zipfian, D uses latest.
     #[arg(long, value_enum)]
     pub request_distribution: Option<RequestDistribution>,
     /// Seconds to run (for `sweep`, each step).
@@ -208,6 +212,13 @@ pub fn run_transactions(
         ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number of operations per second");
     }
     let workload = transactions.workload;
+    ensure!(
+        workload.mix().scan == 0 || connection.target.protocol.supports_scans(),
+        "workload {} scans key ranges, which {} targets do not support (the Redis client speaks \
+         only GET and SET); use a ringkv:// target",
+        workload.name(),
+        connection.target.protocol.name()
+    );
     let phase = Phase::Transactions {
         mix: workload.mix(),
         chooser: transactions
@@ -375,10 +386,12 @@ struct Worker {
     start: Instant,
 }
 
-/// One operation to perform: its kind and key number.
+/// One operation to perform: its kind and key number (for a scan, the first key's).
 struct Operation {
     kind: OperationKind,
     key_number: u64,
+    /// Keys a scan reads; 0 for the other kinds.
+    scan_length: u32,
 }
 
 impl Worker {
@@ -442,8 +455,11 @@ impl Worker {
         match &self.plan.phase {
             Phase::Load => {
                 let key_number = key_space.insert_next.fetch_add(1, Ordering::Relaxed);
-                (key_number < key_space.records)
-                    .then_some(Operation { kind: OperationKind::Insert, key_number })
+                (key_number < key_space.records).then_some(Operation {
+                    kind: OperationKind::Insert,
+                    key_number,
+                    scan_length: 0,
+                })
             }
             Phase::Transactions { mix, .. } => {
                 let kind = mix.choose(random);
@@ -453,12 +469,14 @@ impl Worker {
                     let items = key_space.acknowledged.load(Ordering::Relaxed);
                     chooser.as_mut().expect("transactions have a key chooser").next(items, random)
                 };
-                Some(Operation { kind, key_number })
+                let scan_length = if kind == OperationKind::Scan { scan_length(random) } else { 0 };
+                Some(Operation { kind, key_number, scan_length })
             }
         }
     }
 
-    /// Performs `operation`; for reads, whether the key had a value (writes count as found).
+    /// Performs `operation`; for reads, whether the key had a value, for scans whether any key
+    /// was found (writes count as found).
     async fn perform(&self, operation: &Operation) -> Result<bool, StoreError> {
         let key = key_name(operation.key_number);
         match operation.kind {
@@ -472,6 +490,7 @@ impl Worker {
                 let value = self.generator.borrow_mut().values.next_value();
                 self.store.write(&key, &value).await.map(|()| found)
             }
+            OperationKind::Scan => self.store.scan(&key, operation.scan_length).await,
         }
     }
 }

@@ -17,6 +17,25 @@ pub enum Protocol {
     Redis,
 }
 
+impl Protocol {
+    /// Whether the load generator can scan key ranges on this protocol: ringkv has ordered range
+    /// reads; the Redis client speaks only `GET` and `SET`, and a Redis hash table keeps no key
+    /// order to scan in.
+    pub fn supports_scans(self) -> bool {
+        match self {
+            Protocol::Ringkv => true,
+            Protocol::Redis => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Ringkv => "ringkv://",
+            Protocol::Redis => "redis://",
+        }
+    }
+}
+
 /// A store to measure: its protocol and address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -61,6 +80,9 @@ pub enum StoreError {
     Ringkv(#[from] ringkv_client::Error),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    /// The target's protocol has no such operation.
+    #[error("{protocol} targets do not support {operation}")]
+    Unsupported { protocol: &'static str, operation: &'static str },
 }
 
 impl StoreError {
@@ -76,6 +98,7 @@ impl StoreError {
                 _ => "client".into(),
             },
             StoreError::Redis(error) => error.kind().into(),
+            StoreError::Unsupported { .. } => "unsupported".into(),
         }
     }
 }
@@ -129,6 +152,29 @@ impl Store {
         match self {
             Store::Ringkv(client) => Ok(client.get(key).await?.is_some()),
             Store::Redis(connection) => Ok(connection.get(key).await?),
+        }
+    }
+
+    /// Reads up to `count` live keys in order from `start` (inclusive), paging when the server
+    /// cuts a page short at its byte cap; whether any key was found.
+    pub async fn scan(&self, start: &[u8], count: u32) -> Result<bool, StoreError> {
+        match self {
+            Store::Ringkv(client) => {
+                let mut start = bytes::Bytes::copy_from_slice(start);
+                let mut read = 0u32;
+                while read < count {
+                    let page = client.scan(&start, None, count - read).await?;
+                    read += page.entries.len() as u32;
+                    match page.next_start {
+                        Some(next) => start = next,
+                        None => break,
+                    }
+                }
+                Ok(read > 0)
+            }
+            Store::Redis(_) => {
+                Err(StoreError::Unsupported { protocol: Protocol::Redis.name(), operation: "scans" })
+            }
         }
     }
 

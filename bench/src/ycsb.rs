@@ -7,6 +7,7 @@
 //! | b        | 95% read, 5% update                   | zipfian              |
 //! | c        | 100% read                             | zipfian              |
 //! | d        | 95% read, 5% insert                   | latest               |
+//! | e        | 95% scan, 5% insert                   | zipfian              |
 //! | f        | 50% read, 50% read-modify-write       | zipfian              |
 //!
 //! Keys are `user` + the key number zero-padded to [`KEY_NUMBER_DIGITS`] digits: YCSB's
@@ -15,6 +16,10 @@
 //! off its name. The zipfian distribution is scrambled, so the hot keys are spread over the key
 //! space either way. Each record is one value of `--value-size` bytes (YCSB writes ten 100-byte
 //! fields per record).
+//!
+//! Workload E's scans start at a key drawn from the request distribution and ask for a length
+//! drawn uniformly from 1 to [`SCAN_LENGTH_MAX`] (YCSB's `maxscanlength=100`,
+//! `scanlengthdistribution=uniform`); with ordered keys they read consecutive records.
 
 use crate::distribution::{KeyChooser, Latest, ScrambledZipfian};
 use clap::ValueEnum;
@@ -49,13 +54,17 @@ pub fn key_name(number: u64) -> Vec<u8> {
     key
 }
 
-/// One of YCSB's core workloads (E, scans, needs range reads the protocol does not have yet).
+/// Longest scan of workload E, in records (YCSB's `maxscanlength`).
+pub const SCAN_LENGTH_MAX: u32 = 100;
+
+/// One of YCSB's core workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
     A,
     B,
     C,
     D,
+    E,
     F,
 }
 
@@ -66,6 +75,7 @@ impl Workload {
             Workload::B => "b",
             Workload::C => "c",
             Workload::D => "d",
+            Workload::E => "e",
             Workload::F => "f",
         }
     }
@@ -73,11 +83,12 @@ impl Workload {
     /// Shares of each operation, in percent of all operations.
     pub fn mix(self) -> Mix {
         match self {
-            Workload::A => Mix { read: 50, update: 50, insert: 0, read_modify_write: 0 },
-            Workload::B => Mix { read: 95, update: 5, insert: 0, read_modify_write: 0 },
-            Workload::C => Mix { read: 100, update: 0, insert: 0, read_modify_write: 0 },
-            Workload::D => Mix { read: 95, update: 0, insert: 5, read_modify_write: 0 },
-            Workload::F => Mix { read: 50, update: 0, insert: 0, read_modify_write: 50 },
+            Workload::A => Mix { read: 50, update: 50, ..Mix::NONE },
+            Workload::B => Mix { read: 95, update: 5, ..Mix::NONE },
+            Workload::C => Mix { read: 100, ..Mix::NONE },
+            Workload::D => Mix { read: 95, insert: 5, ..Mix::NONE },
+            Workload::E => Mix { scan: 95, insert: 5, ..Mix::NONE },
+            Workload::F => Mix { read: 50, read_modify_write: 50, ..Mix::NONE },
         }
     }
 
@@ -122,11 +133,18 @@ pub enum OperationKind {
     Insert,
     /// Reads a key, then writes it; its latency covers both (YCSB's `READ-MODIFY-WRITE`).
     ReadModifyWrite,
+    /// Reads a run of consecutive keys from an existing one (YCSB's `SCAN`).
+    Scan,
 }
 
 impl OperationKind {
-    pub const ALL: [OperationKind; 4] =
-        [OperationKind::Read, OperationKind::Update, OperationKind::Insert, OperationKind::ReadModifyWrite];
+    pub const ALL: [OperationKind; 5] = [
+        OperationKind::Read,
+        OperationKind::Update,
+        OperationKind::Insert,
+        OperationKind::ReadModifyWrite,
+        OperationKind::Scan,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -134,12 +152,18 @@ impl OperationKind {
             OperationKind::Update => "update",
             OperationKind::Insert => "insert",
             OperationKind::ReadModifyWrite => "read_modify_write",
+            OperationKind::Scan => "scan",
         }
     }
 
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The length of a workload E scan: uniform over `1..=SCAN_LENGTH_MAX`.
+pub fn scan_length(random: &mut impl Rng) -> u32 {
+    random.gen_range(1..=SCAN_LENGTH_MAX)
 }
 
 /// Percent of operations of each kind; they add up to 100.
@@ -149,19 +173,29 @@ pub struct Mix {
     pub update: u32,
     pub insert: u32,
     pub read_modify_write: u32,
+    pub scan: u32,
 }
 
 impl Mix {
-    /// The kind of the next operation.
-    pub fn choose(&self, random: &mut impl Rng) -> OperationKind {
-        debug_assert_eq!(self.read + self.update + self.insert + self.read_modify_write, 100);
-        let mut draw = random.gen_range(0..100);
-        for (kind, share) in [
+    /// No operation at all; workloads name their shares on top of it.
+    const NONE: Mix = Mix { read: 0, update: 0, insert: 0, read_modify_write: 0, scan: 0 };
+
+    /// Each kind with its share, in [`OperationKind::ALL`] order.
+    pub fn shares(&self) -> [(OperationKind, u32); 5] {
+        [
             (OperationKind::Read, self.read),
             (OperationKind::Update, self.update),
             (OperationKind::Insert, self.insert),
             (OperationKind::ReadModifyWrite, self.read_modify_write),
-        ] {
+            (OperationKind::Scan, self.scan),
+        ]
+    }
+
+    /// The kind of the next operation.
+    pub fn choose(&self, random: &mut impl Rng) -> OperationKind {
+        debug_assert_eq!(self.shares().iter().map(|(_, share)| share).sum::<u32>(), 100);
+        let mut draw = random.gen_range(0..100);
+        for (kind, share) in self.shares() {
             if draw < share {
                 return kind;
             }
@@ -178,6 +212,25 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn workload_e_is_scans_and_inserts_over_a_zipfian_start() {
+        assert_eq!(Workload::E.mix(), Mix { scan: 95, insert: 5, ..Mix::NONE });
+        assert_eq!(Workload::E.request_distribution(), RequestDistribution::Zipfian);
+        assert_eq!(OperationKind::Scan.name(), "scan");
+    }
+
+    #[test]
+    fn scan_lengths_are_uniform_from_one_to_the_maximum() {
+        let mut random = SmallRng::seed_from_u64(5);
+        let mut seen = [0u32; SCAN_LENGTH_MAX as usize + 1];
+        for _ in 0..100_000 {
+            seen[scan_length(&mut random) as usize] += 1;
+        }
+        assert_eq!(seen[0], 0);
+        // Each length within a fifth of its expected 1,000 draws.
+        assert!(seen[1..].iter().all(|&count| (800..1200).contains(&count)), "{seen:?}");
+    }
+
+    #[test]
     fn keys_are_user_and_a_zero_padded_number() {
         assert_eq!(key_name(42), b"user000000000042");
         for number in [0, 7, 999_999_999_999, 1_000_000_000_000, u64::MAX] {
@@ -189,16 +242,16 @@ mod tests {
     #[test]
     fn mixes_add_up_and_are_followed() {
         let draws = 100_000;
-        for workload in [Workload::A, Workload::B, Workload::C, Workload::D, Workload::F] {
+        for workload in Workload::value_variants().iter().copied() {
             let mix = workload.mix();
-            assert_eq!(mix.read + mix.update + mix.insert + mix.read_modify_write, 100);
+            assert_eq!(mix.shares().iter().map(|(_, share)| share).sum::<u32>(), 100);
             let mut random = SmallRng::seed_from_u64(3);
-            let mut counts = [0u32; 4];
+            let mut counts = [0u32; OperationKind::ALL.len()];
             for _ in 0..draws {
                 counts[mix.choose(&mut random).index()] += 1;
             }
-            let shares = [mix.read, mix.update, mix.insert, mix.read_modify_write];
-            for (count, share) in counts.iter().zip(shares) {
+            for (count, (kind, share)) in counts.iter().zip(mix.shares()) {
+                assert_eq!(kind, OperationKind::ALL[kind.index()]);
                 let expected = f64::from(share) / 100.0 * f64::from(draws);
                 // Within a percentage point of the workload's share.
                 assert!(
