@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ringkv_client::asynchronous::{AsyncClient, Transport};
 use ringkv_client::{CasResult, Expected, Operation, Outcome};
 
-/// Ping, topology, get/put/TTL/CAS/delete and a batch, each result checked.
+/// Ping, topology, get/put/TTL/CAS/delete, a batch and scans, each result checked.
 pub async fn serves_every_operation<R: Transport>(client: &AsyncClient<R>) {
     client.ping().await.unwrap();
     assert_eq!(client.topology().expect("fetched on connect").shards.len(), super::SHARDS);
@@ -41,4 +41,16 @@ pub async fn serves_every_operation<R: Transport>(client: &AsyncClient<R>) {
         .await
         .unwrap();
     assert!(matches!(&results[1], Ok(Outcome::Value { value, .. }) if &value[..] == b"one"));
+
+    for key in ["scan-a", "scan-b", "scan-c"] {
+        client.put(key, key).await.unwrap();
+    }
+    let page = client.scan("scan-", Some(b"scan-z"), 2).await.unwrap();
+    let keys: Vec<&[u8]> = page.entries.iter().map(|entry| &entry.key[..]).collect();
+    assert_eq!(keys, [&b"scan-a"[..], b"scan-b"]);
+    assert_eq!(page.next_start.as_deref(), Some(&b"scan-c"[..]));
+    let rest = client.scan(page.next_start.unwrap(), Some(b"scan-z"), 2).await.unwrap();
+    assert_eq!((rest.entries.len(), rest.next_start), (1, None));
+    let refused = client.scan("scan-", None, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ringkv_client::ErrorCode::ScanLimitOutOfRange));
 }
