@@ -10,6 +10,7 @@
 //!                   Connection ─▶ Router: owner = ring.owner_of_key(key)
 //!                                   ├─ owner == k ─▶ Handler ─▶ Engine (WAL group commit, memtable)
 //!                                   └─ owner == j ─▶ Forwarding ─mesh─▶ shard j's Handler
+//!                                 Scan: every shard's page (local + mesh) ─▶ merge ─▶ one page
 //!  client ◀─frame─ replies, batched per write, in completion order, matched by request id
 //! ```
 //!
@@ -19,8 +20,10 @@
 //! - [`connection`]: [`Connection`], one client connection: frames in, concurrent requests,
 //!   batched replies out, bounded in-flight window and outbox.
 //! - [`router`]: [`Router`], runs each operation on its owning shard; [`router::forwarding`]
-//!   carries operations and replies between shards over glommio's channel mesh.
-//! - [`handler`]: [`Handler`], one operation on the local storage engine, versioned by the clock.
+//!   carries operations and replies between shards over glommio's channel mesh;
+//!   [`router::scan`] merges the shards' pages of a scan.
+//! - [`handler`]: [`Handler`], one operation (or this shard's page of a scan) on the local
+//!   storage engine, versioned by the clock.
 //! - [`ring`]: [`Ring`], xxh3-64 tokens and the vnode ranges each shard owns.
 //! - [`clock`]: [`HybridClock`], the hybrid logical clock versions come from.
 //! - [`config`]: [`NodeConfig`], every setting, with defaults that need no file.
