@@ -1,5 +1,5 @@
 //! The `ringkv` binary: reads the configuration (a TOML file, then flags on top), starts one
-//! pinned glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM. Its other
+//! glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM. Its other
 //! subcommands are the command-line client ([`client_command`]).
 
 mod client_command;
@@ -66,12 +66,14 @@ struct ServeArgs {
     /// First shard port: shard i listens on this + i, alone. [default: the client port + 1]
     #[arg(long, value_name = "PORT")]
     shard_port_base: Option<u16>,
-    /// Number of shards, one pinned executor each. [default: one per available core]
+    /// Number of shards, one executor each. [default: one per available core]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
-    /// Do not pin shard executors to cores (for machines shared with other work).
+    /// Pin shard i's executor to core i. Only for machines dedicated to ringkv: where other
+    /// programs (a load generator, an application) share the cores, pinned shards cannot move
+    /// away from them and serve far less (see docs/benchmarks.md). [default: not pinned]
     #[arg(long)]
-    no_pin: bool,
+    pin: bool,
     /// Node id (0-1023), carried in the low bits of every version this node writes. [default: 0]
     #[arg(long, value_name = "ID")]
     node_id: Option<u16>,
@@ -133,8 +135,8 @@ impl ServeArgs {
         if self.shards.is_some() {
             config.shards = self.shards;
         }
-        if self.no_pin {
-            config.pin_to_cores = false;
+        if self.pin {
+            config.pin_to_cores = true;
         }
         set(&mut config.node_id, &self.node_id);
         set(&mut config.sync, &self.sync);

@@ -13,7 +13,7 @@ fn ringkv_serve_help_documents_every_option() {
         "--listen",
         "--shard-port-base",
         "--shards",
-        "--no-pin",
+        "--pin",
         "--node-id",
         "--sync",
         "--vnodes-per-shard",

@@ -1,7 +1,7 @@
 //! # ringkv-shard
 //!
-//! The per-core composition root of a ringkv node. Each shard is one glommio executor pinned to
-//! one core, owning a slice of the token ring and everything that slice needs: its storage
+//! The per-core composition root of a ringkv node. Each shard is one glommio executor (pinned
+//! to one core with `pin_to_cores`), owning a slice of the token ring and everything that slice needs: its storage
 //! engine, its clock, its client connections and its end of the cross-shard mesh. Shards share
 //! no mutable state; they talk by message.
 //!

@@ -1,7 +1,8 @@
-//! [`Node`]: every shard of one ringkv node, each on its own pinned glommio executor.
+//! [`Node`]: every shard of one ringkv node, each on its own glommio executor (pinned only
+//! with `pin_to_cores`).
 //!
 //! ```text
-//!  Node::start ─▶ lock DATA_DIR ─▶ per shard: thread + executor (pinned)
+//!  Node::start ─▶ lock DATA_DIR ─▶ per shard: thread + executor (pinned if asked)
 //!                                      ├─ join the channel mesh (waits for every shard)
 //!                                      ├─ ShardService::start (engine, sockets) ─▶ "ready"
 //!                                      ├─ serve until the node is asked to stop
