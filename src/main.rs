@@ -66,7 +66,7 @@ struct ServeArgs {
     /// First shard port: shard i listens on this + i, alone. [default: the client port + 1]
     #[arg(long, value_name = "PORT")]
     shard_port_base: Option<u16>,
-    /// Number of shards, one executor each. [default: one per available core]
+    /// Number of shards, one executor each. [default: one per available core but one, at least one]
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
     /// Pin shard i's executor to core i. Only for machines dedicated to ringkv: where other

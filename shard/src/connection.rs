@@ -34,7 +34,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use event_listener::Event;
 use flatbuffers::FlatBufferBuilder;
-use futures_lite::future::or;
+use futures_lite::future::{or, yield_now};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use ringkv_wire::{
@@ -305,6 +305,11 @@ async fn read_requests(
                 }
             }
         }
+        // Let the writer and the request tasks run before reading again. A read that finds
+        // data returns at once without yielding, so under a steady stream this task would
+        // otherwise keep the executor until glommio preempts it, holding back every reply:
+        // that showed as a 1.4 ms median at half the peak rate.
+        yield_now().await;
     }
 }
 
