@@ -25,10 +25,6 @@ pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 /// are busy, background work gets about 1/11 of the core.
 pub const LOW_PRIORITY_SHARES: usize = 100;
 
-/// Shares of the scan task queue (see [`scan_queue`]): when point operations and scans are both
-/// runnable, scans get about a fifth of the core.
-pub const SCAN_SHARES: usize = 250;
-
 /// Configuration of one glommio executor: its name, whether it is pinned to a core, and its
 /// memory for DMA buffers.
 #[derive(Clone, Debug)]
@@ -161,19 +157,6 @@ pub fn low_priority_queue() -> TaskQueueHandle {
     )
 }
 
-/// Creates the task queue a shard runs scans in: [`SCAN_SHARES`] against the default queue's
-/// 1000, so a stream of scans cannot hold back point reads and writes. Each write awaits several
-/// times (its task, the group commit, the write, the sync), and in one queue with hundreds of
-/// scans each await waited a full pass over them: YCSB E's inserts took 73 ms at the median.
-/// Scans still get the whole core when nothing else is runnable.
-///
-/// # Panics
-///
-/// If called outside a glommio executor.
-pub fn scan_queue() -> TaskQueueHandle {
-    glommio::executor().create_task_queue(Shares::Static(SCAN_SHARES), Latency::NotImportant, "ringkv-scans")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,21 +193,5 @@ mod tests {
             task.await
         });
         assert!(ran_in, "the task ran in the low-priority queue");
-    }
-
-    #[test]
-    fn scan_queue_is_its_own_queue_and_runs_tasks() {
-        let (ran_in_it, distinct) = run_local("executor-scan-queue-test", async {
-            let scans = scan_queue();
-            let background = low_priority_queue();
-            let task = glommio::spawn_local_into(
-                async move { glommio::executor().current_task_queue() == scans },
-                scans,
-            )
-            .unwrap();
-            (task.await, scans != background)
-        });
-        assert!(ran_in_it, "the task ran in the scan queue");
-        assert!(distinct, "scans do not share the background queue");
     }
 }

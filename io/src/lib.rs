@@ -28,4 +28,4 @@ pub mod executor;
 pub use clock::now_ms;
 pub use dma_disk::{DmaDisk, DmaDiskFile, PROBE_FILE_NAME};
 pub use engine_service::EngineService;
-pub use executor::{low_priority_queue, run_local, scan_queue, ExecutorBuilder, TaskQueueHandle};
+pub use executor::{low_priority_queue, run_local, ExecutorBuilder, TaskQueueHandle};

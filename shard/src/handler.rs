@@ -17,8 +17,6 @@ use ringkv_storage::{CasOutcome, Disk, Engine, StorageError, Value};
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{ErrorCode, Expected, Failure, Operation, Outcome, Scan, ScanEntry, ScanPage};
 
-use glommio::TaskQueueHandle;
-
 use crate::clock::HybridClock;
 
 /// Runs operations on one engine, versioning writes with one clock.
@@ -27,41 +25,12 @@ pub struct Handler<D: Disk> {
     clock: HybridClock,
     /// The wall clock, in ms since the Unix epoch; passed in so tests can pin time.
     now_ms: fn() -> u64,
-    /// Where [`Handler::scan_queued`] runs scans; `None` runs them in the caller's queue.
-    scan_queue: Option<TaskQueueHandle>,
 }
 
 impl<D: Disk> Handler<D> {
     /// A handler for `engine`, versioning with `clock` and reading time from `now_ms`.
     pub fn new(engine: Rc<Engine<D>>, clock: HybridClock, now_ms: fn() -> u64) -> Self {
-        Handler { engine, clock, now_ms, scan_queue: None }
-    }
-
-    /// Runs scans in `queue` (see [`ringkv_io::scan_queue`]) when they come through
-    /// [`Handler::scan_queued`].
-    pub fn with_scan_queue(mut self, queue: TaskQueueHandle) -> Self {
-        self.scan_queue = Some(queue);
-        self
-    }
-
-    /// [`Handler::scan`], run as a task in the scan queue when there is one, so that scans
-    /// yield the core to point operations.
-    pub async fn scan_queued(self: &Rc<Self>, scan: Scan) -> Result<ScanPage, Failure>
-    where
-        D: 'static,
-    {
-        if let Some(queue) = self.scan_queue {
-            let handler = Rc::clone(self);
-            match glommio::spawn_local_into(async move { handler.scan(&scan).await }, queue) {
-                Ok(task) => return task.await,
-                Err(error) => {
-                    // The queue lives as long as the shard; should it be gone, say so.
-                    tracing::warn!(%error, "could not run a scan in the scan queue");
-                    return Err(Failure::new(ErrorCode::Internal, "the scan queue is gone".to_string()));
-                }
-            }
-        }
-        self.scan(&scan).await
+        Handler { engine, clock, now_ms }
     }
 
     /// The engine.

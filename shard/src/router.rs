@@ -74,7 +74,7 @@ impl Router {
                 let scan = scan.clone();
                 glommio::spawn_local(async move {
                     if shard == router.shard_id {
-                        router.handler.scan_queued(scan).await
+                        router.handler.scan(&scan).await
                     } else {
                         router.forwarding.scan(shard, scan).await
                     }

@@ -25,7 +25,7 @@ use futures_lite::io::AsyncWriteExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
-use ringkv_io::{now_ms, scan_queue, EngineService};
+use ringkv_io::{now_ms, EngineService};
 use ringkv_wire::{encode_response, ErrorCode, Failure, Reply, Response, CONNECTION_ERROR_ID};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -121,10 +121,8 @@ impl ShardService {
             "storage engine open"
         );
 
-        let handler = Rc::new(
-            Handler::new(engine.engine().clone(), HybridClock::new(config.node_id), now_ms)
-                .with_scan_queue(scan_queue()),
-        );
+        let handler =
+            Rc::new(Handler::new(engine.engine().clone(), HybridClock::new(config.node_id), now_ms));
         let forwarding =
             Rc::new(Forwarding::new(shard_id, senders, peer_of_shard, config.forward_in_flight_max));
         let receivers = forwarding.start_receivers(receivers, handler.clone());
