@@ -6,37 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::bench::{bench_binary, bench_succeeds};
 use common::Server;
 
 /// Records loaded: small, so the test stays quick on two shared cores.
 const RECORDS: &str = "2000";
-
-/// The `ringkv-bench` binary, built now with the profile and target directory of this test.
-///
-/// The bench is another package of the workspace, so Cargo does not build it for this package's
-/// tests nor tell us its path (`CARGO_BIN_EXE_*` covers this package's binaries only). The test
-/// executable lives in `<target>/<profile>/deps/`, so the binary goes to `<target>/<profile>/`.
-fn bench_binary() -> PathBuf {
-    let test_executable = std::env::current_exe().expect("the test executable's path");
-    let profile_directory =
-        test_executable.parent().and_then(Path::parent).expect("<target>/<profile>/deps/test");
-    let target_directory = profile_directory.parent().expect("<target>/<profile>");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "-p", "ringkv-bench", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_directory);
-    if profile_directory.file_name().is_some_and(|name| name == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build -p ringkv-bench");
-    assert!(status.success(), "cargo build -p ringkv-bench failed: {status}");
-    profile_directory.join("ringkv-bench")
-}
 
 /// Checks that `path` holds a PNG image (its signature and header chunk) of more than a blank
 /// image's size, and returns its width and height.
@@ -50,20 +26,6 @@ fn assert_png(path: &Path) -> (u32, u32) {
     (word(16), word(20))
 }
 
-/// Runs the bench with `args`; its standard output, after checking it exited successfully.
-fn bench(binary: &Path, args: &[&str], server: &Server) -> String {
-    let output = Command::new(binary).args(args).output().expect("running ringkv-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "ringkv-bench {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        server.log()
-    );
-    stdout
-}
-
 #[test]
 fn bench_load_and_run_against_server() {
     let root = tempfile::tempdir().unwrap();
@@ -75,7 +37,7 @@ fn bench_load_and_run_against_server() {
     let mut load_args = vec!["load"];
     load_args.extend(shared);
     load_args.extend(["--pipeline", "16", "--json"]);
-    let load_output = bench(&binary, &load_args, &server);
+    let load_output = bench_succeeds(&binary, &load_args, &server);
     let load: serde_json::Value = serde_json::from_str(load_output.lines().last().unwrap()).unwrap();
     assert_eq!(load["ops"], 2000, "every key inserted once: {load}");
     assert_eq!(load["errors"], 0, "{load}");
@@ -85,7 +47,7 @@ fn bench_load_and_run_against_server() {
     run_args.extend(shared);
     run_args.extend(["--workload", "a", "--duration", "1", "--pipeline", "8", "--json", "--hdr-dir"]);
     run_args.push(hdr_directory.to_str().unwrap());
-    let run_output = bench(&binary, &run_args, &server);
+    let run_output = bench_succeeds(&binary, &run_args, &server);
     let last_line = run_output.lines().last().expect("the run printed something");
     let report: serde_json::Value =
         serde_json::from_str(last_line).expect("the last line is one JSON object");
@@ -128,7 +90,7 @@ fn bench_sweep_bisect_against_server() {
     args.extend(["--pipeline", "4", "--workload", "c", "--duration", "0.5", "--slo-p99-ms", "1000"]);
     args.extend(["--rate-max", "2000", "--search", "bisect", "--precision", "0.3", "--runs-max", "3"]);
     args.extend(["--json", "--out", out.to_str().unwrap()]);
-    let output = bench(&binary, &args, &server);
+    let output = bench_succeeds(&binary, &args, &server);
     let summary: serde_json::Value =
         serde_json::from_str(output.lines().last().expect("the sweep printed something")).unwrap();
     assert_eq!(summary["search"], "bisect", "{summary}");

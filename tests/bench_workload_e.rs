@@ -4,53 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
+use common::bench::{bench, bench_binary, bench_succeeds};
 use common::Server;
 
 /// Records loaded: small, so the test stays quick on two shared cores.
 const RECORDS: &str = "1000";
-
-/// The `ringkv-bench` binary, built now with the profile and target directory of this test (see
-/// `bench_load_and_run_against_server.rs`: Cargo does not build another package's binaries for
-/// this package's tests, nor tell us their paths).
-fn bench_binary() -> PathBuf {
-    let test_executable = std::env::current_exe().expect("the test executable's path");
-    let profile_directory =
-        test_executable.parent().and_then(Path::parent).expect("<target>/<profile>/deps/test");
-    let target_directory = profile_directory.parent().expect("<target>/<profile>");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--quiet", "-p", "ringkv-bench", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_directory);
-    if profile_directory.file_name().is_some_and(|name| name == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build -p ringkv-bench");
-    assert!(status.success(), "cargo build -p ringkv-bench failed: {status}");
-    profile_directory.join("ringkv-bench")
-}
-
-fn bench(binary: &Path, args: &[&str]) -> Output {
-    Command::new(binary).args(args).output().expect("running ringkv-bench")
-}
-
-/// The bench's standard output, after checking it exited successfully.
-fn bench_succeeds(binary: &Path, args: &[&str], server: &Server) -> String {
-    let output = bench(binary, args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "ringkv-bench {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        server.log()
-    );
-    stdout
-}
 
 #[test]
 fn bench_workload_e() {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod async_client;
+pub mod bench;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
