@@ -148,24 +148,9 @@ fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) 
 }
 
 /// True when no key lies between `start` and `end`.
-/// The value `entry` holds at `now_ms`: none for a tombstone or an expired value.
-fn live_at(entry: Entry, now_ms: u64) -> Option<Versioned> {
-    match entry.value {
-        Value::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now_ms) => {
-            Some(Versioned { value: data, version: entry.version })
-        }
-        _ => None,
-    }
-}
-
-/// [`live_at`], borrowed: the value and version `entry` holds at `now_ms`.
-fn live_value(entry: &Entry, now_ms: u64) -> Option<(&[u8], u64)> {
-    match &entry.value {
-        Value::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now_ms) => {
-            Some((&data[..], entry.version))
-        }
-        _ => None,
-    }
+/// What [`Engine::read_now`] lends for `entry` at `now_ms`: its live value and version.
+fn lent(entry: &Entry, now_ms: u64) -> Option<(&[u8], u64)> {
+    entry.data_at(now_ms).map(|data| (&data[..], entry.version))
 }
 
 fn range_is_empty(start: &Bound<Bytes>, end: &Bound<Bytes>) -> bool {
@@ -440,21 +425,16 @@ impl<D: Disk> Engine<D> {
 
     /// The live value of `key` at `now_ms`, if any.
     pub async fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Versioned>> {
-        Ok(self.get_entry(key).await?.and_then(|entry| live_at(entry, now_ms)))
+        Ok(self.get_entry(key).await?.and_then(|entry| {
+            entry.data_at(now_ms).map(|data| Versioned { value: data.clone(), version: entry.version })
+        }))
     }
 
-    /// [`Engine::get`] without waiting: the answer when memory holds it (a memtable, or cached
-    /// blocks of every table that may hold the key), `None` when a block must be read from
-    /// disk. Lets a server answer hot reads in place instead of starting a task for each.
-    pub fn get_now(&self, key: &[u8], now_ms: u64) -> Option<Result<Option<Versioned>>> {
-        self.read_now(key, now_ms, |found| {
-            found.map(|(value, version)| Versioned { value: Bytes::copy_from_slice(value), version })
-        })
-    }
-
-    /// [`Engine::get_now`] lending the live value and its version to `read` instead of
-    /// returning a handle to it: a server encodes the reply straight from the memtable, with
-    /// no reference count touched.
+    /// [`Engine::get`] without waiting, when memory holds the answer (a memtable, or cached
+    /// blocks of every table that may hold the key): the live value and its version are lent to
+    /// `read`, whose result is returned; `None` when a block must be read from disk. A server
+    /// answers hot reads this way in place, encoding the reply straight from the memtable, with
+    /// no task started and no reference count touched.
     pub fn read_now<R>(
         &self,
         key: &[u8],
@@ -465,13 +445,13 @@ impl<D: Disk> Engine<D> {
         let in_memtable =
             state.active.get(key).or_else(|| state.sealed.as_ref().and_then(|sealed| sealed.get(key)));
         if let Some(found) = in_memtable {
-            return Some(Ok(read(live_value(&found.entry, now_ms))));
+            return Some(Ok(read(lent(&found.entry, now_ms))));
         }
         let hash = key_hash(key);
         for table in state.tables.iter().rev() {
             match table.get_cached(key, hash)? {
                 Ok(None) => continue,
-                Ok(Some(entry)) => return Some(Ok(read(live_value(&entry, now_ms)))),
+                Ok(Some(entry)) => return Some(Ok(read(lent(&entry, now_ms)))),
                 Err(error) => return Some(Err(error)),
             }
         }
@@ -1077,8 +1057,15 @@ mod tests {
         });
     }
 
+    /// [`Engine::read_now`], copying out what it lends, to compare with [`Engine::get`].
+    fn get_now(engine: &Engine<MemDisk>, key: &[u8], now_ms: u64) -> Option<Result<Option<Versioned>>> {
+        engine.read_now(key, now_ms, |found| {
+            found.map(|(value, version)| Versioned { value: Bytes::copy_from_slice(value), version })
+        })
+    }
+
     #[test]
-    fn get_now_answers_from_memory_and_defers_disk_reads() {
+    fn read_now_answers_from_memory_and_defers_disk_reads() {
         block_on(async {
             let disk = MemDisk::new();
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
@@ -1095,22 +1082,22 @@ mod tests {
             // Reopened, nothing is cached: a key some table may hold needs a disk read.
             drop(engine);
             let engine = Engine::open(disk, small_options()).await.unwrap();
-            assert!(engine.get_now(&key(3), 0).is_none(), "the block is not cached yet");
+            assert!(get_now(&engine, &key(3), 0).is_none(), "the block is not cached yet");
             // Keys outside every table's range are answered without a read.
-            assert_eq!(engine.get_now(b"zzz", 0).unwrap().unwrap(), None);
+            assert_eq!(get_now(&engine, b"zzz", 0).unwrap().unwrap(), None);
             for index in 0..500u32 {
                 let read = engine.get(&key(index), 0).await.unwrap();
                 let now =
-                    engine.get_now(&key(index), 0).expect("the block was just read and cached").unwrap();
+                    get_now(&engine, &key(index), 0).expect("the block was just read and cached").unwrap();
                 assert_eq!(read, now, "key {index}");
             }
-            assert_eq!(engine.get_now(&key(7), 0).unwrap().unwrap(), None, "deleted");
+            assert_eq!(get_now(&engine, &key(7), 0).unwrap().unwrap(), None, "deleted");
             engine.get(&key(1000), 0).await.unwrap();
-            assert!(engine.get_now(&key(1000), 10).unwrap().unwrap().is_some());
-            assert_eq!(engine.get_now(&key(1000), 50).unwrap().unwrap(), None, "expired");
+            assert!(get_now(&engine, &key(1000), 10).unwrap().unwrap().is_some());
+            assert_eq!(get_now(&engine, &key(1000), 50).unwrap().unwrap(), None, "expired");
             // A write lands in the memtable, which answers before any table.
             engine.put(key(3), Bytes::from_static(b"new"), 5000, None).await.unwrap();
-            let found = engine.get_now(&key(3), 0).unwrap().unwrap().unwrap();
+            let found = get_now(&engine, &key(3), 0).unwrap().unwrap().unwrap();
             assert_eq!((found.value, found.version), (Bytes::from_static(b"new"), 5000));
         });
     }

@@ -65,6 +65,14 @@ impl Entry {
         }
     }
 
+    /// The value bytes a reader at `now_ms` sees: none for a tombstone or an expired value.
+    pub fn data_at(&self, now_ms: u64) -> Option<&Bytes> {
+        if self.is_absent_at(now_ms) {
+            return None;
+        }
+        self.data()
+    }
+
     /// The value bytes, if live.
     pub fn data(&self) -> Option<&Bytes> {
         match &self.value {
