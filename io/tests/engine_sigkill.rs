@@ -62,6 +62,8 @@ fn random_below(bound: u64) -> u64 {
     hasher.finish() % bound
 }
 
+// Runs as part of `cargo test -p ringkv-io --test engine_sigkill`: the parent test starts this
+// binary again with `--ignored --exact engine_sigkill_child` and the child's environment.
 #[test]
 #[ignore = "the child process of engine_sigkill_keeps_every_acknowledged_write, which starts it"]
 fn engine_sigkill_child() {
