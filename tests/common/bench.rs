@@ -1,0 +1,50 @@
+//! Running the `ringkv-bench` binary from the root package's tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::Server;
+
+/// The `ringkv-bench` binary, built now with the profile and target directory of this test.
+///
+/// The bench is another package of the workspace, so Cargo does not build it for this package's
+/// tests nor tell us its path (`CARGO_BIN_EXE_*` covers this package's binaries only). The test
+/// executable lives in `<target>/<profile>/deps/`, so the binary goes to `<target>/<profile>/`.
+pub fn bench_binary() -> PathBuf {
+    let test_executable = std::env::current_exe().expect("the test executable's path");
+    let profile_directory =
+        test_executable.parent().and_then(Path::parent).expect("<target>/<profile>/deps/test");
+    let target_directory = profile_directory.parent().expect("<target>/<profile>");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "-p", "ringkv-bench", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_directory);
+    if profile_directory.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build -p ringkv-bench");
+    assert!(status.success(), "cargo build -p ringkv-bench failed: {status}");
+    profile_directory.join("ringkv-bench")
+}
+
+/// Runs the bench with `args`, whatever its exit status.
+pub fn bench(binary: &Path, args: &[&str]) -> Output {
+    Command::new(binary).args(args).output().expect("running ringkv-bench")
+}
+
+/// Runs the bench with `args`; its standard output, after checking it exited successfully
+/// (otherwise fails with its output and `server`'s log).
+pub fn bench_succeeds(binary: &Path, args: &[&str], server: &Server) -> String {
+    let output = bench(binary, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ringkv-bench {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}\nserver log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    stdout
+}
