@@ -28,6 +28,7 @@
 //! - [`operation`]: [`Operation`], the single-key operations, and their limit checks.
 //! - [`response`]: [`Response`] and [`Reply`], [`parse_response`], [`encode_response`].
 //! - [`outcome`]: [`Outcome`] of one operation and [`Failure`].
+//! - [`peer`]: [`peer::PeerEnvelope`], the messages between nodes (replication, membership).
 //! - [`scan`]: [`Scan`], an ordered range read, and [`ScanPage`], one page of its answer.
 //! - [`token`]: the token of a key (xxh3-64, pinned seed), shared by server and client.
 //! - [`topology`]: [`Topology`], which shard owns which token range.
@@ -42,6 +43,7 @@ pub mod generated;
 pub mod limits;
 pub mod operation;
 pub mod outcome;
+pub mod peer;
 pub mod request;
 pub mod response;
 pub mod scan;
