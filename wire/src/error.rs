@@ -1,8 +1,11 @@
-//! [`WireError`]: everything that can be wrong with a frame or a request, each case mapped to the
-//! [`ErrorCode`] the peer receives.
+//! [`WireError`]: everything that can be wrong with a frame, a request or a peer message, each
+//! case mapped to the [`ErrorCode`] a client receives.
 
 use crate::error_code::ErrorCode;
-use crate::limits::{BATCH_OPERATIONS_MAX, KEY_BYTES_MAX, SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
+use crate::limits::{
+    BATCH_OPERATIONS_MAX, KEY_BYTES_MAX, MEMBERSHIP_PAYLOAD_BYTES_MAX, NODE_ID_MAX,
+    PEER_FAILURE_MESSAGE_BYTES_MAX, SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX,
+};
 
 /// A frame or request this crate refused. The `Display` text names the broken limit, so it can
 /// go straight into an error response's message.
@@ -35,6 +38,18 @@ pub enum WireError {
     TtlOutOfRange { ttl_ms: u64 },
     #[error("scan limit of {limit} entries is outside 1 to {SCAN_LIMIT_MAX} entries (SCAN_LIMIT_MAX)")]
     ScanLimitOutOfRange { limit: u32 },
+    #[error(
+        "membership payload of {length_bytes} bytes is above the limit of {MEMBERSHIP_PAYLOAD_BYTES_MAX} \
+         bytes (MEMBERSHIP_PAYLOAD_BYTES_MAX)"
+    )]
+    MembershipPayloadTooLarge { length_bytes: usize },
+    #[error(
+        "failure message of {length_bytes} bytes is above the limit of {PEER_FAILURE_MESSAGE_BYTES_MAX} \
+         bytes (PEER_FAILURE_MESSAGE_BYTES_MAX)"
+    )]
+    PeerFailureMessageTooLong { length_bytes: usize },
+    #[error("node id {node_id} is above {NODE_ID_MAX} (NODE_ID_MAX)")]
+    NodeIdOutOfRange { node_id: u16 },
 }
 
 impl WireError {
@@ -50,6 +65,11 @@ impl WireError {
             Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             Self::TtlOutOfRange { .. } => ErrorCode::TtlOutOfRange,
             Self::ScanLimitOutOfRange { .. } => ErrorCode::ScanLimitOutOfRange,
+            // Peer-protocol limits: never sent to a client, and a peer that breaks them does
+            // not speak this protocol.
+            Self::MembershipPayloadTooLarge { .. }
+            | Self::PeerFailureMessageTooLong { .. }
+            | Self::NodeIdOutOfRange { .. } => ErrorCode::Malformed,
         }
     }
 
@@ -67,7 +87,10 @@ impl WireError {
             | Self::ValueTooLarge { .. }
             | Self::BatchTooLarge { .. }
             | Self::TtlOutOfRange { .. }
-            | Self::ScanLimitOutOfRange { .. } => false,
+            | Self::ScanLimitOutOfRange { .. }
+            | Self::MembershipPayloadTooLarge { .. }
+            | Self::PeerFailureMessageTooLong { .. }
+            | Self::NodeIdOutOfRange { .. } => false,
         }
     }
 
@@ -105,5 +128,15 @@ mod tests {
         assert!(!limit.closes_connection());
         assert_eq!(limit.code(), ErrorCode::ScanLimitOutOfRange);
         assert!(limit.to_string().contains("SCAN_LIMIT_MAX"), "{limit}");
+    }
+
+    #[test]
+    fn peer_limit_messages_name_the_limit() {
+        let message = WireError::MembershipPayloadTooLarge { length_bytes: 70_000 }.to_string();
+        assert!(message.contains("70000") && message.contains("MEMBERSHIP_PAYLOAD_BYTES_MAX"), "{message}");
+        let message = WireError::PeerFailureMessageTooLong { length_bytes: 5000 }.to_string();
+        assert!(message.contains("5000") && message.contains("PEER_FAILURE_MESSAGE_BYTES_MAX"), "{message}");
+        let message = WireError::NodeIdOutOfRange { node_id: 1024 }.to_string();
+        assert!(message.contains("1024") && message.contains("1023"), "{message}");
     }
 }

@@ -1,4 +1,6 @@
-//! [`FrameDecoder`]: cuts a byte stream into frames, sans I/O.
+//! [`FrameDecoder`]: cuts a byte stream into frames, sans I/O. Client connections and peer links
+//! share it: both protocols frame the same way, under the same frame limit
+//! ([`crate::limits::PEER_FRAME_BYTES_MAX`] equals [`FRAME_BYTES_MAX`]).
 //!
 //! A frame is a little-endian `u32` payload length followed by that many payload bytes. This is
 //! exactly a FlatBuffers size-prefixed buffer, which is why the decoder hands out whole frames
@@ -12,6 +14,7 @@
 //! ```
 
 use bytes::{Buf, Bytes, BytesMut};
+use flatbuffers::VerifierOptions;
 
 use crate::error::WireError;
 use crate::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
@@ -61,8 +64,8 @@ impl FrameDecoder {
     }
 
     /// The next complete frame, length prefix included, ready for
-    /// [`crate::parse_request`] or [`crate::parse_response`]. `Ok(None)` means more bytes are
-    /// needed.
+    /// [`crate::parse_request`], [`crate::parse_response`] or [`crate::parse_peer`]. `Ok(None)`
+    /// means more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
@@ -133,6 +136,17 @@ pub(crate) fn verified_root<'frame, T>(frame: &'frame [u8]) -> Result<T::Inner, 
 where
     T: 'frame + flatbuffers::Follow<'frame> + flatbuffers::Verifiable,
 {
+    verified_root_with::<T>(frame, &VERIFIER_OPTIONS)
+}
+
+/// [`verified_root`] with other verifier options: the peer protocol's are tighter.
+pub(crate) fn verified_root_with<'frame, T>(
+    frame: &'frame [u8],
+    options: &VerifierOptions,
+) -> Result<T::Inner, WireError>
+where
+    T: 'frame + flatbuffers::Follow<'frame> + flatbuffers::Verifiable,
+{
     let Some(prefix) = frame.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>() else {
         return Err(WireError::malformed(format!(
             "frame of {} bytes has no complete length prefix",
@@ -148,7 +162,7 @@ where
             frame.len() - FRAME_LENGTH_PREFIX_BYTES
         )));
     }
-    Ok(flatbuffers::size_prefixed_root_with_opts::<T>(&VERIFIER_OPTIONS, frame)?)
+    Ok(flatbuffers::size_prefixed_root_with_opts::<T>(options, frame)?)
 }
 
 #[cfg(test)]

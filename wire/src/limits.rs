@@ -1,9 +1,10 @@
-//! Every bound the client protocol enforces, in one place, with the relations between them
-//! checked at compile time.
+//! Every bound the client and peer protocols enforce, in one place, with the relations between
+//! them checked at compile time.
 //!
 //! Both sides use these numbers: the client checks a request before sending it, the server
 //! checks it again after verifying the frame, and the frame decoder refuses a length prefix above
-//! [`FRAME_BYTES_MAX`] before it reserves a single byte for the frame.
+//! [`FRAME_BYTES_MAX`] (or [`PEER_FRAME_BYTES_MAX`] on a peer link) before it reserves a single
+//! byte for the frame.
 
 use flatbuffers::VerifierOptions;
 
@@ -83,6 +84,54 @@ pub const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
     ignore_missing_null_terminator: false,
 };
 
+/// Largest peer frame payload accepted (the length prefix excluded), in bytes: one maximal value
+/// plus headroom, exactly like a client frame, since a `Replicate` or a `ReadReply` carries at
+/// most one value. Being equal, the two protocols share [`crate::FrameDecoder`] and
+/// [`crate::WireError::FrameTooLarge`]; split those if the limits ever differ.
+pub const PEER_FRAME_BYTES_MAX: usize = FRAME_BYTES_MAX;
+
+/// Largest membership (SWIM) payload one peer message may carry, in bytes. A membership message
+/// travels as one UDP datagram, so its whole frame must fit in [`UDP_DATAGRAM_BYTES_MAX`]; 63 KiB
+/// leaves about a kibibyte for the envelope.
+pub const MEMBERSHIP_PAYLOAD_BYTES_MAX: usize = 63 * 1024;
+
+/// Largest UDP payload over IPv4: 65535 bytes less the 20-byte IP header and the 8-byte UDP
+/// header. A membership datagram is one whole peer frame, so no membership frame is larger; a
+/// receive buffer of this size holds any datagram.
+pub const UDP_DATAGRAM_BYTES_MAX: usize = 65_507;
+
+/// Longest failure message a replica may send, in bytes. The message is for logs; bounding it
+/// keeps an error reply small whatever the error text. [`crate::peer::PeerFailure::new`]
+/// truncates to it.
+pub const PEER_FAILURE_MESSAGE_BYTES_MAX: usize = 4096;
+
+/// Highest node id: node ids fill the low 10 bits of every version, so no two nodes ever mint
+/// the same one.
+pub const NODE_ID_MAX: u16 = 1023;
+
+/// Deepest nesting of tables in a valid peer frame:
+/// `Envelope > ReadReply > EntryAnswer > Entry > Live`. Raise it only together with a schema
+/// change that needs it.
+pub const PEER_TABLE_DEPTH_MAX: usize = 5;
+
+/// Most tables in a valid peer frame: the deepest message has five
+/// ([`PEER_TABLE_DEPTH_MAX`]) and no message has a vector of tables, so a few more than that
+/// only leave room for appended fields.
+pub const PEER_TABLES_MAX: usize = 8;
+
+/// Verifier options for every peer frame: as tight as the peer schema allows.
+pub const PEER_VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
+    max_depth: PEER_TABLE_DEPTH_MAX,
+    max_tables: PEER_TABLES_MAX,
+    max_apparent_size: PEER_FRAME_BYTES_MAX + FRAME_LENGTH_PREFIX_BYTES,
+    ignore_missing_null_terminator: false,
+};
+
+/// Bytes the peer protocol needs around one maximal key and entry (or a maximal failure
+/// message, or a maximal membership payload): root offset, envelope, message and entry tables,
+/// vtables, vector lengths, padding. Generous on purpose; the tests measure the real figure.
+pub const PEER_ENVELOPE_BYTES: usize = 512;
+
 /// Bytes the protocol itself needs around one maximal key and value in a single `Put` or a
 /// `Value` response: root offset, tables, vtables, vector lengths, optional TTL and version.
 /// Generous on purpose; the tests measure the real figure.
@@ -109,3 +158,15 @@ const _: () =
 const _: () = assert!(TABLES_MAX >= SCAN_LIMIT_MAX as usize + 2);
 // A batch must be able to carry at least one operation per entry with a minimal key.
 const _: () = assert!(BATCH_OPERATIONS_MAX * (KEY_BYTES_MIN + 64) <= FRAME_BYTES_MAX);
+const _: () = assert!(PEER_FRAME_BYTES_MAX == FRAME_BYTES_MAX);
+// A maximal replicated entry, or a read reply carrying one, fits in one peer frame.
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);
+const _: () = assert!(PEER_FAILURE_MESSAGE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);
+// A maximal membership message fits in one UDP datagram, prefix included.
+const _: () = assert!(
+    FRAME_LENGTH_PREFIX_BYTES + MEMBERSHIP_PAYLOAD_BYTES_MAX + PEER_ENVELOPE_BYTES <= UDP_DATAGRAM_BYTES_MAX
+);
+const _: () = assert!(UDP_DATAGRAM_BYTES_MAX <= PEER_FRAME_BYTES_MAX);
+const _: () = assert!(PEER_TABLES_MAX >= PEER_TABLE_DEPTH_MAX);
+// Node ids fill 10 bits of a version.
+const _: () = assert!(NODE_ID_MAX as u32 + 1 == 1 << 10);

@@ -17,6 +17,12 @@
 
 use bytes::Bytes;
 
+use crate::error::WireError;
+use crate::limits::{
+    MEMBERSHIP_PAYLOAD_BYTES_MAX, NODE_ID_MAX, PEER_FAILURE_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
+};
+use crate::operation::validate_key;
+
 /// A key's state as replicas exchange it: its version and either a value or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerEntry {
@@ -96,4 +102,176 @@ pub struct PeerEnvelope {
     pub origin_shard: u32,
     pub request_id: u64,
     pub message: PeerMessage,
+}
+
+impl PeerFailure {
+    /// A failure whose message is cut, at a character boundary, to
+    /// [`PEER_FAILURE_MESSAGE_BYTES_MAX`], so that it always encodes: the message is for logs,
+    /// and a long one must not keep a replica from answering.
+    pub fn new(code: PeerErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > PEER_FAILURE_MESSAGE_BYTES_MAX {
+            let mut end = PEER_FAILURE_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        PeerFailure { code, message }
+    }
+
+    /// Checks the message limit.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.message.len() > PEER_FAILURE_MESSAGE_BYTES_MAX {
+            return Err(WireError::PeerFailureMessageTooLong { length_bytes: self.message.len() });
+        }
+        Ok(())
+    }
+}
+
+impl PeerEntry {
+    /// Checks the value limit (a tombstone has nothing to check).
+    pub fn validate(&self) -> Result<(), WireError> {
+        match &self.value {
+            PeerValue::Live { data, .. } if data.len() > VALUE_BYTES_MAX => {
+                Err(WireError::ValueTooLarge { length_bytes: data.len() })
+            }
+            PeerValue::Live { .. } | PeerValue::Tombstone { .. } => Ok(()),
+        }
+    }
+}
+
+impl PeerEnvelope {
+    /// Checks every limit of the peer protocol: node ids, keys, values, membership payloads
+    /// and failure messages. [`crate::encode_peer`] calls it before encoding and
+    /// [`crate::parse_peer`] after verifying, so a message that breaks a limit is never sent
+    /// and never accepted.
+    pub fn validate(&self) -> Result<(), WireError> {
+        validate_node_id(self.origin_node)?;
+        match &self.message {
+            PeerMessage::Hello { node_id, .. } => validate_node_id(*node_id),
+            PeerMessage::Replicate { key, entry } => {
+                validate_key(key)?;
+                entry.validate()
+            }
+            PeerMessage::ReplicateAck { result } => match result {
+                Ok(()) => Ok(()),
+                Err(failure) => failure.validate(),
+            },
+            PeerMessage::Read { key, .. } => validate_key(key),
+            PeerMessage::ReadReply { result } => match result {
+                Ok(ReadAnswer::Entry(Some(entry))) => entry.validate(),
+                Ok(ReadAnswer::Entry(None) | ReadAnswer::Digest(_)) => Ok(()),
+                Err(failure) => failure.validate(),
+            },
+            PeerMessage::Membership { payload } => {
+                if payload.len() > MEMBERSHIP_PAYLOAD_BYTES_MAX {
+                    return Err(WireError::MembershipPayloadTooLarge { length_bytes: payload.len() });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn validate_node_id(node_id: u16) -> Result<(), WireError> {
+    if node_id > NODE_ID_MAX {
+        return Err(WireError::NodeIdOutOfRange { node_id });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{KEY_BYTES_MAX, KEY_BYTES_MIN};
+
+    #[test]
+    fn failure_messages_are_cut_at_a_character_boundary() {
+        // 'é' is two bytes: a cut at an odd byte count would split one.
+        let failure = PeerFailure::new(PeerErrorCode::Internal, "é".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX));
+        assert!(failure.message.len() <= PEER_FAILURE_MESSAGE_BYTES_MAX);
+        assert!(failure.message.len() >= PEER_FAILURE_MESSAGE_BYTES_MAX - 1);
+        assert!(failure.validate().is_ok());
+        let short = PeerFailure::new(PeerErrorCode::ClockSkew, "ahead by 900 ms");
+        assert_eq!(short.message, "ahead by 900 ms");
+    }
+
+    #[test]
+    fn each_broken_limit_has_its_own_error() {
+        let envelope = |message| PeerEnvelope { origin_node: 1, origin_shard: 0, request_id: 7, message };
+        let live = |length: usize| PeerEntry {
+            version: 1,
+            value: PeerValue::Live { data: vec![0; length].into(), expires_at_ms: None },
+        };
+        let cases = [
+            (
+                PeerEnvelope {
+                    origin_node: NODE_ID_MAX + 1,
+                    ..envelope(PeerMessage::Membership { payload: Bytes::new() })
+                },
+                WireError::NodeIdOutOfRange { node_id: NODE_ID_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::Hello { node_id: u16::MAX, generation: 1, target_shard: 0 }),
+                WireError::NodeIdOutOfRange { node_id: u16::MAX },
+            ),
+            (envelope(PeerMessage::Replicate { key: Bytes::new(), entry: live(1) }), WireError::KeyEmpty),
+            (
+                envelope(PeerMessage::Read { key: vec![1; KEY_BYTES_MAX + 1].into(), digest_only: true }),
+                WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::Replicate { key: "k".into(), entry: live(VALUE_BYTES_MAX + 1) }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::ReadReply {
+                    result: Ok(ReadAnswer::Entry(Some(live(VALUE_BYTES_MAX + 1)))),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::ReplicateAck {
+                    result: Err(PeerFailure {
+                        code: PeerErrorCode::Internal,
+                        message: "x".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX + 1),
+                    }),
+                }),
+                WireError::PeerFailureMessageTooLong { length_bytes: PEER_FAILURE_MESSAGE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::Membership {
+                    payload: vec![0; MEMBERSHIP_PAYLOAD_BYTES_MAX + 1].into(),
+                }),
+                WireError::MembershipPayloadTooLarge { length_bytes: MEMBERSHIP_PAYLOAD_BYTES_MAX + 1 },
+            ),
+        ];
+        for (envelope, expected) in cases {
+            assert_eq!(envelope.validate(), Err(expected), "{:?}", envelope.message);
+        }
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let envelope =
+            |message| PeerEnvelope { origin_node: NODE_ID_MAX, origin_shard: 0, request_id: 0, message };
+        let entry = PeerEntry {
+            version: 1,
+            value: PeerValue::Live { data: vec![0; VALUE_BYTES_MAX].into(), expires_at_ms: Some(1) },
+        };
+        let maximal = [
+            envelope(PeerMessage::Replicate { key: vec![1; KEY_BYTES_MAX].into(), entry }),
+            envelope(PeerMessage::Read { key: vec![1; KEY_BYTES_MIN].into(), digest_only: false }),
+            envelope(PeerMessage::Membership { payload: vec![0; MEMBERSHIP_PAYLOAD_BYTES_MAX].into() }),
+            envelope(PeerMessage::Hello {
+                node_id: NODE_ID_MAX,
+                generation: u64::MAX,
+                target_shard: u32::MAX,
+            }),
+        ];
+        for envelope in maximal {
+            assert_eq!(envelope.validate(), Ok(()), "{:?}", envelope.message);
+        }
+    }
 }

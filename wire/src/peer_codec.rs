@@ -1,0 +1,845 @@
+//! The peer protocol's frames: [`encode_peer`] turns a [`PeerEnvelope`] into one frame of
+//! `schemas/peer.fbs`, and [`parse_peer`] verifies a frame and turns it back.
+//!
+//! ```text
+//!  coordinator shard                                                   replica shard
+//!  PeerEnvelope ─encode_peer─▶ frame ─link─▶ FrameDecoder ─▶ frame ─parse_peer─▶ PeerEnvelope
+//!  membership:  PeerEnvelope ─encode_peer─▶ frame = one UDP datagram ─parse_peer─▶ PeerEnvelope
+//! ```
+//!
+//! Peer frames are framed like client frames (a `u32` little-endian length, then a FlatBuffers
+//! size-prefixed payload) under the same frame limit, so a peer link cuts its byte stream with
+//! the same [`crate::FrameDecoder`], which refuses an oversized length prefix before it reserves
+//! any memory. A membership datagram is one whole frame: receive it into a buffer of
+//! [`crate::limits::UDP_DATAGRAM_BYTES_MAX`] bytes and hand it to [`parse_peer`].
+//!
+//! Parsing verifies the frame with [`PEER_VERIFIER_OPTIONS`] (tighter than the client's: a peer
+//! message nests at most five tables), reads it into owned types, then checks every limit again
+//! ([`PeerEnvelope::validate`]). Any error refuses the whole frame: peers run this same code, so
+//! a frame that breaks the protocol says the link cannot be trusted, and the receiver drops it.
+
+use bytes::{BufMut, Bytes};
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
+use crate::error::WireError;
+use crate::frame::verified_root_with;
+use crate::generated::peer as fb;
+use crate::limits::PEER_VERIFIER_OPTIONS;
+use crate::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer};
+use crate::request::finished_frame;
+
+/// Encodes an envelope as one complete frame (length prefix included) inside `builder`, and
+/// returns it borrowed from the builder: write it to the link, or send it as one datagram, with
+/// no further copy.
+///
+/// The builder is reset first; keep one per link so its buffer is reused. The envelope is
+/// [validated](PeerEnvelope::validate) first, so a frame this returns is one every peer accepts.
+pub fn encode_peer<'builder>(
+    builder: &'builder mut FlatBufferBuilder<'_>,
+    envelope: &PeerEnvelope,
+) -> Result<&'builder [u8], WireError> {
+    envelope.validate()?;
+    build_peer(builder, envelope)
+}
+
+/// [`encode_peer`], appending the frame to `out` (a link's outbox: a `Vec<u8>` or a
+/// `BytesMut`). On error nothing is appended.
+pub fn encode_peer_into(
+    builder: &mut FlatBufferBuilder<'_>,
+    envelope: &PeerEnvelope,
+    out: &mut impl BufMut,
+) -> Result<(), WireError> {
+    out.put_slice(encode_peer(builder, envelope)?);
+    Ok(())
+}
+
+/// Verifies a frame (as [`crate::FrameDecoder`] returns it, or one whole datagram) and reads it
+/// into an owned [`PeerEnvelope`], copying keys, values and payloads out of the frame.
+///
+/// Refused, with the reason: a frame without a complete length prefix, a prefix that disagrees
+/// with the frame's length or is above the frame limit, a payload that does not verify (with
+/// [`PEER_VERIFIER_OPTIONS`]) as an `Envelope`, a missing message or entry, an unknown message
+/// type, and a message that breaks a limit ([`PeerEnvelope::validate`]).
+pub fn parse_peer(frame: &[u8]) -> Result<PeerEnvelope, WireError> {
+    parse_with(frame, &Bytes::copy_from_slice)
+}
+
+/// [`parse_peer`] without copying: keys, values and payloads in the result are slices of
+/// `frame`, which they keep alive.
+pub fn parse_peer_shared(frame: &Bytes) -> Result<PeerEnvelope, WireError> {
+    parse_with(frame, &|slice: &[u8]| frame.slice_ref(slice))
+}
+
+/// Parses with `bytes` turning a slice of `frame` into the [`Bytes`] the result holds.
+fn parse_with(frame: &[u8], bytes: &dyn Fn(&[u8]) -> Bytes) -> Result<PeerEnvelope, WireError> {
+    let root = verified_root_with::<fb::Envelope>(frame, &PEER_VERIFIER_OPTIONS)?;
+    let envelope = PeerEnvelope {
+        origin_node: root.origin_node(),
+        origin_shard: root.origin_shard(),
+        request_id: root.request_id(),
+        message: parse_message(&root, bytes)?,
+    };
+    envelope.validate()?;
+    Ok(envelope)
+}
+
+fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Result<PeerMessage, WireError> {
+    let missing = || WireError::malformed("peer envelope has no message");
+    let message = match root.message_type() {
+        fb::Message::Hello => {
+            let hello = root.message_as_hello().ok_or_else(missing)?;
+            PeerMessage::Hello {
+                node_id: hello.node_id(),
+                generation: hello.generation(),
+                target_shard: hello.target_shard(),
+            }
+        }
+        fb::Message::Replicate => {
+            let replicate = root.message_as_replicate().ok_or_else(missing)?;
+            PeerMessage::Replicate {
+                key: bytes(replicate.key().bytes()),
+                entry: parse_entry(replicate.entry(), bytes)?,
+            }
+        }
+        fb::Message::ReplicateAck => {
+            let ack = root.message_as_replicate_ack().ok_or_else(missing)?;
+            PeerMessage::ReplicateAck {
+                result: match ack.failure() {
+                    None => Ok(()),
+                    Some(failure) => Err(parse_failure(failure)?),
+                },
+            }
+        }
+        fb::Message::Read => {
+            let read = root.message_as_read().ok_or_else(missing)?;
+            PeerMessage::Read { key: bytes(read.key().bytes()), digest_only: read.digest_only() }
+        }
+        fb::Message::ReadReply => PeerMessage::ReadReply {
+            result: parse_read_result(root.message_as_read_reply().ok_or_else(missing)?, bytes)?,
+        },
+        fb::Message::Membership => {
+            let membership = root.message_as_membership().ok_or_else(missing)?;
+            PeerMessage::Membership { payload: bytes(membership.payload().bytes()) }
+        }
+        fb::Message::NONE => return Err(missing()),
+        fb::Message(unknown) => {
+            return Err(WireError::malformed(format!("unknown peer message type {unknown}")))
+        }
+    };
+    Ok(message)
+}
+
+fn parse_read_result(
+    reply: fb::ReadReply<'_>,
+    bytes: &dyn Fn(&[u8]) -> Bytes,
+) -> Result<Result<ReadAnswer, PeerFailure>, WireError> {
+    let missing = || WireError::malformed("read reply has no result");
+    let result = match reply.result_type() {
+        fb::ReadResult::EntryAnswer => {
+            let answer = reply.result_as_entry_answer().ok_or_else(missing)?;
+            Ok(ReadAnswer::Entry(answer.entry().map(|entry| parse_entry(entry, bytes)).transpose()?))
+        }
+        fb::ReadResult::DigestAnswer => {
+            Ok(ReadAnswer::Digest(reply.result_as_digest_answer().ok_or_else(missing)?.version()))
+        }
+        fb::ReadResult::Failure => Err(parse_failure(reply.result_as_failure().ok_or_else(missing)?)?),
+        fb::ReadResult::NONE => return Err(missing()),
+        fb::ReadResult(unknown) => {
+            return Err(WireError::malformed(format!("unknown read result type {unknown}")))
+        }
+    };
+    Ok(result)
+}
+
+fn parse_entry(entry: fb::Entry<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Result<PeerEntry, WireError> {
+    let missing = || WireError::malformed("peer entry has neither a value nor a tombstone");
+    let value = match entry.value_type() {
+        fb::Value::Live => {
+            let live = entry.value_as_live().ok_or_else(missing)?;
+            PeerValue::Live { data: bytes(live.data().bytes()), expires_at_ms: live.expires_at_ms() }
+        }
+        fb::Value::Tombstone => PeerValue::Tombstone {
+            deleted_at_ms: entry.value_as_tombstone().ok_or_else(missing)?.deleted_at_ms(),
+        },
+        fb::Value::NONE => return Err(missing()),
+        fb::Value(unknown) => return Err(WireError::malformed(format!("unknown peer value type {unknown}"))),
+    };
+    Ok(PeerEntry { version: entry.version(), value })
+}
+
+/// A failure as sent. A code this node does not know (a newer peer's) reads as
+/// [`PeerErrorCode::Internal`], with the number kept in the message: the request failed either
+/// way, and refusing the whole frame would lose the reply.
+fn parse_failure(failure: fb::Failure<'_>) -> Result<PeerFailure, WireError> {
+    let message = failure.message();
+    let code = match failure.code() {
+        fb::ErrorCode::Internal => PeerErrorCode::Internal,
+        fb::ErrorCode::Overloaded => PeerErrorCode::Overloaded,
+        fb::ErrorCode::StorageFailed => PeerErrorCode::StorageFailed,
+        fb::ErrorCode::ClockSkew => PeerErrorCode::ClockSkew,
+        fb::ErrorCode::WrongShard => PeerErrorCode::WrongShard,
+        fb::ErrorCode::Invalid => PeerErrorCode::Invalid,
+        fb::ErrorCode(unknown) => {
+            // Checked before the prefix is added, which `PeerFailure::new` may then cut.
+            PeerFailure { code: PeerErrorCode::Internal, message: message.to_owned() }.validate()?;
+            return Ok(PeerFailure::new(
+                PeerErrorCode::Internal,
+                format!("error code {unknown}, unknown to this node: {message}"),
+            ));
+        }
+    };
+    Ok(PeerFailure { code, message: message.to_owned() })
+}
+
+/// Encodes without checking limits; the tests use it to build what a well-behaved peer never
+/// sends.
+fn build_peer<'builder>(
+    builder: &'builder mut FlatBufferBuilder<'_>,
+    envelope: &PeerEnvelope,
+) -> Result<&'builder [u8], WireError> {
+    builder.reset();
+    let (message_type, message) = encode_message(builder, &envelope.message);
+    let root = fb::Envelope::create(
+        builder,
+        &fb::EnvelopeArgs {
+            origin_node: envelope.origin_node,
+            origin_shard: envelope.origin_shard,
+            request_id: envelope.request_id,
+            message_type,
+            message: Some(message),
+        },
+    );
+    builder.finish_size_prefixed(root, None);
+    finished_frame(builder)
+}
+
+fn encode_message(
+    builder: &mut FlatBufferBuilder<'_>,
+    message: &PeerMessage,
+) -> (fb::Message, WIPOffset<UnionWIPOffset>) {
+    match message {
+        PeerMessage::Hello { node_id, generation, target_shard } => {
+            let hello = fb::Hello::create(
+                builder,
+                &fb::HelloArgs { node_id: *node_id, generation: *generation, target_shard: *target_shard },
+            );
+            (fb::Message::Hello, hello.as_union_value())
+        }
+        PeerMessage::Replicate { key, entry } => {
+            let key = builder.create_vector(&key[..]);
+            let entry = encode_entry(builder, entry);
+            let replicate =
+                fb::Replicate::create(builder, &fb::ReplicateArgs { key: Some(key), entry: Some(entry) });
+            (fb::Message::Replicate, replicate.as_union_value())
+        }
+        PeerMessage::ReplicateAck { result } => {
+            let failure = result.as_ref().err().map(|failure| encode_failure(builder, failure));
+            let ack = fb::ReplicateAck::create(builder, &fb::ReplicateAckArgs { failure });
+            (fb::Message::ReplicateAck, ack.as_union_value())
+        }
+        PeerMessage::Read { key, digest_only } => {
+            let key = builder.create_vector(&key[..]);
+            let read = fb::Read::create(builder, &fb::ReadArgs { key: Some(key), digest_only: *digest_only });
+            (fb::Message::Read, read.as_union_value())
+        }
+        PeerMessage::ReadReply { result } => {
+            let (result_type, result) = match result {
+                Ok(ReadAnswer::Entry(entry)) => {
+                    let entry = entry.as_ref().map(|entry| encode_entry(builder, entry));
+                    let answer = fb::EntryAnswer::create(builder, &fb::EntryAnswerArgs { entry });
+                    (fb::ReadResult::EntryAnswer, answer.as_union_value())
+                }
+                Ok(ReadAnswer::Digest(version)) => {
+                    let answer =
+                        fb::DigestAnswer::create(builder, &fb::DigestAnswerArgs { version: *version });
+                    (fb::ReadResult::DigestAnswer, answer.as_union_value())
+                }
+                Err(failure) => (fb::ReadResult::Failure, encode_failure(builder, failure).as_union_value()),
+            };
+            let reply =
+                fb::ReadReply::create(builder, &fb::ReadReplyArgs { result_type, result: Some(result) });
+            (fb::Message::ReadReply, reply.as_union_value())
+        }
+        PeerMessage::Membership { payload } => {
+            let payload = builder.create_vector(&payload[..]);
+            let membership = fb::Membership::create(builder, &fb::MembershipArgs { payload: Some(payload) });
+            (fb::Message::Membership, membership.as_union_value())
+        }
+    }
+}
+
+fn encode_entry<'builder>(
+    builder: &mut FlatBufferBuilder<'builder>,
+    entry: &PeerEntry,
+) -> WIPOffset<fb::Entry<'builder>> {
+    let (value_type, value) = match &entry.value {
+        PeerValue::Live { data, expires_at_ms } => {
+            let data = builder.create_vector(&data[..]);
+            let live =
+                fb::Live::create(builder, &fb::LiveArgs { data: Some(data), expires_at_ms: *expires_at_ms });
+            (fb::Value::Live, live.as_union_value())
+        }
+        PeerValue::Tombstone { deleted_at_ms } => {
+            let tombstone =
+                fb::Tombstone::create(builder, &fb::TombstoneArgs { deleted_at_ms: *deleted_at_ms });
+            (fb::Value::Tombstone, tombstone.as_union_value())
+        }
+    };
+    fb::Entry::create(builder, &fb::EntryArgs { version: entry.version, value_type, value: Some(value) })
+}
+
+fn encode_failure<'builder>(
+    builder: &mut FlatBufferBuilder<'builder>,
+    failure: &PeerFailure,
+) -> WIPOffset<fb::Failure<'builder>> {
+    let message = builder.create_string(&failure.message);
+    let code = match failure.code {
+        PeerErrorCode::Internal => fb::ErrorCode::Internal,
+        PeerErrorCode::Overloaded => fb::ErrorCode::Overloaded,
+        PeerErrorCode::StorageFailed => fb::ErrorCode::StorageFailed,
+        PeerErrorCode::ClockSkew => fb::ErrorCode::ClockSkew,
+        PeerErrorCode::WrongShard => fb::ErrorCode::WrongShard,
+        PeerErrorCode::Invalid => fb::ErrorCode::Invalid,
+    };
+    fb::Failure::create(builder, &fb::FailureArgs { code, message: Some(message) })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::limits::{
+        FRAME_LENGTH_PREFIX_BYTES, KEY_BYTES_MAX, MEMBERSHIP_PAYLOAD_BYTES_MAX, NODE_ID_MAX,
+        PEER_ENVELOPE_BYTES, PEER_FAILURE_MESSAGE_BYTES_MAX, PEER_FRAME_BYTES_MAX, UDP_DATAGRAM_BYTES_MAX,
+        VALUE_BYTES_MAX,
+    };
+    use crate::FrameDecoder;
+
+    fn envelope(message: PeerMessage) -> PeerEnvelope {
+        PeerEnvelope { origin_node: 3, origin_shard: 1, request_id: 42, message }
+    }
+
+    fn live(data: &[u8], expires_at_ms: Option<u64>) -> PeerEntry {
+        PeerEntry {
+            version: 0x0123_4567_89ab_cdef,
+            value: PeerValue::Live { data: Bytes::copy_from_slice(data), expires_at_ms },
+        }
+    }
+
+    fn failure(code: PeerErrorCode) -> PeerFailure {
+        PeerFailure::new(code, format!("{code:?} on the replica"))
+    }
+
+    /// One envelope of every message and every shape inside it.
+    fn every_envelope() -> Vec<PeerEnvelope> {
+        let tombstone =
+            PeerEntry { version: 9, value: PeerValue::Tombstone { deleted_at_ms: 1_700_000_000_000 } };
+        let mut messages = vec![
+            PeerMessage::Hello { node_id: NODE_ID_MAX, generation: u64::MAX, target_shard: 7 },
+            PeerMessage::Replicate { key: "user:1".into(), entry: live(b"alice", None) },
+            PeerMessage::Replicate { key: "session".into(), entry: live(b"", Some(1_700_000_030_000)) },
+            PeerMessage::Replicate { key: "gone".into(), entry: tombstone.clone() },
+            PeerMessage::ReplicateAck { result: Ok(()) },
+            PeerMessage::Read { key: "user:1".into(), digest_only: false },
+            PeerMessage::Read { key: "user:1".into(), digest_only: true },
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(live(b"alice", Some(5))))) },
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(tombstone))) },
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(None)) },
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Digest(Some(u64::MAX))) },
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Digest(Some(0))) },
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Digest(None)) },
+            PeerMessage::Membership { payload: Bytes::from_static(b"\x00swim\xff") },
+            PeerMessage::Membership { payload: Bytes::new() },
+        ];
+        for code in ALL_CODES {
+            messages.push(PeerMessage::ReplicateAck { result: Err(failure(code)) });
+            messages.push(PeerMessage::ReadReply { result: Err(failure(code)) });
+        }
+        messages
+            .push(PeerMessage::ReplicateAck { result: Err(PeerFailure::new(PeerErrorCode::Internal, "")) });
+        messages.into_iter().map(envelope).collect()
+    }
+
+    const ALL_CODES: [PeerErrorCode; 6] = [
+        PeerErrorCode::Internal,
+        PeerErrorCode::Overloaded,
+        PeerErrorCode::StorageFailed,
+        PeerErrorCode::ClockSkew,
+        PeerErrorCode::WrongShard,
+        PeerErrorCode::Invalid,
+    ];
+
+    fn encode(envelope: &PeerEnvelope) -> Vec<u8> {
+        encode_peer(&mut FlatBufferBuilder::new(), envelope).unwrap().to_vec()
+    }
+
+    fn encode_without_checks(envelope: &PeerEnvelope) -> Vec<u8> {
+        build_peer(&mut FlatBufferBuilder::new(), envelope).unwrap().to_vec()
+    }
+
+    /// Builds an `Envelope` root by hand, for shapes the encoder never produces.
+    fn raw_envelope(
+        build_message: impl FnOnce(
+            &mut FlatBufferBuilder<'static>,
+        ) -> (fb::Message, Option<WIPOffset<UnionWIPOffset>>),
+    ) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let (message_type, message) = build_message(&mut builder);
+        let root = fb::Envelope::create(
+            &mut builder,
+            &fb::EnvelopeArgs { origin_node: 1, origin_shard: 0, request_id: 5, message_type, message },
+        );
+        builder.finish_size_prefixed(root, None);
+        builder.finished_data().to_vec()
+    }
+
+    fn assert_malformed(frame: &[u8]) {
+        match parse_peer(frame) {
+            Err(WireError::Malformed { .. } | WireError::FrameEmpty | WireError::FrameTooLarge { .. }) => {}
+            other => panic!("expected an untrusted-frame error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for envelope in every_envelope() {
+            let frame = encode(&envelope);
+            assert_eq!(parse_peer(&frame), Ok(envelope.clone()));
+            assert_eq!(parse_peer_shared(&Bytes::from(frame)), Ok(envelope));
+        }
+    }
+
+    #[test]
+    fn shared_parse_points_into_the_frame() {
+        let frame = Bytes::from(encode(&envelope(PeerMessage::Replicate {
+            key: "key".into(),
+            entry: live(b"value", None),
+        })));
+        let Ok(PeerEnvelope { message: PeerMessage::Replicate { key, entry }, .. }) =
+            parse_peer_shared(&frame)
+        else {
+            panic!("not a replicate");
+        };
+        let PeerValue::Live { data, .. } = entry.value else { panic!("not live") };
+        let frame_range = frame.as_ptr_range();
+        assert!(frame_range.contains(&key.as_ptr()) && frame_range.contains(&data.as_ptr()));
+    }
+
+    #[test]
+    fn a_link_carries_many_frames_through_the_frame_decoder() {
+        let mut builder = FlatBufferBuilder::new();
+        let mut stream = Vec::new();
+        for envelope in every_envelope().iter().chain(every_envelope().iter().rev()) {
+            encode_peer_into(&mut builder, envelope, &mut stream).unwrap();
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut parsed = Vec::new();
+        // Fed in uneven pieces, as a socket would.
+        for piece in stream.chunks(97) {
+            decoder.extend_from_slice(piece);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                parsed.push(parse_peer_shared(&frame).unwrap());
+            }
+        }
+        decoder.check_end_of_stream().unwrap();
+        let expected: Vec<_> =
+            every_envelope().into_iter().chain(every_envelope().into_iter().rev()).collect();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn maximal_messages_fit_their_frames_with_the_envelope_allowance() {
+        let maximal_entry = live(&vec![b'v'; VALUE_BYTES_MAX], Some(u64::MAX));
+        let key: Bytes = vec![b'k'; KEY_BYTES_MAX].into();
+        // Each message with the bytes of keys, values and messages it carries.
+        let largest = [
+            (PeerMessage::Replicate { key, entry: maximal_entry.clone() }, KEY_BYTES_MAX + VALUE_BYTES_MAX),
+            (PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(maximal_entry))) }, VALUE_BYTES_MAX),
+            (
+                PeerMessage::ReadReply {
+                    result: Err(PeerFailure::new(
+                        PeerErrorCode::Internal,
+                        "m".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX),
+                    )),
+                },
+                PEER_FAILURE_MESSAGE_BYTES_MAX,
+            ),
+        ];
+        for (message, carried_bytes) in largest {
+            let envelope = PeerEnvelope {
+                origin_node: NODE_ID_MAX,
+                origin_shard: u32::MAX,
+                request_id: u64::MAX,
+                message,
+            };
+            let frame = encode(&envelope);
+            assert!(frame.len() <= carried_bytes + PEER_ENVELOPE_BYTES, "{} bytes", frame.len());
+            assert!(frame.len() - FRAME_LENGTH_PREFIX_BYTES <= PEER_FRAME_BYTES_MAX);
+            assert_eq!(parse_peer(&frame), Ok(envelope));
+        }
+    }
+
+    #[test]
+    fn a_maximal_membership_frame_fits_in_one_datagram() {
+        let envelope = PeerEnvelope {
+            origin_node: NODE_ID_MAX,
+            origin_shard: u32::MAX,
+            request_id: u64::MAX,
+            message: PeerMessage::Membership { payload: vec![0xa5; MEMBERSHIP_PAYLOAD_BYTES_MAX].into() },
+        };
+        let frame = encode(&envelope);
+        assert!(frame.len() <= UDP_DATAGRAM_BYTES_MAX, "{} bytes", frame.len());
+        assert!(frame.len() <= MEMBERSHIP_PAYLOAD_BYTES_MAX + PEER_ENVELOPE_BYTES);
+        assert_eq!(parse_peer(&frame), Ok(envelope));
+    }
+
+    #[test]
+    fn broken_limits_are_refused_by_the_encoder_and_by_the_parser() {
+        let cases = [
+            (envelope(PeerMessage::Read { key: Bytes::new(), digest_only: false }), WireError::KeyEmpty),
+            (
+                envelope(PeerMessage::Replicate {
+                    key: vec![1; KEY_BYTES_MAX + 1].into(),
+                    entry: live(b"v", None),
+                }),
+                WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::Replicate {
+                    key: "k".into(),
+                    entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::ReadReply {
+                    result: Ok(ReadAnswer::Entry(Some(live(&vec![0; VALUE_BYTES_MAX + 1], None)))),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::Membership {
+                    payload: vec![0; MEMBERSHIP_PAYLOAD_BYTES_MAX + 1].into(),
+                }),
+                WireError::MembershipPayloadTooLarge { length_bytes: MEMBERSHIP_PAYLOAD_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::ReplicateAck {
+                    result: Err(PeerFailure {
+                        code: PeerErrorCode::Invalid,
+                        message: "x".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX + 1),
+                    }),
+                }),
+                WireError::PeerFailureMessageTooLong { length_bytes: PEER_FAILURE_MESSAGE_BYTES_MAX + 1 },
+            ),
+            (
+                PeerEnvelope {
+                    origin_node: NODE_ID_MAX + 1,
+                    ..envelope(PeerMessage::ReplicateAck { result: Ok(()) })
+                },
+                WireError::NodeIdOutOfRange { node_id: NODE_ID_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::Hello { node_id: NODE_ID_MAX + 1, generation: 1, target_shard: 0 }),
+                WireError::NodeIdOutOfRange { node_id: NODE_ID_MAX + 1 },
+            ),
+        ];
+        for (envelope, expected) in cases {
+            assert_eq!(encode_peer(&mut FlatBufferBuilder::new(), &envelope), Err(expected.clone()));
+            let mut out = Vec::new();
+            assert_eq!(
+                encode_peer_into(&mut FlatBufferBuilder::new(), &envelope, &mut out),
+                Err(expected.clone())
+            );
+            assert!(out.is_empty(), "a refused envelope appended bytes");
+            assert_eq!(parse_peer(&encode_without_checks(&envelope)), Err(expected));
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_allocation() {
+        // Only the prefix arrives: the decoder refuses it without reserving the promised bytes.
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&(PEER_FRAME_BYTES_MAX as u32 + 1).to_le_bytes());
+        let capacity_before = decoder.buffer_mut().capacity();
+        assert!(matches!(decoder.next_frame(), Err(WireError::FrameTooLarge { .. })));
+        assert!(decoder.buffer_mut().capacity() <= capacity_before, "the decoder reserved memory");
+        // A whole frame handed to the parser is checked against the limit before verification.
+        let mut frame = encode(&envelope(PeerMessage::ReplicateAck { result: Ok(()) }));
+        frame[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            parse_peer(&frame),
+            Err(WireError::FrameTooLarge {
+                length_bytes: u64::from(u32::MAX),
+                max_bytes: PEER_FRAME_BYTES_MAX
+            })
+        );
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_frame_is_refused() {
+        let original =
+            envelope(PeerMessage::Replicate { key: "user:1".into(), entry: live(b"alice", Some(5)) });
+        let frame = encode(&original);
+        for length in 0..frame.len() {
+            // As received: the prefix promises more than is there.
+            assert_malformed(&frame[..length]);
+            // As a lying sender would write it: the prefix agrees with the short payload. Cutting
+            // only trailing alignment padding leaves a valid buffer, which must read back
+            // unchanged; any other cut must be refused.
+            if length > 4 {
+                let mut fixed = frame[..length].to_vec();
+                fixed[..4].copy_from_slice(&(length as u32 - 4).to_le_bytes());
+                match parse_peer(&fixed) {
+                    Err(WireError::Malformed { .. }) => {}
+                    Ok(parsed) if frame[length..].iter().all(|&byte| byte == 0) => {
+                        assert_eq!(parsed, original, "length {length}");
+                    }
+                    other => panic!("length {length}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_and_empty_frames_are_refused() {
+        assert_malformed(&[]);
+        assert_malformed(&[1, 0]);
+        assert_malformed(&[0, 0, 0, 0]);
+        assert_malformed(&[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_malformed(b"\x08\x00\x00\x00garbage!");
+    }
+
+    #[test]
+    fn a_client_frame_is_not_a_peer_frame() {
+        let request = crate::Request { id: 1, command: crate::Command::Ping };
+        let frame = crate::encode_request(&mut FlatBufferBuilder::new(), &request).unwrap().to_vec();
+        // It may verify as some envelope by accident of layout, but never as a valid message.
+        assert!(parse_peer(&frame).is_err());
+    }
+
+    #[test]
+    fn unknown_message_type_is_refused() {
+        let frame = raw_envelope(|builder| {
+            let hello =
+                fb::Hello::create(builder, &fb::HelloArgs { node_id: 1, generation: 1, target_shard: 0 });
+            (fb::Message(fb::Message::ENUM_MAX + 1), Some(hello.as_union_value()))
+        });
+        assert_malformed(&frame);
+    }
+
+    #[test]
+    fn missing_message_is_refused() {
+        assert_malformed(&raw_envelope(|_| (fb::Message::NONE, None)));
+        assert_malformed(&raw_envelope(|_| (fb::Message::Replicate, None)));
+    }
+
+    #[test]
+    fn missing_required_fields_are_refused() {
+        // A replicate without its entry: the generated builder insists on it, so build by hand.
+        assert_malformed(&raw_envelope(|builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let table = builder.start_table();
+            builder.push_slot_always(fb::Replicate::VT_KEY, key);
+            let replicate: WIPOffset<fb::Replicate> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::Replicate, Some(replicate.as_union_value()))
+        }));
+        // A read without its key.
+        assert_malformed(&raw_envelope(|builder| {
+            let table = builder.start_table();
+            builder.push_slot::<bool>(fb::Read::VT_DIGEST_ONLY, true, false);
+            let read: WIPOffset<fb::Read> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::Read, Some(read.as_union_value()))
+        }));
+        // A failure without its message.
+        assert_malformed(&raw_envelope(|builder| {
+            let table = builder.start_table();
+            builder.push_slot::<fb::ErrorCode>(
+                fb::Failure::VT_CODE,
+                fb::ErrorCode::Overloaded,
+                fb::ErrorCode::Internal,
+            );
+            let failure: WIPOffset<fb::Failure> = WIPOffset::new(builder.end_table(table).value());
+            let ack = fb::ReplicateAck::create(builder, &fb::ReplicateAckArgs { failure: Some(failure) });
+            (fb::Message::ReplicateAck, Some(ack.as_union_value()))
+        }));
+        // An entry with neither value nor tombstone.
+        assert_malformed(&raw_envelope(|builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs { version: 1, value_type: fb::Value::NONE, value: None },
+            );
+            let replicate =
+                fb::Replicate::create(builder, &fb::ReplicateArgs { key: Some(key), entry: Some(entry) });
+            (fb::Message::Replicate, Some(replicate.as_union_value()))
+        }));
+        // A read reply without a result.
+        assert_malformed(&raw_envelope(|builder| {
+            let reply = fb::ReadReply::create(
+                builder,
+                &fb::ReadReplyArgs { result_type: fb::ReadResult::NONE, result: None },
+            );
+            (fb::Message::ReadReply, Some(reply.as_union_value()))
+        }));
+    }
+
+    #[test]
+    fn unknown_union_members_inside_messages_are_refused() {
+        assert_malformed(&raw_envelope(|builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let tombstone = fb::Tombstone::create(builder, &fb::TombstoneArgs { deleted_at_ms: 1 });
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs {
+                    version: 1,
+                    value_type: fb::Value(fb::Value::ENUM_MAX + 1),
+                    value: Some(tombstone.as_union_value()),
+                },
+            );
+            let replicate =
+                fb::Replicate::create(builder, &fb::ReplicateArgs { key: Some(key), entry: Some(entry) });
+            (fb::Message::Replicate, Some(replicate.as_union_value()))
+        }));
+        assert_malformed(&raw_envelope(|builder| {
+            let answer = fb::DigestAnswer::create(builder, &fb::DigestAnswerArgs { version: Some(1) });
+            let reply = fb::ReadReply::create(
+                builder,
+                &fb::ReadReplyArgs {
+                    result_type: fb::ReadResult(fb::ReadResult::ENUM_MAX + 1),
+                    result: Some(answer.as_union_value()),
+                },
+            );
+            (fb::Message::ReadReply, Some(reply.as_union_value()))
+        }));
+    }
+
+    #[test]
+    fn an_unknown_error_code_reads_as_internal_and_keeps_its_number() {
+        let frame = raw_envelope(|builder| {
+            let message = builder.create_string("newer failure");
+            let failure = fb::Failure::create(
+                builder,
+                &fb::FailureArgs { code: fb::ErrorCode(fb::ErrorCode::ENUM_MAX + 1), message: Some(message) },
+            );
+            let ack = fb::ReplicateAck::create(builder, &fb::ReplicateAckArgs { failure: Some(failure) });
+            (fb::Message::ReplicateAck, Some(ack.as_union_value()))
+        });
+        let Ok(PeerEnvelope { message: PeerMessage::ReplicateAck { result: Err(failure) }, .. }) =
+            parse_peer(&frame)
+        else {
+            panic!("not a failed ack");
+        };
+        assert_eq!(failure.code, PeerErrorCode::Internal);
+        let unknown = (fb::ErrorCode::ENUM_MAX + 1).to_string();
+        assert!(
+            failure.message.contains(&unknown) && failure.message.contains("newer failure"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn the_deepest_message_needs_the_whole_depth_limit() {
+        // Envelope > ReadReply > EntryAnswer > Entry > Live: the limit is as tight as it can be.
+        let frame = encode(&envelope(PeerMessage::ReadReply {
+            result: Ok(ReadAnswer::Entry(Some(live(b"v", None)))),
+        }));
+        let tighter = flatbuffers::VerifierOptions {
+            max_depth: PEER_VERIFIER_OPTIONS.max_depth - 1,
+            ..PEER_VERIFIER_OPTIONS
+        };
+        assert!(flatbuffers::size_prefixed_root_with_opts::<fb::Envelope>(&tighter, &frame).is_err());
+        assert!(parse_peer(&frame).is_ok());
+    }
+
+    fn arbitrary_bytes(max: usize) -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+    }
+
+    fn arbitrary_key() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 1..=KEY_BYTES_MAX).prop_map(Bytes::from)
+    }
+
+    fn arbitrary_entry() -> impl Strategy<Value = PeerEntry> {
+        let value = prop_oneof![
+            (arbitrary_bytes(512), any::<Option<u64>>())
+                .prop_map(|(data, expires_at_ms)| PeerValue::Live { data, expires_at_ms }),
+            any::<u64>().prop_map(|deleted_at_ms| PeerValue::Tombstone { deleted_at_ms }),
+        ];
+        (any::<u64>(), value).prop_map(|(version, value)| PeerEntry { version, value })
+    }
+
+    fn arbitrary_failure() -> impl Strategy<Value = PeerFailure> {
+        (proptest::sample::select(ALL_CODES.to_vec()), ".{0,64}")
+            .prop_map(|(code, message)| PeerFailure { code, message })
+    }
+
+    fn arbitrary_message() -> impl Strategy<Value = PeerMessage> {
+        prop_oneof![
+            (0..=NODE_ID_MAX, any::<u64>(), any::<u32>()).prop_map(|(node_id, generation, target_shard)| {
+                PeerMessage::Hello { node_id, generation, target_shard }
+            }),
+            (arbitrary_key(), arbitrary_entry())
+                .prop_map(|(key, entry)| PeerMessage::Replicate { key, entry }),
+            proptest::option::of(arbitrary_failure())
+                .prop_map(|failure| PeerMessage::ReplicateAck { result: failure.map_or(Ok(()), Err) }),
+            (arbitrary_key(), any::<bool>())
+                .prop_map(|(key, digest_only)| PeerMessage::Read { key, digest_only }),
+            prop_oneof![
+                proptest::option::of(arbitrary_entry()).prop_map(|entry| Ok(ReadAnswer::Entry(entry))),
+                any::<Option<u64>>().prop_map(|version| Ok(ReadAnswer::Digest(version))),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::ReadReply { result }),
+            arbitrary_bytes(2048).prop_map(|payload| PeerMessage::Membership { payload }),
+        ]
+    }
+
+    fn arbitrary_envelope() -> impl Strategy<Value = PeerEnvelope> {
+        (0..=NODE_ID_MAX, any::<u32>(), any::<u64>(), arbitrary_message()).prop_map(
+            |(origin_node, origin_shard, request_id, message)| PeerEnvelope {
+                origin_node,
+                origin_shard,
+                request_id,
+                message,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_envelopes_round_trip(envelope in arbitrary_envelope()) {
+            let frame = encode(&envelope);
+            prop_assert_eq!(parse_peer(&frame), Ok(envelope.clone()));
+            prop_assert_eq!(parse_peer_shared(&Bytes::from(frame)), Ok(envelope));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_peer(&payload);
+            // With a correct prefix in front, the bytes reach the FlatBuffers verifier.
+            let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            let _ = parse_peer(&frame);
+        }
+
+        #[test]
+        fn corrupted_valid_frames_never_panic(
+            envelope in arbitrary_envelope(),
+            corruptions in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let mut frame = encode(&envelope);
+            for (position, byte) in corruptions {
+                // Leave the prefix alone so that every case reaches the verifier.
+                let position = 4 + position % (frame.len() - 4);
+                frame[position] = byte;
+            }
+            if let Ok(parsed) = parse_peer(&frame) {
+                // Whatever survives verification must also satisfy the limits.
+                prop_assert!(parsed.validate().is_ok());
+            }
+        }
+    }
+}
