@@ -12,7 +12,13 @@
 //! ```
 //!
 //! ## Layout
-//! - [`engine`]: the engine: write path with group commit, reads, scans, flush, compaction, recovery.
+//! - [`engine`]: the engine, one file per job: `engine/mod.rs` (types, state, open, installing
+//!   tables), `write.rs` (write path, CAS, group-commit acknowledgement), `read.rs` (point reads,
+//!   `read_now`), `scan.rs`, `flush.rs`, `compaction.rs` (running merges) and `recovery.rs` (WAL
+//!   replay).
+//! - [`memtable`]: recent writes in memory, newest per key.
+//! - [`compaction`]: the compaction planner, a pure function of the table sizes.
+//! - [`manifest`]: the durable list of tables.
 //! - [`entry`]: the stored form of a key's state and its byte encoding.
 //! - [`disk`]: the async disk trait; [`disk::memory`] is an in-memory disk with fault injection.
 //! - [`options`]: tuning, including the sync mode.

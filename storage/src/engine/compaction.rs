@@ -1,0 +1,193 @@
+//! Running compactions: the planner ([`crate::compaction::choose`]) picks adjacent tables, and
+//! this merges them into one, dropping or converting dead entries as the choice allows.
+
+use super::{io_error, Engine, COMPACTION_ENTRIES_PER_YIELD};
+use crate::compaction::{self, Choice, CompactionLimits, TableSize};
+use crate::disk::Disk;
+use crate::entry::{Entry, Value};
+use crate::manifest;
+use crate::sstable::{Table, TableWriter};
+use crate::Result;
+use std::rc::Rc;
+
+impl<D: Disk> Engine<D> {
+    /// Runs one compaction if the planner asks for one. Returns whether it did.
+    pub async fn compact(&self, now_ms: u64) -> Result<bool> {
+        let limits = self.compaction_limits();
+        self.run_compaction(|tables| compaction::choose(tables, &limits), now_ms).await
+    }
+
+    /// Merges every table into one, dropping dead entries past their grace period.
+    pub async fn compact_all(&self, now_ms: u64) -> Result<bool> {
+        self.run_compaction(compaction::choose_all, now_ms).await
+    }
+
+    /// The compaction half of [`Engine::run_maintenance`]: runs compactions as they become due,
+    /// until stopped. Run it on a low-priority queue.
+    pub async fn run_compactions(&self, now_ms: impl Fn() -> u64) -> Result<()> {
+        while !self.stopping.get() {
+            let listener = self.work.listen();
+            if self.compact(now_ms()).await? {
+                continue;
+            }
+            if self.stopping.get() {
+                break;
+            }
+            listener.await;
+        }
+        Ok(())
+    }
+
+    fn compaction_limits(&self) -> CompactionLimits {
+        CompactionLimits {
+            width_min: self.options.compaction_width_min,
+            width_max: self.options.compaction_width_max,
+            small_table_bytes: (self.options.memtable_bytes_max / 4) as u64,
+            tables_max: self.options.compaction_width_max * 2,
+        }
+    }
+
+    async fn run_compaction(
+        &self,
+        plan: impl FnOnce(&[TableSize]) -> Option<Choice>,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let (inputs, choice) = {
+            let mut state = self.state.borrow_mut();
+            self.check_writable(&state)?;
+            if state.compacting {
+                return Ok(false);
+            }
+            let sizes: Vec<TableSize> = state
+                .tables
+                .iter()
+                .map(|table| TableSize { id: table.id(), file_bytes: table.file_bytes() })
+                .collect();
+            let Some(choice) = plan(&sizes) else { return Ok(false) };
+            state.compacting = true;
+            (state.tables[choice.first..=choice.last].to_vec(), choice)
+        };
+        let outcome = self.merge_tables(&inputs, choice.purge_dead, now_ms).await;
+        let mut state = self.state.borrow_mut();
+        state.compacting = false;
+        if let Err(error) = &outcome {
+            self.poison(&mut state, "compaction", error);
+        }
+        drop(state);
+        self.structure_changed.notify(usize::MAX);
+        outcome.map(|()| true)
+    }
+
+    async fn merge_tables(&self, inputs: &[Rc<Table<D::File>>], purge_dead: bool, now_ms: u64) -> Result<()> {
+        let id = self.allocate_file_number();
+        let name = manifest::table_file_name(id);
+        let file = self.disk.create(&name).await.map_err(io_error("create", &name))?;
+        let expected_keys = inputs.iter().map(|table| table.entry_count() as usize).sum();
+        let mut writer = TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, expected_keys);
+        let mut iterators: Vec<_> = inputs.iter().map(|table| table.iter(None, false)).collect();
+        let mut heads = Vec::with_capacity(iterators.len());
+        for iterator in &mut iterators {
+            heads.push(iterator.next().await?);
+        }
+        let grace = self.options.tombstone_grace_ms;
+        let mut merged = 0usize;
+        loop {
+            // The smallest key among the heads; on ties the newest table (highest index) wins.
+            let mut winner: Option<usize> = None;
+            for (index, head) in heads.iter().enumerate() {
+                if let Some((key, _)) = head {
+                    match winner.and_then(|w| heads[w].as_ref()) {
+                        Some((best, _)) if key > best => {}
+                        _ => winner = Some(index),
+                    }
+                }
+            }
+            let Some(winner) = winner else { break };
+            let (key, entry) = heads[winner].clone().expect("winner has a head");
+            for index in 0..heads.len() {
+                if heads[index].as_ref().is_some_and(|(other, _)| *other == key) {
+                    heads[index] = iterators[index].next().await?;
+                }
+            }
+            let entry = match entry.dead_since_ms(now_ms) {
+                Some(since) if purge_dead && since.saturating_add(grace) <= now_ms => continue,
+                // An expired value still hides older versions in tables outside this merge.
+                Some(since) if !purge_dead && matches!(entry.value, Value::Live { .. }) => {
+                    Entry::tombstone(entry.version, since)
+                }
+                _ => entry,
+            };
+            writer.add(&key, &entry).await?;
+            merged += 1;
+            if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
+                self.disk.yield_point().await;
+            }
+        }
+        let output = if writer.entry_count() == 0 {
+            drop(writer);
+            self.disk.remove(&name).await.map_err(io_error("remove", &name))?;
+            None
+        } else {
+            let (table, record) = self.seal_table(writer, name, id).await?;
+            self.stats.borrow_mut().compaction_bytes += record.file_bytes;
+            Some((table, record))
+        };
+        let input_ids: Vec<u64> = inputs.iter().map(|table| table.id()).collect();
+        self.install(|tables, manifest| {
+            // Flushes only append newer tables, so the inputs are still adjacent.
+            let first =
+                manifest.tables.iter().position(|table| table.id == input_ids[0]).expect("input in manifest");
+            let range = first..first + input_ids.len();
+            let (new_table, new_record) = output.unzip();
+            manifest.tables.splice(range.clone(), new_record);
+            tables.splice(range, new_table);
+        })
+        .await?;
+        for table in inputs {
+            self.disk.remove(table.file_name()).await.map_err(io_error("remove", table.file_name()))?;
+        }
+        self.stats.borrow_mut().compactions += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{key, small_options};
+    use super::super::*;
+    use crate::disk::memory::MemDisk;
+    use crate::options::SyncMode;
+    use crate::wal::writer::yield_once;
+    use futures_executor::block_on;
+
+    #[test]
+    fn compaction_keeps_up_while_writes_keep_flushes_coming() {
+        block_on(async {
+            let options = EngineOptions {
+                sync: SyncMode::Periodic { interval_ms: 1000 },
+                memtable_bytes_max: 4 << 10,
+                ..small_options()
+            };
+            let engine = Engine::open(MemDisk::new(), options).await.unwrap();
+            let writer = async {
+                for index in 0..6000u32 {
+                    engine
+                        .put(key(index % 1500), Bytes::from(vec![1u8; 64]), index as u64, None)
+                        .await
+                        .unwrap();
+                    // Requests arrive over time: let the maintenance loops run between them, as
+                    // the executor would while the writer waits on its socket.
+                    yield_once().await;
+                }
+                engine.stop_maintenance();
+                Ok(())
+            };
+            futures_util::future::try_join(writer, engine.run_maintenance(|| 0)).await.unwrap();
+            let stats = engine.stats();
+            assert!(stats.flushes > 40, "{stats:?}");
+            assert!(stats.compactions > 0, "compaction starved by flushes: {stats:?}");
+            let limits = engine.compaction_limits();
+            assert!(stats.tables <= limits.tables_max + limits.width_min, "{stats:?}");
+        });
+    }
+}

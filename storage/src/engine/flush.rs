@@ -1,0 +1,125 @@
+//! Flushes: the sealed memtable written to a new table, installed in the manifest, and the WAL
+//! segments it covers removed.
+
+use super::{io_error, Engine, COMPACTION_ENTRIES_PER_YIELD};
+use crate::disk::Disk;
+use crate::manifest;
+use crate::memtable::Memtable;
+use crate::sstable::TableWriter;
+use crate::Result;
+use std::rc::Rc;
+
+impl<D: Disk> Engine<D> {
+    /// Seals the active memtable (if it holds anything) and flushes every sealed memtable.
+    pub async fn flush(&self) -> Result<()> {
+        loop {
+            {
+                let mut state = self.state.borrow_mut();
+                self.check_writable(&state)?;
+                if state.sealed.is_none() {
+                    if state.active.is_empty() {
+                        return Ok(());
+                    }
+                    let fresh = state.active.empty_like();
+                    let active = std::mem::replace(&mut state.active, fresh);
+                    state.sealed = Some(Rc::new(active));
+                }
+            }
+            self.flush_sealed().await?;
+        }
+    }
+
+    /// The flush half of [`Engine::run_maintenance`]: flushes each sealed memtable, until stopped.
+    /// Writers stall while a sealed memtable waits, so run it at normal priority.
+    pub async fn run_flushes(&self) -> Result<()> {
+        while !self.stopping.get() {
+            let listener = self.work.listen();
+            let has_sealed = self.state.borrow().sealed.is_some();
+            if has_sealed {
+                self.flush_sealed().await?;
+                continue;
+            }
+            if self.stopping.get() {
+                break;
+            }
+            listener.await;
+        }
+        Ok(())
+    }
+
+    /// Writes the sealed memtable to a new table and installs it.
+    pub(super) async fn flush_sealed(&self) -> Result<()> {
+        let sealed = {
+            let mut state = self.state.borrow_mut();
+            if state.flushing {
+                Err(self.structure_changed.listen())
+            } else {
+                let Some(sealed) = state.sealed.clone() else { return Ok(()) };
+                state.flushing = true;
+                Ok(sealed)
+            }
+        };
+        let sealed = match sealed {
+            Ok(sealed) => sealed,
+            Err(listener) => {
+                // Someone else is flushing: wait for it rather than return at once, so a caller
+                // looping on "is there a sealed memtable" awaits instead of spinning.
+                listener.await;
+                return Ok(());
+            }
+        };
+        let outcome = self.flush_memtable(&sealed).await;
+        let mut state = self.state.borrow_mut();
+        state.flushing = false;
+        if let Err(error) = &outcome {
+            self.poison(&mut state, "flush", error);
+        }
+        drop(state);
+        self.structure_changed.notify(usize::MAX);
+        outcome
+    }
+
+    async fn flush_memtable(&self, sealed: &Memtable) -> Result<()> {
+        let table = if sealed.is_empty() {
+            None
+        } else {
+            let id = self.allocate_file_number();
+            let name = manifest::table_file_name(id);
+            let file = self.disk.create(&name).await.map_err(io_error("create", &name))?;
+            let mut writer =
+                TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, sealed.len());
+            for (index, (key, mem_entry)) in sealed.iter().enumerate() {
+                writer.add(key, &mem_entry.entry).await?;
+                if index % COMPACTION_ENTRIES_PER_YIELD == 0 {
+                    self.disk.yield_point().await;
+                }
+            }
+            let (table, record) = self.seal_table(writer, name, id).await?;
+            self.stats.borrow_mut().flush_bytes += record.file_bytes;
+            Some((table, record))
+        };
+        let flushed_seq = sealed.last_seq();
+        self.install(|tables, manifest| {
+            if let Some((table, record)) = table {
+                manifest.tables.push(record);
+                tables.push(table);
+            }
+            manifest.flushed_seq = manifest.flushed_seq.max(flushed_seq);
+        })
+        .await?;
+        {
+            // No await since the tables changed: readers never miss the flushed entries.
+            let mut state = self.state.borrow_mut();
+            state.sealed = None;
+            state.flush_generation += 1;
+        }
+        // A new table may make a compaction due.
+        self.work.notify(usize::MAX);
+        for name in self.wal.take_obsolete(flushed_seq) {
+            self.disk.remove(&name).await.map_err(io_error("remove", &name))?;
+        }
+        self.stats.borrow_mut().flushes += 1;
+        tracing::debug!(flushed_seq, "memtable flushed");
+        Ok(())
+    }
+}

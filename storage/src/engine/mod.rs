@@ -1,0 +1,408 @@
+//! The engine: one shard's LSM tree, put together from the WAL, memtables, SSTables, the
+//! manifest and the compaction planner.
+//!
+//! Writes are appended to the WAL buffer and applied to the active memtable in one synchronous
+//! step (so a shard's writes are totally ordered and CAS is atomic), then wait for the group
+//! commit that makes them durable. A write is visible to readers on this shard as soon as it is
+//! applied, before its sync; it is acknowledged to its caller only after the sync. A full active
+//! memtable is sealed and flushed to an SSTable by [`Engine::run_maintenance`] (or, if no
+//! maintenance task keeps up, by the stalled writer itself).
+//!
+//! Failures split in two: a bad key or value is the caller's error and changes nothing; a failed
+//! write, sync, flush or compaction poisons the engine, which then refuses every write and says
+//! why, while reads of what is already there go on.
+//!
+//! This file holds the engine's types, its state, opening, and the structural changes that
+//! flushes and compactions share (installing tables in the manifest). Each job has its own file:
+//! - `write`: puts, deletes, compare-and-swap, the write stall and the group-commit acknowledgement;
+//! - `read`: point reads, awaiting the disk or answered from memory (`read_now`);
+//! - `scan`: paged range scans;
+//! - `flush`: sealed memtables to tables;
+//! - `compaction`: running the merges the planner ([`crate::compaction`]) chooses;
+//! - `recovery`: WAL replay at open.
+
+mod compaction;
+mod flush;
+mod read;
+mod recovery;
+mod scan;
+mod write;
+
+use crate::block_cache::BlockCache;
+use crate::disk::Disk;
+use crate::entry::Entry;
+use crate::manifest::{self, Manifest, TableRecord};
+use crate::memtable::Memtable;
+use crate::options::EngineOptions;
+use crate::sstable::{Table, TableWriter};
+use crate::wal::parse_segment_file_name;
+use crate::wal::writer::WalWriter;
+use crate::{DiskFile, Result, StorageError, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use bytes::Bytes;
+use event_listener::Event;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// Entries a flush or a compaction writes between two cooperative yields.
+const COMPACTION_ENTRIES_PER_YIELD: usize = 256;
+
+/// A live value and its version, as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Bytes,
+    /// The version the value was written with.
+    pub version: u64,
+}
+
+/// What a compare-and-swap expects the key to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// The key must be absent (never written, deleted, or expired).
+    Absent,
+    /// The key's live value must carry exactly this version.
+    Version(u64),
+}
+
+/// The result of a compare-and-swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The expectation held and the new value is written.
+    Swapped,
+    /// It did not; nothing was written. `current_version` is the live value's version, if any.
+    Mismatch { current_version: Option<u64> },
+}
+
+/// One page of an ordered range scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Entries in ascending key order.
+    pub entries: Vec<(Bytes, Entry)>,
+    /// When set, more entries may follow: the next page starts at this key (inclusive).
+    pub next_start: Option<Bytes>,
+}
+
+/// What recovery found when the engine opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// WAL records replayed into the memtable.
+    pub records_replayed: u64,
+    /// Bytes of torn WAL tails dropped (writes never acknowledged).
+    pub torn_tail_bytes: u64,
+    /// SSTables opened.
+    pub tables_opened: usize,
+    /// Files left over by an interrupted flush or compaction, removed.
+    pub orphans_removed: usize,
+}
+
+/// Counters for write amplification and activity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Key and value bytes written by callers.
+    pub user_bytes: u64,
+    /// Bytes written to the WAL, padding included.
+    pub wal_bytes: u64,
+    /// Bytes written by flushes.
+    pub flush_bytes: u64,
+    /// Bytes written by compactions.
+    pub compaction_bytes: u64,
+    /// Flushes run.
+    pub flushes: u64,
+    /// Compactions run.
+    pub compactions: u64,
+    /// Tables now live.
+    pub tables: usize,
+    /// Bytes of live tables.
+    pub table_bytes: u64,
+    /// Bytes held by the memtables.
+    pub memtable_bytes: usize,
+    /// Bytes held by the block cache.
+    pub block_cache_bytes: usize,
+}
+
+struct State<F: DiskFile> {
+    next_seq: u64,
+    active: Memtable,
+    sealed: Option<Rc<Memtable>>,
+    /// Tables, oldest first (the manifest's order).
+    tables: Rc<Vec<Rc<Table<F>>>>,
+    manifest: Manifest,
+    flushing: bool,
+    compacting: bool,
+    /// Bumped whenever a memtable's entries move into a table, so a CAS that read from disk
+    /// knows to look again.
+    flush_generation: u64,
+    failure: Option<String>,
+    closed: bool,
+}
+
+/// A storage engine over one [`Disk`]. Single-threaded; share it with `Rc`.
+pub struct Engine<D: Disk> {
+    disk: Rc<D>,
+    options: EngineOptions,
+    wal: WalWriter<D>,
+    cache: Rc<BlockCache>,
+    next_file_number: Rc<Cell<u64>>,
+    state: RefCell<State<D::File>>,
+    /// Notified when a flush or compaction ends.
+    structure_changed: Event,
+    /// Wakes the maintenance task.
+    work: Event,
+    stopping: Cell<bool>,
+    /// Serialises manifest rewrites between flushes and compactions.
+    manifest_busy: Cell<bool>,
+    stats: RefCell<EngineStats>,
+    recovery: RecoveryReport,
+}
+
+fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |error| StorageError::io(op, file, error)
+}
+
+fn validate(key: &[u8], value: Option<&Bytes>) -> Result<()> {
+    if key.is_empty() {
+        return Err(StorageError::KeyEmpty);
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(StorageError::KeyTooLong { len: key.len() });
+    }
+    match value {
+        Some(value) if value.len() > VALUE_BYTES_MAX => Err(StorageError::ValueTooLarge { len: value.len() }),
+        _ => Ok(()),
+    }
+}
+
+impl<D: Disk> Engine<D> {
+    /// Opens the engine on `disk`, recovering what is there: tables from the manifest, then the
+    /// WAL replayed into the memtable (a torn tail is dropped and counted; damage followed by
+    /// valid records is an error).
+    pub async fn open(disk: D, options: EngineOptions) -> Result<Self> {
+        let disk = Rc::new(disk);
+        let names = disk.list().await.map_err(io_error("list", "."))?;
+        let mut manifest = Manifest::read(disk.as_ref()).await?.unwrap_or_default();
+        let mut recovery = RecoveryReport::default();
+
+        let highest_number = names
+            .iter()
+            .filter_map(|name| {
+                manifest::parse_table_file_name(name).or_else(|| parse_segment_file_name(name))
+            })
+            .max()
+            .unwrap_or(0);
+        let next_file_number = Rc::new(Cell::new(manifest.next_file_number.max(highest_number + 1).max(1)));
+
+        for name in &names {
+            let orphan_table = manifest::parse_table_file_name(name)
+                .is_some_and(|id| !manifest.tables.iter().any(|table| table.id == id));
+            if orphan_table || name == manifest::MANIFEST_TEMPORARY_FILE {
+                tracing::warn!(file = %name, "removing a file left by an interrupted flush or compaction");
+                disk.remove(name).await.map_err(io_error("remove", name))?;
+                recovery.orphans_removed += 1;
+            }
+        }
+
+        let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
+        let mut tables = Vec::with_capacity(manifest.tables.len());
+        for record in &manifest.tables {
+            let name = manifest::table_file_name(record.id);
+            let file = disk.open(&name).await.map_err(io_error("open", &name))?;
+            tables.push(Rc::new(Table::open(file, name, record.id, cache.clone()).await?));
+        }
+        recovery.tables_opened = tables.len();
+
+        let (active, closed, last_seq) =
+            Self::replay_wal(disk.as_ref(), &names, &manifest, options.memtable_hash_seed, &mut recovery)
+                .await?;
+        let wal = WalWriter::create(
+            disk.clone(),
+            next_file_number.clone(),
+            options.wal_segment_bytes_max,
+            closed,
+            last_seq,
+        )
+        .await?;
+        manifest.next_file_number = next_file_number.get();
+        manifest.write(disk.as_ref()).await?;
+        if recovery.torn_tail_bytes > 0 {
+            tracing::warn!(
+                bytes = recovery.torn_tail_bytes,
+                "dropped a torn WAL tail (writes never acknowledged)"
+            );
+        }
+        tracing::info!(
+            tables = recovery.tables_opened,
+            records = recovery.records_replayed,
+            last_seq,
+            "storage engine opened"
+        );
+        let state = State {
+            next_seq: last_seq + 1,
+            active,
+            sealed: None,
+            tables: Rc::new(tables),
+            manifest,
+            flushing: false,
+            compacting: false,
+            flush_generation: 0,
+            failure: None,
+            closed: false,
+        };
+        let engine = Engine {
+            disk,
+            options,
+            wal,
+            cache,
+            next_file_number,
+            state: RefCell::new(state),
+            structure_changed: Event::new(),
+            work: Event::new(),
+            stopping: Cell::new(false),
+            manifest_busy: Cell::new(false),
+            stats: RefCell::new(EngineStats::default()),
+            recovery,
+        };
+        engine.seal_if_full(&mut engine.state.borrow_mut());
+        Ok(engine)
+    }
+
+    /// What recovery found when the engine was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The options the engine runs with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Flushes sealed memtables and runs compactions as they become due, until
+    /// [`Engine::stop_maintenance`]. Run it on a low-priority task queue; `now_ms` is the clock
+    /// (the engine has none). Returns the error that poisoned the engine, if one did.
+    ///
+    /// Flushes and compactions are two loops that interleave at their awaits: a long compaction
+    /// never holds up a flush (which would stall writers), and a steady stream of flushes never
+    /// starves compaction (which would let the table count, and so read cost, grow without bound).
+    pub async fn run_maintenance(&self, now_ms: impl Fn() -> u64) -> Result<()> {
+        futures_util::future::try_join(self.run_flushes(), self.run_compactions(now_ms))
+            .await
+            .map(|((), ())| ())
+    }
+
+    /// Asks [`Engine::run_maintenance`] to return after the step it is in.
+    pub fn stop_maintenance(&self) {
+        self.stopping.set(true);
+        self.work.notify(usize::MAX);
+    }
+
+    /// Stops maintenance, makes every write durable and refuses further writes.
+    pub async fn close(&self) -> Result<()> {
+        self.stop_maintenance();
+        let synced = self.wal.sync().await;
+        self.state.borrow_mut().closed = true;
+        synced
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> EngineStats {
+        let state = self.state.borrow();
+        let mut stats = self.stats.borrow().clone();
+        stats.wal_bytes = self.wal.bytes_written();
+        stats.tables = state.tables.len();
+        stats.table_bytes = state.tables.iter().map(|table| table.file_bytes()).sum();
+        stats.memtable_bytes = state.active.approximate_bytes()
+            + state.sealed.as_ref().map_or(0, |sealed| sealed.approximate_bytes());
+        stats.block_cache_bytes = self.cache.used_bytes();
+        stats
+    }
+
+    /// The reason writes are refused, if they are.
+    pub fn failure(&self) -> Option<String> {
+        self.state.borrow().failure.clone().or_else(|| self.wal.failure())
+    }
+
+    fn check_writable(&self, state: &State<D::File>) -> Result<()> {
+        if state.closed {
+            return Err(StorageError::Closed);
+        }
+        match state.failure.clone().or_else(|| self.wal.failure()) {
+            Some(reason) => Err(StorageError::Poisoned { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies a structural change to the table list: computes the new manifest from the current
+    /// one, makes it durable, then swaps in the new list. Changes are serialised, so each one
+    /// starts from the result of the previous.
+    async fn install(&self, change: impl FnOnce(&mut Vec<Rc<Table<D::File>>>, &mut Manifest)) -> Result<()> {
+        while self.manifest_busy.get() {
+            let listener = self.structure_changed.listen();
+            if !self.manifest_busy.get() {
+                break;
+            }
+            listener.await;
+        }
+        self.manifest_busy.set(true);
+        let (mut tables, mut manifest) = {
+            let state = self.state.borrow();
+            (state.tables.as_ref().clone(), state.manifest.clone())
+        };
+        manifest.next_file_number = self.next_file_number.get();
+        change(&mut tables, &mut manifest);
+        let written = manifest.write(self.disk.as_ref()).await;
+        if written.is_ok() {
+            let mut state = self.state.borrow_mut();
+            state.tables = Rc::new(tables);
+            state.manifest = manifest;
+        }
+        self.manifest_busy.set(false);
+        self.structure_changed.notify(usize::MAX);
+        written
+    }
+
+    /// Finishes a new table (its data synced), makes its name durable, and opens it for reads.
+    /// Returns the table and its manifest record, ready to install.
+    async fn seal_table(
+        &self,
+        writer: TableWriter<D::File>,
+        name: String,
+        id: u64,
+    ) -> Result<(Rc<Table<D::File>>, TableRecord)> {
+        let summary = writer.finish().await?;
+        self.disk.sync_dir().await.map_err(io_error("fsync directory after creating", &name))?;
+        let file = self.disk.open(&name).await.map_err(io_error("open", &name))?;
+        let table = Rc::new(Table::open(file, name, id, self.cache.clone()).await?);
+        let record = TableRecord {
+            id,
+            file_bytes: summary.file_bytes,
+            entry_count: summary.entry_count,
+            smallest_key: summary.smallest_key,
+            largest_key: summary.largest_key,
+        };
+        Ok((table, record))
+    }
+
+    fn allocate_file_number(&self) -> u64 {
+        let number = self.next_file_number.get();
+        self.next_file_number.set(number + 1);
+        number
+    }
+
+    fn poison(&self, state: &mut State<D::File>, during: &str, error: &StorageError) {
+        tracing::error!(%error, during, "storage engine poisoned; writes are refused from now on");
+        state.failure.get_or_insert_with(|| format!("{during} failed: {error}"));
+    }
+}
+
+/// Helpers the tests of every part of the engine share.
+#[cfg(test)]
+mod testing {
+    use super::*;
+
+    pub fn small_options() -> EngineOptions {
+        EngineOptions { memtable_bytes_max: 16 << 10, block_cache_bytes: 1 << 20, ..EngineOptions::default() }
+    }
+
+    pub fn key(index: u32) -> Bytes {
+        Bytes::from(format!("key{index:06}"))
+    }
+}
