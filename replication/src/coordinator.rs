@@ -1,0 +1,451 @@
+//! [`Coordinator`]: one shard's quorum writes and reads, as a state machine without I/O.
+//!
+//! The shard that receives a client request coordinates it (Dynamo §4.5). The coordinator is
+//! told the request, the live replicas of the key and how many must answer; it says which
+//! messages to send (to remote shards, or to itself for its own copy) and, later, what to answer
+//! the client. Replies, membership and time come in as method calls; nothing here touches a
+//! socket, a clock or a random number.
+//!
+//! ```text
+//!  write(key, entry, targets, W) ─▶ Send Replicate to every live replica (itself included)
+//!  on_reply(ReplicateAck)         ─▶ W acks ─▶ Reply Written
+//!  read(key, targets, R)          ─▶ Send Read: data from the first target, digests from R − 1
+//!  on_reply(ReadReply)            ─▶ all R agree ─▶ Reply Found
+//!                                    disagree   ─▶ fetch the newest data if needed,
+//!                                                  repair the stale replicas read (wait for them),
+//!                                                  repair the live replicas not read (background)
+//!                                                  ─▶ Reply Found
+//!  tick(now)                      ─▶ past the deadline ─▶ Reply Timeout { acks, required }
+//! ```
+//!
+//! Messages to this shard's own copy go out like any other (`Send` with the local node as
+//! destination); the driver runs them on the local engine and feeds the answer back through
+//! [`Coordinator::on_reply`], so the local replica is never a special case here.
+//!
+//! Every pending request is bounded: at most `pending_max` at once (more are refused with
+//! [`CoordinatorError::Overloaded`]), each ending by its deadline at the latest.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerFailure, PeerMessage, ReadAnswer};
+
+/// Where a replica message goes: a node and the shard on it that owns the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub node_id: u16,
+    pub shard: u32,
+}
+
+/// Settings of a coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    /// This node.
+    pub node_id: u16,
+    /// This shard.
+    pub shard: u32,
+    /// How long a request waits for its replicas before it is answered with a timeout.
+    pub replica_timeout_ms: u64,
+    /// Requests pending at once; more are refused.
+    pub pending_max: usize,
+}
+
+/// Why a coordinated request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Fewer live replicas than the consistency level needs: refused before anything was sent.
+    #[error("{alive} of the key's replicas are up and {required} must answer")]
+    Unavailable { alive: usize, required: usize },
+    /// The pending-request table is full.
+    #[error("{pending_max} replicated requests are pending on this shard (peer_pending_max)")]
+    Overloaded { pending_max: usize },
+    /// The deadline passed before enough replicas answered. A write may still be applied by the
+    /// replicas that had not answered.
+    #[error("{acks} of {required} replicas answered within {timeout_ms}ms; a write may still be applied")]
+    Timeout { acks: usize, required: usize, timeout_ms: u64 },
+    /// Too many replicas refused for the request to succeed.
+    #[error("{acks} of {required} replicas succeeded; a replica refused: {failure:?}")]
+    ReplicasFailed { acks: usize, required: usize, failure: PeerFailure },
+}
+
+/// What a finished request answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorReply {
+    /// The write reached `required` replicas with this version.
+    Written { version: u64 },
+    /// The read's reconciled entry: the highest version among the replicas read, tombstones and
+    /// expired values included (the caller decides what is live at its `now`). `None`: no
+    /// replica read has ever seen the key.
+    Found(Option<PeerEntry>),
+    /// The request failed.
+    Failed(CoordinatorError),
+}
+
+/// A command for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `envelope` to `to` (which may be this very shard: run it on the local replica and
+    /// feed the answer to [`Coordinator::on_reply`]).
+    Send { to: Target, envelope: PeerEnvelope },
+    /// Answer the client request `request_id`.
+    Reply { request_id: u64, reply: CoordinatorReply },
+}
+
+/// What a replica told a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Answer {
+    Waiting,
+    /// A full entry (the data replica, or a replica asked for data after a digest mismatch).
+    Entry(Option<PeerEntry>),
+    /// A version only.
+    Digest(Option<u64>),
+    Failed(PeerFailure),
+}
+
+impl Answer {
+    fn version(&self) -> Option<Option<u64>> {
+        match self {
+            Answer::Entry(entry) => Some(entry.as_ref().map(|entry| entry.version)),
+            Answer::Digest(version) => Some(*version),
+            Answer::Waiting | Answer::Failed(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WriteState {
+    version: u64,
+    required: usize,
+    acks: usize,
+    /// Targets that have not answered yet. A target counts once, however often the network
+    /// delivers its answer.
+    waiting: Vec<Target>,
+    failure: Option<PeerFailure>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadPhase {
+    /// Waiting for the replicas asked.
+    Gathering,
+    /// Waiting for the repairs of the stale replicas read.
+    Repairing { winner: Option<PeerEntry>, waiting: Vec<Target> },
+}
+
+#[derive(Debug)]
+struct ReadState {
+    key: Bytes,
+    required: usize,
+    /// The replicas asked, in order asked, with what each said.
+    asked: Vec<(Target, Answer)>,
+    /// Live replicas not asked yet: asked when a replica fails, repaired in the background when
+    /// the replicas read disagree.
+    spare: Vec<Target>,
+    phase: ReadPhase,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Write(WriteState),
+    Read(ReadState),
+}
+
+/// One shard's coordinated requests.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    next_request_id: u64,
+    pending: HashMap<u64, Pending>,
+    /// `(deadline, request id)` in deadline order (every request gets the same timeout, so
+    /// insertion order is deadline order).
+    deadlines: VecDeque<(u64, u64)>,
+}
+
+impl Coordinator {
+    /// A coordinator with nothing pending.
+    pub fn new(config: CoordinatorConfig) -> Self {
+        Coordinator { config, next_request_id: 1, pending: HashMap::new(), deadlines: VecDeque::new() }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// Requests pending now.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn admit(&mut self, now_ms: u64, alive: usize, required: usize) -> Result<u64, CoordinatorError> {
+        if alive < required || required == 0 {
+            return Err(CoordinatorError::Unavailable { alive, required });
+        }
+        if self.pending.len() >= self.config.pending_max {
+            return Err(CoordinatorError::Overloaded { pending_max: self.config.pending_max });
+        }
+        let request_id = self.allocate_request_id();
+        self.deadlines.push_back((now_ms.saturating_add(self.config.replica_timeout_ms), request_id));
+        Ok(request_id)
+    }
+
+    fn allocate_request_id(&mut self) -> u64 {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        request_id
+    }
+
+    fn envelope(&self, request_id: u64, message: PeerMessage) -> PeerEnvelope {
+        PeerEnvelope {
+            origin_node: self.config.node_id,
+            origin_shard: self.config.shard,
+            request_id,
+            message,
+        }
+    }
+
+    /// Starts a write of `entry` under `key` to the live replicas `targets`, answered after
+    /// `required` acknowledgements. Returns the request id its [`Output::Reply`] will carry, or
+    /// refuses at once (too few replicas up, or too many requests pending).
+    pub fn write(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        entry: PeerEntry,
+        targets: &[Target],
+        required: usize,
+        out: &mut Vec<Output>,
+    ) -> Result<u64, CoordinatorError> {
+        let request_id = self.admit(now_ms, targets.len(), required)?;
+        let version = entry.version;
+        for &to in targets {
+            let message = PeerMessage::Replicate { key: key.clone(), entry: entry.clone() };
+            out.push(Output::Send { to, envelope: self.envelope(request_id, message) });
+        }
+        let state = WriteState { version, required, acks: 0, waiting: targets.to_vec(), failure: None };
+        self.pending.insert(request_id, Pending::Write(state));
+        Ok(request_id)
+    }
+
+    /// Starts a read of `key` from `required` of the live replicas `targets`, in the order
+    /// given (put the local replica first: it answers without a network hop). The first is asked
+    /// for the data, the others for digests.
+    pub fn read(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        targets: &[Target],
+        required: usize,
+        out: &mut Vec<Output>,
+    ) -> Result<u64, CoordinatorError> {
+        let request_id = self.admit(now_ms, targets.len(), required)?;
+        let mut asked = Vec::with_capacity(required);
+        for (index, &to) in targets.iter().take(required).enumerate() {
+            let message = PeerMessage::Read { key: key.clone(), digest_only: index > 0 };
+            out.push(Output::Send { to, envelope: self.envelope(request_id, message) });
+            asked.push((to, Answer::Waiting));
+        }
+        let spare = targets[required..].to_vec();
+        let state = ReadState { key, required, asked, spare, phase: ReadPhase::Gathering };
+        self.pending.insert(request_id, Pending::Read(state));
+        Ok(request_id)
+    }
+
+    /// Takes a replica's answer. `from` is the node and shard it came from (this shard for its
+    /// own copy). Answers for requests already finished, or from replicas not asked, are
+    /// ignored: they are late or duplicated, and the network may do both.
+    pub fn on_reply(&mut self, from: Target, envelope: PeerEnvelope, out: &mut Vec<Output>) {
+        let request_id = envelope.request_id;
+        let Some(pending) = self.pending.get_mut(&request_id) else { return };
+        let finished = match (pending, envelope.message) {
+            (Pending::Write(write), PeerMessage::ReplicateAck { result }) => {
+                Self::on_write_ack(write, from, result)
+            }
+            (Pending::Read(read), PeerMessage::ReadReply { result }) => {
+                Self::on_read_reply(&self.config, request_id, read, from, result, out)
+            }
+            (Pending::Read(read), PeerMessage::ReplicateAck { result }) => {
+                Self::on_repair_ack(read, from, result)
+            }
+            _ => None,
+        };
+        if let Some(reply) = finished {
+            self.pending.remove(&request_id);
+            out.push(Output::Reply { request_id, reply });
+        }
+    }
+
+    fn on_write_ack(
+        write: &mut WriteState,
+        from: Target,
+        result: Result<(), PeerFailure>,
+    ) -> Option<CoordinatorReply> {
+        let position = write.waiting.iter().position(|&target| target == from)?;
+        write.waiting.swap_remove(position);
+        match result {
+            Ok(()) => write.acks += 1,
+            Err(failure) => write.failure = Some(failure),
+        }
+        if write.acks >= write.required {
+            return Some(CoordinatorReply::Written { version: write.version });
+        }
+        if write.acks + write.waiting.len() < write.required {
+            let failure = write.failure.clone().expect("a shortfall means a replica failed");
+            return Some(CoordinatorReply::Failed(CoordinatorError::ReplicasFailed {
+                acks: write.acks,
+                required: write.required,
+                failure,
+            }));
+        }
+        None
+    }
+
+    fn on_read_reply(
+        config: &CoordinatorConfig,
+        request_id: u64,
+        read: &mut ReadState,
+        from: Target,
+        result: Result<ReadAnswer, PeerFailure>,
+        out: &mut Vec<Output>,
+    ) -> Option<CoordinatorReply> {
+        if read.phase != ReadPhase::Gathering {
+            return None;
+        }
+        let slot =
+            read.asked.iter_mut().find(|(target, answer)| *target == from && *answer == Answer::Waiting)?;
+        slot.1 = match result {
+            Ok(ReadAnswer::Entry(entry)) => Answer::Entry(entry),
+            Ok(ReadAnswer::Digest(version)) => Answer::Digest(version),
+            Err(failure) => Answer::Failed(failure),
+        };
+        let envelope = |message| PeerEnvelope {
+            origin_node: config.node_id,
+            origin_shard: config.shard,
+            request_id,
+            message,
+        };
+        if let Answer::Failed(failure) = &slot.1 {
+            // Ask a spare replica in its place; data, since the failed one may have been the
+            // data replica and a spare's full answer serves either role.
+            let failure = failure.clone();
+            match read.spare.pop() {
+                Some(spare) => {
+                    let message = PeerMessage::Read { key: read.key.clone(), digest_only: false };
+                    out.push(Output::Send { to: spare, envelope: envelope(message) });
+                    read.asked.push((spare, Answer::Waiting));
+                    return None;
+                }
+                None => {
+                    let acks = read.asked.iter().filter(|(_, answer)| answer.version().is_some()).count();
+                    return Some(CoordinatorReply::Failed(CoordinatorError::ReplicasFailed {
+                        acks,
+                        required: read.required,
+                        failure,
+                    }));
+                }
+            }
+        }
+        if read.asked.iter().any(|(_, answer)| *answer == Answer::Waiting) {
+            return None;
+        }
+        // Every replica asked has answered (the failed ones were replaced).
+        let answered: Vec<&(Target, Answer)> =
+            read.asked.iter().filter(|(_, answer)| answer.version().is_some()).collect();
+        let newest = answered.iter().filter_map(|(_, answer)| answer.version()).max().expect("one answered");
+        let winner = answered.iter().find_map(|(_, answer)| match answer {
+            Answer::Entry(entry) if entry.as_ref().map(|entry| entry.version) == newest => {
+                Some(entry.clone())
+            }
+            _ => None,
+        });
+        let Some(winner) = winner else {
+            // Only a digest carries the newest version: fetch its data, then decide.
+            let (holder, _) = **answered
+                .iter()
+                .find(|(_, answer)| answer.version() == Some(newest))
+                .expect("the newest version came from a replica");
+            let message = PeerMessage::Read { key: read.key.clone(), digest_only: false };
+            out.push(Output::Send { to: holder, envelope: envelope(message) });
+            let slot = read.asked.iter_mut().find(|(target, _)| *target == holder).expect("asked");
+            slot.1 = Answer::Waiting;
+            return None;
+        };
+        let stale: Vec<Target> = answered
+            .iter()
+            .filter(|(_, answer)| answer.version() != Some(newest))
+            .map(|(target, _)| *target)
+            .collect();
+        if stale.is_empty() {
+            return Some(CoordinatorReply::Found(winner));
+        }
+        let entry = winner.clone().expect("a stale replica means some replica holds an entry");
+        // Blocking read repair for the replicas read, so a later read at this level sees at least
+        // this version (Cassandra's blocking read repair); the replicas not read are repaired in
+        // the background, under an id nobody waits for.
+        for &to in &stale {
+            let message = PeerMessage::Replicate { key: read.key.clone(), entry: entry.clone() };
+            out.push(Output::Send { to, envelope: envelope(message) });
+        }
+        for &to in &read.spare {
+            let message = PeerMessage::Replicate { key: read.key.clone(), entry: entry.clone() };
+            let background = PeerEnvelope { request_id: 0, ..envelope(message) };
+            out.push(Output::Send { to, envelope: background });
+        }
+        tracing::debug!(stale = stale.len(), background = read.spare.len(), "read repair");
+        read.phase = ReadPhase::Repairing { winner, waiting: stale };
+        None
+    }
+
+    fn on_repair_ack(
+        read: &mut ReadState,
+        from: Target,
+        result: Result<(), PeerFailure>,
+    ) -> Option<CoordinatorReply> {
+        let ReadPhase::Repairing { winner, waiting } = &mut read.phase else { return None };
+        let position = waiting.iter().position(|&target| target == from)?;
+        waiting.swap_remove(position);
+        if let Err(failure) = result {
+            // The answer is still right; the replica stays stale until anti-entropy or the next
+            // read repairs it.
+            tracing::debug!(?failure, "a read repair was refused");
+        }
+        waiting.is_empty().then(|| CoordinatorReply::Found(winner.clone()))
+    }
+
+    /// Advances time to `now_ms`: every request past its deadline is answered with
+    /// [`CoordinatorError::Timeout`]. Returns the earliest deadline still pending, so the driver
+    /// knows when to call again.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Output>) -> Option<u64> {
+        while let Some(&(deadline, request_id)) = self.deadlines.front() {
+            if !self.pending.contains_key(&request_id) {
+                self.deadlines.pop_front();
+                continue;
+            }
+            if deadline > now_ms {
+                return Some(deadline);
+            }
+            self.deadlines.pop_front();
+            let pending = self.pending.remove(&request_id).expect("checked above");
+            let (acks, required) = match &pending {
+                Pending::Write(write) => (write.acks, write.required),
+                Pending::Read(read) => match &read.phase {
+                    // The answer is known; only the repair of a stale replica is late.
+                    ReadPhase::Repairing { winner, .. } => {
+                        out.push(Output::Reply {
+                            request_id,
+                            reply: CoordinatorReply::Found(winner.clone()),
+                        });
+                        continue;
+                    }
+                    ReadPhase::Gathering => (
+                        read.asked.iter().filter(|(_, answer)| answer.version().is_some()).count(),
+                        read.required,
+                    ),
+                },
+            };
+            let error =
+                CoordinatorError::Timeout { acks, required, timeout_ms: self.config.replica_timeout_ms };
+            out.push(Output::Reply { request_id, reply: CoordinatorReply::Failed(error) });
+        }
+        None
+    }
+}
