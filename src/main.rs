@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use ringkv_shard::config::Consistency;
 use ringkv_shard::{Node, NodeConfig, SyncSetting};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -113,6 +114,42 @@ struct ServeArgs {
     /// On shutdown, how long to wait for connections to finish before closing them. [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_grace_ms: Option<u64>,
+    /// Peer address of shard 0, where other nodes connect to replicate and send membership
+    /// datagrams; shard i uses this port + i. [default: the client IP, the client port + 1000]
+    #[arg(long, value_name = "ADDR:PORT")]
+    peer_listen: Option<SocketAddr>,
+    /// Peer addresses of nodes to contact to join a cluster, comma-separated. [default: none:
+    /// the node starts a cluster of its own]
+    #[arg(long, value_name = "ADDR:PORT,...", value_delimiter = ',')]
+    seeds: Option<Vec<SocketAddr>>,
+    /// Tokens this node owns on the cluster's ring (1-256). [default: 16]
+    #[arg(long, value_name = "N")]
+    num_tokens: Option<usize>,
+    /// Copies of every key, on distinct nodes (1-7). [default: 3]
+    #[arg(long, value_name = "N")]
+    replication_factor: Option<usize>,
+    /// Replicas that must acknowledge a write: `one`, `quorum` (a majority) or `all`.
+    /// [default: quorum]
+    #[arg(long, value_name = "LEVEL")]
+    write_consistency: Option<Consistency>,
+    /// Replicas that must answer a read: `one`, `quorum` (a majority) or `all`. [default: quorum]
+    #[arg(long, value_name = "LEVEL")]
+    read_consistency: Option<Consistency>,
+    /// How far ahead of this node's clock another node's version may be before the write is
+    /// refused. [default: 500]
+    #[arg(long, value_name = "MS")]
+    max_clock_skew_ms: Option<u64>,
+    /// How long a coordinator waits for enough replicas before answering "timeout". [default: 2000]
+    #[arg(long, value_name = "MS")]
+    replica_timeout_ms: Option<u64>,
+    /// Replica requests a shard may have waiting as coordinator; more are answered
+    /// "overloaded". [default: 4096]
+    #[arg(long, value_name = "N")]
+    peer_pending_max: Option<usize>,
+    /// Bytes of messages waiting per peer link before it refuses more (at least one maximal
+    /// frame, 1114116). [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    peer_outbox_bytes_max: Option<usize>,
 }
 
 impl ServeArgs {
@@ -150,6 +187,18 @@ impl ServeArgs {
         set(&mut config.memtable_bytes_max, &self.memtable_bytes_max);
         set(&mut config.block_cache_bytes, &self.block_cache_bytes);
         set(&mut config.shutdown_grace_ms, &self.shutdown_grace_ms);
+        if self.peer_listen.is_some() {
+            config.peer_listen = self.peer_listen;
+        }
+        set(&mut config.seeds, &self.seeds);
+        set(&mut config.num_tokens, &self.num_tokens);
+        set(&mut config.replication_factor, &self.replication_factor);
+        set(&mut config.write_consistency, &self.write_consistency);
+        set(&mut config.read_consistency, &self.read_consistency);
+        set(&mut config.max_clock_skew_ms, &self.max_clock_skew_ms);
+        set(&mut config.replica_timeout_ms, &self.replica_timeout_ms);
+        set(&mut config.peer_pending_max, &self.peer_pending_max);
+        set(&mut config.peer_outbox_bytes_max, &self.peer_outbox_bytes_max);
         config.validate()?;
         Ok(config)
     }
@@ -197,6 +246,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         shards = config.shard_count(),
         sync = %config.sync,
+        node_id = config.node_id,
+        peer_listen = %config.peer_address(0),
         "starting"
     );
     let node = Node::start(config).context("starting the node")?;

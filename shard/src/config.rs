@@ -5,12 +5,14 @@
 //! command-line flags on top.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ringkv_storage::{EngineOptions, SyncMode};
-use serde::Deserialize;
+use ringkv_wire::limits::{FRAME_LENGTH_PREFIX_BYTES, PEER_FRAME_BYTES_MAX};
+pub use ringkv_wire::Consistency;
+use serde::{Deserialize, Deserializer};
 
 use crate::clock::NODE_ID_MAX;
 use crate::error::ShardError;
@@ -18,6 +20,24 @@ use crate::ring::{SHARDS_MAX, VNODES_PER_SHARD_MAX};
 
 /// Default client port.
 pub const CLIENT_PORT_DEFAULT: u16 = 7379;
+
+/// How far above the client port shard 0's peer port is when `peer_listen` is not set: 7379
+/// gives 8379.
+pub const PEER_PORT_OFFSET: u16 = 1000;
+
+/// Most ring tokens one node may own. More tokens spread load more evenly but make every ring
+/// computation and every range repair slower; Cassandra 4.0 settled on 16 by default.
+pub const NUM_TOKENS_MAX: usize = 256;
+
+/// Highest replication factor. Seven copies survive three failures with quorums; more only
+/// make every write slower.
+pub const REPLICATION_FACTOR_MAX: usize = 7;
+
+/// Most seed addresses a node may be given. A handful per data centre is enough to join.
+pub const SEEDS_MAX: usize = 64;
+
+// The wire protocol refuses node ids above its own limit: the two must agree.
+const _: () = assert!(NODE_ID_MAX == ringkv_wire::limits::NODE_ID_MAX);
 
 /// When a write is acknowledged, as an operator writes it: `always` or `periodic:MS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -117,6 +137,37 @@ pub struct NodeConfig {
     /// How long a stopping shard waits for its connections to finish their requests and write
     /// their replies before it closes them.
     pub shutdown_grace_ms: u64,
+    /// Address of shard 0's peer port, where other nodes' shards connect to replicate and
+    /// membership datagrams arrive; shard `i` listens on this port + `i`. Default: the client
+    /// address's IP with the client port + [`PEER_PORT_OFFSET`] (see [`NodeConfig::peer_address`]).
+    pub peer_listen: Option<SocketAddr>,
+    /// Peer addresses (another node's `peer_listen`) contacted at start-up to join the cluster.
+    /// Empty: the node starts a cluster of its own. Listing the node itself is harmless, so
+    /// every node of a cluster can share one list.
+    pub seeds: Vec<SocketAddr>,
+    /// Tokens this node owns on the cluster's ring (1 to [`NUM_TOKENS_MAX`]).
+    pub num_tokens: usize,
+    /// Copies of every key, on distinct nodes (1 to [`REPLICATION_FACTOR_MAX`]).
+    pub replication_factor: usize,
+    /// Replicas that must acknowledge a write before the client is answered.
+    #[serde(deserialize_with = "from_str")]
+    pub write_consistency: Consistency,
+    /// Replicas that must answer a read before the client is answered.
+    #[serde(deserialize_with = "from_str")]
+    pub read_consistency: Consistency,
+    /// How far ahead of this node's clock a version from another node may be; a write stamped
+    /// further in the future is refused, so one node with a runaway clock cannot make its
+    /// writes win every conflict.
+    pub max_clock_skew_ms: u64,
+    /// How long a coordinator waits for enough replicas to answer before it answers the client
+    /// with a timeout.
+    pub replica_timeout_ms: u64,
+    /// Replica requests a shard may have sent as coordinator and not yet had answered; more are
+    /// answered "overloaded".
+    pub peer_pending_max: usize,
+    /// Encoded messages waiting to be written on one peer link, in bytes; above this the link
+    /// refuses new messages until it drains. At least one maximal frame.
+    pub peer_outbox_bytes_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -139,8 +190,29 @@ impl Default for NodeConfig {
             memtable_bytes_max: 64 << 20,
             block_cache_bytes: 64 << 20,
             shutdown_grace_ms: 10_000,
+            peer_listen: None,
+            seeds: Vec::new(),
+            num_tokens: 16,
+            replication_factor: 3,
+            write_consistency: Consistency::Quorum,
+            read_consistency: Consistency::Quorum,
+            max_clock_skew_ms: 500,
+            replica_timeout_ms: 2_000,
+            peer_pending_max: 4096,
+            peer_outbox_bytes_max: 4 << 20,
         }
     }
+}
+
+/// Deserializes through `FromStr`, for types whose text form is their `FromStr`/`Display`.
+fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 impl NodeConfig {
@@ -172,6 +244,21 @@ impl NodeConfig {
     /// The address shard `shard_id` alone listens on.
     pub fn shard_address(&self, shard_id: u32) -> SocketAddr {
         SocketAddr::new(self.listen.ip(), self.shard_port(shard_id))
+    }
+
+    /// The peer address of shard 0: `peer_listen`, or the client IP with the client port +
+    /// [`PEER_PORT_OFFSET`].
+    fn peer_listen_or_default(&self) -> SocketAddr {
+        self.peer_listen.unwrap_or_else(|| {
+            SocketAddr::new(self.listen.ip(), self.listen.port().wrapping_add(PEER_PORT_OFFSET))
+        })
+    }
+
+    /// The address shard `shard_id` listens on for other nodes: shard 0's peer address with
+    /// the port + `shard_id`.
+    pub fn peer_address(&self, shard_id: u32) -> SocketAddr {
+        let base = self.peer_listen_or_default();
+        SocketAddr::new(base.ip(), base.port().wrapping_add(shard_id as u16))
     }
 
     /// The storage engine options for each shard.
@@ -212,6 +299,7 @@ impl NodeConfig {
                 format!("{base}: a shard port would be the client port {client_port}"),
             );
         }
+        self.validate_peer_ports(shards, base)?;
         if self.node_id > NODE_ID_MAX {
             return invalid("node_id", format!("is {}; it must be at most {NODE_ID_MAX}", self.node_id));
         }
@@ -221,7 +309,43 @@ impl NodeConfig {
                 format!("is {}; it must be 1 to {VNODES_PER_SHARD_MAX}", self.vnodes_per_shard),
             );
         }
+        if !(1..=NUM_TOKENS_MAX).contains(&self.num_tokens) {
+            return invalid(
+                "num_tokens",
+                format!("is {}; it must be 1 to {NUM_TOKENS_MAX}", self.num_tokens),
+            );
+        }
+        if !(1..=REPLICATION_FACTOR_MAX).contains(&self.replication_factor) {
+            return invalid(
+                "replication_factor",
+                format!("is {}; it must be 1 to {REPLICATION_FACTOR_MAX}", self.replication_factor),
+            );
+        }
+        if self.seeds.len() > SEEDS_MAX {
+            return invalid("seeds", format!("lists {}; at most {SEEDS_MAX} are accepted", self.seeds.len()));
+        }
+        if let Some(seed) = self.seeds.iter().find(|seed| seed.port() == 0) {
+            return invalid("seeds", format!("{seed} needs a port other than 0"));
+        }
+        let peer_frame_bytes = FRAME_LENGTH_PREFIX_BYTES + PEER_FRAME_BYTES_MAX;
+        if self.peer_outbox_bytes_max < peer_frame_bytes {
+            return invalid(
+                "peer_outbox_bytes_max",
+                format!(
+                    "is {}; it must hold at least one maximal peer frame, {peer_frame_bytes} bytes",
+                    self.peer_outbox_bytes_max
+                ),
+            );
+        }
+        for (field, value) in
+            [("max_clock_skew_ms", self.max_clock_skew_ms), ("replica_timeout_ms", self.replica_timeout_ms)]
+        {
+            if value == 0 {
+                return invalid(field, "must be above 0".to_string());
+            }
+        }
         let positive = [
+            ("peer_pending_max", self.peer_pending_max),
             ("connections_max", self.connections_max),
             ("in_flight_max", self.in_flight_max),
             ("outbox_bytes_max", self.outbox_bytes_max),
@@ -239,6 +363,50 @@ impl NodeConfig {
                 "io_memory_bytes",
                 format!("is {}; glommio needs at least 65536", self.io_memory_bytes),
             );
+        }
+        Ok(())
+    }
+
+    /// Checks that every shard's peer port exists and collides with no client or shard port
+    /// on the same address. `shard_port_base` is the first shard port, already checked.
+    fn validate_peer_ports(&self, shards: usize, shard_port_base: u32) -> Result<(), ShardError> {
+        let invalid = |reason: String| Err(ShardError::ConfigValue { field: "peer_listen", reason });
+        let peer = self.peer_listen_or_default();
+        let peer_base = match self.peer_listen {
+            Some(peer) => u32::from(peer.port()),
+            None => u32::from(self.listen.port()) + u32::from(PEER_PORT_OFFSET),
+        };
+        if peer_base == 0 {
+            return invalid("needs a port other than 0: other nodes must know it".to_string());
+        }
+        let peer_ports = peer_base..peer_base + shards as u32;
+        if peer_ports.end - 1 > u32::from(u16::MAX) {
+            let origin = match self.peer_listen {
+                Some(_) => String::new(),
+                None => format!(" (the client port + {PEER_PORT_OFFSET})"),
+            };
+            return invalid(format!(
+                "port {peer_base}{origin} leaves no room for {shards} peer ports below 65536; set \
+                 peer_listen"
+            ));
+        }
+        // Ports on different addresses do not collide, unless one of them is the wildcard.
+        let shares_address =
+            |ip: IpAddr| ip == peer.ip() || ip.is_unspecified() || peer.ip().is_unspecified();
+        if !shares_address(self.listen.ip()) {
+            return Ok(());
+        }
+        let client_port = u32::from(self.listen.port());
+        if peer_ports.contains(&client_port) {
+            return invalid(format!("port {peer_base}: a peer port would be the client port {client_port}"));
+        }
+        let shard_ports = shard_port_base..shard_port_base + shards as u32;
+        if peer_ports.start < shard_ports.end && shard_ports.start < peer_ports.end {
+            return invalid(format!(
+                "peer ports {peer_base} to {} overlap the shard ports {shard_port_base} to {}",
+                peer_ports.end - 1,
+                shard_ports.end - 1
+            ));
         }
         Ok(())
     }
@@ -301,6 +469,134 @@ mod tests {
         assert!(NodeConfig::from_toml("sync = \"periodic:0\"").is_err());
         assert_eq!("always".parse::<SyncSetting>(), Ok(SyncSetting::Always));
         assert_eq!(SyncSetting::Periodic { interval_ms: 5 }.to_string(), "periodic:5");
+    }
+
+    #[test]
+    fn cluster_defaults_need_no_file() {
+        let config = NodeConfig::default();
+        assert_eq!(config.peer_listen, None);
+        assert_eq!(config.peer_address(0), "127.0.0.1:8379".parse().unwrap());
+        assert_eq!(config.peer_address(3), "127.0.0.1:8382".parse().unwrap());
+        assert!(config.seeds.is_empty(), "a node with no seeds starts a cluster of its own");
+        assert_eq!(config.num_tokens, 16);
+        assert_eq!(config.replication_factor, 3);
+        assert_eq!(config.write_consistency, Consistency::Quorum);
+        assert_eq!(config.read_consistency, Consistency::Quorum);
+        assert_eq!(config.max_clock_skew_ms, 500);
+        assert_eq!(config.replica_timeout_ms, 2_000);
+        assert_eq!(config.peer_pending_max, 4096);
+        assert_eq!(config.peer_outbox_bytes_max, 4 << 20);
+    }
+
+    #[test]
+    fn default_peer_port_follows_the_client_address() {
+        let config = NodeConfig { listen: "10.1.2.3:9000".parse().unwrap(), ..NodeConfig::default() };
+        assert_eq!(config.peer_address(1), "10.1.2.3:10001".parse().unwrap());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file() {
+        let config = NodeConfig::from_toml(
+            "peer_listen = \"0.0.0.0:9500\"\nseeds = [\"10.0.0.1:9500\", \"10.0.0.2:9500\"]\n\
+             num_tokens = 32\nreplication_factor = 5\nwrite_consistency = \"all\"\n\
+             read_consistency = \"one\"\nmax_clock_skew_ms = 250\nreplica_timeout_ms = 750\n\
+             peer_pending_max = 128\npeer_outbox_bytes_max = 8388608\nnode_id = 1023\nshards = 2\n",
+        )
+        .unwrap();
+        assert_eq!(config.peer_address(0), "0.0.0.0:9500".parse().unwrap());
+        assert_eq!(config.peer_address(1), "0.0.0.0:9501".parse().unwrap());
+        assert_eq!(config.seeds, vec!["10.0.0.1:9500".parse().unwrap(), "10.0.0.2:9500".parse().unwrap()]);
+        assert_eq!(config.num_tokens, 32);
+        assert_eq!(config.replication_factor, 5);
+        assert_eq!(config.write_consistency, Consistency::All);
+        assert_eq!(config.read_consistency, Consistency::One);
+        assert_eq!(config.max_clock_skew_ms, 250);
+        assert_eq!(config.replica_timeout_ms, 750);
+        assert_eq!(config.peer_pending_max, 128);
+        assert_eq!(config.peer_outbox_bytes_max, 8 << 20);
+        assert_eq!(config.node_id, 1023);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_consistency_levels_are_errors() {
+        let error = NodeConfig::from_toml("write_consistency = \"two\"").unwrap_err().to_string();
+        assert!(error.contains("\"two\"") && error.contains("quorum"), "{error}");
+        assert!(NodeConfig::from_toml("read_consistency = \"QUORUM\"").is_err());
+        assert!(NodeConfig::from_toml("read_consistency = 2").is_err());
+    }
+
+    #[test]
+    fn peer_ports_may_repeat_client_ports_on_another_address() {
+        let config = NodeConfig {
+            listen: "127.0.0.1:7379".parse().unwrap(),
+            peer_listen: Some("127.0.0.2:7379".parse().unwrap()),
+            ..NodeConfig::default()
+        };
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_cluster_values_name_their_field() {
+        let seed: SocketAddr = "10.0.0.1:9500".parse().unwrap();
+        let bad = [
+            ("num_tokens", NodeConfig { num_tokens: 0, ..NodeConfig::default() }),
+            ("num_tokens", NodeConfig { num_tokens: NUM_TOKENS_MAX + 1, ..NodeConfig::default() }),
+            ("replication_factor", NodeConfig { replication_factor: 0, ..NodeConfig::default() }),
+            (
+                "replication_factor",
+                NodeConfig { replication_factor: REPLICATION_FACTOR_MAX + 1, ..NodeConfig::default() },
+            ),
+            ("seeds", NodeConfig { seeds: vec!["10.0.0.1:0".parse().unwrap()], ..NodeConfig::default() }),
+            ("seeds", NodeConfig { seeds: vec![seed; SEEDS_MAX + 1], ..NodeConfig::default() }),
+            ("max_clock_skew_ms", NodeConfig { max_clock_skew_ms: 0, ..NodeConfig::default() }),
+            ("replica_timeout_ms", NodeConfig { replica_timeout_ms: 0, ..NodeConfig::default() }),
+            ("peer_pending_max", NodeConfig { peer_pending_max: 0, ..NodeConfig::default() }),
+            ("peer_outbox_bytes_max", NodeConfig { peer_outbox_bytes_max: 1 << 20, ..NodeConfig::default() }),
+            (
+                "peer_listen",
+                NodeConfig { peer_listen: Some("127.0.0.1:0".parse().unwrap()), ..NodeConfig::default() },
+            ),
+            // The default peer port would be above 65535.
+            (
+                "peer_listen",
+                NodeConfig { listen: "127.0.0.1:65000".parse().unwrap(), ..NodeConfig::default() },
+            ),
+            (
+                "peer_listen",
+                NodeConfig {
+                    peer_listen: Some("127.0.0.1:65535".parse().unwrap()),
+                    shards: Some(2),
+                    ..NodeConfig::default()
+                },
+            ),
+            // Peer ports 7379-7380 would take the client port.
+            (
+                "peer_listen",
+                NodeConfig {
+                    peer_listen: Some("127.0.0.1:7378".parse().unwrap()),
+                    shards: Some(2),
+                    ..NodeConfig::default()
+                },
+            ),
+            // Peer ports 7381-7382 would overlap the shard ports 7380-7381; the wildcard address
+            // shares every port.
+            (
+                "peer_listen",
+                NodeConfig {
+                    peer_listen: Some("0.0.0.0:7381".parse().unwrap()),
+                    shards: Some(2),
+                    ..NodeConfig::default()
+                },
+            ),
+        ];
+        for (field, config) in bad {
+            match config.validate() {
+                Err(ShardError::ConfigValue { field: named, .. }) => assert_eq!(named, field, "{config:?}"),
+                other => panic!("{field}: expected a configuration error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

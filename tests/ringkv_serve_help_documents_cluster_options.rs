@@ -1,0 +1,39 @@
+//! `ringkv serve --help` documents the cluster options, with their defaults and ranges.
+
+use std::process::Command;
+
+#[test]
+fn ringkv_serve_help_documents_cluster_options() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringkv")).args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "--peer-listen",
+        "--seeds",
+        "--num-tokens",
+        "--replication-factor",
+        "--write-consistency",
+        "--read-consistency",
+        "--max-clock-skew-ms",
+        "--replica-timeout-ms",
+        "--peer-pending-max",
+        "--peer-outbox-bytes-max",
+        "--node-id",
+    ] {
+        assert!(help.contains(option), "{option} is not documented:\n{help}");
+    }
+    for text in ["client port + 1000", "quorum", "1-256", "1-7", "0-1023", "ADDR:PORT,..."] {
+        assert!(help.contains(text), "{text} is not mentioned:\n{help}");
+    }
+}
+
+#[test]
+fn ringkv_serve_refuses_an_unknown_consistency_level() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["serve", "--write-consistency", "two"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("two") && stderr.contains("quorum"), "{stderr}");
+}
