@@ -1,19 +1,22 @@
 //! [`Handler`]: carries out one [`Operation`] on this shard's storage engine.
 //!
 //! ```text
-//!  Operation ─▶ stamp a version (HybridClock) ─▶ Engine put/delete/cas/get ─▶ Outcome
-//!                                                         └─ StorageError ─▶ Failure (ErrorCode)
+//!  Operation ─▶ Engine write_with/compare_and_swap_with/get ─▶ Outcome
+//!                 └─ closure: stamp a version (HybridClock)  └─ StorageError ─▶ Failure (ErrorCode)
 //!  Scan ─▶ Engine::scan pages until the limit or the byte cap ─▶ this shard's ScanPage
 //! ```
 //!
 //! Only the shard that owns a key's token runs its operations, so one clock versions every
-//! write of a key and the engine's compare-and-swap is atomic for it.
+//! write of a key and the engine's compare-and-swap is atomic for it. The version is stamped
+//! inside the engine's write step (the closure), after any wait for memtable room, so writes
+//! apply in the order of their versions; the clock first observes the newest version the engine
+//! holds for the key, so a write always lands above it.
 
 use std::ops::Bound;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use ringkv_storage::{CasOutcome, Disk, Engine, StorageError, Value};
+use ringkv_storage::{CasOutcome, Disk, Engine, Entry, StorageError, Value};
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{ErrorCode, Expected, Failure, Operation, Outcome, Scan, ScanEntry, ScanPage};
 
@@ -77,41 +80,59 @@ impl<D: Disk> Handler<D> {
                 Err(error) => Err(error),
             },
             Operation::Put { key, value, ttl_ms } => {
-                let version = self.clock.next_version(now_ms);
                 let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));
+                let value = owned(&value);
                 self.engine
-                    .put(owned(&key), owned(&value), version, expires_at_ms)
+                    .write_with(owned(&key), |newest| {
+                        Entry::live(self.stamp(newest, now_ms), value, expires_at_ms)
+                    })
                     .await
-                    .map(|()| Outcome::Written { version })
+                    // A put a newer entry superseded (one from another node's clock, say) was
+                    // still written, then overwritten: last writer wins.
+                    .map(|outcome| Outcome::Written { version: outcome.version() })
             }
-            Operation::Delete { key } => {
-                let version = self.clock.next_version(now_ms);
-                self.engine.delete(owned(&key), version, now_ms).await.map(|()| Outcome::Written { version })
-            }
+            Operation::Delete { key } => self
+                .engine
+                .write_with(owned(&key), |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms))
+                .await
+                .map(|outcome| Outcome::Written { version: outcome.version() }),
             Operation::CompareAndSwap { key, expected, value, ttl_ms } => {
-                let version = self.clock.next_version(now_ms);
                 let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));
                 let expected = match expected {
                     Expected::Absent => ringkv_storage::Expected::Absent,
                     Expected::Version(version) => ringkv_storage::Expected::Version(version),
                 };
-                match self
-                    .engine
-                    .compare_and_swap(owned(&key), expected, owned(&value), version, expires_at_ms, now_ms)
-                    .await
-                {
-                    Ok(CasOutcome::Swapped) => Ok(Outcome::Written { version }),
+                let value = owned(&value);
+                let make_entry = |stored| Entry::live(self.stamp(stored, now_ms), value, expires_at_ms);
+                match self.engine.compare_and_swap_with(owned(&key), expected, now_ms, make_entry).await {
+                    Ok(CasOutcome::Swapped { version }) => Ok(Outcome::Written { version }),
                     Ok(CasOutcome::Mismatch { current_version }) => {
                         if let Some(current) = current_version {
                             self.clock.observe(current);
                         }
                         Ok(Outcome::CasMismatch { current_version })
                     }
+                    Ok(CasOutcome::Stale { current_version }) => {
+                        // `stamp` versions above the stored entry, so this means a clock bug.
+                        return Err(Failure::new(
+                            ErrorCode::Internal,
+                            format!("compare-and-swap versioned at or below the stored {current_version}"),
+                        ));
+                    }
                     Err(error) => Err(error),
                 }
             }
         };
         outcome.map_err(|error| failure_of(&error))
+    }
+
+    /// A new version for a write, above `stored` (the version the engine holds for the key, if
+    /// any) and every version this shard's clock has handed out or seen.
+    fn stamp(&self, stored: Option<u64>, now_ms: u64) -> u64 {
+        if let Some(stored) = stored {
+            self.clock.observe(stored);
+        }
+        self.clock.next_version(now_ms)
     }
 
     /// One page of this shard's live keys in `scan`'s range, in order: at most `scan.limit`
@@ -252,6 +273,38 @@ mod tests {
                 ttl_ms: None,
             };
             assert!(matches!(handler.execute(absent).await.unwrap(), Outcome::Written { .. }));
+        });
+    }
+
+    #[test]
+    fn writes_land_above_a_stored_version_from_a_clock_far_ahead() {
+        let handler = handler();
+        ringkv_io::run_local("handler-ahead", async {
+            // Versions another node's clock stamped an hour ahead of this one's.
+            let ahead = (fixed_now() + 3_600_000) << 22;
+            for (name, version) in [("a", ahead), ("b", ahead + 1), ("c", ahead + 2)] {
+                handler.engine().put(key(name), key("remote"), version, None).await.unwrap();
+            }
+            let put = Operation::Put { key: key("a"), value: key("local"), ttl_ms: None };
+            let Ok(Outcome::Written { version }) = handler.execute(put).await else { panic!() };
+            assert!(version > ahead, "{version} is not above {ahead}");
+            let read = handler.execute(Operation::Get { key: key("a") }).await.unwrap();
+            assert_eq!(read, Outcome::Value { value: key("local"), version });
+            let Ok(Outcome::Written { version: deleted }) =
+                handler.execute(Operation::Delete { key: key("b") }).await
+            else {
+                panic!()
+            };
+            assert!(deleted > ahead + 1);
+            assert_eq!(handler.execute(Operation::Get { key: key("b") }).await.unwrap(), Outcome::NotFound);
+            let swap = Operation::CompareAndSwap {
+                key: key("c"),
+                expected: Expected::Version(ahead + 2),
+                value: key("swapped"),
+                ttl_ms: None,
+            };
+            let Ok(Outcome::Written { version: swapped }) = handler.execute(swap).await else { panic!() };
+            assert!(swapped > ahead + 2);
         });
     }
 

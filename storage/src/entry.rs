@@ -7,8 +7,13 @@
 //! ```
 //! `flags` bit 0: tombstone; bit 1: the value has an expiry. `time_ms` is the expiry of a value
 //! (0 when none) or the deletion time of a tombstone.
+//!
+//! Which of two entries for a key stands is [`Entry::cmp_precedence`]: the higher version, and
+//! between equal versions a fixed order of the contents, so every replica resolves the same way
+//! whatever order the writes reach it in (arrival order never decides).
 
 use bytes::{BufMut, Bytes};
+use std::cmp::Ordering;
 
 /// Flag bit: the entry is a tombstone.
 const FLAG_TOMBSTONE: u8 = 1;
@@ -79,6 +84,37 @@ impl Entry {
             Value::Live { data, .. } => Some(data),
             Value::Tombstone { .. } => None,
         }
+    }
+
+    /// How this entry ranks against `other`, an entry for the same key: the one that ranks
+    /// higher is the key's state, wherever and in whatever order the two were written. The
+    /// higher version ranks higher. Equal versions normally mean the same write seen twice; when
+    /// they differ anyway, the tie is broken by content so that every replica picks the same
+    /// one: a tombstone over a value (a delete is never undone by its twin), then the later
+    /// deletion time, or the greater value bytes, then the later expiry (no expiry counts as
+    /// the latest). `Equal` only for identical entries.
+    pub fn cmp_precedence(&self, other: &Entry) -> Ordering {
+        self.version.cmp(&other.version).then_with(|| match (&self.value, &other.value) {
+            (Value::Tombstone { .. }, Value::Live { .. }) => Ordering::Greater,
+            (Value::Live { .. }, Value::Tombstone { .. }) => Ordering::Less,
+            (Value::Tombstone { deleted_at_ms: mine }, Value::Tombstone { deleted_at_ms: theirs }) => {
+                mine.cmp(theirs)
+            }
+            (
+                Value::Live { data: mine, expires_at_ms: my_expiry },
+                Value::Live { data: theirs, expires_at_ms: their_expiry },
+            ) => mine.cmp(theirs).then_with(|| {
+                // `None` (never expires) ranks above every expiry time.
+                let rank = |expiry: &Option<u64>| expiry.map_or(u64::MAX as u128 + 1, u128::from);
+                rank(my_expiry).cmp(&rank(their_expiry))
+            }),
+        })
+    }
+
+    /// True when this entry ranks above `other` (see [`Entry::cmp_precedence`]), so it replaces
+    /// `other` as the key's state; false for the same entry seen again.
+    pub fn supersedes(&self, other: &Entry) -> bool {
+        self.cmp_precedence(other) == Ordering::Greater
     }
 
     /// Size of this entry encoded with a key of `key_len` bytes.
@@ -178,6 +214,39 @@ mod tests {
         }
         buf[0] = 0x80;
         assert!(Entry::decode(&Bytes::from(buf), 0).is_err());
+    }
+
+    #[test]
+    fn higher_version_wins_and_ties_break_by_content() {
+        let value =
+            |version, data: &'static [u8], expiry| Entry::live(version, Bytes::from_static(data), expiry);
+        // The version decides first, whatever the contents.
+        assert!(value(2, b"a", Some(1)).supersedes(&Entry::tombstone(1, 99)));
+        assert!(Entry::tombstone(2, 0).supersedes(&value(1, b"zzz", None)));
+        // Equal versions: tombstone over value, then deletion time, value bytes, expiry.
+        assert!(Entry::tombstone(5, 0).supersedes(&value(5, b"zzz", None)));
+        assert!(Entry::tombstone(5, 7).supersedes(&Entry::tombstone(5, 6)));
+        assert!(value(5, b"b", Some(1)).supersedes(&value(5, b"a", None)));
+        assert!(value(5, b"a", None).supersedes(&value(5, b"a", Some(u64::MAX))));
+        assert!(value(5, b"a", Some(9)).supersedes(&value(5, b"a", Some(8))));
+        // The same write twice: neither replaces the other.
+        let entries = [
+            value(5, b"a", None),
+            value(5, b"a", Some(3)),
+            value(5, b"", None),
+            Entry::tombstone(5, 1),
+            Entry::tombstone(4, 1),
+            value(6, b"", Some(0)),
+        ];
+        for entry in &entries {
+            assert_eq!(entry.cmp_precedence(entry), Ordering::Equal);
+            assert!(!entry.supersedes(entry));
+            // A total order: antisymmetric, so any two replicas agree on the winner.
+            for other in &entries {
+                assert_eq!(entry.cmp_precedence(other), other.cmp_precedence(entry).reverse());
+                assert_eq!(entry.cmp_precedence(other) == Ordering::Equal, entry == other);
+            }
+        }
     }
 
     #[test]

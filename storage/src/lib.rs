@@ -40,7 +40,9 @@ pub mod sstable;
 pub mod wal;
 
 pub use disk::{Disk, DiskFile};
-pub use engine::{CasOutcome, Engine, EngineStats, Expected, RecoveryReport, ScanPage, Versioned};
+pub use engine::{
+    CasOutcome, Engine, EngineStats, Expected, RecoveryReport, ScanPage, Versioned, WriteOutcome,
+};
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};
 pub use options::{EngineOptions, SyncMode};

@@ -1,8 +1,10 @@
 //! The in-memory table of recent writes: an ordered map from key to its newest entry.
 //!
 //! One shard is single-threaded, so plain std collections are enough (no concurrent
-//! skiplist). Each entry keeps the sequence number of the write that made it, so CAS can tell
-//! whether a key changed while it waited on a disk read.
+//! skiplist). Each entry keeps the sequence number of the write that made it.
+//!
+//! "Newest" is by version, not by arrival: an insert replaces a key's entry only if it ranks
+//! higher ([`Entry::cmp_precedence`]), so a late, repeated or reordered write changes nothing.
 //!
 //! Two structures, one job each:
 //! - a hash map from key to entry answers point reads and writes in a probe or two. Walking a
@@ -60,6 +62,8 @@ pub struct Memtable {
     entries: HashMap<MemKey, MemEntry, ahash::RandomState>,
     approximate_bytes: usize,
     last_seq: u64,
+    /// The highest version inserted (0 when empty).
+    max_version: u64,
 }
 
 impl Default for Memtable {
@@ -89,6 +93,7 @@ impl Memtable {
             entries: HashMap::with_hasher(hasher),
             approximate_bytes: 0,
             last_seq: 0,
+            max_version: 0,
         }
     }
 
@@ -99,20 +104,26 @@ impl Memtable {
             entries: HashMap::with_hasher(self.entries.hasher().clone()),
             approximate_bytes: 0,
             last_seq: 0,
+            max_version: 0,
         }
     }
 
-    /// Records a write; a later write to the same key replaces the earlier one.
-    pub fn insert(&mut self, key: &[u8], seq: u64, entry: Entry) {
+    /// Records a write with sequence number `seq`: it becomes the key's entry unless the key
+    /// already holds one that ranks as high or higher ([`Entry::supersedes`]). Returns whether
+    /// it did. Sequence numbers must rise from call to call, taken or not.
+    pub fn insert(&mut self, key: &[u8], seq: u64, entry: Entry) -> bool {
         debug_assert!(seq > self.last_seq, "memtable writes arrive in sequence order");
+        self.last_seq = seq;
         let added = entry.data().map_or(0, Bytes::len);
-        let new = MemEntry { seq, entry };
         match self.entries.get_mut(key) {
+            Some(old) if !entry.supersedes(&old.entry) => false,
             Some(old) => {
                 // The key and the overhead were counted by the first write; only the value changes.
                 let removed = old.entry.data().map_or(0, Bytes::len);
                 self.approximate_bytes = self.approximate_bytes + added - removed;
-                *old = new;
+                self.max_version = self.max_version.max(entry.version);
+                *old = MemEntry { seq, entry };
+                true
             }
             None => {
                 // A short key lives in its slots, already counted in the overhead; a long one
@@ -120,12 +131,13 @@ impl Memtable {
                 let key_heap_bytes =
                     if key.len() > INLINE_KEY_BYTES { 2 * (key.len() + ALLOCATION_HEADER_BYTES) } else { 0 };
                 self.approximate_bytes += key_heap_bytes + ENTRY_OVERHEAD_BYTES + added;
+                self.max_version = self.max_version.max(entry.version);
                 let key = MemKey::from_slice(key);
                 self.order.insert(key.clone());
-                self.entries.insert(key, new);
+                self.entries.insert(key, MemEntry { seq, entry });
+                true
             }
         }
-        self.last_seq = seq;
     }
 
     /// The newest entry for `key`.
@@ -167,9 +179,14 @@ impl Memtable {
         self.entries.get(&key[..]).expect("every ordered key has an entry")
     }
 
-    /// Sequence number of the newest write (0 when empty).
+    /// Sequence number of the last write recorded, taken or not (0 when empty).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The highest version of any entry held (0 when empty).
+    pub fn max_version(&self) -> u64 {
+        self.max_version
     }
 }
 
@@ -187,6 +204,30 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert_eq!(table.approximate_bytes(), after_first - 100);
         assert_eq!(table.last_seq(), 2);
+    }
+
+    #[test]
+    fn the_highest_version_stays_whatever_the_arrival_order() {
+        let mut table = Memtable::new();
+        assert!(table.insert(b"k", 1, Entry::live(5, Bytes::from_static(b"five"), None)));
+        // Late, repeated: nothing changes, but the sequence number moves on.
+        assert!(!table.insert(b"k", 2, Entry::live(3, Bytes::from_static(b"three"), None)));
+        assert!(!table.insert(b"k", 3, Entry::live(5, Bytes::from_static(b"five"), None)));
+        let kept = table.get(b"k").unwrap();
+        assert_eq!((kept.seq, kept.entry.version), (1, 5));
+        assert_eq!(table.last_seq(), 3);
+        // Equal versions: the tombstone wins over the value, then the greater bytes.
+        assert!(table.insert(b"k", 4, Entry::tombstone(5, 0)));
+        assert!(!table.insert(b"k", 5, Entry::live(5, Bytes::from_static(b"zzz"), None)));
+        assert!(table.insert(b"t", 6, Entry::live(9, Bytes::from_static(b"a"), None)));
+        assert!(table.insert(b"t", 7, Entry::live(9, Bytes::from_static(b"b"), None)));
+        assert!(!table.insert(b"t", 8, Entry::live(9, Bytes::from_static(b"a"), None)));
+        assert_eq!(table.get(b"t").unwrap().entry.data().unwrap(), &Bytes::from_static(b"b"));
+        assert_eq!(table.get(b"k").unwrap().entry, Entry::tombstone(5, 0));
+        assert_eq!(table.max_version(), 9);
+        // A higher version replaces whatever is there.
+        assert!(table.insert(b"k", 9, Entry::live(6, Bytes::from_static(b"six"), None)));
+        assert_eq!(table.get(b"k").unwrap().entry.version, 6);
     }
 
     #[test]

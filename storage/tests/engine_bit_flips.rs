@@ -131,8 +131,11 @@ struct TableLayout {
     footer: (u64, u64),
 }
 
+/// Bytes of a table's footer (format 2; see `storage/src/sstable/mod.rs`).
+const FOOTER_BYTES: usize = 60;
+
 fn table_layout(bytes: &[u8]) -> TableLayout {
-    let footer = bytes.len() - 52;
+    let footer = bytes.len() - FOOTER_BYTES;
     let u32_at =
         |at: usize| u32::from_le_bytes(bytes[footer + at..footer + at + 4].try_into().unwrap()) as u64;
     let u64_at = |at: usize| u64::from_le_bytes(bytes[footer + at..footer + at + 8].try_into().unwrap());

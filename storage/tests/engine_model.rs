@@ -260,10 +260,10 @@ impl Model {
                 )?;
                 let expected = match self.live(*index) {
                     Some(live) => CasOutcome::Mismatch { current_version: Some(live.version) },
-                    None => CasOutcome::Swapped,
+                    None => CasOutcome::Swapped { version },
                 };
                 prop_assert_eq!(outcome, expected, "CAS absent on key{:02}", index);
-                if outcome == CasOutcome::Swapped {
+                if outcome == (CasOutcome::Swapped { version }) {
                     self.oracle.insert(*index, Written { value: Some(data), version, expires_at_ms });
                 }
             }
@@ -289,11 +289,11 @@ impl Model {
                     "compare_and_swap",
                 )?;
                 let expected = match live {
-                    Some(live) if live.version == wanted => CasOutcome::Swapped,
+                    Some(live) if live.version == wanted => CasOutcome::Swapped { version },
                     live => CasOutcome::Mismatch { current_version: live.map(|live| live.version) },
                 };
                 prop_assert_eq!(outcome, expected, "CAS version {} on key{:02}", wanted, index);
-                if outcome == CasOutcome::Swapped {
+                if outcome == (CasOutcome::Swapped { version }) {
                     self.oracle.insert(*index, Written { value: Some(data), version, expires_at_ms: None });
                 }
             }

@@ -52,6 +52,8 @@ struct Directory {
     /// Names as of the last successful `sync_dir`.
     durable: BTreeMap<String, Rc<RefCell<FileData>>>,
     faults: Faults,
+    /// `read_at` calls on any file, for tests that count disk reads.
+    reads: u64,
 }
 
 /// An in-memory directory. Cloning gives another handle to the same directory.
@@ -99,7 +101,8 @@ impl MemDisk {
             let file = FileData { current: contents.clone(), durable: contents, unsynced: Vec::new() };
             survivors.insert(name.clone(), Rc::new(RefCell::new(file)));
         }
-        let dir = Directory { current: survivors.clone(), durable: survivors, faults: Faults::default() };
+        let dir =
+            Directory { current: survivors.clone(), durable: survivors, faults: Faults::default(), reads: 0 };
         MemDisk { dir: Rc::new(RefCell::new(dir)) }
     }
 
@@ -137,6 +140,11 @@ impl MemDisk {
     /// The current length of a file.
     pub fn file_len(&self, name: &str) -> Option<u64> {
         self.dir.borrow().current.get(name).map(|file| file.borrow().current.len() as u64)
+    }
+
+    /// Reads made from any file of this disk so far.
+    pub fn reads(&self) -> u64 {
+        self.dir.borrow().reads
     }
 
     /// Total bytes of all files, as readers see them.
@@ -235,6 +243,7 @@ impl DiskFile for MemFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        self.dir.borrow_mut().reads += 1;
         let file = self.data.borrow();
         let start = (offset as usize).min(file.current.len());
         let end = (start + len).min(file.current.len());

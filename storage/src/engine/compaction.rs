@@ -92,14 +92,19 @@ impl<D: Disk> Engine<D> {
         let grace = self.options.tombstone_grace_ms;
         let mut merged = 0usize;
         loop {
-            // The smallest key among the heads; on ties the newest table (highest index) wins.
+            // The smallest key among the heads; among the heads holding it, the highest-ranking
+            // entry (by version, not by table age).
             let mut winner: Option<usize> = None;
             for (index, head) in heads.iter().enumerate() {
-                if let Some((key, _)) = head {
-                    match winner.and_then(|w| heads[w].as_ref()) {
-                        Some((best, _)) if key > best => {}
-                        _ => winner = Some(index),
+                let Some((key, entry)) = head else { continue };
+                let better = match winner.and_then(|winner| heads[winner].as_ref()) {
+                    None => true,
+                    Some((best_key, best_entry)) => {
+                        key < best_key || (key == best_key && entry.supersedes(best_entry))
                     }
+                };
+                if better {
+                    winner = Some(index);
                 }
             }
             let Some(winner) = winner else { break };
@@ -110,6 +115,9 @@ impl<D: Disk> Engine<D> {
                 }
             }
             let entry = match entry.dead_since_ms(now_ms) {
+                // Safe although reads resolve by version: a write is stored only if it outranks
+                // everything stored for its key, so no table newer than these holds a lower
+                // version of the key that the dropped entry was hiding.
                 Some(since) if purge_dead && since.saturating_add(grace) <= now_ms => continue,
                 // An expired value still hides older versions in tables outside this merge.
                 Some(since) if !purge_dead && matches!(entry.value, Value::Live { .. }) => {

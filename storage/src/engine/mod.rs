@@ -8,6 +8,14 @@
 //! memtable is sealed and flushed to an SSTable by [`Engine::run_maintenance`] (or, if no
 //! maintenance task keeps up, by the stalled writer itself).
 //!
+//! The highest version wins, whatever the arrival order ([`Entry::cmp_precedence`]): a write is
+//! applied only if it outranks every entry stored for its key, and a late, repeated or
+//! reordered one changes nothing and appends nothing. Reads resolve by version too, not by
+//! table age: a point read goes newest first and stops once every table left holds only lower
+//! versions (each table records its highest, Cassandra's trick), so the usual read is still one
+//! lookup. Because a write is stored only when it outranks what is there, a key's versions also
+//! rise with table age, which keeps compaction's purge of old tombstones safe.
+//!
 //! Failures split in two: a bad key or value is the caller's error and changes nothing; a failed
 //! write, sync, flush or compaction poisons the engine, which then refuses every write and says
 //! why, while reads of what is already there go on.
@@ -32,7 +40,7 @@ use crate::block_cache::BlockCache;
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::manifest::{self, Manifest, TableRecord};
-use crate::memtable::Memtable;
+use crate::memtable::{MemEntry, Memtable};
 use crate::options::EngineOptions;
 use crate::sstable::{Table, TableWriter};
 use crate::wal::parse_segment_file_name;
@@ -41,6 +49,7 @@ use crate::{DiskFile, Result, StorageError, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use bytes::Bytes;
 use event_listener::Event;
 use std::cell::{Cell, RefCell};
+use std::ops::Deref;
 use std::rc::Rc;
 
 /// Entries a flush or a compaction writes between two cooperative yields.
@@ -67,10 +76,39 @@ pub enum Expected {
 /// The result of a compare-and-swap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CasOutcome {
-    /// The expectation held and the new value is written.
-    Swapped,
+    /// The expectation held and the new entry, of `version`, is written.
+    Swapped { version: u64 },
     /// It did not; nothing was written. `current_version` is the live value's version, if any.
     Mismatch { current_version: Option<u64> },
+    /// The expectation held, but the key's stored entry (live or dead), of `current_version`,
+    /// ranks at or above the new one, so writing it would change nothing: nothing was written.
+    /// Only a caller choosing versions itself meets this; an entry made above the version
+    /// [`Engine::compare_and_swap_with`] passes to its closure never does.
+    Stale { current_version: u64 },
+}
+
+/// What became of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The entry, of `version`, is the key's state now.
+    Applied { version: u64 },
+    /// An entry stored for the key, of `current_version`, ranks at or above this one (a higher
+    /// version, or the same write seen again): nothing was written or appended.
+    Superseded { version: u64, current_version: u64 },
+}
+
+impl WriteOutcome {
+    /// The version of the entry written (or not).
+    pub fn version(&self) -> u64 {
+        match *self {
+            WriteOutcome::Applied { version } | WriteOutcome::Superseded { version, .. } => version,
+        }
+    }
+
+    /// Whether the entry became the key's state.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, WriteOutcome::Applied { .. })
+    }
 }
 
 /// One page of an ordered range scan.
@@ -120,12 +158,66 @@ pub struct EngineStats {
     pub block_cache_bytes: usize,
 }
 
+/// The live tables, oldest first (the manifest's order), with the running maximum of their
+/// versions that lets a point read stop early.
+struct Tables<F: DiskFile> {
+    list: Vec<Rc<Table<F>>>,
+    /// `max_version_through[i]`: the highest version in tables `0..=i`.
+    max_version_through: Vec<u64>,
+}
+
+/// What a point read going newest first does at a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadStep {
+    /// This table and every older one hold only versions below what was found.
+    Stop,
+    /// This table holds only lower versions; an older one may not.
+    Skip,
+    /// The table may hold an entry that ranks at or above what was found.
+    Look,
+}
+
+impl<F: DiskFile> Tables<F> {
+    fn new(list: Vec<Rc<Table<F>>>) -> Self {
+        let max_version_through = list
+            .iter()
+            .scan(0, |max, table| {
+                *max = table.max_version().max(*max);
+                Some(*max)
+            })
+            .collect();
+        Tables { list, max_version_through }
+    }
+
+    /// The highest version in any table (0 when there are none).
+    fn max_version(&self) -> u64 {
+        self.max_version_through.last().copied().unwrap_or(0)
+    }
+
+    /// What a read that has found an entry of `found_version` (or nothing) does at table `index`.
+    /// An entry of an equal version may still win the tie-break, so only lower ones are passed.
+    fn read_step(&self, index: usize, found_version: Option<u64>) -> ReadStep {
+        match found_version {
+            Some(found) if self.max_version_through[index] < found => ReadStep::Stop,
+            Some(found) if self.list[index].max_version() < found => ReadStep::Skip,
+            _ => ReadStep::Look,
+        }
+    }
+}
+
+impl<F: DiskFile> Deref for Tables<F> {
+    type Target = [Rc<Table<F>>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
 struct State<F: DiskFile> {
     next_seq: u64,
     active: Memtable,
     sealed: Option<Rc<Memtable>>,
-    /// Tables, oldest first (the manifest's order).
-    tables: Rc<Vec<Rc<Table<F>>>>,
+    tables: Rc<Tables<F>>,
     manifest: Manifest,
     flushing: bool,
     compacting: bool,
@@ -134,6 +226,19 @@ struct State<F: DiskFile> {
     flush_generation: u64,
     failure: Option<String>,
     closed: bool,
+}
+
+impl<F: DiskFile> State<F> {
+    /// The key's highest-ranking entry in the memtables.
+    fn newest_in_memory(&self, key: &[u8]) -> Option<&MemEntry> {
+        let active = self.active.get(key);
+        let sealed = self.sealed.as_ref().and_then(|sealed| sealed.get(key));
+        match (active, sealed) {
+            (Some(active), Some(sealed)) if sealed.entry.supersedes(&active.entry) => Some(sealed),
+            (Some(active), _) => Some(active),
+            (None, sealed) => sealed,
+        }
+    }
 }
 
 /// A storage engine over one [`Disk`]. Single-threaded; share it with `Rc`.
@@ -239,7 +344,7 @@ impl<D: Disk> Engine<D> {
             next_seq: last_seq + 1,
             active,
             sealed: None,
-            tables: Rc::new(tables),
+            tables: Rc::new(Tables::new(tables)),
             manifest,
             flushing: false,
             compacting: false,
@@ -344,14 +449,14 @@ impl<D: Disk> Engine<D> {
         self.manifest_busy.set(true);
         let (mut tables, mut manifest) = {
             let state = self.state.borrow();
-            (state.tables.as_ref().clone(), state.manifest.clone())
+            (state.tables.list.clone(), state.manifest.clone())
         };
         manifest.next_file_number = self.next_file_number.get();
         change(&mut tables, &mut manifest);
         let written = manifest.write(self.disk.as_ref()).await;
         if written.is_ok() {
             let mut state = self.state.borrow_mut();
-            state.tables = Rc::new(tables);
+            state.tables = Rc::new(Tables::new(tables));
             state.manifest = manifest;
         }
         self.manifest_busy.set(false);

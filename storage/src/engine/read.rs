@@ -1,15 +1,28 @@
 //! Point reads: [`Engine::get`] and [`Engine::get_entry`], which may await the disk, and
 //! [`Engine::read_now`], which answers from memory or says a disk read is needed.
+//!
+//! A read resolves by version: the key's entry is the highest-ranking one in the memtables and
+//! the tables ([`Entry::cmp_precedence`]). It goes newest first and stops as soon as every table
+//! left holds only lower versions than what it found (each table knows its highest version), so
+//! a key in a memtable, or in a table newer than the rest of its history, costs one lookup.
 
-use super::{Engine, Versioned};
+use super::{Engine, ReadStep, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::sstable::key_hash;
 use crate::Result;
+use std::borrow::Cow;
 
 /// What [`Engine::read_now`] lends for `entry` at `now_ms`: its live value and version.
 fn lent(entry: &Entry, now_ms: u64) -> Option<(&[u8], u64)> {
     entry.data_at(now_ms).map(|data| (&data[..], entry.version))
+}
+
+/// Keeps the higher-ranking of what was found and a table's entry.
+fn keep_newest<'a>(found: &mut Option<Cow<'a, Entry>>, entry: Entry) {
+    if found.as_deref().is_none_or(|found| entry.supersedes(found)) {
+        *found = Some(Cow::Owned(entry));
+    }
 }
 
 impl<D: Disk> Engine<D> {
@@ -20,11 +33,11 @@ impl<D: Disk> Engine<D> {
         }))
     }
 
-    /// [`Engine::get`] without waiting, when memory holds the answer (a memtable, or cached
-    /// blocks of every table that may hold the key): the live value and its version are lent to
-    /// `read`, whose result is returned; `None` when a block must be read from disk. A server
-    /// answers hot reads this way in place, encoding the reply straight from the memtable, with
-    /// no task started and no reference count touched.
+    /// [`Engine::get`] without waiting, when memory holds the answer (the memtables, and cached
+    /// blocks of every table that may hold a newer entry of the key): the live value and its
+    /// version are lent to `read`, whose result is returned; `None` when a block must be read
+    /// from disk. A server answers hot reads this way in place, encoding the reply straight from
+    /// the memtable, with no task started and no reference count touched.
     pub fn read_now<R>(
         &self,
         key: &[u8],
@@ -32,42 +45,50 @@ impl<D: Disk> Engine<D> {
         read: impl FnOnce(Option<(&[u8], u64)>) -> R,
     ) -> Option<Result<R>> {
         let state = self.state.borrow();
-        let in_memtable =
-            state.active.get(key).or_else(|| state.sealed.as_ref().and_then(|sealed| sealed.get(key)));
-        if let Some(found) = in_memtable {
-            return Some(Ok(read(lent(&found.entry, now_ms))));
+        let tables = &state.tables;
+        let in_memory = state.newest_in_memory(key).map(|newest| &newest.entry);
+        if let Some(entry) = in_memory.filter(|entry| tables.max_version() < entry.version) {
+            // The usual case: no table holds anything as new.
+            return Some(Ok(read(lent(entry, now_ms))));
         }
+        let mut found = in_memory.map(Cow::Borrowed);
         let hash = key_hash(key);
-        for table in state.tables.iter().rev() {
-            match table.get_cached(key, hash)? {
-                Ok(None) => continue,
-                Ok(Some(entry)) => return Some(Ok(read(lent(&entry, now_ms)))),
-                Err(error) => return Some(Err(error)),
+        for index in (0..tables.len()).rev() {
+            match tables.read_step(index, found.as_deref().map(|found| found.version)) {
+                ReadStep::Stop => break,
+                ReadStep::Skip => continue,
+                ReadStep::Look => match tables[index].get_cached(key, hash)? {
+                    Ok(None) => {}
+                    Ok(Some(entry)) => keep_newest(&mut found, entry),
+                    Err(error) => return Some(Err(error)),
+                },
             }
         }
-        Some(Ok(read(None)))
+        Some(Ok(read(found.as_deref().and_then(|found| lent(found, now_ms)))))
     }
 
-    /// The newest stored entry for `key`, tombstones and expired values included.
+    /// The key's stored entry, the highest-ranking of every memtable's and table's
+    /// (tombstones and expired values included).
     pub async fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let tables = {
+        let (in_memory, tables) = {
             let state = self.state.borrow();
-            if let Some(found) = state.active.get(key) {
-                return Ok(Some(found.entry.clone()));
-            }
-            if let Some(found) = state.sealed.as_ref().and_then(|sealed| sealed.get(key)) {
-                return Ok(Some(found.entry.clone()));
-            }
-            state.tables.clone()
+            (state.newest_in_memory(key).map(|newest| newest.entry.clone()), state.tables.clone())
         };
+        let mut found: Option<Cow<Entry>> = in_memory.map(Cow::Owned);
         // Hash once for every table's filter.
         let hash = key_hash(key);
-        for table in tables.iter().rev() {
-            if let Some(entry) = table.get_with_hash(key, hash).await? {
-                return Ok(Some(entry));
+        for index in (0..tables.len()).rev() {
+            match tables.read_step(index, found.as_deref().map(|found| found.version)) {
+                ReadStep::Stop => break,
+                ReadStep::Skip => continue,
+                ReadStep::Look => {
+                    if let Some(entry) = tables[index].get_with_hash(key, hash).await? {
+                        keep_newest(&mut found, entry);
+                    }
+                }
             }
         }
-        Ok(None)
+        Ok(found.map(Cow::into_owned))
     }
 }
 
@@ -77,6 +98,7 @@ mod tests {
     use super::super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
     use futures_executor::block_on;
+    use std::ops::Bound;
 
     #[test]
     fn reads_its_writes_across_flush_compaction_and_reopen() {
@@ -157,6 +179,97 @@ mod tests {
             engine.put(key(3), Bytes::from_static(b"new"), 5000, None).await.unwrap();
             let found = get_now(&engine, &key(3), 0).unwrap().unwrap().unwrap();
             assert_eq!((found.value, found.version), (Bytes::from_static(b"new"), 5000));
+        });
+    }
+
+    /// A table of `entries` (sorted by key) written as file `id`, and its manifest record.
+    async fn write_table(disk: &MemDisk, id: u64, entries: &[(Bytes, Entry)]) -> TableRecord {
+        let name = manifest::table_file_name(id);
+        let file = disk.create(&name).await.unwrap();
+        let mut writer = TableWriter::new(file, name, 10, entries.len());
+        for (key, entry) in entries {
+            writer.add(key, entry).await.unwrap();
+        }
+        let summary = writer.finish().await.unwrap();
+        TableRecord {
+            id,
+            file_bytes: summary.file_bytes,
+            entry_count: summary.entry_count,
+            smallest_key: summary.smallest_key,
+            largest_key: summary.largest_key,
+        }
+    }
+
+    #[test]
+    fn reads_stop_once_every_older_table_holds_only_lower_versions() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            // Three tables: the key at version 1 in the oldest, at 5 in the middle one, and a
+            // newest table of other keys with versions up to 9.
+            engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
+            engine.put(key(2), Bytes::from_static(b"other"), 1, None).await.unwrap();
+            engine.flush().await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"five"), 5, None).await.unwrap();
+            engine.flush().await.unwrap();
+            engine.put(key(0), Bytes::from_static(b"low"), 8, None).await.unwrap();
+            engine.put(key(3), Bytes::from_static(b"high"), 9, None).await.unwrap();
+            engine.flush().await.unwrap();
+            drop(engine);
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            assert_eq!(engine.stats().tables, 3);
+
+            // Cold: the newest table is passed over by its filter or read for nothing; the
+            // middle one answers with 5, and the oldest (highest version 1) is never read.
+            let before = disk.reads();
+            assert_eq!(engine.get(&key(1), 0).await.unwrap().unwrap().version, 5);
+            let reads = disk.reads() - before;
+            assert!((1..=2).contains(&reads), "{reads} reads");
+            // Warm: read_now answers although the oldest table's block is not cached.
+            assert_eq!(get_now(&engine, &key(1), 0).unwrap().unwrap().unwrap().version, 5);
+
+            // A key in the memtable above every table's versions: no disk read at all.
+            engine.put(key(1), Bytes::from_static(b"ten"), 10, None).await.unwrap();
+            let before = disk.reads();
+            assert_eq!(engine.get(&key(1), 0).await.unwrap().unwrap().version, 10);
+            assert_eq!(disk.reads(), before);
+        });
+    }
+
+    #[test]
+    fn a_higher_version_in_an_older_table_wins_everywhere() {
+        block_on(async {
+            // Written by hand, since the write path never stores a lower version above a higher
+            // one: the oldest table holds the key at version 9, the newest at version 3.
+            let disk = MemDisk::new();
+            let k = key(1);
+            let old =
+                write_table(&disk, 1, &[(k.clone(), Entry::live(9, Bytes::from_static(b"nine"), None))])
+                    .await;
+            let new = write_table(
+                &disk,
+                2,
+                &[
+                    (k.clone(), Entry::live(3, Bytes::from_static(b"three"), None)),
+                    (key(2), Entry::live(4, Bytes::from_static(b"four"), None)),
+                ],
+            )
+            .await;
+            let manifest = Manifest { flushed_seq: 0, next_file_number: 3, tables: vec![old, new] };
+            manifest.write(&disk).await.unwrap();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+
+            let nine = Versioned { value: Bytes::from_static(b"nine"), version: 9 };
+            assert_eq!(engine.get(&k, 0).await.unwrap(), Some(nine.clone()));
+            assert_eq!(get_now(&engine, &k, 0).unwrap().unwrap(), Some(nine.clone()));
+            let page = engine.scan(Bound::Unbounded, Bound::Unbounded, 10, 0, false).await.unwrap();
+            assert_eq!(page.entries[0], (k.clone(), Entry::live(9, Bytes::from_static(b"nine"), None)));
+            // A write below the stored version is refused, though only a table holds it.
+            let outcome = engine.put(k.clone(), Bytes::from_static(b"five"), 5, None).await.unwrap();
+            assert_eq!(outcome, WriteOutcome::Superseded { version: 5, current_version: 9 });
+            // Compaction keeps the highest version too.
+            assert!(engine.compact_all(0).await.unwrap());
+            assert_eq!(engine.get(&k, 0).await.unwrap(), Some(nine));
         });
     }
 }

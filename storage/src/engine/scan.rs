@@ -1,12 +1,28 @@
-//! Paged range scans over the memtables and every table.
+//! Paged range scans over the memtables and every table. Where sources hold the same key, the
+//! highest-ranking entry is the key's ([`Entry::cmp_precedence`]), as for point reads.
 
 use super::{Engine, ScanPage};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::Result;
 use bytes::Bytes;
+use std::collections::btree_map::Entry as Slot;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+
+/// Keeps the higher-ranking of what `merged` holds for `key` and `entry`.
+fn keep_newest(merged: &mut BTreeMap<Bytes, Entry>, key: Bytes, entry: Entry) {
+    match merged.entry(key) {
+        Slot::Vacant(slot) => {
+            slot.insert(entry);
+        }
+        Slot::Occupied(mut slot) => {
+            if entry.supersedes(slot.get()) {
+                slot.insert(entry);
+            }
+        }
+    }
+}
 
 /// True when no key lies between `start` and `end`.
 fn range_is_empty(start: &Bound<Bytes>, end: &Bound<Bytes>) -> bool {
@@ -63,7 +79,7 @@ impl<D: Disk> Engine<D> {
                         cut_at(key, &mut complete_through);
                         break;
                     }
-                    merged.entry(Bytes::copy_from_slice(key)).or_insert_with(|| mem_entry.entry.clone());
+                    keep_newest(&mut merged, Bytes::copy_from_slice(key), mem_entry.entry.clone());
                 }
             }
             state.tables.clone()
@@ -86,7 +102,7 @@ impl<D: Disk> Engine<D> {
                     cut_at(&key, &mut complete_through);
                     break;
                 }
-                merged.entry(key).or_insert(entry);
+                keep_newest(&mut merged, key, entry);
                 taken += 1;
             }
         }

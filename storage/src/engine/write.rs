@@ -1,44 +1,171 @@
-//! The write path: puts, deletes, raw entries and compare-and-swap, each applied (WAL buffer
-//! append and memtable insert) in one synchronous step, then acknowledged once the group commit
-//! covers it; and the write stall that waits for memtable room.
+//! The write path: puts, deletes, raw entries and compare-and-swap, each decided and applied
+//! (WAL buffer append and memtable insert) in one synchronous step, then acknowledged once the
+//! group commit covers it; and the write stall that waits for memtable room.
+//!
+//! A write is applied only if it outranks every entry stored for its key
+//! ([`Entry::supersedes`]). The memtables answer that at once; the tables too, unless one of
+//! them may hold the key at this version or higher (by its key range, filter and highest
+//! version), which takes a read first. A write that does not outrank what is stored is not
+//! appended: it resolves once everything appended before it is durable, so its caller is never
+//! told before the entry that superseded it is safe.
 
-use super::{validate, CasOutcome, Engine, Expected, State};
+use super::{validate, CasOutcome, Engine, Expected, State, Tables, WriteOutcome};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::options::SyncMode;
-use crate::Result;
+use crate::sstable::key_hash;
+use crate::{DiskFile, Result};
 use bytes::Bytes;
 use std::rc::Rc;
 
+/// Whether some table may hold an entry for `key` of `version` or higher, so that a write of
+/// `version` needs a read to know whether it outranks what is stored. Answered from memory.
+fn tables_may_hold_at_or_above<F: DiskFile>(tables: &Tables<F>, key: &[u8], version: u64) -> bool {
+    if tables.max_version() < version {
+        return false;
+    }
+    let hash = key_hash(key);
+    tables.iter().any(|table| table.max_version() >= version && table.may_contain_hash(key, hash))
+}
+
+/// What the synchronous step of a write decided.
+enum Step {
+    /// Applied as record `seq`.
+    Applied { seq: u64, version: u64 },
+    /// Outranked by a stored entry; `appended` is the last record appended before.
+    Superseded { appended: u64, version: u64, current_version: u64 },
+    /// A table may hold the key at this version or higher: read before deciding.
+    ReadFirst(Entry),
+}
+
+/// The higher-ranking of two entries for one key.
+fn newest(left: Option<Entry>, right: Option<&Entry>) -> Option<Entry> {
+    match (left, right) {
+        (Some(left), Some(right)) if right.supersedes(&left) => Some(right.clone()),
+        (Some(left), _) => Some(left),
+        (None, right) => right.cloned(),
+    }
+}
+
 impl<D: Disk> Engine<D> {
     /// Writes `value` under `key` with `version`, expiring at `expires_at_ms` if given.
-    /// Resolves when the write is acknowledged (see [`SyncMode`]).
+    /// Resolves when the write is acknowledged (see [`SyncMode`]); see [`Engine::write`].
     pub async fn put(
         &self,
         key: Bytes,
         value: Bytes,
         version: u64,
         expires_at_ms: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<WriteOutcome> {
         validate(&key, Some(&value))?;
         self.write(key, Entry::live(version, value, expires_at_ms)).await
     }
 
     /// Deletes `key` by writing a tombstone with `version`, made at `now_ms`.
-    pub async fn delete(&self, key: Bytes, version: u64, now_ms: u64) -> Result<()> {
+    pub async fn delete(&self, key: Bytes, version: u64, now_ms: u64) -> Result<WriteOutcome> {
         self.write(key, Entry::tombstone(version, now_ms)).await
     }
 
-    /// Writes a raw entry (as replication streams them). Resolves when acknowledged.
-    pub async fn write(&self, key: Bytes, entry: Entry) -> Result<()> {
+    /// Writes a raw entry whose version the caller chose (as replication streams them): applied
+    /// if it outranks what the key holds, else [`WriteOutcome::Superseded`] and nothing changes.
+    /// Resolves when acknowledged: for an applied entry once it is durable (in the default
+    /// sync mode), for a superseded one once everything appended before it is.
+    pub async fn write(&self, key: Bytes, entry: Entry) -> Result<WriteOutcome> {
         validate(&key, entry.data())?;
-        self.make_room().await?;
-        let seq = self.apply(&mut self.state.borrow_mut(), key, entry)?;
-        self.acknowledge(seq).await
+        self.write_with(key, |_| entry).await
     }
 
-    /// Writes `value` only if the key's current state matches `expected`. Atomic on this shard:
-    /// the check and the write happen with no other write to the key in between.
+    /// Writes the entry `make_entry` returns, calling it in the same synchronous step that
+    /// applies the entry (after any wait for memtable room), so no other write lands between the
+    /// version being chosen and the write taking effect: a writer that stamps versions from a
+    /// clock inside `make_entry` applies its writes in version order.
+    ///
+    /// `make_entry` is passed the version of the key's newest entry in memory, if any; an entry
+    /// made with a higher version is applied without a read, unless some table may hold the key
+    /// at that version or higher (then the tables are read first, and the entry is applied only
+    /// if it still outranks everything). It must not call back into the engine. Resolves as
+    /// [`Engine::write`] does.
+    pub async fn write_with(
+        &self,
+        key: Bytes,
+        make_entry: impl FnOnce(Option<u64>) -> Entry,
+    ) -> Result<WriteOutcome> {
+        validate(&key, None)?;
+        self.make_room().await?;
+        let step = {
+            let mut state = self.state.borrow_mut();
+            self.check_writable(&state)?;
+            let in_memory = state.newest_in_memory(&key);
+            let entry = make_entry(in_memory.map(|newest| newest.entry.version));
+            validate(&key, entry.data())?;
+            match in_memory.filter(|newest| !entry.supersedes(&newest.entry)) {
+                Some(newest) => Step::Superseded {
+                    appended: state.next_seq - 1,
+                    version: entry.version,
+                    current_version: newest.entry.version,
+                },
+                None if tables_may_hold_at_or_above(&state.tables, &key, entry.version) => {
+                    Step::ReadFirst(entry)
+                }
+                None => {
+                    let version = entry.version;
+                    Step::Applied { seq: self.apply(&mut state, key.clone(), entry)?, version }
+                }
+            }
+        };
+        match step {
+            Step::ReadFirst(entry) => self.write_if_newest(key, entry).await,
+            decided => self.resolve(decided).await,
+        }
+    }
+
+    /// The slow path of [`Engine::write_with`]: reads the key's newest stored entry, then, in one
+    /// synchronous step with what the memtables hold by then, applies `entry` if it outranks it.
+    async fn write_if_newest(&self, key: Bytes, entry: Entry) -> Result<WriteOutcome> {
+        loop {
+            let generation = self.state.borrow().flush_generation;
+            let found = self.get_entry(&key).await?;
+            let step = {
+                let mut state = self.state.borrow_mut();
+                self.check_writable(&state)?;
+                if state.flush_generation != generation {
+                    // A memtable moved to a table while we read; the read may have missed a write.
+                    continue;
+                }
+                let current = newest(found, state.newest_in_memory(&key).map(|newest| &newest.entry));
+                let version = entry.version;
+                match current.filter(|current| !entry.supersedes(current)) {
+                    Some(current) => Step::Superseded {
+                        appended: state.next_seq - 1,
+                        version,
+                        current_version: current.version,
+                    },
+                    None => Step::Applied { seq: self.apply(&mut state, key, entry)?, version },
+                }
+            };
+            return self.resolve(step).await;
+        }
+    }
+
+    /// Waits for what the synchronous step of a write decided to be acknowledged: an applied
+    /// entry's own record, or, for a superseded one, every record appended before it (among
+    /// them, or before them, the entry that superseded it).
+    async fn resolve(&self, step: Step) -> Result<WriteOutcome> {
+        match step {
+            Step::Applied { seq, version } => {
+                self.acknowledge(seq).await?;
+                Ok(WriteOutcome::Applied { version })
+            }
+            Step::Superseded { appended, version, current_version } => {
+                self.acknowledge(appended).await?;
+                Ok(WriteOutcome::Superseded { version, current_version })
+            }
+            Step::ReadFirst(_) => unreachable!("a write that needs a read is not resolved yet"),
+        }
+    }
+
+    /// Writes `value` with `version` only if the key's current state matches `expected`; see
+    /// [`Engine::compare_and_swap_with`].
     pub async fn compare_and_swap(
         &self,
         key: Bytes,
@@ -49,50 +176,60 @@ impl<D: Disk> Engine<D> {
         now_ms: u64,
     ) -> Result<CasOutcome> {
         validate(&key, Some(&value))?;
+        self.compare_and_swap_with(key, expected, now_ms, |_| Entry::live(version, value, expires_at_ms))
+            .await
+    }
+
+    /// Writes the entry `make_entry` returns only if the key's state at `now_ms` matches
+    /// `expected` (its live value's version, or its absence). Atomic on this shard: the check,
+    /// the call to `make_entry` and the write happen in one synchronous step, with no other
+    /// write to the key in between. `make_entry` is passed the version of the key's stored
+    /// entry, live or dead, if any: an entry made above it is written
+    /// ([`CasOutcome::Swapped`]); one that is not changes nothing ([`CasOutcome::Stale`]). It
+    /// must not call back into the engine.
+    pub async fn compare_and_swap_with(
+        &self,
+        key: Bytes,
+        expected: Expected,
+        now_ms: u64,
+        make_entry: impl FnOnce(Option<u64>) -> Entry,
+    ) -> Result<CasOutcome> {
+        validate(&key, None)?;
         self.make_room().await?;
+        let mut make_entry = Some(make_entry);
         loop {
-            let (generation, start_seq) = {
-                let state = self.state.borrow();
-                (state.flush_generation, state.next_seq)
-            };
+            let generation = self.state.borrow().flush_generation;
             let found = self.get_entry(&key).await?;
-            let decided = {
+            let (seq, version) = {
                 let mut state = self.state.borrow_mut();
+                self.check_writable(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
-                    None
-                } else {
-                    // A write to the key after the read started is in a memtable; it decides.
-                    let newer = state
-                        .active
-                        .get(&key)
-                        .or_else(|| state.sealed.as_ref().and_then(|sealed| sealed.get(&key)))
-                        .filter(|mem_entry| mem_entry.seq >= start_seq)
-                        .map(|mem_entry| mem_entry.entry.clone());
-                    let current = newer
-                        .or(found)
-                        .filter(|entry| !entry.is_absent_at(now_ms))
-                        .map(|entry| entry.version);
-                    let matches = match expected {
-                        Expected::Absent => current.is_none(),
-                        Expected::Version(version) => current == Some(version),
-                    };
-                    if matches {
-                        let entry = Entry::live(version, value.clone(), expires_at_ms);
-                        Some(Ok(self.apply(&mut state, key.clone(), entry)?))
-                    } else {
-                        Some(Err(current))
-                    }
+                    continue;
                 }
+                // A write to the key since the read began is in a memtable; the newest of the two
+                // is the key's state.
+                let current = newest(found, state.newest_in_memory(&key).map(|newest| &newest.entry));
+                let live_version =
+                    current.as_ref().filter(|entry| !entry.is_absent_at(now_ms)).map(|entry| entry.version);
+                let matches = match expected {
+                    Expected::Absent => live_version.is_none(),
+                    Expected::Version(version) => live_version == Some(version),
+                };
+                if !matches {
+                    return Ok(CasOutcome::Mismatch { current_version: live_version });
+                }
+                let make_entry = make_entry.take().expect("the entry is made once");
+                let entry = make_entry(current.as_ref().map(|entry| entry.version));
+                validate(&key, entry.data())?;
+                if let Some(current) = current.filter(|current| !entry.supersedes(current)) {
+                    return Ok(CasOutcome::Stale { current_version: current.version });
+                }
+                let version = entry.version;
+                (self.apply(&mut state, key, entry)?, version)
             };
-            match decided {
-                None => continue,
-                Some(Err(current_version)) => return Ok(CasOutcome::Mismatch { current_version }),
-                Some(Ok(seq)) => {
-                    self.acknowledge(seq).await?;
-                    return Ok(CasOutcome::Swapped);
-                }
-            }
+            self.acknowledge(seq).await?;
+            return Ok(CasOutcome::Swapped { version });
         }
     }
 
@@ -108,7 +245,8 @@ impl<D: Disk> Engine<D> {
         self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(&key, out))?;
         state.next_seq += 1;
         self.stats.borrow_mut().user_bytes += (key.len() + entry.data().map_or(0, Bytes::len)) as u64;
-        state.active.insert(&key, seq, entry);
+        let inserted = state.active.insert(&key, seq, entry);
+        debug_assert!(inserted, "only an entry that outranks the stored ones is applied");
         self.seal_if_full(state);
         Ok(seq)
     }
@@ -175,7 +313,7 @@ mod tests {
             );
             assert_eq!(
                 engine.compare_and_swap(k.clone(), Expected::Absent, v.clone(), 5, None, 0).await.unwrap(),
-                CasOutcome::Swapped
+                CasOutcome::Swapped { version: 5 }
             );
             assert_eq!(
                 engine.compare_and_swap(k.clone(), Expected::Absent, v.clone(), 6, None, 0).await.unwrap(),
@@ -187,13 +325,94 @@ mod tests {
                     .compare_and_swap(k.clone(), Expected::Version(5), v.clone(), 7, Some(50), 0)
                     .await
                     .unwrap(),
-                CasOutcome::Swapped
+                CasOutcome::Swapped { version: 7 }
             );
             // Expired means absent.
             assert_eq!(
-                engine.compare_and_swap(k.clone(), Expected::Absent, v, 8, None, 60).await.unwrap(),
-                CasOutcome::Swapped
+                engine.compare_and_swap(k.clone(), Expected::Absent, v.clone(), 8, None, 60).await.unwrap(),
+                CasOutcome::Swapped { version: 8 }
             );
+            // The expectation holds (the key is deleted), but a version below the tombstone's
+            // would change nothing.
+            engine.delete(k.clone(), 20, 60).await.unwrap();
+            assert_eq!(
+                engine.compare_and_swap(k.clone(), Expected::Absent, v.clone(), 19, None, 60).await.unwrap(),
+                CasOutcome::Stale { current_version: 20 }
+            );
+            // With a closure, the version is made knowing the stored one: it always lands.
+            let outcome = engine
+                .compare_and_swap_with(k.clone(), Expected::Absent, 60, |stored| {
+                    assert_eq!(stored, Some(20));
+                    Entry::live(stored.unwrap() + 1, v.clone(), None)
+                })
+                .await
+                .unwrap();
+            assert_eq!(outcome, CasOutcome::Swapped { version: 21 });
+            assert_eq!(engine.get(&k, 60).await.unwrap().unwrap().version, 21);
+        });
+    }
+
+    #[test]
+    fn lower_or_repeated_versions_change_nothing_and_append_nothing() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let k = key(1);
+            let value = |text: &'static str| Bytes::from_static(text.as_bytes());
+            assert_eq!(
+                engine.put(k.clone(), value("ten"), 10, None).await.unwrap(),
+                WriteOutcome::Applied { version: 10 }
+            );
+            let appended = engine.wal.appended_seq();
+            // Late and repeated writes, against the memtable.
+            for (version, data) in [(9, "nine"), (10, "ten")] {
+                assert_eq!(
+                    engine.put(k.clone(), value(data), version, None).await.unwrap(),
+                    WriteOutcome::Superseded { version, current_version: 10 }
+                );
+            }
+            assert!(!engine.delete(k.clone(), 3, 0).await.unwrap().is_applied());
+            // Against a table: the filter and the table's highest version send the write to a
+            // read first, and it is refused just the same.
+            engine.flush().await.unwrap();
+            assert_eq!(
+                engine.put(k.clone(), value("eight"), 8, None).await.unwrap(),
+                WriteOutcome::Superseded { version: 8, current_version: 10 }
+            );
+            assert_eq!(engine.wal.appended_seq(), appended, "nothing superseded was appended");
+            assert_eq!(engine.get(&k, 0).await.unwrap().unwrap().value, value("ten"));
+            // A tie goes to the tombstone, and then a higher version wins again.
+            assert!(engine.delete(k.clone(), 10, 0).await.unwrap().is_applied());
+            assert_eq!(engine.get(&k, 0).await.unwrap(), None);
+            assert!(engine.put(k.clone(), value("eleven"), 11, None).await.unwrap().is_applied());
+            assert_eq!(engine.get(&k, 0).await.unwrap().unwrap().value, value("eleven"));
+            // The closure sees the newest version in memory, so it can always stamp above it.
+            let outcome = engine
+                .write_with(k.clone(), |newest| {
+                    assert_eq!(newest, Some(11));
+                    Entry::live(newest.unwrap() + 1, value("twelve"), None)
+                })
+                .await
+                .unwrap();
+            assert_eq!(outcome, WriteOutcome::Applied { version: 12 });
+        });
+    }
+
+    #[test]
+    fn a_superseded_write_resolves_only_once_its_superseder_is_durable() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let k = key(1);
+            let newer = engine.put(k.clone(), Bytes::from_static(b"new"), 10, None);
+            // Polled second, the older write finds the newer one applied but not yet synced.
+            let older = async {
+                let outcome = engine.put(k.clone(), Bytes::from_static(b"old"), 5, None).await;
+                (outcome, engine.wal.durable_seq())
+            };
+            let (newer, (older, durable_when_older_resolved)) =
+                futures_util::future::join(newer, older).await;
+            assert!(newer.unwrap().is_applied());
+            assert_eq!(older.unwrap(), WriteOutcome::Superseded { version: 5, current_version: 10 });
+            assert!(durable_when_older_resolved >= 1, "resolved before the newer write was durable");
         });
     }
 

@@ -5,11 +5,11 @@ use crate::disk::{align_up, ALIGNMENT};
 use crate::error::{Result, StorageError};
 
 /// Encoded size of the footer.
-pub(crate) const FOOTER_BYTES: usize = 52;
+pub(crate) const FOOTER_BYTES: usize = 60;
 /// Bytes covered by the footer's checksum: everything before it.
-const CHECKSUMMED_BYTES: usize = 48;
+const CHECKSUMMED_BYTES: usize = 56;
 
-/// Where a table's index and filter are, and how many entries it holds.
+/// Where a table's index and filter are, how many entries it holds and their highest version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Footer {
     pub index_offset: u64,
@@ -17,6 +17,8 @@ pub(crate) struct Footer {
     pub filter_offset: u64,
     pub filter_len: u32,
     pub entry_count: u64,
+    /// The highest version of any entry (0 for an empty table).
+    pub max_version: u64,
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -39,6 +41,7 @@ impl Footer {
         out.extend_from_slice(&self.filter_len.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&self.entry_count.to_le_bytes());
+        out.extend_from_slice(&self.max_version.to_le_bytes());
         let checksum = crc32c::crc32c(&out[start..]);
         out.extend_from_slice(&checksum.to_le_bytes());
         debug_assert_eq!(out.len() - start, FOOTER_BYTES);
@@ -70,7 +73,8 @@ impl Footer {
         let version = u32_at(bytes, 8);
         if version != FORMAT_VERSION {
             return Err(corrupt(format!(
-                "table format version {version}, this reader knows {FORMAT_VERSION}"
+                "table format version {version}: written by another release of ringkv, which this \
+                 one cannot read (it reads format {FORMAT_VERSION} only)"
             )));
         }
         if u32_at(bytes, 36) != 0 {
@@ -82,6 +86,7 @@ impl Footer {
             filter_offset: u64_at(bytes, 24),
             filter_len: u32_at(bytes, 32),
             entry_count: u64_at(bytes, 40),
+            max_version: u64_at(bytes, 48),
         };
         // The writer lays out index, filter and footer back to back, each part page-aligned.
         let index_end = footer.index_offset.checked_add(footer.index_len.into());
@@ -103,7 +108,14 @@ mod tests {
     use super::*;
 
     fn sample() -> Footer {
-        Footer { index_offset: 8192, index_len: 100, filter_offset: 12288, filter_len: 200, entry_count: 42 }
+        Footer {
+            index_offset: 8192,
+            index_len: 100,
+            filter_offset: 12288,
+            filter_len: 200,
+            entry_count: 42,
+            max_version: 7 << 40,
+        }
     }
 
     #[test]

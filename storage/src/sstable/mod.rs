@@ -16,7 +16,7 @@
 //!            ├─────────────────────────────────────┤
 //!            │ filter block       │ zero padding   │  4 KiB-aligned
 //!            ├─────────────────────────────────────┤
-//!            │ ... zero padding   │ footer (52 B)  │  the footer ends the file;
+//!            │ ... zero padding   │ footer (60 B)  │  the footer ends the file;
 //!   file end └─────────────────────────────────────┘  the file length is a multiple of 4096
 //! ```
 //!
@@ -53,13 +53,17 @@
 //!   hash_count u32 │ line_count × 64 bytes of bits
 //! ```
 //!
-//! Footer, the last 52 bytes of the file:
+//! Footer, the last 60 bytes of the file:
 //!
 //! ```text
 //!    0 magic u64           8 format_version u32   12 index_len u32
 //!   16 index_offset u64   24 filter_offset u64    32 filter_len u32   36 reserved u32 (zero)
-//!   40 entry_count u64    48 crc32c u32 over bytes 0..48
+//!   40 entry_count u64    48 max_version u64      56 crc32c u32 over bytes 0..56
 //! ```
+//!
+//! `max_version` is the highest version of any entry in the table: a point read that already
+//! found a higher version for its key skips the table (and stops once every table left is below
+//! it), since reads resolve by version, not by table age.
 //!
 //! Integrity: every frame's checksum is verified right after it is read and a mismatch is a
 //! [`StorageError::ChecksumMismatch`](crate::StorageError::ChecksumMismatch); structural checks
@@ -101,8 +105,9 @@ pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
 pub const SCAN_READAHEAD_BYTES: usize = 256 << 10;
 /// The footer's first field: "RINGKVST" read as a little-endian u64.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"RINGKVST");
-/// Version of the format described above; a reader rejects any other.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the format described above; a reader rejects any other. Version 2 added
+/// `max_version` to the footer.
+pub const FORMAT_VERSION: u32 = 2;
 
 const _: () = assert!(BLOCK_TARGET_BYTES.is_multiple_of(ALIGNMENT));
 const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(ALIGNMENT));

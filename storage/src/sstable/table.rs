@@ -23,6 +23,7 @@ pub struct Table<F: DiskFile> {
     cache: Rc<BlockCache>,
     file_bytes: u64,
     entry_count: u64,
+    max_version: u64,
     index: Index,
     filter: BloomFilter,
 }
@@ -67,6 +68,7 @@ impl<F: DiskFile> Table<F> {
             cache,
             file_bytes,
             entry_count: footer.entry_count,
+            max_version: footer.max_version,
             index,
             filter,
         })
@@ -152,6 +154,11 @@ impl<F: DiskFile> Table<F> {
         self.entry_count
     }
 
+    /// The highest version of any entry (0 for an empty table).
+    pub fn max_version(&self) -> u64 {
+        self.max_version
+    }
+
     /// Empty for a table without entries.
     pub fn smallest_key(&self) -> &Bytes {
         self.index.smallest_key()
@@ -207,6 +214,7 @@ impl<F: DiskFile> std::fmt::Debug for Table<F> {
             .field("table_id", &self.table_id)
             .field("file_bytes", &self.file_bytes)
             .field("entry_count", &self.entry_count)
+            .field("max_version", &self.max_version)
             .field("blocks", &self.index.len())
             .finish()
     }
@@ -294,12 +302,15 @@ mod tests {
             assert_eq!(summary.file_bytes % ALIGNMENT as u64, 0);
             assert_eq!(disk.file_len("t"), Some(summary.file_bytes));
             assert_eq!(summary.entry_count, oracle.len() as u64);
+            let max_version = oracle.values().map(|entry| entry.version).max().unwrap();
+            assert_eq!(summary.max_version, max_version);
             assert_eq!(&summary.smallest_key[..], &oracle.keys().next().unwrap()[..]);
             assert_eq!(&summary.largest_key[..], &oracle.keys().next_back().unwrap()[..]);
 
             let cache = Rc::new(BlockCache::new(64 << 20));
             let table = open(&disk, "t", &cache).await.unwrap();
             assert_eq!((table.entry_count(), table.file_bytes()), (summary.entry_count, summary.file_bytes));
+            assert_eq!(table.max_version(), max_version);
             assert_eq!(
                 (table.smallest_key(), table.largest_key()),
                 (&summary.smallest_key, &summary.largest_key)

@@ -25,6 +25,8 @@ pub struct TableSummary {
     pub smallest_key: Bytes,
     /// Empty for a table without entries.
     pub largest_key: Bytes,
+    /// The highest version of any entry (0 for a table without entries).
+    pub max_version: u64,
 }
 
 /// Builds a table from entries given in strictly ascending key order.
@@ -50,6 +52,7 @@ pub struct TableWriter<F: DiskFile> {
     smallest_key: Vec<u8>,
     /// The last key added: the order check, and the open block's last key for the index.
     last_key: Vec<u8>,
+    max_version: u64,
 }
 
 impl<F: DiskFile> TableWriter<F> {
@@ -67,6 +70,7 @@ impl<F: DiskFile> TableWriter<F> {
             entry_count: 0,
             smallest_key: Vec::new(),
             last_key: Vec::new(),
+            max_version: 0,
         }
     }
 
@@ -98,6 +102,7 @@ impl<F: DiskFile> TableWriter<F> {
         self.last_key.extend_from_slice(key);
         self.key_hashes.push(key_hash(key));
         self.entry_count += 1;
+        self.max_version = self.max_version.max(entry.version);
         Ok(())
     }
 
@@ -161,6 +166,7 @@ impl<F: DiskFile> TableWriter<F> {
             filter_offset,
             filter_len: u32::try_from(filter_len).expect("the filter fits in u32"),
             entry_count: self.entry_count,
+            max_version: self.max_version,
         };
         footer.encode(&mut self.buffer);
         assert_eq!(self.buffer_offset + self.buffer.len() as u64, file_bytes, "footer ends the file");
@@ -177,6 +183,7 @@ impl<F: DiskFile> TableWriter<F> {
             entry_count: self.entry_count,
             smallest_key: Bytes::from(self.smallest_key),
             largest_key: Bytes::from(self.last_key),
+            max_version: self.max_version,
         })
     }
 

@@ -280,13 +280,15 @@ impl Write {
         Write { key: key(slot), value: None }
     }
 
-    /// Issues the write with version `write + 1`.
+    /// Issues the write with version `write + 1`, so later writes outrank earlier ones.
     pub async fn issue<D: Disk>(&self, engine: &Engine<D>, write: usize) -> ringkv_storage::Result<()> {
         let version = write as u64 + 1;
-        match &self.value {
-            Some(value) => engine.put(self.key.clone(), value.clone(), version, None).await,
-            None => engine.delete(self.key.clone(), version, 0).await,
-        }
+        let outcome = match &self.value {
+            Some(value) => engine.put(self.key.clone(), value.clone(), version, None).await?,
+            None => engine.delete(self.key.clone(), version, 0).await?,
+        };
+        assert!(outcome.is_applied(), "write {write} is the newest of its key");
+        Ok(())
     }
 }
 
