@@ -31,6 +31,13 @@ pub enum ShardError {
          (start with --shards {recorded})"
     )]
     ShardCountChanged { path: PathBuf, recorded: usize, requested: usize },
+    /// The data directory was created with another value of a setting that decides where keys
+    /// live (`vnodes_per_shard`, `node_id`, `tokens`); opening it with this one would hide them.
+    #[error(
+        "data directory {path} was created with {setting} = {recorded}; it cannot be opened with \
+         {setting} = {given}, which would place keys elsewhere ({remedy})"
+    )]
+    PlacementChanged { path: PathBuf, setting: &'static str, recorded: String, given: String, remedy: String },
     /// A file operation on the data directory failed.
     #[error("{op} {path}: {source}")]
     DataDirectory {

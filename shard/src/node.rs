@@ -28,7 +28,7 @@ use ringkv_io::ExecutorBuilder;
 use tracing::{info, info_span};
 
 use crate::config::NodeConfig;
-use crate::data_directory::DataDirectory;
+use crate::data_directory::{DataDirectory, Placement};
 use crate::error::ShardError;
 use crate::ring::Ring;
 use crate::router::forwarding::ShardMessage;
@@ -111,7 +111,11 @@ impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, ShardError> {
         config.validate()?;
         let shards = config.shard_count();
-        let data_directory = Arc::new(DataDirectory::open(&config.data_dir, shards)?);
+        let placement =
+            Placement { shards, vnodes_per_shard: config.vnodes_per_shard, node_id: config.node_id };
+        // No ring tokens yet: the node does not join a cluster ring. An empty list is never
+        // compared, so the first start that has tokens records them.
+        let data_directory = Arc::new(DataDirectory::open(&config.data_dir, placement, &[])?);
         let config = Arc::new(config);
         let control = Arc::new(NodeControl::default());
         let peers: Arc<Vec<AtomicUsize>> =
