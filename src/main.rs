@@ -34,7 +34,8 @@ enum Command {
     /// stderr; set RINGKV_LOG (or RUST_LOG) to a tracing filter such as `debug` or
     /// `ringkv_shard=debug` to see more. SIGINT or SIGTERM stops the node cleanly: it stops
     /// accepting, finishes requests in flight, syncs and closes its files, and exits 0.
-    Serve(ServeArgs),
+    // Boxed: the serve flags outweigh every other subcommand's arguments.
+    Serve(Box<ServeArgs>),
     /// Print a key's value (raw bytes). Exit 0 if found, 1 if missing, 2 on error.
     Get(client_command::GetArgs),
     /// Store a value (`-` reads it from stdin) and print its version.
