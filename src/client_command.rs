@@ -17,7 +17,7 @@ use anyhow::Context;
 use base64::Engine;
 use clap::Args;
 use ringkv_client::blocking::Client;
-use ringkv_client::{CasResult, Expected, ScanEntry, SCAN_LIMIT_MAX};
+use ringkv_client::{CasResult, Expected, ScanEnd, ScanEntry, ScanStart, SCAN_LIMIT_MAX};
 use serde_json::json;
 
 /// Exit code when a `get` or `scan` finds nothing or a `cas` expectation fails.
@@ -83,14 +83,26 @@ pub struct CasArgs {
     connection: Connection,
 }
 
+/// Scans read keys in token order: by each key's token (its place on the ring), then by its
+/// bytes. Bounds are positions in that order, given by a key or by a raw token (a decimal number
+/// or `0x` and hex digits).
 #[derive(Args, Debug)]
 pub struct ScanArgs {
-    /// First key of the range (inclusive).
+    /// Begin at this key's position (inclusive). [default: the start of the ring]
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["start_token", "after"])]
+    start: Option<String>,
+    /// Begin at the first key whose token is at least this.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_token, conflicts_with = "after")]
+    start_token: Option<u64>,
+    /// Begin right after this key's position: the `next_start` a `--json` scan printed.
     #[arg(long, value_name = "KEY")]
-    start: String,
-    /// End of the range (exclusive). [default: the last key]
-    #[arg(long, value_name = "KEY")]
+    after: Option<String>,
+    /// Stop before this key's position. [default: the end of the ring]
+    #[arg(long, value_name = "KEY", conflicts_with = "end_token")]
     end: Option<String>,
+    /// Stop before the first key whose token is at least this.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_token)]
+    end_token: Option<u64>,
     /// Most entries to print; the client fetches them in pages of up to 1000 (SCAN_LIMIT_MAX).
     #[arg(long, value_name = "N", default_value_t = 100)]
     limit: u64,
@@ -206,21 +218,29 @@ pub fn cas(args: &CasArgs) -> anyhow::Result<ExitCode> {
 
 pub fn scan(args: &ScanArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.connection)?;
-    let mut start = args.start.as_bytes().to_vec();
-    let end = args.end.as_ref().map(String::as_bytes);
+    let mut start = match (&args.start, args.start_token, &args.after) {
+        (Some(key), _, _) => ScanStart::key(key),
+        (_, _, Some(key)) => ScanStart::after(key),
+        (_, token, _) => ScanStart::Token(token.unwrap_or(0)),
+    };
+    let end = match (&args.end, args.end_token) {
+        (Some(key), _) => ScanEnd::key(key),
+        (None, Some(token)) => ScanEnd::Token(token),
+        (None, None) => ScanEnd::Last,
+    };
     let mut printed = 0u64;
     let mut stdout = std::io::stdout().lock();
     loop {
         // A limit of 0 is sent as it is, to be refused with the protocol's own error.
         let remaining = args.limit - printed;
         let page_limit = u32::try_from(remaining).unwrap_or(u32::MAX).min(SCAN_LIMIT_MAX);
-        let page = client.scan(&start, end, page_limit)?;
+        let page = client.scan(start, end.clone(), page_limit)?;
         for entry in &page.entries {
             write_scan_entry(&mut stdout, entry, args.connection.json).context("writing to stdout")?;
             printed += 1;
         }
         match page.next_start {
-            Some(next) if printed < args.limit => start = next.to_vec(),
+            Some(next) if printed < args.limit => start = ScanStart::After(next),
             Some(next) => {
                 if args.connection.json {
                     let (field, key) = key_json(&next, "next_start");
@@ -238,12 +258,14 @@ pub fn scan(args: &ScanArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One scanned entry: `key=value` with the raw bytes, or a JSON object.
+/// One scanned entry: `key=value` with the raw bytes, or a JSON object (with the key's token).
 fn write_scan_entry(out: &mut impl Write, entry: &ScanEntry, json: bool) -> std::io::Result<()> {
     if json {
         let (key_field, key) = key_json(&entry.key, "key");
         let (value_field, value) = value_json(&entry.value);
-        return writeln!(out, "{}", json!({ key_field: key, value_field: value, "version": entry.version }));
+        let object =
+            json!({ key_field: key, value_field: value, "version": entry.version, "token": entry.token() });
+        return writeln!(out, "{object}");
     }
     out.write_all(&entry.key)?;
     out.write_all(b"=")?;
@@ -293,6 +315,15 @@ pub fn topology(args: &NodeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A token: decimal, or `0x` and hex digits.
+fn parse_token(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not a token (0 to 2^64 - 1, decimal or 0x hex)"))
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, `1d`, or a bare number of seconds.
@@ -349,6 +380,16 @@ mod tests {
         let mut json = Vec::new();
         write_scan_entry(&mut json, &entry, true).unwrap();
         let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(parsed, json!({ "key": "user:1", "value": "alice", "version": 7 }));
+        let token = ringkv_client::token_of(b"user:1");
+        assert_eq!(parsed, json!({ "key": "user:1", "value": "alice", "version": 7, "token": token }));
+    }
+
+    #[test]
+    fn tokens_are_decimal_or_hex() {
+        assert_eq!(parse_token("42"), Ok(42));
+        assert_eq!(parse_token("0x2a"), Ok(42));
+        assert_eq!(parse_token("0xFFFFFFFFFFFFFFFF"), Ok(u64::MAX));
+        assert!(parse_token("18446744073709551616").is_err());
+        assert!(parse_token("-1").is_err() && parse_token("0x").is_err() && parse_token("k").is_err());
     }
 }

@@ -45,8 +45,8 @@ enum Command {
     /// Compare-and-swap: write only if the key's version matches (or it is absent). Prints the
     /// new version; exits 1 when the expectation does not hold.
     Cas(client_command::CasArgs),
-    /// Print the live keys of a range in key order, one `key=value` line each (raw bytes).
-    /// Exit 0 if any were found, 1 if none, 2 on error.
+    /// Print the live keys of a range in token order (by each key's token, then its bytes), one
+    /// `key=value` line each (raw bytes). Exit 0 if any were found, 1 if none, 2 on error.
     Scan(client_command::ScanArgs),
     /// Check that the node answers.
     Ping(client_command::NodeArgs),

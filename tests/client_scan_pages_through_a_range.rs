@@ -1,12 +1,12 @@
-//! The blocking client's scans against a real server: one page with its limit and `next_start`,
-//! `scan_all` paging through a range in order, and a bad limit refused before sending with the
-//! server's own error.
+//! The blocking client's scans against a real server: one page in token order with its limit and
+//! `next_start` (its last key), a range between two keys' positions, `scan_all` paging through
+//! the ring in order, and a bad limit refused before sending with the server's own error.
 
 mod common;
 
 use common::Server;
 use ringkv_client::blocking::Client;
-use ringkv_client::{Error, ErrorCode, SCAN_LIMIT_MAX};
+use ringkv_client::{token_of, Error, ErrorCode, ScanEnd, ScanStart, SCAN_LIMIT_MAX};
 
 #[test]
 fn client_scan_pages_through_a_range() {
@@ -19,31 +19,38 @@ fn client_scan_pages_through_a_range() {
         client.put(key, key.to_uppercase()).unwrap();
     }
     client.delete("item-050").unwrap();
-    let live: Vec<&String> = keys.iter().filter(|key| *key != "item-050").collect();
+    // The live keys in scan order: by token, then bytes.
+    let mut live: Vec<&String> = keys.iter().filter(|key| *key != "item-050").collect();
+    live.sort_by_key(|key| (token_of(key.as_bytes()), key.as_bytes()));
 
-    let page = client.scan("item-", None, 5).unwrap();
+    let page = client.scan(ScanStart::Token(0), ScanEnd::Last, 5).unwrap();
     let first: Vec<&[u8]> = page.entries.iter().map(|entry| &entry.key[..]).collect();
     assert_eq!(first, live[..5].iter().map(|key| key.as_bytes()).collect::<Vec<_>>());
-    assert_eq!(&page.entries[0].value[..], b"ITEM-000");
-    assert_eq!(page.next_start.as_deref(), Some(live[5].as_bytes()));
+    assert_eq!(&page.entries[0].value[..], live[0].to_uppercase().as_bytes());
+    assert_eq!(page.next_start.as_deref(), Some(live[4].as_bytes()), "the last key returned");
 
-    let page = client.scan("item-010", Some(b"item-013"), 100).unwrap();
+    let page = client.scan(ScanStart::key(live[10]), ScanEnd::key(live[13]), 100).unwrap();
     assert_eq!(page.entries.len(), 3);
     assert_eq!(page.next_start, None);
 
     let everything: Vec<String> = client
-        .scan_all("item-", Some(b"item-z"), 7)
+        .scan_all(ScanStart::Token(0), ScanEnd::Last, 7)
         .map(|entry| String::from_utf8(entry.unwrap().key.to_vec()).unwrap())
         .collect();
     assert_eq!(everything.iter().collect::<Vec<_>>(), live);
+    let from_the_tenth: Vec<String> = client
+        .scan_all(ScanStart::key(live[10]), ScanEnd::Last, 4)
+        .map(|entry| String::from_utf8(entry.unwrap().key.to_vec()).unwrap())
+        .collect();
+    assert_eq!(from_the_tenth.iter().collect::<Vec<_>>(), live[10..]);
 
     for limit in [0, SCAN_LIMIT_MAX + 1] {
-        let error = client.scan("item-", None, limit).unwrap_err();
+        let error = client.scan(ScanStart::key("item-"), ScanEnd::Last, limit).unwrap_err();
         assert!(matches!(error, Error::Limit(_)), "{error}");
         assert_eq!(error.code(), Some(ErrorCode::ScanLimitOutOfRange));
     }
     // The iterator yields the error once, then ends.
-    let mut refused = client.scan_all("item-", None, 0);
+    let mut refused = client.scan_all(ScanStart::key("item-"), ScanEnd::Last, 0);
     assert!(matches!(refused.next(), Some(Err(Error::Limit(_)))));
     assert!(refused.next().is_none());
 }

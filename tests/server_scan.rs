@@ -1,7 +1,8 @@
-//! Scans against a real two-shard server: keys come back in byte order across both shards, the
-//! limit and the end bound hold, paging with `next_start` returns every live key exactly once
-//! (also when pages are cut by the byte cap), deleted and expired keys never appear, and bad
-//! limits and keys are refused with their error codes. Every shard port gives the same answer.
+//! Scans against a real two-shard server: keys come back in token order (by token, then bytes)
+//! across both shards, the limit and the end bounds (a key's position or a token) hold, paging
+//! after `next_start` returns every live key exactly once (also when pages are cut by the byte
+//! cap), deleted and expired keys never appear, and bad limits and keys are refused with their
+//! error codes. Every shard port gives the same answer.
 
 mod common;
 
@@ -13,7 +14,8 @@ use common::{Client, Server};
 use flatbuffers::FlatBufferBuilder;
 use ringkv_wire::generated as fb;
 use ringkv_wire::limits::{KEY_BYTES_MAX, SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX, VALUE_BYTES_MAX};
-use ringkv_wire::{Command, ErrorCode, Failure, Reply, Response, Scan, ScanPage};
+use ringkv_wire::scan::position;
+use ringkv_wire::{Command, ErrorCode, Failure, Reply, Response, Scan, ScanEnd, ScanPage, ScanStart};
 
 /// Keys written for the ordering and paging checks: enough that both shards hold many.
 const KEYS: usize = 300;
@@ -22,20 +24,27 @@ fn numbered(index: usize) -> Vec<u8> {
     format!("key-{index:04}").into_bytes()
 }
 
-fn scan_page(client: &mut Client, start: &[u8], end: Option<&[u8]>, limit: u32) -> ScanPage {
-    let scan = Scan { start: Bytes::copy_from_slice(start), end: end.map(Bytes::copy_from_slice), limit };
+/// Where a key is in scan order.
+fn position_of(key: &[u8]) -> (u64, Vec<u8>) {
+    let (token, key) = position(key);
+    (token, key.to_vec())
+}
+
+fn scan_page(client: &mut Client, start: ScanStart, end: ScanEnd, limit: u32) -> ScanPage {
+    let scan = Scan { start: start.clone(), end, limit };
     match client.call(Command::Scan(scan)) {
         Reply::Scan(page) => page,
-        other => panic!("scan from {:?}: unexpected reply {other:?}", String::from_utf8_lossy(start)),
+        other => panic!("scan from {start:?}: unexpected reply {other:?}"),
     }
 }
 
-/// Pages through `[start, end)` with `limit`; every key returned, with its value, in order.
-fn scan_everything(client: &mut Client, start: &[u8], end: Option<&[u8]>, limit: u32) -> Vec<(Bytes, Bytes)> {
-    let mut start = start.to_vec();
-    let mut returned = Vec::new();
+/// Pages through the range with `limit`, resuming after each page's `next_start`; every key
+/// returned, with its value, in order.
+fn scan_everything(client: &mut Client, start: ScanStart, end: ScanEnd, limit: u32) -> Vec<(Bytes, Bytes)> {
+    let mut start = start;
+    let mut returned: Vec<(Bytes, Bytes)> = Vec::new();
     for _page in 0..10_000 {
-        let page = scan_page(client, &start, end, limit);
+        let page = scan_page(client, start, end.clone(), limit);
         assert!(page.entries.len() <= limit as usize, "{} entries above the limit", page.entries.len());
         if page.entries.len() > 1 {
             assert!(page.page_bytes() <= SCAN_PAGE_BYTES_MAX, "page of {} bytes", page.page_bytes());
@@ -43,12 +52,19 @@ fn scan_everything(client: &mut Client, start: &[u8], end: Option<&[u8]>, limit:
         returned.extend(page.entries.iter().map(|entry| (entry.key.clone(), entry.value.clone())));
         match page.next_start {
             Some(next) => {
-                assert!(!page.entries.is_empty(), "a page that points further must make progress");
-                assert!(page.entries.iter().all(|entry| entry.key < next), "next_start lies past the page");
+                assert_eq!(
+                    page.entries.last().map(|last| &last.key),
+                    Some(&next),
+                    "next_start is the last key"
+                );
                 assert!(next.len() <= KEY_BYTES_MAX, "next_start obeys the key limit");
-                start = next.to_vec();
+                start = ScanStart::After(next);
             }
-            None => return returned,
+            None => {
+                let in_order = returned.windows(2).all(|pair| position(&pair[0].0) < position(&pair[1].0));
+                assert!(in_order, "keys in token order, each once");
+                return returned;
+            }
         }
     }
     panic!("paging did not finish");
@@ -58,12 +74,19 @@ fn keys(entries: &[(Bytes, Bytes)]) -> Vec<Vec<u8>> {
     entries.iter().map(|(key, _)| key.to_vec()).collect()
 }
 
+fn page_keys(page: &ScanPage) -> Vec<Vec<u8>> {
+    page.entries.iter().map(|entry| entry.key.to_vec()).collect()
+}
+
 /// A scan request frame built without the client-side checks, as a misbehaving client sends it.
 fn unchecked_scan_frame(id: u64, start: &[u8], end: Option<&[u8]>, limit: u32) -> Vec<u8> {
     let mut builder = FlatBufferBuilder::new();
     let start = builder.create_vector(start);
     let end = end.map(|end| builder.create_vector(end));
-    let scan = fb::Scan::create(&mut builder, &fb::ScanArgs { start: Some(start), end, limit });
+    let scan = fb::Scan::create(
+        &mut builder,
+        &fb::ScanArgs { start: Some(start), end, limit, ..Default::default() },
+    );
     let request = fb::Request::create(
         &mut builder,
         &fb::RequestArgs { id, command_type: fb::Command::Scan, command: Some(scan.as_union_value()) },
@@ -97,60 +120,71 @@ fn server_scan() {
         let version = client.put(&key, &value);
         let shard = topology.shard_for_token(ringkv_shard::token(&key)).unwrap().shard_id;
         *per_shard.entry(shard).or_insert(0) += 1;
-        expected.insert(key, (value, version));
+        expected.insert(position_of(&key), (value, version));
     }
     assert_eq!(per_shard.len(), common::SHARDS, "keys on every shard: {per_shard:?}");
     assert!(per_shard.values().all(|&count| count > KEYS / 4), "{per_shard:?}");
+    // The keys in scan order.
+    let ordered: Vec<Vec<u8>> = expected.keys().map(|(_, key)| key.clone()).collect();
 
-    // Ordering across shards, with each key's value and version.
-    let page = scan_page(&mut client, b"key-", None, SCAN_LIMIT_MAX);
+    // Token order across shards, with each key's value and version.
+    let page = scan_page(&mut client, ScanStart::Token(0), ScanEnd::Last, SCAN_LIMIT_MAX);
     assert_eq!(page.next_start, None);
     let returned: Vec<_> = page
         .entries
         .iter()
-        .map(|entry| (entry.key.to_vec(), (entry.value.to_vec(), entry.version)))
+        .map(|entry| (position_of(&entry.key), (entry.value.to_vec(), entry.version)))
         .collect();
     assert_eq!(returned, expected.clone().into_iter().collect::<Vec<_>>());
 
-    // The limit, and next_start naming the first key left out.
-    let page = scan_page(&mut client, b"key-", None, 10);
-    let first_ten: Vec<_> = page.entries.iter().map(|entry| entry.key.to_vec()).collect();
-    assert_eq!(first_ten, (0..10).map(numbered).collect::<Vec<_>>());
-    assert_eq!(page.next_start.as_deref(), Some(&numbered(10)[..]));
+    // The limit, and next_start naming the last key returned.
+    let page = scan_page(&mut client, ScanStart::Token(0), ScanEnd::Last, 10);
+    assert_eq!(page_keys(&page), ordered[..10].to_vec());
+    assert_eq!(page.next_start.as_deref(), Some(&ordered[9][..]));
+    let page = scan_page(&mut client, ScanStart::after(&ordered[9]), ScanEnd::Last, 10);
+    assert_eq!(page_keys(&page), ordered[10..20].to_vec(), "resuming after it");
 
-    // The end bound is exclusive and finishes the scan.
-    let page = scan_page(&mut client, &numbered(100), Some(&numbered(150)), 1000);
-    assert_eq!(
-        page.entries.iter().map(|entry| entry.key.to_vec()).collect::<Vec<_>>(),
-        (100..150).map(numbered).collect::<Vec<_>>()
-    );
+    // A start key is a position: the scan begins there, inclusive.
+    let page = scan_page(&mut client, ScanStart::key(&ordered[42]), ScanEnd::Last, 3);
+    assert_eq!(page_keys(&page), ordered[42..45].to_vec());
+
+    // An end key's position is exclusive and finishes the scan.
+    let page = scan_page(&mut client, ScanStart::key(&ordered[100]), ScanEnd::key(&ordered[150]), 1000);
+    assert_eq!(page_keys(&page), ordered[100..150].to_vec());
     assert_eq!(page.next_start, None);
-    assert!(scan_page(&mut client, &numbered(150), Some(&numbered(100)), 10).entries.is_empty());
+    let backwards = scan_page(&mut client, ScanStart::key(&ordered[150]), ScanEnd::key(&ordered[100]), 10);
+    assert!(backwards.entries.is_empty());
+
+    // Token bounds: the keys whose tokens lie in [token of the 40th, token of the 90th).
+    let token_of = |index: usize| ringkv_shard::token(&ordered[index]);
+    let by_token = scan_page(&mut client, ScanStart::Token(token_of(40)), ScanEnd::Token(token_of(90)), 1000);
+    assert_eq!(page_keys(&by_token), ordered[40..90].to_vec());
 
     // Paging through everything: every key exactly once, in order, from every port.
-    let all: Vec<Vec<u8>> = expected.keys().cloned().collect();
     for limit in [1, 7, 64] {
-        assert_eq!(keys(&scan_everything(&mut client, b"key-", None, limit)), all, "limit {limit}");
+        let all = scan_everything(&mut client, ScanStart::Token(0), ScanEnd::Last, limit);
+        assert_eq!(keys(&all), ordered, "limit {limit}");
     }
     for shard in 0..common::SHARDS as u32 {
         let mut shard_client = server.shard_client(shard);
-        assert_eq!(keys(&scan_everything(&mut shard_client, b"key-", None, 13)), all, "via shard {shard}");
+        let all = scan_everything(&mut shard_client, ScanStart::Token(0), ScanEnd::Last, 13);
+        assert_eq!(keys(&all), ordered, "via shard {shard}");
     }
 
     // Deleted and expired keys are absent, in one page and when paging.
     for index in (0..KEYS).step_by(5) {
         client.delete(&numbered(index));
-        expected.remove(&numbered(index));
+        expected.remove(&position_of(&numbered(index)));
     }
     for index in (1..KEYS).step_by(7) {
         client.put_with_ttl(&numbered(index), b"short-lived", Some(1));
-        expected.remove(&numbered(index));
+        expected.remove(&position_of(&numbered(index)));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let live: Vec<Vec<u8>> = expected.keys().cloned().collect();
-    let page = scan_page(&mut client, b"key-", None, SCAN_LIMIT_MAX);
-    assert_eq!(page.entries.iter().map(|entry| entry.key.to_vec()).collect::<Vec<_>>(), live);
-    assert_eq!(keys(&scan_everything(&mut client, b"key-", None, 6)), live);
+    let live: Vec<Vec<u8>> = expected.keys().map(|(_, key)| key.clone()).collect();
+    let page = scan_page(&mut client, ScanStart::Token(0), ScanEnd::Last, SCAN_LIMIT_MAX);
+    assert_eq!(page_keys(&page), live);
+    assert_eq!(keys(&scan_everything(&mut client, ScanStart::Token(0), ScanEnd::Last, 6)), live);
 
     // Bad limits and keys are refused with their codes, and the connection keeps serving.
     assert_eq!(refused_code(&mut client, b"key-", None, 0), ErrorCode::ScanLimitOutOfRange);
@@ -160,9 +194,8 @@ fn server_scan() {
         refused_code(&mut client, b"key-", Some(&[b'z'; KEY_BYTES_MAX + 1]), 10),
         ErrorCode::KeyTooLong
     );
-    assert!(expected.contains_key(&numbered(2)));
-    let page = scan_page(&mut client, &numbered(2), Some(&numbered(3)), 10);
-    assert_eq!(page.entries.len(), 1, "the connection keeps serving");
+    let page = scan_page(&mut client, ScanStart::key(&live[2]), ScanEnd::key(&live[3]), 10);
+    assert_eq!(page_keys(&page), vec![live[2].clone()], "the connection keeps serving");
 
     // Large values: pages are cut by bytes, not by the limit, and paging still returns every key
     // once. The largest value fits in a page of its own.
@@ -175,18 +208,26 @@ fn server_scan() {
     }
     let largest_key = b"large-9".to_vec();
     client.put(&largest_key, &vec![b'X'; VALUE_BYTES_MAX]);
-    large_keys.push(largest_key);
-    let first = scan_page(&mut client, b"large-", Some(b"large-z"), 100);
+    large_keys.push(largest_key.clone());
+    let mut everything: Vec<Vec<u8>> = live.iter().chain(&large_keys).cloned().collect();
+    everything.sort_by(|left, right| position(left).cmp(&position(right)));
+    let first = scan_page(&mut client, ScanStart::Token(0), ScanEnd::Last, SCAN_LIMIT_MAX);
     assert!(
-        first.entries.len() < 8 && first.next_start.is_some(),
+        first.entries.len() < everything.len() && first.next_start.is_some(),
         "cut by bytes: {} entries",
         first.entries.len()
     );
-    let returned = scan_everything(&mut client, b"large-", Some(b"large-z"), 100);
-    assert_eq!(keys(&returned), large_keys);
-    assert!(returned[..8].iter().all(|(_, value)| value.len() == large.len()));
-    assert_eq!(returned[8].1.len(), VALUE_BYTES_MAX);
-    let alone = scan_page(&mut client, b"large-9", None, 100);
+    let returned = scan_everything(&mut client, ScanStart::Token(0), ScanEnd::Last, 100);
+    assert_eq!(keys(&returned), everything);
+    for (key, value) in &returned {
+        let wanted = match &key[..] {
+            b"large-9" => VALUE_BYTES_MAX,
+            key if key.starts_with(b"large-") => large.len(),
+            _ => value.len(),
+        };
+        assert_eq!(value.len(), wanted, "{key:?}");
+    }
+    let alone = scan_page(&mut client, ScanStart::key(&largest_key), ScanEnd::Last, 100);
     assert_eq!(alone.entries.len(), 1);
     assert_eq!(alone.entries[0].value.len(), VALUE_BYTES_MAX);
 }

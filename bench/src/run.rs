@@ -24,7 +24,8 @@
 //! may be read before the older one is written).
 //!
 //! Workload E's scans start at a key chosen like a read, from the acknowledged keys, and read
-//! `1..=100` keys on from it (one `scan` operation, however many pages it takes).
+//! `1..=100` keys on from its position in token order (one `scan` operation, however many pages
+//! it takes).
 
 use crate::cpu_usage::CpuTime;
 use crate::distribution::KeyChooser;

@@ -4,7 +4,7 @@
 use crate::redis::{RedisConnection, RedisError};
 use crate::ycsb::key_name;
 use ringkv_client::glommio::Client;
-use ringkv_client::ClientOptions;
+use ringkv_client::{ClientOptions, ScanEnd, ScanStart};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -155,18 +155,18 @@ impl Store {
         }
     }
 
-    /// Reads up to `count` live keys in order from `start` (inclusive), paging when the server
-    /// cuts a page short at its byte cap; whether any key was found.
+    /// Reads up to `count` live keys in token order from `start`'s position (inclusive), paging
+    /// when the server cuts a page short at its byte cap; whether any key was found.
     pub async fn scan(&self, start: &[u8], count: u32) -> Result<bool, StoreError> {
         match self {
             Store::Ringkv(client) => {
-                let mut start = bytes::Bytes::copy_from_slice(start);
+                let mut start = ScanStart::key(start);
                 let mut read = 0u32;
                 while read < count {
-                    let page = client.scan(&start, None, count - read).await?;
+                    let page = client.scan(start, ScanEnd::Last, count - read).await?;
                     read += page.entries.len() as u32;
                     match page.next_start {
-                        Some(next) => start = next,
+                        Some(next) => start = ScanStart::After(next),
                         None => break,
                     }
                 }

@@ -14,7 +14,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, ScanPage, Topology};
+use ringkv_wire::{
+    Command, Expected, Failure, Operation, Outcome, Reply, ScanEnd, ScanPage, ScanStart, Topology,
+};
 
 use crate::command;
 use crate::error::Error;
@@ -139,17 +141,13 @@ impl<R: Transport> AsyncClient<R> {
         reply::into_cas(self.execute(command).await?)
     }
 
-    /// One page of the live keys in `[start, end)` (from `start` on when `end` is `None`), in
-    /// byte order: at most `limit` entries (1 to [`crate::SCAN_LIMIT_MAX`]), fewer when the page
-    /// reaches the server's byte cap. When [`ScanPage::next_start`] is set, more may follow: scan
-    /// again from it. The request goes to the shared port; the server asks every shard.
-    pub async fn scan(
-        &self,
-        start: impl AsRef<[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Result<ScanPage, Error> {
-        reply::into_scan(self.execute(command::scan(start.as_ref(), end, limit)).await?)
+    /// One page of the live keys from `start` to `end` in token order (by the keys' tokens,
+    /// then their bytes; see [`ScanStart`] and [`ScanEnd`]): at most `limit` entries (1 to
+    /// [`crate::SCAN_LIMIT_MAX`]), fewer when the page reaches the server's byte cap. When
+    /// [`ScanPage::next_start`] is set, more may follow: scan again from [`ScanStart::After`]
+    /// it. The request goes to the shared port; the server asks the shards owning the range.
+    pub async fn scan(&self, start: ScanStart, end: ScanEnd, limit: u32) -> Result<ScanPage, Error> {
+        reply::into_scan(self.execute(command::scan(start, end, limit)).await?)
     }
 
     /// Independent operations in one request, answered in order; each can fail on its own.

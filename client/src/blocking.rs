@@ -29,7 +29,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use ringkv_wire::{Command, Expected, Failure, Operation, Outcome, Reply, ScanEntry, ScanPage, Topology};
+use ringkv_wire::{
+    Command, Expected, Failure, Operation, Outcome, Reply, ScanEnd, ScanEntry, ScanPage, ScanStart, Topology,
+};
 
 use crate::command;
 use crate::connection::Connection;
@@ -109,32 +111,22 @@ impl Client {
         reply::into_cas(self.execute(command::compare_and_swap(key.as_ref(), expected, value.as_ref()))?)
     }
 
-    /// One page of the live keys in `[start, end)` (from `start` on when `end` is `None`), in
-    /// byte order: at most `limit` entries (1 to [`crate::SCAN_LIMIT_MAX`]), fewer when the page
-    /// reaches the server's byte cap. When [`ScanPage::next_start`] is set, more may follow: scan
-    /// again from it, or let [`Client::scan_all`] do the paging. The request goes to the shared
-    /// port; the server asks every shard.
-    pub fn scan(
-        &mut self,
-        start: impl AsRef<[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Result<ScanPage, Error> {
-        reply::into_scan(self.execute(command::scan(start.as_ref(), end, limit))?)
+    /// One page of the live keys from `start` to `end` in token order (by the keys' tokens,
+    /// then their bytes; see [`ScanStart`] and [`ScanEnd`]): at most `limit` entries (1 to
+    /// [`crate::SCAN_LIMIT_MAX`]), fewer when the page reaches the server's byte cap. When
+    /// [`ScanPage::next_start`] is set, more may follow: scan again from
+    /// [`ScanStart::After`] it, or let [`Client::scan_all`] do the paging. The request goes to
+    /// the shared port; the server asks the shards owning the range.
+    pub fn scan(&mut self, start: ScanStart, end: ScanEnd, limit: u32) -> Result<ScanPage, Error> {
+        reply::into_scan(self.execute(command::scan(start, end, limit))?)
     }
 
-    /// Every live key in `[start, end)`, in byte order, fetched `page_limit` entries per request
-    /// as the iterator is consumed. An error ends the iteration after it is yielded. Keys
-    /// written or deleted meanwhile may or may not appear (each page is read at its own time),
-    /// but no key present throughout is skipped or repeated.
-    pub fn scan_all(&mut self, start: impl AsRef<[u8]>, end: Option<&[u8]>, page_limit: u32) -> ScanAll<'_> {
-        ScanAll {
-            client: self,
-            next_start: Some(start.as_ref().to_vec()),
-            end: end.map(<[u8]>::to_vec),
-            page_limit,
-            page: Vec::new().into_iter(),
-        }
+    /// Every live key from `start` to `end`, in token order, fetched `page_limit` entries per
+    /// request as the iterator is consumed. An error ends the iteration after it is yielded.
+    /// Keys written or deleted meanwhile may or may not appear (each page is read at its own
+    /// time), but no key present throughout is skipped or repeated.
+    pub fn scan_all(&mut self, start: ScanStart, end: ScanEnd, page_limit: u32) -> ScanAll<'_> {
+        ScanAll { client: self, next_start: Some(start), end, page_limit, page: Vec::new().into_iter() }
     }
 
     /// Independent operations in one request, answered in order; each can fail on its own.
@@ -309,8 +301,8 @@ impl Client {
 pub struct ScanAll<'client> {
     client: &'client mut Client,
     /// Where the next page starts; `None` once the range is finished or an error was yielded.
-    next_start: Option<Vec<u8>>,
-    end: Option<Vec<u8>>,
+    next_start: Option<ScanStart>,
+    end: ScanEnd,
     page_limit: u32,
     /// The current page's entries not yet yielded.
     page: std::vec::IntoIter<ScanEntry>,
@@ -325,9 +317,9 @@ impl Iterator for ScanAll<'_> {
                 return Some(Ok(entry));
             }
             let start = self.next_start.take()?;
-            match self.client.scan(&start, self.end.as_deref(), self.page_limit) {
+            match self.client.scan(start, self.end.clone(), self.page_limit) {
                 Ok(page) => {
-                    self.next_start = page.next_start.map(|next| next.to_vec());
+                    self.next_start = page.next_start.map(ScanStart::After);
                     self.page = page.entries.into_iter();
                 }
                 Err(error) => return Some(Err(error)),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_wire::{Command, Expected, Operation, Scan};
+use ringkv_wire::{Command, Expected, Operation, Scan, ScanEnd, ScanStart};
 
 /// A time-to-live in whole milliseconds, rounded up so that a short non-zero TTL never becomes
 /// the zero the server refuses. Too large a TTL saturates and is then refused by the limit
@@ -39,9 +39,9 @@ pub fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> Command
     })
 }
 
-/// One page of the live keys in `[start, end)` (from `start` on when `end` is `None`).
-pub fn scan(start: &[u8], end: Option<&[u8]>, limit: u32) -> Command {
-    Command::Scan(Scan { start: Bytes::copy_from_slice(start), end: end.map(Bytes::copy_from_slice), limit })
+/// One page of the live keys from `start` to `end`, in token order.
+pub fn scan(start: ScanStart, end: ScanEnd, limit: u32) -> Command {
+    Command::Scan(Scan { start, end, limit })
 }
 
 /// The key a command should be routed by: the single operation's key. Batches, scans, pings

@@ -64,8 +64,8 @@ pub use options::{Backoff, ClientOptions};
 pub use reply::{CasResult, Versioned};
 pub use ringkv_wire::limits::SCAN_LIMIT_MAX;
 pub use ringkv_wire::{
-    ErrorCode, Expected, Failure, Operation, Outcome, ScanEntry, ScanPage, ShardPlacement, TokenRange,
-    Topology,
+    ErrorCode, Expected, Failure, Operation, Outcome, ScanEnd, ScanEntry, ScanPage, ScanStart,
+    ShardPlacement, TokenRange, Topology,
 };
 pub use routing::{Route, Router};
 pub use token::token_of;

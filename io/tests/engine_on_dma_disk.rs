@@ -7,8 +7,7 @@
 
 use bytes::Bytes;
 use ringkv_io::{run_local, DmaDisk};
-use ringkv_storage::{Engine, EngineOptions, SyncMode};
-use std::ops::Bound;
+use ringkv_storage::{Engine, EngineOptions, Position, ScanRange, SyncMode};
 
 const KEYS: u32 = 20_000;
 
@@ -85,25 +84,31 @@ fn engine_on_dma_disk_survives_flushes_compactions_and_reopen() {
             assert_eq!(found, expected(index), "key {index}");
         }
 
-        // Scan key005000..key006500 in pages of 128.
-        let (first, last) = (5_000, 6_500);
+        // Scan an eighth of the token ring in pages of 128.
+        let (first, last) = (u64::MAX / 8 * 3, u64::MAX / 8 * 4);
+        let range = ScanRange::tokens(first, Some(last));
         let mut scanned = Vec::new();
-        let mut start = Bound::Included(key(first));
+        let mut next = range.clone();
         loop {
-            let page = engine.scan(start, Bound::Excluded(key(last)), 128, 0, false).await.unwrap();
+            let page = engine.scan(&next, 128, 0, false).await.unwrap();
             scanned.extend(page.entries);
-            match page.next_start {
-                Some(next) => start = Bound::Included(next),
+            match page.next {
+                Some(cursor) => next = range.after(cursor),
                 None => break,
             }
         }
         let scanned: Vec<(Bytes, Option<(Bytes, u64)>)> = scanned
             .into_iter()
-            .map(|(key, entry)| (key, entry.data().cloned().map(|data| (data, entry.version))))
+            .map(|found| (found.key, found.entry.data().cloned().map(|data| (data, found.entry.version))))
             .collect();
-        let wanted: Vec<(Bytes, Option<(Bytes, u64)>)> = (first..last)
-            .filter_map(|index| expected(index).map(|found| (key(index), Some(found))))
+        let mut wanted: Vec<(Position, Option<(Bytes, u64)>)> = (0..KEYS)
+            .filter_map(|index| expected(index).map(|found| (Position::of_key(key(index)), Some(found))))
+            .filter(|(position, _)| (first..last).contains(&position.token))
             .collect();
+        wanted.sort();
+        let wanted: Vec<(Bytes, Option<(Bytes, u64)>)> =
+            wanted.into_iter().map(|(position, found)| (position.key, found)).collect();
+        assert!(wanted.len() > KEYS as usize / 16, "an eighth of the keys: {}", wanted.len());
         assert_eq!(scanned.len(), wanted.len());
         assert!(scanned == wanted, "the scan differs from the expected range");
 

@@ -3,7 +3,7 @@
 //! ```text
 //!  Operation ─▶ Engine write_with/compare_and_swap_with/get ─▶ Outcome
 //!                 └─ closure: stamp a version (HybridClock)  └─ StorageError ─▶ Failure (ErrorCode)
-//!  Scan ─▶ Engine::scan pages until the limit or the byte cap ─▶ this shard's ScanPage
+//!  Scan ─▶ Engine::scan pages (token order) until the limit or the byte cap ─▶ this shard's ScanPage
 //! ```
 //!
 //! Only the shard that owns a key's token runs its operations, so one clock versions every
@@ -16,9 +16,11 @@ use std::ops::Bound;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use ringkv_storage::{CasOutcome, Disk, Engine, Entry, StorageError, Value};
+use ringkv_storage::{CasOutcome, Disk, Engine, Entry, Position, ScanRange, StorageError, Value};
 use ringkv_wire::scan::page_has_room;
-use ringkv_wire::{ErrorCode, Expected, Failure, Operation, Outcome, Scan, ScanEntry, ScanPage};
+use ringkv_wire::{
+    ErrorCode, Expected, Failure, Operation, Outcome, Scan, ScanEnd, ScanEntry, ScanPage, ScanStart,
+};
 
 use crate::clock::HybridClock;
 
@@ -135,14 +137,15 @@ impl<D: Disk> Handler<D> {
         self.clock.next_version(now_ms)
     }
 
-    /// One page of this shard's live keys in `scan`'s range, in order: at most `scan.limit`
-    /// entries, stopping before the page passes `SCAN_PAGE_BYTES_MAX` (but always taking the
-    /// first entry). `next_start` is the first live key the page left out, so the page covers
-    /// every live key of this shard below it; `None` when the range is finished here.
+    /// One page of this shard's live keys in `scan`'s range, in token order: at most
+    /// `scan.limit` entries, stopping before the page passes `SCAN_PAGE_BYTES_MAX` (but always
+    /// taking the first entry). `next_start` is the page's last key when live keys were left
+    /// out, so the page covers every live key of this shard up to it; `None` when the range is
+    /// finished here.
     ///
     /// The router merges such pages from every shard (see [`crate::router::scan`]). Because
-    /// `next_start` is always a stored key, never a made-up successor, it obeys the key limits
-    /// and a client can send it back as the next scan's start.
+    /// `next_start` is always a stored key, it obeys the key limits and a client can send it back
+    /// as the next scan's `after`.
     pub async fn scan(&self, scan: &Scan) -> Result<ScanPage, Failure> {
         let limit = scan.limit as usize;
         let now_ms = (self.now_ms)();
@@ -150,41 +153,54 @@ impl<D: Disk> Handler<D> {
         if scan.is_empty_range() {
             return Ok(page);
         }
-        let end = scan.end.clone().map_or(Bound::Unbounded, Bound::Excluded);
-        let mut start = Bound::Included(scan.start.clone());
+        let range = scan_range(scan);
+        let mut next = range.clone();
         let mut page_bytes = 0;
         loop {
-            // One entry more than the page can take, so that the first key left out is known.
-            // An engine page may hold fewer live entries than asked (tombstones and expired
-            // values count against its sources' limits), hence the loop.
+            // One entry more than the page can take, so that whether live keys were left out is
+            // known. An engine page may hold fewer live entries than asked (tombstones and
+            // expired values count against its sources' limits), hence the loop.
             let wanted = limit - page.entries.len() + 1;
-            let engine_page = self
-                .engine
-                .scan(start, end.clone(), wanted, now_ms, false)
-                .await
-                .map_err(|error| failure_of(&error))?;
-            for (key, entry) in engine_page.entries {
-                let Value::Live { data, .. } = entry.value else {
+            let engine_page =
+                self.engine.scan(&next, wanted, now_ms, false).await.map_err(|error| failure_of(&error))?;
+            for found in engine_page.entries {
+                let Value::Live { data, .. } = found.entry.value else {
                     // Dead entries are filtered by the engine; nothing to return for one anyway.
                     continue;
                 };
-                let entry = ScanEntry { key, value: data, version: entry.version };
+                let entry = ScanEntry { key: found.key, value: data, version: found.entry.version };
                 if !page_has_room(page.entries.len(), page_bytes, entry.page_bytes(), limit) {
-                    page.next_start = Some(entry.key);
+                    // An empty page always has room, so there is a last entry to resume after.
+                    page.next_start = page.entries.last().map(|last| last.key.clone());
                     return Ok(page);
                 }
                 self.clock.observe(entry.version);
                 page_bytes += entry.page_bytes();
                 page.entries.push(entry);
             }
-            match engine_page.next_start {
-                Some(next) => start = Bound::Included(next),
+            match engine_page.next {
+                Some(cursor) => next = range.after(cursor),
                 None => return Ok(page),
             }
             // A range full of tombstones can take many engine pages.
             glommio::yield_if_needed().await;
         }
     }
+}
+
+/// The engine's range for a scan request.
+fn scan_range(scan: &Scan) -> ScanRange {
+    let start = match &scan.start {
+        ScanStart::Token(token) => Bound::Included(Position::of_token(*token)),
+        ScanStart::Key(key) => Bound::Included(Position::of_key(key.clone())),
+        ScanStart::After(key) => Bound::Excluded(Position::of_key(key.clone())),
+    };
+    let end = match &scan.end {
+        ScanEnd::Last => Bound::Unbounded,
+        ScanEnd::Token(token) => Bound::Excluded(Position::of_token(*token)),
+        ScanEnd::Key(key) => Bound::Excluded(Position::of_key(key.clone())),
+    };
+    ScanRange { start, end }
 }
 
 /// A copy of bytes parsed from a frame. Parsed keys and values are slices of the connection's
@@ -203,9 +219,10 @@ pub fn failure_of(error: &StorageError) -> Failure {
         // The shard refuses writes (fail-stop after an I/O error) or is shutting down: the
         // request may succeed elsewhere or later, but not here and now.
         StorageError::Poisoned { .. } | StorageError::Closed => ErrorCode::Unavailable,
-        StorageError::ChecksumMismatch { .. } | StorageError::Corruption { .. } | StorageError::Io { .. } => {
-            ErrorCode::Internal
-        }
+        StorageError::ChecksumMismatch { .. }
+        | StorageError::Corruption { .. }
+        | StorageError::UnsupportedFormat { .. }
+        | StorageError::Io { .. } => ErrorCode::Internal,
     };
     Failure::new(code, error.to_string())
 }
@@ -324,36 +341,53 @@ mod tests {
         });
     }
 
-    fn scan(start: &'static str, end: Option<&'static str>, limit: u32) -> Scan {
-        Scan { start: key(start), end: end.map(key), limit }
+    fn scan(start: ScanStart, end: Option<&'static str>, limit: u32) -> Scan {
+        Scan { start, end: end.map_or(ScanEnd::Last, ScanEnd::key), limit }
     }
 
     fn keys_of(page: &ScanPage) -> Vec<Bytes> {
         page.entries.iter().map(|entry| entry.key.clone()).collect()
     }
 
+    /// `names` in scan order: by token, then by bytes.
+    fn in_scan_order(names: &[&'static str]) -> Vec<&'static str> {
+        let mut names = names.to_vec();
+        names.sort_by_key(|name| Position::of_key(key(name)));
+        names
+    }
+
     #[test]
-    fn scan_pages_skip_dead_keys_and_start_the_next_page_at_a_stored_key() {
+    fn scan_pages_skip_dead_keys_and_end_at_their_last_key() {
         let handler = handler();
         ringkv_io::run_local("handler-scan", async {
-            for name in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            let order = in_scan_order(&["a", "b", "c", "d", "e", "f", "g", "h"]);
+            for name in &order {
                 handler.engine().put(key(name), key("v"), 1, None).await.unwrap();
             }
             // A run of tombstones longer than an engine page, and a value already expired.
-            for name in ["b", "c", "d", "e"] {
+            for name in &order[1..5] {
                 handler.engine().delete(key(name), 2, 0).await.unwrap();
             }
-            handler.engine().put(key("g"), key("old"), 3, Some(fixed_now() - 1)).await.unwrap();
+            handler.engine().put(key(order[6]), key("old"), 3, Some(fixed_now() - 1)).await.unwrap();
+            let live = |index: usize| key(order[index]);
 
-            let page = handler.scan(&scan("a", None, 1)).await.unwrap();
-            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("a")], Some(key("f"))));
-            let page = handler.scan(&scan("b", None, 2)).await.unwrap();
-            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("f"), key("h")], None));
-            let page = handler.scan(&scan("a", Some("f"), 5)).await.unwrap();
-            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("a")], None));
-            assert_eq!(handler.scan(&scan("f", Some("f"), 5)).await.unwrap(), ScanPage::default());
+            let page = handler.scan(&scan(ScanStart::key(order[0]), None, 1)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![live(0)], Some(live(0))));
+            let page = handler.scan(&scan(ScanStart::after(order[0]), None, 2)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![live(5), live(7)], None));
+            let page = handler.scan(&scan(ScanStart::key(order[0]), Some(order[5]), 5)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![live(0)], None));
+            let empty = scan(ScanStart::key(order[5]), Some(order[5]), 5);
+            assert_eq!(handler.scan(&empty).await.unwrap(), ScanPage::default());
             assert_eq!(page.entries[0].value, key("v"));
             assert_eq!(page.entries[0].version, 1);
+            // By token: the whole ring, and a span holding only the first key's token.
+            let page = handler.scan(&scan(ScanStart::Token(0), None, 10)).await.unwrap();
+            assert_eq!(keys_of(&page), vec![live(0), live(5), live(7)]);
+            let first = ringkv_wire::token::token(order[0].as_bytes());
+            let only_first =
+                Scan { start: ScanStart::Token(first), end: ScanEnd::Token(first + 1), limit: 10 };
+            assert_eq!(keys_of(&handler.scan(&only_first).await.unwrap()), vec![live(0)]);
         });
     }
 
@@ -363,16 +397,30 @@ mod tests {
         let handler = handler();
         ringkv_io::run_local("handler-scan-bytes", async {
             let large = Bytes::from(vec![7u8; 400 * 1024]);
-            for name in ["a", "b", "c"] {
+            let order = in_scan_order(&["a", "b", "c", "d"]);
+            for name in &order {
                 handler.engine().put(key(name), large.clone(), 1, None).await.unwrap();
             }
-            handler.engine().put(key("d"), Bytes::from(vec![8u8; VALUE_BYTES_MAX]), 1, None).await.unwrap();
-            let page = handler.scan(&scan("a", None, 100)).await.unwrap();
-            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("a"), key("b")], Some(key("c"))));
-            let page = handler.scan(&scan("c", None, 100)).await.unwrap();
-            assert_eq!((keys_of(&page), page.next_start.clone()), (vec![key("c")], Some(key("d"))));
-            let page = handler.scan(&scan("d", None, 100)).await.unwrap();
-            assert_eq!((keys_of(&page), page.next_start), (vec![key("d")], None));
+            let page = handler.scan(&scan(ScanStart::key(order[0]), None, 100)).await.unwrap();
+            let first_two = vec![key(order[0]), key(order[1])];
+            assert_eq!((keys_of(&page), page.next_start.clone()), (first_two, Some(key(order[1]))));
+            let page = handler.scan(&scan(ScanStart::after(order[1]), None, 100)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start), (vec![key(order[2]), key(order[3])], None));
+        });
+        let handler = self::handler();
+        ringkv_io::run_local("handler-scan-largest", async {
+            let order = in_scan_order(&["x", "y"]);
+            for name in &order {
+                handler
+                    .engine()
+                    .put(key(name), Bytes::from(vec![8u8; VALUE_BYTES_MAX]), 1, None)
+                    .await
+                    .unwrap();
+            }
+            let page = handler.scan(&scan(ScanStart::Token(0), None, 100)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start), (vec![key(order[0])], Some(key(order[0]))));
+            let page = handler.scan(&scan(ScanStart::after(order[0]), None, 100)).await.unwrap();
+            assert_eq!((keys_of(&page), page.next_start), (vec![key(order[1])], None));
         });
     }
 

@@ -10,7 +10,7 @@
 //!                   Connection ─▶ Router: owner = ring.owner_of_key(key)
 //!                                   ├─ owner == k ─▶ Handler ─▶ Engine (WAL group commit, memtable)
 //!                                   └─ owner == j ─▶ Forwarding ─mesh─▶ shard j's Handler
-//!                                 Scan: every shard's page (local + mesh) ─▶ merge ─▶ one page
+//!                                 Scan: pages of the shards owning its tokens ─▶ merge ─▶ one page
 //!  client ◀─frame─ replies, batched per write, in completion order, matched by request id
 //! ```
 //!

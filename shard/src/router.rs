@@ -7,8 +7,9 @@
 //!  Command::Batch(ops) ─▶ each op routed on its own, concurrently; results in request order
 //!  Command::Topology   ─▶ the ring's ranges and each shard's port (answered by any shard)
 //!  Command::Ping       ─▶ Pong
-//!  Command::Scan(scan) ─▶ every shard's page (this one's Handler::scan, the others' over the
-//!                         mesh), concurrently ─▶ scan::merge ─▶ one page
+//!  Command::Scan(scan) ─▶ the page of every shard owning part of its token span (this one's
+//!                         Handler::scan, the others' over the mesh), concurrently
+//!                         ─▶ scan::merge (token order) ─▶ one page
 //! ```
 
 pub mod forwarding;
@@ -59,16 +60,28 @@ impl Router {
         }
     }
 
-    /// One page of `scan` over the whole node. Keys are spread over the shards by the hash of
-    /// the key, so every shard may hold keys of any range: each is asked for its own page (at
-    /// most `limit` entries, byte-capped) and the pages are merged in key order (see
-    /// [`scan::merge`]). Any shard's failure fails the scan.
+    /// One page of `scan` over the whole node, in token order. Each shard owns token ranges, so
+    /// only the shards owning part of the scan's token span are asked, each for its own page (at
+    /// most `limit` entries, byte-capped); their pages are merged in scan order (see
+    /// [`scan::merge`]). A span within one shard's ranges (a short scan, usually) is that
+    /// shard's page as it is. Any shard's failure fails the scan.
     pub async fn scan(self: &Rc<Self>, scan: Scan) -> Result<ScanPage, Failure> {
-        if scan.is_empty_range() {
+        let Some((first, last)) = scan.token_span() else {
             return Ok(ScanPage::default());
+        };
+        let shards: Vec<u32> = (0..self.ring.shards() as u32)
+            .filter(|&shard| self.ring.ranges_of(shard).iter().any(|range| scan::reaches(range, first, last)))
+            .collect();
+        if let [shard] = shards[..] {
+            return if shard == self.shard_id {
+                self.handler.scan(&scan).await
+            } else {
+                self.forwarding.scan(shard, scan).await
+            };
         }
         let limit = scan.limit as usize;
-        let tasks: Vec<_> = (0..self.ring.shards() as u32)
+        let tasks: Vec<_> = shards
+            .into_iter()
             .map(|shard| {
                 let router = self.clone();
                 let scan = scan.clone();

@@ -154,7 +154,7 @@ impl Entry {
         let time_ms = u64::from_le_bytes(buf[9..17].try_into().expect("8 bytes"));
         let key_len = u16::from_le_bytes(buf[17..19].try_into().expect("2 bytes")) as usize;
         let key_end = ENTRY_HEADER_BYTES + key_len;
-        if key_len == 0 || key_len > crate::KEY_BYTES_MAX || buf.len() < key_end + 4 {
+        if key_len == 0 || key_len > crate::key::STORED_KEY_BYTES_MAX || buf.len() < key_end + 4 {
             return Err("entry key truncated or out of limits");
         }
         let value_len = u32::from_le_bytes(buf[key_end..key_end + 4].try_into().expect("4 bytes")) as usize;

@@ -29,6 +29,13 @@ pub enum StorageError {
         "checksum mismatch in {file} at offset {offset}: expected {expected:#010x}, found {actual:#010x}"
     )]
     ChecksumMismatch { file: String, offset: u64, expected: u32, actual: u32 },
+    /// A file is in a format this release does not read: written by another release of ringkv,
+    /// whose data this one cannot interpret (its keys, say, are laid out differently).
+    #[error(
+        "{file} is in format {found}, written by another release of ringkv; this release reads \
+         format {supported} only and cannot open it"
+    )]
+    UnsupportedFormat { file: String, found: u32, supported: u32 },
     /// A structure on disk is malformed in a way a checksum cannot explain (or a bad record is
     /// followed by good ones, which a torn write cannot produce).
     #[error("corruption in {file} at offset {offset}: {reason}")]
@@ -61,6 +68,7 @@ impl StorageError {
             StorageError::Poisoned { .. }
                 | StorageError::ChecksumMismatch { .. }
                 | StorageError::Corruption { .. }
+                | StorageError::UnsupportedFormat { .. }
                 | StorageError::Io { .. }
         )
     }

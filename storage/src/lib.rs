@@ -4,11 +4,16 @@
 //! owns no clock, no randomness and no runtime: files come through the [`disk::Disk`] trait,
 //! times come in as arguments (`now_ms`), and versions are supplied by the caller.
 //!
+//! Keys are stored as `token ‖ key` ([`key`]), so storage order is token order, and every entry
+//! carries a version: the highest version of a key wins everywhere, whatever the arrival order.
+//!
 //! ```text
-//!  put/delete/cas ──▶ WAL buffer ──group commit──▶ one fdatasync ──▶ futures resolve
+//!  put/delete/cas ──▶ newer than what is stored? ──▶ WAL buffer ──group commit──▶ one fdatasync ──▶ futures resolve
 //!        │
 //!        └──▶ memtable ──(full)──▶ sealed ──flush──▶ SSTable ──compaction──▶ merged SSTable
-//!  get ──▶ memtable ─▶ sealed memtable ─▶ per table: bloom filter ─▶ block index ─▶ block cache ─▶ disk
+//!  get ──▶ memtables ─▶ per table, newest first while it may hold a newer version:
+//!          bloom filter ─▶ block index ─▶ block cache ─▶ disk
+//!  scan ──▶ a range of (token, key) positions, merged from every memtable and table
 //! ```
 //!
 //! ## Layout
@@ -20,6 +25,7 @@
 //! - [`compaction`]: the compaction planner, a pure function of the table sizes.
 //! - [`manifest`]: the durable list of tables.
 //! - [`entry`]: the stored form of a key's state and its byte encoding.
+//! - [`key`]: keys as stored, `token ‖ key`, so token order is storage order; positions in it.
 //! - [`disk`]: the async disk trait; [`disk::memory`] is an in-memory disk with fault injection.
 //! - [`options`]: tuning, including the sync mode.
 //! - [`error`]: the crate's error type.
@@ -33,6 +39,7 @@ pub mod disk;
 pub mod engine;
 pub mod entry;
 pub mod error;
+pub mod key;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
@@ -41,10 +48,12 @@ pub mod wal;
 
 pub use disk::{Disk, DiskFile};
 pub use engine::{
-    CasOutcome, Engine, EngineStats, Expected, RecoveryReport, ScanPage, Versioned, WriteOutcome,
+    CasOutcome, Engine, EngineStats, Expected, RecoveryReport, ScanEntry, ScanPage, ScanRange, Versioned,
+    WriteOutcome,
 };
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};
+pub use key::Position;
 pub use options::{EngineOptions, SyncMode};
 
 /// Longest key accepted, in bytes.

@@ -4,6 +4,10 @@
 //! `MANIFEST.tmp`, synced, renamed over `MANIFEST`, and the directory synced, so a crash leaves
 //! either the old or the new version, never a mix.
 //!
+//! Format 2 (this one) means the engine's keys are stored token-prefixed (see [`crate::key`]):
+//! a directory whose manifest has format 1 holds keys without their token, which this release
+//! would misread, so it refuses to open it.
+//!
 //! ```text
 //! magic u64 | format u32 | body_len u32 | crc32c(body) u32 | zero pad u32 | body | zero pad to 4 KiB
 //! body: flushed_seq u64 | next_file_number u64 | table_count u32 |
@@ -19,7 +23,9 @@ pub const MANIFEST_FILE: &str = "MANIFEST";
 /// Where a new manifest is written before it replaces the old one.
 pub const MANIFEST_TEMPORARY_FILE: &str = "MANIFEST.tmp";
 const MAGIC: u64 = 0x5249_4e47_4b56_4d46; // "RINGKVMF"
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// The first format number ringkv wrote.
+const EARLIER_FORMATS_START: u32 = 1;
 const HEADER_BYTES: usize = 24;
 
 /// File name of SSTable `id`.
@@ -95,8 +101,18 @@ impl Manifest {
         if header.get_u64_le() != MAGIC {
             return Err(corrupt("bad magic number"));
         }
-        if header.get_u32_le() != FORMAT {
-            return Err(corrupt("unknown manifest format"));
+        // The header is outside the checksum: only a format ringkv once wrote is reported as
+        // such; any other value is damage.
+        match header.get_u32_le() {
+            FORMAT => {}
+            found @ EARLIER_FORMATS_START..FORMAT => {
+                return Err(StorageError::UnsupportedFormat {
+                    file: MANIFEST_FILE.to_string(),
+                    found,
+                    supported: FORMAT,
+                })
+            }
+            _ => return Err(corrupt("unknown manifest format")),
         }
         let body_len = header.get_u32_le() as usize;
         let expected = header.get_u32_le();
@@ -212,6 +228,15 @@ mod tests {
             after.flip_bit(MANIFEST_FILE, HEADER_BYTES as u64 + 3, 1).unwrap();
             assert!(Manifest::read(&after).await.is_err());
         });
+    }
+
+    #[test]
+    fn refuses_a_directory_of_the_earlier_key_layout() {
+        let mut encoded = sample().encode();
+        encoded[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let error = Manifest::decode(&encoded).unwrap_err();
+        assert!(matches!(error, StorageError::UnsupportedFormat { found: 1, supported: 2, .. }), "{error}");
+        assert!(error.to_string().contains("another release"), "{error}");
     }
 
     #[test]

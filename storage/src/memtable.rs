@@ -28,8 +28,9 @@ use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
-/// Keys up to this long live inline (YCSB's `user` + 19 digits fits).
-pub const INLINE_KEY_BYTES: usize = 24;
+/// Stored keys up to this long live inline: the 8-byte token and a key of up to 24 bytes (YCSB's
+/// `user` + 19 digits fits).
+pub const INLINE_KEY_BYTES: usize = 32;
 
 /// A memtable key: inline when short, on the heap otherwise; ordered as bytes. Hashes as its
 /// bytes do, so the map can be probed with a `&[u8]`.

@@ -15,9 +15,8 @@ use common::{key, read_state, state_after, Write};
 use futures_executor::block_on;
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::manifest::MANIFEST_FILE;
-use ringkv_storage::{Disk, DiskFile, Engine, EngineOptions, StorageError};
+use ringkv_storage::{Disk, DiskFile, Engine, EngineOptions, ScanRange, StorageError};
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 fn options() -> EngineOptions {
     EngineOptions {
@@ -77,7 +76,8 @@ fn wal_records(disk: &MemDisk, record_bytes: u64) -> Vec<(String, u64, u64)> {
 #[test]
 fn engine_wal_bit_flip_is_an_error_unless_in_the_last_record() {
     const VALUE_BYTES: usize = 500;
-    const RECORD_BYTES: u64 = 16 + 19 + 7 + 4 + VALUE_BYTES as u64;
+    // Record header, entry header, the key's token and the key, value length, value.
+    const RECORD_BYTES: u64 = 16 + 19 + 8 + 7 + 4 + VALUE_BYTES as u64;
     let writes: Vec<Write> = (0..10).map(|index| Write::put(index, index, VALUE_BYTES)).collect();
     let disk = MemDisk::new();
     block_on(async {
@@ -173,15 +173,15 @@ fn check_reads(
             }
         }
         let mut scanned = BTreeMap::new();
-        let mut start = Bound::Unbounded;
+        let mut range = ScanRange::all();
         loop {
-            match engine.scan(start, Bound::Unbounded, 50, 0, false).await {
+            match engine.scan(&range, 50, 0, false).await {
                 Ok(page) => {
-                    for (key, entry) in page.entries {
-                        scanned.insert(key, entry.data().expect("live").clone());
+                    for found in page.entries {
+                        scanned.insert(found.key, found.entry.data().expect("live").clone());
                     }
-                    match page.next_start {
-                        Some(next) => start = Bound::Included(next),
+                    match page.next {
+                        Some(cursor) => range = ScanRange::all().after(cursor),
                         None => {
                             assert_eq!(&scanned, expected, "{context}: a scan gave wrong data");
                             break;

@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 /// Bytes of a WAL record holding a put of a `value_len`-byte value under a 7-byte key:
-/// record header 16, entry header 19, key 7, value length 4, value.
+/// record header 16, entry header 19, the key's token 8 and the key 7, value length 4, value.
 fn record_bytes(value_len: usize) -> usize {
-    16 + 19 + 7 + 4 + value_len
+    16 + 19 + 8 + 7 + 4 + value_len
 }
 
 fn options() -> EngineOptions {

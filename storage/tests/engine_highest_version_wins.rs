@@ -14,9 +14,8 @@ use futures_executor::block_on;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
-use ringkv_storage::{Engine, EngineOptions, Entry, SyncMode, Versioned, WriteOutcome};
+use ringkv_storage::{Engine, EngineOptions, Entry, ScanRange, SyncMode, Versioned, WriteOutcome};
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 const KEY_COUNT: u8 = 12;
 const VERSION_MAX: u64 = 40;
@@ -202,14 +201,14 @@ impl Model {
         }
         // A scan, dead entries included, pages through exactly the oracle.
         let mut scanned = BTreeMap::new();
-        let mut start = Bound::Unbounded;
+        let mut range = ScanRange::all();
         loop {
-            let page = check(self.engine().scan(start, Bound::Unbounded, 5, NOW_MS, true).await, "scan")?;
-            for (found_key, entry) in page.entries {
-                prop_assert!(scanned.insert(found_key, entry).is_none(), "a key scanned twice");
+            let page = check(self.engine().scan(&range, 5, NOW_MS, true).await, "scan")?;
+            for found in page.entries {
+                prop_assert!(scanned.insert(found.key, found.entry).is_none(), "a key scanned twice");
             }
-            match page.next_start {
-                Some(next) => start = Bound::Included(next),
+            match page.next {
+                Some(cursor) => range = ScanRange::all().after(cursor),
                 None => break,
             }
         }

@@ -1,5 +1,6 @@
 //! Model-based test of the engine: random sequences of puts (with and without expiry), deletes,
-//! compare-and-swaps, point reads and paged scans over a small key space, with a logical clock
+//! compare-and-swaps, point reads and paged scans (in token order) over a small key space, with
+//! a logical clock
 //! that moves forward, mixed with flushes, compactions and reopens (cleanly, after a simulated
 //! power loss following `close`, and after a power loss with no `close` at all). Every read and
 //! every CAS outcome is checked against a `BTreeMap` oracle.
@@ -14,11 +15,11 @@ use futures_executor::block_on;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
-use ringkv_storage::{CasOutcome, Engine, EngineOptions, Expected, SyncMode, Versioned};
+use ringkv_storage::{CasOutcome, Engine, EngineOptions, Expected, Position, ScanRange, SyncMode, Versioned};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-/// Keys are `key00` to `key39`, so key order is index order.
+/// Keys are `key00` to `key39`; scans return them in token order, not index order.
 const KEY_COUNT: u8 = 40;
 /// Longest run of operations in one case.
 const OPERATIONS_MAX: usize = 300;
@@ -39,6 +40,22 @@ fn options() -> EngineOptions {
 
 fn key(index: u8) -> Bytes {
     Bytes::from(format!("key{index:02}"))
+}
+
+/// The keys' indices in scan order (by token, then by key).
+fn scan_order() -> Vec<u8> {
+    let mut indices: Vec<u8> = (0..KEY_COUNT).collect();
+    indices.sort_by_key(|&index| Position::of_key(key(index)));
+    indices
+}
+
+/// The position of the key of rank `rank` in scan order; ranks past the last key are positions
+/// past every key.
+fn position_of_rank(rank: u8) -> Position {
+    match scan_order().get(usize::from(rank)) {
+        Some(&index) => Position::of_key(key(index)),
+        None => Position { token: u64::MAX, key: Bytes::from(vec![0xff; usize::from(rank - KEY_COUNT) + 1]) },
+    }
 }
 
 /// A value that names the version it was written with, so a value from the wrong write shows.
@@ -82,6 +99,7 @@ enum Operation {
         current: bool,
         other: u64,
     },
+    /// Bounds are ranks in scan order (see [`position_of_rank`]).
     Scan {
         start: Bound<u8>,
         end: Bound<u8>,
@@ -185,24 +203,26 @@ impl Model {
         version
     }
 
-    /// The live entries with keys in the range, as the oracle sees them.
+    /// The live entries with keys in the range of ranks, in scan order, as the oracle sees them.
     fn live_range(&self, start: Bound<u8>, end: Bound<u8>) -> Vec<(Bytes, Versioned)> {
-        let in_range = |index: u8| {
+        let in_range = |rank: u8| {
             let after_start = match start {
-                Bound::Included(start) => index >= start,
-                Bound::Excluded(start) => index > start,
+                Bound::Included(start) => rank >= start,
+                Bound::Excluded(start) => rank > start,
                 Bound::Unbounded => true,
             };
             let before_end = match end {
-                Bound::Included(end) => index <= end,
-                Bound::Excluded(end) => index < end,
+                Bound::Included(end) => rank <= end,
+                Bound::Excluded(end) => rank < end,
                 Bound::Unbounded => true,
             };
             after_start && before_end
         };
-        (0..KEY_COUNT)
-            .filter(|&index| in_range(index))
-            .filter_map(|index| self.live(index).map(|live| (key(index), live)))
+        scan_order()
+            .into_iter()
+            .enumerate()
+            .filter(|&(rank, _)| in_range(rank as u8))
+            .filter_map(|(_, index)| self.live(index).map(|live| (key(index), live)))
             .collect()
     }
 
@@ -299,7 +319,7 @@ impl Model {
             }
             Operation::Scan { start, end, limit, include_dead } => {
                 // Empty ranges make the engine panic; `engine_scan_bounds.rs` covers them.
-                if !range_is_empty(start.map(key), end.map(key)) {
+                if !range_is_empty(*start, *end) {
                     self.check_scan(*start, *end, *limit, *include_dead).await?;
                 }
             }
@@ -339,33 +359,32 @@ impl Model {
         include_dead: bool,
     ) -> Result<(), TestCaseError> {
         let now_ms = self.now_ms;
-        let end_key = end.map(key);
-        let mut page_start = start.map(key);
+        let range = ScanRange { start: start.map(position_of_rank), end: end.map(position_of_rank) };
+        let mut page_range = range.clone();
         let mut live = Vec::new();
-        let mut previous: Option<Bytes> = None;
+        let mut previous: Option<Position> = None;
         // Every page but the last moves past at least one stored entry (live, dead or purged
         // later), so the number of pages is bounded by the writes made.
         let pages_max = self.next_version as usize + 2;
         for page_number in 0.. {
             prop_assert!(page_number <= pages_max, "scan does not advance: {} pages", page_number);
-            let page = check(
-                self.engine().scan(page_start.clone(), end_key.clone(), limit, now_ms, include_dead).await,
-                "scan",
-            )?;
+            let page = check(self.engine().scan(&page_range, limit, now_ms, include_dead).await, "scan")?;
             prop_assert!(
                 page.entries.len() <= limit,
                 "page of {} entries, limit {}",
                 page.entries.len(),
                 limit
             );
-            for (found_key, entry) in page.entries {
+            for found in page.entries {
+                let position = found.position();
                 prop_assert!(
-                    previous.as_ref().is_none_or(|previous| found_key > *previous),
-                    "scan keys not ascending: {:?} after {:?}",
-                    found_key,
+                    previous.as_ref().is_none_or(|previous| position > *previous),
+                    "scan not in token order: {:?} after {:?}",
+                    position,
                     previous
                 );
-                previous = Some(found_key.clone());
+                previous = Some(position);
+                let (found_key, entry) = (found.key, found.entry);
                 if entry.is_absent_at(now_ms) {
                     prop_assert!(include_dead, "dead entry {:?} in a live scan", found_key);
                     let index: u8 = std::str::from_utf8(&found_key[3..]).unwrap().parse().unwrap();
@@ -377,18 +396,15 @@ impl Model {
                     live.push((found_key, Versioned { value: data, version: entry.version }));
                 }
             }
-            match page.next_start {
-                // A continuation past the end key (a page that ended exactly at an inclusive end)
-                // makes the engine panic; `engine_scan_bounds.rs` covers it. Nothing is left.
-                Some(next) if range_is_empty(Bound::Included(next.clone()), end_key.clone()) => break,
-                Some(next) => {
+            match page.next {
+                Some(cursor) => {
                     prop_assert!(
-                        previous.as_ref().is_none_or(|previous| next > *previous),
-                        "next_start {:?} does not move past {:?}",
-                        next,
+                        previous.as_ref().is_none_or(|previous| cursor >= *previous),
+                        "the cursor {:?} goes back before {:?}",
+                        cursor,
                         previous
                     );
-                    page_start = Bound::Included(next);
+                    page_range = range.after(cursor);
                 }
                 None => break,
             }
@@ -407,8 +423,8 @@ impl Model {
     }
 }
 
-/// True when no key lies in the range (BTreeMap::range panics on such ranges).
-fn range_is_empty(start: Bound<Bytes>, end: Bound<Bytes>) -> bool {
+/// True when no rank lies in the range.
+fn range_is_empty(start: Bound<u8>, end: Bound<u8>) -> bool {
     match (start, end) {
         (Bound::Excluded(start), Bound::Excluded(end)) => start >= end,
         (Bound::Included(start), Bound::Included(end)) => start > end,

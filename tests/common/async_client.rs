@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_client::asynchronous::{AsyncClient, Transport};
-use ringkv_client::{CasResult, Expected, Operation, Outcome};
+use ringkv_client::{CasResult, Expected, Operation, Outcome, ScanEnd, ScanStart};
 
 /// Ping, topology, get/put/TTL/CAS/delete, a batch and scans, each result checked.
 pub async fn serves_every_operation<R: Transport>(client: &AsyncClient<R>) {
@@ -45,12 +45,21 @@ pub async fn serves_every_operation<R: Transport>(client: &AsyncClient<R>) {
     for key in ["scan-a", "scan-b", "scan-c"] {
         client.put(key, key).await.unwrap();
     }
-    let page = client.scan("scan-", Some(b"scan-z"), 2).await.unwrap();
-    let keys: Vec<&[u8]> = page.entries.iter().map(|entry| &entry.key[..]).collect();
-    assert_eq!(keys, [&b"scan-a"[..], b"scan-b"]);
-    assert_eq!(page.next_start.as_deref(), Some(&b"scan-c"[..]));
-    let rest = client.scan(page.next_start.unwrap(), Some(b"scan-z"), 2).await.unwrap();
-    assert_eq!((rest.entries.len(), rest.next_start), (1, None));
-    let refused = client.scan("scan-", None, 0).await.unwrap_err();
+    // Every live key, in token order, two per page.
+    let mut expected: Vec<&[u8]> = vec![b"b1", b"ephemeral", b"scan-a", b"scan-b", b"scan-c"];
+    expected.sort_by_key(|key| (ringkv_client::token_of(key), *key));
+    let first = client.scan(ScanStart::Token(0), ScanEnd::Last, 2).await.unwrap();
+    assert_eq!(first.entries.len(), 2);
+    assert_eq!(first.next_start.as_ref(), Some(&first.entries[1].key), "resume after the last entry");
+    let mut keys: Vec<Bytes> = first.entries.iter().map(|entry| entry.key.clone()).collect();
+    let mut next_start = first.next_start;
+    while let Some(after) = next_start {
+        let page = client.scan(ScanStart::After(after), ScanEnd::Last, 2).await.unwrap();
+        assert!(page.entries.len() <= 2);
+        keys.extend(page.entries.iter().map(|entry| entry.key.clone()));
+        next_start = page.next_start;
+    }
+    assert_eq!(keys, expected);
+    let refused = client.scan(ScanStart::key("scan-"), ScanEnd::Last, 0).await.unwrap_err();
     assert_eq!(refused.code(), Some(ringkv_client::ErrorCode::ScanLimitOutOfRange));
 }

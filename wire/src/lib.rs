@@ -32,7 +32,7 @@
 //! - [`peer_codec`]: [`encode_peer`] and [`parse_peer`], peer messages to and from frames of
 //!   `schemas/peer.fbs`.
 //! - [`consistency`]: [`Consistency`], how many replicas must answer (one, quorum, all).
-//! - [`scan`]: [`Scan`], an ordered range read, and [`ScanPage`], one page of its answer.
+//! - [`scan`]: [`Scan`], a range read in token order, and [`ScanPage`], one page of its answer.
 //! - [`token`]: the token of a key (xxh3-64, pinned seed), shared by server and client.
 //! - [`topology`]: [`Topology`], which shard owns which token range.
 //! - [`error`]: [`WireError`]; [`error_code`]: [`ErrorCode`], the code peers see.
@@ -66,7 +66,7 @@ pub use request::{encode_request, encode_request_into, parse_request, Command, R
 pub use response::{
     encode_read_reply_into, encode_response, encode_response_into, parse_response, Reply, Response,
 };
-pub use scan::{Scan, ScanEntry, ScanPage};
+pub use scan::{Scan, ScanEnd, ScanEntry, ScanPage, ScanStart};
 pub use topology::{ShardPlacement, TokenRange, Topology};
 
 /// The request id reserved for connection-level errors: a response with this id reports a

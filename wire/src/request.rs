@@ -10,7 +10,7 @@ use crate::generated as fb;
 use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES};
 use crate::operation::{Expected, Operation};
 use crate::response::{Reply, Response};
-use crate::scan::Scan;
+use crate::scan::{Scan, ScanEnd, ScanStart};
 use crate::CONNECTION_ERROR_ID;
 
 /// One request, identified by a client-chosen id that its response repeats. Ids let many
@@ -127,7 +127,7 @@ fn parse_command(frame: &Bytes, root: &fb::Request<'_>) -> Result<Command, WireE
             root.command_as_ping().ok_or_else(missing)?;
             Command::Ping
         }
-        fb::Command::Scan => Command::Scan(parse_scan(frame, root.command_as_scan().ok_or_else(missing)?)),
+        fb::Command::Scan => Command::Scan(parse_scan(frame, root.command_as_scan().ok_or_else(missing)?)?),
         fb::Command::NONE => return Err(missing()),
         fb::Command(unknown) => return Err(WireError::malformed(format!("unknown command type {unknown}"))),
     };
@@ -177,12 +177,22 @@ fn parse_delete(frame: &Bytes, delete: fb::Delete<'_>) -> Operation {
     Operation::Delete { key: frame.slice_ref(delete.key().bytes()) }
 }
 
-fn parse_scan(frame: &Bytes, scan: fb::Scan<'_>) -> Scan {
-    Scan {
-        start: frame.slice_ref(scan.start().bytes()),
-        end: scan.end().map(|end| frame.slice_ref(end.bytes())),
-        limit: scan.limit(),
-    }
+fn parse_scan(frame: &Bytes, scan: fb::Scan<'_>) -> Result<Scan, WireError> {
+    let key = |key: flatbuffers::Vector<'_, u8>| frame.slice_ref(key.bytes());
+    let start = match (scan.start(), scan.start_token(), scan.after()) {
+        (None, None, None) => ScanStart::Token(0),
+        (Some(start), None, None) => ScanStart::Key(key(start)),
+        (None, Some(token), None) => ScanStart::Token(token),
+        (None, None, Some(after)) => ScanStart::After(key(after)),
+        _ => return Err(WireError::malformed("scan gives more than one of start, start_token and after")),
+    };
+    let end = match (scan.end(), scan.end_token()) {
+        (None, None) => ScanEnd::Last,
+        (Some(end), None) => ScanEnd::Key(key(end)),
+        (None, Some(token)) => ScanEnd::Token(token),
+        (Some(_), Some(_)) => return Err(WireError::malformed("scan gives both end and end_token")),
+    };
+    Ok(Scan { start, end, limit: scan.limit() })
 }
 
 fn parse_compare_and_swap(
@@ -258,11 +268,18 @@ fn build_request<'builder>(
         ),
         Command::Ping => (fb::Command::Ping, fb::Ping::create(builder, &fb::PingArgs {}).as_union_value()),
         Command::Scan(scan) => {
-            let start = builder.create_vector(&scan.start[..]);
-            let end = scan.end.as_ref().map(|end| builder.create_vector(&end[..]));
-            let scan =
-                fb::Scan::create(builder, &fb::ScanArgs { start: Some(start), end, limit: scan.limit });
-            (fb::Command::Scan, scan.as_union_value())
+            let mut args = fb::ScanArgs { limit: scan.limit, ..Default::default() };
+            match &scan.start {
+                ScanStart::Token(token) => args.start_token = Some(*token),
+                ScanStart::Key(key) => args.start = Some(builder.create_vector(&key[..])),
+                ScanStart::After(key) => args.after = Some(builder.create_vector(&key[..])),
+            }
+            match &scan.end {
+                ScanEnd::Last => {}
+                ScanEnd::Token(token) => args.end_token = Some(*token),
+                ScanEnd::Key(key) => args.end = Some(builder.create_vector(&key[..])),
+            }
+            (fb::Command::Scan, fb::Scan::create(builder, &args).as_union_value())
         }
     };
     let root = fb::Request::create(
@@ -445,14 +462,34 @@ mod tests {
         requests.push(Request { id: u64::MAX, command: Command::Ping });
         requests.push(Request {
             id: 103,
-            command: Command::Scan(Scan { start: bytes("user:0"), end: Some(bytes("user:9")), limit: 100 }),
+            command: Command::Scan(Scan {
+                start: ScanStart::Key(bytes("user:0")),
+                end: ScanEnd::Key(bytes("user:9")),
+                limit: 100,
+            }),
         });
         requests.push(Request {
             id: 104,
             command: Command::Scan(Scan {
-                start: Bytes::from_static(&[0]),
-                end: None,
+                start: ScanStart::Key(Bytes::from_static(&[0])),
+                end: ScanEnd::Last,
                 limit: SCAN_LIMIT_MAX,
+            }),
+        });
+        requests.push(Request {
+            id: 105,
+            command: Command::Scan(Scan {
+                start: ScanStart::Token(0),
+                end: ScanEnd::Token(u64::MAX),
+                limit: 1,
+            }),
+        });
+        requests.push(Request {
+            id: 106,
+            command: Command::Scan(Scan {
+                start: ScanStart::After(bytes("user:5")),
+                end: ScanEnd::Token(7),
+                limit: 3,
             }),
         });
         requests
@@ -647,21 +684,31 @@ mod tests {
     #[test]
     fn scan_limits_are_rejected_with_the_id() {
         for limit in [0, SCAN_LIMIT_MAX + 1, u32::MAX] {
-            let request =
-                Request { id: 47, command: Command::Scan(Scan { start: bytes("a"), end: None, limit }) };
+            let scan = Scan { start: ScanStart::Key(bytes("a")), end: ScanEnd::Last, limit };
+            let request = Request { id: 47, command: Command::Scan(scan) };
             let expected = WireError::ScanLimitOutOfRange { limit };
             assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(expected.clone()));
             assert_rejected(&encode_without_checks(&request), 47, expected);
         }
-        let long_end = Scan { start: bytes("a"), end: Some(vec![b'z'; KEY_BYTES_MAX + 1].into()), limit: 1 };
+        let long_end = Scan {
+            start: ScanStart::Key(bytes("a")),
+            end: ScanEnd::Key(vec![b'z'; KEY_BYTES_MAX + 1].into()),
+            limit: 1,
+        };
         assert_rejected(
             &encode_without_checks(&Request { id: 48, command: Command::Scan(long_end) }),
             48,
             WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
         );
-        let empty_start = Scan { start: Bytes::new(), end: None, limit: 1 };
+        let empty_start = Scan { start: ScanStart::Key(Bytes::new()), end: ScanEnd::Last, limit: 1 };
         assert_rejected(
             &encode_without_checks(&Request { id: 49, command: Command::Scan(empty_start) }),
+            49,
+            WireError::KeyEmpty,
+        );
+        let empty_after = Scan { start: ScanStart::After(Bytes::new()), end: ScanEnd::Last, limit: 1 };
+        assert_rejected(
+            &encode_without_checks(&Request { id: 49, command: Command::Scan(empty_after) }),
             49,
             WireError::KeyEmpty,
         );
@@ -678,13 +725,29 @@ mod tests {
     }
 
     #[test]
-    fn scan_without_a_start_is_malformed() {
+    fn scan_without_a_start_begins_at_token_zero() {
         let frame = raw_request(51, |builder| {
-            // Built by hand: the generated builder insists on the required field.
-            let table = builder.start_table();
-            builder.push_slot::<u32>(fb::Scan::VT_LIMIT, 10, 0);
-            let scan: WIPOffset<fb::Scan> = WIPOffset::new(builder.end_table(table).value());
-            (fb::Command::Scan, Some(scan.as_union_value()))
+            let args = fb::ScanArgs { limit: 10, ..Default::default() };
+            (fb::Command::Scan, Some(fb::Scan::create(builder, &args).as_union_value()))
+        });
+        let request = parse_request(&frame).unwrap();
+        let everything = Scan { start: ScanStart::Token(0), end: ScanEnd::Last, limit: 10 };
+        assert_eq!(request.command, Command::Scan(everything));
+    }
+
+    #[test]
+    fn scan_with_two_starts_or_two_ends_is_malformed() {
+        let frame = raw_request(52, |builder| {
+            let start = builder.create_vector(b"a".as_slice());
+            let args =
+                fb::ScanArgs { start: Some(start), start_token: Some(3), limit: 10, ..Default::default() };
+            (fb::Command::Scan, Some(fb::Scan::create(builder, &args).as_union_value()))
+        });
+        assert_untrusted(&frame);
+        let frame = raw_request(53, |builder| {
+            let end = builder.create_vector(b"z".as_slice());
+            let args = fb::ScanArgs { end: Some(end), end_token: Some(3), limit: 10, ..Default::default() };
+            (fb::Command::Scan, Some(fb::Scan::create(builder, &args).as_union_value()))
         });
         assert_untrusted(&frame);
     }

@@ -8,7 +8,7 @@
 //! memtable is sealed and flushed to an SSTable by [`Engine::run_maintenance`] (or, if no
 //! maintenance task keeps up, by the stalled writer itself).
 //!
-//! The highest version wins, whatever the arrival order ([`Entry::cmp_precedence`]): a write is
+//! The highest version wins, whatever the arrival order ([`crate::Entry::cmp_precedence`]): a write is
 //! applied only if it outranks every entry stored for its key, and a late, repeated or
 //! reordered one changes nothing and appends nothing. Reads resolve by version too, not by
 //! table age: a point read goes newest first and stops once every table left holds only lower
@@ -36,9 +36,10 @@ mod recovery;
 mod scan;
 mod write;
 
+pub use scan::{ScanEntry, ScanPage, ScanRange};
+
 use crate::block_cache::BlockCache;
 use crate::disk::Disk;
-use crate::entry::Entry;
 use crate::manifest::{self, Manifest, TableRecord};
 use crate::memtable::{MemEntry, Memtable};
 use crate::options::EngineOptions;
@@ -109,15 +110,6 @@ impl WriteOutcome {
     pub fn is_applied(&self) -> bool {
         matches!(self, WriteOutcome::Applied { .. })
     }
-}
-
-/// One page of an ordered range scan.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScanPage {
-    /// Entries in ascending key order.
-    pub entries: Vec<(Bytes, Entry)>,
-    /// When set, more entries may follow: the next page starts at this key (inclusive).
-    pub next_start: Option<Bytes>,
 }
 
 /// What recovery found when the engine opened.
@@ -264,6 +256,7 @@ fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) 
     move |error| StorageError::io(op, file, error)
 }
 
+/// Checks a user key, and a value if given, against the limits.
 fn validate(key: &[u8], value: Option<&Bytes>) -> Result<()> {
     if key.is_empty() {
         return Err(StorageError::KeyEmpty);
@@ -271,6 +264,11 @@ fn validate(key: &[u8], value: Option<&Bytes>) -> Result<()> {
     if key.len() > KEY_BYTES_MAX {
         return Err(StorageError::KeyTooLong { len: key.len() });
     }
+    validate_value(value)
+}
+
+/// Checks a value, if any, against the limit.
+fn validate_value(value: Option<&Bytes>) -> Result<()> {
     match value {
         Some(value) if value.len() > VALUE_BYTES_MAX => Err(StorageError::ValueTooLarge { len: value.len() }),
         _ => Ok(()),

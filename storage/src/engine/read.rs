@@ -6,9 +6,10 @@
 //! left holds only lower versions than what it found (each table knows its highest version), so
 //! a key in a memtable, or in a table newer than the rest of its history, costs one lookup.
 
-use super::{Engine, ReadStep, Versioned};
+use super::{validate, Engine, ReadStep, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
+use crate::key::StoredKey;
 use crate::sstable::key_hash;
 use crate::Result;
 use std::borrow::Cow;
@@ -26,7 +27,7 @@ fn keep_newest<'a>(found: &mut Option<Cow<'a, Entry>>, entry: Entry) {
 }
 
 impl<D: Disk> Engine<D> {
-    /// The live value of `key` at `now_ms`, if any.
+    /// The live value of `key` at `now_ms`, if any. A key outside the limits is an error.
     pub async fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Versioned>> {
         Ok(self.get_entry(key).await?.and_then(|entry| {
             entry.data_at(now_ms).map(|data| Versioned { value: data.clone(), version: entry.version })
@@ -44,6 +45,10 @@ impl<D: Disk> Engine<D> {
         now_ms: u64,
         read: impl FnOnce(Option<(&[u8], u64)>) -> R,
     ) -> Option<Result<R>> {
+        if let Err(error) = validate(key, None) {
+            return Some(Err(error));
+        }
+        let key = &StoredKey::new(key)[..];
         let state = self.state.borrow();
         let tables = &state.tables;
         let in_memory = state.newest_in_memory(key).map(|newest| &newest.entry);
@@ -70,6 +75,12 @@ impl<D: Disk> Engine<D> {
     /// The key's stored entry, the highest-ranking of every memtable's and table's
     /// (tombstones and expired values included).
     pub async fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        validate(key, None)?;
+        self.stored_entry(&StoredKey::new(key)).await
+    }
+
+    /// [`Engine::get_entry`] of a stored key.
+    pub(super) async fn stored_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
         let (in_memory, tables) = {
             let state = self.state.borrow();
             (state.newest_in_memory(key).map(|newest| newest.entry.clone()), state.tables.clone())
@@ -97,8 +108,9 @@ mod tests {
     use super::super::testing::{key, small_options};
     use super::super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
+    use crate::entry::Entry;
+    use crate::key::StoredKey;
     use futures_executor::block_on;
-    use std::ops::Bound;
 
     #[test]
     fn reads_its_writes_across_flush_compaction_and_reopen() {
@@ -182,13 +194,16 @@ mod tests {
         });
     }
 
-    /// A table of `entries` (sorted by key) written as file `id`, and its manifest record.
+    /// A table of `entries` written as file `id`, and its manifest record.
     async fn write_table(disk: &MemDisk, id: u64, entries: &[(Bytes, Entry)]) -> TableRecord {
         let name = manifest::table_file_name(id);
         let file = disk.create(&name).await.unwrap();
         let mut writer = TableWriter::new(file, name, 10, entries.len());
-        for (key, entry) in entries {
-            writer.add(key, entry).await.unwrap();
+        let mut stored: Vec<_> =
+            entries.iter().map(|(key, entry)| (StoredKey::new(key).to_vec(), entry)).collect();
+        stored.sort_by(|left, right| left.0.cmp(&right.0));
+        for (key, entry) in stored {
+            writer.add(&key, entry).await.unwrap();
         }
         let summary = writer.finish().await.unwrap();
         TableRecord {
@@ -262,8 +277,9 @@ mod tests {
             let nine = Versioned { value: Bytes::from_static(b"nine"), version: 9 };
             assert_eq!(engine.get(&k, 0).await.unwrap(), Some(nine.clone()));
             assert_eq!(get_now(&engine, &k, 0).unwrap().unwrap(), Some(nine.clone()));
-            let page = engine.scan(Bound::Unbounded, Bound::Unbounded, 10, 0, false).await.unwrap();
-            assert_eq!(page.entries[0], (k.clone(), Entry::live(9, Bytes::from_static(b"nine"), None)));
+            let page = engine.scan(&ScanRange::all(), 10, 0, false).await.unwrap();
+            let scanned = page.entries.iter().find(|entry| entry.key == k).unwrap();
+            assert_eq!(scanned.entry, Entry::live(9, Bytes::from_static(b"nine"), None));
             // A write below the stored version is refused, though only a table holds it.
             let outcome = engine.put(k.clone(), Bytes::from_static(b"five"), 5, None).await.unwrap();
             assert_eq!(outcome, WriteOutcome::Superseded { version: 5, current_version: 9 });

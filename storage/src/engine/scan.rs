@@ -1,14 +1,86 @@
-//! Paged range scans over the memtables and every table. Where sources hold the same key, the
-//! highest-ranking entry is the key's ([`Entry::cmp_precedence`]), as for point reads.
+//! Paged scans in token order: the engine stores keys as `token ‖ key` ([`crate::key`]), so a
+//! range of positions, a vnode's token range say, is one contiguous range of every memtable and
+//! table. Where sources hold the same key, the highest-ranking entry is the key's
+//! ([`Entry::cmp_precedence`]), as for point reads.
+//!
+//! A page ends with a cursor, [`ScanPage::next`]: the position of the last entry it looked at.
+//! Scanning [`ScanRange::after`] it resumes exactly there, so paging neither skips nor repeats a
+//! key that is present throughout, whatever is written meanwhile.
 
-use super::{Engine, ScanPage};
+use super::Engine;
 use crate::disk::Disk;
 use crate::entry::Entry;
-use crate::Result;
+use crate::key::{self, Position};
+use crate::{Result, StorageError};
 use bytes::Bytes;
 use std::collections::btree_map::Entry as Slot;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+
+/// What a scan covers: the positions from `start` to `end`, in token order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanRange {
+    pub start: Bound<Position>,
+    pub end: Bound<Position>,
+}
+
+impl ScanRange {
+    /// Every key.
+    pub fn all() -> Self {
+        ScanRange { start: Bound::Unbounded, end: Bound::Unbounded }
+    }
+
+    /// The keys whose tokens lie in `start_token..end_token`, or from `start_token` through the
+    /// last token when `end_token` is `None` (a range that wraps past the top of the ring is two
+    /// scans).
+    pub fn tokens(start_token: u64, end_token: Option<u64>) -> Self {
+        ScanRange {
+            start: Bound::Included(Position::of_token(start_token)),
+            end: end_token.map_or(Bound::Unbounded, |end| Bound::Excluded(Position::of_token(end))),
+        }
+    }
+
+    /// The rest of this range after `cursor`, a page's [`ScanPage::next`].
+    pub fn after(&self, cursor: Position) -> Self {
+        ScanRange { start: Bound::Excluded(cursor), end: self.end.clone() }
+    }
+
+    /// Whether no key can lie in the range.
+    pub fn is_empty(&self) -> bool {
+        range_is_empty(&stored(&self.start), &stored(&self.end))
+    }
+}
+
+/// One entry a scan found: the key's token, the key and its stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanEntry {
+    pub token: u64,
+    pub key: Bytes,
+    pub entry: Entry,
+}
+
+impl ScanEntry {
+    /// Where the entry is in scan order.
+    pub fn position(&self) -> Position {
+        Position { token: self.token, key: self.key.clone() }
+    }
+}
+
+/// One page of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Entries in token order (then key order within a token).
+    pub entries: Vec<ScanEntry>,
+    /// When set, more entries may follow: the next page is the range [`ScanRange::after`] this
+    /// position, which is that of the last entry the page looked at (the last one returned,
+    /// or a dead one passed over).
+    pub next: Option<Position>,
+}
+
+/// A bound on positions as a bound on stored keys.
+fn stored(bound: &Bound<Position>) -> Bound<Bytes> {
+    bound.as_ref().map(Position::stored)
+}
 
 /// Keeps the higher-ranking of what `merged` holds for `key` and `entry`.
 fn keep_newest(merged: &mut BTreeMap<Bytes, Entry>, key: Bytes, entry: Entry) {
@@ -35,19 +107,32 @@ fn range_is_empty(start: &Bound<Bytes>, end: &Bound<Bytes>) -> bool {
     }
 }
 
+/// The position of a stored key.
+fn position_of(stored: &Bytes) -> Result<Position> {
+    let (token, key) = key::split(stored).ok_or_else(|| {
+        StorageError::corruption(
+            "scan",
+            0,
+            format!("stored key {stored:?} is too short to hold a token and a key"),
+        )
+    })?;
+    Ok(Position { token, key })
+}
+
 impl<D: Disk> Engine<D> {
-    /// One page of the entries with keys in `(start, end)`, ascending, at most `limit` of them.
-    /// Dead entries (tombstones, expired values at `now_ms`) are skipped unless `include_dead`,
-    /// which replication uses to stream deletes.
+    /// One page of the entries in `range`, in token order, at most `limit` of them. Dead
+    /// entries (tombstones, expired values at `now_ms`) are skipped unless `include_dead`, which
+    /// replication uses to stream deletes. Continue with [`ScanRange::after`] the page's
+    /// [`ScanPage::next`]; it is `None` once the range is finished.
     pub async fn scan(
         &self,
-        start: Bound<Bytes>,
-        end: Bound<Bytes>,
+        range: &ScanRange,
         limit: usize,
         now_ms: u64,
         include_dead: bool,
     ) -> Result<ScanPage> {
         assert!(limit > 0, "a scan page holds at least one entry");
+        let (start, end) = (stored(&range.start), stored(&range.end));
         if range_is_empty(&start, &end) {
             return Ok(ScanPage::default());
         }
@@ -60,13 +145,13 @@ impl<D: Disk> Engine<D> {
             Bound::Unbounded => true,
         };
         // Every source contributes at most `limit` entries (dead ones included, since they hide
-        // older values); the page is complete only up to the smallest last key of a source that
-        // was cut short.
+        // older values); the page is complete only below the first key a source cut short did
+        // not deliver.
         let mut merged: BTreeMap<Bytes, Entry> = BTreeMap::new();
-        let mut complete_through: Option<Bytes> = None;
-        let cut_at = |key: &[u8], complete_through: &mut Option<Bytes>| {
-            if complete_through.as_ref().is_none_or(|through| key < &through[..]) {
-                *complete_through = Some(Bytes::copy_from_slice(key));
+        let mut complete_below: Option<Bytes> = None;
+        let cut_at = |key: &[u8], complete_below: &mut Option<Bytes>| {
+            if complete_below.as_ref().is_none_or(|below| key < &below[..]) {
+                *complete_below = Some(Bytes::copy_from_slice(key));
             }
         };
         let tables = {
@@ -76,7 +161,7 @@ impl<D: Disk> Engine<D> {
                 for (taken, (key, mem_entry)) in memtable.range(as_slice(&start), as_slice(&end)).enumerate()
                 {
                     if taken == limit {
-                        cut_at(key, &mut complete_through);
+                        cut_at(key, &mut complete_below);
                         break;
                     }
                     keep_newest(&mut merged, Bytes::copy_from_slice(key), mem_entry.entry.clone());
@@ -99,7 +184,7 @@ impl<D: Disk> Engine<D> {
                     break;
                 }
                 if taken == limit {
-                    cut_at(&key, &mut complete_through);
+                    cut_at(&key, &mut complete_below);
                     break;
                 }
                 keep_newest(&mut merged, key, entry);
@@ -107,31 +192,28 @@ impl<D: Disk> Engine<D> {
             }
         }
         let mut page = ScanPage::default();
+        let mut last_examined: Option<Bytes> = None;
         for (key, entry) in merged {
-            if complete_through.as_ref().is_some_and(|through| key >= *through) {
+            if page.entries.len() == limit || complete_below.as_ref().is_some_and(|below| key >= *below) {
                 break;
             }
-            if !include_dead && entry.is_absent_at(now_ms) {
+            let dead = entry.is_absent_at(now_ms);
+            last_examined = Some(key.clone());
+            if dead && !include_dead {
                 continue;
             }
-            if page.entries.len() == limit {
-                break;
-            }
-            page.entries.push((key, entry));
+            let Position { token, key } = position_of(&key)?;
+            page.entries.push(ScanEntry { token, key, entry });
         }
-        page.next_start = match page.entries.last() {
-            // A full page: continue just after its last key (`key ++ 0x00` is the next key in
-            // byte order).
-            Some((last, _)) if page.entries.len() == limit => {
-                let mut next = Vec::with_capacity(last.len() + 1);
-                next.extend_from_slice(last);
-                next.push(0);
-                Some(Bytes::from(next))
+        // A full page may have more after it; so may one whose sources were cut short, past the
+        // last entry it looked at (every key below where they were cut has been seen).
+        let more = page.entries.len() == limit || complete_below.is_some();
+        page.next = match last_examined {
+            Some(last) if more && !range_is_empty(&Bound::Excluded(last.clone()), &end) => {
+                Some(position_of(&last)?)
             }
-            // A source was cut short: everything below its first unread key has been seen.
-            _ => complete_through,
-        }
-        .filter(|next| !range_is_empty(&Bound::Included(next.clone()), &end));
+            _ => None,
+        };
         Ok(page)
     }
 }
@@ -141,11 +223,11 @@ mod tests {
     use super::super::testing::{key, small_options};
     use super::super::*;
     use crate::disk::memory::MemDisk;
+    use crate::key::Position;
     use futures_executor::block_on;
-    use std::ops::Bound;
 
     #[test]
-    fn scan_pages_through_everything_in_order() {
+    fn scan_pages_through_everything_in_token_order() {
         block_on(async {
             let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
             for index in 0..500u32 {
@@ -153,19 +235,40 @@ mod tests {
                 if index % 7 == 0 {
                     engine.delete(key(index), 2, 0).await.unwrap();
                 }
+                if index == 250 {
+                    engine.flush().await.unwrap();
+                }
             }
+            // Tokens from a quarter to three quarters of the ring, in pages of 13.
+            let range = ScanRange::tokens(u64::MAX / 4, Some(u64::MAX / 4 * 3));
             let mut seen = Vec::new();
-            let mut start = Bound::Included(key(10));
+            let mut next = range.clone();
             loop {
-                let page = engine.scan(start, Bound::Excluded(key(400)), 13, 0, false).await.unwrap();
-                seen.extend(page.entries.into_iter().map(|(k, _)| k));
-                match page.next_start {
-                    Some(next) => start = Bound::Included(next),
+                let page = engine.scan(&next, 13, 0, false).await.unwrap();
+                assert!(page.entries.len() <= 13);
+                seen.extend(page.entries.iter().map(ScanEntry::position));
+                match page.next {
+                    Some(cursor) => next = range.after(cursor),
                     None => break,
                 }
             }
-            let expected: Vec<Bytes> = (10..400u32).filter(|i| i % 7 != 0).map(key).collect();
+            let mut expected: Vec<Position> = (0..500u32)
+                .filter(|index| index % 7 != 0)
+                .map(|index| Position::of_key(key(index)))
+                .filter(|position| (u64::MAX / 4..u64::MAX / 4 * 3).contains(&position.token))
+                .collect();
+            expected.sort();
+            assert!(expected.len() > 150, "a good share of the keys: {}", expected.len());
             assert_eq!(seen, expected);
+            // With the deletes, and all of the ring in one page.
+            let everything = engine.scan(&ScanRange::all(), 1000, 0, true).await.unwrap();
+            assert_eq!(everything.entries.len(), 500);
+            assert_eq!(everything.next, None);
+            assert!(everything.entries.windows(2).all(|pair| pair[0].position() < pair[1].position()));
+            assert!(everything
+                .entries
+                .iter()
+                .all(|entry| entry.token == ringkv_wire::token::token(&entry.key)));
         });
     }
 }

@@ -9,16 +9,17 @@
 //! appended: it resolves once everything appended before it is durable, so its caller is never
 //! told before the entry that superseded it is safe.
 
-use super::{validate, CasOutcome, Engine, Expected, State, Tables, WriteOutcome};
+use super::{validate, validate_value, CasOutcome, Engine, Expected, State, Tables, WriteOutcome};
 use crate::disk::Disk;
 use crate::entry::Entry;
+use crate::key::{StoredKey, TOKEN_BYTES};
 use crate::options::SyncMode;
 use crate::sstable::key_hash;
 use crate::{DiskFile, Result};
 use bytes::Bytes;
 use std::rc::Rc;
 
-/// Whether some table may hold an entry for `key` of `version` or higher, so that a write of
+/// Whether some table may hold an entry for `key` (stored) of `version` or higher, so that a write of
 /// `version` needs a read to know whether it outranks what is stored. Answered from memory.
 fn tables_may_hold_at_or_above<F: DiskFile>(tables: &Tables<F>, key: &[u8], version: u64) -> bool {
     if tables.max_version() < version {
@@ -91,13 +92,14 @@ impl<D: Disk> Engine<D> {
         make_entry: impl FnOnce(Option<u64>) -> Entry,
     ) -> Result<WriteOutcome> {
         validate(&key, None)?;
+        let key = StoredKey::new(&key);
         self.make_room().await?;
         let step = {
             let mut state = self.state.borrow_mut();
             self.check_writable(&state)?;
             let in_memory = state.newest_in_memory(&key);
             let entry = make_entry(in_memory.map(|newest| newest.entry.version));
-            validate(&key, entry.data())?;
+            validate_value(entry.data())?;
             match in_memory.filter(|newest| !entry.supersedes(&newest.entry)) {
                 Some(newest) => Step::Superseded {
                     appended: state.next_seq - 1,
@@ -109,22 +111,22 @@ impl<D: Disk> Engine<D> {
                 }
                 None => {
                     let version = entry.version;
-                    Step::Applied { seq: self.apply(&mut state, key.clone(), entry)?, version }
+                    Step::Applied { seq: self.apply(&mut state, &key, entry)?, version }
                 }
             }
         };
         match step {
-            Step::ReadFirst(entry) => self.write_if_newest(key, entry).await,
+            Step::ReadFirst(entry) => self.write_if_newest(&key, entry).await,
             decided => self.resolve(decided).await,
         }
     }
 
     /// The slow path of [`Engine::write_with`]: reads the key's newest stored entry, then, in one
     /// synchronous step with what the memtables hold by then, applies `entry` if it outranks it.
-    async fn write_if_newest(&self, key: Bytes, entry: Entry) -> Result<WriteOutcome> {
+    async fn write_if_newest(&self, key: &[u8], entry: Entry) -> Result<WriteOutcome> {
         loop {
             let generation = self.state.borrow().flush_generation;
-            let found = self.get_entry(&key).await?;
+            let found = self.stored_entry(key).await?;
             let step = {
                 let mut state = self.state.borrow_mut();
                 self.check_writable(&state)?;
@@ -132,7 +134,7 @@ impl<D: Disk> Engine<D> {
                     // A memtable moved to a table while we read; the read may have missed a write.
                     continue;
                 }
-                let current = newest(found, state.newest_in_memory(&key).map(|newest| &newest.entry));
+                let current = newest(found, state.newest_in_memory(key).map(|newest| &newest.entry));
                 let version = entry.version;
                 match current.filter(|current| !entry.supersedes(current)) {
                     Some(current) => Step::Superseded {
@@ -195,11 +197,12 @@ impl<D: Disk> Engine<D> {
         make_entry: impl FnOnce(Option<u64>) -> Entry,
     ) -> Result<CasOutcome> {
         validate(&key, None)?;
+        let key = StoredKey::new(&key);
         self.make_room().await?;
         let mut make_entry = Some(make_entry);
         loop {
             let generation = self.state.borrow().flush_generation;
-            let found = self.get_entry(&key).await?;
+            let found = self.stored_entry(&key).await?;
             let (seq, version) = {
                 let mut state = self.state.borrow_mut();
                 self.check_writable(&state)?;
@@ -221,12 +224,12 @@ impl<D: Disk> Engine<D> {
                 }
                 let make_entry = make_entry.take().expect("the entry is made once");
                 let entry = make_entry(current.as_ref().map(|entry| entry.version));
-                validate(&key, entry.data())?;
+                validate_value(entry.data())?;
                 if let Some(current) = current.filter(|current| !entry.supersedes(current)) {
                     return Ok(CasOutcome::Stale { current_version: current.version });
                 }
                 let version = entry.version;
-                (self.apply(&mut state, key, entry)?, version)
+                (self.apply(&mut state, &key, entry)?, version)
             };
             self.acknowledge(seq).await?;
             return Ok(CasOutcome::Swapped { version });
@@ -239,13 +242,15 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Appends to the WAL buffer and the memtable in one step; returns the sequence number.
-    fn apply(&self, state: &mut State<D::File>, key: Bytes, entry: Entry) -> Result<u64> {
+    /// `key` is the stored key.
+    fn apply(&self, state: &mut State<D::File>, key: &[u8], entry: Entry) -> Result<u64> {
         self.check_writable(state)?;
         let seq = state.next_seq;
-        self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(&key, out))?;
+        self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(key, out))?;
         state.next_seq += 1;
-        self.stats.borrow_mut().user_bytes += (key.len() + entry.data().map_or(0, Bytes::len)) as u64;
-        let inserted = state.active.insert(&key, seq, entry);
+        let user_bytes = key.len() - TOKEN_BYTES + entry.data().map_or(0, Bytes::len);
+        self.stats.borrow_mut().user_bytes += user_bytes as u64;
+        let inserted = state.active.insert(key, seq, entry);
         debug_assert!(inserted, "only an entry that outranks the stored ones is applied");
         self.seal_if_full(state);
         Ok(seq)
@@ -296,6 +301,7 @@ mod tests {
     use super::super::testing::{key, small_options};
     use super::super::*;
     use crate::disk::memory::MemDisk;
+    use crate::entry::Entry;
     use futures_executor::block_on;
 
     #[test]

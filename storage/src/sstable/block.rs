@@ -145,7 +145,7 @@ impl Block {
             let entry = &block.payload[start..end];
             let key_len = u16::from_le_bytes([entry[KEY_LEN_AT], entry[KEY_LEN_AT + 1]]) as usize;
             let key_end = ENTRY_HEADER_BYTES + key_len;
-            if key_len == 0 || key_len > crate::KEY_BYTES_MAX || key_end + 4 > entry.len() {
+            if key_len == 0 || key_len > crate::key::STORED_KEY_BYTES_MAX || key_end + 4 > entry.len() {
                 return Err(corrupt(format!("entry {index} has a bad key length {key_len}")));
             }
             let value_len =

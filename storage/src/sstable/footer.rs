@@ -72,10 +72,11 @@ impl Footer {
         }
         let version = u32_at(bytes, 8);
         if version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "table format version {version}: written by another release of ringkv, which this \
-                 one cannot read (it reads format {FORMAT_VERSION} only)"
-            )));
+            return Err(StorageError::UnsupportedFormat {
+                file: file_name.to_string(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         if u32_at(bytes, 36) != 0 {
             return Err(corrupt("reserved footer field is not zero".to_string()));

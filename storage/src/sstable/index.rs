@@ -77,7 +77,7 @@ impl Index {
     /// each starting on a page, the last one ending right before the index (`data_end`).
     pub fn decode(payload: Bytes, file_name: &str, offset: u64, data_end: u64) -> Result<Index> {
         let corrupt = |reason: &str| StorageError::corruption(file_name, offset, format!("index: {reason}"));
-        let key_ok = |len: usize| (1..=crate::KEY_BYTES_MAX).contains(&len);
+        let key_ok = |len: usize| (1..=crate::key::STORED_KEY_BYTES_MAX).contains(&len);
         let mut at = 0;
         let block_count = u32::from_le_bytes(take(&payload, &mut at).ok_or_else(|| corrupt("truncated"))?);
         let smallest_len = u16::from_le_bytes(take(&payload, &mut at).ok_or_else(|| corrupt("truncated"))?);

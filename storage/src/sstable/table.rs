@@ -444,7 +444,7 @@ mod tests {
             let mut writer = TableWriter::new(disk.create("t").await.unwrap(), "t".into(), 10, 0);
             let entry = Entry::live(1, Bytes::new(), None);
             assert!(matches!(writer.add(b"", &entry).await, Err(StorageError::KeyEmpty)));
-            let long = vec![b'k'; crate::KEY_BYTES_MAX + 1];
+            let long = vec![b'k'; crate::key::STORED_KEY_BYTES_MAX + 1];
             assert!(matches!(writer.add(&long, &entry).await, Err(StorageError::KeyTooLong { .. })));
             let huge = Entry::live(1, Bytes::from(vec![0; crate::VALUE_BYTES_MAX + 1]), None);
             assert!(matches!(writer.add(b"k", &huge).await, Err(StorageError::ValueTooLarge { .. })));

@@ -81,7 +81,7 @@ impl<F: DiskFile> TableWriter<F> {
         if key.is_empty() {
             return Err(StorageError::KeyEmpty);
         }
-        if key.len() > crate::KEY_BYTES_MAX {
+        if key.len() > crate::key::STORED_KEY_BYTES_MAX {
             return Err(StorageError::KeyTooLong { len: key.len() });
         }
         if let Some(data) = entry.data().filter(|data| data.len() > crate::VALUE_BYTES_MAX) {

@@ -5,7 +5,7 @@ use bytes::BufMut;
 /// Bytes before the payload.
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Largest payload a record may carry: one entry with the largest key and value, plus slack.
-pub const RECORD_PAYLOAD_BYTES_MAX: usize = crate::VALUE_BYTES_MAX + crate::KEY_BYTES_MAX + 64;
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = crate::VALUE_BYTES_MAX + crate::key::STORED_KEY_BYTES_MAX + 64;
 
 /// Appends a record to `out`. The payload is written by `write_payload`, which must append
 /// exactly `payload_len` bytes.

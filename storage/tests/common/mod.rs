@@ -7,12 +7,11 @@ use bytes::Bytes;
 use futures_util::task::noop_waker;
 use ringkv_storage::disk::memory::{CrashMode, MemDisk, MemFile};
 use ringkv_storage::manifest::{self, Manifest};
-use ringkv_storage::{Disk, DiskFile, Engine, EngineOptions, RecoveryReport};
+use ringkv_storage::{Disk, DiskFile, Engine, EngineOptions, RecoveryReport, ScanRange};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
-use std::ops::Bound;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -296,15 +295,15 @@ impl Write {
 /// cross-checked key by key with point reads.
 pub async fn read_state<D: Disk>(engine: &Engine<D>) -> ringkv_storage::Result<BTreeMap<Bytes, Bytes>> {
     let mut state = BTreeMap::new();
-    let mut start = Bound::Unbounded;
+    let mut range = ScanRange::all();
     loop {
-        let page = engine.scan(start, Bound::Unbounded, 64, 0, false).await?;
-        for (key, entry) in page.entries {
-            let data = entry.data().expect("live entries have data").clone();
-            assert!(state.insert(key, data).is_none(), "scan returned a key twice");
+        let page = engine.scan(&range, 64, 0, false).await?;
+        for found in page.entries {
+            let data = found.entry.data().expect("live entries have data").clone();
+            assert!(state.insert(found.key, data).is_none(), "scan returned a key twice");
         }
-        match page.next_start {
-            Some(next) => start = Bound::Included(next),
+        match page.next {
+            Some(cursor) => range = ScanRange::all().after(cursor),
             None => break,
         }
     }

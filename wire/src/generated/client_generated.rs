@@ -1914,16 +1914,32 @@ impl ::core::fmt::Debug for Ping<'_> {
 pub enum ScanOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Read live keys in byte order: those in [start, end), or from `start` to the last key when
-/// `end` is absent; both keys obey the key limits (1 to 256 bytes). At most `limit` entries
-/// (1 to 1000, SCAN_LIMIT_MAX; a missing limit reads as 0 and is refused with
-/// `ScanLimitOutOfRange`), and a page stops before its keys and values pass about 1 MiB
-/// (SCAN_PAGE_BYTES_MAX), though it always holds at least one entry when one exists, so a
-/// maximal value fits. Deleted and expired keys never appear. `end <= start` is an empty range.
+/// Read live keys in token order: entries come ordered by (token, key), where token is the
+/// key's place on the ring (xxh3-64 of the key with the fixed seed clients use to route), and
+/// keys of one token by their bytes. This is the order every shard stores its keys in, so a
+/// token range (a vnode's, say) is read in one pass; Cassandra pages by `token()` the same way.
+///
+/// Where the scan begins, at most one of:
+/// - `start`: a key; the scan begins at its position (its token, then it), inclusive;
+/// - `start_token`: the scan begins with the first key whose token is at least this;
+/// - `after`: a key; the scan resumes right after its position. A page's `next_start` goes here.
+/// None of them: from the start of the ring (token 0).
+/// Where it ends, at most one of: `end`, a key, the scan stopping before its position;
+/// `end_token`, the scan stopping before the first key whose token is at least this. Neither:
+/// through the end of the ring. Every key given obeys the key limits (1 to 256 bytes).
+///
+/// At most `limit` entries (1 to 1000, SCAN_LIMIT_MAX; a missing limit reads as 0 and is
+/// refused with `ScanLimitOutOfRange`), and a page stops before its keys and values pass about
+/// 1 MiB (SCAN_PAGE_BYTES_MAX), though it always holds at least one entry when one exists, so a
+/// maximal value fits. Deleted and expired keys never appear. An end at or before the start is
+/// an empty range.
 ///
 /// Answered with `Status.ScanPage`. Keys are spread over shards by token, so the receiving
-/// shard asks every shard and merges their pages; a scan reads each shard at a slightly
-/// different moment and is not a snapshot.
+/// shard asks every shard owning part of the range and merges their pages; a scan reads each
+/// shard at a slightly different moment and is not a snapshot.
+///
+/// `start` was required when scans ran in key byte order; it no longer is. The other fields
+/// were added after it.
 pub struct Scan<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1940,6 +1956,9 @@ impl<'a> Scan<'a> {
   pub const VT_START: ::flatbuffers::VOffsetT = 4;
   pub const VT_END: ::flatbuffers::VOffsetT = 6;
   pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_START_TOKEN: ::flatbuffers::VOffsetT = 10;
+  pub const VT_END_TOKEN: ::flatbuffers::VOffsetT = 12;
+  pub const VT_AFTER: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1951,6 +1970,9 @@ impl<'a> Scan<'a> {
     args: &'args ScanArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
     let mut builder = ScanBuilder::new(_fbb);
+    if let Some(x) = args.end_token { builder.add_end_token(x); }
+    if let Some(x) = args.start_token { builder.add_start_token(x); }
+    if let Some(x) = args.after { builder.add_after(x); }
     builder.add_limit(args.limit);
     if let Some(x) = args.end { builder.add_end(x); }
     if let Some(x) = args.start { builder.add_start(x); }
@@ -1959,11 +1981,11 @@ impl<'a> Scan<'a> {
 
 
   #[inline]
-  pub fn start(&self) -> ::flatbuffers::Vector<'a, u8> {
+  pub fn start(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_START, None).unwrap()}
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_START, None)}
   }
   #[inline]
   pub fn end(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
@@ -1979,6 +2001,27 @@ impl<'a> Scan<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Scan::VT_LIMIT, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn start_token(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Scan::VT_START_TOKEN, None)}
+  }
+  #[inline]
+  pub fn end_token(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Scan::VT_END_TOKEN, None)}
+  }
+  #[inline]
+  pub fn after(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_AFTER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Scan<'_> {
@@ -1987,9 +2030,12 @@ impl ::flatbuffers::Verifiable for Scan<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
-     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("start", Self::VT_START, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("start", Self::VT_START, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("end", Self::VT_END, false)?
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<u64>("start_token", Self::VT_START_TOKEN, false)?
+     .visit_field::<u64>("end_token", Self::VT_END_TOKEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("after", Self::VT_AFTER, false)?
      .finish();
     Ok(())
   }
@@ -1998,14 +2044,20 @@ pub struct ScanArgs<'a> {
     pub start: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub end: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub limit: u32,
+    pub start_token: Option<u64>,
+    pub end_token: Option<u64>,
+    pub after: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for ScanArgs<'a> {
   #[inline]
   fn default() -> Self {
     ScanArgs {
-      start: None, // required field
+      start: None,
       end: None,
       limit: 0,
+      start_token: None,
+      end_token: None,
+      after: None,
     }
   }
 }
@@ -2028,6 +2080,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Scan::VT_LIMIT, limit, 0);
   }
   #[inline]
+  pub fn add_start_token(&mut self, start_token: u64) {
+    self.fbb_.push_slot_always::<u64>(Scan::VT_START_TOKEN, start_token);
+  }
+  #[inline]
+  pub fn add_end_token(&mut self, end_token: u64) {
+    self.fbb_.push_slot_always::<u64>(Scan::VT_END_TOKEN, end_token);
+  }
+  #[inline]
+  pub fn add_after(&mut self, after: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_AFTER, after);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ScanBuilder {
@@ -2038,7 +2102,6 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
   #[inline]
   pub fn finish(self) -> ::flatbuffers::WIPOffset<Scan<'a>> {
     let o = self.fbb_.end_table(self.start_);
-    self.fbb_.required(o, Scan::VT_START,"start");
     ::flatbuffers::WIPOffset::new(o.value())
   }
 }
@@ -2049,6 +2112,9 @@ impl ::core::fmt::Debug for Scan<'_> {
       ds.field("start", &self.start());
       ds.field("end", &self.end());
       ds.field("limit", &self.limit());
+      ds.field("start_token", &self.start_token());
+      ds.field("end_token", &self.end_token());
+      ds.field("after", &self.after());
       ds.finish()
   }
 }
@@ -3002,10 +3068,10 @@ impl ::core::fmt::Debug for ScanEntry<'_> {
 pub enum ScanPageOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// One page of a scan: entries in ascending key order. When `next_start` is set more entries
-/// may follow; send the same scan again with `start = next_start` for the next page. It is the
-/// smallest key the page did not cover, so paging returns every key present throughout exactly
-/// once. Absent: the range is finished.
+/// One page of a scan: entries in token order. When `next_start` is set more entries may
+/// follow: it is the key of the page's last entry, and sending the same scan again with
+/// `after = next_start` (and no `start` or `start_token`) resumes exactly after it, so paging
+/// returns every key present throughout exactly once. Absent: the range is finished.
 pub struct ScanPage<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
