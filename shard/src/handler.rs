@@ -326,6 +326,35 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_that_observes_the_engine_after_a_restart_versions_above_the_disk() {
+        let disk = MemDisk::new();
+        let ahead = (fixed_now() + 24 * 3_600_000) << 22;
+        ringkv_io::run_local("handler-restart", async {
+            let engine = Engine::open(disk.clone(), EngineOptions::default()).await.unwrap();
+            engine.put(key("early"), key("from before"), ahead, None).await.unwrap();
+            engine.flush().await.unwrap();
+            engine.put(key("late"), key("from before"), ahead + 1, None).await.unwrap();
+            engine.close().await.unwrap();
+        });
+        // What the shard does at start: open the engine, then the clock observes it.
+        let engine =
+            ringkv_io::run_local("handler-reopen", Engine::open(disk, EngineOptions::default())).unwrap();
+        assert!(
+            HybridClock::new(3).next_version(fixed_now()) < ahead,
+            "a fresh clock alone would mint below"
+        );
+        let clock = HybridClock::new(3);
+        clock.observe(engine.max_version());
+        let handler = Handler::new(Rc::new(engine), clock, fixed_now);
+        ringkv_io::run_local("handler-after-restart", async {
+            // A key the engine holds nothing for: only the clock keeps the version above.
+            let put = Operation::Put { key: key("new"), value: key("v"), ttl_ms: None };
+            let Ok(Outcome::Written { version }) = handler.execute(put).await else { panic!() };
+            assert!(version > ahead + 1, "{version} is not above {}", ahead + 1);
+        });
+    }
+
+    #[test]
     fn expired_values_are_not_found() {
         let handler = handler();
         ringkv_io::run_local("handler-ttl", async {

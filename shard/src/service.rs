@@ -121,8 +121,10 @@ impl ShardService {
             "storage engine open"
         );
 
-        let handler =
-            Rc::new(Handler::new(engine.engine().clone(), HybridClock::new(config.node_id), now_ms));
+        // Versions start above every version on disk, however far ahead of the wall clock.
+        let clock = HybridClock::new(config.node_id);
+        clock.observe(engine.engine().max_version());
+        let handler = Rc::new(Handler::new(engine.engine().clone(), clock, now_ms));
         let forwarding =
             Rc::new(Forwarding::new(shard_id, senders, peer_of_shard, config.forward_in_flight_max));
         let receivers = forwarding.start_receivers(receivers, handler.clone());

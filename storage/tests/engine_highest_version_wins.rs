@@ -215,6 +215,9 @@ impl Model {
         let expected: BTreeMap<Bytes, Entry> =
             self.oracle.iter().map(|(index, entry)| (key(*index), entry.clone())).collect();
         prop_assert_eq!(scanned, expected, "scan");
+        // Nothing is ever purged here, so the highest version held is the oracle's.
+        let max_version = self.oracle.values().map(|entry| entry.version).max().unwrap_or(0);
+        prop_assert_eq!(self.engine().max_version(), max_version, "max_version");
         Ok(())
     }
 }

@@ -373,6 +373,16 @@ impl<D: Disk> Engine<D> {
         &self.recovery
     }
 
+    /// The highest version the engine holds: of every entry in its tables (their footers say)
+    /// and memtables, the WAL replayed at open included. A clock stamping this engine's writes
+    /// starts above it, so a write after a restart is never versioned below one from before,
+    /// however far ahead of the wall clock that one was.
+    pub fn max_version(&self) -> u64 {
+        let state = self.state.borrow();
+        let sealed = state.sealed.as_ref().map_or(0, |sealed| sealed.max_version());
+        state.tables.max_version().max(state.active.max_version()).max(sealed)
+    }
+
     /// The options the engine runs with.
     pub fn options(&self) -> &EngineOptions {
         &self.options

@@ -72,3 +72,39 @@ impl<D: Disk> Engine<D> {
         Ok((active, closed, last_seq))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{key, small_options};
+    use super::super::*;
+    use crate::disk::memory::{CrashMode, MemDisk};
+    use futures_executor::block_on;
+
+    #[test]
+    fn max_version_after_reopen_covers_the_tables_and_the_replayed_wal() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            assert_eq!(engine.max_version(), 0, "nothing written");
+            // Versions far ahead of any wall clock: one in a table, a higher one only in the WAL.
+            let (in_table, in_wal) = (5 << 50, 7 << 50);
+            engine.put(key(1), Bytes::from_static(b"flushed"), in_table, None).await.unwrap();
+            engine.flush().await.unwrap();
+            engine.put(key(2), Bytes::from_static(b"logged"), in_wal, None).await.unwrap();
+            engine.put(key(3), Bytes::from_static(b"older"), 3, None).await.unwrap();
+            assert_eq!(engine.max_version(), in_wal);
+            drop(engine);
+
+            let disk = disk.crash(CrashMode::DropUnsynced);
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            assert!(engine.recovery().records_replayed >= 2 && engine.recovery().tables_opened == 1);
+            assert_eq!(engine.max_version(), in_wal, "the replayed WAL holds the highest");
+            engine.flush().await.unwrap();
+            assert_eq!(engine.max_version(), in_wal, "the tables hold it now");
+            drop(engine);
+            let engine = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
+            assert_eq!(engine.recovery().records_replayed, 0);
+            assert_eq!(engine.max_version(), in_wal, "from the tables' footers alone");
+        });
+    }
+}
