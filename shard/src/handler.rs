@@ -43,6 +43,11 @@ impl<D: Disk> Handler<D> {
         &self.engine
     }
 
+    /// The clock that versions this shard's writes (the cluster coordinator stamps with it too).
+    pub fn clock(&self) -> &HybridClock {
+        &self.clock
+    }
+
     /// A read of `key` answered in place when memory holds it: `read` is lent the live value
     /// and its version (or `None`), or the failure, and its result returned. `None` when the
     /// read needs the disk (run it with [`Handler::execute`] then).

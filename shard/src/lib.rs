@@ -24,6 +24,8 @@
 //!   [`router::scan`] merges the shards' pages of a scan.
 //! - [`handler`]: [`Handler`], one operation (or this shard's page of a scan) on the local
 //!   storage engine, versioned by the clock.
+//! - [`cluster`]: [`cluster::Cluster`], this shard's part in the replicated cluster: quorum
+//!   coordination, the replica side of peer links, membership.
 //! - [`ring`]: [`Ring`], xxh3-64 tokens and the vnode ranges each shard owns.
 //! - [`clock`]: [`HybridClock`], the hybrid logical clock versions come from.
 //! - [`config`]: [`NodeConfig`], every setting, with defaults that need no file.
@@ -32,6 +34,7 @@
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod data_directory;

@@ -27,12 +27,14 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use ringkv_io::ExecutorBuilder;
 use tracing::{info, info_span};
 
+use crate::cluster::MembershipSnapshot;
 use crate::config::NodeConfig;
 use crate::data_directory::{DataDirectory, Placement};
 use crate::error::ShardError;
 use crate::ring::Ring;
 use crate::router::forwarding::ShardMessage;
-use crate::service::{ShardService, ShardSetup};
+use crate::service::{MembershipChannels, ShardService, ShardSetup};
+use glommio::channels::shared_channel;
 
 /// How often a shard checks whether the node was asked to stop.
 pub const STOP_POLL_MS: u64 = 20;
@@ -42,6 +44,10 @@ const PEER_POLL_MS: u64 = 1;
 
 /// Marks a mesh peer index not yet published.
 const PEER_UNKNOWN: usize = usize::MAX;
+
+/// Membership snapshots waiting for a shard to take them; changes are rare and each snapshot
+/// replaces the last.
+const MEMBERSHIP_CHANNEL_CAPACITY: usize = 16;
 
 // Not set: glommio's preempt timer (100 ms by default). A 2 ms timer cut YCSB A's write p99.9
 // from 185 ms to 29 ms, but about one start in ten then hung inside glommio (a shard parked for
@@ -113,14 +119,29 @@ impl Node {
         let shards = config.shard_count();
         let placement =
             Placement { shards, vnodes_per_shard: config.vnodes_per_shard, node_id: config.node_id };
-        // No ring tokens yet: the node does not join a cluster ring. An empty list is never
-        // compared, so the first start that has tokens records them.
-        let data_directory = Arc::new(DataDirectory::open(&config.data_dir, placement, &[])?);
+        // The node's tokens on the cluster ring: recorded at the first start and checked at every
+        // later one (another num_tokens would move keys between nodes).
+        let tokens = ringkv_replication::default_tokens(config.node_id, config.num_tokens);
+        let data_directory = Arc::new(DataDirectory::open(&config.data_dir, placement, &tokens)?);
+        let tokens = data_directory.tokens().to_vec();
+        let mut known_peers = crate::cluster::known_peers::load(data_directory.path()).map_err(|error| {
+            ShardError::data_directory("reading the known members in", data_directory.path(), error)
+        })?;
+        known_peers.remove(&config.node_id);
         let config = Arc::new(config);
         let control = Arc::new(NodeControl::default());
         let peers: Arc<Vec<AtomicUsize>> =
             Arc::new((0..shards).map(|_| AtomicUsize::new(PEER_UNKNOWN)).collect());
         let mesh = MeshBuilder::<ShardMessage, _>::full(shards, config.mesh_channel_capacity);
+        // This start's generation: the wall clock, so a restart always outranks the identity it
+        // replaces.
+        let generation = ringkv_io::now_ms();
+        // Shard 0 runs membership and sends each change to the other shards.
+        let (membership_senders, mut membership_receivers): (Vec<_>, Vec<_>) = (1..shards)
+            .map(|_| shared_channel::new_bounded::<Arc<MembershipSnapshot>>(MEMBERSHIP_CHANNEL_CAPACITY))
+            .unzip();
+        let mut membership_senders = Some(membership_senders);
+        membership_receivers.reverse();
         let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
         let (ready_sender, ready_receiver) = mpsc::channel();
 
@@ -132,7 +153,18 @@ impl Node {
             if config.pin_to_cores {
                 builder = builder.pin_to_core(shard % cores);
             }
+            let membership = if shard == 0 {
+                MembershipChannels::Leader(membership_senders.take().expect("shard 0 starts once"))
+            } else {
+                MembershipChannels::Follower(
+                    membership_receivers.pop().expect("one receiver per other shard"),
+                )
+            };
             let context = ShardThread {
+                known_peers: known_peers.clone(),
+                tokens: tokens.clone(),
+                generation,
+                membership: Some(membership),
                 shard_id,
                 config: config.clone(),
                 data_directory: data_directory.clone(),
@@ -198,6 +230,10 @@ impl Node {
 
 /// What one shard's thread owns.
 struct ShardThread {
+    known_peers: std::collections::BTreeMap<u16, ringkv_replication::NodeIdentity>,
+    tokens: Vec<u64>,
+    generation: u64,
+    membership: Option<MembershipChannels>,
     shard_id: u32,
     config: Arc<NodeConfig>,
     data_directory: Arc<DataDirectory>,
@@ -266,6 +302,10 @@ impl ShardThread {
             senders,
             receivers,
             peer_of_shard,
+            tokens: self.tokens.clone(),
+            generation: self.generation,
+            membership: self.membership.take().expect("a shard starts once"),
+            known_peers: self.known_peers.clone(),
         })
         .await
     }

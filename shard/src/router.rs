@@ -20,6 +20,7 @@ use std::rc::Rc;
 use ringkv_io::DmaDisk;
 use ringkv_wire::{Command, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
 
+use crate::cluster::Cluster;
 use crate::handler::Handler;
 use crate::ring::Ring;
 use forwarding::Forwarding;
@@ -31,6 +32,8 @@ pub struct Router {
     topology: Topology,
     handler: Rc<Handler<DmaDisk>>,
     forwarding: Rc<Forwarding>,
+    /// This shard's part in the cluster; operations go through it when keys have several copies.
+    cluster: Rc<Cluster>,
 }
 
 impl Router {
@@ -41,8 +44,9 @@ impl Router {
         topology: Topology,
         handler: Rc<Handler<DmaDisk>>,
         forwarding: Rc<Forwarding>,
+        cluster: Rc<Cluster>,
     ) -> Self {
-        Router { shard_id, ring, topology, handler, forwarding }
+        Router { shard_id, ring, topology, handler, forwarding, cluster }
     }
 
     /// The shard this router runs on.
@@ -54,7 +58,8 @@ impl Router {
     pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
         let owner = self.ring.owner_of_key(operation.key());
         if owner == self.shard_id {
-            self.handler.execute(operation).await
+            // The key's owning shard on this node coordinates it across the cluster.
+            self.cluster.execute_owned(operation).await
         } else {
             self.forwarding.forward(owner, operation).await
         }
@@ -127,7 +132,8 @@ impl Router {
         key: &[u8],
         read: impl FnOnce(Result<Option<(&[u8], u64)>, Failure>) -> R,
     ) -> Option<R> {
-        if self.ring.owner_of_key(key) != self.shard_id {
+        // With several copies of each key a read is coordinated across replicas.
+        if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
             return None;
         }
         self.handler.read_now(key, read)

@@ -23,13 +23,20 @@ use event_listener::Event;
 use futures_lite::future::or;
 use futures_lite::io::AsyncWriteExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::net::UdpSocket;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use ringkv_io::{now_ms, EngineService};
+use ringkv_replication::NodeIdentity;
 use ringkv_wire::{encode_response, ErrorCode, Failure, Reply, Response, CONNECTION_ERROR_ID};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::HybridClock;
+use crate::cluster::gossip::{self, GossipSetup};
+use crate::cluster::{peer_server, Cluster, ClusterSettings, ClusterView, LinkOrigin, MembershipSnapshot};
 use crate::config::NodeConfig;
 use crate::connection::{Connection, ConnectionLimits};
 use crate::data_directory::DataDirectory;
@@ -54,6 +61,23 @@ pub struct ShardSetup<'setup> {
     pub receivers: Receivers<ShardMessage>,
     /// Mesh peer index of each shard id.
     pub peer_of_shard: Vec<usize>,
+    /// This node's tokens on the cluster ring.
+    pub tokens: Vec<u64>,
+    /// This start's generation (bumped at every start).
+    pub generation: u64,
+    /// How membership reaches this shard.
+    pub membership: MembershipChannels,
+    /// Members known from before this start.
+    pub known_peers: BTreeMap<u16, NodeIdentity>,
+}
+
+/// How membership snapshots travel between the shards of a node: shard 0 runs membership and
+/// sends to the others.
+pub enum MembershipChannels {
+    /// Shard 0: a sender to every other shard.
+    Leader(Vec<SharedSender<Arc<MembershipSnapshot>>>),
+    /// Any other shard: where snapshots arrive.
+    Follower(SharedReceiver<Arc<MembershipSnapshot>>),
 }
 
 /// A running shard.
@@ -66,6 +90,10 @@ pub struct ShardService {
     connections: Rc<ConnectionCount>,
     stop: Rc<StopSignal>,
     shutdown_grace: Duration,
+    cluster: Rc<Cluster>,
+    /// Membership (shard 0), the snapshot follower (other shards) and the peer acceptor.
+    cluster_tasks: Vec<JoinHandle<()>>,
+    cluster_stop: Rc<StopSignal>,
 }
 
 /// Open connections of one shard, with a wake-up when the last one closes.
@@ -107,7 +135,19 @@ impl ShardService {
     /// Opens the shard's engine, binds its sockets and starts serving. Must run on the shard's
     /// own executor.
     pub async fn start(setup: ShardSetup<'_>) -> Result<ShardService, ShardError> {
-        let ShardSetup { shard_id, config, data_directory, ring, senders, receivers, peer_of_shard } = setup;
+        let ShardSetup {
+            shard_id,
+            config,
+            data_directory,
+            ring,
+            senders,
+            receivers,
+            peer_of_shard,
+            tokens,
+            generation,
+            membership,
+            known_peers,
+        } = setup;
         let directory = data_directory.shard_path(shard_id);
         let engine = EngineService::open(&directory, config.engine_options())
             .await
@@ -127,9 +167,22 @@ impl ShardService {
         let handler = Rc::new(Handler::new(engine.engine().clone(), clock, now_ms));
         let forwarding =
             Rc::new(Forwarding::new(shard_id, senders, peer_of_shard, config.forward_in_flight_max));
-        let receivers = forwarding.start_receivers(receivers, handler.clone());
+        let identity = NodeIdentity {
+            node_id: config.node_id,
+            generation,
+            peer_address: config.peer_address(0),
+            client_address: config.listen,
+            shard_port_base: config.shard_port(0),
+            shards: ring.shards() as u32,
+            vnodes_per_shard: config.vnodes_per_shard as u32,
+            tokens,
+        };
+        let (cluster, cluster_tasks, cluster_stop) =
+            start_cluster(shard_id, config, identity, handler.clone(), membership, known_peers).await?;
         let topology = ring.topology(|shard| config.shard_port(shard));
-        let router = Rc::new(Router::new(shard_id, ring, topology, handler, forwarding.clone()));
+        let receivers = forwarding.start_receivers(receivers, handler.clone(), cluster.clone());
+        let router =
+            Rc::new(Router::new(shard_id, ring, topology, handler, forwarding.clone(), cluster.clone()));
 
         let client_listener = bind_shared(config.listen)?;
         let shard_address = config.shard_address(shard_id);
@@ -168,6 +221,9 @@ impl ShardService {
             connections,
             stop,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            cluster,
+            cluster_tasks,
+            cluster_stop,
         })
     }
 
@@ -211,6 +267,12 @@ impl ShardService {
     /// Second step, once every shard has drained: close the mesh and the engine (which makes
     /// every acknowledged write durable). Returns the error that poisoned the engine, if any.
     pub async fn stop(self) -> Result<(), ShardError> {
+        // Leave the cluster (shard 0 tells the others), stop serving peers and close links.
+        self.cluster_stop.trigger();
+        for task in self.cluster_tasks {
+            task.await;
+        }
+        self.cluster.stop().await;
         self.forwarding.close();
         for receiver in &self.receivers {
             // Every shard has drained: nothing more will be forwarded, so the receive tasks
@@ -225,6 +287,78 @@ impl ShardService {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the shard's cluster part: the coordinator's ticker, the peer port, and membership
+/// (run on shard 0, followed by the others).
+async fn start_cluster(
+    shard_id: u32,
+    config: &NodeConfig,
+    identity: NodeIdentity,
+    handler: Rc<Handler<ringkv_io::DmaDisk>>,
+    membership: MembershipChannels,
+    known_peers: BTreeMap<u16, NodeIdentity>,
+) -> Result<(Rc<Cluster>, Vec<JoinHandle<()>>, Rc<StopSignal>), ShardError> {
+    let origin = LinkOrigin { node_id: config.node_id, shard: shard_id, generation: identity.generation };
+    let settings = ClusterSettings {
+        write_consistency: config.write_consistency,
+        read_consistency: config.read_consistency,
+        max_clock_skew_ms: config.max_clock_skew_ms,
+        replica_timeout_ms: config.replica_timeout_ms,
+        peer_pending_max: config.peer_pending_max,
+        peer_outbox_bytes_max: config.peer_outbox_bytes_max,
+        peer_in_flight_max: config.in_flight_max,
+    };
+    let view = ClusterView::new(&identity, config.replication_factor, &known_peers);
+    if config.replication_factor > 1 && config.seeds.is_empty() && known_peers.is_empty() && shard_id == 0 {
+        warn!(
+            replication_factor = config.replication_factor,
+            "a single node keeps one copy of each key until other nodes join (replication_factor is capped \
+             by the number of nodes)"
+        );
+    }
+    let cluster = Cluster::new(origin, settings, handler, view);
+    cluster.start();
+    let stop = Rc::new(StopSignal::new());
+    let peer_address = config.peer_address(shard_id);
+    let peer_listener = bind_exclusive(peer_address)?;
+    info!(peer = %peer_address, "listening for peers");
+    let mut tasks =
+        vec![glommio::spawn_local(peer_server::accept_links(peer_listener, cluster.clone(), stop.clone()))
+            .detach()];
+    match membership {
+        MembershipChannels::Leader(senders) => {
+            let socket = UdpSocket::bind(peer_address)
+                .map_err(|error| ShardError::Listen { address: peer_address, source: error.into() })?;
+            let mut other_shards = Vec::with_capacity(senders.len());
+            for sender in senders {
+                other_shards.push(sender.connect().await);
+            }
+            let setup = GossipSetup {
+                identity,
+                seeds: config.seeds.clone(),
+                known: known_peers,
+                data_dir: config.data_dir.clone(),
+                socket,
+                cluster: cluster.clone(),
+                other_shards,
+                stop: stop.clone(),
+            };
+            tasks.push(glommio::spawn_local(gossip::run_membership(setup)).detach());
+        }
+        MembershipChannels::Follower(receiver) => {
+            let receiver = receiver.connect().await;
+            let follower = cluster.clone();
+            let stopped = stop.clone();
+            tasks.push(
+                glommio::spawn_local(async move {
+                    or(gossip::follow_membership(receiver, follower), stopped.wait()).await;
+                })
+                .detach(),
+            );
+        }
+    }
+    Ok((cluster, tasks, stop))
 }
 
 /// Accepts connections on one listener and starts a task for each.

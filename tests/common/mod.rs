@@ -31,13 +31,16 @@ pub const SHARDS: usize = 2;
 /// Longest wait for the server to start or stop, or for one reply.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Ports handed out in this process; each server takes 1 + SHARDS consecutive ports.
+/// Ports one server takes: the client port, one per shard, and one peer port per shard.
+pub const PORTS_PER_SERVER: usize = 1 + 2 * SHARDS;
+
+/// Ports handed out in this process; each server takes PORTS_PER_SERVER consecutive ports.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A port range start that differs between test processes, so that test binaries running at
 /// the same time (other agents, CI) rarely collide; collisions are detected and retried anyway.
 fn next_port_block() -> u16 {
-    let stride = (1 + SHARDS) as u16;
+    let stride = PORTS_PER_SERVER as u16;
     if NEXT_PORT.load(Ordering::SeqCst) == 0 {
         let start = 20_000 + (std::process::id() % 2000) as u16 * 16;
         let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
@@ -73,6 +76,8 @@ fn base_args(data_dir: &Path, client_port: u16) -> Vec<String> {
         &format!("127.0.0.1:{client_port}"),
         "--shards",
         &SHARDS.to_string(),
+        "--peer-listen",
+        &format!("127.0.0.1:{}", client_port + 1 + SHARDS as u16),
         "--io-memory-bytes",
         "262144",
         "--memtable-bytes-max",
@@ -109,7 +114,7 @@ impl Server {
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
         for _attempt in 0..20 {
             let client_port = next_port_block();
-            let ports: Vec<u16> = (0..=SHARDS as u16).map(|offset| client_port + offset).collect();
+            let ports: Vec<u16> = (0..PORTS_PER_SERVER as u16).map(|offset| client_port + offset).collect();
             if !ports_free(&ports) {
                 continue;
             }

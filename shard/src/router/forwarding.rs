@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  shard A (has the connection)                      shard B (owns the key)
-//!  forward(B, op) ─▶ pending[ticket] ─try_send─▶ ─mesh─▶ receive task ─spawn─▶ Handler::execute
+//!  forward(B, op) ─▶ pending[ticket] ─try_send─▶ ─mesh─▶ receive task ─spawn─▶ Cluster::execute_owned
 //!                        ▲                                                          │
 //!  receive task ◀─mesh◀─ send Reply { ticket, result } ◀──────────────────────────── ┘
 //!    └─▶ pending.remove(ticket) ─▶ wakes forward()
@@ -33,6 +33,7 @@ use glommio::task::JoinHandle;
 use ringkv_wire::{ErrorCode, Failure, Operation, Outcome, Scan, ScanPage};
 use tracing::{debug, Instrument};
 
+use crate::cluster::Cluster;
 use crate::handler::Handler;
 use ringkv_io::DmaDisk;
 
@@ -154,12 +155,15 @@ impl Forwarding {
             .ok_or_else(|| Failure::new(ErrorCode::Unavailable, format!("shard {owner} did not answer")))
     }
 
-    /// Starts one task per peer draining what that peer sends: requests are executed on
-    /// `handler`, replies wake the waiting request. The tasks end when the peer closes its side.
+    /// Starts one task per peer draining what that peer sends: operations are executed through
+    /// `cluster` (on its replicas when keys have several copies, else on this shard's handler),
+    /// scans on `handler`; replies wake the waiting request. The tasks end when the peer closes
+    /// its side.
     pub fn start_receivers(
         self: &Rc<Self>,
         mut receivers: Receivers<ShardMessage>,
         handler: Rc<Handler<DmaDisk>>,
+        cluster: Rc<Cluster>,
     ) -> Vec<JoinHandle<()>> {
         receivers
             .streams()
@@ -167,11 +171,12 @@ impl Forwarding {
             .map(|(peer, receiver)| {
                 let forwarding = self.clone();
                 let handler = handler.clone();
+                let cluster = cluster.clone();
                 let span = tracing::debug_span!("mesh_receiver", shard = self.shard_id, peer);
                 glommio::spawn_local(
                     async move {
                         while let Some(message) = receiver.recv().await {
-                            forwarding.on_message(peer, message, &handler);
+                            forwarding.on_message(peer, message, &handler, &cluster);
                         }
                         debug!("peer closed its channel");
                     }
@@ -182,15 +187,21 @@ impl Forwarding {
             .collect()
     }
 
-    fn on_message(self: &Rc<Self>, peer: usize, message: ShardMessage, handler: &Rc<Handler<DmaDisk>>) {
+    fn on_message(
+        self: &Rc<Self>,
+        peer: usize,
+        message: ShardMessage,
+        handler: &Rc<Handler<DmaDisk>>,
+        cluster: &Rc<Cluster>,
+    ) {
         match message {
             ShardMessage::Request { ticket, operation } => {
                 let forwarding = self.clone();
-                let handler = handler.clone();
+                let cluster = cluster.clone();
                 let span = tracing::debug_span!("forwarded", shard = self.shard_id, peer, ticket);
                 glommio::spawn_local(
                     async move {
-                        let result = handler.execute(operation).await;
+                        let result = cluster.execute_owned(operation).await;
                         forwarding.reply(peer, ShardMessage::Reply { ticket, result }).await;
                     }
                     .instrument(span),

@@ -1,0 +1,424 @@
+//! [`Cluster`]: one shard's part in the replicated cluster: it coordinates the client requests
+//! this shard receives, serves as a replica for other nodes, and keeps its view of the cluster.
+//!
+//! ```text
+//!  Router ─op─▶ Cluster::execute ─▶ Coordinator (sans-IO) ─Send─┬─ own copy ─▶ serve_replica ─▶ engine
+//!                   ▲                                           └─ PeerLink ─TCP─▶ remote shard's peer port
+//!                   └── Reply ◀── on_reply ◀── replica answers (own, or read back from the link)
+//!  peer port ─▶ peer_server ─▶ serve_replica ─▶ engine ─▶ answer on the same link
+//!  shard 0: gossip task (UDP, foca) ─▶ MembershipSnapshot ─▶ every shard's ClusterView
+//! ```
+//!
+//! With one copy of each key (a single node, or `replication_factor` 1) requests skip all of this
+//! and go straight to the handler, exactly as a single node runs.
+//!
+//! ## Layout
+//! - [`view`]: [`ClusterView`], members, liveness, the ring and each node's shard mapping.
+//! - [`peer_link`]: [`PeerLink`], an outbound link to one remote shard.
+//! - [`peer_server`]: the replica side of links, on this shard's peer port.
+//! - [`gossip`]: the membership task (shard 0) and its snapshots for every shard.
+//! - [`known_peers`]: the members known, kept in the data directory across restarts.
+
+pub mod gossip;
+pub mod known_peers;
+pub mod peer_link;
+pub mod peer_server;
+pub mod view;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::task::JoinHandle;
+use ringkv_io::{now_ms, DmaDisk};
+use ringkv_replication::coordinator::Output;
+use ringkv_replication::{
+    replica, Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorReply, Target,
+};
+use ringkv_storage::{Entry, Value};
+use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue};
+use ringkv_wire::{Consistency, ErrorCode, Failure, Operation, Outcome};
+use tracing::warn;
+
+use crate::handler::Handler;
+use crate::stop_signal::StopSignal;
+pub use peer_link::{LinkOrigin, PeerLink};
+pub use view::{ClusterView, MembershipSnapshot};
+
+/// How often pending requests are checked against their deadlines.
+const TICK_MS: u64 = 10;
+
+/// The settings a shard's cluster part runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterSettings {
+    pub write_consistency: Consistency,
+    pub read_consistency: Consistency,
+    pub max_clock_skew_ms: u64,
+    pub replica_timeout_ms: u64,
+    pub peer_pending_max: usize,
+    pub peer_outbox_bytes_max: usize,
+    pub peer_in_flight_max: usize,
+}
+
+/// One shard's cluster part.
+pub struct Cluster {
+    origin: LinkOrigin,
+    settings: ClusterSettings,
+    handler: Rc<Handler<DmaDisk>>,
+    view: RefCell<ClusterView>,
+    coordinator: RefCell<Coordinator>,
+    waiters: RefCell<HashMap<u64, LocalSender<CoordinatorReply>>>,
+    links: RefCell<HashMap<Target, Rc<PeerLink>>>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    stop: Rc<StopSignal>,
+    this: Weak<Cluster>,
+}
+
+impl Cluster {
+    /// The cluster part of a shard; call [`Cluster::start`] on its executor.
+    pub fn new(
+        origin: LinkOrigin,
+        settings: ClusterSettings,
+        handler: Rc<Handler<DmaDisk>>,
+        view: ClusterView,
+    ) -> Rc<Self> {
+        let coordinator = Coordinator::new(CoordinatorConfig {
+            node_id: origin.node_id,
+            shard: origin.shard,
+            replica_timeout_ms: settings.replica_timeout_ms,
+            pending_max: settings.peer_pending_max,
+        });
+        Rc::new_cyclic(|this| Cluster {
+            origin,
+            settings,
+            handler,
+            view: RefCell::new(view),
+            coordinator: RefCell::new(coordinator),
+            waiters: RefCell::new(HashMap::new()),
+            links: RefCell::new(HashMap::new()),
+            tasks: RefCell::new(Vec::new()),
+            stop: Rc::new(StopSignal::new()),
+            this: this.clone(),
+        })
+    }
+
+    /// Starts the deadline ticker.
+    pub fn start(self: &Rc<Self>) {
+        let cluster = self.clone();
+        let ticker = glommio::spawn_local(async move {
+            while !cluster.stop.is_triggered() {
+                futures_lite::future::or(
+                    glommio::timer::sleep(Duration::from_millis(TICK_MS)),
+                    cluster.stop.wait(),
+                )
+                .await;
+                let mut out = Vec::new();
+                cluster.coordinator.borrow_mut().tick(now_ms(), &mut out);
+                cluster.dispatch(out);
+            }
+        })
+        .detach();
+        self.tasks.borrow_mut().push(ticker);
+    }
+
+    /// Stops the ticker and every link; pending requests are answered with a timeout.
+    pub async fn stop(&self) {
+        self.stop.trigger();
+        for link in self.links.borrow().values() {
+            link.stop();
+        }
+        let tasks: Vec<_> = self.tasks.borrow_mut().drain(..).collect();
+        for task in tasks {
+            task.await;
+        }
+        let mut out = Vec::new();
+        self.coordinator.borrow_mut().tick(u64::MAX, &mut out);
+        self.dispatch(out);
+    }
+
+    /// This shard's id.
+    pub fn shard_id(&self) -> u32 {
+        self.origin.shard
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// Takes a new membership snapshot.
+    pub fn apply(&self, snapshot: Arc<MembershipSnapshot>) {
+        let mut view = self.view.borrow_mut();
+        let before = view.replicas();
+        view.apply(snapshot);
+        if view.replicas() < view.replication_factor() && view.replicas() != before {
+            warn!(
+                replication_factor = view.replication_factor(),
+                nodes = view.ring().node_count(),
+                "fewer nodes than the replication factor: each key has {} copies",
+                view.replicas()
+            );
+        }
+        // A node that restarted elsewhere keeps its links, pointed at the new address.
+        for (target, link) in self.links.borrow().iter() {
+            if let Some(identity) = view.member(target.node_id) {
+                link.set_address(identity.shard_peer_address(target.shard));
+            }
+        }
+    }
+
+    /// Runs `f` with the current view.
+    pub fn with_view<R>(&self, f: impl FnOnce(&ClusterView) -> R) -> R {
+        f(&self.view.borrow())
+    }
+
+    /// Whether this shard's requests go through replication (more than one copy of each key).
+    pub fn is_replicated(&self) -> bool {
+        self.view.borrow().is_replicated()
+    }
+
+    /// Carries out an operation on the shard that owns its key: through the key's replicas when
+    /// keys have several copies, straight on the local handler when they have one.
+    pub async fn execute_owned(&self, operation: Operation) -> Result<Outcome, Failure> {
+        if self.is_replicated() {
+            self.execute(operation).await
+        } else {
+            self.handler.execute(operation).await
+        }
+    }
+
+    /// Carries out a client operation through the replicas of its key.
+    pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
+        if let Some(reason) = self.view.borrow().refused() {
+            return Err(Failure::new(ErrorCode::Unavailable, reason.to_owned()));
+        }
+        let now = now_ms();
+        match operation {
+            Operation::Get { key } => {
+                let reply = self.coordinate_read(key, self.settings.read_consistency).await?;
+                match reply {
+                    Some(entry) => match entry.value {
+                        PeerValue::Live { data, expires_at_ms }
+                            if expires_at_ms.is_none_or(|at| at > now) =>
+                        {
+                            Ok(Outcome::Value { value: data, version: entry.version })
+                        }
+                        _ => Ok(Outcome::NotFound),
+                    },
+                    None => Ok(Outcome::NotFound),
+                }
+            }
+            Operation::Put { key, value, ttl_ms } => {
+                let version = self.handler.clock().next_version(now);
+                // A TTL becomes an absolute expiry set here, so every replica expires the value
+                // at the same moment.
+                let expires_at_ms = ttl_ms.map(|ttl_ms| now.saturating_add(ttl_ms));
+                let entry = PeerEntry {
+                    version,
+                    value: PeerValue::Live { data: Bytes::copy_from_slice(&value), expires_at_ms },
+                };
+                self.coordinate_write(Bytes::copy_from_slice(&key), entry, self.settings.write_consistency)
+                    .await
+            }
+            Operation::Delete { key } => {
+                let version = self.handler.clock().next_version(now);
+                let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: now } };
+                self.coordinate_write(Bytes::copy_from_slice(&key), entry, self.settings.write_consistency)
+                    .await
+            }
+            Operation::CompareAndSwap { .. } => Err(Failure::new(
+                ErrorCode::Unavailable,
+                "compare-and-swap needs replication_factor 1 for now: with several copies of a key it is \
+                 refused until it is made linearizable across replicas",
+            )),
+        }
+    }
+
+    async fn coordinate_write(
+        &self,
+        key: Bytes,
+        entry: PeerEntry,
+        consistency: Consistency,
+    ) -> Result<Outcome, Failure> {
+        let (targets, replicas) = self.view.borrow().targets(&key);
+        let required = consistency.required(replicas);
+        let mut out = Vec::new();
+        let started = self.coordinator.borrow_mut().write(now_ms(), key, entry, &targets, required, &mut out);
+        match self.wait_for(started, out).await {
+            CoordinatorReply::Written { version } => Ok(Outcome::Written { version }),
+            CoordinatorReply::Failed(error) => Err(failure_of(&error)),
+            CoordinatorReply::Found(_) => {
+                Err(Failure::new(ErrorCode::Internal, "a write was answered as a read"))
+            }
+        }
+    }
+
+    async fn coordinate_read(
+        &self,
+        key: Bytes,
+        consistency: Consistency,
+    ) -> Result<Option<PeerEntry>, Failure> {
+        let (targets, replicas) = self.view.borrow().targets(&key);
+        let required = consistency.required(replicas);
+        let mut out = Vec::new();
+        let started = self.coordinator.borrow_mut().read(now_ms(), key, &targets, required, &mut out);
+        match self.wait_for(started, out).await {
+            CoordinatorReply::Found(entry) => {
+                if let Some(entry) = &entry {
+                    self.handler.clock().observe(entry.version);
+                }
+                Ok(entry)
+            }
+            CoordinatorReply::Failed(error) => Err(failure_of(&error)),
+            CoordinatorReply::Written { .. } => {
+                Err(Failure::new(ErrorCode::Internal, "a read was answered as a write"))
+            }
+        }
+    }
+
+    async fn wait_for(&self, started: Result<u64, CoordinatorError>, out: Vec<Output>) -> CoordinatorReply {
+        let request_id = match started {
+            Ok(request_id) => request_id,
+            Err(error) => return CoordinatorReply::Failed(error),
+        };
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.waiters.borrow_mut().insert(request_id, sender);
+        self.dispatch(out);
+        match receiver.recv().await {
+            Some(reply) => reply,
+            None => CoordinatorReply::Failed(CoordinatorError::Timeout {
+                acks: 0,
+                required: 0,
+                timeout_ms: self.settings.replica_timeout_ms,
+            }),
+        }
+    }
+
+    /// Runs the coordinator's commands.
+    fn dispatch(&self, outputs: Vec<Output>) {
+        let own = Target { node_id: self.origin.node_id, shard: self.origin.shard };
+        for output in outputs {
+            match output {
+                Output::Reply { request_id, reply } => {
+                    if let Some(waiter) = self.waiters.borrow_mut().remove(&request_id) {
+                        let _ = waiter.try_send(reply);
+                    }
+                }
+                Output::Send { to, envelope } if to == own => {
+                    let Some(cluster) = self.this.upgrade() else { continue };
+                    glommio::spawn_local(async move {
+                        let answer = cluster.serve_replica(&envelope).await;
+                        cluster.on_reply(own, answer);
+                    })
+                    .detach();
+                }
+                Output::Send { to, envelope } => {
+                    if !self.link(to).send(&envelope) {
+                        tracing::debug!(node = to.node_id, "peer outbox full; the request will time out");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_reply(&self, from: Target, envelope: PeerEnvelope) {
+        let mut out = Vec::new();
+        self.coordinator.borrow_mut().on_reply(from, envelope, &mut out);
+        self.dispatch(out);
+    }
+
+    fn link(&self, target: Target) -> Rc<PeerLink> {
+        if let Some(link) = self.links.borrow().get(&target) {
+            return link.clone();
+        }
+        let address = self
+            .view
+            .borrow()
+            .member(target.node_id)
+            .map(|identity| identity.shard_peer_address(target.shard))
+            .expect("targets come from the view's members");
+        let link = Rc::new(PeerLink::new(target, address, self.origin, self.settings.peer_outbox_bytes_max));
+        let this = self.this.clone();
+        let on_reply: Rc<dyn Fn(Target, PeerEnvelope)> = Rc::new(move |from, envelope| {
+            if let Some(cluster) = this.upgrade() {
+                cluster.on_reply(from, envelope);
+            }
+        });
+        let task = glommio::spawn_local(link.clone().run(on_reply)).detach();
+        self.tasks.borrow_mut().push(task);
+        self.links.borrow_mut().insert(target, link.clone());
+        link
+    }
+
+    /// Serves a replica request (from a peer link, or from this shard's own coordinator) on the
+    /// local engine and returns the answer.
+    pub async fn serve_replica(&self, envelope: &PeerEnvelope) -> PeerEnvelope {
+        let engine = self.handler.engine();
+        if let PeerMessage::Replicate { key, .. } | PeerMessage::Read { key, .. } = &envelope.message {
+            if !self.view.borrow().owns(key, self.origin.shard) {
+                let failure = PeerFailure {
+                    code: PeerErrorCode::WrongShard,
+                    message: format!(
+                        "shard {} of node {} does not own this key",
+                        self.origin.shard, self.origin.node_id
+                    ),
+                };
+                return replica::refusal(envelope, failure);
+            }
+        }
+        match replica::accept(envelope, self.handler.clock(), now_ms(), self.settings.max_clock_skew_ms) {
+            Ok(Some(replica::Work::Apply { key, entry })) => {
+                // Applied, or superseded by a newer version already here: either way this
+                // version or a newer one is durable, which is what the ack promises.
+                let result = engine.write(key, entry_from_peer(entry)).await.map(|_| ()).map_err(|error| {
+                    PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
+                });
+                replica::applied(envelope, result)
+            }
+            Ok(Some(replica::Work::Read { key, digest_only })) => {
+                let result =
+                    engine.get_entry(&key).await.map(|entry| entry.map(entry_to_peer)).map_err(|error| {
+                        PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
+                    });
+                replica::read_answer(envelope, digest_only, result)
+            }
+            Ok(None) => replica::refusal(
+                envelope,
+                PeerFailure { code: PeerErrorCode::Invalid, message: "not a replica request".into() },
+            ),
+            Err(failure) => replica::refusal(envelope, failure),
+        }
+    }
+}
+
+/// The client-facing failure of a coordinated request.
+fn failure_of(error: &CoordinatorError) -> Failure {
+    let code = match error {
+        CoordinatorError::Unavailable { .. } => ErrorCode::Unavailable,
+        CoordinatorError::Overloaded { .. } => ErrorCode::Overloaded,
+        CoordinatorError::Timeout { .. } => ErrorCode::Timeout,
+        CoordinatorError::ReplicasFailed { .. } => ErrorCode::Unavailable,
+    };
+    Failure::new(code, error.to_string())
+}
+
+/// A replicated entry as the engine stores it.
+pub fn entry_from_peer(entry: PeerEntry) -> Entry {
+    match entry.value {
+        PeerValue::Live { data, expires_at_ms } => Entry::live(entry.version, data, expires_at_ms),
+        PeerValue::Tombstone { deleted_at_ms } => Entry::tombstone(entry.version, deleted_at_ms),
+    }
+}
+
+/// A stored entry as replicas exchange it.
+pub fn entry_to_peer(entry: Entry) -> PeerEntry {
+    let value = match entry.value {
+        Value::Live { data, expires_at_ms } => PeerValue::Live { data, expires_at_ms },
+        Value::Tombstone { deleted_at_ms } => PeerValue::Tombstone { deleted_at_ms },
+    };
+    PeerEntry { version: entry.version, value }
+}

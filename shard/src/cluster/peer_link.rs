@@ -1,0 +1,216 @@
+//! [`PeerLink`]: this shard's outbound connection to one shard of another node.
+//!
+//! ```text
+//!  send(envelope) ─encode─▶ outbox (bounded bytes) ─writer task─▶ TCP ─▶ remote shard's peer port
+//!  replies ◀─reader task─ FrameDecoder ◀─ TCP (the same connection) ─▶ on_reply(target, envelope)
+//! ```
+//!
+//! The link connects on first use and again after a failure (after a pause), and says `Hello`
+//! first so the remote shard knows who is talking and can refuse a link meant for another shard.
+//! Its outbox is bounded by `peer_outbox_bytes_max`: a message that does not fit is dropped and
+//! [`PeerLink::send`] says so, and the request it belonged to times out on the coordinator. A
+//! slow or stopped replica therefore costs a bounded outbox, never memory that grows with load.
+//! When the connection fails, what was queued is dropped the same way.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use event_listener::Event;
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::future::or;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use ringkv_replication::Target;
+use ringkv_wire::peer::{PeerEnvelope, PeerMessage};
+use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
+use tracing::{debug, warn};
+
+use crate::stop_signal::StopSignal;
+
+/// Pause before connecting again after a failed connection.
+const RECONNECT_PAUSE_MS: u64 = 200;
+/// Longest wait for a connection to be established.
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Bytes read from the socket per call.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Who this side of a link is, for the `Hello`.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkOrigin {
+    pub node_id: u16,
+    pub shard: u32,
+    pub generation: u64,
+}
+
+/// One outbound link.
+pub struct PeerLink {
+    target: Target,
+    address: Cell<SocketAddr>,
+    origin: LinkOrigin,
+    outbox: RefCell<Vec<u8>>,
+    outbox_bytes_max: usize,
+    builder: RefCell<FlatBufferBuilder<'static>>,
+    ready: Event,
+    stop: Rc<StopSignal>,
+}
+
+impl PeerLink {
+    /// A link to `target` at `address`; call [`PeerLink::run`] in a task to drive it.
+    pub fn new(target: Target, address: SocketAddr, origin: LinkOrigin, outbox_bytes_max: usize) -> Self {
+        PeerLink {
+            target,
+            address: Cell::new(address),
+            origin,
+            outbox: RefCell::new(Vec::new()),
+            outbox_bytes_max,
+            builder: RefCell::new(FlatBufferBuilder::new()),
+            ready: Event::new(),
+            stop: Rc::new(StopSignal::new()),
+        }
+    }
+
+    /// Points the link at a new address (the node restarted elsewhere); the next connection
+    /// uses it.
+    pub fn set_address(&self, address: SocketAddr) {
+        self.address.set(address);
+    }
+
+    /// Queues `envelope`. Returns false, dropping it, when the outbox is full or the message
+    /// cannot be encoded.
+    pub fn send(&self, envelope: &PeerEnvelope) -> bool {
+        let mut outbox = self.outbox.borrow_mut();
+        let before = outbox.len();
+        if before >= self.outbox_bytes_max {
+            return false;
+        }
+        if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut *outbox) {
+            warn!(%error, "a peer message could not be encoded");
+            return false;
+        }
+        if outbox.len() > self.outbox_bytes_max {
+            outbox.truncate(before);
+            return false;
+        }
+        self.ready.notify(1);
+        true
+    }
+
+    /// Stops the link's task.
+    pub fn stop(&self) {
+        self.stop.trigger();
+        self.ready.notify(usize::MAX);
+    }
+
+    /// Drives the link until stopped: connects, writes the outbox, hands replies to `on_reply`.
+    pub async fn run(self: Rc<Self>, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
+        while !self.stop.is_triggered() {
+            // Connect only once there is something to send.
+            while self.outbox.borrow().is_empty() && !self.stop.is_triggered() {
+                let listener = self.ready.listen();
+                if !self.outbox.borrow().is_empty() || self.stop.is_triggered() {
+                    break;
+                }
+                listener.await;
+            }
+            if self.stop.is_triggered() {
+                break;
+            }
+            let address = self.address.get();
+            match self.connect(address).await {
+                Ok(stream) => {
+                    debug!(node = self.target.node_id, shard = self.target.shard, %address, "peer link up");
+                    self.serve(stream, on_reply.clone()).await;
+                }
+                Err(error) => {
+                    debug!(node = self.target.node_id, %address, %error, "peer link could not connect");
+                }
+            }
+            // Whatever was queued for the failed connection is dropped: its requests time out.
+            self.outbox.borrow_mut().clear();
+            or(glommio::timer::sleep(Duration::from_millis(RECONNECT_PAUSE_MS)), self.stop.wait()).await;
+        }
+    }
+
+    async fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
+        let connect = async { TcpStream::connect(address).await.map_err(std::io::Error::from) };
+        let timeout = async {
+            glommio::timer::sleep(Duration::from_millis(CONNECT_TIMEOUT_MS)).await;
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))
+        };
+        let stream = or(connect, timeout).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn serve(&self, stream: TcpStream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
+        let hello = PeerEnvelope {
+            origin_node: self.origin.node_id,
+            origin_shard: self.origin.shard,
+            request_id: 0,
+            message: PeerMessage::Hello {
+                node_id: self.origin.node_id,
+                generation: self.origin.generation,
+                target_shard: self.target.shard,
+            },
+        };
+        let mut first = Vec::new();
+        if encode_peer_into(&mut self.builder.borrow_mut(), &hello, &mut first).is_err() {
+            return;
+        }
+        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        let target = self.target;
+        let read_replies = async move {
+            let mut decoder = FrameDecoder::with_capacity(READ_CHUNK_BYTES);
+            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+            loop {
+                let read = match reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => read,
+                };
+                decoder.extend_from_slice(&chunk[..read]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => match parse_peer_shared(&frame) {
+                            Ok(envelope) => on_reply(target, envelope),
+                            Err(error) => {
+                                warn!(node = target.node_id, %error, "a peer sent a frame that does not parse; closing the link");
+                                return;
+                            }
+                        },
+                        Ok(None) => break,
+                        Err(error) => {
+                            warn!(node = target.node_id, %error, "a peer broke framing; closing the link");
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let write_requests = async {
+            if writer.write_all(&first).await.is_err() {
+                return;
+            }
+            loop {
+                let pending = std::mem::take(&mut *self.outbox.borrow_mut());
+                if pending.is_empty() {
+                    let listener = self.ready.listen();
+                    if !self.outbox.borrow().is_empty() {
+                        continue;
+                    }
+                    if self.stop.is_triggered() {
+                        return;
+                    }
+                    listener.await;
+                    continue;
+                }
+                if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        };
+        // Either half ending ends the connection.
+        or(or(read_replies, write_requests), self.stop.wait()).await;
+    }
+}

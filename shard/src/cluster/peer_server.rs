@@ -1,0 +1,196 @@
+//! The replica side of peer links: this shard's peer port accepts links from other nodes'
+//! shards and answers their replication requests on this shard's engine.
+//!
+//! ```text
+//!  accept ─▶ first frame must be Hello for this shard ─▶ frames ─▶ parse_peer (verified)
+//!         ─▶ Cluster::serve_replica (task per request, at most in_flight_max at once)
+//!         ─▶ reply frames ─▶ outbox ─writer─▶ the same connection
+//! ```
+//!
+//! A frame that breaks framing or does not verify closes that link only: the peer reconnects,
+//! and every other link and client is untouched. Requests beyond the in-flight bound are
+//! answered `Overloaded` at once, and a link whose replies are not read stops being read once
+//! its outbox is full, so a hostile or stuck peer holds bounded memory.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use event_listener::Event;
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::future::or;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use ringkv_replication::replica;
+use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
+use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
+use tracing::{debug, warn};
+
+use super::Cluster;
+use crate::stop_signal::StopSignal;
+
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Accepts peer links until `stop`.
+pub async fn accept_links(listener: TcpListener, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
+    loop {
+        let accepted = or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let cluster = cluster.clone();
+                let stop = stop.clone();
+                glommio::spawn_local(async move { serve_link(stream, cluster, stop).await }).detach();
+            }
+            Some(Err(error)) => {
+                warn!(%error, "accepting a peer link failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+struct LinkState {
+    outbox: RefCell<Vec<u8>>,
+    builder: RefCell<FlatBufferBuilder<'static>>,
+    written: Event,
+    ready: Event,
+    in_flight: Cell<usize>,
+    closed: Cell<bool>,
+}
+
+impl LinkState {
+    fn push(&self, envelope: &PeerEnvelope) {
+        let mut outbox = self.outbox.borrow_mut();
+        if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut *outbox) {
+            warn!(%error, "a peer reply could not be encoded");
+        }
+        self.ready.notify(1);
+    }
+}
+
+async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let state = Rc::new(LinkState {
+        outbox: RefCell::new(Vec::new()),
+        builder: RefCell::new(FlatBufferBuilder::new()),
+        written: Event::new(),
+        ready: Event::new(),
+        in_flight: Cell::new(0),
+        closed: Cell::new(false),
+    });
+    let in_flight_max = cluster.settings().peer_in_flight_max;
+    let outbox_bytes_max = cluster.settings().peer_outbox_bytes_max;
+    let read_requests = {
+        let state = state.clone();
+        let cluster = cluster.clone();
+        let peer = peer.clone();
+        async move {
+            let mut decoder = FrameDecoder::with_capacity(READ_CHUNK_BYTES);
+            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+            let mut greeted = false;
+            loop {
+                // Hold back while the peer does not read its replies.
+                while state.outbox.borrow().len() >= outbox_bytes_max {
+                    let listener = state.written.listen();
+                    if state.outbox.borrow().len() < outbox_bytes_max || state.closed.get() {
+                        break;
+                    }
+                    listener.await;
+                }
+                if state.closed.get() {
+                    return;
+                }
+                let read = match reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => read,
+                };
+                decoder.extend_from_slice(&chunk[..read]);
+                loop {
+                    let frame = match decoder.next_frame() {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(error) => {
+                            warn!(%peer, %error, "a peer broke framing; closing its link");
+                            return;
+                        }
+                    };
+                    let envelope = match parse_peer_shared(&frame) {
+                        Ok(envelope) => envelope,
+                        Err(error) => {
+                            warn!(%peer, %error, "a peer frame did not verify; closing its link");
+                            return;
+                        }
+                    };
+                    if !greeted {
+                        match envelope.message {
+                            PeerMessage::Hello { target_shard, node_id, .. }
+                                if target_shard == cluster.shard_id() =>
+                            {
+                                debug!(%peer, node = node_id, "peer link accepted");
+                                greeted = true;
+                                continue;
+                            }
+                            _ => {
+                                warn!(%peer, "a peer link did not start with a hello for this shard; closing it");
+                                return;
+                            }
+                        }
+                    }
+                    if !matches!(envelope.message, PeerMessage::Replicate { .. } | PeerMessage::Read { .. }) {
+                        debug!(%peer, "ignoring a peer message that is not a request");
+                        continue;
+                    }
+                    if state.in_flight.get() >= in_flight_max {
+                        let failure = PeerFailure {
+                            code: PeerErrorCode::Overloaded,
+                            message: format!("{in_flight_max} peer requests in flight on this link"),
+                        };
+                        state.push(&replica::refusal(&envelope, failure));
+                        continue;
+                    }
+                    state.in_flight.set(state.in_flight.get() + 1);
+                    let state = state.clone();
+                    let cluster = cluster.clone();
+                    glommio::spawn_local(async move {
+                        let answer = cluster.serve_replica(&envelope).await;
+                        state.in_flight.set(state.in_flight.get() - 1);
+                        if !state.closed.get() {
+                            state.push(&answer);
+                        }
+                    })
+                    .detach();
+                }
+            }
+        }
+    };
+    let write_replies = {
+        let state = state.clone();
+        async move {
+            loop {
+                let pending = std::mem::take(&mut *state.outbox.borrow_mut());
+                if pending.is_empty() {
+                    let listener = state.ready.listen();
+                    if !state.outbox.borrow().is_empty() {
+                        continue;
+                    }
+                    listener.await;
+                    continue;
+                }
+                state.written.notify(usize::MAX);
+                if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    or(or(read_requests, write_replies), stop.wait()).await;
+    state.closed.set(true);
+    state.written.notify(usize::MAX);
+    debug!(%peer, "peer link closed");
+}

@@ -1,0 +1,156 @@
+//! Three real nodes on loopback, N = 3, W = R = quorum: every operation through every node, a
+//! value written through one node read through every other, concurrent writes of one key
+//! converging, and quorum reads and writes going on with one node SIGKILLed.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Client, Server, SHARDS};
+use ringkv_wire::{ErrorCode, Operation, Outcome};
+
+/// Longest wait for membership to settle; only turns a hang into a failure.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+fn peer_port(server: &Server) -> u16 {
+    server.client_port + 1 + SHARDS as u16
+}
+
+fn start_node(root: &Path, node_id: u16, seed: Option<u16>) -> Server {
+    let data_dir = root.join(format!("node-{node_id}"));
+    let node_id = node_id.to_string();
+    let seeds = seed.map(|port| format!("127.0.0.1:{port}"));
+    let mut args = vec!["--node-id", &node_id, "--replication-factor", "3"];
+    if let Some(seeds) = &seeds {
+        args.extend(["--seeds", seeds]);
+    }
+    Server::start_with(&data_dir, &args)
+}
+
+/// Waits until each node's log reports every node of `others` with `event` ("node up" or
+/// "node down"), counting only lines after `since` bytes of its log.
+fn wait_for_logs(nodes: &[(&Server, usize)], event: &str, others: &[u16]) {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let settled = nodes.iter().all(|(node, since)| {
+            let log = node.log();
+            let recent = &log[(*since).min(log.len())..];
+            others.iter().all(|other| recent.contains(&format!("{event} node_id={other} ")))
+        });
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "membership did not settle ({event} {others:?}):\n{}",
+            nodes[0].0.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Retries an operation that may fail while the cluster notices a change; returns the first
+/// success.
+fn eventually(client: &mut Client, operation: Operation) -> Outcome {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        match client.execute(operation.clone()) {
+            Ok(outcome) => return outcome,
+            Err(failure) => {
+                assert!(Instant::now() < deadline, "still failing: {failure}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[test]
+fn quorum_operations_through_every_node_survive_one_node_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start_node(root.path(), 1, None);
+    let second = start_node(root.path(), 2, Some(peer_port(&first)));
+    let mut third = start_node(root.path(), 3, Some(peer_port(&first)));
+    wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
+    wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
+    wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
+
+    let mut clients: Vec<Client> = [&first, &second, &third].iter().map(|node| node.client()).collect();
+    // Every operation through every node, each read back through every node.
+    for writer in 0..3 {
+        for index in 0..10 {
+            let key = format!("key-{writer}-{index}").into_bytes();
+            let value = format!("value-{writer}-{index}").into_bytes();
+            let version = clients[writer].put(&key, &value);
+            for reader in clients.iter_mut() {
+                assert_eq!(reader.get(&key), Outcome::Value { value: Bytes::from(value.clone()), version });
+            }
+        }
+    }
+    let deleted = clients[1].delete(b"key-0-0");
+    assert!(deleted > 0);
+    for reader in clients.iter_mut() {
+        assert_eq!(reader.get(b"key-0-0"), Outcome::NotFound);
+    }
+    // With several copies, compare-and-swap is refused with a clear error until it is made
+    // linearizable across replicas.
+    let refused = clients[0]
+        .execute(Operation::CompareAndSwap {
+            key: Bytes::from_static(b"cas"),
+            expected: ringkv_wire::Expected::Absent,
+            value: Bytes::from_static(b"x"),
+            ttl_ms: None,
+        })
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unavailable);
+    assert!(refused.message.contains("compare-and-swap"), "{}", refused.message);
+
+    // Concurrent writes of one key through the three nodes converge to one value everywhere.
+    let ports: Vec<u16> = [&first, &second, &third].iter().map(|node| node.client_port).collect();
+    let writers: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(index, &port)| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                for round in 0..20 {
+                    client.put(b"contended", format!("writer-{index}-round-{round}").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let seen: Vec<Outcome> = clients.iter_mut().map(|client| client.get(b"contended")).collect();
+    assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "nodes disagree: {seen:?}");
+
+    // One node killed: quorum writes and reads go on through the other two.
+    third.kill();
+    wait_for_logs(&[(&first, 0), (&second, 0)], "node down", &[3]);
+    let mut survivors: Vec<Client> = [&first, &second].iter().map(|node| node.client()).collect();
+    for index in 0..10 {
+        let key = format!("after-kill-{index}").into_bytes();
+        let written = eventually(
+            &mut survivors[index % 2],
+            Operation::Put { key: Bytes::from(key.clone()), value: Bytes::from_static(b"v"), ttl_ms: None },
+        );
+        let Outcome::Written { version } = written else { panic!("expected a write, got {written:?}") };
+        for reader in survivors.iter_mut() {
+            assert_eq!(reader.get(&key), Outcome::Value { value: Bytes::from_static(b"v"), version });
+        }
+    }
+    // Data written before the kill is still read at quorum.
+    assert!(matches!(survivors[0].get(b"key-2-9"), Outcome::Value { .. }));
+
+    // The killed node comes back and serves again.
+    let first_log_bytes = first.log().len();
+    third.restart();
+    wait_for_logs(&[(&first, first_log_bytes)], "node up", &[3]);
+    let mut back = third.client();
+    assert!(matches!(
+        eventually(&mut back, Operation::Get { key: Bytes::from_static(b"after-kill-1") }),
+        Outcome::Value { .. }
+    ));
+}

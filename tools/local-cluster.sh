@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Starts a local ringkv cluster of N nodes on loopback, for trying the cluster and for tests.
+#
+#   tools/local-cluster.sh 3            start 3 nodes in the foreground; Ctrl-C stops them all
+#   tools/local-cluster.sh 3 --detach   start them in the background and return
+#   tools/local-cluster.sh stop         stop a detached cluster
+#
+# Node i (1-based) has node id i, client port 7379 + 10 * (i - 1) (so 7379, 7389, 7399, ...),
+# its shard ports just above, its peer port client + 1000, one shard, and its own data
+# directory under ${RINGKV_CLUSTER_DIR:-./ringkv-cluster}/node-i. Every node after the first
+# joins through node 1's peer port. Extra `ringkv serve` flags go in RINGKV_SERVE_FLAGS.
+set -euo pipefail
+
+repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cluster_dir="${RINGKV_CLUSTER_DIR:-./ringkv-cluster}"
+binary="${RINGKV_BINARY:-$repository_root/target/release/ringkv}"
+
+stop_cluster() {
+  local stopped=0
+  for pid_file in "$cluster_dir"/node-*.pid; do
+    [ -e "$pid_file" ] || continue
+    local pid
+    pid="$(cat "$pid_file")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      stopped=$((stopped + 1))
+    fi
+    rm -f "$pid_file"
+  done
+  echo "stopped $stopped node(s)"
+}
+
+case "${1:-}" in
+  stop)
+    stop_cluster
+    exit 0
+    ;;
+  ''|-h|--help)
+    sed -n '2,12p' "$0"
+    exit 0
+    ;;
+esac
+
+nodes="$1"
+detach=false
+[ "${2:-}" = "--detach" ] && detach=true
+if ! [[ "$nodes" =~ ^[1-9]$ ]]; then
+  echo "error: the node count must be 1 to 9" >&2
+  exit 2
+fi
+
+if [ ! -x "$binary" ]; then
+  echo "building ringkv (release)" >&2
+  (cd "$repository_root" && cargo build --release --bin ringkv >&2)
+fi
+
+mkdir -p "$cluster_dir"
+seed="127.0.0.1:8379"
+for i in $(seq 1 "$nodes"); do
+  client_port=$((7379 + 10 * (i - 1)))
+  peer_port=$((client_port + 1000))
+  seeds=()
+  [ "$i" -gt 1 ] && seeds=(--seeds "$seed")
+  # shellcheck disable=SC2086
+  RINGKV_LOG="${RINGKV_LOG:-info}" "$binary" serve \
+    --data-dir "$cluster_dir/node-$i" \
+    --listen "127.0.0.1:$client_port" \
+    --peer-listen "127.0.0.1:$peer_port" \
+    --node-id "$i" \
+    --shards 1 \
+    "${seeds[@]}" \
+    ${RINGKV_SERVE_FLAGS:-} \
+    >"$cluster_dir/node-$i.log" 2>&1 &
+  echo $! >"$cluster_dir/node-$i.pid"
+  echo "node $i: client 127.0.0.1:$client_port, peer 127.0.0.1:$peer_port, log $cluster_dir/node-$i.log"
+done
+
+if $detach; then
+  echo "stop with: $0 stop"
+  exit 0
+fi
+trap 'stop_cluster; exit 0' INT TERM
+echo "Ctrl-C stops the cluster"
+wait
