@@ -87,7 +87,7 @@ pub fn into_topology(reply: Reply) -> Result<Topology, Error> {
     }
 }
 
-/// One page of a scan: entries in key order, and where the next page starts if any remain.
+/// One page of a scan: entries in token order, and the key to resume after if any remain.
 pub fn into_scan(reply: Reply) -> Result<ScanPage, Error> {
     match reply {
         Reply::Scan(page) => Ok(page),

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
+use crate::consistency::Consistency;
 use crate::error::WireError;
 use crate::frame::verified_root;
 use crate::generated as fb;
@@ -20,6 +21,8 @@ use crate::CONNECTION_ERROR_ID;
 pub struct Request {
     pub id: u64,
     pub command: Command,
+    /// How many replicas must answer each operation; `None` takes the node's configured level.
+    pub consistency: Option<Consistency>,
 }
 
 /// What a request asks for.
@@ -33,7 +36,7 @@ pub enum Command {
     Topology,
     /// Liveness check.
     Ping,
-    /// One page of live keys in a key range, in byte order.
+    /// One page of live keys in a range, in token order.
     Scan(Scan),
 }
 
@@ -101,7 +104,14 @@ pub fn parse_request(frame: &Bytes) -> Result<Request, RequestError> {
         return Err(untrusted(WireError::RequestIdReserved));
     }
     let command = parse_command(frame, &root).map_err(untrusted)?;
-    let request = Request { id, command };
+    let consistency = match root.consistency() {
+        fb::Consistency::Default => None,
+        fb::Consistency::One => Some(Consistency::One),
+        fb::Consistency::Quorum => Some(Consistency::Quorum),
+        fb::Consistency::All => Some(Consistency::All),
+        unknown => return Err(untrusted(WireError::malformed(format!("unknown consistency level {}", unknown.0)))),
+    };
+    let request = Request { consistency, id, command };
     request.validate().map_err(|error| RequestError { id: Some(id), error })?;
     Ok(request)
 }
@@ -284,7 +294,17 @@ fn build_request<'builder>(
     };
     let root = fb::Request::create(
         builder,
-        &fb::RequestArgs { id: request.id, command_type, command: Some(command) },
+        &fb::RequestArgs {
+            id: request.id,
+            command_type,
+            command: Some(command),
+            consistency: match request.consistency {
+                None => fb::Consistency::Default,
+                Some(Consistency::One) => fb::Consistency::One,
+                Some(Consistency::Quorum) => fb::Consistency::Quorum,
+                Some(Consistency::All) => fb::Consistency::All,
+            },
+        },
     );
     builder.finish_size_prefixed(root, None);
     finished_frame(builder)
@@ -454,13 +474,14 @@ mod tests {
         let mut requests: Vec<Request> = every_operation()
             .into_iter()
             .enumerate()
-            .map(|(index, operation)| Request { id: index as u64 + 1, command: Command::Single(operation) })
+            .map(|(index, operation)| Request { consistency: None, id: index as u64 + 1, command: Command::Single(operation) })
             .collect();
-        requests.push(Request { id: 100, command: Command::Batch(every_operation()) });
-        requests.push(Request { id: 101, command: Command::Batch(Vec::new()) });
-        requests.push(Request { id: 102, command: Command::Topology });
-        requests.push(Request { id: u64::MAX, command: Command::Ping });
+        requests.push(Request { consistency: None, id: 100, command: Command::Batch(every_operation()) });
+        requests.push(Request { consistency: None, id: 101, command: Command::Batch(Vec::new()) });
+        requests.push(Request { consistency: None, id: 102, command: Command::Topology });
+        requests.push(Request { consistency: None, id: u64::MAX, command: Command::Ping });
         requests.push(Request {
+            consistency: None,
             id: 103,
             command: Command::Scan(Scan {
                 start: ScanStart::Key(bytes("user:0")),
@@ -469,6 +490,7 @@ mod tests {
             }),
         });
         requests.push(Request {
+            consistency: None,
             id: 104,
             command: Command::Scan(Scan {
                 start: ScanStart::Key(Bytes::from_static(&[0])),
@@ -477,6 +499,7 @@ mod tests {
             }),
         });
         requests.push(Request {
+            consistency: None,
             id: 105,
             command: Command::Scan(Scan {
                 start: ScanStart::Token(0),
@@ -485,6 +508,7 @@ mod tests {
             }),
         });
         requests.push(Request {
+            consistency: None,
             id: 106,
             command: Command::Scan(Scan {
                 start: ScanStart::After(bytes("user:5")),
@@ -512,7 +536,10 @@ mod tests {
     ) -> Bytes {
         let mut builder = FlatBufferBuilder::new();
         let (command_type, command) = build_command(&mut builder);
-        let root = fb::Request::create(&mut builder, &fb::RequestArgs { id, command_type, command });
+        let root = fb::Request::create(
+            &mut builder,
+            &fb::RequestArgs { id, command_type, command, consistency: fb::Consistency::Default },
+        );
         builder.finish_size_prefixed(root, None);
         Bytes::copy_from_slice(builder.finished_data())
     }
@@ -569,6 +596,7 @@ mod tests {
     #[test]
     fn parsed_keys_and_values_point_into_the_frame() {
         let request = Request {
+            consistency: None,
             id: 9,
             command: Command::Single(Operation::Put {
                 key: bytes("key"),
@@ -588,6 +616,7 @@ mod tests {
     #[test]
     fn largest_single_put_fits_in_a_frame() {
         let request = Request {
+            consistency: None,
             id: 1,
             command: Command::Single(Operation::CompareAndSwap {
                 key: vec![b'k'; KEY_BYTES_MAX].into(),
@@ -607,13 +636,13 @@ mod tests {
             value: bytes("v"),
             ttl_ms: Some(1),
         };
-        let request = Request { id: 1, command: Command::Batch(vec![operation; BATCH_OPERATIONS_MAX]) };
+        let request = Request { consistency: None, id: 1, command: Command::Batch(vec![operation; BATCH_OPERATIONS_MAX]) };
         assert_eq!(parse_request(&encode(&request)).unwrap(), request);
     }
 
     #[test]
     fn empty_key_is_rejected_with_its_id() {
-        let request = Request { id: 41, command: Command::Single(Operation::Get { key: Bytes::new() }) };
+        let request = Request { consistency: None, id: 41, command: Command::Single(Operation::Get { key: Bytes::new() }) };
         assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(WireError::KeyEmpty));
         assert_rejected(&encode_without_checks(&request), 41, WireError::KeyEmpty);
     }
@@ -621,13 +650,14 @@ mod tests {
     #[test]
     fn key_of_257_bytes_is_rejected_with_its_id() {
         let request =
-            Request { id: 42, command: Command::Single(Operation::Delete { key: vec![1; 257].into() }) };
+            Request { consistency: None, id: 42, command: Command::Single(Operation::Delete { key: vec![1; 257].into() }) };
         assert_rejected(&encode_without_checks(&request), 42, WireError::KeyTooLong { length_bytes: 257 });
     }
 
     #[test]
     fn value_one_byte_above_a_mebibyte_is_rejected_with_its_id() {
         let request = Request {
+            consistency: None,
             id: 43,
             command: Command::Single(Operation::Put {
                 key: bytes("k"),
@@ -643,6 +673,7 @@ mod tests {
     #[test]
     fn zero_ttl_is_rejected_with_its_id() {
         let request = Request {
+            consistency: None,
             id: 44,
             command: Command::Single(Operation::Put { key: bytes("k"), value: bytes("v"), ttl_ms: Some(0) }),
         };
@@ -652,7 +683,7 @@ mod tests {
     #[test]
     fn oversized_batch_is_rejected_whole_with_its_id() {
         let operations = vec![Operation::Get { key: bytes("k") }; BATCH_OPERATIONS_MAX + 1];
-        let request = Request { id: 45, command: Command::Batch(operations) };
+        let request = Request { consistency: None, id: 45, command: Command::Batch(operations) };
         assert_rejected(
             &encode_without_checks(&request),
             45,
@@ -664,7 +695,7 @@ mod tests {
     fn one_bad_key_rejects_the_whole_batch() {
         let mut operations = every_operation();
         operations.push(Operation::Get { key: vec![0; KEY_BYTES_MAX + 1].into() });
-        let request = Request { id: 46, command: Command::Batch(operations) };
+        let request = Request { consistency: None, id: 46, command: Command::Batch(operations) };
         assert_rejected(
             &encode_without_checks(&request),
             46,
@@ -676,7 +707,7 @@ mod tests {
     fn batch_whose_values_exceed_the_frame_is_refused_before_building() {
         let value: Bytes = vec![0; VALUE_BYTES_MAX].into();
         let put = Operation::Put { key: bytes("k"), value, ttl_ms: None };
-        let request = Request { id: 1, command: Command::Batch(vec![put; 2]) };
+        let request = Request { consistency: None, id: 1, command: Command::Batch(vec![put; 2]) };
         let error = encode_request(&mut FlatBufferBuilder::new(), &request).unwrap_err();
         assert!(matches!(error, WireError::FrameTooLarge { .. }), "{error:?}");
     }
@@ -685,7 +716,7 @@ mod tests {
     fn scan_limits_are_rejected_with_the_id() {
         for limit in [0, SCAN_LIMIT_MAX + 1, u32::MAX] {
             let scan = Scan { start: ScanStart::Key(bytes("a")), end: ScanEnd::Last, limit };
-            let request = Request { id: 47, command: Command::Scan(scan) };
+            let request = Request { consistency: None, id: 47, command: Command::Scan(scan) };
             let expected = WireError::ScanLimitOutOfRange { limit };
             assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(expected.clone()));
             assert_rejected(&encode_without_checks(&request), 47, expected);
@@ -696,19 +727,19 @@ mod tests {
             limit: 1,
         };
         assert_rejected(
-            &encode_without_checks(&Request { id: 48, command: Command::Scan(long_end) }),
+            &encode_without_checks(&Request { consistency: None, id: 48, command: Command::Scan(long_end) }),
             48,
             WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
         );
         let empty_start = Scan { start: ScanStart::Key(Bytes::new()), end: ScanEnd::Last, limit: 1 };
         assert_rejected(
-            &encode_without_checks(&Request { id: 49, command: Command::Scan(empty_start) }),
+            &encode_without_checks(&Request { consistency: None, id: 49, command: Command::Scan(empty_start) }),
             49,
             WireError::KeyEmpty,
         );
         let empty_after = Scan { start: ScanStart::After(Bytes::new()), end: ScanEnd::Last, limit: 1 };
         assert_rejected(
-            &encode_without_checks(&Request { id: 49, command: Command::Scan(empty_after) }),
+            &encode_without_checks(&Request { consistency: None, id: 49, command: Command::Scan(empty_after) }),
             49,
             WireError::KeyEmpty,
         );
@@ -754,7 +785,7 @@ mod tests {
 
     #[test]
     fn reserved_id_closes_the_connection() {
-        let request = Request { id: CONNECTION_ERROR_ID, command: Command::Ping };
+        let request = Request { consistency: None, id: CONNECTION_ERROR_ID, command: Command::Ping };
         assert_eq!(
             encode_request(&mut FlatBufferBuilder::new(), &request),
             Err(WireError::RequestIdReserved)
@@ -800,7 +831,7 @@ mod tests {
 
     #[test]
     fn every_truncation_of_a_valid_frame_is_malformed() {
-        let original = Request { id: 7, command: Command::Batch(every_operation()) };
+        let original = Request { consistency: None, id: 7, command: Command::Batch(every_operation()) };
         let frame = encode(&original);
         for length in 0..frame.len() {
             // As received: the prefix promises more than is there.
@@ -824,14 +855,14 @@ mod tests {
 
     #[test]
     fn root_offset_pointing_outside_the_frame_is_malformed() {
-        let mut frame = encode(&Request { id: 7, command: Command::Ping }).to_vec();
+        let mut frame = encode(&Request { consistency: None, id: 7, command: Command::Ping }).to_vec();
         frame[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_untrusted(&Bytes::from(frame));
     }
 
     #[test]
     fn limit_errors_map_to_their_codes() {
-        let request = Request { id: 3, command: Command::Single(Operation::Get { key: Bytes::new() }) };
+        let request = Request { consistency: None, id: 3, command: Command::Single(Operation::Get { key: Bytes::new() }) };
         let error = parse_request(&encode_without_checks(&request)).unwrap_err();
         assert_eq!(error.error.code(), ErrorCode::KeyEmpty);
     }
@@ -850,7 +881,7 @@ mod tests {
         fn corrupted_valid_frames_never_panic(
             corruptions in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         ) {
-            let mut frame = encode(&Request { id: 7, command: Command::Batch(every_operation()) }).to_vec();
+            let mut frame = encode(&Request { consistency: None, id: 7, command: Command::Batch(every_operation()) }).to_vec();
             for (position, byte) in corruptions {
                 // Leave the prefix alone so that every case reaches the verifier.
                 let position = 4 + position % (frame.len() - 4);
