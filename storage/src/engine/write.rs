@@ -19,8 +19,9 @@ use crate::{DiskFile, Result};
 use bytes::Bytes;
 use std::rc::Rc;
 
-/// Whether some table may hold an entry for `key` (stored) of `version` or higher, so that a write of
-/// `version` needs a read to know whether it outranks what is stored. Answered from memory.
+/// Whether some table may hold an entry for `key` (stored) of `version` or higher, so that a
+/// write of `version` needs a read to know whether it outranks what is stored. Answered from
+/// memory: each table's key range, filter and highest version.
 fn tables_may_hold_at_or_above<F: DiskFile>(tables: &Tables<F>, key: &[u8], version: u64) -> bool {
     if tables.max_version() < version {
         return false;
