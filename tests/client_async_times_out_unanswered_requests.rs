@@ -36,6 +36,7 @@ fn serve(mut stream: TcpStream, port: u16) {
             port,
             token_ranges: vec![TokenRange { start: 0, end: 0 }],
         }],
+        ..Topology::default()
     };
     let mut decoder = FrameDecoder::new();
     let mut chunk = [0u8; 4096];

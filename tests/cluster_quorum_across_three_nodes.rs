@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Client, Server, SHARDS};
-use ringkv_wire::{ErrorCode, Operation, Outcome};
+use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
 /// Longest wait for membership to settle; only turns a hang into a failure.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
@@ -48,6 +48,25 @@ fn wait_for_logs(nodes: &[(&Server, usize)], event: &str, others: &[u16]) {
             nodes[0].0.log()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn clients_of(server: &Server) -> Client {
+    server.client()
+}
+
+/// Retries an operation at `consistency` until it succeeds (a node that just came back may not
+/// be seen up by every node yet).
+fn eventually_at(client: &mut Client, operation: Operation, consistency: Consistency) -> Outcome {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        match client.execute_at(operation.clone(), Some(consistency)) {
+            Ok(outcome) => return outcome,
+            Err(failure) => {
+                assert!(Instant::now() < deadline, "still failing: {failure}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
@@ -143,6 +162,23 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     }
     // Data written before the kill is still read at quorum.
     assert!(matches!(survivors[0].get(b"key-2-9"), Outcome::Value { .. }));
+    // ALL cannot be met with a replica down: refused at once as unavailable.
+    let get = |key: &[u8]| Operation::Get { key: Bytes::copy_from_slice(key) };
+    let put = |key: &[u8], value: &[u8]| Operation::Put {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(value),
+        ttl_ms: None,
+    };
+    for operation in [get(b"key-2-9"), put(b"missed", b"x")] {
+        let refused = survivors[0].execute_at(operation, Some(Consistency::All)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+    }
+    // A value the killed node misses.
+    let Outcome::Written { version: missed_version } =
+        eventually(&mut survivors[1], put(b"missed", b"while-down"))
+    else {
+        panic!("expected a write")
+    };
 
     // The killed node comes back and serves again.
     let first_log_bytes = first.log().len();

@@ -17,6 +17,7 @@ fn server_answers_overloaded_when_in_flight_window_is_full() {
     // read, and the window holds one.
     let put = |id: u64| {
         request_frame(&Request {
+            consistency: None,
             id,
             command: Command::Single(Operation::Put {
                 key: Bytes::from(format!("key-{id}")),

@@ -59,6 +59,7 @@ fn server_closes_connection_on_hostile_frames() {
 
     // A valid frame cut short, then the end of the stream.
     let put = Request {
+        consistency: None,
         id: 5,
         command: Command::Single(Operation::Put {
             key: Bytes::from_static(b"truncated"),
@@ -86,7 +87,7 @@ fn server_closes_connection_on_hostile_frames() {
     // A request after a good one on the same connection as the bad frame: the good one is
     // answered first, then the error, then the close.
     let mut mixed = server.client();
-    let mut bytes = request_frame(&Request { id: 9, command: Command::Ping });
+    let mut bytes = request_frame(&Request { consistency: None, id: 9, command: Command::Ping });
     bytes.extend_from_slice(&u32::MAX.to_le_bytes());
     mixed.send_raw(&bytes);
     assert_eq!(mixed.receive(), ringkv_wire::Response { id: 9, reply: Reply::Pong });

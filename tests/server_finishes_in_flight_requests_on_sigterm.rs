@@ -22,6 +22,7 @@ fn server_finishes_in_flight_requests_on_sigterm() {
     let mut frames = Vec::new();
     for id in 1..=300 {
         frames.extend_from_slice(&request_frame(&Request {
+            consistency: None,
             id,
             command: Command::Single(Operation::Put { key: key_of(id), value: key_of(id), ttl_ms: None }),
         }));

@@ -22,6 +22,7 @@ fn server_keeps_acknowledged_writes_after_sigkill() {
     let value_of = |id: u64| Bytes::from(format!("value-{id}-").repeat(20));
     let put = |id: u64| {
         request_frame(&Request {
+            consistency: None,
             id,
             command: Command::Single(Operation::Put { key: key_of(id), value: value_of(id), ttl_ms: None }),
         })

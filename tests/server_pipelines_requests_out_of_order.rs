@@ -18,6 +18,7 @@ fn server_pipelines_requests_out_of_order() {
     // A put waits for its fdatasync; a ping sent right behind it in the same write needs
     // nothing, so its reply overtakes the put's.
     let put = Request {
+        consistency: None,
         id: 1,
         command: Command::Single(Operation::Put {
             key: Bytes::from_static(b"slow"),
@@ -25,7 +26,7 @@ fn server_pipelines_requests_out_of_order() {
             ttl_ms: None,
         }),
     };
-    let ping = Request { id: 2, command: Command::Ping };
+    let ping = Request { consistency: None, id: 2, command: Command::Ping };
     let mut both = request_frame(&put);
     both.extend_from_slice(&request_frame(&ping));
     client.send_raw(&both);
@@ -52,7 +53,7 @@ fn server_pipelines_requests_out_of_order() {
             _ => Command::Ping,
         };
         expected.insert(id, command.clone());
-        frames.extend_from_slice(&request_frame(&Request { id, command }));
+        frames.extend_from_slice(&request_frame(&Request { consistency: None, id, command }));
     }
     client.send_raw(&frames);
 

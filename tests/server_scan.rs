@@ -89,7 +89,12 @@ fn unchecked_scan_frame(id: u64, start: &[u8], end: Option<&[u8]>, limit: u32) -
     );
     let request = fb::Request::create(
         &mut builder,
-        &fb::RequestArgs { id, command_type: fb::Command::Scan, command: Some(scan.as_union_value()) },
+        &fb::RequestArgs {
+            id,
+            command_type: fb::Command::Scan,
+            command: Some(scan.as_union_value()),
+            consistency: fb::Consistency::Default,
+        },
     );
     builder.finish_size_prefixed(request, None);
     builder.finished_data().to_vec()

@@ -80,7 +80,7 @@ impl Connection {
     /// Fails with [`Error::Limit`] (the server's own error for that limit) without sending
     /// anything, or with [`Error::InFlightFull`] when `in_flight_max` requests are unanswered.
     pub fn send(&mut self, command: Command) -> Result<u64, Error> {
-        let request = Request { id: self.next_id, command };
+        let request = Request { consistency: None, id: self.next_id, command };
         request.validate().map_err(Error::Limit)?;
         if !self.has_room() {
             return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });

@@ -123,7 +123,7 @@ mod tests {
 
     fn router(shards: Vec<ShardPlacement>) -> Router {
         let mut router = Router::new("127.0.0.1:7379".parse().unwrap());
-        router.set_topology(Topology { shards });
+        router.set_topology(Topology { shards, ..Topology::default() });
         router
     }
 
@@ -146,7 +146,7 @@ mod tests {
         let topology_shards =
             vec![placement(0, &[(0, 100), (1000, 5000)]), placement(1, &[(100, 1000), (5000, 0)])];
         let router = router(topology_shards.clone());
-        let topology = Topology { shards: topology_shards };
+        let topology = Topology { shards: topology_shards, ..Topology::default() };
         for token in [0, 1, 99, 100, 999, 1000, 4999, 5000, u64::MAX - 1, u64::MAX] {
             let expected = topology.shard_for_token(token).map(|shard| shard.shard_id);
             assert_eq!(router.route_token(token).shard_id, expected, "token {token}");

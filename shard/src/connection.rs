@@ -315,7 +315,7 @@ async fn read_requests(
 
 /// Answers a request: on the spot when it needs nothing, otherwise in a task of its own.
 fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: ConnectionLimits) {
-    let Request { id, command } = request;
+    let Request { consistency, id, command } = request;
     if let Some(reply) = router.answer_immediately(&command) {
         shared.push(&Response { id, reply });
         return;
@@ -343,7 +343,7 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
     // of every request costs more than the rest of a cached read. Request tasks log nothing;
     // failures travel back in the reply.
     glommio::spawn_local(async move {
-        let reply = router.answer(command).await;
+        let reply = router.answer(command, consistency).await;
         shared.complete_request(&Response { id, reply });
     })
     .detach();

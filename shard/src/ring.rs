@@ -95,7 +95,7 @@ impl Ring {
                 token_ranges: self.ranges_of(shard_id),
             })
             .collect();
-        Topology { shards }
+        Topology { shards, ..Topology::default() }
     }
 }
 

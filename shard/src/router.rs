@@ -18,7 +18,7 @@ pub mod scan;
 use std::rc::Rc;
 
 use ringkv_io::DmaDisk;
-use ringkv_wire::{Command, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
+use ringkv_wire::{Command, Consistency, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
 
 use crate::cluster::Cluster;
 use crate::handler::Handler;
@@ -54,14 +54,19 @@ impl Router {
         self.shard_id
     }
 
-    /// Runs one operation where its key lives.
-    pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
+    /// Runs one operation where its key lives, at `consistency` (the node's default when
+    /// `None`).
+    pub async fn execute(
+        &self,
+        operation: Operation,
+        consistency: Option<Consistency>,
+    ) -> Result<Outcome, Failure> {
         let owner = self.ring.owner_of_key(operation.key());
         if owner == self.shard_id {
             // The key's owning shard on this node coordinates it across the cluster.
-            self.cluster.execute_owned(operation).await
+            self.cluster.execute_owned(operation, consistency).await
         } else {
-            self.forwarding.forward(owner, operation).await
+            self.forwarding.forward(owner, operation, consistency).await
         }
     }
 
@@ -117,7 +122,9 @@ impl Router {
     /// The answer to an immediate command (see [`Router::is_immediate`]), or `None`.
     pub fn answer_immediately(&self, command: &Command) -> Option<Reply> {
         match command {
-            Command::Topology => Some(Reply::Topology(self.topology.clone())),
+            Command::Topology => Some(Reply::Topology(
+                self.cluster.with_view(|view| view.topology(self.topology.shards.clone())),
+            )),
             Command::Ping => Some(Reply::Pong),
             Command::Single(_) | Command::Batch(_) | Command::Scan(_) => None,
         }
@@ -140,9 +147,9 @@ impl Router {
     }
 
     /// The answer to `command`.
-    pub async fn answer(self: &Rc<Self>, command: Command) -> Reply {
+    pub async fn answer(self: &Rc<Self>, command: Command, consistency: Option<Consistency>) -> Reply {
         match command {
-            Command::Single(operation) => match self.execute(operation).await {
+            Command::Single(operation) => match self.execute(operation, consistency).await {
                 Ok(outcome) => Reply::Single(outcome),
                 Err(failure) => Reply::Failed(failure),
             },
@@ -153,7 +160,7 @@ impl Router {
                     .into_iter()
                     .map(|operation| {
                         let router = self.clone();
-                        glommio::spawn_local(async move { router.execute(operation).await })
+                        glommio::spawn_local(async move { router.execute(operation, consistency).await })
                     })
                     .collect();
                 let mut results = Vec::with_capacity(tasks.len());

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use ringkv_wire::generated as fb;
 use ringkv_wire::{
-    encode_request, parse_response, Command as WireCommand, Expected, Failure, FrameDecoder, Operation,
-    Outcome, Reply, Request, Response, Topology,
+    encode_request, parse_response, Command as WireCommand, Consistency, Expected, Failure, FrameDecoder,
+    Operation, Outcome, Reply, Request, Response, Topology,
 };
 
 /// Shards every test server runs: the machine has two cores.
@@ -279,7 +279,7 @@ fn pings(port: u16) -> bool {
         return false;
     };
     let mut client = Client::from_stream(stream);
-    client.send(&Request { id: 1, command: WireCommand::Ping });
+    client.send(&Request { consistency: None, id: 1, command: WireCommand::Ping });
     matches!(client.receive_or_closed(), Some(Response { id: 1, reply: Reply::Pong }))
 }
 
@@ -360,8 +360,13 @@ impl Client {
 
     /// Sends `command` and returns its reply, checking the id.
     pub fn call(&mut self, command: WireCommand) -> Reply {
+        self.call_at(command, None)
+    }
+
+    /// Sends `command` at `consistency` (the node's default when `None`) and returns its reply.
+    pub fn call_at(&mut self, command: WireCommand, consistency: Option<Consistency>) -> Reply {
         let id = self.next_id();
-        self.send(&Request { id, command });
+        self.send(&Request { consistency, id, command });
         let response = self.receive();
         assert_eq!(response.id, id, "reply to another request: {response:?}");
         response.reply
@@ -369,7 +374,16 @@ impl Client {
 
     /// Runs one operation; its outcome, or the failure.
     pub fn execute(&mut self, operation: Operation) -> Result<Outcome, Failure> {
-        match self.call(WireCommand::Single(operation)) {
+        self.execute_at(operation, None)
+    }
+
+    /// Runs one operation at `consistency`; its outcome, or the failure.
+    pub fn execute_at(
+        &mut self,
+        operation: Operation,
+        consistency: Option<Consistency>,
+    ) -> Result<Outcome, Failure> {
+        match self.call_at(WireCommand::Single(operation), consistency) {
             Reply::Single(outcome) => Ok(outcome),
             Reply::Failed(failure) => Err(failure),
             other => panic!("unexpected reply {other:?}"),
@@ -438,7 +452,12 @@ pub fn unchecked_put_frame(id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
         fb::Put::create(&mut builder, &fb::PutArgs { key: Some(key), value: Some(value), ttl_ms: None });
     let request = fb::Request::create(
         &mut builder,
-        &fb::RequestArgs { id, command_type: fb::Command::Put, command: Some(put.as_union_value()) },
+        &fb::RequestArgs {
+            id,
+            command_type: fb::Command::Put,
+            command: Some(put.as_union_value()),
+            consistency: fb::Consistency::Default,
+        },
     );
     builder.finish_size_prefixed(request, None);
     builder.finished_data().to_vec()

@@ -67,7 +67,7 @@ pub use response::{
     encode_read_reply_into, encode_response, encode_response_into, parse_response, Reply, Response,
 };
 pub use scan::{Scan, ScanEnd, ScanEntry, ScanPage, ScanStart};
-pub use topology::{ShardPlacement, TokenRange, Topology};
+pub use topology::{NodePlacement, ReplicaRange, ShardPlacement, TokenRange, Topology};
 
 /// The request id reserved for connection-level errors: a response with this id reports a
 /// frame that could not be read, and the server closes the connection after sending it.

@@ -613,7 +613,7 @@ mod tests {
 
     #[test]
     fn a_client_frame_is_not_a_peer_frame() {
-        let request = crate::Request { id: 1, command: crate::Command::Ping };
+        let request = crate::Request { id: 1, command: crate::Command::Ping, consistency: None };
         let frame = crate::encode_request(&mut FlatBufferBuilder::new(), &request).unwrap().to_vec();
         // It may verify as some envelope by accident of layout, but never as a valid message.
         assert!(parse_peer(&frame).is_err());

@@ -109,7 +109,9 @@ pub fn parse_request(frame: &Bytes) -> Result<Request, RequestError> {
         fb::Consistency::One => Some(Consistency::One),
         fb::Consistency::Quorum => Some(Consistency::Quorum),
         fb::Consistency::All => Some(Consistency::All),
-        unknown => return Err(untrusted(WireError::malformed(format!("unknown consistency level {}", unknown.0)))),
+        unknown => {
+            return Err(untrusted(WireError::malformed(format!("unknown consistency level {}", unknown.0))))
+        }
     };
     let request = Request { consistency, id, command };
     request.validate().map_err(|error| RequestError { id: Some(id), error })?;
@@ -474,11 +476,19 @@ mod tests {
         let mut requests: Vec<Request> = every_operation()
             .into_iter()
             .enumerate()
-            .map(|(index, operation)| Request { consistency: None, id: index as u64 + 1, command: Command::Single(operation) })
+            .map(|(index, operation)| Request {
+                consistency: None,
+                id: index as u64 + 1,
+                command: Command::Single(operation),
+            })
             .collect();
         requests.push(Request { consistency: None, id: 100, command: Command::Batch(every_operation()) });
         requests.push(Request { consistency: None, id: 101, command: Command::Batch(Vec::new()) });
         requests.push(Request { consistency: None, id: 102, command: Command::Topology });
+        for (id, level) in [(103, Consistency::One), (104, Consistency::Quorum), (105, Consistency::All)] {
+            let command = Command::Single(Operation::Get { key: Bytes::from_static(b"k") });
+            requests.push(Request { consistency: Some(level), id, command });
+        }
         requests.push(Request { consistency: None, id: u64::MAX, command: Command::Ping });
         requests.push(Request {
             consistency: None,
@@ -636,21 +646,32 @@ mod tests {
             value: bytes("v"),
             ttl_ms: Some(1),
         };
-        let request = Request { consistency: None, id: 1, command: Command::Batch(vec![operation; BATCH_OPERATIONS_MAX]) };
+        let request = Request {
+            consistency: None,
+            id: 1,
+            command: Command::Batch(vec![operation; BATCH_OPERATIONS_MAX]),
+        };
         assert_eq!(parse_request(&encode(&request)).unwrap(), request);
     }
 
     #[test]
     fn empty_key_is_rejected_with_its_id() {
-        let request = Request { consistency: None, id: 41, command: Command::Single(Operation::Get { key: Bytes::new() }) };
+        let request = Request {
+            consistency: None,
+            id: 41,
+            command: Command::Single(Operation::Get { key: Bytes::new() }),
+        };
         assert_eq!(encode_request(&mut FlatBufferBuilder::new(), &request), Err(WireError::KeyEmpty));
         assert_rejected(&encode_without_checks(&request), 41, WireError::KeyEmpty);
     }
 
     #[test]
     fn key_of_257_bytes_is_rejected_with_its_id() {
-        let request =
-            Request { consistency: None, id: 42, command: Command::Single(Operation::Delete { key: vec![1; 257].into() }) };
+        let request = Request {
+            consistency: None,
+            id: 42,
+            command: Command::Single(Operation::Delete { key: vec![1; 257].into() }),
+        };
         assert_rejected(&encode_without_checks(&request), 42, WireError::KeyTooLong { length_bytes: 257 });
     }
 
@@ -733,13 +754,21 @@ mod tests {
         );
         let empty_start = Scan { start: ScanStart::Key(Bytes::new()), end: ScanEnd::Last, limit: 1 };
         assert_rejected(
-            &encode_without_checks(&Request { consistency: None, id: 49, command: Command::Scan(empty_start) }),
+            &encode_without_checks(&Request {
+                consistency: None,
+                id: 49,
+                command: Command::Scan(empty_start),
+            }),
             49,
             WireError::KeyEmpty,
         );
         let empty_after = Scan { start: ScanStart::After(Bytes::new()), end: ScanEnd::Last, limit: 1 };
         assert_rejected(
-            &encode_without_checks(&Request { consistency: None, id: 49, command: Command::Scan(empty_after) }),
+            &encode_without_checks(&Request {
+                consistency: None,
+                id: 49,
+                command: Command::Scan(empty_after),
+            }),
             49,
             WireError::KeyEmpty,
         );
@@ -862,7 +891,11 @@ mod tests {
 
     #[test]
     fn limit_errors_map_to_their_codes() {
-        let request = Request { consistency: None, id: 3, command: Command::Single(Operation::Get { key: Bytes::new() }) };
+        let request = Request {
+            consistency: None,
+            id: 3,
+            command: Command::Single(Operation::Get { key: Bytes::new() }),
+        };
         let error = parse_request(&encode_without_checks(&request)).unwrap_err();
         assert_eq!(error.error.code(), ErrorCode::KeyEmpty);
     }

@@ -13,7 +13,7 @@ use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, SCAN_LIMIT_MAX};
 use crate::outcome::{Failure, Outcome};
 use crate::request::finished_frame;
 use crate::scan::{ScanEntry, ScanPage};
-use crate::topology::{ShardPlacement, TokenRange, Topology};
+use crate::topology::{NodePlacement, ReplicaRange, ShardPlacement, TokenRange, Topology};
 use crate::CONNECTION_ERROR_ID;
 
 /// The answer to the request with the same `id`. Id [`CONNECTION_ERROR_ID`] (0) marks a
@@ -149,9 +149,10 @@ fn parse_scan_page(frame: &Bytes, page: fb::ScanPage<'_>) -> Result<ScanPage, Wi
     Ok(ScanPage { entries, next_start })
 }
 
-fn parse_topology(topology: fb::Topology<'_>) -> Topology {
-    let shards = topology
-        .shards()
+fn parse_shards(
+    shards: flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<fb::Shard<'_>>>,
+) -> Vec<ShardPlacement> {
+    shards
         .iter()
         .map(|shard| ShardPlacement {
             shard_id: shard.id(),
@@ -162,8 +163,44 @@ fn parse_topology(topology: fb::Topology<'_>) -> Topology {
                 .map(|range| TokenRange { start: range.start(), end: range.end() })
                 .collect(),
         })
-        .collect();
-    Topology { shards }
+        .collect()
+}
+
+fn parse_topology(topology: fb::Topology<'_>) -> Topology {
+    let nodes = topology
+        .nodes()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|node| NodePlacement {
+                    node_id: node.id(),
+                    address: node.address().to_owned(),
+                    up: node.up(),
+                    tokens: node.tokens().iter().collect(),
+                    shards: parse_shards(node.shards()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ring = topology
+        .ring()
+        .map(|ring| {
+            ring.iter()
+                .map(|range| ReplicaRange {
+                    start: range.start(),
+                    end: range.end(),
+                    replicas: range.replicas().iter().collect(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Topology {
+        shards: parse_shards(topology.shards()),
+        nodes,
+        ring,
+        replicas: topology.replicas(),
+        node_id: topology.node_id(),
+    }
 }
 
 /// Encodes a response as one complete frame (length prefix included) inside `builder`, and
@@ -330,12 +367,11 @@ fn encode_failure<'fbb>(builder: &mut FlatBufferBuilder<'fbb>, failure: &Failure
     FlatOutcome { status: fb::Status::Error, error: Some(error), ..FlatOutcome::default() }
 }
 
-fn encode_topology<'fbb>(
+fn encode_shards<'fbb>(
     builder: &mut FlatBufferBuilder<'fbb>,
-    topology: &Topology,
-) -> WIPOffset<fb::Topology<'fbb>> {
-    let shards: Vec<_> = topology
-        .shards
+    shards: &[ShardPlacement],
+) -> WIPOffset<flatbuffers::Vector<'fbb, flatbuffers::ForwardsUOffset<fb::Shard<'fbb>>>> {
+    let shards: Vec<_> = shards
         .iter()
         .map(|shard| {
             let ranges: Vec<_> =
@@ -347,8 +383,56 @@ fn encode_topology<'fbb>(
             )
         })
         .collect();
-    let shards = builder.create_vector(&shards);
-    fb::Topology::create(builder, &fb::TopologyArgs { shards: Some(shards) })
+    builder.create_vector(&shards)
+}
+
+fn encode_topology<'fbb>(
+    builder: &mut FlatBufferBuilder<'fbb>,
+    topology: &Topology,
+) -> WIPOffset<fb::Topology<'fbb>> {
+    let shards = encode_shards(builder, &topology.shards);
+    let nodes: Vec<_> = topology
+        .nodes
+        .iter()
+        .map(|node| {
+            let address = builder.create_string(&node.address);
+            let tokens = builder.create_vector(&node.tokens);
+            let shards = encode_shards(builder, &node.shards);
+            fb::Node::create(
+                builder,
+                &fb::NodeArgs {
+                    id: node.node_id,
+                    address: Some(address),
+                    up: node.up,
+                    tokens: Some(tokens),
+                    shards: Some(shards),
+                },
+            )
+        })
+        .collect();
+    let nodes = builder.create_vector(&nodes);
+    let ring: Vec<_> = topology
+        .ring
+        .iter()
+        .map(|range| {
+            let replicas = builder.create_vector(&range.replicas);
+            fb::ReplicaRange::create(
+                builder,
+                &fb::ReplicaRangeArgs { start: range.start, end: range.end, replicas: Some(replicas) },
+            )
+        })
+        .collect();
+    let ring = builder.create_vector(&ring);
+    fb::Topology::create(
+        builder,
+        &fb::TopologyArgs {
+            shards: Some(shards),
+            nodes: Some(nodes),
+            ring: Some(ring),
+            replicas: topology.replicas,
+            node_id: topology.node_id,
+        },
+    )
 }
 
 fn encode_scan_page<'fbb>(
@@ -462,6 +546,23 @@ mod tests {
                     },
                     ShardPlacement { shard_id: 1, port: 7001, token_ranges: Vec::new() },
                 ],
+                nodes: vec![NodePlacement {
+                    node_id: 3,
+                    address: "10.0.0.3:7379".into(),
+                    up: true,
+                    tokens: vec![5, u64::MAX],
+                    shards: vec![ShardPlacement {
+                        shard_id: 0,
+                        port: 7380,
+                        token_ranges: vec![TokenRange { start: 0, end: 0 }],
+                    }],
+                }],
+                ring: vec![
+                    ReplicaRange { start: u64::MAX, end: 5, replicas: vec![3, 1] },
+                    ReplicaRange { start: 5, end: u64::MAX, replicas: vec![1, 3] },
+                ],
+                replicas: 2,
+                node_id: 3,
             }),
         });
         responses.push(Response { id: 103, reply: Reply::Topology(Topology::default()) });

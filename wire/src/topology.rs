@@ -32,13 +32,64 @@ pub struct ShardPlacement {
     pub token_ranges: Vec<TokenRange>,
 }
 
-/// The answer to a topology request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Topology {
+/// One node of the cluster: its id, client address, liveness, ring tokens and shards.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodePlacement {
+    pub node_id: u16,
+    /// The client address, `host:port`.
+    pub address: String,
+    pub up: bool,
+    pub tokens: Vec<u64>,
     pub shards: Vec<ShardPlacement>,
 }
 
+/// A range of the cluster ring, `(start, end]` (Cassandra's convention), and its replicas in
+/// preference order. When `end <= start` the range wraps past 2^64 - 1; `start == end` (a ring of
+/// one token) is the whole ring.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplicaRange {
+    pub start: u64,
+    pub end: u64,
+    pub replicas: Vec<u16>,
+}
+
+impl ReplicaRange {
+    /// Whether `token` falls inside this range.
+    pub fn contains(&self, token: u64) -> bool {
+        if self.start < self.end {
+            self.start < token && token <= self.end
+        } else {
+            token > self.start || token <= self.end
+        }
+    }
+}
+
+/// The answer to a topology request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Topology {
+    /// The answering node's shards.
+    pub shards: Vec<ShardPlacement>,
+    /// Every node the answering node knows, itself included; empty outside a cluster.
+    pub nodes: Vec<NodePlacement>,
+    /// The cluster ring's ranges and their replicas.
+    pub ring: Vec<ReplicaRange>,
+    /// Copies of each key.
+    pub replicas: u8,
+    /// The answering node's id.
+    pub node_id: u16,
+}
+
 impl Topology {
+    /// The replicas of `token`, in preference order, when the topology describes a ring.
+    pub fn replicas_of_token(&self, token: u64) -> Option<&[u16]> {
+        self.ring.iter().find(|range| range.contains(token)).map(|range| range.replicas.as_slice())
+    }
+
+    /// The node `node_id`, if the topology lists it.
+    pub fn node(&self, node_id: u16) -> Option<&NodePlacement> {
+        self.nodes.iter().find(|node| node.node_id == node_id)
+    }
+
     /// The shard owning `token`, if any shard does. A linear scan: topologies are small and a
     /// client that routes often builds its own sorted index from this.
     pub fn shard_for_token(&self, token: u64) -> Option<&ShardPlacement> {
@@ -70,6 +121,19 @@ mod tests {
     }
 
     #[test]
+    fn replica_ranges_are_open_at_the_start_and_closed_at_the_end() {
+        let range = ReplicaRange { start: 10, end: 20, replicas: vec![1] };
+        assert!(!range.contains(10));
+        assert!(range.contains(11));
+        assert!(range.contains(20));
+        let wrapping = ReplicaRange { start: 20, end: 10, replicas: vec![1] };
+        assert!(wrapping.contains(u64::MAX) && wrapping.contains(0) && wrapping.contains(10));
+        assert!(!wrapping.contains(15) && !wrapping.contains(20));
+        let whole = ReplicaRange { start: 7, end: 7, replicas: vec![1] };
+        assert!([0, 6, 7, 8, u64::MAX].iter().all(|&token| whole.contains(token)));
+    }
+
+    #[test]
     fn equal_bounds_are_the_whole_ring() {
         let range = TokenRange { start: 7, end: 7 };
         assert!([0, 6, 7, 8, u64::MAX].iter().all(|&token| range.contains(token)));
@@ -78,6 +142,10 @@ mod tests {
     #[test]
     fn token_routes_to_its_owning_shard() {
         let topology = Topology {
+            nodes: Vec::new(),
+            ring: Vec::new(),
+            replicas: 1,
+            node_id: 0,
             shards: vec![
                 ShardPlacement {
                     shard_id: 0,

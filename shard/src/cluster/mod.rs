@@ -183,23 +183,34 @@ impl Cluster {
 
     /// Carries out an operation on the shard that owns its key: through the key's replicas when
     /// keys have several copies, straight on the local handler when they have one.
-    pub async fn execute_owned(&self, operation: Operation) -> Result<Outcome, Failure> {
+    pub async fn execute_owned(
+        &self,
+        operation: Operation,
+        consistency: Option<Consistency>,
+    ) -> Result<Outcome, Failure> {
         if self.is_replicated() {
-            self.execute(operation).await
+            self.execute(operation, consistency).await
         } else {
             self.handler.execute(operation).await
         }
     }
 
-    /// Carries out a client operation through the replicas of its key.
-    pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
+    /// Carries out a client operation through the replicas of its key, at `consistency` (the
+    /// configured level for its kind when `None`).
+    pub async fn execute(
+        &self,
+        operation: Operation,
+        consistency: Option<Consistency>,
+    ) -> Result<Outcome, Failure> {
+        let read_consistency = consistency.unwrap_or(self.settings.read_consistency);
+        let write_consistency = consistency.unwrap_or(self.settings.write_consistency);
         if let Some(reason) = self.view.borrow().refused() {
             return Err(Failure::new(ErrorCode::Unavailable, reason.to_owned()));
         }
         let now = now_ms();
         match operation {
             Operation::Get { key } => {
-                let reply = self.coordinate_read(key, self.settings.read_consistency).await?;
+                let reply = self.coordinate_read(key, read_consistency).await?;
                 match reply {
                     Some(entry) => match entry.value {
                         PeerValue::Live { data, expires_at_ms }
@@ -221,14 +232,12 @@ impl Cluster {
                     version,
                     value: PeerValue::Live { data: Bytes::copy_from_slice(&value), expires_at_ms },
                 };
-                self.coordinate_write(Bytes::copy_from_slice(&key), entry, self.settings.write_consistency)
-                    .await
+                self.coordinate_write(Bytes::copy_from_slice(&key), entry, write_consistency).await
             }
             Operation::Delete { key } => {
                 let version = self.handler.clock().next_version(now);
                 let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: now } };
-                self.coordinate_write(Bytes::copy_from_slice(&key), entry, self.settings.write_consistency)
-                    .await
+                self.coordinate_write(Bytes::copy_from_slice(&key), entry, write_consistency).await
             }
             Operation::CompareAndSwap { .. } => Err(Failure::new(
                 ErrorCode::Unavailable,

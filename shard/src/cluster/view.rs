@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ringkv_replication::{ClusterRing, NodeIdentity, Target};
 use ringkv_wire::token::token;
+use ringkv_wire::{NodePlacement, ReplicaRange, ShardPlacement, Topology};
 
 use crate::ring::Ring;
 
@@ -124,6 +125,32 @@ impl ClusterView {
     /// a coordinator with a stale picture of this node would otherwise read the wrong shard).
     pub fn owns(&self, key: &[u8], shard: u32) -> bool {
         self.shard_rings.get(&self.node_id).is_some_and(|ring| ring.owner_of_key(key) == shard)
+    }
+
+    /// The topology clients route with: this node's shards (`local_shards`), every member with
+    /// its liveness, tokens and shards, and the ring's ranges with their replicas.
+    pub fn topology(&self, local_shards: Vec<ShardPlacement>) -> Topology {
+        let nodes = self
+            .snapshot
+            .members
+            .iter()
+            .map(|(&node_id, identity)| NodePlacement {
+                node_id,
+                address: identity.client_address.to_string(),
+                up: self.snapshot.up.contains(&node_id),
+                tokens: identity.tokens.clone(),
+                shards: self.shard_rings[&node_id]
+                    .topology(|shard| identity.shard_port_base.saturating_add(shard as u16))
+                    .shards,
+            })
+            .collect();
+        let ring = self
+            .ring
+            .ranges(self.replicas())
+            .into_iter()
+            .map(|range| ReplicaRange { start: range.start, end: range.end, replicas: range.replicas })
+            .collect();
+        Topology { shards: local_shards, nodes, ring, replicas: self.replicas() as u8, node_id: self.node_id }
     }
 
     /// The identity of a member.

@@ -30,7 +30,7 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::task::JoinHandle;
-use ringkv_wire::{ErrorCode, Failure, Operation, Outcome, Scan, ScanPage};
+use ringkv_wire::{Consistency, ErrorCode, Failure, Operation, Outcome, Scan, ScanPage};
 use tracing::{debug, Instrument};
 
 use crate::cluster::Cluster;
@@ -41,7 +41,7 @@ use ringkv_io::DmaDisk;
 #[derive(Debug)]
 pub enum ShardMessage {
     /// Execute `operation` (the receiver owns its key) and reply with `ticket`.
-    Request { ticket: u64, operation: Operation },
+    Request { ticket: u64, operation: Operation, consistency: Option<Consistency> },
     /// The result of the request with `ticket`.
     Reply { ticket: u64, result: Result<Outcome, Failure> },
     /// Answer with the receiver's own page of `scan` (see `Handler::scan`) under `ticket`.
@@ -106,8 +106,13 @@ impl Forwarding {
     }
 
     /// Executes `operation` on shard `owner` and returns its result.
-    pub async fn forward(&self, owner: u32, operation: Operation) -> Result<Outcome, Failure> {
-        match self.exchange(owner, |ticket| ShardMessage::Request { ticket, operation }).await? {
+    pub async fn forward(
+        &self,
+        owner: u32,
+        operation: Operation,
+        consistency: Option<Consistency>,
+    ) -> Result<Outcome, Failure> {
+        match self.exchange(owner, |ticket| ShardMessage::Request { ticket, operation, consistency }).await? {
             Answer::Operation(result) => result,
             Answer::Scan(_) => Err(mismatched_answer(owner)),
         }
@@ -195,13 +200,13 @@ impl Forwarding {
         cluster: &Rc<Cluster>,
     ) {
         match message {
-            ShardMessage::Request { ticket, operation } => {
+            ShardMessage::Request { ticket, operation, consistency } => {
                 let forwarding = self.clone();
                 let cluster = cluster.clone();
                 let span = tracing::debug_span!("forwarded", shard = self.shard_id, peer, ticket);
                 glommio::spawn_local(
                     async move {
-                        let result = cluster.execute_owned(operation).await;
+                        let result = cluster.execute_owned(operation, consistency).await;
                         forwarding.reply(peer, ShardMessage::Reply { ticket, result }).await;
                     }
                     .instrument(span),

@@ -314,6 +314,102 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Command {}
 pub struct CommandUnionTableOffset {}
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_CONSISTENCY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_CONSISTENCY: u8 = 3;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_CONSISTENCY: [Consistency; 4] = [
+  Consistency::Default,
+  Consistency::One,
+  Consistency::Quorum,
+  Consistency::All,
+];
+
+/// How many of a key's replicas must answer a request. `Default` takes the node's configured
+/// level (`write_consistency` for writes, `read_consistency` for reads). With N replicas: `One`
+/// needs 1, `Quorum` N/2 + 1, `All` N. Writes at W and reads at R with W + R > N always overlap,
+/// so such a read sees every write acknowledged before it started (or a newer one).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Consistency(pub u8);
+#[allow(non_upper_case_globals)]
+impl Consistency {
+  pub const Default: Self = Self(0);
+  pub const One: Self = Self(1);
+  pub const Quorum: Self = Self(2);
+  pub const All: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Default,
+    Self::One,
+    Self::Quorum,
+    Self::All,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Default => Some("Default"),
+      Self::One => Some("One"),
+      Self::Quorum => Some("Quorum"),
+      Self::All => Some("All"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Consistency {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Consistency {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Consistency {
+    type Output = Consistency;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Consistency {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Consistency {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_STATUS: u8 = 8;
@@ -2137,6 +2233,7 @@ impl<'a> Request<'a> {
   pub const VT_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_COMMAND_TYPE: ::flatbuffers::VOffsetT = 6;
   pub const VT_COMMAND: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2150,6 +2247,7 @@ impl<'a> Request<'a> {
     let mut builder = RequestBuilder::new(_fbb);
     builder.add_id(args.id);
     if let Some(x) = args.command { builder.add_command(x); }
+    builder.add_consistency(args.consistency);
     builder.add_command_type(args.command_type);
     builder.finish()
   }
@@ -2177,6 +2275,14 @@ impl<'a> Request<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Request::VT_COMMAND, None)}
+  }
+  /// For every operation of the request (a batch's included).
+  #[inline]
+  pub fn consistency(&self) -> Consistency {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Consistency>(Request::VT_CONSISTENCY, Some(Consistency::Default)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -2320,6 +2426,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           _ => Ok(()),
         }
      })?
+     .visit_field::<Consistency>("consistency", Self::VT_CONSISTENCY, false)?
      .finish();
     Ok(())
   }
@@ -2328,6 +2435,7 @@ pub struct RequestArgs {
     pub id: u64,
     pub command_type: Command,
     pub command: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub consistency: Consistency,
 }
 impl<'a> Default for RequestArgs {
   #[inline]
@@ -2336,6 +2444,7 @@ impl<'a> Default for RequestArgs {
       id: 0,
       command_type: Command::NONE,
       command: None,
+      consistency: Consistency::Default,
     }
   }
 }
@@ -2356,6 +2465,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RequestBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_command(&mut self, command: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Request::VT_COMMAND, command);
+  }
+  #[inline]
+  pub fn add_consistency(&mut self, consistency: Consistency) {
+    self.fbb_.push_slot::<Consistency>(Request::VT_CONSISTENCY, consistency, Consistency::Default);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RequestBuilder<'a, 'b, A> {
@@ -2439,6 +2552,7 @@ impl ::core::fmt::Debug for Request<'_> {
           ds.field("command", &x)
         },
       };
+      ds.field("consistency", &self.consistency());
       ds.finish()
   }
 }
@@ -2687,6 +2801,312 @@ impl ::core::fmt::Debug for Shard<'_> {
       ds.finish()
   }
 }
+pub enum NodeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One node of the cluster, as the answering node sees it.
+pub struct Node<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Node<'a> {
+  type Inner = Node<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Node<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ADDRESS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_UP: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOKENS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Node { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Node<'bldr>> {
+    let mut builder = NodeBuilder::new(_fbb);
+    if let Some(x) = args.shards { builder.add_shards(x); }
+    if let Some(x) = args.tokens { builder.add_tokens(x); }
+    if let Some(x) = args.address { builder.add_address(x); }
+    builder.add_id(args.id);
+    builder.add_up(args.up);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Node::VT_ID, Some(0)).unwrap()}
+  }
+  /// The node's client address (host:port); its shards listen on their own ports (`shards`).
+  #[inline]
+  pub fn address(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Node::VT_ADDRESS, None).unwrap()}
+  }
+  /// Whether membership sees the node up.
+  #[inline]
+  pub fn up(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Node::VT_UP, Some(false)).unwrap()}
+  }
+  /// The node's tokens on the cluster ring, ascending.
+  #[inline]
+  pub fn tokens(&self) -> ::flatbuffers::Vector<'a, u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(Node::VT_TOKENS, None).unwrap()}
+  }
+  /// The node's shards, their ports and the token ranges each owns inside the node.
+  #[inline]
+  pub fn shards(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Shard<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Shard>>>>(Node::VT_SHARDS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Node<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("address", Self::VT_ADDRESS, true)?
+     .visit_field::<bool>("up", Self::VT_UP, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("tokens", Self::VT_TOKENS, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Shard>>>>("shards", Self::VT_SHARDS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeArgs<'a> {
+    pub id: u16,
+    pub address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub up: bool,
+    pub tokens: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub shards: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Shard<'a>>>>>,
+}
+impl<'a> Default for NodeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeArgs {
+      id: 0,
+      address: None, // required field
+      up: false,
+      tokens: None, // required field
+      shards: None, // required field
+    }
+  }
+}
+
+pub struct NodeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u16) {
+    self.fbb_.push_slot::<u16>(Node::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_address(&mut self, address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_ADDRESS, address);
+  }
+  #[inline]
+  pub fn add_up(&mut self, up: bool) {
+    self.fbb_.push_slot::<bool>(Node::VT_UP, up, false);
+  }
+  #[inline]
+  pub fn add_tokens(&mut self, tokens: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_TOKENS, tokens);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Shard<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Node::VT_SHARDS, shards);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Node<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Node::VT_ADDRESS,"address");
+    self.fbb_.required(o, Node::VT_TOKENS,"tokens");
+    self.fbb_.required(o, Node::VT_SHARDS,"shards");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Node<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Node");
+      ds.field("id", &self.id());
+      ds.field("address", &self.address());
+      ds.field("up", &self.up());
+      ds.field("tokens", &self.tokens());
+      ds.field("shards", &self.shards());
+      ds.finish()
+  }
+}
+pub enum ReplicaRangeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A range of the cluster ring, (start, end] as Cassandra writes it (a key whose token is
+/// above `start` and at most `end`; when end <= start the range wraps past 2^64 - 1; a ring of
+/// one token is the whole ring), with its replicas in preference order.
+pub struct ReplicaRange<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReplicaRange<'a> {
+  type Inner = ReplicaRange<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReplicaRange<'a> {
+  pub const VT_START: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReplicaRange { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReplicaRangeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReplicaRange<'bldr>> {
+    let mut builder = ReplicaRangeBuilder::new(_fbb);
+    builder.add_end(args.end);
+    builder.add_start(args.start);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaRange::VT_START, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReplicaRange::VT_END, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn replicas(&self) -> ::flatbuffers::Vector<'a, u16> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(ReplicaRange::VT_REPLICAS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReplicaRange<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("start", Self::VT_START, false)?
+     .visit_field::<u64>("end", Self::VT_END, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("replicas", Self::VT_REPLICAS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReplicaRangeArgs<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+}
+impl<'a> Default for ReplicaRangeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReplicaRangeArgs {
+      start: 0,
+      end: 0,
+      replicas: None, // required field
+    }
+  }
+}
+
+pub struct ReplicaRangeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaRangeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start(&mut self, start: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaRange::VT_START, start, 0);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: u64) {
+    self.fbb_.push_slot::<u64>(ReplicaRange::VT_END, end, 0);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReplicaRange::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReplicaRangeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReplicaRangeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaRange<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReplicaRange::VT_REPLICAS,"replicas");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReplicaRange<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReplicaRange");
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("replicas", &self.replicas());
+      ds.finish()
+  }
+}
 pub enum TopologyOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2704,6 +3124,10 @@ impl<'a> ::flatbuffers::Follow<'a> for Topology<'a> {
 
 impl<'a> Topology<'a> {
   pub const VT_SHARDS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RING: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2715,17 +3139,55 @@ impl<'a> Topology<'a> {
     args: &'args TopologyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Topology<'bldr>> {
     let mut builder = TopologyBuilder::new(_fbb);
+    if let Some(x) = args.ring { builder.add_ring(x); }
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
     if let Some(x) = args.shards { builder.add_shards(x); }
+    builder.add_node_id(args.node_id);
+    builder.add_replicas(args.replicas);
     builder.finish()
   }
 
 
+  /// The answering node's own shards.
   #[inline]
   pub fn shards(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Shard<'a>>> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Shard>>>>(Topology::VT_SHARDS, None).unwrap()}
+  }
+  /// Every node known to the answering node (itself included). Empty from a node that is not
+  /// part of a cluster.
+  #[inline]
+  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Node<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Node>>>>(Topology::VT_NODES, None)}
+  }
+  /// The ring: every range and its replicas.
+  #[inline]
+  pub fn ring(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaRange<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaRange>>>>(Topology::VT_RING, None)}
+  }
+  /// Copies of each key (the replication factor, capped by the nodes on the ring).
+  #[inline]
+  pub fn replicas(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Topology::VT_REPLICAS, Some(0)).unwrap()}
+  }
+  /// The answering node's id.
+  #[inline]
+  pub fn node_id(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Topology::VT_NODE_ID, Some(0)).unwrap()}
   }
 }
 
@@ -2736,18 +3198,30 @@ impl ::flatbuffers::Verifiable for Topology<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Shard>>>>("shards", Self::VT_SHARDS, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Node>>>>("nodes", Self::VT_NODES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaRange>>>>("ring", Self::VT_RING, false)?
+     .visit_field::<u8>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<u16>("node_id", Self::VT_NODE_ID, false)?
      .finish();
     Ok(())
   }
 }
 pub struct TopologyArgs<'a> {
     pub shards: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Shard<'a>>>>>,
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Node<'a>>>>>,
+    pub ring: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaRange<'a>>>>>,
+    pub replicas: u8,
+    pub node_id: u16,
 }
 impl<'a> Default for TopologyArgs<'a> {
   #[inline]
   fn default() -> Self {
     TopologyArgs {
       shards: None, // required field
+      nodes: None,
+      ring: None,
+      replicas: 0,
+      node_id: 0,
     }
   }
 }
@@ -2760,6 +3234,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopologyBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_shards(&mut self, shards: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Shard<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Topology::VT_SHARDS, shards);
+  }
+  #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Node<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Topology::VT_NODES, nodes);
+  }
+  #[inline]
+  pub fn add_ring(&mut self, ring: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReplicaRange<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Topology::VT_RING, ring);
+  }
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: u8) {
+    self.fbb_.push_slot::<u8>(Topology::VT_REPLICAS, replicas, 0);
+  }
+  #[inline]
+  pub fn add_node_id(&mut self, node_id: u16) {
+    self.fbb_.push_slot::<u16>(Topology::VT_NODE_ID, node_id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TopologyBuilder<'a, 'b, A> {
@@ -2781,6 +3271,10 @@ impl ::core::fmt::Debug for Topology<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Topology");
       ds.field("shards", &self.shards());
+      ds.field("nodes", &self.nodes());
+      ds.field("ring", &self.ring());
+      ds.field("replicas", &self.replicas());
+      ds.field("node_id", &self.node_id());
       ds.finish()
   }
 }
