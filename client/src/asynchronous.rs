@@ -3,8 +3,13 @@
 //! `ringkv_client::glommio::Client`.
 //!
 //! The client is a cheap handle: clone it into as many tasks as needed. Concurrent calls share
-//! one connection per shard port and are pipelined on it, up to
+//! one connection per node shard and are pipelined on it, up to
 //! [`ClientOptions::in_flight_max`] per connection; beyond that, calls wait for room.
+//! [`AsyncClient::with_consistency`] makes a handle asking another level of the replicas, on
+//! the same connections.
+//!
+//! No task of its own: the topology is fetched again by the first call that finds it due (see
+//! [`crate::refresh`]); the calls meanwhile go on with the topology they have.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,17 +17,20 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringkv_wire::{
-    Command, Expected, Failure, Operation, Outcome, Reply, ScanEnd, ScanPage, ScanStart, Topology,
+    Command, Consistency, Expected, Failure, Operation, Outcome, Reply, ScanEnd, ScanPage, ScanStart,
+    Topology,
 };
 
 use crate::command;
 use crate::error::Error;
+use crate::failover;
 pub(crate) use crate::multiplexed::SharedConnection;
 use crate::multiplexed::Started;
-use crate::options::ClientOptions;
+use crate::options::{Backoff, ClientOptions};
+use crate::refresh::RefreshSchedule;
 use crate::reply::{self, CasResult, Versioned};
 use crate::routing::{Route, Router};
 
@@ -46,22 +54,37 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
-/// A shard-aware ringkv client for an async runtime `R`; see the module documentation.
+/// A token- and shard-aware ringkv client for an async runtime `R`; see the module
+/// documentation, and the crate's for routing and failover.
 pub struct AsyncClient<R: Transport> {
     inner: Arc<Inner>,
+    /// What this handle asks of the replicas; see [`AsyncClient::with_consistency`].
+    consistency: Option<Consistency>,
     runtime: PhantomData<fn() -> R>,
 }
 
 impl<R: Transport> Clone for AsyncClient<R> {
     fn clone(&self) -> Self {
-        AsyncClient { inner: Arc::clone(&self.inner), runtime: PhantomData }
+        AsyncClient { inner: Arc::clone(&self.inner), consistency: self.consistency, runtime: PhantomData }
     }
 }
 
+/// What every handle of one client shares. Locks are taken one at a time, or the router's
+/// before another, and never held across an await.
 struct Inner {
     options: ClientOptions,
     router: Mutex<Router>,
+    refresh: Mutex<RefreshSchedule>,
     connections: Mutex<HashMap<SocketAddr, Arc<SharedConnection>>>,
+}
+
+/// Ends a claimed topology fetch however the fetching call ends, cancelled included.
+struct RefreshClaim<'a>(&'a Mutex<RefreshSchedule>);
+
+impl Drop for RefreshClaim<'_> {
+    fn drop(&mut self) {
+        locked(self.0).end();
+    }
 }
 
 impl Drop for Inner {
@@ -91,27 +114,43 @@ impl<R: Transport> AsyncClient<R> {
         address: impl ToSocketAddrs + fmt::Debug,
         options: ClientOptions,
     ) -> Result<Self, Error> {
-        let shared = crate::resolve(&address)?;
+        let seed = crate::resolve(&address)?;
+        let consistency = options.consistency;
         let client = AsyncClient {
             inner: Arc::new(Inner {
-                options,
-                router: Mutex::new(Router::new(shared)),
+                router: Mutex::new(Router::with_unreachable_node_hold(seed, options.unreachable_node_hold)),
+                refresh: Mutex::new(RefreshSchedule::new(options.topology_refresh_interval)),
                 connections: Mutex::new(HashMap::new()),
+                options,
             }),
+            consistency,
             runtime: PhantomData,
         };
         client.refresh_topology().await?;
         Ok(client)
     }
 
+    /// A handle on the same client (same connections and topology) whose calls ask `level` of
+    /// the replicas: how many must answer each read or acknowledge each write. For example
+    /// `client.with_consistency(Consistency::All).get("key").await`.
+    pub fn with_consistency(&self, level: Consistency) -> Self {
+        AsyncClient { inner: Arc::clone(&self.inner), consistency: Some(level), runtime: PhantomData }
+    }
+
+    /// The level this handle asks of the replicas; `None`: the node's configured level.
+    pub fn consistency(&self) -> Option<Consistency> {
+        self.consistency
+    }
+
     /// The value of `key` and its version, or `None` when the key has no live value.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
-        reply::into_get(self.execute(command::get(key.as_ref())).await?)
+        reply::into_get(self.execute(command::get(key.as_ref()), self.consistency).await?)
     }
 
     /// Stores `value` under `key`; returns the write's version.
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, Error> {
-        reply::into_written("put", self.execute(command::put(key.as_ref(), value.as_ref(), None)).await?)
+        let command = command::put(key.as_ref(), value.as_ref(), None);
+        reply::into_written("put", self.execute(command, self.consistency).await?)
     }
 
     /// Stores `value` under `key` until `ttl` has passed; returns the write's version.
@@ -122,12 +161,12 @@ impl<R: Transport> AsyncClient<R> {
         ttl: Duration,
     ) -> Result<u64, Error> {
         let command = command::put(key.as_ref(), value.as_ref(), Some(ttl));
-        reply::into_written("put", self.execute(command).await?)
+        reply::into_written("put", self.execute(command, self.consistency).await?)
     }
 
     /// Removes `key`; returns the deletion's version.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<u64, Error> {
-        reply::into_written("delete", self.execute(command::delete(key.as_ref())).await?)
+        reply::into_written("delete", self.execute(command::delete(key.as_ref()), self.consistency).await?)
     }
 
     /// Writes `value` only if the key's state matches `expected`.
@@ -138,7 +177,7 @@ impl<R: Transport> AsyncClient<R> {
         value: impl AsRef<[u8]>,
     ) -> Result<CasResult, Error> {
         let command = command::compare_and_swap(key.as_ref(), expected, value.as_ref());
-        reply::into_cas(self.execute(command).await?)
+        reply::into_cas(self.execute(command, self.consistency).await?)
     }
 
     /// One page of the live keys from `start` to `end` in token order (by the keys' tokens,
@@ -147,28 +186,70 @@ impl<R: Transport> AsyncClient<R> {
     /// [`ScanPage::next_start`] is set, more may follow: scan again from [`ScanStart::After`]
     /// it. The request goes to the shared port; the server asks the shards owning the range.
     pub async fn scan(&self, start: ScanStart, end: ScanEnd, limit: u32) -> Result<ScanPage, Error> {
-        reply::into_scan(self.execute(command::scan(start, end, limit)).await?)
+        reply::into_scan(self.execute(command::scan(start, end, limit), None).await?)
     }
 
     /// Independent operations in one request, answered in order; each can fail on its own.
-    /// Not a transaction. The batch goes to the shared port and the server forwards each
-    /// operation to its owning shard; for shard-aware bulk work, run single calls
-    /// concurrently (they pipeline on each shard's connection).
+    /// Not a transaction. The batch goes to the shared port of the node the topology came from,
+    /// and the server forwards each operation to its owning shard; for shard-aware bulk work,
+    /// run single calls concurrently (they pipeline on each shard's connection). This handle's
+    /// consistency applies to each operation.
     pub async fn batch(&self, operations: Vec<Operation>) -> Result<Vec<Result<Outcome, Failure>>, Error> {
-        reply::into_batch(self.execute(Command::Batch(operations)).await?)
+        reply::into_batch(self.execute(Command::Batch(operations), self.consistency).await?)
     }
 
     /// Checks that the node answers.
     pub async fn ping(&self) -> Result<(), Error> {
-        reply::into_pong(self.execute(Command::Ping).await?)
+        reply::into_pong(self.execute(Command::Ping, None).await?)
     }
 
-    /// Fetches the node's topology and routes by it from now on.
+    /// Fetches the topology and routes by it from now on: from the node it last came from,
+    /// or when that one cannot be reached, from another node it listed, or the address given
+    /// to `connect`.
     pub async fn refresh_topology(&self) -> Result<Topology, Error> {
-        let shared = locked(&self.inner.router).shared();
-        let topology = reply::into_topology(self.call(shared, Command::Topology).await?)?;
-        locked(&self.inner.router).set_topology(topology.clone());
+        let contacts = locked(&self.inner.router).contacts(Instant::now());
+        let (last, others) = contacts.split_last().expect("the seed is always a contact");
+        for contact in others {
+            match self.fetch_topology(contact, Backoff::once()).await {
+                Ok(topology) => return Ok(topology),
+                Err(error) => self.on_route_failed(contact, &error),
+            }
+        }
+        let reconnect = self.inner.options.reconnect;
+        self.fetch_topology(last, reconnect).await.inspect_err(|error| self.on_route_failed(last, error))
+    }
+
+    async fn fetch_topology(&self, contact: &Route, reconnect: Backoff) -> Result<Topology, Error> {
+        let reply = self.call(contact.address, Command::Topology, None, reconnect).await?;
+        let topology = reply::into_topology(reply)?;
+        let mut closed = Vec::new();
+        {
+            let mut router = locked(&self.inner.router);
+            router.set_topology(topology.clone(), contact.address);
+            locked(&self.inner.refresh).on_fetched(Instant::now());
+            // Connections no route leads to any more (a node that left) are closed.
+            locked(&self.inner.connections).retain(|address, connection| {
+                let keep = router.routes_to(*address);
+                if !keep {
+                    closed.push(Arc::clone(connection));
+                }
+                keep
+            });
+        }
+        for connection in closed {
+            connection.close("no route leads to this address any more");
+        }
         Ok(topology)
+    }
+
+    /// Fetches the topology first when it is due: old, or suspected out of date. One call
+    /// fetches while the others go on; a failed fetch leaves the topology as it was.
+    async fn refresh_if_due(&self) {
+        if !locked(&self.inner.refresh).begin(Instant::now()) {
+            return;
+        }
+        let _claim = RefreshClaim(&self.inner.refresh);
+        let _ = self.refresh_topology().await;
     }
 
     /// The topology requests are routed by (fetched on connect), if any.
@@ -176,50 +257,94 @@ impl<R: Transport> AsyncClient<R> {
         locked(&self.inner.router).topology().cloned()
     }
 
-    /// Where a request for `key` goes: its owning shard's port, or the shared port.
+    /// Where a request for `key` goes first: the owning shard of its first replica that is up
+    /// and not found unreachable lately, of its node's owning shard, or the shared port.
     pub fn route(&self, key: impl AsRef<[u8]>) -> Route {
-        locked(&self.inner.router).route_key(key.as_ref())
+        locked(&self.inner.router).routes(Some(key.as_ref()), Instant::now())[0]
     }
 
-    fn route_command(&self, command: &Command) -> Route {
-        let router = locked(&self.inner.router);
-        match command::routing_key(command) {
-            Some(key) => router.route_key(key),
-            None => router.shared_route(),
+    /// Sends `command` along its routes (see [`Router::routes`]) until one answers or the
+    /// failure may not be retried elsewhere (see [`failover`]), and returns the reply. Every
+    /// route but the last gets one connection attempt; the last gets the reconnect back-off.
+    /// On a wrong-shard answer the topology is fetched again and the request resent once.
+    async fn execute(&self, command: Command, consistency: Option<Consistency>) -> Result<Reply, Error> {
+        self.refresh_if_due().await;
+        let idempotent = failover::is_idempotent(&command);
+        let routes = locked(&self.inner.router).routes(command::routing_key(&command), Instant::now());
+        let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
+        for route in others {
+            match self.call(route.address, command.clone(), consistency, Backoff::once()).await {
+                Err(error) if failover::may_try_another(&error, idempotent) => {
+                    self.on_route_failed(route, &error);
+                }
+                result => return self.answered(route, result, command, consistency).await,
+            }
         }
+        let reconnect = self.inner.options.reconnect;
+        let result = self.call(last.address, command.clone(), consistency, reconnect).await;
+        self.answered(last, result, command, consistency).await
     }
 
-    /// Sends `command` to the owner of its key (or the shared port) and returns the reply. On
-    /// a wrong-shard answer the topology is fetched again and the request resent once.
-    async fn execute(&self, command: Command) -> Result<Reply, Error> {
-        let route = self.route_command(&command);
-        let reply = self.call(route.address, command.clone()).await?;
+    /// The outcome of `command` on `route`, after what it says about the topology is noted.
+    async fn answered(
+        &self,
+        route: &Route,
+        result: Result<Reply, Error>,
+        command: Command,
+        consistency: Option<Consistency>,
+    ) -> Result<Reply, Error> {
+        let reply = result.inspect_err(|error| self.on_route_failed(route, error))?;
+        if failover::is_unavailable(&reply) {
+            locked(&self.inner.refresh).mark_stale();
+        }
         if !reply::is_wrong_shard(&reply) {
             return Ok(reply);
         }
         self.refresh_topology().await?;
-        let route = self.route_command(&command);
-        self.call(route.address, command).await
+        let route = locked(&self.inner.router).routes(command::routing_key(&command), Instant::now())[0];
+        self.call(route.address, command, consistency, self.inner.options.reconnect).await
+    }
+
+    /// Notes a failed route: a node that cannot be reached is routed around for a while, and
+    /// the topology is fetched again before the next request.
+    fn on_route_failed(&self, route: &Route, error: &Error) {
+        if failover::is_unreachable(error) {
+            if let Some(node_id) = route.node_id {
+                locked(&self.inner.router).mark_unreachable(node_id, Instant::now());
+            }
+            locked(&self.inner.refresh).mark_stale();
+        }
     }
 
     /// One request to `address`, bounded by the request timeout: the connection's deadline
     /// task fails it if no reply comes in time (see [`SharedConnection::expire_overdue`]), and
-    /// a wait for room in a full pipeline is bounded by a timer.
-    async fn call(&self, address: SocketAddr, command: Command) -> Result<Reply, Error> {
-        let connection = self.connection(address).await?;
+    /// a wait for room in a full pipeline is bounded by a timer. Connects first if needed,
+    /// with `reconnect`.
+    async fn call(
+        &self,
+        address: SocketAddr,
+        command: Command,
+        consistency: Option<Consistency>,
+        reconnect: Backoff,
+    ) -> Result<Reply, Error> {
+        let connection = self.connection(address, reconnect).await?;
         let timeout = self.inner.options.request_timeout;
-        let reply = match connection.try_start(command)? {
+        let reply = match connection.try_start(command, consistency)? {
             Started::Sent(reply) => reply,
-            Started::Full(command) => R::timeout(timeout, connection.start(command))
+            Started::Full(command) => R::timeout(timeout, connection.start(command, consistency))
                 .await
                 .unwrap_or(Err(Error::Timeout { timeout }))?,
         };
         reply.await
     }
 
-    /// The open connection to `address`, reconnecting with bounded back-off when there is none
-    /// or it has closed.
-    async fn connection(&self, address: SocketAddr) -> Result<Arc<SharedConnection>, Error> {
+    /// The open connection to `address`, reconnecting with the bounded back-off `reconnect`
+    /// when there is none or it has closed.
+    async fn connection(
+        &self,
+        address: SocketAddr,
+        reconnect: Backoff,
+    ) -> Result<Arc<SharedConnection>, Error> {
         if let Some(connection) = locked(&self.inner.connections).get(&address) {
             if !connection.is_closed() {
                 return Ok(Arc::clone(connection));
@@ -227,8 +352,8 @@ impl<R: Transport> AsyncClient<R> {
         }
         let options = &self.inner.options;
         let mut last_error = None;
-        for attempt in options.reconnect.attempts() {
-            R::sleep(options.reconnect.delay_before(attempt)).await;
+        for attempt in reconnect.attempts() {
+            R::sleep(reconnect.delay_before(attempt)).await;
             match R::open(address, options).await {
                 Ok(connection) => {
                     let mut connections = locked(&self.inner.connections);
@@ -249,7 +374,7 @@ impl<R: Transport> AsyncClient<R> {
         }
         Err(Error::Connect {
             address,
-            attempts: options.reconnect.attempts().end,
+            attempts: reconnect.attempts().end,
             source: last_error.expect("at least one attempt"),
         })
     }

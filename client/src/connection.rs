@@ -18,7 +18,7 @@ pub(crate) fn id_hasher() -> ahash::RandomState {
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use ringkv_wire::{
-    encode_request_into, parse_response, Command, FrameDecoder, Reply, Request, WireError,
+    encode_request_into, parse_response, Command, Consistency, FrameDecoder, Reply, Request, WireError,
     CONNECTION_ERROR_ID,
 };
 
@@ -80,7 +80,13 @@ impl Connection {
     /// Fails with [`Error::Limit`] (the server's own error for that limit) without sending
     /// anything, or with [`Error::InFlightFull`] when `in_flight_max` requests are unanswered.
     pub fn send(&mut self, command: Command) -> Result<u64, Error> {
-        let request = Request { consistency: None, id: self.next_id, command };
+        self.send_at(command, None)
+    }
+
+    /// [`Connection::send`], asking `consistency` of the replicas (`None`: the node's
+    /// configured level).
+    pub fn send_at(&mut self, command: Command, consistency: Option<Consistency>) -> Result<u64, Error> {
+        let request = Request { consistency, id: self.next_id, command };
         request.validate().map_err(Error::Limit)?;
         if !self.has_room() {
             return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
@@ -187,6 +193,20 @@ mod tests {
         assert_eq!(connection.poll_reply().unwrap(), Some((second, Reply::Single(Outcome::NotFound))));
         assert_eq!(connection.poll_reply().unwrap(), Some((first, Reply::Pong)));
         assert_eq!(connection.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_consistency_asked_for_is_in_the_encoded_request() {
+        let mut connection = Connection::new(8);
+        let mut levels = vec![None];
+        levels.extend(Consistency::ALL_LEVELS.map(Some));
+        for level in levels {
+            let id = connection.send_at(get("a"), level).unwrap();
+            let mut decoder = FrameDecoder::new();
+            decoder.extend_from_slice(&connection.take_output().unwrap());
+            let request = ringkv_wire::parse_request(&decoder.next_frame().unwrap().unwrap()).unwrap();
+            assert_eq!((request.id, request.consistency), (id, level));
+        }
     }
 
     #[test]

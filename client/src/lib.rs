@@ -12,17 +12,34 @@
 //! | `glommio::Client` | `glommio` | thread-per-core programs such as the load generator |
 //!
 //! ```text
-//!  get(key) ─▶ Router: token_of(key) ─▶ owning shard's port (or the shared port)
-//!          ─▶ Connection (sans-IO): validate, id, encode ─▶ adapter writes
+//!  get(key) ─▶ Router: token_of(key) ─▶ ring: replicas ─▶ first one up: its owning shard's
+//!             host:port (no ring: the node's owning shard; no topology: the shared port)
+//!          ─▶ Connection (sans-IO): validate, id, consistency, encode ─▶ adapter writes
 //!  adapter reads ─▶ Connection: decode, match id ─▶ reply ─▶ Option<Versioned>
+//!  a node unreachable ─▶ failover: next replica (reads; writes only if never sent)
+//!                     ─▶ RefreshSchedule: fetch the topology before the next request
 //! ```
 //!
-//! Shard-aware routing: on connect the client fetches the node's topology (which shard owns
-//! which token ranges, and each shard's own port) and keeps one connection per shard port, so
-//! each request reaches its owning core without a cross-core hop on the server. Without a
-//! topology, or on a token no shard claims, requests go to the shared client port, where the
-//! server forwards them. A wrong-shard answer makes the client fetch the topology again and
-//! resend once.
+//! Token- and shard-aware routing, like the ScyllaDB drivers: on connect the client fetches
+//! the topology, which lists every node of the cluster (client address, up or down, shards
+//! with their ports and token ranges) and the ring (each token range and its replicas in
+//! preference order). Each key goes to the owning shard of its first replica that is up, so
+//! that node coordinates the request without a hop to another node or core. A node outside a
+//! cluster, or a server from before clusters, publishes no ring: keys then go to the owning
+//! shard of the node connected to. Without a topology, or on a token nothing claims, requests
+//! go to the shared client port, where the server forwards them. At most one connection is kept
+//! per node shard used.
+//!
+//! The topology is fetched again by the first request after
+//! [`ClientOptions::topology_refresh_interval`], after a node could not be reached or answered
+//! `Unavailable`, and at once after a wrong-shard answer (the request is then resent once). When
+//! the node a request was routed to cannot be reached, the request goes to the key's next
+//! replica; a read also when the node stopped answering mid-request. A write that was sent and
+//! then lost is not sent again: it may have been applied, and the caller gets the error.
+//!
+//! Each request carries a [`Consistency`] level, or none (the node's configured level):
+//! [`ClientOptions::consistency`] for every call, `with_consistency` on each adapter's client for
+//! some.
 //!
 //! A dropped connection fails the requests in flight on it ([`Error::ConnectionLost`]; whether
 //! they took effect is unknown) and the next request reconnects, retrying with the bounded
@@ -31,7 +48,9 @@
 //! ## Layout
 //! - [`connection`]: [`Connection`], the sans-IO core of one connection; [`command`]: the
 //!   command each call sends.
-//! - [`routing`]: [`Router`], key → token → shard → address; [`token`]: [`token_of`].
+//! - [`routing`]: [`Router`], key → token → replicas → shard → address; [`token`]: [`token_of`].
+//! - [`failover`]: whether a failed request may go to another route; [`refresh`]:
+//!   [`RefreshSchedule`], when the topology is fetched again.
 //! - [`reply`]: [`Versioned`], [`CasResult`], [`ScanPage`], what each reply means.
 //! - [`options`]: [`ClientOptions`], [`Backoff`]; [`error`]: [`Error`].
 //! - [`blocking`], `tokio`, `glommio`: the adapters; the two async ones share `multiplexed`
@@ -40,7 +59,9 @@
 pub mod command;
 pub mod connection;
 pub mod error;
+pub mod failover;
 pub mod options;
+pub mod refresh;
 pub mod reply;
 pub mod routing;
 pub mod token;
@@ -61,11 +82,12 @@ pub mod tokio;
 pub use connection::{Connection, IN_FLIGHT_MAX_DEFAULT};
 pub use error::{Error, Result};
 pub use options::{Backoff, ClientOptions};
+pub use refresh::RefreshSchedule;
 pub use reply::{CasResult, Versioned};
 pub use ringkv_wire::limits::SCAN_LIMIT_MAX;
 pub use ringkv_wire::{
-    ErrorCode, Expected, Failure, Operation, Outcome, ScanEnd, ScanEntry, ScanPage, ScanStart,
-    ShardPlacement, TokenRange, Topology,
+    Consistency, ErrorCode, Expected, Failure, NodePlacement, Operation, Outcome, ReplicaRange, ScanEnd,
+    ScanEntry, ScanPage, ScanStart, ShardPlacement, TokenRange, Topology,
 };
 pub use routing::{Route, Router};
 pub use token::token_of;

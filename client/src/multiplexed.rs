@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
-use ringkv_wire::{Command, Reply};
+use ringkv_wire::{Command, Consistency, Reply};
 
 use crate::connection::{id_hasher, Connection};
 use crate::error::Error;
@@ -121,7 +121,11 @@ impl SharedConnection {
 
     /// Queues `command` for the writer if fewer than `in_flight_max` requests are unanswered,
     /// without waiting; its reply is due within the request timeout.
-    pub(crate) fn try_start(self: &Arc<Self>, command: Command) -> Result<Started, Error> {
+    pub(crate) fn try_start(
+        self: &Arc<Self>,
+        command: Command,
+        consistency: Option<Consistency>,
+    ) -> Result<Started, Error> {
         let mut state = self.state();
         if let Some(reason) = &state.closed {
             return Err(self.lost(reason));
@@ -129,7 +133,7 @@ impl SharedConnection {
         if !state.connection.has_room() {
             return Ok(Started::Full(command));
         }
-        let id = state.connection.send(command)?;
+        let id = state.connection.send_at(command, consistency)?;
         let was_idle = state.slots.is_empty();
         let sent_round = state.round;
         state.slots.insert(id, Slot { sent_round, progress: Progress::Waiting(None) });
@@ -143,11 +147,15 @@ impl SharedConnection {
 
     /// [`SharedConnection::try_start`], waiting while `in_flight_max` requests are unanswered.
     /// Dropping the returned future (a timeout) abandons the request.
-    pub(crate) async fn start(self: &Arc<Self>, command: Command) -> Result<ReplyFuture, Error> {
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        command: Command,
+        consistency: Option<Consistency>,
+    ) -> Result<ReplyFuture, Error> {
         let mut command = command;
         loop {
             let listener = self.room.listen();
-            match self.try_start(command)? {
+            match self.try_start(command, consistency)? {
                 Started::Sent(reply) => return Ok(reply),
                 Started::Full(unsent) => command = unsent,
             }

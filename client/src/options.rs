@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ringkv_wire::Consistency;
+
 use crate::connection::IN_FLIGHT_MAX_DEFAULT;
 
 /// Settings of a client, with defaults suited to a server on the same network.
@@ -15,8 +17,21 @@ pub struct ClientOptions {
     /// Requests awaiting replies on one connection; the async adapters wait for room beyond
     /// it, the blocking pipeline reads replies before sending more.
     pub in_flight_max: usize,
-    /// How often, and how patiently, to retry connecting.
+    /// How often, and how patiently, to retry connecting. When a request has another replica
+    /// to go to, each replica but the last gets one attempt; the back-off applies to the last.
     pub reconnect: Backoff,
+    /// How many replicas must answer each request: `None` leaves it to the node
+    /// (`--read-consistency`, `--write-consistency`). Per call, see `with_consistency` on each
+    /// adapter's client.
+    pub consistency: Option<Consistency>,
+    /// How old the topology may grow before the next request fetches it again. It is also
+    /// fetched again after a node could not be reached or answered `Unavailable`, and at once
+    /// after a `WrongShard` answer.
+    pub topology_refresh_interval: Duration,
+    /// After a node could not be reached, how long requests go to its key's other replicas
+    /// first (it stays the last resort). Membership takes seconds to declare a node down, and
+    /// the topology says "up" until then.
+    pub unreachable_node_hold: Duration,
 }
 
 impl Default for ClientOptions {
@@ -26,6 +41,9 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(2),
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             reconnect: Backoff::default(),
+            consistency: None,
+            topology_refresh_interval: Duration::from_secs(10),
+            unreachable_node_hold: Duration::from_secs(5),
         }
     }
 }
@@ -63,6 +81,11 @@ impl Backoff {
     /// The attempts to make, at least one.
     pub fn attempts(&self) -> std::ops::Range<u32> {
         0..self.attempts_max.max(1)
+    }
+
+    /// One immediate attempt: for a connection with an alternative to fall back on.
+    pub fn once() -> Backoff {
+        Backoff { attempts_max: 1, delay_initial: Duration::ZERO, delay_max: Duration::ZERO }
     }
 }
 

@@ -1,22 +1,38 @@
-//! [`Router`]: which address a request goes to, from the node's published topology.
+//! [`Router`]: where a request goes, from the topology a node publishes.
 //!
 //! ```text
-//!  key ─token_of─▶ token ─segments (sorted, binary search)─▶ shard port ─▶ host:port
-//!                                     └─ no topology, or a gap ─▶ shared client port
+//!  key ─token_of─▶ token ─ring (sorted ranges, binary search)─▶ replicas in preference order
+//!      ─▶ each replica up: its owning shard ─▶ node host : shard port     (the candidates, in order:
+//!      ─▶ the node the topology came from, if not a replica already        recently unreachable last)
+//!  no ring (one node outside a cluster, an older server) ─▶ the home node's owning shard port
+//!  no topology, a gap, a request for no single key ─▶ the home node's shared client port
 //! ```
+//!
+//! Token- and shard-aware like the ScyllaDB drivers: a request goes straight to a core that
+//! holds a replica of its key, so that node coordinates it without a hop to another node or
+//! core. The first live replica in preference order is chosen, which is deterministic and
+//! spreads keys over nodes as evenly as the ring spreads their tokens. The later candidates are
+//! where an adapter goes when one cannot be reached (see [`crate::failover`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use ringkv_wire::Topology;
+use ringkv_wire::{ShardPlacement, Topology};
 
 use crate::token::token_of;
+
+/// Most candidates one request is given: every replica (at most 7) and the home node.
+pub const ROUTES_PER_REQUEST_MAX: usize = 8;
 
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {
     pub address: SocketAddr,
-    /// The owning shard, or `None` when the request goes to the shared port.
+    /// The owning shard on that node, or `None` when the request goes to a shared client port.
     pub shard_id: Option<u32>,
+    /// The node, when the topology describes a cluster ring.
+    pub node_id: Option<u16>,
 }
 
 /// One contiguous, non-wrapping piece of a shard's token range: `[start, end]`, inclusive so
@@ -29,37 +45,16 @@ struct Segment {
     port: u16,
 }
 
-/// Maps keys to the address of their owning shard. Sans-IO: the adapters feed it the topology
-/// they fetched and ask it where to send.
-#[derive(Debug, Clone)]
-pub struct Router {
-    shared: SocketAddr,
-    topology: Option<Topology>,
-    /// Every range of every shard, split where it wraps, sorted by start.
+/// Token → shard of one node: every range of every shard, split where it wraps, sorted by start.
+#[derive(Debug, Clone, Default)]
+struct ShardMap {
     segments: Vec<Segment>,
 }
 
-impl Router {
-    /// A router that sends everything to `shared` until it learns a topology.
-    pub fn new(shared: SocketAddr) -> Self {
-        Router { shared, topology: None, segments: Vec::new() }
-    }
-
-    /// The shared client port every shard listens on.
-    pub fn shared(&self) -> SocketAddr {
-        self.shared
-    }
-
-    /// The topology routes follow, if one is known.
-    pub fn topology(&self) -> Option<&Topology> {
-        self.topology.as_ref()
-    }
-
-    /// Routes by `topology` from now on. Shard ports are on the shared address's host: a node
-    /// publishes ports, not hosts.
-    pub fn set_topology(&mut self, topology: Topology) {
+impl ShardMap {
+    fn new(shards: &[ShardPlacement]) -> Self {
         let mut segments = Vec::new();
-        for shard in &topology.shards {
+        for shard in shards {
             for range in &shard.token_ranges {
                 let segment = |start, end_inclusive| Segment {
                     start,
@@ -81,49 +76,312 @@ impl Router {
             }
         }
         segments.sort_by_key(|segment| segment.start);
-        self.segments = segments;
+        ShardMap { segments }
+    }
+
+    /// The shard owning `token`; `None` for a gap (a server bug: the shared port still serves).
+    fn owner(&self, token: u64) -> Option<Segment> {
+        let index = self.segments.partition_point(|segment| segment.start <= token);
+        index
+            .checked_sub(1)
+            .map(|index| self.segments[index])
+            .filter(|segment| token <= segment.end_inclusive)
+    }
+
+    fn has_port(&self, port: u16) -> bool {
+        self.segments.iter().any(|segment| segment.port == port)
+    }
+}
+
+/// The cluster ring: pieces `[start, end]` (inclusive, not wrapping, sorted by start) of the
+/// topology's `(start, end]` ranges, each naming its replica list.
+#[derive(Debug, Clone, Default)]
+struct RingMap {
+    pieces: Vec<(u64, u64, usize)>,
+    replicas: Vec<Vec<u16>>,
+}
+
+impl RingMap {
+    fn new(topology: &Topology) -> Self {
+        let mut pieces = Vec::new();
+        let mut replicas = Vec::with_capacity(topology.ring.len());
+        for (index, range) in topology.ring.iter().enumerate() {
+            replicas.push(range.replicas.clone());
+            if range.start < range.end {
+                pieces.push((range.start + 1, range.end, index));
+            } else if range.start == range.end {
+                // A ring of one token: the whole ring.
+                pieces.push((0, u64::MAX, index));
+            } else {
+                if range.start < u64::MAX {
+                    pieces.push((range.start + 1, u64::MAX, index));
+                }
+                pieces.push((0, range.end, index));
+            }
+        }
+        pieces.sort_by_key(|&(start, _, _)| start);
+        RingMap { pieces, replicas }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The replicas of `token` in preference order; `None` for a gap.
+    fn replicas_of(&self, token: u64) -> Option<&[u16]> {
+        let index = self.pieces.partition_point(|&(start, _, _)| start <= token);
+        let (_, end_inclusive, range) = self.pieces[index.checked_sub(1)?];
+        (token <= end_inclusive).then(|| self.replicas[range].as_slice())
+    }
+}
+
+/// A node of the ring the client can reach: up, at an address it can connect to.
+#[derive(Debug, Clone)]
+struct Node {
+    client_address: SocketAddr,
+    up: bool,
+    shards: ShardMap,
+}
+
+impl Node {
+    fn route(&self, node_id: u16, token: u64) -> Route {
+        match self.shards.owner(token) {
+            Some(segment) => Route {
+                address: SocketAddr::new(self.client_address.ip(), segment.port),
+                shard_id: Some(segment.shard_id),
+                node_id: Some(node_id),
+            },
+            None => Route { address: self.client_address, shard_id: None, node_id: Some(node_id) },
+        }
+    }
+}
+
+/// Maps keys to the addresses of their replicas' owning shards. Sans-IO: the adapters feed it
+/// the topology they fetched and the nodes they could not reach, with the time, and ask it
+/// where to send.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// The address the client was given: the contact of last resort.
+    seed: SocketAddr,
+    /// The client address of the node the topology came from (the seed until then). Requests
+    /// that address no single key go here first.
+    home: SocketAddr,
+    topology: Option<Topology>,
+    /// The home node's id, when the topology has a ring.
+    home_node: Option<u16>,
+    /// The home node's shards, on the home address's host: a node publishes its own shard
+    /// ports, and the client reaches it at `home` whatever address it advertises.
+    home_shards: ShardMap,
+    /// The ring's nodes the client can route to (a node advertising no usable address, such as
+    /// 0.0.0.0, is left out unless it is home).
+    nodes: BTreeMap<u16, Node>,
+    ring: RingMap,
+    unreachable_node_hold: Duration,
+    /// Nodes that could not be reached, and when: they go last among candidates for the hold.
+    unreachable_since: HashMap<u16, Instant>,
+}
+
+impl Router {
+    /// A router that sends everything to `seed` until it learns a topology.
+    pub fn new(seed: SocketAddr) -> Self {
+        Router::with_unreachable_node_hold(seed, crate::ClientOptions::default().unreachable_node_hold)
+    }
+
+    /// [`Router::new`], routing around a node for `unreachable_node_hold` after it could not be
+    /// reached.
+    pub fn with_unreachable_node_hold(seed: SocketAddr, unreachable_node_hold: Duration) -> Self {
+        Router {
+            seed,
+            home: seed,
+            topology: None,
+            home_node: None,
+            home_shards: ShardMap::default(),
+            nodes: BTreeMap::new(),
+            ring: RingMap::default(),
+            unreachable_node_hold,
+            unreachable_since: HashMap::new(),
+        }
+    }
+
+    /// The client address of the node the topology came from: the shared client port every
+    /// shard of that node listens on.
+    pub fn home(&self) -> SocketAddr {
+        self.home
+    }
+
+    /// The address the client was given.
+    pub fn seed(&self) -> SocketAddr {
+        self.seed
+    }
+
+    /// The topology routes follow, if one is known.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
+    }
+
+    /// Routes by `topology`, fetched from the node at `from`, from now on.
+    ///
+    /// With a ring, keys go to their replicas; each node is reached at the host of its
+    /// advertised client address and its shards' ports (the home node at `from`'s host).
+    /// Without one (a node outside a cluster, or a server from before clusters), keys go to the
+    /// home node's owning shard.
+    pub fn set_topology(&mut self, topology: Topology, from: SocketAddr) {
+        self.home = from;
+        self.home_shards = ShardMap::new(&topology.shards);
+        self.ring = RingMap::new(&topology);
+        self.home_node = (!self.ring.is_empty()).then_some(topology.node_id);
+        self.nodes = topology
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let advertised: Option<SocketAddr> = node.address.parse().ok();
+                let client_address = if Some(node.node_id) == self.home_node {
+                    from
+                } else {
+                    advertised.filter(|address| !address.ip().is_unspecified())?
+                };
+                let shards = ShardMap::new(&node.shards);
+                Some((node.node_id, Node { client_address, up: node.up, shards }))
+            })
+            .collect();
+        self.unreachable_since.retain(|node_id, _| topology.node(*node_id).is_some());
         self.topology = Some(topology);
     }
 
-    /// Forgets the topology, so that requests go to the shared port until it is fetched again.
+    /// Forgets the topology, so that requests go to the home node's shared port until it is
+    /// fetched again.
     pub fn clear_topology(&mut self) {
         self.topology = None;
-        self.segments.clear();
+        self.home_node = None;
+        self.home_shards = ShardMap::default();
+        self.nodes.clear();
+        self.ring = RingMap::default();
     }
 
-    /// Where a request for `key` goes.
+    /// Notes that `node_id` could not be reached at `now`: for the hold, it goes after every
+    /// other candidate.
+    pub fn mark_unreachable(&mut self, node_id: u16, now: Instant) {
+        if self.nodes.contains_key(&node_id) {
+            self.unreachable_since.insert(node_id, now);
+        }
+    }
+
+    fn is_unreachable(&self, node_id: Option<u16>, now: Option<Instant>) -> bool {
+        match (node_id.and_then(|node_id| self.unreachable_since.get(&node_id)), now) {
+            (Some(since), Some(now)) => now.saturating_duration_since(*since) < self.unreachable_node_hold,
+            _ => false,
+        }
+    }
+
+    /// Where a request for `key` goes first (not counting nodes found unreachable).
     pub fn route_key(&self, key: &[u8]) -> Route {
         self.route_token(token_of(key))
     }
 
-    /// Where a request for a key with this token goes.
+    /// Where a request for a key with this token goes first (not counting nodes found
+    /// unreachable).
     pub fn route_token(&self, token: u64) -> Route {
-        let index = self.segments.partition_point(|segment| segment.start <= token);
-        match index.checked_sub(1).map(|index| self.segments[index]) {
-            Some(segment) if token <= segment.end_inclusive => Route {
-                address: SocketAddr::new(self.shared.ip(), segment.port),
-                shard_id: Some(segment.shard_id),
-            },
-            // A topology with a gap is a server bug; the shared port still serves every key.
-            _ => self.shared_route(),
+        self.token_routes(token, None)[0]
+    }
+
+    /// Every place a request may go, best first, at most [`ROUTES_PER_REQUEST_MAX`] and at
+    /// least one: for a key, its replicas that are up, in preference order, then the home node;
+    /// for no key (ping, topology, batch, scan), the home node's shared port, then the other
+    /// nodes up. Nodes found unreachable less than the hold before `now` go last.
+    pub fn routes(&self, key: Option<&[u8]>, now: Instant) -> Vec<Route> {
+        match key {
+            Some(key) => self.token_routes(token_of(key), Some(now)),
+            None => self.shared_routes(Some(now)),
         }
     }
 
-    /// The route for requests that address no key (ping, topology) or many (a batch).
+    /// Where to fetch the topology from, best first: the home node's client port, the other
+    /// nodes up, and the seed.
+    pub fn contacts(&self, now: Instant) -> Vec<Route> {
+        let mut contacts = self.shared_routes(Some(now));
+        if !contacts.iter().any(|route| route.address == self.seed) {
+            contacts.push(Route { address: self.seed, shard_id: None, node_id: None });
+        }
+        contacts
+    }
+
+    /// Whether some route may lead to `address`: connections elsewhere can be closed.
+    pub fn routes_to(&self, address: SocketAddr) -> bool {
+        let on_home = address.ip() == self.home.ip() && self.home_shards.has_port(address.port());
+        address == self.home
+            || address == self.seed
+            || on_home
+            || self.nodes.values().any(|node| {
+                node.client_address == address
+                    || (node.client_address.ip() == address.ip() && node.shards.has_port(address.port()))
+            })
+    }
+
+    fn token_routes(&self, token: u64, now: Option<Instant>) -> Vec<Route> {
+        let home = self.home_route(token);
+        let Some(replicas) = self.ring.replicas_of(token) else {
+            return vec![home];
+        };
+        let mut routes: Vec<Route> = replicas
+            .iter()
+            .filter_map(|node_id| Some((*node_id, self.nodes.get(node_id)?)))
+            .filter(|(_, node)| node.up)
+            .map(|(node_id, node)| node.route(node_id, token))
+            .collect();
+        // A non-replica coordinates as well, one hop further: the last resort.
+        if !routes.iter().any(|route| route.node_id == home.node_id) {
+            routes.push(home);
+        }
+        // Stable: the preference order holds within each group.
+        routes.sort_by_key(|route| self.is_unreachable(route.node_id, now));
+        routes.truncate(ROUTES_PER_REQUEST_MAX);
+        routes
+    }
+
+    /// The home node's owning shard for `token`, or its shared port.
+    fn home_route(&self, token: u64) -> Route {
+        match self.home_shards.owner(token) {
+            Some(segment) => Route {
+                address: SocketAddr::new(self.home.ip(), segment.port),
+                shard_id: Some(segment.shard_id),
+                node_id: self.home_node,
+            },
+            None => self.shared_route(),
+        }
+    }
+
+    fn shared_routes(&self, now: Option<Instant>) -> Vec<Route> {
+        let mut routes = vec![self.shared_route()];
+        routes.extend(
+            self.nodes.iter().filter(|(node_id, node)| node.up && Some(**node_id) != self.home_node).map(
+                |(node_id, node)| Route {
+                    address: node.client_address,
+                    shard_id: None,
+                    node_id: Some(*node_id),
+                },
+            ),
+        );
+        routes.sort_by_key(|route| self.is_unreachable(route.node_id, now));
+        routes.truncate(ROUTES_PER_REQUEST_MAX);
+        routes
+    }
+
+    /// The route for requests that address no key (ping, topology) or many (a batch, a scan):
+    /// the home node's shared client port.
     pub fn shared_route(&self) -> Route {
-        Route { address: self.shared, shard_id: None }
+        Route { address: self.home, shard_id: None, node_id: self.home_node }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ringkv_wire::{ShardPlacement, TokenRange};
+    use ringkv_wire::{NodePlacement, ReplicaRange, ShardPlacement, TokenRange};
 
     use super::*;
 
     fn router(shards: Vec<ShardPlacement>) -> Router {
         let mut router = Router::new("127.0.0.1:7379".parse().unwrap());
-        router.set_topology(Topology { shards, ..Topology::default() });
+        router.set_topology(Topology { shards, ..Topology::default() }, "127.0.0.1:7379".parse().unwrap());
         router
     }
 
@@ -139,6 +397,7 @@ mod tests {
     fn no_topology_routes_to_the_shared_port() {
         let router = Router::new("10.0.0.1:7379".parse().unwrap());
         assert_eq!(router.route_key(b"anything"), router.shared_route());
+        assert_eq!(router.routes(Some(b"anything"), Instant::now()), vec![router.shared_route()]);
     }
 
     #[test]
@@ -153,6 +412,7 @@ mod tests {
         }
         let route = router.route_token(u64::MAX);
         assert_eq!(route.address, "127.0.0.1:8001".parse().unwrap());
+        assert_eq!(route.node_id, None, "no ring, no node");
     }
 
     #[test]
@@ -172,5 +432,172 @@ mod tests {
         assert_eq!(router.route_token(15).shard_id, Some(0));
         router.clear_topology();
         assert_eq!(router.route_token(15), router.shared_route());
+    }
+
+    const QUARTER: u64 = 1 << 62;
+
+    /// Node `node_id` at 10.0.0.<node_id>, client port 7379, two shards (ports 7380 and 7381)
+    /// splitting the ring in halves.
+    fn node(node_id: u16, up: bool) -> NodePlacement {
+        let shard = |shard_id: u32, start: u64, end: u64| ShardPlacement {
+            shard_id,
+            port: 7380 + shard_id as u16,
+            token_ranges: vec![TokenRange { start, end }],
+        };
+        NodePlacement {
+            node_id,
+            address: format!("10.0.0.{node_id}:7379"),
+            up,
+            tokens: Vec::new(),
+            shards: vec![shard(0, 0, 2 * QUARTER), shard(1, 2 * QUARTER, 0)],
+        }
+    }
+
+    /// Three nodes, N = 3; the ring in four ranges, the last wrapping past 2^64 - 1.
+    fn cluster(home: u16, up: [bool; 3]) -> Topology {
+        let range = |start: u64, end: u64, replicas: [u16; 3]| ReplicaRange {
+            start,
+            end,
+            replicas: replicas.to_vec(),
+        };
+        let nodes: Vec<NodePlacement> =
+            (1..=3).map(|node_id| node(node_id, up[node_id as usize - 1])).collect();
+        Topology {
+            shards: nodes[home as usize - 1].shards.clone(),
+            nodes,
+            ring: vec![
+                range(QUARTER, 2 * QUARTER, [2, 3, 1]),
+                range(2 * QUARTER, 3 * QUARTER, [3, 1, 2]),
+                range(3 * QUARTER, QUARTER - 1, [1, 2, 3]),
+                range(QUARTER - 1, QUARTER, [2, 1, 3]),
+            ],
+            replicas: 3,
+            node_id: home,
+        }
+    }
+
+    fn cluster_router(home: u16, up: [bool; 3]) -> Router {
+        let from: SocketAddr = format!("10.0.0.{home}:7379").parse().unwrap();
+        let mut router = Router::with_unreachable_node_hold(from, Duration::from_secs(5));
+        router.set_topology(cluster(home, up), from);
+        router
+    }
+
+    fn nodes_of(routes: &[Route]) -> Vec<Option<u16>> {
+        routes.iter().map(|route| route.node_id).collect()
+    }
+
+    #[test]
+    fn a_key_goes_to_its_first_replica_at_the_owning_shards_port() {
+        let router = cluster_router(1, [true; 3]);
+        let route = router.route_token(QUARTER + 1);
+        assert_eq!(
+            route,
+            Route { address: "10.0.0.2:7380".parse().unwrap(), shard_id: Some(0), node_id: Some(2) }
+        );
+        let route = router.route_token(2 * QUARTER + 1);
+        assert_eq!(
+            route,
+            Route { address: "10.0.0.3:7381".parse().unwrap(), shard_id: Some(1), node_id: Some(3) }
+        );
+        // (start, end]: the range's end belongs to it, its start to the range before.
+        assert_eq!(router.route_token(2 * QUARTER).node_id, Some(2));
+        assert_eq!(router.route_token(QUARTER).node_id, Some(2));
+        assert_eq!(router.route_token(QUARTER - 1).node_id, Some(1));
+        // The wrapping range covers the top and the bottom of the ring.
+        for token in [3 * QUARTER + 1, u64::MAX, 0, QUARTER - 2] {
+            assert_eq!(router.route_token(token).node_id, Some(1), "token {token}");
+        }
+        let now = Instant::now();
+        assert_eq!(nodes_of(&router.routes(Some(b"k"), now)).len(), 3, "every replica, home among them");
+    }
+
+    #[test]
+    fn routes_follow_the_topologys_replicas_for_every_token() {
+        let topology = cluster(1, [true; 3]);
+        let router = cluster_router(1, [true; 3]);
+        let now = Instant::now();
+        for index in 0..1000u64 {
+            let key = format!("key-{index}");
+            let token = token_of(key.as_bytes());
+            let expected: Vec<Option<u16>> =
+                topology.replicas_of_token(token).unwrap().iter().map(|&node_id| Some(node_id)).collect();
+            assert_eq!(nodes_of(&router.routes(Some(key.as_bytes()), now)), expected, "{key}");
+            let route = router.route_key(key.as_bytes());
+            let node = topology.node(route.node_id.unwrap()).unwrap();
+            let shard =
+                node.shards.iter().find(|shard| shard.token_ranges.iter().any(|range| range.contains(token)));
+            assert_eq!(route.shard_id, shard.map(|shard| shard.shard_id), "{key}");
+        }
+    }
+
+    #[test]
+    fn replicas_down_are_skipped_and_unreachable_ones_go_last_for_the_hold() {
+        let router = cluster_router(1, [true, false, true]);
+        let now = Instant::now();
+        assert_eq!(nodes_of(&router.routes(None, now)), vec![Some(1), Some(3)]);
+        let routes = router.token_routes(QUARTER + 1, Some(now));
+        assert_eq!(nodes_of(&routes), vec![Some(3), Some(1)], "node 2 is down");
+
+        let mut router = cluster_router(1, [true; 3]);
+        router.mark_unreachable(2, now);
+        let routes = router.token_routes(QUARTER + 1, Some(now));
+        assert_eq!(nodes_of(&routes), vec![Some(3), Some(1), Some(2)]);
+        assert_eq!(router.route_token(QUARTER + 1).node_id, Some(2), "marks are for requests, not the map");
+        let later = now + Duration::from_secs(5);
+        assert_eq!(nodes_of(&router.token_routes(QUARTER + 1, Some(later))), vec![Some(2), Some(3), Some(1)]);
+        // A fresh topology keeps the marks: it may not have noticed the node down yet.
+        router.set_topology(cluster(1, [true; 3]), "10.0.0.1:7379".parse().unwrap());
+        assert_eq!(nodes_of(&router.token_routes(QUARTER + 1, Some(now))), vec![Some(3), Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn the_home_node_is_the_last_resort_when_it_holds_no_replica() {
+        let mut topology = cluster(1, [true; 3]);
+        topology.ring = vec![ReplicaRange { start: 0, end: 0, replicas: vec![2, 3] }];
+        let from: SocketAddr = "192.168.1.1:9000".parse().unwrap();
+        let mut router = Router::new(from);
+        router.set_topology(topology, from);
+        let routes = router.routes(Some(b"key"), Instant::now());
+        assert_eq!(nodes_of(&routes), vec![Some(2), Some(3), Some(1)]);
+        // Home is reached at the address the client used, on its own shard ports.
+        let home = routes[2];
+        assert_eq!(home.address.ip(), from.ip());
+        assert!([7380, 7381].contains(&home.address.port()), "{home:?}");
+    }
+
+    #[test]
+    fn a_node_advertising_no_usable_address_is_left_out_unless_it_is_home() {
+        let mut topology = cluster(1, [true; 3]);
+        topology.nodes[0].address = "0.0.0.0:7379".into();
+        topology.nodes[1].address = "0.0.0.0:7379".into();
+        let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
+        let mut router = Router::new(from);
+        router.set_topology(topology, from);
+        let routes = router.token_routes(QUARTER + 1, None);
+        assert_eq!(nodes_of(&routes), vec![Some(3), Some(1)]);
+        assert_eq!(routes[1].address.ip(), from.ip());
+        assert!(!router.routes_to("0.0.0.0:7380".parse().unwrap()));
+    }
+
+    #[test]
+    fn requests_for_no_key_go_home_first_and_contacts_end_with_the_seed() {
+        let seed: SocketAddr = "10.0.0.9:7379".parse().unwrap();
+        let mut router = Router::new(seed);
+        let addresses =
+            |routes: Vec<Route>| routes.into_iter().map(|route| route.address).collect::<Vec<_>>();
+        assert_eq!(addresses(router.contacts(Instant::now())), vec![seed]);
+        let home: SocketAddr = "10.0.0.2:7379".parse().unwrap();
+        router.set_topology(cluster(2, [true, true, false]), home);
+        let now = Instant::now();
+        assert_eq!(addresses(router.routes(None, now)), vec![home, "10.0.0.1:7379".parse().unwrap()]);
+        router.mark_unreachable(2, now);
+        assert_eq!(
+            addresses(router.contacts(now)),
+            vec!["10.0.0.1:7379".parse().unwrap(), home, seed],
+            "home was unreachable: ask the others first"
+        );
+        assert!(router.routes_to("10.0.0.3:7381".parse().unwrap()), "a node down may come back");
+        assert!(!router.routes_to("10.0.0.4:7381".parse().unwrap()));
     }
 }
