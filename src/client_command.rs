@@ -1,9 +1,13 @@
-//! The command-line client: `ringkv get|put|del|cas|scan|ping|topology`, over the blocking
-//! `ringkv-client`.
+//! The command-line client: `ringkv get|put|del|cas|scan|ping|topology|status|ring`, over the
+//! blocking `ringkv-client`.
 //!
 //! Exit codes are for scripts: 0 on success; 1 when a `get` finds no value, a `scan` finds no
 //! key or a `cas` expectation does not hold (nothing printed on stdout); 2 on any error, with
 //! one line on stderr.
+//!
+//! The node to ask is `--addr`, given after the subcommand or before it (`ringkv --addr A get
+//! k`), else `RINGKV_ADDR`, else 127.0.0.1:7379. In a cluster that node is only the first
+//! contact: the client routes each key to its replicas.
 //!
 //! With `--json`, values go out as a JSON string when they are valid UTF-8 (`"value"`) and as
 //! standard base64 otherwise (`"value_base64"`), so that any byte string survives the round
@@ -15,9 +19,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
-use clap::Args;
+use clap::{Args, Subcommand};
 use ringkv_client::blocking::Client;
-use ringkv_client::{CasResult, Expected, ScanEnd, ScanEntry, ScanStart, SCAN_LIMIT_MAX};
+use ringkv_client::{
+    CasResult, ClientOptions, Consistency, Expected, ScanEnd, ScanEntry, ScanStart, Topology, SCAN_LIMIT_MAX,
+};
 use serde_json::json;
 
 /// Exit code when a `get` or `scan` finds nothing or a `cas` expectation fails.
@@ -25,21 +31,86 @@ const EXIT_NOT_MATCHED: u8 = 1;
 /// Exit code for every error.
 const EXIT_ERROR: u8 = 2;
 
+/// The client subcommands of `ringkv`.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Print a key's value (raw bytes). Exit 0 if found, 1 if missing, 2 on error.
+    Get(GetArgs),
+    /// Store a value (`-` reads it from stdin) and print its version.
+    Put(PutArgs),
+    /// Delete a key and print the deletion's version.
+    Del(DeleteArgs),
+    /// Compare-and-swap: write only if the key's version matches (or it is absent). Prints the
+    /// new version; exits 1 when the expectation does not hold.
+    Cas(CasArgs),
+    /// Print the live keys of a range in token order (by each key's token, then its bytes), one
+    /// `key=value` line each (raw bytes). Exit 0 if any were found, 1 if none, 2 on error.
+    Scan(ScanArgs),
+    /// Check that the node answers.
+    Ping(NodeArgs),
+    /// Print which shard of the node owns which token ranges, and each shard's port.
+    Topology(NodeArgs),
+    /// Print one line per node of the cluster: id, client address, `up` or `down`, the share
+    /// of the ring's tokens it holds a replica of (over all nodes, N copies add up to N ×
+    /// 100%), and its shards.
+    Status(NodeArgs),
+    /// Print every token range of the cluster ring, (start, end] in hexadecimal, with its
+    /// replicas in preference order.
+    Ring(NodeArgs),
+}
+
+impl ClientCommand {
+    /// Runs the subcommand against `--addr`, or `default_address` when it was not given after
+    /// the subcommand, and returns the documented exit code.
+    pub fn run(&self, default_address: &str) -> ExitCode {
+        run(|| match self {
+            ClientCommand::Get(args) => get(args, default_address),
+            ClientCommand::Put(args) => put(args, default_address),
+            ClientCommand::Del(args) => delete(args, default_address),
+            ClientCommand::Cas(args) => cas(args, default_address),
+            ClientCommand::Scan(args) => scan(args, default_address),
+            ClientCommand::Ping(args) => ping(args, default_address),
+            ClientCommand::Topology(args) => topology(args, default_address),
+            ClientCommand::Status(args) => status(args, default_address),
+            ClientCommand::Ring(args) => ring(args, default_address),
+        })
+    }
+}
+
 /// Options every client subcommand takes.
 #[derive(Args, Debug)]
 pub struct Connection {
-    /// Address of the node's client port.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7379")]
-    addr: String,
+    /// Address of a node's client port; also accepted before the subcommand. [env: RINGKV_ADDR]
+    /// [default: 127.0.0.1:7379]
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
     /// Print results as one JSON object per line.
     #[arg(long)]
     json: bool,
+}
+
+impl Connection {
+    /// The address given after the subcommand, or else `default_address`.
+    fn address<'a>(&'a self, default_address: &'a str) -> &'a str {
+        self.addr.as_deref().unwrap_or(default_address)
+    }
+}
+
+/// How many replicas a key operation waits for.
+#[derive(Args, Debug)]
+pub struct Level {
+    /// Replicas that must answer: `one`, `quorum` (a majority) or `all`. [default: the node's
+    /// --read-consistency or --write-consistency]
+    #[arg(long, value_name = "LEVEL")]
+    consistency: Option<Consistency>,
 }
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
     /// The key.
     key: String,
+    #[command(flatten)]
+    level: Level,
     #[command(flatten)]
     connection: Connection,
 }
@@ -55,6 +126,8 @@ pub struct PutArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     ttl: Option<Duration>,
     #[command(flatten)]
+    level: Level,
+    #[command(flatten)]
     connection: Connection,
 }
 
@@ -62,6 +135,8 @@ pub struct PutArgs {
 pub struct DeleteArgs {
     /// The key.
     key: String,
+    #[command(flatten)]
+    level: Level,
     #[command(flatten)]
     connection: Connection,
 }
@@ -79,6 +154,8 @@ pub struct CasArgs {
     /// Write only if the key has no live value.
     #[arg(long)]
     expect_absent: bool,
+    #[command(flatten)]
+    level: Level,
     #[command(flatten)]
     connection: Connection,
 }
@@ -117,7 +194,7 @@ pub struct NodeArgs {
 }
 
 /// Runs a client subcommand and turns its result into the documented exit code.
-pub fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
+fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
     match command() {
         Ok(code) => code,
         Err(error) => {
@@ -128,8 +205,12 @@ pub fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-fn connect(connection: &Connection) -> anyhow::Result<Client> {
-    Client::connect(connection.addr.as_str()).with_context(|| format!("connecting to {}", connection.addr))
+/// A client of the node at `--addr` (or `default_address`), asking `level` of the replicas.
+fn connect(connection: &Connection, default_address: &str, level: Option<&Level>) -> anyhow::Result<Client> {
+    let address = connection.address(default_address);
+    let options =
+        ClientOptions { consistency: level.and_then(|level| level.consistency), ..ClientOptions::default() };
+    Client::connect_with(address, options).with_context(|| format!("connecting to {address}"))
 }
 
 /// The value argument, or stdin when it is `-`.
@@ -154,8 +235,8 @@ fn print_line(text: &str) -> anyhow::Result<()> {
     writeln!(std::io::stdout().lock(), "{text}").context("writing to stdout")
 }
 
-pub fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.connection)?;
+fn get(args: &GetArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection, default_address, Some(&args.level))?;
     let Some(stored) = client.get(&args.key)? else {
         return Ok(ExitCode::from(EXIT_NOT_MATCHED));
     };
@@ -178,9 +259,9 @@ fn print_version(json: bool, version: u64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn put(args: &PutArgs) -> anyhow::Result<ExitCode> {
+fn put(args: &PutArgs, default_address: &str) -> anyhow::Result<ExitCode> {
     let value = value_bytes(&args.value)?;
-    let mut client = connect(&args.connection)?;
+    let mut client = connect(&args.connection, default_address, Some(&args.level))?;
     let version = match args.ttl {
         Some(ttl) => client.put_with_ttl(&args.key, value, ttl)?,
         None => client.put(&args.key, value)?,
@@ -188,19 +269,19 @@ pub fn put(args: &PutArgs) -> anyhow::Result<ExitCode> {
     print_version(args.connection.json, version)
 }
 
-pub fn delete(args: &DeleteArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.connection)?;
+fn delete(args: &DeleteArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection, default_address, Some(&args.level))?;
     let version = client.delete(&args.key)?;
     print_version(args.connection.json, version)
 }
 
-pub fn cas(args: &CasArgs) -> anyhow::Result<ExitCode> {
+fn cas(args: &CasArgs, default_address: &str) -> anyhow::Result<ExitCode> {
     let expected = match args.expect_version {
         Some(version) => Expected::Version(version),
         None => Expected::Absent,
     };
     let value = value_bytes(&args.value)?;
-    let mut client = connect(&args.connection)?;
+    let mut client = connect(&args.connection, default_address, Some(&args.level))?;
     match client.compare_and_swap(&args.key, expected, value)? {
         CasResult::Swapped { version } => print_version(args.connection.json, version),
         CasResult::Mismatch { current_version } => {
@@ -216,8 +297,8 @@ pub fn cas(args: &CasArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn scan(args: &ScanArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.connection)?;
+fn scan(args: &ScanArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection, default_address, None)?;
     let mut start = match (&args.start, args.start_token, &args.after) {
         (Some(key), _, _) => ScanStart::key(key),
         (_, _, Some(key)) => ScanStart::after(key),
@@ -281,8 +362,8 @@ fn key_json(key: &[u8], field: &'static str) -> (String, String) {
     }
 }
 
-pub fn ping(args: &NodeArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.connection)?;
+fn ping(args: &NodeArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connection, default_address, None)?;
     client.ping()?;
     if args.connection.json {
         print_line(&json!({ "pong": true }).to_string())?;
@@ -292,9 +373,9 @@ pub fn ping(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn topology(args: &NodeArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.connection)?;
-    let topology = client.refresh_topology()?;
+fn topology(args: &NodeArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.connection, default_address, None)?;
+    let topology = fetched_topology(&client)?;
     for shard in &topology.shards {
         if args.connection.json {
             let ranges: Vec<_> = shard
@@ -313,6 +394,115 @@ pub fn topology(args: &NodeArgs) -> anyhow::Result<ExitCode> {
                 shard.token_ranges.len()
             ))?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The topology the client fetched on connecting.
+fn fetched_topology(client: &Client) -> anyhow::Result<Topology> {
+    client.topology().cloned().context("the node sent no topology")
+}
+
+/// One node as `ringkv status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeStatus {
+    node_id: u16,
+    address: String,
+    up: bool,
+    /// The share of the ring's tokens whose ranges list this node as a replica, in percent.
+    ring_percent: f64,
+    /// (shard id, port) of each shard.
+    shards: Vec<(u32, u16)>,
+}
+
+/// Tokens on the ring: 2^64.
+const RING_TOKENS: f64 = 18_446_744_073_709_551_616.0;
+
+/// Every node of `topology` with its share of the ring. A topology without a ring (a node
+/// outside a cluster, or an older server) describes one node, the one asked at
+/// `contacted_address`, holding the whole ring.
+fn node_statuses(topology: &Topology, contacted_address: &str) -> Vec<NodeStatus> {
+    let shards_of = |shards: &[ringkv_client::ShardPlacement]| {
+        shards.iter().map(|shard| (shard.shard_id, shard.port)).collect()
+    };
+    if topology.ring.is_empty() || topology.nodes.is_empty() {
+        return vec![NodeStatus {
+            node_id: topology.node_id,
+            address: contacted_address.to_owned(),
+            up: true,
+            ring_percent: 100.0,
+            shards: shards_of(&topology.shards),
+        }];
+    }
+    let mut held: std::collections::BTreeMap<u16, u128> = std::collections::BTreeMap::new();
+    for range in &topology.ring {
+        // (start, end]: end - start tokens, modulo 2^64; start == end is the whole ring.
+        let width =
+            if range.start == range.end { 1u128 << 64 } else { range.end.wrapping_sub(range.start) as u128 };
+        for node_id in &range.replicas {
+            *held.entry(*node_id).or_default() += width;
+        }
+    }
+    topology
+        .nodes
+        .iter()
+        .map(|node| NodeStatus {
+            node_id: node.node_id,
+            address: node.address.clone(),
+            up: node.up,
+            ring_percent: held.get(&node.node_id).copied().unwrap_or(0) as f64 / RING_TOKENS * 100.0,
+            shards: shards_of(&node.shards),
+        })
+        .collect()
+}
+
+fn status(args: &NodeArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let address = args.connection.address(default_address);
+    let client = connect(&args.connection, default_address, None)?;
+    for node in node_statuses(&fetched_topology(&client)?, address) {
+        let line = if args.connection.json {
+            let shards: Vec<_> =
+                node.shards.iter().map(|&(shard, port)| json!({ "shard": shard, "port": port })).collect();
+            json!({
+                "node_id": node.node_id,
+                "address": node.address,
+                "up": node.up,
+                "ring_percent": node.ring_percent,
+                "shards": shards,
+            })
+            .to_string()
+        } else {
+            format!(
+                "node {} {} {} {:.1}% of the ring, {} shards",
+                node.node_id,
+                node.address,
+                if node.up { "up" } else { "down" },
+                node.ring_percent,
+                node.shards.len()
+            )
+        };
+        print_line(&line)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ring(args: &NodeArgs, default_address: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.connection, default_address, None)?;
+    let topology = fetched_topology(&client)?;
+    // Without a ring the node asked holds everything: one range, the whole ring.
+    let ranges = if topology.ring.is_empty() {
+        vec![ringkv_client::ReplicaRange { start: 0, end: 0, replicas: vec![topology.node_id] }]
+    } else {
+        topology.ring
+    };
+    for range in ranges {
+        let line = if args.connection.json {
+            json!({ "start": range.start, "end": range.end, "replicas": range.replicas }).to_string()
+        } else {
+            let replicas: Vec<String> = range.replicas.iter().map(u16::to_string).collect();
+            format!("({:#018x}, {:#018x}] {}", range.start, range.end, replicas.join(","))
+        };
+        print_line(&line)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -382,6 +572,43 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
         let token = ringkv_client::token_of(b"user:1");
         assert_eq!(parsed, json!({ "key": "user:1", "value": "alice", "version": 7, "token": token }));
+    }
+
+    #[test]
+    fn ring_shares_add_the_widths_of_the_ranges_listing_each_node() {
+        use ringkv_client::{NodePlacement, ReplicaRange};
+        let node = |node_id: u16, up: bool| NodePlacement {
+            node_id,
+            address: format!("10.0.0.{node_id}:7379"),
+            up,
+            tokens: Vec::new(),
+            shards: Vec::new(),
+        };
+        let quarter = 1u64 << 62;
+        let range =
+            |start: u64, end: u64, replicas: &[u16]| ReplicaRange { start, end, replicas: replicas.to_vec() };
+        let topology = Topology {
+            nodes: vec![node(1, true), node(2, false), node(3, true)],
+            // (q, 2q] and (2q, q] (wrapping: three quarters).
+            ring: vec![range(quarter, 2 * quarter, &[1, 2]), range(2 * quarter, quarter, &[2, 3])],
+            replicas: 2,
+            node_id: 1,
+            ..Topology::default()
+        };
+        let statuses = node_statuses(&topology, "ignored:1");
+        let percents: Vec<(u16, bool, f64)> =
+            statuses.iter().map(|status| (status.node_id, status.up, status.ring_percent)).collect();
+        assert_eq!(percents, vec![(1, true, 25.0), (2, false, 100.0), (3, true, 75.0)]);
+
+        let whole =
+            Topology { ring: vec![range(7, 7, &[1])], nodes: vec![node(1, true)], ..Topology::default() };
+        assert_eq!(node_statuses(&whole, "x:1")[0].ring_percent, 100.0);
+        let outside_a_cluster = Topology { node_id: 4, ..Topology::default() };
+        let alone = &node_statuses(&outside_a_cluster, "127.0.0.1:7379")[0];
+        assert_eq!(
+            (alone.node_id, alone.address.as_str(), alone.up, alone.ring_percent),
+            (4, "127.0.0.1:7379", true, 100.0)
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(name = "ringkv", version, about)]
 struct Cli {
+    /// Address of a node's client port, for the client subcommands (which also take --addr
+    /// after the subcommand, and prefer it).
+    #[arg(long, value_name = "HOST:PORT", env = "RINGKV_ADDR", default_value = "127.0.0.1:7379")]
+    addr: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,22 +40,8 @@ enum Command {
     /// accepting, finishes requests in flight, syncs and closes its files, and exits 0.
     // Boxed: the serve flags outweigh every other subcommand's arguments.
     Serve(Box<ServeArgs>),
-    /// Print a key's value (raw bytes). Exit 0 if found, 1 if missing, 2 on error.
-    Get(client_command::GetArgs),
-    /// Store a value (`-` reads it from stdin) and print its version.
-    Put(client_command::PutArgs),
-    /// Delete a key and print the deletion's version.
-    Del(client_command::DeleteArgs),
-    /// Compare-and-swap: write only if the key's version matches (or it is absent). Prints the
-    /// new version; exits 1 when the expectation does not hold.
-    Cas(client_command::CasArgs),
-    /// Print the live keys of a range in token order (by each key's token, then its bytes), one
-    /// `key=value` line each (raw bytes). Exit 0 if any were found, 1 if none, 2 on error.
-    Scan(client_command::ScanArgs),
-    /// Check that the node answers.
-    Ping(client_command::NodeArgs),
-    /// Print which shard owns which token ranges, and each shard's port.
-    Topology(client_command::NodeArgs),
+    #[command(flatten)]
+    Client(client_command::ClientCommand),
 }
 
 #[derive(Args, Debug)]
@@ -209,13 +199,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Serve(args) => args,
-        Command::Get(args) => return client_command::run(|| client_command::get(&args)),
-        Command::Put(args) => return client_command::run(|| client_command::put(&args)),
-        Command::Del(args) => return client_command::run(|| client_command::delete(&args)),
-        Command::Cas(args) => return client_command::run(|| client_command::cas(&args)),
-        Command::Scan(args) => return client_command::run(|| client_command::scan(&args)),
-        Command::Ping(args) => return client_command::run(|| client_command::ping(&args)),
-        Command::Topology(args) => return client_command::run(|| client_command::topology(&args)),
+        Command::Client(command) => return command.run(&cli.addr),
     };
     let filter = std::env::var("RINGKV_LOG")
         .ok()
