@@ -8,6 +8,7 @@
 
 pub mod async_client;
 pub mod bench;
+pub mod cluster;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};

@@ -1,0 +1,66 @@
+//! Clusters of real `ringkv` nodes on loopback: start them, and wait for membership to settle.
+//! The same steps as `cluster_quorum_across_three_nodes.rs`, shared by the tests that need a
+//! cluster.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Server, SHARDS};
+
+/// Longest wait for membership to settle; only turns a hang into a failure.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The peer port of shard 0 of `server`, where other nodes join.
+pub fn peer_port(server: &Server) -> u16 {
+    server.client_port + 1 + SHARDS as u16
+}
+
+/// The client address of `server`, as `host:port`.
+pub fn address(server: &Server) -> String {
+    format!("127.0.0.1:{}", server.client_port)
+}
+
+/// Starts node `node_id` (N = 3) with its data under `root`, joining through `seed`'s peer port.
+pub fn start_node(root: &Path, node_id: u16, seed: Option<u16>) -> Server {
+    let data_dir = root.join(format!("node-{node_id}"));
+    let node_id = node_id.to_string();
+    let seeds = seed.map(|port| format!("127.0.0.1:{port}"));
+    let mut args = vec!["--node-id", &node_id, "--replication-factor", "3"];
+    if let Some(seeds) = &seeds {
+        args.extend(["--seeds", seeds]);
+    }
+    Server::start_with(&data_dir, &args)
+}
+
+/// Nodes 1, 2 and 3, N = 3, each seeing the other two up.
+pub fn start_three_nodes(root: &Path) -> [Server; 3] {
+    let first = start_node(root, 1, None);
+    let second = start_node(root, 2, Some(peer_port(&first)));
+    let third = start_node(root, 3, Some(peer_port(&first)));
+    wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
+    wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
+    wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
+    [first, second, third]
+}
+
+/// Waits until each node's log reports every node of `others` with `event` ("node up" or
+/// "node down"), counting only lines after `since` bytes of its log.
+pub fn wait_for_logs(nodes: &[(&Server, usize)], event: &str, others: &[u16]) {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let settled = nodes.iter().all(|(node, since)| {
+            let log = node.log();
+            let recent = &log[(*since).min(log.len())..];
+            others.iter().all(|other| recent.contains(&format!("{event} node_id={other} ")))
+        });
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "membership did not settle ({event} {others:?}):\n{}",
+            nodes[0].0.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
