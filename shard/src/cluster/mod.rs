@@ -318,6 +318,11 @@ impl Cluster {
                     }
                 }
                 Output::Send { to, envelope } if to == own => {
+                    // The own copy answers in place when memory holds it: no task, no hop.
+                    if let Some(answer) = self.serve_replica_now(&envelope) {
+                        self.on_reply(own, answer);
+                        continue;
+                    }
                     let Some(cluster) = self.this.upgrade() else { continue };
                     glommio::spawn_local(async move {
                         let answer = cluster.serve_replica(&envelope).await;
@@ -361,6 +366,19 @@ impl Cluster {
         self.tasks.borrow_mut().push(task);
         self.links.borrow_mut().insert(target, link.clone());
         link
+    }
+
+    /// Answers a replica read in place when memory holds the key's entry (the usual case for a
+    /// hot key); `None` when the read needs the disk, or the request is a write: run
+    /// [`Cluster::serve_replica`] then.
+    pub fn serve_replica_now(&self, envelope: &PeerEnvelope) -> Option<PeerEnvelope> {
+        let PeerMessage::Read { key, digest_only } = &envelope.message else { return None };
+        if !self.view.borrow().owns(key, self.origin.shard) {
+            return None;
+        }
+        let found = self.handler.engine().entry_now(key, |entry| entry.cloned().map(entry_to_peer))?;
+        let result = found.map_err(|error| PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string()));
+        Some(replica::read_answer(envelope, *digest_only, result))
     }
 
     /// Serves a replica request (from a peer link, or from this shard's own coordinator) on the

@@ -146,6 +146,11 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                         debug!(%peer, "ignoring a peer message that is not a request");
                         continue;
                     }
+                    // Hot reads are answered in place, with no task.
+                    if let Some(answer) = cluster.serve_replica_now(&envelope) {
+                        state.push(&answer);
+                        continue;
+                    }
                     if state.in_flight.get() >= in_flight_max {
                         let failure = PeerFailure {
                             code: PeerErrorCode::Overloaded,

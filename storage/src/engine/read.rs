@@ -45,6 +45,14 @@ impl<D: Disk> Engine<D> {
         now_ms: u64,
         read: impl FnOnce(Option<(&[u8], u64)>) -> R,
     ) -> Option<Result<R>> {
+        self.entry_now(key, |found| read(found.and_then(|found| lent(found, now_ms))))
+    }
+
+    /// [`Engine::get_entry`] without waiting, when memory holds the answer (as
+    /// [`Engine::read_now`]): the key's stored entry, tombstones and expired values included, is
+    /// lent to `read`, whose result is returned; `None` when a block must be read from disk.
+    /// Replicas answer hot reads and digests this way, with no task started.
+    pub fn entry_now<R>(&self, key: &[u8], read: impl FnOnce(Option<&Entry>) -> R) -> Option<Result<R>> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
         }
@@ -54,7 +62,7 @@ impl<D: Disk> Engine<D> {
         let in_memory = state.newest_in_memory(key).map(|newest| &newest.entry);
         if let Some(entry) = in_memory.filter(|entry| tables.max_version() < entry.version) {
             // The usual case: no table holds anything as new.
-            return Some(Ok(read(lent(entry, now_ms))));
+            return Some(Ok(read(Some(entry))));
         }
         let mut found = in_memory.map(Cow::Borrowed);
         let hash = key_hash(key);
@@ -69,7 +77,7 @@ impl<D: Disk> Engine<D> {
                 },
             }
         }
-        Some(Ok(read(found.as_deref().and_then(|found| lent(found, now_ms)))))
+        Some(Ok(read(found.as_deref())))
     }
 
     /// The key's stored entry, the highest-ranking of every memtable's and table's
