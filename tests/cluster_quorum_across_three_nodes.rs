@@ -144,6 +144,14 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     }
     let seen: Vec<Outcome> = clients.iter_mut().map(|client| client.get(b"contended")).collect();
     assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "nodes disagree: {seen:?}");
+    // A read at ALL repairs any replica a late write left behind; then every node's own copy
+    // (a read at ONE through it) holds that same value.
+    let contended = Operation::Get { key: Bytes::from_static(b"contended") };
+    let everyone = clients[0].execute_at(contended.clone(), Some(Consistency::All)).unwrap();
+    assert_eq!(everyone, seen[0]);
+    for client in clients.iter_mut() {
+        assert_eq!(client.execute_at(contended.clone(), Some(Consistency::One)).unwrap(), everyone);
+    }
 
     // One node killed: quorum writes and reads go on through the other two.
     third.kill();
