@@ -193,8 +193,18 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     third.restart();
     wait_for_logs(&[(&first, first_log_bytes)], "node up", &[3]);
     let mut back = third.client();
-    assert!(matches!(
-        eventually(&mut back, Operation::Get { key: Bytes::from_static(b"after-kill-1") }),
-        Outcome::Value { .. }
-    ));
+    assert!(matches!(eventually(&mut back, get(b"after-kill-1")), Outcome::Value { .. }));
+    // Its own copy of the value it missed is still missing: nothing has read that key since.
+    assert_eq!(back.execute_at(get(b"missed"), Some(Consistency::One)).unwrap(), Outcome::NotFound);
+    // A read at ALL sees every replica, answers the newest and repairs the stale one ...
+    let everyone = eventually_at(&mut clients_of(&first), get(b"missed"), Consistency::All);
+    assert_eq!(
+        everyone,
+        Outcome::Value { value: Bytes::from_static(b"while-down"), version: missed_version }
+    );
+    // ... so the restarted node's own copy now has it.
+    assert_eq!(
+        back.execute_at(get(b"missed"), Some(Consistency::One)).unwrap(),
+        Outcome::Value { value: Bytes::from_static(b"while-down"), version: missed_version }
+    );
 }

@@ -30,8 +30,13 @@ use crate::stop_signal::StopSignal;
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
+/// Peer links a shard serves at once. A cluster needs one per remote shard; the bound keeps a
+/// misbehaving or hostile peer that opens connections without end from exhausting memory.
+pub const PEER_LINKS_MAX: usize = 1024;
+
 /// Accepts peer links until `stop`.
 pub async fn accept_links(listener: TcpListener, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
+    let open = Rc::new(Cell::new(0usize));
     loop {
         let accepted = or(async { Some(listener.accept().await) }, async {
             stop.wait().await;
@@ -41,9 +46,20 @@ pub async fn accept_links(listener: TcpListener, cluster: Rc<Cluster>, stop: Rc<
         match accepted {
             None => break,
             Some(Ok(stream)) => {
+                if open.get() >= PEER_LINKS_MAX {
+                    warn!(links = open.get(), "refusing a peer link: PEER_LINKS_MAX links are open");
+                    drop(stream);
+                    continue;
+                }
+                open.set(open.get() + 1);
                 let cluster = cluster.clone();
                 let stop = stop.clone();
-                glommio::spawn_local(async move { serve_link(stream, cluster, stop).await }).detach();
+                let open = open.clone();
+                glommio::spawn_local(async move {
+                    serve_link(stream, cluster, stop).await;
+                    open.set(open.get() - 1);
+                })
+                .detach();
             }
             Some(Err(error)) => {
                 warn!(%error, "accepting a peer link failed");
