@@ -4,96 +4,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
-use common::{Client, Server, SHARDS};
+use common::cluster::{eventually, eventually_at, start_three_nodes, wait_for_logs};
+use common::Client;
 use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
-
-/// Longest wait for membership to settle; only turns a hang into a failure.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
-
-fn peer_port(server: &Server) -> u16 {
-    server.client_port + 1 + SHARDS as u16
-}
-
-fn start_node(root: &Path, node_id: u16, seed: Option<u16>) -> Server {
-    let data_dir = root.join(format!("node-{node_id}"));
-    let node_id = node_id.to_string();
-    let seeds = seed.map(|port| format!("127.0.0.1:{port}"));
-    let mut args = vec!["--node-id", &node_id, "--replication-factor", "3"];
-    if let Some(seeds) = &seeds {
-        args.extend(["--seeds", seeds]);
-    }
-    Server::start_with(&data_dir, &args)
-}
-
-/// Waits until each node's log reports every node of `others` with `event` ("node up" or
-/// "node down"), counting only lines after `since` bytes of its log.
-fn wait_for_logs(nodes: &[(&Server, usize)], event: &str, others: &[u16]) {
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    loop {
-        let settled = nodes.iter().all(|(node, since)| {
-            let log = node.log();
-            let recent = &log[(*since).min(log.len())..];
-            others.iter().all(|other| recent.contains(&format!("{event} node_id={other} ")))
-        });
-        if settled {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "membership did not settle ({event} {others:?}):\n{}",
-            nodes[0].0.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn clients_of(server: &Server) -> Client {
-    server.client()
-}
-
-/// Retries an operation at `consistency` until it succeeds (a node that just came back may not
-/// be seen up by every node yet).
-fn eventually_at(client: &mut Client, operation: Operation, consistency: Consistency) -> Outcome {
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    loop {
-        match client.execute_at(operation.clone(), Some(consistency)) {
-            Ok(outcome) => return outcome,
-            Err(failure) => {
-                assert!(Instant::now() < deadline, "still failing: {failure}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-/// Retries an operation that may fail while the cluster notices a change; returns the first
-/// success.
-fn eventually(client: &mut Client, operation: Operation) -> Outcome {
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    loop {
-        match client.execute(operation.clone()) {
-            Ok(outcome) => return outcome,
-            Err(failure) => {
-                assert!(Instant::now() < deadline, "still failing: {failure}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
 
 #[test]
 fn quorum_operations_through_every_node_survive_one_node_killed() {
     let root = tempfile::tempdir().unwrap();
-    let first = start_node(root.path(), 1, None);
-    let second = start_node(root.path(), 2, Some(peer_port(&first)));
-    let mut third = start_node(root.path(), 3, Some(peer_port(&first)));
-    wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
-    wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
-    wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
+    let [first, second, mut third] = start_three_nodes(root.path());
 
     let mut clients: Vec<Client> = [&first, &second, &third].iter().map(|node| node.client()).collect();
     // Every operation through every node, each read back through every node.
@@ -197,7 +116,7 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     // Its own copy of the value it missed is still missing: nothing has read that key since.
     assert_eq!(back.execute_at(get(b"missed"), Some(Consistency::One)).unwrap(), Outcome::NotFound);
     // A read at ALL sees every replica, answers the newest and repairs the stale one ...
-    let everyone = eventually_at(&mut clients_of(&first), get(b"missed"), Consistency::All);
+    let everyone = eventually_at(&mut first.client(), get(b"missed"), Consistency::All);
     assert_eq!(
         everyone,
         Outcome::Value { value: Bytes::from_static(b"while-down"), version: missed_version }

@@ -8,26 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Client, Server, SHARDS};
+use common::cluster::{eventually_at as eventually, peer_port, start_node_with, SETTLE_DEADLINE};
+use common::Server;
 use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
-/// Longest wait for the cluster to notice a change; only turns a hang into a failure.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
-
-fn peer_port(server: &Server) -> u16 {
-    server.client_port + 1 + SHARDS as u16
-}
-
 fn start_node(root: &Path, node_id: u16, seed: Option<u16>) -> Server {
-    let data_dir = root.join(format!("node-{node_id}"));
-    let node_id = node_id.to_string();
-    let seeds = seed.map(|port| format!("127.0.0.1:{port}"));
     // A short replica timeout keeps the test quick; it bounds how long a request waits.
-    let mut args = vec!["--node-id", &node_id, "--replica-timeout-ms", "500"];
-    if let Some(seeds) = &seeds {
-        args.extend(["--seeds", seeds]);
-    }
-    Server::start_with(&data_dir, &args)
+    start_node_with(root, node_id, seed, &["--replica-timeout-ms", "500"])
 }
 
 fn wait_for_log(server: &Server, since: usize, needle: &str) {
@@ -40,20 +27,6 @@ fn wait_for_log(server: &Server, since: usize, needle: &str) {
 
 fn put(key: &str, value: &str) -> Operation {
     Operation::Put { key: Bytes::from(key.to_owned()), value: Bytes::from(value.to_owned()), ttl_ms: None }
-}
-
-/// Runs `operation` at `consistency` until it succeeds.
-fn eventually(client: &mut Client, operation: Operation, consistency: Consistency) -> Outcome {
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    loop {
-        match client.execute_at(operation.clone(), Some(consistency)) {
-            Ok(outcome) => return outcome,
-            Err(failure) => {
-                assert!(Instant::now() < deadline, "still failing: {failure}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 #[test]

@@ -1,11 +1,12 @@
-//! Clusters of real `ringkv` nodes on loopback: start them, and wait for membership to settle.
-//! The same steps as `cluster_quorum_across_three_nodes.rs`, shared by the tests that need a
-//! cluster.
+//! Clusters of real `ringkv` nodes on loopback: start them, wait for membership to settle, and
+//! retry requests while the cluster notices a change.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Server, SHARDS};
+use ringkv_wire::{Consistency, Operation, Outcome};
+
+use super::{Client, Server, SHARDS};
 
 /// Longest wait for membership to settle; only turns a hang into a failure.
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
@@ -22,6 +23,11 @@ pub fn address(server: &Server) -> String {
 
 /// Starts node `node_id` (N = 3) with its data under `root`, joining through `seed`'s peer port.
 pub fn start_node(root: &Path, node_id: u16, seed: Option<u16>) -> Server {
+    start_node_with(root, node_id, seed, &[])
+}
+
+/// [`start_node`] with extra `ringkv serve` flags.
+pub fn start_node_with(root: &Path, node_id: u16, seed: Option<u16>, extra_args: &[&str]) -> Server {
     let data_dir = root.join(format!("node-{node_id}"));
     let node_id = node_id.to_string();
     let seeds = seed.map(|port| format!("127.0.0.1:{port}"));
@@ -29,6 +35,7 @@ pub fn start_node(root: &Path, node_id: u16, seed: Option<u16>) -> Server {
     if let Some(seeds) = &seeds {
         args.extend(["--seeds", seeds]);
     }
+    args.extend_from_slice(extra_args);
     Server::start_with(&data_dir, &args)
 }
 
@@ -62,5 +69,30 @@ pub fn wait_for_logs(nodes: &[(&Server, usize)], event: &str, others: &[u16]) {
             nodes[0].0.log()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `operation` at the node's default level until it succeeds, while the cluster notices a
+/// change; returns the first success.
+pub fn eventually(client: &mut Client, operation: Operation) -> Outcome {
+    retry(|| client.execute(operation.clone()))
+}
+
+/// Runs `operation` at `consistency` until it succeeds (a node that just came back may not be
+/// seen up by every node yet).
+pub fn eventually_at(client: &mut Client, operation: Operation, consistency: Consistency) -> Outcome {
+    retry(|| client.execute_at(operation.clone(), Some(consistency)))
+}
+
+fn retry(mut attempt: impl FnMut() -> Result<Outcome, ringkv_wire::Failure>) -> Outcome {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        match attempt() {
+            Ok(outcome) => return outcome,
+            Err(failure) => {
+                assert!(Instant::now() < deadline, "still failing: {failure}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
