@@ -309,7 +309,15 @@ async fn start_cluster(
         peer_outbox_bytes_max: config.peer_outbox_bytes_max,
         peer_in_flight_max: config.in_flight_max,
     };
-    let view = ClusterView::new(&identity, config.replication_factor, &known_peers);
+    let own_peer_address = config.peer_address(0);
+    let has_seeds = config.seeds.iter().any(|&seed| seed != own_peer_address);
+    let joining = (has_seeds && known_peers.is_empty()).then(|| {
+        format!(
+            "the node is joining the cluster and serves nothing until one of its seeds ({}) answers",
+            config.seeds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        )
+    });
+    let view = ClusterView::new(&identity, config.replication_factor, &known_peers, joining.clone());
     if config.replication_factor > 1 && config.seeds.is_empty() && known_peers.is_empty() && shard_id == 0 {
         warn!(
             replication_factor = config.replication_factor,
@@ -338,6 +346,7 @@ async fn start_cluster(
                 identity,
                 seeds: config.seeds.clone(),
                 known: known_peers,
+                joining,
                 data_dir: config.data_dir.clone(),
                 socket,
                 cluster: cluster.clone(),

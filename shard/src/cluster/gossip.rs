@@ -31,7 +31,7 @@ use ringkv_replication::{Membership, MembershipEvent, MembershipTiming, NodeIden
 use ringkv_wire::limits::UDP_DATAGRAM_BYTES_MAX;
 use ringkv_wire::peer::{PeerEnvelope, PeerMessage};
 use ringkv_wire::{encode_peer, parse_peer};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{known_peers, Cluster, MembershipSnapshot};
 use crate::stop_signal::StopSignal;
@@ -60,6 +60,8 @@ pub struct GossipSetup {
     pub seeds: Vec<SocketAddr>,
     /// Members known from before this start (from the data directory).
     pub known: BTreeMap<u16, NodeIdentity>,
+    /// Why the node must not serve until it has joined (a new node with seeds), if so.
+    pub joining: Option<String>,
     /// Where the members known are kept.
     pub data_dir: PathBuf,
     pub socket: UdpSocket,
@@ -70,7 +72,9 @@ pub struct GossipSetup {
 
 /// Runs membership until `stop`, then tells the cluster this node leaves.
 pub async fn run_membership(setup: GossipSetup) {
-    let GossipSetup { identity, seeds, known, data_dir, socket, cluster, other_shards, stop } = setup;
+    let GossipSetup { identity, seeds, known, joining, data_dir, socket, cluster, other_shards, stop } =
+        setup;
+    let mut joining = joining;
     // Announce to the seeds and to every member known from before, so a restarted node whose
     // seeds are down still finds the cluster.
     let mut join_addresses = seeds.clone();
@@ -135,11 +139,16 @@ pub async fn run_membership(setup: GossipSetup) {
                 }
             }
         }
+        if joining.is_some() && membership.up().len() > 1 {
+            info!(members = membership.up().len(), "joined the cluster; serving");
+            joining = None;
+            changed = true;
+        }
         if changed {
             let snapshot = Arc::new(MembershipSnapshot {
                 members: members.clone(),
                 up: membership.up().keys().copied().collect::<BTreeSet<u16>>(),
-                refused: refused.clone(),
+                refused: refused.clone().or_else(|| joining.clone()),
             });
             cluster.apply(snapshot.clone());
             for shard in &other_shards {

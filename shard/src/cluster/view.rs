@@ -19,7 +19,8 @@ use crate::ring::Ring;
 pub struct MembershipSnapshot {
     pub members: BTreeMap<u16, NodeIdentity>,
     pub up: BTreeSet<u16>,
-    /// Set when another member holds this node's id: the node must not serve.
+    /// Set while the node must not serve: it is still joining through its seeds, or another
+    /// member holds its node id.
     pub refused: Option<String>,
 }
 
@@ -36,12 +37,18 @@ pub struct ClusterView {
 impl ClusterView {
     /// A view of this node up and the members known from before (down until membership says
     /// otherwise).
+    ///
+    /// `joining` is why the node must not serve yet, if it must not: a new node that has seeds
+    /// and knows no member serves nothing until it has joined, or it would take writes alone as
+    /// a cluster of one.
     pub fn new(
         identity: &NodeIdentity,
         replication_factor: usize,
         known: &BTreeMap<u16, NodeIdentity>,
+        joining: Option<String>,
     ) -> Self {
-        let mut snapshot = MembershipSnapshot { members: known.clone(), ..MembershipSnapshot::default() };
+        let mut snapshot =
+            MembershipSnapshot { members: known.clone(), refused: joining, ..MembershipSnapshot::default() };
         snapshot.members.insert(identity.node_id, identity.clone());
         snapshot.up.insert(identity.node_id);
         let mut view = ClusterView {
@@ -95,9 +102,10 @@ impl ClusterView {
         self.replication_factor
     }
 
-    /// Whether requests go through replication: more than one copy of each key.
+    /// Whether requests go through replication: more than one copy of each key, or a node that
+    /// must not serve (so that no shortcut answers for it).
     pub fn is_replicated(&self) -> bool {
-        self.replicas() > 1
+        self.replicas() > 1 || self.snapshot.refused.is_some()
     }
 
     /// Why this node must not serve, if it must not.
