@@ -75,6 +75,14 @@ for i in $(seq 1 "$nodes"); do
   echo "node $i: client 127.0.0.1:$client_port, peer 127.0.0.1:$peer_port, log $cluster_dir/node-$i.log"
 done
 
+# Wait until node 1 sees every node up, so the cluster is whole before the first request.
+for _ in $(seq 1 60); do
+  up="$("$binary" status --addr 127.0.0.1:7379 2>/dev/null | grep -cw up || true)"
+  [ "$up" -ge "$nodes" ] && break
+  sleep 0.5
+done
+echo "$up of $nodes node(s) up"
+
 if $detach; then
   echo "stop with: $0 stop"
   exit 0
