@@ -1,0 +1,240 @@
+//! The checkers, run over a run's history and its final state once everything is healed,
+//! restarted, settled and read back at ALL.
+//!
+//! 1. No acknowledged write is lost: each key's final entry is at least as new as its newest
+//!    acknowledged write, and is exactly some write that may have been applied (acknowledged or
+//!    unknown; never one refused before anything was sent, never a value nobody wrote).
+//! 2. Convergence: every replica of a key holds the same entry as the final read, and nodes that
+//!    are not replicas of it hold nothing.
+//! 3. No deleted key comes back: a key whose newest acknowledged write is a delete is read as
+//!    that tombstone, or as a newer write that may have been applied.
+//! 4. W + R > N: a read whose quorum intersects an acknowledged write's (`required` of both
+//!    summing above N), invoked after that write completed, returns that version or a newer one.
+//!    Replicas only ever move to higher versions and acknowledged writes are synced, so this holds
+//!    whatever else is written or pending meanwhile. Every value any read returns must also have
+//!    been written by some operation that may have been applied.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use ringkv_wire::peer::{PeerEntry, PeerValue};
+
+use crate::history::{describe, History, Kind, Operation, Outcome};
+
+/// What the cluster holds at the end: per node, per key, the stored entry.
+pub type FinalState = BTreeMap<u16, BTreeMap<Bytes, Option<PeerEntry>>>;
+
+/// Every violation found, one sentence each; empty when the run is correct.
+pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &FinalState) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (key, key_replicas) in replicas {
+        let name = String::from_utf8_lossy(key);
+        let operations: Vec<&Operation> = history.operations.iter().filter(|op| op.key == key).collect();
+        let final_read = operations.iter().rev().find_map(|op| match (&op.client, &op.outcome) {
+            (None, Outcome::Read(entry)) => Some(entry.clone()),
+            _ => None,
+        });
+        let Some(final_entry) = final_read else {
+            violations.push(format!("{name}: no read at ALL succeeded after the cluster settled"));
+            continue;
+        };
+        let acknowledged = operations
+            .iter()
+            .filter(|op| op.is_write() && op.outcome == Outcome::Written)
+            .max_by_key(|op| op.version);
+        check_no_lost_write(&name, &operations, acknowledged.copied(), &final_entry, &mut violations);
+        check_convergence(&name, key, key_replicas, stored, &final_entry, &mut violations);
+        if let Some(delete) = acknowledged.filter(|op| op.kind == Kind::Delete) {
+            let stays_deleted = match &final_entry {
+                Some(PeerEntry { value: PeerValue::Tombstone { .. }, .. }) => true,
+                Some(entry) => {
+                    entry.version > delete.version.unwrap_or(0)
+                        && operations.iter().any(|op| op.may_have_applied() && op.wrote(entry))
+                }
+                None => false,
+            };
+            if !stays_deleted {
+                violations.push(format!(
+                    "{name}: deleted by [{delete}], acknowledged, but came back as {}",
+                    describe(&final_entry)
+                ));
+            }
+        }
+        check_reads(&name, &operations, &mut violations);
+    }
+    violations
+}
+
+fn check_no_lost_write(
+    name: &str,
+    operations: &[&Operation],
+    acknowledged: Option<&Operation>,
+    final_entry: &Option<PeerEntry>,
+    violations: &mut Vec<String>,
+) {
+    let final_version = final_entry.as_ref().map(|entry| entry.version);
+    if let Some(write) = acknowledged {
+        if final_version < write.version {
+            violations.push(format!(
+                "{name}: acknowledged write [{write}] lost: the cluster settled on {}",
+                describe(final_entry)
+            ));
+        }
+    }
+    if let Some(entry) = final_entry {
+        if !operations.iter().any(|op| op.may_have_applied() && op.wrote(entry)) {
+            violations
+                .push(format!("{name}: settled on {}, which no applied write wrote", describe(final_entry)));
+        }
+    }
+}
+
+fn check_convergence(
+    name: &str,
+    key: &Bytes,
+    key_replicas: &[u16],
+    stored: &FinalState,
+    final_entry: &Option<PeerEntry>,
+    violations: &mut Vec<String>,
+) {
+    for (node, entries) in stored {
+        let held = entries.get(key).cloned().flatten();
+        if key_replicas.contains(node) {
+            if &held != final_entry {
+                violations.push(format!(
+                    "{name}: replica n{node} holds {} but the read at ALL returned {}",
+                    describe(&held),
+                    describe(final_entry)
+                ));
+            }
+        } else if held.is_some() {
+            violations.push(format!("{name}: n{node} is not a replica yet holds {}", describe(&held)));
+        }
+    }
+}
+
+fn check_reads(name: &str, operations: &[&Operation], violations: &mut Vec<String>) {
+    for read in operations.iter().filter(|op| op.kind == Kind::Get) {
+        let Outcome::Read(entry) = &read.outcome else { continue };
+        if let Some(entry) = entry {
+            if !operations.iter().any(|op| op.may_have_applied() && op.wrote(entry)) {
+                violations.push(format!(
+                    "{name}: [{read}] returned {}, which no write wrote",
+                    describe(&Some(entry.clone()))
+                ));
+            }
+        }
+        let seen = entry.as_ref().map(|entry| entry.version);
+        let newest_before = operations
+            .iter()
+            .filter(|write| {
+                write.is_write()
+                    && write.outcome == Outcome::Written
+                    && write.completed_step.is_some_and(|completed| completed < read.invoked_step)
+                    && write.required + read.required > read.replicas
+            })
+            .max_by_key(|write| write.version);
+        if let Some(write) = newest_before {
+            if seen < write.version {
+                violations.push(format!(
+                    "{name}: [{read}] returned {} after [{write}] was acknowledged (W + R > N)",
+                    describe(entry)
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_wire::Consistency;
+
+    fn operation(kind: Kind, version: Option<u64>, steps: (u64, u64), outcome: Outcome) -> Operation {
+        Operation {
+            client: Some(0),
+            node: 1,
+            key: Bytes::from("k"),
+            kind,
+            consistency: Consistency::Quorum,
+            replicas: 3,
+            required: 2,
+            version,
+            invoked_step: steps.0,
+            completed_step: Some(steps.1),
+            outcome,
+        }
+    }
+
+    fn live(version: u64, value: &str) -> Option<PeerEntry> {
+        Some(PeerEntry {
+            version,
+            value: PeerValue::Live { data: Bytes::from(value.to_string()), expires_at_ms: None },
+        })
+    }
+
+    fn run(operations: Vec<Operation>, stored_entry: Option<PeerEntry>) -> Vec<String> {
+        let key = Bytes::from("k");
+        let replicas = BTreeMap::from([(key.clone(), vec![1, 2, 3])]);
+        let stored: FinalState =
+            (1..=3).map(|node| (node, BTreeMap::from([(key.clone(), stored_entry.clone())]))).collect();
+        check(&History { operations }, &replicas, &stored)
+    }
+
+    fn put(value: &str, version: u64, steps: (u64, u64), outcome: Outcome) -> Operation {
+        operation(Kind::Put { value: Bytes::from(value.to_string()) }, Some(version), steps, outcome)
+    }
+
+    fn final_read(entry: Option<PeerEntry>) -> Operation {
+        Operation { client: None, ..operation(Kind::Get, None, (100, 101), Outcome::Read(entry)) }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let operations = vec![
+            put("a", 10, (1, 2), Outcome::Written),
+            put("b", 20, (3, 4), Outcome::Unknown("timeout".into())),
+        ];
+        let mut with_read = operations.clone();
+        with_read.push(final_read(live(20, "b")));
+        assert_eq!(run(with_read, live(20, "b")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lost_acknowledged_write_is_found() {
+        let operations = vec![
+            put("a", 10, (1, 2), Outcome::Written),
+            put("b", 20, (3, 4), Outcome::Written),
+            final_read(live(10, "a")),
+        ];
+        let violations = run(operations, live(10, "a"));
+        assert!(violations.iter().any(|violation| violation.contains("lost")), "{violations:?}");
+    }
+
+    #[test]
+    fn a_stale_quorum_read_and_a_phantom_value_are_found() {
+        let operations = vec![
+            put("a", 10, (1, 2), Outcome::Written),
+            operation(Kind::Get, None, (3, 4), Outcome::Read(None)),
+            operation(Kind::Get, None, (5, 6), Outcome::Read(live(10, "zzz"))),
+            final_read(live(10, "a")),
+        ];
+        let violations = run(operations, live(10, "a"));
+        assert!(violations.iter().any(|violation| violation.contains("W + R > N")), "{violations:?}");
+        assert!(violations.iter().any(|violation| violation.contains("no write wrote")), "{violations:?}");
+    }
+
+    #[test]
+    fn a_resurrected_key_and_a_diverging_replica_are_found() {
+        let delete = operation(Kind::Delete, Some(20), (3, 4), Outcome::Written);
+        let operations = vec![put("a", 10, (1, 2), Outcome::Written), delete, final_read(live(10, "a"))];
+        let violations = run(operations, live(10, "a"));
+        assert!(violations.iter().any(|violation| violation.contains("came back")), "{violations:?}");
+        let operations = vec![put("a", 10, (1, 2), Outcome::Written), final_read(live(10, "a"))];
+        let violations = run(operations, None);
+        assert!(
+            violations.iter().any(|violation| violation.contains("replica n1 holds nothing")),
+            "{violations:?}"
+        );
+    }
+}

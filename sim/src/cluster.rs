@@ -1,0 +1,704 @@
+//! [`Cluster`]: one simulated run. Every node, the network, the clients and the faults are
+//! driven from one event heap by one seeded generator, in one thread.
+//!
+//! ```text
+//!  warm-up ─▶ workload (clients + faults) ─▶ heal, restart, lossless links ─▶ membership settles
+//!          ─▶ read every key at ALL (read repair converges) ─▶ background repairs delivered
+//!          ─▶ checkers over the history and every engine's entries
+//! ```
+//!
+//! Time is the simulation's, in ms; each node's wall clock is it plus the node's skew. The
+//! coordinator's deadlines and foca's timers run on the simulation's time (they only measure
+//! durations); the hybrid clock, TTL and tombstone times and the replicas' clock-skew check run
+//! on the node's wall clock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ringkv_replication::coordinator::Output;
+use ringkv_replication::{
+    default_tokens, ClusterRing, CoordinatorError, CoordinatorReply, MembershipEvent, MembershipTiming,
+    Target,
+};
+use ringkv_storage::disk::memory::CrashMode;
+use ringkv_wire::peer::{PeerEntry, PeerValue};
+use ringkv_wire::token::token;
+use ringkv_wire::Consistency;
+
+use crate::checker::{self, FinalState};
+use crate::client::{Client, Request};
+use crate::config::{SimConfig, REPLICATION_FACTOR};
+use crate::history::{History, Kind, Operation, Outcome};
+use crate::network::{LinkFaults, Message, Network, Payload};
+use crate::node::{node_of, peer_address, Node, NodeSettings, TOKENS_PER_NODE};
+use crate::scheduler::Scheduler;
+
+/// The simulation's clock at the start of a run (a plausible Unix time in ms).
+const START_MS: u64 = 1_700_000_000_000;
+/// Membership gets this long to form before clients start.
+const WARM_UP_MS: u64 = 3_000;
+/// The workload must end within this much simulated time.
+const WORKLOAD_MS_MAX: u64 = 600_000;
+/// After healing, membership gets at most this long to see every node up.
+const CONVERGE_MS_MAX: u64 = 60_000;
+/// Attempts at the final read of a key at ALL.
+const FINAL_READ_ATTEMPTS: usize = 10;
+/// How often a node that sees no other member announces itself again (the shard's gossip task
+/// does the same, so a lost announce or a partition at start does not leave it alone).
+const REJOIN_PERIOD_MS: u64 = 1_000;
+/// Most events pending at once.
+const EVENTS_PENDING_MAX: usize = 1 << 20;
+
+enum Event {
+    Deliver(Message),
+    MembershipTick {
+        node: u16,
+        generation: u64,
+    },
+    CoordinatorTick {
+        node: u16,
+        generation: u64,
+    },
+    Maintenance {
+        node: u16,
+        generation: u64,
+    },
+    /// The shard's gossip task announces again to its seeds while it sees no other member.
+    Rejoin {
+        node: u16,
+        generation: u64,
+    },
+    ClientNext {
+        client: usize,
+    },
+    Fault,
+    Heal {
+        partition: u64,
+    },
+    Restart {
+        node: u16,
+    },
+}
+
+/// What a run found.
+pub struct Report {
+    pub seed: u64,
+    /// The run, one line per event of interest; the same seed gives the same bytes.
+    pub trace: String,
+    /// Violations of the checked properties (empty: the run passed).
+    pub violations: Vec<String>,
+    /// Client operations issued and events handled.
+    pub operations: usize,
+    pub events: u64,
+}
+
+/// One run.
+pub struct Cluster {
+    seed: u64,
+    config: SimConfig,
+    now_ms: u64,
+    /// Events handled so far: the logical time of the history.
+    step: u64,
+    rng: StdRng,
+    scheduler: Scheduler<Event>,
+    network: Network,
+    nodes: BTreeMap<u16, Node>,
+    ring: ClusterRing,
+    keys: Vec<Bytes>,
+    clients: Vec<Client>,
+    history: History,
+    trace: String,
+    faults_on: bool,
+    partition: u64,
+    /// Problems found while running (an engine that would not reopen, an undecodable frame).
+    violations: Vec<String>,
+}
+
+impl Cluster {
+    /// The run of `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let config = SimConfig::draw(&mut rng);
+        let settings = NodeSettings {
+            replica_timeout_ms: config.replica_timeout_ms,
+            pending_max: 64,
+            max_clock_skew_ms: config.max_clock_skew_ms,
+            timing: MembershipTiming::default(),
+            memtable_bytes_max: 2 << 10,
+            memtable_hash_seed: seed,
+        };
+        let mut nodes = BTreeMap::new();
+        let mut ring = ClusterRing::new();
+        for node_id in 1..=config.nodes {
+            let skew_ms = rng.random_range(-config.clock_skew_ms_max..=config.clock_skew_ms_max);
+            nodes.insert(node_id, Node::new(node_id, skew_ms, settings));
+            ring.insert(node_id, &default_tokens(node_id, TOKENS_PER_NODE));
+        }
+        let keys = (0..config.keys).map(|index| Bytes::from(format!("k{index}"))).collect();
+        let clients = (0..config.clients).map(|id| Client::new(id, config.operations_per_client)).collect();
+        let mut trace = String::new();
+        let _ = writeln!(trace, "seed {seed}: {config:?}");
+        for node in nodes.values() {
+            let _ = writeln!(trace, "n{} clock skew {}ms", node.node_id, node.skew_ms);
+        }
+        Cluster {
+            seed,
+            network: Network::new(config.link_faults),
+            config,
+            now_ms: START_MS,
+            step: 0,
+            rng,
+            scheduler: Scheduler::new(EVENTS_PENDING_MAX),
+            nodes,
+            ring,
+            keys,
+            clients,
+            history: History::default(),
+            trace,
+            faults_on: false,
+            partition: 0,
+            violations: Vec::new(),
+        }
+    }
+
+    /// Runs to the end and checks the result.
+    pub fn run(mut self) -> Report {
+        let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
+        for &node in &node_ids {
+            self.start(node);
+        }
+        self.run_for(WARM_UP_MS);
+        self.workload();
+        self.settle();
+        let replicas: BTreeMap<Bytes, Vec<u16>> = self
+            .keys
+            .iter()
+            .map(|key| (key.clone(), self.ring.preference_list(token(key), REPLICATION_FACTOR)))
+            .collect();
+        let mut stored = FinalState::new();
+        for (&node_id, node) in &self.nodes {
+            let mut entries = BTreeMap::new();
+            for key in &self.keys {
+                match node.stored(key) {
+                    Ok(entry) => {
+                        entries.insert(key.clone(), entry);
+                    }
+                    Err(error) => self.violations.push(error),
+                }
+            }
+            stored.insert(node_id, entries);
+        }
+        self.violations.extend(checker::check(&self.history, &replicas, &stored));
+        for violation in &self.violations {
+            let _ = writeln!(self.trace, "VIOLATION {violation}");
+        }
+        let _ = writeln!(
+            self.trace,
+            "end at {}ms after {} events: {} violations",
+            self.now_ms - START_MS,
+            self.step,
+            self.violations.len()
+        );
+        Report {
+            seed: self.seed,
+            trace: self.trace,
+            violations: self.violations,
+            operations: self.history.operations.len(),
+            events: self.step,
+        }
+    }
+
+    fn log(&mut self, line: std::fmt::Arguments<'_>) {
+        let _ = writeln!(self.trace, "{:>7} {line}", self.now_ms - START_MS);
+    }
+
+    /// Clients run until each has issued and finished all its operations, with faults on.
+    fn workload(&mut self) {
+        self.faults_on = self.config.fault_interval_ms > 0;
+        if self.faults_on {
+            let at = self.now_ms + self.rng.random_range(0..=self.config.fault_interval_ms);
+            self.scheduler.schedule(at, Event::Fault);
+        }
+        for client in 0..self.clients.len() {
+            let at = self.now_ms + self.rng.random_range(0..50);
+            self.scheduler.schedule(at, Event::ClientNext { client });
+        }
+        let deadline = self.now_ms + WORKLOAD_MS_MAX;
+        while !self.clients.iter().all(Client::is_done) {
+            if self.now_ms > deadline || !self.step() {
+                self.violations.push("the workload did not finish in time".to_string());
+                return;
+            }
+        }
+    }
+
+    /// Heals everything, restarts crashed nodes, waits for membership, reads every key at ALL
+    /// and lets the background repairs land.
+    fn settle(&mut self) {
+        self.faults_on = false;
+        self.network.heal();
+        self.network.set_faults(LinkFaults { loss: 0.0, duplication: 0.0, ..self.config.link_faults });
+        self.log(format_args!("settle: links healed and lossless"));
+        let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
+        for &node in &node_ids {
+            if self.nodes[&node].running.is_none() {
+                self.start(node);
+            }
+        }
+        let deadline = self.now_ms + CONVERGE_MS_MAX;
+        while !self.membership_converged() {
+            if self.now_ms > deadline {
+                let views: Vec<String> = self
+                    .nodes
+                    .values()
+                    .map(|node| match &node.running {
+                        Some(running) => format!(
+                            "n{} sees {:?}",
+                            node.node_id,
+                            running.membership.up().keys().collect::<Vec<_>>()
+                        ),
+                        None => format!("n{} is down", node.node_id),
+                    })
+                    .collect();
+                self.violations
+                    .push(format!("membership did not converge after healing: {}", views.join(", ")));
+                break;
+            }
+            self.run_for(500);
+        }
+        self.log(format_args!("settle: every node sees every node up"));
+        for key in self.keys.clone() {
+            for _ in 0..FINAL_READ_ATTEMPTS {
+                let node = node_ids[self.rng.random_range(0..node_ids.len())];
+                let request =
+                    Request { node, key: key.clone(), kind: Kind::Get, consistency: Consistency::All };
+                let index = self.issue(None, request);
+                while self.history.operations[index].outcome == Outcome::Pending {
+                    self.step();
+                }
+                if matches!(self.history.operations[index].outcome, Outcome::Read(_)) {
+                    break;
+                }
+                self.run_for(500);
+            }
+        }
+        self.run_for(3_000);
+    }
+
+    fn membership_converged(&self) -> bool {
+        self.nodes.values().all(|node| {
+            node.running.as_ref().is_some_and(|running| running.membership.up().len() == self.nodes.len())
+        })
+    }
+
+    /// Handles events up to `duration_ms` from now.
+    fn run_for(&mut self, duration_ms: u64) {
+        let end = self.now_ms + duration_ms;
+        while self.scheduler.next_at().is_some_and(|at| at <= end) {
+            self.step();
+        }
+        self.now_ms = end;
+    }
+
+    /// Handles the next event. Returns false when none is left.
+    fn step(&mut self) -> bool {
+        let Some((at, event)) = self.scheduler.pop() else { return false };
+        debug_assert!(at >= self.now_ms, "time never goes back");
+        self.now_ms = at;
+        self.step += 1;
+        match event {
+            Event::Deliver(message) => self.deliver(message),
+            Event::MembershipTick { node, generation } => {
+                let now_ms = self.now_ms;
+                let Some(running) = self.running_mut(node, generation) else { return true };
+                if running.membership_tick_at == Some(at) {
+                    running.membership_tick_at = None;
+                    running.membership.tick(now_ms);
+                    self.flush_membership(node);
+                }
+            }
+            Event::CoordinatorTick { node, generation } => {
+                let now_ms = self.now_ms;
+                let Some(running) = self.running_mut(node, generation) else { return true };
+                let mut outputs = Vec::new();
+                running.coordinator.tick(now_ms, &mut outputs);
+                self.dispatch(node, outputs);
+            }
+            Event::Maintenance { node, generation } => {
+                if self.running_mut(node, generation).is_some() {
+                    if let Err(error) = self.nodes[&node].maintain(self.now_ms) {
+                        self.violations.push(error);
+                    }
+                    let at = self.now_ms + self.rng.random_range(500..=1_500);
+                    self.scheduler.schedule(at, Event::Maintenance { node, generation });
+                }
+            }
+            Event::Rejoin { node, generation } => {
+                let now_ms = self.now_ms;
+                let seeds = self.seeds(node);
+                let Some(running) = self.running_mut(node, generation) else { return true };
+                if running.membership.up().len() == 1 {
+                    running.membership.join(&seeds, now_ms);
+                    self.flush_membership(node);
+                }
+                self.scheduler.schedule(now_ms + REJOIN_PERIOD_MS, Event::Rejoin { node, generation });
+            }
+            Event::ClientNext { client } => {
+                let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
+                if let Some(request) = self.clients[client].next(&mut self.rng, &self.keys, &node_ids) {
+                    let index = self.issue(Some(client), request);
+                    if self.history.operations[index].outcome == Outcome::Pending {
+                        self.clients[client].in_flight = Some(index);
+                    }
+                }
+            }
+            Event::Fault => self.fault(),
+            Event::Heal { partition } => {
+                if partition == self.partition && self.network.is_partitioned() {
+                    self.network.heal();
+                    self.log(format_args!("partition {partition} healed"));
+                }
+            }
+            Event::Restart { node } => {
+                if self.faults_on && self.nodes[&node].running.is_none() {
+                    self.start(node);
+                }
+            }
+        }
+        true
+    }
+
+    fn running_mut(&mut self, node: u16, generation: u64) -> Option<&mut crate::node::Running> {
+        let node = self.nodes.get_mut(&node)?;
+        if node.generation != generation {
+            return None;
+        }
+        node.running.as_mut()
+    }
+
+    /// The addresses a node announces itself to: every other member, as a restarted shard
+    /// announces to its seeds and the members it remembers.
+    fn seeds(&self, node_id: u16) -> Vec<SocketAddr> {
+        self.nodes.keys().filter(|&&other| other != node_id).map(|&other| peer_address(other)).collect()
+    }
+
+    fn start(&mut self, node_id: u16) {
+        let seeds = self.seeds(node_id);
+        let membership_seed = self.rng.random();
+        let now_ms = self.now_ms;
+        let node = self.nodes.get_mut(&node_id).expect("a node of the run");
+        if let Err(error) = node.start(now_ms, membership_seed, &seeds) {
+            self.violations.push(error);
+            return;
+        }
+        let generation = node.generation;
+        self.log(format_args!("n{node_id} started, generation {generation}"));
+        let at = self.now_ms + self.rng.random_range(500..=1_500);
+        self.scheduler.schedule(at, Event::Maintenance { node: node_id, generation });
+        self.scheduler.schedule(self.now_ms + REJOIN_PERIOD_MS, Event::Rejoin { node: node_id, generation });
+        self.flush_membership(node_id);
+    }
+
+    /// Partitions, heals, crashes and restarts, one at a time at random intervals.
+    fn fault(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
+        let running: Vec<u16> =
+            node_ids.iter().copied().filter(|node| self.nodes[node].running.is_some()).collect();
+        let crashed = node_ids.len() - running.len();
+        match self.rng.random_range(0..100u32) {
+            0..40 if !self.network.is_partitioned() => self.partition(&node_ids),
+            40..70 if crashed < self.config.crashed_max => {
+                let node = running[self.rng.random_range(0..running.len())];
+                let mode = if self.rng.random_bool(0.7) {
+                    CrashMode::DropUnsynced
+                } else {
+                    CrashMode::TearLastWrite { sectors_kept: self.rng.random_range(0..8) }
+                };
+                self.log(format_args!("n{node} crashed ({mode:?})"));
+                let abandoned = self.nodes.get_mut(&node).expect("running").crash(mode);
+                for index in abandoned {
+                    self.complete(index, Outcome::Unknown("the coordinator crashed".to_string()));
+                }
+                let at = self.now_ms + self.rng.random_range(300..=4_000);
+                self.scheduler.schedule(at, Event::Restart { node });
+            }
+            _ => {}
+        }
+        let interval = self.config.fault_interval_ms;
+        let at = self.now_ms + self.rng.random_range(interval / 2..=interval * 3 / 2);
+        self.scheduler.schedule(at, Event::Fault);
+    }
+
+    fn partition(&mut self, node_ids: &[u16]) {
+        self.partition += 1;
+        let partition = self.partition;
+        let node = node_ids[self.rng.random_range(0..node_ids.len())];
+        let others: Vec<u16> = node_ids.iter().copied().filter(|&other| other != node).collect();
+        match self.rng.random_range(0..4u32) {
+            0 => {
+                self.network.cut(&[node], &others);
+                self.network.cut(&others, &[node]);
+                self.log(format_args!("partition {partition}: n{node} isolated"));
+            }
+            1 => {
+                let mut side: Vec<u16> =
+                    node_ids.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
+                if side.is_empty() || side.len() == node_ids.len() {
+                    side = vec![node];
+                }
+                let rest: Vec<u16> = node_ids.iter().copied().filter(|other| !side.contains(other)).collect();
+                self.network.cut(&side, &rest);
+                self.network.cut(&rest, &side);
+                self.log(format_args!("partition {partition}: {side:?} | {rest:?}"));
+            }
+            2 => {
+                self.network.cut(&[node], &others);
+                self.log(format_args!("partition {partition}: n{node} cannot send"));
+            }
+            _ => {
+                self.network.cut(&others, &[node]);
+                self.log(format_args!("partition {partition}: n{node} cannot receive"));
+            }
+        }
+        let at = self.now_ms + self.rng.random_range(500..=5_000);
+        self.scheduler.schedule(at, Event::Heal { partition });
+    }
+
+    /// Starts a client operation (or a final read, `client` `None`) on its node. Returns its
+    /// history index; it may be complete already (refused at once).
+    fn issue(&mut self, client: Option<usize>, request: Request) -> usize {
+        let Request { node: node_id, key, kind, consistency } = request;
+        let preference = self.ring.preference_list(token(&key), REPLICATION_FACTOR);
+        let replicas = preference.len();
+        let required = consistency.required(replicas);
+        let now_ms = self.now_ms;
+        let node = self.nodes.get_mut(&node_id).expect("a node of the run");
+        let wall_ms = node.wall_ms(now_ms);
+        let mut operation = Operation {
+            client,
+            node: node_id,
+            key: key.clone(),
+            kind: kind.clone(),
+            consistency,
+            replicas,
+            required,
+            version: None,
+            invoked_step: self.step,
+            completed_step: None,
+            outcome: Outcome::Pending,
+        };
+        let Some(running) = node.running.as_mut() else {
+            let index = self.history.invoke(operation);
+            self.complete(index, Outcome::Failed("the node is down".to_string()));
+            return index;
+        };
+        // The key's replicas this node believes up, itself first (the shard's ClusterView::targets).
+        let up = running.membership.up();
+        let mut targets: Vec<Target> = preference
+            .iter()
+            .filter(|replica| up.contains_key(replica))
+            .map(|&node_id| Target { node_id, shard: 0 })
+            .collect();
+        targets.sort_by_key(|target| target.node_id != node_id);
+        let mut outputs = Vec::new();
+        let started = match kind {
+            Kind::Get => running.coordinator.read(now_ms, key, &targets, required, &mut outputs),
+            Kind::Put { value } => {
+                let version = running.clock.next_version(wall_ms);
+                operation.version = Some(version);
+                let entry =
+                    PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms: None } };
+                running.coordinator.write(now_ms, key, entry, &targets, required, &mut outputs)
+            }
+            Kind::Delete => {
+                let version = running.clock.next_version(wall_ms);
+                operation.version = Some(version);
+                let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: wall_ms } };
+                running.coordinator.write(now_ms, key, entry, &targets, required, &mut outputs)
+            }
+        };
+        let generation = node.generation;
+        let line = operation.to_string();
+        let index = self.history.invoke(operation);
+        self.log(format_args!("#{index} {line}"));
+        match started {
+            Ok(request_id) => {
+                self.nodes
+                    .get_mut(&node_id)
+                    .and_then(|node| node.running.as_mut())
+                    .expect("running")
+                    .requests
+                    .insert(request_id, index);
+                let at = now_ms + self.config.replica_timeout_ms;
+                self.scheduler.schedule(at, Event::CoordinatorTick { node: node_id, generation });
+                self.dispatch(node_id, outputs);
+            }
+            // Refused before anything was sent: certainly not applied.
+            Err(error) => self.complete(index, Outcome::Failed(error.to_string())),
+        }
+        index
+    }
+
+    /// Records an operation's outcome and lets its client go on.
+    fn complete(&mut self, index: usize, outcome: Outcome) {
+        self.log(format_args!("#{index} {outcome}"));
+        self.history.complete(index, self.step, outcome);
+        if let Some(client) = self.history.operations[index].client {
+            self.clients[client].in_flight = None;
+            let at = self.now_ms + self.rng.random_range(0..=50);
+            self.scheduler.schedule(at, Event::ClientNext { client });
+        }
+    }
+
+    fn reply(&mut self, node_id: u16, request_id: u64, reply: CoordinatorReply) {
+        let Some(running) = self.nodes.get_mut(&node_id).and_then(|node| node.running.as_mut()) else {
+            return;
+        };
+        let Some(index) = running.requests.remove(&request_id) else { return };
+        let is_write = self.history.operations[index].is_write();
+        let outcome = match reply {
+            CoordinatorReply::Written { version } => {
+                assert_eq!(
+                    Some(version),
+                    self.history.operations[index].version,
+                    "a write answers its own version"
+                );
+                Outcome::Written
+            }
+            CoordinatorReply::Found(entry) => {
+                // As the shard does: a read's coordinator observes the version it returns.
+                if let Some(entry) = &entry {
+                    running.clock.observe(entry.version);
+                }
+                Outcome::Read(entry)
+            }
+            CoordinatorReply::Failed(
+                error @ (CoordinatorError::Unavailable { .. } | CoordinatorError::Overloaded { .. }),
+            ) => Outcome::Failed(error.to_string()),
+            CoordinatorReply::Failed(error) if is_write => Outcome::Unknown(error.to_string()),
+            CoordinatorReply::Failed(error) => Outcome::Failed(error.to_string()),
+        };
+        self.complete(index, outcome);
+    }
+
+    /// Runs a coordinator's commands from `node_id`.
+    fn dispatch(&mut self, node_id: u16, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Send { to, envelope } => {
+                    let frame = Message::encode_peer(&envelope);
+                    self.send(node_id, to.node_id, None, Payload::Peer(frame));
+                }
+                Output::Reply { request_id, reply } => self.reply(node_id, request_id, reply),
+            }
+        }
+    }
+
+    fn send(&mut self, from: u16, to: u16, to_generation: Option<u64>, payload: Payload) {
+        let from_generation = self.nodes[&from].generation;
+        let delays = self.network.plan(&mut self.rng, from, to);
+        for delay in delays {
+            let message = Message { from, to, from_generation, to_generation, payload: payload.clone() };
+            self.scheduler.schedule(self.now_ms + delay, Event::Deliver(message));
+        }
+    }
+
+    fn deliver(&mut self, message: Message) {
+        let Message { from, to, from_generation, to_generation, payload } = message;
+        let node = &self.nodes[&to];
+        if node.running.is_none() || !self.network.delivers(from, to) {
+            return;
+        }
+        if to_generation.is_some_and(|generation| generation != node.generation) {
+            return;
+        }
+        match payload {
+            Payload::Membership(data) => {
+                let now_ms = self.now_ms;
+                let running =
+                    self.nodes.get_mut(&to).and_then(|node| node.running.as_mut()).expect("running");
+                running.membership.handle_data(&data, now_ms);
+                self.flush_membership(to);
+            }
+            Payload::Peer(frame) => {
+                let envelope = match ringkv_wire::peer_codec::parse_peer(&frame) {
+                    Ok(envelope) => envelope,
+                    Err(error) => {
+                        self.violations.push(format!("n{to} could not parse a frame from n{from}: {error}"));
+                        return;
+                    }
+                };
+                match node.serve(&envelope, self.now_ms) {
+                    Some(answer) => {
+                        let frame = Message::encode_peer(&answer);
+                        self.send(to, from, Some(from_generation), Payload::Peer(frame));
+                    }
+                    None => {
+                        let running =
+                            self.nodes.get_mut(&to).and_then(|node| node.running.as_mut()).expect("running");
+                        let mut outputs = Vec::new();
+                        running.coordinator.on_reply(
+                            Target { node_id: from, shard: 0 },
+                            envelope,
+                            &mut outputs,
+                        );
+                        self.dispatch(to, outputs);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a node's membership datagrams, logs its membership events and schedules its next
+    /// membership timer.
+    fn flush_membership(&mut self, node_id: u16) {
+        let node = self.nodes.get_mut(&node_id).expect("a node of the run");
+        let generation = node.generation;
+        let running = node.running.as_mut().expect("running");
+        let datagrams: Vec<_> = running.membership.drain_outbox().collect();
+        let events: Vec<_> = running.membership.drain_events().collect();
+        let mut tick_at = None;
+        if let Some(deadline) = running.membership.next_deadline().map(|deadline| deadline.max(self.now_ms)) {
+            if running.membership_tick_at.is_none_or(|scheduled| deadline < scheduled) {
+                running.membership_tick_at = Some(deadline);
+                tick_at = Some(deadline);
+            }
+        }
+        if let Some(at) = tick_at {
+            self.scheduler.schedule(at, Event::MembershipTick { node: node_id, generation });
+        }
+        for event in events {
+            match event {
+                MembershipEvent::Up(identity) => self.log(format_args!(
+                    "n{node_id} sees n{} up (generation {})",
+                    identity.node_id, identity.generation
+                )),
+                MembershipEvent::Down(identity) => {
+                    self.log(format_args!("n{node_id} sees n{} down", identity.node_id))
+                }
+                MembershipEvent::Conflict { kept, refused } => self.log(format_args!(
+                    "n{node_id} sees a node id conflict: kept {} refused {}",
+                    kept.peer_address, refused.peer_address
+                )),
+                MembershipEvent::Refused { holder } => self
+                    .violations
+                    .push(format!("n{node_id} was refused its own id, held by {}", holder.peer_address)),
+            }
+        }
+        for (address, data) in datagrams {
+            match node_of(address).filter(|node| self.nodes.contains_key(node)) {
+                Some(to) => self.send(node_id, to, None, Payload::Membership(data)),
+                None => self
+                    .violations
+                    .push(format!("n{node_id} sent a datagram to an unknown address {address}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! [`SimConfig`]: the shape of one run (cluster size, workload, fault rates), drawn from its
+//! seed so that a seed names the whole run.
+
+use rand::rngs::StdRng;
+use rand::RngExt;
+
+use crate::network::LinkFaults;
+
+/// Copies of each key.
+pub const REPLICATION_FACTOR: usize = 3;
+
+/// Everything a run is made of besides its schedule.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Nodes, 3 to 7, one shard each.
+    pub nodes: u16,
+    pub clients: usize,
+    /// Operations per client.
+    pub operations_per_client: usize,
+    /// Distinct keys, few, so operations contend.
+    pub keys: usize,
+    pub link_faults: LinkFaults,
+    /// Each node's clock is off by up to this much, either way.
+    pub clock_skew_ms_max: i64,
+    /// A fault (partition, heal, crash, restart) happens every this many ms on average; 0: none.
+    pub fault_interval_ms: u64,
+    /// Nodes down at once, at most.
+    pub crashed_max: usize,
+    pub replica_timeout_ms: u64,
+    pub max_clock_skew_ms: u64,
+}
+
+impl SimConfig {
+    /// A run's configuration, drawn from the run's generator.
+    pub fn draw(rng: &mut StdRng) -> Self {
+        let nodes = rng.random_range(3..=7u16);
+        let faulty = rng.random_bool(0.85);
+        SimConfig {
+            nodes,
+            clients: rng.random_range(2..=4),
+            operations_per_client: rng.random_range(30..=60),
+            keys: rng.random_range(3..=10),
+            link_faults: LinkFaults {
+                loss: if faulty { rng.random_range(0.0..0.1) } else { 0.0 },
+                duplication: if faulty { rng.random_range(0.0..0.1) } else { 0.0 },
+                delay_ms_max: rng.random_range(1..=40),
+            },
+            // Up to 300 ms each way: versions may then lead a clock by up to 600 ms, past the
+            // replicas' 500 ms bound, so some runs see writes refused for clock skew.
+            clock_skew_ms_max: rng.random_range(0..=300),
+            fault_interval_ms: if faulty { rng.random_range(200..=2_000) } else { 0 },
+            crashed_max: if nodes >= 5 { 2 } else { 1 },
+            replica_timeout_ms: 1_000,
+            max_clock_skew_ms: 500,
+        }
+    }
+}

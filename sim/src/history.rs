@@ -1,0 +1,147 @@
+//! [`History`]: every client operation of a run, with when it was invoked and completed and
+//! what came of it, in the form the checkers read (Jepsen's history: ok, failed, or unknown).
+//!
+//! Times are logical steps of the simulation (one per event handled), so "completed before
+//! invoked" is exact even within one millisecond.
+
+use std::fmt;
+
+use bytes::Bytes;
+use ringkv_wire::peer::{PeerEntry, PeerValue};
+use ringkv_wire::Consistency;
+
+/// What an operation asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Put { value: Bytes },
+    Delete,
+    Get,
+}
+
+/// What came of an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not answered yet.
+    Pending,
+    /// A write acknowledged by the replicas it needed.
+    Written,
+    /// A read's reconciled entry (tombstones included; `None`: never written).
+    Read(Option<PeerEntry>),
+    /// Failed, and certainly not applied anywhere (refused before any message was sent).
+    Failed(String),
+    /// Failed, but a write may have been applied (a timeout, a refusing replica, a coordinator
+    /// that crashed); a read ending this way says nothing.
+    Unknown(String),
+}
+
+/// One operation.
+#[derive(Clone, Debug)]
+pub struct Operation {
+    /// The client that issued it; `None` for the final reads of the settle phase.
+    pub client: Option<usize>,
+    /// The node that coordinated it.
+    pub node: u16,
+    pub key: Bytes,
+    pub kind: Kind,
+    pub consistency: Consistency,
+    /// Replicas of the key (N) and how many had to answer.
+    pub replicas: usize,
+    pub required: usize,
+    /// A write's version, minted by the coordinator at invocation.
+    pub version: Option<u64>,
+    pub invoked_step: u64,
+    pub completed_step: Option<u64>,
+    pub outcome: Outcome,
+}
+
+impl Operation {
+    /// Whether the operation writes.
+    pub fn is_write(&self) -> bool {
+        !matches!(self.kind, Kind::Get)
+    }
+
+    /// Whether a read of `entry` may be this write's effect: same version, same value.
+    pub fn wrote(&self, entry: &PeerEntry) -> bool {
+        if self.version != Some(entry.version) {
+            return false;
+        }
+        match (&self.kind, &entry.value) {
+            (Kind::Put { value }, PeerValue::Live { data, .. }) => value == data,
+            (Kind::Delete, PeerValue::Tombstone { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the write may have been applied somewhere (acknowledged or unknown).
+    pub fn may_have_applied(&self) -> bool {
+        self.is_write() && matches!(self.outcome, Outcome::Written | Outcome::Unknown(_) | Outcome::Pending)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = String::from_utf8_lossy(&self.key);
+        match &self.kind {
+            Kind::Put { value } => write!(formatter, "put {key}={}", String::from_utf8_lossy(value))?,
+            Kind::Delete => write!(formatter, "delete {key}")?,
+            Kind::Get => write!(formatter, "get {key}")?,
+        }
+        write!(
+            formatter,
+            " via n{} at {} ({}/{})",
+            self.node,
+            self.consistency.as_str(),
+            self.required,
+            self.replicas
+        )?;
+        if let Some(version) = self.version {
+            write!(formatter, " v{version}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats an entry for the trace.
+pub fn describe(entry: &Option<PeerEntry>) -> String {
+    match entry {
+        None => "nothing".to_string(),
+        Some(PeerEntry { version, value: PeerValue::Live { data, .. } }) => {
+            format!("{}@v{version}", String::from_utf8_lossy(data))
+        }
+        Some(PeerEntry { version, value: PeerValue::Tombstone { .. } }) => format!("tombstone@v{version}"),
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Pending => write!(formatter, "pending"),
+            Outcome::Written => write!(formatter, "ok"),
+            Outcome::Read(entry) => write!(formatter, "read {}", describe(entry)),
+            Outcome::Failed(why) => write!(formatter, "failed: {why}"),
+            Outcome::Unknown(why) => write!(formatter, "unknown: {why}"),
+        }
+    }
+}
+
+/// Every operation of a run, in invocation order.
+#[derive(Default)]
+pub struct History {
+    pub operations: Vec<Operation>,
+}
+
+impl History {
+    /// Records an invoked operation; returns its index.
+    pub fn invoke(&mut self, operation: Operation) -> usize {
+        self.operations.push(operation);
+        self.operations.len() - 1
+    }
+
+    /// Records the outcome of operation `index`.
+    pub fn complete(&mut self, index: usize, step: u64, outcome: Outcome) {
+        let operation = &mut self.operations[index];
+        debug_assert_eq!(operation.outcome, Outcome::Pending, "an operation completes once");
+        operation.completed_step = Some(step);
+        operation.outcome = outcome;
+    }
+}

@@ -1,0 +1,228 @@
+//! [`Node`]: one simulated ringkv node with one shard: the real coordinator, replica logic,
+//! hybrid clock, SWIM membership and storage engine, on an in-memory disk that survives crashes
+//! the way a real one does (synced data only).
+//!
+//! ```text
+//!  start(now) ─▶ Engine::open(MemDisk) ─▶ clock observes Engine::max_version ─▶ Membership joins
+//!  serve(request) ─▶ replica::accept ─▶ engine write / read (block_on) ─▶ answer envelope
+//!  crash(mode) ─▶ process state gone; MemDisk::crash keeps what was synced; generation bumped
+//! ```
+//!
+//! Engine futures are driven to completion with `block_on` when the event that starts them
+//! fires: on a MemDisk nothing ever waits, so a replica's write is applied and synced (or has
+//! failed) before its answer is sent, as in the shard under `SyncMode::Always`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use bytes::Bytes;
+use futures_executor::block_on;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use ringkv_replication::{
+    default_tokens, replica, Coordinator, CoordinatorConfig, HybridClock, Membership, MembershipTiming,
+    NodeIdentity,
+};
+use ringkv_storage::disk::memory::{CrashMode, MemDisk};
+use ringkv_storage::{Engine, EngineOptions, Entry, Value};
+use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerValue};
+
+/// Tokens per node on the ring.
+pub const TOKENS_PER_NODE: usize = 16;
+/// Port every simulated node's membership listens on.
+const PEER_PORT: u16 = 7000;
+
+/// The peer address of node `node_id` (10.0.0.id: the last octet is the id).
+pub fn peer_address(node_id: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, (node_id >> 8) as u8, node_id as u8), PEER_PORT))
+}
+
+/// The node a peer address belongs to.
+pub fn node_of(address: SocketAddr) -> Option<u16> {
+    match address {
+        SocketAddr::V4(v4) => {
+            let [_, _, high, low] = v4.ip().octets();
+            Some(u16::from(high) << 8 | u16::from(low))
+        }
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// The settings every node of a run shares.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSettings {
+    pub replica_timeout_ms: u64,
+    pub pending_max: usize,
+    pub max_clock_skew_ms: u64,
+    pub timing: MembershipTiming,
+    /// The engine's memtable size: small, so runs flush and compact.
+    pub memtable_bytes_max: usize,
+    pub memtable_hash_seed: u64,
+}
+
+/// The state of a running process; gone at a crash.
+pub struct Running {
+    pub engine: Engine<MemDisk>,
+    pub clock: HybridClock,
+    pub coordinator: Coordinator,
+    pub membership: Membership<StdRng>,
+    /// When a membership tick is scheduled, if one is.
+    pub membership_tick_at: Option<u64>,
+    /// Client operations this node coordinates: coordinator request id → history index.
+    pub requests: BTreeMap<u64, usize>,
+}
+
+/// One node.
+pub struct Node {
+    pub node_id: u16,
+    /// Bumped at every start.
+    pub generation: u64,
+    /// This node's wall clock minus the simulation's time.
+    pub skew_ms: i64,
+    pub disk: MemDisk,
+    pub running: Option<Running>,
+    settings: NodeSettings,
+}
+
+impl Node {
+    /// A node that has never run, with an empty disk.
+    pub fn new(node_id: u16, skew_ms: i64, settings: NodeSettings) -> Self {
+        Node { node_id, generation: 0, skew_ms, disk: MemDisk::new(), running: None, settings }
+    }
+
+    /// The node's wall clock when the simulation's time is `now_ms`.
+    pub fn wall_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.skew_ms)
+    }
+
+    /// Starts the process: opens the engine on what the disk holds, starts the clock above every
+    /// version stored, and joins through `seeds`. `membership_seed` seeds foca's generator.
+    pub fn start(&mut self, now_ms: u64, membership_seed: u64, seeds: &[SocketAddr]) -> Result<(), String> {
+        assert!(self.running.is_none(), "node {} is already running", self.node_id);
+        self.generation += 1;
+        let options = EngineOptions {
+            memtable_bytes_max: self.settings.memtable_bytes_max,
+            block_cache_bytes: 256 << 10,
+            wal_segment_bytes_max: 16 << 10,
+            compaction_width_min: 2,
+            compaction_width_max: 4,
+            memtable_hash_seed: self.settings.memtable_hash_seed,
+            ..EngineOptions::default()
+        };
+        let engine = block_on(Engine::open(self.disk.clone(), options))
+            .map_err(|error| format!("node {} could not reopen its engine: {error}", self.node_id))?;
+        let clock = HybridClock::new(self.node_id);
+        clock.observe(engine.max_version());
+        let coordinator = Coordinator::new(CoordinatorConfig {
+            node_id: self.node_id,
+            shard: 0,
+            replica_timeout_ms: self.settings.replica_timeout_ms,
+            pending_max: self.settings.pending_max,
+        });
+        let address = peer_address(self.node_id);
+        let identity = NodeIdentity {
+            node_id: self.node_id,
+            generation: self.generation,
+            peer_address: address,
+            client_address: address,
+            shard_port_base: PEER_PORT,
+            shards: 1,
+            vnodes_per_shard: 16,
+            tokens: default_tokens(self.node_id, TOKENS_PER_NODE),
+        };
+        let rng = StdRng::seed_from_u64(membership_seed);
+        let mut membership = Membership::new(identity, self.settings.timing, rng, now_ms);
+        membership.join(seeds, now_ms);
+        self.running = Some(Running {
+            engine,
+            clock,
+            coordinator,
+            membership,
+            membership_tick_at: None,
+            requests: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Kills the process and cuts the power: the disk keeps what `mode` says survives. Returns
+    /// the history indexes of the client operations it was coordinating.
+    pub fn crash(&mut self, mode: CrashMode) -> Vec<usize> {
+        let running = self.running.take().expect("only a running node crashes");
+        self.disk = self.disk.crash(mode);
+        running.requests.into_values().collect()
+    }
+
+    /// Serves a replica request on this node's engine, as the shard's `serve_replica` does; `None`
+    /// when the envelope is not a request (an answer, for the coordinator).
+    pub fn serve(&self, envelope: &PeerEnvelope, now_ms: u64) -> Option<PeerEnvelope> {
+        let running = self.running.as_ref().expect("only a running node serves");
+        let wall_ms = self.wall_ms(now_ms);
+        let storage_failure = |error: ringkv_storage::StorageError| {
+            PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
+        };
+        match replica::accept(envelope, &running.clock, wall_ms, self.settings.max_clock_skew_ms) {
+            Ok(Some(replica::Work::Apply { key, entry })) => {
+                // Applied, or superseded by a newer version already here: either way this
+                // version or a newer one is durable, which is what the ack promises.
+                let result = block_on(running.engine.write(key, entry_from_peer(entry)))
+                    .map(drop)
+                    .map_err(storage_failure);
+                Some(replica::applied(envelope, result))
+            }
+            Ok(Some(replica::Work::Read { key, digest_only })) => {
+                let result = block_on(running.engine.get_entry(&key))
+                    .map(|entry| entry.map(entry_to_peer))
+                    .map_err(storage_failure);
+                Some(replica::read_answer(envelope, digest_only, result))
+            }
+            Ok(None) => None,
+            Err(failure) => Some(replica::refusal(envelope, failure)),
+        }
+    }
+
+    /// The stored entry of `key` (tombstones included), for the checkers.
+    pub fn stored(&self, key: &Bytes) -> Result<Option<PeerEntry>, String> {
+        let running = self.running.as_ref().expect("checked nodes run");
+        block_on(running.engine.get_entry(key))
+            .map(|entry| entry.map(entry_to_peer))
+            .map_err(|error| format!("node {} could not read its engine: {error}", self.node_id))
+    }
+
+    /// Runs the engine's background work once: flush the memtable, then one compaction if due.
+    pub fn maintain(&self, now_ms: u64) -> Result<(), String> {
+        let Some(running) = self.running.as_ref() else { return Ok(()) };
+        block_on(running.engine.flush())
+            .and_then(|()| block_on(running.engine.compact(self.wall_ms(now_ms))).map(drop))
+            .map_err(|error| format!("node {} maintenance failed: {error}", self.node_id))
+    }
+}
+
+/// A replicated entry as the engine stores it (the shard's conversion, repeated here so the
+/// simulator does not depend on the glommio server).
+pub fn entry_from_peer(entry: PeerEntry) -> Entry {
+    match entry.value {
+        PeerValue::Live { data, expires_at_ms } => Entry::live(entry.version, data, expires_at_ms),
+        PeerValue::Tombstone { deleted_at_ms } => Entry::tombstone(entry.version, deleted_at_ms),
+    }
+}
+
+/// A stored entry as replicas exchange it.
+pub fn entry_to_peer(entry: Entry) -> PeerEntry {
+    let value = match entry.value {
+        Value::Live { data, expires_at_ms } => PeerValue::Live { data, expires_at_ms },
+        Value::Tombstone { deleted_at_ms } => PeerValue::Tombstone { deleted_at_ms },
+    };
+    PeerEntry { version: entry.version, value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_name_their_node() {
+        for node_id in [1, 7, 300] {
+            assert_eq!(node_of(peer_address(node_id)), Some(node_id));
+        }
+    }
+}
