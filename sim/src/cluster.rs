@@ -31,14 +31,12 @@ use ringkv_wire::Consistency;
 
 use crate::checker::{self, FinalState};
 use crate::client::{Client, Request};
-use crate::config::{SimConfig, REPLICATION_FACTOR};
+use crate::config::{Sabotage, SimConfig, REPLICATION_FACTOR, START_MS};
 use crate::history::{History, Kind, Operation, Outcome};
 use crate::network::{LinkFaults, Message, Network, Payload};
-use crate::node::{node_of, peer_address, Node, NodeSettings, TOKENS_PER_NODE};
+use crate::node::{node_of, peer_address, Node, NodeSettings, ReplicaBehaviour, TOKENS_PER_NODE};
 use crate::scheduler::Scheduler;
 
-/// The simulation's clock at the start of a run (a plausible Unix time in ms).
-const START_MS: u64 = 1_700_000_000_000;
 /// Membership gets this long to form before clients start.
 const WARM_UP_MS: u64 = 3_000;
 /// The workload must end within this much simulated time.
@@ -120,9 +118,9 @@ pub struct Cluster {
 
 impl Cluster {
     /// The run of `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub fn new(seed: u64, sabotage: Option<Sabotage>) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let config = SimConfig::draw(&mut rng);
+        let config = SimConfig { sabotage, ..SimConfig::draw(&mut rng) };
         let settings = NodeSettings {
             replica_timeout_ms: config.replica_timeout_ms,
             pending_max: 64,
@@ -135,7 +133,13 @@ impl Cluster {
         let mut ring = ClusterRing::new();
         for node_id in 1..=config.nodes {
             let skew_ms = rng.random_range(-config.clock_skew_ms_max..=config.clock_skew_ms_max);
-            nodes.insert(node_id, Node::new(node_id, skew_ms, settings));
+            let behaviour = match sabotage {
+                Some(Sabotage::ReplicaAcksWithoutApplying) if node_id == 1 => {
+                    ReplicaBehaviour::AcksWithoutApplying
+                }
+                _ => ReplicaBehaviour::Correct,
+            };
+            nodes.insert(node_id, Node::new(node_id, skew_ms, settings, behaviour));
             ring.insert(node_id, &default_tokens(node_id, TOKENS_PER_NODE));
         }
         let keys = (0..config.keys).map(|index| Bytes::from(format!("k{index}"))).collect();
@@ -426,7 +430,7 @@ impl Cluster {
                 for index in abandoned {
                     self.complete(index, Outcome::Unknown("the coordinator crashed".to_string()));
                 }
-                let at = self.now_ms + self.rng.random_range(300..=4_000);
+                let at = self.now_ms + self.rng.random_range(300..=8_000);
                 self.scheduler.schedule(at, Event::Restart { node });
             }
             _ => {}
@@ -467,7 +471,7 @@ impl Cluster {
                 self.log(format_args!("partition {partition}: n{node} cannot receive"));
             }
         }
-        let at = self.now_ms + self.rng.random_range(500..=5_000);
+        let at = self.now_ms + self.rng.random_range(300..=8_000);
         self.scheduler.schedule(at, Event::Heal { partition });
     }
 
@@ -507,6 +511,11 @@ impl Cluster {
             .map(|&node_id| Target { node_id, shard: 0 })
             .collect();
         targets.sort_by_key(|target| target.node_id != node_id);
+        // The planted bug of a coordinator that answers a write one acknowledgement early.
+        let write_required = match self.config.sabotage {
+            Some(Sabotage::CoordinatorAcksEarly) => required.saturating_sub(1).max(1),
+            _ => required,
+        };
         let mut outputs = Vec::new();
         let started = match kind {
             Kind::Get => running.coordinator.read(now_ms, key, &targets, required, &mut outputs),
@@ -515,13 +524,13 @@ impl Cluster {
                 operation.version = Some(version);
                 let entry =
                     PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms: None } };
-                running.coordinator.write(now_ms, key, entry, &targets, required, &mut outputs)
+                running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
             Kind::Delete => {
                 let version = running.clock.next_version(wall_ms);
                 operation.version = Some(version);
                 let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: wall_ms } };
-                running.coordinator.write(now_ms, key, entry, &targets, required, &mut outputs)
+                running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
         };
         let generation = node.generation;
@@ -552,7 +561,7 @@ impl Cluster {
         self.history.complete(index, self.step, outcome);
         if let Some(client) = self.history.operations[index].client {
             self.clients[client].in_flight = None;
-            let at = self.now_ms + self.rng.random_range(0..=50);
+            let at = self.now_ms + self.rng.random_range(0..=self.config.think_ms_max);
             self.scheduler.schedule(at, Event::ClientNext { client });
         }
     }

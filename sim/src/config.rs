@@ -6,8 +6,20 @@ use rand::RngExt;
 
 use crate::network::LinkFaults;
 
+/// The simulation's clock at the start of a run (a plausible Unix time in ms).
+pub const START_MS: u64 = 1_700_000_000_000;
+
 /// Copies of each key.
 pub const REPLICATION_FACTOR: usize = 3;
+
+/// A bug planted on purpose, to show that the checkers catch what they claim to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// Node 1's replica acknowledges writes without storing them.
+    ReplicaAcksWithoutApplying,
+    /// Coordinators answer a write one acknowledgement early (QUORUM of 3 after one).
+    CoordinatorAcksEarly,
+}
 
 /// Everything a run is made of besides its schedule.
 #[derive(Clone, Debug)]
@@ -24,10 +36,14 @@ pub struct SimConfig {
     pub clock_skew_ms_max: i64,
     /// A fault (partition, heal, crash, restart) happens every this many ms on average; 0: none.
     pub fault_interval_ms: u64,
+    /// A client waits up to this long between operations.
+    pub think_ms_max: u64,
     /// Nodes down at once, at most.
     pub crashed_max: usize,
     pub replica_timeout_ms: u64,
     pub max_clock_skew_ms: u64,
+    /// A planted bug, for the checkers' own tests; `None` in every real run.
+    pub sabotage: Option<Sabotage>,
 }
 
 impl SimConfig {
@@ -48,10 +64,12 @@ impl SimConfig {
             // Up to 300 ms each way: versions may then lead a clock by up to 600 ms, past the
             // replicas' 500 ms bound, so some runs see writes refused for clock skew.
             clock_skew_ms_max: rng.random_range(0..=300),
-            fault_interval_ms: if faulty { rng.random_range(200..=2_000) } else { 0 },
+            fault_interval_ms: if faulty { rng.random_range(300..=3_000) } else { 0 },
+            think_ms_max: rng.random_range(10..=300),
             crashed_max: if nodes >= 5 { 2 } else { 1 },
             replica_timeout_ms: 1_000,
             max_clock_skew_ms: 500,
+            sabotage: None,
         }
     }
 }

@@ -7,8 +7,12 @@
 use std::fmt;
 
 use bytes::Bytes;
+use ringkv_replication::clock::{LOGICAL_BITS, NODE_ID_BITS};
+use ringkv_replication::HybridClock;
 use ringkv_wire::peer::{PeerEntry, PeerValue};
 use ringkv_wire::Consistency;
+
+use crate::config::START_MS;
 
 /// What an operation asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,9 +99,22 @@ impl fmt::Display for Operation {
             self.replicas
         )?;
         if let Some(version) = self.version {
-            write!(formatter, " v{version}")?;
+            write!(formatter, " {}", Version(version))?;
         }
         Ok(())
+    }
+}
+
+/// A version as the trace shows it: `v<ms since the run's start>.<logical>.n<node>`, so a reader
+/// sees at once which node minted it and how far its clock was ahead.
+pub struct Version(pub u64);
+
+impl fmt::Display for Version {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let physical_ms = HybridClock::physical_ms(self.0);
+        let logical = (self.0 >> NODE_ID_BITS) & ((1 << LOGICAL_BITS) - 1);
+        let since_start = physical_ms as i64 - START_MS as i64;
+        write!(formatter, "v{since_start}.{logical}.n{}", HybridClock::node_id(self.0))
     }
 }
 
@@ -106,9 +123,11 @@ pub fn describe(entry: &Option<PeerEntry>) -> String {
     match entry {
         None => "nothing".to_string(),
         Some(PeerEntry { version, value: PeerValue::Live { data, .. } }) => {
-            format!("{}@v{version}", String::from_utf8_lossy(data))
+            format!("{}@{}", String::from_utf8_lossy(data), Version(*version))
         }
-        Some(PeerEntry { version, value: PeerValue::Tombstone { .. } }) => format!("tombstone@v{version}"),
+        Some(PeerEntry { version, value: PeerValue::Tombstone { .. } }) => {
+            format!("tombstone@{}", Version(*version))
+        }
     }
 }
 

@@ -39,9 +39,14 @@ pub mod node;
 pub mod scheduler;
 
 pub use cluster::{Cluster, Report};
-pub use config::SimConfig;
+pub use config::{Sabotage, SimConfig};
 
 /// Runs the simulation of `seed` and checks it.
 pub fn run(seed: u64) -> Report {
-    Cluster::new(seed).run()
+    Cluster::new(seed, None).run()
+}
+
+/// Runs `seed` with a bug planted on purpose; the checkers' own tests use it.
+pub fn run_sabotaged(seed: u64, sabotage: Sabotage) -> Report {
+    Cluster::new(seed, Some(sabotage)).run()
 }

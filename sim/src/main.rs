@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ringkv_sim::Sabotage;
 
 /// Deterministic simulation of a ringkv cluster under network and node faults.
 #[derive(Parser)]
@@ -18,12 +19,35 @@ struct Arguments {
     /// First seed of --seeds.
     #[arg(long, default_value_t = 0)]
     start: u64,
+    /// Plants a bug on purpose, to see the checkers catch it.
+    #[arg(long, value_enum)]
+    sabotage: Option<PlantedBug>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlantedBug {
+    /// Node 1's replica acknowledges writes without storing them.
+    ReplicaAcksWithoutApplying,
+    /// Coordinators answer a write one acknowledgement early.
+    CoordinatorAcksEarly,
+}
+
+fn run(seed: u64, planted: Option<PlantedBug>) -> ringkv_sim::Report {
+    match planted {
+        None => ringkv_sim::run(seed),
+        Some(PlantedBug::ReplicaAcksWithoutApplying) => {
+            ringkv_sim::run_sabotaged(seed, Sabotage::ReplicaAcksWithoutApplying)
+        }
+        Some(PlantedBug::CoordinatorAcksEarly) => {
+            ringkv_sim::run_sabotaged(seed, Sabotage::CoordinatorAcksEarly)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
     if let Some(seed) = arguments.seed {
-        let report = ringkv_sim::run(seed);
+        let report = run(seed, arguments.sabotage);
         print!("{}", report.trace);
         return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
@@ -31,7 +55,7 @@ fn main() -> ExitCode {
     let mut failed = 0u64;
     let mut operations = 0usize;
     for seed in arguments.start..arguments.start + count {
-        let report = ringkv_sim::run(seed);
+        let report = run(seed, arguments.sabotage);
         operations += report.operations;
         if !report.violations.is_empty() {
             failed += 1;

@@ -60,6 +60,15 @@ pub struct NodeSettings {
     pub memtable_hash_seed: u64,
 }
 
+/// How a node's replica treats writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaBehaviour {
+    /// As the shard does.
+    Correct,
+    /// A planted bug: acknowledges writes without storing them.
+    AcksWithoutApplying,
+}
+
 /// The state of a running process; gone at a crash.
 pub struct Running {
     pub engine: Engine<MemDisk>,
@@ -82,12 +91,13 @@ pub struct Node {
     pub disk: MemDisk,
     pub running: Option<Running>,
     settings: NodeSettings,
+    behaviour: ReplicaBehaviour,
 }
 
 impl Node {
     /// A node that has never run, with an empty disk.
-    pub fn new(node_id: u16, skew_ms: i64, settings: NodeSettings) -> Self {
-        Node { node_id, generation: 0, skew_ms, disk: MemDisk::new(), running: None, settings }
+    pub fn new(node_id: u16, skew_ms: i64, settings: NodeSettings, behaviour: ReplicaBehaviour) -> Self {
+        Node { node_id, generation: 0, skew_ms, disk: MemDisk::new(), running: None, settings, behaviour }
     }
 
     /// The node's wall clock when the simulation's time is `now_ms`.
@@ -161,6 +171,11 @@ impl Node {
             PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
         };
         match replica::accept(envelope, &running.clock, wall_ms, self.settings.max_clock_skew_ms) {
+            Ok(Some(replica::Work::Apply { .. }))
+                if self.behaviour == ReplicaBehaviour::AcksWithoutApplying =>
+            {
+                Some(replica::applied(envelope, Ok(())))
+            }
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
