@@ -182,7 +182,12 @@ mod tests {
     }
 
     fn put(value: &str, version: u64, steps: (u64, u64), outcome: Outcome) -> Operation {
-        operation(Kind::Put { value: Bytes::from(value.to_string()) }, Some(version), steps, outcome)
+        operation(
+            Kind::Put { value: Bytes::from(value.to_string()), ttl_ms: None },
+            Some(version),
+            steps,
+            outcome,
+        )
     }
 
     fn final_read(entry: Option<PeerEntry>) -> Operation {

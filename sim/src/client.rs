@@ -49,7 +49,10 @@ impl Client {
         let kind = match rng.random_range(0..100u32) {
             0..50 => {
                 self.values_written += 1;
-                Kind::Put { value: Bytes::from(format!("c{}-{}", self.id, self.values_written)) }
+                let value = Bytes::from(format!("c{}-{}", self.id, self.values_written));
+                // Some values expire, some soon enough to expire during the run.
+                let ttl_ms = rng.random_bool(0.15).then(|| rng.random_range(100..=3_000));
+                Kind::Put { value, ttl_ms }
             }
             50..62 => Kind::Delete,
             _ => Kind::Get,

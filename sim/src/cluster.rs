@@ -261,9 +261,15 @@ impl Cluster {
                     .values()
                     .map(|node| match &node.running {
                         Some(running) => format!(
-                            "n{} sees {:?}",
+                            "n{} (generation {}) sees {:?}",
                             node.node_id,
-                            running.membership.up().keys().collect::<Vec<_>>()
+                            running.membership.identity().generation,
+                            running
+                                .membership
+                                .up()
+                                .values()
+                                .map(|identity| (identity.node_id, identity.generation))
+                                .collect::<Vec<_>>()
                         ),
                         None => format!("n{} is down", node.node_id),
                     })
@@ -519,11 +525,12 @@ impl Cluster {
         let mut outputs = Vec::new();
         let started = match kind {
             Kind::Get => running.coordinator.read(now_ms, key, &targets, required, &mut outputs),
-            Kind::Put { value } => {
+            Kind::Put { value, ttl_ms } => {
                 let version = running.clock.next_version(wall_ms);
                 operation.version = Some(version);
-                let entry =
-                    PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms: None } };
+                // As the shard does: a TTL becomes an absolute expiry set by the coordinator.
+                let expires_at_ms = ttl_ms.map(|ttl_ms| wall_ms.saturating_add(ttl_ms));
+                let entry = PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms } };
                 running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
             Kind::Delete => {

@@ -50,23 +50,38 @@ impl SimConfig {
     /// A run's configuration, drawn from the run's generator.
     pub fn draw(rng: &mut StdRng) -> Self {
         let nodes = rng.random_range(3..=7u16);
-        let faulty = rng.random_bool(0.85);
+        // Calm runs check the happy path, harsh ones push every fault rate up.
+        let (faulty, harsh) = match rng.random_range(0..100u32) {
+            0..15 => (false, false),
+            15..80 => (true, false),
+            _ => (true, true),
+        };
+        let rate_max = if harsh { 0.4 } else { 0.1 };
         SimConfig {
             nodes,
             clients: rng.random_range(2..=4),
             operations_per_client: rng.random_range(30..=60),
             keys: rng.random_range(3..=10),
             link_faults: LinkFaults {
-                loss: if faulty { rng.random_range(0.0..0.1) } else { 0.0 },
-                duplication: if faulty { rng.random_range(0.0..0.1) } else { 0.0 },
+                loss: if faulty { rng.random_range(0.0..rate_max) } else { 0.0 },
+                duplication: if faulty { rng.random_range(0.0..rate_max) } else { 0.0 },
                 delay_ms_max: rng.random_range(1..=40),
             },
             // Up to 300 ms each way: versions may then lead a clock by up to 600 ms, past the
             // replicas' 500 ms bound, so some runs see writes refused for clock skew.
             clock_skew_ms_max: rng.random_range(0..=300),
-            fault_interval_ms: if faulty { rng.random_range(300..=3_000) } else { 0 },
+            fault_interval_ms: match (faulty, harsh) {
+                (false, _) => 0,
+                (true, false) => rng.random_range(300..=3_000),
+                (true, true) => rng.random_range(100..=1_000),
+            },
             think_ms_max: rng.random_range(10..=300),
-            crashed_max: if nodes >= 5 { 2 } else { 1 },
+            // Harsh runs may take down all nodes but one.
+            crashed_max: match (harsh, nodes >= 5) {
+                (true, _) => usize::from(nodes) - 1,
+                (false, true) => 2,
+                (false, false) => 1,
+            },
             replica_timeout_ms: 1_000,
             max_clock_skew_ms: 500,
             sabotage: None,

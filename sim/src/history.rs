@@ -17,7 +17,11 @@ use crate::config::START_MS;
 /// What an operation asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Put { value: Bytes },
+    /// A put, expiring `ttl_ms` after the coordinator's clock if set.
+    Put {
+        value: Bytes,
+        ttl_ms: Option<u64>,
+    },
     Delete,
     Get,
 }
@@ -70,7 +74,7 @@ impl Operation {
             return false;
         }
         match (&self.kind, &entry.value) {
-            (Kind::Put { value }, PeerValue::Live { data, .. }) => value == data,
+            (Kind::Put { value, .. }, PeerValue::Live { data, .. }) => value == data,
             (Kind::Delete, PeerValue::Tombstone { .. }) => true,
             _ => false,
         }
@@ -86,7 +90,12 @@ impl fmt::Display for Operation {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = String::from_utf8_lossy(&self.key);
         match &self.kind {
-            Kind::Put { value } => write!(formatter, "put {key}={}", String::from_utf8_lossy(value))?,
+            Kind::Put { value, ttl_ms } => {
+                write!(formatter, "put {key}={}", String::from_utf8_lossy(value))?;
+                if let Some(ttl_ms) = ttl_ms {
+                    write!(formatter, " ttl {ttl_ms}ms")?;
+                }
+            }
             Kind::Delete => write!(formatter, "delete {key}")?,
             Kind::Get => write!(formatter, "get {key}")?,
         }
