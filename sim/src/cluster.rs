@@ -263,12 +263,15 @@ impl Cluster {
                         Some(running) => format!(
                             "n{} (generation {}) sees {:?}",
                             node.node_id,
-                            running.membership.identity().generation,
+                            running.membership.identity().generation.wrapping_sub(START_MS),
                             running
                                 .membership
                                 .up()
                                 .values()
-                                .map(|identity| (identity.node_id, identity.generation))
+                                .map(|identity| (
+                                    identity.node_id,
+                                    identity.generation.wrapping_sub(START_MS)
+                                ))
                                 .collect::<Vec<_>>()
                         ),
                         None => format!("n{} is down", node.node_id),
@@ -280,7 +283,9 @@ impl Cluster {
             }
             self.run_for(500);
         }
-        self.log(format_args!("settle: every node sees every node up"));
+        if self.membership_converged() {
+            self.log(format_args!("settle: every node sees every node up"));
+        }
         for key in self.keys.clone() {
             for _ in 0..FINAL_READ_ATTEMPTS {
                 let node = node_ids[self.rng.random_range(0..node_ids.len())];
@@ -406,7 +411,7 @@ impl Cluster {
             return;
         }
         let generation = node.generation;
-        self.log(format_args!("n{node_id} started, generation {generation}"));
+        self.log(format_args!("n{node_id} started (start {generation})"));
         let at = self.now_ms + self.rng.random_range(500..=1_500);
         self.scheduler.schedule(at, Event::Maintenance { node: node_id, generation });
         self.scheduler.schedule(self.now_ms + REJOIN_PERIOD_MS, Event::Rejoin { node: node_id, generation });
@@ -678,6 +683,16 @@ impl Cluster {
         let node = self.nodes.get_mut(&node_id).expect("a node of the run");
         let generation = node.generation;
         let running = node.running.as_mut().expect("running");
+        let renewed = running.membership.identity().generation;
+        if renewed != running.identity_generation {
+            running.identity_generation = renewed;
+            let _ = writeln!(
+                self.trace,
+                "{:>7} n{node_id} renewed its identity to generation {} (a peer declared it down)",
+                self.now_ms - START_MS,
+                renewed.wrapping_sub(START_MS)
+            );
+        }
         let datagrams: Vec<_> = running.membership.drain_outbox().collect();
         let events: Vec<_> = running.membership.drain_events().collect();
         let mut tick_at = None;
@@ -694,7 +709,8 @@ impl Cluster {
             match event {
                 MembershipEvent::Up(identity) => self.log(format_args!(
                     "n{node_id} sees n{} up (generation {})",
-                    identity.node_id, identity.generation
+                    identity.node_id,
+                    identity.generation.wrapping_sub(START_MS)
                 )),
                 MembershipEvent::Down(identity) => {
                     self.log(format_args!("n{node_id} sees n{} down", identity.node_id))

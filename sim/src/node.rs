@@ -75,6 +75,9 @@ pub struct Running {
     pub clock: HybridClock,
     pub coordinator: Coordinator,
     pub membership: Membership<StdRng>,
+    /// The generation of this node's membership identity, as last seen (foca renews it when the
+    /// node learns it was declared down).
+    pub identity_generation: u64,
     /// When a membership tick is scheduled, if one is.
     pub membership_tick_at: Option<u64>,
     /// Client operations this node coordinates: coordinator request id → history index.
@@ -84,7 +87,8 @@ pub struct Running {
 /// One node.
 pub struct Node {
     pub node_id: u16,
-    /// Bumped at every start.
+    /// Bumped at every start: the process's incarnation, which answers are addressed to. (The
+    /// membership identity's generation is the wall clock at start, as in the shard.)
     pub generation: u64,
     /// This node's wall clock minus the simulation's time.
     pub skew_ms: i64,
@@ -132,7 +136,9 @@ impl Node {
         let address = peer_address(self.node_id);
         let identity = NodeIdentity {
             node_id: self.node_id,
-            generation: self.generation,
+            // As the shard does: the wall clock at start, so a restart's identity outranks every
+            // earlier one, renewed ones (generation + 1) included.
+            generation: self.wall_ms(now_ms),
             peer_address: address,
             client_address: address,
             shard_port_base: PEER_PORT,
@@ -140,6 +146,7 @@ impl Node {
             vnodes_per_shard: 16,
             tokens: default_tokens(self.node_id, TOKENS_PER_NODE),
         };
+        let identity_generation = identity.generation;
         let rng = StdRng::seed_from_u64(membership_seed);
         let mut membership = Membership::new(identity, self.settings.timing, rng, now_ms);
         membership.join(seeds, now_ms);
@@ -148,6 +155,7 @@ impl Node {
             clock,
             coordinator,
             membership,
+            identity_generation,
             membership_tick_at: None,
             requests: BTreeMap::new(),
         });
