@@ -65,6 +65,24 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
     violations
 }
 
+/// Acknowledged writes versioned below another acknowledged write of their key that completed
+/// before they were invoked: acknowledged, yet silently superseded by an earlier write. Last-writer-wins with skewed clocks allows this (a node whose clock is behind has
+/// not observed the newer version); it is counted, not judged.
+pub fn real_time_inversions(history: &History) -> usize {
+    let written: Vec<&Operation> =
+        history.operations.iter().filter(|op| op.is_write() && op.outcome == Outcome::Written).collect();
+    written
+        .iter()
+        .filter(|second| {
+            written.iter().any(|first| {
+                first.key == second.key
+                    && first.completed_step.is_some_and(|completed| completed < second.invoked_step)
+                    && second.version < first.version
+            })
+        })
+        .count()
+}
+
 fn check_no_lost_write(
     name: &str,
     operations: &[&Operation],
@@ -227,6 +245,16 @@ mod tests {
         let violations = run(operations, live(10, "a"));
         assert!(violations.iter().any(|violation| violation.contains("W + R > N")), "{violations:?}");
         assert!(violations.iter().any(|violation| violation.contains("no write wrote")), "{violations:?}");
+    }
+
+    #[test]
+    fn a_write_superseded_by_one_acknowledged_before_it_is_counted() {
+        let operations = vec![
+            put("early", 20, (1, 2), Outcome::Written),
+            put("late", 10, (3, 4), Outcome::Written),
+            put("overlapping", 5, (1, 4), Outcome::Written),
+        ];
+        assert_eq!(real_time_inversions(&History { operations }), 1);
     }
 
     #[test]

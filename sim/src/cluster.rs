@@ -80,6 +80,11 @@ enum Event {
     Restart {
         node: u16,
     },
+    /// The operator restarts a node whose disk failed.
+    OperatorRestart {
+        node: u16,
+        generation: u64,
+    },
 }
 
 /// What a run found.
@@ -92,6 +97,9 @@ pub struct Report {
     /// Client operations issued and events handled.
     pub operations: usize,
     pub events: u64,
+    /// Acknowledged writes that lost to a write acknowledged before they began (see
+    /// [`checker::real_time_inversions`]); allowed, and counted.
+    pub inversions: usize,
 }
 
 /// One run.
@@ -200,9 +208,11 @@ impl Cluster {
         for violation in &self.violations {
             let _ = writeln!(self.trace, "VIOLATION {violation}");
         }
+        let inversions = checker::real_time_inversions(&self.history);
         let _ = writeln!(
             self.trace,
-            "end at {}ms after {} events: {} violations",
+            "end at {}ms after {} events: {} violations; {inversions} acknowledged writes versioned below \
+             one acknowledged before they began (last-writer-wins under clock skew)",
             self.now_ms - START_MS,
             self.step,
             self.violations.len()
@@ -212,6 +222,7 @@ impl Cluster {
             trace: self.trace,
             violations: self.violations,
             operations: self.history.operations.len(),
+            inversions,
             events: self.step,
         }
     }
@@ -249,6 +260,10 @@ impl Cluster {
         self.log(format_args!("settle: links healed and lossless"));
         let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
         for &node in &node_ids {
+            // The operator replaces the failing disks first (a restart gets a fresh handle).
+            if self.nodes[&node].running.is_some() && self.nodes[&node].disk_failing() {
+                self.crash(node, CrashMode::DropUnsynced);
+            }
             if self.nodes[&node].running.is_none() {
                 self.start(node);
             }
@@ -345,8 +360,12 @@ impl Cluster {
             }
             Event::Maintenance { node, generation } => {
                 if self.running_mut(node, generation).is_some() {
-                    if let Err(error) = self.nodes[&node].maintain(self.now_ms) {
-                        self.violations.push(error);
+                    let node_state = &self.nodes[&node];
+                    // A failing disk poisons the engine; maintenance then fails, as expected.
+                    if let Err(error) = node_state.maintain(self.now_ms) {
+                        if !node_state.disk_failing() {
+                            self.violations.push(error);
+                        }
                     }
                     let at = self.now_ms + self.rng.random_range(500..=1_500);
                     self.scheduler.schedule(at, Event::Maintenance { node, generation });
@@ -376,6 +395,13 @@ impl Cluster {
                 if partition == self.partition && self.network.is_partitioned() {
                     self.network.heal();
                     self.log(format_args!("partition {partition} healed"));
+                }
+            }
+            Event::OperatorRestart { node, generation } => {
+                if self.faults_on && self.running_mut(node, generation).is_some() {
+                    self.crash(node, CrashMode::DropUnsynced);
+                    let at = self.now_ms + self.rng.random_range(100..=1_000);
+                    self.scheduler.schedule(at, Event::Restart { node });
                 }
             }
             Event::Restart { node } => {
@@ -436,19 +462,44 @@ impl Cluster {
                 } else {
                     CrashMode::TearLastWrite { sectors_kept: self.rng.random_range(0..8) }
                 };
-                self.log(format_args!("n{node} crashed ({mode:?})"));
-                let abandoned = self.nodes.get_mut(&node).expect("running").crash(mode);
-                for index in abandoned {
-                    self.complete(index, Outcome::Unknown("the coordinator crashed".to_string()));
-                }
+                self.crash(node, mode);
                 let at = self.now_ms + self.rng.random_range(300..=8_000);
                 self.scheduler.schedule(at, Event::Restart { node });
+            }
+            // A disk whose syncs start failing poisons the engine (writes refused, reads go on)
+            // until the operator restarts the node; counted as a crash, since it ends in one.
+            70..80 if crashed < self.config.crashed_max => {
+                let node = running[self.rng.random_range(0..running.len())];
+                let syncs_left = self.rng.random_range(0..5);
+                self.nodes.get_mut(&node).expect("a node of the run").fail_disk(syncs_left);
+                let generation = self.nodes[&node].generation;
+                self.log(format_args!("n{node} disk fails every sync after {syncs_left} more"));
+                let at = self.now_ms + self.rng.random_range(200..=3_000);
+                self.scheduler.schedule(at, Event::OperatorRestart { node, generation });
+            }
+            // An NTP step: the node's clock moves, within the bound, either way.
+            80..90 if !running.is_empty() => {
+                let node = running[self.rng.random_range(0..running.len())];
+                let bound = self.config.clock_skew_ms_max;
+                let skew_ms = self.rng.random_range(-bound..=bound);
+                let node_state = self.nodes.get_mut(&node).expect("a node of the run");
+                let previous = std::mem::replace(&mut node_state.skew_ms, skew_ms);
+                self.log(format_args!("n{node} clock stepped from {previous}ms to {skew_ms}ms"));
             }
             _ => {}
         }
         let interval = self.config.fault_interval_ms;
         let at = self.now_ms + self.rng.random_range(interval / 2..=interval * 3 / 2);
         self.scheduler.schedule(at, Event::Fault);
+    }
+
+    /// Kills `node` and cuts its power; the operations it coordinated end unknown.
+    fn crash(&mut self, node: u16, mode: CrashMode) {
+        self.log(format_args!("n{node} crashed ({mode:?})"));
+        let abandoned = self.nodes.get_mut(&node).expect("a node of the run").crash(mode);
+        for index in abandoned {
+            self.complete(index, Outcome::Unknown("the coordinator crashed".to_string()));
+        }
     }
 
     fn partition(&mut self, node_ids: &[u16]) {

@@ -54,9 +54,11 @@ fn main() -> ExitCode {
     let count = arguments.seeds.unwrap_or(100);
     let mut failed = 0u64;
     let mut operations = 0usize;
+    let mut inversions = 0usize;
     for seed in arguments.start..arguments.start + count {
         let report = run(seed, arguments.sabotage);
         operations += report.operations;
+        inversions += report.inversions;
         if !report.violations.is_empty() {
             failed += 1;
             println!("seed {seed} FAILED (replay: ringkv-sim --seed {seed})");
@@ -65,7 +67,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("{count} seeds from {}: {failed} failed, {operations} operations", arguments.start);
+    println!(
+        "{count} seeds from {}: {failed} failed, {operations} operations, {inversions} acknowledged writes \
+         lost to an earlier one under clock skew",
+        arguments.start
+    );
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -96,12 +96,22 @@ pub struct Node {
     pub running: Option<Running>,
     settings: NodeSettings,
     behaviour: ReplicaBehaviour,
+    disk_failing: bool,
 }
 
 impl Node {
     /// A node that has never run, with an empty disk.
     pub fn new(node_id: u16, skew_ms: i64, settings: NodeSettings, behaviour: ReplicaBehaviour) -> Self {
-        Node { node_id, generation: 0, skew_ms, disk: MemDisk::new(), running: None, settings, behaviour }
+        Node {
+            node_id,
+            generation: 0,
+            skew_ms,
+            disk: MemDisk::new(),
+            running: None,
+            settings,
+            behaviour,
+            disk_failing: false,
+        }
     }
 
     /// The node's wall clock when the simulation's time is `now_ms`.
@@ -167,7 +177,19 @@ impl Node {
     pub fn crash(&mut self, mode: CrashMode) -> Vec<usize> {
         let running = self.running.take().expect("only a running node crashes");
         self.disk = self.disk.crash(mode);
+        self.disk_failing = false;
         running.requests.into_values().collect()
+    }
+
+    /// Whether this node's disk has been told to fail (until the next crash replaces it).
+    pub fn disk_failing(&self) -> bool {
+        self.disk_failing
+    }
+
+    /// Makes every sync of the disk fail after `successes` more.
+    pub fn fail_disk(&mut self, successes: u64) {
+        self.disk.fail_syncs_after(successes);
+        self.disk_failing = true;
     }
 
     /// Serves a replica request on this node's engine, as the shard's `serve_replica` does; `None`
