@@ -151,11 +151,21 @@ pub struct Membership<R: RngExt> {
     next_timer_id: u64,
     /// Members up, by node id; the first identity known for an id keeps it.
     up: BTreeMap<u16, NodeIdentity>,
+    /// Every other member ever seen, by peer address, with its latest identity.
+    known: BTreeMap<SocketAddr, NodeIdentity>,
+    /// When to announce again to the known members that are not up.
+    reannounce_at_ms: u64,
     /// Every datagram to send: (peer address, bytes).
     outbox: Vec<(SocketAddr, Bytes)>,
     events: Vec<MembershipEvent>,
     now_ms: u64,
 }
+
+/// How often a node announces itself to the members it knows but does not see up. foca's own
+/// announces to down members go to identities that may have renewed meanwhile, and after a
+/// healed partition both sides can renew at once and stay split (found by the simulator); an
+/// announce to the address is answered with the member's current identity whatever it is.
+const REANNOUNCE_PERIOD_MS: u64 = 2_000;
 
 impl<R: RngExt> Membership<R> {
     /// This node's membership, alone until it joins.
@@ -170,6 +180,8 @@ impl<R: RngExt> Membership<R> {
             timers: HashMap::new(),
             next_timer_id: 0,
             up,
+            known: BTreeMap::new(),
+            reannounce_at_ms: now_ms.saturating_add(REANNOUNCE_PERIOD_MS),
             outbox: Vec::new(),
             events: Vec::new(),
             now_ms,
@@ -184,24 +196,38 @@ impl<R: RngExt> Membership<R> {
     /// Announces this node to the seeds (peer addresses); the first to answer brings it in.
     pub fn join(&mut self, seeds: &[SocketAddr], now_ms: u64) {
         self.now_ms = now_ms;
+        self.announce_to(seeds);
+        self.collect();
+    }
+
+    /// Announces this node to each address (not its own). Only the address is known; foca
+    /// answers with the member's real identity.
+    fn announce_to(&mut self, addresses: &[SocketAddr]) {
         let own = self.foca.identity().peer_address;
-        for &seed in seeds.iter().filter(|&&seed| seed != own) {
-            // Only the address of a seed is known; foca replies with the seed's real identity.
+        for &address in addresses.iter().filter(|&&address| address != own) {
             let placeholder = NodeIdentity {
                 node_id: u16::MAX,
                 generation: 0,
-                peer_address: seed,
-                client_address: seed,
+                peer_address: address,
+                client_address: address,
                 shard_port_base: 0,
                 shards: 0,
                 vnodes_per_shard: 0,
                 tokens: Vec::new(),
             };
             if let Err(error) = self.foca.announce(placeholder, &mut self.runtime) {
-                tracing::warn!(%seed, %error, "announcing to a seed failed");
+                tracing::warn!(%address, %error, "announcing to a member failed");
             }
         }
-        self.collect();
+    }
+
+    /// The known members that are not up now.
+    fn missing_members(&self) -> Vec<SocketAddr> {
+        self.known
+            .keys()
+            .copied()
+            .filter(|address| !self.up.values().any(|member| member.peer_address == *address))
+            .collect()
     }
 
     /// Takes a datagram received from another node.
@@ -227,12 +253,23 @@ impl<R: RngExt> Membership<R> {
             }
             self.collect();
         }
+        if now_ms >= self.reannounce_at_ms {
+            self.reannounce_at_ms = now_ms.saturating_add(REANNOUNCE_PERIOD_MS);
+            let missing = self.missing_members();
+            if !missing.is_empty() {
+                tracing::debug!(members = missing.len(), "announcing to members not seen up");
+                self.announce_to(&missing);
+                self.collect();
+            }
+        }
         self.next_deadline()
     }
 
     /// When [`Membership::tick`] must next be called.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.peek().map(|Reverse((deadline, _))| *deadline)
+        let timer = self.deadlines.peek().map(|Reverse((deadline, _))| *deadline);
+        let reannounce = (!self.known.is_empty()).then_some(self.reannounce_at_ms);
+        timer.into_iter().chain(reannounce).min()
     }
 
     /// Tells the cluster this node leaves (on a clean stop).
@@ -278,6 +315,21 @@ impl<R: RngExt> Membership<R> {
                     self.member_up(identity);
                 }
                 OwnedNotification::MemberDown(identity) => self.member_down(&identity),
+                OwnedNotification::Rejoin(identity) => {
+                    // This node renewed its identity after learning it was declared down: tell
+                    // every member it knows, not only the ones foca sees up (they may have
+                    // renewed too, and drop what is addressed to their old identity).
+                    tracing::info!(
+                        generation = identity.generation,
+                        "rejoined the cluster with a renewed identity"
+                    );
+                    let everyone: Vec<SocketAddr> = self.known.keys().copied().collect();
+                    self.announce_to(&everyone);
+                    // The announces queued more to send.
+                    while let Some((to, data)) = self.runtime.to_send() {
+                        self.outbox.push((to.peer_address, data));
+                    }
+                }
                 _ => {}
             }
         }
@@ -285,6 +337,9 @@ impl<R: RngExt> Membership<R> {
 
     fn member_up(&mut self, identity: NodeIdentity) {
         let own = self.foca.identity().clone();
+        if identity.peer_address != own.peer_address {
+            self.known.insert(identity.peer_address, identity.clone());
+        }
         match self.up.get(&identity.node_id) {
             Some(known) if known.peer_address != identity.peer_address => {
                 if known.peer_address == own.peer_address && own.generation > identity.generation {
