@@ -118,7 +118,7 @@ fn check_convergence(
     for (node, entries) in stored {
         let held = entries.get(key).cloned().flatten();
         if key_replicas.contains(node) {
-            if &held != final_entry {
+            if !same_state(&held, final_entry) {
                 violations.push(format!(
                     "{name}: replica n{node} holds {} but the read at ALL returned {}",
                     describe(&held),
@@ -128,6 +128,21 @@ fn check_convergence(
         } else if held.is_some() {
             violations.push(format!("{name}: n{node} is not a replica yet holds {}", describe(&held)));
         }
+    }
+}
+
+/// Whether two replicas' entries are the same state: equal, or one the other after compaction
+/// turned an expired value into a tombstone of the same version, dead since its expiry.
+fn same_state(left: &Option<PeerEntry>, right: &Option<PeerEntry>) -> bool {
+    let compacted = |live: &PeerEntry, dead: &PeerEntry| match (&live.value, &dead.value) {
+        (PeerValue::Live { expires_at_ms: Some(expiry), .. }, PeerValue::Tombstone { deleted_at_ms }) => {
+            live.version == dead.version && expiry == deleted_at_ms
+        }
+        _ => false,
+    };
+    match (left, right) {
+        (Some(left), Some(right)) => left == right || compacted(left, right) || compacted(right, left),
+        (left, right) => left == right,
     }
 }
 
@@ -210,6 +225,20 @@ mod tests {
 
     fn final_read(entry: Option<PeerEntry>) -> Operation {
         Operation { client: None, ..operation(Kind::Get, None, (100, 101), Outcome::Read(entry)) }
+    }
+
+    #[test]
+    fn an_expired_value_compacted_into_a_tombstone_is_the_same_state() {
+        let expiring = PeerEntry {
+            version: 10,
+            value: PeerValue::Live { data: Bytes::from("a"), expires_at_ms: Some(500) },
+        };
+        let compacted = PeerEntry { version: 10, value: PeerValue::Tombstone { deleted_at_ms: 500 } };
+        assert!(same_state(&Some(expiring.clone()), &Some(compacted.clone())));
+        assert!(same_state(&Some(compacted.clone()), &Some(expiring.clone())));
+        let deleted_later = PeerEntry { version: 10, value: PeerValue::Tombstone { deleted_at_ms: 501 } };
+        assert!(!same_state(&Some(expiring), &Some(deleted_later)));
+        assert!(!same_state(&None, &Some(compacted)));
     }
 
     #[test]

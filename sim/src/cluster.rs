@@ -307,9 +307,8 @@ impl Cluster {
                 let request =
                     Request { node, key: key.clone(), kind: Kind::Get, consistency: Consistency::All };
                 let index = self.issue(None, request);
-                while self.history.operations[index].outcome == Outcome::Pending {
-                    self.step();
-                }
+                // The coordinator's deadline ends the read at the latest.
+                while self.history.operations[index].outcome == Outcome::Pending && self.step() {}
                 if matches!(self.history.operations[index].outcome, Outcome::Read(_)) {
                     break;
                 }

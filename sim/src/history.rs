@@ -75,6 +75,8 @@ impl Operation {
         }
         match (&self.kind, &entry.value) {
             (Kind::Put { value, .. }, PeerValue::Live { data, .. }) => value == data,
+            // Compaction keeps an expired value as a tombstone of the same version.
+            (Kind::Put { ttl_ms: Some(_), .. }, PeerValue::Tombstone { .. }) => true,
             (Kind::Delete, PeerValue::Tombstone { .. }) => true,
             _ => false,
         }
