@@ -31,7 +31,7 @@ use ringkv_wire::Consistency;
 
 use crate::checker::{self, FinalState};
 use crate::client::{Client, Request};
-use crate::config::{Sabotage, SimConfig, REPLICATION_FACTOR, START_MS};
+use crate::config::{Sabotage, SimConfig, CLOCK_SKEW_MS_MAX, REPLICATION_FACTOR, START_MS};
 use crate::history::{History, Kind, Operation, Outcome};
 use crate::network::{LinkFaults, Message, Network, Payload};
 use crate::node::{node_of, peer_address, Node, NodeSettings, ReplicaBehaviour, TOKENS_PER_NODE};
@@ -43,6 +43,10 @@ const WARM_UP_MS: u64 = 3_000;
 const WORKLOAD_MS_MAX: u64 = 600_000;
 /// After healing, membership gets at most this long to see every node up.
 const CONVERGE_MS_MAX: u64 = 60_000;
+/// After healing, the final reads wait this long, so that every version minted (at most twice the
+/// skew ahead of any clock) is in the past of every node's clock.
+const CLOCKS_PASS_MS: u64 = 1_000;
+const _: () = assert!(CLOCKS_PASS_MS > 2 * CLOCK_SKEW_MS_MAX as u64);
 /// Attempts at the final read of a key at ALL.
 const FINAL_READ_ATTEMPTS: usize = 10;
 /// How often a node that sees no other member announces itself again (the shard's gossip task
@@ -301,6 +305,10 @@ impl Cluster {
         if self.membership_converged() {
             self.log(format_args!("settle: every node sees every node up"));
         }
+        // Versions carry the fastest clock of the cluster, so they may lead a slow node's clock by
+        // twice the skew, past the replicas' bound: such a node refuses the read repair (and the
+        // read at ALL still answers). Wait until every version written is in every clock's past.
+        self.run_for(CLOCKS_PASS_MS);
         for key in self.keys.clone() {
             for _ in 0..FINAL_READ_ATTEMPTS {
                 let node = node_ids[self.rng.random_range(0..node_ids.len())];

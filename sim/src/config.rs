@@ -9,6 +9,9 @@ use crate::network::LinkFaults;
 /// The simulation's clock at the start of a run (a plausible Unix time in ms).
 pub const START_MS: u64 = 1_700_000_000_000;
 
+/// The largest clock skew of any run, either way.
+pub const CLOCK_SKEW_MS_MAX: i64 = 300;
+
 /// Copies of each key.
 pub const REPLICATION_FACTOR: usize = 3;
 
@@ -69,7 +72,7 @@ impl SimConfig {
             },
             // Up to 300 ms each way: versions may then lead a clock by up to 600 ms, past the
             // replicas' 500 ms bound, so some runs see writes refused for clock skew.
-            clock_skew_ms_max: rng.random_range(0..=300),
+            clock_skew_ms_max: rng.random_range(0..=CLOCK_SKEW_MS_MAX),
             fault_interval_ms: match (faulty, harsh) {
                 (false, _) => 0,
                 (true, false) => rng.random_range(300..=3_000),
