@@ -1,6 +1,7 @@
 //! The checkers, run over a run's history and its final state once everything is healed,
 //! restarted, settled and read back at ALL.
 //!
+//! 0. Every operation ends: acknowledged, failed or unknown, never left pending.
 //! 1. No acknowledged write is lost: each key's final entry is at least as new as its newest
 //!    acknowledged write, and is exactly some write that may have been applied (acknowledged or
 //!    unknown; never one refused before anything was sent, never a value nobody wrote).
@@ -26,7 +27,13 @@ pub type FinalState = BTreeMap<u16, BTreeMap<Bytes, Option<PeerEntry>>>;
 
 /// Every violation found, one sentence each; empty when the run is correct.
 pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &FinalState) -> Vec<String> {
-    let mut violations = Vec::new();
+    let mut violations: Vec<String> = history
+        .operations
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| op.outcome == Outcome::Pending)
+        .map(|(index, op)| format!("#{index} [{op}] never completed"))
+        .collect();
     for (key, key_replicas) in replicas {
         let name = String::from_utf8_lossy(key);
         let operations: Vec<&Operation> = history.operations.iter().filter(|op| op.key == key).collect();
