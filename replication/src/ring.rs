@@ -87,15 +87,6 @@ impl ClusterRing {
         true
     }
 
-    /// Removes `node_id`. Returns whether it was there.
-    pub fn remove(&mut self, node_id: u16) -> bool {
-        let removed = self.nodes.remove(&node_id).is_some();
-        if removed {
-            self.rebuild();
-        }
-        removed
-    }
-
     fn rebuild(&mut self) {
         self.ring = self
             .nodes
@@ -105,19 +96,9 @@ impl ClusterRing {
         self.ring.sort_unstable();
     }
 
-    /// Node ids on the ring, ascending.
-    pub fn nodes(&self) -> impl Iterator<Item = u16> + '_ {
-        self.nodes.keys().copied()
-    }
-
     /// Number of nodes on the ring.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
-    }
-
-    /// The tokens of `node_id`.
-    pub fn tokens_of(&self, node_id: u16) -> Option<&[u64]> {
-        self.nodes.get(&node_id).map(Vec::as_slice)
     }
 
     /// Index in `ring` of the token owning `token`: the first ring token ≥ it, wrapping.

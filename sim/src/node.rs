@@ -24,8 +24,8 @@ use ringkv_replication::{
     NodeIdentity,
 };
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
-use ringkv_storage::{Engine, EngineOptions, Entry, Value};
-use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerValue};
+use ringkv_storage::{Engine, EngineOptions, Entry};
+use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure};
 
 /// Tokens per node on the ring.
 pub const TOKENS_PER_NODE: usize = 16;
@@ -209,14 +209,14 @@ impl Node {
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
-                let result = block_on(running.engine.write(key, entry_from_peer(entry)))
+                let result = block_on(running.engine.write(key, Entry::from(entry)))
                     .map(drop)
                     .map_err(storage_failure);
                 Some(replica::applied(envelope, result))
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
                 let result = block_on(running.engine.get_entry(&key))
-                    .map(|entry| entry.map(entry_to_peer))
+                    .map(|entry| entry.map(PeerEntry::from))
                     .map_err(storage_failure);
                 Some(replica::read_answer(envelope, digest_only, result))
             }
@@ -229,7 +229,7 @@ impl Node {
     pub fn stored(&self, key: &Bytes) -> Result<Option<PeerEntry>, String> {
         let running = self.running.as_ref().expect("checked nodes run");
         block_on(running.engine.get_entry(key))
-            .map(|entry| entry.map(entry_to_peer))
+            .map(|entry| entry.map(PeerEntry::from))
             .map_err(|error| format!("node {} could not read its engine: {error}", self.node_id))
     }
 
@@ -240,24 +240,6 @@ impl Node {
             .and_then(|()| block_on(running.engine.compact(self.wall_ms(now_ms))).map(drop))
             .map_err(|error| format!("node {} maintenance failed: {error}", self.node_id))
     }
-}
-
-/// A replicated entry as the engine stores it (the shard's conversion, repeated here so the
-/// simulator does not depend on the glommio server).
-pub fn entry_from_peer(entry: PeerEntry) -> Entry {
-    match entry.value {
-        PeerValue::Live { data, expires_at_ms } => Entry::live(entry.version, data, expires_at_ms),
-        PeerValue::Tombstone { deleted_at_ms } => Entry::tombstone(entry.version, deleted_at_ms),
-    }
-}
-
-/// A stored entry as replicas exchange it.
-pub fn entry_to_peer(entry: Entry) -> PeerEntry {
-    let value = match entry.value {
-        Value::Live { data, expires_at_ms } => PeerValue::Live { data, expires_at_ms },
-        Value::Tombstone { deleted_at_ms } => PeerValue::Tombstone { deleted_at_ms },
-    };
-    PeerEntry { version: entry.version, value }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! whatever order the writes reach it in (arrival order never decides).
 
 use bytes::{BufMut, Bytes};
+use ringkv_wire::peer::{PeerEntry, PeerValue};
 use std::cmp::Ordering;
 
 /// Flag bit: the entry is a tombstone.
@@ -38,6 +39,27 @@ pub struct Entry {
     pub version: u64,
     /// The value or tombstone.
     pub value: Value,
+}
+
+/// A replicated entry (as replicas exchange it) as the engine stores it.
+impl From<PeerEntry> for Entry {
+    fn from(entry: PeerEntry) -> Self {
+        match entry.value {
+            PeerValue::Live { data, expires_at_ms } => Entry::live(entry.version, data, expires_at_ms),
+            PeerValue::Tombstone { deleted_at_ms } => Entry::tombstone(entry.version, deleted_at_ms),
+        }
+    }
+}
+
+/// A stored entry as replicas exchange it.
+impl From<Entry> for PeerEntry {
+    fn from(entry: Entry) -> Self {
+        let value = match entry.value {
+            Value::Live { data, expires_at_ms } => PeerValue::Live { data, expires_at_ms },
+            Value::Tombstone { deleted_at_ms } => PeerValue::Tombstone { deleted_at_ms },
+        };
+        PeerEntry { version: entry.version, value }
+    }
 }
 
 impl Entry {
@@ -180,6 +202,20 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_cross_to_replicas_and_back_unchanged() {
+        let entries = [
+            Entry::live(7, Bytes::from_static(b"value"), None),
+            Entry::live(8, Bytes::new(), Some(1_700_000_000_000)),
+            Entry::tombstone(9, 1_700_000_000_001),
+        ];
+        for entry in entries {
+            let replicated = ringkv_wire::peer::PeerEntry::from(entry.clone());
+            assert_eq!(replicated.version, entry.version);
+            assert_eq!(Entry::from(replicated), entry);
+        }
+    }
 
     #[test]
     fn round_trips_every_kind() {

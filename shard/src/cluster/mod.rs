@@ -39,7 +39,7 @@ use ringkv_replication::coordinator::Output;
 use ringkv_replication::{
     replica, Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorReply, Target,
 };
-use ringkv_storage::{Entry, Value};
+use ringkv_storage::Entry;
 use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue};
 use ringkv_wire::{Consistency, ErrorCode, Failure, Operation, Outcome};
 use tracing::warn;
@@ -376,7 +376,7 @@ impl Cluster {
         if !self.view.borrow().owns(key, self.origin.shard) {
             return None;
         }
-        let found = self.handler.engine().entry_now(key, |entry| entry.cloned().map(entry_to_peer))?;
+        let found = self.handler.engine().entry_now(key, |entry| entry.cloned().map(PeerEntry::from))?;
         let result = found.map_err(|error| PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string()));
         Some(replica::read_answer(envelope, *digest_only, result))
     }
@@ -401,14 +401,14 @@ impl Cluster {
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
-                let result = engine.write(key, entry_from_peer(entry)).await.map(|_| ()).map_err(|error| {
+                let result = engine.write(key, Entry::from(entry)).await.map(|_| ()).map_err(|error| {
                     PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
                 });
                 replica::applied(envelope, result)
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
                 let result =
-                    engine.get_entry(&key).await.map(|entry| entry.map(entry_to_peer)).map_err(|error| {
+                    engine.get_entry(&key).await.map(|entry| entry.map(PeerEntry::from)).map_err(|error| {
                         PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
                     });
                 replica::read_answer(envelope, digest_only, result)
@@ -431,21 +431,4 @@ fn failure_of(error: &CoordinatorError) -> Failure {
         CoordinatorError::ReplicasFailed { .. } => ErrorCode::Unavailable,
     };
     Failure::new(code, error.to_string())
-}
-
-/// A replicated entry as the engine stores it.
-pub fn entry_from_peer(entry: PeerEntry) -> Entry {
-    match entry.value {
-        PeerValue::Live { data, expires_at_ms } => Entry::live(entry.version, data, expires_at_ms),
-        PeerValue::Tombstone { deleted_at_ms } => Entry::tombstone(entry.version, deleted_at_ms),
-    }
-}
-
-/// A stored entry as replicas exchange it.
-pub fn entry_to_peer(entry: Entry) -> PeerEntry {
-    let value = match entry.value {
-        Value::Live { data, expires_at_ms } => PeerValue::Live { data, expires_at_ms },
-        Value::Tombstone { deleted_at_ms } => PeerValue::Tombstone { deleted_at_ms },
-    };
-    PeerEntry { version: entry.version, value }
 }

@@ -82,11 +82,6 @@ impl ClusterView {
         self.snapshot = snapshot;
     }
 
-    /// The snapshot the view was built from.
-    pub fn snapshot(&self) -> &Arc<MembershipSnapshot> {
-        &self.snapshot
-    }
-
     /// The ring.
     pub fn ring(&self) -> &ClusterRing {
         &self.ring
