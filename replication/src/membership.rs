@@ -7,8 +7,8 @@
 //!
 //! foca is sans-IO: it asks for datagrams to be sent and for timers to fire after a delay. This
 //! wrapper keeps those timers in one heap ordered by deadline and fires them from
-//! [`Membership::tick`], so the driver is one task with one sleep (foca's issue #26: timers run
-//! from separate tasks fired out of order and broke the probe cycle). Time comes in as `now_ms`;
+//! [`Membership::tick`], so the driver is one task with one sleep (foca's own advice: timers run
+//! from separate tasks fired out of order broke the probe cycle). Time comes in as `now_ms`;
 //! the random number generator is the caller's, so a seeded one replays a run exactly.
 //!
 //! Each node gossips its [`NodeIdentity`]: node id, generation, addresses, shard count and
