@@ -14,6 +14,14 @@
 //!    Replicas only ever move to higher versions and acknowledged writes are synced, so this holds
 //!    whatever else is written or pending meanwhile. Every value any read returns must also have
 //!    been written by some operation that may have been applied.
+//!
+//! The same checkers judge the histories of real processes under real faults
+//! (`ringkv-bench chaos`), recorded through the client. A client learns less than the simulator:
+//! a read that finds no live value says nothing of the tombstone behind it
+//! ([`Outcome::Absent`]), and a write that timed out has no version. There, a key read as absent
+//! keeps an acknowledged put only if a delete or an expiring put that may have been applied, and
+//! is not known to be older, explains it; a write of unknown version matches a read by its value,
+//! which no other write shares.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +32,52 @@ use crate::history::{describe, History, Kind, Operation, Outcome};
 
 /// What the cluster holds at the end: per node, per key, the stored entry.
 pub type FinalState = BTreeMap<u16, BTreeMap<Bytes, Option<PeerEntry>>>;
+
+/// What a read saw.
+#[derive(Clone)]
+enum Seen {
+    /// The entry the replicas hold, tombstones included (the simulator reads these).
+    Entry(Option<PeerEntry>),
+    /// No live value, of unknown version (what a client sees of a tombstone or an expiry).
+    Absent,
+}
+
+impl Seen {
+    /// What operation `op` read, if it is a read that answered.
+    fn of(op: &Operation) -> Option<Seen> {
+        match &op.outcome {
+            Outcome::Read(entry) => Some(Seen::Entry(entry.clone())),
+            Outcome::Absent => Some(Seen::Absent),
+            _ => None,
+        }
+    }
+
+    /// The entry replicas should hold after this read: for an absent read, nothing live, which
+    /// a client-side reader of each replica also sees as nothing.
+    fn entry(&self) -> Option<PeerEntry> {
+        match self {
+            Seen::Entry(entry) => entry.clone(),
+            Seen::Absent => None,
+        }
+    }
+}
+
+/// The final read at ALL of a key: the last read of the settle phase that answered.
+fn final_read(operations: &[&Operation]) -> Option<Seen> {
+    operations.iter().rev().find_map(|op| if op.client.is_none() { Seen::of(op) } else { None })
+}
+
+/// Whether a read that found no live value can be explained after `write`: `write` itself hides
+/// the value (a delete, an expiring put), or some write that may have been applied does and is
+/// not known to be older (a write that timed out has no known version).
+fn hidden_at_or_after(operations: &[&Operation], write: &Operation) -> bool {
+    write.hides()
+        || operations.iter().any(|op| {
+            op.may_have_applied()
+                && op.hides()
+                && op.version.is_none_or(|version| Some(version) >= write.version)
+        })
+}
 
 /// Every violation found, one sentence each; empty when the run is correct.
 pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &FinalState) -> Vec<String> {
@@ -37,11 +91,7 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
     for (key, key_replicas) in replicas {
         let name = String::from_utf8_lossy(key);
         let operations: Vec<&Operation> = history.operations.iter().filter(|op| op.key == key).collect();
-        let final_read = operations.iter().rev().find_map(|op| match (&op.client, &op.outcome) {
-            (None, Outcome::Read(entry)) => Some(entry.clone()),
-            _ => None,
-        });
-        let Some(final_entry) = final_read else {
+        let Some(final_seen) = final_read(&operations) else {
             violations.push(format!("{name}: no read at ALL succeeded after the cluster settled"));
             continue;
         };
@@ -49,10 +99,25 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
             .iter()
             .filter(|op| op.is_write() && op.outcome == Outcome::Written)
             .max_by_key(|op| op.version);
-        check_no_lost_write(&name, &operations, acknowledged.copied(), &final_entry, &mut violations);
+        let final_entry = final_seen.entry();
+        match &final_seen {
+            Seen::Entry(final_entry) => {
+                check_no_lost_write(&name, &operations, acknowledged.copied(), final_entry, &mut violations);
+            }
+            Seen::Absent => {
+                if let Some(write) = acknowledged.filter(|write| !hidden_at_or_after(&operations, write)) {
+                    violations.push(format!(
+                        "{name}: acknowledged write [{write}] lost: the cluster settled on no live value, \
+                         and no delete or expiring write can explain it"
+                    ));
+                }
+            }
+        }
         check_convergence(&name, key, key_replicas, stored, &final_entry, &mut violations);
-        if let Some(delete) = acknowledged.filter(|op| op.kind == Kind::Delete) {
-            let stays_deleted = match &final_entry {
+        if let (Some(delete), Seen::Entry(final_entry)) =
+            (acknowledged.filter(|op| op.kind == Kind::Delete), &final_seen)
+        {
+            let stays_deleted = match final_entry {
                 Some(PeerEntry { value: PeerValue::Tombstone { .. }, .. }) => true,
                 Some(entry) => {
                     entry.version > delete.version.unwrap_or(0)
@@ -63,13 +128,40 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
             if !stays_deleted {
                 violations.push(format!(
                     "{name}: deleted by [{delete}], acknowledged, but came back as {}",
-                    describe(&final_entry)
+                    describe(final_entry)
                 ));
             }
         }
         check_reads(&name, &operations, &mut violations);
     }
     violations
+}
+
+/// Acknowledged writes that the final read at ALL of their key does not reflect: versioned
+/// above what the cluster settled on (Jepsen's lost elements of set-full). For a key settled on
+/// no live value, the acknowledged puts that no delete or expiring write may explain. Keys
+/// without a final read are not counted here ([`check`] reports them).
+pub fn lost_acknowledged_writes(history: &History) -> usize {
+    let mut by_key: BTreeMap<&Bytes, Vec<&Operation>> = BTreeMap::new();
+    for op in &history.operations {
+        by_key.entry(&op.key).or_default().push(op);
+    }
+    by_key
+        .values()
+        .map(|operations| {
+            let acknowledged = operations.iter().filter(|op| op.is_write() && op.outcome == Outcome::Written);
+            match final_read(operations) {
+                None => 0,
+                Some(Seen::Entry(entry)) => {
+                    let settled = entry.map(|entry| entry.version);
+                    acknowledged.filter(|write| write.version > settled).count()
+                }
+                Some(Seen::Absent) => {
+                    acknowledged.filter(|write| !hidden_at_or_after(operations, write)).count()
+                }
+            }
+        })
+        .sum()
 }
 
 /// Acknowledged writes versioned below another acknowledged write of their key that completed
@@ -155,8 +247,8 @@ fn same_state(left: &Option<PeerEntry>, right: &Option<PeerEntry>) -> bool {
 
 fn check_reads(name: &str, operations: &[&Operation], violations: &mut Vec<String>) {
     for read in operations.iter().filter(|op| op.kind == Kind::Get) {
-        let Outcome::Read(entry) = &read.outcome else { continue };
-        if let Some(entry) = entry {
+        let Some(seen) = Seen::of(read) else { continue };
+        if let Seen::Entry(Some(entry)) = &seen {
             if !operations.iter().any(|op| op.may_have_applied() && op.wrote(entry)) {
                 violations.push(format!(
                     "{name}: [{read}] returned {}, which no write wrote",
@@ -164,7 +256,6 @@ fn check_reads(name: &str, operations: &[&Operation], violations: &mut Vec<Strin
                 ));
             }
         }
-        let seen = entry.as_ref().map(|entry| entry.version);
         let newest_before = operations
             .iter()
             .filter(|write| {
@@ -174,13 +265,19 @@ fn check_reads(name: &str, operations: &[&Operation], violations: &mut Vec<Strin
                     && write.required + read.required > read.replicas
             })
             .max_by_key(|write| write.version);
-        if let Some(write) = newest_before {
-            if seen < write.version {
-                violations.push(format!(
-                    "{name}: [{read}] returned {} after [{write}] was acknowledged (W + R > N)",
-                    describe(entry)
-                ));
-            }
+        let Some(write) = newest_before else { continue };
+        let stale = match &seen {
+            Seen::Entry(entry) => entry.as_ref().map(|entry| entry.version) < write.version,
+            Seen::Absent => !hidden_at_or_after(operations, write),
+        };
+        if stale {
+            let what = match &seen {
+                Seen::Entry(entry) => describe(entry),
+                Seen::Absent => "no live value".to_string(),
+            };
+            violations.push(format!(
+                "{name}: [{read}] returned {what} after [{write}] was acknowledged (W + R > N)"
+            ));
         }
     }
 }
@@ -291,6 +388,40 @@ mod tests {
             put("overlapping", 5, (1, 4), Outcome::Written),
         ];
         assert_eq!(real_time_inversions(&History { operations }), 1);
+    }
+
+    #[test]
+    fn an_absent_read_is_judged_by_the_deletes_that_may_explain_it() {
+        let delete_unknown = operation(Kind::Delete, None, (5, 6), Outcome::Unknown("timeout".into()));
+        let absent_final =
+            Operation { client: None, ..operation(Kind::Get, None, (100, 101), Outcome::Absent) };
+        let explained = vec![put("a", 10, (1, 2), Outcome::Written), delete_unknown, absent_final.clone()];
+        assert_eq!(run(explained.clone(), None), Vec::<String>::new());
+        assert_eq!(lost_acknowledged_writes(&History { operations: explained }), 0);
+        let older_delete = operation(Kind::Delete, Some(5), (0, 1), Outcome::Written);
+        let unexplained = vec![older_delete, put("a", 10, (1, 2), Outcome::Written), absent_final];
+        let violations = run(unexplained.clone(), None);
+        assert!(violations.iter().any(|violation| violation.contains("lost")), "{violations:?}");
+        assert_eq!(lost_acknowledged_writes(&History { operations: unexplained }), 1);
+    }
+
+    #[test]
+    fn a_write_of_unknown_version_matches_a_read_by_its_value() {
+        let operations = vec![put("a", 10, (1, 2), Outcome::Written), {
+            let mut unknown = put("b", 0, (3, 4), Outcome::Unknown("timeout".into()));
+            unknown.version = None;
+            unknown
+        }];
+        let mut with_read = operations.clone();
+        with_read.push(final_read(live(20, "b")));
+        assert_eq!(run(with_read, live(20, "b")), Vec::<String>::new());
+        let mut phantom = operations;
+        phantom.push(final_read(live(20, "c")));
+        let violations = run(phantom, live(20, "c"));
+        assert!(
+            violations.iter().any(|violation| violation.contains("no applied write wrote")),
+            "{violations:?}"
+        );
     }
 
     #[test]

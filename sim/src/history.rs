@@ -35,6 +35,10 @@ pub enum Outcome {
     Written,
     /// A read's reconciled entry (tombstones included; `None`: never written).
     Read(Option<PeerEntry>),
+    /// A read that found no live value, as a client sees it: a tombstone, an expired value or
+    /// nothing at all, and no version. The simulator reads entries and never records this; the
+    /// real-process fault runs (`ringkv-bench chaos`), which read through the client, do.
+    Absent,
     /// Failed, and certainly not applied anywhere (refused before any message was sent).
     Failed(String),
     /// Failed, but a write may have been applied (a timeout, a refusing replica, a coordinator
@@ -68,9 +72,11 @@ impl Operation {
         !matches!(self.kind, Kind::Get)
     }
 
-    /// Whether a read of `entry` may be this write's effect: same version, same value.
+    /// Whether a read of `entry` may be this write's effect: same version, same value. A write
+    /// whose version is unknown (a client never learns the version of a write that timed out)
+    /// matches by value alone, which is enough since every put writes a value of its own.
     pub fn wrote(&self, entry: &PeerEntry) -> bool {
-        if self.version != Some(entry.version) {
+        if self.version.is_some_and(|version| version != entry.version) {
             return false;
         }
         match (&self.kind, &entry.value) {
@@ -80,6 +86,12 @@ impl Operation {
             (Kind::Delete, PeerValue::Tombstone { .. }) => true,
             _ => false,
         }
+    }
+
+    /// Whether a read that finds no live value may be this write's effect: a delete, or a put
+    /// with a time to live (expired by the time of the read, or not: a client cannot tell).
+    pub fn hides(&self) -> bool {
+        matches!(self.kind, Kind::Delete | Kind::Put { ttl_ms: Some(_), .. })
     }
 
     /// Whether the write may have been applied somewhere (acknowledged or unknown).
@@ -148,6 +160,7 @@ impl fmt::Display for Outcome {
             Outcome::Pending => write!(formatter, "pending"),
             Outcome::Written => write!(formatter, "ok"),
             Outcome::Read(entry) => write!(formatter, "read {}", describe(entry)),
+            Outcome::Absent => write!(formatter, "read no live value"),
             Outcome::Failed(why) => write!(formatter, "failed: {why}"),
             Outcome::Unknown(why) => write!(formatter, "unknown: {why}"),
         }
