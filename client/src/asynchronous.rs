@@ -118,7 +118,10 @@ impl<R: Transport> AsyncClient<R> {
         let consistency = options.consistency;
         let client = AsyncClient {
             inner: Arc::new(Inner {
-                router: Mutex::new(Router::with_unreachable_node_hold(seed, options.unreachable_node_hold)),
+                router: Mutex::new(
+                    Router::with_unreachable_node_hold(seed, options.unreachable_node_hold)
+                        .with_replica_choice(options.replica_choice),
+                ),
                 refresh: Mutex::new(RefreshSchedule::new(options.topology_refresh_interval)),
                 connections: Mutex::new(HashMap::new()),
                 options,
@@ -257,8 +260,15 @@ impl<R: Transport> AsyncClient<R> {
         locked(&self.inner.router).topology().cloned()
     }
 
-    /// Where a request for `key` goes first: the owning shard of its first replica that is up
-    /// and not found unreachable lately, of its node's owning shard, or the shared port.
+    /// The node this client prefers to coordinate the keys it replicates (see
+    /// [`crate::ReplicaChoice`]), once a topology is known.
+    pub fn preferred_node(&self) -> Option<u16> {
+        locked(&self.inner.router).preferred_node()
+    }
+
+    /// Where a request for `key` goes first: the owning shard of the replica chosen for it
+    /// (see [`crate::ReplicaChoice`]) that is up and not found unreachable lately, of its
+    /// node's owning shard, or the shared port.
     pub fn route(&self, key: impl AsRef<[u8]>) -> Route {
         locked(&self.inner.router).routes(Some(key.as_ref()), Instant::now())[0]
     }

@@ -85,7 +85,8 @@ impl Client {
     ) -> Result<Client, Error> {
         let seed = crate::resolve(&address)?;
         let mut client = Client {
-            router: Router::with_unreachable_node_hold(seed, options.unreachable_node_hold),
+            router: Router::with_unreachable_node_hold(seed, options.unreachable_node_hold)
+                .with_replica_choice(options.replica_choice),
             refresh: RefreshSchedule::new(options.topology_refresh_interval),
             options,
             links: HashMap::new(),
@@ -215,8 +216,15 @@ impl Client {
         self.router.topology()
     }
 
-    /// Where a request for `key` goes first: the owning shard of its first replica that is up
-    /// and not found unreachable lately, of its node's owning shard, or the shared port.
+    /// The node this client prefers to coordinate the keys it replicates (see
+    /// [`crate::ReplicaChoice`]), once a topology is known.
+    pub fn preferred_node(&self) -> Option<u16> {
+        self.router.preferred_node()
+    }
+
+    /// Where a request for `key` goes first: the owning shard of the replica chosen for it
+    /// (see [`crate::ReplicaChoice`]) that is up and not found unreachable lately, of its
+    /// node's owning shard, or the shared port.
     pub fn route(&self, key: impl AsRef<[u8]>) -> Route {
         self.router.routes(Some(key.as_ref()), Instant::now())[0]
     }

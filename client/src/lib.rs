@@ -23,8 +23,9 @@
 //! Token- and shard-aware routing, like the ScyllaDB drivers: on connect the client fetches
 //! the topology, which lists every node of the cluster (client address, up or down, shards
 //! with their ports and token ranges) and the ring (each token range and its replicas in
-//! preference order). Each key goes to the owning shard of its first replica that is up, so
-//! that node coordinates the request without a hop to another node or core. A node outside a
+//! preference order). Each key goes to the owning shard of one of its replicas that is up (the
+//! client's preferred node when it holds one, see [`ReplicaChoice`]), so that node coordinates
+//! the request without a hop to another node or core. A node outside a
 //! cluster, or a server from before clusters, publishes no ring: keys then go to the owning
 //! shard of the node connected to. Without a topology, or on a token nothing claims, requests
 //! go to the shared client port, where the server forwards them. At most one connection is kept
@@ -52,7 +53,7 @@
 //! - [`failover`]: whether a failed request may go to another route; [`refresh`]:
 //!   [`RefreshSchedule`], when the topology is fetched again.
 //! - [`reply`]: [`Versioned`], [`CasResult`], [`ScanPage`], what each reply means.
-//! - [`options`]: [`ClientOptions`], [`Backoff`]; [`error`]: [`Error`].
+//! - [`options`]: [`ClientOptions`], [`ReplicaChoice`], [`Backoff`]; [`error`]: [`Error`].
 //! - [`blocking`], `tokio`, `glommio`: the adapters; the two async ones share `multiplexed`
 //!   (replies handed to waiting tasks) and `asynchronous` (the client itself).
 
@@ -81,7 +82,7 @@ pub mod tokio;
 
 pub use connection::{Connection, IN_FLIGHT_MAX_DEFAULT};
 pub use error::{Error, Result};
-pub use options::{Backoff, ClientOptions};
+pub use options::{Backoff, ClientOptions, ReplicaChoice};
 pub use refresh::RefreshSchedule;
 pub use reply::{CasResult, Versioned};
 pub use ringkv_wire::limits::SCAN_LIMIT_MAX;

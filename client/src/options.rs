@@ -32,6 +32,22 @@ pub struct ClientOptions {
     /// first (it stays the last resort). Membership takes seconds to declare a node down, and
     /// the topology says "up" until then.
     pub unreachable_node_hold: Duration,
+    /// Which of a key's replicas a request goes to first.
+    pub replica_choice: ReplicaChoice,
+}
+
+/// Which of a key's live replicas coordinates a request (see [`crate::routing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicaChoice {
+    /// The client's preferred node whenever it holds a replica, else the first live replica in
+    /// preference order. Each client prefers one node, and the clients of a process spread
+    /// their preferences over the ring's nodes: one client's requests share a connection and a
+    /// coordinator, which batches them, while many clients spread the load.
+    #[default]
+    PreferredNode,
+    /// Always the first live replica in preference order: each node coordinates the keys it
+    /// is the primary replica of.
+    FirstReplica,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +60,7 @@ impl Default for ClientOptions {
             consistency: None,
             topology_refresh_interval: Duration::from_secs(10),
             unreachable_node_hold: Duration::from_secs(5),
+            replica_choice: ReplicaChoice::default(),
         }
     }
 }

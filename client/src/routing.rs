@@ -10,17 +10,29 @@
 //!
 //! Token- and shard-aware like the ScyllaDB drivers: a request goes straight to a core that
 //! holds a replica of its key, so that node coordinates it without a hop to another node or
-//! core. The first live replica in preference order is chosen, which is deterministic and
-//! spreads keys over nodes as evenly as the ring spreads their tokens. The later candidates are
-//! where an adapter goes when one cannot be reached (see [`crate::failover`]).
+//! core. Among a key's live replicas the client's *preferred node* goes first, then the others
+//! in preference order. The later candidates are where an adapter goes when one cannot be
+//! reached (see [`crate::failover`]).
+//!
+//! Each client prefers one node of the ring (its affinity, spread over the ring's nodes by a
+//! per-process counter from a random start): whenever that node holds a replica of a key, it
+//! coordinates. One client's requests then share one connection and one coordinator instead
+//! of being split over every replica, so its pipeline stays deep and replies and replica
+//! messages travel in fuller batches. Load still spreads: different clients prefer different
+//! nodes, and keys the preferred node does not replicate go to their first live replica
+//! (`docs/benchmarks.md` has the measurement).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ringkv_wire::{ShardPlacement, Topology};
 
 use crate::token::token_of;
+use crate::ReplicaChoice;
 
 /// Most candidates one request is given: every replica (at most 7) and the home node.
 pub const ROUTES_PER_REQUEST_MAX: usize = 8;
@@ -179,6 +191,20 @@ pub struct Router {
     unreachable_node_hold: Duration,
     /// Nodes that could not be reached, and when: they go last among candidates for the hold.
     unreachable_since: HashMap<u16, Instant>,
+    /// Which node of the ring this client prefers: the node at this position (modulo the node
+    /// count) in node id order; none, the first live replica in preference order.
+    affinity: Option<usize>,
+    /// The preferred node, once a topology is known.
+    preferred_node: Option<u16>,
+}
+
+/// The next client's affinity: a per-process counter from a random start, so clients of one
+/// process prefer different nodes, and so do the first clients of different processes.
+fn next_affinity() -> usize {
+    static START: OnceLock<usize> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = *START.get_or_init(|| RandomState::new().hash_one(0x6166_6669_6e69_7479_u64) as usize);
+    start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Router {
@@ -200,7 +226,37 @@ impl Router {
             ring: RingMap::default(),
             unreachable_node_hold,
             unreachable_since: HashMap::new(),
+            affinity: Some(next_affinity()),
+            preferred_node: None,
         }
+    }
+
+    /// Prefers the node at position `affinity` (modulo the node count, in node id order)
+    /// whenever it replicates a key, instead of the node chosen for this client; `None` sends
+    /// each key to its first live replica in preference order.
+    pub fn with_affinity(mut self, affinity: Option<usize>) -> Self {
+        self.affinity = affinity;
+        self.preferred_node = self.pick_preferred_node();
+        self
+    }
+
+    /// Follows `choice`: [`ReplicaChoice::FirstReplica`] drops the affinity.
+    pub fn with_replica_choice(self, choice: ReplicaChoice) -> Self {
+        match choice {
+            ReplicaChoice::PreferredNode => self,
+            ReplicaChoice::FirstReplica => self.with_affinity(None),
+        }
+    }
+
+    /// The node this client prefers to coordinate its requests, once a topology is known.
+    pub fn preferred_node(&self) -> Option<u16> {
+        self.preferred_node
+    }
+
+    fn pick_preferred_node(&self) -> Option<u16> {
+        let count = self.nodes.len();
+        let affinity = self.affinity?;
+        (count > 0).then(|| *self.nodes.keys().nth(affinity % count).expect("in range"))
     }
 
     /// The client address of the node the topology came from: the shared client port every
@@ -245,6 +301,7 @@ impl Router {
             })
             .collect();
         self.unreachable_since.retain(|node_id, _| topology.node(*node_id).is_some());
+        self.preferred_node = self.pick_preferred_node();
         self.topology = Some(topology);
     }
 
@@ -256,6 +313,7 @@ impl Router {
         self.home_shards = ShardMap::default();
         self.nodes.clear();
         self.ring = RingMap::default();
+        self.preferred_node = None;
     }
 
     /// Notes that `node_id` could not be reached at `now`: for the hold, it goes after every
@@ -328,6 +386,9 @@ impl Router {
             .filter(|(_, node)| node.up)
             .map(|(node_id, node)| node.route(node_id, token))
             .collect();
+        if let Some(preferred) = routes.iter().position(|route| route.node_id == self.preferred_node) {
+            routes[..=preferred].rotate_right(1);
+        }
         // A non-replica coordinates as well, one hop further: the last resort.
         if !routes.iter().any(|route| route.node_id == home.node_id) {
             routes.push(home);
@@ -478,7 +539,7 @@ mod tests {
 
     fn cluster_router(home: u16, up: [bool; 3]) -> Router {
         let from: SocketAddr = format!("10.0.0.{home}:7379").parse().unwrap();
-        let mut router = Router::with_unreachable_node_hold(from, Duration::from_secs(5));
+        let mut router = Router::with_unreachable_node_hold(from, Duration::from_secs(5)).with_affinity(None);
         router.set_topology(cluster(home, up), from);
         router
     }
@@ -552,11 +613,60 @@ mod tests {
     }
 
     #[test]
+    fn a_client_prefers_its_node_for_the_keys_it_replicates() {
+        let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
+        let now = Instant::now();
+        // Affinities 0, 1, 2 prefer nodes 1, 2, 3 (node id order), and wrap.
+        for (affinity, preferred) in [(0, 1), (1, 2), (2, 3), (4, 2)] {
+            let mut router = Router::new(from).with_affinity(Some(affinity));
+            router.set_topology(cluster(1, [true; 3]), from);
+            assert_eq!(router.preferred_node(), Some(preferred));
+            for token in [QUARTER + 1, 2 * QUARTER + 1, 3 * QUARTER + 1, QUARTER] {
+                let nodes = nodes_of(&router.token_routes(token, Some(now)));
+                assert_eq!(nodes[0], Some(preferred), "affinity {affinity}, token {token}");
+                // The others keep their preference order.
+                let mut expected: Vec<Option<u16>> = cluster(1, [true; 3])
+                    .replicas_of_token(token)
+                    .unwrap()
+                    .iter()
+                    .map(|&id| Some(id))
+                    .collect();
+                expected.retain(|&node| node != Some(preferred));
+                assert_eq!(&nodes[1..], expected.as_slice(), "affinity {affinity}, token {token}");
+            }
+        }
+        // A preferred node down, or holding no replica of the key: preference order.
+        let mut router = Router::new(from).with_affinity(Some(1));
+        router.set_topology(cluster(1, [true, false, true]), from);
+        assert_eq!(nodes_of(&router.token_routes(QUARTER + 1, Some(now))), vec![Some(3), Some(1)]);
+        let mut topology = cluster(1, [true; 3]);
+        topology.ring = vec![ReplicaRange { start: 0, end: 0, replicas: vec![2, 3] }];
+        let mut router = Router::new(from).with_affinity(Some(0));
+        router.set_topology(topology, from);
+        assert_eq!(nodes_of(&router.routes(Some(b"key"), now)), vec![Some(2), Some(3), Some(1)]);
+    }
+
+    #[test]
+    fn clients_of_one_process_prefer_different_nodes() {
+        let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
+        let preferred: std::collections::BTreeSet<u16> = (0..30)
+            .map(|_| {
+                let mut router = Router::new(from);
+                router.set_topology(cluster(1, [true; 3]), from);
+                router.preferred_node().unwrap()
+            })
+            .collect();
+        // Other tests draw affinities concurrently, taking some of the counter's values; thirty
+        // clients in a row still never all prefer one node.
+        assert!(preferred.len() >= 2, "{preferred:?}");
+    }
+
+    #[test]
     fn the_home_node_is_the_last_resort_when_it_holds_no_replica() {
         let mut topology = cluster(1, [true; 3]);
         topology.ring = vec![ReplicaRange { start: 0, end: 0, replicas: vec![2, 3] }];
         let from: SocketAddr = "192.168.1.1:9000".parse().unwrap();
-        let mut router = Router::new(from);
+        let mut router = Router::new(from).with_affinity(None);
         router.set_topology(topology, from);
         let routes = router.routes(Some(b"key"), Instant::now());
         assert_eq!(nodes_of(&routes), vec![Some(2), Some(3), Some(1)]);
@@ -572,7 +682,7 @@ mod tests {
         topology.nodes[0].address = "0.0.0.0:7379".into();
         topology.nodes[1].address = "0.0.0.0:7379".into();
         let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
-        let mut router = Router::new(from);
+        let mut router = Router::new(from).with_affinity(None);
         router.set_topology(topology, from);
         let routes = router.token_routes(QUARTER + 1, None);
         assert_eq!(nodes_of(&routes), vec![Some(3), Some(1)]);
