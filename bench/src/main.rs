@@ -16,6 +16,9 @@
 //! - `sweep`: open-loop runs at rates chosen by stepping up (`--search step`) or bisecting
 //!   (`--search bisect`) to find the highest rate at which p99 meets an SLO; a CSV and a PNG chart
 //!   of every run, `.hgrm` files and charts per run.
+//! - `chaos`: real `ringkv serve` processes in network namespaces under real faults (partitions,
+//!   loss, pauses, kill -9, clock offsets), a recorded history, and the simulator's checkers on
+//!   it; `docs/reliability.md` has the scenarios and their figures.
 //!
 //! ## Layout
 //! - [`engine`]: the `engine` subcommand: options, the benchmarks, the report.
@@ -36,7 +39,9 @@
 //!   latency charts.
 //! - [`cpu_usage`]: the load generator's own CPU time.
 //! - [`progress`]: the live progress line on a terminal.
+//! - [`chaos`]: the `chaos` subcommand: fault scenarios on real processes, checked like Jepsen.
 
+mod chaos;
 mod chart;
 mod cpu_usage;
 mod data_directory;
@@ -76,6 +81,9 @@ enum Command {
     /// Searches, in open loop, for the highest offered rate at which p99 meets the SLO (stepping
     /// up or bisecting); reports it, with a CSV and a chart of every run.
     Sweep(sweep::SweepArgs),
+    /// Runs real nodes under a fault scenario (partitions, loss, pauses, kill -9, clock skew),
+    /// checks the recorded history like Jepsen, and exits 0 only when every checker passes.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,5 +93,6 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => run::load(args),
         Command::Run(args) => run::run(args),
         Command::Sweep(args) => sweep::sweep(args),
+        Command::Chaos(args) => chaos::run(args),
     }
 }

@@ -1,0 +1,216 @@
+//! The scenarios, and the schedule every run follows over its duration D:
+//!
+//! ```text
+//!  0 ──── warm-up ──── D/3 ──── fault ──── 2D/3 (heal) ──── load goes on ──── D
+//!  then: every node up and whole ─▶ wait out expiring values ─▶ read every key at ALL
+//!        ─▶ read each replica's copy at ONE ─▶ checkers ─▶ report
+//! ```
+//!
+//! What is chosen at random (which node, how long a pause, how much loss) comes from the
+//! scenario's seed, so a seed names a schedule.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::cluster::Cluster;
+use super::faults;
+use super::network::Namespaces;
+
+/// A named fault schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// A minority of the nodes cut off from the majority, both ways.
+    PartitionMajority,
+    /// One node can no longer send to the others, but still receives from them.
+    PartitionOneWay,
+    /// Nodes killed with SIGKILL and restarted, one at a time, over and over.
+    KillRestart,
+    /// Nodes frozen with SIGSTOP and thawed with SIGCONT, one at a time, over and over.
+    Pause,
+    /// Every node drops a share of its packets at random, both ways.
+    Loss,
+    /// One node runs with its wall clock 300 ms ahead (within the 500 ms bound) from the start,
+    /// and is restarted with the true time at the heal. (From the start, not from the fault:
+    /// clients route around a node they could not reach for 5 s, so a node restarted at the
+    /// fault would coordinate little of a short run.)
+    ClockSkew,
+    /// As [`Scenario::ClockSkew`], 2 s ahead, beyond the bound: the others must refuse the
+    /// writes it coordinates (`ClockSkew` in their logs), never adopt them.
+    ClockSkewBeyond,
+}
+
+/// Every scenario, in the order `all` runs them.
+pub const ALL: [Scenario; 7] = [
+    Scenario::PartitionMajority,
+    Scenario::PartitionOneWay,
+    Scenario::KillRestart,
+    Scenario::Pause,
+    Scenario::Loss,
+    Scenario::ClockSkew,
+    Scenario::ClockSkewBeyond,
+];
+
+/// The clock offset of [`Scenario::ClockSkew`], in libfaketime's syntax.
+const SKEW_WITHIN: &str = "+0.3";
+/// The clock offset of [`Scenario::ClockSkewBeyond`].
+const SKEW_BEYOND: &str = "+2";
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::PartitionMajority => "partition-majority",
+            Scenario::PartitionOneWay => "partition-one-way",
+            Scenario::KillRestart => "kill-restart",
+            Scenario::Pause => "pause",
+            Scenario::Loss => "loss",
+            Scenario::ClockSkew => "clock-skew",
+            Scenario::ClockSkewBeyond => "clock-skew-beyond",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scenario> {
+        ALL.into_iter().find(|scenario| scenario.name() == name)
+    }
+
+    /// Whether the scenario needs network namespaces (nftables rules) or libfaketime; the
+    /// loopback form runs only the others.
+    pub fn needs_namespaces(self) -> bool {
+        !matches!(self, Scenario::KillRestart | Scenario::Pause)
+    }
+
+    /// Whether the scenario offsets a node's clock (it needs libfaketime).
+    pub fn needs_faketime(self) -> bool {
+        matches!(self, Scenario::ClockSkew | Scenario::ClockSkewBeyond)
+    }
+
+    /// The clock offset this scenario gives a node during the fault.
+    pub fn clock_offset(self) -> Option<&'static str> {
+        match self {
+            Scenario::ClockSkew => Some(SKEW_WITHIN),
+            Scenario::ClockSkewBeyond => Some(SKEW_BEYOND),
+            _ => None,
+        }
+    }
+}
+
+/// The node a scenario picks on (paused, killed first, cut off, skewed), from its seed.
+pub fn victim(seed: u64, nodes: u16) -> u16 {
+    SmallRng::seed_from_u64(seed ^ 0x0076_6963_7469_6d00).gen_range(1..=nodes)
+}
+
+/// Runs `scenario`'s faults from now until `heal_at`, then heals everything. Returns what it
+/// did, one line per action, with times since `epoch`.
+pub fn run_faults(
+    scenario: Scenario,
+    cluster: &mut Cluster,
+    namespaces: Option<&Namespaces>,
+    seed: u64,
+    epoch: Instant,
+    heal_at: Instant,
+) -> Result<Vec<String>> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut schedule = Vec::new();
+    let mut say = |line: String| {
+        let line = format!("{:6.1} s  {line}", epoch.elapsed().as_secs_f64());
+        eprintln!("chaos: {line}");
+        schedule.push(line);
+    };
+    let ids = cluster.ids();
+    let nodes = ids.len() as u16;
+    let victim = victim(seed, nodes);
+    match scenario {
+        Scenario::PartitionMajority => {
+            let namespaces = namespaces.expect("partitions run in namespaces");
+            let mut shuffled = ids.clone();
+            shuffled.shuffle(&mut rng);
+            let minority: Vec<u16> = shuffled[..usize::from((nodes - 1) / 2)].to_vec();
+            faults::partition(namespaces, &minority)?;
+            say(format!("partition: {minority:?} cut off from the rest, both ways"));
+            sleep_until(heal_at);
+            faults::heal(namespaces)?;
+            say("heal: partition removed".into());
+        }
+        Scenario::PartitionOneWay => {
+            let namespaces = namespaces.expect("partitions run in namespaces");
+            faults::one_way(namespaces, victim)?;
+            say(format!("one-way partition: node {victim} cannot send to the others, still receives"));
+            sleep_until(heal_at);
+            faults::heal(namespaces)?;
+            say("heal: partition removed".into());
+        }
+        Scenario::Loss => {
+            let namespaces = namespaces.expect("loss runs in namespaces");
+            let percent = rng.gen_range(5..=20);
+            faults::loss(namespaces, percent)?;
+            say(format!("loss: every node drops {percent} % of its packets, both ways"));
+            sleep_until(heal_at);
+            faults::heal(namespaces)?;
+            say("heal: loss removed".into());
+        }
+        Scenario::KillRestart | Scenario::Pause => {
+            while Instant::now() + Duration::from_secs(2) < heal_at {
+                let node = *ids.choose(&mut rng).expect("nodes");
+                let down_for = Duration::from_millis(rng.gen_range(1500..=4000));
+                if scenario == Scenario::KillRestart {
+                    cluster.kill(node)?;
+                    say(format!("kill -9 node {node}"));
+                } else {
+                    cluster.pause(node)?;
+                    say(format!("SIGSTOP node {node}"));
+                }
+                sleep_until((Instant::now() + down_for).min(heal_at));
+                if scenario == Scenario::KillRestart {
+                    cluster.spawn(node, None)?;
+                    say(format!("restart node {node}"));
+                } else {
+                    cluster.resume(node)?;
+                    say(format!("SIGCONT node {node}"));
+                }
+                let up_for = Duration::from_millis(rng.gen_range(1000..=3000));
+                sleep_until((Instant::now() + up_for).min(heal_at));
+            }
+            sleep_until(heal_at);
+            cluster.restore()?;
+            say("heal: every node running".into());
+        }
+        Scenario::ClockSkew | Scenario::ClockSkewBeyond => {
+            let offset = scenario.clock_offset().expect("a clock scenario has an offset");
+            say(format!(
+                "node {victim} runs with its wall clock at {offset} s (libfaketime) since the start"
+            ));
+            sleep_until(heal_at);
+            cluster.stop(victim, Duration::from_secs(5))?;
+            cluster.spawn(victim, None)?;
+            say(format!("heal: node {victim} restarted with the true time"));
+        }
+    }
+    Ok(schedule)
+}
+
+/// Sleeps until `deadline` (at once if it has passed).
+pub fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        thread::sleep(deadline - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_parses_from_its_name() {
+        for scenario in ALL {
+            assert_eq!(Scenario::parse(scenario.name()), Some(scenario));
+        }
+        assert_eq!(Scenario::parse("nothing"), None);
+        assert!(!Scenario::KillRestart.needs_namespaces() && !Scenario::Pause.needs_namespaces());
+        assert!(Scenario::ClockSkew.needs_faketime());
+    }
+}
