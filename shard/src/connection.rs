@@ -337,6 +337,21 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
         return;
     }
     shared.begin_request();
+    let command = match command {
+        // Coordinated across replicas by this shard: the reply slot waits, not a task.
+        Command::Single(operation) if router.coordinates_here(operation.key()) => {
+            let shared = shared.clone();
+            router.coordinate(operation, consistency, move |result| {
+                let reply = match result {
+                    Ok(outcome) => Reply::Single(outcome),
+                    Err(failure) => Reply::Failed(failure),
+                };
+                shared.complete_request(&Response { id, reply });
+            });
+            return;
+        }
+        command => command,
+    };
     let router = router.clone();
     let shared = shared.clone();
     // Not instrumented with the connection's span: entering and leaving a span on every poll

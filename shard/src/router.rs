@@ -146,6 +146,23 @@ impl Router {
         self.handler.read_now(key, read)
     }
 
+    /// Whether this shard coordinates `key` across replicas itself: it owns the key and keys
+    /// have several copies. Start such operations with [`Router::coordinate`].
+    pub fn coordinates_here(&self, key: &[u8]) -> bool {
+        self.ring.owner_of_key(key) == self.shard_id && self.cluster.is_replicated()
+    }
+
+    /// Starts `operation`, whose key this shard coordinates (see [`Router::coordinates_here`]),
+    /// through the key's replicas; `done` is handed the result. No task per request.
+    pub fn coordinate(
+        &self,
+        operation: Operation,
+        consistency: Option<Consistency>,
+        done: impl FnOnce(Result<Outcome, Failure>) + 'static,
+    ) {
+        self.cluster.coordinate(operation, consistency, done);
+    }
+
     /// The answer to `command`.
     pub async fn answer(self: &Rc<Self>, command: Command, consistency: Option<Consistency>) -> Reply {
         match command {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel;
 use glommio::task::JoinHandle;
 use ringkv_io::{now_ms, DmaDisk};
 use ringkv_replication::coordinator::Output;
@@ -51,6 +51,9 @@ pub use view::{ClusterView, MembershipSnapshot};
 
 /// How often pending requests are checked against their deadlines.
 const TICK_MS: u64 = 10;
+
+/// What is done with a coordinated request's reply.
+type Waiter = Box<dyn FnOnce(CoordinatorReply)>;
 
 /// The settings a shard's cluster part runs with.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +74,8 @@ pub struct Cluster {
     handler: Rc<Handler<DmaDisk>>,
     view: RefCell<ClusterView>,
     coordinator: RefCell<Coordinator>,
-    waiters: RefCell<HashMap<u64, LocalSender<CoordinatorReply>>>,
+    /// What to do with each pending request's reply.
+    waiters: RefCell<HashMap<u64, Waiter>>,
     links: RefCell<HashMap<Target, Rc<PeerLink>>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     stop: Rc<StopSignal>,
@@ -202,26 +206,36 @@ impl Cluster {
         operation: Operation,
         consistency: Option<Consistency>,
     ) -> Result<Outcome, Failure> {
-        let read_consistency = consistency.unwrap_or(self.settings.read_consistency);
-        let write_consistency = consistency.unwrap_or(self.settings.write_consistency);
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.coordinate(operation, consistency, move |result| {
+            let _ = sender.try_send(result);
+        });
+        receiver.recv().await.unwrap_or_else(|| Err(failure_of(&self.stopped())))
+    }
+
+    /// Starts a client operation through the replicas of its key, at `consistency` (the
+    /// configured level for its kind when `None`); `done` is handed the result when the replicas
+    /// have answered, in place when they already have (a read at ONE of a key in memory). No
+    /// task per request: on the hot path a connection hands its reply slot in as `done`.
+    pub fn coordinate(
+        &self,
+        operation: Operation,
+        consistency: Option<Consistency>,
+        done: impl FnOnce(Result<Outcome, Failure>) + 'static,
+    ) {
         if let Some(reason) = self.view.borrow().refused() {
-            return Err(Failure::new(ErrorCode::Unavailable, reason.to_owned()));
+            return done(Err(Failure::new(ErrorCode::Unavailable, reason.to_owned())));
         }
         let now = now_ms();
         match operation {
             Operation::Get { key } => {
-                let reply = self.coordinate_read(key, read_consistency).await?;
-                match reply {
-                    Some(entry) => match entry.value {
-                        PeerValue::Live { data, expires_at_ms }
-                            if expires_at_ms.is_none_or(|at| at > now) =>
-                        {
-                            Ok(Outcome::Value { value: data, version: entry.version })
-                        }
-                        _ => Ok(Outcome::NotFound),
-                    },
-                    None => Ok(Outcome::NotFound),
-                }
+                let consistency = consistency.unwrap_or(self.settings.read_consistency);
+                let (targets, replicas) = self.view.borrow().targets(&key);
+                let required = consistency.required(replicas);
+                let mut out = Vec::new();
+                let started = self.coordinator.borrow_mut().read(now, key, &targets, required, &mut out);
+                let handler = self.handler.clone();
+                self.await_reply(started, out, move |reply| done(read_outcome(reply, &handler, now)));
             }
             Operation::Put { key, value, ttl_ms } => {
                 let version = self.handler.clock().next_version(now);
@@ -232,79 +246,64 @@ impl Cluster {
                     version,
                     value: PeerValue::Live { data: Bytes::copy_from_slice(&value), expires_at_ms },
                 };
-                self.coordinate_write(Bytes::copy_from_slice(&key), entry, write_consistency).await
+                self.start_write(Bytes::copy_from_slice(&key), entry, consistency, done);
             }
             Operation::Delete { key } => {
                 let version = self.handler.clock().next_version(now);
                 let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: now } };
-                self.coordinate_write(Bytes::copy_from_slice(&key), entry, write_consistency).await
+                self.start_write(Bytes::copy_from_slice(&key), entry, consistency, done);
             }
-            Operation::CompareAndSwap { .. } => Err(Failure::new(
+            Operation::CompareAndSwap { .. } => done(Err(Failure::new(
                 ErrorCode::Unavailable,
                 "compare-and-swap needs replication_factor 1 for now: with several copies of a key it is \
                  refused until it is made linearizable across replicas",
-            )),
+            ))),
         }
     }
 
-    async fn coordinate_write(
+    fn start_write(
         &self,
         key: Bytes,
         entry: PeerEntry,
-        consistency: Consistency,
-    ) -> Result<Outcome, Failure> {
+        consistency: Option<Consistency>,
+        done: impl FnOnce(Result<Outcome, Failure>) + 'static,
+    ) {
+        let consistency = consistency.unwrap_or(self.settings.write_consistency);
         let (targets, replicas) = self.view.borrow().targets(&key);
         let required = consistency.required(replicas);
         let mut out = Vec::new();
         let started = self.coordinator.borrow_mut().write(now_ms(), key, entry, &targets, required, &mut out);
-        match self.wait_for(started, out).await {
-            CoordinatorReply::Written { version } => Ok(Outcome::Written { version }),
-            CoordinatorReply::Failed(error) => Err(failure_of(&error)),
-            CoordinatorReply::Found(_) => {
-                Err(Failure::new(ErrorCode::Internal, "a write was answered as a read"))
-            }
-        }
-    }
-
-    async fn coordinate_read(
-        &self,
-        key: Bytes,
-        consistency: Consistency,
-    ) -> Result<Option<PeerEntry>, Failure> {
-        let (targets, replicas) = self.view.borrow().targets(&key);
-        let required = consistency.required(replicas);
-        let mut out = Vec::new();
-        let started = self.coordinator.borrow_mut().read(now_ms(), key, &targets, required, &mut out);
-        match self.wait_for(started, out).await {
-            CoordinatorReply::Found(entry) => {
-                if let Some(entry) = &entry {
-                    self.handler.clock().observe(entry.version);
+        self.await_reply(started, out, move |reply| {
+            done(match reply {
+                CoordinatorReply::Written { version } => Ok(Outcome::Written { version }),
+                CoordinatorReply::Failed(error) => Err(failure_of(&error)),
+                CoordinatorReply::Found(_) => {
+                    Err(Failure::new(ErrorCode::Internal, "a write was answered as a read"))
                 }
-                Ok(entry)
+            })
+        });
+    }
+
+    /// Registers `waiter` for the request the coordinator `started`, then runs the
+    /// coordinator's commands (which may answer it at once).
+    fn await_reply(
+        &self,
+        started: Result<u64, CoordinatorError>,
+        out: Vec<Output>,
+        waiter: impl FnOnce(CoordinatorReply) + 'static,
+    ) {
+        match started {
+            Ok(request_id) => {
+                self.waiters.borrow_mut().insert(request_id, Box::new(waiter));
+                self.dispatch(out);
             }
-            CoordinatorReply::Failed(error) => Err(failure_of(&error)),
-            CoordinatorReply::Written { .. } => {
-                Err(Failure::new(ErrorCode::Internal, "a read was answered as a write"))
-            }
+            Err(error) => waiter(CoordinatorReply::Failed(error)),
         }
     }
 
-    async fn wait_for(&self, started: Result<u64, CoordinatorError>, out: Vec<Output>) -> CoordinatorReply {
-        let request_id = match started {
-            Ok(request_id) => request_id,
-            Err(error) => return CoordinatorReply::Failed(error),
-        };
-        let (sender, receiver) = local_channel::new_bounded(1);
-        self.waiters.borrow_mut().insert(request_id, sender);
-        self.dispatch(out);
-        match receiver.recv().await {
-            Some(reply) => reply,
-            None => CoordinatorReply::Failed(CoordinatorError::Timeout {
-                acks: 0,
-                required: 0,
-                timeout_ms: self.settings.replica_timeout_ms,
-            }),
-        }
+    /// What a request still waiting when the shard stops is told.
+    fn stopped(&self) -> CoordinatorError {
+        CoordinatorError::Timeout { acks: 0, required: 0, timeout_ms: self.settings.replica_timeout_ms }
     }
 
     /// Runs the coordinator's commands.
@@ -313,8 +312,9 @@ impl Cluster {
         for output in outputs {
             match output {
                 Output::Reply { request_id, reply } => {
-                    if let Some(waiter) = self.waiters.borrow_mut().remove(&request_id) {
-                        let _ = waiter.try_send(reply);
+                    let waiter = self.waiters.borrow_mut().remove(&request_id);
+                    if let Some(waiter) = waiter {
+                        waiter(reply);
                     }
                 }
                 Output::Send { to, envelope } if to == own => {
@@ -418,6 +418,27 @@ impl Cluster {
                 PeerFailure { code: PeerErrorCode::Invalid, message: "not a replica request".into() },
             ),
             Err(failure) => replica::refusal(envelope, failure),
+        }
+    }
+}
+
+/// The client-facing outcome of a coordinated read: the newest entry, unless it is a tombstone
+/// or has expired by `now`. The clock observes the version read.
+fn read_outcome(reply: CoordinatorReply, handler: &Handler<DmaDisk>, now: u64) -> Result<Outcome, Failure> {
+    match reply {
+        CoordinatorReply::Found(Some(entry)) => {
+            handler.clock().observe(entry.version);
+            match entry.value {
+                PeerValue::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now) => {
+                    Ok(Outcome::Value { value: data, version: entry.version })
+                }
+                _ => Ok(Outcome::NotFound),
+            }
+        }
+        CoordinatorReply::Found(None) => Ok(Outcome::NotFound),
+        CoordinatorReply::Failed(error) => Err(failure_of(&error)),
+        CoordinatorReply::Written { .. } => {
+            Err(Failure::new(ErrorCode::Internal, "a read was answered as a write"))
         }
     }
 }
