@@ -18,6 +18,7 @@
 //! ([`PeerEnvelope::validate`]). Any error refuses the whole frame: peers run this same code, so
 //! a frame that breaks the protocol says the link cannot be trusted, and the receiver drops it.
 
+use crate::bytes_vector::create_bytes;
 use bytes::{BufMut, Bytes};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
@@ -226,7 +227,7 @@ fn encode_message(
             (fb::Message::Hello, hello.as_union_value())
         }
         PeerMessage::Replicate { key, entry } => {
-            let key = builder.create_vector(&key[..]);
+            let key = create_bytes(builder, &key[..]);
             let entry = encode_entry(builder, entry);
             let replicate =
                 fb::Replicate::create(builder, &fb::ReplicateArgs { key: Some(key), entry: Some(entry) });
@@ -238,7 +239,7 @@ fn encode_message(
             (fb::Message::ReplicateAck, ack.as_union_value())
         }
         PeerMessage::Read { key, digest_only } => {
-            let key = builder.create_vector(&key[..]);
+            let key = create_bytes(builder, &key[..]);
             let read = fb::Read::create(builder, &fb::ReadArgs { key: Some(key), digest_only: *digest_only });
             (fb::Message::Read, read.as_union_value())
         }
@@ -261,7 +262,7 @@ fn encode_message(
             (fb::Message::ReadReply, reply.as_union_value())
         }
         PeerMessage::Membership { payload } => {
-            let payload = builder.create_vector(&payload[..]);
+            let payload = create_bytes(builder, &payload[..]);
             let membership = fb::Membership::create(builder, &fb::MembershipArgs { payload: Some(payload) });
             (fb::Message::Membership, membership.as_union_value())
         }
@@ -274,7 +275,7 @@ fn encode_entry<'builder>(
 ) -> WIPOffset<fb::Entry<'builder>> {
     let (value_type, value) = match &entry.value {
         PeerValue::Live { data, expires_at_ms } => {
-            let data = builder.create_vector(&data[..]);
+            let data = create_bytes(builder, &data[..]);
             let live =
                 fb::Live::create(builder, &fb::LiveArgs { data: Some(data), expires_at_ms: *expires_at_ms });
             (fb::Value::Live, live.as_union_value())

@@ -1,6 +1,7 @@
 //! [`Request`]: what a client sends. Verified parsing ([`parse_request`]) for the server and
 //! encoding ([`encode_request`], [`encode_request_into`]) for the client.
 
+use crate::bytes_vector::create_bytes;
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
@@ -283,13 +284,13 @@ fn build_request<'builder>(
             let mut args = fb::ScanArgs { limit: scan.limit, ..Default::default() };
             match &scan.start {
                 ScanStart::Token(token) => args.start_token = Some(*token),
-                ScanStart::Key(key) => args.start = Some(builder.create_vector(&key[..])),
-                ScanStart::After(key) => args.after = Some(builder.create_vector(&key[..])),
+                ScanStart::Key(key) => args.start = Some(create_bytes(builder, &key[..])),
+                ScanStart::After(key) => args.after = Some(create_bytes(builder, &key[..])),
             }
             match &scan.end {
                 ScanEnd::Last => {}
                 ScanEnd::Token(token) => args.end_token = Some(*token),
-                ScanEnd::Key(key) => args.end = Some(builder.create_vector(&key[..])),
+                ScanEnd::Key(key) => args.end = Some(create_bytes(builder, &key[..])),
             }
             (fb::Command::Scan, fb::Scan::create(builder, &args).as_union_value())
         }
@@ -391,12 +392,12 @@ fn encode_operation(
 ) -> (OperationKind, WIPOffset<UnionWIPOffset>) {
     match operation {
         Operation::Get { key } => {
-            let key = builder.create_vector(&key[..]);
+            let key = create_bytes(builder, &key[..]);
             (OperationKind::Get, fb::Get::create(builder, &fb::GetArgs { key: Some(key) }).as_union_value())
         }
         Operation::Put { key, value, ttl_ms } => {
-            let key = builder.create_vector(&key[..]);
-            let value = builder.create_vector(&value[..]);
+            let key = create_bytes(builder, &key[..]);
+            let value = create_bytes(builder, &value[..]);
             let put = fb::Put::create(
                 builder,
                 &fb::PutArgs { key: Some(key), value: Some(value), ttl_ms: *ttl_ms },
@@ -404,15 +405,15 @@ fn encode_operation(
             (OperationKind::Put, put.as_union_value())
         }
         Operation::Delete { key } => {
-            let key = builder.create_vector(&key[..]);
+            let key = create_bytes(builder, &key[..]);
             (
                 OperationKind::Delete,
                 fb::Delete::create(builder, &fb::DeleteArgs { key: Some(key) }).as_union_value(),
             )
         }
         Operation::CompareAndSwap { key, expected, value, ttl_ms } => {
-            let key = builder.create_vector(&key[..]);
-            let value = builder.create_vector(&value[..]);
+            let key = create_bytes(builder, &key[..]);
+            let value = create_bytes(builder, &value[..]);
             let (expected_type, expected) = match expected {
                 Expected::Version(version) => (
                     fb::Expectation::ExpectVersion,

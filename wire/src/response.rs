@@ -2,6 +2,7 @@
 //! [`encode_response_into`]) for the server and verified parsing ([`parse_response`]) for the
 //! client.
 
+use crate::bytes_vector::create_bytes;
 use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, Vector, WIPOffset};
 
@@ -305,7 +306,7 @@ pub fn encode_read_reply_into(
     let fields = match found {
         Some((value, version)) => FlatOutcome {
             status: fb::Status::Value,
-            value: Some(builder.create_vector(value)),
+            value: Some(create_bytes(builder, value)),
             version: Some(version),
             error: None,
         },
@@ -344,7 +345,7 @@ fn encode_outcome<'fbb>(builder: &mut FlatBufferBuilder<'fbb>, outcome: &Outcome
     match outcome {
         Outcome::Value { value, version } => FlatOutcome {
             status: fb::Status::Value,
-            value: Some(builder.create_vector(&value[..])),
+            value: Some(create_bytes(builder, &value[..])),
             version: Some(*version),
             error: None,
         },
@@ -443,8 +444,8 @@ fn encode_scan_page<'fbb>(
         .entries
         .iter()
         .map(|entry| {
-            let key = builder.create_vector(&entry.key[..]);
-            let value = builder.create_vector(&entry.value[..]);
+            let key = create_bytes(builder, &entry.key[..]);
+            let value = create_bytes(builder, &entry.value[..]);
             fb::ScanEntry::create(
                 builder,
                 &fb::ScanEntryArgs { key: Some(key), value: Some(value), version: entry.version },
@@ -452,7 +453,7 @@ fn encode_scan_page<'fbb>(
         })
         .collect();
     let entries = builder.create_vector(&entries);
-    let next_start = page.next_start.as_ref().map(|next| builder.create_vector(&next[..]));
+    let next_start = page.next_start.as_ref().map(|next| create_bytes(builder, &next[..]));
     fb::ScanPage::create(builder, &fb::ScanPageArgs { entries: Some(entries), next_start })
 }
 
