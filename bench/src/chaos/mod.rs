@@ -276,7 +276,7 @@ fn run_scenario(
     let log_checks = log_checks(scenario, &cluster, victim);
     cluster.shutdown();
     let (operations_count, writes, acknowledged, reads_ok, failed, unknown) = report::counts(&history);
-    let report = ScenarioReport {
+    let mut report = ScenarioReport {
         scenario: scenario.name(),
         seed,
         nodes: args.nodes,
@@ -295,17 +295,19 @@ fn run_scenario(
         violations,
         log_checks,
         run_dir: run_dir.clone(),
+        kept: true,
     };
-    std::fs::write(run_dir.join("history.txt"), report::history_text(&history))?;
-    std::fs::write(run_dir.join("report.txt"), report.render())?;
-    if !args.keep {
-        if report.passed() {
-            std::fs::remove_dir_all(&run_dir)?;
-        } else {
+    report.kept = args.keep || !report.passed();
+    if report.kept {
+        std::fs::write(run_dir.join("history.txt"), report::history_text(&history))?;
+        std::fs::write(run_dir.join("report.txt"), report.render())?;
+        if !args.keep {
             for node in 1..=args.nodes {
                 let _ = std::fs::remove_dir_all(run_dir.join(format!("node-{node}")));
             }
         }
+    } else {
+        std::fs::remove_dir_all(&run_dir)?;
     }
     Ok(report)
 }

@@ -39,6 +39,8 @@ pub struct ScenarioReport {
     /// Facts checked outside the history (the nodes' logs), each with whether it held.
     pub log_checks: Vec<(String, bool)>,
     pub run_dir: PathBuf,
+    /// Whether `run_dir` is kept: always with `--keep`; its logs and history when a run fails.
+    pub kept: bool,
 }
 
 impl ScenarioReport {
@@ -80,7 +82,11 @@ impl ScenarioReport {
         if self.violations.len() > 20 {
             let _ = writeln!(text, "  ... and {} more violations", self.violations.len() - 20);
         }
-        let _ = writeln!(text, "  logs and history: {}", self.run_dir.display());
+        if self.kept {
+            let _ = writeln!(text, "  logs and history: {}", self.run_dir.display());
+        } else {
+            let _ = writeln!(text, "  logs and history removed (the run passed; --keep keeps them)");
+        }
         text
     }
 }

@@ -145,7 +145,7 @@ pub fn run_faults(
         }
         Scenario::Loss => {
             let namespaces = namespaces.expect("loss runs in namespaces");
-            let percent = rng.gen_range(5..=20);
+            let percent = rng.gen_range(10..=30);
             faults::loss(namespaces, percent)?;
             say(format!("loss: every node drops {percent} % of its packets, both ways"));
             sleep_until(heal_at);
