@@ -301,6 +301,7 @@ fn run_scenario(
     if report.kept {
         std::fs::write(run_dir.join("history.txt"), report::history_text(&history))?;
         std::fs::write(run_dir.join("report.txt"), report.render())?;
+        std::fs::write(run_dir.join("violations.txt"), report.violations.join("\n"))?;
         if !args.keep {
             for node in 1..=args.nodes {
                 let _ = std::fs::remove_dir_all(run_dir.join(format!("node-{node}")));
