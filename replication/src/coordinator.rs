@@ -63,9 +63,18 @@ pub enum CoordinatorError {
     /// replicas that had not answered.
     #[error("{acks} of {required} replicas answered within {timeout_ms}ms; a write may still be applied")]
     Timeout { acks: usize, required: usize, timeout_ms: u64 },
-    /// Too many replicas refused for the request to succeed.
+    /// Too many replicas refused for the request to succeed, and none applied it: a read, or a
+    /// write every replica refused.
     #[error("{acks} of {required} replicas succeeded; a replica refused: {failure:?}")]
     ReplicasFailed { acks: usize, required: usize, failure: PeerFailure },
+    /// Too many replicas refused a write for it to reach `required`, but `acks` applied it or
+    /// others had not answered yet and still may: its outcome is unknown, as after a
+    /// [`CoordinatorError::Timeout`], and the replicas that hold it serve it to later reads.
+    #[error(
+        "{acks} of {required} replicas applied the write and a replica refused ({failure:?}); the write \
+         may have been applied"
+    )]
+    WriteIndeterminate { acks: usize, required: usize, failure: PeerFailure },
 }
 
 /// What a finished request answers.
@@ -121,6 +130,8 @@ struct WriteState {
     /// delivers its answer.
     waiting: Vec<Target>,
     failure: Option<PeerFailure>,
+    /// A replica failed in a way that does not rule out that it applied the write.
+    maybe_applied_by_a_failure: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -221,7 +232,14 @@ impl Coordinator {
             let message = PeerMessage::Replicate { key: key.clone(), entry: entry.clone() };
             out.push(Output::Send { to, envelope: self.envelope(request_id, message) });
         }
-        let state = WriteState { version, required, acks: 0, waiting: targets.to_vec(), failure: None };
+        let state = WriteState {
+            version,
+            required,
+            acks: 0,
+            waiting: targets.to_vec(),
+            failure: None,
+            maybe_applied_by_a_failure: false,
+        };
         self.pending.insert(request_id, Pending::Write(state));
         Ok(request_id)
     }
@@ -283,18 +301,25 @@ impl Coordinator {
         write.waiting.swap_remove(position);
         match result {
             Ok(()) => write.acks += 1,
-            Err(failure) => write.failure = Some(failure),
+            Err(failure) => {
+                write.maybe_applied_by_a_failure |= !failure.code.refused_before_applying();
+                write.failure = Some(failure);
+            }
         }
         if write.acks >= write.required {
             return Some(CoordinatorReply::Written { version: write.version });
         }
         if write.acks + write.waiting.len() < write.required {
             let failure = write.failure.clone().expect("a shortfall means a replica failed");
-            return Some(CoordinatorReply::Failed(CoordinatorError::ReplicasFailed {
-                acks: write.acks,
-                required: write.required,
-                failure,
-            }));
+            let (acks, required) = (write.acks, write.required);
+            // Only when every replica answered, refusing it before applying anything, did the
+            // write not happen.
+            let error = if acks == 0 && write.waiting.is_empty() && !write.maybe_applied_by_a_failure {
+                CoordinatorError::ReplicasFailed { acks, required, failure }
+            } else {
+                CoordinatorError::WriteIndeterminate { acks, required, failure }
+            };
+            return Some(CoordinatorReply::Failed(error));
         }
         None
     }

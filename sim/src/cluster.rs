@@ -637,6 +637,8 @@ impl Cluster {
     }
 
     fn reply(&mut self, node_id: u16, request_id: u64, reply: CoordinatorReply) {
+        let Some(wall_ms) = self.nodes.get(&node_id).map(|node| node.wall_ms(self.now_ms)) else { return };
+        let max_skew_ms = self.config.max_clock_skew_ms;
         let Some(running) = self.nodes.get_mut(&node_id).and_then(|node| node.running.as_mut()) else {
             return;
         };
@@ -652,14 +654,18 @@ impl Cluster {
                 Outcome::Written
             }
             CoordinatorReply::Found(entry) => {
-                // As the shard does: a read's coordinator observes the version it returns.
+                // As the shard does: a read's coordinator observes the version it returns when
+                // it lies within the skew bound.
                 if let Some(entry) = &entry {
-                    running.clock.observe(entry.version);
+                    let _ = running.clock.observe_remote(entry.version, wall_ms, max_skew_ms);
                 }
                 Outcome::Read(entry)
             }
+            // Refused before anything was sent, or by every replica before applying it.
             CoordinatorReply::Failed(
-                error @ (CoordinatorError::Unavailable { .. } | CoordinatorError::Overloaded { .. }),
+                error @ (CoordinatorError::Unavailable { .. }
+                | CoordinatorError::Overloaded { .. }
+                | CoordinatorError::ReplicasFailed { .. }),
             ) => Outcome::Failed(error.to_string()),
             CoordinatorReply::Failed(error) if is_write => Outcome::Unknown(error.to_string()),
             CoordinatorReply::Failed(error) => Outcome::Failed(error.to_string()),

@@ -15,3 +15,16 @@ fn assert_passes(seed: u64) {
 fn a_healed_two_by_two_partition_merges_again() {
     assert_passes(1336);
 }
+
+/// A write at ONE whose only replica's WAL sync failed was answered as refused by every replica,
+/// so the client took it for undone; but the write had reached that replica's memtable, and a
+/// later read returned it ("returned a value no write wrote" once refused writes count as
+/// failed). A storage failure does not say the write is not there: the coordinator now answers
+/// such a write `WriteIndeterminate`, as it does whenever a replica applied it or had not
+/// answered (a client is told `Indeterminate`, never `Unavailable`, for a write that may exist).
+#[test]
+fn a_write_whose_replica_failed_its_sync_is_indeterminate() {
+    for seed in [7227, 9065, 10209] {
+        assert_passes(seed);
+    }
+}

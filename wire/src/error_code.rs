@@ -37,6 +37,10 @@ pub enum ErrorCode {
     Timeout,
     /// A scan's limit is zero or above [`crate::limits::SCAN_LIMIT_MAX`].
     ScanLimitOutOfRange,
+    /// Too few replicas applied the write for its consistency level, but some did or still may:
+    /// whether it took effect is unknown, as with [`ErrorCode::Timeout`], and a later read may
+    /// return it. Not retried elsewhere by the client.
+    Indeterminate,
     /// A code added to the schema after this build. Holds only values that no other variant
     /// names.
     Unrecognized(u16),
@@ -61,6 +65,7 @@ impl ErrorCode {
             fb::ErrorCode::Unavailable => Self::Unavailable,
             fb::ErrorCode::Timeout => Self::Timeout,
             fb::ErrorCode::ScanLimitOutOfRange => Self::ScanLimitOutOfRange,
+            fb::ErrorCode::Indeterminate => Self::Indeterminate,
             fb::ErrorCode(other) => Self::Unrecognized(other),
         }
     }
@@ -82,6 +87,7 @@ impl ErrorCode {
             Self::Unavailable => fb::ErrorCode::Unavailable,
             Self::Timeout => fb::ErrorCode::Timeout,
             Self::ScanLimitOutOfRange => fb::ErrorCode::ScanLimitOutOfRange,
+            Self::Indeterminate => fb::ErrorCode::Indeterminate,
             Self::Unrecognized(code) => fb::ErrorCode(code),
         }
     }

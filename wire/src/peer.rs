@@ -69,6 +69,21 @@ pub enum PeerErrorCode {
     Invalid,
 }
 
+impl PeerErrorCode {
+    /// Whether a replica answering with this code refused the request before applying any of
+    /// it. A storage failure may come after the write reached the memtable (its sync failed),
+    /// and an internal error may come from anywhere: neither says the write is not there.
+    pub fn refused_before_applying(self) -> bool {
+        match self {
+            PeerErrorCode::Overloaded
+            | PeerErrorCode::ClockSkew
+            | PeerErrorCode::WrongShard
+            | PeerErrorCode::Invalid => true,
+            PeerErrorCode::Internal | PeerErrorCode::StorageFailed => false,
+        }
+    }
+}
+
 /// A replica's failure: a code to branch on and a message for logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerFailure {

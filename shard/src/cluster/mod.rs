@@ -235,7 +235,10 @@ impl Cluster {
                 let mut out = Vec::new();
                 let started = self.coordinator.borrow_mut().read(now, key, &targets, required, &mut out);
                 let handler = self.handler.clone();
-                self.await_reply(started, out, move |reply| done(read_outcome(reply, &handler, now)));
+                let max_skew = self.settings.max_clock_skew_ms;
+                self.await_reply(started, out, move |reply| {
+                    done(read_outcome(reply, &handler, now, max_skew))
+                });
             }
             Operation::Put { key, value, ttl_ms } => {
                 let version = self.handler.clock().next_version(now);
@@ -423,11 +426,21 @@ impl Cluster {
 }
 
 /// The client-facing outcome of a coordinated read: the newest entry, unless it is a tombstone
-/// or has expired by `now`. The clock observes the version read.
-fn read_outcome(reply: CoordinatorReply, handler: &Handler<DmaDisk>, now: u64) -> Result<Outcome, Failure> {
+/// or has expired by `now`. The clock observes the version read when it is at most
+/// `max_clock_skew_ms` ahead of `now`.
+fn read_outcome(
+    reply: CoordinatorReply,
+    handler: &Handler<DmaDisk>,
+    now: u64,
+    max_clock_skew_ms: u64,
+) -> Result<Outcome, Failure> {
     match reply {
         CoordinatorReply::Found(Some(entry)) => {
-            handler.clock().observe(entry.version);
+            // Only a version within the skew bound moves the clock, as on the replica path: a
+            // node whose clock runs ahead must not drag every node reading its keys along.
+            if let Err(skew) = handler.clock().observe_remote(entry.version, now, max_clock_skew_ms) {
+                tracing::debug!(%skew, "a version read is too far ahead to adopt");
+            }
             match entry.value {
                 PeerValue::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now) => {
                     Ok(Outcome::Value { value: data, version: entry.version })
@@ -450,6 +463,7 @@ fn failure_of(error: &CoordinatorError) -> Failure {
         CoordinatorError::Overloaded { .. } => ErrorCode::Overloaded,
         CoordinatorError::Timeout { .. } => ErrorCode::Timeout,
         CoordinatorError::ReplicasFailed { .. } => ErrorCode::Unavailable,
+        CoordinatorError::WriteIndeterminate { .. } => ErrorCode::Indeterminate,
     };
     Failure::new(code, error.to_string())
 }

@@ -536,10 +536,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Status {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 13;
+pub const ENUM_MAX_ERROR_CODE: u16 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::Internal,
   ErrorCode::Malformed,
   ErrorCode::FrameTooLarge,
@@ -554,6 +554,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Unavailable,
   ErrorCode::Timeout,
   ErrorCode::ScanLimitOutOfRange,
+  ErrorCode::Indeterminate,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -589,9 +590,12 @@ impl ErrorCode {
   pub const Timeout: Self = Self(12);
   /// A scan's `limit` is zero or above 1000 (SCAN_LIMIT_MAX).
   pub const ScanLimitOutOfRange: Self = Self(13);
+  /// Too few replicas applied the write for its consistency level, but some did or still may:
+  /// whether it took effect is unknown, as with `Timeout`, and a later read may return it.
+  pub const Indeterminate: Self = Self(14);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 13;
+  pub const ENUM_MAX: u16 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Malformed,
@@ -607,6 +611,7 @@ impl ErrorCode {
     Self::Unavailable,
     Self::Timeout,
     Self::ScanLimitOutOfRange,
+    Self::Indeterminate,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -625,6 +630,7 @@ impl ErrorCode {
       Self::Unavailable => Some("Unavailable"),
       Self::Timeout => Some("Timeout"),
       Self::ScanLimitOutOfRange => Some("ScanLimitOutOfRange"),
+      Self::Indeterminate => Some("Indeterminate"),
       _ => None,
     }
   }
