@@ -62,19 +62,29 @@ impl Seen {
     }
 }
 
-/// The final read at ALL of a key: the last read of the settle phase that answered.
-fn final_read(operations: &[&Operation]) -> Option<Seen> {
-    operations.iter().rev().find_map(|op| if op.client.is_none() { Seen::of(op) } else { None })
+/// The final read at ALL of a key: the last read of the settle phase that answered, and what it
+/// saw.
+fn final_read<'a>(operations: &[&'a Operation]) -> Option<(&'a Operation, Seen)> {
+    operations.iter().rev().find_map(|op| {
+        if op.client.is_none() {
+            Seen::of(op).map(|seen| (*op, seen))
+        } else {
+            None
+        }
+    })
 }
 
-/// Whether a read that found no live value can be explained after `write`: `write` itself hides
-/// the value (a delete, an expiring put), or some write that may have been applied does and is
+/// Whether `read`, which found no live value, can be explained after `write`: `write` itself
+/// hides the value (a delete, an expiring put), or some write that may have been applied, was
+/// invoked before the read completed (a read cannot see a later write), hides the value, and is
 /// not known to be older (a write that timed out has no known version).
-fn hidden_at_or_after(operations: &[&Operation], write: &Operation) -> bool {
+fn hidden_at_or_after(operations: &[&Operation], write: &Operation, read: &Operation) -> bool {
+    let read_completed = read.completed_step.unwrap_or(u64::MAX);
     write.hides()
         || operations.iter().any(|op| {
             op.may_have_applied()
                 && op.hides()
+                && op.invoked_step < read_completed
                 && op.version.is_none_or(|version| Some(version) >= write.version)
         })
 }
@@ -91,7 +101,7 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
     for (key, key_replicas) in replicas {
         let name = String::from_utf8_lossy(key);
         let operations: Vec<&Operation> = history.operations.iter().filter(|op| op.key == key).collect();
-        let Some(final_seen) = final_read(&operations) else {
+        let Some((final_op, final_seen)) = final_read(&operations) else {
             violations.push(format!("{name}: no read at ALL succeeded after the cluster settled"));
             continue;
         };
@@ -105,7 +115,9 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
                 check_no_lost_write(&name, &operations, acknowledged.copied(), final_entry, &mut violations);
             }
             Seen::Absent => {
-                if let Some(write) = acknowledged.filter(|write| !hidden_at_or_after(&operations, write)) {
+                if let Some(write) =
+                    acknowledged.filter(|write| !hidden_at_or_after(&operations, write, final_op))
+                {
                     violations.push(format!(
                         "{name}: acknowledged write [{write}] lost: the cluster settled on no live value, \
                          and no delete or expiring write can explain it"
@@ -152,12 +164,12 @@ pub fn lost_acknowledged_writes(history: &History) -> usize {
             let acknowledged = operations.iter().filter(|op| op.is_write() && op.outcome == Outcome::Written);
             match final_read(operations) {
                 None => 0,
-                Some(Seen::Entry(entry)) => {
+                Some((_, Seen::Entry(entry))) => {
                     let settled = entry.map(|entry| entry.version);
                     acknowledged.filter(|write| write.version > settled).count()
                 }
-                Some(Seen::Absent) => {
-                    acknowledged.filter(|write| !hidden_at_or_after(operations, write)).count()
+                Some((final_op, Seen::Absent)) => {
+                    acknowledged.filter(|write| !hidden_at_or_after(operations, write, final_op)).count()
                 }
             }
         })
@@ -268,7 +280,7 @@ fn check_reads(name: &str, operations: &[&Operation], violations: &mut Vec<Strin
         let Some(write) = newest_before else { continue };
         let stale = match &seen {
             Seen::Entry(entry) => entry.as_ref().map(|entry| entry.version) < write.version,
-            Seen::Absent => !hidden_at_or_after(operations, write),
+            Seen::Absent => !hidden_at_or_after(operations, write, read),
         };
         if stale {
             let what = match &seen {
@@ -403,6 +415,15 @@ mod tests {
         let violations = run(unexplained.clone(), None);
         assert!(violations.iter().any(|violation| violation.contains("lost")), "{violations:?}");
         assert_eq!(lost_acknowledged_writes(&History { operations: unexplained }), 1);
+        // A delete invoked only after a read completed cannot explain what the read saw.
+        let late_delete = operation(Kind::Delete, Some(20), (7, 8), Outcome::Written);
+        let early_absent = operation(Kind::Get, None, (5, 6), Outcome::Absent);
+        let absent_final =
+            Operation { client: None, ..operation(Kind::Get, None, (100, 101), Outcome::Absent) };
+        let stale = vec![put("a", 10, (1, 2), Outcome::Written), early_absent, late_delete, absent_final];
+        let violations = run(stale, None);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("W + R > N"), "{violations:?}");
     }
 
     #[test]
