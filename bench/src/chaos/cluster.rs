@@ -44,6 +44,8 @@ struct Node {
 /// Every node of a run.
 pub struct Cluster {
     binary: PathBuf,
+    /// Extra `ringkv serve` flags every node gets (a planted fault's settings).
+    serve_flags: Vec<String>,
     nodes: Vec<Node>,
 }
 
@@ -58,11 +60,18 @@ pub fn probe_options() -> ClientOptions {
 }
 
 impl Cluster {
-    /// Starts every node of `specs` (node 1 first, the others joining through it), `skewed`
-    /// with its clock offset, and waits until each sees all of them up.
-    pub fn start(binary: &Path, specs: Vec<NodeSpec>, skewed: Option<(u16, &str)>) -> Result<Cluster> {
+    /// Starts every node of `specs` (node 1 first, the others joining through it) with the
+    /// extra `serve_flags`, `skewed` with its clock offset, and waits until each sees all of them
+    /// up.
+    pub fn start(
+        binary: &Path,
+        specs: Vec<NodeSpec>,
+        serve_flags: Vec<String>,
+        skewed: Option<(u16, &str)>,
+    ) -> Result<Cluster> {
         let mut cluster = Cluster {
             binary: binary.to_path_buf(),
+            serve_flags,
             nodes: specs
                 .into_iter()
                 .map(|spec| Node { spec, child: None, paused: false, started: false })
@@ -150,6 +159,7 @@ impl Cluster {
         if !seeds.is_empty() {
             command.args(["--seeds", &seeds.join(",")]);
         }
+        command.args(&self.serve_flags);
         if let Some(offset) = clock_offset {
             command
                 .env("LD_PRELOAD", LIBFAKETIME)

@@ -94,6 +94,11 @@ pub struct ChaosArgs {
     /// Run the loopback form (process faults only) even where namespaces could be made.
     #[arg(long)]
     pub loopback: bool,
+    /// Plant a fault beyond what ringkv promises to survive, in place of each scenario's fault,
+    /// to see the checkers catch it: `unsynced-acks` (nodes acknowledge before syncing, then all
+    /// are killed at once). A sabotaged run is expected to fail.
+    #[arg(long, value_enum)]
+    pub sabotage: Option<scenario::Sabotage>,
 }
 
 /// Runs the scenarios asked for and prints each verdict; exits with status 1 when any checker
@@ -149,9 +154,14 @@ fn run_all(args: &ChaosArgs) -> Result<bool> {
     };
     let faketime = Path::new(LIBFAKETIME).is_file();
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let mut extra =
+        args.sabotage.map_or(String::new(), |sabotage| format!(" --sabotage {}", sabotage.name()));
+    if args.loopback {
+        extra.push_str(" --loopback");
+    }
     println!(
         "chaos: {} node(s), {} s per scenario, seed {seed} (rerun: ringkv-bench chaos --scenario {} --duration {} \
-         --nodes {} --seed {seed})",
+         --nodes {} --seed {seed}{extra})",
         args.nodes, args.duration, args.scenario, args.duration, args.nodes
     );
     let mut reports = Vec::new();
@@ -178,7 +188,7 @@ fn run_all(args: &ChaosArgs) -> Result<bool> {
         println!("SKIP {line}");
     }
     let failed: Vec<&str> =
-        reports.iter().filter(|report| !report.passed()).map(|report| report.scenario).collect();
+        reports.iter().filter(|report| !report.passed()).map(|report| report.scenario.as_str()).collect();
     println!(
         "chaos: {} passed, {} failed, {} skipped",
         reports.len() - failed.len(),
@@ -233,7 +243,8 @@ fn run_scenario(
         specs.iter().map(|spec| (spec.id, spec.client)).collect();
     let victim = scenario::victim(seed, args.nodes);
     let skewed = scenario.clock_offset().map(|offset| (victim, offset));
-    let mut cluster = Cluster::start(binary, specs, skewed)?;
+    let serve_flags = args.sabotage.map(scenario::Sabotage::serve_flags).unwrap_or_default();
+    let mut cluster = Cluster::start(binary, specs, serve_flags, skewed)?;
     let replicas = REPLICATION_FACTOR.min(usize::from(args.nodes));
     let spec = WorkloadSpec { clients: args.clients, keys: args.keys, rate: args.rate, seed, replicas };
     let epoch = Instant::now();
@@ -241,9 +252,16 @@ fn run_scenario(
     let workload = Workload::start(&spec, cluster.client_addresses(), epoch);
     scenario::sleep_until(epoch + duration / 3);
     let heal_at = epoch + duration * 2 / 3;
-    let schedule = scenario::run_faults(scenario, &mut cluster, namespaces, seed, epoch, heal_at);
+    let schedule = match args.sabotage {
+        // The planted fault comes once the load has stopped, so no later write hides what it lost.
+        Some(_) => {
+            scenario::sleep_until(heal_at);
+            Ok(Vec::new())
+        }
+        None => scenario::run_faults(scenario, &mut cluster, namespaces, seed, epoch, heal_at),
+    };
     let healed_at = workload::micros_since(epoch);
-    let schedule = match schedule {
+    let mut schedule = match schedule {
         Ok(schedule) => schedule,
         Err(error) => {
             let _ = workload.stop();
@@ -252,6 +270,9 @@ fn run_scenario(
     };
     scenario::sleep_until(epoch + duration);
     let mut operations = workload.stop();
+    if let Some(scenario::Sabotage::UnsyncedAcks) = args.sabotage {
+        schedule.extend(scenario::kill_all(&mut cluster, epoch)?);
+    }
     // Settle: every node whole again, then every expiring value past its time, before reading.
     let whole = cluster.wait_whole(Duration::from_secs(60));
     scenario::sleep_until(Instant::now() + Duration::from_millis(TTL_MS_MAX + 1000));
@@ -277,7 +298,10 @@ fn run_scenario(
     cluster.shutdown();
     let (operations_count, writes, acknowledged, reads_ok, failed, unknown) = report::counts(&history);
     let mut report = ScenarioReport {
-        scenario: scenario.name(),
+        scenario: match args.sabotage {
+            Some(sabotage) => format!("{} sabotaged by {}", scenario.name(), sabotage.name()),
+            None => scenario.name().to_string(),
+        },
         seed,
         nodes: args.nodes,
         duration_s: args.duration,

@@ -15,7 +15,8 @@ const RECOVERY_WINDOW: Duration = Duration::from_secs(1);
 
 /// What one scenario run measured and concluded.
 pub struct ScenarioReport {
-    pub scenario: &'static str,
+    /// The scenario's name, with the planted fault's when there is one.
+    pub scenario: String,
     pub seed: u64,
     pub nodes: u16,
     pub duration_s: u64,

@@ -98,6 +98,51 @@ impl Scenario {
     }
 }
 
+/// A fault beyond what ringkv promises to survive, planted to see the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sabotage {
+    /// Nodes acknowledge writes before syncing them (`--sync periodic:10000`), and once the load
+    /// has stopped every node is killed with SIGKILL at once, losing the writes not yet synced on
+    /// every replica: the checkers must report lost acknowledged writes. Replaces the scenario's
+    /// fault.
+    UnsyncedAcks,
+}
+
+impl Sabotage {
+    /// The name `--sabotage` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sabotage::UnsyncedAcks => "unsynced-acks",
+        }
+    }
+
+    /// The `ringkv serve` flags of the sabotaged nodes.
+    pub fn serve_flags(self) -> Vec<String> {
+        match self {
+            Sabotage::UnsyncedAcks => vec!["--sync".into(), "periodic:10000".into()],
+        }
+    }
+}
+
+/// Kills every node at once with SIGKILL and restarts them (the fault of
+/// [`Sabotage::UnsyncedAcks`]).
+pub fn kill_all(cluster: &mut Cluster, epoch: Instant) -> Result<Vec<String>> {
+    let ids = cluster.ids();
+    for &node in &ids {
+        cluster.kill(node)?;
+    }
+    let mut schedule =
+        vec![format!("{:6.1} s  sabotage: kill -9 of every node at once", epoch.elapsed().as_secs_f64())];
+    for &node in &ids {
+        cluster.spawn(node, None)?;
+    }
+    schedule.push(format!("{:6.1} s  every node restarted", epoch.elapsed().as_secs_f64()));
+    for line in &schedule {
+        eprintln!("chaos: {line}");
+    }
+    Ok(schedule)
+}
+
 /// The node a scenario picks on (paused, killed first, cut off, skewed), from its seed.
 pub fn victim(seed: u64, nodes: u16) -> u16 {
     SmallRng::seed_from_u64(seed ^ 0x0076_6963_7469_6d00).gen_range(1..=nodes)
