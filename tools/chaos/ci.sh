@@ -31,7 +31,5 @@ fi
 # need no more.
 cargo build -p ringkv -p ringkv-bench
 seed="${CHAOS_SEED:-$(( 16#$(git rev-parse --short=8 HEAD 2>/dev/null || echo 0) ))}"
-# clock-skew-beyond is left out while the open bug it shows (docs/reliability.md) stands.
-scenarios="partition-majority,partition-one-way,kill-restart,pause,loss,clock-skew"
-./target/debug/ringkv-bench chaos --scenario "${CHAOS_SCENARIOS:-$scenarios}" \
+./target/debug/ringkv-bench chaos --scenario "${CHAOS_SCENARIOS:-all}" \
   --duration "${CHAOS_DURATION:-12}" --nodes 3 --seed "$seed" "$@"

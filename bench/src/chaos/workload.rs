@@ -78,8 +78,8 @@ pub fn client_options() -> ClientOptions {
 
 /// Whether a failed write certainly did not take effect: nothing was sent (no connection, a
 /// limit), or the coordinator refused it before sending anything (too few replicas up,
-/// overloaded, not its key). Anything else (a timeout, a lost connection, a replica's refusal)
-/// may have been applied.
+/// overloaded, not its key). Anything else (a timeout, a lost connection, `Indeterminate` after
+/// a replica's refusal) may have been applied.
 fn certainly_not_applied(error: &Error) -> bool {
     match error {
         Error::Limit(_) | Error::Connect { .. } | Error::Resolve { .. } | Error::InFlightFull { .. } => true,
@@ -249,6 +249,9 @@ mod tests {
             Outcome::Unknown(_)
         ));
         assert!(matches!(failed(&timed_out, false), Outcome::Failed(_)));
+        let refused_after_applying =
+            Error::Server(Failure { code: ErrorCode::Indeterminate, message: "a replica refused".into() });
+        assert!(matches!(failed(&refused_after_applying, true), Outcome::Unknown(_)));
         assert_eq!(required(Consistency::Quorum, 3), 2);
         assert_eq!(required(Consistency::All, 3), 3);
     }
