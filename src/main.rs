@@ -141,6 +141,10 @@ struct ServeArgs {
     /// frame, 1114116). [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     peer_outbox_bytes_max: Option<usize>,
+    /// Serve the Redis protocol (RESP2 and RESP3: redis-cli, redis-benchmark, Redis client
+    /// libraries) on this address too, on every shard (SO_REUSEPORT). [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    resp_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -190,6 +194,9 @@ impl ServeArgs {
         set(&mut config.replica_timeout_ms, &self.replica_timeout_ms);
         set(&mut config.peer_pending_max, &self.peer_pending_max);
         set(&mut config.peer_outbox_bytes_max, &self.peer_outbox_bytes_max);
+        if self.resp_listen.is_some() {
+            config.resp_listen = self.resp_listen;
+        }
         config.validate()?;
         Ok(config)
     }

@@ -168,6 +168,9 @@ pub struct NodeConfig {
     /// Encoded messages waiting to be written on one peer link, in bytes; above this the link
     /// refuses new messages until it drains. At least one maximal frame.
     pub peer_outbox_bytes_max: usize,
+    /// Address every shard serves the Redis protocol (RESP2 and RESP3) on, with SO_REUSEPORT
+    /// like the client port. Off when `None` (the default).
+    pub resp_listen: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -200,6 +203,7 @@ impl Default for NodeConfig {
             replica_timeout_ms: 2_000,
             peer_pending_max: 4096,
             peer_outbox_bytes_max: 4 << 20,
+            resp_listen: None,
         }
     }
 }

@@ -30,6 +30,8 @@
 //! - [`clock`]: [`HybridClock`], the hybrid logical clock versions come from.
 //! - [`config`]: [`NodeConfig`], every setting, with defaults that need no file.
 //! - [`data_directory`]: [`DataDirectory`], the locked data directory and its shard count.
+//! - [`resp`]: the Redis protocol on every shard (`resp_listen`): [`resp::RespConnection`]
+//!   serves Redis commands through the same [`Router`] as native requests.
 //! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
 
@@ -41,6 +43,7 @@ pub mod data_directory;
 pub mod error;
 pub mod handler;
 pub mod node;
+pub mod resp;
 pub mod ring;
 pub mod router;
 pub mod service;

@@ -188,12 +188,13 @@ impl ShardService {
         let shard_address = config.shard_address(shard_id);
         let shard_listener = bind_exclusive(shard_address)?;
         info!(client = %config.listen, shard = %shard_address, "listening");
+        let resp_listener = config.resp_listen.map(bind_shared).transpose()?;
 
         let stop = Rc::new(StopSignal::new());
         let connections = Rc::new(ConnectionCount::default());
         let acceptor = Acceptor {
             shard_id,
-            router,
+            router: router.clone(),
             stop: stop.clone(),
             connections: connections.clone(),
             connections_max: config.connections_max,
@@ -203,7 +204,7 @@ impl ShardService {
             },
         };
         let acceptor = Rc::new(acceptor);
-        let acceptors = [("client", client_listener), ("shard", shard_listener)]
+        let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
             .into_iter()
             .map(|(port, listener)| {
                 let acceptor = acceptor.clone();
@@ -211,6 +212,10 @@ impl ShardService {
                 glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
             })
             .collect();
+        if let Some(listener) = resp_listener {
+            info!(resp = %config.resp_listen.expect("bound from it"), "listening for the Redis protocol");
+            acceptors.push(crate::resp::spawn_listener(listener, shard_id, router, stop.clone(), config));
+        }
 
         Ok(ShardService {
             shard_id,

@@ -1,0 +1,699 @@
+//! [`RespConnection`]: one Redis-protocol client connection on one shard: reads requests, runs
+//! them concurrently, and writes the replies in request order, in batches.
+//!
+//! ```text
+//!  socket ─read─▶ RequestParser ─▶ parse_command ─┬─ session command ─────────────▶ replies
+//!                                                 ├─ error (arity, syntax, limit) ─▶ replies
+//!                                                 ├─ GET served from memory ──────▶ replies
+//!                                                 ├─ SET: Router::coordinate, or a task
+//!                                                 └─ task: commands::run ─ reply ─▶ replies
+//!  replies (in request order) ─writer task: everything ready, one write─▶ socket
+//! ```
+//!
+//! Redis clients match replies to requests by order, so unlike the native protocol every reply
+//! takes its request's place: a reply that is ready early waits in [`Replies`] until the ones
+//! before it are written. The writer takes every reply ready at once, so a pipelining client
+//! costs one write per batch.
+//!
+//! Commands of one connection run concurrently, as native requests do, but a command never
+//! overtakes an earlier one it could observe: a command waits for every earlier command of the
+//! connection still running when they share a key and are not both reads or both plain writes,
+//! or when either reads the whole keyspace (SCAN, DBSIZE). Plain writes of one key may run
+//! together because the key's owning shard versions them in the order they arrive, so the last
+//! one sent wins, as in Redis.
+//!
+//! Bounds, per connection: `in_flight_max` commands running (the reader waits for one to finish
+//! rather than refuse, since Redis clients do not retry), `outbox_bytes_max` bytes of replies not
+//! yet written (above it the connection stops reading), and the parser's bounds on a request. A
+//! request that is not RESP gets Redis's protocol error; then the connection stops reading,
+//! finishes what is running, writes the replies and closes.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use event_listener::Event;
+use futures_lite::future::{or, yield_now};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use ringkv_wire::Operation;
+use tracing::debug;
+
+use crate::resp::command_table::{self, COMMANDS};
+use crate::resp::commands::{
+    self, failure_reply, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
+};
+use crate::resp::parser::RequestParser;
+use crate::resp::reply::{encode_bulk, encode_null, Protocol, RespReply};
+use crate::resp::RespShard;
+use crate::router::Router;
+use crate::stop_signal::StopSignal;
+use crate::ConnectionLimits;
+
+/// Bytes read from the socket per call.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// After a protocol error, or when the shard stops, how much more the connection reads and
+/// discards before closing, so the kernel does not reset the socket before the client has read
+/// the last reply.
+const LINGER_BYTES_MAX: usize = 4 << 20;
+
+/// How long the connection lingers at most.
+const LINGER_MS: u64 = 1000;
+
+/// A Redis-protocol connection being served.
+pub struct RespConnection {
+    stream: TcpStream,
+    router: Rc<Router>,
+    stop: Rc<StopSignal>,
+    limits: ConnectionLimits,
+    session: Session,
+}
+
+/// What the connection knows about its client.
+struct Session {
+    shard: Rc<RespShard>,
+    protocol: Protocol,
+    id: u64,
+    name: Option<Bytes>,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+}
+
+/// How a command uses its keys, to decide which commands of a connection may run together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Read,
+    /// A write that does not depend on the key's current state.
+    Write,
+    /// Reads the key and writes depending on what it found, or reads and writes in two steps.
+    ReadWrite,
+}
+
+impl Access {
+    fn of(command: &DataCommand) -> Access {
+        match command {
+            DataCommand::Get(_)
+            | DataCommand::MultiGet(_)
+            | DataCommand::Exists(_)
+            | DataCommand::Ttl(..)
+            | DataCommand::GetEx { expiry: None, .. }
+            | DataCommand::Scan { .. }
+            | DataCommand::DbSize
+            | DataCommand::InfoWithKeyspace(_) => Access::Read,
+            DataCommand::Set { condition: Condition::Always, get: false, .. } | DataCommand::MultiSet(_) => {
+                Access::Write
+            }
+            _ => Access::ReadWrite,
+        }
+    }
+}
+
+/// Commands running on one key: how many of each access.
+#[derive(Default, Clone, Copy)]
+struct KeyUse {
+    reads: usize,
+    writes: usize,
+    read_writes: usize,
+}
+
+impl KeyUse {
+    fn admits(&self, access: Access) -> bool {
+        match access {
+            Access::Read => self.writes == 0 && self.read_writes == 0,
+            Access::Write => self.reads == 0 && self.read_writes == 0,
+            Access::ReadWrite => self.reads == 0 && self.writes == 0 && self.read_writes == 0,
+        }
+    }
+
+    fn count(&mut self, access: Access) -> &mut usize {
+        match access {
+            Access::Read => &mut self.reads,
+            Access::Write => &mut self.writes,
+            Access::ReadWrite => &mut self.read_writes,
+        }
+    }
+}
+
+/// One reply's place in request order.
+enum Slot {
+    Waiting,
+    Ready(RespReply, Protocol),
+}
+
+/// Replies in request order, and what the writer needs to know to finish.
+struct Replies {
+    /// Encoded replies ready for the socket.
+    bytes: BytesMut,
+    /// Replies not yet encoded because an earlier one is not ready; the front is request
+    /// `first_sequence`.
+    pending: VecDeque<Slot>,
+    first_sequence: u64,
+    in_flight: usize,
+    /// Keys of running commands; commands reading the whole keyspace count in `keyspace`.
+    keys: HashMap<Bytes, KeyUse>,
+    keyspace: usize,
+    reading_done: bool,
+    write_failed: bool,
+}
+
+/// State the reader, the command tasks and the writer share.
+struct Shared {
+    replies: RefCell<Replies>,
+    /// The writer has something to do: replies, or the end.
+    ready: Event,
+    /// The writer has written a batch, or failed: reading may resume.
+    drained: Event,
+    /// A command finished: a reader waiting for room or for an earlier command may go on.
+    completed: Event,
+}
+
+/// Why the reader stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The client closed its side, sent QUIT, or the socket failed.
+    Finished,
+    /// The shard is stopping; the client may still be sending.
+    Stopped,
+    /// A protocol error; the client may still be sending.
+    Refused,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            replies: RefCell::new(Replies {
+                bytes: BytesMut::with_capacity(READ_CHUNK_BYTES),
+                pending: VecDeque::new(),
+                first_sequence: 0,
+                in_flight: 0,
+                keys: HashMap::new(),
+                keyspace: 0,
+                reading_done: false,
+                write_failed: false,
+            }),
+            ready: Event::new(),
+            drained: Event::new(),
+            completed: Event::new(),
+        }
+    }
+
+    /// A reply to the request being read now.
+    fn push(&self, reply: &RespReply, protocol: Protocol) {
+        {
+            let mut replies = self.replies.borrow_mut();
+            if replies.pending.is_empty() {
+                reply.encode(protocol, &mut replies.bytes);
+            } else {
+                replies.pending.push_back(Slot::Ready(reply.clone(), protocol));
+            }
+        }
+        self.ready.notify(1);
+    }
+
+    /// The reply to a read answered in place, encoded straight from the borrowed value when no
+    /// earlier reply is waiting.
+    fn push_read(&self, found: Result<Option<(&[u8], u64)>, ringkv_wire::Failure>, protocol: Protocol) {
+        let found = match found {
+            Ok(found) => found.map(|(value, _)| value),
+            Err(failure) => return self.push(&failure_reply(&failure), protocol),
+        };
+        {
+            let mut replies = self.replies.borrow_mut();
+            if replies.pending.is_empty() {
+                match found {
+                    Some(value) => encode_bulk(&mut replies.bytes, value),
+                    None => encode_null(protocol, &mut replies.bytes),
+                }
+            } else {
+                let reply =
+                    found.map_or(RespReply::Null, |value| RespReply::Bulk(Bytes::copy_from_slice(value)));
+                replies.pending.push_back(Slot::Ready(reply, protocol));
+            }
+        }
+        self.ready.notify(1);
+    }
+
+    /// Whether a command with `keys` (`None`: the whole keyspace) and `access` may start now.
+    fn admits(&self, keys: Option<&[&Bytes]>, access: Access) -> bool {
+        let replies = self.replies.borrow();
+        if replies.keyspace > 0 && access != Access::Read {
+            return false;
+        }
+        match keys {
+            None => replies.keys.values().all(|running| running.admits(access)),
+            Some(keys) => {
+                keys.iter().all(|key| replies.keys.get(*key).is_none_or(|running| running.admits(access)))
+            }
+        }
+    }
+
+    /// Starts a command: a place for its reply, its keys counted. Returns its sequence number.
+    fn begin(&self, keys: Option<&[&Bytes]>, access: Access) -> u64 {
+        let mut replies = self.replies.borrow_mut();
+        match keys {
+            None => replies.keyspace += 1,
+            Some(keys) => {
+                for key in keys {
+                    *replies.keys.entry((*key).clone()).or_default().count(access) += 1;
+                }
+            }
+        }
+        replies.in_flight += 1;
+        replies.pending.push_back(Slot::Waiting);
+        replies.first_sequence + replies.pending.len() as u64 - 1
+    }
+
+    /// A command's reply: into its place, and every reply now ready in order into the bytes.
+    fn complete(
+        &self,
+        sequence: u64,
+        keys: Option<Vec<Bytes>>,
+        access: Access,
+        reply: RespReply,
+        protocol: Protocol,
+    ) {
+        {
+            let mut replies = self.replies.borrow_mut();
+            let Replies { bytes, pending, first_sequence, in_flight, keys: running, keyspace, .. } =
+                &mut *replies;
+            match keys {
+                None => *keyspace -= 1,
+                Some(keys) => {
+                    for key in keys {
+                        if let Some(counts) = running.get_mut(&key) {
+                            *counts.count(access) -= 1;
+                            if counts.reads + counts.writes + counts.read_writes == 0 {
+                                running.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+            *in_flight -= 1;
+            pending[(sequence - *first_sequence) as usize] = Slot::Ready(reply, protocol);
+            while let Some(Slot::Ready(..)) = pending.front() {
+                let Some(Slot::Ready(reply, protocol)) = pending.pop_front() else { unreachable!() };
+                reply.encode(protocol, bytes);
+                *first_sequence += 1;
+            }
+        }
+        self.completed.notify(usize::MAX);
+        self.ready.notify(1);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.replies.borrow().in_flight
+    }
+
+    fn finish_reading(&self) {
+        self.replies.borrow_mut().reading_done = true;
+        self.ready.notify(1);
+    }
+
+    /// Waits until `condition` holds, re-checking after each finished command. False when the
+    /// shard is stopping first.
+    async fn wait_for(&self, stop: &StopSignal, condition: impl Fn(&Shared) -> bool) -> bool {
+        loop {
+            let listener = self.completed.listen();
+            if condition(self) {
+                return true;
+            }
+            let stopped = or(
+                async {
+                    listener.await;
+                    false
+                },
+                async {
+                    stop.wait().await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until the unwritten replies are below `outbox_bytes_max`. False when the writer
+    /// failed or the shard is stopping: stop reading.
+    async fn wait_for_room(&self, outbox_bytes_max: usize, stop: &StopSignal) -> bool {
+        loop {
+            let listener = self.drained.listen();
+            {
+                let replies = self.replies.borrow();
+                if replies.write_failed {
+                    return false;
+                }
+                if replies.bytes.len() < outbox_bytes_max {
+                    return true;
+                }
+            }
+            let stopping = or(
+                async {
+                    listener.await;
+                    false
+                },
+                async {
+                    stop.wait().await;
+                    true
+                },
+            )
+            .await;
+            if stopping {
+                return false;
+            }
+        }
+    }
+}
+
+impl RespConnection {
+    /// A connection to serve with `router`, stopping to read when `stop` is triggered.
+    pub fn new(
+        stream: TcpStream,
+        router: Rc<Router>,
+        stop: Rc<StopSignal>,
+        limits: ConnectionLimits,
+        shard: Rc<RespShard>,
+    ) -> Self {
+        // Replies are already batched by the writer; Nagle's delay would only add latency.
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "could not disable Nagle's algorithm");
+        }
+        let session = Session {
+            id: shard.next_client_id(),
+            shard,
+            protocol: Protocol::Resp2,
+            name: None,
+            peer: stream.peer_addr().ok(),
+            local: stream.local_addr().ok(),
+        };
+        RespConnection { stream, router, stop, limits, session }
+    }
+
+    /// The client's address, when the socket still knows it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.session.peer
+    }
+
+    /// Serves the connection until the client closes it or sends QUIT, breaks the protocol, or
+    /// the shard stops; then finishes the commands running, writes their replies and closes.
+    pub async fn serve(self) {
+        let RespConnection { stream, router, stop, limits, mut session } = self;
+        let (mut reader, writer) = futures_lite::io::split(stream);
+        let shared = Rc::new(Shared::new());
+        let writer_task = glommio::spawn_local(write_replies(writer, shared.clone()));
+        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &mut session).await;
+        shared.finish_reading();
+        writer_task.await;
+        if end != ReadEnd::Finished {
+            linger(&mut reader).await;
+        }
+        debug!(?end, "connection closed");
+    }
+}
+
+/// Reads and dispatches requests until the connection should stop reading.
+async fn read_requests(
+    reader: &mut ReadHalf<TcpStream>,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    stop: &StopSignal,
+    limits: ConnectionLimits,
+    session: &mut Session,
+) -> ReadEnd {
+    let mut parser = RequestParser::with_capacity(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
+            return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
+        }
+        let read = or(async { Some(reader.read(&mut chunk).await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match read {
+            None => return ReadEnd::Stopped,
+            Some(Ok(0)) => {
+                if let Err(error) = parser.check_end_of_stream() {
+                    debug!(%error, "stream ended inside a request");
+                }
+                return ReadEnd::Finished;
+            }
+            Some(Ok(read)) => parser.extend_from_slice(&chunk[..read]),
+            Some(Err(error)) => {
+                debug!(%error, "reading from the client failed");
+                return ReadEnd::Finished;
+            }
+        }
+        loop {
+            match parser.next_request() {
+                Ok(None) => break,
+                Ok(Some(arguments)) => {
+                    session.shard.commands_processed.set(session.shard.commands_processed.get() + 1);
+                    match commands::parse_command(&arguments) {
+                        Err(reply) => shared.push(&reply, session.protocol),
+                        Ok(RespCommand::Session(SessionCommand::Quit)) => {
+                            shared.push(&RespReply::Ok, session.protocol);
+                            return ReadEnd::Finished;
+                        }
+                        Ok(RespCommand::Session(command)) => match answer_session(command, session) {
+                            Ok(reply) => shared.push(&reply, session.protocol),
+                            Err(data) => {
+                                if !dispatch(data, shared, router, stop, limits, session.protocol).await {
+                                    return ReadEnd::Stopped;
+                                }
+                            }
+                        },
+                        Ok(RespCommand::Data(command)) => {
+                            if !dispatch(command, shared, router, stop, limits, session.protocol).await {
+                                return ReadEnd::Stopped;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    debug!(%error, "request refused");
+                    shared.push(&RespReply::error(&error), session.protocol);
+                    return ReadEnd::Refused;
+                }
+            }
+        }
+        // Let the writer and the command tasks run before reading again (see the native
+        // connection: a read that finds data does not yield).
+        yield_now().await;
+    }
+}
+
+/// Starts a data command: answered on the spot when memory holds a read, otherwise in the
+/// background. Waits first for any earlier command it must not overtake, and for room under
+/// `in_flight_max`. False when the shard stopped meanwhile.
+async fn dispatch(
+    command: DataCommand,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    stop: &StopSignal,
+    limits: ConnectionLimits,
+    protocol: Protocol,
+) -> bool {
+    let access = Access::of(&command);
+    let keys: Option<Vec<Bytes>> = command.keys().map(|keys| keys.into_iter().cloned().collect());
+    let admitted = |shared: &Shared| {
+        let borrowed: Option<Vec<&Bytes>> = keys.as_ref().map(|keys| keys.iter().collect());
+        shared.in_flight() < limits.in_flight_max && shared.admits(borrowed.as_deref(), access)
+    };
+    if !admitted(shared) && !shared.wait_for(stop, admitted).await {
+        return false;
+    }
+    if let DataCommand::Get(key) = &command {
+        if router.read_now(key, |found| shared.push_read(found, protocol)).is_some() {
+            return true;
+        }
+    }
+    let borrowed: Option<Vec<&Bytes>> = keys.as_ref().map(|keys| keys.iter().collect());
+    let sequence = shared.begin(borrowed.as_deref(), access);
+    if let DataCommand::Set {
+        key,
+        value,
+        expiry,
+        condition: Condition::Always,
+        get: false,
+        reply_integer: false,
+    } = &command
+    {
+        let ttl_ms = match expiry {
+            Expiry::Never => Some(None),
+            Expiry::In(ttl_ms) => Some(Some(*ttl_ms)),
+            Expiry::At(_) => None,
+        };
+        if let Some(ttl_ms) = ttl_ms.filter(|_| router.coordinates_here(key)) {
+            // Coordinated across replicas by this shard: the reply slot waits, not a task (as
+            // in the native connection).
+            let operation = Operation::Put { key: key.clone(), value: value.clone(), ttl_ms };
+            let shared = shared.clone();
+            router.coordinate(operation, None, move |result| {
+                let reply = match result {
+                    Ok(_) => RespReply::Ok,
+                    Err(failure) => failure_reply(&failure),
+                };
+                shared.complete(sequence, keys, access, reply, protocol);
+            });
+            return true;
+        }
+    }
+    let router = router.clone();
+    let shared = shared.clone();
+    // Not instrumented with the connection's span, like native request tasks: entering a span
+    // on every poll costs more than a cached read.
+    glommio::spawn_local(async move {
+        let reply = commands::run(router, command).await;
+        shared.complete(sequence, keys, access, reply, protocol);
+    })
+    .detach();
+    true
+}
+
+/// Answers a command about the connection or the server from the session; `Err` with the data
+/// command to run when the answer needs the store (INFO with the keyspace section).
+fn answer_session(command: SessionCommand, session: &mut Session) -> Result<RespReply, DataCommand> {
+    Ok(match command {
+        SessionCommand::Ping(None) => RespReply::Simple("PONG"),
+        SessionCommand::Ping(Some(message)) | SessionCommand::Echo(message) => RespReply::Bulk(message),
+        SessionCommand::Hello { protocol, name } => {
+            match protocol {
+                None => {}
+                Some(2) => session.protocol = Protocol::Resp2,
+                Some(3) => session.protocol = Protocol::Resp3,
+                Some(_) => return Ok(RespReply::Error("NOPROTO unsupported protocol version".to_string())),
+            }
+            if name.is_some() {
+                session.name = name;
+            }
+            let proto = match session.protocol {
+                Protocol::Resp2 => 2,
+                Protocol::Resp3 => 3,
+            };
+            RespReply::Map(vec![
+                (RespReply::text("server"), RespReply::text("ringkv")),
+                (RespReply::text("version"), RespReply::text(env!("CARGO_PKG_VERSION"))),
+                (RespReply::text("proto"), RespReply::Integer(proto)),
+                (RespReply::text("id"), RespReply::Integer(session.id as i64)),
+                (RespReply::text("mode"), RespReply::text("standalone")),
+                (RespReply::text("role"), RespReply::text("master")),
+                (RespReply::text("modules"), RespReply::Array(Vec::new())),
+            ])
+        }
+        SessionCommand::Quit => RespReply::Ok,
+        SessionCommand::Select => RespReply::Ok,
+        SessionCommand::CommandCount => RespReply::Integer(COMMANDS.len() as i64),
+        SessionCommand::CommandInfo(names) => RespReply::Array(
+            names
+                .iter()
+                .map(|name| command_table::find(name).map_or(RespReply::Null, |spec| spec.info()))
+                .collect(),
+        ),
+        SessionCommand::CommandDocs(names) => {
+            let specs: Vec<_> = if names.is_empty() {
+                COMMANDS.iter().collect()
+            } else {
+                names.iter().filter_map(|name| command_table::find(name)).collect()
+            };
+            RespReply::Map(specs.into_iter().map(|spec| (RespReply::text(spec.name), spec.docs())).collect())
+        }
+        SessionCommand::ClientSetName(name) => {
+            session.name = (!name.is_empty()).then_some(name);
+            RespReply::Ok
+        }
+        SessionCommand::ClientGetName => session.name.clone().map_or(RespReply::Null, RespReply::Bulk),
+        SessionCommand::ClientId => RespReply::Integer(session.id as i64),
+        SessionCommand::ClientInfo => RespReply::text(client_info(session)),
+        SessionCommand::ClientSetInfo => RespReply::Ok,
+        SessionCommand::Info(sections) => {
+            let wanted = |section: &str| {
+                sections.is_empty()
+                    || sections.iter().any(|asked| {
+                        asked == section || asked == "all" || asked == "everything" || asked == "default"
+                    })
+            };
+            let text = session.shard.info(&wanted);
+            if wanted("keyspace") {
+                return Err(DataCommand::InfoWithKeyspace(text));
+            }
+            RespReply::text(text)
+        }
+    })
+}
+
+/// `CLIENT INFO`'s line, in Redis's `field=value` form.
+fn client_info(session: &Session) -> String {
+    let address =
+        |address: Option<SocketAddr>| address.map(|address| address.to_string()).unwrap_or_default();
+    let name =
+        session.name.as_ref().map(|name| String::from_utf8_lossy(name).into_owned()).unwrap_or_default();
+    let protocol = match session.protocol {
+        Protocol::Resp2 => 2,
+        Protocol::Resp3 => 3,
+    };
+    format!(
+        "id={} addr={} laddr={} name={} db=0 resp={} shard={}\n",
+        session.id,
+        address(session.peer),
+        address(session.local),
+        name,
+        protocol,
+        session.shard.shard_id,
+    )
+}
+
+/// Writes whatever replies are ready, all at once, until reading is done and nothing is
+/// running; then shuts the write side down.
+async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
+    let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let listener = shared.ready.listen();
+        {
+            let mut replies = shared.replies.borrow_mut();
+            if !replies.bytes.is_empty() {
+                // Swap buffers: command tasks keep appending to the other one meanwhile.
+                std::mem::swap(&mut replies.bytes, &mut batch);
+            } else if replies.reading_done && replies.in_flight == 0 {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            listener.await;
+            continue;
+        }
+        if let Err(error) = writer.write_all(&batch).await {
+            debug!(%error, "writing to the client failed");
+            shared.replies.borrow_mut().write_failed = true;
+            shared.drained.notify(usize::MAX);
+            return;
+        }
+        batch.clear();
+        shared.drained.notify(usize::MAX);
+    }
+    if let Err(error) = writer.close().await {
+        debug!(%error, "shutting down the write side failed");
+    }
+}
+
+/// Reads and discards what the client still sends, within bounds (see [`LINGER_BYTES_MAX`]).
+async fn linger(reader: &mut ReadHalf<TcpStream>) {
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut discarded = 0;
+    let drain = async {
+        while discarded < LINGER_BYTES_MAX {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    };
+    or(drain, glommio::timer::sleep(Duration::from_millis(LINGER_MS))).await;
+}
