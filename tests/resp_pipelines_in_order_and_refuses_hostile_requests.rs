@@ -1,0 +1,148 @@
+//! The Redis protocol port of a real two-shard server, spoken byte by byte: pipelined requests
+//! (split at every byte, mixed with inline commands) are answered in request order, a read
+//! pipelined after a write of its key sees the write, `HELLO 3` switches the encoding, a value
+//! above ringkv's limit gets an error naming it and the connection keeps serving, and hostile
+//! requests (huge, negative or non-numeric lengths, a request cut short) get Redis's protocol
+//! error and a closed connection while other connections are untouched. QUIT answers and closes.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::Server;
+use ringkv_wire::limits::VALUE_BYTES_MAX;
+
+/// A port no one listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// A request as a client library sends it.
+fn request(arguments: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = format!("*{}\r\n", arguments.len()).into_bytes();
+    for argument in arguments {
+        bytes.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
+        bytes.extend_from_slice(argument);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes
+}
+
+/// Reads until exactly `expected` has arrived (or fails on anything else).
+fn expect(stream: &mut TcpStream, expected: &[u8]) {
+    let mut received = vec![0u8; expected.len()];
+    stream
+        .read_exact(&mut received)
+        .unwrap_or_else(|error| panic!("waiting for {:?}: {error}", String::from_utf8_lossy(expected)));
+    assert_eq!(String::from_utf8_lossy(&received), String::from_utf8_lossy(expected));
+}
+
+/// Reads everything until the server closes the connection.
+fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => {}
+        Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
+        Err(error) => panic!("reading until the server closes: {error}"),
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[test]
+fn resp_pipelines_in_order_and_refuses_hostile_requests() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server =
+        Server::start_with(&root.path().join("data"), &["--resp-listen", &format!("127.0.0.1:{port}")]);
+
+    // A pipeline, sent one byte at a time: every split parses the same.
+    let mut pipeline = Vec::new();
+    pipeline.extend(request(&[b"SET", b"pipelined", b"first"]));
+    pipeline.extend(request(&[b"SET", b"pipelined", b"second"]));
+    pipeline.extend(request(&[b"GET", b"pipelined"]));
+    pipeline.extend(b"PING\r\n");
+    pipeline.extend(request(&[b"INCR", b"counter"]));
+    pipeline.extend(request(&[b"INCRBY", b"counter", b"41"]));
+    pipeline.extend(request(&[b"GET", b"counter"]));
+    pipeline.extend(b"echo \"two words\"\n");
+    pipeline.extend(request(&[b"GET", b"never-written"]));
+    let mut stream = connect(port);
+    for byte in &pipeline {
+        stream.write_all(std::slice::from_ref(byte)).unwrap();
+    }
+    expect(
+        &mut stream,
+        b"+OK\r\n+OK\r\n$6\r\nsecond\r\n+PONG\r\n:1\r\n:42\r\n$2\r\n42\r\n$9\r\ntwo words\r\n$-1\r\n",
+    );
+
+    // RESP3 after HELLO 3: nulls and maps change, the rest does not.
+    stream.write_all(&request(&[b"HELLO", b"3"])).unwrap();
+    let mut hello = [0u8; 2];
+    stream.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"%7", "HELLO 3 answers a map of seven fields");
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"*0\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        rest.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("proto\r\n:3\r\n"));
+    stream.write_all(&request(&[b"GET", b"never-written"])).unwrap();
+    expect(&mut stream, b"_\r\n");
+
+    // A value above ringkv's limit (but within the parser's bound) is refused by name; the
+    // connection keeps serving.
+    let too_large = vec![b'v'; VALUE_BYTES_MAX + 1];
+    stream.write_all(&request(&[b"SET", b"big", &too_large])).unwrap();
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line);
+    assert!(line.starts_with("-ERR ") && line.contains("VALUE_BYTES_MAX"), "{line}");
+    stream.write_all(b"PING\r\n").unwrap();
+    expect(&mut stream, b"+PONG\r\n");
+
+    // Hostile requests: each gets a protocol error, then the connection closes.
+    let hostile: &[(&[u8], &str)] = &[
+        (b"*1\r\n$99999999999\r\n", "BULK_BYTES_MAX"),
+        (b"*1\r\n$-5\r\n", "invalid bulk length"),
+        (b"*1\r\n$12x\r\n", "invalid bulk length"),
+        (b"*-x\r\n", "invalid multibulk length"),
+        (b"*99999999\r\n", "ARGUMENTS_MAX"),
+        (b"*1\r\n:12\r\n", "expected '$'"),
+        (b"*1\r\n$3\r\nGETxx", "not followed by CRLF"),
+    ];
+    let mut bystander = connect(port);
+    for (bytes, named) in hostile {
+        let mut attacker = connect(port);
+        attacker.write_all(bytes).unwrap();
+        let answer = read_to_close(&mut attacker);
+        assert!(answer.starts_with("-ERR Protocol error") && answer.contains(named), "{answer}");
+        bystander.write_all(&request(&[b"GET", b"pipelined"])).unwrap();
+        expect(&mut bystander, b"$6\r\nsecond\r\n");
+    }
+    // A request cut short by the end of the stream is not executed.
+    let mut truncated = connect(port);
+    truncated.write_all(b"*3\r\n$3\r\nSET\r\n$9\r\npipelined\r\n$5\r\nlo").unwrap();
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut truncated), "");
+    bystander.write_all(&request(&[b"GET", b"pipelined"])).unwrap();
+    expect(&mut bystander, b"$6\r\nsecond\r\n");
+
+    // QUIT answers, then the server closes the connection.
+    bystander.write_all(&request(&[b"QUIT"])).unwrap();
+    assert_eq!(read_to_close(&mut bystander), "+OK\r\n");
+    drop(server);
+}
