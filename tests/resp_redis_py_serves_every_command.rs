@@ -1,0 +1,204 @@
+//! redis-py, the Python Redis client, against the Redis protocol port of a real two-shard
+//! server, over RESP2 and RESP3: every command ringkv serves, their options, and their errors
+//! (unknown command, wrong arity, syntax, non-integer, ringkv's key and value limits, the
+//! commands that need an expiry ringkv's reads do not return). The script runs under `python3`
+//! and needs the `redis` package (`pip install redis`); without either, the test fails saying
+//! so rather than passing untested.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use common::Server;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The checks, run once per protocol version. Expiries are checked only one way that does not
+/// depend on timing: a key given a TTL in the past, or a short TTL and then a longer sleep, is
+/// gone.
+const SCRIPT: &str = r#"
+import sys, time
+import redis
+
+port = int(sys.argv[1])
+
+def error_of(call):
+    try:
+        call()
+    except redis.ResponseError as error:
+        return str(error)
+    raise AssertionError("expected an error")
+
+def check(protocol):
+    r = redis.Redis(host="127.0.0.1", port=port, protocol=protocol)
+    p = "p%d:" % protocol
+    stale = list(r.scan_iter(match=p + "*"))
+    if stale:
+        r.delete(*stale)
+
+    # Connection and server commands.
+    assert r.ping() is True
+    assert r.echo("hi") == b"hi"
+    hello = r.execute_command("HELLO", protocol)
+    if isinstance(hello, list):
+        hello = dict(zip(hello[::2], hello[1::2]))
+    hello = {(k.decode() if isinstance(k, bytes) else k): v for k, v in hello.items()}
+    assert hello["proto"] == protocol, hello
+    assert "NOPROTO" in error_of(lambda: r.execute_command("HELLO", 4))
+    assert r.select(0) is True or r.select(0) == b"OK"
+    assert "DB index is out of range" in error_of(lambda: r.select(1))
+    assert r.command_count() >= 30
+    info = r.execute_command("COMMAND INFO", "get")
+    assert info and info[0] is not None
+    assert r.execute_command("COMMAND DOCS", "set")
+    assert r.client_setname("tester") is True
+    assert r.client_getname() in ("tester", b"tester")
+    client_id = r.client_id()
+    assert isinstance(client_id, int)
+    assert r.client_info()["name"] == "tester"
+    info = r.info()
+    assert info["connected_clients"] >= 1 and "total_commands_processed" in info
+    assert "used_memory_rss" in r.info("memory")
+
+    # Unknown commands and wrong arity, in Redis's words.
+    assert error_of(lambda: r.execute_command("LPUSH", "list", "x")) == \
+        "unknown command 'LPUSH', with args beginning with: 'list' 'x' "
+    assert error_of(lambda: r.execute_command("GET")) == "wrong number of arguments for 'get' command"
+
+    # GET and SET with every option.
+    assert r.get(p + "missing") is None
+    assert r.set(p + "a", "1") is True
+    assert r.get(p + "a") == b"1"
+    assert r.set(p + "a", "2", nx=True) is None
+    assert r.set(p + "b", "1", xx=True) is None
+    assert r.get(p + "b") is None
+    assert r.set(p + "a", "3", xx=True) is True
+    assert r.set(p + "a", "4", get=True) == b"3"
+    assert r.set(p + "new", "x", nx=True, get=True) is None
+    assert r.get(p + "new") == b"x"
+    assert r.set(p + "ex", "v", ex=100) is True and r.get(p + "ex") == b"v"
+    assert r.set(p + "px", "v", px=100000) is True and r.get(p + "px") == b"v"
+    assert r.set(p + "exat", "v", exat=int(time.time()) + 100) is True and r.get(p + "exat") == b"v"
+    assert r.set(p + "pxat", "v", pxat=int(time.time() * 1000) + 100000) is True
+    assert r.set(p + "past", "v", pxat=1000) is True and r.get(p + "past") is None
+    assert r.set(p + "short", "v", px=50) is True
+    assert "KEEPTTL" in error_of(lambda: r.set(p + "a", "5", keepttl=True))
+    assert error_of(lambda: r.execute_command("SET", p + "a", "1", "NX", "XX")) == "syntax error"
+    assert error_of(lambda: r.execute_command("SET", p + "a", "1", "EX", "0")) == \
+        "invalid expire time in 'set' command"
+    assert error_of(lambda: r.execute_command("SET", p + "a", "1", "EX", "soon")) == \
+        "value is not an integer or out of range"
+    assert "KEY_BYTES_MAX" in error_of(lambda: r.set("k" * 300, "v"))
+    assert "VALUE_BYTES_MAX" in error_of(lambda: r.set(p + "big", b"v" * (1024 * 1024 + 1)))
+    assert "TTL_MS_MAX" in error_of(lambda: r.setex(p + "a", 10**12, "v"))
+    assert r.set(p + "max", b"v" * (1024 * 1024)) is True and len(r.get(p + "max")) == 1024 * 1024
+
+    # SETNX, SETEX, PSETEX, GETDEL, GETEX.
+    assert r.setnx(p + "nx", "1") is True
+    assert r.setnx(p + "nx", "2") is False
+    assert r.get(p + "nx") == b"1"
+    assert r.setex(p + "setex", 100, "v") is True and r.get(p + "setex") == b"v"
+    assert r.psetex(p + "psetex", 100000, "v") is True and r.get(p + "psetex") == b"v"
+    assert "invalid expire time" in error_of(lambda: r.setex(p + "setex", 0, "v"))
+    assert r.getdel(p + "setex") == b"v"
+    assert r.get(p + "setex") is None and r.getdel(p + "setex") is None
+    assert r.getex(p + "psetex") == b"v"
+    assert r.getex(p + "psetex", ex=100) == b"v"
+    assert r.getex(p + "psetex", persist=True) == b"v"
+    assert r.getex(p + "missing", ex=100) is None
+    assert r.getex(p + "psetex", pxat=1000) == b"v" and r.get(p + "psetex") is None
+
+    # DEL, UNLINK, EXISTS, MGET, MSET, MSETNX.
+    assert r.mset({p + "m1": "1", p + "m2": "2", p + "m3": "3"}) is True
+    assert r.mget(p + "m1", p + "m2", p + "missing", p + "m3") == [b"1", b"2", None, b"3"]
+    assert r.exists(p + "m1", p + "m2", p + "missing", p + "m1") == 3
+    assert r.delete(p + "m1", p + "missing", p + "m1") == 1
+    assert r.unlink(p + "m2") == 1 and r.unlink(p + "m2") == 0
+    assert r.exists(p + "m1", p + "m2", p + "m3") == 1
+    assert r.msetnx({p + "one": "1"}) is True
+    assert r.msetnx({p + "one": "2"}) is False and r.get(p + "one") == b"1"
+    assert "cannot be atomic" in error_of(lambda: r.msetnx({p + "x1": "1", p + "x2": "2"}))
+    assert "wrong number of arguments" in error_of(lambda: r.execute_command("MSET", p + "a"))
+
+    # EXPIRE, PEXPIRE, TTL, PTTL, PERSIST.
+    assert r.expire(p + "m3", 100) is True
+    assert r.pexpire(p + "m3", 100000) is True
+    assert r.expire(p + "missing", 100) is False
+    assert r.ttl(p + "missing") == -2 and r.pttl(p + "missing") == -2
+    assert "expiry" in error_of(lambda: r.ttl(p + "m3"))
+    assert "expiry" in error_of(lambda: r.pttl(p + "m3"))
+    assert "NX/XX/GT/LT" in error_of(lambda: r.expire(p + "m3", 100, nx=True))
+    assert r.persist(p + "m3") is True and r.persist(p + "missing") is False
+    assert r.get(p + "m3") == b"3"
+    assert r.expire(p + "m3", -1) is True and r.get(p + "m3") is None
+
+    # INCR, DECR, INCRBY, DECRBY.
+    assert r.incr(p + "n") == 1
+    assert r.incrby(p + "n", 41) == 42
+    assert r.decr(p + "n") == 41
+    assert r.decrby(p + "n", 40) == 1
+    assert r.get(p + "n") == b"1"
+    assert r.set(p + "n", str(2**63 - 1)) is True
+    assert "overflow" in error_of(lambda: r.incr(p + "n"))
+    assert r.set(p + "text", "abc") is True
+    assert error_of(lambda: r.incr(p + "text")) == "value is not an integer or out of range"
+    assert error_of(lambda: r.incrby(p + "n", "x")) == "value is not an integer or out of range"
+
+    # Pipelines: replies in order, and a read sees the writes sent before it.
+    pipe = r.pipeline(transaction=False)
+    for i in range(50):
+        pipe.set(p + "pipe", str(i))
+    pipe.get(p + "pipe")
+    pipe.incr(p + "pipe")
+    pipe.get(p + "pipe")
+    results = pipe.execute()
+    assert results[:50] == [True] * 50 and results[50:] == [b"49", 50, b"50"], results
+
+    # SCAN: paging with COUNT finds every key once; MATCH filters; DBSIZE counts.
+    for i in range(25):
+        r.set(p + "scan:%02d" % i, "v")
+    found = list(r.scan_iter(match=p + "scan:*", count=2))
+    assert sorted(found) == sorted((p + "scan:%02d" % i).encode() for i in range(25)), found
+    cursor, page = r.scan(0, count=3)
+    assert len(page) <= 3 and cursor != 0
+    assert error_of(lambda: r.execute_command("SCAN", "nope")) == "invalid cursor"
+    size = r.dbsize()
+    assert size >= 25
+    keyspace = r.info("keyspace")
+    assert keyspace["db0"]["keys"] == size, keyspace
+
+    # The short TTL set earlier has long passed after this sleep.
+    time.sleep(0.3)
+    assert r.get(p + "short") is None
+    r.close()
+
+for protocol in (2, 3):
+    check(protocol)
+print("every check passed")
+"#;
+
+#[test]
+fn resp_redis_py_serves_every_command() {
+    let probe = Command::new("python3").args(["-c", "import redis"]).output();
+    match probe {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "redis-py is not installed for python3: this test needs it (pip install redis): {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(error) => panic!("python3 is not installed ({error}): this test needs it with redis-py"),
+    }
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server =
+        Server::start_with(&root.path().join("data"), &["--resp-listen", &format!("127.0.0.1:{port}")]);
+    let output = Command::new("python3").args(["-c", SCRIPT, &port.to_string()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the redis-py checks failed:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "every check passed");
+    drop(server);
+}
