@@ -145,6 +145,7 @@ fn run_all(args: &ChaosArgs) -> Result<bool> {
     let namespaces = match &unavailable {
         None => {
             network::remove_leftovers();
+            network::remove_on_interrupt()?;
             Some(Namespaces::create(args.nodes).context("make the network namespaces")?)
         }
         Some(reason) => {

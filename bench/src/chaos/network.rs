@@ -96,6 +96,30 @@ pub fn remove_leftovers() {
     }
 }
 
+/// Deletes this process's namespaces and bridge when it is interrupted (SIGINT, SIGTERM,
+/// SIGHUP), then exits with 130: the nodes die with this process (`PR_SET_PDEATHSIG`), and
+/// without this the namespaces would wait for the next run to remove them.
+pub fn remove_on_interrupt() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new().name("chaos-interrupt".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("chaos: interrupted (signal {signal}); removing the network namespaces");
+            let own = format!("{NAME_PREFIX}{}", std::process::id());
+            if let Ok(listing) = command("ip", &["netns", "list"]) {
+                for name in listing.lines().filter_map(|line| line.split_whitespace().next()) {
+                    if name.strip_prefix(&own).is_some_and(|rest| rest.starts_with('n')) {
+                        let _ = command("ip", &["netns", "delete", name]);
+                    }
+                }
+            }
+            let _ = command("ip", &["link", "delete", &format!("{own}b")]);
+            std::process::exit(130);
+        }
+    })?;
+    Ok(())
+}
+
 /// One namespace per node on a bridge of their own.
 pub struct Namespaces {
     tag: String,
