@@ -304,6 +304,16 @@ impl NodeConfig {
             );
         }
         self.validate_peer_ports(shards, base)?;
+        if let Some(resp_listen) = self.resp_listen {
+            let resp_port = u32::from(resp_listen.port());
+            if resp_port == 0 || resp_port == client_port || (base..base + shards as u32).contains(&resp_port)
+            {
+                return invalid(
+                    "resp_listen",
+                    format!("{resp_listen} needs a port of its own: not 0, the client port or a shard port"),
+                );
+            }
+        }
         if self.node_id > NODE_ID_MAX {
             return invalid("node_id", format!("is {}; it must be at most {NODE_ID_MAX}", self.node_id));
         }
@@ -558,6 +568,14 @@ mod tests {
             ("replica_timeout_ms", NodeConfig { replica_timeout_ms: 0, ..NodeConfig::default() }),
             ("peer_pending_max", NodeConfig { peer_pending_max: 0, ..NodeConfig::default() }),
             ("peer_outbox_bytes_max", NodeConfig { peer_outbox_bytes_max: 1 << 20, ..NodeConfig::default() }),
+            (
+                "resp_listen",
+                NodeConfig { resp_listen: Some("127.0.0.1:7379".parse().unwrap()), ..NodeConfig::default() },
+            ),
+            (
+                "resp_listen",
+                NodeConfig { resp_listen: Some("127.0.0.1:0".parse().unwrap()), ..NodeConfig::default() },
+            ),
             (
                 "peer_listen",
                 NodeConfig { peer_listen: Some("127.0.0.1:0".parse().unwrap()), ..NodeConfig::default() },

@@ -20,7 +20,8 @@
 //! connection still running when they share a key and are not both reads or both plain writes,
 //! or when either reads the whole keyspace (SCAN, DBSIZE). Plain writes of one key may run
 //! together because the key's owning shard versions them in the order they arrive, so the last
-//! one sent wins, as in Redis.
+//! one sent wins, as in Redis (unless the mesh channel to the owning shard is full: a forwarded
+//! write then waits for room in a task of its own, and two such writes could swap).
 //!
 //! Bounds, per connection: `in_flight_max` commands running (the reader waits for one to finish
 //! rather than refuse, since Redis clients do not retry), `outbox_bytes_max` bytes of replies not
