@@ -98,9 +98,14 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
         .filter(|(_, op)| op.outcome == Outcome::Pending)
         .map(|(index, op)| format!("#{index} [{op}] never completed"))
         .collect();
+    // One pass to group the history by key: a scale run has a million keys.
+    let mut by_key: BTreeMap<&Bytes, Vec<&Operation>> = BTreeMap::new();
+    for op in &history.operations {
+        by_key.entry(&op.key).or_default().push(op);
+    }
     for (key, key_replicas) in replicas {
         let name = String::from_utf8_lossy(key);
-        let operations: Vec<&Operation> = history.operations.iter().filter(|op| op.key == key).collect();
+        let operations: Vec<&Operation> = by_key.remove(key).unwrap_or_default();
         let Some((final_op, final_seen)) = final_read(&operations) else {
             violations.push(format!("{name}: no read at ALL succeeded after the cluster settled"));
             continue;
@@ -146,7 +151,25 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
         }
         check_reads(&name, &operations, &mut violations);
     }
+    check_only_replicas_hold(replicas, stored, &mut violations);
     violations
+}
+
+/// No node outside a key's replicas holds it (keys outside `replicas` are not judged).
+fn check_only_replicas_hold(
+    replicas: &BTreeMap<Bytes, Vec<u16>>,
+    stored: &FinalState,
+    violations: &mut Vec<String>,
+) {
+    for (node, entries) in stored {
+        for (key, held) in entries {
+            let outsider = replicas.get(key).is_some_and(|key_replicas| !key_replicas.contains(node));
+            if outsider && held.is_some() {
+                let name = String::from_utf8_lossy(key);
+                violations.push(format!("{name}: n{node} is not a replica yet holds {}", describe(held)));
+            }
+        }
+    }
 }
 
 /// Acknowledged writes that the final read at ALL of their key does not reflect: versioned
@@ -180,18 +203,24 @@ pub fn lost_acknowledged_writes(history: &History) -> usize {
 /// before they were invoked: acknowledged, yet silently superseded by an earlier write. Last-writer-wins with skewed clocks allows this (a node whose clock is behind has
 /// not observed the newer version); it is counted, not judged.
 pub fn real_time_inversions(history: &History) -> usize {
-    let written: Vec<&Operation> =
-        history.operations.iter().filter(|op| op.is_write() && op.outcome == Outcome::Written).collect();
+    let mut written: BTreeMap<&Bytes, Vec<&Operation>> = BTreeMap::new();
+    for op in history.operations.iter().filter(|op| op.is_write() && op.outcome == Outcome::Written) {
+        written.entry(&op.key).or_default().push(op);
+    }
     written
-        .iter()
-        .filter(|second| {
-            written.iter().any(|first| {
-                first.key == second.key
-                    && first.completed_step.is_some_and(|completed| completed < second.invoked_step)
-                    && second.version < first.version
-            })
+        .values()
+        .map(|writes| {
+            writes
+                .iter()
+                .filter(|second| {
+                    writes.iter().any(|first| {
+                        first.completed_step.is_some_and(|completed| completed < second.invoked_step)
+                            && second.version < first.version
+                    })
+                })
+                .count()
         })
-        .count()
+        .sum()
 }
 
 fn check_no_lost_write(
@@ -226,18 +255,15 @@ fn check_convergence(
     final_entry: &Option<PeerEntry>,
     violations: &mut Vec<String>,
 ) {
-    for (node, entries) in stored {
+    for node in key_replicas {
+        let Some(entries) = stored.get(node) else { continue };
         let held = entries.get(key).cloned().flatten();
-        if key_replicas.contains(node) {
-            if !same_state(&held, final_entry) {
-                violations.push(format!(
-                    "{name}: replica n{node} holds {} but the read at ALL returned {}",
-                    describe(&held),
-                    describe(final_entry)
-                ));
-            }
-        } else if held.is_some() {
-            violations.push(format!("{name}: n{node} is not a replica yet holds {}", describe(&held)));
+        if !same_state(&held, final_entry) {
+            violations.push(format!(
+                "{name}: replica n{node} holds {} but the read at ALL returned {}",
+                describe(&held),
+                describe(final_entry)
+            ));
         }
     }
 }

@@ -12,7 +12,7 @@
 //! durations); the hybrid clock, TTL and tombstone times and the replicas' clock-skew check run
 //! on the node's wall clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
 use std::net::SocketAddr;
 
@@ -25,7 +25,7 @@ use ringkv_replication::{
     Target,
 };
 use ringkv_storage::disk::memory::CrashMode;
-use ringkv_wire::peer::{PeerEntry, PeerValue};
+use ringkv_wire::peer::{PeerEntry, PeerMessage, PeerValue};
 use ringkv_wire::token::token;
 use ringkv_wire::Consistency;
 
@@ -104,6 +104,31 @@ pub struct Report {
     /// Acknowledged writes that lost to a write acknowledged before they began (see
     /// [`checker::real_time_inversions`]); allowed, and counted.
     pub inversions: usize,
+    /// Simulated time from start to end.
+    pub simulated_ms: u64,
+    /// What the nodes sent each other.
+    pub traffic: Traffic,
+    /// Each node's share of the ring's token space as a replica (sums to N).
+    pub ownership: BTreeMap<u16, f64>,
+    /// Entries (tombstones included) each node's engine holds at the end.
+    pub stored_keys: BTreeMap<u16, usize>,
+}
+
+/// Messages between nodes, counted as they are sent (a duplicated delivery counts once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Replica requests and answers: messages and encoded bytes.
+    pub peer_messages: u64,
+    pub peer_bytes: u64,
+    /// Writes sent to replicas for a client's write: messages and bytes.
+    pub write_messages: u64,
+    pub write_bytes: u64,
+    /// Writes sent to replicas to repair them (a read's repair, blocking or in the background).
+    pub repair_messages: u64,
+    pub repair_bytes: u64,
+    /// Membership datagrams and bytes.
+    pub membership_messages: u64,
+    pub membership_bytes: u64,
 }
 
 /// One run.
@@ -126,6 +151,9 @@ pub struct Cluster {
     partition: u64,
     /// Problems found while running (an engine that would not reopen, an undecodable frame).
     violations: Vec<String>,
+    traffic: Traffic,
+    /// While the final reads run concurrently: the operations completed since last looked at.
+    final_reads_done: Option<Vec<usize>>,
 }
 
 impl Cluster {
@@ -133,12 +161,22 @@ impl Cluster {
     pub fn new(seed: u64, sabotage: Option<Sabotage>) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let config = SimConfig { sabotage, ..SimConfig::draw(&mut rng) };
+        Cluster::build(seed, rng, config)
+    }
+
+    /// A run of `config`, its schedule and faults drawn from `seed`.
+    pub fn with_config(seed: u64, config: SimConfig) -> Self {
+        Cluster::build(seed, StdRng::seed_from_u64(seed), config)
+    }
+
+    fn build(seed: u64, mut rng: StdRng, config: SimConfig) -> Self {
+        let sabotage = config.sabotage;
         let settings = NodeSettings {
             replica_timeout_ms: config.replica_timeout_ms,
             pending_max: 64,
             max_clock_skew_ms: config.max_clock_skew_ms,
             timing: MembershipTiming::default(),
-            memtable_bytes_max: 2 << 10,
+            memtable_bytes_max: config.memtable_bytes_max,
             memtable_hash_seed: seed,
         };
         let mut nodes = BTreeMap::new();
@@ -178,6 +216,8 @@ impl Cluster {
             faults_on: false,
             partition: 0,
             violations: Vec::new(),
+            traffic: Traffic::default(),
+            final_reads_done: None,
         }
     }
 
@@ -197,16 +237,15 @@ impl Cluster {
             .collect();
         let mut stored = FinalState::new();
         for (&node_id, node) in &self.nodes {
-            let mut entries = BTreeMap::new();
-            for key in &self.keys {
-                match node.stored(key) {
-                    Ok(entry) => {
-                        entries.insert(key.clone(), entry);
-                    }
-                    Err(error) => self.violations.push(error),
+            match node.stored_all() {
+                Ok(entries) => {
+                    stored.insert(
+                        node_id,
+                        entries.into_iter().map(|(key, entry)| (key, Some(entry))).collect(),
+                    );
                 }
+                Err(error) => self.violations.push(error),
             }
-            stored.insert(node_id, entries);
         }
         self.violations.extend(checker::check(&self.history, &replicas, &stored));
         for violation in &self.violations {
@@ -228,10 +267,17 @@ impl Cluster {
             operations: self.history.operations.len(),
             inversions,
             events: self.step,
+            simulated_ms: self.now_ms - START_MS,
+            traffic: self.traffic,
+            ownership: self.ring.ownership(REPLICATION_FACTOR),
+            stored_keys: stored.iter().map(|(&node, entries)| (node, entries.len())).collect(),
         }
     }
 
     fn log(&mut self, line: std::fmt::Arguments<'_>) {
+        if !self.config.trace_events {
+            return;
+        }
         let _ = writeln!(self.trace, "{:>7} {line}", self.now_ms - START_MS);
     }
 
@@ -309,6 +355,11 @@ impl Cluster {
         // twice the skew, past the replicas' bound: such a node refuses the read repair (and the
         // read at ALL still answers). Wait until every version written is in every clock's past.
         self.run_for(CLOCKS_PASS_MS);
+        if self.config.final_reads_in_flight > 1 {
+            self.read_all_concurrently(&node_ids, self.config.final_reads_in_flight);
+            self.run_for(3_000);
+            return;
+        }
         for key in self.keys.clone() {
             for _ in 0..FINAL_READ_ATTEMPTS {
                 let node = node_ids[self.rng.random_range(0..node_ids.len())];
@@ -324,6 +375,43 @@ impl Cluster {
             }
         }
         self.run_for(3_000);
+    }
+
+    /// The final reads at ALL, `window` keys at a time, each retried as in the one-at-a-time
+    /// form (up to [`FINAL_READ_ATTEMPTS`], 500 ms apart).
+    fn read_all_concurrently(&mut self, node_ids: &[u16], window: usize) {
+        let mut waiting: VecDeque<(Bytes, usize)> = self.keys.iter().map(|key| (key.clone(), 0)).collect();
+        let mut retries: VecDeque<(u64, Bytes, usize)> = VecDeque::new();
+        let mut in_flight: BTreeMap<usize, (Bytes, usize)> = BTreeMap::new();
+        self.final_reads_done = Some(Vec::new());
+        loop {
+            while retries.front().is_some_and(|(at, _, _)| *at <= self.now_ms) {
+                let (_, key, attempts) = retries.pop_front().expect("checked");
+                waiting.push_back((key, attempts));
+            }
+            while in_flight.len() < window {
+                let Some((key, attempts)) = waiting.pop_front() else { break };
+                let node = node_ids[self.rng.random_range(0..node_ids.len())];
+                let request =
+                    Request { node, key: key.clone(), kind: Kind::Get, consistency: Consistency::All };
+                let index = self.issue(None, request);
+                in_flight.insert(index, (key, attempts + 1));
+            }
+            if in_flight.is_empty() && retries.is_empty() && waiting.is_empty() {
+                break;
+            }
+            if !self.step() {
+                break;
+            }
+            for index in self.final_reads_done.as_mut().map(std::mem::take).unwrap_or_default() {
+                let Some((key, attempts)) = in_flight.remove(&index) else { continue };
+                let read = matches!(self.history.operations[index].outcome, Outcome::Read(_));
+                if !read && attempts < FINAL_READ_ATTEMPTS {
+                    retries.push_back((self.now_ms + 500, key, attempts));
+                }
+            }
+        }
+        self.final_reads_done = None;
     }
 
     fn membership_converged(&self) -> bool {
@@ -629,6 +717,9 @@ impl Cluster {
     fn complete(&mut self, index: usize, outcome: Outcome) {
         self.log(format_args!("#{index} {outcome}"));
         self.history.complete(index, self.step, outcome);
+        if let Some(done) = self.final_reads_done.as_mut() {
+            done.push(index);
+        }
         if let Some(client) = self.history.operations[index].client {
             self.clients[client].in_flight = None;
             let at = self.now_ms + self.rng.random_range(0..=self.config.think_ms_max);
@@ -679,6 +770,9 @@ impl Cluster {
             match output {
                 Output::Send { to, envelope } => {
                     let frame = Message::encode_peer(&envelope);
+                    if matches!(envelope.message, PeerMessage::Replicate { .. }) {
+                        self.count_write(node_id, envelope.request_id, frame.len() as u64);
+                    }
                     self.send(node_id, to.node_id, None, Payload::Peer(frame));
                 }
                 Output::Reply { request_id, reply } => self.reply(node_id, request_id, reply),
@@ -686,7 +780,35 @@ impl Cluster {
         }
     }
 
+    /// Counts a write sent to a replica by `node_id`'s coordinator: a repair when it belongs to
+    /// a read (request id 0 is a background repair), a client's write otherwise.
+    fn count_write(&mut self, node_id: u16, request_id: u64, bytes: u64) {
+        let of_a_read = request_id == 0
+            || self.nodes[&node_id]
+                .running
+                .as_ref()
+                .and_then(|running| running.requests.get(&request_id))
+                .is_some_and(|&index| !self.history.operations[index].is_write());
+        if of_a_read {
+            self.traffic.repair_messages += 1;
+            self.traffic.repair_bytes += bytes;
+        } else {
+            self.traffic.write_messages += 1;
+            self.traffic.write_bytes += bytes;
+        }
+    }
+
     fn send(&mut self, from: u16, to: u16, to_generation: Option<u64>, payload: Payload) {
+        match &payload {
+            Payload::Membership(data) => {
+                self.traffic.membership_messages += 1;
+                self.traffic.membership_bytes += data.len() as u64;
+            }
+            Payload::Peer(frame) => {
+                self.traffic.peer_messages += 1;
+                self.traffic.peer_bytes += frame.len() as u64;
+            }
+        }
         let from_generation = self.nodes[&from].generation;
         let delays = self.network.plan(&mut self.rng, from, to);
         for delay in delays {

@@ -47,6 +47,13 @@ pub struct SimConfig {
     pub max_clock_skew_ms: u64,
     /// A planted bug, for the checkers' own tests; `None` in every real run.
     pub sabotage: Option<Sabotage>,
+    /// Each engine's memtable size: small in seeded runs, so they flush and compact often.
+    pub memtable_bytes_max: usize,
+    /// Whether every event goes into the trace (a scale run keeps only its summary).
+    pub trace_events: bool,
+    /// The final reads at ALL after settling, in flight at once: one in seeded runs (each key
+    /// read in turn), many at scale.
+    pub final_reads_in_flight: usize,
 }
 
 impl SimConfig {
@@ -88,6 +95,32 @@ impl SimConfig {
             replica_timeout_ms: 1_000,
             max_clock_skew_ms: 500,
             sabotage: None,
+            memtable_bytes_max: 2 << 10,
+            trace_events: true,
+            final_reads_in_flight: 1,
+        }
+    }
+
+    /// A capacity-planning run: `nodes` nodes, `keys` keys, `clients` clients issuing
+    /// `operations_per_client` operations each, under churn (crashes and restarts of up to two
+    /// nodes at a time, partitions, lossy links) but calm clocks, and no event trace.
+    pub fn scale(nodes: u16, keys: usize, clients: usize, operations_per_client: usize) -> Self {
+        SimConfig {
+            nodes,
+            clients,
+            operations_per_client,
+            keys,
+            link_faults: LinkFaults { loss: 0.01, duplication: 0.01, delay_ms_max: 20 },
+            clock_skew_ms_max: 50,
+            fault_interval_ms: 2_000,
+            think_ms_max: 20,
+            crashed_max: 2,
+            replica_timeout_ms: 1_000,
+            max_clock_skew_ms: 500,
+            sabotage: None,
+            memtable_bytes_max: 4 << 20,
+            trace_events: false,
+            final_reads_in_flight: 512,
         }
     }
 }

@@ -38,12 +38,17 @@ pub mod network;
 pub mod node;
 pub mod scheduler;
 
-pub use cluster::{Cluster, Report};
+pub use cluster::{Cluster, Report, Traffic};
 pub use config::{Sabotage, SimConfig};
 
 /// Runs the simulation of `seed` and checks it.
 pub fn run(seed: u64) -> Report {
     Cluster::new(seed, None).run()
+}
+
+/// Runs a capacity-planning cluster of `config` (see [`SimConfig::scale`]) under `seed`.
+pub fn run_config(seed: u64, config: SimConfig) -> Report {
+    Cluster::with_config(seed, config).run()
 }
 
 /// Runs `seed` with a bug planted on purpose; the checkers' own tests use it.

@@ -3,8 +3,10 @@
 
 use std::process::ExitCode;
 
+use std::time::Instant;
+
 use clap::Parser;
-use ringkv_sim::Sabotage;
+use ringkv_sim::{Sabotage, SimConfig};
 
 /// Deterministic simulation of a ringkv cluster under network and node faults.
 #[derive(Parser)]
@@ -22,6 +24,24 @@ struct Arguments {
     /// Plants a bug on purpose, to see the checkers catch it.
     #[arg(long, value_enum)]
     sabotage: Option<PlantedBug>,
+    /// Runs one capacity-planning run instead: a large cluster under churn (crashes and
+    /// restarts, partitions, lossy links), checked like every run, printing the ring's
+    /// ownership balance, the keys each node stores and the repair traffic. `--seed` picks
+    /// its schedule (default 1).
+    #[arg(long, conflicts_with_all = ["seeds", "sabotage"])]
+    scale: bool,
+    /// Nodes of a --scale run.
+    #[arg(long, default_value_t = 100, requires = "scale", value_parser = clap::value_parser!(u16).range(3..=1000))]
+    nodes: u16,
+    /// Distinct keys of a --scale run.
+    #[arg(long, default_value_t = 1_000_000, requires = "scale")]
+    keys: usize,
+    /// Clients of a --scale run, each with one operation in flight.
+    #[arg(long, default_value_t = 1_000, requires = "scale")]
+    clients: usize,
+    /// Operations per client of a --scale run.
+    #[arg(long, default_value_t = 1_000, requires = "scale")]
+    operations: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -44,8 +64,81 @@ fn run(seed: u64, planted: Option<PlantedBug>) -> ringkv_sim::Report {
     }
 }
 
+/// Runs and prints a capacity-planning run.
+fn scale(arguments: &Arguments) -> ExitCode {
+    let seed = arguments.seed.unwrap_or(1);
+    let config = SimConfig::scale(arguments.nodes, arguments.keys, arguments.clients, arguments.operations);
+    println!(
+        "scale run, seed {seed}: {} nodes, N = {}, {} keys, {} clients x {} operations, a fault every {} ms \
+         (crashes and restarts of up to {} nodes at once, partitions), links losing and duplicating {}%",
+        config.nodes,
+        ringkv_sim::config::REPLICATION_FACTOR,
+        config.keys,
+        config.clients,
+        config.operations_per_client,
+        config.fault_interval_ms,
+        config.crashed_max,
+        config.link_faults.loss * 100.0
+    );
+    let started = Instant::now();
+    let report = ringkv_sim::run_config(seed, config);
+    let wall = started.elapsed();
+    print!("{}", report.trace);
+    println!(
+        "{} operations in {:.1} s simulated ({} events, {:.1} s of wall time)",
+        report.operations,
+        report.simulated_ms as f64 / 1000.0,
+        report.events,
+        wall.as_secs_f64()
+    );
+    let spread = |values: Vec<f64>| {
+        let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        (min, mean, max)
+    };
+    let (min, mean, max) = spread(report.ownership.values().map(|share| share * 100.0).collect());
+    println!(
+        "ring ownership per node (share of the token space replicated): min {min:.2}% mean {mean:.2}% \
+         max {max:.2}% (max/mean {:.2})",
+        max / mean
+    );
+    let (min, mean, max) = spread(report.stored_keys.values().map(|&count| count as f64).collect());
+    println!(
+        "entries stored per node: min {min:.0} mean {mean:.0} max {max:.0} (max/mean {:.2})",
+        max / mean
+    );
+    let traffic = report.traffic;
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "traffic: {} replica messages ({:.1} MiB); writes to replicas {} ({:.1} MiB); repairs {} ({:.1} MiB, \
+         {:.2}% of the write bytes); membership {} datagrams ({:.1} MiB)",
+        traffic.peer_messages,
+        mib(traffic.peer_bytes),
+        traffic.write_messages,
+        mib(traffic.write_bytes),
+        traffic.repair_messages,
+        mib(traffic.repair_bytes),
+        100.0 * traffic.repair_bytes as f64 / traffic.write_bytes.max(1) as f64,
+        traffic.membership_messages,
+        mib(traffic.membership_bytes)
+    );
+    for violation in &report.violations {
+        println!("VIOLATION {violation}");
+    }
+    println!("{} violations", report.violations.len());
+    if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
+    if arguments.scale {
+        return scale(&arguments);
+    }
     if let Some(seed) = arguments.seed {
         let report = run(seed, arguments.sabotage);
         print!("{}", report.trace);

@@ -24,7 +24,7 @@ use ringkv_replication::{
     NodeIdentity,
 };
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
-use ringkv_storage::{Engine, EngineOptions, Entry};
+use ringkv_storage::{Engine, EngineOptions, Entry, ScanRange};
 use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure};
 
 /// Tokens per node on the ring.
@@ -231,6 +231,29 @@ impl Node {
         block_on(running.engine.get_entry(key))
             .map(|entry| entry.map(PeerEntry::from))
             .map_err(|error| format!("node {} could not read its engine: {error}", self.node_id))
+    }
+
+    /// Every entry the engine holds (tombstones and expired values included), for the
+    /// checkers: one pass over the engine in token order, whatever the number of keys.
+    pub fn stored_all(&self) -> Result<BTreeMap<Bytes, PeerEntry>, String> {
+        const PAGE: usize = 1_024;
+        let running = self.running.as_ref().expect("checked nodes run");
+        let failed = |error: ringkv_storage::StorageError| {
+            format!("node {} could not scan its engine: {error}", self.node_id)
+        };
+        let mut entries = BTreeMap::new();
+        let mut range = ScanRange::all();
+        loop {
+            // Dead entries included, so `now` plays no part.
+            let page = block_on(running.engine.scan(&range, PAGE, 0, true)).map_err(failed)?;
+            for scanned in page.entries {
+                entries.insert(scanned.key, PeerEntry::from(scanned.entry));
+            }
+            match page.next {
+                Some(position) => range = range.after(position),
+                None => return Ok(entries),
+            }
+        }
     }
 
     /// Runs the engine's background work once: flush the memtable, then one compaction if due.
