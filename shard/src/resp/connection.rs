@@ -318,6 +318,9 @@ impl Shared {
     /// Waits until `condition` holds, re-checking after each finished command. False when the
     /// shard is stopping first.
     async fn wait_for(&self, stop: &StopSignal, condition: impl Fn(&Shared) -> bool) -> bool {
+        if condition(self) {
+            return true;
+        }
         loop {
             let listener = self.completed.listen();
             if condition(self) {
@@ -343,16 +346,25 @@ impl Shared {
     /// Waits until the unwritten replies are below `outbox_bytes_max`. False when the writer
     /// failed or the shard is stopping: stop reading.
     async fn wait_for_room(&self, outbox_bytes_max: usize, stop: &StopSignal) -> bool {
+        let room = |shared: &Shared| {
+            let replies = shared.replies.borrow();
+            if replies.write_failed {
+                Some(false)
+            } else if replies.bytes.len() < outbox_bytes_max {
+                Some(true)
+            } else {
+                None
+            }
+        };
+        // Checked before listening too: a listener costs an allocation, and there is room
+        // nearly always.
+        if let Some(answer) = room(self) {
+            return answer;
+        }
         loop {
             let listener = self.drained.listen();
-            {
-                let replies = self.replies.borrow();
-                if replies.write_failed {
-                    return false;
-                }
-                if replies.bytes.len() < outbox_bytes_max {
-                    return true;
-                }
+            if let Some(answer) = room(self) {
+                return answer;
             }
             let stopping = or(
                 async {
@@ -663,20 +675,31 @@ fn client_info(session: &Session) -> String {
 /// running; then shuts the write side down.
 async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Takes the ready replies into `batch`; false when there is nothing left to do at all.
+    let take = |batch: &mut BytesMut| {
+        let mut replies = shared.replies.borrow_mut();
+        if !replies.bytes.is_empty() {
+            // Swap buffers: command tasks keep appending to the other one meanwhile.
+            std::mem::swap(&mut replies.bytes, batch);
+            true
+        } else {
+            !(replies.reading_done && replies.in_flight == 0)
+        }
+    };
     loop {
-        let listener = shared.ready.listen();
-        {
-            let mut replies = shared.replies.borrow_mut();
-            if !replies.bytes.is_empty() {
-                // Swap buffers: command tasks keep appending to the other one meanwhile.
-                std::mem::swap(&mut replies.bytes, &mut batch);
-            } else if replies.reading_done && replies.in_flight == 0 {
-                break;
-            }
+        // Listen only when there is nothing to write: a listener costs an allocation.
+        if !take(&mut batch) {
+            break;
         }
         if batch.is_empty() {
-            listener.await;
-            continue;
+            let listener = shared.ready.listen();
+            if !take(&mut batch) {
+                break;
+            }
+            if batch.is_empty() {
+                listener.await;
+                continue;
+            }
         }
         if let Err(error) = writer.write_all(&batch).await {
             debug!(%error, "writing to the client failed");
