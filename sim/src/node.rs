@@ -237,7 +237,9 @@ impl Node {
     /// checkers: one pass over the engine in token order, whatever the number of keys.
     pub fn stored_all(&self) -> Result<BTreeMap<Bytes, PeerEntry>, String> {
         const PAGE: usize = 1_024;
-        let running = self.running.as_ref().expect("checked nodes run");
+        let Some(running) = self.running.as_ref() else {
+            return Err(format!("node {} is not running at the end of the run", self.node_id));
+        };
         let failed = |error: ringkv_storage::StorageError| {
             format!("node {} could not scan its engine: {error}", self.node_id)
         };
