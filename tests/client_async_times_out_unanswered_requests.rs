@@ -3,6 +3,7 @@
 //! the connection stays usable. The server is a stand-in that answers the topology and reads
 //! of `fast`, and never answers reads of `slow`.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -68,26 +69,34 @@ fn options() -> ClientOptions {
     ClientOptions { request_timeout: TIMEOUT, ..ClientOptions::default() }
 }
 
-/// What each client must show; `get` runs one read of the given key.
+/// What each client must show; `get` runs one read of the given key. Nothing here bounds how
+/// long a step may take on a loaded machine: the checks are on order (the answered request
+/// completes while the unanswered one still waits) and on the timeout never firing early.
 async fn check_timeouts<F, Fut>(get: F)
 where
     F: Fn(&'static str) -> Fut,
     Fut: std::future::Future<Output = Result<Option<ringkv_client::Versioned>, Error>>,
 {
+    let slow_done = Cell::new(false);
     let started = Instant::now();
-    let (slow, fast) = futures_lite::future::zip(get("slow"), async {
-        let fast = get("fast").await;
-        (fast, started.elapsed())
-    })
+    let (slow, fast) = futures_lite::future::zip(
+        async {
+            let slow = get("slow").await;
+            slow_done.set(true);
+            (slow, started.elapsed())
+        },
+        async {
+            let fast = get("fast").await;
+            (fast, slow_done.get())
+        },
+    )
     .await;
-    let waited = started.elapsed();
+    let (slow, waited) = slow;
     assert!(matches!(slow, Err(Error::Timeout { timeout }) if timeout == TIMEOUT), "got {slow:?}");
     assert!(waited >= TIMEOUT, "failed after {waited:?}, before the timeout");
-    // Checked every timeout / 8; allow generously for a loaded machine.
-    assert!(waited < TIMEOUT * 4, "took {waited:?} to time out");
-    let (fast, fast_took) = fast;
+    let (fast, slow_finished_first) = fast;
     assert_eq!(fast.unwrap(), None);
-    assert!(fast_took < TIMEOUT, "an answered request waited {fast_took:?} behind an unanswered one");
+    assert!(!slow_finished_first, "the answered request waited behind the unanswered one");
     // The connection is still usable after a timeout.
     assert_eq!(get("fast").await.unwrap(), None);
 }
