@@ -39,6 +39,9 @@ struct FileData {
 
 #[derive(Default)]
 struct Faults {
+    /// Whether [`Disk::yield_point`] gives up the executor once (so a test can drop a flush or
+    /// a compaction midway), instead of returning at once.
+    yields: bool,
     /// Number of syncs that still succeed before every later sync fails.
     syncs_until_failure: Option<u64>,
     /// Number of writes that still succeed before every later write fails.
@@ -104,6 +107,12 @@ impl MemDisk {
         let dir =
             Directory { current: survivors.clone(), durable: survivors, faults: Faults::default(), reads: 0 };
         MemDisk { dir: Rc::new(RefCell::new(dir)) }
+    }
+
+    /// Makes every [`Disk::yield_point`] pend once, as a real executor's yield would, so that a
+    /// test can stop polling a flush or a compaction midway and drop it.
+    pub fn yield_at_yield_points(&self, yields: bool) {
+        self.dir.borrow_mut().faults.yields = yields;
     }
 
     /// After `successes` more successful syncs (file or directory), every sync fails.
@@ -217,7 +226,12 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    async fn yield_point(&self) {}
+    async fn yield_point(&self) {
+        let yields = self.dir.borrow().faults.yields;
+        if yields {
+            crate::wal::writer::yield_once().await;
+        }
+    }
 }
 
 impl MemFile {

@@ -1,7 +1,7 @@
 //! Running compactions: the planner ([`crate::compaction::choose`]) picks adjacent tables, and
 //! this merges them into one, dropping or converting dead entries as the choice allows.
 
-use super::{io_error, Engine, COMPACTION_ENTRIES_PER_YIELD};
+use super::{io_error, Engine, OnDrop, COMPACTION_ENTRIES_PER_YIELD};
 use crate::compaction::{self, Choice, CompactionLimits, TableSize};
 use crate::disk::Disk;
 use crate::entry::{Entry, Value};
@@ -67,14 +67,15 @@ impl<D: Disk> Engine<D> {
             state.compacting = true;
             (state.tables[choice.first..=choice.last].to_vec(), choice)
         };
+        // Cleared however the compaction ends, dropped midway included.
+        let _release = OnDrop::new(|| {
+            self.state.borrow_mut().compacting = false;
+            self.structure_changed.notify(usize::MAX);
+        });
         let outcome = self.merge_tables(&inputs, choice.purge_dead, now_ms).await;
-        let mut state = self.state.borrow_mut();
-        state.compacting = false;
         if let Err(error) = &outcome {
-            self.poison(&mut state, "compaction", error);
+            self.poison(&mut self.state.borrow_mut(), "compaction", error);
         }
-        drop(state);
-        self.structure_changed.notify(usize::MAX);
         outcome.map(|()| true)
     }
 
@@ -197,5 +198,67 @@ mod tests {
             let limits = engine.compaction_limits();
             assert!(stats.tables <= limits.tables_max + limits.width_min, "{stats:?}");
         });
+    }
+}
+
+#[cfg(test)]
+mod dropped_midway {
+    use super::super::testing::{key, poll_once, poll_ready, small_options};
+    use super::super::*;
+    use crate::disk::memory::MemDisk;
+    use futures_executor::block_on;
+
+    /// An engine holding two tables of 300 keys each, on a disk whose yield points pend once.
+    fn two_tables() -> (MemDisk, Engine<MemDisk>) {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            for round in 0..2u64 {
+                for index in 0..300 {
+                    engine
+                        .put(
+                            key(index),
+                            Bytes::from(vec![7u8; 32]),
+                            1 + round * 1000 + u64::from(index),
+                            None,
+                        )
+                        .await
+                        .unwrap();
+                }
+                engine.flush().await.unwrap();
+            }
+            disk.yield_at_yield_points(true);
+            (disk, engine)
+        })
+    }
+
+    #[test]
+    fn a_flush_dropped_midway_leaves_the_next_one_free_to_run() {
+        let (disk, engine) = two_tables();
+        block_on(engine.put(key(1), Bytes::from_static(b"newer"), 5_000, None)).unwrap();
+        let mut flush = Box::pin(engine.flush());
+        assert!(poll_once(&mut flush).is_pending(), "the flush pends at its first yield point");
+        drop(flush);
+        disk.yield_at_yield_points(false);
+        let mut next = Box::pin(engine.flush());
+        let done =
+            poll_ready(&mut next, 1_000).expect("the next flush ran: the dropped one left no flag set");
+        done.unwrap();
+        drop(next);
+        let mut write = Box::pin(engine.put(key(2), Bytes::from_static(b"after"), 5_001, None));
+        poll_ready(&mut write, 1_000).expect("writes go on").unwrap();
+    }
+
+    #[test]
+    fn a_compaction_dropped_midway_leaves_the_next_one_free_to_run() {
+        let (disk, engine) = two_tables();
+        let mut compaction = Box::pin(engine.compact_all(0));
+        assert!(poll_once(&mut compaction).is_pending(), "the compaction pends at its first yield point");
+        drop(compaction);
+        disk.yield_at_yield_points(false);
+        let mut next = Box::pin(engine.compact_all(0));
+        let compacted = poll_ready(&mut next, 1_000).expect("the next compaction ran").unwrap();
+        assert!(compacted, "the dropped compaction left the tables to compact");
+        assert_eq!(engine.stats().tables, 1);
     }
 }

@@ -1,7 +1,7 @@
 //! Flushes: the sealed memtable written to a new table, installed in the manifest, and the WAL
 //! segments it covers removed.
 
-use super::{io_error, Engine, COMPACTION_ENTRIES_PER_YIELD};
+use super::{io_error, Engine, OnDrop, COMPACTION_ENTRIES_PER_YIELD};
 use crate::disk::Disk;
 use crate::manifest;
 use crate::memtable::Memtable;
@@ -68,14 +68,15 @@ impl<D: Disk> Engine<D> {
                 return Ok(());
             }
         };
+        // Cleared however the flush ends, dropped midway included: writers wait on it.
+        let _release = OnDrop::new(|| {
+            self.state.borrow_mut().flushing = false;
+            self.structure_changed.notify(usize::MAX);
+        });
         let outcome = self.flush_memtable(&sealed).await;
-        let mut state = self.state.borrow_mut();
-        state.flushing = false;
         if let Err(error) = &outcome {
-            self.poison(&mut state, "flush", error);
+            self.poison(&mut self.state.borrow_mut(), "flush", error);
         }
-        drop(state);
-        self.structure_changed.notify(usize::MAX);
         outcome
     }
 

@@ -455,6 +455,17 @@ impl<D: Disk> Engine<D> {
             listener.await;
         }
         self.manifest_busy.set(true);
+        let finished = Cell::new(false);
+        let _release = OnDrop::new(|| {
+            if !finished.get() {
+                // Dropped between writing the manifest and adopting it: memory and disk may
+                // disagree on the tables, so stop accepting writes (as a WAL commit does).
+                let mut state = self.state.borrow_mut();
+                state.failure.get_or_insert_with(|| "a manifest change was dropped midway".to_string());
+            }
+            self.manifest_busy.set(false);
+            self.structure_changed.notify(usize::MAX);
+        });
         let (mut tables, mut manifest) = {
             let state = self.state.borrow();
             (state.tables.list.clone(), state.manifest.clone())
@@ -467,8 +478,7 @@ impl<D: Disk> Engine<D> {
             state.tables = Rc::new(Tables::new(tables));
             state.manifest = manifest;
         }
-        self.manifest_busy.set(false);
-        self.structure_changed.notify(usize::MAX);
+        finished.set(true);
         written
     }
 
@@ -506,10 +516,45 @@ impl<D: Disk> Engine<D> {
     }
 }
 
+/// Runs its closure when dropped: when the work it guards finishes and when its future is
+/// dropped midway alike, so a busy flag never outlives the work it marks.
+pub(super) struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    pub(super) fn new(on_drop: F) -> Self {
+        OnDrop(Some(on_drop))
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(on_drop) = self.0.take() {
+            on_drop();
+        }
+    }
+}
+
 /// Helpers the tests of every part of the engine share.
 #[cfg(test)]
 mod testing {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Polls `future` once, with a waker that does nothing.
+    pub fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let waker = futures_util::task::noop_waker();
+        Pin::new(future).poll(&mut Context::from_waker(&waker))
+    }
+
+    /// Polls `future` until it is ready, at most `polls` times.
+    pub fn poll_ready<F: Future + Unpin>(future: &mut F, polls: usize) -> Option<F::Output> {
+        (0..polls).find_map(|_| match poll_once(future) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    }
 
     pub fn small_options() -> EngineOptions {
         EngineOptions { memtable_bytes_max: 16 << 10, block_cache_bytes: 1 << 20, ..EngineOptions::default() }
