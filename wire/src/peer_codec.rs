@@ -25,7 +25,10 @@ use crate::error::WireError;
 use crate::frame::verified_root_with;
 use crate::generated::peer as fb;
 use crate::limits::PEER_VERIFIER_OPTIONS;
-use crate::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer};
+use crate::peer::{
+    KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer,
+    TreeLevel,
+};
 use crate::request::finished_frame;
 
 /// Encodes an envelope as one complete frame (length prefix included) inside `builder`, and
@@ -121,12 +124,77 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
             let membership = root.message_as_membership().ok_or_else(missing)?;
             PeerMessage::Membership { payload: bytes(membership.payload().bytes()) }
         }
+        fb::Message::TreeRequest => {
+            let request = root.message_as_tree_request().ok_or_else(missing)?;
+            let level = match request.level() {
+                fb::TreeLevel::Root => TreeLevel::Root,
+                fb::TreeLevel::Branches => TreeLevel::Branches,
+                fb::TreeLevel::Segments => TreeLevel::Segments,
+                fb::TreeLevel(unknown) => {
+                    return Err(WireError::malformed(format!("unknown tree level {unknown}")))
+                }
+            };
+            PeerMessage::TreeRequest {
+                range_start: request.start(),
+                range_end: request.end(),
+                level,
+                branches: request.branches().map(|branches| branches.iter().collect()).unwrap_or_default(),
+            }
+        }
+        fb::Message::TreeReply => {
+            let reply = root.message_as_tree_reply().ok_or_else(missing)?;
+            PeerMessage::TreeReply {
+                result: match reply.failure() {
+                    Some(failure) => Err(parse_failure(failure)?),
+                    None => Ok(reply.hashes().map(|hashes| hashes.iter().collect()).unwrap_or_default()),
+                },
+            }
+        }
+        fb::Message::KeysRequest => {
+            let request = root.message_as_keys_request().ok_or_else(missing)?;
+            PeerMessage::KeysRequest {
+                range_start: request.start(),
+                range_end: request.end(),
+                segments: request.segments().map(|segments| segments.iter().collect()).unwrap_or_default(),
+            }
+        }
+        fb::Message::KeysReply => {
+            let reply = root.message_as_keys_reply().ok_or_else(missing)?;
+            PeerMessage::KeysReply {
+                result: match reply.failure() {
+                    Some(failure) => Err(parse_failure(failure)?),
+                    None => Ok(parse_key_list(&reply, bytes)?),
+                },
+            }
+        }
         fb::Message::NONE => return Err(missing()),
         fb::Message(unknown) => {
             return Err(WireError::malformed(format!("unknown peer message type {unknown}")))
         }
     };
     Ok(message)
+}
+
+fn parse_key_list(reply: &fb::KeysReply<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Result<KeyList, WireError> {
+    let keys = reply.keys().map(|keys| keys.bytes()).unwrap_or_default();
+    let lengths: Vec<u16> = reply.key_lengths().map(|lengths| lengths.iter().collect()).unwrap_or_default();
+    let versions: Vec<u64> = reply.versions().map(|versions| versions.iter().collect()).unwrap_or_default();
+    if lengths.len() != versions.len() {
+        return Err(WireError::malformed("a key list has as many lengths as versions"));
+    }
+    let mut list = KeyList { keys: Vec::with_capacity(lengths.len()), truncated: reply.truncated() };
+    let mut offset = 0usize;
+    for (length, version) in lengths.into_iter().zip(versions) {
+        let end = offset + usize::from(length);
+        let key =
+            keys.get(offset..end).ok_or_else(|| WireError::malformed("a key list runs past its bytes"))?;
+        list.keys.push((bytes(key), version));
+        offset = end;
+    }
+    if offset != keys.len() {
+        return Err(WireError::malformed("a key list has bytes past its last key"));
+    }
+    Ok(list)
 }
 
 fn parse_read_result(
@@ -265,6 +333,71 @@ fn encode_message(
             let membership = fb::Membership::create(builder, &fb::MembershipArgs { payload: Some(payload) });
             (fb::Message::Membership, membership.as_union_value())
         }
+        PeerMessage::TreeRequest { range_start, range_end, level, branches } => {
+            let branches = builder.create_vector(&branches[..]);
+            let level = match level {
+                TreeLevel::Root => fb::TreeLevel::Root,
+                TreeLevel::Branches => fb::TreeLevel::Branches,
+                TreeLevel::Segments => fb::TreeLevel::Segments,
+            };
+            let request = fb::TreeRequest::create(
+                builder,
+                &fb::TreeRequestArgs {
+                    start: *range_start,
+                    end: *range_end,
+                    level,
+                    branches: Some(branches),
+                },
+            );
+            (fb::Message::TreeRequest, request.as_union_value())
+        }
+        PeerMessage::TreeReply { result } => {
+            let args = match result {
+                Ok(hashes) => {
+                    fb::TreeReplyArgs { hashes: Some(builder.create_vector(&hashes[..])), failure: None }
+                }
+                Err(failure) => {
+                    fb::TreeReplyArgs { hashes: None, failure: Some(encode_failure(builder, failure)) }
+                }
+            };
+            (fb::Message::TreeReply, fb::TreeReply::create(builder, &args).as_union_value())
+        }
+        PeerMessage::KeysRequest { range_start, range_end, segments } => {
+            let segments = builder.create_vector(&segments[..]);
+            let request = fb::KeysRequest::create(
+                builder,
+                &fb::KeysRequestArgs { start: *range_start, end: *range_end, segments: Some(segments) },
+            );
+            (fb::Message::KeysRequest, request.as_union_value())
+        }
+        PeerMessage::KeysReply { result } => {
+            let args = match result {
+                Ok(list) => {
+                    let mut keys = Vec::with_capacity(list.keys.iter().map(|(key, _)| key.len()).sum());
+                    let mut lengths = Vec::with_capacity(list.keys.len());
+                    let mut versions = Vec::with_capacity(list.keys.len());
+                    for (key, version) in &list.keys {
+                        keys.extend_from_slice(key);
+                        // Keys are at most 256 bytes (checked by `validate`); a longer one
+                        // would be cut here and refused by the parser.
+                        lengths.push(key.len().min(usize::from(u16::MAX)) as u16);
+                        versions.push(*version);
+                    }
+                    fb::KeysReplyArgs {
+                        keys: Some(builder.create_vector(&keys)),
+                        key_lengths: Some(builder.create_vector(&lengths)),
+                        versions: Some(builder.create_vector(&versions)),
+                        truncated: list.truncated,
+                        failure: None,
+                    }
+                }
+                Err(failure) => fb::KeysReplyArgs {
+                    failure: Some(encode_failure(builder, failure)),
+                    ..fb::KeysReplyArgs::default()
+                },
+            };
+            (fb::Message::KeysReply, fb::KeysReply::create(builder, &args).as_union_value())
+        }
     }
 }
 
@@ -351,10 +484,34 @@ mod tests {
             PeerMessage::ReadReply { result: Ok(ReadAnswer::Digest(None)) },
             PeerMessage::Membership { payload: Bytes::from_static(b"\x00swim\xff") },
             PeerMessage::Membership { payload: Bytes::new() },
+            PeerMessage::TreeRequest {
+                range_start: 7,
+                range_end: 3,
+                level: TreeLevel::Root,
+                branches: vec![],
+            },
+            PeerMessage::TreeRequest {
+                range_start: u64::MAX,
+                range_end: 0,
+                level: TreeLevel::Segments,
+                branches: vec![0, 17, 63],
+            },
+            PeerMessage::TreeReply { result: Ok(vec![0, 1, u64::MAX]) },
+            PeerMessage::TreeReply { result: Ok(vec![]) },
+            PeerMessage::KeysRequest { range_start: 1, range_end: 2, segments: vec![0, 4095] },
+            PeerMessage::KeysReply {
+                result: Ok(KeyList {
+                    keys: vec![("a".into(), 1), (Bytes::from(vec![b'k'; KEY_BYTES_MAX]), u64::MAX)],
+                    truncated: true,
+                }),
+            },
+            PeerMessage::KeysReply { result: Ok(KeyList::default()) },
         ];
         for code in ALL_CODES {
             messages.push(PeerMessage::ReplicateAck { result: Err(failure(code)) });
             messages.push(PeerMessage::ReadReply { result: Err(failure(code)) });
+            messages.push(PeerMessage::TreeReply { result: Err(failure(code)) });
+            messages.push(PeerMessage::KeysReply { result: Err(failure(code)) });
         }
         messages
             .push(PeerMessage::ReplicateAck { result: Err(PeerFailure::new(PeerErrorCode::Internal, "")) });

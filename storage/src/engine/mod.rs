@@ -252,7 +252,10 @@ pub struct Engine<D: Disk> {
     recovery: RecoveryReport,
 }
 
-fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+pub(crate) fn io_error<'a>(
+    op: &'static str,
+    file: &'a str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
     move |error| StorageError::io(op, file, error)
 }
 
