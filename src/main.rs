@@ -133,6 +133,32 @@ struct ServeArgs {
     /// How long a coordinator waits for enough replicas before answering "timeout". [default: 2000]
     #[arg(long, value_name = "MS")]
     replica_timeout_ms: Option<u64>,
+    /// Bytes of hints a shard keeps for all replicas together; 0 turns hinted handoff off.
+    /// [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    hints_bytes_max: Option<u64>,
+    /// Bytes of hints a shard keeps for one replica. [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    hints_destination_bytes_max: Option<u64>,
+    /// No hints for a replica down longer than this. [default: 10800000, 3 h]
+    #[arg(long, value_name = "MS")]
+    max_hint_window_ms: Option<u64>,
+    /// Hint replay rate per shard. [default: 8388608]
+    #[arg(long, value_name = "BYTES")]
+    hints_replay_bytes_per_s: Option<u64>,
+    /// How often replicas compare their anti-entropy trees. [default: 600000, 10 min]
+    #[arg(long, value_name = "MS")]
+    anti_entropy_interval_ms: Option<u64>,
+    /// Anti-entropy repair traffic per shard. [default: 8388608]
+    #[arg(long, value_name = "BYTES")]
+    anti_entropy_bytes_per_s: Option<u64>,
+    /// How often the anti-entropy trees are rebuilt from a scan. [default: 21600000, 6 h]
+    #[arg(long, value_name = "MS")]
+    tree_rebuild_interval_ms: Option<u64>,
+    /// Tombstones are kept at least this long, then purged once their range was repaired; at
+    /// least the hint window and the anti-entropy interval. [default: 864000000, 10 days]
+    #[arg(long, value_name = "MS")]
+    tombstone_grace_ms: Option<u64>,
     /// Replica requests a shard may have waiting as coordinator; more are answered
     /// "overloaded". [default: 4096]
     #[arg(long, value_name = "N")]
@@ -190,6 +216,14 @@ impl ServeArgs {
         set(&mut config.replica_timeout_ms, &self.replica_timeout_ms);
         set(&mut config.peer_pending_max, &self.peer_pending_max);
         set(&mut config.peer_outbox_bytes_max, &self.peer_outbox_bytes_max);
+        set(&mut config.hints_bytes_max, &self.hints_bytes_max);
+        set(&mut config.hints_destination_bytes_max, &self.hints_destination_bytes_max);
+        set(&mut config.max_hint_window_ms, &self.max_hint_window_ms);
+        set(&mut config.hints_replay_bytes_per_s, &self.hints_replay_bytes_per_s);
+        set(&mut config.anti_entropy_interval_ms, &self.anti_entropy_interval_ms);
+        set(&mut config.anti_entropy_bytes_per_s, &self.anti_entropy_bytes_per_s);
+        set(&mut config.tree_rebuild_interval_ms, &self.tree_rebuild_interval_ms);
+        set(&mut config.tombstone_grace_ms, &self.tombstone_grace_ms);
         config.validate()?;
         Ok(config)
     }

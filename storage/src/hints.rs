@@ -177,10 +177,14 @@ mod tests {
     use futures_executor::block_on;
 
     fn hint(index: u64) -> StoredHint {
-        let entry = if index % 3 == 0 {
+        let entry = if index.is_multiple_of(3) {
             Entry::tombstone(100 + index, 5_000)
         } else {
-            Entry::live(100 + index, Bytes::from(format!("value-{index}")), (index % 2 == 0).then_some(9_000))
+            Entry::live(
+                100 + index,
+                Bytes::from(format!("value-{index}")),
+                index.is_multiple_of(2).then_some(9_000),
+            )
         };
         StoredHint {
             key: Bytes::from(format!("key-{index}")),

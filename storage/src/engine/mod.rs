@@ -250,7 +250,13 @@ pub struct Engine<D: Disk> {
     manifest_busy: Cell<bool>,
     stats: RefCell<EngineStats>,
     recovery: RecoveryReport,
+    /// Decides, past the grace period, whether a dead entry may be purged (see
+    /// [`Engine::set_purge_gate`]); every one may without it.
+    purge_gate: RefCell<Option<PurgeGate>>,
 }
+
+/// Whether a dead entry whose key has `token`, dead since `dead_since_ms`, may be purged.
+pub type PurgeGate = Box<dyn Fn(u64, u64) -> bool>;
 
 pub(crate) fn io_error<'a>(
     op: &'static str,
@@ -366,9 +372,28 @@ impl<D: Disk> Engine<D> {
             manifest_busy: Cell::new(false),
             stats: RefCell::new(EngineStats::default()),
             recovery,
+            purge_gate: RefCell::new(None),
         };
         engine.seal_if_full(&mut engine.state.borrow_mut());
         Ok(engine)
+    }
+
+    /// Sets the gate a dead entry past its grace period must also pass to be purged by
+    /// compaction. Replication uses it so that a tombstone is purged only once its range was
+    /// repaired after the delete: purging it earlier could let a replica that missed the delete
+    /// bring the value back.
+    pub fn set_purge_gate(&self, gate: PurgeGate) {
+        *self.purge_gate.borrow_mut() = Some(gate);
+    }
+
+    /// Whether the dead entry of `stored_key` may be purged (the grace period is checked apart).
+    pub(crate) fn may_purge(&self, stored_key: &[u8], dead_since_ms: u64) -> bool {
+        let gate = self.purge_gate.borrow();
+        let Some(gate) = gate.as_ref() else { return true };
+        match crate::key::split(&Bytes::copy_from_slice(stored_key)) {
+            Some((token, _)) => gate(token, dead_since_ms),
+            None => false,
+        }
     }
 
     /// What recovery found when the engine was opened.

@@ -1,0 +1,499 @@
+//! How a shard's replicas heal: tree maintenance on every applied write, the anti-entropy
+//! rounds (initiator and responder), and hint replay. The logic is in `ringkv_replication`
+//! (`tictac`, `anti_entropy`, `hints`); this module runs it on the engine and the peer links.
+//!
+//! ```text
+//!  serve_replica(Replicate) ─▶ apply_tracked ─▶ engine ─▶ RangeTrees::update (old → new version)
+//!  every anti_entropy_interval: per range this node replicates, per other replica up:
+//!     Exchange ─TreeRequest/KeysRequest─▶ peer's serve_replica ─▶ answer_tree / list_segments
+//!     Repair: push = Replicate to the peer, pull = Read from the peer, applied here
+//!  hint replay (every second, and on Up): Handoff::take_for_replay ─▶ Replicate ─▶ delivered
+//! ```
+//!
+//! Healing requests carry ids with the top bit set, so their answers, which come back through
+//! the same links as the coordinator's, go to the waiter here rather than to the coordinator.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::channels::local_channel;
+use ringkv_io::now_ms;
+use ringkv_replication::anti_entropy::{answer_tree, Exchange, ExchangeLimits, Step};
+use ringkv_replication::tictac::TokenRange;
+use ringkv_replication::Target;
+use ringkv_storage::{Entry, StorageError, WriteOutcome};
+use ringkv_wire::peer::{
+    KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, ReadAnswer,
+};
+use tracing::{debug, info, warn};
+
+use super::trees::{list_segments, RangeTrees};
+use super::Cluster;
+
+/// The top bit marks the ids of healing requests.
+pub const HEALING_REQUEST_BIT: u64 = 1 << 63;
+
+/// How long a healing request waits for its answer.
+const HEALING_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often hints are considered for replay.
+const REPLAY_TICK: Duration = Duration::from_millis(250);
+
+/// Hints sent per replay turn and destination.
+const REPLAY_HINTS_PER_TURN: usize = 256;
+
+/// What one anti-entropy round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairSummary {
+    pub ranges_compared: u64,
+    pub exchanges: u64,
+    pub exchanges_failed: u64,
+    pub segments_differing: u64,
+    pub keys_pushed: u64,
+    pub keys_pulled: u64,
+    pub bytes_sent: u64,
+}
+
+/// Healing state of a cluster shard.
+#[derive(Default)]
+pub struct HealingState {
+    next_request: Cell<u64>,
+    pub waiters: std::cell::RefCell<std::collections::HashMap<u64, local_channel::LocalSender<PeerEnvelope>>>,
+    /// A round is running (periodic or asked for): rounds do not overlap.
+    pub round_running: Cell<bool>,
+    pub totals: std::cell::RefCell<RepairSummary>,
+    /// Hints replayed when replay last logged its figures.
+    pub replay_logged: Cell<u64>,
+}
+
+fn storage_failure(error: StorageError) -> PeerFailure {
+    PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
+}
+
+/// Bytes a message takes on the wire, roughly (for the throttle and the report).
+fn message_bytes(message: &PeerMessage) -> u64 {
+    let payload = match message {
+        PeerMessage::Replicate { key, entry } => {
+            key.len()
+                + match &entry.value {
+                    ringkv_wire::peer::PeerValue::Live { data, .. } => data.len(),
+                    ringkv_wire::peer::PeerValue::Tombstone { .. } => 0,
+                }
+        }
+        PeerMessage::TreeRequest { branches, .. } => branches.len() * 2,
+        PeerMessage::KeysRequest { segments, .. } => segments.len() * 2,
+        PeerMessage::Read { key, .. } => key.len(),
+        _ => 0,
+    };
+    payload as u64 + 48
+}
+
+impl Cluster {
+    /// Applies a replicated write on the local engine and keeps the range's tree current:
+    /// `leaf ^= h(key, old) ^ h(key, new)`. The old version is the one the engine held in memory
+    /// when it applied the write, else the one read just before (a read per write whose key is
+    /// not in memory: Riak reads before it writes for the same reason).
+    pub async fn apply_tracked(&self, key: Bytes, entry: Entry) -> Result<WriteOutcome, StorageError> {
+        let engine = self.handler.engine().clone();
+        let before = match engine.entry_now(&key, |held| held.map(|held| held.version)) {
+            Some(result) => result?,
+            None => engine.get_entry(&key).await?.map(|held| held.version),
+        };
+        let in_memory = Cell::new(None);
+        let outcome = engine
+            .write_with(key.clone(), |held| {
+                in_memory.set(held);
+                entry
+            })
+            .await?;
+        if let WriteOutcome::Applied { version } = outcome {
+            self.trees.borrow_mut().update(&key, in_memory.get().or(before), Some(version));
+        }
+        Ok(outcome)
+    }
+
+    /// Rebuilds the trees for the ring as the view has it now (a new layout starts over).
+    pub async fn rebuild_trees(&self) {
+        let layout = self.ring_layout();
+        if !self.trees.borrow().same_layout(&layout) {
+            *self.trees.borrow_mut() = RangeTrees::new(self.origin.node_id, layout);
+        }
+        let engine = self.handler.engine().clone();
+        match RangeTrees::rebuild(&self.trees, &engine, now_ms()).await {
+            Ok(keys) => debug!(keys, ranges = self.trees.borrow().ranges().len(), "trees rebuilt"),
+            Err(error) => warn!(%error, "rebuilding the anti-entropy trees failed"),
+        }
+    }
+
+    /// Every ring range with its replicas.
+    fn ring_layout(&self) -> Vec<(TokenRange, Vec<u16>)> {
+        let view = self.view.borrow();
+        view.ring()
+            .ranges(view.replicas())
+            .into_iter()
+            .map(|range| (TokenRange { start: range.start, end: range.end }, range.replicas))
+            .collect()
+    }
+
+    /// Answers a healing request (tree, keys, repair) on this shard; `None` for any other
+    /// message.
+    pub async fn serve_healing(&self, envelope: &PeerEnvelope) -> Option<PeerEnvelope> {
+        let message = match &envelope.message {
+            PeerMessage::TreeRequest { range_start, range_end, level, branches } => {
+                let range = TokenRange { start: *range_start, end: *range_end };
+                let trees = self.trees.borrow();
+                let result = match trees.find(range).and_then(|tracked| tracked.tree.as_ref()) {
+                    Some(tree) => Ok(answer_tree(tree, *level, branches)),
+                    None => Err(PeerFailure::new(
+                        PeerErrorCode::WrongShard,
+                        format!("node {} keeps no tree of ({range_start}, {range_end}]", self.origin.node_id),
+                    )),
+                };
+                PeerMessage::TreeReply { result }
+            }
+            PeerMessage::KeysRequest { range_start, range_end, segments } => {
+                let range = TokenRange { start: *range_start, end: *range_end };
+                let engine = self.handler.engine().clone();
+                let listed = list_segments(&engine, range, segments, now_ms(), |keys, key_bytes| {
+                    keys.len() < ringkv_wire::limits::KEY_LIST_ENTRIES_MAX
+                        && keys.iter().map(|(key, _)| key.len()).sum::<usize>() + key_bytes
+                            <= ringkv_wire::limits::KEY_LIST_BYTES_MAX
+                })
+                .await;
+                let result =
+                    listed.map(|(keys, truncated)| KeyList { keys, truncated }).map_err(storage_failure);
+                PeerMessage::KeysReply { result }
+            }
+            _ => return None,
+        };
+        Some(PeerEnvelope { message, ..envelope.clone() })
+    }
+
+    fn next_healing_id(&self) -> u64 {
+        let next = self.healing.next_request.get().wrapping_add(1) & !HEALING_REQUEST_BIT;
+        self.healing.next_request.set(next);
+        next | HEALING_REQUEST_BIT
+    }
+
+    /// Takes the answer to a healing request; false if `envelope` is not one.
+    pub fn on_healing_reply(&self, envelope: PeerEnvelope) -> Result<(), PeerEnvelope> {
+        if envelope.request_id & HEALING_REQUEST_BIT == 0 {
+            return Err(envelope);
+        }
+        if let Some(waiter) = self.healing.waiters.borrow_mut().remove(&envelope.request_id) {
+            let _ = waiter.try_send(envelope);
+        }
+        Ok(())
+    }
+
+    /// Sends a healing request to `to` and waits for its answer (`None`: no answer in time).
+    async fn ask(&self, to: Target, message: PeerMessage) -> Option<PeerMessage> {
+        let request_id = self.next_healing_id();
+        let envelope = PeerEnvelope {
+            origin_node: self.origin.node_id,
+            origin_shard: self.origin.shard,
+            request_id,
+            message,
+        };
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.healing.waiters.borrow_mut().insert(request_id, sender);
+        if !self.link(to).send(&envelope) {
+            self.healing.waiters.borrow_mut().remove(&request_id);
+            return None;
+        }
+        let answer = futures_lite::future::or(async { receiver.recv().await }, async {
+            glommio::timer::sleep(HEALING_ANSWER_TIMEOUT).await;
+            None
+        })
+        .await;
+        self.healing.waiters.borrow_mut().remove(&request_id);
+        answer.map(|envelope| envelope.message)
+    }
+
+    /// Sleeps long enough that `bytes` stay within `anti_entropy_bytes_per_s`.
+    async fn throttle(&self, bytes: u64) {
+        let rate = self.settings.healing.anti_entropy_bytes_per_s.max(1);
+        let pause_ms = bytes.saturating_mul(1000) / rate;
+        if pause_ms > 0 {
+            glommio::timer::sleep(Duration::from_millis(pause_ms)).await;
+        }
+    }
+
+    /// One anti-entropy round: every range this node replicates (or only `only`), against
+    /// every other replica up whose shard layout matches this node's.
+    pub async fn anti_entropy_round(&self, only: Option<TokenRange>) -> RepairSummary {
+        let mut summary = RepairSummary::default();
+        if self.healing.round_running.replace(true) {
+            return summary;
+        }
+        let ranges: Vec<(TokenRange, Vec<u16>)> = self
+            .trees
+            .borrow()
+            .ranges()
+            .iter()
+            .filter(|tracked| tracked.tree.is_some())
+            .filter(|tracked| only.is_none_or(|only| only == tracked.range))
+            .map(|tracked| (tracked.range, tracked.replicas.clone()))
+            .collect();
+        let started_ms = now_ms();
+        for (range, replicas) in ranges {
+            if self.stop.is_triggered() {
+                break;
+            }
+            summary.ranges_compared += 1;
+            let mut clean = true;
+            for peer in replicas.into_iter().filter(|&node| node != self.origin.node_id) {
+                let Some(target) = self.healing_peer(peer) else {
+                    clean = false;
+                    continue;
+                };
+                summary.exchanges += 1;
+                match self.exchange(target, range, &mut summary).await {
+                    Ok(complete) => clean &= complete,
+                    Err(reason) => {
+                        summary.exchanges_failed += 1;
+                        clean = false;
+                        debug!(peer, ?range, %reason, "an anti-entropy exchange failed");
+                    }
+                }
+            }
+            if clean {
+                self.trees.borrow_mut().repaired(range, started_ms);
+            }
+        }
+        self.healing.round_running.set(false);
+        let mut totals = self.healing.totals.borrow_mut();
+        totals.ranges_compared += summary.ranges_compared;
+        totals.exchanges += summary.exchanges;
+        totals.exchanges_failed += summary.exchanges_failed;
+        totals.segments_differing += summary.segments_differing;
+        totals.keys_pushed += summary.keys_pushed;
+        totals.keys_pulled += summary.keys_pulled;
+        totals.bytes_sent += summary.bytes_sent;
+        if summary.keys_pushed + summary.keys_pulled > 0 {
+            info!(
+                ranges = summary.ranges_compared,
+                pushed = summary.keys_pushed,
+                pulled = summary.keys_pulled,
+                bytes_sent = summary.bytes_sent,
+                "anti-entropy repaired keys"
+            );
+        }
+        summary
+    }
+
+    /// The shard of `node` to compare with: the same shard id, when the node is up and splits
+    /// the token space among its shards as this node does (then both shards hold the same keys
+    /// of every range).
+    fn healing_peer(&self, node: u16) -> Option<Target> {
+        let view = self.view.borrow();
+        if !view.is_up(node) {
+            return None;
+        }
+        let mine = view.member(self.origin.node_id)?;
+        let theirs = view.member(node)?;
+        if (mine.shards, mine.vnodes_per_shard) != (theirs.shards, theirs.vnodes_per_shard) {
+            warn!(node, "no anti-entropy with a node whose shard layout differs from this node's");
+            return None;
+        }
+        Some(Target { node_id: node, shard: self.origin.shard })
+    }
+
+    /// One exchange of `range` with `target`; `Ok(true)` when it left nothing behind.
+    async fn exchange(
+        &self,
+        target: Target,
+        range: TokenRange,
+        summary: &mut RepairSummary,
+    ) -> Result<bool, String> {
+        let limits = ExchangeLimits::default();
+        let mut exchange = Exchange::new(range, limits);
+        let mut steps = vec![exchange.start()];
+        loop {
+            let mut next = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Ask(message) | Step::Confirm(message) => {
+                        if matches!(&message, PeerMessage::TreeRequest { level, .. }
+                            if *level == ringkv_wire::peer::TreeLevel::Segments)
+                        {
+                            // Let writes in flight land before a segment comparison.
+                            glommio::timer::sleep(Duration::from_millis(
+                                self.settings.replica_timeout_ms.min(1_000) / 4,
+                            ))
+                            .await;
+                        }
+                        summary.bytes_sent += message_bytes(&message);
+                        let Some(answer) = self.ask(target, message).await else {
+                            return Err("no answer in time".into());
+                        };
+                        let trees = self.trees.borrow();
+                        let Some(local) = trees.find(range).and_then(|tracked| tracked.tree.as_ref()) else {
+                            return Err("the ring changed during the exchange".into());
+                        };
+                        next.extend(exchange.on_answer(answer, local));
+                    }
+                    Step::ListLocal { segments } => {
+                        let engine = self.handler.engine().clone();
+                        let (keys, _) = list_segments(&engine, range, &segments, now_ms(), |_, _| true)
+                            .await
+                            .map_err(|error| error.to_string())?;
+                        next.extend(exchange.on_local_keys(keys));
+                    }
+                    Step::Done(report) => {
+                        summary.segments_differing += report.segments_differing as u64;
+                        return Ok(!report.incomplete);
+                    }
+                    Step::Failed(reason) => return Err(reason),
+                    Step::Repair { push, pull, report } => {
+                        summary.segments_differing += report.segments_differing as u64;
+                        let complete = self.repair(target, push, pull, summary).await;
+                        return Ok(complete && !report.incomplete);
+                    }
+                }
+            }
+            steps = next;
+        }
+    }
+
+    /// Pushes the local entries of `push` to `target` and pulls its entries of `pull` here.
+    async fn repair(
+        &self,
+        target: Target,
+        push: Vec<Bytes>,
+        pull: Vec<Bytes>,
+        summary: &mut RepairSummary,
+    ) -> bool {
+        let engine = self.handler.engine().clone();
+        let mut complete = true;
+        for key in push {
+            let entry = match engine.get_entry(&key).await {
+                Ok(Some(entry)) => PeerEntry::from(entry),
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(%error, "reading a key to repair failed");
+                    complete = false;
+                    continue;
+                }
+            };
+            let message = PeerMessage::Replicate { key, entry };
+            let bytes = message_bytes(&message);
+            summary.bytes_sent += bytes;
+            match self.ask(target, message).await {
+                Some(PeerMessage::ReplicateAck { result: Ok(()) }) => summary.keys_pushed += 1,
+                _ => complete = false,
+            }
+            self.throttle(bytes).await;
+        }
+        for key in pull {
+            let message = PeerMessage::Read { key: key.clone(), digest_only: false };
+            summary.bytes_sent += message_bytes(&message);
+            let entry = match self.ask(target, message).await {
+                Some(PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(entry))) }) => entry,
+                Some(PeerMessage::ReadReply { result: Ok(_) }) => continue,
+                _ => {
+                    complete = false;
+                    continue;
+                }
+            };
+            // Through the replica's own path: clock-skew check, ownership, tree update.
+            let envelope = PeerEnvelope {
+                origin_node: target.node_id,
+                origin_shard: target.shard,
+                request_id: 0,
+                message: PeerMessage::Replicate { key, entry },
+            };
+            match self.serve_replica(&envelope).await.message {
+                PeerMessage::ReplicateAck { result: Ok(()) } => summary.keys_pulled += 1,
+                _ => complete = false,
+            }
+            self.throttle(48).await;
+        }
+        complete
+    }
+
+    /// Runs anti-entropy rounds every `anti_entropy_interval_ms` and rebuilds the trees every
+    /// `tree_rebuild_interval_ms`, until the shard stops.
+    pub async fn run_anti_entropy(self: Rc<Self>) {
+        self.rebuild_trees().await;
+        let interval = Duration::from_millis(self.settings.healing.anti_entropy_interval_ms.max(1));
+        let mut last_rebuild = now_ms();
+        while !self.stop.is_triggered() {
+            futures_lite::future::or(glommio::timer::sleep(interval), self.stop.wait()).await;
+            if self.stop.is_triggered() {
+                break;
+            }
+            let layout_changed = !self.trees.borrow().same_layout(&self.ring_layout());
+            if layout_changed
+                || now_ms().saturating_sub(last_rebuild) >= self.settings.healing.tree_rebuild_interval_ms
+            {
+                self.rebuild_trees().await;
+                last_rebuild = now_ms();
+            }
+            if self.is_replicated() {
+                self.anti_entropy_round(None).await;
+            }
+        }
+    }
+
+    /// Replays hints to destinations that are up, throttled, until the shard stops.
+    pub async fn run_hint_replay(self: Rc<Self>) {
+        let Some(handoff) = self.handoff.clone() else { return };
+        while !self.stop.is_triggered() {
+            futures_lite::future::or(glommio::timer::sleep(REPLAY_TICK), self.stop.wait()).await;
+            for destination in handoff.waiting() {
+                if !self.view.borrow().is_up(destination) {
+                    continue;
+                }
+                let hints = handoff.take_for_replay(destination, now_ms(), REPLAY_HINTS_PER_TURN);
+                let mut hints = hints.into_iter();
+                while let Some(hint) = hints.next() {
+                    // Re-resolved by the current ring: the destination if it still holds the
+                    // key, else the key's live replicas (a hint for a range that moved).
+                    let (targets, _) = self.view.borrow().targets(&hint.key);
+                    let to: Vec<Target> = match targets.iter().find(|target| target.node_id == destination) {
+                        Some(target) => vec![*target],
+                        None => targets
+                            .into_iter()
+                            .filter(|target| target.node_id != self.origin.node_id)
+                            .collect(),
+                    };
+                    let mut delivered = true;
+                    for target in to {
+                        let message = PeerMessage::Replicate {
+                            key: hint.key.clone(),
+                            entry: PeerEntry::from(hint.entry.clone()),
+                        };
+                        match self.ask(target, message).await {
+                            Some(PeerMessage::ReplicateAck { result: Ok(()) }) => {}
+                            _ => delivered = false,
+                        }
+                    }
+                    if delivered {
+                        handoff.delivered(destination, &hint).await;
+                    } else {
+                        let mut rest = vec![hint];
+                        rest.extend(hints.by_ref());
+                        handoff.give_back(destination, rest);
+                        break;
+                    }
+                }
+            }
+            let counters = handoff.counters();
+            if counters.replayed > self.healing.replay_logged.get() && handoff.waiting().is_empty() {
+                self.healing.replay_logged.set(counters.replayed);
+                info!(
+                    stored = counters.stored,
+                    replayed = counters.replayed,
+                    replayed_bytes = counters.replayed_bytes,
+                    dropped_full = counters.dropped_full,
+                    dropped_window = counters.dropped_window,
+                    dropped_grace = counters.dropped_grace,
+                    "hint replay finished"
+                );
+            }
+        }
+    }
+}
