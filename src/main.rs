@@ -2,6 +2,7 @@
 //! glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM. Its other
 //! subcommands are the command-line client ([`client_command`]).
 
+mod admin_command;
 mod client_command;
 
 use std::io::IsTerminal;
@@ -40,6 +41,9 @@ enum Command {
     /// accepting, finishes requests in flight, syncs and closes its files, and exits 0.
     // Boxed: the serve flags outweigh every other subcommand's arguments.
     Serve(Box<ServeArgs>),
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(admin_command::AdminCommand),
     #[command(flatten)]
     Client(client_command::ClientCommand),
 }
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Client(command) => return command.run(&cli.addr),
+        Command::Admin(command) => return command.run(&cli.addr),
     };
     let filter = std::env::var("RINGKV_LOG")
         .ok()

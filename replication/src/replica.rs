@@ -58,7 +58,9 @@ pub fn accept(
         | PeerMessage::TreeRequest { .. }
         | PeerMessage::TreeReply { .. }
         | PeerMessage::KeysRequest { .. }
-        | PeerMessage::KeysReply { .. } => Ok(None),
+        | PeerMessage::KeysReply { .. }
+        | PeerMessage::RepairRequest { .. }
+        | PeerMessage::RepairReply { .. } => Ok(None),
     }
 }
 

@@ -103,6 +103,22 @@ pub enum PeerMessage {
     KeysRequest { range_start: u64, range_end: u64, segments: Vec<u16> },
     /// The answer to [`PeerMessage::KeysRequest`].
     KeysReply { result: Result<KeyList, PeerFailure> },
+    /// An operator asks the shard to run anti-entropy now, over every range it replicates or
+    /// over `range` (start, end] only.
+    RepairRequest { range: Option<(u64, u64)> },
+    /// The answer to [`PeerMessage::RepairRequest`].
+    RepairReply { report: RepairReport },
+}
+
+/// What an anti-entropy repair asked by an operator did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RepairReport {
+    pub ranges_compared: u64,
+    pub exchanges: u64,
+    pub exchanges_failed: u64,
+    pub keys_pushed: u64,
+    pub keys_pulled: u64,
+    pub bytes_sent: u64,
 }
 
 /// The level of a tictac tree a [`PeerMessage::TreeRequest`] asks for.
@@ -158,6 +174,7 @@ impl PeerMessage {
                 | PeerMessage::Read { .. }
                 | PeerMessage::TreeRequest { .. }
                 | PeerMessage::KeysRequest { .. }
+                | PeerMessage::RepairRequest { .. }
         )
     }
 }
@@ -266,6 +283,7 @@ impl PeerEnvelope {
                 Ok(list) => list.validate(),
                 Err(failure) => failure.validate(),
             },
+            PeerMessage::RepairRequest { .. } | PeerMessage::RepairReply { .. } => Ok(()),
         }
     }
 }

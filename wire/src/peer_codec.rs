@@ -25,6 +25,7 @@ use crate::error::WireError;
 use crate::frame::verified_root_with;
 use crate::generated::peer as fb;
 use crate::limits::PEER_VERIFIER_OPTIONS;
+use crate::peer::RepairReport;
 use crate::peer::{
     KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer,
     TreeLevel,
@@ -164,6 +165,25 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
                 result: match reply.failure() {
                     Some(failure) => Err(parse_failure(failure)?),
                     None => Ok(parse_key_list(&reply, bytes)?),
+                },
+            }
+        }
+        fb::Message::RepairRequest => {
+            let request = root.message_as_repair_request().ok_or_else(missing)?;
+            PeerMessage::RepairRequest {
+                range: request.one_range().then(|| (request.start(), request.end())),
+            }
+        }
+        fb::Message::RepairReply => {
+            let reply = root.message_as_repair_reply().ok_or_else(missing)?;
+            PeerMessage::RepairReply {
+                report: RepairReport {
+                    ranges_compared: reply.ranges_compared(),
+                    exchanges: reply.exchanges(),
+                    exchanges_failed: reply.exchanges_failed(),
+                    keys_pushed: reply.keys_pushed(),
+                    keys_pulled: reply.keys_pulled(),
+                    bytes_sent: reply.bytes_sent(),
                 },
             }
         }
@@ -398,6 +418,28 @@ fn encode_message(
             };
             (fb::Message::KeysReply, fb::KeysReply::create(builder, &args).as_union_value())
         }
+        PeerMessage::RepairRequest { range } => {
+            let (start, end) = range.unwrap_or((0, 0));
+            let request = fb::RepairRequest::create(
+                builder,
+                &fb::RepairRequestArgs { start, end, one_range: range.is_some() },
+            );
+            (fb::Message::RepairRequest, request.as_union_value())
+        }
+        PeerMessage::RepairReply { report } => {
+            let reply = fb::RepairReply::create(
+                builder,
+                &fb::RepairReplyArgs {
+                    ranges_compared: report.ranges_compared,
+                    exchanges: report.exchanges,
+                    exchanges_failed: report.exchanges_failed,
+                    keys_pushed: report.keys_pushed,
+                    keys_pulled: report.keys_pulled,
+                    bytes_sent: report.bytes_sent,
+                },
+            );
+            (fb::Message::RepairReply, reply.as_union_value())
+        }
     }
 }
 
@@ -506,6 +548,16 @@ mod tests {
                 }),
             },
             PeerMessage::KeysReply { result: Ok(KeyList::default()) },
+            PeerMessage::RepairRequest { range: None },
+            PeerMessage::RepairRequest { range: Some((5, 9)) },
+            PeerMessage::RepairReply {
+                report: RepairReport {
+                    ranges_compared: 3,
+                    keys_pushed: 4,
+                    bytes_sent: u64::MAX,
+                    ..RepairReport::default()
+                },
+            },
         ];
         for code in ALL_CODES {
             messages.push(PeerMessage::ReplicateAck { result: Err(failure(code)) });

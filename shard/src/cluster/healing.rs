@@ -25,7 +25,7 @@ use ringkv_replication::tictac::TokenRange;
 use ringkv_replication::Target;
 use ringkv_storage::{Entry, StorageError, WriteOutcome};
 use ringkv_wire::peer::{
-    KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, ReadAnswer,
+    KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, ReadAnswer, RepairReport,
 };
 use tracing::{debug, info, warn};
 
@@ -166,9 +166,33 @@ impl Cluster {
                     listed.map(|(keys, truncated)| KeyList { keys, truncated }).map_err(storage_failure);
                 PeerMessage::KeysReply { result }
             }
+            PeerMessage::RepairRequest { range } => {
+                let only = range.map(|(start, end)| TokenRange { start, end });
+                // Boxed: a repair applies pulled keys through serve_replica, which leads back here.
+                let summary = Box::pin(self.repair_now(only)).await;
+                PeerMessage::RepairReply {
+                    report: RepairReport {
+                        ranges_compared: summary.ranges_compared,
+                        exchanges: summary.exchanges,
+                        exchanges_failed: summary.exchanges_failed,
+                        keys_pushed: summary.keys_pushed,
+                        keys_pulled: summary.keys_pulled,
+                        bytes_sent: summary.bytes_sent,
+                    },
+                }
+            }
             _ => return None,
         };
         Some(PeerEnvelope { message, ..envelope.clone() })
+    }
+
+    /// Runs an anti-entropy round now (waiting for a periodic one to finish first).
+    pub async fn repair_now(&self, only: Option<TokenRange>) -> RepairSummary {
+        while self.healing.round_running.get() && !self.stop.is_triggered() {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        self.rebuild_trees().await;
+        self.anti_entropy_round(only).await
     }
 
     fn next_healing_id(&self) -> u64 {

@@ -395,10 +395,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for TreeLevel {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MESSAGE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MESSAGE: u8 = 10;
+pub const ENUM_MAX_MESSAGE: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MESSAGE: [Message; 11] = [
+pub const ENUM_VALUES_MESSAGE: [Message; 13] = [
   Message::NONE,
   Message::Hello,
   Message::Replicate,
@@ -410,6 +410,8 @@ pub const ENUM_VALUES_MESSAGE: [Message; 11] = [
   Message::TreeReply,
   Message::KeysRequest,
   Message::KeysReply,
+  Message::RepairRequest,
+  Message::RepairReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -428,9 +430,11 @@ impl Message {
   pub const TreeReply: Self = Self(8);
   pub const KeysRequest: Self = Self(9);
   pub const KeysReply: Self = Self(10);
+  pub const RepairRequest: Self = Self(11);
+  pub const RepairReply: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -443,6 +447,8 @@ impl Message {
     Self::TreeReply,
     Self::KeysRequest,
     Self::KeysReply,
+    Self::RepairRequest,
+    Self::RepairReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -458,6 +464,8 @@ impl Message {
       Self::TreeReply => Some("TreeReply"),
       Self::KeysRequest => Some("KeysRequest"),
       Self::KeysReply => Some("KeysReply"),
+      Self::RepairRequest => Some("RepairRequest"),
+      Self::RepairReply => Some("RepairReply"),
       _ => None,
     }
   }
@@ -2538,6 +2546,320 @@ impl ::core::fmt::Debug for KeysReply<'_> {
       ds.finish()
   }
 }
+pub enum RepairRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// An operator asks a shard to run anti-entropy now (`ringkv admin repair`): over every range it
+/// replicates, or only (`start`, `end`] when `one_range` is set.
+pub struct RepairRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairRequest<'a> {
+  type Inner = RepairRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairRequest<'a> {
+  pub const VT_START: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ONE_RANGE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairRequestArgs
+  ) -> ::flatbuffers::WIPOffset<RepairRequest<'bldr>> {
+    let mut builder = RepairRequestBuilder::new(_fbb);
+    builder.add_end(args.end);
+    builder.add_start(args.start);
+    builder.add_one_range(args.one_range);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairRequest::VT_START, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairRequest::VT_END, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn one_range(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RepairRequest::VT_ONE_RANGE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("start", Self::VT_START, false)?
+     .visit_field::<u64>("end", Self::VT_END, false)?
+     .visit_field::<bool>("one_range", Self::VT_ONE_RANGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairRequestArgs {
+    pub start: u64,
+    pub end: u64,
+    pub one_range: bool,
+}
+impl<'a> Default for RepairRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairRequestArgs {
+      start: 0,
+      end: 0,
+      one_range: false,
+    }
+  }
+}
+
+pub struct RepairRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start(&mut self, start: u64) {
+    self.fbb_.push_slot::<u64>(RepairRequest::VT_START, start, 0);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: u64) {
+    self.fbb_.push_slot::<u64>(RepairRequest::VT_END, end, 0);
+  }
+  #[inline]
+  pub fn add_one_range(&mut self, one_range: bool) {
+    self.fbb_.push_slot::<bool>(RepairRequest::VT_ONE_RANGE, one_range, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairRequest");
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("one_range", &self.one_range());
+      ds.finish()
+  }
+}
+pub enum RepairReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// What the repair did.
+pub struct RepairReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairReply<'a> {
+  type Inner = RepairReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairReply<'a> {
+  pub const VT_RANGES_COMPARED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EXCHANGES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXCHANGES_FAILED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_KEYS_PUSHED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_KEYS_PULLED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_BYTES_SENT: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairReplyArgs
+  ) -> ::flatbuffers::WIPOffset<RepairReply<'bldr>> {
+    let mut builder = RepairReplyBuilder::new(_fbb);
+    builder.add_bytes_sent(args.bytes_sent);
+    builder.add_keys_pulled(args.keys_pulled);
+    builder.add_keys_pushed(args.keys_pushed);
+    builder.add_exchanges_failed(args.exchanges_failed);
+    builder.add_exchanges(args.exchanges);
+    builder.add_ranges_compared(args.ranges_compared);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ranges_compared(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_RANGES_COMPARED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn exchanges(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_EXCHANGES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn exchanges_failed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_EXCHANGES_FAILED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys_pushed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_KEYS_PUSHED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys_pulled(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_KEYS_PULLED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_sent(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_BYTES_SENT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("ranges_compared", Self::VT_RANGES_COMPARED, false)?
+     .visit_field::<u64>("exchanges", Self::VT_EXCHANGES, false)?
+     .visit_field::<u64>("exchanges_failed", Self::VT_EXCHANGES_FAILED, false)?
+     .visit_field::<u64>("keys_pushed", Self::VT_KEYS_PUSHED, false)?
+     .visit_field::<u64>("keys_pulled", Self::VT_KEYS_PULLED, false)?
+     .visit_field::<u64>("bytes_sent", Self::VT_BYTES_SENT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairReplyArgs {
+    pub ranges_compared: u64,
+    pub exchanges: u64,
+    pub exchanges_failed: u64,
+    pub keys_pushed: u64,
+    pub keys_pulled: u64,
+    pub bytes_sent: u64,
+}
+impl<'a> Default for RepairReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairReplyArgs {
+      ranges_compared: 0,
+      exchanges: 0,
+      exchanges_failed: 0,
+      keys_pushed: 0,
+      keys_pulled: 0,
+      bytes_sent: 0,
+    }
+  }
+}
+
+pub struct RepairReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ranges_compared(&mut self, ranges_compared: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_RANGES_COMPARED, ranges_compared, 0);
+  }
+  #[inline]
+  pub fn add_exchanges(&mut self, exchanges: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_EXCHANGES, exchanges, 0);
+  }
+  #[inline]
+  pub fn add_exchanges_failed(&mut self, exchanges_failed: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_EXCHANGES_FAILED, exchanges_failed, 0);
+  }
+  #[inline]
+  pub fn add_keys_pushed(&mut self, keys_pushed: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_KEYS_PUSHED, keys_pushed, 0);
+  }
+  #[inline]
+  pub fn add_keys_pulled(&mut self, keys_pulled: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_KEYS_PULLED, keys_pulled, 0);
+  }
+  #[inline]
+  pub fn add_bytes_sent(&mut self, bytes_sent: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_BYTES_SENT, bytes_sent, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairReply");
+      ds.field("ranges_compared", &self.ranges_compared());
+      ds.field("exchanges", &self.exchanges());
+      ds.field("exchanges_failed", &self.exchanges_failed());
+      ds.field("keys_pushed", &self.keys_pushed());
+      ds.field("keys_pulled", &self.keys_pulled());
+      ds.field("bytes_sent", &self.bytes_sent());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2767,6 +3089,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_repair_request(&self) -> Option<RepairRequest<'a>> {
+    if self.message_type() == Message::RepairRequest {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RepairRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_repair_reply(&self) -> Option<RepairReply<'a>> {
+    if self.message_type() == Message::RepairReply {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RepairReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -2790,6 +3142,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Message::TreeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeReply>>("Message::TreeReply", pos),
           Message::KeysRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysRequest>>("Message::KeysRequest", pos),
           Message::KeysReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysReply>>("Message::KeysReply", pos),
+          Message::RepairRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairRequest>>("Message::RepairRequest", pos),
+          Message::RepairReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairReply>>("Message::RepairReply", pos),
           _ => Ok(()),
         }
      })?
@@ -2930,6 +3284,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Message::KeysReply => {
           if let Some(x) = self.message_as_keys_reply() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::RepairRequest => {
+          if let Some(x) = self.message_as_repair_request() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::RepairReply => {
+          if let Some(x) = self.message_as_repair_reply() {
             ds.field("message", &x)
           } else {
             ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
