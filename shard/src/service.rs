@@ -330,7 +330,7 @@ async fn start_cluster(
     };
     // Hints live beside the shard's data, in a directory the engine does not list.
     let handoff = if settings.healing.hints_enabled {
-        let handoff = Handoff::open(shard_directory.join("hints"), settings.healing.hints)
+        let handoff = Handoff::open(shard_id, shard_directory.join("hints"), settings.healing.hints)
             .await
             .map_err(|source| ShardError::Storage { shard_id, source })?;
         Some(handoff)

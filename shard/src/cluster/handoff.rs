@@ -28,6 +28,7 @@ fn destination_directory(directory: &std::path::Path, destination: u16) -> PathB
 
 /// This shard's hints.
 pub struct Handoff {
+    shard: u32,
     directory: PathBuf,
     book: RefCell<HintBook>,
     logs: RefCell<BTreeMap<u16, Rc<HintLog<DmaDisk>>>>,
@@ -36,12 +37,24 @@ pub struct Handoff {
     appended: RefCell<BTreeMap<u16, u64>>,
     syncing: RefCell<BTreeMap<u16, bool>>,
     sync_failures: Cell<u64>,
+    /// Destinations whose hints were all synced since their figures were last logged, and when
+    /// figures were last logged.
+    drained: RefCell<BTreeMap<u16, bool>>,
+    logged_ms: Cell<u64>,
+    /// A log is being opened; the others wait for `opened`.
+    opening: Cell<bool>,
+    opened: event_listener::Event,
 }
 
 impl Handoff {
     /// Opens the hints kept in `directory` (created if missing) and reads them back.
-    pub async fn open(directory: PathBuf, settings: HintSettings) -> Result<Rc<Self>, StorageError> {
+    pub async fn open(
+        shard: u32,
+        directory: PathBuf,
+        settings: HintSettings,
+    ) -> Result<Rc<Self>, StorageError> {
         let handoff = Handoff {
+            shard,
             directory: directory.clone(),
             book: RefCell::new(HintBook::new(settings)),
             logs: RefCell::new(BTreeMap::new()),
@@ -49,6 +62,10 @@ impl Handoff {
             appended: RefCell::new(BTreeMap::new()),
             syncing: RefCell::new(BTreeMap::new()),
             sync_failures: Cell::new(0),
+            drained: RefCell::new(BTreeMap::new()),
+            logged_ms: Cell::new(0),
+            opening: Cell::new(false),
+            opened: event_listener::Event::new(),
         };
         let destinations: Vec<u16> = match std::fs::read_dir(&directory) {
             Ok(entries) => entries
@@ -66,6 +83,7 @@ impl Handoff {
             }
             if !recovery.hints.is_empty() || recovery.torn_tail_bytes > 0 {
                 info!(
+                    shard,
                     destination,
                     hints = recovery.hints.len(),
                     torn_tail_bytes = recovery.torn_tail_bytes,
@@ -90,13 +108,30 @@ impl Handoff {
     }
 
     async fn log(&self, destination: u16) -> Result<Rc<HintLog<DmaDisk>>, StorageError> {
-        if let Some(log) = self.logs.borrow().get(&destination) {
-            return Ok(log.clone());
+        loop {
+            if let Some(log) = self.logs.borrow().get(&destination) {
+                return Ok(log.clone());
+            }
+            // One opening at a time: two writers created on one directory would race for the
+            // same segment file.
+            if !self.opening.replace(true) {
+                break;
+            }
+            let listener = self.opened.listen();
+            if !self.opening.get() {
+                continue;
+            }
+            listener.await;
         }
-        let (log, _) = self.open_log(destination).await?;
-        let log = Rc::new(log);
-        // Another store may have opened it meanwhile; keep the first.
-        Ok(self.logs.borrow_mut().entry(destination).or_insert(log).clone())
+        let opened = self.open_log(destination).await;
+        let result = opened.map(|(log, _)| {
+            let log = Rc::new(log);
+            self.logs.borrow_mut().insert(destination, log.clone());
+            log
+        });
+        self.opening.set(false);
+        self.opened.notify(usize::MAX);
+        result
     }
 
     /// The counters.
@@ -186,8 +221,36 @@ impl Handoff {
                 synced = target;
             }
             handoff.syncing.borrow_mut().insert(destination, false);
+            handoff.drained.borrow_mut().insert(destination, true);
         })
         .detach();
+    }
+
+    /// Logs, at most once a second, how many hints each destination has kept durably since the
+    /// last figures (an operator watching an outage sees the hints grow and stay bounded).
+    pub fn log_durable(&self, now_ms: u64) {
+        if now_ms.saturating_sub(self.logged_ms.get()) < 1_000 {
+            return;
+        }
+        let drained: Vec<u16> = std::mem::take(&mut *self.drained.borrow_mut()).into_keys().collect();
+        if drained.is_empty() {
+            return;
+        }
+        self.logged_ms.set(now_ms);
+        let book = self.book.borrow();
+        let counters = book.counters();
+        for destination in drained {
+            info!(
+                shard = self.shard,
+                destination,
+                kept = book.destination_hints(destination),
+                kept_bytes = book.destination_bytes(destination),
+                shard_bytes = book.bytes(),
+                dropped_full = counters.dropped_full,
+                dropped_window = counters.dropped_window,
+                "hints durable"
+            );
+        }
     }
 
     /// Takes up to the replay budget's worth of `destination`'s hints at `now_ms`; hints past

@@ -467,6 +467,7 @@ impl Cluster {
         let Some(handoff) = self.handoff.clone() else { return };
         while !self.stop.is_triggered() {
             futures_lite::future::or(glommio::timer::sleep(REPLAY_TICK), self.stop.wait()).await;
+            handoff.log_durable(now_ms());
             for destination in handoff.waiting() {
                 if !self.view.borrow().is_up(destination) {
                     continue;
@@ -509,6 +510,7 @@ impl Cluster {
             if counters.replayed > self.healing.replay_logged.get() && handoff.waiting().is_empty() {
                 self.healing.replay_logged.set(counters.replayed);
                 info!(
+                    shard = self.origin.shard,
                     stored = counters.stored,
                     replayed = counters.replayed,
                     replayed_bytes = counters.replayed_bytes,
