@@ -163,6 +163,10 @@ struct ServeArgs {
     /// least the hint window and the anti-entropy interval. [default: 864000000, 10 days]
     #[arg(long, value_name = "MS")]
     tombstone_grace_ms: Option<u64>,
+    /// Start even when SSTables the manifest lists are missing: their data is lost on this node
+    /// and anti-entropy restores it from the other replicas. Without it the node refuses to start.
+    #[arg(long)]
+    allow_missing_tables: bool,
     /// Replica requests a shard may have waiting as coordinator; more are answered
     /// "overloaded". [default: 4096]
     #[arg(long, value_name = "N")]
@@ -228,6 +232,9 @@ impl ServeArgs {
         set(&mut config.anti_entropy_bytes_per_s, &self.anti_entropy_bytes_per_s);
         set(&mut config.tree_rebuild_interval_ms, &self.tree_rebuild_interval_ms);
         set(&mut config.tombstone_grace_ms, &self.tombstone_grace_ms);
+        if self.allow_missing_tables {
+            config.allow_missing_tables = true;
+        }
         config.validate()?;
         Ok(config)
     }

@@ -187,6 +187,9 @@ pub struct NodeConfig {
     /// How long a tombstone is kept at least; it is purged after this only once its range was
     /// repaired since the delete. Must cover the hint window and the anti-entropy interval.
     pub tombstone_grace_ms: u64,
+    /// Start even when SSTables the manifest lists are missing (their data is lost on this
+    /// node; anti-entropy restores it from the other replicas). Off: the node refuses to start.
+    pub allow_missing_tables: bool,
 }
 
 impl Default for NodeConfig {
@@ -227,6 +230,7 @@ impl Default for NodeConfig {
             anti_entropy_bytes_per_s: 8 << 20,
             tree_rebuild_interval_ms: 6 * 3_600_000,
             tombstone_grace_ms: 10 * 24 * 3_600_000,
+            allow_missing_tables: false,
         }
     }
 }
@@ -296,6 +300,7 @@ impl NodeConfig {
             block_cache_bytes: self.block_cache_bytes,
             memtable_hash_seed: random_seed(),
             tombstone_grace_ms: self.tombstone_grace_ms,
+            missing_tables_allowed: self.allow_missing_tables,
             ..EngineOptions::default()
         }
     }

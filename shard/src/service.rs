@@ -162,6 +162,7 @@ impl ShardService {
             records_replayed = recovery.records_replayed,
             torn_tail_bytes = recovery.torn_tail_bytes,
             tables = recovery.tables_opened,
+            tables_missing = recovery.tables_missing,
             "storage engine open"
         );
 

@@ -63,3 +63,54 @@ pub fn wait_for_sum(server: &Server, since: usize, message: &str, field_name: &s
 pub fn read_one(client: &mut Client, key: &str) -> Outcome {
     eventually_at(client, Operation::Get { key: Bytes::from(key.to_owned()) }, Consistency::One)
 }
+
+/// Runs `ringkv admin repair --json` against `server` until a round repairs nothing (at most
+/// `rounds_max` rounds); returns the keys repaired, over every round and shard, and prints each
+/// shard's figures.
+pub fn repair_until_clean(server: &Server, rounds_max: usize) -> u64 {
+    let mut repaired = 0;
+    for round in 0..rounds_max {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(["admin", "repair", "--json", "--addr", &super::cluster::address(server)])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", super::cluster::peer_port(server))])
+            .output()
+            .expect("running ringkv admin repair");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.code() == Some(0) || output.status.code() == Some(1),
+            "admin repair failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut this_round = 0;
+        for line in stdout.lines() {
+            println!("repair round {round}: {line}");
+            let report: serde_json::Value = serde_json::from_str(line).expect("one JSON object per shard");
+            this_round += report["keys_repaired"].as_u64().expect("keys_repaired");
+        }
+        repaired += this_round;
+        if this_round == 0 && output.status.code() == Some(0) {
+            return repaired;
+        }
+    }
+    panic!("anti-entropy still repairing after {rounds_max} rounds");
+}
+
+/// Removes the storage engine's files (WAL segments, tables, manifest) of every shard of the
+/// node whose data directory is `data_dir`, keeping its identity (node file, members known).
+pub fn wipe_engine_files(data_dir: &std::path::Path) -> usize {
+    let mut removed = 0;
+    for shard in std::fs::read_dir(data_dir).unwrap().flatten() {
+        if !shard.file_name().to_string_lossy().starts_with("shard-") {
+            continue;
+        }
+        for file in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".wal") || name.ends_with(".sst") || name == "MANIFEST" {
+                std::fs::remove_file(file.path()).unwrap();
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -66,6 +66,9 @@ pub struct HealingState {
     pub totals: std::cell::RefCell<RepairSummary>,
     /// Hints replayed when replay last logged its figures.
     pub replay_logged: Cell<u64>,
+    /// A tree rebuild for a new ring layout runs, and another was asked for meanwhile.
+    pub rebuilding: Cell<bool>,
+    pub rebuild_again: Cell<bool>,
 }
 
 fn storage_failure(error: StorageError) -> PeerFailure {
@@ -125,6 +128,30 @@ impl Cluster {
             Ok(keys) => debug!(keys, ranges = self.trees.borrow().ranges().len(), "trees rebuilt"),
             Err(error) => warn!(%error, "rebuilding the anti-entropy trees failed"),
         }
+    }
+
+    /// Rebuilds the trees in the background once the ring's layout changed (membership), so
+    /// that trees are compared range for range with the other replicas' (which rebuild on the
+    /// same change). A rebuild asked for while one runs runs again after it.
+    pub fn rebuild_if_layout_changed(&self) {
+        if self.trees.borrow().same_layout(&self.ring_layout()) {
+            return;
+        }
+        if self.healing.rebuilding.replace(true) {
+            self.healing.rebuild_again.set(true);
+            return;
+        }
+        let Some(cluster) = self.this.upgrade() else { return };
+        glommio::spawn_local(async move {
+            loop {
+                cluster.rebuild_trees().await;
+                if !cluster.healing.rebuild_again.replace(false) {
+                    break;
+                }
+            }
+            cluster.healing.rebuilding.set(false);
+        })
+        .detach();
     }
 
     /// Every ring range with its replicas.

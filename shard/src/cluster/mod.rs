@@ -212,6 +212,9 @@ impl Cluster {
                 view.replicas()
             );
         }
+        drop(view);
+        self.rebuild_if_layout_changed();
+        let view = self.view.borrow();
         // A node that restarted elsewhere keeps its links, pointed at the new address.
         for (target, link) in self.links.borrow().iter() {
             if let Some(identity) = view.member(target.node_id) {

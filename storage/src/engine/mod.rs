@@ -123,6 +123,9 @@ pub struct RecoveryReport {
     pub tables_opened: usize,
     /// Files left over by an interrupted flush or compaction, removed.
     pub orphans_removed: usize,
+    /// Tables the manifest lists that were missing and left out
+    /// ([`EngineOptions::missing_tables_allowed`]).
+    pub tables_missing: usize,
 }
 
 /// Counters for write amplification and activity.
@@ -315,11 +318,24 @@ impl<D: Disk> Engine<D> {
 
         let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
         let mut tables = Vec::with_capacity(manifest.tables.len());
+        let mut missing = Vec::new();
         for record in &manifest.tables {
             let name = manifest::table_file_name(record.id);
-            let file = disk.open(&name).await.map_err(io_error("open", &name))?;
+            let file = match disk.open(&name).await {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::NotFound && options.missing_tables_allowed =>
+                {
+                    tracing::error!(file = %name, "a table the manifest lists is missing; its data is lost here");
+                    recovery.tables_missing += 1;
+                    missing.push(record.id);
+                    continue;
+                }
+                opened => opened.map_err(io_error("open", &name))?,
+            };
             tables.push(Rc::new(Table::open(file, name, record.id, cache.clone()).await?));
         }
+        // The next manifest written leaves the missing tables out.
+        manifest.tables.retain(|record| !missing.contains(&record.id));
         recovery.tables_opened = tables.len();
 
         let (active, closed, last_seq) =
