@@ -38,7 +38,7 @@ pub struct ExchangeLimits {
 
 impl Default for ExchangeLimits {
     fn default() -> Self {
-        ExchangeLimits { branches_max: 16, segments_max: 256 }
+        ExchangeLimits { branches_max: 64, segments_max: 1024 }
     }
 }
 

@@ -41,8 +41,16 @@ const HEALING_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often hints are considered for replay.
 const REPLAY_TICK: Duration = Duration::from_millis(250);
 
-/// Hints sent per replay turn and destination.
+/// Hints sent per replay turn and destination (all in flight at once).
 const REPLAY_HINTS_PER_TURN: usize = 256;
+
+/// The pause before an exchange compares segments a second time: writes in flight land
+/// meanwhile (a difference they cause then shows up once, not twice). Short, since what a
+/// shorter pause lets through costs only a key list and an idempotent push.
+const CONFIRM_PAUSE: Duration = Duration::from_millis(50);
+
+/// Keys a repair pushes or pulls at once.
+const REPAIR_IN_FLIGHT: usize = 64;
 
 /// What one anti-entropy round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,6 +77,8 @@ pub struct HealingState {
     /// A tree rebuild for a new ring layout runs, and another was asked for meanwhile.
     pub rebuilding: Cell<bool>,
     pub rebuild_again: Cell<bool>,
+    /// Repair bytes sent and not yet paid for by a pause (the throttle).
+    pub throttle_owed: Cell<u64>,
 }
 
 fn storage_failure(error: StorageError) -> PeerFailure {
@@ -266,9 +276,15 @@ impl Cluster {
     /// Sleeps long enough that `bytes` stay within `anti_entropy_bytes_per_s`.
     async fn throttle(&self, bytes: u64) {
         let rate = self.settings.healing.anti_entropy_bytes_per_s.max(1);
-        let pause_ms = bytes.saturating_mul(1000) / rate;
-        if pause_ms > 0 {
+        // Small entries owe less than a millisecond each: the debt is paid in pauses of at
+        // least 10 ms, so the timer's granularity does not let them through unthrottled.
+        let owed = self.healing.throttle_owed.get().saturating_add(bytes);
+        let pause_ms = owed.saturating_mul(1000) / rate;
+        if pause_ms >= 10 {
+            self.healing.throttle_owed.set(0);
             glommio::timer::sleep(Duration::from_millis(pause_ms)).await;
+        } else {
+            self.healing.throttle_owed.set(owed);
         }
     }
 
@@ -365,16 +381,12 @@ impl Cluster {
         loop {
             let mut next = Vec::new();
             for step in steps {
+                let is_confirmation = matches!(step, Step::Confirm(_));
                 match step {
                     Step::Ask(message) | Step::Confirm(message) => {
-                        if matches!(&message, PeerMessage::TreeRequest { level, .. }
-                            if *level == ringkv_wire::peer::TreeLevel::Segments)
-                        {
-                            // Let writes in flight land before a segment comparison.
-                            glommio::timer::sleep(Duration::from_millis(
-                                self.settings.replica_timeout_ms.min(1_000) / 4,
-                            ))
-                            .await;
+                        if is_confirmation {
+                            // Let writes in flight land before the second comparison.
+                            glommio::timer::sleep(CONFIRM_PAUSE).await;
                         }
                         summary.bytes_sent += message_bytes(&message);
                         let Some(answer) = self.ask(target, message).await else {
@@ -409,7 +421,8 @@ impl Cluster {
         }
     }
 
-    /// Pushes the local entries of `push` to `target` and pulls its entries of `pull` here.
+    /// Pushes the local entries of `push` to `target` and pulls its entries of `pull` here,
+    /// `REPAIR_IN_FLIGHT` keys at a time (so the replicas' group commit covers many of them).
     async fn repair(
         &self,
         target: Target,
@@ -417,52 +430,81 @@ impl Cluster {
         pull: Vec<Bytes>,
         summary: &mut RepairSummary,
     ) -> bool {
-        let engine = self.handler.engine().clone();
+        let Some(cluster) = self.this.upgrade() else { return false };
         let mut complete = true;
-        for key in push {
-            let entry = match engine.get_entry(&key).await {
-                Ok(Some(entry)) => PeerEntry::from(entry),
-                Ok(None) => continue,
-                Err(error) => {
-                    warn!(%error, "reading a key to repair failed");
-                    complete = false;
-                    continue;
+        let work: Vec<(Bytes, bool)> =
+            push.into_iter().map(|key| (key, true)).chain(pull.into_iter().map(|key| (key, false))).collect();
+        for chunk in work.chunks(REPAIR_IN_FLIGHT) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .cloned()
+                .map(|(key, is_push)| {
+                    let cluster = cluster.clone();
+                    glommio::spawn_local(async move {
+                        if is_push {
+                            cluster.push_one(target, key).await
+                        } else {
+                            cluster.pull_one(target, key).await
+                        }
+                    })
+                })
+                .collect();
+            let mut bytes = 0;
+            for (task, (_, is_push)) in tasks.into_iter().zip(chunk) {
+                let (repaired, sent) = task.await;
+                bytes += sent;
+                match (repaired, is_push) {
+                    (Some(true), true) => summary.keys_pushed += 1,
+                    (Some(true), false) => summary.keys_pulled += 1,
+                    (Some(false), _) => {}
+                    (None, _) => complete = false,
                 }
-            };
-            let message = PeerMessage::Replicate { key, entry };
-            let bytes = message_bytes(&message);
-            summary.bytes_sent += bytes;
-            match self.ask(target, message).await {
-                Some(PeerMessage::ReplicateAck { result: Ok(()) }) => summary.keys_pushed += 1,
-                _ => complete = false,
             }
+            summary.bytes_sent += bytes;
             self.throttle(bytes).await;
         }
-        for key in pull {
-            let message = PeerMessage::Read { key: key.clone(), digest_only: false };
-            summary.bytes_sent += message_bytes(&message);
-            let entry = match self.ask(target, message).await {
-                Some(PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(entry))) }) => entry,
-                Some(PeerMessage::ReadReply { result: Ok(_) }) => continue,
-                _ => {
-                    complete = false;
-                    continue;
-                }
-            };
-            // Through the replica's own path: clock-skew check, ownership, tree update.
-            let envelope = PeerEnvelope {
-                origin_node: target.node_id,
-                origin_shard: target.shard,
-                request_id: 0,
-                message: PeerMessage::Replicate { key, entry },
-            };
-            match self.serve_replica(&envelope).await.message {
-                PeerMessage::ReplicateAck { result: Ok(()) } => summary.keys_pulled += 1,
-                _ => complete = false,
-            }
-            self.throttle(48).await;
-        }
         complete
+    }
+
+    /// Pushes the local entry of `key` to `target`: `Some(true)` when pushed, `Some(false)` when
+    /// there was nothing to push, `None` on failure; and the bytes sent.
+    async fn push_one(&self, target: Target, key: Bytes) -> (Option<bool>, u64) {
+        let entry = match self.handler.engine().get_entry(&key).await {
+            Ok(Some(entry)) => PeerEntry::from(entry),
+            Ok(None) => return (Some(false), 0),
+            Err(error) => {
+                warn!(%error, "reading a key to repair failed");
+                return (None, 0);
+            }
+        };
+        let message = PeerMessage::Replicate { key, entry };
+        let bytes = message_bytes(&message);
+        match self.ask(target, message).await {
+            Some(PeerMessage::ReplicateAck { result: Ok(()) }) => (Some(true), bytes),
+            _ => (None, bytes),
+        }
+    }
+
+    /// Pulls `target`'s entry of `key` and applies it here through the replica path
+    /// (clock-skew check, ownership, tree update).
+    async fn pull_one(&self, target: Target, key: Bytes) -> (Option<bool>, u64) {
+        let message = PeerMessage::Read { key: key.clone(), digest_only: false };
+        let bytes = message_bytes(&message);
+        let entry = match self.ask(target, message).await {
+            Some(PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(entry))) }) => entry,
+            Some(PeerMessage::ReadReply { result: Ok(_) }) => return (Some(false), bytes),
+            _ => return (None, bytes),
+        };
+        let envelope = PeerEnvelope {
+            origin_node: target.node_id,
+            origin_shard: target.shard,
+            request_id: 0,
+            message: PeerMessage::Replicate { key, entry },
+        };
+        match Box::pin(self.serve_replica(&envelope)).await.message {
+            PeerMessage::ReplicateAck { result: Ok(()) } => (Some(true), bytes),
+            _ => (None, bytes),
+        }
     }
 
     /// Runs anti-entropy rounds every `anti_entropy_interval_ms` and rebuilds the trees every
@@ -489,6 +531,27 @@ impl Cluster {
         }
     }
 
+    /// Sends one hint, re-resolved by the current ring: to the destination if it still holds
+    /// the key, else to the key's live replicas (a hint for a range that moved). True when
+    /// every target acknowledged it.
+    async fn replay_one(&self, destination: u16, hint: &ringkv_storage::hints::StoredHint) -> bool {
+        let (targets, _) = self.view.borrow().targets(&hint.key);
+        let to: Vec<Target> = match targets.iter().find(|target| target.node_id == destination) {
+            Some(target) => vec![*target],
+            None => targets.into_iter().filter(|target| target.node_id != self.origin.node_id).collect(),
+        };
+        let mut delivered = true;
+        for target in to {
+            let message =
+                PeerMessage::Replicate { key: hint.key.clone(), entry: PeerEntry::from(hint.entry.clone()) };
+            match self.ask(target, message).await {
+                Some(PeerMessage::ReplicateAck { result: Ok(()) }) => {}
+                _ => delivered = false,
+            }
+        }
+        delivered
+    }
+
     /// Replays hints to destinations that are up, throttled, until the shard stops.
     pub async fn run_hint_replay(self: Rc<Self>) {
         let Some(handoff) = self.handoff.clone() else { return };
@@ -500,37 +563,26 @@ impl Cluster {
                     continue;
                 }
                 let hints = handoff.take_for_replay(destination, now_ms(), REPLAY_HINTS_PER_TURN);
-                let mut hints = hints.into_iter();
-                while let Some(hint) = hints.next() {
-                    // Re-resolved by the current ring: the destination if it still holds the
-                    // key, else the key's live replicas (a hint for a range that moved).
-                    let (targets, _) = self.view.borrow().targets(&hint.key);
-                    let to: Vec<Target> = match targets.iter().find(|target| target.node_id == destination) {
-                        Some(target) => vec![*target],
-                        None => targets
-                            .into_iter()
-                            .filter(|target| target.node_id != self.origin.node_id)
-                            .collect(),
-                    };
-                    let mut delivered = true;
-                    for target in to {
-                        let message = PeerMessage::Replicate {
-                            key: hint.key.clone(),
-                            entry: PeerEntry::from(hint.entry.clone()),
-                        };
-                        match self.ask(target, message).await {
-                            Some(PeerMessage::ReplicateAck { result: Ok(()) }) => {}
-                            _ => delivered = false,
-                        }
-                    }
-                    if delivered {
+                // Sent together: the highest version wins whatever the arrival order, and the
+                // destination's group commit then covers many hints per sync.
+                let tasks: Vec<_> = hints
+                    .iter()
+                    .map(|hint| {
+                        let cluster = self.clone();
+                        let hint = hint.clone();
+                        glommio::spawn_local(async move { cluster.replay_one(destination, &hint).await })
+                    })
+                    .collect();
+                let mut undelivered = Vec::new();
+                for (task, hint) in tasks.into_iter().zip(hints) {
+                    if task.await {
                         handoff.delivered(destination, &hint).await;
                     } else {
-                        let mut rest = vec![hint];
-                        rest.extend(hints.by_ref());
-                        handoff.give_back(destination, rest);
-                        break;
+                        undelivered.push(hint);
                     }
+                }
+                if !undelivered.is_empty() {
+                    handoff.give_back(destination, undelivered);
                 }
             }
             let counters = handoff.counters();
