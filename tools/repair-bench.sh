@@ -96,11 +96,13 @@ mkdir -p "$root"
 echo "== anti-entropy: $records keys, 1% diverged ($(date -u +%Y-%m-%dT%H:%MZ), load: $(cut -d' ' -f1-3 /proc/loadavg))"
 for id in 1 2 3; do start_node "$id" "${heal_flags[@]}"; done
 wait_up
-"$bench" load --target "ringkv://127.0.0.1:$(client_port 1)" --records "$records" --value-size 100 >/dev/null
+"$bench" load --target "ringkv://127.0.0.1:$(client_port 1)" --records "$records" --value-size 100 --json | tail -1 >"$root/load.json"
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("loaded:", {k: v for k, v in r.items() if not isinstance(v, (dict, list))})' "$root/load.json"
 echo "baseline (writes a replica missed under load): $(repair_until_clean 1)"
 stop_node 3
 "$bench" load --target "ringkv://127.0.0.1:$(client_port 1)" --records $((records / 100)) --value-size 100 \
-  --seed 2 >/dev/null
+  --seed 2 --json | tail -1 >"$root/overwrite.json"
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("overwritten:", {k: v for k, v in r.items() if not isinstance(v, (dict, list))})' "$root/overwrite.json"
 : >"$root/node-3.log"
 start_node 3 "${heal_flags[@]}"
 wait_for 3 "node up node_id=1 "

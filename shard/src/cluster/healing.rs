@@ -223,12 +223,13 @@ impl Cluster {
         Some(PeerEnvelope { message, ..envelope.clone() })
     }
 
-    /// Runs an anti-entropy round now (waiting for a periodic one to finish first).
+    /// Runs an anti-entropy round now (waiting for a periodic one to finish first). The trees
+    /// are compared as they are: rebuilding them first would scan every range on every call
+    /// (seconds for a million keys), and they were rebuilt at start and stay current.
     pub async fn repair_now(&self, only: Option<TokenRange>) -> RepairSummary {
         while self.healing.round_running.get() && !self.stop.is_triggered() {
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
-        self.rebuild_trees().await;
         self.anti_entropy_round(only).await
     }
 
@@ -562,27 +563,34 @@ impl Cluster {
                 if !self.view.borrow().is_up(destination) {
                     continue;
                 }
-                let hints = handoff.take_for_replay(destination, now_ms(), REPLAY_HINTS_PER_TURN);
-                // Sent together: the highest version wins whatever the arrival order, and the
-                // destination's group commit then covers many hints per sync.
-                let tasks: Vec<_> = hints
-                    .iter()
-                    .map(|hint| {
-                        let cluster = self.clone();
-                        let hint = hint.clone();
-                        glommio::spawn_local(async move { cluster.replay_one(destination, &hint).await })
-                    })
-                    .collect();
-                let mut undelivered = Vec::new();
-                for (task, hint) in tasks.into_iter().zip(hints) {
-                    if task.await {
-                        handoff.delivered(destination, &hint).await;
-                    } else {
-                        undelivered.push(hint);
+                // Batch after batch while the budget lasts and every hint is acknowledged.
+                loop {
+                    let hints = handoff.take_for_replay(destination, now_ms(), REPLAY_HINTS_PER_TURN);
+                    if hints.is_empty() || self.stop.is_triggered() {
+                        break;
                     }
-                }
-                if !undelivered.is_empty() {
-                    handoff.give_back(destination, undelivered);
+                    // Sent together: the highest version wins whatever the arrival order, and
+                    // the destination's group commit then covers many hints per sync.
+                    let tasks: Vec<_> = hints
+                        .iter()
+                        .map(|hint| {
+                            let cluster = self.clone();
+                            let hint = hint.clone();
+                            glommio::spawn_local(async move { cluster.replay_one(destination, &hint).await })
+                        })
+                        .collect();
+                    let mut undelivered = Vec::new();
+                    for (task, hint) in tasks.into_iter().zip(hints) {
+                        if task.await {
+                            handoff.delivered(destination, &hint).await;
+                        } else {
+                            undelivered.push(hint);
+                        }
+                    }
+                    if !undelivered.is_empty() {
+                        handoff.give_back(destination, undelivered);
+                        break;
+                    }
                 }
             }
             let counters = handoff.counters();
