@@ -610,6 +610,49 @@ mod tests {
         }
     }
 
+    /// A keys reply built by hand, with lengths `lengths` over the bytes "abcde".
+    fn keys_reply_frame(lengths: &[u16]) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let keys = builder.create_vector(b"abcde".as_slice());
+        let lengths = builder.create_vector(lengths);
+        let versions = builder.create_vector(&[1u64, 2][..]);
+        let reply = fb::KeysReply::create(
+            &mut builder,
+            &fb::KeysReplyArgs {
+                keys: Some(keys),
+                key_lengths: Some(lengths),
+                versions: Some(versions),
+                truncated: false,
+                failure: None,
+            },
+        );
+        let root = fb::Envelope::create(
+            &mut builder,
+            &fb::EnvelopeArgs {
+                origin_node: 1,
+                origin_shard: 0,
+                request_id: 1,
+                message_type: fb::Message::KeysReply,
+                message: Some(reply.as_union_value()),
+            },
+        );
+        builder.finish_size_prefixed(root, None);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn a_key_list_whose_lengths_disagree_with_its_bytes_is_refused() {
+        let parsed = parse_peer(&keys_reply_frame(&[3, 2])).unwrap();
+        let expected = KeyList { keys: vec![("abc".into(), 1), ("de".into(), 2)], truncated: false };
+        assert_eq!(parsed.message, PeerMessage::KeysReply { result: Ok(expected) });
+        for lengths in [&[3u16, 1][..], &[3, 3], &[3]] {
+            assert!(
+                matches!(parse_peer(&keys_reply_frame(lengths)), Err(WireError::Malformed { .. })),
+                "{lengths:?}"
+            );
+        }
+    }
+
     #[test]
     fn every_message_round_trips() {
         for envelope in every_envelope() {
@@ -1003,6 +1046,44 @@ mod tests {
             ]
             .prop_map(|result| PeerMessage::ReadReply { result }),
             arbitrary_bytes(2048).prop_map(|payload| PeerMessage::Membership { payload }),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(0u16..64, 0..64)).prop_map(
+                |(range_start, range_end, branches)| PeerMessage::TreeRequest {
+                    range_start,
+                    range_end,
+                    level: TreeLevel::Segments,
+                    branches,
+                }
+            ),
+            prop_oneof![
+                proptest::collection::vec(any::<u64>(), 0..256).prop_map(Ok),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::TreeReply { result }),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(0u16..4096, 0..128)).prop_map(
+                |(range_start, range_end, segments)| PeerMessage::KeysRequest {
+                    range_start,
+                    range_end,
+                    segments
+                }
+            ),
+            prop_oneof![
+                (proptest::collection::vec((arbitrary_key(), any::<u64>()), 0..32), any::<bool>())
+                    .prop_map(|(keys, truncated)| Ok(KeyList { keys, truncated })),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::KeysReply { result }),
+            proptest::option::of((any::<u64>(), any::<u64>()))
+                .prop_map(|range| PeerMessage::RepairRequest { range }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(ranges_compared, keys_pushed, bytes_sent)| PeerMessage::RepairReply {
+                    report: RepairReport {
+                        ranges_compared,
+                        keys_pushed,
+                        bytes_sent,
+                        ..RepairReport::default()
+                    }
+                }
+            ),
         ]
     }
 
