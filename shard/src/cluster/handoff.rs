@@ -41,6 +41,9 @@ pub struct Handoff {
     /// figures were last logged.
     drained: RefCell<BTreeMap<u16, bool>>,
     logged_ms: Cell<u64>,
+    /// The counters when figures were last logged: hints dropped past a bound are logged too,
+    /// though no sync follows them.
+    logged_counters: Cell<HintCounters>,
     /// A log is being opened; the others wait for `opened`.
     opening: Cell<bool>,
     opened: event_listener::Event,
@@ -64,6 +67,7 @@ impl Handoff {
             sync_failures: Cell::new(0),
             drained: RefCell::new(BTreeMap::new()),
             logged_ms: Cell::new(0),
+            logged_counters: Cell::new(HintCounters::default()),
             opening: Cell::new(false),
             opened: event_listener::Event::new(),
         };
@@ -232,24 +236,39 @@ impl Handoff {
         if now_ms.saturating_sub(self.logged_ms.get()) < 1_000 {
             return;
         }
-        let drained: Vec<u16> = std::mem::take(&mut *self.drained.borrow_mut()).into_keys().collect();
-        if drained.is_empty() {
+        let book = self.book.borrow();
+        let counters = book.counters();
+        let drained = std::mem::take(&mut *self.drained.borrow_mut());
+        let mut destinations: Vec<u16> = drained.keys().copied().collect();
+        if counters != self.logged_counters.get() {
+            destinations.extend(book.destinations_with_hints());
+        }
+        destinations.sort_unstable();
+        destinations.dedup();
+        if destinations.is_empty() {
             return;
         }
         self.logged_ms.set(now_ms);
-        let book = self.book.borrow();
-        let counters = book.counters();
-        for destination in drained {
-            info!(
-                shard = self.shard,
-                destination,
-                kept = book.destination_hints(destination),
-                kept_bytes = book.destination_bytes(destination),
-                shard_bytes = book.bytes(),
-                dropped_full = counters.dropped_full,
-                dropped_window = counters.dropped_window,
-                "hints durable"
-            );
+        self.logged_counters.set(counters);
+        for destination in destinations {
+            let (kept, kept_bytes) =
+                (book.destination_hints(destination), book.destination_bytes(destination));
+            let (shard_bytes, dropped_full, dropped_window) =
+                (book.bytes(), counters.dropped_full, counters.dropped_window);
+            // "durable" only when every hint appended was synced since the last figures.
+            if drained.contains_key(&destination)
+                && !self.syncing.borrow().get(&destination).copied().unwrap_or(false)
+            {
+                info!(
+                    shard = self.shard,
+                    destination, kept, kept_bytes, shard_bytes, dropped_full, dropped_window, "hints durable"
+                );
+            } else {
+                info!(
+                    shard = self.shard,
+                    destination, kept, kept_bytes, shard_bytes, dropped_full, dropped_window, "hints kept"
+                );
+            }
         }
     }
 
@@ -289,11 +308,14 @@ impl Handoff {
         }
     }
 
-    /// A hint was delivered. Once a destination's queue is empty its log is dropped.
+    /// A hint was delivered. Once a destination's queue is empty its log is dropped, and its
+    /// outage is over (hints are replayed only to a destination up): the next hint for it, after
+    /// a timeout say, starts a new hint window.
     pub async fn delivered(&self, destination: u16, hint: &StoredHint) {
         self.book.borrow_mut().released(destination, hint.log_bytes() as u64, true);
         let empty = self.queues.borrow().get(&destination).is_none_or(VecDeque::is_empty);
         if empty {
+            self.book.borrow_mut().mark_up(destination);
             self.clear_log(destination).await;
         }
     }
