@@ -459,6 +459,9 @@ impl Cluster {
 
     /// Starts an anti-entropy round on `node` with the replicas its membership sees up.
     fn anti_entropy_round(&mut self, node_id: u16) {
+        if self.config.sabotage == Some(Sabotage::NoAntiEntropy) {
+            return;
+        }
         let now_ms = self.now_ms;
         let node = &self.nodes[&node_id];
         let Some(running) = node.running.as_ref() else { return };
