@@ -2,6 +2,7 @@
 //! glommio executor per shard, and stops them cleanly on SIGINT or SIGTERM. Its other
 //! subcommands are the command-line client ([`client_command`]).
 
+mod admin_command;
 mod client_command;
 
 use std::io::IsTerminal;
@@ -40,6 +41,9 @@ enum Command {
     /// accepting, finishes requests in flight, syncs and closes its files, and exits 0.
     // Boxed: the serve flags outweigh every other subcommand's arguments.
     Serve(Box<ServeArgs>),
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(admin_command::AdminCommand),
     #[command(flatten)]
     Client(client_command::ClientCommand),
 }
@@ -133,6 +137,36 @@ struct ServeArgs {
     /// How long a coordinator waits for enough replicas before answering "timeout". [default: 2000]
     #[arg(long, value_name = "MS")]
     replica_timeout_ms: Option<u64>,
+    /// Bytes of hints a shard keeps for all replicas together; 0 turns hinted handoff off.
+    /// [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    hints_bytes_max: Option<u64>,
+    /// Bytes of hints a shard keeps for one replica. [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    hints_destination_bytes_max: Option<u64>,
+    /// No hints for a replica down longer than this. [default: 10800000, 3 h]
+    #[arg(long, value_name = "MS")]
+    max_hint_window_ms: Option<u64>,
+    /// Hint replay rate per shard. [default: 8388608]
+    #[arg(long, value_name = "BYTES")]
+    hints_replay_bytes_per_s: Option<u64>,
+    /// How often replicas compare their anti-entropy trees. [default: 600000, 10 min]
+    #[arg(long, value_name = "MS")]
+    anti_entropy_interval_ms: Option<u64>,
+    /// Anti-entropy repair traffic per shard. [default: 8388608]
+    #[arg(long, value_name = "BYTES")]
+    anti_entropy_bytes_per_s: Option<u64>,
+    /// How often the anti-entropy trees are rebuilt from a scan. [default: 21600000, 6 h]
+    #[arg(long, value_name = "MS")]
+    tree_rebuild_interval_ms: Option<u64>,
+    /// Tombstones are kept at least this long, then purged once their range was repaired; at
+    /// least the hint window and the anti-entropy interval. [default: 864000000, 10 days]
+    #[arg(long, value_name = "MS")]
+    tombstone_grace_ms: Option<u64>,
+    /// Start even when SSTables the manifest lists are missing: their data is lost on this node
+    /// and anti-entropy restores it from the other replicas. Without it the node refuses to start.
+    #[arg(long)]
+    allow_missing_tables: bool,
     /// Replica requests a shard may have waiting as coordinator; more are answered
     /// "overloaded". [default: 4096]
     #[arg(long, value_name = "N")]
@@ -197,6 +231,17 @@ impl ServeArgs {
         if self.resp_listen.is_some() {
             config.resp_listen = self.resp_listen;
         }
+        set(&mut config.hints_bytes_max, &self.hints_bytes_max);
+        set(&mut config.hints_destination_bytes_max, &self.hints_destination_bytes_max);
+        set(&mut config.max_hint_window_ms, &self.max_hint_window_ms);
+        set(&mut config.hints_replay_bytes_per_s, &self.hints_replay_bytes_per_s);
+        set(&mut config.anti_entropy_interval_ms, &self.anti_entropy_interval_ms);
+        set(&mut config.anti_entropy_bytes_per_s, &self.anti_entropy_bytes_per_s);
+        set(&mut config.tree_rebuild_interval_ms, &self.tree_rebuild_interval_ms);
+        set(&mut config.tombstone_grace_ms, &self.tombstone_grace_ms);
+        if self.allow_missing_tables {
+            config.allow_missing_tables = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -207,6 +252,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Client(command) => return command.run(&cli.addr),
+        Command::Admin(command) => return command.run(&cli.addr),
     };
     let filter = std::env::var("RINGKV_LOG")
         .ok()

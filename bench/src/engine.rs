@@ -33,7 +33,11 @@ use clap::{Args, ValueEnum};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use ringkv_io::{DmaDisk, EngineService, ExecutorBuilder, PROBE_FILE_NAME};
-use ringkv_storage::{Engine, EngineOptions, EngineStats, SyncMode, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use ringkv_replication::tictac::{TictacTree, TokenRange};
+use ringkv_storage::{
+    Engine, EngineOptions, EngineStats, SyncMode, WriteOutcome, KEY_BYTES_MAX, VALUE_BYTES_MAX,
+};
+use ringkv_wire::token::token;
 use serde_json::{json, Map, Value};
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -126,6 +130,12 @@ pub struct EngineArgs {
     /// Append a `compact` benchmark, to measure space amplification.
     #[arg(long)]
     pub compact_after: bool,
+    /// Write as a replicated shard does, keeping anti-entropy trees current: read the key's
+    /// version first unless memory holds it, then update the tictac tree of its range (48
+    /// ranges, as one shard of a three-node ring of 16 tokens each tracks). Measures what tree
+    /// maintenance costs the write path.
+    #[arg(long)]
+    pub tictac: bool,
 }
 
 impl EngineArgs {
@@ -342,6 +352,7 @@ impl Runner {
             written: self.written.clone(),
             next_version: self.next_version.clone(),
             now_ms: ringkv_io::now_ms(),
+            trees: self.args.tictac.then(|| Rc::new(RefCell::new(Trees::new()))),
         });
         let workers = self.args.concurrency.min(ops.max(1) as usize);
         let shares = split(ops, workers);
@@ -490,6 +501,7 @@ impl Runner {
             };
             let mut line = Map::new();
             line.insert("benchmark".into(), json!(measurement.benchmark.name()));
+            line.insert("tictac".into(), json!(self.args.tictac));
             line.insert("ops".into(), json!(measurement.ops));
             line.insert("seconds".into(), json!(rounded(seconds, 6)));
             line.insert("ops_per_sec".into(), json!(rounded(ops_per_sec, 1)));
@@ -593,6 +605,61 @@ struct WorkerContext {
     written: Option<Rc<RefCell<KeySet>>>,
     next_version: Rc<Cell<u64>>,
     now_ms: u64,
+    /// Kept current on every write with `--tictac`.
+    trees: Option<Rc<RefCell<Trees>>>,
+}
+
+/// Tictac trees of equal ring ranges, the way a shard keeps them.
+struct Trees {
+    trees: Vec<TictacTree>,
+}
+
+impl Trees {
+    /// Ranges a shard of a three-node ring with 16 tokens per node replicates (N = 3).
+    const RANGES: u64 = 48;
+
+    fn new() -> Self {
+        let width = u64::MAX / Self::RANGES;
+        let trees = (0..Self::RANGES)
+            .map(|index| {
+                let end = if index + 1 == Self::RANGES { u64::MAX } else { (index + 1) * width };
+                TictacTree::new(TokenRange { start: if index == 0 { u64::MAX } else { index * width }, end })
+            })
+            .collect();
+        Trees { trees }
+    }
+
+    fn update(&mut self, key: &[u8], old: Option<u64>, new: u64) {
+        let key_token = token(key);
+        let index = self.trees.partition_point(|tree| tree.range().end < key_token).min(self.trees.len() - 1);
+        self.trees[index].update(key_token, key, old, Some(new));
+    }
+}
+
+/// A write as a replicated shard applies it with `--tictac`: the old version (memory, else a
+/// read), the write, then the tree update.
+async fn tracked_put(
+    engine: &Engine<DmaDisk>,
+    trees: &RefCell<Trees>,
+    key: bytes::Bytes,
+    value: bytes::Bytes,
+    version: u64,
+) -> Result<()> {
+    let before = match engine.entry_now(&key, |held| held.map(|held| held.version)) {
+        Some(result) => result?,
+        None => engine.get_entry(&key).await?.map(|held| held.version),
+    };
+    let in_memory = Cell::new(None);
+    let outcome = engine
+        .write_with(key.clone(), |held| {
+            in_memory.set(held);
+            ringkv_storage::Entry::live(version, value, None)
+        })
+        .await?;
+    if let WriteOutcome::Applied { version } = outcome {
+        trees.borrow_mut().update(&key, in_memory.get().or(before), version);
+    }
+    Ok(())
 }
 
 /// What one worker measured.
@@ -622,7 +689,12 @@ async fn run_worker(context: Rc<WorkerContext>, share: Share, mut rng: SmallRng)
                 let version = context.next_version.get();
                 context.next_version.set(version + 1);
                 let started = Instant::now();
-                context.engine.put(key, value, version, None).await?;
+                match &context.trees {
+                    Some(trees) => tracked_put(&context.engine, trees, key, value, version).await?,
+                    None => {
+                        context.engine.put(key, value, version, None).await?;
+                    }
+                }
                 outcome.latencies.record(started.elapsed());
                 if let Some(written) = &context.written {
                     written.borrow_mut().insert(number);

@@ -98,6 +98,9 @@ pub enum Output {
     Send { to: Target, envelope: PeerEnvelope },
     /// Answer the client request `request_id`.
     Reply { request_id: u64, reply: CoordinatorReply },
+    /// `to` did not acknowledge the write of `entry` under `key` by the deadline (whether or
+    /// not the client was already answered): keep a hint for it. Hints never count toward W.
+    Hint { to: Target, key: Bytes, entry: PeerEntry },
 }
 
 /// What a replica told a read.
@@ -123,6 +126,8 @@ impl Answer {
 
 #[derive(Debug)]
 struct WriteState {
+    key: Bytes,
+    entry: PeerEntry,
     version: u64,
     required: usize,
     acks: usize,
@@ -166,6 +171,9 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     next_request_id: u64,
     pending: HashMap<u64, Pending>,
+    /// Writes already answered whose slower replicas have not acknowledged yet: at the
+    /// deadline, each of those gets a hint.
+    lingering: HashMap<u64, WriteState>,
     /// `(deadline, request id)` in deadline order (every request gets the same timeout, so
     /// insertion order is deadline order).
     deadlines: VecDeque<(u64, u64)>,
@@ -174,7 +182,13 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator with nothing pending.
     pub fn new(config: CoordinatorConfig) -> Self {
-        Coordinator { config, next_request_id: 1, pending: HashMap::new(), deadlines: VecDeque::new() }
+        Coordinator {
+            config,
+            next_request_id: 1,
+            pending: HashMap::new(),
+            lingering: HashMap::new(),
+            deadlines: VecDeque::new(),
+        }
     }
 
     /// The settings.
@@ -233,6 +247,8 @@ impl Coordinator {
             out.push(Output::Send { to, envelope: self.envelope(request_id, message) });
         }
         let state = WriteState {
+            key,
+            entry,
             version,
             required,
             acks: 0,
@@ -273,6 +289,15 @@ impl Coordinator {
     /// ignored: they are late or duplicated, and the network may do both.
     pub fn on_reply(&mut self, from: Target, envelope: PeerEnvelope, out: &mut Vec<Output>) {
         let request_id = envelope.request_id;
+        if let (Some(write), PeerMessage::ReplicateAck { result: Ok(()) }) =
+            (self.lingering.get_mut(&request_id), &envelope.message)
+        {
+            write.waiting.retain(|&target| target != from);
+            if write.waiting.is_empty() {
+                self.lingering.remove(&request_id);
+            }
+            return;
+        }
         let Some(pending) = self.pending.get_mut(&request_id) else { return };
         let finished = match (pending, envelope.message) {
             (Pending::Write(write), PeerMessage::ReplicateAck { result }) => {
@@ -287,7 +312,16 @@ impl Coordinator {
             _ => None,
         };
         if let Some(reply) = finished {
-            self.pending.remove(&request_id);
+            if let Some(Pending::Write(write)) = self.pending.remove(&request_id) {
+                // Bounded like the pending table; past it the slow replica is left to
+                // anti-entropy.
+                if !write.waiting.is_empty()
+                    && matches!(reply, CoordinatorReply::Written { .. })
+                    && self.lingering.len() < self.config.pending_max
+                {
+                    self.lingering.insert(request_id, write);
+                }
+            }
             out.push(Output::Reply { request_id, reply });
         }
     }
@@ -441,7 +475,7 @@ impl Coordinator {
     /// knows when to call again.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Output>) -> Option<u64> {
         while let Some(&(deadline, request_id)) = self.deadlines.front() {
-            if !self.pending.contains_key(&request_id) {
+            if !self.pending.contains_key(&request_id) && !self.lingering.contains_key(&request_id) {
                 self.deadlines.pop_front();
                 continue;
             }
@@ -449,6 +483,10 @@ impl Coordinator {
                 return Some(deadline);
             }
             self.deadlines.pop_front();
+            if let Some(write) = self.lingering.remove(&request_id) {
+                Self::hint_the_silent(write, out);
+                continue;
+            }
             let pending = self.pending.remove(&request_id).expect("checked above");
             let (acks, required) = match &pending {
                 Pending::Write(write) => (write.acks, write.required),
@@ -470,7 +508,99 @@ impl Coordinator {
             let error =
                 CoordinatorError::Timeout { acks, required, timeout_ms: self.config.replica_timeout_ms };
             out.push(Output::Reply { request_id, reply: CoordinatorReply::Failed(error) });
+            if let Pending::Write(write) = pending {
+                Self::hint_the_silent(write, out);
+            }
         }
         None
+    }
+
+    /// A hint for every replica of a write that has not answered by its deadline.
+    fn hint_the_silent(write: WriteState, out: &mut Vec<Output>) {
+        for to in write.waiting {
+            out.push(Output::Hint { to, key: write.key.clone(), entry: write.entry.clone() });
+        }
+    }
+
+    /// Writes answered whose slower replicas are still awaited (for hints).
+    pub fn lingering(&self) -> usize {
+        self.lingering.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_wire::peer::PeerValue;
+
+    fn coordinator() -> Coordinator {
+        Coordinator::new(CoordinatorConfig { node_id: 1, shard: 0, replica_timeout_ms: 100, pending_max: 8 })
+    }
+
+    fn target(node_id: u16) -> Target {
+        Target { node_id, shard: 0 }
+    }
+
+    fn ack(request_id: u64) -> PeerEnvelope {
+        PeerEnvelope {
+            origin_node: 1,
+            origin_shard: 0,
+            request_id,
+            message: PeerMessage::ReplicateAck { result: Ok(()) },
+        }
+    }
+
+    fn hints(out: &[Output]) -> Vec<u16> {
+        out.iter()
+            .filter_map(|output| match output {
+                Output::Hint { to, .. } => Some(to.node_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_replica_silent_past_the_deadline_gets_a_hint_even_after_the_answer() {
+        let mut coordinator = coordinator();
+        let entry = PeerEntry { version: 7, value: PeerValue::Tombstone { deleted_at_ms: 1 } };
+        let mut out = Vec::new();
+        let targets = [target(1), target(2), target(3)];
+        let id = coordinator.write(0, Bytes::from_static(b"k"), entry, &targets, 2, &mut out).unwrap();
+        out.clear();
+        coordinator.on_reply(target(1), ack(id), &mut out);
+        coordinator.on_reply(target(2), ack(id), &mut out);
+        assert!(matches!(&out[..], [Output::Reply { reply: CoordinatorReply::Written { version: 7 }, .. }]));
+        assert_eq!(coordinator.lingering(), 1);
+        out.clear();
+        coordinator.tick(50, &mut out);
+        assert!(out.is_empty());
+        coordinator.tick(100, &mut out);
+        assert_eq!(hints(&out), vec![3]);
+        assert_eq!(coordinator.lingering(), 0);
+    }
+
+    #[test]
+    fn a_late_ack_cancels_the_hint_and_a_timeout_hints_every_silent_replica() {
+        let mut coordinator = coordinator();
+        let entry = PeerEntry { version: 9, value: PeerValue::Tombstone { deleted_at_ms: 1 } };
+        let mut out = Vec::new();
+        let targets = [target(1), target(2), target(3)];
+        let first =
+            coordinator.write(0, Bytes::from_static(b"a"), entry.clone(), &targets, 2, &mut out).unwrap();
+        coordinator.on_reply(target(1), ack(first), &mut out);
+        coordinator.on_reply(target(3), ack(first), &mut out);
+        coordinator.on_reply(target(2), ack(first), &mut out);
+        let second = coordinator.write(0, Bytes::from_static(b"b"), entry, &targets, 3, &mut out).unwrap();
+        coordinator.on_reply(target(1), ack(second), &mut out);
+        out.clear();
+        coordinator.tick(1_000, &mut out);
+        let mut hinted = hints(&out);
+        hinted.sort_unstable();
+        assert_eq!(hinted, vec![2, 3], "only the second write's silent replicas");
+        assert!(out.iter().any(|output| matches!(
+            output,
+            Output::Reply { request_id, reply: CoordinatorReply::Failed(CoordinatorError::Timeout { acks: 1, .. }) }
+                if *request_id == second
+        )));
     }
 }

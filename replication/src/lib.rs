@@ -22,14 +22,23 @@
 //! - [`membership`]: [`Membership`], SWIM membership and failure detection over foca.
 //! - [`clock`]: [`HybridClock`], the hybrid logical clock versions come from, and the clock-skew
 //!   check on versions from other nodes.
+//! - [`tictac`]: [`TictacTree`], the incremental Merkle tree of a token range's keys and versions.
+//! - [`anti_entropy`]: [`anti_entropy::Exchange`], one comparison of a range's trees with a peer,
+//!   root → branches → segments → keys, and the push/pull it calls for.
+//! - [`hints`]: [`hints::HintBook`], what hinted handoff may store, keep and replay: bounds,
+//!   the hint window, the tombstone grace and the replay throttle.
 
+pub mod anti_entropy;
 pub mod clock;
 pub mod coordinator;
+pub mod hints;
 pub mod membership;
 pub mod replica;
 pub mod ring;
+pub mod tictac;
 
 pub use clock::{ClockSkew, HybridClock};
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorReply, Output, Target};
 pub use membership::{Membership, MembershipEvent, MembershipTiming, NodeIdentity};
 pub use ring::{default_tokens, ClusterRing};
+pub use tictac::{TictacTree, TokenRange};

@@ -54,7 +54,13 @@ pub fn accept(
         PeerMessage::Hello { .. }
         | PeerMessage::ReplicateAck { .. }
         | PeerMessage::ReadReply { .. }
-        | PeerMessage::Membership { .. } => Ok(None),
+        | PeerMessage::Membership { .. }
+        | PeerMessage::TreeRequest { .. }
+        | PeerMessage::TreeReply { .. }
+        | PeerMessage::KeysRequest { .. }
+        | PeerMessage::KeysReply { .. }
+        | PeerMessage::RepairRequest { .. }
+        | PeerMessage::RepairReply { .. } => Ok(None),
     }
 }
 

@@ -34,9 +34,10 @@ fn start(required: usize) -> (Coordinator, Vec<(Target, PeerEnvelope)>) {
     coordinator.write(NOW_MS, Bytes::from_static(b"key"), entry, &targets, required, &mut out).unwrap();
     let sent = out
         .into_iter()
-        .map(|output| match output {
-            Output::Send { to, envelope } => (to, envelope),
+        .filter_map(|output| match output {
+            Output::Send { to, envelope } => Some((to, envelope)),
             Output::Reply { .. } => panic!("answered before any replica did"),
+            _ => None,
         })
         .collect();
     (coordinator, sent)
@@ -55,7 +56,7 @@ fn deliver(coordinator: &mut Coordinator, from: Target, answer: PeerEnvelope) ->
     coordinator.on_reply(from, answer, &mut out);
     out.into_iter().find_map(|output| match output {
         Output::Reply { reply, .. } => Some(reply),
-        Output::Send { .. } => None,
+        _ => None,
     })
 }
 

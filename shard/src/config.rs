@@ -171,6 +171,28 @@ pub struct NodeConfig {
     /// Address every shard serves the Redis protocol (RESP2 and RESP3) on, with SO_REUSEPORT
     /// like the client port. Off when `None` (the default).
     pub resp_listen: Option<SocketAddr>,
+    /// Bytes of hints a shard keeps for all replicas together (hinted handoff); past it new
+    /// hints are dropped and counted, and anti-entropy repairs what they held. 0 turns hints off.
+    pub hints_bytes_max: u64,
+    /// Bytes of hints a shard keeps for one replica.
+    pub hints_destination_bytes_max: u64,
+    /// No hints are kept for a replica down longer than this (counted from the outage's start,
+    /// across restarts of the node keeping them).
+    pub max_hint_window_ms: u64,
+    /// Hint replay rate per shard, bytes per second.
+    pub hints_replay_bytes_per_s: u64,
+    /// How often each shard compares its anti-entropy trees with the other replicas.
+    pub anti_entropy_interval_ms: u64,
+    /// Anti-entropy repair traffic per shard, bytes per second.
+    pub anti_entropy_bytes_per_s: u64,
+    /// How often the anti-entropy trees are rebuilt from a scan (catching data lost on disk).
+    pub tree_rebuild_interval_ms: u64,
+    /// How long a tombstone is kept at least; it is purged after this only once its range was
+    /// repaired since the delete. Must cover the hint window and the anti-entropy interval.
+    pub tombstone_grace_ms: u64,
+    /// Start even when SSTables the manifest lists are missing (their data is lost on this
+    /// node; anti-entropy restores it from the other replicas). Off: the node refuses to start.
+    pub allow_missing_tables: bool,
 }
 
 impl Default for NodeConfig {
@@ -204,6 +226,15 @@ impl Default for NodeConfig {
             peer_pending_max: 4096,
             peer_outbox_bytes_max: 4 << 20,
             resp_listen: None,
+            hints_bytes_max: 256 << 20,
+            hints_destination_bytes_max: 64 << 20,
+            max_hint_window_ms: 3 * 3_600_000,
+            hints_replay_bytes_per_s: 8 << 20,
+            anti_entropy_interval_ms: 10 * 60_000,
+            anti_entropy_bytes_per_s: 8 << 20,
+            tree_rebuild_interval_ms: 6 * 3_600_000,
+            tombstone_grace_ms: 10 * 24 * 3_600_000,
+            allow_missing_tables: false,
         }
     }
 }
@@ -272,6 +303,8 @@ impl NodeConfig {
             memtable_bytes_max: self.memtable_bytes_max,
             block_cache_bytes: self.block_cache_bytes,
             memtable_hash_seed: random_seed(),
+            tombstone_grace_ms: self.tombstone_grace_ms,
+            missing_tables_allowed: self.allow_missing_tables,
             ..EngineOptions::default()
         }
     }
@@ -351,9 +384,27 @@ impl NodeConfig {
                 ),
             );
         }
-        for (field, value) in
-            [("max_clock_skew_ms", self.max_clock_skew_ms), ("replica_timeout_ms", self.replica_timeout_ms)]
-        {
+        // A tombstone purged before a replica that missed its delete could hear of it lets the
+        // value come back: the grace must outlast both ways a replica hears of a delete late.
+        for (field, value) in [
+            ("max_hint_window_ms", self.max_hint_window_ms),
+            ("anti_entropy_interval_ms", self.anti_entropy_interval_ms),
+        ] {
+            if self.tombstone_grace_ms < value {
+                return invalid(
+                    "tombstone_grace_ms",
+                    format!("is {}; it must be at least {field} ({value})", self.tombstone_grace_ms),
+                );
+            }
+        }
+        for (field, value) in [
+            ("max_clock_skew_ms", self.max_clock_skew_ms),
+            ("replica_timeout_ms", self.replica_timeout_ms),
+            ("anti_entropy_interval_ms", self.anti_entropy_interval_ms),
+            ("anti_entropy_bytes_per_s", self.anti_entropy_bytes_per_s),
+            ("hints_replay_bytes_per_s", self.hints_replay_bytes_per_s),
+            ("tree_rebuild_interval_ms", self.tree_rebuild_interval_ms),
+        ] {
             if value == 0 {
                 return invalid(field, "must be above 0".to_string());
             }
@@ -566,6 +617,24 @@ mod tests {
             ("seeds", NodeConfig { seeds: vec![seed; SEEDS_MAX + 1], ..NodeConfig::default() }),
             ("max_clock_skew_ms", NodeConfig { max_clock_skew_ms: 0, ..NodeConfig::default() }),
             ("replica_timeout_ms", NodeConfig { replica_timeout_ms: 0, ..NodeConfig::default() }),
+            ("anti_entropy_interval_ms", NodeConfig { anti_entropy_interval_ms: 0, ..NodeConfig::default() }),
+            (
+                "tombstone_grace_ms",
+                NodeConfig {
+                    tombstone_grace_ms: 3_600_000,
+                    max_hint_window_ms: 7_200_000,
+                    ..NodeConfig::default()
+                },
+            ),
+            (
+                "tombstone_grace_ms",
+                NodeConfig {
+                    tombstone_grace_ms: 60_000,
+                    max_hint_window_ms: 1_000,
+                    anti_entropy_interval_ms: 120_000,
+                    ..NodeConfig::default()
+                },
+            ),
             ("peer_pending_max", NodeConfig { peer_pending_max: 0, ..NodeConfig::default() }),
             ("peer_outbox_bytes_max", NodeConfig { peer_outbox_bytes_max: 1 << 20, ..NodeConfig::default() }),
             (

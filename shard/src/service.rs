@@ -28,6 +28,7 @@ use glommio::net::UdpSocket;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use ringkv_io::{now_ms, EngineService};
+use ringkv_replication::hints::HintSettings;
 use ringkv_replication::NodeIdentity;
 use ringkv_wire::{encode_response, ErrorCode, Failure, Reply, Response, CONNECTION_ERROR_ID};
 use std::collections::BTreeMap;
@@ -36,7 +37,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::HybridClock;
 use crate::cluster::gossip::{self, GossipSetup};
-use crate::cluster::{peer_server, Cluster, ClusterSettings, ClusterView, LinkOrigin, MembershipSnapshot};
+use crate::cluster::handoff::Handoff;
+use crate::cluster::{
+    peer_server, Cluster, ClusterSettings, ClusterView, HealingSettings, LinkOrigin, MembershipSnapshot,
+};
 use crate::config::NodeConfig;
 use crate::connection::{Connection, ConnectionLimits};
 use crate::data_directory::DataDirectory;
@@ -158,6 +162,7 @@ impl ShardService {
             records_replayed = recovery.records_replayed,
             torn_tail_bytes = recovery.torn_tail_bytes,
             tables = recovery.tables_opened,
+            tables_missing = recovery.tables_missing,
             "storage engine open"
         );
 
@@ -178,7 +183,8 @@ impl ShardService {
             tokens,
         };
         let (cluster, cluster_tasks, cluster_stop) =
-            start_cluster(shard_id, config, identity, handler.clone(), membership, known_peers).await?;
+            start_cluster(shard_id, config, identity, handler.clone(), membership, known_peers, &directory)
+                .await?;
         let topology = ring.topology(|shard| config.shard_port(shard));
         let receivers = forwarding.start_receivers(receivers, handler.clone(), cluster.clone());
         let router =
@@ -303,6 +309,7 @@ async fn start_cluster(
     handler: Rc<Handler<ringkv_io::DmaDisk>>,
     membership: MembershipChannels,
     known_peers: BTreeMap<u16, NodeIdentity>,
+    shard_directory: &std::path::Path,
 ) -> Result<(Rc<Cluster>, Vec<JoinHandle<()>>, Rc<StopSignal>), ShardError> {
     let origin = LinkOrigin { node_id: config.node_id, shard: shard_id, generation: identity.generation };
     let settings = ClusterSettings {
@@ -313,6 +320,28 @@ async fn start_cluster(
         peer_pending_max: config.peer_pending_max,
         peer_outbox_bytes_max: config.peer_outbox_bytes_max,
         peer_in_flight_max: config.in_flight_max,
+        healing: HealingSettings {
+            hints: HintSettings {
+                shard_bytes_max: config.hints_bytes_max,
+                destination_bytes_max: config.hints_destination_bytes_max,
+                max_hint_window_ms: config.max_hint_window_ms,
+                tombstone_grace_ms: config.tombstone_grace_ms,
+                replay_bytes_per_s: config.hints_replay_bytes_per_s,
+            },
+            hints_enabled: config.hints_bytes_max > 0,
+            anti_entropy_interval_ms: config.anti_entropy_interval_ms,
+            anti_entropy_bytes_per_s: config.anti_entropy_bytes_per_s,
+            tree_rebuild_interval_ms: config.tree_rebuild_interval_ms,
+        },
+    };
+    // Hints live beside the shard's data, in a directory the engine does not list.
+    let handoff = if settings.healing.hints_enabled {
+        let handoff = Handoff::open(shard_id, shard_directory.join("hints"), settings.healing.hints)
+            .await
+            .map_err(|source| ShardError::Storage { shard_id, source })?;
+        Some(handoff)
+    } else {
+        None
     };
     let own_peer_address = config.peer_address(0);
     let has_seeds = config.seeds.iter().any(|&seed| seed != own_peer_address);
@@ -330,7 +359,7 @@ async fn start_cluster(
              by the number of nodes)"
         );
     }
-    let cluster = Cluster::new(origin, settings, handler, view);
+    let cluster = Cluster::new(origin, settings, handler, view, handoff);
     cluster.start();
     let stop = Rc::new(StopSignal::new());
     let peer_address = config.peer_address(shard_id);

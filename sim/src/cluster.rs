@@ -2,7 +2,8 @@
 //! driven from one event heap by one seeded generator, in one thread.
 //!
 //! ```text
-//!  warm-up ─▶ workload (clients + faults) ─▶ heal, restart, lossless links ─▶ membership settles
+//!  warm-up ─▶ workload (clients + faults, hints, anti-entropy) ─▶ heal, restart, lossless links
+//!          ─▶ membership settles ─▶ anti-entropy alone makes every replica agree (checked)
 //!          ─▶ read every key at ALL (read repair converges) ─▶ background repairs delivered
 //!          ─▶ checkers over the history and every engine's entries
 //! ```
@@ -20,18 +21,20 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ringkv_replication::coordinator::Output;
+use ringkv_replication::tictac::TokenRange;
 use ringkv_replication::{
     default_tokens, ClusterRing, CoordinatorError, CoordinatorReply, MembershipEvent, MembershipTiming,
     Target,
 };
 use ringkv_storage::disk::memory::CrashMode;
-use ringkv_wire::peer::{PeerEntry, PeerMessage, PeerValue};
+use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerMessage, PeerValue, ReadAnswer};
 use ringkv_wire::token::token;
 use ringkv_wire::Consistency;
 
 use crate::checker::{self, FinalState};
 use crate::client::{Client, Request};
 use crate::config::{Sabotage, SimConfig, CLOCK_SKEW_MS_MAX, REPLICATION_FACTOR, START_MS};
+use crate::healing::{self, Healing};
 use crate::history::{History, Kind, Operation, Outcome};
 use crate::network::{LinkFaults, Message, Network, Payload};
 use crate::node::{node_of, peer_address, Node, NodeSettings, ReplicaBehaviour, TOKENS_PER_NODE};
@@ -54,6 +57,12 @@ const FINAL_READ_ATTEMPTS: usize = 10;
 const REJOIN_PERIOD_MS: u64 = 1_000;
 /// Most events pending at once.
 const EVENTS_PENDING_MAX: usize = 1 << 20;
+/// Anti-entropy rounds start every this long on each node, give or take half.
+const ANTI_ENTROPY_INTERVAL_MS: u64 = 4_000;
+/// Hints are replayed this often.
+const HINT_REPLAY_INTERVAL_MS: u64 = 1_000;
+/// After healing, anti-entropy gets at most this many rounds to make every replica agree.
+const ANTI_ENTROPY_ROUNDS_MAX: usize = 40;
 
 enum Event {
     Deliver(Message),
@@ -86,6 +95,14 @@ enum Event {
     },
     /// The operator restarts a node whose disk failed.
     OperatorRestart {
+        node: u16,
+        generation: u64,
+    },
+    AntiEntropy {
+        node: u16,
+        generation: u64,
+    },
+    HintReplay {
         node: u16,
         generation: u64,
     },
@@ -355,6 +372,7 @@ impl Cluster {
         // twice the skew, past the replicas' bound: such a node refuses the read repair (and the
         // read at ALL still answers). Wait until every version written is in every clock's past.
         self.run_for(CLOCKS_PASS_MS);
+        self.converge_by_anti_entropy();
         if self.config.final_reads_in_flight > 1 {
             self.read_all_concurrently(&node_ids, self.config.final_reads_in_flight);
             self.run_for(3_000);
@@ -504,8 +522,186 @@ impl Cluster {
                     self.start(node);
                 }
             }
+            Event::AntiEntropy { node, generation } => {
+                if self.running_mut(node, generation).is_some() {
+                    self.anti_entropy_round(node);
+                    let at = self.now_ms
+                        + self
+                            .rng
+                            .random_range(ANTI_ENTROPY_INTERVAL_MS / 2..=ANTI_ENTROPY_INTERVAL_MS * 3 / 2);
+                    self.scheduler.schedule(at, Event::AntiEntropy { node, generation });
+                }
+            }
+            Event::HintReplay { node, generation } => {
+                if self.running_mut(node, generation).is_some() {
+                    self.replay_hints(node);
+                    self.scheduler.schedule(
+                        self.now_ms + HINT_REPLAY_INTERVAL_MS,
+                        Event::HintReplay { node, generation },
+                    );
+                }
+            }
         }
         true
+    }
+
+    /// Starts an anti-entropy round on `node` with the replicas its membership sees up.
+    fn anti_entropy_round(&mut self, node_id: u16) {
+        if self.config.sabotage == Some(Sabotage::NoAntiEntropy) {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let node = &self.nodes[&node_id];
+        let Some(running) = node.running.as_ref() else { return };
+        let up: Vec<u16> = running.membership.up().keys().copied().collect();
+        let sends = match running.healing.borrow_mut().as_mut() {
+            Some(healing) => healing.start_round(node_id, &up, now_ms),
+            None => return,
+        };
+        self.send_healing(node_id, sends);
+    }
+
+    fn send_healing(&mut self, node_id: u16, sends: Vec<healing::Send>) {
+        for healing::Send::Request { to, request_id, message } in sends {
+            let envelope = PeerEnvelope { origin_node: node_id, origin_shard: 0, request_id, message };
+            self.send(node_id, to, None, Payload::Peer(Message::encode_peer(&envelope)));
+        }
+    }
+
+    /// Keeps a hint of `entry` for `destination` on `node`, unless the bounds or the window
+    /// refuse it.
+    fn store_hint(&mut self, node_id: u16, destination: u16, key: Bytes, entry: PeerEntry) {
+        let now_ms = self.now_ms;
+        let Some(running) = self.nodes[&node_id].running.as_ref() else { return };
+        let mut healing = running.healing.borrow_mut();
+        let Some(healing) = healing.as_mut() else { return };
+        let bytes = (key.len() + 64) as u64;
+        if healing.book.admit(destination, bytes, now_ms).is_ok() {
+            healing.hints.entry(destination).or_default().push_back((key, entry, now_ms));
+        }
+    }
+
+    /// Replays the hints of `node` to the destinations it sees up, within the replay budget.
+    fn replay_hints(&mut self, node_id: u16) {
+        let now_ms = self.now_ms;
+        let Some(running) = self.nodes[&node_id].running.as_ref() else { return };
+        let up: Vec<u16> = running.membership.up().keys().copied().collect();
+        let mut sends = Vec::new();
+        {
+            let mut healing = running.healing.borrow_mut();
+            let Some(healing) = healing.as_mut() else { return };
+            let mut budget = healing.book.replay_budget(now_ms);
+            for (&destination, queue) in healing.hints.iter_mut() {
+                if !up.contains(&destination) {
+                    continue;
+                }
+                while let Some((key, _, written_at_ms)) = queue.front() {
+                    let bytes = (key.len() + 64) as u64;
+                    if healing.book.expired(*written_at_ms, now_ms) {
+                        queue.pop_front();
+                        healing.book.released(destination, bytes, false);
+                        continue;
+                    }
+                    if bytes > budget {
+                        break;
+                    }
+                    budget -= bytes;
+                    healing.book.spend(bytes);
+                    let (key, entry, _) = queue.pop_front().expect("front exists");
+                    healing.book.released(destination, bytes, true);
+                    sends.push((destination, PeerMessage::Replicate { key, entry }));
+                }
+            }
+        }
+        if !sends.is_empty() {
+            self.log(format_args!("n{node_id} replays {} hints", sends.len()));
+        }
+        for (destination, message) in sends {
+            // Background: nobody waits for the answer (request id 0).
+            let envelope = PeerEnvelope { origin_node: node_id, origin_shard: 0, request_id: 0, message };
+            self.send(node_id, destination, None, Payload::Peer(Message::encode_peer(&envelope)));
+        }
+    }
+
+    /// Takes the answer to a healing request on `node_id`.
+    fn on_healing_answer(&mut self, node_id: u16, from: u16, envelope: PeerEnvelope) {
+        let now_ms = self.now_ms;
+        let node = &self.nodes[&node_id];
+        let Some(running) = node.running.as_ref() else { return };
+        if envelope.request_id & healing::PULL_REQUEST_BIT != 0 {
+            let key = running
+                .healing
+                .borrow_mut()
+                .as_mut()
+                .and_then(|healing| healing.pulls.remove(&envelope.request_id));
+            if let (Some(key), PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(entry))) }) =
+                (key, envelope.message)
+            {
+                // Through the replica path: clock-skew check, tree update.
+                let request = PeerEnvelope {
+                    origin_node: from,
+                    origin_shard: 0,
+                    request_id: 0,
+                    message: PeerMessage::Replicate { key, entry },
+                };
+                let _ = node.serve(&request, now_ms);
+            }
+            return;
+        }
+        let (sends, pushes) = match running.healing.borrow_mut().as_mut() {
+            Some(healing) => healing.on_answer(envelope.request_id, from, envelope.message, &running.engine),
+            None => return,
+        };
+        self.send_healing(node_id, sends);
+        for (peer, key) in pushes {
+            let Ok(Some(entry)) = self.nodes[&node_id].stored(&key) else { continue };
+            let envelope = PeerEnvelope {
+                origin_node: node_id,
+                origin_shard: 0,
+                request_id: 0,
+                message: PeerMessage::Replicate { key, entry },
+            };
+            self.send(node_id, peer, None, Payload::Peer(Message::encode_peer(&envelope)));
+        }
+    }
+
+    /// Whether every key's replicas hold the same version (or all nothing).
+    fn replicas_agree(&self) -> Result<(), String> {
+        for key in &self.keys {
+            let replicas = self.ring.preference_list(token(key), REPLICATION_FACTOR);
+            let mut versions = Vec::new();
+            for replica in &replicas {
+                let stored = self.nodes[replica].stored(key)?;
+                versions.push((*replica, stored.map(|entry| entry.version)));
+            }
+            if versions.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+                return Err(format!("{key:?}: {versions:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs anti-entropy rounds on every node until every key's replicas agree, before any read
+    /// repairs them: a run passes only if anti-entropy alone converges the replicas.
+    fn converge_by_anti_entropy(&mut self) {
+        let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
+        let mut disagreement = String::new();
+        for round in 0..ANTI_ENTROPY_ROUNDS_MAX {
+            match self.replicas_agree() {
+                Ok(()) => {
+                    self.log(format_args!("settle: replicas agree after {round} anti-entropy rounds"));
+                    return;
+                }
+                Err(found) => disagreement = found,
+            }
+            for &node in &node_ids {
+                self.anti_entropy_round(node);
+            }
+            self.run_for(2_000);
+        }
+        self.violations.push(format!(
+            "replicas still disagree after {ANTI_ENTROPY_ROUNDS_MAX} anti-entropy rounds: {disagreement}"
+        ));
     }
 
     fn running_mut(&mut self, node: u16, generation: u64) -> Option<&mut crate::node::Running> {
@@ -532,7 +728,22 @@ impl Cluster {
             return;
         }
         let generation = node.generation;
+        let ranges: Vec<(TokenRange, Vec<u16>)> = self
+            .ring
+            .ranges(REPLICATION_FACTOR)
+            .into_iter()
+            .map(|range| (TokenRange { start: range.start, end: range.end }, range.replicas))
+            .collect();
+        let running = node.running.as_ref().expect("just started");
+        match Healing::new(node_id, &ranges, &running.engine) {
+            Ok(healing) => *running.healing.borrow_mut() = Some(healing),
+            Err(error) => self.violations.push(format!("n{node_id} could not build its trees: {error}")),
+        }
         self.log(format_args!("n{node_id} started (start {generation})"));
+        let at = self.now_ms + self.rng.random_range(ANTI_ENTROPY_INTERVAL_MS / 2..=ANTI_ENTROPY_INTERVAL_MS);
+        self.scheduler.schedule(at, Event::AntiEntropy { node: node_id, generation });
+        self.scheduler
+            .schedule(self.now_ms + HINT_REPLAY_INTERVAL_MS, Event::HintReplay { node: node_id, generation });
         let at = self.now_ms + self.rng.random_range(500..=1_500);
         self.scheduler.schedule(at, Event::Maintenance { node: node_id, generation });
         self.scheduler.schedule(self.now_ms + REJOIN_PERIOD_MS, Event::Rejoin { node: node_id, generation });
@@ -668,6 +879,10 @@ impl Cluster {
             .map(|&node_id| Target { node_id, shard: 0 })
             .collect();
         targets.sort_by_key(|target| target.node_id != node_id);
+        // Replicas down now get a hint of a write at once, as in the shard.
+        let down: Vec<u16> = preference.iter().copied().filter(|replica| !up.contains_key(replica)).collect();
+        let mut written: Option<PeerEntry> = None;
+        let hinted_key = key.clone();
         // The planted bug of a coordinator that answers a write one acknowledgement early.
         let write_required = match self.config.sabotage {
             Some(Sabotage::CoordinatorAcksEarly) => required.saturating_sub(1).max(1),
@@ -682,12 +897,14 @@ impl Cluster {
                 // As the shard does: a TTL becomes an absolute expiry set by the coordinator.
                 let expires_at_ms = ttl_ms.map(|ttl_ms| wall_ms.saturating_add(ttl_ms));
                 let entry = PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms } };
+                written = Some(entry.clone());
                 running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
             Kind::Delete => {
                 let version = running.clock.next_version(wall_ms);
                 operation.version = Some(version);
                 let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: wall_ms } };
+                written = Some(entry.clone());
                 running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
         };
@@ -706,6 +923,11 @@ impl Cluster {
                 let at = now_ms + self.config.replica_timeout_ms;
                 self.scheduler.schedule(at, Event::CoordinatorTick { node: node_id, generation });
                 self.dispatch(node_id, outputs);
+                if let Some(entry) = written {
+                    for destination in down {
+                        self.store_hint(node_id, destination, hinted_key.clone(), entry.clone());
+                    }
+                }
             }
             // Refused before anything was sent: certainly not applied.
             Err(error) => self.complete(index, Outcome::Failed(error.to_string())),
@@ -776,6 +998,7 @@ impl Cluster {
                     self.send(node_id, to.node_id, None, Payload::Peer(frame));
                 }
                 Output::Reply { request_id, reply } => self.reply(node_id, request_id, reply),
+                Output::Hint { to, key, entry } => self.store_hint(node_id, to.node_id, key, entry),
             }
         }
     }
@@ -846,6 +1069,9 @@ impl Cluster {
                     Some(answer) => {
                         let frame = Message::encode_peer(&answer);
                         self.send(to, from, Some(from_generation), Payload::Peer(frame));
+                    }
+                    None if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
+                        self.on_healing_answer(to, from, envelope);
                     }
                     None => {
                         let running =

@@ -22,6 +22,8 @@ pub enum Sabotage {
     ReplicaAcksWithoutApplying,
     /// Coordinators answer a write one acknowledgement early (QUORUM of 3 after one).
     CoordinatorAcksEarly,
+    /// No node runs anti-entropy exchanges (hints still replay).
+    NoAntiEntropy,
 }
 
 /// Everything a run is made of besides its schedule.

@@ -28,11 +28,14 @@
 //! - [`client`]: [`client::Client`], the workload of one client.
 //! - [`history`]: [`history::History`], operations with their outcomes.
 //! - [`checker`]: the properties checked at the end of a run.
+//! - [`healing`]: [`healing::Healing`], a node's hints and anti-entropy over the real trees and
+//!   exchange.
 
 pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod healing;
 pub mod history;
 pub mod network;
 pub mod node;

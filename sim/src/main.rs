@@ -50,6 +50,8 @@ enum PlantedBug {
     ReplicaAcksWithoutApplying,
     /// Coordinators answer a write one acknowledgement early.
     CoordinatorAcksEarly,
+    /// No node runs anti-entropy exchanges.
+    NoAntiEntropy,
 }
 
 fn run(seed: u64, planted: Option<PlantedBug>) -> ringkv_sim::Report {
@@ -61,6 +63,7 @@ fn run(seed: u64, planted: Option<PlantedBug>) -> ringkv_sim::Report {
         Some(PlantedBug::CoordinatorAcksEarly) => {
             ringkv_sim::run_sabotaged(seed, Sabotage::CoordinatorAcksEarly)
         }
+        Some(PlantedBug::NoAntiEntropy) => ringkv_sim::run_sabotaged(seed, Sabotage::NoAntiEntropy),
     }
 }
 

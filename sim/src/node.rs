@@ -12,6 +12,7 @@
 //! fires: on a MemDisk nothing ever waits, so a replica's write is applied and synced (or has
 //! failed) before its answer is sent, as in the shard under `SyncMode::Always`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -26,6 +27,8 @@ use ringkv_replication::{
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::{Engine, EngineOptions, Entry, ScanRange};
 use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure};
+
+use crate::healing::Healing;
 
 /// Tokens per node on the ring.
 pub const TOKENS_PER_NODE: usize = 16;
@@ -82,6 +85,8 @@ pub struct Running {
     pub membership_tick_at: Option<u64>,
     /// Client operations this node coordinates: coordinator request id → history index.
     pub requests: BTreeMap<u64, usize>,
+    /// Trees, hints and exchanges; set right after start.
+    pub healing: RefCell<Option<Healing>>,
 }
 
 /// One node.
@@ -168,6 +173,7 @@ impl Node {
             identity_generation,
             membership_tick_at: None,
             requests: BTreeMap::new(),
+            healing: RefCell::new(None),
         });
         Ok(())
     }
@@ -200,6 +206,14 @@ impl Node {
         let storage_failure = |error: ringkv_storage::StorageError| {
             PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
         };
+        if let Some(answer) = running
+            .healing
+            .borrow()
+            .as_ref()
+            .and_then(|healing| healing.answer(&envelope.message, &running.engine))
+        {
+            return Some(PeerEnvelope { message: answer, ..envelope.clone() });
+        }
         match replica::accept(envelope, &running.clock, wall_ms, self.settings.max_clock_skew_ms) {
             Ok(Some(replica::Work::Apply { .. }))
                 if self.behaviour == ReplicaBehaviour::AcksWithoutApplying =>
@@ -209,9 +223,7 @@ impl Node {
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
-                let result = block_on(running.engine.write(key, Entry::from(entry)))
-                    .map(drop)
-                    .map_err(storage_failure);
+                let result = self.apply_tracked(running, key, Entry::from(entry)).map_err(storage_failure);
                 Some(replica::applied(envelope, result))
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
@@ -223,6 +235,31 @@ impl Node {
             Ok(None) => None,
             Err(failure) => Some(replica::refusal(envelope, failure)),
         }
+    }
+
+    /// Applies a write and keeps its range's tree current, as the shard's `apply_tracked` does:
+    /// the old version is the one memory held when the write applied, else the one read first.
+    fn apply_tracked(
+        &self,
+        running: &Running,
+        key: Bytes,
+        entry: Entry,
+    ) -> Result<(), ringkv_storage::StorageError> {
+        let before = match running.engine.entry_now(&key, |held| held.map(|held| held.version)) {
+            Some(result) => result?,
+            None => block_on(running.engine.get_entry(&key))?.map(|held| held.version),
+        };
+        let in_memory = std::cell::Cell::new(None);
+        let outcome = block_on(running.engine.write_with(key.clone(), |held| {
+            in_memory.set(held);
+            entry
+        }))?;
+        if let ringkv_storage::WriteOutcome::Applied { version } = outcome {
+            if let Some(healing) = running.healing.borrow_mut().as_mut() {
+                healing.update(&key, in_memory.get().or(before), version);
+            }
+        }
+        Ok(())
     }
 
     /// The stored entry of `key` (tombstones included), for the checkers.

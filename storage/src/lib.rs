@@ -32,6 +32,7 @@
 //! - [`sstable`]: the immutable sorted table files: format, writer, point reads and scans.
 //! - [`block_cache`]: verified SSTable blocks kept in memory, weighted by bytes.
 //! - [`wal`]: write-ahead log segments, records, recovery scan and the group-commit writer.
+//! - [`hints`]: the durable hint log of one destination (hinted handoff), on the WAL's records.
 
 pub mod block_cache;
 pub mod compaction;
@@ -39,6 +40,7 @@ pub mod disk;
 pub mod engine;
 pub mod entry;
 pub mod error;
+pub mod hints;
 pub mod key;
 pub mod manifest;
 pub mod memtable;

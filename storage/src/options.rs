@@ -36,6 +36,10 @@ pub struct EngineOptions {
     /// Seeds the memtable's hash index. A server passes a random value so that clients cannot
     /// pick keys that collide; tests and simulations pass a fixed one to replay runs exactly.
     pub memtable_hash_seed: u64,
+    /// Open even when tables the manifest lists are missing from the disk, leaving them out
+    /// (their data is lost here; replication's anti-entropy restores it from the other
+    /// replicas). Off by default: a missing table is an error the operator must see.
+    pub missing_tables_allowed: bool,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +55,7 @@ impl Default for EngineOptions {
             compaction_width_min: 4,
             compaction_width_max: 16,
             memtable_hash_seed: 0,
+            missing_tables_allowed: false,
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod async_client;
 pub mod bench;
 pub mod cluster;
+pub mod healing;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};

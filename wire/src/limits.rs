@@ -109,6 +109,21 @@ pub const PEER_FAILURE_MESSAGE_BYTES_MAX: usize = 4096;
 /// the same one.
 pub const NODE_ID_MAX: u16 = 1023;
 
+/// Branches of an anti-entropy tree (see `ringkv_replication::tictac`).
+pub const TREE_BRANCHES: usize = 64;
+
+/// Segments (leaves) of an anti-entropy tree: 64 per branch.
+pub const TREE_SEGMENTS: usize = TREE_BRANCHES * 64;
+
+/// Most keys in one anti-entropy key list.
+pub const KEY_LIST_ENTRIES_MAX: usize = 8192;
+
+/// Most bytes of keys in one anti-entropy key list: with the lengths and versions of
+/// [`KEY_LIST_ENTRIES_MAX`] keys (80 KiB) it stays well inside a peer frame.
+pub const KEY_LIST_BYTES_MAX: usize = 768 * 1024;
+
+const _: () = assert!(KEY_LIST_BYTES_MAX + KEY_LIST_ENTRIES_MAX * 10 + 4096 < PEER_FRAME_BYTES_MAX);
+
 /// Deepest nesting of tables in a valid peer frame:
 /// `Envelope > ReadReply > EntryAnswer > Entry > Live`. Raise it only together with a schema
 /// change that needs it.

@@ -19,7 +19,8 @@ use bytes::Bytes;
 
 use crate::error::WireError;
 use crate::limits::{
-    MEMBERSHIP_PAYLOAD_BYTES_MAX, NODE_ID_MAX, PEER_FAILURE_MESSAGE_BYTES_MAX, VALUE_BYTES_MAX,
+    KEY_LIST_BYTES_MAX, KEY_LIST_ENTRIES_MAX, MEMBERSHIP_PAYLOAD_BYTES_MAX, NODE_ID_MAX,
+    PEER_FAILURE_MESSAGE_BYTES_MAX, TREE_BRANCHES, TREE_SEGMENTS, VALUE_BYTES_MAX,
 };
 use crate::operation::validate_key;
 
@@ -107,6 +108,90 @@ pub enum PeerMessage {
     ReadReply { result: Result<ReadAnswer, PeerFailure> },
     /// A membership (SWIM) datagram, opaque to this layer.
     Membership { payload: Bytes },
+    /// Anti-entropy: the replica's tictac tree of the token range `(range_start, range_end]` at
+    /// `level`; `branches` is read at [`TreeLevel::Segments`] only.
+    TreeRequest { range_start: u64, range_end: u64, level: TreeLevel, branches: Vec<u16> },
+    /// The answer to [`PeerMessage::TreeRequest`]: the hashes in the order asked.
+    TreeReply { result: Result<Vec<u64>, PeerFailure> },
+    /// Anti-entropy: the keys and versions the replica holds in `segments` of the token range
+    /// `(range_start, range_end]`, tombstones included.
+    KeysRequest { range_start: u64, range_end: u64, segments: Vec<u16> },
+    /// The answer to [`PeerMessage::KeysRequest`].
+    KeysReply { result: Result<KeyList, PeerFailure> },
+    /// An operator asks the shard to run anti-entropy now, over every range it replicates or
+    /// over `range` (start, end] only.
+    RepairRequest { range: Option<(u64, u64)> },
+    /// The answer to [`PeerMessage::RepairRequest`].
+    RepairReply { report: RepairReport },
+}
+
+/// What an anti-entropy repair asked by an operator did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RepairReport {
+    pub ranges_compared: u64,
+    pub exchanges: u64,
+    pub exchanges_failed: u64,
+    pub keys_pushed: u64,
+    pub keys_pulled: u64,
+    pub bytes_sent: u64,
+}
+
+/// The level of a tictac tree a [`PeerMessage::TreeRequest`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TreeLevel {
+    /// One hash, the root.
+    Root,
+    /// The 64 branch hashes.
+    Branches,
+    /// The 64 segment hashes of each branch listed.
+    Segments,
+}
+
+/// Keys and their versions, as a replica lists them for anti-entropy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct KeyList {
+    /// Each key with the version of its newest entry.
+    pub keys: Vec<(Bytes, u64)>,
+    /// The list stops early: the segments hold more keys than one answer carries.
+    pub truncated: bool,
+}
+
+impl KeyList {
+    /// Whether one more key of `key_bytes` fits in an answer.
+    pub fn has_room_for(&self, key_bytes: usize) -> bool {
+        self.keys.len() < KEY_LIST_ENTRIES_MAX
+            && self.keys.iter().map(|(key, _)| key.len()).sum::<usize>() + key_bytes <= KEY_LIST_BYTES_MAX
+    }
+
+    fn validate(&self) -> Result<(), WireError> {
+        if self.keys.len() > KEY_LIST_ENTRIES_MAX {
+            return Err(WireError::malformed(format!("{} keys in one key list", self.keys.len())));
+        }
+        let mut bytes = 0usize;
+        for (key, _) in &self.keys {
+            validate_key(key)?;
+            bytes += key.len();
+        }
+        if bytes > KEY_LIST_BYTES_MAX {
+            return Err(WireError::malformed(format!("{bytes} bytes of keys in one key list")));
+        }
+        Ok(())
+    }
+}
+
+impl PeerMessage {
+    /// Whether the message asks a replica for something (and is answered), as opposed to an
+    /// answer, a hello or a membership datagram.
+    pub fn is_request(&self) -> bool {
+        matches!(
+            self,
+            PeerMessage::Replicate { .. }
+                | PeerMessage::Read { .. }
+                | PeerMessage::TreeRequest { .. }
+                | PeerMessage::KeysRequest { .. }
+                | PeerMessage::RepairRequest { .. }
+        )
+    }
 }
 
 /// A peer message with the correlation that routes its reply: the coordinator's node and shard
@@ -185,6 +270,35 @@ impl PeerEnvelope {
                 }
                 Ok(())
             }
+            PeerMessage::TreeRequest { level, branches, .. } => {
+                let listed = if *level == TreeLevel::Segments { branches.len() } else { 0 };
+                if listed > TREE_BRANCHES
+                    || branches.iter().any(|&branch| usize::from(branch) >= TREE_BRANCHES)
+                {
+                    return Err(WireError::malformed("a tree request lists branches out of range"));
+                }
+                Ok(())
+            }
+            PeerMessage::TreeReply { result } => match result {
+                Ok(hashes) if hashes.len() > TREE_SEGMENTS => {
+                    Err(WireError::malformed(format!("{} hashes in one tree reply", hashes.len())))
+                }
+                Ok(_) => Ok(()),
+                Err(failure) => failure.validate(),
+            },
+            PeerMessage::KeysRequest { segments, .. } => {
+                if segments.len() > TREE_SEGMENTS
+                    || segments.iter().any(|&segment| usize::from(segment) >= TREE_SEGMENTS)
+                {
+                    return Err(WireError::malformed("a keys request lists segments out of range"));
+                }
+                Ok(())
+            }
+            PeerMessage::KeysReply { result } => match result {
+                Ok(list) => list.validate(),
+                Err(failure) => failure.validate(),
+            },
+            PeerMessage::RepairRequest { .. } | PeerMessage::RepairReply { .. } => Ok(()),
         }
     }
 }

@@ -26,7 +26,11 @@ use crate::error::WireError;
 use crate::frame::verified_root_with;
 use crate::generated::peer as fb;
 use crate::limits::PEER_VERIFIER_OPTIONS;
-use crate::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer};
+use crate::peer::RepairReport;
+use crate::peer::{
+    KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer,
+    TreeLevel,
+};
 use crate::request::finished_frame;
 
 /// Encodes an envelope as one complete frame (length prefix included) inside `builder`, and
@@ -122,12 +126,96 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
             let membership = root.message_as_membership().ok_or_else(missing)?;
             PeerMessage::Membership { payload: bytes(membership.payload().bytes()) }
         }
+        fb::Message::TreeRequest => {
+            let request = root.message_as_tree_request().ok_or_else(missing)?;
+            let level = match request.level() {
+                fb::TreeLevel::Root => TreeLevel::Root,
+                fb::TreeLevel::Branches => TreeLevel::Branches,
+                fb::TreeLevel::Segments => TreeLevel::Segments,
+                fb::TreeLevel(unknown) => {
+                    return Err(WireError::malformed(format!("unknown tree level {unknown}")))
+                }
+            };
+            PeerMessage::TreeRequest {
+                range_start: request.start(),
+                range_end: request.end(),
+                level,
+                branches: request.branches().map(|branches| branches.iter().collect()).unwrap_or_default(),
+            }
+        }
+        fb::Message::TreeReply => {
+            let reply = root.message_as_tree_reply().ok_or_else(missing)?;
+            PeerMessage::TreeReply {
+                result: match reply.failure() {
+                    Some(failure) => Err(parse_failure(failure)?),
+                    None => Ok(reply.hashes().map(|hashes| hashes.iter().collect()).unwrap_or_default()),
+                },
+            }
+        }
+        fb::Message::KeysRequest => {
+            let request = root.message_as_keys_request().ok_or_else(missing)?;
+            PeerMessage::KeysRequest {
+                range_start: request.start(),
+                range_end: request.end(),
+                segments: request.segments().map(|segments| segments.iter().collect()).unwrap_or_default(),
+            }
+        }
+        fb::Message::KeysReply => {
+            let reply = root.message_as_keys_reply().ok_or_else(missing)?;
+            PeerMessage::KeysReply {
+                result: match reply.failure() {
+                    Some(failure) => Err(parse_failure(failure)?),
+                    None => Ok(parse_key_list(&reply, bytes)?),
+                },
+            }
+        }
+        fb::Message::RepairRequest => {
+            let request = root.message_as_repair_request().ok_or_else(missing)?;
+            PeerMessage::RepairRequest {
+                range: request.one_range().then(|| (request.start(), request.end())),
+            }
+        }
+        fb::Message::RepairReply => {
+            let reply = root.message_as_repair_reply().ok_or_else(missing)?;
+            PeerMessage::RepairReply {
+                report: RepairReport {
+                    ranges_compared: reply.ranges_compared(),
+                    exchanges: reply.exchanges(),
+                    exchanges_failed: reply.exchanges_failed(),
+                    keys_pushed: reply.keys_pushed(),
+                    keys_pulled: reply.keys_pulled(),
+                    bytes_sent: reply.bytes_sent(),
+                },
+            }
+        }
         fb::Message::NONE => return Err(missing()),
         fb::Message(unknown) => {
             return Err(WireError::malformed(format!("unknown peer message type {unknown}")))
         }
     };
     Ok(message)
+}
+
+fn parse_key_list(reply: &fb::KeysReply<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Result<KeyList, WireError> {
+    let keys = reply.keys().map(|keys| keys.bytes()).unwrap_or_default();
+    let lengths: Vec<u16> = reply.key_lengths().map(|lengths| lengths.iter().collect()).unwrap_or_default();
+    let versions: Vec<u64> = reply.versions().map(|versions| versions.iter().collect()).unwrap_or_default();
+    if lengths.len() != versions.len() {
+        return Err(WireError::malformed("a key list has as many lengths as versions"));
+    }
+    let mut list = KeyList { keys: Vec::with_capacity(lengths.len()), truncated: reply.truncated() };
+    let mut offset = 0usize;
+    for (length, version) in lengths.into_iter().zip(versions) {
+        let end = offset + usize::from(length);
+        let key =
+            keys.get(offset..end).ok_or_else(|| WireError::malformed("a key list runs past its bytes"))?;
+        list.keys.push((bytes(key), version));
+        offset = end;
+    }
+    if offset != keys.len() {
+        return Err(WireError::malformed("a key list has bytes past its last key"));
+    }
+    Ok(list)
 }
 
 fn parse_read_result(
@@ -266,6 +354,93 @@ fn encode_message(
             let membership = fb::Membership::create(builder, &fb::MembershipArgs { payload: Some(payload) });
             (fb::Message::Membership, membership.as_union_value())
         }
+        PeerMessage::TreeRequest { range_start, range_end, level, branches } => {
+            let branches = builder.create_vector(&branches[..]);
+            let level = match level {
+                TreeLevel::Root => fb::TreeLevel::Root,
+                TreeLevel::Branches => fb::TreeLevel::Branches,
+                TreeLevel::Segments => fb::TreeLevel::Segments,
+            };
+            let request = fb::TreeRequest::create(
+                builder,
+                &fb::TreeRequestArgs {
+                    start: *range_start,
+                    end: *range_end,
+                    level,
+                    branches: Some(branches),
+                },
+            );
+            (fb::Message::TreeRequest, request.as_union_value())
+        }
+        PeerMessage::TreeReply { result } => {
+            let args = match result {
+                Ok(hashes) => {
+                    fb::TreeReplyArgs { hashes: Some(builder.create_vector(&hashes[..])), failure: None }
+                }
+                Err(failure) => {
+                    fb::TreeReplyArgs { hashes: None, failure: Some(encode_failure(builder, failure)) }
+                }
+            };
+            (fb::Message::TreeReply, fb::TreeReply::create(builder, &args).as_union_value())
+        }
+        PeerMessage::KeysRequest { range_start, range_end, segments } => {
+            let segments = builder.create_vector(&segments[..]);
+            let request = fb::KeysRequest::create(
+                builder,
+                &fb::KeysRequestArgs { start: *range_start, end: *range_end, segments: Some(segments) },
+            );
+            (fb::Message::KeysRequest, request.as_union_value())
+        }
+        PeerMessage::KeysReply { result } => {
+            let args = match result {
+                Ok(list) => {
+                    let mut keys = Vec::with_capacity(list.keys.iter().map(|(key, _)| key.len()).sum());
+                    let mut lengths = Vec::with_capacity(list.keys.len());
+                    let mut versions = Vec::with_capacity(list.keys.len());
+                    for (key, version) in &list.keys {
+                        keys.extend_from_slice(key);
+                        // Keys are at most 256 bytes (checked by `validate`); a longer one
+                        // would be cut here and refused by the parser.
+                        lengths.push(key.len().min(usize::from(u16::MAX)) as u16);
+                        versions.push(*version);
+                    }
+                    fb::KeysReplyArgs {
+                        keys: Some(builder.create_vector(&keys)),
+                        key_lengths: Some(builder.create_vector(&lengths)),
+                        versions: Some(builder.create_vector(&versions)),
+                        truncated: list.truncated,
+                        failure: None,
+                    }
+                }
+                Err(failure) => fb::KeysReplyArgs {
+                    failure: Some(encode_failure(builder, failure)),
+                    ..fb::KeysReplyArgs::default()
+                },
+            };
+            (fb::Message::KeysReply, fb::KeysReply::create(builder, &args).as_union_value())
+        }
+        PeerMessage::RepairRequest { range } => {
+            let (start, end) = range.unwrap_or((0, 0));
+            let request = fb::RepairRequest::create(
+                builder,
+                &fb::RepairRequestArgs { start, end, one_range: range.is_some() },
+            );
+            (fb::Message::RepairRequest, request.as_union_value())
+        }
+        PeerMessage::RepairReply { report } => {
+            let reply = fb::RepairReply::create(
+                builder,
+                &fb::RepairReplyArgs {
+                    ranges_compared: report.ranges_compared,
+                    exchanges: report.exchanges,
+                    exchanges_failed: report.exchanges_failed,
+                    keys_pushed: report.keys_pushed,
+                    keys_pulled: report.keys_pulled,
+                    bytes_sent: report.bytes_sent,
+                },
+            );
+            (fb::Message::RepairReply, reply.as_union_value())
+        }
     }
 }
 
@@ -352,10 +527,44 @@ mod tests {
             PeerMessage::ReadReply { result: Ok(ReadAnswer::Digest(None)) },
             PeerMessage::Membership { payload: Bytes::from_static(b"\x00swim\xff") },
             PeerMessage::Membership { payload: Bytes::new() },
+            PeerMessage::TreeRequest {
+                range_start: 7,
+                range_end: 3,
+                level: TreeLevel::Root,
+                branches: vec![],
+            },
+            PeerMessage::TreeRequest {
+                range_start: u64::MAX,
+                range_end: 0,
+                level: TreeLevel::Segments,
+                branches: vec![0, 17, 63],
+            },
+            PeerMessage::TreeReply { result: Ok(vec![0, 1, u64::MAX]) },
+            PeerMessage::TreeReply { result: Ok(vec![]) },
+            PeerMessage::KeysRequest { range_start: 1, range_end: 2, segments: vec![0, 4095] },
+            PeerMessage::KeysReply {
+                result: Ok(KeyList {
+                    keys: vec![("a".into(), 1), (Bytes::from(vec![b'k'; KEY_BYTES_MAX]), u64::MAX)],
+                    truncated: true,
+                }),
+            },
+            PeerMessage::KeysReply { result: Ok(KeyList::default()) },
+            PeerMessage::RepairRequest { range: None },
+            PeerMessage::RepairRequest { range: Some((5, 9)) },
+            PeerMessage::RepairReply {
+                report: RepairReport {
+                    ranges_compared: 3,
+                    keys_pushed: 4,
+                    bytes_sent: u64::MAX,
+                    ..RepairReport::default()
+                },
+            },
         ];
         for code in ALL_CODES {
             messages.push(PeerMessage::ReplicateAck { result: Err(failure(code)) });
             messages.push(PeerMessage::ReadReply { result: Err(failure(code)) });
+            messages.push(PeerMessage::TreeReply { result: Err(failure(code)) });
+            messages.push(PeerMessage::KeysReply { result: Err(failure(code)) });
         }
         messages
             .push(PeerMessage::ReplicateAck { result: Err(PeerFailure::new(PeerErrorCode::Internal, "")) });
@@ -399,6 +608,49 @@ mod tests {
         match parse_peer(frame) {
             Err(WireError::Malformed { .. } | WireError::FrameEmpty | WireError::FrameTooLarge { .. }) => {}
             other => panic!("expected an untrusted-frame error, got {other:?}"),
+        }
+    }
+
+    /// A keys reply built by hand, with lengths `lengths` over the bytes "abcde".
+    fn keys_reply_frame(lengths: &[u16]) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let keys = builder.create_vector(b"abcde".as_slice());
+        let lengths = builder.create_vector(lengths);
+        let versions = builder.create_vector(&[1u64, 2][..]);
+        let reply = fb::KeysReply::create(
+            &mut builder,
+            &fb::KeysReplyArgs {
+                keys: Some(keys),
+                key_lengths: Some(lengths),
+                versions: Some(versions),
+                truncated: false,
+                failure: None,
+            },
+        );
+        let root = fb::Envelope::create(
+            &mut builder,
+            &fb::EnvelopeArgs {
+                origin_node: 1,
+                origin_shard: 0,
+                request_id: 1,
+                message_type: fb::Message::KeysReply,
+                message: Some(reply.as_union_value()),
+            },
+        );
+        builder.finish_size_prefixed(root, None);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn a_key_list_whose_lengths_disagree_with_its_bytes_is_refused() {
+        let parsed = parse_peer(&keys_reply_frame(&[3, 2])).unwrap();
+        let expected = KeyList { keys: vec![("abc".into(), 1), ("de".into(), 2)], truncated: false };
+        assert_eq!(parsed.message, PeerMessage::KeysReply { result: Ok(expected) });
+        for lengths in [&[3u16, 1][..], &[3, 3], &[3]] {
+            assert!(
+                matches!(parse_peer(&keys_reply_frame(lengths)), Err(WireError::Malformed { .. })),
+                "{lengths:?}"
+            );
         }
     }
 
@@ -795,6 +1047,44 @@ mod tests {
             ]
             .prop_map(|result| PeerMessage::ReadReply { result }),
             arbitrary_bytes(2048).prop_map(|payload| PeerMessage::Membership { payload }),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(0u16..64, 0..64)).prop_map(
+                |(range_start, range_end, branches)| PeerMessage::TreeRequest {
+                    range_start,
+                    range_end,
+                    level: TreeLevel::Segments,
+                    branches,
+                }
+            ),
+            prop_oneof![
+                proptest::collection::vec(any::<u64>(), 0..256).prop_map(Ok),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::TreeReply { result }),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(0u16..4096, 0..128)).prop_map(
+                |(range_start, range_end, segments)| PeerMessage::KeysRequest {
+                    range_start,
+                    range_end,
+                    segments
+                }
+            ),
+            prop_oneof![
+                (proptest::collection::vec((arbitrary_key(), any::<u64>()), 0..32), any::<bool>())
+                    .prop_map(|(keys, truncated)| Ok(KeyList { keys, truncated })),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::KeysReply { result }),
+            proptest::option::of((any::<u64>(), any::<u64>()))
+                .prop_map(|range| PeerMessage::RepairRequest { range }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(ranges_compared, keys_pushed, bytes_sent)| PeerMessage::RepairReply {
+                    report: RepairReport {
+                        ranges_compared,
+                        keys_pushed,
+                        bytes_sent,
+                        ..RepairReport::default()
+                    }
+                }
+            ),
         ]
     }
 

@@ -18,11 +18,17 @@
 //! - [`peer_server`]: the replica side of links, on this shard's peer port.
 //! - [`gossip`]: the membership task (shard 0) and its snapshots for every shard.
 //! - [`known_peers`]: the members known, kept in the data directory across restarts.
+//! - [`trees`]: [`trees::RangeTrees`], the anti-entropy tree of every range this node replicates.
+//! - [`handoff`]: [`handoff::Handoff`], the hints kept for replicas that missed writes.
+//! - [`healing`]: tree maintenance, anti-entropy rounds and hint replay on this shard.
 
 pub mod gossip;
+pub mod handoff;
+pub mod healing;
 pub mod known_peers;
 pub mod peer_link;
 pub mod peer_server;
+pub mod trees;
 pub mod view;
 
 use std::cell::RefCell;
@@ -65,6 +71,18 @@ pub struct ClusterSettings {
     pub peer_pending_max: usize,
     pub peer_outbox_bytes_max: usize,
     pub peer_in_flight_max: usize,
+    pub healing: HealingSettings,
+}
+
+/// How replicas heal (hinted handoff and anti-entropy).
+#[derive(Clone, Copy, Debug)]
+pub struct HealingSettings {
+    pub hints: ringkv_replication::hints::HintSettings,
+    /// Hinted handoff on or off.
+    pub hints_enabled: bool,
+    pub anti_entropy_interval_ms: u64,
+    pub anti_entropy_bytes_per_s: u64,
+    pub tree_rebuild_interval_ms: u64,
 }
 
 /// One shard's cluster part.
@@ -80,6 +98,9 @@ pub struct Cluster {
     tasks: RefCell<Vec<JoinHandle<()>>>,
     stop: Rc<StopSignal>,
     this: Weak<Cluster>,
+    trees: RefCell<trees::RangeTrees>,
+    healing: healing::HealingState,
+    handoff: Option<Rc<handoff::Handoff>>,
 }
 
 impl Cluster {
@@ -89,6 +110,7 @@ impl Cluster {
         settings: ClusterSettings,
         handler: Rc<Handler<DmaDisk>>,
         view: ClusterView,
+        handoff: Option<Rc<handoff::Handoff>>,
     ) -> Rc<Self> {
         let coordinator = Coordinator::new(CoordinatorConfig {
             node_id: origin.node_id,
@@ -107,6 +129,9 @@ impl Cluster {
             tasks: RefCell::new(Vec::new()),
             stop: Rc::new(StopSignal::new()),
             this: this.clone(),
+            trees: RefCell::new(trees::RangeTrees::default()),
+            healing: healing::HealingState::default(),
+            handoff,
         })
     }
 
@@ -127,6 +152,14 @@ impl Cluster {
         })
         .detach();
         self.tasks.borrow_mut().push(ticker);
+        // A tombstone is purged only once its range was repaired after the delete.
+        let this = self.this.clone();
+        self.handler.engine().set_purge_gate(Box::new(move |token, dead_since_ms| {
+            this.upgrade().is_some_and(|cluster| cluster.trees.borrow().may_purge(token, dead_since_ms))
+        }));
+        let anti_entropy = glommio::spawn_local(self.clone().run_anti_entropy()).detach();
+        let replay = glommio::spawn_local(self.clone().run_hint_replay()).detach();
+        self.tasks.borrow_mut().extend([anti_entropy, replay]);
     }
 
     /// Stops the ticker and every link; pending requests are answered with a timeout.
@@ -158,6 +191,22 @@ impl Cluster {
     pub fn apply(&self, snapshot: Arc<MembershipSnapshot>) {
         let mut view = self.view.borrow_mut();
         let before = view.replicas();
+        if let Some(handoff) = &self.handoff {
+            let now = now_ms();
+            let old = view.snapshot();
+            for node in snapshot.members.keys().filter(|&&node| node != self.origin.node_id) {
+                match (old.up.contains(node), snapshot.up.contains(node)) {
+                    (true, false) => handoff.mark_down(*node, now),
+                    (false, true) => handoff.mark_up(*node),
+                    _ => {}
+                }
+            }
+            // A node no longer a member left the cluster: its hints go.
+            for &node in old.members.keys().filter(|node| !snapshot.members.contains_key(node)) {
+                let handoff = handoff.clone();
+                glommio::spawn_local(async move { handoff.purge(node).await }).detach();
+            }
+        }
         view.apply(snapshot);
         if view.replicas() < view.replication_factor() && view.replicas() != before {
             warn!(
@@ -167,6 +216,9 @@ impl Cluster {
                 view.replicas()
             );
         }
+        drop(view);
+        self.rebuild_if_layout_changed();
+        let view = self.view.borrow();
         // A node that restarted elsewhere keeps its links, pointed at the new address.
         for (target, link) in self.links.borrow().iter() {
             if let Some(identity) = view.member(target.node_id) {
@@ -275,7 +327,15 @@ impl Cluster {
         let (targets, replicas) = self.view.borrow().targets(&key);
         let required = consistency.required(replicas);
         let mut out = Vec::new();
+        let hinted =
+            (self.handoff.is_some() && targets.len() < replicas).then(|| (key.clone(), entry.clone()));
         let started = self.coordinator.borrow_mut().write(now_ms(), key, entry, &targets, required, &mut out);
+        if let (Ok(_), Some((key, entry))) = (&started, hinted) {
+            // Replicas down now get a hint at once; hints never count toward W.
+            for to in self.view.borrow().down_replicas(&key) {
+                self.store_hint(to, key.clone(), entry.clone());
+            }
+        }
         self.await_reply(started, out, move |reply| {
             done(match reply {
                 CoordinatorReply::Written { version } => Ok(Outcome::Written { version }),
@@ -333,6 +393,7 @@ impl Cluster {
                     })
                     .detach();
                 }
+                Output::Hint { to, key, entry } => self.store_hint(to, key, entry),
                 Output::Send { to, envelope } => {
                     if !self.link(to).send(&envelope) {
                         tracing::debug!(node = to.node_id, "peer outbox full; the request will time out");
@@ -342,7 +403,20 @@ impl Cluster {
         }
     }
 
+    /// Keeps a hint for `to` (in the background: the log append may wait to open the log).
+    fn store_hint(&self, to: Target, key: Bytes, entry: PeerEntry) {
+        let Some(handoff) = self.handoff.clone() else { return };
+        if to.node_id == self.origin.node_id {
+            return;
+        }
+        glommio::spawn_local(
+            async move { handoff.store(to.node_id, key, Entry::from(entry), now_ms()).await },
+        )
+        .detach();
+    }
+
     fn on_reply(&self, from: Target, envelope: PeerEnvelope) {
+        let Err(envelope) = self.on_healing_reply(envelope) else { return };
         let mut out = Vec::new();
         self.coordinator.borrow_mut().on_reply(from, envelope, &mut out);
         self.dispatch(out);
@@ -400,11 +474,14 @@ impl Cluster {
                 return replica::refusal(envelope, failure);
             }
         }
+        if let Some(answer) = self.serve_healing(envelope).await {
+            return answer;
+        }
         match replica::accept(envelope, self.handler.clock(), now_ms(), self.settings.max_clock_skew_ms) {
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
-                let result = engine.write(key, Entry::from(entry)).await.map(|_| ()).map_err(|error| {
+                let result = self.apply_tracked(key, Entry::from(entry)).await.map(|_| ()).map_err(|error| {
                     PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
                 });
                 replica::applied(envelope, result)

@@ -158,7 +158,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                             }
                         }
                     }
-                    if !matches!(envelope.message, PeerMessage::Replicate { .. } | PeerMessage::Read { .. }) {
+                    if !envelope.message.is_request() {
                         debug!(%peer, "ignoring a peer message that is not a request");
                         continue;
                     }

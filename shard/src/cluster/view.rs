@@ -131,6 +131,27 @@ impl ClusterView {
         (live, total)
     }
 
+    /// Whether membership sees `node_id` up.
+    pub fn is_up(&self, node_id: u16) -> bool {
+        self.snapshot.up.contains(&node_id)
+    }
+
+    /// The members known and the ones up.
+    pub fn snapshot(&self) -> &MembershipSnapshot {
+        &self.snapshot
+    }
+
+    /// The key's replicas that are down (they get hints), as targets.
+    pub fn down_replicas(&self, key: &[u8]) -> Vec<Target> {
+        let key_token = token(key);
+        self.ring
+            .preference_list(key_token, self.replicas())
+            .into_iter()
+            .filter(|node_id| !self.snapshot.up.contains(node_id))
+            .map(|node_id| Target { node_id, shard: self.shard_rings[&node_id].owner_of_token(key_token) })
+            .collect()
+    }
+
     /// Whether `shard` of this node owns `key`'s token (a replica refuses keys it does not own:
     /// a coordinator with a stale picture of this node would otherwise read the wrong shard).
     pub fn owns(&self, key: &[u8], shard: u32) -> bool {

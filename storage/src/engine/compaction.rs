@@ -119,7 +119,11 @@ impl<D: Disk> Engine<D> {
                 // Safe although reads resolve by version: a write is stored only if it outranks
                 // everything stored for its key, so no table newer than these holds a lower
                 // version of the key that the dropped entry was hiding.
-                Some(since) if purge_dead && since.saturating_add(grace) <= now_ms => continue,
+                Some(since)
+                    if purge_dead && since.saturating_add(grace) <= now_ms && self.may_purge(&key, since) =>
+                {
+                    continue
+                }
                 // An expired value still hides older versions in tables outside this merge.
                 Some(since) if !purge_dead && matches!(entry.value, Value::Live { .. }) => {
                     Entry::tombstone(entry.version, since)

@@ -123,6 +123,9 @@ pub struct RecoveryReport {
     pub tables_opened: usize,
     /// Files left over by an interrupted flush or compaction, removed.
     pub orphans_removed: usize,
+    /// Tables the manifest lists that were missing and left out
+    /// ([`EngineOptions::missing_tables_allowed`]).
+    pub tables_missing: usize,
 }
 
 /// Counters for write amplification and activity.
@@ -250,9 +253,18 @@ pub struct Engine<D: Disk> {
     manifest_busy: Cell<bool>,
     stats: RefCell<EngineStats>,
     recovery: RecoveryReport,
+    /// Decides, past the grace period, whether a dead entry may be purged (see
+    /// [`Engine::set_purge_gate`]); every one may without it.
+    purge_gate: RefCell<Option<PurgeGate>>,
 }
 
-fn io_error<'a>(op: &'static str, file: &'a str) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+/// Whether a dead entry whose key has `token`, dead since `dead_since_ms`, may be purged.
+pub type PurgeGate = Box<dyn Fn(u64, u64) -> bool>;
+
+pub(crate) fn io_error<'a>(
+    op: &'static str,
+    file: &'a str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
     move |error| StorageError::io(op, file, error)
 }
 
@@ -306,11 +318,24 @@ impl<D: Disk> Engine<D> {
 
         let cache = Rc::new(BlockCache::new(options.block_cache_bytes));
         let mut tables = Vec::with_capacity(manifest.tables.len());
+        let mut missing = Vec::new();
         for record in &manifest.tables {
             let name = manifest::table_file_name(record.id);
-            let file = disk.open(&name).await.map_err(io_error("open", &name))?;
+            let file = match disk.open(&name).await {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::NotFound && options.missing_tables_allowed =>
+                {
+                    tracing::error!(file = %name, "a table the manifest lists is missing; its data is lost here");
+                    recovery.tables_missing += 1;
+                    missing.push(record.id);
+                    continue;
+                }
+                opened => opened.map_err(io_error("open", &name))?,
+            };
             tables.push(Rc::new(Table::open(file, name, record.id, cache.clone()).await?));
         }
+        // The next manifest written leaves the missing tables out.
+        manifest.tables.retain(|record| !missing.contains(&record.id));
         recovery.tables_opened = tables.len();
 
         let (active, closed, last_seq) =
@@ -363,9 +388,28 @@ impl<D: Disk> Engine<D> {
             manifest_busy: Cell::new(false),
             stats: RefCell::new(EngineStats::default()),
             recovery,
+            purge_gate: RefCell::new(None),
         };
         engine.seal_if_full(&mut engine.state.borrow_mut());
         Ok(engine)
+    }
+
+    /// Sets the gate a dead entry past its grace period must also pass to be purged by
+    /// compaction. Replication uses it so that a tombstone is purged only once its range was
+    /// repaired after the delete: purging it earlier could let a replica that missed the delete
+    /// bring the value back.
+    pub fn set_purge_gate(&self, gate: PurgeGate) {
+        *self.purge_gate.borrow_mut() = Some(gate);
+    }
+
+    /// Whether the dead entry of `stored_key` may be purged (the grace period is checked apart).
+    pub(crate) fn may_purge(&self, stored_key: &[u8], dead_since_ms: u64) -> bool {
+        let gate = self.purge_gate.borrow();
+        let Some(gate) = gate.as_ref() else { return true };
+        match crate::key::split(&Bytes::copy_from_slice(stored_key)) {
+            Some((token, _)) => gate(token, dead_since_ms),
+            None => false,
+        }
     }
 
     /// What recovery found when the engine was opened.

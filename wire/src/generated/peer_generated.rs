@@ -302,12 +302,103 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ReadResult {}
 pub struct ReadResultUnionTableOffset {}
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_MESSAGE: u8 = 0;
+pub const ENUM_MIN_TREE_LEVEL: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MESSAGE: u8 = 6;
+pub const ENUM_MAX_TREE_LEVEL: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MESSAGE: [Message; 7] = [
+pub const ENUM_VALUES_TREE_LEVEL: [TreeLevel; 3] = [
+  TreeLevel::Root,
+  TreeLevel::Branches,
+  TreeLevel::Segments,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct TreeLevel(pub u8);
+#[allow(non_upper_case_globals)]
+impl TreeLevel {
+  /// One hash: the root.
+  pub const Root: Self = Self(0);
+  /// The 64 branch hashes.
+  pub const Branches: Self = Self(1);
+  /// The 64 segment hashes of each branch listed, branch after branch.
+  pub const Segments: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Root,
+    Self::Branches,
+    Self::Segments,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Root => Some("Root"),
+      Self::Branches => Some("Branches"),
+      Self::Segments => Some("Segments"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for TreeLevel {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for TreeLevel {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for TreeLevel {
+    type Output = TreeLevel;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for TreeLevel {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for TreeLevel {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for TreeLevel {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_MESSAGE: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_MESSAGE: u8 = 12;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_MESSAGE: [Message; 13] = [
   Message::NONE,
   Message::Hello,
   Message::Replicate,
@@ -315,6 +406,12 @@ pub const ENUM_VALUES_MESSAGE: [Message; 7] = [
   Message::Read,
   Message::ReadReply,
   Message::Membership,
+  Message::TreeRequest,
+  Message::TreeReply,
+  Message::KeysRequest,
+  Message::KeysReply,
+  Message::RepairRequest,
+  Message::RepairReply,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -329,9 +426,15 @@ impl Message {
   pub const Read: Self = Self(4);
   pub const ReadReply: Self = Self(5);
   pub const Membership: Self = Self(6);
+  pub const TreeRequest: Self = Self(7);
+  pub const TreeReply: Self = Self(8);
+  pub const KeysRequest: Self = Self(9);
+  pub const KeysReply: Self = Self(10);
+  pub const RepairRequest: Self = Self(11);
+  pub const RepairReply: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 6;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -340,6 +443,12 @@ impl Message {
     Self::Read,
     Self::ReadReply,
     Self::Membership,
+    Self::TreeRequest,
+    Self::TreeReply,
+    Self::KeysRequest,
+    Self::KeysReply,
+    Self::RepairRequest,
+    Self::RepairReply,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -351,6 +460,12 @@ impl Message {
       Self::Read => Some("Read"),
       Self::ReadReply => Some("ReadReply"),
       Self::Membership => Some("Membership"),
+      Self::TreeRequest => Some("TreeRequest"),
+      Self::TreeReply => Some("TreeReply"),
+      Self::KeysRequest => Some("KeysRequest"),
+      Self::KeysReply => Some("KeysReply"),
+      Self::RepairRequest => Some("RepairRequest"),
+      Self::RepairReply => Some("RepairReply"),
       _ => None,
     }
   }
@@ -1868,6 +1983,883 @@ impl ::core::fmt::Debug for Membership<'_> {
       ds.finish()
   }
 }
+pub enum TreeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a replica for its tictac tree of the token range (`start`, `end`] at one level.
+/// `branches` (each below 64, at most 64 of them) is read only at the `Segments` level.
+pub struct TreeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TreeRequest<'a> {
+  type Inner = TreeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TreeRequest<'a> {
+  pub const VT_START: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEVEL: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BRANCHES: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TreeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TreeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TreeRequest<'bldr>> {
+    let mut builder = TreeRequestBuilder::new(_fbb);
+    builder.add_end(args.end);
+    builder.add_start(args.start);
+    if let Some(x) = args.branches { builder.add_branches(x); }
+    builder.add_level(args.level);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TreeRequest::VT_START, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TreeRequest::VT_END, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn level(&self) -> TreeLevel {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<TreeLevel>(TreeRequest::VT_LEVEL, Some(TreeLevel::Root)).unwrap()}
+  }
+  #[inline]
+  pub fn branches(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(TreeRequest::VT_BRANCHES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TreeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("start", Self::VT_START, false)?
+     .visit_field::<u64>("end", Self::VT_END, false)?
+     .visit_field::<TreeLevel>("level", Self::VT_LEVEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("branches", Self::VT_BRANCHES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TreeRequestArgs<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub level: TreeLevel,
+    pub branches: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+}
+impl<'a> Default for TreeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TreeRequestArgs {
+      start: 0,
+      end: 0,
+      level: TreeLevel::Root,
+      branches: None,
+    }
+  }
+}
+
+pub struct TreeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TreeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start(&mut self, start: u64) {
+    self.fbb_.push_slot::<u64>(TreeRequest::VT_START, start, 0);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: u64) {
+    self.fbb_.push_slot::<u64>(TreeRequest::VT_END, end, 0);
+  }
+  #[inline]
+  pub fn add_level(&mut self, level: TreeLevel) {
+    self.fbb_.push_slot::<TreeLevel>(TreeRequest::VT_LEVEL, level, TreeLevel::Root);
+  }
+  #[inline]
+  pub fn add_branches(&mut self, branches: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TreeRequest::VT_BRANCHES, branches);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TreeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TreeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TreeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TreeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TreeRequest");
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("level", &self.level());
+      ds.field("branches", &self.branches());
+      ds.finish()
+  }
+}
+pub enum TreeReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to `TreeRequest`: the hashes asked for, in order (at most 4,096), or why not.
+pub struct TreeReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TreeReply<'a> {
+  type Inner = TreeReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TreeReply<'a> {
+  pub const VT_HASHES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FAILURE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TreeReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TreeReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TreeReply<'bldr>> {
+    let mut builder = TreeReplyBuilder::new(_fbb);
+    if let Some(x) = args.failure { builder.add_failure(x); }
+    if let Some(x) = args.hashes { builder.add_hashes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn hashes(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(TreeReply::VT_HASHES, None)}
+  }
+  #[inline]
+  pub fn failure(&self) -> Option<Failure<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Failure>>(TreeReply::VT_FAILURE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TreeReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("hashes", Self::VT_HASHES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Failure>>("failure", Self::VT_FAILURE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TreeReplyArgs<'a> {
+    pub hashes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub failure: Option<::flatbuffers::WIPOffset<Failure<'a>>>,
+}
+impl<'a> Default for TreeReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TreeReplyArgs {
+      hashes: None,
+      failure: None,
+    }
+  }
+}
+
+pub struct TreeReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TreeReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_hashes(&mut self, hashes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TreeReply::VT_HASHES, hashes);
+  }
+  #[inline]
+  pub fn add_failure(&mut self, failure: ::flatbuffers::WIPOffset<Failure<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Failure>>(TreeReply::VT_FAILURE, failure);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TreeReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TreeReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TreeReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TreeReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TreeReply");
+      ds.field("hashes", &self.hashes());
+      ds.field("failure", &self.failure());
+      ds.finish()
+  }
+}
+pub enum KeysRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a replica for the keys and versions it holds in the listed segments (each below 4,096,
+/// at most 4,096 of them) of the token range (`start`, `end`], tombstones included.
+pub struct KeysRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeysRequest<'a> {
+  type Inner = KeysRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeysRequest<'a> {
+  pub const VT_START: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SEGMENTS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeysRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeysRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeysRequest<'bldr>> {
+    let mut builder = KeysRequestBuilder::new(_fbb);
+    builder.add_end(args.end);
+    builder.add_start(args.start);
+    if let Some(x) = args.segments { builder.add_segments(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeysRequest::VT_START, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeysRequest::VT_END, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn segments(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(KeysRequest::VT_SEGMENTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeysRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("start", Self::VT_START, false)?
+     .visit_field::<u64>("end", Self::VT_END, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("segments", Self::VT_SEGMENTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeysRequestArgs<'a> {
+    pub start: u64,
+    pub end: u64,
+    pub segments: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+}
+impl<'a> Default for KeysRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeysRequestArgs {
+      start: 0,
+      end: 0,
+      segments: None,
+    }
+  }
+}
+
+pub struct KeysRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeysRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start(&mut self, start: u64) {
+    self.fbb_.push_slot::<u64>(KeysRequest::VT_START, start, 0);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: u64) {
+    self.fbb_.push_slot::<u64>(KeysRequest::VT_END, end, 0);
+  }
+  #[inline]
+  pub fn add_segments(&mut self, segments: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeysRequest::VT_SEGMENTS, segments);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeysRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeysRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeysRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeysRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeysRequest");
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("segments", &self.segments());
+      ds.finish()
+  }
+}
+pub enum KeysReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to `KeysRequest`. Key i is the next `key_lengths[i]` bytes of `keys` and has
+/// version `versions[i]` (parallel vectors, so the frame holds no vector of tables); at most
+/// 8,192 keys and 768 KiB of them. `truncated`: the list stops early, the rest waits for the
+/// next exchange. `failure` set: nothing else is.
+pub struct KeysReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeysReply<'a> {
+  type Inner = KeysReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeysReply<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KEY_LENGTHS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VERSIONS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TRUNCATED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FAILURE: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeysReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeysReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeysReply<'bldr>> {
+    let mut builder = KeysReplyBuilder::new(_fbb);
+    if let Some(x) = args.failure { builder.add_failure(x); }
+    if let Some(x) = args.versions { builder.add_versions(x); }
+    if let Some(x) = args.key_lengths { builder.add_key_lengths(x); }
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.add_truncated(args.truncated);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeysReply::VT_KEYS, None)}
+  }
+  #[inline]
+  pub fn key_lengths(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(KeysReply::VT_KEY_LENGTHS, None)}
+  }
+  #[inline]
+  pub fn versions(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(KeysReply::VT_VERSIONS, None)}
+  }
+  #[inline]
+  pub fn truncated(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(KeysReply::VT_TRUNCATED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn failure(&self) -> Option<Failure<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Failure>>(KeysReply::VT_FAILURE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeysReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("keys", Self::VT_KEYS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("key_lengths", Self::VT_KEY_LENGTHS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("versions", Self::VT_VERSIONS, false)?
+     .visit_field::<bool>("truncated", Self::VT_TRUNCATED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Failure>>("failure", Self::VT_FAILURE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeysReplyArgs<'a> {
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub key_lengths: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub versions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub truncated: bool,
+    pub failure: Option<::flatbuffers::WIPOffset<Failure<'a>>>,
+}
+impl<'a> Default for KeysReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeysReplyArgs {
+      keys: None,
+      key_lengths: None,
+      versions: None,
+      truncated: false,
+      failure: None,
+    }
+  }
+}
+
+pub struct KeysReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeysReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeysReply::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn add_key_lengths(&mut self, key_lengths: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeysReply::VT_KEY_LENGTHS, key_lengths);
+  }
+  #[inline]
+  pub fn add_versions(&mut self, versions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeysReply::VT_VERSIONS, versions);
+  }
+  #[inline]
+  pub fn add_truncated(&mut self, truncated: bool) {
+    self.fbb_.push_slot::<bool>(KeysReply::VT_TRUNCATED, truncated, false);
+  }
+  #[inline]
+  pub fn add_failure(&mut self, failure: ::flatbuffers::WIPOffset<Failure<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Failure>>(KeysReply::VT_FAILURE, failure);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeysReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeysReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeysReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeysReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeysReply");
+      ds.field("keys", &self.keys());
+      ds.field("key_lengths", &self.key_lengths());
+      ds.field("versions", &self.versions());
+      ds.field("truncated", &self.truncated());
+      ds.field("failure", &self.failure());
+      ds.finish()
+  }
+}
+pub enum RepairRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// An operator asks a shard to run anti-entropy now (`ringkv admin repair`): over every range it
+/// replicates, or only (`start`, `end`] when `one_range` is set.
+pub struct RepairRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairRequest<'a> {
+  type Inner = RepairRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairRequest<'a> {
+  pub const VT_START: ::flatbuffers::VOffsetT = 4;
+  pub const VT_END: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ONE_RANGE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairRequestArgs
+  ) -> ::flatbuffers::WIPOffset<RepairRequest<'bldr>> {
+    let mut builder = RepairRequestBuilder::new(_fbb);
+    builder.add_end(args.end);
+    builder.add_start(args.start);
+    builder.add_one_range(args.one_range);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn start(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairRequest::VT_START, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairRequest::VT_END, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn one_range(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RepairRequest::VT_ONE_RANGE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("start", Self::VT_START, false)?
+     .visit_field::<u64>("end", Self::VT_END, false)?
+     .visit_field::<bool>("one_range", Self::VT_ONE_RANGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairRequestArgs {
+    pub start: u64,
+    pub end: u64,
+    pub one_range: bool,
+}
+impl<'a> Default for RepairRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairRequestArgs {
+      start: 0,
+      end: 0,
+      one_range: false,
+    }
+  }
+}
+
+pub struct RepairRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_start(&mut self, start: u64) {
+    self.fbb_.push_slot::<u64>(RepairRequest::VT_START, start, 0);
+  }
+  #[inline]
+  pub fn add_end(&mut self, end: u64) {
+    self.fbb_.push_slot::<u64>(RepairRequest::VT_END, end, 0);
+  }
+  #[inline]
+  pub fn add_one_range(&mut self, one_range: bool) {
+    self.fbb_.push_slot::<bool>(RepairRequest::VT_ONE_RANGE, one_range, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairRequest");
+      ds.field("start", &self.start());
+      ds.field("end", &self.end());
+      ds.field("one_range", &self.one_range());
+      ds.finish()
+  }
+}
+pub enum RepairReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// What the repair did.
+pub struct RepairReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RepairReply<'a> {
+  type Inner = RepairReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RepairReply<'a> {
+  pub const VT_RANGES_COMPARED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EXCHANGES: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXCHANGES_FAILED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_KEYS_PUSHED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_KEYS_PULLED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_BYTES_SENT: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RepairReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RepairReplyArgs
+  ) -> ::flatbuffers::WIPOffset<RepairReply<'bldr>> {
+    let mut builder = RepairReplyBuilder::new(_fbb);
+    builder.add_bytes_sent(args.bytes_sent);
+    builder.add_keys_pulled(args.keys_pulled);
+    builder.add_keys_pushed(args.keys_pushed);
+    builder.add_exchanges_failed(args.exchanges_failed);
+    builder.add_exchanges(args.exchanges);
+    builder.add_ranges_compared(args.ranges_compared);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn ranges_compared(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_RANGES_COMPARED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn exchanges(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_EXCHANGES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn exchanges_failed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_EXCHANGES_FAILED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys_pushed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_KEYS_PUSHED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn keys_pulled(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_KEYS_PULLED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn bytes_sent(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RepairReply::VT_BYTES_SENT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RepairReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("ranges_compared", Self::VT_RANGES_COMPARED, false)?
+     .visit_field::<u64>("exchanges", Self::VT_EXCHANGES, false)?
+     .visit_field::<u64>("exchanges_failed", Self::VT_EXCHANGES_FAILED, false)?
+     .visit_field::<u64>("keys_pushed", Self::VT_KEYS_PUSHED, false)?
+     .visit_field::<u64>("keys_pulled", Self::VT_KEYS_PULLED, false)?
+     .visit_field::<u64>("bytes_sent", Self::VT_BYTES_SENT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RepairReplyArgs {
+    pub ranges_compared: u64,
+    pub exchanges: u64,
+    pub exchanges_failed: u64,
+    pub keys_pushed: u64,
+    pub keys_pulled: u64,
+    pub bytes_sent: u64,
+}
+impl<'a> Default for RepairReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    RepairReplyArgs {
+      ranges_compared: 0,
+      exchanges: 0,
+      exchanges_failed: 0,
+      keys_pushed: 0,
+      keys_pulled: 0,
+      bytes_sent: 0,
+    }
+  }
+}
+
+pub struct RepairReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RepairReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_ranges_compared(&mut self, ranges_compared: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_RANGES_COMPARED, ranges_compared, 0);
+  }
+  #[inline]
+  pub fn add_exchanges(&mut self, exchanges: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_EXCHANGES, exchanges, 0);
+  }
+  #[inline]
+  pub fn add_exchanges_failed(&mut self, exchanges_failed: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_EXCHANGES_FAILED, exchanges_failed, 0);
+  }
+  #[inline]
+  pub fn add_keys_pushed(&mut self, keys_pushed: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_KEYS_PUSHED, keys_pushed, 0);
+  }
+  #[inline]
+  pub fn add_keys_pulled(&mut self, keys_pulled: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_KEYS_PULLED, keys_pulled, 0);
+  }
+  #[inline]
+  pub fn add_bytes_sent(&mut self, bytes_sent: u64) {
+    self.fbb_.push_slot::<u64>(RepairReply::VT_BYTES_SENT, bytes_sent, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RepairReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RepairReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RepairReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RepairReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RepairReply");
+      ds.field("ranges_compared", &self.ranges_compared());
+      ds.field("exchanges", &self.exchanges());
+      ds.field("exchanges_failed", &self.exchanges_failed());
+      ds.field("keys_pushed", &self.keys_pushed());
+      ds.field("keys_pulled", &self.keys_pulled());
+      ds.field("bytes_sent", &self.bytes_sent());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2037,6 +3029,96 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_tree_request(&self) -> Option<TreeRequest<'a>> {
+    if self.message_type() == Message::TreeRequest {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TreeRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_tree_reply(&self) -> Option<TreeReply<'a>> {
+    if self.message_type() == Message::TreeReply {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TreeReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_keys_request(&self) -> Option<KeysRequest<'a>> {
+    if self.message_type() == Message::KeysRequest {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { KeysRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_keys_reply(&self) -> Option<KeysReply<'a>> {
+    if self.message_type() == Message::KeysReply {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { KeysReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_repair_request(&self) -> Option<RepairRequest<'a>> {
+    if self.message_type() == Message::RepairRequest {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RepairRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_repair_reply(&self) -> Option<RepairReply<'a>> {
+    if self.message_type() == Message::RepairReply {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RepairReply::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -2056,6 +3138,12 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Message::Read => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Read>>("Message::Read", pos),
           Message::ReadReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadReply>>("Message::ReadReply", pos),
           Message::Membership => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Membership>>("Message::Membership", pos),
+          Message::TreeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeRequest>>("Message::TreeRequest", pos),
+          Message::TreeReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TreeReply>>("Message::TreeReply", pos),
+          Message::KeysRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysRequest>>("Message::KeysRequest", pos),
+          Message::KeysReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysReply>>("Message::KeysReply", pos),
+          Message::RepairRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairRequest>>("Message::RepairRequest", pos),
+          Message::RepairReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairReply>>("Message::RepairReply", pos),
           _ => Ok(()),
         }
      })?
@@ -2168,6 +3256,48 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Message::Membership => {
           if let Some(x) = self.message_as_membership() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::TreeRequest => {
+          if let Some(x) = self.message_as_tree_request() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::TreeReply => {
+          if let Some(x) = self.message_as_tree_reply() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::KeysRequest => {
+          if let Some(x) = self.message_as_keys_request() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::KeysReply => {
+          if let Some(x) = self.message_as_keys_reply() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::RepairRequest => {
+          if let Some(x) = self.message_as_repair_request() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::RepairReply => {
+          if let Some(x) = self.message_as_repair_reply() {
             ds.field("message", &x)
           } else {
             ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")

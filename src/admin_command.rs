@@ -1,0 +1,160 @@
+//! `ringkv admin ...`: operator commands that speak the peer protocol to a node's shards.
+//!
+//! `ringkv admin repair [--range START:END]` asks every shard of a node to run anti-entropy now
+//! (over every range it replicates, or over one range) and prints what each did: ranges
+//! compared, keys repaired (pushed to and pulled from the other replicas) and bytes sent.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use flatbuffers::FlatBufferBuilder;
+use ringkv_client::blocking::Client;
+use ringkv_wire::peer::{PeerEnvelope, PeerMessage, RepairReport};
+use ringkv_wire::{encode_peer, parse_peer_shared, FrameDecoder};
+use serde_json::json;
+
+/// How long a repair may run on one shard before the command gives up waiting.
+const REPAIR_WAIT: Duration = Duration::from_secs(3600);
+
+/// The operator subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Run anti-entropy now on every shard of the node and print, per shard, the ranges
+    /// compared, the keys repaired and the bytes sent. Exit 0 when every exchange succeeded,
+    /// 1 when some failed (a replica down or unreachable), 2 on error.
+    Repair(RepairArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// Only the ring range (START, END], tokens in decimal or 0x-hexadecimal, as `ringkv ring`
+    /// prints them. [default: every range the node replicates]
+    #[arg(long, value_name = "START:END", value_parser = parse_range)]
+    range: Option<(u64, u64)>,
+    /// The node's peer address (shard i at port + i). [default: the client address's port + 1000]
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_addr: Option<String>,
+    /// Address of the node's client port (to learn its shards). [default: --addr]
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// Print one JSON object per shard.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_token(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|error| format!("{text:?} is not a token: {error}"))
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (start, end) = text.split_once(':').ok_or("a range is START:END")?;
+    Ok((parse_token(start)?, parse_token(end)?))
+}
+
+impl AdminCommand {
+    /// Runs the subcommand; `default_address` is the node's client address.
+    pub fn run(&self, default_address: &str) -> ExitCode {
+        match self {
+            AdminCommand::Repair(args) => match repair(args, default_address) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(2)
+                }
+            },
+        }
+    }
+}
+
+fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
+    let address = args.addr.as_deref().unwrap_or(default_address);
+    let client = Client::connect(address).with_context(|| format!("connecting to {address}"))?;
+    let shards = client.topology().map(|topology| topology.shards.len()).unwrap_or(1).max(1);
+    let peer: SocketAddr = match &args.peer_addr {
+        Some(peer) => peer.to_socket_addrs()?.next().context("the peer address resolves to nothing")?,
+        None => {
+            let client_address =
+                address.to_socket_addrs()?.next().context("the client address resolves to nothing")?;
+            SocketAddr::new(client_address.ip(), client_address.port() + 1000)
+        }
+    };
+    let mut all_succeeded = true;
+    for shard in 0..shards as u32 {
+        let shard_address = SocketAddr::new(peer.ip(), peer.port() + shard as u16);
+        let report = repair_shard(shard_address, shard, args.range)
+            .with_context(|| format!("repairing shard {shard} at {shard_address}"))?;
+        all_succeeded &= report.exchanges_failed == 0;
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "shard": shard,
+                    "ranges_compared": report.ranges_compared,
+                    "exchanges": report.exchanges,
+                    "exchanges_failed": report.exchanges_failed,
+                    "keys_pushed": report.keys_pushed,
+                    "keys_pulled": report.keys_pulled,
+                    "keys_repaired": report.keys_pushed + report.keys_pulled,
+                    "bytes_sent": report.bytes_sent,
+                })
+            );
+        } else {
+            println!(
+                "shard {shard}: {} ranges compared, {} exchanges ({} failed), {} keys repaired ({} pushed, {} pulled), \
+                 {} bytes sent",
+                report.ranges_compared,
+                report.exchanges,
+                report.exchanges_failed,
+                report.keys_pushed + report.keys_pulled,
+                report.keys_pushed,
+                report.keys_pulled,
+                report.bytes_sent
+            );
+        }
+    }
+    Ok(all_succeeded)
+}
+
+fn repair_shard(address: SocketAddr, shard: u32, range: Option<(u64, u64)>) -> anyhow::Result<RepairReport> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(REPAIR_WAIT))?;
+    let mut builder = FlatBufferBuilder::new();
+    // The hello names the shard the link is for; the node id is only logged by the peer.
+    let hello = PeerEnvelope {
+        origin_node: 0,
+        origin_shard: 0,
+        request_id: 0,
+        message: PeerMessage::Hello { node_id: 0, generation: 0, target_shard: shard },
+    };
+    stream.write_all(encode_peer(&mut builder, &hello)?)?;
+    let request = PeerEnvelope {
+        origin_node: 0,
+        origin_shard: 0,
+        request_id: 1,
+        message: PeerMessage::RepairRequest { range },
+    };
+    stream.write_all(encode_peer(&mut builder, &request)?)?;
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            bail!("the node closed the link before answering");
+        }
+        decoder.extend_from_slice(&chunk[..read]);
+        while let Some(frame) = decoder.next_frame()? {
+            if let PeerMessage::RepairReply { report } = parse_peer_shared(&frame)?.message {
+                return Ok(report);
+            }
+        }
+    }
+}

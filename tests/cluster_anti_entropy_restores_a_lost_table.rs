@@ -1,0 +1,72 @@
+//! A replica that lost one SSTable (deleted while it was stopped; it restarts with
+//! `--allow-missing-tables`) gets the keys of that table back through anti-entropy.
+
+mod common;
+
+use bytes::Bytes;
+use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::healing::{put, read_one, repair_until_clean, wait_for_log};
+use ringkv_wire::{Consistency, Outcome};
+
+/// Enough data (about 3 MiB) to fill the tests' 1 MiB memtables a few times per shard.
+const KEYS: usize = 3_000;
+
+#[test]
+fn anti_entropy_restores_the_keys_of_a_deleted_table() {
+    let root = tempfile::tempdir().unwrap();
+    let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0", "--allow-missing-tables"];
+    let first = start_node_with(root.path(), 1, None, &flags);
+    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
+    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
+    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
+        for other in others {
+            wait_for_log(node, 0, &format!("node up node_id={other} "));
+        }
+    }
+    let mut client = first.client();
+    let filler = "x".repeat(1000);
+    let mut versions = Vec::new();
+    for index in 0..KEYS {
+        let value = format!("{index}-{filler}");
+        let outcome = eventually_at(&mut client, put(&format!("key-{index}"), &value), Consistency::All);
+        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
+        versions.push(version);
+    }
+
+    third.terminate();
+    let shard = third.data_dir.join("shard-0");
+    let table = std::fs::read_dir(&shard)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "sst"))
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .expect("shard 0 of node 3 flushed a table");
+    std::fs::remove_file(&table).unwrap();
+    let since = first.log().len();
+    third.restart();
+    assert!(third.log().contains("a table the manifest lists is missing"));
+    wait_for_log(&first, since, "node up node_id=3 ");
+    for other in [1, 2] {
+        wait_for_log(&third, 0, &format!("node up node_id={other} "));
+    }
+
+    let mut through_third = third.client();
+    let missing_before = (0..KEYS)
+        .filter(|index| read_one(&mut through_third, &format!("key-{index}")) == Outcome::NotFound)
+        .count();
+    println!("keys missing on node 3 after losing {}: {missing_before}", table.display());
+    assert!(missing_before > 0, "the deleted table held keys");
+
+    let repaired = repair_until_clean(&third, 30);
+    println!("keys repaired by anti-entropy: {repaired}");
+    assert!(repaired >= missing_before as u64);
+    for (index, version) in versions.iter().enumerate() {
+        let value = Bytes::from(format!("{index}-{filler}"));
+        assert_eq!(
+            read_one(&mut through_third, &format!("key-{index}")),
+            Outcome::Value { value, version: *version },
+            "node 3 did not get key-{index} back"
+        );
+    }
+}

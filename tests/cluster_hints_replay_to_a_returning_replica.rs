@@ -1,0 +1,63 @@
+//! A replica down while writes go on: its coordinators keep hints for it, and once it is back
+//! they replay them, so it holds every write without a read repairing it (read at ONE from it).
+
+mod common;
+
+use bytes::Bytes;
+use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::healing::{last_per_shard, log_lines, put, read_one, wait_for_log, wait_for_sum};
+use ringkv_wire::{Consistency, Outcome};
+
+const KEYS: usize = 200;
+
+#[test]
+fn hints_replay_every_write_a_returning_replica_missed() {
+    let root = tempfile::tempdir().unwrap();
+    // Anti-entropy is left at its default interval (10 minutes): only hints can repair here.
+    let flags = ["--replica-timeout-ms", "500"];
+    let first = start_node_with(root.path(), 1, None, &flags);
+    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
+    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
+    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
+        for other in others {
+            wait_for_log(node, 0, &format!("node up node_id={other} "));
+        }
+    }
+    let mut client = first.client();
+    eventually_at(&mut client, put("before", "outage"), Consistency::All);
+
+    let since = first.log().len();
+    third.terminate();
+    wait_for_log(&first, since, "node down node_id=3 ");
+    let mut versions = Vec::new();
+    for index in 0..KEYS {
+        let outcome = eventually_at(
+            &mut client,
+            put(&format!("key-{index}"), &format!("v{index}")),
+            Consistency::Quorum,
+        );
+        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
+        versions.push(version);
+    }
+    // Every write through node 1 left a hint for node 3 on the shard that coordinated it.
+    wait_for_sum(&first, since, "hints durable", "kept", KEYS as u64);
+
+    let since = first.log().len();
+    third.restart();
+    wait_for_log(&first, since, "node up node_id=3 ");
+    wait_for_sum(&first, since, "hint replay finished", "replayed", KEYS as u64);
+    for line in log_lines(&first, 0, "hint replay finished") {
+        println!("{line}");
+    }
+    assert_eq!(last_per_shard(&first, since, "hint replay finished", "dropped_full"), 0);
+
+    let mut through_third = third.client();
+    for (index, version) in versions.iter().enumerate() {
+        let value = Bytes::from(format!("v{index}"));
+        assert_eq!(
+            read_one(&mut through_third, &format!("key-{index}")),
+            Outcome::Value { value, version: *version },
+            "node 3 missed key-{index}"
+        );
+    }
+}

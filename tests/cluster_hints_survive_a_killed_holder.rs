@@ -1,0 +1,63 @@
+//! Hints are durable: a coordinator killed with SIGKILL while it holds hints for a replica that
+//! is down reads them back at its restart and replays them once the replica returns.
+
+mod common;
+
+use bytes::Bytes;
+use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::healing::{log_lines, put, read_one, wait_for_log, wait_for_sum};
+use ringkv_wire::{Consistency, Outcome};
+
+const KEYS: usize = 150;
+
+#[test]
+fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let flags = ["--replica-timeout-ms", "500"];
+    let mut first = start_node_with(root.path(), 1, None, &flags);
+    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
+    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
+    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
+        for other in others {
+            wait_for_log(node, 0, &format!("node up node_id={other} "));
+        }
+    }
+    let since = first.log().len();
+    third.terminate();
+    wait_for_log(&first, since, "node down node_id=3 ");
+    let mut client = first.client();
+    let mut versions = Vec::new();
+    for index in 0..KEYS {
+        let outcome = eventually_at(
+            &mut client,
+            put(&format!("key-{index}"), &format!("v{index}")),
+            Consistency::Quorum,
+        );
+        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
+        versions.push(version);
+    }
+    wait_for_sum(&first, since, "hints durable", "kept", KEYS as u64);
+
+    // The holder dies without a chance to flush anything, then comes back.
+    first.kill();
+    let since = first.log().len();
+    first.restart();
+    wait_for_sum(&first, since, "hints recovered", "hints", KEYS as u64);
+    wait_for_log(&first, since, "node up node_id=2 ");
+
+    third.restart();
+    wait_for_log(&first, since, "node up node_id=3 ");
+    wait_for_sum(&first, since, "hint replay finished", "replayed", KEYS as u64);
+    for line in log_lines(&first, since, "hint") {
+        println!("{line}");
+    }
+    let mut through_third = third.client();
+    for (index, version) in versions.iter().enumerate() {
+        let value = Bytes::from(format!("v{index}"));
+        assert_eq!(
+            read_one(&mut through_third, &format!("key-{index}")),
+            Outcome::Value { value, version: *version },
+            "node 3 missed key-{index}"
+        );
+    }
+}
