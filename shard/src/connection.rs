@@ -397,8 +397,10 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
     }
 }
 
-/// Reads and discards what the client still sends, within bounds (see [`LINGER_BYTES_MAX`]).
-async fn linger(reader: &mut ReadHalf<TcpStream>) {
+/// Reads and discards what the client still sends, within bounds (see [`LINGER_BYTES_MAX`]), so
+/// the kernel does not reset the socket before the client has read the last reply. The
+/// Redis-protocol connections close the same way.
+pub(crate) async fn linger(reader: &mut ReadHalf<TcpStream>) {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut discarded = 0;
     let drain = async {

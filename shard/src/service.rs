@@ -404,6 +404,31 @@ async fn start_cluster(
     Ok((cluster, tasks, stop))
 }
 
+/// Accepts connections on `listener` until `stop`, handing each to `start`. A failed accept
+/// (out of file descriptors, say) is logged as accepting `what` and retried after a pause.
+pub(crate) async fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &StopSignal,
+    what: &str,
+    mut start: impl FnMut(TcpStream),
+) {
+    loop {
+        let accepted = or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => start(stream),
+            Some(Err(error)) => {
+                warn!(%error, "accepting {what} failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections on one listener and starts a task for each.
 struct Acceptor {
     shard_id: u32,
@@ -416,21 +441,8 @@ struct Acceptor {
 
 impl Acceptor {
     async fn run(&self, listener: TcpListener) {
-        loop {
-            let accepted = or(async { Some(listener.accept().await) }, async {
-                self.stop.wait().await;
-                None
-            })
+        accept_until_stopped(&listener, &self.stop, "a connection", |stream| self.start_connection(stream))
             .await;
-            match accepted {
-                None => break,
-                Some(Ok(stream)) => self.start_connection(stream),
-                Some(Err(error)) => {
-                    warn!(%error, "accepting a connection failed");
-                    glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
-                }
-            }
-        }
         debug!("stopped accepting");
     }
 

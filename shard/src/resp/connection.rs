@@ -33,7 +33,6 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
@@ -43,6 +42,7 @@ use glommio::net::TcpStream;
 use ringkv_wire::Operation;
 use tracing::debug;
 
+use crate::connection::linger;
 use crate::resp::command_table::{self, COMMANDS};
 use crate::resp::commands::{
     self, failure_reply, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
@@ -56,14 +56,6 @@ use crate::ConnectionLimits;
 
 /// Bytes read from the socket per call.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-
-/// After a protocol error, or when the shard stops, how much more the connection reads and
-/// discards before closing, so the kernel does not reset the socket before the client has read
-/// the last reply.
-const LINGER_BYTES_MAX: usize = 4 << 20;
-
-/// How long the connection lingers at most.
-const LINGER_MS: u64 = 1000;
 
 /// A Redis-protocol connection being served.
 pub struct RespConnection {
@@ -713,19 +705,4 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
     if let Err(error) = writer.close().await {
         debug!(%error, "shutting down the write side failed");
     }
-}
-
-/// Reads and discards what the client still sends, within bounds (see [`LINGER_BYTES_MAX`]).
-async fn linger(reader: &mut ReadHalf<TcpStream>) {
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    let mut discarded = 0;
-    let drain = async {
-        while discarded < LINGER_BYTES_MAX {
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => discarded += read,
-            }
-        }
-    };
-    or(drain, glommio::timer::sleep(Duration::from_millis(LINGER_MS))).await;
 }

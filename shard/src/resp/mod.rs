@@ -48,10 +48,8 @@ pub use connection::RespConnection;
 use crate::config::NodeConfig;
 use crate::connection::ConnectionLimits;
 use crate::router::Router;
+use crate::service::accept_until_stopped;
 use crate::stop_signal::StopSignal;
-
-/// Pause after a failed accept before trying again.
-const ACCEPT_RETRY_MS: u64 = 10;
 
 /// Client ids are unique per node: the shard id sits above this many bits of a per-shard count.
 const CLIENT_ID_SHARD_SHIFT: u32 = 48;
@@ -197,21 +195,10 @@ struct Acceptor {
 
 impl Acceptor {
     async fn run(&self, listener: TcpListener) {
-        loop {
-            let accepted = or(async { Some(listener.accept().await) }, async {
-                self.stop.wait().await;
-                None
-            })
-            .await;
-            match accepted {
-                None => break,
-                Some(Ok(stream)) => self.start_connection(stream),
-                Some(Err(error)) => {
-                    warn!(%error, "accepting a Redis-protocol connection failed");
-                    glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
-                }
-            }
-        }
+        accept_until_stopped(&listener, &self.stop, "a Redis-protocol connection", |stream| {
+            self.start_connection(stream)
+        })
+        .await;
         drop(listener);
         let drained = or(
             async {
