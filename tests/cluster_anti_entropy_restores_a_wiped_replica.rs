@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::cluster::{eventually_at, start_three_nodes_with};
 use common::healing::{put, read_one, repair_until_clean, wait_for_log, wipe_engine_files};
 use ringkv_wire::{Consistency, Outcome};
 
@@ -16,14 +16,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     let root = tempfile::tempdir().unwrap();
     // No hints: only anti-entropy can bring the data back.
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0"];
-    let first = start_node_with(root.path(), 1, None, &flags);
-    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
-    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
-    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
-        for other in others {
-            wait_for_log(node, 0, &format!("node up node_id={other} "));
-        }
-    }
+    let [first, _second, mut third] = start_three_nodes_with(root.path(), &flags);
     let mut client = first.client();
     let mut versions = Vec::new();
     for index in 0..KEYS {

@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::cluster::{eventually_at, start_three_nodes_with};
 use common::healing::{put, read_one, repair_until_clean, wait_for_log};
 use ringkv_wire::{Consistency, Operation, Outcome};
 
@@ -38,14 +38,7 @@ fn deletes_made_while_a_replica_was_down_stay_deleted_after_compaction() {
         "--tombstone-grace-ms",
         "1000",
     ];
-    let first = start_node_with(root.path(), 1, None, &flags);
-    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
-    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
-    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
-        for other in others {
-            wait_for_log(node, 0, &format!("node up node_id={other} "));
-        }
-    }
+    let [first, second, mut third] = start_three_nodes_with(root.path(), &flags);
     let mut client = first.client();
     for index in 0..KEYS {
         eventually_at(&mut client, put(&format!("key-{index}"), "alive"), Consistency::All);

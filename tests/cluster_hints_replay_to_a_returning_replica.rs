@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::cluster::{eventually_at, start_three_nodes_with};
 use common::healing::{last_per_shard, log_lines, put, read_one, wait_for_log, wait_for_sum};
 use ringkv_wire::{Consistency, Outcome};
 
@@ -15,14 +15,7 @@ fn hints_replay_every_write_a_returning_replica_missed() {
     let root = tempfile::tempdir().unwrap();
     // Anti-entropy is left at its default interval (10 minutes): only hints can repair here.
     let flags = ["--replica-timeout-ms", "500"];
-    let first = start_node_with(root.path(), 1, None, &flags);
-    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
-    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
-    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
-        for other in others {
-            wait_for_log(node, 0, &format!("node up node_id={other} "));
-        }
-    }
+    let [first, _second, mut third] = start_three_nodes_with(root.path(), &flags);
     let mut client = first.client();
     eventually_at(&mut client, put("before", "outage"), Consistency::All);
 

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::cluster::{eventually_at, start_three_nodes_with};
 use common::healing::{field, log_lines, put, read_one, repair_until_clean, wait_for_log, wait_for_sum};
 use ringkv_wire::{Consistency, Outcome};
 
@@ -25,14 +25,7 @@ fn hints_stay_bounded_and_anti_entropy_repairs_what_they_dropped() {
         "--hints-bytes-max",
         &bound,
     ];
-    let first = start_node_with(root.path(), 1, None, &flags);
-    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
-    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
-    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
-        for other in others {
-            wait_for_log(node, 0, &format!("node up node_id={other} "));
-        }
-    }
+    let [first, _second, mut third] = start_three_nodes_with(root.path(), &flags);
     let since = first.log().len();
     third.terminate();
     wait_for_log(&first, since, "node down node_id=3 ");

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, peer_port, start_node_with};
+use common::cluster::{eventually_at, start_three_nodes_with};
 use common::healing::{log_lines, put, read_one, wait_for_log, wait_for_sum};
 use ringkv_wire::{Consistency, Outcome};
 
@@ -14,14 +14,7 @@ const KEYS: usize = 150;
 fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
     let root = tempfile::tempdir().unwrap();
     let flags = ["--replica-timeout-ms", "500"];
-    let mut first = start_node_with(root.path(), 1, None, &flags);
-    let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &flags);
-    let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &flags);
-    for (node, others) in [(&first, [2, 3]), (&second, [1, 3]), (&third, [1, 2])] {
-        for other in others {
-            wait_for_log(node, 0, &format!("node up node_id={other} "));
-        }
-    }
+    let [mut first, _second, mut third] = start_three_nodes_with(root.path(), &flags);
     let since = first.log().len();
     third.terminate();
     wait_for_log(&first, since, "node down node_id=3 ");

@@ -41,9 +41,14 @@ pub fn start_node_with(root: &Path, node_id: u16, seed: Option<u16>, extra_args:
 
 /// Nodes 1, 2 and 3, N = 3, each seeing the other two up.
 pub fn start_three_nodes(root: &Path) -> [Server; 3] {
-    let first = start_node(root, 1, None);
-    let second = start_node(root, 2, Some(peer_port(&first)));
-    let third = start_node(root, 3, Some(peer_port(&first)));
+    start_three_nodes_with(root, &[])
+}
+
+/// [`start_three_nodes`], each node started with `extra_args` too.
+pub fn start_three_nodes_with(root: &Path, extra_args: &[&str]) -> [Server; 3] {
+    let first = start_node_with(root, 1, None, extra_args);
+    let second = start_node_with(root, 2, Some(peer_port(&first)), extra_args);
+    let third = start_node_with(root, 3, Some(peer_port(&first)), extra_args);
     wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
     wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
     wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
