@@ -1,7 +1,7 @@
 //! The storage engine's [`Disk`] over glommio DMA files: O_DIRECT reads and writes through
 //! io_uring, one directory per shard.
 //!
-//! ## The iopoll probe bug (PITFALLS.md; glommio issues #605 and #670)
+//! ## The iopoll probe bug in glommio
 //!
 //! Opening a `DmaFile` makes glommio probe, once per block device and thread, whether the device
 //! supports polled I/O, by reading the first block of the file being opened through the poll

@@ -4,8 +4,8 @@
 //! short-lived, unpinned executors instead. Both come from [`ExecutorBuilder`]; [`run_local`] is
 //! the one-line form for tests and tools.
 //!
-//! Every executor locks memory for its io_uring rings and its `io_memory` buffers (PITFALLS:
-//! `ulimit -l` is 8 MiB here), so the default `io_memory` is small: reads and writes larger
+//! Every executor locks memory for its io_uring rings and its `io_memory` buffers (where ringkv
+//! is tested, `ulimit -l` is 8 MiB), so the default `io_memory` is small: reads and writes larger
 //! than it still work, their buffers just come from the ordinary allocator.
 
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};

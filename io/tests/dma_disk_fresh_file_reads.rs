@@ -1,4 +1,4 @@
-//! Regression test for glommio's iopoll probe bug (PITFALLS.md; glommio issues #605, #670):
+//! Regression test for glommio's iopoll probe bug (see `io/src/dma_disk.rs`):
 //! on a fresh directory, a file created empty, written and synced must read back. Without the
 //! work-around in `DmaDisk::open`, the first DMA open (of the empty file) poisons glommio's
 //! per-device probe and every read fails with EOPNOTSUPP (os error 95).

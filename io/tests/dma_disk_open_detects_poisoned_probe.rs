@@ -1,5 +1,5 @@
 //! If something on this thread opened an empty DMA file before `DmaDisk::open`, glommio's
-//! per-device iopoll answer may already be wrong (PITFALLS.md). `DmaDisk::open` must then fail
+//! per-device iopoll answer may already be wrong (see `io/src/dma_disk.rs`). `DmaDisk::open` must then fail
 //! at once with a clear error, instead of handing out a disk whose every read fails.
 
 use glommio::io::OpenOptions;
