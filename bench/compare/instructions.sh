@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Instructions per request on ringkv's server and client paths, counted by callgrind: the same
+# figure on every run of the same build, whatever else the machine is doing, so a change's
+# effect shows without timing noise.
+#
+#   bench/compare/instructions.sh [OPS]
+#
+# Each figure is the difference of two runs (OPS and 2 x OPS requests) over OPS, counting only
+# inside the measured function (`ringkv-path`'s counted_server / counted_client), so start-up,
+# loading and connecting cancel out.
+#   server  the request path in process: decode, verify, execute on the engine (in-memory disk),
+#           encode the reply. No sockets or executor: glommio's io_uring loop does not run under
+#           valgrind. GET reads a cached key; PUT includes the WAL append and group commit.
+#   client  the tokio client (the request and reply handling all adapters share), 16 requests in
+#           flight, against a one-shard node started here; includes tokio's scheduling and the
+#           user-space side of the socket calls.
+# Also prints heap allocations per request on the node's shard thread and the client's thread
+# (`ringkv-path allocations`, a counting allocator, real sockets, pipeline 16).
+set -euo pipefail
+
+ops="${1:-20000}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+cargo build --release -q -p ringkv -p ringkv-bench
+bin="$root/target/release"
+work="$(mktemp -d "${TMPDIR:-/tmp}/instructions.XXXXXX")"
+port=$((20000 + RANDOM % 20000))
+node=""
+cleanup() {
+  [ -n "$node" ] && kill "$node" 2>/dev/null && wait "$node" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export RUST_BACKTRACE=0
+
+# counted MODE OP N [args]: the instructions callgrind counted inside counted_MODE.
+counted() {
+  local mode="$1" op="$2" n="$3"
+  shift 3
+  valgrind --tool=callgrind --toggle-collect="*counted_${mode}*" --callgrind-out-file="$work/out" \
+    "$bin/ringkv-path" "$mode" --op "$op" --ops "$n" "$@" >/dev/null 2>"$work/log" ||
+    { cat "$work/log" >&2; exit 1; }
+  awk '/^summary:|^totals:/ { print $2; exit }' "$work/out"
+}
+
+# per MODE OP [args]: instructions per request.
+per() {
+  local mode="$1" op="$2"
+  shift 2
+  local one two
+  one=$(counted "$mode" "$op" "$ops" "$@")
+  two=$(counted "$mode" "$op" $((2 * ops)) "$@")
+  echo $(((two - one) / ops))
+}
+
+"$bin/ringkv" serve --data-dir "$work/data" --listen "127.0.0.1:$port" --shards 1 \
+  --peer-listen "127.0.0.1:$((port + 2))" >"$work/node.log" 2>&1 &
+node=$!
+for _ in $(seq 1 100); do
+  (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+"$bin/ringkv-bench" load --target "ringkv://127.0.0.1:$port" --records 10000 --value-size 100 >/dev/null
+
+printf '%-8s %-4s %s\n' path op "instructions/request"
+printf '%-8s %-4s %s\n' server GET "$(per server get)"
+printf '%-8s %-4s %s\n' server PUT "$(per server put)"
+printf '%-8s %-4s %s\n' client GET "$(per client get --addr "127.0.0.1:$port")"
+printf '%-8s %-4s %s\n' client PUT "$(per client put --addr "127.0.0.1:$port")"
+echo
+for op in get put; do
+  printf '%s: ' "$op"
+  "$bin/ringkv-path" allocations --op "$op" --ops "$ops" | tail -n 1
+done

@@ -1,0 +1,452 @@
+//! `ringkv-path`: the cost of one request on the server's and the client's path, counted rather
+//! than timed, so that a change's effect shows through this machine's noise.
+//!
+//! ```text
+//!  server       frames ─▶ FrameDecoder ─▶ parse_request ─▶ Handler (engine on an in-memory disk)
+//!               ─▶ encode reply            (no sockets, no executor: runs under callgrind)
+//!  client       tokio client, P requests in flight ─▶ a running node   (runs under callgrind)
+//!  allocations  a node and a tokio client in this process; a counting allocator tells each
+//!               thread's heap allocations per request, server shards and client apart
+//! ```
+//!
+//! Instructions per request come from running `server` or `client` under
+//! `valgrind --tool=callgrind` twice with different `--ops` and dividing the difference of the
+//! totals by the difference of the counts (`bench/compare/instructions.sh` does it), so start-up
+//! and loading cancel out. glommio's io_uring loop does not run under valgrind, hence the
+//! in-process server path and the tokio adapter of the client (it shares the request and reply
+//! handling of every adapter).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use clap::{Parser, Subcommand, ValueEnum};
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::future::block_on;
+use ringkv_shard::{Handler, HybridClock, Node, NodeConfig, SyncSetting};
+use ringkv_storage::disk::memory::MemDisk;
+use ringkv_storage::{Engine, EngineOptions, SyncMode};
+use ringkv_wire::response::Reply;
+use ringkv_wire::{
+    encode_read_reply_into, encode_request_into, encode_response_into, parse_request, Command, FrameDecoder,
+    Operation, Request, Response,
+};
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[derive(Parser)]
+#[command(name = "ringkv-path", about = "Counts the work of one request on ringkv's server and client paths")]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The server's request path in this process: decode, execute on an engine over an
+    /// in-memory disk, encode the reply. No sockets and no executor.
+    Server(Load),
+    /// The tokio client against a running node (load it first: `ringkv-bench load`).
+    Client {
+        #[command(flatten)]
+        load: Load,
+        /// The node's client address.
+        #[arg(long, default_value = "127.0.0.1:7379")]
+        addr: SocketAddr,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 16)]
+        pipeline: usize,
+    },
+    /// A one-shard node and a tokio client in this process: heap allocations per request on
+    /// the shard's thread and on the client's, after a warm-up.
+    Allocations {
+        #[command(flatten)]
+        load: Load,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 16)]
+        pipeline: usize,
+    },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct Load {
+    /// The operation every request carries.
+    #[arg(long, value_enum, default_value_t = Op::Get)]
+    op: Op,
+    /// Requests counted.
+    #[arg(long, default_value_t = 100_000)]
+    ops: u64,
+    /// Keys, `user000000000000` onwards (as `ringkv-bench load` writes them), 100-byte values.
+    #[arg(long, default_value_t = 10_000)]
+    records: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Op {
+    Get,
+    Put,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Mode::Server(load) => server(load),
+        Mode::Client { load, addr, pipeline } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let local = tokio::task::LocalSet::new();
+            let client = local
+                .block_on(&runtime, ringkv_client::tokio::Client::connect(addr))
+                .context("connecting")?;
+            let client = Rc::new(client);
+            // Routed once, so that the first request's topology fetch is not counted.
+            local.block_on(&runtime, run(client.clone(), Load { ops: pipeline as u64, ..load }, pipeline))?;
+            counted_client(&runtime, &local, client, load, pipeline.max(1))
+        }
+        Mode::Allocations { load, pipeline } => allocations(load, pipeline.max(1)),
+    }
+}
+
+fn key(index: u64) -> Bytes {
+    Bytes::from(format!("user{index:012}"))
+}
+
+fn value(index: u64) -> Bytes {
+    let mut value = vec![b'v'; 100];
+    value[..8].copy_from_slice(&index.to_le_bytes());
+    Bytes::from(value)
+}
+
+/// The keys and one value, made before counting starts so that making them is not counted.
+struct Operations {
+    op: Op,
+    keys: Vec<Bytes>,
+    value: Bytes,
+}
+
+impl Operations {
+    fn new(load: Load) -> Self {
+        Operations { op: load.op, keys: (0..load.records.max(1)).map(key).collect(), value: value(0) }
+    }
+
+    /// The `index`th operation, on a key spread over the key space.
+    fn get(&self, index: u64) -> Operation {
+        let position = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) % self.keys.len() as u64;
+        let key = self.keys[position as usize].clone();
+        match self.op {
+            Op::Get => Operation::Get { key },
+            Op::Put => Operation::Put { key, value: self.value.clone(), ttl_ms: None },
+        }
+    }
+}
+
+/// Decodes, executes and answers `load.ops` requests the way a connection does for keys its
+/// shard owns: frames arrive in 64 KiB reads, cached reads are answered in place, other
+/// operations run on the handler, replies gather in one outbox that is "sent" (cleared) when it
+/// passes 32 KiB.
+fn server(load: Load) -> anyhow::Result<()> {
+    let options = EngineOptions { sync: SyncMode::Always, ..EngineOptions::default() };
+    let engine = block_on(Engine::open(MemDisk::new(), options)).context("opening the engine")?;
+    let handler = Handler::new(Rc::new(engine), HybridClock::new(1), ringkv_io::clock::now_ms);
+    for index in 0..load.records {
+        let put = Operation::Put { key: key(index), value: value(index), ttl_ms: None };
+        block_on(handler.execute(put)).map_err(|failure| anyhow::anyhow!("loading: {failure:?}"))?;
+    }
+    let mut builder = FlatBufferBuilder::new();
+    let mut input = BytesMut::new();
+    let operations = Operations::new(load);
+    for index in 0..load.ops {
+        let request =
+            Request { id: index + 1, command: Command::Single(operations.get(index)), consistency: None };
+        encode_request_into(&mut builder, &request, &mut input)?;
+    }
+    let answered = counted_server(&handler, &mut builder, &input)?;
+    if answered != load.ops {
+        bail!("answered {answered} of {} requests", load.ops);
+    }
+    println!("server path: {answered} requests answered");
+    Ok(())
+}
+
+/// The counted part of [`server`] (callgrind's `--toggle-collect=*counted_server*`).
+#[inline(never)]
+fn counted_server(
+    handler: &Handler<MemDisk>,
+    builder: &mut FlatBufferBuilder<'static>,
+    input: &[u8],
+) -> anyhow::Result<u64> {
+    let mut decoder = FrameDecoder::with_capacity(64 << 10);
+    let mut outbox = BytesMut::with_capacity(64 << 10);
+    let mut answered = 0u64;
+    for chunk in input.chunks(64 << 10) {
+        decoder.extend_from_slice(chunk);
+        // Writes of one read run together, as a connection's request tasks do, so that one
+        // WAL group commit carries them.
+        let mut writes: Vec<Task<'_, (u64, Reply)>> = Vec::new();
+        while let Some(frame) = decoder.next_frame()? {
+            let request = parse_request(&frame).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let id = request.id;
+            match request.command {
+                Command::Single(Operation::Get { key }) => {
+                    let encoded = handler.read_now(&key, |found| {
+                        encode_read_reply_into(builder, id, found.ok().flatten(), &mut outbox)
+                    });
+                    match encoded {
+                        Some(encoded) => encoded?,
+                        None => bail!(
+                            "a read needed the disk: the engine was expected to hold every key in memory"
+                        ),
+                    }
+                }
+                Command::Single(operation) => writes.push(Box::pin(async move {
+                    match handler.execute(operation).await {
+                        Ok(outcome) => (id, Reply::Single(outcome)),
+                        Err(failure) => (id, Reply::Failed(failure)),
+                    }
+                })),
+                _ => bail!("only single operations are generated"),
+            }
+            answered += 1;
+            if outbox.len() > 32 << 10 {
+                outbox.clear();
+            }
+        }
+        for (id, reply) in block_on(join_all(writes)) {
+            encode_response_into(builder, &Response { id, reply }, &mut outbox)?;
+            if outbox.len() > 32 << 10 {
+                outbox.clear();
+            }
+        }
+    }
+    Ok(answered)
+}
+
+/// A request's work, started and polled by [`join_all`].
+type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Polls every future until all are done; their outputs in order.
+async fn join_all<T>(mut futures: Vec<Task<'_, T>>) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|context| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(context) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|output| output.expect("every future finished")).collect()
+}
+
+/// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client*`).
+#[inline(never)]
+fn counted_client(
+    runtime: &tokio::runtime::Runtime,
+    local: &tokio::task::LocalSet,
+    client: Rc<ringkv_client::tokio::Client>,
+    load: Load,
+    pipeline: usize,
+) -> anyhow::Result<()> {
+    local.block_on(runtime, run(client, load, pipeline))
+}
+
+/// Connects to `addr` and runs `load` (see [`run`]).
+async fn client(load: Load, addr: SocketAddr, pipeline: usize) -> anyhow::Result<()> {
+    let client = Rc::new(ringkv_client::tokio::Client::connect(addr).await.context("connecting")?);
+    run(client, load, pipeline).await
+}
+
+/// Runs `load.ops` requests through the tokio client with `pipeline` in flight; fails on any
+/// error or a read that finds nothing.
+async fn run(client: Rc<ringkv_client::tokio::Client>, load: Load, pipeline: usize) -> anyhow::Result<()> {
+    let operations = Rc::new(Operations::new(load));
+    let per_task = load.ops / pipeline as u64;
+    let mut tasks = Vec::with_capacity(pipeline);
+    for task in 0..pipeline as u64 {
+        let client = client.clone();
+        let operations = operations.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            for step in 0..per_task {
+                let index = task * per_task + step;
+                match operations.get(index) {
+                    Operation::Get { key } => {
+                        if client.get(&key).await?.is_none() {
+                            bail!("{key:?} not found: load the node first");
+                        }
+                    }
+                    Operation::Put { key, value, .. } => {
+                        client.put(&key, &value).await?;
+                    }
+                    _ => unreachable!("only gets and puts are generated"),
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    println!("client path: {} requests answered", per_task * pipeline as u64);
+    Ok(())
+}
+
+/// Heap allocations per request on the shard thread and on the client thread: a node runs in
+/// this process, the client loads it, warms up, then counts over `load.ops` requests.
+fn allocations(load: Load, pipeline: usize) -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    let config = NodeConfig {
+        data_dir: directory.path().to_path_buf(),
+        listen: addr,
+        shards: Some(1),
+        sync: SyncSetting::Always,
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config).context("starting the node")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let counted = runtime.block_on(tokio::task::LocalSet::new().run_until(async {
+        wait_for(addr).await?;
+        fill(addr, load.records).await?;
+        client(Load { ops: load.ops.min(20_000), ..load }, addr, pipeline).await?;
+        let before = Counts::now();
+        client(load, addr, pipeline).await?;
+        anyhow::Ok(Counts::now().since(&before))
+    }));
+    node.stop_handle().stop();
+    node.wait()?;
+    let counted = counted?;
+    let per = |count: u64| count as f64 / load.ops as f64;
+    println!(
+        "heap allocations per request: server shard {:.3} ({:.1} bytes), client {:.3} ({:.1} bytes), other threads {:.3}",
+        per(counted.allocations[SERVER]),
+        per(counted.bytes[SERVER]),
+        per(counted.allocations[CLIENT]),
+        per(counted.bytes[CLIENT]),
+        per(counted.allocations[OTHER]),
+    );
+    Ok(())
+}
+
+/// Writes every key once, `user000000000000` onwards.
+async fn fill(addr: SocketAddr, records: u64) -> anyhow::Result<()> {
+    let client = ringkv_client::tokio::Client::connect(addr).await.context("connecting")?;
+    for index in 0..records {
+        client.put(key(index), value(index)).await?;
+    }
+    Ok(())
+}
+
+async fn wait_for(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the node did not listen on {addr}")
+}
+
+const SERVER: usize = 0;
+const CLIENT: usize = 1;
+const OTHER: usize = 2;
+const UNKNOWN: u8 = u8::MAX;
+const RESOLVING: u8 = u8::MAX - 1;
+
+static ALLOCATIONS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static BYTES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+thread_local! {
+    static ROLE: Cell<u8> = const { Cell::new(UNKNOWN) };
+}
+
+struct Counts {
+    allocations: [u64; 3],
+    bytes: [u64; 3],
+}
+
+impl Counts {
+    fn now() -> Self {
+        Counts {
+            allocations: ALLOCATIONS.each_ref().map(|count| count.load(Ordering::Relaxed)),
+            bytes: BYTES.each_ref().map(|count| count.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn since(&self, before: &Counts) -> Counts {
+        Counts {
+            allocations: std::array::from_fn(|role| self.allocations[role] - before.allocations[role]),
+            bytes: std::array::from_fn(|role| self.bytes[role] - before.bytes[role]),
+        }
+    }
+}
+
+/// The thread's role, from its name: the node names its shard threads `ringkv-shard-N`; the
+/// client runs on the main thread.
+fn role() -> usize {
+    ROLE.try_with(|role| match role.get() {
+        UNKNOWN => {
+            role.set(RESOLVING);
+            let resolved = match std::thread::current().name() {
+                Some(name) if name.starts_with("ringkv-shard") => SERVER,
+                Some("main") => CLIENT,
+                _ => OTHER,
+            };
+            role.set(resolved as u8);
+            resolved
+        }
+        RESOLVING => OTHER,
+        known => usize::from(known),
+    })
+    .unwrap_or(OTHER)
+}
+
+fn count(size: usize) {
+    let role = role();
+    ALLOCATIONS[role].fetch_add(1, Ordering::Relaxed);
+    BYTES[role].fetch_add(size as u64, Ordering::Relaxed);
+}
+
+/// The system allocator, counting allocations (and reallocations) per thread role.
+struct Counting;
+
+// SAFETY: every call is passed on unchanged to the system allocator; counting touches only
+// atomics and a thread-local cell, never the heap from inside the allocator except through
+// `thread::current`, whose allocation re-enters as `RESOLVING` and is counted as "other".
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
