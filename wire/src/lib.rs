@@ -51,6 +51,7 @@ pub mod outcome;
 pub mod peer;
 pub mod peer_codec;
 pub mod request;
+mod request_fast;
 pub mod response;
 pub mod scan;
 pub mod token;

@@ -1,0 +1,255 @@
+//! [`parse_single`]: the common requests (one Get, Put or Delete) read without the generic
+//! FlatBuffers verifier.
+//!
+//! The generic verifier walks a table through trait objects and error-trace bookkeeping; on a
+//! cached read it cost more than the rest of the server's path together. This module checks the
+//! few fields these three requests have directly, each at least as strictly as the verifier
+//! would: every offset lands inside the frame and is aligned, every table's vtable and inline
+//! part fit, required fields are present, and the ranges read cannot add up to more than the
+//! frame (the verifier's apparent-size rule). Anything it does not recognise or cannot vouch
+//! for (another command, a batch, an unknown consistency, an odd layout) returns `None`, and
+//! the generic path parses the frame and names the error. It never refuses on its own.
+
+use bytes::Bytes;
+
+use crate::consistency::Consistency;
+use crate::generated as fb;
+use crate::limits::{FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
+use crate::operation::Operation;
+use crate::request::{Command, Request};
+
+/// The frame's bytes with the reads the checks need; `None` for anything out of bounds.
+struct Frame<'a> {
+    bytes: &'a [u8],
+    /// Bytes of every range checked so far, counted as the verifier counts its apparent size
+    /// (fields again inside their table), and bounded by the same limit.
+    visited: usize,
+}
+
+impl<'a> Frame<'a> {
+    fn array<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
+        self.bytes.get(at..at.checked_add(N)?)?.try_into().ok()
+    }
+
+    fn u8(&self, at: usize) -> Option<u8> {
+        self.bytes.get(at).copied()
+    }
+
+    fn u16(&self, at: usize) -> Option<u16> {
+        (at % 2 == 0).then_some(())?;
+        self.array(at).map(u16::from_le_bytes)
+    }
+
+    fn u32(&self, at: usize) -> Option<u32> {
+        (at % 4 == 0).then_some(())?;
+        self.array(at).map(u32::from_le_bytes)
+    }
+
+    fn u64(&self, at: usize) -> Option<u64> {
+        (at % 8 == 0).then_some(())?;
+        self.array(at).map(u64::from_le_bytes)
+    }
+
+    fn visit(&mut self, bytes: usize) -> Option<()> {
+        self.visited = self.visited.checked_add(bytes)?;
+        (self.visited <= VERIFIER_OPTIONS.max_apparent_size).then_some(())
+    }
+
+    /// The position an unsigned offset stored at `at` points to.
+    fn follow(&self, at: usize) -> Option<usize> {
+        at.checked_add(self.u32(at)? as usize)
+    }
+
+    /// The table at `position`: checks its vtable and inline size.
+    fn table(&mut self, position: usize) -> Option<Table> {
+        let back = i32::from_le_bytes(self.array(position)?);
+        (position % 4 == 0).then_some(())?;
+        let vtable = usize::try_from(position as i64 - i64::from(back)).ok()?;
+        let vtable_bytes = usize::from(self.u16(vtable)?);
+        let inline_bytes = usize::from(self.u16(vtable + 2)?);
+        if vtable_bytes < 4 || vtable_bytes % 2 != 0 || inline_bytes < 4 {
+            return None;
+        }
+        self.bytes.get(vtable..vtable + vtable_bytes)?;
+        self.bytes.get(position..position.checked_add(inline_bytes)?)?;
+        self.visit(vtable_bytes + inline_bytes)?;
+        Some(Table { position, vtable, vtable_bytes, inline_bytes })
+    }
+
+    /// Where field `slot` (a `VT_` constant) of `table` lies, if present; checks that its
+    /// `size` bytes fit in the table's inline part.
+    fn field(&mut self, table: &Table, slot: u16, size: usize) -> Option<Option<usize>> {
+        let slot = usize::from(slot);
+        if slot + 2 > table.vtable_bytes {
+            return Some(None);
+        }
+        let offset = usize::from(self.u16(table.vtable + slot)?);
+        if offset == 0 {
+            return Some(None);
+        }
+        if offset < 4 || offset + size > table.inline_bytes {
+            return None;
+        }
+        self.visit(size)?;
+        Some(Some(table.position + offset))
+    }
+
+    /// A `[ubyte]` field, required: the slice of `frame` it holds.
+    fn bytes_field(&mut self, frame: &Bytes, table: &Table, slot: u16) -> Option<Bytes> {
+        let at = self.field(table, slot, 4)??;
+        let vector = self.follow(at)?;
+        let length = self.u32(vector)? as usize;
+        let start = vector + 4;
+        let end = start.checked_add(length)?;
+        self.bytes.get(start..end)?;
+        self.visit(4 + length)?;
+        Some(frame.slice(start..end))
+    }
+
+    /// An optional `ulong` field.
+    fn u64_field(&mut self, table: &Table, slot: u16) -> Option<Option<u64>> {
+        match self.field(table, slot, 8)? {
+            Some(at) => self.u64(at).map(Some),
+            None => Some(None),
+        }
+    }
+}
+
+struct Table {
+    position: usize,
+    vtable: usize,
+    vtable_bytes: usize,
+    inline_bytes: usize,
+}
+
+/// `frame` (length prefix included, as [`crate::FrameDecoder`] returns it) as a request with
+/// one Get, Put or Delete, when it is one and every check passes; `None` sends the frame down
+/// the generic path. The request's limits are not checked here (`Request::validate` does).
+pub(crate) fn parse_single(frame: &Bytes) -> Option<Request> {
+    let mut reader = Frame { bytes: frame, visited: FRAME_LENGTH_PREFIX_BYTES };
+    reader.visit(4)?;
+    let root = reader.follow(FRAME_LENGTH_PREFIX_BYTES)?;
+    let request = reader.table(root)?;
+    let id = reader.u64_field(&request, fb::Request::VT_ID)?.unwrap_or(0);
+    let command_type = match reader.field(&request, fb::Request::VT_COMMAND_TYPE, 1)? {
+        Some(at) => reader.u8(at)?,
+        None => return None,
+    };
+    let consistency = match reader.field(&request, fb::Request::VT_CONSISTENCY, 1)? {
+        Some(at) => match fb::Consistency(reader.u8(at)?) {
+            fb::Consistency::Default => None,
+            fb::Consistency::One => Some(Consistency::One),
+            fb::Consistency::Quorum => Some(Consistency::Quorum),
+            fb::Consistency::All => Some(Consistency::All),
+            _ => return None,
+        },
+        None => None,
+    };
+    let command_at = reader.field(&request, fb::Request::VT_COMMAND, 4)??;
+    let command = reader.follow(command_at)?;
+    let command = reader.table(command)?;
+    let operation = match fb::Command(command_type) {
+        fb::Command::Get => Operation::Get { key: reader.bytes_field(frame, &command, fb::Get::VT_KEY)? },
+        fb::Command::Delete => {
+            Operation::Delete { key: reader.bytes_field(frame, &command, fb::Delete::VT_KEY)? }
+        }
+        fb::Command::Put => Operation::Put {
+            key: reader.bytes_field(frame, &command, fb::Put::VT_KEY)?,
+            value: reader.bytes_field(frame, &command, fb::Put::VT_VALUE)?,
+            ttl_ms: reader.u64_field(&command, fb::Put::VT_TTL_MS)?,
+        },
+        _ => return None,
+    };
+    Some(Request { id, command: Command::Single(operation), consistency })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{encode_request, parse_request};
+    use flatbuffers::FlatBufferBuilder;
+    use proptest::prelude::*;
+
+    fn requests() -> Vec<Request> {
+        let key = |text: &'static str| Bytes::from_static(text.as_bytes());
+        let mut requests = Vec::new();
+        for consistency in [None, Some(Consistency::One), Some(Consistency::Quorum), Some(Consistency::All)] {
+            for (id, operation) in [
+                (1, Operation::Get { key: key("k") }),
+                (u64::MAX, Operation::Get { key: key("user000000001234") }),
+                (7, Operation::Delete { key: key("gone") }),
+                (8, Operation::Put { key: key("k"), value: Bytes::new(), ttl_ms: None }),
+                (
+                    9,
+                    Operation::Put {
+                        key: key("key"),
+                        value: Bytes::from(vec![3; 1000]),
+                        ttl_ms: Some(60_000),
+                    },
+                ),
+            ] {
+                requests.push(Request { id, command: Command::Single(operation), consistency });
+            }
+        }
+        requests
+    }
+
+    fn encode(request: &Request) -> Bytes {
+        Bytes::copy_from_slice(encode_request(&mut FlatBufferBuilder::new(), request).unwrap())
+    }
+
+    #[test]
+    fn reads_what_the_encoder_writes_as_the_generic_path_does() {
+        for request in requests() {
+            let frame = encode(&request);
+            assert_eq!(parse_single(&frame).as_ref(), Some(&request));
+            assert_eq!(parse_request(&frame).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn leaves_other_commands_to_the_generic_path() {
+        for command in [
+            Command::Ping,
+            Command::Topology,
+            Command::Batch(vec![Operation::Get { key: Bytes::from_static(b"k") }]),
+        ] {
+            let frame = encode(&Request { id: 3, command, consistency: None });
+            assert!(parse_single(&frame).is_none());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whatever the damage, the fast path accepts only what the verifier accepts, and reads
+        /// it the same way.
+        #[test]
+        fn never_accepts_what_the_verifier_refuses(
+            which in 0usize..20,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let request = &requests()[which];
+            let mut bytes = encode(request).to_vec();
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            let frame = Bytes::from(bytes);
+            if let Some(fast) = parse_single(&frame) {
+                let root = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(&crate::limits::VERIFIER_OPTIONS, &frame);
+                prop_assert!(root.is_ok(), "the fast path accepted a frame the verifier refuses: {root:?}");
+                let generic = parse_request(&frame);
+                if fast.id != 0 {
+                    if let Ok(generic) = generic {
+                        prop_assert_eq!(generic, fast);
+                    }
+                }
+            }
+        }
+    }
+}
