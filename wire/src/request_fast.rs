@@ -36,17 +36,17 @@ impl<'a> Frame<'a> {
     }
 
     fn u16(&self, at: usize) -> Option<u16> {
-        (at % 2 == 0).then_some(())?;
+        at.is_multiple_of(2).then_some(())?;
         self.array(at).map(u16::from_le_bytes)
     }
 
     fn u32(&self, at: usize) -> Option<u32> {
-        (at % 4 == 0).then_some(())?;
+        at.is_multiple_of(4).then_some(())?;
         self.array(at).map(u32::from_le_bytes)
     }
 
     fn u64(&self, at: usize) -> Option<u64> {
-        (at % 8 == 0).then_some(())?;
+        at.is_multiple_of(8).then_some(())?;
         self.array(at).map(u64::from_le_bytes)
     }
 
@@ -63,11 +63,11 @@ impl<'a> Frame<'a> {
     /// The table at `position`: checks its vtable and inline size.
     fn table(&mut self, position: usize) -> Option<Table> {
         let back = i32::from_le_bytes(self.array(position)?);
-        (position % 4 == 0).then_some(())?;
+        position.is_multiple_of(4).then_some(())?;
         let vtable = usize::try_from(position as i64 - i64::from(back)).ok()?;
         let vtable_bytes = usize::from(self.u16(vtable)?);
         let inline_bytes = usize::from(self.u16(vtable + 2)?);
-        if vtable_bytes < 4 || vtable_bytes % 2 != 0 || inline_bytes < 4 {
+        if vtable_bytes < 4 || !vtable_bytes.is_multiple_of(2) || inline_bytes < 4 {
             return None;
         }
         self.bytes.get(vtable..vtable + vtable_bytes)?;
