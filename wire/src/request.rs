@@ -98,12 +98,17 @@ impl RequestError {
 /// (answer it with [`RequestError::response`] and keep serving). A batch that breaks a limit is
 /// refused whole, so that either every operation of a batch is attempted or none is.
 pub fn parse_request(frame: &Bytes) -> Result<Request, RequestError> {
-    if let Some(request) =
-        crate::request_fast::parse_single(frame).filter(|request| request.id != CONNECTION_ERROR_ID)
-    {
-        request.validate().map_err(|error| RequestError { id: Some(request.id), error })?;
-        return Ok(request);
+    match crate::fast_path::parse_single(frame).filter(|request| request.id != CONNECTION_ERROR_ID) {
+        Some(request) => {
+            request.validate().map_err(|error| RequestError { id: Some(request.id), error })?;
+            Ok(request)
+        }
+        None => parse_request_verified(frame),
     }
+}
+
+/// [`parse_request`] through the generic verifier, for every kind of request.
+pub(crate) fn parse_request_verified(frame: &Bytes) -> Result<Request, RequestError> {
     let untrusted = |error: WireError| RequestError { id: None, error };
     let root = verified_root::<fb::Request>(frame).map_err(untrusted)?;
     let id = root.id();

@@ -55,6 +55,14 @@ impl Response {
 ///
 /// Any error means the server is not speaking this protocol; close the connection.
 pub fn parse_response(frame: &Bytes) -> Result<Response, WireError> {
+    match crate::fast_path::parse_single_reply(frame) {
+        Some(response) => Ok(response),
+        None => parse_response_verified(frame),
+    }
+}
+
+/// [`parse_response`] through the generic verifier, for every kind of reply.
+pub(crate) fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
     let root = verified_root::<fb::Response>(frame)?;
     let reply = match root.status() {
         fb::Status::Batch => {

@@ -1,10 +1,10 @@
-//! [`parse_single`]: the common requests (one Get, Put or Delete) read without the generic
-//! FlatBuffers verifier.
+//! [`parse_single`] and [`parse_single_reply`]: the common requests (one Get, Put or Delete)
+//! and replies (one value, not found, written) read without the generic FlatBuffers verifier.
 //!
 //! The generic verifier walks a table through trait objects and error-trace bookkeeping; on a
-//! cached read it cost more than the rest of the server's path together. This module checks the
-//! few fields these three requests have directly, each at least as strictly as the verifier
-//! would: every offset lands inside the frame and is aligned, every table's vtable and inline
+//! cached read it cost more than the rest of the server's path together, and as much again in
+//! the client. This module checks the few fields these frames have directly, each at least as
+//! strictly as the verifier would: every offset lands inside the frame and is aligned, every table's vtable and inline
 //! part fit, required fields are present, and the ranges read cannot add up to more than the
 //! frame (the verifier's apparent-size rule). Anything it does not recognise or cannot vouch
 //! for (another command, a batch, an unknown consistency, an odd layout) returns `None`, and
@@ -14,9 +14,11 @@ use bytes::Bytes;
 
 use crate::consistency::Consistency;
 use crate::generated as fb;
-use crate::limits::{FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
+use crate::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
 use crate::operation::Operation;
+use crate::outcome::Outcome;
 use crate::request::{Command, Request};
+use crate::response::{Reply, Response};
 
 /// The frame's bytes with the reads the checks need; `None` for anything out of bounds.
 struct Frame<'a> {
@@ -27,6 +29,18 @@ struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// A reader over `bytes`, when its length prefix agrees with its length and the limit (as
+    /// [`crate::frame::verified_root`] requires first).
+    fn new(bytes: &'a [u8]) -> Option<Self> {
+        let prefix = u32::from_le_bytes(*bytes.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>()?) as usize;
+        if prefix != bytes.len() - FRAME_LENGTH_PREFIX_BYTES || prefix > FRAME_BYTES_MAX {
+            return None;
+        }
+        let mut frame = Frame { bytes, visited: FRAME_LENGTH_PREFIX_BYTES };
+        frame.visit(4)?;
+        Some(frame)
+    }
+
     fn array<const N: usize>(&self, at: usize) -> Option<[u8; N]> {
         self.bytes.get(at..at.checked_add(N)?)?.try_into().ok()
     }
@@ -126,8 +140,7 @@ struct Table {
 /// one Get, Put or Delete, when it is one and every check passes; `None` sends the frame down
 /// the generic path. The request's limits are not checked here (`Request::validate` does).
 pub(crate) fn parse_single(frame: &Bytes) -> Option<Request> {
-    let mut reader = Frame { bytes: frame, visited: FRAME_LENGTH_PREFIX_BYTES };
-    reader.visit(4)?;
+    let mut reader = Frame::new(frame)?;
     let root = reader.follow(FRAME_LENGTH_PREFIX_BYTES)?;
     let request = reader.table(root)?;
     let id = reader.u64_field(&request, fb::Request::VT_ID)?.unwrap_or(0);
@@ -163,10 +176,40 @@ pub(crate) fn parse_single(frame: &Bytes) -> Option<Request> {
     Some(Request { id, command: Command::Single(operation), consistency })
 }
 
+/// `frame` as a reply with one `Value`, `NotFound` or `Written` outcome, when it is one and
+/// every check passes; `None` sends the frame down the generic path.
+pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
+    let mut reader = Frame::new(frame)?;
+    let root = reader.follow(FRAME_LENGTH_PREFIX_BYTES)?;
+    let response = reader.table(root)?;
+    for unused in
+        [fb::Response::VT_ERROR, fb::Response::VT_BATCH, fb::Response::VT_TOPOLOGY, fb::Response::VT_SCAN]
+    {
+        if reader.field(&response, unused, 4)?.is_some() {
+            return None;
+        }
+    }
+    let id = reader.u64_field(&response, fb::Response::VT_ID)?.unwrap_or(0);
+    let status = reader.field(&response, fb::Response::VT_STATUS, 1)??;
+    let status = fb::Status(reader.u8(status)?);
+    let version = reader.u64_field(&response, fb::Response::VT_VERSION)?;
+    let value = match reader.field(&response, fb::Response::VT_VALUE, 4)? {
+        Some(_) => Some(reader.bytes_field(frame, &response, fb::Response::VT_VALUE)?),
+        None => None,
+    };
+    let outcome = match status {
+        fb::Status::Value => Outcome::Value { value: value?, version: version? },
+        fb::Status::NotFound => Outcome::NotFound,
+        fb::Status::Written => Outcome::Written { version: version? },
+        _ => return None,
+    };
+    Some(Response { id, reply: Reply::Single(outcome) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{encode_request, parse_request};
+    use crate::request::{encode_request, parse_request_verified};
     use flatbuffers::FlatBufferBuilder;
     use proptest::prelude::*;
 
@@ -203,7 +246,7 @@ mod tests {
         for request in requests() {
             let frame = encode(&request);
             assert_eq!(parse_single(&frame).as_ref(), Some(&request));
-            assert_eq!(parse_request(&frame).unwrap(), request);
+            assert_eq!(parse_request_verified(&frame).unwrap(), request);
         }
     }
 
@@ -216,6 +259,50 @@ mod tests {
         ] {
             let frame = encode(&Request { id: 3, command, consistency: None });
             assert!(parse_single(&frame).is_none());
+        }
+    }
+
+    fn replies() -> Vec<Response> {
+        let mut replies = Vec::new();
+        for id in [0, 1, u64::MAX] {
+            for outcome in [
+                Outcome::Value { value: Bytes::from_static(b"v"), version: 3 },
+                Outcome::Value { value: Bytes::new(), version: u64::MAX },
+                Outcome::Value { value: Bytes::from(vec![9; 777]), version: 1 << 40 },
+                Outcome::NotFound,
+                Outcome::Written { version: 12 },
+            ] {
+                replies.push(Response { id, reply: Reply::Single(outcome) });
+            }
+        }
+        replies
+    }
+
+    fn encode_reply(response: &Response) -> Bytes {
+        let mut out = bytes::BytesMut::new();
+        crate::response::encode_response_into(&mut FlatBufferBuilder::new(), response, &mut out).unwrap();
+        out.freeze()
+    }
+
+    #[test]
+    fn reads_replies_as_the_generic_path_does() {
+        for response in replies() {
+            let frame = encode_reply(&response);
+            assert_eq!(parse_single_reply(&frame).as_ref(), Some(&response));
+            assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), response);
+        }
+    }
+
+    #[test]
+    fn leaves_other_replies_to_the_generic_path() {
+        let failure = crate::outcome::Failure::new(crate::ErrorCode::Overloaded, "busy");
+        for reply in [
+            Reply::Pong,
+            Reply::Failed(failure),
+            Reply::Single(Outcome::CasMismatch { current_version: Some(4) }),
+            Reply::Batch(vec![Ok(Outcome::NotFound)]),
+        ] {
+            assert!(parse_single_reply(&encode_reply(&Response { id: 5, reply })).is_none());
         }
     }
 
@@ -243,12 +330,37 @@ mod tests {
             if let Some(fast) = parse_single(&frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a frame the verifier refuses: {root:?}");
-                let generic = parse_request(&frame);
+                let generic = parse_request_verified(&frame);
+                // Id 0 and the limits are refused after the fast path, by `parse_request`.
                 if fast.id != 0 {
-                    if let Ok(generic) = generic {
-                        prop_assert_eq!(generic, fast);
+                    match generic {
+                        Ok(generic) => prop_assert_eq!(generic, fast),
+                        Err(error) => prop_assert!(error.id.is_some(), "only a limit may refuse it: {error}"),
                     }
                 }
+            }
+        }
+
+        /// The same for replies: accepted only when the verifier accepts, and read the same.
+        #[test]
+        fn never_accepts_a_reply_the_verifier_refuses(
+            which in 0usize..15,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let mut bytes = encode_reply(&replies()[which]).to_vec();
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            let frame = Bytes::from(bytes);
+            if let Some(fast) = parse_single_reply(&frame) {
+                let root = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&crate::limits::VERIFIER_OPTIONS, &frame);
+                prop_assert!(root.is_ok(), "the fast path accepted a reply the verifier refuses: {root:?}");
+                prop_assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), fast);
             }
         }
     }
