@@ -10,7 +10,7 @@
 //! for (another command, a batch, an unknown consistency, an odd layout) returns `None`, and
 //! the generic path parses the frame and names the error. It never refuses on its own.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::consistency::Consistency;
 use crate::generated as fb;
@@ -206,6 +206,91 @@ pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
     Some(Response { id, reply: Reply::Single(outcome) })
 }
 
+/// Appends `request` as a frame laid out by hand when it is one Get, Put or Delete (`true`);
+/// `false` leaves `out` untouched for the builder. The layout is one the builder could have
+/// made (any verifier reads it as the same `Request`), written with one copy of the key and
+/// value. The caller has checked the request's limits.
+pub(crate) fn encode_single_into(request: &Request, out: &mut BytesMut) -> bool {
+    let Command::Single(operation) = &request.command else { return false };
+    let (command_type, key, put) = match operation {
+        Operation::Get { key } => (fb::Command::Get, key, None),
+        Operation::Delete { key } => (fb::Command::Delete, key, None),
+        Operation::Put { key, value, ttl_ms } => (fb::Command::Put, key, Some((value, *ttl_ms))),
+        Operation::CompareAndSwap { .. } => return false,
+    };
+    let consistency = match request.consistency {
+        None => fb::Consistency::Default,
+        Some(Consistency::One) => fb::Consistency::One,
+        Some(Consistency::Quorum) => fb::Consistency::Quorum,
+        Some(Consistency::All) => fb::Consistency::All,
+    };
+    // The request table (vtable at 8, table at 24), then the operation's vtable at 44 and its
+    // table, then the key's vector and the value's.
+    const VTABLE: usize = 8;
+    const TABLE: usize = 24;
+    const OPERATION_VTABLE: usize = 44;
+    let (operation_table, operation_inline, key_vector) = match put {
+        None => (52, 8, 60),
+        Some((_, None)) => (56, 12, 68),
+        Some((_, Some(_))) => (56, 24, 80),
+    };
+    let value_vector = (key_vector + 4 + key.len()).next_multiple_of(4);
+    let frame_bytes = match put {
+        None => key_vector + 4 + key.len(),
+        Some((value, _)) => value_vector + 4 + value.len(),
+    };
+    if frame_bytes - FRAME_LENGTH_PREFIX_BYTES > FRAME_BYTES_MAX {
+        return false;
+    }
+    let start = out.len();
+    out.resize(start + frame_bytes, 0);
+    let frame = &mut out[start..];
+    let mut put_u16 = |at: usize, field: u16| frame[at..at + 2].copy_from_slice(&field.to_le_bytes());
+    put_u16(VTABLE, 12);
+    put_u16(VTABLE + 2, 18);
+    put_u16(VTABLE + 4, 8); // id
+    put_u16(VTABLE + 6, 16); // command_type
+    put_u16(VTABLE + 8, 4); // command
+    put_u16(VTABLE + 10, 17); // consistency
+    match put {
+        None => {
+            put_u16(OPERATION_VTABLE, 6);
+            put_u16(OPERATION_VTABLE + 2, operation_inline as u16);
+            put_u16(OPERATION_VTABLE + 4, 4); // key
+        }
+        Some((_, ttl_ms)) => {
+            put_u16(OPERATION_VTABLE, 10);
+            put_u16(OPERATION_VTABLE + 2, operation_inline as u16);
+            put_u16(OPERATION_VTABLE + 4, 4); // key
+            put_u16(OPERATION_VTABLE + 6, 8); // value
+            put_u16(OPERATION_VTABLE + 8, if ttl_ms.is_some() { 16 } else { 0 });
+        }
+    }
+    let mut put_u32 = |at: usize, field: u32| frame[at..at + 4].copy_from_slice(&field.to_le_bytes());
+    put_u32(0, (frame_bytes - FRAME_LENGTH_PREFIX_BYTES) as u32);
+    put_u32(FRAME_LENGTH_PREFIX_BYTES, (TABLE - FRAME_LENGTH_PREFIX_BYTES) as u32);
+    put_u32(TABLE, (TABLE - VTABLE) as u32);
+    put_u32(TABLE + 4, (operation_table - (TABLE + 4)) as u32);
+    put_u32(operation_table, (operation_table - OPERATION_VTABLE) as u32);
+    put_u32(operation_table + 4, (key_vector - (operation_table + 4)) as u32);
+    put_u32(key_vector, key.len() as u32);
+    if let Some((value, _)) = put {
+        put_u32(operation_table + 8, (value_vector - (operation_table + 8)) as u32);
+        put_u32(value_vector, value.len() as u32);
+    }
+    frame[TABLE + 8..TABLE + 16].copy_from_slice(&request.id.to_le_bytes());
+    frame[TABLE + 16] = command_type.0;
+    frame[TABLE + 17] = consistency.0;
+    frame[key_vector + 4..key_vector + 4 + key.len()].copy_from_slice(key);
+    if let Some((value, ttl_ms)) = put {
+        if let Some(ttl_ms) = ttl_ms {
+            frame[operation_table + 16..operation_table + 24].copy_from_slice(&ttl_ms.to_le_bytes());
+        }
+        frame[value_vector + 4..value_vector + 4 + value.len()].copy_from_slice(value);
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +333,33 @@ mod tests {
             assert_eq!(parse_single(&frame).as_ref(), Some(&request));
             assert_eq!(parse_request_verified(&frame).unwrap(), request);
         }
+    }
+
+    #[test]
+    fn hand_laid_requests_read_back_through_the_verifier() {
+        let mut requests = requests();
+        for length in 1..=12 {
+            let key = Bytes::from(vec![b'k'; length]);
+            for value_length in [0, 1, 2, 3, 4, 5, 100] {
+                let value = Bytes::from(vec![b'v'; value_length]);
+                for ttl_ms in [None, Some(1), Some(86_400_000)] {
+                    let operation = Operation::Put { key: key.clone(), value: value.clone(), ttl_ms };
+                    requests.push(Request { id: 11, command: Command::Single(operation), consistency: None });
+                }
+            }
+        }
+        let mut stream = BytesMut::new();
+        for request in &requests {
+            assert!(encode_single_into(request, &mut stream));
+        }
+        let mut decoder = crate::FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        for request in requests {
+            let frame = decoder.next_frame().unwrap().expect("a frame per request");
+            assert_eq!(parse_request_verified(&frame).unwrap(), request);
+            assert_eq!(parse_single(&frame), Some(request));
+        }
+        assert!(decoder.next_frame().unwrap().is_none());
     }
 
     #[test]

@@ -325,13 +325,18 @@ fn build_request<'builder>(
 }
 
 /// Like [`encode_request`], but appends the frame to `out`: for gathering several frames into
-/// one write, at the cost of one copy.
+/// one write. A single Get, Put or Delete is laid out by hand, straight into `out`; anything
+/// else goes through the builder and is copied once.
 pub fn encode_request_into(
     builder: &mut FlatBufferBuilder<'_>,
     request: &Request,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
-    out.extend_from_slice(encode_request(builder, request)?);
+    request.validate()?;
+    check_estimated_size(request)?;
+    if !crate::fast_path::encode_single_into(request, out) {
+        out.extend_from_slice(build_request(builder, request)?);
+    }
     Ok(())
 }
 
