@@ -75,7 +75,8 @@ struct Inner {
     options: ClientOptions,
     router: Mutex<Router>,
     refresh: Mutex<RefreshSchedule>,
-    connections: Mutex<HashMap<SocketAddr, Arc<SharedConnection>>>,
+    /// Looked up on every request: hashed with ahash, not SipHash.
+    connections: Mutex<HashMap<SocketAddr, Arc<SharedConnection>, ahash::RandomState>>,
 }
 
 /// Ends a claimed topology fetch however the fetching call ends, cancelled included.
@@ -123,7 +124,7 @@ impl<R: Transport> AsyncClient<R> {
                         .with_replica_choice(options.replica_choice),
                 ),
                 refresh: Mutex::new(RefreshSchedule::new(options.topology_refresh_interval)),
-                connections: Mutex::new(HashMap::new()),
+                connections: Mutex::new(HashMap::with_hasher(ahash::RandomState::new())),
                 options,
             }),
             consistency,
@@ -223,7 +224,7 @@ impl<R: Transport> AsyncClient<R> {
     }
 
     async fn fetch_topology(&self, contact: &Route, reconnect: Backoff) -> Result<Topology, Error> {
-        let reply = self.call(contact.address, Command::Topology, None, reconnect).await?;
+        let reply = self.call(contact.address, &Command::Topology, None, reconnect).await?;
         let topology = reply::into_topology(reply)?;
         let mut closed = Vec::new();
         {
@@ -283,7 +284,7 @@ impl<R: Transport> AsyncClient<R> {
         let routes = locked(&self.inner.router).routes(command::routing_key(&command), Instant::now());
         let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
         for route in others {
-            match self.call(route.address, command.clone(), consistency, Backoff::once()).await {
+            match self.call(route.address, &command, consistency, Backoff::once()).await {
                 Err(error) if failover::may_try_another(&error, idempotent) => {
                     self.on_route_failed(route, &error);
                 }
@@ -291,7 +292,7 @@ impl<R: Transport> AsyncClient<R> {
             }
         }
         let reconnect = self.inner.options.reconnect;
-        let result = self.call(last.address, command.clone(), consistency, reconnect).await;
+        let result = self.call(last.address, &command, consistency, reconnect).await;
         self.answered(last, result, command, consistency).await
     }
 
@@ -312,7 +313,7 @@ impl<R: Transport> AsyncClient<R> {
         }
         self.refresh_topology().await?;
         let route = locked(&self.inner.router).routes(command::routing_key(&command), Instant::now())[0];
-        self.call(route.address, command, consistency, self.inner.options.reconnect).await
+        self.call(route.address, &command, consistency, self.inner.options.reconnect).await
     }
 
     /// Notes a failed route: a node that cannot be reached is routed around for a while, and
@@ -333,7 +334,7 @@ impl<R: Transport> AsyncClient<R> {
     async fn call(
         &self,
         address: SocketAddr,
-        command: Command,
+        command: &Command,
         consistency: Option<Consistency>,
         reconnect: Backoff,
     ) -> Result<Reply, Error> {
@@ -341,7 +342,7 @@ impl<R: Transport> AsyncClient<R> {
         let timeout = self.inner.options.request_timeout;
         let reply = match connection.try_start(command, consistency)? {
             Started::Sent(reply) => reply,
-            Started::Full(command) => R::timeout(timeout, connection.start(command, consistency))
+            Started::Full => R::timeout(timeout, connection.start(command, consistency))
                 .await
                 .unwrap_or(Err(Error::Timeout { timeout }))?,
         };

@@ -193,7 +193,7 @@ impl Client {
 
     fn fetch_topology(&mut self, contact: &Route, reconnect: Backoff) -> Result<Topology, Error> {
         let topology =
-            reply::into_topology(self.call(contact.address, Command::Topology, None, reconnect)?)?;
+            reply::into_topology(self.call(contact.address, &Command::Topology, None, reconnect)?)?;
         self.router.set_topology(topology.clone(), contact.address);
         self.refresh.on_fetched(Instant::now());
         // Connections no route leads to any more (a node that left) are closed.
@@ -288,7 +288,7 @@ impl Client {
         // Keep one slot free for this operation: read replies until there is room.
         self.flush_and_drain(address, in_flight_max - 1, waiting, results);
         let link = self.link(address, reconnect)?;
-        let id = link.connection.send_at(Command::Single(operation), consistency)?;
+        let id = link.connection.send_at(&Command::Single(operation), consistency)?;
         waiting.insert((address, id), index);
         Ok(())
     }
@@ -334,7 +334,7 @@ impl Client {
         let routes = self.router.routes(command::routing_key(&command), Instant::now());
         let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
         for route in others {
-            match self.call(route.address, command.clone(), consistency, Backoff::once()) {
+            match self.call(route.address, &command, consistency, Backoff::once()) {
                 Err(error) if failover::may_try_another(&error, idempotent) => {
                     self.on_route_failed(route, &error);
                 }
@@ -342,7 +342,7 @@ impl Client {
             }
         }
         let reconnect = self.options.reconnect;
-        let result = self.call(last.address, command.clone(), consistency, reconnect);
+        let result = self.call(last.address, &command, consistency, reconnect);
         self.answered(last, result, command, consistency)
     }
 
@@ -364,7 +364,7 @@ impl Client {
         self.refresh_topology()?;
         let route = self.router.routes(command::routing_key(&command), Instant::now())[0];
         let reconnect = self.options.reconnect;
-        self.call(route.address, command, consistency, reconnect)
+        self.call(route.address, &command, consistency, reconnect)
     }
 
     /// Notes a failed route: a node that cannot be reached is routed around for a while, and
@@ -383,7 +383,7 @@ impl Client {
     fn call(
         &mut self,
         address: SocketAddr,
-        command: Command,
+        command: &Command,
         consistency: Option<Consistency>,
         reconnect: Backoff,
     ) -> Result<Reply, Error> {

@@ -18,8 +18,8 @@ pub(crate) fn id_hasher() -> ahash::RandomState {
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use ringkv_wire::{
-    encode_request_into, parse_response, Command, Consistency, FrameDecoder, Reply, Request, WireError,
-    CONNECTION_ERROR_ID,
+    encode_request_ref_into, parse_response, Command, Consistency, FrameDecoder, Reply, RequestRef,
+    WireError, CONNECTION_ERROR_ID,
 };
 
 use crate::error::Error;
@@ -79,19 +79,19 @@ impl Connection {
     ///
     /// Fails with [`Error::Limit`] (the server's own error for that limit) without sending
     /// anything, or with [`Error::InFlightFull`] when `in_flight_max` requests are unanswered.
-    pub fn send(&mut self, command: Command) -> Result<u64, Error> {
+    pub fn send(&mut self, command: &Command) -> Result<u64, Error> {
         self.send_at(command, None)
     }
 
     /// [`Connection::send`], asking `consistency` of the replicas (`None`: the node's
     /// configured level).
-    pub fn send_at(&mut self, command: Command, consistency: Option<Consistency>) -> Result<u64, Error> {
-        let request = Request { consistency, id: self.next_id, command };
+    pub fn send_at(&mut self, command: &Command, consistency: Option<Consistency>) -> Result<u64, Error> {
+        let request = RequestRef { consistency, id: self.next_id, command };
         request.validate().map_err(Error::Limit)?;
         if !self.has_room() {
             return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
         }
-        encode_request_into(&mut self.builder, &request, &mut self.outbox).map_err(Error::Limit)?;
+        encode_request_ref_into(&mut self.builder, request, &mut self.outbox).map_err(Error::Limit)?;
         // Ids never repeat on one connection, so a late reply can never be taken for another
         // request's; 0 is reserved for connection-level errors.
         self.next_id = self.next_id.checked_add(1).unwrap_or(CONNECTION_ERROR_ID + 1);
@@ -179,8 +179,8 @@ mod tests {
     #[test]
     fn replies_are_matched_by_id_in_any_order() {
         let mut connection = Connection::new(8);
-        let first = connection.send(get("a")).unwrap();
-        let second = connection.send(get("b")).unwrap();
+        let first = connection.send(&get("a")).unwrap();
+        let second = connection.send(&get("b")).unwrap();
         assert_ne!(first, second);
         assert!(connection.take_output().is_some());
         assert!(connection.take_output().is_none());
@@ -201,7 +201,7 @@ mod tests {
         let mut levels = vec![None];
         levels.extend(Consistency::ALL_LEVELS.map(Some));
         for level in levels {
-            let id = connection.send_at(get("a"), level).unwrap();
+            let id = connection.send_at(&get("a"), level).unwrap();
             let mut decoder = FrameDecoder::new();
             decoder.extend_from_slice(&connection.take_output().unwrap());
             let request = ringkv_wire::parse_request(&decoder.next_frame().unwrap().unwrap()).unwrap();
@@ -212,7 +212,7 @@ mod tests {
     #[test]
     fn limits_are_refused_before_anything_is_queued() {
         let mut connection = Connection::new(8);
-        let error = connection.send(get("")).unwrap_err();
+        let error = connection.send(&get("")).unwrap_err();
         assert_eq!(error.code(), Some(ErrorCode::KeyEmpty));
         assert!(connection.take_output().is_none());
         assert_eq!(connection.in_flight(), 0);
@@ -221,9 +221,9 @@ mod tests {
     #[test]
     fn in_flight_is_bounded_and_abandoned_requests_keep_their_slot_until_answered() {
         let mut connection = Connection::new(2);
-        let first = connection.send(get("a")).unwrap();
-        connection.send(get("b")).unwrap();
-        assert!(matches!(connection.send(get("c")), Err(Error::InFlightFull { in_flight_max: 2 })));
+        let first = connection.send(&get("a")).unwrap();
+        connection.send(&get("b")).unwrap();
+        assert!(matches!(connection.send(&get("c")), Err(Error::InFlightFull { in_flight_max: 2 })));
         connection.abandon(first);
         assert!(!connection.has_room());
         connection.on_received(&response_frame(first, Reply::Pong));
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn a_connection_level_error_ends_the_connection() {
         let mut connection = Connection::new(2);
-        let id = connection.send(get("a")).unwrap();
+        let id = connection.send(&get("a")).unwrap();
         let failure = ringkv_wire::Failure::new(ErrorCode::Malformed, "bad frame");
         connection.on_received(&response_frame(CONNECTION_ERROR_ID, Reply::Failed(failure)));
         assert!(matches!(connection.poll_reply(), Err(Error::Server(_))));

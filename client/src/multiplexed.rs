@@ -85,8 +85,8 @@ enum Progress {
 pub(crate) enum Started {
     /// The request is queued; await its reply.
     Sent(ReplyFuture),
-    /// `in_flight_max` requests are unanswered; the command comes back untouched.
-    Full(Command),
+    /// `in_flight_max` requests are unanswered; nothing was sent.
+    Full,
 }
 
 impl SharedConnection {
@@ -123,7 +123,7 @@ impl SharedConnection {
     /// without waiting; its reply is due within the request timeout.
     pub(crate) fn try_start(
         self: &Arc<Self>,
-        command: Command,
+        command: &Command,
         consistency: Option<Consistency>,
     ) -> Result<Started, Error> {
         let mut state = self.state();
@@ -131,7 +131,7 @@ impl SharedConnection {
             return Err(self.lost(reason));
         }
         if !state.connection.has_room() {
-            return Ok(Started::Full(command));
+            return Ok(Started::Full);
         }
         let id = state.connection.send_at(command, consistency)?;
         let was_idle = state.slots.is_empty();
@@ -149,15 +149,13 @@ impl SharedConnection {
     /// Dropping the returned future (a timeout) abandons the request.
     pub(crate) async fn start(
         self: &Arc<Self>,
-        command: Command,
+        command: &Command,
         consistency: Option<Consistency>,
     ) -> Result<ReplyFuture, Error> {
-        let mut command = command;
         loop {
             let listener = self.room.listen();
-            match self.try_start(command, consistency)? {
-                Started::Sent(reply) => return Ok(reply),
-                Started::Full(unsent) => command = unsent,
+            if let Started::Sent(reply) = self.try_start(command, consistency)? {
+                return Ok(reply);
             }
             listener.await;
         }

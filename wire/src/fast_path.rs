@@ -17,7 +17,7 @@ use crate::generated as fb;
 use crate::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
 use crate::operation::Operation;
 use crate::outcome::Outcome;
-use crate::request::{Command, Request};
+use crate::request::{Command, Request, RequestRef};
 use crate::response::{Reply, Response};
 
 /// The frame's bytes with the reads the checks need; `None` for anything out of bounds.
@@ -210,8 +210,8 @@ pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
 /// `false` leaves `out` untouched for the builder. The layout is one the builder could have
 /// made (any verifier reads it as the same `Request`), written with one copy of the key and
 /// value. The caller has checked the request's limits.
-pub(crate) fn encode_single_into(request: &Request, out: &mut BytesMut) -> bool {
-    let Command::Single(operation) = &request.command else { return false };
+pub(crate) fn encode_single_into(request: RequestRef<'_>, out: &mut BytesMut) -> bool {
+    let Command::Single(operation) = request.command else { return false };
     let (command_type, key, put) = match operation {
         Operation::Get { key } => (fb::Command::Get, key, None),
         Operation::Delete { key } => (fb::Command::Delete, key, None),
@@ -350,7 +350,7 @@ mod tests {
         }
         let mut stream = BytesMut::new();
         for request in &requests {
-            assert!(encode_single_into(request, &mut stream));
+            assert!(encode_single_into(request.as_ref(), &mut stream));
         }
         let mut decoder = crate::FrameDecoder::new();
         decoder.extend_from_slice(&stream);

@@ -41,14 +41,35 @@ pub enum Command {
     Scan(Scan),
 }
 
+/// A [`Request`] whose command is borrowed: what a client encodes when it keeps the command
+/// (to send it again elsewhere) without cloning it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRef<'a> {
+    pub id: u64,
+    pub command: &'a Command,
+    pub consistency: Option<Consistency>,
+}
+
 impl Request {
+    /// The request, borrowed.
+    pub fn as_ref(&self) -> RequestRef<'_> {
+        RequestRef { id: self.id, command: &self.command, consistency: self.consistency }
+    }
+
     /// Checks every limit a server enforces, so that a client learns of a broken limit without a
     /// round trip. [`encode_request`] calls it.
+    pub fn validate(&self) -> Result<(), WireError> {
+        self.as_ref().validate()
+    }
+}
+
+impl RequestRef<'_> {
+    /// See [`Request::validate`].
     pub fn validate(&self) -> Result<(), WireError> {
         if self.id == CONNECTION_ERROR_ID {
             return Err(WireError::RequestIdReserved);
         }
-        match &self.command {
+        match self.command {
             Command::Single(operation) => operation.validate(),
             Command::Batch(operations) => {
                 if operations.len() > BATCH_OPERATIONS_MAX {
@@ -255,18 +276,18 @@ pub fn encode_request<'builder>(
     request: &Request,
 ) -> Result<&'builder [u8], WireError> {
     request.validate()?;
-    check_estimated_size(request)?;
-    build_request(builder, request)
+    check_estimated_size(request.as_ref())?;
+    build_request(builder, request.as_ref())
 }
 
 /// Encodes without checking limits; the server-side tests use it to send what a well-behaved
 /// client never would.
 fn build_request<'builder>(
     builder: &'builder mut FlatBufferBuilder<'_>,
-    request: &Request,
+    request: RequestRef<'_>,
 ) -> Result<&'builder [u8], WireError> {
     builder.reset();
-    let (command_type, command) = match &request.command {
+    let (command_type, command) = match request.command {
         Command::Single(operation) => {
             let (kind, offset) = encode_operation(builder, operation);
             (kind.command(), offset)
@@ -332,6 +353,15 @@ pub fn encode_request_into(
     request: &Request,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
+    encode_request_ref_into(builder, request.as_ref(), out)
+}
+
+/// [`encode_request_into`] for a borrowed request.
+pub fn encode_request_ref_into(
+    builder: &mut FlatBufferBuilder<'_>,
+    request: RequestRef<'_>,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
     request.validate()?;
     check_estimated_size(request)?;
     if !crate::fast_path::encode_single_into(request, out) {
@@ -342,8 +372,8 @@ pub fn encode_request_into(
 
 /// Refuses, before building anything, a request whose keys and values alone exceed the frame
 /// limit; otherwise a huge batch would first be copied into the builder and only then refused.
-fn check_estimated_size(request: &Request) -> Result<(), WireError> {
-    let payload_bytes: usize = match &request.command {
+fn check_estimated_size(request: RequestRef<'_>) -> Result<(), WireError> {
+    let payload_bytes: usize = match request.command {
         Command::Single(operation) => operation.payload_bytes(),
         Command::Batch(operations) => operations.iter().map(Operation::payload_bytes).sum(),
         Command::Topology | Command::Ping => 0,
@@ -551,7 +581,7 @@ mod tests {
     }
 
     fn encode_without_checks(request: &Request) -> Bytes {
-        Bytes::copy_from_slice(build_request(&mut FlatBufferBuilder::new(), request).unwrap())
+        Bytes::copy_from_slice(build_request(&mut FlatBufferBuilder::new(), request.as_ref()).unwrap())
     }
 
     /// Builds a `Request` root by hand, for shapes the encoder never produces.
