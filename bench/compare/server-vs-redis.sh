@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One ringkv node against one Redis server on this machine, driven by the same load generator
+# (ringkv-bench, its Redis client for Redis) with the same workload, connections and pipeline,
+# alternating the two over several rounds and reporting each side's median.
+#
+#   bench/compare/server-vs-redis.sh [WORKLOAD] [SECONDS] [PIPELINE] [REDIS_FSYNC] [ROUNDS]
+#
+# WORKLOAD     YCSB letter a|b|c|f (default c); 100,000 records of 100 bytes, loaded first.
+# SECONDS      each run's length (default 10).   PIPELINE  requests in flight per connection (64).
+# REDIS_FSYNC  Redis's appendfsync: always | everysec | no-aof (default: always for workloads
+#              that write, since ringkv acknowledges a write after its fdatasync; no-aof for c).
+# ROUNDS       alternating rounds (default 3).
+#
+# ringkv runs with its defaults (one shard on a two-core machine, acknowledged after sync). 8
+# connections, one generator thread on the same machine: on two cores the generator's own CPU
+# counts against both servers alike. Installs redis-server if it is missing (Debian's package).
+set -euo pipefail
+
+workload="${1:-c}"
+seconds="${2:-10}"
+pipeline="${3:-64}"
+if [ "$workload" = c ]; then default_fsync=no-aof; else default_fsync=always; fi
+redis_fsync="${4:-$default_fsync}"
+rounds="${5:-3}"
+records=100000
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+if ! command -v redis-server >/dev/null; then
+  echo "installing redis-server" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+fi
+cargo build --release -q -p ringkv -p ringkv-bench
+bench="$root/target/release/ringkv-bench"
+work="$(mktemp -d "${TMPDIR:-/tmp}/server-vs-redis.XXXXXX")"
+port=$((20000 + RANDOM % 20000))
+redis_port=$((port + 10))
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+mkdir -p "$work/redis"
+if [ "$redis_fsync" = no-aof ]; then aof=(--appendonly no); else aof=(--appendonly yes --appendfsync "$redis_fsync"); fi
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --dir "$work/redis" "${aof[@]}" \
+  >"$work/redis.log" 2>&1 &
+pids+=($!)
+"$root/target/release/ringkv" serve --data-dir "$work/ringkv" --listen "127.0.0.1:$port" \
+  --peer-listen "127.0.0.1:$((port + 5))" >"$work/ringkv.log" 2>&1 &
+pids+=($!)
+wait_port "$port"
+wait_port "$redis_port"
+
+ringkv="ringkv://127.0.0.1:$port"
+redis="redis://127.0.0.1:$redis_port"
+"$bench" load --target "$ringkv" --records "$records" --value-size 100 >/dev/null
+"$bench" load --target "$redis" --records "$records" --value-size 100 >/dev/null
+
+# run NAME TARGET: one run; its JSON summary appended to $work/NAME.jsonl.
+run() {
+  "$bench" run --target "$2" --workload "$workload" --records "$records" --value-size 100 \
+    --duration "$seconds" --connections 8 --pipeline "$pipeline" --json |
+    grep '^{' | tail -n 1 >>"$work/$1.jsonl"
+}
+
+echo "workload $workload, ${seconds}s x $rounds rounds per side, 8 connections x pipeline $pipeline, Redis appendfsync $redis_fsync"
+for ((round = 1; round <= rounds; round++)); do
+  run ringkv "$ringkv"
+  run redis "$redis"
+done
+
+python3 - "$work" <<'PY'
+import json, statistics, sys
+work = sys.argv[1]
+runs = {name: [json.loads(line) for line in open(f"{work}/{name}.jsonl")] for name in ("ringkv", "redis")}
+print(f"\n{'':8} {'round':>5} {'ops/s':>10} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'gen us/op':>9} {'errors':>7}")
+for name, side in runs.items():
+    for index, run in enumerate(side, 1):
+        cpu = run.get("client_cpu", {})
+        per_op = (cpu.get("user_seconds", 0) + cpu.get("system_seconds", 0)) * 1e6 / max(run["ops"], 1)
+        print(f"{name:8} {index:>5} {run['ops_per_sec']:>10.0f} {run['p50_us']:>8.0f} {run['p99_us']:>8.0f} "
+              f"{run.get('p999_us', 0):>9.0f} {per_op:>9.2f} {run.get('errors', 0):>7}")
+ours = statistics.median(run["ops_per_sec"] for run in runs["ringkv"])
+theirs = statistics.median(run["ops_per_sec"] for run in runs["redis"])
+print(f"\nmedian ops/s: ringkv {ours:.0f}, Redis {theirs:.0f}; ratio ringkv / Redis {ours / theirs:.2f}")
+PY
