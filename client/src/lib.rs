@@ -90,7 +90,7 @@ pub use ringkv_wire::{
     Consistency, ErrorCode, Expected, Failure, NodePlacement, Operation, Outcome, ReplicaRange, ScanEnd,
     ScanEntry, ScanPage, ScanStart, ShardPlacement, TokenRange, Topology,
 };
-pub use routing::{Route, Router};
+pub use routing::{Route, Router, Routes};
 pub use token::token_of;
 
 /// The first socket address `address` resolves to.

@@ -37,6 +37,73 @@ use crate::ReplicaChoice;
 /// Most candidates one request is given: every replica (at most 7) and the home node.
 pub const ROUTES_PER_REQUEST_MAX: usize = 8;
 
+/// The places one request may go, best first: at most [`ROUTES_PER_REQUEST_MAX`], held inline
+/// so that routing a request allocates nothing. Read it as a slice of [`Route`].
+#[derive(Clone, Copy)]
+pub struct Routes {
+    length: usize,
+    routes: [Route; ROUTES_PER_REQUEST_MAX],
+}
+
+impl Routes {
+    /// Appends `route`; past [`ROUTES_PER_REQUEST_MAX`] it is left out (the list is truncated).
+    pub fn push(&mut self, route: Route) {
+        if self.length < ROUTES_PER_REQUEST_MAX {
+            self.routes[self.length] = route;
+            self.length += 1;
+        }
+    }
+}
+
+impl FromIterator<Route> for Routes {
+    fn from_iter<I: IntoIterator<Item = Route>>(routes: I) -> Self {
+        const NOWHERE: Route = Route {
+            address: SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            shard_id: None,
+            node_id: None,
+        };
+        let mut collected = Routes { length: 0, routes: [NOWHERE; ROUTES_PER_REQUEST_MAX] };
+        for route in routes {
+            collected.push(route);
+        }
+        collected
+    }
+}
+
+impl std::ops::Deref for Routes {
+    type Target = [Route];
+
+    fn deref(&self) -> &[Route] {
+        &self.routes[..self.length]
+    }
+}
+
+impl std::ops::DerefMut for Routes {
+    fn deref_mut(&mut self) -> &mut [Route] {
+        &mut self.routes[..self.length]
+    }
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Routes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Routes {}
+
+impl PartialEq<Vec<Route>> for Routes {
+    fn eq(&self, other: &Vec<Route>) -> bool {
+        **self == other[..]
+    }
+}
+
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {
@@ -346,10 +413,10 @@ impl Router {
     /// least one: for a key, its replicas that are up, in preference order, then the home node;
     /// for no key (ping, topology, batch, scan), the home node's shared port, then the other
     /// nodes up. Nodes found unreachable less than the hold before `now` go last.
-    pub fn routes(&self, key: Option<&[u8]>, now: Instant) -> Vec<Route> {
+    pub fn routes(&self, key: Option<&[u8]>, now: Instant) -> Routes {
         match key {
             Some(key) => self.token_routes(token_of(key), Some(now)),
-            None => self.shared_routes(Some(now)),
+            None => self.shared_routes(Some(now)).into_iter().collect(),
         }
     }
 
@@ -375,12 +442,12 @@ impl Router {
             })
     }
 
-    fn token_routes(&self, token: u64, now: Option<Instant>) -> Vec<Route> {
+    fn token_routes(&self, token: u64, now: Option<Instant>) -> Routes {
         let home = self.home_route(token);
         let Some(replicas) = self.ring.replicas_of(token) else {
-            return vec![home];
+            return std::iter::once(home).collect();
         };
-        let mut routes: Vec<Route> = replicas
+        let mut routes: Routes = replicas
             .iter()
             .filter_map(|node_id| Some((*node_id, self.nodes.get(node_id)?)))
             .filter(|(_, node)| node.up)
@@ -395,7 +462,6 @@ impl Router {
         }
         // Stable: the preference order holds within each group.
         routes.sort_by_key(|route| self.is_unreachable(route.node_id, now));
-        routes.truncate(ROUTES_PER_REQUEST_MAX);
         routes
     }
 
@@ -700,7 +766,10 @@ mod tests {
         let home: SocketAddr = "10.0.0.2:7379".parse().unwrap();
         router.set_topology(cluster(2, [true, true, false]), home);
         let now = Instant::now();
-        assert_eq!(addresses(router.routes(None, now)), vec![home, "10.0.0.1:7379".parse().unwrap()]);
+        assert_eq!(
+            addresses(router.routes(None, now).to_vec()),
+            vec![home, "10.0.0.1:7379".parse().unwrap()]
+        );
         router.mark_unreachable(2, now);
         assert_eq!(
             addresses(router.contacts(now)),
