@@ -21,22 +21,39 @@ use crate::request::{Command, Request, RequestRef};
 use crate::response::{Reply, Response};
 
 /// The frame's bytes with the reads the checks need; `None` for anything out of bounds.
-struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     bytes: &'a [u8],
+    /// The verifier's apparent-size limit for this kind of frame.
+    apparent_bytes_max: usize,
     /// Bytes of every range checked so far, counted as the verifier counts its apparent size
     /// (fields again inside their table), and bounded by the same limit.
     visited: usize,
 }
 
 impl<'a> Frame<'a> {
+    /// The root table's position (after the length prefix).
+    pub(crate) fn root(&mut self) -> Option<Table> {
+        let root = self.follow(FRAME_LENGTH_PREFIX_BYTES)?;
+        self.table(root)
+    }
+
     /// A reader over `bytes`, when its length prefix agrees with its length and the limit (as
     /// [`crate::frame::verified_root`] requires first).
     fn new(bytes: &'a [u8]) -> Option<Self> {
+        Self::with_limits(bytes, FRAME_BYTES_MAX, VERIFIER_OPTIONS.max_apparent_size)
+    }
+
+    /// [`Frame::new`] with another frame limit and apparent-size limit (the peer protocol's).
+    pub(crate) fn with_limits(
+        bytes: &'a [u8],
+        frame_bytes_max: usize,
+        apparent_bytes_max: usize,
+    ) -> Option<Self> {
         let prefix = u32::from_le_bytes(*bytes.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>()?) as usize;
-        if prefix != bytes.len() - FRAME_LENGTH_PREFIX_BYTES || prefix > FRAME_BYTES_MAX {
+        if prefix != bytes.len() - FRAME_LENGTH_PREFIX_BYTES || prefix > frame_bytes_max {
             return None;
         }
-        let mut frame = Frame { bytes, visited: FRAME_LENGTH_PREFIX_BYTES };
+        let mut frame = Frame { bytes, apparent_bytes_max, visited: FRAME_LENGTH_PREFIX_BYTES };
         frame.visit(4)?;
         Some(frame)
     }
@@ -45,37 +62,37 @@ impl<'a> Frame<'a> {
         self.bytes.get(at..at.checked_add(N)?)?.try_into().ok()
     }
 
-    fn u8(&self, at: usize) -> Option<u8> {
+    pub(crate) fn u8(&self, at: usize) -> Option<u8> {
         self.bytes.get(at).copied()
     }
 
-    fn u16(&self, at: usize) -> Option<u16> {
+    pub(crate) fn u16(&self, at: usize) -> Option<u16> {
         at.is_multiple_of(2).then_some(())?;
         self.array(at).map(u16::from_le_bytes)
     }
 
-    fn u32(&self, at: usize) -> Option<u32> {
+    pub(crate) fn u32(&self, at: usize) -> Option<u32> {
         at.is_multiple_of(4).then_some(())?;
         self.array(at).map(u32::from_le_bytes)
     }
 
-    fn u64(&self, at: usize) -> Option<u64> {
+    pub(crate) fn u64(&self, at: usize) -> Option<u64> {
         at.is_multiple_of(8).then_some(())?;
         self.array(at).map(u64::from_le_bytes)
     }
 
     fn visit(&mut self, bytes: usize) -> Option<()> {
         self.visited = self.visited.checked_add(bytes)?;
-        (self.visited <= VERIFIER_OPTIONS.max_apparent_size).then_some(())
+        (self.visited <= self.apparent_bytes_max).then_some(())
     }
 
     /// The position an unsigned offset stored at `at` points to.
-    fn follow(&self, at: usize) -> Option<usize> {
+    pub(crate) fn follow(&self, at: usize) -> Option<usize> {
         at.checked_add(self.u32(at)? as usize)
     }
 
     /// The table at `position`: checks its vtable and inline size.
-    fn table(&mut self, position: usize) -> Option<Table> {
+    pub(crate) fn table(&mut self, position: usize) -> Option<Table> {
         let back = i32::from_le_bytes(self.array(position)?);
         position.is_multiple_of(4).then_some(())?;
         let vtable = usize::try_from(position as i64 - i64::from(back)).ok()?;
@@ -92,7 +109,7 @@ impl<'a> Frame<'a> {
 
     /// Where field `slot` (a `VT_` constant) of `table` lies, if present; checks that its
     /// `size` bytes fit in the table's inline part.
-    fn field(&mut self, table: &Table, slot: u16, size: usize) -> Option<Option<usize>> {
+    pub(crate) fn field(&mut self, table: &Table, slot: u16, size: usize) -> Option<Option<usize>> {
         let slot = usize::from(slot);
         if slot + 2 > table.vtable_bytes {
             return Some(None);
@@ -109,7 +126,7 @@ impl<'a> Frame<'a> {
     }
 
     /// A `[ubyte]` field, required: the slice of `frame` it holds.
-    fn bytes_field(&mut self, frame: &Bytes, table: &Table, slot: u16) -> Option<Bytes> {
+    pub(crate) fn bytes_field(&mut self, frame: &Bytes, table: &Table, slot: u16) -> Option<Bytes> {
         let at = self.field(table, slot, 4)??;
         let vector = self.follow(at)?;
         let length = self.u32(vector)? as usize;
@@ -121,7 +138,7 @@ impl<'a> Frame<'a> {
     }
 
     /// An optional `ulong` field.
-    fn u64_field(&mut self, table: &Table, slot: u16) -> Option<Option<u64>> {
+    pub(crate) fn u64_field(&mut self, table: &Table, slot: u16) -> Option<Option<u64>> {
         match self.field(table, slot, 8)? {
             Some(at) => self.u64(at).map(Some),
             None => Some(None),
@@ -129,7 +146,7 @@ impl<'a> Frame<'a> {
     }
 }
 
-struct Table {
+pub(crate) struct Table {
     position: usize,
     vtable: usize,
     vtable_bytes: usize,

@@ -51,6 +51,7 @@ pub mod operation;
 pub mod outcome;
 pub mod peer;
 pub mod peer_codec;
+mod peer_fast_path;
 pub mod request;
 pub mod response;
 pub mod scan;

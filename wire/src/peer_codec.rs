@@ -70,8 +70,20 @@ pub fn parse_peer(frame: &[u8]) -> Result<PeerEnvelope, WireError> {
 }
 
 /// [`parse_peer`] without copying: keys, values and payloads in the result are slices of
-/// `frame`, which they keep alive.
+/// `frame`, which they keep alive. The request path's messages (replicate, its ack, read, read
+/// reply) are checked field by field without the generic verifier.
 pub fn parse_peer_shared(frame: &Bytes) -> Result<PeerEnvelope, WireError> {
+    match crate::peer_fast_path::parse_replication(frame) {
+        Some(envelope) => {
+            envelope.validate()?;
+            Ok(envelope)
+        }
+        None => parse_with_verifier(frame),
+    }
+}
+
+/// [`parse_peer_shared`] through the generic verifier, for every kind of message.
+pub(crate) fn parse_with_verifier(frame: &Bytes) -> Result<PeerEnvelope, WireError> {
     parse_with(frame, &|slice: &[u8]| frame.slice_ref(slice))
 }
 
