@@ -140,9 +140,17 @@ pub struct Traffic {
     /// Writes sent to replicas for a client's write: messages and bytes.
     pub write_messages: u64,
     pub write_bytes: u64,
-    /// Writes sent to replicas to repair them (a read's repair, blocking or in the background).
-    pub repair_messages: u64,
-    pub repair_bytes: u64,
+    /// Read repair: writes a read's coordinator sends to replicas it found behind, blocking or
+    /// in the background.
+    pub read_repair_messages: u64,
+    pub read_repair_bytes: u64,
+    /// Hinted handoff: hints replayed to the replica they were kept for.
+    pub hint_messages: u64,
+    pub hint_bytes: u64,
+    /// Anti-entropy: tree comparisons (requests and answers), pulls of a peer's entry (requests
+    /// and answers) and pushes of an entry to a peer that lacked it.
+    pub anti_entropy_messages: u64,
+    pub anti_entropy_bytes: u64,
     /// Membership datagrams and bytes.
     pub membership_messages: u64,
     pub membership_bytes: u64,
@@ -564,7 +572,9 @@ impl Cluster {
     fn send_healing(&mut self, node_id: u16, sends: Vec<healing::Send>) {
         for healing::Send::Request { to, request_id, message } in sends {
             let envelope = PeerEnvelope { origin_node: node_id, origin_shard: 0, request_id, message };
-            self.send(node_id, to, None, Payload::Peer(Message::encode_peer(&envelope)));
+            let frame = Message::encode_peer(&envelope);
+            self.count_anti_entropy(frame.len());
+            self.send(node_id, to, None, Payload::Peer(frame));
         }
     }
 
@@ -619,7 +629,10 @@ impl Cluster {
         for (destination, message) in sends {
             // Background: nobody waits for the answer (request id 0).
             let envelope = PeerEnvelope { origin_node: node_id, origin_shard: 0, request_id: 0, message };
-            self.send(node_id, destination, None, Payload::Peer(Message::encode_peer(&envelope)));
+            let frame = Message::encode_peer(&envelope);
+            self.traffic.hint_messages += 1;
+            self.traffic.hint_bytes += frame.len() as u64;
+            self.send(node_id, destination, None, Payload::Peer(frame));
         }
     }
 
@@ -661,7 +674,9 @@ impl Cluster {
                 request_id: 0,
                 message: PeerMessage::Replicate { key, entry },
             };
-            self.send(node_id, peer, None, Payload::Peer(Message::encode_peer(&envelope)));
+            let frame = Message::encode_peer(&envelope);
+            self.count_anti_entropy(frame.len());
+            self.send(node_id, peer, None, Payload::Peer(frame));
         }
     }
 
@@ -1013,12 +1028,18 @@ impl Cluster {
                 .and_then(|running| running.requests.get(&request_id))
                 .is_some_and(|&index| !self.history.operations[index].is_write());
         if of_a_read {
-            self.traffic.repair_messages += 1;
-            self.traffic.repair_bytes += bytes;
+            self.traffic.read_repair_messages += 1;
+            self.traffic.read_repair_bytes += bytes;
         } else {
             self.traffic.write_messages += 1;
             self.traffic.write_bytes += bytes;
         }
+    }
+
+    /// Counts an anti-entropy message of `bytes`.
+    fn count_anti_entropy(&mut self, bytes: usize) {
+        self.traffic.anti_entropy_messages += 1;
+        self.traffic.anti_entropy_bytes += bytes as u64;
     }
 
     fn send(&mut self, from: u16, to: u16, to_generation: Option<u64>, payload: Payload) {
@@ -1068,6 +1089,9 @@ impl Cluster {
                 match node.serve(&envelope, self.now_ms) {
                     Some(answer) => {
                         let frame = Message::encode_peer(&answer);
+                        if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 {
+                            self.count_anti_entropy(frame.len());
+                        }
                         self.send(to, from, Some(from_generation), Payload::Peer(frame));
                     }
                     None if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {

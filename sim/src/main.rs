@@ -113,18 +113,29 @@ fn scale(arguments: &Arguments) -> ExitCode {
     );
     let traffic = report.traffic;
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let share = |bytes: u64| 100.0 * bytes as f64 / traffic.write_bytes.max(1) as f64;
     println!(
-        "traffic: {} replica messages ({:.1} MiB); writes to replicas {} ({:.1} MiB); repairs {} ({:.1} MiB, \
-         {:.2}% of the write bytes); membership {} datagrams ({:.1} MiB)",
+        "traffic: {} replica messages ({:.1} MiB); writes to replicas {} ({:.1} MiB); membership {} datagrams \
+         ({:.1} MiB)",
         traffic.peer_messages,
         mib(traffic.peer_bytes),
         traffic.write_messages,
         mib(traffic.write_bytes),
-        traffic.repair_messages,
-        mib(traffic.repair_bytes),
-        100.0 * traffic.repair_bytes as f64 / traffic.write_bytes.max(1) as f64,
         traffic.membership_messages,
         mib(traffic.membership_bytes)
+    );
+    println!(
+        "repair traffic: hints replayed {} ({:.1} MiB, {:.2}% of the write bytes); read repair {} ({:.1} MiB, \
+         {:.2}%); anti-entropy {} messages ({:.1} MiB, {:.2}%)",
+        traffic.hint_messages,
+        mib(traffic.hint_bytes),
+        share(traffic.hint_bytes),
+        traffic.read_repair_messages,
+        mib(traffic.read_repair_bytes),
+        share(traffic.read_repair_bytes),
+        traffic.anti_entropy_messages,
+        mib(traffic.anti_entropy_bytes),
+        share(traffic.anti_entropy_bytes)
     );
     for violation in &report.violations {
         println!("VIOLATION {violation}");
