@@ -21,6 +21,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ringkv_replication::coordinator::Output;
+use ringkv_replication::shard_ring::{self, ShardRing};
 use ringkv_replication::tictac::TokenRange;
 use ringkv_replication::{
     default_tokens, ClusterRing, CoordinatorError, CoordinatorReply, MembershipEvent, MembershipTiming,
@@ -129,6 +130,8 @@ pub struct Report {
     pub ownership: BTreeMap<u16, f64>,
     /// Entries (tombstones included) each node's engine holds at the end.
     pub stored_keys: BTreeMap<u16, usize>,
+    /// Of those, the entries each shard's engine holds, by node, indexed by shard.
+    pub stored_keys_per_shard: BTreeMap<u16, Vec<usize>>,
 }
 
 /// Messages between nodes, counted as they are sent (a duplicated delivery counts once).
@@ -168,6 +171,9 @@ pub struct Cluster {
     network: Network,
     nodes: BTreeMap<u16, Node>,
     ring: ClusterRing,
+    /// Which shard of each node owns a token: what every node's identity announces, the same for
+    /// every observer since shard counts never change within a run.
+    shard_rings: BTreeMap<u16, ShardRing>,
     keys: Vec<Bytes>,
     clients: Vec<Client>,
     history: History,
@@ -189,6 +195,13 @@ impl Cluster {
         Cluster::build(seed, rng, config)
     }
 
+    /// The run of `seed` with nodes of `shards` shards each.
+    pub fn with_shards(seed: u64, sabotage: Option<Sabotage>, shards: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let config = SimConfig { sabotage, shards_per_node: shards.max(1), ..SimConfig::draw(&mut rng) };
+        Cluster::build(seed, rng, config)
+    }
+
     /// A run of `config`, its schedule and faults drawn from `seed`.
     pub fn with_config(seed: u64, config: SimConfig) -> Self {
         Cluster::build(seed, StdRng::seed_from_u64(seed), config)
@@ -203,9 +216,11 @@ impl Cluster {
             timing: MembershipTiming::default(),
             memtable_bytes_max: config.memtable_bytes_max,
             memtable_hash_seed: seed,
+            shards: config.shards_per_node,
         };
         let mut nodes = BTreeMap::new();
         let mut ring = ClusterRing::new();
+        let mut shard_rings = BTreeMap::new();
         for node_id in 1..=config.nodes {
             let skew_ms = rng.random_range(-config.clock_skew_ms_max..=config.clock_skew_ms_max);
             let behaviour = match sabotage {
@@ -214,7 +229,9 @@ impl Cluster {
                 }
                 _ => ReplicaBehaviour::Correct,
             };
-            nodes.insert(node_id, Node::new(node_id, skew_ms, settings, behaviour));
+            let node = Node::new(node_id, skew_ms, settings, behaviour);
+            shard_rings.insert(node_id, node.shard_ring.clone());
+            nodes.insert(node_id, node);
             ring.insert(node_id, &default_tokens(node_id, TOKENS_PER_NODE));
         }
         let keys = (0..config.keys).map(|index| Bytes::from(format!("k{index}"))).collect();
@@ -234,6 +251,7 @@ impl Cluster {
             scheduler: Scheduler::new(EVENTS_PENDING_MAX),
             nodes,
             ring,
+            shard_rings,
             keys,
             clients,
             history: History::default(),
@@ -261,9 +279,11 @@ impl Cluster {
             .map(|key| (key.clone(), self.ring.preference_list(token(key), REPLICATION_FACTOR)))
             .collect();
         let mut stored = FinalState::new();
+        let mut stored_keys_per_shard = BTreeMap::new();
         for (&node_id, node) in &self.nodes {
             match node.stored_all() {
-                Ok(entries) => {
+                Ok((entries, per_shard)) => {
+                    stored_keys_per_shard.insert(node_id, per_shard);
                     stored.insert(
                         node_id,
                         entries.into_iter().map(|(key, entry)| (key, Some(entry))).collect(),
@@ -296,6 +316,7 @@ impl Cluster {
             traffic: self.traffic,
             ownership: self.ring.ownership(REPLICATION_FACTOR),
             stored_keys: stored.iter().map(|(&node, entries)| (node, entries.len())).collect(),
+            stored_keys_per_shard,
         }
     }
 
@@ -657,12 +678,12 @@ impl Cluster {
                     request_id: 0,
                     message: PeerMessage::Replicate { key, entry },
                 };
-                let _ = node.serve(&request, now_ms);
+                let _ = node.serve(&request, None, now_ms);
             }
             return;
         }
         let (sends, pushes) = match running.healing.borrow_mut().as_mut() {
-            Some(healing) => healing.on_answer(envelope.request_id, from, envelope.message, &running.engine),
+            Some(healing) => healing.on_answer(envelope.request_id, from, envelope.message, &running.engines),
             None => return,
         };
         self.send_healing(node_id, sends);
@@ -750,7 +771,7 @@ impl Cluster {
             .map(|range| (TokenRange { start: range.start, end: range.end }, range.replicas))
             .collect();
         let running = node.running.as_ref().expect("just started");
-        match Healing::new(node_id, &ranges, &running.engine) {
+        match Healing::new(node_id, &ranges, &running.engines) {
             Ok(healing) => *running.healing.borrow_mut() = Some(healing),
             Err(error) => self.violations.push(format!("n{node_id} could not build its trees: {error}")),
         }
@@ -862,7 +883,8 @@ impl Cluster {
     /// history index; it may be complete already (refused at once).
     fn issue(&mut self, client: Option<usize>, request: Request) -> usize {
         let Request { node: node_id, key, kind, consistency } = request;
-        let preference = self.ring.preference_list(token(&key), REPLICATION_FACTOR);
+        let key_token = token(&key);
+        let preference = self.ring.preference_list(key_token, REPLICATION_FACTOR);
         let replicas = preference.len();
         let required = consistency.required(replicas);
         let now_ms = self.now_ms;
@@ -891,7 +913,7 @@ impl Cluster {
         let mut targets: Vec<Target> = preference
             .iter()
             .filter(|replica| up.contains_key(replica))
-            .map(|&node_id| Target { node_id, shard: 0 })
+            .map(|&node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
             .collect();
         targets.sort_by_key(|target| target.node_id != node_id);
         // Replicas down now get a hint of a write at once, as in the shard.
@@ -1010,7 +1032,14 @@ impl Cluster {
                     if matches!(envelope.message, PeerMessage::Replicate { .. }) {
                         self.count_write(node_id, envelope.request_id, frame.len() as u64);
                     }
-                    self.send(node_id, to.node_id, None, Payload::Peer(frame));
+                    self.send_between_shards(
+                        node_id,
+                        0,
+                        to.node_id,
+                        Some(to.shard),
+                        None,
+                        Payload::Peer(frame),
+                    );
                 }
                 Output::Reply { request_id, reply } => self.reply(node_id, request_id, reply),
                 Output::Hint { to, key, entry } => self.store_hint(node_id, to.node_id, key, entry),
@@ -1043,6 +1072,20 @@ impl Cluster {
     }
 
     fn send(&mut self, from: u16, to: u16, to_generation: Option<u64>, payload: Payload) {
+        self.send_between_shards(from, 0, to, None, to_generation, payload);
+    }
+
+    /// Sends from shard `from_shard` of `from` to shard `to_shard` of `to` (`None`: the shard
+    /// owning the key).
+    fn send_between_shards(
+        &mut self,
+        from: u16,
+        from_shard: u32,
+        to: u16,
+        to_shard: Option<u32>,
+        to_generation: Option<u64>,
+        payload: Payload,
+    ) {
         match &payload {
             Payload::Membership(data) => {
                 self.traffic.membership_messages += 1;
@@ -1056,13 +1099,21 @@ impl Cluster {
         let from_generation = self.nodes[&from].generation;
         let delays = self.network.plan(&mut self.rng, from, to);
         for delay in delays {
-            let message = Message { from, to, from_generation, to_generation, payload: payload.clone() };
+            let message = Message {
+                from,
+                to,
+                from_generation,
+                to_generation,
+                to_shard,
+                from_shard,
+                payload: payload.clone(),
+            };
             self.scheduler.schedule(self.now_ms + delay, Event::Deliver(message));
         }
     }
 
     fn deliver(&mut self, message: Message) {
-        let Message { from, to, from_generation, to_generation, payload } = message;
+        let Message { from, to, from_generation, to_generation, to_shard, from_shard, payload } = message;
         let node = &self.nodes[&to];
         if node.running.is_none() || !self.network.delivers(from, to) {
             return;
@@ -1086,13 +1137,20 @@ impl Cluster {
                         return;
                     }
                 };
-                match node.serve(&envelope, self.now_ms) {
+                match node.serve(&envelope, to_shard, self.now_ms) {
                     Some(answer) => {
                         let frame = Message::encode_peer(&answer);
                         if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 {
                             self.count_anti_entropy(frame.len());
                         }
-                        self.send(to, from, Some(from_generation), Payload::Peer(frame));
+                        self.send_between_shards(
+                            to,
+                            to_shard.unwrap_or(0),
+                            from,
+                            None,
+                            Some(from_generation),
+                            Payload::Peer(frame),
+                        );
                     }
                     None if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
                         self.on_healing_answer(to, from, envelope);
@@ -1102,7 +1160,7 @@ impl Cluster {
                             self.nodes.get_mut(&to).and_then(|node| node.running.as_mut()).expect("running");
                         let mut outputs = Vec::new();
                         running.coordinator.on_reply(
-                            Target { node_id: from, shard: 0 },
+                            Target { node_id: from, shard: from_shard },
                             envelope,
                             &mut outputs,
                         );
