@@ -262,6 +262,7 @@ fn run_scenario(
     let epoch = Instant::now();
     let duration = Duration::from_secs(args.duration);
     let workload = Workload::start(&spec, cluster.client_addresses(), epoch)?;
+    let fault_at = (duration / 3).as_micros() as u64;
     scenario::sleep_until(epoch + duration / 3);
     let heal_at = epoch + duration * 2 / 3;
     let schedule = match args.sabotage {
@@ -328,6 +329,8 @@ fn run_scenario(
         inversions: checker::real_time_inversions(&history),
         keys: keys.len(),
         recovery_s: report::recovery_seconds(&history, healed_at),
+        latency_before_ms: report::latency_ms(&history, 0, fault_at),
+        latency_during_ms: report::latency_ms(&history, fault_at, healed_at),
         violations,
         log_checks,
         run_dir: run_dir.clone(),
