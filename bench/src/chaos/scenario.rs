@@ -66,6 +66,12 @@ pub const ALL: [Scenario; 9] = [
     Scenario::Mixed,
 ];
 
+/// The rates a slowed link is cut to, kbit/s: near what 300 operations a second make a node
+/// send, so that its queue fills in bursts.
+const SLOW_LINK_KBIT: std::ops::RangeInclusive<u32> = 64..=192;
+/// How long a slowed link queues a packet before dropping it, ms.
+const SLOW_LINK_LATENCY_MS: std::ops::RangeInclusive<u32> = 200..=500;
+
 /// The clock offset of [`Scenario::ClockSkew`], in libfaketime's syntax.
 const SKEW_WITHIN: &str = "+0.3";
 /// The clock offset of [`Scenario::ClockSkewBeyond`].
@@ -240,8 +246,8 @@ pub fn run_faults(
         }
         Scenario::Delay => {
             let namespaces = namespaces.expect("slow links run in namespaces");
-            let rate_kbit = rng.gen_range(128..=512);
-            let latency_ms = rng.gen_range(200..=500);
+            let rate_kbit = rng.gen_range(SLOW_LINK_KBIT);
+            let latency_ms = rng.gen_range(SLOW_LINK_LATENCY_MS);
             faults::slow_link(namespaces, victim, rate_kbit, latency_ms)?;
             say(format!(
                 "slow link: node {victim} sends and receives at {rate_kbit} kbit/s, packets queued up to {latency_ms} ms"
@@ -325,8 +331,8 @@ fn mixed_episode(
         }
         _ => {
             let (slowed, paused) = (shuffled[0], shuffled[1]);
-            let rate_kbit = rng.gen_range(128..=512);
-            let latency_ms = rng.gen_range(200..=500);
+            let rate_kbit = rng.gen_range(SLOW_LINK_KBIT);
+            let latency_ms = rng.gen_range(SLOW_LINK_LATENCY_MS);
             faults::slow_link(namespaces, slowed, rate_kbit, latency_ms)?;
             cluster.pause(paused)?;
             say(format!(
