@@ -126,6 +126,9 @@ pub struct Report {
     pub simulated_ms: u64,
     /// What the nodes sent each other.
     pub traffic: Traffic,
+    /// Of that, what they sent until the clients' last operation ended, before the heal and the
+    /// settling (in which anti-entropy rounds run until every replica agrees).
+    pub traffic_under_load: Traffic,
     /// Each node's share of the ring's token space as a replica (sums to N).
     pub ownership: BTreeMap<u16, f64>,
     /// Entries (tombstones included) each node's engine holds at the end.
@@ -272,6 +275,7 @@ impl Cluster {
         }
         self.run_for(WARM_UP_MS);
         self.workload();
+        let traffic_under_load = self.traffic;
         self.settle();
         let replicas: BTreeMap<Bytes, Vec<u16>> = self
             .keys
@@ -314,6 +318,7 @@ impl Cluster {
             events: self.step,
             simulated_ms: self.now_ms - START_MS,
             traffic: self.traffic,
+            traffic_under_load,
             ownership: self.ring.ownership(REPLICATION_FACTOR),
             stored_keys: stored.iter().map(|(&node, entries)| (node, entries.len())).collect(),
             stored_keys_per_shard,

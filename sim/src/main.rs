@@ -141,6 +141,17 @@ fn scale(arguments: &Arguments) -> ExitCode {
         mib(traffic.anti_entropy_bytes),
         share(traffic.anti_entropy_bytes)
     );
+    let loaded = report.traffic_under_load;
+    println!(
+        "of which while the clients ran (before the heal and settling): hints {} ({:.1} MiB); read repair {} \
+         ({:.1} MiB); anti-entropy {} messages ({:.1} MiB)",
+        loaded.hint_messages,
+        mib(loaded.hint_bytes),
+        loaded.read_repair_messages,
+        mib(loaded.read_repair_bytes),
+        loaded.anti_entropy_messages,
+        mib(loaded.anti_entropy_bytes)
+    );
     for violation in &report.violations {
         println!("VIOLATION {violation}");
     }

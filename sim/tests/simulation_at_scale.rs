@@ -27,6 +27,11 @@ fn forty_nodes_under_churn_lose_nothing_and_balance_their_load() {
             <= traffic.peer_bytes,
         "{traffic:?}"
     );
+    let loaded = report.traffic_under_load;
+    assert!(
+        loaded.anti_entropy_bytes <= traffic.anti_entropy_bytes && loaded.write_bytes <= traffic.write_bytes,
+        "{loaded:?} {traffic:?}"
+    );
 }
 
 #[test]
