@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use super::network::Namespaces;
+use super::network::{home_node, Namespaces};
 
 /// The table every fault rule goes in.
 const TABLE: &str = "ringkv_chaos";
@@ -56,12 +56,22 @@ fn table(input: &[String], output: &[String]) -> String {
 /// The addresses across a partition from `node`: the nodes on the other side of `side` and the
 /// load clients whose home node is on the other side.
 fn across(namespaces: &Namespaces, side: &[u16], node: u16) -> Vec<Ipv4Addr> {
-    let inside = side.contains(&node);
-    (1..=namespaces.nodes())
-        .filter(|other| side.contains(other) != inside)
+    let (nodes, clients) = across_ids(namespaces.nodes(), namespaces.clients(), side, node);
+    nodes
+        .into_iter()
         .map(|other| namespaces.address(other))
-        .chain(namespaces.client_addresses_of(side, !inside))
+        .chain(clients.into_iter().map(|client| namespaces.client_address(client)))
         .collect()
+}
+
+/// The node ids and client indexes across a partition from `node`, of `nodes` nodes and
+/// `clients` clients, each client on its home node's side.
+fn across_ids(nodes: u16, clients: usize, side: &[u16], node: u16) -> (Vec<u16>, Vec<usize>) {
+    let inside = side.contains(&node);
+    (
+        (1..=nodes).filter(|other| side.contains(other) != inside).collect(),
+        (0..clients).filter(|&client| side.contains(&home_node(client, nodes)) != inside).collect(),
+    )
 }
 
 /// Cuts the nodes of `side`, with their load clients, off from every node not in it and those
@@ -157,6 +167,17 @@ pub fn heal(namespaces: &Namespaces) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_puts_each_client_on_its_home_node_side() {
+        // 3 nodes, 4 clients: homes 1, 2, 3, 1. Node 2 cut off: it loses nodes 1 and 3 and the
+        // clients of nodes 1 and 3; node 1 loses node 2 and client 1, node 2's client.
+        assert_eq!(across_ids(3, 4, &[2], 2), (vec![1, 3], vec![0, 2, 3]));
+        assert_eq!(across_ids(3, 4, &[2], 1), (vec![2], vec![1]));
+        // 5 nodes, minority {3, 5}: client 2 (home 3) is with them.
+        assert_eq!(across_ids(5, 4, &[3, 5], 4), (vec![3, 5], vec![2]));
+        assert_eq!(across_ids(5, 4, &[3, 5], 5), (vec![1, 2, 4], vec![0, 1, 3]));
+    }
 
     #[test]
     fn a_table_holds_its_rules_in_the_right_chains() {

@@ -203,6 +203,11 @@ impl Namespaces {
         format!("{}v{node}", self.tag)
     }
 
+    /// Number of load clients with a namespace.
+    pub fn clients(&self) -> usize {
+        self.clients
+    }
+
     /// The namespace of load client `client` (0-based).
     pub fn client_namespace(&self, client: usize) -> String {
         format!("{}c{client}", self.tag)
