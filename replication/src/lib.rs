@@ -25,6 +25,8 @@
 //! - [`tictac`]: [`TictacTree`], the incremental Merkle tree of a token range's keys and versions.
 //! - [`anti_entropy`]: [`anti_entropy::Exchange`], one comparison of a range's trees with a peer,
 //!   root → branches → segments → keys, and the push/pull it calls for.
+//! - [`shard_ring`]: [`ShardRing`], which shard of a node owns a token, and the [`Target`] of a
+//!   replica.
 //! - [`hints`]: [`hints::HintBook`], what hinted handoff may store, keep and replay: bounds,
 //!   the hint window, the tombstone grace and the replay throttle.
 
@@ -35,10 +37,12 @@ pub mod hints;
 pub mod membership;
 pub mod replica;
 pub mod ring;
+pub mod shard_ring;
 pub mod tictac;
 
 pub use clock::{ClockSkew, HybridClock};
 pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorReply, Output, Target};
 pub use membership::{Membership, MembershipEvent, MembershipTiming, NodeIdentity};
 pub use ring::{default_tokens, ClusterRing};
+pub use shard_ring::ShardRing;
 pub use tictac::{TictacTree, TokenRange};

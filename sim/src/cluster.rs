@@ -21,6 +21,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ringkv_replication::coordinator::Output;
+use ringkv_replication::shard_ring::{self, ShardRing};
 use ringkv_replication::tictac::TokenRange;
 use ringkv_replication::{
     default_tokens, ClusterRing, CoordinatorError, CoordinatorReply, MembershipEvent, MembershipTiming,
@@ -125,10 +126,15 @@ pub struct Report {
     pub simulated_ms: u64,
     /// What the nodes sent each other.
     pub traffic: Traffic,
+    /// Of that, what they sent until the clients' last operation ended, before the heal and the
+    /// settling (in which anti-entropy rounds run until every replica agrees).
+    pub traffic_under_load: Traffic,
     /// Each node's share of the ring's token space as a replica (sums to N).
     pub ownership: BTreeMap<u16, f64>,
     /// Entries (tombstones included) each node's engine holds at the end.
     pub stored_keys: BTreeMap<u16, usize>,
+    /// Of those, the entries each shard's engine holds, by node, indexed by shard.
+    pub stored_keys_per_shard: BTreeMap<u16, Vec<usize>>,
 }
 
 /// Messages between nodes, counted as they are sent (a duplicated delivery counts once).
@@ -140,9 +146,17 @@ pub struct Traffic {
     /// Writes sent to replicas for a client's write: messages and bytes.
     pub write_messages: u64,
     pub write_bytes: u64,
-    /// Writes sent to replicas to repair them (a read's repair, blocking or in the background).
-    pub repair_messages: u64,
-    pub repair_bytes: u64,
+    /// Read repair: writes a read's coordinator sends to replicas it found behind, blocking or
+    /// in the background.
+    pub read_repair_messages: u64,
+    pub read_repair_bytes: u64,
+    /// Hinted handoff: hints replayed to the replica they were kept for.
+    pub hint_messages: u64,
+    pub hint_bytes: u64,
+    /// Anti-entropy: tree comparisons (requests and answers), pulls of a peer's entry (requests
+    /// and answers) and pushes of an entry to a peer that lacked it.
+    pub anti_entropy_messages: u64,
+    pub anti_entropy_bytes: u64,
     /// Membership datagrams and bytes.
     pub membership_messages: u64,
     pub membership_bytes: u64,
@@ -160,6 +174,9 @@ pub struct Cluster {
     network: Network,
     nodes: BTreeMap<u16, Node>,
     ring: ClusterRing,
+    /// Which shard of each node owns a token: what every node's identity announces, the same for
+    /// every observer since shard counts never change within a run.
+    shard_rings: BTreeMap<u16, ShardRing>,
     keys: Vec<Bytes>,
     clients: Vec<Client>,
     history: History,
@@ -181,6 +198,13 @@ impl Cluster {
         Cluster::build(seed, rng, config)
     }
 
+    /// The run of `seed` with nodes of `shards` shards each.
+    pub fn with_shards(seed: u64, sabotage: Option<Sabotage>, shards: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let config = SimConfig { sabotage, shards_per_node: shards.max(1), ..SimConfig::draw(&mut rng) };
+        Cluster::build(seed, rng, config)
+    }
+
     /// A run of `config`, its schedule and faults drawn from `seed`.
     pub fn with_config(seed: u64, config: SimConfig) -> Self {
         Cluster::build(seed, StdRng::seed_from_u64(seed), config)
@@ -195,9 +219,11 @@ impl Cluster {
             timing: MembershipTiming::default(),
             memtable_bytes_max: config.memtable_bytes_max,
             memtable_hash_seed: seed,
+            shards: config.shards_per_node,
         };
         let mut nodes = BTreeMap::new();
         let mut ring = ClusterRing::new();
+        let mut shard_rings = BTreeMap::new();
         for node_id in 1..=config.nodes {
             let skew_ms = rng.random_range(-config.clock_skew_ms_max..=config.clock_skew_ms_max);
             let behaviour = match sabotage {
@@ -206,7 +232,9 @@ impl Cluster {
                 }
                 _ => ReplicaBehaviour::Correct,
             };
-            nodes.insert(node_id, Node::new(node_id, skew_ms, settings, behaviour));
+            let node = Node::new(node_id, skew_ms, settings, behaviour);
+            shard_rings.insert(node_id, node.shard_ring.clone());
+            nodes.insert(node_id, node);
             ring.insert(node_id, &default_tokens(node_id, TOKENS_PER_NODE));
         }
         let keys = (0..config.keys).map(|index| Bytes::from(format!("k{index}"))).collect();
@@ -226,6 +254,7 @@ impl Cluster {
             scheduler: Scheduler::new(EVENTS_PENDING_MAX),
             nodes,
             ring,
+            shard_rings,
             keys,
             clients,
             history: History::default(),
@@ -246,6 +275,7 @@ impl Cluster {
         }
         self.run_for(WARM_UP_MS);
         self.workload();
+        let traffic_under_load = self.traffic;
         self.settle();
         let replicas: BTreeMap<Bytes, Vec<u16>> = self
             .keys
@@ -253,9 +283,11 @@ impl Cluster {
             .map(|key| (key.clone(), self.ring.preference_list(token(key), REPLICATION_FACTOR)))
             .collect();
         let mut stored = FinalState::new();
+        let mut stored_keys_per_shard = BTreeMap::new();
         for (&node_id, node) in &self.nodes {
             match node.stored_all() {
-                Ok(entries) => {
+                Ok((entries, per_shard)) => {
+                    stored_keys_per_shard.insert(node_id, per_shard);
                     stored.insert(
                         node_id,
                         entries.into_iter().map(|(key, entry)| (key, Some(entry))).collect(),
@@ -286,8 +318,10 @@ impl Cluster {
             events: self.step,
             simulated_ms: self.now_ms - START_MS,
             traffic: self.traffic,
+            traffic_under_load,
             ownership: self.ring.ownership(REPLICATION_FACTOR),
             stored_keys: stored.iter().map(|(&node, entries)| (node, entries.len())).collect(),
+            stored_keys_per_shard,
         }
     }
 
@@ -564,7 +598,9 @@ impl Cluster {
     fn send_healing(&mut self, node_id: u16, sends: Vec<healing::Send>) {
         for healing::Send::Request { to, request_id, message } in sends {
             let envelope = PeerEnvelope { origin_node: node_id, origin_shard: 0, request_id, message };
-            self.send(node_id, to, None, Payload::Peer(Message::encode_peer(&envelope)));
+            let frame = Message::encode_peer(&envelope);
+            self.count_anti_entropy(frame.len());
+            self.send(node_id, to, None, Payload::Peer(frame));
         }
     }
 
@@ -619,7 +655,10 @@ impl Cluster {
         for (destination, message) in sends {
             // Background: nobody waits for the answer (request id 0).
             let envelope = PeerEnvelope { origin_node: node_id, origin_shard: 0, request_id: 0, message };
-            self.send(node_id, destination, None, Payload::Peer(Message::encode_peer(&envelope)));
+            let frame = Message::encode_peer(&envelope);
+            self.traffic.hint_messages += 1;
+            self.traffic.hint_bytes += frame.len() as u64;
+            self.send(node_id, destination, None, Payload::Peer(frame));
         }
     }
 
@@ -644,12 +683,12 @@ impl Cluster {
                     request_id: 0,
                     message: PeerMessage::Replicate { key, entry },
                 };
-                let _ = node.serve(&request, now_ms);
+                let _ = node.serve(&request, None, now_ms);
             }
             return;
         }
         let (sends, pushes) = match running.healing.borrow_mut().as_mut() {
-            Some(healing) => healing.on_answer(envelope.request_id, from, envelope.message, &running.engine),
+            Some(healing) => healing.on_answer(envelope.request_id, from, envelope.message, &running.engines),
             None => return,
         };
         self.send_healing(node_id, sends);
@@ -661,7 +700,9 @@ impl Cluster {
                 request_id: 0,
                 message: PeerMessage::Replicate { key, entry },
             };
-            self.send(node_id, peer, None, Payload::Peer(Message::encode_peer(&envelope)));
+            let frame = Message::encode_peer(&envelope);
+            self.count_anti_entropy(frame.len());
+            self.send(node_id, peer, None, Payload::Peer(frame));
         }
     }
 
@@ -735,7 +776,7 @@ impl Cluster {
             .map(|range| (TokenRange { start: range.start, end: range.end }, range.replicas))
             .collect();
         let running = node.running.as_ref().expect("just started");
-        match Healing::new(node_id, &ranges, &running.engine) {
+        match Healing::new(node_id, &ranges, &running.engines) {
             Ok(healing) => *running.healing.borrow_mut() = Some(healing),
             Err(error) => self.violations.push(format!("n{node_id} could not build its trees: {error}")),
         }
@@ -847,7 +888,8 @@ impl Cluster {
     /// history index; it may be complete already (refused at once).
     fn issue(&mut self, client: Option<usize>, request: Request) -> usize {
         let Request { node: node_id, key, kind, consistency } = request;
-        let preference = self.ring.preference_list(token(&key), REPLICATION_FACTOR);
+        let key_token = token(&key);
+        let preference = self.ring.preference_list(key_token, REPLICATION_FACTOR);
         let replicas = preference.len();
         let required = consistency.required(replicas);
         let now_ms = self.now_ms;
@@ -876,7 +918,7 @@ impl Cluster {
         let mut targets: Vec<Target> = preference
             .iter()
             .filter(|replica| up.contains_key(replica))
-            .map(|&node_id| Target { node_id, shard: 0 })
+            .map(|&node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
             .collect();
         targets.sort_by_key(|target| target.node_id != node_id);
         // Replicas down now get a hint of a write at once, as in the shard.
@@ -995,7 +1037,14 @@ impl Cluster {
                     if matches!(envelope.message, PeerMessage::Replicate { .. }) {
                         self.count_write(node_id, envelope.request_id, frame.len() as u64);
                     }
-                    self.send(node_id, to.node_id, None, Payload::Peer(frame));
+                    self.send_between_shards(
+                        node_id,
+                        0,
+                        to.node_id,
+                        Some(to.shard),
+                        None,
+                        Payload::Peer(frame),
+                    );
                 }
                 Output::Reply { request_id, reply } => self.reply(node_id, request_id, reply),
                 Output::Hint { to, key, entry } => self.store_hint(node_id, to.node_id, key, entry),
@@ -1013,15 +1062,35 @@ impl Cluster {
                 .and_then(|running| running.requests.get(&request_id))
                 .is_some_and(|&index| !self.history.operations[index].is_write());
         if of_a_read {
-            self.traffic.repair_messages += 1;
-            self.traffic.repair_bytes += bytes;
+            self.traffic.read_repair_messages += 1;
+            self.traffic.read_repair_bytes += bytes;
         } else {
             self.traffic.write_messages += 1;
             self.traffic.write_bytes += bytes;
         }
     }
 
+    /// Counts an anti-entropy message of `bytes`.
+    fn count_anti_entropy(&mut self, bytes: usize) {
+        self.traffic.anti_entropy_messages += 1;
+        self.traffic.anti_entropy_bytes += bytes as u64;
+    }
+
     fn send(&mut self, from: u16, to: u16, to_generation: Option<u64>, payload: Payload) {
+        self.send_between_shards(from, 0, to, None, to_generation, payload);
+    }
+
+    /// Sends from shard `from_shard` of `from` to shard `to_shard` of `to` (`None`: the shard
+    /// owning the key).
+    fn send_between_shards(
+        &mut self,
+        from: u16,
+        from_shard: u32,
+        to: u16,
+        to_shard: Option<u32>,
+        to_generation: Option<u64>,
+        payload: Payload,
+    ) {
         match &payload {
             Payload::Membership(data) => {
                 self.traffic.membership_messages += 1;
@@ -1035,13 +1104,21 @@ impl Cluster {
         let from_generation = self.nodes[&from].generation;
         let delays = self.network.plan(&mut self.rng, from, to);
         for delay in delays {
-            let message = Message { from, to, from_generation, to_generation, payload: payload.clone() };
+            let message = Message {
+                from,
+                to,
+                from_generation,
+                to_generation,
+                to_shard,
+                from_shard,
+                payload: payload.clone(),
+            };
             self.scheduler.schedule(self.now_ms + delay, Event::Deliver(message));
         }
     }
 
     fn deliver(&mut self, message: Message) {
-        let Message { from, to, from_generation, to_generation, payload } = message;
+        let Message { from, to, from_generation, to_generation, to_shard, from_shard, payload } = message;
         let node = &self.nodes[&to];
         if node.running.is_none() || !self.network.delivers(from, to) {
             return;
@@ -1065,10 +1142,20 @@ impl Cluster {
                         return;
                     }
                 };
-                match node.serve(&envelope, self.now_ms) {
+                match node.serve(&envelope, to_shard, self.now_ms) {
                     Some(answer) => {
                         let frame = Message::encode_peer(&answer);
-                        self.send(to, from, Some(from_generation), Payload::Peer(frame));
+                        if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 {
+                            self.count_anti_entropy(frame.len());
+                        }
+                        self.send_between_shards(
+                            to,
+                            to_shard.unwrap_or(0),
+                            from,
+                            None,
+                            Some(from_generation),
+                            Payload::Peer(frame),
+                        );
                     }
                     None if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
                         self.on_healing_answer(to, from, envelope);
@@ -1078,7 +1165,7 @@ impl Cluster {
                             self.nodes.get_mut(&to).and_then(|node| node.running.as_mut()).expect("running");
                         let mut outputs = Vec::new();
                         running.coordinator.on_reply(
-                            Target { node_id: from, shard: 0 },
+                            Target { node_id: from, shard: from_shard },
                             envelope,
                             &mut outputs,
                         );

@@ -29,8 +29,12 @@ pub enum Sabotage {
 /// Everything a run is made of besides its schedule.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Nodes, 3 to 7, one shard each.
+    /// Nodes, 3 to 7.
     pub nodes: u16,
+    /// Shards each node runs, each with its own engine, owning the token ranges the shard's
+    /// own mapping gives it. Not drawn from the seed (1 unless asked for), so a seed's
+    /// schedule is the same whatever the shard count.
+    pub shards_per_node: usize,
     pub clients: usize,
     /// Operations per client.
     pub operations_per_client: usize,
@@ -71,6 +75,7 @@ impl SimConfig {
         let rate_max = if harsh { 0.4 } else { 0.1 };
         SimConfig {
             nodes,
+            shards_per_node: 1,
             clients: rng.random_range(2..=4),
             operations_per_client: rng.random_range(30..=60),
             keys: rng.random_range(3..=10),
@@ -109,6 +114,7 @@ impl SimConfig {
     pub fn scale(nodes: u16, keys: usize, clients: usize, operations_per_client: usize) -> Self {
         SimConfig {
             nodes,
+            shards_per_node: 1,
             clients,
             operations_per_client,
             keys,

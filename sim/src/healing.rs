@@ -52,19 +52,28 @@ fn token_scans(first: u64, last: u64) -> Vec<ScanRange> {
     }
 }
 
-/// Every entry of the scans, as (key, version).
-fn scan_versions(engine: &Engine<MemDisk>, scans: Vec<ScanRange>) -> Result<Vec<(Bytes, u64)>, String> {
+/// Every entry of the scans, as (key, version), over the engines of every shard of the node:
+/// in each scan's token order, as one engine returns them.
+fn scan_versions(engines: &[Engine<MemDisk>], scans: Vec<ScanRange>) -> Result<Vec<(Bytes, u64)>, String> {
     let mut keys = Vec::new();
     for scan in scans {
-        let mut next = scan.clone();
-        loop {
-            let page = block_on(engine.scan(&next, 1024, 0, true)).map_err(|error| error.to_string())?;
-            keys.extend(page.entries.into_iter().map(|entry| (entry.key, entry.entry.version)));
-            match page.next {
-                Some(position) => next = scan.after(position),
-                None => break,
+        let mut found = Vec::new();
+        for engine in engines {
+            let mut next = scan.clone();
+            loop {
+                let page = block_on(engine.scan(&next, 1024, 0, true)).map_err(|error| error.to_string())?;
+                found.extend(page.entries.into_iter().map(|entry| (entry.key, entry.entry.version)));
+                match page.next {
+                    Some(position) => next = scan.after(position),
+                    None => break,
+                }
             }
         }
+        // The shards own disjoint token ranges: merged, their entries go back in token order.
+        if engines.len() > 1 {
+            found.sort_by(|(a, _), (b, _)| (token(a), a).cmp(&(token(b), b)));
+        }
+        keys.extend(found);
     }
     Ok(keys)
 }
@@ -100,18 +109,18 @@ pub struct Healing {
 }
 
 impl Healing {
-    /// Trees for the ranges `node_id` replicates, built from a scan of `engine`.
+    /// Trees for the ranges `node_id` replicates, built from a scan of its `engines`.
     pub fn new(
         node_id: u16,
         ranges: &[(TokenRange, Vec<u16>)],
-        engine: &Engine<MemDisk>,
+        engines: &[Engine<MemDisk>],
     ) -> Result<Self, String> {
         let mut tracked: Vec<(TokenRange, Vec<u16>, Option<TictacTree>)> = Vec::new();
         for (range, replicas) in ranges {
             let tree = if replicas.contains(&node_id) {
                 let mut tree = TictacTree::new(*range);
                 for (key, version) in
-                    scan_versions(engine, token_scans(range.start.wrapping_add(1), range.end))?
+                    scan_versions(engines, token_scans(range.start.wrapping_add(1), range.end))?
                 {
                     tree.insert(token(&key), &key, version);
                 }
@@ -159,7 +168,7 @@ impl Healing {
     }
 
     /// Answers a tree or keys request; `None` for any other message.
-    pub fn answer(&self, message: &PeerMessage, engine: &Engine<MemDisk>) -> Option<PeerMessage> {
+    pub fn answer(&self, message: &PeerMessage, engines: &[Engine<MemDisk>]) -> Option<PeerMessage> {
         match message {
             PeerMessage::TreeRequest { range_start, range_end, level, branches } => {
                 let range = TokenRange { start: *range_start, end: *range_end };
@@ -175,7 +184,7 @@ impl Healing {
                 let mut failure = None;
                 'segments: for &segment in segments {
                     let Some((first, last)) = range.segment_tokens(usize::from(segment)) else { continue };
-                    match scan_versions(engine, token_scans(first, last)) {
+                    match scan_versions(engines, token_scans(first, last)) {
                         Ok(keys) => {
                             for (key, version) in keys {
                                 if !list.has_room_for(key.len()) {
@@ -201,12 +210,12 @@ impl Healing {
     pub fn list_local(
         range: TokenRange,
         segments: &[u16],
-        engine: &Engine<MemDisk>,
+        engines: &[Engine<MemDisk>],
     ) -> Result<Vec<(Bytes, u64)>, String> {
         let mut keys = Vec::new();
         for &segment in segments {
             if let Some((first, last)) = range.segment_tokens(usize::from(segment)) {
-                keys.extend(scan_versions(engine, token_scans(first, last))?);
+                keys.extend(scan_versions(engines, token_scans(first, last))?);
             }
         }
         Ok(keys)
@@ -263,7 +272,7 @@ impl Healing {
         request_id: u64,
         from: u16,
         answer: PeerMessage,
-        engine: &Engine<MemDisk>,
+        engines: &[Engine<MemDisk>],
     ) -> (Vec<Send>, Vec<(u16, Bytes)>) {
         let Some(mut running) = self.exchanges.remove(&request_id) else { return (Vec::new(), Vec::new()) };
         if running.peer != from {
@@ -286,7 +295,7 @@ impl Healing {
                     sends.push(Send::Request { to: from, request_id, message });
                     waiting = true;
                 }
-                Step::ListLocal { segments } => match Self::list_local(range, &segments, engine) {
+                Step::ListLocal { segments } => match Self::list_local(range, &segments, engines) {
                     Ok(keys) => steps.extend(running.exchange.on_local_keys(keys)),
                     Err(_) => {
                         self.failed += 1;

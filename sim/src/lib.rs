@@ -49,6 +49,12 @@ pub fn run(seed: u64) -> Report {
     Cluster::new(seed, None).run()
 }
 
+/// Runs the simulation of `seed` with nodes of `shards` shards each (the schedule is the one
+/// of `run(seed)`; the keys' owners within each node differ).
+pub fn run_with_shards(seed: u64, shards: usize) -> Report {
+    Cluster::with_shards(seed, None, shards).run()
+}
+
 /// Runs a capacity-planning cluster of `config` (see [`SimConfig::scale`]) under `seed`.
 pub fn run_config(seed: u64, config: SimConfig) -> Report {
     Cluster::with_config(seed, config).run()

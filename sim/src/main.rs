@@ -42,6 +42,10 @@ struct Arguments {
     /// Operations per client of a --scale run.
     #[arg(long, default_value_t = 1_000, requires = "scale")]
     operations: usize,
+    /// Shards per node, each with its own engine and its share of the node's token ranges
+    /// (the shard's own mapping). A seed's schedule does not depend on it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    shards: u16,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -54,27 +58,27 @@ enum PlantedBug {
     NoAntiEntropy,
 }
 
-fn run(seed: u64, planted: Option<PlantedBug>) -> ringkv_sim::Report {
-    match planted {
-        None => ringkv_sim::run(seed),
-        Some(PlantedBug::ReplicaAcksWithoutApplying) => {
-            ringkv_sim::run_sabotaged(seed, Sabotage::ReplicaAcksWithoutApplying)
-        }
-        Some(PlantedBug::CoordinatorAcksEarly) => {
-            ringkv_sim::run_sabotaged(seed, Sabotage::CoordinatorAcksEarly)
-        }
-        Some(PlantedBug::NoAntiEntropy) => ringkv_sim::run_sabotaged(seed, Sabotage::NoAntiEntropy),
-    }
+fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Report {
+    let sabotage = planted.map(|planted| match planted {
+        PlantedBug::ReplicaAcksWithoutApplying => Sabotage::ReplicaAcksWithoutApplying,
+        PlantedBug::CoordinatorAcksEarly => Sabotage::CoordinatorAcksEarly,
+        PlantedBug::NoAntiEntropy => Sabotage::NoAntiEntropy,
+    });
+    ringkv_sim::Cluster::with_shards(seed, sabotage, usize::from(shards)).run()
 }
 
 /// Runs and prints a capacity-planning run.
 fn scale(arguments: &Arguments) -> ExitCode {
     let seed = arguments.seed.unwrap_or(1);
-    let config = SimConfig::scale(arguments.nodes, arguments.keys, arguments.clients, arguments.operations);
+    let config = SimConfig {
+        shards_per_node: usize::from(arguments.shards),
+        ..SimConfig::scale(arguments.nodes, arguments.keys, arguments.clients, arguments.operations)
+    };
     println!(
-        "scale run, seed {seed}: {} nodes, N = {}, {} keys, {} clients x {} operations, a fault every {} ms \
+        "scale run, seed {seed}: {} nodes of {} shard(s), N = {}, {} keys, {} clients x {} operations, a fault every {} ms \
          (crashes and restarts of up to {} nodes at once, partitions), links losing and duplicating {}%",
         config.nodes,
+        config.shards_per_node,
         ringkv_sim::config::REPLICATION_FACTOR,
         config.keys,
         config.clients,
@@ -113,18 +117,40 @@ fn scale(arguments: &Arguments) -> ExitCode {
     );
     let traffic = report.traffic;
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let share = |bytes: u64| 100.0 * bytes as f64 / traffic.write_bytes.max(1) as f64;
     println!(
-        "traffic: {} replica messages ({:.1} MiB); writes to replicas {} ({:.1} MiB); repairs {} ({:.1} MiB, \
-         {:.2}% of the write bytes); membership {} datagrams ({:.1} MiB)",
+        "traffic: {} replica messages ({:.1} MiB); writes to replicas {} ({:.1} MiB); membership {} datagrams \
+         ({:.1} MiB)",
         traffic.peer_messages,
         mib(traffic.peer_bytes),
         traffic.write_messages,
         mib(traffic.write_bytes),
-        traffic.repair_messages,
-        mib(traffic.repair_bytes),
-        100.0 * traffic.repair_bytes as f64 / traffic.write_bytes.max(1) as f64,
         traffic.membership_messages,
         mib(traffic.membership_bytes)
+    );
+    println!(
+        "repair traffic: hints replayed {} ({:.1} MiB, {:.2}% of the write bytes); read repair {} ({:.1} MiB, \
+         {:.2}%); anti-entropy {} messages ({:.1} MiB, {:.2}%)",
+        traffic.hint_messages,
+        mib(traffic.hint_bytes),
+        share(traffic.hint_bytes),
+        traffic.read_repair_messages,
+        mib(traffic.read_repair_bytes),
+        share(traffic.read_repair_bytes),
+        traffic.anti_entropy_messages,
+        mib(traffic.anti_entropy_bytes),
+        share(traffic.anti_entropy_bytes)
+    );
+    let loaded = report.traffic_under_load;
+    println!(
+        "of which while the clients ran (before the heal and settling): hints {} ({:.1} MiB); read repair {} \
+         ({:.1} MiB); anti-entropy {} messages ({:.1} MiB)",
+        loaded.hint_messages,
+        mib(loaded.hint_bytes),
+        loaded.read_repair_messages,
+        mib(loaded.read_repair_bytes),
+        loaded.anti_entropy_messages,
+        mib(loaded.anti_entropy_bytes)
     );
     for violation in &report.violations {
         println!("VIOLATION {violation}");
@@ -143,7 +169,7 @@ fn main() -> ExitCode {
         return scale(&arguments);
     }
     if let Some(seed) = arguments.seed {
-        let report = run(seed, arguments.sabotage);
+        let report = run(seed, arguments.sabotage, arguments.shards);
         print!("{}", report.trace);
         return if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
@@ -152,21 +178,25 @@ fn main() -> ExitCode {
     let mut operations = 0usize;
     let mut inversions = 0usize;
     for seed in arguments.start..arguments.start + count {
-        let report = run(seed, arguments.sabotage);
+        let report = run(seed, arguments.sabotage, arguments.shards);
         operations += report.operations;
         inversions += report.inversions;
         if !report.violations.is_empty() {
             failed += 1;
-            println!("seed {seed} FAILED (replay: ringkv-sim --seed {seed})");
+            let shards = match arguments.shards {
+                1 => String::new(),
+                shards => format!(" --shards {shards}"),
+            };
+            println!("seed {seed} FAILED (replay: ringkv-sim --seed {seed}{shards})");
             for violation in &report.violations {
                 println!("  {violation}");
             }
         }
     }
     println!(
-        "{count} seeds from {}: {failed} failed, {operations} operations, {inversions} acknowledged writes \
-         lost to an earlier one under clock skew",
-        arguments.start
+        "{count} seeds from {} ({} shard(s) a node): {failed} failed, {operations} operations, {inversions} \
+         acknowledged writes lost to an earlier one under clock skew",
+        arguments.start, arguments.shards
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -38,6 +38,12 @@ pub struct Message {
     /// incarnation, as it would on the connection the request came in on; a restarted node's
     /// new coordinator never sees answers meant for its previous life.
     pub to_generation: Option<u64>,
+    /// For a coordinator's request: the shard of `to` it is for (the coordinator's choice);
+    /// `None` for messages that name no shard (hint replays, anti-entropy, membership), which
+    /// the receiver routes by key.
+    pub to_shard: Option<u32>,
+    /// The shard of `from` that sent it (a replica's answer comes from the shard asked).
+    pub from_shard: u32,
     pub payload: Payload,
 }
 

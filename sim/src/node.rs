@@ -1,12 +1,19 @@
-//! [`Node`]: one simulated ringkv node with one shard: the real coordinator, replica logic,
-//! hybrid clock, SWIM membership and storage engine, on an in-memory disk that survives crashes
-//! the way a real one does (synced data only).
+//! [`Node`]: one simulated ringkv node with one or more shards: the real coordinator, replica
+//! logic, hybrid clock, SWIM membership, and a storage engine per shard, each on an in-memory
+//! disk of its own that survives crashes the way a real one does (synced data only).
 //!
 //! ```text
-//!  start(now) ─▶ Engine::open(MemDisk) ─▶ clock observes Engine::max_version ─▶ Membership joins
-//!  serve(request) ─▶ replica::accept ─▶ engine write / read (block_on) ─▶ answer envelope
+//!  start(now) ─▶ Engine::open(MemDisk) per shard ─▶ clock observes every max_version ─▶ Membership joins
+//!  serve(request, shard) ─▶ shard owns the key? (ShardRing, as the shard checks) ─▶ replica::accept
+//!      ─▶ that shard's engine write / read (block_on) ─▶ answer envelope
 //!  crash(mode) ─▶ process state gone; MemDisk::crash keeps what was synced; generation bumped
 //! ```
+//!
+//! Which shard owns a key is [`ShardRing`], the mapping the shard routes with: the node announces
+//! its shard count and vnodes per shard in its identity, and coordinators pick each replica's
+//! shard with [`ringkv_replication::shard_ring::target`]. What a node runs once, not per shard,
+//! unlike the shard: one coordinator (as shard 0), one clock, one set of anti-entropy trees over
+//! all its engines.
 //!
 //! Engine futures are driven to completion with `block_on` when the event that starts them
 //! fires: on a MemDisk nothing ever waits, so a replica's write is applied and synced (or has
@@ -22,16 +29,18 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use ringkv_replication::{
     default_tokens, replica, Coordinator, CoordinatorConfig, HybridClock, Membership, MembershipTiming,
-    NodeIdentity,
+    NodeIdentity, ShardRing,
 };
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::{Engine, EngineOptions, Entry, ScanRange};
-use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure};
+use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
 
 use crate::healing::Healing;
 
 /// Tokens per node on the ring.
 pub const TOKENS_PER_NODE: usize = 16;
+/// Token ranges per shard within a node, as the shard's default configuration has it.
+pub const VNODES_PER_SHARD: usize = 16;
 /// Port every simulated node's membership listens on.
 const PEER_PORT: u16 = 7000;
 
@@ -61,6 +70,8 @@ pub struct NodeSettings {
     /// The engine's memtable size: small, so runs flush and compact.
     pub memtable_bytes_max: usize,
     pub memtable_hash_seed: u64,
+    /// Shards each node runs, each with its own engine and disk.
+    pub shards: usize,
 }
 
 /// How a node's replica treats writes.
@@ -74,7 +85,8 @@ pub enum ReplicaBehaviour {
 
 /// The state of a running process; gone at a crash.
 pub struct Running {
-    pub engine: Engine<MemDisk>,
+    /// One engine per shard, indexed by shard id.
+    pub engines: Vec<Engine<MemDisk>>,
     pub clock: HybridClock,
     pub coordinator: Coordinator,
     pub membership: Membership<StdRng>,
@@ -97,7 +109,10 @@ pub struct Node {
     pub generation: u64,
     /// This node's wall clock minus the simulation's time.
     pub skew_ms: i64,
-    pub disk: MemDisk,
+    /// One disk per shard.
+    pub disks: Vec<MemDisk>,
+    /// Which shard owns a key.
+    pub shard_ring: ShardRing,
     pub running: Option<Running>,
     settings: NodeSettings,
     behaviour: ReplicaBehaviour,
@@ -111,7 +126,8 @@ impl Node {
             node_id,
             generation: 0,
             skew_ms,
-            disk: MemDisk::new(),
+            disks: (0..settings.shards).map(|_| MemDisk::new()).collect(),
+            shard_ring: ShardRing::new(settings.shards, VNODES_PER_SHARD),
             running: None,
             settings,
             behaviour,
@@ -138,10 +154,20 @@ impl Node {
             memtable_hash_seed: self.settings.memtable_hash_seed,
             ..EngineOptions::default()
         };
-        let engine = block_on(Engine::open(self.disk.clone(), options))
-            .map_err(|error| format!("node {} could not reopen its engine: {error}", self.node_id))?;
+        let engines = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(shard, disk)| {
+                block_on(Engine::open(disk.clone(), options.clone())).map_err(|error| {
+                    format!("node {} could not reopen the engine of shard {shard}: {error}", self.node_id)
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let clock = HybridClock::new(self.node_id);
-        clock.observe(engine.max_version());
+        for engine in &engines {
+            clock.observe(engine.max_version());
+        }
         let coordinator = Coordinator::new(CoordinatorConfig {
             node_id: self.node_id,
             shard: 0,
@@ -157,8 +183,8 @@ impl Node {
             peer_address: address,
             client_address: address,
             shard_port_base: PEER_PORT,
-            shards: 1,
-            vnodes_per_shard: 16,
+            shards: self.settings.shards as u32,
+            vnodes_per_shard: VNODES_PER_SHARD as u32,
             tokens: default_tokens(self.node_id, TOKENS_PER_NODE),
         };
         let identity_generation = identity.generation;
@@ -166,7 +192,7 @@ impl Node {
         let mut membership = Membership::new(identity, self.settings.timing, rng, now_ms);
         membership.join(seeds, now_ms);
         self.running = Some(Running {
-            engine,
+            engines,
             clock,
             coordinator,
             membership,
@@ -182,7 +208,7 @@ impl Node {
     /// the history indexes of the client operations it was coordinating.
     pub fn crash(&mut self, mode: CrashMode) -> Vec<usize> {
         let running = self.running.take().expect("only a running node crashes");
-        self.disk = self.disk.crash(mode);
+        self.disks = self.disks.iter().map(|disk| disk.crash(mode)).collect();
         self.disk_failing = false;
         running.requests.into_values().collect()
     }
@@ -192,15 +218,25 @@ impl Node {
         self.disk_failing
     }
 
-    /// Makes every sync of the disk fail after `successes` more.
+    /// Makes every sync of the disks fail after `successes` more (on each disk).
     pub fn fail_disk(&mut self, successes: u64) {
-        self.disk.fail_syncs_after(successes);
+        for disk in &self.disks {
+            disk.fail_syncs_after(successes);
+        }
         self.disk_failing = true;
     }
 
-    /// Serves a replica request on this node's engine, as the shard's `serve_replica` does; `None`
-    /// when the envelope is not a request (an answer, for the coordinator).
-    pub fn serve(&self, envelope: &PeerEnvelope, now_ms: u64) -> Option<PeerEnvelope> {
+    /// The engine of the shard owning `key`.
+    fn engine_of<'a>(&self, running: &'a Running, key: &[u8]) -> &'a Engine<MemDisk> {
+        &running.engines[self.shard_ring.owner_of_key(key) as usize]
+    }
+
+    /// Serves a replica request on this node, as the shard's `serve_replica` does, on shard
+    /// `shard` (the coordinator's choice), or, with `None` (hint replays and anti-entropy
+    /// pushes, which name no shard here), on the shard owning the key. A shard that does not own
+    /// the key refuses it (`WrongShard`), as the shard does. `None` when the envelope is not a
+    /// request (an answer, for the coordinator).
+    pub fn serve(&self, envelope: &PeerEnvelope, shard: Option<u32>, now_ms: u64) -> Option<PeerEnvelope> {
         let running = self.running.as_ref().expect("only a running node serves");
         let wall_ms = self.wall_ms(now_ms);
         let storage_failure = |error: ringkv_storage::StorageError| {
@@ -210,9 +246,22 @@ impl Node {
             .healing
             .borrow()
             .as_ref()
-            .and_then(|healing| healing.answer(&envelope.message, &running.engine))
+            .and_then(|healing| healing.answer(&envelope.message, &running.engines))
         {
             return Some(PeerEnvelope { message: answer, ..envelope.clone() });
+        }
+        let key = match &envelope.message {
+            PeerMessage::Replicate { key, .. } | PeerMessage::Read { key, .. } => Some(key),
+            _ => None,
+        };
+        if let (Some(key), Some(shard)) = (key, shard) {
+            if self.shard_ring.owner_of_key(key) != shard {
+                let failure = PeerFailure::new(
+                    PeerErrorCode::WrongShard,
+                    format!("shard {shard} of node {} does not own this key", self.node_id),
+                );
+                return Some(replica::refusal(envelope, failure));
+            }
         }
         match replica::accept(envelope, &running.clock, wall_ms, self.settings.max_clock_skew_ms) {
             Ok(Some(replica::Work::Apply { .. }))
@@ -227,7 +276,7 @@ impl Node {
                 Some(replica::applied(envelope, result))
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
-                let result = block_on(running.engine.get_entry(&key))
+                let result = block_on(self.engine_of(running, &key).get_entry(&key))
                     .map(|entry| entry.map(PeerEntry::from))
                     .map_err(storage_failure);
                 Some(replica::read_answer(envelope, digest_only, result))
@@ -245,12 +294,13 @@ impl Node {
         key: Bytes,
         entry: Entry,
     ) -> Result<(), ringkv_storage::StorageError> {
-        let before = match running.engine.entry_now(&key, |held| held.map(|held| held.version)) {
+        let engine = self.engine_of(running, &key);
+        let before = match engine.entry_now(&key, |held| held.map(|held| held.version)) {
             Some(result) => result?,
-            None => block_on(running.engine.get_entry(&key))?.map(|held| held.version),
+            None => block_on(engine.get_entry(&key))?.map(|held| held.version),
         };
         let in_memory = std::cell::Cell::new(None);
-        let outcome = block_on(running.engine.write_with(key.clone(), |held| {
+        let outcome = block_on(engine.write_with(key.clone(), |held| {
             in_memory.set(held);
             entry
         }))?;
@@ -265,14 +315,15 @@ impl Node {
     /// The stored entry of `key` (tombstones included), for the checkers.
     pub fn stored(&self, key: &Bytes) -> Result<Option<PeerEntry>, String> {
         let running = self.running.as_ref().expect("checked nodes run");
-        block_on(running.engine.get_entry(key))
+        block_on(self.engine_of(running, key).get_entry(key))
             .map(|entry| entry.map(PeerEntry::from))
             .map_err(|error| format!("node {} could not read its engine: {error}", self.node_id))
     }
 
-    /// Every entry the engine holds (tombstones and expired values included), for the
-    /// checkers: one pass over the engine in token order, whatever the number of keys.
-    pub fn stored_all(&self) -> Result<BTreeMap<Bytes, PeerEntry>, String> {
+    /// Every entry the engines hold (tombstones and expired values included), for the
+    /// checkers: one pass over each engine in token order, whatever the number of keys; and how
+    /// many entries each shard's engine held.
+    pub fn stored_all(&self) -> Result<(BTreeMap<Bytes, PeerEntry>, Vec<usize>), String> {
         const PAGE: usize = 1_024;
         let Some(running) = self.running.as_ref() else {
             return Err(format!("node {} is not running at the end of the run", self.node_id));
@@ -281,32 +332,87 @@ impl Node {
             format!("node {} could not scan its engine: {error}", self.node_id)
         };
         let mut entries = BTreeMap::new();
-        let mut range = ScanRange::all();
-        loop {
-            // Dead entries included, so `now` plays no part.
-            let page = block_on(running.engine.scan(&range, PAGE, 0, true)).map_err(failed)?;
-            for scanned in page.entries {
-                entries.insert(scanned.key, PeerEntry::from(scanned.entry));
-            }
-            match page.next {
-                Some(position) => range = range.after(position),
-                None => return Ok(entries),
+        let mut per_shard = vec![0; running.engines.len()];
+        for (engine, count) in running.engines.iter().zip(&mut per_shard) {
+            let mut range = ScanRange::all();
+            loop {
+                // Dead entries included, so `now` plays no part.
+                let page = block_on(engine.scan(&range, PAGE, 0, true)).map_err(failed)?;
+                *count += page.entries.len();
+                for scanned in page.entries {
+                    entries.insert(scanned.key, PeerEntry::from(scanned.entry));
+                }
+                match page.next {
+                    Some(position) => range = range.after(position),
+                    None => break,
+                }
             }
         }
+        Ok((entries, per_shard))
     }
 
-    /// Runs the engine's background work once: flush the memtable, then one compaction if due.
+    /// Runs each engine's background work once: flush the memtable, then one compaction if due.
     pub fn maintain(&self, now_ms: u64) -> Result<(), String> {
         let Some(running) = self.running.as_ref() else { return Ok(()) };
-        block_on(running.engine.flush())
-            .and_then(|()| block_on(running.engine.compact(self.wall_ms(now_ms))).map(drop))
-            .map_err(|error| format!("node {} maintenance failed: {error}", self.node_id))
+        for engine in &running.engines {
+            block_on(engine.flush())
+                .and_then(|()| block_on(engine.compact(self.wall_ms(now_ms))).map(drop))
+                .map_err(|error| format!("node {} maintenance failed: {error}", self.node_id))?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_takes_only_the_keys_it_owns_and_stores_them_in_its_own_engine() {
+        let settings = NodeSettings {
+            replica_timeout_ms: 1_000,
+            pending_max: 8,
+            max_clock_skew_ms: 500,
+            timing: MembershipTiming::default(),
+            memtable_bytes_max: 64 << 10,
+            memtable_hash_seed: 1,
+            shards: 3,
+        };
+        let mut node = Node::new(1, 0, settings, ReplicaBehaviour::Correct);
+        let now_ms = crate::config::START_MS;
+        node.start(now_ms, 7, &[]).expect("starts");
+        let key = Bytes::from_static(b"some key");
+        let owner = node.shard_ring.owner_of_key(&key);
+        let other = (owner + 1) % 3;
+        let version = node.running.as_ref().expect("running").clock.next_version(now_ms);
+        let request = PeerEnvelope {
+            origin_node: 2,
+            origin_shard: 0,
+            request_id: 5,
+            message: PeerMessage::Replicate {
+                key: key.clone(),
+                entry: PeerEntry {
+                    version,
+                    value: ringkv_wire::peer::PeerValue::Live {
+                        data: Bytes::from_static(b"v"),
+                        expires_at_ms: None,
+                    },
+                },
+            },
+        };
+        let ack = |answer: Option<PeerEnvelope>| match answer.expect("a request is answered").message {
+            PeerMessage::ReplicateAck { result } => result.map_err(|failure| failure.code),
+            other => panic!("not an ack: {other:?}"),
+        };
+        assert_eq!(ack(node.serve(&request, Some(other), now_ms)), Err(PeerErrorCode::WrongShard));
+        assert_eq!(node.stored(&key).expect("readable"), None, "a refused write is not applied");
+        assert_eq!(ack(node.serve(&request, Some(owner), now_ms)), Ok(()));
+        let (entries, per_shard) = node.stored_all().expect("scannable");
+        assert_eq!(entries[&key].version, version);
+        let mut expected = vec![0; 3];
+        expected[owner as usize] = 1;
+        assert_eq!(per_shard, expected, "the write is in its owning shard's engine only");
+    }
 
     #[test]
     fn addresses_name_their_node() {

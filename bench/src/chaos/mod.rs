@@ -1,12 +1,13 @@
 //! The `chaos` subcommand: real `ringkv serve` processes under real faults, judged like Jepsen
 //! by the simulator's own checkers.
 //!
-//! 3 to 5 nodes run, each in its own network namespace on a private bridge. A load of a few
-//! clients records every operation (invoked, completed, ok / failed / unknown) while a scenario
-//! injects its fault at a third of the run and heals it at two thirds: nftables partitions (both
-//! ways, one way), random packet loss, SIGSTOP pauses, kill -9 and restart, a node's clock
-//! offset with libfaketime. Once healed and settled, every key is read at ALL and every
-//! replica's copy at ONE, and [`ringkv_sim::checker`] judges the history: no acknowledged write
+//! 3 to 5 nodes run, each in its own network namespace on a private bridge, and so does each
+//! client of the load, which a partition cuts off with its home node. The load records every
+//! operation (invoked, completed, ok / failed / unknown) while a scenario injects its fault at a
+//! third of the run and heals it at two thirds: nftables partitions (both ways, one way), random
+//! packet loss, a slowed link (delay with jitter), SIGSTOP pauses, kill -9 and restart, a node's
+//! clock offset with libfaketime, or several of these at once. Once healed and settled, every
+//! key is read at ALL and every replica's copy at ONE, and [`ringkv_sim::checker`] judges the history: no acknowledged write
 //! lost, no deleted key back, W + R > N reads, convergence after the repairing read.
 //!
 //! Without namespaces (not root, no CAP_NET_ADMIN, no `ip` or `nft`) the run says so and falls
@@ -59,7 +60,7 @@ const REPLICATION_FACTOR: usize = 3;
 #[derive(Args, Debug)]
 pub struct ChaosArgs {
     /// Scenario to run: partition-majority, partition-one-way, kill-restart, pause, loss,
-    /// clock-skew, clock-skew-beyond; several separated by commas; or `all`.
+    /// clock-skew, clock-skew-beyond, delay, mixed; several separated by commas; or `all`.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Seconds of load per scenario; the fault starts at a third and heals at two thirds.
@@ -146,7 +147,7 @@ fn run_all(args: &ChaosArgs) -> Result<bool> {
         None => {
             network::remove_leftovers();
             network::remove_on_interrupt()?;
-            Some(Namespaces::create(args.nodes).context("make the network namespaces")?)
+            Some(Namespaces::create(args.nodes, args.clients).context("make the network namespaces")?)
         }
         Some(reason) => {
             println!("chaos: network namespaces unavailable ({reason}); loopback form: process faults only");
@@ -247,10 +248,21 @@ fn run_scenario(
     let serve_flags = args.sabotage.map(scenario::Sabotage::serve_flags).unwrap_or_default();
     let mut cluster = Cluster::start(binary, specs, serve_flags, skewed)?;
     let replicas = REPLICATION_FACTOR.min(usize::from(args.nodes));
-    let spec = WorkloadSpec { clients: args.clients, keys: args.keys, rate: args.rate, seed, replicas };
+    let client_namespaces = namespaces.map_or_else(Vec::new, |namespaces| {
+        (0..args.clients).map(|client| namespaces.client_namespace_path(client)).collect()
+    });
+    let spec = WorkloadSpec {
+        clients: args.clients,
+        keys: args.keys,
+        rate: args.rate,
+        seed,
+        replicas,
+        namespaces: client_namespaces,
+    };
     let epoch = Instant::now();
     let duration = Duration::from_secs(args.duration);
-    let workload = Workload::start(&spec, cluster.client_addresses(), epoch);
+    let workload = Workload::start(&spec, cluster.client_addresses(), epoch)?;
+    let fault_at = (duration / 3).as_micros() as u64;
     scenario::sleep_until(epoch + duration / 3);
     let heal_at = epoch + duration * 2 / 3;
     let schedule = match args.sabotage {
@@ -317,6 +329,8 @@ fn run_scenario(
         inversions: checker::real_time_inversions(&history),
         keys: keys.len(),
         recovery_s: report::recovery_seconds(&history, healed_at),
+        latency_before_ms: report::latency_ms(&history, 0, fault_at),
+        latency_during_ms: report::latency_ms(&history, fault_at, healed_at),
         violations,
         log_checks,
         run_dir: run_dir.clone(),

@@ -5,8 +5,16 @@
 //!   this process (root namespace) ── bridge rkc<pid>b 10.A.B.254/24
 //!       ├── veth rkc<pid>v1 ═══ eth0 10.A.B.11 in namespace rkc<pid>n1: ringkv node 1
 //!       ├── veth rkc<pid>v2 ═══ eth0 10.A.B.12 in namespace rkc<pid>n2: ringkv node 2
+//!       ├── ...
+//!       ├── veth rkc<pid>w0 ═══ eth0 10.A.B.100 in namespace rkc<pid>c0: load client 0
 //!       └── ...
 //! ```
+//!
+//! Each load client has a namespace of its own too (a thread enters it with `setns` before it
+//! opens a socket), with a home node: client `k` first contacts node `k mod n + 1`. A partition
+//! puts each client on its home node's side, so, as in Jepsen, the clients of a cut-off node are
+//! cut off with it, and only the settle phase, from this process's own namespace, reaches every
+//! node.
 //!
 //! Every name carries this process's id, so two runs on one machine never collide, and a run
 //! removes what a crashed run left behind (names whose process is gone) before making its own.
@@ -65,7 +73,7 @@ pub fn namespaces_unavailable() -> Option<String> {
 fn owner_of(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NAME_PREFIX)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    if digits.is_empty() || !matches!(rest[digits.len()..].chars().next(), Some('n' | 'b' | 'p')) {
+    if digits.is_empty() || !matches!(rest[digits.len()..].chars().next(), Some('n' | 'c' | 'b' | 'p')) {
         return None;
     }
     digits.parse().ok()
@@ -108,7 +116,7 @@ pub fn remove_on_interrupt() -> Result<()> {
             let own = format!("{NAME_PREFIX}{}", std::process::id());
             if let Ok(listing) = command("ip", &["netns", "list"]) {
                 for name in listing.lines().filter_map(|line| line.split_whitespace().next()) {
-                    if name.strip_prefix(&own).is_some_and(|rest| rest.starts_with('n')) {
+                    if name.strip_prefix(&own).is_some_and(|rest| rest.starts_with(['n', 'c'])) {
                         let _ = command("ip", &["netns", "delete", name]);
                     }
                 }
@@ -120,54 +128,109 @@ pub fn remove_on_interrupt() -> Result<()> {
     Ok(())
 }
 
-/// One namespace per node on a bridge of their own.
+/// Most load clients with a namespace each: their addresses are 10.A.B.100 and up, below the
+/// bridge's .254.
+pub const CLIENTS_MAX: usize = 150;
+
+/// One namespace per node and one per load client, on a bridge of their own.
 pub struct Namespaces {
     tag: String,
     bridge: String,
     /// The first three octets of the /24 the nodes share.
     subnet: [u8; 3],
     nodes: u16,
+    clients: usize,
     /// Namespaces made so far, deleted on drop.
     made: Vec<String>,
 }
 
 impl Namespaces {
-    /// Makes the bridge and one namespace per node, each joined to the bridge by a veth pair.
-    pub fn create(nodes: u16) -> Result<Namespaces> {
+    /// Makes the bridge, one namespace per node and one per load client, each joined to the
+    /// bridge by a veth pair.
+    pub fn create(nodes: u16, clients: usize) -> Result<Namespaces> {
+        if clients > CLIENTS_MAX {
+            bail!("at most {CLIENTS_MAX} clients run in namespaces, not {clients}");
+        }
         let pid = std::process::id();
         let tag = format!("{NAME_PREFIX}{pid}");
         let subnet = free_subnet(pid)?;
         let bridge = format!("{tag}b");
-        let mut namespaces = Namespaces { tag, bridge: bridge.clone(), subnet, nodes, made: Vec::new() };
+        let mut namespaces =
+            Namespaces { tag, bridge: bridge.clone(), subnet, nodes, clients, made: Vec::new() };
         command("ip", &["link", "add", &bridge, "type", "bridge"])?;
         let host = format!("{}/24", namespaces.host_address());
         command("ip", &["addr", "add", &host, "dev", &bridge])?;
         command("ip", &["link", "set", &bridge, "up"])?;
         for node in 1..=nodes {
-            let namespace = namespaces.namespace(node);
-            command("ip", &["netns", "add", &namespace])?;
-            namespaces.made.push(namespace.clone());
-            let veth = format!("{}v{node}", namespaces.tag);
-            command(
-                "ip",
-                &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace],
-            )?;
-            command("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
-            let address = format!("{}/24", namespaces.address(node));
-            let inside = |arguments: &[&str]| {
-                let mut full = vec!["netns", "exec", namespace.as_str(), "ip"];
-                full.extend_from_slice(arguments);
-                command("ip", &full)
-            };
-            inside(&["addr", "add", &address, "dev", "eth0"])?;
-            inside(&["link", "set", "eth0", "up"])?;
-            inside(&["link", "set", "lo", "up"])?;
+            let (namespace, veth) = (namespaces.namespace(node), namespaces.veth(node));
+            let address = namespaces.address(node);
+            namespaces.join(&namespace, &veth, address)?;
+        }
+        for client in 0..clients {
+            let (namespace, veth) =
+                (namespaces.client_namespace(client), format!("{}w{client}", namespaces.tag));
+            let address = namespaces.client_address(client);
+            namespaces.join(&namespace, &veth, address)?;
         }
         Ok(namespaces)
     }
 
+    /// Makes namespace `namespace` with `address` on its end of a veth pair whose other end,
+    /// `veth`, is on the bridge.
+    fn join(&mut self, namespace: &str, veth: &str, address: Ipv4Addr) -> Result<()> {
+        command("ip", &["netns", "add", namespace])?;
+        self.made.push(namespace.to_string());
+        command("ip", &["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace])?;
+        command("ip", &["link", "set", veth, "master", &self.bridge, "up"])?;
+        let address = format!("{address}/24");
+        let inside = |arguments: &[&str]| {
+            let mut full = vec!["netns", "exec", namespace, "ip"];
+            full.extend_from_slice(arguments);
+            command("ip", &full)
+        };
+        inside(&["addr", "add", &address, "dev", "eth0"])?;
+        inside(&["link", "set", "eth0", "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
     pub fn nodes(&self) -> u16 {
         self.nodes
+    }
+
+    /// The bridge's end of node `node`'s veth pair.
+    pub fn veth(&self, node: u16) -> String {
+        format!("{}v{node}", self.tag)
+    }
+
+    /// Number of load clients with a namespace.
+    pub fn clients(&self) -> usize {
+        self.clients
+    }
+
+    /// The namespace of load client `client` (0-based).
+    pub fn client_namespace(&self, client: usize) -> String {
+        format!("{}c{client}", self.tag)
+    }
+
+    /// Where `ip netns` keeps client `client`'s namespace, for `setns`.
+    pub fn client_namespace_path(&self, client: usize) -> std::path::PathBuf {
+        Path::new("/run/netns").join(self.client_namespace(client))
+    }
+
+    /// Load client `client`'s address.
+    pub fn client_address(&self, client: usize) -> Ipv4Addr {
+        let [a, b, c] = self.subnet;
+        Ipv4Addr::new(a, b, c, 100 + client as u8)
+    }
+
+    /// The addresses of the load clients whose home node is in `side` (or, with `inside`
+    /// false, is not).
+    pub fn client_addresses_of(&self, side: &[u16], inside: bool) -> Vec<Ipv4Addr> {
+        (0..self.clients)
+            .filter(|&client| side.contains(&home_node(client, self.nodes)) == inside)
+            .map(|client| self.client_address(client))
+            .collect()
     }
 
     /// The namespace of node `node` (1-based).
@@ -205,6 +268,24 @@ impl Drop for Namespaces {
             eprintln!("chaos: {error:#}");
         }
     }
+}
+
+/// The node load client `client` contacts first, and whose side of a partition it is on.
+pub fn home_node(client: usize, nodes: u16) -> u16 {
+    (client % usize::from(nodes)) as u16 + 1
+}
+
+/// Moves the calling thread into the network namespace at `path` (`/run/netns/NAME`): every
+/// socket it opens from then on lives there. Other threads stay where they are.
+pub fn enter_namespace(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: setns(2) on a descriptor this thread owns; it changes only this thread's
+    // network namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns into {} failed: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A 10.A.B.0/24 that no interface of this machine uses, starting from one derived from `pid`.
@@ -254,9 +335,16 @@ mod tests {
     fn only_chaos_names_are_claimed_by_a_process() {
         assert_eq!(owner_of("rkc1234n3"), Some(1234));
         assert_eq!(owner_of("rkc77b"), Some(77));
+        assert_eq!(owner_of("rkc77c2"), Some(77));
         assert_eq!(owner_of("rkc77probe"), Some(77));
         assert_eq!(owner_of("rkcn3"), None);
         assert_eq!(owner_of("rkc12x"), None);
         assert_eq!(owner_of("docker0"), None);
+    }
+
+    #[test]
+    fn clients_are_dealt_to_nodes_in_turn() {
+        let homes: Vec<u16> = (0..5).map(|client| home_node(client, 3)).collect();
+        assert_eq!(homes, vec![1, 2, 3, 1, 2]);
     }
 }

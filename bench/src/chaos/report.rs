@@ -36,6 +36,10 @@ pub struct ScenarioReport {
     /// Seconds from the heal to the first window of QUORUM operations that all succeeded;
     /// `None` if none came before the load stopped.
     pub recovery_s: Option<f64>,
+    /// Latency of the client operations that succeeded (ms, median and 99th percentile),
+    /// invoked before the fault and during it; `None` where none did.
+    pub latency_before_ms: Option<(f64, f64)>,
+    pub latency_during_ms: Option<(f64, f64)>,
     pub violations: Vec<String>,
     /// Facts checked outside the history (the nodes' logs), each with whether it held.
     pub log_checks: Vec<(String, bool)>,
@@ -74,6 +78,15 @@ impl ScenarioReport {
             "  recovery after heal {recovery}  real-time inversions (LWW under skew, counted) {}",
             self.inversions
         );
+        let latency = |window: Option<(f64, f64)>| {
+            window.map_or("none".to_string(), |(median, p99)| format!("{median:.1}/{p99:.1}"))
+        };
+        let _ = writeln!(
+            text,
+            "  latency of successful operations, ms median/p99: before the fault {}, during it {}",
+            latency(self.latency_before_ms),
+            latency(self.latency_during_ms)
+        );
         for (check, held) in &self.log_checks {
             let _ = writeln!(text, "  log check: {check}: {}", if *held { "yes" } else { "NO" });
         }
@@ -103,6 +116,24 @@ pub fn counts(history: &History) -> (usize, usize, usize, usize, usize, usize) {
     let failed = clients.iter().filter(|op| matches!(op.outcome, Outcome::Failed(_))).count();
     let unknown = clients.iter().filter(|op| matches!(op.outcome, Outcome::Unknown(_))).count();
     (clients.len(), writes, acknowledged, reads_ok, failed, unknown)
+}
+
+/// The median and 99th percentile latency (ms) of the client operations invoked in
+/// `from..to` (µs on the history's clock) that succeeded; `None` if none did.
+pub fn latency_ms(history: &History, from: u64, to: u64) -> Option<(f64, f64)> {
+    let mut latencies: Vec<u64> = history
+        .operations
+        .iter()
+        .filter(|op| op.client.is_some() && (from..to).contains(&op.invoked_step))
+        .filter(|op| matches!(op.outcome, Outcome::Written | Outcome::Read(_) | Outcome::Absent))
+        .filter_map(|op| op.completed_step.map(|completed| completed.saturating_sub(op.invoked_step)))
+        .collect();
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort_unstable();
+    let at = |share: f64| latencies[((latencies.len() - 1) as f64 * share).round() as usize] as f64 / 1e3;
+    Some((at(0.5), at(0.99)))
 }
 
 /// Seconds from `heal_at` (µs on the history's clock) to the start of the first
@@ -204,6 +235,9 @@ mod tests {
         }
         let history = History { operations };
         assert_eq!(recovery_seconds(&history, 1_000_000), Some(1.0));
+        // Latency: only the operations that succeeded within the window count.
+        assert_eq!(latency_ms(&history, 0, u64::MAX), Some((0.5, 0.5)));
+        assert_eq!(latency_ms(&history, u64::MAX - 1, u64::MAX), None);
         let (operations, writes, acknowledged, reads_ok, failed, unknown) = counts(&history);
         assert_eq!((operations, writes, acknowledged, reads_ok, failed, unknown), (23, 12, 11, 10, 1, 1));
     }

@@ -42,10 +42,19 @@ pub enum Scenario {
     /// As [`Scenario::ClockSkew`], 2 s ahead, beyond the bound: the others must refuse the
     /// writes it coordinates (`ClockSkew` in their logs), never adopt them.
     ClockSkewBeyond,
+    /// One node's link slowed both ways by a token-bucket queue: packets wait up to a few
+    /// hundred milliseconds, more or less with the load (delay with jitter), and what would wait
+    /// longer is dropped. See [`faults::slow_link`] for why not `tc netem`.
+    Delay,
+    /// Faults combined over time: a run of seeded episodes of a few seconds each, every one a
+    /// network fault and a process fault at once (a partition while a node of the majority is
+    /// paused, a kill during packet loss, a one-way partition while another node is killed, a
+    /// slow link while another node is paused), healed before the next.
+    Mixed,
 }
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [Scenario; 7] = [
+pub const ALL: [Scenario; 9] = [
     Scenario::PartitionMajority,
     Scenario::PartitionOneWay,
     Scenario::KillRestart,
@@ -53,7 +62,15 @@ pub const ALL: [Scenario; 7] = [
     Scenario::Loss,
     Scenario::ClockSkew,
     Scenario::ClockSkewBeyond,
+    Scenario::Delay,
+    Scenario::Mixed,
 ];
+
+/// The rates a slowed link is cut to, kbit/s: near what 300 operations a second make a node
+/// send, so that its queue fills in bursts.
+const SLOW_LINK_KBIT: std::ops::RangeInclusive<u32> = 64..=192;
+/// How long a slowed link queues a packet before dropping it, ms.
+const SLOW_LINK_LATENCY_MS: std::ops::RangeInclusive<u32> = 200..=500;
 
 /// The clock offset of [`Scenario::ClockSkew`], in libfaketime's syntax.
 const SKEW_WITHIN: &str = "+0.3";
@@ -70,6 +87,8 @@ impl Scenario {
             Scenario::Loss => "loss",
             Scenario::ClockSkew => "clock-skew",
             Scenario::ClockSkewBeyond => "clock-skew-beyond",
+            Scenario::Delay => "delay",
+            Scenario::Mixed => "mixed",
         }
     }
 
@@ -175,7 +194,7 @@ pub fn run_faults(
             shuffled.shuffle(&mut rng);
             let minority: Vec<u16> = shuffled[..usize::from((nodes - 1) / 2)].to_vec();
             faults::partition(namespaces, &minority)?;
-            say(format!("partition: {minority:?} cut off from the rest, both ways"));
+            say(format!("partition: {minority:?} and their clients cut off from the rest, both ways"));
             sleep_until(heal_at);
             faults::heal(namespaces)?;
             say("heal: partition removed".into());
@@ -183,7 +202,9 @@ pub fn run_faults(
         Scenario::PartitionOneWay => {
             let namespaces = namespaces.expect("partitions run in namespaces");
             faults::one_way(namespaces, victim)?;
-            say(format!("one-way partition: node {victim} cannot send to the others, still receives"));
+            say(format!(
+                "one-way partition: node {victim} and its clients cannot send to the others, still receive"
+            ));
             sleep_until(heal_at);
             faults::heal(namespaces)?;
             say("heal: partition removed".into());
@@ -223,6 +244,36 @@ pub fn run_faults(
             cluster.restore()?;
             say("heal: every node running".into());
         }
+        Scenario::Delay => {
+            let namespaces = namespaces.expect("slow links run in namespaces");
+            let rate_kbit = rng.gen_range(SLOW_LINK_KBIT);
+            let latency_ms = rng.gen_range(SLOW_LINK_LATENCY_MS);
+            faults::slow_link(namespaces, victim, rate_kbit, latency_ms)?;
+            say(format!(
+                "slow link: node {victim} sends and receives at {rate_kbit} kbit/s, packets queued up to {latency_ms} ms"
+            ));
+            sleep_until(heal_at);
+            faults::heal(namespaces)?;
+            say("heal: link restored".into());
+        }
+        Scenario::Mixed => {
+            let namespaces = namespaces.expect("mixed faults run in namespaces");
+            while Instant::now() + Duration::from_secs(2) < heal_at {
+                let episode_end =
+                    (Instant::now() + Duration::from_millis(rng.gen_range(2000..=5000))).min(heal_at);
+                mixed_episode(&mut rng, cluster, namespaces, &ids, episode_end, &mut say)?;
+                sleep_until(episode_end);
+                faults::heal(namespaces)?;
+                cluster.restore()?;
+                say("episode healed: every rule removed, every node running".into());
+                let gap = Duration::from_millis(rng.gen_range(500..=1500));
+                sleep_until((Instant::now() + gap).min(heal_at));
+            }
+            sleep_until(heal_at);
+            faults::heal(namespaces)?;
+            cluster.restore()?;
+            say("heal: every rule removed, every node running".into());
+        }
         Scenario::ClockSkew | Scenario::ClockSkewBeyond => {
             let offset = scenario.clock_offset().expect("a clock scenario has an offset");
             say(format!(
@@ -235,6 +286,76 @@ pub fn run_faults(
         }
     }
     Ok(schedule)
+}
+
+/// One episode of [`Scenario::Mixed`]: a network fault and a process fault together, from now
+/// until `end` (the caller heals both). A killed node comes back within the episode, after
+/// 1.5 to 3 s; a paused one stays frozen until the heal.
+fn mixed_episode(
+    rng: &mut SmallRng,
+    cluster: &mut Cluster,
+    namespaces: &Namespaces,
+    ids: &[u16],
+    end: Instant,
+    say: &mut impl FnMut(String),
+) -> Result<()> {
+    let mut shuffled = ids.to_vec();
+    shuffled.shuffle(rng);
+    let nodes = ids.len();
+    match rng.gen_range(0..4) {
+        0 => {
+            let minority = shuffled[..(nodes - 1) / 2].to_vec();
+            let paused = shuffled[nodes - 1];
+            faults::partition(namespaces, &minority)?;
+            cluster.pause(paused)?;
+            say(format!(
+                "episode: partition {minority:?} (with its clients) cut off, both ways, while node {paused} of the majority is paused"
+            ));
+        }
+        1 => {
+            let percent = rng.gen_range(5..=20);
+            let killed = shuffled[0];
+            faults::loss(namespaces, percent)?;
+            cluster.kill(killed)?;
+            say(format!(
+                "episode: every node drops {percent} % of its packets, and node {killed} is killed (kill -9)"
+            ));
+            restart_within(rng, cluster, killed, end, say)?;
+        }
+        2 => {
+            let (sender, killed) = (shuffled[0], shuffled[1]);
+            faults::one_way(namespaces, sender)?;
+            cluster.kill(killed)?;
+            say(format!("episode: node {sender} (with its clients) cannot send, and node {killed} is killed (kill -9)"));
+            restart_within(rng, cluster, killed, end, say)?;
+        }
+        _ => {
+            let (slowed, paused) = (shuffled[0], shuffled[1]);
+            let rate_kbit = rng.gen_range(SLOW_LINK_KBIT);
+            let latency_ms = rng.gen_range(SLOW_LINK_LATENCY_MS);
+            faults::slow_link(namespaces, slowed, rate_kbit, latency_ms)?;
+            cluster.pause(paused)?;
+            say(format!(
+                "episode: node {slowed}'s link at {rate_kbit} kbit/s (queued up to {latency_ms} ms), while node {paused} is paused"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Restarts the killed node `node` 1.5 to 3 s from now, or at `end` if that comes first.
+fn restart_within(
+    rng: &mut SmallRng,
+    cluster: &mut Cluster,
+    node: u16,
+    end: Instant,
+    say: &mut impl FnMut(String),
+) -> Result<()> {
+    let down_for = Duration::from_millis(rng.gen_range(1500..=3000));
+    sleep_until((Instant::now() + down_for).min(end));
+    cluster.spawn(node, None)?;
+    say(format!("episode: node {node} restarted"));
+    Ok(())
 }
 
 /// Sleeps until `deadline` (at once if it has passed).

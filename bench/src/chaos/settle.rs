@@ -4,8 +4,9 @@
 //! the final reads (client `None`), and the copies make the [`FinalState`] the convergence
 //! checker compares them with.
 //!
-//! ringkv has no anti-entropy yet: a replica that missed writes is repaired only by reads. So
-//! convergence is checked for keys after their repairing read at ALL, not before it.
+//! The settle phase does not wait for hinted handoff or anti-entropy to repair the replicas:
+//! convergence is checked for keys after their repairing read at ALL, not before it. (The
+//! simulator is where anti-entropy alone must converge the replicas.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -33,6 +33,10 @@ pub struct WorkloadSpec {
     pub seed: u64,
     /// Copies of each key (N), for the number of answers each level needs.
     pub replicas: usize,
+    /// The network namespace of each client (`/run/netns/NAME`), which its thread enters
+    /// before it opens a socket; empty in the loopback form, where clients stay in this
+    /// process's namespace.
+    pub namespaces: Vec<std::path::PathBuf>,
 }
 
 /// The clients while they run.
@@ -112,21 +116,51 @@ pub fn read_outcome(found: Option<Versioned>) -> Outcome {
 
 impl Workload {
     /// Starts `spec.clients` threads against `addresses` (client `i` first contacts node
-    /// `i mod n`).
-    pub fn start(spec: &WorkloadSpec, addresses: Vec<SocketAddr>, epoch: Instant) -> Workload {
+    /// `i mod n`), each in its own network namespace when `spec.namespaces` names them; fails
+    /// (and stops the clients) if one cannot enter its namespace.
+    pub fn start(
+        spec: &WorkloadSpec,
+        addresses: Vec<SocketAddr>,
+        epoch: Instant,
+    ) -> anyhow::Result<Workload> {
         let stop = Arc::new(AtomicBool::new(false));
+        let (ready, entered) = std::sync::mpsc::sync_channel(spec.clients);
         let threads = (0..spec.clients)
             .map(|client| {
                 let spec = spec.clone();
                 let addresses = addresses.clone();
                 let stop = Arc::clone(&stop);
+                let ready = ready.clone();
                 thread::Builder::new()
                     .name(format!("chaos-client-{client}"))
-                    .spawn(move || run_client(client, &spec, &addresses, epoch, &stop))
+                    .spawn(move || {
+                        if let Some(path) = spec.namespaces.get(client) {
+                            if let Err(error) = super::network::enter_namespace(path) {
+                                let _ = ready.send(Err(error));
+                                return Vec::new();
+                            }
+                        }
+                        let _ = ready.send(Ok(()));
+                        run_client(client, &spec, &addresses, epoch, &stop)
+                    })
                     .expect("spawn a client thread")
             })
             .collect();
-        Workload { stop, threads }
+        let workload = Workload { stop, threads };
+        for _ in 0..spec.clients {
+            match entered.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    workload.stop();
+                    return Err(error.context("a load client could not enter its namespace"));
+                }
+                Err(_) => {
+                    workload.stop();
+                    anyhow::bail!("a load client thread ended before it started");
+                }
+            }
+        }
+        Ok(workload)
     }
 
     /// Stops the clients after their operation in flight and returns every operation.

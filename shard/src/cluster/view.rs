@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use ringkv_replication::{ClusterRing, NodeIdentity, Target};
+use ringkv_replication::{shard_ring, ClusterRing, NodeIdentity, Target};
 use ringkv_wire::token::token;
 use ringkv_wire::{NodePlacement, ReplicaRange, ShardPlacement, Topology};
 
@@ -74,9 +74,7 @@ impl ClusterView {
             .members
             .iter()
             .map(|(&node_id, identity)| {
-                let shards = (identity.shards as usize).clamp(1, crate::ring::SHARDS_MAX);
-                let vnodes = (identity.vnodes_per_shard as usize).clamp(1, crate::ring::VNODES_PER_SHARD_MAX);
-                (node_id, Ring::new(shards, vnodes))
+                (node_id, Ring::announced(identity.shards, identity.vnodes_per_shard))
             })
             .collect();
         self.snapshot = snapshot;
@@ -125,7 +123,7 @@ impl ClusterView {
         let mut live: Vec<Target> = replicas
             .into_iter()
             .filter(|node_id| self.snapshot.up.contains(node_id))
-            .map(|node_id| Target { node_id, shard: self.shard_rings[&node_id].owner_of_token(key_token) })
+            .map(|node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
             .collect();
         live.sort_by_key(|target| target.node_id.wrapping_sub(self.node_id));
         (live, total)
@@ -148,7 +146,7 @@ impl ClusterView {
             .preference_list(key_token, self.replicas())
             .into_iter()
             .filter(|node_id| !self.snapshot.up.contains(node_id))
-            .map(|node_id| Target { node_id, shard: self.shard_rings[&node_id].owner_of_token(key_token) })
+            .map(|node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
             .collect()
     }
 
