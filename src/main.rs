@@ -309,7 +309,7 @@ fn check_config(args: &ServeArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("ringkv: invalid configuration: {error:#}");
+            eprintln!("ringkv: check failed: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -76,7 +76,7 @@ fn each_problem_is_named_and_exits_1() {
         let (stdout, stderr) = text(&output);
         assert_eq!(output.status.code(), Some(1), "{contents}: {stdout}{stderr}");
         assert!(!stdout.contains("ok"), "{stdout}");
-        assert!(stderr.contains("invalid configuration") && stderr.contains(named), "{contents}: {stderr}");
+        assert!(stderr.contains("check failed") && stderr.contains(named), "{contents}: {stderr}");
     }
     let missing = root.path().join("missing.toml");
     let output = check(&["--config", missing.to_str().unwrap()]);

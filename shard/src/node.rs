@@ -156,7 +156,7 @@ impl Node {
         let (ready_sender, ready_receiver) = mpsc::channel();
 
         let mut threads = Vec::with_capacity(shards);
-        for shard in 0..shards {
+        for (shard, shard_metrics) in metrics.iter().enumerate() {
             let shard_id = shard as u32;
             let mut builder = ExecutorBuilder::new(&format!("ringkv-shard-{shard_id}"))
                 .io_memory_bytes(config.io_memory_bytes);
@@ -176,7 +176,7 @@ impl Node {
                 generation,
                 membership: Some(membership),
                 shard_id,
-                metrics: metrics[shard].clone(),
+                metrics: shard_metrics.clone(),
                 config: config.clone(),
                 data_directory: data_directory.clone(),
                 control: control.clone(),
