@@ -179,6 +179,15 @@ struct ServeArgs {
     /// libraries) on this address too, on every shard (SO_REUSEPORT). [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     resp_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (text format) at http://ADDR:PORT/metrics, every shard's series
+    /// labelled with it. [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
+    /// Check the configuration (the --config file and these flags) and exit: print what is
+    /// wrong and exit 1, or print "ok" and the effective settings and exit 0. Starts nothing
+    /// and leaves the data directory untouched.
+    #[arg(long)]
+    check_config: bool,
 }
 
 impl ServeArgs {
@@ -231,6 +240,9 @@ impl ServeArgs {
         if self.resp_listen.is_some() {
             config.resp_listen = self.resp_listen;
         }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
         set(&mut config.hints_bytes_max, &self.hints_bytes_max);
         set(&mut config.hints_destination_bytes_max, &self.hints_destination_bytes_max);
         set(&mut config.max_hint_window_ms, &self.max_hint_window_ms);
@@ -250,6 +262,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
+        Command::Serve(args) if args.check_config => return check_config(&args),
         Command::Serve(args) => args,
         Command::Client(command) => return command.run(&cli.addr),
         Command::Admin(command) => return command.run(&cli.addr),
@@ -270,6 +283,33 @@ fn main() -> ExitCode {
         Err(error) => {
             error!("{error:#}");
             eprintln!("ringkv: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `serve --check-config`: reads and validates the configuration as `serve` would, and reports.
+fn check_config(args: &ServeArgs) -> ExitCode {
+    match args.config() {
+        Ok(config) => {
+            let config = config.effective();
+            println!("ok");
+            if let Some(path) = &args.config {
+                println!("# the effective settings: {} with the flags given on top", path.display());
+            } else {
+                println!("# the effective settings: the defaults with the flags given on top");
+            }
+            print!("{}", config.to_toml());
+            if !config.data_dir.is_dir() {
+                println!(
+                    "# note: data_dir {} does not exist yet; the node creates it at its first start",
+                    config.data_dir.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringkv: check failed: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -26,6 +26,9 @@ fn ringkv_serve_help_documents_every_option() {
         "--memtable-bytes-max",
         "--block-cache-bytes",
         "--shutdown-grace-ms",
+        "--resp-listen",
+        "--metrics-listen",
+        "--check-config",
     ] {
         assert!(help.contains(option), "{option} is not documented:\n{help}");
     }

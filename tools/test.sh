@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the Redis-protocol tests drive when it is missing
-# (redis-cli and redis-benchmark from Debian's redis-tools, redis-py from PyPI), then
+# (redis-cli and redis-benchmark from Debian's redis-tools, redis-py from PyPI) and the
+# Prometheus client whose parser the metrics test reads /metrics with, then
 #
 #   cargo test --workspace [ARGS...]
 #
@@ -21,6 +22,11 @@ fi
 if ! python3 -c 'import redis' 2>/dev/null; then
   echo "installing redis-py"
   python3 -m pip install -q redis || echo "could not install redis-py (pip install redis)" >&2
+fi
+
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  echo "installing prometheus-client"
+  python3 -m pip install -q prometheus-client || echo "could not install prometheus-client (pip install prometheus-client)" >&2
 fi
 
 cargo test --workspace "$@"

@@ -10,7 +10,7 @@
 //! task: cancelled in the middle of a WAL commit, the engine would have to fail-stop.
 
 use crate::clock::now_ms;
-use crate::dma_disk::DmaDisk;
+use crate::dma_disk::{DmaDisk, SyncObserver};
 use crate::executor::low_priority_queue;
 use event_listener::Event;
 use futures_util::future::{select, Either};
@@ -35,10 +35,23 @@ impl EngineService {
     /// Opens (recovering) the engine in `directory` and starts its background tasks. Must be
     /// called inside a glommio executor.
     pub async fn open(directory: impl AsRef<Path>, options: EngineOptions) -> Result<Self, StorageError> {
+        Self::open_observed(directory, options, None).await
+    }
+
+    /// [`EngineService::open`], with `sync_observer` (when given) told of every file sync the
+    /// engine completes.
+    pub async fn open_observed(
+        directory: impl AsRef<Path>,
+        options: EngineOptions,
+        sync_observer: Option<Rc<dyn SyncObserver>>,
+    ) -> Result<Self, StorageError> {
         let path = directory.as_ref().display().to_string();
-        let disk = DmaDisk::open(directory)
+        let mut disk = DmaDisk::open(directory)
             .await
             .map_err(|error| StorageError::io("open directory", path, error))?;
+        if let Some(observer) = sync_observer {
+            disk = disk.observe_syncs(observer);
+        }
         let engine = Rc::new(Engine::open(disk, options).await?);
         Ok(Self::start(engine))
     }

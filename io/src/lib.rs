@@ -26,6 +26,6 @@ pub mod engine_service;
 pub mod executor;
 
 pub use clock::now_ms;
-pub use dma_disk::{DmaDisk, DmaDiskFile, PROBE_FILE_NAME};
+pub use dma_disk::{DmaDisk, DmaDiskFile, SyncObserver, PROBE_FILE_NAME};
 pub use engine_service::EngineService;
 pub use executor::{low_priority_queue, run_local, ExecutorBuilder, TaskQueueHandle};

@@ -177,6 +177,18 @@ pub struct Coordinator {
     /// `(deadline, request id)` in deadline order (every request gets the same timeout, so
     /// insertion order is deadline order).
     deadlines: VecDeque<(u64, u64)>,
+    counters: CoordinatorCounters,
+}
+
+/// What a coordinator has done since it was made, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordinatorCounters {
+    /// Requests answered [`CoordinatorError::Timeout`] at their deadline.
+    pub timeouts: u64,
+    /// Reads that found replicas disagreeing and repaired them.
+    pub read_repairs: u64,
+    /// Replicas sent a read repair (the stale ones read, and those not read).
+    pub read_repair_replicas: u64,
 }
 
 impl Coordinator {
@@ -188,7 +200,13 @@ impl Coordinator {
             pending: HashMap::new(),
             lingering: HashMap::new(),
             deadlines: VecDeque::new(),
+            counters: CoordinatorCounters::default(),
         }
+    }
+
+    /// What this coordinator has done so far.
+    pub fn counters(&self) -> CoordinatorCounters {
+        self.counters
     }
 
     /// The settings.
@@ -304,7 +322,7 @@ impl Coordinator {
                 Self::on_write_ack(write, from, result)
             }
             (Pending::Read(read), PeerMessage::ReadReply { result }) => {
-                Self::on_read_reply(&self.config, request_id, read, from, result, out)
+                Self::on_read_reply(&self.config, &mut self.counters, request_id, read, from, result, out)
             }
             (Pending::Read(read), PeerMessage::ReplicateAck { result }) => {
                 Self::on_repair_ack(read, from, result)
@@ -360,6 +378,7 @@ impl Coordinator {
 
     fn on_read_reply(
         config: &CoordinatorConfig,
+        counters: &mut CoordinatorCounters,
         request_id: u64,
         read: &mut ReadState,
         from: Target,
@@ -450,6 +469,8 @@ impl Coordinator {
             out.push(Output::Send { to, envelope: background });
         }
         tracing::debug!(stale = stale.len(), background = read.spare.len(), "read repair");
+        counters.read_repairs += 1;
+        counters.read_repair_replicas += (stale.len() + read.spare.len()) as u64;
         read.phase = ReadPhase::Repairing { winner, waiting: stale };
         None
     }
@@ -507,6 +528,7 @@ impl Coordinator {
             };
             let error =
                 CoordinatorError::Timeout { acks, required, timeout_ms: self.config.replica_timeout_ms };
+            self.counters.timeouts += 1;
             out.push(Output::Reply { request_id, reply: CoordinatorReply::Failed(error) });
             if let Pending::Write(write) = pending {
                 Self::hint_the_silent(write, out);
@@ -602,5 +624,6 @@ mod tests {
             Output::Reply { request_id, reply: CoordinatorReply::Failed(CoordinatorError::Timeout { acks: 1, .. }) }
                 if *request_id == second
         )));
+        assert_eq!(coordinator.counters().timeouts, 1, "the second write timed out; the first lingered only");
     }
 }

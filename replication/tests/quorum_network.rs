@@ -298,8 +298,11 @@ fn a_read_at_all_repairs_the_replica_that_missed_the_write() {
     cluster.nodes.get_mut(&3).unwrap().up = true;
     // Node 3 alone still has nothing: a read at ONE through it, served by its own copy, misses.
     assert_eq!(value_of(&cluster.get(3, "k", 1)), None);
+    assert_eq!(cluster.nodes[&1].coordinator.counters().read_repairs, 0);
     assert_eq!(value_of(&cluster.get(1, "k", 3)), Some((Bytes::from("v"), version)));
     assert_eq!(cluster.nodes[&3].store[&Bytes::from("k")].version, version, "repaired before answering");
+    let counters = cluster.nodes[&1].coordinator.counters();
+    assert_eq!((counters.read_repairs, counters.read_repair_replicas, counters.timeouts), (1, 1, 0));
     assert_eq!(value_of(&cluster.get(3, "k", 1)), Some((Bytes::from("v"), version)));
 }
 
@@ -334,6 +337,7 @@ fn lost_acks_time_out_with_the_count_of_replicas_that_answered() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(cluster.nodes[&1].coordinator.pending(), 0, "a timed-out request leaves nothing pending");
+    assert_eq!(cluster.nodes[&1].coordinator.counters().timeouts, 1);
 }
 
 #[test]

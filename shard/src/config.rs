@@ -12,7 +12,7 @@ use std::str::FromStr;
 use ringkv_storage::{EngineOptions, SyncMode};
 use ringkv_wire::limits::{FRAME_LENGTH_PREFIX_BYTES, PEER_FRAME_BYTES_MAX};
 pub use ringkv_wire::Consistency;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::clock::NODE_ID_MAX;
 use crate::error::ShardError;
@@ -40,8 +40,8 @@ pub const SEEDS_MAX: usize = 64;
 const _: () = assert!(NODE_ID_MAX == ringkv_wire::limits::NODE_ID_MAX);
 
 /// When a write is acknowledged, as an operator writes it: `always` or `periodic:MS`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum SyncSetting {
     /// Acknowledge after the fdatasync that covers the write (group commit).
     Always,
@@ -74,6 +74,12 @@ impl TryFrom<String> for SyncSetting {
     }
 }
 
+impl From<SyncSetting> for String {
+    fn from(setting: SyncSetting) -> String {
+        setting.to_string()
+    }
+}
+
 impl fmt::Display for SyncSetting {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -93,7 +99,7 @@ impl From<SyncSetting> for SyncMode {
 }
 
 /// The configuration of one node. Field names are the TOML keys.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Directory holding one sub-directory per shard (`shard-<id>`) and the lock file.
@@ -102,8 +108,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Port of shard 0's own port; shard `i` listens on `shard_port_base + i`. Default: the
     /// client port + 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shard_port_base: Option<u16>,
     /// Number of shards, one executor each. Default: [`default_shard_count`].
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
     /// Pin shard `i`'s executor to core `i`. Off by default: pinning pays only on a machine
     /// dedicated to ringkv. With a load generator on the same 2-core machine, two pinned shards
@@ -140,6 +148,7 @@ pub struct NodeConfig {
     /// Address of shard 0's peer port, where other nodes' shards connect to replicate and
     /// membership datagrams arrive; shard `i` listens on this port + `i`. Default: the client
     /// address's IP with the client port + [`PEER_PORT_OFFSET`] (see [`NodeConfig::peer_address`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_listen: Option<SocketAddr>,
     /// Peer addresses (another node's `peer_listen`) contacted at start-up to join the cluster.
     /// Empty: the node starts a cluster of its own. Listing the node itself is harmless, so
@@ -150,10 +159,10 @@ pub struct NodeConfig {
     /// Copies of every key, on distinct nodes (1 to [`REPLICATION_FACTOR_MAX`]).
     pub replication_factor: usize,
     /// Replicas that must acknowledge a write before the client is answered.
-    #[serde(deserialize_with = "from_str")]
+    #[serde(deserialize_with = "from_str", serialize_with = "to_str")]
     pub write_consistency: Consistency,
     /// Replicas that must answer a read before the client is answered.
-    #[serde(deserialize_with = "from_str")]
+    #[serde(deserialize_with = "from_str", serialize_with = "to_str")]
     pub read_consistency: Consistency,
     /// How far ahead of this node's clock a version from another node may be; a write stamped
     /// further in the future is refused, so one node with a runaway clock cannot make its
@@ -170,7 +179,12 @@ pub struct NodeConfig {
     pub peer_outbox_bytes_max: usize,
     /// Address every shard serves the Redis protocol (RESP2 and RESP3) on, with SO_REUSEPORT
     /// like the client port. Off when `None` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resp_listen: Option<SocketAddr>,
+    /// Address the node serves Prometheus metrics on, at `/metrics` (one endpoint for every
+    /// shard, each shard's series labelled with it). Off when `None` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Bytes of hints a shard keeps for all replicas together (hinted handoff); past it new
     /// hints are dropped and counted, and anti-entropy repairs what they held. 0 turns hints off.
     pub hints_bytes_max: u64,
@@ -226,6 +240,7 @@ impl Default for NodeConfig {
             peer_pending_max: 4096,
             peer_outbox_bytes_max: 4 << 20,
             resp_listen: None,
+            metrics_listen: None,
             hints_bytes_max: 256 << 20,
             hints_destination_bytes_max: 64 << 20,
             max_hint_window_ms: 3 * 3_600_000,
@@ -250,7 +265,28 @@ where
     text.parse().map_err(serde::de::Error::custom)
 }
 
+/// Serializes through `Display`, the inverse of [`from_str`].
+fn to_str<S: Serializer, T: fmt::Display>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
 impl NodeConfig {
+    /// The same configuration with every default that depends on other settings written out:
+    /// the shard count, the first shard port and shard 0's peer address.
+    pub fn effective(&self) -> NodeConfig {
+        NodeConfig {
+            shards: Some(self.shard_count()),
+            shard_port_base: Some(self.shard_port(0)),
+            peer_listen: Some(self.peer_address(0)),
+            ..self.clone()
+        }
+    }
+
+    /// The configuration as a TOML document that [`NodeConfig::from_toml`] reads back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting has a TOML form")
+    }
+
     /// Parses a TOML document; keys it leaves out keep their defaults, unknown keys are errors.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
@@ -344,6 +380,24 @@ impl NodeConfig {
                 return invalid(
                     "resp_listen",
                     format!("{resp_listen} needs a port of its own: not 0, the client port or a shard port"),
+                );
+            }
+        }
+        if let Some(metrics_listen) = self.metrics_listen {
+            let port = u32::from(metrics_listen.port());
+            let peer_base = u32::from(self.peer_address(0).port());
+            let taken = port == 0
+                || port == client_port
+                || (base..base + shards as u32).contains(&port)
+                || (peer_base..peer_base + shards as u32).contains(&port)
+                || self.resp_listen.is_some_and(|resp| u32::from(resp.port()) == port);
+            if taken {
+                return invalid(
+                    "metrics_listen",
+                    format!(
+                        "{metrics_listen} needs a port of its own: not 0, the client port, a shard or peer \
+                         port, or the Redis port"
+                    ),
                 );
             }
         }
@@ -508,6 +562,24 @@ mod tests {
     }
 
     #[test]
+    fn the_effective_settings_read_back_as_they_are() {
+        let config = NodeConfig {
+            seeds: vec!["10.0.0.1:8379".parse().unwrap()],
+            sync: SyncSetting::Periodic { interval_ms: 7 },
+            read_consistency: Consistency::One,
+            metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..NodeConfig::default()
+        }
+        .effective();
+        let text = config.to_toml();
+        assert!(text.contains("sync = \"periodic:7\""), "{text}");
+        assert!(text.contains("read_consistency = \"one\""), "{text}");
+        assert!(text.contains("shard_port_base = 7380"), "{text}");
+        assert!(!text.contains("resp_listen"), "an unset address is left out: {text}");
+        assert_eq!(NodeConfig::from_toml(&text).unwrap(), config);
+    }
+
+    #[test]
     fn one_core_is_left_to_the_kernel_and_other_programs() {
         assert_eq!(default_shard_count(1), 1);
         assert_eq!(default_shard_count(2), 1);
@@ -566,9 +638,11 @@ mod tests {
             "peer_listen = \"0.0.0.0:9500\"\nseeds = [\"10.0.0.1:9500\", \"10.0.0.2:9500\"]\n\
              num_tokens = 32\nreplication_factor = 5\nwrite_consistency = \"all\"\n\
              read_consistency = \"one\"\nmax_clock_skew_ms = 250\nreplica_timeout_ms = 750\n\
-             peer_pending_max = 128\npeer_outbox_bytes_max = 8388608\nnode_id = 1023\nshards = 2\n",
+             peer_pending_max = 128\npeer_outbox_bytes_max = 8388608\nnode_id = 1023\nshards = 2\n\
+             metrics_listen = \"0.0.0.0:9100\"\n",
         )
         .unwrap();
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
         assert_eq!(config.peer_address(0), "0.0.0.0:9500".parse().unwrap());
         assert_eq!(config.peer_address(1), "0.0.0.0:9501".parse().unwrap());
         assert_eq!(config.seeds, vec!["10.0.0.1:9500".parse().unwrap(), "10.0.0.2:9500".parse().unwrap()]);
@@ -648,6 +722,29 @@ mod tests {
             (
                 "peer_listen",
                 NodeConfig { peer_listen: Some("127.0.0.1:0".parse().unwrap()), ..NodeConfig::default() },
+            ),
+            (
+                "metrics_listen",
+                NodeConfig { metrics_listen: Some("127.0.0.1:0".parse().unwrap()), ..NodeConfig::default() },
+            ),
+            (
+                "metrics_listen",
+                NodeConfig { metrics_listen: Some("0.0.0.0:7380".parse().unwrap()), ..NodeConfig::default() },
+            ),
+            (
+                "metrics_listen",
+                NodeConfig {
+                    metrics_listen: Some("127.0.0.1:8379".parse().unwrap()),
+                    ..NodeConfig::default()
+                },
+            ),
+            (
+                "metrics_listen",
+                NodeConfig {
+                    resp_listen: Some("127.0.0.1:6379".parse().unwrap()),
+                    metrics_listen: Some("127.0.0.1:6379".parse().unwrap()),
+                    ..NodeConfig::default()
+                },
             ),
             // The default peer port would be above 65535.
             (

@@ -29,6 +29,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -43,6 +44,7 @@ use ringkv_wire::{
 };
 use tracing::{debug, Instrument};
 
+use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
 use crate::router::Router;
 use crate::stop_signal::StopSignal;
 
@@ -239,8 +241,10 @@ impl Connection {
         let Connection { stream, router, stop, limits, .. } = self;
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
-        let writer_task =
-            glommio::spawn_local(write_replies(writer, shared.clone()).instrument(tracing::Span::current()));
+        let metrics = router.metrics().clone();
+        let writer_task = glommio::spawn_local(
+            write_replies(writer, shared.clone(), metrics).instrument(tracing::Span::current()),
+        );
         let end = read_requests(&mut reader, &shared, &router, &stop, limits).await;
         shared.finish_reading();
         writer_task.await;
@@ -279,7 +283,10 @@ async fn read_requests(
                 }
                 return ReadEnd::Finished;
             }
-            Some(Ok(read)) => decoder.extend_from_slice(&chunk[..read]),
+            Some(Ok(read)) => {
+                router.metrics().connections(Protocol::Native).bytes_in.add(read as u64);
+                decoder.extend_from_slice(&chunk[..read]);
+            }
             Some(Err(error)) => {
                 debug!(%error, "reading from the client failed");
                 return ReadEnd::Finished;
@@ -326,6 +333,7 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
         }
     }
     if shared.in_flight() >= limits.in_flight_max {
+        router.metrics().overloaded(OverloadReason::InFlight);
         let failure = Failure::new(
             ErrorCode::Overloaded,
             format!(
@@ -366,7 +374,7 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
 
 /// Writes whatever replies are ready, all at once, until reading is done and nothing is in
 /// flight; then shuts the write side down.
-async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
+async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         let listener = shared.ready.listen();
@@ -389,6 +397,7 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
             shared.drained.notify(usize::MAX);
             return;
         }
+        metrics.connections(Protocol::Native).bytes_out.add(batch.len() as u64);
         batch.clear();
         shared.drained.notify(usize::MAX);
     }

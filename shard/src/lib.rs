@@ -32,6 +32,8 @@
 //! - [`data_directory`]: [`DataDirectory`], the locked data directory and its shard count.
 //! - [`resp`]: the Redis protocol on every shard (`resp_listen`): [`resp::RespConnection`]
 //!   serves Redis commands through the same [`Router`] as native requests.
+//! - [`metrics`]: [`metrics::ShardMetrics`], each shard's counters and histograms, and the
+//!   Prometheus endpoint (`metrics_listen`) that renders them.
 //! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
 
@@ -42,6 +44,7 @@ pub mod connection;
 pub mod data_directory;
 pub mod error;
 pub mod handler;
+pub mod metrics;
 pub mod node;
 pub mod resp;
 pub mod ring;

@@ -31,6 +31,8 @@ use crate::cluster::MembershipSnapshot;
 use crate::config::NodeConfig;
 use crate::data_directory::{DataDirectory, Placement};
 use crate::error::ShardError;
+use crate::metrics::http::MetricsServer;
+use crate::metrics::ShardMetrics;
 use crate::ring::Ring;
 use crate::router::forwarding::ShardMessage;
 use crate::service::{MembershipChannels, ShardService, ShardSetup};
@@ -59,6 +61,8 @@ pub struct Node {
     shards: usize,
     threads: Vec<thread::JoinHandle<std::io::Result<Result<(), ShardError>>>>,
     control: Arc<NodeControl>,
+    /// The `/metrics` endpoint, when `metrics_listen` is set; stops when dropped.
+    metrics_server: Option<MetricsServer>,
     /// Held for the node's lifetime: dropping it releases the data directory's lock.
     _data_directory: Arc<DataDirectory>,
 }
@@ -143,10 +147,16 @@ impl Node {
         let mut membership_senders = Some(membership_senders);
         membership_receivers.reverse();
         let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
+        let metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
+        // Bound before any shard starts, so a taken port fails the start like any other.
+        let metrics_server = config
+            .metrics_listen
+            .map(|address| MetricsServer::start(address, metrics.clone()))
+            .transpose()?;
         let (ready_sender, ready_receiver) = mpsc::channel();
 
         let mut threads = Vec::with_capacity(shards);
-        for shard in 0..shards {
+        for (shard, shard_metrics) in metrics.iter().enumerate() {
             let shard_id = shard as u32;
             let mut builder = ExecutorBuilder::new(&format!("ringkv-shard-{shard_id}"))
                 .io_memory_bytes(config.io_memory_bytes);
@@ -166,6 +176,7 @@ impl Node {
                 generation,
                 membership: Some(membership),
                 shard_id,
+                metrics: shard_metrics.clone(),
                 config: config.clone(),
                 data_directory: data_directory.clone(),
                 control: control.clone(),
@@ -193,7 +204,12 @@ impl Node {
             }
         }
         info!(shards, data_dir = %data_directory.path().display(), "node serving");
-        Ok(Node { shards, threads, control, _data_directory: data_directory })
+        Ok(Node { shards, threads, control, metrics_server, _data_directory: data_directory })
+    }
+
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(MetricsServer::address)
     }
 
     /// Number of shards.
@@ -235,6 +251,7 @@ struct ShardThread {
     generation: u64,
     membership: Option<MembershipChannels>,
     shard_id: u32,
+    metrics: Arc<ShardMetrics>,
     config: Arc<NodeConfig>,
     data_directory: Arc<DataDirectory>,
     control: Arc<NodeControl>,
@@ -296,6 +313,7 @@ impl ShardThread {
         let peer_of_shard = self.peers.iter().map(|peer| peer.load(Ordering::SeqCst)).collect();
         ShardService::start(ShardSetup {
             shard_id,
+            metrics: self.metrics.clone(),
             config: &self.config,
             data_directory: &self.data_directory,
             ring: Ring::new(self.peers.len(), self.config.vnodes_per_shard),

@@ -16,12 +16,15 @@ pub mod forwarding;
 pub mod scan;
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use ringkv_io::DmaDisk;
 use ringkv_wire::{Command, Consistency, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
 
 use crate::cluster::Cluster;
 use crate::handler::Handler;
+use crate::metrics::{OperationKind, RequestOutcome, ShardMetrics};
 use crate::ring::Ring;
 use forwarding::Forwarding;
 
@@ -34,6 +37,8 @@ pub struct Router {
     forwarding: Rc<Forwarding>,
     /// This shard's part in the cluster; operations go through it when keys have several copies.
     cluster: Rc<Cluster>,
+    /// Every operation this router answers is counted and timed here.
+    metrics: Arc<ShardMetrics>,
 }
 
 impl Router {
@@ -45,8 +50,14 @@ impl Router {
         handler: Rc<Handler<DmaDisk>>,
         forwarding: Rc<Forwarding>,
         cluster: Rc<Cluster>,
+        metrics: Arc<ShardMetrics>,
     ) -> Self {
-        Router { shard_id, ring, topology, handler, forwarding, cluster }
+        Router { shard_id, ring, topology, handler, forwarding, cluster, metrics }
+    }
+
+    /// This shard's metrics.
+    pub fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.metrics
     }
 
     /// The shard this router runs on.
@@ -61,13 +72,17 @@ impl Router {
         operation: Operation,
         consistency: Option<Consistency>,
     ) -> Result<Outcome, Failure> {
+        let started = Instant::now();
+        let kind = OperationKind::of(&operation);
         let owner = self.ring.owner_of_key(operation.key());
-        if owner == self.shard_id {
+        let result = if owner == self.shard_id {
             // The key's owning shard on this node coordinates it across the cluster.
             self.cluster.execute_owned(operation, consistency).await
         } else {
             self.forwarding.forward(owner, operation, consistency).await
-        }
+        };
+        self.metrics.request(kind, RequestOutcome::of(&result), started.elapsed());
+        result
     }
 
     /// One page of `scan` over the whole node, in token order. Each shard owns token ranges, so
@@ -76,6 +91,17 @@ impl Router {
     /// [`scan::merge`]). A span within one shard's ranges (a short scan, usually) is that
     /// shard's page as it is. Any shard's failure fails the scan.
     pub async fn scan(self: &Rc<Self>, scan: Scan) -> Result<ScanPage, Failure> {
+        let started = Instant::now();
+        let result = self.scan_unmeasured(scan).await;
+        let outcome = match &result {
+            Ok(_) => RequestOutcome::Ok,
+            Err(failure) => RequestOutcome::of_failure(failure),
+        };
+        self.metrics.request(OperationKind::Scan, outcome, started.elapsed());
+        result
+    }
+
+    async fn scan_unmeasured(self: &Rc<Self>, scan: Scan) -> Result<ScanPage, Failure> {
         let Some((first, last)) = scan.token_span() else {
             return Ok(ScanPage::default());
         };
@@ -143,7 +169,16 @@ impl Router {
         if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
             return None;
         }
-        self.handler.read_now(key, read)
+        let started = Instant::now();
+        self.handler.read_now(key, |found| {
+            let outcome = match &found {
+                Ok(Some(_)) => RequestOutcome::Ok,
+                Ok(None) => RequestOutcome::NotFound,
+                Err(failure) => RequestOutcome::of_failure(failure),
+            };
+            self.metrics.request(OperationKind::Get, outcome, started.elapsed());
+            read(found)
+        })
     }
 
     /// Whether this shard coordinates `key` across replicas itself: it owns the key and keys
@@ -160,7 +195,13 @@ impl Router {
         consistency: Option<Consistency>,
         done: impl FnOnce(Result<Outcome, Failure>) + 'static,
     ) {
-        self.cluster.coordinate(operation, consistency, done);
+        let started = Instant::now();
+        let kind = OperationKind::of(&operation);
+        let metrics = self.metrics.clone();
+        self.cluster.coordinate(operation, consistency, move |result| {
+            metrics.request(kind, RequestOutcome::of(&result), started.elapsed());
+            done(result);
+        });
     }
 
     /// The answer to `command`.

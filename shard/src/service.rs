@@ -27,7 +27,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::UdpSocket;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
-use ringkv_io::{now_ms, EngineService};
+use ringkv_io::{now_ms, EngineService, SyncObserver};
 use ringkv_replication::hints::HintSettings;
 use ringkv_replication::NodeIdentity;
 use ringkv_wire::{encode_response, ErrorCode, Failure, Reply, Response, CONNECTION_ERROR_ID};
@@ -46,6 +46,7 @@ use crate::connection::{Connection, ConnectionLimits};
 use crate::data_directory::DataDirectory;
 use crate::error::ShardError;
 use crate::handler::Handler;
+use crate::metrics::{OverloadReason, Protocol, ShardMetrics, REFRESH_MS};
 use crate::ring::Ring;
 use crate::router::forwarding::{Forwarding, ShardMessage};
 use crate::router::Router;
@@ -58,6 +59,8 @@ const ACCEPT_RETRY_MS: u64 = 10;
 /// Everything a shard needs to start, besides its executor.
 pub struct ShardSetup<'setup> {
     pub shard_id: u32,
+    /// This shard's metrics, read by the node's metrics endpoint.
+    pub metrics: Arc<ShardMetrics>,
     pub config: &'setup NodeConfig,
     pub data_directory: &'setup DataDirectory,
     pub ring: Ring,
@@ -141,6 +144,7 @@ impl ShardService {
     pub async fn start(setup: ShardSetup<'_>) -> Result<ShardService, ShardError> {
         let ShardSetup {
             shard_id,
+            metrics,
             config,
             data_directory,
             ring,
@@ -153,7 +157,8 @@ impl ShardService {
             known_peers,
         } = setup;
         let directory = data_directory.shard_path(shard_id);
-        let engine = EngineService::open(&directory, config.engine_options())
+        let sync_observer: Rc<dyn SyncObserver> = Rc::new(WalSyncs(metrics.clone()));
+        let engine = EngineService::open_observed(&directory, config.engine_options(), Some(sync_observer))
             .await
             .map_err(|source| ShardError::Storage { shard_id, source })?;
         let recovery = engine.engine().recovery();
@@ -187,8 +192,15 @@ impl ShardService {
                 .await?;
         let topology = ring.topology(|shard| config.shard_port(shard));
         let receivers = forwarding.start_receivers(receivers, handler.clone(), cluster.clone());
-        let router =
-            Rc::new(Router::new(shard_id, ring, topology, handler, forwarding.clone(), cluster.clone()));
+        let router = Rc::new(Router::new(
+            shard_id,
+            ring,
+            topology,
+            handler,
+            forwarding.clone(),
+            cluster.clone(),
+            metrics.clone(),
+        ));
 
         let client_listener = bind_shared(config.listen)?;
         let shard_address = config.shard_address(shard_id);
@@ -218,6 +230,10 @@ impl ShardService {
                 glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
             })
             .collect();
+        if config.metrics_listen.is_some() {
+            let refresh = refresh_metrics(metrics, engine.engine().clone(), cluster.clone(), stop.clone());
+            acceptors.push(glommio::spawn_local(refresh).detach());
+        }
         if let Some(listener) = resp_listener {
             info!(resp = %config.resp_listen.expect("bound from it"), "listening for the Redis protocol");
             acceptors.push(crate::resp::spawn_listener(listener, shard_id, router, stop.clone(), config));
@@ -447,7 +463,12 @@ impl Acceptor {
     }
 
     fn start_connection(&self, stream: TcpStream) {
+        let metrics = self.router.metrics().clone();
+        let counts = metrics.connections(Protocol::Native);
+        counts.accepted.add(1);
         if self.connections.open.get() >= self.connections_max {
+            counts.refused.add(1);
+            metrics.overloaded(OverloadReason::Connections);
             let span = info_span!("refuse", shard = self.shard_id);
             let connections_max = self.connections_max;
             glommio::spawn_local(refuse(stream, connections_max).instrument(span)).detach();
@@ -460,7 +481,9 @@ impl Acceptor {
         glommio::spawn_local(
             async move {
                 debug!("connection open");
+                metrics.connections(Protocol::Native).open.add(1);
                 connection.serve().await;
+                metrics.connections(Protocol::Native).open.sub(1);
                 drop(open);
             }
             .instrument(span),
@@ -482,6 +505,54 @@ async fn refuse(mut stream: TcpStream, connections_max: usize) {
         debug!(%error, "could not tell a refused client why");
     }
     let _ = stream.close().await;
+}
+
+/// Tells the shard's metrics of WAL syncs (the engine's disk reports every file sync).
+struct WalSyncs(Arc<ShardMetrics>);
+
+impl SyncObserver for WalSyncs {
+    fn synced(&self, file: &str, elapsed: Duration) {
+        self.0.synced(file, elapsed);
+    }
+}
+
+/// Copies the figures the engine and the cluster keep themselves into the shard's metrics,
+/// every [`REFRESH_MS`], until `stop`.
+async fn refresh_metrics(
+    metrics: Arc<ShardMetrics>,
+    engine: Rc<ringkv_storage::Engine<ringkv_io::DmaDisk>>,
+    cluster: Rc<Cluster>,
+    stop: Rc<StopSignal>,
+) {
+    loop {
+        let stats = engine.stats();
+        let storage = &metrics.storage;
+        storage.memtable_bytes.set(stats.memtable_bytes as u64);
+        storage.block_cache_bytes.set(stats.block_cache_bytes as u64);
+        storage.table_bytes.set(stats.table_bytes);
+        storage.tables.set(stats.tables as u64);
+        storage.flushes.set(stats.flushes);
+        storage.flush_bytes.set(stats.flush_bytes);
+        storage.compactions.set(stats.compactions);
+        storage.compaction_bytes.set(stats.compaction_bytes);
+        storage.wal_bytes.set(stats.wal_bytes);
+        storage.user_bytes.set(stats.user_bytes);
+        cluster.copy_figures(&metrics.cluster);
+        let stopped = or(
+            async {
+                glommio::timer::sleep(Duration::from_millis(REFRESH_MS)).await;
+                false
+            },
+            async {
+                stop.wait().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+    }
 }
 
 /// Binds the client port, shared by every shard of the node (glommio sets SO_REUSEPORT and the

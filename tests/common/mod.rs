@@ -10,6 +10,7 @@ pub mod async_client;
 pub mod bench;
 pub mod cluster;
 pub mod healing;
+pub mod metrics;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};

@@ -232,6 +232,30 @@ impl Cluster {
         f(&self.view.borrow())
     }
 
+    /// Copies this shard's cluster figures (coordinator, hints, anti-entropy) into `into`.
+    pub fn copy_figures(&self, into: &crate::metrics::ClusterMetrics) {
+        let coordinator = self.coordinator.borrow().counters();
+        into.replica_timeouts.set(coordinator.timeouts);
+        into.read_repairs.set(coordinator.read_repairs);
+        into.read_repair_replicas.set(coordinator.read_repair_replicas);
+        if let Some(handoff) = &self.handoff {
+            let hints = handoff.counters();
+            into.hints_stored.set(hints.stored);
+            into.hints_stored_bytes.set(hints.stored_bytes);
+            into.hints_replayed.set(hints.replayed);
+            into.hints_replayed_bytes.set(hints.replayed_bytes);
+            into.hints_dropped_full.set(hints.dropped_full);
+            into.hints_dropped_window.set(hints.dropped_window);
+            into.hints_dropped_grace.set(hints.dropped_grace);
+        }
+        let totals = *self.healing.totals.borrow();
+        into.anti_entropy_exchanges.set(totals.exchanges);
+        into.anti_entropy_exchanges_failed.set(totals.exchanges_failed);
+        into.anti_entropy_keys_pushed.set(totals.keys_pushed);
+        into.anti_entropy_keys_pulled.set(totals.keys_pulled);
+        into.anti_entropy_bytes_sent.set(totals.bytes_sent);
+    }
+
     /// Whether this shard's requests go through replication (more than one copy of each key).
     pub fn is_replicated(&self) -> bool {
         self.view.borrow().is_replicated()

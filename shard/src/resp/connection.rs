@@ -33,6 +33,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
@@ -43,6 +44,7 @@ use ringkv_wire::Operation;
 use tracing::debug;
 
 use crate::connection::linger;
+use crate::metrics::{self, ShardMetrics};
 use crate::resp::command_table::{self, COMMANDS};
 use crate::resp::commands::{
     self, failure_reply, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
@@ -411,7 +413,8 @@ impl RespConnection {
         let RespConnection { stream, router, stop, limits, mut session } = self;
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
-        let writer_task = glommio::spawn_local(write_replies(writer, shared.clone()));
+        let writer_task =
+            glommio::spawn_local(write_replies(writer, shared.clone(), router.metrics().clone()));
         let end = read_requests(&mut reader, &shared, &router, &stop, limits, &mut session).await;
         shared.finish_reading();
         writer_task.await;
@@ -450,7 +453,10 @@ async fn read_requests(
                 }
                 return ReadEnd::Finished;
             }
-            Some(Ok(read)) => parser.extend_from_slice(&chunk[..read]),
+            Some(Ok(read)) => {
+                router.metrics().connections(metrics::Protocol::Resp).bytes_in.add(read as u64);
+                parser.extend_from_slice(&chunk[..read]);
+            }
             Some(Err(error)) => {
                 debug!(%error, "reading from the client failed");
                 return ReadEnd::Finished;
@@ -665,7 +671,7 @@ fn client_info(session: &Session) -> String {
 
 /// Writes whatever replies are ready, all at once, until reading is done and nothing is
 /// running; then shuts the write side down.
-async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
+async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // Takes the ready replies into `batch`; false when there is nothing left to do at all.
     let take = |batch: &mut BytesMut| {
@@ -699,6 +705,7 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>) {
             shared.drained.notify(usize::MAX);
             return;
         }
+        metrics.connections(metrics::Protocol::Resp).bytes_out.add(batch.len() as u64);
         batch.clear();
         shared.drained.notify(usize::MAX);
     }

@@ -47,6 +47,7 @@ pub use connection::RespConnection;
 
 use crate::config::NodeConfig;
 use crate::connection::ConnectionLimits;
+use crate::metrics::{OverloadReason, Protocol};
 use crate::router::Router;
 use crate::service::accept_until_stopped;
 use crate::stop_signal::StopSignal;
@@ -223,8 +224,12 @@ impl Acceptor {
     fn start_connection(&self, stream: TcpStream) {
         let shard = &self.shard;
         shard.connections_received.set(shard.connections_received.get() + 1);
+        let metrics = self.router.metrics().clone();
+        metrics.connections(Protocol::Resp).accepted.add(1);
         if shard.connected.get() >= self.connections_max {
             shard.connections_rejected.set(shard.connections_rejected.get() + 1);
+            metrics.connections(Protocol::Resp).refused.add(1);
+            metrics.overloaded(OverloadReason::Connections);
             let connections_max = self.connections_max;
             glommio::spawn_local(refuse(stream, connections_max)).detach();
             return;
@@ -238,7 +243,9 @@ impl Acceptor {
         glommio::spawn_local(
             async move {
                 debug!("connection open");
+                metrics.connections(Protocol::Resp).open.add(1);
                 connection.serve().await;
+                metrics.connections(Protocol::Resp).open.sub(1);
                 drop(open);
             }
             .instrument(span),

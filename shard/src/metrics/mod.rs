@@ -1,0 +1,607 @@
+//! Prometheus metrics: per-shard counters and histograms kept as relaxed atomics, and their
+//! rendering in Prometheus's text format for `metrics_listen`.
+//!
+//! ```text
+//!  shard thread ─▶ ShardMetrics (its own; counters, latency histograms) ◀─ render ─ scrape thread
+//!  shard thread ─every REFRESH_MS─▶ engine, cluster and connection figures ─▶ ShardMetrics gauges
+//!  GET /metrics ─▶ http::serve (one std thread per node) ─▶ render(every shard) ─▶ text
+//! ```
+//!
+//! Every field of a [`ShardMetrics`] is written by its shard's thread only, so an update is a
+//! relaxed load and store of a cache line no other core writes: no lock, no read-modify-write
+//! instruction, no allocation on the request path. The scrape thread only reads, and may see a
+//! histogram's buckets a few observations apart from its count; Prometheus tolerates that.
+//!
+//! Figures the engine and the cluster keep themselves (flushes, compactions, table and memtable
+//! bytes, hints, anti-entropy) are copied into the shard's gauges every [`REFRESH_MS`] by a task
+//! on the shard, so a scrape may lag them by that much.
+
+pub mod http;
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ringkv_wire::{ErrorCode, Failure, Operation, Outcome};
+
+/// How often a shard copies its engine's and cluster's figures into its metrics.
+pub const REFRESH_MS: u64 = 1000;
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (then `+Inf`).
+pub const LATENCY_BUCKETS_MICROS: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// A counter or gauge written by one thread and read by others.
+#[derive(Debug, Default)]
+pub struct Cell64(AtomicU64);
+
+impl Cell64 {
+    /// Adds `amount`. Only the owning shard's thread may call it: a load and a store, not an
+    /// atomic read-modify-write, since no other thread writes.
+    #[inline]
+    pub fn add(&self, amount: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(amount), Ordering::Relaxed);
+    }
+
+    /// Subtracts `amount` (gauges), saturating at zero. Owning thread only.
+    #[inline]
+    pub fn sub(&self, amount: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).saturating_sub(amount), Ordering::Relaxed);
+    }
+
+    /// Sets the value. Owning thread only.
+    #[inline]
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    /// The value, from any thread.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A latency histogram over [`LATENCY_BUCKETS_MICROS`]. Buckets are kept non-cumulative (one
+/// store per observation) and summed when rendered.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [Cell64; LATENCY_BUCKETS_MICROS.len() + 1],
+    sum_micros: Cell64,
+}
+
+impl Histogram {
+    /// Records one observation. Owning thread only.
+    #[inline]
+    pub fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[bucket].add(1);
+        self.sum_micros.add(micros);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(Cell64::get).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.get();
+            let bound = match LATENCY_BUCKETS_MICROS.get(index) {
+                Some(&micros) => format_seconds(micros),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", format_seconds(self.sum_micros.get()));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// Microseconds as seconds, exactly (`250` as `0.00025`).
+fn format_seconds(micros: u64) -> String {
+    let (whole, fraction) = (micros / 1_000_000, micros % 1_000_000);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let fraction = format!("{fraction:06}");
+    format!("{whole}.{}", fraction.trim_end_matches('0'))
+}
+
+/// A client operation, as the `operation` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationKind {
+    Get,
+    Put,
+    Delete,
+    CompareAndSwap,
+    Scan,
+}
+
+impl OperationKind {
+    const ALL: [OperationKind; 5] = [Self::Get, Self::Put, Self::Delete, Self::CompareAndSwap, Self::Scan];
+
+    /// The kind of `operation`.
+    pub fn of(operation: &Operation) -> Self {
+        match operation {
+            Operation::Get { .. } => Self::Get,
+            Operation::Put { .. } => Self::Put,
+            Operation::Delete { .. } => Self::Delete,
+            Operation::CompareAndSwap { .. } => Self::CompareAndSwap,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Put => "put",
+            Self::Delete => "delete",
+            Self::CompareAndSwap => "cas",
+            Self::Scan => "scan",
+        }
+    }
+}
+
+/// How a request ended, as the `outcome` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// A value was read, written, or a scan page returned.
+    Ok,
+    /// A get found no live value.
+    NotFound,
+    /// A compare-and-swap's expectation did not hold.
+    CasMismatch,
+    /// Refused for load (answered "overloaded").
+    Overloaded,
+    /// Replicas did not answer in time, or the write's fate is unknown.
+    Timeout,
+    /// Too few replicas were up.
+    Unavailable,
+    /// Refused for a limit, or failed in storage.
+    Error,
+}
+
+impl RequestOutcome {
+    const ALL: [RequestOutcome; 7] = [
+        Self::Ok,
+        Self::NotFound,
+        Self::CasMismatch,
+        Self::Overloaded,
+        Self::Timeout,
+        Self::Unavailable,
+        Self::Error,
+    ];
+
+    /// The outcome of an operation's result.
+    pub fn of(result: &Result<Outcome, Failure>) -> Self {
+        match result {
+            Ok(Outcome::Value { .. } | Outcome::Written { .. }) => Self::Ok,
+            Ok(Outcome::NotFound) => Self::NotFound,
+            Ok(Outcome::CasMismatch { .. }) => Self::CasMismatch,
+            Err(failure) => Self::of_failure(failure),
+        }
+    }
+
+    /// The outcome of a failure.
+    pub fn of_failure(failure: &Failure) -> Self {
+        match failure.code {
+            ErrorCode::Overloaded => Self::Overloaded,
+            ErrorCode::Timeout | ErrorCode::Indeterminate => Self::Timeout,
+            ErrorCode::Unavailable => Self::Unavailable,
+            _ => Self::Error,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NotFound => "not_found",
+            Self::CasMismatch => "cas_mismatch",
+            Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A client protocol, as the `protocol` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// ringkv's own framed protocol (client and shard ports).
+    Native,
+    /// The Redis protocol (`resp_listen`).
+    Resp,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 2] = [Self::Native, Self::Resp];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Resp => "resp",
+        }
+    }
+}
+
+/// Why a request or connection was answered "overloaded", as the `reason` label names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverloadReason {
+    /// The connection had `in_flight_max` requests running.
+    InFlight,
+    /// The shard had `connections_max` connections open.
+    Connections,
+    /// The request itself failed "overloaded" (forwarding or replica windows full).
+    Request,
+}
+
+impl OverloadReason {
+    const ALL: [OverloadReason; 3] = [Self::InFlight, Self::Connections, Self::Request];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::InFlight => "in_flight_max",
+            Self::Connections => "connections_max",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// Per protocol connection figures.
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    pub accepted: Cell64,
+    pub refused: Cell64,
+    pub open: Cell64,
+    pub bytes_in: Cell64,
+    pub bytes_out: Cell64,
+}
+
+/// The storage engine's figures, copied in every [`REFRESH_MS`].
+#[derive(Debug, Default)]
+pub struct StorageMetrics {
+    pub memtable_bytes: Cell64,
+    pub block_cache_bytes: Cell64,
+    pub table_bytes: Cell64,
+    pub tables: Cell64,
+    pub flushes: Cell64,
+    pub flush_bytes: Cell64,
+    pub compactions: Cell64,
+    pub compaction_bytes: Cell64,
+    pub wal_bytes: Cell64,
+    pub user_bytes: Cell64,
+}
+
+/// The cluster's figures, copied in every [`REFRESH_MS`].
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    pub replica_timeouts: Cell64,
+    pub read_repairs: Cell64,
+    pub read_repair_replicas: Cell64,
+    pub hints_stored: Cell64,
+    pub hints_stored_bytes: Cell64,
+    pub hints_replayed: Cell64,
+    pub hints_replayed_bytes: Cell64,
+    pub hints_dropped_full: Cell64,
+    pub hints_dropped_window: Cell64,
+    pub hints_dropped_grace: Cell64,
+    pub anti_entropy_exchanges: Cell64,
+    pub anti_entropy_exchanges_failed: Cell64,
+    pub anti_entropy_keys_pushed: Cell64,
+    pub anti_entropy_keys_pulled: Cell64,
+    pub anti_entropy_bytes_sent: Cell64,
+}
+
+const OPERATIONS: usize = OperationKind::ALL.len();
+const OUTCOMES: usize = RequestOutcome::ALL.len();
+
+/// One shard's metrics. Written by the shard's thread only (see the module docs).
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    requests: [[Cell64; OUTCOMES]; OPERATIONS],
+    latency: [Histogram; OPERATIONS],
+    connections: [ConnectionMetrics; 2],
+    overloaded: [Cell64; OverloadReason::ALL.len()],
+    pub wal_syncs: Cell64,
+    pub wal_sync_latency: Histogram,
+    pub storage: StorageMetrics,
+    pub cluster: ClusterMetrics,
+}
+
+impl ShardMetrics {
+    /// Records a request that ended with `outcome` after `elapsed`.
+    #[inline]
+    pub fn request(&self, operation: OperationKind, outcome: RequestOutcome, elapsed: Duration) {
+        self.requests[operation as usize][outcome as usize].add(1);
+        self.latency[operation as usize].observe(elapsed);
+        if outcome == RequestOutcome::Overloaded {
+            self.overloaded(OverloadReason::Request);
+        }
+    }
+
+    /// Requests of `operation` that ended with `outcome` so far.
+    pub fn requests(&self, operation: OperationKind, outcome: RequestOutcome) -> u64 {
+        self.requests[operation as usize][outcome as usize].get()
+    }
+
+    /// Records an "overloaded" answer.
+    #[inline]
+    pub fn overloaded(&self, reason: OverloadReason) {
+        self.overloaded[reason as usize].add(1);
+    }
+
+    /// The connection figures of `protocol`.
+    #[inline]
+    pub fn connections(&self, protocol: Protocol) -> &ConnectionMetrics {
+        &self.connections[protocol as usize]
+    }
+}
+
+impl ringkv_io::SyncObserver for ShardMetrics {
+    fn synced(&self, file: &str, elapsed: Duration) {
+        if ringkv_storage::wal::parse_segment_file_name(file).is_some() {
+            self.wal_syncs.add(1);
+            self.wal_sync_latency.observe(elapsed);
+        }
+    }
+}
+
+/// Renders every shard's metrics (`shards[i]` is shard i) in Prometheus's text format, 0.0.4.
+pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
+    let mut out = String::with_capacity(64 << 10);
+    let each =
+        |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardMetrics) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, metrics) in shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(metrics));
+            }
+        };
+
+    let name = "ringkv_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Client operations this shard received, by operation and outcome (a batch counts each \
+         operation).\n# TYPE {name} counter"
+    );
+    for (shard, metrics) in shards.iter().enumerate() {
+        for operation in OperationKind::ALL {
+            for outcome in RequestOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{shard}\",operation=\"{}\",outcome=\"{}\"}} {}",
+                    operation.label(),
+                    outcome.label(),
+                    metrics.requests(operation, outcome)
+                );
+            }
+        }
+    }
+    let name = "ringkv_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from a client operation reaching the shard's router to its result.\n# TYPE {name} \
+         histogram"
+    );
+    for (shard, metrics) in shards.iter().enumerate() {
+        for operation in OperationKind::ALL {
+            let labels = format!("shard=\"{shard}\",operation=\"{}\"", operation.label());
+            metrics.latency[operation as usize].render(&mut out, name, &labels);
+        }
+    }
+    let name = "ringkv_overloaded_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Answers \"overloaded\", by the bound that was full.\n# TYPE {name} counter"
+    );
+    for (shard, metrics) in shards.iter().enumerate() {
+        for reason in OverloadReason::ALL {
+            let value = metrics.overloaded[reason as usize].get();
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\",reason=\"{}\"}} {value}", reason.label());
+        }
+    }
+    type ConnectionField = fn(&ConnectionMetrics) -> &Cell64;
+    let connection_metrics: [(&str, &str, &str, ConnectionField); 5] = [
+        ("ringkv_connections_accepted_total", "counter", "Client connections accepted.", |c| &c.accepted),
+        (
+            "ringkv_connections_refused_total",
+            "counter",
+            "Client connections refused because connections_max were open.",
+            |c| &c.refused,
+        ),
+        ("ringkv_connections_open", "gauge", "Client connections open now.", |c| &c.open),
+        ("ringkv_received_bytes_total", "counter", "Bytes read from client connections.", |c| &c.bytes_in),
+        ("ringkv_sent_bytes_total", "counter", "Bytes written to client connections.", |c| &c.bytes_out),
+    ];
+    for (name, kind, help, field) in connection_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, metrics) in shards.iter().enumerate() {
+            for protocol in Protocol::ALL {
+                let value = field(metrics.connections(protocol)).get();
+                let _ =
+                    writeln!(out, "{name}{{shard=\"{shard}\",protocol=\"{}\"}} {value}", protocol.label());
+            }
+        }
+    }
+
+    each(&mut out, "ringkv_wal_syncs_total", "counter", "fdatasync calls on the write-ahead log.", &|m| {
+        m.wal_syncs.get()
+    });
+    let name = "ringkv_wal_sync_duration_seconds";
+    let _ = writeln!(out, "# HELP {name} Time each write-ahead log fdatasync took.\n# TYPE {name} histogram");
+    for (shard, metrics) in shards.iter().enumerate() {
+        metrics.wal_sync_latency.render(&mut out, name, &format!("shard=\"{shard}\""));
+    }
+
+    type Field = fn(&ShardMetrics) -> u64;
+    let figures: [(&str, &str, &str, Field); 25] = [
+        ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
+            m.storage.memtable_bytes.get()
+        }),
+        ("ringkv_block_cache_bytes", "gauge", "Bytes held by the block cache.", |m| {
+            m.storage.block_cache_bytes.get()
+        }),
+        ("ringkv_sstable_bytes", "gauge", "Bytes of live SSTables.", |m| m.storage.table_bytes.get()),
+        ("ringkv_sstables", "gauge", "Live SSTables.", |m| m.storage.tables.get()),
+        ("ringkv_flushes_total", "counter", "Memtable flushes to SSTables.", |m| m.storage.flushes.get()),
+        ("ringkv_flush_bytes_total", "counter", "Bytes written by flushes.", |m| m.storage.flush_bytes.get()),
+        ("ringkv_compactions_total", "counter", "Compactions run.", |m| m.storage.compactions.get()),
+        ("ringkv_compaction_bytes_total", "counter", "Bytes written by compactions.", |m| {
+            m.storage.compaction_bytes.get()
+        }),
+        (
+            "ringkv_wal_bytes_total",
+            "counter",
+            "Bytes written to the write-ahead log, padding included.",
+            |m| m.storage.wal_bytes.get(),
+        ),
+        ("ringkv_user_bytes_total", "counter", "Key and value bytes written to the storage engine.", |m| {
+            m.storage.user_bytes.get()
+        }),
+        (
+            "ringkv_replica_timeouts_total",
+            "counter",
+            "Coordinated requests answered \"timeout\" because replicas did not answer in time.",
+            |m| m.cluster.replica_timeouts.get(),
+        ),
+        (
+            "ringkv_read_repairs_total",
+            "counter",
+            "Coordinated reads that found stale replicas and repaired them.",
+            |m| m.cluster.read_repairs.get(),
+        ),
+        ("ringkv_read_repair_replicas_total", "counter", "Replicas sent a read repair.", |m| {
+            m.cluster.read_repair_replicas.get()
+        }),
+        ("ringkv_hints_stored_total", "counter", "Hints stored for replicas that missed a write.", |m| {
+            m.cluster.hints_stored.get()
+        }),
+        ("ringkv_hints_stored_bytes_total", "counter", "Bytes of hints stored.", |m| {
+            m.cluster.hints_stored_bytes.get()
+        }),
+        ("ringkv_hints_replayed_total", "counter", "Hints delivered to their replica.", |m| {
+            m.cluster.hints_replayed.get()
+        }),
+        ("ringkv_hints_replayed_bytes_total", "counter", "Bytes of hints delivered.", |m| {
+            m.cluster.hints_replayed_bytes.get()
+        }),
+        (
+            "ringkv_hints_dropped_full_total",
+            "counter",
+            "Hints not kept because the hint bytes bounds were reached.",
+            |m| m.cluster.hints_dropped_full.get(),
+        ),
+        (
+            "ringkv_hints_dropped_window_total",
+            "counter",
+            "Hints not kept because their replica was down longer than max_hint_window_ms.",
+            |m| m.cluster.hints_dropped_window.get(),
+        ),
+        (
+            "ringkv_hints_dropped_grace_total",
+            "counter",
+            "Hints dropped undelivered after the tombstone grace period.",
+            |m| m.cluster.hints_dropped_grace.get(),
+        ),
+        (
+            "ringkv_anti_entropy_exchanges_total",
+            "counter",
+            "Anti-entropy exchanges of a range with a replica.",
+            |m| m.cluster.anti_entropy_exchanges.get(),
+        ),
+        (
+            "ringkv_anti_entropy_exchanges_failed_total",
+            "counter",
+            "Anti-entropy exchanges that failed.",
+            |m| m.cluster.anti_entropy_exchanges_failed.get(),
+        ),
+        (
+            "ringkv_anti_entropy_keys_pushed_total",
+            "counter",
+            "Keys anti-entropy sent to a stale replica.",
+            |m| m.cluster.anti_entropy_keys_pushed.get(),
+        ),
+        (
+            "ringkv_anti_entropy_keys_pulled_total",
+            "counter",
+            "Keys anti-entropy fetched from a newer replica.",
+            |m| m.cluster.anti_entropy_keys_pulled.get(),
+        ),
+        (
+            "ringkv_anti_entropy_bytes_sent_total",
+            "counter",
+            "Bytes of anti-entropy repair traffic sent.",
+            |m| m.cluster.anti_entropy_bytes_sent.get(),
+        ),
+    ];
+    for (name, kind, help, field) in figures {
+        each(&mut out, name, kind, help, &field);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn latencies_fall_in_the_first_bucket_at_or_above_them() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(50));
+        histogram.observe(Duration::from_micros(51));
+        histogram.observe(Duration::from_secs(60));
+        assert_eq!(histogram.buckets[0].get(), 1, "le=50us holds 50us");
+        assert_eq!(histogram.buckets[1].get(), 1, "51us falls in le=100us");
+        assert_eq!(histogram.buckets[LATENCY_BUCKETS_MICROS.len()].get(), 1, "a minute falls in +Inf");
+        assert_eq!(histogram.count(), 3);
+    }
+
+    #[test]
+    fn seconds_are_written_exactly() {
+        assert_eq!(format_seconds(50), "0.00005");
+        assert_eq!(format_seconds(2_500_000), "2.5");
+        assert_eq!(format_seconds(1_000_000), "1");
+        assert_eq!(format_seconds(0), "0");
+    }
+
+    #[test]
+    fn rendering_names_every_shard_and_sums_buckets() {
+        let shards = vec![Arc::new(ShardMetrics::default()), Arc::new(ShardMetrics::default())];
+        shards[1].request(OperationKind::Put, RequestOutcome::Ok, Duration::from_micros(300));
+        shards[1].request(OperationKind::Put, RequestOutcome::Overloaded, Duration::from_micros(10));
+        shards[0].connections(Protocol::Resp).bytes_in.add(7);
+        let text = render(&shards);
+        assert!(text.contains("ringkv_requests_total{shard=\"1\",operation=\"put\",outcome=\"ok\"} 1\n"));
+        assert!(text.contains(
+            "ringkv_request_duration_seconds_bucket{shard=\"1\",operation=\"put\",le=\"0.0005\"} 2\n"
+        ));
+        assert!(text.contains(
+            "ringkv_request_duration_seconds_bucket{shard=\"1\",operation=\"put\",le=\"0.00025\"} 1\n"
+        ));
+        assert!(text.contains("ringkv_request_duration_seconds_count{shard=\"1\",operation=\"put\"} 2\n"));
+        assert!(text.contains("ringkv_request_duration_seconds_sum{shard=\"1\",operation=\"put\"} 0.00031\n"));
+        assert!(text.contains("ringkv_overloaded_total{shard=\"1\",reason=\"request\"} 1\n"));
+        assert!(text.contains("ringkv_received_bytes_total{shard=\"0\",protocol=\"resp\"} 7\n"));
+        assert!(text.contains("ringkv_hints_stored_total{shard=\"0\"} 0\n"));
+        // Every family is announced once, before its samples.
+        let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
+        let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
+        assert_eq!(types, helps);
+        assert_eq!(types, 35);
+    }
+
+    #[test]
+    fn only_wal_segments_count_as_wal_syncs() {
+        use ringkv_io::SyncObserver;
+        let metrics = ShardMetrics::default();
+        metrics.synced(&ringkv_storage::wal::segment_file_name(3), Duration::from_micros(700));
+        metrics.synced("000004.sst", Duration::from_micros(700));
+        assert_eq!(metrics.wal_syncs.get(), 1);
+        assert_eq!(metrics.wal_sync_latency.count(), 1);
+    }
+}
