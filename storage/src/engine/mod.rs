@@ -338,9 +338,15 @@ impl<D: Disk> Engine<D> {
         manifest.tables.retain(|record| !missing.contains(&record.id));
         recovery.tables_opened = tables.len();
 
-        let (active, closed, last_seq) =
-            Self::replay_wal(disk.as_ref(), &names, &manifest, options.memtable_hash_seed, &mut recovery)
-                .await?;
+        let (active, closed, last_seq) = Self::replay_wal(
+            disk.as_ref(),
+            &names,
+            &manifest,
+            options.memtable_hash_seed,
+            options.wal_rotten_tail_accepted,
+            &mut recovery,
+        )
+        .await?;
         let wal = WalWriter::create(
             disk.clone(),
             next_file_number.clone(),
