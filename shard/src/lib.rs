@@ -32,7 +32,11 @@
 //! - [`data_directory`]: [`DataDirectory`], the locked data directory and its shard count.
 //! - [`resp`]: the Redis protocol on every shard (`resp_listen`): [`resp::RespConnection`]
 //!   serves Redis commands through the same [`Router`] as native requests.
+//! - [`request_memory`]: [`request_memory::RequestMemory`], the shard's budget of request bytes
+//!   received and not yet answered; every connection reads through it.
 //! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.
+//! - [`timeouts`]: [`timeouts::ReadTimeouts`], closing client connections whose frame does not
+//!   finish in time, or that sit idle.
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
 
 pub mod clock;
@@ -43,11 +47,13 @@ pub mod data_directory;
 pub mod error;
 pub mod handler;
 pub mod node;
+pub mod request_memory;
 pub mod resp;
 pub mod ring;
 pub mod router;
 pub mod service;
 pub mod stop_signal;
+pub mod timeouts;
 
 pub use clock::HybridClock;
 pub use config::{NodeConfig, SyncSetting, CLIENT_PORT_DEFAULT};

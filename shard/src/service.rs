@@ -46,6 +46,7 @@ use crate::connection::{Connection, ConnectionLimits};
 use crate::data_directory::DataDirectory;
 use crate::error::ShardError;
 use crate::handler::Handler;
+use crate::request_memory::RequestMemory;
 use crate::ring::Ring;
 use crate::router::forwarding::{Forwarding, ShardMessage};
 use crate::router::Router;
@@ -198,6 +199,7 @@ impl ShardService {
 
         let stop = Rc::new(StopSignal::new());
         let connections = Rc::new(ConnectionCount::default());
+        let memory = RequestMemory::new(config.request_memory_bytes());
         let acceptor = Acceptor {
             shard_id,
             router: router.clone(),
@@ -207,7 +209,11 @@ impl ShardService {
             limits: ConnectionLimits {
                 in_flight_max: config.in_flight_max,
                 outbox_bytes_max: config.outbox_bytes_max,
+                frame_timeout: Duration::from_millis(config.frame_timeout_ms),
+                idle_timeout: (config.client_idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
             },
+            memory: memory.clone(),
         };
         let acceptor = Rc::new(acceptor);
         let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
@@ -220,7 +226,14 @@ impl ShardService {
             .collect();
         if let Some(listener) = resp_listener {
             info!(resp = %config.resp_listen.expect("bound from it"), "listening for the Redis protocol");
-            acceptors.push(crate::resp::spawn_listener(listener, shard_id, router, stop.clone(), config));
+            acceptors.push(crate::resp::spawn_listener(
+                listener,
+                shard_id,
+                router,
+                stop.clone(),
+                config,
+                memory,
+            ));
         }
 
         Ok(ShardService {
@@ -320,6 +333,7 @@ async fn start_cluster(
         peer_pending_max: config.peer_pending_max,
         peer_outbox_bytes_max: config.peer_outbox_bytes_max,
         peer_in_flight_max: config.in_flight_max,
+        peer_receive_bytes_max: config.request_memory_bytes(),
         healing: HealingSettings {
             hints: HintSettings {
                 shard_bytes_max: config.hints_bytes_max,
@@ -437,6 +451,7 @@ struct Acceptor {
     connections: Rc<ConnectionCount>,
     connections_max: usize,
     limits: ConnectionLimits,
+    memory: Rc<RequestMemory>,
 }
 
 impl Acceptor {
@@ -454,7 +469,8 @@ impl Acceptor {
             return;
         }
         let open = self.connections.open();
-        let connection = Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits);
+        let connection =
+            Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits, self.memory.clone());
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("connection", shard = self.shard_id, %peer);
         glommio::spawn_local(
