@@ -186,6 +186,11 @@ struct ServeArgs {
     /// and an error logged. Without it the node refuses to start.
     #[arg(long)]
     accept_wal_tail_loss: bool,
+    /// Free bytes kept on the data directory's filesystem for flushes and compactions: at or
+    /// below it writes are refused with DiskFull (reads go on) until space is freed; 0 turns the
+    /// check off. [default: 536870912]
+    #[arg(long, value_name = "BYTES")]
+    disk_reserve_bytes: Option<u64>,
     /// Replica requests a shard may have waiting as coordinator; more are answered
     /// "overloaded". [default: 4096]
     #[arg(long, value_name = "N")]
@@ -269,6 +274,7 @@ impl ServeArgs {
         if self.accept_wal_tail_loss {
             config.accept_wal_tail_loss = true;
         }
+        set(&mut config.disk_reserve_bytes, &self.disk_reserve_bytes);
         config.validate()?;
         Ok(config)
     }

@@ -24,6 +24,7 @@ fn ringkv_serve_help_documents_every_option() {
         "--frame-timeout-ms",
         "--client-idle-timeout-ms",
         "--accept-wal-tail-loss",
+        "--disk-reserve-bytes",
         "--forward-in-flight-max",
         "--mesh-channel-capacity",
         "--io-memory-bytes",

@@ -209,6 +209,10 @@ pub struct NodeConfig {
     /// (bit rot, not a torn write), dropping it with an error logged: acknowledged writes in it
     /// are lost on this node. Off: the node refuses to start.
     pub accept_wal_tail_loss: bool,
+    /// Free bytes kept on the data directory's filesystem for flushes and compactions: at or
+    /// below it every shard refuses writes with `DiskFull` (reads go on) until space is freed.
+    /// 0 turns the check off.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -255,6 +259,7 @@ impl Default for NodeConfig {
             tombstone_grace_ms: 10 * 24 * 3_600_000,
             allow_missing_tables: false,
             accept_wal_tail_loss: false,
+            disk_reserve_bytes: 512 << 20,
         }
     }
 }
@@ -332,6 +337,7 @@ impl NodeConfig {
             tombstone_grace_ms: self.tombstone_grace_ms,
             missing_tables_allowed: self.allow_missing_tables,
             wal_rotten_tail_accepted: self.accept_wal_tail_loss,
+            disk_reserve_bytes: self.disk_reserve_bytes,
             ..EngineOptions::default()
         }
     }

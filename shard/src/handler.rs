@@ -221,13 +221,16 @@ pub fn failure_of(error: &StorageError) -> Failure {
         StorageError::KeyEmpty => ErrorCode::KeyEmpty,
         StorageError::KeyTooLong { .. } => ErrorCode::KeyTooLong,
         StorageError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-        // The shard refuses writes (fail-stop after an I/O error) or is shutting down: the
-        // request may succeed elsewhere or later, but not here and now.
-        StorageError::Poisoned { .. } | StorageError::Closed => ErrorCode::Unavailable,
+        // Writes wait for space to be freed; reads go on.
+        StorageError::DiskFull { .. } => ErrorCode::DiskFull,
+        // A write or sync failed: the engine refuses writes (fail-stop) until the node is
+        // restarted and its disk checked. Not "unavailable": no retry here will help.
+        StorageError::Poisoned { .. } | StorageError::Io { .. } => ErrorCode::StorageFailed,
+        // The shard is shutting down: the request may succeed elsewhere or later.
+        StorageError::Closed => ErrorCode::Unavailable,
         StorageError::ChecksumMismatch { .. }
         | StorageError::Corruption { .. }
-        | StorageError::UnsupportedFormat { .. }
-        | StorageError::Io { .. } => ErrorCode::Internal,
+        | StorageError::UnsupportedFormat { .. } => ErrorCode::Internal,
     };
     Failure::new(code, error.to_string())
 }
@@ -462,6 +465,12 @@ mod tests {
     fn storage_errors_map_to_codes() {
         assert_eq!(failure_of(&StorageError::Closed).code, ErrorCode::Unavailable);
         assert_eq!(failure_of(&StorageError::KeyTooLong { len: 300 }).code, ErrorCode::KeyTooLong);
+        let full = StorageError::DiskFull { available_bytes: 10, reserve_bytes: 20 };
+        assert_eq!(failure_of(&full).code, ErrorCode::DiskFull);
+        let poisoned = StorageError::Poisoned { reason: "fdatasync failed".into() };
+        assert_eq!(failure_of(&poisoned).code, ErrorCode::StorageFailed);
+        let io = StorageError::io("sync", "wal-1", std::io::Error::other("EIO"));
+        assert_eq!(failure_of(&io).code, ErrorCode::StorageFailed);
         let corrupt = StorageError::corruption("wal-1", 4096, "bad record");
         let failure = failure_of(&corrupt);
         assert_eq!(failure.code, ErrorCode::Internal);

@@ -307,8 +307,21 @@ impl ShardService {
             receiver.await;
         }
         let shard_id = self.shard_id;
-        self.engine.stop().await.map_err(|source| ShardError::Storage { shard_id, source })?;
-        info!("stopped");
+        // An engine that already failed (a write or sync error) cannot sync what it refused;
+        // what it acknowledged is on disk. Its failure was logged when it happened, and stopping
+        // is what the operator asked for: the stop is clean. A failure new at the stop is not.
+        let failed_before = self.engine.engine().failure();
+        match self.engine.stop().await {
+            Ok(()) => info!("stopped"),
+            Err(source) => match failed_before {
+                Some(reason) => warn!(
+                    %source,
+                    failure = %reason,
+                    "stopped; the storage engine had failed before, so writes it refused were never acknowledged"
+                ),
+                None => return Err(ShardError::Storage { shard_id, source }),
+            },
+        }
         Ok(())
     }
 }

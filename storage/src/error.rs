@@ -21,6 +21,13 @@ pub enum StorageError {
     /// (fail-stop: an fsync error must never be retried and acknowledged).
     #[error("storage engine is poisoned and refuses writes: {reason}")]
     Poisoned { reason: String },
+    /// The disk has no more than the reserve left: writes are refused so that flushes and
+    /// compactions can still finish, and resume by themselves once space is freed. Reads go on.
+    #[error(
+        "the disk is full: {available_bytes} bytes free, at or below the {reserve_bytes} bytes kept in \
+         reserve for flushes and compactions (disk_reserve_bytes); free space to resume writes"
+    )]
+    DiskFull { available_bytes: u64, reserve_bytes: u64 },
     /// The engine has been closed.
     #[error("storage engine is closed")]
     Closed,

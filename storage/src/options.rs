@@ -44,6 +44,9 @@ pub struct EngineOptions {
     /// written (bit rot, not a torn write), dropping it with an error logged. Off by default: the
     /// record may hold acknowledged writes, so the engine refuses to open.
     pub wal_rotten_tail_accepted: bool,
+    /// Free disk bytes kept for flushes and compactions: at or below it, writes are refused
+    /// with [`crate::StorageError::DiskFull`] until space is freed. 0 turns the check off.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -61,6 +64,7 @@ impl Default for EngineOptions {
             memtable_hash_seed: 0,
             missing_tables_allowed: false,
             wal_rotten_tail_accepted: false,
+            disk_reserve_bytes: 0,
         }
     }
 }

@@ -97,7 +97,7 @@ impl<D: Disk> Engine<D> {
         self.make_room().await?;
         let step = {
             let mut state = self.state.borrow_mut();
-            self.check_writable(&state)?;
+            self.check_accepts_writes(&state)?;
             let in_memory = state.newest_in_memory(&key);
             let entry = make_entry(in_memory.map(|newest| newest.entry.version));
             validate_value(entry.data())?;
@@ -130,7 +130,7 @@ impl<D: Disk> Engine<D> {
             let found = self.stored_entry(key).await?;
             let step = {
                 let mut state = self.state.borrow_mut();
-                self.check_writable(&state)?;
+                self.check_accepts_writes(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
                     continue;
@@ -206,7 +206,7 @@ impl<D: Disk> Engine<D> {
             let found = self.stored_entry(&key).await?;
             let (seq, version) = {
                 let mut state = self.state.borrow_mut();
-                self.check_writable(&state)?;
+                self.check_accepts_writes(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
                     continue;
@@ -245,7 +245,7 @@ impl<D: Disk> Engine<D> {
     /// Appends to the WAL buffer and the memtable in one step; returns the sequence number.
     /// `key` is the stored key.
     fn apply(&self, state: &mut State<D::File>, key: &[u8], entry: Entry) -> Result<u64> {
-        self.check_writable(state)?;
+        self.check_accepts_writes(state)?;
         let seq = state.next_seq;
         self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(key, out))?;
         state.next_seq += 1;
@@ -281,7 +281,7 @@ impl<D: Disk> Engine<D> {
         loop {
             let listener = {
                 let state = self.state.borrow();
-                self.check_writable(&state)?;
+                self.check_accepts_writes(&state)?;
                 if state.sealed.is_none()
                     || state.active.approximate_bytes() < self.options.memtable_bytes_max
                 {
@@ -420,6 +420,41 @@ mod tests {
             assert!(newer.unwrap().is_applied());
             assert_eq!(older.unwrap(), WriteOutcome::Superseded { version: 5, current_version: 10 });
             assert!(durable_when_older_resolved >= 1, "resolved before the newer write was durable");
+        });
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_keeps_reads_and_flushes_and_recovers_when_space_returns() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let options = EngineOptions { disk_reserve_bytes: 1 << 20, ..small_options() };
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"a"), 1, None).await.unwrap();
+            disk.set_available_bytes(Some(1 << 20));
+            // Within a few writes the engine looks again, and refuses.
+            let mut refused = None;
+            for version in 2..(2 + u64::from(SPACE_CHECK_EVERY_WRITES) + 2) {
+                match engine.put(key(2), Bytes::from_static(b"b"), version, None).await {
+                    Ok(_) => continue,
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
+            let error = refused.expect("writes went on with the disk full");
+            assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+            assert!(!error.is_fatal(), "a full disk is not a failure of the engine");
+            assert!(engine.failure().is_none());
+            // Every write is refused while full, deletes too; reads and flushes go on.
+            let error = engine.delete(key(1), 100, 0).await.unwrap_err();
+            assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+            assert!(engine.get(&key(1), 0).await.unwrap().is_some());
+            engine.flush().await.unwrap();
+            // Space comes back: the next write is accepted, without reopening.
+            disk.set_available_bytes(Some(64 << 20));
+            engine.put(key(3), Bytes::from_static(b"c"), 200, None).await.unwrap();
+            assert!(engine.get(&key(3), 0).await.unwrap().is_some());
         });
     }
 
