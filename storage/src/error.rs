@@ -28,6 +28,13 @@ pub enum StorageError {
          reserve for flushes and compactions (disk_reserve_bytes); free space to resume writes"
     )]
     DiskFull { available_bytes: u64, reserve_bytes: u64 },
+    /// A write that reads the key first (a compare-and-swap, or a write that may be older than
+    /// what a table holds) saw flushes move the key's state under it on every one of its reads.
+    /// Nothing was written; retry.
+    #[error(
+        "the key's stored state moved under {attempts} reads in a row (flushes); nothing was written, retry"
+    )]
+    Contended { attempts: u32 },
     /// The engine has been closed.
     #[error("storage engine is closed")]
     Closed,

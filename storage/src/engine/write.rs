@@ -15,7 +15,7 @@ use crate::entry::Entry;
 use crate::key::{StoredKey, TOKEN_BYTES};
 use crate::options::SyncMode;
 use crate::sstable::key_hash;
-use crate::{DiskFile, Result};
+use crate::{DiskFile, Result, StorageError};
 use bytes::Bytes;
 use std::rc::Rc;
 
@@ -48,6 +48,11 @@ fn newest(left: Option<Entry>, right: Option<&Entry>) -> Option<Entry> {
         (None, right) => right.cloned(),
     }
 }
+
+/// Reads of a key's stored state one write may make, at most, when flushes keep moving memtables
+/// under it (each read must then be made again): the work bound of a compare-and-swap or a write
+/// that must read first. Past it the write is refused as contended, to be retried.
+pub const READ_RETRIES_MAX: u32 = 8;
 
 impl<D: Disk> Engine<D> {
     /// Writes `value` under `key` with `version`, expiring at `expires_at_ms` if given.
@@ -125,6 +130,7 @@ impl<D: Disk> Engine<D> {
     /// The slow path of [`Engine::write_with`]: reads the key's newest stored entry, then, in one
     /// synchronous step with what the memtables hold by then, applies `entry` if it outranks it.
     async fn write_if_newest(&self, key: &[u8], entry: Entry) -> Result<WriteOutcome> {
+        let mut attempts = 0;
         loop {
             let generation = self.state.borrow().flush_generation;
             let found = self.stored_entry(key).await?;
@@ -133,6 +139,10 @@ impl<D: Disk> Engine<D> {
                 self.check_accepts_writes(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
+                    attempts += 1;
+                    if attempts >= READ_RETRIES_MAX {
+                        return Err(StorageError::Contended { attempts });
+                    }
                     continue;
                 }
                 let current = newest(found, state.newest_in_memory(key).map(|newest| &newest.entry));
@@ -201,6 +211,7 @@ impl<D: Disk> Engine<D> {
         let key = StoredKey::new(&key);
         self.make_room().await?;
         let mut make_entry = Some(make_entry);
+        let mut attempts = 0;
         loop {
             let generation = self.state.borrow().flush_generation;
             let found = self.stored_entry(&key).await?;
@@ -209,6 +220,10 @@ impl<D: Disk> Engine<D> {
                 self.check_accepts_writes(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
+                    attempts += 1;
+                    if attempts >= READ_RETRIES_MAX {
+                        return Err(StorageError::Contended { attempts });
+                    }
                     continue;
                 }
                 // A write to the key since the read began is in a memtable; the newest of the two
