@@ -303,7 +303,10 @@ impl Disk for DmaDisk {
         }
         // SAFETY: statvfs returned 0, so it filled `stats` in.
         let stats = unsafe { stats.assume_init() };
-        Ok(Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64)))
+        // The field types are narrower than u64 on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let available = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+        Ok(Some(available))
     }
 }
 
