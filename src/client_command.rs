@@ -3,7 +3,8 @@
 //!
 //! Exit codes are for scripts: 0 on success; 1 when a `get` finds no value, a `scan` finds no
 //! key or a `cas` expectation does not hold (nothing printed on stdout); 2 on any error, with
-//! one line on stderr.
+//! one line on stderr; 3 when the node refused a write because its disk is full (retry once
+//! space is freed); 4 when its storage engine failed (writes refused until it is restarted).
 //!
 //! The node to ask is `--addr`, given after the subcommand or before it (`ringkv --addr A get
 //! k`), else `RINGKV_ADDR`, else 127.0.0.1:7379. In a cluster that node is only the first
@@ -24,12 +25,17 @@ use ringkv_client::blocking::Client;
 use ringkv_client::{
     CasResult, ClientOptions, Consistency, Expected, ScanEnd, ScanEntry, ScanStart, Topology, SCAN_LIMIT_MAX,
 };
+use ringkv_wire::ErrorCode;
 use serde_json::json;
 
 /// Exit code when a `get` or `scan` finds nothing or a `cas` expectation fails.
 const EXIT_NOT_MATCHED: u8 = 1;
-/// Exit code for every error.
+/// Exit code for every error but the two below.
 const EXIT_ERROR: u8 = 2;
+/// Exit code when the node's disk is full (`DiskFull`).
+const EXIT_DISK_FULL: u8 = 3;
+/// Exit code when the node's storage engine failed (`StorageFailed`).
+const EXIT_STORAGE_FAILED: u8 = 4;
 
 /// The client subcommands of `ringkv`.
 #[derive(Subcommand, Debug)]
@@ -200,7 +206,12 @@ fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
         Err(error) => {
             // One line, whatever the error chain: scripts read stderr line by line.
             eprintln!("ringkv: {}", format!("{error:#}").replace('\n', " "));
-            ExitCode::from(EXIT_ERROR)
+            let code = error.chain().find_map(|cause| cause.downcast_ref::<ringkv_client::Error>()?.code());
+            ExitCode::from(match code {
+                Some(ErrorCode::DiskFull) => EXIT_DISK_FULL,
+                Some(ErrorCode::StorageFailed) => EXIT_STORAGE_FAILED,
+                _ => EXIT_ERROR,
+            })
         }
     }
 }

@@ -84,12 +84,26 @@ struct ServeArgs {
     /// Open client connections per shard; more are answered "overloaded". [default: 1024]
     #[arg(long, value_name = "N")]
     connections_max: Option<usize>,
-    /// Requests executing at once per connection; more are answered "overloaded". [default: 1024]
+    /// Operations executing at once per connection, a batch counting as its operations; more are
+    /// answered "overloaded". [default: 1024]
     #[arg(long, value_name = "N")]
     in_flight_max: Option<usize>,
     /// Bytes of replies waiting per connection before it stops reading requests. [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     outbox_bytes_max: Option<usize>,
+    /// Request bytes a shard holds received and not yet answered, over all its connections;
+    /// past it the shard stops reading sockets until some are answered. [default: a quarter of
+    /// the machine's memory over the shards]
+    #[arg(long, value_name = "BYTES")]
+    request_memory_bytes_max: Option<usize>,
+    /// A frame (or Redis command) that started arriving must finish within this, or the
+    /// connection is closed. [default: 10000]
+    #[arg(long, value_name = "MS")]
+    frame_timeout_ms: Option<u64>,
+    /// Close a client connection idle this long (nothing sent, nothing running); 0 keeps idle
+    /// connections open. [default: 0]
+    #[arg(long, value_name = "MS")]
+    client_idle_timeout_ms: Option<u64>,
     /// Requests a shard may have waiting on other shards; more are answered "overloaded".
     /// [default: 4096]
     #[arg(long, value_name = "N")]
@@ -167,6 +181,16 @@ struct ServeArgs {
     /// and anti-entropy restores it from the other replicas. Without it the node refuses to start.
     #[arg(long)]
     allow_missing_tables: bool,
+    /// Start even when the WAL's last record fails its checksum though it was written whole
+    /// (bit rot, not a torn write): the record, which may hold acknowledged writes, is dropped
+    /// and an error logged. Without it the node refuses to start.
+    #[arg(long)]
+    accept_wal_tail_loss: bool,
+    /// Free bytes kept on the data directory's filesystem for flushes and compactions: at or
+    /// below it writes are refused with DiskFull (reads go on) until space is freed; 0 turns the
+    /// check off. [default: 536870912]
+    #[arg(long, value_name = "BYTES")]
+    disk_reserve_bytes: Option<u64>,
     /// Replica requests a shard may have waiting as coordinator; more are answered
     /// "overloaded". [default: 4096]
     #[arg(long, value_name = "N")]
@@ -219,6 +243,11 @@ impl ServeArgs {
         set(&mut config.connections_max, &self.connections_max);
         set(&mut config.in_flight_max, &self.in_flight_max);
         set(&mut config.outbox_bytes_max, &self.outbox_bytes_max);
+        if self.request_memory_bytes_max.is_some() {
+            config.request_memory_bytes_max = self.request_memory_bytes_max;
+        }
+        set(&mut config.frame_timeout_ms, &self.frame_timeout_ms);
+        set(&mut config.client_idle_timeout_ms, &self.client_idle_timeout_ms);
         set(&mut config.forward_in_flight_max, &self.forward_in_flight_max);
         set(&mut config.mesh_channel_capacity, &self.mesh_channel_capacity);
         set(&mut config.io_memory_bytes, &self.io_memory_bytes);
@@ -254,8 +283,29 @@ impl ServeArgs {
         if self.allow_missing_tables {
             config.allow_missing_tables = true;
         }
+        if self.accept_wal_tail_loss {
+            config.accept_wal_tail_loss = true;
+        }
+        set(&mut config.disk_reserve_bytes, &self.disk_reserve_bytes);
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Allocations from this size up get their own mapping from glibc's allocator, given back to
+/// the system when freed: every connection's receive buffer (64 KiB at first) among them.
+const MMAP_THRESHOLD_BYTES: i32 = 64 << 10;
+
+/// Makes glibc's allocator give large blocks back to the system when they are freed. By default
+/// it raises its mapping threshold to the largest block freed so far, so after one burst of
+/// large receive buffers (hostile clients each sending most of a 1 MiB frame, say) later ones
+/// come from heaps that never shrink, and the node kept a gigabyte it no longer used. A fixed
+/// threshold keeps every receive buffer above it in a mapping of its own.
+fn return_freed_memory_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
     }
 }
 
@@ -263,7 +313,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Serve(args) if args.check_config => return check_config(&args),
-        Command::Serve(args) => args,
+        Command::Serve(args) => {
+            return_freed_memory_to_the_system();
+            args
+        }
         Command::Client(command) => return command.run(&cli.addr),
         Command::Admin(command) => return command.run(&cli.addr),
     };

@@ -11,7 +11,9 @@ use ringkv_wire::{ErrorCode, Failure, WireError};
 /// What the caller may do next follows from the variant:
 /// - [`Error::Limit`]: fix the request; nothing was sent.
 /// - [`Error::Server`]: the server refused or could not carry out the request; its
-///   [`ErrorCode`] says whether a retry can help (`Overloaded`, `Unavailable`, `Timeout`).
+///   [`ErrorCode`] says whether a retry can help (`Overloaded`, `Unavailable`, `Timeout`, and
+///   `DiskFull` once the node's disk has room again) or not (`StorageFailed`: the node's storage
+///   failed and refuses writes until it is restarted).
 /// - [`Error::Timeout`] and [`Error::ConnectionLost`]: the request may or may not have taken
 ///   effect; retry only what is safe to apply twice.
 /// - [`Error::Connect`]: no connection could be made within the bounded back-off.

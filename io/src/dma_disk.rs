@@ -306,6 +306,24 @@ impl Disk for DmaDisk {
     async fn yield_point(&self) {
         glommio::yield_if_needed().await;
     }
+
+    fn available_bytes(&self) -> io::Result<Option<u64>> {
+        let path = std::ffi::CString::new(self.directory.as_os_str().as_encoded_bytes())
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `stats` is room for one statvfs, which
+        // the call fills in when it returns 0.
+        let result = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled `stats` in.
+        let stats = unsafe { stats.assume_init() };
+        // The field types are narrower than u64 on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        let available = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+        Ok(Some(available))
+    }
 }
 
 /// Names of the regular files in `directory`, sorted, without the probe marker. Names that are

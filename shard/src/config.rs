@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ringkv_storage::{EngineOptions, SyncMode};
-use ringkv_wire::limits::{FRAME_LENGTH_PREFIX_BYTES, PEER_FRAME_BYTES_MAX};
+use ringkv_wire::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, PEER_FRAME_BYTES_MAX};
 pub use ringkv_wire::Consistency;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -126,11 +126,23 @@ pub struct NodeConfig {
     pub vnodes_per_shard: usize,
     /// Open client connections per shard; more are answered "overloaded" and closed.
     pub connections_max: usize,
-    /// Requests executing at once per connection; more are answered "overloaded".
+    /// Operations executing at once per connection (a batch counts as its operations); more are
+    /// answered "overloaded".
     pub in_flight_max: usize,
     /// Encoded replies waiting to be written per connection; above this the connection stops
     /// reading requests until the client reads its replies.
     pub outbox_bytes_max: usize,
+    /// Request bytes a shard may hold received and not yet answered, over all its connections
+    /// (receive buffers and requests running); past it the shard stops reading from sockets until
+    /// some are answered. Default: [`default_request_memory_bytes`] (a quarter of the machine's
+    /// memory over the shards).
+    pub request_memory_bytes_max: Option<usize>,
+    /// A frame (or Redis command) that has started arriving must finish within this; otherwise
+    /// the connection is closed, so a client that trickles bytes cannot hold its buffer.
+    pub frame_timeout_ms: u64,
+    /// A connection that sends nothing for this long, with nothing in flight, is closed. 0 (the
+    /// default) keeps idle connections open.
+    pub client_idle_timeout_ms: u64,
     /// Requests a shard may have forwarded to other shards and not yet had answered; more are
     /// answered "overloaded".
     pub forward_in_flight_max: usize,
@@ -207,6 +219,14 @@ pub struct NodeConfig {
     /// Start even when SSTables the manifest lists are missing (their data is lost on this
     /// node; anti-entropy restores it from the other replicas). Off: the node refuses to start.
     pub allow_missing_tables: bool,
+    /// Start even when the WAL's last record fails its checksum though it was written whole
+    /// (bit rot, not a torn write), dropping it with an error logged: acknowledged writes in it
+    /// are lost on this node. Off: the node refuses to start.
+    pub accept_wal_tail_loss: bool,
+    /// Free bytes kept on the data directory's filesystem for flushes and compactions: at or
+    /// below it every shard refuses writes with `DiskFull` (reads go on) until space is freed.
+    /// 0 turns the check off.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -223,6 +243,9 @@ impl Default for NodeConfig {
             connections_max: 1024,
             in_flight_max: 1024,
             outbox_bytes_max: 4 << 20,
+            request_memory_bytes_max: None,
+            frame_timeout_ms: 10_000,
+            client_idle_timeout_ms: 0,
             forward_in_flight_max: 4096,
             mesh_channel_capacity: 1024,
             io_memory_bytes: 1 << 20,
@@ -250,6 +273,8 @@ impl Default for NodeConfig {
             tree_rebuild_interval_ms: 6 * 3_600_000,
             tombstone_grace_ms: 10 * 24 * 3_600_000,
             allow_missing_tables: false,
+            accept_wal_tail_loss: false,
+            disk_reserve_bytes: 512 << 20,
         }
     }
 }
@@ -332,6 +357,12 @@ impl NodeConfig {
         SocketAddr::new(base.ip(), base.port().wrapping_add(shard_id as u16))
     }
 
+    /// Each shard's budget of request bytes: `request_memory_bytes_max`, or
+    /// [`default_request_memory_bytes`].
+    pub fn request_memory_bytes(&self) -> usize {
+        self.request_memory_bytes_max.unwrap_or_else(|| default_request_memory_bytes(self.shard_count()))
+    }
+
     /// The storage engine options for each shard.
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions {
@@ -341,6 +372,8 @@ impl NodeConfig {
             memtable_hash_seed: random_seed(),
             tombstone_grace_ms: self.tombstone_grace_ms,
             missing_tables_allowed: self.allow_missing_tables,
+            wal_rotten_tail_accepted: self.accept_wal_tail_loss,
+            disk_reserve_bytes: self.disk_reserve_bytes,
             ..EngineOptions::default()
         }
     }
@@ -451,7 +484,16 @@ impl NodeConfig {
                 );
             }
         }
+        if let Some(bytes) = self.request_memory_bytes_max {
+            if bytes < REQUEST_MEMORY_BYTES_MIN {
+                return invalid(
+                    "request_memory_bytes_max",
+                    format!("is {bytes}; it must hold two maximal frames, {REQUEST_MEMORY_BYTES_MIN} bytes"),
+                );
+            }
+        }
         for (field, value) in [
+            ("frame_timeout_ms", self.frame_timeout_ms),
             ("max_clock_skew_ms", self.max_clock_skew_ms),
             ("replica_timeout_ms", self.replica_timeout_ms),
             ("anti_entropy_interval_ms", self.anti_entropy_interval_ms),
@@ -539,6 +581,23 @@ impl NodeConfig {
 pub fn default_shard_count(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }
+/// The smallest `request_memory_bytes_max`: two maximal frames, so that a connection finishing
+/// a large frame never waits for room that only its own frame could free.
+pub const REQUEST_MEMORY_BYTES_MIN: usize = 2 * (FRAME_LENGTH_PREFIX_BYTES + FRAME_BYTES_MAX);
+
+/// Each shard's default budget of request bytes: a quarter of the machine's memory, shared by the
+/// shards (and never below [`REQUEST_MEMORY_BYTES_MIN`]). 1 GiB is assumed when the machine does
+/// not say.
+pub fn default_request_memory_bytes(shards: usize) -> usize {
+    // SAFETY: sysconf only reads system parameters.
+    let (pages, page_bytes) =
+        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let memory_bytes =
+        if pages > 0 && page_bytes > 0 { (pages as u64).saturating_mul(page_bytes as u64) } else { 1 << 30 };
+    let per_shard = memory_bytes / 4 / shards.max(1) as u64;
+    usize::try_from(per_shard).unwrap_or(usize::MAX).max(REQUEST_MEMORY_BYTES_MIN)
+}
+
 /// A seed no client can predict, from the standard library's per-process random hash keys.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
@@ -710,6 +769,11 @@ mod tests {
                 },
             ),
             ("peer_pending_max", NodeConfig { peer_pending_max: 0, ..NodeConfig::default() }),
+            (
+                "request_memory_bytes_max",
+                NodeConfig { request_memory_bytes_max: Some(1 << 20), ..NodeConfig::default() },
+            ),
+            ("frame_timeout_ms", NodeConfig { frame_timeout_ms: 0, ..NodeConfig::default() }),
             ("peer_outbox_bytes_max", NodeConfig { peer_outbox_bytes_max: 1 << 20, ..NodeConfig::default() }),
             (
                 "resp_listen",

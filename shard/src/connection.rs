@@ -15,8 +15,11 @@
 //! costs one syscall per batch rather than per reply.
 //!
 //! Bounds, per connection:
-//! - `in_flight_max` requests executing at once; a request beyond that is answered
-//!   "overloaded" straight away.
+//! - the shard's request memory (see [`crate::request_memory`]): the receive buffer grows with
+//!   the bytes received and each request's frame stays charged until it is answered; with the
+//!   budget spent, the connection waits before reading.
+//! - `in_flight_max` operations executing at once (a batch counts as its operations); a request
+//!   beyond that is answered "overloaded" straight away.
 //! - `outbox_bytes_max` bytes of encoded replies not yet written; above it the connection stops
 //!   reading, so a client that sends without reading is held back by TCP flow control instead
 //!   of growing the server's memory.
@@ -45,10 +48,12 @@ use ringkv_wire::{
 use tracing::{debug, Instrument};
 
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
+use crate::request_memory::{read_into, Charge, RequestMemory};
 use crate::router::Router;
 use crate::stop_signal::StopSignal;
+use crate::timeouts::{Expired, ReadTimeouts};
 
-/// Bytes read from the socket per call.
+/// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// After an untrusted frame, or when the shard stops, how much more the connection reads and
@@ -63,10 +68,14 @@ const LINGER_MS: u64 = 1000;
 /// The bounds one connection works within.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
-    /// Requests executing at once.
+    /// Operations executing at once (a batch counts as its operations).
     pub in_flight_max: usize,
     /// Encoded replies waiting for the socket, in bytes, above which reading pauses.
     pub outbox_bytes_max: usize,
+    /// How long a frame that has started may take to finish arriving.
+    pub frame_timeout: Duration,
+    /// How long a connection may stay idle before it is closed; `None`: for ever.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A client connection being served.
@@ -76,6 +85,7 @@ pub struct Connection {
     router: Rc<Router>,
     stop: Rc<StopSignal>,
     limits: ConnectionLimits,
+    memory: Rc<RequestMemory>,
 }
 
 /// Replies waiting for the socket, and what the writer needs to know to finish.
@@ -105,6 +115,15 @@ enum ReadEnd {
     Stopped,
     /// An untrusted frame; the client may still be sending.
     Refused,
+    /// A frame did not finish in time, or the connection sat idle too long.
+    TimedOut(Expired),
+}
+
+/// What one attempt to read gave.
+pub(crate) enum ReadOutcome {
+    Read(std::io::Result<usize>),
+    Stopped,
+    Expired(Expired),
 }
 
 impl Shared {
@@ -167,13 +186,20 @@ impl Shared {
         self.outbox.borrow().in_flight
     }
 
-    fn begin_request(&self) {
-        self.outbox.borrow_mut().in_flight += 1;
+    /// Requests running or replies waiting: the connection is not idle.
+    fn busy(&self) -> bool {
+        let outbox = self.outbox.borrow();
+        outbox.in_flight > 0 || !outbox.bytes.is_empty()
     }
 
-    /// A request task's reply: into the outbox, and one fewer in flight.
-    fn complete_request(&self, response: &Response) {
-        self.outbox.borrow_mut().in_flight -= 1;
+    /// `operations` more in flight.
+    fn begin_request(&self, operations: usize) {
+        self.outbox.borrow_mut().in_flight += operations;
+    }
+
+    /// A request task's reply: into the outbox, and its `operations` no longer in flight.
+    fn complete_request(&self, operations: usize, response: &Response) {
+        self.outbox.borrow_mut().in_flight -= operations;
         self.push(response);
     }
 
@@ -215,19 +241,21 @@ impl Shared {
 }
 
 impl Connection {
-    /// A connection to serve with `router`, stopping to read when `stop` is triggered.
+    /// A connection to serve with `router`, stopping to read when `stop` is triggered, its
+    /// request bytes charged to `memory`.
     pub fn new(
         stream: TcpStream,
         router: Rc<Router>,
         stop: Rc<StopSignal>,
         limits: ConnectionLimits,
+        memory: Rc<RequestMemory>,
     ) -> Self {
         // Replies are already batched by the writer; Nagle's delay would only add latency.
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "could not disable Nagle's algorithm");
         }
         let peer = stream.peer_addr().ok();
-        Connection { stream, peer, router, stop, limits }
+        Connection { stream, peer, router, stop, limits, memory }
     }
 
     /// The client's address, when the socket still knows it.
@@ -238,14 +266,14 @@ impl Connection {
     /// Serves the connection until the client closes it, it breaks the protocol, or the shard
     /// stops; then finishes the requests in flight, writes their replies and closes.
     pub async fn serve(self) {
-        let Connection { stream, router, stop, limits, .. } = self;
+        let Connection { stream, router, stop, limits, memory, .. } = self;
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
         let metrics = router.metrics().clone();
         let writer_task = glommio::spawn_local(
             write_replies(writer, shared.clone(), metrics).instrument(tracing::Span::current()),
         );
-        let end = read_requests(&mut reader, &shared, &router, &stop, limits).await;
+        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &memory).await;
         shared.finish_reading();
         writer_task.await;
         if end != ReadEnd::Finished {
@@ -262,41 +290,55 @@ async fn read_requests(
     router: &Rc<Router>,
     stop: &StopSignal,
     limits: ConnectionLimits,
+    memory: &Rc<RequestMemory>,
 ) -> ReadEnd {
-    let mut decoder = FrameDecoder::with_capacity(READ_CHUNK_BYTES);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut decoder = FrameDecoder::new();
+    // Covers the receive buffer's allocation; each frame cut from it takes its share along.
+    let mut charge = memory.empty();
+    let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
             return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
         }
-        let read = or(async { Some(reader.read(&mut chunk).await) }, async {
-            stop.wait().await;
-            None
-        })
+        let declared = decoder.declared_frame_bytes();
+        let buffer = decoder.buffer_mut();
+        let read = read_or_give_up(
+            read_into(reader, buffer, &mut charge, READ_CHUNK_BYTES, declared),
+            stop,
+            &timeouts,
+            || shared.busy(),
+        )
         .await;
         match read {
-            None => return ReadEnd::Stopped,
-            Some(Ok(0)) => {
+            ReadOutcome::Stopped => return ReadEnd::Stopped,
+            ReadOutcome::Expired(expired) => {
+                expired.count();
+                return ReadEnd::TimedOut(expired);
+            }
+            ReadOutcome::Read(Ok(0)) => {
                 if let Err(error) = decoder.check_end_of_stream() {
                     debug!(%error, "stream ended inside a frame");
                     shared.push(&Response::connection_error(&error));
                 }
                 return ReadEnd::Finished;
             }
-            Some(Ok(read)) => {
+            ReadOutcome::Read(Ok(read)) => {
                 router.metrics().connections(Protocol::Native).bytes_in.add(read as u64);
-                decoder.extend_from_slice(&chunk[..read]);
             }
-            Some(Err(error)) => {
+            ReadOutcome::Read(Err(error)) => {
                 debug!(%error, "reading from the client failed");
                 return ReadEnd::Finished;
             }
         }
+        let mut took_frames = false;
         loop {
             match decoder.next_frame() {
                 Ok(None) => break,
                 Ok(Some(frame)) => match parse_request(&frame) {
-                    Ok(request) => dispatch(request, shared, router, limits),
+                    Ok(request) => {
+                        took_frames = true;
+                        dispatch(request, charge.split(frame.len()), shared, router, limits)
+                    }
                     Err(error) => {
                         debug!(%error, "request refused");
                         shared.push(&error.response());
@@ -312,6 +354,7 @@ async fn read_requests(
                 }
             }
         }
+        timeouts.after_read(decoder.buffered_bytes(), took_frames);
         // Let the writer and the request tasks run before reading again. A read that finds
         // data returns at once without yielding, so under a steady stream this task would
         // otherwise keep the executor until glommio preempts it, holding back every reply:
@@ -320,8 +363,36 @@ async fn read_requests(
     }
 }
 
-/// Answers a request: on the spot when it needs nothing, otherwise in a task of its own.
-fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: ConnectionLimits) {
+/// Runs `read` until it completes, unless the shard stops or `timeouts` expire first (`busy`
+/// tells whether requests are running, which keeps an idle timeout from firing).
+pub(crate) async fn read_or_give_up(
+    read: impl std::future::Future<Output = std::io::Result<usize>>,
+    stop: &StopSignal,
+    timeouts: &ReadTimeouts,
+    busy: impl Fn() -> bool,
+) -> ReadOutcome {
+    or(async { ReadOutcome::Read(read.await) }, async {
+        or(
+            async {
+                stop.wait().await;
+                ReadOutcome::Stopped
+            },
+            async { ReadOutcome::Expired(timeouts.expired(busy).await) },
+        )
+        .await
+    })
+    .await
+}
+
+/// Answers a request: on the spot when it needs nothing, otherwise in a task of its own. `charge`
+/// (the request's frame) is given back once the reply is queued.
+fn dispatch(
+    request: Request,
+    charge: Charge,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    limits: ConnectionLimits,
+) {
     let Request { consistency, id, command } = request;
     if let Some(reply) = router.answer_immediately(&command) {
         shared.push(&Response { id, reply });
@@ -332,29 +403,39 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
             return;
         }
     }
-    if shared.in_flight() >= limits.in_flight_max {
+    // A batch counts as its operations: it costs the shard as much work as that many requests.
+    // One larger than the whole window still runs when nothing else does, so it is not refused
+    // for good.
+    let operations = match &command {
+        Command::Batch(operations) => operations.len().max(1),
+        _ => 1,
+    };
+    let in_flight = shared.in_flight();
+    if in_flight > 0 && in_flight + operations > limits.in_flight_max {
         router.metrics().overloaded(OverloadReason::InFlight);
         let failure = Failure::new(
             ErrorCode::Overloaded,
             format!(
-                "the connection has {} requests in flight (in_flight_max); retry later",
+                "the connection has {in_flight} operations in flight and this request adds {operations} \
+                 (in_flight_max is {}); retry later",
                 limits.in_flight_max
             ),
         );
         shared.push(&Response { id, reply: Reply::Failed(failure) });
         return;
     }
-    shared.begin_request();
+    shared.begin_request(operations);
     let command = match command {
         // Coordinated across replicas by this shard: the reply slot waits, not a task.
         Command::Single(operation) if router.coordinates_here(operation.key()) => {
             let shared = shared.clone();
             router.coordinate(operation, consistency, move |result| {
+                let _charge = charge;
                 let reply = match result {
                     Ok(outcome) => Reply::Single(outcome),
                     Err(failure) => Reply::Failed(failure),
                 };
-                shared.complete_request(&Response { id, reply });
+                shared.complete_request(operations, &Response { id, reply });
             });
             return;
         }
@@ -366,8 +447,9 @@ fn dispatch(request: Request, shared: &Rc<Shared>, router: &Rc<Router>, limits: 
     // of every request costs more than the rest of a cached read. Request tasks log nothing;
     // failures travel back in the reply.
     glommio::spawn_local(async move {
+        let _charge = charge;
         let reply = router.answer(command, consistency).await;
-        shared.complete_request(&Response { id, reply });
+        shared.complete_request(operations, &Response { id, reply });
     })
     .detach();
 }

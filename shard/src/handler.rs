@@ -161,6 +161,7 @@ impl<D: Disk> Handler<D> {
         let range = scan_range(scan);
         let mut next = range.clone();
         let mut page_bytes = 0;
+        let mut engine_pages = 0;
         loop {
             // One entry more than the page can take, so that whether live keys were left out is
             // known. An engine page may hold fewer live entries than asked (tombstones and
@@ -184,7 +185,18 @@ impl<D: Disk> Handler<D> {
                 page.entries.push(entry);
             }
             match engine_page.next {
-                Some(cursor) => next = range.after(cursor),
+                Some(cursor) => {
+                    engine_pages += 1;
+                    if engine_pages >= SCAN_ENGINE_PAGES_MAX {
+                        // A long run of tombstones or expired values: stop the work here, at the
+                        // last key looked at. Every live key up to it is in the page (the live
+                        // ones past the page's last entry were dead), so the client resumes
+                        // after it and pages on.
+                        page.next_start = Some(cursor.key);
+                        return Ok(page);
+                    }
+                    next = range.after(cursor);
+                }
                 None => return Ok(page),
             }
             // A range full of tombstones can take many engine pages.
@@ -192,6 +204,11 @@ impl<D: Disk> Handler<D> {
         }
     }
 }
+
+/// Engine pages one scan request may read, at most: each looks at up to the page's limit (plus
+/// one) entries of every memtable and table, dead ones included, so this bounds the work a scan
+/// over a long run of tombstones costs before it answers.
+pub const SCAN_ENGINE_PAGES_MAX: usize = 16;
 
 /// The engine's range for a scan request.
 fn scan_range(scan: &Scan) -> ScanRange {
@@ -221,13 +238,18 @@ pub fn failure_of(error: &StorageError) -> Failure {
         StorageError::KeyEmpty => ErrorCode::KeyEmpty,
         StorageError::KeyTooLong { .. } => ErrorCode::KeyTooLong,
         StorageError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-        // The shard refuses writes (fail-stop after an I/O error) or is shutting down: the
-        // request may succeed elsewhere or later, but not here and now.
-        StorageError::Poisoned { .. } | StorageError::Closed => ErrorCode::Unavailable,
+        // Writes wait for space to be freed; reads go on.
+        StorageError::DiskFull { .. } => ErrorCode::DiskFull,
+        // The write's reads kept being overtaken by flushes: worth a retry.
+        StorageError::Contended { .. } => ErrorCode::Overloaded,
+        // A write or sync failed: the engine refuses writes (fail-stop) until the node is
+        // restarted and its disk checked. Not "unavailable": no retry here will help.
+        StorageError::Poisoned { .. } | StorageError::Io { .. } => ErrorCode::StorageFailed,
+        // The shard is shutting down: the request may succeed elsewhere or later.
+        StorageError::Closed => ErrorCode::Unavailable,
         StorageError::ChecksumMismatch { .. }
         | StorageError::Corruption { .. }
-        | StorageError::UnsupportedFormat { .. }
-        | StorageError::Io { .. } => ErrorCode::Internal,
+        | StorageError::UnsupportedFormat { .. } => ErrorCode::Internal,
     };
     Failure::new(code, error.to_string())
 }
@@ -426,6 +448,39 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_over_a_long_tombstone_run_stops_its_work_and_pages_on() {
+        let handler = handler();
+        ringkv_io::run_local("handler-scan-tombstones", async {
+            let names: Vec<String> = (0..400).map(|index| format!("key-{index}")).collect();
+            let mut order: Vec<Bytes> = names.iter().map(|name| Bytes::from(name.clone())).collect();
+            order.sort_by_key(|name| Position::of_key(name.clone()));
+            for name in &order {
+                handler.engine().put(name.clone(), key("v"), 1, None).await.unwrap();
+            }
+            // Everything but the last key in scan order deleted: a run of 399 tombstones.
+            for name in &order[..order.len() - 1] {
+                handler.engine().delete(name.clone(), 2, 0).await.unwrap();
+            }
+            let last = order.last().unwrap().clone();
+            let mut start = ScanStart::Token(0);
+            let mut requests = 0;
+            let found = loop {
+                requests += 1;
+                assert!(requests <= order.len(), "paging made no progress");
+                let page =
+                    handler.scan(&Scan { start: start.clone(), end: ScanEnd::Last, limit: 1 }).await.unwrap();
+                if !page.entries.is_empty() {
+                    break keys_of(&page);
+                }
+                let next = page.next_start.expect("an empty page cut short names where to resume");
+                start = ScanStart::After(next);
+            };
+            assert_eq!(found, vec![last]);
+            assert!(requests > 1, "one request went through the whole tombstone run");
+        });
+    }
+
+    #[test]
     fn scan_pages_stop_at_the_byte_cap_but_always_take_one_entry() {
         use ringkv_wire::limits::VALUE_BYTES_MAX;
         let handler = handler();
@@ -462,6 +517,12 @@ mod tests {
     fn storage_errors_map_to_codes() {
         assert_eq!(failure_of(&StorageError::Closed).code, ErrorCode::Unavailable);
         assert_eq!(failure_of(&StorageError::KeyTooLong { len: 300 }).code, ErrorCode::KeyTooLong);
+        let full = StorageError::DiskFull { available_bytes: 10, reserve_bytes: 20 };
+        assert_eq!(failure_of(&full).code, ErrorCode::DiskFull);
+        let poisoned = StorageError::Poisoned { reason: "fdatasync failed".into() };
+        assert_eq!(failure_of(&poisoned).code, ErrorCode::StorageFailed);
+        let io = StorageError::io("sync", "wal-1", std::io::Error::other("EIO"));
+        assert_eq!(failure_of(&io).code, ErrorCode::StorageFailed);
         let corrupt = StorageError::corruption("wal-1", 4096, "bad record");
         let failure = failure_of(&corrupt);
         assert_eq!(failure.code, ErrorCode::Internal);

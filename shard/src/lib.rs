@@ -34,7 +34,11 @@
 //!   serves Redis commands through the same [`Router`] as native requests.
 //! - [`metrics`]: [`metrics::ShardMetrics`], each shard's counters and histograms, and the
 //!   Prometheus endpoint (`metrics_listen`) that renders them.
+//! - [`request_memory`]: [`request_memory::RequestMemory`], the shard's budget of request bytes
+//!   received and not yet answered; every connection reads through it.
 //! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.
+//! - [`timeouts`]: [`timeouts::ReadTimeouts`], closing client connections whose frame does not
+//!   finish in time, or that sit idle.
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
 
 pub mod clock;
@@ -46,11 +50,13 @@ pub mod error;
 pub mod handler;
 pub mod metrics;
 pub mod node;
+pub mod request_memory;
 pub mod resp;
 pub mod ring;
 pub mod router;
 pub mod service;
 pub mod stop_signal;
+pub mod timeouts;
 
 pub use clock::HybridClock;
 pub use config::{NodeConfig, SyncSetting, CLIENT_PORT_DEFAULT};

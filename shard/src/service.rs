@@ -47,6 +47,7 @@ use crate::data_directory::DataDirectory;
 use crate::error::ShardError;
 use crate::handler::Handler;
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics, REFRESH_MS};
+use crate::request_memory::RequestMemory;
 use crate::ring::Ring;
 use crate::router::forwarding::{Forwarding, ShardMessage};
 use crate::router::Router;
@@ -210,6 +211,7 @@ impl ShardService {
 
         let stop = Rc::new(StopSignal::new());
         let connections = Rc::new(ConnectionCount::default());
+        let memory = RequestMemory::new(config.request_memory_bytes());
         let acceptor = Acceptor {
             shard_id,
             router: router.clone(),
@@ -219,7 +221,11 @@ impl ShardService {
             limits: ConnectionLimits {
                 in_flight_max: config.in_flight_max,
                 outbox_bytes_max: config.outbox_bytes_max,
+                frame_timeout: Duration::from_millis(config.frame_timeout_ms),
+                idle_timeout: (config.client_idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
             },
+            memory: memory.clone(),
         };
         let acceptor = Rc::new(acceptor);
         let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
@@ -236,7 +242,14 @@ impl ShardService {
         }
         if let Some(listener) = resp_listener {
             info!(resp = %config.resp_listen.expect("bound from it"), "listening for the Redis protocol");
-            acceptors.push(crate::resp::spawn_listener(listener, shard_id, router, stop.clone(), config));
+            acceptors.push(crate::resp::spawn_listener(
+                listener,
+                shard_id,
+                router,
+                stop.clone(),
+                config,
+                memory,
+            ));
         }
 
         Ok(ShardService {
@@ -310,8 +323,21 @@ impl ShardService {
             receiver.await;
         }
         let shard_id = self.shard_id;
-        self.engine.stop().await.map_err(|source| ShardError::Storage { shard_id, source })?;
-        info!("stopped");
+        // An engine that already failed (a write or sync error) cannot sync what it refused;
+        // what it acknowledged is on disk. Its failure was logged when it happened, and stopping
+        // is what the operator asked for: the stop is clean. A failure new at the stop is not.
+        let failed_before = self.engine.engine().failure();
+        match self.engine.stop().await {
+            Ok(()) => info!("stopped"),
+            Err(source) => match failed_before {
+                Some(reason) => warn!(
+                    %source,
+                    failure = %reason,
+                    "stopped; the storage engine had failed before, so writes it refused were never acknowledged"
+                ),
+                None => return Err(ShardError::Storage { shard_id, source }),
+            },
+        }
         Ok(())
     }
 }
@@ -336,6 +362,7 @@ async fn start_cluster(
         peer_pending_max: config.peer_pending_max,
         peer_outbox_bytes_max: config.peer_outbox_bytes_max,
         peer_in_flight_max: config.in_flight_max,
+        peer_receive_bytes_max: config.request_memory_bytes(),
         healing: HealingSettings {
             hints: HintSettings {
                 shard_bytes_max: config.hints_bytes_max,
@@ -453,6 +480,7 @@ struct Acceptor {
     connections: Rc<ConnectionCount>,
     connections_max: usize,
     limits: ConnectionLimits,
+    memory: Rc<RequestMemory>,
 }
 
 impl Acceptor {
@@ -475,7 +503,8 @@ impl Acceptor {
             return;
         }
         let open = self.connections.open();
-        let connection = Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits);
+        let connection =
+            Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits, self.memory.clone());
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("connection", shard = self.shard_id, %peer);
         glommio::spawn_local(

@@ -21,6 +21,20 @@ pub enum StorageError {
     /// (fail-stop: an fsync error must never be retried and acknowledged).
     #[error("storage engine is poisoned and refuses writes: {reason}")]
     Poisoned { reason: String },
+    /// The disk has no more than the reserve left: writes are refused so that flushes and
+    /// compactions can still finish, and resume by themselves once space is freed. Reads go on.
+    #[error(
+        "the disk is full: {available_bytes} bytes free, at or below the {reserve_bytes} bytes kept in \
+         reserve for flushes and compactions (disk_reserve_bytes); free space to resume writes"
+    )]
+    DiskFull { available_bytes: u64, reserve_bytes: u64 },
+    /// A write that reads the key first (a compare-and-swap, or a write that may be older than
+    /// what a table holds) saw flushes move the key's state under it on every one of its reads.
+    /// Nothing was written; retry.
+    #[error(
+        "the key's stored state moved under {attempts} reads in a row (flushes); nothing was written, retry"
+    )]
+    Contended { attempts: u32 },
     /// The engine has been closed.
     #[error("storage engine is closed")]
     Closed,

@@ -40,6 +40,13 @@ pub struct EngineOptions {
     /// (their data is lost here; replication's anti-entropy restores it from the other
     /// replicas). Off by default: a missing table is an error the operator must see.
     pub missing_tables_allowed: bool,
+    /// Open even when the WAL's last record fails its checksum though every sector of it was
+    /// written (bit rot, not a torn write), dropping it with an error logged. Off by default: the
+    /// record may hold acknowledged writes, so the engine refuses to open.
+    pub wal_rotten_tail_accepted: bool,
+    /// Free disk bytes kept for flushes and compactions: at or below it, writes are refused
+    /// with [`crate::StorageError::DiskFull`] until space is freed. 0 turns the check off.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -56,6 +63,8 @@ impl Default for EngineOptions {
             compaction_width_max: 16,
             memtable_hash_seed: 0,
             missing_tables_allowed: false,
+            wal_rotten_tail_accepted: false,
+            disk_reserve_bytes: 0,
         }
     }
 }

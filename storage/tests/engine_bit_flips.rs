@@ -2,8 +2,11 @@
 //! answer: for every key a read gives the right value or an error.
 //!
 //! - WAL segments: damage followed by valid records (in the same segment or, through sequence
-//!   continuity, in the next) makes opening fail with a checksum or corruption error; damage to
-//!   the very last record is indistinguishable from a torn write and drops that one record.
+//!   continuity, in the next) makes opening fail with a checksum or corruption error. Damage to
+//!   the very last record, whose sectors were all written, is bit rot, not a torn write: opening
+//!   fails too, unless the loss is accepted (`wal_rotten_tail_accepted`), which drops that one
+//!   record. Only a flip in its length field that stretches it over the zero padding after it
+//!   looks like a torn write (sectors never written), and is dropped as one.
 //! - SSTables: a flip in the footer, the index or the filter fails the open (they are read and
 //!   verified then); a flip in a data block fails the reads that load that block.
 //! - The manifest: a flip in its header or body fails the open.
@@ -74,7 +77,7 @@ fn wal_records(disk: &MemDisk, record_bytes: u64) -> Vec<(String, u64, u64)> {
 }
 
 #[test]
-fn engine_wal_bit_flip_is_an_error_unless_in_the_last_record() {
+fn engine_wal_bit_flip_is_an_error_and_in_the_last_record_dropped_only_if_accepted() {
     const VALUE_BYTES: usize = 500;
     // Record header, entry header, the key's token and the key, value length, value.
     const RECORD_BYTES: u64 = 16 + 19 + 8 + 7 + 4 + VALUE_BYTES as u64;
@@ -106,14 +109,21 @@ fn engine_wal_bit_flip_is_an_error_unless_in_the_last_record() {
         for bit in bits {
             let damaged = flipped(&disk, segment, offset + bit / 8, (bit % 8) as u8);
             let context = format!("record {index} ({segment} at {offset}), bit {bit}");
-            let opened = block_on(Engine::open(damaged, options()));
             if last {
-                let engine = opened.unwrap_or_else(|error| panic!("{context}: {error}"));
+                let in_length_field = (32..64).contains(&bit);
+                match block_on(Engine::open(damaged.crash(CrashMode::DropUnsynced), options())) {
+                    Err(error) => assert!(is_damage_error(&error), "{context}: {error}"),
+                    Ok(_) => assert!(in_length_field, "{context}: rotted last record dropped silently"),
+                }
+                let accepting = EngineOptions { wal_rotten_tail_accepted: true, ..options() };
+                let engine = block_on(Engine::open(damaged, accepting))
+                    .unwrap_or_else(|error| panic!("{context}: {error}"));
                 assert!(engine.recovery().torn_tail_bytes > 0, "{context}");
                 assert_eq!(engine.recovery().records_replayed, index as u64, "{context}");
                 let state = block_on(read_state(&engine)).unwrap();
                 assert_eq!(state, state_after(&writes, index), "{context}");
             } else {
+                let opened = block_on(Engine::open(damaged, options()));
                 match opened {
                     Ok(_) => panic!("{context}: opened despite damage before valid records"),
                     Err(error) => assert!(is_damage_error(&error), "{context}: {error}"),

@@ -307,6 +307,11 @@ impl Client {
         Client { stream, decoder: FrameDecoder::new(), builder: FlatBufferBuilder::new(), next_id: 1 }
     }
 
+    /// The socket, for tests that write to it from another thread.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// A fresh request id.
     pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;

@@ -41,6 +41,12 @@ pub enum ErrorCode {
     /// whether it took effect is unknown, as with [`ErrorCode::Timeout`], and a later read may
     /// return it. Not retried elsewhere by the client.
     Indeterminate,
+    /// The disk is full, down to the reserve kept for flushes and compactions: writes are
+    /// refused until space is freed; reads go on. Worth retrying later.
+    DiskFull,
+    /// The storage engine failed (a write or sync error) and refuses writes until the node is
+    /// restarted and checked. Not worth retrying on this node.
+    StorageFailed,
     /// A code added to the schema after this build. Holds only values that no other variant
     /// names.
     Unrecognized(u16),
@@ -66,6 +72,8 @@ impl ErrorCode {
             fb::ErrorCode::Timeout => Self::Timeout,
             fb::ErrorCode::ScanLimitOutOfRange => Self::ScanLimitOutOfRange,
             fb::ErrorCode::Indeterminate => Self::Indeterminate,
+            fb::ErrorCode::DiskFull => Self::DiskFull,
+            fb::ErrorCode::StorageFailed => Self::StorageFailed,
             fb::ErrorCode(other) => Self::Unrecognized(other),
         }
     }
@@ -88,6 +96,8 @@ impl ErrorCode {
             Self::Timeout => fb::ErrorCode::Timeout,
             Self::ScanLimitOutOfRange => fb::ErrorCode::ScanLimitOutOfRange,
             Self::Indeterminate => fb::ErrorCode::Indeterminate,
+            Self::DiskFull => fb::ErrorCode::DiskFull,
+            Self::StorageFailed => fb::ErrorCode::StorageFailed,
             Self::Unrecognized(code) => fb::ErrorCode(code),
         }
     }

@@ -23,7 +23,7 @@ use crate::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS
 /// returned, then pull frames until it answers `Ok(None)`.
 ///
 /// The length prefix is checked against [`FRAME_BYTES_MAX`] (and against zero) as soon as its
-/// four bytes arrive and before any memory is reserved for the frame, so a hostile prefix costs
+/// four bytes arrive, and memory for a frame is never reserved ahead of its bytes, so a hostile prefix costs
 /// nothing. Frames come out as [`Bytes`] that share the decoder's buffer: no copy.
 ///
 /// After an error the stream is out of step; every later call returns the same error and the
@@ -52,8 +52,8 @@ impl FrameDecoder {
 
     /// The buffer itself, for reading from a socket straight into it (for example with
     /// `tokio::io::AsyncReadExt::read_buf`) instead of copying through
-    /// [`FrameDecoder::extend_from_slice`]. Only append to it. After [`FrameDecoder::next_frame`]
-    /// returns `Ok(None)` the buffer has room reserved for the rest of the frame in progress.
+    /// [`FrameDecoder::extend_from_slice`]. Only append to it (replacing it with a larger copy of
+    /// itself is appending nothing).
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buffer
     }
@@ -75,12 +75,20 @@ impl FrameDecoder {
         };
         let frame_bytes = FRAME_LENGTH_PREFIX_BYTES + payload_bytes;
         if self.buffer.len() < frame_bytes {
-            // Safe to reserve now: the length passed the limit check. Reserving the whole frame
-            // at once turns a large frame's many small reads into at most one reallocation.
-            self.buffer.reserve(frame_bytes - self.buffer.len());
+            // Nothing is reserved for the rest of the frame: the buffer grows with the bytes
+            // that arrive, so a prefix that promises a large frame costs nothing until it is sent.
             return Ok(None);
         }
         Ok(Some(self.buffer.split_to(frame_bytes).freeze()))
+    }
+
+    /// The whole size (length prefix included) of the frame at the front of the buffer, once a
+    /// valid prefix for it has arrived: a reader can size its next read by it, growing the
+    /// buffer no further than the frame.
+    pub fn declared_frame_bytes(&self) -> Option<usize> {
+        let prefix = self.buffer.first_chunk::<FRAME_LENGTH_PREFIX_BYTES>()?;
+        let payload_bytes = check_payload_length(u32::from_le_bytes(*prefix)).ok()?;
+        Some(FRAME_LENGTH_PREFIX_BYTES + payload_bytes)
     }
 
     /// Call when the peer has closed its side: an error when the stream stopped inside a frame.
@@ -256,11 +264,12 @@ mod tests {
     }
 
     #[test]
-    fn partial_frame_reserves_its_full_size_once_the_prefix_is_valid() {
+    fn partial_frame_reserves_nothing_beyond_the_bytes_received() {
         let mut decoder = FrameDecoder::new();
         decoder.extend_from_slice(&frame(&[1u8; 10_000])[..100]);
         assert_eq!(decoder.next_frame(), Ok(None));
-        assert!(decoder.buffer_mut().capacity() >= FRAME_LENGTH_PREFIX_BYTES + 10_000);
+        assert!(decoder.buffer_mut().capacity() < 10_000, "reserved for bytes not received");
+        assert_eq!(decoder.declared_frame_bytes(), Some(FRAME_LENGTH_PREFIX_BYTES + 10_000));
     }
 
     #[test]

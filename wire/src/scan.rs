@@ -180,11 +180,14 @@ impl ScanEntry {
 ///
 /// The invariant every producer keeps (a shard's page as much as the merged one): every live key
 /// of the range up to `next_start` inclusive (through the range's end when it is `None`) is in
-/// `entries`, and `next_start` is the last entry's key.
+/// `entries`, and `next_start` is the last entry's key, or a later key the page looked at when a
+/// shard stopped its work in a run of dead keys (then the page may hold no entry at all; paging
+/// still progresses, since `next_start` moves forward).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ScanPage {
     pub entries: Vec<ScanEntry>,
-    /// The key of the last entry, when more may follow; `None` when the range is finished.
+    /// Where the next page resumes (after this key), when more may follow; `None` when the range
+    /// is finished.
     pub next_start: Option<Bytes>,
 }
 

@@ -31,6 +31,7 @@ pub mod peer_server;
 pub mod trees;
 pub mod view;
 
+use crate::request_memory::RequestMemory;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -71,6 +72,9 @@ pub struct ClusterSettings {
     pub peer_pending_max: usize,
     pub peer_outbox_bytes_max: usize,
     pub peer_in_flight_max: usize,
+    /// Bytes the shard's peer links together may hold in receive buffers (a budget of their own,
+    /// so that clients that spend theirs cannot stall replication).
+    pub peer_receive_bytes_max: usize,
     pub healing: HealingSettings,
 }
 
@@ -90,6 +94,8 @@ pub struct Cluster {
     origin: LinkOrigin,
     settings: ClusterSettings,
     handler: Rc<Handler<DmaDisk>>,
+    /// What the peer links' receive buffers hold.
+    peer_memory: Rc<RequestMemory>,
     view: RefCell<ClusterView>,
     coordinator: RefCell<Coordinator>,
     /// What to do with each pending request's reply.
@@ -120,6 +126,7 @@ impl Cluster {
         });
         Rc::new_cyclic(|this| Cluster {
             origin,
+            peer_memory: RequestMemory::new(settings.peer_receive_bytes_max),
             settings,
             handler,
             view: RefCell::new(view),
@@ -183,6 +190,11 @@ impl Cluster {
     }
 
     /// The settings.
+    /// The budget the peer links' receive buffers are charged to.
+    pub(crate) fn peer_memory(&self) -> &Rc<RequestMemory> {
+        &self.peer_memory
+    }
+
     pub fn settings(&self) -> &ClusterSettings {
         &self.settings
     }
@@ -456,7 +468,13 @@ impl Cluster {
             .member(target.node_id)
             .map(|identity| identity.shard_peer_address(target.shard))
             .expect("targets come from the view's members");
-        let link = Rc::new(PeerLink::new(target, address, self.origin, self.settings.peer_outbox_bytes_max));
+        let link = Rc::new(PeerLink::new(
+            target,
+            address,
+            self.origin,
+            self.settings.peer_outbox_bytes_max,
+            self.peer_memory.clone(),
+        ));
         let this = self.this.clone();
         let on_reply: Rc<dyn Fn(Target, PeerEnvelope)> = Rc::new(move |from, envelope| {
             if let Some(cluster) = this.upgrade() {

@@ -12,6 +12,7 @@
 //! slow or stopped replica therefore costs a bounded outbox, never memory that grows with load.
 //! When the connection fails, what was queued is dropped the same way.
 
+use crate::request_memory::{read_into, RequestMemory};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use event_listener::Event;
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::or;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use ringkv_replication::Target;
 use ringkv_wire::peer::{PeerEnvelope, PeerMessage};
@@ -54,11 +55,19 @@ pub struct PeerLink {
     builder: RefCell<FlatBufferBuilder<'static>>,
     ready: Event,
     stop: Rc<StopSignal>,
+    /// What the receive buffer is charged to.
+    memory: Rc<RequestMemory>,
 }
 
 impl PeerLink {
     /// A link to `target` at `address`; call [`PeerLink::run`] in a task to drive it.
-    pub fn new(target: Target, address: SocketAddr, origin: LinkOrigin, outbox_bytes_max: usize) -> Self {
+    pub fn new(
+        target: Target,
+        address: SocketAddr,
+        origin: LinkOrigin,
+        outbox_bytes_max: usize,
+        memory: Rc<RequestMemory>,
+    ) -> Self {
         PeerLink {
             target,
             address: Cell::new(address),
@@ -68,6 +77,7 @@ impl PeerLink {
             builder: RefCell::new(FlatBufferBuilder::new()),
             ready: Event::new(),
             stop: Rc::new(StopSignal::new()),
+            memory,
         }
     }
 
@@ -161,15 +171,18 @@ impl PeerLink {
         }
         let (mut reader, mut writer) = futures_lite::io::split(stream);
         let target = self.target;
+        let memory = self.memory.clone();
         let read_replies = async move {
-            let mut decoder = FrameDecoder::with_capacity(READ_CHUNK_BYTES);
-            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+            let mut decoder = FrameDecoder::new();
+            let mut charge = memory.empty();
             loop {
-                let read = match reader.read(&mut chunk).await {
+                let declared = decoder.declared_frame_bytes();
+                match read_into(&mut reader, decoder.buffer_mut(), &mut charge, READ_CHUNK_BYTES, declared)
+                    .await
+                {
                     Ok(0) | Err(_) => return,
-                    Ok(read) => read,
-                };
-                decoder.extend_from_slice(&chunk[..read]);
+                    Ok(_) => {}
+                }
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(frame)) => match parse_peer_shared(&frame) {

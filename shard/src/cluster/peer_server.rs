@@ -12,13 +12,14 @@
 //! answered `Overloaded` at once, and a link whose replies are not read stops being read once
 //! its outbox is full, so a hostile or stuck peer holds bounded memory.
 
+use crate::request_memory::read_into;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use event_listener::Event;
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::or;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use ringkv_replication::replica;
 use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
@@ -107,8 +108,8 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
         let cluster = cluster.clone();
         let peer = peer.clone();
         async move {
-            let mut decoder = FrameDecoder::with_capacity(READ_CHUNK_BYTES);
-            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+            let mut decoder = FrameDecoder::new();
+            let mut charge = cluster.peer_memory().empty();
             let mut greeted = false;
             loop {
                 // Hold back while the peer does not read its replies.
@@ -122,11 +123,13 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                 if state.closed.get() {
                     return;
                 }
-                let read = match reader.read(&mut chunk).await {
+                let declared = decoder.declared_frame_bytes();
+                match read_into(&mut reader, decoder.buffer_mut(), &mut charge, READ_CHUNK_BYTES, declared)
+                    .await
+                {
                     Ok(0) | Err(_) => return,
-                    Ok(read) => read,
-                };
-                decoder.extend_from_slice(&chunk[..read]);
+                    Ok(_) => {}
+                }
                 loop {
                     let frame = match decoder.next_frame() {
                         Ok(Some(frame)) => frame,

@@ -38,13 +38,15 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
 use futures_lite::future::{or, yield_now};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use ringkv_wire::Operation;
 use tracing::debug;
 
 use crate::connection::linger;
+use crate::connection::{read_or_give_up, ReadOutcome};
 use crate::metrics::{self, ShardMetrics};
+use crate::request_memory::{read_into, RequestMemory};
 use crate::resp::command_table::{self, COMMANDS};
 use crate::resp::commands::{
     self, failure_reply, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
@@ -54,9 +56,10 @@ use crate::resp::reply::{encode_bulk, encode_null, Protocol, RespReply};
 use crate::resp::RespShard;
 use crate::router::Router;
 use crate::stop_signal::StopSignal;
+use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
 
-/// Bytes read from the socket per call.
+/// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// A Redis-protocol connection being served.
@@ -66,6 +69,7 @@ pub struct RespConnection {
     stop: Rc<StopSignal>,
     limits: ConnectionLimits,
     session: Session,
+    memory: Rc<RequestMemory>,
 }
 
 /// What the connection knows about its client.
@@ -175,6 +179,8 @@ enum ReadEnd {
     Stopped,
     /// A protocol error; the client may still be sending.
     Refused,
+    /// A command did not finish arriving in time, or the connection sat idle too long.
+    TimedOut(Expired),
 }
 
 impl Shared {
@@ -304,6 +310,11 @@ impl Shared {
         self.replies.borrow().in_flight
     }
 
+    /// Commands running: the connection is not idle.
+    fn busy(&self) -> bool {
+        self.in_flight() > 0
+    }
+
     fn finish_reading(&self) {
         self.replies.borrow_mut().reading_done = true;
         self.ready.notify(1);
@@ -386,6 +397,7 @@ impl RespConnection {
         stop: Rc<StopSignal>,
         limits: ConnectionLimits,
         shard: Rc<RespShard>,
+        memory: Rc<RequestMemory>,
     ) -> Self {
         // Replies are already batched by the writer; Nagle's delay would only add latency.
         if let Err(error) = stream.set_nodelay(true) {
@@ -399,7 +411,7 @@ impl RespConnection {
             peer: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
         };
-        RespConnection { stream, router, stop, limits, session }
+        RespConnection { stream, router, stop, limits, session, memory }
     }
 
     /// The client's address, when the socket still knows it.
@@ -410,12 +422,12 @@ impl RespConnection {
     /// Serves the connection until the client closes it or sends QUIT, breaks the protocol, or
     /// the shard stops; then finishes the commands running, writes their replies and closes.
     pub async fn serve(self) {
-        let RespConnection { stream, router, stop, limits, mut session } = self;
+        let RespConnection { stream, router, stop, limits, mut session, memory } = self;
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
         let writer_task =
             glommio::spawn_local(write_replies(writer, shared.clone(), router.metrics().clone()));
-        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &mut session).await;
+        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &mut session, &memory).await;
         shared.finish_reading();
         writer_task.await;
         if end != ReadEnd::Finished {
@@ -433,39 +445,50 @@ async fn read_requests(
     stop: &StopSignal,
     limits: ConnectionLimits,
     session: &mut Session,
+    memory: &Rc<RequestMemory>,
 ) -> ReadEnd {
-    let mut parser = RequestParser::with_capacity(READ_CHUNK_BYTES);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut parser = RequestParser::default();
+    // Covers the receive buffer's allocation (commands cut from it are not counted once cut).
+    let mut charge = memory.empty();
+    let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
             return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
         }
-        let read = or(async { Some(reader.read(&mut chunk).await) }, async {
-            stop.wait().await;
-            None
-        })
+        let buffer = parser.buffer_mut();
+        let read = read_or_give_up(
+            read_into(reader, buffer, &mut charge, READ_CHUNK_BYTES, None),
+            stop,
+            &timeouts,
+            || shared.busy(),
+        )
         .await;
         match read {
-            None => return ReadEnd::Stopped,
-            Some(Ok(0)) => {
+            ReadOutcome::Stopped => return ReadEnd::Stopped,
+            ReadOutcome::Expired(expired) => {
+                expired.count();
+                return ReadEnd::TimedOut(expired);
+            }
+            ReadOutcome::Read(Ok(0)) => {
                 if let Err(error) = parser.check_end_of_stream() {
                     debug!(%error, "stream ended inside a request");
                 }
                 return ReadEnd::Finished;
             }
-            Some(Ok(read)) => {
+            ReadOutcome::Read(Ok(read)) => {
                 router.metrics().connections(metrics::Protocol::Resp).bytes_in.add(read as u64);
-                parser.extend_from_slice(&chunk[..read]);
             }
-            Some(Err(error)) => {
+            ReadOutcome::Read(Err(error)) => {
                 debug!(%error, "reading from the client failed");
                 return ReadEnd::Finished;
             }
         }
+        let mut took_requests = false;
         loop {
             match parser.next_request() {
                 Ok(None) => break,
                 Ok(Some(arguments)) => {
+                    took_requests = true;
                     session.shard.commands_processed.set(session.shard.commands_processed.get() + 1);
                     match commands::parse_command(&arguments) {
                         Err(reply) => shared.push(&reply, session.protocol),
@@ -495,6 +518,7 @@ async fn read_requests(
                 }
             }
         }
+        timeouts.after_read(parser.buffered_bytes(), took_requests);
         // Let the writer and the command tasks run before reading again (see the native
         // connection: a read that finds data does not yield).
         yield_now().await;

@@ -48,6 +48,7 @@ pub use connection::RespConnection;
 use crate::config::NodeConfig;
 use crate::connection::ConnectionLimits;
 use crate::metrics::{OverloadReason, Protocol};
+use crate::request_memory::RequestMemory;
 use crate::router::Router;
 use crate::service::accept_until_stopped;
 use crate::stop_signal::StopSignal;
@@ -168,6 +169,7 @@ pub fn spawn_listener(
     router: Rc<Router>,
     stop: Rc<StopSignal>,
     config: &NodeConfig,
+    memory: Rc<RequestMemory>,
 ) -> JoinHandle<()> {
     let port = listener.local_addr().map(|address: SocketAddr| address.port()).unwrap_or_default();
     let acceptor = Acceptor {
@@ -178,8 +180,12 @@ pub fn spawn_listener(
         limits: ConnectionLimits {
             in_flight_max: config.in_flight_max,
             outbox_bytes_max: config.outbox_bytes_max,
+            frame_timeout: Duration::from_millis(config.frame_timeout_ms),
+            idle_timeout: (config.client_idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
         },
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        memory,
     };
     let span = info_span!("accept", shard = shard_id, port = "resp");
     glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
@@ -192,6 +198,7 @@ struct Acceptor {
     connections_max: usize,
     limits: ConnectionLimits,
     shutdown_grace: Duration,
+    memory: Rc<RequestMemory>,
 }
 
 impl Acceptor {
@@ -236,8 +243,14 @@ impl Acceptor {
         }
         shard.connected.set(shard.connected.get() + 1);
         let open = OpenConnection(shard.clone());
-        let connection =
-            RespConnection::new(stream, self.router.clone(), self.stop.clone(), self.limits, shard.clone());
+        let connection = RespConnection::new(
+            stream,
+            self.router.clone(),
+            self.stop.clone(),
+            self.limits,
+            shard.clone(),
+            self.memory.clone(),
+        );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("resp", shard = shard.shard_id, %peer);
         glommio::spawn_local(

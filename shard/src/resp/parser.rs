@@ -66,6 +66,7 @@ pub enum ProtocolError {
 }
 
 /// Buffers received bytes and hands out whole requests.
+#[derive(Default)]
 pub struct RequestParser {
     buffer: BytesMut,
 }
@@ -84,6 +85,12 @@ impl RequestParser {
     /// A parser with `capacity` bytes of buffer reserved.
     pub fn with_capacity(capacity: usize) -> Self {
         RequestParser { buffer: BytesMut::with_capacity(capacity) }
+    }
+
+    /// The receive buffer, for reading from a socket straight into it. Only append to it
+    /// (replacing it with a larger copy of itself appends nothing).
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buffer
     }
 
     /// Appends received bytes.

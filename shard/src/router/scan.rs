@@ -59,8 +59,10 @@ pub fn merge(pages: Vec<ScanPage>, limit: usize) -> ScanPage {
     }
     debug_assert!(
         complete_through.is_none()
-            || merged.entries.last().map(|last| &last.key) == complete_through.as_ref(),
-        "the smallest cut is the merged page's last entry"
+            || merged.entries.last().is_none_or(
+                |last| position(&last.key) <= position(complete_through.as_ref().expect("checked"))
+            ),
+        "the smallest cut is at or after the merged page's last entry"
     );
     merged.next_start = complete_through;
     merged

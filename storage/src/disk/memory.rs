@@ -46,6 +46,8 @@ struct Faults {
     syncs_until_failure: Option<u64>,
     /// Number of writes that still succeed before every later write fails.
     writes_until_failure: Option<u64>,
+    /// What [`Disk::available_bytes`] answers.
+    available_bytes: Option<u64>,
 }
 
 #[derive(Default)]
@@ -113,6 +115,12 @@ impl MemDisk {
     /// test can stop polling a flush or a compaction midway and drop it.
     pub fn yield_at_yield_points(&self, yields: bool) {
         self.dir.borrow_mut().faults.yields = yields;
+    }
+
+    /// Sets what [`Disk::available_bytes`] answers: free bytes, or `None` for "cannot tell"
+    /// (the default). Writes are not limited by it; it stands for a filesystem filling up.
+    pub fn set_available_bytes(&self, available: Option<u64>) {
+        self.dir.borrow_mut().faults.available_bytes = available;
     }
 
     /// After `successes` more successful syncs (file or directory), every sync fails.
@@ -231,6 +239,10 @@ impl Disk for MemDisk {
         if yields {
             crate::wal::writer::yield_once().await;
         }
+    }
+
+    fn available_bytes(&self) -> io::Result<Option<u64>> {
+        Ok(self.dir.borrow().faults.available_bytes)
     }
 }
 

@@ -46,6 +46,9 @@ pub trait Disk {
     /// A cooperative scheduling point: long loops (flush, compaction) call it between blocks so
     /// that foreground requests keep their latency. May return at once.
     async fn yield_point(&self);
+    /// Bytes still free for the directory's files on its filesystem (for an unprivileged
+    /// writer); `None` when the disk cannot tell. Cheap enough to call every few writes.
+    fn available_bytes(&self) -> io::Result<Option<u64>>;
 }
 
 /// One open file.

@@ -256,6 +256,21 @@ pub struct Engine<D: Disk> {
     /// Decides, past the grace period, whether a dead entry may be purged (see
     /// [`Engine::set_purge_gate`]); every one may without it.
     purge_gate: RefCell<Option<PurgeGate>>,
+    /// What the last look at the disk's free space found (see [`EngineOptions::disk_reserve_bytes`]).
+    space: Cell<DiskSpace>,
+}
+
+/// Writes accepted between two looks at the disk's free space while it has room. With values
+/// of at most 1 MiB, that is at most 64 MiB written unseen: the reserve must be larger.
+const SPACE_CHECK_EVERY_WRITES: u32 = 64;
+
+/// The engine's view of the disk's free space.
+#[derive(Clone, Copy, Debug, Default)]
+struct DiskSpace {
+    /// Writes left before the next look.
+    writes_until_check: u32,
+    /// Free bytes at the last look, when they were at or below the reserve (writes refused).
+    full: Option<u64>,
 }
 
 /// Whether a dead entry whose key has `token`, dead since `dead_since_ms`, may be purged.
@@ -338,9 +353,15 @@ impl<D: Disk> Engine<D> {
         manifest.tables.retain(|record| !missing.contains(&record.id));
         recovery.tables_opened = tables.len();
 
-        let (active, closed, last_seq) =
-            Self::replay_wal(disk.as_ref(), &names, &manifest, options.memtable_hash_seed, &mut recovery)
-                .await?;
+        let (active, closed, last_seq) = Self::replay_wal(
+            disk.as_ref(),
+            &names,
+            &manifest,
+            options.memtable_hash_seed,
+            options.wal_rotten_tail_accepted,
+            &mut recovery,
+        )
+        .await?;
         let wal = WalWriter::create(
             disk.clone(),
             next_file_number.clone(),
@@ -389,6 +410,7 @@ impl<D: Disk> Engine<D> {
             stats: RefCell::new(EngineStats::default()),
             recovery,
             purge_gate: RefCell::new(None),
+            space: Cell::new(DiskSpace::default()),
         };
         engine.seal_if_full(&mut engine.state.borrow_mut());
         Ok(engine)
@@ -475,6 +497,54 @@ impl<D: Disk> Engine<D> {
     /// The reason writes are refused, if they are.
     pub fn failure(&self) -> Option<String> {
         self.state.borrow().failure.clone().or_else(|| self.wal.failure())
+    }
+
+    /// [`Engine::check_writable`] for a new write, which the disk must also have room for.
+    fn check_accepts_writes(&self, state: &State<D::File>) -> Result<()> {
+        self.check_writable(state)?;
+        self.check_disk_space()
+    }
+
+    /// Refuses a write when the disk's free space is at or below the reserve, looking at it
+    /// every [`SPACE_CHECK_EVERY_WRITES`] writes, and at every write while it is full (so writes
+    /// resume as soon as space is freed). Flushes and compactions never look: the reserve is
+    /// theirs.
+    fn check_disk_space(&self) -> Result<()> {
+        let reserve_bytes = self.options.disk_reserve_bytes;
+        if reserve_bytes == 0 {
+            return Ok(());
+        }
+        let mut space = self.space.get();
+        if space.full.is_none() && space.writes_until_check > 0 {
+            space.writes_until_check -= 1;
+            self.space.set(space);
+            return Ok(());
+        }
+        space.writes_until_check = SPACE_CHECK_EVERY_WRITES;
+        let available_bytes = match self.disk.available_bytes() {
+            Ok(Some(available_bytes)) => available_bytes,
+            Ok(None) => u64::MAX,
+            Err(error) => {
+                tracing::debug!(%error, "could not read the disk's free space");
+                u64::MAX
+            }
+        };
+        let full = available_bytes <= reserve_bytes;
+        match (space.full, full) {
+            (None, true) => tracing::warn!(
+                available_bytes,
+                reserve_bytes,
+                "the disk is full: writes are refused until space is freed (reads go on)"
+            ),
+            (Some(_), false) => tracing::info!(available_bytes, "disk space was freed: writes resume"),
+            _ => {}
+        }
+        space.full = full.then_some(available_bytes);
+        self.space.set(space);
+        if full {
+            return Err(StorageError::DiskFull { available_bytes, reserve_bytes });
+        }
+        Ok(())
     }
 
     fn check_writable(&self, state: &State<D::File>) -> Result<()> {

@@ -18,6 +18,7 @@ impl<D: Disk> Engine<D> {
         names: &[String],
         manifest: &Manifest,
         memtable_hash_seed: u64,
+        accept_rotten_tail: bool,
         recovery: &mut RecoveryReport,
     ) -> Result<(Memtable, Vec<SegmentInfo>, u64)> {
         let mut numbers: Vec<u64> = names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
@@ -31,7 +32,7 @@ impl<D: Disk> Engine<D> {
             let file = disk.open(&name).await.map_err(io_error("open", &name))?;
             let size = file.size().await.map_err(io_error("size", &name))?;
             let buffer = file.read_at(0, size as usize).await.map_err(io_error("read", &name))?;
-            let scan = scan_segment(&name, &buffer, expected_seq)?;
+            let scan = scan_segment(&name, &buffer, expected_seq, accept_rotten_tail)?;
             recovery.torn_tail_bytes += scan.torn_bytes;
             if let (None, Some(first)) = (expected_seq, scan.records.first()) {
                 // Records at or below flushed_seq are in tables; anything missing above is a hole.

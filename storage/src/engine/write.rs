@@ -15,7 +15,7 @@ use crate::entry::Entry;
 use crate::key::{StoredKey, TOKEN_BYTES};
 use crate::options::SyncMode;
 use crate::sstable::key_hash;
-use crate::{DiskFile, Result};
+use crate::{DiskFile, Result, StorageError};
 use bytes::Bytes;
 use std::rc::Rc;
 
@@ -48,6 +48,11 @@ fn newest(left: Option<Entry>, right: Option<&Entry>) -> Option<Entry> {
         (None, right) => right.cloned(),
     }
 }
+
+/// Reads of a key's stored state one write may make, at most, when flushes keep moving memtables
+/// under it (each read must then be made again): the work bound of a compare-and-swap or a write
+/// that must read first. Past it the write is refused as contended, to be retried.
+pub const READ_RETRIES_MAX: u32 = 8;
 
 impl<D: Disk> Engine<D> {
     /// Writes `value` under `key` with `version`, expiring at `expires_at_ms` if given.
@@ -97,7 +102,7 @@ impl<D: Disk> Engine<D> {
         self.make_room().await?;
         let step = {
             let mut state = self.state.borrow_mut();
-            self.check_writable(&state)?;
+            self.check_accepts_writes(&state)?;
             let in_memory = state.newest_in_memory(&key);
             let entry = make_entry(in_memory.map(|newest| newest.entry.version));
             validate_value(entry.data())?;
@@ -125,14 +130,19 @@ impl<D: Disk> Engine<D> {
     /// The slow path of [`Engine::write_with`]: reads the key's newest stored entry, then, in one
     /// synchronous step with what the memtables hold by then, applies `entry` if it outranks it.
     async fn write_if_newest(&self, key: &[u8], entry: Entry) -> Result<WriteOutcome> {
+        let mut attempts = 0;
         loop {
             let generation = self.state.borrow().flush_generation;
             let found = self.stored_entry(key).await?;
             let step = {
                 let mut state = self.state.borrow_mut();
-                self.check_writable(&state)?;
+                self.check_accepts_writes(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
+                    attempts += 1;
+                    if attempts >= READ_RETRIES_MAX {
+                        return Err(StorageError::Contended { attempts });
+                    }
                     continue;
                 }
                 let current = newest(found, state.newest_in_memory(key).map(|newest| &newest.entry));
@@ -201,14 +211,19 @@ impl<D: Disk> Engine<D> {
         let key = StoredKey::new(&key);
         self.make_room().await?;
         let mut make_entry = Some(make_entry);
+        let mut attempts = 0;
         loop {
             let generation = self.state.borrow().flush_generation;
             let found = self.stored_entry(&key).await?;
             let (seq, version) = {
                 let mut state = self.state.borrow_mut();
-                self.check_writable(&state)?;
+                self.check_accepts_writes(&state)?;
                 if state.flush_generation != generation {
                     // A memtable moved to a table while we read; the read may have missed a write.
+                    attempts += 1;
+                    if attempts >= READ_RETRIES_MAX {
+                        return Err(StorageError::Contended { attempts });
+                    }
                     continue;
                 }
                 // A write to the key since the read began is in a memtable; the newest of the two
@@ -245,7 +260,7 @@ impl<D: Disk> Engine<D> {
     /// Appends to the WAL buffer and the memtable in one step; returns the sequence number.
     /// `key` is the stored key.
     fn apply(&self, state: &mut State<D::File>, key: &[u8], entry: Entry) -> Result<u64> {
-        self.check_writable(state)?;
+        self.check_accepts_writes(state)?;
         let seq = state.next_seq;
         self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(key, out))?;
         state.next_seq += 1;
@@ -281,7 +296,7 @@ impl<D: Disk> Engine<D> {
         loop {
             let listener = {
                 let state = self.state.borrow();
-                self.check_writable(&state)?;
+                self.check_accepts_writes(&state)?;
                 if state.sealed.is_none()
                     || state.active.approximate_bytes() < self.options.memtable_bytes_max
                 {
@@ -420,6 +435,41 @@ mod tests {
             assert!(newer.unwrap().is_applied());
             assert_eq!(older.unwrap(), WriteOutcome::Superseded { version: 5, current_version: 10 });
             assert!(durable_when_older_resolved >= 1, "resolved before the newer write was durable");
+        });
+    }
+
+    #[test]
+    fn a_full_disk_refuses_writes_keeps_reads_and_flushes_and_recovers_when_space_returns() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let options = EngineOptions { disk_reserve_bytes: 1 << 20, ..small_options() };
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"a"), 1, None).await.unwrap();
+            disk.set_available_bytes(Some(1 << 20));
+            // Within a few writes the engine looks again, and refuses.
+            let mut refused = None;
+            for version in 2..(2 + u64::from(SPACE_CHECK_EVERY_WRITES) + 2) {
+                match engine.put(key(2), Bytes::from_static(b"b"), version, None).await {
+                    Ok(_) => continue,
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
+                }
+            }
+            let error = refused.expect("writes went on with the disk full");
+            assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+            assert!(!error.is_fatal(), "a full disk is not a failure of the engine");
+            assert!(engine.failure().is_none());
+            // Every write is refused while full, deletes too; reads and flushes go on.
+            let error = engine.delete(key(1), 100, 0).await.unwrap_err();
+            assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+            assert!(engine.get(&key(1), 0).await.unwrap().is_some());
+            engine.flush().await.unwrap();
+            // Space comes back: the next write is accepted, without reopening.
+            disk.set_available_bytes(Some(64 << 20));
+            engine.put(key(3), Bytes::from_static(b"c"), 200, None).await.unwrap();
+            assert!(engine.get(&key(3), 0).await.unwrap().is_some());
         });
     }
 

@@ -3,7 +3,15 @@
 //! The scan stops at the first place that is not a valid record. What follows decides what it
 //! was: if any later 4 KiB boundary (where every group write starts) holds a valid record with
 //! a later sequence number, acknowledged data sits beyond damage and the segment is corrupt —
-//! an error, never skipped. Otherwise it is a torn tail: the bytes are dropped and counted.
+//! an error, never skipped. Otherwise the damage is in the log's last group, and its shape
+//! decides:
+//! - a torn write (the file ends inside the record, or one of the record's 512-byte sectors is
+//!   all zeros: never written) is a torn tail: the bytes are dropped and counted. Such a write
+//!   was never acknowledged.
+//! - a whole record whose every sector was written and which still fails its checksum rotted on
+//!   disk, and it may hold acknowledged writes: corruption, an error, unless the caller accepts
+//!   the loss (then it is logged as an error and dropped like a torn tail).
+//!
 //! (A real disk may persist the sectors of one unsynced write out of order; such a write was
 //! never acknowledged, yet this rule reports it as corruption. Erring towards an error is the
 //! safe side: an operator decides, nothing is silently lost.)
@@ -30,11 +38,23 @@ pub struct SegmentScan {
     pub valid_end: u64,
     /// Bytes after `valid_end` that held damaged data (a torn tail), if any.
     pub torn_bytes: u64,
+    /// The damage was not a torn write but a rotted record, dropped because the caller accepted
+    /// the loss.
+    pub rotten_tail_dropped: bool,
 }
 
+/// Size of the unit a disk writes atomically, at least: a sector.
+const SECTOR_BYTES: usize = 512;
+
 /// Scans `buf`, the whole contents of segment `file`. `expected_seq` is the sequence number the
-/// first record must carry if known (continuity across segments).
-pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Result<SegmentScan> {
+/// first record must carry if known (continuity across segments). `accept_rotten_tail` drops a
+/// rotted last record (logged as an error) instead of failing.
+pub fn scan_segment(
+    file: &str,
+    buf: &[u8],
+    mut expected_seq: Option<u64>,
+    accept_rotten_tail: bool,
+) -> Result<SegmentScan> {
     let mut scan = SegmentScan::default();
     let mut offset = 0usize;
     while offset < buf.len() {
@@ -76,6 +96,26 @@ pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Re
                 }
                 let damaged_end =
                     buf[offset..].iter().rposition(|&b| b != 0).map_or(offset, |p| offset + p + 1);
+                if !looks_torn(buf, offset) {
+                    let what = format!(
+                        "{reason} in the last record, though every sector of it was written: the bytes \
+                         changed on disk (a torn write cannot explain it) and acknowledged writes may be lost"
+                    );
+                    if !accept_rotten_tail {
+                        return Err(StorageError::corruption(
+                            file,
+                            offset as u64,
+                            format!("{what}; accepting the loss (a node's accept_wal_tail_loss) drops it"),
+                        ));
+                    }
+                    tracing::error!(
+                        file,
+                        offset,
+                        bytes = damaged_end - offset,
+                        "{what}; dropped, as accepted"
+                    );
+                    scan.rotten_tail_dropped = true;
+                }
                 scan.torn_bytes = (damaged_end - offset) as u64;
                 return Ok(scan);
             }
@@ -92,6 +132,35 @@ pub fn scan_segment(file: &str, buf: &[u8], mut expected_seq: Option<u64>) -> Re
         }
     }
     Ok(scan)
+}
+
+/// True when the invalid record at `offset` looks like a write cut short: the file ends inside
+/// it off a block boundary, or one of the sectors it spans is all zeros (never written). Sectors
+/// are written whole, so a record whose sectors all hold data was written entirely. (A flipped
+/// bit in a record's length that stretches it over the zero padding after it looks the same as
+/// a torn write, and is treated as one.)
+fn looks_torn(buf: &[u8], offset: usize) -> bool {
+    let declared_end = match buf.get(offset..offset + RECORD_HEADER_BYTES) {
+        None => return true,
+        Some(header) => {
+            let payload_len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+            if payload_len == 0 || payload_len > record::RECORD_PAYLOAD_BYTES_MAX {
+                // The length itself is damaged: only the header's own sectors say anything.
+                offset + RECORD_HEADER_BYTES
+            } else {
+                offset + RECORD_HEADER_BYTES + payload_len
+            }
+        }
+    };
+    // Group writes fill whole 4 KiB blocks: a file that ends off a block boundary was cut
+    // inside a write.
+    if declared_end > buf.len() && !buf.len().is_multiple_of(ALIGNMENT) {
+        return true;
+    }
+    let first_sector = offset / SECTOR_BYTES * SECTOR_BYTES;
+    (first_sector..declared_end.min(buf.len()))
+        .step_by(SECTOR_BYTES)
+        .any(|sector| buf[sector..(sector + SECTOR_BYTES).min(buf.len())].iter().all(|&byte| byte == 0))
 }
 
 /// True when `offset` is inside a 4 KiB block and every byte from it to the block's end is zero.
@@ -136,7 +205,7 @@ mod tests {
     #[test]
     fn reads_every_group() {
         let buf = segment(&[&[(1, b"a"), (2, b"b")], &[(3, b"c")]]);
-        let scan = scan_segment("s", &buf, Some(1)).unwrap();
+        let scan = scan_segment("s", &buf, Some(1), false).unwrap();
         assert_eq!(scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(scan.torn_bytes, 0);
     }
@@ -147,7 +216,8 @@ mod tests {
         for gap in 1..=RECORD_HEADER_BYTES {
             let payload = vec![9u8; ALIGNMENT - RECORD_HEADER_BYTES - gap];
             let buf = segment(&[&[(1, &payload)], &[(2, b"next")]]);
-            let scan = scan_segment("s", &buf, Some(1)).unwrap_or_else(|error| panic!("gap {gap}: {error}"));
+            let scan =
+                scan_segment("s", &buf, Some(1), false).unwrap_or_else(|error| panic!("gap {gap}: {error}"));
             assert_eq!(scan.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2], "gap {gap}");
         }
     }
@@ -157,8 +227,37 @@ mod tests {
         let mut buf = segment(&[&[(1, b"a")], &[(2, &[7u8; 100])]]);
         let second = ALIGNMENT + RECORD_HEADER_BYTES + 50;
         buf.truncate(second);
-        let scan = scan_segment("s", &buf, None).unwrap();
+        let scan = scan_segment("s", &buf, None, false).unwrap();
         assert_eq!(scan.records.len(), 1);
+        assert!(scan.torn_bytes > 0);
+    }
+
+    #[test]
+    fn unwritten_sectors_in_the_last_record_are_a_torn_tail() {
+        let payload = vec![7u8; 3000];
+        let mut buf = segment(&[&[(1, b"a")], &[(2, &payload)]]);
+        // The last group's later sectors were never written.
+        buf[ALIGNMENT + 1024..].fill(0);
+        let scan = scan_segment("s", &buf, None, false).unwrap();
+        assert_eq!(scan.records.len(), 1);
+        assert!(scan.torn_bytes > 0);
+        assert!(!scan.rotten_tail_dropped);
+    }
+
+    #[test]
+    fn a_whole_last_record_failing_its_checksum_is_corruption_unless_accepted() {
+        let payload = vec![7u8; 3000];
+        let mut buf = segment(&[&[(1, b"a")], &[(2, &payload)]]);
+        // One bit flipped in a record whose every sector was written: bit rot.
+        buf[ALIGNMENT + 2000] ^= 0x10;
+        let error = scan_segment("s", &buf, None, false).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::Corruption { reason, .. } if reason.contains("every sector")),
+            "{error}"
+        );
+        let scan = scan_segment("s", &buf, None, true).unwrap();
+        assert_eq!(scan.records.len(), 1);
+        assert!(scan.rotten_tail_dropped);
         assert!(scan.torn_bytes > 0);
     }
 
@@ -166,7 +265,7 @@ mod tests {
     fn damage_followed_by_valid_records_is_corruption() {
         let mut buf = segment(&[&[(1, b"a")], &[(2, b"b")]]);
         buf[RECORD_HEADER_BYTES] ^= 1;
-        let error = scan_segment("s", &buf, None).unwrap_err();
+        let error = scan_segment("s", &buf, None, false).unwrap_err();
         assert!(matches!(error, StorageError::Corruption { .. }), "{error}");
     }
 
@@ -174,14 +273,14 @@ mod tests {
     fn zeroed_group_followed_by_valid_group_is_corruption() {
         let mut buf = segment(&[&[(1, b"a")], &[(2, b"b")], &[(3, b"c")]]);
         buf[ALIGNMENT..2 * ALIGNMENT].fill(0);
-        assert!(scan_segment("s", &buf, None).is_err());
+        assert!(scan_segment("s", &buf, None, false).is_err());
     }
 
     #[test]
     fn sequence_gap_is_corruption() {
         let buf = segment(&[&[(1, b"a")], &[(3, b"b")]]);
-        assert!(scan_segment("s", &buf, None).is_err());
+        assert!(scan_segment("s", &buf, None, false).is_err());
         let buf = segment(&[&[(5, b"a")]]);
-        assert!(scan_segment("s", &buf, Some(4)).is_err());
+        assert!(scan_segment("s", &buf, Some(4), false).is_err());
     }
 }

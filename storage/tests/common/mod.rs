@@ -226,6 +226,10 @@ impl Disk for CrashPointDisk {
     async fn yield_point(&self) {
         self.recorder.before().await;
     }
+
+    fn available_bytes(&self) -> io::Result<Option<u64>> {
+        self.recorder.inner.available_bytes()
+    }
 }
 
 impl DiskFile for CrashPointFile {

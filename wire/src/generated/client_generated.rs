@@ -536,10 +536,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Status {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 14;
+pub const ENUM_MAX_ERROR_CODE: u16 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
   ErrorCode::Internal,
   ErrorCode::Malformed,
   ErrorCode::FrameTooLarge,
@@ -555,6 +555,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::Timeout,
   ErrorCode::ScanLimitOutOfRange,
   ErrorCode::Indeterminate,
+  ErrorCode::DiskFull,
+  ErrorCode::StorageFailed,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -593,9 +595,15 @@ impl ErrorCode {
   /// Too few replicas applied the write for its consistency level, but some did or still may:
   /// whether it took effect is unknown, as with `Timeout`, and a later read may return it.
   pub const Indeterminate: Self = Self(14);
+  /// The disk is full (down to the reserve kept for flushes and compactions): writes are
+  /// refused until space is freed; reads go on. Retry later.
+  pub const DiskFull: Self = Self(15);
+  /// The storage engine failed (a write or sync error) and refuses writes until the node is
+  /// restarted and checked. Not retried.
+  pub const StorageFailed: Self = Self(16);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 14;
+  pub const ENUM_MAX: u16 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Malformed,
@@ -612,6 +620,8 @@ impl ErrorCode {
     Self::Timeout,
     Self::ScanLimitOutOfRange,
     Self::Indeterminate,
+    Self::DiskFull,
+    Self::StorageFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -631,6 +641,8 @@ impl ErrorCode {
       Self::Timeout => Some("Timeout"),
       Self::ScanLimitOutOfRange => Some("ScanLimitOutOfRange"),
       Self::Indeterminate => Some("Indeterminate"),
+      Self::DiskFull => Some("DiskFull"),
+      Self::StorageFailed => Some("StorageFailed"),
       _ => None,
     }
   }

@@ -1,0 +1,253 @@
+//! [`RequestMemory`]: the shard's budget for request bytes received and not yet answered, and
+//! [`read_into`], the one way every connection of the shard reads from its socket.
+//!
+//! ```text
+//!  socket ─read_into─▶ receive buffer (its whole allocation charged) ─split─▶ request (its bytes
+//!                      │                                                      charged until answered)
+//!                      └─ growing it needs room in the budget: none ─▶ wait (the socket is not read)
+//! ```
+//!
+//! Past the budget the shard stops reading from its sockets, so TCP flow control holds the
+//! clients back, instead of growing. Receive buffers grow with the bytes that actually arrived,
+//! never with what a length prefix declares: a client that declares a 1 MiB frame and sends ten
+//! bytes holds one small buffer. Connections that hold budget without finishing their frames are
+//! closed by the frame timeout, which gives the budget back.
+//!
+//! What is counted: the allocation of every receive buffer (its capacity, or the whole frame it
+//! is receiving when a prefix declared one: the memory itself still grows only as bytes come)
+//! beyond a first chunk (64 KiB) every connection has for itself, and, on the client and shard
+//! ports, that much of each request's frame until its reply is queued. The chunks are bounded
+//! by `connections_max`; they keep connections that wait for the budget from holding it. Not counted: replies (bounded
+//! per connection by `outbox_bytes_max`), and the bytes of requests answered at once, which stay
+//! in the receive buffer's allocation until it is replaced.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use event_listener::Event;
+use futures_lite::io::{AsyncRead, AsyncReadExt};
+
+/// Smallest read worth making without growing the buffer first.
+const READ_BYTES_MIN: usize = 4 << 10;
+
+/// A shard's budget of request bytes, shared by all its connections.
+#[derive(Debug)]
+pub struct RequestMemory {
+    max_bytes: usize,
+    used_bytes: Cell<usize>,
+    /// Bytes were given back: waiting readers check again.
+    released: Event,
+    /// Times a reader had to wait for room, for the logs.
+    waits: Cell<u64>,
+}
+
+impl RequestMemory {
+    /// A budget of `max_bytes`.
+    pub fn new(max_bytes: usize) -> Rc<Self> {
+        Rc::new(RequestMemory {
+            max_bytes,
+            used_bytes: Cell::new(0),
+            released: Event::new(),
+            waits: Cell::new(0),
+        })
+    }
+
+    /// The budget.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Bytes charged now.
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes.get()
+    }
+
+    /// How many times a reader waited for room so far.
+    pub fn waits(&self) -> u64 {
+        self.waits.get()
+    }
+
+    /// Charges `bytes`, waiting until the budget has room for them. A request larger than the
+    /// whole budget is charged once nothing else is (the configuration keeps the budget above
+    /// the largest frame, so this only matters to tests).
+    pub async fn charge(self: &Rc<Self>, bytes: usize) -> Charge {
+        let mut waited = false;
+        loop {
+            let listener = self.released.listen();
+            let used = self.used_bytes.get();
+            if used + bytes <= self.max_bytes || used == 0 {
+                self.used_bytes.set(used + bytes);
+                return Charge { memory: self.clone(), bytes };
+            }
+            if !waited {
+                waited = true;
+                self.waits.set(self.waits.get() + 1);
+            }
+            listener.await;
+        }
+    }
+
+    /// A charge of nothing, to split from or grow later.
+    pub fn empty(self: &Rc<Self>) -> Charge {
+        Charge { memory: self.clone(), bytes: 0 }
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.used_bytes.set(self.used_bytes.get() - bytes);
+        self.released.notify(usize::MAX);
+    }
+}
+
+/// Bytes charged to a [`RequestMemory`]; given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    memory: Rc<RequestMemory>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Bytes this charge holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Moves up to `bytes` of this charge into a charge of its own (for a request cut from a
+    /// receive buffer, which takes that much of the buffer's allocation with it).
+    pub fn split(&mut self, bytes: usize) -> Charge {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        Charge { memory: self.memory.clone(), bytes }
+    }
+
+    /// Takes `other` into this charge.
+    fn absorb(&mut self, mut other: Charge) {
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    /// Gives back whatever this charge holds above `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if self.bytes > bytes {
+            self.memory.release(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.memory.release(self.bytes);
+    }
+}
+
+/// The capacity a receive buffer holding `len` bytes in `capacity` should grow to before the
+/// next read, or `None` when it has room enough. `declared` is the total size of the message at
+/// the front of the buffer when a length prefix announced it. The buffer grows by at most what it
+/// already holds (at least `chunk`), and never past the declared message: memory follows the
+/// bytes that arrived, not a prefix's promise.
+pub fn capacity_for_read(
+    len: usize,
+    capacity: usize,
+    chunk: usize,
+    declared: Option<usize>,
+) -> Option<usize> {
+    let spare = capacity - len;
+    let needed = declared.filter(|&total| total > len).map(|total| total - len);
+    // Room for a read worth making (or for the rest of the frame): no growth.
+    if spare > 0 && spare >= READ_BYTES_MIN.min(chunk).min(needed.unwrap_or(usize::MAX)) {
+        return None;
+    }
+    let wanted = match needed {
+        Some(needed) => needed.min(len.max(chunk)),
+        None => chunk.max(len / 2),
+    };
+    Some(len + wanted)
+}
+
+/// Reads once from `reader` into `buffer`, at most `chunk` bytes, growing the buffer first when
+/// it lacks room (see [`capacity_for_read`]). `charge` covers the buffer's allocation and the
+/// whole of the frame in progress (`declared`), less a first `chunk`; it is brought up to them
+/// first, waiting for room in the budget. Returns the bytes read (0 at the end of the stream).
+pub async fn read_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    charge: &mut Charge,
+    chunk: usize,
+    declared: Option<usize>,
+) -> std::io::Result<usize> {
+    // Bytes cut from the buffer since the last read took their share of the allocation with
+    // them (or were answered): the buffer's charge is what remains, or the whole frame in
+    // progress. A declared frame is charged whole before any more of it is read, so a
+    // connection never waits for the budget in the middle of a frame: one that holds budget
+    // is always reading, and sees its client go away. The first `chunk` bytes of every
+    // connection are its own, not charged: a connection waiting for the budget holds nothing of
+    // it, so connections waiting can never hold all of it (which would leave none reading).
+    let declared_bytes = declared.unwrap_or(0);
+    let charged = |capacity: usize| capacity.max(declared_bytes).saturating_sub(chunk);
+    charge.shrink_to(charged(buffer.capacity()));
+    let growth = capacity_for_read(buffer.len(), buffer.capacity(), chunk, declared);
+    let wanted = charged(growth.unwrap_or(0));
+    if wanted > charge.bytes {
+        let memory = charge.memory.clone();
+        let more = memory.charge(wanted - charge.bytes).await;
+        charge.absorb(more);
+    }
+    if let Some(capacity) = growth {
+        // The old allocation's charge moves to the new one; the old one is freed here unless
+        // requests cut from it still run (they carry charges of their own).
+        let mut grown = BytesMut::with_capacity(capacity);
+        grown.extend_from_slice(buffer);
+        *buffer = grown;
+        charge.shrink_to(charged(capacity));
+    }
+    let start = buffer.len();
+    let end = buffer.capacity().min(start + chunk);
+    buffer.resize(end, 0);
+    let read = reader.read(&mut buffer[start..end]).await;
+    buffer.truncate(start + *read.as_ref().unwrap_or(&0));
+    read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_grows_with_received_bytes_up_to_the_declared_frame() {
+        let chunk = 64 << 10;
+        // Empty: one chunk.
+        assert_eq!(capacity_for_read(0, 0, chunk, None), Some(chunk));
+        // A 1 MiB frame declared, 10 bytes arrived in a fresh chunk: no growth.
+        assert_eq!(capacity_for_read(10, chunk, chunk, Some(1 << 20)), None);
+        // Full chunk: doubles, not the declared size.
+        assert_eq!(capacity_for_read(chunk, chunk, chunk, Some(1 << 20)), Some(2 * chunk));
+        // Near the end of the frame: exactly the frame.
+        assert_eq!(capacity_for_read(1 << 19, 1 << 19, chunk, Some((1 << 19) + 5)), Some((1 << 19) + 5));
+        // The whole frame fits already.
+        assert_eq!(capacity_for_read(1000, 2000, chunk, Some(1500)), None);
+        // No frame announced: room for a small read is enough.
+        assert_eq!(capacity_for_read(100, chunk, chunk, None), None);
+    }
+
+    #[test]
+    fn charges_wait_for_room_and_come_back_when_dropped() {
+        let memory = RequestMemory::new(100);
+        let first = futures_lite::future::block_on(memory.charge(60));
+        assert_eq!(memory.used_bytes(), 60);
+        let mut second = futures_lite::future::block_on(memory.charge(40));
+        let third = memory.charge(10);
+        futures_lite::pin!(third);
+        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut third)).is_none());
+        let split = second.split(30);
+        assert_eq!(split.bytes(), 30);
+        drop(split);
+        let third = futures_lite::future::block_on(third);
+        assert_eq!(memory.used_bytes(), 60 + 10 + 10);
+        assert_eq!(memory.waits(), 1);
+        drop((first, second, third));
+        assert_eq!(memory.used_bytes(), 0);
+    }
+}
