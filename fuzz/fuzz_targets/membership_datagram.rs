@@ -1,6 +1,6 @@
 //! Arbitrary bytes as the membership datagrams a node receives (foca's messages, the payload of
-//! a peer `Membership` envelope). The input is cut into datagrams, each preceded by a one-byte
-//! length; between datagrams the node's timers run. Nothing may panic, the outbox and the event
+//! a peer `Membership` envelope). The input is cut into datagrams, each preceded by a two-byte
+//! little-endian length; between datagrams the node's timers run. Nothing may panic, the outbox and the event
 //! list drain, and the node always counts itself up.
 
 #![no_main]
@@ -29,8 +29,9 @@ fuzz_target!(|data: &[u8]| {
     let mut membership = Membership::new(identity, MembershipTiming::default(), StdRng::seed_from_u64(7), now_ms);
     membership.join(&[seed], now_ms);
     let mut rest = data;
-    while let Some((&length, tail)) = rest.split_first() {
-        let length = usize::from(length).min(tail.len());
+    while rest.len() >= 2 {
+        let (length, tail) = rest.split_at(2);
+        let length = usize::from(u16::from_le_bytes([length[0], length[1]])).min(tail.len());
         let (datagram, next) = tail.split_at(length);
         rest = next;
         membership.handle_data(datagram, now_ms);
