@@ -18,10 +18,12 @@ use ringkv_storage::disk::memory::MemDisk;
 use ringkv_storage::hints::{HintLog, StoredHint};
 use ringkv_storage::manifest::MANIFEST_FILE;
 use ringkv_storage::{Disk, DiskFile, Engine, EngineOptions, Entry};
-use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerFailure, PeerErrorCode, PeerMessage, PeerValue, ReadAnswer};
+use ringkv_wire::peer::{
+    PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer,
+};
 use ringkv_wire::{
-    encode_peer, encode_request, encode_response, Command, Consistency, ErrorCode, Expected, Failure, Operation, Outcome,
-    Reply, Request, Response, Scan, ScanEnd, ScanStart,
+    encode_peer, encode_request, encode_response, Command, Consistency, ErrorCode, Expected, Failure,
+    Operation, Outcome, Reply, Request, Response, Scan, ScanEnd, ScanStart,
 };
 
 fn seeds_dir(target: &str) -> PathBuf {
@@ -64,7 +66,8 @@ fn storage_seeds() {
         }
         engine.flush().await.expect("flush");
         for index in 40..48u64 {
-            engine.put(Bytes::from(format!("key-{index:03}")), Bytes::from_static(b"v"), 200 + index, None)
+            engine
+                .put(Bytes::from(format!("key-{index:03}")), Bytes::from_static(b"v"), 200 + index, None)
                 .await
                 .expect("put");
         }
@@ -91,7 +94,11 @@ fn hint_seeds() {
             let entry = if index % 4 == 1 {
                 Entry::tombstone(300 + index, 7_000)
             } else {
-                Entry::live(300 + index, Bytes::from(format!("hinted-{index}")), (index % 3 == 0).then_some(9_000))
+                Entry::live(
+                    300 + index,
+                    Bytes::from(format!("hinted-{index}")),
+                    (index % 3 == 0).then_some(9_000),
+                )
             };
             let hint = StoredHint {
                 key: Bytes::from(format!("key-{index}")),
@@ -117,7 +124,11 @@ fn client_seeds() {
         Request { id: 1, command: Command::Single(Operation::Get { key: key() }), consistency: None },
         Request {
             id: 2,
-            command: Command::Single(Operation::Put { key: key(), value: Bytes::from_static(b"hello"), ttl_ms: Some(60_000) }),
+            command: Command::Single(Operation::Put {
+                key: key(),
+                value: Bytes::from_static(b"hello"),
+                ttl_ms: Some(60_000),
+            }),
             consistency: Some(Consistency::Quorum),
         },
         Request {
@@ -148,14 +159,23 @@ fn client_seeds() {
     }
     write_seed("client_frames", "requests", &stream);
     let responses = [
-        Response { id: 1, reply: Reply::Single(Outcome::Value { value: Bytes::from_static(b"hello"), version: 77 }) },
+        Response {
+            id: 1,
+            reply: Reply::Single(Outcome::Value { value: Bytes::from_static(b"hello"), version: 77 }),
+        },
         Response { id: 2, reply: Reply::Single(Outcome::Written { version: 78 }) },
         Response {
             id: 3,
-            reply: Reply::Batch(vec![Ok(Outcome::NotFound), Ok(Outcome::CasMismatch { current_version: Some(78) })]),
+            reply: Reply::Batch(vec![
+                Ok(Outcome::NotFound),
+                Ok(Outcome::CasMismatch { current_version: Some(78) }),
+            ]),
         },
         Response { id: 6, reply: Reply::Pong },
-        Response { id: 7, reply: Reply::Failed(Failure::new(ErrorCode::Overloaded, "too many requests in flight")) },
+        Response {
+            id: 7,
+            reply: Reply::Failed(Failure::new(ErrorCode::Overloaded, "too many requests in flight")),
+        },
     ];
     let mut stream = vec![255];
     for response in &responses {
@@ -181,8 +201,10 @@ fn identity(node_id: u16, port: u16) -> NodeIdentity {
 /// Datagrams a node sends while joining and answering: what a node receives from its peers.
 /// Also the peer envelopes that carry them.
 fn membership_seeds() -> Vec<Bytes> {
-    let mut first = Membership::new(identity(2, 7001), MembershipTiming::default(), StdRng::seed_from_u64(1), 0);
-    let mut second = Membership::new(identity(1, 7000), MembershipTiming::default(), StdRng::seed_from_u64(2), 0);
+    let mut first =
+        Membership::new(identity(2, 7001), MembershipTiming::default(), StdRng::seed_from_u64(1), 0);
+    let mut second =
+        Membership::new(identity(1, 7000), MembershipTiming::default(), StdRng::seed_from_u64(2), 0);
     first.join(&["127.0.0.1:7000".parse().expect("address")], 0);
     let mut datagrams = Vec::new();
     let mut now_ms = 0;
@@ -235,7 +257,8 @@ fn peer_seeds(membership: &[Bytes]) {
     let mut builder = flatbuffers::FlatBufferBuilder::new();
     let mut stream = vec![255];
     for (index, message) in messages.enumerate() {
-        let envelope = PeerEnvelope { origin_node: 3, origin_shard: 1, request_id: index as u64 + 1, message };
+        let envelope =
+            PeerEnvelope { origin_node: 3, origin_shard: 1, request_id: index as u64 + 1, message };
         let frame = encode_peer(&mut builder, &envelope).expect("encode a peer envelope");
         write_seed("peer_frames", &format!("datagram-{index}"), frame);
         stream.extend_from_slice(frame);
@@ -249,7 +272,11 @@ fn resp_seeds() {
         "multibulk",
         b"\xff*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n*0\r\n",
     );
-    write_seed("resp_requests", "inline", b"\xffPING\r\nset \"a b\\x41\\n\" 'it\\'s'\n\r\nMSET k1 v1 k2 v2\r\n");
+    write_seed(
+        "resp_requests",
+        "inline",
+        b"\xffPING\r\nset \"a b\\x41\\n\" 'it\\'s'\n\r\nMSET k1 v1 k2 v2\r\n",
+    );
 }
 
 fn main() {

@@ -44,7 +44,8 @@ fuzz_target!(|data: &[u8]| {
         let seq = log.append(&hint).expect("append");
         log.sync_through(seq).await.expect("sync");
         drop(log);
-        let (_, again) = HintLog::open(disk, SEGMENT_BYTES_MAX).await.expect("a log written after recovery opens");
+        let (_, again) =
+            HintLog::open(disk, SEGMENT_BYTES_MAX).await.expect("a log written after recovery opens");
         let mut expected = recovery.hints;
         expected.push(hint);
         assert_eq!(again.hints, expected, "the recovered hints, then the new one");

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use libfuzzer_sys::fuzz_target;
 use rand_foca::rngs::StdRng;
 use rand_foca::SeedableRng;
-use ringkv_replication::membership::{Membership, MembershipTiming, NodeIdentity, MEMBERSHIP_PACKET_BYTES_MAX};
+use ringkv_replication::membership::{
+    Membership, MembershipTiming, NodeIdentity, MEMBERSHIP_PACKET_BYTES_MAX,
+};
 
 fuzz_target!(|data: &[u8]| {
     let address: SocketAddr = "127.0.0.1:7000".parse().expect("address");
@@ -26,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let seed: SocketAddr = "127.0.0.2:7000".parse().expect("address");
     let mut now_ms = 1_000;
-    let mut membership = Membership::new(identity, MembershipTiming::default(), StdRng::seed_from_u64(7), now_ms);
+    let mut membership =
+        Membership::new(identity, MembershipTiming::default(), StdRng::seed_from_u64(7), now_ms);
     membership.join(&[seed], now_ms);
     let mut rest = data;
     while rest.len() >= 2 {

@@ -41,7 +41,8 @@ fn check_frame(frame: &Bytes, builder: &mut flatbuffers::FlatBufferBuilder<'stat
     assert_eq!(copied, shared, "the copying and the zero-copy parser agree");
     if let Ok(envelope) = copied {
         envelope.validate().expect("a parsed envelope satisfies the limits");
-        let encoded = Bytes::copy_from_slice(encode_peer(builder, &envelope).expect("a parsed envelope encodes"));
+        let encoded =
+            Bytes::copy_from_slice(encode_peer(builder, &envelope).expect("a parsed envelope encodes"));
         assert_eq!(parse_peer(&encoded).expect("a re-encoded envelope parses"), envelope);
     }
 }
