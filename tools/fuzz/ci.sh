@@ -16,6 +16,10 @@ step_start=$SECONDS
 
 ensure_cargo_fuzz
 mapfile -t targets < <(cargo fuzz list)
+if [ "${#targets[@]}" -eq 0 ]; then
+  echo "cargo fuzz list found no targets in fuzz/" >&2
+  exit 1
+fi
 echo "fuzz targets: ${targets[*]}"
 cargo fuzz build
 built=$((SECONDS - step_start))
