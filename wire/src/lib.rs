@@ -31,6 +31,8 @@
 //! - [`peer`]: [`peer::PeerEnvelope`], the messages between nodes (replication, membership).
 //! - [`peer_codec`]: [`encode_peer`] and [`parse_peer`], peer messages to and from frames of
 //!   `schemas/peer.fbs`.
+//! - [`resp`]: [`resp::RequestParser`], the Redis protocol's requests cut out of a byte stream,
+//!   within bounds (the server's Redis port uses it).
 //! - [`consistency`]: [`Consistency`], how many replicas must answer (one, quorum, all).
 //! - [`scan`]: [`Scan`], a range read in token order, and [`ScanPage`], one page of its answer.
 //! - [`token`]: the token of a key (xxh3-64, pinned seed), shared by server and client.
@@ -53,6 +55,7 @@ pub mod peer;
 pub mod peer_codec;
 mod peer_fast_path;
 pub mod request;
+pub mod resp;
 pub mod response;
 pub mod scan;
 pub mod token;

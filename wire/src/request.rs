@@ -128,8 +128,9 @@ pub fn parse_request(frame: &Bytes) -> Result<Request, RequestError> {
     }
 }
 
-/// [`parse_request`] through the generic verifier, for every kind of request.
-pub(crate) fn parse_request_verified(frame: &Bytes) -> Result<Request, RequestError> {
+/// [`parse_request`] through the generic verifier, for every kind of request. Public so that the
+/// fuzz targets can check the fast path against it.
+pub fn parse_request_verified(frame: &Bytes) -> Result<Request, RequestError> {
     let untrusted = |error: WireError| RequestError { id: None, error };
     let root = verified_root::<fb::Request>(frame).map_err(untrusted)?;
     let id = root.id();

@@ -61,8 +61,9 @@ pub fn parse_response(frame: &Bytes) -> Result<Response, WireError> {
     }
 }
 
-/// [`parse_response`] through the generic verifier, for every kind of reply.
-pub(crate) fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
+/// [`parse_response`] through the generic verifier, for every kind of reply. Public so that the
+/// fuzz targets can check the fast path against it.
+pub fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
     let root = verified_root::<fb::Response>(frame)?;
     let reply = match root.status() {
         fb::Status::Batch => {

@@ -16,7 +16,8 @@
 //! they differ from Redis, is in [`commands`].
 //!
 //! ## Layout
-//! - [`parser`]: [`parser::RequestParser`], incremental and bounded RESP request parsing.
+//! - [`parser`]: [`parser::RequestParser`], incremental and bounded RESP request parsing. It lives
+//!   in `ringkv_wire::resp` (pure, no runtime), so it can be fuzzed without glommio.
 //! - [`reply`]: [`reply::RespReply`] and its RESP2/RESP3 encoding.
 //! - [`command_table`]: the commands served, with what `COMMAND` reports.
 //! - [`commands`]: argument parsing and the mapping onto ringkv operations.
@@ -27,9 +28,10 @@
 pub mod command_table;
 pub mod commands;
 pub mod connection;
-pub mod parser;
 pub mod pattern;
 pub mod reply;
+
+pub use ringkv_wire::resp as parser;
 
 use std::cell::Cell;
 use std::net::SocketAddr;

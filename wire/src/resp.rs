@@ -12,8 +12,8 @@
 //! A request that breaks one, or is not RESP at all, is a [`ProtocolError`]: the stream is out
 //! of step from there on, so the connection answers it and closes, as Redis does.
 
+use crate::limits::{BATCH_OPERATIONS_MAX, VALUE_BYTES_MAX};
 use bytes::{Buf, Bytes, BytesMut};
-use ringkv_wire::limits::{BATCH_OPERATIONS_MAX, VALUE_BYTES_MAX};
 
 /// Longest bulk string accepted: one maximal value and slack. A value between
 /// `VALUE_BYTES_MAX` and this parses, and the command refuses it with an error naming the limit;

@@ -1,5 +1,8 @@
 //! Arbitrary bytes as an SSTable file: opening, point reads and a full scan must return entries
 //! or an error, never panic.
+//!
+//! The input is padded with zeros in front up to a whole number of 4 KiB blocks (the disk
+//! writes whole blocks), so the input's last bytes are the file's last bytes: the footer.
 #![no_main]
 
 use futures_executor::block_on;
@@ -14,8 +17,8 @@ fuzz_target!(|data: &[u8]| {
     block_on(async {
         let disk = MemDisk::new();
         let file = disk.create("fuzz.sst").await.expect("create");
-        let mut padded = data.to_vec();
-        padded.resize(align_up(data.len() as u64).max(4096) as usize, 0);
+        let mut padded = vec![0; align_up(data.len() as u64).max(4096) as usize - data.len()];
+        padded.extend_from_slice(data);
         file.write_at(0, &padded).await.expect("write");
         let cache = Rc::new(BlockCache::new(1 << 20));
         let Ok(table) = Table::open(file, "fuzz.sst".to_string(), 1, cache).await else { return };

@@ -1,0 +1,48 @@
+//! Arbitrary bytes as a peer byte stream (a shard's peer port, a peer link's replies) and as one
+//! membership datagram. The stream goes through the frame decoder in chunks whose size the input
+//! chooses, and every frame through both peer parsers. Nothing may panic; the copying and the
+//! zero-copy parser agree; whatever parses satisfies the limits and survives a re-encode round
+//! trip.
+
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use ringkv_wire::{encode_peer, parse_peer, parse_peer_shared, FrameDecoder};
+
+fuzz_target!(|data: &[u8]| {
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    // A whole datagram, as the gossip socket receives it.
+    check_frame(&Bytes::copy_from_slice(data), &mut builder);
+    // The first byte picks the chunk size, so that split frames are explored as well as whole
+    // ones.
+    let Some((&chunk_selector, stream)) = data.split_first() else { return };
+    let chunk_bytes = usize::from(chunk_selector).max(1);
+    let mut decoder = FrameDecoder::new();
+    for chunk in stream.chunks(chunk_bytes) {
+        decoder.extend_from_slice(chunk);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => check_frame(&frame, &mut builder),
+                Ok(None) => break,
+                Err(error) => {
+                    assert!(error.closes_connection());
+                    return;
+                }
+            }
+        }
+    }
+    let _ = decoder.check_end_of_stream();
+});
+
+fn check_frame(frame: &Bytes, builder: &mut flatbuffers::FlatBufferBuilder<'static>) {
+    let copied = parse_peer(frame);
+    let shared = parse_peer_shared(frame);
+    assert_eq!(copied, shared, "the copying and the zero-copy parser agree");
+    if let Ok(envelope) = copied {
+        envelope.validate().expect("a parsed envelope satisfies the limits");
+        let encoded =
+            Bytes::copy_from_slice(encode_peer(builder, &envelope).expect("a parsed envelope encodes"));
+        assert_eq!(parse_peer(&encoded).expect("a re-encoded envelope parses"), envelope);
+    }
+}

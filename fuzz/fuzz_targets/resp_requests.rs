@@ -1,0 +1,42 @@
+//! Arbitrary bytes as a Redis-protocol byte stream. Fed whole, and again in chunks whose size the
+//! input chooses, the parser must hand out the same requests and stop at the same error: how TCP
+//! splits a stream never changes what it means. Nothing may panic, and every request is within
+//! the bounds the parser promises.
+
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use ringkv_wire::resp::{ProtocolError, RequestParser, ARGUMENTS_MAX, REQUEST_BYTES_MAX};
+
+/// The requests a stream holds, and the error that ended it, if any.
+fn parse(chunks: &mut dyn Iterator<Item = &[u8]>) -> (Vec<Vec<Bytes>>, Option<ProtocolError>) {
+    let mut parser = RequestParser::with_capacity(16);
+    let mut requests = Vec::new();
+    for chunk in chunks {
+        parser.extend_from_slice(chunk);
+        loop {
+            match parser.next_request() {
+                Ok(Some(request)) => {
+                    assert!(!request.is_empty(), "a request has a command name");
+                    assert!(request.len() <= ARGUMENTS_MAX, "at most ARGUMENTS_MAX arguments");
+                    let bytes: usize = request.iter().map(Bytes::len).sum();
+                    assert!(bytes <= REQUEST_BYTES_MAX, "at most REQUEST_BYTES_MAX bytes");
+                    requests.push(request);
+                }
+                Ok(None) => break,
+                Err(error) => return (requests, Some(error)),
+            }
+        }
+    }
+    let end = parser.check_end_of_stream().err();
+    (requests, end)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&chunk_selector, stream)) = data.split_first() else { return };
+    let whole = parse(&mut std::iter::once(stream));
+    let chunk_bytes = usize::from(chunk_selector).max(1);
+    let chunked = parse(&mut stream.chunks(chunk_bytes));
+    assert_eq!(whole, chunked, "a stream parses the same whatever its pieces");
+});
