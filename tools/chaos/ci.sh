@@ -7,7 +7,7 @@
 # Installs what the scenarios need when it is missing and it can (nftables, iproute2, faketime,
 # through apt-get as root). Where network namespaces cannot be made (not root, no CAP_NET_ADMIN),
 # `ringkv-bench chaos` says so and runs its loopback form: the process faults only
-# (kill-restart, pause). CHAOS_DURATION sets the seconds per scenario (default 15), CHAOS_SEED
+# (kill-restart, pause). CHAOS_DURATION sets the seconds per scenario (default 12), CHAOS_SEED
 # the seed (default: the commit's, so a CI failure names a seed that replays its schedule).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
