@@ -1,14 +1,18 @@
 //! [`parse_single`] and [`parse_single_reply`]: the common requests (one Get, Put or Delete)
-//! and replies (one value, not found, written) read without the generic FlatBuffers verifier.
+//! and replies (one value, not found, written) read without the generic FlatBuffers verifier;
+//! [`encode_single_into`]: those requests laid out by hand, without the builder.
 //!
 //! The generic verifier walks a table through trait objects and error-trace bookkeeping; on a
 //! cached read it cost more than the rest of the server's path together, and as much again in
 //! the client. This module checks the few fields these frames have directly, each at least as
-//! strictly as the verifier would: every offset lands inside the frame and is aligned, every table's vtable and inline
-//! part fit, required fields are present, and the ranges read cannot add up to more than the
-//! frame (the verifier's apparent-size rule). Anything it does not recognise or cannot vouch
-//! for (another command, a batch, an unknown consistency, an odd layout) returns `None`, and
-//! the generic path parses the frame and names the error. It never refuses on its own.
+//! strictly as the verifier would: the length prefix equals the frame's length, every offset
+//! lands inside the frame and is aligned, every table's vtable and inline part fit, every field
+//! lies inside its table, required fields are present, and the ranges read stay within the
+//! verifier's apparent-size limit (counted as it counts). A field the schema knows but these
+//! frames do not use must be absent, since the verifier would check it. Anything it does not
+//! recognise or cannot vouch for (another command, a batch, an error reply, an unknown
+//! consistency, an odd layout) returns `None`, and the generic path parses the frame and names
+//! the error. It never refuses on its own.
 
 use bytes::{Bytes, BytesMut};
 
