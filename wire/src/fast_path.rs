@@ -313,11 +313,25 @@ pub(crate) fn encode_single_into(request: RequestRef<'_>, out: &mut BytesMut) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::request::{encode_request, parse_request_verified};
     use flatbuffers::FlatBufferBuilder;
     use proptest::prelude::*;
+
+    /// `frame` with the bytes at `flips` (positions taken modulo its length) overwritten, then cut
+    /// short at `cut` (modulo its length plus one): the damage the proptests below apply.
+    pub(crate) fn damaged(frame: &[u8], flips: &[(usize, u8)], cut: Option<usize>) -> Bytes {
+        let mut bytes = frame.to_vec();
+        for &(at, byte) in flips {
+            let at = at % bytes.len();
+            bytes[at] = byte;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        Bytes::from(bytes)
+    }
 
     fn requests() -> Vec<Request> {
         let key = |text: &'static str| Bytes::from_static(text.as_bytes());
@@ -450,16 +464,7 @@ mod tests {
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             cut in proptest::option::of(any::<usize>()),
         ) {
-            let request = &requests()[which];
-            let mut bytes = encode(request).to_vec();
-            for (at, byte) in flips {
-                let at = at % bytes.len();
-                bytes[at] = byte;
-            }
-            if let Some(cut) = cut {
-                bytes.truncate(cut % (bytes.len() + 1));
-            }
-            let frame = Bytes::from(bytes);
+            let frame = damaged(&encode(&requests()[which]), &flips, cut);
             if let Some(fast) = parse_single(&frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a frame the verifier refuses: {root:?}");
@@ -481,15 +486,7 @@ mod tests {
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             cut in proptest::option::of(any::<usize>()),
         ) {
-            let mut bytes = encode_reply(&replies()[which]).to_vec();
-            for (at, byte) in flips {
-                let at = at % bytes.len();
-                bytes[at] = byte;
-            }
-            if let Some(cut) = cut {
-                bytes.truncate(cut % (bytes.len() + 1));
-            }
-            let frame = Bytes::from(bytes);
+            let frame = damaged(&encode_reply(&replies()[which]), &flips, cut);
             if let Some(fast) = parse_single_reply(&frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a reply the verifier refuses: {root:?}");

@@ -97,6 +97,7 @@ fn entry(reader: &mut Frame<'_>, frame: &Bytes, table: &Table, slot: u16) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fast_path::tests::damaged;
     use crate::peer::{PeerErrorCode, PeerFailure};
     use crate::peer_codec::{encode_peer, parse_with_verifier};
     use proptest::prelude::*;
@@ -169,15 +170,7 @@ mod tests {
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             cut in proptest::option::of(any::<usize>()),
         ) {
-            let mut bytes = encode(&envelopes()[which]).to_vec();
-            for (at, byte) in flips {
-                let at = at % bytes.len();
-                bytes[at] = byte;
-            }
-            if let Some(cut) = cut {
-                bytes.truncate(cut % (bytes.len() + 1));
-            }
-            let frame = Bytes::from(bytes);
+            let frame = damaged(&encode(&envelopes()[which]), &flips, cut);
             if let Some(fast) = parse_replication(&frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Envelope>(&PEER_VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a frame the verifier refuses: {root:?}");
