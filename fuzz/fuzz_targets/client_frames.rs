@@ -13,30 +13,12 @@ use ringkv_wire::request::parse_request_verified;
 use ringkv_wire::response::parse_response_verified;
 use ringkv_wire::{
     encode_read_reply_into, encode_request, encode_request_into, encode_response, parse_request,
-    parse_response, FrameDecoder, Outcome, Reply,
+    parse_response, Outcome, Reply,
 };
 
 fuzz_target!(|data: &[u8]| {
-    // The first byte picks the chunk size, so that split frames are explored as well as whole
-    // ones.
-    let Some((&chunk_selector, stream)) = data.split_first() else { return };
-    let chunk_bytes = usize::from(chunk_selector).max(1);
-    let mut decoder = FrameDecoder::new();
     let mut builder = flatbuffers::FlatBufferBuilder::new();
-    for chunk in stream.chunks(chunk_bytes) {
-        decoder.extend_from_slice(chunk);
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => check_frame(&frame, &mut builder),
-                Ok(None) => break,
-                Err(error) => {
-                    assert!(error.closes_connection());
-                    return;
-                }
-            }
-        }
-    }
-    let _ = decoder.check_end_of_stream();
+    ringkv_fuzz::each_streamed_frame(data, |frame| check_frame(frame, &mut builder));
 });
 
 fn check_frame(frame: &Bytes, builder: &mut flatbuffers::FlatBufferBuilder<'static>) {

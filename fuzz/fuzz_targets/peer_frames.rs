@@ -8,31 +8,13 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use ringkv_wire::{encode_peer, parse_peer, parse_peer_shared, FrameDecoder};
+use ringkv_wire::{encode_peer, parse_peer, parse_peer_shared};
 
 fuzz_target!(|data: &[u8]| {
     let mut builder = flatbuffers::FlatBufferBuilder::new();
     // A whole datagram, as the gossip socket receives it.
     check_frame(&Bytes::copy_from_slice(data), &mut builder);
-    // The first byte picks the chunk size, so that split frames are explored as well as whole
-    // ones.
-    let Some((&chunk_selector, stream)) = data.split_first() else { return };
-    let chunk_bytes = usize::from(chunk_selector).max(1);
-    let mut decoder = FrameDecoder::new();
-    for chunk in stream.chunks(chunk_bytes) {
-        decoder.extend_from_slice(chunk);
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => check_frame(&frame, &mut builder),
-                Ok(None) => break,
-                Err(error) => {
-                    assert!(error.closes_connection());
-                    return;
-                }
-            }
-        }
-    }
-    let _ = decoder.check_end_of_stream();
+    ringkv_fuzz::each_streamed_frame(data, |frame| check_frame(frame, &mut builder));
 });
 
 fn check_frame(frame: &Bytes, builder: &mut flatbuffers::FlatBufferBuilder<'static>) {
