@@ -5,7 +5,9 @@ mod common;
 
 use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
-use common::healing::{last_per_shard, log_lines, put, read_one, wait_for_log, wait_for_sum};
+use common::healing::{
+    last_per_shard, log_lines, put, put_keys_at_quorum, read_one, wait_for_log, wait_for_sum,
+};
 use ringkv_wire::{Consistency, Outcome};
 
 const KEYS: usize = 200;
@@ -22,16 +24,7 @@ fn hints_replay_every_write_a_returning_replica_missed() {
     let since = first.log().len();
     third.terminate();
     wait_for_log(&first, since, "node down node_id=3 ");
-    let mut versions = Vec::new();
-    for index in 0..KEYS {
-        let outcome = eventually_at(
-            &mut client,
-            put(&format!("key-{index}"), &format!("v{index}")),
-            Consistency::Quorum,
-        );
-        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
-        versions.push(version);
-    }
+    let versions = put_keys_at_quorum(&mut client, KEYS);
     // Every write through node 1 left a hint for node 3 on the shard that coordinated it.
     wait_for_sum(&first, since, "hints durable", "kept", KEYS as u64);
 

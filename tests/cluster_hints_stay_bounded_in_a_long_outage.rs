@@ -5,9 +5,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, start_three_nodes_with};
-use common::healing::{field, log_lines, put, read_one, repair_until_clean, wait_for_log, wait_for_sum};
-use ringkv_wire::{Consistency, Outcome};
+use common::cluster::start_three_nodes_with;
+use common::healing::{
+    field, log_lines, put_keys_at_quorum, read_one, repair_until_clean, wait_for_log, wait_for_sum,
+};
+use ringkv_wire::Outcome;
 
 const KEYS: usize = 1_000;
 /// About a hundred hints of these writes per destination and shard.
@@ -30,16 +32,7 @@ fn hints_stay_bounded_and_anti_entropy_repairs_what_they_dropped() {
     third.terminate();
     wait_for_log(&first, since, "node down node_id=3 ");
     let mut client = first.client();
-    let mut versions = Vec::new();
-    for index in 0..KEYS {
-        let outcome = eventually_at(
-            &mut client,
-            put(&format!("key-{index}"), &format!("v{index}")),
-            Consistency::Quorum,
-        );
-        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
-        versions.push(version);
-    }
+    let versions = put_keys_at_quorum(&mut client, KEYS);
     // Both shards filled their hints for node 3 and dropped the rest.
     let deadline = std::time::Instant::now() + common::cluster::SETTLE_DEADLINE;
     loop {

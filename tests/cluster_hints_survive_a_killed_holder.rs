@@ -4,9 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, start_three_nodes_with};
-use common::healing::{log_lines, put, read_one, wait_for_log, wait_for_sum};
-use ringkv_wire::{Consistency, Outcome};
+use common::cluster::start_three_nodes_with;
+use common::healing::{log_lines, put_keys_at_quorum, read_one, wait_for_log, wait_for_sum};
+use ringkv_wire::Outcome;
 
 const KEYS: usize = 150;
 
@@ -19,16 +19,7 @@ fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
     third.terminate();
     wait_for_log(&first, since, "node down node_id=3 ");
     let mut client = first.client();
-    let mut versions = Vec::new();
-    for index in 0..KEYS {
-        let outcome = eventually_at(
-            &mut client,
-            put(&format!("key-{index}"), &format!("v{index}")),
-            Consistency::Quorum,
-        );
-        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
-        versions.push(version);
-    }
+    let versions = put_keys_at_quorum(&mut client, KEYS);
     wait_for_sum(&first, since, "hints durable", "kept", KEYS as u64);
 
     // The holder dies without a chance to flush anything, then comes back.

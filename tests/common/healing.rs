@@ -13,6 +13,20 @@ pub fn put(key: &str, value: &str) -> Operation {
     Operation::Put { key: Bytes::from(key.to_owned()), value: Bytes::from(value.to_owned()), ttl_ms: None }
 }
 
+/// Writes `key-0` .. `key-{keys - 1}` (values `v0` ..) at QUORUM, retrying while the cluster
+/// notices a node down, and returns each write's version in key order.
+pub fn put_keys_at_quorum(client: &mut Client, keys: usize) -> Vec<u64> {
+    (0..keys)
+        .map(|index| {
+            let put = put(&format!("key-{index}"), &format!("v{index}"));
+            match eventually_at(client, put, Consistency::Quorum) {
+                Outcome::Written { version } => version,
+                outcome => panic!("expected a write, got {outcome:?}"),
+            }
+        })
+        .collect()
+}
+
 /// Waits until `server`'s log, after `since` bytes, holds `needle`.
 pub fn wait_for_log(server: &Server, since: usize, needle: &str) {
     let deadline = Instant::now() + SETTLE_DEADLINE;
