@@ -131,14 +131,24 @@ impl<'a> Frame<'a> {
 
     /// A `[ubyte]` field, required: the slice of `frame` it holds.
     pub(crate) fn bytes_field(&mut self, frame: &Bytes, table: &Table, slot: u16) -> Option<Bytes> {
-        let at = self.field(table, slot, 4)??;
+        self.optional_bytes_field(frame, table, slot)?
+    }
+
+    /// An optional `[ubyte]` field: `Some(None)` when it is absent.
+    pub(crate) fn optional_bytes_field(
+        &mut self,
+        frame: &Bytes,
+        table: &Table,
+        slot: u16,
+    ) -> Option<Option<Bytes>> {
+        let Some(at) = self.field(table, slot, 4)? else { return Some(None) };
         let vector = self.follow(at)?;
         let length = self.u32(vector)? as usize;
         let start = vector + 4;
         let end = start.checked_add(length)?;
         self.bytes.get(start..end)?;
         self.visit(4 + length)?;
-        Some(frame.slice(start..end))
+        Some(Some(frame.slice(start..end)))
     }
 
     /// An optional `ulong` field.
@@ -214,10 +224,7 @@ pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
     let status = reader.field(&response, fb::Response::VT_STATUS, 1)??;
     let status = fb::Status(reader.u8(status)?);
     let version = reader.u64_field(&response, fb::Response::VT_VERSION)?;
-    let value = match reader.field(&response, fb::Response::VT_VALUE, 4)? {
-        Some(_) => Some(reader.bytes_field(frame, &response, fb::Response::VT_VALUE)?),
-        None => None,
-    };
+    let value = reader.optional_bytes_field(frame, &response, fb::Response::VT_VALUE)?;
     let outcome = match status {
         fb::Status::Value => Outcome::Value { value: value?, version: version? },
         fb::Status::NotFound => Outcome::NotFound,
