@@ -1,9 +1,10 @@
 //! Runs one storage engine's background work on the current glommio executor.
 //!
 //! The engine itself has no runtime: it exposes `run_flushes`, `run_compactions` and `sync`. This
-//! service spawns flushes at normal priority (writers stall while a sealed memtable waits for its
-//! flush), compactions into a low-priority task queue (they only take the CPU that foreground
-//! requests leave), and, when the engine runs with `SyncMode::Periodic`, a timer task that makes
+//! service spawns flushes into a queue of normal priority (writers stall while a sealed memtable
+//! waits for its flush), compactions into a low-priority task queue (they only take the CPU that
+//! foreground requests leave), both preempted every millisecond while they run so that serving
+//! tasks see their finished I/O without waiting for a whole flush or compaction step, and, when the engine runs with `SyncMode::Periodic`, a timer task that makes
 //! the WAL durable every interval. `stop` ends all three and closes the engine.
 //!
 //! The sync timer is stopped by a signal it waits on next to its sleep, never by cancelling the
@@ -11,7 +12,7 @@
 
 use crate::clock::now_ms;
 use crate::dma_disk::{DmaDisk, SyncObserver};
-use crate::executor::low_priority_queue;
+use crate::executor::{flush_queue, low_priority_queue};
 use event_listener::Event;
 use futures_util::future::{select, Either};
 use glommio::task::JoinHandle;
@@ -61,7 +62,9 @@ impl EngineService {
         let stopping = Rc::new(Cell::new(false));
         let stop_requested = Rc::new(Event::new());
         let flushed = engine.clone();
-        let flushes = glommio::spawn_local(async move { flushed.run_flushes().await }).detach();
+        let flushes = glommio::spawn_local_into(async move { flushed.run_flushes().await }, flush_queue())
+            .expect("the queue was just created on this executor")
+            .detach();
         let compacted = engine.clone();
         let compactions = glommio::spawn_local_into(
             async move { compacted.run_compactions(now_ms).await },

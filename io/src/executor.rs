@@ -25,6 +25,19 @@ pub const IO_MEMORY_BYTES_DEFAULT: usize = 1 << 20;
 /// are busy, background work gets about 1/11 of the core.
 pub const LOW_PRIORITY_SHARES: usize = 100;
 
+/// Shares of the flush queue: the same as glommio's default queue, because writers stall while a
+/// sealed memtable waits for its flush.
+pub const FLUSH_SHARES: usize = 1000;
+
+/// How long background work (flush, compaction) may run before the executor looks at finished
+/// I/O again. glommio only polls its rings between task-queue runs, and finished disk I/O (a WAL
+/// sync that writers wait for) does not preempt a running task: with glommio's default 100 ms
+/// timer, a compaction step could keep acknowledged-once-synced writes waiting that long. A queue
+/// declared `Latency::Matters(d)` makes glommio fire its preempt timer every `d` while that queue
+/// has work, and only then, so the short timer costs nothing while the shard only serves (and
+/// cannot disturb glommio's channel-mesh join at start-up, which a global short timer did).
+pub const BACKGROUND_PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Configuration of one glommio executor: its name, whether it is pinned to a core, and its
 /// memory for DMA buffers.
 #[derive(Clone, Debug)]
@@ -140,9 +153,10 @@ pub fn run_local<T>(name: &str, future: impl Future<Output = T>) -> T {
 }
 
 /// Creates a task queue for background work (compaction, repair) on the current executor: it
-/// has [`LOW_PRIORITY_SHARES`] against the default queue's 1000 and does not ask other queues to
-/// preempt often ([`Latency::NotImportant`]). Tasks spawned into it (`glommio::spawn_local_into`)
-/// run when foreground work leaves room, and must still call `yield_if_needed` in long loops.
+/// has [`LOW_PRIORITY_SHARES`] against the default queue's 1000, and while it has work the
+/// executor preempts every [`BACKGROUND_PREEMPT_INTERVAL`]. Tasks spawned into it
+/// (`glommio::spawn_local_into`) run when foreground work leaves room, and must call
+/// `yield_if_needed` in long loops (that is where the preemption takes effect).
 ///
 /// Each call creates a new queue: create one per shard at start-up and keep the handle.
 ///
@@ -152,8 +166,24 @@ pub fn run_local<T>(name: &str, future: impl Future<Output = T>) -> T {
 pub fn low_priority_queue() -> TaskQueueHandle {
     glommio::executor().create_task_queue(
         Shares::Static(LOW_PRIORITY_SHARES),
-        Latency::NotImportant,
+        Latency::Matters(BACKGROUND_PREEMPT_INTERVAL),
         "ringkv-background",
+    )
+}
+
+/// Creates a task queue for memtable flushes on the current executor: as many shares as the
+/// default queue (writers wait for flushes when memtables are full), and the same short
+/// preemption as [`low_priority_queue`] while a flush runs, so that the syncs and socket reads
+/// that serving tasks wait on are picked up within [`BACKGROUND_PREEMPT_INTERVAL`].
+///
+/// # Panics
+///
+/// If called outside a glommio executor.
+pub fn flush_queue() -> TaskQueueHandle {
+    glommio::executor().create_task_queue(
+        Shares::Static(FLUSH_SHARES),
+        Latency::Matters(BACKGROUND_PREEMPT_INTERVAL),
+        "ringkv-flush",
     )
 }
 
@@ -193,5 +223,25 @@ mod tests {
             task.await
         });
         assert!(ran_in, "the task ran in the low-priority queue");
+    }
+
+    #[test]
+    fn flush_queue_runs_tasks_beside_the_low_priority_queue() {
+        let ran_in = run_local("executor-flush-queue-test", async {
+            let flush = flush_queue();
+            let background = low_priority_queue();
+            let in_flush = glommio::spawn_local_into(
+                async move { glommio::executor().current_task_queue() == flush },
+                flush,
+            )
+            .unwrap();
+            let in_background = glommio::spawn_local_into(
+                async move { glommio::executor().current_task_queue() == background },
+                background,
+            )
+            .unwrap();
+            (in_flush.await, in_background.await)
+        });
+        assert_eq!(ran_in, (true, true), "each task ran in its own queue");
     }
 }

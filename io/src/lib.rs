@@ -8,6 +8,7 @@
 //!  storage engine ──Disk / DiskFile calls──▶ DmaDisk / DmaDiskFile ──O_DIRECT via io_uring──▶ disk
 //!  shard start-up ──ExecutorBuilder::run / spawn──▶ one glommio LocalExecutor per core
 //!  compaction     ──spawn into low_priority_queue()──▶ runs only when foreground work leaves room
+//!  flush          ──spawn into flush_queue()──▶ normal shares; both preempt every millisecond
 //!  callers        ──clock::now_ms()──▶ wall-clock milliseconds, passed into the engines as data
 //! ```
 //!
@@ -15,7 +16,7 @@
 //! - [`dma_disk`]: [`DmaDisk`] and [`DmaDiskFile`], the storage disk trait over glommio DMA
 //!   files, including the work-around for glommio's iopoll probe bug (see `DmaDisk::open`).
 //! - [`executor`]: starting a glommio executor (pinned or not, with a modest `io_memory`) and
-//!   running a future on it; the low-priority task queue for background work.
+//!   running a future on it; the flush and low-priority task queues for background work.
 //! - [`engine_service`]: an engine on a DMA disk with its maintenance task in the low-priority
 //!   queue and, in periodic sync mode, its sync timer; `stop()` ends both.
 //! - [`clock`]: the wall clock, the only one the engine's callers use.
@@ -28,4 +29,4 @@ pub mod executor;
 pub use clock::now_ms;
 pub use dma_disk::{DmaDisk, DmaDiskFile, SyncObserver, PROBE_FILE_NAME};
 pub use engine_service::EngineService;
-pub use executor::{low_priority_queue, run_local, ExecutorBuilder, TaskQueueHandle};
+pub use executor::{flush_queue, low_priority_queue, run_local, ExecutorBuilder, TaskQueueHandle};
