@@ -19,7 +19,7 @@
 //! a frame that breaks the protocol says the link cannot be trusted, and the receiver drops it.
 
 use crate::bytes_vector::create_bytes;
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 use crate::error::WireError;
@@ -47,14 +47,20 @@ pub fn encode_peer<'builder>(
     build_peer(builder, envelope)
 }
 
-/// [`encode_peer`], appending the frame to `out` (a link's outbox: a `Vec<u8>` or a
-/// `BytesMut`). On error nothing is appended.
+/// [`encode_peer`], appending the frame to `out` (a link's outbox). On error nothing is
+/// appended. The request path's messages (replicate, ack, read and its reply) are laid out by
+/// hand straight into `out`, so a replicated value is copied once, into the bytes the socket
+/// sends; the rest go through `builder`.
 pub fn encode_peer_into(
     builder: &mut FlatBufferBuilder<'_>,
     envelope: &PeerEnvelope,
-    out: &mut impl BufMut,
+    out: &mut Vec<u8>,
 ) -> Result<(), WireError> {
-    out.put_slice(encode_peer(builder, envelope)?);
+    envelope.validate()?;
+    if crate::peer_fast_path::encode_replication_into(envelope, out) {
+        return Ok(());
+    }
+    out.extend_from_slice(build_peer(builder, envelope)?);
     Ok(())
 }
 

@@ -95,7 +95,7 @@ impl PeerLink {
         if before >= self.outbox_bytes_max {
             return false;
         }
-        if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut *outbox) {
+        if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut outbox) {
             warn!(%error, "a peer message could not be encoded");
             return false;
         }

@@ -82,7 +82,7 @@ struct LinkState {
 impl LinkState {
     fn push(&self, envelope: &PeerEnvelope) {
         let mut outbox = self.outbox.borrow_mut();
-        if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut *outbox) {
+        if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut outbox) {
             warn!(%error, "a peer reply could not be encoded");
         }
         self.ready.notify(1);

@@ -138,7 +138,7 @@ impl<D: Disk> WalWriter<D> {
     /// When this resolves `Ok` with `durable`, those records survive power loss.
     pub async fn commit_through(&self, seq: u64, durable: bool) -> Result<()> {
         loop {
-            let listener = {
+            let committing = {
                 let state = self.state.borrow();
                 if let Some(reason) = &state.failure {
                     return Err(StorageError::Poisoned { reason: reason.clone() });
@@ -147,16 +147,17 @@ impl<D: Disk> WalWriter<D> {
                 if done >= seq {
                     return Ok(());
                 }
-                if state.committing {
-                    Some(self.committed.listen())
-                } else {
-                    None
-                }
+                state.committing
             };
-            match listener {
+            if committing {
                 // Another caller is the leader; its commit (or the next) covers this record.
-                Some(listener) => listener.await,
-                None => self.lead_commit(durable).await,
+                // The listener lives on this future's stack, not the heap (one allocation less
+                // per write), and is registered before any await, so on this single thread no
+                // notification can slip between the check above and the registration.
+                event_listener::listener!(self.committed => listener);
+                listener.await;
+            } else {
+                self.lead_commit(durable).await;
             }
         }
     }
