@@ -14,6 +14,9 @@
 #   client  the tokio client (the request and reply handling all adapters share), 16 requests in
 #           flight, against a one-shard node started here; includes tokio's scheduling and the
 #           user-space side of the socket calls.
+#   peer    one replicated write's frames at both ends: a Replicate encoded into a link's outbox,
+#           decoded and read by the replica, its ack encoded and read back; with the frames laid
+#           out by hand (what links do) and, for comparison, through the FlatBuffers builder.
 # Also prints heap allocations per request on the node's shard thread and the client's thread
 # (`ringkv-path allocations`, a counting allocator, real sockets, pipeline 16).
 set -euo pipefail
@@ -34,12 +37,15 @@ cleanup() {
 trap cleanup EXIT
 export RUST_BACKTRACE=0
 
-# counted MODE OP N [args]: the instructions callgrind counted inside counted_MODE.
+# counted MODE OP N [args]: the instructions callgrind counted inside counted_MODE (for the peer
+# mode, OP is the encoder).
 counted() {
-  local mode="$1" op="$2" n="$3"
+  local mode="$1" op="$2" n="$3" flag=--op
   shift 3
+  # The peer mode's variants are its encoders.
+  [ "$mode" = peer ] && flag=--encoder
   valgrind --tool=callgrind --toggle-collect="*counted_${mode}*" --callgrind-out-file="$work/out" \
-    "$bin/ringkv-path" "$mode" --op "$op" --ops "$n" "$@" >/dev/null 2>"$work/log" ||
+    "$bin/ringkv-path" "$mode" "$flag" "$op" --ops "$n" "$@" >/dev/null 2>"$work/log" ||
     { cat "$work/log" >&2; exit 1; }
   awk '/^summary:|^totals:/ { print $2; exit }' "$work/out"
 }
@@ -68,6 +74,8 @@ printf '%-8s %-4s %s\n' server GET "$(per server get)"
 printf '%-8s %-4s %s\n' server PUT "$(per server put)"
 printf '%-8s %-4s %s\n' client GET "$(per client get --addr "127.0.0.1:$port")"
 printf '%-8s %-4s %s\n' client PUT "$(per client put --addr "127.0.0.1:$port")"
+printf '%-8s %-4s %s\n' peer write "$(per peer hand)"
+printf '%-8s %-4s %s\n' peer "write (builder)" "$(per peer builder)"
 echo
 for op in get put; do
   printf '%s: ' "$op"

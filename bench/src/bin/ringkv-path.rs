@@ -7,6 +7,8 @@
 //!  client       tokio client, P requests in flight ─▶ a running node   (runs under callgrind)
 //!  allocations  a node and a tokio client in this process; a counting allocator tells each
 //!               thread's heap allocations per request, server shards and client apart
+//!  peer         one replicated write's frames: the coordinator encodes a Replicate into a link's
+//!               outbox, the replica reads it and encodes its ack, the coordinator reads the ack
 //! ```
 //!
 //! Instructions per request come from running `server` or `client` under
@@ -66,6 +68,17 @@ enum Mode {
         #[arg(long, default_value_t = 16)]
         pipeline: usize,
     },
+    /// One replicated write's peer frames, both ends, in this process: Replicate encoded into an
+    /// outbox and read back, its ack encoded and read back.
+    Peer {
+        /// Replicated writes counted.
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// How the frames are encoded: laid out by hand (what links do), or through the
+        /// FlatBuffers builder, for comparison.
+        #[arg(long, value_enum, default_value_t = PeerEncoder::Hand)]
+        encoder: PeerEncoder,
+    },
     /// A one-shard node and a tokio client in this process: heap allocations per request on
     /// the shard's thread and on the client's, after a warm-up.
     Allocations {
@@ -90,6 +103,12 @@ struct Load {
     records: u64,
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum PeerEncoder {
+    Hand,
+    Builder,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Op {
     Get,
@@ -111,7 +130,70 @@ fn main() -> anyhow::Result<()> {
             counted_client(&runtime, &local, client, load, pipeline.max(1))
         }
         Mode::Allocations { load, pipeline } => allocations(load, pipeline.max(1)),
+        Mode::Peer { ops, encoder } => {
+            let replicated = counted_peer(ops, encoder)?;
+            println!("{replicated} replicated writes encoded, read and acknowledged");
+            Ok(())
+        }
     }
+}
+
+/// The counted part of the peer mode (callgrind's `--toggle-collect=*counted_peer*`): `ops`
+/// replicated writes of a 16-byte key and a 100-byte value, each a Replicate frame from the
+/// coordinator's outbox to the replica and an ack back, through the frame decoder as a link reads
+/// them. Returns how many round trips completed.
+#[inline(never)]
+fn counted_peer(ops: u64, encoder: PeerEncoder) -> anyhow::Result<u64> {
+    use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerMessage, PeerValue};
+    use ringkv_wire::{encode_peer, encode_peer_into, parse_peer_shared};
+
+    let encode = |builder: &mut FlatBufferBuilder<'static>, envelope: &PeerEnvelope, outbox: &mut Vec<u8>| {
+        match encoder {
+            PeerEncoder::Hand => encode_peer_into(builder, envelope, outbox),
+            PeerEncoder::Builder => {
+                encode_peer(builder, envelope).map(|frame| outbox.extend_from_slice(frame))
+            }
+        }
+    };
+    let value = value(0);
+    let keys: Vec<Bytes> = (0..1024).map(key).collect();
+    let (mut coordinator_builder, mut replica_builder) = (FlatBufferBuilder::new(), FlatBufferBuilder::new());
+    let (mut to_replica, mut to_coordinator) = (Vec::new(), Vec::new());
+    let (mut replica_decoder, mut coordinator_decoder) = (FrameDecoder::new(), FrameDecoder::new());
+    let mut acknowledged = 0;
+    for index in 0..ops {
+        let replicate = PeerEnvelope {
+            origin_node: 1,
+            origin_shard: 0,
+            request_id: index,
+            message: PeerMessage::Replicate {
+                key: keys[(index % 1024) as usize].clone(),
+                entry: PeerEntry {
+                    version: index << 10,
+                    value: PeerValue::Live { data: value.clone(), expires_at_ms: None },
+                },
+            },
+        };
+        to_replica.clear();
+        encode(&mut coordinator_builder, &replicate, &mut to_replica)?;
+        replica_decoder.buffer_mut().extend_from_slice(&to_replica);
+        let frame = replica_decoder.next_frame()?.context("a whole Replicate frame")?;
+        let received = parse_peer_shared(&frame)?;
+        let ack = PeerEnvelope {
+            origin_node: 2,
+            origin_shard: 0,
+            request_id: received.request_id,
+            message: PeerMessage::ReplicateAck { result: Ok(()) },
+        };
+        to_coordinator.clear();
+        encode(&mut replica_builder, &ack, &mut to_coordinator)?;
+        coordinator_decoder.buffer_mut().extend_from_slice(&to_coordinator);
+        let frame = coordinator_decoder.next_frame()?.context("a whole ack frame")?;
+        if parse_peer_shared(&frame)?.request_id == index {
+            acknowledged += 1;
+        }
+    }
+    Ok(acknowledged)
 }
 
 fn key(index: u64) -> Bytes {
