@@ -22,6 +22,11 @@
 //! `--concurrency C` keeps C operations in flight (C tasks sharing the operations; db_bench's
 //! `--threads`, except that here `--writes`/`--reads` count all the operations, not one
 //! thread's). The default, 1, is db_bench's one operation at a time.
+//!
+//! `--shards S` runs S engines, one per executor thread, as a node's shards do: each has its own
+//! directory (`DIR/shard-I`), 1/S of the key space and 1/S of the operations. The shards start
+//! each benchmark together, and a benchmark's row counts them together: operations summed, time
+//! the slowest shard's, latency percentiles the worst shard's.
 
 use crate::data_directory;
 use crate::histogram::{LatencyRecorder, LatencySummary};
@@ -43,10 +48,16 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most operations one benchmark keeps in flight.
 const CONCURRENCY_MAX: usize = 4096;
+/// Most shards `--shards` runs.
+const SHARDS_MAX: usize = 64;
+/// How often a shard that has reached a benchmark's start looks whether the others have.
+const SHARD_GATE_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest `compact` waits for a background compaction it cannot start beside.
 const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(3600);
 /// How often `compact` looks whether a background compaction has ended.
@@ -77,7 +88,7 @@ impl Benchmark {
 }
 
 /// Options of the `engine` subcommand. Names follow db_bench's where there is one.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct EngineArgs {
     /// Benchmarks to run in order on one database: fillseq, fillrandom, overwrite, readrandom,
     /// fillsync, compact.
@@ -124,9 +135,14 @@ pub struct EngineArgs {
     /// page cache plays for RocksDB: make it hold the data set for a like-for-like comparison.
     #[arg(long, default_value_t = 1024)]
     pub block_cache_mb: usize,
-    /// Pin the executor to this CPU (default: unpinned, as db_bench is).
+    /// Pin the executor to this CPU (default: unpinned, as db_bench is). With --shards, shard I
+    /// is pinned to CPU PIN + I.
     #[arg(long)]
     pub pin: Option<usize>,
+    /// Engines, one per executor thread, each with 1/S of the key space and the operations in
+    /// its own DIR/shard-I, as a node's shards split keys. A row counts the shards together.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
     /// Append a `compact` benchmark, to measure space amplification.
     #[arg(long)]
     pub compact_after: bool,
@@ -166,6 +182,16 @@ impl EngineArgs {
             "--concurrency must be within 1..={CONCURRENCY_MAX}"
         );
         ensure!(self.memtable_mb > 0, "--memtable-mb must be positive");
+        ensure!((1..=SHARDS_MAX).contains(&self.shards), "--shards must be within 1..={SHARDS_MAX}");
+        ensure!(
+            self.num >= self.shards as u64,
+            "--num must give every shard at least one key ({} shards)",
+            self.shards
+        );
+        ensure!(
+            !(self.use_existing && self.shards > 1),
+            "--use-existing benchmarks one engine's directory; it cannot be split into shards"
+        );
         ensure!(self.sync_interval_ms > 0, "--sync-interval-ms must be positive");
         Ok(())
     }
@@ -202,12 +228,167 @@ pub fn run(mut args: EngineArgs) -> Result<()> {
         filesystem,
         directory.device.as_deref().unwrap_or("unknown device"),
     );
+    if args.shards > 1 {
+        return run_shards(args, directory.path);
+    }
     let mut executor = ExecutorBuilder::new("ringkv-bench");
     if let Some(core) = args.pin {
         executor = executor.pin_to_core(core);
     }
     let path = directory.path;
-    executor.run(async move { Runner::new(args, path).run_all().await })?
+    executor.run(async move { Runner::new(args, path, None).run_all().await })?
+}
+
+/// Runs the benchmarks on `args.shards` engines at once, one executor thread each, then prints
+/// one row per benchmark for all of them together.
+fn run_shards(args: EngineArgs, path: PathBuf) -> Result<()> {
+    let shards = args.shards;
+    let gate = Arc::new(ShardGate { arrived: AtomicUsize::new(0), shards });
+    let rows = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let share = |total: u64| total / shards as u64 + u64::from((shard as u64) < total % shards as u64);
+        let shard_args = EngineArgs {
+            num: share(args.num),
+            writes: Some(share(args.writes())),
+            reads: Some(share(args.reads())),
+            seed: args.seed.wrapping_add(shard as u64),
+            json: false,
+            ..args.clone()
+        };
+        let shard_path = path.join(format!("shard-{shard}"));
+        std::fs::create_dir_all(&shard_path).with_context(|| format!("creating {}", shard_path.display()))?;
+        let mut executor = ExecutorBuilder::new(&format!("ringkv-bench-{shard}"));
+        if let Some(core) = args.pin {
+            executor = executor.pin_to_core(core + shard);
+        }
+        let sharing = ShardSharing { shard, gate: gate.clone(), rows: rows.clone() };
+        let thread = executor
+            .spawn(move || async move {
+                Runner::new(shard_args, shard_path, Some(sharing))
+                    .run_all()
+                    .await
+                    .map_err(|error| format!("{error:#}"))
+            })
+            .with_context(|| format!("starting shard {shard}'s executor"))?;
+        threads.push(thread);
+    }
+    for (shard, thread) in threads.into_iter().enumerate() {
+        let outcome = thread.join().map_err(|_| anyhow::anyhow!("shard {shard}'s thread panicked"))?;
+        outcome
+            .with_context(|| format!("shard {shard}'s executor"))?
+            .map_err(|error| anyhow::anyhow!("shard {shard}: {error}"))?;
+    }
+    let rows = std::mem::take(&mut *rows.lock().expect("no shard thread is left to poison it"));
+    print_shard_rows(&args, &rows)
+}
+
+/// Lets the shards of `--shards` start each benchmark together.
+struct ShardGate {
+    arrived: AtomicUsize,
+    shards: usize,
+}
+
+impl ShardGate {
+    /// Waits (without blocking the executor, whose flushes and compactions go on) until every
+    /// shard has reached the start of benchmark number `position`.
+    async fn wait(&self, position: usize) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        while self.arrived.load(Ordering::SeqCst) < (position + 1) * self.shards {
+            glommio::timer::sleep(SHARD_GATE_POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// What a shard of `--shards` shares with the others: the gate, and where its rows go.
+struct ShardSharing {
+    shard: usize,
+    gate: Arc<ShardGate>,
+    rows: Arc<Mutex<Vec<ShardRow>>>,
+}
+
+/// One shard's figures for one benchmark.
+#[derive(Clone, Debug)]
+struct ShardRow {
+    shard: usize,
+    position: usize,
+    benchmark: Benchmark,
+    ops: u64,
+    seconds: f64,
+    latency: LatencySummary,
+    tables: usize,
+    table_bytes: u64,
+}
+
+/// Prints, per benchmark, the shards together: operations summed over the slowest shard's time,
+/// each latency percentile the worst shard's; with `--json` also every shard's own line.
+fn print_shard_rows(args: &EngineArgs, rows: &[ShardRow]) -> Result<()> {
+    println!(
+        "{:<11} {:>6} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>9}",
+        "benchmark",
+        "shards",
+        "ops",
+        "seconds",
+        "ops/s",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "tables",
+        "space_MB"
+    );
+    for position in 0..args.benchmarks.len() {
+        let of_benchmark: Vec<&ShardRow> = rows.iter().filter(|row| row.position == position).collect();
+        let Some(first) = of_benchmark.first() else { continue };
+        let ops: u64 = of_benchmark.iter().map(|row| row.ops).sum();
+        let seconds = of_benchmark.iter().map(|row| row.seconds).fold(0.0, f64::max);
+        let worst = |pick: fn(&LatencySummary) -> f64| {
+            of_benchmark.iter().map(|row| pick(&row.latency)).fold(0.0, f64::max)
+        };
+        let tables: usize = of_benchmark.iter().map(|row| row.tables).sum();
+        let table_bytes: u64 = of_benchmark.iter().map(|row| row.table_bytes).sum();
+        let ops_per_sec = ops as f64 / seconds.max(f64::MIN_POSITIVE);
+        println!(
+            "{:<11} {:>6} {:>9} {:>8.2} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>6} {:>9.1}",
+            first.benchmark.name(),
+            of_benchmark.len(),
+            ops,
+            seconds,
+            ops_per_sec,
+            worst(|latency| latency.p50_us),
+            worst(|latency| latency.p99_us),
+            worst(|latency| latency.p999_us),
+            worst(|latency| latency.max_us),
+            tables,
+            table_bytes as f64 / (1u64 << 20) as f64,
+        );
+        if args.json {
+            for row in &of_benchmark {
+                println!(
+                    "{}",
+                    json!({
+                        "benchmark": row.benchmark.name(), "shard": row.shard, "ops": row.ops,
+                        "seconds": row.seconds, "ops_per_sec": row.ops as f64 / row.seconds.max(f64::MIN_POSITIVE),
+                        "p50_us": row.latency.p50_us, "p99_us": row.latency.p99_us,
+                        "p999_us": row.latency.p999_us, "max_us": row.latency.max_us,
+                        "tables": row.tables, "space_bytes": row.table_bytes,
+                    })
+                );
+            }
+            println!(
+                "{}",
+                json!({
+                    "benchmark": first.benchmark.name(), "shards": of_benchmark.len(), "ops": ops,
+                    "seconds": seconds, "ops_per_sec": ops_per_sec,
+                    "p50_us": worst(|latency| latency.p50_us), "p99_us": worst(|latency| latency.p99_us),
+                    "p999_us": worst(|latency| latency.p999_us), "max_us": worst(|latency| latency.max_us),
+                    "tables": tables, "space_bytes": table_bytes,
+                })
+            );
+        }
+    }
+    std::io::stdout().flush().context("writing the report")?;
+    Ok(())
 }
 
 /// Engine counters of earlier opens in this run (stats restart at every open).
@@ -253,10 +434,12 @@ struct Runner {
     values: Rc<RefCell<ValuePool>>,
     next_version: Rc<Cell<u64>>,
     header_printed: bool,
+    /// With `--shards`: the other shards to start each benchmark with, and where rows go.
+    sharing: Option<ShardSharing>,
 }
 
 impl Runner {
-    fn new(args: EngineArgs, path: PathBuf) -> Self {
+    fn new(args: EngineArgs, path: PathBuf, sharing: Option<ShardSharing>) -> Self {
         let written = (!args.use_existing).then(|| Rc::new(RefCell::new(KeySet::new(args.num))));
         let values = Rc::new(RefCell::new(ValuePool::new(args.value_size, args.seed)));
         Runner {
@@ -268,12 +451,18 @@ impl Runner {
             values,
             next_version: Rc::new(Cell::new(1)),
             header_printed: false,
+            sharing,
         }
     }
 
     async fn run_all(mut self) -> Result<()> {
         let benchmarks = self.args.benchmarks.clone();
         for (position, benchmark) in benchmarks.into_iter().enumerate() {
+            if let Some(gate) = self.sharing.as_ref().map(|sharing| sharing.gate.clone()) {
+                // Open (or reopen) first, so that the shards start timing together.
+                self.engine_for(benchmark).await?;
+                gate.wait(position).await;
+            }
             let seed = self.args.seed.wrapping_add(1000 * (position as u64 + 1));
             let measurement = match benchmark {
                 Benchmark::Fillseq => self.run_operations(benchmark, Operation::SequentialPut, seed).await?,
@@ -283,6 +472,20 @@ impl Runner {
                 Benchmark::Readrandom => self.run_operations(benchmark, Operation::RandomGet, seed).await?,
                 Benchmark::Compact => self.run_compaction().await?,
             };
+            if let Some(sharing) = &self.sharing {
+                let stats = self.service.as_ref().map(|(service, _)| service.engine().stats());
+                sharing.rows.lock().expect("no shard thread panics holding the rows").push(ShardRow {
+                    shard: sharing.shard,
+                    position,
+                    benchmark,
+                    ops: measurement.ops,
+                    seconds: measurement.elapsed.as_secs_f64(),
+                    latency: measurement.latency,
+                    tables: stats.as_ref().map_or(0, |stats| stats.tables),
+                    table_bytes: stats.as_ref().map_or(0, |stats| stats.table_bytes),
+                });
+                continue;
+            }
             self.report(measurement)?;
         }
         if let Some((service, _)) = self.service.take() {
