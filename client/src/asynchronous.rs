@@ -24,7 +24,7 @@ use ringkv_wire::{
     Topology,
 };
 
-use crate::command;
+use crate::command::{self, Outgoing};
 use crate::error::Error;
 use crate::failover;
 pub(crate) use crate::multiplexed::SharedConnection;
@@ -181,7 +181,7 @@ impl<R: Transport> AsyncClient<R> {
         value: impl AsRef<[u8]>,
     ) -> Result<CasResult, Error> {
         let command = command::compare_and_swap(key.as_ref(), expected, value.as_ref());
-        reply::into_cas(self.execute(command, self.consistency).await?)
+        reply::into_cas(self.execute(&command, self.consistency).await?)
     }
 
     /// One page of the live keys from `start` to `end` in token order (by the keys' tokens,
@@ -190,7 +190,7 @@ impl<R: Transport> AsyncClient<R> {
     /// [`ScanPage::next_start`] is set, more may follow: scan again from [`ScanStart::After`]
     /// it. The request goes to the shared port; the server asks the shards owning the range.
     pub async fn scan(&self, start: ScanStart, end: ScanEnd, limit: u32) -> Result<ScanPage, Error> {
-        reply::into_scan(self.execute(command::scan(start, end, limit), None).await?)
+        reply::into_scan(self.execute(&command::scan(start, end, limit), None).await?)
     }
 
     /// Independent operations in one request, answered in order; each can fail on its own.
@@ -199,12 +199,12 @@ impl<R: Transport> AsyncClient<R> {
     /// run single calls concurrently (they pipeline on each shard's connection). This handle's
     /// consistency applies to each operation.
     pub async fn batch(&self, operations: Vec<Operation>) -> Result<Vec<Result<Outcome, Failure>>, Error> {
-        reply::into_batch(self.execute(Command::Batch(operations), self.consistency).await?)
+        reply::into_batch(self.execute(&Command::Batch(operations), self.consistency).await?)
     }
 
     /// Checks that the node answers.
     pub async fn ping(&self) -> Result<(), Error> {
-        reply::into_pong(self.execute(Command::Ping, None).await?)
+        reply::into_pong(self.execute(&Command::Ping, None).await?)
     }
 
     /// Fetches the topology and routes by it from now on: from the node it last came from,
@@ -278,13 +278,18 @@ impl<R: Transport> AsyncClient<R> {
     /// failure may not be retried elsewhere (see [`failover`]), and returns the reply. Every
     /// route but the last gets one connection attempt; the last gets the reconnect back-off.
     /// On a wrong-shard answer the topology is fetched again and the request resent once.
-    async fn execute(&self, command: Command, consistency: Option<Consistency>) -> Result<Reply, Error> {
+    async fn execute(
+        &self,
+        outgoing: impl Into<Outgoing<'_>>,
+        consistency: Option<Consistency>,
+    ) -> Result<Reply, Error> {
+        let command = outgoing.into();
         self.refresh_if_due().await;
-        let idempotent = failover::is_idempotent(&command);
-        let routes = locked(&self.inner.router).routes(command::routing_key(&command), Instant::now());
+        let idempotent = command.is_idempotent();
+        let routes = locked(&self.inner.router).routes(command.routing_key(), Instant::now());
         let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
         for route in others {
-            match self.call(route.address, &command, consistency, Backoff::once()).await {
+            match self.call(route.address, command, consistency, Backoff::once()).await {
                 Err(error) if failover::may_try_another(&error, idempotent) => {
                     self.on_route_failed(route, &error);
                 }
@@ -292,7 +297,7 @@ impl<R: Transport> AsyncClient<R> {
             }
         }
         let reconnect = self.inner.options.reconnect;
-        let result = self.call(last.address, &command, consistency, reconnect).await;
+        let result = self.call(last.address, command, consistency, reconnect).await;
         self.answered(last, result, command, consistency).await
     }
 
@@ -301,7 +306,7 @@ impl<R: Transport> AsyncClient<R> {
         &self,
         route: &Route,
         result: Result<Reply, Error>,
-        command: Command,
+        command: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<Reply, Error> {
         let reply = result.inspect_err(|error| self.on_route_failed(route, error))?;
@@ -312,8 +317,8 @@ impl<R: Transport> AsyncClient<R> {
             return Ok(reply);
         }
         self.refresh_topology().await?;
-        let route = locked(&self.inner.router).routes(command::routing_key(&command), Instant::now())[0];
-        self.call(route.address, &command, consistency, self.inner.options.reconnect).await
+        let route = locked(&self.inner.router).routes(command.routing_key(), Instant::now())[0];
+        self.call(route.address, command, consistency, self.inner.options.reconnect).await
     }
 
     /// Notes a failed route: a node that cannot be reached is routed around for a while, and
@@ -334,10 +339,11 @@ impl<R: Transport> AsyncClient<R> {
     async fn call(
         &self,
         address: SocketAddr,
-        command: &Command,
+        command: impl Into<Outgoing<'_>>,
         consistency: Option<Consistency>,
         reconnect: Backoff,
     ) -> Result<Reply, Error> {
+        let command = command.into();
         let connection = self.connection(address, reconnect).await?;
         let timeout = self.inner.options.request_timeout;
         let reply = match connection.try_start(command, consistency)? {

@@ -38,7 +38,7 @@ use ringkv_wire::{
     ScanStart, Topology,
 };
 
-use crate::command;
+use crate::command::{self, Outgoing};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::failover;
@@ -150,7 +150,7 @@ impl Client {
     /// [`ScanStart::After`] it, or let [`Client::scan_all`] do the paging. The request goes to
     /// the shared port; the server asks the shards owning the range.
     pub fn scan(&mut self, start: ScanStart, end: ScanEnd, limit: u32) -> Result<ScanPage, Error> {
-        reply::into_scan(self.execute(command::scan(start, end, limit), None)?)
+        reply::into_scan(self.execute(&command::scan(start, end, limit), None)?)
     }
 
     /// Every live key from `start` to `end`, in token order, fetched `page_limit` entries per
@@ -171,7 +171,7 @@ impl Client {
 
     /// Checks that the node answers.
     pub fn ping(&mut self) -> Result<(), Error> {
-        reply::into_pong(self.execute(Command::Ping, None)?)
+        reply::into_pong(self.execute(&Command::Ping, None)?)
     }
 
     /// Fetches the topology and routes by it from now on: from the node it last came from,
@@ -328,13 +328,18 @@ impl Client {
     /// failure may not be retried elsewhere (see [`failover`]), and returns the reply. Every
     /// route but the last gets one connection attempt; the last gets the reconnect back-off.
     /// On a wrong-shard answer the topology is fetched again and the request resent once.
-    fn execute(&mut self, command: Command, consistency: Option<Consistency>) -> Result<Reply, Error> {
+    fn execute<'a>(
+        &mut self,
+        command: impl Into<Outgoing<'a>>,
+        consistency: Option<Consistency>,
+    ) -> Result<Reply, Error> {
+        let command = command.into();
         self.refresh_if_due();
-        let idempotent = failover::is_idempotent(&command);
-        let routes = self.router.routes(command::routing_key(&command), Instant::now());
+        let idempotent = command.is_idempotent();
+        let routes = self.router.routes(command.routing_key(), Instant::now());
         let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
         for route in others {
-            match self.call(route.address, &command, consistency, Backoff::once()) {
+            match self.call(route.address, command, consistency, Backoff::once()) {
                 Err(error) if failover::may_try_another(&error, idempotent) => {
                     self.on_route_failed(route, &error);
                 }
@@ -342,7 +347,7 @@ impl Client {
             }
         }
         let reconnect = self.options.reconnect;
-        let result = self.call(last.address, &command, consistency, reconnect);
+        let result = self.call(last.address, command, consistency, reconnect);
         self.answered(last, result, command, consistency)
     }
 
@@ -351,7 +356,7 @@ impl Client {
         &mut self,
         route: &Route,
         result: Result<Reply, Error>,
-        command: Command,
+        command: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<Reply, Error> {
         let reply = result.inspect_err(|error| self.on_route_failed(route, error))?;
@@ -362,9 +367,9 @@ impl Client {
             return Ok(reply);
         }
         self.refresh_topology()?;
-        let route = self.router.routes(command::routing_key(&command), Instant::now())[0];
+        let route = self.router.routes(command.routing_key(), Instant::now())[0];
         let reconnect = self.options.reconnect;
-        self.call(route.address, &command, consistency, reconnect)
+        self.call(route.address, command, consistency, reconnect)
     }
 
     /// Notes a failed route: a node that cannot be reached is routed around for a while, and
@@ -380,16 +385,16 @@ impl Client {
 
     /// One request to `address`, waiting for its reply; connecting first if needed, with
     /// `reconnect`.
-    fn call(
+    fn call<'a>(
         &mut self,
         address: SocketAddr,
-        command: &Command,
+        command: impl Into<Outgoing<'a>>,
         consistency: Option<Consistency>,
         reconnect: Backoff,
     ) -> Result<Reply, Error> {
         let timeout = self.options.request_timeout;
         let link = self.link(address, reconnect)?;
-        let id = link.connection.send_at(command, consistency)?;
+        let id = link.connection.send_outgoing(command.into(), consistency)?;
         let result = link.flush().and_then(|()| loop {
             let (reply_id, reply) = link.receive(timeout)?;
             if reply_id == id {
@@ -467,12 +472,12 @@ impl WithConsistency<'_> {
         value: impl AsRef<[u8]>,
     ) -> Result<CasResult, Error> {
         let command = command::compare_and_swap(key.as_ref(), expected, value.as_ref());
-        reply::into_cas(self.client.execute(command, self.consistency)?)
+        reply::into_cas(self.client.execute(&command, self.consistency)?)
     }
 
     /// See [`Client::batch`]: the level applies to each operation.
     pub fn batch(self, operations: Vec<Operation>) -> Result<Vec<Result<Outcome, Failure>>, Error> {
-        reply::into_batch(self.client.execute(Command::Batch(operations), self.consistency)?)
+        reply::into_batch(self.client.execute(&Command::Batch(operations), self.consistency)?)
     }
 
     /// See [`Client::pipeline`].

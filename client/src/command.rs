@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_wire::{Command, Expected, Operation, Scan, ScanEnd, ScanStart};
+use ringkv_wire::{Command, Expected, Operation, OperationRef, Scan, ScanEnd, ScanStart};
 
 /// A time-to-live in whole milliseconds, rounded up so that a short non-zero TTL never becomes
 /// the zero the server refuses. Too large a TTL saturates and is then refused by the limit
@@ -14,20 +14,19 @@ pub fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(milliseconds).unwrap_or(u64::MAX)
 }
 
-pub fn get(key: &[u8]) -> Command {
-    Command::Single(Operation::Get { key: Bytes::copy_from_slice(key) })
+/// A get of the caller's `key`, borrowed: it is encoded straight into the connection's outbox.
+pub fn get(key: &[u8]) -> OperationRef<'_> {
+    OperationRef::Get { key }
 }
 
-pub fn put(key: &[u8], value: &[u8], ttl: Option<Duration>) -> Command {
-    Command::Single(Operation::Put {
-        key: Bytes::copy_from_slice(key),
-        value: Bytes::copy_from_slice(value),
-        ttl_ms: ttl.map(ttl_ms),
-    })
+/// A put of the caller's `key` and `value`, borrowed (see [`get`]).
+pub fn put<'a>(key: &'a [u8], value: &'a [u8], ttl: Option<Duration>) -> OperationRef<'a> {
+    OperationRef::Put { key, value, ttl_ms: ttl.map(ttl_ms) }
 }
 
-pub fn delete(key: &[u8]) -> Command {
-    Command::Single(Operation::Delete { key: Bytes::copy_from_slice(key) })
+/// A delete of the caller's `key`, borrowed (see [`get`]).
+pub fn delete(key: &[u8]) -> OperationRef<'_> {
+    OperationRef::Delete { key }
 }
 
 pub fn compare_and_swap(key: &[u8], expected: Expected, value: &[u8]) -> Command {
@@ -51,6 +50,46 @@ pub fn routing_key(command: &Command) -> Option<&[u8]> {
     match command {
         Command::Single(operation) => Some(operation.key()),
         Command::Batch(_) | Command::Topology | Command::Ping | Command::Scan(_) => None,
+    }
+}
+
+/// What a call sends: a command, or one get, put or delete borrowed from the caller's bytes,
+/// which the connection encodes straight into its outbox (no copy of the key or value into a
+/// [`Command`] first). Either is borrowed for as long as the call runs, so a call can send it
+/// again to another replica.
+#[derive(Clone, Copy, Debug)]
+pub enum Outgoing<'a> {
+    Command(&'a Command),
+    Operation(OperationRef<'a>),
+}
+
+impl Outgoing<'_> {
+    /// See [`routing_key`].
+    pub fn routing_key(&self) -> Option<&[u8]> {
+        match self {
+            Outgoing::Command(command) => routing_key(command),
+            Outgoing::Operation(operation) => Some(operation.key()),
+        }
+    }
+
+    /// See [`crate::failover::is_idempotent`].
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            Outgoing::Command(command) => crate::failover::is_idempotent(command),
+            Outgoing::Operation(operation) => matches!(operation, OperationRef::Get { .. }),
+        }
+    }
+}
+
+impl<'a> From<&'a Command> for Outgoing<'a> {
+    fn from(command: &'a Command) -> Self {
+        Outgoing::Command(command)
+    }
+}
+
+impl<'a> From<OperationRef<'a>> for Outgoing<'a> {
+    fn from(operation: OperationRef<'a>) -> Self {
+        Outgoing::Operation(operation)
     }
 }
 

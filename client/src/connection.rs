@@ -18,9 +18,11 @@ pub(crate) fn id_hasher() -> ahash::RandomState {
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use ringkv_wire::{
-    encode_request_ref_into, parse_response, Command, Consistency, FrameDecoder, Reply, RequestRef,
-    WireError, CONNECTION_ERROR_ID,
+    encode_operation_into, encode_request_ref_into, parse_response, Command, Consistency, FrameDecoder,
+    OperationRef, Reply, RequestRef, WireError, CONNECTION_ERROR_ID,
 };
+
+use crate::command::Outgoing;
 
 use crate::error::Error;
 
@@ -92,11 +94,45 @@ impl Connection {
             return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
         }
         encode_request_ref_into(&mut self.builder, request, &mut self.outbox).map_err(Error::Limit)?;
+        Ok(self.sent())
+    }
+
+    /// [`Connection::send_at`] for one get, put or delete borrowed from the caller's bytes: the
+    /// key and value are copied once, into the outbox.
+    pub fn send_operation_at(
+        &mut self,
+        operation: OperationRef<'_>,
+        consistency: Option<Consistency>,
+    ) -> Result<u64, Error> {
+        operation.validate().map_err(Error::Limit)?;
+        if !self.has_room() {
+            return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
+        }
+        encode_operation_into(self.next_id, operation, consistency, &mut self.outbox)
+            .map_err(Error::Limit)?;
+        Ok(self.sent())
+    }
+
+    /// [`Connection::send_at`] or [`Connection::send_operation_at`], whichever `outgoing` is.
+    pub fn send_outgoing(
+        &mut self,
+        outgoing: Outgoing<'_>,
+        consistency: Option<Consistency>,
+    ) -> Result<u64, Error> {
+        match outgoing {
+            Outgoing::Command(command) => self.send_at(command, consistency),
+            Outgoing::Operation(operation) => self.send_operation_at(operation, consistency),
+        }
+    }
+
+    /// Records that the request with the next id went into the outbox, and returns that id.
+    fn sent(&mut self) -> u64 {
+        let id = self.next_id;
         // Ids never repeat on one connection, so a late reply can never be taken for another
         // request's; 0 is reserved for connection-level errors.
         self.next_id = self.next_id.checked_add(1).unwrap_or(CONNECTION_ERROR_ID + 1);
-        self.awaited.insert(request.id);
-        Ok(request.id)
+        self.awaited.insert(id);
+        id
     }
 
     /// Encoded requests not yet handed to the socket, all of them as one buffer so that a burst

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
-use ringkv_wire::{Command, Consistency, Reply};
+use ringkv_wire::{Consistency, Reply};
+
+use crate::command::Outgoing;
 
 use crate::connection::{id_hasher, Connection};
 use crate::error::Error;
@@ -123,7 +125,7 @@ impl SharedConnection {
     /// without waiting; its reply is due within the request timeout.
     pub(crate) fn try_start(
         self: &Arc<Self>,
-        command: &Command,
+        outgoing: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<Started, Error> {
         let mut state = self.state();
@@ -133,7 +135,7 @@ impl SharedConnection {
         if !state.connection.has_room() {
             return Ok(Started::Full);
         }
-        let id = state.connection.send_at(command, consistency)?;
+        let id = state.connection.send_outgoing(outgoing, consistency)?;
         let was_idle = state.slots.is_empty();
         let sent_round = state.round;
         state.slots.insert(id, Slot { sent_round, progress: Progress::Waiting(None) });
@@ -149,12 +151,12 @@ impl SharedConnection {
     /// Dropping the returned future (a timeout) abandons the request.
     pub(crate) async fn start(
         self: &Arc<Self>,
-        command: &Command,
+        outgoing: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<ReplyFuture, Error> {
         loop {
             let listener = self.room.listen();
-            if let Started::Sent(reply) = self.try_start(command, consistency)? {
+            if let Started::Sent(reply) = self.try_start(outgoing, consistency)? {
                 return Ok(reply);
             }
             listener.await;

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use crate::consistency::Consistency;
 use crate::generated as fb;
 use crate::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
-use crate::operation::Operation;
+use crate::operation::{Operation, OperationRef};
 use crate::outcome::Outcome;
 use crate::request::{Command, Request, RequestRef};
 use crate::response::{Reply, Response};
@@ -240,13 +240,29 @@ pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
 /// value. The caller has checked the request's limits.
 pub(crate) fn encode_single_into(request: RequestRef<'_>, out: &mut BytesMut) -> bool {
     let Command::Single(operation) = request.command else { return false };
-    let (command_type, key, put) = match operation {
-        Operation::Get { key } => (fb::Command::Get, key, None),
-        Operation::Delete { key } => (fb::Command::Delete, key, None),
-        Operation::Put { key, value, ttl_ms } => (fb::Command::Put, key, Some((value, *ttl_ms))),
+    let operation = match operation {
+        Operation::Get { key } => OperationRef::Get { key },
+        Operation::Delete { key } => OperationRef::Delete { key },
+        Operation::Put { key, value, ttl_ms } => OperationRef::Put { key, value, ttl_ms: *ttl_ms },
         Operation::CompareAndSwap { .. } => return false,
     };
-    let consistency = match request.consistency {
+    encode_operation_into(request.id, operation, request.consistency, out)
+}
+
+/// [`encode_single_into`] for a borrowed operation: appends request `id` carrying `operation`
+/// laid out by hand (`true`), or leaves `out` untouched when the frame would be too large.
+pub(crate) fn encode_operation_into(
+    id: u64,
+    operation: OperationRef<'_>,
+    consistency: Option<Consistency>,
+    out: &mut BytesMut,
+) -> bool {
+    let (command_type, key, put) = match operation {
+        OperationRef::Get { key } => (fb::Command::Get, key, None),
+        OperationRef::Delete { key } => (fb::Command::Delete, key, None),
+        OperationRef::Put { key, value, ttl_ms } => (fb::Command::Put, key, Some((value, ttl_ms))),
+    };
+    let consistency = match consistency {
         None => fb::Consistency::Default,
         Some(Consistency::One) => fb::Consistency::One,
         Some(Consistency::Quorum) => fb::Consistency::Quorum,
@@ -306,7 +322,7 @@ pub(crate) fn encode_single_into(request: RequestRef<'_>, out: &mut BytesMut) ->
         put_u32(operation_table + 8, (value_vector - (operation_table + 8)) as u32);
         put_u32(value_vector, value.len() as u32);
     }
-    frame[TABLE + 8..TABLE + 16].copy_from_slice(&request.id.to_le_bytes());
+    frame[TABLE + 8..TABLE + 16].copy_from_slice(&id.to_le_bytes());
     frame[TABLE + 16] = command_type.0;
     frame[TABLE + 17] = consistency.0;
     frame[key_vector + 4..key_vector + 4 + key.len()].copy_from_slice(key);

@@ -65,12 +65,12 @@ pub use consistency::{Consistency, ConsistencyParseError};
 pub use error::WireError;
 pub use error_code::ErrorCode;
 pub use frame::FrameDecoder;
-pub use operation::{Expected, Operation};
+pub use operation::{Expected, Operation, OperationRef};
 pub use outcome::{Failure, Outcome};
 pub use peer_codec::{encode_peer, encode_peer_into, parse_peer, parse_peer_shared};
 pub use request::{
-    encode_request, encode_request_into, encode_request_ref_into, parse_request, Command, Request,
-    RequestError, RequestRef,
+    encode_operation_into, encode_request, encode_request_into, encode_request_ref_into, parse_request,
+    Command, Request, RequestError, RequestRef,
 };
 pub use response::{
     encode_read_reply_into, encode_response, encode_response_into, parse_response, Reply, Response,

@@ -63,6 +63,48 @@ impl Operation {
     }
 }
 
+/// A get, put or delete whose key and value are borrowed: what a client encodes straight from
+/// its caller's bytes ([`crate::encode_operation_into`]), with no copy into an [`Operation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationRef<'a> {
+    Get { key: &'a [u8] },
+    Put { key: &'a [u8], value: &'a [u8], ttl_ms: Option<u64> },
+    Delete { key: &'a [u8] },
+}
+
+impl<'a> OperationRef<'a> {
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            Self::Get { key } | Self::Put { key, .. } | Self::Delete { key } => key,
+        }
+    }
+
+    /// The same limits as [`Operation::validate`].
+    pub fn validate(&self) -> Result<(), WireError> {
+        validate_key(self.key())?;
+        match *self {
+            Self::Get { .. } | Self::Delete { .. } => Ok(()),
+            Self::Put { value, ttl_ms, .. } => {
+                validate_value(value)?;
+                validate_ttl(ttl_ms)
+            }
+        }
+    }
+
+    /// The owned operation, with copies of the key and value.
+    pub fn to_operation(&self) -> Operation {
+        match *self {
+            Self::Get { key } => Operation::Get { key: Bytes::copy_from_slice(key) },
+            Self::Put { key, value, ttl_ms } => Operation::Put {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+                ttl_ms,
+            },
+            Self::Delete { key } => Operation::Delete { key: Bytes::copy_from_slice(key) },
+        }
+    }
+}
+
 pub(crate) fn validate_key(key: &[u8]) -> Result<(), WireError> {
     if key.len() < KEY_BYTES_MIN {
         return Err(WireError::KeyEmpty);

@@ -10,7 +10,7 @@ use crate::error::WireError;
 use crate::frame::verified_root;
 use crate::generated as fb;
 use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES};
-use crate::operation::{Expected, Operation};
+use crate::operation::{Expected, Operation, OperationRef};
 use crate::response::{Reply, Response};
 use crate::scan::{Scan, ScanEnd, ScanStart};
 use crate::CONNECTION_ERROR_ID;
@@ -371,6 +371,30 @@ pub fn encode_request_ref_into(
     Ok(())
 }
 
+/// Appends request `id` carrying the borrowed `operation` to `out` as one frame, after checking
+/// the limits a server enforces: the key and value go from the caller's bytes straight into
+/// `out`, with no copy in between. On error nothing is appended.
+pub fn encode_operation_into(
+    id: u64,
+    operation: OperationRef<'_>,
+    consistency: Option<Consistency>,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    if id == CONNECTION_ERROR_ID {
+        return Err(WireError::RequestIdReserved);
+    }
+    operation.validate()?;
+    if crate::fast_path::encode_operation_into(id, operation, consistency, out) {
+        return Ok(());
+    }
+    // Only a frame above the limit is not laid out by hand: the generic path names the limit.
+    let command = Command::Single(operation.to_operation());
+    let request = RequestRef { id, command: &command, consistency };
+    check_estimated_size(request)?;
+    out.extend_from_slice(build_request(&mut FlatBufferBuilder::new(), request)?);
+    Ok(())
+}
+
 /// Refuses, before building anything, a request whose keys and values alone exceed the frame
 /// limit; otherwise a huge batch would first be copied into the builder and only then refused.
 fn check_estimated_size(request: RequestRef<'_>) -> Result<(), WireError> {
@@ -518,6 +542,47 @@ mod tests {
                 ttl_ms: Some(5_000),
             },
         ]
+    }
+
+    /// A borrowed operation encodes to the same frame as the owned request, and breaks the same
+    /// limits with the same errors, appending nothing then.
+    #[test]
+    fn borrowed_operations_encode_as_owned_requests_do() {
+        let long_key = vec![b'k'; KEY_BYTES_MAX + 1];
+        let large_value = vec![0u8; VALUE_BYTES_MAX + 1];
+        let operations = [
+            OperationRef::Get { key: b"user:1" },
+            OperationRef::Put { key: b"user:1", value: b"alice", ttl_ms: None },
+            OperationRef::Put { key: b"session", value: b"", ttl_ms: Some(30_000) },
+            OperationRef::Put { key: b"big", value: &large_value[..VALUE_BYTES_MAX], ttl_ms: Some(1) },
+            OperationRef::Delete { key: b"user:2" },
+            OperationRef::Get { key: b"" },
+            OperationRef::Delete { key: &long_key },
+            OperationRef::Put { key: b"k", value: &large_value, ttl_ms: None },
+            OperationRef::Put { key: b"k", value: b"v", ttl_ms: Some(0) },
+        ];
+        for operation in operations {
+            for consistency in [None, Some(Consistency::One), Some(Consistency::All)] {
+                for id in [0, 7] {
+                    let owned =
+                        Request { id, command: Command::Single(operation.to_operation()), consistency };
+                    let mut expected = BytesMut::from(&b"before"[..]);
+                    let expected_result =
+                        encode_request_into(&mut FlatBufferBuilder::new(), &owned, &mut expected);
+                    let mut encoded = BytesMut::from(&b"before"[..]);
+                    let result = encode_operation_into(id, operation, consistency, &mut encoded);
+                    assert_eq!(result, expected_result, "{operation:?} id {id}");
+                    match result {
+                        Ok(()) => {
+                            let frame = encoded.split_off(6).freeze();
+                            assert_eq!(parse_request_verified(&frame).unwrap(), owned);
+                            assert_eq!(parse_request(&frame).unwrap(), owned);
+                        }
+                        Err(_) => assert_eq!(&encoded[..], b"before", "nothing appended on error"),
+                    }
+                }
+            }
+        }
     }
 
     fn every_request() -> Vec<Request> {

@@ -127,7 +127,7 @@ impl NodeReader {
 
     /// The entry this node's replica holds for `key` (`None`: nothing live), read at ONE.
     fn get_one(&mut self, key: &Bytes) -> Result<Option<PeerEntry>> {
-        let id = self.connection.send_at(&command::get(key), Some(Consistency::One))?;
+        let id = self.connection.send_operation_at(command::get(key), Some(Consistency::One))?;
         if let Some(bytes) = self.connection.take_output() {
             self.stream.write_all(&bytes)?;
         }
