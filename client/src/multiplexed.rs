@@ -198,7 +198,10 @@ impl SharedConnection {
     /// Writer side: the next bytes to write, or `None` once the connection is closed.
     pub(crate) async fn next_output(&self) -> Option<Bytes> {
         loop {
-            let listener = {
+            // The listener lives in this future, not on the heap; it is registered before the
+            // state is looked at, so a request queued in between is not missed.
+            event_listener::listener!(self.output => listener);
+            {
                 let mut state = self.state();
                 if state.closed.is_some() {
                     return None;
@@ -206,8 +209,7 @@ impl SharedConnection {
                 if let Some(bytes) = state.connection.take_output() {
                     return Some(bytes);
                 }
-                self.output.listen()
-            };
+            }
             listener.await;
         }
     }
