@@ -215,7 +215,12 @@ struct Operations {
 
 impl Operations {
     fn new(load: Load) -> Self {
-        Operations { op: load.op, keys: (0..load.records.max(1)).map(key).collect(), value: value(0) }
+        let operations =
+            Operations { op: load.op, keys: (0..load.records.max(1)).map(key).collect(), value: value(0) };
+        // A `Bytes` made from a `Vec` allocates its shared header on its first clone: take that
+        // first clone now, so the requests counted later clone without allocating.
+        operations.keys.iter().chain([&operations.value]).for_each(|bytes| drop(bytes.clone()));
+        operations
     }
 
     /// The `index`th operation, on a key spread over the key space.
@@ -348,17 +353,20 @@ fn counted_client(
     local.block_on(runtime, run(client, load, pipeline))
 }
 
-/// Connects to `addr` and runs `load` (see [`run`]).
-async fn client(load: Load, addr: SocketAddr, pipeline: usize) -> anyhow::Result<()> {
-    let client = Rc::new(ringkv_client::tokio::Client::connect(addr).await.context("connecting")?);
-    run(client, load, pipeline).await
-}
-
 /// Runs `load.ops` requests through the tokio client with `pipeline` in flight; fails on any
 /// error or a read that finds nothing.
 async fn run(client: Rc<ringkv_client::tokio::Client>, load: Load, pipeline: usize) -> anyhow::Result<()> {
-    let operations = Rc::new(Operations::new(load));
-    let per_task = load.ops / pipeline as u64;
+    run_operations(client, Rc::new(Operations::new(load)), load.ops, pipeline).await
+}
+
+/// [`run`] with the operations made beforehand: `ops` of them.
+async fn run_operations(
+    client: Rc<ringkv_client::tokio::Client>,
+    operations: Rc<Operations>,
+    ops: u64,
+    pipeline: usize,
+) -> anyhow::Result<()> {
+    let per_task = ops / pipeline as u64;
     let mut tasks = Vec::with_capacity(pipeline);
     for task in 0..pipeline as u64 {
         let client = client.clone();
@@ -407,9 +415,13 @@ fn allocations(load: Load, pipeline: usize) -> anyhow::Result<()> {
     let counted = runtime.block_on(tokio::task::LocalSet::new().run_until(async {
         wait_for(addr).await?;
         fill(addr, load.records).await?;
-        client(Load { ops: load.ops.min(20_000), ..load }, addr, pipeline).await?;
+        // Connected, routed, warmed up and with its keys made before counting starts, so that
+        // only the requests are counted.
+        let client = Rc::new(ringkv_client::tokio::Client::connect(addr).await.context("connecting")?);
+        let operations = Rc::new(Operations::new(load));
+        run_operations(client.clone(), operations.clone(), load.ops.min(20_000), pipeline).await?;
         let before = Counts::now();
-        client(load, addr, pipeline).await?;
+        run_operations(client, operations, load.ops, pipeline).await?;
         anyhow::Ok(Counts::now().since(&before))
     }));
     node.stop_handle().stop();
