@@ -48,12 +48,14 @@ pub struct Message {
 }
 
 impl Message {
-    /// An envelope encoded for the wire.
+    /// An envelope encoded for the wire, as a production peer link encodes it (request-path
+    /// messages laid out by hand, the rest through the builder).
     pub fn encode_peer(envelope: &PeerEnvelope) -> Bytes {
         let mut builder = flatbuffers::FlatBufferBuilder::new();
-        let frame = ringkv_wire::peer_codec::encode_peer(&mut builder, envelope)
+        let mut frame = Vec::new();
+        ringkv_wire::encode_peer_into(&mut builder, envelope, &mut frame)
             .expect("the simulator's envelopes are within the protocol's limits");
-        Bytes::copy_from_slice(frame)
+        Bytes::from(frame)
     }
 }
 
