@@ -2,13 +2,14 @@
 //! membership datagram. The stream goes through the frame decoder in chunks whose size the input
 //! chooses, and every frame through both peer parsers. Nothing may panic; the copying and the
 //! zero-copy parser agree; whatever parses satisfies the limits and survives a re-encode round
-//! trip.
+//! trip, through the builder and through a link's encoder (which lays out request-path messages
+//! by hand).
 
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use ringkv_wire::{encode_peer, parse_peer, parse_peer_shared};
+use ringkv_wire::{encode_peer, encode_peer_into, parse_peer, parse_peer_shared};
 
 fuzz_target!(|data: &[u8]| {
     let mut builder = flatbuffers::FlatBufferBuilder::new();
@@ -26,5 +27,10 @@ fn check_frame(frame: &Bytes, builder: &mut flatbuffers::FlatBufferBuilder<'stat
         let encoded =
             Bytes::copy_from_slice(encode_peer(builder, &envelope).expect("a parsed envelope encodes"));
         assert_eq!(parse_peer(&encoded).expect("a re-encoded envelope parses"), envelope);
+        let mut outbox = Vec::new();
+        encode_peer_into(builder, &envelope, &mut outbox).expect("a parsed envelope encodes into an outbox");
+        let linked = Bytes::from(outbox);
+        assert_eq!(parse_peer(&linked).expect("a link's frame parses"), envelope);
+        assert_eq!(parse_peer_shared(&linked).expect("a link's frame parses in place"), envelope);
     }
 }
