@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ringkv_io::DmaDisk;
-use ringkv_wire::{Command, Consistency, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
+use ringkv_wire::{
+    Command, Consistency, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
+};
 
 use crate::cluster::Cluster;
 use crate::handler::Handler;
@@ -157,13 +159,13 @@ impl Router {
     }
 
     /// A read of `key` answered in place, when this shard owns the key and memory holds it:
-    /// `read` is lent the value and version (or `None`, or the failure) and its result
+    /// `read` is lent the value, version and expiry (or `None`, or the failure) and its result
     /// returned. `None` otherwise: answer the read with [`Router::answer`]. Answering cached
     /// reads in place saves a task per request on the hottest path.
     pub fn read_now<R>(
         &self,
         key: &[u8],
-        read: impl FnOnce(Result<Option<(&[u8], u64)>, Failure>) -> R,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
         // With several copies of each key a read is coordinated across replicas.
         if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
