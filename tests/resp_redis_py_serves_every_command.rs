@@ -131,7 +131,41 @@ def check(protocol):
     assert r.exists(p + "m1", p + "m2", p + "m3") == 1
     assert r.msetnx({p + "one": "1"}) is True
     assert r.msetnx({p + "one": "2"}) is False and r.get(p + "one") == b"1"
-    assert "cannot be atomic" in error_of(lambda: r.msetnx({p + "x1": "1", p + "x2": "2"}))
+    # MSETNX of several keys is atomic when they live on one shard (of the server's two), and
+    # refused otherwise. Which pairs share a shard follows from their tokens: try pairs until
+    # both cases are seen (one of 64 pairs each way, or the hash is broken).
+    together = apart = None
+    for i in range(64):
+        pair = (p + "nx:a%d" % i, p + "nx:b%d" % i)
+        try:
+            assert r.msetnx({pair[0]: "1", pair[1]: "2"}) is True
+            together = together or pair
+        except redis.ResponseError as error:
+            assert "only when every key lives on one shard" in str(error), error
+            assert r.exists(*pair) == 0
+            apart = apart or pair
+        if together and apart:
+            break
+    assert together and apart, (together, apart)
+    a, b = together
+    assert r.mget(a, b) == [b"1", b"2"]
+    assert r.msetnx({a: "3", b: "4"}) is False and r.mget(a, b) == [b"1", b"2"]
+    assert r.delete(b) == 1
+    assert r.msetnx({b: "5", a: "6"}) is False and r.mget(a, b) == [b"1", None]
+    assert r.delete(a) == 1
+    assert r.execute_command("MSETNX", a, "7", b, "8", a, "9") == 1 and r.mget(a, b) == [b"9", b"8"]
+    # MSET is atomic for keys of one shard and per key otherwise; either way every key is set,
+    # and a key listed twice keeps its last value, as in Redis.
+    assert r.execute_command("MSET", a, "x", b, "y", a, "z") in (True, b"OK", "OK")
+    assert r.mget(a, b) == [b"z", b"y"]
+    assert r.mset({apart[0]: "p", apart[1]: "q"}) is True and r.mget(*apart) == [b"p", b"q"]
+    # One atomic write holds about one largest value: past it MSETNX is refused naming the
+    # limit, and MSET writes each key on its own.
+    half = b"h" * (600 * 1024)
+    assert "VALUE_BYTES_MAX" in error_of(lambda: r.msetnx({p + "big1": half, p + "big2": half}))
+    assert r.exists(p + "big1", p + "big2") == 0
+    assert r.mset({a: half, b: half}) is True
+    assert r.get(a) == half and r.get(b) == half
     assert "wrong number of arguments" in error_of(lambda: r.execute_command("MSET", p + "a"))
 
     # EXPIRE, PEXPIRE, TTL, PTTL, PERSIST.

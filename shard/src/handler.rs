@@ -16,7 +16,9 @@ use std::ops::Bound;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use ringkv_storage::{CasOutcome, Disk, Engine, Entry, Position, ScanRange, StorageError, Value};
+use ringkv_storage::{
+    AtomicOutcome, CasOutcome, Disk, Engine, Entry, Position, ScanRange, StorageError, Value,
+};
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{
     ErrorCode, Expected, Failure, LentValue, Operation, Outcome, Scan, ScanEnd, ScanEntry, ScanPage,
@@ -156,6 +158,38 @@ impl<D: Disk> Handler<D> {
             self.clock.observe(stored);
         }
         self.clock.next_version(now_ms)
+    }
+
+    /// Writes every `(key, value)` of `pairs` (distinct keys, all owned by this shard), without
+    /// expiry, as one atomic engine write (one WAL record): all or none after a crash, and no
+    /// reader of this shard sees some without the others. With `only_if_absent`, only when none
+    /// of the keys has a live value. Whether it wrote.
+    pub async fn write_atomically(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        only_if_absent: bool,
+    ) -> Result<bool, Failure> {
+        let now_ms = (self.now_ms)();
+        let (keys, values): (Vec<Bytes>, Vec<Bytes>) =
+            pairs.into_iter().map(|(key, value)| (owned(&key), owned(&value))).unzip();
+        let make_entries = |stored: &[Option<u64>]| {
+            values
+                .into_iter()
+                .zip(stored)
+                .map(|(value, &stored)| Entry::live(self.stamp(stored, now_ms), value, None))
+                .collect()
+        };
+        let only_if_absent_at = only_if_absent.then_some(now_ms);
+        match self.engine.write_atomically_with(&keys, only_if_absent_at, make_entries).await {
+            Ok(AtomicOutcome::Applied { .. }) => Ok(true),
+            Ok(AtomicOutcome::Present { .. }) => Ok(false),
+            // `stamp` versions above the stored entries, so this means a clock bug.
+            Ok(AtomicOutcome::Stale { current_version, .. }) => Err(Failure::new(
+                ErrorCode::Internal,
+                format!("an atomic write versioned at or below the stored {current_version}"),
+            )),
+            Err(error) => Err(failure_of(&error)),
+        }
     }
 
     /// One page of this shard's live keys in `scan`'s range, in token order: at most
@@ -358,6 +392,31 @@ mod tests {
             let Ok(Outcome::Written { version }) = handler.execute(swap).await else { panic!() };
             let read = handler.execute(Operation::Get { key: key("t") }).await.unwrap();
             assert_eq!(read, Outcome::Value { value: key("w"), version, expires_at_ms: None });
+        });
+    }
+
+    #[test]
+    fn atomic_writes_write_every_key_or_none() {
+        let handler = handler();
+        ringkv_io::run_local("handler-atomic", async {
+            let pairs =
+                |values: [&'static str; 2]| vec![(key("x"), key(values[0])), (key("y"), key(values[1]))];
+            assert_eq!(handler.write_atomically(pairs(["1", "2"]), true).await, Ok(true));
+            assert_eq!(handler.write_atomically(pairs(["3", "4"]), true).await, Ok(false));
+            let Ok(Outcome::Value { value, .. }) = handler.execute(Operation::Get { key: key("y") }).await
+            else {
+                panic!()
+            };
+            assert_eq!(value, key("2"));
+            assert_eq!(handler.write_atomically(pairs(["5", "6"]), false).await, Ok(true));
+            for (name, expected) in [("x", "5"), ("y", "6")] {
+                let Ok(Outcome::Value { value, .. }) =
+                    handler.execute(Operation::Get { key: key(name) }).await
+                else {
+                    panic!()
+                };
+                assert_eq!(value, key(expected));
+            }
         });
     }
 

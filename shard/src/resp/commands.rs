@@ -9,8 +9,11 @@
 //!
 //! ringkv's operations are get, put (with a TTL), delete, compare-and-swap against a version
 //! (or absence), batches of those and scans. Redis commands map onto them:
-//! - GET, SET, SETEX, PSETEX, DEL, UNLINK, EXISTS, MGET, MSET: gets, puts and deletes; the
-//!   multi-key ones as one batch, each key on its own (not atomically).
+//! - GET, SET, SETEX, PSETEX, DEL, UNLINK, EXISTS, MGET: gets, puts and deletes; the multi-key
+//!   ones as one batch, each key on its own (not atomically).
+//! - MSET, MSETNX of several keys: atomic where it can be, when every key lives on one shard
+//!   and keys have one copy ([`Router::write_atomically`]: one WAL record). Elsewhere MSET
+//!   writes each key on its own (a batch) and MSETNX is refused.
 //! - SET NX/XX/GET, SETNX, GETEX, EXPIRE, PEXPIRE, PERSIST, INCR/DECR/INCRBY/DECRBY, MSETNX of one
 //!   key: read the key, then compare-and-swap against the version read, retried up to
 //!   [`CAS_ATTEMPTS_MAX`] times when another write came between. With several copies of each
@@ -25,7 +28,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringkv_io::now_ms;
-use ringkv_wire::limits::{SCAN_LIMIT_MAX, TTL_MS_MAX};
+use ringkv_wire::limits::{SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use ringkv_wire::token::token;
 use ringkv_wire::{
     Command, Expected, Failure, Operation, Outcome, Reply, Scan, ScanEnd, ScanPage, ScanStart,
@@ -144,6 +147,8 @@ pub enum DataCommand {
     MultiSet(Vec<(Bytes, Bytes)>),
     /// MSETNX of one key.
     SetIfAbsent(Bytes, Bytes),
+    /// MSETNX of several keys.
+    MultiSetIfAbsent(Vec<(Bytes, Bytes)>),
     Expire {
         key: Bytes,
         expiry: Expiry,
@@ -238,7 +243,9 @@ impl DataCommand {
             DataCommand::Delete(keys) | DataCommand::Exists(keys) | DataCommand::MultiGet(keys) => {
                 keys.iter().collect()
             }
-            DataCommand::MultiSet(pairs) => pairs.iter().map(|(key, _)| key).collect(),
+            DataCommand::MultiSet(pairs) | DataCommand::MultiSetIfAbsent(pairs) => {
+                pairs.iter().map(|(key, _)| key).collect()
+            }
             DataCommand::Scan { .. } | DataCommand::DbSize | DataCommand::InfoWithKeyspace(_) => return None,
         })
     }
@@ -427,10 +434,7 @@ pub fn parse_command(arguments: &[Bytes]) -> Result<RespCommand, RespReply> {
             }
             match &pairs[..] {
                 [(key, value)] => data(DataCommand::SetIfAbsent(key.clone(), value.clone())),
-                _ => Err(RespReply::error(
-                    "MSETNX of several keys cannot be atomic in ringkv (keys live on different shards and nodes, \
-                     and compare-and-swap covers one key); use SET NX per key",
-                )),
+                _ => data(DataCommand::MultiSetIfAbsent(pairs)),
             }
         }
         "expire" | "pexpire" => {
@@ -796,12 +800,35 @@ async fn run_fallible(router: &Rc<Router>, command: DataCommand) -> Result<RespR
             Ok(RespReply::Array(values))
         }
         DataCommand::MultiSet(pairs) => {
+            let pairs = last_of_each_key(pairs);
+            if fits_one_atomic_write(&pairs)
+                && write_atomically(router, pairs.clone(), false).await?.is_some()
+            {
+                return Ok(RespReply::Ok);
+            }
+            // Keys on several shards (or with several copies): each key on its own.
             let operations =
                 pairs.into_iter().map(|(key, value)| Operation::Put { key, value, ttl_ms: None }).collect();
             for result in batch(router, operations).await? {
                 result.map_err(|failure| failure_reply(&failure))?;
             }
             Ok(RespReply::Ok)
+        }
+        DataCommand::MultiSetIfAbsent(pairs) => {
+            let pairs = last_of_each_key(pairs);
+            if !fits_one_atomic_write(&pairs) {
+                return Err(RespReply::error(format!(
+                    "MSETNX's keys and values total more than one atomic write holds ({ATOMIC_WRITE_BYTES_MAX} bytes, \
+                     VALUE_BYTES_MAX, counting {ATOMIC_ENTRY_OVERHEAD_BYTES} bytes per key beside it)"
+                )));
+            }
+            match write_atomically(router, pairs, true).await? {
+                Some(written) => Ok(RespReply::Integer(i64::from(written))),
+                None => Err(RespReply::error(
+                    "MSETNX of several keys is atomic in ringkv only when every key lives on one shard and keys have \
+                     one copy (replication factor 1); these keys do not: use SET NX per key",
+                )),
+            }
         }
         DataCommand::SetIfAbsent(key, value) => {
             let written = swap(router, &key, None, value, None).await?;
@@ -841,6 +868,44 @@ async fn run_fallible(router: &Rc<Router>, command: DataCommand) -> Result<RespR
             Ok(RespReply::text(text))
         }
     }
+}
+
+/// Bytes of keys and values one atomic write (one WAL record) holds: one largest value's worth.
+const ATOMIC_WRITE_BYTES_MAX: usize = VALUE_BYTES_MAX;
+
+/// Bytes counted per key of an atomic write beside its key and value: the entry's header, with
+/// room to spare.
+const ATOMIC_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Whether `pairs` fit in one atomic write.
+fn fits_one_atomic_write(pairs: &[(Bytes, Bytes)]) -> bool {
+    let bytes: usize =
+        pairs.iter().map(|(key, value)| key.len() + value.len() + ATOMIC_ENTRY_OVERHEAD_BYTES).sum();
+    bytes <= ATOMIC_WRITE_BYTES_MAX
+}
+
+/// `pairs` with each key once, holding its last value (a key listed twice ends with its last
+/// value in Redis), in the order of their last appearance.
+fn last_of_each_key(pairs: Vec<(Bytes, Bytes)>) -> Vec<(Bytes, Bytes)> {
+    let mut last = std::collections::HashMap::with_capacity(pairs.len());
+    for (index, (key, _)) in pairs.iter().enumerate() {
+        last.insert(key.clone(), index);
+    }
+    pairs
+        .into_iter()
+        .enumerate()
+        .filter(|(index, (key, _))| last[key] == *index)
+        .map(|(_, pair)| pair)
+        .collect()
+}
+
+/// [`Router::write_atomically`] with a failure as a Redis error.
+async fn write_atomically(
+    router: &Rc<Router>,
+    pairs: Vec<(Bytes, Bytes)>,
+    only_if_absent: bool,
+) -> Result<Option<bool>, RespReply> {
+    router.write_atomically(pairs, only_if_absent).await.map_err(|failure| failure_reply(&failure))
 }
 
 /// Whether each key has a live value.
@@ -1202,8 +1267,28 @@ mod tests {
     }
 
     #[test]
-    fn msetnx_of_several_keys_is_refused() {
-        assert!(error_text(&["msetnx", "a", "1", "b", "2"]).contains("cannot be atomic"));
+    fn msetnx_of_one_key_is_a_set_nx() {
+        assert!(matches!(
+            parsed(&["msetnx", "a", "1", "b", "2"]),
+            Ok(RespCommand::Data(DataCommand::MultiSetIfAbsent(..)))
+        ));
         assert!(matches!(parsed(&["msetnx", "a", "1"]), Ok(RespCommand::Data(DataCommand::SetIfAbsent(..)))));
+    }
+
+    #[test]
+    fn a_key_listed_twice_keeps_its_last_value() {
+        let pair = |key: &'static str, value: &'static str| {
+            (Bytes::from_static(key.as_bytes()), Bytes::from_static(value.as_bytes()))
+        };
+        let pairs = vec![pair("a", "1"), pair("b", "2"), pair("a", "3"), pair("c", "4")];
+        assert_eq!(last_of_each_key(pairs), vec![pair("b", "2"), pair("a", "3"), pair("c", "4")]);
+    }
+
+    #[test]
+    fn an_atomic_write_holds_about_one_largest_value() {
+        let pair = |bytes: usize| (Bytes::from_static(b"k"), Bytes::from(vec![0; bytes]));
+        assert!(fits_one_atomic_write(&[pair(VALUE_BYTES_MAX - 65)]));
+        assert!(!fits_one_atomic_write(&[pair(VALUE_BYTES_MAX / 2), pair(VALUE_BYTES_MAX / 2)]));
+        assert!(fits_one_atomic_write(&vec![pair(100); 1000]));
     }
 }
