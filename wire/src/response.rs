@@ -313,15 +313,19 @@ pub fn encode_read_reply_into(
 ) -> Result<(), WireError> {
     match found {
         Some(found) => {
-            let layout = ValueReply::of(found.expires_at_ms.is_some());
-            let payload_bytes = layout.header_bytes - ValueReply::ROOT + found.value.len();
+            let header_bytes = if found.expires_at_ms.is_some() { 72 } else { 56 };
+            let payload_bytes = header_bytes - ValueReply::ROOT + found.value.len();
             if payload_bytes > FRAME_BYTES_MAX {
                 return Err(WireError::FrameTooLarge {
                     length_bytes: payload_bytes as u64,
                     max_bytes: FRAME_BYTES_MAX,
                 });
             }
-            value_reply_into(&layout, id, found, out);
+            // One copy of the layout per case, so every offset is a constant.
+            match found.expires_at_ms {
+                None => value_reply_into::<false, 56>(id, found, out),
+                Some(_) => value_reply_into::<true, 72>(id, found, out),
+            }
             Ok(())
         }
         None => {
@@ -402,18 +406,24 @@ impl ValueReply {
     }
 }
 
-/// The longest header [`ValueReply`] lays out.
-const VALUE_REPLY_HEADER_BYTES_MAX: usize = 72;
-
 /// Appends the `Status::Value` reply to a read, laid out by hand: the same table the builder
 /// makes for `Response { id, status: Value, value, version, expires_at_ms }` (any verifier
 /// reads it as that), written with one copy of the value and no builder. The hottest reply
 /// there is; the builder spends more on vtable bookkeeping than on the bytes. The value is at
-/// most `FRAME_BYTES_MAX`.
-fn value_reply_into(layout: &ValueReply, id: u64, found: LentValue<'_>, out: &mut BytesMut) {
-    let frame_bytes = layout.header_bytes + found.value.len();
-    let mut header = [0u8; VALUE_REPLY_HEADER_BYTES_MAX];
-    let header = &mut header[..layout.header_bytes];
+/// most `FRAME_BYTES_MAX`. `EXPIRES` picks the layout ([`ValueReply::of`]), whose header is
+/// `HEADER_BYTES` long.
+fn value_reply_into<const EXPIRES: bool, const HEADER_BYTES: usize>(
+    id: u64,
+    found: LentValue<'_>,
+    out: &mut BytesMut,
+) {
+    let layout = const {
+        let layout = ValueReply::of(EXPIRES);
+        assert!(layout.header_bytes == HEADER_BYTES, "the header length is the layout's");
+        layout
+    };
+    let frame_bytes = HEADER_BYTES + found.value.len();
+    let mut header = [0u8; HEADER_BYTES];
     let table = layout.table;
     let mut put_u16 = |at: usize, field: u16| header[at..at + 2].copy_from_slice(&field.to_le_bytes());
     let vtable = ValueReply::VTABLE;
@@ -440,7 +450,7 @@ fn value_reply_into(layout: &ValueReply, id: u64, found: LentValue<'_>, out: &mu
     }
     header[layout.status] = fb::Status::Value.0;
     out.reserve(frame_bytes);
-    out.extend_from_slice(header);
+    out.extend_from_slice(&header);
     out.extend_from_slice(found.value);
 }
 
