@@ -12,7 +12,8 @@
 //!
 //! With `--json`, values go out as a JSON string when they are valid UTF-8 (`"value"`) and as
 //! standard base64 otherwise (`"value_base64"`), so that any byte string survives the round
-//! trip and text stays readable.
+//! trip and text stays readable. `get --json` adds `expires_at_ms` (Unix milliseconds) for a
+//! value that expires.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -253,7 +254,11 @@ fn get(args: &GetArgs, default_address: &str) -> anyhow::Result<ExitCode> {
     };
     if args.connection.json {
         let (field, value) = value_json(&stored.value);
-        print_line(&json!({ field: value, "version": stored.version }).to_string())?;
+        let mut line = json!({ field: value, "version": stored.version });
+        if let Some(expires_at_ms) = stored.expires_at_ms {
+            line["expires_at_ms"] = json!(expires_at_ms);
+        }
+        print_line(&line.to_string())?;
     } else {
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(&stored.value).and_then(|()| stdout.flush()).context("writing to stdout")?;

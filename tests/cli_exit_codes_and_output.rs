@@ -51,12 +51,18 @@ fn cli_exit_codes_and_output() {
     assert_eq!(json, serde_json::json!({ "value": "hello", "version": version }));
 
     // Binary values from stdin come back byte for byte, and as base64 in JSON.
+    // A value with a TTL shows its expiry: 30 s after the server applied the write, a moment
+    // between the test's clock readings around the put (one machine, one clock).
     let binary = [0u8, 0xff, 0x80, b'\n'];
+    let before_ms = unix_ms();
     assert_eq!(ringkv(port, &["put", "binary", "-", "--ttl", "30s"], &binary).status.code(), Some(0));
+    let after_ms = unix_ms();
     assert_eq!(ringkv(port, &["get", "binary"], b"").stdout, binary);
     let json: serde_json::Value =
         serde_json::from_slice(&ringkv(port, &["get", "binary", "--json"], b"").stdout).unwrap();
     assert_eq!(json["value_base64"], "AP+ACg==");
+    let written_ms = json["expires_at_ms"].as_u64().expect("a value with a TTL has expires_at_ms") - 30_000;
+    assert!((before_ms..=after_ms).contains(&written_ms), "{before_ms} <= {written_ms} <= {after_ms}");
 
     let missing = ringkv(port, &["get", "no-such-key"], b"");
     assert_eq!((missing.status.code(), missing.stdout.len()), (Some(1), 0));
@@ -83,4 +89,8 @@ fn cli_exit_codes_and_output() {
     let unreachable = ringkv_at(&["get", "k", "--addr", "127.0.0.1:1"], b"");
     assert_eq!(unreachable.status.code(), Some(2));
     assert_eq!(text(&unreachable.stderr).lines().count(), 1, "{}", text(&unreachable.stderr));
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }

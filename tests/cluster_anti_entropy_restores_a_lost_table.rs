@@ -58,7 +58,7 @@ fn anti_entropy_restores_the_keys_of_a_deleted_table() {
         let value = Bytes::from(format!("{index}-{filler}"));
         assert_eq!(
             read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version },
+            Outcome::Value { value, version: *version, expires_at_ms: None },
             "node 3 did not get key-{index} back"
         );
     }

@@ -47,7 +47,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
         let value = Bytes::from(format!("v{index}"));
         assert_eq!(
             read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version },
+            Outcome::Value { value, version: *version, expires_at_ms: None },
             "node 3 did not get key-{index} back"
         );
         restored += 1;

@@ -42,7 +42,7 @@ fn hints_replay_every_write_a_returning_replica_missed() {
         let value = Bytes::from(format!("v{index}"));
         assert_eq!(
             read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version },
+            Outcome::Value { value, version: *version, expires_at_ms: None },
             "node 3 missed key-{index}"
         );
     }

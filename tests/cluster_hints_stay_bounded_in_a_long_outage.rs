@@ -79,7 +79,7 @@ fn hints_stay_bounded_and_anti_entropy_repairs_what_they_dropped() {
         let value = Bytes::from(format!("v{index}"));
         assert_eq!(
             read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version },
+            Outcome::Value { value, version: *version, expires_at_ms: None },
             "node 3 missed key-{index}"
         );
     }

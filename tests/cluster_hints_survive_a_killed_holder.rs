@@ -40,7 +40,7 @@ fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
         let value = Bytes::from(format!("v{index}"));
         assert_eq!(
             read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version },
+            Outcome::Value { value, version: *version, expires_at_ms: None },
             "node 3 missed key-{index}"
         );
     }

@@ -22,9 +22,31 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
             let value = format!("value-{writer}-{index}").into_bytes();
             let version = clients[writer].put(&key, &value);
             for reader in clients.iter_mut() {
-                assert_eq!(reader.get(&key), Outcome::Value { value: Bytes::from(value.clone()), version });
+                assert_eq!(
+                    reader.get(&key),
+                    Outcome::Value { value: Bytes::from(value.clone()), version, expires_at_ms: None }
+                );
             }
         }
+    }
+    // A value with a TTL reads back through every node with the expiry the write set, and a
+    // newer write without one reads back without it: the newest version's expiry goes with it.
+    let version = clients[0].put_with_ttl(b"expiring", b"v", Some(3_600_000));
+    let Outcome::Value { version: read, expires_at_ms: Some(expires_at_ms), .. } =
+        clients[0].get(b"expiring")
+    else {
+        panic!("a value with a TTL reads back with its expiry");
+    };
+    assert_eq!(read, version);
+    for reader in clients.iter_mut() {
+        let expected =
+            Outcome::Value { value: Bytes::from_static(b"v"), version, expires_at_ms: Some(expires_at_ms) };
+        assert_eq!(reader.get(b"expiring"), expected);
+    }
+    let version = clients[2].put(b"expiring", b"w");
+    for reader in clients.iter_mut() {
+        let expected = Outcome::Value { value: Bytes::from_static(b"w"), version, expires_at_ms: None };
+        assert_eq!(reader.get(b"expiring"), expected);
     }
     let deleted = clients[1].delete(b"key-0-0");
     assert!(deleted > 0);
@@ -84,7 +106,10 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
         );
         let Outcome::Written { version } = written else { panic!("expected a write, got {written:?}") };
         for reader in survivors.iter_mut() {
-            assert_eq!(reader.get(&key), Outcome::Value { value: Bytes::from_static(b"v"), version });
+            assert_eq!(
+                reader.get(&key),
+                Outcome::Value { value: Bytes::from_static(b"v"), version, expires_at_ms: None }
+            );
         }
     }
     // Data written before the kill is still read at quorum.
@@ -119,11 +144,19 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     let everyone = eventually_at(&mut first.client(), get(b"missed"), Consistency::All);
     assert_eq!(
         everyone,
-        Outcome::Value { value: Bytes::from_static(b"while-down"), version: missed_version }
+        Outcome::Value {
+            value: Bytes::from_static(b"while-down"),
+            version: missed_version,
+            expires_at_ms: None
+        }
     );
     // ... so the restarted node's own copy now has it.
     assert_eq!(
         back.execute_at(get(b"missed"), Some(Consistency::One)).unwrap(),
-        Outcome::Value { value: Bytes::from_static(b"while-down"), version: missed_version }
+        Outcome::Value {
+            value: Bytes::from_static(b"while-down"),
+            version: missed_version,
+            expires_at_ms: None
+        }
     );
 }

@@ -46,7 +46,10 @@ fn a_node_claiming_a_taken_id_serves_nothing_and_the_cluster_keeps_the_holder() 
     let Outcome::Written { version } = first.client().execute(put).unwrap() else {
         panic!("expected a write")
     };
-    assert_eq!(second.client().get(b"k"), Outcome::Value { value: Bytes::from_static(b"v"), version });
+    assert_eq!(
+        second.client().get(b"k"),
+        Outcome::Value { value: Bytes::from_static(b"v"), version, expires_at_ms: None }
+    );
     let topology = first.client().topology();
     let holder = topology.nodes.iter().find(|node| node.node_id == 2).expect("node 2 listed");
     assert_eq!(holder.address, format!("127.0.0.1:{}", second.client_port));

@@ -67,7 +67,7 @@ fn a_stopped_replica_costs_timeouts_not_hangs_and_rejoins_when_continued() {
             panic!("expected a write")
         };
         let read = eventually(&mut client, Operation::Get { key: Bytes::from(key) }, Consistency::Quorum);
-        assert_eq!(read, Outcome::Value { value: Bytes::from_static(b"v"), version });
+        assert_eq!(read, Outcome::Value { value: Bytes::from_static(b"v"), version, expires_at_ms: None });
     }
     wait_for_log(&first, first_log, "node down node_id=3 ");
 

@@ -1,5 +1,6 @@
 //! Real Redis tools against the Redis protocol port of a real two-shard server: `redis-cli`
-//! runs a script (including an unknown command and a SCAN over every key written), and
+//! runs a script (including an unknown command, expiries kept, read and dropped, and a SCAN
+//! over every key written), and
 //! `redis-benchmark -t set,get -n 20000 -P 16` finishes with every request answered and no
 //! error. Both tools come from Debian's `redis-tools`; a machine without them fails this test
 //! with a message saying so, rather than passing it untested.
@@ -49,7 +50,9 @@ fn resp_redis_cli_and_benchmark() {
 
     let script =
         "PING\nSET greeting hello\nGET greeting\nAPPEND greeting x\nMSET a 1 b 2 c 3\nMGET a b c missing\n\
-                  INCRBY a 9\nDEL a b missing\nEXISTS a b c greeting\nDBSIZE\nSET big 1 EX 100 NX\n";
+                  INCRBY a 9\nDEL a b missing\nEXISTS a b c greeting\nDBSIZE\nSET big 1 EX 100 NX\n\
+                  SET big 2 KEEPTTL\nEXPIRE big 100 NX\nPERSIST big\nTTL big\nPTTL greeting\nTTL missing\n\
+                  EXPIRE big 100 NX\nEXPIRE big 200 LT\n";
     let output = redis_cli(port, script);
     assert!(output.status.success(), "redis-cli failed: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -70,6 +73,15 @@ fn resp_redis_cli_and_benchmark() {
         "2",
         "2",
         "OK",
+        // SET KEEPTTL keeps the expiry EXPIRE NX then sees; PERSIST drops it.
+        "OK",
+        "0",
+        "1",
+        "-1",
+        "-1",
+        "-2",
+        "1",
+        "0",
     ];
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines, expected, "redis-cli printed:\n{stdout}");

@@ -1,7 +1,7 @@
 //! redis-py, the Python Redis client, against the Redis protocol port of a real two-shard
 //! server, over RESP2 and RESP3: every command ringkv serves, their options, and their errors
-//! (unknown command, wrong arity, syntax, non-integer, ringkv's key and value limits, the
-//! commands that need an expiry ringkv's reads do not return). The script runs under `python3`
+//! (unknown command, wrong arity, syntax, non-integer, ringkv's key and value limits, EXPIRE's
+//! incompatible options). The script runs under `python3`
 //! and needs the `redis` package (`pip install redis`); without either, the test fails saying
 //! so rather than passing untested.
 
@@ -16,9 +16,9 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The checks, run once per protocol version. Expiries are checked only one way that does not
-/// depend on timing: a key given a TTL in the past, or a short TTL and then a longer sleep, is
-/// gone.
+/// The checks, run once per protocol version. Expiries are checked in ways that do not depend on
+/// timing: a key given a TTL in the past, or a short TTL and then a longer sleep, is gone; a TTL
+/// read back lies between 0 and what was set (or a later bound) and never above it.
 const SCRIPT: &str = r#"
 import sys, time
 import redis
@@ -85,7 +85,16 @@ def check(protocol):
     assert r.set(p + "pxat", "v", pxat=int(time.time() * 1000) + 100000) is True
     assert r.set(p + "past", "v", pxat=1000) is True and r.get(p + "past") is None
     assert r.set(p + "short", "v", px=50) is True
-    assert "KEEPTTL" in error_of(lambda: r.set(p + "a", "5", keepttl=True))
+    # KEEPTTL keeps the key's expiry; a plain SET drops it.
+    assert r.set(p + "keep", "1", ex=100) is True
+    assert r.set(p + "keep", "2", keepttl=True) is True and r.get(p + "keep") == b"2"
+    assert 0 < r.ttl(p + "keep") <= 100
+    assert r.set(p + "keep", "3", keepttl=True, get=True, xx=True) == b"2"
+    assert 0 < r.pttl(p + "keep") <= 100000
+    assert r.set(p + "keep", "4") is True and r.ttl(p + "keep") == -1
+    assert r.set(p + "keep", "5", keepttl=True) is True and r.ttl(p + "keep") == -1
+    assert r.set(p + "keepnew", "1", keepttl=True) is True and r.ttl(p + "keepnew") == -1
+    assert error_of(lambda: r.execute_command("SET", p + "keep", "1", "EX", "10", "KEEPTTL")) == "syntax error"
     assert error_of(lambda: r.execute_command("SET", p + "a", "1", "NX", "XX")) == "syntax error"
     assert error_of(lambda: r.execute_command("SET", p + "a", "1", "EX", "0")) == \
         "invalid expire time in 'set' command"
@@ -105,9 +114,11 @@ def check(protocol):
     assert "invalid expire time" in error_of(lambda: r.setex(p + "setex", 0, "v"))
     assert r.getdel(p + "setex") == b"v"
     assert r.get(p + "setex") is None and r.getdel(p + "setex") is None
-    assert r.getex(p + "psetex") == b"v"
-    assert r.getex(p + "psetex", ex=100) == b"v"
-    assert r.getex(p + "psetex", persist=True) == b"v"
+    assert r.getex(p + "psetex") == b"v" and 0 < r.pttl(p + "psetex") <= 100000
+    assert r.getex(p + "psetex", ex=50) == b"v" and 0 < r.ttl(p + "psetex") <= 50
+    assert r.getex(p + "psetex", persist=True) == b"v" and r.ttl(p + "psetex") == -1
+    assert r.getex(p + "psetex", persist=True) == b"v" and r.ttl(p + "psetex") == -1
+    assert r.getex(p + "psetex", px=100000) == b"v" and 50 < r.ttl(p + "psetex") <= 100
     assert r.getex(p + "missing", ex=100) is None
     assert r.getex(p + "psetex", pxat=1000) == b"v" and r.get(p + "psetex") is None
 
@@ -120,19 +131,72 @@ def check(protocol):
     assert r.exists(p + "m1", p + "m2", p + "m3") == 1
     assert r.msetnx({p + "one": "1"}) is True
     assert r.msetnx({p + "one": "2"}) is False and r.get(p + "one") == b"1"
-    assert "cannot be atomic" in error_of(lambda: r.msetnx({p + "x1": "1", p + "x2": "2"}))
+    # MSETNX of several keys is atomic when they live on one shard (of the server's two), and
+    # refused otherwise. Which pairs share a shard follows from their tokens: try pairs until
+    # both cases are seen (one of 64 pairs each way, or the hash is broken).
+    together = apart = None
+    for i in range(64):
+        pair = (p + "nx:a%d" % i, p + "nx:b%d" % i)
+        try:
+            assert r.msetnx({pair[0]: "1", pair[1]: "2"}) is True
+            together = together or pair
+        except redis.ResponseError as error:
+            assert "only when every key lives on one shard" in str(error), error
+            assert r.exists(*pair) == 0
+            apart = apart or pair
+        if together and apart:
+            break
+    assert together and apart, (together, apart)
+    a, b = together
+    assert r.mget(a, b) == [b"1", b"2"]
+    assert r.msetnx({a: "3", b: "4"}) is False and r.mget(a, b) == [b"1", b"2"]
+    assert r.delete(b) == 1
+    assert r.msetnx({b: "5", a: "6"}) is False and r.mget(a, b) == [b"1", None]
+    assert r.delete(a) == 1
+    assert r.execute_command("MSETNX", a, "7", b, "8", a, "9") == 1 and r.mget(a, b) == [b"9", b"8"]
+    # MSET is atomic for keys of one shard and per key otherwise; either way every key is set,
+    # and a key listed twice keeps its last value, as in Redis.
+    assert r.execute_command("MSET", a, "x", b, "y", a, "z") in (True, b"OK", "OK")
+    assert r.mget(a, b) == [b"z", b"y"]
+    assert r.mset({apart[0]: "p", apart[1]: "q"}) is True and r.mget(*apart) == [b"p", b"q"]
+    # One atomic write holds about one largest value: past it MSETNX is refused naming the
+    # limit, and MSET writes each key on its own.
+    half = b"h" * (600 * 1024)
+    assert "VALUE_BYTES_MAX" in error_of(lambda: r.msetnx({p + "big1": half, p + "big2": half}))
+    assert r.exists(p + "big1", p + "big2") == 0
+    assert r.mset({a: half, b: half}) is True
+    assert r.get(a) == half and r.get(b) == half
     assert "wrong number of arguments" in error_of(lambda: r.execute_command("MSET", p + "a"))
 
     # EXPIRE, PEXPIRE, TTL, PTTL, PERSIST.
-    assert r.expire(p + "m3", 100) is True
-    assert r.pexpire(p + "m3", 100000) is True
+    assert r.ttl(p + "m3") == -1 and r.pttl(p + "m3") == -1
+    assert r.expire(p + "m3", 100) is True and 0 < r.ttl(p + "m3") <= 100
+    assert r.pexpire(p + "m3", 200000) is True and 100000 < r.pttl(p + "m3") <= 200000
     assert r.expire(p + "missing", 100) is False
     assert r.ttl(p + "missing") == -2 and r.pttl(p + "missing") == -2
-    assert "expiry" in error_of(lambda: r.ttl(p + "m3"))
-    assert "expiry" in error_of(lambda: r.pttl(p + "m3"))
-    assert "NX/XX/GT/LT" in error_of(lambda: r.expire(p + "m3", 100, nx=True))
-    assert r.persist(p + "m3") is True and r.persist(p + "missing") is False
+    # NX/XX/GT/LT against a key with an expiry (about 200 s)...
+    assert r.expire(p + "m3", 50, nx=True) is False and r.ttl(p + "m3") > 100
+    assert r.expire(p + "m3", 300, xx=True) is True and 200 < r.ttl(p + "m3") <= 300
+    assert r.expire(p + "m3", 100, gt=True) is False and r.ttl(p + "m3") > 200
+    assert r.expire(p + "m3", 400, gt=True) is True and 300 < r.ttl(p + "m3") <= 400
+    assert r.pexpire(p + "m3", 500000, lt=True) is False and r.ttl(p + "m3") <= 400
+    assert r.expire(p + "m3", 150, xx=True, lt=True) is True and 0 < r.ttl(p + "m3") <= 150
+    # ... then without one, which counts as expiring never.
+    assert r.persist(p + "m3") is True and r.ttl(p + "m3") == -1
+    assert r.persist(p + "m3") is False and r.persist(p + "missing") is False
+    assert r.expire(p + "m3", 100, xx=True) is False and r.ttl(p + "m3") == -1
+    assert r.expire(p + "m3", 100, gt=True) is False and r.ttl(p + "m3") == -1
+    assert r.expire(p + "m3", 100, lt=True) is True and 0 < r.ttl(p + "m3") <= 100
+    assert r.persist(p + "m3") is True
+    assert r.expire(p + "m3", 100, nx=True) is True and 0 < r.ttl(p + "m3") <= 100
+    assert r.expire(p + "missing", 100, nx=True) is False
+    assert error_of(lambda: r.execute_command("EXPIRE", p + "m3", "10", "NX", "XX")) == \
+        "NX and XX, GT or LT options at the same time are not compatible"
+    assert error_of(lambda: r.execute_command("EXPIRE", p + "m3", "10", "GT", "LT")) == \
+        "GT and LT options at the same time are not compatible"
+    assert error_of(lambda: r.execute_command("EXPIRE", p + "m3", "10", "SOON")) == "Unsupported option SOON"
     assert r.get(p + "m3") == b"3"
+    assert r.expire(p + "m3", -1, gt=True) is False and r.get(p + "m3") == b"3"
     assert r.expire(p + "m3", -1) is True and r.get(p + "m3") is None
 
     # INCR, DECR, INCRBY, DECRBY.
@@ -140,7 +204,10 @@ def check(protocol):
     assert r.incrby(p + "n", 41) == 42
     assert r.decr(p + "n") == 41
     assert r.decrby(p + "n", 40) == 1
-    assert r.get(p + "n") == b"1"
+    assert r.get(p + "n") == b"1" and r.ttl(p + "n") == -1
+    # The number keeps the key's expiry, as in Redis.
+    assert r.set(p + "counter", "5", ex=100) is True
+    assert r.incr(p + "counter") == 6 and 0 < r.ttl(p + "counter") <= 100
     assert r.set(p + "n", str(2**63 - 1)) is True
     assert "overflow" in error_of(lambda: r.incr(p + "n"))
     assert r.set(p + "text", "abc") is True

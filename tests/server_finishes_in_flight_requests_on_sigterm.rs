@@ -50,6 +50,10 @@ fn server_finishes_in_flight_requests_on_sigterm() {
     server.restart();
     let mut client = server.client();
     for (&id, &version) in &acknowledged {
-        assert_eq!(client.get(&key_of(id)), Outcome::Value { value: key_of(id), version }, "write {id} lost");
+        assert_eq!(
+            client.get(&key_of(id)),
+            Outcome::Value { value: key_of(id), version, expires_at_ms: None },
+            "write {id} lost"
+        );
     }
 }

@@ -58,7 +58,7 @@ fn server_keeps_acknowledged_writes_after_sigkill() {
     for (&id, &version) in &acknowledged {
         assert_eq!(
             client.get(&key_of(id)),
-            Outcome::Value { value: value_of(id), version },
+            Outcome::Value { value: value_of(id), version, expires_at_ms: None },
             "acknowledged write {id} lost"
         );
     }

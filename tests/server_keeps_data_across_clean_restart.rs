@@ -32,7 +32,7 @@ fn server_keeps_data_across_clean_restart() {
         let key = format!("key-{index}");
         assert_eq!(
             client.get(key.as_bytes()),
-            Outcome::Value { value: value.clone().into(), version: *version },
+            Outcome::Value { value: value.clone().into(), version: *version, expires_at_ms: None },
             "{key} after restart"
         );
     }

@@ -18,7 +18,10 @@ fn server_serves_every_operation() {
 
     // Put, then get returns the value with the version the put reported.
     let first = client.put(b"alpha", b"one");
-    assert_eq!(client.get(b"alpha"), Outcome::Value { value: Bytes::from_static(b"one"), version: first });
+    assert_eq!(
+        client.get(b"alpha"),
+        Outcome::Value { value: Bytes::from_static(b"one"), version: first, expires_at_ms: None }
+    );
     assert_eq!(client.get(b"missing"), Outcome::NotFound);
 
     // Every write gets a newer version.
@@ -95,7 +98,9 @@ fn server_serves_every_operation() {
     // TTL: a value with a short TTL is readable, then reads as absent once it has expired.
     // Poll for expiry rather than sleeping a fixed time: the test asserts the outcome, not when.
     client.put_with_ttl(b"ephemeral", b"soon gone", Some(300));
+    let before_ms = unix_ms();
     let lasting = client.put_with_ttl(b"lasting", b"stays", Some(3_600_000));
+    let after_ms = unix_ms();
     let mut expired = false;
     for _ in 0..600 {
         if client.get(b"ephemeral") == Outcome::NotFound {
@@ -105,9 +110,18 @@ fn server_serves_every_operation() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(expired, "a value with a 300 ms TTL never expired");
+    // A read carries the expiry: an hour after the server applied the write, which it did
+    // between the test's clock readings around the put (one machine, one clock).
+    let Outcome::Value { value, version, expires_at_ms: Some(expires_at_ms) } = client.get(b"lasting") else {
+        panic!("a value with a TTL reads back with its expiry");
+    };
+    assert_eq!((&value[..], version), (&b"stays"[..], lasting));
+    assert!((before_ms + 3_600_000..=after_ms + 3_600_000).contains(&expires_at_ms), "{expires_at_ms}");
+    // A put without a TTL replaces the expiry with none.
+    let forever = client.put(b"lasting", b"stays");
     assert_eq!(
         client.get(b"lasting"),
-        Outcome::Value { value: Bytes::from_static(b"stays"), version: lasting }
+        Outcome::Value { value: Bytes::from_static(b"stays"), version: forever, expires_at_ms: None }
     );
 
     // Deleting an absent key is a write like any other.
@@ -116,4 +130,8 @@ fn server_serves_every_operation() {
         client.execute(Operation::Get { key: Bytes::from(vec![b'k'; 256]) }),
         Ok(Outcome::NotFound)
     ));
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }

@@ -12,6 +12,9 @@ use crate::error::Error;
 pub struct Versioned {
     pub value: Bytes,
     pub version: u64,
+    /// When the value expires, in milliseconds since the Unix epoch by the clock of the node
+    /// that wrote it; `None` when it never does.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// How a compare-and-swap ended.
@@ -46,7 +49,9 @@ fn single(request: &'static str, reply: Reply) -> Result<Outcome, Error> {
 
 pub fn into_get(reply: Reply) -> Result<Option<Versioned>, Error> {
     match single("get", reply)? {
-        Outcome::Value { value, version } => Ok(Some(Versioned { value, version })),
+        Outcome::Value { value, version, expires_at_ms } => {
+            Ok(Some(Versioned { value, version, expires_at_ms }))
+        }
         Outcome::NotFound => Ok(None),
         other => Err(unexpected("get", Reply::Single(other))),
     }

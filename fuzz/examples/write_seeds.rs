@@ -161,7 +161,11 @@ fn client_seeds() {
     let responses = [
         Response {
             id: 1,
-            reply: Reply::Single(Outcome::Value { value: Bytes::from_static(b"hello"), version: 77 }),
+            reply: Reply::Single(Outcome::Value {
+                value: Bytes::from_static(b"hello"),
+                version: 77,
+                expires_at_ms: Some(1_800_000_000_000),
+            }),
         },
         Response { id: 2, reply: Reply::Single(Outcome::Written { version: 78 }) },
         Response {

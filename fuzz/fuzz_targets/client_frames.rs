@@ -13,7 +13,7 @@ use ringkv_wire::request::parse_request_verified;
 use ringkv_wire::response::parse_response_verified;
 use ringkv_wire::{
     encode_read_reply_into, encode_request, encode_request_into, encode_response, parse_request,
-    parse_response, Outcome, Reply,
+    parse_response, LentValue, Outcome, Reply,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -41,7 +41,9 @@ fn check_frame(frame: &Bytes, builder: &mut flatbuffers::FlatBufferBuilder<'stat
             assert_eq!(parse_response(&encoded).expect("a re-encoded response parses"), response);
         }
         let found = match &response.reply {
-            Reply::Single(Outcome::Value { value, version }) => Some(Some((&value[..], *version))),
+            Reply::Single(Outcome::Value { value, version, expires_at_ms }) => {
+                Some(Some(LentValue { value: &value[..], version: *version, expires_at_ms: *expires_at_ms }))
+            }
             Reply::Single(Outcome::NotFound) => Some(None),
             _ => None,
         };

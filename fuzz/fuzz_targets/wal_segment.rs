@@ -1,5 +1,5 @@
 //! Arbitrary bytes as a WAL segment: the recovery scan and the entry decoder must return records
-//! or an error, never panic, and every record they accept must decode as an entry or be refused.
+//! or an error, never panic, and every record they accept must decode as entries or be refused.
 #![no_main]
 
 use bytes::Bytes;
@@ -14,8 +14,17 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(scan) = scan_segment("fuzz.wal", data, None, accept_rotten_tail) {
             assert!(scan.valid_end as usize <= data.len());
             let whole = Bytes::copy_from_slice(data);
+            // A record holds one entry, or an atomic write's several back to back: decode them
+            // in turn as recovery does, until the payload ends or an entry is refused.
             for record in scan.records {
-                let _ = Entry::decode(&whole.slice(record.payload), 0);
+                let payload = whole.slice(record.payload);
+                let mut at = 0;
+                while at < payload.len() {
+                    match Entry::decode(&payload, at) {
+                        Ok((_, _, used)) => at += used,
+                        Err(_) => break,
+                    }
+                }
             }
         }
     }

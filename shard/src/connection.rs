@@ -43,7 +43,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use ringkv_wire::{
     encode_read_reply_into, encode_response_into, parse_request, Command, ErrorCode, Failure, FrameDecoder,
-    Operation, Reply, Request, Response,
+    LentValue, Operation, Reply, Request, Response,
 };
 use tracing::{debug, Instrument};
 
@@ -161,7 +161,7 @@ impl Shared {
 
     /// Encodes the reply to a read answered in place (see [`Router::read_now`]) straight from
     /// the borrowed value, and wakes the writer.
-    fn push_read(&self, id: u64, found: Result<Option<(&[u8], u64)>, Failure>) {
+    fn push_read(&self, id: u64, found: Result<Option<LentValue<'_>>, Failure>) {
         let found = match found {
             Ok(found) => found,
             Err(failure) => return self.push(&Response { id, reply: Reply::Failed(failure) }),

@@ -16,13 +16,27 @@ use std::ops::Bound;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use ringkv_storage::{CasOutcome, Disk, Engine, Entry, Position, ScanRange, StorageError, Value};
+use ringkv_storage::{
+    AtomicOutcome, CasOutcome, Disk, Engine, Entry, Position, ScanRange, StorageError, Value,
+};
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{
-    ErrorCode, Expected, Failure, Operation, Outcome, Scan, ScanEnd, ScanEntry, ScanPage, ScanStart,
+    ErrorCode, Expected, Failure, LentValue, Operation, Outcome, Scan, ScanEnd, ScanEntry, ScanPage,
+    ScanStart,
 };
 
 use crate::clock::HybridClock;
+
+/// The value of `entry` a reader at `now_ms` sees, with its version and expiry: `None` for a
+/// tombstone or an expired value.
+pub fn live_at(entry: &Entry, now_ms: u64) -> Option<LentValue<'_>> {
+    match &entry.value {
+        Value::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now_ms) => {
+            Some(LentValue { value: &data[..], version: entry.version, expires_at_ms: *expires_at_ms })
+        }
+        _ => None,
+    }
+}
 
 /// Runs operations on one engine, versioning writes with one clock.
 pub struct Handler<D: Disk> {
@@ -48,22 +62,24 @@ impl<D: Disk> Handler<D> {
         &self.clock
     }
 
-    /// A read of `key` answered in place when memory holds it: `read` is lent the live value
-    /// and its version (or `None`), or the failure, and its result returned. `None` when the
-    /// read needs the disk (run it with [`Handler::execute`] then).
+    /// A read of `key` answered in place when memory holds it: `read` is lent the live value,
+    /// its version and expiry (or `None`), or the failure, and its result returned. `None` when
+    /// the read needs the disk (run it with [`Handler::execute`] then).
     pub fn read_now<R>(
         &self,
         key: &[u8],
-        read: impl FnOnce(Result<Option<(&[u8], u64)>, Failure>) -> R,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
         let mut read = Some(read);
-        let mut lend = |found: Result<Option<(&[u8], u64)>, Failure>| {
+        let mut lend = |found: Result<Option<LentValue<'_>>, Failure>| {
             let read = read.take().expect("a read is answered once");
             read(found)
         };
-        let answered = self.engine.read_now(key, (self.now_ms)(), |found| {
-            if let Some((_, version)) = found {
-                self.clock.observe(version);
+        let now_ms = (self.now_ms)();
+        let answered = self.engine.entry_now(key, |entry| {
+            let found = entry.and_then(|entry| live_at(entry, now_ms));
+            if let Some(found) = &found {
+                self.clock.observe(found.version);
             }
             lend(Ok(found))
         })?;
@@ -78,12 +94,14 @@ impl<D: Disk> Handler<D> {
     pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
         let now_ms = (self.now_ms)();
         let outcome = match operation {
-            Operation::Get { key } => match self.engine.get(&key, now_ms).await {
-                Ok(Some(found)) => {
-                    self.clock.observe(found.version);
-                    Ok(Outcome::Value { value: found.value, version: found.version })
+            Operation::Get { key } => match self.engine.get_entry(&key).await {
+                Ok(Some(Entry { version, value: Value::Live { data, expires_at_ms } }))
+                    if expires_at_ms.is_none_or(|at| at > now_ms) =>
+                {
+                    self.clock.observe(version);
+                    Ok(Outcome::Value { value: data, version, expires_at_ms })
                 }
-                Ok(None) => Ok(Outcome::NotFound),
+                Ok(_) => Ok(Outcome::NotFound),
                 Err(error) => Err(error),
             },
             Operation::Put { key, value, ttl_ms } => {
@@ -140,6 +158,38 @@ impl<D: Disk> Handler<D> {
             self.clock.observe(stored);
         }
         self.clock.next_version(now_ms)
+    }
+
+    /// Writes every `(key, value)` of `pairs` (distinct keys, all owned by this shard), without
+    /// expiry, as one atomic engine write (one WAL record): all or none after a crash, and no
+    /// reader of this shard sees some without the others. With `only_if_absent`, only when none
+    /// of the keys has a live value. Whether it wrote.
+    pub async fn write_atomically(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        only_if_absent: bool,
+    ) -> Result<bool, Failure> {
+        let now_ms = (self.now_ms)();
+        let (keys, values): (Vec<Bytes>, Vec<Bytes>) =
+            pairs.into_iter().map(|(key, value)| (owned(&key), owned(&value))).unzip();
+        let make_entries = |stored: &[Option<u64>]| {
+            values
+                .into_iter()
+                .zip(stored)
+                .map(|(value, &stored)| Entry::live(self.stamp(stored, now_ms), value, None))
+                .collect()
+        };
+        let only_if_absent_at = only_if_absent.then_some(now_ms);
+        match self.engine.write_atomically_with(&keys, only_if_absent_at, make_entries).await {
+            Ok(AtomicOutcome::Applied { .. }) => Ok(true),
+            Ok(AtomicOutcome::Present { .. }) => Ok(false),
+            // `stamp` versions above the stored entries, so this means a clock bug.
+            Ok(AtomicOutcome::Stale { current_version, .. }) => Err(Failure::new(
+                ErrorCode::Internal,
+                format!("an atomic write versioned at or below the stored {current_version}"),
+            )),
+            Err(error) => Err(failure_of(&error)),
+        }
     }
 
     /// One page of this shard's live keys in `scan`'s range, in token order: at most
@@ -282,7 +332,7 @@ mod tests {
             let Ok(Outcome::Written { version: first }) = handler.execute(put).await else { panic!() };
             assert_eq!(HybridClock::node_id(first), 3);
             let read = handler.execute(Operation::Get { key: key("a") }).await.unwrap();
-            assert_eq!(read, Outcome::Value { value: key("1"), version: first });
+            assert_eq!(read, Outcome::Value { value: key("1"), version: first, expires_at_ms: None });
 
             let stale = Operation::CompareAndSwap {
                 key: key("a"),
@@ -321,6 +371,56 @@ mod tests {
     }
 
     #[test]
+    fn reads_carry_the_expiry_of_the_value_they_find() {
+        let handler = handler();
+        ringkv_io::run_local("handler-expiry", async {
+            let put = Operation::Put { key: key("t"), value: key("v"), ttl_ms: Some(5_000) };
+            let Ok(Outcome::Written { version }) = handler.execute(put).await else { panic!() };
+            let expires_at_ms = Some(fixed_now() + 5_000);
+            let read = handler.execute(Operation::Get { key: key("t") }).await.unwrap();
+            assert_eq!(read, Outcome::Value { value: key("v"), version, expires_at_ms });
+            let lent = handler
+                .read_now(b"t", |found| found.unwrap().map(|found| (found.version, found.expires_at_ms)));
+            assert_eq!(lent, Some(Some((version, expires_at_ms))));
+            // A compare-and-swap without a TTL leaves a value that never expires.
+            let swap = Operation::CompareAndSwap {
+                key: key("t"),
+                expected: Expected::Version(version),
+                value: key("w"),
+                ttl_ms: None,
+            };
+            let Ok(Outcome::Written { version }) = handler.execute(swap).await else { panic!() };
+            let read = handler.execute(Operation::Get { key: key("t") }).await.unwrap();
+            assert_eq!(read, Outcome::Value { value: key("w"), version, expires_at_ms: None });
+        });
+    }
+
+    #[test]
+    fn atomic_writes_write_every_key_or_none() {
+        let handler = handler();
+        ringkv_io::run_local("handler-atomic", async {
+            let pairs =
+                |values: [&'static str; 2]| vec![(key("x"), key(values[0])), (key("y"), key(values[1]))];
+            assert_eq!(handler.write_atomically(pairs(["1", "2"]), true).await, Ok(true));
+            assert_eq!(handler.write_atomically(pairs(["3", "4"]), true).await, Ok(false));
+            let Ok(Outcome::Value { value, .. }) = handler.execute(Operation::Get { key: key("y") }).await
+            else {
+                panic!()
+            };
+            assert_eq!(value, key("2"));
+            assert_eq!(handler.write_atomically(pairs(["5", "6"]), false).await, Ok(true));
+            for (name, expected) in [("x", "5"), ("y", "6")] {
+                let Ok(Outcome::Value { value, .. }) =
+                    handler.execute(Operation::Get { key: key(name) }).await
+                else {
+                    panic!()
+                };
+                assert_eq!(value, key(expected));
+            }
+        });
+    }
+
+    #[test]
     fn writes_land_above_a_stored_version_from_a_clock_far_ahead() {
         let handler = handler();
         ringkv_io::run_local("handler-ahead", async {
@@ -333,7 +433,7 @@ mod tests {
             let Ok(Outcome::Written { version }) = handler.execute(put).await else { panic!() };
             assert!(version > ahead, "{version} is not above {ahead}");
             let read = handler.execute(Operation::Get { key: key("a") }).await.unwrap();
-            assert_eq!(read, Outcome::Value { value: key("local"), version });
+            assert_eq!(read, Outcome::Value { value: key("local"), version, expires_at_ms: None });
             let Ok(Outcome::Written { version: deleted }) =
                 handler.execute(Operation::Delete { key: key("b") }).await
             else {

@@ -19,8 +19,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use ringkv_io::DmaDisk;
-use ringkv_wire::{Command, Consistency, Failure, Operation, Outcome, Reply, Scan, ScanPage, Topology};
+use ringkv_wire::{
+    Command, Consistency, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
+};
 
 use crate::cluster::Cluster;
 use crate::handler::Handler;
@@ -82,6 +85,35 @@ impl Router {
             self.forwarding.forward(owner, operation, consistency).await
         };
         self.metrics.request(kind, RequestOutcome::of(&result), started.elapsed());
+        result
+    }
+
+    /// Writes every `(key, value)` of `pairs` (distinct keys) atomically, when it can be: when
+    /// every key lives on one shard of this node and keys have one copy, that shard writes them
+    /// as one engine write (see [`Handler::write_atomically`]); whether it wrote (with
+    /// `only_if_absent`, only when no key had a live value). `None` when it cannot be: the keys
+    /// span shards, or keys have several copies (whose replicas apply writes one key at a time).
+    pub async fn write_atomically(
+        &self,
+        pairs: Vec<(Bytes, Bytes)>,
+        only_if_absent: bool,
+    ) -> Result<Option<bool>, Failure> {
+        let Some((first, _)) = pairs.first() else { return Ok(Some(true)) };
+        let owner = self.ring.owner_of_key(first);
+        if self.cluster.is_replicated() || pairs.iter().any(|(key, _)| self.ring.owner_of_key(key) != owner) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let result = if owner == self.shard_id {
+            self.handler.write_atomically(pairs, only_if_absent).await.map(Some)
+        } else {
+            self.forwarding.write_atomically(owner, pairs, only_if_absent).await
+        };
+        let outcome = match &result {
+            Ok(_) => RequestOutcome::Ok,
+            Err(failure) => RequestOutcome::of_failure(failure),
+        };
+        self.metrics.request(OperationKind::Put, outcome, started.elapsed());
         result
     }
 
@@ -157,13 +189,13 @@ impl Router {
     }
 
     /// A read of `key` answered in place, when this shard owns the key and memory holds it:
-    /// `read` is lent the value and version (or `None`, or the failure) and its result
+    /// `read` is lent the value, version and expiry (or `None`, or the failure) and its result
     /// returned. `None` otherwise: answer the read with [`Router::answer`]. Answering cached
     /// reads in place saves a task per request on the hottest path.
     pub fn read_now<R>(
         &self,
         key: &[u8],
-        read: impl FnOnce(Result<Option<(&[u8], u64)>, Failure>) -> R,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
         // With several copies of each key a read is coordinated across replicas.
         if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {

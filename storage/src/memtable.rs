@@ -113,7 +113,8 @@ impl Memtable {
     /// already holds one that ranks as high or higher ([`Entry::supersedes`]). Returns whether
     /// it did. Sequence numbers must rise from call to call, taken or not.
     pub fn insert(&mut self, key: &[u8], seq: u64, entry: Entry) -> bool {
-        debug_assert!(seq > self.last_seq, "memtable writes arrive in sequence order");
+        // The entries of one atomic write share their WAL record's sequence number.
+        debug_assert!(seq >= self.last_seq, "memtable writes arrive in sequence order");
         self.last_seq = seq;
         let added = entry.data().map_or(0, Bytes::len);
         match self.entries.get_mut(key) {

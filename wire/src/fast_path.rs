@@ -1,5 +1,5 @@
 //! [`parse_single`] and [`parse_single_reply`]: the common requests (one Get, Put or Delete)
-//! and replies (one value, not found, written) read without the generic FlatBuffers verifier;
+//! and replies (one value with or without its expiry, not found, written) read without the generic FlatBuffers verifier;
 //! [`encode_single_into`]: those requests laid out by hand, without the builder.
 //!
 //! The generic verifier walks a table through trait objects and error-trace bookkeeping; on a
@@ -225,8 +225,9 @@ pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
     let status = fb::Status(reader.u8(status)?);
     let version = reader.u64_field(&response, fb::Response::VT_VERSION)?;
     let value = reader.optional_bytes_field(frame, &response, fb::Response::VT_VALUE)?;
+    let expires_at_ms = reader.u64_field(&response, fb::Response::VT_EXPIRES_AT_MS)?;
     let outcome = match status {
-        fb::Status::Value => Outcome::Value { value: value?, version: version? },
+        fb::Status::Value => Outcome::Value { value: value?, version: version?, expires_at_ms },
         fb::Status::NotFound => Outcome::NotFound,
         fb::Status::Written => Outcome::Written { version: version? },
         _ => return None,
@@ -436,9 +437,14 @@ pub(crate) mod tests {
         let mut replies = Vec::new();
         for id in [0, 1, u64::MAX] {
             for outcome in [
-                Outcome::Value { value: Bytes::from_static(b"v"), version: 3 },
-                Outcome::Value { value: Bytes::new(), version: u64::MAX },
-                Outcome::Value { value: Bytes::from(vec![9; 777]), version: 1 << 40 },
+                Outcome::Value { value: Bytes::from_static(b"v"), version: 3, expires_at_ms: None },
+                Outcome::Value { value: Bytes::new(), version: u64::MAX, expires_at_ms: Some(u64::MAX) },
+                Outcome::Value { value: Bytes::from(vec![9; 777]), version: 1 << 40, expires_at_ms: None },
+                Outcome::Value {
+                    value: Bytes::from_static(b"ttl"),
+                    version: 5,
+                    expires_at_ms: Some(1_800_000_000_000),
+                },
                 Outcome::NotFound,
                 Outcome::Written { version: 12 },
             ] {
@@ -452,6 +458,39 @@ pub(crate) mod tests {
         let mut out = bytes::BytesMut::new();
         crate::response::encode_response_into(&mut FlatBufferBuilder::new(), response, &mut out).unwrap();
         out.freeze()
+    }
+
+    /// The value replies of [`replies`], laid out by hand as a server answering reads in place
+    /// sends them.
+    fn hand_laid_value_replies() -> Vec<(Response, Bytes)> {
+        replies()
+            .into_iter()
+            .filter_map(|response| {
+                let Reply::Single(Outcome::Value { value, version, expires_at_ms }) = &response.reply else {
+                    return None;
+                };
+                let lent = crate::LentValue { value, version: *version, expires_at_ms: *expires_at_ms };
+                let mut out = BytesMut::new();
+                crate::response::encode_read_reply_into(
+                    &mut FlatBufferBuilder::new(),
+                    response.id,
+                    Some(lent),
+                    &mut out,
+                )
+                .unwrap();
+                Some((response, out.freeze()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_hand_laid_value_replies_as_the_generic_path_does() {
+        let replies = hand_laid_value_replies();
+        assert_eq!(replies.len(), 12);
+        for (response, frame) in replies {
+            assert_eq!(parse_single_reply(&frame).as_ref(), Some(&response));
+            assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), response);
+        }
     }
 
     #[test]
@@ -505,11 +544,26 @@ pub(crate) mod tests {
         /// The same for replies: accepted only when the verifier accepts, and read the same.
         #[test]
         fn never_accepts_a_reply_the_verifier_refuses(
-            which in 0usize..15,
+            which in 0usize..18,
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             cut in proptest::option::of(any::<usize>()),
         ) {
             let frame = damaged(&encode_reply(&replies()[which]), &flips, cut);
+            if let Some(fast) = parse_single_reply(&frame) {
+                let root = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&crate::limits::VERIFIER_OPTIONS, &frame);
+                prop_assert!(root.is_ok(), "the fast path accepted a reply the verifier refuses: {root:?}");
+                prop_assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), fast);
+            }
+        }
+
+        /// The same for the value replies laid out by hand, with and without an expiry.
+        #[test]
+        fn never_accepts_a_hand_laid_reply_the_verifier_refuses(
+            which in 0usize..12,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let frame = damaged(&hand_laid_value_replies()[which].1, &flips, cut);
             if let Some(fast) = parse_single_reply(&frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a reply the verifier refuses: {root:?}");

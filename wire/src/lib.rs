@@ -66,7 +66,7 @@ pub use error::WireError;
 pub use error_code::ErrorCode;
 pub use frame::FrameDecoder;
 pub use operation::{Expected, Operation, OperationRef};
-pub use outcome::{Failure, Outcome};
+pub use outcome::{Failure, LentValue, Outcome};
 pub use peer_codec::{encode_peer, encode_peer_into, parse_peer, parse_peer_shared};
 pub use request::{
     encode_operation_into, encode_request, encode_request_into, encode_request_ref_into, parse_request,

@@ -8,8 +8,9 @@ use crate::error_code::ErrorCode;
 /// How a single-key operation that the server carried out ended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// A get found a live value.
-    Value { value: Bytes, version: u64 },
+    /// A get found a live value. `expires_at_ms` is when it expires (milliseconds since the
+    /// Unix epoch, by the clock of the node that wrote it), `None` when it never does.
+    Value { value: Bytes, version: u64, expires_at_ms: Option<u64> },
     /// A get found no live value.
     NotFound,
     /// A put, delete or compare-and-swap was applied and given this version.
@@ -46,3 +47,13 @@ impl std::fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// A live value lent by the store for a reply encoded in place (see
+/// [`crate::encode_read_reply_into`]): what [`Outcome::Value`] holds, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LentValue<'a> {
+    pub value: &'a [u8],
+    pub version: u64,
+    /// As in [`Outcome::Value`].
+    pub expires_at_ms: Option<u64>,
+}

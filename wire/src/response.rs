@@ -11,7 +11,7 @@ use crate::error_code::ErrorCode;
 use crate::frame::verified_root;
 use crate::generated as fb;
 use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, SCAN_LIMIT_MAX};
-use crate::outcome::{Failure, Outcome};
+use crate::outcome::{Failure, LentValue, Outcome};
 use crate::request::finished_frame;
 use crate::scan::{ScanEntry, ScanPage};
 use crate::topology::{NodePlacement, ReplicaRange, ShardPlacement, TokenRange, Topology};
@@ -78,7 +78,8 @@ pub fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
             let results = results
                 .iter()
                 .map(|result| {
-                    parse_outcome(frame, result.status(), result.value(), result.version(), result.error())
+                    let fields = (result.value(), result.version(), result.expires_at_ms());
+                    parse_outcome(frame, result.status(), fields, result.error())
                 })
                 .collect::<Result<_, _>>()?;
             Reply::Batch(results)
@@ -93,7 +94,12 @@ pub fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
             let page = root.scan().ok_or_else(|| WireError::malformed("scan response has no page"))?;
             Reply::Scan(parse_scan_page(frame, page)?)
         }
-        status => match parse_outcome(frame, status, root.value(), root.version(), root.error())? {
+        status => match parse_outcome(
+            frame,
+            status,
+            (root.value(), root.version(), root.expires_at_ms()),
+            root.error(),
+        )? {
             Ok(outcome) => Reply::Single(outcome),
             Err(failure) => Reply::Failed(failure),
         },
@@ -106,8 +112,7 @@ pub fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
 fn parse_outcome(
     frame: &Bytes,
     status: fb::Status,
-    value: Option<Vector<'_, u8>>,
-    version: Option<u64>,
+    (value, version, expires_at_ms): (Option<Vector<'_, u8>>, Option<u64>, Option<u64>),
     error: Option<fb::Error<'_>>,
 ) -> Result<Result<Outcome, Failure>, WireError> {
     let outcome = match status {
@@ -123,6 +128,7 @@ fn parse_outcome(
                 value.ok_or_else(|| WireError::malformed("value status without a value"))?.bytes(),
             ),
             version: version.ok_or_else(|| WireError::malformed("value status without a version"))?,
+            expires_at_ms,
         },
         fb::Status::NotFound => Outcome::NotFound,
         fb::Status::Written => Outcome::Written {
@@ -248,6 +254,7 @@ pub fn encode_response<'builder>(
                             value: fields.value,
                             version: fields.version,
                             error: fields.error,
+                            expires_at_ms: fields.expires_at_ms,
                         },
                     )
                 })
@@ -275,6 +282,7 @@ pub fn encode_response<'builder>(
             batch,
             topology,
             scan,
+            expires_at_ms: fields.expires_at_ms,
         },
     );
     builder.finish_size_prefixed(root, None);
@@ -293,28 +301,31 @@ pub fn encode_response_into(
 }
 
 /// The reply to a read, encoded from borrowed bytes and appended to `out`: the frame
-/// [`encode_response_into`] writes for `Outcome::Value` (`found` holds the value and its
-/// version) or `Outcome::NotFound` (`found` is `None`), without the caller first owning the
+/// [`encode_response_into`] writes for `Outcome::Value` (`found` holds the value, its version
+/// and expiry) or `Outcome::NotFound` (`found` is `None`), without the caller first owning the
 /// value. A server answering reads in place uses it to skip a reference-count round trip (a
 /// cache miss) per read.
 pub fn encode_read_reply_into(
     builder: &mut FlatBufferBuilder<'_>,
     id: u64,
-    found: Option<(&[u8], u64)>,
+    found: Option<LentValue<'_>>,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
-    if let Some((value, _)) = found {
-        let payload_bytes = value_reply::HEADER_BYTES - value_reply::ROOT + value.len();
-        if payload_bytes > FRAME_BYTES_MAX {
-            return Err(WireError::FrameTooLarge {
-                length_bytes: payload_bytes as u64,
-                max_bytes: FRAME_BYTES_MAX,
-            });
-        }
-    }
     match found {
-        Some((value, version)) => {
-            value_reply_into(id, value, version, out);
+        Some(found) => {
+            let header_bytes = if found.expires_at_ms.is_some() { 72 } else { 56 };
+            let payload_bytes = header_bytes - ValueReply::ROOT + found.value.len();
+            if payload_bytes > FRAME_BYTES_MAX {
+                return Err(WireError::FrameTooLarge {
+                    length_bytes: payload_bytes as u64,
+                    max_bytes: FRAME_BYTES_MAX,
+                });
+            }
+            // One copy of the layout per case, so every offset is a constant.
+            match found.expires_at_ms {
+                None => value_reply_into::<false, 56>(id, found, out),
+                Some(_) => value_reply_into::<true, 72>(id, found, out),
+            }
             Ok(())
         }
         None => {
@@ -332,53 +343,115 @@ pub fn encode_read_reply_into(
 
 /// Where [`value_reply_into`] puts each part of its frame (byte positions from the frame's
 /// start, the length prefix included, which is what the verifier's alignment rules count from).
-mod value_reply {
-    /// The root offset (relative to its own position, after the length prefix).
-    pub const ROOT: usize = 4;
-    /// The vtable: its size, the table's size, then the offsets of fields 0 to 3 (id, status,
-    /// value, version).
-    pub const VTABLE: usize = 8;
-    pub const VTABLE_BYTES: u16 = 12;
+/// Two layouts: without an expiry the vtable stops at `version` (field 3); with one it runs to
+/// `expires_at_ms` (field 8), the fields between absent.
+struct ValueReply {
+    /// The vtable's size: 4 bytes, then 2 per field up to the last one present.
+    vtable_bytes: u16,
     /// The table: the signed offset back to the vtable, then the fields.
-    pub const TABLE: usize = 24;
-    pub const VALUE_OFFSET: usize = TABLE + 4;
-    pub const ID: usize = TABLE + 8;
-    pub const VERSION: usize = TABLE + 16;
-    pub const STATUS: usize = TABLE + 24;
-    /// The table's inline size: from its start to the end of `status`.
-    pub const TABLE_BYTES: u16 = 25;
+    table: usize,
+    /// `expires_at_ms`, when present.
+    expires_at_ms: Option<usize>,
+    status: usize,
     /// The value vector: its length, then the bytes.
-    pub const VECTOR: usize = 52;
-    pub const HEADER_BYTES: usize = VECTOR + 4;
+    vector: usize,
+    header_bytes: usize,
+}
+
+impl ValueReply {
+    /// The root offset (relative to its own position, after the length prefix).
+    const ROOT: usize = 4;
+    /// The vtable: its size, the table's size, then the offsets of the fields.
+    const VTABLE: usize = 8;
+
+    const fn of(expires: bool) -> Self {
+        if expires {
+            // A 22-byte vtable (fields 0 to 8) ends at 30; the table starts at 32, so the u64
+            // fields (id, version, expires_at_ms at table + 8, 16 and 24) are 8-aligned.
+            ValueReply {
+                vtable_bytes: 22,
+                table: 32,
+                expires_at_ms: Some(56),
+                status: 64,
+                vector: 68,
+                header_bytes: 72,
+            }
+        } else {
+            ValueReply {
+                vtable_bytes: 12,
+                table: 24,
+                expires_at_ms: None,
+                status: 48,
+                vector: 52,
+                header_bytes: 56,
+            }
+        }
+    }
+
+    const fn value_offset(&self) -> usize {
+        self.table + 4
+    }
+
+    const fn id(&self) -> usize {
+        self.table + 8
+    }
+
+    const fn version(&self) -> usize {
+        self.table + 16
+    }
+
+    /// The table's inline size: from its start to the end of `status`.
+    const fn table_bytes(&self) -> usize {
+        self.status + 1 - self.table
+    }
 }
 
 /// Appends the `Status::Value` reply to a read, laid out by hand: the same table the builder
-/// makes for `Response { id, status: Value, value, version }` (any verifier reads it as that),
-/// written with one copy of the value and no builder. The hottest reply there is; the builder
-/// spends more on vtable bookkeeping than on the bytes. `value` is at most `FRAME_BYTES_MAX`.
-fn value_reply_into(id: u64, value: &[u8], version: u64, out: &mut BytesMut) {
-    use value_reply::*;
-    let frame_bytes = HEADER_BYTES + value.len();
+/// makes for `Response { id, status: Value, value, version, expires_at_ms }` (any verifier
+/// reads it as that), written with one copy of the value and no builder. The hottest reply
+/// there is; the builder spends more on vtable bookkeeping than on the bytes. The value is at
+/// most `FRAME_BYTES_MAX`. `EXPIRES` picks the layout ([`ValueReply::of`]), whose header is
+/// `HEADER_BYTES` long.
+fn value_reply_into<const EXPIRES: bool, const HEADER_BYTES: usize>(
+    id: u64,
+    found: LentValue<'_>,
+    out: &mut BytesMut,
+) {
+    let layout = const {
+        let layout = ValueReply::of(EXPIRES);
+        assert!(layout.header_bytes == HEADER_BYTES, "the header length is the layout's");
+        layout
+    };
+    let frame_bytes = HEADER_BYTES + found.value.len();
     let mut header = [0u8; HEADER_BYTES];
+    let table = layout.table;
     let mut put_u16 = |at: usize, field: u16| header[at..at + 2].copy_from_slice(&field.to_le_bytes());
-    put_u16(VTABLE, VTABLE_BYTES);
-    put_u16(VTABLE + 2, TABLE_BYTES);
-    put_u16(VTABLE + 4, (ID - TABLE) as u16);
-    put_u16(VTABLE + 6, (STATUS - TABLE) as u16);
-    put_u16(VTABLE + 8, (VALUE_OFFSET - TABLE) as u16);
-    put_u16(VTABLE + 10, (VERSION - TABLE) as u16);
+    let vtable = ValueReply::VTABLE;
+    put_u16(vtable, layout.vtable_bytes);
+    put_u16(vtable + 2, layout.table_bytes() as u16);
+    put_u16(vtable + 4, (layout.id() - table) as u16);
+    put_u16(vtable + 6, (layout.status - table) as u16);
+    put_u16(vtable + 8, (layout.value_offset() - table) as u16);
+    put_u16(vtable + 10, (layout.version() - table) as u16);
+    // Fields 4 to 7 (error, batch, topology, scan) stay absent: their slots hold 0.
+    if let Some(at) = layout.expires_at_ms {
+        put_u16(vtable + 20, (at - table) as u16);
+    }
     let mut put_u32 = |at: usize, field: u32| header[at..at + 4].copy_from_slice(&field.to_le_bytes());
-    put_u32(0, (frame_bytes - ROOT) as u32);
-    put_u32(ROOT, (TABLE - ROOT) as u32);
-    put_u32(TABLE, (TABLE - VTABLE) as u32);
-    put_u32(VALUE_OFFSET, (VECTOR - VALUE_OFFSET) as u32);
-    put_u32(VECTOR, value.len() as u32);
-    header[ID..ID + 8].copy_from_slice(&id.to_le_bytes());
-    header[VERSION..VERSION + 8].copy_from_slice(&version.to_le_bytes());
-    header[STATUS] = fb::Status::Value.0;
+    put_u32(0, (frame_bytes - ValueReply::ROOT) as u32);
+    put_u32(ValueReply::ROOT, (table - ValueReply::ROOT) as u32);
+    put_u32(table, (table - vtable) as u32);
+    put_u32(layout.value_offset(), (layout.vector - layout.value_offset()) as u32);
+    put_u32(layout.vector, found.value.len() as u32);
+    header[layout.id()..layout.id() + 8].copy_from_slice(&id.to_le_bytes());
+    header[layout.version()..layout.version() + 8].copy_from_slice(&found.version.to_le_bytes());
+    if let (Some(at), Some(expires_at_ms)) = (layout.expires_at_ms, found.expires_at_ms) {
+        header[at..at + 8].copy_from_slice(&expires_at_ms.to_le_bytes());
+    }
+    header[layout.status] = fb::Status::Value.0;
     out.reserve(frame_bytes);
     out.extend_from_slice(&header);
-    out.extend_from_slice(value);
+    out.extend_from_slice(found.value);
 }
 
 /// The fields `Response` and `OperationResult` share, encoded.
@@ -387,21 +460,23 @@ struct FlatOutcome<'fbb> {
     value: Option<WIPOffset<Vector<'fbb, u8>>>,
     version: Option<u64>,
     error: Option<WIPOffset<fb::Error<'fbb>>>,
+    expires_at_ms: Option<u64>,
 }
 
 impl Default for FlatOutcome<'_> {
     fn default() -> Self {
-        Self { status: fb::Status::Error, value: None, version: None, error: None }
+        Self { status: fb::Status::Error, value: None, version: None, error: None, expires_at_ms: None }
     }
 }
 
 fn encode_outcome<'fbb>(builder: &mut FlatBufferBuilder<'fbb>, outcome: &Outcome) -> FlatOutcome<'fbb> {
     match outcome {
-        Outcome::Value { value, version } => FlatOutcome {
+        Outcome::Value { value, version, expires_at_ms } => FlatOutcome {
             status: fb::Status::Value,
             value: Some(create_bytes(builder, &value[..])),
             version: Some(*version),
             error: None,
+            expires_at_ms: *expires_at_ms,
         },
         Outcome::NotFound => FlatOutcome { status: fb::Status::NotFound, ..FlatOutcome::default() },
         Outcome::Written { version } => {
@@ -567,8 +642,9 @@ mod tests {
 
     fn every_outcome() -> Vec<Outcome> {
         vec![
-            Outcome::Value { value: bytes("alice"), version: 17 },
-            Outcome::Value { value: Bytes::new(), version: 0 },
+            Outcome::Value { value: bytes("alice"), version: 17, expires_at_ms: None },
+            Outcome::Value { value: Bytes::new(), version: 0, expires_at_ms: Some(0) },
+            Outcome::Value { value: bytes("bob"), version: 18, expires_at_ms: Some(1_900_000_000_123) },
             Outcome::NotFound,
             Outcome::Written { version: u64::MAX },
             Outcome::CasMismatch { current_version: Some(16) },
@@ -666,14 +742,15 @@ mod tests {
             (0..=72).map(|length| (0..length).map(|byte| byte as u8 ^ 0x5a).collect()).collect();
         values.push(vec![0; 4093]);
         values.push(vec![0xff; crate::limits::VALUE_BYTES_MAX]);
-        type Found<'a> = Option<(&'a [u8], u64)>;
-        let mut cases: Vec<(Found, Outcome)> = values
+        let expiries = [None, Some(1), None, Some(u64::MAX), Some(1_800_000_000_000)];
+        let mut cases: Vec<(Option<LentValue>, Outcome)> = values
             .iter()
             .zip([1, 42, u64::MAX, 1 << 63].into_iter().cycle())
-            .map(|(value, version)| {
+            .zip(expiries.into_iter().cycle())
+            .map(|((value, version), expires_at_ms)| {
                 (
-                    Some((&value[..], version)),
-                    Outcome::Value { value: Bytes::copy_from_slice(value), version },
+                    Some(LentValue { value: &value[..], version, expires_at_ms }),
+                    Outcome::Value { value: Bytes::copy_from_slice(value), version, expires_at_ms },
                 )
             })
             .collect();
@@ -690,9 +767,10 @@ mod tests {
         for response in expected {
             let frame = decoder.next_frame().unwrap().expect("a frame per reply");
             assert_eq!(parse_response(&frame).unwrap(), response);
-            // The hand-laid frame is a `Response` to the plain verifier too.
+            // The hand-laid frame is a `Response` to the plain verifier too, read the same way.
             let verified = flatbuffers::size_prefixed_root::<fb::Response>(&frame).unwrap();
             assert_eq!(verified.id(), response.id);
+            assert_eq!(parse_response_verified(&frame).unwrap(), response);
         }
         assert!(decoder.next_frame().unwrap().is_none());
     }
@@ -727,6 +805,7 @@ mod tests {
             reply: Reply::Single(Outcome::Value {
                 value: vec![7; VALUE_BYTES_MAX].into(),
                 version: u64::MAX,
+                expires_at_ms: Some(u64::MAX),
             }),
         };
         assert_eq!(parse_response(&encode(&response)).unwrap(), response);
@@ -741,7 +820,8 @@ mod tests {
 
     #[test]
     fn batch_of_values_larger_than_a_frame_is_refused_before_building() {
-        let value = Ok(Outcome::Value { value: vec![0; VALUE_BYTES_MAX].into(), version: 1 });
+        let value =
+            Ok(Outcome::Value { value: vec![0; VALUE_BYTES_MAX].into(), version: 1, expires_at_ms: None });
         let response = Response { id: 1, reply: Reply::Batch(vec![value; 2]) };
         let error = encode_response(&mut FlatBufferBuilder::new(), &response).unwrap_err();
         assert!(matches!(error, WireError::FrameTooLarge { .. }), "{error:?}");

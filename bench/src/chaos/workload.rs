@@ -106,10 +106,9 @@ pub fn failed(error: &Error, is_write: bool) -> Outcome {
 /// The outcome of a read that answered.
 pub fn read_outcome(found: Option<Versioned>) -> Outcome {
     match found {
-        Some(Versioned { value, version }) => Outcome::Read(Some(PeerEntry {
-            version,
-            value: PeerValue::Live { data: value, expires_at_ms: None },
-        })),
+        Some(Versioned { value, version, expires_at_ms }) => {
+            Outcome::Read(Some(PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms } }))
+        }
         None => Outcome::Absent,
     }
 }

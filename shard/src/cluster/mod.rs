@@ -562,7 +562,7 @@ fn read_outcome(
             }
             match entry.value {
                 PeerValue::Live { data, expires_at_ms } if expires_at_ms.is_none_or(|at| at > now) => {
-                    Ok(Outcome::Value { value: data, version: entry.version })
+                    Ok(Outcome::Value { value: data, version: entry.version, expires_at_ms })
                 }
                 _ => Ok(Outcome::NotFound),
             }

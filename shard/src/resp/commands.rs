@@ -9,22 +9,26 @@
 //!
 //! ringkv's operations are get, put (with a TTL), delete, compare-and-swap against a version
 //! (or absence), batches of those and scans. Redis commands map onto them:
-//! - GET, SET, SETEX, PSETEX, DEL, UNLINK, EXISTS, MGET, MSET: gets, puts and deletes; the
-//!   multi-key ones as one batch, each key on its own (not atomically).
+//! - GET, SET, SETEX, PSETEX, DEL, UNLINK, EXISTS, MGET: gets, puts and deletes; the multi-key
+//!   ones as one batch, each key on its own (not atomically).
+//! - MSET, MSETNX of several keys: atomic where it can be, when every key lives on one shard
+//!   and keys have one copy ([`Router::write_atomically`]: one WAL record). Elsewhere MSET
+//!   writes each key on its own (a batch) and MSETNX is refused.
 //! - SET NX/XX/GET, SETNX, GETEX, EXPIRE, PEXPIRE, PERSIST, INCR/DECR/INCRBY/DECRBY, MSETNX of one
 //!   key: read the key, then compare-and-swap against the version read, retried up to
 //!   [`CAS_ATTEMPTS_MAX`] times when another write came between. With several copies of each
 //!   key the cluster refuses compare-and-swap today, and these commands answer its error.
-//! - TTL, PTTL: a read finds whether the key exists (-2 when not), but ringkv's reads return a
-//!   value and its version, not its expiry, so for an existing key they answer an error.
-//!   KEEPTTL and EXPIRE's NX/XX/GT/LT need the current expiry too and are refused.
+//! - TTL, PTTL: a read, which returns the value's expiry with it (-2 for a missing key, -1 for
+//!   one that never expires, else the time left by this node's clock). SET KEEPTTL, INCR and
+//!   friends write the expiry read back; EXPIRE's NX/XX/GT/LT, PERSIST and GETEX PERSIST decide
+//!   from it (PERSIST of a key without an expiry writes nothing).
 //! - SCAN: one page of the node's scan in token order; the cursor is the token to resume at.
 
 use std::rc::Rc;
 
 use bytes::Bytes;
 use ringkv_io::now_ms;
-use ringkv_wire::limits::{SCAN_LIMIT_MAX, TTL_MS_MAX};
+use ringkv_wire::limits::{SCAN_LIMIT_MAX, TTL_MS_MAX, VALUE_BYTES_MAX};
 use ringkv_wire::token::token;
 use ringkv_wire::{
     Command, Expected, Failure, Operation, Outcome, Reply, Scan, ScanEnd, ScanPage, ScanStart,
@@ -84,13 +88,18 @@ pub enum Expiry {
     In(u64),
     /// At this Unix time in milliseconds, which may be past (the key then goes at once).
     At(u64),
+    /// Whatever expiry the key has now (SET KEEPTTL).
+    Keep,
 }
 
 impl Expiry {
-    /// The TTL to write with, `Err(())` when the moment is already past.
-    fn ttl_ms(self) -> Result<Option<u64>, ()> {
+    /// The TTL to write with, `Err(())` when the moment is already past. `current` is the
+    /// key's expiry as read (Unix milliseconds), which [`Expiry::Keep`] writes back: as the
+    /// time left by this node's clock, at least 1 ms, since a write carries a TTL.
+    fn ttl_ms(self, current: Option<u64>) -> Result<Option<u64>, ()> {
         match self {
             Expiry::Never => Ok(None),
+            Expiry::Keep => Ok(current.map(|at_ms| at_ms.saturating_sub(now_ms()).max(1))),
             Expiry::In(ttl_ms) => Ok(Some(ttl_ms)),
             Expiry::At(at_ms) => {
                 let now = now_ms();
@@ -138,9 +147,12 @@ pub enum DataCommand {
     MultiSet(Vec<(Bytes, Bytes)>),
     /// MSETNX of one key.
     SetIfAbsent(Bytes, Bytes),
+    /// MSETNX of several keys.
+    MultiSetIfAbsent(Vec<(Bytes, Bytes)>),
     Expire {
         key: Bytes,
         expiry: Expiry,
+        only_if: ExpireIf,
     },
     Ttl(Bytes, TimeUnit),
     Persist(Bytes),
@@ -154,6 +166,58 @@ pub enum DataCommand {
     DbSize,
     /// INFO with the keyspace section: the rest of the text, already written.
     InfoWithKeyspace(String),
+}
+
+/// EXPIRE's conditions on the key's current expiry (Redis 7's NX, XX, GT, LT); none set: always.
+/// A key without an expiry counts as expiring never, later than any time (as in Redis).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpireIf {
+    /// NX: only when the key has no expiry.
+    pub none: bool,
+    /// XX: only when it has one.
+    pub some: bool,
+    /// GT: only when the new expiry is later than the current one.
+    pub later: bool,
+    /// LT: only when it is earlier.
+    pub earlier: bool,
+}
+
+impl ExpireIf {
+    /// Parses EXPIRE's options, refusing the combinations Redis refuses, with its errors.
+    fn parse(options: &[Bytes]) -> Result<Self, RespReply> {
+        let mut only_if = ExpireIf::default();
+        for option in options {
+            match &option.to_ascii_uppercase()[..] {
+                b"NX" => only_if.none = true,
+                b"XX" => only_if.some = true,
+                b"GT" => only_if.later = true,
+                b"LT" => only_if.earlier = true,
+                _ => {
+                    return Err(RespReply::error(format!(
+                        "Unsupported option {}",
+                        String::from_utf8_lossy(option)
+                    )))
+                }
+            }
+        }
+        if only_if.none && (only_if.some || only_if.later || only_if.earlier) {
+            return Err(RespReply::error("NX and XX, GT or LT options at the same time are not compatible"));
+        }
+        if only_if.later && only_if.earlier {
+            return Err(RespReply::error("GT and LT options at the same time are not compatible"));
+        }
+        Ok(only_if)
+    }
+
+    /// Whether a key whose expiry is `current` (`None`: never) takes the new expiry `new_at_ms`.
+    pub fn admits(self, current: Option<u64>, new_at_ms: u64) -> bool {
+        match current {
+            None => !self.some && !self.later,
+            Some(current) => {
+                !self.none && (!self.later || new_at_ms > current) && (!self.earlier || new_at_ms < current)
+            }
+        }
+    }
 }
 
 /// Seconds or milliseconds, for TTL and PTTL.
@@ -179,7 +243,9 @@ impl DataCommand {
             DataCommand::Delete(keys) | DataCommand::Exists(keys) | DataCommand::MultiGet(keys) => {
                 keys.iter().collect()
             }
-            DataCommand::MultiSet(pairs) => pairs.iter().map(|(key, _)| key).collect(),
+            DataCommand::MultiSet(pairs) | DataCommand::MultiSetIfAbsent(pairs) => {
+                pairs.iter().map(|(key, _)| key).collect()
+            }
             DataCommand::Scan { .. } | DataCommand::DbSize | DataCommand::InfoWithKeyspace(_) => return None,
         })
     }
@@ -368,20 +434,12 @@ pub fn parse_command(arguments: &[Bytes]) -> Result<RespCommand, RespReply> {
             }
             match &pairs[..] {
                 [(key, value)] => data(DataCommand::SetIfAbsent(key.clone(), value.clone())),
-                _ => Err(RespReply::error(
-                    "MSETNX of several keys cannot be atomic in ringkv (keys live on different shards and nodes, \
-                     and compare-and-swap covers one key); use SET NX per key",
-                )),
+                _ => data(DataCommand::MultiSetIfAbsent(pairs)),
             }
         }
         "expire" | "pexpire" => {
             check_key(&rest[0])?;
-            if rest.len() > 2 {
-                return Err(RespReply::error(format!(
-                    "{} NX/XX/GT/LT need the key's current expiry, which ringkv's reads do not return",
-                    spec.name.to_ascii_uppercase()
-                )));
-            }
+            let only_if = ExpireIf::parse(&rest[2..])?;
             let unit_ms: i64 = if spec.name == "expire" { 1000 } else { 1 };
             let amount = parse_i64(&rest[1]).ok_or_else(not_integer)?;
             let expiry = if amount <= 0 {
@@ -390,7 +448,7 @@ pub fn parse_command(arguments: &[Bytes]) -> Result<RespCommand, RespReply> {
             } else {
                 relative_expiry(&rest[1], unit_ms as u64, spec.name)?
             };
-            data(DataCommand::Expire { key: rest[0].clone(), expiry })
+            data(DataCommand::Expire { key: rest[0].clone(), expiry, only_if })
         }
         "ttl" | "pttl" => {
             check_key(&rest[0])?;
@@ -518,11 +576,7 @@ fn parse_set(rest: &[Bytes]) -> Result<RespCommand, RespReply> {
             (b"NX", _) if condition == Condition::Always => condition = Condition::Absent,
             (b"XX", _) if condition == Condition::Always => condition = Condition::Present,
             (b"GET", _) => get = true,
-            (b"KEEPTTL", _) => {
-                return Err(RespReply::error(
-                    "SET KEEPTTL needs the key's current expiry, which ringkv's reads do not return",
-                ))
-            }
+            (b"KEEPTTL", _) => set_expiry(&mut expiry, Expiry::Keep)?,
             (b"EX", Some(amount)) => {
                 set_expiry(&mut expiry, relative_expiry(amount, 1000, "set")?)?;
                 at += 1;
@@ -608,10 +662,20 @@ pub fn failure_reply(failure: &Failure) -> RespReply {
     RespReply::error(format!("{} ({:?})", failure.message, failure.code))
 }
 
-/// Reads `key`: its value and version, or `None`.
-async fn read(router: &Rc<Router>, key: &Bytes) -> Result<Option<(Bytes, u64)>, RespReply> {
+/// A key's live value as read.
+struct Found {
+    value: Bytes,
+    version: u64,
+    /// Unix milliseconds; `None` when it never expires.
+    expires_at_ms: Option<u64>,
+}
+
+/// Reads `key`: its value, version and expiry, or `None`.
+async fn read(router: &Rc<Router>, key: &Bytes) -> Result<Option<Found>, RespReply> {
     match router.execute(Operation::Get { key: key.clone() }, None).await {
-        Ok(Outcome::Value { value, version }) => Ok(Some((value, version))),
+        Ok(Outcome::Value { value, version, expires_at_ms }) => {
+            Ok(Some(Found { value, version, expires_at_ms }))
+        }
         Ok(Outcome::NotFound) => Ok(None),
         Ok(other) => Err(RespReply::error(format!("unexpected answer to a read: {other:?}"))),
         Err(failure) => Err(failure_reply(&failure)),
@@ -674,27 +738,38 @@ pub async fn run(router: Rc<Router>, command: DataCommand) -> RespReply {
 
 async fn run_fallible(router: &Rc<Router>, command: DataCommand) -> Result<RespReply, RespReply> {
     match command {
-        DataCommand::Get(key) => Ok(read(router, &key).await?.map_or(RespReply::Null, |(value, _)| RespReply::Bulk(value))),
+        DataCommand::Get(key) => {
+            Ok(read(router, &key).await?.map_or(RespReply::Null, |found| RespReply::Bulk(found.value)))
+        }
         DataCommand::Set { key, value, expiry, condition, get, reply_integer } => {
             set(router, key, value, expiry, condition, get, reply_integer).await
         }
         DataCommand::GetDel(key) => match read(router, &key).await? {
             None => Ok(RespReply::Null),
-            Some((value, _)) => {
+            Some(found) => {
                 write(router, Operation::Delete { key }).await?;
-                Ok(RespReply::Bulk(value))
+                Ok(RespReply::Bulk(found.value))
             }
         },
         DataCommand::GetEx { key, expiry: None } => {
-            Ok(read(router, &key).await?.map_or(RespReply::Null, |(value, _)| RespReply::Bulk(value)))
+            Ok(read(router, &key).await?.map_or(RespReply::Null, |found| RespReply::Bulk(found.value)))
         }
         DataCommand::GetEx { key, expiry: Some(expiry) } => {
-            rewrite_expiry(router, &key, expiry).await.map(|found| found.map_or(RespReply::Null, RespReply::Bulk))
+            // PERSIST leaves a key without an expiry as it is; the others always rewrite.
+            let rewritten = rewrite_expiry(router, &key, |current| {
+                (expiry != Expiry::Never || current.is_some()).then_some(expiry)
+            })
+            .await?;
+            Ok(rewritten.value().map_or(RespReply::Null, RespReply::Bulk))
         }
         DataCommand::Delete(keys) => {
             let found = count_present(router, &keys).await?;
-            let deletes: Vec<Operation> =
-                keys.iter().zip(&found).filter(|(_, &present)| present).map(|(key, _)| Operation::Delete { key: key.clone() }).collect();
+            let deletes: Vec<Operation> = keys
+                .iter()
+                .zip(&found)
+                .filter(|(_, &present)| present)
+                .map(|(key, _)| Operation::Delete { key: key.clone() })
+                .collect();
             let mut deleted = 0;
             // A key listed twice is deleted once, as in Redis.
             let mut seen = std::collections::HashSet::new();
@@ -725,29 +800,59 @@ async fn run_fallible(router: &Rc<Router>, command: DataCommand) -> Result<RespR
             Ok(RespReply::Array(values))
         }
         DataCommand::MultiSet(pairs) => {
-            let operations = pairs.into_iter().map(|(key, value)| Operation::Put { key, value, ttl_ms: None }).collect();
+            let pairs = last_of_each_key(pairs);
+            if fits_one_atomic_write(&pairs)
+                && write_atomically(router, pairs.clone(), false).await?.is_some()
+            {
+                return Ok(RespReply::Ok);
+            }
+            // Keys on several shards (or with several copies): each key on its own.
+            let operations =
+                pairs.into_iter().map(|(key, value)| Operation::Put { key, value, ttl_ms: None }).collect();
             for result in batch(router, operations).await? {
                 result.map_err(|failure| failure_reply(&failure))?;
             }
             Ok(RespReply::Ok)
         }
+        DataCommand::MultiSetIfAbsent(pairs) => {
+            let pairs = last_of_each_key(pairs);
+            if !fits_one_atomic_write(&pairs) {
+                return Err(RespReply::error(format!(
+                    "MSETNX's keys and values total more than one atomic write holds ({ATOMIC_WRITE_BYTES_MAX} bytes, \
+                     VALUE_BYTES_MAX, counting {ATOMIC_ENTRY_OVERHEAD_BYTES} bytes per key beside it)"
+                )));
+            }
+            match write_atomically(router, pairs, true).await? {
+                Some(written) => Ok(RespReply::Integer(i64::from(written))),
+                None => Err(RespReply::error(
+                    "MSETNX of several keys is atomic in ringkv only when every key lives on one shard and keys have \
+                     one copy (replication factor 1); these keys do not: use SET NX per key",
+                )),
+            }
+        }
         DataCommand::SetIfAbsent(key, value) => {
             let written = swap(router, &key, None, value, None).await?;
             Ok(RespReply::Integer(i64::from(written)))
         }
-        DataCommand::Expire { key, expiry } => {
-            Ok(RespReply::Integer(i64::from(rewrite_expiry(router, &key, expiry).await?.is_some())))
+        DataCommand::Expire { key, expiry, only_if } => {
+            let new_at_ms = match expiry {
+                Expiry::In(ttl_ms) => now_ms().saturating_add(ttl_ms),
+                Expiry::At(at_ms) => at_ms,
+                Expiry::Never | Expiry::Keep => unreachable!("EXPIRE always sets a time"),
+            };
+            let rewritten =
+                rewrite_expiry(router, &key, |current| only_if.admits(current, new_at_ms).then_some(expiry))
+                    .await?;
+            Ok(RespReply::Integer(i64::from(matches!(rewritten, Rewritten::Changed(_)))))
         }
-        DataCommand::Ttl(key, unit) => match read(router, &key).await? {
-            None => Ok(RespReply::Integer(-2)),
-            Some(_) => Err(RespReply::error(format!(
-                "{} cannot tell the expiry of an existing key: ringkv's reads return a value and its version, \
-                 not its expiry",
-                if unit == TimeUnit::Seconds { "TTL" } else { "PTTL" }
-            ))),
-        },
+        DataCommand::Ttl(key, unit) => Ok(RespReply::Integer(match read(router, &key).await? {
+            None => -2,
+            Some(Found { expires_at_ms: None, .. }) => -1,
+            Some(Found { expires_at_ms: Some(at_ms), .. }) => time_left(at_ms, now_ms(), unit),
+        })),
         DataCommand::Persist(key) => {
-            Ok(RespReply::Integer(i64::from(rewrite_expiry(router, &key, Expiry::Never).await?.is_some())))
+            let rewritten = rewrite_expiry(router, &key, |current| current.map(|_| Expiry::Never)).await?;
+            Ok(RespReply::Integer(i64::from(matches!(rewritten, Rewritten::Changed(_)))))
         }
         DataCommand::IncrementBy(key, delta) => increment(router, &key, delta).await,
         DataCommand::Scan { cursor, pattern, count, strings_only } => {
@@ -763,6 +868,44 @@ async fn run_fallible(router: &Rc<Router>, command: DataCommand) -> Result<RespR
             Ok(RespReply::text(text))
         }
     }
+}
+
+/// Bytes of keys and values one atomic write (one WAL record) holds: one largest value's worth.
+const ATOMIC_WRITE_BYTES_MAX: usize = VALUE_BYTES_MAX;
+
+/// Bytes counted per key of an atomic write beside its key and value: the entry's header, with
+/// room to spare.
+const ATOMIC_ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Whether `pairs` fit in one atomic write.
+fn fits_one_atomic_write(pairs: &[(Bytes, Bytes)]) -> bool {
+    let bytes: usize =
+        pairs.iter().map(|(key, value)| key.len() + value.len() + ATOMIC_ENTRY_OVERHEAD_BYTES).sum();
+    bytes <= ATOMIC_WRITE_BYTES_MAX
+}
+
+/// `pairs` with each key once, holding its last value (a key listed twice ends with its last
+/// value in Redis), in the order of their last appearance.
+fn last_of_each_key(pairs: Vec<(Bytes, Bytes)>) -> Vec<(Bytes, Bytes)> {
+    let mut last = std::collections::HashMap::with_capacity(pairs.len());
+    for (index, (key, _)) in pairs.iter().enumerate() {
+        last.insert(key.clone(), index);
+    }
+    pairs
+        .into_iter()
+        .enumerate()
+        .filter(|(index, (key, _))| last[key] == *index)
+        .map(|(_, pair)| pair)
+        .collect()
+}
+
+/// [`Router::write_atomically`] with a failure as a Redis error.
+async fn write_atomically(
+    router: &Rc<Router>,
+    pairs: Vec<(Bytes, Bytes)>,
+    only_if_absent: bool,
+) -> Result<Option<bool>, RespReply> {
+    router.write_atomically(pairs, only_if_absent).await.map_err(|failure| failure_reply(&failure))
 }
 
 /// Whether each key has a live value.
@@ -787,10 +930,9 @@ async fn set(
     get: bool,
     reply_integer: bool,
 ) -> Result<RespReply, RespReply> {
-    let ttl_ms = expiry.ttl_ms();
     // The common case, a plain write, is one put (or one delete, for a moment already past).
-    if condition == Condition::Always && !get {
-        match ttl_ms {
+    if condition == Condition::Always && !get && expiry != Expiry::Keep {
+        match expiry.ttl_ms(None) {
             Ok(ttl_ms) => write(router, Operation::Put { key, value, ttl_ms }).await?,
             Err(()) => write(router, Operation::Delete { key }).await?,
         }
@@ -815,14 +957,14 @@ async fn set(
             Condition::Absent => current.is_none(),
             Condition::Present => current.is_some(),
         };
-        let (old, version) = match current {
-            Some((old, version)) => (Some(old), Some(version)),
-            None => (None, None),
+        let (old, version, expires_at_ms) = match current {
+            Some(found) => (Some(found.value), Some(found.version), found.expires_at_ms),
+            None => (None, None, None),
         };
         if !holds {
             return Ok(answer(false, old));
         }
-        let swapped = match ttl_ms {
+        let swapped = match expiry.ttl_ms(expires_at_ms) {
             Ok(ttl_ms) => swap(router, &key, version, value.clone(), ttl_ms).await?,
             // Already expired: the write leaves no live value. A delete is not conditional, so
             // it is done only when the key was seen and is still at the version read.
@@ -843,43 +985,80 @@ async fn set(
     Err(contended(&key))
 }
 
-/// Rewrites the key's value with a new expiry (`Expiry::Never`: none); the value, or `None` when
-/// the key does not exist.
+/// What [`rewrite_expiry`] found and did.
+enum Rewritten {
+    /// The key does not exist.
+    Missing,
+    /// The key exists, with this value; its expiry stays as it was.
+    Unchanged(Bytes),
+    /// The key's expiry was rewritten (or the key deleted, for a moment already past).
+    Changed(Bytes),
+}
+
+impl Rewritten {
+    fn value(self) -> Option<Bytes> {
+        match self {
+            Rewritten::Missing => None,
+            Rewritten::Unchanged(value) | Rewritten::Changed(value) => Some(value),
+        }
+    }
+}
+
+/// Rewrites the key's value with the expiry `decide` picks from the current one (`None`: the
+/// key never expires); `decide` answering `None` leaves the key alone.
 async fn rewrite_expiry(
     router: &Rc<Router>,
     key: &Bytes,
-    expiry: Expiry,
-) -> Result<Option<Bytes>, RespReply> {
+    decide: impl Fn(Option<u64>) -> Option<Expiry>,
+) -> Result<Rewritten, RespReply> {
     for _ in 0..CAS_ATTEMPTS_MAX {
-        let Some((value, version)) = read(router, key).await? else {
-            return Ok(None);
+        let Some(found) = read(router, key).await? else {
+            return Ok(Rewritten::Missing);
         };
-        match expiry.ttl_ms() {
+        let Some(expiry) = decide(found.expires_at_ms) else {
+            return Ok(Rewritten::Unchanged(found.value));
+        };
+        match expiry.ttl_ms(found.expires_at_ms) {
             Ok(ttl_ms) => {
-                if swap(router, key, Some(version), value.clone(), ttl_ms).await? {
-                    return Ok(Some(value));
+                if swap(router, key, Some(found.version), found.value.clone(), ttl_ms).await? {
+                    return Ok(Rewritten::Changed(found.value));
                 }
             }
             Err(()) => {
                 write(router, Operation::Delete { key: key.clone() }).await?;
-                return Ok(Some(value));
+                return Ok(Rewritten::Changed(found.value));
             }
         }
     }
     Err(contended(key))
 }
 
+/// TTL's and PTTL's answer for a key expiring at `at_ms` when it is `now_ms`: the milliseconds
+/// left, or the seconds rounded to the nearest (as Redis rounds them); 0 rather than negative
+/// when this node's clock has passed a moment the storing node's clock has not.
+fn time_left(at_ms: u64, now_ms: u64, unit: TimeUnit) -> i64 {
+    let left_ms = at_ms.saturating_sub(now_ms).min(i64::MAX as u64);
+    match unit {
+        TimeUnit::Milliseconds => left_ms as i64,
+        TimeUnit::Seconds => left_ms.saturating_add(500) as i64 / 1000,
+    }
+}
+
 async fn increment(router: &Rc<Router>, key: &Bytes, delta: i64) -> Result<RespReply, RespReply> {
     for _ in 0..CAS_ATTEMPTS_MAX {
         let current = read(router, key).await?;
-        let (number, version) = match &current {
-            Some((value, version)) => (parse_i64(value).ok_or_else(not_integer)?, Some(*version)),
-            None => (0, None),
+        let (number, version, expires_at_ms) = match &current {
+            Some(found) => {
+                (parse_i64(&found.value).ok_or_else(not_integer)?, Some(found.version), found.expires_at_ms)
+            }
+            None => (0, None, None),
         };
         let next = number
             .checked_add(delta)
             .ok_or_else(|| RespReply::error("increment or decrement would overflow"))?;
-        if swap(router, key, version, Bytes::from(next.to_string()), None).await? {
+        // As in Redis, the number keeps the key's expiry.
+        let ttl_ms = Expiry::Keep.ttl_ms(expires_at_ms).unwrap_or(None);
+        if swap(router, key, version, Bytes::from(next.to_string()), ttl_ms).await? {
             return Ok(RespReply::Integer(next));
         }
     }
@@ -985,7 +1164,78 @@ mod tests {
         assert_eq!(error_text(&["set", "k", "v", "ex", "1", "px", "1"]), "ERR syntax error");
         assert_eq!(error_text(&["set", "k", "v", "ex", "0"]), "ERR invalid expire time in 'set' command");
         assert_eq!(error_text(&["set", "k", "v", "ex", "x"]), "ERR value is not an integer or out of range");
-        assert!(error_text(&["set", "k", "v", "keepttl"]).contains("KEEPTTL"));
+        assert!(matches!(
+            parsed(&["set", "k", "v", "keepttl", "xx"]),
+            Ok(RespCommand::Data(DataCommand::Set {
+                expiry: Expiry::Keep,
+                condition: Condition::Present,
+                ..
+            }))
+        ));
+        assert_eq!(error_text(&["set", "k", "v", "keepttl", "ex", "1"]), "ERR syntax error");
+        assert_eq!(error_text(&["set", "k", "v", "px", "1", "keepttl"]), "ERR syntax error");
+    }
+
+    #[test]
+    fn expire_options_parse_and_combine_like_redis() {
+        let only_if = |words: &[&str]| match parsed(words) {
+            Ok(RespCommand::Data(DataCommand::Expire { only_if, .. })) => only_if,
+            other => panic!("{words:?} parsed as {other:?}"),
+        };
+        assert_eq!(only_if(&["expire", "k", "10"]), ExpireIf::default());
+        assert_eq!(only_if(&["expire", "k", "10", "nx"]), ExpireIf { none: true, ..ExpireIf::default() });
+        assert_eq!(
+            only_if(&["pexpire", "k", "10", "XX", "gt"]),
+            ExpireIf { some: true, later: true, ..ExpireIf::default() }
+        );
+        assert_eq!(
+            error_text(&["expire", "k", "10", "nx", "xx"]),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            error_text(&["expire", "k", "10", "gt", "lt"]),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(error_text(&["expire", "k", "10", "soon"]), "ERR Unsupported option soon");
+    }
+
+    #[test]
+    fn expire_conditions_treat_no_expiry_as_never() {
+        let nx = ExpireIf { none: true, ..ExpireIf::default() };
+        let xx = ExpireIf { some: true, ..ExpireIf::default() };
+        let gt = ExpireIf { later: true, ..ExpireIf::default() };
+        let lt = ExpireIf { earlier: true, ..ExpireIf::default() };
+        let xx_lt = ExpireIf { some: true, earlier: true, ..ExpireIf::default() };
+        // A key without an expiry.
+        assert!(ExpireIf::default().admits(None, 5));
+        assert!(nx.admits(None, 5) && !xx.admits(None, 5));
+        assert!(!gt.admits(None, 5) && lt.admits(None, 5) && !xx_lt.admits(None, 5));
+        // A key expiring at 100.
+        assert!(ExpireIf::default().admits(Some(100), 5));
+        assert!(!nx.admits(Some(100), 500) && xx.admits(Some(100), 500));
+        assert!(gt.admits(Some(100), 101) && !gt.admits(Some(100), 100) && !gt.admits(Some(100), 99));
+        assert!(lt.admits(Some(100), 99) && !lt.admits(Some(100), 100) && xx_lt.admits(Some(100), 1));
+    }
+
+    #[test]
+    fn time_left_rounds_seconds_like_redis() {
+        assert_eq!(time_left(10_000, 1_000, TimeUnit::Milliseconds), 9_000);
+        assert_eq!(time_left(10_000, 1_000, TimeUnit::Seconds), 9);
+        assert_eq!(time_left(10_499, 1_000, TimeUnit::Seconds), 9);
+        assert_eq!(time_left(10_500, 1_000, TimeUnit::Seconds), 10);
+        assert_eq!(time_left(1_000, 1_001, TimeUnit::Milliseconds), 0);
+        assert_eq!(time_left(1_000, 1_000, TimeUnit::Seconds), 0);
+    }
+
+    #[test]
+    fn keeping_an_expiry_writes_the_time_left() {
+        assert_eq!(Expiry::Keep.ttl_ms(None), Ok(None));
+        let later = now_ms() + 3_600_000;
+        let kept = Expiry::Keep.ttl_ms(Some(later)).unwrap().unwrap();
+        assert!(kept > 0 && kept <= 3_600_000, "{kept}");
+        // A moment this node's clock has passed still writes a TTL, the shortest there is.
+        assert_eq!(Expiry::Keep.ttl_ms(Some(1)), Ok(Some(1)));
+        assert_eq!(Expiry::Never.ttl_ms(Some(later)), Ok(None));
     }
 
     #[test]
@@ -1017,8 +1267,28 @@ mod tests {
     }
 
     #[test]
-    fn msetnx_of_several_keys_is_refused() {
-        assert!(error_text(&["msetnx", "a", "1", "b", "2"]).contains("cannot be atomic"));
+    fn msetnx_of_one_key_is_a_set_nx() {
+        assert!(matches!(
+            parsed(&["msetnx", "a", "1", "b", "2"]),
+            Ok(RespCommand::Data(DataCommand::MultiSetIfAbsent(..)))
+        ));
         assert!(matches!(parsed(&["msetnx", "a", "1"]), Ok(RespCommand::Data(DataCommand::SetIfAbsent(..)))));
+    }
+
+    #[test]
+    fn a_key_listed_twice_keeps_its_last_value() {
+        let pair = |key: &'static str, value: &'static str| {
+            (Bytes::from_static(key.as_bytes()), Bytes::from_static(value.as_bytes()))
+        };
+        let pairs = vec![pair("a", "1"), pair("b", "2"), pair("a", "3"), pair("c", "4")];
+        assert_eq!(last_of_each_key(pairs), vec![pair("b", "2"), pair("a", "3"), pair("c", "4")]);
+    }
+
+    #[test]
+    fn an_atomic_write_holds_about_one_largest_value() {
+        let pair = |bytes: usize| (Bytes::from_static(b"k"), Bytes::from(vec![0; bytes]));
+        assert!(fits_one_atomic_write(&[pair(VALUE_BYTES_MAX - 65)]));
+        assert!(!fits_one_atomic_write(&[pair(VALUE_BYTES_MAX / 2), pair(VALUE_BYTES_MAX / 2)]));
+        assert!(fits_one_atomic_write(&vec![pair(100); 1000]));
     }
 }

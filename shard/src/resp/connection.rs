@@ -103,9 +103,13 @@ impl Access {
             | DataCommand::Scan { .. }
             | DataCommand::DbSize
             | DataCommand::InfoWithKeyspace(_) => Access::Read,
-            DataCommand::Set { condition: Condition::Always, get: false, .. } | DataCommand::MultiSet(_) => {
+            // SET KEEPTTL reads the expiry it keeps.
+            DataCommand::Set { condition: Condition::Always, get: false, expiry, .. }
+                if *expiry != Expiry::Keep =>
+            {
                 Access::Write
             }
+            DataCommand::MultiSet(_) => Access::Write,
             _ => Access::ReadWrite,
         }
     }
@@ -217,9 +221,13 @@ impl Shared {
 
     /// The reply to a read answered in place, encoded straight from the borrowed value when no
     /// earlier reply is waiting.
-    fn push_read(&self, found: Result<Option<(&[u8], u64)>, ringkv_wire::Failure>, protocol: Protocol) {
+    fn push_read(
+        &self,
+        found: Result<Option<ringkv_wire::LentValue<'_>>, ringkv_wire::Failure>,
+        protocol: Protocol,
+    ) {
         let found = match found {
-            Ok(found) => found.map(|(value, _)| value),
+            Ok(found) => found.map(|found| found.value),
             Err(failure) => return self.push(&failure_reply(&failure), protocol),
         };
         {
@@ -572,7 +580,7 @@ async fn dispatch(
         let ttl_ms = match expiry {
             Expiry::Never => Some(None),
             Expiry::In(ttl_ms) => Some(Some(*ttl_ms)),
-            Expiry::At(_) => None,
+            Expiry::At(_) | Expiry::Keep => None,
         };
         if let Some(ttl_ms) = ttl_ms.filter(|_| router.coordinates_here(key)) {
             // Coordinated across replicas by this shard: the reply slot waits, not a task (as

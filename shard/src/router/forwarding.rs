@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A scan crosses the mesh the same way: `scan(B, scan)` sends a `ScanRequest`, shard B answers
-//! with its own page of the range (`Handler::scan`) in a `ScanReply`.
+//! with its own page of the range (`Handler::scan`) in a `ScanReply`. So does an atomic write
+//! of several keys that shard B owns (`AtomicRequest`, answered by `Handler::write_atomically`).
 //!
 //! Deadlock freedom (PITFALLS: two shards that both send on bounded channels and neither
 //! drains): each peer's channel is drained by its own receive task, which never waits on a send.
@@ -20,13 +21,15 @@
 //! Bounds: a shard has at most `forward_in_flight_max` requests waiting on other shards; a
 //! request beyond that, or one that finds the channel full, is answered "overloaded" at once.
 //! Because every shard bounds what it sends, what a shard executes for its peers is bounded too.
-//! A scan takes one slot per peer it asks. A forwarded put carries at most one value and a scan
-//! reply at most one page (`SCAN_PAGE_BYTES_MAX`), so the same bound caps the bytes in flight.
+//! A scan takes one slot per peer it asks. A forwarded put carries at most one value, an atomic
+//! write about as much (its keys and values fit one WAL record), and a scan reply at most one
+//! page (`SCAN_PAGE_BYTES_MAX`), so the same bound caps the bytes in flight.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::task::JoinHandle;
@@ -48,6 +51,12 @@ pub enum ShardMessage {
     ScanRequest { ticket: u64, scan: Scan },
     /// The page asked for by the scan request with `ticket`.
     ScanReply { ticket: u64, result: Result<ScanPage, Failure> },
+    /// Write `pairs` (the receiver owns every key) as one atomic write (see
+    /// `Router::write_atomically`) and reply under `ticket`.
+    AtomicRequest { ticket: u64, pairs: Vec<(Bytes, Bytes)>, only_if_absent: bool },
+    /// The result of the atomic write with `ticket`: whether it wrote, `None` when it could not
+    /// be atomic there.
+    AtomicReply { ticket: u64, result: Result<Option<bool>, Failure> },
 }
 
 /// What a waiting request receives: the reply its message asked for.
@@ -55,6 +64,7 @@ pub enum ShardMessage {
 enum Answer {
     Operation(Result<Outcome, Failure>),
     Scan(Result<ScanPage, Failure>),
+    Atomic(Result<Option<bool>, Failure>),
 }
 
 /// This shard's end of the mesh.
@@ -114,7 +124,23 @@ impl Forwarding {
     ) -> Result<Outcome, Failure> {
         match self.exchange(owner, |ticket| ShardMessage::Request { ticket, operation, consistency }).await? {
             Answer::Operation(result) => result,
-            Answer::Scan(_) => Err(mismatched_answer(owner)),
+            Answer::Scan(_) | Answer::Atomic(_) => Err(mismatched_answer(owner)),
+        }
+    }
+
+    /// Writes `pairs` atomically on shard `owner`, which owns every key.
+    pub async fn write_atomically(
+        &self,
+        owner: u32,
+        pairs: Vec<(Bytes, Bytes)>,
+        only_if_absent: bool,
+    ) -> Result<Option<bool>, Failure> {
+        match self
+            .exchange(owner, |ticket| ShardMessage::AtomicRequest { ticket, pairs, only_if_absent })
+            .await?
+        {
+            Answer::Atomic(result) => result,
+            Answer::Operation(_) | Answer::Scan(_) => Err(mismatched_answer(owner)),
         }
     }
 
@@ -122,7 +148,7 @@ impl Forwarding {
     pub async fn scan(&self, shard: u32, scan: Scan) -> Result<ScanPage, Failure> {
         match self.exchange(shard, |ticket| ShardMessage::ScanRequest { ticket, scan }).await? {
             Answer::Scan(result) => result,
-            Answer::Operation(_) => Err(mismatched_answer(shard)),
+            Answer::Operation(_) | Answer::Atomic(_) => Err(mismatched_answer(shard)),
         }
     }
 
@@ -226,7 +252,27 @@ impl Forwarding {
                 )
                 .detach();
             }
+            ShardMessage::AtomicRequest { ticket, pairs, only_if_absent } => {
+                let forwarding = self.clone();
+                let handler = handler.clone();
+                let cluster = cluster.clone();
+                let span = tracing::debug_span!("forwarded_atomic", shard = self.shard_id, peer, ticket);
+                glommio::spawn_local(
+                    async move {
+                        // Keys may have gained copies since the sender looked.
+                        let result = if cluster.is_replicated() {
+                            Ok(None)
+                        } else {
+                            handler.write_atomically(pairs, only_if_absent).await.map(Some)
+                        };
+                        forwarding.reply(peer, ShardMessage::AtomicReply { ticket, result }).await;
+                    }
+                    .instrument(span),
+                )
+                .detach();
+            }
             ShardMessage::Reply { ticket, result } => self.on_answer(ticket, Answer::Operation(result)),
+            ShardMessage::AtomicReply { ticket, result } => self.on_answer(ticket, Answer::Atomic(result)),
             ShardMessage::ScanReply { ticket, result } => self.on_answer(ticket, Answer::Scan(result)),
         }
     }

@@ -88,6 +88,19 @@ pub enum CasOutcome {
     Stale { current_version: u64 },
 }
 
+/// What became of an atomic write of several keys ([`Engine::write_atomically_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AtomicOutcome {
+    /// Every entry was applied, as one WAL record; their versions, in the keys' order.
+    Applied { versions: Vec<u64> },
+    /// Only-if-absent was asked and the key at this index has a live value: nothing was written.
+    Present { index: usize },
+    /// The entry made for the key at this index does not outrank the key's stored entry, of
+    /// `current_version`: nothing was written. An entry made above the version passed to the
+    /// closure never meets this.
+    Stale { index: usize, current_version: u64 },
+}
+
 /// What became of a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {

@@ -54,17 +54,16 @@ impl<D: Disk> Engine<D> {
                 if record.seq <= manifest.flushed_seq {
                     continue;
                 }
-                let payload = &buffer[record.payload.clone()];
-                let (key, entry, used) = Entry::decode(&Bytes::copy_from_slice(payload), 0)
-                    .map_err(|reason| StorageError::corruption(&name, record.payload.start as u64, reason))?;
-                if used != payload.len() {
-                    return Err(StorageError::corruption(
-                        &name,
-                        record.payload.start as u64,
-                        "trailing record bytes",
-                    ));
+                // One entry, or the several entries of an atomic write, back to back.
+                let payload = Bytes::copy_from_slice(&buffer[record.payload.clone()]);
+                let mut at = 0;
+                while at < payload.len() {
+                    let (key, entry, used) = Entry::decode(&payload, at).map_err(|reason| {
+                        StorageError::corruption(&name, (record.payload.start + at) as u64, reason)
+                    })?;
+                    active.insert(&key, record.seq, entry);
+                    at += used;
                 }
-                active.insert(&key, record.seq, entry);
                 recovery.records_replayed += 1;
                 last_seq = last_seq.max(record.seq);
             }

@@ -9,12 +9,15 @@
 //! appended: it resolves once everything appended before it is durable, so its caller is never
 //! told before the entry that superseded it is safe.
 
-use super::{validate, validate_value, CasOutcome, Engine, Expected, State, Tables, WriteOutcome};
+use super::{
+    validate, validate_value, AtomicOutcome, CasOutcome, Engine, Expected, State, Tables, WriteOutcome,
+};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::key::{StoredKey, TOKEN_BYTES};
 use crate::options::SyncMode;
 use crate::sstable::key_hash;
+use crate::wal::record::RECORD_PAYLOAD_BYTES_MAX;
 use crate::{DiskFile, Result, StorageError};
 use bytes::Bytes;
 use std::rc::Rc;
@@ -252,6 +255,81 @@ impl<D: Disk> Engine<D> {
         }
     }
 
+    /// Writes the entries `make_entries` returns for `keys` (distinct) as one WAL record, applied
+    /// in one synchronous step: after a crash either all of them are there or none, and no reader
+    /// of this engine sees some without the others. With `only_if_absent_at` set, the write
+    /// happens only if none of the keys has a live value at that time
+    /// ([`AtomicOutcome::Present`] otherwise).
+    ///
+    /// Every key's stored state is read first; `make_entries` is then passed each key's stored
+    /// version (live or dead), in order, and must return one entry per key, each above it. The
+    /// keys, values and entry headers together must fit in one WAL record (about one largest
+    /// value), else [`StorageError::ValueTooLarge`] names their total. It must not call back into
+    /// the engine.
+    pub async fn write_atomically_with(
+        &self,
+        keys: &[Bytes],
+        only_if_absent_at: Option<u64>,
+        make_entries: impl FnOnce(&[Option<u64>]) -> Vec<Entry>,
+    ) -> Result<AtomicOutcome> {
+        for key in keys {
+            validate(key, None)?;
+        }
+        let keys: Vec<StoredKey> = keys.iter().map(|key| StoredKey::new(key)).collect();
+        self.make_room().await?;
+        let mut make_entries = Some(make_entries);
+        let mut attempts = 0;
+        loop {
+            let generation = self.state.borrow().flush_generation;
+            let mut found = Vec::with_capacity(keys.len());
+            for key in &keys {
+                found.push(self.stored_entry(key).await?);
+            }
+            let (seq, versions) = {
+                let mut state = self.state.borrow_mut();
+                self.check_accepts_writes(&state)?;
+                if state.flush_generation != generation {
+                    // A memtable moved to a table while we read; the reads may have missed writes.
+                    attempts += 1;
+                    if attempts >= READ_RETRIES_MAX {
+                        return Err(StorageError::Contended { attempts });
+                    }
+                    continue;
+                }
+                let current: Vec<Option<Entry>> = found
+                    .into_iter()
+                    .zip(&keys)
+                    .map(|(found, key)| {
+                        newest(found, state.newest_in_memory(key).map(|newest| &newest.entry))
+                    })
+                    .collect();
+                if let Some(now_ms) = only_if_absent_at {
+                    let live = current
+                        .iter()
+                        .position(|entry| entry.as_ref().is_some_and(|entry| !entry.is_absent_at(now_ms)));
+                    if let Some(index) = live {
+                        return Ok(AtomicOutcome::Present { index });
+                    }
+                }
+                let versions: Vec<Option<u64>> =
+                    current.iter().map(|entry| entry.as_ref().map(|entry| entry.version)).collect();
+                let make_entries = make_entries.take().expect("the entries are made once");
+                let entries = make_entries(&versions);
+                assert_eq!(entries.len(), keys.len(), "one entry per key");
+                for (index, (entry, current)) in entries.iter().zip(&current).enumerate() {
+                    validate_value(entry.data())?;
+                    if let Some(current) = current.as_ref().filter(|current| !entry.supersedes(current)) {
+                        return Ok(AtomicOutcome::Stale { index, current_version: current.version });
+                    }
+                }
+                let versions = entries.iter().map(|entry| entry.version).collect();
+                (self.apply_atomically(&mut state, &keys, entries)?, versions)
+            };
+            self.acknowledge(seq).await?;
+            return Ok(AtomicOutcome::Applied { versions });
+        }
+    }
+
     /// Makes every write appended so far durable.
     pub async fn sync(&self) -> Result<()> {
         self.wal.sync().await
@@ -268,6 +346,37 @@ impl<D: Disk> Engine<D> {
         self.stats.borrow_mut().user_bytes += user_bytes as u64;
         let inserted = state.active.insert(key, seq, entry);
         debug_assert!(inserted, "only an entry that outranks the stored ones is applied");
+        self.seal_if_full(state);
+        Ok(seq)
+    }
+
+    /// [`Engine::apply`] of several entries (for distinct stored keys) as one WAL record, which
+    /// every entry's memtable insert shares the sequence number of.
+    fn apply_atomically(
+        &self,
+        state: &mut State<D::File>,
+        keys: &[StoredKey],
+        entries: Vec<Entry>,
+    ) -> Result<u64> {
+        self.check_accepts_writes(state)?;
+        let payload_bytes: usize =
+            keys.iter().zip(&entries).map(|(key, entry)| entry.encoded_len(key.len())).sum();
+        if payload_bytes > RECORD_PAYLOAD_BYTES_MAX {
+            return Err(StorageError::ValueTooLarge { len: payload_bytes });
+        }
+        let seq = state.next_seq;
+        self.wal.append(seq, payload_bytes, |out| {
+            for (key, entry) in keys.iter().zip(&entries) {
+                entry.encode(key, out);
+            }
+        })?;
+        state.next_seq += 1;
+        for (key, entry) in keys.iter().zip(entries) {
+            let user_bytes = key.len() - TOKEN_BYTES + entry.data().map_or(0, Bytes::len);
+            self.stats.borrow_mut().user_bytes += user_bytes as u64;
+            let inserted = state.active.insert(key, seq, entry);
+            debug_assert!(inserted, "only an entry that outranks the stored ones is applied");
+        }
         self.seal_if_full(state);
         Ok(seq)
     }
@@ -316,9 +425,56 @@ impl<D: Disk> Engine<D> {
 mod tests {
     use super::super::testing::{key, small_options};
     use super::super::*;
-    use crate::disk::memory::MemDisk;
+    use crate::disk::memory::{CrashMode, MemDisk};
     use crate::entry::Entry;
     use futures_executor::block_on;
+
+    #[test]
+    fn atomic_writes_apply_every_entry_or_none_and_survive_a_crash() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            engine.put(key(2), Bytes::from_static(b"old"), 5, None).await.unwrap();
+            let keys = [key(1), key(2), key(3)];
+            let entries = |stored: &[Option<u64>]| {
+                assert_eq!(stored, [None, Some(5), None]);
+                (0..3)
+                    .map(|index| Entry::live(10 + index, Bytes::from(vec![b'a' + index as u8]), None))
+                    .collect()
+            };
+            // Only if absent: key 2 is live, so nothing is written.
+            let outcome = engine.write_atomically_with(&keys, Some(0), entries).await.unwrap();
+            assert_eq!(outcome, AtomicOutcome::Present { index: 1 });
+            assert_eq!(engine.get(&key(1), 0).await.unwrap(), None);
+            let outcome = engine.write_atomically_with(&keys, None, entries).await.unwrap();
+            assert_eq!(outcome, AtomicOutcome::Applied { versions: vec![10, 11, 12] });
+            // An entry at or below a stored version refuses the whole write.
+            let stale = |_: &[Option<u64>]| {
+                vec![Entry::live(20, Bytes::new(), None), Entry::live(11, Bytes::new(), None)]
+            };
+            let outcome = engine.write_atomically_with(&[key(4), key(2)], None, stale).await.unwrap();
+            assert_eq!(outcome, AtomicOutcome::Stale { index: 1, current_version: 11 });
+            assert_eq!(engine.get(&key(4), 0).await.unwrap(), None);
+            // Keys and values past one WAL record are refused, naming their total.
+            let big = |_: &[Option<u64>]| {
+                (0..2).map(|_| Entry::live(30, Bytes::from(vec![0; crate::VALUE_BYTES_MAX]), None)).collect()
+            };
+            let refused = engine.write_atomically_with(&[key(5), key(6)], None, big).await.unwrap_err();
+            assert!(matches!(refused, StorageError::ValueTooLarge { .. }), "{refused:?}");
+            engine.sync().await.unwrap();
+            drop(engine);
+            // The one record replays whole.
+            let engine = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
+            for index in 0..3u32 {
+                let found = engine.get(&key(index + 1), 0).await.unwrap().unwrap();
+                assert_eq!(
+                    (found.version, &found.value[..]),
+                    (10 + u64::from(index), &[b'a' + index as u8][..])
+                );
+            }
+            assert_eq!(engine.get(&key(5), 0).await.unwrap(), None);
+        });
+    }
 
     #[test]
     fn compare_and_swap_checks_versions_and_absence() {

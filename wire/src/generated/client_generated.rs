@@ -436,7 +436,8 @@ impl Status {
   /// `error` is set. The default, so that a response missing its status cannot pass for a
   /// success.
   pub const Error: Self = Self(0);
-  /// `value` and `version` are set: the key's live value.
+  /// `value` and `version` are set: the key's live value; `expires_at_ms` too when the value
+  /// has an expiry.
   pub const Value: Self = Self(1);
   /// Nothing else is set: the key has no live value.
   pub const NotFound: Self = Self(2);
@@ -3317,6 +3318,7 @@ impl<'a> OperationResult<'a> {
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_EXPIRES_AT_MS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3328,6 +3330,7 @@ impl<'a> OperationResult<'a> {
     args: &'args OperationResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<OperationResult<'bldr>> {
     let mut builder = OperationResultBuilder::new(_fbb);
+    if let Some(x) = args.expires_at_ms { builder.add_expires_at_ms(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     if let Some(x) = args.error { builder.add_error(x); }
     if let Some(x) = args.value { builder.add_value(x); }
@@ -3364,6 +3367,15 @@ impl<'a> OperationResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Error>>(OperationResult::VT_ERROR, None)}
   }
+  /// With `Status.Value`: when the value expires, in milliseconds since the Unix epoch by the
+  /// clock of the node that wrote it; absent when it never expires. Added after `error`.
+  #[inline]
+  pub fn expires_at_ms(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(OperationResult::VT_EXPIRES_AT_MS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for OperationResult<'_> {
@@ -3376,6 +3388,7 @@ impl ::flatbuffers::Verifiable for OperationResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
      .visit_field::<u64>("version", Self::VT_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Error>>("error", Self::VT_ERROR, false)?
+     .visit_field::<u64>("expires_at_ms", Self::VT_EXPIRES_AT_MS, false)?
      .finish();
     Ok(())
   }
@@ -3385,6 +3398,7 @@ pub struct OperationResultArgs<'a> {
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub version: Option<u64>,
     pub error: Option<::flatbuffers::WIPOffset<Error<'a>>>,
+    pub expires_at_ms: Option<u64>,
 }
 impl<'a> Default for OperationResultArgs<'a> {
   #[inline]
@@ -3394,6 +3408,7 @@ impl<'a> Default for OperationResultArgs<'a> {
       value: None,
       version: None,
       error: None,
+      expires_at_ms: None,
     }
   }
 }
@@ -3420,6 +3435,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OperationResultBuilder<'a, 'b
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Error>>(OperationResult::VT_ERROR, error);
   }
   #[inline]
+  pub fn add_expires_at_ms(&mut self, expires_at_ms: u64) {
+    self.fbb_.push_slot_always::<u64>(OperationResult::VT_EXPIRES_AT_MS, expires_at_ms);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OperationResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     OperationResultBuilder {
@@ -3441,6 +3460,7 @@ impl ::core::fmt::Debug for OperationResult<'_> {
       ds.field("value", &self.value());
       ds.field("version", &self.version());
       ds.field("error", &self.error());
+      ds.field("expires_at_ms", &self.expires_at_ms());
       ds.finish()
   }
 }
@@ -3719,6 +3739,7 @@ impl<'a> Response<'a> {
   pub const VT_BATCH: ::flatbuffers::VOffsetT = 14;
   pub const VT_TOPOLOGY: ::flatbuffers::VOffsetT = 16;
   pub const VT_SCAN: ::flatbuffers::VOffsetT = 18;
+  pub const VT_EXPIRES_AT_MS: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3730,6 +3751,7 @@ impl<'a> Response<'a> {
     args: &'args ResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
     let mut builder = ResponseBuilder::new(_fbb);
+    if let Some(x) = args.expires_at_ms { builder.add_expires_at_ms(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     builder.add_id(args.id);
     if let Some(x) = args.scan { builder.add_scan(x); }
@@ -3800,6 +3822,15 @@ impl<'a> Response<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ScanPage>>(Response::VT_SCAN, None)}
   }
+  /// With `Status.Value`: when the value expires, in milliseconds since the Unix epoch by the
+  /// clock of the node that wrote it; absent when it never expires. Added after `scan`.
+  #[inline]
+  pub fn expires_at_ms(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Response::VT_EXPIRES_AT_MS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3816,6 +3847,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OperationResult>>>>("batch", Self::VT_BATCH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Topology>>("topology", Self::VT_TOPOLOGY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<ScanPage>>("scan", Self::VT_SCAN, false)?
+     .visit_field::<u64>("expires_at_ms", Self::VT_EXPIRES_AT_MS, false)?
      .finish();
     Ok(())
   }
@@ -3829,6 +3861,7 @@ pub struct ResponseArgs<'a> {
     pub batch: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OperationResult<'a>>>>>,
     pub topology: Option<::flatbuffers::WIPOffset<Topology<'a>>>,
     pub scan: Option<::flatbuffers::WIPOffset<ScanPage<'a>>>,
+    pub expires_at_ms: Option<u64>,
 }
 impl<'a> Default for ResponseArgs<'a> {
   #[inline]
@@ -3842,6 +3875,7 @@ impl<'a> Default for ResponseArgs<'a> {
       batch: None,
       topology: None,
       scan: None,
+      expires_at_ms: None,
     }
   }
 }
@@ -3884,6 +3918,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ScanPage>>(Response::VT_SCAN, scan);
   }
   #[inline]
+  pub fn add_expires_at_ms(&mut self, expires_at_ms: u64) {
+    self.fbb_.push_slot_always::<u64>(Response::VT_EXPIRES_AT_MS, expires_at_ms);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ResponseBuilder {
@@ -3909,6 +3947,7 @@ impl ::core::fmt::Debug for Response<'_> {
       ds.field("batch", &self.batch());
       ds.field("topology", &self.topology());
       ds.field("scan", &self.scan());
+      ds.field("expires_at_ms", &self.expires_at_ms());
       ds.finish()
   }
 }
