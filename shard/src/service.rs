@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::auth::ClientAuth;
 use crate::clock::HybridClock;
 use crate::cluster::gossip::{self, GossipSetup};
 use crate::cluster::handoff::Handoff;
@@ -212,6 +213,7 @@ impl ShardService {
         let stop = Rc::new(StopSignal::new());
         let connections = Rc::new(ConnectionCount::default());
         let memory = RequestMemory::new(config.request_memory_bytes());
+        let auth = Rc::new(ClientAuth::new(&config.users));
         let acceptor = Acceptor {
             shard_id,
             router: router.clone(),
@@ -226,6 +228,7 @@ impl ShardService {
                     .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
             },
             memory: memory.clone(),
+            auth: auth.clone(),
         };
         let acceptor = Rc::new(acceptor);
         let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
@@ -481,6 +484,7 @@ struct Acceptor {
     connections_max: usize,
     limits: ConnectionLimits,
     memory: Rc<RequestMemory>,
+    auth: Rc<ClientAuth>,
 }
 
 impl Acceptor {
@@ -503,8 +507,14 @@ impl Acceptor {
             return;
         }
         let open = self.connections.open();
-        let connection =
-            Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits, self.memory.clone());
+        let connection = Connection::new(
+            stream,
+            self.router.clone(),
+            self.stop.clone(),
+            self.limits,
+            self.memory.clone(),
+            self.auth.clone(),
+        );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("connection", shard = self.shard_id, %peer);
         glommio::spawn_local(
