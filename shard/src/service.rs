@@ -39,6 +39,7 @@ use crate::auth::ClientAuth;
 use crate::clock::HybridClock;
 use crate::cluster::gossip::{self, GossipSetup};
 use crate::cluster::handoff::Handoff;
+use crate::cluster::peer_auth::PeerKey;
 use crate::cluster::{
     peer_server, Cluster, ClusterSettings, ClusterView, HealingSettings, LinkOrigin, MembershipSnapshot,
 };
@@ -379,6 +380,7 @@ async fn start_cluster(
             anti_entropy_bytes_per_s: config.anti_entropy_bytes_per_s,
             tree_rebuild_interval_ms: config.tree_rebuild_interval_ms,
         },
+        peer_key: config.cluster_secret.as_ref().map(|secret| PeerKey::from_secret(secret.expose())),
     };
     // Hints live beside the shard's data, in a directory the engine does not list.
     let handoff = if settings.healing.hints_enabled {

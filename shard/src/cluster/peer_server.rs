@@ -7,6 +7,9 @@
 //!         ─▶ reply frames ─▶ outbox ─writer─▶ the same connection
 //! ```
 //!
+//! With a cluster secret, a link must first prove it knows the secret (see
+//! [`super::peer_auth`]); one that does not is logged and closed before any frame is read.
+//!
 //! A frame that breaks framing or does not verify closes that link only: the peer reconnects,
 //! and every other link and client is untouched. Requests beyond the in-flight bound are
 //! answered `Overloaded` at once, and a link whose replies are not read stops being read once
@@ -26,6 +29,8 @@ use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
 use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
 use tracing::{debug, warn};
 
+use super::peer_auth;
+use super::peer_link::HANDSHAKE_TIMEOUT_MS;
 use super::Cluster;
 use crate::stop_signal::StopSignal;
 
@@ -89,9 +94,31 @@ impl LinkState {
     }
 }
 
-async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
+async fn serve_link(mut stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    if let Some(key) = &cluster.settings().peer_key {
+        let handshake = or(async { Some(peer_auth::accept(&mut stream, key).await) }, async {
+            glommio::timer::sleep(std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS)).await;
+            None
+        });
+        let failure = or(handshake, async {
+            stop.wait().await;
+            Some(Ok(()))
+        });
+        match failure.await {
+            Some(Ok(())) if !stop.is_triggered() => {}
+            Some(Ok(())) => return,
+            Some(Err(error)) => {
+                warn!(%peer, %error, "a peer failed authentication; closing its link");
+                return;
+            }
+            None => {
+                warn!(%peer, "a peer did not finish authenticating in time; closing its link");
+                return;
+            }
+        }
+    }
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let state = Rc::new(LinkState {
         outbox: RefCell::new(Vec::new()),
