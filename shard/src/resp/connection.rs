@@ -637,10 +637,10 @@ fn allowed_before_auth(command: &RespCommand) -> bool {
 
 /// Checks `user` (the default user when `None`) and `password`, opening the session's gate on
 /// success; a failure is logged and counted.
-fn authenticate(session: &mut Session, router: &Router, user: Option<&Bytes>, password: Bytes) -> bool {
+fn authenticate(session: &mut Session, router: &Router, user: Option<&Bytes>, password: &Bytes) -> bool {
     let user =
         user.map_or_else(|| DEFAULT_USER.to_owned(), |user| String::from_utf8_lossy(user).into_owned());
-    let credentials = Credentials { user, password };
+    let credentials = Credentials { user, password: password.clone() };
     session.gate.authenticate(&session.shard.auth, &credentials, metrics::Protocol::Resp, router.metrics())
 }
 
@@ -658,18 +658,18 @@ fn answer_session(
             if !session.shard.auth.required() {
                 return Ok(RespReply::Error(AUTH_WITHOUT_USERS.to_string()));
             }
-            match authenticate(session, router, user.as_ref(), password) {
-                true => RespReply::Ok,
-                false => RespReply::Error(WRONGPASS.to_string()),
+            if authenticate(session, router, user.as_ref(), &password) {
+                RespReply::Ok
+            } else {
+                RespReply::Error(WRONGPASS.to_string())
             }
         }
         SessionCommand::Hello { protocol, name, auth } => {
-            match auth {
-                Some((user, password)) => {
-                    if !authenticate(session, router, Some(&user), password) {
-                        return Ok(RespReply::Error(WRONGPASS.to_string()));
-                    }
+            match &auth {
+                Some((user, password)) if !authenticate(session, router, Some(user), password) => {
+                    return Ok(RespReply::Error(WRONGPASS.to_string()));
                 }
+                Some(_) => {}
                 None if !session.gate.is_open() => return Ok(RespReply::Error(HELLO_NOAUTH.to_string())),
                 None => {}
             }
