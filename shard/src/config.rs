@@ -140,8 +140,9 @@ pub struct NodeConfig {
     /// some are answered. Default: [`default_request_memory_bytes`] (a quarter of the machine's
     /// memory over the shards).
     pub request_memory_bytes_max: Option<usize>,
-    /// A frame (or Redis command) that has started arriving must finish within this; otherwise
-    /// the connection is closed, so a client that trickles bytes cannot hold its buffer.
+    /// A frame (or Redis command, or peer frame) that has started arriving must finish within
+    /// this; otherwise the connection (or peer link) is closed, so a client or peer that trickles
+    /// bytes cannot hold its buffer.
     pub frame_timeout_ms: u64,
     /// A connection that sends nothing for this long, with nothing in flight, is closed. 0 (the
     /// default) keeps idle connections open.

@@ -381,6 +381,7 @@ async fn start_cluster(
             tree_rebuild_interval_ms: config.tree_rebuild_interval_ms,
         },
         peer_key: config.cluster_secret.as_ref().map(|secret| PeerKey::from_secret(secret.expose())),
+        peer_frame_timeout_ms: config.frame_timeout_ms,
     };
     // Hints live beside the shard's data, in a directory the engine does not list.
     let handoff = if settings.healing.hints_enabled {

@@ -80,6 +80,9 @@ pub struct ClusterSettings {
     /// The key from the cluster secret: peer links and membership datagrams authenticate with
     /// it (see [`peer_auth`]). `None`: no cluster secret, nothing is authenticated.
     pub peer_key: Option<peer_auth::PeerKey>,
+    /// How long a peer frame that has started may take to finish arriving on the peer port
+    /// (`frame_timeout_ms`, as for clients).
+    pub peer_frame_timeout_ms: u64,
 }
 
 /// How replicas heal (hinted handoff and anti-entropy).
