@@ -27,11 +27,7 @@ fn server_closes_slow_peer_links() {
         Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("the slow peer link was not closed: {other:?}\n{}", server.log()),
     }
-    assert!(
-        server.log().contains("a peer frame did not finish within frame_timeout_ms"),
-        "{}",
-        server.log()
-    );
+    assert!(server.log().contains("a peer frame did not finish within frame_timeout_ms"), "{}", server.log());
 
     let mut client = server.client();
     client.put(b"still served", b"yes");
