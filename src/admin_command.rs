@@ -13,6 +13,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use flatbuffers::FlatBufferBuilder;
 use ringkv_client::blocking::Client;
+use ringkv_client::{ClientOptions, Credentials};
+use ringkv_shard::cluster::peer_auth::{self, PeerKey};
 use ringkv_wire::peer::{PeerEnvelope, PeerMessage, RepairReport};
 use ringkv_wire::{encode_peer, parse_peer_shared, FrameDecoder};
 use serde_json::json;
@@ -44,6 +46,16 @@ pub struct RepairArgs {
     /// Print one JSON object per shard.
     #[arg(long)]
     json: bool,
+    /// The cluster secret, when the node has one (`cluster_secret`): the peer port serves only
+    /// links that prove they know it.
+    #[arg(long, value_name = "SECRET", env = "RINGKV_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Password for the client port, when the node has users configured.
+    #[arg(long, value_name = "PASSWORD", env = "RINGKV_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// User the password belongs to.
+    #[arg(long, value_name = "USER", env = "RINGKV_USER", default_value = ringkv_wire::DEFAULT_USER)]
+    user: String,
 }
 
 fn parse_token(text: &str) -> Result<u64, String> {
@@ -77,7 +89,13 @@ impl AdminCommand {
 
 fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
     let address = args.addr.as_deref().unwrap_or(default_address);
-    let client = Client::connect(address).with_context(|| format!("connecting to {address}"))?;
+    let credentials = args
+        .password
+        .as_ref()
+        .map(|password| Credentials::new(args.user.clone(), password.clone().into_bytes()));
+    let options = ClientOptions { credentials, ..ClientOptions::default() };
+    let client =
+        Client::connect_with(address, options).with_context(|| format!("connecting to {address}"))?;
     let shards = client.topology().map(|topology| topology.shards.len()).unwrap_or(1).max(1);
     let peer: SocketAddr = match &args.peer_addr {
         Some(peer) => peer.to_socket_addrs()?.next().context("the peer address resolves to nothing")?,
@@ -90,7 +108,8 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
     let mut all_succeeded = true;
     for shard in 0..shards as u32 {
         let shard_address = SocketAddr::new(peer.ip(), peer.port() + shard as u16);
-        let report = repair_shard(shard_address, shard, args.range)
+        let key = args.cluster_secret.as_ref().map(|secret| PeerKey::from_secret(secret.as_bytes()));
+        let report = repair_shard(shard_address, shard, args.range, key.as_ref())
             .with_context(|| format!("repairing shard {shard} at {shard_address}"))?;
         all_succeeded &= report.exchanges_failed == 0;
         if args.json {
@@ -124,9 +143,17 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
     Ok(all_succeeded)
 }
 
-fn repair_shard(address: SocketAddr, shard: u32, range: Option<(u64, u64)>) -> anyhow::Result<RepairReport> {
+fn repair_shard(
+    address: SocketAddr,
+    shard: u32,
+    range: Option<(u64, u64)>,
+    key: Option<&PeerKey>,
+) -> anyhow::Result<RepairReport> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(REPAIR_WAIT))?;
+    if let Some(key) = key {
+        peer_auth::open_blocking(&mut stream, key).context("authenticating with the cluster secret")?;
+    }
     let mut builder = FlatBufferBuilder::new();
     // The hello names the shard the link is for; the node id is only logged by the peer.
     let hello = PeerEnvelope {

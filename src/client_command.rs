@@ -24,7 +24,8 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use ringkv_client::blocking::Client;
 use ringkv_client::{
-    CasResult, ClientOptions, Consistency, Expected, ScanEnd, ScanEntry, ScanStart, Topology, SCAN_LIMIT_MAX,
+    CasResult, ClientOptions, Consistency, Credentials, Expected, ScanEnd, ScanEntry, ScanStart, Topology,
+    SCAN_LIMIT_MAX,
 };
 use ringkv_wire::ErrorCode;
 use serde_json::json;
@@ -91,6 +92,13 @@ pub struct Connection {
     /// [default: 127.0.0.1:7379]
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
+    /// Password to authenticate with, when the node has users configured. Prefer the
+    /// environment variable: a flag shows in the process list.
+    #[arg(long, value_name = "PASSWORD", env = "RINGKV_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// User the password belongs to.
+    #[arg(long, value_name = "USER", env = "RINGKV_USER", default_value = ringkv_wire::DEFAULT_USER)]
+    user: String,
     /// Print results as one JSON object per line.
     #[arg(long)]
     json: bool,
@@ -220,8 +228,14 @@ fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
 /// A client of the node at `--addr` (or `default_address`), asking `level` of the replicas.
 fn connect(connection: &Connection, default_address: &str, level: Option<&Level>) -> anyhow::Result<Client> {
     let address = connection.address(default_address);
-    let options =
-        ClientOptions { consistency: level.and_then(|level| level.consistency), ..ClientOptions::default() };
+    let options = ClientOptions {
+        consistency: level.and_then(|level| level.consistency),
+        credentials: connection
+            .password
+            .as_ref()
+            .map(|password| Credentials::new(connection.user.clone(), password.clone().into_bytes())),
+        ..ClientOptions::default()
+    };
     Client::connect_with(address, options).with_context(|| format!("connecting to {address}"))
 }
 

@@ -207,6 +207,11 @@ struct ServeArgs {
     /// labelled with it. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// Listen beyond loopback without authentication: client, shard and Redis ports without
+    /// `[[users]]`, or peer ports without `cluster_secret` (both set in the --config file).
+    /// Without it such a node refuses to start; with it, it starts and logs a warning.
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Check the configuration (the --config file and these flags) and exit: print what is
     /// wrong and exit 1, or print "ok" and the effective settings and exit 0. Starts nothing
     /// and leaves the data directory untouched.
@@ -287,6 +292,9 @@ impl ServeArgs {
             config.accept_wal_tail_loss = true;
         }
         set(&mut config.disk_reserve_bytes, &self.disk_reserve_bytes);
+        if self.allow_unauthenticated {
+            config.allow_unauthenticated = true;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -353,6 +361,12 @@ fn check_config(args: &ServeArgs) -> ExitCode {
                 println!("# the effective settings: the defaults with the flags given on top");
             }
             print!("{}", config.to_toml());
+            if !config.users.is_empty() {
+                println!("# {} users configured (passwords not shown)", config.users.len());
+            }
+            if config.cluster_secret.is_some() {
+                println!("# cluster_secret configured (not shown)");
+            }
             if !config.data_dir.is_dir() {
                 println!(
                     "# note: data_dir {} does not exist yet; the node creates it at its first start",
@@ -379,8 +393,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         sync = %config.sync,
         node_id = config.node_id,
         peer_listen = %config.peer_address(0),
+        client_auth = !config.users.is_empty(),
+        peer_auth = config.cluster_secret.is_some(),
         "starting"
     );
+    for exposed in config.unauthenticated_exposure() {
+        warn!("{exposed} without authentication (allow_unauthenticated): anyone who can reach it can use it");
+    }
     let node = Node::start(config).context("starting the node")?;
     let stop = node.stop_handle();
     std::thread::Builder::new()

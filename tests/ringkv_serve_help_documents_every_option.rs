@@ -34,6 +34,7 @@ fn ringkv_serve_help_documents_every_option() {
         "--resp-listen",
         "--metrics-listen",
         "--check-config",
+        "--allow-unauthenticated",
     ] {
         assert!(help.contains(option), "{option} is not documented:\n{help}");
     }

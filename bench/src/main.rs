@@ -13,6 +13,8 @@
 //!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files and PNG charts of latency by
 //!   percentile. Targets are `ringkv://host:port` and `redis://host:port`, so Redis can be
 //!   measured by the same tool (`shared/bench/server-vs-redis.sh`).
+//!   A node with users configured is authenticated with `RINGKV_PASSWORD` (and `RINGKV_USER`),
+//!   as the `ringkv` command-line client reads them.
 //! - `sweep`: open-loop runs at rates chosen by stepping up (`--search step`) or bisecting
 //!   (`--search bisect`) to find the highest rate at which p99 meets an SLO; a CSV and a PNG chart
 //!   of every run, `.hgrm` files and charts per run.

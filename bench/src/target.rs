@@ -4,7 +4,7 @@
 use crate::redis::{RedisConnection, RedisError};
 use crate::ycsb::key_name;
 use ringkv_client::glommio::Client;
-use ringkv_client::{ClientOptions, ScanEnd, ScanStart};
+use ringkv_client::{ClientOptions, Credentials, ScanEnd, ScanStart};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -126,6 +126,14 @@ async fn open_every_shard_connection(client: &Client) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The credentials in `RINGKV_PASSWORD` (and `RINGKV_USER`, else the default user), as the
+/// `ringkv` command-line client reads them, for a node with users configured.
+pub fn credentials_from_env() -> Option<Credentials> {
+    let password = std::env::var("RINGKV_PASSWORD").ok()?;
+    let user = std::env::var("RINGKV_USER").unwrap_or_else(|_| ringkv_client::DEFAULT_USER.to_owned());
+    Some(Credentials::new(user, password.into_bytes()))
+}
+
 /// One "connection" of a run: a ringkv client (one socket per shard, requests pipelined on each)
 /// or one Redis connection. Used only on the executor that opened it.
 pub enum Store {
@@ -138,7 +146,11 @@ impl Store {
     pub async fn connect(target: &Target, in_flight_max: usize) -> Result<Store, StoreError> {
         match target.protocol {
             Protocol::Ringkv => {
-                let options = ClientOptions { in_flight_max, ..ClientOptions::default() };
+                let options = ClientOptions {
+                    in_flight_max,
+                    credentials: credentials_from_env(),
+                    ..ClientOptions::default()
+                };
                 let client = Client::connect_with(target.address, options).await?;
                 open_every_shard_connection(&client).await?;
                 Ok(Store::Ringkv(client))

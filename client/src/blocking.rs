@@ -526,7 +526,7 @@ impl Link {
                 Ok(stream) => {
                     // Requests are small and latency matters more than packet count.
                     let _ = stream.set_nodelay(true);
-                    return Ok(Link { address, stream, connection: Connection::new(options.in_flight_max) });
+                    return Ok(Link { address, stream, connection: Connection::for_options(options) });
                 }
                 Err(error) => last_error = Some(error),
             }
@@ -645,6 +645,7 @@ mod tests {
                             Reply::Batch(operations.iter().map(|operation| Ok(outcome(operation))).collect())
                         }
                         Command::Ping | Command::Scan(_) => Reply::Pong,
+                        Command::Auth(_) => Reply::Authenticated,
                     };
                     let response = Response { id: request.id, reply };
                     stream.write_all(encode_response(&mut builder, &response).unwrap()).unwrap();

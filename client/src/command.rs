@@ -49,7 +49,7 @@ pub fn scan(start: ScanStart, end: ScanEnd, limit: u32) -> Command {
 pub fn routing_key(command: &Command) -> Option<&[u8]> {
     match command {
         Command::Single(operation) => Some(operation.key()),
-        Command::Batch(_) | Command::Topology | Command::Ping | Command::Scan(_) => None,
+        Command::Batch(_) | Command::Topology | Command::Ping | Command::Scan(_) | Command::Auth(_) => None,
     }
 }
 

@@ -18,13 +18,14 @@ pub(crate) fn id_hasher() -> ahash::RandomState {
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
 use ringkv_wire::{
-    encode_operation_into, encode_request_ref_into, parse_response, Command, Consistency, FrameDecoder,
-    OperationRef, Reply, RequestRef, WireError, CONNECTION_ERROR_ID,
+    encode_operation_into, encode_request_ref_into, parse_response, Command, Consistency, Credentials,
+    FrameDecoder, OperationRef, Reply, RequestRef, WireError, CONNECTION_ERROR_ID,
 };
 
 use crate::command::Outgoing;
 
 use crate::error::Error;
+use crate::options::ClientOptions;
 
 /// Default bound on requests awaiting an answer on one connection; matches the server's
 /// default per-connection window, so a client left at its defaults is never answered
@@ -45,6 +46,8 @@ pub struct Connection {
     /// counting against `in_flight_max` until their reply arrives and is dropped.
     abandoned: IdSet,
     in_flight_max: usize,
+    /// The id of the `Auth` request sent first, until its reply arrives.
+    authenticating: Option<u64>,
 }
 
 impl Connection {
@@ -58,7 +61,35 @@ impl Connection {
             awaited: IdSet::with_hasher(id_hasher()),
             abandoned: IdSet::with_hasher(id_hasher()),
             in_flight_max: in_flight_max.max(1),
+            authenticating: None,
         }
+    }
+
+    /// A fresh connection as `options` ask: their in-flight bound, and when they carry
+    /// credentials, authenticated (see [`Connection::authenticate`]).
+    pub fn for_options(options: &ClientOptions) -> Self {
+        let mut connection = Connection::new(options.in_flight_max);
+        if let Some(credentials) = &options.credentials {
+            // Credentials beyond the protocol's length limits are not sent; the server then
+            // answers every request `Unauthenticated`, which says what to fix.
+            let _ = connection.authenticate(credentials);
+        }
+        connection
+    }
+
+    /// Queues an `Auth` request carrying `credentials` ahead of everything sent after it. The
+    /// server reads a connection's requests in order, so requests may follow at once, without
+    /// waiting for the answer. Its reply is taken by [`Connection::poll_reply`] and never returned:
+    /// a refusal (`AuthFailed`, after which the server closes the connection) comes out of it as
+    /// [`Error::Server`]. Does not count against `in_flight_max`. Fails with [`Error::Limit`],
+    /// sending nothing, when the user name or password breaks the protocol's length limits.
+    pub fn authenticate(&mut self, credentials: &Credentials) -> Result<(), Error> {
+        let command = Command::Auth(credentials.clone());
+        let request = RequestRef { consistency: None, id: self.next_id, command: &command };
+        encode_request_ref_into(&mut self.builder, request, &mut self.outbox).map_err(Error::Limit)?;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(CONNECTION_ERROR_ID + 1);
+        self.authenticating = Some(request.id);
+        Ok(())
     }
 
     /// Requests sent and not yet answered, abandoned ones included.
@@ -168,6 +199,18 @@ impl Connection {
                     }),
                 });
             }
+            if self.authenticating == Some(response.id) {
+                self.authenticating = None;
+                match response.reply {
+                    Reply::Authenticated => continue,
+                    Reply::Failed(failure) => return Err(Error::Server(failure)),
+                    other => {
+                        return Err(Error::Protocol(WireError::Malformed {
+                            reason: format!("reply to Auth is neither Authenticated nor an error: {other:?}"),
+                        }))
+                    }
+                }
+            }
             if self.awaited.remove(&response.id) {
                 return Ok(Some((response.id, response.reply)));
             }
@@ -191,6 +234,7 @@ impl Connection {
     /// The socket closed: every awaited request is lost. Returns their ids.
     pub fn on_closed(&mut self) -> Vec<u64> {
         self.abandoned.clear();
+        self.authenticating = None;
         self.outbox.clear();
         self.awaited.drain().collect()
     }
@@ -210,6 +254,31 @@ mod tests {
     fn response_frame(id: u64, reply: Reply) -> Vec<u8> {
         let mut builder = FlatBufferBuilder::new();
         encode_response(&mut builder, &Response { id, reply }).unwrap().to_vec()
+    }
+
+    #[test]
+    fn the_auth_reply_is_taken_and_a_refusal_fails_the_connection() {
+        let mut connection = Connection::new(2);
+        connection.authenticate(&Credentials::new("app", "secret")).unwrap();
+        let get_id = connection.send(&get("k")).unwrap();
+        let sent = connection.take_output().unwrap();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&sent);
+        let auth = ringkv_wire::parse_request(&decoder.next_frame().unwrap().unwrap()).unwrap();
+        assert_eq!(auth.command, Command::Auth(Credentials::new("app", "secret")), "Auth goes first");
+        assert_eq!(connection.in_flight(), 1, "Auth does not count against in_flight_max");
+        connection.on_received(&response_frame(auth.id, Reply::Authenticated));
+        connection.on_received(&response_frame(get_id, Reply::Single(Outcome::NotFound)));
+        assert_eq!(connection.poll_reply().unwrap(), Some((get_id, Reply::Single(Outcome::NotFound))));
+
+        let mut refused = Connection::new(2);
+        refused.authenticate(&Credentials::new("app", "wrong")).unwrap();
+        let failure = ringkv_wire::Failure::new(ErrorCode::AuthFailed, "wrong user or password");
+        refused.on_received(&response_frame(1, Reply::Failed(failure.clone())));
+        match refused.poll_reply() {
+            Err(Error::Server(got)) => assert_eq!(got, failure),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
     }
 
     #[test]

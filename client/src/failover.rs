@@ -25,7 +25,7 @@ pub fn is_idempotent(command: &Command) -> bool {
         Command::Batch(operations) => {
             operations.iter().all(|operation| matches!(operation, Operation::Get { .. }))
         }
-        Command::Scan(_) | Command::Ping | Command::Topology => true,
+        Command::Scan(_) | Command::Ping | Command::Topology | Command::Auth(_) => true,
     }
 }
 

@@ -87,8 +87,8 @@ pub use refresh::RefreshSchedule;
 pub use reply::{CasResult, Versioned};
 pub use ringkv_wire::limits::SCAN_LIMIT_MAX;
 pub use ringkv_wire::{
-    Consistency, ErrorCode, Expected, Failure, NodePlacement, Operation, Outcome, ReplicaRange, ScanEnd,
-    ScanEntry, ScanPage, ScanStart, ShardPlacement, TokenRange, Topology,
+    Consistency, Credentials, ErrorCode, Expected, Failure, NodePlacement, Operation, Outcome, ReplicaRange,
+    ScanEnd, ScanEntry, ScanPage, ScanStart, ShardPlacement, TokenRange, Topology, DEFAULT_USER,
 };
 pub use routing::{Route, Router, Routes};
 pub use token::token_of;

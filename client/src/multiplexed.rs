@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
-use ringkv_wire::{Consistency, Reply};
+use ringkv_wire::{Consistency, Failure, Reply};
 
 use crate::command::Outgoing;
 
@@ -64,6 +64,9 @@ struct State {
     round: u64,
     /// Why the connection closed, once it has.
     closed: Option<String>,
+    /// The server's connection-level refusal that closed it (a failed authentication), which
+    /// every caller then gets instead of [`Error::ConnectionLost`].
+    refusal: Option<Failure>,
 }
 
 /// One request's progress.
@@ -97,10 +100,11 @@ impl SharedConnection {
             address,
             request_timeout: options.request_timeout,
             state: Mutex::new(State {
-                connection: Connection::new(options.in_flight_max),
+                connection: Connection::for_options(options),
                 slots: IdMap::with_hasher(id_hasher()),
                 round: 0,
                 closed: None,
+                refusal: None,
             }),
             room: Event::new(),
             output: Event::new(),
@@ -129,6 +133,9 @@ impl SharedConnection {
         consistency: Option<Consistency>,
     ) -> Result<Started, Error> {
         let mut state = self.state();
+        if let Some(failure) = &state.refusal {
+            return Err(Error::Server(failure.clone()));
+        }
         if let Some(reason) = &state.closed {
             return Err(self.lost(reason));
         }
@@ -183,6 +190,9 @@ impl SharedConnection {
                 }
                 Ok(None) => break,
                 Err(error) => {
+                    if let Error::Server(failure) = &error {
+                        state.refusal = Some(failure.clone());
+                    }
                     drop(state);
                     self.close(&error.to_string());
                     return;
@@ -297,6 +307,7 @@ impl Future for ReplyFuture {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.state();
         let closed = state.closed.clone();
+        let refusal = state.refusal.clone();
         let Some(slot) = state.slots.get_mut(&id) else {
             // A slot lives until its future finishes or is dropped; answer sanely regardless.
             drop(state);
@@ -312,7 +323,10 @@ impl Future for ReplyFuture {
             }
             Progress::Waiting(_) if closed.is_some() => {
                 state.slots.remove(&id);
-                Err(shared.lost(closed.as_deref().unwrap_or_default()))
+                match refusal {
+                    Some(failure) => Err(Error::Server(failure)),
+                    None => Err(shared.lost(closed.as_deref().unwrap_or_default())),
+                }
             }
             Progress::Waiting(waker) => {
                 match waker {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ringkv_wire::Consistency;
+use ringkv_wire::{Consistency, Credentials};
 
 use crate::connection::IN_FLIGHT_MAX_DEFAULT;
 
@@ -34,6 +34,9 @@ pub struct ClientOptions {
     pub unreachable_node_hold: Duration,
     /// Which of a key's replicas a request goes to first.
     pub replica_choice: ReplicaChoice,
+    /// The user and password every connection the client opens authenticates with, before
+    /// anything else it sends; `None` for a node without users. `Debug` hides the password.
+    pub credentials: Option<Credentials>,
 }
 
 /// Which of a key's live replicas coordinates a request (see [`crate::routing`]).
@@ -61,6 +64,7 @@ impl Default for ClientOptions {
             topology_refresh_interval: Duration::from_secs(10),
             unreachable_node_hold: Duration::from_secs(5),
             replica_choice: ReplicaChoice::default(),
+            credentials: None,
         }
     }
 }

@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ringkv_storage::{EngineOptions, SyncMode};
-use ringkv_wire::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, PEER_FRAME_BYTES_MAX};
+use ringkv_wire::limits::{
+    FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, PASSWORD_BYTES_MAX, PEER_FRAME_BYTES_MAX, USER_NAME_BYTES_MAX,
+};
 pub use ringkv_wire::Consistency;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::auth::{Secret, UserConfig};
 use crate::clock::NODE_ID_MAX;
 use crate::error::ShardError;
 use crate::ring::{SHARDS_MAX, VNODES_PER_SHARD_MAX};
@@ -137,8 +140,9 @@ pub struct NodeConfig {
     /// some are answered. Default: [`default_request_memory_bytes`] (a quarter of the machine's
     /// memory over the shards).
     pub request_memory_bytes_max: Option<usize>,
-    /// A frame (or Redis command) that has started arriving must finish within this; otherwise
-    /// the connection is closed, so a client that trickles bytes cannot hold its buffer.
+    /// A frame (or Redis command, or peer frame) that has started arriving must finish within
+    /// this; otherwise the connection (or peer link) is closed, so a client or peer that trickles
+    /// bytes cannot hold its buffer.
     pub frame_timeout_ms: u64,
     /// A connection that sends nothing for this long, with nothing in flight, is closed. 0 (the
     /// default) keeps idle connections open.
@@ -227,6 +231,19 @@ pub struct NodeConfig {
     /// below it every shard refuses writes with `DiskFull` (reads go on) until space is freed.
     /// 0 turns the check off.
     pub disk_reserve_bytes: u64,
+    /// Users clients authenticate as (`[[users]]` tables with `name` and `password`). With any,
+    /// every client connection (native, shard ports and Redis) must authenticate before it is
+    /// served. Never printed.
+    #[serde(skip_serializing)]
+    pub users: Vec<UserConfig>,
+    /// The secret every node of the cluster shares: peers prove they know it (HMAC-SHA256 over
+    /// nonces, so it never crosses the wire) before a peer link is used, and membership datagrams
+    /// carry a tag made with it. Never printed.
+    #[serde(skip_serializing)]
+    pub cluster_secret: Option<Secret>,
+    /// Listen on addresses other than loopback without client authentication (or, for the
+    /// peer port, without a cluster secret), with a warning. Off: such a node refuses to start.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for NodeConfig {
@@ -275,6 +292,9 @@ impl Default for NodeConfig {
             allow_missing_tables: false,
             accept_wal_tail_loss: false,
             disk_reserve_bytes: 512 << 20,
+            users: Vec::new(),
+            cluster_secret: None,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -519,6 +539,7 @@ impl NodeConfig {
                 return invalid(field, "must be above 0".to_string());
             }
         }
+        self.validate_auth()?;
         if self.io_memory_bytes < 64 << 10 {
             return invalid(
                 "io_memory_bytes",
@@ -526,6 +547,72 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+
+    /// Checks the users and the cluster secret, and that nothing listens beyond loopback
+    /// without them unless `allow_unauthenticated` says so.
+    fn validate_auth(&self) -> Result<(), ShardError> {
+        let invalid = |field: &'static str, reason: String| Err(ShardError::ConfigValue { field, reason });
+        for (index, user) in self.users.iter().enumerate() {
+            if user.name.is_empty() || user.name.len() > USER_NAME_BYTES_MAX {
+                return invalid(
+                    "users",
+                    format!("user {index} needs a name of 1 to {USER_NAME_BYTES_MAX} bytes"),
+                );
+            }
+            if user.password.is_empty() || user.password.expose().len() > PASSWORD_BYTES_MAX {
+                return invalid(
+                    "users",
+                    format!("user {:?} needs a password of 1 to {PASSWORD_BYTES_MAX} bytes", user.name),
+                );
+            }
+            if self.users[..index].iter().any(|other| other.name == user.name) {
+                return invalid("users", format!("user {:?} is listed twice", user.name));
+            }
+        }
+        if let Some(secret) = &self.cluster_secret {
+            if secret.expose().len() < CLUSTER_SECRET_BYTES_MIN {
+                return invalid(
+                    "cluster_secret",
+                    format!("must be at least {CLUSTER_SECRET_BYTES_MIN} bytes (use a long random string)"),
+                );
+            }
+        }
+        let exposed = self.unauthenticated_exposure();
+        if !exposed.is_empty() && !self.allow_unauthenticated {
+            return invalid(
+                "allow_unauthenticated",
+                format!(
+                    "{} beyond loopback without authentication; configure [[users]] and cluster_secret, or \
+                     set allow_unauthenticated (--allow-unauthenticated) to accept the risk",
+                    exposed.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The listen addresses other than loopback that would accept connections without
+    /// authentication, each named for the operator: client, shard and Redis ports without users,
+    /// peer ports without a cluster secret. Empty when the node is safe to expose.
+    pub fn unauthenticated_exposure(&self) -> Vec<String> {
+        let mut exposed = Vec::new();
+        let beyond_loopback = |address: SocketAddr| !address.ip().is_loopback();
+        if self.users.is_empty() {
+            if beyond_loopback(self.listen) {
+                exposed.push(format!("the client and shard ports listen on {}", self.listen.ip()));
+            }
+            if let Some(resp) = self.resp_listen.filter(|&resp| beyond_loopback(resp)) {
+                exposed.push(format!("the Redis port listens on {resp}"));
+            }
+        }
+        if self.cluster_secret.is_none() && beyond_loopback(self.peer_listen_or_default()) {
+            exposed.push(format!(
+                "the peer ports listen on {} (no cluster_secret)",
+                self.peer_listen_or_default().ip()
+            ));
+        }
+        exposed
     }
 
     /// Checks that every shard's peer port exists and collides with no client or shard port
@@ -572,6 +659,10 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+/// The shortest cluster secret accepted: 16 bytes, so that it cannot be guessed offline from a
+/// recorded handshake in any useful time if it is random.
+pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
 
 /// Shards run when none are configured: one per available core but one, and at least one. The
 /// core left over takes the kernel's network and disk work (a third of the CPU time at peak
@@ -649,7 +740,7 @@ mod tests {
     fn file_values_override_defaults() {
         let config = NodeConfig::from_toml(
             "data_dir = \"/tmp/x\"\nlisten = \"0.0.0.0:9000\"\nshards = 2\nsync = \"periodic:25\"\n\
-             shard_port_base = 9100\n",
+             shard_port_base = 9100\nallow_unauthenticated = true\n",
         )
         .unwrap();
         assert_eq!(config.sync, SyncSetting::Periodic { interval_ms: 25 });
@@ -686,9 +777,78 @@ mod tests {
 
     #[test]
     fn default_peer_port_follows_the_client_address() {
-        let config = NodeConfig { listen: "10.1.2.3:9000".parse().unwrap(), ..NodeConfig::default() };
+        let config = NodeConfig {
+            listen: "10.1.2.3:9000".parse().unwrap(),
+            allow_unauthenticated: true,
+            ..NodeConfig::default()
+        };
         assert_eq!(config.peer_address(1), "10.1.2.3:10001".parse().unwrap());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn users_and_the_cluster_secret_come_from_the_file_and_are_never_printed() {
+        let config = NodeConfig::from_toml(
+            "listen = \"0.0.0.0:9000\"\ncluster_secret = \"0123456789abcdef-cluster\"\n\
+             [[users]]\nname = \"default\"\npassword = \"first password\"\n\
+             [[users]]\nname = \"app\"\npassword = \"second password\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.users.len(), 2);
+        assert_eq!(config.users[1].name, "app");
+        assert_eq!(config.users[1].password.expose(), b"second password");
+        assert_eq!(
+            config.cluster_secret.as_ref().map(Secret::expose),
+            Some(&b"0123456789abcdef-cluster"[..])
+        );
+        assert!(config.unauthenticated_exposure().is_empty());
+        config.validate().unwrap();
+        let printed = format!("{}{config:?}", config.effective().to_toml());
+        for secret in ["first password", "second password", "0123456789abcdef-cluster"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_authentication_or_the_override() {
+        let exposed = NodeConfig {
+            listen: "0.0.0.0:9000".parse().unwrap(),
+            resp_listen: Some("0.0.0.0:6379".parse().unwrap()),
+            ..NodeConfig::default()
+        };
+        assert_eq!(exposed.unauthenticated_exposure().len(), 3, "client, Redis and peer ports");
+        match exposed.validate() {
+            Err(ShardError::ConfigValue { field: "allow_unauthenticated", .. }) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        NodeConfig { allow_unauthenticated: true, ..exposed.clone() }.validate().unwrap();
+        let users = vec![UserConfig { name: "default".into(), password: Secret::new("p") }];
+        let clients_only = NodeConfig { users: users.clone(), ..exposed.clone() };
+        assert_eq!(clients_only.unauthenticated_exposure().len(), 1, "the peer ports still are");
+        assert!(clients_only.validate().is_err());
+        let both =
+            NodeConfig { users, cluster_secret: Some(Secret::new("0123456789abcdef")), ..exposed.clone() };
+        both.validate().unwrap();
+        // Only the peer port beyond loopback: the cluster secret alone is enough.
+        let peers_only = NodeConfig {
+            peer_listen: Some("10.0.0.1:8379".parse().unwrap()),
+            cluster_secret: Some(Secret::new("0123456789abcdef")),
+            ..NodeConfig::default()
+        };
+        peers_only.validate().unwrap();
+        NodeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_users_and_short_cluster_secrets_are_refused() {
+        let user =
+            |name: &str, password: &str| UserConfig { name: name.into(), password: Secret::new(password) };
+        for users in [vec![user("", "p")], vec![user("a", "")], vec![user("a", "p"), user("a", "q")]] {
+            let config = NodeConfig { users, ..NodeConfig::default() };
+            assert!(matches!(config.validate(), Err(ShardError::ConfigValue { field: "users", .. })));
+        }
+        let short = NodeConfig { cluster_secret: Some(Secret::new("short")), ..NodeConfig::default() };
+        assert!(matches!(short.validate(), Err(ShardError::ConfigValue { field: "cluster_secret", .. })));
     }
 
     #[test]
@@ -698,7 +858,7 @@ mod tests {
              num_tokens = 32\nreplication_factor = 5\nwrite_consistency = \"all\"\n\
              read_consistency = \"one\"\nmax_clock_skew_ms = 250\nreplica_timeout_ms = 750\n\
              peer_pending_max = 128\npeer_outbox_bytes_max = 8388608\nnode_id = 1023\nshards = 2\n\
-             metrics_listen = \"0.0.0.0:9100\"\n",
+             metrics_listen = \"0.0.0.0:9100\"\nallow_unauthenticated = true\n",
         )
         .unwrap();
         assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));

@@ -24,6 +24,10 @@
 //!   reading, so a client that sends without reading is held back by TCP flow control instead
 //!   of growing the server's memory.
 //!
+//! When the node has users configured, a connection starts unauthenticated: its requests pass
+//! an authentication [`Gate`] first, which answers everything but `Auth` and `Ping` with
+//! `Unauthenticated` until an `Auth` succeeds, and closes the connection after a failed `Auth`.
+//!
 //! A frame that cannot be trusted (bad length prefix, failed verification, truncated at end of
 //! stream) gets an error reply with id 0; then the connection stops reading, finishes the
 //! requests already running, writes their replies, and closes. Every other connection is
@@ -47,6 +51,7 @@ use ringkv_wire::{
 };
 use tracing::{debug, Instrument};
 
+use crate::auth::{Admission, ClientAuth, Gate};
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
 use crate::request_memory::{read_into, Charge, RequestMemory};
 use crate::router::Router;
@@ -86,6 +91,7 @@ pub struct Connection {
     stop: Rc<StopSignal>,
     limits: ConnectionLimits,
     memory: Rc<RequestMemory>,
+    auth: Rc<ClientAuth>,
 }
 
 /// Replies waiting for the socket, and what the writer needs to know to finish.
@@ -242,20 +248,21 @@ impl Shared {
 
 impl Connection {
     /// A connection to serve with `router`, stopping to read when `stop` is triggered, its
-    /// request bytes charged to `memory`.
+    /// request bytes charged to `memory`, authenticated against `auth`.
     pub fn new(
         stream: TcpStream,
         router: Rc<Router>,
         stop: Rc<StopSignal>,
         limits: ConnectionLimits,
         memory: Rc<RequestMemory>,
+        auth: Rc<ClientAuth>,
     ) -> Self {
         // Replies are already batched by the writer; Nagle's delay would only add latency.
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "could not disable Nagle's algorithm");
         }
         let peer = stream.peer_addr().ok();
-        Connection { stream, peer, router, stop, limits, memory }
+        Connection { stream, peer, router, stop, limits, memory, auth }
     }
 
     /// The client's address, when the socket still knows it.
@@ -266,14 +273,14 @@ impl Connection {
     /// Serves the connection until the client closes it, it breaks the protocol, or the shard
     /// stops; then finishes the requests in flight, writes their replies and closes.
     pub async fn serve(self) {
-        let Connection { stream, router, stop, limits, memory, .. } = self;
+        let Connection { stream, router, stop, limits, memory, auth, .. } = self;
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
         let metrics = router.metrics().clone();
         let writer_task = glommio::spawn_local(
             write_replies(writer, shared.clone(), metrics).instrument(tracing::Span::current()),
         );
-        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &memory).await;
+        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &memory, &auth).await;
         shared.finish_reading();
         writer_task.await;
         if end != ReadEnd::Finished {
@@ -291,8 +298,10 @@ async fn read_requests(
     stop: &StopSignal,
     limits: ConnectionLimits,
     memory: &Rc<RequestMemory>,
+    auth: &ClientAuth,
 ) -> ReadEnd {
     let mut decoder = FrameDecoder::new();
+    let mut gate = Gate::new(auth);
     // Covers the receive buffer's allocation; each frame cut from it takes its share along.
     let mut charge = memory.empty();
     let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
@@ -337,6 +346,17 @@ async fn read_requests(
                 Ok(Some(frame)) => match parse_request(&frame) {
                     Ok(request) => {
                         took_frames = true;
+                        let request = match gate.admit(request, auth, router.metrics()) {
+                            Admission::Serve(request) => request,
+                            Admission::Answer(response) => {
+                                shared.push(&response);
+                                continue;
+                            }
+                            Admission::Close(response) => {
+                                shared.push(&response);
+                                return ReadEnd::Refused;
+                            }
+                        };
                         dispatch(request, charge.split(frame.len()), shared, router, limits)
                     }
                     Err(error) => {

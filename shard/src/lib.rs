@@ -41,6 +41,7 @@
 //!   finish in time, or that sit idle.
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
 
+pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ringkv_io::DmaDisk;
 use ringkv_wire::{
-    Command, Consistency, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
+    Command, Consistency, ErrorCode, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
 };
 
 use crate::cluster::Cluster;
@@ -174,7 +174,7 @@ impl Router {
     /// Whether answering `command` means waiting on storage or another shard; the connection
     /// answers the others on the spot.
     pub fn is_immediate(command: &Command) -> bool {
-        matches!(command, Command::Topology | Command::Ping)
+        matches!(command, Command::Topology | Command::Ping | Command::Auth(_))
     }
 
     /// The answer to an immediate command (see [`Router::is_immediate`]), or `None`.
@@ -184,6 +184,11 @@ impl Router {
                 self.cluster.with_view(|view| view.topology(self.topology.shards.clone())),
             )),
             Command::Ping => Some(Reply::Pong),
+            // The connection's authentication gate answers every Auth before the router sees it.
+            Command::Auth(_) => Some(Reply::Failed(Failure::new(
+                ErrorCode::Internal,
+                "Auth reached the router instead of the connection's authentication gate",
+            ))),
             Command::Single(_) | Command::Batch(_) | Command::Scan(_) => None,
         }
     }
@@ -263,8 +268,8 @@ impl Router {
                 Ok(page) => Reply::Scan(page),
                 Err(failure) => Reply::Failed(failure),
             },
-            Command::Topology | Command::Ping => {
-                self.answer_immediately(&command).expect("topology and ping are immediate")
+            Command::Topology | Command::Ping | Command::Auth(_) => {
+                self.answer_immediately(&command).expect("topology, ping and auth are immediate")
             }
         }
     }

@@ -35,9 +35,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::auth::ClientAuth;
 use crate::clock::HybridClock;
 use crate::cluster::gossip::{self, GossipSetup};
 use crate::cluster::handoff::Handoff;
+use crate::cluster::peer_auth::PeerKey;
 use crate::cluster::{
     peer_server, Cluster, ClusterSettings, ClusterView, HealingSettings, LinkOrigin, MembershipSnapshot,
 };
@@ -212,6 +214,7 @@ impl ShardService {
         let stop = Rc::new(StopSignal::new());
         let connections = Rc::new(ConnectionCount::default());
         let memory = RequestMemory::new(config.request_memory_bytes());
+        let auth = Rc::new(ClientAuth::new(&config.users));
         let acceptor = Acceptor {
             shard_id,
             router: router.clone(),
@@ -226,6 +229,7 @@ impl ShardService {
                     .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
             },
             memory: memory.clone(),
+            auth: auth.clone(),
         };
         let acceptor = Rc::new(acceptor);
         let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
@@ -376,6 +380,8 @@ async fn start_cluster(
             anti_entropy_bytes_per_s: config.anti_entropy_bytes_per_s,
             tree_rebuild_interval_ms: config.tree_rebuild_interval_ms,
         },
+        peer_key: config.cluster_secret.as_ref().map(|secret| PeerKey::from_secret(secret.expose())),
+        peer_frame_timeout_ms: config.frame_timeout_ms,
     };
     // Hints live beside the shard's data, in a directory the engine does not list.
     let handoff = if settings.healing.hints_enabled {
@@ -481,6 +487,7 @@ struct Acceptor {
     connections_max: usize,
     limits: ConnectionLimits,
     memory: Rc<RequestMemory>,
+    auth: Rc<ClientAuth>,
 }
 
 impl Acceptor {
@@ -503,8 +510,14 @@ impl Acceptor {
             return;
         }
         let open = self.connections.open();
-        let connection =
-            Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits, self.memory.clone());
+        let connection = Connection::new(
+            stream,
+            self.router.clone(),
+            self.stop.clone(),
+            self.limits,
+            self.memory.clone(),
+            self.auth.clone(),
+        );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("connection", shard = self.shard_id, %peer);
         glommio::spawn_local(

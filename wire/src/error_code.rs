@@ -47,6 +47,10 @@ pub enum ErrorCode {
     /// The storage engine failed (a write or sync error) and refuses writes until the node is
     /// restarted and checked. Not worth retrying on this node.
     StorageFailed,
+    /// The node requires authentication and the connection has not authenticated.
+    Unauthenticated,
+    /// An `Auth` named an unknown user or a wrong password; the connection is closed.
+    AuthFailed,
     /// A code added to the schema after this build. Holds only values that no other variant
     /// names.
     Unrecognized(u16),
@@ -74,6 +78,8 @@ impl ErrorCode {
             fb::ErrorCode::Indeterminate => Self::Indeterminate,
             fb::ErrorCode::DiskFull => Self::DiskFull,
             fb::ErrorCode::StorageFailed => Self::StorageFailed,
+            fb::ErrorCode::Unauthenticated => Self::Unauthenticated,
+            fb::ErrorCode::AuthFailed => Self::AuthFailed,
             fb::ErrorCode(other) => Self::Unrecognized(other),
         }
     }
@@ -98,6 +104,8 @@ impl ErrorCode {
             Self::Indeterminate => fb::ErrorCode::Indeterminate,
             Self::DiskFull => fb::ErrorCode::DiskFull,
             Self::StorageFailed => fb::ErrorCode::StorageFailed,
+            Self::Unauthenticated => fb::ErrorCode::Unauthenticated,
+            Self::AuthFailed => fb::ErrorCode::AuthFailed,
             Self::Unrecognized(code) => fb::ErrorCode(code),
         }
     }

@@ -43,6 +43,7 @@
 
 mod bytes_vector;
 pub mod consistency;
+pub mod credentials;
 pub mod error;
 pub mod error_code;
 mod fast_path;
@@ -62,6 +63,7 @@ pub mod token;
 pub mod topology;
 
 pub use consistency::{Consistency, ConsistencyParseError};
+pub use credentials::{Credentials, DEFAULT_USER};
 pub use error::WireError;
 pub use error_code::ErrorCode;
 pub use frame::FrameDecoder;

@@ -42,6 +42,12 @@ pub const SCAN_PAGE_BYTES_MAX: usize = 1 << 20;
 /// around them. The tests measure the real figure against it.
 pub const SCAN_ENTRY_OVERHEAD_BYTES: usize = 64;
 
+/// Longest user name an `Auth` request may carry.
+pub const USER_NAME_BYTES_MAX: usize = 256;
+
+/// Longest password an `Auth` request may carry.
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+
 /// The bytes one entry counts for against [`SCAN_PAGE_BYTES_MAX`].
 pub const fn scan_entry_bytes(key_bytes: usize, value_bytes: usize) -> usize {
     key_bytes + value_bytes + SCAN_ENTRY_OVERHEAD_BYTES

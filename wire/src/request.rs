@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 use crate::consistency::Consistency;
+use crate::credentials::{Credentials, DEFAULT_USER};
 use crate::error::WireError;
 use crate::frame::verified_root;
 use crate::generated as fb;
@@ -39,6 +40,8 @@ pub enum Command {
     Ping,
     /// One page of live keys in a range, in token order.
     Scan(Scan),
+    /// Authenticate the connection.
+    Auth(Credentials),
 }
 
 /// A [`Request`] whose command is borrowed: what a client encodes when it keeps the command
@@ -79,6 +82,7 @@ impl RequestRef<'_> {
             }
             Command::Topology | Command::Ping => Ok(()),
             Command::Scan(scan) => scan.validate(),
+            Command::Auth(credentials) => credentials.validate(),
         }
     }
 }
@@ -174,6 +178,11 @@ fn parse_command(frame: &Bytes, root: &fb::Request<'_>) -> Result<Command, WireE
             Command::Ping
         }
         fb::Command::Scan => Command::Scan(parse_scan(frame, root.command_as_scan().ok_or_else(missing)?)?),
+        fb::Command::Auth => {
+            let auth = root.command_as_auth().ok_or_else(missing)?;
+            let user = auth.user().unwrap_or(DEFAULT_USER).to_owned();
+            Command::Auth(Credentials { user, password: frame.slice_ref(auth.password().bytes()) })
+        }
         fb::Command::NONE => return Err(missing()),
         fb::Command(unknown) => return Err(WireError::malformed(format!("unknown command type {unknown}"))),
     };
@@ -327,6 +336,11 @@ fn build_request<'builder>(
             }
             (fb::Command::Scan, fb::Scan::create(builder, &args).as_union_value())
         }
+        Command::Auth(credentials) => {
+            let user = (credentials.user != DEFAULT_USER).then(|| builder.create_string(&credentials.user));
+            let password = Some(create_bytes(builder, &credentials.password[..]));
+            (fb::Command::Auth, fb::Auth::create(builder, &fb::AuthArgs { user, password }).as_union_value())
+        }
     };
     let root = fb::Request::create(
         builder,
@@ -403,6 +417,7 @@ fn check_estimated_size(request: RequestRef<'_>) -> Result<(), WireError> {
         Command::Batch(operations) => operations.iter().map(Operation::payload_bytes).sum(),
         Command::Topology | Command::Ping => 0,
         Command::Scan(scan) => scan.payload_bytes(),
+        Command::Auth(credentials) => credentials.payload_bytes(),
     };
     if payload_bytes > FRAME_BYTES_MAX {
         return Err(WireError::FrameTooLarge {
@@ -603,6 +618,16 @@ mod tests {
             requests.push(Request { consistency: Some(level), id, command });
         }
         requests.push(Request { consistency: None, id: u64::MAX, command: Command::Ping });
+        requests.push(Request {
+            consistency: None,
+            id: 103,
+            command: Command::Auth(Credentials::new("app", "pw")),
+        });
+        requests.push(Request {
+            consistency: None,
+            id: 104,
+            command: Command::Auth(Credentials::new(DEFAULT_USER, Bytes::new())),
+        });
         requests.push(Request {
             consistency: None,
             id: 103,

@@ -37,6 +37,8 @@ pub enum Reply {
     Pong,
     /// One page of a scan.
     Scan(ScanPage),
+    /// The answer to a successful `Auth`.
+    Authenticated,
     /// The request as a whole failed (a broken limit, overload, wrong shard, ...), or with id 0,
     /// the connection did.
     Failed(Failure),
@@ -90,6 +92,7 @@ pub fn parse_response_verified(frame: &Bytes) -> Result<Response, WireError> {
             Reply::Topology(parse_topology(topology))
         }
         fb::Status::Pong => Reply::Pong,
+        fb::Status::Authenticated => Reply::Authenticated,
         fb::Status::ScanPage => {
             let page = root.scan().ok_or_else(|| WireError::malformed("scan response has no page"))?;
             Reply::Scan(parse_scan_page(frame, page)?)
@@ -239,6 +242,7 @@ pub fn encode_response<'builder>(
         Reply::Single(outcome) => fields = encode_outcome(builder, outcome),
         Reply::Failed(failure) => fields = encode_failure(builder, failure),
         Reply::Pong => fields.status = fb::Status::Pong,
+        Reply::Authenticated => fields.status = fb::Status::Authenticated,
         Reply::Batch(results) => {
             let results: Vec<_> = results
                 .iter()
@@ -599,7 +603,7 @@ fn check_estimated_size(reply: &Reply) -> Result<(), WireError> {
     let payload_bytes = match reply {
         Reply::Single(outcome) => outcome_bytes(outcome),
         Reply::Failed(failure) => failure.message.len(),
-        Reply::Pong => 0,
+        Reply::Pong | Reply::Authenticated => 0,
         Reply::Batch(results) => results
             .iter()
             .map(|result| match result {
@@ -698,6 +702,7 @@ mod tests {
         });
         responses.push(Response { id: 103, reply: Reply::Topology(Topology::default()) });
         responses.push(Response { id: 104, reply: Reply::Pong });
+        responses.push(Response { id: 105, reply: Reply::Authenticated });
         responses
             .push(Response { id: 105, reply: Reply::Failed(Failure::new(ErrorCode::Overloaded, "shed")) });
         responses.push(Response::connection_error(&WireError::FrameEmpty));
@@ -955,7 +960,13 @@ mod tests {
 
     #[test]
     fn whole_response_status_inside_a_batch_is_malformed() {
-        for nested in [fb::Status::Batch, fb::Status::Topology, fb::Status::Pong, fb::Status::ScanPage] {
+        for nested in [
+            fb::Status::Batch,
+            fb::Status::Topology,
+            fb::Status::Pong,
+            fb::Status::ScanPage,
+            fb::Status::Authenticated,
+        ] {
             assert_malformed(&raw_response(|builder| {
                 let result = fb::OperationResult::create(
                     builder,

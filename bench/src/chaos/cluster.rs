@@ -152,6 +152,9 @@ impl Cluster {
             .args(["--listen", &spec.client.to_string()])
             .args(["--peer-listen", &spec.peer.to_string()])
             .args(["--shards", "1", "--replication-factor", "3", "--shutdown-grace-ms", "1000"])
+            // The nodes listen on their namespaces' private addresses, reachable only from this
+            // harness: no users or cluster secret are needed there.
+            .arg("--allow-unauthenticated")
             .env("RINGKV_LOG", std::env::var("RINGKV_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -29,6 +29,8 @@ use rand_foca::SeedableRng;
 use ringkv_io::now_ms;
 use ringkv_replication::{Membership, MembershipEvent, MembershipTiming, NodeIdentity};
 use ringkv_wire::limits::UDP_DATAGRAM_BYTES_MAX;
+
+use crate::cluster::peer_auth::PeerKey;
 use ringkv_wire::peer::{PeerEnvelope, PeerMessage};
 use ringkv_wire::{encode_peer, parse_peer};
 use tracing::{debug, error, info, warn};
@@ -101,7 +103,8 @@ pub async fn run_membership(setup: GossipSetup) {
     // and lost probes make healthy nodes look dead.
     let socket = Rc::new(socket);
     let (datagram_sender, datagrams) = local_channel::new_bounded(DATAGRAMS_QUEUED_MAX);
-    let receiver = glommio::spawn_local(receive_datagrams(socket.clone(), datagram_sender)).detach();
+    let key = cluster.settings().peer_key;
+    let receiver = glommio::spawn_local(receive_datagrams(socket.clone(), datagram_sender, key)).detach();
     membership.join(&join_addresses, now_ms());
     let mut joined_at = now_ms();
     loop {
@@ -112,7 +115,7 @@ pub async fn run_membership(setup: GossipSetup) {
             joined_at = now_ms();
             membership.join(&join_addresses, joined_at);
         }
-        send_datagrams(&socket, &mut membership, &mut builder, node_id).await;
+        send_datagrams(&socket, &mut membership, &mut builder, node_id, key.as_ref()).await;
         let mut changed = false;
         for event in membership.drain_events() {
             changed = true;
@@ -190,18 +193,30 @@ pub async fn run_membership(setup: GossipSetup) {
         membership.tick(now_ms());
     }
     membership.leave(now_ms());
-    send_datagrams(&socket, &mut membership, &mut builder, node_id).await;
+    send_datagrams(&socket, &mut membership, &mut builder, node_id, key.as_ref()).await;
     receiver.cancel();
     receiver.await;
 }
 
 /// Receives membership datagrams until cancelled, passing on the payloads that verify. When the
 /// queue is full a datagram is dropped, as the network might have: SWIM tolerates loss.
-async fn receive_datagrams(socket: Rc<UdpSocket>, payloads: LocalSender<Bytes>) {
+async fn receive_datagrams(socket: Rc<UdpSocket>, payloads: LocalSender<Bytes>, key: Option<PeerKey>) {
     let mut buffer = vec![0u8; UDP_DATAGRAM_BYTES_MAX];
     loop {
-        match socket.recv_from(&mut buffer).await {
-            Ok((length, from)) => match parse_peer(&buffer[..length]) {
+        let received = socket.recv_from(&mut buffer).await.map(|(length, from)| {
+            let datagram = &buffer[..length];
+            let opened = match &key {
+                Some(key) => key.open_datagram(datagram),
+                None => Some(datagram),
+            };
+            (opened, from)
+        });
+        match received {
+            Ok((None, from)) => {
+                // Logged loudly: a node with a wrong or missing cluster secret shows up here.
+                warn!(%from, "dropping a membership datagram without a valid cluster-secret tag")
+            }
+            Ok((Some(datagram), from)) => match parse_peer(datagram) {
                 Ok(PeerEnvelope { message: PeerMessage::Membership { payload }, .. }) => {
                     if payloads.try_send(payload).is_err() {
                         debug!(%from, "membership queue full; dropping a datagram");
@@ -223,8 +238,10 @@ async fn send_datagrams(
     membership: &mut Membership<StdRng>,
     builder: &mut FlatBufferBuilder<'static>,
     node_id: u16,
+    key: Option<&PeerKey>,
 ) {
     let datagrams: Vec<(SocketAddr, Bytes)> = membership.drain_outbox().collect();
+    let mut signed = Vec::new();
     for (to, payload) in datagrams {
         let envelope = PeerEnvelope {
             origin_node: node_id,
@@ -234,6 +251,15 @@ async fn send_datagrams(
         };
         match encode_peer(builder, &envelope) {
             Ok(frame) => {
+                let frame = match key {
+                    Some(key) => {
+                        signed.clear();
+                        signed.extend_from_slice(frame);
+                        key.sign_datagram(&mut signed);
+                        &signed[..]
+                    }
+                    None => frame,
+                };
                 if let Err(error) = socket.send_to(frame, to).await {
                     debug!(%to, %error, "sending a membership datagram failed");
                 }

@@ -26,6 +26,7 @@ pub mod gossip;
 pub mod handoff;
 pub mod healing;
 pub mod known_peers;
+pub mod peer_auth;
 pub mod peer_link;
 pub mod peer_server;
 pub mod trees;
@@ -76,6 +77,12 @@ pub struct ClusterSettings {
     /// so that clients that spend theirs cannot stall replication).
     pub peer_receive_bytes_max: usize,
     pub healing: HealingSettings,
+    /// The key from the cluster secret: peer links and membership datagrams authenticate with
+    /// it (see [`peer_auth`]). `None`: no cluster secret, nothing is authenticated.
+    pub peer_key: Option<peer_auth::PeerKey>,
+    /// How long a peer frame that has started may take to finish arriving on the peer port
+    /// (`frame_timeout_ms`, as for clients).
+    pub peer_frame_timeout_ms: u64,
 }
 
 /// How replicas heal (hinted handoff and anti-entropy).
@@ -474,6 +481,7 @@ impl Cluster {
             self.origin,
             self.settings.peer_outbox_bytes_max,
             self.peer_memory.clone(),
+            self.settings.peer_key,
         ));
         let this = self.this.clone();
         let on_reply: Rc<dyn Fn(Target, PeerEnvelope)> = Rc::new(move |from, envelope| {

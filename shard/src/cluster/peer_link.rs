@@ -11,6 +11,9 @@
 //! [`PeerLink::send`] says so, and the request it belonged to times out on the coordinator. A
 //! slow or stopped replica therefore costs a bounded outbox, never memory that grows with load.
 //! When the connection fails, what was queued is dropped the same way.
+//!
+//! With a cluster secret, each connection first proves it (see [`peer_auth`]); a remote that
+//! fails is logged and the link closed before anything is sent.
 
 use crate::request_memory::{read_into, RequestMemory};
 use std::cell::{Cell, RefCell};
@@ -28,12 +31,15 @@ use ringkv_wire::peer::{PeerEnvelope, PeerMessage};
 use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
 use tracing::{debug, warn};
 
+use crate::cluster::peer_auth::{self, PeerKey};
 use crate::stop_signal::StopSignal;
 
 /// Pause before connecting again after a failed connection.
 const RECONNECT_PAUSE_MS: u64 = 200;
 /// Longest wait for a connection to be established.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Longest wait for the cluster-secret handshake (see [`peer_auth`]) at each connection.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// Bytes read from the socket per call.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -57,6 +63,8 @@ pub struct PeerLink {
     stop: Rc<StopSignal>,
     /// What the receive buffer is charged to.
     memory: Rc<RequestMemory>,
+    /// The cluster secret's key, proved at every connection when set.
+    key: Option<PeerKey>,
 }
 
 impl PeerLink {
@@ -67,6 +75,7 @@ impl PeerLink {
         origin: LinkOrigin,
         outbox_bytes_max: usize,
         memory: Rc<RequestMemory>,
+        key: Option<PeerKey>,
     ) -> Self {
         PeerLink {
             target,
@@ -78,6 +87,7 @@ impl PeerLink {
             ready: Event::new(),
             stop: Rc::new(StopSignal::new()),
             memory,
+            key,
         }
     }
 
@@ -154,7 +164,27 @@ impl PeerLink {
         Ok(stream)
     }
 
-    async fn serve(&self, stream: TcpStream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
+    async fn serve(&self, mut stream: TcpStream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
+        if let Some(key) = &self.key {
+            let handshake = or(async { Some(peer_auth::open(&mut stream, key).await) }, async {
+                glommio::timer::sleep(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)).await;
+                None
+            });
+            match handshake.await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    warn!(node = self.target.node_id, %error, "peer failed authentication; closing the link");
+                    return;
+                }
+                None => {
+                    warn!(
+                        node = self.target.node_id,
+                        "peer did not finish authenticating in time; closing the link"
+                    );
+                    return;
+                }
+            }
+        }
         let hello = PeerEnvelope {
             origin_node: self.origin.node_id,
             origin_shard: self.origin.shard,

@@ -7,6 +7,12 @@
 //!         ─▶ reply frames ─▶ outbox ─writer─▶ the same connection
 //! ```
 //!
+//! With a cluster secret, a link must first prove it knows the secret (see
+//! [`super::peer_auth`]); one that does not is logged and closed before any frame is read.
+//!
+//! A frame that has started must finish within `frame_timeout_ms`, as on client connections,
+//! or the link is closed: a peer that trickles bytes cannot hold a receive buffer.
+//!
 //! A frame that breaks framing or does not verify closes that link only: the peer reconnects,
 //! and every other link and client is untouched. Requests beyond the in-flight bound are
 //! answered `Overloaded` at once, and a link whose replies are not read stops being read once
@@ -26,8 +32,11 @@ use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
 use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
 use tracing::{debug, warn};
 
+use super::peer_auth;
+use super::peer_link::HANDSHAKE_TIMEOUT_MS;
 use super::Cluster;
 use crate::stop_signal::StopSignal;
+use crate::timeouts::ReadTimeouts;
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -89,9 +98,31 @@ impl LinkState {
     }
 }
 
-async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
+async fn serve_link(mut stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    if let Some(key) = &cluster.settings().peer_key {
+        let handshake = or(async { Some(peer_auth::accept(&mut stream, key).await) }, async {
+            glommio::timer::sleep(std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS)).await;
+            None
+        });
+        let failure = or(handshake, async {
+            stop.wait().await;
+            Some(Ok(()))
+        });
+        match failure.await {
+            Some(Ok(())) if !stop.is_triggered() => {}
+            Some(Ok(())) => return,
+            Some(Err(error)) => {
+                warn!(%peer, %error, "a peer failed authentication; closing its link");
+                return;
+            }
+            None => {
+                warn!(%peer, "a peer did not finish authenticating in time; closing its link");
+                return;
+            }
+        }
+    }
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let state = Rc::new(LinkState {
         outbox: RefCell::new(Vec::new()),
@@ -102,6 +133,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
         closed: Cell::new(false),
     });
     let in_flight_max = cluster.settings().peer_in_flight_max;
+    let frame_timeout = std::time::Duration::from_millis(cluster.settings().peer_frame_timeout_ms);
     let outbox_bytes_max = cluster.settings().peer_outbox_bytes_max;
     let read_requests = {
         let state = state.clone();
@@ -111,6 +143,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
             let mut decoder = FrameDecoder::new();
             let mut charge = cluster.peer_memory().empty();
             let mut greeted = false;
+            let mut timeouts = ReadTimeouts::new(frame_timeout, None);
             loop {
                 // Hold back while the peer does not read its replies.
                 while state.outbox.borrow().len() >= outbox_bytes_max {
@@ -124,16 +157,44 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                     return;
                 }
                 let declared = decoder.declared_frame_bytes();
-                match read_into(&mut reader, decoder.buffer_mut(), &mut charge, READ_CHUNK_BYTES, declared)
-                    .await
-                {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                let read = or(
+                    async {
+                        Some(
+                            read_into(
+                                &mut reader,
+                                decoder.buffer_mut(),
+                                &mut charge,
+                                READ_CHUNK_BYTES,
+                                declared,
+                            )
+                            .await,
+                        )
+                    },
+                    async {
+                        // A peer link has no idle timeout: only a frame that started can expire.
+                        timeouts.expired(|| true).await;
+                        None
+                    },
+                );
+                match read.await {
+                    None => {
+                        warn!(%peer, "a peer frame did not finish within frame_timeout_ms; closing its link");
+                        return;
+                    }
+                    Some(Ok(0) | Err(_)) => return,
+                    Some(Ok(_)) => {}
                 }
+                let mut took_frames = false;
                 loop {
                     let frame = match decoder.next_frame() {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => break,
+                        Ok(Some(frame)) => {
+                            took_frames = true;
+                            frame
+                        }
+                        Ok(None) => {
+                            timeouts.after_read(decoder.buffered_bytes(), took_frames);
+                            break;
+                        }
                         Err(error) => {
                             warn!(%peer, %error, "a peer broke framing; closing its link");
                             return;

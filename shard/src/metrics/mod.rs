@@ -221,7 +221,7 @@ pub enum Protocol {
 impl Protocol {
     const ALL: [Protocol; 2] = [Self::Native, Self::Resp];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Resp => "resp",
@@ -260,6 +260,8 @@ pub struct ConnectionMetrics {
     pub open: Cell64,
     pub bytes_in: Cell64,
     pub bytes_out: Cell64,
+    /// Authentication attempts refused (a wrong user or password).
+    pub auth_failures: Cell64,
 }
 
 /// The storage engine's figures, copied in every [`REFRESH_MS`].
@@ -405,7 +407,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         }
     }
     type ConnectionField = fn(&ConnectionMetrics) -> &Cell64;
-    let connection_metrics: [(&str, &str, &str, ConnectionField); 5] = [
+    let connection_metrics: [(&str, &str, &str, ConnectionField); 6] = [
         ("ringkv_connections_accepted_total", "counter", "Client connections accepted.", |c| &c.accepted),
         (
             "ringkv_connections_refused_total",
@@ -416,6 +418,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         ("ringkv_connections_open", "gauge", "Client connections open now.", |c| &c.open),
         ("ringkv_received_bytes_total", "counter", "Bytes read from client connections.", |c| &c.bytes_in),
         ("ringkv_sent_bytes_total", "counter", "Bytes written to client connections.", |c| &c.bytes_out),
+        (
+            "ringkv_auth_failures_total",
+            "counter",
+            "Client authentication attempts refused (wrong user or password).",
+            |c| &c.auth_failures,
+        ),
     ];
     for (name, kind, help, field) in connection_metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -592,7 +600,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 35);
+        assert_eq!(types, 36);
     }
 
     #[test]

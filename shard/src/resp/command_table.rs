@@ -43,6 +43,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         "connection",
         "Handshakes with the server, choosing RESP2 or RESP3.",
     ),
+    spec(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast", "no_auth"],
+        (0, 0, 0),
+        "connection",
+        "Authenticates the connection: AUTH password (the default user) or AUTH user password.",
+    ),
     spec("quit", -1, CONNECTION, (0, 0, 0), "connection", "Closes the connection."),
     spec("select", 2, CONNECTION, (0, 0, 0), "connection", "Selects database 0, the only one."),
     spec(

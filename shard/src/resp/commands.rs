@@ -64,6 +64,13 @@ pub enum SessionCommand {
     Hello {
         protocol: Option<i64>,
         name: Option<Bytes>,
+        /// The user and password of `AUTH`.
+        auth: Option<(Bytes, Bytes)>,
+    },
+    /// `AUTH [user] password`; without a user, the default one.
+    Auth {
+        user: Option<Bytes>,
+        password: Bytes,
     },
     Quit,
     Select,
@@ -361,6 +368,13 @@ pub fn parse_command(arguments: &[Bytes]) -> Result<RespCommand, RespReply> {
         },
         "echo" => session(SessionCommand::Echo(rest[0].clone())),
         "hello" => parse_hello(rest),
+        "auth" => match rest {
+            [password] => session(SessionCommand::Auth { user: None, password: password.clone() }),
+            [user, password] => {
+                session(SessionCommand::Auth { user: Some(user.clone()), password: password.clone() })
+            }
+            _ => Err(RespReply::error("syntax error")),
+        },
         "quit" => session(SessionCommand::Quit),
         "select" => match parse_i64(&rest[0]) {
             Some(0) => session(SessionCommand::Select),
@@ -481,20 +495,20 @@ pub fn parse_command(arguments: &[Bytes]) -> Result<RespCommand, RespReply> {
 
 fn parse_hello(rest: &[Bytes]) -> Result<RespCommand, RespReply> {
     let Some((version, options)) = rest.split_first() else {
-        return Ok(RespCommand::Session(SessionCommand::Hello { protocol: None, name: None }));
+        return Ok(RespCommand::Session(SessionCommand::Hello { protocol: None, name: None, auth: None }));
     };
     let protocol = parse_i64(version).ok_or_else(|| {
         RespReply::Error("ERR Protocol version is not an integer or out of range".to_string())
     })?;
     let mut name = None;
+    let mut auth = None;
     let mut at = 0;
     while at < options.len() {
         let option = options[at].to_ascii_uppercase();
         match &option[..] {
             b"AUTH" if at + 2 < options.len() => {
-                return Err(RespReply::Error(
-                    "NOPERM ringkv has no users or passwords yet: HELLO without AUTH".to_string(),
-                ))
+                auth = Some((options[at + 1].clone(), options[at + 2].clone()));
+                at += 3;
             }
             b"SETNAME" if at + 1 < options.len() => {
                 name = Some(options[at + 1].clone());
@@ -508,7 +522,7 @@ fn parse_hello(rest: &[Bytes]) -> Result<RespCommand, RespReply> {
             }
         }
     }
-    Ok(RespCommand::Session(SessionCommand::Hello { protocol: Some(protocol), name }))
+    Ok(RespCommand::Session(SessionCommand::Hello { protocol: Some(protocol), name, auth }))
 }
 
 fn parse_command_command(rest: &[Bytes]) -> Result<RespCommand, RespReply> {

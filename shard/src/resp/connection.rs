@@ -40,9 +40,10 @@ use event_listener::Event;
 use futures_lite::future::{or, yield_now};
 use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
-use ringkv_wire::Operation;
+use ringkv_wire::{Credentials, Operation, DEFAULT_USER};
 use tracing::debug;
 
+use crate::auth::Gate;
 use crate::connection::linger;
 use crate::connection::{read_or_give_up, ReadOutcome};
 use crate::metrics::{self, ShardMetrics};
@@ -75,6 +76,8 @@ pub struct RespConnection {
 /// What the connection knows about its client.
 struct Session {
     shard: Rc<RespShard>,
+    /// Whether the client has authenticated (or needs not).
+    gate: Gate,
     protocol: Protocol,
     id: u64,
     name: Option<Bytes>,
@@ -413,6 +416,7 @@ impl RespConnection {
         }
         let session = Session {
             id: shard.next_client_id(),
+            gate: Gate::new(&shard.auth),
             shard,
             protocol: Protocol::Resp2,
             name: None,
@@ -500,11 +504,14 @@ async fn read_requests(
                     session.shard.commands_processed.set(session.shard.commands_processed.get() + 1);
                     match commands::parse_command(&arguments) {
                         Err(reply) => shared.push(&reply, session.protocol),
+                        Ok(command) if !session.gate.is_open() && !allowed_before_auth(&command) => {
+                            shared.push(&RespReply::Error(NOAUTH.to_string()), session.protocol)
+                        }
                         Ok(RespCommand::Session(SessionCommand::Quit)) => {
                             shared.push(&RespReply::Ok, session.protocol);
                             return ReadEnd::Finished;
                         }
-                        Ok(RespCommand::Session(command)) => match answer_session(command, session) {
+                        Ok(RespCommand::Session(command)) => match answer_session(command, session, router) {
                             Ok(reply) => shared.push(&reply, session.protocol),
                             Err(data) => {
                                 if !dispatch(data, shared, router, stop, limits, session.protocol).await {
@@ -609,13 +616,71 @@ async fn dispatch(
     true
 }
 
+/// Redis's answer to a command sent before authenticating.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+
+/// Redis's answer to `HELLO` without `AUTH` before authenticating.
+const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                            HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                            select the RESP protocol version at the same time";
+
+/// Redis's answer to a wrong user or password.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Redis's answer to `AUTH` when no password is configured.
+const AUTH_WITHOUT_USERS: &str =
+    "ERR AUTH <password> called without any password configured for the default \
+                                  user. Are you sure your configuration is correct?";
+
+/// Whether `command` may run before the connection has authenticated: AUTH, HELLO (which
+/// answers NOAUTH itself unless it carries AUTH) and QUIT, as in Redis.
+fn allowed_before_auth(command: &RespCommand) -> bool {
+    matches!(
+        command,
+        RespCommand::Session(
+            SessionCommand::Auth { .. } | SessionCommand::Hello { .. } | SessionCommand::Quit
+        )
+    )
+}
+
+/// Checks `user` (the default user when `None`) and `password`, opening the session's gate on
+/// success; a failure is logged and counted.
+fn authenticate(session: &mut Session, router: &Router, user: Option<&Bytes>, password: &Bytes) -> bool {
+    let user =
+        user.map_or_else(|| DEFAULT_USER.to_owned(), |user| String::from_utf8_lossy(user).into_owned());
+    let credentials = Credentials { user, password: password.clone() };
+    session.gate.authenticate(&session.shard.auth, &credentials, metrics::Protocol::Resp, router.metrics())
+}
+
 /// Answers a command about the connection or the server from the session; `Err` with the data
 /// command to run when the answer needs the store (INFO with the keyspace section).
-fn answer_session(command: SessionCommand, session: &mut Session) -> Result<RespReply, DataCommand> {
+fn answer_session(
+    command: SessionCommand,
+    session: &mut Session,
+    router: &Router,
+) -> Result<RespReply, DataCommand> {
     Ok(match command {
         SessionCommand::Ping(None) => RespReply::Simple("PONG"),
         SessionCommand::Ping(Some(message)) | SessionCommand::Echo(message) => RespReply::Bulk(message),
-        SessionCommand::Hello { protocol, name } => {
+        SessionCommand::Auth { user, password } => {
+            if !session.shard.auth.required() {
+                return Ok(RespReply::Error(AUTH_WITHOUT_USERS.to_string()));
+            }
+            if authenticate(session, router, user.as_ref(), &password) {
+                RespReply::Ok
+            } else {
+                RespReply::Error(WRONGPASS.to_string())
+            }
+        }
+        SessionCommand::Hello { protocol, name, auth } => {
+            match &auth {
+                Some((user, password)) if !authenticate(session, router, Some(user), password) => {
+                    return Ok(RespReply::Error(WRONGPASS.to_string()));
+                }
+                Some(_) => {}
+                None if !session.gate.is_open() => return Ok(RespReply::Error(HELLO_NOAUTH.to_string())),
+                None => {}
+            }
             match protocol {
                 None => {}
                 Some(2) => session.protocol = Protocol::Resp2,

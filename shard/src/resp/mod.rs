@@ -15,6 +15,12 @@
 //! in ringkv's operations (get, put with TTL, delete, compare-and-swap, batch, scan), and where
 //! they differ from Redis, is in [`commands`].
 //!
+//! With `[[users]]` configured, a connection must authenticate first, as in Redis: `AUTH
+//! password` (the user `default`), `AUTH user password` or `HELLO 3 AUTH user password`. Until
+//! then every other command but QUIT is answered `-NOAUTH Authentication required.`; a wrong
+//! user or password gets `-WRONGPASS invalid username-password pair or user is disabled.`, is
+//! logged and counted, and the connection stays open.
+//!
 //! ## Layout
 //! - [`parser`]: [`parser::RequestParser`], incremental and bounded RESP request parsing. It lives
 //!   in `ringkv_wire::resp` (pure, no runtime), so it can be fuzzed without glommio.
@@ -47,6 +53,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 pub use connection::RespConnection;
 
+use crate::auth::ClientAuth;
 use crate::config::NodeConfig;
 use crate::connection::ConnectionLimits;
 use crate::metrics::{OverloadReason, Protocol};
@@ -60,6 +67,8 @@ const CLIENT_ID_SHARD_SHIFT: u32 = 48;
 
 /// One shard's Redis-protocol state: its counters for INFO and its client ids.
 pub struct RespShard {
+    /// The users clients authenticate as.
+    pub auth: ClientAuth,
     pub shard_id: u32,
     pub port: u16,
     started: Instant,
@@ -73,8 +82,9 @@ pub struct RespShard {
 }
 
 impl RespShard {
-    fn new(shard_id: u32, port: u16) -> Self {
+    fn new(shard_id: u32, port: u16, auth: ClientAuth) -> Self {
         RespShard {
+            auth,
             shard_id,
             port,
             started: Instant::now(),
@@ -175,7 +185,7 @@ pub fn spawn_listener(
 ) -> JoinHandle<()> {
     let port = listener.local_addr().map(|address: SocketAddr| address.port()).unwrap_or_default();
     let acceptor = Acceptor {
-        shard: Rc::new(RespShard::new(shard_id, port)),
+        shard: Rc::new(RespShard::new(shard_id, port, ClientAuth::new(&config.users))),
         router,
         stop,
         connections_max: config.connections_max,

@@ -202,10 +202,10 @@ pub struct OperationUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_COMMAND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_COMMAND: u8 = 8;
+pub const ENUM_MAX_COMMAND: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_COMMAND: [Command; 9] = [
+pub const ENUM_VALUES_COMMAND: [Command; 10] = [
   Command::NONE,
   Command::Get,
   Command::Put,
@@ -215,6 +215,7 @@ pub const ENUM_VALUES_COMMAND: [Command; 9] = [
   Command::GetTopology,
   Command::Ping,
   Command::Scan,
+  Command::Auth,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -231,9 +232,10 @@ impl Command {
   pub const GetTopology: Self = Self(6);
   pub const Ping: Self = Self(7);
   pub const Scan: Self = Self(8);
+  pub const Auth: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -244,6 +246,7 @@ impl Command {
     Self::GetTopology,
     Self::Ping,
     Self::Scan,
+    Self::Auth,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -257,6 +260,7 @@ impl Command {
       Self::GetTopology => Some("GetTopology"),
       Self::Ping => Some("Ping"),
       Self::Scan => Some("Scan"),
+      Self::Auth => Some("Auth"),
       _ => None,
     }
   }
@@ -412,10 +416,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Consistency {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_STATUS: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_STATUS: u8 = 8;
+pub const ENUM_MAX_STATUS: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_STATUS: [Status; 9] = [
+pub const ENUM_VALUES_STATUS: [Status; 10] = [
   Status::Error,
   Status::Value,
   Status::NotFound,
@@ -425,6 +429,7 @@ pub const ENUM_VALUES_STATUS: [Status; 9] = [
   Status::Topology,
   Status::Pong,
   Status::ScanPage,
+  Status::Authenticated,
 ];
 
 /// What a response (or one batch result) carries. Each status names the fields that are set.
@@ -454,9 +459,11 @@ impl Status {
   pub const Pong: Self = Self(7);
   /// `scan` is set: one page of a `Scan`.
   pub const ScanPage: Self = Self(8);
+  /// Nothing else is set: the answer to a successful `Auth`.
+  pub const Authenticated: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Error,
     Self::Value,
@@ -467,6 +474,7 @@ impl Status {
     Self::Topology,
     Self::Pong,
     Self::ScanPage,
+    Self::Authenticated,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -480,6 +488,7 @@ impl Status {
       Self::Topology => Some("Topology"),
       Self::Pong => Some("Pong"),
       Self::ScanPage => Some("ScanPage"),
+      Self::Authenticated => Some("Authenticated"),
       _ => None,
     }
   }
@@ -537,10 +546,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Status {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 16;
+pub const ENUM_MAX_ERROR_CODE: u16 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 19] = [
   ErrorCode::Internal,
   ErrorCode::Malformed,
   ErrorCode::FrameTooLarge,
@@ -558,6 +567,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
   ErrorCode::Indeterminate,
   ErrorCode::DiskFull,
   ErrorCode::StorageFailed,
+  ErrorCode::Unauthenticated,
+  ErrorCode::AuthFailed,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -602,9 +613,14 @@ impl ErrorCode {
   /// The storage engine failed (a write or sync error) and refuses writes until the node is
   /// restarted and checked. Not retried.
   pub const StorageFailed: Self = Self(16);
+  /// The node requires authentication and the connection has not authenticated: send `Auth`
+  /// first.
+  pub const Unauthenticated: Self = Self(17);
+  /// `Auth` named an unknown user or a wrong password. The connection is closed.
+  pub const AuthFailed: Self = Self(18);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 16;
+  pub const ENUM_MAX: u16 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Malformed,
@@ -623,6 +639,8 @@ impl ErrorCode {
     Self::Indeterminate,
     Self::DiskFull,
     Self::StorageFailed,
+    Self::Unauthenticated,
+    Self::AuthFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -644,6 +662,8 @@ impl ErrorCode {
       Self::Indeterminate => Some("Indeterminate"),
       Self::DiskFull => Some("DiskFull"),
       Self::StorageFailed => Some("StorageFailed"),
+      Self::Unauthenticated => Some("Unauthenticated"),
+      Self::AuthFailed => Some("AuthFailed"),
       _ => None,
     }
   }
@@ -2233,6 +2253,127 @@ impl ::core::fmt::Debug for Scan<'_> {
       ds.finish()
   }
 }
+pub enum AuthOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Authenticate the connection with one of the node's users. When the node has users
+/// configured, a connection starts unauthenticated and may send only `Auth` and `Ping` until an
+/// `Auth` succeeds (answered with `Status.Authenticated`); anything else is answered with
+/// `ErrorCode.Unauthenticated`. A wrong user or password is answered with `ErrorCode.AuthFailed`
+/// and the connection is closed. A node without users answers every `Auth` with
+/// `Status.Authenticated`.
+pub struct Auth<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Auth<'a> {
+  type Inner = Auth<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Auth<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PASSWORD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Auth { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AuthArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Auth<'bldr>> {
+    let mut builder = AuthBuilder::new(_fbb);
+    if let Some(x) = args.password { builder.add_password(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  /// Absent: the user named `default`.
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Auth::VT_USER, None)}
+  }
+  #[inline]
+  pub fn password(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Auth::VT_PASSWORD, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Auth<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("password", Self::VT_PASSWORD, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AuthArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub password: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for AuthArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AuthArgs {
+      user: None,
+      password: None, // required field
+    }
+  }
+}
+
+pub struct AuthBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AuthBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Auth::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_password(&mut self, password: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Auth::VT_PASSWORD, password);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AuthBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AuthBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Auth<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Auth::VT_PASSWORD,"password");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Auth<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Auth");
+      ds.field("user", &self.user());
+      ds.field("password", &self.password());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2423,6 +2564,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn command_as_auth(&self) -> Option<Auth<'a>> {
+    if self.command_type() == Command::Auth {
+      self.command().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Auth::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2442,6 +2598,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Command::GetTopology => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetTopology>>("Command::GetTopology", pos),
           Command::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ping>>("Command::Ping", pos),
           Command::Scan => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Scan>>("Command::Scan", pos),
+          Command::Auth => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Auth>>("Command::Auth", pos),
           _ => Ok(()),
         }
      })?
@@ -2561,6 +2718,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Command::Scan => {
           if let Some(x) = self.command_as_scan() {
+            ds.field("command", &x)
+          } else {
+            ds.field("command", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Command::Auth => {
+          if let Some(x) = self.command_as_auth() {
             ds.field("command", &x)
           } else {
             ds.field("command", &"InvalidFlatbuffer: Union discriminant does not match value.")
