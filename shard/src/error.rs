@@ -66,6 +66,9 @@ pub enum ShardError {
         #[source]
         source: StorageError,
     },
+    /// The TLS settings are incomplete, or their files are missing, malformed or do not match.
+    #[error("configuration: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ShardError {

@@ -212,6 +212,7 @@ impl ShardService {
         let stop = Rc::new(StopSignal::new());
         let connections = Rc::new(ConnectionCount::default());
         let memory = RequestMemory::new(config.request_memory_bytes());
+        let tls = crate::tls::TlsSettings::load(config)?;
         let acceptor = Acceptor {
             shard_id,
             router: router.clone(),
@@ -226,6 +227,7 @@ impl ShardService {
                     .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
             },
             memory: memory.clone(),
+            tls: tls.clone(),
         };
         let acceptor = Rc::new(acceptor);
         let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
@@ -249,6 +251,7 @@ impl ShardService {
                 stop.clone(),
                 config,
                 memory,
+                tls,
             ));
         }
 
@@ -403,6 +406,9 @@ async fn start_cluster(
         );
     }
     let cluster = Cluster::new(origin, settings, handler, view, handoff);
+    if let Some(tls) = crate::tls::TlsSettings::load(config)? {
+        cluster.set_tls(tls, Duration::from_millis(config.frame_timeout_ms));
+    }
     cluster.start();
     let stop = Rc::new(StopSignal::new());
     let peer_address = config.peer_address(shard_id);
@@ -481,6 +487,7 @@ struct Acceptor {
     connections_max: usize,
     limits: ConnectionLimits,
     memory: Rc<RequestMemory>,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Acceptor {
@@ -503,8 +510,14 @@ impl Acceptor {
             return;
         }
         let open = self.connections.open();
-        let connection =
-            Connection::new(stream, self.router.clone(), self.stop.clone(), self.limits, self.memory.clone());
+        let connection = Connection::new(
+            stream,
+            self.router.clone(),
+            self.stop.clone(),
+            self.limits,
+            self.memory.clone(),
+            self.tls.clone(),
+        );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("connection", shard = self.shard_id, %peer);
         glommio::spawn_local(

@@ -29,6 +29,7 @@ use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
 use tracing::{debug, warn};
 
 use crate::stop_signal::StopSignal;
+use crate::tls::{Stream, TlsSettings};
 
 /// Pause before connecting again after a failed connection.
 const RECONNECT_PAUSE_MS: u64 = 200;
@@ -57,6 +58,8 @@ pub struct PeerLink {
     stop: Rc<StopSignal>,
     /// What the receive buffer is charged to.
     memory: Rc<RequestMemory>,
+    /// TLS for the connection, when on: this node's certificate, the remote one verified.
+    tls: Option<TlsSettings>,
 }
 
 impl PeerLink {
@@ -78,7 +81,14 @@ impl PeerLink {
             ready: Event::new(),
             stop: Rc::new(StopSignal::new()),
             memory,
+            tls: None,
         }
+    }
+
+    /// The link connects with mutual TLS when `tls` is set.
+    pub fn with_tls(mut self, tls: Option<TlsSettings>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Points the link at a new address (the node restarted elsewhere); the next connection
@@ -133,6 +143,10 @@ impl PeerLink {
                     debug!(node = self.target.node_id, shard = self.target.shard, %address, "peer link up");
                     self.serve(stream, on_reply.clone()).await;
                 }
+                // rustls reports a refused certificate as invalid data: worth an operator's eye.
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    warn!(node = self.target.node_id, %address, %error, "peer link failed its TLS handshake");
+                }
                 Err(error) => {
                     debug!(node = self.target.node_id, %address, %error, "peer link could not connect");
                 }
@@ -143,18 +157,23 @@ impl PeerLink {
         }
     }
 
-    async fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
-        let connect = async { TcpStream::connect(address).await.map_err(std::io::Error::from) };
+    async fn connect(&self, address: SocketAddr) -> std::io::Result<Stream> {
+        let connect = async {
+            let stream = TcpStream::connect(address).await.map_err(std::io::Error::from)?;
+            stream.set_nodelay(true)?;
+            match &self.tls {
+                None => Ok(Stream::Plain(stream)),
+                Some(tls) => tls.connect_peer(stream, address).await,
+            }
+        };
         let timeout = async {
             glommio::timer::sleep(Duration::from_millis(CONNECT_TIMEOUT_MS)).await;
             Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))
         };
-        let stream = or(connect, timeout).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        or(connect, timeout).await
     }
 
-    async fn serve(&self, stream: TcpStream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
+    async fn serve(&self, stream: Stream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
         let hello = PeerEnvelope {
             origin_node: self.origin.node_id,
             origin_shard: self.origin.shard,
@@ -202,7 +221,7 @@ impl PeerLink {
             }
         };
         let write_requests = async {
-            if writer.write_all(&first).await.is_err() {
+            if writer.write_all(&first).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             loop {

@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use super::Cluster;
 use crate::stop_signal::StopSignal;
+use crate::tls::Stream;
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -92,6 +93,17 @@ impl LinkState {
 async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    // With TLS, the other node must present a certificate the CA signed (mutual TLS).
+    let stream = match cluster.tls() {
+        None => Stream::Plain(stream),
+        Some((tls, timeout)) => match tls.accept_peer(stream, *timeout, &stop).await {
+            Some(stream) => stream,
+            None => {
+                warn!(%peer, "a peer link failed its TLS handshake; closing it");
+                return;
+            }
+        },
+    };
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let state = Rc::new(LinkState {
         outbox: RefCell::new(Vec::new()),

@@ -172,6 +172,7 @@ pub fn spawn_listener(
     stop: Rc<StopSignal>,
     config: &NodeConfig,
     memory: Rc<RequestMemory>,
+    tls: Option<crate::tls::TlsSettings>,
 ) -> JoinHandle<()> {
     let port = listener.local_addr().map(|address: SocketAddr| address.port()).unwrap_or_default();
     let acceptor = Acceptor {
@@ -188,6 +189,7 @@ pub fn spawn_listener(
         },
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         memory,
+        tls,
     };
     let span = info_span!("accept", shard = shard_id, port = "resp");
     glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
@@ -201,6 +203,7 @@ struct Acceptor {
     limits: ConnectionLimits,
     shutdown_grace: Duration,
     memory: Rc<RequestMemory>,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Acceptor {
@@ -252,6 +255,7 @@ impl Acceptor {
             self.limits,
             shard.clone(),
             self.memory.clone(),
+            self.tls.clone(),
         );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("resp", shard = shard.shard_id, %peer);
