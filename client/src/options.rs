@@ -34,6 +34,8 @@ pub struct ClientOptions {
     pub unreachable_node_hold: Duration,
     /// Which of a key's replicas a request goes to first.
     pub replica_choice: ReplicaChoice,
+    /// TLS to every node, verified against a CA; `None` (the default): plaintext.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// Which of a key's live replicas coordinates a request (see [`crate::routing`]).
@@ -61,6 +63,7 @@ impl Default for ClientOptions {
             topology_refresh_interval: Duration::from_secs(10),
             unreachable_node_hold: Duration::from_secs(5),
             replica_choice: ReplicaChoice::default(),
+            tls: None,
         }
     }
 }

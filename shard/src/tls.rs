@@ -125,29 +125,24 @@ impl TlsSettings {
     /// The node's TLS settings, or `None` when TLS is off (no `tls_cert_file`). Checks that the
     /// files exist, parse, and that the key belongs to the certificate.
     pub fn load(config: &NodeConfig) -> Result<Option<TlsSettings>, TlsError> {
-        let (cert_path, key_path, ca_path) = match (
-            &config.tls_cert_file,
-            &config.tls_key_file,
-            &config.tls_ca_file,
-        ) {
-            (None, None, None) => {
-                if config.tls_client_ca_file.is_some() {
-                    return Err(TlsError::Incomplete(
+        let (cert_path, key_path, ca_path) =
+            match (&config.tls_cert_file, &config.tls_key_file, &config.tls_ca_file) {
+                (None, None, None) => {
+                    if config.tls_client_ca_file.is_some() {
+                        return Err(TlsError::Incomplete(
                         "tls_client_ca_file is set but tls_cert_file is not: client certificates need TLS"
                             .into(),
                     ));
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
-            }
-            (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
-            _ => {
-                return Err(TlsError::Incomplete(
+                (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
+                _ => return Err(TlsError::Incomplete(
                     "TLS needs tls_cert_file, tls_key_file and tls_ca_file together (the CA verifies the \
                      other nodes on peer links)"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         let provider = provider();
         let certificates = read_certificates("tls_cert_file", cert_path)?;
         let key = read_key(key_path)?;
