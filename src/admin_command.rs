@@ -44,6 +44,8 @@ pub struct RepairArgs {
     /// Print one JSON object per shard.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: crate::client_command::TlsArgs,
 }
 
 fn parse_token(text: &str) -> Result<u64, String> {
@@ -77,7 +79,9 @@ impl AdminCommand {
 
 fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
     let address = args.addr.as_deref().unwrap_or(default_address);
-    let client = Client::connect(address).with_context(|| format!("connecting to {address}"))?;
+    let options = ringkv_client::ClientOptions { tls: args.tls.options()?, ..Default::default() };
+    let client =
+        Client::connect_with(address, options).with_context(|| format!("connecting to {address}"))?;
     let shards = client.topology().map(|topology| topology.shards.len()).unwrap_or(1).max(1);
     let peer: SocketAddr = match &args.peer_addr {
         Some(peer) => peer.to_socket_addrs()?.next().context("the peer address resolves to nothing")?,
