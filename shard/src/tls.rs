@@ -20,7 +20,7 @@
 //! replication; gossip datagrams carry membership only.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,7 +225,7 @@ impl TlsSettings {
     /// Handshakes, as a client, with the node whose peer port is `address`, presenting this
     /// node's certificate and verifying the remote one for the address's IP.
     pub async fn connect_peer(&self, stream: TcpStream, address: SocketAddr) -> io::Result<Stream> {
-        let name = ServerName::IpAddress(IpAddr::from(address.ip()).into());
+        let name = ServerName::IpAddress(address.ip().into());
         let tls = self.peer_links.connect(name, stream).await?;
         Ok(Stream::Tls(Box::new(tls.into())))
     }
