@@ -46,6 +46,13 @@ pub struct RepairArgs {
     json: bool,
     #[command(flatten)]
     tls: crate::client_command::TlsArgs,
+    /// With --tls-ca: a certificate the cluster's CA signed (a node's will do), which the peer
+    /// port requires of whoever connects to it.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_token(text: &str) -> Result<u64, String> {
@@ -91,10 +98,18 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
             SocketAddr::new(client_address.ip(), client_address.port() + 1000)
         }
     };
+    // The peer port speaks mutual TLS when the node has TLS on.
+    let peer_tls = match (&args.tls_cert, &args.tls_key, &args.tls.tls_ca_file()) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(ringkv_client::TlsOptions::from_ca_file_with_client_certificate(ca, cert, key)?)
+        }
+        _ if args.tls.enabled() => bail!("with TLS on, the peer port needs --tls-cert and --tls-key too"),
+        _ => None,
+    };
     let mut all_succeeded = true;
     for shard in 0..shards as u32 {
         let shard_address = SocketAddr::new(peer.ip(), peer.port() + shard as u16);
-        let report = repair_shard(shard_address, shard, args.range)
+        let report = repair_shard(shard_address, shard, args.range, peer_tls.as_ref())
             .with_context(|| format!("repairing shard {shard} at {shard_address}"))?;
         all_succeeded &= report.exchanges_failed == 0;
         if args.json {
@@ -128,9 +143,22 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
     Ok(all_succeeded)
 }
 
-fn repair_shard(address: SocketAddr, shard: u32, range: Option<(u64, u64)>) -> anyhow::Result<RepairReport> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(REPAIR_WAIT))?;
+/// A stream to the peer port, plaintext or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn repair_shard(
+    address: SocketAddr,
+    shard: u32,
+    range: Option<(u64, u64)>,
+    tls: Option<&ringkv_client::TlsOptions>,
+) -> anyhow::Result<RepairReport> {
+    let tcp = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(REPAIR_WAIT))?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(tls.connect_std(tcp, address)?),
+    };
     let mut builder = FlatBufferBuilder::new();
     // The hello names the shard the link is for; the node id is only logged by the peer.
     let hello = PeerEnvelope {
@@ -147,6 +175,7 @@ fn repair_shard(address: SocketAddr, shard: u32, range: Option<(u64, u64)>) -> a
         message: PeerMessage::RepairRequest { range },
     };
     stream.write_all(encode_peer(&mut builder, &request)?)?;
+    stream.flush()?;
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; 64 << 10];
     loop {

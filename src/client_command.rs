@@ -109,6 +109,18 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
+    /// The CA file given, if any.
+    pub fn tls_ca_file(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref()
+    }
+
+    /// Whether TLS was asked for.
+    pub fn enabled(&self) -> bool {
+        self.tls_ca.is_some()
+    }
+}
+
+impl TlsArgs {
     /// The TLS options these flags ask for; `None` for plaintext.
     pub fn options(&self) -> anyhow::Result<Option<ringkv_client::TlsOptions>> {
         let Some(ca) = &self.tls_ca else { return Ok(None) };

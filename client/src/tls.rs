@@ -124,8 +124,18 @@ impl TlsOptions {
         self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(address.ip().into()))
     }
 
+    /// Runs the handshake on a blocking socket and returns the stream to read and write
+    /// plaintext through: for programs that speak to a node's port directly.
+    pub fn connect_std(
+        &self,
+        mut stream: std::net::TcpStream,
+        address: SocketAddr,
+    ) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+        let connection = self.handshake_blocking(&mut stream, address).map_err(explain)?;
+        Ok(rustls::StreamOwned::new(connection, stream))
+    }
+
     /// Runs the handshake on a blocking socket; the connection is ready to use after it.
-    #[cfg(feature = "blocking")]
     pub(crate) fn handshake_blocking(
         &self,
         stream: &mut std::net::TcpStream,
