@@ -506,7 +506,10 @@ impl Acceptor {
             metrics.overloaded(OverloadReason::Connections);
             let span = info_span!("refuse", shard = self.shard_id);
             let connections_max = self.connections_max;
-            glommio::spawn_local(refuse(stream, connections_max).instrument(span)).detach();
+            // A TLS client could not read a plaintext refusal: it just sees the connection end.
+            if self.tls.is_none() {
+                glommio::spawn_local(refuse(stream, connections_max).instrument(span)).detach();
+            }
             return;
         }
         let open = self.connections.open();

@@ -243,7 +243,10 @@ impl Acceptor {
             metrics.connections(Protocol::Resp).refused.add(1);
             metrics.overloaded(OverloadReason::Connections);
             let connections_max = self.connections_max;
-            glommio::spawn_local(refuse(stream, connections_max)).detach();
+            // A TLS client could not read a plaintext refusal: it just sees the connection end.
+            if self.tls.is_none() {
+                glommio::spawn_local(refuse(stream, connections_max)).detach();
+            }
             return;
         }
         shard.connected.set(shard.connected.get() + 1);
