@@ -1,4 +1,4 @@
-//! A real two-shard node with TLS on: the blocking and tokio clients and the CLI (trusting the
+//! A real two-shard node with TLS on: the blocking, tokio and glommio clients and the CLI (trusting the
 //! node's CA) put and get over the client and shard ports, redis-cli does over the RESP port; a
 //! client that trusts another CA fails with an error that says so; a plaintext client and a
 //! client that never finishes its handshake are closed while the others are served; and
@@ -93,6 +93,38 @@ fn tls_serves_clients_on_every_port() {
         client.put("vegetable", "leek").await.unwrap();
         assert_eq!(&client.get("vegetable").await.unwrap().expect("just written").value[..], b"leek");
     });
+
+    // The glommio client, with many requests pipelined on each TLS connection.
+    let port = server.client_port;
+    let ca_file = identity.ca_file.clone();
+    let executor = glommio::LocalExecutorBuilder::default()
+        .name("tls-client-test")
+        .spawn(move || async move {
+            let options = ClientOptions {
+                tls: Some(TlsOptions::from_ca_file(&ca_file).unwrap()),
+                ..Default::default()
+            };
+            let client =
+                ringkv_client::glommio::Client::connect_with(("127.0.0.1", port), options).await.unwrap();
+            let tasks: Vec<_> = (0..200)
+                .map(|index| {
+                    let client = client.clone();
+                    glommio::spawn_local(async move {
+                        let key = format!("glommio-{index}");
+                        client.put(&key, &key).await.unwrap();
+                        assert_eq!(
+                            client.get(&key).await.unwrap().expect("just written").value,
+                            key.as_bytes()
+                        );
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+        })
+        .unwrap();
+    executor.join().unwrap();
 
     // The CLI, with the CA from RINGKV_TLS_CA.
     let address = format!("127.0.0.1:{}", server.client_port);
