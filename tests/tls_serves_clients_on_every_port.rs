@@ -236,3 +236,32 @@ fn check_config_names_what_is_wrong_with_the_tls_files() {
     assert!(!status.success());
     assert!(output.contains("tls_ca_file together"), "{output}");
 }
+
+#[test]
+fn tls_client_certificates_are_required_when_configured() {
+    let root = tempfile::tempdir().unwrap();
+    let authority = Authority::new(root.path(), "cluster");
+    let identity = authority.issue(root.path(), "node");
+    let clients = Authority::new(root.path(), "clients");
+    let client_identity = clients.issue(root.path(), "app");
+    let mut args = identity.serve_args();
+    args.extend(["--tls-client-ca-file".to_string(), clients.cert_file.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start_with(&root.path().join("data"), &args);
+
+    // Without a certificate the node ends the connection once the handshake is over.
+    let anonymous =
+        tls_client(server.client_port, &identity.ca_file).and_then(|mut client| client.put("k", "v"));
+    assert!(anonymous.is_err(), "a client without a certificate was served");
+
+    let tls = TlsOptions::from_ca_file_with_client_certificate(
+        &identity.ca_file,
+        &client_identity.cert_file,
+        &client_identity.key_file,
+    )
+    .unwrap();
+    let options = ClientOptions { tls: Some(tls), ..ClientOptions::default() };
+    let mut client = Client::connect_with(("127.0.0.1", server.client_port), options).unwrap();
+    let version = client.put("k", "v").unwrap();
+    assert_eq!(client.get("k").unwrap().expect("just written").version, version);
+}
