@@ -56,6 +56,15 @@ pub struct RepairArgs {
     /// User the password belongs to.
     #[arg(long, value_name = "USER", env = "RINGKV_USER", default_value = ringkv_wire::DEFAULT_USER)]
     user: String,
+    #[command(flatten)]
+    tls: crate::client_command::TlsArgs,
+    /// With --tls-ca: a certificate the cluster's CA signed (a node's will do), which the peer
+    /// port requires of whoever connects to it.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_token(text: &str) -> Result<u64, String> {
@@ -93,7 +102,7 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
         .password
         .as_ref()
         .map(|password| Credentials::new(args.user.clone(), password.clone().into_bytes()));
-    let options = ClientOptions { credentials, ..ClientOptions::default() };
+    let options = ClientOptions { credentials, tls: args.tls.options()?, ..ClientOptions::default() };
     let client =
         Client::connect_with(address, options).with_context(|| format!("connecting to {address}"))?;
     let shards = client.topology().map(|topology| topology.shards.len()).unwrap_or(1).max(1);
@@ -105,11 +114,19 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
             SocketAddr::new(client_address.ip(), client_address.port() + 1000)
         }
     };
+    // The peer port speaks mutual TLS when the node has TLS on.
+    let peer_tls = match (&args.tls_cert, &args.tls_key, &args.tls.tls_ca_file()) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(ringkv_client::TlsOptions::from_ca_file_with_client_certificate(ca, cert, key)?)
+        }
+        _ if args.tls.enabled() => bail!("with TLS on, the peer port needs --tls-cert and --tls-key too"),
+        _ => None,
+    };
     let mut all_succeeded = true;
     for shard in 0..shards as u32 {
         let shard_address = SocketAddr::new(peer.ip(), peer.port() + shard as u16);
         let key = args.cluster_secret.as_ref().map(|secret| PeerKey::from_secret(secret.as_bytes()));
-        let report = repair_shard(shard_address, shard, args.range, key.as_ref())
+        let report = repair_shard(shard_address, shard, args.range, peer_tls.as_ref(), key.as_ref())
             .with_context(|| format!("repairing shard {shard} at {shard_address}"))?;
         all_succeeded &= report.exchanges_failed == 0;
         if args.json {
@@ -143,14 +160,23 @@ fn repair(args: &RepairArgs, default_address: &str) -> anyhow::Result<bool> {
     Ok(all_succeeded)
 }
 
+/// A stream to the peer port, plaintext or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 fn repair_shard(
     address: SocketAddr,
     shard: u32,
     range: Option<(u64, u64)>,
+    tls: Option<&ringkv_client::TlsOptions>,
     key: Option<&PeerKey>,
 ) -> anyhow::Result<RepairReport> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(REPAIR_WAIT))?;
+    let tcp = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(REPAIR_WAIT))?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(tls.connect_std(tcp, address)?),
+    };
     if let Some(key) = key {
         peer_auth::open_blocking(&mut stream, key).context("authenticating with the cluster secret")?;
     }
@@ -170,6 +196,7 @@ fn repair_shard(
         message: PeerMessage::RepairRequest { range },
     };
     stream.write_all(encode_peer(&mut builder, &request)?)?;
+    stream.flush()?;
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; 64 << 10];
     loop {

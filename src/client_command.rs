@@ -102,6 +102,43 @@ pub struct Connection {
     /// Print results as one JSON object per line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How the client speaks TLS to the nodes.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Speak TLS, trusting the CA certificates in this PEM file to sign the nodes' certificates.
+    #[arg(long, value_name = "FILE", env = "RINGKV_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name to check in the nodes' certificates. [default: the IP address connected to]
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The CA file given, if any.
+    pub fn tls_ca_file(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref()
+    }
+
+    /// Whether TLS was asked for.
+    pub fn enabled(&self) -> bool {
+        self.tls_ca.is_some()
+    }
+}
+
+impl TlsArgs {
+    /// The TLS options these flags ask for; `None` for plaintext.
+    pub fn options(&self) -> anyhow::Result<Option<ringkv_client::TlsOptions>> {
+        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let options = ringkv_client::TlsOptions::from_ca_file(ca).context("--tls-ca")?;
+        Ok(Some(match &self.tls_server_name {
+            Some(name) => options.with_server_name(name).context("--tls-server-name")?,
+            None => options,
+        }))
+    }
 }
 
 impl Connection {
@@ -234,6 +271,7 @@ fn connect(connection: &Connection, default_address: &str, level: Option<&Level>
             .password
             .as_ref()
             .map(|password| Credentials::new(connection.user.clone(), password.clone().into_bytes())),
+        tls: connection.tls.options()?,
         ..ClientOptions::default()
     };
     Client::connect_with(address, options).with_context(|| format!("connecting to {address}"))

@@ -212,6 +212,21 @@ struct ServeArgs {
     /// Without it such a node refuses to start; with it, it starts and logs a warning.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// The node's certificate chain (PEM); with --tls-key-file and --tls-ca-file it turns TLS
+    /// on for every port (client, shard, RESP, peer). [default: off]
+    #[arg(long, value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign every node's certificate: peer links use mutual TLS and
+    /// verify the other node against them.
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// CA certificates (PEM) for client certificates: when set, clients must present one
+    /// signed by them. [default: off, no client certificates]
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca_file: Option<PathBuf>,
     /// Check the configuration (the --config file and these flags) and exit: print what is
     /// wrong and exit 1, or print "ok" and the effective settings and exit 0. Starts nothing
     /// and leaves the data directory untouched.
@@ -273,6 +288,16 @@ impl ServeArgs {
         set(&mut config.peer_outbox_bytes_max, &self.peer_outbox_bytes_max);
         if self.resp_listen.is_some() {
             config.resp_listen = self.resp_listen;
+        }
+        for (field, flag) in [
+            (&mut config.tls_cert_file, &self.tls_cert_file),
+            (&mut config.tls_key_file, &self.tls_key_file),
+            (&mut config.tls_ca_file, &self.tls_ca_file),
+            (&mut config.tls_client_ca_file, &self.tls_client_ca_file),
+        ] {
+            if flag.is_some() {
+                field.clone_from(flag);
+            }
         }
         if self.metrics_listen.is_some() {
             config.metrics_listen = self.metrics_listen;

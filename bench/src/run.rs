@@ -82,6 +82,24 @@ pub struct ConnectionArgs {
     /// Seed of the key and operation choices, so runs can be repeated.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Speak TLS to a ringkv target, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE", env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name to check in the nodes' certificates. [default: the IP address connected to]
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ConnectionArgs {
+    /// The TLS options `--tls-ca` and `--tls-server-name` ask for; `None` for plaintext.
+    pub fn tls(&self) -> Result<Option<ringkv_client::TlsOptions>> {
+        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let options = ringkv_client::TlsOptions::from_ca_file(ca).context("--tls-ca")?;
+        Ok(Some(match &self.tls_server_name {
+            Some(name) => options.with_server_name(name).context("--tls-server-name")?,
+            None => options,
+        }))
+    }
 }
 
 /// Where `load` and `run` put their report.
@@ -162,6 +180,8 @@ struct Plan {
     phase: Phase,
     value_size: usize,
     pipeline: usize,
+    /// TLS to a ringkv target, when asked for.
+    tls: Option<ringkv_client::TlsOptions>,
     /// Between one connection's consecutive intended start times, in open loop.
     interval: Option<Duration>,
     /// Where workers report for the progress line, when one is shown.
@@ -266,6 +286,7 @@ fn execute(
         phase,
         value_size: connection.value_size,
         pipeline: connection.pipeline,
+        tls: connection.tls()?,
         interval,
         seed: connection.seed,
         key_space: Arc::new(key_space),
@@ -329,7 +350,7 @@ struct Generator {
 async fn run_thread(plan: Plan, connections: Vec<usize>) -> Result<Measurements> {
     let mut stores = Vec::new();
     for &connection in &connections {
-        let store = Store::connect(&plan.target, plan.pipeline)
+        let store = Store::connect(&plan.target, plan.pipeline, plan.tls.clone())
             .await
             .with_context(|| format!("connection {connection} to {}", plan.target))?;
         stores.push(Rc::new(store));

@@ -142,13 +142,19 @@ pub enum Store {
 }
 
 impl Store {
-    /// Connects to `target`, allowing `in_flight_max` requests in flight per socket.
-    pub async fn connect(target: &Target, in_flight_max: usize) -> Result<Store, StoreError> {
+    /// Connects to `target`, allowing `in_flight_max` requests in flight per socket, over TLS
+    /// when `tls` is set (ringkv targets only).
+    pub async fn connect(
+        target: &Target,
+        in_flight_max: usize,
+        tls: Option<ringkv_client::TlsOptions>,
+    ) -> Result<Store, StoreError> {
         match target.protocol {
             Protocol::Ringkv => {
                 let options = ClientOptions {
                     in_flight_max,
                     credentials: credentials_from_env(),
+                    tls,
                     ..ClientOptions::default()
                 };
                 let client = Client::connect_with(target.address, options).await?;

@@ -68,6 +68,8 @@ pub struct Client {
 struct Link {
     address: SocketAddr,
     stream: TcpStream,
+    /// The TLS session over `stream`, when the client speaks TLS.
+    tls: Option<Box<rustls::ClientConnection>>,
     connection: Connection,
 }
 
@@ -522,11 +524,27 @@ impl Link {
         let mut last_error = None;
         for attempt in reconnect.attempts() {
             std::thread::sleep(reconnect.delay_before(attempt));
-            match TcpStream::connect_timeout(&address, options.connect_timeout) {
-                Ok(stream) => {
+            let opened =
+                TcpStream::connect_timeout(&address, options.connect_timeout).and_then(|mut stream| {
                     // Requests are small and latency matters more than packet count.
                     let _ = stream.set_nodelay(true);
-                    return Ok(Link { address, stream, connection: Connection::for_options(options) });
+                    let tls = match &options.tls {
+                        None => None,
+                        Some(tls) => {
+                            // A server that never answers the handshake must not hold us for ever.
+                            stream.set_read_timeout(Some(options.connect_timeout))?;
+                            let session =
+                                tls.handshake_blocking(&mut stream, address).map_err(crate::tls::explain)?;
+                            Some(Box::new(session))
+                        }
+                    };
+                    Ok(Link { address, stream, tls, connection: Connection::for_options(options) })
+                });
+            match opened {
+                Ok(link) => return Ok(link),
+                // A certificate the client does not trust will not become trusted by retrying.
+                Err(error) if error.kind() == ErrorKind::InvalidData => {
+                    return Err(Error::Connect { address, attempts: attempt + 1, source: error })
                 }
                 Err(error) => last_error = Some(error),
             }
@@ -559,7 +577,14 @@ impl Link {
 
     fn flush(&mut self) -> Result<(), Error> {
         if let Some(bytes) = self.connection.take_output() {
-            self.stream.write_all(&bytes).map_err(|error| self.lost(error.to_string()))?;
+            let written = match &mut self.tls {
+                None => self.stream.write_all(&bytes),
+                Some(tls) => {
+                    let mut stream = rustls::Stream::new(tls.as_mut(), &mut self.stream);
+                    stream.write_all(&bytes).and_then(|()| stream.flush())
+                }
+            };
+            written.map_err(|error| self.lost(error.to_string()))?;
         }
         Ok(())
     }
@@ -577,7 +602,11 @@ impl Link {
                 return Err(Error::Timeout { timeout });
             }
             self.stream.set_read_timeout(Some(remaining)).map_err(|error| self.lost(error.to_string()))?;
-            match self.stream.read(&mut chunk) {
+            let read = match &mut self.tls {
+                None => self.stream.read(&mut chunk),
+                Some(tls) => rustls::Stream::new(tls.as_mut(), &mut self.stream).read(&mut chunk),
+            };
+            match read {
                 Ok(0) => return Err(self.lost("closed by the server".into())),
                 Ok(read) => self.connection.on_received(&chunk[..read]),
                 Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {

@@ -44,37 +44,22 @@ impl Transport for Glommio {
         let stream = TcpStream::connect_timeout(address, options.connect_timeout).await?;
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = futures_lite::io::split(stream);
         let shared = SharedConnection::new(address, options);
-        let reading = Arc::clone(&shared);
-        ::glommio::spawn_local(async move {
-            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-            loop {
-                match reader.read(&mut chunk).await {
-                    Ok(0) => break reading.close("closed by the server"),
-                    Ok(read) => reading.on_received(&chunk[..read]),
-                    Err(error) => break reading.close(&error.to_string()),
-                }
-                if reading.is_closed() {
-                    break;
-                }
-                // Let the callers just woken run (and send their next requests) before reading
-                // again: a read that finds data returns without yielding.
-                futures_lite::future::yield_now().await;
+        match &options.tls {
+            None => spawn_io(stream, &shared),
+            Some(tls) => {
+                let connector = futures_rustls::TlsConnector::from(tls.config());
+                let handshake = connector.connect(tls.server_name(address), stream);
+                let stream = ::glommio::timer::timeout(options.connect_timeout, async {
+                    Ok(handshake.await.map_err(crate::tls::explain))
+                })
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+                spawn_io(stream, &shared);
             }
-        })
-        .detach();
-        let writing = Arc::clone(&shared);
-        ::glommio::spawn_local(async move {
-            while let Some(bytes) = writing.next_output().await {
-                if let Err(error) = writer.write_all(&bytes).await {
-                    writing.close(&error.to_string());
-                }
-            }
-            // Closing our side lets the server close its side, which ends the reader task.
-            let _ = writer.close().await;
-        })
-        .detach();
+        }
         ::glommio::spawn_local(Arc::clone(&shared).expire_overdue(::glommio::timer::sleep)).detach();
         Ok(shared)
     }
@@ -88,4 +73,47 @@ impl Transport for Glommio {
     async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
         ::glommio::timer::timeout(duration, async move { Ok(future.await) }).await.ok()
     }
+}
+
+/// Runs a connection's reader and writer tasks over `stream`, plaintext or TLS.
+fn spawn_io<S>(stream: S, shared: &Arc<SharedConnection>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let reading = Arc::clone(shared);
+    ::glommio::spawn_local(async move {
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) => break reading.close("closed by the server"),
+                Ok(read) => reading.on_received(&chunk[..read]),
+                Err(error) => break reading.close(&error.to_string()),
+            }
+            if reading.is_closed() {
+                break;
+            }
+            // Let the callers just woken run (and send their next requests) before reading
+            // again: a read that finds data returns without yielding.
+            futures_lite::future::yield_now().await;
+        }
+    })
+    .detach();
+    let writing = Arc::clone(shared);
+    ::glommio::spawn_local(async move {
+        while let Some(bytes) = writing.next_output().await {
+            // The flush matters with TLS: rustls may hold part of the records until it.
+            if let Err(error) = async {
+                writer.write_all(&bytes).await?;
+                writer.flush().await
+            }
+            .await
+            {
+                writing.close(&error.to_string());
+            }
+        }
+        // Closing our side lets the server close its side, which ends the reader task.
+        let _ = writer.close().await;
+    })
+    .detach();
 }

@@ -65,6 +65,7 @@ pub mod options;
 pub mod refresh;
 pub mod reply;
 pub mod routing;
+pub mod tls;
 pub mod token;
 
 #[cfg(feature = "blocking")]
@@ -91,6 +92,7 @@ pub use ringkv_wire::{
     ScanEnd, ScanEntry, ScanPage, ScanStart, ShardPlacement, TokenRange, Topology, DEFAULT_USER,
 };
 pub use routing::{Route, Router, Routes};
+pub use tls::{TlsError, TlsOptions};
 pub use token::token_of;
 
 /// The first socket address `address` resolves to.

@@ -37,6 +37,8 @@ pub struct ClientOptions {
     /// The user and password every connection the client opens authenticates with, before
     /// anything else it sends; `None` for a node without users. `Debug` hides the password.
     pub credentials: Option<Credentials>,
+    /// TLS to every node, verified against a CA; `None` (the default): plaintext.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// Which of a key's live replicas coordinates a request (see [`crate::routing`]).
@@ -65,6 +67,7 @@ impl Default for ClientOptions {
             unreachable_node_hold: Duration::from_secs(5),
             replica_choice: ReplicaChoice::default(),
             credentials: None,
+            tls: None,
         }
     }
 }

@@ -55,32 +55,21 @@ impl Transport for Tokio {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = stream.into_split();
         let shared = SharedConnection::new(address, options);
-        let reading = Arc::clone(&shared);
-        ::tokio::spawn(async move {
-            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-            loop {
-                match reader.read(&mut chunk).await {
-                    Ok(0) => break reading.close("closed by the server"),
-                    Ok(read) => reading.on_received(&chunk[..read]),
-                    Err(error) => break reading.close(&error.to_string()),
-                }
-                if reading.is_closed() {
-                    break;
-                }
+        match &options.tls {
+            None => spawn_io(stream, &shared),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config());
+                let handshake = connector.connect(tls.server_name(address), stream);
+                let stream = ::tokio::time::timeout(options.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })?
+                    .map_err(crate::tls::explain)?;
+                spawn_io(stream, &shared);
             }
-        });
-        let writing = Arc::clone(&shared);
-        ::tokio::spawn(async move {
-            while let Some(bytes) = writing.next_output().await {
-                if let Err(error) = writer.write_all(&bytes).await {
-                    writing.close(&error.to_string());
-                }
-            }
-            // Closing our side lets the server close its side, which ends the reader task.
-            let _ = writer.shutdown().await;
-        });
+        }
         ::tokio::spawn(Arc::clone(&shared).expire_overdue(::tokio::time::sleep));
         Ok(shared)
     }
@@ -94,4 +83,42 @@ impl Transport for Tokio {
     async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
         ::tokio::time::timeout(duration, future).await.ok()
     }
+}
+
+/// Runs a connection's reader and writer tasks over `stream`, plaintext or TLS.
+fn spawn_io<S>(stream: S, shared: &Arc<SharedConnection>)
+where
+    S: ::tokio::io::AsyncRead + ::tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = ::tokio::io::split(stream);
+    let reading = Arc::clone(shared);
+    ::tokio::spawn(async move {
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) => break reading.close("closed by the server"),
+                Ok(read) => reading.on_received(&chunk[..read]),
+                Err(error) => break reading.close(&error.to_string()),
+            }
+            if reading.is_closed() {
+                break;
+            }
+        }
+    });
+    let writing = Arc::clone(shared);
+    ::tokio::spawn(async move {
+        while let Some(bytes) = writing.next_output().await {
+            // The flush matters with TLS: rustls may hold part of the records until it.
+            if let Err(error) = async {
+                writer.write_all(&bytes).await?;
+                writer.flush().await
+            }
+            .await
+            {
+                writing.close(&error.to_string());
+            }
+        }
+        // Closing our side lets the server close its side, which ends the reader task.
+        let _ = writer.shutdown().await;
+    });
 }

@@ -244,6 +244,21 @@ pub struct NodeConfig {
     /// Listen on addresses other than loopback without client authentication (or, for the
     /// peer port, without a cluster secret), with a warning. Off: such a node refuses to start.
     pub allow_unauthenticated: bool,
+    /// The node's certificate chain (PEM). Set with `tls_key_file` and `tls_ca_file`, it turns
+    /// TLS on for every port: client, shard, RESP and peer (see the `tls` module).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the nodes' certificates: peers present their node
+    /// certificate and verify each other's against these (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// CA certificates (PEM) for client certificates: when set, clients on the client ports must
+    /// present a certificate signed by one of them. Off by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -295,6 +310,10 @@ impl Default for NodeConfig {
             users: Vec::new(),
             cluster_secret: None,
             allow_unauthenticated: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -546,6 +565,7 @@ impl NodeConfig {
                 format!("is {}; glommio needs at least 65536", self.io_memory_bytes),
             );
         }
+        crate::tls::TlsSettings::load(self)?;
         Ok(())
     }
 

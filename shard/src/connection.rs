@@ -57,6 +57,7 @@ use crate::request_memory::{read_into, Charge, RequestMemory};
 use crate::router::Router;
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
+use crate::tls::{self, Stream, TlsSettings};
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -92,6 +93,7 @@ pub struct Connection {
     limits: ConnectionLimits,
     memory: Rc<RequestMemory>,
     auth: Rc<ClientAuth>,
+    tls: Option<TlsSettings>,
 }
 
 /// Replies waiting for the socket, and what the writer needs to know to finish.
@@ -256,13 +258,14 @@ impl Connection {
         limits: ConnectionLimits,
         memory: Rc<RequestMemory>,
         auth: Rc<ClientAuth>,
+        tls: Option<TlsSettings>,
     ) -> Self {
         // Replies are already batched by the writer; Nagle's delay would only add latency.
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "could not disable Nagle's algorithm");
         }
         let peer = stream.peer_addr().ok();
-        Connection { stream, peer, router, stop, limits, memory, auth }
+        Connection { stream, peer, router, stop, limits, memory, auth, tls }
     }
 
     /// The client's address, when the socket still knows it.
@@ -273,7 +276,11 @@ impl Connection {
     /// Serves the connection until the client closes it, it breaks the protocol, or the shard
     /// stops; then finishes the requests in flight, writes their replies and closes.
     pub async fn serve(self) {
-        let Connection { stream, router, stop, limits, memory, auth, .. } = self;
+        let Connection { stream, router, stop, limits, memory, auth, tls, .. } = self;
+        // With TLS, the handshake comes first, bounded like a frame.
+        let Some(stream) = tls::client_stream(stream, tls.as_ref(), limits.frame_timeout, &stop).await else {
+            return;
+        };
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
         let metrics = router.metrics().clone();
@@ -292,7 +299,7 @@ impl Connection {
 
 /// Reads and dispatches requests until the connection should stop reading.
 async fn read_requests(
-    reader: &mut ReadHalf<TcpStream>,
+    reader: &mut ReadHalf<Stream>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     stop: &StopSignal,
@@ -476,7 +483,7 @@ fn dispatch(
 
 /// Writes whatever replies are ready, all at once, until reading is done and nothing is in
 /// flight; then shuts the write side down.
-async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
+async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         let listener = shared.ready.listen();
@@ -493,7 +500,13 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, met
             listener.await;
             continue;
         }
-        if let Err(error) = writer.write_all(&batch).await {
+        // The flush matters with TLS: rustls may hold part of the records until it.
+        if let Err(error) = async {
+            writer.write_all(&batch).await?;
+            writer.flush().await
+        }
+        .await
+        {
             debug!(%error, "writing to the client failed");
             shared.outbox.borrow_mut().write_failed = true;
             shared.drained.notify(usize::MAX);
@@ -511,7 +524,7 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, met
 /// Reads and discards what the client still sends, within bounds (see [`LINGER_BYTES_MAX`]), so
 /// the kernel does not reset the socket before the client has read the last reply. The
 /// Redis-protocol connections close the same way.
-pub(crate) async fn linger(reader: &mut ReadHalf<TcpStream>) {
+pub(crate) async fn linger(reader: &mut ReadHalf<Stream>) {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut discarded = 0;
     let drain = async {

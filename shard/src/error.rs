@@ -66,6 +66,16 @@ pub enum ShardError {
         #[source]
         source: StorageError,
     },
+    /// The TLS settings are incomplete, or their files are missing, malformed or do not match.
+    #[error("configuration: {0}")]
+    Tls(crate::tls::TlsError),
+}
+
+// By hand rather than `#[from]`, which would make the TLS error a source too and print it twice.
+impl From<crate::tls::TlsError> for ShardError {
+    fn from(error: crate::tls::TlsError) -> Self {
+        ShardError::Tls(error)
+    }
 }
 
 impl ShardError {

@@ -58,6 +58,7 @@ pub mod router;
 pub mod service;
 pub mod stop_signal;
 pub mod timeouts;
+pub mod tls;
 
 pub use clock::HybridClock;
 pub use config::{NodeConfig, SyncSetting, CLIENT_PORT_DEFAULT};

@@ -215,6 +215,7 @@ impl ShardService {
         let connections = Rc::new(ConnectionCount::default());
         let memory = RequestMemory::new(config.request_memory_bytes());
         let auth = Rc::new(ClientAuth::new(&config.users));
+        let tls = crate::tls::TlsSettings::load(config)?;
         let acceptor = Acceptor {
             shard_id,
             router: router.clone(),
@@ -230,6 +231,7 @@ impl ShardService {
             },
             memory: memory.clone(),
             auth: auth.clone(),
+            tls: tls.clone(),
         };
         let acceptor = Rc::new(acceptor);
         let mut acceptors: Vec<_> = [("client", client_listener), ("shard", shard_listener)]
@@ -253,6 +255,7 @@ impl ShardService {
                 stop.clone(),
                 config,
                 memory,
+                tls,
             ));
         }
 
@@ -409,6 +412,9 @@ async fn start_cluster(
         );
     }
     let cluster = Cluster::new(origin, settings, handler, view, handoff);
+    if let Some(tls) = crate::tls::TlsSettings::load(config)? {
+        cluster.set_tls(tls, Duration::from_millis(config.frame_timeout_ms));
+    }
     cluster.start();
     let stop = Rc::new(StopSignal::new());
     let peer_address = config.peer_address(shard_id);
@@ -488,6 +494,7 @@ struct Acceptor {
     limits: ConnectionLimits,
     memory: Rc<RequestMemory>,
     auth: Rc<ClientAuth>,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Acceptor {
@@ -506,7 +513,10 @@ impl Acceptor {
             metrics.overloaded(OverloadReason::Connections);
             let span = info_span!("refuse", shard = self.shard_id);
             let connections_max = self.connections_max;
-            glommio::spawn_local(refuse(stream, connections_max).instrument(span)).detach();
+            // A TLS client could not read a plaintext refusal: it just sees the connection end.
+            if self.tls.is_none() {
+                glommio::spawn_local(refuse(stream, connections_max).instrument(span)).detach();
+            }
             return;
         }
         let open = self.connections.open();
@@ -517,6 +527,7 @@ impl Acceptor {
             self.limits,
             self.memory.clone(),
             self.auth.clone(),
+            self.tls.clone(),
         );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("connection", shard = self.shard_id, %peer);

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cluster;
 pub mod healing;
 pub mod metrics;
+pub mod tls;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -147,6 +148,15 @@ impl Server {
         self.child = Some(spawn(&args, &self.log_path));
         let deadline = Instant::now() + DEADLINE;
         let mut waiting = self.ports();
+        // A TLS port answers no plaintext ping: there, accepting a connection is the sign.
+        let tls = self.extra_args.iter().any(|arg| arg == "--tls-cert-file");
+        let ready = |port: u16| {
+            if tls {
+                TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+            } else {
+                pings(port)
+            }
+        };
         while !waiting.is_empty() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
@@ -154,7 +164,7 @@ impl Server {
                 return false;
             }
             assert!(Instant::now() < deadline, "server did not come up:\n{}", self.log());
-            waiting.retain(|&port| !pings(port));
+            waiting.retain(|&port| !ready(port));
             std::thread::sleep(Duration::from_millis(20));
         }
         true

@@ -114,6 +114,8 @@ pub struct Cluster {
     trees: RefCell<trees::RangeTrees>,
     healing: healing::HealingState,
     handoff: Option<Rc<handoff::Handoff>>,
+    /// TLS for peer links and the peer port, with the handshake's time bound.
+    tls: std::cell::OnceCell<(crate::tls::TlsSettings, Duration)>,
 }
 
 impl Cluster {
@@ -146,7 +148,19 @@ impl Cluster {
             trees: RefCell::new(trees::RangeTrees::default()),
             healing: healing::HealingState::default(),
             handoff,
+            tls: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Turns on mutual TLS for the peer port and the links this shard opens; a handshake must
+    /// finish within `handshake_timeout`. Call before [`Cluster::start`].
+    pub fn set_tls(&self, tls: crate::tls::TlsSettings, handshake_timeout: Duration) {
+        let _ = self.tls.set((tls, handshake_timeout));
+    }
+
+    /// The TLS settings of peer links, when TLS is on.
+    pub(crate) fn tls(&self) -> Option<&(crate::tls::TlsSettings, Duration)> {
+        self.tls.get()
     }
 
     /// Starts the deadline ticker.
@@ -475,14 +489,17 @@ impl Cluster {
             .member(target.node_id)
             .map(|identity| identity.shard_peer_address(target.shard))
             .expect("targets come from the view's members");
-        let link = Rc::new(PeerLink::new(
-            target,
-            address,
-            self.origin,
-            self.settings.peer_outbox_bytes_max,
-            self.peer_memory.clone(),
-            self.settings.peer_key,
-        ));
+        let link = Rc::new(
+            PeerLink::new(
+                target,
+                address,
+                self.origin,
+                self.settings.peer_outbox_bytes_max,
+                self.peer_memory.clone(),
+                self.settings.peer_key,
+            )
+            .with_tls(self.tls.get().map(|(tls, _)| tls.clone())),
+        );
         let this = self.this.clone();
         let on_reply: Rc<dyn Fn(Target, PeerEnvelope)> = Rc::new(move |from, envelope| {
             if let Some(cluster) = this.upgrade() {

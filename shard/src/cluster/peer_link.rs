@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 
 use crate::cluster::peer_auth::{self, PeerKey};
 use crate::stop_signal::StopSignal;
+use crate::tls::{Stream, TlsSettings};
 
 /// Pause before connecting again after a failed connection.
 const RECONNECT_PAUSE_MS: u64 = 200;
@@ -65,6 +66,8 @@ pub struct PeerLink {
     memory: Rc<RequestMemory>,
     /// The cluster secret's key, proved at every connection when set.
     key: Option<PeerKey>,
+    /// TLS for the connection, when on: this node's certificate, the remote one verified.
+    tls: Option<TlsSettings>,
 }
 
 impl PeerLink {
@@ -88,7 +91,14 @@ impl PeerLink {
             stop: Rc::new(StopSignal::new()),
             memory,
             key,
+            tls: None,
         }
+    }
+
+    /// The link connects with mutual TLS when `tls` is set.
+    pub fn with_tls(mut self, tls: Option<TlsSettings>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Points the link at a new address (the node restarted elsewhere); the next connection
@@ -143,6 +153,10 @@ impl PeerLink {
                     debug!(node = self.target.node_id, shard = self.target.shard, %address, "peer link up");
                     self.serve(stream, on_reply.clone()).await;
                 }
+                // rustls reports a refused certificate as invalid data: worth an operator's eye.
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    warn!(node = self.target.node_id, %address, %error, "peer link failed its TLS handshake");
+                }
                 Err(error) => {
                     debug!(node = self.target.node_id, %address, %error, "peer link could not connect");
                 }
@@ -153,18 +167,23 @@ impl PeerLink {
         }
     }
 
-    async fn connect(&self, address: SocketAddr) -> std::io::Result<TcpStream> {
-        let connect = async { TcpStream::connect(address).await.map_err(std::io::Error::from) };
+    async fn connect(&self, address: SocketAddr) -> std::io::Result<Stream> {
+        let connect = async {
+            let stream = TcpStream::connect(address).await.map_err(std::io::Error::from)?;
+            stream.set_nodelay(true)?;
+            match &self.tls {
+                None => Ok(Stream::Plain(stream)),
+                Some(tls) => tls.connect_peer(stream, address).await,
+            }
+        };
         let timeout = async {
             glommio::timer::sleep(Duration::from_millis(CONNECT_TIMEOUT_MS)).await;
             Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))
         };
-        let stream = or(connect, timeout).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        or(connect, timeout).await
     }
 
-    async fn serve(&self, mut stream: TcpStream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
+    async fn serve(&self, mut stream: Stream, on_reply: Rc<dyn Fn(Target, PeerEnvelope)>) {
         if let Some(key) = &self.key {
             let handshake = or(async { Some(peer_auth::open(&mut stream, key).await) }, async {
                 glommio::timer::sleep(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)).await;
@@ -232,7 +251,7 @@ impl PeerLink {
             }
         };
         let write_requests = async {
-            if writer.write_all(&first).await.is_err() {
+            if writer.write_all(&first).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
             loop {

@@ -37,6 +37,7 @@ use super::peer_link::HANDSHAKE_TIMEOUT_MS;
 use super::Cluster;
 use crate::stop_signal::StopSignal;
 use crate::timeouts::ReadTimeouts;
+use crate::tls::Stream;
 
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -98,9 +99,20 @@ impl LinkState {
     }
 }
 
-async fn serve_link(mut stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
+async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
+    // With TLS, the other node must present a certificate the CA signed (mutual TLS).
+    let mut stream = match cluster.tls() {
+        None => Stream::Plain(stream),
+        Some((tls, timeout)) => match tls.accept_peer(stream, *timeout, &stop).await {
+            Some(stream) => stream,
+            None => {
+                warn!(%peer, "a peer link failed its TLS handshake; closing it");
+                return;
+            }
+        },
+    };
     if let Some(key) = &cluster.settings().peer_key {
         let handshake = or(async { Some(peer_auth::accept(&mut stream, key).await) }, async {
             glommio::timer::sleep(std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS)).await;

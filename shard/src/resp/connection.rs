@@ -40,6 +40,8 @@ use event_listener::Event;
 use futures_lite::future::{or, yield_now};
 use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
+
+use crate::tls::{self, Stream, TlsSettings};
 use ringkv_wire::{Credentials, Operation, DEFAULT_USER};
 use tracing::debug;
 
@@ -71,6 +73,7 @@ pub struct RespConnection {
     limits: ConnectionLimits,
     session: Session,
     memory: Rc<RequestMemory>,
+    tls: Option<TlsSettings>,
 }
 
 /// What the connection knows about its client.
@@ -409,6 +412,7 @@ impl RespConnection {
         limits: ConnectionLimits,
         shard: Rc<RespShard>,
         memory: Rc<RequestMemory>,
+        tls: Option<TlsSettings>,
     ) -> Self {
         // Replies are already batched by the writer; Nagle's delay would only add latency.
         if let Err(error) = stream.set_nodelay(true) {
@@ -423,7 +427,7 @@ impl RespConnection {
             peer: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
         };
-        RespConnection { stream, router, stop, limits, session, memory }
+        RespConnection { stream, router, stop, limits, session, memory, tls }
     }
 
     /// The client's address, when the socket still knows it.
@@ -434,7 +438,10 @@ impl RespConnection {
     /// Serves the connection until the client closes it or sends QUIT, breaks the protocol, or
     /// the shard stops; then finishes the commands running, writes their replies and closes.
     pub async fn serve(self) {
-        let RespConnection { stream, router, stop, limits, mut session, memory } = self;
+        let RespConnection { stream, router, stop, limits, mut session, memory, tls } = self;
+        let Some(stream) = tls::client_stream(stream, tls.as_ref(), limits.frame_timeout, &stop).await else {
+            return;
+        };
         let (mut reader, writer) = futures_lite::io::split(stream);
         let shared = Rc::new(Shared::new());
         let writer_task =
@@ -451,7 +458,7 @@ impl RespConnection {
 
 /// Reads and dispatches requests until the connection should stop reading.
 async fn read_requests(
-    reader: &mut ReadHalf<TcpStream>,
+    reader: &mut ReadHalf<Stream>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     stop: &StopSignal,
@@ -768,7 +775,7 @@ fn client_info(session: &Session) -> String {
 
 /// Writes whatever replies are ready, all at once, until reading is done and nothing is
 /// running; then shuts the write side down.
-async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
+async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // Takes the ready replies into `batch`; false when there is nothing left to do at all.
     let take = |batch: &mut BytesMut| {
@@ -796,7 +803,13 @@ async fn write_replies(mut writer: WriteHalf<TcpStream>, shared: Rc<Shared>, met
                 continue;
             }
         }
-        if let Err(error) = writer.write_all(&batch).await {
+        // The flush matters with TLS: rustls may hold part of the records until it.
+        if let Err(error) = async {
+            writer.write_all(&batch).await?;
+            writer.flush().await
+        }
+        .await
+        {
             debug!(%error, "writing to the client failed");
             shared.replies.borrow_mut().write_failed = true;
             shared.drained.notify(usize::MAX);

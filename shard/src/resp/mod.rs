@@ -182,6 +182,7 @@ pub fn spawn_listener(
     stop: Rc<StopSignal>,
     config: &NodeConfig,
     memory: Rc<RequestMemory>,
+    tls: Option<crate::tls::TlsSettings>,
 ) -> JoinHandle<()> {
     let port = listener.local_addr().map(|address: SocketAddr| address.port()).unwrap_or_default();
     let acceptor = Acceptor {
@@ -198,6 +199,7 @@ pub fn spawn_listener(
         },
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         memory,
+        tls,
     };
     let span = info_span!("accept", shard = shard_id, port = "resp");
     glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
@@ -211,6 +213,7 @@ struct Acceptor {
     limits: ConnectionLimits,
     shutdown_grace: Duration,
     memory: Rc<RequestMemory>,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Acceptor {
@@ -250,7 +253,10 @@ impl Acceptor {
             metrics.connections(Protocol::Resp).refused.add(1);
             metrics.overloaded(OverloadReason::Connections);
             let connections_max = self.connections_max;
-            glommio::spawn_local(refuse(stream, connections_max)).detach();
+            // A TLS client could not read a plaintext refusal: it just sees the connection end.
+            if self.tls.is_none() {
+                glommio::spawn_local(refuse(stream, connections_max)).detach();
+            }
             return;
         }
         shard.connected.set(shard.connected.get() + 1);
@@ -262,6 +268,7 @@ impl Acceptor {
             self.limits,
             shard.clone(),
             self.memory.clone(),
+            self.tls.clone(),
         );
         let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
         let span = info_span!("resp", shard = shard.shard_id, %peer);
