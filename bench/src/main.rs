@@ -6,13 +6,13 @@
 //! ## Subcommands
 //! - `engine`: the storage engine in-process on one shard, with db_bench's workloads
 //!   (`fillrandom`, `readrandom`, `overwrite`, ...) so the figures sit beside RocksDB's
-//!   (`shared/bench/engine-vs-rocksdb.sh` runs both).
+//!   (`bench/compare/engine-vs-rocksdb.sh` runs both).
 //! - `load`: YCSB's load phase against a server: inserts keys `user000000000000` ... in order.
 //! - `run`: a YCSB core workload (a to f) against a server for a fixed time, closed loop or
 //!   open loop at a fixed rate (`--rate`, coordinated-omission correct); HDR latencies per
 //!   operation, `--json` for scripts, `--hdr-dir` for `.hgrm` files and PNG charts of latency by
 //!   percentile. Targets are `ringkv://host:port` and `redis://host:port`, so Redis can be
-//!   measured by the same tool (`shared/bench/server-vs-redis.sh`).
+//!   measured by the same tool (`bench/compare/server-vs-redis.sh`).
 //!   A node with users configured is authenticated with `RINGKV_PASSWORD` (and `RINGKV_USER`),
 //!   as the `ringkv` command-line client reads them.
 //! - `sweep`: open-loop runs at rates chosen by stepping up (`--search step`) or bisecting
