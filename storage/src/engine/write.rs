@@ -57,6 +57,20 @@ fn newest(left: Option<Entry>, right: Option<&Entry>) -> Option<Entry> {
 /// that must read first. Past it the write is refused as contended, to be retried.
 pub const READ_RETRIES_MAX: u32 = 8;
 
+/// Whether a memtable moved to a table since `generation` was read, so that the reads made
+/// since may have missed a write and must be made again. Counts the attempt in `attempts` and
+/// gives up with [`StorageError::Contended`] after [`READ_RETRIES_MAX`].
+fn overtaken_by_flush<F: DiskFile>(state: &State<F>, generation: u64, attempts: &mut u32) -> Result<bool> {
+    if state.flush_generation == generation {
+        return Ok(false);
+    }
+    *attempts += 1;
+    if *attempts >= READ_RETRIES_MAX {
+        return Err(StorageError::Contended { attempts: *attempts });
+    }
+    Ok(true)
+}
+
 impl<D: Disk> Engine<D> {
     /// Writes `value` under `key` with `version`, expiring at `expires_at_ms` if given.
     /// Resolves when the write is acknowledged (see [`SyncMode`]); see [`Engine::write`].
@@ -140,12 +154,7 @@ impl<D: Disk> Engine<D> {
             let step = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
-                if state.flush_generation != generation {
-                    // A memtable moved to a table while we read; the read may have missed a write.
-                    attempts += 1;
-                    if attempts >= READ_RETRIES_MAX {
-                        return Err(StorageError::Contended { attempts });
-                    }
+                if overtaken_by_flush(&state, generation, &mut attempts)? {
                     continue;
                 }
                 let current = newest(found, state.newest_in_memory(key).map(|newest| &newest.entry));
@@ -221,12 +230,7 @@ impl<D: Disk> Engine<D> {
             let (seq, version) = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
-                if state.flush_generation != generation {
-                    // A memtable moved to a table while we read; the read may have missed a write.
-                    attempts += 1;
-                    if attempts >= READ_RETRIES_MAX {
-                        return Err(StorageError::Contended { attempts });
-                    }
+                if overtaken_by_flush(&state, generation, &mut attempts)? {
                     continue;
                 }
                 // A write to the key since the read began is in a memtable; the newest of the two
@@ -288,12 +292,7 @@ impl<D: Disk> Engine<D> {
             let (seq, versions) = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
-                if state.flush_generation != generation {
-                    // A memtable moved to a table while we read; the reads may have missed writes.
-                    attempts += 1;
-                    if attempts >= READ_RETRIES_MAX {
-                        return Err(StorageError::Contended { attempts });
-                    }
+                if overtaken_by_flush(&state, generation, &mut attempts)? {
                     continue;
                 }
                 let current: Vec<Option<Entry>> = found
