@@ -348,20 +348,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn leaves_failures_and_other_messages_to_the_generic_path() {
-        let failure = PeerFailure::new(PeerErrorCode::Overloaded, "busy");
-        for message in [
-            PeerMessage::ReplicateAck { result: Err(failure.clone()) },
-            PeerMessage::ReadReply { result: Err(failure) },
-            PeerMessage::Hello { node_id: 1, generation: 2, target_shard: 0 },
-            PeerMessage::Membership { payload: Bytes::from_static(b"gossip") },
-        ] {
-            let envelope = PeerEnvelope { origin_node: 1, origin_shard: 0, request_id: 4, message };
-            assert!(parse_replication(&encode(&envelope)).is_none());
-        }
-    }
-
     /// A frame laid out by hand, checked to be one.
     fn laid_out(envelope: &PeerEnvelope) -> Bytes {
         let mut out = vec![0xAA; 3];
@@ -382,8 +368,10 @@ mod tests {
         }
     }
 
+    /// Failures and messages off the request path are neither read nor laid out by hand: the
+    /// generic path handles them and names any error.
     #[test]
-    fn leaves_failures_and_other_messages_to_the_builder() {
+    fn leaves_failures_and_other_messages_to_the_generic_path() {
         let failure = PeerFailure::new(PeerErrorCode::Overloaded, "busy");
         for message in [
             PeerMessage::ReplicateAck { result: Err(failure.clone()) },
@@ -392,6 +380,7 @@ mod tests {
             PeerMessage::Membership { payload: Bytes::from_static(b"gossip") },
         ] {
             let envelope = PeerEnvelope { origin_node: 1, origin_shard: 0, request_id: 4, message };
+            assert!(parse_replication(&encode(&envelope)).is_none());
             let mut out = vec![1, 2];
             assert!(!encode_replication_into(&envelope, &mut out));
             assert_eq!(out, vec![1, 2], "nothing appended");
