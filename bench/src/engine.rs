@@ -246,12 +246,13 @@ fn run_shards(args: EngineArgs, path: PathBuf) -> Result<()> {
     let gate = Arc::new(ShardGate { arrived: AtomicUsize::new(0), shards });
     let rows = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::with_capacity(shards);
+    let (keys, writes, reads) =
+        (split(args.num, shards), split(args.writes(), shards), split(args.reads(), shards));
     for shard in 0..shards {
-        let share = |total: u64| total / shards as u64 + u64::from((shard as u64) < total % shards as u64);
         let shard_args = EngineArgs {
-            num: share(args.num),
-            writes: Some(share(args.writes())),
-            reads: Some(share(args.reads())),
+            num: keys[shard].ops,
+            writes: Some(writes[shard].ops),
+            reads: Some(reads[shard].ops),
             seed: args.seed.wrapping_add(shard as u64),
             json: false,
             ..args.clone()
