@@ -27,7 +27,7 @@ use crate::engine::io_error;
 use crate::entry::Entry;
 use crate::wal::reader::scan_segment;
 use crate::wal::writer::{SegmentInfo, WalWriter};
-use crate::wal::{parse_segment_file_name, segment_file_name};
+use crate::wal::{parse_segment_file_name, segment_file_name, PREALLOCATE_BYTES_DEFAULT};
 use crate::{Result, StorageError};
 
 /// Bytes of a hint record's payload before its entry.
@@ -103,9 +103,15 @@ impl<D: Disk> HintLog<D> {
             closed.push(SegmentInfo { number, last_seq: segment_last });
         }
         let next_file_number = Rc::new(Cell::new(numbers.last().map_or(1, |last| last + 1)));
-        let writer =
-            WalWriter::create(disk.clone(), next_file_number.clone(), segment_bytes_max, closed, last_seq)
-                .await?;
+        let writer = WalWriter::create(
+            disk.clone(),
+            next_file_number.clone(),
+            segment_bytes_max,
+            PREALLOCATE_BYTES_DEFAULT,
+            closed,
+            last_seq,
+        )
+        .await?;
         disk.sync_dir().await.map_err(io_error("sync", "hint directory"))?;
         let log =
             HintLog { disk, next_file_number, segment_bytes_max, writer: RefCell::new(Rc::new(writer)) };
@@ -140,6 +146,7 @@ impl<D: Disk> HintLog<D> {
             self.disk.clone(),
             self.next_file_number.clone(),
             self.segment_bytes_max,
+            PREALLOCATE_BYTES_DEFAULT,
             Vec::new(),
             0,
         )

@@ -22,6 +22,10 @@ pub struct EngineOptions {
     pub block_cache_bytes: usize,
     /// A WAL segment is closed and a new one started past this size.
     pub wal_segment_bytes_max: u64,
+    /// Zeros written ahead of the WAL's records whenever a group write would grow its segment,
+    /// so that most commits sync a write inside the file (a device flush) rather than one that
+    /// grows it (a journal commit too). 0 turns it off.
+    pub wal_preallocate_bytes: u64,
     /// In periodic mode, buffered WAL bytes are written (not synced) past this size.
     pub wal_buffer_bytes_max: usize,
     /// Tombstones and expired values are kept at least this long after their deletion or
@@ -56,6 +60,7 @@ impl Default for EngineOptions {
             memtable_bytes_max: 64 << 20,
             block_cache_bytes: 256 << 20,
             wal_segment_bytes_max: 128 << 20,
+            wal_preallocate_bytes: crate::wal::PREALLOCATE_BYTES_DEFAULT,
             wal_buffer_bytes_max: 1 << 20,
             tombstone_grace_ms: 10 * 24 * 3600 * 1000,
             bloom_bits_per_key: 10,

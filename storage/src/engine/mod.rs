@@ -379,6 +379,7 @@ impl<D: Disk> Engine<D> {
             disk.clone(),
             next_file_number.clone(),
             options.wal_segment_bytes_max,
+            options.wal_preallocate_bytes,
             closed,
             last_seq,
         )

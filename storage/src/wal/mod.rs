@@ -11,6 +11,11 @@
 //! which lets recovery tell a torn tail (nothing valid after the bad record) from corruption
 //! (a valid record with a later sequence number after it).
 //!
+//! A group write that would grow the segment also writes zeros ahead (`wal_preallocate_bytes`),
+//! so most group writes land inside the file and their fdatasync has no new file size to
+//! commit. Those zeros are written before any record goes there; a sector that holds records is
+//! still never written twice. Recovery reads a zero header on a block boundary as the log's end.
+//!
 //! ## Layout
 //! - [`record`]: encoding and decoding of one record.
 //! - [`reader`]: recovery scan of a segment.
@@ -19,6 +24,9 @@
 pub mod reader;
 pub mod record;
 pub mod writer;
+
+/// Zeros written ahead of the records each time a segment grows (see [`writer::WalWriter::create`]).
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1 << 20;
 
 /// File name of WAL segment `number`.
 pub fn segment_file_name(number: u64) -> String {
