@@ -53,7 +53,7 @@ use tracing::{debug, Instrument};
 
 use crate::auth::{Admission, ClientAuth, Gate};
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
-use crate::request_memory::{read_into, Charge, RequestMemory};
+use crate::request_memory::{read_into, Charge, ReadWindow, RequestMemory};
 use crate::router::Router;
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
@@ -311,6 +311,7 @@ async fn read_requests(
     let mut gate = Gate::new(auth);
     // Covers the receive buffer's allocation; each frame cut from it takes its share along.
     let mut charge = memory.empty();
+    let mut window = ReadWindow::new(READ_CHUNK_BYTES);
     let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
@@ -319,7 +320,7 @@ async fn read_requests(
         let declared = decoder.declared_frame_bytes();
         let buffer = decoder.buffer_mut();
         let read = read_or_give_up(
-            read_into(reader, buffer, &mut charge, READ_CHUNK_BYTES, declared),
+            read_into(reader, buffer, &mut charge, &mut window, declared),
             stop,
             &timeouts,
             || shared.busy(),

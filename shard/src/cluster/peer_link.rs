@@ -15,7 +15,7 @@
 //! With a cluster secret, each connection first proves it (see [`peer_auth`]); a remote that
 //! fails is logged and the link closed before anything is sent.
 
-use crate::request_memory::{read_into, RequestMemory};
+use crate::request_memory::{read_into, ReadWindow, RequestMemory};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -224,11 +224,10 @@ impl PeerLink {
         let read_replies = async move {
             let mut decoder = FrameDecoder::new();
             let mut charge = memory.empty();
+            let mut window = ReadWindow::new(READ_CHUNK_BYTES);
             loop {
                 let declared = decoder.declared_frame_bytes();
-                match read_into(&mut reader, decoder.buffer_mut(), &mut charge, READ_CHUNK_BYTES, declared)
-                    .await
-                {
+                match read_into(&mut reader, decoder.buffer_mut(), &mut charge, &mut window, declared).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }

@@ -18,7 +18,7 @@
 //! answered `Overloaded` at once, and a link whose replies are not read stops being read once
 //! its outbox is full, so a hostile or stuck peer holds bounded memory.
 
-use crate::request_memory::read_into;
+use crate::request_memory::{read_into, ReadWindow};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -154,6 +154,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
         async move {
             let mut decoder = FrameDecoder::new();
             let mut charge = cluster.peer_memory().empty();
+            let mut window = ReadWindow::new(READ_CHUNK_BYTES);
             let mut greeted = false;
             let mut timeouts = ReadTimeouts::new(frame_timeout, None);
             loop {
@@ -172,14 +173,8 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                 let read = or(
                     async {
                         Some(
-                            read_into(
-                                &mut reader,
-                                decoder.buffer_mut(),
-                                &mut charge,
-                                READ_CHUNK_BYTES,
-                                declared,
-                            )
-                            .await,
+                            read_into(&mut reader, decoder.buffer_mut(), &mut charge, &mut window, declared)
+                                .await,
                         )
                     },
                     async {

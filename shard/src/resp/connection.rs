@@ -49,7 +49,7 @@ use crate::auth::Gate;
 use crate::connection::linger;
 use crate::connection::{read_or_give_up, ReadOutcome};
 use crate::metrics::{self, ShardMetrics};
-use crate::request_memory::{read_into, RequestMemory};
+use crate::request_memory::{read_into, ReadWindow, RequestMemory};
 use crate::resp::command_table::{self, COMMANDS};
 use crate::resp::commands::{
     self, failure_reply, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
@@ -469,6 +469,7 @@ async fn read_requests(
     let mut parser = RequestParser::default();
     // Covers the receive buffer's allocation (commands cut from it are not counted once cut).
     let mut charge = memory.empty();
+    let mut window = ReadWindow::new(READ_CHUNK_BYTES);
     let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
@@ -476,7 +477,7 @@ async fn read_requests(
         }
         let buffer = parser.buffer_mut();
         let read = read_or_give_up(
-            read_into(reader, buffer, &mut charge, READ_CHUNK_BYTES, None),
+            read_into(reader, buffer, &mut charge, &mut window, None),
             stop,
             &timeouts,
             || shared.busy(),
