@@ -253,10 +253,14 @@ impl PeerLink {
             if writer.write_all(&first).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
+            // Swapped with the outbox, so both buffers keep their capacity: messages are encoded
+            // into one while the other is written.
+            let mut pending = Vec::new();
             loop {
-                let pending = std::mem::take(&mut *self.outbox.borrow_mut());
+                reuse_written(&mut pending);
+                std::mem::swap(&mut pending, &mut *self.outbox.borrow_mut());
                 if pending.is_empty() {
-                    let listener = self.ready.listen();
+                    event_listener::listener!(self.ready => listener);
                     if !self.outbox.borrow().is_empty() {
                         continue;
                     }
@@ -276,5 +280,18 @@ impl PeerLink {
         };
         // Either half ending ends the connection.
         or(or(read_replies, write_requests), self.stop.wait()).await;
+    }
+}
+
+/// Outbox capacity kept between writes; a buffer grown past it by a burst of large values is
+/// given back rather than held by an idle link.
+const OUTBOX_KEPT_BYTES_MAX: usize = 256 << 10;
+
+/// Readies a written outbox buffer for reuse: emptied, and freed if a burst grew it large.
+pub(crate) fn reuse_written(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > OUTBOX_KEPT_BYTES_MAX {
+        *buffer = Vec::new();
+    } else {
+        buffer.clear();
     }
 }

@@ -18,6 +18,7 @@
 //! answered `Overloaded` at once, and a link whose replies are not read stops being read once
 //! its outbox is full, so a hostile or stuck peer holds bounded memory.
 
+use crate::cluster::peer_link::reuse_written;
 use crate::request_memory::{read_into, ReadWindow};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -160,7 +161,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
             loop {
                 // Hold back while the peer does not read its replies.
                 while state.outbox.borrow().len() >= outbox_bytes_max {
-                    let listener = state.written.listen();
+                    event_listener::listener!(state.written => listener);
                     if state.outbox.borrow().len() < outbox_bytes_max || state.closed.get() {
                         break;
                     }
@@ -264,10 +265,14 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
     let write_replies = {
         let state = state.clone();
         async move {
+            // Swapped with the outbox, so both buffers keep their capacity: replies are encoded
+            // into one while the other is written.
+            let mut pending = Vec::new();
             loop {
-                let pending = std::mem::take(&mut *state.outbox.borrow_mut());
+                reuse_written(&mut pending);
+                std::mem::swap(&mut pending, &mut *state.outbox.borrow_mut());
                 if pending.is_empty() {
-                    let listener = state.ready.listen();
+                    event_listener::listener!(state.ready => listener);
                     if !state.outbox.borrow().is_empty() {
                         continue;
                     }
