@@ -25,7 +25,8 @@
 //! Every pending request is bounded: at most `pending_max` at once (more are refused with
 //! [`CoordinatorError::Overloaded`]), each ending by its deadline at the latest.
 
-use std::collections::{HashMap, VecDeque};
+use crate::ids::IdMap;
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerFailure, PeerMessage, ReadAnswer};
@@ -170,10 +171,10 @@ enum Pending {
 pub struct Coordinator {
     config: CoordinatorConfig,
     next_request_id: u64,
-    pending: HashMap<u64, Pending>,
+    pending: IdMap<Pending>,
     /// Writes already answered whose slower replicas have not acknowledged yet: at the
     /// deadline, each of those gets a hint.
-    lingering: HashMap<u64, WriteState>,
+    lingering: IdMap<WriteState>,
     /// `(deadline, request id)` in deadline order (every request gets the same timeout, so
     /// insertion order is deadline order).
     deadlines: VecDeque<(u64, u64)>,
@@ -197,8 +198,8 @@ impl Coordinator {
         Coordinator {
             config,
             next_request_id: 1,
-            pending: HashMap::new(),
-            lingering: HashMap::new(),
+            pending: IdMap::default(),
+            lingering: IdMap::default(),
             deadlines: VecDeque::new(),
             counters: CoordinatorCounters::default(),
         }

@@ -29,11 +29,14 @@
 //!   replica.
 //! - [`hints`]: [`hints::HintBook`], what hinted handoff may store, keep and replay: bounds,
 //!   the hint window, the tombstone grace and the replay throttle.
+//! - [`ids`]: [`ids::IdMap`], the map keyed by request and timer ids, hashed without a random
+//!   seed.
 
 pub mod anti_entropy;
 pub mod clock;
 pub mod coordinator;
 pub mod hints;
+pub mod ids;
 pub mod membership;
 pub mod replica;
 pub mod ring;

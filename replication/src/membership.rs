@@ -14,8 +14,9 @@
 //! Each node gossips its [`NodeIdentity`]: node id, generation, addresses, shard count and
 //! tokens, so every node computes the same ring and can address every remote shard directly.
 
+use crate::ids::IdMap;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -147,7 +148,7 @@ pub struct Membership<R: RngExt> {
     runtime: AccumulatingRuntime<NodeIdentity>,
     /// `(deadline, timer id)`; the timers themselves are in `timers`.
     deadlines: BinaryHeap<Reverse<(u64, u64)>>,
-    timers: HashMap<u64, Timer<NodeIdentity>>,
+    timers: IdMap<Timer<NodeIdentity>>,
     next_timer_id: u64,
     /// Members up, by node id; the first identity known for an id keeps it.
     up: BTreeMap<u16, NodeIdentity>,
@@ -177,7 +178,7 @@ impl<R: RngExt> Membership<R> {
             foca,
             runtime: AccumulatingRuntime::new(),
             deadlines: BinaryHeap::new(),
-            timers: HashMap::new(),
+            timers: IdMap::default(),
             next_timer_id: 0,
             up,
             known: BTreeMap::new(),

@@ -44,6 +44,7 @@ use glommio::channels::local_channel;
 use glommio::task::JoinHandle;
 use ringkv_io::{now_ms, DmaDisk};
 use ringkv_replication::coordinator::Output;
+use ringkv_replication::ids::IdMap;
 use ringkv_replication::{
     replica, Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorReply, Target,
 };
@@ -106,7 +107,7 @@ pub struct Cluster {
     view: RefCell<ClusterView>,
     coordinator: RefCell<Coordinator>,
     /// What to do with each pending request's reply.
-    waiters: RefCell<HashMap<u64, Waiter>>,
+    waiters: RefCell<IdMap<Waiter>>,
     links: RefCell<HashMap<Target, Rc<PeerLink>>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     stop: Rc<StopSignal>,
@@ -140,7 +141,7 @@ impl Cluster {
             handler,
             view: RefCell::new(view),
             coordinator: RefCell::new(coordinator),
-            waiters: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(IdMap::default()),
             links: RefCell::new(HashMap::new()),
             tasks: RefCell::new(Vec::new()),
             stop: Rc::new(StopSignal::new()),
