@@ -5,9 +5,10 @@
 //!                                │  client certificates only when tls_client_ca_file is set
 //!  tls_ca_file ──────────────────┼─ peer port: server side, the peer's certificate required and
 //!                                │  verified against tls_ca_file (mutual TLS)
-//!                                └─ peer links: client side, presents the node certificate and
-//!                                   verifies the remote node's against tls_ca_file, for the IP
-//!                                   address it dialled
+//!                                ├─ peer links: client side, presents the node certificate and
+//!                                │  verifies the remote node's against tls_ca_file, for the IP
+//!                                │  address it dialled
+//!                                └─ metrics port (HTTPS): the client ports' configuration
 //! ```
 //!
 //! A connection's handshake must finish within the frame timeout, or the connection is closed:
@@ -66,6 +67,8 @@ pub enum TlsError {
 pub struct TlsSettings {
     /// For the client ports.
     client_ports: TlsAcceptor,
+    /// The client ports' configuration, for the metrics port (served by an ordinary thread).
+    client_ports_config: Arc<ServerConfig>,
     /// For the peer port: client certificates required.
     peer_port: TlsAcceptor,
     /// For peer links this node opens.
@@ -165,7 +168,7 @@ impl TlsSettings {
 
         let server = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
                       what: &'static str|
-         -> Result<TlsAcceptor, TlsError> {
+         -> Result<Arc<ServerConfig>, TlsError> {
             let rustls = |source| TlsError::Rustls { what, source };
             let builder = ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
@@ -175,18 +178,21 @@ impl TlsSettings {
                 None => builder.with_no_client_auth(),
             };
             let config = builder.with_single_cert(certificates.clone(), key.clone_key()).map_err(rustls)?;
-            Ok(TlsAcceptor::from(Arc::new(config)))
+            Ok(Arc::new(config))
         };
         let client_verifier = |roots: Arc<RootCertStore>, what: &'static str| {
             WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|error| TlsError::Rustls { what, source: rustls::Error::General(error.to_string()) })
         };
-        let client_ports = server(
+        let client_ports_config = server(
             client_roots.map(|roots| client_verifier(roots, "tls_client_ca_file")).transpose()?,
             "client ports",
         )?;
-        let peer_port = server(Some(client_verifier(peer_roots.clone(), "tls_ca_file")?), "peer port")?;
+        let peer_port = TlsAcceptor::from(server(
+            Some(client_verifier(peer_roots.clone(), "tls_ca_file")?),
+            "peer port",
+        )?);
         let server_verifier = WebPkiServerVerifier::builder_with_provider(peer_roots, provider.clone())
             .build()
             .map_err(|error| TlsError::Rustls {
@@ -199,7 +205,18 @@ impl TlsSettings {
             .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(certificates.clone(), key.clone_key())
             .map_err(|source| TlsError::Rustls { what: "peer links", source })?;
-        Ok(Some(TlsSettings { client_ports, peer_port, peer_links: TlsConnector::from(Arc::new(links)) }))
+        Ok(Some(TlsSettings {
+            client_ports: TlsAcceptor::from(client_ports_config.clone()),
+            client_ports_config,
+            peer_port,
+            peer_links: TlsConnector::from(Arc::new(links)),
+        }))
+    }
+
+    /// The server configuration of the metrics port: the client ports' (the node's certificate,
+    /// and client certificates only when `tls_client_ca_file` is set).
+    pub fn metrics_port(&self) -> Arc<ServerConfig> {
+        self.client_ports_config.clone()
     }
 
     /// Handshakes with a client on a client port (native, shard or RESP).
