@@ -429,6 +429,52 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_that_never_answers_is_left_out_of_the_scrape_not_waited_for() {
+        // Shard 0 answers from its executor; shard 1's queue is there but nothing takes from it,
+        // as when its executor is stuck.
+        let (answering, inbox) = figures::channel(figures::PENDING_REQUESTS_MAX);
+        let (stuck, _never_read) = figures::channel(figures::PENDING_REQUESTS_MAX);
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let shard = thread::spawn(move || {
+            ringkv_io::run_local("metrics-http-test", async move {
+                let stop = std::rc::Rc::new(crate::StopSignal::new());
+                let task = {
+                    let stop = stop.clone();
+                    glommio::spawn_local(async move {
+                        let figures = || ShardFigures {
+                            storage: ringkv_storage::EngineStats { flushes: 3, ..Default::default() },
+                            ..ShardFigures::default()
+                        };
+                        inbox.answer_until_stopped(&stop, figures).await;
+                    })
+                };
+                while finished.try_recv().is_err() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                stop.trigger();
+                task.await;
+            })
+        });
+        let sources = vec![
+            ShardSource { metrics: Arc::default(), figures: answering },
+            ShardSource { metrics: Arc::default(), figures: stuck },
+        ];
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources, Access::default()).unwrap();
+        let response = get(server.address(), "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"), "{response}");
+        assert!(response.contains("ringkv_shard_figures_available{shard=\"1\"} 0\n"), "{response}");
+        assert!(response.contains("ringkv_flushes_total{shard=\"0\"} 3\n"), "{response}");
+        assert!(!response.contains("ringkv_flushes_total{shard=\"1\"}"), "{response}");
+        // The counters every shard keeps itself are there for both.
+        assert!(response.contains("ringkv_wal_syncs_total{shard=\"1\"} 0\n"), "{response}");
+        drop(server);
+        done.send(()).unwrap();
+        shard.join().unwrap();
+    }
+
+    #[test]
     fn bearer_tokens_are_read_from_authorization_headers_only() {
         assert_eq!(bearer_token(b"Authorization: Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer_token(b"AUTHORIZATION:BEARER   abc "), Some(&b"abc"[..]));
