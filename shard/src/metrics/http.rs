@@ -475,6 +475,33 @@ mod tests {
     }
 
     #[test]
+    fn a_client_trickling_its_request_is_cut_off_and_the_next_scrape_served() {
+        let server = MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![stopped_shard(Arc::default())],
+            Access::default(),
+        )
+        .unwrap();
+        // One byte at a time, never ending its head: each read succeeds well within any
+        // per-read timeout, so only a deadline over the whole request ends it.
+        let mut trickler = TcpStream::connect(server.address()).unwrap();
+        trickler.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+        let trickling = thread::spawn(move || {
+            for _ in 0..6_000 {
+                if trickler.write_all(b"a").is_err() {
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            false
+        });
+        // Queued behind the trickler on the one serving thread.
+        let response = get(server.address(), "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(trickling.join().unwrap(), "the server closed the trickling connection");
+    }
+
+    #[test]
     fn bearer_tokens_are_read_from_authorization_headers_only() {
         assert_eq!(bearer_token(b"Authorization: Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer_token(b"AUTHORIZATION:BEARER   abc "), Some(&b"abc"[..]));
