@@ -15,7 +15,9 @@
 //! a client that opens a socket and never completes its handshake holds it no longer than a
 //! client that never completes a frame. Decrypted bytes go through the same request-memory
 //! accounting as plaintext ones; rustls itself holds at most about one record (16 KiB) per
-//! direction per connection.
+//! direction per connection. The metrics port is served apart, by an ordinary thread with
+//! rustls's blocking API: there the handshake and the request head share one deadline
+//! (`metrics::http::IO_TIMEOUT`).
 //!
 //! The gossip channel (UDP datagrams) is not covered: TLS protects the TCP peer links that carry
 //! replication; gossip datagrams carry membership only.
