@@ -203,10 +203,15 @@ struct ServeArgs {
     /// libraries) on this address too, on every shard (SO_REUSEPORT). [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     resp_listen: Option<SocketAddr>,
-    /// Serve Prometheus metrics (text format) at http://ADDR:PORT/metrics, every shard's series
-    /// labelled with it. [default: off]
+    /// Serve Prometheus metrics (text format) at http://ADDR:PORT/metrics (https:// when TLS is
+    /// on, with the node's certificate), every shard's series labelled with it. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// A file holding the bearer token every scrape of --metrics-listen must present
+    /// (`Authorization: Bearer TOKEN`, 16 to 1024 printable bytes; trailing white space
+    /// ignored). Replaces `metrics_token` of the --config file. [default: no token, open port]
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// Listen beyond loopback without authentication: client, shard and Redis ports without
     /// `[[users]]`, or peer ports without `cluster_secret` (both set in the --config file).
     /// Without it such a node refuses to start; with it, it starts and logs a warning.
@@ -302,6 +307,10 @@ impl ServeArgs {
         if self.metrics_listen.is_some() {
             config.metrics_listen = self.metrics_listen;
         }
+        if self.metrics_token_file.is_some() {
+            config.metrics_token = None;
+            config.metrics_token_file.clone_from(&self.metrics_token_file);
+        }
         set(&mut config.hints_bytes_max, &self.hints_bytes_max);
         set(&mut config.hints_destination_bytes_max, &self.hints_destination_bytes_max);
         set(&mut config.max_hint_window_ms, &self.max_hint_window_ms);
@@ -391,6 +400,11 @@ fn check_config(args: &ServeArgs) -> ExitCode {
             }
             if config.cluster_secret.is_some() {
                 println!("# cluster_secret configured (not shown)");
+            }
+            if config.metrics_token.is_some() {
+                println!("# metrics_token configured (not shown)");
+            } else if let Some(path) = &config.metrics_token_file {
+                println!("# metrics_token_file {} read (the token is not shown)", path.display());
             }
             if !config.data_dir.is_dir() {
                 println!(

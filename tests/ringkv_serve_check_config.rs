@@ -148,3 +148,51 @@ fn the_configuration_files_in_the_deployment_guide_pass_the_check() {
     }
     assert!(checked >= 3, "the guide shows a 3-node cluster's files; found {checked} TOML blocks");
 }
+
+#[test]
+fn the_metrics_token_file_must_be_readable_and_hold_a_token() {
+    let root = tempfile::tempdir().unwrap();
+    let token_file = root.path().join("metrics-token");
+    let token_path = token_file.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--metrics-listen", "127.0.0.1:19100", "--metrics-token-file", token_path];
+        args.extend_from_slice(extra);
+        let output = check(&args);
+        let (stdout, stderr) = text(&output);
+        (output.status.code(), stdout, stderr)
+    };
+    let (code, stdout, stderr) = run(&[]);
+    assert_eq!(code, Some(1), "a missing file: {stdout}{stderr}");
+    assert!(stderr.contains("metrics_token_file") && stderr.contains(token_path), "{stderr}");
+    for (contents, why) in [("", "empty"), ("\n", "a blank line"), ("short\n", "too short")] {
+        std::fs::write(&token_file, contents).unwrap();
+        let (code, stdout, stderr) = run(&[]);
+        assert_eq!(code, Some(1), "{why}: {stdout}{stderr}");
+        assert!(stderr.contains("metrics_token_file") && stderr.contains("bytes"), "{why}: {stderr}");
+    }
+    // A directory cannot be read as a file.
+    let directory = root.path().join("a-directory");
+    std::fs::create_dir(&directory).unwrap();
+    let output = check(&["--metrics-token-file", directory.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).1.contains("metrics_token_file"), "{}", text(&output).1);
+
+    std::fs::write(&token_file, "the-metrics-token-0123456789\n").unwrap();
+    let (code, stdout, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("metrics_token_file = {token_path:?}")), "{stdout}");
+    assert!(!stdout.contains("the-metrics-token-0123456789"), "the token is never printed: {stdout}");
+
+    // Set in the configuration file instead: checked the same way, never printed either.
+    let inline =
+        write(&root.path().join("inline.toml"), "metrics_token = \"an-inline-metrics-token-0123\"\n");
+    let output = check(&["--config", &inline]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("metrics_token configured (not shown)"), "{stdout}");
+    assert!(!stdout.contains("an-inline-metrics-token-0123"), "{stdout}");
+    let short = write(&root.path().join("short.toml"), "metrics_token = \"short\"\n");
+    let output = check(&["--config", &short]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).1.contains("metrics_token"), "{}", text(&output).1);
+}

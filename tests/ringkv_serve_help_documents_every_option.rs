@@ -33,6 +33,7 @@ fn ringkv_serve_help_documents_every_option() {
         "--shutdown-grace-ms",
         "--resp-listen",
         "--metrics-listen",
+        "--metrics-token-file",
         "--check-config",
         "--allow-unauthenticated",
     ] {

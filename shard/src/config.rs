@@ -201,6 +201,15 @@ pub struct NodeConfig {
     /// shard, each shard's series labelled with it). Off when `None` (the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token scrapes of `metrics_listen` must present (`Authorization: Bearer
+    /// <token>`); without one (and without `metrics_token_file`) the port is open to anyone who
+    /// reaches it. Never printed.
+    #[serde(skip_serializing)]
+    pub metrics_token: Option<Secret>,
+    /// A file holding the metrics bearer token instead (trailing white space ignored), so that
+    /// the token is neither on the command line nor in the configuration file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Bytes of hints a shard keeps for all replicas together (hinted handoff); past it new
     /// hints are dropped and counted, and anti-entropy repairs what they held. 0 turns hints off.
     pub hints_bytes_max: u64,
@@ -296,6 +305,8 @@ impl Default for NodeConfig {
             peer_outbox_bytes_max: 4 << 20,
             resp_listen: None,
             metrics_listen: None,
+            metrics_token: None,
+            metrics_token_file: None,
             hints_bytes_max: 256 << 20,
             hints_destination_bytes_max: 64 << 20,
             max_hint_window_ms: 3 * 3_600_000,
@@ -559,6 +570,7 @@ impl NodeConfig {
             }
         }
         self.validate_auth()?;
+        self.metrics_token()?;
         if self.io_memory_bytes < 64 << 10 {
             return invalid(
                 "io_memory_bytes",
@@ -610,6 +622,53 @@ impl NodeConfig {
             );
         }
         Ok(())
+    }
+
+    /// The metrics bearer token: `metrics_token`, or what `metrics_token_file` holds less its
+    /// trailing white space; `None` when neither is set. The file is read at every call, so
+    /// `--check-config` finds a file that is missing, unreadable or empty.
+    pub fn metrics_token(&self) -> Result<Option<Secret>, ShardError> {
+        let token = match (&self.metrics_token, &self.metrics_token_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ShardError::ConfigValue {
+                    field: "metrics_token",
+                    reason: "and metrics_token_file are both set; keep one".to_string(),
+                })
+            }
+            (Some(token), None) => token.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ShardError::ConfigValue {
+                    field: "metrics_token_file",
+                    reason: format!("{}: {error}", path.display()),
+                })?;
+                Secret::new(text.trim_end())
+            }
+        };
+        let field = if self.metrics_token.is_some() { "metrics_token" } else { "metrics_token_file" };
+        let length = token.expose().len();
+        if !(METRICS_TOKEN_BYTES_MIN..=METRICS_TOKEN_BYTES_MAX).contains(&length) {
+            let source = match &self.metrics_token_file {
+                Some(path) => format!("{} holds", path.display()),
+                None => "is".to_string(),
+            };
+            return Err(ShardError::ConfigValue {
+                field,
+                reason: format!(
+                    "{source} a token of {length} bytes; it must be {METRICS_TOKEN_BYTES_MIN} to \
+                     {METRICS_TOKEN_BYTES_MAX} (use a long random string)"
+                ),
+            });
+        }
+        // What an HTTP header carries as it is: no spaces, no control characters.
+        if !token.expose().iter().all(|byte| (0x21..=0x7e).contains(byte)) {
+            return Err(ShardError::ConfigValue {
+                field,
+                reason: "must be printable ASCII without spaces (as `openssl rand -base64 32` makes)"
+                    .to_string(),
+            });
+        }
+        Ok(Some(token))
     }
 
     /// The listen addresses other than loopback that would accept connections without
@@ -683,6 +742,13 @@ impl NodeConfig {
 /// The shortest cluster secret accepted: 16 bytes, so that it cannot be guessed offline from a
 /// recorded handshake in any useful time if it is random.
 pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
+
+/// The shortest metrics bearer token accepted, as for the cluster secret.
+pub const METRICS_TOKEN_BYTES_MIN: usize = 16;
+
+/// The longest metrics bearer token accepted: it must fit a request head with room to spare
+/// (see `metrics::http::REQUEST_BYTES_MAX`).
+pub const METRICS_TOKEN_BYTES_MAX: usize = 1024;
 
 /// Shards run when none are configured: one per available core but one, and at least one. The
 /// core left over takes the kernel's network and disk work (a third of the CPU time at peak
@@ -869,6 +935,45 @@ mod tests {
         }
         let short = NodeConfig { cluster_secret: Some(Secret::new("short")), ..NodeConfig::default() };
         assert!(matches!(short.validate(), Err(ShardError::ConfigValue { field: "cluster_secret", .. })));
+    }
+
+    #[test]
+    fn the_metrics_token_comes_from_the_file_or_a_file_of_its_own_and_is_never_printed() {
+        let inline = NodeConfig::from_toml("metrics_token = \"inline-token-0123456789\"\n").unwrap();
+        assert_eq!(
+            inline.metrics_token().unwrap().as_ref().map(Secret::expose),
+            Some(&b"inline-token-0123456789"[..])
+        );
+        let printed = format!("{}{inline:?}", inline.effective().to_toml());
+        assert!(!printed.contains("inline-token-0123456789"), "{printed}");
+
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("metrics-token");
+        let from_file = NodeConfig { metrics_token_file: Some(file.clone()), ..NodeConfig::default() };
+        let refusal = |config: &NodeConfig| match config.validate() {
+            Err(ShardError::ConfigValue { field, reason }) => format!("{field} {reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(refusal(&from_file).contains("metrics_token_file"), "a missing file is named");
+        for (contents, why) in [
+            ("", "empty"),
+            ("\n", "only white space"),
+            ("short\n", "too short"),
+            ("has a space in it 0123456789\n", "a space"),
+        ] {
+            std::fs::write(&file, contents).unwrap();
+            assert!(refusal(&from_file).starts_with("metrics_token_file "), "{why}");
+        }
+        std::fs::write(&file, "file-token-0123456789\n").unwrap();
+        from_file.validate().unwrap();
+        assert_eq!(
+            from_file.metrics_token().unwrap().as_ref().map(Secret::expose),
+            Some(&b"file-token-0123456789"[..]),
+            "the trailing newline is not part of the token"
+        );
+        assert!(from_file.effective().to_toml().contains("metrics_token_file"));
+        let both = NodeConfig { metrics_token: inline.metrics_token.clone(), ..from_file };
+        assert!(refusal(&both).starts_with("metrics_token "));
     }
 
     #[test]

@@ -33,7 +33,8 @@
 //! - [`resp`]: the Redis protocol on every shard (`resp_listen`): [`resp::RespConnection`]
 //!   serves Redis commands through the same [`Router`] as native requests.
 //! - [`metrics`]: [`metrics::ShardMetrics`], each shard's counters and histograms, and the
-//!   Prometheus endpoint (`metrics_listen`) that renders them.
+//!   Prometheus endpoint (`metrics_listen`; HTTPS under TLS, an optional bearer token) that
+//!   renders them with the engine's and cluster's figures each shard answers every scrape with.
 //! - [`request_memory`]: [`request_memory::RequestMemory`], the shard's budget of request bytes
 //!   received and not yet answered; every connection reads through it.
 //! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.

@@ -25,13 +25,14 @@ use std::time::Duration;
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use ringkv_io::ExecutorBuilder;
-use tracing::{info, info_span};
+use tracing::{info, info_span, warn};
 
 use crate::cluster::MembershipSnapshot;
 use crate::config::NodeConfig;
 use crate::data_directory::{DataDirectory, Placement};
 use crate::error::ShardError;
-use crate::metrics::http::MetricsServer;
+use crate::metrics::figures::{self, FiguresInbox};
+use crate::metrics::http::{Access, MetricsServer, ShardSource};
 use crate::metrics::ShardMetrics;
 use crate::ring::Ring;
 use crate::router::forwarding::ShardMessage;
@@ -149,10 +150,21 @@ impl Node {
         let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
         let metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
         // Bound before any shard starts, so a taken port fails the start like any other.
-        let metrics_server = config
-            .metrics_listen
-            .map(|address| MetricsServer::start(address, metrics.clone()))
-            .transpose()?;
+        let (metrics_server, figure_inboxes) = match config.metrics_listen {
+            Some(address) => {
+                let (askers, inboxes): (Vec<_>, Vec<_>) =
+                    (0..shards).map(|_| figures::channel(figures::PENDING_REQUESTS_MAX)).unzip();
+                let sources = metrics
+                    .iter()
+                    .zip(askers)
+                    .map(|(metrics, figures)| ShardSource { metrics: metrics.clone(), figures })
+                    .collect();
+                let server = MetricsServer::start(address, sources, metrics_access(&config)?)?;
+                (Some(server), inboxes)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut figure_inboxes = figure_inboxes.into_iter();
         let (ready_sender, ready_receiver) = mpsc::channel();
 
         let mut threads = Vec::with_capacity(shards);
@@ -177,6 +189,7 @@ impl Node {
                 membership: Some(membership),
                 shard_id,
                 metrics: shard_metrics.clone(),
+                figures: figure_inboxes.next(),
                 config: config.clone(),
                 data_directory: data_directory.clone(),
                 control: control.clone(),
@@ -244,6 +257,21 @@ impl Node {
     }
 }
 
+/// Who may scrape the metrics port, and over what: HTTPS with the node's certificate when TLS is
+/// on, and the bearer token when one is set. Warns once when clients or peers must authenticate
+/// but the metrics port is open to anyone who reaches it.
+fn metrics_access(config: &NodeConfig) -> Result<Access, ShardError> {
+    let token = config.metrics_token()?;
+    if token.is_none() && (!config.users.is_empty() || config.cluster_secret.is_some()) {
+        warn!(
+            "clients or peers must authenticate, but the metrics port has no bearer token: anyone who \
+             reaches it can read the node's figures (set metrics_token or metrics_token_file)"
+        );
+    }
+    let tls = crate::tls::TlsSettings::load(config)?.map(|tls| tls.metrics_port());
+    Ok(Access { tls, token })
+}
+
 /// What one shard's thread owns.
 struct ShardThread {
     known_peers: std::collections::BTreeMap<u16, ringkv_replication::NodeIdentity>,
@@ -252,6 +280,7 @@ struct ShardThread {
     membership: Option<MembershipChannels>,
     shard_id: u32,
     metrics: Arc<ShardMetrics>,
+    figures: Option<FiguresInbox>,
     config: Arc<NodeConfig>,
     data_directory: Arc<DataDirectory>,
     control: Arc<NodeControl>,
@@ -314,6 +343,7 @@ impl ShardThread {
         ShardService::start(ShardSetup {
             shard_id,
             metrics: self.metrics.clone(),
+            figures: self.figures.take(),
             config: &self.config,
             data_directory: &self.data_directory,
             ring: Ring::new(self.peers.len(), self.config.vnodes_per_shard),

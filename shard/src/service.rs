@@ -48,7 +48,8 @@ use crate::connection::{Connection, ConnectionLimits};
 use crate::data_directory::DataDirectory;
 use crate::error::ShardError;
 use crate::handler::Handler;
-use crate::metrics::{OverloadReason, Protocol, ShardMetrics, REFRESH_MS};
+use crate::metrics::figures::FiguresInbox;
+use crate::metrics::{OverloadReason, Protocol, ShardFigures, ShardMetrics};
 use crate::request_memory::RequestMemory;
 use crate::ring::Ring;
 use crate::router::forwarding::{Forwarding, ShardMessage};
@@ -64,6 +65,9 @@ pub struct ShardSetup<'setup> {
     pub shard_id: u32,
     /// This shard's metrics, read by the node's metrics endpoint.
     pub metrics: Arc<ShardMetrics>,
+    /// Where the metrics endpoint asks for the engine's and cluster's figures at each scrape;
+    /// `None` when `metrics_listen` is not set.
+    pub figures: Option<FiguresInbox>,
     pub config: &'setup NodeConfig,
     pub data_directory: &'setup DataDirectory,
     pub ring: Ring,
@@ -101,7 +105,8 @@ pub struct ShardService {
     stop: Rc<StopSignal>,
     shutdown_grace: Duration,
     cluster: Rc<Cluster>,
-    /// Membership (shard 0), the snapshot follower (other shards) and the peer acceptor.
+    /// Membership (shard 0), the snapshot follower (other shards), the peer acceptor, and the
+    /// task answering metrics scrapes with the engine's and cluster's figures.
     cluster_tasks: Vec<JoinHandle<()>>,
     cluster_stop: Rc<StopSignal>,
 }
@@ -148,6 +153,7 @@ impl ShardService {
         let ShardSetup {
             shard_id,
             metrics,
+            figures,
             config,
             data_directory,
             ring,
@@ -190,9 +196,22 @@ impl ShardService {
             vnodes_per_shard: config.vnodes_per_shard as u32,
             tokens,
         };
-        let (cluster, cluster_tasks, cluster_stop) =
+        let (cluster, mut cluster_tasks, cluster_stop) =
             start_cluster(shard_id, config, identity, handler.clone(), membership, known_peers, &directory)
                 .await?;
+        if let Some(inbox) = figures {
+            // Scrapes are answered until the shard stops, through the drain too.
+            let (engine, cluster, stop) = (engine.engine().clone(), cluster.clone(), cluster_stop.clone());
+            let answer = async move {
+                inbox
+                    .answer_until_stopped(&stop, || ShardFigures {
+                        storage: engine.stats(),
+                        cluster: cluster.figures(),
+                    })
+                    .await;
+            };
+            cluster_tasks.push(glommio::spawn_local(answer).detach());
+        }
         let topology = ring.topology(|shard| config.shard_port(shard));
         let receivers = forwarding.start_receivers(receivers, handler.clone(), cluster.clone());
         let router = Rc::new(Router::new(
@@ -242,10 +261,6 @@ impl ShardService {
                 glommio::spawn_local(async move { acceptor.run(listener).await }.instrument(span)).detach()
             })
             .collect();
-        if config.metrics_listen.is_some() {
-            let refresh = refresh_metrics(metrics, engine.engine().clone(), cluster.clone(), stop.clone());
-            acceptors.push(glommio::spawn_local(refresh).detach());
-        }
         if let Some(listener) = resp_listener {
             info!(resp = %config.resp_listen.expect("bound from it"), "listening for the Redis protocol");
             acceptors.push(crate::resp::spawn_listener(
@@ -566,45 +581,6 @@ struct WalSyncs(Arc<ShardMetrics>);
 impl SyncObserver for WalSyncs {
     fn synced(&self, file: &str, elapsed: Duration) {
         self.0.synced(file, elapsed);
-    }
-}
-
-/// Copies the figures the engine and the cluster keep themselves into the shard's metrics,
-/// every [`REFRESH_MS`], until `stop`.
-async fn refresh_metrics(
-    metrics: Arc<ShardMetrics>,
-    engine: Rc<ringkv_storage::Engine<ringkv_io::DmaDisk>>,
-    cluster: Rc<Cluster>,
-    stop: Rc<StopSignal>,
-) {
-    loop {
-        let stats = engine.stats();
-        let storage = &metrics.storage;
-        storage.memtable_bytes.set(stats.memtable_bytes as u64);
-        storage.block_cache_bytes.set(stats.block_cache_bytes as u64);
-        storage.table_bytes.set(stats.table_bytes);
-        storage.tables.set(stats.tables as u64);
-        storage.flushes.set(stats.flushes);
-        storage.flush_bytes.set(stats.flush_bytes);
-        storage.compactions.set(stats.compactions);
-        storage.compaction_bytes.set(stats.compaction_bytes);
-        storage.wal_bytes.set(stats.wal_bytes);
-        storage.user_bytes.set(stats.user_bytes);
-        cluster.copy_figures(&metrics.cluster);
-        let stopped = or(
-            async {
-                glommio::timer::sleep(Duration::from_millis(REFRESH_MS)).await;
-                false
-            },
-            async {
-                stop.wait().await;
-                true
-            },
-        )
-        .await;
-        if stopped {
-            return;
-        }
     }
 }
 

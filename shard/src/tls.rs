@@ -5,16 +5,19 @@
 //!                                │  client certificates only when tls_client_ca_file is set
 //!  tls_ca_file ──────────────────┼─ peer port: server side, the peer's certificate required and
 //!                                │  verified against tls_ca_file (mutual TLS)
-//!                                └─ peer links: client side, presents the node certificate and
-//!                                   verifies the remote node's against tls_ca_file, for the IP
-//!                                   address it dialled
+//!                                ├─ peer links: client side, presents the node certificate and
+//!                                │  verifies the remote node's against tls_ca_file, for the IP
+//!                                │  address it dialled
+//!                                └─ metrics port (HTTPS): the client ports' configuration
 //! ```
 //!
 //! A connection's handshake must finish within the frame timeout, or the connection is closed:
 //! a client that opens a socket and never completes its handshake holds it no longer than a
 //! client that never completes a frame. Decrypted bytes go through the same request-memory
 //! accounting as plaintext ones; rustls itself holds at most about one record (16 KiB) per
-//! direction per connection.
+//! direction per connection. The metrics port is served apart, by an ordinary thread with
+//! rustls's blocking API: there the handshake and the request head share one deadline
+//! (`metrics::http::IO_TIMEOUT`).
 //!
 //! The gossip channel (UDP datagrams) is not covered: TLS protects the TCP peer links that carry
 //! replication; gossip datagrams carry membership only.
@@ -66,6 +69,8 @@ pub enum TlsError {
 pub struct TlsSettings {
     /// For the client ports.
     client_ports: TlsAcceptor,
+    /// The client ports' configuration, for the metrics port (served by an ordinary thread).
+    client_ports_config: Arc<ServerConfig>,
     /// For the peer port: client certificates required.
     peer_port: TlsAcceptor,
     /// For peer links this node opens.
@@ -165,7 +170,7 @@ impl TlsSettings {
 
         let server = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
                       what: &'static str|
-         -> Result<TlsAcceptor, TlsError> {
+         -> Result<Arc<ServerConfig>, TlsError> {
             let rustls = |source| TlsError::Rustls { what, source };
             let builder = ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
@@ -175,18 +180,21 @@ impl TlsSettings {
                 None => builder.with_no_client_auth(),
             };
             let config = builder.with_single_cert(certificates.clone(), key.clone_key()).map_err(rustls)?;
-            Ok(TlsAcceptor::from(Arc::new(config)))
+            Ok(Arc::new(config))
         };
         let client_verifier = |roots: Arc<RootCertStore>, what: &'static str| {
             WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|error| TlsError::Rustls { what, source: rustls::Error::General(error.to_string()) })
         };
-        let client_ports = server(
+        let client_ports_config = server(
             client_roots.map(|roots| client_verifier(roots, "tls_client_ca_file")).transpose()?,
             "client ports",
         )?;
-        let peer_port = server(Some(client_verifier(peer_roots.clone(), "tls_ca_file")?), "peer port")?;
+        let peer_port = TlsAcceptor::from(server(
+            Some(client_verifier(peer_roots.clone(), "tls_ca_file")?),
+            "peer port",
+        )?);
         let server_verifier = WebPkiServerVerifier::builder_with_provider(peer_roots, provider.clone())
             .build()
             .map_err(|error| TlsError::Rustls {
@@ -199,7 +207,18 @@ impl TlsSettings {
             .with_webpki_verifier(server_verifier)
             .with_client_auth_cert(certificates.clone(), key.clone_key())
             .map_err(|source| TlsError::Rustls { what: "peer links", source })?;
-        Ok(Some(TlsSettings { client_ports, peer_port, peer_links: TlsConnector::from(Arc::new(links)) }))
+        Ok(Some(TlsSettings {
+            client_ports: TlsAcceptor::from(client_ports_config.clone()),
+            client_ports_config,
+            peer_port,
+            peer_links: TlsConnector::from(Arc::new(links)),
+        }))
+    }
+
+    /// The server configuration of the metrics port: the client ports' (the node's certificate,
+    /// and client certificates only when `tls_client_ca_file` is set).
+    pub fn metrics_port(&self) -> Arc<ServerConfig> {
+        self.client_ports_config.clone()
     }
 
     /// Handshakes with a client on a client port (native, shard or RESP).

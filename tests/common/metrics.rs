@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::SHARDS;
 
-/// Longest wait for figures the shards copy in periodically (every second).
+/// Longest wait for the server, and for figures that change in the background (a flush, hints).
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// One sample: its labels and value.
@@ -20,11 +20,33 @@ pub struct Sample {
 
 /// GET /metrics; the status line must be 200 and the content type Prometheus text 0.0.4.
 pub fn scrape_text(port: u16) -> String {
+    metrics_body(&get_metrics(port, ""))
+}
+
+/// The whole response to `GET /metrics` over plain HTTP, with `headers` (each ending in CRLF)
+/// added to the request.
+pub fn get_metrics(port: u16, headers: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the metrics port");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    exchange(&mut stream, headers)
+}
+
+/// Sends `GET /metrics` with `headers` on `stream` and reads the response to its end.
+pub fn exchange<S: Read + Write>(stream: &mut S, headers: &str) -> String {
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A TLS server may close without close_notify after its answer; what came is whole.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(error) => panic!("reading the metrics response: {error}"),
+    }
+    String::from_utf8(response).expect("a UTF-8 response")
+}
+
+/// The body of a response, which must be a 200 in Prometheus text 0.0.4.
+pub fn metrics_body(response: &str) -> String {
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
@@ -129,7 +151,7 @@ pub fn scrape(port: u16) -> Vec<Sample> {
     parse(&scrape_text(port))
 }
 
-/// Scrapes until `done` holds of a scrape (figures copied in periodically), or fails.
+/// Scrapes until `done` holds of a scrape (figures that change in the background), or fails.
 pub fn scrape_until(port: u16, what: &str, done: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
     let started = Instant::now();
     loop {

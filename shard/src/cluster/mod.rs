@@ -266,28 +266,28 @@ impl Cluster {
         f(&self.view.borrow())
     }
 
-    /// Copies this shard's cluster figures (coordinator, hints, anti-entropy) into `into`.
-    pub fn copy_figures(&self, into: &crate::metrics::ClusterMetrics) {
+    /// This shard's cluster figures (coordinator, hints, anti-entropy), as they are now.
+    pub fn figures(&self) -> crate::metrics::ClusterFigures {
         let coordinator = self.coordinator.borrow().counters();
-        into.replica_timeouts.set(coordinator.timeouts);
-        into.read_repairs.set(coordinator.read_repairs);
-        into.read_repair_replicas.set(coordinator.read_repair_replicas);
-        if let Some(handoff) = &self.handoff {
-            let hints = handoff.counters();
-            into.hints_stored.set(hints.stored);
-            into.hints_stored_bytes.set(hints.stored_bytes);
-            into.hints_replayed.set(hints.replayed);
-            into.hints_replayed_bytes.set(hints.replayed_bytes);
-            into.hints_dropped_full.set(hints.dropped_full);
-            into.hints_dropped_window.set(hints.dropped_window);
-            into.hints_dropped_grace.set(hints.dropped_grace);
-        }
+        let hints = self.handoff.as_ref().map(|handoff| handoff.counters()).unwrap_or_default();
         let totals = *self.healing.totals.borrow();
-        into.anti_entropy_exchanges.set(totals.exchanges);
-        into.anti_entropy_exchanges_failed.set(totals.exchanges_failed);
-        into.anti_entropy_keys_pushed.set(totals.keys_pushed);
-        into.anti_entropy_keys_pulled.set(totals.keys_pulled);
-        into.anti_entropy_bytes_sent.set(totals.bytes_sent);
+        crate::metrics::ClusterFigures {
+            replica_timeouts: coordinator.timeouts,
+            read_repairs: coordinator.read_repairs,
+            read_repair_replicas: coordinator.read_repair_replicas,
+            hints_stored: hints.stored,
+            hints_stored_bytes: hints.stored_bytes,
+            hints_replayed: hints.replayed,
+            hints_replayed_bytes: hints.replayed_bytes,
+            hints_dropped_full: hints.dropped_full,
+            hints_dropped_window: hints.dropped_window,
+            hints_dropped_grace: hints.dropped_grace,
+            anti_entropy_exchanges: totals.exchanges,
+            anti_entropy_exchanges_failed: totals.exchanges_failed,
+            anti_entropy_keys_pushed: totals.keys_pushed,
+            anti_entropy_keys_pulled: totals.keys_pulled,
+            anti_entropy_bytes_sent: totals.bytes_sent,
+        }
     }
 
     /// Whether this shard's requests go through replication (more than one copy of each key).

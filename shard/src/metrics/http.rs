@@ -1,27 +1,66 @@
 //! The `/metrics` endpoint: a small HTTP/1.x server on one ordinary thread of the node, apart
-//! from the shards' executors, answering each scrape with [`super::render`] of every shard.
+//! from the shards' executors, answering each scrape with [`super::render`] of every shard and
+//! the figures each shard answers with at that moment.
 //!
-//! Scrapes are served one at a time, each connection closed after its answer; a client gets
-//! [`IO_TIMEOUT`] to send its request and read the answer, so a stuck scraper delays others by
-//! at most that. A request head longer than [`REQUEST_BYTES_MAX`] is refused.
+//! ```text
+//!  accept ─▶ TLS handshake (when the node has TLS) ─▶ request head ─▶ bearer token (when set)
+//!     ├─ missing or wrong token ─▶ 401, WWW-Authenticate: Bearer
+//!     └─ GET /metrics ─▶ ask every shard for its figures ─▶ wait (FIGURES_TIMEOUT at most)
+//!                      ─▶ render ─▶ 200 text/plain; version=0.0.4
+//! ```
+//!
+//! Scrapes are served one at a time, each connection closed after its answer. A client gets
+//! [`IO_TIMEOUT`] in all to finish its TLS handshake and send its request head, however it
+//! spreads its bytes, and [`IO_TIMEOUT`] again to read the answer; shards get
+//! [`FIGURES_TIMEOUT`] to answer. A stuck scraper or shard therefore delays the next scrape by
+//! at most `2 × IO_TIMEOUT + FIGURES_TIMEOUT`. A request head longer than [`REQUEST_BYTES_MAX`]
+//! is refused.
+//!
+//! The token is compared as a SHA-256 digest with [`subtle`]'s constant-time equality, so the
+//! time a check takes says nothing about how much of a guess matched, nor about its length.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn};
 
-use super::ShardMetrics;
+use super::figures::FiguresAsker;
+use super::{FiguresUnavailable, ShardFigures, ShardMetrics};
+use crate::auth::Secret;
 use crate::error::ShardError;
 
 /// Bytes of request head read at most.
 pub const REQUEST_BYTES_MAX: usize = 8 << 10;
 
-/// How long a scraper may take to send its request, and to read the answer.
+/// How long a scraper may take to hand over its request (TLS handshake included), and again to
+/// read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a scrape waits for the shards' figures; a shard that has not answered by then is
+/// left out of that scrape.
+pub const FIGURES_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who may scrape, and over what.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// Serve HTTPS with this configuration (the node's client-port TLS settings).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Require `Authorization: Bearer <token>` on every request.
+    pub token: Option<Secret>,
+}
+
+/// One shard as the endpoint sees it: the counters it reads directly, and where it asks for
+/// the figures the shard alone can read.
+pub struct ShardSource {
+    pub metrics: Arc<ShardMetrics>,
+    pub figures: FiguresAsker,
+}
 
 /// The running endpoint; stops when dropped.
 pub struct MetricsServer {
@@ -32,33 +71,53 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Binds `address` and serves `/metrics` of `shards` (shard i at index i) on a thread.
-    pub fn start(address: SocketAddr, shards: Vec<Arc<ShardMetrics>>) -> Result<Self, ShardError> {
+    pub fn start(address: SocketAddr, shards: Vec<ShardSource>, access: Access) -> Result<Self, ShardError> {
         let listener = TcpListener::bind(address).map_err(|source| ShardError::Listen { address, source })?;
         let address = listener.local_addr().map_err(|source| ShardError::Listen { address, source })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let scheme = if access.tls.is_some() { "https" } else { "http" };
+        let token_required = access.token.is_some();
+        let endpoint =
+            Endpoint { token_digest: access.token.as_ref().map(|token| digest(token.expose())), shards };
+        let tls = access.tls;
         let thread = thread::Builder::new()
             .name("ringkv-metrics".into())
             .spawn(move || {
+                let mut refused = 0u64;
                 for stream in listener.incoming() {
                     if stopped.load(Ordering::SeqCst) {
                         break;
                     }
-                    match stream {
-                        Ok(stream) => {
-                            if let Err(error) = answer(stream, &shards) {
-                                debug!(%error, "a metrics scrape failed");
-                            }
-                        }
+                    let stream = match stream {
+                        Ok(stream) => stream,
                         Err(error) => {
                             warn!(%error, "accepting a metrics scrape failed");
                             thread::sleep(Duration::from_millis(10));
+                            continue;
                         }
+                    };
+                    let peer = stream.peer_addr().ok();
+                    match endpoint.serve(stream, tls.as_ref()) {
+                        Ok(Served::Answered) => {}
+                        Ok(Served::Refused) => {
+                            refused += 1;
+                            // Logged at powers of two, so a scraper with a wrong token cannot
+                            // fill the log.
+                            if refused.is_power_of_two() {
+                                warn!(
+                                    refused,
+                                    ?peer,
+                                    "metrics scrapes refused: missing or wrong bearer token"
+                                );
+                            }
+                        }
+                        Err(error) => debug!(%error, ?peer, "a metrics scrape failed"),
                     }
                 }
             })
             .map_err(|source| ShardError::Listen { address, source })?;
-        info!(metrics = %address, "serving Prometheus metrics at /metrics");
+        info!(metrics = %address, scheme, token_required, "serving Prometheus metrics at /metrics");
         Ok(MetricsServer { address, stop, thread: Some(thread) })
     }
 
@@ -88,54 +147,203 @@ impl Drop for MetricsServer {
     }
 }
 
-/// Reads one request head and answers it.
-fn answer(mut stream: TcpStream, shards: &[Arc<ShardMetrics>]) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        if head.len() >= REQUEST_BYTES_MAX {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "request head too long\n");
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// How a connection ended, when it did not fail.
+enum Served {
+    /// Answered (metrics, or 404, 405, 431).
+    Answered,
+    /// Answered 401: no token, or the wrong one.
+    Refused,
+}
+
+/// What the serving thread owns.
+struct Endpoint {
+    /// SHA-256 of the bearer token, when one is required.
+    token_digest: Option<[u8; 32]>,
+    shards: Vec<ShardSource>,
+}
+
+impl Endpoint {
+    /// Serves one connection, over TLS when `tls` is set.
+    fn serve(&self, stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<Served> {
+        let mut stream = DeadlineStream::new(stream);
+        match tls {
+            None => self.answer(&mut stream),
+            Some(config) => {
+                let connection = rustls::ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                let served = self.answer(&mut tls)?;
+                tls.conn.send_close_notify();
+                tls.flush()?;
+                Ok(served)
+            }
         }
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..read]);
     }
-    let line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&byte| byte == b' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let path = target.split(|&byte| byte == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET", b"/metrics") => {
-            let body = super::render(shards);
-            let header = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            stream.write_all(header.as_bytes())?;
-            stream.write_all(body.as_bytes())
+
+    /// Reads one request head from `stream` and answers it.
+    fn answer<S: Read + Write + Rearm>(&self, stream: &mut S) -> io::Result<Served> {
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+            if head.len() >= REQUEST_BYTES_MAX {
+                respond(stream, "431 Request Header Fields Too Large", &[], "request head too long\n")?;
+                return Ok(Served::Answered);
+            }
+            let read = stream.read(&mut chunk)?;
+            if read == 0 {
+                return Ok(Served::Answered);
+            }
+            head.extend_from_slice(&chunk[..read]);
         }
-        (b"GET", _) => respond(&mut stream, "404 Not Found", "ringkv serves its metrics at /metrics\n"),
-        _ => respond(&mut stream, "405 Method Not Allowed", "only GET /metrics is served\n"),
+        let mut lines =
+            head.split(|&byte| byte == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line));
+        let request_line = lines.next().unwrap_or_default();
+        let mut parts = request_line.split(|&byte| byte == b' ');
+        let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let path = target.split(|&byte| byte == b'?').next().unwrap_or_default();
+        if let Some(expected) = &self.token_digest {
+            let presented = lines.take_while(|line| !line.is_empty()).find_map(bearer_token);
+            let matches = presented.is_some_and(|token| bool::from(digest(token).ct_eq(expected)));
+            if !matches {
+                // RFC 6750 §3: a request without credentials gets the bare challenge; one with
+                // the wrong token is told it is invalid.
+                let challenge = match presented {
+                    None => "WWW-Authenticate: Bearer realm=\"ringkv metrics\"",
+                    Some(_) => "WWW-Authenticate: Bearer realm=\"ringkv metrics\", error=\"invalid_token\"",
+                };
+                stream.rearm();
+                respond(stream, "401 Unauthorized", &[challenge], "a bearer token is required\n")?;
+                return Ok(Served::Refused);
+            }
+        }
+        match (method, path) {
+            (b"GET", b"/metrics") => {
+                let body = self.render();
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.rearm();
+                stream.write_all(header.as_bytes())?;
+                stream.write_all(body.as_bytes())?;
+                stream.flush()?;
+            }
+            (b"GET", _) => respond(stream, "404 Not Found", &[], "ringkv serves its metrics at /metrics\n")?,
+            _ => respond(stream, "405 Method Not Allowed", &[], "only GET /metrics is served\n")?,
+        }
+        Ok(Served::Answered)
+    }
+
+    /// Asks every shard for its figures, then waits for all of them up to one deadline, and
+    /// renders.
+    fn render(&self) -> String {
+        let deadline = Instant::now() + FIGURES_TIMEOUT;
+        let asked: Vec<_> = self.shards.iter().map(|shard| shard.figures.ask()).collect();
+        let figures: Vec<Result<ShardFigures, FiguresUnavailable>> = asked
+            .into_iter()
+            .enumerate()
+            .map(|(shard, asked)| {
+                asked.and_then(|pending| pending.wait(deadline)).inspect_err(
+                    |reason| warn!(shard, %reason, "a shard's storage and cluster figures are missing from a scrape"),
+                )
+            })
+            .collect();
+        let metrics: Vec<Arc<ShardMetrics>> = self.shards.iter().map(|shard| shard.metrics.clone()).collect();
+        super::render(&metrics, &figures)
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+/// The token of an `Authorization: Bearer <token>` header line; the header name and the scheme
+/// are case-insensitive (RFC 9110 §5.1, §11.1).
+fn bearer_token(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&byte| byte == b':')?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if !name.eq_ignore_ascii_case(b"authorization") {
+        return None;
+    }
+    let value = value.trim_ascii();
+    let (scheme, token) = value.split_at(value.iter().position(|&byte| byte == b' ')?);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
+}
+
+fn respond<S: Write>(stream: &mut S, status: &str, headers: &[&str], body: &str) -> io::Result<()> {
+    let mut response = format!("HTTP/1.1 {status}\r\n");
+    for header in headers {
+        response.push_str(header);
+        response.push_str("\r\n");
+    }
+    response.push_str(&format!(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    stream.write_all(response.as_bytes())
+    ));
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+/// Gives the connection a fresh [`IO_TIMEOUT`], for the answer.
+trait Rearm {
+    fn rearm(&mut self);
+}
+
+/// A TCP connection whose reads and writes all end by one deadline, however the peer spreads
+/// its bytes: each blocking call may wait only for the time left.
+struct DeadlineStream {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    fn new(stream: TcpStream) -> Self {
+        DeadlineStream { stream, deadline: Instant::now() + IO_TIMEOUT }
+    }
+
+    fn time_left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the scrape ran out of time"));
+        }
+        Ok(left)
+    }
+}
+
+impl Rearm for DeadlineStream {
+    fn rearm(&mut self) {
+        self.deadline = Instant::now() + IO_TIMEOUT;
+    }
+}
+
+impl Rearm for rustls::StreamOwned<rustls::ServerConnection, DeadlineStream> {
+    fn rearm(&mut self) {
+        self.sock.rearm();
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.time_left()?))?;
+        self.stream.read(buffer)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.time_left()?))?;
+        self.stream.write(buffer)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::figures;
     use crate::metrics::{OperationKind, RequestOutcome};
 
     fn get(address: SocketAddr, request: &str) -> String {
@@ -146,16 +354,30 @@ mod tests {
         response
     }
 
+    /// A shard whose figures are never answered: its end of the channel is gone, as when the
+    /// shard has stopped, so scrapes see it unavailable at once.
+    fn stopped_shard(metrics: Arc<ShardMetrics>) -> ShardSource {
+        let (figures, inbox) = figures::channel(1);
+        drop(inbox);
+        ShardSource { metrics, figures }
+    }
+
     #[test]
     fn serves_metrics_and_refuses_other_paths() {
         let shard = Arc::new(ShardMetrics::default());
         shard.request(OperationKind::Get, RequestOutcome::NotFound, Duration::from_micros(5));
-        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), vec![shard]).unwrap();
+        let server = MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![stopped_shard(shard)],
+            Access::default(),
+        )
+        .unwrap();
         let response = get(server.address(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(response.contains("text/plain; version=0.0.4"));
         assert!(response
             .contains("ringkv_requests_total{shard=\"0\",operation=\"get\",outcome=\"not_found\"} 1\n"));
+        assert!(response.contains("ringkv_shard_figures_available{shard=\"0\"} 0\n"), "{response}");
         assert!(get(server.address(), "GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         assert!(get(server.address(), "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         // Exactly the bound and no end of head: the server reads it all, then refuses.
@@ -163,5 +385,129 @@ mod tests {
         long.push_str(&"a".repeat(REQUEST_BYTES_MAX - long.len()));
         assert!(get(server.address(), &long).starts_with("HTTP/1.1 431"));
         drop(server);
+    }
+
+    #[test]
+    fn a_token_once_set_is_required_on_every_request() {
+        let token = "a-token-of-enough-bytes";
+        let access = Access { tls: None, token: Some(Secret::new(token)) };
+        let shard = Arc::new(ShardMetrics::default());
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), vec![stopped_shard(shard)], access).unwrap();
+        let scrape =
+            |headers: &str| get(server.address(), &format!("GET /metrics HTTP/1.1\r\n{headers}\r\n"));
+
+        let missing = scrape("Host: x\r\n");
+        assert!(missing.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{missing}");
+        assert!(missing.contains("\r\nWWW-Authenticate: Bearer realm=\"ringkv metrics\"\r\n"), "{missing}");
+        assert!(!missing.contains("ringkv_requests_total"), "{missing}");
+        for wrong in [
+            "Authorization: Bearer a-token-of-enough-bytez\r\n",
+            "Authorization: Bearer a-token-of-enough-bytes-and-more\r\n",
+            "Authorization: Bearer a-token\r\n",
+            "Authorization: Basic YS10b2tlbi1vZi1lbm91Z2gtYnl0ZXM=\r\n",
+            "X-Authorization: Bearer a-token-of-enough-bytes\r\n",
+        ] {
+            let refused = scrape(wrong);
+            assert!(refused.starts_with("HTTP/1.1 401 "), "{wrong}: {refused}");
+            assert!(refused.contains("\r\nWWW-Authenticate: Bearer "), "{wrong}: {refused}");
+        }
+        assert!(
+            scrape("Authorization: Bearer wrong-token-wrong-token\r\n").contains("error=\"invalid_token\"")
+        );
+        // Other paths are refused without the token too: nothing is served to a stranger.
+        assert!(get(server.address(), "GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 401 "));
+
+        // Header names and the scheme are case-insensitive.
+        for right in
+            [format!("Authorization: Bearer {token}\r\n"), format!("authorization:   bearer {token}  \r\n")]
+        {
+            let served = scrape(&format!("Host: x\r\n{right}"));
+            assert!(served.starts_with("HTTP/1.1 200 OK\r\n"), "{right}: {served}");
+            assert!(served.contains("ringkv_requests_total"), "{served}");
+        }
+    }
+
+    #[test]
+    fn a_shard_that_never_answers_is_left_out_of_the_scrape_not_waited_for() {
+        // Shard 0 answers from its executor; shard 1's queue is there but nothing takes from it,
+        // as when its executor is stuck.
+        let (answering, inbox) = figures::channel(figures::PENDING_REQUESTS_MAX);
+        let (stuck, _never_read) = figures::channel(figures::PENDING_REQUESTS_MAX);
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let shard = thread::spawn(move || {
+            ringkv_io::run_local("metrics-http-test", async move {
+                let stop = std::rc::Rc::new(crate::StopSignal::new());
+                let task = {
+                    let stop = stop.clone();
+                    glommio::spawn_local(async move {
+                        let figures = || ShardFigures {
+                            storage: ringkv_storage::EngineStats { flushes: 3, ..Default::default() },
+                            ..ShardFigures::default()
+                        };
+                        inbox.answer_until_stopped(&stop, figures).await;
+                    })
+                };
+                while finished.try_recv().is_err() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                stop.trigger();
+                task.await;
+            })
+        });
+        let sources = vec![
+            ShardSource { metrics: Arc::default(), figures: answering },
+            ShardSource { metrics: Arc::default(), figures: stuck },
+        ];
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), sources, Access::default()).unwrap();
+        let response = get(server.address(), "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"), "{response}");
+        assert!(response.contains("ringkv_shard_figures_available{shard=\"1\"} 0\n"), "{response}");
+        assert!(response.contains("ringkv_flushes_total{shard=\"0\"} 3\n"), "{response}");
+        assert!(!response.contains("ringkv_flushes_total{shard=\"1\"}"), "{response}");
+        // The counters every shard keeps itself are there for both.
+        assert!(response.contains("ringkv_wal_syncs_total{shard=\"1\"} 0\n"), "{response}");
+        drop(server);
+        done.send(()).unwrap();
+        shard.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_trickling_its_request_is_cut_off_and_the_next_scrape_served() {
+        let server = MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![stopped_shard(Arc::default())],
+            Access::default(),
+        )
+        .unwrap();
+        // One byte at a time, never ending its head: each read succeeds well within any
+        // per-read timeout, so only a deadline over the whole request ends it.
+        let mut trickler = TcpStream::connect(server.address()).unwrap();
+        trickler.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+        let trickling = thread::spawn(move || {
+            for _ in 0..6_000 {
+                if trickler.write_all(b"a").is_err() {
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            false
+        });
+        // Queued behind the trickler on the one serving thread.
+        let response = get(server.address(), "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(trickling.join().unwrap(), "the server closed the trickling connection");
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_authorization_headers_only() {
+        assert_eq!(bearer_token(b"Authorization: Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"AUTHORIZATION:BEARER   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Authorization: Bearerabc"), None, "the scheme ends at a space");
+        assert_eq!(bearer_token(b"Authorization: Basic abc"), None);
+        assert_eq!(bearer_token(b"Authorization: Bearer"), None);
+        assert_eq!(bearer_token(b"Host: Bearer abc"), None);
     }
 }

@@ -1,9 +1,10 @@
-//! Prometheus metrics: per-shard counters and histograms kept as relaxed atomics, and their
+//! Prometheus metrics: per-shard counters and histograms kept as relaxed atomics, the figures
+//! the engine and the cluster keep themselves, asked of each shard at scrape time, and their
 //! rendering in Prometheus's text format for `metrics_listen`.
 //!
 //! ```text
-//!  shard thread ─▶ ShardMetrics (its own; counters, latency histograms) ◀─ render ─ scrape thread
-//!  shard thread ─every REFRESH_MS─▶ engine, cluster and connection figures ─▶ ShardMetrics gauges
+//!  shard thread ─▶ ShardMetrics (its own; counters, latency histograms) ◀─ read ─ scrape thread
+//!  scrape thread ─ask every shard─▶ engine and cluster figures, as they are now ─▶ (or unavailable)
 //!  GET /metrics ─▶ http::serve (one std thread per node) ─▶ render(every shard) ─▶ text
 //! ```
 //!
@@ -13,9 +14,18 @@
 //! histogram's buckets a few observations apart from its count; Prometheus tolerates that.
 //!
 //! Figures the engine and the cluster keep themselves (flushes, compactions, table and memtable
-//! bytes, hints, anti-entropy) are copied into the shard's gauges every [`REFRESH_MS`] by a task
-//! on the shard, so a scrape may lag them by that much.
+//! bytes, hints, anti-entropy) live in the shard's single-threaded state, so each scrape asks
+//! every shard for them ([`figures`]) and shows what the shard read when the request reached it.
+//! A shard that does not answer in time has those series left out of the scrape, and
+//! `ringkv_shard_figures_available` says so, rather than the scrape waiting for it or showing
+//! old figures.
+//!
+//! ## Layout
+//! - [`figures`]: the bounded request channel from the scrape thread to each shard, and the
+//!   figures a shard answers with.
+//! - [`http`]: the `/metrics` endpoint: HTTP or HTTPS, with an optional bearer token.
 
+pub mod figures;
 pub mod http;
 
 use std::fmt::Write;
@@ -24,8 +34,7 @@ use std::time::Duration;
 
 use ringkv_wire::{ErrorCode, Failure, Operation, Outcome};
 
-/// How often a shard copies its engine's and cluster's figures into its metrics.
-pub const REFRESH_MS: u64 = 1000;
+pub use figures::{ClusterFigures, FiguresUnavailable, ShardFigures};
 
 /// Upper bounds of the latency histograms' buckets, in microseconds (then `+Inf`).
 pub const LATENCY_BUCKETS_MICROS: [u64; 16] = [
@@ -264,41 +273,6 @@ pub struct ConnectionMetrics {
     pub auth_failures: Cell64,
 }
 
-/// The storage engine's figures, copied in every [`REFRESH_MS`].
-#[derive(Debug, Default)]
-pub struct StorageMetrics {
-    pub memtable_bytes: Cell64,
-    pub block_cache_bytes: Cell64,
-    pub table_bytes: Cell64,
-    pub tables: Cell64,
-    pub flushes: Cell64,
-    pub flush_bytes: Cell64,
-    pub compactions: Cell64,
-    pub compaction_bytes: Cell64,
-    pub wal_bytes: Cell64,
-    pub user_bytes: Cell64,
-}
-
-/// The cluster's figures, copied in every [`REFRESH_MS`].
-#[derive(Debug, Default)]
-pub struct ClusterMetrics {
-    pub replica_timeouts: Cell64,
-    pub read_repairs: Cell64,
-    pub read_repair_replicas: Cell64,
-    pub hints_stored: Cell64,
-    pub hints_stored_bytes: Cell64,
-    pub hints_replayed: Cell64,
-    pub hints_replayed_bytes: Cell64,
-    pub hints_dropped_full: Cell64,
-    pub hints_dropped_window: Cell64,
-    pub hints_dropped_grace: Cell64,
-    pub anti_entropy_exchanges: Cell64,
-    pub anti_entropy_exchanges_failed: Cell64,
-    pub anti_entropy_keys_pushed: Cell64,
-    pub anti_entropy_keys_pulled: Cell64,
-    pub anti_entropy_bytes_sent: Cell64,
-}
-
 const OPERATIONS: usize = OperationKind::ALL.len();
 const OUTCOMES: usize = RequestOutcome::ALL.len();
 
@@ -311,8 +285,6 @@ pub struct ShardMetrics {
     overloaded: [Cell64; OverloadReason::ALL.len()],
     pub wal_syncs: Cell64,
     pub wal_sync_latency: Histogram,
-    pub storage: StorageMetrics,
-    pub cluster: ClusterMetrics,
 }
 
 impl ShardMetrics {
@@ -353,8 +325,14 @@ impl ringkv_io::SyncObserver for ShardMetrics {
     }
 }
 
-/// Renders every shard's metrics (`shards[i]` is shard i) in Prometheus's text format, 0.0.4.
-pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
+/// Renders every shard's metrics (`shards[i]` is shard i) with the figures each answered this
+/// scrape with (`figures[i]`), in Prometheus's text format, 0.0.4. A shard whose figures are
+/// unavailable has no sample in their families.
+pub fn render(
+    shards: &[std::sync::Arc<ShardMetrics>],
+    figures: &[Result<ShardFigures, FiguresUnavailable>],
+) -> String {
+    assert_eq!(shards.len(), figures.len(), "one answer per shard");
     let mut out = String::with_capacity(64 << 10);
     let each =
         |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardMetrics) -> u64| {
@@ -445,109 +423,123 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         metrics.wal_sync_latency.render(&mut out, name, &format!("shard=\"{shard}\""));
     }
 
-    type Field = fn(&ShardMetrics) -> u64;
-    let figures: [(&str, &str, &str, Field); 25] = [
+    let name = "ringkv_shard_figures_available";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when the shard answered this scrape with its storage and cluster figures, 0 when \
+         it did not in time (those series then leave the shard out).\n# TYPE {name} gauge"
+    );
+    for (shard, answer) in figures.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
+    }
+    type Field = fn(&ShardFigures) -> u64;
+    let families: [(&str, &str, &str, Field); 25] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
-            m.storage.memtable_bytes.get()
+            m.storage.memtable_bytes as u64
         }),
         ("ringkv_block_cache_bytes", "gauge", "Bytes held by the block cache.", |m| {
-            m.storage.block_cache_bytes.get()
+            m.storage.block_cache_bytes as u64
         }),
-        ("ringkv_sstable_bytes", "gauge", "Bytes of live SSTables.", |m| m.storage.table_bytes.get()),
-        ("ringkv_sstables", "gauge", "Live SSTables.", |m| m.storage.tables.get()),
-        ("ringkv_flushes_total", "counter", "Memtable flushes to SSTables.", |m| m.storage.flushes.get()),
-        ("ringkv_flush_bytes_total", "counter", "Bytes written by flushes.", |m| m.storage.flush_bytes.get()),
-        ("ringkv_compactions_total", "counter", "Compactions run.", |m| m.storage.compactions.get()),
+        ("ringkv_sstable_bytes", "gauge", "Bytes of live SSTables.", |m| m.storage.table_bytes),
+        ("ringkv_sstables", "gauge", "Live SSTables.", |m| m.storage.tables as u64),
+        ("ringkv_flushes_total", "counter", "Memtable flushes to SSTables.", |m| m.storage.flushes),
+        ("ringkv_flush_bytes_total", "counter", "Bytes written by flushes.", |m| m.storage.flush_bytes),
+        ("ringkv_compactions_total", "counter", "Compactions run.", |m| m.storage.compactions),
         ("ringkv_compaction_bytes_total", "counter", "Bytes written by compactions.", |m| {
-            m.storage.compaction_bytes.get()
+            m.storage.compaction_bytes
         }),
         (
             "ringkv_wal_bytes_total",
             "counter",
             "Bytes written to the write-ahead log, padding included.",
-            |m| m.storage.wal_bytes.get(),
+            |m| m.storage.wal_bytes,
         ),
         ("ringkv_user_bytes_total", "counter", "Key and value bytes written to the storage engine.", |m| {
-            m.storage.user_bytes.get()
+            m.storage.user_bytes
         }),
         (
             "ringkv_replica_timeouts_total",
             "counter",
             "Coordinated requests answered \"timeout\" because replicas did not answer in time.",
-            |m| m.cluster.replica_timeouts.get(),
+            |m| m.cluster.replica_timeouts,
         ),
         (
             "ringkv_read_repairs_total",
             "counter",
             "Coordinated reads that found stale replicas and repaired them.",
-            |m| m.cluster.read_repairs.get(),
+            |m| m.cluster.read_repairs,
         ),
         ("ringkv_read_repair_replicas_total", "counter", "Replicas sent a read repair.", |m| {
-            m.cluster.read_repair_replicas.get()
+            m.cluster.read_repair_replicas
         }),
         ("ringkv_hints_stored_total", "counter", "Hints stored for replicas that missed a write.", |m| {
-            m.cluster.hints_stored.get()
+            m.cluster.hints_stored
         }),
         ("ringkv_hints_stored_bytes_total", "counter", "Bytes of hints stored.", |m| {
-            m.cluster.hints_stored_bytes.get()
+            m.cluster.hints_stored_bytes
         }),
         ("ringkv_hints_replayed_total", "counter", "Hints delivered to their replica.", |m| {
-            m.cluster.hints_replayed.get()
+            m.cluster.hints_replayed
         }),
         ("ringkv_hints_replayed_bytes_total", "counter", "Bytes of hints delivered.", |m| {
-            m.cluster.hints_replayed_bytes.get()
+            m.cluster.hints_replayed_bytes
         }),
         (
             "ringkv_hints_dropped_full_total",
             "counter",
             "Hints not kept because the hint bytes bounds were reached.",
-            |m| m.cluster.hints_dropped_full.get(),
+            |m| m.cluster.hints_dropped_full,
         ),
         (
             "ringkv_hints_dropped_window_total",
             "counter",
             "Hints not kept because their replica was down longer than max_hint_window_ms.",
-            |m| m.cluster.hints_dropped_window.get(),
+            |m| m.cluster.hints_dropped_window,
         ),
         (
             "ringkv_hints_dropped_grace_total",
             "counter",
             "Hints dropped undelivered after the tombstone grace period.",
-            |m| m.cluster.hints_dropped_grace.get(),
+            |m| m.cluster.hints_dropped_grace,
         ),
         (
             "ringkv_anti_entropy_exchanges_total",
             "counter",
             "Anti-entropy exchanges of a range with a replica.",
-            |m| m.cluster.anti_entropy_exchanges.get(),
+            |m| m.cluster.anti_entropy_exchanges,
         ),
         (
             "ringkv_anti_entropy_exchanges_failed_total",
             "counter",
             "Anti-entropy exchanges that failed.",
-            |m| m.cluster.anti_entropy_exchanges_failed.get(),
+            |m| m.cluster.anti_entropy_exchanges_failed,
         ),
         (
             "ringkv_anti_entropy_keys_pushed_total",
             "counter",
             "Keys anti-entropy sent to a stale replica.",
-            |m| m.cluster.anti_entropy_keys_pushed.get(),
+            |m| m.cluster.anti_entropy_keys_pushed,
         ),
         (
             "ringkv_anti_entropy_keys_pulled_total",
             "counter",
             "Keys anti-entropy fetched from a newer replica.",
-            |m| m.cluster.anti_entropy_keys_pulled.get(),
+            |m| m.cluster.anti_entropy_keys_pulled,
         ),
         (
             "ringkv_anti_entropy_bytes_sent_total",
             "counter",
             "Bytes of anti-entropy repair traffic sent.",
-            |m| m.cluster.anti_entropy_bytes_sent.get(),
+            |m| m.cluster.anti_entropy_bytes_sent,
         ),
     ];
-    for (name, kind, help, field) in figures {
-        each(&mut out, name, kind, help, &field);
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, answer) in figures.iter().enumerate() {
+            if let Ok(figures) = answer {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", field(figures));
+            }
+        }
     }
     out
 }
@@ -583,7 +575,9 @@ mod tests {
         shards[1].request(OperationKind::Put, RequestOutcome::Ok, Duration::from_micros(300));
         shards[1].request(OperationKind::Put, RequestOutcome::Overloaded, Duration::from_micros(10));
         shards[0].connections(Protocol::Resp).bytes_in.add(7);
-        let text = render(&shards);
+        let mut figures = ShardFigures::default();
+        figures.cluster.hints_stored = 4;
+        let text = render(&shards, &[Ok(figures), Err(FiguresUnavailable::Timeout)]);
         assert!(text.contains("ringkv_requests_total{shard=\"1\",operation=\"put\",outcome=\"ok\"} 1\n"));
         assert!(text.contains(
             "ringkv_request_duration_seconds_bucket{shard=\"1\",operation=\"put\",le=\"0.0005\"} 2\n"
@@ -595,12 +589,16 @@ mod tests {
         assert!(text.contains("ringkv_request_duration_seconds_sum{shard=\"1\",operation=\"put\"} 0.00031\n"));
         assert!(text.contains("ringkv_overloaded_total{shard=\"1\",reason=\"request\"} 1\n"));
         assert!(text.contains("ringkv_received_bytes_total{shard=\"0\",protocol=\"resp\"} 7\n"));
-        assert!(text.contains("ringkv_hints_stored_total{shard=\"0\"} 0\n"));
+        assert!(text.contains("ringkv_hints_stored_total{shard=\"0\"} 4\n"));
+        // Shard 1 did not answer: its figures are left out, not shown as zero, and said so.
+        assert!(!text.contains("ringkv_hints_stored_total{shard=\"1\"}"));
+        assert!(text.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"));
+        assert!(text.contains("ringkv_shard_figures_available{shard=\"1\"} 0\n"));
         // Every family is announced once, before its samples.
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 36);
+        assert_eq!(types, 37);
     }
 
     #[test]

@@ -1,0 +1,55 @@
+//! `--metrics-token-file` makes the metrics port require `Authorization: Bearer <token>`: a
+//! scrape without it, or with another token, is answered 401 with a `WWW-Authenticate: Bearer`
+//! challenge and no figures; the right token gets the metrics. The node logs the refusals.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::metrics::{get_metrics, metrics_body, parse, total};
+use common::{Server, SHARDS};
+
+const TOKEN: &str = "0f3e-metrics-token-for-this-test";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn metrics_port_requires_its_bearer_token() {
+    let root = tempfile::tempdir().unwrap();
+    let token_file = root.path().join("metrics-token");
+    // Written as `echo TOKEN > file` would: the newline is not part of the token.
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let metrics_port = free_port();
+    let server = Server::start_with(
+        &root.path().join("data"),
+        &[
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--metrics-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+
+    let missing = get_metrics(metrics_port, "");
+    assert!(missing.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{missing}");
+    assert!(missing.contains("\r\nWWW-Authenticate: Bearer realm="), "{missing}");
+    assert!(!missing.contains("ringkv_"), "no figures without the token: {missing}");
+    for wrong in [
+        format!("Authorization: Bearer {}x\r\n", TOKEN),
+        format!("Authorization: Bearer {}\r\n", &TOKEN[..TOKEN.len() - 1]),
+        format!("Authorization: Basic {TOKEN}\r\n"),
+    ] {
+        let refused = get_metrics(metrics_port, &wrong);
+        assert!(refused.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{wrong}: {refused}");
+        assert!(refused.contains("\r\nWWW-Authenticate: Bearer "), "{wrong}: {refused}");
+        assert!(!refused.contains("ringkv_"), "{refused}");
+    }
+
+    let served = get_metrics(metrics_port, &format!("Authorization: Bearer {TOKEN}\r\n"));
+    let samples = parse(&metrics_body(&served));
+    assert_eq!(total(&samples, "ringkv_shard_figures_available", &[]), SHARDS as u64);
+    assert!(server.log().contains("metrics scrapes refused"), "{}", server.log());
+    drop(server);
+}

@@ -1,0 +1,42 @@
+//! A node whose clients must authenticate (`[[users]]`) but whose metrics port has no bearer
+//! token still serves its metrics to anyone, as before tokens existed, and says so once in
+//! its log at start; with a token configured it does not warn.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::metrics::scrape_text;
+use common::Server;
+
+const WARNING: &str = "the metrics port has no bearer token";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(root: &std::path::Path, extra: &str) -> (Server, u16) {
+    let config = root.join("node.toml");
+    std::fs::write(&config, format!("{extra}[[users]]\nname = \"default\"\npassword = \"a password\"\n"))
+        .unwrap();
+    let metrics_port = free_port();
+    let server = Server::start_with(
+        &root.join("data"),
+        &["--config", config.to_str().unwrap(), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+    );
+    (server, metrics_port)
+}
+
+#[test]
+fn metrics_port_without_a_token_warns_when_clients_authenticate() {
+    let open = tempfile::tempdir().unwrap();
+    let (server, metrics_port) = start(open.path(), "");
+    assert!(scrape_text(metrics_port).contains("ringkv_requests_total"), "served without a token");
+    assert_eq!(server.log().matches(WARNING).count(), 1, "{}", server.log());
+    drop(server);
+
+    let guarded = tempfile::tempdir().unwrap();
+    let (server, _) = start(guarded.path(), "metrics_token = \"a-metrics-token-0123456789\"\n");
+    assert!(!server.log().contains(WARNING), "{}", server.log());
+    drop(server);
+}
