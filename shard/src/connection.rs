@@ -220,7 +220,8 @@ impl Shared {
     /// shard is stopping: stop reading.
     async fn wait_for_room(&self, outbox_bytes_max: usize, stop: &StopSignal) -> bool {
         loop {
-            let listener = self.drained.listen();
+            // Listeners live in this future, not on the heap (no allocation per read).
+            event_listener::listener!(self.drained => listener);
             {
                 let outbox = self.outbox.borrow();
                 if outbox.write_failed {
@@ -486,7 +487,8 @@ fn dispatch(
 async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
-        let listener = shared.ready.listen();
+        // The listener lives in this future, not on the heap (no allocation per batch).
+        event_listener::listener!(shared.ready => listener);
         {
             let mut outbox = shared.outbox.borrow_mut();
             if !outbox.bytes.is_empty() {
