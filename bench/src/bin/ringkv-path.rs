@@ -19,12 +19,15 @@
 //! handling of every adapter).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -87,6 +90,14 @@ enum Mode {
         /// Requests in flight.
         #[arg(long, default_value_t = 16)]
         pipeline: usize,
+        /// Record the call stacks of the shard thread's first N allocations while counting,
+        /// and print them grouped by call stack, most frequent first (these allocations and
+        /// the recording's own are then left out of the counts).
+        #[arg(long, default_value_t = 0)]
+        trace: u64,
+        /// Frames shown per recorded call stack, from the allocation upwards.
+        #[arg(long, default_value_t = 12)]
+        trace_depth: usize,
     },
 }
 
@@ -129,7 +140,11 @@ fn main() -> anyhow::Result<()> {
             local.block_on(&runtime, run(client.clone(), Load { ops: pipeline as u64, ..load }, pipeline))?;
             counted_client(&runtime, &local, client, load, pipeline.max(1))
         }
-        Mode::Allocations { load, pipeline } => allocations(load, pipeline.max(1)),
+        Mode::Allocations { load, pipeline, trace, trace_depth } => {
+            allocations(load, pipeline.max(1), trace)?;
+            print_traces(trace_depth);
+            Ok(())
+        }
         Mode::Peer { ops, encoder } => {
             let replicated = counted_peer(ops, encoder)?;
             println!("{replicated} replicated writes encoded, read and acknowledged");
@@ -397,8 +412,9 @@ async fn run_operations(
 }
 
 /// Heap allocations per request on the shard thread and on the client thread: a node runs in
-/// this process, the client loads it, warms up, then counts over `load.ops` requests.
-fn allocations(load: Load, pipeline: usize) -> anyhow::Result<()> {
+/// this process, the client loads it, warms up, then counts over `load.ops` requests; the call
+/// stacks of the shard thread's first `trace` counted allocations are recorded.
+fn allocations(load: Load, pipeline: usize, trace: u64) -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -420,9 +436,13 @@ fn allocations(load: Load, pipeline: usize) -> anyhow::Result<()> {
         let client = Rc::new(ringkv_client::tokio::Client::connect(addr).await.context("connecting")?);
         let operations = Rc::new(Operations::new(load));
         run_operations(client.clone(), operations.clone(), load.ops.min(20_000), pipeline).await?;
+        TRACES.lock().expect("no panic while recording").reserve_exact(trace as usize);
+        TRACES_LEFT.store(trace, Ordering::Relaxed);
         let before = Counts::now();
         run_operations(client, operations, load.ops, pipeline).await?;
-        anyhow::Ok(Counts::now().since(&before))
+        let counted = Counts::now().since(&before);
+        TRACES_LEFT.store(0, Ordering::Relaxed);
+        anyhow::Ok(counted)
     }));
     node.stop_handle().stop();
     node.wait()?;
@@ -469,6 +489,85 @@ static BYTES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64:
 
 thread_local! {
     static ROLE: Cell<u8> = const { Cell::new(UNKNOWN) };
+    /// This thread is recording an allocation's call stack: its own allocations are not
+    /// counted or recorded.
+    static RECORDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Server allocations whose call stacks are still to be recorded (`allocations --trace`).
+static TRACES_LEFT: AtomicU64 = AtomicU64::new(0);
+
+/// The recorded call stacks, unresolved (symbols are looked up when they are printed).
+static TRACES: Mutex<Vec<Backtrace>> = Mutex::new(Vec::new());
+
+/// Prints the recorded call stacks grouped by their first `depth` frames past the allocator,
+/// most frequent first.
+fn print_traces(depth: usize) {
+    let traces = std::mem::take(&mut *TRACES.lock().expect("no panic while recording"));
+    if traces.is_empty() {
+        return;
+    }
+    let mut stacks: HashMap<Vec<String>, usize> = HashMap::new();
+    for trace in &traces {
+        *stacks.entry(caller_frames(trace, depth)).or_default() += 1;
+    }
+    let mut stacks: Vec<_> = stacks.into_iter().collect();
+    stacks.sort_by(|(a_frames, a), (b_frames, b)| b.cmp(a).then_with(|| a_frames.cmp(b_frames)));
+    println!("\n{} shard-thread allocations recorded, by call stack:", traces.len());
+    for (frames, count) in stacks {
+        println!("\n{count} ×");
+        for frame in frames {
+            println!("    {frame}");
+        }
+    }
+}
+
+/// The frames of `trace` above the allocator, leaving out the counting allocator's own and the
+/// standard library's, at most `depth`, each `function (file:line)`.
+fn caller_frames(trace: &Backtrace, depth: usize) -> Vec<String> {
+    let text = trace.to_string();
+    let mut frames: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(location) = line.strip_prefix("at ") {
+            if let Some(last) = frames.last_mut() {
+                let short = location.rsplit_once("/src/").map_or(location, |(_, path)| path);
+                last.push_str(&format!(" ({short})"));
+            }
+        } else if let Some((number, function)) = line.split_once(": ") {
+            if number.chars().all(|c| c.is_ascii_digit()) {
+                frames.push(function.to_string());
+            }
+        }
+    }
+    let allocator = |frame: &String| {
+        ["std::backtrace", "ringkv_path::", "<ringkv_path::", "__rust", "__rdl"]
+            .iter()
+            .any(|prefix| frame.starts_with(prefix))
+    };
+    // The standard library's own frames (boxes, vectors, maps, future adapters) say less than
+    // the code that called them, and would use up the depth.
+    let plumbing = |frame: &String| {
+        ["alloc::", "<alloc::", "core::", "<core::", "std::", "<std::"]
+            .iter()
+            .any(|prefix| frame.starts_with(prefix))
+    };
+    frames.into_iter().skip_while(allocator).filter(|frame| !plumbing(frame)).take(depth).collect()
+}
+
+/// Records the call stack of this server allocation if `--trace` asked for more; whether it
+/// did (the allocation is then left out of the counts, like the recording's own).
+fn record(role: usize) -> bool {
+    if role != SERVER || TRACES_LEFT.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    if TRACES_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_err() {
+        return false;
+    }
+    RECORDING.with(|recording| recording.set(true));
+    let trace = Backtrace::force_capture();
+    TRACES.lock().expect("no panic while recording").push(trace);
+    RECORDING.with(|recording| recording.set(false));
+    true
 }
 
 struct Counts {
@@ -513,7 +612,13 @@ fn role() -> usize {
 }
 
 fn count(size: usize) {
+    if RECORDING.try_with(Cell::get).unwrap_or(true) {
+        return;
+    }
     let role = role();
+    if record(role) {
+        return;
+    }
     ALLOCATIONS[role].fetch_add(1, Ordering::Relaxed);
     BYTES[role].fetch_add(size as u64, Ordering::Relaxed);
 }
@@ -522,8 +627,10 @@ fn count(size: usize) {
 struct Counting;
 
 // SAFETY: every call is passed on unchanged to the system allocator; counting touches only
-// atomics and a thread-local cell, never the heap from inside the allocator except through
-// `thread::current`, whose allocation re-enters as `RESOLVING` and is counted as "other".
+// atomics and thread-local cells, never the heap from inside the allocator except through
+// `thread::current`, whose allocation re-enters as `RESOLVING` and is counted as "other", and
+// through recording a call stack (`--trace`), whose allocations re-enter while `RECORDING` is set
+// and are passed through uncounted.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
