@@ -21,14 +21,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::future::Future;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -38,7 +35,7 @@ use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::block_on;
 use ringkv_shard::{Handler, HybridClock, Node, NodeConfig, SyncSetting};
 use ringkv_storage::disk::memory::MemDisk;
-use ringkv_storage::{Engine, EngineOptions, SyncMode};
+use ringkv_storage::{Engine, EngineOptions, PendingWrite, SyncMode};
 use ringkv_wire::response::Reply;
 use ringkv_wire::{
     encode_read_reply_into, encode_request_into, encode_response_into, parse_request, Command, FrameDecoder,
@@ -250,9 +247,9 @@ impl Operations {
 }
 
 /// Decodes, executes and answers `load.ops` requests the way a connection does for keys its
-/// shard owns: frames arrive in 64 KiB reads, cached reads are answered in place, other
-/// operations run on the handler, replies gather in one outbox that is "sent" (cleared) when it
-/// passes 32 KiB.
+/// shard owns: frames arrive in 64 KiB reads, cached reads are answered in place, writes are
+/// applied in place and answered once acknowledged (as a connection's committer answers them),
+/// replies gather in one outbox that is "sent" (cleared) when it passes 32 KiB.
 fn server(load: Load) -> anyhow::Result<()> {
     let options = EngineOptions { sync: SyncMode::Always, ..EngineOptions::default() };
     let engine = block_on(Engine::open(MemDisk::new(), options)).context("opening the engine")?;
@@ -286,12 +283,12 @@ fn counted_server(
 ) -> anyhow::Result<u64> {
     let mut decoder = FrameDecoder::with_capacity(64 << 10);
     let mut outbox = BytesMut::with_capacity(64 << 10);
+    // Writes of one read are applied as they are decoded and acknowledged after, oldest first,
+    // as a connection's commit queue does, so that one WAL group commit carries them.
+    let mut commits: VecDeque<(u64, PendingWrite)> = VecDeque::new();
     let mut answered = 0u64;
     for chunk in input.chunks(64 << 10) {
         decoder.extend_from_slice(chunk);
-        // Writes of one read run together, as a connection's request tasks do, so that one
-        // WAL group commit carries them.
-        let mut writes: Vec<Task<'_, (u64, Reply)>> = Vec::new();
         while let Some(frame) = decoder.next_frame()? {
             let request = parse_request(&frame).map_err(|error| anyhow::anyhow!("{error}"))?;
             let id = request.id;
@@ -307,12 +304,11 @@ fn counted_server(
                         ),
                     }
                 }
-                Command::Single(operation) => writes.push(Box::pin(async move {
-                    match handler.execute(operation).await {
-                        Ok(outcome) => (id, Reply::Single(outcome)),
-                        Err(failure) => (id, Reply::Failed(failure)),
-                    }
-                })),
+                Command::Single(operation) => match handler.write_now(&operation) {
+                    Some(Ok(write)) => commits.push_back((id, write)),
+                    Some(Err(failure)) => bail!("a write was refused: {failure:?}"),
+                    None => bail!("a write had to wait: the memtable was expected to have room"),
+                },
                 _ => bail!("only single operations are generated"),
             }
             answered += 1;
@@ -320,7 +316,11 @@ fn counted_server(
                 outbox.clear();
             }
         }
-        for (id, reply) in block_on(join_all(writes)) {
+        while let Some((id, write)) = commits.pop_front() {
+            let reply = match block_on(handler.acknowledged(write)) {
+                Ok(outcome) => Reply::Single(outcome),
+                Err(failure) => Reply::Failed(failure),
+            };
             encode_response_into(builder, &Response { id, reply }, &mut outbox)?;
             if outbox.len() > 32 << 10 {
                 outbox.clear();
@@ -328,32 +328,6 @@ fn counted_server(
         }
     }
     Ok(answered)
-}
-
-/// A request's work, started and polled by [`join_all`].
-type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
-
-/// Polls every future until all are done; their outputs in order.
-async fn join_all<T>(mut futures: Vec<Task<'_, T>>) -> Vec<T> {
-    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|context| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(context) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(|output| output.expect("every future finished")).collect()
 }
 
 /// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client*`).
