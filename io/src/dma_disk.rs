@@ -28,6 +28,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use glommio::GlommioError;
 use ringkv_storage::disk::ALIGNMENT;
 use ringkv_storage::{Disk, DiskFile};
+use std::ffi::CString;
 use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,9 @@ const PROBE_FILE_BYTES: usize = ALIGNMENT;
 #[derive(Clone)]
 pub struct DmaDisk {
     directory: Rc<PathBuf>,
+    /// `directory` as the C string statvfs takes, made once: the engine asks for the free space
+    /// every few dozen writes, and a fresh string each time was a heap allocation per ask.
+    directory_c: Rc<CString>,
     /// Told of every file sync and how long it took (see [`DmaDisk::observe_syncs`]).
     sync_observer: Option<Rc<dyn SyncObserver>>,
 }
@@ -224,7 +228,9 @@ impl DmaDisk {
             }
         }
         debug!(directory = %directory.display(), device_alignment, "opened DMA disk");
-        Ok(DmaDisk { directory: Rc::new(directory), sync_observer: None })
+        let directory_c = CString::new(directory.as_os_str().as_encoded_bytes())
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        Ok(DmaDisk { directory: Rc::new(directory), directory_c: Rc::new(directory_c), sync_observer: None })
     }
 
     /// This disk, with `observer` told of every sync of the files it opens from now on.
@@ -308,8 +314,7 @@ impl Disk for DmaDisk {
     }
 
     fn available_bytes(&self) -> io::Result<Option<u64>> {
-        let path = std::ffi::CString::new(self.directory.as_os_str().as_encoded_bytes())
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let path = &self.directory_c;
         let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
         // SAFETY: `path` is a NUL-terminated string and `stats` is room for one statvfs, which
         // the call fills in when it returns 0.

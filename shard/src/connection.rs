@@ -6,7 +6,9 @@
 //!                                                ├─ limit broken ─ error reply ──▶ outbox
 //!                                                ├─ untrusted frame ─ id-0 error ▶ outbox, stop reading
 //!                                                ├─ read served from memory ────▶ outbox
+//!                                                ├─ write applied in place ─▶ commits (queue)
 //!                                                └─ spawn: Router::answer ─ reply ▶ outbox
+//!  commits ─committer task: each once its WAL commit is acknowledged─▶ outbox
 //!  outbox (encoded frames) ─writer task: everything ready, one write─▶ socket
 //! ```
 //!
@@ -14,12 +16,18 @@
 //! takes every reply that is ready at once and writes them with one call, so a pipelining client
 //! costs one syscall per batch rather than per reply.
 //!
+//! A put or delete the shard can apply without waiting (see [`Router::write_now`]) is applied by
+//! the reader and queued; one committer task per connection waits for each queued write's
+//! acknowledgement (its group commit's fdatasync, by default) in the order they were applied,
+//! and only then queues its reply. That costs no task per write; the rest run in a task each.
+//!
 //! Bounds, per connection:
 //! - the shard's request memory (see [`crate::request_memory`]): the receive buffer grows with
 //!   the bytes received and each request's frame stays charged until it is answered; with the
 //!   budget spent, the connection waits before reading.
-//! - `in_flight_max` operations executing at once (a batch counts as its operations); a request
-//!   beyond that is answered "overloaded" straight away.
+//! - `in_flight_max` operations executing at once (a batch counts as its operations; a write
+//!   waiting in the commit queue counts too, so the queue holds at most `in_flight_max`); a
+//!   request beyond that is answered "overloaded" straight away.
 //! - `outbox_bytes_max` bytes of encoded replies not yet written; above it the connection stops
 //!   reading, so a client that sends without reading is held back by TCP flow control instead
 //!   of growing the server's memory.
@@ -34,6 +42,7 @@
 //! untouched.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -54,7 +63,7 @@ use tracing::{debug, Instrument};
 use crate::auth::{Admission, ClientAuth, Gate};
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
 use crate::request_memory::{read_into, Charge, ReadWindow, RequestMemory};
-use crate::router::Router;
+use crate::router::{Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
@@ -105,13 +114,26 @@ struct Outbox {
     write_failed: bool,
 }
 
-/// State the reader, the request tasks and the writer share.
+/// State the reader, the request tasks, the committer and the writer share.
 struct Shared {
     outbox: RefCell<Outbox>,
     /// The writer has something to do: replies, or the end.
     ready: Event,
     /// The writer has written a batch, or failed: reading may resume.
     drained: Event,
+    /// Writes applied in place, oldest first, waiting for their acknowledgement. Each counts as
+    /// in flight, so there are at most `in_flight_max`; the queue keeps its room once grown.
+    commits: RefCell<VecDeque<Commit>>,
+    /// The committer has something to do: a queued write, or the end.
+    commit_queued: Event,
+}
+
+/// A write applied in place, waiting in the commit queue for its acknowledgement.
+struct Commit {
+    id: u64,
+    write: WriteInPlace,
+    /// The request's frame, given back once the reply is queued.
+    charge: Charge,
 }
 
 /// Why the reader stopped.
@@ -146,6 +168,8 @@ impl Shared {
             }),
             ready: Event::new(),
             drained: Event::new(),
+            commits: RefCell::new(VecDeque::new()),
+            commit_queued: Event::new(),
         }
     }
 
@@ -211,16 +235,25 @@ impl Shared {
         self.push(response);
     }
 
+    /// A write applied in place, already counted in flight: its reply waits in the commit
+    /// queue for its acknowledgement.
+    fn queue_commit(&self, commit: Commit) {
+        self.commits.borrow_mut().push_back(commit);
+        self.commit_queued.notify(1);
+    }
+
     fn finish_reading(&self) {
         self.outbox.borrow_mut().reading_done = true;
         self.ready.notify(1);
+        self.commit_queued.notify(1);
     }
 
     /// Waits until the outbox is below `outbox_bytes_max`. False when the writer failed or the
     /// shard is stopping: stop reading.
     async fn wait_for_room(&self, outbox_bytes_max: usize, stop: &StopSignal) -> bool {
         loop {
-            let listener = self.drained.listen();
+            // Listeners live in this future, not on the heap (no allocation per read).
+            event_listener::listener!(self.drained => listener);
             {
                 let outbox = self.outbox.borrow();
                 if outbox.write_failed {
@@ -287,8 +320,12 @@ impl Connection {
         let writer_task = glommio::spawn_local(
             write_replies(writer, shared.clone(), metrics).instrument(tracing::Span::current()),
         );
+        let committer_task = glommio::spawn_local(acknowledge_writes(shared.clone(), router.clone()));
         let end = read_requests(&mut reader, &shared, &router, &stop, limits, &memory, &auth).await;
         shared.finish_reading();
+        // Every write applied is acknowledged before the connection ends: its commit may be
+        // under way, and its client is owed the reply.
+        committer_task.await;
         writer_task.await;
         if end != ReadEnd::Finished {
             linger(&mut reader).await;
@@ -469,6 +506,15 @@ fn dispatch(
         }
         command => command,
     };
+    if let Command::Single(operation) = &command {
+        match router.write_now(operation) {
+            Some(Ok(write)) => return shared.queue_commit(Commit { id, write, charge }),
+            Some(Err(failure)) => {
+                return shared.complete_request(operations, &Response { id, reply: Reply::Failed(failure) })
+            }
+            None => {}
+        }
+    }
     let router = router.clone();
     let shared = shared.clone();
     // Not instrumented with the connection's span: entering and leaving a span on every poll
@@ -482,12 +528,34 @@ fn dispatch(
     .detach();
 }
 
+/// Answers the writes applied in place, in the order they were applied, each once the engine
+/// has acknowledged it (see [`Router::acknowledged`]); ends when reading is done and the queue
+/// is empty. Group commit still gathers the connection's writes: while this task waits for the
+/// oldest, the reader keeps appending, and one commit covers them all.
+async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
+    loop {
+        // The listener lives in this future, not on the heap (no allocation per write).
+        event_listener::listener!(shared.commit_queued => listener);
+        let oldest = shared.commits.borrow_mut().pop_front();
+        match oldest {
+            Some(Commit { id, write, charge }) => {
+                let reply = router.acknowledged(write).await;
+                shared.complete_request(1, &Response { id, reply });
+                drop(charge);
+            }
+            None if shared.outbox.borrow().reading_done => return,
+            None => listener.await,
+        }
+    }
+}
+
 /// Writes whatever replies are ready, all at once, until reading is done and nothing is in
 /// flight; then shuts the write side down.
 async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
-        let listener = shared.ready.listen();
+        // The listener lives in this future, not on the heap (no allocation per batch).
+        event_listener::listener!(shared.ready => listener);
         {
             let mut outbox = shared.outbox.borrow_mut();
             if !outbox.bytes.is_empty() {

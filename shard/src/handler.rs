@@ -3,6 +3,7 @@
 //! ```text
 //!  Operation ─▶ Engine write_with/compare_and_swap_with/get ─▶ Outcome
 //!                 └─ closure: stamp a version (HybridClock)  └─ StorageError ─▶ Failure (ErrorCode)
+//!  put / delete ─▶ Engine write_now (applied in place) ─▶ PendingWrite ─▶ acknowledged ─▶ Outcome
 //!  Scan ─▶ Engine::scan pages (token order) until the limit or the byte cap ─▶ this shard's ScanPage
 //! ```
 //!
@@ -17,7 +18,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringkv_storage::{
-    AtomicOutcome, CasOutcome, Disk, Engine, Entry, Position, ScanRange, StorageError, Value,
+    AtomicOutcome, CasOutcome, Disk, Engine, Entry, PendingWrite, Position, ScanRange, StorageError, Value,
 };
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{
@@ -107,10 +108,9 @@ impl<D: Disk> Handler<D> {
             Operation::Put { key, value, ttl_ms } => {
                 let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));
                 let value = owned(&value);
+                // The engine keeps a stored copy of the key, never this slice of the frame.
                 self.engine
-                    .write_with(owned(&key), |newest| {
-                        Entry::live(self.stamp(newest, now_ms), value, expires_at_ms)
-                    })
+                    .write_with(key, |newest| Entry::live(self.stamp(newest, now_ms), value, expires_at_ms))
                     .await
                     // A put a newer entry superseded (one from another node's clock, say) was
                     // still written, then overwritten: last writer wins.
@@ -118,7 +118,7 @@ impl<D: Disk> Handler<D> {
             }
             Operation::Delete { key } => self
                 .engine
-                .write_with(owned(&key), |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms))
+                .write_with(key, |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms))
                 .await
                 .map(|outcome| Outcome::Written { version: outcome.version() }),
             Operation::CompareAndSwap { key, expected, value, ttl_ms } => {
@@ -129,7 +129,7 @@ impl<D: Disk> Handler<D> {
                 };
                 let value = owned(&value);
                 let make_entry = |stored| Entry::live(self.stamp(stored, now_ms), value, expires_at_ms);
-                match self.engine.compare_and_swap_with(owned(&key), expected, now_ms, make_entry).await {
+                match self.engine.compare_and_swap_with(key, expected, now_ms, make_entry).await {
                     Ok(CasOutcome::Swapped { version }) => Ok(Outcome::Written { version }),
                     Ok(CasOutcome::Mismatch { current_version }) => {
                         if let Some(current) = current_version {
@@ -149,6 +149,38 @@ impl<D: Disk> Handler<D> {
             }
         };
         outcome.map_err(|error| failure_of(&error))
+    }
+
+    /// Starts a put or delete in one synchronous step (see [`Engine::write_now`]): the write is
+    /// applied, versioned by this handler's clock, and handed back to wait for with
+    /// [`Handler::acknowledged`] before the client is answered. `None` when the operation is
+    /// not a put or delete or cannot be decided without waiting: run it with
+    /// [`Handler::execute`].
+    pub fn write_now(&self, operation: &Operation) -> Option<Result<PendingWrite, Failure>> {
+        let now_ms = (self.now_ms)();
+        let pending = match operation {
+            Operation::Put { key, value, ttl_ms } => {
+                let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));
+                let value = owned(value);
+                self.engine
+                    .write_now(key, |newest| Entry::live(self.stamp(newest, now_ms), value, expires_at_ms))
+            }
+            Operation::Delete { key } => {
+                self.engine.write_now(key, |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms))
+            }
+            Operation::Get { .. } | Operation::CompareAndSwap { .. } => None,
+        }?;
+        Some(pending.map_err(|error| failure_of(&error)))
+    }
+
+    /// Resolves once `write` (from [`Handler::write_now`]) is acknowledged by the engine (after
+    /// its fdatasync in the default sync mode), with the outcome the client is told.
+    pub async fn acknowledged(&self, write: PendingWrite) -> Result<Outcome, Failure> {
+        match self.engine.acknowledged(write).await {
+            // Superseded or not, the write is settled: last writer wins (see `execute`).
+            Ok(outcome) => Ok(Outcome::Written { version: outcome.version() }),
+            Err(error) => Err(failure_of(&error)),
+        }
     }
 
     /// A new version for a write, above `stored` (the version the engine holds for the key, if

@@ -4,6 +4,7 @@
 //! ```text
 //!  Command::Single(op) ─▶ ring.owner_of_key ─┬─ this shard ─▶ Handler::execute
 //!                                            └─ another    ─▶ Forwarding::forward ─mesh─▶ owner
+//!  put / delete, owned here, one copy ─▶ write_now (applied in place) ─▶ acknowledged (commit)
 //!  Command::Batch(ops) ─▶ each op routed on its own, concurrently; results in request order
 //!  Command::Topology   ─▶ the ring's ranges and each shard's port (answered by any shard)
 //!  Command::Ping       ─▶ Pong
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringkv_io::DmaDisk;
+use ringkv_storage::PendingWrite;
 use ringkv_wire::{
     Command, Consistency, ErrorCode, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
 };
@@ -30,6 +32,16 @@ use crate::handler::Handler;
 use crate::metrics::{OperationKind, RequestOutcome, ShardMetrics};
 use crate::ring::Ring;
 use forwarding::Forwarding;
+
+/// A write started in place ([`Router::write_now`]), not yet acknowledged: nobody may be told
+/// of it before [`Router::acknowledged`] resolves.
+#[must_use = "a write must be acknowledged before its client is answered"]
+pub struct WriteInPlace {
+    pending: PendingWrite,
+    kind: OperationKind,
+    /// When the request started, for its latency metric.
+    started: Instant,
+}
 
 /// Routes commands for one shard.
 pub struct Router {
@@ -216,6 +228,37 @@ impl Router {
             self.metrics.request(OperationKind::Get, outcome, started.elapsed());
             read(found)
         })
+    }
+
+    /// A put or delete started in place, when this shard owns the key, keys have one copy and
+    /// the engine can apply the write without waiting (see [`Handler::write_now`]): its reply
+    /// waits for [`Router::acknowledged`]. `Some(Err)`: refused on the spot, answer with the
+    /// failure. `None` otherwise: answer the operation with [`Router::answer`]. Writes started
+    /// in place save a task per request on the write path.
+    pub fn write_now(&self, operation: &Operation) -> Option<Result<WriteInPlace, Failure>> {
+        if self.ring.owner_of_key(operation.key()) != self.shard_id || self.cluster.is_replicated() {
+            return None;
+        }
+        let started = Instant::now();
+        let kind = OperationKind::of(operation);
+        match self.handler.write_now(operation)? {
+            Ok(pending) => Some(Ok(WriteInPlace { pending, kind, started })),
+            Err(failure) => {
+                self.metrics.request(kind, RequestOutcome::of_failure(&failure), started.elapsed());
+                Some(Err(failure))
+            }
+        }
+    }
+
+    /// The reply to a write started with [`Router::write_now`], once it is acknowledged (after
+    /// its fdatasync in the default sync mode).
+    pub async fn acknowledged(&self, write: WriteInPlace) -> Reply {
+        let result = self.handler.acknowledged(write.pending).await;
+        self.metrics.request(write.kind, RequestOutcome::of(&result), write.started.elapsed());
+        match result {
+            Ok(outcome) => Reply::Single(outcome),
+            Err(failure) => Reply::Failed(failure),
+        }
     }
 
     /// Whether this shard coordinates `key` across replicas itself: it owns the key and keys

@@ -35,8 +35,10 @@ impl StopSignal {
             if self.stopped.get() {
                 return;
             }
-            // Listen before the second check, so a trigger in between is not missed.
-            let listener = self.event.listen();
+            // Listen before the second check, so a trigger in between is not missed. The
+            // listener lives in this future, not on the heap: a connection waits on the signal
+            // beside every socket read.
+            event_listener::listener!(self.event => listener);
             if self.stopped.get() {
                 return;
             }

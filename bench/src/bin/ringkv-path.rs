@@ -19,13 +19,13 @@
 //! handling of every adapter).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
 use std::cell::Cell;
-use std::future::Future;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -35,7 +35,7 @@ use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::block_on;
 use ringkv_shard::{Handler, HybridClock, Node, NodeConfig, SyncSetting};
 use ringkv_storage::disk::memory::MemDisk;
-use ringkv_storage::{Engine, EngineOptions, SyncMode};
+use ringkv_storage::{Engine, EngineOptions, PendingWrite, SyncMode};
 use ringkv_wire::response::Reply;
 use ringkv_wire::{
     encode_read_reply_into, encode_request_into, encode_response_into, parse_request, Command, FrameDecoder,
@@ -87,6 +87,14 @@ enum Mode {
         /// Requests in flight.
         #[arg(long, default_value_t = 16)]
         pipeline: usize,
+        /// Record the call stacks of the shard thread's first N allocations while counting,
+        /// and print them grouped by call stack, most frequent first (these allocations and
+        /// the recording's own are then left out of the counts).
+        #[arg(long, default_value_t = 0)]
+        trace: u64,
+        /// Frames shown per recorded call stack, from the allocation upwards.
+        #[arg(long, default_value_t = 12)]
+        trace_depth: usize,
     },
 }
 
@@ -129,7 +137,11 @@ fn main() -> anyhow::Result<()> {
             local.block_on(&runtime, run(client.clone(), Load { ops: pipeline as u64, ..load }, pipeline))?;
             counted_client(&runtime, &local, client, load, pipeline.max(1))
         }
-        Mode::Allocations { load, pipeline } => allocations(load, pipeline.max(1)),
+        Mode::Allocations { load, pipeline, trace, trace_depth } => {
+            allocations(load, pipeline.max(1), trace)?;
+            print_traces(trace_depth);
+            Ok(())
+        }
         Mode::Peer { ops, encoder } => {
             let replicated = counted_peer(ops, encoder)?;
             println!("{replicated} replicated writes encoded, read and acknowledged");
@@ -235,9 +247,9 @@ impl Operations {
 }
 
 /// Decodes, executes and answers `load.ops` requests the way a connection does for keys its
-/// shard owns: frames arrive in 64 KiB reads, cached reads are answered in place, other
-/// operations run on the handler, replies gather in one outbox that is "sent" (cleared) when it
-/// passes 32 KiB.
+/// shard owns: frames arrive in 64 KiB reads, cached reads are answered in place, writes are
+/// applied in place and answered once acknowledged (as a connection's committer answers them),
+/// replies gather in one outbox that is "sent" (cleared) when it passes 32 KiB.
 fn server(load: Load) -> anyhow::Result<()> {
     let options = EngineOptions { sync: SyncMode::Always, ..EngineOptions::default() };
     let engine = block_on(Engine::open(MemDisk::new(), options)).context("opening the engine")?;
@@ -271,12 +283,12 @@ fn counted_server(
 ) -> anyhow::Result<u64> {
     let mut decoder = FrameDecoder::with_capacity(64 << 10);
     let mut outbox = BytesMut::with_capacity(64 << 10);
+    // Writes of one read are applied as they are decoded and acknowledged after, oldest first,
+    // as a connection's commit queue does, so that one WAL group commit carries them.
+    let mut commits: VecDeque<(u64, PendingWrite)> = VecDeque::new();
     let mut answered = 0u64;
     for chunk in input.chunks(64 << 10) {
         decoder.extend_from_slice(chunk);
-        // Writes of one read run together, as a connection's request tasks do, so that one
-        // WAL group commit carries them.
-        let mut writes: Vec<Task<'_, (u64, Reply)>> = Vec::new();
         while let Some(frame) = decoder.next_frame()? {
             let request = parse_request(&frame).map_err(|error| anyhow::anyhow!("{error}"))?;
             let id = request.id;
@@ -292,12 +304,11 @@ fn counted_server(
                         ),
                     }
                 }
-                Command::Single(operation) => writes.push(Box::pin(async move {
-                    match handler.execute(operation).await {
-                        Ok(outcome) => (id, Reply::Single(outcome)),
-                        Err(failure) => (id, Reply::Failed(failure)),
-                    }
-                })),
+                Command::Single(operation) => match handler.write_now(&operation) {
+                    Some(Ok(write)) => commits.push_back((id, write)),
+                    Some(Err(failure)) => bail!("a write was refused: {failure:?}"),
+                    None => bail!("a write had to wait: the memtable was expected to have room"),
+                },
                 _ => bail!("only single operations are generated"),
             }
             answered += 1;
@@ -305,7 +316,11 @@ fn counted_server(
                 outbox.clear();
             }
         }
-        for (id, reply) in block_on(join_all(writes)) {
+        while let Some((id, write)) = commits.pop_front() {
+            let reply = match block_on(handler.acknowledged(write)) {
+                Ok(outcome) => Reply::Single(outcome),
+                Err(failure) => Reply::Failed(failure),
+            };
             encode_response_into(builder, &Response { id, reply }, &mut outbox)?;
             if outbox.len() > 32 << 10 {
                 outbox.clear();
@@ -313,32 +328,6 @@ fn counted_server(
         }
     }
     Ok(answered)
-}
-
-/// A request's work, started and polled by [`join_all`].
-type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
-
-/// Polls every future until all are done; their outputs in order.
-async fn join_all<T>(mut futures: Vec<Task<'_, T>>) -> Vec<T> {
-    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|context| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(context) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(|output| output.expect("every future finished")).collect()
 }
 
 /// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client*`).
@@ -397,8 +386,9 @@ async fn run_operations(
 }
 
 /// Heap allocations per request on the shard thread and on the client thread: a node runs in
-/// this process, the client loads it, warms up, then counts over `load.ops` requests.
-fn allocations(load: Load, pipeline: usize) -> anyhow::Result<()> {
+/// this process, the client loads it, warms up, then counts over `load.ops` requests; the call
+/// stacks of the shard thread's first `trace` counted allocations are recorded.
+fn allocations(load: Load, pipeline: usize, trace: u64) -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -420,9 +410,13 @@ fn allocations(load: Load, pipeline: usize) -> anyhow::Result<()> {
         let client = Rc::new(ringkv_client::tokio::Client::connect(addr).await.context("connecting")?);
         let operations = Rc::new(Operations::new(load));
         run_operations(client.clone(), operations.clone(), load.ops.min(20_000), pipeline).await?;
+        TRACES.lock().expect("no panic while recording").reserve_exact(trace as usize);
+        TRACES_LEFT.store(trace, Ordering::Relaxed);
         let before = Counts::now();
         run_operations(client, operations, load.ops, pipeline).await?;
-        anyhow::Ok(Counts::now().since(&before))
+        let counted = Counts::now().since(&before);
+        TRACES_LEFT.store(0, Ordering::Relaxed);
+        anyhow::Ok(counted)
     }));
     node.stop_handle().stop();
     node.wait()?;
@@ -469,6 +463,85 @@ static BYTES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64:
 
 thread_local! {
     static ROLE: Cell<u8> = const { Cell::new(UNKNOWN) };
+    /// This thread is recording an allocation's call stack: its own allocations are not
+    /// counted or recorded.
+    static RECORDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Server allocations whose call stacks are still to be recorded (`allocations --trace`).
+static TRACES_LEFT: AtomicU64 = AtomicU64::new(0);
+
+/// The recorded call stacks, unresolved (symbols are looked up when they are printed).
+static TRACES: Mutex<Vec<Backtrace>> = Mutex::new(Vec::new());
+
+/// Prints the recorded call stacks grouped by their first `depth` frames past the allocator,
+/// most frequent first.
+fn print_traces(depth: usize) {
+    let traces = std::mem::take(&mut *TRACES.lock().expect("no panic while recording"));
+    if traces.is_empty() {
+        return;
+    }
+    let mut stacks: HashMap<Vec<String>, usize> = HashMap::new();
+    for trace in &traces {
+        *stacks.entry(caller_frames(trace, depth)).or_default() += 1;
+    }
+    let mut stacks: Vec<_> = stacks.into_iter().collect();
+    stacks.sort_by(|(a_frames, a), (b_frames, b)| b.cmp(a).then_with(|| a_frames.cmp(b_frames)));
+    println!("\n{} shard-thread allocations recorded, by call stack:", traces.len());
+    for (frames, count) in stacks {
+        println!("\n{count} ×");
+        for frame in frames {
+            println!("    {frame}");
+        }
+    }
+}
+
+/// The frames of `trace` above the allocator, leaving out the counting allocator's own and the
+/// standard library's, at most `depth`, each `function (file:line)`.
+fn caller_frames(trace: &Backtrace, depth: usize) -> Vec<String> {
+    let text = trace.to_string();
+    let mut frames: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(location) = line.strip_prefix("at ") {
+            if let Some(last) = frames.last_mut() {
+                let short = location.rsplit_once("/src/").map_or(location, |(_, path)| path);
+                last.push_str(&format!(" ({short})"));
+            }
+        } else if let Some((number, function)) = line.split_once(": ") {
+            if number.chars().all(|c| c.is_ascii_digit()) {
+                frames.push(function.to_string());
+            }
+        }
+    }
+    let allocator = |frame: &String| {
+        ["std::backtrace", "ringkv_path::", "<ringkv_path::", "__rust", "__rdl"]
+            .iter()
+            .any(|prefix| frame.starts_with(prefix))
+    };
+    // The standard library's own frames (boxes, vectors, maps, future adapters) say less than
+    // the code that called them, and would use up the depth.
+    let plumbing = |frame: &String| {
+        ["alloc::", "<alloc::", "core::", "<core::", "std::", "<std::"]
+            .iter()
+            .any(|prefix| frame.starts_with(prefix))
+    };
+    frames.into_iter().skip_while(allocator).filter(|frame| !plumbing(frame)).take(depth).collect()
+}
+
+/// Records the call stack of this server allocation if `--trace` asked for more; whether it
+/// did (the allocation is then left out of the counts, like the recording's own).
+fn record(role: usize) -> bool {
+    if role != SERVER || TRACES_LEFT.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    if TRACES_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_err() {
+        return false;
+    }
+    RECORDING.with(|recording| recording.set(true));
+    let trace = Backtrace::force_capture();
+    TRACES.lock().expect("no panic while recording").push(trace);
+    RECORDING.with(|recording| recording.set(false));
+    true
 }
 
 struct Counts {
@@ -513,7 +586,13 @@ fn role() -> usize {
 }
 
 fn count(size: usize) {
+    if RECORDING.try_with(Cell::get).unwrap_or(true) {
+        return;
+    }
     let role = role();
+    if record(role) {
+        return;
+    }
     ALLOCATIONS[role].fetch_add(1, Ordering::Relaxed);
     BYTES[role].fetch_add(size as u64, Ordering::Relaxed);
 }
@@ -522,8 +601,10 @@ fn count(size: usize) {
 struct Counting;
 
 // SAFETY: every call is passed on unchanged to the system allocator; counting touches only
-// atomics and a thread-local cell, never the heap from inside the allocator except through
-// `thread::current`, whose allocation re-enters as `RESOLVING` and is counted as "other".
+// atomics and thread-local cells, never the heap from inside the allocator except through
+// `thread::current`, whose allocation re-enters as `RESOLVING` and is counted as "other", and
+// through recording a call stack (`--trace`), whose allocations re-enter while `RECORDING` is set
+// and are passed through uncounted.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());

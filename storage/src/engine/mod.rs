@@ -37,6 +37,7 @@ mod scan;
 mod write;
 
 pub use scan::{ScanEntry, ScanPage, ScanRange};
+pub use write::PendingWrite;
 
 use crate::block_cache::BlockCache;
 use crate::disk::Disk;

@@ -43,6 +43,34 @@ enum Step {
     ReadFirst(Entry),
 }
 
+/// A write applied but not yet acknowledged ([`Engine::write_now`]): nobody may be told of it
+/// before [`Engine::acknowledged`] resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a write must be acknowledged before anyone is told of it"]
+pub struct PendingWrite {
+    /// The record whose acknowledgement acknowledges this write: the write's own, or, for a
+    /// superseded one, the last appended before it.
+    through_seq: u64,
+    /// What became of the write, once acknowledged.
+    outcome: WriteOutcome,
+}
+
+impl PendingWrite {
+    /// The write a decided step stands for.
+    fn of(step: Step) -> Self {
+        match step {
+            Step::Applied { seq, version } => {
+                PendingWrite { through_seq: seq, outcome: WriteOutcome::Applied { version } }
+            }
+            Step::Superseded { appended, version, current_version } => PendingWrite {
+                through_seq: appended,
+                outcome: WriteOutcome::Superseded { version, current_version },
+            },
+            Step::ReadFirst(_) => unreachable!("a write that needs a read is not decided yet"),
+        }
+    }
+}
+
 /// The higher-ranking of two entries for one key.
 fn newest(left: Option<Entry>, right: Option<&Entry>) -> Option<Entry> {
     match (left, right) {
@@ -117,31 +145,67 @@ impl<D: Disk> Engine<D> {
         validate(&key, None)?;
         let key = StoredKey::new(&key);
         self.make_room().await?;
-        let step = {
-            let mut state = self.state.borrow_mut();
-            self.check_accepts_writes(&state)?;
-            let in_memory = state.newest_in_memory(&key);
-            let entry = make_entry(in_memory.map(|newest| newest.entry.version));
-            validate_value(entry.data())?;
-            match in_memory.filter(|newest| !entry.supersedes(&newest.entry)) {
-                Some(newest) => Step::Superseded {
-                    appended: state.next_seq - 1,
-                    version: entry.version,
-                    current_version: newest.entry.version,
-                },
-                None if tables_may_hold_at_or_above(&state.tables, &key, entry.version) => {
-                    Step::ReadFirst(entry)
-                }
-                None => {
-                    let version = entry.version;
-                    Step::Applied { seq: self.apply(&mut state, &key, entry)?, version }
-                }
-            }
-        };
-        match step {
+        match self.decide(&key, make_entry)? {
             Step::ReadFirst(entry) => self.write_if_newest(&key, entry).await,
             decided => self.resolve(decided).await,
         }
+    }
+
+    /// [`Engine::write_with`] without waiting: applies the entry `make_entry` returns in this
+    /// synchronous step and hands back the write to wait for with [`Engine::acknowledged`]
+    /// before anyone is told of it. `None` when the write cannot be decided without waiting
+    /// (both memtables are full, or a table must be read first; `make_entry` may have been
+    /// called then, its entry dropped): make it with [`Engine::write_with`] instead.
+    ///
+    /// A caller that makes many writes waits for their acknowledgements in one place instead
+    /// of holding a future per write.
+    pub fn write_now(
+        &self,
+        key: &[u8],
+        make_entry: impl FnOnce(Option<u64>) -> Entry,
+    ) -> Option<Result<PendingWrite>> {
+        if let Err(error) = validate(key, None) {
+            return Some(Err(error));
+        }
+        let key = StoredKey::new(key);
+        if !self.has_room() {
+            return None;
+        }
+        let pending = match self.decide(&key, make_entry) {
+            Err(error) => Err(error),
+            Ok(Step::ReadFirst(_)) => return None,
+            Ok(decided) => Ok(PendingWrite::of(decided)),
+        };
+        Some(pending)
+    }
+
+    /// Resolves once `write` is acknowledged (see [`SyncMode`]: after the fdatasync covering it
+    /// in the default mode), with what became of it.
+    pub async fn acknowledged(&self, write: PendingWrite) -> Result<WriteOutcome> {
+        self.acknowledge(write.through_seq).await?;
+        Ok(write.outcome)
+    }
+
+    /// The synchronous step of [`Engine::write_with`] once the memtables have room: makes the
+    /// entry and applies it when it outranks what memory holds and no table may hold more.
+    fn decide(&self, key: &[u8], make_entry: impl FnOnce(Option<u64>) -> Entry) -> Result<Step> {
+        let mut state = self.state.borrow_mut();
+        self.check_accepts_writes(&state)?;
+        let in_memory = state.newest_in_memory(key);
+        let entry = make_entry(in_memory.map(|newest| newest.entry.version));
+        validate_value(entry.data())?;
+        Ok(match in_memory.filter(|newest| !entry.supersedes(&newest.entry)) {
+            Some(newest) => Step::Superseded {
+                appended: state.next_seq - 1,
+                version: entry.version,
+                current_version: newest.entry.version,
+            },
+            None if tables_may_hold_at_or_above(&state.tables, key, entry.version) => Step::ReadFirst(entry),
+            None => {
+                let version = entry.version;
+                Step::Applied { seq: self.apply(&mut state, key, entry)?, version }
+            }
+        })
     }
 
     /// The slow path of [`Engine::write_with`]: reads the key's newest stored entry, then, in one
@@ -176,17 +240,7 @@ impl<D: Disk> Engine<D> {
     /// entry's own record, or, for a superseded one, every record appended before it (among
     /// them, or before them, the entry that superseded it).
     async fn resolve(&self, step: Step) -> Result<WriteOutcome> {
-        match step {
-            Step::Applied { seq, version } => {
-                self.acknowledge(seq).await?;
-                Ok(WriteOutcome::Applied { version })
-            }
-            Step::Superseded { appended, version, current_version } => {
-                self.acknowledge(appended).await?;
-                Ok(WriteOutcome::Superseded { version, current_version })
-            }
-            Step::ReadFirst(_) => unreachable!("a write that needs a read is not resolved yet"),
-        }
+        self.acknowledged(PendingWrite::of(step)).await
     }
 
     /// Writes `value` with `version` only if the key's current state matches `expected`; see
@@ -399,6 +453,13 @@ impl<D: Disk> Engine<D> {
         }
     }
 
+    /// Whether a write can go ahead without a stall: a memtable has room (see
+    /// [`Engine::make_room`]).
+    fn has_room(&self) -> bool {
+        let state = self.state.borrow();
+        state.sealed.is_none() || state.active.approximate_bytes() < self.options.memtable_bytes_max
+    }
+
     /// Waits while both memtables are full (write stall), flushing itself if nobody else is.
     async fn make_room(&self) -> Result<()> {
         loop {
@@ -472,6 +533,59 @@ mod tests {
                 );
             }
             assert_eq!(engine.get(&key(5), 0).await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn a_write_made_now_is_durable_only_once_acknowledged() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            let value = || Bytes::from_static(b"v");
+            let first = engine.write_now(&key(1), |newest| {
+                assert_eq!(newest, None);
+                Entry::live(10, value(), None)
+            });
+            let first = first.expect("decided without waiting").unwrap();
+            // Applied at once: a read sees it before it is durable, as with write_with.
+            assert_eq!(engine.get(&key(1), 0).await.unwrap().map(|found| found.version), Some(10));
+            // Not acknowledged, not synced: a crash now loses it.
+            let crashed = disk.crash(CrashMode::DropUnsynced);
+            let recovered = Engine::open(crashed, small_options()).await.unwrap();
+            assert_eq!(recovered.get(&key(1), 0).await.unwrap(), None);
+            // An older version of the same key is superseded; it waits for the first write.
+            let stale = engine.write_now(&key(1), |newest| {
+                assert_eq!(newest, Some(10));
+                Entry::live(9, value(), None)
+            });
+            let stale = stale.expect("decided without waiting").unwrap();
+            assert_eq!(
+                engine.acknowledged(stale).await.unwrap(),
+                WriteOutcome::Superseded { version: 9, current_version: 10 }
+            );
+            // Acknowledged: synced, so it survives a crash.
+            assert_eq!(engine.acknowledged(first).await.unwrap(), WriteOutcome::Applied { version: 10 });
+            let recovered = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
+            assert_eq!(recovered.get(&key(1), 0).await.unwrap().map(|found| found.version), Some(10));
+            // A key the engine refuses is refused on the spot.
+            let refused = engine.write_now(b"", |_| Entry::live(11, value(), None));
+            assert!(matches!(refused, Some(Err(_))), "{refused:?}");
+        });
+    }
+
+    #[test]
+    fn a_write_that_must_read_a_table_first_is_not_made_now() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"old"), 20, None).await.unwrap();
+            engine.flush().await.unwrap();
+            // A table may hold the key at version 20: an entry of version 15 needs a read first.
+            assert!(engine.write_now(&key(1), |_| Entry::live(15, Bytes::new(), None)).is_none());
+            assert_eq!(engine.get(&key(1), 0).await.unwrap().map(|found| found.version), Some(20));
+            // A key the table's filter rules out does not.
+            let other = engine.write_now(&key(2), |_| Entry::live(15, Bytes::new(), None));
+            let other = other.expect("decided without waiting").unwrap();
+            assert_eq!(engine.acknowledged(other).await.unwrap(), WriteOutcome::Applied { version: 15 });
         });
     }
 

@@ -38,6 +38,9 @@ struct State<F> {
     /// Written to `file` since its last sync.
     dirty: bool,
     buffer: Vec<u8>,
+    /// The buffer the last group was written from, emptied, kept for the next swap: writers
+    /// that append while a group is being written append to it, so no group allocates a buffer.
+    spare: Vec<u8>,
     /// Highest sequence number appended (to the buffer or earlier).
     appended_seq: u64,
     /// Highest sequence number written to a file.
@@ -88,6 +91,7 @@ impl<D: Disk> WalWriter<D> {
             allocated_end: 0,
             dirty: false,
             buffer: Vec::with_capacity(64 << 10),
+            spare: Vec::with_capacity(64 << 10),
             appended_seq: last_seq,
             written_seq: last_seq,
             durable_seq: last_seq,
@@ -217,7 +221,8 @@ impl<D: Disk> WalWriter<D> {
         let (mut data, last_seq, roll) = {
             let mut state = self.state.borrow_mut();
             state.committing = true;
-            let data = std::mem::take(&mut state.buffer);
+            let spare = std::mem::take(&mut state.spare);
+            let data = std::mem::replace(&mut state.buffer, spare);
             let roll = !data.is_empty()
                 && state.offset > 0
                 && state.offset + data.len() as u64 > self.segment_bytes_max;
@@ -249,12 +254,10 @@ impl<D: Disk> WalWriter<D> {
             state.allocated_end = state.allocated_end.max(write_end);
             state.dirty = true;
             state.written_seq = last_seq;
-            if state.buffer.capacity() == 0 {
-                // Keep the allocation for the next group.
-                data.clear();
-                state.buffer = data;
-            }
         }
+        // Keep the allocation for the next group.
+        data.clear();
+        self.state.borrow_mut().spare = data;
         let dirty = self.state.borrow().dirty;
         if durable && dirty {
             file.sync().await.map_err(|error| StorageError::io("fdatasync", name(), error))?;
