@@ -3,6 +3,7 @@
 //! subcommands are the command-line client ([`client_command`]).
 
 mod admin_command;
+mod allocator;
 mod client_command;
 
 use std::io::IsTerminal;
@@ -334,29 +335,15 @@ impl ServeArgs {
     }
 }
 
-/// Allocations from this size up get their own mapping from glibc's allocator, given back to
-/// the system when freed: every connection's receive buffer (64 KiB at first) among them.
-const MMAP_THRESHOLD_BYTES: i32 = 64 << 10;
-
-/// Makes glibc's allocator give large blocks back to the system when they are freed. By default
-/// it raises its mapping threshold to the largest block freed so far, so after one burst of
-/// large receive buffers (hostile clients each sending most of a 1 MiB frame, say) later ones
-/// come from heaps that never shrink, and the node kept a gigabyte it no longer used. A fixed
-/// threshold keeps every receive buffer above it in a mapping of its own.
-fn return_freed_memory_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-    }
-}
+#[global_allocator]
+static ALLOCATOR: allocator::NodeAllocator = allocator::NodeAllocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Serve(args) if args.check_config => return check_config(&args),
         Command::Serve(args) => {
-            return_freed_memory_to_the_system();
+            allocator::map_large_blocks_alone();
             args
         }
         Command::Client(command) => return command.run(&cli.addr),
