@@ -23,6 +23,7 @@
 //! [`crate::ExecutorBuilder::run`] runs one more cycle after its future completes. Callers that
 //! want to see a close error call [`DmaDiskFile::close`] instead of dropping.
 
+use crate::blocking::run_blocking;
 use bytes::{Bytes, BytesMut};
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::GlommioError;
@@ -177,9 +178,7 @@ impl DmaDisk {
         // Directory creation and the marker's write and fsync are blocking calls: run them on
         // glommio's blocking thread pool rather than stall the reactor.
         let (task_directory, task_probe_path) = (directory.clone(), probe_path.clone());
-        glommio::executor()
-            .spawn_blocking(move || write_probe_file(&task_directory, &task_probe_path))
-            .await?;
+        run_blocking(move || write_probe_file(&task_directory, &task_probe_path)).await?;
 
         // This open runs glommio's probe on a non-empty file and caches the device's answer.
         let probe = OpenOptions::new()
@@ -278,21 +277,27 @@ impl Disk for DmaDisk {
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         let path = self.path_of(name)?;
-        glommio::io::remove(&path).await.map_err(|error| glommio_error(error, "removing", &path))
+        run_blocking(move || {
+            std::fs::remove_file(&path).map_err(|error| with_context(error, "removing", &path))
+        })
+        .await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let from_path = self.path_of(from)?;
         let to_path = self.path_of(to)?;
         // rename(2) replaces `to` atomically if it exists.
-        glommio::io::rename(&from_path, &to_path)
-            .await
-            .map_err(|error| glommio_error(error, &format!("renaming to {}", to_path.display()), &from_path))
+        run_blocking(move || {
+            std::fs::rename(&from_path, &to_path).map_err(|error| {
+                with_context(error, &format!("renaming to {}", to_path.display()), &from_path)
+            })
+        })
+        .await
     }
 
     async fn list(&self) -> io::Result<Vec<String>> {
         let directory = PathBuf::clone(&self.directory);
-        glommio::executor().spawn_blocking(move || list_files(&directory)).await
+        run_blocking(move || list_files(&directory)).await
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
@@ -300,13 +305,12 @@ impl Disk for DmaDisk {
         // issues fdatasync, and a directory's entries are exactly the metadata that must reach
         // the disk here.
         let directory = PathBuf::clone(&self.directory);
-        glommio::executor()
-            .spawn_blocking(move || {
-                std::fs::File::open(&directory)
-                    .and_then(|handle| handle.sync_all())
-                    .map_err(|error| with_context(error, "syncing directory", &directory))
-            })
-            .await
+        run_blocking(move || {
+            std::fs::File::open(&directory)
+                .and_then(|handle| handle.sync_all())
+                .map_err(|error| with_context(error, "syncing directory", &directory))
+        })
+        .await
     }
 
     async fn yield_point(&self) {

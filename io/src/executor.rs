@@ -38,6 +38,10 @@ pub const FLUSH_SHARES: usize = 1000;
 /// cannot disturb glommio's channel-mesh join at start-up, which a global short timer did).
 pub const BACKGROUND_PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How long an executor whose future finished waits for blocking calls still out (see
+/// [`crate::blocking`]); a directory fsync on a failing disk may never return.
+pub const BLOCKING_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 /// Configuration of one glommio executor: its name, whether it is pinned to a core, and its
 /// memory for DMA buffers.
 #[derive(Clone, Debug)]
@@ -116,7 +120,9 @@ impl ExecutorBuilder {
             io::Error::new(error.kind(), format!("starting executor {}: {error}", self.name))
         })?;
         let output = executor.run(future);
-        executor.run(async {});
+        // glommio's helper threads panic if their executor is gone when a call they run
+        // returns: let every call still out finish first.
+        executor.run(crate::blocking::drained(BLOCKING_DRAIN_LIMIT));
         Ok(output)
     }
 

@@ -19,8 +19,11 @@
 //!   running a future on it; the flush and low-priority task queues for background work.
 //! - [`engine_service`]: an engine on a DMA disk with its maintenance task in the low-priority
 //!   queue and, in periodic sync mode, its sync timer; `stop()` ends both.
+//! - [`blocking`]: blocking calls on glommio's helper threads, owned by tasks of their own, and
+//!   the wait for them before an executor stops.
 //! - [`clock`]: the wall clock, the only one the engine's callers use.
 
+pub mod blocking;
 pub mod clock;
 pub mod dma_disk;
 pub mod engine_service;
