@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The counted part of the peer mode (callgrind's `--toggle-collect=*counted_peer*`): `ops`
+/// The counted part of the peer mode (callgrind's `--toggle-collect=*counted_peer`): `ops`
 /// replicated writes of a 16-byte key and a 100-byte value, each a Replicate frame from the
 /// coordinator's outbox to the replica and an ack back, through the frame decoder as a link reads
 /// them. Returns how many round trips completed.
@@ -274,7 +274,7 @@ fn server(load: Load) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The counted part of [`server`] (callgrind's `--toggle-collect=*counted_server*`).
+/// The counted part of [`server`] (callgrind's `--toggle-collect=*counted_server`).
 #[inline(never)]
 fn counted_server(
     handler: &Handler<MemDisk>,
@@ -330,7 +330,7 @@ fn counted_server(
     Ok(answered)
 }
 
-/// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client*`).
+/// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client`).
 #[inline(never)]
 fn counted_client(
     runtime: &tokio::runtime::Runtime,
