@@ -44,7 +44,10 @@ counted() {
   shift 3
   # The peer mode's variants are its encoders.
   [ "$mode" = peer ] && flag=--encoder
-  valgrind --tool=callgrind --toggle-collect="*counted_${mode}*" --callgrind-out-file="$work/out" \
+  # No wildcard after the name: callgrind toggles collection on entering any function that
+  # matches, so a pattern that also matched the measured function's closures
+  # (`counted_server::{{closure}}`) switched counting off inside them.
+  valgrind --tool=callgrind --toggle-collect="*counted_${mode}" --callgrind-out-file="$work/out" \
     "$bin/ringkv-path" "$mode" "$flag" "$op" --ops "$n" "$@" >/dev/null 2>"$work/log" ||
     { cat "$work/log" >&2; exit 1; }
   awk '/^summary:|^totals:/ { print $2; exit }' "$work/out"

@@ -236,11 +236,14 @@ impl Router {
     /// failure. `None` otherwise: answer the operation with [`Router::answer`]. Writes started
     /// in place save a task per request on the write path.
     pub fn write_now(&self, operation: &Operation) -> Option<Result<WriteInPlace, Failure>> {
-        if self.ring.owner_of_key(operation.key()) != self.shard_id || self.cluster.is_replicated() {
+        let kind = OperationKind::of(operation);
+        if !matches!(kind, OperationKind::Put | OperationKind::Delete)
+            || self.ring.owner_of_key(operation.key()) != self.shard_id
+            || self.cluster.is_replicated()
+        {
             return None;
         }
         let started = Instant::now();
-        let kind = OperationKind::of(operation);
         match self.handler.write_now(operation)? {
             Ok(pending) => Some(Ok(WriteInPlace { pending, kind, started })),
             Err(failure) => {

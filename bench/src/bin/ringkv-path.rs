@@ -88,8 +88,9 @@ enum Mode {
         #[arg(long, default_value_t = 16)]
         pipeline: usize,
         /// Record the call stacks of the shard thread's first N allocations while counting,
-        /// and print them grouped by call stack, most frequent first (these allocations and
-        /// the recording's own are then left out of the counts).
+        /// and print how many came from where and each call stack, most frequent first (the
+        /// recording's own allocations are not counted; recording slows the shard, which can
+        /// change how many requests each event-loop turn carries).
         #[arg(long, default_value_t = 0)]
         trace: u64,
         /// Frames shown per recorded call stack, from the allocation upwards.
@@ -150,7 +151,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The counted part of the peer mode (callgrind's `--toggle-collect=*counted_peer*`): `ops`
+/// The counted part of the peer mode (callgrind's `--toggle-collect=*counted_peer`): `ops`
 /// replicated writes of a 16-byte key and a 100-byte value, each a Replicate frame from the
 /// coordinator's outbox to the replica and an ack back, through the frame decoder as a link reads
 /// them. Returns how many round trips completed.
@@ -274,7 +275,7 @@ fn server(load: Load) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The counted part of [`server`] (callgrind's `--toggle-collect=*counted_server*`).
+/// The counted part of [`server`] (callgrind's `--toggle-collect=*counted_server`).
 #[inline(never)]
 fn counted_server(
     handler: &Handler<MemDisk>,
@@ -330,7 +331,7 @@ fn counted_server(
     Ok(answered)
 }
 
-/// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client*`).
+/// The counted part of the client mode (callgrind's `--toggle-collect=*counted_client`).
 #[inline(never)]
 fn counted_client(
     runtime: &tokio::runtime::Runtime,
@@ -482,18 +483,43 @@ fn print_traces(depth: usize) {
         return;
     }
     let mut stacks: HashMap<Vec<String>, usize> = HashMap::new();
+    let mut origins: HashMap<&'static str, usize> = HashMap::new();
     for trace in &traces {
-        *stacks.entry(caller_frames(trace, depth)).or_default() += 1;
+        let frames = caller_frames(trace, usize::MAX);
+        *origins.entry(origin(&frames)).or_default() += 1;
+        *stacks.entry(frames.into_iter().take(depth).collect()).or_default() += 1;
     }
+    let mut origins: Vec<_> = origins.into_iter().collect();
+    origins.sort_by(|(a_origin, a), (b_origin, b)| b.cmp(a).then_with(|| a_origin.cmp(b_origin)));
+    let origins: Vec<String> = origins.iter().map(|(origin, count)| format!("{origin} {count}")).collect();
+    println!("\n{} shard-thread allocations recorded; by origin: {}", traces.len(), origins.join(", "));
     let mut stacks: Vec<_> = stacks.into_iter().collect();
     stacks.sort_by(|(a_frames, a), (b_frames, b)| b.cmp(a).then_with(|| a_frames.cmp(b_frames)));
-    println!("\n{} shard-thread allocations recorded, by call stack:", traces.len());
+    println!("\nBy call stack:");
     for (frames, count) in stacks {
         println!("\n{count} ×");
         for frame in frames {
             println!("    {frame}");
         }
     }
+}
+
+/// Where an allocation comes from, by the first of its callers (innermost first) that is
+/// glommio's or ringkv's: `memtable value` for the copy of a written value the memtable keeps
+/// (data, not overhead), else the crate.
+fn origin(frames: &[String]) -> &'static str {
+    for frame in frames {
+        let name = frame.trim_start_matches('<');
+        if name.starts_with("ringkv_shard::handler::owned") {
+            return "memtable value";
+        }
+        for crate_name in ["glommio", "ringkv_shard", "ringkv_storage", "ringkv_wire", "ringkv_io"] {
+            if name.starts_with(crate_name) && name[crate_name.len()..].starts_with("::") {
+                return crate_name;
+            }
+        }
+    }
+    "other"
 }
 
 /// The frames of `trace` above the allocator, leaving out the counting allocator's own and the
@@ -528,20 +554,19 @@ fn caller_frames(trace: &Backtrace, depth: usize) -> Vec<String> {
     frames.into_iter().skip_while(allocator).filter(|frame| !plumbing(frame)).take(depth).collect()
 }
 
-/// Records the call stack of this server allocation if `--trace` asked for more; whether it
-/// did (the allocation is then left out of the counts, like the recording's own).
-fn record(role: usize) -> bool {
+/// Records the call stack of this server allocation if `--trace` asked for more (the
+/// recording's own allocations are not counted).
+fn record(role: usize) {
     if role != SERVER || TRACES_LEFT.load(Ordering::Relaxed) == 0 {
-        return false;
+        return;
     }
     if TRACES_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_err() {
-        return false;
+        return;
     }
     RECORDING.with(|recording| recording.set(true));
     let trace = Backtrace::force_capture();
     TRACES.lock().expect("no panic while recording").push(trace);
     RECORDING.with(|recording| recording.set(false));
-    true
 }
 
 struct Counts {
@@ -590,9 +615,7 @@ fn count(size: usize) {
         return;
     }
     let role = role();
-    if record(role) {
-        return;
-    }
+    record(role);
     ALLOCATIONS[role].fetch_add(1, Ordering::Relaxed);
     BYTES[role].fetch_add(size as u64, Ordering::Relaxed);
 }
