@@ -11,6 +11,7 @@ use super::Engine;
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::key::{self, Position};
+use crate::memtable::Memtable;
 use crate::{Result, StorageError};
 use bytes::Bytes;
 use std::collections::btree_map::Entry as Slot;
@@ -119,6 +120,47 @@ fn position_of(stored: &Bytes) -> Result<Position> {
     Ok(Position { token, key })
 }
 
+/// [`Engine::scan`]'s page when the active memtable is the only source (no sealed memtable, no
+/// table): the same page the merge would give, without copying every key into a map first.
+fn one_memtable_page(
+    memtable: &Memtable,
+    start: Bound<&[u8]>,
+    end: Bound<&[u8]>,
+    limit: usize,
+    now_ms: u64,
+    include_dead: bool,
+) -> Result<ScanPage> {
+    let mut page = ScanPage::default();
+    let mut last_examined: Option<&[u8]> = None;
+    let mut cut = false;
+    for (taken, (stored, mem_entry)) in memtable.range(start, end).enumerate() {
+        if taken == limit {
+            cut = true;
+            break;
+        }
+        last_examined = Some(stored);
+        if mem_entry.entry.is_absent_at(now_ms) && !include_dead {
+            continue;
+        }
+        let Position { token, key } = position_of(&Bytes::copy_from_slice(stored))?;
+        page.entries.push(ScanEntry { token, key, entry: mem_entry.entry.clone() });
+    }
+    let more = page.entries.len() == limit || cut;
+    page.next = match last_examined {
+        Some(last)
+            if more
+                && !range_is_empty(
+                    &Bound::Excluded(Bytes::copy_from_slice(last)),
+                    &end.map(Bytes::copy_from_slice),
+                ) =>
+        {
+            Some(position_of(&Bytes::copy_from_slice(last))?)
+        }
+        _ => None,
+    };
+    Ok(page)
+}
+
 impl<D: Disk> Engine<D> {
     /// One page of the entries in `range`, in token order, at most `limit` of them. Dead
     /// entries (tombstones, expired values at `now_ms`) are skipped unless `include_dead`, which
@@ -144,6 +186,20 @@ impl<D: Disk> Engine<D> {
             Bound::Excluded(end) => key < &end[..],
             Bound::Unbounded => true,
         };
+        {
+            let state = self.state.borrow();
+            if state.sealed.is_none() && state.tables.is_empty() {
+                // One source, nothing to merge: the page is the memtable's range as it is.
+                return one_memtable_page(
+                    &state.active,
+                    as_slice(&start),
+                    as_slice(&end),
+                    limit,
+                    now_ms,
+                    include_dead,
+                );
+            }
+        }
         // Every source contributes at most `limit` entries (dead ones included, since they hide
         // older values); the page is complete only below the first key a source cut short did
         // not deliver.
