@@ -21,9 +21,10 @@ use bytes::Bytes;
 use glommio::channels::local_channel;
 use ringkv_io::now_ms;
 use ringkv_replication::anti_entropy::{answer_tree, Exchange, ExchangeLimits, Step};
+use ringkv_replication::replica;
 use ringkv_replication::tictac::TokenRange;
 use ringkv_replication::Target;
-use ringkv_storage::{Entry, StorageError, WriteOutcome};
+use ringkv_storage::{Entry, PendingWrite, StorageError, WriteOutcome};
 use ringkv_wire::peer::{
     KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, ReadAnswer, RepairReport,
 };
@@ -103,6 +104,27 @@ fn message_bytes(message: &PeerMessage) -> u64 {
     payload as u64 + 48
 }
 
+/// What [`Cluster::replicate_now`] did with a replicated write.
+pub enum ReplicaWrite {
+    /// Answered at once (refused, or the engine failed).
+    Answer(PeerEnvelope),
+    /// Applied; answer it with [`Cluster::answer_applied`] once durable.
+    Applied(AppliedReplica),
+    /// It needs to wait (or is not a write this shard takes): serve it with
+    /// [`Cluster::serve_replica`] in a task of its own.
+    Later,
+}
+
+/// A replicated write applied in place and not yet durable: nobody is told of it before
+/// [`Cluster::answer_applied`] resolves.
+pub struct AppliedReplica {
+    request: PeerEnvelope,
+    key: Bytes,
+    /// The key's version before the write, for its range's tree.
+    old: Option<u64>,
+    pending: PendingWrite,
+}
+
 impl Cluster {
     /// Applies a replicated write on the local engine and keeps the range's tree current:
     /// `leaf ^= h(key, old) ^ h(key, new)`. The old version is the one the engine held in memory
@@ -121,10 +143,78 @@ impl Cluster {
                 entry
             })
             .await?;
-        if let WriteOutcome::Applied { version } = outcome {
-            self.trees.borrow_mut().update(&key, in_memory.get().or(before), Some(version));
-        }
+        self.track(&key, in_memory.get().or(before), &outcome);
         Ok(outcome)
+    }
+
+    /// Keeps the range's tree current after a write to `key` whose version was `old`.
+    fn track(&self, key: &[u8], old: Option<u64>, outcome: &WriteOutcome) {
+        if let WriteOutcome::Applied { version } = outcome {
+            self.trees.borrow_mut().update(key, old, Some(*version));
+        }
+    }
+
+    /// A replicated write (`Replicate`) applied in place, as [`Cluster::apply_tracked`] would,
+    /// when it can be without waiting: memory holds the key's state and the memtable has room.
+    /// Its acknowledgement is then [`Cluster::answer_applied`], which waits for its WAL commit;
+    /// a link answers its writes that way, oldest first, from one task, instead of a task per
+    /// write.
+    pub fn replicate_now(&self, envelope: &PeerEnvelope) -> ReplicaWrite {
+        let PeerMessage::Replicate { key, .. } = &envelope.message else { return ReplicaWrite::Later };
+        if !self.view.borrow().owns(key, self.origin.shard) {
+            return ReplicaWrite::Later;
+        }
+        let (key, entry) = match replica::accept(
+            envelope,
+            self.handler.clock(),
+            now_ms(),
+            self.settings.max_clock_skew_ms,
+        ) {
+            Ok(Some(replica::Work::Apply { key, entry })) => (key, Entry::from(entry)),
+            Ok(_) => return ReplicaWrite::Later,
+            Err(failure) => return ReplicaWrite::Answer(replica::refusal(envelope, failure)),
+        };
+        let storage_failed = |error: StorageError| PeerFailure {
+            code: PeerErrorCode::StorageFailed,
+            message: error.to_string(),
+        };
+        let engine = self.handler.engine();
+        let before = match engine.entry_now(&key, |held| held.map(|held| held.version)) {
+            None => return ReplicaWrite::Later,
+            Some(Err(error)) => {
+                return ReplicaWrite::Answer(replica::applied(envelope, Err(storage_failed(error))))
+            }
+            Some(Ok(before)) => before,
+        };
+        let held = Cell::new(None);
+        let pending = engine.write_now(&key, |in_memory| {
+            held.set(in_memory);
+            entry
+        });
+        match pending {
+            None => ReplicaWrite::Later,
+            Some(Err(error)) => ReplicaWrite::Answer(replica::applied(envelope, Err(storage_failed(error)))),
+            Some(Ok(pending)) => ReplicaWrite::Applied(AppliedReplica {
+                request: envelope.clone(),
+                key,
+                old: held.get().or(before),
+                pending,
+            }),
+        }
+    }
+
+    /// The acknowledgement of a write [`Cluster::replicate_now`] applied, once its WAL commit is
+    /// durable (or the failure that kept it from being).
+    pub async fn answer_applied(&self, applied: AppliedReplica) -> PeerEnvelope {
+        let AppliedReplica { request, key, old, pending } = applied;
+        let result = self.handler.engine().acknowledged(pending).await;
+        if let Ok(outcome) = &result {
+            self.track(&key, old, outcome);
+        }
+        let result = result
+            .map(|_| ())
+            .map_err(|error| PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() });
+        replica::applied(&request, result)
     }
 
     /// Rebuilds the trees for the ring as the view has it now (a new layout starts over).

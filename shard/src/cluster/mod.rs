@@ -33,8 +33,11 @@ pub mod trees;
 pub mod view;
 
 use crate::request_memory::RequestMemory;
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+
+use event_listener::Event;
+use healing::{AppliedReplica, ReplicaWrite};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +120,12 @@ pub struct Cluster {
     handoff: Option<Rc<handoff::Handoff>>,
     /// TLS for peer links and the peer port, with the handshake's time bound.
     tls: std::cell::OnceCell<(crate::tls::TlsSettings, Duration)>,
+    /// This shard's own copies of the writes it coordinates, applied in place and answered
+    /// oldest first once durable by one task (started by [`Cluster::start`]); bounded by the
+    /// coordinator's pending requests, one each.
+    own_commits: RefCell<VecDeque<AppliedReplica>>,
+    own_commits_ready: Event,
+    own_committer_running: Cell<bool>,
 }
 
 impl Cluster {
@@ -150,6 +159,9 @@ impl Cluster {
             healing: healing::HealingState::default(),
             handoff,
             tls: std::cell::OnceCell::new(),
+            own_commits: RefCell::new(VecDeque::new()),
+            own_commits_ready: Event::new(),
+            own_committer_running: Cell::new(false),
         })
     }
 
@@ -186,14 +198,40 @@ impl Cluster {
         self.handler.engine().set_purge_gate(Box::new(move |token, dead_since_ms| {
             this.upgrade().is_some_and(|cluster| cluster.trees.borrow().may_purge(token, dead_since_ms))
         }));
+        let committer = glommio::spawn_local(self.clone().answer_own_commits()).detach();
+        self.own_committer_running.set(true);
+        self.tasks.borrow_mut().push(committer);
         let anti_entropy = glommio::spawn_local(self.clone().run_anti_entropy()).detach();
         let replay = glommio::spawn_local(self.clone().run_hint_replay()).detach();
         self.tasks.borrow_mut().extend([anti_entropy, replay]);
     }
 
+    /// Answers this shard's own copies of the writes it coordinates, applied in place, oldest
+    /// first once durable; after the stop, the ones queued before it.
+    async fn answer_own_commits(self: Rc<Self>) {
+        let own = Target { node_id: self.origin.node_id, shard: self.origin.shard };
+        loop {
+            let next = self.own_commits.borrow_mut().pop_front();
+            let Some(applied) = next else {
+                if self.stop.is_triggered() {
+                    self.own_committer_running.set(false);
+                    return;
+                }
+                event_listener::listener!(self.own_commits_ready => listener);
+                if self.own_commits.borrow().is_empty() && !self.stop.is_triggered() {
+                    listener.await;
+                }
+                continue;
+            };
+            let answer = self.answer_applied(applied).await;
+            self.on_reply(own, answer);
+        }
+    }
+
     /// Stops the ticker and every link; pending requests are answered with a timeout.
     pub async fn stop(&self) {
         self.stop.trigger();
+        self.own_commits_ready.notify(usize::MAX);
         for link in self.links.borrow().values() {
             link.stop();
         }
@@ -443,6 +481,20 @@ impl Cluster {
                     if let Some(answer) = self.serve_replica_now(&envelope) {
                         self.on_reply(own, answer);
                         continue;
+                    }
+                    if self.own_committer_running.get() && !self.stop.is_triggered() {
+                        match self.replicate_now(&envelope) {
+                            ReplicaWrite::Answer(answer) => {
+                                self.on_reply(own, answer);
+                                continue;
+                            }
+                            ReplicaWrite::Applied(applied) => {
+                                self.own_commits.borrow_mut().push_back(applied);
+                                self.own_commits_ready.notify(1);
+                                continue;
+                            }
+                            ReplicaWrite::Later => {}
+                        }
                     }
                     let Some(cluster) = self.this.upgrade() else { continue };
                     glommio::spawn_local(async move {
