@@ -6,7 +6,7 @@ mod admin_command;
 mod allocator;
 mod client_command;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -358,13 +358,18 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr on a full disk) is lost, not reported with
+        // `eprintln!`, which panics when stderr fails too: a node whose disk filled up must
+        // still stop cleanly.
+        .log_internal_errors(false)
         .init();
 
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
-            eprintln!("ringkv: {error:#}");
+            // Not eprintln!: it panics when stderr cannot be written.
+            let _ = writeln!(std::io::stderr(), "ringkv: {error:#}");
             ExitCode::FAILURE
         }
     }
