@@ -46,6 +46,8 @@ struct Faults {
     syncs_until_failure: Option<u64>,
     /// Number of writes that still succeed before every later write fails.
     writes_until_failure: Option<u64>,
+    /// Writes that would take a file past this many bytes fail as a full filesystem does.
+    file_bytes_max: Option<u64>,
     /// What [`Disk::available_bytes`] answers.
     available_bytes: Option<u64>,
 }
@@ -131,6 +133,12 @@ impl MemDisk {
     /// After `successes` more successful writes, every write fails.
     pub fn fail_writes_after(&self, successes: u64) {
         self.dir.borrow_mut().faults.writes_until_failure = Some(successes);
+    }
+
+    /// From now on a write that would take a file past `bytes` fails with
+    /// [`io::ErrorKind::StorageFull`] and changes nothing, as on a filesystem with no room left.
+    pub fn fail_writes_past(&self, bytes: u64) {
+        self.dir.borrow_mut().faults.file_bytes_max = Some(bytes);
     }
 
     /// Flips one bit of a file, in both its current and durable contents (as bit rot would).
@@ -262,7 +270,13 @@ impl DiskFile for MemFile {
             ));
         }
         take_budget(&mut self.dir.borrow_mut().faults.writes_until_failure, "injected write failure")?;
+        let end = offset + data.len() as u64;
         let mut file = self.data.borrow_mut();
+        if let Some(max) = self.dir.borrow().faults.file_bytes_max {
+            if end > max && end > file.current.len() as u64 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on the device"));
+            }
+        }
         write_into(&mut file.current, offset, data);
         file.unsynced.push((offset, data.to_vec()));
         Ok(())

@@ -247,11 +247,20 @@ impl<D: Disk> WalWriter<D> {
                 end
             };
             data.resize((write_end - offset) as usize, 0);
-            file.write_at(offset, &data).await.map_err(|error| StorageError::io("write", name(), error))?;
+            let mut written = file.write_at(offset, &data).await;
+            if write_end > end
+                && matches!(&written, Err(error) if error.kind() == std::io::ErrorKind::StorageFull)
+            {
+                // No room for the zeros ahead: the group alone may still fit, as it would have
+                // without them. Nothing the failed write touched holds acknowledged records.
+                data.truncate(group_bytes as usize);
+                written = file.write_at(offset, &data).await;
+            }
+            written.map_err(|error| StorageError::io("write", name(), error))?;
             self.bytes_written.set(self.bytes_written.get() + data.len() as u64);
             let mut state = self.state.borrow_mut();
             state.offset = end;
-            state.allocated_end = state.allocated_end.max(write_end);
+            state.allocated_end = state.allocated_end.max(offset + data.len() as u64);
             state.dirty = true;
             state.written_seq = last_seq;
         }
@@ -406,6 +415,23 @@ mod tests {
                 (1..=6).collect::<Vec<_>>()
             );
             assert_eq!(scan.torn_bytes, 0);
+        });
+    }
+
+    #[test]
+    fn a_full_disk_takes_the_group_without_the_zeros_ahead() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let wal = writer(&disk, PREALLOCATE).await;
+            // Room for two blocks: the first group cannot bring its 16 KiB of zeros.
+            disk.fail_writes_past(2 * ALIGNMENT as u64);
+            commit_one(&wal, 1, b"fits").await;
+            commit_one(&wal, 2, b"fits too").await;
+            assert_eq!(disk.file_len(&segment_file_name(1)), Some(2 * ALIGNMENT as u64));
+            // The disk is full now: the write fails, as it would have without preallocation.
+            wal.append(3, 4, |out| out.extend_from_slice(b"full")).unwrap();
+            assert!(wal.commit_through(3, true).await.is_err());
+            assert!(wal.failure().is_some_and(|reason| reason.contains("no space left")));
         });
     }
 
