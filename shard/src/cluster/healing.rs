@@ -13,11 +13,13 @@
 //! Healing requests carry ids with the top bit set, so their answers, which come back through
 //! the same links as the coordinator's, go to the waiter here rather than to the coordinator.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use event_listener::Event;
 use glommio::channels::local_channel;
 use ringkv_io::now_ms;
 use ringkv_replication::anti_entropy::{answer_tree, Exchange, ExchangeLimits, Step};
@@ -123,6 +125,43 @@ pub struct AppliedReplica {
     /// The key's version before the write, for its range's tree.
     old: Option<u64>,
     pending: PendingWrite,
+}
+
+/// Writes applied in place ([`Cluster::replicate_now`]) waiting for one task to acknowledge
+/// them, oldest first, once durable.
+#[derive(Default)]
+pub struct CommitQueue {
+    queue: RefCell<VecDeque<AppliedReplica>>,
+    ready: Event,
+}
+
+impl CommitQueue {
+    /// Queues a write for the acknowledging task.
+    pub fn push(&self, applied: AppliedReplica) {
+        self.queue.borrow_mut().push_back(applied);
+        self.ready.notify(1);
+    }
+
+    /// Wakes the acknowledging task, so that it sees its owner has ended.
+    pub fn wake(&self) {
+        self.ready.notify(usize::MAX);
+    }
+
+    /// The oldest queued write, waiting for one; `None` once `ended()` holds and none is left.
+    pub async fn next(&self, ended: impl Fn() -> bool) -> Option<AppliedReplica> {
+        loop {
+            if let Some(applied) = self.queue.borrow_mut().pop_front() {
+                return Some(applied);
+            }
+            if ended() {
+                return None;
+            }
+            event_listener::listener!(self.ready => listener);
+            if self.queue.borrow().is_empty() && !ended() {
+                listener.await;
+            }
+        }
+    }
 }
 
 impl Cluster {

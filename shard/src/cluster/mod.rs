@@ -34,10 +34,9 @@ pub mod view;
 
 use crate::request_memory::RequestMemory;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
-use event_listener::Event;
-use healing::{AppliedReplica, ReplicaWrite};
+use healing::{CommitQueue, ReplicaWrite};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,8 +122,7 @@ pub struct Cluster {
     /// This shard's own copies of the writes it coordinates, applied in place and answered
     /// oldest first once durable by one task (started by [`Cluster::start`]); bounded by the
     /// coordinator's pending requests, one each.
-    own_commits: RefCell<VecDeque<AppliedReplica>>,
-    own_commits_ready: Event,
+    own_commits: CommitQueue,
     own_committer_running: Cell<bool>,
 }
 
@@ -159,8 +157,7 @@ impl Cluster {
             healing: healing::HealingState::default(),
             handoff,
             tls: std::cell::OnceCell::new(),
-            own_commits: RefCell::new(VecDeque::new()),
-            own_commits_ready: Event::new(),
+            own_commits: CommitQueue::default(),
             own_committer_running: Cell::new(false),
         })
     }
@@ -210,28 +207,17 @@ impl Cluster {
     /// first once durable; after the stop, the ones queued before it.
     async fn answer_own_commits(self: Rc<Self>) {
         let own = Target { node_id: self.origin.node_id, shard: self.origin.shard };
-        loop {
-            let next = self.own_commits.borrow_mut().pop_front();
-            let Some(applied) = next else {
-                if self.stop.is_triggered() {
-                    self.own_committer_running.set(false);
-                    return;
-                }
-                event_listener::listener!(self.own_commits_ready => listener);
-                if self.own_commits.borrow().is_empty() && !self.stop.is_triggered() {
-                    listener.await;
-                }
-                continue;
-            };
+        while let Some(applied) = self.own_commits.next(|| self.stop.is_triggered()).await {
             let answer = self.answer_applied(applied).await;
             self.on_reply(own, answer);
         }
+        self.own_committer_running.set(false);
     }
 
     /// Stops the ticker and every link; pending requests are answered with a timeout.
     pub async fn stop(&self) {
         self.stop.trigger();
-        self.own_commits_ready.notify(usize::MAX);
+        self.own_commits.wake();
         for link in self.links.borrow().values() {
             link.stop();
         }
@@ -489,8 +475,7 @@ impl Cluster {
                                 continue;
                             }
                             ReplicaWrite::Applied(applied) => {
-                                self.own_commits.borrow_mut().push_back(applied);
-                                self.own_commits_ready.notify(1);
+                                self.own_commits.push(applied);
                                 continue;
                             }
                             ReplicaWrite::Later => {}

@@ -21,7 +21,6 @@
 use crate::cluster::peer_link::reuse_written;
 use crate::request_memory::{read_into, ReadWindow};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use event_listener::Event;
@@ -34,7 +33,7 @@ use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
 use ringkv_wire::{encode_peer_into, parse_peer_shared, FrameDecoder};
 use tracing::{debug, warn};
 
-use super::healing::{AppliedReplica, ReplicaWrite};
+use super::healing::{CommitQueue, ReplicaWrite};
 use super::peer_auth;
 use super::peer_link::HANDSHAKE_TIMEOUT_MS;
 use super::Cluster;
@@ -87,9 +86,7 @@ struct LinkState {
     outbox: RefCell<Vec<u8>>,
     /// Writes applied in place, answered oldest first once durable (each holds an in-flight
     /// slot, so there are at most `peer_in_flight_max`).
-    commits: RefCell<VecDeque<AppliedReplica>>,
-    /// A write was queued in `commits`, or the link closed.
-    commits_ready: Event,
+    commits: CommitQueue,
     builder: RefCell<FlatBufferBuilder<'static>>,
     written: Event,
     ready: Event,
@@ -146,8 +143,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let state = Rc::new(LinkState {
         outbox: RefCell::new(Vec::new()),
-        commits: RefCell::new(VecDeque::new()),
-        commits_ready: Event::new(),
+        commits: CommitQueue::default(),
         builder: RefCell::new(FlatBufferBuilder::new()),
         written: Event::new(),
         ready: Event::new(),
@@ -265,8 +261,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                         }
                         ReplicaWrite::Applied(applied) => {
                             state.in_flight.set(state.in_flight.get() + 1);
-                            state.commits.borrow_mut().push_back(applied);
-                            state.commits_ready.notify(1);
+                            state.commits.push(applied);
                             continue;
                         }
                         ReplicaWrite::Later => {}
@@ -319,25 +314,14 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
     or(or(read_requests, write_replies), stop.wait()).await;
     state.closed.set(true);
     state.written.notify(usize::MAX);
-    state.commits_ready.notify(usize::MAX);
+    state.commits.wake();
     debug!(%peer, "peer link closed");
 }
 
 /// Answers the writes the link applied in place, oldest first, each once its WAL commit is
 /// durable; ends when the link has closed and none is left.
 async fn answer_commits(state: Rc<LinkState>, cluster: Rc<Cluster>) {
-    loop {
-        let next = state.commits.borrow_mut().pop_front();
-        let Some(applied) = next else {
-            if state.closed.get() {
-                return;
-            }
-            event_listener::listener!(state.commits_ready => listener);
-            if state.commits.borrow().is_empty() && !state.closed.get() {
-                listener.await;
-            }
-            continue;
-        };
+    while let Some(applied) = state.commits.next(|| state.closed.get()).await {
         let answer = cluster.answer_applied(applied).await;
         state.in_flight.set(state.in_flight.get() - 1);
         if !state.closed.get() {
