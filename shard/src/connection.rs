@@ -263,17 +263,7 @@ impl Shared {
                     return true;
                 }
             }
-            let stopping = or(
-                async {
-                    listener.await;
-                    false
-                },
-                async {
-                    stop.wait().await;
-                    true
-                },
-            )
-            .await;
+            let stopping = stop.unless_stopped(listener).await.is_none();
             if stopping {
                 return false;
             }

@@ -1,6 +1,7 @@
 //! [`StopSignal`]: tells every task of one shard that the shard is stopping.
 
 use std::cell::Cell;
+use std::future::Future;
 
 use event_listener::Event;
 
@@ -27,6 +28,16 @@ impl StopSignal {
     /// Whether the signal has been triggered.
     pub fn is_triggered(&self) -> bool {
         self.stopped.get()
+    }
+
+    /// Runs `work` until it finishes or the signal is triggered, whichever comes first:
+    /// `Some` of its output, or `None` when the shard is stopping.
+    pub async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(work.await) }, async {
+            self.wait().await;
+            None
+        })
+        .await
     }
 
     /// Resolves once the signal is triggered (at once if it already is).

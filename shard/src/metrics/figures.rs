@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use event_listener::Event;
-use futures_lite::future::or;
 use ringkv_storage::EngineStats;
 
 use crate::stop_signal::StopSignal;
@@ -145,17 +144,7 @@ impl FiguresInbox {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            let stopped = or(
-                async {
-                    arrived.await;
-                    false
-                },
-                async {
-                    stop.wait().await;
-                    true
-                },
-            )
-            .await;
+            let stopped = stop.unless_stopped(arrived).await.is_none();
             if stopped {
                 return;
             }

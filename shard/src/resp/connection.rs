@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
-use futures_lite::future::{or, yield_now};
+use futures_lite::future::yield_now;
 use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 
@@ -345,17 +345,7 @@ impl Shared {
             if condition(self) {
                 return true;
             }
-            let stopped = or(
-                async {
-                    listener.await;
-                    false
-                },
-                async {
-                    stop.wait().await;
-                    true
-                },
-            )
-            .await;
+            let stopped = stop.unless_stopped(listener).await.is_none();
             if stopped {
                 return false;
             }
@@ -385,17 +375,7 @@ impl Shared {
             if let Some(answer) = room(self) {
                 return answer;
             }
-            let stopping = or(
-                async {
-                    listener.await;
-                    false
-                },
-                async {
-                    stop.wait().await;
-                    true
-                },
-            )
-            .await;
+            let stopping = stop.unless_stopped(listener).await.is_none();
             if stopping {
                 return false;
             }
