@@ -743,6 +743,50 @@ mod tests {
     }
 
     #[test]
+    fn looks_at_the_free_space_less_often_the_more_room_there_is() {
+        let reserve = 512 << 20;
+        // Unknown, or little room above the reserve: every 64 writes.
+        assert_eq!(writes_until_next_look(None, reserve), SPACE_CHECK_EVERY_WRITES);
+        assert_eq!(writes_until_next_look(Some(reserve + (10 << 20)), reserve), SPACE_CHECK_EVERY_WRITES);
+        assert_eq!(writes_until_next_look(Some(reserve / 2), reserve), SPACE_CHECK_EVERY_WRITES);
+        // In between: half the room in writes of the largest size.
+        let largest = (crate::VALUE_BYTES_MAX + crate::key::STORED_KEY_BYTES_MAX) as u64;
+        assert_eq!(writes_until_next_look(Some(reserve + 2000 * largest), reserve), 1000);
+        // A large disk: capped.
+        assert_eq!(writes_until_next_look(Some(1 << 40), reserve), SPACE_CHECK_WRITES_MAX);
+    }
+
+    #[test]
+    fn a_full_disk_is_seen_within_half_the_room_above_the_reserve() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let reserve = 1 << 20;
+            let options = EngineOptions { disk_reserve_bytes: reserve, ..small_options() };
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            // Plenty of room at the first look: the next one is far off.
+            disk.set_available_bytes(Some(1 << 40));
+            engine.put(key(1), Bytes::from_static(b"a"), 1, None).await.unwrap();
+            disk.set_available_bytes(Some(reserve));
+            let mut accepted = 0;
+            for version in 2..(2 + u64::from(SPACE_CHECK_WRITES_MAX) + 2) {
+                match engine.put(key(2), Bytes::from_static(b"b"), version, None).await {
+                    Ok(_) => accepted += 1,
+                    Err(error) => {
+                        assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+                        break;
+                    }
+                }
+            }
+            // A write can look more than once (again after reading the tables), so the look
+            // comes within the cap, and well past the 64 writes that little room would allow.
+            assert!(
+                accepted > 4 * SPACE_CHECK_EVERY_WRITES && accepted < SPACE_CHECK_WRITES_MAX,
+                "the look came after {accepted} writes"
+            );
+        });
+    }
+
+    #[test]
     fn failed_sync_poisons_and_refuses_writes() {
         block_on(async {
             let disk = MemDisk::new();
