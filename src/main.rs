@@ -210,7 +210,8 @@ struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
     /// A file holding the bearer token every scrape of --metrics-listen must present
     /// (`Authorization: Bearer TOKEN`, 16 to 1024 printable bytes; trailing white space
-    /// ignored). Replaces `metrics_token` of the --config file. [default: no token, open port]
+    /// ignored), read again whenever it changes. Replaces `metrics_token` of the --config file.
+    /// [default: no token, open port]
     #[arg(long, value_name = "FILE")]
     metrics_token_file: Option<PathBuf>,
     /// Listen beyond loopback without authentication: client, shard and Redis ports without

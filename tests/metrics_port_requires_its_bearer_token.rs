@@ -1,6 +1,7 @@
 //! `--metrics-token-file` makes the metrics port require `Authorization: Bearer <token>`: a
 //! scrape without it, or with another token, is answered 401 with a `WWW-Authenticate: Bearer`
-//! challenge and no figures; the right token gets the metrics. The node logs the refusals.
+//! challenge and no figures; the right token gets the metrics. The node logs the refusals. A new
+//! token moved over the file takes over without a restart.
 
 mod common;
 
@@ -51,5 +52,15 @@ fn metrics_port_requires_its_bearer_token() {
     let samples = parse(&metrics_body(&served));
     assert_eq!(total(&samples, "ringkv_shard_figures_available", &[]), SHARDS as u64);
     assert!(server.log().contains("metrics scrapes refused"), "{}", server.log());
+
+    // Rotated without a restart: a new file moved over the old one.
+    let rotated = "1a2b-the-next-metrics-token";
+    let staged = root.path().join("metrics-token.new");
+    std::fs::write(&staged, format!("{rotated}\n")).unwrap();
+    std::fs::rename(&staged, &token_file).unwrap();
+    let old = get_metrics(metrics_port, &format!("Authorization: Bearer {TOKEN}\r\n"));
+    assert!(old.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{old}");
+    let served = get_metrics(metrics_port, &format!("Authorization: Bearer {rotated}\r\n"));
+    assert!(served.starts_with("HTTP/1.1 200 OK\r\n"), "{served}");
     drop(server);
 }

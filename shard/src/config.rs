@@ -207,7 +207,8 @@ pub struct NodeConfig {
     #[serde(skip_serializing)]
     pub metrics_token: Option<Secret>,
     /// A file holding the metrics bearer token instead (trailing white space ignored), so that
-    /// the token is neither on the command line nor in the configuration file.
+    /// the token is neither on the command line nor in the configuration file. The metrics port
+    /// reads it again whenever it changes, so the token rotates without a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_token_file: Option<PathBuf>,
     /// Bytes of hints a shard keeps for all replicas together (hinted handoff); past it new
@@ -628,47 +629,15 @@ impl NodeConfig {
     /// trailing white space; `None` when neither is set. The file is read at every call, so
     /// `--check-config` finds a file that is missing, unreadable or empty.
     pub fn metrics_token(&self) -> Result<Option<Secret>, ShardError> {
-        let token = match (&self.metrics_token, &self.metrics_token_file) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err(ShardError::ConfigValue {
-                    field: "metrics_token",
-                    reason: "and metrics_token_file are both set; keep one".to_string(),
-                })
-            }
-            (Some(token), None) => token.clone(),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|error| ShardError::ConfigValue {
-                    field: "metrics_token_file",
-                    reason: format!("{}: {error}", path.display()),
-                })?;
-                Secret::new(text.trim_end())
-            }
-        };
-        let field = if self.metrics_token.is_some() { "metrics_token" } else { "metrics_token_file" };
-        let length = token.expose().len();
-        if !(METRICS_TOKEN_BYTES_MIN..=METRICS_TOKEN_BYTES_MAX).contains(&length) {
-            let source = match &self.metrics_token_file {
-                Some(path) => format!("{} holds", path.display()),
-                None => "is".to_string(),
-            };
-            return Err(ShardError::ConfigValue {
-                field,
-                reason: format!(
-                    "{source} a token of {length} bytes; it must be {METRICS_TOKEN_BYTES_MIN} to \
-                     {METRICS_TOKEN_BYTES_MAX} (use a long random string)"
-                ),
-            });
+        match (&self.metrics_token, &self.metrics_token_file) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ShardError::ConfigValue {
+                field: "metrics_token",
+                reason: "and metrics_token_file are both set; keep one".to_string(),
+            }),
+            (Some(token), None) => check_metrics_token(token.clone(), "metrics_token", "is").map(Some),
+            (None, Some(path)) => read_metrics_token_file(path).map(Some),
         }
-        // What an HTTP header carries as it is: no spaces, no control characters.
-        if !token.expose().iter().all(|byte| (0x21..=0x7e).contains(byte)) {
-            return Err(ShardError::ConfigValue {
-                field,
-                reason: "must be printable ASCII without spaces (as `openssl rand -base64 32` makes)"
-                    .to_string(),
-            });
-        }
-        Ok(Some(token))
     }
 
     /// The listen addresses other than loopback that would accept connections without
@@ -779,6 +748,43 @@ pub fn default_request_memory_bytes(shards: usize) -> usize {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(0x7269_6e67_6b76_u64)
+}
+
+/// The metrics bearer token a file holds, less its trailing white space, checked as
+/// `metrics_token` is. The metrics port reads it again whenever the file changes.
+pub fn read_metrics_token_file(path: &Path) -> Result<Secret, ShardError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ShardError::ConfigValue {
+        field: "metrics_token_file",
+        reason: format!("{}: {error}", path.display()),
+    })?;
+    check_metrics_token(
+        Secret::new(text.trim_end()),
+        "metrics_token_file",
+        &format!("{} holds", path.display()),
+    )
+}
+
+/// `token` if it can be a bearer token: its length within bounds, printable ASCII without
+/// spaces. `source` says where it came from in the error ("is", or "FILE holds").
+fn check_metrics_token(token: Secret, field: &'static str, source: &str) -> Result<Secret, ShardError> {
+    let length = token.expose().len();
+    if !(METRICS_TOKEN_BYTES_MIN..=METRICS_TOKEN_BYTES_MAX).contains(&length) {
+        return Err(ShardError::ConfigValue {
+            field,
+            reason: format!(
+                "{source} a token of {length} bytes; it must be {METRICS_TOKEN_BYTES_MIN} to \
+                 {METRICS_TOKEN_BYTES_MAX} (use a long random string)"
+            ),
+        });
+    }
+    // What an HTTP header carries as it is: no spaces, no control characters.
+    if !token.expose().iter().all(|byte| (0x21..=0x7e).contains(byte)) {
+        return Err(ShardError::ConfigValue {
+            field,
+            reason: "must be printable ASCII without spaces (as `openssl rand -base64 32` makes)".to_string(),
+        });
+    }
+    Ok(token)
 }
 
 #[cfg(test)]

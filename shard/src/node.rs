@@ -269,7 +269,7 @@ fn metrics_access(config: &NodeConfig) -> Result<Access, ShardError> {
         );
     }
     let tls = crate::tls::TlsSettings::load(config)?.map(|tls| tls.metrics_port());
-    Ok(Access { tls, token })
+    Ok(Access { tls, token, token_file: config.metrics_token_file.clone() })
 }
 
 /// What one shard's thread owns.

@@ -18,9 +18,15 @@
 //!
 //! The token is compared as a SHA-256 digest with [`subtle`]'s constant-time equality, so the
 //! time a check takes says nothing about how much of a guess matched, nor about its length.
+//!
+//! A token from a file is read again whenever the file changes (its modification time, size or
+//! inode), checked before each request, so a token is rotated by rewriting or replacing the
+//! file, without a restart. A file that changes into something unusable (missing, empty, too
+//! short) is logged once and leaves the previous token in force.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -53,6 +59,8 @@ pub struct Access {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Require `Authorization: Bearer <token>` on every request.
     pub token: Option<Secret>,
+    /// The file `token` came from, read again when it changes.
+    pub token_file: Option<PathBuf>,
 }
 
 /// One shard as the endpoint sees it: the counters it reads directly, and where it asks for
@@ -78,8 +86,11 @@ impl MetricsServer {
         let stopped = stop.clone();
         let scheme = if access.tls.is_some() { "https" } else { "http" };
         let token_required = access.token.is_some();
-        let endpoint =
-            Endpoint { token_digest: access.token.as_ref().map(|token| digest(token.expose())), shards };
+        let token = access.token.as_ref().map(|token| BearerToken {
+            digest: digest(token.expose()),
+            file: access.token_file.clone().map(|path| WatchedFile { path, seen: None }),
+        });
+        let mut endpoint = Endpoint { token, shards };
         let tls = access.tls;
         let thread = thread::Builder::new()
             .name("ringkv-metrics".into())
@@ -161,14 +172,75 @@ enum Served {
 
 /// What the serving thread owns.
 struct Endpoint {
-    /// SHA-256 of the bearer token, when one is required.
-    token_digest: Option<[u8; 32]>,
+    /// The bearer token, when one is required.
+    token: Option<BearerToken>,
     shards: Vec<ShardSource>,
+}
+
+/// The bearer token scrapes must present.
+struct BearerToken {
+    /// Its SHA-256.
+    digest: [u8; 32],
+    /// The file it comes from, if it does.
+    file: Option<WatchedFile>,
+}
+
+/// A token file and what it looked like when last read.
+struct WatchedFile {
+    path: PathBuf,
+    /// Its stamp when last read (`None`: it could not be read); nothing before the first read.
+    seen: Option<Option<FileStamp>>,
+}
+
+/// What tells one version of a file from the next without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, or `None` when it cannot be read.
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp { modified: metadata.modified().ok(), len: metadata.len(), inode: metadata.ino() })
+    }
+}
+
+impl BearerToken {
+    /// Reads the token file again if it changed since it was last read. A file that no longer
+    /// holds a usable token is logged once and the token stays as it was.
+    fn refresh(&mut self) {
+        let Some(file) = &mut self.file else { return };
+        let stamp = FileStamp::of(&file.path);
+        if file.seen == Some(stamp) {
+            return;
+        }
+        let first = file.seen.is_none();
+        file.seen = Some(stamp);
+        match crate::config::read_metrics_token_file(&file.path) {
+            Ok(token) => {
+                let digest = digest(token.expose());
+                if digest != self.digest {
+                    info!(path = %file.path.display(), "metrics bearer token read again from its changed file");
+                    self.digest = digest;
+                }
+            }
+            // At start the node read it, so a failure now means it changed in between.
+            Err(error) => warn!(
+                %error,
+                first,
+                "the metrics token file changed and holds no usable token; the previous token stays"
+            ),
+        }
+    }
 }
 
 impl Endpoint {
     /// Serves one connection, over TLS when `tls` is set.
-    fn serve(&self, stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<Served> {
+    fn serve(&mut self, stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<Served> {
         let mut stream = DeadlineStream::new(stream);
         match tls {
             None => self.answer(&mut stream),
@@ -184,7 +256,7 @@ impl Endpoint {
     }
 
     /// Reads one request head from `stream` and answers it.
-    fn answer<S: Read + Write + Rearm>(&self, stream: &mut S) -> io::Result<Served> {
+    fn answer<S: Read + Write + Rearm>(&mut self, stream: &mut S) -> io::Result<Served> {
         let mut head = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
         while !head.windows(4).any(|window| window == b"\r\n\r\n") {
@@ -204,7 +276,9 @@ impl Endpoint {
         let mut parts = request_line.split(|&byte| byte == b' ');
         let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
         let path = target.split(|&byte| byte == b'?').next().unwrap_or_default();
-        if let Some(expected) = &self.token_digest {
+        if let Some(token) = &mut self.token {
+            token.refresh();
+            let expected = &token.digest;
             let presented = lines.take_while(|line| !line.is_empty()).find_map(bearer_token);
             let matches = presented.is_some_and(|token| bool::from(digest(token).ct_eq(expected)));
             if !matches {
@@ -388,9 +462,59 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_is_read_again_when_it_changes() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("metrics-token");
+        let first = "first-token-of-enough-bytes";
+        std::fs::write(&path, format!("{first}\n")).unwrap();
+        let access = Access {
+            tls: None,
+            token: Some(crate::config::read_metrics_token_file(&path).unwrap()),
+            token_file: Some(path.clone()),
+        };
+        let shard = Arc::new(ShardMetrics::default());
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), vec![stopped_shard(shard)], access).unwrap();
+        let status = |token: &str| {
+            let answer = get(
+                server.address(),
+                &format!("GET /metrics HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n"),
+            );
+            answer.split(' ').nth(1).unwrap_or_default().to_string()
+        };
+        assert_eq!(status(first), "200");
+
+        // Rotated the usual way: a new file renamed over the old one.
+        let second = "second-token-of-enough-bytes";
+        let staged = directory.path().join("metrics-token.new");
+        std::fs::write(&staged, second).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        assert_eq!(status(first), "401");
+        assert_eq!(status(second), "200");
+
+        // Rewritten in place.
+        let third = "the-third-token-of-enough-bytes";
+        std::fs::write(&path, third).unwrap();
+        assert_eq!(status(second), "401");
+        assert_eq!(status(third), "200");
+
+        // A file that no longer holds a usable token, or is gone, leaves the last one in force.
+        std::fs::write(&path, "short").unwrap();
+        assert_eq!(status("short"), "401");
+        assert_eq!(status(third), "200");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(status(third), "200");
+        // And a usable one again takes over.
+        let fourth = "fourth-token-of-enough-bytes!";
+        std::fs::write(&path, fourth).unwrap();
+        assert_eq!(status(third), "401");
+        assert_eq!(status(fourth), "200");
+    }
+
+    #[test]
     fn a_token_once_set_is_required_on_every_request() {
         let token = "a-token-of-enough-bytes";
-        let access = Access { tls: None, token: Some(Secret::new(token)) };
+        let access = Access { tls: None, token: Some(Secret::new(token)), token_file: None };
         let shard = Arc::new(ShardMetrics::default());
         let server =
             MetricsServer::start("127.0.0.1:0".parse().unwrap(), vec![stopped_shard(shard)], access).unwrap();
