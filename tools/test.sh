@@ -3,8 +3,9 @@
 # (redis-cli and redis-benchmark from Debian's redis-tools, redis-py from PyPI) and the
 # Prometheus client whose parser the metrics test reads /metrics with, then
 #
-#   cargo test --workspace [ARGS...]
+#   cargo test --workspace --no-fail-fast [ARGS...]
 #
+# (every test binary runs even after one fails, so a run shows every failure, not the first).
 # Installing needs root and apt-get (as on CI); elsewhere it says what to install, and the
 # tests that need it fail saying the same.
 set -euo pipefail
@@ -29,4 +30,4 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   python3 -m pip install -q prometheus-client || echo "could not install prometheus-client (pip install prometheus-client)" >&2
 fi
 
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
