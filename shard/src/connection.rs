@@ -263,8 +263,7 @@ impl Shared {
                     return true;
                 }
             }
-            let stopping = stop.unless_stopped(listener).await.is_none();
-            if stopping {
+            if stop.unless_stopped(listener).await.is_none() {
                 return false;
             }
         }

@@ -84,7 +84,8 @@ pub struct HealingState {
     pub throttle_owed: Cell<u64>,
 }
 
-fn storage_failure(error: StorageError) -> PeerFailure {
+/// A replica's answer when its engine failed.
+pub(super) fn storage_failure(error: StorageError) -> PeerFailure {
     PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
 }
 
@@ -213,15 +214,11 @@ impl Cluster {
             Ok(_) => return ReplicaWrite::Later,
             Err(failure) => return ReplicaWrite::Answer(replica::refusal(envelope, failure)),
         };
-        let storage_failed = |error: StorageError| PeerFailure {
-            code: PeerErrorCode::StorageFailed,
-            message: error.to_string(),
-        };
         let engine = self.handler.engine();
         let before = match engine.entry_now(&key, |held| held.map(|held| held.version)) {
             None => return ReplicaWrite::Later,
             Some(Err(error)) => {
-                return ReplicaWrite::Answer(replica::applied(envelope, Err(storage_failed(error))))
+                return ReplicaWrite::Answer(replica::applied(envelope, Err(storage_failure(error))))
             }
             Some(Ok(before)) => before,
         };
@@ -232,7 +229,7 @@ impl Cluster {
         });
         match pending {
             None => ReplicaWrite::Later,
-            Some(Err(error)) => ReplicaWrite::Answer(replica::applied(envelope, Err(storage_failed(error)))),
+            Some(Err(error)) => ReplicaWrite::Answer(replica::applied(envelope, Err(storage_failure(error)))),
             Some(Ok(pending)) => ReplicaWrite::Applied(AppliedReplica {
                 request: envelope.clone(),
                 key,
@@ -250,9 +247,7 @@ impl Cluster {
         if let Ok(outcome) = &result {
             self.track(&key, old, outcome);
         }
-        let result = result
-            .map(|_| ())
-            .map_err(|error| PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() });
+        let result = result.map(|_| ()).map_err(storage_failure);
         replica::applied(&request, result)
     }
 

@@ -33,10 +33,9 @@ pub mod trees;
 pub mod view;
 
 use crate::request_memory::RequestMemory;
+use healing::{CommitQueue, ReplicaWrite};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-
-use healing::{CommitQueue, ReplicaWrite};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
@@ -559,7 +558,7 @@ impl Cluster {
             return None;
         }
         let found = self.handler.engine().entry_now(key, |entry| entry.cloned().map(PeerEntry::from))?;
-        let result = found.map_err(|error| PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string()));
+        let result = found.map_err(healing::storage_failure);
         Some(replica::read_answer(envelope, *digest_only, result))
     }
 
@@ -586,16 +585,19 @@ impl Cluster {
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
-                let result = self.apply_tracked(key, Entry::from(entry)).await.map(|_| ()).map_err(|error| {
-                    PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
-                });
+                let result = self
+                    .apply_tracked(key, Entry::from(entry))
+                    .await
+                    .map(|_| ())
+                    .map_err(healing::storage_failure);
                 replica::applied(envelope, result)
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
-                let result =
-                    engine.get_entry(&key).await.map(|entry| entry.map(PeerEntry::from)).map_err(|error| {
-                        PeerFailure { code: PeerErrorCode::StorageFailed, message: error.to_string() }
-                    });
+                let result = engine
+                    .get_entry(&key)
+                    .await
+                    .map(|entry| entry.map(PeerEntry::from))
+                    .map_err(healing::storage_failure);
                 replica::read_answer(envelope, digest_only, result)
             }
             Ok(None) => replica::refusal(

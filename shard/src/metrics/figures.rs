@@ -144,8 +144,7 @@ impl FiguresInbox {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            let stopped = stop.unless_stopped(arrived).await.is_none();
-            if stopped {
+            if stop.unless_stopped(arrived).await.is_none() {
                 return;
             }
         }

@@ -345,8 +345,7 @@ impl Shared {
             if condition(self) {
                 return true;
             }
-            let stopped = stop.unless_stopped(listener).await.is_none();
-            if stopped {
+            if stop.unless_stopped(listener).await.is_none() {
                 return false;
             }
         }
@@ -375,8 +374,7 @@ impl Shared {
             if let Some(answer) = room(self) {
                 return answer;
             }
-            let stopping = stop.unless_stopped(listener).await.is_none();
-            if stopping {
+            if stop.unless_stopped(listener).await.is_none() {
                 return false;
             }
         }

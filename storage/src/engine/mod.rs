@@ -540,9 +540,9 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Refuses a write when the disk's free space is at or below the reserve, looking at it
-    /// every few writes (see [`writes_until_next_look`]), and at every write while it is full (so writes
-    /// resume as soon as space is freed). Flushes and compactions never look: the reserve is
-    /// theirs.
+    /// every few writes (see [`writes_until_next_look`]), and at every write while it is full
+    /// (so writes resume as soon as space is freed). Flushes and compactions never look: the
+    /// reserve is theirs.
     fn check_disk_space(&self) -> Result<()> {
         let reserve_bytes = self.options.disk_reserve_bytes;
         if reserve_bytes == 0 {
