@@ -58,6 +58,18 @@ impl BlockCache {
         }
     }
 
+    /// Forgets the block of table `table_id` at `offset`, if cached.
+    pub fn remove(&self, table_id: u64, offset: u64) {
+        if let Some(blocks) = &self.blocks {
+            blocks.borrow_mut().remove(&(table_id, offset));
+        }
+    }
+
+    /// The most bytes of blocks the cache holds (0 when caching is off).
+    pub fn capacity_bytes(&self) -> usize {
+        self.blocks.as_ref().map_or(0, |blocks| blocks.borrow().capacity() as usize)
+    }
+
     /// Bytes of blocks held now.
     pub fn used_bytes(&self) -> usize {
         self.blocks.as_ref().map_or(0, |blocks| blocks.borrow().weight() as usize)

@@ -85,6 +85,13 @@ impl<D: Disk> Engine<D> {
         let file = self.disk.create(&name).await.map_err(io_error("create", &name))?;
         let expected_keys = inputs.iter().map(|table| table.entry_count() as usize).sum();
         let mut writer = TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, expected_keys);
+        // The output replaces tables whose blocks reads had cached: it takes their place in
+        // the cache as it is written, unless it is too large for that to keep the hot set (half
+        // the cache).
+        let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
+        if input_bytes <= self.cache.capacity_bytes() as u64 / 2 {
+            writer = writer.filling_cache(self.cache.clone(), id);
+        }
         let mut iterators: Vec<_> = inputs.iter().map(|table| table.iter(None, false)).collect();
         let mut heads = Vec::with_capacity(iterators.len());
         for iterator in &mut iterators {
@@ -157,6 +164,7 @@ impl<D: Disk> Engine<D> {
         })
         .await?;
         for table in inputs {
+            table.forget_cached_blocks();
             self.disk.remove(table.file_name()).await.map_err(io_error("remove", table.file_name()))?;
         }
         self.stats.borrow_mut().compactions += 1;
@@ -170,6 +178,73 @@ mod tests {
     use super::super::*;
     use crate::disk::memory::MemDisk;
     use crate::options::SyncMode;
+
+    /// Every key of `keys` read through `engine`, counting the disk reads that took.
+    async fn disk_reads_for(engine: &Engine<MemDisk>, disk: &MemDisk, keys: std::ops::Range<u32>) -> u64 {
+        let before = disk.reads();
+        for index in keys {
+            assert!(engine.get(&key(index), 0).await.unwrap().is_some(), "key {index}");
+        }
+        disk.reads() - before
+    }
+
+    #[test]
+    fn flushed_and_compacted_tables_are_read_from_the_cache_their_writers_filled() {
+        futures_executor::block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            for round in 0..4u64 {
+                for index in 0..400u32 {
+                    let version = round * 1000 + u64::from(index) + 1;
+                    engine.put(key(index), Bytes::from(vec![round as u8; 48]), version, None).await.unwrap();
+                }
+                engine.flush().await.unwrap();
+                // Each flush's blocks were cached as they were written.
+                assert_eq!(disk_reads_for(&engine, &disk, 0..400).await, 0, "after flush {round}");
+            }
+            let flushed = engine.stats();
+            assert!(flushed.tables >= 4, "{flushed:?}");
+            assert!(engine.compact_all(0).await.unwrap());
+            let compacted = engine.stats();
+            assert_eq!(compacted.tables, 1, "{compacted:?}");
+            // The merged table's blocks were cached as it was written...
+            assert_eq!(disk_reads_for(&engine, &disk, 0..400).await, 0, "after the compaction");
+            // ...and the inputs' blocks left the cache with them: it holds about one table now.
+            assert!(
+                compacted.block_cache_bytes < flushed.block_cache_bytes / 2,
+                "cache {} bytes after the compaction, {} before",
+                compacted.block_cache_bytes,
+                flushed.block_cache_bytes
+            );
+            // Reopened, the cache starts empty: the same reads go to the disk, which shows the
+            // counts above measure the cache.
+            drop(engine);
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            assert!(disk_reads_for(&engine, &disk, 0..400).await > 0);
+        });
+    }
+
+    #[test]
+    fn a_compaction_too_large_for_the_cache_does_not_fill_it() {
+        futures_executor::block_on(async {
+            let disk = MemDisk::new();
+            // A cache of 64 KiB against about 100 KiB of tables.
+            let options = EngineOptions { block_cache_bytes: 64 << 10, ..small_options() };
+            let engine = Engine::open(disk.clone(), options.clone()).await.unwrap();
+            for round in 0..4u64 {
+                for index in 0..200u32 {
+                    let version = round * 1000 + u64::from(index) + 1;
+                    engine.put(key(index), Bytes::from(vec![round as u8; 48]), version, None).await.unwrap();
+                }
+                engine.flush().await.unwrap();
+            }
+            drop(engine);
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            assert_eq!(engine.stats().block_cache_bytes, 0, "reopened: nothing cached");
+            assert!(engine.compact_all(0).await.unwrap());
+            assert_eq!(engine.stats().block_cache_bytes, 0, "the output was not cached");
+        });
+    }
     use crate::wal::writer::yield_once;
     use futures_executor::block_on;
 

@@ -87,8 +87,11 @@ impl<D: Disk> Engine<D> {
             let id = self.allocate_file_number();
             let name = manifest::table_file_name(id);
             let file = self.disk.create(&name).await.map_err(io_error("create", &name))?;
+            // The entries were in memory until now: their blocks go to the cache as they are
+            // written, so reads of recent writes do not become disk reads after the flush.
             let mut writer =
-                TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, sealed.len());
+                TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, sealed.len())
+                    .filling_cache(self.cache.clone(), id);
             for (index, (key, mem_entry)) in sealed.iter().enumerate() {
                 writer.add(key, &mem_entry.entry).await?;
                 if index % COMPACTION_ENTRIES_PER_YIELD == 0 {

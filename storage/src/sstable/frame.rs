@@ -33,6 +33,12 @@ pub(crate) fn seal(out: &mut Vec<u8>, start: usize) -> usize {
     frame_len
 }
 
+/// Where the payload of the frame that starts at `start` and is `frame_len` bytes long lies in
+/// the buffer holding it.
+pub(crate) fn payload_range(start: usize, frame_len: usize) -> std::ops::Range<usize> {
+    start + LENGTH_BYTES..start + frame_len - (FRAME_OVERHEAD_BYTES - LENGTH_BYTES)
+}
+
 /// Checks a frame read from `file_name` at `offset` and returns its payload as a zero-copy
 /// slice. `frame` must be exactly the frame's bytes, as the index or the footer sized it.
 pub(crate) fn verify(frame: Bytes, file_name: &str, offset: u64) -> Result<Bytes> {

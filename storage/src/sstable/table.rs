@@ -177,6 +177,14 @@ impl<F: DiskFile> Table<F> {
         &self.file
     }
 
+    /// Takes this table's blocks out of the cache: called once the table is no longer read, so
+    /// they leave room for live blocks at once instead of aging out.
+    pub fn forget_cached_blocks(&self) {
+        for block_number in 0..self.index.len() {
+            self.cache.remove(self.table_id, self.index.handle(block_number).offset);
+        }
+    }
+
     /// Block `block_number` if the cache holds it.
     pub(crate) fn cached_block(&self, block_number: usize) -> Option<Block> {
         let offset = self.index.handle(block_number).offset;
