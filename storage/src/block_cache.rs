@@ -2,9 +2,10 @@
 //!
 //! Files are read with O_DIRECT, which bypasses the kernel's page cache, so this cache is the
 //! only thing between a repeated read and the disk. It holds only blocks whose checksum and
-//! structure were verified, so a hit needs no check. Eviction is quick_cache's (a Clock-PRO
-//! variant close to S3-FIFO), weighted by block bytes; it resists a scan flushing the hot set. It is
-//! single-threaded, like the engine that owns it (one per shard).
+//! structure were verified after a read, or that a flush or compaction built and is writing (the
+//! exact bytes on their way to the disk), so a hit needs no check. Eviction is quick_cache's (a
+//! Clock-PRO variant close to S3-FIFO), weighted by block bytes; it resists a scan flushing the
+//! hot set. It is single-threaded, like the engine that owns it (one per shard).
 
 use bytes::Bytes;
 use quick_cache::unsync::Cache;

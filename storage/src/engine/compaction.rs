@@ -178,6 +178,8 @@ mod tests {
     use super::super::*;
     use crate::disk::memory::MemDisk;
     use crate::options::SyncMode;
+    use crate::wal::writer::yield_once;
+    use futures_executor::block_on;
 
     /// Every key of `keys` read through `engine`, counting the disk reads that took.
     async fn disk_reads_for(engine: &Engine<MemDisk>, disk: &MemDisk, keys: std::ops::Range<u32>) -> u64 {
@@ -190,7 +192,7 @@ mod tests {
 
     #[test]
     fn flushed_and_compacted_tables_are_read_from_the_cache_their_writers_filled() {
-        futures_executor::block_on(async {
+        block_on(async {
             let disk = MemDisk::new();
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             for round in 0..4u64 {
@@ -226,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_compaction_too_large_for_the_cache_does_not_fill_it() {
-        futures_executor::block_on(async {
+        block_on(async {
             let disk = MemDisk::new();
             // A cache of 64 KiB against about 100 KiB of tables.
             let options = EngineOptions { block_cache_bytes: 64 << 10, ..small_options() };
@@ -245,8 +247,6 @@ mod tests {
             assert_eq!(engine.stats().block_cache_bytes, 0, "the output was not cached");
         });
     }
-    use crate::wal::writer::yield_once;
-    use futures_executor::block_on;
 
     #[test]
     fn compaction_keeps_up_while_writes_keep_flushes_coming() {
