@@ -181,6 +181,18 @@ mod tests {
     use crate::wal::writer::yield_once;
     use futures_executor::block_on;
 
+    /// Writes keys `0..keys` once per round of `rounds`, at versions rising by round, and flushes
+    /// after each round: a table per round, all holding the same keys.
+    async fn flushed_rounds(engine: &Engine<MemDisk>, rounds: std::ops::Range<u64>, keys: u32) {
+        for round in rounds {
+            for index in 0..keys {
+                let version = round * 1000 + u64::from(index) + 1;
+                engine.put(key(index), Bytes::from(vec![round as u8; 48]), version, None).await.unwrap();
+            }
+            engine.flush().await.unwrap();
+        }
+    }
+
     /// Every key of `keys` read through `engine`, counting the disk reads that took.
     async fn disk_reads_for(engine: &Engine<MemDisk>, disk: &MemDisk, keys: std::ops::Range<u32>) -> u64 {
         let before = disk.reads();
@@ -196,11 +208,7 @@ mod tests {
             let disk = MemDisk::new();
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             for round in 0..4u64 {
-                for index in 0..400u32 {
-                    let version = round * 1000 + u64::from(index) + 1;
-                    engine.put(key(index), Bytes::from(vec![round as u8; 48]), version, None).await.unwrap();
-                }
-                engine.flush().await.unwrap();
+                flushed_rounds(&engine, round..round + 1, 400).await;
                 // Each flush's blocks were cached as they were written.
                 assert_eq!(disk_reads_for(&engine, &disk, 0..400).await, 0, "after flush {round}");
             }
@@ -233,13 +241,7 @@ mod tests {
             // A cache of 64 KiB against about 100 KiB of tables.
             let options = EngineOptions { block_cache_bytes: 64 << 10, ..small_options() };
             let engine = Engine::open(disk.clone(), options.clone()).await.unwrap();
-            for round in 0..4u64 {
-                for index in 0..200u32 {
-                    let version = round * 1000 + u64::from(index) + 1;
-                    engine.put(key(index), Bytes::from(vec![round as u8; 48]), version, None).await.unwrap();
-                }
-                engine.flush().await.unwrap();
-            }
+            flushed_rounds(&engine, 0..4, 200).await;
             drop(engine);
             let engine = Engine::open(disk.clone(), options).await.unwrap();
             assert_eq!(engine.stats().block_cache_bytes, 0, "reopened: nothing cached");
