@@ -509,12 +509,25 @@ fn dispatch(
     // Not instrumented with the connection's span: entering and leaving a span on every poll
     // of every request costs more than the rest of a cached read. Request tasks log nothing;
     // failures travel back in the reply.
-    glommio::spawn_local(async move {
+    let queue = router.queue_for(&command);
+    let answered_here = shared.clone();
+    let request = async move {
         let _charge = charge;
         let reply = router.answer(command, consistency).await;
         shared.complete_request(operations, &Response { id, reply });
-    })
-    .detach();
+    };
+    match queue {
+        // A scan's whole request (its pages, their merge and the reply) runs in the scan queue:
+        // point requests behind it are picked up within the queue's preemption interval.
+        Some(queue) => match glommio::spawn_local_into(request, queue) {
+            Ok(task) => drop(task.detach()),
+            Err(error) => {
+                let failure = Failure::new(ErrorCode::Internal, format!("starting a scan: {error}"));
+                answered_here.complete_request(operations, &Response { id, reply: Reply::Failed(failure) });
+            }
+        },
+        None => drop(glommio::spawn_local(request).detach()),
+    }
 }
 
 /// Answers the writes applied in place, in the order they were applied, each once the engine

@@ -27,6 +27,7 @@ use ringkv_wire::{
 };
 
 use crate::clock::HybridClock;
+use ringkv_io::TaskQueueHandle;
 
 /// The value of `entry` a reader at `now_ms` sees, with its version and expiry: `None` for a
 /// tombstone or an expired value.
@@ -45,12 +46,26 @@ pub struct Handler<D: Disk> {
     clock: HybridClock,
     /// The wall clock, in ms since the Unix epoch; passed in so tests can pin time.
     now_ms: fn() -> u64,
+    /// Where [`Handler::scan_in_queue`] runs scans; `None` runs them in the caller's queue.
+    scan_queue: Option<TaskQueueHandle>,
 }
 
 impl<D: Disk> Handler<D> {
     /// A handler for `engine`, versioning with `clock` and reading time from `now_ms`.
     pub fn new(engine: Rc<Engine<D>>, clock: HybridClock, now_ms: fn() -> u64) -> Self {
-        Handler { engine, clock, now_ms }
+        Handler { engine, clock, now_ms, scan_queue: None }
+    }
+
+    /// Runs scans in `queue` (see [`ringkv_io::scan_queue`]) when they go through
+    /// [`Handler::scan_in_queue`].
+    pub fn with_scan_queue(mut self, queue: TaskQueueHandle) -> Self {
+        self.scan_queue = Some(queue);
+        self
+    }
+
+    /// The queue scans run in, if the handler has one.
+    pub fn scan_queue(&self) -> Option<TaskQueueHandle> {
+        self.scan_queue
     }
 
     /// The engine.
@@ -221,6 +236,23 @@ impl<D: Disk> Handler<D> {
                 format!("an atomic write versioned at or below the stored {current_version}"),
             )),
             Err(error) => Err(failure_of(&error)),
+        }
+    }
+
+    /// [`Handler::scan`], run in the handler's scan queue when it has one, so that a burst of
+    /// scans does not hold back the point requests queued behind it.
+    pub async fn scan_in_queue(self: &Rc<Self>, scan: Scan) -> Result<ScanPage, Failure>
+    where
+        D: 'static,
+    {
+        let queue = match self.scan_queue {
+            Some(queue) if queue != glommio::executor().current_task_queue() => queue,
+            _ => return self.scan(&scan).await,
+        };
+        let handler = self.clone();
+        match glommio::spawn_local_into(async move { handler.scan(&scan).await }, queue) {
+            Ok(task) => task.await,
+            Err(error) => Err(Failure::new(ErrorCode::Internal, format!("starting a scan: {error}"))),
         }
     }
 
@@ -542,6 +574,31 @@ mod tests {
         let mut names = names.to_vec();
         names.sort_by_key(|name| Position::of_key(key(name)));
         names
+    }
+
+    #[test]
+    fn scans_run_in_the_scan_queue_and_answer_as_in_place() {
+        let base = handler();
+        ringkv_io::run_local("handler-scan-queue", async move {
+            let queue = ringkv_io::scan_queue();
+            let handler = Rc::new(base.with_scan_queue(queue));
+            let order = in_scan_order(&["a", "b", "c"]);
+            for name in &order {
+                handler.engine().put(key(name), key("v"), 1, None).await.unwrap();
+            }
+            let whole = scan(ScanStart::Token(0), None, 10);
+            // Reading the stats resets them.
+            glommio::executor().task_queue_stats(queue).unwrap();
+            let page = handler.scan_in_queue(whole.clone()).await.unwrap();
+            assert_eq!(keys_of(&page), order.iter().map(|name| key(name)).collect::<Vec<_>>());
+            assert!(glommio::executor().task_queue_stats(queue).unwrap().queue_selected() > 0);
+            assert_eq!(page, handler.scan(&whole).await.unwrap());
+            // From inside the queue it runs in place, with the same answer.
+            let inner = handler.clone();
+            let task =
+                glommio::spawn_local_into(async move { inner.scan_in_queue(whole).await }, queue).unwrap();
+            assert_eq!(task.await.unwrap(), page);
+        });
     }
 
     #[test]

@@ -70,6 +70,15 @@ impl Router {
         Router { shard_id, ring, topology, handler, forwarding, cluster, metrics }
     }
 
+    /// The task queue a request for `command` runs in: scans in the shard's scan queue (see
+    /// [`ringkv_io::scan_queue`]), everything else in the caller's.
+    pub fn queue_for(&self, command: &Command) -> Option<glommio::TaskQueueHandle> {
+        match command {
+            Command::Scan(_) => self.handler.scan_queue(),
+            _ => None,
+        }
+    }
+
     /// This shard's metrics.
     pub fn metrics(&self) -> &Arc<ShardMetrics> {
         &self.metrics
@@ -154,7 +163,7 @@ impl Router {
             .collect();
         if let [shard] = shards[..] {
             return if shard == self.shard_id {
-                self.handler.scan(&scan).await
+                self.handler.scan_in_queue(scan).await
             } else {
                 self.forwarding.scan(shard, scan).await
             };
@@ -167,7 +176,7 @@ impl Router {
                 let scan = scan.clone();
                 glommio::spawn_local(async move {
                     if shard == router.shard_id {
-                        router.handler.scan(&scan).await
+                        router.handler.scan_in_queue(scan).await
                     } else {
                         router.forwarding.scan(shard, scan).await
                     }

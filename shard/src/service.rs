@@ -183,7 +183,9 @@ impl ShardService {
         // Versions start above every version on disk, however far ahead of the wall clock.
         let clock = HybridClock::new(config.node_id);
         clock.observe(engine.engine().max_version());
-        let handler = Rc::new(Handler::new(engine.engine().clone(), clock, now_ms));
+        let handler = Rc::new(
+            Handler::new(engine.engine().clone(), clock, now_ms).with_scan_queue(ringkv_io::scan_queue()),
+        );
         let forwarding =
             Rc::new(Forwarding::new(shard_id, senders, peer_of_shard, config.forward_in_flight_max));
         let identity = NodeIdentity {

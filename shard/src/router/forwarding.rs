@@ -245,7 +245,7 @@ impl Forwarding {
                 let span = tracing::debug_span!("forwarded_scan", shard = self.shard_id, peer, ticket);
                 glommio::spawn_local(
                     async move {
-                        let result = handler.scan(&scan).await;
+                        let result = handler.scan_in_queue(scan).await;
                         forwarding.reply(peer, ShardMessage::ScanReply { ticket, result }).await;
                     }
                     .instrument(span),
