@@ -29,6 +29,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use glommio::GlommioError;
 use ringkv_storage::disk::ALIGNMENT;
 use ringkv_storage::{Disk, DiskFile};
+use std::cell::OnceCell;
 use std::ffi::CString;
 use std::fmt;
 use std::io::{self, Write};
@@ -72,6 +73,9 @@ pub struct DmaDiskFile {
     file: DmaFile,
     path: PathBuf,
     sync_observer: Option<Rc<dyn SyncObserver>>,
+    /// A second descriptor without O_DIRECT, for [`DiskFile::write_cached_at`]; opened at its
+    /// first use (only WAL segments use it).
+    cached: OnceCell<std::fs::File>,
 }
 
 /// An I/O error with the operation and path that produced it; keeps the original as its source.
@@ -260,7 +264,7 @@ impl DmaDisk {
         let file = options.dma_open(&path).await.map_err(|error| glommio_error(error, operation, &path))?;
         // Normally the same device as the probe marker, but a file can be a mount point.
         check_alignment(file.alignment(), &path)?;
-        Ok(DmaDiskFile { file, path, sync_observer: self.sync_observer.clone() })
+        Ok(DmaDiskFile { file, path, sync_observer: self.sync_observer.clone(), cached: OnceCell::new() })
     }
 }
 
@@ -412,6 +416,33 @@ impl DiskFile for DmaDiskFile {
             written += count;
         }
         Ok(())
+    }
+
+    /// A `pwrite` on the file's second, page-cached descriptor, on the shard's thread: a copy
+    /// into pages inside the file (the caller's contract: nothing to allocate), which does not
+    /// wait for the device. The following [`DiskFile::sync`] (fdatasync, per file, whatever the
+    /// descriptor) writes those pages back and flushes the device cache in one operation, where
+    /// an O_DIRECT write would first make its own trip to the device and back to the executor.
+    /// The page cache and O_DIRECT stay coherent: the kernel writes back cached pages before a
+    /// direct read of their range, and drops them on a direct write over it.
+    async fn write_cached_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if !offset.is_multiple_of(ALIGNMENT as u64) || !data.len().is_multiple_of(ALIGNMENT) {
+            return Err(invalid_input(format!(
+                "unaligned write to {} at {offset} of {} bytes (alignment {ALIGNMENT})",
+                self.path.display(),
+                data.len()
+            )));
+        }
+        if self.cached.get().is_none() {
+            let path = self.path.clone();
+            let opened = run_blocking(move || std::fs::OpenOptions::new().write(true).open(&path))
+                .await
+                .map_err(|error| with_context(error, "opening for cached writes", &self.path))?;
+            let _ = self.cached.set(opened);
+        }
+        let cached = self.cached.get().expect("opened above");
+        cached.write_all_at(data, offset).map_err(|error| with_context(error, "writing", &self.path))
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {

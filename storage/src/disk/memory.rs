@@ -61,6 +61,8 @@ struct Directory {
     faults: Faults,
     /// `read_at` calls on any file, for tests that count disk reads.
     reads: u64,
+    /// `write_cached_at` calls on any file.
+    cached_writes: u64,
 }
 
 /// An in-memory directory. Cloning gives another handle to the same directory.
@@ -108,8 +110,7 @@ impl MemDisk {
             let file = FileData { current: contents.clone(), durable: contents, unsynced: Vec::new() };
             survivors.insert(name.clone(), Rc::new(RefCell::new(file)));
         }
-        let dir =
-            Directory { current: survivors.clone(), durable: survivors, faults: Faults::default(), reads: 0 };
+        let dir = Directory { current: survivors.clone(), durable: survivors, ..Directory::default() };
         MemDisk { dir: Rc::new(RefCell::new(dir)) }
     }
 
@@ -170,6 +171,11 @@ impl MemDisk {
     /// Reads made from any file of this disk so far.
     pub fn reads(&self) -> u64 {
         self.dir.borrow().reads
+    }
+
+    /// [`DiskFile::write_cached_at`] calls on any file of this disk so far.
+    pub fn cached_writes(&self) -> u64 {
+        self.dir.borrow().cached_writes
     }
 
     /// Total bytes of all files, as readers see them.
@@ -280,6 +286,20 @@ impl DiskFile for MemFile {
         write_into(&mut file.current, offset, data);
         file.unsynced.push((offset, data.to_vec()));
         Ok(())
+    }
+
+    /// As [`DiskFile::write_at`] (a memory disk has no cache to go through), counted, and
+    /// refused past the end of the file, as the contract asks.
+    async fn write_cached_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if end > self.data.borrow().current.len() as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cached write to {} ends at {end}, past the end of the file", self.name),
+            ));
+        }
+        self.dir.borrow_mut().cached_writes += 1;
+        self.write_at(offset, data).await
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {

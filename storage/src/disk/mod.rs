@@ -7,7 +7,8 @@
 //! Contracts every implementation keeps:
 //! - `write_at` offsets and lengths are multiples of [`ALIGNMENT`] (O_DIRECT needs it); the
 //!   engine pads. Reads may be of any offset and length.
-//! - When `sync` resolves `Ok`, every `write_at` that resolved before it was called is durable.
+//! - When `sync` resolves `Ok`, every `write_at` and `write_cached_at` that resolved before it
+//!   was called is durable.
 //! - When `sync_dir` resolves `Ok`, every create, rename and remove that resolved before it is
 //!   durable.
 //! - Futures need not be `Send`: glommio's are not.
@@ -57,6 +58,17 @@ pub trait DiskFile {
     /// Writes all of `data` at `offset`. Both are multiples of [`ALIGNMENT`].
     /// Not durable until [`DiskFile::sync`] resolves.
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes all of `data` at `offset` within bytes the file already holds, through the
+    /// operating system's page cache where the disk has one: it returns once the bytes are
+    /// copied, and they are durable, as with [`DiskFile::write_at`], only once
+    /// [`DiskFile::sync`] resolves. Both are multiples of [`ALIGNMENT`]. For a log whose every
+    /// small write a sync follows at once, this saves a trip to the device: the sync writes the
+    /// bytes and flushes in one operation. The range must lie inside the file (so the write
+    /// allocates nothing and cannot find the filesystem full later). The default is
+    /// [`DiskFile::write_at`].
+    async fn write_cached_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_at(offset, data).await
+    }
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes>;
     /// Makes every completed write durable (fdatasync). When this resolves `Ok`, the data is on

@@ -247,7 +247,15 @@ impl<D: Disk> WalWriter<D> {
                 end
             };
             data.resize((write_end - offset) as usize, 0);
-            let mut written = file.write_at(offset, &data).await;
+            let mut written = if write_end == end && end <= allocated_end {
+                // Inside the zeros written ahead: through the page cache, so that the sync
+                // after it is the commit's only trip to the device (see
+                // `DiskFile::write_cached_at`). Growing the file stays a direct write, whose
+                // errors (a full filesystem) come back here, not from a later sync.
+                file.write_cached_at(offset, &data).await
+            } else {
+                file.write_at(offset, &data).await
+            };
             if write_end > end
                 && matches!(&written, Err(error) if error.kind() == std::io::ErrorKind::StorageFull)
             {
@@ -389,6 +397,37 @@ mod tests {
             let grown = ALIGNMENT as u64 + PREALLOCATE;
             let expected: Vec<u64> = (0..12u64).map(|group| (group / 5 + 1) * grown).collect();
             assert_eq!(sizes, expected);
+        });
+    }
+
+    #[test]
+    fn groups_inside_the_zeros_ahead_are_written_through_the_cache() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let wal = writer(&disk, PREALLOCATE).await;
+            for seq in 1..=12 {
+                commit_one(&wal, seq, &[seq as u8; 100]).await;
+            }
+            // Groups 1, 6 and 11 grow the file (direct writes, zeros ahead); the other nine
+            // land inside the zeros.
+            assert_eq!(disk.cached_writes(), 9);
+            // A crash keeps every committed group, whichever way it was written.
+            let crashed = disk.crash(CrashMode::DropUnsynced);
+            let name = segment_file_name(1);
+            let file = crashed.open(&name).await.unwrap();
+            let bytes = file.read_at(0, file.size().await.unwrap() as usize).await.unwrap();
+            let scan = scan_segment(&name, &bytes, Some(1), false).unwrap();
+            assert_eq!(
+                scan.records.iter().map(|record| record.seq).collect::<Vec<_>>(),
+                (1..=12).collect::<Vec<_>>()
+            );
+
+            let plain = MemDisk::new();
+            let wal = writer(&plain, 0).await;
+            for seq in 1..=3 {
+                commit_one(&wal, seq, b"x").await;
+            }
+            assert_eq!(plain.cached_writes(), 0, "without zeros ahead every group grows the file");
         });
     }
 
