@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::free_port;
+
 use bytes::Bytes;
 use common::cluster::{address, eventually_at, peer_port, start_node_with, wait_for_logs};
 use common::healing::{put, wait_for_log};
@@ -14,10 +16,6 @@ use ringkv_wire::{Consistency, Operation, Outcome};
 
 const HINTED: u64 = 30;
 const UNHINTED: u64 = 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[test]
 fn metrics_count_hints_read_repairs_and_anti_entropy() {

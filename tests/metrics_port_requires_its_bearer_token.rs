@@ -5,16 +5,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-
 use common::metrics::{get_metrics, metrics_body, parse, total};
-use common::{Server, SHARDS};
+use common::{free_port, Server, SHARDS};
 
 const TOKEN: &str = "0f3e-metrics-token-for-this-test";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[test]
 fn metrics_port_requires_its_bearer_token() {

@@ -6,22 +6,18 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::metrics::{exchange, metrics_body, parse, total};
 use common::tls::Authority;
-use common::{Server, SHARDS};
+use common::{free_port, Server, SHARDS};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
 const TOKEN: &str = "https-metrics-token-0123456789";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// `GET /metrics` over TLS, trusting `ca_file` and checking the certificate for 127.0.0.1.
 fn https_get(port: u16, ca_file: &Path, headers: &str) -> String {

@@ -4,16 +4,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-
 use common::metrics::scrape_text;
-use common::Server;
+use common::{free_port, Server};
 
 const WARNING: &str = "the metrics port has no bearer token";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn start(root: &std::path::Path, extra: &str) -> (Server, u16) {
     let config = root.join("node.toml");

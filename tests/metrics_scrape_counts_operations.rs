@@ -8,21 +8,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::metrics::{scrape, scrape_text, scrape_until, total, Sample};
-use common::{Client, Server};
+use common::{free_port, Client, Server};
 use ringkv_wire::{Command as WireCommand, Operation, Reply, Scan, ScanEnd, ScanStart};
 
 /// Longest wait for a Redis reply.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Sends one Redis command as a RESP array and reads the reply line.
 fn resp_command(stream: &mut TcpStream, arguments: &[&str]) -> String {

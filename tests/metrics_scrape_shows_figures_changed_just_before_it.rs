@@ -5,14 +5,8 @@
 
 mod common;
 
-use std::net::TcpListener;
-
 use common::metrics::{scrape, total};
-use common::{Client, Server, SHARDS};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, Client, Server, SHARDS};
 
 #[test]
 fn metrics_scrape_shows_figures_changed_just_before_it() {

@@ -7,17 +7,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 
-use common::Server;
+use common::{free_port, Server};
 
 const DEFAULT_PASSWORD: &str = "default-password";
 const APP_PASSWORD: &str = "app-password";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn redis_cli(port: u16, args: &[&str]) -> Output {
     let found = Command::new("redis-cli").arg("--version").stdout(Stdio::null()).status();

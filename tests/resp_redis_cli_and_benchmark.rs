@@ -8,14 +8,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 
-use common::Server;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, Server};
 
 /// Fails the test with a clear message when a tool is missing.
 fn require(tool: &str) {

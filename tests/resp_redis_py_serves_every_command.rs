@@ -7,14 +7,9 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::Command;
 
-use common::Server;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, Server};
 
 /// The checks, run once per protocol version. Expiries are checked in ways that do not depend on
 /// timing: a key given a TTL in the past, or a short TTL and then a longer sleep, is gone; a TTL

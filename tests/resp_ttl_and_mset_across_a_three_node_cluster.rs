@@ -7,15 +7,12 @@
 
 mod common;
 
+use common::free_port;
+
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
 use common::cluster::{peer_port, start_node_with, wait_for_logs};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// redis-cli's output lines for `script` sent to `port`.
 fn redis_cli(port: u16, script: &str) -> Vec<String> {

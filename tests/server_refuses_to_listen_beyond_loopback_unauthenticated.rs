@@ -4,13 +4,7 @@
 
 mod common;
 
-use std::net::TcpListener;
-
-use common::{run_to_exit, serve_args, Server};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, run_to_exit, serve_args, Server};
 
 #[test]
 fn server_refuses_to_listen_beyond_loopback_unauthenticated() {

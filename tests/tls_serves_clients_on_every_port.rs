@@ -8,20 +8,16 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::tls::Authority;
-use common::Server;
+use common::{free_port, Server};
 use ringkv_client::blocking::Client;
 use ringkv_client::{ClientOptions, TlsOptions};
 use ringkv_wire::{Command as WireCommand, Request};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn tls_client(port: u16, ca_file: &Path) -> Result<Client, ringkv_client::Error> {
     let options =

@@ -41,19 +41,42 @@ pub const PORTS_PER_SERVER: usize = 1 + 2 * SHARDS;
 /// Ports handed out in this process; each server takes PORTS_PER_SERVER consecutive ports.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
+/// Test ports stay in `[PORTS_START, PORTS_END)`, below the kernel's ephemeral range (32768 and
+/// up by default). A port in that range can be the one the kernel picks as the local port of a
+/// connection to it: polling a server that is not listening yet then connects the socket to
+/// itself, and the poll reads back its own request as the answer.
+const PORTS_START: u16 = 10_000;
+const PORTS_END: u16 = 32_000;
+
 /// A port range start that differs between test processes, so that test binaries running at
 /// the same time (other agents, CI) rarely collide; collisions are detected and retried anyway.
 fn next_port_block() -> u16 {
     let stride = PORTS_PER_SERVER as u16;
     if NEXT_PORT.load(Ordering::SeqCst) == 0 {
-        let start = 20_000 + (std::process::id() % 2000) as u16 * 16;
+        let start = PORTS_START + (std::process::id() % 1000) as u16 * 16;
         let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
     }
-    let port = NEXT_PORT.fetch_add(stride, Ordering::SeqCst);
-    if port > 60_000 {
-        NEXT_PORT.store(20_000, Ordering::SeqCst);
+    loop {
+        let port = NEXT_PORT.fetch_add(stride, Ordering::SeqCst);
+        if port <= PORTS_END - stride {
+            return port;
+        }
+        let _ = NEXT_PORT.compare_exchange(port + stride, PORTS_START, Ordering::SeqCst, Ordering::SeqCst);
     }
-    port
+}
+
+/// A free loopback port for a listener a test asks a server to open (a Redis or metrics port).
+/// It comes from the same counter as the servers' port blocks, so no server is given a block
+/// holding a port that another server's flags name, and like them it lies below the kernel's
+/// ephemeral range (see [`PORTS_START`]).
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = next_port_block();
+        if ports_free(&[port]) {
+            return port;
+        }
+    }
+    panic!("no free port for a test listener");
 }
 
 /// Whether `ports` are all free right now.
@@ -291,6 +314,10 @@ fn pings(port: u16) -> bool {
     let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
         return false;
     };
+    // Connected to itself, not to a server (see PORTS_START).
+    if stream.local_addr().ok() == stream.peer_addr().ok() {
+        return false;
+    }
     let mut client = Client::from_stream(stream);
     client.send(&Request { consistency: None, id: 1, command: WireCommand::Ping });
     matches!(client.receive_or_closed(), Some(Response { id: 1, reply: Reply::Pong }))

@@ -301,7 +301,9 @@ fn free_subnet(pid: u32) -> Result<[u8; 3]> {
 }
 
 /// Loopback ports for `nodes` nodes: client port `base + 10 × (node - 1)`, its shard port just
-/// above, peer port client + 1000; `base` chosen from `pid` among ports nothing listens on.
+/// above, peer port client + 1000; `base` chosen from `pid` among ports nothing listens on, all
+/// below the kernel's ephemeral range (32768 and up by default), where a connection made while a
+/// node is not listening yet could be given the node's port as its own and connect to itself.
 pub fn loopback_endpoints(nodes: u16) -> Result<Vec<(SocketAddr, SocketAddr)>> {
     let localhost = Ipv4Addr::LOCALHOST.into();
     let free = |port: u16| {
@@ -310,7 +312,7 @@ pub fn loopback_endpoints(nodes: u16) -> Result<Vec<(SocketAddr, SocketAddr)>> {
     };
     let pid = std::process::id();
     for attempt in 0..200u32 {
-        let base = 20000 + ((pid + attempt * 31) % 180) as u16 * 200;
+        let base = 10000 + ((pid + attempt * 31) % 100) as u16 * 200;
         let endpoints: Vec<(SocketAddr, SocketAddr)> = (0..nodes)
             .map(|index| {
                 let client = base + 10 * index;
