@@ -380,15 +380,22 @@ impl DmaDiskFile {
     }
 }
 
+impl DmaDiskFile {
+    /// Writes must start and end on an [`ALIGNMENT`] boundary, cached or not (the contract).
+    fn check_aligned_write(&self, offset: u64, len: usize) -> io::Result<()> {
+        if offset.is_multiple_of(ALIGNMENT as u64) && len.is_multiple_of(ALIGNMENT) {
+            return Ok(());
+        }
+        Err(invalid_input(format!(
+            "unaligned write to {} at {offset} of {len} bytes (alignment {ALIGNMENT})",
+            self.path.display()
+        )))
+    }
+}
+
 impl DiskFile for DmaDiskFile {
     async fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        if !offset.is_multiple_of(ALIGNMENT as u64) || !data.len().is_multiple_of(ALIGNMENT) {
-            return Err(invalid_input(format!(
-                "unaligned write to {} at {offset} of {} bytes (alignment {ALIGNMENT})",
-                self.path.display(),
-                data.len()
-            )));
-        }
+        self.check_aligned_write(offset, data.len())?;
         let mut written = 0;
         while written < data.len() {
             let rest = &data[written..];
@@ -427,13 +434,7 @@ impl DiskFile for DmaDiskFile {
     /// direct read of their range, and drops them on a direct write over it.
     async fn write_cached_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        if !offset.is_multiple_of(ALIGNMENT as u64) || !data.len().is_multiple_of(ALIGNMENT) {
-            return Err(invalid_input(format!(
-                "unaligned write to {} at {offset} of {} bytes (alignment {ALIGNMENT})",
-                self.path.display(),
-                data.len()
-            )));
-        }
+        self.check_aligned_write(offset, data.len())?;
         if self.cached.get().is_none() {
             let path = self.path.clone();
             let opened = run_blocking(move || std::fs::OpenOptions::new().write(true).open(&path))

@@ -364,7 +364,8 @@ mod tests {
     use super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
     use crate::disk::ALIGNMENT;
-    use crate::wal::reader::scan_segment;
+    use crate::wal::reader::{scan_segment, SegmentScan};
+    use bytes::Bytes;
     use futures_executor::block_on;
 
     const PREALLOCATE: u64 = 16 << 10;
@@ -374,6 +375,16 @@ mod tests {
         WalWriter::create(Rc::new(disk.clone()), next, 1 << 20, preallocate_bytes, Vec::new(), 0)
             .await
             .unwrap()
+    }
+
+    /// The first segment's bytes after a power loss of `mode`, and what recovery reads in them.
+    async fn first_segment_after_crash(disk: &MemDisk, mode: CrashMode) -> (Bytes, SegmentScan) {
+        let crashed = disk.crash(mode);
+        let name = segment_file_name(1);
+        let file = crashed.open(&name).await.unwrap();
+        let bytes = file.read_at(0, file.size().await.unwrap() as usize).await.unwrap();
+        let scan = scan_segment(&name, &bytes, Some(1), false).unwrap();
+        (bytes, scan)
     }
 
     async fn commit_one(wal: &WalWriter<MemDisk>, seq: u64, payload: &[u8]) {
@@ -412,11 +423,7 @@ mod tests {
             // land inside the zeros.
             assert_eq!(disk.cached_writes(), 9);
             // A crash keeps every committed group, whichever way it was written.
-            let crashed = disk.crash(CrashMode::DropUnsynced);
-            let name = segment_file_name(1);
-            let file = crashed.open(&name).await.unwrap();
-            let bytes = file.read_at(0, file.size().await.unwrap() as usize).await.unwrap();
-            let scan = scan_segment(&name, &bytes, Some(1), false).unwrap();
+            let (_, scan) = first_segment_after_crash(&disk, CrashMode::DropUnsynced).await;
             assert_eq!(
                 scan.records.iter().map(|record| record.seq).collect::<Vec<_>>(),
                 (1..=12).collect::<Vec<_>>()
@@ -443,12 +450,9 @@ mod tests {
             // loss keeps none of its sectors.
             wal.append(7, 3, |out| out.extend_from_slice(b"new")).unwrap();
             wal.commit_through(7, false).await.unwrap();
-            let crashed = disk.crash(CrashMode::TearLastWrite { sectors_kept: 0 });
-            let name = segment_file_name(1);
-            let file = crashed.open(&name).await.unwrap();
-            let bytes = file.read_at(0, file.size().await.unwrap() as usize).await.unwrap();
+            let (bytes, scan) =
+                first_segment_after_crash(&disk, CrashMode::TearLastWrite { sectors_kept: 0 }).await;
             assert!(bytes.len() as u64 > 6 * ALIGNMENT as u64, "the zeros ahead survive the sync");
-            let scan = scan_segment(&name, &bytes, Some(1), false).unwrap();
             assert_eq!(
                 scan.records.iter().map(|record| record.seq).collect::<Vec<_>>(),
                 (1..=6).collect::<Vec<_>>()
