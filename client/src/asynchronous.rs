@@ -246,14 +246,16 @@ impl<R: Transport> AsyncClient<R> {
         Ok(topology)
     }
 
-    /// Fetches the topology first when it is due: old, or suspected out of date. One call
-    /// fetches while the others go on; a failed fetch leaves the topology as it was.
-    async fn refresh_if_due(&self) {
-        if !locked(&self.inner.refresh).begin(Instant::now()) {
-            return;
+    /// Fetches the topology first when it is due at `now`: old, or suspected out of date. One
+    /// call fetches while the others go on; a failed fetch leaves the topology as it was.
+    /// Returns whether this call fetched (or tried to).
+    async fn refresh_if_due(&self, now: Instant) -> bool {
+        if !locked(&self.inner.refresh).begin(now) {
+            return false;
         }
         let _claim = RefreshClaim(&self.inner.refresh);
         let _ = self.refresh_topology().await;
+        true
     }
 
     /// The topology requests are routed by (fetched on connect), if any.
@@ -284,9 +286,15 @@ impl<R: Transport> AsyncClient<R> {
         consistency: Option<Consistency>,
     ) -> Result<Reply, Error> {
         let command = outgoing.into();
-        self.refresh_if_due().await;
+        // One clock read serves both the refresh schedule and the routing (it matters at
+        // hundreds of thousands of requests a second); a refresh that ran takes time, so the
+        // routing reads the clock again after one.
+        let mut now = Instant::now();
+        if self.refresh_if_due(now).await {
+            now = Instant::now();
+        }
         let idempotent = command.is_idempotent();
-        let routes = locked(&self.inner.router).routes(command.routing_key(), Instant::now());
+        let routes = locked(&self.inner.router).routes(command.routing_key(), now);
         let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
         for route in others {
             match self.call(route.address, command, consistency, Backoff::once()).await {

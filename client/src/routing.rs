@@ -461,7 +461,9 @@ impl Router {
             routes.push(home);
         }
         // Stable: the preference order holds within each group.
-        routes.sort_by_key(|route| self.is_unreachable(route.node_id, now));
+        if !self.unreachable_since.is_empty() {
+            routes.sort_by_key(|route| self.is_unreachable(route.node_id, now));
+        }
         routes
     }
 
