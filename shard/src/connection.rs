@@ -63,7 +63,7 @@ use tracing::{debug, Instrument};
 use crate::auth::{Admission, ClientAuth, Gate};
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
 use crate::request_memory::{read_into, Charge, ReadWindow, RequestMemory};
-use crate::router::{Router, WriteInPlace};
+use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
@@ -374,6 +374,9 @@ async fn read_requests(
             }
         }
         let mut took_frames = false;
+        // The requests of this read share one clock reading (no await until they are
+        // dispatched).
+        let mut clock = BatchClock::new();
         loop {
             match decoder.next_frame() {
                 Ok(None) => break,
@@ -391,7 +394,7 @@ async fn read_requests(
                                 return ReadEnd::Refused;
                             }
                         };
-                        dispatch(request, charge.split(frame.len()), shared, router, limits)
+                        dispatch(request, charge.split(frame.len()), shared, router, limits, &mut clock)
                     }
                     Err(error) => {
                         debug!(%error, "request refused");
@@ -446,6 +449,7 @@ fn dispatch(
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
+    clock: &mut BatchClock,
 ) {
     let Request { consistency, id, command } = request;
     if let Some(reply) = router.answer_immediately(&command) {
@@ -453,7 +457,7 @@ fn dispatch(
         return;
     }
     if let Command::Single(Operation::Get { key }) = &command {
-        if router.read_now(key, |found| shared.push_read(id, found)).is_some() {
+        if router.read_now(key, clock, |found| shared.push_read(id, found)).is_some() {
             return;
         }
     }

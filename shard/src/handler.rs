@@ -56,6 +56,11 @@ impl<D: Disk> Handler<D> {
         Handler { engine, clock, now_ms, scan_queue: None }
     }
 
+    /// The wall-clock time, in milliseconds since the Unix epoch, from the handler's clock.
+    pub fn now_ms(&self) -> u64 {
+        (self.now_ms)()
+    }
+
     /// Runs scans in `queue` (see [`ringkv_io::scan_queue`]) when they go through
     /// [`Handler::scan_in_queue`].
     pub fn with_scan_queue(mut self, queue: TaskQueueHandle) -> Self {
@@ -86,12 +91,22 @@ impl<D: Disk> Handler<D> {
         key: &[u8],
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
+        self.read_now_at(key, (self.now_ms)(), read)
+    }
+
+    /// [`Handler::read_now`] as a reader at `now_ms` (from [`Handler::now_ms`]) sees it: the
+    /// requests of one batch can share one clock read.
+    pub fn read_now_at<R>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
+    ) -> Option<R> {
         let mut read = Some(read);
         let mut lend = |found: Result<Option<LentValue<'_>>, Failure>| {
             let read = read.take().expect("a read is answered once");
             read(found)
         };
-        let now_ms = (self.now_ms)();
         let answered = self.engine.entry_now(key, |entry| {
             let found = entry.and_then(|entry| live_at(entry, now_ms));
             if let Some(found) = &found {

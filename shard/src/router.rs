@@ -33,6 +33,35 @@ use crate::metrics::{OperationKind, RequestOutcome, ShardMetrics};
 use crate::ring::Ring;
 use forwarding::Forwarding;
 
+/// The clock of one batch of requests (those one read from a socket brought): read once, when
+/// the batch's first read answered in place needs it, and shared by the rest. At hundreds of
+/// thousands of reads a second, the three clock reads of each (the wall clock for expiry, a
+/// start and an end for the latency) were a measurable share of the shard's CPU. A read's
+/// latency is then counted from when its batch began to be answered: the wait behind earlier
+/// requests of its batch is included.
+#[derive(Debug, Default)]
+pub struct BatchClock {
+    read: Option<(Instant, u64)>,
+}
+
+impl BatchClock {
+    /// A clock not read yet.
+    pub fn new() -> Self {
+        BatchClock::default()
+    }
+
+    /// Forgets the reading: the next use reads the clock again (after an await, say).
+    pub fn reset(&mut self) {
+        self.read = None;
+    }
+
+    /// When the batch began to be answered, and the wall clock then, in milliseconds since
+    /// the Unix epoch (from `now_ms`).
+    fn read(&mut self, now_ms: impl FnOnce() -> u64) -> (Instant, u64) {
+        *self.read.get_or_insert_with(|| (Instant::now(), now_ms()))
+    }
+}
+
 /// A write started in place ([`Router::write_now`]), not yet acknowledged: nobody may be told
 /// of it before [`Router::acknowledged`] resolves.
 #[must_use = "a write must be acknowledged before its client is answered"]
@@ -218,17 +247,20 @@ impl Router {
     /// `read` is lent the value, version and expiry (or `None`, or the failure) and its result
     /// returned. `None` otherwise: answer the read with [`Router::answer`]. Answering cached
     /// reads in place saves a task per request on the hottest path.
+    ///
+    /// `clock` is the batch's: see [`BatchClock`].
     pub fn read_now<R>(
         &self,
         key: &[u8],
+        clock: &mut BatchClock,
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
         // With several copies of each key a read is coordinated across replicas.
         if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
             return None;
         }
-        let started = Instant::now();
-        self.handler.read_now(key, |found| {
+        let (started, now_ms) = clock.read(|| self.handler.now_ms());
+        self.handler.read_now_at(key, now_ms, |found| {
             let outcome = match &found {
                 Ok(Some(_)) => RequestOutcome::Ok,
                 Ok(None) => RequestOutcome::NotFound,
@@ -327,5 +359,29 @@ impl Router {
                 self.answer_immediately(&command).expect("topology, ping and auth are immediate")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_batch_clock_is_read_once_until_reset() {
+        let reads = Cell::new(0);
+        let wall = || {
+            reads.set(reads.get() + 1);
+            1_000 * reads.get()
+        };
+        let mut clock = BatchClock::new();
+        let first = clock.read(wall);
+        assert_eq!(clock.read(wall), first, "the batch shares one reading");
+        assert_eq!(reads.get(), 1);
+        clock.reset();
+        let (started, now_ms) = clock.read(wall);
+        assert_eq!(reads.get(), 2, "a reset clock is read again");
+        assert_eq!(now_ms, 2_000);
+        assert!(started >= first.0);
     }
 }

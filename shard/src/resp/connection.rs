@@ -57,7 +57,7 @@ use crate::resp::commands::{
 use crate::resp::parser::RequestParser;
 use crate::resp::reply::{encode_bulk, encode_null, Protocol, RespReply};
 use crate::resp::RespShard;
-use crate::router::Router;
+use crate::router::{BatchClock, Router};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
@@ -482,6 +482,8 @@ async fn read_requests(
             }
         }
         let mut took_requests = false;
+        // The commands of this read share one clock reading, read again after a wait.
+        let mut clock = BatchClock::new();
         loop {
             match parser.next_request() {
                 Ok(None) => break,
@@ -500,13 +502,17 @@ async fn read_requests(
                         Ok(RespCommand::Session(command)) => match answer_session(command, session, router) {
                             Ok(reply) => shared.push(&reply, session.protocol),
                             Err(data) => {
-                                if !dispatch(data, shared, router, stop, limits, session.protocol).await {
+                                if !dispatch(data, shared, router, stop, limits, session.protocol, &mut clock)
+                                    .await
+                                {
                                     return ReadEnd::Stopped;
                                 }
                             }
                         },
                         Ok(RespCommand::Data(command)) => {
-                            if !dispatch(command, shared, router, stop, limits, session.protocol).await {
+                            if !dispatch(command, shared, router, stop, limits, session.protocol, &mut clock)
+                                .await
+                            {
                                 return ReadEnd::Stopped;
                             }
                         }
@@ -536,11 +542,12 @@ async fn dispatch(
     stop: &StopSignal,
     limits: ConnectionLimits,
     protocol: Protocol,
+    clock: &mut BatchClock,
 ) -> bool {
     // The hottest path: with nothing running, a read that memory holds needs no bookkeeping.
     if let DataCommand::Get(key) = &command {
         if shared.in_flight() == 0
-            && router.read_now(key, |found| shared.push_read(found, protocol)).is_some()
+            && router.read_now(key, clock, |found| shared.push_read(found, protocol)).is_some()
         {
             return true;
         }
@@ -551,11 +558,14 @@ async fn dispatch(
         let borrowed: Option<Vec<&Bytes>> = keys.as_ref().map(|keys| keys.iter().collect());
         shared.in_flight() < limits.in_flight_max && shared.admits(borrowed.as_deref(), access)
     };
-    if !admitted(shared) && !shared.wait_for(stop, admitted).await {
-        return false;
+    if !admitted(shared) {
+        if !shared.wait_for(stop, admitted).await {
+            return false;
+        }
+        clock.reset();
     }
     if let DataCommand::Get(key) = &command {
-        if router.read_now(key, |found| shared.push_read(found, protocol)).is_some() {
+        if router.read_now(key, clock, |found| shared.push_read(found, protocol)).is_some() {
             return true;
         }
     }
