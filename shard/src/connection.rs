@@ -375,8 +375,8 @@ async fn read_requests(
         }
         let mut took_frames = false;
         // The requests of this read share one clock reading (no await until they are
-        // dispatched).
-        let mut clock = BatchClock::new();
+        // dispatched); their latency is observed when it drops, after the last of them.
+        let mut clock = BatchClock::new(router.metrics());
         loop {
             match decoder.next_frame() {
                 Ok(None) => break,
@@ -411,6 +411,8 @@ async fn read_requests(
                 }
             }
         }
+        // The batch is answered: its in-place reads' latency ends here.
+        drop(clock);
         timeouts.after_read(decoder.buffered_bytes(), took_frames);
         // Let the writer and the request tasks run before reading again. A read that finds
         // data returns at once without yielding, so under a steady stream this task would
@@ -449,7 +451,7 @@ fn dispatch(
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
-    clock: &mut BatchClock,
+    clock: &mut BatchClock<'_>,
 ) {
     let Request { consistency, id, command } = request;
     if let Some(reply) = router.answer_immediately(&command) {

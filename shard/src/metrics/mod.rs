@@ -85,10 +85,15 @@ impl Histogram {
     /// Records one observation. Owning thread only.
     #[inline]
     pub fn observe(&self, elapsed: Duration) {
+        self.observe_many(elapsed, 1);
+    }
+
+    /// Records `count` observations of `elapsed` each.
+    pub fn observe_many(&self, elapsed: Duration, count: u64) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BUCKETS_MICROS.partition_point(|&bound| bound < micros);
-        self.buckets[bucket].add(1);
-        self.sum_micros.add(micros);
+        self.buckets[bucket].add(count);
+        self.sum_micros.add(micros.saturating_mul(count));
     }
 
     /// Observations so far.
@@ -291,11 +296,29 @@ impl ShardMetrics {
     /// Records a request that ended with `outcome` after `elapsed`.
     #[inline]
     pub fn request(&self, operation: OperationKind, outcome: RequestOutcome, elapsed: Duration) {
+        self.count_request(operation, outcome);
+        self.observe_latency(operation, elapsed, 1);
+    }
+
+    /// Counts a request that ended with `outcome`, its latency observed apart (see
+    /// [`ShardMetrics::observe_latency`]).
+    #[inline]
+    pub fn count_request(&self, operation: OperationKind, outcome: RequestOutcome) {
         self.requests[operation as usize][outcome as usize].add(1);
-        self.latency[operation as usize].observe(elapsed);
         if outcome == RequestOutcome::Overloaded {
             self.overloaded(OverloadReason::Request);
         }
+    }
+
+    /// Observes the latency `elapsed` of `requests` requests of `operation` answered together.
+    #[inline]
+    pub fn observe_latency(&self, operation: OperationKind, elapsed: Duration, requests: u64) {
+        self.latency[operation as usize].observe_many(elapsed, requests);
+    }
+
+    /// The latency histogram of `operation`.
+    pub fn latency(&self, operation: OperationKind) -> &Histogram {
+        &self.latency[operation as usize]
     }
 
     /// Requests of `operation` that ended with `outcome` so far.

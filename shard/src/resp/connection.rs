@@ -483,7 +483,7 @@ async fn read_requests(
         }
         let mut took_requests = false;
         // The commands of this read share one clock reading, read again after a wait.
-        let mut clock = BatchClock::new();
+        let mut clock = BatchClock::new(router.metrics());
         loop {
             match parser.next_request() {
                 Ok(None) => break,
@@ -525,6 +525,8 @@ async fn read_requests(
                 }
             }
         }
+        // The batch is answered: its in-place reads' latency ends here.
+        drop(clock);
         timeouts.after_read(parser.buffered_bytes(), took_requests);
         // Let the writer and the command tasks run before reading again (see the native
         // connection: a read that finds data does not yield).
@@ -542,7 +544,7 @@ async fn dispatch(
     stop: &StopSignal,
     limits: ConnectionLimits,
     protocol: Protocol,
-    clock: &mut BatchClock,
+    clock: &mut BatchClock<'_>,
 ) -> bool {
     // The hottest path: with nothing running, a read that memory holds needs no bookkeeping.
     if let DataCommand::Get(key) = &command {
@@ -559,10 +561,11 @@ async fn dispatch(
         shared.in_flight() < limits.in_flight_max && shared.admits(borrowed.as_deref(), access)
     };
     if !admitted(shared) {
+        // The reads answered so far are done: their latency must not include this wait.
+        clock.reset();
         if !shared.wait_for(stop, admitted).await {
             return false;
         }
-        clock.reset();
     }
     if let DataCommand::Get(key) = &command {
         if router.read_now(key, clock, |found| shared.push_read(found, protocol)).is_some() {
