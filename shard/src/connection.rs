@@ -67,6 +67,7 @@ use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
+use ringkv_storage::Prefetch;
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -339,6 +340,7 @@ async fn read_requests(
     let mut charge = memory.empty();
     let mut window = ReadWindow::new(READ_CHUNK_BYTES);
     let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
+    let mut ahead = ReadAhead::new();
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
             return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
@@ -378,39 +380,48 @@ async fn read_requests(
         // dispatched); their latency is observed when it drops, after the last of them.
         let mut clock = BatchClock::new(router.metrics());
         loop {
-            match decoder.next_frame() {
+            let frame = match decoder.next_frame() {
                 Ok(None) => break,
-                Ok(Some(frame)) => match parse_request(&frame) {
-                    Ok(request) => {
-                        took_frames = true;
-                        let request = match gate.admit(request, auth, router.metrics()) {
-                            Admission::Serve(request) => request,
-                            Admission::Answer(response) => {
-                                shared.push(&response);
-                                continue;
-                            }
-                            Admission::Close(response) => {
-                                shared.push(&response);
-                                return ReadEnd::Refused;
-                            }
-                        };
-                        dispatch(request, charge.split(frame.len()), shared, router, limits, &mut clock)
-                    }
-                    Err(error) => {
-                        debug!(%error, "request refused");
-                        shared.push(&error.response());
-                        if error.closes_connection() {
-                            return ReadEnd::Refused;
-                        }
-                    }
-                },
+                Ok(Some(frame)) => frame,
                 Err(error) => {
+                    ahead.answer(shared, router, limits, &mut clock);
                     debug!(%error, "frame refused");
                     shared.push(&Response::connection_error(&error));
                     return ReadEnd::Refused;
                 }
+            };
+            match parse_request(&frame) {
+                Ok(request) => {
+                    took_frames = true;
+                    match gate.admit(request, auth, router.metrics()) {
+                        Admission::Serve(request) => {
+                            ahead.push(request, charge.split(frame.len()), router);
+                            if ahead.is_full() {
+                                ahead.answer(shared, router, limits, &mut clock);
+                            }
+                        }
+                        Admission::Answer(response) => {
+                            ahead.answer(shared, router, limits, &mut clock);
+                            shared.push(&response);
+                        }
+                        Admission::Close(response) => {
+                            ahead.answer(shared, router, limits, &mut clock);
+                            shared.push(&response);
+                            return ReadEnd::Refused;
+                        }
+                    }
+                }
+                Err(error) => {
+                    ahead.answer(shared, router, limits, &mut clock);
+                    debug!(%error, "request refused");
+                    shared.push(&error.response());
+                    if error.closes_connection() {
+                        return ReadEnd::Refused;
+                    }
+                }
             }
         }
+        ahead.answer(shared, router, limits, &mut clock);
         // The batch is answered: its in-place reads' latency ends here.
         drop(clock);
         timeouts.after_read(decoder.buffered_bytes(), took_frames);
@@ -443,11 +454,68 @@ pub(crate) async fn read_or_give_up(
     .await
 }
 
+/// Requests a socket read brought, held back so that the cache misses of their reads overlap.
+///
+/// A cached read costs a few dependent misses (the memtable's index group, the key's slot, the
+/// value) and little else; one after another, the shard waits on each in turn. Up to
+/// [`READ_AHEAD`] requests are decoded first, the lines their reads will touch prefetched stage
+/// by stage across them, then all are answered in arrival order.
+struct ReadAhead {
+    /// Each request with its frame's charge and, for a read to answer in place, its key's hash.
+    requests: Vec<(Request, Charge, Option<u64>)>,
+}
+
+/// Requests held back at most: enough to cover a miss's latency with the others' work, few
+/// enough that their lines stay in the first-level cache.
+pub(crate) const READ_AHEAD: usize = 32;
+
+impl ReadAhead {
+    fn new() -> Self {
+        ReadAhead { requests: Vec::with_capacity(READ_AHEAD) }
+    }
+
+    /// Holds `request` back, prefetching its read's first line.
+    fn push(&mut self, request: Request, charge: Charge, router: &Router) {
+        let hash = match &request.command {
+            Command::Single(Operation::Get { key }) => router.read_ahead(key),
+            _ => None,
+        };
+        if let Some(hash) = hash {
+            router.prefetch(hash, Prefetch::Group);
+        }
+        self.requests.push((request, charge, hash));
+    }
+
+    fn is_full(&self) -> bool {
+        self.requests.len() >= READ_AHEAD
+    }
+
+    /// Prefetches the rest of the held reads' lines, then answers every held request.
+    fn answer(
+        &mut self,
+        shared: &Rc<Shared>,
+        router: &Rc<Router>,
+        limits: ConnectionLimits,
+        clock: &mut BatchClock<'_>,
+    ) {
+        for stage in [Prefetch::Slot, Prefetch::Value] {
+            for hash in self.requests.iter().filter_map(|(_, _, hash)| *hash) {
+                router.prefetch(hash, stage);
+            }
+        }
+        for (request, charge, hash) in self.requests.drain(..) {
+            dispatch(request, charge, hash, shared, router, limits, clock);
+        }
+    }
+}
+
 /// Answers a request: on the spot when it needs nothing, otherwise in a task of its own. `charge`
-/// (the request's frame) is given back once the reply is queued.
+/// (the request's frame) is given back once the reply is queued. `hash` is a read's
+/// [`Router::read_ahead`], when it was taken.
 fn dispatch(
     request: Request,
     charge: Charge,
+    hash: Option<u64>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
@@ -459,7 +527,7 @@ fn dispatch(
         return;
     }
     if let Command::Single(Operation::Get { key }) = &command {
-        if router.read_now(key, clock, |found| shared.push_read(id, found)).is_some() {
+        if router.read_now(key, hash, clock, |found| shared.push_read(id, found)).is_some() {
             return;
         }
     }

@@ -18,7 +18,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringkv_storage::{
-    AtomicOutcome, CasOutcome, Disk, Engine, Entry, PendingWrite, Position, ScanRange, StorageError, Value,
+    AtomicOutcome, CasOutcome, Disk, Engine, Entry, PendingWrite, Position, Prefetch, ScanRange,
+    StorageError, Value,
 };
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{
@@ -91,14 +92,27 @@ impl<D: Disk> Handler<D> {
         key: &[u8],
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
-        self.read_now_at(key, (self.now_ms)(), read)
+        self.read_now_at(key, None, (self.now_ms)(), read)
+    }
+
+    /// The engine's hash of `key` for a read ahead (see [`Engine::read_hash`]).
+    pub fn read_hash(&self, key: &[u8]) -> Option<u64> {
+        self.engine.read_hash(key)
+    }
+
+    /// Prefetches what a read of the key of `hash` will touch at `stage` (see
+    /// [`Engine::prefetch`]).
+    pub fn prefetch(&self, hash: u64, stage: Prefetch) {
+        self.engine.prefetch(hash, stage);
     }
 
     /// [`Handler::read_now`] as a reader at `now_ms` (from [`Handler::now_ms`]) sees it: the
     /// requests of one batch can share one clock read.
+    /// `hash` is the key's [`Handler::read_hash`], when the caller has it.
     pub fn read_now_at<R>(
         &self,
         key: &[u8],
+        hash: Option<u64>,
         now_ms: u64,
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
@@ -107,7 +121,7 @@ impl<D: Disk> Handler<D> {
             let read = read.take().expect("a read is answered once");
             read(found)
         };
-        let answered = self.engine.entry_now(key, |entry| {
+        let answered = self.engine.entry_now_hashed(key, hash, |entry| {
             let found = entry.and_then(|entry| live_at(entry, now_ms));
             if let Some(found) = &found {
                 self.clock.observe(found.version);

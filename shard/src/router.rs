@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringkv_io::DmaDisk;
-use ringkv_storage::PendingWrite;
+use ringkv_storage::{PendingWrite, Prefetch};
 use ringkv_wire::{
     Command, Consistency, ErrorCode, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
 };
@@ -259,15 +259,35 @@ impl Router {
         }
     }
 
+    /// The hash a read of `key` in place will probe the memtable with, when it would be read in
+    /// place here (see [`Router::read_now`]): a batch of reads hashes its keys, prefetches what
+    /// each will touch with [`Router::prefetch`], stage by stage, then reads them, so their
+    /// cache misses overlap. `None` when the read would not be answered in place.
+    pub fn read_ahead(&self, key: &[u8]) -> Option<u64> {
+        if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
+            return None;
+        }
+        self.handler.read_hash(key)
+    }
+
+    /// Prefetches what a read of the key of `hash` (from [`Router::read_ahead`]) will touch at
+    /// `stage`. A hint only.
+    pub fn prefetch(&self, hash: u64, stage: Prefetch) {
+        self.handler.prefetch(hash, stage);
+    }
+
     /// A read of `key` answered in place, when this shard owns the key and memory holds it:
     /// `read` is lent the value, version and expiry (or `None`, or the failure) and its result
     /// returned. `None` otherwise: answer the read with [`Router::answer`]. Answering cached
     /// reads in place saves a task per request on the hottest path.
     ///
     /// `clock` is the batch's: see [`BatchClock`].
+    ///
+    /// `hash` is the key's [`Router::read_ahead`], when the caller prefetched.
     pub fn read_now<R>(
         &self,
         key: &[u8],
+        hash: Option<u64>,
         clock: &mut BatchClock<'_>,
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
@@ -276,7 +296,7 @@ impl Router {
             return None;
         }
         let (_, now_ms) = clock.read(|| self.handler.now_ms());
-        self.handler.read_now_at(key, now_ms, |found| {
+        self.handler.read_now_at(key, hash, now_ms, |found| {
             let outcome = match &found {
                 Ok(Some(_)) => RequestOutcome::Ok,
                 Ok(None) => RequestOutcome::NotFound,

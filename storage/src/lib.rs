@@ -56,6 +56,7 @@ pub use engine::{
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};
 pub use key::Position;
+pub use memtable::Prefetch;
 pub use options::{EngineOptions, SyncMode};
 
 /// Longest key accepted, in bytes.

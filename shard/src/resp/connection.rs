@@ -47,7 +47,7 @@ use tracing::debug;
 
 use crate::auth::Gate;
 use crate::connection::linger;
-use crate::connection::{read_or_give_up, ReadOutcome};
+use crate::connection::{read_or_give_up, ReadOutcome, READ_AHEAD};
 use crate::metrics::{self, ShardMetrics};
 use crate::request_memory::{read_into, ReadWindow, RequestMemory};
 use crate::resp::command_table::{self, COMMANDS};
@@ -61,6 +61,7 @@ use crate::router::{BatchClock, Router};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
+use ringkv_storage::Prefetch;
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -449,6 +450,7 @@ async fn read_requests(
     let mut charge = memory.empty();
     let mut window = ReadWindow::new(READ_CHUNK_BYTES);
     let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
+    let mut held = HeldReads::new();
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
             return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
@@ -490,7 +492,25 @@ async fn read_requests(
                 Ok(Some(arguments)) => {
                     took_requests = true;
                     session.shard.commands_processed.set(session.shard.commands_processed.get() + 1);
-                    match commands::parse_command(&arguments) {
+                    let parsed = match commands::parse_command(&arguments) {
+                        Ok(RespCommand::Data(DataCommand::Get(key))) if session.gate.is_open() => {
+                            held.push(key, router);
+                            if held.is_full()
+                                && !held
+                                    .answer(shared, router, stop, limits, session.protocol, &mut clock)
+                                    .await
+                            {
+                                return ReadEnd::Stopped;
+                            }
+                            continue;
+                        }
+                        parsed => parsed,
+                    };
+                    // Replies go out in order: the reads held back are answered first.
+                    if !held.answer(shared, router, stop, limits, session.protocol, &mut clock).await {
+                        return ReadEnd::Stopped;
+                    }
+                    match parsed {
                         Err(reply) => shared.push(&reply, session.protocol),
                         Ok(command) if !session.gate.is_open() && !allowed_before_auth(&command) => {
                             shared.push(&RespReply::Error(NOAUTH.to_string()), session.protocol)
@@ -519,11 +539,17 @@ async fn read_requests(
                     }
                 }
                 Err(error) => {
+                    if !held.answer(shared, router, stop, limits, session.protocol, &mut clock).await {
+                        return ReadEnd::Stopped;
+                    }
                     debug!(%error, "request refused");
                     shared.push(&RespReply::error(&error), session.protocol);
                     return ReadEnd::Refused;
                 }
             }
+        }
+        if !held.answer(shared, router, stop, limits, session.protocol, &mut clock).await {
+            return ReadEnd::Stopped;
         }
         // The batch is answered: its in-place reads' latency ends here.
         drop(clock);
@@ -531,6 +557,68 @@ async fn read_requests(
         // Let the writer and the command tasks run before reading again (see the native
         // connection: a read that finds data does not yield).
         yield_now().await;
+    }
+}
+
+/// A run of GETs a socket read brought, held back so that the cache misses of their reads
+/// overlap (as the native connection's `ReadAhead`): each key's memtable index group is
+/// prefetched as it is parsed, then for all of them the slot, then the value, and only then are
+/// they answered, in order. Any other command answers the run first, so replies keep their order.
+struct HeldReads {
+    /// Each GET's key and, if it would be answered in place, its hash.
+    reads: Vec<(Bytes, Option<u64>)>,
+}
+
+impl HeldReads {
+    fn new() -> Self {
+        HeldReads { reads: Vec::with_capacity(READ_AHEAD) }
+    }
+
+    /// Holds a GET of `key` back, prefetching its read's first line.
+    fn push(&mut self, key: Bytes, router: &Router) {
+        let hash = router.read_ahead(&key);
+        if let Some(hash) = hash {
+            router.prefetch(hash, Prefetch::Group);
+        }
+        self.reads.push((key, hash));
+    }
+
+    fn is_full(&self) -> bool {
+        self.reads.len() >= READ_AHEAD
+    }
+
+    /// Prefetches the rest of the held reads' lines, then answers them in order. False when the
+    /// shard stopped meanwhile.
+    async fn answer(
+        &mut self,
+        shared: &Rc<Shared>,
+        router: &Rc<Router>,
+        stop: &StopSignal,
+        limits: ConnectionLimits,
+        protocol: Protocol,
+        clock: &mut BatchClock<'_>,
+    ) -> bool {
+        if self.reads.is_empty() {
+            return true;
+        }
+        for stage in [Prefetch::Slot, Prefetch::Value] {
+            for hash in self.reads.iter().filter_map(|(_, hash)| *hash) {
+                router.prefetch(hash, stage);
+            }
+        }
+        for (key, hash) in self.reads.drain(..) {
+            // As `dispatch` answers a GET on the spot, with the hash taken.
+            if hash.is_some()
+                && shared.in_flight() == 0
+                && router.read_now(&key, hash, clock, |found| shared.push_read(found, protocol)).is_some()
+            {
+                continue;
+            }
+            if !dispatch(DataCommand::Get(key), shared, router, stop, limits, protocol, clock).await {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -549,7 +637,7 @@ async fn dispatch(
     // The hottest path: with nothing running, a read that memory holds needs no bookkeeping.
     if let DataCommand::Get(key) = &command {
         if shared.in_flight() == 0
-            && router.read_now(key, clock, |found| shared.push_read(found, protocol)).is_some()
+            && router.read_now(key, None, clock, |found| shared.push_read(found, protocol)).is_some()
         {
             return true;
         }
@@ -568,7 +656,7 @@ async fn dispatch(
         }
     }
     if let DataCommand::Get(key) = &command {
-        if router.read_now(key, clock, |found| shared.push_read(found, protocol)).is_some() {
+        if router.read_now(key, None, clock, |found| shared.push_read(found, protocol)).is_some() {
             return true;
         }
     }

@@ -240,8 +240,14 @@ struct State<F: DiskFile> {
 impl<F: DiskFile> State<F> {
     /// The key's highest-ranking entry in the memtables.
     fn newest_in_memory(&self, key: &[u8]) -> Option<&MemEntry> {
-        let active = self.active.get(key);
-        let sealed = self.sealed.as_ref().and_then(|sealed| sealed.get(key));
+        self.newest_in_memory_hashed(key, self.active.hash(key))
+    }
+
+    /// [`State::newest_in_memory`] for a key whose memtable hash is `hash`: the memtables of
+    /// one engine share their hasher (each is made `empty_like` the one before).
+    fn newest_in_memory_hashed(&self, key: &[u8], hash: u64) -> Option<&MemEntry> {
+        let active = self.active.get_hashed(hash, key);
+        let sealed = self.sealed.as_ref().and_then(|sealed| sealed.get_hashed(hash, key));
         match (active, sealed) {
             (Some(active), Some(sealed)) if sealed.entry.supersedes(&active.entry) => Some(sealed),
             (Some(active), _) => Some(active),

@@ -10,6 +10,7 @@ use super::{validate, Engine, ReadStep, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::key::StoredKey;
+use crate::memtable::Prefetch;
 use crate::sstable::key_hash;
 use crate::Result;
 use std::borrow::Cow;
@@ -53,13 +54,38 @@ impl<D: Disk> Engine<D> {
     /// lent to `read`, whose result is returned; `None` when a block must be read from disk.
     /// Replicas answer hot reads and digests this way, with no task started.
     pub fn entry_now<R>(&self, key: &[u8], read: impl FnOnce(Option<&Entry>) -> R) -> Option<Result<R>> {
+        self.entry_now_hashed(key, None, read)
+    }
+
+    /// The memtable hash of `key`, for [`Engine::prefetch`] and [`Engine::entry_now_hashed`];
+    /// `None` for a key outside the limits. Pipelined reads hash a batch of keys, prefetch what
+    /// each will touch, stage by stage, then read them, so the cache misses of the batch overlap.
+    pub fn read_hash(&self, key: &[u8]) -> Option<u64> {
+        validate(key, None).ok()?;
+        Some(self.state.borrow().active.hash(&StoredKey::new(key)))
+    }
+
+    /// Asks the processor to bring into cache what a read of the key of `hash` (from
+    /// [`Engine::read_hash`]) will touch in the active memtable at `stage`. A hint only.
+    pub fn prefetch(&self, hash: u64, stage: Prefetch) {
+        self.state.borrow().active.prefetch(hash, stage);
+    }
+
+    /// [`Engine::entry_now`] with the key's memtable hash, when the caller has it.
+    pub fn entry_now_hashed<R>(
+        &self,
+        key: &[u8],
+        hash: Option<u64>,
+        read: impl FnOnce(Option<&Entry>) -> R,
+    ) -> Option<Result<R>> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
         }
         let key = &StoredKey::new(key)[..];
         let state = self.state.borrow();
         let tables = &state.tables;
-        let in_memory = state.newest_in_memory(key).map(|newest| &newest.entry);
+        let hash = hash.unwrap_or_else(|| state.active.hash(key));
+        let in_memory = state.newest_in_memory_hashed(key, hash).map(|newest| &newest.entry);
         if let Some(entry) = in_memory.filter(|entry| tables.max_version() < entry.version) {
             // The usual case: no table holds anything as new.
             return Some(Ok(read(Some(entry))));
