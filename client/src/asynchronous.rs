@@ -32,7 +32,7 @@ use crate::multiplexed::Started;
 use crate::options::{Backoff, ClientOptions};
 use crate::refresh::RefreshSchedule;
 use crate::reply::{self, CasResult, Versioned};
-use crate::routing::{Route, Router};
+use crate::routing::{Route, Router, Routes};
 
 /// What an async runtime provides the client: opening a connection (with its reader and
 /// writer tasks running), sleeping, and bounding a future by a timeout.
@@ -254,7 +254,9 @@ impl<R: Transport> AsyncClient<R> {
             return false;
         }
         let _claim = RefreshClaim(&self.inner.refresh);
-        let _ = self.refresh_topology().await;
+        // Boxed: a fetch is rare, and its future (a connect, TLS included) is kilobytes that
+        // every request's future would otherwise carry and copy.
+        let _ = Box::pin(self.refresh_topology()).await;
         true
     }
 
@@ -293,9 +295,36 @@ impl<R: Transport> AsyncClient<R> {
         if self.refresh_if_due(now).await {
             now = Instant::now();
         }
+        // The first route alone: the whole list is only needed once an attempt fails.
+        let (first, only) = locked(&self.inner.router).first_route(command.routing_key(), now);
+        let reconnect = if only { self.inner.options.reconnect } else { Backoff::once() };
+        match self.call(first.address, command, consistency, reconnect).await {
+            Err(error) if !only && failover::may_try_another(&error, command.is_idempotent()) => {
+                self.on_route_failed(&first, &error);
+                // Boxed: failing over is the exception, and its future holds every route.
+                Box::pin(self.fail_over(first, command, consistency)).await
+            }
+            result => self.answered(&first, result, command, consistency).await,
+        }
+    }
+
+    /// After the attempt on `tried` failed in a way another node may answer: the remaining
+    /// routes in order (the topology's, as marked by that failure), every one but the last
+    /// with one connection attempt, the last with the reconnect back-off.
+    async fn fail_over(
+        &self,
+        tried: Route,
+        command: Outgoing<'_>,
+        consistency: Option<Consistency>,
+    ) -> Result<Reply, Error> {
         let idempotent = command.is_idempotent();
-        let routes = locked(&self.inner.router).routes(command.routing_key(), now);
-        let (last, others) = routes.split_last().expect("Router::routes gives at least one route");
+        let all = locked(&self.inner.router).routes(command.routing_key(), Instant::now());
+        let mut routes: Routes = all.iter().copied().filter(|route| *route != tried).collect();
+        if routes.is_empty() {
+            // The topology changed under the request: the tried route is all there is.
+            routes.push(tried);
+        }
+        let (last, others) = routes.split_last().expect("at least one route is left");
         for route in others {
             match self.call(route.address, command, consistency, Backoff::once()).await {
                 Err(error) if failover::may_try_another(&error, idempotent) => {
@@ -324,6 +353,16 @@ impl<R: Transport> AsyncClient<R> {
         if !reply::is_wrong_shard(&reply) {
             return Ok(reply);
         }
+        // Boxed: a wrong shard is rare, and its future holds a topology fetch.
+        Box::pin(self.after_wrong_shard(command, consistency)).await
+    }
+
+    /// Fetches the topology again after a wrong-shard answer and resends `command` once.
+    async fn after_wrong_shard(
+        &self,
+        command: Outgoing<'_>,
+        consistency: Option<Consistency>,
+    ) -> Result<Reply, Error> {
         self.refresh_topology().await?;
         let route = locked(&self.inner.router).routes(command.routing_key(), Instant::now())[0];
         self.call(route.address, command, consistency, self.inner.options.reconnect).await
@@ -356,7 +395,8 @@ impl<R: Transport> AsyncClient<R> {
         let timeout = self.inner.options.request_timeout;
         let reply = match connection.try_start(command, consistency)? {
             Started::Sent(reply) => reply,
-            Started::Full => R::timeout(timeout, connection.start(command, consistency))
+            // Boxed, as the connect below: waiting for room is the exception.
+            Started::Full => Box::pin(R::timeout(timeout, connection.start(command, consistency)))
                 .await
                 .unwrap_or(Err(Error::Timeout { timeout }))?,
         };
@@ -375,6 +415,18 @@ impl<R: Transport> AsyncClient<R> {
                 return Ok(Arc::clone(connection));
             }
         }
+        // Boxed: connecting is rare, and its future (TLS included) is kilobytes that every
+        // request's future would otherwise carry and copy.
+        Box::pin(self.connect_to(address, reconnect)).await
+    }
+
+    /// Opens a connection to `address` with the bounded back-off `reconnect`, unless another
+    /// task opened one meanwhile.
+    async fn connect_to(
+        &self,
+        address: SocketAddr,
+        reconnect: Backoff,
+    ) -> Result<Arc<SharedConnection>, Error> {
         let options = &self.inner.options;
         let mut last_error = None;
         for attempt in reconnect.attempts() {

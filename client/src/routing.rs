@@ -104,6 +104,52 @@ impl PartialEq<Vec<Route>> for Routes {
     }
 }
 
+/// One place a request for a key may go, before its address is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidate {
+    /// A replica that is up: its owning shard.
+    Node(u16),
+    /// The home node's owning shard (or its shared port).
+    Home,
+}
+
+/// A request's candidates, best first, inline: at most [`ROUTES_PER_REQUEST_MAX`].
+#[derive(Debug, Clone, Copy)]
+struct Candidates {
+    length: usize,
+    candidates: [Candidate; ROUTES_PER_REQUEST_MAX],
+}
+
+impl Default for Candidates {
+    fn default() -> Self {
+        Candidates { length: 0, candidates: [Candidate::Home; ROUTES_PER_REQUEST_MAX] }
+    }
+}
+
+impl Candidates {
+    /// Appends `candidate`; past [`ROUTES_PER_REQUEST_MAX`] it is left out.
+    fn push(&mut self, candidate: Candidate) {
+        if self.length < ROUTES_PER_REQUEST_MAX {
+            self.candidates[self.length] = candidate;
+            self.length += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Candidates {
+    type Target = [Candidate];
+
+    fn deref(&self) -> &[Candidate] {
+        &self.candidates[..self.length]
+    }
+}
+
+impl std::ops::DerefMut for Candidates {
+    fn deref_mut(&mut self) -> &mut [Candidate] {
+        &mut self.candidates[..self.length]
+    }
+}
+
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {
@@ -443,28 +489,67 @@ impl Router {
     }
 
     fn token_routes(&self, token: u64, now: Option<Instant>) -> Routes {
-        let home = self.home_route(token);
-        let Some(replicas) = self.ring.replicas_of(token) else {
-            return std::iter::once(home).collect();
+        let candidates = self.token_candidates(token, now);
+        candidates.iter().map(|&candidate| self.candidate_route(candidate, token)).collect()
+    }
+
+    /// Where a request for `key` goes first, as [`Router::routes`] orders them, and whether it
+    /// is the only place: what a request needs until its first attempt fails, without building
+    /// the whole list.
+    pub fn first_route(&self, key: Option<&[u8]>, now: Instant) -> (Route, bool) {
+        let Some(key) = key else {
+            let routes = self.shared_routes(Some(now));
+            return (routes[0], routes.len() == 1);
         };
-        let mut routes: Routes = replicas
-            .iter()
-            .filter_map(|node_id| Some((*node_id, self.nodes.get(node_id)?)))
-            .filter(|(_, node)| node.up)
-            .map(|(node_id, node)| node.route(node_id, token))
-            .collect();
-        if let Some(preferred) = routes.iter().position(|route| route.node_id == self.preferred_node) {
-            routes[..=preferred].rotate_right(1);
+        let token = token_of(key);
+        let candidates = self.token_candidates(token, Some(now));
+        (self.candidate_route(candidates[0], token), candidates.len() == 1)
+    }
+
+    /// [`Router::token_routes`] as candidates: the order is settled on node ids, and only the
+    /// routes asked for are looked up.
+    fn token_candidates(&self, token: u64, now: Option<Instant>) -> Candidates {
+        let mut candidates = Candidates::default();
+        let Some(replicas) = self.ring.replicas_of(token) else {
+            candidates.push(Candidate::Home);
+            return candidates;
+        };
+        for &node_id in replicas {
+            if self.nodes.get(&node_id).is_some_and(|node| node.up) {
+                candidates.push(Candidate::Node(node_id));
+            }
+        }
+        let preferred = self.preferred_node.map(Candidate::Node);
+        if let Some(preferred) = candidates.iter().position(|candidate| Some(*candidate) == preferred) {
+            candidates[..=preferred].rotate_right(1);
         }
         // A non-replica coordinates as well, one hop further: the last resort.
-        if !routes.iter().any(|route| route.node_id == home.node_id) {
-            routes.push(home);
+        let home = self.home_node.map(Candidate::Node);
+        if !candidates.iter().any(|candidate| Some(*candidate) == home) {
+            candidates.push(Candidate::Home);
         }
         // Stable: the preference order holds within each group.
         if !self.unreachable_since.is_empty() {
-            routes.sort_by_key(|route| self.is_unreachable(route.node_id, now));
+            candidates.sort_by_key(|candidate| self.is_unreachable(self.candidate_node(*candidate), now));
         }
-        routes
+        candidates
+    }
+
+    fn candidate_node(&self, candidate: Candidate) -> Option<u16> {
+        match candidate {
+            Candidate::Node(node_id) => Some(node_id),
+            Candidate::Home => self.home_node,
+        }
+    }
+
+    fn candidate_route(&self, candidate: Candidate, token: u64) -> Route {
+        match candidate {
+            Candidate::Node(node_id) => match self.nodes.get(&node_id) {
+                Some(node) => node.route(node_id, token),
+                None => self.home_route(token),
+            },
+            Candidate::Home => self.home_route(token),
+        }
     }
 
     /// The home node's owning shard for `token`, or its shared port.
@@ -712,6 +797,40 @@ mod tests {
         let mut router = Router::new(from).with_affinity(Some(0));
         router.set_topology(topology, from);
         assert_eq!(nodes_of(&router.routes(Some(b"key"), now)), vec![Some(2), Some(3), Some(1)]);
+    }
+
+    #[test]
+    fn the_first_route_is_the_head_of_the_routes() {
+        let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
+        let now = Instant::now();
+        let mut routers = vec![Router::new(from), router(vec![placement(0, &[(0, 0)])])];
+        for up in [[true; 3], [true, false, true], [false, true, false], [false; 3]] {
+            for home in 1..=3 {
+                for affinity in [None, Some(0), Some(1), Some(2)] {
+                    let mut router = Router::new(from).with_affinity(affinity);
+                    router.set_topology(cluster(home, up), from);
+                    routers.push(router.clone());
+                    router.mark_unreachable(2, now);
+                    routers.push(router.clone());
+                    router.mark_unreachable(home, now);
+                    routers.push(router);
+                }
+            }
+        }
+        let mut no_replica_of_home = cluster(1, [true; 3]);
+        no_replica_of_home.ring = vec![ReplicaRange { start: 0, end: 0, replicas: vec![2, 3] }];
+        let mut router = Router::new(from).with_affinity(None);
+        router.set_topology(no_replica_of_home, from);
+        routers.push(router);
+        for (index, router) in routers.iter().enumerate() {
+            for key in (0..200).map(|key| format!("key-{key}")) {
+                let routes = router.routes(Some(key.as_bytes()), now);
+                let expected = (routes[0], routes.len() == 1);
+                assert_eq!(router.first_route(Some(key.as_bytes()), now), expected, "router {index}, {key}");
+            }
+            let routes = router.routes(None, now);
+            assert_eq!(router.first_route(None, now), (routes[0], routes.len() == 1), "router {index}");
+        }
     }
 
     #[test]
