@@ -6,14 +6,10 @@
 //!  adapter reads the socket ──on_received──▶ FrameDecoder ──poll_reply──▶ (id, Reply)
 //!  abandon(id): a timed-out request keeps its slot until its late reply arrives and is dropped
 //! ```
-
-/// Ids are sequential and picked by this client, so a fast non-cryptographic hash is safe.
-type IdSet = std::collections::HashSet<u64, ahash::RandomState>;
-
-/// The hasher of request-id maps and sets: fixed keys, as ids are not chosen by anyone hostile.
-pub(crate) fn id_hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(0x7269_6e67, 0x6b76_636c, 0x6965_6e74, 0x6964_7321)
-}
+//!
+//! A request's id names its slot: the low [`SLOT_BITS`] bits are the slot's index in a table,
+//! the high bits a count of requests sent, so an id never repeats on a connection and a reply
+//! finds its request with one bounds-checked index and one comparison, no hashing.
 
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
@@ -39,15 +35,52 @@ pub struct Connection {
     builder: FlatBufferBuilder<'static>,
     decoder: FrameDecoder,
     outbox: BytesMut,
-    next_id: u64,
-    /// Requests sent whose reply someone is waiting for.
-    awaited: IdSet,
-    /// Requests whose caller gave up (timed out). The server still works on them, so they keep
+    /// Requests sent, counted: the high bits of the next id.
+    sequence: u64,
+    /// Every slot ever used, by index.
+    slots: Vec<Slot>,
+    /// Indexes of the free slots, reused last freed first.
+    free: Vec<u32>,
+    /// Slots whose reply someone is waiting for.
+    awaited: usize,
+    /// Slots whose caller gave up (timed out). The server still works on them, so they keep
     /// counting against `in_flight_max` until their reply arrives and is dropped.
-    abandoned: IdSet,
+    abandoned: usize,
     in_flight_max: usize,
     /// The id of the `Auth` request sent first, until its reply arrives.
     authenticating: Option<u64>,
+}
+
+/// Bits of a request id that index its slot; the rest count requests.
+pub const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// The slot index of the `Auth` request's id, which takes no slot.
+const AUTH_SLOT: u64 = SLOT_MASK;
+/// Most slots a connection uses: requests in flight plus replies not yet released.
+const SLOTS_MAX: usize = AUTH_SLOT as usize;
+
+/// One request slot: the id of the request it holds and where that request stands.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: u64,
+    state: SlotState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Sent; someone waits for the reply.
+    Awaited,
+    /// Sent; the caller gave up, and the reply is dropped when it comes.
+    Abandoned,
+    /// Answered through [`Connection::poll_reply_held`]: no longer in flight, but the slot (and
+    /// its index) stays taken until [`Connection::release`].
+    Held,
+}
+
+/// The index of the slot the request `id` names.
+pub fn slot_index(id: u64) -> usize {
+    (id & SLOT_MASK) as usize
 }
 
 impl Connection {
@@ -57,12 +90,36 @@ impl Connection {
             builder: FlatBufferBuilder::new(),
             decoder: FrameDecoder::new(),
             outbox: BytesMut::new(),
-            next_id: CONNECTION_ERROR_ID + 1,
-            awaited: IdSet::with_hasher(id_hasher()),
-            abandoned: IdSet::with_hasher(id_hasher()),
-            in_flight_max: in_flight_max.max(1),
+            sequence: 1,
+            slots: Vec::new(),
+            free: Vec::new(),
+            awaited: 0,
+            abandoned: 0,
+            in_flight_max: in_flight_max.clamp(1, SLOTS_MAX),
             authenticating: None,
         }
+    }
+
+    /// The next id for a request in slot `index`; ids never repeat and are never 0.
+    fn next_id(&mut self, index: u64) -> u64 {
+        let id = (self.sequence << SLOT_BITS) | index;
+        self.sequence += 1;
+        if self.sequence >> (64 - SLOT_BITS) != 0 {
+            // After 2^40 requests: start the count again.
+            self.sequence = 1;
+        }
+        debug_assert_ne!(id, CONNECTION_ERROR_ID);
+        id
+    }
+
+    /// The slot holding request `id`, if it still does.
+    fn slot(&mut self, id: u64) -> Option<&mut Slot> {
+        self.slots.get_mut(slot_index(id)).filter(|slot| slot.id == id && slot.state != SlotState::Free)
+    }
+
+    fn free_slot(&mut self, index: usize) {
+        self.slots[index].state = SlotState::Free;
+        self.free.push(index as u32);
     }
 
     /// A fresh connection as `options` ask: their in-flight bound, and when they carry
@@ -85,16 +142,17 @@ impl Connection {
     /// sending nothing, when the user name or password breaks the protocol's length limits.
     pub fn authenticate(&mut self, credentials: &Credentials) -> Result<(), Error> {
         let command = Command::Auth(credentials.clone());
-        let request = RequestRef { consistency: None, id: self.next_id, command: &command };
+        let id = (self.sequence << SLOT_BITS) | AUTH_SLOT;
+        let request = RequestRef { consistency: None, id, command: &command };
         encode_request_ref_into(&mut self.builder, request, &mut self.outbox).map_err(Error::Limit)?;
-        self.next_id = self.next_id.checked_add(1).unwrap_or(CONNECTION_ERROR_ID + 1);
+        self.next_id(AUTH_SLOT);
         self.authenticating = Some(request.id);
         Ok(())
     }
 
     /// Requests sent and not yet answered, abandoned ones included.
     pub fn in_flight(&self) -> usize {
-        self.awaited.len() + self.abandoned.len()
+        self.awaited + self.abandoned
     }
 
     /// The bound on [`Connection::in_flight`].
@@ -119,13 +177,14 @@ impl Connection {
     /// [`Connection::send`], asking `consistency` of the replicas (`None`: the node's
     /// configured level).
     pub fn send_at(&mut self, command: &Command, consistency: Option<Consistency>) -> Result<u64, Error> {
-        let request = RequestRef { consistency, id: self.next_id, command };
+        let (index, id) = self.peek_slot();
+        let request = RequestRef { consistency, id, command };
         request.validate().map_err(Error::Limit)?;
         if !self.has_room() {
             return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
         }
         encode_request_ref_into(&mut self.builder, request, &mut self.outbox).map_err(Error::Limit)?;
-        Ok(self.sent())
+        Ok(self.sent(index))
     }
 
     /// [`Connection::send_at`] for one get, put or delete borrowed from the caller's bytes: the
@@ -139,9 +198,9 @@ impl Connection {
         if !self.has_room() {
             return Err(Error::InFlightFull { in_flight_max: self.in_flight_max });
         }
-        encode_operation_into(self.next_id, operation, consistency, &mut self.outbox)
-            .map_err(Error::Limit)?;
-        Ok(self.sent())
+        let (index, id) = self.peek_slot();
+        encode_operation_into(id, operation, consistency, &mut self.outbox).map_err(Error::Limit)?;
+        Ok(self.sent(index))
     }
 
     /// [`Connection::send_at`] or [`Connection::send_operation_at`], whichever `outgoing` is.
@@ -156,13 +215,25 @@ impl Connection {
         }
     }
 
-    /// Records that the request with the next id went into the outbox, and returns that id.
-    fn sent(&mut self) -> u64 {
-        let id = self.next_id;
+    /// The slot the next request will take and the id it will carry, taking nothing yet.
+    fn peek_slot(&self) -> (usize, u64) {
+        let index = self.free.last().map_or(self.slots.len(), |&index| index as usize);
+        (index, (self.sequence << SLOT_BITS) | index as u64)
+    }
+
+    /// Records that the request peeked at slot `index` went into the outbox, and returns its id.
+    fn sent(&mut self, index: usize) -> u64 {
         // Ids never repeat on one connection, so a late reply can never be taken for another
         // request's; 0 is reserved for connection-level errors.
-        self.next_id = self.next_id.checked_add(1).unwrap_or(CONNECTION_ERROR_ID + 1);
-        self.awaited.insert(id);
+        let id = self.next_id(index as u64);
+        if index == self.slots.len() {
+            self.slots.push(Slot { id, state: SlotState::Awaited });
+        } else {
+            let taken = self.free.pop();
+            debug_assert_eq!(taken, Some(index as u32));
+            self.slots[index] = Slot { id, state: SlotState::Awaited };
+        }
+        self.awaited += 1;
         id
     }
 
@@ -181,11 +252,23 @@ impl Connection {
     }
 
     /// The next reply to a request someone waits for, in the order the server sent them (which
-    /// need not be the order of the requests). `Ok(None)` means more bytes are needed.
+    /// need not be the order of the requests). `Ok(None)` means more bytes are needed. The
+    /// request's slot is free again.
     ///
     /// An error means the connection cannot go on and must be closed: the server broke the
     /// protocol, or reported a connection-level failure (reply id 0).
     pub fn poll_reply(&mut self) -> Result<Option<(u64, Reply)>, Error> {
+        let reply = self.poll_reply_held()?;
+        if let Some((id, _)) = &reply {
+            self.release(*id);
+        }
+        Ok(reply)
+    }
+
+    /// [`Connection::poll_reply`], keeping the request's slot (and so its index, see
+    /// [`slot_index`]) taken until [`Connection::release`]: a caller keeping per-request state
+    /// in a table of its own, by the same index, keeps it until it is done with it.
+    pub fn poll_reply_held(&mut self) -> Result<Option<(u64, Reply)>, Error> {
         loop {
             let Some(frame) = self.decoder.next_frame().map_err(Error::Protocol)? else {
                 return Ok(None);
@@ -211,32 +294,55 @@ impl Connection {
                     }
                 }
             }
-            if self.awaited.remove(&response.id) {
-                return Ok(Some((response.id, response.reply)));
+            match self.slot(response.id).map(|slot| slot.state) {
+                Some(SlotState::Awaited) => {
+                    self.awaited -= 1;
+                    self.slots[slot_index(response.id)].state = SlotState::Held;
+                    return Ok(Some((response.id, response.reply)));
+                }
+                Some(SlotState::Abandoned) => {
+                    // The caller timed out; the reply frees its slot and nothing else.
+                    self.abandoned -= 1;
+                    self.free_slot(slot_index(response.id));
+                    continue;
+                }
+                Some(SlotState::Held | SlotState::Free) | None => {
+                    return Err(Error::Protocol(WireError::Malformed {
+                        reason: format!("reply to request {} that was never sent", response.id),
+                    }));
+                }
             }
-            if self.abandoned.remove(&response.id) {
-                // The caller timed out; the reply frees its slot and nothing else.
-                continue;
-            }
-            return Err(Error::Protocol(WireError::Malformed {
-                reason: format!("reply to request {} that was never sent", response.id),
-            }));
+        }
+    }
+
+    /// Frees the slot of request `id`, answered through [`Connection::poll_reply_held`].
+    pub fn release(&mut self, id: u64) {
+        if let Some(slot) = self.slot(id).filter(|slot| slot.state == SlotState::Held) {
+            slot.state = SlotState::Free;
+            self.free.push(slot_index(id) as u32);
         }
     }
 
     /// The caller no longer waits for request `id` (it timed out or was cancelled).
     pub fn abandon(&mut self, id: u64) {
-        if self.awaited.remove(&id) {
-            self.abandoned.insert(id);
+        if let Some(slot) = self.slot(id).filter(|slot| slot.state == SlotState::Awaited) {
+            slot.state = SlotState::Abandoned;
+            self.awaited -= 1;
+            self.abandoned += 1;
         }
     }
 
     /// The socket closed: every awaited request is lost. Returns their ids.
     pub fn on_closed(&mut self) -> Vec<u64> {
-        self.abandoned.clear();
         self.authenticating = None;
         self.outbox.clear();
-        self.awaited.drain().collect()
+        let awaited =
+            self.slots.iter().filter(|slot| slot.state == SlotState::Awaited).map(|slot| slot.id).collect();
+        self.slots.clear();
+        self.free.clear();
+        self.awaited = 0;
+        self.abandoned = 0;
+        awaited
     }
 }
 
@@ -273,8 +379,11 @@ mod tests {
 
         let mut refused = Connection::new(2);
         refused.authenticate(&Credentials::new("app", "wrong")).unwrap();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&refused.take_output().unwrap());
+        let auth = ringkv_wire::parse_request(&decoder.next_frame().unwrap().unwrap()).unwrap();
         let failure = ringkv_wire::Failure::new(ErrorCode::AuthFailed, "wrong user or password");
-        refused.on_received(&response_frame(1, Reply::Failed(failure.clone())));
+        refused.on_received(&response_frame(auth.id, Reply::Failed(failure.clone())));
         match refused.poll_reply() {
             Err(Error::Server(got)) => assert_eq!(got, failure),
             other => panic!("expected the refusal, got {other:?}"),
@@ -334,6 +443,54 @@ mod tests {
         connection.on_received(&response_frame(first, Reply::Pong));
         assert_eq!(connection.poll_reply().unwrap(), None, "an abandoned reply is dropped");
         assert!(connection.has_room());
+    }
+
+    #[test]
+    fn slots_are_reused_only_once_free_and_ids_never_repeat() {
+        let mut connection = Connection::new(2);
+        let first = connection.send(&get("a")).unwrap();
+        let second = connection.send(&get("b")).unwrap();
+        assert_ne!(slot_index(first), slot_index(second));
+        // An abandoned request keeps its slot until its reply comes.
+        connection.abandon(first);
+        connection.on_received(&response_frame(second, Reply::Pong));
+        assert_eq!(connection.poll_reply_held().unwrap(), Some((second, Reply::Pong)));
+        // A held reply keeps its slot too, though it no longer counts as in flight.
+        assert_eq!(connection.in_flight(), 1);
+        let third = connection.send(&get("c")).unwrap();
+        assert!(![slot_index(first), slot_index(second)].contains(&slot_index(third)));
+        connection.release(second);
+        let fourth = connection.send_at(&get("d"), None).unwrap_err();
+        assert!(matches!(fourth, Error::InFlightFull { in_flight_max: 2 }), "abandoned and third in flight");
+        connection.on_received(&response_frame(first, Reply::Pong));
+        assert_eq!(connection.poll_reply().unwrap(), None, "the late reply frees the slot, and is dropped");
+        let fifth = connection.send(&get("e")).unwrap();
+        let mut ids = vec![first, second, third, fifth];
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "ids never repeat, though slots do");
+        // A second reply to a request already answered names no request of ours.
+        connection.on_received(&response_frame(second, Reply::Pong));
+        assert!(matches!(connection.poll_reply(), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn thousands_of_requests_in_any_order_keep_the_slot_count_at_the_window() {
+        let mut connection = Connection::new(64);
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..5000u64 {
+            while connection.has_room() {
+                let id = connection.send(&get("k")).unwrap();
+                assert!(seen.insert(id), "id {id} repeated");
+                in_flight.push_back(id);
+            }
+            // Answer from the front or the back, so slots free out of order.
+            let id = if round % 3 == 0 { in_flight.pop_back() } else { in_flight.pop_front() }.unwrap();
+            connection.on_received(&response_frame(id, Reply::Pong));
+            assert_eq!(connection.poll_reply().unwrap(), Some((id, Reply::Pong)));
+        }
+        assert!(connection.slots.len() <= 64, "{} slots", connection.slots.len());
     }
 
     #[test]

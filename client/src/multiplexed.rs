@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  caller ─start(command)─▶ Connection.send ─notify─▶ writer task: take_output ─▶ socket
-//!  socket ─▶ reader task: on_received ─▶ Connection.poll_reply ─▶ slots[id] ─wake─▶ caller
+//!  socket ─▶ reader task: on_received ─▶ Connection.poll_reply_held ─▶ slots[index] ─wake─▶ caller
 //!  deadline task: every timeout/8 while requests are pending ─▶ overdue slots ─wake─▶ caller
 //! ```
 
@@ -21,12 +21,9 @@ use ringkv_wire::{Consistency, Failure, Reply};
 
 use crate::command::Outgoing;
 
-use crate::connection::{id_hasher, Connection};
+use crate::connection::{slot_index, Connection};
 use crate::error::Error;
 use crate::options::ClientOptions;
-
-/// Ids are sequential and picked by this client, so a fast non-cryptographic hash is safe.
-type IdMap<V> = std::collections::HashMap<u64, V, ahash::RandomState>;
 
 /// How many times per request timeout the deadline task looks for overdue requests: a request
 /// fails between `timeout` and `timeout * (1 + 1 / DEADLINE_CHECKS_PER_TIMEOUT)` after it was
@@ -57,8 +54,12 @@ pub struct SharedConnection {
 
 struct State {
     connection: Connection,
-    /// Every request sent and not yet picked up by its caller (or abandoned).
-    slots: IdMap<Slot>,
+    /// Every request sent and not yet picked up by its caller (or abandoned), at the index of
+    /// the connection's slot it holds (see [`slot_index`]): the connection keeps that slot taken
+    /// until the caller is done with it, so an index never names two requests at once.
+    slots: Vec<Slot>,
+    /// How many of `slots` hold a request.
+    occupied: usize,
     /// Counts the deadline task's checks: a slot remembers the round it was sent in, so no
     /// request reads the clock.
     round: u64,
@@ -71,6 +72,8 @@ struct State {
 
 /// One request's progress.
 struct Slot {
+    /// The request's id; meaningless while the slot is vacant.
+    id: u64,
     /// The deadline task's round when the request was sent: it fails with [`Error::Timeout`]
     /// once `ROUNDS_TO_TIME_OUT` more rounds have begun with no reply.
     sent_round: u64,
@@ -78,6 +81,8 @@ struct Slot {
 }
 
 enum Progress {
+    /// No request holds the slot.
+    Vacant,
     /// No reply yet; the task to wake when one comes, once the caller has polled.
     Waiting(Option<Waker>),
     /// The reply, for the caller to pick up.
@@ -101,7 +106,8 @@ impl SharedConnection {
             request_timeout: options.request_timeout,
             state: Mutex::new(State {
                 connection: Connection::for_options(options),
-                slots: IdMap::with_hasher(id_hasher()),
+                slots: Vec::new(),
+                occupied: 0,
                 round: 0,
                 closed: None,
                 refusal: None,
@@ -143,9 +149,14 @@ impl SharedConnection {
             return Ok(Started::Full);
         }
         let id = state.connection.send_outgoing(outgoing, consistency)?;
-        let was_idle = state.slots.is_empty();
+        let was_idle = state.occupied == 0;
         let sent_round = state.round;
-        state.slots.insert(id, Slot { sent_round, progress: Progress::Waiting(None) });
+        let index = slot_index(id);
+        if index >= state.slots.len() {
+            state.slots.resize_with(index + 1, || Slot { id: 0, sent_round: 0, progress: Progress::Vacant });
+        }
+        state.slots[index] = Slot { id, sent_round, progress: Progress::Waiting(None) };
+        state.occupied += 1;
         drop(state);
         self.output.notify(1);
         if was_idle {
@@ -176,10 +187,12 @@ impl SharedConnection {
         state.connection.on_received(bytes);
         let mut answered = false;
         loop {
-            match state.connection.poll_reply() {
+            match state.connection.poll_reply_held() {
                 Ok(Some((id, reply))) => {
                     answered = true;
-                    let Some(slot) = state.slots.get_mut(&id) else {
+                    let Some(slot) = state.slot(id) else {
+                        // Not a request of ours (cannot happen): free the connection's slot.
+                        state.connection.release(id);
                         continue;
                     };
                     if let Progress::Waiting(Some(waker)) =
@@ -235,10 +248,10 @@ impl SharedConnection {
         state.connection.on_closed();
         let wakers: Vec<Waker> = state
             .slots
-            .values_mut()
+            .iter_mut()
             .filter_map(|slot| match &mut slot.progress {
                 Progress::Waiting(waker) => waker.take(),
-                Progress::Replied(_) | Progress::TimedOut => None,
+                Progress::Vacant | Progress::Replied(_) | Progress::TimedOut => None,
             })
             .collect();
         drop(state);
@@ -269,16 +282,16 @@ impl SharedConnection {
                 state.round += 1;
                 let State { connection, slots, round, .. } = &mut *state;
                 let mut overdue = Vec::new();
-                for (id, slot) in slots.iter_mut() {
+                for slot in slots.iter_mut() {
                     if *round - slot.sent_round >= ROUNDS_TO_TIME_OUT {
                         if let Progress::Waiting(waker) = &mut slot.progress {
                             overdue.extend(waker.take());
                             slot.progress = Progress::TimedOut;
-                            connection.abandon(*id);
+                            connection.abandon(slot.id);
                         }
                     }
                 }
-                (slots.is_empty(), overdue)
+                (state.occupied == 0, overdue)
             };
             overdue.into_iter().for_each(Waker::wake);
             if idle {
@@ -299,41 +312,60 @@ pub(crate) struct ReplyFuture {
     finished: bool,
 }
 
+impl State {
+    /// The slot of request `id`, while it holds that request.
+    fn slot(&mut self, id: u64) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(slot_index(id))
+            .filter(|slot| slot.id == id && !matches!(slot.progress, Progress::Vacant))
+    }
+
+    /// Empties the slot of request `id` (which must hold it) and returns its progress; a
+    /// replied request's slot on the connection is freed with it.
+    fn vacate(&mut self, id: u64) -> Progress {
+        let slot = &mut self.slots[slot_index(id)];
+        let progress = std::mem::replace(&mut slot.progress, Progress::Vacant);
+        self.occupied -= 1;
+        match progress {
+            Progress::Replied(_) => self.connection.release(id),
+            Progress::Waiting(_) => self.connection.abandon(id),
+            Progress::Vacant | Progress::TimedOut => {}
+        }
+        progress
+    }
+}
+
 impl Future for ReplyFuture {
     type Output = Result<Reply, Error>;
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
         let id = self.id;
-        let shared = Arc::clone(&self.shared);
-        let mut state = shared.state();
-        let closed = state.closed.clone();
-        let refusal = state.refusal.clone();
-        let Some(slot) = state.slots.get_mut(&id) else {
+        let mut state = self.shared.state();
+        let open = state.closed.is_none();
+        let Some(slot) = state.slot(id) else {
             // A slot lives until its future finishes or is dropped; answer sanely regardless.
             drop(state);
             self.finished = true;
-            return Poll::Ready(Err(shared.lost("the request's state was lost")));
+            return Poll::Ready(Err(self.shared.lost("the request's state was lost")));
         };
         let outcome = match &mut slot.progress {
-            Progress::Replied(_) | Progress::TimedOut => {
-                match state.slots.remove(&id).map(|slot| slot.progress) {
-                    Some(Progress::Replied(reply)) => Ok(reply),
-                    _ => Err(Error::Timeout { timeout: shared.request_timeout }),
-                }
-            }
-            Progress::Waiting(_) if closed.is_some() => {
-                state.slots.remove(&id);
-                match refusal {
-                    Some(failure) => Err(Error::Server(failure)),
-                    None => Err(shared.lost(closed.as_deref().unwrap_or_default())),
-                }
-            }
-            Progress::Waiting(waker) => {
+            Progress::Replied(_) | Progress::TimedOut => match state.vacate(id) {
+                Progress::Replied(reply) => Ok(reply),
+                _ => Err(Error::Timeout { timeout: self.shared.request_timeout }),
+            },
+            Progress::Waiting(waker) if open => {
                 match waker {
                     Some(waker) if waker.will_wake(context.waker()) => {}
                     _ => *waker = Some(context.waker().clone()),
                 }
                 return Poll::Pending;
+            }
+            Progress::Waiting(_) | Progress::Vacant => {
+                state.vacate(id);
+                match &state.refusal {
+                    Some(failure) => Err(Error::Server(failure.clone())),
+                    None => Err(self.shared.lost(state.closed.as_deref().unwrap_or_default())),
+                }
             }
         };
         drop(state);
@@ -348,10 +380,8 @@ impl Drop for ReplyFuture {
             return;
         }
         let mut state = self.shared.state();
-        if let Some(slot) = state.slots.remove(&self.id) {
-            if matches!(slot.progress, Progress::Waiting(_)) {
-                state.connection.abandon(self.id);
-            }
+        if state.slot(self.id).is_some() {
+            state.vacate(self.id);
         }
     }
 }
