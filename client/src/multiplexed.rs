@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct SharedConnection {
     /// How long a request may wait for its reply (see [`SharedConnection::expire_overdue`]).
     request_timeout: Duration,
     state: Mutex<State>,
+    /// Set once `State::closed` is: read by every request without taking the lock.
+    is_closed: AtomicBool,
     /// Signalled when a request slot frees up or the connection closes.
     room: Event,
     /// Signalled when requests are queued for the writer or the connection closes.
@@ -112,6 +115,7 @@ impl SharedConnection {
                 closed: None,
                 refusal: None,
             }),
+            is_closed: AtomicBool::new(false),
             room: Event::new(),
             output: Event::new(),
             pending: Event::new(),
@@ -128,7 +132,7 @@ impl SharedConnection {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state().closed.is_some()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     /// Queues `command` for the writer if fewer than `in_flight_max` requests are unanswered,
@@ -245,6 +249,7 @@ impl SharedConnection {
             return;
         }
         state.closed = Some(reason.to_owned());
+        self.is_closed.store(true, Ordering::Release);
         state.connection.on_closed();
         let wakers: Vec<Waker> = state
             .slots

@@ -23,20 +23,60 @@ pub struct RefreshSchedule {
     stale: bool,
     /// A caller is fetching it now; the others go on with the topology they have.
     in_progress: bool,
+    /// When the schedule falls due, kept from the fields above as they change, so that the
+    /// check every request makes is one comparison.
+    due: Due,
+}
+
+/// When a [`RefreshSchedule`] falls due (a fetch in progress aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Now,
+    At(Instant),
+    Never,
 }
 
 impl RefreshSchedule {
     /// A schedule fetching the topology once it is `interval` old. Nothing fetched yet: due.
     pub fn new(interval: Duration) -> Self {
-        RefreshSchedule { interval, fetched_at: None, attempted_at: None, stale: false, in_progress: false }
+        RefreshSchedule {
+            interval,
+            fetched_at: None,
+            attempted_at: None,
+            stale: false,
+            in_progress: false,
+            due: Due::Now,
+        }
     }
 
     /// Whether the next request should fetch the topology first.
     pub fn is_due(&self, now: Instant) -> bool {
-        let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
-        let old = since(self.fetched_at).is_none_or(|age| age >= self.interval);
-        let spaced = since(self.attempted_at).is_none_or(|age| age >= REFRESH_RETRY_INTERVAL);
-        !self.in_progress && (self.stale || old) && spaced
+        !self.in_progress
+            && match self.due {
+                Due::Now => true,
+                Due::At(at) => now >= at,
+                Due::Never => false,
+            }
+    }
+
+    /// Settles `due` from the fields it follows: the interval after the last fetch (at once
+    /// when stale or never fetched), and no sooner than the retry interval after the last
+    /// attempt. An instant past what `Instant` can hold is never reached.
+    fn settle(&mut self) {
+        let by_age = match self.fetched_at {
+            _ if self.stale => Due::Now,
+            None => Due::Now,
+            Some(at) => at.checked_add(self.interval).map_or(Due::Never, Due::At),
+        };
+        let spaced = match self.attempted_at {
+            None => Due::Now,
+            Some(at) => at.checked_add(REFRESH_RETRY_INTERVAL).map_or(Due::Never, Due::At),
+        };
+        self.due = match (by_age, spaced) {
+            (Due::Never, _) | (_, Due::Never) => Due::Never,
+            (Due::Now, later) | (later, Due::Now) => later,
+            (Due::At(age), Due::At(spacing)) => Due::At(age.max(spacing)),
+        };
     }
 
     /// Claims the fetch when one is due: true means the caller fetches, then calls
@@ -47,6 +87,7 @@ impl RefreshSchedule {
         }
         self.in_progress = true;
         self.attempted_at = Some(now);
+        self.settle();
         true
     }
 
@@ -59,11 +100,15 @@ impl RefreshSchedule {
     pub fn on_fetched(&mut self, now: Instant) {
         self.fetched_at = Some(now);
         self.stale = false;
+        self.settle();
     }
 
     /// The topology is likely out of date: fetch it before the next request.
     pub fn mark_stale(&mut self) {
-        self.stale = true;
+        if !self.stale {
+            self.stale = true;
+            self.settle();
+        }
     }
 }
 
@@ -99,5 +144,45 @@ mod tests {
     #[test]
     fn nothing_fetched_yet_is_due() {
         assert!(RefreshSchedule::new(Duration::MAX).is_due(Instant::now()));
+    }
+
+    /// The rule as first written, from the fields: what `due` must agree with.
+    fn due_by_the_rule(schedule: &RefreshSchedule, now: Instant) -> bool {
+        let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+        let old = since(schedule.fetched_at).is_none_or(|age| age >= schedule.interval);
+        let spaced = since(schedule.attempted_at).is_none_or(|age| age >= REFRESH_RETRY_INTERVAL);
+        !schedule.in_progress && (schedule.stale || old) && spaced
+    }
+
+    #[test]
+    fn the_settled_due_time_agrees_with_the_rule_over_any_sequence() {
+        let start = Instant::now();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for interval in [Duration::from_millis(100), Duration::from_secs(1), Duration::MAX] {
+            let mut schedule = RefreshSchedule::new(interval);
+            let mut now = start;
+            for _ in 0..5_000 {
+                now += Duration::from_millis(next(120));
+                match next(4) {
+                    0 => {
+                        let expected = due_by_the_rule(&schedule, now);
+                        assert_eq!(schedule.begin(now), expected);
+                    }
+                    1 => schedule.end(),
+                    2 => schedule.on_fetched(now),
+                    _ => schedule.mark_stale(),
+                }
+                for ahead in [0, 1, 99, 100, 249, 250, 251, 1_000] {
+                    let then = now + Duration::from_millis(ahead);
+                    assert_eq!(schedule.is_due(then), due_by_the_rule(&schedule, then), "{ahead} ms ahead");
+                }
+            }
+        }
     }
 }
