@@ -28,7 +28,7 @@ use crate::command::{self, Outgoing};
 use crate::error::Error;
 use crate::failover;
 pub(crate) use crate::multiplexed::SharedConnection;
-use crate::multiplexed::Started;
+use crate::multiplexed::{ReplyFuture, Started};
 use crate::options::{Backoff, ClientOptions};
 use crate::refresh::RefreshSchedule;
 use crate::reply::{self, CasResult, Versioned};
@@ -298,13 +298,22 @@ impl<R: Transport> AsyncClient<R> {
         // The first route alone: the whole list is only needed once an attempt fails.
         let (first, only) = locked(&self.inner.router).first_route(command.routing_key(), now);
         let reconnect = if only { self.inner.options.reconnect } else { Backoff::once() };
-        match self.call(first.address, command, consistency, reconnect).await {
+        let result = match self.start_now(first.address, command, consistency) {
+            Ok(Some(reply)) => reply.await,
+            // Boxed: connecting or waiting for room is the exception.
+            Ok(None) => Box::pin(self.call(first.address, command, consistency, reconnect)).await,
+            Err(error) => Err(error),
+        };
+        match result {
             Err(error) if !only && failover::may_try_another(&error, command.is_idempotent()) => {
                 self.on_route_failed(&first, &error);
                 // Boxed: failing over is the exception, and its future holds every route.
                 Box::pin(self.fail_over(first, command, consistency)).await
             }
-            result => self.answered(&first, result, command, consistency).await,
+            result => match self.note_outcome(&first, result)? {
+                Some(reply) => Ok(reply),
+                None => Box::pin(self.after_wrong_shard(command, consistency)).await,
+            },
         }
     }
 
@@ -346,15 +355,21 @@ impl<R: Transport> AsyncClient<R> {
         command: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<Reply, Error> {
+        match self.note_outcome(route, result)? {
+            Some(reply) => Ok(reply),
+            // Boxed: a wrong shard is rare, and its future holds a topology fetch.
+            None => Box::pin(self.after_wrong_shard(command, consistency)).await,
+        }
+    }
+
+    /// Notes what the outcome on `route` says about the topology, and returns the reply, or
+    /// `None` when it was a wrong-shard answer: the request must be sent again.
+    fn note_outcome(&self, route: &Route, result: Result<Reply, Error>) -> Result<Option<Reply>, Error> {
         let reply = result.inspect_err(|error| self.on_route_failed(route, error))?;
         if failover::is_unavailable(&reply) {
             locked(&self.inner.refresh).mark_stale();
         }
-        if !reply::is_wrong_shard(&reply) {
-            return Ok(reply);
-        }
-        // Boxed: a wrong shard is rare, and its future holds a topology fetch.
-        Box::pin(self.after_wrong_shard(command, consistency)).await
+        Ok((!reply::is_wrong_shard(&reply)).then_some(reply))
     }
 
     /// Fetches the topology again after a wrong-shard answer and resends `command` once.
@@ -376,6 +391,24 @@ impl<R: Transport> AsyncClient<R> {
                 locked(&self.inner.router).mark_unreachable(node_id, Instant::now());
             }
             locked(&self.inner.refresh).mark_stale();
+        }
+    }
+
+    /// Sends `command` on the open connection to `address` if it has room, without waiting:
+    /// `None` when there is no such connection or it is full (see [`AsyncClient::call`]).
+    fn start_now(
+        &self,
+        address: SocketAddr,
+        command: Outgoing<'_>,
+        consistency: Option<Consistency>,
+    ) -> Result<Option<ReplyFuture>, Error> {
+        let connection = match locked(&self.inner.connections).get(&address) {
+            Some(connection) if !connection.is_closed() => Arc::clone(connection),
+            _ => return Ok(None),
+        };
+        match connection.try_start(command, consistency)? {
+            Started::Sent(reply) => Ok(Some(reply)),
+            Started::Full => Ok(None),
         }
     }
 
