@@ -67,7 +67,7 @@ use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
-use ringkv_storage::Prefetch;
+use ringkv_storage::{KeyHash, Prefetch};
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -462,7 +462,7 @@ pub(crate) async fn read_or_give_up(
 /// by stage across them, then all are answered in arrival order.
 struct ReadAhead {
     /// Each request with its frame's charge and, for a read to answer in place, its key's hash.
-    requests: Vec<(Request, Charge, Option<u64>)>,
+    requests: Vec<(Request, Charge, Option<KeyHash>)>,
 }
 
 /// Requests held back at most: enough to cover a miss's latency with the others' work, few
@@ -515,7 +515,7 @@ impl ReadAhead {
 fn dispatch(
     request: Request,
     charge: Charge,
-    hash: Option<u64>,
+    hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,

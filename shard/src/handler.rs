@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringkv_storage::{
-    AtomicOutcome, CasOutcome, Disk, Engine, Entry, PendingWrite, Position, Prefetch, ScanRange,
+    AtomicOutcome, CasOutcome, Disk, Engine, Entry, KeyHash, PendingWrite, Position, Prefetch, ScanRange,
     StorageError, Value,
 };
 use ringkv_wire::scan::page_has_room;
@@ -95,14 +95,15 @@ impl<D: Disk> Handler<D> {
         self.read_now_at(key, None, (self.now_ms)(), read)
     }
 
-    /// The engine's hash of `key` for a read ahead (see [`Engine::read_hash`]).
-    pub fn read_hash(&self, key: &[u8]) -> Option<u64> {
-        self.engine.read_hash(key)
+    /// The engine's hash of `key`, whose token the caller computed, for a read ahead (see
+    /// [`Engine::read_hash`]).
+    pub fn read_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
+        self.engine.read_hash(key, token)
     }
 
     /// Prefetches what a read of the key of `hash` will touch at `stage` (see
     /// [`Engine::prefetch`]).
-    pub fn prefetch(&self, hash: u64, stage: Prefetch) {
+    pub fn prefetch(&self, hash: KeyHash, stage: Prefetch) {
         self.engine.prefetch(hash, stage);
     }
 
@@ -112,7 +113,7 @@ impl<D: Disk> Handler<D> {
     pub fn read_now_at<R>(
         &self,
         key: &[u8],
-        hash: Option<u64>,
+        hash: Option<KeyHash>,
         now_ms: u64,
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {

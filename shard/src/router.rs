@@ -22,7 +22,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringkv_io::DmaDisk;
-use ringkv_storage::{PendingWrite, Prefetch};
+use ringkv_storage::{KeyHash, PendingWrite, Prefetch};
+use ringkv_wire::token::token;
 use ringkv_wire::{
     Command, Consistency, ErrorCode, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
 };
@@ -263,16 +264,17 @@ impl Router {
     /// place here (see [`Router::read_now`]): a batch of reads hashes its keys, prefetches what
     /// each will touch with [`Router::prefetch`], stage by stage, then reads them, so their
     /// cache misses overlap. `None` when the read would not be answered in place.
-    pub fn read_ahead(&self, key: &[u8]) -> Option<u64> {
-        if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
+    pub fn read_ahead(&self, key: &[u8]) -> Option<KeyHash> {
+        let token = token(key);
+        if self.ring.owner_of_token(token) != self.shard_id || self.cluster.is_replicated() {
             return None;
         }
-        self.handler.read_hash(key)
+        self.handler.read_hash(key, token)
     }
 
     /// Prefetches what a read of the key of `hash` (from [`Router::read_ahead`]) will touch at
     /// `stage`. A hint only.
-    pub fn prefetch(&self, hash: u64, stage: Prefetch) {
+    pub fn prefetch(&self, hash: KeyHash, stage: Prefetch) {
         self.handler.prefetch(hash, stage);
     }
 
@@ -287,12 +289,13 @@ impl Router {
     pub fn read_now<R>(
         &self,
         key: &[u8],
-        hash: Option<u64>,
+        hash: Option<KeyHash>,
         clock: &mut BatchClock<'_>,
         read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
     ) -> Option<R> {
         // With several copies of each key a read is coordinated across replicas.
-        if self.ring.owner_of_key(key) != self.shard_id || self.cluster.is_replicated() {
+        let token = hash.map_or_else(|| token(key), |hash| hash.token);
+        if self.ring.owner_of_token(token) != self.shard_id || self.cluster.is_replicated() {
             return None;
         }
         let (_, now_ms) = clock.read(|| self.handler.now_ms());

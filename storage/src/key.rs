@@ -28,9 +28,16 @@ impl StoredKey {
     /// The stored form of `key`, whose length the caller has checked (at most
     /// [`crate::KEY_BYTES_MAX`]; asserted, since a longer one is a bug in the engine).
     pub fn new(key: &[u8]) -> Self {
+        StoredKey::with_token(token(key), key)
+    }
+
+    /// [`StoredKey::new`] with the key's token, already computed by the caller (it must be
+    /// `token(key)`).
+    pub fn with_token(key_token: u64, key: &[u8]) -> Self {
         assert!(key.len() <= crate::KEY_BYTES_MAX, "key of {} bytes reached the engine", key.len());
+        debug_assert_eq!(key_token, token(key), "the token of another key");
         let mut bytes = [0; STORED_KEY_BYTES_MAX];
-        bytes[..TOKEN_BYTES].copy_from_slice(&token(key).to_be_bytes());
+        bytes[..TOKEN_BYTES].copy_from_slice(&key_token.to_be_bytes());
         bytes[TOKEN_BYTES..TOKEN_BYTES + key.len()].copy_from_slice(key);
         StoredKey { bytes, len: TOKEN_BYTES + key.len() }
     }

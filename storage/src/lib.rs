@@ -50,8 +50,8 @@ pub mod wal;
 
 pub use disk::{Disk, DiskFile};
 pub use engine::{
-    AtomicOutcome, CasOutcome, Engine, EngineStats, Expected, PendingWrite, RecoveryReport, ScanEntry,
-    ScanPage, ScanRange, Versioned, WriteOutcome,
+    AtomicOutcome, CasOutcome, Engine, EngineStats, Expected, KeyHash, PendingWrite, RecoveryReport,
+    ScanEntry, ScanPage, ScanRange, Versioned, WriteOutcome,
 };
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};

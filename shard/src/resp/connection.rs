@@ -61,7 +61,7 @@ use crate::router::{BatchClock, Router};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
-use ringkv_storage::Prefetch;
+use ringkv_storage::{KeyHash, Prefetch};
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -566,7 +566,7 @@ async fn read_requests(
 /// they answered, in order. Any other command answers the run first, so replies keep their order.
 struct HeldReads {
     /// Each GET's key and, if it would be answered in place, its hash.
-    reads: Vec<(Bytes, Option<u64>)>,
+    reads: Vec<(Bytes, Option<KeyHash>)>,
 }
 
 impl HeldReads {

@@ -32,6 +32,7 @@
 mod compaction;
 mod flush;
 mod read;
+pub use read::KeyHash;
 mod recovery;
 mod scan;
 mod write;

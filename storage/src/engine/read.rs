@@ -15,6 +15,16 @@ use crate::sstable::key_hash;
 use crate::Result;
 use std::borrow::Cow;
 
+/// A key's token and memtable hash, computed once by [`Engine::read_hash`] for a read that
+/// prefetches and then reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyHash {
+    /// `ringkv_wire::token::token` of the key: what routes it, and its stored key's prefix.
+    pub token: u64,
+    /// The memtable's hash of the stored key.
+    pub hash: u64,
+}
+
 /// What [`Engine::read_now`] lends for `entry` at `now_ms`: its live value and version.
 fn lent(entry: &Entry, now_ms: u64) -> Option<(&[u8], u64)> {
     entry.data_at(now_ms).map(|data| (&data[..], entry.version))
@@ -57,34 +67,40 @@ impl<D: Disk> Engine<D> {
         self.entry_now_hashed(key, None, read)
     }
 
-    /// The memtable hash of `key`, for [`Engine::prefetch`] and [`Engine::entry_now_hashed`];
-    /// `None` for a key outside the limits. Pipelined reads hash a batch of keys, prefetch what
-    /// each will touch, stage by stage, then read them, so the cache misses of the batch overlap.
-    pub fn read_hash(&self, key: &[u8]) -> Option<u64> {
+    /// The memtable hash of `key`, whose token (`ringkv_wire::token::token(key)`) the caller
+    /// has computed already, for [`Engine::prefetch`] and [`Engine::entry_now_hashed`]; `None`
+    /// for a key outside the limits. Pipelined reads hash a batch of keys, prefetch what each
+    /// will touch, stage by stage, then read them, so the cache misses of the batch overlap.
+    pub fn read_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
         validate(key, None).ok()?;
-        Some(self.state.borrow().active.hash(&StoredKey::new(key)))
+        let hash = self.state.borrow().active.hash(&StoredKey::with_token(token, key));
+        Some(KeyHash { token, hash })
     }
 
     /// Asks the processor to bring into cache what a read of the key of `hash` (from
     /// [`Engine::read_hash`]) will touch in the active memtable at `stage`. A hint only.
-    pub fn prefetch(&self, hash: u64, stage: Prefetch) {
-        self.state.borrow().active.prefetch(hash, stage);
+    pub fn prefetch(&self, hash: KeyHash, stage: Prefetch) {
+        self.state.borrow().active.prefetch(hash.hash, stage);
     }
 
     /// [`Engine::entry_now`] with the key's memtable hash, when the caller has it.
     pub fn entry_now_hashed<R>(
         &self,
         key: &[u8],
-        hash: Option<u64>,
+        hash: Option<KeyHash>,
         read: impl FnOnce(Option<&Entry>) -> R,
     ) -> Option<Result<R>> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
         }
-        let key = &StoredKey::new(key)[..];
+        let stored = match hash {
+            Some(hash) => StoredKey::with_token(hash.token, key),
+            None => StoredKey::new(key),
+        };
+        let key = &stored[..];
         let state = self.state.borrow();
         let tables = &state.tables;
-        let hash = hash.unwrap_or_else(|| state.active.hash(key));
+        let hash = hash.map_or_else(|| state.active.hash(key), |hash| hash.hash);
         let in_memory = state.newest_in_memory_hashed(key, hash).map(|newest| &newest.entry);
         if let Some(entry) = in_memory.filter(|entry| tables.max_version() < entry.version) {
             // The usual case: no table holds anything as new.
