@@ -160,9 +160,10 @@ impl Connection {
         self.in_flight_max
     }
 
-    /// Whether another request may be sent now.
+    /// Whether another request may be sent now: fewer than `in_flight_max` in flight, and a
+    /// slot to put it in (held replies take slots too).
     pub fn has_room(&self) -> bool {
-        self.in_flight() < self.in_flight_max
+        self.in_flight() < self.in_flight_max && (!self.free.is_empty() || self.slots.len() < SLOTS_MAX)
     }
 
     /// Checks `command` against every limit the server enforces, encodes it with a fresh id
@@ -320,6 +321,17 @@ impl Connection {
         if let Some(slot) = self.slot(id).filter(|slot| slot.state == SlotState::Held) {
             slot.state = SlotState::Free;
             self.free.push(slot_index(id) as u32);
+        }
+    }
+
+    /// The caller is done with request `id`, whatever became of it: an answered request's slot
+    /// is freed (as [`Connection::release`]); one still unanswered is abandoned (as
+    /// [`Connection::abandon`]).
+    pub fn forget(&mut self, id: u64) {
+        match self.slot(id).map(|slot| slot.state) {
+            Some(SlotState::Held) => self.release(id),
+            Some(SlotState::Awaited) => self.abandon(id),
+            Some(SlotState::Abandoned | SlotState::Free) | None => {}
         }
     }
 

@@ -199,10 +199,13 @@ impl SharedConnection {
                         state.connection.release(id);
                         continue;
                     };
-                    if let Progress::Waiting(Some(waker)) =
-                        std::mem::replace(&mut slot.progress, Progress::Replied(reply))
-                    {
-                        waker.wake();
+                    // A request already timed out stays so: its caller has been told.
+                    if let Progress::Waiting(waker) = &mut slot.progress {
+                        let waker = waker.take();
+                        slot.progress = Progress::Replied(reply);
+                        if let Some(waker) = waker {
+                            waker.wake();
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -285,14 +288,15 @@ impl SharedConnection {
                     return;
                 }
                 state.round += 1;
-                let State { connection, slots, round, .. } = &mut *state;
+                let State { slots, round, .. } = &mut *state;
                 let mut overdue = Vec::new();
                 for slot in slots.iter_mut() {
                     if *round - slot.sent_round >= ROUNDS_TO_TIME_OUT {
                         if let Progress::Waiting(waker) = &mut slot.progress {
                             overdue.extend(waker.take());
+                            // The connection's slot stays taken until the caller has seen
+                            // the timeout (`State::vacate`), so its index is not reused meanwhile.
                             slot.progress = Progress::TimedOut;
-                            connection.abandon(slot.id);
                         }
                     }
                 }
@@ -325,17 +329,14 @@ impl State {
             .filter(|slot| slot.id == id && !matches!(slot.progress, Progress::Vacant))
     }
 
-    /// Empties the slot of request `id` (which must hold it) and returns its progress; a
-    /// replied request's slot on the connection is freed with it.
+    /// Empties the slot of request `id` (which must hold it) and returns its progress. The
+    /// connection's slot goes with it: freed if answered, else abandoned until the late reply
+    /// frees it. Only then may the index name another request.
     fn vacate(&mut self, id: u64) -> Progress {
         let slot = &mut self.slots[slot_index(id)];
         let progress = std::mem::replace(&mut slot.progress, Progress::Vacant);
         self.occupied -= 1;
-        match progress {
-            Progress::Replied(_) => self.connection.release(id),
-            Progress::Waiting(_) => self.connection.abandon(id),
-            Progress::Vacant | Progress::TimedOut => {}
-        }
+        self.connection.forget(id);
         progress
     }
 }
@@ -388,5 +389,91 @@ impl Drop for ReplyFuture {
         if state.slot(self.id).is_some() {
             state.vacate(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use flatbuffers::FlatBufferBuilder;
+    use ringkv_wire::{encode_response, OperationRef, Outcome, Reply, Response};
+
+    use super::*;
+
+    fn reply_frame(id: u64) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        encode_response(&mut builder, &Response { id, reply: Reply::Single(Outcome::NotFound) })
+            .unwrap()
+            .to_vec()
+    }
+
+    fn poll(future: &mut ReplyFuture) -> Poll<Result<Reply, Error>> {
+        Pin::new(future).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn start(shared: &Arc<SharedConnection>, key: &'static [u8]) -> ReplyFuture {
+        let operation = OperationRef::Get { key };
+        match shared.try_start(Outgoing::Operation(operation), None).unwrap() {
+            Started::Sent(reply) => reply,
+            Started::Full => panic!("no room"),
+        }
+    }
+
+    fn time_out_all(shared: &SharedConnection) {
+        let mut state = shared.state();
+        for slot in &mut state.slots {
+            if let Progress::Waiting(_) = slot.progress {
+                slot.progress = Progress::TimedOut;
+            }
+        }
+    }
+
+    /// A request timed out, and its late reply came before its caller looked: the slot must
+    /// not go to another request until the caller has seen the timeout.
+    #[test]
+    fn a_timed_out_slot_is_not_reused_before_its_caller_sees_the_timeout() {
+        let options = ClientOptions { in_flight_max: 1, ..ClientOptions::default() };
+        let shared = SharedConnection::new("127.0.0.1:1".parse().unwrap(), &options);
+        let mut first = start(&shared, b"a");
+        assert!(poll(&mut first).is_pending());
+        time_out_all(&shared);
+        shared.on_received(&reply_frame(first.id));
+        let mut second = start(&shared, b"b");
+        assert_ne!(slot_index(first.id), slot_index(second.id), "the timed-out slot was reused");
+        assert!(matches!(poll(&mut first), Poll::Ready(Err(Error::Timeout { .. }))));
+        shared.on_received(&reply_frame(second.id));
+        assert!(matches!(poll(&mut second), Poll::Ready(Ok(Reply::Single(Outcome::NotFound)))));
+        let state = shared.state();
+        assert_eq!(state.occupied, 0);
+        assert_eq!(state.connection.in_flight(), 0);
+        drop(state);
+        // Both slots are free again: a third request takes one of them.
+        let third = start(&shared, b"c");
+        assert!([slot_index(first.id), slot_index(second.id)].contains(&slot_index(third.id)));
+    }
+
+    /// Requests dropped before, during and after their reply leave no slot taken.
+    #[test]
+    fn dropped_requests_leave_no_slot_behind() {
+        let options = ClientOptions { in_flight_max: 4, ..ClientOptions::default() };
+        let shared = SharedConnection::new("127.0.0.1:1".parse().unwrap(), &options);
+        for _ in 0..100 {
+            let waiting = start(&shared, b"a");
+            let replied = start(&shared, b"b");
+            let timed_out = start(&shared, b"c");
+            shared.on_received(&reply_frame(replied.id));
+            time_out_all(&shared);
+            let (waiting_id, timed_out_id) = (waiting.id, timed_out.id);
+            drop((waiting, replied, timed_out));
+            // The late replies of the abandoned ones free their slots on the connection.
+            shared.on_received(&reply_frame(waiting_id));
+            shared.on_received(&reply_frame(timed_out_id));
+            let state = shared.state();
+            assert_eq!(state.occupied, 0);
+            assert_eq!(state.connection.in_flight(), 0);
+        }
+        assert!(shared.state().slots.len() <= 4);
     }
 }
