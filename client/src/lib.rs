@@ -91,7 +91,7 @@ pub use ringkv_wire::{
     Consistency, Credentials, ErrorCode, Expected, Failure, NodePlacement, Operation, Outcome, ReplicaRange,
     ScanEnd, ScanEntry, ScanPage, ScanStart, ShardPlacement, TokenRange, Topology, DEFAULT_USER,
 };
-pub use routing::{Route, Router, Routes};
+pub use routing::{InlineList, Route, Router, Routes};
 pub use tls::{TlsError, TlsOptions};
 pub use token::token_of;
 

@@ -37,19 +37,27 @@ use crate::ReplicaChoice;
 /// Most candidates one request is given: every replica (at most 7) and the home node.
 pub const ROUTES_PER_REQUEST_MAX: usize = 8;
 
-/// The places one request may go, best first: at most [`ROUTES_PER_REQUEST_MAX`], held inline
-/// so that routing a request allocates nothing. Read it as a slice of [`Route`].
+/// Up to [`ROUTES_PER_REQUEST_MAX`] items held inline, so that routing a request allocates
+/// nothing. Read it as a slice.
 #[derive(Clone, Copy)]
-pub struct Routes {
+pub struct InlineList<T: Copy> {
     length: usize,
-    routes: [Route; ROUTES_PER_REQUEST_MAX],
+    items: [T; ROUTES_PER_REQUEST_MAX],
 }
 
-impl Routes {
-    /// Appends `route`; past [`ROUTES_PER_REQUEST_MAX`] it is left out (the list is truncated).
-    pub fn push(&mut self, route: Route) {
+/// The places one request may go, best first. Read it as a slice of [`Route`].
+pub type Routes = InlineList<Route>;
+
+impl<T: Copy> InlineList<T> {
+    /// An empty list; `filler` only stands in the unused places.
+    fn empty(filler: T) -> Self {
+        InlineList { length: 0, items: [filler; ROUTES_PER_REQUEST_MAX] }
+    }
+
+    /// Appends `item`; past [`ROUTES_PER_REQUEST_MAX`] it is left out (the list is truncated).
+    pub fn push(&mut self, item: T) {
         if self.length < ROUTES_PER_REQUEST_MAX {
-            self.routes[self.length] = route;
+            self.items[self.length] = item;
             self.length += 1;
         }
     }
@@ -62,7 +70,7 @@ impl FromIterator<Route> for Routes {
             shard_id: None,
             node_id: None,
         };
-        let mut collected = Routes { length: 0, routes: [NOWHERE; ROUTES_PER_REQUEST_MAX] };
+        let mut collected = InlineList::empty(NOWHERE);
         for route in routes {
             collected.push(route);
         }
@@ -70,36 +78,36 @@ impl FromIterator<Route> for Routes {
     }
 }
 
-impl std::ops::Deref for Routes {
-    type Target = [Route];
+impl<T: Copy> std::ops::Deref for InlineList<T> {
+    type Target = [T];
 
-    fn deref(&self) -> &[Route] {
-        &self.routes[..self.length]
+    fn deref(&self) -> &[T] {
+        &self.items[..self.length]
     }
 }
 
-impl std::ops::DerefMut for Routes {
-    fn deref_mut(&mut self) -> &mut [Route] {
-        &mut self.routes[..self.length]
+impl<T: Copy> std::ops::DerefMut for InlineList<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.items[..self.length]
     }
 }
 
-impl std::fmt::Debug for Routes {
+impl<T: Copy + std::fmt::Debug> std::fmt::Debug for InlineList<T> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.debug_list().entries(self.iter()).finish()
     }
 }
 
-impl PartialEq for Routes {
+impl<T: Copy + PartialEq> PartialEq for InlineList<T> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl Eq for Routes {}
+impl<T: Copy + Eq> Eq for InlineList<T> {}
 
-impl PartialEq<Vec<Route>> for Routes {
-    fn eq(&self, other: &Vec<Route>) -> bool {
+impl<T: Copy + PartialEq> PartialEq<Vec<T>> for InlineList<T> {
+    fn eq(&self, other: &Vec<T>) -> bool {
         **self == other[..]
     }
 }
@@ -113,42 +121,8 @@ enum Candidate {
     Home,
 }
 
-/// A request's candidates, best first, inline: at most [`ROUTES_PER_REQUEST_MAX`].
-#[derive(Debug, Clone, Copy)]
-struct Candidates {
-    length: usize,
-    candidates: [Candidate; ROUTES_PER_REQUEST_MAX],
-}
-
-impl Default for Candidates {
-    fn default() -> Self {
-        Candidates { length: 0, candidates: [Candidate::Home; ROUTES_PER_REQUEST_MAX] }
-    }
-}
-
-impl Candidates {
-    /// Appends `candidate`; past [`ROUTES_PER_REQUEST_MAX`] it is left out.
-    fn push(&mut self, candidate: Candidate) {
-        if self.length < ROUTES_PER_REQUEST_MAX {
-            self.candidates[self.length] = candidate;
-            self.length += 1;
-        }
-    }
-}
-
-impl std::ops::Deref for Candidates {
-    type Target = [Candidate];
-
-    fn deref(&self) -> &[Candidate] {
-        &self.candidates[..self.length]
-    }
-}
-
-impl std::ops::DerefMut for Candidates {
-    fn deref_mut(&mut self) -> &mut [Candidate] {
-        &mut self.candidates[..self.length]
-    }
-}
+/// A request's candidates, best first.
+type Candidates = InlineList<Candidate>;
 
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -509,7 +483,7 @@ impl Router {
     /// [`Router::token_routes`] as candidates: the order is settled on node ids, and only the
     /// routes asked for are looked up.
     fn token_candidates(&self, token: u64, now: Option<Instant>) -> Candidates {
-        let mut candidates = Candidates::default();
+        let mut candidates = Candidates::empty(Candidate::Home);
         let Some(replicas) = self.ring.replicas_of(token) else {
             candidates.push(Candidate::Home);
             return candidates;
