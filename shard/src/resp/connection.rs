@@ -608,10 +608,7 @@ impl HeldReads {
         }
         for (key, hash) in self.reads.drain(..) {
             // As `dispatch` answers a GET on the spot, with the hash taken.
-            if hash.is_some()
-                && shared.in_flight() == 0
-                && router.read_now(&key, hash, clock, |found| shared.push_read(found, protocol)).is_some()
-            {
+            if hash.is_some() && read_in_place(&key, hash, shared, router, protocol, clock) {
                 continue;
             }
             if !dispatch(DataCommand::Get(key), shared, router, stop, limits, protocol, clock).await {
@@ -620,6 +617,20 @@ impl HeldReads {
         }
         true
     }
+}
+
+/// Answers a GET of `key` on the spot when nothing earlier is still running and memory holds
+/// the answer (`hash`: the key's, when it was read ahead). False: it must be dispatched.
+fn read_in_place(
+    key: &Bytes,
+    hash: Option<KeyHash>,
+    shared: &Shared,
+    router: &Router,
+    protocol: Protocol,
+    clock: &mut BatchClock<'_>,
+) -> bool {
+    shared.in_flight() == 0
+        && router.read_now(key, hash, clock, |found| shared.push_read(found, protocol)).is_some()
 }
 
 /// Starts a data command: answered on the spot when memory holds a read, otherwise in the
@@ -636,9 +647,7 @@ async fn dispatch(
 ) -> bool {
     // The hottest path: with nothing running, a read that memory holds needs no bookkeeping.
     if let DataCommand::Get(key) = &command {
-        if shared.in_flight() == 0
-            && router.read_now(key, None, clock, |found| shared.push_read(found, protocol)).is_some()
-        {
+        if read_in_place(key, None, shared, router, protocol, clock) {
             return true;
         }
     }
