@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::free_port;
+use common::LISTENER;
 
 use bytes::Bytes;
 use common::cluster::{address, eventually_at, peer_port, start_node_with, wait_for_logs};
@@ -20,9 +20,8 @@ const UNHINTED: u64 = 20;
 #[test]
 fn metrics_count_hints_read_repairs_and_anti_entropy() {
     let root = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let first = start_node_with(root.path(), 1, None, &["--metrics-listen", &metrics]);
+    let first = start_node_with(root.path(), 1, None, &["--metrics-listen", LISTENER]);
+    let metrics_port = first.listener_port(0);
     let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &["--hints-bytes-max", "0"]);
     let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &[]);
     wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);

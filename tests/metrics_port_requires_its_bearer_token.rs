@@ -6,7 +6,7 @@
 mod common;
 
 use common::metrics::{get_metrics, metrics_body, parse, total};
-use common::{free_port, Server, SHARDS};
+use common::{Server, LISTENER, SHARDS};
 
 const TOKEN: &str = "0f3e-metrics-token-for-this-test";
 
@@ -16,16 +16,11 @@ fn metrics_port_requires_its_bearer_token() {
     let token_file = root.path().join("metrics-token");
     // Written as `echo TOKEN > file` would: the newline is not part of the token.
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let metrics_port = free_port();
     let server = Server::start_with(
         &root.path().join("data"),
-        &[
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--metrics-token-file",
-            token_file.to_str().unwrap(),
-        ],
+        &["--metrics-listen", LISTENER, "--metrics-token-file", token_file.to_str().unwrap()],
     );
+    let metrics_port = server.listener_port(0);
 
     let missing = get_metrics(metrics_port, "");
     assert!(missing.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{missing}");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::metrics::{exchange, metrics_body, parse, total};
 use common::tls::Authority;
-use common::{free_port, Server, SHARDS};
+use common::{Server, LISTENER, SHARDS};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
@@ -46,16 +46,16 @@ fn metrics_port_serves_https_with_the_node_certificate() {
     let identity = authority.issue(root.path(), "node");
     let config = root.path().join("node.toml");
     std::fs::write(&config, format!("metrics_token = \"{TOKEN}\"\n")).unwrap();
-    let metrics_port = free_port();
     let mut args = identity.serve_args();
     args.extend([
         "--config".to_string(),
         config.display().to_string(),
         "--metrics-listen".to_string(),
-        format!("127.0.0.1:{metrics_port}"),
+        LISTENER.to_string(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start_with(&root.path().join("data"), &args);
+    let metrics_port = server.listener_port(0);
 
     let served = https_get(metrics_port, &identity.ca_file, &format!("Authorization: Bearer {TOKEN}\r\n"));
     let samples = parse(&metrics_body(&served));

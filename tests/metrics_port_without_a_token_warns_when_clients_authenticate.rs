@@ -5,7 +5,7 @@
 mod common;
 
 use common::metrics::scrape_text;
-use common::{free_port, Server};
+use common::{Server, LISTENER};
 
 const WARNING: &str = "the metrics port has no bearer token";
 
@@ -13,11 +13,11 @@ fn start(root: &std::path::Path, extra: &str) -> (Server, u16) {
     let config = root.join("node.toml");
     std::fs::write(&config, format!("{extra}[[users]]\nname = \"default\"\npassword = \"a password\"\n"))
         .unwrap();
-    let metrics_port = free_port();
     let server = Server::start_with(
         &root.join("data"),
-        &["--config", config.to_str().unwrap(), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
+        &["--config", config.to_str().unwrap(), "--metrics-listen", LISTENER],
     );
+    let metrics_port = server.listener_port(0);
     (server, metrics_port)
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::metrics::{scrape, scrape_text, scrape_until, total, Sample};
-use common::{free_port, Client, Server};
+use common::{Client, Server, LISTENER};
 use ringkv_wire::{Command as WireCommand, Operation, Reply, Scan, ScanEnd, ScanStart};
 
 /// Longest wait for a Redis reply.
@@ -39,16 +39,11 @@ fn resp_command(stream: &mut TcpStream, arguments: &[&str]) -> String {
 #[test]
 fn metrics_scrape_counts_operations() {
     let root = tempfile::tempdir().unwrap();
-    let (metrics_port, resp_port) = (free_port(), free_port());
     let server = Server::start_with(
         &root.path().join("data"),
-        &[
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--resp-listen",
-            &format!("127.0.0.1:{resp_port}"),
-        ],
+        &["--metrics-listen", LISTENER, "--resp-listen", LISTENER],
     );
+    let (metrics_port, resp_port) = (server.listener_port(0), server.listener_port(1));
     let before = scrape(metrics_port);
     let requests = |samples: &[Sample], operation: &str, outcome: &str| {
         total(samples, "ringkv_requests_total", &[("operation", operation), ("outcome", outcome)])

@@ -6,16 +6,13 @@
 mod common;
 
 use common::metrics::{scrape, total};
-use common::{free_port, Client, Server, SHARDS};
+use common::{Client, Server, LISTENER, SHARDS};
 
 #[test]
 fn metrics_scrape_shows_figures_changed_just_before_it() {
     let root = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let mut server = Server::start_with(
-        &root.path().join("data"),
-        &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")],
-    );
+    let mut server = Server::start_with(&root.path().join("data"), &["--metrics-listen", LISTENER]);
+    let metrics_port = server.listener_port(0);
     let mut client = Client::connect(server.client_port);
     let mut previous = scrape(metrics_port);
     assert_eq!(total(&previous, "ringkv_shard_figures_available", &[]), SHARDS as u64, "every shard answers");

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{free_port, Server};
+use common::{Server, LISTENER};
 
 const DEFAULT_PASSWORD: &str = "default-password";
 const APP_PASSWORD: &str = "app-password";
@@ -73,11 +73,11 @@ fn resp_auth_answers_as_redis_does() {
         ),
     )
     .unwrap();
-    let port = free_port();
     let server = Server::start_with(
         &root.path().join("data"),
-        &["--config", config.to_str().unwrap(), "--resp-listen", &format!("127.0.0.1:{port}")],
+        &["--config", config.to_str().unwrap(), "--resp-listen", LISTENER],
     );
+    let port = server.listener_port(0);
 
     let refused = redis_cli(port, &["SET", "cli", "value"]);
     assert_eq!(stdout(&refused), "NOAUTH Authentication required.", "{refused:?}");

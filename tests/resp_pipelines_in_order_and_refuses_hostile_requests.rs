@@ -11,7 +11,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{free_port, Server};
+use common::{Server, LISTENER};
 use ringkv_wire::limits::VALUE_BYTES_MAX;
 
 fn connect(port: u16) -> TcpStream {
@@ -55,9 +55,8 @@ fn read_to_close(stream: &mut TcpStream) -> String {
 #[test]
 fn resp_pipelines_in_order_and_refuses_hostile_requests() {
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server =
-        Server::start_with(&root.path().join("data"), &["--resp-listen", &format!("127.0.0.1:{port}")]);
+    let server = Server::start_with(&root.path().join("data"), &["--resp-listen", LISTENER]);
+    let port = server.listener_port(0);
 
     // A pipeline, sent one byte at a time: every split parses the same.
     let mut pipeline = Vec::new();

@@ -10,7 +10,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{free_port, Server};
+use common::{Server, LISTENER};
 
 /// Fails the test with a clear message when a tool is missing.
 fn require(tool: &str) {
@@ -39,9 +39,8 @@ fn resp_redis_cli_and_benchmark() {
     require("redis-cli");
     require("redis-benchmark");
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server =
-        Server::start_with(&root.path().join("data"), &["--resp-listen", &format!("127.0.0.1:{port}")]);
+    let server = Server::start_with(&root.path().join("data"), &["--resp-listen", LISTENER]);
+    let port = server.listener_port(0);
 
     let script =
         "PING\nSET greeting hello\nGET greeting\nAPPEND greeting x\nMSET a 1 b 2 c 3\nMGET a b c missing\n\

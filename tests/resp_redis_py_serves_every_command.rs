@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{free_port, Server};
+use common::{Server, LISTENER};
 
 /// The checks, run once per protocol version. Expiries are checked in ways that do not depend on
 /// timing: a key given a TTL in the past, or a short TTL and then a longer sleep, is gone; a TTL
@@ -254,9 +254,8 @@ fn resp_redis_py_serves_every_command() {
         Err(error) => panic!("python3 is not installed ({error}): this test needs it with redis-py"),
     }
     let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server =
-        Server::start_with(&root.path().join("data"), &["--resp-listen", &format!("127.0.0.1:{port}")]);
+    let server = Server::start_with(&root.path().join("data"), &["--resp-listen", LISTENER]);
+    let port = server.listener_port(0);
     let output = Command::new("python3").args(["-c", SCRIPT, &port.to_string()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

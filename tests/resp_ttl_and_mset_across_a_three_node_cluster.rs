@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::free_port;
+use common::LISTENER;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -41,12 +41,11 @@ fn number(line: &str) -> i64 {
 #[test]
 fn resp_ttl_and_mset_across_a_three_node_cluster() {
     let root = tempfile::tempdir().unwrap();
-    let resp_ports = [free_port(), free_port(), free_port()];
-    let resp_listen = |index: usize| format!("127.0.0.1:{}", resp_ports[index]);
-    let first = start_node_with(root.path(), 1, None, &["--resp-listen", &resp_listen(0)]);
+    let first = start_node_with(root.path(), 1, None, &["--resp-listen", LISTENER]);
     let seed = Some(peer_port(&first));
-    let second = start_node_with(root.path(), 2, seed, &["--resp-listen", &resp_listen(1)]);
-    let third = start_node_with(root.path(), 3, seed, &["--resp-listen", &resp_listen(2)]);
+    let second = start_node_with(root.path(), 2, seed, &["--resp-listen", LISTENER]);
+    let third = start_node_with(root.path(), 3, seed, &["--resp-listen", LISTENER]);
+    let resp_ports = [&first, &second, &third].map(|node| node.listener_port(0));
     wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
     wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
     wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);

@@ -4,15 +4,13 @@
 
 mod common;
 
-use common::{free_port, run_to_exit, serve_args, Server};
+use common::{free_port, run_to_exit, serve_args, Server, LISTENER_PORT};
 
 #[test]
 fn server_refuses_to_listen_beyond_loopback_unauthenticated() {
     let root = tempfile::tempdir().unwrap();
-    let resp = format!("0.0.0.0:{}", free_port());
-
     let mut args = serve_args(&root.path().join("refused"), free_port());
-    args.extend(["--resp-listen".to_owned(), resp.clone()]);
+    args.extend(["--resp-listen".to_owned(), format!("0.0.0.0:{}", free_port())]);
     let (status, output) = run_to_exit(&args);
     assert!(!status.success(), "{output}");
     assert!(
@@ -21,6 +19,7 @@ fn server_refuses_to_listen_beyond_loopback_unauthenticated() {
     );
     assert!(!root.path().join("refused").exists(), "refused before touching the data directory");
 
+    let resp = format!("0.0.0.0:{LISTENER_PORT}");
     let allowed = Server::start_with(
         &root.path().join("allowed"),
         &["--resp-listen", &resp, "--allow-unauthenticated"],

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::tls::Authority;
-use common::{free_port, Server};
+use common::{free_port, Server, LISTENER};
 use ringkv_client::blocking::Client;
 use ringkv_client::{ClientOptions, TlsOptions};
 use ringkv_wire::{Command as WireCommand, Request};
@@ -54,17 +54,16 @@ fn tls_serves_clients_on_every_port() {
     let authority = Authority::new(root.path(), "cluster");
     let identity = authority.issue(root.path(), "node");
     let stranger = Authority::new(root.path(), "stranger");
-    let resp_port = free_port();
-    let resp_address = format!("127.0.0.1:{resp_port}");
     let mut args = identity.serve_args();
     args.extend([
         "--resp-listen".to_string(),
-        resp_address,
+        LISTENER.to_string(),
         "--frame-timeout-ms".to_string(),
         "2000".to_string(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start_with(&root.path().join("data"), &args);
+    let resp_port = server.listener_port(0);
 
     // The blocking client, through the client port (it then routes to the shard ports).
     let mut client = tls_client(server.client_port, &identity.ca_file).unwrap();

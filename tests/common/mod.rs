@@ -50,8 +50,8 @@ const PORTS_END: u16 = 32_000;
 
 /// A port range start that differs between test processes, so that test binaries running at
 /// the same time (other agents, CI) rarely collide; collisions are detected and retried anyway.
-fn next_port_block() -> u16 {
-    let stride = PORTS_PER_SERVER as u16;
+fn next_port_block(stride: usize) -> u16 {
+    let stride = stride as u16;
     if NEXT_PORT.load(Ordering::SeqCst) == 0 {
         let start = PORTS_START + (std::process::id() % 1000) as u16 * 16;
         let _ = NEXT_PORT.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst);
@@ -65,13 +65,13 @@ fn next_port_block() -> u16 {
     }
 }
 
-/// A free loopback port for a listener a test asks a server to open (a Redis or metrics port).
-/// It comes from the same counter as the servers' port blocks, so no server is given a block
-/// holding a port that another server's flags name, and like them it lies below the kernel's
-/// ephemeral range (see [`PORTS_START`]).
+/// A free loopback port, for a server started with [`run_to_exit`] (a running [`Server`] gets its
+/// listener ports through [`LISTENER_PORT`]). It takes a whole server's block from the same
+/// counter as the servers, so it can serve as a client port whose shard ports are free too, and
+/// like them it lies below the kernel's ephemeral range (see [`PORTS_START`]).
 pub fn free_port() -> u16 {
     for _ in 0..1000 {
-        let port = next_port_block();
+        let port = next_port_block(PORTS_PER_SERVER);
         if ports_free(&[port]) {
             return port;
         }
@@ -84,12 +84,23 @@ fn ports_free(ports: &[u16]) -> bool {
     ports.iter().all(|&port| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_ok())
 }
 
+/// In the extra arguments of [`Server::start_with`], stands for a port the harness picks with the
+/// server's own ports, afresh on each start attempt; the test reads it back with
+/// [`Server::listener_port`]. A port picked once outside the retries would doom every retry if
+/// another process took it.
+pub const LISTENER_PORT: &str = "{listener-port}";
+
+/// A loopback address on a [`LISTENER_PORT`].
+pub const LISTENER: &str = "127.0.0.1:{listener-port}";
+
 /// A running `ringkv serve`.
 pub struct Server {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub client_port: u16,
+    /// The ports given for [`LISTENER_PORT`]s, in the order they appear in the extra arguments.
+    pub listener_ports: Vec<u16>,
     pub extra_args: Vec<String>,
 }
 
@@ -136,31 +147,54 @@ impl Server {
         Server::start_with(data_dir, &[])
     }
 
-    /// Like [`Server::start`], with extra command-line flags.
+    /// Like [`Server::start`], with extra command-line flags ([`LISTENER_PORT`] in them is replaced).
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Server {
-        let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        let listeners = extra_args.iter().map(|arg| arg.matches(LISTENER_PORT).count()).sum::<usize>();
+        let mut last_log = String::new();
         for _attempt in 0..20 {
-            let client_port = next_port_block();
-            let ports: Vec<u16> = (0..PORTS_PER_SERVER as u16).map(|offset| client_port + offset).collect();
+            let client_port = next_port_block(PORTS_PER_SERVER + listeners);
+            let ports: Vec<u16> =
+                (0..(PORTS_PER_SERVER + listeners) as u16).map(|offset| client_port + offset).collect();
             if !ports_free(&ports) {
                 continue;
             }
+            let listener_ports = ports[PORTS_PER_SERVER..].to_vec();
+            let mut unused = listener_ports.iter();
+            let extra_args = extra_args
+                .iter()
+                .map(|arg| {
+                    let mut arg = arg.to_string();
+                    while arg.contains(LISTENER_PORT) {
+                        let port = unused.next().expect("one port per listener");
+                        arg = arg.replacen(LISTENER_PORT, &port.to_string(), 1);
+                    }
+                    arg
+                })
+                .collect();
             let mut server = Server {
                 child: None,
                 data_dir: data_dir.to_path_buf(),
                 log_path: log_path_for(data_dir),
                 client_port,
-                extra_args: extra_args.clone(),
+                listener_ports,
+                extra_args,
             };
+            let log_start = server.log().len();
             if server.launch() {
                 return server;
             }
             // Lost a race for a port (the log says so); try another block.
-            if !server.log().contains("listening on") {
-                panic!("server failed to start:\n{}", server.log());
+            last_log = server.log().get(log_start..).unwrap_or_default().to_string();
+            if !last_log.contains("listening on") {
+                panic!("server failed to start:\n{last_log}");
             }
         }
-        panic!("no free ports for a test server");
+        panic!("no free ports for a test server; the last attempt's log:\n{last_log}");
+    }
+
+    /// The port given for the `index`th [`LISTENER_PORT`] in the extra arguments.
+    pub fn listener_port(&self, index: usize) -> u16 {
+        self.listener_ports[index]
     }
 
     /// Starts the binary on this server's ports and data directory; true once every port
