@@ -748,3 +748,29 @@ mod tests {
         assert!(failure.message.contains("wal-1"));
     }
 }
+
+/// Every write's future is moved whole into its task (and every request future holding one
+/// grows by it), so the rare paths inside (a stall's flush, a group commit's write and sync, a
+/// table read before a write) are boxed. These bounds catch a large future creeping back.
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+    use ringkv_io::DmaDisk;
+    use std::future::Future;
+
+    fn of_operation<T: 'static, F: Future>(_: impl Fn(&'static T, Operation) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn of_write<F: Future>(_: impl Fn(&'static Engine<DmaDisk>, Bytes) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_write_and_a_request_stay_small() {
+        let write = of_write(|engine, key| engine.write_with(key, |_| Entry::tombstone(1, 1)));
+        assert!(write <= 1024, "an engine write's future takes {write} bytes");
+        let request = of_operation(|handler: &Handler<DmaDisk>, operation| handler.execute(operation));
+        assert!(request <= 2048, "a handler request's future takes {request} bytes");
+    }
+}

@@ -337,12 +337,17 @@ impl Router {
     /// The reply to a write started with [`Router::write_now`], once it is acknowledged (after
     /// its fdatasync in the default sync mode).
     pub async fn acknowledged(&self, write: WriteInPlace) -> Reply {
-        let result = self.handler.acknowledged(write.pending).await;
-        self.metrics.request(write.kind, RequestOutcome::of(&result), write.started.elapsed());
-        match result {
+        match self.acknowledged_outcome(write).await {
             Ok(outcome) => Reply::Single(outcome),
             Err(failure) => Reply::Failed(failure),
         }
+    }
+
+    /// [`Router::acknowledged`], as the write's outcome.
+    pub async fn acknowledged_outcome(&self, write: WriteInPlace) -> Result<Outcome, Failure> {
+        let result = self.handler.acknowledged(write.pending).await;
+        self.metrics.request(write.kind, RequestOutcome::of(&result), write.started.elapsed());
+        result
     }
 
     /// Whether this shard coordinates `key` across replicas itself: it owns the key and keys

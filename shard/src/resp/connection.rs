@@ -57,7 +57,7 @@ use crate::resp::commands::{
 use crate::resp::parser::RequestParser;
 use crate::resp::reply::{encode_bulk, encode_null, Protocol, RespReply};
 use crate::resp::RespShard;
-use crate::router::{BatchClock, Router};
+use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
@@ -170,9 +170,23 @@ struct Replies {
     write_failed: bool,
 }
 
-/// State the reader, the command tasks and the writer share.
+/// A SET applied in place ([`Router::write_now`]), its reply waiting for the engine to
+/// acknowledge it.
+struct Commit {
+    sequence: u64,
+    keys: Option<Vec<Bytes>>,
+    access: Access,
+    write: WriteInPlace,
+    protocol: Protocol,
+}
+
+/// State the reader, the command tasks, the acknowledging task and the writer share.
 struct Shared {
     replies: RefCell<Replies>,
+    /// Writes applied in place, oldest first, for [`acknowledge_writes`].
+    commits: RefCell<VecDeque<Commit>>,
+    /// A write was queued in `commits`, or reading is done.
+    commit_queued: Event,
     /// The writer has something to do: replies, or the end.
     ready: Event,
     /// The writer has written a batch, or failed: reading may resume.
@@ -207,6 +221,8 @@ impl Shared {
                 reading_done: false,
                 write_failed: false,
             }),
+            commits: RefCell::new(VecDeque::new()),
+            commit_queued: Event::new(),
             ready: Event::new(),
             drained: Event::new(),
             completed: Event::new(),
@@ -333,6 +349,24 @@ impl Shared {
     fn finish_reading(&self) {
         self.replies.borrow_mut().reading_done = true;
         self.ready.notify(1);
+        self.commit_queued.notify(1);
+    }
+
+    /// Whether no running command but the one just begun uses `key`: a write applied in place
+    /// then cannot overtake an earlier write of the key still waiting in a task (for memtable
+    /// room, say), which would make the earlier one land last.
+    fn alone_on(&self, key: &Bytes) -> bool {
+        self.replies
+            .borrow()
+            .keys
+            .get(key)
+            .is_none_or(|running| running.reads + running.writes + running.read_writes <= 1)
+    }
+
+    /// A write applied in place, answered once acknowledged (see [`acknowledge_writes`]).
+    fn queue_commit(&self, commit: Commit) {
+        self.commits.borrow_mut().push_back(commit);
+        self.commit_queued.notify(1);
     }
 
     /// Waits until `condition` holds, re-checking after each finished command. False when the
@@ -425,8 +459,10 @@ impl RespConnection {
         let shared = Rc::new(Shared::new());
         let writer_task =
             glommio::spawn_local(write_replies(writer, shared.clone(), router.metrics().clone()));
+        let acknowledging = glommio::spawn_local(acknowledge_writes(shared.clone(), router.clone()));
         let end = read_requests(&mut reader, &shared, &router, &stop, limits, &mut session, &memory).await;
         shared.finish_reading();
+        acknowledging.await;
         writer_task.await;
         if end != ReadEnd::Finished {
             linger(&mut reader).await;
@@ -685,19 +721,35 @@ async fn dispatch(
             Expiry::In(ttl_ms) => Some(Some(*ttl_ms)),
             Expiry::At(_) | Expiry::Keep => None,
         };
-        if let Some(ttl_ms) = ttl_ms.filter(|_| router.coordinates_here(key)) {
-            // Coordinated across replicas by this shard: the reply slot waits, not a task (as
-            // in the native connection).
+        if let Some(ttl_ms) = ttl_ms {
             let operation = Operation::Put { key: key.clone(), value: value.clone(), ttl_ms };
-            let shared = shared.clone();
-            router.coordinate(operation, None, move |result| {
-                let reply = match result {
-                    Ok(_) => RespReply::Ok,
-                    Err(failure) => failure_reply(&failure),
-                };
-                shared.complete(sequence, keys, access, reply, protocol);
-            });
-            return true;
+            if router.coordinates_here(key) {
+                // Coordinated across replicas by this shard: the reply slot waits, not a task
+                // (as in the native connection).
+                let shared = shared.clone();
+                router.coordinate(operation, None, move |result| {
+                    let reply = match result {
+                        Ok(_) => RespReply::Ok,
+                        Err(failure) => failure_reply(&failure),
+                    };
+                    shared.complete(sequence, keys, access, reply, protocol);
+                });
+                return true;
+            }
+            // One copy, owned here: applied in place, answered by the acknowledging task once
+            // its group commit is durable (as in the native connection). No task per write.
+            let started = if shared.alone_on(key) { router.write_now(&operation) } else { None };
+            match started {
+                Some(Ok(write)) => {
+                    shared.queue_commit(Commit { sequence, keys, access, write, protocol });
+                    return true;
+                }
+                Some(Err(failure)) => {
+                    shared.complete(sequence, keys, access, failure_reply(&failure), protocol);
+                    return true;
+                }
+                None => {}
+            }
         }
     }
     let router = router.clone();
@@ -710,6 +762,29 @@ async fn dispatch(
     })
     .detach();
     true
+}
+
+/// Answers the SETs applied in place, in the order they were applied, each once the engine has
+/// acknowledged it; ends when reading is done and the queue is empty. Group commit still
+/// gathers the connection's writes: while this task waits for the oldest, the reader keeps
+/// applying, and one commit covers them all.
+async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
+    loop {
+        // The listener lives in this future, not on the heap (no allocation per write).
+        event_listener::listener!(shared.commit_queued => listener);
+        let oldest = shared.commits.borrow_mut().pop_front();
+        match oldest {
+            Some(Commit { sequence, keys, access, write, protocol }) => {
+                let reply = match router.acknowledged_outcome(write).await {
+                    Ok(_) => RespReply::Ok,
+                    Err(failure) => failure_reply(&failure),
+                };
+                shared.complete(sequence, keys, access, reply, protocol);
+            }
+            None if shared.replies.borrow().reading_done => return,
+            None => listener.await,
+        }
+    }
 }
 
 /// Redis's answer to a command sent before authenticating.

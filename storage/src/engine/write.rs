@@ -146,7 +146,8 @@ impl<D: Disk> Engine<D> {
         let key = StoredKey::new(&key);
         self.make_room().await?;
         match self.decide(&key, make_entry)? {
-            Step::ReadFirst(entry) => self.write_if_newest(&key, entry).await,
+            // Boxed: a table read is the exception, and its future is large.
+            Step::ReadFirst(entry) => Box::pin(self.write_if_newest(&key, entry)).await,
             decided => self.resolve(decided).await,
         }
     }
@@ -462,6 +463,20 @@ impl<D: Disk> Engine<D> {
 
     /// Waits while both memtables are full (write stall), flushing itself if nobody else is.
     async fn make_room(&self) -> Result<()> {
+        {
+            let state = self.state.borrow();
+            self.check_accepts_writes(&state)?;
+            if state.sealed.is_none() || state.active.approximate_bytes() < self.options.memtable_bytes_max {
+                return Ok(());
+            }
+        }
+        // Boxed: a stall is the exception, and the flush it may run would otherwise make every
+        // write's future (and every future holding one) kilobytes larger.
+        Box::pin(self.wait_for_room()).await
+    }
+
+    /// [`Engine::make_room`]'s wait.
+    async fn wait_for_room(&self) -> Result<()> {
         loop {
             let listener = {
                 let state = self.state.borrow();

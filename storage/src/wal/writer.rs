@@ -175,7 +175,9 @@ impl<D: Disk> WalWriter<D> {
                 event_listener::listener!(self.committed => listener);
                 listener.await;
             } else {
-                self.lead_commit(durable).await;
+                // Boxed: one caller per group leads, and the write and sync it awaits would
+                // otherwise make every waiting writer's future (and all that hold one) larger.
+                Box::pin(self.lead_commit(durable)).await;
             }
         }
     }
