@@ -192,7 +192,9 @@ impl<D: Disk> Engine<D> {
     fn decide(&self, key: &[u8], make_entry: impl FnOnce(Option<u64>) -> Entry) -> Result<Step> {
         let mut state = self.state.borrow_mut();
         self.check_accepts_writes(&state)?;
-        let in_memory = state.newest_in_memory(key);
+        // One hash for the read and the insert: the memtables share their hasher.
+        let hash = state.active.hash(key);
+        let in_memory = state.newest_in_memory_hashed(key, hash);
         let entry = make_entry(in_memory.map(|newest| newest.entry.version));
         validate_value(entry.data())?;
         Ok(match in_memory.filter(|newest| !entry.supersedes(&newest.entry)) {
@@ -204,7 +206,7 @@ impl<D: Disk> Engine<D> {
             None if tables_may_hold_at_or_above(&state.tables, key, entry.version) => Step::ReadFirst(entry),
             None => {
                 let version = entry.version;
-                Step::Applied { seq: self.apply(&mut state, key, entry)?, version }
+                Step::Applied { seq: self.apply_hashed(&mut state, key, hash, entry)?, version }
             }
         })
     }
@@ -392,13 +394,19 @@ impl<D: Disk> Engine<D> {
     /// Appends to the WAL buffer and the memtable in one step; returns the sequence number.
     /// `key` is the stored key.
     fn apply(&self, state: &mut State<D::File>, key: &[u8], entry: Entry) -> Result<u64> {
+        let hash = state.active.hash(key);
+        self.apply_hashed(state, key, hash, entry)
+    }
+
+    /// [`Engine::apply`] of a key whose memtable hash is `hash`.
+    fn apply_hashed(&self, state: &mut State<D::File>, key: &[u8], hash: u64, entry: Entry) -> Result<u64> {
         self.check_accepts_writes(state)?;
         let seq = state.next_seq;
         self.wal.append(seq, entry.encoded_len(key.len()), |out| entry.encode(key, out))?;
         state.next_seq += 1;
         let user_bytes = key.len() - TOKEN_BYTES + entry.data().map_or(0, Bytes::len);
         self.stats.borrow_mut().user_bytes += user_bytes as u64;
-        let inserted = state.active.insert(key, seq, entry);
+        let inserted = state.active.insert_hashed(hash, key, seq, entry);
         debug_assert!(inserted, "only an entry that outranks the stored ones is applied");
         self.seal_if_full(state);
         Ok(seq)

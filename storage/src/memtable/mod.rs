@@ -191,11 +191,17 @@ impl Memtable {
     /// already holds one that ranks as high or higher ([`Entry::supersedes`]). Returns whether
     /// it did. Sequence numbers must rise from call to call, taken or not.
     pub fn insert(&mut self, key: &[u8], seq: u64, entry: Entry) -> bool {
+        self.insert_hashed(self.hash(key), key, seq, entry)
+    }
+
+    /// [`Memtable::insert`] of a key whose [`Memtable::hash`] the caller already has (from the
+    /// read that decided the write).
+    pub fn insert_hashed(&mut self, hash: u64, key: &[u8], seq: u64, entry: Entry) -> bool {
+        debug_assert_eq!(hash, self.hash(key), "the key's own hash");
         // The entries of one atomic write share their WAL record's sequence number.
         debug_assert!(seq >= self.last_seq, "memtable writes arrive in sequence order");
         self.last_seq = seq;
         let added = entry.data().map_or(0, Bytes::len);
-        let hash = self.hash(key);
         let slots = &self.slots;
         match self.index.find(hash, |position| slots.get(position).key[..] == *key) {
             Ok(position) => {
