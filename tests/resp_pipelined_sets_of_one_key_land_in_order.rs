@@ -10,17 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::resp::request;
 use common::{Server, LISTENER};
-
-fn request(arguments: &[&[u8]]) -> Vec<u8> {
-    let mut bytes = format!("*{}\r\n", arguments.len()).into_bytes();
-    for argument in arguments {
-        bytes.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
-        bytes.extend_from_slice(argument);
-        bytes.extend_from_slice(b"\r\n");
-    }
-    bytes
-}
 
 /// A value of `bytes` bytes that names its key and round.
 fn value(key: usize, round: usize, bytes: usize) -> Vec<u8> {

@@ -11,6 +11,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::resp::request;
 use common::{Server, LISTENER};
 use ringkv_wire::limits::VALUE_BYTES_MAX;
 
@@ -19,17 +20,6 @@ fn connect(port: u16) -> TcpStream {
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     stream.set_nodelay(true).unwrap();
     stream
-}
-
-/// A request as a client library sends it.
-fn request(arguments: &[&[u8]]) -> Vec<u8> {
-    let mut bytes = format!("*{}\r\n", arguments.len()).into_bytes();
-    for argument in arguments {
-        bytes.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
-        bytes.extend_from_slice(argument);
-        bytes.extend_from_slice(b"\r\n");
-    }
-    bytes
 }
 
 /// Reads until exactly `expected` has arrived (or fails on anything else).

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cluster;
 pub mod healing;
 pub mod metrics;
+pub mod resp;
 pub mod tls;
 
 use std::fs::File;

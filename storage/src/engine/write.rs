@@ -465,7 +465,12 @@ impl<D: Disk> Engine<D> {
     /// Whether a write can go ahead without a stall: a memtable has room (see
     /// [`Engine::make_room`]).
     fn has_room(&self) -> bool {
-        let state = self.state.borrow();
+        self.room_in(&self.state.borrow())
+    }
+
+    /// Whether `state` lets a write go ahead without a stall: no sealed memtable waits for its
+    /// flush, or the active one is not full yet.
+    fn room_in(&self, state: &State<D::File>) -> bool {
         state.sealed.is_none() || state.active.approximate_bytes() < self.options.memtable_bytes_max
     }
 
@@ -474,7 +479,7 @@ impl<D: Disk> Engine<D> {
         {
             let state = self.state.borrow();
             self.check_accepts_writes(&state)?;
-            if state.sealed.is_none() || state.active.approximate_bytes() < self.options.memtable_bytes_max {
+            if self.room_in(&state) {
                 return Ok(());
             }
         }
@@ -489,9 +494,7 @@ impl<D: Disk> Engine<D> {
             let listener = {
                 let state = self.state.borrow();
                 self.check_accepts_writes(&state)?;
-                if state.sealed.is_none()
-                    || state.active.approximate_bytes() < self.options.memtable_bytes_max
-                {
+                if self.room_in(&state) {
                     return Ok(());
                 }
                 state.flushing.then(|| self.structure_changed.listen())
