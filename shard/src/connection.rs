@@ -67,7 +67,7 @@ use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
-use ringkv_storage::{KeyHash, Prefetch};
+use ringkv_storage::KeyHash;
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -458,8 +458,9 @@ pub(crate) async fn read_or_give_up(
 ///
 /// A cached read costs a few dependent misses (the memtable's index group, the key's slot, the
 /// value) and little else; one after another, the shard waits on each in turn. Up to
-/// [`READ_AHEAD`] requests are decoded first, the lines their reads will touch prefetched stage
-/// by stage across them, then all are answered in arrival order.
+/// [`READ_AHEAD`] requests are decoded first, the lines each read will touch prefetched in
+/// stages a few requests apart as they join ([`Router::prefetch_joined`]), then all are
+/// answered in arrival order.
 struct ReadAhead {
     /// Each request with its frame's charge and, for a read to answer in place, its key's hash.
     requests: Vec<(Request, Charge, Option<KeyHash>)>,
@@ -480,10 +481,8 @@ impl ReadAhead {
             Command::Single(Operation::Get { key }) => router.read_ahead(key),
             _ => None,
         };
-        if let Some(hash) = hash {
-            router.prefetch(hash, Prefetch::Group);
-        }
         self.requests.push((request, charge, hash));
+        router.prefetch_joined(&self.requests, |(_, _, hash)| *hash);
     }
 
     fn is_full(&self) -> bool {
@@ -498,11 +497,7 @@ impl ReadAhead {
         limits: ConnectionLimits,
         clock: &mut BatchClock<'_>,
     ) {
-        for stage in [Prefetch::Slot, Prefetch::Value] {
-            for hash in self.requests.iter().filter_map(|(_, _, hash)| *hash) {
-                router.prefetch(hash, stage);
-            }
-        }
+        router.prefetch_rest(&self.requests, |(_, _, hash)| *hash);
         for (request, charge, hash) in self.requests.drain(..) {
             dispatch(request, charge, hash, shared, router, limits, clock);
         }

@@ -89,6 +89,36 @@ pub struct WriteInPlace {
     started: Instant,
 }
 
+/// Held reads between one prefetch stage of a read and its next (see
+/// [`Router::prefetch_joined`]): enough decoding between them to cover a miss, few enough that
+/// short runs still stage most of their reads.
+pub const PREFETCH_STAGE_DISTANCE: usize = 8;
+
+/// The prefetch stages a run of held reads is due when its read number `len` (counting from 1)
+/// joins it, as (position in the run, stage): the newest read's index group, the slot of the
+/// read [`PREFETCH_STAGE_DISTANCE`] back, whose group has had the time since to arrive, and the
+/// value of the read twice that far back. The stages run a few reads apart rather than one
+/// after the other over the whole run, so a stage seldom waits for the line the stage before it
+/// asked for, and the misses overlap the decoding of the requests between them.
+fn stages_on_join(len: usize) -> impl Iterator<Item = (usize, Prefetch)> {
+    let newest = len.checked_sub(1);
+    [
+        (0, Prefetch::Group),
+        (PREFETCH_STAGE_DISTANCE, Prefetch::Slot),
+        (2 * PREFETCH_STAGE_DISTANCE, Prefetch::Value),
+    ]
+    .into_iter()
+    .filter_map(move |(back, stage)| Some((newest?.checked_sub(back)?, stage)))
+}
+
+/// The stages [`stages_on_join`] leaves for the end of a run of `len` reads: the slots of its
+/// last [`PREFETCH_STAGE_DISTANCE`] reads, then the values of its last twice as many.
+fn stages_at_end(len: usize) -> impl Iterator<Item = (usize, Prefetch)> {
+    let slots = len.saturating_sub(PREFETCH_STAGE_DISTANCE)..len;
+    let values = len.saturating_sub(2 * PREFETCH_STAGE_DISTANCE)..len;
+    slots.map(|at| (at, Prefetch::Slot)).chain(values.map(|at| (at, Prefetch::Value)))
+}
+
 /// Routes commands for one shard.
 pub struct Router {
     shard_id: u32,
@@ -278,6 +308,26 @@ impl Router {
         self.handler.prefetch(hash, stage);
     }
 
+    /// The prefetches due when a read joins a run of held reads, the newest last in `held`
+    /// (`hash_of` gives each one's [`Router::read_ahead`]): see [`stages_on_join`].
+    pub fn prefetch_joined<T>(&self, held: &[T], hash_of: impl Fn(&T) -> Option<KeyHash>) {
+        for (at, stage) in stages_on_join(held.len()) {
+            if let Some(hash) = hash_of(&held[at]) {
+                self.prefetch(hash, stage);
+            }
+        }
+    }
+
+    /// The prefetches [`Router::prefetch_joined`] left for the end of a run: see
+    /// [`stages_at_end`]. Then the run is answered.
+    pub fn prefetch_rest<T>(&self, held: &[T], hash_of: impl Fn(&T) -> Option<KeyHash>) {
+        for (at, stage) in stages_at_end(held.len()) {
+            if let Some(hash) = hash_of(&held[at]) {
+                self.prefetch(hash, stage);
+            }
+        }
+    }
+
     /// A read of `key` answered in place, when this shard owns the key and memory holds it:
     /// `read` is lent the value, version and expiry (or `None`, or the failure) and its result
     /// returned. `None` otherwise: answer the read with [`Router::answer`]. Answering cached
@@ -410,6 +460,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::READ_AHEAD;
     use std::cell::Cell;
 
     #[test]
@@ -440,5 +491,21 @@ mod tests {
         assert_eq!(latencies(&metrics), 3, "a dropped clock observes what it holds");
         BatchClock::new(&metrics).reset();
         assert_eq!(latencies(&metrics), 3, "a clock never read observes nothing");
+    }
+
+    /// Over runs of every length up to past a full read-ahead, the joins and the end of a run
+    /// ask for every read's three stages exactly once, each stage after the one before it.
+    #[test]
+    fn every_held_read_is_prefetched_once_per_stage_in_order() {
+        for len in 0..=READ_AHEAD + 3 {
+            let mut asked: Vec<(usize, Prefetch)> = (1..=len).flat_map(stages_on_join).collect();
+            asked.extend(stages_at_end(len));
+            for at in 0..len {
+                let order: Vec<Prefetch> =
+                    asked.iter().filter(|(read, _)| *read == at).map(|(_, stage)| *stage).collect();
+                assert_eq!(order, [Prefetch::Group, Prefetch::Slot, Prefetch::Value], "read {at} of {len}");
+            }
+            assert!(asked.iter().all(|(read, _)| *read < len));
+        }
     }
 }

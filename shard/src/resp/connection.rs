@@ -61,7 +61,7 @@ use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
-use ringkv_storage::{KeyHash, Prefetch};
+use ringkv_storage::KeyHash;
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -597,9 +597,9 @@ async fn read_requests(
 }
 
 /// A run of GETs a socket read brought, held back so that the cache misses of their reads
-/// overlap (as the native connection's `ReadAhead`): each key's memtable index group is
-/// prefetched as it is parsed, then for all of them the slot, then the value, and only then are
-/// they answered, in order. Any other command answers the run first, so replies keep their order.
+/// overlap (as the native connection's `ReadAhead`): the lines each read will touch are
+/// prefetched in stages a few GETs apart as they are parsed ([`Router::prefetch_joined`]), and
+/// only then are they answered, in order. Any other command answers the run first, so replies keep their order.
 struct HeldReads {
     /// Each GET's key and, if it would be answered in place, its hash.
     reads: Vec<(Bytes, Option<KeyHash>)>,
@@ -613,10 +613,8 @@ impl HeldReads {
     /// Holds a GET of `key` back, prefetching its read's first line.
     fn push(&mut self, key: Bytes, router: &Router) {
         let hash = router.read_ahead(&key);
-        if let Some(hash) = hash {
-            router.prefetch(hash, Prefetch::Group);
-        }
         self.reads.push((key, hash));
+        router.prefetch_joined(&self.reads, |(_, hash)| *hash);
     }
 
     fn is_full(&self) -> bool {
@@ -637,11 +635,7 @@ impl HeldReads {
         if self.reads.is_empty() {
             return true;
         }
-        for stage in [Prefetch::Slot, Prefetch::Value] {
-            for hash in self.reads.iter().filter_map(|(_, hash)| *hash) {
-                router.prefetch(hash, stage);
-            }
-        }
+        router.prefetch_rest(&self.reads, |(_, hash)| *hash);
         for (key, hash) in self.reads.drain(..) {
             // As `dispatch` answers a GET on the spot, with the hash taken.
             if hash.is_some() && read_in_place(&key, hash, shared, router, protocol, clock) {
