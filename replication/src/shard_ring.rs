@@ -81,9 +81,18 @@ impl ShardRing {
 
     /// The shard owning `token`.
     pub fn owner_of_token(&self, token: u64) -> u32 {
-        // starts[0] == 0, so at least one start is <= token.
-        let index = self.starts.partition_point(|&start| start <= token) - 1;
-        self.owners[index]
+        self.owners[self.range_of(token)]
+    }
+
+    /// The index of the range holding `token`, computed rather than searched for: with `n`
+    /// ranges, range `i` starts at `ceil(i * 2^64 / n)`, so `token` lies in range
+    /// `floor(token * n / 2^64)`. (A binary search of the starts, a hard-to-predict branch per
+    /// step, was over 2% of a node's CPU serving cached reads: every read routes twice.)
+    #[inline]
+    fn range_of(&self, token: u64) -> usize {
+        let index = ((u128::from(token) * self.starts.len() as u128) >> 64) as usize;
+        debug_assert_eq!(index, self.starts.partition_point(|&start| start <= token) - 1);
+        index
     }
 
     /// The shard owning `key`.
@@ -164,6 +173,26 @@ mod tests {
                     .map(|shard| shard.shard_id)
                     .collect();
                 assert_eq!(holders, vec![owner], "token {probe:#x} with {shards} shards");
+            }
+        }
+    }
+
+    /// The computed range is the one a search of the starts finds, at the edges of every
+    /// range, for rings of every shape up to the largest.
+    #[test]
+    fn the_computed_range_is_the_searched_one() {
+        for (shards, vnodes) in
+            [(1, 1), (1, 256), (2, 256), (3, 7), (7, 1000), (SHARDS_MAX, VNODES_PER_SHARD_MAX)]
+        {
+            let ring = ShardRing::new(shards, vnodes);
+            let searched = |token: u64| ring.starts.partition_point(|&start| start <= token) - 1;
+            let step = (ring.starts.len() / 5000).max(1);
+            let edges =
+                ring.starts.iter().step_by(step).flat_map(|&start| [start, start.wrapping_sub(1), start + 1]);
+            for probe in
+                edges.chain([0, u64::MAX, 1 << 63]).chain((0..1000u64).map(|i| token(&i.to_le_bytes())))
+            {
+                assert_eq!(ring.range_of(probe), searched(probe), "token {probe:#x}, {shards} x {vnodes}");
             }
         }
     }
