@@ -475,7 +475,7 @@ impl ReadAhead {
         ReadAhead { requests: Vec::with_capacity(READ_AHEAD) }
     }
 
-    /// Holds `request` back, prefetching its read's first line.
+    /// Holds `request` back, prefetching what the held reads are due.
     fn push(&mut self, request: Request, charge: Charge, router: &Router) {
         let hash = match &request.command {
             Command::Single(Operation::Get { key }) => router.read_ahead(key),

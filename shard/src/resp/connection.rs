@@ -599,7 +599,8 @@ async fn read_requests(
 /// A run of GETs a socket read brought, held back so that the cache misses of their reads
 /// overlap (as the native connection's `ReadAhead`): the lines each read will touch are
 /// prefetched in stages a few GETs apart as they are parsed ([`Router::prefetch_joined`]), and
-/// only then are they answered, in order. Any other command answers the run first, so replies keep their order.
+/// only then are they answered, in order. Any other command answers the run first, so replies
+/// keep their order.
 struct HeldReads {
     /// Each GET's key and, if it would be answered in place, its hash.
     reads: Vec<(Bytes, Option<KeyHash>)>,
@@ -610,7 +611,7 @@ impl HeldReads {
         HeldReads { reads: Vec::with_capacity(READ_AHEAD) }
     }
 
-    /// Holds a GET of `key` back, prefetching its read's first line.
+    /// Holds a GET of `key` back, prefetching what the held reads are due.
     fn push(&mut self, key: Bytes, router: &Router) {
         let hash = router.read_ahead(&key);
         self.reads.push((key, hash));

@@ -333,7 +333,7 @@ const LINE_BYTES: usize = 64;
 const SPAN_LINES_MAX: usize = 4;
 
 /// Prefetches every cache line the `len` bytes at `start` touch, up to [`SPAN_LINES_MAX`]. A
-/// slot (104 bytes) or a 100-byte value straddles two lines or three depending on where it
+/// slot (over 100 bytes) or a 100-byte value straddles two lines or three depending on where it
 /// starts; with only its first line fetched ahead, the read stalls on the others, which made
 /// the value's copy and the key's comparison the hottest lines of a node serving cached reads.
 #[inline(always)]
