@@ -33,7 +33,7 @@ use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand, ValueEnum};
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::block_on;
-use ringkv_shard::{Handler, HybridClock, Node, NodeConfig, SyncSetting};
+use ringkv_shard::{Handler, HybridClock, Node, NodeConfig, ShardError, SyncSetting};
 use ringkv_storage::disk::memory::MemDisk;
 use ringkv_storage::{Engine, EngineOptions, PendingWrite, SyncMode};
 use ringkv_wire::response::Reply;
@@ -391,17 +391,7 @@ async fn run_operations(
 /// stacks of the shard thread's first `trace` counted allocations are recorded.
 fn allocations(load: Load, pipeline: usize, trace: u64) -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    drop(listener);
-    let config = NodeConfig {
-        data_dir: directory.path().to_path_buf(),
-        listen: addr,
-        shards: Some(1),
-        sync: SyncSetting::Always,
-        ..NodeConfig::default()
-    };
-    let node = Node::start(config).context("starting the node")?;
+    let (node, addr) = start_node(directory.path())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let counted = runtime.block_on(tokio::task::LocalSet::new().run_until(async {
         wait_for(addr).await?;
@@ -432,6 +422,30 @@ fn allocations(load: Load, pipeline: usize, trace: u64) -> anyhow::Result<()> {
         per(counted.allocations[OTHER]),
     );
     Ok(())
+}
+
+/// A one-shard node in `parent`, on a port the system said was free. Between that answer and
+/// the node's bind another socket may take the port (or the peer port above it), so a start
+/// that finds its address in use is tried again on another.
+fn start_node(parent: &std::path::Path) -> anyhow::Result<(Node, SocketAddr)> {
+    const ATTEMPTS: usize = 20;
+    for attempt in 1..=ATTEMPTS {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let config = NodeConfig {
+            data_dir: parent.join(format!("node-{attempt}")),
+            listen: addr,
+            shards: Some(1),
+            sync: SyncSetting::Always,
+            ..NodeConfig::default()
+        };
+        match Node::start(config) {
+            Ok(node) => return Ok((node, addr)),
+            Err(ShardError::Listen { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempt < ATTEMPTS => {}
+            Err(error) => return Err(error).context("starting the node"),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// Writes every key once, `user000000000000` onwards.
