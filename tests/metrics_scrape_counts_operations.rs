@@ -22,11 +22,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Sends one Redis command as a RESP array and reads the reply line.
 fn resp_command(stream: &mut TcpStream, arguments: &[&str]) -> String {
-    let mut request = format!("*{}\r\n", arguments.len());
-    for argument in arguments {
-        request.push_str(&format!("${}\r\n{argument}\r\n", argument.len()));
-    }
-    stream.write_all(request.as_bytes()).unwrap();
+    let arguments: Vec<&[u8]> = arguments.iter().map(|argument| argument.as_bytes()).collect();
+    stream.write_all(&common::resp::request(&arguments)).unwrap();
     let mut reply = Vec::new();
     let mut byte = [0u8; 1];
     while !reply.ends_with(b"\r\n") {

@@ -13,6 +13,7 @@
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use ringkv_wire::resp::encode_request;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -69,17 +70,6 @@ pub enum Reply {
     Integer(i64),
     /// A bulk string, or `None` for the null bulk string (`$-1`, a missing key).
     Bulk(Option<Vec<u8>>),
-}
-
-/// Appends `command`'s arguments to `out` as a RESP2 array of bulk strings.
-pub fn encode_command(arguments: &[&[u8]], out: &mut Vec<u8>) {
-    use std::io::Write;
-    write!(out, "*{}\r\n", arguments.len()).expect("writing to a Vec cannot fail");
-    for argument in arguments {
-        write!(out, "${}\r\n", argument.len()).expect("writing to a Vec cannot fail");
-        out.extend_from_slice(argument);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// Decodes one reply from the start of `buffer`: the reply and the bytes it took, or `None`
@@ -263,7 +253,7 @@ impl RedisConnection {
             return Err(RedisError::ConnectionLost { reason });
         }
         let slot = Rc::new(Slot::default());
-        encode_command(arguments, &mut self.shared.output.borrow_mut());
+        encode_request(arguments, &mut self.shared.output.borrow_mut());
         self.shared.waiting.borrow_mut().push_back(Rc::clone(&slot));
         if let Some(waker) = self.shared.writer_waker.take() {
             waker.wake();
@@ -300,13 +290,6 @@ impl RedisConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commands_are_arrays_of_bulk_strings() {
-        let mut out = Vec::new();
-        encode_command(&[b"SET", b"user1", b"hello"], &mut out);
-        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$5\r\nuser1\r\n$5\r\nhello\r\n");
-    }
 
     #[test]
     fn decodes_every_reply_kind_and_waits_for_whole_replies() {

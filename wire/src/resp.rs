@@ -65,6 +65,19 @@ pub enum ProtocolError {
     Truncated,
 }
 
+/// Appends a request as every client library sends it, a multibulk array of `arguments`, to
+/// `out`: what [`RequestParser`] reads back. For clients of a Redis-protocol port (the load
+/// generator's, the tests').
+pub fn encode_request(arguments: &[&[u8]], out: &mut Vec<u8>) {
+    use std::io::Write;
+    write!(out, "*{}\r\n", arguments.len()).expect("writing to a Vec cannot fail");
+    for argument in arguments {
+        write!(out, "${}\r\n", argument.len()).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(argument);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Buffers received bytes and hands out whole requests.
 #[derive(Default)]
 pub struct RequestParser {
@@ -324,13 +337,17 @@ mod tests {
     use super::*;
 
     fn multibulk(arguments: &[&[u8]]) -> Vec<u8> {
-        let mut bytes = format!("*{}\r\n", arguments.len()).into_bytes();
-        for argument in arguments {
-            bytes.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
-            bytes.extend_from_slice(argument);
-            bytes.extend_from_slice(b"\r\n");
-        }
+        let mut bytes = Vec::new();
+        encode_request(arguments, &mut bytes);
         bytes
+    }
+
+    #[test]
+    fn requests_are_arrays_of_bulk_strings() {
+        assert_eq!(
+            multibulk(&[b"SET", b"user1", b"hello"]),
+            b"*3\r\n$3\r\nSET\r\n$5\r\nuser1\r\n$5\r\nhello\r\n"
+        );
     }
 
     fn parse_all(bytes: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
