@@ -311,17 +311,23 @@ impl Router {
     /// The prefetches due when a read joins a run of held reads, the newest last in `held`
     /// (`hash_of` gives each one's [`Router::read_ahead`]): see [`stages_on_join`].
     pub fn prefetch_joined<T>(&self, held: &[T], hash_of: impl Fn(&T) -> Option<KeyHash>) {
-        for (at, stage) in stages_on_join(held.len()) {
-            if let Some(hash) = hash_of(&held[at]) {
-                self.prefetch(hash, stage);
-            }
-        }
+        self.prefetch_stages(held, hash_of, stages_on_join(held.len()));
     }
 
     /// The prefetches [`Router::prefetch_joined`] left for the end of a run: see
     /// [`stages_at_end`]. Then the run is answered.
     pub fn prefetch_rest<T>(&self, held: &[T], hash_of: impl Fn(&T) -> Option<KeyHash>) {
-        for (at, stage) in stages_at_end(held.len()) {
+        self.prefetch_stages(held, hash_of, stages_at_end(held.len()));
+    }
+
+    /// Each of `stages` (a position in `held` and a stage) for the reads that have a hash.
+    fn prefetch_stages<T>(
+        &self,
+        held: &[T],
+        hash_of: impl Fn(&T) -> Option<KeyHash>,
+        stages: impl Iterator<Item = (usize, Prefetch)>,
+    ) {
+        for (at, stage) in stages {
             if let Some(hash) = hash_of(&held[at]) {
                 self.prefetch(hash, stage);
             }
