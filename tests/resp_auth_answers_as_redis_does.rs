@@ -35,6 +35,12 @@ fn stdout(output: &Output) -> String {
 const SCRIPT: &str = r#"
 import sys
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# redis-py retries a refused authentication as a lost connection, with seconds of back-off;
+# the refusals below are meant, so they are asked once.
+ONCE = Retry(NoBackoff(), 0)
 
 port = int(sys.argv[1])
 default_password, app_password = sys.argv[2], sys.argv[3]
@@ -47,9 +53,9 @@ def error_of(call):
     raise AssertionError("expected an error")
 
 for protocol in (2, 3):
-    anonymous = redis.Redis(host="127.0.0.1", port=port, protocol=2)
+    anonymous = redis.Redis(host="127.0.0.1", port=port, protocol=2, retry=ONCE)
     assert "Authentication required" in error_of(lambda: anonymous.get("k")), protocol
-    wrong = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, password="guess")
+    wrong = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, password="guess", retry=ONCE)
     message = error_of(lambda: wrong.ping())
     assert "invalid username-password pair" in message, message
     app = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, username="app", password=app_password)

@@ -10,6 +10,12 @@ use super::Server;
 /// The bench is another package of the workspace, so Cargo does not build it for this package's
 /// tests nor tell us its path (`CARGO_BIN_EXE_*` covers this package's binaries only). The test
 /// executable lives in `<target>/<profile>/deps/`, so the binary goes to `<target>/<profile>/`.
+///
+/// It is built as `cargo build --workspace --tests --bins` builds it: with every test selected,
+/// Cargo turns on the features the workspace's dev-dependencies ask of shared crates, so this
+/// build is the one `cargo test --workspace` (and CI's chaos step) already made, and costs
+/// nothing. Built alone, the bench would see other features, and every crate of the workspace
+/// would be compiled a second time.
 pub fn bench_binary() -> PathBuf {
     let test_executable = std::env::current_exe().expect("the test executable's path");
     let profile_directory =
@@ -17,15 +23,15 @@ pub fn bench_binary() -> PathBuf {
     let target_directory = profile_directory.parent().expect("<target>/<profile>");
     let mut build = Command::new(env!("CARGO"));
     build
-        .args(["build", "--quiet", "-p", "ringkv-bench", "--manifest-path"])
+        .args(["build", "--quiet", "--workspace", "--tests", "--bins", "--manifest-path"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_directory);
     if profile_directory.file_name().is_some_and(|name| name == "release") {
         build.arg("--release");
     }
-    let status = build.status().expect("running cargo build -p ringkv-bench");
-    assert!(status.success(), "cargo build -p ringkv-bench failed: {status}");
+    let status = build.status().expect("running cargo build --workspace --tests --bins");
+    assert!(status.success(), "cargo build --workspace --tests --bins failed: {status}");
     profile_directory.join("ringkv-bench")
 }
 
