@@ -16,12 +16,22 @@ use super::Server;
 /// build is the one `cargo test --workspace` (and CI's chaos step) already made, and costs
 /// nothing. Built alone, the bench would see other features, and every crate of the workspace
 /// would be compiled a second time.
+///
+/// The variables Cargo sets for this test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...) are not
+/// passed on: build scripts read some of them (ring's does) and Cargo reruns a build script when
+/// a variable it read changes, so with them the build would start again from ring up, and so
+/// would the next build without them.
 pub fn bench_binary() -> PathBuf {
     let test_executable = std::env::current_exe().expect("the test executable's path");
     let profile_directory =
         test_executable.parent().and_then(Path::parent).expect("<target>/<profile>/deps/test");
     let target_directory = profile_directory.parent().expect("<target>/<profile>");
     let mut build = Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_tests) {
+            build.env_remove(name);
+        }
+    }
     build
         .args(["build", "--quiet", "--workspace", "--tests", "--bins", "--manifest-path"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
@@ -33,6 +43,17 @@ pub fn bench_binary() -> PathBuf {
     let status = build.status().expect("running cargo build --workspace --tests --bins");
     assert!(status.success(), "cargo build --workspace --tests --bins failed: {status}");
     profile_directory.join("ringkv-bench")
+}
+
+/// Whether `name` is one of the variables Cargo sets for a test executable (not one a user sets
+/// to configure Cargo, such as `CARGO_TARGET_DIR` or `CARGO_PROFILE_*`).
+fn set_by_cargo_for_tests(name: &str) -> bool {
+    const PREFIXES: [&str; 4] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        || matches!(
+            name,
+            "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR" | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// Runs the bench with `args`, whatever its exit status.
