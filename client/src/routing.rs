@@ -8,6 +8,10 @@
 //!  no topology, a gap, a request for no single key ─▶ the home node's shared client port
 //! ```
 //!
+//! A request's first route is read from a table of token ranges built with each topology
+//! (`FirstRoutes`); the candidates are searched as above only while a node is held as
+//! unreachable, and for the full list after a failed attempt.
+//!
 //! Token- and shard-aware like the ScyllaDB drivers: a request goes straight to a core that
 //! holds a replica of its key, so that node coordinates it without a hop to another node or
 //! core. Among a key's live replicas the client's *preferred node* goes first, then the others
@@ -234,6 +238,29 @@ impl RingMap {
     }
 }
 
+/// Every token's first route while no node is held as unreachable, as sorted ranges: built
+/// whenever the topology or the preference changes, so that routing a request is one binary
+/// search instead of a walk over its replicas and their shard maps.
+///
+/// Between two consecutive boundaries of the ring's pieces and of every shard map the routers
+/// use, every token has the same replicas, the same candidates and the same owning shards, so
+/// the first route of the range's first token is every token's. Neighbouring ranges with the
+/// same route are merged: a node outside a cluster with one shard has one range.
+#[derive(Debug, Clone, Default)]
+struct FirstRoutes {
+    /// Where each range starts, ascending; the first is 0.
+    starts: Vec<u64>,
+    /// Each range's first route, and whether it is the key's only one.
+    routes: Vec<(Route, bool)>,
+}
+
+impl FirstRoutes {
+    fn get(&self, token: u64) -> (Route, bool) {
+        let index = self.starts.partition_point(|&start| start <= token);
+        self.routes[index - 1]
+    }
+}
+
 /// A node of the ring the client can reach: up, at an address it can connect to.
 #[derive(Debug, Clone)]
 struct Node {
@@ -283,6 +310,8 @@ pub struct Router {
     affinity: Option<usize>,
     /// The preferred node, once a topology is known.
     preferred_node: Option<u16>,
+    /// The first route of every token while no node is held (see [`Router::first_route`]).
+    first_routes: FirstRoutes,
 }
 
 /// The next client's affinity: a per-process counter from a random start, so clients of one
@@ -303,7 +332,7 @@ impl Router {
     /// [`Router::new`], routing around a node for `unreachable_node_hold` after it could not be
     /// reached.
     pub fn with_unreachable_node_hold(seed: SocketAddr, unreachable_node_hold: Duration) -> Self {
-        Router {
+        let mut router = Router {
             seed,
             home: seed,
             topology: None,
@@ -315,7 +344,10 @@ impl Router {
             unreachable_since: HashMap::new(),
             affinity: Some(next_affinity()),
             preferred_node: None,
-        }
+            first_routes: FirstRoutes::default(),
+        };
+        router.first_routes = router.build_first_routes();
+        router
     }
 
     /// Prefers the node at position `affinity` (modulo the node count, in node id order)
@@ -324,6 +356,7 @@ impl Router {
     pub fn with_affinity(mut self, affinity: Option<usize>) -> Self {
         self.affinity = affinity;
         self.preferred_node = self.pick_preferred_node();
+        self.first_routes = self.build_first_routes();
         self
     }
 
@@ -390,6 +423,7 @@ impl Router {
         self.unreachable_since.retain(|node_id, _| topology.node(*node_id).is_some());
         self.preferred_node = self.pick_preferred_node();
         self.topology = Some(topology);
+        self.first_routes = self.build_first_routes();
     }
 
     /// Forgets the topology, so that requests go to the home node's shared port until it is
@@ -401,6 +435,7 @@ impl Router {
         self.nodes.clear();
         self.ring = RingMap::default();
         self.preferred_node = None;
+        self.first_routes = self.build_first_routes();
     }
 
     /// Notes that `node_id` could not be reached at `now`: for the hold, it goes after every
@@ -476,8 +511,53 @@ impl Router {
             return (routes[0], routes.len() == 1);
         };
         let token = token_of(key);
+        if !self.holds_any(now) {
+            let first = self.first_routes.get(token);
+            debug_assert_eq!(first, self.first_route_searched(token, now), "token {token}");
+            return first;
+        }
+        self.first_route_searched(token, now)
+    }
+
+    /// [`Router::first_route`] for `token`, from the replicas and shard maps.
+    fn first_route_searched(&self, token: u64, now: Instant) -> (Route, bool) {
         let candidates = self.token_candidates(token, Some(now));
         (self.candidate_route(candidates[0], token), candidates.len() == 1)
+    }
+
+    /// Whether some node found unreachable is still held at `now` (and so goes last).
+    fn holds_any(&self, now: Instant) -> bool {
+        self.unreachable_since.keys().any(|&node_id| self.is_unreachable(Some(node_id), Some(now)))
+    }
+
+    /// The table [`Router::first_route`] reads while no node is held: the first route of each
+    /// range between consecutive boundaries of the ring's pieces and of every shard map.
+    fn build_first_routes(&self) -> FirstRoutes {
+        let mut boundaries = vec![0];
+        let mut bound = |start: u64, end_inclusive: u64| {
+            boundaries.push(start);
+            boundaries.extend(end_inclusive.checked_add(1));
+        };
+        for &(start, end_inclusive, _) in &self.ring.pieces {
+            bound(start, end_inclusive);
+        }
+        for shards in std::iter::once(&self.home_shards).chain(self.nodes.values().map(|node| &node.shards)) {
+            for segment in &shards.segments {
+                bound(segment.start, segment.end_inclusive);
+            }
+        }
+        boundaries.sort_unstable();
+        boundaries.dedup();
+        let mut first_routes = FirstRoutes::default();
+        for start in boundaries {
+            let candidates = self.token_candidates(start, None);
+            let first = (self.candidate_route(candidates[0], start), candidates.len() == 1);
+            if first_routes.routes.last() != Some(&first) {
+                first_routes.starts.push(start);
+                first_routes.routes.push(first);
+            }
+        }
+        first_routes
     }
 
     /// [`Router::token_routes`] as candidates: the order is settled on node ids, and only the
@@ -804,6 +884,71 @@ mod tests {
             }
             let routes = router.routes(None, now);
             assert_eq!(router.first_route(None, now), (routes[0], routes.len() == 1), "router {index}");
+        }
+    }
+
+    #[test]
+    fn the_first_route_table_agrees_with_the_search_on_both_sides_of_every_boundary() {
+        let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
+        let now = Instant::now();
+        let mut routers = vec![
+            Router::new(from),
+            router(vec![placement(0, &[(0, 0)])]),
+            router(vec![placement(0, &[(10, 20)])]),
+            router(vec![placement(0, &[(0, 100), (1000, 5000)]), placement(1, &[(100, 1000), (5000, 0)])]),
+        ];
+        for up in [[true; 3], [true, false, true], [false, true, false]] {
+            for home in 1..=3 {
+                for affinity in [None, Some(0), Some(2)] {
+                    let mut router = Router::new(from).with_affinity(affinity);
+                    router.set_topology(cluster(home, up), from);
+                    routers.push(router);
+                }
+            }
+        }
+        for (index, router) in routers.iter().enumerate() {
+            let mut boundaries: Vec<u64> =
+                router.ring.pieces.iter().flat_map(|&(start, end, _)| [start, end]).collect();
+            for shards in
+                std::iter::once(&router.home_shards).chain(router.nodes.values().map(|node| &node.shards))
+            {
+                boundaries.extend(
+                    shards.segments.iter().flat_map(|segment| [segment.start, segment.end_inclusive]),
+                );
+            }
+            boundaries.extend([0, u64::MAX]);
+            for boundary in boundaries {
+                for token in [boundary.saturating_sub(1), boundary, boundary.saturating_add(1)] {
+                    let expected = router.first_route_searched(token, now);
+                    assert_eq!(router.first_routes.get(token), expected, "router {index}, token {token}");
+                }
+            }
+        }
+        // One shard owning the whole ring, outside a cluster: one range for every token.
+        assert_eq!(routers[1].first_routes.starts, vec![0]);
+    }
+
+    #[test]
+    fn a_held_node_goes_last_until_its_hold_ends_and_the_table_serves_again() {
+        let mut router = cluster_router(1, [true; 3]);
+        let now = Instant::now();
+        router.mark_unreachable(2, now);
+        let later = now + Duration::from_secs(6);
+        for key in (0..200).map(|key| format!("key-{key}")) {
+            let routes = router.routes(Some(key.as_bytes()), now);
+            assert_eq!(
+                router.first_route(Some(key.as_bytes()), now),
+                (routes[0], routes.len() == 1),
+                "{key}"
+            );
+            assert_ne!(routes[0].node_id, Some(2), "{key}: node 2 is held");
+            let token = token_of(key.as_bytes());
+            assert!(router.holds_any(now) && !router.holds_any(later));
+            assert_eq!(
+                router.first_route(Some(key.as_bytes()), later),
+                router.first_routes.get(token),
+                "{key}"
+            );
         }
     }
 
