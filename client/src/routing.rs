@@ -402,6 +402,10 @@ impl Router {
     /// Without one (a node outside a cluster, or a server from before clusters), keys go to the
     /// home node's owning shard.
     pub fn set_topology(&mut self, topology: Topology, from: SocketAddr) {
+        if from == self.home && self.topology.as_ref() == Some(&topology) {
+            // The periodic fetch found nothing new: the maps and the first-route table stand.
+            return;
+        }
         self.home = from;
         self.home_shards = ShardMap::new(&topology.shards);
         self.ring = RingMap::new(&topology);
@@ -926,6 +930,23 @@ mod tests {
         }
         // One shard owning the whole ring, outside a cluster: one range for every token.
         assert_eq!(routers[1].first_routes.starts, vec![0]);
+    }
+
+    #[test]
+    fn a_topology_fetched_again_unchanged_keeps_the_routes_and_a_changed_one_replaces_them() {
+        let mut router = cluster_router(1, [true; 3]);
+        let now = Instant::now();
+        let from: SocketAddr = "10.0.0.1:7379".parse().unwrap();
+        let keys: Vec<String> = (0..200).map(|key| format!("key-{key}")).collect();
+        let first = |router: &Router| -> Vec<(Route, bool)> {
+            keys.iter().map(|key| router.first_route(Some(key.as_bytes()), now)).collect()
+        };
+        let before = first(&router);
+        assert!(before.iter().any(|(route, _)| route.node_id == Some(2)), "node 2 coordinates some keys");
+        router.set_topology(cluster(1, [true; 3]), from);
+        assert_eq!(first(&router), before);
+        router.set_topology(cluster(1, [true, false, true]), from);
+        assert!(first(&router).iter().all(|(route, _)| route.node_id != Some(2)), "node 2 is down");
     }
 
     #[test]
