@@ -452,9 +452,14 @@ impl Router {
 
     fn is_unreachable(&self, node_id: Option<u16>, now: Option<Instant>) -> bool {
         match (node_id.and_then(|node_id| self.unreachable_since.get(&node_id)), now) {
-            (Some(since), Some(now)) => now.saturating_duration_since(*since) < self.unreachable_node_hold,
+            (Some(since), Some(now)) => self.is_held(*since, now),
             _ => false,
         }
+    }
+
+    /// Whether a node found unreachable at `since` is still held at `now`.
+    fn is_held(&self, since: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(since) < self.unreachable_node_hold
     }
 
     /// Where a request for `key` goes first (not counting nodes found unreachable).
@@ -465,7 +470,7 @@ impl Router {
     /// Where a request for a key with this token goes first (not counting nodes found
     /// unreachable).
     pub fn route_token(&self, token: u64) -> Route {
-        self.token_routes(token, None)[0]
+        self.first_routes.get(token).0
     }
 
     /// Every place a request may go, best first, at most [`ROUTES_PER_REQUEST_MAX`] and at
@@ -531,7 +536,12 @@ impl Router {
 
     /// Whether some node found unreachable is still held at `now` (and so goes last).
     fn holds_any(&self, now: Instant) -> bool {
-        self.unreachable_since.keys().any(|&node_id| self.is_unreachable(Some(node_id), Some(now)))
+        self.unreachable_since.values().any(|&since| self.is_held(since, now))
+    }
+
+    /// Every shard map routes may follow: the home node's, then each node's.
+    fn shard_maps(&self) -> impl Iterator<Item = &ShardMap> {
+        std::iter::once(&self.home_shards).chain(self.nodes.values().map(|node| &node.shards))
     }
 
     /// The table [`Router::first_route`] reads while no node is held: the first route of each
@@ -545,10 +555,8 @@ impl Router {
         for &(start, end_inclusive, _) in &self.ring.pieces {
             bound(start, end_inclusive);
         }
-        for shards in std::iter::once(&self.home_shards).chain(self.nodes.values().map(|node| &node.shards)) {
-            for segment in &shards.segments {
-                bound(segment.start, segment.end_inclusive);
-            }
+        for segment in self.shard_maps().flat_map(|shards| &shards.segments) {
+            bound(segment.start, segment.end_inclusive);
         }
         boundaries.sort_unstable();
         boundaries.dedup();
@@ -913,13 +921,12 @@ mod tests {
         for (index, router) in routers.iter().enumerate() {
             let mut boundaries: Vec<u64> =
                 router.ring.pieces.iter().flat_map(|&(start, end, _)| [start, end]).collect();
-            for shards in
-                std::iter::once(&router.home_shards).chain(router.nodes.values().map(|node| &node.shards))
-            {
-                boundaries.extend(
-                    shards.segments.iter().flat_map(|segment| [segment.start, segment.end_inclusive]),
-                );
-            }
+            boundaries.extend(
+                router
+                    .shard_maps()
+                    .flat_map(|shards| &shards.segments)
+                    .flat_map(|segment| [segment.start, segment.end_inclusive]),
+            );
             boundaries.extend([0, u64::MAX]);
             for boundary in boundaries {
                 for token in [boundary.saturating_sub(1), boundary, boundary.saturating_add(1)] {
