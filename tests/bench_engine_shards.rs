@@ -3,13 +3,14 @@
 //! together. The reads are checked by the bench itself against what each shard wrote, so a run
 //! that exits 0 read back every key it wrote. Nothing here is timed.
 
-mod common;
+use crate::common;
 
 use common::bench::{bench, bench_binary};
 use serde_json::Value;
 
 #[test]
 fn bench_engine_shards() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let directory = root.path().join("engine");
     let binary = bench_binary();

@@ -2,7 +2,7 @@
 //! inserts and no errors, and reports scan latency under its own operation, `scan`. Against a
 //! `redis://` target, workload e is refused before anything runs. Nothing here is timed.
 
-mod common;
+use crate::common;
 
 use common::bench::{bench, bench_binary, bench_succeeds};
 use common::Server;
@@ -12,6 +12,7 @@ const RECORDS: &str = "1000";
 
 #[test]
 fn bench_workload_e() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let binary = bench_binary();

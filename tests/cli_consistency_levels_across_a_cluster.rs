@@ -4,7 +4,7 @@
 //! usage error. The node is picked by `--addr` after or before the subcommand, or by
 //! `RINGKV_ADDR`.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 
@@ -27,6 +27,7 @@ fn outcome(output: Output) -> (Option<i32>, String, String) {
 
 #[test]
 fn cli_consistency_levels_across_a_cluster() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let [first, second, mut third] = start_three_nodes(root.path());
     let [first_address, second_address, _] = [&first, &second, &third].map(address);

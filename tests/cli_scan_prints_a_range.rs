@@ -3,7 +3,7 @@
 //! with each key's token and `next_start` when more remain, and the exit codes (1 for an empty
 //! range, 2 for a bad limit).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 
@@ -25,6 +25,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn cli_scan_prints_a_range() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let port = server.client_port;

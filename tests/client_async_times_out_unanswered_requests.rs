@@ -3,6 +3,7 @@
 //! the connection stays usable. The server is a stand-in that answers the topology and reads
 //! of `fast`, and never answers reads of `slow`.
 
+use crate::common;
 use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -103,6 +104,7 @@ where
 
 #[test]
 fn tokio_client_times_out_unanswered_requests() {
+    let _one_at_a_time = common::one_at_a_time();
     let port = start_silent_server();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
@@ -118,6 +120,7 @@ fn tokio_client_times_out_unanswered_requests() {
 
 #[test]
 fn glommio_client_times_out_unanswered_requests() {
+    let _one_at_a_time = common::one_at_a_time();
     let port = start_silent_server();
     let executor = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {

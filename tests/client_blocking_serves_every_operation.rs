@@ -1,7 +1,7 @@
 //! The blocking client against a real server: every operation, a batch, and a pipeline of
 //! many requests on one connection per shard.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use ringkv_client::{CasResult, Expected, Operation, Outcome};
 
 #[test]
 fn client_blocking_serves_every_operation() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = Client::connect(("127.0.0.1", server.client_port)).unwrap();

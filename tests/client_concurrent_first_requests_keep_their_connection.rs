@@ -2,13 +2,14 @@
 //! connection. Every request must still be answered; a second connection opened by the race must
 //! not replace the first one and fail the requests already in flight on it.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use ringkv_client::tokio::Client;
 
 #[test]
 fn client_concurrent_first_requests_keep_their_connection() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let port = server.client_port;

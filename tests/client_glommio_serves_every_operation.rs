@@ -1,7 +1,7 @@
 //! The glommio client against a real server: every operation, and many concurrent requests
 //! pipelined on one connection per shard from tasks sharing one client.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use glommio::LocalExecutorBuilder;
@@ -9,6 +9,7 @@ use ringkv_client::glommio::Client;
 
 #[test]
 fn client_glommio_serves_every_operation() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let port = server.client_port;

@@ -1,7 +1,7 @@
 //! After the server restarts, the next request on every adapter reconnects and succeeds; while
 //! the server is down, requests fail with a connection error after the bounded back-off.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ fn patient_options() -> ClientOptions {
 
 #[test]
 fn client_reconnects_after_server_restart() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let address = ("127.0.0.1", server.client_port);

@@ -2,7 +2,7 @@
 //! `next_start` (its last key), a range between two keys' positions, `scan_all` paging through
 //! the ring in order, and a bad limit refused before sending with the server's own error.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use ringkv_client::blocking::Client;
@@ -10,6 +10,7 @@ use ringkv_client::{token_of, Error, ErrorCode, ScanEnd, ScanStart, SCAN_LIMIT_M
 
 #[test]
 fn client_scan_pages_through_a_range() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = Client::connect(("127.0.0.1", server.client_port)).unwrap();

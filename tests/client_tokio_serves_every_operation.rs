@@ -1,13 +1,14 @@
 //! The tokio client against a real server: every operation, and many concurrent requests
 //! pipelined on one connection per shard from tasks sharing one client.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use ringkv_client::tokio::Client;
 
 #[test]
 fn client_tokio_serves_every_operation() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let port = server.client_port;

@@ -1,7 +1,7 @@
 //! A replica that lost one SSTable (deleted while it was stopped; it restarts with
 //! `--allow-missing-tables`) gets the keys of that table back through anti-entropy.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
@@ -13,6 +13,7 @@ const KEYS: usize = 3_000;
 
 #[test]
 fn anti_entropy_restores_the_keys_of_a_deleted_table() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0", "--allow-missing-tables"];
     let [first, _second, mut third] = start_three_nodes_with(root.path(), &flags);

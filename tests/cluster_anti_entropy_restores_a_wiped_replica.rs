@@ -2,7 +2,7 @@
 //! identity kept) gets every key back from the other replicas through anti-entropy
 //! (`ringkv admin repair`), with no read repairing anything.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
@@ -13,6 +13,7 @@ const KEYS: usize = 300;
 
 #[test]
 fn anti_entropy_restores_every_key_of_a_wiped_replica() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     // No hints: only anti-entropy can bring the data back.
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0"];

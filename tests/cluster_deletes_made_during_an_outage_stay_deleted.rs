@@ -3,7 +3,7 @@
 //! repaired the range with every replica, so the returning replica's old values lose to them
 //! instead of being pushed back as the newest state.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
@@ -23,6 +23,7 @@ fn fill(client: &mut common::Client, round: &str, consistency: Consistency) {
 
 #[test]
 fn deletes_made_while_a_replica_was_down_stay_deleted_after_compaction() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     // No hints (the deletes reach the replica through anti-entropy only), and a grace period
     // of one second, as short as the hint window and the anti-entropy interval allow.

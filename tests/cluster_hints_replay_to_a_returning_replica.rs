@@ -1,7 +1,7 @@
 //! A replica down while writes go on: its coordinators keep hints for it, and once it is back
 //! they replay them, so it holds every write without a read repairing it (read at ONE from it).
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
@@ -14,6 +14,7 @@ const KEYS: usize = 200;
 
 #[test]
 fn hints_replay_every_write_a_returning_replica_missed() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     // Anti-entropy is left at its default interval (10 minutes): only hints can repair here.
     let flags = ["--replica-timeout-ms", "500"];

@@ -2,7 +2,7 @@
 //! bound, the ones past it are dropped and counted, and once the replica is back hints replay
 //! what they hold and anti-entropy repairs the rest.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::start_three_nodes_with;
@@ -17,6 +17,7 @@ const DESTINATION_BYTES_MAX: u64 = 8_192;
 
 #[test]
 fn hints_stay_bounded_and_anti_entropy_repairs_what_they_dropped() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let bound = DESTINATION_BYTES_MAX.to_string();
     let flags = [

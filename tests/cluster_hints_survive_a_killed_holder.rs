@@ -1,7 +1,7 @@
 //! Hints are durable: a coordinator killed with SIGKILL while it holds hints for a replica that
 //! is down reads them back at its restart and replays them once the replica returns.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::start_three_nodes_with;
@@ -12,6 +12,7 @@ const KEYS: usize = 150;
 
 #[test]
 fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let flags = ["--replica-timeout-ms", "500"];
     let [mut first, _second, mut third] = start_three_nodes_with(root.path(), &flags);

@@ -2,7 +2,7 @@
 //! a cluster of one, and lose them to the ring it later joins); it starts serving as soon as a
 //! seed answers.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{eventually, peer_port, start_node, wait_for_logs};
@@ -10,6 +10,7 @@ use ringkv_wire::{ErrorCode, Operation, Outcome};
 
 #[test]
 fn a_node_with_silent_seeds_refuses_requests_until_it_joins() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let mut seed = start_node(root.path(), 1, None);
     let seed_peer_port = peer_port(&seed);

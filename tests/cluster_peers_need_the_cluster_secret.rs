@@ -2,7 +2,7 @@
 //! wrong secret is refused: its membership datagrams are dropped (it never joins), a peer link
 //! opened with the wrong secret is closed and logged, and the three keep serving at ALL.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -40,6 +40,7 @@ fn wait_for_log(node: &Server, text: &str) {
 
 #[test]
 fn cluster_peers_need_the_cluster_secret() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let right = config(root.path(), "right.toml", SECRET);
     let nodes = start_three_nodes_with(root.path(), &["--config", &right]);

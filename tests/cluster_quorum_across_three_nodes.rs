@@ -2,7 +2,7 @@
 //! value written through one node read through every other, concurrent writes of one key
 //! converging, and quorum reads and writes going on with one node SIGKILLed.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{eventually, eventually_at, start_three_nodes, wait_for_logs};
@@ -11,6 +11,7 @@ use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
 #[test]
 fn quorum_operations_through_every_node_survive_one_node_killed() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let [first, second, mut third] = start_three_nodes(root.path());
 

@@ -1,7 +1,7 @@
 //! A second process claiming a node id that a member already holds is refused: the cluster
 //! keeps the first holder on its ring and logs the conflict, and the newcomer serves nothing.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::cluster::{peer_port, start_node, wait_for_logs};
@@ -9,6 +9,7 @@ use ringkv_wire::{ErrorCode, Operation, Outcome};
 
 #[test]
 fn a_node_claiming_a_taken_id_serves_nothing_and_the_cluster_keeps_the_holder() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let first = start_node(root.path(), 1, None);
     let second = start_node(root.path(), 2, Some(peer_port(&first)));

@@ -2,7 +2,7 @@
 //! fail with a timeout or as unavailable, never hang; quorum requests go on through the other
 //! two; once it continues, it rejoins and requests at ALL succeed again.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ fn put(key: &str, value: &str) -> Operation {
 
 #[test]
 fn a_stopped_replica_costs_timeouts_not_hangs_and_rejoins_when_continued() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let first = start_node(root.path(), 1, None);
     let second = start_node(root.path(), 2, Some(peer_port(&first)));

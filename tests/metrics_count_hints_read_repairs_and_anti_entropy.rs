@@ -4,7 +4,7 @@
 //! stale, and reading them at ALL through node 1 repairs each once (`ringkv_read_repairs_total`);
 //! an anti-entropy round run by hand counts its exchanges.
 
-mod common;
+use crate::common;
 
 use common::LISTENER;
 
@@ -19,6 +19,7 @@ const UNHINTED: u64 = 20;
 
 #[test]
 fn metrics_count_hints_read_repairs_and_anti_entropy() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let first = start_node_with(root.path(), 1, None, &["--metrics-listen", LISTENER]);
     let metrics_port = first.listener_port(0);

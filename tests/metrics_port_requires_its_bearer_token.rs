@@ -3,7 +3,7 @@
 //! challenge and no figures; the right token gets the metrics. The node logs the refusals. A new
 //! token moved over the file takes over without a restart.
 
-mod common;
+use crate::common;
 
 use common::metrics::{get_metrics, metrics_body, parse, total};
 use common::{Server, LISTENER, SHARDS};
@@ -12,6 +12,7 @@ const TOKEN: &str = "0f3e-metrics-token-for-this-test";
 
 #[test]
 fn metrics_port_requires_its_bearer_token() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let token_file = root.path().join("metrics-token");
     // Written as `echo TOKEN > file` would: the newline is not part of the token.

@@ -3,7 +3,7 @@
 //! of the configuration file), a scrape without the token is refused 401 inside TLS, and a
 //! plaintext HTTP request gets no metrics.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -41,6 +41,7 @@ fn https_get(port: u16, ca_file: &Path, headers: &str) -> String {
 
 #[test]
 fn metrics_port_serves_https_with_the_node_certificate() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identity = authority.issue(root.path(), "node");

@@ -5,7 +5,7 @@
 //! official Python client's parser when `prometheus_client` is installed (tools/test.sh installs
 //! it; without it that part is skipped with a printed reason).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -35,6 +35,7 @@ fn resp_command(stream: &mut TcpStream, arguments: &[&str]) -> String {
 
 #[test]
 fn metrics_scrape_counts_operations() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(
         &root.path().join("data"),

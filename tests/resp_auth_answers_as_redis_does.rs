@@ -4,7 +4,7 @@
 //! username-password pair or user is disabled.`). Needs Debian's `redis-tools` and the Python
 //! `redis` package; without them the test fails saying so.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -69,6 +69,7 @@ print("ok")
 
 #[test]
 fn resp_auth_answers_as_redis_does() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("ringkv.toml");
     std::fs::write(

@@ -5,7 +5,7 @@
 //! requests (huge, negative or non-numeric lengths, a request cut short) get Redis's protocol
 //! error and a closed connection while other connections are untouched. QUIT answers and closes.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -44,6 +44,7 @@ fn read_to_close(stream: &mut TcpStream) -> String {
 
 #[test]
 fn resp_pipelines_in_order_and_refuses_hostile_requests() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--resp-listen", LISTENER]);
     let port = server.listener_port(0);

@@ -5,7 +5,7 @@
 //! error. Both tools come from Debian's `redis-tools`; a machine without them fails this test
 //! with a message saying so, rather than passing it untested.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -36,6 +36,7 @@ fn redis_cli(port: u16, script: &str) -> Output {
 
 #[test]
 fn resp_redis_cli_and_benchmark() {
+    let _one_at_a_time = common::one_at_a_time();
     require("redis-cli");
     require("redis-benchmark");
     let root = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 //! and needs the `redis` package (`pip install redis`); without either, the test fails saying
 //! so rather than passing untested.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -244,6 +244,7 @@ print("every check passed")
 
 #[test]
 fn resp_redis_py_serves_every_command() {
+    let _one_at_a_time = common::one_at_a_time();
     let probe = Command::new("python3").args(["-c", "import redis"]).output();
     match probe {
         Ok(output) if output.status.success() => {}

@@ -1,9 +1,11 @@
 //! `ringkv serve --help` documents every option, with its default.
 
+use crate::common;
 use std::process::Command;
 
 #[test]
 fn ringkv_serve_help_documents_every_option() {
+    let _one_at_a_time = common::one_at_a_time();
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv")).args(["serve", "--help"]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();

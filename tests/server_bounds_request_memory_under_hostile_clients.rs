@@ -7,7 +7,7 @@
 //! Memory is sampled while the attack runs (the server reads as fast as it can, so without the
 //! budget the growth shows at once); the samples are compared, never their timing.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
@@ -50,6 +50,7 @@ fn rss_samples(pid: u32, samples: usize) -> Vec<u64> {
 
 #[test]
 fn server_bounds_request_memory_under_hostile_clients() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let budget = BUDGET_BYTES.to_string();
     let server = Server::start_with(

@@ -2,7 +2,7 @@
 //! truncated frame, a FlatBuffer whose offsets point outside it — each get an error response
 //! with id 0 and the connection is closed, while another client keeps being served throughout.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{request_frame, Client, Server};
@@ -33,6 +33,7 @@ fn assert_still_served(bystander: &mut Client, round: u32) {
 
 #[test]
 fn server_closes_connection_on_hostile_frames() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut bystander = server.client();

@@ -3,7 +3,7 @@
 //! `--client-idle-timeout-ms`; both closures are counted in the log, and other clients are served
 //! throughout. Only outcomes are checked: each wait is a generous guard, never a measurement.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +23,7 @@ fn assert_served(server: &Server, round: u32) {
 
 #[test]
 fn server_closes_slow_and_idle_connections() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(
         &root.path().join("data"),

@@ -2,7 +2,7 @@
 //! once it outlasts `--frame-timeout-ms`, as a client connection would be, and logged; clients
 //! are served throughout. The wait is a generous guard, never a measurement.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -13,6 +13,7 @@ use common::Server;
 
 #[test]
 fn server_closes_slow_peer_links() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--frame-timeout-ms", "300"]);
 

@@ -2,7 +2,7 @@
 //! request: with a window of four, a batch of four arriving while a put is running is answered
 //! "overloaded", and the same batch on its own is served.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{request_frame, Server};
@@ -14,6 +14,7 @@ fn put(key: String) -> Operation {
 
 #[test]
 fn server_counts_a_batch_as_its_operations_in_flight() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--in-flight-max", "4"]);
     let mut client = server.client();

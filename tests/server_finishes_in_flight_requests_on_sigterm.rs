@@ -2,7 +2,7 @@
 //! request it had read with a real result (no errors from a half-closed engine), closes idle
 //! connections, exits 0, and every write it acknowledged is there after a restart.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -12,6 +12,7 @@ use ringkv_wire::{Command, Operation, Outcome, Reply, Request};
 
 #[test]
 fn server_finishes_in_flight_requests_on_sigterm() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let mut idle = server.client();

@@ -1,7 +1,7 @@
 //! A request sent to a shard's own port for a key another shard owns is forwarded over the
 //! cross-shard mesh and answered on the same connection; batches mixing both shards' keys too.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{keys_on_shard, Server};
@@ -9,6 +9,7 @@ use ringkv_wire::{Command, Operation, Outcome, Reply};
 
 #[test]
 fn server_forwards_requests_for_other_shards() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let topology = server.client().topology();

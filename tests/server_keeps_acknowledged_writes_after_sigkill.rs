@@ -1,7 +1,7 @@
 //! A server killed with SIGKILL while a client pipelines writes loses none of the writes it
 //! acknowledged: after a restart every acknowledged key reads back with its value and version.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -14,6 +14,7 @@ const WINDOW: u64 = 32;
 
 #[test]
 fn server_keeps_acknowledged_writes_after_sigkill() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let mut client = server.client();

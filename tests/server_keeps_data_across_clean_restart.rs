@@ -1,13 +1,14 @@
 //! SIGTERM (and SIGINT) stop the node cleanly with exit code 0, and everything written before is
 //! there after a restart on the same data directory, including values flushed to SSTables.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use ringkv_wire::Outcome;
 
 #[test]
 fn server_keeps_data_across_clean_restart() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let mut client = server.client();

@@ -4,7 +4,7 @@
 //! group, with puts and deletes of the same keys between them, each read answered with the
 //! state its position in the stream gives.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -21,6 +21,7 @@ fn key(index: u64) -> Bytes {
 
 #[test]
 fn server_pipelined_reads_see_the_writes_before_them() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

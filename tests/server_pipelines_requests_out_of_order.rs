@@ -1,7 +1,7 @@
 //! Many requests in flight on one connection: every reply carries its request's id, each id is
 //! answered exactly once, and a cheap request sent after a slow one is answered first.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -11,6 +11,7 @@ use ringkv_wire::{Command, Operation, Outcome, Reply, Request};
 
 #[test]
 fn server_pipelines_requests_out_of_order() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

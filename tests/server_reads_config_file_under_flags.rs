@@ -1,12 +1,13 @@
 //! Settings come from the TOML file given with `--config`, and flags override the file.
 
-mod common;
+use crate::common;
 
 use common::{Server, SHARDS};
 use ringkv_shard::HybridClock;
 
 #[test]
 fn server_reads_config_file_under_flags() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("ringkv.toml");
     std::fs::write(&config, "vnodes_per_shard = 4\nnode_id = 5\nsync = \"periodic:10\"\n").unwrap();

@@ -2,12 +2,13 @@
 //! written with is refused with a message naming the setting and both values, and the data is
 //! still there after a restart with the recorded settings.
 
-mod common;
+use crate::common;
 
 use common::{run_to_exit, serve_args, Server};
 
 #[test]
 fn server_refuses_changed_placement() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let data_dir = root.path().join("data");
     let mut server = Server::start(&data_dir);

@@ -1,7 +1,7 @@
 //! A second `ringkv serve` on a data directory in use exits with an error that says so, and
 //! the first server keeps serving.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 
@@ -9,6 +9,7 @@ use common::{run_to_exit, serve_args, Server};
 
 #[test]
 fn server_refuses_second_start_on_same_data_dir() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let data_dir = root.path().join("data");
     let server = Server::start(&data_dir);

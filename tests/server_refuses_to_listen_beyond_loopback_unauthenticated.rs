@@ -2,12 +2,13 @@
 //! what is exposed, unless `--allow-unauthenticated` is given, in which case it starts and logs
 //! a warning. With users configured, a Redis port on every address is accepted.
 
-mod common;
+use crate::common;
 
 use common::{free_port, run_to_exit, serve_args, Server, LISTENER_PORT};
 
 #[test]
 fn server_refuses_to_listen_beyond_loopback_unauthenticated() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let mut args = serve_args(&root.path().join("refused"), free_port());
     args.extend(["--resp-listen".to_owned(), format!("0.0.0.0:{}", free_port())]);

@@ -1,7 +1,7 @@
 //! A request breaking the key or value limit gets an error response naming the limit, with its
 //! own id, and the connection keeps serving.
 
-mod common;
+use crate::common;
 
 use common::{unchecked_put_frame, Server};
 use ringkv_wire::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -16,6 +16,7 @@ fn refusal(reply: Reply) -> (ErrorCode, String) {
 
 #[test]
 fn server_rejects_oversized_key_and_value() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

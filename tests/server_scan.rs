@@ -4,7 +4,7 @@
 //! cap), deleted and expired keys never appear, and bad limits and keys are refused with their
 //! error codes. Every shard port gives the same answer.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -111,6 +111,7 @@ fn refused_code(client: &mut Client, start: &[u8], end: Option<&[u8]>, limit: u3
 
 #[test]
 fn server_scan() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

@@ -2,7 +2,7 @@
 //! delete, compare-and-swap (by version and "must not exist"), batch, topology, ping, and TTL
 //! expiry.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{Server, SHARDS};
@@ -10,6 +10,7 @@ use ringkv_wire::{Command, Expected, Operation, Outcome, Reply};
 
 #[test]
 fn server_serves_every_operation() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

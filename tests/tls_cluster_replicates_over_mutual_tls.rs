@@ -6,7 +6,7 @@
 //! Gossip datagrams are not carried by TLS, so the stranger does learn the membership; what it
 //! cannot do is exchange replication traffic with the cluster.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ fn eventually<T>(mut attempt: impl FnMut() -> Result<T, ringkv_client::Error>) -
 
 #[test]
 fn tls_cluster_replicates_over_mutual_tls() {
+    let _one_at_a_time = common::one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identities: Vec<Identity> =

@@ -30,6 +30,14 @@ use ringkv_wire::{
     Operation, Outcome, Reply, Request, Response, Topology,
 };
 
+/// Holds the integration tests to one at a time, for the whole test: most start one or several
+/// nodes, and two such tests at once on a two-core machine would slow each other past their
+/// deadlines. A test that panicked leaves the lock usable.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RUNNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Shards every test server runs: the machine has two cores.
 pub const SHARDS: usize = 2;
 
