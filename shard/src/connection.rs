@@ -565,7 +565,7 @@ fn dispatch(
         command => command,
     };
     if let Command::Single(operation) = &command {
-        match router.write_now(operation) {
+        match router.write_now(operation, clock) {
             Some(Ok(write)) => return shared.queue_commit(Commit { id, write, charge }),
             Some(Err(failure)) => {
                 return shared.complete_request(operations, &Response { id, reply: Reply::Failed(failure) })

@@ -202,7 +202,12 @@ impl<D: Disk> Handler<D> {
     /// not a put or delete or cannot be decided without waiting: run it with
     /// [`Handler::execute`].
     pub fn write_now(&self, operation: &Operation) -> Option<Result<PendingWrite, Failure>> {
-        let now_ms = (self.now_ms)();
+        self.write_now_at(operation, (self.now_ms)())
+    }
+
+    /// [`Handler::write_now`] at `now_ms` (from [`Handler::now_ms`]): the requests of one batch
+    /// can share one clock read. Versions still rise past every one handed out before.
+    pub fn write_now_at(&self, operation: &Operation, now_ms: u64) -> Option<Result<PendingWrite, Failure>> {
         let pending = match operation {
             Operation::Put { key, value, ttl_ms } => {
                 let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));

@@ -41,6 +41,9 @@ use forwarding::Forwarding;
 /// three clock reads of each (the wall clock for expiry, a start and an end for the latency)
 /// were a measurable share of the shard's CPU. Each read's latency is then its batch's: the
 /// wait behind the other requests of the batch is included.
+///
+/// Writes started in place ([`Router::write_now`]) take their version's wall clock and their
+/// start from the same reading; each one's latency ends when it is acknowledged.
 #[derive(Debug)]
 pub struct BatchClock<'a> {
     metrics: &'a ShardMetrics,
@@ -372,7 +375,13 @@ impl Router {
     /// waits for [`Router::acknowledged`]. `Some(Err)`: refused on the spot, answer with the
     /// failure. `None` otherwise: answer the operation with [`Router::answer`]. Writes started
     /// in place save a task per request on the write path.
-    pub fn write_now(&self, operation: &Operation) -> Option<Result<WriteInPlace, Failure>> {
+    ///
+    /// `clock` is the batch's: see [`BatchClock`].
+    pub fn write_now(
+        &self,
+        operation: &Operation,
+        clock: &mut BatchClock<'_>,
+    ) -> Option<Result<WriteInPlace, Failure>> {
         let kind = OperationKind::of(operation);
         if !matches!(kind, OperationKind::Put | OperationKind::Delete)
             || self.ring.owner_of_key(operation.key()) != self.shard_id
@@ -380,8 +389,8 @@ impl Router {
         {
             return None;
         }
-        let started = Instant::now();
-        match self.handler.write_now(operation)? {
+        let (started, now_ms) = clock.read(|| self.handler.now_ms());
+        match self.handler.write_now_at(operation, now_ms)? {
             Ok(pending) => Some(Ok(WriteInPlace { pending, kind, started })),
             Err(failure) => {
                 self.metrics.request(kind, RequestOutcome::of_failure(&failure), started.elapsed());

@@ -733,7 +733,7 @@ async fn dispatch(
             }
             // One copy, owned here: applied in place, answered by the acknowledging task once
             // its group commit is durable (as in the native connection). No task per write.
-            let started = if shared.alone_on(key) { router.write_now(&operation) } else { None };
+            let started = if shared.alone_on(key) { router.write_now(&operation, clock) } else { None };
             match started {
                 Some(Ok(write)) => {
                     shared.queue_commit(Commit { sequence, keys, access, write, protocol });
