@@ -2,9 +2,8 @@
 //! the memtables fill and flush while they run: plain SETs (applied by the connection's reader in place),
 //! SETs with KEEPTTL (run in a task: they read the key first) and SETs with EX interleave on
 //! each key, and after all of them every key holds the value of its last SET, as in Redis.
-//! A write applied in place must never overtake an earlier write of its key waiting in a task:
-//! nor one that runs in a task only because of its form (SET with PXAT, MSET), which may run
-//! beside a later plain SET of the key since neither reads it.
+//! A write applied in place must never overtake an earlier write of its key waiting in a task,
+//! nor one that runs in a task only because of its form (SET with PXAT, MSET).
 
 use crate::common;
 

@@ -19,9 +19,11 @@
 //! overtakes an earlier one it could observe: a command waits for every earlier command of the
 //! connection still running when they share a key and are not both reads or both plain writes,
 //! or when either reads the whole keyspace (SCAN, DBSIZE). Plain writes of one key may run
-//! together because the key's owning shard versions them in the order they arrive, so the last
-//! one sent wins, as in Redis (unless the mesh channel to the owning shard is full: a forwarded
-//! write then waits for room in a task of its own, and two such writes could swap).
+//! together while each was versioned as the reader started it: applied in place, they are
+//! versioned in the order they arrive, so the last one sent wins, as in Redis. A plain write
+//! that runs in a task (SET with a moment, MSET, a key another shard owns, a write waiting for
+//! memtable room) is versioned only when the task gets that far, so until it finishes it holds
+//! its keys as a read-then-write does: a later write of them waits for it.
 //!
 //! Bounds, per connection: `in_flight_max` commands running (the reader waits for one to finish
 //! rather than refuse, since Redis clients do not retry), `outbox_bytes_max` bytes of replies not
@@ -352,15 +354,19 @@ impl Shared {
         self.commit_queued.notify(1);
     }
 
-    /// Whether no running command but the one just begun uses `key`: a write applied in place
-    /// then cannot overtake an earlier write of the key still waiting in a task (for memtable
-    /// room, say), which would make the earlier one land last.
-    fn alone_on(&self, key: &Bytes) -> bool {
-        self.replies
-            .borrow()
-            .keys
-            .get(key)
-            .is_none_or(|running| running.reads + running.writes + running.read_writes <= 1)
+    /// Recounts the keys of a command begun as a plain write ([`Access::Write`]) that runs in a
+    /// task: as a read-then-write ([`Access::ReadWrite`]), so that no later command of its
+    /// keys starts before it finishes. Its version is taken only when the task gets to it
+    /// (after any wait for memtable room, or on the owning shard), so a later write started
+    /// meanwhile could otherwise be versioned first and be overwritten by it.
+    fn hold_keys(&self, keys: Option<&[Bytes]>) {
+        let mut replies = self.replies.borrow_mut();
+        for key in keys.into_iter().flatten() {
+            if let Some(running) = replies.keys.get_mut(key) {
+                running.writes -= 1;
+                running.read_writes += 1;
+            }
+        }
     }
 
     /// A write applied in place, answered once acknowledged (see [`acknowledge_writes`]).
@@ -733,8 +739,9 @@ async fn dispatch(
             }
             // One copy, owned here: applied in place, answered by the acknowledging task once
             // its group commit is durable (as in the native connection). No task per write.
-            let started = if shared.alone_on(key) { router.write_now(&operation, clock) } else { None };
-            match started {
+            // Every write of the key still running was versioned when it started (it was
+            // admitted), so this one is versioned after them.
+            match router.write_now(&operation, clock) {
                 Some(Ok(write)) => {
                     shared.queue_commit(Commit { sequence, keys, access, write, protocol });
                     return true;
@@ -747,6 +754,12 @@ async fn dispatch(
             }
         }
     }
+    let access = if access == Access::Write {
+        shared.hold_keys(keys.as_deref());
+        Access::ReadWrite
+    } else {
+        access
+    };
     let router = router.clone();
     let shared = shared.clone();
     // Not instrumented with the connection's span, like native request tasks: entering a span
@@ -980,5 +993,44 @@ async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metric
     }
     if let Err(error) = writer.close().await {
         debug!(%error, "shutting down the write side failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Bytes {
+        Bytes::copy_from_slice(name.as_bytes())
+    }
+
+    #[test]
+    fn plain_writes_of_a_key_run_together_unless_one_runs_in_a_task() {
+        let shared = Shared::new();
+        let k = key("k");
+        let other = key("other");
+        let write = |shared: &Shared, keys: &[&Bytes]| shared.admits(Some(keys), Access::Write);
+        let read = |shared: &Shared, keys: &[&Bytes]| shared.admits(Some(keys), Access::Read);
+
+        // A plain write applied in place: versioned already, so another plain write of the key
+        // may start (and is versioned after it); a read waits.
+        let in_place = shared.begin(Some(&[&k]), Access::Write);
+        assert!(write(&shared, &[&k]));
+        assert!(!read(&shared, &[&k]));
+
+        // A plain write that runs in a task holds its key until it finishes: no later write or
+        // read of it starts, while other keys are free.
+        let in_task = shared.begin(Some(&[&k]), Access::Write);
+        shared.hold_keys(Some(std::slice::from_ref(&k)));
+        assert!(!write(&shared, &[&k]));
+        assert!(!read(&shared, &[&k]));
+        assert!(write(&shared, &[&other]) && read(&shared, &[&other]));
+
+        shared.complete(in_task, Some(vec![k.clone()]), Access::ReadWrite, RespReply::Ok, Protocol::Resp2);
+        assert!(write(&shared, &[&k]), "the task finished: plain writes of the key start again");
+        assert!(!read(&shared, &[&k]), "the write applied in place is still running");
+        shared.complete(in_place, Some(vec![k.clone()]), Access::Write, RespReply::Ok, Protocol::Resp2);
+        assert!(write(&shared, &[&k]) && read(&shared, &[&k]));
+        assert!(shared.replies.borrow().keys.is_empty(), "no key is counted once all finished");
     }
 }
