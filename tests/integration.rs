@@ -4,6 +4,9 @@
 //!
 //! The tests still run one at a time, as the separate binaries did ([`common::one_at_a_time`]):
 //! many start several nodes and would otherwise compete for the machine's two cores.
+//!
+//! Cargo no longer finds the files under `tests/` by itself (`autotests = false`): a new one
+//! needs its `mod` line below, and [`every_test_file_is_a_module`] fails until it has one.
 
 mod common;
 
@@ -75,3 +78,23 @@ mod server_serves_every_operation;
 mod systemd_unit_is_complete_and_verifies;
 mod tls_cluster_replicates_over_mutual_tls;
 mod tls_serves_clients_on_every_port;
+
+/// Every file under `tests/` is compiled into this binary: one left out would never run.
+#[test]
+fn every_test_file_is_a_module() {
+    let root = include_str!("integration.rs");
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&directory).unwrap() {
+        let path = entry.unwrap().path();
+        let (Some(stem), Some("rs")) =
+            (path.file_stem().and_then(|stem| stem.to_str()), path.extension().and_then(|ext| ext.to_str()))
+        else {
+            continue;
+        };
+        if stem != "integration" && !root.contains(&format!("\nmod {stem};\n")) {
+            missing.push(stem.to_string());
+        }
+    }
+    assert!(missing.is_empty(), "test files without a `mod` line in tests/integration.rs: {missing:?}");
+}
