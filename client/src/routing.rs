@@ -522,15 +522,16 @@ impl Router {
         let token = token_of(key);
         if !self.holds_any(now) {
             let first = self.first_routes.get(token);
-            debug_assert_eq!(first, self.first_route_searched(token, now), "token {token}");
+            debug_assert_eq!(first, self.first_route_searched(token, Some(now)), "token {token}");
             return first;
         }
-        self.first_route_searched(token, now)
+        self.first_route_searched(token, Some(now))
     }
 
-    /// [`Router::first_route`] for `token`, from the replicas and shard maps.
-    fn first_route_searched(&self, token: u64, now: Instant) -> (Route, bool) {
-        let candidates = self.token_candidates(token, Some(now));
+    /// [`Router::first_route`] for `token`, from the replicas and shard maps (with no `now`, as
+    /// if no node were held).
+    fn first_route_searched(&self, token: u64, now: Option<Instant>) -> (Route, bool) {
+        let candidates = self.token_candidates(token, now);
         (self.candidate_route(candidates[0], token), candidates.len() == 1)
     }
 
@@ -562,8 +563,7 @@ impl Router {
         boundaries.dedup();
         let mut first_routes = FirstRoutes::default();
         for start in boundaries {
-            let candidates = self.token_candidates(start, None);
-            let first = (self.candidate_route(candidates[0], start), candidates.len() == 1);
+            let first = self.first_route_searched(start, None);
             if first_routes.routes.last() != Some(&first) {
                 first_routes.starts.push(start);
                 first_routes.routes.push(first);
@@ -930,7 +930,7 @@ mod tests {
             boundaries.extend([0, u64::MAX]);
             for boundary in boundaries {
                 for token in [boundary.saturating_sub(1), boundary, boundary.saturating_add(1)] {
-                    let expected = router.first_route_searched(token, now);
+                    let expected = router.first_route_searched(token, Some(now));
                     assert_eq!(router.first_routes.get(token), expected, "router {index}, token {token}");
                 }
             }
@@ -962,6 +962,7 @@ mod tests {
         let now = Instant::now();
         router.mark_unreachable(2, now);
         let later = now + Duration::from_secs(6);
+        assert!(router.holds_any(now) && !router.holds_any(later));
         for key in (0..200).map(|key| format!("key-{key}")) {
             let routes = router.routes(Some(key.as_bytes()), now);
             assert_eq!(
@@ -971,7 +972,6 @@ mod tests {
             );
             assert_ne!(routes[0].node_id, Some(2), "{key}: node 2 is held");
             let token = token_of(key.as_bytes());
-            assert!(router.holds_any(now) && !router.holds_any(later));
             assert_eq!(
                 router.first_route(Some(key.as_bytes()), later),
                 router.first_routes.get(token),
