@@ -67,6 +67,7 @@ mod server_keeps_acknowledged_writes_after_sigkill;
 mod server_keeps_data_across_clean_restart;
 mod server_pipelined_reads_see_the_writes_before_them;
 mod server_pipelines_requests_out_of_order;
+mod server_reads_are_answered_only_once_durable;
 mod server_reads_config_file_under_flags;
 mod server_refuses_changed_placement;
 mod server_refuses_second_start_on_same_data_dir;

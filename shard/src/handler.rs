@@ -19,7 +19,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use ringkv_storage::{
     AtomicOutcome, CasOutcome, Disk, Engine, Entry, KeyHash, PendingWrite, Position, Prefetch, ScanRange,
-    StorageError, Value,
+    StorageError, Unsettled, Value,
 };
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{
@@ -90,7 +90,7 @@ impl<D: Disk> Handler<D> {
     pub fn read_now<R>(
         &self,
         key: &[u8],
-        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>, Option<Unsettled>) -> R,
     ) -> Option<R> {
         self.read_now_at(key, None, (self.now_ms)(), read)
     }
@@ -115,24 +115,32 @@ impl<D: Disk> Handler<D> {
         key: &[u8],
         hash: Option<KeyHash>,
         now_ms: u64,
-        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>, Option<Unsettled>) -> R,
     ) -> Option<R> {
         let mut read = Some(read);
-        let mut lend = |found: Result<Option<LentValue<'_>>, Failure>| {
+        let mut lend = |found: Result<Option<LentValue<'_>>, Failure>, unsettled| {
             let read = read.take().expect("a read is answered once");
-            read(found)
+            read(found, unsettled)
         };
-        let answered = self.engine.entry_now_hashed(key, hash, |entry| {
+        let answered = self.engine.entry_now_hashed(key, hash, |entry, unsettled| {
             let found = entry.and_then(|entry| live_at(entry, now_ms));
             if let Some(found) = &found {
                 self.clock.observe(found.version);
             }
-            lend(Ok(found))
+            // A tombstone not durable yet hides the key only until a crash takes it back: a
+            // read that finds nothing because of it waits for it too.
+            lend(Ok(found), unsettled)
         })?;
         Some(match answered {
             Ok(result) => result,
-            Err(error) => lend(Err(failure_of(&error))),
+            Err(error) => lend(Err(failure_of(&error)), None),
         })
+    }
+
+    /// Resolves once what a read answered in place found is durable (see [`Unsettled`]); a
+    /// failure when the WAL failed first: the read must then be answered with it instead.
+    pub async fn settled(&self, read: Unsettled) -> Result<(), Failure> {
+        self.engine.settled(read).await.map_err(|error| failure_of(&error))
     }
 
     /// Carries out `operation`; resolves when a write is acknowledged by the engine (after its
@@ -140,7 +148,7 @@ impl<D: Disk> Handler<D> {
     pub async fn execute(&self, operation: Operation) -> Result<Outcome, Failure> {
         let now_ms = (self.now_ms)();
         let outcome = match operation {
-            Operation::Get { key } => match self.engine.get_entry(&key).await {
+            Operation::Get { key } => match self.engine.get_durable_entry(&key).await {
                 Ok(Some(Entry { version, value: Value::Live { data, expires_at_ms } }))
                     if expires_at_ms.is_none_or(|at| at > now_ms) =>
                 {
@@ -479,7 +487,7 @@ mod tests {
             let read = handler.execute(Operation::Get { key: key("t") }).await.unwrap();
             assert_eq!(read, Outcome::Value { value: key("v"), version, expires_at_ms });
             let lent = handler
-                .read_now(b"t", |found| found.unwrap().map(|found| (found.version, found.expires_at_ms)));
+                .read_now(b"t", |found, _| found.unwrap().map(|found| (found.version, found.expires_at_ms)));
             assert_eq!(lent, Some(Some((version, expires_at_ms))));
             // A compare-and-swap without a TTL leaves a value that never expires.
             let swap = Operation::CompareAndSwap {

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ringkv_io::DmaDisk;
-use ringkv_storage::{KeyHash, PendingWrite, Prefetch};
+use ringkv_storage::{KeyHash, PendingWrite, Prefetch, Unsettled};
 use ringkv_wire::token::token;
 use ringkv_wire::{
     Command, Consistency, ErrorCode, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
@@ -56,6 +56,15 @@ impl<'a> BatchClock<'a> {
     /// A clock not read yet, observing latencies into `metrics`.
     pub fn new(metrics: &'a ShardMetrics) -> Self {
         BatchClock { metrics, read: None, unobserved: 0 }
+    }
+
+    /// Takes the read answered last out of the batch's latency: its reply waits (see
+    /// [`Router::read_now`]'s `Unsettled`), and its latency is observed when it is released
+    /// ([`Router::held_read_released`]) from the start returned here.
+    pub fn hold_last(&mut self) -> Instant {
+        self.unobserved = self.unobserved.saturating_sub(1);
+        self.metrics.reads_held.add(1);
+        self.read.map_or_else(Instant::now, |(started, _)| started)
     }
 
     /// Ends the batch: observes the latency of its reads, and the next use reads the clock
@@ -345,12 +354,16 @@ impl Router {
     /// `clock` is the batch's: see [`BatchClock`].
     ///
     /// `hash` is the key's [`Router::read_ahead`], when the caller prefetched.
+    ///
+    /// `read` is also lent whether what it found is durable yet: with `Some(Unsettled)`, the
+    /// reply must wait for [`Router::settled`] (and its latency then be taken out of the batch
+    /// with [`BatchClock::hold_last`]).
     pub fn read_now<R>(
         &self,
         key: &[u8],
         hash: Option<KeyHash>,
         clock: &mut BatchClock<'_>,
-        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>) -> R,
+        read: impl FnOnce(Result<Option<LentValue<'_>>, Failure>, Option<Unsettled>) -> R,
     ) -> Option<R> {
         // With several copies of each key a read is coordinated across replicas.
         let token = hash.map_or_else(|| token(key), |hash| hash.token);
@@ -358,7 +371,7 @@ impl Router {
             return None;
         }
         let (_, now_ms) = clock.read(|| self.handler.now_ms());
-        self.handler.read_now_at(key, hash, now_ms, |found| {
+        self.handler.read_now_at(key, hash, now_ms, |found, unsettled| {
             let outcome = match &found {
                 Ok(Some(_)) => RequestOutcome::Ok,
                 Ok(None) => RequestOutcome::NotFound,
@@ -366,8 +379,20 @@ impl Router {
             };
             self.metrics.count_request(OperationKind::Get, outcome);
             clock.unobserved += 1;
-            read(found)
+            read(found, unsettled)
         })
+    }
+
+    /// Resolves once what a read answered in place found is durable (see [`Router::read_now`]);
+    /// a failure when the WAL failed first, to answer the read with instead.
+    pub async fn settled(&self, read: Unsettled) -> Result<(), Failure> {
+        self.handler.settled(read).await
+    }
+
+    /// A read answered in place whose reply was held since `started` (see
+    /// [`BatchClock::hold_last`]) is released at `now`: its latency ends.
+    pub fn held_read_released(&self, started: Instant, now: Instant) {
+        self.metrics.observe_latency(OperationKind::Get, now.saturating_duration_since(started), 1);
     }
 
     /// A put or delete started in place, when this shard owns the key, keys have one copy and

@@ -142,7 +142,8 @@ impl Connection {
                 let id = request.id;
                 match request.command {
                     Command::Single(Operation::Get { key }) => {
-                        let found = handler.read_now(&key, |found| {
+                        let found = handler.read_now(&key, |found, unsettled| {
+                            assert!(unsettled.is_none(), "every key read was acknowledged, so durable");
                             let found = found.unwrap().expect("every key was written");
                             encode_read_reply_into(builder, id, Some(found), outbox).unwrap();
                         });

@@ -186,8 +186,10 @@ impl Model {
         prop_assert_eq!(entry.as_ref(), self.oracle.get(&index), "get_entry key{:02}", index);
         let found = check(engine.get(&key(index), NOW_MS).await, "get")?;
         prop_assert_eq!(&found, &self.live(index), "get key{:02}", index);
-        // The read above cached every block it needed, so memory answers now.
-        let now = engine.read_now(&key(index), NOW_MS, |found| {
+        // The read above cached every block it needed, so memory answers now; and it waited
+        // for what it found to be durable, so nothing is left to wait for.
+        let now = engine.read_now(&key(index), NOW_MS, |found, unsettled| {
+            assert!(unsettled.is_none(), "get resolved before what it found was durable");
             found.map(|(value, version)| Versioned { value: Bytes::copy_from_slice(value), version })
         });
         let now = check(now.expect("the blocks were just read"), "read_now")?;

@@ -295,11 +295,17 @@ fn counted_server(
             let id = request.id;
             match request.command {
                 Command::Single(Operation::Get { key }) => {
-                    let encoded = handler.read_now(&key, |found| {
-                        encode_read_reply_into(builder, id, found.ok().flatten(), &mut outbox)
+                    let encoded = handler.read_now(&key, |found, unsettled| {
+                        // A server would hold the reply of a read of a write not yet durable.
+                        unsettled
+                            .is_none()
+                            .then(|| encode_read_reply_into(builder, id, found.ok().flatten(), &mut outbox))
                     });
                     match encoded {
-                        Some(encoded) => encoded?,
+                        Some(Some(encoded)) => encoded?,
+                        Some(None) => {
+                            bail!("a read found a write not yet durable: every key read is written first")
+                        }
                         None => bail!(
                             "a read needed the disk: the engine was expected to hold every key in memory"
                         ),

@@ -288,6 +288,8 @@ pub struct ShardMetrics {
     latency: [Histogram; OPERATIONS],
     connections: [ConnectionMetrics; 2],
     overloaded: [Cell64; OverloadReason::ALL.len()],
+    /// Reads answered from memory whose reply waited for the commit of the write they found.
+    pub reads_held: Cell64,
     pub wal_syncs: Cell64,
     pub wal_sync_latency: Histogram,
 }
@@ -437,6 +439,13 @@ pub fn render(
         }
     }
 
+    each(
+        &mut out,
+        "ringkv_reads_held_total",
+        "counter",
+        "Reads whose reply waited for the group commit of the write they found (visible, not yet durable).",
+        &|m| m.reads_held.get(),
+    );
     each(&mut out, "ringkv_wal_syncs_total", "counter", "fdatasync calls on the write-ahead log.", &|m| {
         m.wal_syncs.get()
     });

@@ -36,6 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use event_listener::Event;
@@ -63,7 +64,7 @@ use crate::router::{BatchClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
-use ringkv_storage::KeyHash;
+use ringkv_storage::{KeyHash, Unsettled};
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -245,16 +246,25 @@ impl Shared {
     }
 
     /// The reply to a read answered in place, encoded straight from the borrowed value when no
-    /// earlier reply is waiting.
+    /// earlier reply is waiting. When what it found is not durable yet (`unsettled`), the reply
+    /// is handed back instead, to wait for it.
     fn push_read(
         &self,
         found: Result<Option<ringkv_wire::LentValue<'_>>, ringkv_wire::Failure>,
+        unsettled: Option<Unsettled>,
         protocol: Protocol,
-    ) {
+    ) -> Option<(RespReply, Unsettled)> {
         let found = match found {
             Ok(found) => found.map(|found| found.value),
-            Err(failure) => return self.push(&failure_reply(&failure), protocol),
+            Err(failure) => {
+                self.push(&failure_reply(&failure), protocol);
+                return None;
+            }
         };
+        if let Some(unsettled) = unsettled {
+            let reply = found.map_or(RespReply::Null, |value| RespReply::Bulk(Bytes::copy_from_slice(value)));
+            return Some((reply, unsettled));
+        }
         {
             let mut replies = self.replies.borrow_mut();
             if replies.pending.is_empty() {
@@ -269,6 +279,7 @@ impl Shared {
             }
         }
         self.ready.notify(1);
+        None
     }
 
     /// Whether a command with `keys` (`None`: the whole keyspace) and `access` may start now.
@@ -661,13 +672,50 @@ impl HeldReads {
 fn read_in_place(
     key: &Bytes,
     hash: Option<KeyHash>,
-    shared: &Shared,
-    router: &Router,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
     protocol: Protocol,
     clock: &mut BatchClock<'_>,
 ) -> bool {
-    shared.in_flight() == 0
-        && router.read_now(key, hash, clock, |found| shared.push_read(found, protocol)).is_some()
+    shared.in_flight() == 0 && read_now(key, hash, shared, router, protocol, clock)
+}
+
+/// Answers a GET of `key` from memory when memory holds the answer; false otherwise. When what
+/// it found is not durable yet (another connection's write waiting for its group commit), its
+/// reply takes its place in order and is filled in once that commit is durable: a crash could
+/// otherwise take back a value the client was shown.
+fn read_now(
+    key: &Bytes,
+    hash: Option<KeyHash>,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    protocol: Protocol,
+    clock: &mut BatchClock<'_>,
+) -> bool {
+    let Some(held) =
+        router.read_now(key, hash, clock, |found, unsettled| shared.push_read(found, unsettled, protocol))
+    else {
+        return false;
+    };
+    if let Some((reply, unsettled)) = held {
+        let started = clock.hold_last();
+        let keys = vec![key.clone()];
+        let sequence = shared.begin(Some(&[key]), Access::Read);
+        let (shared, router) = (shared.clone(), router.clone());
+        // Rare: a read of a key another connection has just written. A task, not a queue.
+        drop(
+            glommio::spawn_local(async move {
+                let reply = match router.settled(unsettled).await {
+                    Ok(()) => reply,
+                    Err(failure) => failure_reply(&failure),
+                };
+                router.held_read_released(started, Instant::now());
+                shared.complete(sequence, Some(keys), Access::Read, reply, protocol);
+            })
+            .detach(),
+        );
+    }
+    true
 }
 
 /// Starts a data command: answered on the spot when memory holds a read, otherwise in the
@@ -702,7 +750,7 @@ async fn dispatch(
         }
     }
     if let DataCommand::Get(key) = &command {
-        if router.read_now(key, None, clock, |found| shared.push_read(found, protocol)).is_some() {
+        if read_now(key, None, shared, router, protocol, clock) {
             return true;
         }
     }

@@ -32,7 +32,7 @@
 mod compaction;
 mod flush;
 mod read;
-pub use read::KeyHash;
+pub use read::{KeyHash, Unsettled};
 mod recovery;
 mod scan;
 mod write;

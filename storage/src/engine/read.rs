@@ -5,15 +5,32 @@
 //! the tables ([`Entry::cmp_precedence`]). It goes newest first and stops as soon as every table
 //! left holds only lower versions than what it found (each table knows its highest version), so
 //! a key in a memtable, or in a table newer than the rest of its history, costs one lookup.
+//!
+//! A read is told what it found only once that is durable: a write is visible in the memtable
+//! from the moment it is applied, before its group commit, so an entry read from memory may not
+//! be durable yet. [`Engine::get`] waits for it; a read answered in place is lent an
+//! [`Unsettled`] with it, for its caller to wait on ([`Engine::settled`]) before it answers.
+//! Otherwise a reader could be shown a value that a crash then takes back, one that no writer
+//! was ever told had succeeded.
 
 use super::{validate, Engine, ReadStep, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::key::StoredKey;
 use crate::memtable::Prefetch;
+use crate::options::SyncMode;
 use crate::sstable::key_hash;
 use crate::Result;
 use std::borrow::Cow;
+
+/// What a read found in memory is not durable yet: the write that made it waits for its group
+/// commit. Nobody may be told what the read found before [`Engine::settled`] resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "what a read found must be durable before anyone is told of it"]
+pub struct Unsettled {
+    /// The record of the write the read found.
+    seq: u64,
+}
 
 /// A key's token and memtable hash, computed once by [`Engine::read_hash`] for a read that
 /// prefetches and then reads it.
@@ -38,9 +55,10 @@ fn keep_newest<'a>(found: &mut Option<Cow<'a, Entry>>, entry: Entry) {
 }
 
 impl<D: Disk> Engine<D> {
-    /// The live value of `key` at `now_ms`, if any. A key outside the limits is an error.
+    /// The live value of `key` at `now_ms`, if any, once it is durable. A key outside the limits
+    /// is an error.
     pub async fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Versioned>> {
-        Ok(self.get_entry(key).await?.and_then(|entry| {
+        Ok(self.get_durable_entry(key).await?.and_then(|entry| {
             entry.data_at(now_ms).map(|data| Versioned { value: data.clone(), version: entry.version })
         }))
     }
@@ -50,21 +68,28 @@ impl<D: Disk> Engine<D> {
     /// version are lent to `read`, whose result is returned; `None` when a block must be read
     /// from disk. A server answers hot reads this way in place, encoding the reply straight from
     /// the memtable, with no task started and no reference count touched.
+    ///
+    /// `read` is also lent whether what it found must be waited for (see [`Unsettled`]).
     pub fn read_now<R>(
         &self,
         key: &[u8],
         now_ms: u64,
-        read: impl FnOnce(Option<(&[u8], u64)>) -> R,
+        read: impl FnOnce(Option<(&[u8], u64)>, Option<Unsettled>) -> R,
     ) -> Option<Result<R>> {
-        self.entry_now(key, |found| read(found.and_then(|found| lent(found, now_ms))))
+        self.entry_now_hashed(key, None, |found, unsettled| {
+            read(found.and_then(|found| lent(found, now_ms)), unsettled)
+        })
     }
 
     /// [`Engine::get_entry`] without waiting, when memory holds the answer (as
     /// [`Engine::read_now`]): the key's stored entry, tombstones and expired values included, is
     /// lent to `read`, whose result is returned; `None` when a block must be read from disk.
     /// Replicas answer hot reads and digests this way, with no task started.
+    ///
+    /// The entry may not be durable yet (see [`Unsettled`]): for comparing versions, not for
+    /// telling a client what the key holds.
     pub fn entry_now<R>(&self, key: &[u8], read: impl FnOnce(Option<&Entry>) -> R) -> Option<Result<R>> {
-        self.entry_now_hashed(key, None, read)
+        self.entry_now_hashed(key, None, |found, _| read(found))
     }
 
     /// The memtable hash of `key`, whose token (`ringkv_wire::token::token(key)`) the caller
@@ -83,12 +108,14 @@ impl<D: Disk> Engine<D> {
         self.state.borrow().active.prefetch(hash.hash, stage);
     }
 
-    /// [`Engine::entry_now`] with the key's memtable hash, when the caller has it.
+    /// [`Engine::entry_now`] with the key's memtable hash, when the caller has it, lending
+    /// `read` whether the entry must be waited for before anyone is told of it (see
+    /// [`Unsettled`]).
     pub fn entry_now_hashed<R>(
         &self,
         key: &[u8],
         hash: Option<KeyHash>,
-        read: impl FnOnce(Option<&Entry>) -> R,
+        read: impl FnOnce(Option<&Entry>, Option<Unsettled>) -> R,
     ) -> Option<Result<R>> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
@@ -101,10 +128,12 @@ impl<D: Disk> Engine<D> {
         let state = self.state.borrow();
         let tables = &state.tables;
         let hash = hash.map_or_else(|| state.active.hash(key), |hash| hash.hash);
-        let in_memory = state.newest_in_memory_hashed(key, hash).map(|newest| &newest.entry);
+        let newest = state.newest_in_memory_hashed(key, hash);
+        let in_memory = newest.map(|newest| &newest.entry);
+        let unsettled = newest.and_then(|newest| self.unsettled(newest.seq));
         if let Some(entry) = in_memory.filter(|entry| tables.max_version() < entry.version) {
             // The usual case: no table holds anything as new.
-            return Some(Ok(read(Some(entry))));
+            return Some(Ok(read(Some(entry), unsettled)));
         }
         let mut found = in_memory.map(Cow::Borrowed);
         let hash = key_hash(key);
@@ -119,22 +148,58 @@ impl<D: Disk> Engine<D> {
                 },
             }
         }
-        Some(Ok(read(found.as_deref())))
+        // A table's entry is durable: its table was synced before it was installed.
+        let unsettled = unsettled.filter(|_| matches!(found, Some(Cow::Borrowed(_))));
+        Some(Ok(read(found.as_deref(), unsettled)))
+    }
+
+    /// What a read that found the memtable entry of record `seq` must wait for, if anything:
+    /// the record is not durable yet, and in [`SyncMode::Always`] writes are acknowledged only
+    /// once durable. (In [`SyncMode::Periodic`] an acknowledged write may be lost with the last
+    /// interval, so a read does not wait either.)
+    fn unsettled(&self, seq: u64) -> Option<Unsettled> {
+        (matches!(self.options.sync, SyncMode::Always) && seq > self.wal.durable_seq())
+            .then_some(Unsettled { seq })
+    }
+
+    /// Resolves once what a read found (see [`Unsettled`]) is durable; an error when the WAL
+    /// failed first, and then it may never be: the read must not be answered with it.
+    pub async fn settled(&self, read: Unsettled) -> Result<()> {
+        self.acknowledge(read.seq).await
     }
 
     /// The key's stored entry, the highest-ranking of every memtable's and table's
-    /// (tombstones and expired values included).
+    /// (tombstones and expired values included). It may not be durable yet (see
+    /// [`Unsettled`]): for comparing versions; [`Engine::get_durable_entry`] for answering.
     pub async fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
         validate(key, None)?;
-        self.stored_entry(&StoredKey::new(key)).await
+        Ok(self.stored_entry_with_seq(&StoredKey::new(key)).await?.0)
+    }
+
+    /// [`Engine::get_entry`], resolving once the entry is durable.
+    pub async fn get_durable_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        validate(key, None)?;
+        let (found, unsettled) = self.stored_entry_with_seq(&StoredKey::new(key)).await?;
+        if let Some(unsettled) = unsettled {
+            self.settled(unsettled).await?;
+        }
+        Ok(found)
     }
 
     /// [`Engine::get_entry`] of a stored key.
     pub(super) async fn stored_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let (in_memory, tables) = {
+        Ok(self.stored_entry_with_seq(key).await?.0)
+    }
+
+    /// [`Engine::stored_entry`], with what must be waited for before anyone is told of it.
+    async fn stored_entry_with_seq(&self, key: &[u8]) -> Result<(Option<Entry>, Option<Unsettled>)> {
+        let (in_memory, unsettled, tables) = {
             let state = self.state.borrow();
-            (state.newest_in_memory(key).map(|newest| newest.entry.clone()), state.tables.clone())
+            let newest = state.newest_in_memory(key);
+            let unsettled = newest.and_then(|newest| self.unsettled(newest.seq));
+            (newest.map(|newest| newest.entry.clone()), unsettled, state.tables.clone())
         };
+        let from_memory = in_memory.as_ref().map(|entry| entry.version);
         let mut found: Option<Cow<Entry>> = in_memory.map(Cow::Owned);
         // Hash once for every table's filter.
         let hash = key_hash(key);
@@ -149,7 +214,10 @@ impl<D: Disk> Engine<D> {
                 }
             }
         }
-        Ok(found.map(Cow::into_owned))
+        // The memory's entry stands unless a table's outranked it (versions are unique per
+        // key, so the version tells which).
+        let stands = from_memory.is_some() && found.as_deref().map(|found| found.version) == from_memory;
+        Ok((found.map(Cow::into_owned), unsettled.filter(|_| stands)))
     }
 }
 
@@ -160,6 +228,7 @@ mod tests {
     use crate::disk::memory::{CrashMode, MemDisk};
     use crate::entry::Entry;
     use crate::key::StoredKey;
+    use crate::options::SyncMode;
     use futures_executor::block_on;
 
     #[test]
@@ -201,9 +270,67 @@ mod tests {
 
     /// [`Engine::read_now`], copying out what it lends, to compare with [`Engine::get`].
     fn get_now(engine: &Engine<MemDisk>, key: &[u8], now_ms: u64) -> Option<Result<Option<Versioned>>> {
-        engine.read_now(key, now_ms, |found| {
+        engine.read_now(key, now_ms, |found, _| {
             found.map(|(value, version)| Versioned { value: Bytes::copy_from_slice(value), version })
         })
+    }
+
+    /// The version [`Engine::read_now`] finds for `key`, and whether it must be waited for.
+    fn version_now(engine: &Engine<MemDisk>, key: &[u8]) -> (Option<u64>, Option<Unsettled>) {
+        engine
+            .read_now(key, 0, |found, unsettled| (found.map(|(_, version)| version), unsettled))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_read_is_told_only_what_is_durable() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
+            assert_eq!(version_now(&engine, &key(1)), (Some(1), None), "acknowledged, so durable");
+            let pending = engine.write_now(&key(1), |_| Entry::live(2, Bytes::from_static(b"two"), None));
+            let pending = pending.expect("decided without waiting").unwrap();
+            // Visible in memory at once, but not durable: a read in place must wait for it.
+            let (version, unsettled) = version_now(&engine, &key(1));
+            assert_eq!(version, Some(2));
+            let unsettled = unsettled.expect("the write is not durable yet");
+            assert!(engine.wal.durable_seq() < engine.wal.appended_seq());
+            // A crash now would take it back: that is what the read must not show.
+            let crashed = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
+            assert_eq!(crashed.get(&key(1), 0).await.unwrap().map(|found| found.version), Some(1));
+            // Waiting makes it durable (the waiting read leads the group commit if nobody does).
+            engine.settled(unsettled).await.unwrap();
+            assert_eq!(engine.wal.durable_seq(), engine.wal.appended_seq());
+            assert_eq!(version_now(&engine, &key(1)), (Some(2), None));
+            assert_eq!(engine.acknowledged(pending).await.unwrap(), WriteOutcome::Applied { version: 2 });
+
+            // `get` waits by itself: what it returns survives a crash straight after.
+            let pending = engine.write_now(&key(2), |_| Entry::live(3, Bytes::from_static(b"three"), None));
+            let _pending = pending.expect("decided without waiting").unwrap();
+            assert!(version_now(&engine, &key(2)).1.is_some());
+            assert_eq!(engine.get(&key(2), 0).await.unwrap().map(|found| found.version), Some(3));
+            let crashed = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
+            assert_eq!(crashed.get(&key(2), 0).await.unwrap().map(|found| found.version), Some(3));
+            // A key read from a table is durable; so is a key nobody wrote.
+            engine.flush().await.unwrap();
+            assert_eq!(version_now(&engine, &key(2)), (Some(3), None));
+            assert_eq!(version_now(&engine, b"absent"), (None, None));
+        });
+    }
+
+    #[test]
+    fn with_periodic_sync_a_read_does_not_wait() {
+        block_on(async {
+            let options = EngineOptions { sync: SyncMode::Periodic { interval_ms: 1000 }, ..small_options() };
+            let engine = Engine::open(MemDisk::new(), options).await.unwrap();
+            let pending = engine.write_now(&key(1), |_| Entry::live(1, Bytes::from_static(b"one"), None));
+            let _pending = pending.expect("decided without waiting").unwrap();
+            // Acknowledged writes may be lost with the last interval in this mode, so a read
+            // of an unsynced one is answered as its write is: at once.
+            assert_eq!(version_now(&engine, &key(1)), (Some(1), None));
+        });
     }
 
     #[test]

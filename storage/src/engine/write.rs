@@ -452,7 +452,7 @@ impl<D: Disk> Engine<D> {
         }
     }
 
-    async fn acknowledge(&self, seq: u64) -> Result<()> {
+    pub(super) async fn acknowledge(&self, seq: u64) -> Result<()> {
         match self.options.sync {
             SyncMode::Always => self.wal.commit_through(seq, true).await,
             SyncMode::Periodic { .. } if self.wal.buffered_bytes() >= self.options.wal_buffer_bytes_max => {
@@ -573,8 +573,13 @@ mod tests {
                 Entry::live(10, value(), None)
             });
             let first = first.expect("decided without waiting").unwrap();
-            // Applied at once: a read sees it before it is durable, as with write_with.
-            assert_eq!(engine.get(&key(1), 0).await.unwrap().map(|found| found.version), Some(10));
+            // Applied at once: visible in memory before it is durable, as with write_with (a
+            // read in place is told to wait for it).
+            let seen = engine
+                .read_now(&key(1), 0, |found, unsettled| (found.map(|(_, version)| version), unsettled));
+            let (seen, unsettled) = seen.unwrap().unwrap();
+            assert_eq!(seen, Some(10));
+            assert!(unsettled.is_some());
             // Not acknowledged, not synced: a crash now loses it.
             let crashed = disk.crash(CrashMode::DropUnsynced);
             let recovered = Engine::open(crashed, small_options()).await.unwrap();
