@@ -276,7 +276,8 @@ impl Node {
                 Some(replica::applied(envelope, result))
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
-                let result = block_on(self.engine_of(running, &key).get_entry(&key))
+                // As the shard does: a replica tells a coordinator only what is durable here.
+                let result = block_on(self.engine_of(running, &key).get_durable_entry(&key))
                     .map(|entry| entry.map(PeerEntry::from))
                     .map_err(storage_failure);
                 Some(replica::read_answer(envelope, digest_only, result))

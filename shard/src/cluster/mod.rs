@@ -550,15 +550,19 @@ impl Cluster {
     }
 
     /// Answers a replica read in place when memory holds the key's entry (the usual case for a
-    /// hot key); `None` when the read needs the disk, or the request is a write: run
-    /// [`Cluster::serve_replica`] then.
+    /// hot key) and it is durable; `None` when the read needs the disk, must wait for the group
+    /// commit of the entry it found (a replica tells a coordinator only what is durable here,
+    /// as a shard tells its clients), or the request is a write: run [`Cluster::serve_replica`]
+    /// then.
     pub fn serve_replica_now(&self, envelope: &PeerEnvelope) -> Option<PeerEnvelope> {
         let PeerMessage::Read { key, digest_only } = &envelope.message else { return None };
         if !self.view.borrow().owns(key, self.origin.shard) {
             return None;
         }
-        let found = self.handler.engine().entry_now(key, |entry| entry.cloned().map(PeerEntry::from))?;
-        let result = found.map_err(healing::storage_failure);
+        let found = self.handler.engine().entry_now_hashed(key, None, |entry, unsettled| {
+            unsettled.is_none().then(|| entry.cloned().map(PeerEntry::from))
+        })?;
+        let result = found.transpose()?.map_err(healing::storage_failure);
         Some(replica::read_answer(envelope, *digest_only, result))
     }
 
@@ -594,7 +598,7 @@ impl Cluster {
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
                 let result = engine
-                    .get_entry(&key)
+                    .get_durable_entry(&key)
                     .await
                     .map(|entry| entry.map(PeerEntry::from))
                     .map_err(healing::storage_failure);
