@@ -157,7 +157,7 @@ impl<D: Disk> Engine<D> {
     /// the record is not durable yet, and in [`SyncMode::Always`] writes are acknowledged only
     /// once durable. (In [`SyncMode::Periodic`] an acknowledged write may be lost with the last
     /// interval, so a read does not wait either.)
-    fn unsettled(&self, seq: u64) -> Option<Unsettled> {
+    pub(super) fn unsettled(&self, seq: u64) -> Option<Unsettled> {
         (matches!(self.options.sync, SyncMode::Always) && seq > self.wal.durable_seq())
             .then_some(Unsettled { seq })
     }

@@ -129,6 +129,7 @@ fn one_memtable_page(
     limit: usize,
     now_ms: u64,
     include_dead: bool,
+    newest_seq: &mut u64,
 ) -> Result<ScanPage> {
     let mut page = ScanPage::default();
     let mut last_examined: Option<&[u8]> = None;
@@ -138,6 +139,7 @@ fn one_memtable_page(
             cut = true;
             break;
         }
+        *newest_seq = (*newest_seq).max(mem_entry.seq);
         last_examined = Some(stored);
         if mem_entry.entry.is_absent_at(now_ms) && !include_dead {
             continue;
@@ -166,12 +168,34 @@ impl<D: Disk> Engine<D> {
     /// entries (tombstones, expired values at `now_ms`) are skipped unless `include_dead`, which
     /// replication uses to stream deletes. Continue with [`ScanRange::after`] the page's
     /// [`ScanPage::next`]; it is `None` once the range is finished.
+    ///
+    /// Resolves once what the page shows is durable: a memtable entry it looked at may wait for
+    /// its group commit (see [`super::Unsettled`]).
     pub async fn scan(
         &self,
         range: &ScanRange,
         limit: usize,
         now_ms: u64,
         include_dead: bool,
+    ) -> Result<ScanPage> {
+        // The newest WAL record among the memtable entries the page looked at.
+        let mut newest_seq = 0;
+        let page = self.scan_page(range, limit, now_ms, include_dead, &mut newest_seq).await?;
+        if let Some(unsettled) = self.unsettled(newest_seq) {
+            self.settled(unsettled).await?;
+        }
+        Ok(page)
+    }
+
+    /// [`Engine::scan`]'s page, as memory and the tables hold it now; `newest_seq` is raised to
+    /// the newest record among the memtable entries it looked at.
+    async fn scan_page(
+        &self,
+        range: &ScanRange,
+        limit: usize,
+        now_ms: u64,
+        include_dead: bool,
+        newest_seq: &mut u64,
     ) -> Result<ScanPage> {
         assert!(limit > 0, "a scan page holds at least one entry");
         let (start, end) = (stored(&range.start), stored(&range.end));
@@ -197,6 +221,7 @@ impl<D: Disk> Engine<D> {
                     limit,
                     now_ms,
                     include_dead,
+                    newest_seq,
                 );
             }
         }
@@ -220,6 +245,7 @@ impl<D: Disk> Engine<D> {
                         cut_at(key, &mut complete_below);
                         break;
                     }
+                    *newest_seq = (*newest_seq).max(mem_entry.seq);
                     keep_newest(&mut merged, Bytes::copy_from_slice(key), mem_entry.entry.clone());
                 }
             }
@@ -278,9 +304,33 @@ impl<D: Disk> Engine<D> {
 mod tests {
     use super::super::testing::{key, small_options};
     use super::super::*;
-    use crate::disk::memory::MemDisk;
+    use crate::disk::memory::{CrashMode, MemDisk};
+    use crate::entry::Entry;
     use crate::key::Position;
     use futures_executor::block_on;
+
+    #[test]
+    fn a_scan_shows_only_what_is_durable() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
+            // Applied in memory, not yet durable; then a deletion of the first key likewise.
+            let put = engine.write_now(&key(2), |_| Entry::live(2, Bytes::from_static(b"two"), None));
+            let _put = put.expect("decided without waiting").unwrap();
+            let delete = engine.write_now(&key(1), |_| Entry::tombstone(3, 0));
+            let _delete = delete.expect("decided without waiting").unwrap();
+            assert!(engine.wal.durable_seq() < engine.wal.appended_seq());
+            let page = engine.scan(&ScanRange::all(), 10, 0, false).await.unwrap();
+            let keys: Vec<Bytes> = page.entries.into_iter().map(|entry| entry.key).collect();
+            assert_eq!(keys, vec![key(2)]);
+            // The page waited for the group commit of what it showed: a crash now keeps it.
+            assert_eq!(engine.wal.durable_seq(), engine.wal.appended_seq());
+            let recovered = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
+            assert_eq!(recovered.get(&key(1), 0).await.unwrap(), None);
+            assert_eq!(recovered.get(&key(2), 0).await.unwrap().map(|found| found.version), Some(2));
+        });
+    }
 
     #[test]
     fn scan_pages_through_everything_in_token_order() {
