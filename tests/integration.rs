@@ -48,6 +48,7 @@ mod metrics_scrape_shows_figures_changed_just_before_it;
 mod resp_auth_answers_as_redis_does;
 mod resp_pipelined_sets_of_one_key_land_in_order;
 mod resp_pipelines_in_order_and_refuses_hostile_requests;
+mod resp_reads_of_writes_not_yet_durable_wait;
 mod resp_redis_cli_and_benchmark;
 mod resp_redis_py_serves_every_command;
 mod resp_ttl_and_mset_across_a_three_node_cluster;
