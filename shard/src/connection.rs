@@ -36,12 +36,12 @@
 //!   the bytes received and each request's frame stays charged until it is answered; with the
 //!   budget spent, the connection waits before reading.
 //! - `in_flight_max` operations executing at once (a batch counts as its operations; a write
-//!   waiting in the commit queue counts too, so the queue holds at most `in_flight_max`); a
-//!   request beyond that is answered "overloaded" straight away.
-//! - `outbox_bytes_max` bytes of encoded replies not yet written (held reads' included); above
-//!   it the connection stops
-//!   reading, so a client that sends without reading is held back by TCP flow control instead
-//!   of growing the server's memory.
+//!   waiting in the commit queue counts too); a request beyond that is answered "overloaded"
+//!   straight away. A held read counts as in flight but is never refused: its reply is already
+//!   encoded, and counts against the next bound.
+//! - `outbox_bytes_max` bytes of encoded replies not yet written, held reads' included; above it
+//!   the connection stops reading, so a client that sends without reading is held back by TCP
+//!   flow control instead of growing the server's memory.
 //!
 //! When the node has users configured, a connection starts unauthenticated: its requests pass
 //! an authentication [`Gate`] first, which answers everything but `Auth` and `Ping` with
@@ -138,7 +138,7 @@ struct Shared {
     commits: RefCell<VecDeque<Queued>>,
     /// The encoded replies of the held reads in `commits`, in the same order.
     held: RefCell<BytesMut>,
-    /// The committer has something to do: a queued write, or the end.
+    /// The committer has something to do: a queued write or read, or the end.
     commit_queued: Event,
 }
 
@@ -156,8 +156,8 @@ struct Commit {
     charge: Charge,
 }
 
-/// A read answered in place whose reply waits in the commit queue for the commit of what it
-/// found (and, queued, behind the writes queued before it).
+/// A read answered in place whose reply waits in the commit queue until what it found is
+/// durable (and what was queued before it is answered).
 struct HeldRead {
     id: u64,
     /// Its encoded reply's length, at the front of [`Shared::held`] when its turn comes.
@@ -334,8 +334,8 @@ impl Shared {
         self.push(response);
     }
 
-    /// A write applied in place, already counted in flight: its reply waits in the commit
-    /// queue for its acknowledgement.
+    /// A write applied in place or a held read, already counted in flight: its reply waits in
+    /// the commit queue for its commit.
     fn queue_commit(&self, queued: Queued) {
         self.commits.borrow_mut().push_back(queued);
         self.commit_queued.notify(1);
