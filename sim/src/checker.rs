@@ -14,6 +14,9 @@
 //!    Replicas only ever move to higher versions and acknowledged writes are synced, so this holds
 //!    whatever else is written or pending meanwhile. Every value any read returns must also have
 //!    been written by some operation that may have been applied.
+//! 5. Nothing a read was shown is taken back: the key settles on the version a client's read
+//!    returned or a newer one (or on no live value that a delete or an expiry explains). A node
+//!    tells a read only what is durable on it, so no crash can lose what a client has seen.
 //!
 //! The same checkers judge the histories of real processes under real faults
 //! (`ringkv-bench chaos`), recorded through the client. A client learns less than the simulator:
@@ -150,6 +153,7 @@ pub fn check(history: &History, replicas: &BTreeMap<Bytes, Vec<u16>>, stored: &F
             }
         }
         check_reads(&name, &operations, &mut violations);
+        check_nothing_seen_is_lost(&name, &operations, &final_seen, &mut violations);
     }
     check_only_replicas_hold(replicas, stored, &mut violations);
     violations
@@ -320,6 +324,50 @@ fn check_reads(name: &str, operations: &[&Operation], violations: &mut Vec<Strin
     }
 }
 
+/// Checker 5: every entry a client's read returned is still reflected by what the key settled
+/// on: that version or a newer one, or no live value that a delete or an expiring write (its
+/// own, or another that may have been applied, not known to be older) explains.
+fn check_nothing_seen_is_lost(
+    name: &str,
+    operations: &[&Operation],
+    final_seen: &Seen,
+    violations: &mut Vec<String>,
+) {
+    let settled_version = match final_seen {
+        Seen::Entry(entry) => entry.as_ref().map(|entry| entry.version),
+        Seen::Absent => None,
+    };
+    for read in operations.iter().filter(|op| op.kind == Kind::Get && op.client.is_some()) {
+        let Some(Seen::Entry(Some(seen))) = Seen::of(read) else { continue };
+        if settled_version >= Some(seen.version) {
+            continue;
+        }
+        let settled_dead = match final_seen {
+            Seen::Entry(Some(entry)) => matches!(entry.value, PeerValue::Tombstone { .. }),
+            Seen::Entry(None) | Seen::Absent => true,
+        };
+        let expires = matches!(seen.value, PeerValue::Live { expires_at_ms: Some(_), .. });
+        let hidden = || {
+            operations.iter().any(|op| {
+                op.may_have_applied()
+                    && op.hides()
+                    && op.version.is_none_or(|version| version >= seen.version)
+            })
+        };
+        if settled_dead && (expires || hidden()) {
+            continue;
+        }
+        let settled = match final_seen {
+            Seen::Entry(entry) => describe(entry),
+            Seen::Absent => "no live value".to_string(),
+        };
+        violations.push(format!(
+            "{name}: [{read}] returned {}, but the key settled on {settled}: what a read was shown was taken back",
+            describe(&Some(seen.clone()))
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +464,28 @@ mod tests {
         let violations = run(operations, live(10, "a"));
         assert!(violations.iter().any(|violation| violation.contains("W + R > N")), "{violations:?}");
         assert!(violations.iter().any(|violation| violation.contains("no write wrote")), "{violations:?}");
+    }
+
+    #[test]
+    fn a_value_a_read_was_shown_then_lost_is_found() {
+        // A write of unknown outcome, read by a client, then gone from every replica.
+        let unknown = put("b", 20, (3, 4), Outcome::Unknown("timeout".into()));
+        let read = operation(Kind::Get, None, (5, 6), Outcome::Read(live(20, "b")));
+        let operations = vec![put("a", 10, (1, 2), Outcome::Written), unknown.clone(), read.clone()];
+        let mut lost = operations.clone();
+        lost.push(final_read(live(10, "a")));
+        let violations = run(lost, live(10, "a"));
+        assert!(violations.iter().any(|violation| violation.contains("taken back")), "{violations:?}");
+        // Kept, or overwritten by a newer write, it passes.
+        let mut kept = operations.clone();
+        kept.push(final_read(live(20, "b")));
+        assert_eq!(run(kept, live(20, "b")), Vec::<String>::new());
+        // Gone but explained by a delete that may have been applied after it, it passes too.
+        let delete = operation(Kind::Delete, Some(30), (7, 8), Outcome::Unknown("timeout".into()));
+        let tombstone = Some(PeerEntry { version: 30, value: PeerValue::Tombstone { deleted_at_ms: 9 } });
+        let mut deleted = operations;
+        deleted.extend([delete, final_read(tombstone.clone())]);
+        assert_eq!(run(deleted, tombstone), Vec::<String>::new());
     }
 
     #[test]
