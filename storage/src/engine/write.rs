@@ -284,7 +284,8 @@ impl<D: Disk> Engine<D> {
         loop {
             let generation = self.state.borrow().flush_generation;
             let found = self.stored_entry(&key).await?;
-            let (seq, version) = {
+            // Applied as (record, version); or refused, with the last record appended before.
+            let decided = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
                 if overtaken_by_flush(&state, generation, &mut attempts)? {
@@ -299,20 +300,37 @@ impl<D: Disk> Engine<D> {
                     Expected::Absent => live_version.is_none(),
                     Expected::Version(version) => live_version == Some(version),
                 };
+                let appended = state.next_seq - 1;
                 if !matches {
-                    return Ok(CasOutcome::Mismatch { current_version: live_version });
+                    Err((appended, CasOutcome::Mismatch { current_version: live_version }))
+                } else {
+                    let make_entry = make_entry.take().expect("the entry is made once");
+                    let entry = make_entry(current.as_ref().map(|entry| entry.version));
+                    validate_value(entry.data())?;
+                    match current.filter(|current| !entry.supersedes(current)) {
+                        Some(current) => {
+                            Err((appended, CasOutcome::Stale { current_version: current.version }))
+                        }
+                        None => {
+                            let version = entry.version;
+                            Ok((self.apply(&mut state, &key, entry)?, version))
+                        }
+                    }
                 }
-                let make_entry = make_entry.take().expect("the entry is made once");
-                let entry = make_entry(current.as_ref().map(|entry| entry.version));
-                validate_value(entry.data())?;
-                if let Some(current) = current.filter(|current| !entry.supersedes(current)) {
-                    return Ok(CasOutcome::Stale { current_version: current.version });
-                }
-                let version = entry.version;
-                (self.apply(&mut state, &key, entry)?, version)
             };
-            self.acknowledge(seq).await?;
-            return Ok(CasOutcome::Swapped { version });
+            return match decided {
+                Ok((seq, version)) => {
+                    self.acknowledge(seq).await?;
+                    Ok(CasOutcome::Swapped { version })
+                }
+                // What it compared against may not be durable yet: as a superseded write does,
+                // a refusal resolves once everything appended before it is, so it never tells of
+                // a state a crash can take back.
+                Err((appended, refused)) => {
+                    self.acknowledge(appended).await?;
+                    Ok(refused)
+                }
+            };
         }
     }
 
@@ -340,18 +358,20 @@ impl<D: Disk> Engine<D> {
         self.make_room().await?;
         let mut make_entries = Some(make_entries);
         let mut attempts = 0;
-        loop {
+        let decided = 'attempt: loop {
             let generation = self.state.borrow().flush_generation;
             let mut found = Vec::with_capacity(keys.len());
             for key in &keys {
                 found.push(self.stored_entry(key).await?);
             }
-            let (seq, versions) = {
+            // Applied as (record, versions); or refused, with the last record appended before.
+            let decided = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
                 if overtaken_by_flush(&state, generation, &mut attempts)? {
                     continue;
                 }
+                let appended = state.next_seq - 1;
                 let current: Vec<Option<Entry>> = found
                     .into_iter()
                     .zip(&keys)
@@ -364,7 +384,7 @@ impl<D: Disk> Engine<D> {
                         .iter()
                         .position(|entry| entry.as_ref().is_some_and(|entry| !entry.is_absent_at(now_ms)));
                     if let Some(index) = live {
-                        return Ok(AtomicOutcome::Present { index });
+                        break 'attempt Err((appended, AtomicOutcome::Present { index }));
                     }
                 }
                 let versions: Vec<Option<u64>> =
@@ -375,14 +395,27 @@ impl<D: Disk> Engine<D> {
                 for (index, (entry, current)) in entries.iter().zip(&current).enumerate() {
                     validate_value(entry.data())?;
                     if let Some(current) = current.as_ref().filter(|current| !entry.supersedes(current)) {
-                        return Ok(AtomicOutcome::Stale { index, current_version: current.version });
+                        break 'attempt Err((
+                            appended,
+                            AtomicOutcome::Stale { index, current_version: current.version },
+                        ));
                     }
                 }
                 let versions = entries.iter().map(|entry| entry.version).collect();
-                (self.apply_atomically(&mut state, &keys, entries)?, versions)
+                Ok((self.apply_atomically(&mut state, &keys, entries)?, versions))
             };
-            self.acknowledge(seq).await?;
-            return Ok(AtomicOutcome::Applied { versions });
+            break 'attempt decided;
+        };
+        match decided {
+            Ok((seq, versions)) => {
+                self.acknowledge(seq).await?;
+                Ok(AtomicOutcome::Applied { versions })
+            }
+            // As a refused compare-and-swap: resolves once what it found is durable.
+            Err((appended, refused)) => {
+                self.acknowledge(appended).await?;
+                Ok(refused)
+            }
         }
     }
 
@@ -559,6 +592,33 @@ mod tests {
                 );
             }
             assert_eq!(engine.get(&key(5), 0).await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn a_refused_compare_and_swap_resolves_only_once_what_it_found_is_durable() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let value = || Bytes::from_static(b"v");
+            let pending = engine.write_now(&key(1), |_| Entry::live(10, value(), None));
+            let _pending = pending.expect("decided without waiting").unwrap();
+            assert!(engine.wal.durable_seq() < engine.wal.appended_seq());
+            // Refused against a write not yet durable: told only once it is.
+            let refused = engine
+                .compare_and_swap_with(key(1), Expected::Absent, 0, |_| Entry::live(11, value(), None))
+                .await;
+            assert_eq!(refused.unwrap(), CasOutcome::Mismatch { current_version: Some(10) });
+            assert_eq!(engine.wal.durable_seq(), engine.wal.appended_seq());
+
+            let pending = engine.write_now(&key(2), |_| Entry::live(20, value(), None));
+            let _pending = pending.expect("decided without waiting").unwrap();
+            let present = engine
+                .write_atomically_with(&[key(3), key(2)], Some(0), |_| {
+                    vec![Entry::live(21, value(), None); 2]
+                })
+                .await;
+            assert_eq!(present.unwrap(), AtomicOutcome::Present { index: 1 });
+            assert_eq!(engine.wal.durable_seq(), engine.wal.appended_seq());
         });
     }
 
