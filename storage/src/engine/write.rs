@@ -284,8 +284,10 @@ impl<D: Disk> Engine<D> {
         loop {
             let generation = self.state.borrow().flush_generation;
             let found = self.stored_entry(&key).await?;
-            // Applied as (record, version); or refused, with the last record appended before.
-            let decided = {
+            // What to tell, and the record it waits for: a swap its own; a refusal the last one
+            // appended before it, as a superseded write does, since what it compared against may
+            // not be durable yet and it must never tell of a state a crash can take back.
+            let (through_seq, outcome) = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
                 if overtaken_by_flush(&state, generation, &mut attempts)? {
@@ -302,35 +304,22 @@ impl<D: Disk> Engine<D> {
                 };
                 let appended = state.next_seq - 1;
                 if !matches {
-                    Err((appended, CasOutcome::Mismatch { current_version: live_version }))
+                    (appended, CasOutcome::Mismatch { current_version: live_version })
                 } else {
                     let make_entry = make_entry.take().expect("the entry is made once");
                     let entry = make_entry(current.as_ref().map(|entry| entry.version));
                     validate_value(entry.data())?;
                     match current.filter(|current| !entry.supersedes(current)) {
-                        Some(current) => {
-                            Err((appended, CasOutcome::Stale { current_version: current.version }))
-                        }
+                        Some(current) => (appended, CasOutcome::Stale { current_version: current.version }),
                         None => {
                             let version = entry.version;
-                            Ok((self.apply(&mut state, &key, entry)?, version))
+                            (self.apply(&mut state, &key, entry)?, CasOutcome::Swapped { version })
                         }
                     }
                 }
             };
-            return match decided {
-                Ok((seq, version)) => {
-                    self.acknowledge(seq).await?;
-                    Ok(CasOutcome::Swapped { version })
-                }
-                // What it compared against may not be durable yet: as a superseded write does,
-                // a refusal resolves once everything appended before it is, so it never tells of
-                // a state a crash can take back.
-                Err((appended, refused)) => {
-                    self.acknowledge(appended).await?;
-                    Ok(refused)
-                }
-            };
+            self.acknowledge(through_seq).await?;
+            return Ok(outcome);
         }
     }
 
@@ -358,13 +347,13 @@ impl<D: Disk> Engine<D> {
         self.make_room().await?;
         let mut make_entries = Some(make_entries);
         let mut attempts = 0;
-        let decided = 'attempt: loop {
+        // What to tell, and the record it waits for (as for a compare-and-swap).
+        let (through_seq, outcome) = 'attempt: loop {
             let generation = self.state.borrow().flush_generation;
             let mut found = Vec::with_capacity(keys.len());
             for key in &keys {
                 found.push(self.stored_entry(key).await?);
             }
-            // Applied as (record, versions); or refused, with the last record appended before.
             let decided = {
                 let mut state = self.state.borrow_mut();
                 self.check_accepts_writes(&state)?;
@@ -384,7 +373,7 @@ impl<D: Disk> Engine<D> {
                         .iter()
                         .position(|entry| entry.as_ref().is_some_and(|entry| !entry.is_absent_at(now_ms)));
                     if let Some(index) = live {
-                        break 'attempt Err((appended, AtomicOutcome::Present { index }));
+                        break 'attempt (appended, AtomicOutcome::Present { index });
                     }
                 }
                 let versions: Vec<Option<u64>> =
@@ -395,28 +384,19 @@ impl<D: Disk> Engine<D> {
                 for (index, (entry, current)) in entries.iter().zip(&current).enumerate() {
                     validate_value(entry.data())?;
                     if let Some(current) = current.as_ref().filter(|current| !entry.supersedes(current)) {
-                        break 'attempt Err((
+                        break 'attempt (
                             appended,
                             AtomicOutcome::Stale { index, current_version: current.version },
-                        ));
+                        );
                     }
                 }
                 let versions = entries.iter().map(|entry| entry.version).collect();
-                Ok((self.apply_atomically(&mut state, &keys, entries)?, versions))
+                (self.apply_atomically(&mut state, &keys, entries)?, AtomicOutcome::Applied { versions })
             };
             break 'attempt decided;
         };
-        match decided {
-            Ok((seq, versions)) => {
-                self.acknowledge(seq).await?;
-                Ok(AtomicOutcome::Applied { versions })
-            }
-            // As a refused compare-and-swap: resolves once what it found is durable.
-            Err((appended, refused)) => {
-                self.acknowledge(appended).await?;
-                Ok(refused)
-            }
-        }
+        self.acknowledge(through_seq).await?;
+        Ok(outcome)
     }
 
     /// Makes every write appended so far durable.
