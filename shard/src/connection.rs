@@ -60,7 +60,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use event_listener::Event;
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::{or, yield_now};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -72,6 +71,7 @@ use ringkv_wire::{
 use tracing::{debug, Instrument};
 
 use crate::auth::{Admission, ClientAuth, Gate};
+use crate::local_event::LocalEvent;
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
 use crate::request_memory::{read_into, Charge, ReadWindow, RequestMemory};
 use crate::router::{BatchClock, Router, WriteInPlace};
@@ -130,16 +130,16 @@ struct Outbox {
 struct Shared {
     outbox: RefCell<Outbox>,
     /// The writer has something to do: replies, or the end.
-    ready: Event,
+    ready: LocalEvent,
     /// The writer has written a batch, or failed: reading may resume.
-    drained: Event,
+    drained: LocalEvent,
     /// Writes applied in place and held reads, oldest first, waiting for their commit. Each
     /// counts as in flight; the queue keeps its room once grown.
     commits: RefCell<VecDeque<Queued>>,
     /// The encoded replies of the held reads in `commits`, in the same order.
     held: RefCell<BytesMut>,
     /// The committer has something to do: a queued write or read, or the end.
-    commit_queued: Event,
+    commit_queued: LocalEvent,
 }
 
 /// What waits in the commit queue.
@@ -206,11 +206,11 @@ impl Shared {
                 reading_done: false,
                 write_failed: false,
             }),
-            ready: Event::new(),
-            drained: Event::new(),
+            ready: LocalEvent::new(),
+            drained: LocalEvent::new(),
             commits: RefCell::new(VecDeque::new()),
             held: RefCell::new(BytesMut::new()),
-            commit_queued: Event::new(),
+            commit_queued: LocalEvent::new(),
         }
     }
 
@@ -229,7 +229,7 @@ impl Shared {
                     .expect("a short error response fits in a frame");
             }
         }
-        self.ready.notify(1);
+        self.ready.notify();
     }
 
     /// Encodes the reply to a read answered in place (see [`Router::read_now`]) straight from
@@ -246,7 +246,7 @@ impl Shared {
         };
         match encoded {
             Ok(()) => {
-                self.ready.notify(1);
+                self.ready.notify();
             }
             Err(error) => {
                 let failure = Failure::new(error.code(), format!("the response: {error}"));
@@ -307,7 +307,7 @@ impl Shared {
         };
         match failed {
             None => {
-                self.ready.notify(1);
+                self.ready.notify();
             }
             Some(failure) => self.push(&Response { id: read.id, reply: Reply::Failed(failure) }),
         }
@@ -338,21 +338,21 @@ impl Shared {
     /// the commit queue for its commit.
     fn queue_commit(&self, queued: Queued) {
         self.commits.borrow_mut().push_back(queued);
-        self.commit_queued.notify(1);
+        self.commit_queued.notify();
     }
 
     fn finish_reading(&self) {
         self.outbox.borrow_mut().reading_done = true;
-        self.ready.notify(1);
-        self.commit_queued.notify(1);
+        self.ready.notify();
+        self.commit_queued.notify();
     }
 
     /// Waits until the outbox is below `outbox_bytes_max`. False when the writer failed or the
     /// shard is stopping: stop reading.
     async fn wait_for_room(&self, outbox_bytes_max: usize, stop: &StopSignal) -> bool {
         loop {
-            // Listeners live in this future, not on the heap (no allocation per read).
-            event_listener::listener!(self.drained => listener);
+            // The listener lives in this future (no allocation per read).
+            let listener = self.drained.listen();
             {
                 let outbox = self.outbox.borrow();
                 if outbox.write_failed {
@@ -709,8 +709,8 @@ fn dispatch(
 /// appending, and one commit covers them all.
 async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
     loop {
-        // The listener lives in this future, not on the heap (no allocation per write).
-        event_listener::listener!(shared.commit_queued => listener);
+        // The listener lives in this future (no allocation per write).
+        let listener = shared.commit_queued.listen();
         let oldest = shared.commits.borrow_mut().pop_front();
         match oldest {
             Some(Queued::Write(Commit { id, write, charge })) => {
@@ -734,8 +734,8 @@ async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
 async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metrics: Arc<ShardMetrics>) {
     let mut batch = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
-        // The listener lives in this future, not on the heap (no allocation per batch).
-        event_listener::listener!(shared.ready => listener);
+        // The listener lives in this future (no allocation per batch).
+        let listener = shared.ready.listen();
         {
             let mut outbox = shared.outbox.borrow_mut();
             if !outbox.bytes.is_empty() {
@@ -758,12 +758,12 @@ async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metric
         {
             debug!(%error, "writing to the client failed");
             shared.outbox.borrow_mut().write_failed = true;
-            shared.drained.notify(usize::MAX);
+            shared.drained.notify();
             return;
         }
         metrics.connections(Protocol::Native).bytes_out.add(batch.len() as u64);
         batch.clear();
-        shared.drained.notify(usize::MAX);
+        shared.drained.notify();
     }
     if let Err(error) = writer.close().await {
         debug!(%error, "shutting down the write side failed");

@@ -38,6 +38,8 @@
 //! - [`request_memory`]: [`request_memory::RequestMemory`], the shard's budget of request bytes
 //!   received and not yet answered; every connection reads through it.
 //! - [`stop_signal`]: [`StopSignal`], a shard-local stop flag tasks can wait on.
+//! - [`local_event`]: [`local_event::LocalEvent`], the wake-up the tasks of one shard (a
+//!   connection's reader, writer and committer) signal each other with, lock-free.
 //! - [`timeouts`]: [`timeouts::ReadTimeouts`], closing client connections whose frame does not
 //!   finish in time, or that sit idle.
 //! - [`error`]: [`ShardError`], why a node could not start or stop cleanly.
@@ -50,6 +52,7 @@ pub mod connection;
 pub mod data_directory;
 pub mod error;
 pub mod handler;
+pub mod local_event;
 pub mod metrics;
 pub mod node;
 pub mod request_memory;

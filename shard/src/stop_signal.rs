@@ -3,14 +3,14 @@
 use std::cell::Cell;
 use std::future::Future;
 
-use event_listener::Event;
+use crate::local_event::LocalEvent;
 
 /// A one-way flag with a wake-up: once triggered it stays triggered, and every task waiting in
 /// [`StopSignal::wait`] resumes. Single-threaded, like the shard that owns it.
 #[derive(Default)]
 pub struct StopSignal {
     stopped: Cell<bool>,
-    event: Event,
+    event: LocalEvent,
 }
 
 impl StopSignal {
@@ -22,7 +22,7 @@ impl StopSignal {
     /// Triggers the signal and wakes every waiter.
     pub fn trigger(&self) {
         self.stopped.set(true);
-        self.event.notify(usize::MAX);
+        self.event.notify();
     }
 
     /// Whether the signal has been triggered.
@@ -46,10 +46,10 @@ impl StopSignal {
             if self.stopped.get() {
                 return;
             }
-            // Listen before the second check, so a trigger in between is not missed. The
-            // listener lives in this future, not on the heap: a connection waits on the signal
-            // beside every socket read.
-            event_listener::listener!(self.event => listener);
+            // Listen before the second check, so a trigger in between is not missed. A
+            // connection waits on the signal beside every socket read: the listener lives in
+            // this future and takes no lock.
+            let listener = self.event.listen();
             if self.stopped.get() {
                 return;
             }

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use event_listener::Event;
+use crate::local_event::LocalEvent;
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::or;
 use futures_lite::io::AsyncWriteExt;
@@ -60,7 +60,7 @@ pub struct PeerLink {
     outbox: RefCell<Vec<u8>>,
     outbox_bytes_max: usize,
     builder: RefCell<FlatBufferBuilder<'static>>,
-    ready: Event,
+    ready: LocalEvent,
     stop: Rc<StopSignal>,
     /// What the receive buffer is charged to.
     memory: Rc<RequestMemory>,
@@ -87,7 +87,7 @@ impl PeerLink {
             outbox: RefCell::new(Vec::new()),
             outbox_bytes_max,
             builder: RefCell::new(FlatBufferBuilder::new()),
-            ready: Event::new(),
+            ready: LocalEvent::new(),
             stop: Rc::new(StopSignal::new()),
             memory,
             key,
@@ -123,14 +123,14 @@ impl PeerLink {
             outbox.truncate(before);
             return false;
         }
-        self.ready.notify(1);
+        self.ready.notify();
         true
     }
 
     /// Stops the link's task.
     pub fn stop(&self) {
         self.stop.trigger();
-        self.ready.notify(usize::MAX);
+        self.ready.notify();
     }
 
     /// Drives the link until stopped: connects, writes the outbox, hands replies to `on_reply`.
@@ -260,7 +260,7 @@ impl PeerLink {
                 reuse_written(&mut pending);
                 std::mem::swap(&mut pending, &mut *self.outbox.borrow_mut());
                 if pending.is_empty() {
-                    event_listener::listener!(self.ready => listener);
+                    let listener = self.ready.listen();
                     if !self.outbox.borrow().is_empty() {
                         continue;
                     }

@@ -23,7 +23,7 @@ use crate::request_memory::{read_into, ReadWindow};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use event_listener::Event;
+use crate::local_event::LocalEvent;
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::future::or;
 use futures_lite::io::AsyncWriteExt;
@@ -88,8 +88,8 @@ struct LinkState {
     /// slot, so there are at most `peer_in_flight_max`).
     commits: CommitQueue,
     builder: RefCell<FlatBufferBuilder<'static>>,
-    written: Event,
-    ready: Event,
+    written: LocalEvent,
+    ready: LocalEvent,
     in_flight: Cell<usize>,
     closed: Cell<bool>,
 }
@@ -100,7 +100,7 @@ impl LinkState {
         if let Err(error) = encode_peer_into(&mut self.builder.borrow_mut(), envelope, &mut outbox) {
             warn!(%error, "a peer reply could not be encoded");
         }
-        self.ready.notify(1);
+        self.ready.notify();
     }
 }
 
@@ -145,8 +145,8 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
         outbox: RefCell::new(Vec::new()),
         commits: CommitQueue::default(),
         builder: RefCell::new(FlatBufferBuilder::new()),
-        written: Event::new(),
-        ready: Event::new(),
+        written: LocalEvent::new(),
+        ready: LocalEvent::new(),
         in_flight: Cell::new(0),
         closed: Cell::new(false),
     });
@@ -166,7 +166,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
             loop {
                 // Hold back while the peer does not read its replies.
                 while state.outbox.borrow().len() >= outbox_bytes_max {
-                    event_listener::listener!(state.written => listener);
+                    let listener = state.written.listen();
                     if state.outbox.borrow().len() < outbox_bytes_max || state.closed.get() {
                         break;
                     }
@@ -291,7 +291,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                 reuse_written(&mut pending);
                 std::mem::swap(&mut pending, &mut *state.outbox.borrow_mut());
                 if pending.is_empty() {
-                    event_listener::listener!(state.ready => listener);
+                    let listener = state.ready.listen();
                     if !state.outbox.borrow().is_empty() {
                         continue;
                     }
@@ -301,7 +301,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
                     futures_lite::future::yield_now().await;
                     continue;
                 }
-                state.written.notify(usize::MAX);
+                state.written.notify();
                 if writer.write_all(&pending).await.is_err() || writer.flush().await.is_err() {
                     return;
                 }
@@ -313,7 +313,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
     glommio::spawn_local(answer_commits(state.clone(), cluster.clone())).detach();
     or(or(read_requests, write_replies), stop.wait()).await;
     state.closed.set(true);
-    state.written.notify(usize::MAX);
+    state.written.notify();
     state.commits.wake();
     debug!(%peer, "peer link closed");
 }

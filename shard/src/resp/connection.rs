@@ -39,7 +39,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use event_listener::Event;
 use futures_lite::future::yield_now;
 use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
@@ -51,6 +50,7 @@ use tracing::debug;
 use crate::auth::Gate;
 use crate::connection::linger;
 use crate::connection::{read_or_give_up, ReadOutcome, READ_AHEAD};
+use crate::local_event::LocalEvent;
 use crate::metrics::{self, ShardMetrics};
 use crate::request_memory::{read_into, ReadWindow, RequestMemory};
 use crate::resp::command_table::{self, COMMANDS};
@@ -189,13 +189,13 @@ struct Shared {
     /// Writes applied in place, oldest first, for [`acknowledge_writes`].
     commits: RefCell<VecDeque<Commit>>,
     /// A write was queued in `commits`, or reading is done.
-    commit_queued: Event,
+    commit_queued: LocalEvent,
     /// The writer has something to do: replies, or the end.
-    ready: Event,
+    ready: LocalEvent,
     /// The writer has written a batch, or failed: reading may resume.
-    drained: Event,
+    drained: LocalEvent,
     /// A command finished: a reader waiting for room or for an earlier command may go on.
-    completed: Event,
+    completed: LocalEvent,
 }
 
 /// Why the reader stopped.
@@ -225,10 +225,10 @@ impl Shared {
                 write_failed: false,
             }),
             commits: RefCell::new(VecDeque::new()),
-            commit_queued: Event::new(),
-            ready: Event::new(),
-            drained: Event::new(),
-            completed: Event::new(),
+            commit_queued: LocalEvent::new(),
+            ready: LocalEvent::new(),
+            drained: LocalEvent::new(),
+            completed: LocalEvent::new(),
         }
     }
 
@@ -242,7 +242,7 @@ impl Shared {
                 replies.pending.push_back(Slot::Ready(reply.clone(), protocol));
             }
         }
-        self.ready.notify(1);
+        self.ready.notify();
     }
 
     /// The reply to a read answered in place, encoded straight from the borrowed value when no
@@ -278,7 +278,7 @@ impl Shared {
                 replies.pending.push_back(Slot::Ready(reply, protocol));
             }
         }
-        self.ready.notify(1);
+        self.ready.notify();
         None
     }
 
@@ -346,8 +346,8 @@ impl Shared {
                 *first_sequence += 1;
             }
         }
-        self.completed.notify(usize::MAX);
-        self.ready.notify(1);
+        self.completed.notify();
+        self.ready.notify();
     }
 
     fn in_flight(&self) -> usize {
@@ -361,8 +361,8 @@ impl Shared {
 
     fn finish_reading(&self) {
         self.replies.borrow_mut().reading_done = true;
-        self.ready.notify(1);
-        self.commit_queued.notify(1);
+        self.ready.notify();
+        self.commit_queued.notify();
     }
 
     /// Recounts the keys of a command begun as a plain write ([`Access::Write`]) that runs in a
@@ -383,7 +383,7 @@ impl Shared {
     /// A write applied in place, answered once acknowledged (see [`acknowledge_writes`]).
     fn queue_commit(&self, commit: Commit) {
         self.commits.borrow_mut().push_back(commit);
-        self.commit_queued.notify(1);
+        self.commit_queued.notify();
     }
 
     /// Waits until `condition` holds, re-checking after each finished command. False when the
@@ -416,8 +416,7 @@ impl Shared {
                 None
             }
         };
-        // Checked before listening too: a listener costs an allocation, and there is room
-        // nearly always.
+        // Checked before listening too: there is room nearly always.
         if let Some(answer) = room(self) {
             return answer;
         }
@@ -827,8 +826,8 @@ async fn dispatch(
 /// applying, and one commit covers them all.
 async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
     loop {
-        // The listener lives in this future, not on the heap (no allocation per write).
-        event_listener::listener!(shared.commit_queued => listener);
+        // The listener lives in this future (no allocation per write).
+        let listener = shared.commit_queued.listen();
         let oldest = shared.commits.borrow_mut().pop_front();
         match oldest {
             Some(Commit { sequence, keys, access, write, protocol }) => {
@@ -1010,7 +1009,7 @@ async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metric
         }
     };
     loop {
-        // Listen only when there is nothing to write: a listener costs an allocation.
+        // Listen only when there is nothing to write.
         if !take(&mut batch) {
             break;
         }
@@ -1033,12 +1032,12 @@ async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metric
         {
             debug!(%error, "writing to the client failed");
             shared.replies.borrow_mut().write_failed = true;
-            shared.drained.notify(usize::MAX);
+            shared.drained.notify();
             return;
         }
         metrics.connections(metrics::Protocol::Resp).bytes_out.add(batch.len() as u64);
         batch.clear();
-        shared.drained.notify(usize::MAX);
+        shared.drained.notify();
     }
     if let Err(error) = writer.close().await {
         debug!(%error, "shutting down the write side failed");
