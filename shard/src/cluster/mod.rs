@@ -655,3 +655,127 @@ fn failure_of(error: &CoordinatorError) -> Failure {
     };
     Failure::new(code, error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_replication::{default_tokens, HybridClock, NodeIdentity};
+    use ringkv_storage::{Engine, EngineOptions, SyncMode};
+    use ringkv_wire::peer::ReadAnswer;
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    /// The cluster part of shard 0 of a one-shard node alone in its cluster (so that shard
+    /// owns every key), on an engine in `directory` that syncs before acknowledging
+    /// (`SyncMode::Always`). Not started: no background task runs, so nothing syncs the WAL
+    /// unless the test (or the code under test) waits for it.
+    async fn lone_shard(directory: &std::path::Path) -> (Rc<Cluster>, Rc<Engine<DmaDisk>>) {
+        let disk = DmaDisk::open(directory).await.expect("open the data directory");
+        let options = EngineOptions { sync: SyncMode::Always, ..EngineOptions::default() };
+        let engine = Rc::new(Engine::open(disk, options).await.expect("open the engine"));
+        let handler = Rc::new(Handler::new(engine.clone(), HybridClock::new(1), now_ms));
+        let identity = NodeIdentity {
+            node_id: 1,
+            generation: 1,
+            peer_address: SocketAddr::from(([127, 0, 0, 1], 17_001)),
+            client_address: SocketAddr::from(([127, 0, 0, 1], 17_000)),
+            shard_port_base: 17_000,
+            shards: 1,
+            vnodes_per_shard: 8,
+            tokens: default_tokens(1, 16),
+        };
+        let view = ClusterView::new(&identity, 1, &BTreeMap::new(), None);
+        let hints = ringkv_replication::hints::HintSettings {
+            shard_bytes_max: 0,
+            destination_bytes_max: 0,
+            max_hint_window_ms: 0,
+            tombstone_grace_ms: 0,
+            replay_bytes_per_s: 0,
+        };
+        let settings = ClusterSettings {
+            write_consistency: Consistency::Quorum,
+            read_consistency: Consistency::Quorum,
+            max_clock_skew_ms: 1_000,
+            replica_timeout_ms: 1_000,
+            peer_pending_max: 16,
+            peer_outbox_bytes_max: 1 << 20,
+            peer_in_flight_max: 16,
+            peer_receive_bytes_max: 1 << 20,
+            healing: HealingSettings {
+                hints,
+                hints_enabled: false,
+                anti_entropy_interval_ms: 0,
+                anti_entropy_bytes_per_s: 0,
+                tree_rebuild_interval_ms: 0,
+            },
+            peer_key: None,
+            peer_frame_timeout_ms: 1_000,
+        };
+        let origin = LinkOrigin { node_id: 1, shard: 0, generation: 1 };
+        (Cluster::new(origin, settings, handler, view, None), engine)
+    }
+
+    /// A coordinator's read of the whole entry of `key`, as node 2 would send it.
+    fn read(key: &Bytes) -> PeerEnvelope {
+        PeerEnvelope {
+            origin_node: 2,
+            origin_shard: 0,
+            request_id: 7,
+            message: PeerMessage::Read { key: key.clone(), digest_only: false },
+        }
+    }
+
+    /// The entry a replica's answer carries (`None`: the replica has never seen the key).
+    fn answered(answer: &PeerEnvelope) -> Option<PeerEntry> {
+        match &answer.message {
+            PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(entry)) } => entry.clone(),
+            other => panic!("not a read's entry: {other:?}"),
+        }
+    }
+
+    fn live(version: u64, data: &'static str) -> PeerEntry {
+        PeerEntry {
+            version,
+            value: PeerValue::Live { data: Bytes::from_static(data.as_bytes()), expires_at_ms: None },
+        }
+    }
+
+    #[test]
+    fn a_replica_answers_a_read_only_with_what_is_durable() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        ringkv_io::run_local("replica-durable-reads", async {
+            let (cluster, engine) = lone_shard(directory.path()).await;
+            let key = Bytes::from_static(b"key");
+            assert!(cluster.view.borrow().owns(&key, 0), "the lone shard owns every key");
+            let envelope = read(&key);
+
+            // Written in memory, its WAL record appended but not synced: no answer in place.
+            let first = engine.write_now(&key, |_| Entry::live(10, Bytes::from_static(b"v1"), None));
+            let _first = first.expect("decided without waiting").expect("the write applies");
+            assert_eq!(cluster.serve_replica_now(&envelope), None, "answered with a write not yet durable");
+
+            // The task path waits for (and triggers) the group commit, then answers with it...
+            let answer = cluster.serve_replica(&envelope).await;
+            assert_eq!(answered(&answer), Some(live(10, "v1")));
+            // ...after which the entry is durable and answered in place.
+            let now = cluster.serve_replica_now(&envelope).expect("durable: answered in place");
+            assert_eq!(answered(&now), Some(live(10, "v1")));
+
+            // A newer write is again not durable until acknowledged (its commit synced).
+            let second = engine.write_now(&key, |_| Entry::live(11, Bytes::from_static(b"v2"), None));
+            let second = second.expect("decided without waiting").expect("the write applies");
+            assert_eq!(cluster.serve_replica_now(&envelope), None, "answered with a write not yet durable");
+            // A key never written is answered at once even now: what memory found for it (nothing)
+            // needs no commit, and the engine has no table that could hold it (nothing was
+            // flushed), so the answer is final. Only the entry found for the key read matters.
+            let missing = read(&Bytes::from_static(b"never written"));
+            let now = cluster.serve_replica_now(&missing).expect("nothing to wait for: answered in place");
+            assert_eq!(answered(&now), None);
+            engine.acknowledged(second).await.expect("the write is acknowledged");
+            let now = cluster.serve_replica_now(&envelope).expect("durable: answered in place");
+            assert_eq!(answered(&now), Some(live(11, "v2")));
+
+            engine.close().await.expect("the engine closes");
+        });
+    }
+}
