@@ -74,7 +74,7 @@ use crate::auth::{Admission, ClientAuth, Gate};
 use crate::local_event::LocalEvent;
 use crate::metrics::{OverloadReason, Protocol, ShardMetrics};
 use crate::request_memory::{read_into, Charge, ReadWindow, RequestMemory};
-use crate::router::{BatchClock, Router, WriteInPlace};
+use crate::router::{BatchClock, CommitClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
@@ -708,23 +708,27 @@ fn dispatch(
 /// gathers the connection's writes: while this task waits for the oldest, the reader keeps
 /// appending, and one commit covers them all.
 async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
+    let mut clock = CommitClock::new();
     loop {
         // The listener lives in this future (no allocation per write).
         let listener = shared.commit_queued.listen();
         let oldest = shared.commits.borrow_mut().pop_front();
         match oldest {
             Some(Queued::Write(Commit { id, write, charge })) => {
-                let reply = router.acknowledged(write).await;
+                let reply = router.acknowledged(write, &mut clock).await;
                 shared.complete_request(1, &Response { id, reply });
                 drop(charge);
             }
             Some(Queued::Read(read)) => {
-                let settled = router.settled(read.unsettled).await;
+                let settled = router.settled(read.unsettled, &mut clock).await;
                 shared.release_read(&read, settled);
-                router.held_read_released(read.started, Instant::now());
+                router.held_read_released(read.started, &mut clock);
             }
             None if shared.outbox.borrow().reading_done => return,
-            None => listener.await,
+            None => {
+                clock.forget();
+                listener.await;
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod forwarding;
 pub mod scan;
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,6 +89,49 @@ impl<'a> BatchClock<'a> {
 impl Drop for BatchClock<'_> {
     fn drop(&mut self) {
         self.reset();
+    }
+}
+
+/// The clock of a connection's committer. A group commit makes a run of queued writes durable
+/// at once; the committer answers them one after another without waiting in between, and one
+/// reading ends the latency of them all. The reading is forgotten whenever the committer
+/// waits. (A precise clock reading costs about 45 ns on this project's virtual machines: once
+/// per write, a measurable share of a write's CPU.)
+#[derive(Debug, Default)]
+pub struct CommitClock {
+    now: Option<Instant>,
+}
+
+impl CommitClock {
+    /// A clock not read yet.
+    pub fn new() -> Self {
+        CommitClock::default()
+    }
+
+    /// The reading taken since the committer last waited, or a new one.
+    pub fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
+    }
+
+    /// The committer is about to wait: the next [`CommitClock::now`] reads the clock again.
+    pub fn forget(&mut self) {
+        self.now = None;
+    }
+
+    /// Awaits `work`, forgetting the reading if `work` had to wait.
+    pub async fn after<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut waited = false;
+        let output = std::future::poll_fn(|cx| {
+            let poll = work.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
+        if waited {
+            self.forget();
+        }
+        output
     }
 }
 
@@ -385,14 +429,14 @@ impl Router {
 
     /// Resolves once what a read answered in place found is durable (see [`Router::read_now`]);
     /// a failure when the WAL failed first, to answer the read with instead.
-    pub async fn settled(&self, read: Unsettled) -> Result<(), Failure> {
-        self.handler.settled(read).await
+    pub async fn settled(&self, read: Unsettled, clock: &mut CommitClock) -> Result<(), Failure> {
+        clock.after(self.handler.settled(read)).await
     }
 
     /// A read answered in place whose reply was held since `started` (see
-    /// [`BatchClock::hold_last`]) is released at `now`: its latency ends.
-    pub fn held_read_released(&self, started: Instant, now: Instant) {
-        self.metrics.observe_latency(OperationKind::Get, now.saturating_duration_since(started), 1);
+    /// [`BatchClock::hold_last`]) is released: its latency ends at `clock`'s reading.
+    pub fn held_read_released(&self, started: Instant, clock: &mut CommitClock) {
+        self.metrics.observe_latency(OperationKind::Get, clock.now().saturating_duration_since(started), 1);
     }
 
     /// A put or delete started in place, when this shard owns the key, keys have one copy and
@@ -426,17 +470,22 @@ impl Router {
 
     /// The reply to a write started with [`Router::write_now`], once it is acknowledged (after
     /// its fdatasync in the default sync mode).
-    pub async fn acknowledged(&self, write: WriteInPlace) -> Reply {
-        match self.acknowledged_outcome(write).await {
+    pub async fn acknowledged(&self, write: WriteInPlace, clock: &mut CommitClock) -> Reply {
+        match self.acknowledged_outcome(write, clock).await {
             Ok(outcome) => Reply::Single(outcome),
             Err(failure) => Reply::Failed(failure),
         }
     }
 
     /// [`Router::acknowledged`], as the write's outcome.
-    pub async fn acknowledged_outcome(&self, write: WriteInPlace) -> Result<Outcome, Failure> {
-        let result = self.handler.acknowledged(write.pending).await;
-        self.metrics.request(write.kind, RequestOutcome::of(&result), write.started.elapsed());
+    pub async fn acknowledged_outcome(
+        &self,
+        write: WriteInPlace,
+        clock: &mut CommitClock,
+    ) -> Result<Outcome, Failure> {
+        let result = clock.after(self.handler.acknowledged(write.pending)).await;
+        let latency = clock.now().saturating_duration_since(write.started);
+        self.metrics.request(write.kind, RequestOutcome::of(&result), latency);
         result
     }
 

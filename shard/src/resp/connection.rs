@@ -36,7 +36,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::future::yield_now;
@@ -60,7 +59,7 @@ use crate::resp::commands::{
 use crate::resp::parser::RequestParser;
 use crate::resp::reply::{encode_bulk, encode_null, Protocol, RespReply};
 use crate::resp::RespShard;
-use crate::router::{BatchClock, Router, WriteInPlace};
+use crate::router::{BatchClock, CommitClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
@@ -705,11 +704,12 @@ fn read_now(
         // zipfian keys); such a read waits in a task of its own, as any command that waits does.
         drop(
             glommio::spawn_local(async move {
-                let reply = match router.settled(unsettled).await {
+                let mut clock = CommitClock::new();
+                let reply = match router.settled(unsettled, &mut clock).await {
                     Ok(()) => reply,
                     Err(failure) => failure_reply(&failure),
                 };
-                router.held_read_released(started, Instant::now());
+                router.held_read_released(started, &mut clock);
                 shared.complete(sequence, Some(keys), Access::Read, reply, protocol);
             })
             .detach(),
@@ -825,20 +825,24 @@ async fn dispatch(
 /// gathers the connection's writes: while this task waits for the oldest, the reader keeps
 /// applying, and one commit covers them all.
 async fn acknowledge_writes(shared: Rc<Shared>, router: Rc<Router>) {
+    let mut clock = CommitClock::new();
     loop {
         // The listener lives in this future (no allocation per write).
         let listener = shared.commit_queued.listen();
         let oldest = shared.commits.borrow_mut().pop_front();
         match oldest {
             Some(Commit { sequence, keys, access, write, protocol }) => {
-                let reply = match router.acknowledged_outcome(write).await {
+                let reply = match router.acknowledged_outcome(write, &mut clock).await {
                     Ok(_) => RespReply::Ok,
                     Err(failure) => failure_reply(&failure),
                 };
                 shared.complete(sequence, keys, access, reply, protocol);
             }
             None if shared.replies.borrow().reading_done => return,
-            None => listener.await,
+            None => {
+                clock.forget();
+                listener.await;
+            }
         }
     }
 }
