@@ -24,6 +24,7 @@ use ringkv_wire::{
     Topology,
 };
 
+use crate::clock::coarse_now;
 use crate::command::{self, Outgoing};
 use crate::error::Error;
 use crate::failover;
@@ -288,12 +289,12 @@ impl<R: Transport> AsyncClient<R> {
         consistency: Option<Consistency>,
     ) -> Result<Reply, Error> {
         let command = outgoing.into();
-        // One clock read serves both the refresh schedule and the routing (it matters at
-        // hundreds of thousands of requests a second); a refresh that ran takes time, so the
-        // routing reads the clock again after one.
-        let mut now = Instant::now();
+        // One reading of the coarse clock serves both the refresh schedule and the routing
+        // (both measure spans far longer than its tick; see `clock.rs`); a refresh that ran
+        // takes time, so the routing reads the clock again after one.
+        let mut now = coarse_now();
         if self.refresh_if_due(now).await {
-            now = Instant::now();
+            now = coarse_now();
         }
         // The first route alone: the whole list is only needed once an attempt fails.
         let (first, only) = locked(&self.inner.router).first_route(command.routing_key(), now);

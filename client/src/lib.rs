@@ -74,6 +74,8 @@ pub mod blocking;
 #[cfg(any(feature = "tokio", feature = "glommio"))]
 pub mod asynchronous;
 #[cfg(any(feature = "tokio", feature = "glommio"))]
+mod clock;
+#[cfg(any(feature = "tokio", feature = "glommio"))]
 mod multiplexed;
 
 #[cfg(feature = "glommio")]
