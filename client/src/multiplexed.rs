@@ -136,9 +136,11 @@ impl SharedConnection {
     }
 
     /// Queues `command` for the writer if fewer than `in_flight_max` requests are unanswered,
-    /// without waiting; its reply is due within the request timeout.
+    /// without waiting; its reply is due within the request timeout. Takes the connection by
+    /// value: a request's reply future holds it, and the caller's reference moves there
+    /// instead of being counted up and down once more.
     pub(crate) fn try_start(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         outgoing: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<Started, Error> {
@@ -166,7 +168,7 @@ impl SharedConnection {
         if was_idle {
             self.pending.notify(1);
         }
-        Ok(Started::Sent(ReplyFuture { shared: Arc::clone(self), id, finished: false }))
+        Ok(Started::Sent(ReplyFuture { shared: self, id, finished: false }))
     }
 
     /// [`SharedConnection::try_start`], waiting while `in_flight_max` requests are unanswered.
@@ -178,7 +180,7 @@ impl SharedConnection {
     ) -> Result<ReplyFuture, Error> {
         loop {
             let listener = self.room.listen();
-            if let Started::Sent(reply) = self.try_start(outgoing, consistency)? {
+            if let Started::Sent(reply) = Arc::clone(self).try_start(outgoing, consistency)? {
                 return Ok(reply);
             }
             listener.await;
@@ -415,7 +417,7 @@ mod tests {
 
     fn start(shared: &Arc<SharedConnection>, key: &'static [u8]) -> ReplyFuture {
         let operation = OperationRef::Get { key };
-        match shared.try_start(Outgoing::Operation(operation), None).unwrap() {
+        match Arc::clone(shared).try_start(Outgoing::Operation(operation), None).unwrap() {
             Started::Sent(reply) => reply,
             Started::Full => panic!("no room"),
         }
