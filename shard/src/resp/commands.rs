@@ -130,6 +130,11 @@ pub enum Condition {
     Present,
 }
 
+/// The keys a command touches, by token (`ringkv_wire::token`): one for most commands, held
+/// without an allocation. Two keys with the same token count as one key, which can only make a
+/// command wait for another it need not have waited for.
+pub type CommandKeys = smallvec::SmallVec<[u64; 1]>;
+
 /// Commands that read or write keys.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataCommand {
@@ -235,8 +240,9 @@ pub enum TimeUnit {
 }
 
 impl DataCommand {
-    /// The keys the command reads or writes; `None` when it reads the whole keyspace.
-    pub fn keys(&self) -> Option<Vec<&Bytes>> {
+    /// The tokens of the keys the command reads or writes; `None` when it reads the whole
+    /// keyspace.
+    pub fn keys(&self) -> Option<CommandKeys> {
         Some(match self {
             DataCommand::Get(key)
             | DataCommand::Set { key, .. }
@@ -246,12 +252,12 @@ impl DataCommand {
             | DataCommand::Expire { key, .. }
             | DataCommand::Ttl(key, _)
             | DataCommand::Persist(key)
-            | DataCommand::IncrementBy(key, _) => vec![key],
+            | DataCommand::IncrementBy(key, _) => smallvec::smallvec![token(key)],
             DataCommand::Delete(keys) | DataCommand::Exists(keys) | DataCommand::MultiGet(keys) => {
-                keys.iter().collect()
+                keys.iter().map(|key| token(key)).collect()
             }
             DataCommand::MultiSet(pairs) | DataCommand::MultiSetIfAbsent(pairs) => {
-                pairs.iter().map(|(key, _)| key).collect()
+                pairs.iter().map(|(key, _)| token(key)).collect()
             }
             DataCommand::Scan { .. } | DataCommand::DbSize | DataCommand::InfoWithKeyspace(_) => return None,
         })

@@ -43,6 +43,7 @@ use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 
 use crate::tls::{self, Stream, TlsSettings};
+use ringkv_wire::token::token;
 use ringkv_wire::{Credentials, Operation, DEFAULT_USER};
 use tracing::debug;
 
@@ -54,7 +55,7 @@ use crate::metrics::{self, ShardMetrics};
 use crate::request_memory::{read_into, ReadWindow, RequestMemory};
 use crate::resp::command_table::{self, COMMANDS};
 use crate::resp::commands::{
-    self, failure_reply, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
+    self, failure_reply, CommandKeys, Condition, DataCommand, Expiry, RespCommand, SessionCommand,
 };
 use crate::resp::parser::RequestParser;
 use crate::resp::reply::{encode_bulk, encode_null, Protocol, RespReply};
@@ -165,8 +166,12 @@ struct Replies {
     pending: VecDeque<Slot>,
     first_sequence: u64,
     in_flight: usize,
-    /// Keys of running commands; commands reading the whole keyspace count in `keyspace`.
-    keys: HashMap<Bytes, KeyUse>,
+    /// Keys of running commands, by token (see [`CommandKeys`]); commands reading the whole
+    /// keyspace count in `keyspace`. Looked up several times per command, so by a number
+    /// hashed with ahash, not by the key's bytes hashed with SipHash. Only this connection's
+    /// own commands in flight are here (at most `in_flight_max`), so keys chosen to collide
+    /// would slow down only the connection that sent them.
+    keys: HashMap<u64, KeyUse, ahash::RandomState>,
     keyspace: usize,
     reading_done: bool,
     write_failed: bool,
@@ -176,7 +181,7 @@ struct Replies {
 /// acknowledge it.
 struct Commit {
     sequence: u64,
-    keys: Option<Vec<Bytes>>,
+    keys: Option<CommandKeys>,
     access: Access,
     write: WriteInPlace,
     protocol: Protocol,
@@ -218,7 +223,7 @@ impl Shared {
                 pending: VecDeque::new(),
                 first_sequence: 0,
                 in_flight: 0,
-                keys: HashMap::new(),
+                keys: HashMap::with_hasher(ahash::RandomState::new()),
                 keyspace: 0,
                 reading_done: false,
                 write_failed: false,
@@ -282,7 +287,7 @@ impl Shared {
     }
 
     /// Whether a command with `keys` (`None`: the whole keyspace) and `access` may start now.
-    fn admits(&self, keys: Option<&[&Bytes]>, access: Access) -> bool {
+    fn admits(&self, keys: Option<&[u64]>, access: Access) -> bool {
         let replies = self.replies.borrow();
         if replies.keyspace > 0 && access != Access::Read {
             return false;
@@ -290,19 +295,19 @@ impl Shared {
         match keys {
             None => replies.keys.values().all(|running| running.admits(access)),
             Some(keys) => {
-                keys.iter().all(|key| replies.keys.get(*key).is_none_or(|running| running.admits(access)))
+                keys.iter().all(|key| replies.keys.get(key).is_none_or(|running| running.admits(access)))
             }
         }
     }
 
     /// Starts a command: a place for its reply, its keys counted. Returns its sequence number.
-    fn begin(&self, keys: Option<&[&Bytes]>, access: Access) -> u64 {
+    fn begin(&self, keys: Option<&[u64]>, access: Access) -> u64 {
         let mut replies = self.replies.borrow_mut();
         match keys {
             None => replies.keyspace += 1,
             Some(keys) => {
                 for key in keys {
-                    *replies.keys.entry((*key).clone()).or_default().count(access) += 1;
+                    *replies.keys.entry(*key).or_default().count(access) += 1;
                 }
             }
         }
@@ -315,7 +320,7 @@ impl Shared {
     fn complete(
         &self,
         sequence: u64,
-        keys: Option<Vec<Bytes>>,
+        keys: Option<CommandKeys>,
         access: Access,
         reply: RespReply,
         protocol: Protocol,
@@ -369,7 +374,7 @@ impl Shared {
     /// keys starts before it finishes. Its version is taken only when the task gets to it
     /// (after any wait for memtable room, or on the owning shard), so a later write started
     /// meanwhile could otherwise be versioned first and be overwritten by it.
-    fn hold_keys(&self, keys: Option<&[Bytes]>) {
+    fn hold_keys(&self, keys: Option<&[u64]>) {
         let mut replies = self.replies.borrow_mut();
         for key in keys.into_iter().flatten() {
             if let Some(running) = replies.keys.get_mut(key) {
@@ -697,8 +702,8 @@ fn read_now(
     };
     if let Some((reply, unsettled)) = held {
         let started = clock.hold_last();
-        let keys = vec![key.clone()];
-        let sequence = shared.begin(Some(&[key]), Access::Read);
+        let keys: CommandKeys = smallvec::smallvec![token(key)];
+        let sequence = shared.begin(Some(&keys), Access::Read);
         let (shared, router) = (shared.clone(), router.clone());
         // Only reads of keys written moments ago wait (about one in eight under YCSB A's
         // zipfian keys); such a read waits in a task of its own, as any command that waits does.
@@ -737,11 +742,9 @@ async fn dispatch(
         }
     }
     let access = Access::of(&command);
-    let keys: Option<Vec<Bytes>> = command.keys().map(|keys| keys.into_iter().cloned().collect());
-    let admitted = |shared: &Shared| {
-        let borrowed: Option<Vec<&Bytes>> = keys.as_ref().map(|keys| keys.iter().collect());
-        shared.in_flight() < limits.in_flight_max && shared.admits(borrowed.as_deref(), access)
-    };
+    let keys = command.keys();
+    let admitted =
+        |shared: &Shared| shared.in_flight() < limits.in_flight_max && shared.admits(keys.as_deref(), access);
     if !admitted(shared) {
         // The reads answered so far are done: their latency must not include this wait.
         clock.reset();
@@ -754,8 +757,7 @@ async fn dispatch(
             return true;
         }
     }
-    let borrowed: Option<Vec<&Bytes>> = keys.as_ref().map(|keys| keys.iter().collect());
-    let sequence = shared.begin(borrowed.as_deref(), access);
+    let sequence = shared.begin(keys.as_deref(), access);
     if let DataCommand::Set {
         key,
         value,
@@ -1052,37 +1054,46 @@ async fn write_replies(mut writer: WriteHalf<Stream>, shared: Rc<Shared>, metric
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> Bytes {
-        Bytes::copy_from_slice(name.as_bytes())
-    }
-
     #[test]
     fn plain_writes_of_a_key_run_together_unless_one_runs_in_a_task() {
         let shared = Shared::new();
-        let k = key("k");
-        let other = key("other");
-        let write = |shared: &Shared, keys: &[&Bytes]| shared.admits(Some(keys), Access::Write);
-        let read = |shared: &Shared, keys: &[&Bytes]| shared.admits(Some(keys), Access::Read);
+        // Commands count their keys by token.
+        let (k, other) = (token(b"k"), token(b"other"));
+        let write =
+            |shared: &Shared, key: &u64| shared.admits(Some(std::slice::from_ref(key)), Access::Write);
+        let read = |shared: &Shared, key: &u64| shared.admits(Some(std::slice::from_ref(key)), Access::Read);
 
         // A plain write applied in place: versioned already, so another plain write of the key
         // may start (and is versioned after it); a read waits.
-        let in_place = shared.begin(Some(&[&k]), Access::Write);
-        assert!(write(&shared, &[&k]));
-        assert!(!read(&shared, &[&k]));
+        let in_place = shared.begin(Some(std::slice::from_ref(&k)), Access::Write);
+        assert!(write(&shared, &k));
+        assert!(!read(&shared, &k));
 
         // A plain write that runs in a task holds its key until it finishes: no later write or
         // read of it starts, while other keys are free.
-        let in_task = shared.begin(Some(&[&k]), Access::Write);
+        let in_task = shared.begin(Some(std::slice::from_ref(&k)), Access::Write);
         shared.hold_keys(Some(std::slice::from_ref(&k)));
-        assert!(!write(&shared, &[&k]));
-        assert!(!read(&shared, &[&k]));
-        assert!(write(&shared, &[&other]) && read(&shared, &[&other]));
+        assert!(!write(&shared, &k));
+        assert!(!read(&shared, &k));
+        assert!(write(&shared, &other) && read(&shared, &other));
 
-        shared.complete(in_task, Some(vec![k.clone()]), Access::ReadWrite, RespReply::Ok, Protocol::Resp2);
-        assert!(write(&shared, &[&k]), "the task finished: plain writes of the key start again");
-        assert!(!read(&shared, &[&k]), "the write applied in place is still running");
-        shared.complete(in_place, Some(vec![k.clone()]), Access::Write, RespReply::Ok, Protocol::Resp2);
-        assert!(write(&shared, &[&k]) && read(&shared, &[&k]));
+        shared.complete(
+            in_task,
+            Some(smallvec::smallvec![k]),
+            Access::ReadWrite,
+            RespReply::Ok,
+            Protocol::Resp2,
+        );
+        assert!(write(&shared, &k), "the task finished: plain writes of the key start again");
+        assert!(!read(&shared, &k), "the write applied in place is still running");
+        shared.complete(
+            in_place,
+            Some(smallvec::smallvec![k]),
+            Access::Write,
+            RespReply::Ok,
+            Protocol::Resp2,
+        );
+        assert!(write(&shared, &k) && read(&shared, &k));
         assert!(shared.replies.borrow().keys.is_empty(), "no key is counted once all finished");
     }
 }
