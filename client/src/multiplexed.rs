@@ -71,6 +71,10 @@ struct State {
     /// The server's connection-level refusal that closed it (a failed authentication), which
     /// every caller then gets instead of [`Error::ConnectionLost`].
     refusal: Option<Failure>,
+    /// The writer found nothing to write and waits on `output`: the next request notifies it.
+    /// Set and cleared under this lock, so a request queued while the writer is busy skips the
+    /// notification (a full memory fence each) that it would not need.
+    writer_waiting: bool,
 }
 
 /// One request's progress.
@@ -114,6 +118,7 @@ impl SharedConnection {
                 round: 0,
                 closed: None,
                 refusal: None,
+                writer_waiting: false,
             }),
             is_closed: AtomicBool::new(false),
             room: Event::new(),
@@ -163,8 +168,11 @@ impl SharedConnection {
         }
         state.slots[index] = Slot { id, sent_round, progress: Progress::Waiting(None) };
         state.occupied += 1;
+        let wake_writer = std::mem::take(&mut state.writer_waiting);
         drop(state);
-        self.output.notify(1);
+        if wake_writer {
+            self.output.notify(1);
+        }
         if was_idle {
             self.pending.notify(1);
         }
@@ -241,6 +249,7 @@ impl SharedConnection {
                 if let Some(bytes) = state.connection.take_output() {
                     return Some(bytes);
                 }
+                state.writer_waiting = true;
             }
             listener.await;
         }
