@@ -693,6 +693,7 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
 #[cfg(test)]
 mod testing {
     use super::*;
+    use crate::entry::Entry;
     use std::future::Future;
     use std::pin::Pin;
     use std::task::{Context, Poll};
@@ -717,5 +718,15 @@ mod testing {
 
     pub fn key(index: u32) -> Bytes {
         Bytes::from(format!("key{index:06}"))
+    }
+
+    /// [`Engine::write_now`] of a write the engine decides at once: applied in memory, its WAL
+    /// record appended and not yet durable.
+    pub fn written_now<D: Disk>(
+        engine: &Engine<D>,
+        key: &[u8],
+        make_entry: impl FnOnce(Option<u64>) -> Entry,
+    ) -> PendingWrite {
+        engine.write_now(key, make_entry).expect("decided without waiting").expect("the write applies")
     }
 }

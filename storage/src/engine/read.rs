@@ -223,7 +223,7 @@ impl<D: Disk> Engine<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{key, small_options};
+    use super::super::testing::{key, small_options, written_now};
     use super::super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
     use crate::entry::Entry;
@@ -290,8 +290,7 @@ mod tests {
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
             assert_eq!(version_now(&engine, &key(1)), (Some(1), None), "acknowledged, so durable");
-            let pending = engine.write_now(&key(1), |_| Entry::live(2, Bytes::from_static(b"two"), None));
-            let pending = pending.expect("decided without waiting").unwrap();
+            let pending = written_now(&engine, &key(1), |_| Entry::live(2, Bytes::from_static(b"two"), None));
             // Visible in memory at once, but not durable: a read in place must wait for it.
             let (version, unsettled) = version_now(&engine, &key(1));
             assert_eq!(version, Some(2));
@@ -307,8 +306,8 @@ mod tests {
             assert_eq!(engine.acknowledged(pending).await.unwrap(), WriteOutcome::Applied { version: 2 });
 
             // `get` waits by itself: what it returns survives a crash straight after.
-            let pending = engine.write_now(&key(2), |_| Entry::live(3, Bytes::from_static(b"three"), None));
-            let _pending = pending.expect("decided without waiting").unwrap();
+            let _pending =
+                written_now(&engine, &key(2), |_| Entry::live(3, Bytes::from_static(b"three"), None));
             assert!(version_now(&engine, &key(2)).1.is_some());
             assert_eq!(engine.get(&key(2), 0).await.unwrap().map(|found| found.version), Some(3));
             let crashed = Engine::open(disk.crash(CrashMode::DropUnsynced), small_options()).await.unwrap();
@@ -325,8 +324,8 @@ mod tests {
         block_on(async {
             let options = EngineOptions { sync: SyncMode::Periodic { interval_ms: 1000 }, ..small_options() };
             let engine = Engine::open(MemDisk::new(), options).await.unwrap();
-            let pending = engine.write_now(&key(1), |_| Entry::live(1, Bytes::from_static(b"one"), None));
-            let _pending = pending.expect("decided without waiting").unwrap();
+            let _pending =
+                written_now(&engine, &key(1), |_| Entry::live(1, Bytes::from_static(b"one"), None));
             // Acknowledged writes may be lost with the last interval in this mode, so a read
             // of an unsynced one is answered as its write is: at once.
             assert_eq!(version_now(&engine, &key(1)), (Some(1), None));

@@ -302,7 +302,7 @@ impl<D: Disk> Engine<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{key, small_options};
+    use super::super::testing::{key, small_options, written_now};
     use super::super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
     use crate::entry::Entry;
@@ -316,10 +316,8 @@ mod tests {
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
             // Applied in memory, not yet durable; then a deletion of the first key likewise.
-            let put = engine.write_now(&key(2), |_| Entry::live(2, Bytes::from_static(b"two"), None));
-            let _put = put.expect("decided without waiting").unwrap();
-            let delete = engine.write_now(&key(1), |_| Entry::tombstone(3, 0));
-            let _delete = delete.expect("decided without waiting").unwrap();
+            let _put = written_now(&engine, &key(2), |_| Entry::live(2, Bytes::from_static(b"two"), None));
+            let _delete = written_now(&engine, &key(1), |_| Entry::tombstone(3, 0));
             assert!(engine.wal.durable_seq() < engine.wal.appended_seq());
             let page = engine.scan(&ScanRange::all(), 10, 0, false).await.unwrap();
             let keys: Vec<Bytes> = page.entries.into_iter().map(|entry| entry.key).collect();

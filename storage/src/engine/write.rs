@@ -522,7 +522,7 @@ impl<D: Disk> Engine<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{key, small_options};
+    use super::super::testing::{key, small_options, written_now};
     use super::super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
     use crate::entry::Entry;
@@ -580,8 +580,7 @@ mod tests {
         block_on(async {
             let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
             let value = || Bytes::from_static(b"v");
-            let pending = engine.write_now(&key(1), |_| Entry::live(10, value(), None));
-            let _pending = pending.expect("decided without waiting").unwrap();
+            let _pending = written_now(&engine, &key(1), |_| Entry::live(10, value(), None));
             assert!(engine.wal.durable_seq() < engine.wal.appended_seq());
             // Refused against a write not yet durable: told only once it is.
             let refused = engine
@@ -590,8 +589,7 @@ mod tests {
             assert_eq!(refused.unwrap(), CasOutcome::Mismatch { current_version: Some(10) });
             assert_eq!(engine.wal.durable_seq(), engine.wal.appended_seq());
 
-            let pending = engine.write_now(&key(2), |_| Entry::live(20, value(), None));
-            let _pending = pending.expect("decided without waiting").unwrap();
+            let _pending = written_now(&engine, &key(2), |_| Entry::live(20, value(), None));
             let present = engine
                 .write_atomically_with(&[key(3), key(2)], Some(0), |_| {
                     vec![Entry::live(21, value(), None); 2]
@@ -608,11 +606,10 @@ mod tests {
             let disk = MemDisk::new();
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             let value = || Bytes::from_static(b"v");
-            let first = engine.write_now(&key(1), |newest| {
+            let first = written_now(&engine, &key(1), |newest| {
                 assert_eq!(newest, None);
                 Entry::live(10, value(), None)
             });
-            let first = first.expect("decided without waiting").unwrap();
             // Applied at once: visible in memory before it is durable, as with write_with (a
             // read in place is told to wait for it).
             let seen = engine
@@ -625,11 +622,10 @@ mod tests {
             let recovered = Engine::open(crashed, small_options()).await.unwrap();
             assert_eq!(recovered.get(&key(1), 0).await.unwrap(), None);
             // An older version of the same key is superseded; it waits for the first write.
-            let stale = engine.write_now(&key(1), |newest| {
+            let stale = written_now(&engine, &key(1), |newest| {
                 assert_eq!(newest, Some(10));
                 Entry::live(9, value(), None)
             });
-            let stale = stale.expect("decided without waiting").unwrap();
             assert_eq!(
                 engine.acknowledged(stale).await.unwrap(),
                 WriteOutcome::Superseded { version: 9, current_version: 10 }
@@ -654,8 +650,7 @@ mod tests {
             assert!(engine.write_now(&key(1), |_| Entry::live(15, Bytes::new(), None)).is_none());
             assert_eq!(engine.get(&key(1), 0).await.unwrap().map(|found| found.version), Some(20));
             // A key the table's filter rules out does not.
-            let other = engine.write_now(&key(2), |_| Entry::live(15, Bytes::new(), None));
-            let other = other.expect("decided without waiting").unwrap();
+            let other = written_now(&engine, &key(2), |_| Entry::live(15, Bytes::new(), None));
             assert_eq!(engine.acknowledged(other).await.unwrap(), WriteOutcome::Applied { version: 15 });
         });
     }
