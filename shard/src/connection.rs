@@ -55,6 +55,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,8 +66,8 @@ use futures_lite::future::{or, yield_now};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use ringkv_wire::{
-    encode_read_reply_into, encode_response_into, parse_request, Command, ErrorCode, Failure, FrameDecoder,
-    LentValue, Operation, Reply, Request, Response,
+    encode_read_reply_into, encode_response_into, Command, Consistency, ErrorCode, Failure, FrameDecoder,
+    FramedRequest, Frames, LentValue, Operation, OperationRef, Reply, Request, Response,
 };
 use tracing::{debug, Instrument};
 
@@ -478,48 +479,67 @@ async fn read_requests(
         // dispatched); their latency is observed when it drops, after the last of them.
         let mut clock = BatchClock::new(router.metrics());
         loop {
-            let frame = match decoder.next_frame() {
+            let frames = match decoder.take_frames() {
                 Ok(None) => break,
-                Ok(Some(frame)) => frame,
+                Ok(Some(frames)) => frames,
                 Err(error) => {
-                    ahead.answer(shared, router, limits, &mut clock);
                     debug!(%error, "frame refused");
                     shared.push(&Response::connection_error(&error));
                     return ReadEnd::Refused;
                 }
             };
-            match parse_request(&frame) {
-                Ok(request) => {
-                    took_frames = true;
-                    match gate.admit(request, auth, router.metrics()) {
-                        Admission::Serve(request) => {
-                            ahead.push(request, charge.split(frame.len()), router);
+            // The frames' share of the receive buffer; each request cut from them takes its own.
+            let mut batch = Batch { charge: charge.split(frames.bytes().len()), frames: &frames };
+            for (range, request) in frames.requests() {
+                let parsed = match request {
+                    FramedRequest::Single(single) if gate.is_open() => {
+                        if let OperationRef::Get { key } = single.operation {
+                            took_frames = true;
+                            ahead.push_get(single.id, single.consistency, range, key, &frames, router);
                             if ahead.is_full() {
-                                ahead.answer(shared, router, limits, &mut clock);
+                                ahead.answer(&mut batch, shared, router, limits, &mut clock);
+                            }
+                            continue;
+                        }
+                        Ok(frames.to_request(&single))
+                    }
+                    FramedRequest::Single(single) => Ok(frames.to_request(&single)),
+                    FramedRequest::Other(parsed) => parsed,
+                };
+                match parsed {
+                    Ok(request) => {
+                        took_frames = true;
+                        match gate.admit(request, auth, router.metrics()) {
+                            Admission::Serve(request) => {
+                                ahead.push(request, batch.charge.split(range.len()), router);
+                                if ahead.is_full() {
+                                    ahead.answer(&mut batch, shared, router, limits, &mut clock);
+                                }
+                            }
+                            Admission::Answer(response) => {
+                                ahead.answer(&mut batch, shared, router, limits, &mut clock);
+                                shared.push(&response);
+                            }
+                            Admission::Close(response) => {
+                                ahead.answer(&mut batch, shared, router, limits, &mut clock);
+                                shared.push(&response);
+                                return ReadEnd::Refused;
                             }
                         }
-                        Admission::Answer(response) => {
-                            ahead.answer(shared, router, limits, &mut clock);
-                            shared.push(&response);
-                        }
-                        Admission::Close(response) => {
-                            ahead.answer(shared, router, limits, &mut clock);
-                            shared.push(&response);
+                    }
+                    Err(error) => {
+                        ahead.answer(&mut batch, shared, router, limits, &mut clock);
+                        debug!(%error, "request refused");
+                        shared.push(&error.response());
+                        if error.closes_connection() {
                             return ReadEnd::Refused;
                         }
                     }
                 }
-                Err(error) => {
-                    ahead.answer(shared, router, limits, &mut clock);
-                    debug!(%error, "request refused");
-                    shared.push(&error.response());
-                    if error.closes_connection() {
-                        return ReadEnd::Refused;
-                    }
-                }
             }
+            // Reads held back borrow these frames: they are answered before the next ones.
+            ahead.answer(&mut batch, shared, router, limits, &mut clock);
         }
-        ahead.answer(shared, router, limits, &mut clock);
         // The batch is answered: its in-place reads' latency ends here.
         drop(clock);
         timeouts.after_read(decoder.buffered_bytes(), took_frames);
@@ -552,6 +572,13 @@ pub(crate) async fn read_or_give_up(
     .await
 }
 
+/// The frames of one read being answered, and the share of the receive buffer's charge they
+/// still hold.
+struct Batch<'a> {
+    frames: &'a Frames,
+    charge: Charge,
+}
+
 /// Requests a socket read brought, held back so that the cache misses of their reads overlap.
 ///
 /// A cached read costs a few dependent misses (the memtable's index group, the key's slot, the
@@ -560,8 +587,31 @@ pub(crate) async fn read_or_give_up(
 /// stages a few requests apart as they join ([`Router::prefetch_joined`]), then all are
 /// answered in arrival order.
 struct ReadAhead {
-    /// Each request with its frame's charge and, for a read to answer in place, its key's hash.
-    requests: Vec<(Request, Charge, Option<KeyHash>)>,
+    requests: Vec<Held>,
+}
+
+/// A request held back by [`ReadAhead`].
+enum Held {
+    /// A single Get, its frame and key still in the read's frames (nothing cut from them, so no
+    /// reference counted for a read answered in place). `hash` is its [`Router::read_ahead`].
+    Get {
+        id: u64,
+        consistency: Option<Consistency>,
+        frame: Range<usize>,
+        key: Range<usize>,
+        hash: Option<KeyHash>,
+    },
+    /// Any other request, with its frame's charge.
+    Request { request: Request, charge: Charge },
+}
+
+impl Held {
+    fn hash(&self) -> Option<KeyHash> {
+        match self {
+            Held::Get { hash, .. } => *hash,
+            Held::Request { .. } => None,
+        }
+    }
 }
 
 /// Requests held back at most: enough to cover a miss's latency with the others' work, few
@@ -573,14 +623,26 @@ impl ReadAhead {
         ReadAhead { requests: Vec::with_capacity(READ_AHEAD) }
     }
 
+    /// Holds back a single Get of `key`, both it and its `frame` in `frames`, prefetching what
+    /// the held reads are due.
+    fn push_get(
+        &mut self,
+        id: u64,
+        consistency: Option<Consistency>,
+        frame: Range<usize>,
+        key: &[u8],
+        frames: &Frames,
+        router: &Router,
+    ) {
+        let hash = router.read_ahead(key);
+        self.requests.push(Held::Get { id, consistency, frame, key: frames.position(key), hash });
+        router.prefetch_joined(&self.requests, Held::hash);
+    }
+
     /// Holds `request` back, prefetching what the held reads are due.
     fn push(&mut self, request: Request, charge: Charge, router: &Router) {
-        let hash = match &request.command {
-            Command::Single(Operation::Get { key }) => router.read_ahead(key),
-            _ => None,
-        };
-        self.requests.push((request, charge, hash));
-        router.prefetch_joined(&self.requests, |(_, _, hash)| *hash);
+        self.requests.push(Held::Request { request, charge });
+        router.prefetch_joined(&self.requests, Held::hash);
     }
 
     fn is_full(&self) -> bool {
@@ -590,15 +652,52 @@ impl ReadAhead {
     /// Prefetches the rest of the held reads' lines, then answers every held request.
     fn answer(
         &mut self,
+        batch: &mut Batch<'_>,
         shared: &Rc<Shared>,
         router: &Rc<Router>,
         limits: ConnectionLimits,
         clock: &mut BatchClock<'_>,
     ) {
-        router.prefetch_rest(&self.requests, |(_, _, hash)| *hash);
-        for (request, charge, hash) in self.requests.drain(..) {
-            dispatch(request, charge, hash, shared, router, limits, clock);
+        router.prefetch_rest(&self.requests, Held::hash);
+        for held in self.requests.drain(..) {
+            match held {
+                Held::Get { id, consistency, frame, key, hash } => {
+                    if read_in_place(id, &batch.frames.bytes()[key.clone()], hash, shared, router, clock) {
+                        continue;
+                    }
+                    let request = Request {
+                        id,
+                        command: Command::Single(Operation::Get { key: batch.frames.bytes().slice(key) }),
+                        consistency,
+                    };
+                    dispatch_task(request, batch.charge.split(frame.len()), shared, router, limits, clock);
+                }
+                Held::Request { request, charge } => {
+                    dispatch(request, charge, None, shared, router, limits, clock)
+                }
+            }
         }
+    }
+}
+
+/// Answers a read of `key` in place when the router can ([`Router::read_now`]): sent now, or
+/// queued to be sent once what it found is durable. `false` when it must be answered otherwise.
+fn read_in_place(
+    id: u64,
+    key: &[u8],
+    hash: Option<KeyHash>,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    clock: &mut BatchClock<'_>,
+) -> bool {
+    match router.read_now(key, hash, clock, |found, unsettled| shared.answer_read(id, found, unsettled)) {
+        Some(ReadAnswer::Sent) => true,
+        Some(ReadAnswer::Held { bytes, unsettled }) => {
+            let started = clock.hold_last();
+            shared.queue_commit(Queued::Read(HeldRead { id, bytes, unsettled, started }));
+            true
+        }
+        None => false,
     }
 }
 
@@ -614,21 +713,29 @@ fn dispatch(
     limits: ConnectionLimits,
     clock: &mut BatchClock<'_>,
 ) {
-    let Request { consistency, id, command } = request;
-    if let Some(reply) = router.answer_immediately(&command) {
-        shared.push(&Response { id, reply });
+    if let Some(reply) = router.answer_immediately(&request.command) {
+        shared.push(&Response { id: request.id, reply });
         return;
     }
-    if let Command::Single(Operation::Get { key }) = &command {
-        match router.read_now(key, hash, clock, |found, unsettled| shared.answer_read(id, found, unsettled)) {
-            Some(ReadAnswer::Sent) => return,
-            Some(ReadAnswer::Held { bytes, unsettled }) => {
-                let started = clock.hold_last();
-                return shared.queue_commit(Queued::Read(HeldRead { id, bytes, unsettled, started }));
-            }
-            None => {}
+    if let Command::Single(Operation::Get { key }) = &request.command {
+        if read_in_place(request.id, key, hash, shared, router, clock) {
+            return;
         }
     }
+    dispatch_task(request, charge, shared, router, limits, clock);
+}
+
+/// Answers a request [`dispatch`] could not answer on the spot: in a task of its own, unless it
+/// is a write applied in place or coordinated by this shard.
+fn dispatch_task(
+    request: Request,
+    charge: Charge,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    limits: ConnectionLimits,
+    clock: &mut BatchClock<'_>,
+) {
+    let Request { consistency, id, command } = request;
     // A batch counts as its operations: it costs the shard as much work as that many requests.
     // One larger than the whole window still runs when nothing else does, so it is not refused
     // for good.

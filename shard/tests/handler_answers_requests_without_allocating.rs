@@ -20,8 +20,8 @@ use ringkv_shard::{Handler, HybridClock};
 use ringkv_storage::disk::memory::MemDisk;
 use ringkv_storage::{Engine, EngineOptions, PendingWrite, SyncMode};
 use ringkv_wire::{
-    encode_read_reply_into, encode_request_into, encode_response_into, parse_request, Command, FrameDecoder,
-    Operation, Reply, Request, Response,
+    encode_read_reply_into, encode_request_into, encode_response_into, Command, FrameDecoder, FramedRequest,
+    Operation, OperationRef, Reply, Request, Response,
 };
 
 /// Values are this long, a length nothing else on the path allocates, so the memtable's copies
@@ -137,27 +137,39 @@ impl Connection {
         let (mut answered, mut groups) = (0, 0);
         for chunk in input.chunks(64 << 10) {
             decoder.extend_from_slice(chunk);
-            while let Some(frame) = decoder.next_frame().unwrap() {
-                let request = parse_request(&frame).unwrap();
-                let id = request.id;
-                match request.command {
-                    Command::Single(Operation::Get { key }) => {
-                        let found = handler.read_now(&key, |found, unsettled| {
-                            assert!(unsettled.is_none(), "every key read was acknowledged, so durable");
-                            let found = found.unwrap().expect("every key was written");
-                            encode_read_reply_into(builder, id, Some(found), outbox).unwrap();
-                        });
-                        found.expect("every key is in memory");
-                        answered += 1;
+            // As a connection reads them: a read's frames taken together, a Get answered from
+            // them in place.
+            while let Some(frames) = decoder.take_frames().unwrap() {
+                for (_, request) in frames.requests() {
+                    let single = match request {
+                        FramedRequest::Single(single) => single,
+                        FramedRequest::Other(request) => {
+                            panic!("only gets and puts are sent, not {request:?}")
+                        }
+                    };
+                    let id = single.id;
+                    match single.operation {
+                        OperationRef::Get { key } => {
+                            let found = handler.read_now(key, |found, unsettled| {
+                                assert!(unsettled.is_none(), "every key read was acknowledged, so durable");
+                                let found = found.unwrap().expect("every key was written");
+                                encode_read_reply_into(builder, id, Some(found), outbox).unwrap();
+                            });
+                            found.expect("every key is in memory");
+                            answered += 1;
+                        }
+                        _ => {
+                            let Command::Single(operation) = frames.to_request(&single).command else {
+                                unreachable!("a single request")
+                            };
+                            let write =
+                                handler.write_now(&operation).expect("the memtable has room").unwrap();
+                            commits.push_back((id, write));
+                        }
                     }
-                    Command::Single(operation) => {
-                        let write = handler.write_now(&operation).expect("the memtable has room").unwrap();
-                        commits.push_back((id, write));
+                    if outbox.len() > 32 << 10 {
+                        outbox.clear();
                     }
-                    command => panic!("only gets and puts are sent, not {command:?}"),
-                }
-                if outbox.len() > 32 << 10 {
-                    outbox.clear();
                 }
             }
             groups += u64::from(!commits.is_empty());

@@ -18,10 +18,12 @@ use bytes::{Bytes, BytesMut};
 
 use crate::consistency::Consistency;
 use crate::generated as fb;
-use crate::limits::{FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, VERIFIER_OPTIONS};
+use crate::limits::{
+    FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES, KEY_BYTES_MAX, VALUE_BYTES_MAX, VERIFIER_OPTIONS,
+};
 use crate::operation::{Operation, OperationRef};
 use crate::outcome::Outcome;
-use crate::request::{Command, Request, RequestRef};
+use crate::request::{Command, RequestRef, SingleRequest};
 use crate::response::{Reply, Response};
 
 /// The frame's bytes with the reads the checks need; `None` for anything out of bounds.
@@ -141,14 +143,24 @@ impl<'a> Frame<'a> {
         table: &Table,
         slot: u16,
     ) -> Option<Option<Bytes>> {
+        Some(self.optional_slice_field(table, slot)?.map(|bytes| frame.slice_ref(bytes)))
+    }
+
+    /// A `[ubyte]` field, required, borrowed from the frame.
+    pub(crate) fn slice_field(&mut self, table: &Table, slot: u16) -> Option<&'a [u8]> {
+        self.optional_slice_field(table, slot)?
+    }
+
+    /// An optional `[ubyte]` field, borrowed from the frame: `Some(None)` when it is absent.
+    pub(crate) fn optional_slice_field(&mut self, table: &Table, slot: u16) -> Option<Option<&'a [u8]>> {
         let Some(at) = self.field(table, slot, 4)? else { return Some(None) };
         let vector = self.follow(at)?;
         let length = self.u32(vector)? as usize;
         let start = vector + 4;
         let end = start.checked_add(length)?;
-        self.bytes.get(start..end)?;
+        let bytes = self.bytes.get(start..end)?;
         self.visit(4 + length)?;
-        Some(Some(frame.slice(start..end)))
+        Some(Some(bytes))
     }
 
     /// An optional `ulong` field.
@@ -167,10 +179,204 @@ pub(crate) struct Table {
     inline_bytes: usize,
 }
 
+/// The first 64 bytes of a single Get or Delete as [`encode_operation_into`] lays it out (the
+/// native client's layout), but for the bytes [`KEY_ONLY_FIXED`] leaves out: the length
+/// prefix, padding, the id, the command's type and consistency, and the key's length. The key
+/// follows.
+const KEY_ONLY_HEAD: [u8; 64] = [
+    0, 0, 0, 0, // length prefix
+    20, 0, 0, 0, // the request table, at 24
+    12, 0, 18, 0, 8, 0, 16, 0, 4, 0, 17, 0, // its vtable: id, command type, command, consistency
+    0, 0, 0, 0, // padding
+    16, 0, 0, 0, // the request table: its vtable 16 bytes back
+    24, 0, 0, 0, // the command's table, at 52
+    0, 0, 0, 0, 0, 0, 0, 0, // id
+    0, 0, 0, 0, // command type, consistency, padding
+    6, 0, 8, 0, 4, 0, // the command's vtable: its key
+    0, 0, // padding
+    8, 0, 0, 0, // the command's table: its vtable 8 bytes back
+    4, 0, 0, 0, // its key, at 60
+    0, 0, 0, 0, // the key's length
+];
+
+/// Which bytes of [`KEY_ONLY_HEAD`] every hand-laid Get or Delete repeats.
+const KEY_ONLY_FIXED: [u8; 64] = fixed_bytes(&[(0, 4), (20, 24), (32, 44), (50, 52), (60, 64)]);
+
+/// The first 72 bytes of a single Put without an expiry as [`encode_operation_into`] lays it
+/// out, as [`KEY_ONLY_HEAD`] is for a Get. The key follows, then the value's vector at the next
+/// multiple of four.
+const PUT_HEAD: [u8; 72] = [
+    0,
+    0,
+    0,
+    0, // length prefix
+    20,
+    0,
+    0,
+    0, // the request table, at 24
+    12,
+    0,
+    18,
+    0,
+    8,
+    0,
+    16,
+    0,
+    4,
+    0,
+    17,
+    0, // its vtable: id, command type, command, consistency
+    0,
+    0,
+    0,
+    0, // padding
+    16,
+    0,
+    0,
+    0, // the request table: its vtable 16 bytes back
+    28,
+    0,
+    0,
+    0, // the command's table, at 56
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0, // id
+    fb::Command::Put.0,
+    0,
+    0,
+    0, // command type, consistency, padding
+    10,
+    0,
+    12,
+    0,
+    4,
+    0,
+    8,
+    0,
+    0,
+    0, // the command's vtable: key, value, no expiry
+    0,
+    0, // padding
+    12,
+    0,
+    0,
+    0, // the command's table: its vtable 12 bytes back
+    8,
+    0,
+    0,
+    0, // its key, at 68
+    0,
+    0,
+    0,
+    0, // its value's offset
+    0,
+    0,
+    0,
+    0, // the key's length
+];
+
+/// Which bytes of [`PUT_HEAD`] every hand-laid Put without an expiry repeats.
+const PUT_FIXED: [u8; 72] = fixed_bytes(&[(0, 4), (20, 24), (32, 40), (41, 44), (54, 56), (64, 72)]);
+
+/// A mask of `N` bytes, all set but in the `variable` ranges.
+const fn fixed_bytes<const N: usize>(variable: &[(usize, usize)]) -> [u8; N] {
+    let mut mask = [0xff; N];
+    let mut range = 0;
+    while range < variable.len() {
+        let mut at = variable[range].0;
+        while at < variable[range].1 {
+            mask[at] = 0;
+            at += 1;
+        }
+        range += 1;
+    }
+    mask
+}
+
+/// Whether `frame` starts with `head`'s bytes wherever `fixed` is set.
+#[inline]
+fn starts_as<const N: usize>(frame: &[u8], head: &[u8; N], fixed: &[u8; N]) -> bool {
+    let Some(start) = frame.first_chunk::<N>() else { return false };
+    let word = |bytes: &[u8; N], at: usize| {
+        u64::from_le_bytes(*bytes[at..].first_chunk::<8>().expect("in the head"))
+    };
+    (0..N / 8).all(|index| word(start, index * 8) & word(fixed, index * 8) == word(head, index * 8))
+}
+
+fn u32_at(frame: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(*frame[at..].first_chunk::<4>().expect("inside the frame's head")) as usize
+}
+
+/// A request's consistency byte, when it is one the protocol knows.
+fn consistency_of(byte: u8) -> Option<Option<Consistency>> {
+    match fb::Consistency(byte) {
+        fb::Consistency::Default => Some(None),
+        fb::Consistency::One => Some(Some(Consistency::One)),
+        fb::Consistency::Quorum => Some(Some(Consistency::Quorum)),
+        fb::Consistency::All => Some(Some(Consistency::All)),
+        _ => None,
+    }
+}
+
+/// `frame` as a single Get, Delete or Put without an expiry, when it is byte for byte as the
+/// native client lays one out ([`encode_operation_into`]) with a key and value within their
+/// limits; `None` sends it to the field-by-field checks of [`parse_single`].
+///
+/// A frame that matches is one the verifier accepts (the encoder's frames are, and only data
+/// and padding differ between them), read the way the verifier reads it, in a few word
+/// compares instead of a walk of its tables. The limits keep the verifier's apparent size,
+/// which counts some bytes twice, within its bound.
+fn parse_hand_laid(frame: &[u8]) -> Option<SingleRequest<'_>> {
+    let length_matches = |payload_end: usize| u32_at(frame, 0) + FRAME_LENGTH_PREFIX_BYTES == payload_end;
+    let id =
+        |frame: &[u8]| u64::from_le_bytes(*frame[32..].first_chunk::<8>().expect("inside the frame's head"));
+    if starts_as(frame, &KEY_ONLY_HEAD, &KEY_ONLY_FIXED) {
+        let key = &frame[KEY_ONLY_HEAD.len()..];
+        if key.len() != u32_at(frame, 60) || key.len() > KEY_BYTES_MAX || !length_matches(frame.len()) {
+            return None;
+        }
+        let operation = match fb::Command(frame[40]) {
+            fb::Command::Get => OperationRef::Get { key },
+            fb::Command::Delete => OperationRef::Delete { key },
+            _ => return None,
+        };
+        return Some(SingleRequest { id: id(frame), consistency: consistency_of(frame[41])?, operation });
+    }
+    if starts_as(frame, &PUT_HEAD, &PUT_FIXED) {
+        let key_length = u32_at(frame, 68);
+        let value_vector = (PUT_HEAD.len() + key_length).next_multiple_of(4);
+        let value_length = frame.len().checked_sub(value_vector + 4)?;
+        if key_length > KEY_BYTES_MAX
+            || value_length > VALUE_BYTES_MAX
+            || u32_at(frame, 64) != value_vector - 64
+            || u32_at(frame, value_vector) != value_length
+            || !length_matches(frame.len())
+        {
+            return None;
+        }
+        let operation = OperationRef::Put {
+            key: &frame[PUT_HEAD.len()..PUT_HEAD.len() + key_length],
+            value: &frame[value_vector + 4..],
+            ttl_ms: None,
+        };
+        return Some(SingleRequest { id: id(frame), consistency: consistency_of(frame[41])?, operation });
+    }
+    None
+}
+
 /// `frame` (length prefix included, as [`crate::FrameDecoder`] returns it) as a request with
-/// one Get, Put or Delete, when it is one and every check passes; `None` sends the frame down
-/// the generic path. The request's limits are not checked here (`Request::validate` does).
-pub(crate) fn parse_single(frame: &Bytes) -> Option<Request> {
+/// one Get, Put or Delete, borrowed from it, when it is one and every check passes; `None` sends
+/// the frame down the generic path. The request's limits are not checked here
+/// (`RequestRef::validate` does).
+pub(crate) fn parse_single(frame: &[u8]) -> Option<SingleRequest<'_>> {
+    if let Some(single) = parse_hand_laid(frame) {
+        return Some(single);
+    }
     let mut reader = Frame::new(frame)?;
     let root = reader.follow(FRAME_LENGTH_PREFIX_BYTES)?;
     let request = reader.table(root)?;
@@ -193,18 +399,18 @@ pub(crate) fn parse_single(frame: &Bytes) -> Option<Request> {
     let command = reader.follow(command_at)?;
     let command = reader.table(command)?;
     let operation = match fb::Command(command_type) {
-        fb::Command::Get => Operation::Get { key: reader.bytes_field(frame, &command, fb::Get::VT_KEY)? },
+        fb::Command::Get => OperationRef::Get { key: reader.slice_field(&command, fb::Get::VT_KEY)? },
         fb::Command::Delete => {
-            Operation::Delete { key: reader.bytes_field(frame, &command, fb::Delete::VT_KEY)? }
+            OperationRef::Delete { key: reader.slice_field(&command, fb::Delete::VT_KEY)? }
         }
-        fb::Command::Put => Operation::Put {
-            key: reader.bytes_field(frame, &command, fb::Put::VT_KEY)?,
-            value: reader.bytes_field(frame, &command, fb::Put::VT_VALUE)?,
+        fb::Command::Put => OperationRef::Put {
+            key: reader.slice_field(&command, fb::Put::VT_KEY)?,
+            value: reader.slice_field(&command, fb::Put::VT_VALUE)?,
             ttl_ms: reader.u64_field(&command, fb::Put::VT_TTL_MS)?,
         },
         _ => return None,
     };
-    Some(Request { id, command: Command::Single(operation), consistency })
+    Some(SingleRequest { id, consistency, operation })
 }
 
 /// `frame` as a reply with one `Value`, `NotFound` or `Written` outcome, when it is one and
@@ -339,7 +545,7 @@ pub(crate) fn encode_operation_into(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::request::{encode_request, parse_request_verified};
+    use crate::request::{encode_request, parse_request_verified, Request};
     use flatbuffers::FlatBufferBuilder;
     use proptest::prelude::*;
 
@@ -389,7 +595,7 @@ pub(crate) mod tests {
     fn reads_what_the_encoder_writes_as_the_generic_path_does() {
         for request in requests() {
             let frame = encode(&request);
-            assert_eq!(parse_single(&frame).as_ref(), Some(&request));
+            assert_eq!(parse_single(&frame).map(|single| single.to_request(&frame)).as_ref(), Some(&request));
             assert_eq!(parse_request_verified(&frame).unwrap(), request);
         }
     }
@@ -416,9 +622,39 @@ pub(crate) mod tests {
         for request in requests {
             let frame = decoder.next_frame().unwrap().expect("a frame per request");
             assert_eq!(parse_request_verified(&frame).unwrap(), request);
-            assert_eq!(parse_single(&frame), Some(request));
+            assert_eq!(parse_single(&frame).map(|single| single.to_request(&frame)), Some(request));
         }
         assert!(decoder.next_frame().unwrap().is_none());
+    }
+
+    /// The native client's frames for a Get, a Delete and a Put without an expiry are read by
+    /// word compares, and as the field-by-field checks read them; anything else falls through.
+    #[test]
+    fn hand_laid_frames_are_read_by_their_layout() {
+        for request in requests() {
+            let mut frame = BytesMut::new();
+            assert!(encode_single_into(request.as_ref(), &mut frame));
+            let frame = frame.freeze();
+            let by_layout = parse_hand_laid(&frame);
+            let expected_by_layout = match &request.command {
+                Command::Single(Operation::Put { ttl_ms, .. }) => ttl_ms.is_none(),
+                _ => true,
+            };
+            assert_eq!(by_layout.is_some(), expected_by_layout, "{request:?}");
+            if let Some(single) = by_layout {
+                assert_eq!(single.to_request(&frame), request);
+                assert_eq!(parse_request_verified(&frame).unwrap(), request);
+            }
+        }
+        // Keys and values past their limits go to the checks that name the error.
+        for operation in [
+            OperationRef::Get { key: &[b'k'; KEY_BYTES_MAX + 1] },
+            OperationRef::Put { key: b"k", value: &vec![0; VALUE_BYTES_MAX + 1], ttl_ms: None },
+        ] {
+            let mut frame = BytesMut::new();
+            assert!(encode_operation_into(5, operation, None, &mut frame));
+            assert!(parse_hand_laid(&frame).is_none(), "{:?}", operation.key().len());
+        }
     }
 
     #[test]
@@ -523,11 +759,22 @@ pub(crate) mod tests {
         #[test]
         fn never_accepts_what_the_verifier_refuses(
             which in 0usize..20,
+            hand_laid in any::<bool>(),
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             cut in proptest::option::of(any::<usize>()),
         ) {
-            let frame = damaged(&encode(&requests()[which]), &flips, cut);
-            if let Some(fast) = parse_single(&frame) {
+            // Frames from the builder, and as the native client lays them out, which the
+            // word-compare path reads.
+            let request = &requests()[which];
+            let frame = if hand_laid {
+                let mut frame = BytesMut::new();
+                prop_assert!(encode_single_into(request.as_ref(), &mut frame));
+                frame.freeze()
+            } else {
+                encode(request)
+            };
+            let frame = damaged(&frame, &flips, cut);
+            if let Some(fast) = parse_single(&frame).map(|single| single.to_request(&frame)) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Request>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a frame the verifier refuses: {root:?}");
                 let generic = parse_request_verified(&frame);

@@ -82,6 +82,43 @@ impl FrameDecoder {
         Ok(Some(self.buffer.split_to(frame_bytes).freeze()))
     }
 
+    /// Every complete frame received so far, cut from the buffer together: a reader that
+    /// handles a read's frames in place (borrowing them from [`Frames`]) pays for one cut per
+    /// read instead of one per frame. `Ok(None)` means more bytes are needed. When a bad length
+    /// prefix follows complete frames, those come first and the error with the next call, as
+    /// [`FrameDecoder::next_frame`] would return them.
+    pub fn take_frames(&mut self) -> Result<Option<Frames>, WireError> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        let mut end = 0;
+        while let Some(prefix) = self.buffer[end..].first_chunk::<FRAME_LENGTH_PREFIX_BYTES>() {
+            match check_payload_length(u32::from_le_bytes(*prefix)) {
+                Ok(payload_bytes) => {
+                    let frame_end = end + FRAME_LENGTH_PREFIX_BYTES + payload_bytes;
+                    if frame_end > self.buffer.len() {
+                        break;
+                    }
+                    end = frame_end;
+                }
+                Err(error) => {
+                    self.failure = Some(error.clone());
+                    if end == 0 {
+                        self.buffer.advance(self.buffer.len());
+                        return Err(error);
+                    }
+                    let frames = Frames { bytes: self.buffer.split_to(end).freeze() };
+                    self.buffer.advance(self.buffer.len());
+                    return Ok(Some(frames));
+                }
+            }
+        }
+        if end == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Frames { bytes: self.buffer.split_to(end).freeze() }))
+    }
+
     /// The whole size (length prefix included) of the frame at the front of the buffer, once a
     /// valid prefix for it has arrived: a reader can size its next read by it, growing the
     /// buffer no further than the frame.
@@ -120,6 +157,44 @@ impl FrameDecoder {
                 Err(error)
             }
         }
+    }
+}
+
+/// Complete frames, back to back, length prefixes included (from [`FrameDecoder::take_frames`]).
+#[derive(Debug, Clone)]
+pub struct Frames {
+    bytes: Bytes,
+}
+
+impl Frames {
+    /// All the frames' bytes: a frame that must outlive the read is cut from them with
+    /// [`Bytes::slice`] or [`Bytes::slice_ref`].
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Each frame's range in [`Frames::bytes`], in order.
+    pub fn ranges(&self) -> FrameRanges<'_> {
+        FrameRanges { bytes: &self.bytes, at: 0 }
+    }
+}
+
+/// The ranges of [`Frames::ranges`].
+#[derive(Debug, Clone)]
+pub struct FrameRanges<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for FrameRanges<'_> {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // The decoder checked every prefix and that each frame is whole.
+        let prefix = self.bytes[self.at..].first_chunk::<FRAME_LENGTH_PREFIX_BYTES>()?;
+        let start = self.at;
+        self.at += FRAME_LENGTH_PREFIX_BYTES + u32::from_le_bytes(*prefix) as usize;
+        Some(start..self.at)
     }
 }
 
@@ -278,5 +353,60 @@ mod tests {
         decoder.extend_from_slice(&frame(b"hello")[..6]);
         assert_eq!(decoder.next_frame(), Ok(None));
         assert!(matches!(decoder.check_end_of_stream(), Err(WireError::Malformed { .. })));
+    }
+    /// Every frame `take_frames` hands out, each batch's frames through `ranges`.
+    fn taken(decoder: &mut FrameDecoder) -> Vec<Vec<u8>> {
+        let mut decoded = Vec::new();
+        while let Some(frames) = decoder.take_frames().unwrap() {
+            decoded.extend(frames.ranges().map(|range| frames.bytes()[range].to_vec()));
+        }
+        decoded
+    }
+
+    #[test]
+    fn frames_taken_together_at_every_byte_boundary() {
+        let (stream, frames) = stream_of_three();
+        for split in 0..=stream.len() {
+            let mut decoder = FrameDecoder::new();
+            let mut decoded = Vec::new();
+            for part in [&stream[..split], &stream[split..]] {
+                decoder.extend_from_slice(part);
+                decoded.extend(taken(&mut decoder));
+            }
+            assert_eq!(decoded, frames, "split at {split}");
+            assert_eq!(decoder.buffered_bytes(), 0);
+        }
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        let all = decoder.take_frames().unwrap().expect("three whole frames");
+        assert_eq!(all.ranges().count(), 3);
+        assert_eq!(all.bytes().len(), stream.len());
+    }
+
+    #[test]
+    fn frames_before_a_bad_prefix_come_first_then_the_error() {
+        let (stream, frames) = stream_of_three();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        decoder.extend_from_slice(&[0, 0, 0, 0, 9, 9]);
+        let first = decoder.take_frames().unwrap().expect("the whole frames before the bad prefix");
+        let decoded: Vec<_> = first.ranges().map(|range| first.bytes()[range].to_vec()).collect();
+        assert_eq!(decoded, frames);
+        assert_eq!(decoder.take_frames().unwrap_err(), WireError::FrameEmpty);
+        // The error sticks, and nothing after the bad prefix is held.
+        decoder.extend_from_slice(&frame(b"ok"));
+        assert_eq!(decoder.take_frames().unwrap_err(), WireError::FrameEmpty);
+        assert_eq!(decoder.check_end_of_stream(), Err(WireError::FrameEmpty));
+    }
+
+    #[test]
+    fn a_partial_frame_stays_behind_the_frames_taken() {
+        let (stream, frames) = stream_of_three();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&stream[..stream.len() - 1]);
+        assert_eq!(taken(&mut decoder), frames[..2].to_vec());
+        assert_eq!(decoder.declared_frame_bytes(), Some(frames[2].len()));
+        decoder.extend_from_slice(&stream[stream.len() - 1..]);
+        assert_eq!(taken(&mut decoder), frames[2..].to_vec());
     }
 }

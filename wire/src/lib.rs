@@ -66,13 +66,13 @@ pub use consistency::{Consistency, ConsistencyParseError};
 pub use credentials::{Credentials, DEFAULT_USER};
 pub use error::WireError;
 pub use error_code::ErrorCode;
-pub use frame::FrameDecoder;
+pub use frame::{FrameDecoder, Frames};
 pub use operation::{Expected, Operation, OperationRef};
 pub use outcome::{Failure, LentValue, Outcome};
 pub use peer_codec::{encode_peer, encode_peer_into, parse_peer, parse_peer_shared};
 pub use request::{
     encode_operation_into, encode_request, encode_request_into, encode_request_ref_into, parse_request,
-    Command, Request, RequestError, RequestRef,
+    parse_single_request, Command, FramedRequest, Request, RequestError, RequestRef, SingleRequest,
 };
 pub use response::{
     encode_read_reply_into, encode_response, encode_response_into, parse_response, Reply, Response,

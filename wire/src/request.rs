@@ -8,13 +8,14 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use crate::consistency::Consistency;
 use crate::credentials::{Credentials, DEFAULT_USER};
 use crate::error::WireError;
-use crate::frame::verified_root;
+use crate::frame::{verified_root, Frames};
 use crate::generated as fb;
 use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, FRAME_LENGTH_PREFIX_BYTES};
 use crate::operation::{Expected, Operation, OperationRef};
 use crate::response::{Reply, Response};
 use crate::scan::{Scan, ScanEnd, ScanStart};
 use crate::CONNECTION_ERROR_ID;
+use std::ops::Range;
 
 /// One request, identified by a client-chosen id that its response repeats. Ids let many
 /// requests share a connection and their responses come back in any order; id
@@ -123,12 +124,91 @@ impl RequestError {
 /// (answer it with [`RequestError::response`] and keep serving). A batch that breaks a limit is
 /// refused whole, so that either every operation of a batch is attempted or none is.
 pub fn parse_request(frame: &Bytes) -> Result<Request, RequestError> {
-    match crate::fast_path::parse_single(frame).filter(|request| request.id != CONNECTION_ERROR_ID) {
-        Some(request) => {
-            request.validate().map_err(|error| RequestError { id: Some(request.id), error })?;
-            Ok(request)
+    match crate::fast_path::parse_single(frame).filter(|single| single.id != CONNECTION_ERROR_ID) {
+        Some(single) => {
+            single.operation.validate().map_err(|error| RequestError { id: Some(single.id), error })?;
+            Ok(single.to_request(frame))
         }
         None => parse_request_verified(frame),
+    }
+}
+
+/// A request of one Get, Put or Delete whose key and value are borrowed from its frame: what a
+/// server answers in place needs nothing cut from the frame. See [`parse_single_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SingleRequest<'frame> {
+    pub id: u64,
+    pub consistency: Option<Consistency>,
+    pub operation: OperationRef<'frame>,
+}
+
+impl SingleRequest<'_> {
+    /// The owned request, its key and value slices of `frame`, the frame this was parsed from
+    /// (nothing is copied).
+    ///
+    /// # Panics
+    /// When `frame` does not hold the borrowed bytes.
+    pub fn to_request(&self, frame: &Bytes) -> Request {
+        let operation = match self.operation {
+            OperationRef::Get { key } => Operation::Get { key: frame.slice_ref(key) },
+            OperationRef::Delete { key } => Operation::Delete { key: frame.slice_ref(key) },
+            OperationRef::Put { key, value, ttl_ms } => {
+                Operation::Put { key: frame.slice_ref(key), value: frame.slice_ref(value), ttl_ms }
+            }
+        };
+        Request { id: self.id, command: Command::Single(operation), consistency: self.consistency }
+    }
+}
+
+/// `frame` (length prefix included) as one Get, Put or Delete borrowed from it, when the fast
+/// checks vouch for the frame and the request is within every limit: what [`parse_request`]
+/// would return, without cutting anything from the frame. `None` for everything else, valid or
+/// not: parse it with [`parse_request`], which names any error.
+pub fn parse_single_request(frame: &[u8]) -> Option<SingleRequest<'_>> {
+    crate::fast_path::parse_single(frame)
+        .filter(|single| single.id != CONNECTION_ERROR_ID && single.operation.validate().is_ok())
+}
+
+/// A frame's request as [`Frames::requests`] reads it.
+#[derive(Debug)]
+pub enum FramedRequest<'frames> {
+    /// One Get, Put or Delete, borrowed from the frames: a read answered in place needs nothing
+    /// cut from them. [`Frames::to_request`] makes it owned.
+    Single(SingleRequest<'frames>),
+    /// Any other request, cut from the frames, or why its frame was refused (as
+    /// [`parse_request`] returns them).
+    Other(Result<Request, RequestError>),
+}
+
+impl Frames {
+    /// Each frame's range and request, in order: the common requests borrowed, the rest parsed
+    /// by [`parse_request`].
+    pub fn requests(&self) -> impl Iterator<Item = (Range<usize>, FramedRequest<'_>)> {
+        self.ranges().map(|range| {
+            let request = match parse_single_request(&self.bytes()[range.clone()]) {
+                Some(single) => FramedRequest::Single(single),
+                None => FramedRequest::Other(parse_request(&self.bytes().slice(range.clone()))),
+            };
+            (range, request)
+        })
+    }
+
+    /// `single`, read from these frames, as an owned request whose key and value are slices of
+    /// them (nothing is copied).
+    pub fn to_request(&self, single: &SingleRequest<'_>) -> Request {
+        single.to_request(self.bytes())
+    }
+
+    /// Where `part`, a slice of these frames (a borrowed key), lies in them.
+    ///
+    /// # Panics
+    /// When `part` is not inside the frames.
+    pub fn position(&self, part: &[u8]) -> Range<usize> {
+        let start = (part.as_ptr() as usize)
+            .checked_sub(self.bytes().as_ptr() as usize)
+            .expect("a slice of the frames");
+        assert!(start + part.len() <= self.bytes().len(), "a slice of the frames");
+        start..start + part.len()
     }
 }
 
@@ -721,6 +801,55 @@ mod tests {
     fn every_request_kind_round_trips() {
         for request in every_request() {
             assert_eq!(parse_request(&encode(&request)).unwrap(), request);
+        }
+    }
+
+    /// The borrowed parse agrees with `parse_request` on every single operation it takes, and
+    /// leaves everything else (other commands, an id of 0, a broken limit) to it.
+    #[test]
+    fn single_requests_borrowed_read_as_parse_request_reads_them() {
+        let mut singles = 0;
+        for request in every_request() {
+            let frame = encode(&request);
+            match parse_single_request(&frame) {
+                Some(single) => {
+                    singles += 1;
+                    assert_eq!(single.to_request(&frame), request);
+                    assert_eq!(parse_request(&frame).unwrap(), request);
+                }
+                None => assert!(
+                    !matches!(
+                        request.command,
+                        Command::Single(
+                            Operation::Get { .. } | Operation::Put { .. } | Operation::Delete { .. }
+                        )
+                    ),
+                    "{request:?} left to the generic path"
+                ),
+            }
+        }
+        assert!(singles >= 3, "every request kind includes gets, puts and deletes");
+        let long_key = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
+        for request in [
+            Request {
+                id: 0,
+                command: Command::Single(Operation::Get { key: bytes("k") }),
+                consistency: None,
+            },
+            Request {
+                id: 4,
+                command: Command::Single(Operation::Get { key: long_key.clone() }),
+                consistency: None,
+            },
+            Request {
+                id: 4,
+                command: Command::Single(Operation::Delete { key: Bytes::new() }),
+                consistency: None,
+            },
+        ] {
+            let frame = encode_without_checks(&request);
+            assert_eq!(parse_single_request(&frame), None, "{request:?}");
+            assert!(parse_request(&frame).is_err());
         }
     }
 

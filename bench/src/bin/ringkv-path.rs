@@ -2,7 +2,7 @@
 //! than timed, so that a change's effect shows through this machine's noise.
 //!
 //! ```text
-//!  server       frames ─▶ FrameDecoder ─▶ parse_request ─▶ Handler (engine on an in-memory disk)
+//!  server       frames ─▶ FrameDecoder ─▶ Frames::requests ─▶ Handler (engine on an in-memory disk)
 //!               ─▶ encode reply            (no sockets, no executor: runs under callgrind)
 //!  client       tokio client, P requests in flight ─▶ a running node   (runs under callgrind)
 //!  allocations  a node and a tokio client in this process; a counting allocator tells each
@@ -38,8 +38,8 @@ use ringkv_storage::disk::memory::MemDisk;
 use ringkv_storage::{Engine, EngineOptions, PendingWrite, SyncMode};
 use ringkv_wire::response::Reply;
 use ringkv_wire::{
-    encode_read_reply_into, encode_request_into, encode_response_into, parse_request, Command, FrameDecoder,
-    Operation, Request, Response,
+    encode_read_reply_into, encode_request_into, encode_response_into, Command, FrameDecoder, FramedRequest,
+    Operation, OperationRef, Request, Response, SingleRequest,
 };
 
 #[global_allocator]
@@ -290,37 +290,51 @@ fn counted_server(
     let mut answered = 0u64;
     for chunk in input.chunks(64 << 10) {
         decoder.extend_from_slice(chunk);
-        while let Some(frame) = decoder.next_frame()? {
-            let request = parse_request(&frame).map_err(|error| anyhow::anyhow!("{error}"))?;
-            let id = request.id;
-            match request.command {
-                Command::Single(Operation::Get { key }) => {
-                    let encoded = handler.read_now(&key, |found, unsettled| {
-                        // A server would hold the reply of a read of a write not yet durable.
-                        unsettled
-                            .is_none()
-                            .then(|| encode_read_reply_into(builder, id, found.ok().flatten(), &mut outbox))
-                    });
-                    match encoded {
-                        Some(Some(encoded)) => encoded?,
-                        Some(None) => {
-                            bail!("a read found a write not yet durable: every key read is written first")
+        // As a connection reads them: a read's frames are taken together, and a single Get is
+        // answered from them in place, nothing cut from them.
+        while let Some(frames) = decoder.take_frames()? {
+            for (_, request) in frames.requests() {
+                let request = match request {
+                    FramedRequest::Single(SingleRequest {
+                        id, operation: OperationRef::Get { key }, ..
+                    }) => {
+                        let encoded = handler.read_now(key, |found, unsettled| {
+                            // A server would hold the reply of a read of a write not yet durable.
+                            unsettled.is_none().then(|| {
+                                encode_read_reply_into(builder, id, found.ok().flatten(), &mut outbox)
+                            })
+                        });
+                        match encoded {
+                            Some(Some(encoded)) => encoded?,
+                            Some(None) => {
+                                bail!("a read found a write not yet durable: every key read is written first")
+                            }
+                            None => bail!(
+                                "a read needed the disk: the engine was expected to hold every key in memory"
+                            ),
                         }
-                        None => bail!(
-                            "a read needed the disk: the engine was expected to hold every key in memory"
-                        ),
+                        answered += 1;
+                        if outbox.len() > 32 << 10 {
+                            outbox.clear();
+                        }
+                        continue;
                     }
+                    FramedRequest::Single(single) => frames.to_request(&single),
+                    FramedRequest::Other(parsed) => parsed.map_err(|error| anyhow::anyhow!("{error}"))?,
+                };
+                let id = request.id;
+                match request.command {
+                    Command::Single(operation) => match handler.write_now(&operation) {
+                        Some(Ok(write)) => commits.push_back((id, write)),
+                        Some(Err(failure)) => bail!("a write was refused: {failure:?}"),
+                        None => bail!("a write had to wait: the memtable was expected to have room"),
+                    },
+                    _ => bail!("only single operations are generated"),
                 }
-                Command::Single(operation) => match handler.write_now(&operation) {
-                    Some(Ok(write)) => commits.push_back((id, write)),
-                    Some(Err(failure)) => bail!("a write was refused: {failure:?}"),
-                    None => bail!("a write had to wait: the memtable was expected to have room"),
-                },
-                _ => bail!("only single operations are generated"),
-            }
-            answered += 1;
-            if outbox.len() > 32 << 10 {
-                outbox.clear();
+                answered += 1;
+                if outbox.len() > 32 << 10 {
+                    outbox.clear();
+                }
             }
         }
         while let Some((id, write)) = commits.pop_front() {
