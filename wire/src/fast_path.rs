@@ -413,9 +413,126 @@ pub(crate) fn parse_single(frame: &[u8]) -> Option<SingleRequest<'_>> {
     Some(SingleRequest { id, consistency, operation })
 }
 
+/// The first 56 bytes of a reply with a value and no expiry as `encode_read_reply_into` lays it
+/// out, but for the bytes [`VALUE_REPLY_FIXED`] leaves out: the length prefix, padding, the id,
+/// the version and the value's length. The value follows.
+const VALUE_REPLY_HEAD: [u8; 56] = [
+    0,
+    0,
+    0,
+    0, // length prefix
+    20,
+    0,
+    0,
+    0, // the response table, at 24
+    12,
+    0,
+    25,
+    0,
+    8,
+    0,
+    24,
+    0,
+    4,
+    0,
+    16,
+    0, // its vtable: id, status, value, version
+    0,
+    0,
+    0,
+    0, // padding
+    16,
+    0,
+    0,
+    0, // the table: its vtable 16 bytes back
+    24,
+    0,
+    0,
+    0, // the value, at 52
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0, // id
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0, // version
+    fb::Status::Value.0,
+    0,
+    0,
+    0, // status, padding
+    0,
+    0,
+    0,
+    0, // the value's length
+];
+
+/// Which bytes of [`VALUE_REPLY_HEAD`] every such reply repeats.
+const VALUE_REPLY_FIXED: [u8; 56] = fixed_bytes(&[(0, 4), (20, 24), (32, 48), (49, 56)]);
+
+/// The first 48 bytes of the reply to a write as `encode_response_into` lays it out (49 in all,
+/// the status last), but for the bytes [`WRITTEN_REPLY_FIXED`] leaves out: padding, where the
+/// absent value's offset would be, the id and the version.
+const WRITTEN_REPLY_HEAD: [u8; 48] = [
+    45, 0, 0, 0, // length prefix
+    20, 0, 0, 0, // the response table, at 24
+    12, 0, 25, 0, 8, 0, 24, 0, 0, 0, 16, 0, // its vtable: id, status, no value, version
+    0, 0, 0, 0, // padding
+    16, 0, 0, 0, // the table: its vtable 16 bytes back
+    0, 0, 0, 0, // no value
+    0, 0, 0, 0, 0, 0, 0, 0, // id
+    0, 0, 0, 0, 0, 0, 0, 0, // version
+];
+
+/// Which bytes of [`WRITTEN_REPLY_HEAD`] every reply to a write repeats.
+const WRITTEN_REPLY_FIXED: [u8; 48] = fixed_bytes(&[(20, 24), (28, 48)]);
+
+/// `frame` as a value without expiry or a write's acknowledgement, when it is byte for byte as
+/// the server lays those out, with a value within its limit: the replies nearly every request
+/// gets, read by word compares (see [`parse_hand_laid`]). `None` sends it to the field-by-field
+/// checks of [`parse_single_reply`].
+fn parse_hand_laid_reply(frame: &Bytes) -> Option<Response> {
+    let u64_at =
+        |at: usize| u64::from_le_bytes(*frame[at..].first_chunk::<8>().expect("inside the frame's head"));
+    if starts_as(frame, &VALUE_REPLY_HEAD, &VALUE_REPLY_FIXED) {
+        let value_length = frame.len() - VALUE_REPLY_HEAD.len();
+        if u32_at(frame, 52) != value_length
+            || value_length > VALUE_BYTES_MAX
+            || u32_at(frame, 0) + FRAME_LENGTH_PREFIX_BYTES != frame.len()
+        {
+            return None;
+        }
+        let outcome = Outcome::Value {
+            value: frame.slice(VALUE_REPLY_HEAD.len()..),
+            version: u64_at(40),
+            expires_at_ms: None,
+        };
+        return Some(Response { id: u64_at(32), reply: Reply::Single(outcome) });
+    }
+    if frame.len() == WRITTEN_REPLY_HEAD.len() + 1
+        && frame[WRITTEN_REPLY_HEAD.len()] == fb::Status::Written.0
+        && starts_as(frame, &WRITTEN_REPLY_HEAD, &WRITTEN_REPLY_FIXED)
+    {
+        let outcome = Outcome::Written { version: u64_at(40) };
+        return Some(Response { id: u64_at(32), reply: Reply::Single(outcome) });
+    }
+    None
+}
+
 /// `frame` as a reply with one `Value`, `NotFound` or `Written` outcome, when it is one and
 /// every check passes; `None` sends the frame down the generic path.
 pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
+    if let Some(response) = parse_hand_laid_reply(frame) {
+        return Some(response);
+    }
     let mut reader = Frame::new(frame)?;
     let root = reader.follow(FRAME_LENGTH_PREFIX_BYTES)?;
     let response = reader.table(root)?;
@@ -655,6 +772,35 @@ pub(crate) mod tests {
             assert!(encode_operation_into(5, operation, None, &mut frame));
             assert!(parse_hand_laid(&frame).is_none(), "{:?}", operation.key().len());
         }
+    }
+
+    /// The server's layouts of a value without expiry and of a write's acknowledgement are read
+    /// by word compares, as the verifier reads them; the rest falls through.
+    #[test]
+    fn hand_laid_replies_are_read_by_their_layout() {
+        let mut by_layout = 0;
+        let written = replies().into_iter().map(|response| (encode_reply(&response), response));
+        let values = hand_laid_value_replies().into_iter().map(|(response, frame)| (frame, response));
+        for (frame, response) in written.chain(values) {
+            let expected_by_layout = matches!(
+                response.reply,
+                Reply::Single(Outcome::Written { .. } | Outcome::Value { expires_at_ms: None, .. })
+            );
+            let read = parse_hand_laid_reply(&frame);
+            if expected_by_layout && read.is_none() {
+                // The builder's layout of a value reply is not the hand-laid one.
+                assert!(matches!(response.reply, Reply::Single(Outcome::Value { .. })), "{response:?}");
+                continue;
+            }
+            assert_eq!(read.is_some(), expected_by_layout, "{response:?}");
+            if let Some(read) = read {
+                by_layout += 1;
+                assert_eq!(read, response);
+                assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), response);
+            }
+        }
+        // Three ids: each one's written reply and two values without expiry.
+        assert_eq!(by_layout, 9);
     }
 
     #[test]
