@@ -79,7 +79,7 @@ use crate::router::{BatchClock, CommitClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::tls::{self, Stream, TlsSettings};
-use ringkv_storage::{KeyHash, Unsettled};
+use ringkv_storage::{KeyHash, Prefetch, Unsettled};
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -601,15 +601,18 @@ enum Held {
         key: Range<usize>,
         hash: Option<KeyHash>,
     },
-    /// Any other request, with its frame's charge.
-    Request { request: Request, charge: Charge },
+    /// Any other request, with its frame's charge; for a single Put or Delete of a key this shard
+    /// writes in place, its key's [`Router::read_ahead`].
+    Request { request: Request, charge: Charge, hash: Option<KeyHash> },
 }
 
 impl Held {
-    fn hash(&self) -> Option<KeyHash> {
+    /// The hash to prefetch `stage` of this request's memtable probe with. A write reads the
+    /// slot it replaces (its key and version) but not the value it holds.
+    fn prefetch(&self, stage: Prefetch) -> Option<KeyHash> {
         match self {
             Held::Get { hash, .. } => *hash,
-            Held::Request { .. } => None,
+            Held::Request { hash, .. } => hash.filter(|_| stage != Prefetch::Value),
         }
     }
 }
@@ -636,13 +639,18 @@ impl ReadAhead {
     ) {
         let hash = router.read_ahead(key);
         self.requests.push(Held::Get { id, consistency, frame, key: frames.position(key), hash });
-        router.prefetch_joined(&self.requests, Held::hash);
+        router.prefetch_joined(&self.requests, Held::prefetch);
     }
 
-    /// Holds `request` back, prefetching what the held reads are due.
+    /// Holds `request` back, prefetching what the held requests are due: a write of a key this
+    /// shard writes in place looks its key up in the memtable first, as a read does.
     fn push(&mut self, request: Request, charge: Charge, router: &Router) {
-        self.requests.push(Held::Request { request, charge });
-        router.prefetch_joined(&self.requests, Held::hash);
+        let hash = match &request.command {
+            Command::Single(Operation::Put { key, .. } | Operation::Delete { key }) => router.read_ahead(key),
+            _ => None,
+        };
+        self.requests.push(Held::Request { request, charge, hash });
+        router.prefetch_joined(&self.requests, Held::prefetch);
     }
 
     fn is_full(&self) -> bool {
@@ -658,7 +666,7 @@ impl ReadAhead {
         limits: ConnectionLimits,
         clock: &mut BatchClock<'_>,
     ) {
-        router.prefetch_rest(&self.requests, Held::hash);
+        router.prefetch_rest(&self.requests, Held::prefetch);
         for held in self.requests.drain(..) {
             match held {
                 Held::Get { id, consistency, frame, key, hash } => {
@@ -672,7 +680,7 @@ impl ReadAhead {
                     };
                     dispatch_task(request, batch.charge.split(frame.len()), shared, router, limits, clock);
                 }
-                Held::Request { request, charge } => {
+                Held::Request { request, charge, .. } => {
                     dispatch(request, charge, None, shared, router, limits, clock)
                 }
             }

@@ -365,14 +365,15 @@ impl Router {
     }
 
     /// The prefetches due when a read joins a run of held reads, the newest last in `held`
-    /// (`hash_of` gives each one's [`Router::read_ahead`]): see [`stages_on_join`].
-    pub fn prefetch_joined<T>(&self, held: &[T], hash_of: impl Fn(&T) -> Option<KeyHash>) {
+    /// (`hash_of` gives each one's [`Router::read_ahead`] for a stage, or `None` to skip the
+    /// stage for it): see [`stages_on_join`].
+    pub fn prefetch_joined<T>(&self, held: &[T], hash_of: impl Fn(&T, Prefetch) -> Option<KeyHash>) {
         self.prefetch_stages(held, hash_of, stages_on_join(held.len()));
     }
 
     /// The prefetches [`Router::prefetch_joined`] left for the end of a run: see
     /// [`stages_at_end`]. Then the run is answered.
-    pub fn prefetch_rest<T>(&self, held: &[T], hash_of: impl Fn(&T) -> Option<KeyHash>) {
+    pub fn prefetch_rest<T>(&self, held: &[T], hash_of: impl Fn(&T, Prefetch) -> Option<KeyHash>) {
         self.prefetch_stages(held, hash_of, stages_at_end(held.len()));
     }
 
@@ -380,11 +381,11 @@ impl Router {
     fn prefetch_stages<T>(
         &self,
         held: &[T],
-        hash_of: impl Fn(&T) -> Option<KeyHash>,
+        hash_of: impl Fn(&T, Prefetch) -> Option<KeyHash>,
         stages: impl Iterator<Item = (usize, Prefetch)>,
     ) {
         for (at, stage) in stages {
-            if let Some(hash) = hash_of(&held[at]) {
+            if let Some(hash) = hash_of(&held[at], stage) {
                 self.prefetch(hash, stage);
             }
         }

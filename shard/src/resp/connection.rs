@@ -635,7 +635,7 @@ impl HeldReads {
     fn push(&mut self, key: Bytes, router: &Router) {
         let hash = router.read_ahead(&key);
         self.reads.push((key, hash));
-        router.prefetch_joined(&self.reads, |(_, hash)| *hash);
+        router.prefetch_joined(&self.reads, |(_, hash), _| *hash);
     }
 
     fn is_full(&self) -> bool {
@@ -656,7 +656,7 @@ impl HeldReads {
         if self.reads.is_empty() {
             return true;
         }
-        router.prefetch_rest(&self.reads, |(_, hash)| *hash);
+        router.prefetch_rest(&self.reads, |(_, hash), _| *hash);
         for (key, hash) in self.reads.drain(..) {
             // As `dispatch` answers a GET on the spot, with the hash taken.
             if hash.is_some() && read_in_place(&key, hash, shared, router, protocol, clock) {
