@@ -499,7 +499,7 @@ const WRITTEN_REPLY_FIXED: [u8; 48] = fixed_bytes(&[(20, 24), (28, 48)]);
 /// the server lays those out, with a value within its limit: the replies nearly every request
 /// gets, read by word compares (see [`parse_hand_laid`]). `None` sends it to the field-by-field
 /// checks of [`parse_single_reply`].
-fn parse_hand_laid_reply(frame: &Bytes) -> Option<Response> {
+fn parse_hand_laid_reply(frame: &[u8], owner: &Bytes) -> Option<Response> {
     let u64_at =
         |at: usize| u64::from_le_bytes(*frame[at..].first_chunk::<8>().expect("inside the frame's head"));
     if starts_as(frame, &VALUE_REPLY_HEAD, &VALUE_REPLY_FIXED) {
@@ -511,7 +511,7 @@ fn parse_hand_laid_reply(frame: &Bytes) -> Option<Response> {
             return None;
         }
         let outcome = Outcome::Value {
-            value: frame.slice(VALUE_REPLY_HEAD.len()..),
+            value: owner.slice_ref(&frame[VALUE_REPLY_HEAD.len()..]),
             version: u64_at(40),
             expires_at_ms: None,
         };
@@ -529,8 +529,8 @@ fn parse_hand_laid_reply(frame: &Bytes) -> Option<Response> {
 
 /// `frame` as a reply with one `Value`, `NotFound` or `Written` outcome, when it is one and
 /// every check passes; `None` sends the frame down the generic path.
-pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
-    if let Some(response) = parse_hand_laid_reply(frame) {
+pub(crate) fn parse_single_reply(frame: &[u8], owner: &Bytes) -> Option<Response> {
+    if let Some(response) = parse_hand_laid_reply(frame, owner) {
         return Some(response);
     }
     let mut reader = Frame::new(frame)?;
@@ -547,7 +547,7 @@ pub(crate) fn parse_single_reply(frame: &Bytes) -> Option<Response> {
     let status = reader.field(&response, fb::Response::VT_STATUS, 1)??;
     let status = fb::Status(reader.u8(status)?);
     let version = reader.u64_field(&response, fb::Response::VT_VERSION)?;
-    let value = reader.optional_bytes_field(frame, &response, fb::Response::VT_VALUE)?;
+    let value = reader.optional_bytes_field(owner, &response, fb::Response::VT_VALUE)?;
     let expires_at_ms = reader.u64_field(&response, fb::Response::VT_EXPIRES_AT_MS)?;
     let outcome = match status {
         fb::Status::Value => Outcome::Value { value: value?, version: version?, expires_at_ms },
@@ -786,7 +786,7 @@ pub(crate) mod tests {
                 response.reply,
                 Reply::Single(Outcome::Written { .. } | Outcome::Value { expires_at_ms: None, .. })
             );
-            let read = parse_hand_laid_reply(&frame);
+            let read = parse_hand_laid_reply(&frame, &frame);
             if expected_by_layout && read.is_none() {
                 // The builder's layout of a value reply is not the hand-laid one.
                 assert!(matches!(response.reply, Reply::Single(Outcome::Value { .. })), "{response:?}");
@@ -870,7 +870,7 @@ pub(crate) mod tests {
         let replies = hand_laid_value_replies();
         assert_eq!(replies.len(), 12);
         for (response, frame) in replies {
-            assert_eq!(parse_single_reply(&frame).as_ref(), Some(&response));
+            assert_eq!(parse_single_reply(&frame, &frame).as_ref(), Some(&response));
             assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), response);
         }
     }
@@ -879,7 +879,7 @@ pub(crate) mod tests {
     fn reads_replies_as_the_generic_path_does() {
         for response in replies() {
             let frame = encode_reply(&response);
-            assert_eq!(parse_single_reply(&frame).as_ref(), Some(&response));
+            assert_eq!(parse_single_reply(&frame, &frame).as_ref(), Some(&response));
             assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), response);
         }
     }
@@ -893,7 +893,8 @@ pub(crate) mod tests {
             Reply::Single(Outcome::CasMismatch { current_version: Some(4) }),
             Reply::Batch(vec![Ok(Outcome::NotFound)]),
         ] {
-            assert!(parse_single_reply(&encode_reply(&Response { id: 5, reply })).is_none());
+            let frame = encode_reply(&Response { id: 5, reply });
+            assert!(parse_single_reply(&frame, &frame).is_none());
         }
     }
 
@@ -942,7 +943,7 @@ pub(crate) mod tests {
             cut in proptest::option::of(any::<usize>()),
         ) {
             let frame = damaged(&encode_reply(&replies()[which]), &flips, cut);
-            if let Some(fast) = parse_single_reply(&frame) {
+            if let Some(fast) = parse_single_reply(&frame, &frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a reply the verifier refuses: {root:?}");
                 prop_assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), fast);
@@ -957,7 +958,7 @@ pub(crate) mod tests {
             cut in proptest::option::of(any::<usize>()),
         ) {
             let frame = damaged(&hand_laid_value_replies()[which].1, &flips, cut);
-            if let Some(fast) = parse_single_reply(&frame) {
+            if let Some(fast) = parse_single_reply(&frame, &frame) {
                 let root = flatbuffers::size_prefixed_root_with_opts::<fb::Response>(&crate::limits::VERIFIER_OPTIONS, &frame);
                 prop_assert!(root.is_ok(), "the fast path accepted a reply the verifier refuses: {root:?}");
                 prop_assert_eq!(crate::response::parse_response_verified(&frame).unwrap(), fast);

@@ -175,7 +175,12 @@ impl Frames {
 
     /// Each frame's range in [`Frames::bytes`], in order.
     pub fn ranges(&self) -> FrameRanges<'_> {
-        FrameRanges { bytes: &self.bytes, at: 0 }
+        self.ranges_from(0)
+    }
+
+    /// [`Frames::ranges`] from the frame that starts at `at` (the end of one of them, or 0).
+    pub fn ranges_from(&self, at: usize) -> FrameRanges<'_> {
+        FrameRanges { bytes: &self.bytes, at }
     }
 }
 

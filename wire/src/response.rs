@@ -8,7 +8,7 @@ use flatbuffers::{FlatBufferBuilder, Vector, WIPOffset};
 
 use crate::error::WireError;
 use crate::error_code::ErrorCode;
-use crate::frame::verified_root;
+use crate::frame::{verified_root, Frames};
 use crate::generated as fb;
 use crate::limits::{BATCH_OPERATIONS_MAX, FRAME_BYTES_MAX, SCAN_LIMIT_MAX};
 use crate::outcome::{Failure, LentValue, Outcome};
@@ -16,6 +16,7 @@ use crate::request::finished_frame;
 use crate::scan::{ScanEntry, ScanPage};
 use crate::topology::{NodePlacement, ReplicaRange, ShardPlacement, TokenRange, Topology};
 use crate::CONNECTION_ERROR_ID;
+use std::ops::Range;
 
 /// The answer to the request with the same `id`. Id [`CONNECTION_ERROR_ID`] (0) marks a
 /// connection-level failure, sent just before the server closes the connection.
@@ -57,9 +58,20 @@ impl Response {
 ///
 /// Any error means the server is not speaking this protocol; close the connection.
 pub fn parse_response(frame: &Bytes) -> Result<Response, WireError> {
-    match crate::fast_path::parse_single_reply(frame) {
+    match crate::fast_path::parse_single_reply(frame, frame) {
         Some(response) => Ok(response),
         None => parse_response_verified(frame),
+    }
+}
+
+impl Frames {
+    /// The reply in `range` of these frames, as [`parse_response`] reads it, a value in it a
+    /// slice of the frames: the common replies are read without cutting the frame first.
+    pub fn response(&self, range: Range<usize>) -> Result<Response, WireError> {
+        match crate::fast_path::parse_single_reply(&self.bytes()[range.clone()], self.bytes()) {
+            Some(response) => Ok(response),
+            None => parse_response_verified(&self.bytes().slice(range)),
+        }
     }
 }
 
@@ -880,6 +892,33 @@ mod tests {
             parsed.push(parse_response(&frame).unwrap());
         }
         assert_eq!(parsed, every_response().into_iter().rev().collect::<Vec<_>>());
+    }
+
+    /// Replies read from a read's frames taken together, values sliced from them, are the
+    /// replies `parse_response` reads from each frame cut alone; hand-laid value replies too.
+    #[test]
+    fn replies_read_from_frames_taken_together() {
+        let mut builder = FlatBufferBuilder::new();
+        let mut stream = BytesMut::new();
+        let mut expected = every_response();
+        for response in &expected {
+            encode_response_into(&mut builder, response, &mut stream).unwrap();
+        }
+        for (id, expires_at_ms) in [(41, None), (42, Some(1_900_000_000_000))] {
+            let found = LentValue { value: b"laid by hand", version: 9, expires_at_ms };
+            encode_read_reply_into(&mut builder, id, Some(found), &mut stream).unwrap();
+            let value = Bytes::from_static(b"laid by hand");
+            let outcome = Outcome::Value { value, version: 9, expires_at_ms };
+            expected.push(Response { id, reply: Reply::Single(outcome) });
+        }
+        let mut decoder = crate::FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        let frames = decoder.take_frames().unwrap().expect("whole frames");
+        let read: Vec<_> = frames.ranges().map(|range| frames.response(range).unwrap()).collect();
+        assert_eq!(read, expected);
+        // Read from the middle on, as a reader that stopped there goes on.
+        let second = frames.ranges().next().unwrap().end;
+        assert_eq!(frames.ranges_from(second).count(), expected.len() - 1);
     }
 
     #[test]
