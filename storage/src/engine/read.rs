@@ -16,11 +16,12 @@
 use super::{validate, Engine, ReadStep, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
-use crate::key::StoredKey;
+use crate::key::{with_stored, StoredKey};
 use crate::memtable::Prefetch;
 use crate::options::SyncMode;
 use crate::sstable::key_hash;
 use crate::Result;
+use ringkv_wire::token::token;
 use std::borrow::Cow;
 
 /// What a read found in memory is not durable yet: the write that made it waits for its group
@@ -98,7 +99,7 @@ impl<D: Disk> Engine<D> {
     /// will touch, stage by stage, then read them, so the cache misses of the batch overlap.
     pub fn read_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
         validate(key, None).ok()?;
-        let hash = self.state.borrow().active.hash(&StoredKey::with_token(token, key));
+        let hash = with_stored(token, key, |stored| self.state.borrow().active.hash(stored));
         Some(KeyHash { token, hash })
     }
 
@@ -120,11 +121,17 @@ impl<D: Disk> Engine<D> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
         }
-        let stored = match hash {
-            Some(hash) => StoredKey::with_token(hash.token, key),
-            None => StoredKey::new(key),
-        };
-        let key = &stored[..];
+        let key_token = hash.map_or_else(|| token(key), |hash| hash.token);
+        with_stored(key_token, key, |stored| self.stored_entry_now(stored, hash, read))
+    }
+
+    /// [`Engine::entry_now_hashed`] of the stored key `key`.
+    fn stored_entry_now<R>(
+        &self,
+        key: &[u8],
+        hash: Option<KeyHash>,
+        read: impl FnOnce(Option<&Entry>, Option<Unsettled>) -> R,
+    ) -> Option<Result<R>> {
         let state = self.state.borrow();
         let tables = &state.tables;
         let hash = hash.map_or_else(|| state.active.hash(key), |hash| hash.hash);

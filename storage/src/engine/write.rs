@@ -14,12 +14,13 @@ use super::{
 };
 use crate::disk::Disk;
 use crate::entry::Entry;
-use crate::key::{StoredKey, TOKEN_BYTES};
+use crate::key::{with_stored, StoredKey, TOKEN_BYTES};
 use crate::options::SyncMode;
 use crate::sstable::key_hash;
 use crate::wal::record::RECORD_PAYLOAD_BYTES_MAX;
 use crate::{DiskFile, Result, StorageError};
 use bytes::Bytes;
+use ringkv_wire::token::token;
 use std::rc::Rc;
 
 /// Whether some table may hold an entry for `key` (stored) of `version` or higher, so that a
@@ -168,16 +169,14 @@ impl<D: Disk> Engine<D> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
         }
-        let key = StoredKey::new(key);
         if !self.has_room() {
             return None;
         }
-        let pending = match self.decide(&key, make_entry) {
-            Err(error) => Err(error),
-            Ok(Step::ReadFirst(_)) => return None,
-            Ok(decided) => Ok(PendingWrite::of(decided)),
-        };
-        Some(pending)
+        match with_stored(token(key), key, |stored| self.decide(stored, make_entry)) {
+            Err(error) => Some(Err(error)),
+            Ok(Step::ReadFirst(_)) => None,
+            Ok(decided) => Some(Ok(PendingWrite::of(decided))),
+        }
     }
 
     /// Resolves once `write` is acknowledged (see [`SyncMode`]: after the fdatasync covering it
