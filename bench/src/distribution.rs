@@ -55,6 +55,9 @@ pub struct Zipfian {
     zeta_two_theta: f64,
     zeta_n: f64,
     eta: f64,
+    /// 1 + 0.5^theta: draws below it (times zeta) are the second item. Computed once, not per
+    /// draw.
+    second_item_below: f64,
 }
 
 impl Zipfian {
@@ -67,8 +70,15 @@ impl Zipfian {
     fn with_zeta(items: u64, theta: f64, zeta_n: f64) -> Self {
         assert!(items > 0, "a zipfian distribution needs at least one item");
         let zeta_two_theta = zeta(0, 2, theta, 0.0);
-        let mut zipfian =
-            Zipfian { items, theta, alpha: 1.0 / (1.0 - theta), zeta_two_theta, zeta_n, eta: 0.0 };
+        let mut zipfian = Zipfian {
+            items,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zeta_two_theta,
+            zeta_n,
+            eta: 0.0,
+            second_item_below: 1.0 + 0.5f64.powf(theta),
+        };
         zipfian.eta = zipfian.eta_for(items);
         zipfian
     }
@@ -94,7 +104,7 @@ impl Zipfian {
         if scaled < 1.0 {
             return 0;
         }
-        if scaled < 1.0 + 0.5f64.powf(self.theta) {
+        if scaled < self.second_item_below {
             return 1;
         }
         let draw = (self.items as f64 * (self.eta * uniform - self.eta + 1.0).powf(self.alpha)) as u64;
