@@ -681,7 +681,7 @@ impl ReadAhead {
                     dispatch_task(request, batch.charge.split(frame.len()), shared, router, limits, clock);
                 }
                 Held::Request { request, charge, .. } => {
-                    dispatch(request, charge, None, shared, router, limits, clock)
+                    dispatch(request, charge, shared, router, limits, clock)
                 }
             }
         }
@@ -710,12 +710,11 @@ fn read_in_place(
 }
 
 /// Answers a request: on the spot when it needs nothing, otherwise in a task of its own. `charge`
-/// (the request's frame) is given back once the reply is queued. `hash` is a read's
-/// [`Router::read_ahead`], when it was taken.
+/// (the request's frame) is given back once the reply is queued. (A single Get is held as
+/// [`Held::Get`] and comes here only when the generic parse read it.)
 fn dispatch(
     request: Request,
     charge: Charge,
-    hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
@@ -726,7 +725,7 @@ fn dispatch(
         return;
     }
     if let Command::Single(Operation::Get { key }) = &request.command {
-        if read_in_place(request.id, key, hash, shared, router, clock) {
+        if read_in_place(request.id, key, None, shared, router, clock) {
             return;
         }
     }
