@@ -183,6 +183,7 @@ pub(crate) struct Table {
 /// native client's layout), but for the bytes [`KEY_ONLY_FIXED`] leaves out: the length
 /// prefix, padding, the id, the command's type and consistency, and the key's length. The key
 /// follows.
+#[rustfmt::skip]
 const KEY_ONLY_HEAD: [u8; 64] = [
     0, 0, 0, 0, // length prefix
     20, 0, 0, 0, // the request table, at 24
@@ -205,79 +206,22 @@ const KEY_ONLY_FIXED: [u8; 64] = fixed_bytes(&[(0, 4), (20, 24), (32, 44), (50, 
 /// The first 72 bytes of a single Put without an expiry as [`encode_operation_into`] lays it
 /// out, as [`KEY_ONLY_HEAD`] is for a Get. The key follows, then the value's vector at the next
 /// multiple of four.
+#[rustfmt::skip]
 const PUT_HEAD: [u8; 72] = [
-    0,
-    0,
-    0,
-    0, // length prefix
-    20,
-    0,
-    0,
-    0, // the request table, at 24
-    12,
-    0,
-    18,
-    0,
-    8,
-    0,
-    16,
-    0,
-    4,
-    0,
-    17,
-    0, // its vtable: id, command type, command, consistency
-    0,
-    0,
-    0,
-    0, // padding
-    16,
-    0,
-    0,
-    0, // the request table: its vtable 16 bytes back
-    28,
-    0,
-    0,
-    0, // the command's table, at 56
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0, // id
-    fb::Command::Put.0,
-    0,
-    0,
-    0, // command type, consistency, padding
-    10,
-    0,
-    12,
-    0,
-    4,
-    0,
-    8,
-    0,
-    0,
-    0, // the command's vtable: key, value, no expiry
-    0,
-    0, // padding
-    12,
-    0,
-    0,
-    0, // the command's table: its vtable 12 bytes back
-    8,
-    0,
-    0,
-    0, // its key, at 68
-    0,
-    0,
-    0,
-    0, // its value's offset
-    0,
-    0,
-    0,
-    0, // the key's length
+    0, 0, 0, 0, // length prefix
+    20, 0, 0, 0, // the request table, at 24
+    12, 0, 18, 0, 8, 0, 16, 0, 4, 0, 17, 0, // its vtable: id, command type, command, consistency
+    0, 0, 0, 0, // padding
+    16, 0, 0, 0, // the request table: its vtable 16 bytes back
+    28, 0, 0, 0, // the command's table, at 56
+    0, 0, 0, 0, 0, 0, 0, 0, // id
+    fb::Command::Put.0, 0, 0, 0, // command type, consistency, padding
+    10, 0, 12, 0, 4, 0, 8, 0, 0, 0, // the command's vtable: key, value, no expiry
+    0, 0, // padding
+    12, 0, 0, 0, // the command's table: its vtable 12 bytes back
+    8, 0, 0, 0, // its key, at 68
+    0, 0, 0, 0, // its value's offset
+    0, 0, 0, 0, // the key's length
 ];
 
 /// Which bytes of [`PUT_HEAD`] every hand-laid Put without an expiry repeats.
@@ -416,63 +360,18 @@ pub(crate) fn parse_single(frame: &[u8]) -> Option<SingleRequest<'_>> {
 /// The first 56 bytes of a reply with a value and no expiry as `encode_read_reply_into` lays it
 /// out, but for the bytes [`VALUE_REPLY_FIXED`] leaves out: the length prefix, padding, the id,
 /// the version and the value's length. The value follows.
+#[rustfmt::skip]
 const VALUE_REPLY_HEAD: [u8; 56] = [
-    0,
-    0,
-    0,
-    0, // length prefix
-    20,
-    0,
-    0,
-    0, // the response table, at 24
-    12,
-    0,
-    25,
-    0,
-    8,
-    0,
-    24,
-    0,
-    4,
-    0,
-    16,
-    0, // its vtable: id, status, value, version
-    0,
-    0,
-    0,
-    0, // padding
-    16,
-    0,
-    0,
-    0, // the table: its vtable 16 bytes back
-    24,
-    0,
-    0,
-    0, // the value, at 52
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0, // id
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0, // version
-    fb::Status::Value.0,
-    0,
-    0,
-    0, // status, padding
-    0,
-    0,
-    0,
-    0, // the value's length
+    0, 0, 0, 0, // length prefix
+    20, 0, 0, 0, // the response table, at 24
+    12, 0, 25, 0, 8, 0, 24, 0, 4, 0, 16, 0, // its vtable: id, status, value, version
+    0, 0, 0, 0, // padding
+    16, 0, 0, 0, // the table: its vtable 16 bytes back
+    24, 0, 0, 0, // the value, at 52
+    0, 0, 0, 0, 0, 0, 0, 0, // id
+    0, 0, 0, 0, 0, 0, 0, 0, // version
+    fb::Status::Value.0, 0, 0, 0, // status, padding
+    0, 0, 0, 0, // the value's length
 ];
 
 /// Which bytes of [`VALUE_REPLY_HEAD`] every such reply repeats.
@@ -481,6 +380,7 @@ const VALUE_REPLY_FIXED: [u8; 56] = fixed_bytes(&[(0, 4), (20, 24), (32, 48), (4
 /// The first 48 bytes of the reply to a write as `encode_response_into` lays it out (49 in all,
 /// the status last), but for the bytes [`WRITTEN_REPLY_FIXED`] leaves out: padding, where the
 /// absent value's offset would be, the id and the version.
+#[rustfmt::skip]
 const WRITTEN_REPLY_HEAD: [u8; 48] = [
     45, 0, 0, 0, // length prefix
     20, 0, 0, 0, // the response table, at 24
