@@ -281,20 +281,45 @@ mod tests {
         decoder.check_end_of_stream().unwrap();
     }
 
+    /// Every frame `next_frame` hands out, one at a time.
+    fn next_frames(decoder: &mut FrameDecoder) -> Vec<Vec<u8>> {
+        let mut decoded = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            decoded.push(frame.to_vec());
+        }
+        decoded
+    }
+
+    /// Every frame `take_frames` hands out, each batch's frames through `ranges`.
+    fn taken(decoder: &mut FrameDecoder) -> Vec<Vec<u8>> {
+        let mut decoded = Vec::new();
+        while let Some(frames) = decoder.take_frames().unwrap() {
+            decoded.extend(frames.ranges().map(|range| frames.bytes()[range].to_vec()));
+        }
+        decoded
+    }
+
+    /// Frames one at a time and taken together, the stream split at every byte.
     #[test]
     fn frames_split_at_every_byte_boundary() {
         let (stream, frames) = stream_of_three();
-        for split in 0..=stream.len() {
-            let mut decoder = FrameDecoder::new();
-            let mut decoded = Vec::new();
-            for part in [&stream[..split], &stream[split..]] {
-                decoder.extend_from_slice(part);
-                while let Some(frame) = decoder.next_frame().unwrap() {
-                    decoded.push(frame.to_vec());
+        for take in [next_frames as fn(&mut FrameDecoder) -> Vec<Vec<u8>>, taken] {
+            for split in 0..=stream.len() {
+                let mut decoder = FrameDecoder::new();
+                let mut decoded = Vec::new();
+                for part in [&stream[..split], &stream[split..]] {
+                    decoder.extend_from_slice(part);
+                    decoded.extend(take(&mut decoder));
                 }
+                assert_eq!(decoded, frames, "split at {split}");
+                assert_eq!(decoder.buffered_bytes(), 0);
             }
-            assert_eq!(decoded, frames, "split at {split}");
         }
+        let mut decoder = FrameDecoder::new();
+        decoder.extend_from_slice(&stream);
+        let all = decoder.take_frames().unwrap().expect("three whole frames");
+        assert_eq!(all.ranges().count(), 3);
+        assert_eq!(all.bytes().len(), stream.len());
     }
 
     #[test]
@@ -359,35 +384,6 @@ mod tests {
         assert_eq!(decoder.next_frame(), Ok(None));
         assert!(matches!(decoder.check_end_of_stream(), Err(WireError::Malformed { .. })));
     }
-    /// Every frame `take_frames` hands out, each batch's frames through `ranges`.
-    fn taken(decoder: &mut FrameDecoder) -> Vec<Vec<u8>> {
-        let mut decoded = Vec::new();
-        while let Some(frames) = decoder.take_frames().unwrap() {
-            decoded.extend(frames.ranges().map(|range| frames.bytes()[range].to_vec()));
-        }
-        decoded
-    }
-
-    #[test]
-    fn frames_taken_together_at_every_byte_boundary() {
-        let (stream, frames) = stream_of_three();
-        for split in 0..=stream.len() {
-            let mut decoder = FrameDecoder::new();
-            let mut decoded = Vec::new();
-            for part in [&stream[..split], &stream[split..]] {
-                decoder.extend_from_slice(part);
-                decoded.extend(taken(&mut decoder));
-            }
-            assert_eq!(decoded, frames, "split at {split}");
-            assert_eq!(decoder.buffered_bytes(), 0);
-        }
-        let mut decoder = FrameDecoder::new();
-        decoder.extend_from_slice(&stream);
-        let all = decoder.take_frames().unwrap().expect("three whole frames");
-        assert_eq!(all.ranges().count(), 3);
-        assert_eq!(all.bytes().len(), stream.len());
-    }
-
     #[test]
     fn frames_before_a_bad_prefix_come_first_then_the_error() {
         let (stream, frames) = stream_of_three();
