@@ -678,10 +678,18 @@ impl ReadAhead {
                         command: Command::Single(Operation::Get { key: batch.frames.bytes().slice(key) }),
                         consistency,
                     };
-                    dispatch_task(request, batch.charge.split(frame.len()), shared, router, limits, clock);
+                    dispatch_task(
+                        request,
+                        batch.charge.split(frame.len()),
+                        None,
+                        shared,
+                        router,
+                        limits,
+                        clock,
+                    );
                 }
-                Held::Request { request, charge, .. } => {
-                    dispatch(request, charge, shared, router, limits, clock)
+                Held::Request { request, charge, hash } => {
+                    dispatch(request, charge, hash, shared, router, limits, clock)
                 }
             }
         }
@@ -710,11 +718,13 @@ fn read_in_place(
 }
 
 /// Answers a request: on the spot when it needs nothing, otherwise in a task of its own. `charge`
-/// (the request's frame) is given back once the reply is queued. (A single Get is held as
-/// [`Held::Get`] and comes here only when the generic parse read it.)
+/// (the request's frame) is given back once the reply is queued. `hash` is a write's
+/// [`Router::read_ahead`], when it was taken. (A single Get is held as [`Held::Get`] and comes
+/// here only when the generic parse read it.)
 fn dispatch(
     request: Request,
     charge: Charge,
+    hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
@@ -729,14 +739,15 @@ fn dispatch(
             return;
         }
     }
-    dispatch_task(request, charge, shared, router, limits, clock);
+    dispatch_task(request, charge, hash, shared, router, limits, clock);
 }
 
 /// Answers a request [`dispatch`] could not answer on the spot: in a task of its own, unless it
-/// is a write applied in place or coordinated by this shard.
+/// is a write applied in place (`hash` as for [`dispatch`]) or coordinated by this shard.
 fn dispatch_task(
     request: Request,
     charge: Charge,
+    hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
@@ -782,7 +793,7 @@ fn dispatch_task(
         command => command,
     };
     if let Command::Single(operation) = &command {
-        match router.write_now(operation, clock) {
+        match router.write_now(operation, hash, clock) {
             Some(Ok(write)) => return shared.queue_commit(Queued::Write(Commit { id, write, charge })),
             Some(Err(failure)) => {
                 return shared.complete_request(operations, &Response { id, reply: Reply::Failed(failure) })

@@ -210,22 +210,29 @@ impl<D: Disk> Handler<D> {
     /// not a put or delete or cannot be decided without waiting: run it with
     /// [`Handler::execute`].
     pub fn write_now(&self, operation: &Operation) -> Option<Result<PendingWrite, Failure>> {
-        self.write_now_at(operation, (self.now_ms)())
+        self.write_now_at(operation, None, (self.now_ms)())
     }
 
     /// [`Handler::write_now`] at `now_ms` (from [`Handler::now_ms`]): the requests of one batch
     /// can share one clock read. Versions still rise past every one handed out before.
-    pub fn write_now_at(&self, operation: &Operation, now_ms: u64) -> Option<Result<PendingWrite, Failure>> {
+    /// `hash` is the key's [`Handler::read_hash`], when the caller has it.
+    pub fn write_now_at(
+        &self,
+        operation: &Operation,
+        hash: Option<KeyHash>,
+        now_ms: u64,
+    ) -> Option<Result<PendingWrite, Failure>> {
         let pending = match operation {
             Operation::Put { key, value, ttl_ms } => {
                 let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));
                 let value = owned(value);
-                self.engine
-                    .write_now(key, |newest| Entry::live(self.stamp(newest, now_ms), value, expires_at_ms))
+                self.engine.write_now_hashed(key, hash, |newest| {
+                    Entry::live(self.stamp(newest, now_ms), value, expires_at_ms)
+                })
             }
-            Operation::Delete { key } => {
-                self.engine.write_now(key, |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms))
-            }
+            Operation::Delete { key } => self
+                .engine
+                .write_now_hashed(key, hash, |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms)),
             Operation::Get { .. } | Operation::CompareAndSwap { .. } => None,
         }?;
         Some(pending.map_err(|error| failure_of(&error)))

@@ -446,21 +446,24 @@ impl Router {
     /// failure. `None` otherwise: answer the operation with [`Router::answer`]. Writes started
     /// in place save a task per request on the write path.
     ///
-    /// `clock` is the batch's: see [`BatchClock`].
+    /// `clock` is the batch's: see [`BatchClock`]. `hash` is the key's [`Router::read_ahead`],
+    /// when the caller prefetched.
     pub fn write_now(
         &self,
         operation: &Operation,
+        hash: Option<KeyHash>,
         clock: &mut BatchClock<'_>,
     ) -> Option<Result<WriteInPlace, Failure>> {
         let kind = OperationKind::of(operation);
+        let token = hash.map_or_else(|| token(operation.key()), |hash| hash.token);
         if !matches!(kind, OperationKind::Put | OperationKind::Delete)
-            || self.ring.owner_of_key(operation.key()) != self.shard_id
+            || self.ring.owner_of_token(token) != self.shard_id
             || self.cluster.is_replicated()
         {
             return None;
         }
         let (started, now_ms) = clock.read(|| self.handler.now_ms());
-        match self.handler.write_now_at(operation, now_ms)? {
+        match self.handler.write_now_at(operation, hash, now_ms)? {
             Ok(pending) => Some(Ok(WriteInPlace { pending, kind, started })),
             Err(failure) => {
                 self.metrics.request(kind, RequestOutcome::of_failure(&failure), started.elapsed());

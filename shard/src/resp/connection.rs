@@ -791,7 +791,7 @@ async fn dispatch(
             // its group commit is durable (as in the native connection). No task per write.
             // Every write of the key still running was versioned when it started (it was
             // admitted), so this one is versioned after them.
-            match router.write_now(&operation, clock) {
+            match router.write_now(&operation, None, clock) {
                 Some(Ok(write)) => {
                     shared.queue_commit(Commit { sequence, keys, access, write, protocol });
                     return true;

@@ -10,7 +10,8 @@
 //! told before the entry that superseded it is safe.
 
 use super::{
-    validate, validate_value, AtomicOutcome, CasOutcome, Engine, Expected, State, Tables, WriteOutcome,
+    validate, validate_value, AtomicOutcome, CasOutcome, Engine, Expected, KeyHash, State, Tables,
+    WriteOutcome,
 };
 use crate::disk::Disk;
 use crate::entry::Entry;
@@ -146,7 +147,7 @@ impl<D: Disk> Engine<D> {
         validate(&key, None)?;
         let key = StoredKey::new(&key);
         self.make_room().await?;
-        match self.decide(&key, make_entry)? {
+        match self.decide(&key, None, make_entry)? {
             // Boxed: a table read is the exception, and its future is large.
             Step::ReadFirst(entry) => Box::pin(self.write_if_newest(&key, entry)).await,
             decided => self.resolve(decided).await,
@@ -166,13 +167,27 @@ impl<D: Disk> Engine<D> {
         key: &[u8],
         make_entry: impl FnOnce(Option<u64>) -> Entry,
     ) -> Option<Result<PendingWrite>> {
+        self.write_now_hashed(key, None, make_entry)
+    }
+
+    /// [`Engine::write_now`] with the key's [`Engine::read_hash`], when the caller has it (a
+    /// write prefetched as a read is), so the key is not hashed again.
+    pub fn write_now_hashed(
+        &self,
+        key: &[u8],
+        hash: Option<KeyHash>,
+        make_entry: impl FnOnce(Option<u64>) -> Entry,
+    ) -> Option<Result<PendingWrite>> {
         if let Err(error) = validate(key, None) {
             return Some(Err(error));
         }
         if !self.has_room() {
             return None;
         }
-        match with_stored(token(key), key, |stored| self.decide(stored, make_entry)) {
+        let key_token = hash.map_or_else(|| token(key), |hash| hash.token);
+        match with_stored(key_token, key, |stored| {
+            self.decide(stored, hash.map(|hash| hash.hash), make_entry)
+        }) {
             Err(error) => Some(Err(error)),
             Ok(Step::ReadFirst(_)) => None,
             Ok(decided) => Some(Ok(PendingWrite::of(decided))),
@@ -188,11 +203,18 @@ impl<D: Disk> Engine<D> {
 
     /// The synchronous step of [`Engine::write_with`] once the memtables have room: makes the
     /// entry and applies it when it outranks what memory holds and no table may hold more.
-    fn decide(&self, key: &[u8], make_entry: impl FnOnce(Option<u64>) -> Entry) -> Result<Step> {
+    ///
+    /// `hash` is the memtable hash of `key` (a stored key), when the caller has it.
+    fn decide(
+        &self,
+        key: &[u8],
+        hash: Option<u64>,
+        make_entry: impl FnOnce(Option<u64>) -> Entry,
+    ) -> Result<Step> {
         let mut state = self.state.borrow_mut();
         self.check_accepts_writes(&state)?;
         // One hash for the read and the insert: the memtables share their hasher.
-        let hash = state.active.hash(key);
+        let hash = hash.unwrap_or_else(|| state.active.hash(key));
         let in_memory = state.newest_in_memory_hashed(key, hash);
         let entry = make_entry(in_memory.map(|newest| newest.entry.version));
         validate_value(entry.data())?;
@@ -636,6 +658,36 @@ mod tests {
             // A key the engine refuses is refused on the spot.
             let refused = engine.write_now(b"", |_| Entry::live(11, value(), None));
             assert!(matches!(refused, Some(Err(_))), "{refused:?}");
+        });
+    }
+
+    /// A write given its key's read hash finds and replaces the same entry a write without it
+    /// does.
+    #[test]
+    fn a_write_given_its_read_hash_decides_as_one_without() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let hash = |key: &[u8]| engine.read_hash(key, ringkv_wire::token::token(key));
+            let first = engine.write_now_hashed(&key(1), hash(&key(1)), |newest| {
+                assert_eq!(newest, None);
+                Entry::live(10, Bytes::from_static(b"first"), None)
+            });
+            let first = first.expect("decided now").unwrap();
+            assert_eq!(engine.acknowledged(first).await.unwrap(), WriteOutcome::Applied { version: 10 });
+            let second = engine.write_now_hashed(&key(1), hash(&key(1)), |newest| {
+                assert_eq!(newest, Some(10), "the hashed lookup found the first write");
+                Entry::live(12, Bytes::from_static(b"second"), None)
+            });
+            let second = second.expect("decided now").unwrap();
+            assert_eq!(engine.acknowledged(second).await.unwrap(), WriteOutcome::Applied { version: 12 });
+            let found = engine.get(&key(1), 0).await.unwrap().expect("written");
+            assert_eq!((found.version, &found.value[..]), (12, &b"second"[..]));
+            // The same without the hash sees the hashed write.
+            let third = written_now(&engine, &key(1), |newest| {
+                assert_eq!(newest, Some(12));
+                Entry::live(13, Bytes::from_static(b"third"), None)
+            });
+            assert_eq!(engine.acknowledged(third).await.unwrap(), WriteOutcome::Applied { version: 13 });
         });
     }
 
