@@ -4,6 +4,9 @@
 //! above ringkv's limit gets an error naming it and the connection keeps serving, and hostile
 //! requests (huge, negative or non-numeric lengths, a request cut short) get Redis's protocol
 //! error and a closed connection while other connections are untouched. QUIT answers and closes.
+//! A long pipeline of GETs and plain SETs (read in place and answered in runs) on keys of both
+//! shards, with commands of other kinds and errors among them, is answered in order, each GET
+//! seeing the SET before it.
 
 use crate::common;
 
@@ -69,6 +72,8 @@ fn resp_pipelines_in_order_and_refuses_hostile_requests() {
         b"+OK\r\n+OK\r\n$6\r\nsecond\r\n+PONG\r\n:1\r\n:42\r\n$2\r\n42\r\n$9\r\ntwo words\r\n$-1\r\n",
     );
 
+    gets_and_sets_in_runs_answer_in_order(&mut stream);
+
     // RESP3 after HELLO 3: nulls and maps change, the rest does not.
     stream.write_all(&request(&[b"HELLO", b"3"])).unwrap();
     let mut hello = [0u8; 2];
@@ -130,4 +135,57 @@ fn resp_pipelines_in_order_and_refuses_hostile_requests() {
     bystander.write_all(&request(&[b"QUIT"])).unwrap();
     assert_eq!(read_to_close(&mut bystander), "+OK\r\n");
     drop(server);
+}
+
+/// A pipeline in one write, longer than a held run, of SETs and GETs (in either case) on a few
+/// keys, which land on both shards, with other commands and a refused key among them: every
+/// reply in order, every GET the value of the SET just before it.
+fn gets_and_sets_in_runs_answer_in_order(stream: &mut TcpStream) {
+    let too_long = vec![b'k'; ringkv_wire::limits::KEY_BYTES_MAX + 1];
+    let mut pipeline = Vec::new();
+    let mut expected = Vec::new();
+    for round in 0..300usize {
+        let key = format!("run-key-{}", round % 7).into_bytes();
+        let value = format!("value-{round}").into_bytes();
+        let (set, get): (&[u8], &[u8]) = if round % 3 == 0 { (b"set", b"get") } else { (b"SET", b"GET") };
+        pipeline.extend(request(&[set, &key, &value]));
+        expected.extend_from_slice(b"+OK\r\n");
+        pipeline.extend(request(&[get, &key]));
+        expected.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+        expected.extend_from_slice(&value);
+        expected.extend_from_slice(b"\r\n");
+        match round % 50 {
+            17 => {
+                pipeline.extend(request(&[b"PING"]));
+                expected.extend_from_slice(b"+PONG\r\n");
+            }
+            31 => {
+                pipeline.extend(request(&[b"GET", &too_long]));
+                expected.extend_from_slice(b"-ERR ");
+            }
+            _ => {}
+        }
+    }
+    stream.write_all(&pipeline).unwrap();
+    // The refused key's error line names the limit; everything else is byte for byte.
+    let mut received = Vec::new();
+    for part in expected.split_inclusive(|&byte| byte == b' ') {
+        let mut bytes = vec![0u8; part.len()];
+        stream.read_exact(&mut bytes).unwrap();
+        if bytes.ends_with(b"-ERR ") {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte).unwrap();
+                line.push(byte[0]);
+            }
+            assert!(
+                String::from_utf8_lossy(&line).contains("KEY_BYTES_MAX"),
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+        received.extend_from_slice(&bytes);
+    }
+    assert_eq!(String::from_utf8_lossy(&received), String::from_utf8_lossy(&expected));
 }

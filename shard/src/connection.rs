@@ -792,7 +792,10 @@ fn dispatch_task(
         }
         command => command,
     };
-    if let Command::Single(operation) = &command {
+    if let Some(operation) = match &command {
+        Command::Single(operation) => operation.lent(),
+        _ => None,
+    } {
         match router.write_now(operation, hash, clock) {
             Some(Ok(write)) => return shared.queue_commit(Queued::Write(Commit { id, write, charge })),
             Some(Err(failure)) => {

@@ -23,8 +23,8 @@ use ringkv_storage::{
 };
 use ringkv_wire::scan::page_has_room;
 use ringkv_wire::{
-    ErrorCode, Expected, Failure, LentValue, Operation, Outcome, Scan, ScanEnd, ScanEntry, ScanPage,
-    ScanStart,
+    ErrorCode, Expected, Failure, LentValue, Operation, OperationRef, Outcome, Scan, ScanEnd, ScanEntry,
+    ScanPage, ScanStart,
 };
 
 use crate::clock::HybridClock;
@@ -210,7 +210,7 @@ impl<D: Disk> Handler<D> {
     /// not a put or delete or cannot be decided without waiting: run it with
     /// [`Handler::execute`].
     pub fn write_now(&self, operation: &Operation) -> Option<Result<PendingWrite, Failure>> {
-        self.write_now_at(operation, None, (self.now_ms)())
+        self.write_now_at(operation.lent()?, None, (self.now_ms)())
     }
 
     /// [`Handler::write_now`] at `now_ms` (from [`Handler::now_ms`]): the requests of one batch
@@ -218,22 +218,23 @@ impl<D: Disk> Handler<D> {
     /// `hash` is the key's [`Handler::read_hash`], when the caller has it.
     pub fn write_now_at(
         &self,
-        operation: &Operation,
+        operation: OperationRef<'_>,
         hash: Option<KeyHash>,
         now_ms: u64,
     ) -> Option<Result<PendingWrite, Failure>> {
         let pending = match operation {
-            Operation::Put { key, value, ttl_ms } => {
+            OperationRef::Put { key, value, ttl_ms } => {
                 let expires_at_ms = ttl_ms.map(|ttl_ms| now_ms.saturating_add(ttl_ms));
-                let value = owned(value);
+                // The memtable's own copy: the caller's bytes are a slice of a receive buffer.
+                let value = Bytes::copy_from_slice(value);
                 self.engine.write_now_hashed(key, hash, |newest| {
                     Entry::live(self.stamp(newest, now_ms), value, expires_at_ms)
                 })
             }
-            Operation::Delete { key } => self
+            OperationRef::Delete { key } => self
                 .engine
                 .write_now_hashed(key, hash, |newest| Entry::tombstone(self.stamp(newest, now_ms), now_ms)),
-            Operation::Get { .. } | Operation::CompareAndSwap { .. } => None,
+            OperationRef::Get { .. } => None,
         }?;
         Some(pending.map_err(|error| failure_of(&error)))
     }

@@ -26,7 +26,8 @@ use ringkv_io::DmaDisk;
 use ringkv_storage::{KeyHash, PendingWrite, Prefetch, Unsettled};
 use ringkv_wire::token::token;
 use ringkv_wire::{
-    Command, Consistency, ErrorCode, Failure, LentValue, Operation, Outcome, Reply, Scan, ScanPage, Topology,
+    Command, Consistency, ErrorCode, Failure, LentValue, Operation, OperationRef, Outcome, Reply, Scan,
+    ScanPage, Topology,
 };
 
 use crate::cluster::Cluster;
@@ -450,16 +451,17 @@ impl Router {
     /// when the caller prefetched.
     pub fn write_now(
         &self,
-        operation: &Operation,
+        operation: OperationRef<'_>,
         hash: Option<KeyHash>,
         clock: &mut BatchClock<'_>,
     ) -> Option<Result<WriteInPlace, Failure>> {
-        let kind = OperationKind::of(operation);
+        let kind = match operation {
+            OperationRef::Put { .. } => OperationKind::Put,
+            OperationRef::Delete { .. } => OperationKind::Delete,
+            OperationRef::Get { .. } => return None,
+        };
         let token = hash.map_or_else(|| token(operation.key()), |hash| hash.token);
-        if !matches!(kind, OperationKind::Put | OperationKind::Delete)
-            || self.ring.owner_of_token(token) != self.shard_id
-            || self.cluster.is_replicated()
-        {
+        if self.ring.owner_of_token(token) != self.shard_id || self.cluster.is_replicated() {
             return None;
         }
         let (started, now_ms) = clock.read(|| self.handler.now_ms());

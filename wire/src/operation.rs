@@ -32,6 +32,17 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The operation lent as an [`OperationRef`]; `None` for a compare-and-swap, which has no
+    /// lent form.
+    pub fn lent(&self) -> Option<OperationRef<'_>> {
+        match self {
+            Self::Get { key } => Some(OperationRef::Get { key }),
+            Self::Put { key, value, ttl_ms } => Some(OperationRef::Put { key, value, ttl_ms: *ttl_ms }),
+            Self::Delete { key } => Some(OperationRef::Delete { key }),
+            Self::CompareAndSwap { .. } => None,
+        }
+    }
+
     /// The key the operation addresses; the shard that owns its token executes it.
     pub fn key(&self) -> &Bytes {
         match self {

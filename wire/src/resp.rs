@@ -12,7 +12,9 @@
 //! A request that breaks one, or is not RESP at all, is a [`ProtocolError`]: the stream is out
 //! of step from there on, so the connection answers it and closes, as Redis does.
 
-use crate::limits::{BATCH_OPERATIONS_MAX, VALUE_BYTES_MAX};
+use std::ops::Range;
+
+use crate::limits::{BATCH_OPERATIONS_MAX, KEY_BYTES_MAX, KEY_BYTES_MIN, VALUE_BYTES_MAX};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest bulk string accepted: one maximal value and slack. A value between
@@ -84,6 +86,16 @@ pub struct RequestParser {
     buffer: BytesMut,
 }
 
+/// A GET, or a SET without options, laid out as every client library sends it (a multibulk
+/// array), with a key and value within ringkv's limits: read in place by
+/// [`RequestParser::simple_at`], nothing cut from the receive buffer. The ranges are positions
+/// in [`RequestParser::buffered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimpleRequest {
+    Get { key: Range<usize> },
+    Set { key: Range<usize>, value: Range<usize> },
+}
+
 /// What one parse attempt found.
 enum Parsed {
     /// A whole request, and the bytes it took.
@@ -132,6 +144,30 @@ impl RequestParser {
         }
     }
 
+    /// The bytes buffered and not yet handed out or consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// The request starting `at` bytes into [`RequestParser::buffered`] and where it ends, when
+    /// it is whole and a [`SimpleRequest`]; `None` for anything else, to be read with
+    /// [`RequestParser::next_request`] (after [`RequestParser::consume`] up to it). What it
+    /// returns is exactly what `next_request` would: it only skips the cuts.
+    pub fn simple_at(&self, at: usize) -> Option<(SimpleRequest, usize)> {
+        parse_simple(&self.buffer, at)
+    }
+
+    /// Drops the first `bytes` buffered bytes: requests read in place and answered.
+    pub fn consume(&mut self, bytes: usize) {
+        self.buffer.advance(bytes);
+    }
+
+    /// Cuts the first `bytes` buffered bytes out as shared bytes, for what read in place must
+    /// outlive the buffer's next read.
+    pub fn cut(&mut self, bytes: usize) -> Bytes {
+        self.buffer.split_to(bytes).freeze()
+    }
+
     /// At the end of the stream: an error when a request was left half-sent.
     pub fn check_end_of_stream(&self) -> Result<(), ProtocolError> {
         if self.buffer.iter().all(|byte| byte.is_ascii_whitespace()) {
@@ -154,6 +190,66 @@ fn slice_of(request: &Bytes, span: &Span) -> Bytes {
         Span::Range(start, end) => request.slice(*start..*end),
         Span::Owned(bytes) => Bytes::copy_from_slice(bytes),
     }
+}
+
+/// `*<count>\r\n$3\r\n<name>\r\n`: the head of a GET (two arguments) or SET (three).
+const SIMPLE_HEAD_BYTES: usize = 13;
+
+/// Most digits [`parse_simple`] reads in a bulk length: enough for [`VALUE_BYTES_MAX`].
+const SIMPLE_LENGTH_DIGITS_MAX: usize = 7;
+
+/// See [`RequestParser::simple_at`]. Every check the general parse makes holds here or the
+/// request falls through to it, so errors keep their one source.
+fn parse_simple(buffer: &[u8], at: usize) -> Option<(SimpleRequest, usize)> {
+    let head = buffer.get(at..at.checked_add(SIMPLE_HEAD_BYTES)?)?;
+    if head[0] != b'*' || &head[2..8] != b"\r\n$3\r\n" || &head[11..13] != b"\r\n" {
+        return None;
+    }
+    let (count, name) = (head[1], &head[8..11]);
+    let (key, end) = simple_bulk(buffer, at + SIMPLE_HEAD_BYTES, KEY_BYTES_MAX)?;
+    if key.len() < KEY_BYTES_MIN {
+        return None;
+    }
+    if count == b'2' && name.eq_ignore_ascii_case(b"GET") {
+        return Some((SimpleRequest::Get { key }, end));
+    }
+    if count == b'3' && name.eq_ignore_ascii_case(b"SET") {
+        let (value, end) = simple_bulk(buffer, end, VALUE_BYTES_MAX)?;
+        return Some((SimpleRequest::Set { key, value }, end));
+    }
+    None
+}
+
+/// The bulk string `$<length>\r\n<bytes>\r\n` at `at` when it is whole, its length is written
+/// in at most [`SIMPLE_LENGTH_DIGITS_MAX`] digits and is at most `bytes_max`: where its bytes
+/// lie and where it ends.
+fn simple_bulk(buffer: &[u8], at: usize, bytes_max: usize) -> Option<(Range<usize>, usize)> {
+    if *buffer.get(at)? != b'$' {
+        return None;
+    }
+    let digits_start = at + 1;
+    let mut length = 0usize;
+    let mut digits_end = digits_start;
+    loop {
+        let byte = *buffer.get(digits_end)?;
+        if byte == b'\r' {
+            break;
+        }
+        if !byte.is_ascii_digit() || digits_end - digits_start == SIMPLE_LENGTH_DIGITS_MAX {
+            return None;
+        }
+        length = length * 10 + usize::from(byte - b'0');
+        digits_end += 1;
+    }
+    if digits_end == digits_start || *buffer.get(digits_end + 1)? != b'\n' || length > bytes_max {
+        return None;
+    }
+    let start = digits_end + 2;
+    let end = start + length;
+    if buffer.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((start..end, end + 2))
 }
 
 /// Parses one request at the start of `buffer` without consuming anything.
@@ -421,6 +517,80 @@ mod tests {
         assert_eq!(parser.check_end_of_stream(), Ok(()));
     }
 
+    /// What [`RequestParser::next_request`] makes of the request at the start of `bytes`, and
+    /// the bytes it took; `None` when it needs more or refuses.
+    fn general(bytes: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+        let mut parser = RequestParser::with_capacity(bytes.len());
+        parser.extend_from_slice(bytes);
+        let request = parser.next_request().ok()??;
+        Some((
+            request.iter().map(|argument| argument.to_vec()).collect(),
+            bytes.len() - parser.buffered_bytes(),
+        ))
+    }
+
+    /// [`RequestParser::simple_at`] at the start of `bytes`, as the arguments it stands for.
+    fn simple(bytes: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+        let mut parser = RequestParser::with_capacity(bytes.len());
+        parser.extend_from_slice(bytes);
+        let (request, end) = parser.simple_at(0)?;
+        let slice = |range: &Range<usize>| bytes[range.clone()].to_vec();
+        let arguments = match &request {
+            SimpleRequest::Get { key } => vec![bytes[8..11].to_vec(), slice(key)],
+            SimpleRequest::Set { key, value } => vec![bytes[8..11].to_vec(), slice(key), slice(value)],
+        };
+        Some((arguments, end))
+    }
+
+    #[test]
+    fn gets_and_plain_sets_are_read_in_place() {
+        let at_limit = vec![b'k'; KEY_BYTES_MAX];
+        let taken: &[&[&[u8]]] = &[
+            &[b"GET", b"key:000000012345"],
+            &[b"get", b"k"],
+            &[b"SET", b"key:000000012345", b"xxx"],
+            &[b"sEt", b"k", b""],
+            &[b"SET", b"k", b"va\r\nlue"],
+            &[b"GET", &at_limit],
+        ];
+        for arguments in taken {
+            let bytes = multibulk(arguments);
+            let expected: Vec<Vec<u8>> = arguments.iter().map(|argument| argument.to_vec()).collect();
+            assert_eq!(simple(&bytes), Some((expected, bytes.len())), "{arguments:?}");
+        }
+        let mut two = multibulk(&[b"GET", b"a"]);
+        let first = two.len();
+        two.extend_from_slice(&multibulk(&[b"SET", b"b", b"v"]));
+        let mut parser = RequestParser::with_capacity(64);
+        parser.extend_from_slice(&two);
+        assert_eq!(parser.simple_at(0), Some((SimpleRequest::Get { key: 17..18 }, first)));
+        assert!(
+            matches!(parser.simple_at(first), Some((SimpleRequest::Set { .. }, end)) if end == two.len())
+        );
+
+        let over_key = vec![b'k'; KEY_BYTES_MAX + 1];
+        let over_value = vec![b'v'; VALUE_BYTES_MAX + 1];
+        // The general parse answers these (errors naming a limit, other commands, options).
+        let passed: &[Vec<u8>] = &[
+            multibulk(&[b"GET", b""]),
+            multibulk(&[b"GET", &over_key]),
+            multibulk(&[b"SET", b"k", &over_value]),
+            multibulk(&[b"SET", b"k", b"v", b"EX", b"10"]),
+            multibulk(&[b"GET", b"k", b"extra"]),
+            multibulk(&[b"DEL", b"k"]),
+            multibulk(&[b"GETS", b"k"]),
+            b"*2\r\n$3\r\nGET\r\n$00000001\r\nk\r\n".to_vec(),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nkX\r\n".to_vec(),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r".to_vec(),
+            b"*2\r\n$3\r\nGET\r\n$\r\nk\r\n".to_vec(),
+            b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec(),
+            b"GET k\r\n".to_vec(),
+        ];
+        for bytes in passed {
+            assert_eq!(simple(bytes), None, "{:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(64)]));
+        }
+    }
+
     fn argument() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..40),
@@ -455,6 +625,45 @@ mod tests {
             }
             prop_assert_eq!(parsed, requests);
             prop_assert_eq!(parser.buffered_bytes(), 0);
+        }
+
+        /// Whatever the in-place read takes, the general parse reads the same way, to the same
+        /// end; and every whole GET or plain SET within the limits is taken.
+        #[test]
+        fn requests_read_in_place_parse_as_in_general(
+            name in prop::sample::select(vec![&b"GET"[..], b"get", b"Set", b"SET", b"DEL", b"GEX"]),
+            key in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..8),
+                proptest::collection::vec(Just(b'k'), KEY_BYTES_MAX - 2..KEY_BYTES_MAX + 2),
+            ],
+            value in proptest::collection::vec(any::<u8>(), 0..16),
+            with_value in any::<bool>(),
+            flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut arguments: Vec<&[u8]> = vec![name, &key];
+            if with_value {
+                arguments.push(&value);
+            }
+            let mut bytes = multibulk(&arguments);
+            let well_formed = flip.is_none() && cut.is_none();
+            if let Some((at, byte)) = flip {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            if let Some(at) = cut {
+                bytes.truncate(at.index(bytes.len()));
+            }
+            let taken = simple(&bytes);
+            if let Some(taken) = &taken {
+                prop_assert_eq!(Some(taken.clone()), general(&bytes));
+                prop_assert!(taken.0[0].eq_ignore_ascii_case(b"GET") || taken.0[0].eq_ignore_ascii_case(b"SET"));
+            }
+            let simple_kind = (name.eq_ignore_ascii_case(b"GET") && !with_value)
+                || (name.eq_ignore_ascii_case(b"SET") && with_value);
+            if well_formed && simple_kind && (KEY_BYTES_MIN..=KEY_BYTES_MAX).contains(&key.len()) {
+                prop_assert!(taken.is_some());
+            }
         }
 
         /// Arbitrary bytes, in arbitrary pieces, never panic, and the parser never holds more

@@ -34,6 +34,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -43,8 +44,9 @@ use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 
 use crate::tls::{self, Stream, TlsSettings};
+use ringkv_wire::resp::SimpleRequest;
 use ringkv_wire::token::token;
-use ringkv_wire::{Credentials, Operation, DEFAULT_USER};
+use ringkv_wire::{Credentials, Failure, Operation, OperationRef, DEFAULT_USER};
 use tracing::debug;
 
 use crate::auth::Gate;
@@ -64,7 +66,7 @@ use crate::router::{BatchClock, CommitClock, Router, WriteInPlace};
 use crate::stop_signal::StopSignal;
 use crate::timeouts::{Expired, ReadTimeouts};
 use crate::ConnectionLimits;
-use ringkv_storage::{KeyHash, Unsettled};
+use ringkv_storage::{KeyHash, Prefetch, Unsettled};
 
 /// Most bytes read from the socket per call, and the receive buffer's first size.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -506,7 +508,7 @@ async fn read_requests(
     let mut charge = memory.empty();
     let mut window = ReadWindow::new(READ_CHUNK_BYTES);
     let mut timeouts = ReadTimeouts::new(limits.frame_timeout, limits.idle_timeout);
-    let mut held = HeldReads::new();
+    let mut held = HeldRun::new();
     loop {
         if !shared.wait_for_room(limits.outbox_bytes_max, stop).await {
             return if stop.is_triggered() { ReadEnd::Stopped } else { ReadEnd::Finished };
@@ -543,30 +545,32 @@ async fn read_requests(
         // The commands of this read share one clock reading, read again after a wait.
         let mut clock = BatchClock::new(router.metrics());
         loop {
+            // GETs and plain SETs are read in place and held back in a run; anything else
+            // answers the run first, so replies keep their order.
+            if session.gate.is_open() {
+                if let Some((request, end)) = parser.simple_at(held.end) {
+                    took_requests = true;
+                    session.shard.commands_processed.set(session.shard.commands_processed.get() + 1);
+                    held.push(request, end, parser.buffered(), router);
+                    if held.is_full()
+                        && !held
+                            .answer(&mut parser, shared, router, stop, limits, session.protocol, &mut clock)
+                            .await
+                    {
+                        return ReadEnd::Stopped;
+                    }
+                    continue;
+                }
+            }
+            if !held.answer(&mut parser, shared, router, stop, limits, session.protocol, &mut clock).await {
+                return ReadEnd::Stopped;
+            }
             match parser.next_request() {
                 Ok(None) => break,
                 Ok(Some(arguments)) => {
                     took_requests = true;
                     session.shard.commands_processed.set(session.shard.commands_processed.get() + 1);
-                    let parsed = match commands::parse_command(&arguments) {
-                        Ok(RespCommand::Data(DataCommand::Get(key))) if session.gate.is_open() => {
-                            held.push(key, router);
-                            if held.is_full()
-                                && !held
-                                    .answer(shared, router, stop, limits, session.protocol, &mut clock)
-                                    .await
-                            {
-                                return ReadEnd::Stopped;
-                            }
-                            continue;
-                        }
-                        parsed => parsed,
-                    };
-                    // Replies go out in order: the reads held back are answered first.
-                    if !held.answer(shared, router, stop, limits, session.protocol, &mut clock).await {
-                        return ReadEnd::Stopped;
-                    }
-                    match parsed {
+                    match commands::parse_command(&arguments) {
                         Err(reply) => shared.push(&reply, session.protocol),
                         Ok(command) if !session.gate.is_open() && !allowed_before_auth(&command) => {
                             shared.push(&RespReply::Error(NOAUTH.to_string()), session.protocol)
@@ -595,17 +599,11 @@ async fn read_requests(
                     }
                 }
                 Err(error) => {
-                    if !held.answer(shared, router, stop, limits, session.protocol, &mut clock).await {
-                        return ReadEnd::Stopped;
-                    }
                     debug!(%error, "request refused");
                     shared.push(&RespReply::error(&error), session.protocol);
                     return ReadEnd::Refused;
                 }
             }
-        }
-        if !held.answer(shared, router, stop, limits, session.protocol, &mut clock).await {
-            return ReadEnd::Stopped;
         }
         // The batch is answered: its in-place reads' latency ends here.
         drop(clock);
@@ -616,36 +614,87 @@ async fn read_requests(
     }
 }
 
-/// A run of GETs a socket read brought, held back so that the cache misses of their reads
-/// overlap (as the native connection's `ReadAhead`): the lines each read will touch are
-/// prefetched in stages a few GETs apart as they are parsed ([`Router::prefetch_joined`]), and
-/// only then are they answered, in order. Any other command answers the run first, so replies
-/// keep their order.
-struct HeldReads {
-    /// Each GET's key and, if it would be answered in place, its hash.
-    reads: Vec<(Bytes, Option<KeyHash>)>,
+/// A run of GETs and plain SETs a socket read brought, read in place from the parser's buffer
+/// (nothing cut from it) and held back so that the cache misses of their memtable lookups
+/// overlap, as the native connection's `ReadAhead` does: the lines each will touch are
+/// prefetched in stages a few commands apart as they are parsed ([`Router::prefetch_joined`]),
+/// and only then are they answered, in order. Any other command answers the run first.
+struct HeldRun {
+    held: Vec<Held>,
+    /// Where the run ends in the parser's buffer: the next command starts there.
+    end: usize,
 }
 
-impl HeldReads {
-    fn new() -> Self {
-        HeldReads { reads: Vec::with_capacity(READ_AHEAD) }
+/// A command of a [`HeldRun`]: where its arguments lie in the parser's buffer, and its key's
+/// [`Router::read_ahead`] hash when this shard answers it in place.
+enum Held {
+    Get { key: Range<usize>, hash: Option<KeyHash> },
+    Set { key: Range<usize>, value: Range<usize>, hash: Option<KeyHash> },
+}
+
+impl Held {
+    /// The hash to prefetch `stage` of this command's memtable probe with. A write reads the
+    /// slot it replaces (its key and version) but not the value it holds.
+    fn prefetch(&self, stage: Prefetch) -> Option<KeyHash> {
+        match self {
+            Held::Get { hash, .. } => *hash,
+            Held::Set { hash, .. } => hash.filter(|_| stage != Prefetch::Value),
+        }
+    }
+}
+
+/// The parser's buffer as a [`HeldRun`] is answered: the run's positions are from before any
+/// cut, and `cut` bytes of it are cut out already.
+struct RunBytes<'a> {
+    parser: &'a mut RequestParser,
+    cut: usize,
+}
+
+impl RunBytes<'_> {
+    /// The bytes at `range`, a position in the run.
+    fn lent(&self, range: &Range<usize>) -> &[u8] {
+        &self.parser.buffered()[range.start - self.cut..range.end - self.cut]
     }
 
-    /// Holds a GET of `key` back, prefetching what the held reads are due.
-    fn push(&mut self, key: Bytes, router: &Router) {
-        let hash = router.read_ahead(&key);
-        self.reads.push((key, hash));
-        router.prefetch_joined(&self.reads, |(_, hash), _| *hash);
+    /// `ranges` as shared bytes of their own, for a command that outlives the next read. Cuts
+    /// the buffer through the last of them (the commands before are answered).
+    fn owned<const N: usize>(&mut self, ranges: [&Range<usize>; N]) -> [Bytes; N] {
+        let end = ranges.iter().map(|range| range.end).max().unwrap_or(self.cut);
+        let (bytes, base) = (self.parser.cut(end - self.cut), self.cut);
+        self.cut = end;
+        ranges.map(|range| bytes.slice(range.start - base..range.end - base))
+    }
+}
+
+impl HeldRun {
+    fn new() -> Self {
+        HeldRun { held: Vec::with_capacity(READ_AHEAD), end: 0 }
+    }
+
+    /// Holds back `request`, read in place from `buffer` and ending at `end`, prefetching what
+    /// the held commands are due.
+    fn push(&mut self, request: SimpleRequest, end: usize, buffer: &[u8], router: &Router) {
+        let held = match request {
+            SimpleRequest::Get { key } => Held::Get { hash: router.read_ahead(&buffer[key.clone()]), key },
+            SimpleRequest::Set { key, value } => {
+                Held::Set { hash: router.read_ahead(&buffer[key.clone()]), key, value }
+            }
+        };
+        self.held.push(held);
+        self.end = end;
+        router.prefetch_joined(&self.held, Held::prefetch);
     }
 
     fn is_full(&self) -> bool {
-        self.reads.len() >= READ_AHEAD
+        self.held.len() >= READ_AHEAD
     }
 
-    /// Prefetches the rest of the held reads' lines, then answers them in order. False when the
-    /// shard stopped meanwhile.
+    /// Prefetches the rest of the held commands' lines, then answers them in order and drops
+    /// the run from `parser`'s buffer. False when the shard stopped meanwhile.
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &mut self,
+        parser: &mut RequestParser,
         shared: &Rc<Shared>,
         router: &Rc<Router>,
         stop: &StopSignal,
@@ -653,27 +702,113 @@ impl HeldReads {
         protocol: Protocol,
         clock: &mut BatchClock<'_>,
     ) -> bool {
-        if self.reads.is_empty() {
+        if self.held.is_empty() {
             return true;
         }
-        router.prefetch_rest(&self.reads, |(_, hash), _| *hash);
-        for (key, hash) in self.reads.drain(..) {
-            // As `dispatch` answers a GET on the spot, with the hash taken.
-            if hash.is_some() && read_in_place(&key, hash, shared, router, protocol, clock) {
-                continue;
-            }
-            if !dispatch(DataCommand::Get(key), shared, router, stop, limits, protocol, clock).await {
-                return false;
+        router.prefetch_rest(&self.held, Held::prefetch);
+        let mut bytes = RunBytes { parser, cut: 0 };
+        let mut answered = true;
+        for held in self.held.drain(..) {
+            answered = match held {
+                Held::Get { key, hash } => {
+                    if read_lent(bytes.lent(&key), hash, shared, router, limits, protocol, clock) {
+                        continue;
+                    }
+                    let [key] = bytes.owned([&key]);
+                    dispatch(DataCommand::Get(key), shared, router, stop, limits, protocol, clock).await
+                }
+                Held::Set { key, value, hash } => {
+                    set_lent(&mut bytes, key, value, hash, shared, router, stop, limits, protocol, clock)
+                        .await
+                }
+            };
+            if !answered {
+                break;
             }
         }
-        true
+        self.held.clear();
+        bytes.parser.consume(self.end - bytes.cut);
+        self.end = 0;
+        answered
     }
+}
+
+/// Answers a GET of `key` (lent from the receive buffer, `hash` its read-ahead) on the spot, as
+/// [`dispatch`] would without waiting: when memory holds the answer and no earlier command of
+/// the connection may not be overtaken. False: dispatch it.
+fn read_lent(
+    key: &[u8],
+    hash: Option<KeyHash>,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    limits: ConnectionLimits,
+    protocol: Protocol,
+    clock: &mut BatchClock<'_>,
+) -> bool {
+    if hash.is_some() && read_in_place(key, hash, shared, router, protocol, clock) {
+        return true;
+    }
+    let token = hash.map_or_else(|| token(key), |hash| hash.token);
+    shared.in_flight() < limits.in_flight_max
+        && shared.admits(Some(&[token]), Access::Read)
+        && read_now(key, hash, shared, router, protocol, clock)
+}
+
+/// Starts a SET of `key` to `value` without options, both lent from the run's bytes, as
+/// [`dispatch`] does; the key and value are cut out only when the write must outlive the read
+/// (coordinated across replicas, or run in a task). False when the shard stopped meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn set_lent(
+    bytes: &mut RunBytes<'_>,
+    key: Range<usize>,
+    value: Range<usize>,
+    hash: Option<KeyHash>,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    stop: &StopSignal,
+    limits: ConnectionLimits,
+    protocol: Protocol,
+    clock: &mut BatchClock<'_>,
+) -> bool {
+    let keys: CommandKeys =
+        smallvec::smallvec![hash.map_or_else(|| token(bytes.lent(&key)), |hash| hash.token)];
+    if !admitted(Some(&keys), Access::Write, shared, stop, limits, clock).await {
+        return false;
+    }
+    let sequence = shared.begin(Some(&keys), Access::Write);
+    let coordinated = router.coordinates_here(bytes.lent(&key));
+    let outcome = if coordinated {
+        None
+    } else {
+        let operation = OperationRef::Put { key: bytes.lent(&key), value: bytes.lent(&value), ttl_ms: None };
+        router.write_now(operation, hash, clock)
+    };
+    let started = started_in_place(outcome, sequence, Some(keys), Access::Write, shared, protocol);
+    let Err(keys) = started else {
+        return true;
+    };
+    let [key, value] = bytes.owned([&key, &value]);
+    if coordinated {
+        let operation = Operation::Put { key, value, ttl_ms: None };
+        coordinate_set(operation, sequence, keys, Access::Write, shared, router, protocol);
+    } else {
+        let command = DataCommand::Set {
+            key,
+            value,
+            expiry: Expiry::Never,
+            condition: Condition::Always,
+            get: false,
+            reply_integer: false,
+        };
+        spawn_command(command, sequence, keys, Access::Write, shared, router, protocol);
+    }
+    true
 }
 
 /// Answers a GET of `key` on the spot when nothing earlier is still running and memory holds
 /// the answer (`hash`: the key's, when it was read ahead). False: it must be dispatched.
 fn read_in_place(
-    key: &Bytes,
+    key: &[u8],
     hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
@@ -688,7 +823,7 @@ fn read_in_place(
 /// reply takes its place in order and is filled in once that commit is durable: a crash could
 /// otherwise take back a value the client was shown.
 fn read_now(
-    key: &Bytes,
+    key: &[u8],
     hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
@@ -743,14 +878,8 @@ async fn dispatch(
     }
     let access = Access::of(&command);
     let keys = command.keys();
-    let admitted =
-        |shared: &Shared| shared.in_flight() < limits.in_flight_max && shared.admits(keys.as_deref(), access);
-    if !admitted(shared) {
-        // The reads answered so far are done: their latency must not include this wait.
-        clock.reset();
-        if !shared.wait_for(stop, admitted).await {
-            return false;
-        }
+    if !admitted(keys.as_deref(), access, shared, stop, limits, clock).await {
+        return false;
     }
     if let DataCommand::Get(key) = &command {
         if read_now(key, None, shared, router, protocol, clock) {
@@ -758,6 +887,7 @@ async fn dispatch(
         }
     }
     let sequence = shared.begin(keys.as_deref(), access);
+    let mut keys = keys;
     if let DataCommand::Set {
         key,
         value,
@@ -773,37 +903,102 @@ async fn dispatch(
             Expiry::At(_) | Expiry::Keep => None,
         };
         if let Some(ttl_ms) = ttl_ms {
-            let operation = Operation::Put { key: key.clone(), value: value.clone(), ttl_ms };
             if router.coordinates_here(key) {
-                // Coordinated across replicas by this shard: the reply slot waits, not a task
-                // (as in the native connection).
-                let shared = shared.clone();
-                router.coordinate(operation, None, move |result| {
-                    let reply = match result {
-                        Ok(_) => RespReply::Ok,
-                        Err(failure) => failure_reply(&failure),
-                    };
-                    shared.complete(sequence, keys, access, reply, protocol);
-                });
+                let operation = Operation::Put { key: key.clone(), value: value.clone(), ttl_ms };
+                coordinate_set(operation, sequence, keys, access, shared, router, protocol);
                 return true;
             }
-            // One copy, owned here: applied in place, answered by the acknowledging task once
-            // its group commit is durable (as in the native connection). No task per write.
-            // Every write of the key still running was versioned when it started (it was
-            // admitted), so this one is versioned after them.
-            match router.write_now(&operation, None, clock) {
-                Some(Ok(write)) => {
-                    shared.queue_commit(Commit { sequence, keys, access, write, protocol });
-                    return true;
-                }
-                Some(Err(failure)) => {
-                    shared.complete(sequence, keys, access, failure_reply(&failure), protocol);
-                    return true;
-                }
-                None => {}
+            let operation = OperationRef::Put { key, value, ttl_ms };
+            match started_in_place(
+                router.write_now(operation, None, clock),
+                sequence,
+                keys,
+                access,
+                shared,
+                protocol,
+            ) {
+                Ok(()) => return true,
+                Err(returned) => keys = returned,
             }
         }
     }
+    spawn_command(command, sequence, keys, access, shared, router, protocol);
+    true
+}
+
+/// Waits until a command of `keys` (`None`: the whole keyspace) with `access` may start: no
+/// earlier command of the connection it must not overtake is running, and there is room under
+/// `in_flight_max`. False when the shard stopped meanwhile.
+async fn admitted(
+    keys: Option<&[u64]>,
+    access: Access,
+    shared: &Shared,
+    stop: &StopSignal,
+    limits: ConnectionLimits,
+    clock: &mut BatchClock<'_>,
+) -> bool {
+    let admitted = |shared: &Shared| shared.in_flight() < limits.in_flight_max && shared.admits(keys, access);
+    if admitted(shared) {
+        return true;
+    }
+    // The reads answered so far are done: their latency must not include this wait.
+    clock.reset();
+    shared.wait_for(stop, admitted).await
+}
+
+/// Takes a write begun as `sequence` that [`Router::write_now`] started (`outcome`): applied in
+/// place, it is answered by the acknowledging task once its group commit is durable (as in the
+/// native connection), no task per write; refused, it is answered now. Every write of the key
+/// still running was versioned when it started (it was admitted), so this one is versioned
+/// after them. `Err` hands the keys back when the write was not started: run it in a task.
+fn started_in_place(
+    outcome: Option<Result<WriteInPlace, Failure>>,
+    sequence: u64,
+    keys: Option<CommandKeys>,
+    access: Access,
+    shared: &Shared,
+    protocol: Protocol,
+) -> Result<(), Option<CommandKeys>> {
+    match outcome {
+        Some(Ok(write)) => shared.queue_commit(Commit { sequence, keys, access, write, protocol }),
+        Some(Err(failure)) => shared.complete(sequence, keys, access, failure_reply(&failure), protocol),
+        None => return Err(keys),
+    }
+    Ok(())
+}
+
+/// Coordinates a SET begun as `sequence` across the key's replicas from this shard: the reply
+/// slot waits, not a task (as in the native connection).
+fn coordinate_set(
+    operation: Operation,
+    sequence: u64,
+    keys: Option<CommandKeys>,
+    access: Access,
+    shared: &Rc<Shared>,
+    router: &Router,
+    protocol: Protocol,
+) {
+    let shared = shared.clone();
+    router.coordinate(operation, None, move |result| {
+        let reply = match result {
+            Ok(_) => RespReply::Ok,
+            Err(failure) => failure_reply(&failure),
+        };
+        shared.complete(sequence, keys, access, reply, protocol);
+    });
+}
+
+/// Runs a command begun as `sequence` in a task of its own. A plain write holds its keys
+/// meanwhile (see [`Shared::hold_keys`]).
+fn spawn_command(
+    command: DataCommand,
+    sequence: u64,
+    keys: Option<CommandKeys>,
+    access: Access,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    protocol: Protocol,
+) {
     let access = if access == Access::Write {
         shared.hold_keys(keys.as_deref());
         Access::ReadWrite
@@ -819,7 +1014,6 @@ async fn dispatch(
         shared.complete(sequence, keys, access, reply, protocol);
     })
     .detach();
-    true
 }
 
 /// Answers the SETs applied in place, in the order they were applied, each once the engine has
