@@ -17,6 +17,7 @@
 //! belongs to.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use ringkv_wire::{Command, Credentials, ErrorCode, Failure, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
@@ -117,12 +118,20 @@ pub enum Admission {
 /// One connection's authentication state.
 pub struct Gate {
     authenticated: bool,
+    /// The client's address, for the log of a failed attempt.
+    peer: Option<SocketAddr>,
 }
 
 impl Gate {
     /// A gate for a new connection: open when `auth` requires nothing.
     pub fn new(auth: &ClientAuth) -> Self {
-        Gate { authenticated: !auth.required() }
+        Gate { authenticated: !auth.required(), peer: None }
+    }
+
+    /// The gate names `peer` when it logs a failed attempt (connections are not in a span of
+    /// their own unless debug logs are on: see [`crate::connection::spawn_connection`]).
+    pub fn with_peer(self, peer: Option<SocketAddr>) -> Self {
+        Gate { peer, ..self }
     }
 
     /// Whether the connection has authenticated (or needs not).
@@ -144,7 +153,12 @@ impl Gate {
             return true;
         }
         metrics.connections(protocol).auth_failures.add(1);
-        warn!(user = %credentials.user, protocol = protocol.label(), "authentication failed");
+        warn!(
+            user = %credentials.user,
+            protocol = protocol.label(),
+            peer = %crate::connection::DisplayPeer(self.peer),
+            "authentication failed"
+        );
         false
     }
 

@@ -69,7 +69,10 @@ use ringkv_wire::{
     encode_read_reply_into, encode_response_into, Command, Consistency, ErrorCode, Failure, FrameDecoder,
     FramedRequest, Frames, LentValue, Operation, OperationRef, Reply, Request, Response,
 };
-use tracing::{debug, Instrument};
+use std::future::Future;
+
+use tracing::level_filters::LevelFilter;
+use tracing::{debug, Instrument, Span};
 
 use crate::auth::{Admission, ClientAuth, Gate};
 use crate::local_event::LocalEvent;
@@ -398,7 +401,7 @@ impl Connection {
     /// Serves the connection until the client closes it, it breaks the protocol, or the shard
     /// stops; then finishes the requests in flight, writes their replies and closes.
     pub async fn serve(self) {
-        let Connection { stream, router, stop, limits, memory, auth, tls, .. } = self;
+        let Connection { stream, router, stop, limits, memory, auth, tls, peer } = self;
         // With TLS, the handshake comes first, bounded like a frame.
         let Some(stream) = tls::client_stream(stream, tls.as_ref(), limits.frame_timeout, &stop).await else {
             return;
@@ -410,7 +413,8 @@ impl Connection {
             write_replies(writer, shared.clone(), metrics).instrument(tracing::Span::current()),
         );
         let committer_task = glommio::spawn_local(acknowledge_writes(shared.clone(), router.clone()));
-        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &memory, &auth).await;
+        let gate = Gate::new(&auth).with_peer(peer);
+        let end = read_requests(&mut reader, &shared, &router, &stop, limits, &memory, &auth, gate).await;
         shared.finish_reading();
         // Every write applied is acknowledged before the connection ends: its commit may be
         // under way, and its client is owed the reply.
@@ -423,7 +427,32 @@ impl Connection {
     }
 }
 
+/// Spawns a client connection's task. Only when debug logs may be on is it polled inside its
+/// span (`span`): entering and leaving a span costs the subscriber's bookkeeping on every poll,
+/// a few percent of a shard's time under pipelined reads, for context only debug logs use. The
+/// connection's few logs above debug name the client themselves.
+pub(crate) fn spawn_connection(serve: impl Future<Output = ()> + 'static, span: impl FnOnce() -> Span) {
+    if LevelFilter::current() >= LevelFilter::DEBUG {
+        glommio::spawn_local(serve.instrument(span())).detach();
+    } else {
+        glommio::spawn_local(serve).detach();
+    }
+}
+
+/// A client's address for a span, empty when the socket no longer knew it.
+pub(crate) struct DisplayPeer(pub Option<SocketAddr>);
+
+impl std::fmt::Display for DisplayPeer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(peer) => peer.fmt(formatter),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Reads and dispatches requests until the connection should stop reading.
+#[allow(clippy::too_many_arguments)]
 async fn read_requests(
     reader: &mut ReadHalf<Stream>,
     shared: &Rc<Shared>,
@@ -432,9 +461,9 @@ async fn read_requests(
     limits: ConnectionLimits,
     memory: &Rc<RequestMemory>,
     auth: &ClientAuth,
+    mut gate: Gate,
 ) -> ReadEnd {
     let mut decoder = FrameDecoder::new();
-    let mut gate = Gate::new(auth);
     // Covers the receive buffer's allocation; each frame cut from it takes its share along.
     let mut charge = memory.empty();
     let mut window = ReadWindow::new(READ_CHUNK_BYTES);

@@ -19,6 +19,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::connection::{spawn_connection, DisplayPeer};
 use event_listener::Event;
 use futures_lite::future::or;
 use futures_lite::io::AsyncWriteExt;
@@ -546,19 +547,18 @@ impl Acceptor {
             self.auth.clone(),
             self.tls.clone(),
         );
-        let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
-        let span = info_span!("connection", shard = self.shard_id, %peer);
-        glommio::spawn_local(
+        let peer = connection.peer();
+        let shard_id = self.shard_id;
+        spawn_connection(
             async move {
                 debug!("connection open");
                 metrics.connections(Protocol::Native).open.add(1);
                 connection.serve().await;
                 metrics.connections(Protocol::Native).open.sub(1);
                 drop(open);
-            }
-            .instrument(span),
-        )
-        .detach();
+            },
+            || info_span!("connection", shard = shard_id, peer = %DisplayPeer(peer)),
+        );
     }
 }
 

@@ -453,13 +453,14 @@ impl RespConnection {
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "could not disable Nagle's algorithm");
         }
+        let peer = stream.peer_addr().ok();
         let session = Session {
             id: shard.next_client_id(),
-            gate: Gate::new(&shard.auth),
+            gate: Gate::new(&shard.auth).with_peer(peer),
             shard,
             protocol: Protocol::Resp2,
             name: None,
-            peer: stream.peer_addr().ok(),
+            peer,
             local: stream.local_addr().ok(),
         };
         RespConnection { stream, router, stop, limits, session, memory, tls }

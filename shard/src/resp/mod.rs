@@ -44,6 +44,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::connection::{spawn_connection, DisplayPeer};
 use event_listener::Event;
 use futures_lite::future::or;
 use futures_lite::io::AsyncWriteExt;
@@ -270,19 +271,18 @@ impl Acceptor {
             self.memory.clone(),
             self.tls.clone(),
         );
-        let peer = connection.peer().map(|peer| peer.to_string()).unwrap_or_default();
-        let span = info_span!("resp", shard = shard.shard_id, %peer);
-        glommio::spawn_local(
+        let peer = connection.peer();
+        let shard_id = shard.shard_id;
+        spawn_connection(
             async move {
                 debug!("connection open");
                 metrics.connections(Protocol::Resp).open.add(1);
                 connection.serve().await;
                 metrics.connections(Protocol::Resp).open.sub(1);
                 drop(open);
-            }
-            .instrument(span),
-        )
-        .detach();
+            },
+            || info_span!("resp", shard = shard_id, peer = %DisplayPeer(peer)),
+        );
     }
 }
 
