@@ -67,7 +67,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use ringkv_wire::{
     encode_read_reply_into, encode_response_into, Command, Consistency, ErrorCode, Failure, FrameDecoder,
-    FramedRequest, Frames, LentValue, Operation, OperationRef, Reply, Request, Response,
+    FramedRequest, Frames, LentValue, Operation, OperationRef, Reply, Request, Response, SingleRequest,
 };
 use std::future::Future;
 
@@ -522,15 +522,12 @@ async fn read_requests(
             for (range, request) in frames.requests() {
                 let parsed = match request {
                     FramedRequest::Single(single) if gate.is_open() => {
-                        if let OperationRef::Get { key } = single.operation {
-                            took_frames = true;
-                            ahead.push_get(single.id, single.consistency, range, key, &frames, router);
-                            if ahead.is_full() {
-                                ahead.answer(&mut batch, shared, router, limits, &mut clock);
-                            }
-                            continue;
+                        took_frames = true;
+                        ahead.push_single(&single, range, &frames, router);
+                        if ahead.is_full() {
+                            ahead.answer(&mut batch, shared, router, limits, &mut clock);
                         }
-                        Ok(frames.to_request(&single))
+                        continue;
                     }
                     FramedRequest::Single(single) => Ok(frames.to_request(&single)),
                     FramedRequest::Other(parsed) => parsed,
@@ -621,13 +618,14 @@ struct ReadAhead {
 
 /// A request held back by [`ReadAhead`].
 enum Held {
-    /// A single Get, its frame and key still in the read's frames (nothing cut from them, so no
-    /// reference counted for a read answered in place). `hash` is its [`Router::read_ahead`].
-    Get {
+    /// A single Get, Put or Delete, its frame, key and value still in the read's frames (nothing
+    /// cut from them, so no reference counted for a request answered in place). `hash` is its
+    /// key's [`Router::read_ahead`].
+    Single {
         id: u64,
         consistency: Option<Consistency>,
         frame: Range<usize>,
-        key: Range<usize>,
+        operation: HeldOperation,
         hash: Option<KeyHash>,
     },
     /// Any other request, with its frame's charge; for a single Put or Delete of a key this shard
@@ -640,8 +638,42 @@ impl Held {
     /// slot it replaces (its key and version) but not the value it holds.
     fn prefetch(&self, stage: Prefetch) -> Option<KeyHash> {
         match self {
-            Held::Get { hash, .. } => *hash,
-            Held::Request { hash, .. } => hash.filter(|_| stage != Prefetch::Value),
+            Held::Single { operation: HeldOperation::Get { .. }, hash, .. } => *hash,
+            Held::Single { hash, .. } | Held::Request { hash, .. } => {
+                hash.filter(|_| stage != Prefetch::Value)
+            }
+        }
+    }
+}
+
+/// A single operation by where its key and value lie in the read's frames.
+enum HeldOperation {
+    Get { key: Range<usize> },
+    Put { key: Range<usize>, value: Range<usize>, ttl_ms: Option<u64> },
+    Delete { key: Range<usize> },
+}
+
+impl HeldOperation {
+    fn of(operation: OperationRef<'_>, frames: &Frames) -> Self {
+        match operation {
+            OperationRef::Get { key } => HeldOperation::Get { key: frames.position(key) },
+            OperationRef::Put { key, value, ttl_ms } => {
+                HeldOperation::Put { key: frames.position(key), value: frames.position(value), ttl_ms }
+            }
+            OperationRef::Delete { key } => HeldOperation::Delete { key: frames.position(key) },
+        }
+    }
+
+    /// The operation lent from `frames`, the bytes it was read from.
+    fn lent<'a>(&self, frames: &'a [u8]) -> OperationRef<'a> {
+        match self {
+            HeldOperation::Get { key } => OperationRef::Get { key: &frames[key.clone()] },
+            HeldOperation::Put { key, value, ttl_ms } => OperationRef::Put {
+                key: &frames[key.clone()],
+                value: &frames[value.clone()],
+                ttl_ms: *ttl_ms,
+            },
+            HeldOperation::Delete { key } => OperationRef::Delete { key: &frames[key.clone()] },
         }
     }
 }
@@ -655,19 +687,25 @@ impl ReadAhead {
         ReadAhead { requests: Vec::with_capacity(READ_AHEAD) }
     }
 
-    /// Holds back a single Get of `key`, both it and its `frame` in `frames`, prefetching what
-    /// the held reads are due.
-    fn push_get(
+    /// Holds back `single`, read from `frames` (its frame at `frame`), prefetching what the held
+    /// requests are due: a write of a key this shard writes in place looks its key up in the
+    /// memtable first, as a read does.
+    fn push_single(
         &mut self,
-        id: u64,
-        consistency: Option<Consistency>,
+        single: &SingleRequest<'_>,
         frame: Range<usize>,
-        key: &[u8],
         frames: &Frames,
         router: &Router,
     ) {
-        let hash = router.read_ahead(key);
-        self.requests.push(Held::Get { id, consistency, frame, key: frames.position(key), hash });
+        let hash = router.read_ahead(single.operation.key());
+        let operation = HeldOperation::of(single.operation, frames);
+        self.requests.push(Held::Single {
+            id: single.id,
+            consistency: single.consistency,
+            frame,
+            operation,
+            hash,
+        });
         router.prefetch_joined(&self.requests, Held::prefetch);
     }
 
@@ -698,24 +736,43 @@ impl ReadAhead {
         router.prefetch_rest(&self.requests, Held::prefetch);
         for held in self.requests.drain(..) {
             match held {
-                Held::Get { id, consistency, frame, key, hash } => {
-                    if read_in_place(id, &batch.frames.bytes()[key.clone()], hash, shared, router, clock) {
+                Held::Single { id, consistency, frame, operation, hash } => {
+                    let frames = batch.frames.bytes();
+                    let lent = operation.lent(frames);
+                    let in_place = match lent {
+                        OperationRef::Get { key } if read_in_place(id, key, hash, shared, router, clock) => {
+                            continue;
+                        }
+                        OperationRef::Get { .. } => InPlace::Elsewhere,
+                        OperationRef::Put { .. } | OperationRef::Delete { .. } => write_in_place(
+                            id,
+                            lent,
+                            hash,
+                            &mut batch.charge,
+                            frame.len(),
+                            shared,
+                            router,
+                            limits,
+                            clock,
+                        ),
+                    };
+                    if in_place == InPlace::Done {
                         continue;
                     }
-                    let request = Request {
-                        id,
-                        command: Command::Single(Operation::Get { key: batch.frames.bytes().slice(key) }),
-                        consistency,
-                    };
-                    dispatch_task(
-                        request,
-                        batch.charge.split(frame.len()),
-                        None,
-                        shared,
-                        router,
-                        limits,
-                        clock,
-                    );
+                    // Cut from the frames only now: the request outlives this read.
+                    let request = SingleRequest { id, consistency, operation: lent }.to_request(frames);
+                    let charge = batch.charge.split(frame.len());
+                    match in_place {
+                        InPlace::Done => {}
+                        InPlace::Later => {
+                            let Request { id, consistency, command } = request;
+                            shared.begin_request(1);
+                            spawn_request(command, id, consistency, 1, charge, shared, router);
+                        }
+                        InPlace::Elsewhere => {
+                            dispatch_task(request, charge, hash, shared, router, limits, clock)
+                        }
+                    }
                 }
                 Held::Request { request, charge, hash } => {
                     dispatch(request, charge, hash, shared, router, limits, clock)
@@ -769,6 +826,51 @@ fn dispatch(
         }
     }
     dispatch_task(request, charge, hash, shared, router, limits, clock);
+}
+
+/// What became of a single write offered to [`write_in_place`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InPlace {
+    /// Applied and queued for its acknowledgement, or refused and answered.
+    Done,
+    /// It needs a task (a read first, room in the memtables, another shard): run it in one.
+    Later,
+    /// Coordinated across replicas, or over the connection's in-flight bound: [`dispatch_task`]
+    /// decides.
+    Elsewhere,
+}
+
+/// Starts a single put or delete lent from a read's frames in place, as [`dispatch_task`] does
+/// for an owned one, so that nothing is cut from the frames for it: `charge` gives the frame's
+/// share (`frame_bytes`) to a write queued for its acknowledgement.
+#[allow(clippy::too_many_arguments)]
+fn write_in_place(
+    id: u64,
+    operation: OperationRef<'_>,
+    hash: Option<KeyHash>,
+    charge: &mut Charge,
+    frame_bytes: usize,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    limits: ConnectionLimits,
+    clock: &mut BatchClock<'_>,
+) -> InPlace {
+    let in_flight = shared.in_flight();
+    if (in_flight > 0 && in_flight + 1 > limits.in_flight_max) || router.coordinates_here(operation.key()) {
+        return InPlace::Elsewhere;
+    }
+    let reply = match router.write_now(operation, hash, clock) {
+        None => return InPlace::Later,
+        Some(Ok(write)) => {
+            shared.begin_request(1);
+            shared.queue_commit(Queued::Write(Commit { id, write, charge: charge.split(frame_bytes) }));
+            return InPlace::Done;
+        }
+        Some(Err(failure)) => Reply::Failed(failure),
+    };
+    shared.begin_request(1);
+    shared.complete_request(1, &Response { id, reply });
+    InPlace::Done
 }
 
 /// Answers a request [`dispatch`] could not answer on the spot: in a task of its own, unless it
@@ -833,6 +935,19 @@ fn dispatch_task(
             None => {}
         }
     }
+    spawn_request(command, id, consistency, operations, charge, shared, router);
+}
+
+/// Answers a request begun on the connection (`operations` of them) in a task of its own.
+fn spawn_request(
+    command: Command,
+    id: u64,
+    consistency: Option<Consistency>,
+    operations: usize,
+    charge: Charge,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+) {
     let router = router.clone();
     let shared = shared.clone();
     // Not instrumented with the connection's span: entering and leaving a span on every poll
