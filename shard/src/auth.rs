@@ -129,7 +129,7 @@ impl Gate {
     }
 
     /// The gate names `peer` when it logs a failed attempt (connections are not in a span of
-    /// their own unless debug logs are on: see [`crate::connection::spawn_connection`]).
+    /// their own unless debug logs are on: see `connection::spawn_connection`).
     pub fn with_peer(self, peer: Option<SocketAddr>) -> Self {
         Gate { peer, ..self }
     }

@@ -805,8 +805,8 @@ fn read_in_place(
 
 /// Answers a request: on the spot when it needs nothing, otherwise in a task of its own. `charge`
 /// (the request's frame) is given back once the reply is queued. `hash` is a write's
-/// [`Router::read_ahead`], when it was taken. (A single Get is held as [`Held::Get`] and comes
-/// here only when the generic parse read it.)
+/// [`Router::read_ahead`], when it was taken. (A single Get, Put or Delete is held as
+/// [`Held::Single`] and comes here only when the generic parse read it.)
 fn dispatch(
     request: Request,
     charge: Charge,
