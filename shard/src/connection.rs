@@ -764,14 +764,8 @@ impl ReadAhead {
                     let charge = batch.charge.split(frame.len());
                     match in_place {
                         InPlace::Done => {}
-                        InPlace::Later => {
-                            let Request { id, consistency, command } = request;
-                            shared.begin_request(1);
-                            spawn_request(command, id, consistency, 1, charge, shared, router);
-                        }
-                        InPlace::Elsewhere => {
-                            dispatch_task(request, charge, hash, shared, router, limits, clock)
-                        }
+                        InPlace::Later => spawn_single(request, charge, shared, router),
+                        InPlace::Elsewhere => dispatch_task(request, charge, shared, router, limits),
                     }
                 }
                 Held::Request { request, charge, hash } => {
@@ -809,7 +803,7 @@ fn read_in_place(
 /// [`Held::Single`] and comes here only when the generic parse read it.)
 fn dispatch(
     request: Request,
-    charge: Charge,
+    mut charge: Charge,
     hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
@@ -820,12 +814,24 @@ fn dispatch(
         shared.push(&Response { id: request.id, reply });
         return;
     }
-    if let Command::Single(Operation::Get { key }) = &request.command {
-        if read_in_place(request.id, key, None, shared, router, clock) {
+    let in_place = match &request.command {
+        Command::Single(Operation::Get { key })
+            if read_in_place(request.id, key, None, shared, router, clock) =>
+        {
             return;
         }
+        Command::Single(operation @ (Operation::Put { .. } | Operation::Delete { .. })) => {
+            let lent = operation.lent().expect("a put or delete has a lent form");
+            let frame_bytes = charge.bytes();
+            write_in_place(request.id, lent, hash, &mut charge, frame_bytes, shared, router, limits, clock)
+        }
+        _ => InPlace::Elsewhere,
+    };
+    match in_place {
+        InPlace::Done => {}
+        InPlace::Later => spawn_single(request, charge, shared, router),
+        InPlace::Elsewhere => dispatch_task(request, charge, shared, router, limits),
     }
-    dispatch_task(request, charge, hash, shared, router, limits, clock);
 }
 
 /// What became of a single write offered to [`write_in_place`].
@@ -840,9 +846,10 @@ enum InPlace {
     Elsewhere,
 }
 
-/// Starts a single put or delete lent from a read's frames in place, as [`dispatch_task`] does
-/// for an owned one, so that nothing is cut from the frames for it: `charge` gives the frame's
-/// share (`frame_bytes`) to a write queued for its acknowledgement.
+/// Starts a single put or delete in place (keys with one copy, this shard's key, no stall or
+/// table read needed): applied by the reader and queued for its acknowledgement, so a write
+/// costs no task. It is handed over lent, so a write read from a socket's frames needs nothing
+/// cut from them. `charge` gives the frame's share (`frame_bytes`) to the queued write.
 #[allow(clippy::too_many_arguments)]
 fn write_in_place(
     id: u64,
@@ -873,16 +880,21 @@ fn write_in_place(
     InPlace::Done
 }
 
-/// Answers a request [`dispatch`] could not answer on the spot: in a task of its own, unless it
-/// is a write applied in place (`hash` as for [`dispatch`]) or coordinated by this shard.
+/// Runs a single request [`write_in_place`] found needs a task, in one.
+fn spawn_single(request: Request, charge: Charge, shared: &Rc<Shared>, router: &Rc<Router>) {
+    let Request { id, consistency, command } = request;
+    shared.begin_request(1);
+    spawn_request(command, id, consistency, 1, charge, shared, router);
+}
+
+/// Answers a request [`dispatch`] could not answer on the spot: in a task of its own, unless
+/// this shard coordinates it across replicas; or "overloaded" past `in_flight_max`.
 fn dispatch_task(
     request: Request,
     charge: Charge,
-    hash: Option<KeyHash>,
     shared: &Rc<Shared>,
     router: &Rc<Router>,
     limits: ConnectionLimits,
-    clock: &mut BatchClock<'_>,
 ) {
     let Request { consistency, id, command } = request;
     // A batch counts as its operations: it costs the shard as much work as that many requests.
@@ -923,18 +935,6 @@ fn dispatch_task(
         }
         command => command,
     };
-    if let Some(operation) = match &command {
-        Command::Single(operation) => operation.lent(),
-        _ => None,
-    } {
-        match router.write_now(operation, hash, clock) {
-            Some(Ok(write)) => return shared.queue_commit(Queued::Write(Commit { id, write, charge })),
-            Some(Err(failure)) => {
-                return shared.complete_request(operations, &Response { id, reply: Reply::Failed(failure) })
-            }
-            None => {}
-        }
-    }
     spawn_request(command, id, consistency, operations, charge, shared, router);
 }
 
