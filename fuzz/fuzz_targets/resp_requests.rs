@@ -10,13 +10,31 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ringkv_wire::resp::{ProtocolError, RequestParser, SimpleRequest, ARGUMENTS_MAX, REQUEST_BYTES_MAX};
 
-/// The requests a stream holds, and the error that ended it, if any.
-fn parse(chunks: &mut dyn Iterator<Item = &[u8]>) -> (Vec<Vec<Bytes>>, Option<ProtocolError>) {
+/// The requests a stream holds, and the error that ended it, if any. `in_place`: GETs and plain
+/// SETs are read in place first (`RequestParser::simple_at`), as the Redis port does, each as
+/// the arguments it stands for.
+fn parse(
+    chunks: &mut dyn Iterator<Item = &[u8]>,
+    in_place: bool,
+) -> (Vec<Vec<Bytes>>, Option<ProtocolError>) {
     let mut parser = RequestParser::with_capacity(16);
     let mut requests = Vec::new();
     for chunk in chunks {
         parser.extend_from_slice(chunk);
         loop {
+            let mut at = 0;
+            while let Some((request, end)) = parser.simple_at(at).filter(|_| in_place) {
+                let buffered = parser.buffered();
+                let slice = |range: std::ops::Range<usize>| Bytes::copy_from_slice(&buffered[range]);
+                // The command name lies after `*<count>\r\n$3\r\n`.
+                let name = slice(at + 8..at + 11);
+                requests.push(match request {
+                    SimpleRequest::Get { key } => vec![name, slice(key)],
+                    SimpleRequest::Set { key, value } => vec![name, slice(key), slice(value)],
+                });
+                at = end;
+            }
+            parser.consume(at);
             match parser.next_request() {
                 Ok(Some(request)) => {
                     assert!(!request.is_empty(), "a request has a command name");
@@ -34,44 +52,12 @@ fn parse(chunks: &mut dyn Iterator<Item = &[u8]>) -> (Vec<Vec<Bytes>>, Option<Pr
     (requests, end)
 }
 
-/// [`parse`], reading GETs and plain SETs in place first (`RequestParser::simple_at`), as the
-/// Redis port does, each as the arguments it stands for.
-fn parse_in_place(chunks: &mut dyn Iterator<Item = &[u8]>) -> (Vec<Vec<Bytes>>, Option<ProtocolError>) {
-    let mut parser = RequestParser::with_capacity(16);
-    let mut requests = Vec::new();
-    for chunk in chunks {
-        parser.extend_from_slice(chunk);
-        loop {
-            let mut at = 0;
-            while let Some((request, end)) = parser.simple_at(at) {
-                let buffered = parser.buffered();
-                let slice = |range: std::ops::Range<usize>| Bytes::copy_from_slice(&buffered[range]);
-                // The command name lies after `*<count>\r\n$3\r\n`.
-                let name = slice(at + 8..at + 11);
-                requests.push(match request {
-                    SimpleRequest::Get { key } => vec![name, slice(key)],
-                    SimpleRequest::Set { key, value } => vec![name, slice(key), slice(value)],
-                });
-                at = end;
-            }
-            parser.consume(at);
-            match parser.next_request() {
-                Ok(Some(request)) => requests.push(request),
-                Ok(None) => break,
-                Err(error) => return (requests, Some(error)),
-            }
-        }
-    }
-    let end = parser.check_end_of_stream().err();
-    (requests, end)
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&chunk_selector, stream)) = data.split_first() else { return };
-    let whole = parse(&mut std::iter::once(stream));
+    let whole = parse(&mut std::iter::once(stream), false);
     let chunk_bytes = usize::from(chunk_selector).max(1);
-    let chunked = parse(&mut stream.chunks(chunk_bytes));
+    let chunked = parse(&mut stream.chunks(chunk_bytes), false);
     assert_eq!(whole, chunked, "a stream parses the same whatever its pieces");
-    let in_place = parse_in_place(&mut stream.chunks(chunk_bytes));
+    let in_place = parse(&mut stream.chunks(chunk_bytes), true);
     assert_eq!(whole, in_place, "requests read in place mean what the general parse reads");
 });

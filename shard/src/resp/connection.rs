@@ -746,13 +746,14 @@ fn read_lent(
     protocol: Protocol,
     clock: &mut BatchClock<'_>,
 ) -> bool {
-    if hash.is_some() && read_in_place(key, hash, shared, router, protocol, clock) {
-        return true;
-    }
-    let token = hash.map_or_else(|| token(key), |hash| hash.token);
-    shared.in_flight() < limits.in_flight_max
-        && shared.admits(Some(&[token]), Access::Read)
-        && read_now(key, hash, shared, router, protocol, clock)
+    let in_flight = shared.in_flight();
+    // With nothing running, nothing can be overtaken: no bookkeeping on the hottest path.
+    let may_start = in_flight == 0
+        || (in_flight < limits.in_flight_max && {
+            let token = hash.map_or_else(|| token(key), |hash| hash.token);
+            shared.admits(Some(&[token]), Access::Read)
+        });
+    may_start && read_now(key, hash, shared, router, protocol, clock)
 }
 
 /// Starts a SET of `key` to `value` without options, both lent from the run's bytes, as
