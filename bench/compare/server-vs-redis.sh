@@ -82,7 +82,7 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 python3 - "$work" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 work = sys.argv[1]
 runs = {name: [json.loads(line) for line in open(f"{work}/{name}.jsonl")] for name in ("ringkv", "redis")}
 print(f"\n{'':8} {'round':>5} {'ops/s':>10} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'gen us/op':>9} {'errors':>7}")
@@ -95,4 +95,14 @@ for name, side in runs.items():
 ours = statistics.median(run["ops_per_sec"] for run in runs["ringkv"])
 theirs = statistics.median(run["ops_per_sec"] for run in runs["redis"])
 print(f"\nmedian ops/s: ringkv {ours:.0f}, Redis {theirs:.0f}; ratio ringkv / Redis {ours / theirs:.2f}")
+# What the machine leaves: the generator is one thread, so against ringkv it cannot issue more
+# than a core's worth of operations (at its cheapest run against ringkv); and at a ratio r to
+# Redis, the node's CPU per operation must fit in what that generator leaves of the machine.
+cheapest = min((run["client_cpu"]["user_seconds"] + run["client_cpu"]["system_seconds"]) * 1e6 / run["ops"]
+               for run in runs["ringkv"] if run.get("client_cpu") and run["ops"])
+cores = os.cpu_count()
+budgets = ", ".join(f"{r}x {cores * 1e6 / (r * theirs) - cheapest:.2f}" for r in (1.5, 2))
+print(f"generator against ringkv at its cheapest, {cheapest:.2f} us/op: a core's worth is "
+      f"{1e6 / cheapest:.0f} ops/s ({1e6 / cheapest / theirs:.2f}x Redis); node CPU per op that leaves on "
+      f"{cores} cores at {budgets} us")
 PY
