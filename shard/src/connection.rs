@@ -427,15 +427,30 @@ impl Connection {
     }
 }
 
-/// Spawns a client connection's task. Only when debug logs may be on is it polled inside its
-/// span (`span`): entering and leaving a span costs the subscriber's bookkeeping on every poll,
-/// a few percent of a shard's time under pipelined reads, for context only debug logs use. The
-/// connection's few logs above debug name the client themselves.
-pub(crate) fn spawn_connection(serve: impl Future<Output = ()> + 'static, span: impl FnOnce() -> Span) {
+/// Spawns a client connection's task, counted open in `protocol`'s metrics while it serves;
+/// `open` (the acceptor's hold on its connection count) is released when it ends. Only when
+/// debug logs may be on is it polled inside its span (`span`): entering and leaving a span
+/// costs the subscriber's bookkeeping on every poll, a few percent of a shard's time under
+/// pipelined reads, for context only debug logs use. The connection's few logs above debug name
+/// the client themselves.
+pub(crate) fn spawn_connection<Open: 'static>(
+    protocol: Protocol,
+    metrics: Arc<ShardMetrics>,
+    open: Open,
+    serve: impl Future<Output = ()> + 'static,
+    span: impl FnOnce() -> Span,
+) {
+    let task = async move {
+        debug!("connection open");
+        metrics.connections(protocol).open.add(1);
+        serve.await;
+        metrics.connections(protocol).open.sub(1);
+        drop(open);
+    };
     if LevelFilter::current() >= LevelFilter::DEBUG {
-        glommio::spawn_local(serve.instrument(span())).detach();
+        glommio::spawn_local(task.instrument(span())).detach();
     } else {
-        glommio::spawn_local(serve).detach();
+        glommio::spawn_local(task).detach();
     }
 }
 
@@ -761,12 +776,7 @@ impl ReadAhead {
                     }
                     // Cut from the frames only now: the request outlives this read.
                     let request = SingleRequest { id, consistency, operation: lent }.to_request(frames);
-                    let charge = batch.charge.split(frame.len());
-                    match in_place {
-                        InPlace::Done => {}
-                        InPlace::Later => spawn_single(request, charge, shared, router),
-                        InPlace::Elsewhere => dispatch_task(request, charge, shared, router, limits),
-                    }
+                    hand_over(in_place, request, batch.charge.split(frame.len()), shared, router, limits);
                 }
                 Held::Request { request, charge, hash } => {
                     dispatch(request, charge, hash, shared, router, limits, clock)
@@ -827,6 +837,19 @@ fn dispatch(
         }
         _ => InPlace::Elsewhere,
     };
+    hand_over(in_place, request, charge, shared, router, limits);
+}
+
+/// Runs `request` as [`write_in_place`] (or a read not answered in place) left it: nothing more
+/// when it was done, in a task when it needs one, else as [`dispatch_task`] decides.
+fn hand_over(
+    in_place: InPlace,
+    request: Request,
+    charge: Charge,
+    shared: &Rc<Shared>,
+    router: &Rc<Router>,
+    limits: ConnectionLimits,
+) {
     match in_place {
         InPlace::Done => {}
         InPlace::Later => spawn_single(request, charge, shared, router),

@@ -550,13 +550,10 @@ impl Acceptor {
         let peer = connection.peer();
         let shard_id = self.shard_id;
         spawn_connection(
-            async move {
-                debug!("connection open");
-                metrics.connections(Protocol::Native).open.add(1);
-                connection.serve().await;
-                metrics.connections(Protocol::Native).open.sub(1);
-                drop(open);
-            },
+            Protocol::Native,
+            metrics,
+            open,
+            connection.serve(),
             || info_span!("connection", shard = shard_id, peer = %DisplayPeer(peer)),
         );
     }

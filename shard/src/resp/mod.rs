@@ -274,13 +274,10 @@ impl Acceptor {
         let peer = connection.peer();
         let shard_id = shard.shard_id;
         spawn_connection(
-            async move {
-                debug!("connection open");
-                metrics.connections(Protocol::Resp).open.add(1);
-                connection.serve().await;
-                metrics.connections(Protocol::Resp).open.sub(1);
-                drop(open);
-            },
+            Protocol::Resp,
+            metrics,
+            open,
+            connection.serve(),
             || info_span!("resp", shard = shard_id, peer = %DisplayPeer(peer)),
         );
     }
