@@ -178,7 +178,9 @@ impl RedisConnection {
         stream
             .set_nodelay(true)
             .map_err(|error| RedisError::Connect { address, reason: error.to_string() })?;
-        let (mut reader, mut writer) = futures_lite::io::split(stream);
+        // Read as the native client reads (see `ringkv_readiness`), so both stores are driven
+        // by the same socket handling.
+        let (mut reader, mut writer) = futures_lite::io::split(ringkv_readiness::PolledStream::new(stream));
         let shared = Rc::new(Shared::default());
 
         let reading = Rc::clone(&shared);

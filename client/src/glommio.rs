@@ -45,11 +45,13 @@ impl Transport for Glommio {
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true)?;
         let shared = SharedConnection::new(address, options);
+        // Read through the executor's epoll set while it is busy (see `ringkv_readiness`).
         match &options.tls {
-            None => spawn_io(stream, &shared),
+            None => spawn_io(ringkv_readiness::PolledStream::new(stream), &shared),
             Some(tls) => {
                 let connector = futures_rustls::TlsConnector::from(tls.config());
-                let handshake = connector.connect(tls.server_name(address), stream);
+                let handshake =
+                    connector.connect(tls.server_name(address), ringkv_readiness::PolledStream::new(stream));
                 let stream = ::glommio::timer::timeout(options.connect_timeout, async {
                     Ok(handshake.await.map_err(crate::tls::explain))
                 })

@@ -35,6 +35,7 @@ use futures_lite::future::or;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_rustls::{TlsAcceptor, TlsConnector};
 use glommio::net::TcpStream;
+use ringkv_readiness::PolledStream;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -245,7 +246,7 @@ impl TlsSettings {
     /// node's certificate and verifying the remote one for the address's IP.
     pub async fn connect_peer(&self, stream: TcpStream, address: SocketAddr) -> io::Result<Stream> {
         let name = ServerName::IpAddress(address.ip().into());
-        let tls = self.peer_links.connect(name, stream).await?;
+        let tls = self.peer_links.connect(name, PolledStream::new(stream)).await?;
         Ok(Stream::Tls(Box::new(tls.into())))
     }
 }
@@ -274,7 +275,7 @@ async fn accept(
     stop: &StopSignal,
 ) -> Option<Stream> {
     let peer = stream.peer_addr().ok();
-    let handshake = async { Some(acceptor.accept(stream).await) };
+    let handshake = async { Some(acceptor.accept(PolledStream::new(stream)).await) };
     let gave_up = async {
         or(glommio::timer::sleep(timeout), stop.wait()).await;
         None
@@ -292,17 +293,23 @@ async fn accept(
     }
 }
 
-/// A connection, with or without TLS.
+/// A connection, with or without TLS, read through the shard's epoll set while the shard is
+/// busy (see `ringkv_readiness`).
 pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::TlsStream<TcpStream>>),
+    Plain(PolledStream),
+    Tls(Box<futures_rustls::TlsStream<PolledStream>>),
 }
 
 impl Stream {
+    /// A connection without TLS.
+    pub fn plain(stream: TcpStream) -> Self {
+        Stream::Plain(PolledStream::new(stream))
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Plain(stream) => stream,
-            Stream::Tls(tls) => tls.get_ref().0,
+            Stream::Plain(stream) => stream.get_ref(),
+            Stream::Tls(tls) => tls.get_ref().0.get_ref(),
         }
     }
 
@@ -331,7 +338,7 @@ pub async fn client_stream(
     stop: &StopSignal,
 ) -> Option<Stream> {
     match tls {
-        None => Some(Stream::Plain(stream)),
+        None => Some(Stream::plain(stream)),
         Some(tls) => tls.accept_client(stream, timeout, stop).await,
     }
 }

@@ -172,7 +172,7 @@ impl PeerLink {
             let stream = TcpStream::connect(address).await.map_err(std::io::Error::from)?;
             stream.set_nodelay(true)?;
             match &self.tls {
-                None => Ok(Stream::Plain(stream)),
+                None => Ok(Stream::plain(stream)),
                 Some(tls) => tls.connect_peer(stream, address).await,
             }
         };

@@ -109,7 +109,7 @@ async fn serve_link(stream: TcpStream, cluster: Rc<Cluster>, stop: Rc<StopSignal
     let peer = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
     // With TLS, the other node must present a certificate the CA signed (mutual TLS).
     let mut stream = match cluster.tls() {
-        None => Stream::Plain(stream),
+        None => Stream::plain(stream),
         Some((tls, timeout)) => match tls.accept_peer(stream, *timeout, &stop).await {
             Some(stream) => stream,
             None => {
