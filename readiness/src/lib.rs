@@ -181,6 +181,9 @@ pub struct Poller {
     executor: usize,
     state: RefCell<State>,
     stats: Cell<PollerStats>,
+    /// The wakers an ask or an idle spell wakes, gathered here first (nothing may be woken while
+    /// the state is borrowed); kept for its capacity, so waking allocates nothing.
+    to_wake: RefCell<Vec<Waker>>,
 }
 
 /// What a poller has done since it was made.
@@ -237,6 +240,7 @@ impl Poller {
                 executor,
                 state: RefCell::new(State::default()),
                 stats: Cell::new(PollerStats::default()),
+                to_wake: RefCell::new(Vec::new()),
             });
             *current.borrow_mut() = Rc::downgrade(&poller);
             Ok(poller)
@@ -367,7 +371,7 @@ impl Poller {
                 return None;
             }
         };
-        let mut woken = Vec::new();
+        let mut woken = self.to_wake.take();
         {
             let mut state = self.state.borrow_mut();
             for event in &events[..ready] {
@@ -378,20 +382,27 @@ impl Poller {
             }
         }
         self.count(|stats| stats.woken += woken.len() as u64);
-        woken.into_iter().for_each(Waker::wake);
+        self.wake_all(woken);
         Some(ready)
     }
 
     /// Stops asking: wakes every waiting reader, which then waits through glommio.
     fn go_idle(&self, broken: bool) {
-        let woken: Vec<Waker> = {
+        let mut woken = self.to_wake.take();
+        {
             let mut state = self.state.borrow_mut();
             state.idle = true;
             state.broken |= broken;
             self.count(|stats| stats.idle_spells += 1);
-            state.waiting.iter_mut().filter_map(Option::take).collect()
-        };
-        woken.into_iter().for_each(Waker::wake);
+            woken.extend(state.waiting.iter_mut().filter_map(Option::take));
+        }
+        self.wake_all(woken);
+    }
+
+    /// Wakes `woken` and keeps the emptied list for the next time.
+    fn wake_all(&self, mut woken: Vec<Waker>) {
+        woken.drain(..).for_each(Waker::wake);
+        *self.to_wake.borrow_mut() = woken;
     }
 }
 
