@@ -299,7 +299,13 @@ impl Poller {
             !std::mem::replace(&mut state.running, true)
         };
         if start {
-            glommio::spawn_local(run(Rc::clone(self))).detach();
+            // In the executor's default queue, whichever queue registered the stream: a poller
+            // in a queue of few shares would hold back every reader of the thread.
+            let task = glommio::spawn_local_into(run(Rc::clone(self)), glommio::TaskQueueHandle::default());
+            match task {
+                Ok(task) => task.detach(),
+                Err(_) => glommio::spawn_local(run(Rc::clone(self))).detach(),
+            };
         }
         Ok(token)
     }

@@ -158,3 +158,45 @@ fn a_closed_peer_ends_the_stream_busy_or_idle() {
         }
     });
 }
+
+/// Many readers wait while the thread idles (so each moves to glommio's poll), then data comes
+/// to all of them at once, several times over: every reader gets its bytes each time.
+#[test]
+fn readers_waiting_through_an_idle_spell_all_get_their_data() {
+    on_executor(|| async {
+        let _keeper = pair().await;
+        let mut polled = Vec::new();
+        let mut plain = Vec::new();
+        for _ in 0..64 {
+            let (reader, writer) = pair().await;
+            polled.push(reader);
+            plain.push(writer);
+        }
+        let readers: Vec<_> = polled
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut reader)| {
+                glommio::spawn_local(async move {
+                    for round in 0..5usize {
+                        let mut buffer = [0u8; 8];
+                        reader.read_exact(&mut buffer).await.expect("read");
+                        assert_eq!(buffer, ((index * 100 + round) as u64).to_le_bytes());
+                    }
+                })
+            })
+            .collect();
+        for round in 0..5usize {
+            // Long enough for the quiet asks to run out.
+            glommio::timer::sleep(Duration::from_millis(3)).await;
+            for (index, writer) in plain.iter_mut().enumerate() {
+                writer.write_all(&((index * 100 + round) as u64).to_le_bytes()).await.expect("write");
+            }
+        }
+        for reader in readers {
+            reader.await;
+        }
+        let stats = Poller::current_stats().expect("the keeper keeps the poller");
+        assert!(stats.idle_spells >= 1, "the thread never idled: {stats:?}");
+        drop(plain);
+    });
+}
