@@ -149,6 +149,10 @@ fn metrics_scrape_counts_operations() {
         total(&after, "ringkv_wal_syncs_total", &[])
     );
     assert!(total(&after, "ringkv_wal_bytes_total", &[]) >= 40 * (64 << 10));
+    // The connection's reads went through the shard's socket poller, busy or idle.
+    let polls = total(&after, "ringkv_socket_polls_total", &[]);
+    let after_idle = total(&after, "ringkv_socket_reads_after_idle_total", &[]);
+    assert!(polls + after_idle > 0, "no read went through the socket poller");
     // A single node: nothing to time out, repair or hint.
     for name in ["ringkv_replica_timeouts_total", "ringkv_read_repairs_total", "ringkv_hints_stored_total"] {
         assert_eq!(total(&after, name, &[]), 0, "{name}");

@@ -180,13 +180,13 @@ pub struct Poller {
     /// The executor whose task serves this poller.
     executor: usize,
     state: RefCell<State>,
-    stats: Cell<PollerStats>,
     /// The wakers an ask or an idle spell wakes, gathered here first (nothing may be woken while
     /// the state is borrowed); kept for its capacity, so waking allocates nothing.
     to_wake: RefCell<Vec<Waker>>,
 }
 
-/// What a poller has done since it was made.
+/// What this thread's pollers have done since the thread started (counts only grow: a poller
+/// made after another adds to the same counts).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PollerStats {
     /// Times the epoll set was asked which sockets have data.
@@ -218,6 +218,9 @@ struct State {
 
 thread_local! {
     static CURRENT: RefCell<Weak<Poller>> = const { RefCell::new(Weak::new()) };
+    static STATS: Cell<PollerStats> = const {
+        Cell::new(PollerStats { asks: 0, woken: 0, idle_spells: 0, reads_through_glommio: 0 })
+    };
 }
 
 impl Poller {
@@ -239,7 +242,6 @@ impl Poller {
                 epoll,
                 executor,
                 state: RefCell::new(State::default()),
-                stats: Cell::new(PollerStats::default()),
                 to_wake: RefCell::new(Vec::new()),
             });
             *current.borrow_mut() = Rc::downgrade(&poller);
@@ -247,12 +249,9 @@ impl Poller {
         })
     }
 
-    /// What the current executor's poller has done, if it has one.
-    pub fn current_stats() -> Option<PollerStats> {
-        let executor = glommio::executor().id();
-        CURRENT
-            .with(|current| current.borrow().upgrade().filter(|poller| poller.executor == executor))
-            .map(|poller| poller.stats.get())
+    /// What this thread's pollers have done so far.
+    pub fn thread_stats() -> PollerStats {
+        STATS.with(Cell::get)
     }
 
     /// Whether the current executor's poller task is running.
@@ -264,9 +263,11 @@ impl Poller {
     }
 
     fn count(&self, update: impl FnOnce(&mut PollerStats)) {
-        let mut stats = self.stats.get();
-        update(&mut stats);
-        self.stats.set(stats);
+        STATS.with(|stats| {
+            let mut counted = stats.get();
+            update(&mut counted);
+            stats.set(counted);
+        });
     }
 
     fn register(self: &Rc<Self>, fd: RawFd) -> io::Result<usize> {

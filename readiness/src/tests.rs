@@ -67,9 +67,8 @@ fn bytes_arrive_whole_when_the_writer_pauses_long_enough_for_the_thread_to_idle(
     // Pauses up to 2 ms: far longer than the quiet turns that make the thread idle, so reads
     // come in both through the set and through glommio.
     on_executor(|| async {
-        let _keeper = pair().await;
         paced_stream(300, 100, 2_000).await;
-        let stats = Poller::current_stats().expect("a poller was made");
+        let stats = Poller::thread_stats();
         assert!(stats.asks > 0, "the set was never asked: {stats:?}");
         assert!(stats.idle_spells > 0, "the thread never idled: {stats:?}");
         assert!(stats.reads_through_glommio > 0, "no read came through glommio: {stats:?}");
@@ -81,8 +80,6 @@ fn bytes_arrive_whole_when_the_writer_pauses_long_enough_for_the_thread_to_idle(
 #[test]
 fn many_connections_each_see_every_answer() {
     on_executor(|| async {
-        // Keeps the poller (and its counts) alive past the connections below.
-        let _keeper = pair().await;
         let mut tasks = Vec::new();
         for connection in 0..16usize {
             tasks.push(glommio::spawn_local(async move {
@@ -113,7 +110,7 @@ fn many_connections_each_see_every_answer() {
         for task in tasks {
             task.await;
         }
-        let stats = Poller::current_stats().expect("a poller was made");
+        let stats = Poller::thread_stats();
         assert!(stats.woken > 0, "no reader was woken through the set: {stats:?}");
     });
 }
@@ -164,7 +161,6 @@ fn a_closed_peer_ends_the_stream_busy_or_idle() {
 #[test]
 fn readers_waiting_through_an_idle_spell_all_get_their_data() {
     on_executor(|| async {
-        let _keeper = pair().await;
         let mut polled = Vec::new();
         let mut plain = Vec::new();
         for _ in 0..64 {
@@ -195,7 +191,7 @@ fn readers_waiting_through_an_idle_spell_all_get_their_data() {
         for reader in readers {
             reader.await;
         }
-        let stats = Poller::current_stats().expect("the keeper keeps the poller");
+        let stats = Poller::thread_stats();
         assert!(stats.idle_spells >= 1, "the thread never idled: {stats:?}");
         drop(plain);
     });

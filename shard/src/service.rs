@@ -210,6 +210,7 @@ impl ShardService {
                     .answer_until_stopped(&stop, || ShardFigures {
                         storage: engine.stats(),
                         cluster: cluster.figures(),
+                        sockets: ringkv_readiness::Poller::thread_stats(),
                     })
                     .await;
             };

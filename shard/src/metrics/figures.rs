@@ -52,12 +52,13 @@ pub struct ClusterFigures {
     pub anti_entropy_bytes_sent: u64,
 }
 
-/// What a shard answers a scrape with: its engine's and its cluster part's figures, read when
-/// the request reached it.
+/// What a shard answers a scrape with: its engine's and its cluster part's figures, and how its
+/// sockets were polled, read when the request reached it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardFigures {
     pub storage: EngineStats,
     pub cluster: ClusterFigures,
+    pub sockets: ringkv_readiness::PollerStats,
 }
 
 /// Why a shard's figures are missing from a scrape.

@@ -465,7 +465,7 @@ pub fn render(
         let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
     }
     type Field = fn(&ShardFigures) -> u64;
-    let families: [(&str, &str, &str, Field); 25] = [
+    let families: [(&str, &str, &str, Field); 29] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
             m.storage.memtable_bytes as u64
         }),
@@ -564,6 +564,30 @@ pub fn render(
             "Bytes of anti-entropy repair traffic sent.",
             |m| m.cluster.anti_entropy_bytes_sent,
         ),
+        (
+            "ringkv_socket_polls_total",
+            "counter",
+            "Times the shard asked its epoll set which sockets have data (while busy).",
+            |m| m.sockets.asks,
+        ),
+        (
+            "ringkv_socket_readers_woken_total",
+            "counter",
+            "Socket readers woken because the epoll set named their socket.",
+            |m| m.sockets.woken,
+        ),
+        (
+            "ringkv_socket_idle_spells_total",
+            "counter",
+            "Times the shard found itself idle and its socket readers moved to io_uring polls.",
+            |m| m.sockets.idle_spells,
+        ),
+        (
+            "ringkv_socket_reads_after_idle_total",
+            "counter",
+            "Socket reads that came in through an io_uring poll, the shard having been idle.",
+            |m| m.sockets.reads_through_glommio,
+        ),
     ];
     for (name, kind, help, field) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -630,7 +654,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 38);
+        assert_eq!(types, 42);
     }
 
     #[test]
