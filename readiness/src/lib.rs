@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -43,6 +43,15 @@ use glommio::net::TcpStream;
 pub const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(20);
 /// Asks in a row that find nothing before the thread counts as idle.
 pub const QUIET_TURNS: u32 = 5;
+/// The span over which the thread's share of a core is measured (see [`BUSY_SHARE_ENTER`]).
+pub const SHARE_WINDOW: Duration = Duration::from_micros(500);
+/// Readers move to the epoll set once the thread ran at least this share of a window's wall
+/// time: asking pays only while a completion would find the thread running (and interrupt
+/// it). A thread that mostly sleeps is woken by glommio's poll at no extra cost, and one that
+/// shares its core with other busy threads would only spend its turns asking.
+pub const BUSY_SHARE_ENTER: f64 = 0.7;
+/// Readers move back to glommio's poll once the thread ran less than this share of a window.
+pub const BUSY_SHARE_LEAVE: f64 = 0.5;
 /// Events taken from the set per ask.
 const EVENTS_PER_ASK: usize = 256;
 
@@ -94,7 +103,7 @@ impl PolledStream {
         match first {
             Ok(1) => {
                 if let Some((poller, _)) = &self.registration {
-                    poller.wake_from_idle();
+                    poller.read_after_idle();
                 }
                 // An error or the end after the first byte shows on the next read.
                 let more = receive(self.fd, &mut buffer[1..]).unwrap_or(0);
@@ -112,6 +121,14 @@ impl Drop for PolledStream {
             poller.deregister(self.fd, *token);
         }
     }
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `time` is valid for writes; the clock id is a constant the kernel knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 /// `recv` without waiting: `WouldBlock` when the socket is empty.
@@ -180,6 +197,8 @@ pub struct Poller {
     /// The executor whose task serves this poller.
     executor: usize,
     state: RefCell<State>,
+    /// The wall and thread CPU time when the thread's share of a core was last measured.
+    sample: Cell<(Instant, Duration)>,
     /// The wakers an ask or an idle spell wakes, gathered here first (nothing may be woken while
     /// the state is borrowed); kept for its capacity, so waking allocates nothing.
     to_wake: RefCell<Vec<Waker>>,
@@ -242,6 +261,7 @@ impl Poller {
                 epoll,
                 executor,
                 state: RefCell::new(State::default()),
+                sample: Cell::new((Instant::now(), thread_cpu())),
                 to_wake: RefCell::new(Vec::new()),
             });
             *current.borrow_mut() = Rc::downgrade(&poller);
@@ -344,13 +364,29 @@ impl Poller {
         true
     }
 
-    /// A read came in through glommio: the thread is busy again.
-    fn wake_from_idle(&self) {
-        self.count(|stats| stats.reads_through_glommio += 1);
-        let idle = std::mem::replace(&mut self.state.borrow_mut().idle, false);
-        if idle {
-            self.wake_poller();
+    /// The share of a core the thread ran since the last measurement, once a window has passed
+    /// since it (then it starts the next window); `None` before.
+    fn share(&self) -> Option<f64> {
+        let (since, cpu_then) = self.sample.get();
+        let now = Instant::now();
+        let wall = now.duration_since(since);
+        if wall < SHARE_WINDOW {
+            return None;
         }
+        let cpu = thread_cpu();
+        self.sample.set((now, cpu));
+        Some(cpu.saturating_sub(cpu_then).as_secs_f64() / wall.as_secs_f64())
+    }
+
+    /// A read came in through glommio: the poller goes back to work if the thread ran most of
+    /// the last window.
+    fn read_after_idle(&self) {
+        self.count(|stats| stats.reads_through_glommio += 1);
+        if !self.state.borrow().idle || !self.share().is_some_and(|share| share >= BUSY_SHARE_ENTER) {
+            return;
+        }
+        self.state.borrow_mut().idle = false;
+        self.wake_poller();
     }
 
     fn wake_poller(&self) {
@@ -447,7 +483,8 @@ async fn run(poller: Rc<Poller>) {
             return;
         };
         quiet = if ready > 0 { 0 } else { quiet + 1 };
-        if quiet < QUIET_TURNS {
+        let shared_core = poller.share().is_some_and(|share| share < BUSY_SHARE_LEAVE);
+        if quiet < QUIET_TURNS && !shared_core {
             interval.reset(BUSY_POLL_INTERVAL);
             (&mut interval).await;
             continue;
