@@ -14,10 +14,11 @@
 //! An epoll set costs the sender next to nothing while nobody waits on it: the kernel only links
 //! the socket into the set's ready list. So while the thread is busy, a [`Poller`] task asks the
 //! set which sockets have data every [`BUSY_POLL_INTERVAL`], without blocking, and wakes their
-//! readers. After [`QUIET_TURNS`] asks in a row find nothing the thread is idle: the poller stops
+//! readers. After [`QUIET_TURNS`] asks in a row find nothing, or once the thread ran less than
+//! [`BUSY_SHARE_LEAVE`] of a [`SHARE_WINDOW`], the thread counts as idle: the poller stops
 //! asking, and each reader that finds its socket empty waits through glommio's poll, as before,
-//! which wakes a sleeping thread without any interrupt to spare. The first read that comes in
-//! that way puts the poller back to work.
+//! which wakes a sleeping thread without any interrupt to spare. A read that comes in that way
+//! puts the poller back to work once the thread ran [`BUSY_SHARE_ENTER`] of a window.
 //!
 //! ```text
 //!  busy:  reader: recv ─EAGAIN─▶ waker in its slot ◀─wake─ poller: epoll_wait(0) every interval
