@@ -223,7 +223,6 @@ pub struct PollerStats {
 struct State {
     /// A registered stream's waiting reader, by token; `None` also for a vacant token.
     waiting: Vec<Option<Waker>>,
-    live: Vec<bool>,
     vacant: Vec<usize>,
     registered: usize,
     /// The poller stopped asking: readers wait through glommio.
@@ -276,7 +275,8 @@ impl Poller {
     }
 
     /// Whether the current executor's poller task is running.
-    pub fn is_running() -> bool {
+    #[cfg(test)]
+    fn is_running() -> bool {
         let executor = glommio::executor().id();
         CURRENT
             .with(|current| current.borrow().upgrade().filter(|poller| poller.executor == executor))
@@ -298,11 +298,9 @@ impl Poller {
                 Some(token) => token,
                 None => {
                     state.waiting.push(None);
-                    state.live.push(false);
                     state.waiting.len() - 1
                 }
             };
-            state.live[token] = true;
             state.registered += 1;
             token
         };
@@ -334,7 +332,6 @@ impl Poller {
 
     fn release(&self, token: usize) {
         let mut state = self.state.borrow_mut();
-        state.live[token] = false;
         state.waiting[token] = None;
         state.vacant.push(token);
         state.registered -= 1;
@@ -432,12 +429,20 @@ impl Poller {
 
     /// Stops asking: wakes every waiting reader, which then waits through glommio.
     fn go_idle(&self, broken: bool) {
+        self.count(|stats| stats.idle_spells += 1);
+        self.release_waiting(|state| {
+            state.idle = true;
+            state.broken |= broken;
+        });
+    }
+
+    /// Applies `change` to the state and wakes every waiting reader, which reads again and, the
+    /// poller no longer asking, waits through glommio.
+    fn release_waiting(&self, change: impl FnOnce(&mut State)) {
         let mut woken = self.to_wake.take();
         {
             let mut state = self.state.borrow_mut();
-            state.idle = true;
-            state.broken |= broken;
-            self.count(|stats| stats.idle_spells += 1);
+            change(&mut state);
             woken.extend(state.waiting.iter_mut().filter_map(Option::take));
         }
         self.wake_all(woken);
@@ -455,14 +460,11 @@ struct Running(Rc<Poller>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut state = self.0.state.borrow_mut();
-        state.running = false;
-        state.idle = false;
-        state.poller_waker = None;
-        let woken: Vec<Waker> = state.waiting.iter_mut().filter_map(Option::take).collect();
-        drop(state);
-        // Readers left waiting read again and, with no poller, wait through glommio.
-        woken.into_iter().for_each(Waker::wake);
+        self.0.release_waiting(|state| {
+            state.running = false;
+            state.idle = false;
+            state.poller_waker = None;
+        });
     }
 }
 
