@@ -17,6 +17,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ringkv_wire::{
@@ -329,7 +330,22 @@ impl<R: Transport> AsyncClient<R> {
         };
         let FirstRoute { route: first, only, connection } = first;
         let reconnect = if only { self.inner.options.reconnect } else { Backoff::once() };
-        let result = match connection.map(|connection| connection.try_start(command, consistency)) {
+        // Started from inside a poll, so the request's slot takes this task's waker with it
+        // and the reply's first poll has nothing to register (one lock less per request).
+        let started = match connection {
+            Some(connection) => {
+                let mut connection = Some(connection);
+                Some(
+                    std::future::poll_fn(|context| {
+                        let connection = connection.take().expect("polled once: it is ready at once");
+                        Poll::Ready(connection.try_start_waking(command, consistency, Some(context.waker())))
+                    })
+                    .await,
+                )
+            }
+            None => None,
+        };
+        let result = match started {
             Some(Ok(Started::Sent(reply))) => reply.await,
             // Boxed: connecting or waiting for room is the exception.
             Some(Ok(Started::Full)) | None => {

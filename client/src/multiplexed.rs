@@ -149,6 +149,19 @@ impl SharedConnection {
         outgoing: Outgoing<'_>,
         consistency: Option<Consistency>,
     ) -> Result<Started, Error> {
+        self.try_start_waking(outgoing, consistency, None)
+    }
+
+    /// [`SharedConnection::try_start`], with the waker of the task that will await the reply
+    /// registered at once: under the same lock as the request's queueing, so the reply
+    /// future's first poll has nothing to register and returns without taking the lock. That
+    /// task must be the one to poll the reply future first.
+    pub(crate) fn try_start_waking(
+        self: Arc<Self>,
+        outgoing: Outgoing<'_>,
+        consistency: Option<Consistency>,
+        waker: Option<&Waker>,
+    ) -> Result<Started, Error> {
         let mut state = self.state();
         if let Some(failure) = &state.refusal {
             return Err(Error::Server(failure.clone()));
@@ -166,7 +179,7 @@ impl SharedConnection {
         if index >= state.slots.len() {
             state.slots.resize_with(index + 1, || Slot { id: 0, sent_round: 0, progress: Progress::Vacant });
         }
-        state.slots[index] = Slot { id, sent_round, progress: Progress::Waiting(None) };
+        state.slots[index] = Slot { id, sent_round, progress: Progress::Waiting(waker.cloned()) };
         state.occupied += 1;
         let wake_writer = std::mem::take(&mut state.writer_waiting);
         drop(state);
@@ -176,7 +189,7 @@ impl SharedConnection {
         if was_idle {
             self.pending.notify(1);
         }
-        Ok(Started::Sent(ReplyFuture { shared: self, id, finished: false }))
+        Ok(Started::Sent(ReplyFuture { shared: self, id, finished: false, registered: waker.is_some() }))
     }
 
     /// [`SharedConnection::try_start`], waiting while `in_flight_max` requests are unanswered.
@@ -330,6 +343,11 @@ pub(crate) struct ReplyFuture {
     shared: Arc<SharedConnection>,
     id: u64,
     finished: bool,
+    /// The awaiting task's waker went into the slot with the request (see
+    /// [`SharedConnection::try_start_waking`]) and no poll has run yet: the first poll has
+    /// nothing to do. A reply that comes before it wakes that waker, and the next poll takes
+    /// it.
+    registered: bool,
 }
 
 impl State {
@@ -356,6 +374,9 @@ impl Future for ReplyFuture {
     type Output = Result<Reply, Error>;
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        if std::mem::take(&mut self.registered) {
+            return Poll::Pending;
+        }
         let id = self.id;
         let mut state = self.shared.state();
         let open = state.closed.is_none();
@@ -463,6 +484,58 @@ mod tests {
         // Both slots are free again: a third request takes one of them.
         let third = start(&shared, b"c");
         assert!([slot_index(first.id), slot_index(second.id)].contains(&slot_index(third.id)));
+    }
+
+    /// Counts its wakes.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A request started with its task's waker: the reply wakes that waker even when it comes
+    /// before the first poll, the first poll registers nothing and waits, and the next takes
+    /// the reply; a request closed before its first poll is told on the next one.
+    #[test]
+    fn a_waker_given_at_the_start_is_woken_by_the_reply() {
+        let options = ClientOptions::default();
+        let shared = SharedConnection::new("127.0.0.1:1".parse().unwrap(), &options);
+        let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let wakes = || counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        let start_waking = |key: &'static [u8]| {
+            let operation = OperationRef::Get { key };
+            match Arc::clone(&shared).try_start_waking(Outgoing::Operation(operation), None, Some(&waker)) {
+                Ok(Started::Sent(reply)) => reply,
+                _ => panic!("no room"),
+            }
+        };
+
+        // The reply after the first poll.
+        let mut reply = start_waking(b"a");
+        assert!(poll(&mut reply).is_pending());
+        assert_eq!(wakes(), 0);
+        shared.on_received(&reply_frame(reply.id));
+        assert_eq!(wakes(), 1, "the waker given at the start was not woken");
+        assert!(matches!(poll(&mut reply), Poll::Ready(Ok(Reply::Single(Outcome::NotFound)))));
+
+        // The reply before the first poll: woken, the first poll still waits for the wake's poll.
+        let mut reply = start_waking(b"b");
+        shared.on_received(&reply_frame(reply.id));
+        assert_eq!(wakes(), 2);
+        assert!(poll(&mut reply).is_pending());
+        assert!(matches!(poll(&mut reply), Poll::Ready(Ok(_))));
+
+        // Closed before the first poll: woken, and told on the poll after the first.
+        let mut reply = start_waking(b"c");
+        shared.close("test");
+        assert_eq!(wakes(), 3);
+        assert!(poll(&mut reply).is_pending());
+        assert!(matches!(poll(&mut reply), Poll::Ready(Err(Error::ConnectionLost { .. }))));
+        let state = shared.state();
+        assert_eq!(state.occupied, 0);
     }
 
     /// Requests dropped before, during and after their reply leave no slot taken.
