@@ -118,6 +118,11 @@ struct ServeArgs {
     /// Memtable size at which a shard flushes it to an SSTable. [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     memtable_bytes_max: Option<usize>,
+    /// Write-ahead log bytes a shard's memtable may stand for before it is flushed even if not
+    /// full, so that the log's older segments go (overwrites in place do not fill a memtable).
+    /// [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    wal_bytes_max: Option<u64>,
     /// SSTable block cache per shard. [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     block_cache_bytes: Option<usize>,
@@ -279,6 +284,7 @@ impl ServeArgs {
         set(&mut config.mesh_channel_capacity, &self.mesh_channel_capacity);
         set(&mut config.io_memory_bytes, &self.io_memory_bytes);
         set(&mut config.memtable_bytes_max, &self.memtable_bytes_max);
+        set(&mut config.wal_bytes_max, &self.wal_bytes_max);
         set(&mut config.block_cache_bytes, &self.block_cache_bytes);
         set(&mut config.shutdown_grace_ms, &self.shutdown_grace_ms);
         if self.peer_listen.is_some() {

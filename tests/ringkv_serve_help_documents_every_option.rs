@@ -31,6 +31,7 @@ fn ringkv_serve_help_documents_every_option() {
         "--mesh-channel-capacity",
         "--io-memory-bytes",
         "--memtable-bytes-max",
+        "--wal-bytes-max",
         "--block-cache-bytes",
         "--shutdown-grace-ms",
         "--resp-listen",

@@ -39,6 +39,9 @@ pub const REPLICATION_FACTOR_MAX: usize = 7;
 /// Most seed addresses a node may be given. A handful per data centre is enough to join.
 pub const SEEDS_MAX: usize = 64;
 
+/// The least `wal_bytes_max`: below it a shard under writes would flush every few groups.
+pub const WAL_BYTES_MIN: u64 = 1 << 20;
+
 // The wire protocol refuses node ids above its own limit: the two must agree.
 const _: () = assert!(NODE_ID_MAX == ringkv_wire::limits::NODE_ID_MAX);
 
@@ -156,6 +159,12 @@ pub struct NodeConfig {
     pub io_memory_bytes: usize,
     /// A shard's memtable is flushed to an SSTable past this size.
     pub memtable_bytes_max: usize,
+    /// A shard's memtable is also flushed once it stands for this many bytes of its
+    /// write-ahead log, so that the log's older segments can be removed: overwrites of keys
+    /// already in the memtable do not grow it, and the log (and the replay after a restart)
+    /// would otherwise grow without end. A shard's log stays below about twice this plus one
+    /// 128 MiB segment.
+    pub wal_bytes_max: u64,
     /// Bytes of SSTable blocks each shard caches.
     pub block_cache_bytes: usize,
     /// How long a stopping shard waits for its connections to finish their requests and write
@@ -292,6 +301,7 @@ impl Default for NodeConfig {
             mesh_channel_capacity: 1024,
             io_memory_bytes: 1 << 20,
             memtable_bytes_max: 64 << 20,
+            wal_bytes_max: 256 << 20,
             block_cache_bytes: 64 << 20,
             shutdown_grace_ms: 10_000,
             peer_listen: None,
@@ -419,6 +429,7 @@ impl NodeConfig {
         EngineOptions {
             sync: self.sync.into(),
             memtable_bytes_max: self.memtable_bytes_max,
+            wal_bytes_max: self.wal_bytes_max,
             block_cache_bytes: self.block_cache_bytes,
             memtable_hash_seed: random_seed(),
             tombstone_grace_ms: self.tombstone_grace_ms,
@@ -534,6 +545,15 @@ impl NodeConfig {
                     format!("is {}; it must be at least {field} ({value})", self.tombstone_grace_ms),
                 );
             }
+        }
+        if self.wal_bytes_max < WAL_BYTES_MIN {
+            return invalid(
+                "wal_bytes_max",
+                format!(
+                    "is {}; it must be at least {WAL_BYTES_MIN} (a flush per few writes otherwise)",
+                    self.wal_bytes_max
+                ),
+            );
         }
         if let Some(bytes) = self.request_memory_bytes_max {
             if bytes < REQUEST_MEMORY_BYTES_MIN {
@@ -839,6 +859,16 @@ mod tests {
         assert_eq!(config.shard_count(), 2);
         assert_eq!(config.shard_port(1), 9101);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_log_bound_comes_from_the_file_and_reaches_the_engine() {
+        let config = NodeConfig::from_toml("wal_bytes_max = 67108864\n").unwrap();
+        assert_eq!(config.engine_options().wal_bytes_max, 64 << 20);
+        config.validate().unwrap();
+        assert_eq!(NodeConfig::default().engine_options().wal_bytes_max, 256 << 20);
+        let tiny = NodeConfig::from_toml("wal_bytes_max = 4096\n").unwrap();
+        assert!(tiny.validate().unwrap_err().to_string().contains("wal_bytes_max"));
     }
 
     #[test]

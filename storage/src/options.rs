@@ -22,6 +22,13 @@ pub struct EngineOptions {
     pub block_cache_bytes: usize,
     /// A WAL segment is closed and a new one started past this size.
     pub wal_segment_bytes_max: u64,
+    /// WAL bytes the active memtable may stand for: past them it is sealed and flushed even
+    /// if it is not full, so that the segments before it can be removed. Overwrites of a key
+    /// already in the memtable replace it in place and do not grow the memtable, so without
+    /// this bound a workload that updates a set of keys smaller than the memtable would grow
+    /// the log, and the replay after a restart, without end. The log on disk stays below about
+    /// twice this plus one segment.
+    pub wal_bytes_max: u64,
     /// Zeros written ahead of the WAL's records whenever a group write would grow its segment,
     /// so that most commits sync a write inside the file (a device flush) rather than one that
     /// grows it (a journal commit too). 0 turns it off.
@@ -60,6 +67,7 @@ impl Default for EngineOptions {
             memtable_bytes_max: 64 << 20,
             block_cache_bytes: 256 << 20,
             wal_segment_bytes_max: 128 << 20,
+            wal_bytes_max: 256 << 20,
             wal_preallocate_bytes: crate::wal::PREALLOCATE_BYTES_DEFAULT,
             wal_buffer_bytes_max: 1 << 20,
             tombstone_grace_ms: 10 * 24 * 3600 * 1000,

@@ -7,7 +7,6 @@ use crate::manifest;
 use crate::memtable::Memtable;
 use crate::sstable::TableWriter;
 use crate::Result;
-use std::rc::Rc;
 
 impl<D: Disk> Engine<D> {
     /// Seals the active memtable (if it holds anything) and flushes every sealed memtable.
@@ -20,9 +19,7 @@ impl<D: Disk> Engine<D> {
                     if state.active.is_empty() {
                         return Ok(());
                     }
-                    let fresh = state.active.empty_like();
-                    let active = std::mem::replace(&mut state.active, fresh);
-                    state.sealed = Some(Rc::new(active));
+                    self.seal_active(&mut state);
                 }
             }
             self.flush_sealed().await?;

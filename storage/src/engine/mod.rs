@@ -227,6 +227,9 @@ struct State<F: DiskFile> {
     next_seq: u64,
     active: Memtable,
     sealed: Option<Rc<Memtable>>,
+    /// How far the WAL had advanced when the active memtable began (see
+    /// [`EngineOptions::wal_bytes_max`]).
+    active_wal_start: u64,
     tables: Rc<Tables<F>>,
     manifest: Manifest,
     flushing: bool,
@@ -429,6 +432,7 @@ impl<D: Disk> Engine<D> {
             next_seq: last_seq + 1,
             active,
             sealed: None,
+            active_wal_start: 0,
             tables: Rc::new(Tables::new(tables)),
             manifest,
             flushing: false,

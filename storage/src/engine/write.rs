@@ -477,13 +477,28 @@ impl<D: Disk> Engine<D> {
         Ok(seq)
     }
 
+    /// Seals the active memtable for the flush task once it is full, or once it stands for
+    /// [`EngineOptions::wal_bytes_max`] of the log (see there), unless one is sealed already.
     pub(super) fn seal_if_full(&self, state: &mut State<D::File>) {
-        if state.active.approximate_bytes() >= self.options.memtable_bytes_max && state.sealed.is_none() {
-            let fresh = state.active.empty_like();
-            let active = std::mem::replace(&mut state.active, fresh);
-            state.sealed = Some(Rc::new(active));
+        if state.sealed.is_some() {
+            return;
+        }
+        let full = state.active.approximate_bytes() >= self.options.memtable_bytes_max;
+        let log_long = self.wal.bytes_logged() - state.active_wal_start >= self.options.wal_bytes_max;
+        if full || (log_long && !state.active.is_empty()) {
+            self.seal_active(state);
             self.work.notify(usize::MAX);
         }
+    }
+
+    /// Makes the active memtable the sealed one and starts an empty one. No memtable may be
+    /// sealed already.
+    pub(super) fn seal_active(&self, state: &mut State<D::File>) {
+        debug_assert!(state.sealed.is_none(), "one sealed memtable at a time");
+        let fresh = state.active.empty_like();
+        let active = std::mem::replace(&mut state.active, fresh);
+        state.sealed = Some(Rc::new(active));
+        state.active_wal_start = self.wal.bytes_logged();
     }
 
     pub(super) async fn acknowledge(&self, seq: u64) -> Result<()> {
@@ -546,6 +561,7 @@ mod tests {
     use super::super::testing::{key, small_options, written_now};
     use super::super::*;
     use crate::disk::memory::{CrashMode, MemDisk};
+    use crate::disk::ALIGNMENT;
     use crate::entry::Entry;
     use futures_executor::block_on;
 
@@ -658,6 +674,63 @@ mod tests {
             // A key the engine refuses is refused on the spot.
             let refused = engine.write_now(b"", |_| Entry::live(11, value(), None));
             assert!(matches!(refused, Some(Err(_))), "{refused:?}");
+        });
+    }
+
+    /// Overwrites of a few keys replace them in place and never fill the memtable: the log
+    /// still stays bounded, because a memtable that stands for `wal_bytes_max` of it is
+    /// flushed, and the segments before it go. Every write survives a crash all the same.
+    #[test]
+    fn overwrites_that_never_fill_the_memtable_keep_the_log_bounded() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let options = EngineOptions {
+                memtable_bytes_max: 1 << 20,
+                wal_segment_bytes_max: 16 << 10,
+                wal_bytes_max: 64 << 10,
+                wal_preallocate_bytes: 0,
+                ..small_options()
+            };
+            let engine = Engine::open(disk.clone(), options.clone()).await.unwrap();
+            let log_bytes = || -> u64 {
+                let names = disk.file_names();
+                names
+                    .iter()
+                    .filter(|name| name.ends_with(".wal"))
+                    .map(|name| disk.file_len(name).unwrap())
+                    .sum()
+            };
+            let mut log_bytes_max = 0;
+            let writer = async {
+                for version in 1..=6000u64 {
+                    let index = (version % 10) as u32;
+                    let value = Bytes::from(format!("{version:0100}"));
+                    engine.put(key(index), value, version, None).await.unwrap();
+                    log_bytes_max = log_bytes_max.max(log_bytes());
+                    crate::wal::writer::yield_once().await;
+                }
+                engine.stop_maintenance();
+                Ok(())
+            };
+            futures_util::future::try_join(writer, engine.run_maintenance(|| 0)).await.unwrap();
+            // One writer: every write is a group of its own and takes a block of the log,
+            // 6000 blocks in all.
+            let logged = engine.wal.bytes_logged();
+            assert_eq!(logged, 6000 * ALIGNMENT as u64);
+            let seals = logged / (64 << 10);
+            let flushes = engine.stats().flushes;
+            assert!(
+                (seals / 2..=seals + 1).contains(&flushes),
+                "{flushes} flushes for {seals} bounds' worth"
+            );
+            assert!(log_bytes_max <= 2 * (64 << 10) + (16 << 10), "the log grew to {log_bytes_max} bytes");
+            let recovered = Engine::open(disk.crash(CrashMode::DropUnsynced), options).await.unwrap();
+            for index in 0..10u32 {
+                let found = recovered.get(&key(index), 0).await.unwrap().expect("written");
+                let version = 5990 + if index == 0 { 10 } else { u64::from(index) };
+                assert_eq!(found.version, version);
+                assert_eq!(found.value, Bytes::from(format!("{version:0100}")));
+            }
         });
     }
 

@@ -63,6 +63,9 @@ pub struct WalWriter<D: Disk> {
     committed: Event,
     /// Bytes handed to the disk, padding included (for write amplification figures).
     bytes_written: Cell<u64>,
+    /// How far the log has advanced since the writer was created: each group's records,
+    /// padded to the alignment (not the zeros written ahead).
+    bytes_logged: Cell<u64>,
 }
 
 impl<D: Disk> WalWriter<D> {
@@ -107,6 +110,7 @@ impl<D: Disk> WalWriter<D> {
             state: RefCell::new(state),
             committed: Event::new(),
             bytes_written: Cell::new(0),
+            bytes_logged: Cell::new(0),
         })
     }
 
@@ -150,6 +154,12 @@ impl<D: Disk> WalWriter<D> {
     /// Bytes written to segment files so far, padding included.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.get()
+    }
+
+    /// How far the log has advanced since the writer was created: each group's records padded
+    /// to the alignment, as they take room in the segments.
+    pub fn bytes_logged(&self) -> u64 {
+        self.bytes_logged.get()
     }
 
     /// Resolves once every record up to `seq` is written to its segment and, if `durable`, synced.
@@ -268,6 +278,7 @@ impl<D: Disk> WalWriter<D> {
             }
             written.map_err(|error| StorageError::io("write", name(), error))?;
             self.bytes_written.set(self.bytes_written.get() + data.len() as u64);
+            self.bytes_logged.set(self.bytes_logged.get() + group_bytes);
             let mut state = self.state.borrow_mut();
             state.offset = end;
             state.allocated_end = state.allocated_end.max(offset + data.len() as u64);
