@@ -149,6 +149,9 @@ impl Node {
             memtable_bytes_max: self.settings.memtable_bytes_max,
             block_cache_bytes: 256 << 10,
             wal_segment_bytes_max: 16 << 10,
+            // Small, so that runs which overwrite a few keys also seal memtables for the log's
+            // length, across crashes and restarts.
+            wal_bytes_max: 64 << 10,
             compaction_width_min: 2,
             compaction_width_max: 4,
             memtable_hash_seed: self.settings.memtable_hash_seed,
