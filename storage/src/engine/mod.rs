@@ -132,6 +132,10 @@ impl WriteOutcome {
 pub struct RecoveryReport {
     /// WAL records replayed into the memtable.
     pub records_replayed: u64,
+    /// The log they took, in whole blocks as the log advances: it counts toward the replayed
+    /// memtable's share of the log ([`EngineOptions::wal_bytes_max`]), so that an engine
+    /// reopened again and again still flushes.
+    pub bytes_replayed: u64,
     /// Bytes of torn WAL tails dropped (writes never acknowledged).
     pub torn_tail_bytes: u64,
     /// SSTables opened.
@@ -230,6 +234,9 @@ struct State<F: DiskFile> {
     /// How far the WAL had advanced when the active memtable began (see
     /// [`EngineOptions::wal_bytes_max`]).
     active_wal_start: u64,
+    /// Log the active memtable stands for from before this start: the records recovery
+    /// replayed into it (0 once it is sealed).
+    active_wal_replayed: u64,
     tables: Rc<Tables<F>>,
     manifest: Manifest,
     flushing: bool,
@@ -433,6 +440,7 @@ impl<D: Disk> Engine<D> {
             active,
             sealed: None,
             active_wal_start: 0,
+            active_wal_replayed: recovery.bytes_replayed,
             tables: Rc::new(Tables::new(tables)),
             manifest,
             flushing: false,

@@ -2,11 +2,12 @@
 //! counted; damage followed by valid records, or a gap between the tables and the WAL, is an error.
 
 use super::{io_error, Engine, RecoveryReport};
-use crate::disk::Disk;
+use crate::disk::{align_up, Disk, ALIGNMENT};
 use crate::entry::Entry;
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
 use crate::wal::reader::scan_segment;
+use crate::wal::record::RECORD_HEADER_BYTES;
 use crate::wal::writer::SegmentInfo;
 use crate::wal::{parse_segment_file_name, segment_file_name};
 use crate::{DiskFile, Result, StorageError};
@@ -48,6 +49,8 @@ impl<D: Disk> Engine<D> {
                 }
             }
             let mut segment_last = 0;
+            // Where the replayed records of this segment start and end.
+            let mut replayed_extent: Option<std::ops::Range<usize>> = None;
             for record in &scan.records {
                 segment_last = record.seq;
                 expected_seq = Some(record.seq + 1);
@@ -65,7 +68,14 @@ impl<D: Disk> Engine<D> {
                     at += used;
                 }
                 recovery.records_replayed += 1;
+                replayed_extent.get_or_insert(record.payload.start - RECORD_HEADER_BYTES..0).end =
+                    record.payload.end;
                 last_seq = last_seq.max(record.seq);
+            }
+            if let Some(extent) = replayed_extent {
+                // As the log counts its advance: whole blocks.
+                let start = extent.start as u64 / ALIGNMENT as u64 * ALIGNMENT as u64;
+                recovery.bytes_replayed += align_up(extent.end as u64) - start;
             }
             closed.push(SegmentInfo { number, last_seq: segment_last });
             if !scan.records.is_empty() && segment_last <= manifest.flushed_seq {
