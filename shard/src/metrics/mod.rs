@@ -465,7 +465,7 @@ pub fn render(
         let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
     }
     type Field = fn(&ShardFigures) -> u64;
-    let families: [(&str, &str, &str, Field); 29] = [
+    let families: [(&str, &str, &str, Field); 30] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
             m.storage.memtable_bytes as u64
         }),
@@ -475,6 +475,12 @@ pub fn render(
         ("ringkv_sstable_bytes", "gauge", "Bytes of live SSTables.", |m| m.storage.table_bytes),
         ("ringkv_sstables", "gauge", "Live SSTables.", |m| m.storage.tables as u64),
         ("ringkv_flushes_total", "counter", "Memtable flushes to SSTables.", |m| m.storage.flushes),
+        (
+            "ringkv_log_bound_seals_total",
+            "counter",
+            "Memtables flushed before they were full because they stood for wal_bytes_max of the write-ahead log.",
+            |m| m.storage.log_bound_seals,
+        ),
         ("ringkv_flush_bytes_total", "counter", "Bytes written by flushes.", |m| m.storage.flush_bytes),
         ("ringkv_compactions_total", "counter", "Compactions run.", |m| m.storage.compactions),
         ("ringkv_compaction_bytes_total", "counter", "Bytes written by compactions.", |m| {
@@ -654,7 +660,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 42);
+        assert_eq!(types, 43);
     }
 
     #[test]

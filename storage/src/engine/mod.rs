@@ -160,6 +160,9 @@ pub struct EngineStats {
     pub compaction_bytes: u64,
     /// Flushes run.
     pub flushes: u64,
+    /// Memtables sealed before they were full because they stood for
+    /// [`EngineOptions::wal_bytes_max`] of the log (each is flushed, and counted in `flushes`).
+    pub log_bound_seals: u64,
     /// Compactions run.
     pub compactions: u64,
     /// Tables now live.

@@ -487,6 +487,9 @@ impl<D: Disk> Engine<D> {
         let stands_for = self.wal.bytes_logged() - state.active_wal_start + state.active_wal_replayed;
         let log_long = stands_for >= self.options.wal_bytes_max;
         if full || (log_long && !state.active.is_empty()) {
+            if !full {
+                self.stats.borrow_mut().log_bound_seals += 1;
+            }
             self.seal_active(state);
             self.work.notify(usize::MAX);
         }
@@ -720,11 +723,13 @@ mod tests {
             let logged = engine.wal.bytes_logged();
             assert_eq!(logged, 6000 * ALIGNMENT as u64);
             let seals = logged / (64 << 10);
-            let flushes = engine.stats().flushes;
+            let stats = engine.stats();
+            let flushes = stats.flushes;
             assert!(
                 (seals / 2..=seals + 1).contains(&flushes),
                 "{flushes} flushes for {seals} bounds' worth"
             );
+            assert_eq!(stats.log_bound_seals, flushes, "no memtable was full");
             assert!(log_bytes_max <= 2 * (64 << 10) + (16 << 10), "the log grew to {log_bytes_max} bytes");
             let recovered = Engine::open(disk.crash(CrashMode::DropUnsynced), options).await.unwrap();
             for index in 0..10u32 {
