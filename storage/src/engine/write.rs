@@ -682,6 +682,33 @@ mod tests {
         });
     }
 
+    /// A memtable that never fills under the log-bound tests' overwrites, 16 KiB segments and
+    /// a 64 KiB bound.
+    fn log_bound_options() -> EngineOptions {
+        EngineOptions {
+            memtable_bytes_max: 1 << 20,
+            wal_segment_bytes_max: 16 << 10,
+            wal_bytes_max: 64 << 10,
+            wal_preallocate_bytes: 0,
+            ..small_options()
+        }
+    }
+
+    /// What [`log_bound_options`] let the log on disk reach: twice the bound plus a segment.
+    const LOG_BYTES_ALLOWED: u64 = 2 * (64 << 10) + (16 << 10);
+
+    /// Bytes of WAL segments on `disk`.
+    fn log_bytes(disk: &MemDisk) -> u64 {
+        let names = disk.file_names();
+        names.iter().filter(|name| name.ends_with(".wal")).map(|name| disk.file_len(name).unwrap()).sum()
+    }
+
+    /// Writes `version` to one of ten keys, with a value naming the version.
+    async fn overwrite(engine: &Engine<MemDisk>, version: u64) {
+        let value = Bytes::from(format!("{version:0100}"));
+        engine.put(key((version % 10) as u32), value, version, None).await.unwrap();
+    }
+
     /// Overwrites of a few keys replace them in place and never fill the memtable: the log
     /// still stays bounded, because a memtable that stands for `wal_bytes_max` of it is
     /// flushed, and the segments before it go. Every write survives a crash all the same.
@@ -689,29 +716,13 @@ mod tests {
     fn overwrites_that_never_fill_the_memtable_keep_the_log_bounded() {
         block_on(async {
             let disk = MemDisk::new();
-            let options = EngineOptions {
-                memtable_bytes_max: 1 << 20,
-                wal_segment_bytes_max: 16 << 10,
-                wal_bytes_max: 64 << 10,
-                wal_preallocate_bytes: 0,
-                ..small_options()
-            };
+            let options = log_bound_options();
             let engine = Engine::open(disk.clone(), options.clone()).await.unwrap();
-            let log_bytes = || -> u64 {
-                let names = disk.file_names();
-                names
-                    .iter()
-                    .filter(|name| name.ends_with(".wal"))
-                    .map(|name| disk.file_len(name).unwrap())
-                    .sum()
-            };
             let mut log_bytes_max = 0;
             let writer = async {
                 for version in 1..=6000u64 {
-                    let index = (version % 10) as u32;
-                    let value = Bytes::from(format!("{version:0100}"));
-                    engine.put(key(index), value, version, None).await.unwrap();
-                    log_bytes_max = log_bytes_max.max(log_bytes());
+                    overwrite(&engine, version).await;
+                    log_bytes_max = log_bytes_max.max(log_bytes(&disk));
                     crate::wal::writer::yield_once().await;
                 }
                 engine.stop_maintenance();
@@ -730,7 +741,7 @@ mod tests {
                 "{flushes} flushes for {seals} bounds' worth"
             );
             assert_eq!(stats.log_bound_seals, flushes, "no memtable was full");
-            assert!(log_bytes_max <= 2 * (64 << 10) + (16 << 10), "the log grew to {log_bytes_max} bytes");
+            assert!(log_bytes_max <= LOG_BYTES_ALLOWED, "the log grew to {log_bytes_max} bytes");
             let recovered = Engine::open(disk.crash(CrashMode::DropUnsynced), options).await.unwrap();
             for index in 0..10u32 {
                 let found = recovered.get(&key(index), 0).await.unwrap().expect("written");
@@ -747,13 +758,7 @@ mod tests {
     #[test]
     fn the_log_stays_bounded_across_restarts() {
         block_on(async {
-            let options = EngineOptions {
-                memtable_bytes_max: 1 << 20,
-                wal_segment_bytes_max: 16 << 10,
-                wal_bytes_max: 64 << 10,
-                wal_preallocate_bytes: 0,
-                ..small_options()
-            };
+            let options = log_bound_options();
             let mut disk = MemDisk::new();
             let mut version = 0u64;
             let mut flushes = 0;
@@ -763,11 +768,7 @@ mod tests {
                     // Ten writes, a block of the log each: 40 KiB, under the bound.
                     for _ in 0..10 {
                         version += 1;
-                        let index = (version % 10) as u32;
-                        engine
-                            .put(key(index), Bytes::from(format!("{version:0100}")), version, None)
-                            .await
-                            .unwrap();
+                        overwrite(&engine, version).await;
                         crate::wal::writer::yield_once().await;
                     }
                     engine.stop_maintenance();
@@ -775,13 +776,8 @@ mod tests {
                 };
                 futures_util::future::try_join(writer, engine.run_maintenance(|| 0)).await.unwrap();
                 flushes += engine.stats().flushes;
-                let log_bytes: u64 = disk
-                    .file_names()
-                    .iter()
-                    .filter(|name| name.ends_with(".wal"))
-                    .map(|name| disk.file_len(name).unwrap())
-                    .sum();
-                assert!(log_bytes <= 2 * (64 << 10) + (16 << 10), "the log grew to {log_bytes} bytes");
+                let log_bytes = log_bytes(&disk);
+                assert!(log_bytes <= LOG_BYTES_ALLOWED, "the log grew to {log_bytes} bytes");
                 drop(engine);
                 disk = disk.crash(CrashMode::DropUnsynced);
             }
