@@ -81,22 +81,39 @@ mod systemd_unit_is_complete_and_verifies;
 mod tls_cluster_replicates_over_mutual_tls;
 mod tls_serves_clients_on_every_port;
 
-/// Every file under `tests/` is compiled into this binary: one left out would never run.
+/// Every file under a crate's `tests/` is compiled into that crate's `integration` binary (this
+/// one, and those of the crates whose `tests/integration.rs` gathers their tests the same way):
+/// a file left out would never run.
 #[test]
 fn every_test_file_is_a_module() {
-    let root = include_str!("integration.rs");
-    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let mut missing = Vec::new();
-    for entry in std::fs::read_dir(&directory).unwrap() {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut crates = vec![workspace.to_path_buf()];
+    for entry in std::fs::read_dir(workspace).unwrap() {
         let path = entry.unwrap().path();
-        let (Some(stem), Some("rs")) =
-            (path.file_stem().and_then(|stem| stem.to_str()), path.extension().and_then(|ext| ext.to_str()))
-        else {
-            continue;
-        };
-        if stem != "integration" && !root.contains(&format!("\nmod {stem};\n")) {
-            missing.push(stem.to_string());
+        if path.join("Cargo.toml").is_file() && path.join("tests/integration.rs").is_file() {
+            crates.push(path);
         }
     }
-    assert!(missing.is_empty(), "test files without a `mod` line in tests/integration.rs: {missing:?}");
+    assert!(crates.len() > 1, "no crate besides the root gathers its tests in tests/integration.rs");
+    let mut missing = Vec::new();
+    for crate_directory in crates {
+        let directory = crate_directory.join("tests");
+        let root = std::fs::read_to_string(directory.join("integration.rs")).unwrap();
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            let (Some(stem), Some("rs")) = (
+                path.file_stem().and_then(|stem| stem.to_str()),
+                path.extension().and_then(|ext| ext.to_str()),
+            ) else {
+                continue;
+            };
+            if stem != "integration" && !root.contains(&format!("\nmod {stem};\n")) {
+                missing.push(path.strip_prefix(workspace).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "test files without a `mod` line in their crate's tests/integration.rs: {missing:?}"
+    );
 }

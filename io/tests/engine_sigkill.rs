@@ -27,7 +27,7 @@ use std::time::Duration;
 
 const CHILD_DIRECTORY_ENV: &str = "RINGKV_SIGKILL_CHILD_DIR";
 const CHILD_ROUND_ENV: &str = "RINGKV_SIGKILL_CHILD_ROUND";
-const CHILD_TEST_NAME: &str = "engine_sigkill_child";
+const CHILD_TEST_NAME: &str = "engine_sigkill::engine_sigkill_child";
 const WRITERS: usize = 16;
 /// Puts per writer, a bound in case the parent never kills the child.
 const PUTS_PER_WRITER_MAX: u64 = 20_000;
@@ -62,8 +62,9 @@ fn random_below(bound: u64) -> u64 {
     hasher.finish() % bound
 }
 
-// Runs as part of `cargo test -p ringkv-io --test engine_sigkill`: the parent test starts this
-// binary again with `--ignored --exact engine_sigkill_child` and the child's environment.
+// Runs as part of `cargo test -p ringkv-io --test integration engine_sigkill`: the parent test
+// starts this binary again with `--ignored --exact engine_sigkill::engine_sigkill_child` and the
+// child's environment.
 #[test]
 #[ignore = "the child process of engine_sigkill_keeps_every_acknowledged_write, which starts it"]
 fn engine_sigkill_child() {

@@ -11,7 +11,7 @@
 //!   verified then); a flip in a data block fails the reads that load that block.
 //! - The manifest: a flip in its header or body fails the open.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{key, read_state, state_after, Write};

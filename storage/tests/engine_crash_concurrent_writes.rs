@@ -3,7 +3,7 @@
 //! loss after any operation, or a sync or write failure part-way, must keep every acknowledged
 //! write; with no write stall the recovered state is also a prefix of the writes in issue order.
 
-mod common;
+use crate::common;
 
 use common::{reopen_and_check, Acknowledged, CrashPointDisk, Write};
 use futures_executor::block_on;

@@ -3,7 +3,7 @@
 //! working on the poisoned engine, and reopening removes the tables (and temporary manifest) the
 //! interrupted work left behind (`RecoveryReport::orphans_removed`).
 
-mod common;
+use crate::common;
 
 use common::{read_state, reopen_and_check, state_after, Acknowledged, CrashPointDisk, Write};
 use futures_executor::block_on;

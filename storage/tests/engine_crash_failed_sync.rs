@@ -7,7 +7,7 @@
 //! so it lands in a group commit, a WAL segment roll, a flush forced by a write stall and the
 //! manifest rewrite that follows it.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{reopen_and_check, state_after, Write};

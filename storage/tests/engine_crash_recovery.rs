@@ -7,7 +7,7 @@
 //! Both crash modes are covered: unsynced writes dropped, and unsynced writes kept with the last
 //! one torn after 0 to 7 sectors.
 
-mod common;
+use crate::common;
 
 use common::{reopen_and_check, Acknowledged, CrashPointDisk, Snapshot, Write};
 use futures_executor::block_on;

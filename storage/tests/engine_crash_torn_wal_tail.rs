@@ -3,7 +3,7 @@
 //! record, count exactly the damaged bytes in `RecoveryReport::torn_tail_bytes`, and keep doing
 //! so on later opens until a flush retires the segment.
 
-mod common;
+use crate::common;
 
 use common::{reopen_and_check, Acknowledged, CrashPointDisk, Write};
 use futures_executor::block_on;

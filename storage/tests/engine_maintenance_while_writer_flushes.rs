@@ -7,7 +7,7 @@
 //! thread and the test fails if it has not finished after a generous minute (the work itself is
 //! a few milliseconds).
 
-mod common;
+use crate::common;
 
 use common::{Acknowledged, CrashPointDisk, Write};
 use futures_executor::block_on;

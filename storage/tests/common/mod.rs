@@ -1,7 +1,6 @@
 //! Shared pieces of the crash tests: a disk that records what a power loss after any chosen
 //! operation would leave, a history of writes with its "no holes" check, and a driver that keeps
 //! many engine futures in flight at once.
-#![allow(dead_code)] // Each test file uses a different part.
 
 use bytes::Bytes;
 use futures_util::task::noop_waker;
