@@ -514,12 +514,12 @@ impl Worker {
         match operation.kind {
             OperationKind::Read => self.store.read(&key).await,
             OperationKind::Update | OperationKind::Insert => {
-                let value = self.generator.borrow_mut().values.next_value();
+                let value = self.generator.borrow_mut().values.next_shared();
                 self.store.write(&key, &value).await.map(|()| true)
             }
             OperationKind::ReadModifyWrite => {
                 let found = self.store.read(&key).await?;
-                let value = self.generator.borrow_mut().values.next_value();
+                let value = self.generator.borrow_mut().values.next_shared();
                 self.store.write(&key, &value).await.map(|()| found)
             }
             OperationKind::Scan => self.store.scan(&key, operation.scan_length).await,
