@@ -26,10 +26,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-# The test profile's build (opt-level 1, dependencies optimised), with every test selected: the
-# same build `cargo test --workspace` makes (the same features of shared crates), so the test step
-# after this one compiles nothing again, where a release build would cost CI minutes of its own.
-# 300 operations a second need no more.
+# The test profile's build (opt-level 1), with every test selected: the same build `cargo test
+# --workspace` makes (the same features of shared crates), so the test step after this one
+# compiles nothing again, where a release build would cost CI minutes of its own. 300 operations
+# a second need no more.
 cargo build --workspace --tests --bins
 seed="${CHAOS_SEED:-$(( 16#$(git rev-parse --short=8 HEAD 2>/dev/null || echo 0) ))}"
 ./target/debug/ringkv-bench chaos --scenario "${CHAOS_SCENARIOS:-all}" \
