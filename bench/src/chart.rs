@@ -261,11 +261,31 @@ pub struct Heading {
 
 /// Writes a PNG of latency by percentile, one line per curve.
 pub fn write_percentile_chart(path: &Path, heading: &Heading, curves: &[LatencyCurve]) -> Result<()> {
+    write_png(path, |root| draw_percentile_chart(root, heading, curves))
+}
+
+type PngArea<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type PngError<'a> = DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>;
+
+/// Draws a chart into an RGB buffer with `draw` and writes it to `path` as a PNG. The encoding
+/// is the `png` crate's, not plotters' own file backend, which would build the `image` crate and
+/// its codecs for the one format used.
+fn write_png(path: &Path, draw: impl for<'a> FnOnce(&PngArea<'a>) -> Result<(), PngError<'a>>) -> Result<()> {
     register_font()?;
-    let root = BitMapBackend::new(path, (WIDTH_PIXELS, HEIGHT_PIXELS)).into_drawing_area();
-    draw_percentile_chart(&root, heading, curves)
-        .and_then(|()| root.present())
-        .with_context(|| format!("drawing {}", path.display()))
+    let mut pixels = vec![0u8; WIDTH_PIXELS as usize * HEIGHT_PIXELS as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH_PIXELS, HEIGHT_PIXELS)).into_drawing_area();
+        draw(&root).and_then(|()| root.present()).with_context(|| format!("drawing {}", path.display()))?;
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), WIDTH_PIXELS, HEIGHT_PIXELS);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let written = encoder.write_header().and_then(|mut writer| {
+        writer.write_image_data(&pixels)?;
+        writer.finish()
+    });
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 /// Clears `root`, draws the heading at its top and returns the area under it.
@@ -354,11 +374,7 @@ pub fn write_sweep_chart(
     series: &[ThroughputSeries],
     marks: &SweepMarks,
 ) -> Result<()> {
-    register_font()?;
-    let root = BitMapBackend::new(path, (WIDTH_PIXELS, HEIGHT_PIXELS)).into_drawing_area();
-    draw_sweep_chart(&root, heading, series, marks)
-        .and_then(|()| root.present())
-        .with_context(|| format!("drawing {}", path.display()))
+    write_png(path, |root| draw_sweep_chart(root, heading, series, marks))
 }
 
 fn draw_sweep_chart<Backend: DrawingBackend>(
