@@ -2,8 +2,8 @@
 //! binary (or of the client and tools against it), named for what it checks. One binary links
 //! once where a binary per file linked the whole node sixty-odd times, most of a CI build.
 //!
-//! The tests still run one at a time, as the separate binaries did ([`common::one_at_a_time`]):
-//! many start several nodes and would otherwise compete for the machine's two cores.
+//! At most two tests run at once ([`common::two_at_a_time`]): many start several nodes, and more
+//! would compete for the machine's two cores.
 //!
 //! Cargo no longer finds the files under `tests/` by itself (`autotests = false`): a new one
 //! needs its `mod` line below, and [`every_test_file_is_a_module`] fails until it has one.

@@ -30,12 +30,41 @@ use ringkv_wire::{
     Operation, Outcome, Reply, Request, Response, Topology,
 };
 
-/// Holds the integration tests to one at a time, for the whole test: most start one or several
-/// nodes, and two such tests at once on a two-core machine would slow each other past their
-/// deadlines. A test that panicked leaves the lock usable.
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    RUNNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Tests that may run at once. Most start one or several nodes and spend their time waiting on
+/// them (the whole binary keeps about half a core busy), so two at a time finish the suite in
+/// two thirds of the time even on a two-core machine with a third process burning a core; more
+/// than two would let a machine with many test threads start dozens of nodes at once.
+const TESTS_AT_ONCE: usize = 2;
+
+/// Holds the integration tests to [`TESTS_AT_ONCE`] at a time, for the whole test: a slot is
+/// taken before the test's first node starts and given back when the guard drops, also when
+/// the test panics.
+pub fn two_at_a_time() -> TestSlot {
+    let mut running = TEST_SLOTS.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    while *running == TESTS_AT_ONCE {
+        running = TEST_SLOTS.freed.wait(running).unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    *running += 1;
+    TestSlot
+}
+
+struct TestSlots {
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+static TEST_SLOTS: TestSlots =
+    TestSlots { running: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() };
+
+/// One of the [`TESTS_AT_ONCE`] slots, given back on drop.
+#[must_use = "the slot is given back as soon as it is dropped"]
+pub struct TestSlot;
+
+impl Drop for TestSlot {
+    fn drop(&mut self) {
+        *TEST_SLOTS.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
+        TEST_SLOTS.freed.notify_one();
+    }
 }
 
 /// Shards every test server runs: the machine has two cores.
