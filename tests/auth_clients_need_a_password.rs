@@ -53,7 +53,7 @@ fn failure_code(reply: Reply) -> ErrorCode {
 
 #[test]
 fn native_connections_need_the_right_password_on_every_port() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = start(root.path());
     for port in server.ports() {
@@ -92,7 +92,7 @@ fn native_connections_need_the_right_password_on_every_port() {
 
 #[test]
 fn the_client_crate_sends_the_credentials_on_every_connection() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = start(root.path());
     let address = format!("127.0.0.1:{}", server.client_port);
@@ -133,7 +133,7 @@ fn ringkv(args: &[&str], password: Option<&str>) -> Output {
 
 #[test]
 fn the_command_line_takes_the_password_from_a_flag_or_the_environment() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = start(root.path());
     let address = format!("127.0.0.1:{}", server.client_port);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[test]
 fn bench_engine_shards() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let directory = root.path().join("engine");
     let binary = bench_binary();

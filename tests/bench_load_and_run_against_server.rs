@@ -28,7 +28,7 @@ fn assert_png(path: &Path) -> (u32, u32) {
 
 #[test]
 fn bench_load_and_run_against_server() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let binary = bench_binary();
@@ -80,7 +80,7 @@ fn bench_load_and_run_against_server() {
 
 #[test]
 fn bench_sweep_bisect_against_server() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let binary = bench_binary();

@@ -12,7 +12,7 @@ const RECORDS: &str = "1000";
 
 #[test]
 fn bench_workload_e() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let binary = bench_binary();

@@ -27,7 +27,7 @@ fn outcome(output: Output) -> (Option<i32>, String, String) {
 
 #[test]
 fn cli_consistency_levels_across_a_cluster() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let [first, second, mut third] = start_three_nodes(root.path());
     let [first_address, second_address, _] = [&first, &second, &third].map(address);

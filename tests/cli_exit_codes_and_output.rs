@@ -32,7 +32,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn cli_exit_codes_and_output() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let port = server.client_port;

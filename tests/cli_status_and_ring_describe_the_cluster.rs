@@ -39,7 +39,7 @@ fn status_lines(text: &str) -> Vec<(u16, String, String, f64)> {
 
 #[test]
 fn cli_status_and_ring_describe_the_cluster() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let [first, second, mut third] = start_three_nodes(root.path());
     let addresses: Vec<String> = [&first, &second, &third].iter().map(|node| address(node)).collect();

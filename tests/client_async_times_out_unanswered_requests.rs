@@ -104,7 +104,7 @@ where
 
 #[test]
 fn tokio_client_times_out_unanswered_requests() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let port = start_silent_server();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
@@ -120,7 +120,7 @@ fn tokio_client_times_out_unanswered_requests() {
 
 #[test]
 fn glommio_client_times_out_unanswered_requests() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let port = start_silent_server();
     let executor = glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {

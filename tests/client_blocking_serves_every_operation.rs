@@ -12,7 +12,7 @@ use ringkv_client::{CasResult, Expected, Operation, Outcome};
 
 #[test]
 fn client_blocking_serves_every_operation() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = Client::connect(("127.0.0.1", server.client_port)).unwrap();

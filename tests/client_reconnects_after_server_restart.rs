@@ -21,7 +21,7 @@ fn patient_options() -> ClientOptions {
 
 #[test]
 fn client_reconnects_after_server_restart() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let address = ("127.0.0.1", server.client_port);

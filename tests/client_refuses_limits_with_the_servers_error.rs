@@ -22,7 +22,7 @@ fn servers_answer(server: &Server, key: &[u8], value: &[u8]) -> Failure {
 
 #[test]
 fn client_refuses_limits_with_the_servers_error() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = Client::connect(("127.0.0.1", server.client_port)).unwrap();

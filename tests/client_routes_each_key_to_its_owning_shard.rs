@@ -10,7 +10,7 @@ use ringkv_client::{token_of, Operation, Outcome};
 
 #[test]
 fn client_routes_each_key_to_its_owning_shard() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     for index in 0..10_000u32 {
         let key = format!("token-{index}");
         assert_eq!(token_of(key.as_bytes()), ringkv_shard::token(key.as_bytes()), "{key}");

@@ -36,7 +36,7 @@ fn assert_unavailable<T: std::fmt::Debug>(result: Result<T, Error>) {
 
 #[test]
 fn client_routes_keys_to_replicas() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let [mut first, second, third] = start_three_nodes(root.path());
     let mut client = Client::connect(address(&first)).unwrap();

@@ -10,7 +10,7 @@ use ringkv_client::{token_of, Error, ErrorCode, ScanEnd, ScanStart, SCAN_LIMIT_M
 
 #[test]
 fn client_scan_pages_through_a_range() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = Client::connect(("127.0.0.1", server.client_port)).unwrap();

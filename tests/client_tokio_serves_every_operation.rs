@@ -8,7 +8,7 @@ use ringkv_client::tokio::Client;
 
 #[test]
 fn client_tokio_serves_every_operation() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let port = server.client_port;

@@ -13,7 +13,7 @@ const KEYS: usize = 3_000;
 
 #[test]
 fn anti_entropy_restores_the_keys_of_a_deleted_table() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0", "--allow-missing-tables"];
     let [first, _second, mut third] = start_three_nodes_with(root.path(), &flags);

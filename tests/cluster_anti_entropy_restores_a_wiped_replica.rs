@@ -13,7 +13,7 @@ const KEYS: usize = 300;
 
 #[test]
 fn anti_entropy_restores_every_key_of_a_wiped_replica() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     // No hints: only anti-entropy can bring the data back.
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0"];

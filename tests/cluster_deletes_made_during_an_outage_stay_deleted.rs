@@ -23,7 +23,7 @@ fn fill(client: &mut common::Client, round: &str, consistency: Consistency) {
 
 #[test]
 fn deletes_made_while_a_replica_was_down_stay_deleted_after_compaction() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     // No hints (the deletes reach the replica through anti-entropy only), and a grace period
     // of one second, as short as the hint window and the anti-entropy interval allow.

@@ -14,7 +14,7 @@ const KEYS: usize = 200;
 
 #[test]
 fn hints_replay_every_write_a_returning_replica_missed() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     // Anti-entropy is left at its default interval (10 minutes): only hints can repair here.
     let flags = ["--replica-timeout-ms", "500"];

@@ -17,7 +17,7 @@ const DESTINATION_BYTES_MAX: u64 = 8_192;
 
 #[test]
 fn hints_stay_bounded_and_anti_entropy_repairs_what_they_dropped() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let bound = DESTINATION_BYTES_MAX.to_string();
     let flags = [

@@ -12,7 +12,7 @@ const KEYS: usize = 150;
 
 #[test]
 fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let flags = ["--replica-timeout-ms", "500"];
     let [mut first, _second, mut third] = start_three_nodes_with(root.path(), &flags);

@@ -10,7 +10,7 @@ use ringkv_wire::{ErrorCode, Operation, Outcome};
 
 #[test]
 fn a_node_with_silent_seeds_refuses_requests_until_it_joins() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut seed = start_node(root.path(), 1, None);
     let seed_peer_port = peer_port(&seed);

@@ -40,7 +40,7 @@ fn wait_for_log(node: &Server, text: &str) {
 
 #[test]
 fn cluster_peers_need_the_cluster_secret() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let right = config(root.path(), "right.toml", SECRET);
     let nodes = start_three_nodes_with(root.path(), &["--config", &right]);

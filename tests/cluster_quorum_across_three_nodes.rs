@@ -11,7 +11,7 @@ use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
 #[test]
 fn quorum_operations_through_every_node_survive_one_node_killed() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let [first, second, mut third] = start_three_nodes(root.path());
 

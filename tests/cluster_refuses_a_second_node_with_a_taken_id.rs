@@ -9,7 +9,7 @@ use ringkv_wire::{ErrorCode, Operation, Outcome};
 
 #[test]
 fn a_node_claiming_a_taken_id_serves_nothing_and_the_cluster_keeps_the_holder() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let first = start_node(root.path(), 1, None);
     let second = start_node(root.path(), 2, Some(peer_port(&first)));

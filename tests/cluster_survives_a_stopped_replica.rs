@@ -31,7 +31,7 @@ fn put(key: &str, value: &str) -> Operation {
 
 #[test]
 fn a_stopped_replica_costs_timeouts_not_hangs_and_rejoins_when_continued() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let first = start_node(root.path(), 1, None);
     let second = start_node(root.path(), 2, Some(peer_port(&first)));

@@ -2,7 +2,7 @@
 //! binary (or of the client and tools against it), named for what it checks. One binary links
 //! once where a binary per file linked the whole node sixty-odd times, most of a CI build.
 //!
-//! At most two tests run at once ([`common::two_at_a_time`]): many start several nodes, and more
+//! At most two tests run at once ([`common::test_slot`]): many start several nodes, and more
 //! would compete for the machine's two cores.
 //!
 //! Cargo no longer finds the files under `tests/` by itself (`autotests = false`): a new one

@@ -19,7 +19,7 @@ const UNHINTED: u64 = 20;
 
 #[test]
 fn metrics_count_hints_read_repairs_and_anti_entropy() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let first = start_node_with(root.path(), 1, None, &["--metrics-listen", LISTENER]);
     let metrics_port = first.listener_port(0);

@@ -12,7 +12,7 @@ const TOKEN: &str = "0f3e-metrics-token-for-this-test";
 
 #[test]
 fn metrics_port_requires_its_bearer_token() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let token_file = root.path().join("metrics-token");
     // Written as `echo TOKEN > file` would: the newline is not part of the token.

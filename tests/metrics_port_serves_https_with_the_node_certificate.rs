@@ -41,7 +41,7 @@ fn https_get(port: u16, ca_file: &Path, headers: &str) -> String {
 
 #[test]
 fn metrics_port_serves_https_with_the_node_certificate() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identity = authority.issue(root.path(), "node");

@@ -23,7 +23,7 @@ fn start(root: &std::path::Path, extra: &str) -> (Server, u16) {
 
 #[test]
 fn metrics_port_without_a_token_warns_when_clients_authenticate() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let open = tempfile::tempdir().unwrap();
     let (server, metrics_port) = start(open.path(), "");
     assert!(scrape_text(metrics_port).contains("ringkv_requests_total"), "served without a token");

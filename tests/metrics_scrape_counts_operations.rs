@@ -35,7 +35,7 @@ fn resp_command(stream: &mut TcpStream, arguments: &[&str]) -> String {
 
 #[test]
 fn metrics_scrape_counts_operations() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(
         &root.path().join("data"),

@@ -10,7 +10,7 @@ use common::{Client, Server, LISTENER, SHARDS};
 
 #[test]
 fn metrics_scrape_shows_figures_changed_just_before_it() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start_with(&root.path().join("data"), &["--metrics-listen", LISTENER]);
     let metrics_port = server.listener_port(0);

@@ -69,7 +69,7 @@ print("ok")
 
 #[test]
 fn resp_auth_answers_as_redis_does() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("ringkv.toml");
     std::fs::write(

@@ -23,7 +23,7 @@ fn value(key: usize, round: usize, bytes: usize) -> Vec<u8> {
 
 #[test]
 fn resp_pipelined_sets_of_one_key_land_in_order() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     // The test servers' memtables hold 1 MiB; the fillers below write about 6 MiB.
     let server = Server::start_with(&root.path().join("data"), &["--resp-listen", LISTENER]);

@@ -47,7 +47,7 @@ fn read_to_close(stream: &mut TcpStream) -> String {
 
 #[test]
 fn resp_pipelines_in_order_and_refuses_hostile_requests() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--resp-listen", LISTENER]);
     let port = server.listener_port(0);

@@ -51,7 +51,7 @@ fn bulk(reader: &mut BufReader<TcpStream>) -> Option<String> {
 
 #[test]
 fn resp_reads_of_writes_not_yet_durable_wait() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(
         &root.path().join("data"),

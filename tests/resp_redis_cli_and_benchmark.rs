@@ -36,7 +36,7 @@ fn redis_cli(port: u16, script: &str) -> Output {
 
 #[test]
 fn resp_redis_cli_and_benchmark() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     require("redis-cli");
     require("redis-benchmark");
     let root = tempfile::tempdir().unwrap();

@@ -244,7 +244,7 @@ print("every check passed")
 
 #[test]
 fn resp_redis_py_serves_every_command() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let probe = Command::new("python3").args(["-c", "import redis"]).output();
     match probe {
         Ok(output) if output.status.success() => {}

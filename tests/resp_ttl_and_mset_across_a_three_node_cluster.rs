@@ -40,7 +40,7 @@ fn number(line: &str) -> i64 {
 
 #[test]
 fn resp_ttl_and_mset_across_a_three_node_cluster() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let first = start_node_with(root.path(), 1, None, &["--resp-listen", LISTENER]);
     let seed = Some(peer_port(&first));

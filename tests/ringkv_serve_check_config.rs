@@ -30,7 +30,7 @@ fn write(path: &Path, contents: &str) -> String {
 
 #[test]
 fn a_valid_file_prints_ok_and_the_effective_settings_without_creating_the_data_directory() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let data_dir = root.path().join("never-created");
     let file = write(
@@ -61,7 +61,7 @@ fn a_valid_file_prints_ok_and_the_effective_settings_without_creating_the_data_d
 
 #[test]
 fn each_problem_is_named_and_exits_1() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let cases: [(&str, &[&str], &str); 5] = [
         ("shards = 0\n", &[], "shards"),
@@ -88,7 +88,7 @@ fn each_problem_is_named_and_exits_1() {
 
 #[test]
 fn the_data_directory_of_a_running_node_is_left_alone() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let data_dir = root.path().join("data");
     let mut server = Server::start(&data_dir);
@@ -129,7 +129,7 @@ fn walk(dir: &Path) -> Vec<String> {
 
 #[test]
 fn the_configuration_files_in_the_deployment_guide_pass_the_check() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploying.md")).unwrap();
     let root = tempfile::tempdir().unwrap();
     let mut checked = 0;
@@ -155,7 +155,7 @@ fn the_configuration_files_in_the_deployment_guide_pass_the_check() {
 
 #[test]
 fn the_metrics_token_file_must_be_readable_and_hold_a_token() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let token_file = root.path().join("metrics-token");
     let token_path = token_file.to_str().unwrap();

@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn ringkv_serve_help_documents_cluster_options() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv")).args(["serve", "--help"]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
@@ -40,7 +40,7 @@ fn ringkv_serve_help_documents_cluster_options() {
 
 #[test]
 fn ringkv_serve_refuses_an_unknown_consistency_level() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv"))
         .args(["serve", "--write-consistency", "two"])
         .output()
@@ -52,7 +52,7 @@ fn ringkv_serve_refuses_an_unknown_consistency_level() {
 
 #[test]
 fn ringkv_serve_refuses_a_tombstone_grace_shorter_than_the_hint_window_or_anti_entropy() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let data_dir = tempfile::tempdir().unwrap();
     let data_dir = data_dir.path().to_str().unwrap();
     for flags in [

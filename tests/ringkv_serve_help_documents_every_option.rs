@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn ringkv_serve_help_documents_every_option() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let output = Command::new(env!("CARGO_BIN_EXE_ringkv")).args(["serve", "--help"]).output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();

@@ -9,7 +9,7 @@ use ringkv_wire::{Command, ErrorCode, Operation, Outcome, Reply, Request};
 
 #[test]
 fn server_answers_overloaded_when_in_flight_window_is_full() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--in-flight-max", "1"]);
     let mut client = server.client();

@@ -50,7 +50,7 @@ fn rss_samples(pid: u32, samples: usize) -> Vec<u64> {
 
 #[test]
 fn server_bounds_request_memory_under_hostile_clients() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let budget = BUDGET_BYTES.to_string();
     let server = Server::start_with(

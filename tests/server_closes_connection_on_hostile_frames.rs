@@ -33,7 +33,7 @@ fn assert_still_served(bystander: &mut Client, round: u32) {
 
 #[test]
 fn server_closes_connection_on_hostile_frames() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut bystander = server.client();

@@ -61,7 +61,7 @@ fn closes_link(port: u16, bytes: &[u8]) -> bool {
 
 #[test]
 fn hostile_peer_frames_close_their_link_and_nothing_else() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(root.path());
     let port = peer_port(&server, 0);

@@ -23,7 +23,7 @@ fn assert_served(server: &Server, round: u32) {
 
 #[test]
 fn server_closes_slow_and_idle_connections() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(
         &root.path().join("data"),

@@ -13,7 +13,7 @@ use common::Server;
 
 #[test]
 fn server_closes_slow_peer_links() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--frame-timeout-ms", "300"]);
 

@@ -14,7 +14,7 @@ fn put(key: String) -> Operation {
 
 #[test]
 fn server_counts_a_batch_as_its_operations_in_flight() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--in-flight-max", "4"]);
     let mut client = server.client();

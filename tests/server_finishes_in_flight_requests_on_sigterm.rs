@@ -12,7 +12,7 @@ use ringkv_wire::{Command, Operation, Outcome, Reply, Request};
 
 #[test]
 fn server_finishes_in_flight_requests_on_sigterm() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let mut idle = server.client();

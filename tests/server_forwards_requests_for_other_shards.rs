@@ -9,7 +9,7 @@ use ringkv_wire::{Command, Operation, Outcome, Reply};
 
 #[test]
 fn server_forwards_requests_for_other_shards() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let topology = server.client().topology();

@@ -14,7 +14,7 @@ const WINDOW: u64 = 32;
 
 #[test]
 fn server_keeps_acknowledged_writes_after_sigkill() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let mut client = server.client();

@@ -8,7 +8,7 @@ use ringkv_wire::Outcome;
 
 #[test]
 fn server_keeps_data_across_clean_restart() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut server = Server::start(&root.path().join("data"));
     let mut client = server.client();

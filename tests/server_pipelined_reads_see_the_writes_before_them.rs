@@ -21,7 +21,7 @@ fn key(index: u64) -> Bytes {
 
 #[test]
 fn server_pipelined_reads_see_the_writes_before_them() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

@@ -11,7 +11,7 @@ use ringkv_wire::{Command, Operation, Outcome, Reply, Request};
 
 #[test]
 fn server_pipelines_requests_out_of_order() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

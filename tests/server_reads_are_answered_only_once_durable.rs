@@ -38,7 +38,7 @@ fn arrival(replies: &[Response], id: u64) -> usize {
 
 #[test]
 fn server_reads_are_answered_only_once_durable() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start_with(&root.path().join("data"), &["--metrics-listen", LISTENER]);
     let metrics_port = server.listener_port(0);

@@ -7,7 +7,7 @@ use ringkv_shard::HybridClock;
 
 #[test]
 fn server_reads_config_file_under_flags() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("ringkv.toml");
     std::fs::write(&config, "vnodes_per_shard = 4\nnode_id = 5\nsync = \"periodic:10\"\n").unwrap();

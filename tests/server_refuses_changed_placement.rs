@@ -8,7 +8,7 @@ use common::{run_to_exit, serve_args, Server};
 
 #[test]
 fn server_refuses_changed_placement() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let data_dir = root.path().join("data");
     let mut server = Server::start(&data_dir);

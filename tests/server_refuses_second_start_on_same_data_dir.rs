@@ -9,7 +9,7 @@ use common::{run_to_exit, serve_args, Server};
 
 #[test]
 fn server_refuses_second_start_on_same_data_dir() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let data_dir = root.path().join("data");
     let server = Server::start(&data_dir);

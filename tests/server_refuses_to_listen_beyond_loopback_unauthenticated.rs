@@ -8,7 +8,7 @@ use common::{free_port, run_to_exit, serve_args, Server, LISTENER_PORT};
 
 #[test]
 fn server_refuses_to_listen_beyond_loopback_unauthenticated() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let mut args = serve_args(&root.path().join("refused"), free_port());
     args.extend(["--resp-listen".to_owned(), format!("0.0.0.0:{}", free_port())]);

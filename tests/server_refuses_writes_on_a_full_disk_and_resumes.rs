@@ -95,7 +95,7 @@ fn put_until_refused(client: &mut Client, key: &str) -> Failure {
 
 #[test]
 fn server_refuses_writes_on_a_full_disk_and_resumes() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let Some(filesystem) = SmallFilesystem::mount(root.path(), 96 << 20) else {
         eprintln!("skipped: cannot mount a loop filesystem here (root and mkfs.ext4 are needed)");

@@ -16,7 +16,7 @@ fn refusal(reply: Reply) -> (ErrorCode, String) {
 
 #[test]
 fn server_rejects_oversized_key_and_value() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

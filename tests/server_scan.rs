@@ -111,7 +111,7 @@ fn refused_code(client: &mut Client, start: &[u8], end: Option<&[u8]>, limit: u3
 
 #[test]
 fn server_scan() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

@@ -10,7 +10,7 @@ use ringkv_wire::{Command, Expected, Operation, Outcome, Reply};
 
 #[test]
 fn server_serves_every_operation() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let server = Server::start(&root.path().join("data"));
     let mut client = server.client();

@@ -17,7 +17,7 @@ fn directive<'unit>(key: &str) -> Option<&'unit str> {
 
 #[test]
 fn the_unit_sets_what_a_node_needs() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     assert_eq!(directive("LimitMEMLOCK"), Some("infinity"));
     let files: u64 = directive("LimitNOFILE").expect("LimitNOFILE").parse().unwrap();
     assert!(files >= 65_536, "LimitNOFILE={files}");
@@ -34,7 +34,7 @@ fn the_unit_sets_what_a_node_needs() {
 
 #[test]
 fn the_check_before_start_runs_as_written() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let config = root.path().join("ringkv.toml");
     std::fs::write(&config, "data_dir = \"/var/lib/ringkv\"\nnode_id = 1\n").unwrap();
@@ -50,7 +50,7 @@ fn the_check_before_start_runs_as_written() {
 
 #[test]
 fn systemd_analyze_verifies_the_unit() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let available =
         Command::new("systemd-analyze").arg("--version").output().is_ok_and(|out| out.status.success());
     if !available {

@@ -45,7 +45,7 @@ fn eventually<T>(mut attempt: impl FnMut() -> Result<T, ringkv_client::Error>) -
 
 #[test]
 fn tls_cluster_replicates_over_mutual_tls() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identities: Vec<Identity> =

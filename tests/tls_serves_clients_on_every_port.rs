@@ -50,7 +50,7 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 
 #[test]
 fn tls_serves_clients_on_every_port() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identity = authority.issue(root.path(), "node");
@@ -192,7 +192,7 @@ fn tls_serves_clients_on_every_port() {
 
 #[test]
 fn check_config_names_what_is_wrong_with_the_tls_files() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identity = authority.issue(root.path(), "node");
@@ -236,7 +236,7 @@ fn check_config_names_what_is_wrong_with_the_tls_files() {
 
 #[test]
 fn tls_client_certificates_are_required_when_configured() {
-    let _slot = common::two_at_a_time();
+    let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     let authority = Authority::new(root.path(), "cluster");
     let identity = authority.issue(root.path(), "node");

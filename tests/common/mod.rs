@@ -39,7 +39,7 @@ const TESTS_AT_ONCE: usize = 2;
 /// Holds the integration tests to [`TESTS_AT_ONCE`] at a time, for the whole test: a slot is
 /// taken before the test's first node starts and given back when the guard drops, also when
 /// the test panics.
-pub fn two_at_a_time() -> TestSlot {
+pub fn test_slot() -> TestSlot {
     let mut running = TEST_SLOTS.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     while *running == TESTS_AT_ONCE {
         running = TEST_SLOTS.freed.wait(running).unwrap_or_else(|poisoned| poisoned.into_inner());
