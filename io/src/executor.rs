@@ -33,6 +33,13 @@ pub const FLUSH_SHARES: usize = 1000;
 /// reads and writes (and the WAL commits they wait on) run first and scans take what is left.
 pub const SCAN_SHARES: usize = 200;
 
+/// Shares of the serving queue: the same as glommio's default queue.
+pub const SERVING_SHARES: usize = 1000;
+
+/// How long a turn of the executor may run while serving work is queued before it looks at
+/// finished I/O again (see [`serving_queue`]).
+pub const SERVING_PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
+
 /// How long background work (flush, compaction) may run before the executor looks at finished
 /// I/O again. glommio only polls its rings between task-queue runs, and finished disk I/O (a WAL
 /// sync that writers wait for) does not preempt a running task: with glommio's default 100 ms
@@ -178,6 +185,36 @@ pub fn low_priority_queue() -> TaskQueueHandle {
         Shares::Static(LOW_PRIORITY_SHARES),
         Latency::Matters(BACKGROUND_PREEMPT_INTERVAL),
         "ringkv-background",
+    )
+}
+
+/// Creates the task queue a shard serves from (connections, requests, replication, the WAL's
+/// group commits): [`SERVING_SHARES`], and while it has work the executor preempts every
+/// [`SERVING_PREEMPT_INTERVAL`].
+///
+/// glommio arms each turn's preempt timer once, when the turn starts, for the shortest latency
+/// among the queues that have work at that moment; a queue that gets work during the turn (a
+/// scan a reader spawned, a flush a write started) does not shorten it. With serving in glommio's
+/// default queue (100 ms), a turn that began with only serving work therefore ran until every
+/// queue was empty, however long the scans or the flush it started took, and for all that time
+/// no finished I/O was reaped and no new I/O submitted: under YCSB E a WAL sync that the disk had
+/// finished in under a millisecond waited 8–11 ms to be seen and the next one as long to be
+/// submitted (`docs/benchmarks.md`, workload E). Serving work is there at the start of nearly
+/// every turn under load, so declaring it here keeps each turn within the interval.
+///
+/// A global short timer ([`ExecutorBuilder::preempt_timer`]) would do the same, but with it a
+/// shard sometimes parked for good during start-up (with 1 ms: one start in six). glommio can
+/// miss a wake-up with this queue too, so an executor that uses it must keep a timer armed
+/// whenever it may park (the node's shards do: `heartbeat` in `shard/src/node.rs`).
+///
+/// # Panics
+///
+/// If called outside a glommio executor.
+pub fn serving_queue() -> TaskQueueHandle {
+    glommio::executor().create_task_queue(
+        Shares::Static(SERVING_SHARES),
+        Latency::Matters(SERVING_PREEMPT_INTERVAL),
+        "ringkv-serving",
     )
 }
 

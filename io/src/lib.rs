@@ -33,5 +33,5 @@ pub use clock::now_ms;
 pub use dma_disk::{DmaDisk, DmaDiskFile, SyncObserver, PROBE_FILE_NAME};
 pub use engine_service::EngineService;
 pub use executor::{
-    flush_queue, low_priority_queue, run_local, scan_queue, ExecutorBuilder, TaskQueueHandle,
+    flush_queue, low_priority_queue, run_local, scan_queue, serving_queue, ExecutorBuilder, TaskQueueHandle,
 };

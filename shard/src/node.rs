@@ -4,6 +4,7 @@
 //! ```text
 //!  Node::start ─▶ lock DATA_DIR ─▶ per shard: thread + executor (pinned if asked)
 //!                                      ├─ join the channel mesh (waits for every shard)
+//!                                      │  then, in the serving task queue:
 //!                                      ├─ ShardService::start (engine, sockets) ─▶ "ready"
 //!                                      ├─ serve until the node is asked to stop
 //!                                      ├─ drain ─▶ wait until every shard has drained
@@ -17,13 +18,15 @@
 //! atomic flag on a slow timer instead. It costs a wake-up every [`STOP_POLL_MS`] and nothing
 //! else.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use ringkv_io::ExecutorBuilder;
 use tracing::{info, info_span, warn};
 
@@ -54,8 +57,9 @@ const MEMBERSHIP_CHANNEL_CAPACITY: usize = 16;
 
 // Not set: glommio's preempt timer (100 ms by default). A 2 ms timer cut YCSB A's write p99.9
 // from 185 ms to 29 ms, but about one start in ten then hung inside glommio (a shard parked for
-// good during mesh join; 4 hangs in ~40 concurrent starts against 0 in 36 without it), so it
-// was taken out until that is understood. See docs/benchmarks.md.
+// good during mesh join; 4 hangs in ~40 concurrent starts against 0 in 36 without it). The
+// serving queue (`ringkv_io::serving_queue`) gets the short timer while there is serving work,
+// and `heartbeat` keeps a shard from parking without a timer. See docs/ARCHITECTURE.md.
 
 /// A running node.
 pub struct Node {
@@ -290,6 +294,30 @@ struct ShardThread {
     ready: ReadyReport,
 }
 
+/// Keeps a timer armed on the shard's executor until `alive` is cleared, so that it never parks
+/// without one.
+///
+/// glommio 0.9 can miss a wake-up while a queue that declares `Latency::Matters` has work: with
+/// the service started in the serving queue and no timer armed, a shard parked for good during
+/// start-up in 3 of 40 node starts (2 shards each, 4 starting at once), and with a global 1 ms
+/// preempt timer in 1 of 6 (a parked shard went on when a debugger attached to it interrupted its
+/// wait). Parked with a timer armed, it wakes when the timer fires and then
+/// finds the work the missed wake-up was for: 280 starts of 1 and 2 shards after this, none
+/// parked. Once the shard serves, its stop poll keeps a timer armed too; this one also covers
+/// the mesh join, the start and the drain.
+async fn heartbeat(alive: Rc<Cell<bool>>) {
+    while alive.get() {
+        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+}
+
+/// This shard's ends of the channel mesh, and every shard's mesh peer index.
+struct JoinedMesh {
+    senders: Senders<ShardMessage>,
+    receivers: Receivers<ShardMessage>,
+    peer_of_shard: Vec<usize>,
+}
+
 impl ShardThread {
     /// The shard's whole life, on its executor.
     async fn run(mut self) -> Result<(), ShardError> {
@@ -299,37 +327,61 @@ impl ShardThread {
         // included (they go uninstrumented: a span per request costs more than a cached read).
         let _entered = span.enter();
         let shard_id = self.shard_id;
-        async move {
-            let started = self.start().await;
-            let mut service = match started {
-                Ok(service) => {
-                    self.ready.report(Ok(()));
-                    service
-                }
-                Err(error) => {
-                    self.ready.report(Err(error));
-                    // Count as drained so that peers, if they stop, do not wait for this shard.
-                    self.control.drained.fetch_add(1, Ordering::SeqCst);
-                    return Ok(());
-                }
+        let alive = Rc::new(Cell::new(true));
+        glommio::spawn_local(heartbeat(alive.clone())).detach();
+        let result = async move {
+            // The mesh join runs in glommio's default queue; everything after it, serving
+            // included, in the serving queue (see `ringkv_io::serving_queue`).
+            let mesh = match self.join_mesh().await {
+                Ok(mesh) => mesh,
+                Err(error) => return self.failed_to_start(error),
             };
-            while !self.control.stop_requested.load(Ordering::SeqCst) {
-                glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+            let serving = ringkv_io::serving_queue();
+            match glommio::spawn_local_into(self.serve(mesh), serving) {
+                Ok(task) => task.await,
+                Err(error) => Err(ShardError::Executor {
+                    shard_id,
+                    reason: format!("creating the serving task: {error}"),
+                }),
             }
-            info!("stopping: draining connections");
-            service.drain().await;
-            self.control.drained.fetch_add(1, Ordering::SeqCst);
-            let shards = self.peers.len();
-            while self.control.drained.load(Ordering::SeqCst) < shards {
-                glommio::timer::sleep(Duration::from_millis(PEER_POLL_MS)).await;
-            }
-            service.stop().await
         }
-        .await
-        .inspect_err(|error| tracing::error!(shard = shard_id, %error, "stopping failed"))
+        .await;
+        alive.set(false);
+        result.inspect_err(|error| tracing::error!(shard = shard_id, %error, "stopping failed"))
     }
 
-    async fn start(&mut self) -> Result<ShardService, ShardError> {
+    /// Starts the service, serves until the node is asked to stop, drains and stops.
+    async fn serve(mut self, mesh: JoinedMesh) -> Result<(), ShardError> {
+        let mut service = match self.start(mesh).await {
+            Ok(service) => {
+                self.ready.report(Ok(()));
+                service
+            }
+            Err(error) => return self.failed_to_start(error),
+        };
+        while !self.control.stop_requested.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+        }
+        info!("stopping: draining connections");
+        service.drain().await;
+        self.control.drained.fetch_add(1, Ordering::SeqCst);
+        let shards = self.peers.len();
+        while self.control.drained.load(Ordering::SeqCst) < shards {
+            glommio::timer::sleep(Duration::from_millis(PEER_POLL_MS)).await;
+        }
+        service.stop().await
+    }
+
+    /// Reports a failed start and counts the shard as drained, so that peers, if they stop, do
+    /// not wait for it.
+    fn failed_to_start(&mut self, error: ShardError) -> Result<(), ShardError> {
+        self.ready.report(Err(error));
+        self.control.drained.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Joins the channel mesh and learns every shard's mesh peer index.
+    async fn join_mesh(&mut self) -> Result<JoinedMesh, ShardError> {
         let shard_id = self.shard_id;
         let mesh = self.mesh.take().expect("a shard starts once");
         let (senders, receivers) =
@@ -340,6 +392,12 @@ impl ShardThread {
             glommio::timer::sleep(Duration::from_millis(PEER_POLL_MS)).await;
         }
         let peer_of_shard = self.peers.iter().map(|peer| peer.load(Ordering::SeqCst)).collect();
+        Ok(JoinedMesh { senders, receivers, peer_of_shard })
+    }
+
+    async fn start(&mut self, mesh: JoinedMesh) -> Result<ShardService, ShardError> {
+        let JoinedMesh { senders, receivers, peer_of_shard } = mesh;
+        let shard_id = self.shard_id;
         ShardService::start(ShardSetup {
             shard_id,
             metrics: self.metrics.clone(),
