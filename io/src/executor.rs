@@ -205,7 +205,7 @@ pub fn low_priority_queue() -> TaskQueueHandle {
 /// A global short timer ([`ExecutorBuilder::preempt_timer`]) would do the same, but with it a
 /// shard sometimes parked for good during start-up (with 1 ms: one start in six). glommio can
 /// miss a wake-up with this queue too, so an executor that uses it must keep a timer armed
-/// whenever it may park (the node's shards do: `heartbeat` in `shard/src/node.rs`).
+/// whenever it may park (the node's shards do: `watch` in `shard/src/node.rs`).
 ///
 /// # Panics
 ///

@@ -15,8 +15,8 @@
 //!
 //! The stop request crosses from an ordinary thread (the signal handler's) into the executors,
 //! which cannot be woken from outside without a channel endpoint on each; every shard polls an
-//! atomic flag on a slow timer instead. It costs a wake-up every [`STOP_POLL_MS`] and nothing
-//! else.
+//! atomic flag on a slow timer instead ([`watch`], which also keeps glommio from parking the
+//! shard without a timer). It costs a wake-up every [`STOP_POLL_MS`] and nothing else.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use event_listener::Event;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use ringkv_io::ExecutorBuilder;
 use tracing::{info, info_span, warn};
@@ -59,7 +60,7 @@ const MEMBERSHIP_CHANNEL_CAPACITY: usize = 16;
 // from 185 ms to 29 ms, but about one start in ten then hung inside glommio (a shard parked for
 // good during mesh join; 4 hangs in ~40 concurrent starts against 0 in 36 without it). The
 // serving queue (`ringkv_io::serving_queue`) gets the short timer while there is serving work,
-// and `heartbeat` keeps a shard from parking without a timer. See docs/ARCHITECTURE.md.
+// and `watch` keeps a shard from parking without a timer. See docs/ARCHITECTURE.md.
 
 /// A running node.
 pub struct Node {
@@ -294,20 +295,46 @@ struct ShardThread {
     ready: ReadyReport,
 }
 
-/// Keeps a timer armed on the shard's executor until `alive` is cleared, so that it never parks
-/// without one.
+/// The shard's one timer: every [`STOP_POLL_MS`] until the shard's life is over it looks at the
+/// node's stop request, and tells [`Watch::stopped`]'s waiters once it is set.
 ///
-/// glommio 0.9 can miss a wake-up while a queue that declares `Latency::Matters` has work: with
-/// the service started in the serving queue and no timer armed, a shard parked for good during
-/// start-up in 3 of 40 node starts (2 shards each, 4 starting at once), and with a global 1 ms
-/// preempt timer in 1 of 6 (a parked shard went on when a debugger attached to it interrupted its
-/// wait). Parked with a timer armed, it wakes when the timer fires and then
-/// finds the work the missed wake-up was for: 280 starts of 1 and 2 shards after this, none
-/// parked. Once the shard serves, its stop poll keeps a timer armed too; this one also covers
-/// the mesh join, the start and the drain.
-async fn heartbeat(alive: Rc<Cell<bool>>) {
-    while alive.get() {
+/// It also keeps the executor from ever parking without a timer armed. glommio 0.9 can miss a
+/// wake-up while a queue that declares `Latency::Matters` has work: with the service started in
+/// the serving queue and no timer armed, a shard parked for good during start-up in 3 of 40 node
+/// starts (2 shards each, 4 starting at once), and with a global 1 ms preempt timer in 1 of 6 (a
+/// parked shard went on when a debugger attached to it interrupted its wait). Parked with a
+/// timer armed, it wakes when the timer fires and then finds the work the missed wake-up was
+/// for. So this runs from before the mesh join until after the stop.
+async fn watch(control: Arc<NodeControl>, watch: Rc<Watch>) {
+    while watch.alive.get() {
+        if !watch.stop_requested.get() && control.stop_requested.load(Ordering::SeqCst) {
+            watch.stop_requested.set(true);
+            watch.stop.notify(usize::MAX);
+        }
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
+    }
+}
+
+/// What [`watch`] and the shard's serving task share.
+#[derive(Default)]
+struct Watch {
+    /// Cleared when the shard's life is over; [`watch`] then ends.
+    alive: Cell<bool>,
+    /// Set once the node was asked to stop.
+    stop_requested: Cell<bool>,
+    stop: Event,
+}
+
+impl Watch {
+    /// Resolves once the node was asked to stop.
+    async fn stopped(&self) {
+        loop {
+            event_listener::listener!(self.stop => listener);
+            if self.stop_requested.get() {
+                return;
+            }
+            listener.await;
+        }
     }
 }
 
@@ -327,8 +354,9 @@ impl ShardThread {
         // included (they go uninstrumented: a span per request costs more than a cached read).
         let _entered = span.enter();
         let shard_id = self.shard_id;
-        let alive = Rc::new(Cell::new(true));
-        glommio::spawn_local(heartbeat(alive.clone())).detach();
+        let watching = Rc::new(Watch { alive: Cell::new(true), ..Watch::default() });
+        glommio::spawn_local(watch(self.control.clone(), watching.clone())).detach();
+        let serving_watch = watching.clone();
         let result = async move {
             // The mesh join runs in glommio's default queue; everything after it, serving
             // included, in the serving queue (see `ringkv_io::serving_queue`).
@@ -337,7 +365,7 @@ impl ShardThread {
                 Err(error) => return self.failed_to_start(error),
             };
             let serving = ringkv_io::serving_queue();
-            match glommio::spawn_local_into(self.serve(mesh), serving) {
+            match glommio::spawn_local_into(self.serve(mesh, serving_watch), serving) {
                 Ok(task) => task.await,
                 Err(error) => Err(ShardError::Executor {
                     shard_id,
@@ -346,12 +374,12 @@ impl ShardThread {
             }
         }
         .await;
-        alive.set(false);
+        watching.alive.set(false);
         result.inspect_err(|error| tracing::error!(shard = shard_id, %error, "stopping failed"))
     }
 
     /// Starts the service, serves until the node is asked to stop, drains and stops.
-    async fn serve(mut self, mesh: JoinedMesh) -> Result<(), ShardError> {
+    async fn serve(mut self, mesh: JoinedMesh, watching: Rc<Watch>) -> Result<(), ShardError> {
         let mut service = match self.start(mesh).await {
             Ok(service) => {
                 self.ready.report(Ok(()));
@@ -359,9 +387,7 @@ impl ShardThread {
             }
             Err(error) => return self.failed_to_start(error),
         };
-        while !self.control.stop_requested.load(Ordering::SeqCst) {
-            glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
-        }
+        watching.stopped().await;
         info!("stopping: draining connections");
         service.drain().await;
         self.control.drained.fetch_add(1, Ordering::SeqCst);
