@@ -442,3 +442,49 @@ impl ShardThread {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> Arc<NodeControl> {
+        Arc::new(NodeControl { stop_requested: AtomicBool::new(false), drained: AtomicUsize::new(0) })
+    }
+
+    #[test]
+    fn the_watch_tells_the_serving_task_of_a_stop_asked_from_another_thread() {
+        let control = control();
+        let stopper = StopHandle(control.clone());
+        ringkv_io::run_local("watch-test", async move {
+            let watching = Rc::new(Watch { alive: Cell::new(true), ..Watch::default() });
+            let watcher = glommio::spawn_local(watch(control, watching.clone()));
+            let waiter = glommio::spawn_local({
+                let watching = watching.clone();
+                async move { watching.stopped().await }
+            });
+            std::thread::spawn(move || stopper.stop()).join().expect("the stopping thread");
+            waiter.await;
+            assert!(watching.stop_requested.get());
+            // Once the shard's life is over, the watch ends at its next tick.
+            watching.alive.set(false);
+            watcher.await;
+        });
+    }
+
+    #[test]
+    fn a_stop_asked_before_the_service_waits_is_not_missed() {
+        let control = control();
+        control.stop_requested.store(true, Ordering::SeqCst);
+        ringkv_io::run_local("watch-early-test", async move {
+            let watching = Rc::new(Watch { alive: Cell::new(true), ..Watch::default() });
+            let watcher = glommio::spawn_local(watch(control, watching.clone()));
+            // The watch has seen the request before anyone waits for it.
+            while !watching.stop_requested.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            watching.stopped().await;
+            watching.alive.set(false);
+            watcher.await;
+        });
+    }
+}
