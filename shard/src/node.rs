@@ -296,7 +296,7 @@ struct ShardThread {
 }
 
 /// The shard's one timer: every [`STOP_POLL_MS`] until the shard's life is over it looks at the
-/// node's stop request, and tells [`Watch::stopped`]'s waiters once it is set.
+/// node's stop request, and wakes [`Watch::stopped`]'s waiters once it is set.
 ///
 /// It also keeps the executor from ever parking without a timer armed. glommio 0.9 can miss a
 /// wake-up while a queue that declares `Latency::Matters` has work: with the service started in
@@ -305,10 +305,9 @@ struct ShardThread {
 /// parked shard went on when a debugger attached to it interrupted its wait). Parked with a
 /// timer armed, it wakes when the timer fires and then finds the work the missed wake-up was
 /// for. So this runs from before the mesh join until after the stop.
-async fn watch(control: Arc<NodeControl>, watch: Rc<Watch>) {
+async fn watch(watch: Rc<Watch>) {
     while watch.alive.get() {
-        if !watch.stop_requested.get() && control.stop_requested.load(Ordering::SeqCst) {
-            watch.stop_requested.set(true);
+        if watch.stop_requested() {
             watch.stop.notify(usize::MAX);
         }
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
@@ -316,21 +315,28 @@ async fn watch(control: Arc<NodeControl>, watch: Rc<Watch>) {
 }
 
 /// What [`watch`] and the shard's serving task share.
-#[derive(Default)]
 struct Watch {
+    control: Arc<NodeControl>,
     /// Cleared when the shard's life is over; [`watch`] then ends.
     alive: Cell<bool>,
-    /// Set once the node was asked to stop.
-    stop_requested: Cell<bool>,
+    /// Notified by [`watch`] once the node was asked to stop.
     stop: Event,
 }
 
 impl Watch {
-    /// Resolves once the node was asked to stop.
+    fn new(control: Arc<NodeControl>) -> Rc<Watch> {
+        Rc::new(Watch { control, alive: Cell::new(true), stop: Event::new() })
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.control.stop_requested.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`watch`] has seen the node's stop request.
     async fn stopped(&self) {
         loop {
             event_listener::listener!(self.stop => listener);
-            if self.stop_requested.get() {
+            if self.stop_requested() {
                 return;
             }
             listener.await;
@@ -354,8 +360,8 @@ impl ShardThread {
         // included (they go uninstrumented: a span per request costs more than a cached read).
         let _entered = span.enter();
         let shard_id = self.shard_id;
-        let watching = Rc::new(Watch { alive: Cell::new(true), ..Watch::default() });
-        glommio::spawn_local(watch(self.control.clone(), watching.clone())).detach();
+        let watching = Watch::new(self.control.clone());
+        glommio::spawn_local(watch(watching.clone())).detach();
         let serving_watch = watching.clone();
         let result = async move {
             // The mesh join runs in glommio's default queue; everything after it, serving
@@ -456,15 +462,15 @@ mod tests {
         let control = control();
         let stopper = StopHandle(control.clone());
         ringkv_io::run_local("watch-test", async move {
-            let watching = Rc::new(Watch { alive: Cell::new(true), ..Watch::default() });
-            let watcher = glommio::spawn_local(watch(control, watching.clone()));
+            let watching = Watch::new(control.clone());
+            let watcher = glommio::spawn_local(watch(watching.clone()));
             let waiter = glommio::spawn_local({
                 let watching = watching.clone();
                 async move { watching.stopped().await }
             });
             std::thread::spawn(move || stopper.stop()).join().expect("the stopping thread");
             waiter.await;
-            assert!(watching.stop_requested.get());
+            assert!(control.stop_requested.load(Ordering::SeqCst));
             // Once the shard's life is over, the watch ends at its next tick.
             watching.alive.set(false);
             watcher.await;
@@ -476,12 +482,11 @@ mod tests {
         let control = control();
         control.stop_requested.store(true, Ordering::SeqCst);
         ringkv_io::run_local("watch-early-test", async move {
-            let watching = Rc::new(Watch { alive: Cell::new(true), ..Watch::default() });
-            let watcher = glommio::spawn_local(watch(control, watching.clone()));
-            // The watch has seen the request before anyone waits for it.
-            while !watching.stop_requested.get() {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
+            let watching = Watch::new(control);
+            let watcher = glommio::spawn_local(watch(watching.clone()));
+            // The watch notifies at its first tick, before anyone waits; the waiter must still
+            // see the request.
+            glommio::timer::sleep(Duration::from_millis(2 * STOP_POLL_MS)).await;
             watching.stopped().await;
             watching.alive.set(false);
             watcher.await;
