@@ -88,7 +88,7 @@ impl AdminCommand {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(error) => {
-                    eprintln!("error: {error:#}");
+                    eprintln!("error: {}", crate::report::report(&error));
                     ExitCode::from(2)
                 }
             },

@@ -250,8 +250,7 @@ fn run(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
     match command() {
         Ok(code) => code,
         Err(error) => {
-            // One line, whatever the error chain: scripts read stderr line by line.
-            eprintln!("ringkv: {}", format!("{error:#}").replace('\n', " "));
+            eprintln!("ringkv: {}", crate::report::report(&error));
             let code = error.chain().find_map(|cause| cause.downcast_ref::<ringkv_client::Error>()?.code());
             ExitCode::from(match code {
                 Some(ErrorCode::DiskFull) => EXIT_DISK_FULL,

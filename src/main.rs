@@ -5,6 +5,7 @@
 mod admin_command;
 mod allocator;
 mod client_command;
+mod report;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -374,9 +375,10 @@ fn main() -> ExitCode {
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            error!("{error:#}");
+            let text = report::report(&error);
+            error!("{text}");
             // Not eprintln!: it panics when stderr cannot be written.
-            let _ = writeln!(std::io::stderr(), "ringkv: {error:#}");
+            let _ = writeln!(std::io::stderr(), "ringkv: {text}");
             ExitCode::FAILURE
         }
     }
@@ -414,7 +416,7 @@ fn check_config(args: &ServeArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("ringkv: check failed: {error:#}");
+            eprintln!("ringkv: check failed: {}", report::report(&error));
             ExitCode::FAILURE
         }
     }
