@@ -16,17 +16,21 @@
 //! set which sockets have data every [`BUSY_POLL_INTERVAL`], without blocking, and wakes their
 //! readers. After [`QUIET_TURNS`] asks in a row find nothing, or once the thread ran less than
 //! [`BUSY_SHARE_LEAVE`] of a [`SHARE_WINDOW`], the thread counts as idle: the poller stops
-//! asking, and each reader that finds its socket empty waits through glommio's poll, as before,
-//! which wakes a sleeping thread without any interrupt to spare. A read that comes in that way
-//! puts the poller back to work once the thread ran [`BUSY_SHARE_ENTER`] of a window.
+//! asking, and readers read through glommio, which wakes a sleeping thread without any interrupt
+//! to spare: glommio arms its poll as soon as a read leaves the socket empty, so the next read
+//! waits on that poll instead of asking the socket again (one `recv` per batch of data). A read
+//! that comes in that way puts the poller back to work once the thread ran
+//! [`BUSY_SHARE_ENTER`] of a window.
 //!
 //! ```text
 //!  busy:  reader: recv ─EAGAIN─▶ waker in its slot ◀─wake─ poller: epoll_wait(0) every interval
-//!  idle:  reader: recv ─EAGAIN─▶ glommio poll (io_uring) ─data─▶ reader ─▶ poller busy again
+//!  idle:  reader: glommio recv ─short─▶ glommio poll armed (io_uring) ─data─▶ reader ─▶ busy again?
 //! ```
 //!
-//! A reader always reads the socket before it waits, and the poller only runs between tasks, so
-//! data that arrives at any point is seen: by that read, or as an edge the next ask reports.
+//! A reader always reads the socket before it waits, or waits on a poll armed after its last
+//! read (io_uring completes a poll at once when the socket already has data), and the poller
+//! only runs between tasks, so data that arrives at any point is seen: by that read, by that
+//! poll, or as an edge the next ask reports.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -88,30 +92,27 @@ impl PolledStream {
         &self.stream
     }
 
-    /// A read through glommio's poll of one byte: a read that fills its buffer arms no poll
-    /// after it, so no completion is left behind to interrupt the thread later. What else is
-    /// there is read straight after it.
+    /// A read through glommio, for a thread that idles: glommio reads the socket and, when the
+    /// read leaves it empty (or finds it so), arms its io_uring poll at once, so the next read
+    /// waits on that poll without asking the socket again. One `recv` per batch of data while
+    /// the thread idles, where asking the socket first and then through glommio took up to four.
     fn poll_read_through_glommio(
         &mut self,
         context: &mut Context<'_>,
         buffer: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let first = match Pin::new(&mut self.stream).poll_read(context, &mut buffer[..1]) {
-            Poll::Pending => return Poll::Pending,
+        let result = match Pin::new(&mut self.stream).poll_read(context, buffer) {
+            Poll::Pending => {
+                self.through_glommio = true;
+                return Poll::Pending;
+            }
             Poll::Ready(result) => result,
         };
         self.through_glommio = false;
-        match first {
-            Ok(1) => {
-                if let Some((poller, _)) = &self.registration {
-                    poller.read_after_idle();
-                }
-                // An error or the end after the first byte shows on the next read.
-                let more = receive(self.fd, &mut buffer[1..]).unwrap_or(0);
-                Poll::Ready(Ok(1 + more))
-            }
-            other => Poll::Ready(other),
+        if let (Ok(1..), Some((poller, _))) = (&result, &self.registration) {
+            poller.read_after_idle();
         }
+        Poll::Ready(result)
     }
 }
 
@@ -132,8 +133,16 @@ fn thread_cpu() -> Duration {
     Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`receive`] on this thread: the reads this crate makes itself, not glommio's.
+    static RECEIVES: Cell<u64> = const { Cell::new(0) };
+}
+
 /// `recv` without waiting: `WouldBlock` when the socket is empty.
 fn receive(fd: RawFd, buffer: &mut [u8]) -> io::Result<usize> {
+    #[cfg(test)]
+    RECEIVES.with(|receives| receives.set(receives.get() + 1));
     loop {
         // SAFETY: the buffer is valid for writes of its length; `fd` is the stream's open socket.
         let read = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
@@ -160,7 +169,9 @@ impl AsyncRead for PolledStream {
         let Some((poller, token)) = &this.registration else {
             return Pin::new(&mut this.stream).poll_read(context, buffer);
         };
-        if this.through_glommio {
+        // Waiting through glommio already, or the thread idles: glommio's read asks the socket
+        // and arms its poll when it is empty.
+        if this.through_glommio || !poller.asking() {
             return this.poll_read_through_glommio(context, buffer);
         }
         match receive(this.fd, buffer) {
@@ -168,7 +179,6 @@ impl AsyncRead for PolledStream {
                 if poller.wait(*token, context.waker()) {
                     Poll::Pending
                 } else {
-                    this.through_glommio = true;
                     this.poll_read_through_glommio(context, buffer)
                 }
             }
@@ -215,7 +225,7 @@ pub struct PollerStats {
     pub woken: u64,
     /// Times the thread was found idle and the readers moved to glommio's poll.
     pub idle_spells: u64,
-    /// Reads that came in through glommio's poll.
+    /// Reads that came in through glommio while the thread idled.
     pub reads_through_glommio: u64,
 }
 
@@ -348,13 +358,20 @@ impl Poller {
         }
     }
 
+    /// Whether the poller asks the set for this thread's readers: false while the thread idles,
+    /// once the set failed, or before the poller's task runs.
+    fn asking(&self) -> bool {
+        let state = self.state.borrow();
+        !(state.idle || state.broken || !state.running)
+    }
+
     /// Leaves `waker` to be woken when the socket of `token` may have data, and returns `true`;
     /// `false` when the thread is idle: the caller waits through glommio instead.
     fn wait(&self, token: usize, waker: &Waker) -> bool {
-        let mut state = self.state.borrow_mut();
-        if state.idle || state.broken || !state.running {
+        if !self.asking() {
             return false;
         }
+        let mut state = self.state.borrow_mut();
         match &mut state.waiting[token] {
             Some(waiting) if waiting.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),

@@ -7,7 +7,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::LocalExecutorBuilder;
 
-use super::{PolledStream, Poller};
+use super::{PolledStream, Poller, RECEIVES};
 
 fn on_executor<F: std::future::Future<Output = ()> + 'static>(make: impl FnOnce() -> F + Send + 'static) {
     LocalExecutorBuilder::default().spawn(make).expect("executor").join().expect("test body");
@@ -194,5 +194,39 @@ fn readers_waiting_through_an_idle_spell_all_get_their_data() {
         let stats = Poller::thread_stats();
         assert!(stats.idle_spells >= 1, "the thread never idled: {stats:?}");
         drop(plain);
+    });
+}
+
+/// While the thread idles, each message is read by glommio's read alone: no read of the
+/// socket's own before it, and the poll glommio arms after a read that emptied the socket
+/// serves as the wait, so no second read finds it empty either.
+#[test]
+fn an_idle_thread_reads_each_message_through_glommio_alone() {
+    on_executor(|| async {
+        let (mut polled, mut plain) = pair().await;
+        // Let the poller's quiet asks run out, so the thread idles before the first message.
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+        let before = RECEIVES.with(|receives| receives.get());
+        let stats_before = Poller::thread_stats();
+        let writer = glommio::spawn_local(async move {
+            for index in 0..20 {
+                glommio::timer::sleep(Duration::from_millis(3)).await;
+                plain.write_all(&message(index, 100)).await.expect("write");
+            }
+            plain
+        });
+        for index in 0..20 {
+            let mut received = vec![0u8; 100];
+            polled.read_exact(&mut received).await.expect("read");
+            assert_eq!(received, message(index, 100));
+        }
+        drop(writer.await);
+        let receives = RECEIVES.with(|receives| receives.get()) - before;
+        let stats = Poller::thread_stats();
+        let through_glommio = stats.reads_through_glommio - stats_before.reads_through_glommio;
+        assert!(through_glommio >= 20, "{through_glommio} reads through glommio for 20 messages: {stats:?}");
+        // A busy spell could bring the poller back for a moment; the test's thread hardly runs,
+        // so nearly every read must bypass the crate's own `recv`.
+        assert!(receives <= 4, "{receives} reads of the crate's own while the thread idled");
     });
 }
