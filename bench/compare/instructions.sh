@@ -28,7 +28,8 @@ command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install va
 cargo build --release -q -p ringkv -p ringkv-bench
 bin="$root/target/release"
 work="$(mktemp -d "${TMPDIR:-/tmp}/instructions.XXXXXX")"
-port=$((20000 + RANDOM % 20000))
+# Below the kernel's ephemeral range (32768 up by default), so no outgoing connection holds it.
+port=$((20000 + RANDOM % 12000))
 node=""
 cleanup() {
   [ -n "$node" ] && kill "$node" 2>/dev/null && wait "$node" 2>/dev/null
@@ -67,6 +68,9 @@ per() {
   --peer-listen "127.0.0.1:$((port + 2))" >"$work/node.log" 2>&1 &
 node=$!
 for _ in $(seq 1 100); do
+  # A node that exited (its port held by another program, say) must not leave the run to
+  # whatever else listens there.
+  kill -0 "$node" 2>/dev/null || { echo "the node exited:" >&2; tail -5 "$work/node.log" >&2; exit 1; }
   (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
 done

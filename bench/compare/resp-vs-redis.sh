@@ -40,11 +40,16 @@ ringkv, work, rounds, requests_p1, requests_p16, redis_fsync = sys.argv[1:]
 rounds, requests = int(rounds), {1: int(requests_p1), 16: int(requests_p16)}
 ticks = os.sysconf("SC_CLK_TCK")
 cells = [("SET", 1), ("GET", 1), ("SET", 16), ("GET", 16)]
-base_port = 20000 + os.getpid() % 20000
+# Below the kernel's ephemeral range (32768 up by default), so no outgoing connection holds it.
+base_port = 20000 + os.getpid() % 12000
 
 
-def wait_port(port):
+def wait_port(port, server):
     for _ in range(200):
+        # A server that exited (its port held by another program, say) must not leave the run
+        # to whatever else listens there.
+        if server.poll() is not None:
+            sys.exit(f"the server for port {port} exited with status {server.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
@@ -71,7 +76,7 @@ def start(side, round_, port):
         command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                    "--dir", directory, *aof]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, server)
     return server
 
 

@@ -33,7 +33,8 @@ fi
 cargo build --release -q -p ringkv -p ringkv-bench
 bench="$root/target/release/ringkv-bench"
 work="$(mktemp -d "${TMPDIR:-/tmp}/server-vs-redis.XXXXXX")"
-port=$((20000 + RANDOM % 20000))
+# Below the kernel's ephemeral range (32768 up by default), so no outgoing connection holds it.
+port=$((20000 + RANDOM % 12000))
 redis_port=$((port + 10))
 pids=()
 cleanup() {
@@ -43,8 +44,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wait_port PORT PID LOG: until PORT answers; fails if the server PID exited first (a port
+# another program holds, say), so the run never measures someone else's server.
 wait_port() {
   for _ in $(seq 1 100); do
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "the server for port $1 exited; its log ($3):" >&2
+      tail -5 "$3" >&2
+      exit 1
+    fi
     (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
@@ -56,12 +64,14 @@ mkdir -p "$work/redis"
 if [ "$redis_fsync" = no-aof ]; then aof=(--appendonly no); else aof=(--appendonly yes --appendfsync "$redis_fsync"); fi
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --dir "$work/redis" "${aof[@]}" \
   >"$work/redis.log" 2>&1 &
-pids+=($!)
+redis_pid=$!
+pids+=("$redis_pid")
 "$root/target/release/ringkv" serve --data-dir "$work/ringkv" --listen "127.0.0.1:$port" \
   --peer-listen "127.0.0.1:$((port + 5))" >"$work/ringkv.log" 2>&1 &
-pids+=($!)
-wait_port "$port"
-wait_port "$redis_port"
+ringkv_pid=$!
+pids+=("$ringkv_pid")
+wait_port "$port" "$ringkv_pid" "$work/ringkv.log"
+wait_port "$redis_port" "$redis_pid" "$work/redis.log"
 
 ringkv="ringkv://127.0.0.1:$port"
 redis="redis://127.0.0.1:$redis_port"
