@@ -16,7 +16,7 @@
 
 use crate::ids::IdMap;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -154,7 +154,9 @@ pub struct Membership<R: RngExt> {
     up: BTreeMap<u16, NodeIdentity>,
     /// Every other member ever seen, by peer address, with its latest identity.
     known: BTreeMap<SocketAddr, NodeIdentity>,
-    /// When to announce again to the known members that are not up.
+    /// Every address [`Membership::join`] was given (not this node's own).
+    seeds: BTreeSet<SocketAddr>,
+    /// When to announce again to the known members and seeds that are not up.
     reannounce_at_ms: u64,
     /// Every datagram to send: (peer address, bytes).
     outbox: Vec<(SocketAddr, Bytes)>,
@@ -166,6 +168,13 @@ pub struct Membership<R: RngExt> {
 /// announces to down members go to identities that may have renewed meanwhile, and after a
 /// healed partition both sides can renew at once and stay split (found by the simulator); an
 /// announce to the address is answered with the member's current identity whatever it is.
+///
+/// The seeds are announced to as well, like the members seen: a node that (re)started while
+/// partitioned from part of the cluster never saw those members up, and neither did they see
+/// it; with two or more members on each side nobody is alone, so only the seeds still name the
+/// other side, and without announcing to them the two halves stay two clusters after the
+/// partition heals (found by the simulator). Cassandra's gossip talks to a seed now and then
+/// for the same reason.
 const REANNOUNCE_PERIOD_MS: u64 = 2_000;
 
 impl<R: RngExt> Membership<R> {
@@ -182,6 +191,7 @@ impl<R: RngExt> Membership<R> {
             next_timer_id: 0,
             up,
             known: BTreeMap::new(),
+            seeds: BTreeSet::new(),
             reannounce_at_ms: now_ms.saturating_add(REANNOUNCE_PERIOD_MS),
             outbox: Vec::new(),
             events: Vec::new(),
@@ -194,9 +204,13 @@ impl<R: RngExt> Membership<R> {
         self.foca.identity()
     }
 
-    /// Announces this node to the seeds (peer addresses); the first to answer brings it in.
+    /// Announces this node to the seeds (peer addresses); the first to answer brings it in. The
+    /// seeds are remembered: any of them not seen up is announced to again every
+    /// `REANNOUNCE_PERIOD_MS`.
     pub fn join(&mut self, seeds: &[SocketAddr], now_ms: u64) {
         self.now_ms = now_ms;
+        let own = self.foca.identity().peer_address;
+        self.seeds.extend(seeds.iter().copied().filter(|&address| address != own));
         self.announce_to(seeds);
         self.collect();
     }
@@ -222,13 +236,11 @@ impl<R: RngExt> Membership<R> {
         }
     }
 
-    /// The known members that are not up now.
+    /// The known members and seeds that are not up now, each address once.
     fn missing_members(&self) -> Vec<SocketAddr> {
-        self.known
-            .keys()
-            .copied()
-            .filter(|address| !self.up.values().any(|member| member.peer_address == *address))
-            .collect()
+        let up: BTreeSet<SocketAddr> = self.up.values().map(|member| member.peer_address).collect();
+        let addresses: BTreeSet<SocketAddr> = self.known.keys().chain(&self.seeds).copied().collect();
+        addresses.into_iter().filter(|address| !up.contains(address)).collect()
     }
 
     /// Takes a datagram received from another node.
@@ -269,7 +281,7 @@ impl<R: RngExt> Membership<R> {
     /// When [`Membership::tick`] must next be called.
     pub fn next_deadline(&self) -> Option<u64> {
         let timer = self.deadlines.peek().map(|Reverse((deadline, _))| *deadline);
-        let reannounce = (!self.known.is_empty()).then_some(self.reannounce_at_ms);
+        let reannounce = (!self.known.is_empty() || !self.seeds.is_empty()).then_some(self.reannounce_at_ms);
         timer.into_iter().chain(reannounce).min()
     }
 

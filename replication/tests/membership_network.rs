@@ -1,6 +1,6 @@
 //! SWIM membership of 3–4 nodes over an in-memory datagram network with simulated time: joining
-//! through a seed, failure detection of a silent node, a restart coming back, and a second node
-//! claiming a node id that is taken.
+//! through a seed, failure detection of a silent node, a restart coming back, a second node
+//! claiming a node id that is taken, and two halves that started apart finding each other.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,13 +31,21 @@ struct Network {
     members: BTreeMap<SocketAddr, Membership<StdRng>>,
     /// Addresses whose process is stopped: datagrams to them vanish and they never tick.
     stopped: Vec<SocketAddr>,
+    /// One side of a partition: datagrams between it and the rest vanish.
+    partition: Vec<SocketAddr>,
     now_ms: u64,
     events: Vec<(SocketAddr, MembershipEvent)>,
 }
 
 impl Network {
     fn new() -> Self {
-        Network { members: BTreeMap::new(), stopped: Vec::new(), now_ms: 0, events: Vec::new() }
+        Network {
+            members: BTreeMap::new(),
+            stopped: Vec::new(),
+            partition: Vec::new(),
+            now_ms: 0,
+            events: Vec::new(),
+        }
     }
 
     fn start(&mut self, identity: NodeIdentity, seeds: &[SocketAddr]) {
@@ -63,9 +71,11 @@ impl Network {
                 datagrams.extend(membership.drain_outbox().map(|(to, data)| (address, to, data)));
                 self.events.extend(membership.drain_events().map(|event| (address, event)));
             }
-            while let Some((_, to, data)) = datagrams.pop() {
+            while let Some((from, to, data)) = datagrams.pop() {
                 assert!(data.len() <= MEMBERSHIP_PACKET_BYTES_MAX);
-                if self.stopped.contains(&to) {
+                if self.stopped.contains(&to)
+                    || self.partition.contains(&from) != self.partition.contains(&to)
+                {
                     continue;
                 }
                 let Some(membership) = self.members.get_mut(&to) else { continue };
@@ -143,4 +153,24 @@ fn a_second_node_claiming_a_taken_id_is_refused() {
         .events
         .iter()
         .any(|(at, event)| *at == address(8001) && matches!(event, MembershipEvent::Conflict { .. })));
+}
+
+#[test]
+fn halves_that_started_apart_join_once_the_partition_heals() {
+    // Each node starts while cut off from the other half, so it never sees the other side up
+    // and nobody is alone afterwards: only the seeds name the other half.
+    let mut network = Network::new();
+    let everyone = [address(8001), address(8002), address(8003), address(8004)];
+    network.partition = vec![address(8001), address(8002)];
+    for (node_id, port) in [(1, 8001), (2, 8002), (3, 8003), (4, 8004)] {
+        network.start(identity(node_id, port, 1), &everyone);
+    }
+    network.run(5_000);
+    assert_eq!(network.up_at(8001), vec![1, 2]);
+    assert_eq!(network.up_at(8003), vec![3, 4]);
+    network.partition.clear();
+    network.run(10_000);
+    for port in [8001, 8002, 8003, 8004] {
+        assert_eq!(network.up_at(port), vec![1, 2, 3, 4], "view of {port}");
+    }
 }

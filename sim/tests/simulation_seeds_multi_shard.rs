@@ -43,3 +43,13 @@ fn keys_land_in_the_engine_of_their_owning_shard() {
         report.stored_keys_per_shard
     );
 }
+
+#[test]
+fn halves_that_restarted_apart_merge_after_the_partition_heals() {
+    // Seed 2003164 with two shards: n2, n3 and n4 restarted while partitioned from n1 and n5,
+    // which had restarted apart from them too, so neither half had seen the other up and
+    // neither was alone; the halves stayed two clusters after the heal until nodes announced
+    // to their seeds as well as to the members they had seen.
+    let report = ringkv_sim::run_with_shards(2_003_164, 2);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
