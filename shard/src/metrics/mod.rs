@@ -591,7 +591,7 @@ pub fn render(
         (
             "ringkv_socket_reads_after_idle_total",
             "counter",
-            "Socket reads that came in through an io_uring poll, the shard having been idle.",
+            "Socket reads made through glommio and its io_uring poll while the shard idled.",
             |m| m.sockets.reads_through_glommio,
         ),
     ];
