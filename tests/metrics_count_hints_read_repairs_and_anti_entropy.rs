@@ -9,7 +9,7 @@ use crate::common;
 use common::LISTENER;
 
 use bytes::Bytes;
-use common::cluster::{address, eventually_at, peer_port, start_node_with, wait_for_logs};
+use common::cluster::{address, eventually_at, peer_port, start_node_with, wait_for_three_nodes};
 use common::healing::{put, wait_for_log};
 use common::metrics::{scrape, scrape_until, total};
 use ringkv_wire::{Consistency, Operation, Outcome};
@@ -25,9 +25,7 @@ fn metrics_count_hints_read_repairs_and_anti_entropy() {
     let metrics_port = first.listener_port(0);
     let second = start_node_with(root.path(), 2, Some(peer_port(&first)), &["--hints-bytes-max", "0"]);
     let mut third = start_node_with(root.path(), 3, Some(peer_port(&first)), &[]);
-    wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
-    wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
-    wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
+    wait_for_three_nodes([&first, &second, &third]);
     let before = scrape(metrics_port);
     assert_eq!(total(&before, "ringkv_hints_stored_total", &[]), 0);
 

@@ -12,7 +12,7 @@ use common::LISTENER;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::cluster::{peer_port, start_node_with, wait_for_logs};
+use common::cluster::{peer_port, start_node_with, wait_for_three_nodes};
 
 /// redis-cli's output lines for `script` sent to `port`.
 fn redis_cli(port: u16, script: &str) -> Vec<String> {
@@ -47,9 +47,7 @@ fn resp_ttl_and_mset_across_a_three_node_cluster() {
     let second = start_node_with(root.path(), 2, seed, &["--resp-listen", LISTENER]);
     let third = start_node_with(root.path(), 3, seed, &["--resp-listen", LISTENER]);
     let resp_ports = [&first, &second, &third].map(|node| node.listener_port(0));
-    wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
-    wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
-    wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
+    wait_for_three_nodes([&first, &second, &third]);
 
     assert_eq!(redis_cli(resp_ports[0], "SET session v EX 1000\nPTTL session\n")[0], "OK");
     for port in resp_ports {

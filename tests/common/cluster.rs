@@ -49,10 +49,43 @@ pub fn start_three_nodes_with(root: &Path, extra_args: &[&str]) -> [Server; 3] {
     let first = start_node_with(root, 1, None, extra_args);
     let second = start_node_with(root, 2, Some(peer_port(&first)), extra_args);
     let third = start_node_with(root, 3, Some(peer_port(&first)), extra_args);
-    wait_for_logs(&[(&first, 0)], "node up", &[2, 3]);
-    wait_for_logs(&[(&second, 0)], "node up", &[1, 3]);
-    wait_for_logs(&[(&third, 0)], "node up", &[1, 2]);
+    wait_for_three_nodes([&first, &second, &third]);
     [first, second, third]
+}
+
+/// Waits until nodes 1, 2 and 3 each log the other two up and every shard of each serves a
+/// topology with all three up.
+pub fn wait_for_three_nodes([first, second, third]: [&Server; 3]) {
+    wait_for_logs(&[(first, 0)], "node up", &[2, 3]);
+    wait_for_logs(&[(second, 0)], "node up", &[1, 3]);
+    wait_for_logs(&[(third, 0)], "node up", &[1, 2]);
+    wait_for_every_shard(&[first, second, third], &[1, 2, 3]);
+}
+
+/// Waits until every shard of each node lists every node of `up` as up in the topology it
+/// serves. Shard 0 logs "node up" when membership sees a node, and the other shards learn it a
+/// moment later from shard 0's snapshot; any shard may answer a request on the client port.
+pub fn wait_for_every_shard(nodes: &[&Server], up: &[u16]) {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    for node in nodes {
+        for shard_id in 0..SHARDS as u32 {
+            let mut client = node.shard_client(shard_id);
+            loop {
+                let topology = client.topology();
+                let seen: Vec<u16> =
+                    topology.nodes.iter().filter(|member| member.up).map(|member| member.node_id).collect();
+                if up.iter().all(|node_id| seen.contains(node_id)) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "shard {shard_id} of node {} sees only {seen:?} up, not {up:?}",
+                    topology.node_id
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// Waits until each node's log reports every node of `others` with `event` ("node up" or
