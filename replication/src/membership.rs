@@ -156,8 +156,9 @@ pub struct Membership<R: RngExt> {
     known: BTreeMap<SocketAddr, NodeIdentity>,
     /// Every address [`Membership::join`] was given (not this node's own).
     seeds: BTreeSet<SocketAddr>,
-    /// When to announce again to the known members and seeds that are not up.
-    reannounce_at_ms: u64,
+    /// When this node last announced itself to the seeds and known members not up; the next
+    /// announce is one `reannounce_period_ms` later.
+    announced_at_ms: u64,
     /// Every datagram to send: (peer address, bytes).
     outbox: Vec<(SocketAddr, Bytes)>,
     events: Vec<MembershipEvent>,
@@ -177,6 +178,11 @@ pub struct Membership<R: RngExt> {
 /// for the same reason.
 const REANNOUNCE_PERIOD_MS: u64 = 2_000;
 
+/// How often a node that sees no other member up announces itself: a node alone serves nothing
+/// replicated, so it looks for the cluster sooner. Becoming alone after a long time in the
+/// cluster announces at once, the last announce being that long ago.
+const ALONE_REANNOUNCE_PERIOD_MS: u64 = 1_000;
+
 impl<R: RngExt> Membership<R> {
     /// This node's membership, alone until it joins.
     pub fn new(identity: NodeIdentity, timing: MembershipTiming, rng: R, now_ms: u64) -> Self {
@@ -192,7 +198,7 @@ impl<R: RngExt> Membership<R> {
             up,
             known: BTreeMap::new(),
             seeds: BTreeSet::new(),
-            reannounce_at_ms: now_ms.saturating_add(REANNOUNCE_PERIOD_MS),
+            announced_at_ms: now_ms,
             outbox: Vec::new(),
             events: Vec::new(),
             now_ms,
@@ -206,13 +212,29 @@ impl<R: RngExt> Membership<R> {
 
     /// Announces this node to the seeds (peer addresses); the first to answer brings it in. The
     /// seeds are remembered: any of them not seen up is announced to again every
-    /// `REANNOUNCE_PERIOD_MS`.
+    /// `ALONE_REANNOUNCE_PERIOD_MS` while this node sees no other member up, every
+    /// `REANNOUNCE_PERIOD_MS` after.
     pub fn join(&mut self, seeds: &[SocketAddr], now_ms: u64) {
         self.now_ms = now_ms;
         let own = self.foca.identity().peer_address;
         self.seeds.extend(seeds.iter().copied().filter(|&address| address != own));
+        self.announced_at_ms = now_ms;
         self.announce_to(seeds);
         self.collect();
+    }
+
+    /// The time between announces to the seeds and members not up: shorter while alone.
+    fn reannounce_period_ms(&self) -> u64 {
+        if self.up.len() == 1 {
+            ALONE_REANNOUNCE_PERIOD_MS
+        } else {
+            REANNOUNCE_PERIOD_MS
+        }
+    }
+
+    /// When the seeds and members not up are next announced to.
+    fn reannounce_at_ms(&self) -> u64 {
+        self.announced_at_ms.saturating_add(self.reannounce_period_ms())
     }
 
     /// Announces this node to each address (not its own). Only the address is known; foca
@@ -266,8 +288,8 @@ impl<R: RngExt> Membership<R> {
             }
             self.collect();
         }
-        if now_ms >= self.reannounce_at_ms {
-            self.reannounce_at_ms = now_ms.saturating_add(REANNOUNCE_PERIOD_MS);
+        if now_ms >= self.reannounce_at_ms() {
+            self.announced_at_ms = now_ms;
             let missing = self.missing_members();
             if !missing.is_empty() {
                 tracing::debug!(members = missing.len(), "announcing to members not seen up");
@@ -281,7 +303,7 @@ impl<R: RngExt> Membership<R> {
     /// When [`Membership::tick`] must next be called.
     pub fn next_deadline(&self) -> Option<u64> {
         let timer = self.deadlines.peek().map(|Reverse((deadline, _))| *deadline);
-        let reannounce = (!self.known.is_empty() || !self.seeds.is_empty()).then_some(self.reannounce_at_ms);
+        let reannounce = (!self.known.is_empty() || !self.seeds.is_empty()).then(|| self.reannounce_at_ms());
         timer.into_iter().chain(reannounce).min()
     }
 

@@ -1,6 +1,7 @@
 //! SWIM membership of 3–4 nodes over an in-memory datagram network with simulated time: joining
 //! through a seed, failure detection of a silent node, a restart coming back, a second node
-//! claiming a node id that is taken, and two halves that started apart finding each other.
+//! claiming a node id that is taken, two halves that started apart finding each other, and how
+//! often a node announces itself alone and in company.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ struct Network {
     partition: Vec<SocketAddr>,
     now_ms: u64,
     events: Vec<(SocketAddr, MembershipEvent)>,
+    /// Every datagram sent: (time, from, to).
+    sent: Vec<(u64, SocketAddr, SocketAddr)>,
 }
 
 impl Network {
@@ -45,6 +48,7 @@ impl Network {
             partition: Vec::new(),
             now_ms: 0,
             events: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -73,6 +77,7 @@ impl Network {
             }
             while let Some((from, to, data)) = datagrams.pop() {
                 assert!(data.len() <= MEMBERSHIP_PACKET_BYTES_MAX);
+                self.sent.push((self.now_ms, from, to));
                 if self.stopped.contains(&to)
                     || self.partition.contains(&from) != self.partition.contains(&to)
                 {
@@ -88,6 +93,17 @@ impl Network {
 
     fn up_at(&self, port: u16) -> Vec<u16> {
         self.members[&address(port)].up().keys().copied().collect()
+    }
+
+    /// The times of the datagrams `from` sent to `to` in `[start_ms, end_ms)`.
+    fn sent_between(&self, from: u16, to: u16, start_ms: u64, end_ms: u64) -> Vec<u64> {
+        self.sent
+            .iter()
+            .filter(|&&(at, sender, receiver)| {
+                sender == address(from) && receiver == address(to) && (start_ms..end_ms).contains(&at)
+            })
+            .map(|&(at, _, _)| at)
+            .collect()
     }
 }
 
@@ -173,4 +189,35 @@ fn halves_that_started_apart_join_once_the_partition_heals() {
     for port in [8001, 8002, 8003, 8004] {
         assert_eq!(network.up_at(port), vec![1, 2, 3, 4], "view of {port}");
     }
+}
+
+#[test]
+fn a_lone_node_announces_each_second_and_every_two_seconds_once_it_has_company() {
+    // Node 3 is a seed that never starts: every datagram to it is an announce.
+    let mut network = Network::new();
+    network.start(identity(1, 8001, 1), &[address(8002), address(8003)]);
+    network.run(4_500);
+    assert_eq!(network.sent_between(8001, 8003, 0, 4_500), vec![10, 1_000, 2_000, 3_000, 4_000]);
+
+    network.start(identity(2, 8002, 1), &[address(8001)]);
+    network.run(2_000);
+    assert_eq!(network.up_at(8001), vec![1, 2]);
+    let (start, end) = (network.now_ms, network.now_ms + 10_000);
+    network.run(10_000);
+    let announces = network.sent_between(8001, 8003, start, end);
+    assert_eq!(announces.len(), 5, "{announces:?}");
+    assert!(announces.windows(2).all(|pair| pair[1] - pair[0] == 2_000), "{announces:?}");
+
+    // Node 2 stops: once node 1 sees it down it is alone again, and announces within a second
+    // (at once if its last announce was a second ago or more), then each second.
+    network.stopped.push(address(8002));
+    while network.up_at(8001) != vec![1] {
+        assert!(network.now_ms < end + 10_000, "node 2 never seen down");
+        network.run(10);
+    }
+    let down_at = network.now_ms;
+    network.run(3_500);
+    let announces = network.sent_between(8001, 8003, down_at, down_at + 3_500);
+    assert!(announces.len() >= 3 && announces[0] <= down_at + 1_000, "down at {down_at}: {announces:?}");
+    assert!(announces.windows(2).all(|pair| pair[1] - pair[0] == 1_000), "{announces:?}");
 }

@@ -53,9 +53,6 @@ const CLOCKS_PASS_MS: u64 = 1_000;
 const _: () = assert!(CLOCKS_PASS_MS > 2 * CLOCK_SKEW_MS_MAX as u64);
 /// Attempts at the final read of a key at ALL.
 const FINAL_READ_ATTEMPTS: usize = 10;
-/// How often a node that sees no other member announces itself again (the shard's gossip task
-/// does the same, so a lost announce or a partition at start does not leave it alone).
-const REJOIN_PERIOD_MS: u64 = 1_000;
 /// Most events pending at once.
 const EVENTS_PENDING_MAX: usize = 1 << 20;
 /// Anti-entropy rounds start every this long on each node, give or take half.
@@ -76,11 +73,6 @@ enum Event {
         generation: u64,
     },
     Maintenance {
-        node: u16,
-        generation: u64,
-    },
-    /// The shard's gossip task announces again to its seeds while it sees no other member.
-    Rejoin {
         node: u16,
         generation: u64,
     },
@@ -518,16 +510,6 @@ impl Cluster {
                     self.scheduler.schedule(at, Event::Maintenance { node, generation });
                 }
             }
-            Event::Rejoin { node, generation } => {
-                let now_ms = self.now_ms;
-                let seeds = self.seeds(node);
-                let Some(running) = self.running_mut(node, generation) else { return true };
-                if running.membership.up().len() == 1 {
-                    running.membership.join(&seeds, now_ms);
-                    self.flush_membership(node);
-                }
-                self.scheduler.schedule(now_ms + REJOIN_PERIOD_MS, Event::Rejoin { node, generation });
-            }
             Event::ClientNext { client } => {
                 let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
                 if let Some(request) = self.clients[client].next(&mut self.rng, &self.keys, &node_ids) {
@@ -787,7 +769,6 @@ impl Cluster {
             .schedule(self.now_ms + HINT_REPLAY_INTERVAL_MS, Event::HintReplay { node: node_id, generation });
         let at = self.now_ms + self.rng.random_range(500..=1_500);
         self.scheduler.schedule(at, Event::Maintenance { node: node_id, generation });
-        self.scheduler.schedule(self.now_ms + REJOIN_PERIOD_MS, Event::Rejoin { node: node_id, generation });
         self.flush_membership(node_id);
     }
 

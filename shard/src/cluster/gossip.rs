@@ -44,11 +44,6 @@ const DATAGRAMS_QUEUED_MAX: usize = 256;
 /// Longest sleep between two looks at the timer heap.
 const IDLE_TICK_MS: u64 = 1_000;
 
-/// How often a node that knows no other member announces itself to its seeds again: a seed that
-/// was not listening yet (nodes started together) or a partition must not leave it alone until
-/// foca's slow periodic announce.
-const REJOIN_PERIOD_MS: u64 = 1_000;
-
 /// A seed for foca's generator that differs between processes and starts.
 fn random_seed() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -105,16 +100,11 @@ pub async fn run_membership(setup: GossipSetup) {
     let (datagram_sender, datagrams) = local_channel::new_bounded(DATAGRAMS_QUEUED_MAX);
     let key = cluster.settings().peer_key;
     let receiver = glommio::spawn_local(receive_datagrams(socket.clone(), datagram_sender, key)).detach();
+    // Membership announces again to every seed and member it does not see up, each second while
+    // it sees no other member: a seed not listening yet (nodes started together) or a partition
+    // does not leave this node alone.
     membership.join(&join_addresses, now_ms());
-    let mut joined_at = now_ms();
     loop {
-        if membership.up().len() == 1
-            && !join_addresses.is_empty()
-            && now_ms() >= joined_at + REJOIN_PERIOD_MS
-        {
-            joined_at = now_ms();
-            membership.join(&join_addresses, joined_at);
-        }
         send_datagrams(&socket, &mut membership, &mut builder, node_id, key.as_ref()).await;
         let mut changed = false;
         for event in membership.drain_events() {
@@ -164,10 +154,7 @@ pub async fn run_membership(setup: GossipSetup) {
             break;
         }
         let now = now_ms();
-        let mut wake_at = membership.next_deadline().unwrap_or(now + IDLE_TICK_MS).min(now + IDLE_TICK_MS);
-        if membership.up().len() == 1 && !join_addresses.is_empty() {
-            wake_at = wake_at.min(joined_at + REJOIN_PERIOD_MS);
-        }
+        let wake_at = membership.next_deadline().unwrap_or(now + IDLE_TICK_MS).min(now + IDLE_TICK_MS);
         let sleep = Duration::from_millis(wake_at.saturating_sub(now));
         let received = or(
             async { datagrams.recv().await },
