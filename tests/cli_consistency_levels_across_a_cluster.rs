@@ -8,7 +8,7 @@ use crate::common;
 
 use std::process::{Command, Output};
 
-use common::cluster::{address, start_three_nodes, wait_for_logs};
+use common::cluster::{address, start_three_nodes, wait_for_every_shard, wait_for_logs};
 
 fn ringkv(args: &[&str], env_address: Option<&str>) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringkv"));
@@ -50,6 +50,7 @@ fn cli_consistency_levels_across_a_cluster() {
     // One node down: ALL cannot be met, QUORUM and the default (quorum) can.
     third.kill();
     wait_for_logs(&[(&first, 0), (&second, 0)], "node down", &[3]);
+    wait_for_every_shard(&[&first, &second], &[1, 2], &[3]);
     for args in [&["get", "greeting"][..], &["put", "greeting", "hi"], &["del", "greeting"]] {
         let mut args = args.to_vec();
         args.extend(["--consistency", "all"]);

@@ -9,7 +9,7 @@ use crate::common;
 
 use std::collections::BTreeSet;
 
-use common::cluster::{address, start_three_nodes, wait_for_logs};
+use common::cluster::{address, start_three_nodes, wait_for_every_shard, wait_for_logs};
 use common::SHARDS;
 use ringkv_client::blocking::Client;
 use ringkv_client::{token_of, ClientOptions, Consistency, Error, ErrorCode, ReplicaChoice, Topology};
@@ -94,6 +94,7 @@ fn client_routes_keys_to_replicas() {
     assert!(!on_first.is_empty());
     first.kill();
     wait_for_logs(&[(&second, 0), (&third, 0)], "node down", &[1]);
+    wait_for_every_shard(&[&second, &third], &[2, 3], &[1]);
     // A write whose connection cannot be made was never sent: it goes to the next replica.
     by_first.put(on_first[0], "rewritten").unwrap();
     assert_eq!(by_first.get(on_first[0]).unwrap().unwrap().value, "rewritten".as_bytes());

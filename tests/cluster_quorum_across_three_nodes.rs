@@ -5,7 +5,7 @@
 use crate::common;
 
 use bytes::Bytes;
-use common::cluster::{eventually, eventually_at, start_three_nodes, wait_for_logs};
+use common::cluster::{eventually, eventually_at, start_three_nodes, wait_for_every_shard, wait_for_logs};
 use common::Client;
 use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
@@ -98,6 +98,7 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     // One node killed: quorum writes and reads go on through the other two.
     third.kill();
     wait_for_logs(&[(&first, 0), (&second, 0)], "node down", &[3]);
+    wait_for_every_shard(&[&first, &second], &[1, 2], &[3]);
     let mut survivors: Vec<Client> = [&first, &second].iter().map(|node| node.client()).collect();
     for index in 0..10 {
         let key = format!("after-kill-{index}").into_bytes();
@@ -137,6 +138,7 @@ fn quorum_operations_through_every_node_survive_one_node_killed() {
     let first_log_bytes = first.log().len();
     third.restart();
     wait_for_logs(&[(&first, first_log_bytes)], "node up", &[3]);
+    wait_for_every_shard(&[&first], &[1, 2, 3], &[]);
     let mut back = third.client();
     assert!(matches!(eventually(&mut back, get(b"after-kill-1")), Outcome::Value { .. }));
     // Its own copy of the value it missed is still missing: nothing has read that key since.

@@ -59,13 +59,14 @@ pub fn wait_for_three_nodes([first, second, third]: [&Server; 3]) {
     wait_for_logs(&[(first, 0)], "node up", &[2, 3]);
     wait_for_logs(&[(second, 0)], "node up", &[1, 3]);
     wait_for_logs(&[(third, 0)], "node up", &[1, 2]);
-    wait_for_every_shard(&[first, second, third], &[1, 2, 3]);
+    wait_for_every_shard(&[first, second, third], &[1, 2, 3], &[]);
 }
 
-/// Waits until every shard of each node lists every node of `up` as up in the topology it
-/// serves. Shard 0 logs "node up" when membership sees a node, and the other shards learn it a
-/// moment later from shard 0's snapshot; any shard may answer a request on the client port.
-pub fn wait_for_every_shard(nodes: &[&Server], up: &[u16]) {
+/// Waits until every shard of each node lists every node of `up` as up and every node of `down`
+/// as down in the topology it serves. Shard 0 logs "node up" or "node down" when membership
+/// sees the change, and the other shards learn it a moment later from shard 0's snapshot; any
+/// shard may answer a request on the client port.
+pub fn wait_for_every_shard(nodes: &[&Server], up: &[u16], down: &[u16]) {
     let deadline = Instant::now() + SETTLE_DEADLINE;
     for node in nodes {
         for shard_id in 0..SHARDS as u32 {
@@ -74,12 +75,14 @@ pub fn wait_for_every_shard(nodes: &[&Server], up: &[u16]) {
                 let topology = client.topology();
                 let seen: Vec<u16> =
                     topology.nodes.iter().filter(|member| member.up).map(|member| member.node_id).collect();
-                if up.iter().all(|node_id| seen.contains(node_id)) {
+                if up.iter().all(|node_id| seen.contains(node_id))
+                    && !down.iter().any(|node_id| seen.contains(node_id))
+                {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "shard {shard_id} of node {} sees only {seen:?} up, not {up:?}",
+                    "shard {shard_id} of node {} sees {seen:?} up, not {up:?} up and {down:?} down",
                     topology.node_id
                 );
                 std::thread::sleep(Duration::from_millis(20));
