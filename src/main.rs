@@ -185,7 +185,8 @@ struct ServeArgs {
     #[arg(long, value_name = "MS")]
     tombstone_grace_ms: Option<u64>,
     /// Start even when SSTables the manifest lists are missing: their data is lost on this node
-    /// and anti-entropy restores it from the other replicas. Without it the node refuses to start.
+    /// and anti-entropy restores it from the other replicas; until then the shard answers no
+    /// read as a replica. Without it the node refuses to start.
     #[arg(long)]
     allow_missing_tables: bool,
     /// Start even when the WAL's last record fails its checksum though it was written whole

@@ -1,13 +1,15 @@
 //! A replica that lost its data (its WAL, tables and manifest deleted while it was stopped, its
-//! identity kept) gets every key back from the other replicas through anti-entropy
-//! (`ringkv admin repair`), with no read repairing anything.
+//! identity kept) answers no read of what it lost until anti-entropy has restored every range
+//! from the other replicas: reads through it are served by the others meanwhile, a quorum is
+//! never made of its empty copy, and with no read repairing anything it gets every key back.
 
 use crate::common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, start_three_nodes_with};
-use common::healing::{put, read_one, repair_until_clean, wait_for_log, wipe_engine_files};
-use ringkv_wire::{Consistency, Outcome};
+use common::cluster::{eventually_at, start_three_nodes_with, wait_for_every_shard};
+use common::healing::{field, log_lines, put, read_one, wait_for_log, wipe_engine_files};
+use common::SHARDS;
+use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
 const KEYS: usize = 300;
 
@@ -17,7 +19,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     let root = tempfile::tempdir().unwrap();
     // No hints: only anti-entropy can bring the data back.
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0"];
-    let [first, _second, mut third] = start_three_nodes_with(root.path(), &flags);
+    let [first, mut second, mut third] = start_three_nodes_with(root.path(), &flags);
     let mut client = first.client();
     let mut versions = Vec::new();
     for index in 0..KEYS {
@@ -26,32 +28,53 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
         let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
         versions.push(version);
     }
+    let expected = |index: usize| Outcome::Value {
+        value: Bytes::from(format!("v{index}")),
+        version: versions[index],
+        expires_at_ms: None,
+    };
 
+    // Node 3 loses its data; node 2 is down too, so node 3 cannot restore its ranges yet.
     third.terminate();
     let removed = wipe_engine_files(&third.data_dir);
     assert!(removed > 0, "the node had engine files");
-    let since = first.log().len();
+    second.terminate();
     third.restart();
-    wait_for_log(&first, since, "node up node_id=3 ");
-    for other in [1, 2] {
-        wait_for_log(&third, 0, &format!("node up node_id={other} "));
-    }
-    let mut through_third = third.client();
-    // Before the repair, node 3 holds none of them.
-    assert_eq!(read_one(&mut through_third, "key-0"), Outcome::NotFound);
+    assert!(third.log().contains("the shard's storage files are gone"), "{}", third.log());
+    wait_for_log(&third, 0, "node up node_id=1 ");
+    wait_for_every_shard(&[&third], &[1, 3], &[2]);
 
-    let repaired = repair_until_clean(&third, 20);
-    println!("keys repaired by anti-entropy: {repaired}");
-    assert!(repaired >= KEYS as u64, "{repaired} keys repaired for {KEYS} lost");
-    let mut restored = 0;
-    for (index, version) in versions.iter().enumerate() {
-        let value = Bytes::from(format!("v{index}"));
-        assert_eq!(
-            read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version, expires_at_ms: None },
-            "node 3 did not get key-{index} back"
-        );
-        restored += 1;
+    // Its empty copy answers nothing: a read at ONE through it is served by node 1, and a
+    // quorum, which would need its copy, fails rather than answer "not found".
+    let mut through_third = third.client();
+    for index in 0..KEYS {
+        assert_eq!(read_one(&mut through_third, &format!("key-{index}")), expected(index), "key-{index}");
     }
-    println!("keys restored on the wiped replica: {restored} of {KEYS}");
+    let get = Operation::Get { key: Bytes::from_static(b"key-0") };
+    let refused = through_third.execute_at(get, Some(Consistency::Quorum)).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+    assert!(refused.message.contains("lost tables"), "{refused}");
+    assert!(log_lines(&third, 0, "serving replica reads again").is_empty());
+
+    // Node 2 back: anti-entropy restores every range, and node 3 serves its own copy again.
+    let since = third.log().len();
+    second.restart();
+    let deadline = std::time::Instant::now() + common::cluster::SETTLE_DEADLINE;
+    while log_lines(&third, since, "serving replica reads again").len() < SHARDS {
+        assert!(std::time::Instant::now() < deadline, "node 3 never finished restoring:\n{}", third.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pulled: u64 = log_lines(&third, 0, "anti-entropy repaired keys")
+        .iter()
+        .filter_map(|line| field(line, "pulled"))
+        .sum();
+    println!("keys pulled by anti-entropy: {pulled}");
+    assert!(pulled >= KEYS as u64, "{pulled} keys pulled for {KEYS} lost");
+    // At ONE, node 3 answers from its own copy first.
+    for index in 0..KEYS {
+        assert_eq!(read_one(&mut through_third, &format!("key-{index}")), expected(index), "key-{index}");
+    }
+    for shard in 0..SHARDS {
+        assert!(!third.data_dir.join(format!("shard-{shard}")).join("REBUILDING").exists());
+    }
 }

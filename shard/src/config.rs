@@ -240,7 +240,8 @@ pub struct NodeConfig {
     /// repaired since the delete. Must cover the hint window and the anti-entropy interval.
     pub tombstone_grace_ms: u64,
     /// Start even when SSTables the manifest lists are missing (their data is lost on this
-    /// node; anti-entropy restores it from the other replicas). Off: the node refuses to start.
+    /// node; anti-entropy restores it from the other replicas, and until then the shard answers
+    /// no read as a replica). Off: the node refuses to start.
     pub allow_missing_tables: bool,
     /// Start even when the WAL's last record fails its checksum though it was written whole
     /// (bit rot, not a torn write), dropping it with an error logged: acknowledged writes in it

@@ -59,6 +59,8 @@ pub struct DataDirectory {
     path: PathBuf,
     placement: Placement,
     tokens: Vec<u64>,
+    /// Whether `NODE` was there before this open: the node ran here before.
+    started_before: bool,
     /// Holds the `flock`; closing the file releases it.
     _lock: File,
 }
@@ -95,8 +97,15 @@ impl DataDirectory {
         };
         write_pid(&mut lock).map_err(|error| ShardError::data_directory("writing", &lock_path, error))?;
 
+        let started_before = path.join(NODE_FILE_NAME).exists();
         let tokens = check_placement(path, placement, tokens)?;
-        Ok(DataDirectory { path: path.to_path_buf(), placement, tokens, _lock: lock })
+        Ok(DataDirectory { path: path.to_path_buf(), placement, tokens, started_before, _lock: lock })
+    }
+
+    /// Whether the node ran in this directory before (it recorded its placement then): a shard
+    /// whose storage files are gone has lost data, not started afresh.
+    pub fn started_before(&self) -> bool {
+        self.started_before
     }
 
     /// The directory.
@@ -336,9 +345,11 @@ mod tests {
             "shards = 2\nvnodes_per_shard = 16\nnode_id = 7\ntokens = 5,9223372036854775808,18446744073709551615\n"
         );
         assert!(!root.path().join("NODE.tmp").exists(), "the temporary file was left behind");
+        assert!(!directory.started_before());
         drop(directory);
         // The same settings open again, tokens in any order.
-        DataDirectory::open(root.path(), PLACEMENT, &[1 << 63, u64::MAX, 5]).unwrap();
+        let again = DataDirectory::open(root.path(), PLACEMENT, &[1 << 63, u64::MAX, 5]).unwrap();
+        assert!(again.started_before());
     }
 
     #[test]

@@ -180,6 +180,19 @@ impl ShardService {
             tables_missing = recovery.tables_missing,
             "storage engine open"
         );
+        if data_directory.started_before() && recovery.fresh {
+            warn!(
+                shard_id,
+                directory = %directory.display(),
+                "this node ran here before but the shard's storage files are gone: its data is lost \
+                 here; in a cluster, anti-entropy restores it from the other replicas"
+            );
+            engine
+                .engine()
+                .mark_rebuilding()
+                .await
+                .map_err(|source| ShardError::Storage { shard_id, source })?;
+        }
 
         // Versions start above every version on disk, however far ahead of the wall clock.
         let clock = HybridClock::new(config.node_id);

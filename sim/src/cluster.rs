@@ -794,14 +794,17 @@ impl Cluster {
                 let at = self.now_ms + self.rng.random_range(300..=8_000);
                 self.scheduler.schedule(at, Event::Restart { node });
             }
-            // A disk whose syncs start failing poisons the engine (writes refused, reads go on)
-            // until the operator restarts the node; counted as a crash, since it ends in one.
+            // A disk whose syncs or writes start failing poisons the engine (writes refused,
+            // reads go on) until the operator restarts the node; counted as a crash, since it
+            // ends in one.
             70..80 if crashed < self.config.crashed_max => {
                 let node = running[self.rng.random_range(0..running.len())];
-                let syncs_left = self.rng.random_range(0..5);
-                self.nodes.get_mut(&node).expect("a node of the run").fail_disk(syncs_left);
+                let writes = self.rng.random_bool(0.5);
+                let left = self.rng.random_range(0..5);
+                self.nodes.get_mut(&node).expect("a node of the run").fail_disk(writes, left);
                 let generation = self.nodes[&node].generation;
-                self.log(format_args!("n{node} disk fails every sync after {syncs_left} more"));
+                let what = if writes { "write" } else { "sync" };
+                self.log(format_args!("n{node} disk fails every {what} after {left} more"));
                 let at = self.now_ms + self.rng.random_range(200..=3_000);
                 self.scheduler.schedule(at, Event::OperatorRestart { node, generation });
             }

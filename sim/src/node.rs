@@ -221,10 +221,15 @@ impl Node {
         self.disk_failing
     }
 
-    /// Makes every sync of the disks fail after `successes` more (on each disk).
-    pub fn fail_disk(&mut self, successes: u64) {
+    /// Makes every sync (or, with `writes`, every write) of the disks fail after `successes`
+    /// more, on each disk.
+    pub fn fail_disk(&mut self, writes: bool, successes: u64) {
         for disk in &self.disks {
-            disk.fail_syncs_after(successes);
+            if writes {
+                disk.fail_writes_after(successes);
+            } else {
+                disk.fail_syncs_after(successes);
+            }
         }
         self.disk_failing = true;
     }

@@ -51,7 +51,7 @@ pub mod wal;
 pub use disk::{Disk, DiskFile};
 pub use engine::{
     AtomicOutcome, CasOutcome, Engine, EngineStats, Expected, KeyHash, PendingWrite, RecoveryReport,
-    ScanEntry, ScanPage, ScanRange, Unsettled, Versioned, WriteOutcome,
+    ScanEntry, ScanPage, ScanRange, Unsettled, Versioned, WriteOutcome, REBUILDING_FILE,
 };
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};

@@ -1,14 +1,15 @@
 //! Two hooks replication needs from compaction and recovery: a tombstone past its grace period
 //! is purged only when the purge gate allows it (replication allows it once the key's range was
 //! repaired after the delete), and an engine opened with `missing_tables_allowed` leaves out a
-//! table that disappeared instead of refusing to open.
+//! table that disappeared instead of refusing to open, and remembers that it lost data until
+//! told the data was restored.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_executor::block_on;
-use ringkv_storage::disk::memory::MemDisk;
+use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::{Engine, EngineOptions, StorageError};
 
 const GRACE_MS: u64 = 1_000;
@@ -79,6 +80,7 @@ fn a_missing_table_is_refused_unless_allowed_then_left_out() {
         let allowing = EngineOptions { missing_tables_allowed: true, ..options() };
         let engine = Engine::open(disk.clone(), allowing.clone()).await.unwrap();
         assert_eq!(engine.recovery().tables_missing, 1);
+        assert!(engine.rebuilding(), "it may lack writes it acknowledged");
         assert_eq!(engine.get_entry(&key(0)).await.unwrap(), None, "the lost table's keys are gone");
         assert!(engine.get_entry(&key(99)).await.unwrap().is_some(), "the other table's keys stay");
         // Written again (as anti-entropy would), the keys are back; the engine goes on.
@@ -86,7 +88,44 @@ fn a_missing_table_is_refused_unless_allowed_then_left_out() {
         engine.flush().await.unwrap();
         engine.close().await.unwrap();
         drop(engine);
-        let engine = Engine::open(disk, allowing).await.unwrap();
+        let engine = Engine::open(disk.clone(), allowing.clone()).await.unwrap();
         assert!(engine.get_entry(&key(0)).await.unwrap().is_some());
+        // The manifest no longer lists the lost table, yet the engine still knows it lost data,
+        // even after a power loss.
+        assert_eq!(engine.recovery().tables_missing, 0);
+        assert!(engine.rebuilding());
+        drop(engine);
+        let disk = disk.crash(CrashMode::DropUnsynced);
+        let engine = Engine::open(disk.clone(), allowing.clone()).await.unwrap();
+        assert!(engine.rebuilding());
+        // Once the data is restored, the mark goes, durably.
+        engine.rebuilt().await.unwrap();
+        assert!(!engine.rebuilding());
+        engine.close().await.unwrap();
+        drop(engine);
+        let disk = disk.crash(CrashMode::DropUnsynced);
+        let engine = Engine::open(disk, allowing).await.unwrap();
+        assert!(!engine.rebuilding() && !engine.recovery().rebuilding);
+        assert!(!engine.recovery().fresh);
+    });
+}
+
+#[test]
+fn an_engine_whose_files_are_gone_opens_fresh_and_can_be_marked_as_rebuilding() {
+    block_on(async {
+        let disk = MemDisk::new();
+        let engine = Engine::open(disk.clone(), options()).await.unwrap();
+        assert!(engine.recovery().fresh && !engine.rebuilding());
+        // Its owner knows it had data (a node that ran before): it marks the loss, durably.
+        engine.mark_rebuilding().await.unwrap();
+        assert!(engine.rebuilding());
+        drop(engine);
+        let disk = disk.crash(CrashMode::DropUnsynced);
+        let engine = Engine::open(disk.clone(), options()).await.unwrap();
+        assert!(!engine.recovery().fresh && engine.recovery().rebuilding && engine.rebuilding());
+        engine.rebuilt().await.unwrap();
+        drop(engine);
+        let engine = Engine::open(disk.crash(CrashMode::DropUnsynced), options()).await.unwrap();
+        assert!(!engine.rebuilding());
     });
 }

@@ -68,6 +68,9 @@ pub enum PeerErrorCode {
     WrongShard,
     /// The request broke a limit (key or value size).
     Invalid,
+    /// The replica lost data (tables missing at its start) and has not restored the key's range
+    /// from the other replicas yet: it does not answer reads there.
+    Rebuilding,
 }
 
 impl PeerErrorCode {
@@ -79,7 +82,8 @@ impl PeerErrorCode {
             PeerErrorCode::Overloaded
             | PeerErrorCode::ClockSkew
             | PeerErrorCode::WrongShard
-            | PeerErrorCode::Invalid => true,
+            | PeerErrorCode::Invalid
+            | PeerErrorCode::Rebuilding => true,
             PeerErrorCode::Internal | PeerErrorCode::StorageFailed => false,
         }
     }

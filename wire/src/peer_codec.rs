@@ -286,6 +286,7 @@ fn parse_failure(failure: fb::Failure<'_>) -> Result<PeerFailure, WireError> {
         fb::ErrorCode::ClockSkew => PeerErrorCode::ClockSkew,
         fb::ErrorCode::WrongShard => PeerErrorCode::WrongShard,
         fb::ErrorCode::Invalid => PeerErrorCode::Invalid,
+        fb::ErrorCode::Rebuilding => PeerErrorCode::Rebuilding,
         fb::ErrorCode(unknown) => {
             // Checked before the prefix is added, which `PeerFailure::new` may then cut.
             PeerFailure { code: PeerErrorCode::Internal, message: message.to_owned() }.validate()?;
@@ -494,6 +495,7 @@ fn encode_failure<'builder>(
         PeerErrorCode::ClockSkew => fb::ErrorCode::ClockSkew,
         PeerErrorCode::WrongShard => fb::ErrorCode::WrongShard,
         PeerErrorCode::Invalid => fb::ErrorCode::Invalid,
+        PeerErrorCode::Rebuilding => fb::ErrorCode::Rebuilding,
     };
     fb::Failure::create(builder, &fb::FailureArgs { code, message: Some(message) })
 }
@@ -589,13 +591,14 @@ mod tests {
         messages.into_iter().map(envelope).collect()
     }
 
-    const ALL_CODES: [PeerErrorCode; 6] = [
+    const ALL_CODES: [PeerErrorCode; 7] = [
         PeerErrorCode::Internal,
         PeerErrorCode::Overloaded,
         PeerErrorCode::StorageFailed,
         PeerErrorCode::ClockSkew,
         PeerErrorCode::WrongShard,
         PeerErrorCode::Invalid,
+        PeerErrorCode::Rebuilding,
     ];
 
     fn encode(envelope: &PeerEnvelope) -> Vec<u8> {

@@ -55,6 +55,10 @@ const CONFIRM_PAUSE: Duration = Duration::from_millis(50);
 /// Keys a repair pushes or pulls at once.
 const REPAIR_IN_FLIGHT: usize = 64;
 
+/// The pause between anti-entropy rounds while the shard lost tables and has not restored them
+/// (it answers no replica read of an unrepaired range meanwhile), when the interval is longer.
+const REBUILD_ROUND_PAUSE: Duration = Duration::from_secs(2);
+
 /// What one anti-entropy round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RepairSummary {
@@ -456,6 +460,7 @@ impl Cluster {
             }
         }
         self.healing.round_running.set(false);
+        self.end_rebuild_once_repaired().await;
         let mut totals = self.healing.totals.borrow_mut();
         totals.ranges_compared += summary.ranges_compared;
         totals.exchanges += summary.exchanges;
@@ -639,7 +644,12 @@ impl Cluster {
         let interval = Duration::from_millis(self.settings.healing.anti_entropy_interval_ms.max(1));
         let mut last_rebuild = now_ms();
         while !self.stop.is_triggered() {
-            futures_lite::future::or(glommio::timer::sleep(interval), self.stop.wait()).await;
+            let pause = if self.rebuilding_since_ms.get().is_some() {
+                interval.min(REBUILD_ROUND_PAUSE)
+            } else {
+                interval
+            };
+            futures_lite::future::or(glommio::timer::sleep(pause), self.stop.wait()).await;
             if self.stop.is_triggered() {
                 break;
             }

@@ -52,7 +52,7 @@ use ringkv_replication::{
 use ringkv_storage::Entry;
 use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue};
 use ringkv_wire::{Consistency, ErrorCode, Failure, Operation, Outcome};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::handler::Handler;
 use crate::stop_signal::StopSignal;
@@ -123,6 +123,9 @@ pub struct Cluster {
     /// coordinator's pending requests, one each.
     own_commits: CommitQueue,
     own_committer_running: Cell<bool>,
+    /// When this shard started, if its engine lost tables and the data is not restored yet: it
+    /// answers no replica read of a range until anti-entropy repaired the range after this.
+    rebuilding_since_ms: Cell<Option<u64>>,
 }
 
 impl Cluster {
@@ -158,6 +161,7 @@ impl Cluster {
             tls: std::cell::OnceCell::new(),
             own_commits: CommitQueue::default(),
             own_committer_running: Cell::new(false),
+            rebuilding_since_ms: Cell::new(None),
         })
     }
 
@@ -174,6 +178,14 @@ impl Cluster {
 
     /// Starts the deadline ticker.
     pub fn start(self: &Rc<Self>) {
+        if self.handler.engine().rebuilding() {
+            warn!(
+                shard = self.origin.shard,
+                "this shard lost tables: it answers no replica read of a range until anti-entropy \
+                 has restored the range from the other replicas"
+            );
+            self.rebuilding_since_ms.set(Some(now_ms()));
+        }
         let cluster = self.clone();
         let ticker = glommio::spawn_local(async move {
             while !cluster.stop.is_triggered() {
@@ -556,7 +568,7 @@ impl Cluster {
     /// then.
     pub fn serve_replica_now(&self, envelope: &PeerEnvelope) -> Option<PeerEnvelope> {
         let PeerMessage::Read { key, digest_only } = &envelope.message else { return None };
-        if !self.view.borrow().owns(key, self.origin.shard) {
+        if !self.view.borrow().owns(key, self.origin.shard) || self.rebuilding_since_ms.get().is_some() {
             return None;
         }
         let found = self.handler.engine().entry_now_hashed(key, None, |entry, unsettled| {
@@ -564,6 +576,45 @@ impl Cluster {
         })?;
         let result = found.transpose()?.map_err(healing::storage_failure);
         Some(replica::read_answer(envelope, *digest_only, result))
+    }
+
+    /// Why this shard answers no replica read of `key`, if it does not: its engine lost tables
+    /// and anti-entropy has not repaired the key's range since this shard started. A stale
+    /// answer from it could otherwise complete a quorum that misses an acknowledged write (the
+    /// coordinator asks another replica instead).
+    fn rebuilding_refusal(&self, key: &[u8]) -> Option<PeerFailure> {
+        let since = self.rebuilding_since_ms.get()?;
+        if self.trees.borrow().repaired_since(ringkv_wire::token::token(key), since) {
+            return None;
+        }
+        Some(PeerFailure::new(
+            PeerErrorCode::Rebuilding,
+            format!(
+                "shard {} of node {} lost tables and has not restored this key's range yet",
+                self.origin.shard, self.origin.node_id
+            ),
+        ))
+    }
+
+    /// Once every range this shard holds was repaired after its start, records that the data
+    /// lost with the missing tables is restored: replica reads are answered again.
+    async fn end_rebuild_once_repaired(&self) {
+        let Some(since) = self.rebuilding_since_ms.get() else { return };
+        if !self.trees.borrow().all_repaired_since(since) {
+            return;
+        }
+        match self.handler.engine().rebuilt().await {
+            Ok(()) => {
+                self.rebuilding_since_ms.set(None);
+                info!(
+                    shard = self.origin.shard,
+                    "every range repaired since the lost tables: serving replica reads again"
+                );
+            }
+            Err(error) => {
+                warn!(%error, "could not record that the lost data is restored; replica reads stay refused")
+            }
+        }
     }
 
     /// Serves a replica request (from a peer link, or from this shard's own coordinator) on the
@@ -597,6 +648,9 @@ impl Cluster {
                 replica::applied(envelope, result)
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
+                if let Some(failure) = self.rebuilding_refusal(&key) {
+                    return replica::refusal(envelope, failure);
+                }
                 let result = engine
                     .get_durable_entry(&key)
                     .await

@@ -110,6 +110,18 @@ impl RangeTrees {
         }
     }
 
+    /// Whether the range holding `token` was repaired at or after `since_ms`.
+    pub fn repaired_since(&self, token: u64, since_ms: u64) -> bool {
+        self.range_of(token).is_some_and(|tracked| tracked.repaired_at_ms >= since_ms)
+    }
+
+    /// Whether every range this shard replicates (there is at least one) was repaired at or
+    /// after `since_ms`.
+    pub fn all_repaired_since(&self, since_ms: u64) -> bool {
+        let mut held = self.ranges.iter().filter(|tracked| tracked.tree.is_some()).peekable();
+        held.peek().is_some() && held.all(|tracked| tracked.repaired_at_ms >= since_ms)
+    }
+
     /// Records a successful repair of `range` at `now_ms`.
     pub fn repaired(&mut self, range: TokenRange, now_ms: u64) {
         if let Some(index) = self.index_of(range.end) {
@@ -225,6 +237,26 @@ mod tests {
         assert!(!trees.may_purge(42, 1_000), "repaired before the delete");
         trees.repaired(TokenRange { start: 7, end: 7 }, 1_100);
         assert!(trees.may_purge(42, 1_000));
+    }
+
+    #[test]
+    fn a_lost_shard_counts_as_restored_once_every_range_it_holds_is_repaired() {
+        let whole = TokenRange { start: 7, end: 7 };
+        let mut trees = RangeTrees::new(
+            1,
+            vec![
+                (TokenRange { start: 7, end: 100 }, vec![1, 2]),
+                (TokenRange { start: 100, end: 7 }, vec![2, 3]),
+            ],
+        );
+        assert!(!trees.all_repaired_since(1_000) && !trees.repaired_since(50, 1_000));
+        trees.repaired(TokenRange { start: 7, end: 100 }, 999);
+        assert!(!trees.repaired_since(50, 1_000), "repaired before the start");
+        trees.repaired(TokenRange { start: 7, end: 100 }, 1_000);
+        assert!(trees.repaired_since(50, 1_000));
+        assert!(!trees.repaired_since(200, 1_000), "another node's range, never repaired here");
+        assert!(trees.all_repaired_since(1_000), "the only range held here");
+        assert!(!RangeTrees::new(1, vec![(whole, vec![2, 3])]).all_repaired_since(0), "holds nothing");
     }
 
     #[test]

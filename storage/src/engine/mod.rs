@@ -145,7 +145,18 @@ pub struct RecoveryReport {
     /// Tables the manifest lists that were missing and left out
     /// ([`EngineOptions::missing_tables_allowed`]).
     pub tables_missing: usize,
+    /// Whether the directory held no manifest: nothing was ever opened here, or everything was
+    /// lost (see [`Engine::mark_rebuilding`]).
+    pub fresh: bool,
+    /// Whether the engine holds less than it acknowledged: tables went missing at this open or
+    /// an earlier one, and [`Engine::rebuilt`] has not been called since ([`REBUILDING_FILE`]).
+    pub rebuilding: bool,
 }
+
+/// The file whose presence says an engine lost tables and its data has not been restored since
+/// (by replication: anti-entropy from the other replicas). It is made durable before the
+/// manifest that forgets the missing tables, so a restart before the restore still knows.
+pub const REBUILDING_FILE: &str = "REBUILDING";
 
 /// Counters for write amplification and activity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -292,6 +303,8 @@ pub struct Engine<D: Disk> {
     purge_gate: RefCell<Option<PurgeGate>>,
     /// What the last look at the disk's free space found (see [`EngineOptions::disk_reserve_bytes`]).
     space: Cell<DiskSpace>,
+    /// Whether tables were lost and not restored since (see [`Engine::rebuilding`]).
+    rebuilding: Cell<bool>,
 }
 
 /// Writes accepted between two looks at the disk's free space while it has room, at least: with
@@ -362,8 +375,9 @@ impl<D: Disk> Engine<D> {
     pub async fn open(disk: D, options: EngineOptions) -> Result<Self> {
         let disk = Rc::new(disk);
         let names = disk.list().await.map_err(io_error("list", "."))?;
-        let mut manifest = Manifest::read(disk.as_ref()).await?.unwrap_or_default();
-        let mut recovery = RecoveryReport::default();
+        let found = Manifest::read(disk.as_ref()).await?;
+        let mut recovery = RecoveryReport { fresh: found.is_none(), ..RecoveryReport::default() };
+        let mut manifest = found.unwrap_or_default();
 
         let highest_number = names
             .iter()
@@ -402,7 +416,14 @@ impl<D: Disk> Engine<D> {
             };
             tables.push(Rc::new(Table::open(file, name, record.id, cache.clone()).await?));
         }
-        // The next manifest written leaves the missing tables out.
+        // The next manifest written leaves the missing tables out; the mark that data was lost
+        // is durable first.
+        recovery.rebuilding = names.iter().any(|name| name == REBUILDING_FILE);
+        if !missing.is_empty() && !recovery.rebuilding {
+            disk.create(REBUILDING_FILE).await.map_err(io_error("create", REBUILDING_FILE))?;
+            disk.sync_dir().await.map_err(io_error("sync directory", "."))?;
+            recovery.rebuilding = true;
+        }
         manifest.tables.retain(|record| !missing.contains(&record.id));
         recovery.tables_opened = tables.len();
 
@@ -438,6 +459,7 @@ impl<D: Disk> Engine<D> {
             last_seq,
             "storage engine opened"
         );
+        let recovery_rebuilding = recovery.rebuilding;
         let state = State {
             next_seq: last_seq + 1,
             active,
@@ -467,6 +489,7 @@ impl<D: Disk> Engine<D> {
             recovery,
             purge_gate: RefCell::new(None),
             space: Cell::new(DiskSpace::default()),
+            rebuilding: Cell::new(recovery_rebuilding),
         };
         engine.seal_if_full(&mut engine.state.borrow_mut());
         Ok(engine)
@@ -493,6 +516,36 @@ impl<D: Disk> Engine<D> {
     /// What recovery found when the engine was opened.
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
+    }
+
+    /// Whether this engine lost tables and its data has not been restored since: it may lack
+    /// writes it acknowledged, so it must not answer reads as if it held them.
+    pub fn rebuilding(&self) -> bool {
+        self.rebuilding.get()
+    }
+
+    /// Records, durably, that this engine lost data its owner knows it had (a node that ran
+    /// before finds its shard's files gone): [`Engine::rebuilding`] until [`Engine::rebuilt`].
+    pub async fn mark_rebuilding(&self) -> Result<()> {
+        if self.rebuilding.get() {
+            return Ok(());
+        }
+        self.disk.create(REBUILDING_FILE).await.map_err(io_error("create", REBUILDING_FILE))?;
+        self.disk.sync_dir().await.map_err(io_error("sync directory", "."))?;
+        self.rebuilding.set(true);
+        Ok(())
+    }
+
+    /// Records that the data lost with missing tables has been restored (every range repaired
+    /// from the other replicas since this open): [`REBUILDING_FILE`] is removed, durably.
+    pub async fn rebuilt(&self) -> Result<()> {
+        if !self.rebuilding.get() {
+            return Ok(());
+        }
+        self.disk.remove(REBUILDING_FILE).await.map_err(io_error("remove", REBUILDING_FILE))?;
+        self.disk.sync_dir().await.map_err(io_error("sync directory", "."))?;
+        self.rebuilding.set(false);
+        Ok(())
     }
 
     /// The highest version the engine holds: of every entry in its tables (their footers say)

@@ -103,16 +103,17 @@ pub struct ValueUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u8 = 5;
+pub const ENUM_MAX_ERROR_CODE: u8 = 6;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 6] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 7] = [
   ErrorCode::Internal,
   ErrorCode::Overloaded,
   ErrorCode::StorageFailed,
   ErrorCode::ClockSkew,
   ErrorCode::WrongShard,
   ErrorCode::Invalid,
+  ErrorCode::Rebuilding,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -133,9 +134,12 @@ impl ErrorCode {
   pub const WrongShard: Self = Self(4);
   /// The request broke a limit (key or value size).
   pub const Invalid: Self = Self(5);
+  /// The replica lost data (tables missing at its start) and has not restored this key's range
+  /// from the other replicas yet, so it does not answer reads of it.
+  pub const Rebuilding: Self = Self(6);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 6;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Overloaded,
@@ -143,6 +147,7 @@ impl ErrorCode {
     Self::ClockSkew,
     Self::WrongShard,
     Self::Invalid,
+    Self::Rebuilding,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -153,6 +158,7 @@ impl ErrorCode {
       Self::ClockSkew => Some("ClockSkew"),
       Self::WrongShard => Some("WrongShard"),
       Self::Invalid => Some("Invalid"),
+      Self::Rebuilding => Some("Rebuilding"),
       _ => None,
     }
   }
