@@ -222,6 +222,7 @@ impl Cluster {
                 Some(Sabotage::ReplicaAcksWithoutApplying) if node_id == 1 => {
                     ReplicaBehaviour::AcksWithoutApplying
                 }
+                Some(Sabotage::ServesWhileRebuilding) => ReplicaBehaviour::ServesWhileRebuilding,
                 _ => ReplicaBehaviour::Correct,
             };
             let node = Node::new(node_id, skew_ms, settings, behaviour);
@@ -686,6 +687,41 @@ impl Cluster {
             self.count_anti_entropy(frame.len());
             self.send(node_id, peer, None, Payload::Peer(frame));
         }
+        match self.nodes.get_mut(&node_id).expect("a node of the run").end_rebuild_once_repaired() {
+            Some(Ok(())) => {
+                self.log(format_args!("n{node_id} restored the data it lost: serving replica reads again"))
+            }
+            Some(Err(error)) => self.violations.push(error),
+            None => {}
+        }
+    }
+
+    /// Whether every version `node_id` holds durably is durable on some other running node too:
+    /// then taking its disk away loses nothing that replication cannot restore.
+    fn held_elsewhere(&self, node_id: u16) -> Result<bool, String> {
+        // A poisoned engine refuses reads of what is durable: no disk is taken from such a
+        // node, and its copies do not count.
+        if self.nodes[&node_id].disk_failing() {
+            return Ok(false);
+        }
+        for key in &self.keys {
+            let Some(mine) = self.nodes[&node_id].durable(key)? else { continue };
+            let mut held = false;
+            for other in self
+                .nodes
+                .values()
+                .filter(|other| other.node_id != node_id && other.running.is_some() && !other.disk_failing())
+            {
+                if other.durable(key)?.is_some_and(|theirs| theirs.version >= mine.version) {
+                    held = true;
+                    break;
+                }
+            }
+            if !held {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether every key's replicas hold the same version (or all nothing).
@@ -711,6 +747,11 @@ impl Cluster {
         let mut disagreement = String::new();
         for round in 0..ANTI_ENTROPY_ROUNDS_MAX {
             match self.replicas_agree() {
+                // A node that lost data answers reads only once a round found its ranges equal
+                // everywhere: the final reads at ALL need it.
+                Ok(()) if self.nodes.values().any(Node::rebuilding) => {
+                    disagreement = "replicas agree, but a node has not finished restoring lost data".into();
+                }
                 Ok(()) => {
                     self.log(format_args!("settle: replicas agree after {round} anti-entropy rounds"));
                     return;
@@ -762,7 +803,11 @@ impl Cluster {
             Ok(healing) => *running.healing.borrow_mut() = Some(healing),
             Err(error) => self.violations.push(format!("n{node_id} could not build its trees: {error}")),
         }
-        self.log(format_args!("n{node_id} started (start {generation})"));
+        if self.nodes[&node_id].rebuilding() {
+            self.log(format_args!("n{node_id} started (start {generation}), restoring lost data"));
+        } else {
+            self.log(format_args!("n{node_id} started (start {generation})"));
+        }
         let at = self.now_ms + self.rng.random_range(ANTI_ENTROPY_INTERVAL_MS / 2..=ANTI_ENTROPY_INTERVAL_MS);
         self.scheduler.schedule(at, Event::AntiEntropy { node: node_id, generation });
         self.scheduler
@@ -807,6 +852,34 @@ impl Cluster {
                 self.log(format_args!("n{node} disk fails every {what} after {left} more"));
                 let at = self.now_ms + self.rng.random_range(200..=3_000);
                 self.scheduler.schedule(at, Event::OperatorRestart { node, generation });
+            }
+            // A disk loses data while its node is stopped (a table, or every file of a shard: a
+            // replaced disk) and the operator starts the node again, allowing the missing tables.
+            // Only when every version the node holds durably is durable on another node too, and
+            // no node is still restoring lost data: losing a write's only copy is a loss no
+            // replication undoes, and the checkers would rightly call it one.
+            90..100 if crashed < self.config.crashed_max && !self.nodes.values().any(Node::rebuilding) => {
+                let node = running[self.rng.random_range(0..running.len())];
+                match self.held_elsewhere(node) {
+                    Ok(true) => {
+                        self.crash(node, CrashMode::DropUnsynced);
+                        let shard = self.rng.random_range(0..self.nodes[&node].disks.len());
+                        let whole = self.rng.random_bool(0.5);
+                        let pick = self.rng.random_range(0..1024usize);
+                        let node_state = self.nodes.get_mut(&node).expect("a node of the run");
+                        match node_state.lose_data(shard, whole, |tables| pick % tables) {
+                            Ok(removed) => self.log(format_args!(
+                                "n{node} stopped; shard {shard} lost {}",
+                                removed.join(", ")
+                            )),
+                            Err(error) => self.violations.push(format!("n{node}: {error}")),
+                        }
+                        let at = self.now_ms + self.rng.random_range(300..=8_000);
+                        self.scheduler.schedule(at, Event::Restart { node });
+                    }
+                    Ok(false) => {}
+                    Err(error) => self.violations.push(error),
+                }
             }
             // An NTP step: the node's clock moves, within the bound, either way.
             80..90 if !running.is_empty() => {

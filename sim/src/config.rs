@@ -24,6 +24,8 @@ pub enum Sabotage {
     CoordinatorAcksEarly,
     /// No node runs anti-entropy exchanges (hints still replay).
     NoAntiEntropy,
+    /// A node that lost data answers reads before it has restored it.
+    ServesWhileRebuilding,
 }
 
 /// Everything a run is made of besides its schedule.

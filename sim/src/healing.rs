@@ -12,7 +12,7 @@
 //! Simplified against the shard: hints live in memory only (a crash loses them; anti-entropy
 //! repairs what they held) and are replayed without waiting for acknowledgements.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use futures_executor::block_on;
@@ -93,8 +93,14 @@ pub enum Send {
 
 /// A node's healing state.
 pub struct Healing {
+    node_id: u16,
     /// Every ring range by end token, with its replicas and, when this node is one, its tree.
     ranges: Vec<(TokenRange, Vec<u16>, Option<TictacTree>)>,
+    /// Per range (as `ranges`): when a round last found it equal on every other replica (its
+    /// start, simulated ms), 0 if never; and the replicas found equal in the current round.
+    repaired_at_ms: Vec<u64>,
+    clean_peers: Vec<BTreeSet<u16>>,
+    round_started_ms: u64,
     pub book: HintBook,
     pub hints: BTreeMap<u16, VecDeque<(Bytes, PeerEntry, u64)>>,
     pub exchanges: BTreeMap<u64, Running>,
@@ -132,6 +138,10 @@ impl Healing {
         }
         tracked.sort_by_key(|(range, _, _)| range.end);
         Ok(Healing {
+            node_id,
+            repaired_at_ms: vec![0; tracked.len()],
+            clean_peers: vec![BTreeSet::new(); tracked.len()],
+            round_started_ms: 0,
             ranges: tracked,
             book: HintBook::new(HINT_SETTINGS),
             hints: BTreeMap::new(),
@@ -150,6 +160,42 @@ impl Healing {
             0
         } else {
             index
+        }
+    }
+
+    /// Whether the range holding `token` was found equal on every other replica by a round
+    /// started at or after `since_ms`.
+    pub fn repaired_since(&self, token: u64, since_ms: u64) -> bool {
+        self.repaired_at_ms[self.index_of(token)] >= since_ms
+    }
+
+    /// Whether every range this node replicates was found equal on every other replica by a
+    /// round started at or after `since_ms`.
+    pub fn all_repaired_since(&self, since_ms: u64) -> bool {
+        self.ranges
+            .iter()
+            .zip(&self.repaired_at_ms)
+            .filter(|((_, _, tree), _)| tree.is_some())
+            .all(|(_, &repaired_at_ms)| repaired_at_ms >= since_ms)
+    }
+
+    /// Notes that the exchange of `range` with `peer` found nothing to repair; the range counts
+    /// as repaired once every other replica did in the same round (the shard counts a range
+    /// repaired once it has repaired what differed; this stricter form needs a round more).
+    fn found_equal(&mut self, range: TokenRange, peer: u16) {
+        let index = self.index_of(range.end);
+        if self.ranges[index].0 != range {
+            return;
+        }
+        self.clean_peers[index].insert(peer);
+        let node_id = self.node_id;
+        if self.ranges[index]
+            .1
+            .iter()
+            .filter(|&&other| other != node_id)
+            .all(|other| self.clean_peers[index].contains(other))
+        {
+            self.repaired_at_ms[index] = self.round_started_ms;
         }
     }
 
@@ -244,6 +290,8 @@ impl Healing {
             return Vec::new();
         }
         self.pulls.clear();
+        self.round_started_ms = now_ms;
+        self.clean_peers.iter_mut().for_each(BTreeSet::clear);
         let mut sends = Vec::new();
         let wanted: Vec<(TokenRange, Vec<u16>)> = self
             .ranges
@@ -303,7 +351,12 @@ impl Healing {
                         return (sends, pushes);
                     }
                 },
-                Step::Done(report) => self.finish(&report, 0),
+                Step::Done(report) => {
+                    if !report.incomplete {
+                        self.found_equal(range, from);
+                    }
+                    self.finish(&report, 0);
+                }
                 Step::Failed(_) => {
                     self.failed += 1;
                     self.unclean += 1;

@@ -56,6 +56,8 @@ enum PlantedBug {
     CoordinatorAcksEarly,
     /// No node runs anti-entropy exchanges.
     NoAntiEntropy,
+    /// A node that lost data (a table, or a whole disk) answers reads before it has restored it.
+    ServesWhileRebuilding,
 }
 
 fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Report {
@@ -63,6 +65,7 @@ fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Repor
         PlantedBug::ReplicaAcksWithoutApplying => Sabotage::ReplicaAcksWithoutApplying,
         PlantedBug::CoordinatorAcksEarly => Sabotage::CoordinatorAcksEarly,
         PlantedBug::NoAntiEntropy => Sabotage::NoAntiEntropy,
+        PlantedBug::ServesWhileRebuilding => Sabotage::ServesWhileRebuilding,
     });
     ringkv_sim::Cluster::with_shards(seed, sabotage, usize::from(shards)).run()
 }

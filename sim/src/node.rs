@@ -34,6 +34,7 @@ use ringkv_replication::{
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::{Engine, EngineOptions, Entry, ScanRange};
 use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
+use ringkv_wire::token::token;
 
 use crate::healing::Healing;
 
@@ -81,6 +82,8 @@ pub enum ReplicaBehaviour {
     Correct,
     /// A planted bug: acknowledges writes without storing them.
     AcksWithoutApplying,
+    /// A planted bug: answers reads while it has lost data and not restored it.
+    ServesWhileRebuilding,
 }
 
 /// The state of a running process; gone at a crash.
@@ -99,6 +102,10 @@ pub struct Running {
     pub requests: BTreeMap<u64, usize>,
     /// Trees, hints and exchanges; set right after start.
     pub healing: RefCell<Option<Healing>>,
+    /// When this incarnation started, if an engine lost data and it is not restored yet: as the
+    /// shard does, the node answers no replica read of a range until anti-entropy found the
+    /// range equal on every other replica after this.
+    pub rebuilding_since_ms: std::cell::Cell<Option<u64>>,
 }
 
 /// One node.
@@ -117,6 +124,8 @@ pub struct Node {
     settings: NodeSettings,
     behaviour: ReplicaBehaviour,
     disk_failing: bool,
+    /// A disk of this node lost files and the data is not restored yet.
+    data_lost: bool,
 }
 
 impl Node {
@@ -132,6 +141,7 @@ impl Node {
             settings,
             behaviour,
             disk_failing: false,
+            data_lost: false,
         }
     }
 
@@ -155,6 +165,9 @@ impl Node {
             compaction_width_min: 2,
             compaction_width_max: 4,
             memtable_hash_seed: self.settings.memtable_hash_seed,
+            // Tables go missing only when the run takes them away (the operator then restarts
+            // the node with `--allow-missing-tables`).
+            missing_tables_allowed: true,
             ..EngineOptions::default()
         };
         let engines = self
@@ -167,6 +180,19 @@ impl Node {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        // As the shard does: a node that ran before and finds a shard's files gone lost data.
+        let started_before = self.generation > 1;
+        for (shard, engine) in engines.iter().enumerate() {
+            if started_before && engine.recovery().fresh {
+                block_on(engine.mark_rebuilding()).map_err(|error| {
+                    format!("node {} could not mark shard {shard} as rebuilding: {error}", self.node_id)
+                })?;
+            }
+        }
+        let rebuilding = engines.iter().any(|engine| engine.rebuilding());
+        // A file taken away that held nothing the manifest listed (an interrupted flush's) cost
+        // no data.
+        self.data_lost &= rebuilding;
         let clock = HybridClock::new(self.node_id);
         for engine in &engines {
             clock.observe(engine.max_version());
@@ -203,6 +229,7 @@ impl Node {
             membership_tick_at: None,
             requests: BTreeMap::new(),
             healing: RefCell::new(None),
+            rebuilding_since_ms: std::cell::Cell::new(rebuilding.then_some(now_ms)),
         });
         Ok(())
     }
@@ -214,6 +241,67 @@ impl Node {
         self.disks = self.disks.iter().map(|disk| disk.crash(mode)).collect();
         self.disk_failing = false;
         running.requests.into_values().collect()
+    }
+
+    /// Once every range this node replicates was found equal on every other replica after its
+    /// start, records on each engine that the data it lost is restored: `Some` when it did (with
+    /// the error of an engine that could not record it), `None` when there was nothing to do.
+    pub fn end_rebuild_once_repaired(&mut self) -> Option<Result<(), String>> {
+        let running = self.running.as_ref()?;
+        let since = running.rebuilding_since_ms.get()?;
+        if !running.healing.borrow().as_ref().is_some_and(|healing| healing.all_repaired_since(since)) {
+            return None;
+        }
+        for (shard, engine) in running.engines.iter().enumerate() {
+            if let Err(error) = block_on(engine.rebuilt()) {
+                return Some(Err(format!(
+                    "node {} could not mark shard {shard} rebuilt: {error}",
+                    self.node_id
+                )));
+            }
+        }
+        running.rebuilding_since_ms.set(None);
+        self.data_lost = false;
+        Some(Ok(()))
+    }
+
+    /// Whether this node lost data that is not restored yet (running or not).
+    pub fn rebuilding(&self) -> bool {
+        self.data_lost
+            || self.running.as_ref().is_some_and(|running| running.rebuilding_since_ms.get().is_some())
+    }
+
+    /// Takes files away from the disk of `shard` while the node is stopped: every file (a
+    /// replaced disk) when `whole` or when it has no table, else the table `pick` chooses among
+    /// its tables. Returns the names removed.
+    pub fn lose_data(
+        &mut self,
+        shard: usize,
+        whole: bool,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Result<Vec<String>, String> {
+        assert!(self.running.is_none(), "data is taken from a stopped node");
+        let disk = &self.disks[shard];
+        let names = disk.file_names();
+        let tables: Vec<&String> = names.iter().filter(|name| name.ends_with(".sst")).collect();
+        let removed: Vec<String> =
+            if whole || tables.is_empty() { names.clone() } else { vec![tables[pick(tables.len())].clone()] };
+        for name in &removed {
+            block_on(ringkv_storage::Disk::remove(disk, name))
+                .map_err(|error| format!("removing {name}: {error}"))?;
+        }
+        block_on(ringkv_storage::Disk::sync_dir(disk))
+            .map_err(|error| format!("syncing the directory: {error}"))?;
+        self.data_lost = true;
+        Ok(removed)
+    }
+
+    /// The entry of `key` durable on this running node, if any.
+    pub fn durable(&self, key: &Bytes) -> Result<Option<PeerEntry>, String> {
+        let running = self.running.as_ref().expect("only a running node is read");
+        block_on(self.engine_of(running, key).get_durable_entry(key))
+            .map(|entry| entry.map(PeerEntry::from))
+            .map_err(|error| format!("node {} could not read its engine: {error}", self.node_id))
     }
 
     /// Whether this node's disk has been told to fail (until the next crash replaces it).
@@ -284,6 +372,24 @@ impl Node {
                 Some(replica::applied(envelope, result))
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
+                let gated = self.behaviour != ReplicaBehaviour::ServesWhileRebuilding;
+                if let Some(since) = running.rebuilding_since_ms.get().filter(|_| gated) {
+                    let repaired = running
+                        .healing
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|healing| healing.repaired_since(token(&key), since));
+                    if !repaired {
+                        let failure = PeerFailure::new(
+                            PeerErrorCode::Rebuilding,
+                            format!(
+                                "node {} lost data and has not restored this key's range yet",
+                                self.node_id
+                            ),
+                        );
+                        return Some(replica::refusal(envelope, failure));
+                    }
+                }
                 // As the shard does: a replica tells a coordinator only what is durable here.
                 let result = block_on(self.engine_of(running, &key).get_durable_entry(&key))
                     .map(|entry| entry.map(PeerEntry::from))
