@@ -8,7 +8,8 @@ use crate::common;
 use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with, wait_for_every_shard};
 use common::healing::{field, log_lines, put, read_one, wait_for_log, wipe_engine_files};
-use common::SHARDS;
+use common::metrics::{scrape, total};
+use common::{LISTENER, SHARDS};
 use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
 
 const KEYS: usize = 300;
@@ -18,7 +19,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     let _slot = common::test_slot();
     let root = tempfile::tempdir().unwrap();
     // No hints: only anti-entropy can bring the data back.
-    let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0"];
+    let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0", "--metrics-listen", LISTENER];
     let [first, mut second, mut third] = start_three_nodes_with(root.path(), &flags);
     let mut client = first.client();
     let mut versions = Vec::new();
@@ -55,6 +56,8 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
     assert!(refused.message.contains("lost tables"), "{refused}");
     assert!(log_lines(&third, 0, "serving replica reads again").is_empty());
+    let metrics_port = third.listener_port(0);
+    assert_eq!(total(&scrape(metrics_port), "ringkv_shard_rebuilding", &[]), SHARDS as u64);
 
     // Node 2 back: anti-entropy restores every range, and node 3 serves its own copy again.
     let since = third.log().len();
@@ -77,4 +80,5 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     for shard in 0..SHARDS {
         assert!(!third.data_dir.join(format!("shard-{shard}")).join("REBUILDING").exists());
     }
+    assert_eq!(total(&scrape(metrics_port), "ringkv_shard_rebuilding", &[]), 0);
 }

@@ -322,6 +322,7 @@ impl Cluster {
             anti_entropy_keys_pushed: totals.keys_pushed,
             anti_entropy_keys_pulled: totals.keys_pulled,
             anti_entropy_bytes_sent: totals.bytes_sent,
+            rebuilding: u64::from(self.rebuilding_since_ms.get().is_some()),
         }
     }
 

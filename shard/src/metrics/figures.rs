@@ -50,6 +50,8 @@ pub struct ClusterFigures {
     pub anti_entropy_keys_pushed: u64,
     pub anti_entropy_keys_pulled: u64,
     pub anti_entropy_bytes_sent: u64,
+    /// 1 while the shard has lost data (tables missing, or its files gone) and not restored it.
+    pub rebuilding: u64,
 }
 
 /// What a shard answers a scrape with: its engine's and its cluster part's figures, and how its

@@ -465,7 +465,7 @@ pub fn render(
         let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
     }
     type Field = fn(&ShardFigures) -> u64;
-    let families: [(&str, &str, &str, Field); 30] = [
+    let families: [(&str, &str, &str, Field); 31] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
             m.storage.memtable_bytes as u64
         }),
@@ -569,6 +569,12 @@ pub fn render(
             "counter",
             "Bytes of anti-entropy repair traffic sent.",
             |m| m.cluster.anti_entropy_bytes_sent,
+        ),
+        (
+            "ringkv_shard_rebuilding",
+            "gauge",
+            "1 while the shard has lost data (missing tables, or its files gone) and answers no replica read of a range anti-entropy has not restored yet.",
+            |m| m.cluster.rebuilding,
         ),
         (
             "ringkv_socket_polls_total",
