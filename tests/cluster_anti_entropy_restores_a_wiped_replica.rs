@@ -54,7 +54,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     let get = Operation::Get { key: Bytes::from_static(b"key-0") };
     let refused = through_third.execute_at(get, Some(Consistency::Quorum)).unwrap_err();
     assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
-    assert!(refused.message.contains("lost tables"), "{refused}");
+    assert!(refused.message.contains("lost data"), "{refused}");
     assert!(log_lines(&third, 0, "serving replica reads again").is_empty());
     let metrics_port = third.listener_port(0);
     assert_eq!(total(&scrape(metrics_port), "ringkv_shard_rebuilding", &[]), SHARDS as u64);

@@ -201,6 +201,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Deletes the storage engine's files (write-ahead log, tables, manifest) of every shard of
+    /// a stopped `node`, keeping its identity (`NODE`, `PEERS`): a replaced disk. Returns how
+    /// many files went.
+    pub fn lose_storage(&mut self, node: u16) -> Result<usize> {
+        anyhow::ensure!(self.node(node).child.is_none(), "node {node} is running");
+        let data_dir = self.spec(node).data_dir.clone();
+        note(&self.spec(node).log, &format!("chaos: node {node} loses its storage files"));
+        let mut removed = 0;
+        for shard in std::fs::read_dir(&data_dir)?.flatten() {
+            if !shard.file_name().to_string_lossy().starts_with("shard-") {
+                continue;
+            }
+            for file in std::fs::read_dir(shard.path())?.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".wal") || name.ends_with(".sst") || name == "MANIFEST" {
+                    std::fs::remove_file(file.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// kill -9 of node `node`.
     pub fn kill(&mut self, node: u16) -> Result<()> {
         note(&self.spec(node).log, &format!("chaos: kill -9 node {node}"));

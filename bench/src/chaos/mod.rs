@@ -60,7 +60,7 @@ const REPLICATION_FACTOR: usize = 3;
 #[derive(Args, Debug)]
 pub struct ChaosArgs {
     /// Scenario to run: partition-majority, partition-one-way, kill-restart, pause, loss,
-    /// clock-skew, clock-skew-beyond, delay, mixed; several separated by commas; or `all`.
+    /// clock-skew, clock-skew-beyond, delay, mixed, lose-disk; several separated by commas; or `all`.
     #[arg(long, default_value = "all")]
     pub scenario: String,
     /// Seconds of load per scenario; the fault starts at a third and heals at two thirds.
@@ -258,6 +258,7 @@ fn run_scenario(
         seed,
         replicas,
         namespaces: client_namespaces,
+        allow_one: scenario.allows_one(),
     };
     let epoch = Instant::now();
     let duration = Duration::from_secs(args.duration);

@@ -51,10 +51,16 @@ pub enum Scenario {
     /// paused, a kill during packet loss, a one-way partition while another node is killed, a
     /// slow link while another node is paused), healed before the next.
     Mixed,
+    /// One node killed with SIGKILL and its storage files deleted (write-ahead log, tables and
+    /// manifest of every shard: a replaced disk), then restarted: it must answer no read until
+    /// anti-entropy has restored its data from the others. Clients read and write at QUORUM or
+    /// ALL only: a value held by one node alone, which ONE may write or show, is lost with that
+    /// node's disk whatever the store does.
+    LoseDisk,
 }
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [Scenario; 9] = [
+pub const ALL: [Scenario; 10] = [
     Scenario::PartitionMajority,
     Scenario::PartitionOneWay,
     Scenario::KillRestart,
@@ -64,6 +70,7 @@ pub const ALL: [Scenario; 9] = [
     Scenario::ClockSkewBeyond,
     Scenario::Delay,
     Scenario::Mixed,
+    Scenario::LoseDisk,
 ];
 
 /// The rates a slowed link is cut to, kbit/s: near what 300 operations a second make a node
@@ -89,6 +96,7 @@ impl Scenario {
             Scenario::ClockSkewBeyond => "clock-skew-beyond",
             Scenario::Delay => "delay",
             Scenario::Mixed => "mixed",
+            Scenario::LoseDisk => "lose-disk",
         }
     }
 
@@ -99,7 +107,13 @@ impl Scenario {
     /// Whether the scenario needs network namespaces (nftables rules) or libfaketime; the
     /// loopback form runs only the others.
     pub fn needs_namespaces(self) -> bool {
-        !matches!(self, Scenario::KillRestart | Scenario::Pause)
+        !matches!(self, Scenario::KillRestart | Scenario::Pause | Scenario::LoseDisk)
+    }
+
+    /// Whether clients may read and write at ONE: not while a node's disk is lost, which takes
+    /// with it what only that node held.
+    pub fn allows_one(self) -> bool {
+        self != Scenario::LoseDisk
     }
 
     /// Whether the scenario offsets a node's clock (it needs libfaketime).
@@ -244,6 +258,18 @@ pub fn run_faults(
             cluster.restore()?;
             say("heal: every node running".into());
         }
+        Scenario::LoseDisk => {
+            cluster.kill(victim)?;
+            say(format!("kill -9 node {victim}"));
+            let removed = cluster.lose_storage(victim)?;
+            say(format!("node {victim} lost its disk: {removed} storage files deleted"));
+            sleep_until((Instant::now() + Duration::from_millis(rng.gen_range(1000..=3000))).min(heal_at));
+            cluster.spawn(victim, None)?;
+            say(format!("restart node {victim}, to restore its data from the others"));
+            sleep_until(heal_at);
+            cluster.restore()?;
+            say("heal: every node running".into());
+        }
         Scenario::Delay => {
             let namespaces = namespaces.expect("slow links run in namespaces");
             let rate_kbit = rng.gen_range(SLOW_LINK_KBIT);
@@ -377,6 +403,7 @@ mod tests {
         }
         assert_eq!(Scenario::parse("nothing"), None);
         assert!(!Scenario::KillRestart.needs_namespaces() && !Scenario::Pause.needs_namespaces());
+        assert!(!Scenario::LoseDisk.needs_namespaces() && !Scenario::LoseDisk.allows_one());
         assert!(Scenario::ClockSkew.needs_faketime());
     }
 }

@@ -37,6 +37,8 @@ pub struct WorkloadSpec {
     /// before it opens a socket; empty in the loopback form, where clients stay in this
     /// process's namespace.
     pub namespaces: Vec<std::path::PathBuf>,
+    /// Whether operations may run at ONE (else they run at QUORUM or ALL).
+    pub allow_one: bool,
 }
 
 /// The clients while they run.
@@ -212,7 +214,7 @@ fn run_client(
         next = Instant::now().max(next) + interval;
         let key = key_name(rng.gen_range(0..spec.keys));
         let consistency = match rng.gen_range(0..10) {
-            0 => Consistency::One,
+            0 if spec.allow_one => Consistency::One,
             1 => Consistency::All,
             _ => Consistency::Quorum,
         };

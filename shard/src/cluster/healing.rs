@@ -55,7 +55,7 @@ const CONFIRM_PAUSE: Duration = Duration::from_millis(50);
 /// Keys a repair pushes or pulls at once.
 const REPAIR_IN_FLIGHT: usize = 64;
 
-/// The pause between anti-entropy rounds while the shard lost tables and has not restored them
+/// The pause between anti-entropy rounds while the shard has lost data and not restored it
 /// (it answers no replica read of an unrepaired range meanwhile), when the interval is longer.
 const REBUILD_ROUND_PAUSE: Duration = Duration::from_secs(2);
 

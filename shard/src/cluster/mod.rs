@@ -123,8 +123,9 @@ pub struct Cluster {
     /// coordinator's pending requests, one each.
     own_commits: CommitQueue,
     own_committer_running: Cell<bool>,
-    /// When this shard started, if its engine lost tables and the data is not restored yet: it
-    /// answers no replica read of a range until anti-entropy repaired the range after this.
+    /// When this shard started, if its engine lost data (tables, or all its files) that is not
+    /// restored yet: it answers no replica read of a range until anti-entropy repaired the range
+    /// after this.
     rebuilding_since_ms: Cell<Option<u64>>,
 }
 
@@ -181,7 +182,7 @@ impl Cluster {
         if self.handler.engine().rebuilding() {
             warn!(
                 shard = self.origin.shard,
-                "this shard lost tables: it answers no replica read of a range until anti-entropy \
+                "this shard lost data: it answers no replica read of a range until anti-entropy \
                  has restored the range from the other replicas"
             );
             self.rebuilding_since_ms.set(Some(now_ms()));
@@ -579,7 +580,7 @@ impl Cluster {
         Some(replica::read_answer(envelope, *digest_only, result))
     }
 
-    /// Why this shard answers no replica read of `key`, if it does not: its engine lost tables
+    /// Why this shard answers no replica read of `key`, if it does not: its engine lost data
     /// and anti-entropy has not repaired the key's range since this shard started. A stale
     /// answer from it could otherwise complete a quorum that misses an acknowledged write (the
     /// coordinator asks another replica instead).
@@ -591,7 +592,7 @@ impl Cluster {
         Some(PeerFailure::new(
             PeerErrorCode::Rebuilding,
             format!(
-                "shard {} of node {} lost tables and has not restored this key's range yet",
+                "shard {} of node {} lost data and has not restored this key's range yet",
                 self.origin.shard, self.origin.node_id
             ),
         ))
@@ -609,7 +610,7 @@ impl Cluster {
                 self.rebuilding_since_ms.set(None);
                 info!(
                     shard = self.origin.shard,
-                    "every range repaired since the lost tables: serving replica reads again"
+                    "every range repaired since the data was lost: serving replica reads again"
                 );
             }
             Err(error) => {
