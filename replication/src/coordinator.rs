@@ -138,6 +138,10 @@ struct WriteState {
     failure: Option<PeerFailure>,
     /// A replica failed in a way that does not rule out that it applied the write.
     maybe_applied_by_a_failure: bool,
+    /// Replicas down when the write started ([`Coordinator::hint_down_replicas`]): hinted once
+    /// the write is answered, unless every replica asked refused it before applying it (the
+    /// client is then told it did not happen, and a hint replayed later would make it happen).
+    down: Vec<Target>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -274,9 +278,19 @@ impl Coordinator {
             waiting: targets.to_vec(),
             failure: None,
             maybe_applied_by_a_failure: false,
+            down: Vec::new(),
         };
         self.pending.insert(request_id, Pending::Write(state));
         Ok(request_id)
+    }
+
+    /// Gives the write `request_id` the replicas that are down (not among its targets): each
+    /// gets an [`Output::Hint`] when the write is answered, written, timed out or of unknown
+    /// outcome, and none when every replica asked refused it before applying it.
+    pub fn hint_down_replicas(&mut self, request_id: u64, down: Vec<Target>) {
+        if let Some(Pending::Write(write)) = self.pending.get_mut(&request_id) {
+            write.down = down;
+        }
     }
 
     /// Starts a read of `key` from `required` of the live replicas `targets`, in the order
@@ -331,7 +345,10 @@ impl Coordinator {
             _ => None,
         };
         if let Some(reply) = finished {
-            if let Some(Pending::Write(write)) = self.pending.remove(&request_id) {
+            if let Some(Pending::Write(mut write)) = self.pending.remove(&request_id) {
+                let refused =
+                    matches!(reply, CoordinatorReply::Failed(CoordinatorError::ReplicasFailed { .. }));
+                Self::hint_the_down(&mut write, refused, out);
                 // Bounded like the pending table; past it the slow replica is left to
                 // anti-entropy.
                 if !write.waiting.is_empty()
@@ -531,11 +548,22 @@ impl Coordinator {
                 CoordinatorError::Timeout { acks, required, timeout_ms: self.config.replica_timeout_ms };
             self.counters.timeouts += 1;
             out.push(Output::Reply { request_id, reply: CoordinatorReply::Failed(error) });
-            if let Pending::Write(write) = pending {
+            if let Pending::Write(mut write) = pending {
+                Self::hint_the_down(&mut write, false, out);
                 Self::hint_the_silent(write, out);
             }
         }
         None
+    }
+
+    /// A hint for every replica that was down when the write started, unless the write was
+    /// `refused` (by every replica asked, before applying it).
+    fn hint_the_down(write: &mut WriteState, refused: bool, out: &mut Vec<Output>) {
+        for to in std::mem::take(&mut write.down) {
+            if !refused {
+                out.push(Output::Hint { to, key: write.key.clone(), entry: write.entry.clone() });
+            }
+        }
     }
 
     /// A hint for every replica of a write that has not answered by its deadline.
@@ -554,7 +582,7 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringkv_wire::peer::PeerValue;
+    use ringkv_wire::peer::{PeerErrorCode, PeerValue};
 
     fn coordinator() -> Coordinator {
         Coordinator::new(CoordinatorConfig { node_id: 1, shard: 0, replica_timeout_ms: 100, pending_max: 8 })
@@ -600,6 +628,50 @@ mod tests {
         coordinator.tick(100, &mut out);
         assert_eq!(hints(&out), vec![3]);
         assert_eq!(coordinator.lingering(), 0);
+    }
+
+    #[test]
+    fn a_down_replica_is_hinted_once_the_write_is_answered_unless_every_replica_refused_it() {
+        let entry = PeerEntry { version: 5, value: PeerValue::Tombstone { deleted_at_ms: 1 } };
+        let refusal = |request_id| PeerEnvelope {
+            origin_node: 2,
+            origin_shard: 0,
+            request_id,
+            message: PeerMessage::ReplicateAck {
+                result: Err(PeerFailure::new(PeerErrorCode::ClockSkew, "ahead")),
+            },
+        };
+        let start = |coordinator: &mut Coordinator, out: &mut Vec<Output>| {
+            let targets = [target(2)];
+            let id = coordinator.write(0, Bytes::from_static(b"k"), entry.clone(), &targets, 1, out).unwrap();
+            coordinator.hint_down_replicas(id, vec![target(3)]);
+            assert!(hints(out).is_empty(), "no hint before the answer");
+            id
+        };
+        // The one replica up refuses it: the client hears it did not happen, and node 3 must
+        // never get it from a hint.
+        let mut coordinator = coordinator();
+        let mut out = Vec::new();
+        let id = start(&mut coordinator, &mut out);
+        coordinator.on_reply(target(2), refusal(id), &mut out);
+        assert!(out.iter().any(|output| matches!(
+            output,
+            Output::Reply { reply: CoordinatorReply::Failed(CoordinatorError::ReplicasFailed { .. }), .. }
+        )));
+        coordinator.tick(1_000, &mut out);
+        assert!(hints(&out).is_empty(), "{out:?}");
+        // Written: node 3 gets its hint with the answer.
+        let mut out = Vec::new();
+        let id = start(&mut coordinator, &mut out);
+        coordinator.on_reply(target(2), ack(id), &mut out);
+        assert_eq!(hints(&out), vec![3]);
+        // Timed out (the replica may have applied it): hinted as well, with the silent one.
+        let mut out = Vec::new();
+        start(&mut coordinator, &mut out);
+        coordinator.tick(1_000, &mut out);
+        let mut hinted = hints(&out);
+        hinted.sort_unstable();
+        assert_eq!(hinted, vec![2, 3]);
     }
 
     #[test]

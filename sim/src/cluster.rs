@@ -978,10 +978,13 @@ impl Cluster {
             .map(|&node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
             .collect();
         targets.sort_by_key(|target| target.node_id != node_id);
-        // Replicas down now get a hint of a write at once, as in the shard.
-        let down: Vec<u16> = preference.iter().copied().filter(|replica| !up.contains_key(replica)).collect();
-        let mut written: Option<PeerEntry> = None;
-        let hinted_key = key.clone();
+        // Replicas down now get a hint of a write once it is answered, unless every replica
+        // asked refused it, as in the shard.
+        let down: Vec<Target> = preference
+            .iter()
+            .filter(|replica| !up.contains_key(replica))
+            .map(|&node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
+            .collect();
         // The planted bug of a coordinator that answers a write one acknowledgement early.
         let write_required = match self.config.sabotage {
             Some(Sabotage::CoordinatorAcksEarly) => required.saturating_sub(1).max(1),
@@ -996,17 +999,20 @@ impl Cluster {
                 // As the shard does: a TTL becomes an absolute expiry set by the coordinator.
                 let expires_at_ms = ttl_ms.map(|ttl_ms| wall_ms.saturating_add(ttl_ms));
                 let entry = PeerEntry { version, value: PeerValue::Live { data: value, expires_at_ms } };
-                written = Some(entry.clone());
                 running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
             Kind::Delete => {
                 let version = running.clock.next_version(wall_ms);
                 operation.version = Some(version);
                 let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: wall_ms } };
-                written = Some(entry.clone());
                 running.coordinator.write(now_ms, key, entry, &targets, write_required, &mut outputs)
             }
         };
+        if let Ok(request_id) = started {
+            if operation.is_write() {
+                running.coordinator.hint_down_replicas(request_id, down);
+            }
+        }
         let generation = node.generation;
         let line = operation.to_string();
         let index = self.history.invoke(operation);
@@ -1022,11 +1028,6 @@ impl Cluster {
                 let at = now_ms + self.config.replica_timeout_ms;
                 self.scheduler.schedule(at, Event::CoordinatorTick { node: node_id, generation });
                 self.dispatch(node_id, outputs);
-                if let Some(entry) = written {
-                    for destination in down {
-                        self.store_hint(node_id, destination, hinted_key.clone(), entry.clone());
-                    }
-                }
             }
             // Refused before anything was sent: certainly not applied.
             Err(error) => self.complete(index, Outcome::Failed(error.to_string())),

@@ -37,3 +37,14 @@ fn a_write_whose_replica_failed_its_sync_is_indeterminate() {
 fn an_empty_wal_segment_does_not_hide_the_records_before_it() {
     assert_passes(301);
 }
+
+/// A write at ONE whose only replica up refused it (its version too far ahead of that node's
+/// clock) was answered as refused by every replica, so the client took it for undone; but the
+/// coordinator had already stored hints for the two replicas that were down, and their replay
+/// wrote it ("settled on a value no applied write wrote"). A down replica's hint now waits for
+/// the write's answer, and a write every replica refused leaves none.
+#[test]
+fn a_write_every_replica_refused_leaves_no_hint() {
+    let report = ringkv_sim::run_with_shards(8_202_082, 3);
+    assert!(report.violations.is_empty(), "seed 8202082, 3 shards:\n{}", report.trace);
+}

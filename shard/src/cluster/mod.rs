@@ -422,15 +422,17 @@ impl Cluster {
         let (targets, replicas) = self.view.borrow().targets(&key);
         let required = consistency.required(replicas);
         let mut out = Vec::new();
-        let hinted =
-            (self.handoff.is_some() && targets.len() < replicas).then(|| (key.clone(), entry.clone()));
-        let started = self.coordinator.borrow_mut().write(now_ms(), key, entry, &targets, required, &mut out);
-        if let (Ok(_), Some((key, entry))) = (&started, hinted) {
-            // Replicas down now get a hint at once; hints never count toward W.
-            for to in self.view.borrow().down_replicas(&key) {
-                self.store_hint(to, key.clone(), entry.clone());
-            }
+        // Replicas down now get a hint once the write is answered, unless every replica asked
+        // refused it; hints never count toward W.
+        let down = (self.handoff.is_some() && targets.len() < replicas)
+            .then(|| self.view.borrow().down_replicas(&key))
+            .unwrap_or_default();
+        let mut coordinator = self.coordinator.borrow_mut();
+        let started = coordinator.write(now_ms(), key, entry, &targets, required, &mut out);
+        if let Ok(request_id) = started {
+            coordinator.hint_down_replicas(request_id, down);
         }
+        drop(coordinator);
         self.await_reply(started, out, move |reply| {
             done(match reply {
                 CoordinatorReply::Written { version } => Ok(Outcome::Written { version }),
