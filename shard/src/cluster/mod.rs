@@ -424,9 +424,11 @@ impl Cluster {
         let mut out = Vec::new();
         // Replicas down now get a hint once the write is answered, unless every replica asked
         // refused it; hints never count toward W.
-        let down = (self.handoff.is_some() && targets.len() < replicas)
-            .then(|| self.view.borrow().down_replicas(&key))
-            .unwrap_or_default();
+        let down = if self.handoff.is_some() && targets.len() < replicas {
+            self.view.borrow().down_replicas(&key)
+        } else {
+            Vec::new()
+        };
         let mut coordinator = self.coordinator.borrow_mut();
         let started = coordinator.write(now_ms(), key, entry, &targets, required, &mut out);
         if let Ok(request_id) = started {
