@@ -47,16 +47,19 @@ fn anti_entropy_restores_the_keys_of_a_deleted_table() {
     }
 
     let mut through_third = third.client();
+    let mut read_every_key = |what: &str| {
+        for (index, version) in versions.iter().enumerate() {
+            let value = Bytes::from(format!("{index}-{filler}"));
+            assert_eq!(
+                read_one(&mut through_third, &format!("key-{index}")),
+                Outcome::Value { value, version: *version, expires_at_ms: None },
+                "{what}: key-{index}"
+            );
+        }
+    };
     // Until anti-entropy has restored shard 0's ranges, its copy answers no read: node 3 sends
     // reads at ONE to the other replicas, so none comes back "not found".
-    for (index, version) in versions.iter().enumerate() {
-        let value = Bytes::from(format!("{index}-{filler}"));
-        assert_eq!(
-            read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version, expires_at_ms: None },
-            "a read through node 3 missed key-{index}"
-        );
-    }
+    read_every_key("a read through node 3 missed it");
     wait_for_log(&third, 0, "serving replica reads again");
     let pulled: u64 = log_lines(&third, 0, "anti-entropy repaired keys")
         .iter()
@@ -65,13 +68,6 @@ fn anti_entropy_restores_the_keys_of_a_deleted_table() {
     println!("keys pulled by anti-entropy after losing {}: {pulled}", table.display());
     assert!(pulled > 0, "the deleted table held keys");
     // At ONE, node 3 answers from its own copy first: it holds every key again.
-    for (index, version) in versions.iter().enumerate() {
-        let value = Bytes::from(format!("{index}-{filler}"));
-        assert_eq!(
-            read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version, expires_at_ms: None },
-            "node 3 did not get key-{index} back"
-        );
-    }
+    read_every_key("node 3 did not get it back");
     assert!(!shard.join("REBUILDING").exists());
 }
