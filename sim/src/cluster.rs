@@ -696,8 +696,8 @@ impl Cluster {
         }
     }
 
-    /// Whether every version `node_id` holds durably is durable on some other running node too:
-    /// then taking its disk away loses nothing that replication cannot restore.
+    /// Whether every version `node_id` holds durably is durable on another running replica of
+    /// its key too: then taking its disk away loses nothing that replication cannot restore.
     fn held_elsewhere(&self, node_id: u16) -> Result<bool, String> {
         // A poisoned engine refuses reads of what is durable: no disk is taken from such a
         // node, and its copies do not count.
@@ -705,12 +705,18 @@ impl Cluster {
             return Ok(false);
         }
         for key in &self.keys {
+            // Only a key's replicas hold it (a checker makes sure of that).
+            let replicas = self.ring.preference_list(token(key), REPLICATION_FACTOR);
+            if !replicas.contains(&node_id) {
+                continue;
+            }
             let Some(mine) = self.nodes[&node_id].durable(key)? else { continue };
             let mut held = false;
-            for other in self
-                .nodes
-                .values()
-                .filter(|other| other.node_id != node_id && other.running.is_some() && !other.disk_failing())
+            for other in replicas
+                .iter()
+                .filter(|&&other| other != node_id)
+                .map(|other| &self.nodes[other])
+                .filter(|other| other.running.is_some() && !other.disk_failing())
             {
                 if other.durable(key)?.is_some_and(|theirs| theirs.version >= mine.version) {
                     held = true;
