@@ -602,8 +602,8 @@ impl Cluster {
         ))
     }
 
-    /// Once every range this shard holds was repaired after its start, records that the data
-    /// lost with the missing tables is restored: replica reads are answered again.
+    /// Once every range this shard holds was repaired after its start, records that the data it
+    /// lost is restored: replica reads are answered again.
     async fn end_rebuild_once_repaired(&self) {
         let Some(since) = self.rebuilding_since_ms.get() else { return };
         if !self.trees.borrow().all_repaired_since(since) {
