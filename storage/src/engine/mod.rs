@@ -158,6 +158,12 @@ pub struct RecoveryReport {
 /// manifest that forgets the missing tables, so a restart before the restore still knows.
 pub const REBUILDING_FILE: &str = "REBUILDING";
 
+/// Creates [`REBUILDING_FILE`] and syncs the directory, so the mark outlives a power loss.
+async fn write_rebuilding_mark<D: Disk>(disk: &D) -> Result<()> {
+    disk.create(REBUILDING_FILE).await.map_err(io_error("create", REBUILDING_FILE))?;
+    disk.sync_dir().await.map_err(io_error("sync directory", "."))
+}
+
 /// Counters for write amplification and activity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
@@ -420,8 +426,7 @@ impl<D: Disk> Engine<D> {
         // is durable first.
         recovery.rebuilding = names.iter().any(|name| name == REBUILDING_FILE);
         if !missing.is_empty() && !recovery.rebuilding {
-            disk.create(REBUILDING_FILE).await.map_err(io_error("create", REBUILDING_FILE))?;
-            disk.sync_dir().await.map_err(io_error("sync directory", "."))?;
+            write_rebuilding_mark(disk.as_ref()).await?;
             recovery.rebuilding = true;
         }
         manifest.tables.retain(|record| !missing.contains(&record.id));
@@ -530,8 +535,7 @@ impl<D: Disk> Engine<D> {
         if self.rebuilding.get() {
             return Ok(());
         }
-        self.disk.create(REBUILDING_FILE).await.map_err(io_error("create", REBUILDING_FILE))?;
-        self.disk.sync_dir().await.map_err(io_error("sync directory", "."))?;
+        write_rebuilding_mark(self.disk.as_ref()).await?;
         self.rebuilding.set(true);
         Ok(())
     }
