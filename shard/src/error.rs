@@ -57,6 +57,9 @@ pub enum ShardError {
     #[error("shard {shard_id}: executor: {reason}")]
     Executor { shard_id: u32, reason: String },
     /// The cross-shard channel mesh could not be joined.
+    #[error("starting the thread that wakes stalled shards: {0}")]
+    NudgeThread(std::io::Error),
+
     #[error("shard {shard_id}: joining the channel mesh failed: {reason}")]
     Mesh { shard_id: u32, reason: String },
     /// A shard's storage engine failed to open or to stop.

@@ -16,7 +16,8 @@
 //! The stop request crosses from an ordinary thread (the signal handler's) into the executors,
 //! which cannot be woken from outside without a channel endpoint on each; every shard polls an
 //! atomic flag on a slow timer instead ([`watch`], which also keeps glommio from parking the
-//! shard without a timer). It costs a wake-up every [`STOP_POLL_MS`] and nothing else.
+//! shard without a timer). It costs a wake-up every [`STOP_POLL_MS`] and nothing else. A
+//! node-wide thread ([`crate::nudge`]) wakes a shard whose watch stopped ticking.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -38,6 +39,7 @@ use crate::error::ShardError;
 use crate::metrics::figures::{self, FiguresInbox};
 use crate::metrics::http::{Access, MetricsServer, ShardSource};
 use crate::metrics::ShardMetrics;
+use crate::nudge::Nudges;
 use crate::ring::Ring;
 use crate::router::forwarding::ShardMessage;
 use crate::service::{MembershipChannels, ShardService, ShardSetup};
@@ -66,6 +68,8 @@ const MEMBERSHIP_CHANNEL_CAPACITY: usize = 16;
 pub struct Node {
     shards: usize,
     threads: Vec<thread::JoinHandle<std::io::Result<Result<(), ShardError>>>>,
+    /// Wakes a shard whose executor stopped waking up (see [`crate::nudge`]).
+    nudger: thread::JoinHandle<()>,
     control: Arc<NodeControl>,
     /// The `/metrics` endpoint, when `metrics_listen` is set; stops when dropped.
     metrics_server: Option<MetricsServer>,
@@ -74,11 +78,22 @@ pub struct Node {
 }
 
 /// What the shards of a node share, across threads.
-#[derive(Default)]
 struct NodeControl {
     stop_requested: AtomicBool,
     /// Shards that have drained their connections (or never started serving).
     drained: AtomicUsize,
+    /// Each shard's watch ticks here; the nudge thread wakes a shard that stopped ticking.
+    nudges: Arc<Nudges>,
+}
+
+impl NodeControl {
+    fn new(shards: usize) -> NodeControl {
+        NodeControl {
+            stop_requested: AtomicBool::new(false),
+            drained: AtomicUsize::new(0),
+            nudges: Arc::new(Nudges::new(shards)),
+        }
+    }
 }
 
 /// Asks a node to stop; cheap to clone and usable from any thread.
@@ -139,7 +154,7 @@ impl Node {
         })?;
         known_peers.remove(&config.node_id);
         let config = Arc::new(config);
-        let control = Arc::new(NodeControl::default());
+        let control = Arc::new(NodeControl::new(shards));
         let peers: Arc<Vec<AtomicUsize>> =
             Arc::new((0..shards).map(|_| AtomicUsize::new(PEER_UNKNOWN)).collect());
         let mesh = MeshBuilder::<ShardMessage, _>::full(shards, config.mesh_channel_capacity);
@@ -171,6 +186,7 @@ impl Node {
         };
         let mut figure_inboxes = figure_inboxes.into_iter();
         let (ready_sender, ready_receiver) = mpsc::channel();
+        let nudger = control.nudges.spawn().map_err(ShardError::NudgeThread)?;
 
         let mut threads = Vec::with_capacity(shards);
         for (shard, shard_metrics) in metrics.iter().enumerate() {
@@ -217,12 +233,13 @@ impl Node {
                 })
             });
             if let Err(error) = started {
+                // The shards that did start run until the process exits; so does the nudger.
                 control.stop_requested.store(true, Ordering::SeqCst);
                 return Err(error);
             }
         }
         info!(shards, data_dir = %data_directory.path().display(), "node serving");
-        Ok(Node { shards, threads, control, metrics_server, _data_directory: data_directory })
+        Ok(Node { shards, threads, nudger, control, metrics_server, _data_directory: data_directory })
     }
 
     /// Where `/metrics` is served, when `metrics_listen` is set.
@@ -257,6 +274,10 @@ impl Node {
                 tracing::error!(shard = shard_id, %error, "shard stopped with an error");
                 first_error.get_or_insert(error);
             }
+        }
+        self.control.nudges.finish();
+        if self.nudger.join().is_err() {
+            tracing::error!("the thread that wakes stalled shards panicked");
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -305,17 +326,28 @@ struct ShardThread {
 /// parked shard went on when a debugger attached to it interrupted its wait). Parked with a
 /// timer armed, it wakes when the timer fires and then finds the work the missed wake-up was
 /// for. So this runs from before the mesh join until after the stop.
+///
+/// The timer alone was not enough: a shard still slept through it in 3 of 510 busy starts. Each
+/// tick therefore reports to [`Nudges`], whose thread wakes this task from outside when the
+/// ticks stop (see [`crate::nudge`]).
 async fn watch(watch: Rc<Watch>) {
     while watch.alive.get() {
         if watch.stop_requested() {
             watch.stop.notify(usize::MAX);
         }
+        let nudges = &watch.control.nudges;
+        std::future::poll_fn(|context| {
+            nudges.tick(watch.shard_id, context.waker());
+            std::task::Poll::Ready(())
+        })
+        .await;
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
     }
 }
 
 /// What [`watch`] and the shard's serving task share.
 struct Watch {
+    shard_id: u32,
     control: Arc<NodeControl>,
     /// Cleared when the shard's life is over; [`watch`] then ends.
     alive: Cell<bool>,
@@ -324,8 +356,8 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(control: Arc<NodeControl>) -> Rc<Watch> {
-        Rc::new(Watch { control, alive: Cell::new(true), stop: Event::new() })
+    fn new(shard_id: u32, control: Arc<NodeControl>) -> Rc<Watch> {
+        Rc::new(Watch { shard_id, control, alive: Cell::new(true), stop: Event::new() })
     }
 
     fn stop_requested(&self) -> bool {
@@ -360,7 +392,7 @@ impl ShardThread {
         // included (they go uninstrumented: a span per request costs more than a cached read).
         let _entered = span.enter();
         let shard_id = self.shard_id;
-        let watching = Watch::new(self.control.clone());
+        let watching = Watch::new(shard_id, self.control.clone());
         glommio::spawn_local(watch(watching.clone())).detach();
         let serving_watch = watching.clone();
         let result = async move {
@@ -454,7 +486,7 @@ mod tests {
     use super::*;
 
     fn control() -> Arc<NodeControl> {
-        Arc::new(NodeControl { stop_requested: AtomicBool::new(false), drained: AtomicUsize::new(0) })
+        Arc::new(NodeControl::new(1))
     }
 
     #[test]
@@ -462,7 +494,7 @@ mod tests {
         let control = control();
         let stopper = StopHandle(control.clone());
         ringkv_io::run_local("watch-test", async move {
-            let watching = Watch::new(control.clone());
+            let watching = Watch::new(0, control.clone());
             let watcher = glommio::spawn_local(watch(watching.clone()));
             let waiter = glommio::spawn_local({
                 let watching = watching.clone();
@@ -482,7 +514,7 @@ mod tests {
         let control = control();
         control.stop_requested.store(true, Ordering::SeqCst);
         ringkv_io::run_local("watch-early-test", async move {
-            let watching = Watch::new(control);
+            let watching = Watch::new(0, control);
             let watcher = glommio::spawn_local(watch(watching.clone()));
             // The watch notifies at its first tick, before anyone waits; the waiter must still
             // see the request.
