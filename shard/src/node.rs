@@ -87,11 +87,11 @@ struct NodeControl {
 }
 
 impl NodeControl {
-    fn new(shards: usize) -> NodeControl {
+    fn new(metrics: &[Arc<ShardMetrics>]) -> NodeControl {
         NodeControl {
             stop_requested: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
-            nudges: Arc::new(Nudges::new(shards)),
+            nudges: Arc::new(Nudges::new(metrics)),
         }
     }
 }
@@ -154,7 +154,6 @@ impl Node {
         })?;
         known_peers.remove(&config.node_id);
         let config = Arc::new(config);
-        let control = Arc::new(NodeControl::new(shards));
         let peers: Arc<Vec<AtomicUsize>> =
             Arc::new((0..shards).map(|_| AtomicUsize::new(PEER_UNKNOWN)).collect());
         let mesh = MeshBuilder::<ShardMessage, _>::full(shards, config.mesh_channel_capacity);
@@ -169,6 +168,7 @@ impl Node {
         membership_receivers.reverse();
         let cores = thread::available_parallelism().map_or(1, |cores| cores.get());
         let metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
+        let control = Arc::new(NodeControl::new(&metrics));
         // Bound before any shard starts, so a taken port fails the start like any other.
         let (metrics_server, figure_inboxes) = match config.metrics_listen {
             Some(address) => {
@@ -486,7 +486,7 @@ mod tests {
     use super::*;
 
     fn control() -> Arc<NodeControl> {
-        Arc::new(NodeControl::new(1))
+        Arc::new(NodeControl::new(&[Arc::default()]))
     }
 
     #[test]

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use tracing::debug;
 
+use crate::metrics::ShardMetrics;
+
 /// How often the nudge thread looks at the shards' tick counts: five watch ticks.
 pub const NUDGE_PERIOD: Duration = Duration::from_millis(100);
 
@@ -41,6 +43,8 @@ pub struct Nudges {
 }
 
 struct ShardTicks {
+    /// Counts this shard's nudges.
+    metrics: Arc<ShardMetrics>,
     ticks: AtomicU64,
     /// The tick count at this shard's last nudge, or [`NOT_NUDGED`].
     nudged_at: AtomicU64,
@@ -48,10 +52,12 @@ struct ShardTicks {
 }
 
 impl Nudges {
-    /// Tick counts for `shards` shards, none ticked yet.
-    pub fn new(shards: usize) -> Nudges {
-        let shards = (0..shards)
-            .map(|_| ShardTicks {
+    /// Tick counts for the shards whose metrics are `shards`, none ticked yet.
+    pub fn new(shards: &[Arc<ShardMetrics>]) -> Nudges {
+        let shards = shards
+            .iter()
+            .map(|metrics| ShardTicks {
+                metrics: metrics.clone(),
                 ticks: AtomicU64::new(0),
                 nudged_at: AtomicU64::new(NOT_NUDGED),
                 waker: Mutex::new(None),
@@ -82,6 +88,7 @@ impl Nudges {
                 if let Some(waker) = waker {
                     debug!(shard = shard_id, ticks, "shard has not ticked for a period: waking it");
                     shard.nudged_at.store(ticks, Ordering::SeqCst);
+                    shard.metrics.nudges.add(1);
                     waker.wake();
                     woken += 1;
                 }
@@ -124,6 +131,10 @@ mod tests {
         }
     }
 
+    fn shard_metrics(shards: usize) -> Vec<Arc<ShardMetrics>> {
+        (0..shards).map(|_| Arc::default()).collect()
+    }
+
     fn counting_waker() -> (Arc<CountingWaker>, Waker) {
         let counter = Arc::new(CountingWaker::default());
         (counter.clone(), Waker::from(counter))
@@ -131,7 +142,8 @@ mod tests {
 
     #[test]
     fn a_shard_that_stops_ticking_is_woken_once_per_stall() {
-        let nudges = Nudges::new(2);
+        let metrics = shard_metrics(2);
+        let nudges = Nudges::new(&metrics);
         let (first, first_waker) = counting_waker();
         let (second, second_waker) = counting_waker();
         let mut seen = vec![NOT_NUDGED; 2];
@@ -153,11 +165,12 @@ mod tests {
         assert_eq!(nudges.nudge_stalled(&mut seen), 0);
         assert_eq!(nudges.nudge_stalled(&mut seen), 2);
         assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 2));
+        assert_eq!((metrics[0].nudges.get(), metrics[1].nudges.get()), (1, 2));
     }
 
     #[test]
     fn a_shard_that_never_ticked_has_nothing_to_wake() {
-        let nudges = Nudges::new(1);
+        let nudges = Nudges::new(&shard_metrics(1));
         let mut seen = vec![NOT_NUDGED; 1];
         assert_eq!(nudges.nudge_stalled(&mut seen), 0);
         assert_eq!(nudges.nudge_stalled(&mut seen), 0);
@@ -165,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_thread_ends_after_finish() {
-        let nudges = Arc::new(Nudges::new(1));
+        let nudges = Arc::new(Nudges::new(&shard_metrics(1)));
         let thread = nudges.spawn().expect("the nudge thread");
         nudges.finish();
         thread.join().expect("the nudge thread ends");

@@ -292,6 +292,8 @@ pub struct ShardMetrics {
     pub reads_held: Cell64,
     pub wal_syncs: Cell64,
     pub wal_sync_latency: Histogram,
+    /// Times the node's nudge thread woke this shard after its watch stopped ticking.
+    pub nudges: Cell64,
 }
 
 impl ShardMetrics {
@@ -449,6 +451,14 @@ pub fn render(
     each(&mut out, "ringkv_wal_syncs_total", "counter", "fdatasync calls on the write-ahead log.", &|m| {
         m.wal_syncs.get()
     });
+    each(
+        &mut out,
+        "ringkv_shard_nudges_total",
+        "counter",
+        "Times the shard went a whole 100 ms without its 20 ms tick and was woken from outside: a starved \
+         core, or an executor that slept through its timer.",
+        &|m| m.nudges.get(),
+    );
     let name = "ringkv_wal_sync_duration_seconds";
     let _ = writeln!(out, "# HELP {name} Time each write-ahead log fdatasync took.\n# TYPE {name} histogram");
     for (shard, metrics) in shards.iter().enumerate() {
@@ -666,7 +676,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 44);
+        assert_eq!(types, 45);
     }
 
     #[test]
