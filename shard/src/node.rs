@@ -343,6 +343,7 @@ async fn watch(watch: Rc<Watch>) {
         .await;
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
     }
+    watch.control.nudges.forget(watch.shard_id);
 }
 
 /// What [`watch`] and the shard's serving task share.

@@ -17,6 +17,7 @@
 //! ```text
 //!  shard k watch:  every STOP_POLL_MS ─▶ Nudges::tick(k, its waker)
 //!  nudge thread:   every NUDGE_PERIOD ─▶ shard k's ticks unchanged? ─▶ wake k's watch (once)
+//!  watch ends:     Nudges::forget(k) ─▶ k is never woken from here again
 //!  Node::wait:     Nudges::finish ─▶ the thread ends at its next look
 //! ```
 
@@ -76,6 +77,17 @@ impl Nudges {
         }
     }
 
+    /// Called by shard `shard_id`'s watch task when it ends: its waker is dropped on its own
+    /// thread, and the shard is never nudged again.
+    pub fn forget(&self, shard_id: u32) {
+        let waker = self.shards[shard_id as usize]
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(waker);
+    }
+
     /// One look: wakes the watch of every shard whose tick count is still the one in `seen`
     /// and that has not been nudged at that count yet, then records the counts in `seen`.
     /// Returns how many shards it woke.
@@ -84,12 +96,14 @@ impl Nudges {
         for (shard_id, (shard, seen)) in self.shards.iter().zip(seen.iter_mut()).enumerate() {
             let ticks = shard.ticks.load(Ordering::SeqCst);
             if ticks == *seen && shard.nudged_at.load(Ordering::SeqCst) != ticks {
-                let waker = shard.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-                if let Some(waker) = waker {
+                // Woken under the lock, so that a watch that has ended (see `forget`) is never
+                // woken from here: its executor may be gone.
+                let waker = shard.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(waker) = waker.as_ref() {
                     debug!(shard = shard_id, ticks, "shard has not ticked for a period: waking it");
                     shard.nudged_at.store(ticks, Ordering::SeqCst);
                     shard.metrics.nudges.add(1);
-                    waker.wake();
+                    waker.wake_by_ref();
                     woken += 1;
                 }
             }
@@ -166,6 +180,18 @@ mod tests {
         assert_eq!(nudges.nudge_stalled(&mut seen), 2);
         assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 2));
         assert_eq!((metrics[0].nudges.get(), metrics[1].nudges.get()), (1, 2));
+    }
+
+    #[test]
+    fn a_shard_whose_watch_ended_is_never_woken() {
+        let nudges = Nudges::new(&shard_metrics(1));
+        let (counter, waker) = counting_waker();
+        let mut seen = vec![NOT_NUDGED; 1];
+        nudges.tick(0, &waker);
+        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        nudges.forget(0);
+        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
