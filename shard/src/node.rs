@@ -327,9 +327,9 @@ struct ShardThread {
 /// timer armed, it wakes when the timer fires and then finds the work the missed wake-up was
 /// for. So this runs from before the mesh join until after the stop.
 ///
-/// The timer alone was not enough: a shard still slept through it in 3 of 510 busy starts. Each
-/// tick therefore reports to [`Nudges`], whose thread wakes this task from outside when the
-/// ticks stop (see [`crate::nudge`]).
+/// The timer alone was not enough: a shard still slept through it in 3 of 600 busy starts
+/// (`tools/start-stress.sh`). Each tick therefore reports to [`Nudges`], whose thread wakes
+/// this task from outside when the ticks stop (see [`crate::nudge`]).
 async fn watch(watch: Rc<Watch>) {
     while watch.alive.get() {
         if watch.stop_requested() {

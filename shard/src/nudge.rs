@@ -2,11 +2,11 @@
 //!
 //! Each shard's watch task ticks every [`crate::node::STOP_POLL_MS`] on a glommio timer. glommio
 //! 0.9 sleeps on its main io_uring with a poll on its latency ring, where timers fire. In 3 of
-//! 510 node starts here (2-shard nodes, six starting at once, busy loops on the cores) a shard
-//! slept in `io_uring_enter` for good with its timer long due: no context switch in seconds,
-//! while the other shard spun waiting for it. A wake from another thread travels a different
-//! way: glommio queues the waker and writes the executor's eventfd, whose read sits on the main
-//! ring itself.
+//! 600 node starts of `tools/start-stress.sh` (2-shard nodes, six starting at once, busy loops
+//! on the cores) a shard slept in `io_uring_enter` for good with its timer long due: no context
+//! switch in seconds, while the other shard spun waiting for it. A wake from another thread
+//! travels a different way: glommio queues the waker and writes the executor's eventfd, whose
+//! read sits on the main ring itself. With the nudges, 0 of 1,800 starts hung.
 //!
 //! So the nudge thread looks at every shard's tick count each [`NUDGE_PERIOD`]; a shard whose
 //! count has not moved since the last look gets its watch task woken from here. A shard gets one
