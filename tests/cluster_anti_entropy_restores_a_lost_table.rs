@@ -4,9 +4,8 @@
 
 use crate::common;
 
-use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
-use common::healing::{field, log_lines, put, read_one, wait_for_log};
+use common::healing::{assert_reads_every_key, field, log_lines, put, wait_for_log};
 use ringkv_wire::{Consistency, Outcome};
 
 /// Enough data (about 3 MiB) to fill the tests' 1 MiB memtables a few times per shard.
@@ -48,14 +47,7 @@ fn anti_entropy_restores_the_keys_of_a_deleted_table() {
 
     let mut through_third = third.client();
     let mut read_every_key = |what: &str| {
-        for (index, version) in versions.iter().enumerate() {
-            let value = Bytes::from(format!("{index}-{filler}"));
-            assert_eq!(
-                read_one(&mut through_third, &format!("key-{index}")),
-                Outcome::Value { value, version: *version, expires_at_ms: None },
-                "{what}: key-{index}"
-            );
-        }
+        assert_reads_every_key(&mut through_third, &versions, |index| format!("{index}-{filler}"), what)
     };
     // Until anti-entropy has restored shard 0's ranges, its copy answers no read: node 3 sends
     // reads at ONE to the other replicas, so none comes back "not found".

@@ -3,12 +3,11 @@
 
 use crate::common;
 
-use bytes::Bytes;
 use common::cluster::{eventually_at, start_three_nodes_with};
 use common::healing::{
-    last_per_shard, log_lines, put, put_keys_at_quorum, read_one, wait_for_log, wait_for_sum,
+    assert_reads_every_key, last_per_shard, log_lines, put, put_keys_at_quorum, wait_for_log, wait_for_sum,
 };
-use ringkv_wire::{Consistency, Outcome};
+use ringkv_wire::Consistency;
 
 const KEYS: usize = 200;
 
@@ -38,13 +37,5 @@ fn hints_replay_every_write_a_returning_replica_missed() {
     }
     assert_eq!(last_per_shard(&first, since, "hint replay finished", "dropped_full"), 0);
 
-    let mut through_third = third.client();
-    for (index, version) in versions.iter().enumerate() {
-        let value = Bytes::from(format!("v{index}"));
-        assert_eq!(
-            read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version, expires_at_ms: None },
-            "node 3 missed key-{index}"
-        );
-    }
+    assert_reads_every_key(&mut third.client(), &versions, |index| format!("v{index}"), "node 3 missed it");
 }

@@ -4,12 +4,11 @@
 
 use crate::common;
 
-use bytes::Bytes;
 use common::cluster::start_three_nodes_with;
 use common::healing::{
-    field, log_lines, put_keys_at_quorum, read_one, repair_until_clean, wait_for_log, wait_for_sum,
+    assert_reads_every_key, field, log_lines, put_keys_at_quorum, repair_until_clean, wait_for_log,
+    wait_for_sum,
 };
-use ringkv_wire::Outcome;
 
 const KEYS: usize = 1_000;
 /// About a hundred hints of these writes per destination and shard.
@@ -75,15 +74,7 @@ fn hints_stay_bounded_and_anti_entropy_repairs_what_they_dropped() {
     let repaired = repair_until_clean(&third, 30);
     println!("hints kept and replayed: {kept}; keys repaired by anti-entropy: {repaired}");
     assert!(repaired > 0, "the dropped hints' writes were repaired by anti-entropy");
-    let mut through_third = third.client();
-    for (index, version) in versions.iter().enumerate() {
-        let value = Bytes::from(format!("v{index}"));
-        assert_eq!(
-            read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version, expires_at_ms: None },
-            "node 3 missed key-{index}"
-        );
-    }
+    assert_reads_every_key(&mut third.client(), &versions, |index| format!("v{index}"), "node 3 missed it");
 }
 
 /// The hint figures the shards logged ("hints durable" once synced, "hints kept" when hints

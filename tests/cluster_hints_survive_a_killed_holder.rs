@@ -3,10 +3,8 @@
 
 use crate::common;
 
-use bytes::Bytes;
 use common::cluster::start_three_nodes_with;
-use common::healing::{log_lines, put_keys_at_quorum, read_one, wait_for_log, wait_for_sum};
-use ringkv_wire::Outcome;
+use common::healing::{assert_reads_every_key, log_lines, put_keys_at_quorum, wait_for_log, wait_for_sum};
 
 const KEYS: usize = 150;
 
@@ -36,13 +34,5 @@ fn a_hint_holder_killed_with_sigkill_replays_after_its_restart() {
     for line in log_lines(&first, since, "hint") {
         println!("{line}");
     }
-    let mut through_third = third.client();
-    for (index, version) in versions.iter().enumerate() {
-        let value = Bytes::from(format!("v{index}"));
-        assert_eq!(
-            read_one(&mut through_third, &format!("key-{index}")),
-            Outcome::Value { value, version: *version, expires_at_ms: None },
-            "node 3 missed key-{index}"
-        );
-    }
+    assert_reads_every_key(&mut third.client(), &versions, |index| format!("v{index}"), "node 3 missed it");
 }

@@ -78,6 +78,23 @@ pub fn read_one(client: &mut Client, key: &str) -> Outcome {
     eventually_at(client, Operation::Get { key: Bytes::from(key.to_owned()) }, Consistency::One)
 }
 
+/// Reads `key-0`, `key-1`, ... through `client` at ONE ([`read_one`]) and asserts each holds
+/// `value_of(index)` at the version in `versions`; `what` names a miss.
+pub fn assert_reads_every_key(
+    client: &mut Client,
+    versions: &[u64],
+    value_of: impl Fn(usize) -> String,
+    what: &str,
+) {
+    for (index, version) in versions.iter().enumerate() {
+        assert_eq!(
+            read_one(client, &format!("key-{index}")),
+            Outcome::Value { value: Bytes::from(value_of(index)), version: *version, expires_at_ms: None },
+            "{what}: key-{index}"
+        );
+    }
+}
+
 /// Runs `ringkv admin repair --json` against `server` until a round repairs nothing (at most
 /// `rounds_max` rounds); returns the keys repaired, over every round and shard, and prints each
 /// shard's figures.
