@@ -34,8 +34,8 @@ use crate::metrics::ShardMetrics;
 /// How often the nudge thread looks at the shards' tick counts: five watch ticks.
 pub const NUDGE_PERIOD: Duration = Duration::from_millis(100);
 
-/// Marks a shard not nudged since it last ticked.
-const NOT_NUDGED: u64 = u64::MAX;
+/// A tick count no shard has: before the first look, and for a shard not nudged yet.
+const NEVER: u64 = u64::MAX;
 
 /// Every shard's tick count and watch waker, shared by the shards and the nudge thread.
 pub struct Nudges {
@@ -47,9 +47,20 @@ struct ShardTicks {
     /// Counts this shard's nudges.
     metrics: Arc<ShardMetrics>,
     ticks: AtomicU64,
-    /// The tick count at this shard's last nudge, or [`NOT_NUDGED`].
-    nudged_at: AtomicU64,
     waker: Mutex<Option<Waker>>,
+}
+
+/// What the nudge thread saw of one shard at its last look.
+#[derive(Clone, Copy)]
+pub struct Look {
+    ticks: u64,
+    /// The tick count at the shard's last nudge, or [`NEVER`].
+    nudged_at: u64,
+}
+
+impl Look {
+    /// Before the first look at a shard.
+    pub const FIRST: Look = Look { ticks: NEVER, nudged_at: NEVER };
 }
 
 impl Nudges {
@@ -60,7 +71,6 @@ impl Nudges {
             .map(|metrics| ShardTicks {
                 metrics: metrics.clone(),
                 ticks: AtomicU64::new(0),
-                nudged_at: AtomicU64::new(NOT_NUDGED),
                 waker: Mutex::new(None),
             })
             .collect();
@@ -88,26 +98,26 @@ impl Nudges {
         drop(waker);
     }
 
-    /// One look: wakes the watch of every shard whose tick count is still the one in `seen`
-    /// and that has not been nudged at that count yet, then records the counts in `seen`.
-    /// Returns how many shards it woke.
-    pub fn nudge_stalled(&self, seen: &mut [u64]) -> usize {
+    /// One look: wakes the watch of every shard whose tick count is still the one in its last
+    /// [`Look`] and that has not been nudged at that count yet, then updates `looks`. Returns
+    /// how many shards it woke.
+    pub fn nudge_stalled(&self, looks: &mut [Look]) -> usize {
         let mut woken = 0;
-        for (shard_id, (shard, seen)) in self.shards.iter().zip(seen.iter_mut()).enumerate() {
+        for (shard_id, (shard, look)) in self.shards.iter().zip(looks.iter_mut()).enumerate() {
             let ticks = shard.ticks.load(Ordering::SeqCst);
-            if ticks == *seen && shard.nudged_at.load(Ordering::SeqCst) != ticks {
+            if ticks == look.ticks && look.nudged_at != ticks {
                 // Woken under the lock, so that a watch that has ended (see `forget`) is never
                 // woken from here: its executor may be gone.
                 let waker = shard.waker.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if let Some(waker) = waker.as_ref() {
                     debug!(shard = shard_id, ticks, "shard has not ticked for a period: waking it");
-                    shard.nudged_at.store(ticks, Ordering::SeqCst);
+                    look.nudged_at = ticks;
                     shard.metrics.nudges.add(1);
                     waker.wake_by_ref();
                     woken += 1;
                 }
             }
-            *seen = ticks;
+            look.ticks = ticks;
         }
         woken
     }
@@ -116,10 +126,10 @@ impl Nudges {
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<thread::JoinHandle<()>> {
         let nudges = self.clone();
         thread::Builder::new().name("ringkv-nudge".into()).spawn(move || {
-            let mut seen = vec![NOT_NUDGED; nudges.shards.len()];
+            let mut looks = vec![Look::FIRST; nudges.shards.len()];
             while !nudges.finished.load(Ordering::SeqCst) {
                 thread::sleep(NUDGE_PERIOD);
-                nudges.nudge_stalled(&mut seen);
+                nudges.nudge_stalled(&mut looks);
             }
         })
     }
@@ -160,24 +170,24 @@ mod tests {
         let nudges = Nudges::new(&metrics);
         let (first, first_waker) = counting_waker();
         let (second, second_waker) = counting_waker();
-        let mut seen = vec![NOT_NUDGED; 2];
+        let mut looks = vec![Look::FIRST; 2];
         nudges.tick(0, &first_waker);
         nudges.tick(1, &second_waker);
         // Both ticked since the last look: nobody is woken.
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
         nudges.tick(0, &first_waker);
         // Shard 1 did not tick for a whole period: it is woken, shard 0 is not.
-        assert_eq!(nudges.nudge_stalled(&mut seen), 1);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 1);
         assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (0, 1));
         // Shard 1 is still stalled: no second waker piles up behind the first.
         nudges.tick(0, &first_waker);
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
         // Once it ticks again, its next stall gets its own nudge (shard 0's first stall its first).
         nudges.tick(0, &first_waker);
         nudges.tick(1, &second_waker);
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
-        assert_eq!(nudges.nudge_stalled(&mut seen), 2);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 2);
         assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 2));
         assert_eq!((metrics[0].nudges.get(), metrics[1].nudges.get()), (1, 2));
     }
@@ -186,20 +196,20 @@ mod tests {
     fn a_shard_whose_watch_ended_is_never_woken() {
         let nudges = Nudges::new(&shard_metrics(1));
         let (counter, waker) = counting_waker();
-        let mut seen = vec![NOT_NUDGED; 1];
+        let mut looks = vec![Look::FIRST; 1];
         nudges.tick(0, &waker);
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
         nudges.forget(0);
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn a_shard_that_never_ticked_has_nothing_to_wake() {
         let nudges = Nudges::new(&shard_metrics(1));
-        let mut seen = vec![NOT_NUDGED; 1];
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
-        assert_eq!(nudges.nudge_stalled(&mut seen), 0);
+        let mut looks = vec![Look::FIRST; 1];
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
+        assert_eq!(nudges.nudge_stalled(&mut looks), 0);
     }
 
     #[test]
