@@ -61,6 +61,8 @@ fn bench_load_and_run_against_server() {
     for field in ["seconds", "ops_per_sec", "p50_us", "p99_us", "p999_us", "max_us"] {
         assert!(report[field].as_f64().is_some(), "{field} missing: {report}");
     }
+    // Reported even when none happened, so a script can tell a stalled generator from a slow node.
+    assert!(report["generator_nudges"].as_u64().is_some(), "generator_nudges missing: {report}");
     let by_op = report["by_op"].as_object().expect("by_op is a map");
     let mut per_operation = 0;
     for operation in ["read", "update"] {

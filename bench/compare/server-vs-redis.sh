@@ -102,6 +102,11 @@ for name, side in runs.items():
         per_op = (cpu.get("user_seconds", 0) + cpu.get("system_seconds", 0)) * 1e6 / max(run["ops"], 1)
         print(f"{name:8} {index:>5} {run['ops_per_sec']:>10.0f} {run['p50_us']:>8.0f} {run['p99_us']:>8.0f} "
               f"{run.get('p999_us', 0):>9.0f} {per_op:>9.2f} {run.get('errors', 0):>7}")
+stalled = [(name, index) for name, side in runs.items() for index, run in enumerate(side, 1)
+           if run.get("generator_nudges", 0) > 0]
+for name, index in stalled:
+    print(f"note: in {name}'s round {index} the generator slept through its own timer and was woken "
+          "from outside; that round's latencies include the generator's stall")
 ours = statistics.median(run["ops_per_sec"] for run in runs["ringkv"])
 theirs = statistics.median(run["ops_per_sec"] for run in runs["redis"])
 print(f"\nmedian ops/s: ringkv {ours:.0f}, Redis {theirs:.0f}; ratio ringkv / Redis {ours / theirs:.2f}")

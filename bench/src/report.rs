@@ -7,6 +7,7 @@ use crate::cpu_usage::CpuTime;
 use crate::histogram::{LatencyRecorder, LatencySummary};
 use crate::ycsb::OperationKind;
 use anyhow::{Context, Result};
+use ringkv_io::nudge;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -94,6 +95,9 @@ pub struct RunReport {
     pub measurements: Measurements,
     pub wall: Duration,
     pub cpu: CpuTime,
+    /// Times one of the generator's executors slept through its own timer and was woken from
+    /// outside (`ringkv_io::nudge`): each may have stalled the generator for up to 100 ms.
+    pub generator_nudges: u64,
 }
 
 fn latency_fields(summary: &LatencySummary, fields: &mut Map<String, Value>) {
@@ -153,6 +157,7 @@ impl RunReport {
                 "percent_of_one_core": self.cpu.percent_of_one_core(self.wall),
             }),
         );
+        fields.insert("generator_nudges".into(), json!(self.generator_nudges));
         Value::Object(fields)
     }
 
@@ -206,6 +211,14 @@ impl RunReport {
         }
         if measurements.not_found > 0 {
             text += &format!("reads that found no value: {}\n", measurements.not_found);
+        }
+        if self.generator_nudges > 0 {
+            text += &format!(
+                "the generator's executors slept through their own timers {} time(s) and were woken \
+                 from outside: latencies around then include up to {} ms of the generator's own stall\n",
+                self.generator_nudges,
+                nudge::NUDGE_PERIOD.as_millis()
+            );
         }
         text += &format!(
             "load generator CPU: {:.2} s user, {:.2} s system, {:.0}% of one core\n",

@@ -39,6 +39,7 @@ use clap::Args;
 use glommio::LocalExecutorBuilder;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
+use ringkv_io::nudge::{self, Nudges};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -292,6 +293,11 @@ fn execute(
         key_space: Arc::new(key_space),
         live: progress.as_ref().map(Progress::live),
     };
+    // glommio can sleep through its own timer (see `ringkv_io::nudge`): a worker waiting for its
+    // next operation's time would then stall the open-loop schedule, and the stall would be
+    // charged to the server as latency. Each executor's heartbeat lets this thread wake it.
+    let nudges = Arc::new(Nudges::new(connection.threads));
+    let nudger = nudges.spawn("bench-nudge").context("starting the thread that wakes stalled executors")?;
     let cpu_before = CpuTime::now().context("reading this process's CPU time")?;
     let started = Instant::now();
     let mut threads = Vec::new();
@@ -301,22 +307,43 @@ fn execute(
             continue;
         }
         let plan = plan.clone();
-        let handle = LocalExecutorBuilder::default()
+        let executor_nudges = nudges.clone();
+        let spawned = LocalExecutorBuilder::default()
             .name(&format!("bench-{thread}"))
             .io_memory(IO_MEMORY_BYTES)
-            .spawn(move || async move { run_thread(plan, connections).await })
-            .map_err(|error| anyhow::anyhow!("starting executor thread {thread}: {error}"))?;
-        threads.push(handle);
+            .spawn(move || async move {
+                // The heartbeat never ends: it stops when the workers are done.
+                futures_lite::future::or(run_thread(plan, connections), async {
+                    match nudge::heartbeat(&executor_nudges, thread).await {}
+                })
+                .await
+            })
+            .map_err(|error| anyhow::anyhow!("starting executor thread {thread}: {error}"));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(error) => {
+                nudges.finish();
+                return Err(error);
+            }
+        }
     }
     let mut measurements = Measurements::new();
     let mut first_error = None;
     for handle in threads {
-        match handle.join().map_err(|error| anyhow::anyhow!("executor thread failed: {error}"))? {
-            Ok(thread_measurements) => measurements.merge(&thread_measurements),
-            Err(error) => first_error = first_error.or(Some(error)),
+        match handle.join() {
+            Ok(Ok(thread_measurements)) => measurements.merge(&thread_measurements),
+            Ok(Err(error)) => first_error = first_error.or(Some(error)),
+            Err(error) => {
+                first_error = first_error.or(Some(anyhow::anyhow!("executor thread failed: {error}")))
+            }
         }
     }
     let wall = started.elapsed();
+    nudges.finish();
+    if nudger.join().is_err() {
+        first_error =
+            first_error.or(Some(anyhow::anyhow!("the thread that wakes stalled executors panicked")));
+    }
     if let Some(progress) = progress {
         progress.stop();
     }
@@ -334,7 +361,7 @@ fn execute(
         threads: connection.threads,
         rate,
     };
-    Ok(RunReport { description, measurements, wall, cpu })
+    Ok(RunReport { description, measurements, wall, cpu, generator_nudges: nudges.nudged_total() })
 }
 
 /// Per-thread state the tasks share: the random source, the key chooser and the value pool. One

@@ -22,12 +22,15 @@
 //! - [`blocking`]: blocking calls on glommio's helper threads, owned by tasks of their own, and
 //!   the wait for them before an executor stops.
 //! - [`clock`]: the wall clock, the only one the engine's callers use.
+//! - [`nudge`]: [`Nudges`], the thread that wakes an executor which stopped waking up (glommio
+//!   can sleep through its own timer), and the [`nudge::heartbeat`] an executor ticks with.
 
 pub mod blocking;
 pub mod clock;
 pub mod dma_disk;
 pub mod engine_service;
 pub mod executor;
+pub mod nudge;
 
 pub use clock::now_ms;
 pub use dma_disk::{DmaDisk, DmaDiskFile, SyncObserver, PROBE_FILE_NAME};
@@ -35,3 +38,4 @@ pub use engine_service::EngineService;
 pub use executor::{
     flush_queue, low_priority_queue, run_local, scan_queue, serving_queue, ExecutorBuilder, TaskQueueHandle,
 };
+pub use nudge::Nudges;

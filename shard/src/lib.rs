@@ -16,7 +16,6 @@
 //!
 //! ## Layout
 //! - [`node`]: [`Node`], every shard of a node on its own executor; start, stop, wait.
-//! - [`nudge`]: [`nudge::Nudges`], the thread that wakes a shard whose executor stopped waking.
 //! - [`service`]: [`ShardService`], one shard composed: engine, router, sockets; `drain`/`stop`.
 //! - [`connection`]: [`Connection`], one client connection: frames in, concurrent requests,
 //!   batched replies out, bounded in-flight window and outbox.
@@ -56,7 +55,6 @@ pub mod handler;
 pub mod local_event;
 pub mod metrics;
 pub mod node;
-pub mod nudge;
 pub mod request_memory;
 pub mod resp;
 pub mod ring;

@@ -17,7 +17,7 @@
 //! which cannot be woken from outside without a channel endpoint on each; every shard polls an
 //! atomic flag on a slow timer instead ([`watch`], which also keeps glommio from parking the
 //! shard without a timer). It costs a wake-up every [`STOP_POLL_MS`] and nothing else. A
-//! node-wide thread ([`crate::nudge`]) wakes a shard whose watch stopped ticking.
+//! node-wide thread ([`ringkv_io::nudge`]) wakes a shard whose watch stopped ticking.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use event_listener::Event;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use ringkv_io::ExecutorBuilder;
+use ringkv_io::{ExecutorBuilder, Nudges};
 use tracing::{info, info_span, warn};
 
 use crate::cluster::MembershipSnapshot;
@@ -39,7 +39,6 @@ use crate::error::ShardError;
 use crate::metrics::figures::{self, FiguresInbox};
 use crate::metrics::http::{Access, MetricsServer, ShardSource};
 use crate::metrics::ShardMetrics;
-use crate::nudge::Nudges;
 use crate::ring::Ring;
 use crate::router::forwarding::ShardMessage;
 use crate::service::{MembershipChannels, ShardService, ShardSetup};
@@ -68,7 +67,7 @@ const MEMBERSHIP_CHANNEL_CAPACITY: usize = 16;
 pub struct Node {
     shards: usize,
     threads: Vec<thread::JoinHandle<std::io::Result<Result<(), ShardError>>>>,
-    /// Wakes a shard whose executor stopped waking up (see [`crate::nudge`]).
+    /// Wakes a shard whose executor stopped waking up (see [`ringkv_io::nudge`]).
     nudger: thread::JoinHandle<()>,
     control: Arc<NodeControl>,
     /// The `/metrics` endpoint, when `metrics_listen` is set; stops when dropped.
@@ -91,7 +90,11 @@ impl NodeControl {
         NodeControl {
             stop_requested: AtomicBool::new(false),
             drained: AtomicUsize::new(0),
-            nudges: Arc::new(Nudges::new(metrics)),
+            nudges: Arc::new(Nudges::observed(metrics.len(), {
+                let metrics = metrics.to_vec();
+                // The nudge thread is the counter's only writer.
+                move |shard| metrics[shard].nudges.add(1)
+            })),
         }
     }
 }
@@ -186,7 +189,7 @@ impl Node {
         };
         let mut figure_inboxes = figure_inboxes.into_iter();
         let (ready_sender, ready_receiver) = mpsc::channel();
-        let nudger = control.nudges.spawn().map_err(ShardError::NudgeThread)?;
+        let nudger = control.nudges.spawn("ringkv-nudge").map_err(ShardError::NudgeThread)?;
 
         let mut threads = Vec::with_capacity(shards);
         for (shard, shard_metrics) in metrics.iter().enumerate() {
@@ -329,21 +332,16 @@ struct ShardThread {
 ///
 /// The timer alone was not enough: a shard still slept through it in 3 of 600 busy starts
 /// (`tools/start-stress.sh`). Each tick therefore reports to [`Nudges`], whose thread wakes
-/// this task from outside when the ticks stop (see [`crate::nudge`]).
+/// this task from outside when the ticks stop (see [`ringkv_io::nudge`]).
 async fn watch(watch: Rc<Watch>) {
     while watch.alive.get() {
         if watch.stop_requested() {
             watch.stop.notify(usize::MAX);
         }
-        let nudges = &watch.control.nudges;
-        std::future::poll_fn(|context| {
-            nudges.tick(watch.shard_id, context.waker());
-            std::task::Poll::Ready(())
-        })
-        .await;
+        watch.control.nudges.tick_here(watch.shard_id as usize).await;
         glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
     }
-    watch.control.nudges.forget(watch.shard_id);
+    watch.control.nudges.forget(watch.shard_id as usize);
 }
 
 /// What [`watch`] and the shard's serving task share.

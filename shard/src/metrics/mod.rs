@@ -292,7 +292,8 @@ pub struct ShardMetrics {
     pub reads_held: Cell64,
     pub wal_syncs: Cell64,
     pub wal_sync_latency: Histogram,
-    /// Times the node's nudge thread woke this shard after its watch stopped ticking.
+    /// Times the node's nudge thread woke this shard after its watch stopped ticking. Written
+    /// only by that thread.
     pub nudges: Cell64,
 }
 
