@@ -50,8 +50,8 @@ pub mod wal;
 
 pub use disk::{Disk, DiskFile};
 pub use engine::{
-    AtomicOutcome, CasOutcome, Engine, EngineStats, Expected, KeyHash, PendingWrite, RecoveryReport,
-    ScanEntry, ScanPage, ScanRange, Unsettled, Versioned, WriteOutcome, REBUILDING_FILE,
+    is_engine_file, AtomicOutcome, CasOutcome, Engine, EngineStats, Expected, KeyHash, PendingWrite,
+    RecoveryReport, ScanEntry, ScanPage, ScanRange, Unsettled, Versioned, WriteOutcome, REBUILDING_FILE,
 };
 pub use entry::{Entry, Value};
 pub use error::{Result, StorageError};

@@ -136,8 +136,7 @@ pub fn wipe_engine_files(data_dir: &std::path::Path) -> usize {
             continue;
         }
         for file in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            let name = file.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".wal") || name.ends_with(".sst") || name == "MANIFEST" {
+            if ringkv_storage::is_engine_file(&file.file_name().to_string_lossy()) {
                 std::fs::remove_file(file.path()).unwrap();
                 removed += 1;
             }

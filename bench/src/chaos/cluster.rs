@@ -214,8 +214,7 @@ impl Cluster {
                 continue;
             }
             for file in std::fs::read_dir(shard.path())?.flatten() {
-                let name = file.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".wal") || name.ends_with(".sst") || name == "MANIFEST" {
+                if ringkv_storage::is_engine_file(&file.file_name().to_string_lossy()) {
                     std::fs::remove_file(file.path())?;
                     removed += 1;
                 }

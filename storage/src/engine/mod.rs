@@ -374,6 +374,16 @@ fn validate_value(value: Option<&Bytes>) -> Result<()> {
     }
 }
 
+/// Whether `name` is one of the files an engine keeps in its directory: a WAL segment, a table,
+/// the manifest or a manifest being replaced. A directory without them opens as a new, empty
+/// engine (what a replaced disk looks like).
+pub fn is_engine_file(name: &str) -> bool {
+    manifest::parse_table_file_name(name).is_some()
+        || parse_segment_file_name(name).is_some()
+        || name == manifest::MANIFEST_FILE
+        || name == manifest::MANIFEST_TEMPORARY_FILE
+}
+
 impl<D: Disk> Engine<D> {
     /// Opens the engine on `disk`, recovering what is there: tables from the manifest, then the
     /// WAL replayed into the memtable (a torn tail is dropped and counted; damage followed by

@@ -98,6 +98,36 @@ mod tests {
     use crate::disk::{Disk, DiskFile};
     use futures_executor::block_on;
 
+    /// `is_engine_file` names every file an engine leaves, so removing them is a replaced disk:
+    /// the directory then opens as a new, empty engine.
+    #[test]
+    fn without_its_engine_files_a_directory_opens_empty() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            for index in 0..50 {
+                engine
+                    .put(key(index), Bytes::from_static(b"value"), 1 + u64::from(index), None)
+                    .await
+                    .unwrap();
+            }
+            engine.flush().await.unwrap();
+            engine.put(key(50), Bytes::from_static(b"value"), 51, None).await.unwrap();
+            drop(engine);
+            let names = disk.file_names();
+            assert!(names.iter().any(|name| name.ends_with(".sst")), "a table was written: {names:?}");
+            assert!(names.iter().any(|name| name.ends_with(".wal")), "a segment was written: {names:?}");
+            for name in &names {
+                assert!(is_engine_file(name), "{name} is the engine's");
+                disk.remove(name).await.unwrap();
+            }
+            assert!(!is_engine_file("NODE") && !is_engine_file("00000000000000000001.sst.part"));
+            let reopened = Engine::open(disk.clone(), small_options()).await.unwrap();
+            assert!(reopened.recovery().fresh, "nothing of the old engine is left");
+            assert_eq!(reopened.get(&key(0), 0).await.unwrap(), None);
+        });
+    }
+
     /// Segments a flush removed come back when the machine crashes before the directory is
     /// synced; whatever of them survives, the engine reopens with every acknowledged write.
     #[test]
