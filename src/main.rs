@@ -189,6 +189,12 @@ struct ServeArgs {
     /// read as a replica. Without it the node refuses to start.
     #[arg(long)]
     allow_missing_tables: bool,
+    /// Join a cluster that already holds data: on the first start in this data directory every
+    /// shard answers no replica read of a range until anti-entropy has brought the range from
+    /// the other replicas (writes are taken meanwhile). Needs --seeds. [default: off, for
+    /// nodes that form a new cluster together]
+    #[arg(long)]
+    join: bool,
     /// Start even when the WAL's last record fails its checksum though it was written whole
     /// (bit rot, not a torn write): the record, which may hold acknowledged writes, is dropped
     /// and an error logged. Without it the node refuses to start.
@@ -331,6 +337,9 @@ impl ServeArgs {
         set(&mut config.tombstone_grace_ms, &self.tombstone_grace_ms);
         if self.allow_missing_tables {
             config.allow_missing_tables = true;
+        }
+        if self.join {
+            config.join = true;
         }
         if self.accept_wal_tail_loss {
             config.accept_wal_tail_loss = true;

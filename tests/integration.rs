@@ -34,6 +34,7 @@ mod cluster_deletes_made_during_an_outage_stay_deleted;
 mod cluster_hints_replay_to_a_returning_replica;
 mod cluster_hints_stay_bounded_in_a_long_outage;
 mod cluster_hints_survive_a_killed_holder;
+mod cluster_joining_node_restores_its_ranges_before_serving_reads;
 mod cluster_new_node_serves_only_after_joining;
 mod cluster_peers_need_the_cluster_secret;
 mod cluster_quorum_across_three_nodes;

@@ -30,6 +30,7 @@ fn ringkv_serve_help_documents_cluster_options() {
         "--tree-rebuild-interval-ms",
         "--tombstone-grace-ms",
         "--allow-missing-tables",
+        "--join",
     ] {
         assert!(help.contains(option), "{option} is not documented:\n{help}");
     }

@@ -3,6 +3,9 @@
 #
 #   tools/local-cluster.sh 3            start 3 nodes in the foreground; Ctrl-C stops them all
 #   tools/local-cluster.sh 3 --detach   start them in the background and return
+#   tools/local-cluster.sh join 4       add node 4 to a running cluster (detached, `--join`):
+#                                       it restores its ranges by anti-entropy before it
+#                                       answers replica reads
 #   tools/local-cluster.sh stop         stop a detached cluster
 #
 # Node i (1-based) has node id i, client port 7379 + 10 * (i - 1) (so 7379, 7389, 7399, ...),
@@ -36,30 +39,25 @@ case "${1:-}" in
     exit 0
     ;;
   ''|-h|--help)
-    sed -n '2,12p' "$0"
+    sed -n '2,15p' "$0"
     exit 0
     ;;
 esac
-
-nodes="$1"
-detach=false
-[ "${2:-}" = "--detach" ] && detach=true
-if ! [[ "$nodes" =~ ^[1-9]$ ]]; then
-  echo "error: the node count must be 1 to 9" >&2
-  exit 2
-fi
 
 if [ ! -x "$binary" ]; then
   echo "building ringkv (release)" >&2
   (cd "$repository_root" && cargo build --release --bin ringkv >&2)
 fi
-
 mkdir -p "$cluster_dir"
 seed="127.0.0.1:8379"
-for i in $(seq 1 "$nodes"); do
-  client_port=$((7379 + 10 * (i - 1)))
-  peer_port=$((client_port + 1000))
-  seeds=()
+
+# start_node I [FLAGS...]: node I in the background, joining through node 1 unless it is node 1.
+start_node() {
+  local i="$1"
+  shift
+  local client_port=$((7379 + 10 * (i - 1)))
+  local peer_port=$((client_port + 1000))
+  local seeds=()
   [ "$i" -gt 1 ] && seeds=(--seeds "$seed")
   # shellcheck disable=SC2086
   RINGKV_LOG="${RINGKV_LOG:-info}" "$binary" serve \
@@ -69,19 +67,54 @@ for i in $(seq 1 "$nodes"); do
     --node-id "$i" \
     --shards 1 \
     "${seeds[@]}" \
+    "$@" \
     ${RINGKV_SERVE_FLAGS:-} \
-    >"$cluster_dir/node-$i.log" 2>&1 &
+    >>"$cluster_dir/node-$i.log" 2>&1 &
   echo $! >"$cluster_dir/node-$i.pid"
   echo "node $i: client 127.0.0.1:$client_port, peer 127.0.0.1:$peer_port, log $cluster_dir/node-$i.log"
+}
+
+# wait_for_nodes N: until node 1 sees N nodes up (at most 30 s); prints how many it saw.
+wait_for_nodes() {
+  local up=0
+  for _ in $(seq 1 60); do
+    up="$("$binary" status --addr 127.0.0.1:7379 2>/dev/null | grep -cw up || true)"
+    [ "$up" -ge "$1" ] && break
+    sleep 0.5
+  done
+  echo "$up of $1 node(s) up"
+}
+
+if [ "$1" = join ]; then
+  node="${2:-}"
+  if ! [[ "$node" =~ ^[2-9]$ ]]; then
+    echo "error: join needs the new node's number, 2 to 9" >&2
+    exit 2
+  fi
+  if [ -e "$cluster_dir/node-$node.pid" ] && kill -0 "$(cat "$cluster_dir/node-$node.pid")" 2>/dev/null; then
+    echo "error: node $node is already running" >&2
+    exit 2
+  fi
+  known="$(ls -d "$cluster_dir"/node-* 2>/dev/null | grep -c '/node-[0-9]$' || true)"
+  start_node "$node" --join
+  wait_for_nodes "$((known > node ? known : node))"
+  echo "node $node answers replica reads once its log says \"serving replica reads again\""
+  exit 0
+fi
+
+nodes="$1"
+detach=false
+[ "${2:-}" = "--detach" ] && detach=true
+if ! [[ "$nodes" =~ ^[1-9]$ ]]; then
+  echo "error: the node count must be 1 to 9" >&2
+  exit 2
+fi
+for i in $(seq 1 "$nodes"); do
+  start_node "$i"
 done
 
-# Wait until node 1 sees every node up, so the cluster is whole before the first request.
-for _ in $(seq 1 60); do
-  up="$("$binary" status --addr 127.0.0.1:7379 2>/dev/null | grep -cw up || true)"
-  [ "$up" -ge "$nodes" ] && break
-  sleep 0.5
-done
-echo "$up of $nodes node(s) up"
+# Node 1 sees every node up before the first request: the cluster is whole.
+wait_for_nodes "$nodes"
 
 if $detach; then
   echo "stop with: $0 stop"

@@ -243,6 +243,14 @@ pub struct NodeConfig {
     /// node; anti-entropy restores it from the other replicas, and until then the shard answers
     /// no read as a replica). Off: the node refuses to start.
     pub allow_missing_tables: bool,
+    /// This node joins a cluster that already holds data. On the first start in its data
+    /// directory each shard starts rebuilding, as one that lost its data does: it takes writes
+    /// but answers no replica read of a range until anti-entropy has compared that range with
+    /// every other replica and pulled what it lacks (a repair-based bootstrap, as ScyllaDB's).
+    /// Without it a new node's empty copy could complete a read quorum that misses an
+    /// acknowledged write. Needs `seeds`. On later starts it changes nothing: a rebuild not
+    /// finished stays in force across restarts by itself.
+    pub join: bool,
     /// Start even when the WAL's last record fails its checksum though it was written whole
     /// (bit rot, not a torn write), dropping it with an error logged: acknowledged writes in it
     /// are lost on this node. Off: the node refuses to start.
@@ -328,6 +336,7 @@ impl Default for NodeConfig {
             tree_rebuild_interval_ms: 6 * 3_600_000,
             tombstone_grace_ms: 10 * 24 * 3_600_000,
             allow_missing_tables: false,
+            join: false,
             accept_wal_tail_loss: false,
             disk_reserve_bytes: 512 << 20,
             users: Vec::new(),
@@ -496,6 +505,12 @@ impl NodeConfig {
                     ),
                 );
             }
+        }
+        if self.join && self.seeds.is_empty() {
+            return invalid(
+                "join",
+                "needs seeds: a node joins a cluster through members it can reach".to_string(),
+            );
         }
         if self.node_id > NODE_ID_MAX {
             return invalid("node_id", format!("is {}; it must be at most {NODE_ID_MAX}", self.node_id));
@@ -1145,6 +1160,8 @@ mod tests {
                     ..NodeConfig::default()
                 },
             ),
+            // A node joins a cluster through its seeds.
+            ("join", NodeConfig { join: true, ..NodeConfig::default() }),
             // Peer ports 7379-7380 would take the client port.
             (
                 "peer_listen",

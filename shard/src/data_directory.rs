@@ -9,7 +9,8 @@
 //!  │                 vnodes_per_shard = 16
 //!  │                 node_id = 0
 //!  │                 tokens = 1844674407370955161,9223372036854775807
-//!  ├── shard-0/    shard 0's storage engine (WAL, SSTables, manifest)
+//!  ├── shard-0/    shard 0's storage engine (WAL, SSTables, manifest; REBUILDING while it
+//!  │               restores lost data or joins a cluster, see `mark_rebuilding`)
 //!  └── shard-1/    ...
 //! ```
 //!
@@ -34,6 +35,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use ringkv_storage::REBUILDING_FILE;
 
 use crate::error::ShardError;
 
@@ -127,6 +130,24 @@ impl DataDirectory {
     /// The directory of shard `shard_id`'s storage engine.
     pub fn shard_path(&self, shard_id: u32) -> PathBuf {
         self.path.join(format!("shard-{shard_id}"))
+    }
+
+    /// Marks shard `shard_id`'s engine as rebuilding before it opens (the engine's own
+    /// [`REBUILDING_FILE`]): the shard then answers no replica read of a range until
+    /// anti-entropy has restored it. For a node that joins a cluster holding data. The mark is
+    /// synced with the directories that hold it, so a crash after this leaves it in place; a
+    /// crash before it leaves `NODE` with empty shards, which the next start treats as lost data
+    /// and gates the same way.
+    pub fn mark_rebuilding(&self, shard_id: u32) -> Result<(), ShardError> {
+        let shard_path = self.shard_path(shard_id);
+        let mark = shard_path.join(REBUILDING_FILE);
+        let write = || -> io::Result<()> {
+            std::fs::create_dir_all(&shard_path)?;
+            File::create(&mark)?.sync_all()?;
+            File::open(&shard_path)?.sync_all()?;
+            File::open(&self.path)?.sync_all()
+        };
+        write().map_err(|error| ShardError::data_directory("writing", &mark, error))
     }
 }
 

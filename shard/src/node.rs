@@ -152,6 +152,18 @@ impl Node {
         let tokens = ringkv_replication::default_tokens(config.node_id, config.num_tokens);
         let data_directory = Arc::new(DataDirectory::open(&config.data_dir, placement, &tokens)?);
         let tokens = data_directory.tokens().to_vec();
+        if config.join && !data_directory.started_before() {
+            // Before any engine opens: from here on a crash leaves either the marks or empty
+            // shards under a recorded `NODE`, and both start gated.
+            for shard in 0..shards {
+                data_directory.mark_rebuilding(shard as u32)?;
+            }
+            warn!(
+                shards,
+                "joining a cluster that holds data: until anti-entropy has brought each range from \
+                 the other replicas, this node answers no replica read of it"
+            );
+        }
         let mut known_peers = crate::cluster::known_peers::load(data_directory.path()).map_err(|error| {
             ShardError::data_directory("reading the known members in", data_directory.path(), error)
         })?;

@@ -182,8 +182,8 @@ impl Cluster {
         if self.handler.engine().rebuilding() {
             warn!(
                 shard = self.origin.shard,
-                "this shard lost data: it answers no replica read of a range until anti-entropy \
-                 has restored the range from the other replicas"
+                "this shard is rebuilding (it lost data, or its node joined the cluster): it answers no \
+                 replica read of a range until anti-entropy has restored the range from the other replicas"
             );
             self.rebuilding_since_ms.set(Some(now_ms()));
         }
@@ -596,7 +596,7 @@ impl Cluster {
         Some(PeerFailure::new(
             PeerErrorCode::Rebuilding,
             format!(
-                "shard {} of node {} lost data and has not restored this key's range yet",
+                "shard {} of node {} has not restored this key's range yet (it lost data, or its node joined)",
                 self.origin.shard, self.origin.node_id
             ),
         ))
@@ -614,7 +614,7 @@ impl Cluster {
                 self.rebuilding_since_ms.set(None);
                 info!(
                     shard = self.origin.shard,
-                    "every range repaired since the data was lost: serving replica reads again"
+                    "every range repaired since the shard started rebuilding: serving replica reads again"
                 );
             }
             Err(error) => {
