@@ -39,6 +39,8 @@ struct Node {
     paused: bool,
     /// Whether it was started before (a restart joins through every other node).
     started: bool,
+    /// A node kept out of the cluster until [`Cluster::join`] adds it (`--join`).
+    standby: bool,
 }
 
 /// Every node of a run.
@@ -74,7 +76,7 @@ impl Cluster {
             serve_flags,
             nodes: specs
                 .into_iter()
-                .map(|spec| Node { spec, child: None, paused: false, started: false })
+                .map(|spec| Node { spec, child: None, paused: false, started: false, standby: false })
                 .collect(),
         };
         for node in cluster.ids() {
@@ -86,14 +88,39 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Node ids, 1-based.
+    /// Ids of the cluster's nodes, 1-based (not a node still waiting to join).
     pub fn ids(&self) -> Vec<u16> {
-        self.nodes.iter().map(|node| node.spec.id).collect()
+        self.members().map(|node| node.spec.id).collect()
     }
 
-    /// Every node's client address.
+    /// The client address of every node of the cluster (not of a node still waiting to join).
     pub fn client_addresses(&self) -> Vec<SocketAddr> {
-        self.nodes.iter().map(|node| node.spec.client).collect()
+        self.members().map(|node| node.spec.client).collect()
+    }
+
+    fn members(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|node| !node.standby)
+    }
+
+    /// Keeps `spec` ready to join the running cluster later ([`Cluster::join`]); its id must be
+    /// the next after the others'.
+    pub fn add_standby(&mut self, spec: NodeSpec) -> Result<()> {
+        anyhow::ensure!(usize::from(spec.id) == self.nodes.len() + 1, "node {} is not the next id", spec.id);
+        std::fs::create_dir_all(&spec.data_dir)?;
+        self.nodes.push(Node { spec, child: None, paused: false, started: false, standby: true });
+        Ok(())
+    }
+
+    /// The node waiting to join, if any.
+    pub fn joiner(&self) -> Option<u16> {
+        self.nodes.iter().find(|node| node.standby).map(|node| node.spec.id)
+    }
+
+    /// Starts the waiting node `node` with `--join`: it becomes one of the cluster's nodes.
+    pub fn join(&mut self, node: u16) -> Result<()> {
+        anyhow::ensure!(self.node(node).standby, "node {node} is not waiting to join");
+        self.node_mut(node).standby = false;
+        self.spawn_with(node, None, &["--join"])
     }
 
     pub fn spec(&self, node: u16) -> &NodeSpec {
@@ -116,6 +143,11 @@ impl Cluster {
     /// Starts node `node`; with `clock_offset` (libfaketime's syntax, `+0.3` for 300 ms ahead)
     /// its wall clock runs that far off, while its monotonic clock is left alone.
     pub fn spawn(&mut self, node: u16, clock_offset: Option<&str>) -> Result<()> {
+        self.spawn_with(node, clock_offset, &[])
+    }
+
+    /// [`Cluster::spawn`] with extra `ringkv serve` flags for this start.
+    fn spawn_with(&mut self, node: u16, clock_offset: Option<&str>, flags: &[&str]) -> Result<()> {
         // The first start of node 1 founds the cluster; the first start of any other node joins
         // through node 1, as `tools/local-cluster.sh` does; a restart joins through every other node.
         let seeds: Vec<String> = if self.node(node).started {
@@ -162,7 +194,7 @@ impl Cluster {
         if !seeds.is_empty() {
             command.args(["--seeds", &seeds.join(",")]);
         }
-        command.args(&self.serve_flags);
+        command.args(&self.serve_flags).args(flags);
         if let Some(offset) = clock_offset {
             command
                 .env("LD_PRELOAD", LIBFAKETIME)
@@ -268,7 +300,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Resumes every paused node and starts every stopped one.
+    /// Resumes every paused node and starts every stopped one (not a node waiting to join).
     pub fn restore(&mut self) -> Result<()> {
         for node in self.ids() {
             if self.node(node).paused {
@@ -298,7 +330,7 @@ impl Cluster {
     /// Waits until every node answers and lists every node up; fails after `timeout`.
     pub fn wait_whole(&mut self, timeout: Duration) -> Result<Duration> {
         let started = Instant::now();
-        let expected = self.nodes.len();
+        let expected = self.members().count();
         let mut last = String::new();
         while started.elapsed() < timeout {
             let exited = self.exited();

@@ -240,13 +240,19 @@ fn run_scenario(
         std::fs::remove_dir_all(&run_dir)?;
     }
     std::fs::create_dir_all(&run_dir)?;
-    let specs = node_specs(args.nodes, namespaces, &run_dir)?;
+    let all_nodes = args.nodes + u16::from(scenario.adds_a_node());
+    let mut specs = node_specs(all_nodes, namespaces, &run_dir)?;
+    // Every node the run ends with: the settling reads ask a node that joined too.
     let addresses: BTreeMap<u16, std::net::SocketAddr> =
         specs.iter().map(|spec| (spec.id, spec.client)).collect();
+    let joiner = scenario.adds_a_node().then(|| specs.pop().expect("a spec for the node that joins"));
     let victim = scenario::victim(seed, args.nodes);
     let skewed = scenario.clock_offset().map(|offset| (victim, offset));
     let serve_flags = args.sabotage.map(scenario::Sabotage::serve_flags).unwrap_or_default();
     let mut cluster = Cluster::start(binary, specs, serve_flags, skewed)?;
+    if let Some(joiner) = joiner {
+        cluster.add_standby(joiner)?;
+    }
     let replicas = REPLICATION_FACTOR.min(usize::from(args.nodes));
     let client_namespaces = namespaces.map_or_else(Vec::new, |namespaces| {
         (0..args.clients).map(|client| namespaces.client_namespace_path(client)).collect()
@@ -308,7 +314,7 @@ fn run_scenario(
     for (node, status) in &exited {
         violations.push(format!("node {node} exited on its own ({status}); see its log"));
     }
-    let log_checks = log_checks(scenario, &cluster, victim);
+    let log_checks = log_checks(scenario, &cluster, victim, all_nodes);
     cluster.shutdown();
     let (operations_count, writes, acknowledged, reads_ok, failed, unknown) = report::counts(&history);
     let mut report = ScenarioReport {
@@ -343,7 +349,7 @@ fn run_scenario(
         std::fs::write(run_dir.join("report.txt"), report.render())?;
         std::fs::write(run_dir.join("violations.txt"), report.violations.join("\n"))?;
         if !args.keep {
-            for node in 1..=args.nodes {
+            for node in 1..=all_nodes {
                 let _ = std::fs::remove_dir_all(run_dir.join(format!("node-{node}")));
             }
         }
@@ -355,7 +361,10 @@ fn run_scenario(
 
 /// Facts a scenario must leave in the nodes' logs: beyond the clock-skew bound, the other nodes
 /// refused the skewed node's writes (`ClockSkew`, "ahead of this node's clock").
-fn log_checks(scenario: Scenario, cluster: &Cluster, skewed: u16) -> Vec<(String, bool)> {
+fn log_checks(scenario: Scenario, cluster: &Cluster, skewed: u16, nodes: u16) -> Vec<(String, bool)> {
+    if scenario == Scenario::Join {
+        return join_log_checks(cluster, nodes);
+    }
     if scenario != Scenario::ClockSkewBeyond {
         return Vec::new();
     }
@@ -369,4 +378,41 @@ fn log_checks(scenario: Scenario, cluster: &Cluster, skewed: u16) -> Vec<(String
         format!("the other nodes refused node {skewed}'s versions from beyond the bound ({refusals} refusals logged)"),
         refusals > 0,
     )]
+}
+
+/// How long the node that joined may take, after the cluster settled, to log that it serves
+/// replica reads again (anti-entropy rounds run every 2 s while it rebuilds).
+const JOIN_RESTORED_WAIT: Duration = Duration::from_secs(30);
+
+/// What the node that joined (node `joiner`, the last) must have logged: the gate at its first
+/// start and again after the restart, and the end of the rebuild.
+fn join_log_checks(cluster: &Cluster, joiner: u16) -> Vec<(String, bool)> {
+    let log = &cluster.spec(joiner).log;
+    let count = |needle: &str| cluster::log_count(log, needle);
+    let deadline = Instant::now() + JOIN_RESTORED_WAIT;
+    while count("serving replica reads again") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vec![
+        (
+            format!("node {joiner} started gated as a joining node"),
+            count("joining a cluster that holds data") == 1,
+        ),
+        (
+            format!("node {joiner}, killed before it had restored its ranges, was still rebuilding after its restart"),
+            gated_after_restart(&std::fs::read_to_string(log).unwrap_or_default()),
+        ),
+        (
+            format!("node {joiner} served replica reads once every range was restored"),
+            count("serving replica reads again") >= 1,
+        ),
+    ]
+}
+
+/// Whether a node's log shows the rebuild gate kept across its kill: either the node had
+/// finished rebuilding before the kill, or it logged the gate again after it.
+fn gated_after_restart(log: &str) -> bool {
+    let Some(kill) = log.find("chaos: kill -9") else { return false };
+    let (before, after) = log.split_at(kill);
+    before.contains("serving replica reads again") || after.contains("this shard is rebuilding")
 }

@@ -145,8 +145,9 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// Makes the bridge, one namespace per node and one per load client, each joined to the
-    /// bridge by a veth pair.
+    /// Makes the bridge, one namespace per node, a spare one for a node that joins during a
+    /// run (node `nodes + 1`; partitions and the clients' home nodes leave it out), and one per
+    /// load client, each joined to the bridge by a veth pair.
     pub fn create(nodes: u16, clients: usize) -> Result<Namespaces> {
         if clients > CLIENTS_MAX {
             bail!("at most {CLIENTS_MAX} clients run in namespaces, not {clients}");
@@ -161,7 +162,7 @@ impl Namespaces {
         let host = format!("{}/24", namespaces.host_address());
         command("ip", &["addr", "add", &host, "dev", &bridge])?;
         command("ip", &["link", "set", &bridge, "up"])?;
-        for node in 1..=nodes {
+        for node in 1..=nodes + 1 {
             let (namespace, veth) = (namespaces.namespace(node), namespaces.veth(node));
             let address = namespaces.address(node);
             namespaces.join(&namespace, &veth, address)?;

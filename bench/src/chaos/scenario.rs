@@ -57,10 +57,17 @@ pub enum Scenario {
     /// ALL only: a value held by one node alone, which ONE may write or show, is lost with that
     /// node's disk whatever the store does.
     LoseDisk,
+    /// A node added while the load runs (`--join`, a fresh data directory, its tokens taking
+    /// over part of the ring), then killed with SIGKILL before it can have restored its ranges
+    /// and restarted: until anti-entropy has brought each range from the others it must answer
+    /// no replica read, across the restart. Clients read and write at QUORUM or ALL only: a
+    /// value written at ONE to a replica the new node displaces stays on that node alone, and
+    /// nothing moves it yet (no streaming).
+    Join,
 }
 
 /// Every scenario, in the order `all` runs them.
-pub const ALL: [Scenario; 10] = [
+pub const ALL: [Scenario; 11] = [
     Scenario::PartitionMajority,
     Scenario::PartitionOneWay,
     Scenario::KillRestart,
@@ -71,6 +78,7 @@ pub const ALL: [Scenario; 10] = [
     Scenario::Delay,
     Scenario::Mixed,
     Scenario::LoseDisk,
+    Scenario::Join,
 ];
 
 /// The rates a slowed link is cut to, kbit/s: near what 300 operations a second make a node
@@ -97,6 +105,7 @@ impl Scenario {
             Scenario::Delay => "delay",
             Scenario::Mixed => "mixed",
             Scenario::LoseDisk => "lose-disk",
+            Scenario::Join => "join",
         }
     }
 
@@ -107,13 +116,19 @@ impl Scenario {
     /// Whether the scenario needs network namespaces (nftables rules) or libfaketime; the
     /// loopback form runs only the others.
     pub fn needs_namespaces(self) -> bool {
-        !matches!(self, Scenario::KillRestart | Scenario::Pause | Scenario::LoseDisk)
+        !matches!(self, Scenario::KillRestart | Scenario::Pause | Scenario::LoseDisk | Scenario::Join)
     }
 
     /// Whether clients may read and write at ONE: not while a node's disk is lost, which takes
-    /// with it what only that node held.
+    /// with it what only that node held, nor when a node joins, which may leave what only one
+    /// node held on a node that is no longer its replica.
     pub fn allows_one(self) -> bool {
-        self != Scenario::LoseDisk
+        !matches!(self, Scenario::LoseDisk | Scenario::Join)
+    }
+
+    /// Whether the scenario adds a node during the run (one more than `--nodes`).
+    pub fn adds_a_node(self) -> bool {
+        self == Scenario::Join
     }
 
     /// Whether the scenario offsets a node's clock (it needs libfaketime).
@@ -299,6 +314,18 @@ pub fn run_faults(
             faults::heal(namespaces)?;
             cluster.restore()?;
             say("heal: every rule removed, every node running".into());
+        }
+        Scenario::Join => {
+            let joiner = cluster.joiner().expect("the join scenario has a node to add");
+            cluster.join(joiner)?;
+            say(format!("node {joiner} joins with --join and an empty data directory"));
+            sleep_until((Instant::now() + Duration::from_millis(rng.gen_range(1000..=2000))).min(heal_at));
+            cluster.kill(joiner)?;
+            say(format!("kill -9 node {joiner}, joining"));
+            sleep_until((Instant::now() + Duration::from_millis(rng.gen_range(500..=1500))).min(heal_at));
+            cluster.spawn(joiner, None)?;
+            say(format!("restart node {joiner}: it must still answer no replica read it has not restored"));
+            sleep_until(heal_at);
         }
         Scenario::ClockSkew | Scenario::ClockSkewBeyond => {
             let offset = scenario.clock_offset().expect("a clock scenario has an offset");
