@@ -6,11 +6,13 @@
 use crate::common;
 
 use bytes::Bytes;
-use common::cluster::{eventually_at, start_three_nodes_with, wait_for_every_shard};
-use common::healing::{field, log_lines, put, read_one, wait_for_log, wipe_engine_files};
+use common::cluster::{start_three_nodes_with, wait_for_every_shard};
+use common::healing::{
+    assert_reads_every_key, field, log_lines, put_keys_at, wait_for_log, wait_for_rebuilds, wipe_engine_files,
+};
 use common::metrics::{scrape, total};
 use common::{LISTENER, SHARDS};
-use ringkv_wire::{Consistency, ErrorCode, Operation, Outcome};
+use ringkv_wire::{Consistency, ErrorCode, Operation};
 
 const KEYS: usize = 300;
 
@@ -21,19 +23,8 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     // No hints: only anti-entropy can bring the data back.
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0", "--metrics-listen", LISTENER];
     let [first, mut second, mut third] = start_three_nodes_with(root.path(), &flags);
-    let mut client = first.client();
-    let mut versions = Vec::new();
-    for index in 0..KEYS {
-        let outcome =
-            eventually_at(&mut client, put(&format!("key-{index}"), &format!("v{index}")), Consistency::All);
-        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
-        versions.push(version);
-    }
-    let expected = |index: usize| Outcome::Value {
-        value: Bytes::from(format!("v{index}")),
-        version: versions[index],
-        expires_at_ms: None,
-    };
+    let versions = put_keys_at(&mut first.client(), KEYS, Consistency::All);
+    let value_of = |index: usize| format!("v{index}");
 
     // Node 3 loses its data; node 2 is down too, so node 3 cannot restore its ranges yet.
     third.terminate();
@@ -48,9 +39,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     // Its empty copy answers nothing: a read at ONE through it is served by node 1, and a
     // quorum, which would need its copy, fails rather than answer "not found".
     let mut through_third = third.client();
-    for index in 0..KEYS {
-        assert_eq!(read_one(&mut through_third, &format!("key-{index}")), expected(index), "key-{index}");
-    }
+    assert_reads_every_key(&mut through_third, &versions, value_of, "served by the others");
     let get = Operation::Get { key: Bytes::from_static(b"key-0") };
     let refused = through_third.execute_at(get, Some(Consistency::Quorum)).unwrap_err();
     assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
@@ -62,11 +51,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     // Node 2 back: anti-entropy restores every range, and node 3 serves its own copy again.
     let since = third.log().len();
     second.restart();
-    let deadline = std::time::Instant::now() + common::cluster::SETTLE_DEADLINE;
-    while log_lines(&third, since, "serving replica reads again").len() < SHARDS {
-        assert!(std::time::Instant::now() < deadline, "node 3 never finished restoring:\n{}", third.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_rebuilds(&third, since, "node 3");
     let pulled: u64 = log_lines(&third, 0, "anti-entropy repaired keys")
         .iter()
         .filter_map(|line| field(line, "pulled"))
@@ -74,9 +59,7 @@ fn anti_entropy_restores_every_key_of_a_wiped_replica() {
     println!("keys pulled by anti-entropy: {pulled}");
     assert!(pulled >= KEYS as u64, "{pulled} keys pulled for {KEYS} lost");
     // At ONE, node 3 answers from its own copy first.
-    for index in 0..KEYS {
-        assert_eq!(read_one(&mut through_third, &format!("key-{index}")), expected(index), "key-{index}");
-    }
+    assert_reads_every_key(&mut through_third, &versions, value_of, "restored");
     for shard in 0..SHARDS {
         assert!(!third.data_dir.join(format!("shard-{shard}")).join("REBUILDING").exists());
     }

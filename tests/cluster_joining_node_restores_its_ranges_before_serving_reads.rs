@@ -6,14 +6,13 @@
 
 use crate::common;
 
-use bytes::Bytes;
-use common::cluster::{
-    eventually_at, peer_port, start_node_with, start_three_nodes_with, wait_for_every_shard,
+use common::cluster::{peer_port, start_node_with, start_three_nodes_with, wait_for_every_shard};
+use common::healing::{
+    assert_reads_every_key, field, log_lines, put_keys_at, wait_for_log, wait_for_rebuilds,
 };
-use common::healing::{field, log_lines, put, read_one, wait_for_log};
 use common::metrics::{scrape, total};
 use common::{LISTENER, SHARDS};
-use ringkv_wire::{Consistency, Outcome};
+use ringkv_wire::Consistency;
 
 const KEYS: usize = 300;
 
@@ -24,19 +23,8 @@ fn a_joining_node_answers_replica_reads_only_after_anti_entropy_restored_its_ran
     // No hints: only anti-entropy can bring the data to the new node.
     let flags = ["--replica-timeout-ms", "1000", "--hints-bytes-max", "0", "--metrics-listen", LISTENER];
     let [first, mut second, third] = start_three_nodes_with(root.path(), &flags);
-    let mut client = first.client();
-    let mut versions = Vec::new();
-    for index in 0..KEYS {
-        let outcome =
-            eventually_at(&mut client, put(&format!("key-{index}"), &format!("v{index}")), Consistency::All);
-        let Outcome::Written { version } = outcome else { panic!("expected a write, got {outcome:?}") };
-        versions.push(version);
-    }
-    let expected = |index: usize| Outcome::Value {
-        value: Bytes::from(format!("v{index}")),
-        version: versions[index],
-        expires_at_ms: None,
-    };
+    let versions = put_keys_at(&mut first.client(), KEYS, Consistency::All);
+    let value_of = |index: usize| format!("v{index}");
 
     // Node 2 is down, so node 4 cannot finish restoring the ranges it shares with node 2.
     second.terminate();
@@ -50,10 +38,7 @@ fn a_joining_node_answers_replica_reads_only_after_anti_entropy_restored_its_ran
     // found: its empty copy answers nothing and the others serve the read.
     let metrics_port = fourth.listener_port(0);
     assert_eq!(total(&scrape(metrics_port), "ringkv_shard_rebuilding", &[]), SHARDS as u64);
-    let mut through_fourth = fourth.client();
-    for index in 0..KEYS {
-        assert_eq!(read_one(&mut through_fourth, &format!("key-{index}")), expected(index), "key-{index}");
-    }
+    assert_reads_every_key(&mut fourth.client(), &versions, value_of, "served by the others");
 
     // A restart before the restore keeps the gate (the marks are on disk).
     fourth.terminate();
@@ -63,19 +48,18 @@ fn a_joining_node_answers_replica_reads_only_after_anti_entropy_restored_its_ran
     wait_for_every_shard(&[&fourth], &[1, 3, 4], &[2]);
     assert_eq!(total(&scrape(metrics_port), "ringkv_shard_rebuilding", &[]), SHARDS as u64);
     let mut through_fourth = fourth.client();
-    for index in 0..KEYS {
-        assert_eq!(read_one(&mut through_fourth, &format!("key-{index}")), expected(index), "key-{index}");
-    }
+    assert_reads_every_key(
+        &mut through_fourth,
+        &versions,
+        value_of,
+        "served by the others after the restart",
+    );
     assert!(log_lines(&fourth, 0, "serving replica reads again").is_empty(), "{}", fourth.log());
 
     // Node 2 back: anti-entropy restores every range of node 4, which then serves its own copy.
     let since = fourth.log().len();
     second.restart();
-    let deadline = std::time::Instant::now() + common::cluster::SETTLE_DEADLINE;
-    while log_lines(&fourth, since, "serving replica reads again").len() < SHARDS {
-        assert!(std::time::Instant::now() < deadline, "node 4 never finished joining:\n{}", fourth.log());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_rebuilds(&fourth, since, "node 4");
     let pulled: u64 = log_lines(&fourth, 0, "anti-entropy repaired keys")
         .iter()
         .filter_map(|line| field(line, "pulled"))
@@ -83,9 +67,7 @@ fn a_joining_node_answers_replica_reads_only_after_anti_entropy_restored_its_ran
     println!("keys pulled by the joining node: {pulled}");
     // With N = 3 of 4 nodes, node 4 holds about three keys in four.
     assert!(pulled >= (KEYS / 2) as u64, "{pulled} keys pulled of {KEYS}");
-    for index in 0..KEYS {
-        assert_eq!(read_one(&mut through_fourth, &format!("key-{index}")), expected(index), "key-{index}");
-    }
+    assert_reads_every_key(&mut through_fourth, &versions, value_of, "restored");
     for shard in 0..SHARDS {
         assert!(!fourth.data_dir.join(format!("shard-{shard}")).join("REBUILDING").exists());
     }

@@ -16,15 +16,30 @@ pub fn put(key: &str, value: &str) -> Operation {
 /// Writes `key-0` .. `key-{keys - 1}` (values `v0` ..) at QUORUM, retrying while the cluster
 /// notices a node down, and returns each write's version in key order.
 pub fn put_keys_at_quorum(client: &mut Client, keys: usize) -> Vec<u64> {
+    put_keys_at(client, keys, Consistency::Quorum)
+}
+
+/// [`put_keys_at_quorum`] at `consistency`.
+pub fn put_keys_at(client: &mut Client, keys: usize, consistency: Consistency) -> Vec<u64> {
     (0..keys)
         .map(|index| {
             let put = put(&format!("key-{index}"), &format!("v{index}"));
-            match eventually_at(client, put, Consistency::Quorum) {
+            match eventually_at(client, put, consistency) {
                 Outcome::Written { version } => version,
                 outcome => panic!("expected a write, got {outcome:?}"),
             }
         })
         .collect()
+}
+
+/// Waits until every shard of `server` has logged, after `since` bytes, that it serves replica
+/// reads again (its rebuild is over); `what` names the server in a failure.
+pub fn wait_for_rebuilds(server: &Server, since: usize, what: &str) {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    while log_lines(server, since, "serving replica reads again").len() < super::SHARDS {
+        assert!(Instant::now() < deadline, "{what} never finished rebuilding:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until `server`'s log, after `since` bytes, holds `needle`.
