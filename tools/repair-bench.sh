@@ -7,9 +7,12 @@
 #   2. the same replica wiped (engine files deleted, identity kept) and repaired the same way:
 #      anti-entropy as a full re-stream;
 #   3. hint replay: node 3 stopped while HINT_RECORDS keys are written, then back; the replay
-#      rate from the holders' logs.
+#      rate from the holders' logs;
+#   4. a node joining: RECORDS keys written to nodes 1-3, then node 4 started with `--join`
+#      (default settings): the time until it serves replica reads, and the keys it pulled.
 #
-#   tools/repair-bench.sh [RECORDS] [HINT_RECORDS]     defaults 1000000 and 100000
+#   tools/repair-bench.sh [RECORDS] [HINT_RECORDS] [PARTS]   defaults 1000000, 100000 and all;
+#                                                            PARTS join runs only part 4
 #
 # Ports 47379.. and data under ${REPAIR_BENCH_DIR:-/tmp/ringkv-repair-bench}; every node started
 # is stopped on exit. Needs `cargo build --release -p ringkv -p ringkv-bench` first.
@@ -17,6 +20,7 @@ set -euo pipefail
 
 records="${1:-1000000}"
 hint_records="${2:-100000}"
+parts="${3:-all}"
 repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repository_root/target}/release"
 ringkv="$target/ringkv"
@@ -52,9 +56,9 @@ stop_node() {
   wait "${pids[$1]}" 2>/dev/null || true
 }
 
-# wait_for ID TEXT: waits until node ID's log holds TEXT.
+# wait_for ID TEXT [SECONDS]: waits until node ID's log holds TEXT (at most SECONDS, 60).
 wait_for() {
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 $((${3:-60} * 10))); do
     grep -q "$2" "$root/node-$1.log" 2>/dev/null && return 0
     sleep 0.1
   done
@@ -63,8 +67,8 @@ wait_for() {
 }
 
 wait_up() {
-  for id in 1 2 3; do
-    for other in 1 2 3; do
+  for id in "$@"; do
+    for other in "$@"; do
       [ "$id" = "$other" ] || wait_for "$id" "node up node_id=$other "
     done
   done
@@ -90,12 +94,44 @@ repair_until_clean() {
   echo "seconds=$(python3 -c "print(round($end - $start, 2))") keys_repaired=$keys bytes_sent=$bytes rounds=$rounds"
 }
 
+# join: node 4 joins nodes 1-3 once they hold RECORDS keys; prints how long it took to restore
+# its ranges and what anti-entropy pulled.
+join() {
+  rm -rf "$root"
+  mkdir -p "$root"
+  echo "== a node joining: $records keys on nodes 1-3, node 4 started with --join ($(date -u +%Y-%m-%dT%H:%MZ), load: $(cut -d' ' -f1-3 /proc/loadavg))"
+  for id in 1 2 3; do start_node "$id"; done
+  wait_up 1 2 3
+  "$bench" load --target "ringkv://127.0.0.1:$(client_port 1)" --records "$records" --value-size 100 >/dev/null
+  local start end
+  start=$(date +%s.%N)
+  start_node 4 --join
+  wait_for 4 "serving replica reads again" 900
+  end=$(date +%s.%N)
+  grep "anti-entropy repaired keys" "$root/node-4.log" | python3 -c '
+import re, sys
+totals, rounds = {}, 0
+for line in sys.stdin:
+    rounds += 1
+    for name, value in re.findall(r" (ranges|pushed|pulled|bytes_sent)=(\d+)", line):
+        totals[name] = totals.get(name, 0) + int(value)
+print("node 4 restored its ranges in", round(float(sys.argv[1]) - float(sys.argv[2]), 2), "s:",
+      rounds, "rounds,", ", ".join(f"{name} {value}" for name, value in totals.items()))' "$end" "$start"
+  du -sb "$root/node-1/shard-0" "$root/node-4/shard-0" | awk '{print "on disk: " $1 " bytes (" $2 ")"}'
+  for id in 1 2 3 4; do stop_node "$id"; done
+}
+
+if [ "$parts" = join ]; then
+  join
+  exit 0
+fi
+
 heal_flags=(--hints-bytes-max 0 --anti-entropy-bytes-per-s 67108864)
 rm -rf "$root"
 mkdir -p "$root"
 echo "== anti-entropy: $records keys, 1% diverged ($(date -u +%Y-%m-%dT%H:%MZ), load: $(cut -d' ' -f1-3 /proc/loadavg))"
 for id in 1 2 3; do start_node "$id" "${heal_flags[@]}"; done
-wait_up
+wait_up 1 2 3
 "$bench" load --target "ringkv://127.0.0.1:$(client_port 1)" --records "$records" --value-size 100 --json | tail -1 >"$root/load.json"
 python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("loaded:", {k: v for k, v in r.items() if not isinstance(v, (dict, list))})' "$root/load.json"
 echo "baseline (writes a replica missed under load): $(repair_until_clean 1)"
@@ -124,7 +160,7 @@ echo "== hint replay: $hint_records writes while node 3 is down"
 rm -rf "$root"
 mkdir -p "$root"
 for id in 1 2 3; do start_node "$id"; done
-wait_up
+wait_up 1 2 3
 stop_node 3
 wait_for 1 "node down node_id=3 "
 "$bench" load --target "ringkv://127.0.0.1:$(client_port 1)" --records "$hint_records" --value-size 100 >/dev/null
@@ -142,3 +178,6 @@ for id in 1 2; do
   tail -c +"$up_since" "$root/node-$id.log" | grep -E "node up node_id=3 |hint replay finished" | sed "s/^/node $id: /"
 done
 grep -h "hints durable" "$root"/node-1.log "$root"/node-2.log | tail -2 | sed 's/^/last durable figures: /'
+for id in 1 2 3; do stop_node "$id"; done
+
+join
