@@ -176,6 +176,34 @@ impl TictacTree {
         self.update(token, key, None, Some(version));
     }
 
+    /// Sets the hashes of `segments` to what `entries` (every key of those segments, as
+    /// `(token, key, version)`, the way the shard holds them now) make, whatever the tree held:
+    /// a tree that drifted from its data (a write missed while the tree was rebuilt from a
+    /// scan) is set right wherever an exchange lists keys. Entries outside `segments` are
+    /// ignored.
+    pub fn reset_segments<K: AsRef<[u8]>>(
+        &mut self,
+        segments: &[usize],
+        entries: impl IntoIterator<Item = (u64, K, u64)>,
+    ) {
+        let mut hashes = vec![0u64; segments.len()];
+        for (token, key, version) in entries {
+            if !self.range.contains(token) {
+                continue;
+            }
+            let segment = self.range.segment_of(token);
+            if let Some(position) = segments.iter().position(|&listed| listed == segment) {
+                hashes[position] ^= entry_hash(key.as_ref(), version);
+            }
+        }
+        for (&segment, hash) in segments.iter().zip(hashes) {
+            let delta = self.segments[segment] ^ hash;
+            if delta != 0 {
+                self.flip(segment, delta);
+            }
+        }
+    }
+
     /// Merges `other`, a tree of the same range over disjoint keys, into this one.
     pub fn merge(&mut self, other: &TictacTree) {
         assert_eq!(self.range, other.range, "trees of different ranges do not merge");
@@ -220,6 +248,28 @@ mod tests {
             tree.insert(token(key), key, *version);
         }
         tree
+    }
+
+    #[test]
+    fn resetting_segments_sets_a_drifted_tree_right() {
+        let keys: Vec<(Vec<u8>, u64)> = (0..300).map(|index| (key(index), 10 + index as u64)).collect();
+        let mut truth = TictacTree::new(WHOLE);
+        for (key, version) in &keys {
+            truth.insert(token(key), key, *version);
+        }
+        // A tree that missed one key and holds another at a stale version.
+        let mut drifted = TictacTree::new(WHOLE);
+        for (index, (key, version)) in keys.iter().enumerate().skip(1) {
+            let version = if index == 7 { version + 100 } else { *version };
+            drifted.insert(token(key), key, version);
+        }
+        assert_ne!(drifted.root(), truth.root());
+        let segments: Vec<usize> =
+            [0, 7].iter().map(|&index| WHOLE.segment_of(token(&keys[index].0))).collect();
+        // Every key listed (those outside the two segments are ignored).
+        drifted.reset_segments(&segments, keys.iter().map(|(key, version)| (token(key), key, *version)));
+        assert_eq!(drifted.root(), truth.root());
+        assert_eq!(drifted.branches(), truth.branches());
     }
 
     #[test]

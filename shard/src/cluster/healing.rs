@@ -533,6 +533,21 @@ impl Cluster {
                         let (keys, _) = list_segments(&engine, range, &segments, now_ms(), |_, _| true)
                             .await
                             .map_err(|error| error.to_string())?;
+                        // The tree's hashes of these segments from what the engine holds: a
+                        // segment the tree got wrong (a write missed by a rebuild's scan) would
+                        // otherwise differ in every exchange with nothing to repair, and a range
+                        // with many such segments would never come out complete.
+                        if let Some(tree) =
+                            self.trees.borrow_mut().find_mut(range).and_then(|t| t.tree.as_mut())
+                        {
+                            let listed: Vec<usize> =
+                                segments.iter().map(|&segment| usize::from(segment)).collect();
+                            tree.reset_segments(
+                                &listed,
+                                keys.iter()
+                                    .map(|(key, version)| (ringkv_wire::token::token(key), key, *version)),
+                            );
+                        }
                         next.extend(exchange.on_local_keys(keys));
                     }
                     Step::Done(report) => {

@@ -101,6 +101,12 @@ impl RangeTrees {
         self.index_of(range.end).map(|index| &self.ranges[index]).filter(|tracked| tracked.range == range)
     }
 
+    /// The tracked range equal to `range`, to change its tree.
+    pub fn find_mut(&mut self, range: TokenRange) -> Option<&mut TrackedRange> {
+        let index = self.index_of(range.end)?;
+        Some(&mut self.ranges[index]).filter(|tracked| tracked.range == range)
+    }
+
     /// Records that `key` moved from version `old` to `new` on this shard.
     pub fn update(&mut self, key: &[u8], old: Option<u64>, new: Option<u64>) {
         let key_token = token(key);
