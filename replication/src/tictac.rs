@@ -186,18 +186,16 @@ impl TictacTree {
         segments: &[usize],
         entries: impl IntoIterator<Item = (u64, K, u64)>,
     ) {
-        let mut hashes = vec![0u64; segments.len()];
+        // Every segment's hash from the entries, by segment number: one pass over the entries,
+        // however many segments are listed.
+        let mut hashes = vec![0u64; SEGMENTS];
         for (token, key, version) in entries {
-            if !self.range.contains(token) {
-                continue;
-            }
-            let segment = self.range.segment_of(token);
-            if let Some(position) = segments.iter().position(|&listed| listed == segment) {
-                hashes[position] ^= entry_hash(key.as_ref(), version);
+            if self.range.contains(token) {
+                hashes[self.range.segment_of(token)] ^= entry_hash(key.as_ref(), version);
             }
         }
-        for (&segment, hash) in segments.iter().zip(hashes) {
-            let delta = self.segments[segment] ^ hash;
+        for &segment in segments {
+            let delta = self.segments[segment] ^ hashes[segment];
             if delta != 0 {
                 self.flip(segment, delta);
             }
