@@ -18,6 +18,8 @@
 //! ## Layout
 //! - [`ring`]: [`ClusterRing`], tokens of every node and the preference list of a token.
 //! - [`coordinator`]: [`Coordinator`], quorum writes and reads with read repair and timeouts.
+//! - [`paxos`]: [`paxos::PaxosCas`] and [`paxos::AcceptorState`], compare-and-swap across
+//!   replicas as single-decree Paxos per key.
 //! - [`replica`]: what a replica does with a coordinator's request, and its answer.
 //! - [`membership`]: [`Membership`], SWIM membership and failure detection over foca.
 //! - [`clock`]: [`HybridClock`], the hybrid logical clock versions come from, and the clock-skew
@@ -38,6 +40,7 @@ pub mod coordinator;
 pub mod hints;
 pub mod ids;
 pub mod membership;
+pub mod paxos;
 pub mod replica;
 pub mod ring;
 pub mod shard_ring;

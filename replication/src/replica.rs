@@ -4,6 +4,8 @@
 //! ```text
 //!  Replicate { key, entry } ─▶ clock skew check ─▶ Work::Apply  ─(engine: keep if newer)─▶ ReplicateAck
 //!  Read { key, digest }     ─────────────────────▶ Work::Read   ─(engine: newest entry)──▶ ReadReply
+//!  PaxosPrepare { ballot }  ─▶ clock skew check ─▶ Work::Prepare ─(Paxos state, synced)──▶ PaxosPromise
+//!  PaxosPropose { entry }   ─▶ clock skew check ─▶ Work::Propose ─(Paxos state, synced)──▶ PaxosAccept
 //! ```
 //!
 //! A write is applied if its version is higher than the replica's (the engine resolves by
@@ -11,7 +13,9 @@
 //! version or a newer one is durable here" either way.
 
 use bytes::Bytes;
-use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, ReadAnswer};
+use ringkv_wire::peer::{
+    Acceptance, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, Promise, ReadAnswer,
+};
 
 use crate::clock::HybridClock;
 
@@ -22,6 +26,11 @@ pub enum Work {
     Apply { key: Bytes, entry: PeerEntry },
     /// Read the newest stored entry of `key` (tombstones and expired values included).
     Read { key: Bytes, digest_only: bool },
+    /// Paxos phase 1 for `key` (see [`crate::paxos`]): promise `ballot` if it is the highest yet,
+    /// durably, and answer with the accepted proposal and the current entry's head.
+    Prepare { key: Bytes, ballot: u64 },
+    /// Paxos phase 2: accept `entry` at `ballot` unless a higher ballot was promised, durably.
+    Propose { key: Bytes, ballot: u64, entry: PeerEntry },
 }
 
 /// Takes a request from a coordinator. `Ok(None)`: the message is not a request (a reply,
@@ -51,6 +60,14 @@ pub fn accept(
         PeerMessage::Read { key, digest_only } => {
             Ok(Some(Work::Read { key: key.clone(), digest_only: *digest_only }))
         }
+        PeerMessage::PaxosPrepare { key, ballot } => {
+            observe(envelope, clock, *ballot, now_ms, max_clock_skew_ms)?;
+            Ok(Some(Work::Prepare { key: key.clone(), ballot: *ballot }))
+        }
+        PeerMessage::PaxosPropose { key, ballot, entry } => {
+            observe(envelope, clock, (*ballot).max(entry.version), now_ms, max_clock_skew_ms)?;
+            Ok(Some(Work::Propose { key: key.clone(), ballot: *ballot, entry: entry.clone() }))
+        }
         PeerMessage::Hello { .. }
         | PeerMessage::ReplicateAck { .. }
         | PeerMessage::ReadReply { .. }
@@ -60,8 +77,24 @@ pub fn accept(
         | PeerMessage::KeysRequest { .. }
         | PeerMessage::KeysReply { .. }
         | PeerMessage::RepairRequest { .. }
-        | PeerMessage::RepairReply { .. } => Ok(None),
+        | PeerMessage::RepairReply { .. }
+        | PeerMessage::PaxosPromise { .. }
+        | PeerMessage::PaxosAccept { .. } => Ok(None),
     }
+}
+
+/// Observes a ballot or version from a coordinator, refusing one too far ahead of `now_ms`.
+fn observe(
+    envelope: &PeerEnvelope,
+    clock: &HybridClock,
+    version: u64,
+    now_ms: u64,
+    max_clock_skew_ms: u64,
+) -> Result<(), PeerFailure> {
+    clock.observe_remote(version, now_ms, max_clock_skew_ms).map_err(|skew| {
+        tracing::warn!(origin_node = envelope.origin_node, %skew, "refused a Paxos ballot from the future");
+        PeerFailure { code: PeerErrorCode::ClockSkew, message: skew.to_string() }
+    })
 }
 
 fn reply_to(request: &PeerEnvelope, message: PeerMessage) -> PeerEnvelope {
@@ -77,6 +110,8 @@ fn reply_to(request: &PeerEnvelope, message: PeerMessage) -> PeerEnvelope {
 pub fn refusal(request: &PeerEnvelope, failure: PeerFailure) -> PeerEnvelope {
     let message = match request.message {
         PeerMessage::Read { .. } => PeerMessage::ReadReply { result: Err(failure) },
+        PeerMessage::PaxosPrepare { .. } => PeerMessage::PaxosPromise { result: Err(failure) },
+        PeerMessage::PaxosPropose { .. } => PeerMessage::PaxosAccept { result: Err(failure) },
         _ => PeerMessage::ReplicateAck { result: Err(failure) },
     };
     reply_to(request, message)
@@ -101,6 +136,16 @@ pub fn read_answer(
         }
     });
     reply_to(request, PeerMessage::ReadReply { result })
+}
+
+/// The answer to a Paxos prepare, or the failure that stopped it.
+pub fn promised(request: &PeerEnvelope, result: Result<Promise, PeerFailure>) -> PeerEnvelope {
+    reply_to(request, PeerMessage::PaxosPromise { result })
+}
+
+/// The answer to a Paxos proposal, or the failure that stopped it.
+pub fn accepted(request: &PeerEnvelope, result: Result<Acceptance, PeerFailure>) -> PeerEnvelope {
+    reply_to(request, PeerMessage::PaxosAccept { result })
 }
 
 #[cfg(test)]
@@ -139,6 +184,31 @@ mod tests {
         let work = accept(&replicate(near), &clock, 1_000, 500).unwrap();
         assert!(matches!(work, Some(Work::Apply { .. })));
         assert!(clock.next_version(1_000) > near);
+    }
+
+    #[test]
+    fn ballots_from_the_future_are_refused_with_a_paxos_answer() {
+        let clock = HybridClock::new(1);
+        let far = HybridClock::new(2).next_version(100_000);
+        let prepare = PeerEnvelope {
+            origin_node: 2,
+            origin_shard: 0,
+            request_id: 5,
+            message: PeerMessage::PaxosPrepare { key: Bytes::from_static(b"k"), ballot: far },
+        };
+        let refused = accept(&prepare, &clock, 1_000, 500).unwrap_err();
+        assert_eq!(refused.code, PeerErrorCode::ClockSkew);
+        assert!(matches!(refusal(&prepare, refused).message, PeerMessage::PaxosPromise { result: Err(_) }));
+        let near = HybridClock::new(2).next_version(1_100);
+        let prepare = PeerEnvelope {
+            message: PeerMessage::PaxosPrepare { key: Bytes::from_static(b"k"), ballot: near },
+            ..prepare
+        };
+        assert_eq!(
+            accept(&prepare, &clock, 1_000, 500).unwrap(),
+            Some(Work::Prepare { key: Bytes::from_static(b"k"), ballot: near })
+        );
+        assert!(clock.next_version(1_000) > near, "the ballot is observed");
     }
 
     #[test]

@@ -7,5 +7,6 @@
 //! until it has one.
 
 mod membership_network;
+mod paxos_network;
 mod quorum_network;
 mod write_refusals;

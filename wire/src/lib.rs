@@ -28,7 +28,8 @@
 //! - [`operation`]: [`Operation`], the single-key operations, and their limit checks.
 //! - [`response`]: [`Response`] and [`Reply`], [`parse_response`], [`encode_response`].
 //! - [`outcome`]: [`Outcome`] of one operation and [`Failure`].
-//! - [`peer`]: [`peer::PeerEnvelope`], the messages between nodes (replication, membership).
+//! - [`peer`]: [`peer::PeerEnvelope`], the messages between nodes (replication, Paxos,
+//!   membership).
 //! - [`peer_codec`]: [`encode_peer`] and [`parse_peer`], peer messages to and from frames of
 //!   `schemas/peer.fbs`.
 //! - [`resp`]: [`resp::RequestParser`], the Redis protocol's requests cut out of a byte stream,

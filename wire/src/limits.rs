@@ -91,8 +91,8 @@ pub const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
 };
 
 /// Largest peer frame payload accepted (the length prefix excluded), in bytes: one maximal value
-/// plus headroom, exactly like a client frame, since a `Replicate` or a `ReadReply` carries at
-/// most one value. Being equal, the two protocols share [`crate::FrameDecoder`] and
+/// plus headroom, exactly like a client frame, since a `Replicate`, a `ReadReply`, a
+/// `PaxosPropose` or a `PaxosPromise` carries at most one value. Being equal, the two protocols share [`crate::FrameDecoder`] and
 /// [`crate::WireError::FrameTooLarge`]; split those if the limits ever differ.
 pub const PEER_FRAME_BYTES_MAX: usize = FRAME_BYTES_MAX;
 
@@ -136,8 +136,9 @@ const _: () = assert!(KEY_LIST_BYTES_MAX + KEY_LIST_ENTRIES_MAX * 10 + 4096 < PE
 pub const PEER_TABLE_DEPTH_MAX: usize = 5;
 
 /// Most tables in a valid peer frame: the deepest message has five
-/// ([`PEER_TABLE_DEPTH_MAX`]) and no message has a vector of tables, so a few more than that
-/// only leave room for appended fields.
+/// ([`PEER_TABLE_DEPTH_MAX`]), the widest six (a `PaxosPromise` with an accepted entry, the
+/// current entry's head and a failure all set), and no message has a vector of tables, so a few
+/// more than that only leave room for appended fields.
 pub const PEER_TABLES_MAX: usize = 8;
 
 /// Verifier options for every peer frame: as tight as the peer schema allows.
@@ -180,7 +181,9 @@ const _: () = assert!(TABLES_MAX >= SCAN_LIMIT_MAX as usize + 2);
 // A batch must be able to carry at least one operation per entry with a minimal key.
 const _: () = assert!(BATCH_OPERATIONS_MAX * (KEY_BYTES_MIN + 64) <= FRAME_BYTES_MAX);
 const _: () = assert!(PEER_FRAME_BYTES_MAX == FRAME_BYTES_MAX);
-// A maximal replicated entry, or a read reply carrying one, fits in one peer frame.
+// A maximal replicated entry, or a read reply, a Paxos proposal or a Paxos promise carrying one,
+// fits in one peer frame (a promise carries one value at most: the current entry is only its
+// head).
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);
 const _: () = assert!(PEER_FAILURE_MESSAGE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);
 // A maximal membership message fits in one UDP datagram, prefix included.

@@ -12,6 +12,10 @@
 //!           ◀─────────────── ReplicateAck { result }          ┘
 //!  Read { key, digest_only } ──────────────▶  read own copy ─┐
 //!           ◀─────────────── ReadReply { result }            ┘
+//!  PaxosPrepare { key, ballot } ───────────▶  promise ballot ─┐
+//!           ◀─────────────── PaxosPromise { result }          ┘
+//!  PaxosPropose { key, ballot, entry } ────▶  accept if promised ─┐
+//!           ◀─────────────── PaxosAccept { result }               ┘
 //!  Membership { payload } ◀──────────────▶  (SWIM datagrams between nodes)
 //! ```
 
@@ -127,6 +131,66 @@ pub enum PeerMessage {
     RepairRequest { range: Option<(u64, u64)> },
     /// The answer to [`PeerMessage::RepairRequest`].
     RepairReply { report: RepairReport },
+    /// Paxos phase 1 (compare-and-swap across replicas): promise to accept no proposal for
+    /// `key` under `ballot`, and tell what was accepted.
+    PaxosPrepare { key: Bytes, ballot: u64 },
+    /// The answer to [`PeerMessage::PaxosPrepare`].
+    PaxosPromise { result: Result<Promise, PeerFailure> },
+    /// Paxos phase 2: accept `entry` for `key` at `ballot` unless a higher ballot was promised.
+    PaxosPropose { key: Bytes, ballot: u64, entry: PeerEntry },
+    /// The answer to [`PeerMessage::PaxosPropose`].
+    PaxosAccept { result: Result<Acceptance, PeerFailure> },
+}
+
+/// The head of an entry: what a compare needs, without the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryHead {
+    /// The entry's version.
+    pub version: u64,
+    /// The entry is a tombstone.
+    pub tombstone: bool,
+    /// When a live value expires (absolute milliseconds since the Unix epoch), if it does.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl EntryHead {
+    /// The head of `entry`.
+    pub fn of(entry: &PeerEntry) -> Self {
+        let (tombstone, expires_at_ms) = match &entry.value {
+            PeerValue::Live { expires_at_ms, .. } => (false, *expires_at_ms),
+            PeerValue::Tombstone { .. } => (true, None),
+        };
+        EntryHead { version: entry.version, tombstone, expires_at_ms }
+    }
+
+    /// Whether the entry holds a live value at `now_ms`: it is not a tombstone and has not
+    /// expired. A value expiring at `now_ms` has expired, as in the storage engine.
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        !self.tombstone && !matches!(self.expires_at_ms, Some(at) if at <= now_ms)
+    }
+}
+
+/// A replica's answer to a Paxos prepare.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Promise {
+    /// The replica promised the ballot.
+    pub granted: bool,
+    /// When not granted, the higher ballot the replica had promised.
+    pub promised: u64,
+    /// The proposal the replica accepted last, with its ballot, or `None` when it accepted none.
+    pub accepted: Option<(u64, PeerEntry)>,
+    /// The head of the replica's newest entry for the key, or `None` when it has never seen the
+    /// key.
+    pub current: Option<EntryHead>,
+}
+
+/// A replica's answer to a Paxos proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Acceptance {
+    /// The replica accepted the proposal.
+    pub accepted: bool,
+    /// When not accepted, the higher ballot the replica had promised.
+    pub promised: u64,
 }
 
 /// What an anti-entropy repair asked by an operator did.
@@ -194,6 +258,8 @@ impl PeerMessage {
                 | PeerMessage::TreeRequest { .. }
                 | PeerMessage::KeysRequest { .. }
                 | PeerMessage::RepairRequest { .. }
+                | PeerMessage::PaxosPrepare { .. }
+                | PeerMessage::PaxosPropose { .. }
         )
     }
 }
@@ -303,6 +369,20 @@ impl PeerEnvelope {
                 Err(failure) => failure.validate(),
             },
             PeerMessage::RepairRequest { .. } | PeerMessage::RepairReply { .. } => Ok(()),
+            PeerMessage::PaxosPrepare { key, .. } => validate_key(key),
+            PeerMessage::PaxosPromise { result } => match result {
+                Ok(Promise { accepted: Some((_, entry)), .. }) => entry.validate(),
+                Ok(Promise { accepted: None, .. }) => Ok(()),
+                Err(failure) => failure.validate(),
+            },
+            PeerMessage::PaxosPropose { key, entry, .. } => {
+                validate_key(key)?;
+                entry.validate()
+            }
+            PeerMessage::PaxosAccept { result } => match result {
+                Ok(_) => Ok(()),
+                Err(failure) => failure.validate(),
+            },
         }
     }
 }
@@ -379,6 +459,52 @@ mod tests {
                 }),
                 WireError::MembershipPayloadTooLarge { length_bytes: MEMBERSHIP_PAYLOAD_BYTES_MAX + 1 },
             ),
+            (envelope(PeerMessage::PaxosPrepare { key: Bytes::new(), ballot: 1 }), WireError::KeyEmpty),
+            (
+                envelope(PeerMessage::PaxosPropose {
+                    key: vec![1; KEY_BYTES_MAX + 1].into(),
+                    ballot: 1,
+                    entry: live(1),
+                }),
+                WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosPropose {
+                    key: "k".into(),
+                    ballot: 1,
+                    entry: live(VALUE_BYTES_MAX + 1),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosPromise {
+                    result: Ok(Promise {
+                        granted: true,
+                        promised: 1,
+                        accepted: Some((1, live(VALUE_BYTES_MAX + 1))),
+                        current: None,
+                    }),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosPromise {
+                    result: Err(PeerFailure {
+                        code: PeerErrorCode::Internal,
+                        message: "x".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX + 1),
+                    }),
+                }),
+                WireError::PeerFailureMessageTooLong { length_bytes: PEER_FAILURE_MESSAGE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosAccept {
+                    result: Err(PeerFailure {
+                        code: PeerErrorCode::Internal,
+                        message: "x".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX + 1),
+                    }),
+                }),
+                WireError::PeerFailureMessageTooLong { length_bytes: PEER_FAILURE_MESSAGE_BYTES_MAX + 1 },
+            ),
         ];
         for (envelope, expected) in cases {
             assert_eq!(envelope.validate(), Err(expected), "{:?}", envelope.message);
@@ -394,6 +520,20 @@ mod tests {
             value: PeerValue::Live { data: vec![0; VALUE_BYTES_MAX].into(), expires_at_ms: Some(1) },
         };
         let maximal = [
+            envelope(PeerMessage::PaxosPropose {
+                key: vec![1; KEY_BYTES_MAX].into(),
+                ballot: u64::MAX,
+                entry: entry.clone(),
+            }),
+            envelope(PeerMessage::PaxosPromise {
+                result: Ok(Promise {
+                    granted: true,
+                    promised: u64::MAX,
+                    accepted: Some((u64::MAX, entry.clone())),
+                    current: Some(EntryHead::of(&entry)),
+                }),
+            }),
+            envelope(PeerMessage::PaxosPrepare { key: vec![1; KEY_BYTES_MIN].into(), ballot: 0 }),
             envelope(PeerMessage::Replicate { key: vec![1; KEY_BYTES_MAX].into(), entry }),
             envelope(PeerMessage::Read { key: vec![1; KEY_BYTES_MIN].into(), digest_only: false }),
             envelope(PeerMessage::Membership { payload: vec![0; MEMBERSHIP_PAYLOAD_BYTES_MAX].into() }),
@@ -406,5 +546,29 @@ mod tests {
         for envelope in maximal {
             assert_eq!(envelope.validate(), Ok(()), "{:?}", envelope.message);
         }
+    }
+
+    #[test]
+    fn an_entry_head_is_live_until_the_value_expires() {
+        let live = |expires_at_ms| PeerEntry {
+            version: 5,
+            value: PeerValue::Live { data: Bytes::from_static(b"v"), expires_at_ms },
+        };
+        let tombstone = PeerEntry { version: 6, value: PeerValue::Tombstone { deleted_at_ms: 100 } };
+
+        let forever = EntryHead::of(&live(None));
+        assert_eq!(forever, EntryHead { version: 5, tombstone: false, expires_at_ms: None });
+        assert!(forever.is_live_at(0) && forever.is_live_at(u64::MAX));
+
+        // Expired at its expiry instant, as `ringkv_storage::Entry::is_absent_at` has it.
+        let expiring = EntryHead::of(&live(Some(1_000)));
+        assert_eq!(expiring, EntryHead { version: 5, tombstone: false, expires_at_ms: Some(1_000) });
+        assert!(expiring.is_live_at(999));
+        assert!(!expiring.is_live_at(1_000));
+        assert!(!expiring.is_live_at(1_001));
+
+        let deleted = EntryHead::of(&tombstone);
+        assert_eq!(deleted, EntryHead { version: 6, tombstone: true, expires_at_ms: None });
+        assert!(!deleted.is_live_at(0));
     }
 }

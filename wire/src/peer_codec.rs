@@ -28,8 +28,8 @@ use crate::generated::peer as fb;
 use crate::limits::PEER_VERIFIER_OPTIONS;
 use crate::peer::RepairReport;
 use crate::peer::{
-    KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue, ReadAnswer,
-    TreeLevel,
+    Acceptance, EntryHead, KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage,
+    PeerValue, Promise, ReadAnswer, TreeLevel,
 };
 use crate::request::finished_frame;
 
@@ -203,6 +203,49 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
                     keys_pushed: reply.keys_pushed(),
                     keys_pulled: reply.keys_pulled(),
                     bytes_sent: reply.bytes_sent(),
+                },
+            }
+        }
+        fb::Message::PaxosPrepare => {
+            let prepare = root.message_as_paxos_prepare().ok_or_else(missing)?;
+            PeerMessage::PaxosPrepare { key: bytes(prepare.key().bytes()), ballot: prepare.ballot() }
+        }
+        fb::Message::PaxosPromise => {
+            let promise = root.message_as_paxos_promise().ok_or_else(missing)?;
+            PeerMessage::PaxosPromise {
+                result: match promise.failure() {
+                    Some(failure) => Err(parse_failure(failure)?),
+                    None => Ok(Promise {
+                        granted: promise.granted(),
+                        promised: promise.promised(),
+                        accepted: promise
+                            .accepted()
+                            .map(|entry| parse_entry(entry, bytes))
+                            .transpose()?
+                            .map(|entry| (promise.accepted_ballot(), entry)),
+                        current: promise.current().map(|head| EntryHead {
+                            version: head.version(),
+                            tombstone: head.tombstone(),
+                            expires_at_ms: head.expires_at_ms(),
+                        }),
+                    }),
+                },
+            }
+        }
+        fb::Message::PaxosPropose => {
+            let propose = root.message_as_paxos_propose().ok_or_else(missing)?;
+            PeerMessage::PaxosPropose {
+                key: bytes(propose.key().bytes()),
+                ballot: propose.ballot(),
+                entry: parse_entry(propose.entry(), bytes)?,
+            }
+        }
+        fb::Message::PaxosAccept => {
+            let accept = root.message_as_paxos_accept().ok_or_else(missing)?;
+            PeerMessage::PaxosAccept {
+                result: match accept.failure() {
+                    Some(failure) => Err(parse_failure(failure)?),
+                    None => Ok(Acceptance { accepted: accept.accepted(), promised: accept.promised() }),
                 },
             }
         }
@@ -460,6 +503,68 @@ fn encode_message(
             );
             (fb::Message::RepairReply, reply.as_union_value())
         }
+        PeerMessage::PaxosPrepare { key, ballot } => {
+            let key = create_bytes(builder, &key[..]);
+            let prepare =
+                fb::PaxosPrepare::create(builder, &fb::PaxosPrepareArgs { key: Some(key), ballot: *ballot });
+            (fb::Message::PaxosPrepare, prepare.as_union_value())
+        }
+        PeerMessage::PaxosPromise { result } => {
+            let args = match result {
+                Ok(promise) => {
+                    let (accepted_ballot, accepted) = match &promise.accepted {
+                        Some((ballot, entry)) => (*ballot, Some(encode_entry(builder, entry))),
+                        None => (0, None),
+                    };
+                    let current = promise.current.map(|head| {
+                        fb::EntryHead::create(
+                            builder,
+                            &fb::EntryHeadArgs {
+                                version: head.version,
+                                tombstone: head.tombstone,
+                                expires_at_ms: head.expires_at_ms,
+                            },
+                        )
+                    });
+                    fb::PaxosPromiseArgs {
+                        granted: promise.granted,
+                        promised: promise.promised,
+                        accepted_ballot,
+                        accepted,
+                        current,
+                        failure: None,
+                    }
+                }
+                Err(failure) => fb::PaxosPromiseArgs {
+                    failure: Some(encode_failure(builder, failure)),
+                    ..fb::PaxosPromiseArgs::default()
+                },
+            };
+            (fb::Message::PaxosPromise, fb::PaxosPromise::create(builder, &args).as_union_value())
+        }
+        PeerMessage::PaxosPropose { key, ballot, entry } => {
+            let key = create_bytes(builder, &key[..]);
+            let entry = encode_entry(builder, entry);
+            let propose = fb::PaxosPropose::create(
+                builder,
+                &fb::PaxosProposeArgs { key: Some(key), ballot: *ballot, entry: Some(entry) },
+            );
+            (fb::Message::PaxosPropose, propose.as_union_value())
+        }
+        PeerMessage::PaxosAccept { result } => {
+            let args = match result {
+                Ok(acceptance) => fb::PaxosAcceptArgs {
+                    accepted: acceptance.accepted,
+                    promised: acceptance.promised,
+                    failure: None,
+                },
+                Err(failure) => fb::PaxosAcceptArgs {
+                    failure: Some(encode_failure(builder, failure)),
+                    ..fb::PaxosAcceptArgs::default()
+                },
+            };
+            (fb::Message::PaxosAccept, fb::PaxosAccept::create(builder, &args).as_union_value())
+        }
     }
 }
 
@@ -580,15 +685,60 @@ mod tests {
                 },
             },
         ];
+        messages.extend(paxos_messages());
         for code in ALL_CODES {
             messages.push(PeerMessage::ReplicateAck { result: Err(failure(code)) });
             messages.push(PeerMessage::ReadReply { result: Err(failure(code)) });
             messages.push(PeerMessage::TreeReply { result: Err(failure(code)) });
             messages.push(PeerMessage::KeysReply { result: Err(failure(code)) });
+            messages.push(PeerMessage::PaxosPromise { result: Err(failure(code)) });
+            messages.push(PeerMessage::PaxosAccept { result: Err(failure(code)) });
         }
         messages
             .push(PeerMessage::ReplicateAck { result: Err(PeerFailure::new(PeerErrorCode::Internal, "")) });
         messages.into_iter().map(envelope).collect()
+    }
+
+    /// One message of every Paxos shape: each variant, each result, each optional part present
+    /// and absent.
+    fn paxos_messages() -> Vec<PeerMessage> {
+        let tombstone = PeerEntry { version: 12, value: PeerValue::Tombstone { deleted_at_ms: 1 } };
+        let proposed = live(b"new value", Some(1_700_000_060_000));
+        vec![
+            PeerMessage::PaxosPrepare { key: "account:7".into(), ballot: 0x0000_0190_0000_0403 },
+            PeerMessage::PaxosPrepare { key: "k".into(), ballot: 0 },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 0,
+                    accepted: Some((u64::MAX - 1, proposed.clone())),
+                    current: Some(EntryHead { version: 11, tombstone: false, expires_at_ms: Some(0) }),
+                }),
+            },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 0,
+                    accepted: Some((5, tombstone.clone())),
+                    current: Some(EntryHead::of(&tombstone)),
+                }),
+            },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise { granted: true, promised: 0, accepted: None, current: None }),
+            },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise {
+                    granted: false,
+                    promised: u64::MAX,
+                    accepted: None,
+                    current: Some(EntryHead { version: 3, tombstone: false, expires_at_ms: None }),
+                }),
+            },
+            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: u64::MAX, entry: proposed },
+            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: 1, entry: tombstone },
+            PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 0 }) },
+            PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: u64::MAX }) },
+        ]
     }
 
     const ALL_CODES: [PeerErrorCode; 7] = [
@@ -685,6 +835,121 @@ mod tests {
     }
 
     #[test]
+    fn each_paxos_message_round_trips_through_the_generic_path() {
+        let failed = |code| PeerFailure::new(code, "the promise could not be made durable");
+        let mut messages = paxos_messages();
+        messages.push(PeerMessage::PaxosPromise { result: Err(failed(PeerErrorCode::StorageFailed)) });
+        messages.push(PeerMessage::PaxosAccept { result: Err(failed(PeerErrorCode::Overloaded)) });
+        for message in messages {
+            let envelope = envelope(message);
+            let frame = encode(&envelope);
+            assert_eq!(parse_peer(&frame), Ok(envelope.clone()));
+            assert_eq!(parse_peer_shared(&Bytes::from(frame.clone())), Ok(envelope.clone()));
+            // Not laid out by hand: `encode_peer_into` writes the builder's frame.
+            let mut out = vec![7];
+            encode_peer_into(&mut FlatBufferBuilder::new(), &envelope, &mut out).unwrap();
+            assert_eq!(out[1..], frame[..], "{:?}", envelope.message);
+        }
+    }
+
+    #[test]
+    fn paxos_requests_are_requests_and_their_answers_are_not() {
+        let [prepare, promise, propose, accept] = [
+            PeerMessage::PaxosPrepare { key: "k".into(), ballot: 1 },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise { granted: true, promised: 1, accepted: None, current: None }),
+            },
+            PeerMessage::PaxosPropose { key: "k".into(), ballot: 1, entry: live(b"v", None) },
+            PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 1 }) },
+        ];
+        assert!(prepare.is_request() && propose.is_request());
+        assert!(!promise.is_request() && !accept.is_request());
+    }
+
+    /// A promise or an acceptance carrying a failure reads as that failure, whatever else the
+    /// sender set beside it; the fullest promise possible also stays within the verifier's
+    /// table and depth limits.
+    #[test]
+    fn a_paxos_answer_with_a_failure_reads_as_the_failure() {
+        let promise = raw_envelope(|builder| {
+            let data = builder.create_vector(b"v".as_slice());
+            let live = fb::Live::create(builder, &fb::LiveArgs { data: Some(data), expires_at_ms: Some(9) });
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs {
+                    version: 4,
+                    value_type: fb::Value::Live,
+                    value: Some(live.as_union_value()),
+                },
+            );
+            let current = fb::EntryHead::create(
+                builder,
+                &fb::EntryHeadArgs { version: 4, tombstone: false, expires_at_ms: Some(9) },
+            );
+            let message = builder.create_string("busy");
+            let failure = fb::Failure::create(
+                builder,
+                &fb::FailureArgs { code: fb::ErrorCode::Overloaded, message: Some(message) },
+            );
+            let promise = fb::PaxosPromise::create(
+                builder,
+                &fb::PaxosPromiseArgs {
+                    granted: true,
+                    promised: 3,
+                    accepted_ballot: 2,
+                    accepted: Some(entry),
+                    current: Some(current),
+                    failure: Some(failure),
+                },
+            );
+            (fb::Message::PaxosPromise, Some(promise.as_union_value()))
+        });
+        let busy = PeerFailure { code: PeerErrorCode::Overloaded, message: "busy".into() };
+        assert_eq!(
+            parse_peer(&promise).map(|envelope| envelope.message),
+            Ok(PeerMessage::PaxosPromise { result: Err(busy.clone()) })
+        );
+        let accept = raw_envelope(|builder| {
+            let message = builder.create_string("busy");
+            let failure = fb::Failure::create(
+                builder,
+                &fb::FailureArgs { code: fb::ErrorCode::Overloaded, message: Some(message) },
+            );
+            let accept = fb::PaxosAccept::create(
+                builder,
+                &fb::PaxosAcceptArgs { accepted: true, promised: 3, failure: Some(failure) },
+            );
+            (fb::Message::PaxosAccept, Some(accept.as_union_value()))
+        });
+        assert_eq!(
+            parse_peer(&accept).map(|envelope| envelope.message),
+            Ok(PeerMessage::PaxosAccept { result: Err(busy) })
+        );
+    }
+
+    #[test]
+    fn an_accepted_ballot_without_an_accepted_entry_reads_as_none_accepted() {
+        let frame = raw_envelope(|builder| {
+            let promise = fb::PaxosPromise::create(
+                builder,
+                &fb::PaxosPromiseArgs {
+                    granted: true,
+                    promised: 3,
+                    accepted_ballot: 2,
+                    ..Default::default()
+                },
+            );
+            (fb::Message::PaxosPromise, Some(promise.as_union_value()))
+        });
+        assert_eq!(
+            parse_peer(&frame).map(|envelope| envelope.message),
+            Ok(PeerMessage::PaxosPromise {
+                result: Ok(Promise { granted: true, promised: 3, accepted: None, current: None })
+            })
+        );
+    }
+
+    #[test]
     fn shared_parse_points_into_the_frame() {
         let frame = Bytes::from(encode(&envelope(PeerMessage::Replicate {
             key: "key".into(),
@@ -729,9 +994,51 @@ mod tests {
         // Each message with the bytes of keys, values and messages it carries.
         let largest = [
             (PeerMessage::Replicate { key, entry: maximal_entry.clone() }, KEY_BYTES_MAX + VALUE_BYTES_MAX),
-            (PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(maximal_entry))) }, VALUE_BYTES_MAX),
+            (
+                PeerMessage::ReadReply { result: Ok(ReadAnswer::Entry(Some(maximal_entry.clone()))) },
+                VALUE_BYTES_MAX,
+            ),
             (
                 PeerMessage::ReadReply {
+                    result: Err(PeerFailure::new(
+                        PeerErrorCode::Internal,
+                        "m".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX),
+                    )),
+                },
+                PEER_FAILURE_MESSAGE_BYTES_MAX,
+            ),
+            (
+                PeerMessage::PaxosPropose {
+                    key: vec![b'k'; KEY_BYTES_MAX].into(),
+                    ballot: u64::MAX,
+                    entry: maximal_entry.clone(),
+                },
+                KEY_BYTES_MAX + VALUE_BYTES_MAX,
+            ),
+            // A promise carries at most one value (the accepted entry's); the current entry is
+            // only its head.
+            (
+                PeerMessage::PaxosPromise {
+                    result: Ok(Promise {
+                        granted: false,
+                        promised: u64::MAX,
+                        accepted: Some((u64::MAX, maximal_entry.clone())),
+                        current: Some(EntryHead::of(&maximal_entry)),
+                    }),
+                },
+                VALUE_BYTES_MAX,
+            ),
+            (
+                PeerMessage::PaxosPromise {
+                    result: Err(PeerFailure::new(
+                        PeerErrorCode::Internal,
+                        "m".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX),
+                    )),
+                },
+                PEER_FAILURE_MESSAGE_BYTES_MAX,
+            ),
+            (
+                PeerMessage::PaxosAccept {
                     result: Err(PeerFailure::new(
                         PeerErrorCode::Internal,
                         "m".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX),
@@ -807,6 +1114,43 @@ mod tests {
                 }),
                 WireError::PeerFailureMessageTooLong { length_bytes: PEER_FAILURE_MESSAGE_BYTES_MAX + 1 },
             ),
+            (envelope(PeerMessage::PaxosPrepare { key: Bytes::new(), ballot: 1 }), WireError::KeyEmpty),
+            (
+                envelope(PeerMessage::PaxosPropose {
+                    key: vec![1; KEY_BYTES_MAX + 1].into(),
+                    ballot: 1,
+                    entry: live(b"v", None),
+                }),
+                WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosPropose {
+                    key: "k".into(),
+                    ballot: 1,
+                    entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosPromise {
+                    result: Ok(Promise {
+                        granted: true,
+                        promised: 1,
+                        accepted: Some((1, live(&vec![0; VALUE_BYTES_MAX + 1], None))),
+                        current: None,
+                    }),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosAccept {
+                    result: Err(PeerFailure {
+                        code: PeerErrorCode::Invalid,
+                        message: "x".repeat(PEER_FAILURE_MESSAGE_BYTES_MAX + 1),
+                    }),
+                }),
+                WireError::PeerFailureMessageTooLong { length_bytes: PEER_FAILURE_MESSAGE_BYTES_MAX + 1 },
+            ),
             (
                 PeerEnvelope {
                     origin_node: NODE_ID_MAX + 1,
@@ -853,9 +1197,21 @@ mod tests {
 
     #[test]
     fn every_truncation_of_a_valid_frame_is_refused() {
-        let original =
-            envelope(PeerMessage::Replicate { key: "user:1".into(), entry: live(b"alice", Some(5)) });
-        let frame = encode(&original);
+        let originals =
+            std::iter::once(PeerMessage::Replicate { key: "user:1".into(), entry: live(b"alice", Some(5)) })
+                .chain(paxos_messages())
+                .chain([
+                    PeerMessage::PaxosPromise { result: Err(failure(PeerErrorCode::WrongShard)) },
+                    PeerMessage::PaxosAccept { result: Err(failure(PeerErrorCode::ClockSkew)) },
+                ])
+                .map(envelope);
+        for original in originals {
+            assert_every_truncation_is_refused(&original);
+        }
+    }
+
+    fn assert_every_truncation_is_refused(original: &PeerEnvelope) {
+        let frame = encode(original);
         for length in 0..frame.len() {
             // As received: the prefix promises more than is there.
             assert_malformed(&frame[..length]);
@@ -868,9 +1224,9 @@ mod tests {
                 match parse_peer(&fixed) {
                     Err(WireError::Malformed { .. }) => {}
                     Ok(parsed) if frame[length..].iter().all(|&byte| byte == 0) => {
-                        assert_eq!(parsed, original, "length {length}");
+                        assert_eq!(&parsed, original, "length {length}");
                     }
-                    other => panic!("length {length}: {other:?}"),
+                    other => panic!("{:?}, length {length}: {other:?}", original.message),
                 }
             }
         }
@@ -907,6 +1263,8 @@ mod tests {
     fn missing_message_is_refused() {
         assert_malformed(&raw_envelope(|_| (fb::Message::NONE, None)));
         assert_malformed(&raw_envelope(|_| (fb::Message::Replicate, None)));
+        assert_malformed(&raw_envelope(|_| (fb::Message::PaxosPromise, None)));
+        assert_malformed(&raw_envelope(|_| (fb::Message::PaxosPropose, None)));
     }
 
     #[test]
@@ -948,6 +1306,64 @@ mod tests {
             let replicate =
                 fb::Replicate::create(builder, &fb::ReplicateArgs { key: Some(key), entry: Some(entry) });
             (fb::Message::Replicate, Some(replicate.as_union_value()))
+        }));
+        // A Paxos prepare without its key.
+        assert_malformed(&raw_envelope(|builder| {
+            let table = builder.start_table();
+            builder.push_slot::<u64>(fb::PaxosPrepare::VT_BALLOT, 7, 0);
+            let prepare: WIPOffset<fb::PaxosPrepare> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::PaxosPrepare, Some(prepare.as_union_value()))
+        }));
+        // A Paxos proposal without its entry, and one without its key.
+        assert_malformed(&raw_envelope(|builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let table = builder.start_table();
+            builder.push_slot_always(fb::PaxosPropose::VT_KEY, key);
+            builder.push_slot::<u64>(fb::PaxosPropose::VT_BALLOT, 7, 0);
+            let propose: WIPOffset<fb::PaxosPropose> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::PaxosPropose, Some(propose.as_union_value()))
+        }));
+        assert_malformed(&raw_envelope(|builder| {
+            let tombstone = fb::Tombstone::create(builder, &fb::TombstoneArgs { deleted_at_ms: 1 });
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs {
+                    version: 1,
+                    value_type: fb::Value::Tombstone,
+                    value: Some(tombstone.as_union_value()),
+                },
+            );
+            let table = builder.start_table();
+            builder.push_slot_always(fb::PaxosPropose::VT_ENTRY, entry);
+            let propose: WIPOffset<fb::PaxosPropose> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::PaxosPropose, Some(propose.as_union_value()))
+        }));
+        // A promise whose accepted entry has neither value nor tombstone.
+        assert_malformed(&raw_envelope(|builder| {
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs { version: 1, value_type: fb::Value::NONE, value: None },
+            );
+            let promise = fb::PaxosPromise::create(
+                builder,
+                &fb::PaxosPromiseArgs { granted: true, accepted: Some(entry), ..Default::default() },
+            );
+            (fb::Message::PaxosPromise, Some(promise.as_union_value()))
+        }));
+        // A Paxos answer whose failure has no message.
+        assert_malformed(&raw_envelope(|builder| {
+            let table = builder.start_table();
+            builder.push_slot::<fb::ErrorCode>(
+                fb::Failure::VT_CODE,
+                fb::ErrorCode::Overloaded,
+                fb::ErrorCode::Internal,
+            );
+            let failure: WIPOffset<fb::Failure> = WIPOffset::new(builder.end_table(table).value());
+            let accept = fb::PaxosAccept::create(
+                builder,
+                &fb::PaxosAcceptArgs { failure: Some(failure), ..Default::default() },
+            );
+            (fb::Message::PaxosAccept, Some(accept.as_union_value()))
         }));
         // A read reply without a result.
         assert_malformed(&raw_envelope(|builder| {
@@ -1045,6 +1461,11 @@ mod tests {
         (any::<u64>(), value).prop_map(|(version, value)| PeerEntry { version, value })
     }
 
+    fn arbitrary_head() -> impl Strategy<Value = EntryHead> {
+        (any::<u64>(), any::<bool>(), any::<Option<u64>>())
+            .prop_map(|(version, tombstone, expires_at_ms)| EntryHead { version, tombstone, expires_at_ms })
+    }
+
     fn arbitrary_failure() -> impl Strategy<Value = PeerFailure> {
         (proptest::sample::select(ALL_CODES.to_vec()), ".{0,64}")
             .prop_map(|(code, message)| PeerFailure { code, message })
@@ -1106,6 +1527,32 @@ mod tests {
                     }
                 }
             ),
+            (arbitrary_key(), any::<u64>())
+                .prop_map(|(key, ballot)| PeerMessage::PaxosPrepare { key, ballot }),
+            prop_oneof![
+                (
+                    any::<bool>(),
+                    any::<u64>(),
+                    proptest::option::of((any::<u64>(), arbitrary_entry())),
+                    proptest::option::of(arbitrary_head()),
+                )
+                    .prop_map(|(granted, promised, accepted, current)| Ok(Promise {
+                        granted,
+                        promised,
+                        accepted,
+                        current
+                    })),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::PaxosPromise { result }),
+            (arbitrary_key(), any::<u64>(), arbitrary_entry())
+                .prop_map(|(key, ballot, entry)| PeerMessage::PaxosPropose { key, ballot, entry }),
+            prop_oneof![
+                (any::<bool>(), any::<u64>())
+                    .prop_map(|(accepted, promised)| Ok(Acceptance { accepted, promised })),
+                arbitrary_failure().prop_map(Err),
+            ]
+            .prop_map(|result| PeerMessage::PaxosAccept { result }),
         ]
     }
 

@@ -300,7 +300,7 @@ fn entry(reader: &mut Frame<'_>, frame: &Bytes, table: &Table, slot: u16) -> Opt
 mod tests {
     use super::*;
     use crate::fast_path::tests::damaged;
-    use crate::peer::{PeerErrorCode, PeerFailure};
+    use crate::peer::{Acceptance, EntryHead, PeerErrorCode, PeerFailure, Promise};
     use crate::peer_codec::{encode_peer, parse_with_verifier};
     use proptest::prelude::*;
 
@@ -373,11 +373,26 @@ mod tests {
     #[test]
     fn leaves_failures_and_other_messages_to_the_generic_path() {
         let failure = PeerFailure::new(PeerErrorCode::Overloaded, "busy");
+        let entry = PeerEntry {
+            version: 8,
+            value: PeerValue::Live { data: Bytes::from_static(b"v"), expires_at_ms: None },
+        };
         for message in [
             PeerMessage::ReplicateAck { result: Err(failure.clone()) },
             PeerMessage::ReadReply { result: Err(failure) },
             PeerMessage::Hello { node_id: 1, generation: 2, target_shard: 0 },
             PeerMessage::Membership { payload: Bytes::from_static(b"gossip") },
+            PeerMessage::PaxosPrepare { key: Bytes::from_static(b"k"), ballot: 3 },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 3,
+                    accepted: Some((2, entry.clone())),
+                    current: Some(EntryHead::of(&entry)),
+                }),
+            },
+            PeerMessage::PaxosPropose { key: Bytes::from_static(b"k"), ballot: 3, entry },
+            PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 3 }) },
         ] {
             let envelope = PeerEnvelope { origin_node: 1, origin_shard: 0, request_id: 4, message };
             assert!(parse_replication(&encode(&envelope)).is_none());

@@ -401,10 +401,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for TreeLevel {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MESSAGE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MESSAGE: u8 = 12;
+pub const ENUM_MAX_MESSAGE: u8 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MESSAGE: [Message; 13] = [
+pub const ENUM_VALUES_MESSAGE: [Message; 17] = [
   Message::NONE,
   Message::Hello,
   Message::Replicate,
@@ -418,6 +418,10 @@ pub const ENUM_VALUES_MESSAGE: [Message; 13] = [
   Message::KeysReply,
   Message::RepairRequest,
   Message::RepairReply,
+  Message::PaxosPrepare,
+  Message::PaxosPromise,
+  Message::PaxosPropose,
+  Message::PaxosAccept,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -438,9 +442,13 @@ impl Message {
   pub const KeysReply: Self = Self(10);
   pub const RepairRequest: Self = Self(11);
   pub const RepairReply: Self = Self(12);
+  pub const PaxosPrepare: Self = Self(13);
+  pub const PaxosPromise: Self = Self(14);
+  pub const PaxosPropose: Self = Self(15);
+  pub const PaxosAccept: Self = Self(16);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -455,6 +463,10 @@ impl Message {
     Self::KeysReply,
     Self::RepairRequest,
     Self::RepairReply,
+    Self::PaxosPrepare,
+    Self::PaxosPromise,
+    Self::PaxosPropose,
+    Self::PaxosAccept,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -472,6 +484,10 @@ impl Message {
       Self::KeysReply => Some("KeysReply"),
       Self::RepairRequest => Some("RepairRequest"),
       Self::RepairReply => Some("RepairReply"),
+      Self::PaxosPrepare => Some("PaxosPrepare"),
+      Self::PaxosPromise => Some("PaxosPromise"),
+      Self::PaxosPropose => Some("PaxosPropose"),
+      Self::PaxosAccept => Some("PaxosAccept"),
       _ => None,
     }
   }
@@ -2866,6 +2882,706 @@ impl ::core::fmt::Debug for RepairReply<'_> {
       ds.finish()
   }
 }
+pub enum EntryHeadOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Only the head of an entry: its version, whether it is a tombstone, and when a live value
+/// expires (`expires_at_ms`, absolute milliseconds since the Unix epoch, absent when it does
+/// not).
+pub struct EntryHead<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for EntryHead<'a> {
+  type Inner = EntryHead<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> EntryHead<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOMBSTONE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXPIRES_AT_MS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    EntryHead { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EntryHeadArgs
+  ) -> ::flatbuffers::WIPOffset<EntryHead<'bldr>> {
+    let mut builder = EntryHeadBuilder::new(_fbb);
+    if let Some(x) = args.expires_at_ms { builder.add_expires_at_ms(x); }
+    builder.add_version(args.version);
+    builder.add_tombstone(args.tombstone);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(EntryHead::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn tombstone(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(EntryHead::VT_TOMBSTONE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn expires_at_ms(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(EntryHead::VT_EXPIRES_AT_MS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for EntryHead<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<bool>("tombstone", Self::VT_TOMBSTONE, false)?
+     .visit_field::<u64>("expires_at_ms", Self::VT_EXPIRES_AT_MS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EntryHeadArgs {
+    pub version: u64,
+    pub tombstone: bool,
+    pub expires_at_ms: Option<u64>,
+}
+impl<'a> Default for EntryHeadArgs {
+  #[inline]
+  fn default() -> Self {
+    EntryHeadArgs {
+      version: 0,
+      tombstone: false,
+      expires_at_ms: None,
+    }
+  }
+}
+
+pub struct EntryHeadBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EntryHeadBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(EntryHead::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_tombstone(&mut self, tombstone: bool) {
+    self.fbb_.push_slot::<bool>(EntryHead::VT_TOMBSTONE, tombstone, false);
+  }
+  #[inline]
+  pub fn add_expires_at_ms(&mut self, expires_at_ms: u64) {
+    self.fbb_.push_slot_always::<u64>(EntryHead::VT_EXPIRES_AT_MS, expires_at_ms);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EntryHeadBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EntryHeadBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<EntryHead<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for EntryHead<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("EntryHead");
+      ds.field("version", &self.version());
+      ds.field("tombstone", &self.tombstone());
+      ds.field("expires_at_ms", &self.expires_at_ms());
+      ds.finish()
+  }
+}
+pub enum PaxosPrepareOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Paxos phase 1: promise to accept no proposal for `key` under `ballot`, and tell what was
+/// accepted.
+pub struct PaxosPrepare<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosPrepare<'a> {
+  type Inner = PaxosPrepare<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosPrepare<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosPrepare { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosPrepareArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosPrepare<'bldr>> {
+    let mut builder = PaxosPrepareBuilder::new(_fbb);
+    builder.add_ballot(args.ballot);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPrepare::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPrepare::VT_BALLOT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosPrepare<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<u64>("ballot", Self::VT_BALLOT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosPrepareArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ballot: u64,
+}
+impl<'a> Default for PaxosPrepareArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosPrepareArgs {
+      key: None, // required field
+      ballot: 0,
+    }
+  }
+}
+
+pub struct PaxosPrepareBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPrepareBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPrepare::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPrepare::VT_BALLOT, ballot, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPrepareBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosPrepareBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosPrepare<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PaxosPrepare::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosPrepare<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosPrepare");
+      ds.field("key", &self.key());
+      ds.field("ballot", &self.ballot());
+      ds.finish()
+  }
+}
+pub enum PaxosPromiseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to `PaxosPrepare`. `granted`: the replica promised the ballot; otherwise
+/// `promised` is the higher ballot it had promised. `accepted_ballot` and `accepted` are the
+/// proposal the replica accepted last (`accepted` absent: none). `current` is the head of the
+/// replica's newest entry for the key (absent: it has never seen the key). `failure` set:
+/// nothing else is.
+pub struct PaxosPromise<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosPromise<'a> {
+  type Inner = PaxosPromise<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosPromise<'a> {
+  pub const VT_GRANTED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PROMISED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ACCEPTED_BALLOT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ACCEPTED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CURRENT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_FAILURE: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosPromise { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosPromiseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosPromise<'bldr>> {
+    let mut builder = PaxosPromiseBuilder::new(_fbb);
+    builder.add_accepted_ballot(args.accepted_ballot);
+    builder.add_promised(args.promised);
+    if let Some(x) = args.failure { builder.add_failure(x); }
+    if let Some(x) = args.current { builder.add_current(x); }
+    if let Some(x) = args.accepted { builder.add_accepted(x); }
+    builder.add_granted(args.granted);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn granted(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PaxosPromise::VT_GRANTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn promised(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPromise::VT_PROMISED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn accepted_ballot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPromise::VT_ACCEPTED_BALLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn accepted(&self) -> Option<Entry<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Entry>>(PaxosPromise::VT_ACCEPTED, None)}
+  }
+  #[inline]
+  pub fn current(&self) -> Option<EntryHead<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<EntryHead>>(PaxosPromise::VT_CURRENT, None)}
+  }
+  #[inline]
+  pub fn failure(&self) -> Option<Failure<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Failure>>(PaxosPromise::VT_FAILURE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("granted", Self::VT_GRANTED, false)?
+     .visit_field::<u64>("promised", Self::VT_PROMISED, false)?
+     .visit_field::<u64>("accepted_ballot", Self::VT_ACCEPTED_BALLOT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("accepted", Self::VT_ACCEPTED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<EntryHead>>("current", Self::VT_CURRENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Failure>>("failure", Self::VT_FAILURE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosPromiseArgs<'a> {
+    pub granted: bool,
+    pub promised: u64,
+    pub accepted_ballot: u64,
+    pub accepted: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
+    pub current: Option<::flatbuffers::WIPOffset<EntryHead<'a>>>,
+    pub failure: Option<::flatbuffers::WIPOffset<Failure<'a>>>,
+}
+impl<'a> Default for PaxosPromiseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosPromiseArgs {
+      granted: false,
+      promised: 0,
+      accepted_ballot: 0,
+      accepted: None,
+      current: None,
+      failure: None,
+    }
+  }
+}
+
+pub struct PaxosPromiseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPromiseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_granted(&mut self, granted: bool) {
+    self.fbb_.push_slot::<bool>(PaxosPromise::VT_GRANTED, granted, false);
+  }
+  #[inline]
+  pub fn add_promised(&mut self, promised: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPromise::VT_PROMISED, promised, 0);
+  }
+  #[inline]
+  pub fn add_accepted_ballot(&mut self, accepted_ballot: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPromise::VT_ACCEPTED_BALLOT, accepted_ballot, 0);
+  }
+  #[inline]
+  pub fn add_accepted(&mut self, accepted: ::flatbuffers::WIPOffset<Entry<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Entry>>(PaxosPromise::VT_ACCEPTED, accepted);
+  }
+  #[inline]
+  pub fn add_current(&mut self, current: ::flatbuffers::WIPOffset<EntryHead<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<EntryHead>>(PaxosPromise::VT_CURRENT, current);
+  }
+  #[inline]
+  pub fn add_failure(&mut self, failure: ::flatbuffers::WIPOffset<Failure<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Failure>>(PaxosPromise::VT_FAILURE, failure);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPromiseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosPromiseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosPromise<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosPromise<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosPromise");
+      ds.field("granted", &self.granted());
+      ds.field("promised", &self.promised());
+      ds.field("accepted_ballot", &self.accepted_ballot());
+      ds.field("accepted", &self.accepted());
+      ds.field("current", &self.current());
+      ds.field("failure", &self.failure());
+      ds.finish()
+  }
+}
+pub enum PaxosProposeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Paxos phase 2: accept `entry` for `key` at `ballot` unless a higher ballot was promised.
+pub struct PaxosPropose<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosPropose<'a> {
+  type Inner = PaxosPropose<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosPropose<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ENTRY: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosPropose { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosProposeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosPropose<'bldr>> {
+    let mut builder = PaxosProposeBuilder::new(_fbb);
+    builder.add_ballot(args.ballot);
+    if let Some(x) = args.entry { builder.add_entry(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosPropose::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPropose::VT_BALLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn entry(&self) -> Entry<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Entry>>(PaxosPropose::VT_ENTRY, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosPropose<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<u64>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("entry", Self::VT_ENTRY, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosProposeArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ballot: u64,
+    pub entry: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
+}
+impl<'a> Default for PaxosProposeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosProposeArgs {
+      key: None, // required field
+      ballot: 0,
+      entry: None, // required field
+    }
+  }
+}
+
+pub struct PaxosProposeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosProposeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPropose::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPropose::VT_BALLOT, ballot, 0);
+  }
+  #[inline]
+  pub fn add_entry(&mut self, entry: ::flatbuffers::WIPOffset<Entry<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Entry>>(PaxosPropose::VT_ENTRY, entry);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosProposeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosProposeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosPropose<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PaxosPropose::VT_KEY,"key");
+    self.fbb_.required(o, PaxosPropose::VT_ENTRY,"entry");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosPropose<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosPropose");
+      ds.field("key", &self.key());
+      ds.field("ballot", &self.ballot());
+      ds.field("entry", &self.entry());
+      ds.finish()
+  }
+}
+pub enum PaxosAcceptOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answer to `PaxosPropose`: `accepted`, or not because the replica had promised
+/// `promised`, a higher ballot. `failure` set: nothing else is.
+pub struct PaxosAccept<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosAccept<'a> {
+  type Inner = PaxosAccept<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosAccept<'a> {
+  pub const VT_ACCEPTED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PROMISED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FAILURE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosAccept { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosAcceptArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosAccept<'bldr>> {
+    let mut builder = PaxosAcceptBuilder::new(_fbb);
+    builder.add_promised(args.promised);
+    if let Some(x) = args.failure { builder.add_failure(x); }
+    builder.add_accepted(args.accepted);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn accepted(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PaxosAccept::VT_ACCEPTED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn promised(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosAccept::VT_PROMISED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn failure(&self) -> Option<Failure<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Failure>>(PaxosAccept::VT_FAILURE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosAccept<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("accepted", Self::VT_ACCEPTED, false)?
+     .visit_field::<u64>("promised", Self::VT_PROMISED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Failure>>("failure", Self::VT_FAILURE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosAcceptArgs<'a> {
+    pub accepted: bool,
+    pub promised: u64,
+    pub failure: Option<::flatbuffers::WIPOffset<Failure<'a>>>,
+}
+impl<'a> Default for PaxosAcceptArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosAcceptArgs {
+      accepted: false,
+      promised: 0,
+      failure: None,
+    }
+  }
+}
+
+pub struct PaxosAcceptBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosAcceptBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_accepted(&mut self, accepted: bool) {
+    self.fbb_.push_slot::<bool>(PaxosAccept::VT_ACCEPTED, accepted, false);
+  }
+  #[inline]
+  pub fn add_promised(&mut self, promised: u64) {
+    self.fbb_.push_slot::<u64>(PaxosAccept::VT_PROMISED, promised, 0);
+  }
+  #[inline]
+  pub fn add_failure(&mut self, failure: ::flatbuffers::WIPOffset<Failure<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Failure>>(PaxosAccept::VT_FAILURE, failure);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosAcceptBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosAcceptBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosAccept<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosAccept<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosAccept");
+      ds.field("accepted", &self.accepted());
+      ds.field("promised", &self.promised());
+      ds.field("failure", &self.failure());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3125,6 +3841,66 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_paxos_prepare(&self) -> Option<PaxosPrepare<'a>> {
+    if self.message_type() == Message::PaxosPrepare {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PaxosPrepare::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_paxos_promise(&self) -> Option<PaxosPromise<'a>> {
+    if self.message_type() == Message::PaxosPromise {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PaxosPromise::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_paxos_propose(&self) -> Option<PaxosPropose<'a>> {
+    if self.message_type() == Message::PaxosPropose {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PaxosPropose::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_paxos_accept(&self) -> Option<PaxosAccept<'a>> {
+    if self.message_type() == Message::PaxosAccept {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PaxosAccept::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3150,6 +3926,10 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Message::KeysReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeysReply>>("Message::KeysReply", pos),
           Message::RepairRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairRequest>>("Message::RepairRequest", pos),
           Message::RepairReply => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RepairReply>>("Message::RepairReply", pos),
+          Message::PaxosPrepare => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPrepare>>("Message::PaxosPrepare", pos),
+          Message::PaxosPromise => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPromise>>("Message::PaxosPromise", pos),
+          Message::PaxosPropose => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPropose>>("Message::PaxosPropose", pos),
+          Message::PaxosAccept => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosAccept>>("Message::PaxosAccept", pos),
           _ => Ok(()),
         }
      })?
@@ -3304,6 +4084,34 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Message::RepairReply => {
           if let Some(x) = self.message_as_repair_reply() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::PaxosPrepare => {
+          if let Some(x) = self.message_as_paxos_prepare() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::PaxosPromise => {
+          if let Some(x) = self.message_as_paxos_promise() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::PaxosPropose => {
+          if let Some(x) = self.message_as_paxos_propose() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::PaxosAccept => {
+          if let Some(x) = self.message_as_paxos_accept() {
             ds.field("message", &x)
           } else {
             ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -1,0 +1,710 @@
+//! Compare-and-swap across replicas: single-decree Paxos per key, as state machines without I/O.
+//!
+//! A compare-and-swap must be linearizable: two clients racing to swap the same version must
+//! not both succeed, whichever coordinators they reach. Quorum writes cannot promise that (two
+//! coordinators can each reach W replicas), so a swap runs Paxos over the key's replicas, as
+//! Cassandra's lightweight transactions do: the replicas are the acceptors, the coordinator the
+//! proposer, and each swap is one decision about the key's next entry.
+//!
+//! ```text
+//!  coordinator (PaxosCas)                          replica (AcceptorState, durable per key)
+//!  begin(ballot)  ─▶ PaxosPrepare { ballot } ───▶ promise if ballot > promised
+//!                 ◀─ PaxosPromise { granted, promised, accepted, current } (after a sync)
+//!  quorum granted ─▶ an accepted proposal newer than every current entry? finish it first
+//!                    (propose it again at this ballot, commit it), then begin again
+//!                 ─▶ else compare `expected` with the newest current entry:
+//!                    mismatch ─▶ Answer Mismatch
+//!                    match    ─▶ PaxosPropose { ballot, entry (version = ballot) } ───▶
+//!                 ◀─ PaxosAccept { accepted, promised }     accept if ballot >= promised (sync)
+//!  quorum accepted ─▶ Commit: Replicate the entry (the ordinary replica write, hints included)
+//!  committed      ─▶ Answer Swapped { version }
+//!  a higher ballot anywhere ─▶ Retry above it (the driver pauses on contention)
+//! ```
+//!
+//! **Ballots are versions.** A ballot comes from the coordinator's [`crate::HybridClock`], so it
+//! is unique (the node id is in its low bits) and rises with time; the entry a swap proposes
+//! carries its ballot as its version, so a committed swap outranks every entry its compare saw
+//! and last-writer-wins keeps it. A ballot at or below the newest entry a prepare saw is retried
+//! above it.
+//!
+//! **In progress.** A proposal accepted by some replicas whose commit never happened (its
+//! coordinator failed) may have been chosen; a later swap must finish it before deciding
+//! anything. A replica's accepted entry is in progress when its version is above every current
+//! entry the prepare's quorum reported: once committed anywhere, the commit is a current entry at
+//! that version. An ordinary write with a higher version masks it, and would have won over its
+//! commit anyway. An entry proposed again keeps its version, so a client told of its swap's
+//! version finds that version, whoever committed it.
+//!
+//! **Outcomes stay exact.** A swap whose own proposal reached some replicas but not a quorum
+//! (refused by a higher ballot, or unanswered) retries; if a later prepare finds that proposal
+//! in progress or current, it was chosen, and the swap answers `Swapped` with its version. If it
+//! finds neither and the compare fails, the proposal may still have been chosen and overwritten
+//! since, so the swap answers an indeterminate failure rather than a mismatch that could be
+//! false.
+//!
+//! **Mixing** ordinary writes with swaps of the same key is not linearizable (as in Cassandra):
+//! an ordinary write is a quorum write outside the protocol. Swaps among themselves are.
+
+use bytes::Bytes;
+use ringkv_wire::peer::{Acceptance, EntryHead, PeerEntry, PeerFailure, PeerMessage, PeerValue, Promise};
+use ringkv_wire::Expected;
+
+use crate::coordinator::{CoordinatorError, Target};
+
+/// One replica's Paxos state for one key: the highest ballot it promised, and the proposal it
+/// accepted last. It must be durable before the replica answers a prepare or a proposal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcceptorState {
+    /// The highest ballot promised (0: none).
+    pub promised: u64,
+    /// The last proposal accepted, with the ballot it was accepted at.
+    pub accepted: Option<(u64, PeerEntry)>,
+}
+
+/// A stored [`AcceptorState`] that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a stored Paxos state of {length} bytes does not decode: {reason}")]
+pub struct AcceptorStateError {
+    pub length: usize,
+    pub reason: &'static str,
+}
+
+const FORMAT: u8 = 1;
+const NOTHING_ACCEPTED: u8 = 0;
+const ACCEPTED_LIVE: u8 = 1;
+const ACCEPTED_LIVE_EXPIRING: u8 = 2;
+const ACCEPTED_TOMBSTONE: u8 = 3;
+
+/// Bytes an encoded [`AcceptorState`] adds to the accepted value: format, promised ballot, kind,
+/// accepted ballot, version and expiry or deletion time.
+pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize = 1 + 8 + 1 + 8 + 8 + 8;
+
+impl AcceptorState {
+    /// Phase 1: promises `ballot` if it is above every ballot promised so far. Returns whether it
+    /// did; the state changes only then.
+    pub fn prepare(&mut self, ballot: u64) -> bool {
+        if ballot > self.promised {
+            self.promised = ballot;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Phase 2: accepts `entry` at `ballot` unless a higher ballot was promised. Returns whether
+    /// it did; the state changes only then.
+    pub fn propose(&mut self, ballot: u64, entry: PeerEntry) -> bool {
+        if ballot < self.promised {
+            return false;
+        }
+        self.promised = ballot;
+        self.accepted = Some((ballot, entry));
+        true
+    }
+
+    /// The answer to a prepare: `granted` as [`AcceptorState::prepare`] returned, with the
+    /// replica's current entry head.
+    pub fn promise(&self, granted: bool, current: Option<EntryHead>) -> Promise {
+        Promise { granted, promised: self.promised, accepted: self.accepted.clone(), current }
+    }
+
+    /// The answer to a proposal.
+    pub fn acceptance(&self, accepted: bool) -> Acceptance {
+        Acceptance { accepted, promised: self.promised }
+    }
+
+    /// The state as stored: little-endian fields, then the accepted value's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let data = match &self.accepted {
+            Some((_, PeerEntry { value: PeerValue::Live { data, .. }, .. })) => data.len(),
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(ACCEPTOR_STATE_OVERHEAD_BYTES + data);
+        out.push(FORMAT);
+        out.extend_from_slice(&self.promised.to_le_bytes());
+        match &self.accepted {
+            None => out.push(NOTHING_ACCEPTED),
+            Some((ballot, entry)) => {
+                let (kind, time) = match &entry.value {
+                    PeerValue::Live { expires_at_ms: None, .. } => (ACCEPTED_LIVE, 0),
+                    PeerValue::Live { expires_at_ms: Some(at), .. } => (ACCEPTED_LIVE_EXPIRING, *at),
+                    PeerValue::Tombstone { deleted_at_ms } => (ACCEPTED_TOMBSTONE, *deleted_at_ms),
+                };
+                out.push(kind);
+                out.extend_from_slice(&ballot.to_le_bytes());
+                out.extend_from_slice(&entry.version.to_le_bytes());
+                out.extend_from_slice(&time.to_le_bytes());
+                if let PeerValue::Live { data, .. } = &entry.value {
+                    out.extend_from_slice(data);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes what [`AcceptorState::encode`] wrote; the accepted value is a slice of `bytes`.
+    pub fn decode(bytes: &Bytes) -> Result<Self, AcceptorStateError> {
+        let error = |reason| AcceptorStateError { length: bytes.len(), reason };
+        let word = |at: usize| -> Result<u64, AcceptorStateError> {
+            let slice = bytes.get(at..at + 8).ok_or_else(|| error("it is cut short"))?;
+            Ok(u64::from_le_bytes(slice.try_into().expect("eight bytes")))
+        };
+        if bytes.first() != Some(&FORMAT) {
+            return Err(error("its format byte is unknown"));
+        }
+        let promised = word(1)?;
+        let kind = *bytes.get(9).ok_or_else(|| error("it is cut short"))?;
+        if kind == NOTHING_ACCEPTED {
+            if bytes.len() != 10 {
+                return Err(error("it has bytes after an empty acceptance"));
+            }
+            return Ok(AcceptorState { promised, accepted: None });
+        }
+        let (ballot, version, time) = (word(10)?, word(18)?, word(26)?);
+        let data = bytes.slice(34.min(bytes.len())..);
+        let value = match kind {
+            ACCEPTED_LIVE => PeerValue::Live { data, expires_at_ms: None },
+            ACCEPTED_LIVE_EXPIRING => PeerValue::Live { data, expires_at_ms: Some(time) },
+            ACCEPTED_TOMBSTONE if data.is_empty() => PeerValue::Tombstone { deleted_at_ms: time },
+            ACCEPTED_TOMBSTONE => return Err(error("a tombstone carries a value")),
+            _ => return Err(error("its kind byte is unknown")),
+        };
+        Ok(AcceptorState { promised, accepted: Some((ballot, PeerEntry { version, value })) })
+    }
+}
+
+/// What one compare-and-swap asks: write `data` (expiring at `expires_at_ms`) under `key` if the
+/// key's live value has the `expected` version, or is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CasRequest {
+    pub key: Bytes,
+    pub expected: Expected,
+    pub data: Bytes,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// How a compare-and-swap ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value was written with this version.
+    Swapped { version: u64 },
+    /// The key's live value did not match: its version, or `None` when it has none.
+    Mismatch { current_version: Option<u64> },
+}
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasStep {
+    /// Send this request to every target and feed each answer to [`PaxosCas::on_answer`].
+    Send(PeerMessage),
+    /// Write this entry to the key's replicas as an ordinary replicated write (hints for the
+    /// replicas down included), waiting for the commit's acknowledgements, then call
+    /// [`PaxosCas::on_committed`].
+    Commit(PeerEntry),
+    /// Begin again with a ballot above `above`; `contended`: another proposer holds a higher
+    /// ballot, so pause a random while first.
+    Retry { above: u64, contended: bool },
+    /// The swap is over.
+    Answer(Result<CasOutcome, CoordinatorError>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Prepare { promises: Vec<Promise> },
+    Propose { entry: PeerEntry, ours: bool, accepted: usize },
+    Commit { entry: PeerEntry, ours: bool },
+}
+
+/// One compare-and-swap, coordinated: the proposer's side of Paxos over the key's replicas.
+///
+/// The driver sends each [`CasStep::Send`] to the same `targets` replicas (the key's own
+/// replicas that are up, never stand-ins: Paxos needs a fixed set of acceptors), feeds every
+/// answer of the current step to [`PaxosCas::on_answer`] and drops answers of earlier steps
+/// (a repeated answer of a target counts once).
+#[derive(Clone, Debug)]
+pub struct PaxosCas {
+    request: CasRequest,
+    targets: usize,
+    quorum: usize,
+    ballot: u64,
+    phase: Phase,
+    /// The targets that answered the current step: a repeated answer counts once.
+    answered: Vec<Target>,
+    /// Answers of the current step that did not count: refusals and failures.
+    refused: usize,
+    /// The highest ballot a replica said it promised.
+    higher: u64,
+    /// The last failure a replica answered.
+    failure: Option<PeerFailure>,
+    /// Versions of the entries this swap proposed.
+    own: Vec<u64>,
+    /// A proposal of this swap may have been accepted by some replicas without reaching a
+    /// quorum: a later mismatch cannot be told for sure.
+    maybe_applied: bool,
+}
+
+impl PaxosCas {
+    /// A swap over `targets` replicas that are up, of which `quorum` (a majority of the key's
+    /// replicas, up or not) must answer each phase.
+    pub fn new(request: CasRequest, targets: usize, quorum: usize) -> Self {
+        PaxosCas {
+            request,
+            targets,
+            quorum,
+            ballot: 0,
+            phase: Phase::Idle,
+            answered: Vec::new(),
+            refused: 0,
+            higher: 0,
+            failure: None,
+            own: Vec::new(),
+            maybe_applied: false,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &Bytes {
+        &self.request.key
+    }
+
+    /// The ballot of the current attempt.
+    pub fn ballot(&self) -> u64 {
+        self.ballot
+    }
+
+    /// Starts an attempt at `ballot`, which must be above every ballot used before: the driver
+    /// draws it from its clock after observing [`CasStep::Retry`]'s `above`.
+    pub fn begin(&mut self, ballot: u64) -> CasStep {
+        if self.targets < self.quorum {
+            return CasStep::Answer(Err(CoordinatorError::Unavailable {
+                alive: self.targets,
+                required: self.quorum,
+            }));
+        }
+        debug_assert!(ballot > self.ballot, "ballots rise");
+        self.ballot = ballot;
+        self.reset_counts();
+        self.phase = Phase::Prepare { promises: Vec::with_capacity(self.targets) };
+        CasStep::Send(PeerMessage::PaxosPrepare { key: self.request.key.clone(), ballot })
+    }
+
+    fn reset_counts(&mut self) {
+        self.answered.clear();
+        self.refused = 0;
+        self.higher = 0;
+        self.failure = None;
+    }
+
+    /// Takes the answer of target `from` to the current step, at `now_ms` (which decides
+    /// whether an expiring value is still live). `None`: wait for more answers.
+    pub fn on_answer(&mut self, from: Target, answer: PeerMessage, now_ms: u64) -> Option<CasStep> {
+        let expected = matches!(
+            (&self.phase, &answer),
+            (Phase::Prepare { .. }, PeerMessage::PaxosPromise { .. })
+                | (Phase::Propose { .. }, PeerMessage::PaxosAccept { .. })
+        );
+        if !expected || self.answered.contains(&from) {
+            return None;
+        }
+        self.answered.push(from);
+        match (&mut self.phase, answer) {
+            (Phase::Prepare { promises }, PeerMessage::PaxosPromise { result }) => {
+                match result {
+                    Ok(promise) if promise.granted => promises.push(promise),
+                    Ok(promise) => {
+                        self.higher = self.higher.max(promise.promised);
+                        self.refused += 1;
+                    }
+                    Err(failure) => {
+                        self.failure = Some(failure);
+                        self.refused += 1;
+                    }
+                }
+                if promises.len() >= self.quorum {
+                    let promises = std::mem::take(promises);
+                    return Some(self.decide(promises, now_ms));
+                }
+                self.if_quorum_lost()
+            }
+            (Phase::Propose { accepted, .. }, PeerMessage::PaxosAccept { result }) => {
+                match result {
+                    Ok(acceptance) if acceptance.accepted => *accepted += 1,
+                    Ok(acceptance) => {
+                        self.higher = self.higher.max(acceptance.promised);
+                        self.refused += 1;
+                    }
+                    Err(failure) => {
+                        self.failure = Some(failure);
+                        self.refused += 1;
+                    }
+                }
+                if *accepted >= self.quorum {
+                    let Phase::Propose { entry, ours, .. } = std::mem::replace(&mut self.phase, Phase::Idle)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.phase = Phase::Commit { entry: entry.clone(), ours };
+                    return Some(CasStep::Commit(entry));
+                }
+                self.if_quorum_lost()
+            }
+            // An answer of another step, or of the wrong kind: not this step's.
+            _ => None,
+        }
+    }
+
+    /// When the refusals leave too few targets to reach a quorum: retry above a higher ballot,
+    /// or fail with the replicas' failure.
+    fn if_quorum_lost(&mut self) -> Option<CasStep> {
+        if self.targets - self.refused >= self.quorum {
+            return None;
+        }
+        if let Phase::Propose { ours: true, accepted, .. } = self.phase {
+            // Replicas that accepted, that have not answered yet, or that failed after storing
+            // it may hold the proposal.
+            let unanswered = self.targets - self.refused - accepted;
+            let ambiguous =
+                self.failure.as_ref().is_some_and(|failure| !failure.code.refused_before_applying());
+            if accepted > 0 || unanswered > 0 || ambiguous {
+                self.maybe_applied = true;
+            }
+        }
+        let ended = std::mem::replace(&mut self.phase, Phase::Idle);
+        if self.higher > 0 {
+            return Some(CasStep::Retry { above: self.higher, contended: true });
+        }
+        let failure = self.failure.clone().unwrap_or_else(|| {
+            PeerFailure::new(ringkv_wire::peer::PeerErrorCode::Internal, "replicas refused without a reason")
+        });
+        let acks = self.targets - self.refused;
+        let error = if self.maybe_applied || matches!(ended, Phase::Propose { ours: true, .. }) {
+            CoordinatorError::WriteIndeterminate { acks, required: self.quorum, failure }
+        } else {
+            CoordinatorError::ReplicasFailed { acks, required: self.quorum, failure }
+        };
+        Some(CasStep::Answer(Err(error)))
+    }
+
+    /// A quorum promised: finish what is in progress, or compare and propose.
+    fn decide(&mut self, promises: Vec<Promise>, now_ms: u64) -> CasStep {
+        let newest = promises.iter().filter_map(|promise| promise.current).max_by_key(|head| head.version);
+        let newest_version = newest.map_or(0, |head| head.version);
+        // An entry of this swap that some replica holds as current was committed, so chosen.
+        if let Some(version) = promises
+            .iter()
+            .filter_map(|promise| promise.current.map(|head| head.version))
+            .find(|version| self.own.contains(version))
+        {
+            self.phase = Phase::Idle;
+            return CasStep::Answer(Ok(CasOutcome::Swapped { version }));
+        }
+        let in_progress = promises
+            .iter()
+            .filter_map(|promise| promise.accepted.as_ref())
+            .filter(|(_, entry)| entry.version > newest_version)
+            .max_by_key(|(ballot, _)| *ballot)
+            .map(|(_, entry)| entry.clone());
+        if let Some(entry) = in_progress {
+            let ours = self.own.contains(&entry.version);
+            return self.propose(entry, ours);
+        }
+        if self.ballot <= newest_version {
+            self.phase = Phase::Idle;
+            return CasStep::Retry { above: newest_version, contended: false };
+        }
+        let live = newest.filter(|head| head.is_live_at(now_ms)).map(|head| head.version);
+        let matches = match self.request.expected {
+            Expected::Absent => live.is_none(),
+            Expected::Version(version) => live == Some(version),
+        };
+        if !matches {
+            self.phase = Phase::Idle;
+            if self.maybe_applied {
+                return CasStep::Answer(Err(CoordinatorError::WriteIndeterminate {
+                    acks: 0,
+                    required: self.quorum,
+                    failure: PeerFailure::new(
+                        ringkv_wire::peer::PeerErrorCode::Internal,
+                        "an earlier proposal of this compare-and-swap reached some replicas, and the key has \
+                         changed since",
+                    ),
+                }));
+            }
+            return CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: live }));
+        }
+        let entry = PeerEntry {
+            version: self.ballot,
+            value: PeerValue::Live {
+                data: self.request.data.clone(),
+                expires_at_ms: self.request.expires_at_ms,
+            },
+        };
+        self.own.push(entry.version);
+        self.propose(entry, true)
+    }
+
+    fn propose(&mut self, entry: PeerEntry, ours: bool) -> CasStep {
+        self.reset_counts();
+        self.phase = Phase::Propose { entry: entry.clone(), ours, accepted: 0 };
+        CasStep::Send(PeerMessage::PaxosPropose { key: self.request.key.clone(), ballot: self.ballot, entry })
+    }
+
+    /// The commit's outcome: for this swap's own entry the answer, for an entry finished for
+    /// another proposer a new attempt.
+    pub fn on_committed(&mut self, result: Result<(), CoordinatorError>) -> CasStep {
+        let Phase::Commit { entry, ours } = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return CasStep::Answer(Err(CoordinatorError::WriteIndeterminate {
+                acks: 0,
+                required: self.quorum,
+                failure: PeerFailure::new(ringkv_wire::peer::PeerErrorCode::Internal, "a commit out of turn"),
+            }));
+        };
+        match (result, ours) {
+            (Ok(()), true) => CasStep::Answer(Ok(CasOutcome::Swapped { version: entry.version })),
+            (Ok(()), false) => CasStep::Retry { above: entry.version, contended: false },
+            // Chosen (a quorum accepted it) but not visible on enough replicas yet: the swap
+            // happened, but the commit's consistency was not met.
+            (Err(error), true) => CasStep::Answer(Err(indeterminate(error))),
+            (Err(_), false) => CasStep::Retry { above: entry.version, contended: true },
+        }
+    }
+
+    /// The swap's deadline passed before it ended.
+    pub fn on_deadline(&self, timeout_ms: u64) -> CasStep {
+        let acks = match &self.phase {
+            Phase::Prepare { promises } => promises.len(),
+            Phase::Propose { accepted, .. } => *accepted,
+            Phase::Idle | Phase::Commit { .. } => 0,
+        };
+        CasStep::Answer(Err(CoordinatorError::Timeout { acks, required: self.quorum, timeout_ms }))
+    }
+}
+
+/// A commit that failed: the swap was chosen, so its outcome for the client is unknown rather
+/// than failed.
+fn indeterminate(error: CoordinatorError) -> CoordinatorError {
+    match error {
+        CoordinatorError::ReplicasFailed { acks, required, failure } => {
+            CoordinatorError::WriteIndeterminate { acks, required, failure }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_wire::peer::PeerErrorCode;
+
+    fn live(version: u64, data: &'static [u8]) -> PeerEntry {
+        PeerEntry { version, value: PeerValue::Live { data: Bytes::from_static(data), expires_at_ms: None } }
+    }
+
+    fn target(node_id: u16) -> Target {
+        Target { node_id, shard: 0 }
+    }
+
+    fn swap(expected: Expected) -> PaxosCas {
+        let request = CasRequest {
+            key: Bytes::from_static(b"k"),
+            expected,
+            data: Bytes::from_static(b"new"),
+            expires_at_ms: None,
+        };
+        PaxosCas::new(request, 3, 2)
+    }
+
+    fn promise(accepted: Option<(u64, PeerEntry)>, current: Option<&PeerEntry>) -> PeerMessage {
+        PeerMessage::PaxosPromise {
+            result: Ok(Promise { granted: true, promised: 0, accepted, current: current.map(EntryHead::of) }),
+        }
+    }
+
+    fn accept() -> PeerMessage {
+        PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 0 }) }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_encoding() {
+        let states = [
+            AcceptorState::default(),
+            AcceptorState { promised: 9, accepted: Some((7, live(5, b"value"))) },
+            AcceptorState {
+                promised: 9,
+                accepted: Some((
+                    9,
+                    PeerEntry {
+                        version: 9,
+                        value: PeerValue::Live { data: Bytes::new(), expires_at_ms: Some(1_000) },
+                    },
+                )),
+            },
+            AcceptorState {
+                promised: 12,
+                accepted: Some((
+                    12,
+                    PeerEntry { version: 3, value: PeerValue::Tombstone { deleted_at_ms: 44 } },
+                )),
+            },
+        ];
+        for state in states {
+            let encoded = Bytes::from(state.encode());
+            assert_eq!(AcceptorState::decode(&encoded), Ok(state.clone()));
+            for cut in 0..encoded.len() {
+                let decoded = AcceptorState::decode(&encoded.slice(..cut));
+                // A live value's bytes run to the end, so only cuts into the header must fail.
+                if cut < 34 {
+                    assert!(decoded.is_err(), "{state:?} cut at {cut}");
+                }
+            }
+        }
+        assert!(AcceptorState::decode(&Bytes::from_static(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0])).is_err());
+    }
+
+    #[test]
+    fn an_acceptor_promises_only_higher_ballots_and_accepts_none_below_its_promise() {
+        let mut state = AcceptorState::default();
+        assert!(state.prepare(10));
+        assert!(!state.prepare(10), "a ballot is promised once");
+        assert!(!state.prepare(9));
+        assert!(!state.propose(9, live(9, b"a")));
+        assert_eq!(state.accepted, None);
+        assert!(state.propose(10, live(10, b"a")));
+        assert!(state.prepare(11));
+        assert!(!state.propose(10, live(10, b"b")), "promised 11 since");
+        assert_eq!(state.accepted, Some((10, live(10, b"a"))));
+        assert_eq!(state.acceptance(false), Acceptance { accepted: false, promised: 11 });
+    }
+
+    #[test]
+    fn a_matching_swap_proposes_at_its_ballot_and_answers_after_the_commit() {
+        let mut cas = swap(Expected::Version(5));
+        let current = live(5, b"old");
+        assert!(matches!(cas.begin(100), CasStep::Send(PeerMessage::PaxosPrepare { ballot: 100, .. })));
+        assert_eq!(cas.on_answer(target(1), promise(None, Some(&current)), 0), None);
+        assert_eq!(cas.on_answer(target(1), promise(None, Some(&current)), 0), None, "a repeat counts once");
+        let step = cas.on_answer(target(2), promise(None, None), 0).unwrap();
+        let CasStep::Send(PeerMessage::PaxosPropose { ballot: 100, entry, .. }) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(entry, live(100, b"new"));
+        assert_eq!(cas.on_answer(target(3), accept(), 0), None);
+        assert_eq!(cas.on_answer(target(1), accept(), 0), Some(CasStep::Commit(entry)));
+        assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
+    }
+
+    #[test]
+    fn a_mismatch_is_answered_with_the_newest_live_version_of_the_quorum() {
+        let mut cas = swap(Expected::Absent);
+        cas.begin(100);
+        cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
+        let step = cas.on_answer(target(2), promise(None, Some(&live(7, b"newer"))), 0);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(7) }))));
+        // An expired value is absent.
+        let mut cas = swap(Expected::Version(7));
+        cas.begin(100);
+        let expiring =
+            PeerEntry { version: 7, value: PeerValue::Live { data: Bytes::new(), expires_at_ms: Some(50) } };
+        cas.on_answer(target(1), promise(None, Some(&expiring)), 60);
+        let step = cas.on_answer(target(2), promise(None, None), 60);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: None }))));
+    }
+
+    #[test]
+    fn a_proposal_accepted_but_not_committed_is_finished_before_anything_else() {
+        let mut cas = swap(Expected::Version(5));
+        cas.begin(100);
+        let stranded = live(80, b"stranded");
+        cas.on_answer(target(1), promise(Some((80, stranded.clone())), Some(&live(5, b"old"))), 0);
+        let step = cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0).unwrap();
+        // Proposed again at this ballot, keeping its own version.
+        assert_eq!(
+            step,
+            CasStep::Send(PeerMessage::PaxosPropose {
+                key: Bytes::from_static(b"k"),
+                ballot: 100,
+                entry: stranded.clone()
+            })
+        );
+        cas.on_answer(target(1), accept(), 0);
+        assert_eq!(cas.on_answer(target(2), accept(), 0), Some(CasStep::Commit(stranded)));
+        assert_eq!(cas.on_committed(Ok(())), CasStep::Retry { above: 80, contended: false });
+        // The next attempt finds the finished proposal current: the compare fails.
+        cas.begin(101);
+        cas.on_answer(
+            target(1),
+            promise(Some((100, live(80, b"stranded"))), Some(&live(80, b"stranded"))),
+            0,
+        );
+        let step = cas.on_answer(target(3), promise(None, Some(&live(80, b"stranded"))), 0);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(80) }))));
+    }
+
+    #[test]
+    fn a_higher_promise_retries_above_it_and_a_stranded_own_proposal_is_not_called_a_mismatch() {
+        let mut cas = swap(Expected::Version(5));
+        cas.begin(100);
+        cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
+        cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
+        // One replica accepts, two have promised a higher ballot since.
+        let refused =
+            |promised| PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised }) };
+        cas.on_answer(target(1), accept(), 0);
+        assert_eq!(cas.on_answer(target(2), refused(300), 0), None);
+        assert_eq!(
+            cas.on_answer(target(3), refused(200), 0),
+            Some(CasStep::Retry { above: 300, contended: true })
+        );
+        // Its proposal may be chosen yet; the key changed meanwhile: not a mismatch for sure.
+        cas.begin(301);
+        cas.on_answer(target(2), promise(None, Some(&live(250, b"other"))), 0);
+        let step = cas.on_answer(target(3), promise(None, Some(&live(250, b"other"))), 0).unwrap();
+        assert!(
+            matches!(step, CasStep::Answer(Err(CoordinatorError::WriteIndeterminate { .. }))),
+            "{step:?}"
+        );
+        // Had a later prepare found it in progress, it would have been finished and answered.
+        let mut cas = swap(Expected::Version(5));
+        cas.begin(100);
+        cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
+        cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
+        cas.on_answer(target(1), accept(), 0);
+        cas.on_answer(target(2), refused(300), 0);
+        cas.on_answer(target(3), refused(300), 0);
+        cas.begin(301);
+        cas.on_answer(target(1), promise(Some((100, live(100, b"new"))), Some(&live(5, b"old"))), 0);
+        cas.on_answer(target(3), promise(None, Some(&live(5, b"old"))), 0);
+        cas.on_answer(target(1), accept(), 0);
+        let step = cas.on_answer(target(3), accept(), 0).unwrap();
+        assert_eq!(step, CasStep::Commit(live(100, b"new")));
+        assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
+    }
+
+    #[test]
+    fn too_few_replicas_or_failing_ones_end_the_swap() {
+        let request = CasRequest {
+            key: Bytes::from_static(b"k"),
+            expected: Expected::Absent,
+            data: Bytes::new(),
+            expires_at_ms: None,
+        };
+        let mut cas = PaxosCas::new(request, 1, 2);
+        assert_eq!(
+            cas.begin(1),
+            CasStep::Answer(Err(CoordinatorError::Unavailable { alive: 1, required: 2 }))
+        );
+        let mut cas = swap(Expected::Absent);
+        cas.begin(100);
+        let failed = |code| PeerMessage::PaxosPromise { result: Err(PeerFailure::new(code, "no")) };
+        assert_eq!(cas.on_answer(target(1), failed(PeerErrorCode::Rebuilding), 0), None);
+        let step = cas.on_answer(target(2), failed(PeerErrorCode::StorageFailed), 0).unwrap();
+        assert!(matches!(step, CasStep::Answer(Err(CoordinatorError::ReplicasFailed { .. }))), "{step:?}");
+        // A ballot at or below the newest entry seen is retried above it.
+        let mut cas = swap(Expected::Absent);
+        cas.begin(100);
+        cas.on_answer(target(1), promise(None, Some(&live(150, b"ahead"))), 0);
+        let step = cas.on_answer(target(2), promise(None, None), 0);
+        assert_eq!(step, Some(CasStep::Retry { above: 150, contended: false }));
+    }
+}
