@@ -30,6 +30,7 @@ mod client_scan_pages_through_a_range;
 mod client_tokio_serves_every_operation;
 mod cluster_anti_entropy_restores_a_lost_table;
 mod cluster_anti_entropy_restores_a_wiped_replica;
+mod cluster_compare_and_swap_is_linearizable_across_replicas;
 mod cluster_deletes_made_during_an_outage_stay_deleted;
 mod cluster_hints_replay_to_a_returning_replica;
 mod cluster_hints_stay_bounded_in_a_long_outage;

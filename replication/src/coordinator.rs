@@ -263,10 +263,44 @@ impl Coordinator {
         required: usize,
         out: &mut Vec<Output>,
     ) -> Result<u64, CoordinatorError> {
+        self.start_write(now_ms, key, entry, None, targets, required, out)
+    }
+
+    /// [`Coordinator::write`] of the entry a compare-and-swap chose at Paxos `ballot` (see
+    /// [`crate::paxos`]): each replica applies it as a write and records the ballot as the
+    /// key's most recent commit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        ballot: u64,
+        entry: PeerEntry,
+        targets: &[Target],
+        required: usize,
+        out: &mut Vec<Output>,
+    ) -> Result<u64, CoordinatorError> {
+        self.start_write(now_ms, key, entry, Some(ballot), targets, required, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_write(
+        &mut self,
+        now_ms: u64,
+        key: Bytes,
+        entry: PeerEntry,
+        ballot: Option<u64>,
+        targets: &[Target],
+        required: usize,
+        out: &mut Vec<Output>,
+    ) -> Result<u64, CoordinatorError> {
         let request_id = self.admit(now_ms, targets.len(), required)?;
         let version = entry.version;
         for &to in targets {
-            let message = PeerMessage::Replicate { key: key.clone(), entry: entry.clone() };
+            let message = match ballot {
+                None => PeerMessage::Replicate { key: key.clone(), entry: entry.clone() },
+                Some(ballot) => PeerMessage::PaxosCommit { key: key.clone(), ballot, entry: entry.clone() },
+            };
             out.push(Output::Send { to, envelope: self.envelope(request_id, message) });
         }
         let state = WriteState {

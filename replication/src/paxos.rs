@@ -10,13 +10,14 @@
 //!  coordinator (PaxosCas)                          replica (AcceptorState, durable per key)
 //!  begin(ballot)  ─▶ PaxosPrepare { ballot } ───▶ promise if ballot > promised
 //!                 ◀─ PaxosPromise { granted, promised, accepted, current } (after a sync)
-//!  quorum granted ─▶ an accepted proposal newer than every current entry? finish it first
-//!                    (propose it again at this ballot, commit it), then begin again
+//!  quorum granted ─▶ a proposal accepted above every commit the quorum applied? finish it
+//!                    first (propose it again at this ballot, commit it), then begin again
 //!                 ─▶ else compare `expected` with the newest current entry:
 //!                    mismatch ─▶ Answer Mismatch
 //!                    match    ─▶ PaxosPropose { ballot, entry (version = ballot) } ───▶
 //!                 ◀─ PaxosAccept { accepted, promised }     accept if ballot >= promised (sync)
-//!  quorum accepted ─▶ Commit: Replicate the entry (the ordinary replica write, hints included)
+//!  quorum accepted ─▶ Commit: PaxosCommit { ballot, entry } ───▶ apply the entry as a write,
+//!                    (hints for replicas down)                    record the commit's ballot
 //!  committed      ─▶ Answer Swapped { version }
 //!  a higher ballot anywhere ─▶ Retry above it (the driver pauses on contention)
 //! ```
@@ -29,11 +30,13 @@
 //!
 //! **In progress.** A proposal accepted by some replicas whose commit never happened (its
 //! coordinator failed) may have been chosen; a later swap must finish it before deciding
-//! anything. A replica's accepted entry is in progress when its version is above every current
-//! entry the prepare's quorum reported: once committed anywhere, the commit is a current entry at
-//! that version. An ordinary write with a higher version masks it, and would have won over its
-//! commit anyway. An entry proposed again keeps its version, so a client told of its swap's
-//! version finds that version, whoever committed it.
+//! anything. As in Cassandra, each replica records the ballot of the last commit it applied,
+//! and the accepted proposal with the highest ballot among the quorum's is in progress when that
+//! ballot is above every commit ballot the quorum reported. Ballots, not entry versions, decide
+//! this: an entry proposed again keeps its version (so a client told of its swap's version finds
+//! that version, whoever committed it), so versions do not follow ballots, and a rule on
+//! versions could prefer a stale proposal over the chosen one. Finishing a proposal whose commit
+//! reached some replicas only writes the same entry again.
 //!
 //! **Outcomes stay exact.** A swap whose own proposal reached some replicas but not a quorum
 //! (refused by a higher ballot, or unanswered) retries; if a later prepare finds that proposal
@@ -57,7 +60,10 @@ use crate::coordinator::{CoordinatorError, Target};
 pub struct AcceptorState {
     /// The highest ballot promised (0: none).
     pub promised: u64,
-    /// The last proposal accepted, with the ballot it was accepted at.
+    /// The highest ballot whose commit this replica applied (0: none).
+    pub committed: u64,
+    /// The last proposal accepted, with the ballot it was accepted at; dropped once a commit at
+    /// that ballot or a higher one is applied.
     pub accepted: Option<(u64, PeerEntry)>,
 }
 
@@ -75,9 +81,12 @@ const ACCEPTED_LIVE: u8 = 1;
 const ACCEPTED_LIVE_EXPIRING: u8 = 2;
 const ACCEPTED_TOMBSTONE: u8 = 3;
 
-/// Bytes an encoded [`AcceptorState`] adds to the accepted value: format, promised ballot, kind,
-/// accepted ballot, version and expiry or deletion time.
-pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize = 1 + 8 + 1 + 8 + 8 + 8;
+/// Bytes an encoded [`AcceptorState`] adds to the accepted value: format, promised and committed
+/// ballots, kind, accepted ballot, version and expiry or deletion time.
+pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 8 + 8;
+
+/// Where an encoded state's accepted value begins.
+const VALUE_OFFSET: usize = ACCEPTOR_STATE_OVERHEAD_BYTES;
 
 impl AcceptorState {
     /// Phase 1: promises `ballot` if it is above every ballot promised so far. Returns whether it
@@ -102,10 +111,29 @@ impl AcceptorState {
         true
     }
 
+    /// Phase 3: records that the proposal chosen at `ballot` was applied here. Returns whether
+    /// the state changed.
+    pub fn commit(&mut self, ballot: u64) -> bool {
+        if ballot <= self.committed {
+            return false;
+        }
+        self.committed = ballot;
+        if self.accepted.as_ref().is_some_and(|(accepted, _)| *accepted <= ballot) {
+            self.accepted = None;
+        }
+        true
+    }
+
     /// The answer to a prepare: `granted` as [`AcceptorState::prepare`] returned, with the
     /// replica's current entry head.
     pub fn promise(&self, granted: bool, current: Option<EntryHead>) -> Promise {
-        Promise { granted, promised: self.promised, accepted: self.accepted.clone(), current }
+        Promise {
+            granted,
+            promised: self.promised,
+            committed: self.committed,
+            accepted: self.accepted.clone(),
+            current,
+        }
     }
 
     /// The answer to a proposal.
@@ -122,6 +150,7 @@ impl AcceptorState {
         let mut out = Vec::with_capacity(ACCEPTOR_STATE_OVERHEAD_BYTES + data);
         out.push(FORMAT);
         out.extend_from_slice(&self.promised.to_le_bytes());
+        out.extend_from_slice(&self.committed.to_le_bytes());
         match &self.accepted {
             None => out.push(NOTHING_ACCEPTED),
             Some((ballot, entry)) => {
@@ -152,16 +181,16 @@ impl AcceptorState {
         if bytes.first() != Some(&FORMAT) {
             return Err(error("its format byte is unknown"));
         }
-        let promised = word(1)?;
-        let kind = *bytes.get(9).ok_or_else(|| error("it is cut short"))?;
+        let (promised, committed) = (word(1)?, word(9)?);
+        let kind = *bytes.get(17).ok_or_else(|| error("it is cut short"))?;
         if kind == NOTHING_ACCEPTED {
-            if bytes.len() != 10 {
+            if bytes.len() != 18 {
                 return Err(error("it has bytes after an empty acceptance"));
             }
-            return Ok(AcceptorState { promised, accepted: None });
+            return Ok(AcceptorState { promised, committed, accepted: None });
         }
-        let (ballot, version, time) = (word(10)?, word(18)?, word(26)?);
-        let data = bytes.slice(34.min(bytes.len())..);
+        let (ballot, version, time) = (word(18)?, word(26)?, word(34)?);
+        let data = bytes.slice(VALUE_OFFSET.min(bytes.len())..);
         let value = match kind {
             ACCEPTED_LIVE => PeerValue::Live { data, expires_at_ms: None },
             ACCEPTED_LIVE_EXPIRING => PeerValue::Live { data, expires_at_ms: Some(time) },
@@ -169,7 +198,7 @@ impl AcceptorState {
             ACCEPTED_TOMBSTONE => return Err(error("a tombstone carries a value")),
             _ => return Err(error("its kind byte is unknown")),
         };
-        Ok(AcceptorState { promised, accepted: Some((ballot, PeerEntry { version, value })) })
+        Ok(AcceptorState { promised, committed, accepted: Some((ballot, PeerEntry { version, value })) })
     }
 }
 
@@ -197,10 +226,10 @@ pub enum CasOutcome {
 pub enum CasStep {
     /// Send this request to every target and feed each answer to [`PaxosCas::on_answer`].
     Send(PeerMessage),
-    /// Write this entry to the key's replicas as an ordinary replicated write (hints for the
-    /// replicas down included), waiting for the commit's acknowledgements, then call
-    /// [`PaxosCas::on_committed`].
-    Commit(PeerEntry),
+    /// Commit this entry, chosen at `ballot`, to the key's replicas
+    /// ([`crate::Coordinator::commit`], hints for the replicas down included), waiting for the
+    /// commit's acknowledgements, then call [`PaxosCas::on_committed`].
+    Commit { ballot: u64, entry: PeerEntry },
     /// Begin again with a ballot above `above`; `contended`: another proposer holds a higher
     /// ballot, so pause a random while first.
     Retry { above: u64, contended: bool },
@@ -345,7 +374,7 @@ impl PaxosCas {
                         unreachable!("matched above")
                     };
                     self.phase = Phase::Commit { entry: entry.clone(), ours };
-                    return Some(CasStep::Commit(entry));
+                    return Some(CasStep::Commit { ballot: self.ballot, entry });
                 }
                 self.if_quorum_lost()
             }
@@ -399,10 +428,11 @@ impl PaxosCas {
             self.phase = Phase::Idle;
             return CasStep::Answer(Ok(CasOutcome::Swapped { version }));
         }
+        let committed = promises.iter().map(|promise| promise.committed).max().unwrap_or(0);
         let in_progress = promises
             .iter()
             .filter_map(|promise| promise.accepted.as_ref())
-            .filter(|(_, entry)| entry.version > newest_version)
+            .filter(|(ballot, _)| *ballot > committed)
             .max_by_key(|(ballot, _)| *ballot)
             .map(|(_, entry)| entry.clone());
         if let Some(entry) = in_progress {
@@ -516,8 +546,17 @@ mod tests {
     }
 
     fn promise(accepted: Option<(u64, PeerEntry)>, current: Option<&PeerEntry>) -> PeerMessage {
+        committed_promise(0, accepted, current)
+    }
+
+    fn committed_promise(
+        committed: u64,
+        accepted: Option<(u64, PeerEntry)>,
+        current: Option<&PeerEntry>,
+    ) -> PeerMessage {
+        let current = current.map(EntryHead::of);
         PeerMessage::PaxosPromise {
-            result: Ok(Promise { granted: true, promised: 0, accepted, current: current.map(EntryHead::of) }),
+            result: Ok(Promise { granted: true, promised: 0, committed, accepted, current }),
         }
     }
 
@@ -529,9 +568,10 @@ mod tests {
     fn states_round_trip_through_their_encoding() {
         let states = [
             AcceptorState::default(),
-            AcceptorState { promised: 9, accepted: Some((7, live(5, b"value"))) },
+            AcceptorState { promised: 9, committed: 3, accepted: Some((7, live(5, b"value"))) },
             AcceptorState {
                 promised: 9,
+                committed: 0,
                 accepted: Some((
                     9,
                     PeerEntry {
@@ -542,6 +582,7 @@ mod tests {
             },
             AcceptorState {
                 promised: 12,
+                committed: u64::MAX,
                 accepted: Some((
                     12,
                     PeerEntry { version: 3, value: PeerValue::Tombstone { deleted_at_ms: 44 } },
@@ -554,7 +595,7 @@ mod tests {
             for cut in 0..encoded.len() {
                 let decoded = AcceptorState::decode(&encoded.slice(..cut));
                 // A live value's bytes run to the end, so only cuts into the header must fail.
-                if cut < 34 {
+                if cut < VALUE_OFFSET {
                     assert!(decoded.is_err(), "{state:?} cut at {cut}");
                 }
             }
@@ -590,7 +631,7 @@ mod tests {
         };
         assert_eq!(entry, live(100, b"new"));
         assert_eq!(cas.on_answer(target(3), accept(), 0), None);
-        assert_eq!(cas.on_answer(target(1), accept(), 0), Some(CasStep::Commit(entry)));
+        assert_eq!(cas.on_answer(target(1), accept(), 0), Some(CasStep::Commit { ballot: 100, entry }));
         assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
     }
 
@@ -628,16 +669,15 @@ mod tests {
             })
         );
         cas.on_answer(target(1), accept(), 0);
-        assert_eq!(cas.on_answer(target(2), accept(), 0), Some(CasStep::Commit(stranded)));
+        assert_eq!(
+            cas.on_answer(target(2), accept(), 0),
+            Some(CasStep::Commit { ballot: 100, entry: stranded })
+        );
         assert_eq!(cas.on_committed(Ok(())), CasStep::Retry { above: 80, contended: false });
         // The next attempt finds the finished proposal current: the compare fails.
         cas.begin(101);
-        cas.on_answer(
-            target(1),
-            promise(Some((100, live(80, b"stranded"))), Some(&live(80, b"stranded"))),
-            0,
-        );
-        let step = cas.on_answer(target(3), promise(None, Some(&live(80, b"stranded"))), 0);
+        cas.on_answer(target(1), committed_promise(100, None, Some(&live(80, b"stranded"))), 0);
+        let step = cas.on_answer(target(3), committed_promise(100, None, Some(&live(80, b"stranded"))), 0);
         assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(80) }))));
     }
 
@@ -677,7 +717,7 @@ mod tests {
         cas.on_answer(target(3), promise(None, Some(&live(5, b"old"))), 0);
         cas.on_answer(target(1), accept(), 0);
         let step = cas.on_answer(target(3), accept(), 0).unwrap();
-        assert_eq!(step, CasStep::Commit(live(100, b"new")));
+        assert_eq!(step, CasStep::Commit { ballot: 301, entry: live(100, b"new") });
         assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
     }
 
@@ -706,5 +746,44 @@ mod tests {
         cas.on_answer(target(1), promise(None, Some(&live(150, b"ahead"))), 0);
         let step = cas.on_answer(target(2), promise(None, None), 0);
         assert_eq!(step, Some(CasStep::Retry { above: 150, contended: false }));
+    }
+
+    #[test]
+    fn a_commit_is_recorded_once_and_drops_the_proposal_it_supersedes() {
+        let mut state = AcceptorState::default();
+        assert!(state.propose(30, live(10, b"a")));
+        assert!(!state.commit(0));
+        assert!(state.commit(20));
+        assert_eq!(state.accepted, Some((30, live(10, b"a"))), "a commit below the acceptance keeps it");
+        assert!(state.commit(30));
+        assert_eq!((state.committed, state.accepted.clone()), (30, None));
+        assert!(!state.commit(25), "commits only rise");
+    }
+
+    /// A proposal re-proposed keeps its entry's version, so versions do not follow ballots. Here
+    /// E1 (version 10) was chosen when re-proposed at ballot 30 and committed on replica 1; E2
+    /// (version 20, accepted at ballot 20 on replica 2 only) was never chosen. A rule on versions
+    /// would call E2 in progress (its version is above every current one) and choose it too,
+    /// from the state E1 replaced; the commit ballots rule it out.
+    #[test]
+    fn a_stale_proposal_with_a_higher_version_is_not_taken_for_one_in_progress() {
+        let mut cas = swap(Expected::Version(5));
+        cas.begin(40);
+        cas.on_answer(target(1), committed_promise(30, None, Some(&live(10, b"e1"))), 0);
+        let step = cas.on_answer(
+            target(2),
+            committed_promise(0, Some((20, live(20, b"e2"))), Some(&live(5, b"old"))),
+            0,
+        );
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(10) }))));
+        // Before E1's commit, the highest ballot wins: E1 is finished, not E2.
+        let mut cas = swap(Expected::Version(5));
+        cas.begin(40);
+        cas.on_answer(target(1), promise(Some((30, live(10, b"e1"))), Some(&live(5, b"old"))), 0);
+        let step = cas.on_answer(target(2), promise(Some((20, live(20, b"e2"))), Some(&live(5, b"old"))), 0);
+        let Some(CasStep::Send(PeerMessage::PaxosPropose { ballot: 40, entry, .. })) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(entry, live(10, b"e1"));
     }
 }

@@ -6,6 +6,7 @@
 //!  Read { key, digest }     ─────────────────────▶ Work::Read   ─(engine: newest entry)──▶ ReadReply
 //!  PaxosPrepare { ballot }  ─▶ clock skew check ─▶ Work::Prepare ─(Paxos state, synced)──▶ PaxosPromise
 //!  PaxosPropose { entry }   ─▶ clock skew check ─▶ Work::Propose ─(Paxos state, synced)──▶ PaxosAccept
+//!  PaxosCommit { entry }    ─▶ clock skew check ─▶ Work::Commit  ─(apply, record ballot)─▶ ReplicateAck
 //! ```
 //!
 //! A write is applied if its version is higher than the replica's (the engine resolves by
@@ -31,6 +32,9 @@ pub enum Work {
     Prepare { key: Bytes, ballot: u64 },
     /// Paxos phase 2: accept `entry` at `ballot` unless a higher ballot was promised, durably.
     Propose { key: Bytes, ballot: u64, entry: PeerEntry },
+    /// Paxos phase 3: apply `entry` as [`Work::Apply`] does, and record `ballot` as the key's
+    /// most recent commit, then acknowledge with [`applied`].
+    Commit { key: Bytes, ballot: u64, entry: PeerEntry },
 }
 
 /// Takes a request from a coordinator. `Ok(None)`: the message is not a request (a reply,
@@ -67,6 +71,10 @@ pub fn accept(
         PeerMessage::PaxosPropose { key, ballot, entry } => {
             observe(envelope, clock, (*ballot).max(entry.version), now_ms, max_clock_skew_ms)?;
             Ok(Some(Work::Propose { key: key.clone(), ballot: *ballot, entry: entry.clone() }))
+        }
+        PeerMessage::PaxosCommit { key, ballot, entry } => {
+            observe(envelope, clock, (*ballot).max(entry.version), now_ms, max_clock_skew_ms)?;
+            Ok(Some(Work::Commit { key: key.clone(), ballot: *ballot, entry: entry.clone() }))
         }
         PeerMessage::Hello { .. }
         | PeerMessage::ReplicateAck { .. }

@@ -32,7 +32,7 @@ struct Acceptor {
 enum Message {
     Request { proposer: usize, step: u64, acceptor: usize, message: PeerMessage },
     Answer { proposer: usize, step: u64, acceptor: usize, message: PeerMessage },
-    Commit { proposer: usize, step: u64, acceptor: usize, entry: PeerEntry },
+    Commit { proposer: usize, step: u64, acceptor: usize, ballot: u64, entry: PeerEntry },
     Committed { proposer: usize, step: u64, acceptor: usize },
 }
 
@@ -135,11 +135,11 @@ impl World {
                     self.send(Message::Request { proposer, step: step_id, acceptor, message });
                 }
             }
-            CasStep::Commit(entry) => {
+            CasStep::Commit { ballot, entry } => {
                 self.proposers[proposer].commits.clear();
                 for acceptor in 0..ACCEPTORS {
                     let entry = entry.clone();
-                    self.send(Message::Commit { proposer, step: step_id, acceptor, entry });
+                    self.send(Message::Commit { proposer, step: step_id, acceptor, ballot, entry });
                 }
             }
             CasStep::Retry { above, .. } => self.proposers[proposer].retry_above = Some(above),
@@ -169,7 +169,8 @@ impl World {
                 let answer = self.accept(acceptor, message);
                 self.send(Message::Answer { proposer, step, acceptor, message: answer });
             }
-            Message::Commit { proposer, step, acceptor, entry } => {
+            Message::Commit { proposer, step, acceptor, ballot, entry } => {
+                self.acceptors[acceptor].state.commit(ballot);
                 let current = &mut self.acceptors[acceptor].current;
                 if current.as_ref().is_none_or(|current| current.version < entry.version) {
                     *current = Some(entry);
@@ -292,9 +293,13 @@ fn clone(message: &Message) -> Message {
             acceptor: *acceptor,
             message: message.clone(),
         },
-        Message::Commit { proposer, step, acceptor, entry } => {
-            Message::Commit { proposer: *proposer, step: *step, acceptor: *acceptor, entry: entry.clone() }
-        }
+        Message::Commit { proposer, step, acceptor, ballot, entry } => Message::Commit {
+            proposer: *proposer,
+            step: *step,
+            acceptor: *acceptor,
+            ballot: *ballot,
+            entry: entry.clone(),
+        },
         Message::Committed { proposer, step, acceptor } => {
             Message::Committed { proposer: *proposer, step: *step, acceptor: *acceptor }
         }

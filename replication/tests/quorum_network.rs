@@ -154,7 +154,9 @@ impl Cluster {
                 let answer = replica::read_answer(&envelope, digest_only, Ok(entry));
                 outputs.push(Output::Send { to: from, envelope: answer });
             }
-            Ok(Some(replica::Work::Prepare { .. } | replica::Work::Propose { .. })) => {
+            Ok(Some(
+                replica::Work::Prepare { .. } | replica::Work::Propose { .. } | replica::Work::Commit { .. },
+            )) => {
                 unreachable!("this network carries no compare-and-swap")
             }
             Ok(None) => node.coordinator.on_reply(from, envelope, &mut outputs),

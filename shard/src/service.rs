@@ -110,6 +110,8 @@ pub struct ShardService {
     /// task answering metrics scrapes with the engine's and cluster's figures.
     cluster_tasks: Vec<JoinHandle<()>>,
     cluster_stop: Rc<StopSignal>,
+    /// The Paxos state of compare-and-swaps across replicas, when keys have several copies.
+    paxos_engine: Option<EngineService>,
 }
 
 /// Open connections of one shard, with a wake-up when the last one closes.
@@ -212,7 +214,7 @@ impl ShardService {
             vnodes_per_shard: config.vnodes_per_shard as u32,
             tokens,
         };
-        let (cluster, mut cluster_tasks, cluster_stop) =
+        let (cluster, mut cluster_tasks, cluster_stop, paxos_engine) =
             start_cluster(shard_id, config, identity, handler.clone(), membership, known_peers, &directory)
                 .await?;
         if let Some(inbox) = figures {
@@ -303,6 +305,7 @@ impl ShardService {
             cluster,
             cluster_tasks,
             cluster_stop,
+            paxos_engine,
         })
     }
 
@@ -352,6 +355,11 @@ impl ShardService {
             task.await;
         }
         self.cluster.stop().await;
+        if let Some(paxos_engine) = self.paxos_engine {
+            if let Err(source) = paxos_engine.stop().await {
+                warn!(%source, "the Paxos engine failed to close cleanly; the states it acknowledged are durable");
+            }
+        }
         self.forwarding.close();
         for receiver in &self.receivers {
             // Every shard has drained: nothing more will be forwarded, so the receive tasks
@@ -391,7 +399,7 @@ async fn start_cluster(
     membership: MembershipChannels,
     known_peers: BTreeMap<u16, NodeIdentity>,
     shard_directory: &std::path::Path,
-) -> Result<(Rc<Cluster>, Vec<JoinHandle<()>>, Rc<StopSignal>), ShardError> {
+) -> Result<(Rc<Cluster>, Vec<JoinHandle<()>>, Rc<StopSignal>, Option<EngineService>), ShardError> {
     let origin = LinkOrigin { node_id: config.node_id, shard: shard_id, generation: identity.generation };
     let settings = ClusterSettings {
         write_consistency: config.write_consistency,
@@ -444,6 +452,18 @@ async fn start_cluster(
         );
     }
     let cluster = Cluster::new(origin, settings, handler, view, handoff);
+    // Compare-and-swap across replicas keeps its Paxos state beside the shard's data, in an
+    // engine of its own.
+    let paxos_engine = if config.replication_factor > 1 {
+        let engine =
+            crate::cluster::paxos::open_engine(&shard_directory.join("paxos"), &config.engine_options())
+                .await
+                .map_err(|source| ShardError::Storage { shard_id, source })?;
+        cluster.set_paxos_engine(engine.engine().clone());
+        Some(engine)
+    } else {
+        None
+    };
     if let Some(tls) = crate::tls::TlsSettings::load(config)? {
         cluster.set_tls(tls, Duration::from_millis(config.frame_timeout_ms));
     }
@@ -488,7 +508,7 @@ async fn start_cluster(
             );
         }
     }
-    Ok((cluster, tasks, stop))
+    Ok((cluster, tasks, stop, paxos_engine))
 }
 
 /// Accepts connections on `listener` until `stop`, handing each to `start`. A failed accept

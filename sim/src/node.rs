@@ -396,6 +396,13 @@ impl Node {
                     .map_err(storage_failure);
                 Some(replica::read_answer(envelope, digest_only, result))
             }
+            Ok(Some(
+                replica::Work::Prepare { .. } | replica::Work::Propose { .. } | replica::Work::Commit { .. },
+            )) => {
+                let failure =
+                    PeerFailure::new(PeerErrorCode::Invalid, "the simulated nodes run no compare-and-swap");
+                Some(replica::refusal(envelope, failure))
+            }
             Ok(None) => None,
             Err(failure) => Some(replica::refusal(envelope, failure)),
         }

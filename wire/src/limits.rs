@@ -92,8 +92,9 @@ pub const VERIFIER_OPTIONS: VerifierOptions = VerifierOptions {
 
 /// Largest peer frame payload accepted (the length prefix excluded), in bytes: one maximal value
 /// plus headroom, exactly like a client frame, since a `Replicate`, a `ReadReply`, a
-/// `PaxosPropose` or a `PaxosPromise` carries at most one value. Being equal, the two protocols share [`crate::FrameDecoder`] and
-/// [`crate::WireError::FrameTooLarge`]; split those if the limits ever differ.
+/// `PaxosPropose`, a `PaxosCommit` or a `PaxosPromise` carries at most one value. Being equal,
+/// the two protocols share [`crate::FrameDecoder`] and [`crate::WireError::FrameTooLarge`];
+/// split those if the limits ever differ.
 pub const PEER_FRAME_BYTES_MAX: usize = FRAME_BYTES_MAX;
 
 /// Largest membership (SWIM) payload one peer message may carry, in bytes. A membership message
@@ -181,7 +182,7 @@ const _: () = assert!(TABLES_MAX >= SCAN_LIMIT_MAX as usize + 2);
 // A batch must be able to carry at least one operation per entry with a minimal key.
 const _: () = assert!(BATCH_OPERATIONS_MAX * (KEY_BYTES_MIN + 64) <= FRAME_BYTES_MAX);
 const _: () = assert!(PEER_FRAME_BYTES_MAX == FRAME_BYTES_MAX);
-// A maximal replicated entry, or a read reply, a Paxos proposal or a Paxos promise carrying one,
+// A maximal replicated entry, or a read reply, a Paxos proposal, commit or promise carrying one,
 // fits in one peer frame (a promise carries one value at most: the current entry is only its
 // head).
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);

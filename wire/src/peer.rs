@@ -16,6 +16,8 @@
 //!           ◀─────────────── PaxosPromise { result }          ┘
 //!  PaxosPropose { key, ballot, entry } ────▶  accept if promised ─┐
 //!           ◀─────────────── PaxosAccept { result }               ┘
+//!  PaxosCommit { key, ballot, entry } ─────▶  apply, record the commit ─┐
+//!           ◀─────────────── ReplicateAck { result }                    ┘
 //!  Membership { payload } ◀──────────────▶  (SWIM datagrams between nodes)
 //! ```
 
@@ -140,6 +142,11 @@ pub enum PeerMessage {
     PaxosPropose { key: Bytes, ballot: u64, entry: PeerEntry },
     /// The answer to [`PeerMessage::PaxosPropose`].
     PaxosAccept { result: Result<Acceptance, PeerFailure> },
+    /// Paxos phase 3: the proposal a majority accepted at `ballot` is chosen. Apply `entry` to
+    /// `key` as [`PeerMessage::Replicate`] does (if it outranks what the replica holds) and
+    /// record `ballot` as the key's most recent commit. Answered with
+    /// [`PeerMessage::ReplicateAck`].
+    PaxosCommit { key: Bytes, ballot: u64, entry: PeerEntry },
 }
 
 /// The head of an entry: what a compare needs, without the value.
@@ -177,6 +184,9 @@ pub struct Promise {
     pub granted: bool,
     /// When not granted, the higher ballot the replica had promised.
     pub promised: u64,
+    /// The highest ballot whose commit ([`PeerMessage::PaxosCommit`]) this replica applied, 0
+    /// when none.
+    pub committed: u64,
     /// The proposal the replica accepted last, with its ballot, or `None` when it accepted none.
     pub accepted: Option<(u64, PeerEntry)>,
     /// The head of the replica's newest entry for the key, or `None` when it has never seen the
@@ -260,6 +270,7 @@ impl PeerMessage {
                 | PeerMessage::RepairRequest { .. }
                 | PeerMessage::PaxosPrepare { .. }
                 | PeerMessage::PaxosPropose { .. }
+                | PeerMessage::PaxosCommit { .. }
         )
     }
 }
@@ -375,7 +386,7 @@ impl PeerEnvelope {
                 Ok(Promise { accepted: None, .. }) => Ok(()),
                 Err(failure) => failure.validate(),
             },
-            PeerMessage::PaxosPropose { key, entry, .. } => {
+            PeerMessage::PaxosPropose { key, entry, .. } | PeerMessage::PaxosCommit { key, entry, .. } => {
                 validate_key(key)?;
                 entry.validate()
             }
@@ -477,10 +488,31 @@ mod tests {
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
             ),
             (
+                envelope(PeerMessage::PaxosCommit { key: Bytes::new(), ballot: 1, entry: live(1) }),
+                WireError::KeyEmpty,
+            ),
+            (
+                envelope(PeerMessage::PaxosCommit {
+                    key: vec![1; KEY_BYTES_MAX + 1].into(),
+                    ballot: 1,
+                    entry: live(1),
+                }),
+                WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosCommit {
+                    key: "k".into(),
+                    ballot: 1,
+                    entry: live(VALUE_BYTES_MAX + 1),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
                 envelope(PeerMessage::PaxosPromise {
                     result: Ok(Promise {
                         granted: true,
                         promised: 1,
+                        committed: 1,
                         accepted: Some((1, live(VALUE_BYTES_MAX + 1))),
                         current: None,
                     }),
@@ -529,9 +561,20 @@ mod tests {
                 result: Ok(Promise {
                     granted: true,
                     promised: u64::MAX,
+                    committed: u64::MAX,
                     accepted: Some((u64::MAX, entry.clone())),
                     current: Some(EntryHead::of(&entry)),
                 }),
+            }),
+            envelope(PeerMessage::PaxosCommit {
+                key: vec![1; KEY_BYTES_MAX].into(),
+                ballot: u64::MAX,
+                entry: entry.clone(),
+            }),
+            envelope(PeerMessage::PaxosCommit {
+                key: vec![1; KEY_BYTES_MIN].into(),
+                ballot: 0,
+                entry: entry.clone(),
             }),
             envelope(PeerMessage::PaxosPrepare { key: vec![1; KEY_BYTES_MIN].into(), ballot: 0 }),
             envelope(PeerMessage::Replicate { key: vec![1; KEY_BYTES_MAX].into(), entry }),

@@ -218,6 +218,7 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
                     None => Ok(Promise {
                         granted: promise.granted(),
                         promised: promise.promised(),
+                        committed: promise.committed(),
                         accepted: promise
                             .accepted()
                             .map(|entry| parse_entry(entry, bytes))
@@ -247,6 +248,14 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
                     Some(failure) => Err(parse_failure(failure)?),
                     None => Ok(Acceptance { accepted: accept.accepted(), promised: accept.promised() }),
                 },
+            }
+        }
+        fb::Message::PaxosCommit => {
+            let commit = root.message_as_paxos_commit().ok_or_else(missing)?;
+            PeerMessage::PaxosCommit {
+                key: bytes(commit.key().bytes()),
+                ballot: commit.ballot(),
+                entry: parse_entry(commit.entry(), bytes)?,
             }
         }
         fb::Message::NONE => return Err(missing()),
@@ -533,6 +542,7 @@ fn encode_message(
                         accepted,
                         current,
                         failure: None,
+                        committed: promise.committed,
                     }
                 }
                 Err(failure) => fb::PaxosPromiseArgs {
@@ -564,6 +574,15 @@ fn encode_message(
                 },
             };
             (fb::Message::PaxosAccept, fb::PaxosAccept::create(builder, &args).as_union_value())
+        }
+        PeerMessage::PaxosCommit { key, ballot, entry } => {
+            let key = create_bytes(builder, &key[..]);
+            let entry = encode_entry(builder, entry);
+            let commit = fb::PaxosCommit::create(
+                builder,
+                &fb::PaxosCommitArgs { key: Some(key), ballot: *ballot, entry: Some(entry) },
+            );
+            (fb::Message::PaxosCommit, commit.as_union_value())
         }
     }
 }
@@ -711,6 +730,7 @@ mod tests {
                 result: Ok(Promise {
                     granted: true,
                     promised: 0,
+                    committed: u64::MAX,
                     accepted: Some((u64::MAX - 1, proposed.clone())),
                     current: Some(EntryHead { version: 11, tombstone: false, expires_at_ms: Some(0) }),
                 }),
@@ -719,25 +739,36 @@ mod tests {
                 result: Ok(Promise {
                     granted: true,
                     promised: 0,
+                    committed: 4,
                     accepted: Some((5, tombstone.clone())),
                     current: Some(EntryHead::of(&tombstone)),
                 }),
             },
             PeerMessage::PaxosPromise {
-                result: Ok(Promise { granted: true, promised: 0, accepted: None, current: None }),
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 0,
+                    committed: 0,
+                    accepted: None,
+                    current: None,
+                }),
             },
             PeerMessage::PaxosPromise {
                 result: Ok(Promise {
                     granted: false,
                     promised: u64::MAX,
+                    committed: 0x0000_0190_0000_0402,
                     accepted: None,
                     current: Some(EntryHead { version: 3, tombstone: false, expires_at_ms: None }),
                 }),
             },
-            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: u64::MAX, entry: proposed },
-            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: 1, entry: tombstone },
+            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: u64::MAX, entry: proposed.clone() },
+            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: 1, entry: tombstone.clone() },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 0 }) },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: u64::MAX }) },
+            PeerMessage::PaxosCommit { key: "account:7".into(), ballot: u64::MAX, entry: proposed },
+            PeerMessage::PaxosCommit { key: "k".into(), ballot: 0, entry: tombstone },
+            PeerMessage::PaxosCommit { key: "session".into(), ballot: 7, entry: live(b"", None) },
         ]
     }
 
@@ -854,15 +885,22 @@ mod tests {
 
     #[test]
     fn paxos_requests_are_requests_and_their_answers_are_not() {
-        let [prepare, promise, propose, accept] = [
+        let [prepare, promise, propose, accept, commit] = [
             PeerMessage::PaxosPrepare { key: "k".into(), ballot: 1 },
             PeerMessage::PaxosPromise {
-                result: Ok(Promise { granted: true, promised: 1, accepted: None, current: None }),
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 1,
+                    committed: 0,
+                    accepted: None,
+                    current: None,
+                }),
             },
             PeerMessage::PaxosPropose { key: "k".into(), ballot: 1, entry: live(b"v", None) },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 1 }) },
+            PeerMessage::PaxosCommit { key: "k".into(), ballot: 1, entry: live(b"v", None) },
         ];
-        assert!(prepare.is_request() && propose.is_request());
+        assert!(prepare.is_request() && propose.is_request() && commit.is_request());
         assert!(!promise.is_request() && !accept.is_request());
     }
 
@@ -900,6 +938,7 @@ mod tests {
                     accepted: Some(entry),
                     current: Some(current),
                     failure: Some(failure),
+                    committed: 1,
                 },
             );
             (fb::Message::PaxosPromise, Some(promise.as_union_value()))
@@ -944,7 +983,13 @@ mod tests {
         assert_eq!(
             parse_peer(&frame).map(|envelope| envelope.message),
             Ok(PeerMessage::PaxosPromise {
-                result: Ok(Promise { granted: true, promised: 3, accepted: None, current: None })
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 3,
+                    committed: 0,
+                    accepted: None,
+                    current: None
+                })
             })
         );
     }
@@ -1015,6 +1060,14 @@ mod tests {
                 },
                 KEY_BYTES_MAX + VALUE_BYTES_MAX,
             ),
+            (
+                PeerMessage::PaxosCommit {
+                    key: vec![b'k'; KEY_BYTES_MAX].into(),
+                    ballot: u64::MAX,
+                    entry: maximal_entry.clone(),
+                },
+                KEY_BYTES_MAX + VALUE_BYTES_MAX,
+            ),
             // A promise carries at most one value (the accepted entry's); the current entry is
             // only its head.
             (
@@ -1022,6 +1075,7 @@ mod tests {
                     result: Ok(Promise {
                         granted: false,
                         promised: u64::MAX,
+                        committed: u64::MAX,
                         accepted: Some((u64::MAX, maximal_entry.clone())),
                         current: Some(EntryHead::of(&maximal_entry)),
                     }),
@@ -1132,10 +1186,31 @@ mod tests {
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
             ),
             (
+                envelope(PeerMessage::PaxosCommit { key: Bytes::new(), ballot: 1, entry: live(b"v", None) }),
+                WireError::KeyEmpty,
+            ),
+            (
+                envelope(PeerMessage::PaxosCommit {
+                    key: vec![1; KEY_BYTES_MAX + 1].into(),
+                    ballot: 1,
+                    entry: live(b"v", None),
+                }),
+                WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
+            ),
+            (
+                envelope(PeerMessage::PaxosCommit {
+                    key: "k".into(),
+                    ballot: 1,
+                    entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
+                }),
+                WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
+            ),
+            (
                 envelope(PeerMessage::PaxosPromise {
                     result: Ok(Promise {
                         granted: true,
                         promised: 1,
+                        committed: 1,
                         accepted: Some((1, live(&vec![0; VALUE_BYTES_MAX + 1], None))),
                         current: None,
                     }),
@@ -1265,6 +1340,7 @@ mod tests {
         assert_malformed(&raw_envelope(|_| (fb::Message::Replicate, None)));
         assert_malformed(&raw_envelope(|_| (fb::Message::PaxosPromise, None)));
         assert_malformed(&raw_envelope(|_| (fb::Message::PaxosPropose, None)));
+        assert_malformed(&raw_envelope(|_| (fb::Message::PaxosCommit, None)));
     }
 
     #[test]
@@ -1337,6 +1413,44 @@ mod tests {
             builder.push_slot_always(fb::PaxosPropose::VT_ENTRY, entry);
             let propose: WIPOffset<fb::PaxosPropose> = WIPOffset::new(builder.end_table(table).value());
             (fb::Message::PaxosPropose, Some(propose.as_union_value()))
+        }));
+        // A Paxos commit without its entry, and one without its key.
+        assert_malformed(&raw_envelope(|builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let table = builder.start_table();
+            builder.push_slot_always(fb::PaxosCommit::VT_KEY, key);
+            builder.push_slot::<u64>(fb::PaxosCommit::VT_BALLOT, 7, 0);
+            let commit: WIPOffset<fb::PaxosCommit> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::PaxosCommit, Some(commit.as_union_value()))
+        }));
+        assert_malformed(&raw_envelope(|builder| {
+            let tombstone = fb::Tombstone::create(builder, &fb::TombstoneArgs { deleted_at_ms: 1 });
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs {
+                    version: 1,
+                    value_type: fb::Value::Tombstone,
+                    value: Some(tombstone.as_union_value()),
+                },
+            );
+            let table = builder.start_table();
+            builder.push_slot_always(fb::PaxosCommit::VT_ENTRY, entry);
+            builder.push_slot::<u64>(fb::PaxosCommit::VT_BALLOT, 7, 0);
+            let commit: WIPOffset<fb::PaxosCommit> = WIPOffset::new(builder.end_table(table).value());
+            (fb::Message::PaxosCommit, Some(commit.as_union_value()))
+        }));
+        // A Paxos commit whose entry has neither value nor tombstone.
+        assert_malformed(&raw_envelope(|builder| {
+            let key = builder.create_vector(b"k".as_slice());
+            let entry = fb::Entry::create(
+                builder,
+                &fb::EntryArgs { version: 1, value_type: fb::Value::NONE, value: None },
+            );
+            let commit = fb::PaxosCommit::create(
+                builder,
+                &fb::PaxosCommitArgs { key: Some(key), ballot: 7, entry: Some(entry) },
+            );
+            (fb::Message::PaxosCommit, Some(commit.as_union_value()))
         }));
         // A promise whose accepted entry has neither value nor tombstone.
         assert_malformed(&raw_envelope(|builder| {
@@ -1533,15 +1647,13 @@ mod tests {
                 (
                     any::<bool>(),
                     any::<u64>(),
+                    any::<u64>(),
                     proptest::option::of((any::<u64>(), arbitrary_entry())),
                     proptest::option::of(arbitrary_head()),
                 )
-                    .prop_map(|(granted, promised, accepted, current)| Ok(Promise {
-                        granted,
-                        promised,
-                        accepted,
-                        current
-                    })),
+                    .prop_map(|(granted, promised, committed, accepted, current)| Ok(
+                        Promise { granted, promised, committed, accepted, current }
+                    )),
                 arbitrary_failure().prop_map(Err),
             ]
             .prop_map(|result| PeerMessage::PaxosPromise { result }),
@@ -1553,6 +1665,8 @@ mod tests {
                 arbitrary_failure().prop_map(Err),
             ]
             .prop_map(|result| PeerMessage::PaxosAccept { result }),
+            (arbitrary_key(), any::<u64>(), arbitrary_entry())
+                .prop_map(|(key, ballot, entry)| PeerMessage::PaxosCommit { key, ballot, entry }),
         ]
     }
 

@@ -387,12 +387,14 @@ mod tests {
                 result: Ok(Promise {
                     granted: true,
                     promised: 3,
+                    committed: 1,
                     accepted: Some((2, entry.clone())),
                     current: Some(EntryHead::of(&entry)),
                 }),
             },
-            PeerMessage::PaxosPropose { key: Bytes::from_static(b"k"), ballot: 3, entry },
+            PeerMessage::PaxosPropose { key: Bytes::from_static(b"k"), ballot: 3, entry: entry.clone() },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 3 }) },
+            PeerMessage::PaxosCommit { key: Bytes::from_static(b"k"), ballot: 3, entry },
         ] {
             let envelope = PeerEnvelope { origin_node: 1, origin_shard: 0, request_id: 4, message };
             assert!(parse_replication(&encode(&envelope)).is_none());

@@ -367,19 +367,19 @@ impl Cluster {
         next | HEALING_REQUEST_BIT
     }
 
-    /// Takes the answer to a healing request; false if `envelope` is not one.
-    pub fn on_healing_reply(&self, envelope: PeerEnvelope) -> Result<(), PeerEnvelope> {
+    /// Takes the answer to a healing request; hands `envelope` back when it is not one.
+    pub fn on_healing_reply(&self, envelope: PeerEnvelope) -> Option<PeerEnvelope> {
         if envelope.request_id & HEALING_REQUEST_BIT == 0 {
-            return Err(envelope);
+            return Some(envelope);
         }
         if let Some(waiter) = self.healing.waiters.borrow_mut().remove(&envelope.request_id) {
             let _ = waiter.try_send(envelope);
         }
-        Ok(())
+        None
     }
 
     /// Sends a healing request to `to` and waits for its answer (`None`: no answer in time).
-    async fn ask(&self, to: Target, message: PeerMessage) -> Option<PeerMessage> {
+    pub(super) async fn ask(&self, to: Target, message: PeerMessage) -> Option<PeerMessage> {
         let request_id = self.next_healing_id();
         let envelope = PeerEnvelope {
             origin_node: self.origin.node_id,

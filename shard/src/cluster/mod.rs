@@ -21,11 +21,13 @@
 //! - [`trees`]: [`trees::RangeTrees`], the anti-entropy tree of every range this node replicates.
 //! - [`handoff`]: [`handoff::Handoff`], the hints kept for replicas that missed writes.
 //! - [`healing`]: tree maintenance, anti-entropy rounds and hint replay on this shard.
+//! - [`paxos`]: compare-and-swap across replicas: the Paxos acceptor and the swap driver.
 
 pub mod gossip;
 pub mod handoff;
 pub mod healing;
 pub mod known_peers;
+pub mod paxos;
 pub mod peer_auth;
 pub mod peer_link;
 pub mod peer_server;
@@ -127,6 +129,10 @@ pub struct Cluster {
     /// restored yet: it answers no replica read of a range until anti-entropy repaired the range
     /// after this.
     rebuilding_since_ms: Cell<Option<u64>>,
+    /// The engine of this shard's Paxos state (see [`paxos`]), when keys have several copies.
+    paxos: std::cell::OnceCell<Rc<ringkv_storage::Engine<DmaDisk>>>,
+    /// Compare-and-swaps this shard coordinates now; at most `peer_pending_max`.
+    swaps_running: Cell<usize>,
 }
 
 impl Cluster {
@@ -163,6 +169,8 @@ impl Cluster {
             own_commits: CommitQueue::default(),
             own_committer_running: Cell::new(false),
             rebuilding_since_ms: Cell::new(None),
+            paxos: std::cell::OnceCell::new(),
+            swaps_running: Cell::new(0),
         })
     }
 
@@ -403,11 +411,10 @@ impl Cluster {
                 let entry = PeerEntry { version, value: PeerValue::Tombstone { deleted_at_ms: now } };
                 self.start_write(Bytes::copy_from_slice(&key), entry, consistency, done);
             }
-            Operation::CompareAndSwap { .. } => done(Err(Failure::new(
-                ErrorCode::Unavailable,
-                "compare-and-swap needs replication_factor 1 for now: with several copies of a key it is \
-                 refused until it is made linearizable across replicas",
-            ))),
+            Operation::CompareAndSwap { key, expected, value, ttl_ms } => {
+                let request = paxos::cas_request(&key, expected, &value, ttl_ms, now);
+                self.start_swap(request, consistency, done);
+            }
         }
     }
 
@@ -528,7 +535,7 @@ impl Cluster {
     }
 
     fn on_reply(&self, from: Target, envelope: PeerEnvelope) {
-        let Err(envelope) = self.on_healing_reply(envelope) else { return };
+        let Some(envelope) = self.on_healing_reply(envelope) else { return };
         let mut out = Vec::new();
         self.coordinator.borrow_mut().on_reply(from, envelope, &mut out);
         self.dispatch(out);
@@ -627,7 +634,12 @@ impl Cluster {
     /// local engine and returns the answer.
     pub async fn serve_replica(&self, envelope: &PeerEnvelope) -> PeerEnvelope {
         let engine = self.handler.engine();
-        if let PeerMessage::Replicate { key, .. } | PeerMessage::Read { key, .. } = &envelope.message {
+        if let PeerMessage::Replicate { key, .. }
+        | PeerMessage::Read { key, .. }
+        | PeerMessage::PaxosPrepare { key, .. }
+        | PeerMessage::PaxosPropose { key, .. }
+        | PeerMessage::PaxosCommit { key, .. } = &envelope.message
+        {
             if !self.view.borrow().owns(key, self.origin.shard) {
                 let failure = PeerFailure {
                     code: PeerErrorCode::WrongShard,
@@ -663,6 +675,33 @@ impl Cluster {
                     .map(|entry| entry.map(PeerEntry::from))
                     .map_err(healing::storage_failure);
                 replica::read_answer(envelope, digest_only, result)
+            }
+            Ok(Some(replica::Work::Prepare { key, ballot })) => {
+                // A copy that may lack acknowledged writes must not take part in a decision
+                // about what the key holds.
+                if let Some(failure) = self.rebuilding_refusal(&key) {
+                    return replica::refusal(envelope, failure);
+                }
+                replica::promised(envelope, self.paxos_prepare(key, ballot).await)
+            }
+            Ok(Some(replica::Work::Propose { key, ballot, entry })) => {
+                if let Some(failure) = self.rebuilding_refusal(&key) {
+                    return replica::refusal(envelope, failure);
+                }
+                replica::accepted(envelope, self.paxos_propose(key, ballot, entry).await)
+            }
+            Ok(Some(replica::Work::Commit { key, ballot, entry })) => {
+                // The entry first: a crash before the ballot is recorded leaves the proposal
+                // looking unfinished, and finishing it again writes the same entry.
+                let applied = self
+                    .apply_tracked(key.clone(), Entry::from(entry))
+                    .await
+                    .map_err(healing::storage_failure);
+                let result = match applied {
+                    Ok(_) => self.paxos_committed(key, ballot).await,
+                    Err(failure) => Err(failure),
+                };
+                replica::applied(envelope, result)
             }
             Ok(None) => replica::refusal(
                 envelope,

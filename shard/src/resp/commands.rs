@@ -17,7 +17,7 @@
 //! - SET NX/XX/GET, SETNX, GETEX, EXPIRE, PEXPIRE, PERSIST, INCR/DECR/INCRBY/DECRBY, MSETNX of one
 //!   key: read the key, then compare-and-swap against the version read, retried up to
 //!   [`CAS_ATTEMPTS_MAX`] times when another write came between. With several copies of each
-//!   key the cluster refuses compare-and-swap today, and these commands answer its error.
+//!   key the compare-and-swap runs Paxos over the key's replicas.
 //! - TTL, PTTL: a read, which returns the value's expiry with it (-2 for a missing key, -1 for
 //!   one that never expires, else the time left by this node's clock). SET KEEPTTL, INCR and
 //!   friends write the expiry read back; EXPIRE's NX/XX/GT/LT, PERSIST and GETEX PERSIST decide

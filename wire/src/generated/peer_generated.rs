@@ -401,10 +401,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for TreeLevel {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MESSAGE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MESSAGE: u8 = 16;
+pub const ENUM_MAX_MESSAGE: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MESSAGE: [Message; 17] = [
+pub const ENUM_VALUES_MESSAGE: [Message; 18] = [
   Message::NONE,
   Message::Hello,
   Message::Replicate,
@@ -422,6 +422,7 @@ pub const ENUM_VALUES_MESSAGE: [Message; 17] = [
   Message::PaxosPromise,
   Message::PaxosPropose,
   Message::PaxosAccept,
+  Message::PaxosCommit,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -446,9 +447,10 @@ impl Message {
   pub const PaxosPromise: Self = Self(14);
   pub const PaxosPropose: Self = Self(15);
   pub const PaxosAccept: Self = Self(16);
+  pub const PaxosCommit: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -467,6 +469,7 @@ impl Message {
     Self::PaxosPromise,
     Self::PaxosPropose,
     Self::PaxosAccept,
+    Self::PaxosCommit,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -488,6 +491,7 @@ impl Message {
       Self::PaxosPromise => Some("PaxosPromise"),
       Self::PaxosPropose => Some("PaxosPropose"),
       Self::PaxosAccept => Some("PaxosAccept"),
+      Self::PaxosCommit => Some("PaxosCommit"),
       _ => None,
     }
   }
@@ -3137,7 +3141,8 @@ pub enum PaxosPromiseOffset {}
 /// The answer to `PaxosPrepare`. `granted`: the replica promised the ballot; otherwise
 /// `promised` is the higher ballot it had promised. `accepted_ballot` and `accepted` are the
 /// proposal the replica accepted last (`accepted` absent: none). `current` is the head of the
-/// replica's newest entry for the key (absent: it has never seen the key). `failure` set:
+/// replica's newest entry for the key (absent: it has never seen the key). `committed`: the
+/// highest ballot whose commit (`PaxosCommit`) this replica applied, 0 when none. `failure` set:
 /// nothing else is.
 pub struct PaxosPromise<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
@@ -3158,6 +3163,7 @@ impl<'a> PaxosPromise<'a> {
   pub const VT_ACCEPTED: ::flatbuffers::VOffsetT = 10;
   pub const VT_CURRENT: ::flatbuffers::VOffsetT = 12;
   pub const VT_FAILURE: ::flatbuffers::VOffsetT = 14;
+  pub const VT_COMMITTED: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3169,6 +3175,7 @@ impl<'a> PaxosPromise<'a> {
     args: &'args PaxosPromiseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PaxosPromise<'bldr>> {
     let mut builder = PaxosPromiseBuilder::new(_fbb);
+    builder.add_committed(args.committed);
     builder.add_accepted_ballot(args.accepted_ballot);
     builder.add_promised(args.promised);
     if let Some(x) = args.failure { builder.add_failure(x); }
@@ -3221,6 +3228,13 @@ impl<'a> PaxosPromise<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Failure>>(PaxosPromise::VT_FAILURE, None)}
   }
+  #[inline]
+  pub fn committed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPromise::VT_COMMITTED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
@@ -3235,6 +3249,7 @@ impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("accepted", Self::VT_ACCEPTED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<EntryHead>>("current", Self::VT_CURRENT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Failure>>("failure", Self::VT_FAILURE, false)?
+     .visit_field::<u64>("committed", Self::VT_COMMITTED, false)?
      .finish();
     Ok(())
   }
@@ -3246,6 +3261,7 @@ pub struct PaxosPromiseArgs<'a> {
     pub accepted: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
     pub current: Option<::flatbuffers::WIPOffset<EntryHead<'a>>>,
     pub failure: Option<::flatbuffers::WIPOffset<Failure<'a>>>,
+    pub committed: u64,
 }
 impl<'a> Default for PaxosPromiseArgs<'a> {
   #[inline]
@@ -3257,6 +3273,7 @@ impl<'a> Default for PaxosPromiseArgs<'a> {
       accepted: None,
       current: None,
       failure: None,
+      committed: 0,
     }
   }
 }
@@ -3291,6 +3308,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPromiseBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Failure>>(PaxosPromise::VT_FAILURE, failure);
   }
   #[inline]
+  pub fn add_committed(&mut self, committed: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPromise::VT_COMMITTED, committed, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPromiseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PaxosPromiseBuilder {
@@ -3314,6 +3335,7 @@ impl ::core::fmt::Debug for PaxosPromise<'_> {
       ds.field("accepted", &self.accepted());
       ds.field("current", &self.current());
       ds.field("failure", &self.failure());
+      ds.field("committed", &self.committed());
       ds.finish()
   }
 }
@@ -3579,6 +3601,141 @@ impl ::core::fmt::Debug for PaxosAccept<'_> {
       ds.field("accepted", &self.accepted());
       ds.field("promised", &self.promised());
       ds.field("failure", &self.failure());
+      ds.finish()
+  }
+}
+pub enum PaxosCommitOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Paxos phase 3: the proposal accepted by a majority at `ballot` is chosen: apply `entry` to
+/// `key` as a replicated write does (if it outranks what the replica holds) and record `ballot`
+/// as the key's most recent commit. Answered with `ReplicateAck`.
+pub struct PaxosCommit<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PaxosCommit<'a> {
+  type Inner = PaxosCommit<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PaxosCommit<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ENTRY: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PaxosCommit { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PaxosCommitArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PaxosCommit<'bldr>> {
+    let mut builder = PaxosCommitBuilder::new(_fbb);
+    builder.add_ballot(args.ballot);
+    if let Some(x) = args.entry { builder.add_entry(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PaxosCommit::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn ballot(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosCommit::VT_BALLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn entry(&self) -> Entry<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Entry>>(PaxosCommit::VT_ENTRY, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PaxosCommit<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<u64>("ballot", Self::VT_BALLOT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("entry", Self::VT_ENTRY, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PaxosCommitArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ballot: u64,
+    pub entry: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
+}
+impl<'a> Default for PaxosCommitArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PaxosCommitArgs {
+      key: None, // required field
+      ballot: 0,
+      entry: None, // required field
+    }
+  }
+}
+
+pub struct PaxosCommitBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosCommitBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosCommit::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_ballot(&mut self, ballot: u64) {
+    self.fbb_.push_slot::<u64>(PaxosCommit::VT_BALLOT, ballot, 0);
+  }
+  #[inline]
+  pub fn add_entry(&mut self, entry: ::flatbuffers::WIPOffset<Entry<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Entry>>(PaxosCommit::VT_ENTRY, entry);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosCommitBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PaxosCommitBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PaxosCommit<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PaxosCommit::VT_KEY,"key");
+    self.fbb_.required(o, PaxosCommit::VT_ENTRY,"entry");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PaxosCommit<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PaxosCommit");
+      ds.field("key", &self.key());
+      ds.field("ballot", &self.ballot());
+      ds.field("entry", &self.entry());
       ds.finish()
   }
 }
@@ -3901,6 +4058,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_paxos_commit(&self) -> Option<PaxosCommit<'a>> {
+    if self.message_type() == Message::PaxosCommit {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PaxosCommit::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3930,6 +4102,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Message::PaxosPromise => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPromise>>("Message::PaxosPromise", pos),
           Message::PaxosPropose => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosPropose>>("Message::PaxosPropose", pos),
           Message::PaxosAccept => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosAccept>>("Message::PaxosAccept", pos),
+          Message::PaxosCommit => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PaxosCommit>>("Message::PaxosCommit", pos),
           _ => Ok(()),
         }
      })?
@@ -4112,6 +4285,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Message::PaxosAccept => {
           if let Some(x) = self.message_as_paxos_accept() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::PaxosCommit => {
+          if let Some(x) = self.message_as_paxos_commit() {
             ds.field("message", &x)
           } else {
             ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
