@@ -146,6 +146,11 @@ fn compare_and_swap_is_linearizable_across_three_replicas() {
     wait_for_logs(&[(&first, 0), (&second, 0)], "node down", &[3]);
     wait_for_every_shard(&[&first, &second], &[1, 2], &[3]);
     let mut survivors: Vec<Client> = [&first, &second].iter().map(|node| node.client()).collect();
+    // ALL cannot be met: refused before anything is proposed, so the key is unchanged.
+    let refused = survivors[0]
+        .execute_at(swap(b"cas", Expected::Version(next), b"x"), Some(Consistency::All))
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
     let mut expected = Expected::Version(next);
     for (index, value) in [b"d", b"e", b"f", b"g"].iter().enumerate() {
         match survivors[index % 2].execute(swap(b"cas", expected, *value)).unwrap() {

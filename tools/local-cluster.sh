@@ -11,7 +11,8 @@
 # Node i (1-based) has node id i, client port 7379 + 10 * (i - 1) (so 7379, 7389, 7399, ...),
 # its shard ports just above, its peer port client + 1000, one shard, and its own data
 # directory under ${RINGKV_CLUSTER_DIR:-./ringkv-cluster}/node-i. Every node after the first
-# joins through node 1's peer port. Extra `ringkv serve` flags go in RINGKV_SERVE_FLAGS.
+# joins through node 1's peer port. Extra `ringkv serve` flags go in RINGKV_SERVE_FLAGS; with
+# RINGKV_RESP_PORT_BASE set, node i also speaks the Redis protocol on that port + i - 1.
 set -euo pipefail
 
 repository_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +40,7 @@ case "${1:-}" in
     exit 0
     ;;
   ''|-h|--help)
-    sed -n '2,15p' "$0"
+    sed -n '2,16p' "$0"
     exit 0
     ;;
 esac
@@ -59,6 +60,8 @@ start_node() {
   local peer_port=$((client_port + 1000))
   local seeds=()
   [ "$i" -gt 1 ] && seeds=(--seeds "$seed")
+  local resp=()
+  [ -n "${RINGKV_RESP_PORT_BASE:-}" ] && resp=(--resp-listen "127.0.0.1:$((RINGKV_RESP_PORT_BASE + i - 1))")
   # shellcheck disable=SC2086
   RINGKV_LOG="${RINGKV_LOG:-info}" "$binary" serve \
     --data-dir "$cluster_dir/node-$i" \
@@ -67,6 +70,7 @@ start_node() {
     --node-id "$i" \
     --shards 1 \
     "${seeds[@]}" \
+    "${resp[@]}" \
     "$@" \
     ${RINGKV_SERVE_FLAGS:-} \
     >>"$cluster_dir/node-$i.log" 2>&1 &

@@ -514,11 +514,24 @@ impl PaxosCas {
 /// A commit that failed: the swap was chosen, so its outcome for the client is unknown rather
 /// than failed.
 fn indeterminate(error: CoordinatorError) -> CoordinatorError {
+    let reason = format!("the swap was chosen but its commit failed: {error}");
     match error {
-        CoordinatorError::ReplicasFailed { acks, required, failure } => {
+        CoordinatorError::ReplicasFailed { acks, required, failure }
+        | CoordinatorError::WriteIndeterminate { acks, required, failure } => {
             CoordinatorError::WriteIndeterminate { acks, required, failure }
         }
-        other => other,
+        // A timeout already says the write may be applied.
+        CoordinatorError::Timeout { .. } => error,
+        CoordinatorError::Unavailable { required, .. } => CoordinatorError::WriteIndeterminate {
+            acks: 0,
+            required,
+            failure: PeerFailure::new(ringkv_wire::peer::PeerErrorCode::Internal, reason),
+        },
+        CoordinatorError::Overloaded { .. } => CoordinatorError::WriteIndeterminate {
+            acks: 0,
+            required: 0,
+            failure: PeerFailure::new(ringkv_wire::peer::PeerErrorCode::Overloaded, reason),
+        },
     }
 }
 
@@ -785,5 +798,20 @@ mod tests {
             panic!("{step:?}")
         };
         assert_eq!(entry, live(10, b"e1"));
+    }
+
+    #[test]
+    fn a_chosen_swap_whose_commit_cannot_start_is_indeterminate_not_unavailable() {
+        let mut cas = swap(Expected::Absent);
+        cas.begin(100);
+        cas.on_answer(target(1), promise(None, None), 0);
+        cas.on_answer(target(2), promise(None, None), 0);
+        cas.on_answer(target(1), accept(), 0);
+        cas.on_answer(target(2), accept(), 0);
+        let step = cas.on_committed(Err(CoordinatorError::Unavailable { alive: 1, required: 2 }));
+        assert!(
+            matches!(step, CasStep::Answer(Err(CoordinatorError::WriteIndeterminate { .. }))),
+            "{step:?}"
+        );
     }
 }

@@ -102,6 +102,12 @@ impl Cluster {
         let (targets, replicas) = self.view.borrow().targets(&key);
         let quorum = Consistency::Quorum.required(replicas);
         let commit_required = consistency.map_or(quorum, |level| level.required(replicas).max(quorum));
+        // Refused before anything is proposed: past the proposal the swap may be chosen, and a
+        // commit short of replicas could only say its outcome is unknown.
+        if targets.len() < commit_required {
+            let error = CoordinatorError::Unavailable { alive: targets.len(), required: commit_required };
+            return Err(failure_of(&error));
+        }
         let mut cas = PaxosCas::new(request, targets.len(), quorum);
         let mut step = cas.begin(self.handler.clock().next_version(now_ms()));
         let mut contended = 0u32;
