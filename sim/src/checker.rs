@@ -18,6 +18,17 @@
 //!    returned or a newer one (or on no live value that a delete or an expiry explains). A node
 //!    tells a read only what is durable on it, so no crash can lose what a client has seen.
 //!
+//! 6. Compare-and-swaps ([`check_swaps`]), on keys only swaps write: no two swaps succeed from
+//!    the same state; a swap told it wrote a version proposed that version with its own value,
+//!    above the version it swapped from; successes follow real time (one that began after
+//!    another ended wrote a higher version); every entry read back, the one the key settled on
+//!    included, is a version some swap proposed, with that swap's value; a mismatch never names
+//!    the state the swap expected. A swap is recorded as a put of its value without
+//!    TTL (its version known once it succeeds), so checkers 0–5 judge it as the write it is: a
+//!    success is an acknowledged write that must not be lost and that quorum reads must see, a
+//!    swap of unknown outcome may have written, and a failed one or a mismatch must have
+//!    written nothing. None of checkers 0–5 assumes more of a write than that.
+//!
 //! The same checkers judge the histories of real processes under real faults
 //! (`ringkv-bench chaos`), recorded through the client. A client learns less than the simulator:
 //! a read that finds no live value says nothing of the tombstone behind it
@@ -31,7 +42,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use ringkv_wire::peer::{PeerEntry, PeerValue};
 
-use crate::history::{describe, History, Kind, Operation, Outcome};
+use crate::history::{describe, History, Kind, Operation, Outcome, Swap, Swaps, Version};
+use ringkv_wire::Expected;
 
 /// What the cluster holds at the end: per node, per key, the stored entry.
 pub type FinalState = BTreeMap<u16, BTreeMap<Bytes, Option<PeerEntry>>>;
@@ -368,6 +380,186 @@ fn check_nothing_seen_is_lost(
     }
 }
 
+/// How a run's compare-and-swaps ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapCounts {
+    /// Answered as written.
+    pub written: usize,
+    /// Answered as a mismatch.
+    pub mismatched: usize,
+    /// Of unknown outcome: timed out, indeterminate, or unanswered (their coordinator crashed).
+    pub indeterminate: usize,
+    /// Of those, the unanswered.
+    pub unanswered: usize,
+    /// Refused before anything was sent, or by every replica before anything was proposed.
+    pub failed: usize,
+}
+
+impl SwapCounts {
+    /// Every swap counted.
+    pub fn total(&self) -> usize {
+        self.written + self.mismatched + self.indeterminate + self.failed
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &SwapCounts) {
+        self.written += other.written;
+        self.mismatched += other.mismatched;
+        self.indeterminate += other.indeterminate;
+        self.unanswered += other.unanswered;
+        self.failed += other.failed;
+    }
+}
+
+impl std::fmt::Display for SwapCounts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{} written, {} mismatched, {} indeterminate ({} unanswered), {} failed",
+            self.written, self.mismatched, self.indeterminate, self.unanswered, self.failed
+        )
+    }
+}
+
+/// What the message of a coordinator that crashed says (see `Cluster::crash`).
+pub const COORDINATOR_CRASHED: &str = "the coordinator crashed";
+
+/// How the swaps of `history` ended.
+pub fn swap_counts(history: &History, swaps: &Swaps) -> SwapCounts {
+    let mut counts = SwapCounts::default();
+    for index in swaps.swaps.keys() {
+        match &history.operations[*index].outcome {
+            Outcome::Written => counts.written += 1,
+            Outcome::Mismatch { .. } => counts.mismatched += 1,
+            Outcome::Unknown(why) => {
+                counts.indeterminate += 1;
+                if why == COORDINATOR_CRASHED {
+                    counts.unanswered += 1;
+                }
+            }
+            Outcome::Pending => {
+                counts.indeterminate += 1;
+                counts.unanswered += 1;
+            }
+            Outcome::Failed(_) | Outcome::Read(_) | Outcome::Absent => counts.failed += 1,
+        }
+    }
+    counts
+}
+
+/// Checker 6: the compare-and-swaps, each key's judged on its own (`swaps` holds what each
+/// asked and every entry proposed). Keys written by anything but swaps are not judged here.
+pub fn check_swaps(history: &History, swaps: &Swaps) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (key, version, first, second) in &swaps.conflicts {
+        violations.push(format!(
+            "{}: two proposals at {}: {} and {}",
+            String::from_utf8_lossy(key),
+            Version(*version),
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(second)
+        ));
+    }
+    let mut by_key: BTreeMap<&Bytes, Vec<(&Swap, &Operation)>> = BTreeMap::new();
+    for swap in swaps.swaps.values() {
+        let op = &history.operations[swap.index];
+        by_key.entry(&op.key).or_default().push((swap, op));
+    }
+    for (key, key_swaps) in by_key {
+        let name = String::from_utf8_lossy(key);
+        let proposed = |version: u64| swaps.proposed.get(&(key.clone(), version));
+        let written: Vec<(&Swap, &Operation)> =
+            key_swaps.iter().copied().filter(|(_, op)| op.outcome == Outcome::Written).collect();
+        // No two successes from one state: a swap writes a live value without TTL, with a version
+        // no other write has, so the key is never in one state twice.
+        let mut from: BTreeMap<Option<u64>, &Swap> = BTreeMap::new();
+        for (swap, _) in &written {
+            let state = match swap.expected {
+                Expected::Absent => None,
+                Expected::Version(version) => Some(version),
+            };
+            if let Some(earlier) = from.insert(state, swap) {
+                violations
+                    .push(format!("{name}: [{earlier}] and [{swap}] both succeeded from the same state"));
+            }
+        }
+        for (swap, op) in &written {
+            let Some(version) = op.version else {
+                violations.push(format!("{name}: [{swap}] succeeded without a version"));
+                continue;
+            };
+            match proposed(version) {
+                Some(value) if *value == swap.value => {}
+                Some(value) => violations.push(format!(
+                    "{name}: [{swap}] was told it wrote {}, which was proposed with {}",
+                    Version(version),
+                    String::from_utf8_lossy(value)
+                )),
+                None => violations.push(format!(
+                    "{name}: [{swap}] was told it wrote {}, which no swap proposed",
+                    Version(version)
+                )),
+            }
+            if let Expected::Version(base) = swap.expected {
+                if base >= version {
+                    violations.push(format!(
+                        "{name}: [{swap}] wrote {}, not above the version it swapped from",
+                        Version(version)
+                    ));
+                }
+            }
+            // Linearizable: a success that began after another ended comes after it.
+            for (other, other_op) in &written {
+                let after = other_op.completed_step.is_some_and(|completed| completed < op.invoked_step);
+                if after && other_op.version >= op.version {
+                    violations.push(format!(
+                        "{name}: [{swap}] wrote {}, below or at the {} of [{other}], which succeeded before it began",
+                        Version(version),
+                        describe_version(other_op.version)
+                    ));
+                }
+            }
+        }
+        for (swap, op) in &key_swaps {
+            let Outcome::Mismatch { current_version } = op.outcome else { continue };
+            let named = match swap.expected {
+                Expected::Absent => current_version.is_none(),
+                Expected::Version(version) => current_version == Some(version),
+            };
+            if named {
+                violations.push(format!("{name}: [{swap}] answered a mismatch naming the state it expected"));
+            }
+        }
+        // Every entry read back (by a client, or by the final read at ALL, which checker 1 holds
+        // to every acknowledged write and checker 2 to every replica) is one swap's proposal.
+        for read in history.operations.iter().filter(|op| op.key == *key && op.kind == Kind::Get) {
+            let Outcome::Read(Some(entry)) = &read.outcome else { continue };
+            let data = match &entry.value {
+                PeerValue::Live { data, .. } => Some(data),
+                PeerValue::Tombstone { .. } => None,
+            };
+            match (proposed(entry.version), data) {
+                (Some(value), Some(data)) if value == data => {}
+                (Some(value), _) => violations.push(format!(
+                    "{name}: [{read}] returned {}, but {} was proposed with {}",
+                    describe(&Some(entry.clone())),
+                    Version(entry.version),
+                    String::from_utf8_lossy(value)
+                )),
+                (None, _) => violations.push(format!(
+                    "{name}: [{read}] returned {}, which no swap proposed",
+                    describe(&Some(entry.clone()))
+                )),
+            }
+        }
+    }
+    violations
+}
+
+fn describe_version(version: Option<u64>) -> String {
+    version.map_or_else(|| "no version".to_string(), |version| Version(version).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +743,128 @@ mod tests {
         let violations = run(operations, None);
         assert!(
             violations.iter().any(|violation| violation.contains("replica n1 holds nothing")),
+            "{violations:?}"
+        );
+    }
+
+    fn swap_op(value: &str, version: Option<u64>, steps: (u64, u64), outcome: Outcome) -> Operation {
+        let mut op = put(value, 0, steps, outcome);
+        op.version = version;
+        op
+    }
+
+    /// Swaps of key `k` from the states given, with the proposals they made.
+    fn swaps(asked: &[(usize, Expected, &str)], proposals: &[(u64, &str)]) -> Swaps {
+        let mut swaps = Swaps::default();
+        for &(index, expected, value) in asked {
+            swaps.swaps.insert(index, Swap { index, expected, value: Bytes::from(value.to_string()) });
+        }
+        for &(version, value) in proposals {
+            swaps.proposed(&Bytes::from("k"), version, &Bytes::from(value.to_string()));
+        }
+        swaps
+    }
+
+    #[test]
+    fn a_clean_chain_of_swaps_passes() {
+        let operations = vec![
+            swap_op("a", Some(10), (1, 2), Outcome::Written),
+            swap_op("b", None, (3, 4), Outcome::Mismatch { current_version: Some(10) }),
+            swap_op("c", None, (3, 6), Outcome::Unknown("timeout".into())),
+            swap_op("d", Some(30), (7, 8), Outcome::Written),
+            final_read(live(30, "d")),
+        ];
+        let asked = [
+            (0, Expected::Absent, "a"),
+            (1, Expected::Absent, "b"),
+            (2, Expected::Version(10), "c"),
+            (3, Expected::Version(20), "d"),
+        ];
+        let history = History { operations };
+        let swaps = swaps(&asked, &[(10, "a"), (20, "c"), (30, "d")]);
+        assert_eq!(check_swaps(&history, &swaps), Vec::<String>::new());
+        let counts = swap_counts(&history, &swaps);
+        assert_eq!((counts.written, counts.mismatched, counts.indeterminate, counts.failed), (2, 1, 1, 0));
+    }
+
+    #[test]
+    fn two_successes_from_one_state_are_found() {
+        let operations = vec![
+            swap_op("a", Some(10), (1, 4), Outcome::Written),
+            swap_op("b", Some(11), (2, 3), Outcome::Written),
+            final_read(live(11, "b")),
+        ];
+        let asked = [(0, Expected::Absent, "a"), (1, Expected::Absent, "b")];
+        let violations = check_swaps(&History { operations }, &swaps(&asked, &[(10, "a"), (11, "b")]));
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("both succeeded from the same state"), "{violations:?}");
+    }
+
+    #[test]
+    fn a_success_at_a_version_it_did_not_propose_is_found() {
+        let operations = vec![swap_op("a", Some(10), (1, 2), Outcome::Written), final_read(live(10, "a"))];
+        let asked = [(0, Expected::Absent, "a")];
+        let violations = check_swaps(&History { operations: operations.clone() }, &swaps(&asked, &[]));
+        assert!(
+            violations.iter().any(|violation| violation.contains("which no swap proposed")),
+            "{violations:?}"
+        );
+        let violations = check_swaps(&History { operations }, &swaps(&asked, &[(10, "z")]));
+        assert!(violations.iter().any(|violation| violation.contains("proposed with z")), "{violations:?}");
+    }
+
+    #[test]
+    fn successes_out_of_real_time_order_and_phantom_reads_are_found() {
+        let operations = vec![
+            swap_op("a", Some(20), (1, 2), Outcome::Written),
+            swap_op("b", Some(15), (3, 4), Outcome::Written),
+            operation(Kind::Get, None, (5, 6), Outcome::Read(live(20, "zzz"))),
+            final_read(live(20, "a")),
+        ];
+        let asked = [(0, Expected::Absent, "a"), (1, Expected::Version(20), "b")];
+        let violations = check_swaps(&History { operations }, &swaps(&asked, &[(20, "a"), (15, "b")]));
+        assert!(
+            violations.iter().any(|violation| violation.contains("succeeded before it began")),
+            "{violations:?}"
+        );
+        assert!(
+            violations.iter().any(|violation| violation.contains("not above the version")),
+            "{violations:?}"
+        );
+        assert!(violations.iter().any(|violation| violation.contains("proposed with a")), "{violations:?}");
+    }
+
+    #[test]
+    fn a_mismatch_naming_the_expected_state_is_found() {
+        let operations = vec![
+            swap_op("a", None, (1, 2), Outcome::Mismatch { current_version: Some(10) }),
+            swap_op("b", None, (3, 4), Outcome::Mismatch { current_version: None }),
+            swap_op("c", None, (5, 6), Outcome::Mismatch { current_version: Some(10) }),
+        ];
+        let asked = [(0, Expected::Version(10), "a"), (1, Expected::Absent, "b"), (2, Expected::Absent, "c")];
+        let violations = check_swaps(&History { operations }, &swaps(&asked, &[]));
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(violations.iter().all(|violation| violation.contains("naming the state it expected")));
+    }
+
+    #[test]
+    fn a_swap_is_judged_as_a_write_by_the_other_checkers() {
+        // A success is an acknowledged write: settling below it loses it.
+        let operations = vec![
+            swap_op("a", Some(10), (1, 2), Outcome::Written),
+            swap_op("b", Some(20), (3, 4), Outcome::Written),
+            final_read(live(10, "a")),
+        ];
+        let violations = run(operations, live(10, "a"));
+        assert!(violations.iter().any(|violation| violation.contains("lost")), "{violations:?}");
+        // A mismatch wrote nothing: its value read back is a value no write wrote.
+        let operations = vec![
+            swap_op("a", None, (1, 2), Outcome::Mismatch { current_version: None }),
+            final_read(live(10, "a")),
+        ];
+        let violations = run(operations, live(10, "a"));
+        assert!(
+            violations.iter().any(|violation| violation.contains("no applied write wrote")),
             "{violations:?}"
         );
     }

@@ -12,6 +12,13 @@
 //! coordinator's deadlines and foca's timers run on the simulation's time (they only measure
 //! durations); the hybrid clock, TTL and tombstone times and the replicas' clock-skew check run
 //! on the node's wall clock.
+//!
+//! Compare-and-swaps ([`swaps`]) run on their own keys (`cas-0`, ...): a client reads the key at
+//! QUORUM, then swaps from what it read through the same node, whose [`PaxosCas`] sends its
+//! steps with ids of their own ([`swaps::SWAP_REQUEST_BIT`]) and commits through the
+//! coordinator.
+//!
+//! [`PaxosCas`]: ringkv_replication::paxos::PaxosCas
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
@@ -32,14 +39,16 @@ use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerMessage, PeerValue, ReadAns
 use ringkv_wire::token::token;
 use ringkv_wire::Consistency;
 
-use crate::checker::{self, FinalState};
+use crate::checker::{self, FinalState, SwapCounts};
 use crate::client::{Client, Request};
 use crate::config::{Sabotage, SimConfig, CLOCK_SKEW_MS_MAX, REPLICATION_FACTOR, START_MS};
 use crate::healing::{self, Healing};
-use crate::history::{History, Kind, Operation, Outcome};
+use crate::history::{History, Kind, Operation, Outcome, Swap, Swaps};
 use crate::network::{LinkFaults, Message, Network, Payload};
 use crate::node::{node_of, peer_address, Node, NodeSettings, ReplicaBehaviour, TOKENS_PER_NODE};
 use crate::scheduler::Scheduler;
+
+pub mod swaps;
 
 /// Membership gets this long to form before clients start.
 const WARM_UP_MS: u64 = 3_000;
@@ -53,6 +62,8 @@ const CLOCKS_PASS_MS: u64 = 1_000;
 const _: () = assert!(CLOCKS_PASS_MS > 2 * CLOCK_SKEW_MS_MAX as u64);
 /// Attempts at the final read of a key at ALL.
 const FINAL_READ_ATTEMPTS: usize = 10;
+/// Requests a node's coordinator keeps pending at once (and swaps it runs at once).
+const PENDING_MAX: usize = 64;
 /// Most events pending at once.
 const EVENTS_PENDING_MAX: usize = 1 << 20;
 /// Anti-entropy rounds start every this long on each node, give or take half.
@@ -99,6 +110,18 @@ enum Event {
         node: u16,
         generation: u64,
     },
+    /// A contended swap's pause is over.
+    SwapResume {
+        node: u16,
+        generation: u64,
+        index: usize,
+    },
+    /// A swap's deadline.
+    SwapDeadline {
+        node: u16,
+        generation: u64,
+        index: usize,
+    },
 }
 
 /// What a run found.
@@ -114,6 +137,8 @@ pub struct Report {
     /// Acknowledged writes that lost to a write acknowledged before they began (see
     /// [`checker::real_time_inversions`]); allowed, and counted.
     pub inversions: usize,
+    /// How the compare-and-swaps ended.
+    pub swaps: SwapCounts,
     /// Simulated time from start to end.
     pub simulated_ms: u64,
     /// What the nodes sent each other.
@@ -169,9 +194,12 @@ pub struct Cluster {
     /// Which shard of each node owns a token: what every node's identity announces, the same for
     /// every observer since shard counts never change within a run.
     shard_rings: BTreeMap<u16, ShardRing>,
+    /// The clients' keys (`config.keys` of them), then the swaps' (`config.swap_keys`).
     keys: Vec<Bytes>,
     clients: Vec<Client>,
     history: History,
+    /// What each swap asked, and every proposal sent.
+    swaps: Swaps,
     trace: String,
     faults_on: bool,
     partition: u64,
@@ -206,7 +234,7 @@ impl Cluster {
         let sabotage = config.sabotage;
         let settings = NodeSettings {
             replica_timeout_ms: config.replica_timeout_ms,
-            pending_max: 64,
+            pending_max: PENDING_MAX,
             max_clock_skew_ms: config.max_clock_skew_ms,
             timing: MembershipTiming::default(),
             memtable_bytes_max: config.memtable_bytes_max,
@@ -223,6 +251,7 @@ impl Cluster {
                     ReplicaBehaviour::AcksWithoutApplying
                 }
                 Some(Sabotage::ServesWhileRebuilding) => ReplicaBehaviour::ServesWhileRebuilding,
+                Some(Sabotage::AcceptorForgetsPromises) => ReplicaBehaviour::ForgetsPromises,
                 _ => ReplicaBehaviour::Correct,
             };
             let node = Node::new(node_id, skew_ms, settings, behaviour);
@@ -230,7 +259,10 @@ impl Cluster {
             nodes.insert(node_id, node);
             ring.insert(node_id, &default_tokens(node_id, TOKENS_PER_NODE));
         }
-        let keys = (0..config.keys).map(|index| Bytes::from(format!("k{index}"))).collect();
+        let keys = (0..config.keys)
+            .map(|index| Bytes::from(format!("k{index}")))
+            .chain((0..config.swap_keys).map(|index| Bytes::from(format!("cas-{index}"))))
+            .collect();
         let clients = (0..config.clients).map(|id| Client::new(id, config.operations_per_client)).collect();
         let mut trace = String::new();
         let _ = writeln!(trace, "seed {seed}: {config:?}");
@@ -251,6 +283,7 @@ impl Cluster {
             keys,
             clients,
             history: History::default(),
+            swaps: Swaps::default(),
             trace,
             faults_on: false,
             partition: 0,
@@ -290,6 +323,8 @@ impl Cluster {
             }
         }
         self.violations.extend(checker::check(&self.history, &replicas, &stored));
+        self.violations.extend(checker::check_swaps(&self.history, &self.swaps));
+        let swaps = checker::swap_counts(&self.history, &self.swaps);
         for violation in &self.violations {
             let _ = writeln!(self.trace, "VIOLATION {violation}");
         }
@@ -297,7 +332,7 @@ impl Cluster {
         let _ = writeln!(
             self.trace,
             "end at {}ms after {} events: {} violations; {inversions} acknowledged writes versioned below \
-             one acknowledged before they began (last-writer-wins under clock skew)",
+             one acknowledged before they began (last-writer-wins under clock skew); swaps: {swaps}",
             self.now_ms - START_MS,
             self.step,
             self.violations.len()
@@ -308,6 +343,7 @@ impl Cluster {
             violations: self.violations,
             operations: self.history.operations.len(),
             inversions,
+            swaps,
             events: self.step,
             simulated_ms: self.now_ms - START_MS,
             traffic: self.traffic,
@@ -408,8 +444,13 @@ impl Cluster {
         for key in self.keys.clone() {
             for _ in 0..FINAL_READ_ATTEMPTS {
                 let node = node_ids[self.rng.random_range(0..node_ids.len())];
-                let request =
-                    Request { node, key: key.clone(), kind: Kind::Get, consistency: Consistency::All };
+                let request = Request {
+                    node,
+                    key: key.clone(),
+                    kind: Kind::Get,
+                    consistency: Consistency::All,
+                    swap: None,
+                };
                 let index = self.issue(None, request);
                 // The coordinator's deadline ends the read at the latest.
                 while self.history.operations[index].outcome == Outcome::Pending && self.step() {}
@@ -437,8 +478,13 @@ impl Cluster {
             while in_flight.len() < window {
                 let Some((key, attempts)) = waiting.pop_front() else { break };
                 let node = node_ids[self.rng.random_range(0..node_ids.len())];
-                let request =
-                    Request { node, key: key.clone(), kind: Kind::Get, consistency: Consistency::All };
+                let request = Request {
+                    node,
+                    key: key.clone(),
+                    kind: Kind::Get,
+                    consistency: Consistency::All,
+                    swap: None,
+                };
                 let index = self.issue(None, request);
                 in_flight.insert(index, (key, attempts + 1));
             }
@@ -513,11 +559,36 @@ impl Cluster {
             }
             Event::ClientNext { client } => {
                 let node_ids: Vec<u16> = self.nodes.keys().copied().collect();
-                if let Some(request) = self.clients[client].next(&mut self.rng, &self.keys, &node_ids) {
+                let (keys, swap_keys) = self.keys.split_at(self.config.keys);
+                let (history, nodes, now_ms) = (&self.history, &self.nodes, self.now_ms);
+                let read = |index: usize| {
+                    let op = &history.operations[index];
+                    (op.outcome.clone(), nodes[&op.node].wall_ms(now_ms))
+                };
+                let next = self.clients[client].next(
+                    &mut self.rng,
+                    keys,
+                    swap_keys,
+                    self.config.swap_percent,
+                    &node_ids,
+                    read,
+                );
+                if let Some(request) = next {
                     let index = self.issue(Some(client), request);
+                    self.clients[client].issued(index);
                     if self.history.operations[index].outcome == Outcome::Pending {
                         self.clients[client].in_flight = Some(index);
                     }
+                }
+            }
+            Event::SwapResume { node, generation, index } => {
+                if self.running_mut(node, generation).is_some() {
+                    self.resume_swap(node, index);
+                }
+            }
+            Event::SwapDeadline { node, generation, index } => {
+                if self.running_mut(node, generation).is_some() {
+                    self.swap_deadline(node, index);
                 }
             }
             Event::Fault => self.fault(),
@@ -908,7 +979,7 @@ impl Cluster {
         self.log(format_args!("n{node} crashed ({mode:?})"));
         let abandoned = self.nodes.get_mut(&node).expect("a node of the run").crash(mode);
         for index in abandoned {
-            self.complete(index, Outcome::Unknown("the coordinator crashed".to_string()));
+            self.complete(index, Outcome::Unknown(checker::COORDINATOR_CRASHED.to_string()));
         }
     }
 
@@ -950,11 +1021,15 @@ impl Cluster {
     /// Starts a client operation (or a final read, `client` `None`) on its node. Returns its
     /// history index; it may be complete already (refused at once).
     fn issue(&mut self, client: Option<usize>, request: Request) -> usize {
-        let Request { node: node_id, key, kind, consistency } = request;
+        let Request { node: node_id, key, kind, consistency, swap } = request;
         let key_token = token(&key);
         let preference = self.ring.preference_list(key_token, REPLICATION_FACTOR);
         let replicas = preference.len();
-        let required = consistency.required(replicas);
+        // A swap's commit waits for the level's acknowledgements, and at least a majority's.
+        let required = match swap {
+            Some(_) => consistency.required(replicas).max(Consistency::Quorum.required(replicas)),
+            None => consistency.required(replicas),
+        };
         let now_ms = self.now_ms;
         let node = self.nodes.get_mut(&node_id).expect("a node of the run");
         let wall_ms = node.wall_ms(now_ms);
@@ -973,6 +1048,9 @@ impl Cluster {
         };
         let Some(running) = node.running.as_mut() else {
             let index = self.history.invoke(operation);
+            if let (Some(expected), Kind::Put { value, .. }) = (swap, &kind) {
+                self.swaps.swaps.insert(index, Swap { index, expected, value: value.clone() });
+            }
             self.complete(index, Outcome::Failed("the node is down".to_string()));
             return index;
         };
@@ -991,6 +1069,28 @@ impl Cluster {
             .filter(|replica| !up.contains_key(replica))
             .map(|&node_id| shard_ring::target(&self.shard_rings, node_id, key_token))
             .collect();
+        if let (Some(expected), Kind::Put { value, .. }) = (swap, &kind) {
+            let value = value.clone();
+            let index = self.history.invoke(operation);
+            let record = Swap { index, expected, value: value.clone() };
+            self.log(format_args!(
+                "{record} of {} via n{node_id} at {} ({required}/{replicas})",
+                String::from_utf8_lossy(&key),
+                consistency.as_str()
+            ));
+            self.swaps.swaps.insert(index, record);
+            self.start_swap(swaps::SwapStart {
+                node: node_id,
+                index,
+                key,
+                expected,
+                value,
+                targets,
+                replicas,
+                commit_required: required,
+            });
+            return index;
+        }
         // The planted bug of a coordinator that answers a write one acknowledgement early.
         let write_required = match self.config.sabotage {
             Some(Sabotage::CoordinatorAcksEarly) => required.saturating_sub(1).max(1),
@@ -1050,12 +1150,20 @@ impl Cluster {
         }
         if let Some(client) = self.history.operations[index].client {
             self.clients[client].in_flight = None;
-            let at = self.now_ms + self.rng.random_range(0..=self.config.think_ms_max);
+            // A swap follows the read it swaps from at once.
+            let at = if self.clients[client].swaps_next() {
+                self.now_ms
+            } else {
+                self.now_ms + self.rng.random_range(0..=self.config.think_ms_max)
+            };
             self.scheduler.schedule(at, Event::ClientNext { client });
         }
     }
 
     fn reply(&mut self, node_id: u16, request_id: u64, reply: CoordinatorReply) {
+        if self.on_swap_commit_reply(node_id, request_id, &reply) {
+            return;
+        }
         let Some(wall_ms) = self.nodes.get(&node_id).map(|node| node.wall_ms(self.now_ms)) else { return };
         let max_skew_ms = self.config.max_clock_skew_ms;
         let Some(running) = self.nodes.get_mut(&node_id).and_then(|node| node.running.as_mut()) else {
@@ -1098,7 +1206,10 @@ impl Cluster {
             match output {
                 Output::Send { to, envelope } => {
                     let frame = Message::encode_peer(&envelope);
-                    if matches!(envelope.message, PeerMessage::Replicate { .. }) {
+                    if matches!(
+                        envelope.message,
+                        PeerMessage::Replicate { .. } | PeerMessage::PaxosCommit { .. }
+                    ) {
                         self.count_write(node_id, envelope.request_id, frame.len() as u64);
                     }
                     self.send_between_shards(
@@ -1224,6 +1335,9 @@ impl Cluster {
                     None if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
                         self.on_healing_answer(to, from, envelope);
                     }
+                    None if envelope.request_id & swaps::SWAP_REQUEST_BIT != 0 => {
+                        self.on_swap_answer(to, Target { node_id: from, shard: from_shard }, envelope);
+                    }
                     None => {
                         let running =
                             self.nodes.get_mut(&to).and_then(|node| node.running.as_mut()).expect("running");
@@ -1296,4 +1410,21 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The replicas of `key` that `membership` does not see up, as targets (the shard's
+/// `ClusterView::down_replicas`).
+fn down_replicas(
+    ring: &ClusterRing,
+    shard_rings: &BTreeMap<u16, ShardRing>,
+    membership: &ringkv_replication::Membership<StdRng>,
+    key: &[u8],
+) -> Vec<Target> {
+    let key_token = token(key);
+    let up = membership.up();
+    ring.preference_list(key_token, REPLICATION_FACTOR)
+        .into_iter()
+        .filter(|replica| !up.contains_key(replica))
+        .map(|node_id| shard_ring::target(shard_rings, node_id, key_token))
+        .collect()
 }

@@ -26,6 +26,9 @@ pub enum Sabotage {
     NoAntiEntropy,
     /// A node that lost data answers reads before it has restored it.
     ServesWhileRebuilding,
+    /// Every acceptor grants every Paxos prepare and accepts every proposal, whatever ballot it
+    /// promised: two racing compare-and-swaps can then both be chosen from one state.
+    AcceptorForgetsPromises,
 }
 
 /// Everything a run is made of besides its schedule.
@@ -42,6 +45,12 @@ pub struct SimConfig {
     pub operations_per_client: usize,
     /// Distinct keys, few, so operations contend.
     pub keys: usize,
+    /// Keys only compare-and-swaps touch (`cas-0`, ...): fewer still, so that swaps race. Puts
+    /// and deletes never touch them (mixing plain writes with swaps is not linearizable).
+    pub swap_keys: usize,
+    /// Of a client's operations, the percentage that are swaps: a read at QUORUM, then a swap
+    /// from what it read, through the same node. 0: none.
+    pub swap_percent: u32,
     pub link_faults: LinkFaults,
     /// Each node's clock is off by up to this much, either way.
     pub clock_skew_ms_max: i64,
@@ -107,6 +116,9 @@ impl SimConfig {
             memtable_bytes_max: 2 << 10,
             trace_events: true,
             final_reads_in_flight: 1,
+            // Drawn last, so that the draws above are those of the runs before swaps existed.
+            swap_keys: rng.random_range(1..=3),
+            swap_percent: 20,
         }
     }
 
@@ -131,6 +143,8 @@ impl SimConfig {
             memtable_bytes_max: 4 << 20,
             trace_events: false,
             final_reads_in_flight: 512,
+            swap_keys: 0,
+            swap_percent: 0,
         }
     }
 }

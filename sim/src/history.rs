@@ -4,13 +4,14 @@
 //! Times are logical steps of the simulation (one per event handled), so "completed before
 //! invoked" is exact even within one millisecond.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
 use ringkv_replication::clock::{LOGICAL_BITS, NODE_ID_BITS};
 use ringkv_replication::HybridClock;
 use ringkv_wire::peer::{PeerEntry, PeerValue};
-use ringkv_wire::Consistency;
+use ringkv_wire::{Consistency, Expected};
 
 use crate::config::START_MS;
 
@@ -44,6 +45,9 @@ pub enum Outcome {
     /// Failed, but a write may have been applied (a timeout, a refusing replica, a coordinator
     /// that crashed); a read ending this way says nothing.
     Unknown(String),
+    /// A compare-and-swap that found the key in another state: certainly not applied. The live
+    /// value's version, or `None` when the key has none.
+    Mismatch { current_version: Option<u64> },
 }
 
 /// One operation.
@@ -163,6 +167,10 @@ impl fmt::Display for Outcome {
             Outcome::Absent => write!(formatter, "read no live value"),
             Outcome::Failed(why) => write!(formatter, "failed: {why}"),
             Outcome::Unknown(why) => write!(formatter, "unknown: {why}"),
+            Outcome::Mismatch { current_version: Some(version) } => {
+                write!(formatter, "mismatch: the key is at {}", Version(*version))
+            }
+            Outcome::Mismatch { current_version: None } => write!(formatter, "mismatch: the key is absent"),
         }
     }
 }
@@ -186,5 +194,57 @@ impl History {
         debug_assert_eq!(operation.outcome, Outcome::Pending, "an operation completes once");
         operation.completed_step = Some(step);
         operation.outcome = outcome;
+    }
+}
+
+/// What a compare-and-swap asked beyond its operation in [`History`], which records it as a put
+/// of its value (a put without a TTL: what a swap writes when it succeeds, so every checker of
+/// plain writes judges it as one). [`Kind`] has no swap of its own because the real-process
+/// runner (`ringkv-bench chaos`) matches on it exhaustively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Swap {
+    /// The operation's index in [`History::operations`].
+    pub index: usize,
+    pub expected: Expected,
+    pub value: Bytes,
+}
+
+/// Every compare-and-swap of a run, and every proposal a coordinator sent for one.
+#[derive(Clone, Debug, Default)]
+pub struct Swaps {
+    /// By history index.
+    pub swaps: BTreeMap<usize, Swap>,
+    /// Every entry proposed to a key's acceptors (`PaxosPropose`), by key and version: the
+    /// value proposed. A version is a ballot, unique to one attempt of one coordinator.
+    pub proposed: BTreeMap<(Bytes, u64), Bytes>,
+    /// Two proposals of one key and version with different values (never, ballots being
+    /// unique): the first value, the second, and the version.
+    pub conflicts: Vec<(Bytes, u64, Bytes, Bytes)>,
+}
+
+impl Swaps {
+    /// Records that `value` was proposed for `key` at `version`.
+    pub fn proposed(&mut self, key: &Bytes, version: u64, value: &Bytes) {
+        match self.proposed.get(&(key.clone(), version)) {
+            Some(earlier) if earlier != value => {
+                self.conflicts.push((key.clone(), version, earlier.clone(), value.clone()));
+            }
+            Some(_) => {}
+            None => {
+                self.proposed.insert((key.clone(), version), value.clone());
+            }
+        }
+    }
+}
+
+impl fmt::Display for Swap {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.expected {
+            Expected::Absent => write!(formatter, "#{} swap from absent", self.index)?,
+            Expected::Version(version) => {
+                write!(formatter, "#{} swap from {}", self.index, Version(version))?
+            }
+        }
+        write!(formatter, " to {}", String::from_utf8_lossy(&self.value))
     }
 }

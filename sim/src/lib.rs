@@ -7,6 +7,9 @@
 //! reorders, loses, duplicates and partitions messages; nodes crash (losing unsynced writes) and
 //! restart; clocks are skewed. Clients record a history, and checkers judge it once the cluster
 //! is healed and settled (FoundationDB's simulation, TigerBeetle's VOPR, Jepsen's checkers).
+//! Besides puts, deletes and gets, clients run compare-and-swaps on keys of their own: the real
+//! Paxos proposer ([`ringkv_replication::paxos::PaxosCas`]) driven as the shard drives it, over
+//! acceptors that keep their state in an engine per shard on a disk of its own.
 //!
 //! One seed decides everything: the cluster's shape, the schedule, every fault. The same seed
 //! prints the same trace byte for byte, so a failure replays exactly with `--seed`.
@@ -20,7 +23,8 @@
 //! ```
 //!
 //! ## Layout
-//! - [`cluster`]: [`Cluster`], one run: the event loop, its phases and the trace.
+//! - [`cluster`]: [`Cluster`], one run: the event loop, its phases and the trace;
+//!   [`cluster::swaps`], the compare-and-swaps a node coordinates.
 //! - [`config`]: [`SimConfig`], the run's shape drawn from its seed.
 //! - [`scheduler`]: [`scheduler::Scheduler`], the event heap.
 //! - [`network`]: [`network::Network`], links with delay, loss, duplication and partitions.

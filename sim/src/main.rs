@@ -58,6 +58,9 @@ enum PlantedBug {
     NoAntiEntropy,
     /// A node that lost data (a table, or a whole disk) answers reads before it has restored it.
     ServesWhileRebuilding,
+    /// Every Paxos acceptor grants every prepare and accepts every proposal, whatever it
+    /// promised.
+    AcceptorForgetsPromises,
 }
 
 fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Report {
@@ -66,6 +69,7 @@ fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Repor
         PlantedBug::CoordinatorAcksEarly => Sabotage::CoordinatorAcksEarly,
         PlantedBug::NoAntiEntropy => Sabotage::NoAntiEntropy,
         PlantedBug::ServesWhileRebuilding => Sabotage::ServesWhileRebuilding,
+        PlantedBug::AcceptorForgetsPromises => Sabotage::AcceptorForgetsPromises,
     });
     ringkv_sim::Cluster::with_shards(seed, sabotage, usize::from(shards)).run()
 }
@@ -180,10 +184,12 @@ fn main() -> ExitCode {
     let mut failed = 0u64;
     let mut operations = 0usize;
     let mut inversions = 0usize;
+    let mut swaps = ringkv_sim::checker::SwapCounts::default();
     for seed in arguments.start..arguments.start + count {
         let report = run(seed, arguments.sabotage, arguments.shards);
         operations += report.operations;
         inversions += report.inversions;
+        swaps.add(&report.swaps);
         if !report.violations.is_empty() {
             failed += 1;
             let shards = match arguments.shards {
@@ -198,8 +204,10 @@ fn main() -> ExitCode {
     }
     println!(
         "{count} seeds from {} ({} shard(s) a node): {failed} failed, {operations} operations, {inversions} \
-         acknowledged writes lost to an earlier one under clock skew",
-        arguments.start, arguments.shards
+         acknowledged writes lost to an earlier one under clock skew; {} swaps: {swaps}",
+        arguments.start,
+        arguments.shards,
+        swaps.total()
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -6,8 +6,16 @@
 //!  start(now) ─▶ Engine::open(MemDisk) per shard ─▶ clock observes every max_version ─▶ Membership joins
 //!  serve(request, shard) ─▶ shard owns the key? (ShardRing, as the shard checks) ─▶ replica::accept
 //!      ─▶ that shard's engine write / read (block_on) ─▶ answer envelope
+//!      ─▶ Paxos prepare / propose: that shard's Paxos engine, read-modify-write of the key's
+//!         AcceptorState (synced) ─▶ PaxosPromise / PaxosAccept
+//!      ─▶ Paxos commit: apply the entry (as a write), then record the ballot ─▶ ReplicateAck
 //!  crash(mode) ─▶ process state gone; MemDisk::crash keeps what was synced; generation bumped
 //! ```
+//!
+//! Each shard keeps its Paxos acceptor state as the shard does (`shard/src/cluster/paxos.rs`):
+//! in an engine of its own, here on a disk of its own that crashes, fails and is replaced with
+//! the shard's data disk, one record per key holding [`AcceptorState::encode`], expiring three
+//! hours after its last change.
 //!
 //! Which shard owns a key is [`ShardRing`], the mapping the shard routes with: the node announces
 //! its shard count and vnodes per shard in its identity, and coordinators pick each replica's
@@ -27,16 +35,24 @@ use bytes::Bytes;
 use futures_executor::block_on;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use ringkv_replication::paxos::AcceptorState;
 use ringkv_replication::{
     default_tokens, replica, Coordinator, CoordinatorConfig, HybridClock, Membership, MembershipTiming,
     NodeIdentity, ShardRing,
 };
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
-use ringkv_storage::{Engine, EngineOptions, Entry, ScanRange};
-use ringkv_wire::peer::{PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage};
+use ringkv_storage::{CasOutcome, Engine, EngineOptions, Entry, Expected as StoredExpected, ScanRange};
+use ringkv_wire::peer::{
+    Acceptance, EntryHead, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, Promise,
+};
 use ringkv_wire::token::token;
 
+use crate::cluster::swaps::Swap;
 use crate::healing::Healing;
+
+/// How long a key's Paxos state is kept after its last change, as in the shard
+/// (`ACCEPTOR_STATE_TTL_MS`).
+pub const ACCEPTOR_STATE_TTL_MS: u64 = 3 * 60 * 60 * 1000;
 
 /// Tokens per node on the ring.
 pub const TOKENS_PER_NODE: usize = 16;
@@ -84,12 +100,17 @@ pub enum ReplicaBehaviour {
     AcksWithoutApplying,
     /// A planted bug: answers reads while it has lost data and not restored it.
     ServesWhileRebuilding,
+    /// A planted bug: the acceptor grants every prepare and accepts every proposal, whatever it
+    /// promised before.
+    ForgetsPromises,
 }
 
 /// The state of a running process; gone at a crash.
 pub struct Running {
     /// One engine per shard, indexed by shard id.
     pub engines: Vec<Engine<MemDisk>>,
+    /// Each shard's Paxos acceptor state, an engine apart from the data's, indexed by shard id.
+    pub paxos: Vec<Engine<MemDisk>>,
     pub clock: HybridClock,
     pub coordinator: Coordinator,
     pub membership: Membership<StdRng>,
@@ -100,6 +121,14 @@ pub struct Running {
     pub membership_tick_at: Option<u64>,
     /// Client operations this node coordinates: coordinator request id → history index.
     pub requests: BTreeMap<u64, usize>,
+    /// Compare-and-swaps this node coordinates, by history index.
+    pub swaps: BTreeMap<usize, Swap>,
+    /// The Paxos requests of those swaps' current steps: request id → history index.
+    pub swap_steps: BTreeMap<u64, usize>,
+    /// The commits of those swaps, as the coordinator runs them: request id → history index.
+    pub swap_commits: BTreeMap<u64, usize>,
+    /// The last request id a swap's step used (ids carry [`crate::cluster::swaps::SWAP_REQUEST_BIT`]).
+    pub swap_request_id: u64,
     /// Trees, hints and exchanges; set right after start.
     pub healing: RefCell<Option<Healing>>,
     /// When this incarnation started, if an engine lost data and it is not restored yet: as the
@@ -118,6 +147,8 @@ pub struct Node {
     pub skew_ms: i64,
     /// One disk per shard.
     pub disks: Vec<MemDisk>,
+    /// One disk per shard for its Paxos engine.
+    pub paxos_disks: Vec<MemDisk>,
     /// Which shard owns a key.
     pub shard_ring: ShardRing,
     pub running: Option<Running>,
@@ -136,6 +167,7 @@ impl Node {
             generation: 0,
             skew_ms,
             disks: (0..settings.shards).map(|_| MemDisk::new()).collect(),
+            paxos_disks: (0..settings.shards).map(|_| MemDisk::new()).collect(),
             shard_ring: ShardRing::new(settings.shards, VNODES_PER_SHARD),
             running: None,
             settings,
@@ -177,6 +209,20 @@ impl Node {
             .map(|(shard, disk)| {
                 block_on(Engine::open(disk.clone(), options.clone())).map_err(|error| {
                     format!("node {} could not reopen the engine of shard {shard}: {error}", self.node_id)
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        // Synced before every answer (`SyncMode::Always`, the default), as the shard's.
+        let paxos = self
+            .paxos_disks
+            .iter()
+            .enumerate()
+            .map(|(shard, disk)| {
+                block_on(Engine::open(disk.clone(), options.clone())).map_err(|error| {
+                    format!(
+                        "node {} could not reopen the Paxos engine of shard {shard}: {error}",
+                        self.node_id
+                    )
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -222,25 +268,35 @@ impl Node {
         membership.join(seeds, now_ms);
         self.running = Some(Running {
             engines,
+            paxos,
             clock,
             coordinator,
             membership,
             identity_generation,
             membership_tick_at: None,
             requests: BTreeMap::new(),
+            swaps: BTreeMap::new(),
+            swap_steps: BTreeMap::new(),
+            swap_commits: BTreeMap::new(),
+            swap_request_id: 0,
             healing: RefCell::new(None),
             rebuilding_since_ms: std::cell::Cell::new(rebuilding.then_some(now_ms)),
         });
         Ok(())
     }
 
-    /// Kills the process and cuts the power: the disk keeps what `mode` says survives. Returns
-    /// the history indexes of the client operations it was coordinating.
+    /// Kills the process and cuts the power: the disks keep what `mode` says survives. Returns
+    /// the history indexes of the client operations it was coordinating (swaps included), in
+    /// order.
     pub fn crash(&mut self, mode: CrashMode) -> Vec<usize> {
         let running = self.running.take().expect("only a running node crashes");
         self.disks = self.disks.iter().map(|disk| disk.crash(mode)).collect();
+        self.paxos_disks = self.paxos_disks.iter().map(|disk| disk.crash(mode)).collect();
         self.disk_failing = false;
-        running.requests.into_values().collect()
+        let mut abandoned: Vec<usize> =
+            running.requests.into_values().chain(running.swaps.into_keys()).collect();
+        abandoned.sort_unstable();
+        abandoned
     }
 
     /// Once every range this node replicates was found equal on every other replica after its
@@ -292,6 +348,19 @@ impl Node {
         }
         block_on(ringkv_storage::Disk::sync_dir(disk))
             .map_err(|error| format!("syncing the directory: {error}"))?;
+        let mut removed = removed;
+        // A replaced disk takes the shard's Paxos state with it (`paxos/` is under the shard's
+        // directory); a lost table is the data engine's.
+        if whole {
+            let paxos = &self.paxos_disks[shard];
+            for name in paxos.file_names() {
+                block_on(ringkv_storage::Disk::remove(paxos, &name))
+                    .map_err(|error| format!("removing paxos/{name}: {error}"))?;
+                removed.push(format!("paxos/{name}"));
+            }
+            block_on(ringkv_storage::Disk::sync_dir(paxos))
+                .map_err(|error| format!("syncing the Paxos directory: {error}"))?;
+        }
         self.data_lost = true;
         Ok(removed)
     }
@@ -312,7 +381,7 @@ impl Node {
     /// Makes every sync (or, with `writes`, every write) of the disks fail after `successes`
     /// more, on each disk.
     pub fn fail_disk(&mut self, writes: bool, successes: u64) {
-        for disk in &self.disks {
+        for disk in self.disks.iter().chain(&self.paxos_disks) {
             if writes {
                 disk.fail_writes_after(successes);
             } else {
@@ -327,6 +396,30 @@ impl Node {
         &running.engines[self.shard_ring.owner_of_key(key) as usize]
     }
 
+    /// The Paxos engine of the shard owning `key`.
+    fn paxos_of<'a>(&self, running: &'a Running, key: &[u8]) -> &'a Engine<MemDisk> {
+        &running.paxos[self.shard_ring.owner_of_key(key) as usize]
+    }
+
+    /// Why this node answers no replica read (nor Paxos prepare or proposal) of `key`, if it
+    /// does not, as the shard's `rebuilding_refusal`: it lost data and anti-entropy has not
+    /// found the key's range equal on every other replica since this node started.
+    fn rebuilding_refusal(&self, running: &Running, key: &[u8]) -> Option<PeerFailure> {
+        let since = running.rebuilding_since_ms.get()?;
+        let repaired = running
+            .healing
+            .borrow()
+            .as_ref()
+            .is_some_and(|healing| healing.repaired_since(token(key), since));
+        if repaired {
+            return None;
+        }
+        Some(PeerFailure::new(
+            PeerErrorCode::Rebuilding,
+            format!("node {} lost data and has not restored this key's range yet", self.node_id),
+        ))
+    }
+
     /// Serves a replica request on this node, as the shard's `serve_replica` does, on shard
     /// `shard` (the coordinator's choice), or, with `None` (hint replays and anti-entropy
     /// pushes, which name no shard here), on the shard owning the key. A shard that does not own
@@ -335,9 +428,6 @@ impl Node {
     pub fn serve(&self, envelope: &PeerEnvelope, shard: Option<u32>, now_ms: u64) -> Option<PeerEnvelope> {
         let running = self.running.as_ref().expect("only a running node serves");
         let wall_ms = self.wall_ms(now_ms);
-        let storage_failure = |error: ringkv_storage::StorageError| {
-            PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
-        };
         if let Some(answer) = running
             .healing
             .borrow()
@@ -347,7 +437,11 @@ impl Node {
             return Some(PeerEnvelope { message: answer, ..envelope.clone() });
         }
         let key = match &envelope.message {
-            PeerMessage::Replicate { key, .. } | PeerMessage::Read { key, .. } => Some(key),
+            PeerMessage::Replicate { key, .. }
+            | PeerMessage::Read { key, .. }
+            | PeerMessage::PaxosPrepare { key, .. }
+            | PeerMessage::PaxosPropose { key, .. }
+            | PeerMessage::PaxosCommit { key, .. } => Some(key),
             _ => None,
         };
         if let (Some(key), Some(shard)) = (key, shard) {
@@ -373,22 +467,8 @@ impl Node {
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
                 let gated = self.behaviour != ReplicaBehaviour::ServesWhileRebuilding;
-                if let Some(since) = running.rebuilding_since_ms.get().filter(|_| gated) {
-                    let repaired = running
-                        .healing
-                        .borrow()
-                        .as_ref()
-                        .is_some_and(|healing| healing.repaired_since(token(&key), since));
-                    if !repaired {
-                        let failure = PeerFailure::new(
-                            PeerErrorCode::Rebuilding,
-                            format!(
-                                "node {} lost data and has not restored this key's range yet",
-                                self.node_id
-                            ),
-                        );
-                        return Some(replica::refusal(envelope, failure));
-                    }
+                if let Some(failure) = self.rebuilding_refusal(running, &key).filter(|_| gated) {
+                    return Some(replica::refusal(envelope, failure));
                 }
                 // As the shard does: a replica tells a coordinator only what is durable here.
                 let result = block_on(self.engine_of(running, &key).get_durable_entry(&key))
@@ -396,15 +476,132 @@ impl Node {
                     .map_err(storage_failure);
                 Some(replica::read_answer(envelope, digest_only, result))
             }
-            Ok(Some(
-                replica::Work::Prepare { .. } | replica::Work::Propose { .. } | replica::Work::Commit { .. },
-            )) => {
-                let failure =
-                    PeerFailure::new(PeerErrorCode::Invalid, "the simulated nodes run no compare-and-swap");
-                Some(replica::refusal(envelope, failure))
+            Ok(Some(replica::Work::Prepare { key, ballot })) => {
+                // As the shard does: a copy that may lack acknowledged writes must not take part
+                // in a decision about what the key holds (whatever the sabotage of reads).
+                if let Some(failure) = self.rebuilding_refusal(running, &key) {
+                    return Some(replica::refusal(envelope, failure));
+                }
+                Some(replica::promised(envelope, self.paxos_prepare(running, key, ballot, wall_ms)))
+            }
+            Ok(Some(replica::Work::Propose { key, ballot, entry })) => {
+                if let Some(failure) = self.rebuilding_refusal(running, &key) {
+                    return Some(replica::refusal(envelope, failure));
+                }
+                Some(replica::accepted(envelope, self.paxos_propose(running, key, ballot, entry, wall_ms)))
+            }
+            Ok(Some(replica::Work::Commit { .. }))
+                if self.behaviour == ReplicaBehaviour::AcksWithoutApplying =>
+            {
+                Some(replica::applied(envelope, Ok(())))
+            }
+            Ok(Some(replica::Work::Commit { key, ballot, entry })) => {
+                // As the shard does: the entry first, so that a crash before the ballot is
+                // recorded leaves the proposal looking unfinished (finishing it writes the same
+                // entry again).
+                let applied =
+                    self.apply_tracked(running, key.clone(), Entry::from(entry)).map_err(storage_failure);
+                let result = match applied {
+                    Ok(()) => {
+                        self.acceptor_update(running, key, wall_ms, |state| state.commit(ballot)).map(drop)
+                    }
+                    Err(failure) => Err(failure),
+                };
+                Some(replica::applied(envelope, result))
             }
             Ok(None) => None,
             Err(failure) => Some(replica::refusal(envelope, failure)),
+        }
+    }
+
+    /// The acceptor's answer to a prepare of `key` at `ballot`, as the shard's `paxos_prepare`:
+    /// the head of the newest durable entry here, then the promise, durable when granted.
+    fn paxos_prepare(
+        &self,
+        running: &Running,
+        key: Bytes,
+        ballot: u64,
+        wall_ms: u64,
+    ) -> Result<Promise, PeerFailure> {
+        let current = block_on(self.engine_of(running, &key).get_durable_entry(&key))
+            .map_err(storage_failure)?
+            .map(|entry| EntryHead::of(&PeerEntry::from(entry)));
+        let forgets = self.behaviour == ReplicaBehaviour::ForgetsPromises;
+        let (state, granted) = self.acceptor_update(running, key, wall_ms, |state| {
+            if forgets {
+                // The planted bug: granted whatever was promised before.
+                state.promised = state.promised.max(ballot);
+                return true;
+            }
+            state.prepare(ballot)
+        })?;
+        Ok(state.promise(granted, current))
+    }
+
+    /// The acceptor's answer to a proposal, as the shard's `paxos_propose`: accepted durably
+    /// unless a higher ballot was promised.
+    fn paxos_propose(
+        &self,
+        running: &Running,
+        key: Bytes,
+        ballot: u64,
+        entry: PeerEntry,
+        wall_ms: u64,
+    ) -> Result<Acceptance, PeerFailure> {
+        let forgets = self.behaviour == ReplicaBehaviour::ForgetsPromises;
+        let (state, accepted) = self.acceptor_update(running, key, wall_ms, |state| {
+            if forgets {
+                // The planted bug: accepted whatever was promised since.
+                state.promised = state.promised.max(ballot);
+                state.accepted = Some((ballot, entry.clone()));
+                return true;
+            }
+            state.propose(ballot, entry.clone())
+        })?;
+        Ok(state.acceptance(accepted))
+    }
+
+    /// Reads `key`'s Paxos state, lets `change` change it, and when it did writes it back,
+    /// synced, with a compare-and-swap on the state's record, as the shard's `acceptor_update`
+    /// does (a write to the record between the read and the swap starts it again; on a MemDisk
+    /// none comes).
+    fn acceptor_update(
+        &self,
+        running: &Running,
+        key: Bytes,
+        wall_ms: u64,
+        change: impl Fn(&mut AcceptorState) -> bool,
+    ) -> Result<(AcceptorState, bool), PeerFailure> {
+        let engine = self.paxos_of(running, &key);
+        loop {
+            let stored = block_on(engine.get(&key, wall_ms)).map_err(storage_failure)?;
+            let (mut state, expected) = match stored {
+                Some(stored) => {
+                    let state = AcceptorState::decode(&stored.value)
+                        .map_err(|error| PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string()))?;
+                    (state, StoredExpected::Version(stored.version))
+                }
+                None => (AcceptorState::default(), StoredExpected::Absent),
+            };
+            if !change(&mut state) {
+                return Ok((state, false));
+            }
+            let record = Bytes::from(state.encode());
+            let expires_at_ms = Some(wall_ms.saturating_add(ACCEPTOR_STATE_TTL_MS));
+            let swapped = block_on(engine.compare_and_swap_with(key.clone(), expected, wall_ms, |stored| {
+                Entry::live(stored.map_or(1, |version| version + 1), record, expires_at_ms)
+            }))
+            .map_err(storage_failure)?;
+            match swapped {
+                CasOutcome::Swapped { .. } => return Ok((state, true)),
+                CasOutcome::Mismatch { .. } => continue,
+                CasOutcome::Stale { current_version } => {
+                    return Err(PeerFailure::new(
+                        PeerErrorCode::Internal,
+                        format!("a Paxos state versioned at or below the stored {current_version}"),
+                    ))
+                }
+            }
         }
     }
 
@@ -473,16 +670,22 @@ impl Node {
         Ok((entries, per_shard))
     }
 
-    /// Runs each engine's background work once: flush the memtable, then one compaction if due.
+    /// Runs each engine's background work once (the Paxos engines' too): flush the memtable,
+    /// then one compaction if due.
     pub fn maintain(&self, now_ms: u64) -> Result<(), String> {
         let Some(running) = self.running.as_ref() else { return Ok(()) };
-        for engine in &running.engines {
+        for engine in running.engines.iter().chain(&running.paxos) {
             block_on(engine.flush())
                 .and_then(|()| block_on(engine.compact(self.wall_ms(now_ms))).map(drop))
                 .map_err(|error| format!("node {} maintenance failed: {error}", self.node_id))?;
         }
         Ok(())
     }
+}
+
+/// A storage error as a replica answers it.
+fn storage_failure(error: ringkv_storage::StorageError) -> PeerFailure {
+    PeerFailure::new(PeerErrorCode::StorageFailed, error.to_string())
 }
 
 #[cfg(test)]
@@ -541,5 +744,62 @@ mod tests {
         for node_id in [1, 7, 300] {
             assert_eq!(node_of(peer_address(node_id)), Some(node_id));
         }
+    }
+
+    #[test]
+    fn an_acceptor_keeps_its_promises_across_a_crash_and_a_commit_applies_then_records() {
+        let settings = NodeSettings {
+            replica_timeout_ms: 1_000,
+            pending_max: 8,
+            max_clock_skew_ms: 500,
+            timing: MembershipTiming::default(),
+            memtable_bytes_max: 2 << 10,
+            memtable_hash_seed: 1,
+            shards: 2,
+        };
+        let mut node = Node::new(1, 0, settings, ReplicaBehaviour::Correct);
+        let now_ms = crate::config::START_MS;
+        node.start(now_ms, 7, &[]).expect("starts");
+        let key = Bytes::from_static(b"cas-0");
+        let shard = Some(node.shard_ring.owner_of_key(&key));
+        let ballot = |at: u64| HybridClock::new(2).next_version(at);
+        let request = |message| PeerEnvelope { origin_node: 2, origin_shard: 0, request_id: 9, message };
+        let prepare = |ballot| request(PeerMessage::PaxosPrepare { key: key.clone(), ballot });
+        let promise = |answer: Option<PeerEnvelope>| match answer.expect("answered").message {
+            PeerMessage::PaxosPromise { result } => result.expect("no failure"),
+            other => panic!("not a promise: {other:?}"),
+        };
+        let (low, high) = (ballot(now_ms), ballot(now_ms + 10));
+        assert!(promise(node.serve(&prepare(high), shard, now_ms)).granted);
+        // Synced before the answer: a crash dropping what was not synced keeps it.
+        node.crash(CrashMode::DropUnsynced);
+        node.start(now_ms + 100, 8, &[]).expect("restarts");
+        let refused = promise(node.serve(&prepare(low), shard, now_ms + 100));
+        assert_eq!((refused.granted, refused.promised), (false, high));
+        let entry = PeerEntry {
+            version: high,
+            value: ringkv_wire::peer::PeerValue::Live { data: Bytes::from_static(b"v"), expires_at_ms: None },
+        };
+        let proposal =
+            request(PeerMessage::PaxosPropose { key: key.clone(), ballot: high, entry: entry.clone() });
+        match node.serve(&proposal, shard, now_ms + 100).expect("answered").message {
+            PeerMessage::PaxosAccept { result } => assert!(result.expect("no failure").accepted),
+            other => panic!("not an acceptance: {other:?}"),
+        }
+        let commit =
+            request(PeerMessage::PaxosCommit { key: key.clone(), ballot: high, entry: entry.clone() });
+        match node.serve(&commit, shard, now_ms + 100).expect("answered").message {
+            PeerMessage::ReplicateAck { result } => assert_eq!(result, Ok(())),
+            other => panic!("not an ack: {other:?}"),
+        }
+        assert_eq!(node.stored(&key).expect("readable"), Some(entry.clone()));
+        let after = promise(node.serve(&prepare(ballot(now_ms + 20)), shard, now_ms + 100));
+        assert_eq!(
+            (after.committed, after.accepted, after.current),
+            (high, None, Some(EntryHead::of(&entry)))
+        );
+        // The Paxos state is no key of the store: the data engines hold the entry alone.
+        let (entries, _) = node.stored_all().expect("scannable");
+        assert_eq!(entries.len(), 1);
     }
 }
