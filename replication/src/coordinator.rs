@@ -266,21 +266,21 @@ impl Coordinator {
         self.start_write(now_ms, key, entry, None, targets, required, out)
     }
 
-    /// [`Coordinator::write`] of the entry a compare-and-swap chose at Paxos `ballot` (see
-    /// [`crate::paxos`]): each replica applies it as a write and records the ballot as the
-    /// key's most recent commit.
+    /// [`Coordinator::write`] of the entry a compare-and-swap chose at Paxos `ballot`, decided
+    /// on the state of version `based_on` (see [`crate::paxos`]): each replica applies it as a
+    /// write and records the commit as the key's most recent.
     #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &mut self,
         now_ms: u64,
         key: Bytes,
-        ballot: u64,
+        (ballot, based_on): (u64, u64),
         entry: PeerEntry,
         targets: &[Target],
         required: usize,
         out: &mut Vec<Output>,
     ) -> Result<u64, CoordinatorError> {
-        self.start_write(now_ms, key, entry, Some(ballot), targets, required, out)
+        self.start_write(now_ms, key, entry, Some((ballot, based_on)), targets, required, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -289,7 +289,7 @@ impl Coordinator {
         now_ms: u64,
         key: Bytes,
         entry: PeerEntry,
-        ballot: Option<u64>,
+        paxos: Option<(u64, u64)>,
         targets: &[Target],
         required: usize,
         out: &mut Vec<Output>,
@@ -297,9 +297,11 @@ impl Coordinator {
         let request_id = self.admit(now_ms, targets.len(), required)?;
         let version = entry.version;
         for &to in targets {
-            let message = match ballot {
+            let message = match paxos {
                 None => PeerMessage::Replicate { key: key.clone(), entry: entry.clone() },
-                Some(ballot) => PeerMessage::PaxosCommit { key: key.clone(), ballot, entry: entry.clone() },
+                Some((ballot, based_on)) => {
+                    PeerMessage::PaxosCommit { key: key.clone(), ballot, based_on, entry: entry.clone() }
+                }
             };
             out.push(Output::Send { to, envelope: self.envelope(request_id, message) });
         }

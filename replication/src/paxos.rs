@@ -9,15 +9,17 @@
 //! ```text
 //!  coordinator (PaxosCas)                          replica (AcceptorState, durable per key)
 //!  begin(ballot)  ─▶ PaxosPrepare { ballot } ───▶ promise if ballot > promised
-//!                 ◀─ PaxosPromise { granted, promised, accepted, current } (after a sync)
+//!                 ◀─ PaxosPromise { granted, promised, committed, accepted, current } (synced)
 //!  quorum granted ─▶ a proposal accepted above every commit the quorum applied? finish it
 //!                    first (propose it again at this ballot, commit it), then begin again
-//!                 ─▶ else compare `expected` with the newest current entry:
+//!                 ─▶ else compare `expected` with the newest current entry (the state
+//!                    the swap is based on):
 //!                    mismatch ─▶ Answer Mismatch
-//!                    match    ─▶ PaxosPropose { ballot, entry (version = ballot) } ───▶
+//!                    match    ─▶ PaxosPropose { ballot, based_on, entry (version = ballot) } ─▶
 //!                 ◀─ PaxosAccept { accepted, promised }     accept if ballot >= promised (sync)
-//!  quorum accepted ─▶ Commit: PaxosCommit { ballot, entry } ───▶ apply the entry as a write,
-//!                    (hints for replicas down)                    record the commit's ballot
+//!  quorum accepted ─▶ Commit: PaxosCommit { ballot, based_on, entry } ─▶ apply the entry as a
+//!                    (hints for replicas down)               write, record the commit (ballot,
+//!                                                            version, based_on)
 //!  committed      ─▶ Answer Swapped { version }
 //!  a higher ballot anywhere ─▶ Retry above it (the driver pauses on contention)
 //! ```
@@ -40,16 +42,22 @@
 //!
 //! **Outcomes stay exact.** A swap whose own proposal reached some replicas but not a quorum
 //! (refused by a higher ballot, or unanswered) retries; if a later prepare finds that proposal
-//! in progress or current, it was chosen, and the swap answers `Swapped` with its version. If it
-//! finds neither and the compare fails, the proposal may still have been chosen and overwritten
-//! since, so the swap answers an indeterminate failure rather than a mismatch that could be
-//! false.
+//! in progress, current or committed, it was chosen, and the swap answers `Swapped` with its
+//! version. Otherwise every proposal records `based_on`, the version of the newest entry its
+//! compare saw, and each replica its last commit's (ballot, version, `based_on`): a state has
+//! exactly one successor (that is what the swap promises), so a commit based on the state this
+//! swap proposed from, of another entry, means its proposal lost and can never be chosen; the
+//! compare's mismatch is then exact. Only when no such commit is in sight (the successor was
+//! itself overwritten, or its commit reached no replica of the quorum) does the swap answer an
+//! indeterminate failure rather than a mismatch that could be false.
 //!
 //! **Mixing** ordinary writes with swaps of the same key is not linearizable (as in Cassandra):
 //! an ordinary write is a quorum write outside the protocol. Swaps among themselves are.
 
 use bytes::Bytes;
-use ringkv_wire::peer::{Acceptance, EntryHead, PeerEntry, PeerFailure, PeerMessage, PeerValue, Promise};
+use ringkv_wire::peer::{
+    Acceptance, Accepted, EntryHead, PeerEntry, PeerFailure, PeerMessage, PeerValue, Promise,
+};
 use ringkv_wire::Expected;
 
 use crate::coordinator::{CoordinatorError, Target};
@@ -60,11 +68,14 @@ use crate::coordinator::{CoordinatorError, Target};
 pub struct AcceptorState {
     /// The highest ballot promised (0: none).
     pub promised: u64,
-    /// The highest ballot whose commit this replica applied (0: none).
+    /// The highest ballot whose commit this replica applied (0: none), with the version of the
+    /// entry committed and the version it was based on.
     pub committed: u64,
-    /// The last proposal accepted, with the ballot it was accepted at; dropped once a commit at
-    /// that ballot or a higher one is applied.
-    pub accepted: Option<(u64, PeerEntry)>,
+    pub committed_version: u64,
+    pub committed_based_on: u64,
+    /// The last proposal accepted; dropped once a commit at its ballot or a higher one is
+    /// applied.
+    pub accepted: Option<Accepted>,
 }
 
 /// A stored [`AcceptorState`] that does not decode.
@@ -81,11 +92,13 @@ const ACCEPTED_LIVE: u8 = 1;
 const ACCEPTED_LIVE_EXPIRING: u8 = 2;
 const ACCEPTED_TOMBSTONE: u8 = 3;
 
-/// Bytes an encoded [`AcceptorState`] adds to the accepted value: format, promised and committed
-/// ballots, kind, accepted ballot, version and expiry or deletion time.
-pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize = 1 + 8 + 8 + 1 + 8 + 8 + 8;
+/// Bytes an encoded [`AcceptorState`] adds to the accepted value: format; promised ballot; the
+/// commit's ballot, version and base; kind; the acceptance's ballot and base; the entry's
+/// version and expiry or deletion time.
+pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize = 1 + 8 + 3 * 8 + 1 + 2 * 8 + 2 * 8;
 
-/// Where an encoded state's accepted value begins.
+/// Where an encoded state's kind byte is, and its accepted value begins.
+const KIND_OFFSET: usize = 1 + 8 + 3 * 8;
 const VALUE_OFFSET: usize = ACCEPTOR_STATE_OVERHEAD_BYTES;
 
 impl AcceptorState {
@@ -100,25 +113,27 @@ impl AcceptorState {
         }
     }
 
-    /// Phase 2: accepts `entry` at `ballot` unless a higher ballot was promised. Returns whether
-    /// it did; the state changes only then.
-    pub fn propose(&mut self, ballot: u64, entry: PeerEntry) -> bool {
+    /// Phase 2: accepts `entry`, decided on the state of version `based_on`, at `ballot` unless
+    /// a higher ballot was promised. Returns whether it did; the state changes only then.
+    pub fn propose(&mut self, ballot: u64, based_on: u64, entry: PeerEntry) -> bool {
         if ballot < self.promised {
             return false;
         }
         self.promised = ballot;
-        self.accepted = Some((ballot, entry));
+        self.accepted = Some(Accepted { ballot, based_on, entry });
         true
     }
 
-    /// Phase 3: records that the proposal chosen at `ballot` was applied here. Returns whether
-    /// the state changed.
-    pub fn commit(&mut self, ballot: u64) -> bool {
+    /// Phase 3: records that the proposal chosen at `ballot` (its entry's `version`, decided on
+    /// the state of version `based_on`) was applied here. Returns whether the state changed.
+    pub fn commit(&mut self, ballot: u64, version: u64, based_on: u64) -> bool {
         if ballot <= self.committed {
             return false;
         }
         self.committed = ballot;
-        if self.accepted.as_ref().is_some_and(|(accepted, _)| *accepted <= ballot) {
+        self.committed_version = version;
+        self.committed_based_on = based_on;
+        if self.accepted.as_ref().is_some_and(|accepted| accepted.ballot <= ballot) {
             self.accepted = None;
         }
         true
@@ -131,6 +146,8 @@ impl AcceptorState {
             granted,
             promised: self.promised,
             committed: self.committed,
+            committed_version: self.committed_version,
+            committed_based_on: self.committed_based_on,
             accepted: self.accepted.clone(),
             current,
         }
@@ -144,25 +161,26 @@ impl AcceptorState {
     /// The state as stored: little-endian fields, then the accepted value's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let data = match &self.accepted {
-            Some((_, PeerEntry { value: PeerValue::Live { data, .. }, .. })) => data.len(),
+            Some(Accepted { entry: PeerEntry { value: PeerValue::Live { data, .. }, .. }, .. }) => data.len(),
             _ => 0,
         };
         let mut out = Vec::with_capacity(ACCEPTOR_STATE_OVERHEAD_BYTES + data);
         out.push(FORMAT);
-        out.extend_from_slice(&self.promised.to_le_bytes());
-        out.extend_from_slice(&self.committed.to_le_bytes());
+        for word in [self.promised, self.committed, self.committed_version, self.committed_based_on] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
         match &self.accepted {
             None => out.push(NOTHING_ACCEPTED),
-            Some((ballot, entry)) => {
+            Some(Accepted { ballot, based_on, entry }) => {
                 let (kind, time) = match &entry.value {
                     PeerValue::Live { expires_at_ms: None, .. } => (ACCEPTED_LIVE, 0),
                     PeerValue::Live { expires_at_ms: Some(at), .. } => (ACCEPTED_LIVE_EXPIRING, *at),
                     PeerValue::Tombstone { deleted_at_ms } => (ACCEPTED_TOMBSTONE, *deleted_at_ms),
                 };
                 out.push(kind);
-                out.extend_from_slice(&ballot.to_le_bytes());
-                out.extend_from_slice(&entry.version.to_le_bytes());
-                out.extend_from_slice(&time.to_le_bytes());
+                for word in [*ballot, *based_on, entry.version, time] {
+                    out.extend_from_slice(&word.to_le_bytes());
+                }
                 if let PeerValue::Live { data, .. } = &entry.value {
                     out.extend_from_slice(data);
                 }
@@ -181,15 +199,22 @@ impl AcceptorState {
         if bytes.first() != Some(&FORMAT) {
             return Err(error("its format byte is unknown"));
         }
-        let (promised, committed) = (word(1)?, word(9)?);
-        let kind = *bytes.get(17).ok_or_else(|| error("it is cut short"))?;
+        let mut state = AcceptorState {
+            promised: word(1)?,
+            committed: word(9)?,
+            committed_version: word(17)?,
+            committed_based_on: word(25)?,
+            accepted: None,
+        };
+        let kind = *bytes.get(KIND_OFFSET).ok_or_else(|| error("it is cut short"))?;
         if kind == NOTHING_ACCEPTED {
-            if bytes.len() != 18 {
+            if bytes.len() != KIND_OFFSET + 1 {
                 return Err(error("it has bytes after an empty acceptance"));
             }
-            return Ok(AcceptorState { promised, committed, accepted: None });
+            return Ok(state);
         }
-        let (ballot, version, time) = (word(18)?, word(26)?, word(34)?);
+        let at = KIND_OFFSET + 1;
+        let (ballot, based_on, version, time) = (word(at)?, word(at + 8)?, word(at + 16)?, word(at + 24)?);
         let data = bytes.slice(VALUE_OFFSET.min(bytes.len())..);
         let value = match kind {
             ACCEPTED_LIVE => PeerValue::Live { data, expires_at_ms: None },
@@ -198,7 +223,8 @@ impl AcceptorState {
             ACCEPTED_TOMBSTONE => return Err(error("a tombstone carries a value")),
             _ => return Err(error("its kind byte is unknown")),
         };
-        Ok(AcceptorState { promised, committed, accepted: Some((ballot, PeerEntry { version, value })) })
+        state.accepted = Some(Accepted { ballot, based_on, entry: PeerEntry { version, value } });
+        Ok(state)
     }
 }
 
@@ -226,10 +252,10 @@ pub enum CasOutcome {
 pub enum CasStep {
     /// Send this request to every target and feed each answer to [`PaxosCas::on_answer`].
     Send(PeerMessage),
-    /// Commit this entry, chosen at `ballot`, to the key's replicas
-    /// ([`crate::Coordinator::commit`], hints for the replicas down included), waiting for the
-    /// commit's acknowledgements, then call [`PaxosCas::on_committed`].
-    Commit { ballot: u64, entry: PeerEntry },
+    /// Commit this entry, chosen at `ballot` and decided on the state of version `based_on`, to
+    /// the key's replicas ([`crate::Coordinator::commit`], hints for the replicas down included),
+    /// waiting for the commit's acknowledgements, then call [`PaxosCas::on_committed`].
+    Commit { ballot: u64, based_on: u64, entry: PeerEntry },
     /// Begin again with a ballot above `above`; `contended`: another proposer holds a higher
     /// ballot, so pause a random while first.
     Retry { above: u64, contended: bool },
@@ -241,7 +267,7 @@ pub enum CasStep {
 enum Phase {
     Idle,
     Prepare { promises: Vec<Promise> },
-    Propose { entry: PeerEntry, ours: bool, accepted: usize },
+    Propose { entry: PeerEntry, based_on: u64, ours: bool, accepted: usize },
     Commit { entry: PeerEntry, ours: bool },
 }
 
@@ -266,8 +292,9 @@ pub struct PaxosCas {
     higher: u64,
     /// The last failure a replica answered.
     failure: Option<PeerFailure>,
-    /// Versions of the entries this swap proposed.
-    own: Vec<u64>,
+    /// The entries this swap proposed: each one's version, and the version of the state it was
+    /// decided on.
+    own: Vec<(u64, u64)>,
     /// A proposal of this swap may have been accepted by some replicas without reaching a
     /// quorum: a later mismatch cannot be told for sure.
     maybe_applied: bool,
@@ -369,12 +396,13 @@ impl PaxosCas {
                     }
                 }
                 if *accepted >= self.quorum {
-                    let Phase::Propose { entry, ours, .. } = std::mem::replace(&mut self.phase, Phase::Idle)
+                    let Phase::Propose { entry, based_on, ours, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Idle)
                     else {
                         unreachable!("matched above")
                     };
                     self.phase = Phase::Commit { entry: entry.clone(), ours };
-                    return Some(CasStep::Commit { ballot: self.ballot, entry });
+                    return Some(CasStep::Commit { ballot: self.ballot, based_on, entry });
                 }
                 self.if_quorum_lost()
             }
@@ -419,12 +447,15 @@ impl PaxosCas {
     fn decide(&mut self, promises: Vec<Promise>, now_ms: u64) -> CasStep {
         let newest = promises.iter().filter_map(|promise| promise.current).max_by_key(|head| head.version);
         let newest_version = newest.map_or(0, |head| head.version);
-        // An entry of this swap that some replica holds as current was committed, so chosen.
-        if let Some(version) = promises
+        // An entry of this swap that some replica holds or committed was chosen.
+        let chosen = promises
             .iter()
-            .filter_map(|promise| promise.current.map(|head| head.version))
-            .find(|version| self.own.contains(version))
-        {
+            .flat_map(|promise| {
+                let committed = (promise.committed > 0).then_some(promise.committed_version);
+                promise.current.map(|head| head.version).into_iter().chain(committed)
+            })
+            .find(|version| self.own.iter().any(|(own, _)| own == version));
+        if let Some(version) = chosen {
             self.phase = Phase::Idle;
             return CasStep::Answer(Ok(CasOutcome::Swapped { version }));
         }
@@ -432,12 +463,12 @@ impl PaxosCas {
         let in_progress = promises
             .iter()
             .filter_map(|promise| promise.accepted.as_ref())
-            .filter(|(ballot, _)| *ballot > committed)
-            .max_by_key(|(ballot, _)| *ballot)
-            .map(|(_, entry)| entry.clone());
-        if let Some(entry) = in_progress {
-            let ours = self.own.contains(&entry.version);
-            return self.propose(entry, ours);
+            .filter(|accepted| accepted.ballot > committed)
+            .max_by_key(|accepted| accepted.ballot)
+            .cloned();
+        if let Some(Accepted { based_on, entry, .. }) = in_progress {
+            let ours = self.own.iter().any(|(own, _)| *own == entry.version);
+            return self.propose(entry, based_on, ours);
         }
         if self.ballot <= newest_version {
             self.phase = Phase::Idle;
@@ -450,7 +481,7 @@ impl PaxosCas {
         };
         if !matches {
             self.phase = Phase::Idle;
-            if self.maybe_applied {
+            if self.maybe_applied && !self.own_proposals_lost(&promises) {
                 return CasStep::Answer(Err(CoordinatorError::WriteIndeterminate {
                     acks: 0,
                     required: self.quorum,
@@ -470,14 +501,32 @@ impl PaxosCas {
                 expires_at_ms: self.request.expires_at_ms,
             },
         };
-        self.own.push(entry.version);
-        self.propose(entry, true)
+        self.own.push((entry.version, newest_version));
+        self.propose(entry, newest_version, true)
     }
 
-    fn propose(&mut self, entry: PeerEntry, ours: bool) -> CasStep {
+    /// Whether every proposal of this swap lost its state's succession: some replica committed
+    /// another entry based on the state that proposal was based on. A state has one successor,
+    /// so such a proposal is never chosen.
+    fn own_proposals_lost(&self, promises: &[Promise]) -> bool {
+        self.own.iter().all(|&(version, based_on)| {
+            promises.iter().any(|promise| {
+                promise.committed > 0
+                    && promise.committed_based_on == based_on
+                    && promise.committed_version != version
+            })
+        })
+    }
+
+    fn propose(&mut self, entry: PeerEntry, based_on: u64, ours: bool) -> CasStep {
         self.reset_counts();
-        self.phase = Phase::Propose { entry: entry.clone(), ours, accepted: 0 };
-        CasStep::Send(PeerMessage::PaxosPropose { key: self.request.key.clone(), ballot: self.ballot, entry })
+        self.phase = Phase::Propose { entry: entry.clone(), based_on, ours, accepted: 0 };
+        CasStep::Send(PeerMessage::PaxosPropose {
+            key: self.request.key.clone(),
+            ballot: self.ballot,
+            based_on,
+            entry,
+        })
     }
 
     /// The commit's outcome: for this swap's own entry the answer, for an entry finished for
@@ -562,15 +611,38 @@ mod tests {
         committed_promise(0, accepted, current)
     }
 
+    fn accepted(ballot: u64, based_on: u64, entry: PeerEntry) -> Accepted {
+        Accepted { ballot, based_on, entry }
+    }
+
+    /// A promise from a replica whose last commit is (ballot, version, based_on).
+    fn promise_after(
+        commit: (u64, u64, u64),
+        accepted: Option<Accepted>,
+        current: Option<&PeerEntry>,
+    ) -> PeerMessage {
+        let (committed, committed_version, committed_based_on) = commit;
+        let current = current.map(EntryHead::of);
+        PeerMessage::PaxosPromise {
+            result: Ok(Promise {
+                granted: true,
+                promised: 0,
+                committed,
+                committed_version,
+                committed_based_on,
+                accepted,
+                current,
+            }),
+        }
+    }
+
     fn committed_promise(
         committed: u64,
         accepted: Option<(u64, PeerEntry)>,
         current: Option<&PeerEntry>,
     ) -> PeerMessage {
-        let current = current.map(EntryHead::of);
-        PeerMessage::PaxosPromise {
-            result: Ok(Promise { granted: true, promised: 0, committed, accepted, current }),
-        }
+        let accepted = accepted.map(|(ballot, entry)| Accepted { ballot, based_on: 0, entry });
+        promise_after((committed, 0, 0), accepted, current)
     }
 
     fn accept() -> PeerMessage {
@@ -581,23 +653,33 @@ mod tests {
     fn states_round_trip_through_their_encoding() {
         let states = [
             AcceptorState::default(),
-            AcceptorState { promised: 9, committed: 3, accepted: Some((7, live(5, b"value"))) },
             AcceptorState {
                 promised: 9,
-                committed: 0,
-                accepted: Some((
+                committed: 3,
+                committed_version: 2,
+                committed_based_on: 1,
+                accepted: Some(accepted(7, 2, live(5, b"value"))),
+            },
+            AcceptorState {
+                promised: 9,
+                accepted: Some(accepted(
                     9,
+                    0,
                     PeerEntry {
                         version: 9,
                         value: PeerValue::Live { data: Bytes::new(), expires_at_ms: Some(1_000) },
                     },
                 )),
+                ..AcceptorState::default()
             },
             AcceptorState {
                 promised: 12,
                 committed: u64::MAX,
-                accepted: Some((
+                committed_version: u64::MAX,
+                committed_based_on: u64::MAX,
+                accepted: Some(accepted(
                     12,
+                    u64::MAX,
                     PeerEntry { version: 3, value: PeerValue::Tombstone { deleted_at_ms: 44 } },
                 )),
             },
@@ -622,12 +704,12 @@ mod tests {
         assert!(state.prepare(10));
         assert!(!state.prepare(10), "a ballot is promised once");
         assert!(!state.prepare(9));
-        assert!(!state.propose(9, live(9, b"a")));
+        assert!(!state.propose(9, 0, live(9, b"a")));
         assert_eq!(state.accepted, None);
-        assert!(state.propose(10, live(10, b"a")));
+        assert!(state.propose(10, 0, live(10, b"a")));
         assert!(state.prepare(11));
-        assert!(!state.propose(10, live(10, b"b")), "promised 11 since");
-        assert_eq!(state.accepted, Some((10, live(10, b"a"))));
+        assert!(!state.propose(10, 0, live(10, b"b")), "promised 11 since");
+        assert_eq!(state.accepted, Some(accepted(10, 0, live(10, b"a"))));
         assert_eq!(state.acceptance(false), Acceptance { accepted: false, promised: 11 });
     }
 
@@ -644,7 +726,10 @@ mod tests {
         };
         assert_eq!(entry, live(100, b"new"));
         assert_eq!(cas.on_answer(target(3), accept(), 0), None);
-        assert_eq!(cas.on_answer(target(1), accept(), 0), Some(CasStep::Commit { ballot: 100, entry }));
+        assert_eq!(
+            cas.on_answer(target(1), accept(), 0),
+            Some(CasStep::Commit { ballot: 100, based_on: 5, entry })
+        );
         assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
     }
 
@@ -678,13 +763,14 @@ mod tests {
             CasStep::Send(PeerMessage::PaxosPropose {
                 key: Bytes::from_static(b"k"),
                 ballot: 100,
+                based_on: 0,
                 entry: stranded.clone()
             })
         );
         cas.on_answer(target(1), accept(), 0);
         assert_eq!(
             cas.on_answer(target(2), accept(), 0),
-            Some(CasStep::Commit { ballot: 100, entry: stranded })
+            Some(CasStep::Commit { ballot: 100, based_on: 0, entry: stranded })
         );
         assert_eq!(cas.on_committed(Ok(())), CasStep::Retry { above: 80, contended: false });
         // The next attempt finds the finished proposal current: the compare fails.
@@ -730,7 +816,7 @@ mod tests {
         cas.on_answer(target(3), promise(None, Some(&live(5, b"old"))), 0);
         cas.on_answer(target(1), accept(), 0);
         let step = cas.on_answer(target(3), accept(), 0).unwrap();
-        assert_eq!(step, CasStep::Commit { ballot: 301, entry: live(100, b"new") });
+        assert_eq!(step, CasStep::Commit { ballot: 301, based_on: 0, entry: live(100, b"new") });
         assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
     }
 
@@ -764,13 +850,19 @@ mod tests {
     #[test]
     fn a_commit_is_recorded_once_and_drops_the_proposal_it_supersedes() {
         let mut state = AcceptorState::default();
-        assert!(state.propose(30, live(10, b"a")));
-        assert!(!state.commit(0));
-        assert!(state.commit(20));
-        assert_eq!(state.accepted, Some((30, live(10, b"a"))), "a commit below the acceptance keeps it");
-        assert!(state.commit(30));
+        assert!(state.propose(30, 5, live(10, b"a")));
+        assert!(!state.commit(0, 0, 0));
+        assert!(state.commit(20, 8, 5));
+        assert_eq!(
+            state.accepted,
+            Some(accepted(30, 5, live(10, b"a"))),
+            "a commit below the acceptance keeps it"
+        );
+        assert!(state.commit(30, 10, 5));
+        assert_eq!((state.committed_version, state.committed_based_on), (10, 5));
         assert_eq!((state.committed, state.accepted.clone()), (30, None));
-        assert!(!state.commit(25), "commits only rise");
+        assert!(!state.commit(25, 9, 5), "commits only rise");
+        assert_eq!(state.committed_version, 10);
     }
 
     /// A proposal re-proposed keeps its entry's version, so versions do not follow ballots. Here
@@ -813,5 +905,44 @@ mod tests {
             matches!(step, CasStep::Answer(Err(CoordinatorError::WriteIndeterminate { .. }))),
             "{step:?}"
         );
+    }
+
+    /// Two swaps from version 5 race: this one's proposal reached one replica before the other
+    /// swap's higher ballot took the rest. On its retry the key has changed, and a replica's last
+    /// commit (based on version 5, of another entry) says who succeeded version 5: the mismatch
+    /// is exact. Without such a commit in sight the swap cannot tell.
+    #[test]
+    fn a_lost_race_is_a_mismatch_once_a_commit_names_the_winner() {
+        let overtaken = || {
+            let mut cas = swap(Expected::Version(5));
+            cas.begin(100);
+            cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
+            cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
+            let refused =
+                PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: 200 }) };
+            cas.on_answer(target(1), accept(), 0);
+            cas.on_answer(target(2), refused.clone(), 0);
+            assert!(matches!(cas.on_answer(target(3), refused, 0), Some(CasStep::Retry { .. })));
+            cas.begin(201);
+            cas
+        };
+        let winner = live(200, b"theirs");
+        let mut cas = overtaken();
+        cas.on_answer(target(2), promise_after((200, 200, 5), None, Some(&winner)), 0);
+        let step = cas.on_answer(target(3), promise_after((200, 200, 5), None, Some(&winner)), 0);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(200) }))));
+        // The winner's commit is recorded nowhere the quorum sees (only its entry arrived).
+        let mut cas = overtaken();
+        cas.on_answer(target(2), promise_after((0, 0, 0), None, Some(&winner)), 0);
+        let step = cas.on_answer(target(3), promise_after((0, 0, 0), None, Some(&winner)), 0).unwrap();
+        assert!(
+            matches!(step, CasStep::Answer(Err(CoordinatorError::WriteIndeterminate { .. }))),
+            "{step:?}"
+        );
+        // A commit of this swap's own entry says it won, whatever came after it.
+        let mut cas = overtaken();
+        cas.on_answer(target(1), promise_after((150, 100, 5), None, Some(&live(300, b"later"))), 0);
+        let step = cas.on_answer(target(2), promise_after((0, 0, 0), None, Some(&live(300, b"later"))), 0);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 }))));
     }
 }

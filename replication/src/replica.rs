@@ -30,11 +30,12 @@ pub enum Work {
     /// Paxos phase 1 for `key` (see [`crate::paxos`]): promise `ballot` if it is the highest yet,
     /// durably, and answer with the accepted proposal and the current entry's head.
     Prepare { key: Bytes, ballot: u64 },
-    /// Paxos phase 2: accept `entry` at `ballot` unless a higher ballot was promised, durably.
-    Propose { key: Bytes, ballot: u64, entry: PeerEntry },
+    /// Paxos phase 2: accept `entry` (decided on the state of version `based_on`) at `ballot`
+    /// unless a higher ballot was promised, durably.
+    Propose { key: Bytes, ballot: u64, based_on: u64, entry: PeerEntry },
     /// Paxos phase 3: apply `entry` as [`Work::Apply`] does, and record `ballot` as the key's
     /// most recent commit, then acknowledge with [`applied`].
-    Commit { key: Bytes, ballot: u64, entry: PeerEntry },
+    Commit { key: Bytes, ballot: u64, based_on: u64, entry: PeerEntry },
 }
 
 /// Takes a request from a coordinator. `Ok(None)`: the message is not a request (a reply,
@@ -68,13 +69,23 @@ pub fn accept(
             observe(envelope, clock, *ballot, now_ms, max_clock_skew_ms)?;
             Ok(Some(Work::Prepare { key: key.clone(), ballot: *ballot }))
         }
-        PeerMessage::PaxosPropose { key, ballot, entry } => {
+        PeerMessage::PaxosPropose { key, ballot, based_on, entry } => {
             observe(envelope, clock, (*ballot).max(entry.version), now_ms, max_clock_skew_ms)?;
-            Ok(Some(Work::Propose { key: key.clone(), ballot: *ballot, entry: entry.clone() }))
+            Ok(Some(Work::Propose {
+                key: key.clone(),
+                ballot: *ballot,
+                based_on: *based_on,
+                entry: entry.clone(),
+            }))
         }
-        PeerMessage::PaxosCommit { key, ballot, entry } => {
+        PeerMessage::PaxosCommit { key, ballot, based_on, entry } => {
             observe(envelope, clock, (*ballot).max(entry.version), now_ms, max_clock_skew_ms)?;
-            Ok(Some(Work::Commit { key: key.clone(), ballot: *ballot, entry: entry.clone() }))
+            Ok(Some(Work::Commit {
+                key: key.clone(),
+                ballot: *ballot,
+                based_on: *based_on,
+                entry: entry.clone(),
+            }))
         }
         PeerMessage::Hello { .. }
         | PeerMessage::ReplicateAck { .. }

@@ -32,7 +32,7 @@ struct Acceptor {
 enum Message {
     Request { proposer: usize, step: u64, acceptor: usize, message: PeerMessage },
     Answer { proposer: usize, step: u64, acceptor: usize, message: PeerMessage },
-    Commit { proposer: usize, step: u64, acceptor: usize, ballot: u64, entry: PeerEntry },
+    Commit { proposer: usize, step: u64, acceptor: usize, ballot: u64, based_on: u64, entry: PeerEntry },
     Committed { proposer: usize, step: u64, acceptor: usize },
 }
 
@@ -135,11 +135,11 @@ impl World {
                     self.send(Message::Request { proposer, step: step_id, acceptor, message });
                 }
             }
-            CasStep::Commit { ballot, entry } => {
+            CasStep::Commit { ballot, based_on, entry } => {
                 self.proposers[proposer].commits.clear();
                 for acceptor in 0..ACCEPTORS {
                     let entry = entry.clone();
-                    self.send(Message::Commit { proposer, step: step_id, acceptor, ballot, entry });
+                    self.send(Message::Commit { proposer, step: step_id, acceptor, ballot, based_on, entry });
                 }
             }
             CasStep::Retry { above, .. } => self.proposers[proposer].retry_above = Some(above),
@@ -169,8 +169,8 @@ impl World {
                 let answer = self.accept(acceptor, message);
                 self.send(Message::Answer { proposer, step, acceptor, message: answer });
             }
-            Message::Commit { proposer, step, acceptor, ballot, entry } => {
-                self.acceptors[acceptor].state.commit(ballot);
+            Message::Commit { proposer, step, acceptor, ballot, based_on, entry } => {
+                self.acceptors[acceptor].state.commit(ballot, entry.version, based_on);
                 let current = &mut self.acceptors[acceptor].current;
                 if current.as_ref().is_none_or(|current| current.version < entry.version) {
                     *current = Some(entry);
@@ -208,8 +208,8 @@ impl World {
                 let current = acceptor.current.as_ref().map(EntryHead::of);
                 PeerMessage::PaxosPromise { result: Ok(acceptor.state.promise(granted, current)) }
             }
-            PeerMessage::PaxosPropose { ballot, entry, .. } => {
-                let accepted = acceptor.state.propose(ballot, entry);
+            PeerMessage::PaxosPropose { ballot, based_on, entry, .. } => {
+                let accepted = acceptor.state.propose(ballot, based_on, entry);
                 PeerMessage::PaxosAccept { result: Ok(acceptor.state.acceptance(accepted)) }
             }
             other => panic!("not a Paxos request: {other:?}"),
@@ -293,11 +293,12 @@ fn clone(message: &Message) -> Message {
             acceptor: *acceptor,
             message: message.clone(),
         },
-        Message::Commit { proposer, step, acceptor, ballot, entry } => Message::Commit {
+        Message::Commit { proposer, step, acceptor, ballot, based_on, entry } => Message::Commit {
             proposer: *proposer,
             step: *step,
             acceptor: *acceptor,
             ballot: *ballot,
+            based_on: *based_on,
             entry: entry.clone(),
         },
         Message::Committed { proposer, step, acceptor } => {

@@ -14,10 +14,10 @@
 //!           ◀─────────────── ReadReply { result }            ┘
 //!  PaxosPrepare { key, ballot } ───────────▶  promise ballot ─┐
 //!           ◀─────────────── PaxosPromise { result }          ┘
-//!  PaxosPropose { key, ballot, entry } ────▶  accept if promised ─┐
-//!           ◀─────────────── PaxosAccept { result }               ┘
-//!  PaxosCommit { key, ballot, entry } ─────▶  apply, record the commit ─┐
-//!           ◀─────────────── ReplicateAck { result }                    ┘
+//!  PaxosPropose { key, ballot, based_on, entry } ─▶  accept if promised ─┐
+//!           ◀─────────────── PaxosAccept { result }                        ┘
+//!  PaxosCommit { key, ballot, based_on, entry } ──▶  apply, record the commit ─┐
+//!           ◀─────────────── ReplicateAck { result }                           ┘
 //!  Membership { payload } ◀──────────────▶  (SWIM datagrams between nodes)
 //! ```
 
@@ -139,14 +139,17 @@ pub enum PeerMessage {
     /// The answer to [`PeerMessage::PaxosPrepare`].
     PaxosPromise { result: Result<Promise, PeerFailure> },
     /// Paxos phase 2: accept `entry` for `key` at `ballot` unless a higher ballot was promised.
-    PaxosPropose { key: Bytes, ballot: u64, entry: PeerEntry },
+    /// `based_on` is the version of the key's newest entry (live or not) that the swap's compare
+    /// was made against, 0 when the key had none: the state this proposal succeeds.
+    PaxosPropose { key: Bytes, ballot: u64, based_on: u64, entry: PeerEntry },
     /// The answer to [`PeerMessage::PaxosPropose`].
     PaxosAccept { result: Result<Acceptance, PeerFailure> },
     /// Paxos phase 3: the proposal a majority accepted at `ballot` is chosen. Apply `entry` to
     /// `key` as [`PeerMessage::Replicate`] does (if it outranks what the replica holds) and
-    /// record `ballot` as the key's most recent commit. Answered with
+    /// record `ballot`, the entry's version and `based_on` (the proposal's, see
+    /// [`PeerMessage::PaxosPropose`]) as the key's most recent commit. Answered with
     /// [`PeerMessage::ReplicateAck`].
-    PaxosCommit { key: Bytes, ballot: u64, entry: PeerEntry },
+    PaxosCommit { key: Bytes, ballot: u64, based_on: u64, entry: PeerEntry },
 }
 
 /// The head of an entry: what a compare needs, without the value.
@@ -184,14 +187,32 @@ pub struct Promise {
     pub granted: bool,
     /// When not granted, the higher ballot the replica had promised.
     pub promised: u64,
-    /// The highest ballot whose commit ([`PeerMessage::PaxosCommit`]) this replica applied, 0
-    /// when none.
+    /// The ballot of the most recent commit ([`PeerMessage::PaxosCommit`]) this replica applied
+    /// (the highest ballot of any commit it applied), 0 when none.
     pub committed: u64,
-    /// The proposal the replica accepted last, with its ballot, or `None` when it accepted none.
-    pub accepted: Option<(u64, PeerEntry)>,
+    /// The version of the entry committed at ballot `committed`, 0 when none.
+    pub committed_version: u64,
+    /// The `based_on` of the commit at ballot `committed`: the version of the entry its swap
+    /// was compared against, 0 when none (or when that swap found the key without entries).
+    pub committed_based_on: u64,
+    /// The proposal the replica accepted last (its ballot, its `based_on`, its entry), or `None`
+    /// when it accepted none.
+    pub accepted: Option<Accepted>,
     /// The head of the replica's newest entry for the key, or `None` when it has never seen the
     /// key.
     pub current: Option<EntryHead>,
+}
+
+/// A proposal a replica accepted ([`PeerMessage::PaxosPropose`]), as its promise reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Accepted {
+    /// The ballot the proposal was accepted at.
+    pub ballot: u64,
+    /// The version of the key's newest entry that the proposal's compare was made against, 0
+    /// when the key had none.
+    pub based_on: u64,
+    /// The entry proposed.
+    pub entry: PeerEntry,
 }
 
 /// A replica's answer to a Paxos proposal.
@@ -382,7 +403,7 @@ impl PeerEnvelope {
             PeerMessage::RepairRequest { .. } | PeerMessage::RepairReply { .. } => Ok(()),
             PeerMessage::PaxosPrepare { key, .. } => validate_key(key),
             PeerMessage::PaxosPromise { result } => match result {
-                Ok(Promise { accepted: Some((_, entry)), .. }) => entry.validate(),
+                Ok(Promise { accepted: Some(Accepted { entry, .. }), .. }) => entry.validate(),
                 Ok(Promise { accepted: None, .. }) => Ok(()),
                 Err(failure) => failure.validate(),
             },
@@ -475,6 +496,7 @@ mod tests {
                 envelope(PeerMessage::PaxosPropose {
                     key: vec![1; KEY_BYTES_MAX + 1].into(),
                     ballot: 1,
+                    based_on: 0,
                     entry: live(1),
                 }),
                 WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
@@ -483,18 +505,25 @@ mod tests {
                 envelope(PeerMessage::PaxosPropose {
                     key: "k".into(),
                     ballot: 1,
+                    based_on: u64::MAX,
                     entry: live(VALUE_BYTES_MAX + 1),
                 }),
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
             ),
             (
-                envelope(PeerMessage::PaxosCommit { key: Bytes::new(), ballot: 1, entry: live(1) }),
+                envelope(PeerMessage::PaxosCommit {
+                    key: Bytes::new(),
+                    ballot: 1,
+                    based_on: 1,
+                    entry: live(1),
+                }),
                 WireError::KeyEmpty,
             ),
             (
                 envelope(PeerMessage::PaxosCommit {
                     key: vec![1; KEY_BYTES_MAX + 1].into(),
                     ballot: 1,
+                    based_on: 0,
                     entry: live(1),
                 }),
                 WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
@@ -503,6 +532,7 @@ mod tests {
                 envelope(PeerMessage::PaxosCommit {
                     key: "k".into(),
                     ballot: 1,
+                    based_on: u64::MAX,
                     entry: live(VALUE_BYTES_MAX + 1),
                 }),
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
@@ -513,7 +543,9 @@ mod tests {
                         granted: true,
                         promised: 1,
                         committed: 1,
-                        accepted: Some((1, live(VALUE_BYTES_MAX + 1))),
+                        committed_version: 1,
+                        committed_based_on: 0,
+                        accepted: Some(Accepted { ballot: 1, based_on: 0, entry: live(VALUE_BYTES_MAX + 1) }),
                         current: None,
                     }),
                 }),
@@ -555,6 +587,7 @@ mod tests {
             envelope(PeerMessage::PaxosPropose {
                 key: vec![1; KEY_BYTES_MAX].into(),
                 ballot: u64::MAX,
+                based_on: u64::MAX,
                 entry: entry.clone(),
             }),
             envelope(PeerMessage::PaxosPromise {
@@ -562,18 +595,22 @@ mod tests {
                     granted: true,
                     promised: u64::MAX,
                     committed: u64::MAX,
-                    accepted: Some((u64::MAX, entry.clone())),
+                    committed_version: u64::MAX,
+                    committed_based_on: u64::MAX,
+                    accepted: Some(Accepted { ballot: u64::MAX, based_on: u64::MAX, entry: entry.clone() }),
                     current: Some(EntryHead::of(&entry)),
                 }),
             }),
             envelope(PeerMessage::PaxosCommit {
                 key: vec![1; KEY_BYTES_MAX].into(),
                 ballot: u64::MAX,
+                based_on: u64::MAX,
                 entry: entry.clone(),
             }),
             envelope(PeerMessage::PaxosCommit {
                 key: vec![1; KEY_BYTES_MIN].into(),
                 ballot: 0,
+                based_on: 0,
                 entry: entry.clone(),
             }),
             envelope(PeerMessage::PaxosPrepare { key: vec![1; KEY_BYTES_MIN].into(), ballot: 0 }),

@@ -28,8 +28,8 @@ use crate::generated::peer as fb;
 use crate::limits::PEER_VERIFIER_OPTIONS;
 use crate::peer::RepairReport;
 use crate::peer::{
-    Acceptance, EntryHead, KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage,
-    PeerValue, Promise, ReadAnswer, TreeLevel,
+    Acceptance, Accepted, EntryHead, KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure,
+    PeerMessage, PeerValue, Promise, ReadAnswer, TreeLevel,
 };
 use crate::request::finished_frame;
 
@@ -219,11 +219,17 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
                         granted: promise.granted(),
                         promised: promise.promised(),
                         committed: promise.committed(),
-                        accepted: promise
-                            .accepted()
-                            .map(|entry| parse_entry(entry, bytes))
-                            .transpose()?
-                            .map(|entry| (promise.accepted_ballot(), entry)),
+                        committed_version: promise.committed_version(),
+                        committed_based_on: promise.committed_based_on(),
+                        // The accepted ballot and `based_on` are read only beside an entry.
+                        accepted: match promise.accepted() {
+                            Some(entry) => Some(Accepted {
+                                ballot: promise.accepted_ballot(),
+                                based_on: promise.accepted_based_on(),
+                                entry: parse_entry(entry, bytes)?,
+                            }),
+                            None => None,
+                        },
                         current: promise.current().map(|head| EntryHead {
                             version: head.version(),
                             tombstone: head.tombstone(),
@@ -238,6 +244,7 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
             PeerMessage::PaxosPropose {
                 key: bytes(propose.key().bytes()),
                 ballot: propose.ballot(),
+                based_on: propose.based_on(),
                 entry: parse_entry(propose.entry(), bytes)?,
             }
         }
@@ -255,6 +262,7 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
             PeerMessage::PaxosCommit {
                 key: bytes(commit.key().bytes()),
                 ballot: commit.ballot(),
+                based_on: commit.based_on(),
                 entry: parse_entry(commit.entry(), bytes)?,
             }
         }
@@ -521,9 +529,11 @@ fn encode_message(
         PeerMessage::PaxosPromise { result } => {
             let args = match result {
                 Ok(promise) => {
-                    let (accepted_ballot, accepted) = match &promise.accepted {
-                        Some((ballot, entry)) => (*ballot, Some(encode_entry(builder, entry))),
-                        None => (0, None),
+                    let (accepted_ballot, accepted_based_on, accepted) = match &promise.accepted {
+                        Some(Accepted { ballot, based_on, entry }) => {
+                            (*ballot, *based_on, Some(encode_entry(builder, entry)))
+                        }
+                        None => (0, 0, None),
                     };
                     let current = promise.current.map(|head| {
                         fb::EntryHead::create(
@@ -543,6 +553,9 @@ fn encode_message(
                         current,
                         failure: None,
                         committed: promise.committed,
+                        accepted_based_on,
+                        committed_version: promise.committed_version,
+                        committed_based_on: promise.committed_based_on,
                     }
                 }
                 Err(failure) => fb::PaxosPromiseArgs {
@@ -552,12 +565,17 @@ fn encode_message(
             };
             (fb::Message::PaxosPromise, fb::PaxosPromise::create(builder, &args).as_union_value())
         }
-        PeerMessage::PaxosPropose { key, ballot, entry } => {
+        PeerMessage::PaxosPropose { key, ballot, based_on, entry } => {
             let key = create_bytes(builder, &key[..]);
             let entry = encode_entry(builder, entry);
             let propose = fb::PaxosPropose::create(
                 builder,
-                &fb::PaxosProposeArgs { key: Some(key), ballot: *ballot, entry: Some(entry) },
+                &fb::PaxosProposeArgs {
+                    key: Some(key),
+                    ballot: *ballot,
+                    entry: Some(entry),
+                    based_on: *based_on,
+                },
             );
             (fb::Message::PaxosPropose, propose.as_union_value())
         }
@@ -575,12 +593,17 @@ fn encode_message(
             };
             (fb::Message::PaxosAccept, fb::PaxosAccept::create(builder, &args).as_union_value())
         }
-        PeerMessage::PaxosCommit { key, ballot, entry } => {
+        PeerMessage::PaxosCommit { key, ballot, based_on, entry } => {
             let key = create_bytes(builder, &key[..]);
             let entry = encode_entry(builder, entry);
             let commit = fb::PaxosCommit::create(
                 builder,
-                &fb::PaxosCommitArgs { key: Some(key), ballot: *ballot, entry: Some(entry) },
+                &fb::PaxosCommitArgs {
+                    key: Some(key),
+                    ballot: *ballot,
+                    entry: Some(entry),
+                    based_on: *based_on,
+                },
             );
             (fb::Message::PaxosCommit, commit.as_union_value())
         }
@@ -719,7 +742,7 @@ mod tests {
     }
 
     /// One message of every Paxos shape: each variant, each result, each optional part present
-    /// and absent.
+    /// and absent, each `based_on` 0, in between and maximal.
     fn paxos_messages() -> Vec<PeerMessage> {
         let tombstone = PeerEntry { version: 12, value: PeerValue::Tombstone { deleted_at_ms: 1 } };
         let proposed = live(b"new value", Some(1_700_000_060_000));
@@ -731,7 +754,13 @@ mod tests {
                     granted: true,
                     promised: 0,
                     committed: u64::MAX,
-                    accepted: Some((u64::MAX - 1, proposed.clone())),
+                    committed_version: u64::MAX,
+                    committed_based_on: u64::MAX,
+                    accepted: Some(Accepted {
+                        ballot: u64::MAX - 1,
+                        based_on: u64::MAX,
+                        entry: proposed.clone(),
+                    }),
                     current: Some(EntryHead { version: 11, tombstone: false, expires_at_ms: Some(0) }),
                 }),
             },
@@ -740,8 +769,21 @@ mod tests {
                     granted: true,
                     promised: 0,
                     committed: 4,
-                    accepted: Some((5, tombstone.clone())),
+                    committed_version: 0x0000_0190_0000_0004,
+                    committed_based_on: 3,
+                    accepted: Some(Accepted { ballot: 5, based_on: 11, entry: tombstone.clone() }),
                     current: Some(EntryHead::of(&tombstone)),
+                }),
+            },
+            PeerMessage::PaxosPromise {
+                result: Ok(Promise {
+                    granted: true,
+                    promised: 7,
+                    committed: 0,
+                    committed_version: 0,
+                    committed_based_on: 0,
+                    accepted: Some(Accepted { ballot: 6, based_on: 0, entry: live(b"first", None) }),
+                    current: None,
                 }),
             },
             PeerMessage::PaxosPromise {
@@ -749,26 +791,57 @@ mod tests {
                     granted: true,
                     promised: 0,
                     committed: 0,
+                    committed_version: 0,
+                    committed_based_on: 0,
                     accepted: None,
                     current: None,
                 }),
             },
+            // The commit of a swap that found the key without entries: based on 0.
             PeerMessage::PaxosPromise {
                 result: Ok(Promise {
                     granted: false,
                     promised: u64::MAX,
                     committed: 0x0000_0190_0000_0402,
+                    committed_version: 0x0000_0190_0000_0402,
+                    committed_based_on: 0,
                     accepted: None,
                     current: Some(EntryHead { version: 3, tombstone: false, expires_at_ms: None }),
                 }),
             },
-            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: u64::MAX, entry: proposed.clone() },
-            PeerMessage::PaxosPropose { key: "account:7".into(), ballot: 1, entry: tombstone.clone() },
+            PeerMessage::PaxosPropose {
+                key: "account:7".into(),
+                ballot: u64::MAX,
+                based_on: u64::MAX,
+                entry: proposed.clone(),
+            },
+            PeerMessage::PaxosPropose {
+                key: "account:7".into(),
+                ballot: 0x0000_0190_0000_0403,
+                based_on: 0x0000_0190_0000_0402,
+                entry: proposed.clone(),
+            },
+            PeerMessage::PaxosPropose {
+                key: "account:7".into(),
+                ballot: 1,
+                based_on: 0,
+                entry: tombstone.clone(),
+            },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 0 }) },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: u64::MAX }) },
-            PeerMessage::PaxosCommit { key: "account:7".into(), ballot: u64::MAX, entry: proposed },
-            PeerMessage::PaxosCommit { key: "k".into(), ballot: 0, entry: tombstone },
-            PeerMessage::PaxosCommit { key: "session".into(), ballot: 7, entry: live(b"", None) },
+            PeerMessage::PaxosCommit {
+                key: "account:7".into(),
+                ballot: u64::MAX,
+                based_on: u64::MAX,
+                entry: proposed,
+            },
+            PeerMessage::PaxosCommit { key: "k".into(), ballot: 0, based_on: 0, entry: tombstone },
+            PeerMessage::PaxosCommit {
+                key: "session".into(),
+                ballot: 7,
+                based_on: 6,
+                entry: live(b"", None),
+            },
         ]
     }
 
@@ -892,13 +965,15 @@ mod tests {
                     granted: true,
                     promised: 1,
                     committed: 0,
+                    committed_version: 0,
+                    committed_based_on: 0,
                     accepted: None,
                     current: None,
                 }),
             },
-            PeerMessage::PaxosPropose { key: "k".into(), ballot: 1, entry: live(b"v", None) },
+            PeerMessage::PaxosPropose { key: "k".into(), ballot: 1, based_on: 0, entry: live(b"v", None) },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 1 }) },
-            PeerMessage::PaxosCommit { key: "k".into(), ballot: 1, entry: live(b"v", None) },
+            PeerMessage::PaxosCommit { key: "k".into(), ballot: 1, based_on: 0, entry: live(b"v", None) },
         ];
         assert!(prepare.is_request() && propose.is_request() && commit.is_request());
         assert!(!promise.is_request() && !accept.is_request());
@@ -939,6 +1014,9 @@ mod tests {
                     current: Some(current),
                     failure: Some(failure),
                     committed: 1,
+                    accepted_based_on: 1,
+                    committed_version: 1,
+                    committed_based_on: 1,
                 },
             );
             (fb::Message::PaxosPromise, Some(promise.as_union_value()))
@@ -975,6 +1053,7 @@ mod tests {
                     granted: true,
                     promised: 3,
                     accepted_ballot: 2,
+                    accepted_based_on: 1,
                     ..Default::default()
                 },
             );
@@ -987,6 +1066,8 @@ mod tests {
                     granted: true,
                     promised: 3,
                     committed: 0,
+                    committed_version: 0,
+                    committed_based_on: 0,
                     accepted: None,
                     current: None
                 })
@@ -1056,6 +1137,7 @@ mod tests {
                 PeerMessage::PaxosPropose {
                     key: vec![b'k'; KEY_BYTES_MAX].into(),
                     ballot: u64::MAX,
+                    based_on: u64::MAX,
                     entry: maximal_entry.clone(),
                 },
                 KEY_BYTES_MAX + VALUE_BYTES_MAX,
@@ -1064,19 +1146,26 @@ mod tests {
                 PeerMessage::PaxosCommit {
                     key: vec![b'k'; KEY_BYTES_MAX].into(),
                     ballot: u64::MAX,
+                    based_on: u64::MAX,
                     entry: maximal_entry.clone(),
                 },
                 KEY_BYTES_MAX + VALUE_BYTES_MAX,
             ),
             // A promise carries at most one value (the accepted entry's); the current entry is
-            // only its head.
+            // only its head. Every field is set, each number to its widest.
             (
                 PeerMessage::PaxosPromise {
                     result: Ok(Promise {
-                        granted: false,
+                        granted: true,
                         promised: u64::MAX,
                         committed: u64::MAX,
-                        accepted: Some((u64::MAX, maximal_entry.clone())),
+                        committed_version: u64::MAX,
+                        committed_based_on: u64::MAX,
+                        accepted: Some(Accepted {
+                            ballot: u64::MAX,
+                            based_on: u64::MAX,
+                            entry: maximal_entry.clone(),
+                        }),
                         current: Some(EntryHead::of(&maximal_entry)),
                     }),
                 },
@@ -1173,6 +1262,7 @@ mod tests {
                 envelope(PeerMessage::PaxosPropose {
                     key: vec![1; KEY_BYTES_MAX + 1].into(),
                     ballot: 1,
+                    based_on: 0,
                     entry: live(b"v", None),
                 }),
                 WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
@@ -1181,18 +1271,25 @@ mod tests {
                 envelope(PeerMessage::PaxosPropose {
                     key: "k".into(),
                     ballot: 1,
+                    based_on: u64::MAX,
                     entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
                 }),
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
             ),
             (
-                envelope(PeerMessage::PaxosCommit { key: Bytes::new(), ballot: 1, entry: live(b"v", None) }),
+                envelope(PeerMessage::PaxosCommit {
+                    key: Bytes::new(),
+                    ballot: 1,
+                    based_on: 1,
+                    entry: live(b"v", None),
+                }),
                 WireError::KeyEmpty,
             ),
             (
                 envelope(PeerMessage::PaxosCommit {
                     key: vec![1; KEY_BYTES_MAX + 1].into(),
                     ballot: 1,
+                    based_on: 0,
                     entry: live(b"v", None),
                 }),
                 WireError::KeyTooLong { length_bytes: KEY_BYTES_MAX + 1 },
@@ -1201,6 +1298,7 @@ mod tests {
                 envelope(PeerMessage::PaxosCommit {
                     key: "k".into(),
                     ballot: 1,
+                    based_on: u64::MAX,
                     entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
                 }),
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
@@ -1211,7 +1309,13 @@ mod tests {
                         granted: true,
                         promised: 1,
                         committed: 1,
-                        accepted: Some((1, live(&vec![0; VALUE_BYTES_MAX + 1], None))),
+                        committed_version: 1,
+                        committed_based_on: 1,
+                        accepted: Some(Accepted {
+                            ballot: 1,
+                            based_on: 1,
+                            entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
+                        }),
                         current: None,
                     }),
                 }),
@@ -1448,7 +1552,7 @@ mod tests {
             );
             let commit = fb::PaxosCommit::create(
                 builder,
-                &fb::PaxosCommitArgs { key: Some(key), ballot: 7, entry: Some(entry) },
+                &fb::PaxosCommitArgs { key: Some(key), ballot: 7, entry: Some(entry), based_on: 6 },
             );
             (fb::Message::PaxosCommit, Some(commit.as_union_value()))
         }));
@@ -1575,6 +1679,14 @@ mod tests {
         (any::<u64>(), value).prop_map(|(version, value)| PeerEntry { version, value })
     }
 
+    fn arbitrary_accepted() -> impl Strategy<Value = Accepted> {
+        (any::<u64>(), any::<u64>(), arbitrary_entry()).prop_map(|(ballot, based_on, entry)| Accepted {
+            ballot,
+            based_on,
+            entry,
+        })
+    }
+
     fn arbitrary_head() -> impl Strategy<Value = EntryHead> {
         (any::<u64>(), any::<bool>(), any::<Option<u64>>())
             .prop_map(|(version, tombstone, expires_at_ms)| EntryHead { version, tombstone, expires_at_ms })
@@ -1647,26 +1759,44 @@ mod tests {
                 (
                     any::<bool>(),
                     any::<u64>(),
-                    any::<u64>(),
-                    proptest::option::of((any::<u64>(), arbitrary_entry())),
+                    (any::<u64>(), any::<u64>(), any::<u64>()),
+                    proptest::option::of(arbitrary_accepted()),
                     proptest::option::of(arbitrary_head()),
                 )
-                    .prop_map(|(granted, promised, committed, accepted, current)| Ok(
-                        Promise { granted, promised, committed, accepted, current }
-                    )),
+                    .prop_map(
+                        |(
+                            granted,
+                            promised,
+                            (committed, committed_version, committed_based_on),
+                            accepted,
+                            current,
+                        )| {
+                            Ok(Promise {
+                                granted,
+                                promised,
+                                committed,
+                                committed_version,
+                                committed_based_on,
+                                accepted,
+                                current,
+                            })
+                        }
+                    ),
                 arbitrary_failure().prop_map(Err),
             ]
             .prop_map(|result| PeerMessage::PaxosPromise { result }),
-            (arbitrary_key(), any::<u64>(), arbitrary_entry())
-                .prop_map(|(key, ballot, entry)| PeerMessage::PaxosPropose { key, ballot, entry }),
+            (arbitrary_key(), any::<u64>(), any::<u64>(), arbitrary_entry()).prop_map(
+                |(key, ballot, based_on, entry)| PeerMessage::PaxosPropose { key, ballot, based_on, entry }
+            ),
             prop_oneof![
                 (any::<bool>(), any::<u64>())
                     .prop_map(|(accepted, promised)| Ok(Acceptance { accepted, promised })),
                 arbitrary_failure().prop_map(Err),
             ]
             .prop_map(|result| PeerMessage::PaxosAccept { result }),
-            (arbitrary_key(), any::<u64>(), arbitrary_entry())
-                .prop_map(|(key, ballot, entry)| PeerMessage::PaxosCommit { key, ballot, entry }),
+            (arbitrary_key(), any::<u64>(), any::<u64>(), arbitrary_entry()).prop_map(
+                |(key, ballot, based_on, entry)| PeerMessage::PaxosCommit { key, ballot, based_on, entry }
+            ),
         ]
     }
 

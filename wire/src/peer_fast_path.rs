@@ -300,7 +300,7 @@ fn entry(reader: &mut Frame<'_>, frame: &Bytes, table: &Table, slot: u16) -> Opt
 mod tests {
     use super::*;
     use crate::fast_path::tests::damaged;
-    use crate::peer::{Acceptance, EntryHead, PeerErrorCode, PeerFailure, Promise};
+    use crate::peer::{Acceptance, Accepted, EntryHead, PeerErrorCode, PeerFailure, Promise};
     use crate::peer_codec::{encode_peer, parse_with_verifier};
     use proptest::prelude::*;
 
@@ -388,13 +388,20 @@ mod tests {
                     granted: true,
                     promised: 3,
                     committed: 1,
-                    accepted: Some((2, entry.clone())),
+                    committed_version: 7,
+                    committed_based_on: 6,
+                    accepted: Some(Accepted { ballot: 2, based_on: 7, entry: entry.clone() }),
                     current: Some(EntryHead::of(&entry)),
                 }),
             },
-            PeerMessage::PaxosPropose { key: Bytes::from_static(b"k"), ballot: 3, entry: entry.clone() },
+            PeerMessage::PaxosPropose {
+                key: Bytes::from_static(b"k"),
+                ballot: 3,
+                based_on: 7,
+                entry: entry.clone(),
+            },
             PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: true, promised: 3 }) },
-            PeerMessage::PaxosCommit { key: Bytes::from_static(b"k"), ballot: 3, entry },
+            PeerMessage::PaxosCommit { key: Bytes::from_static(b"k"), ballot: 3, based_on: 7, entry },
         ] {
             let envelope = PeerEnvelope { origin_node: 1, origin_shard: 0, request_id: 4, message };
             assert!(parse_replication(&encode(&envelope)).is_none());

@@ -684,21 +684,22 @@ impl Cluster {
                 }
                 replica::promised(envelope, self.paxos_prepare(key, ballot).await)
             }
-            Ok(Some(replica::Work::Propose { key, ballot, entry })) => {
+            Ok(Some(replica::Work::Propose { key, ballot, based_on, entry })) => {
                 if let Some(failure) = self.rebuilding_refusal(&key) {
                     return replica::refusal(envelope, failure);
                 }
-                replica::accepted(envelope, self.paxos_propose(key, ballot, entry).await)
+                replica::accepted(envelope, self.paxos_propose(key, ballot, based_on, entry).await)
             }
-            Ok(Some(replica::Work::Commit { key, ballot, entry })) => {
+            Ok(Some(replica::Work::Commit { key, ballot, based_on, entry })) => {
                 // The entry first: a crash before the ballot is recorded leaves the proposal
                 // looking unfinished, and finishing it again writes the same entry.
+                let version = entry.version;
                 let applied = self
                     .apply_tracked(key.clone(), Entry::from(entry))
                     .await
                     .map_err(healing::storage_failure);
                 let result = match applied {
-                    Ok(_) => self.paxos_committed(key, ballot).await,
+                    Ok(_) => self.paxos_committed(key, ballot, version, based_on).await,
                     Err(failure) => Err(failure),
                 };
                 replica::applied(envelope, result)

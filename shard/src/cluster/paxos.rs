@@ -126,9 +126,10 @@ impl Cluster {
                 CasStep::Send(message) => {
                     self.paxos_step(&mut cas, &targets, message, deadline, timeout_ms).await
                 }
-                CasStep::Commit { ballot, entry } => {
-                    let committed =
-                        self.commit_swap(key.clone(), ballot, entry, &targets, commit_required).await;
+                CasStep::Commit { ballot, based_on, entry } => {
+                    let committed = self
+                        .commit_swap(key.clone(), (ballot, based_on), entry, &targets, commit_required)
+                        .await;
                     cas.on_committed(committed)
                 }
                 CasStep::Retry { above, contended: pause } => {
@@ -210,12 +211,12 @@ impl Cluster {
         }
     }
 
-    /// Commits the entry chosen at `ballot` to the key's replicas (hints for the replicas down),
-    /// waiting for `required` acknowledgements.
+    /// Commits the entry chosen at `paxos`'s ballot, based on the state of its version, to the
+    /// key's replicas (hints for the replicas down), waiting for `required` acknowledgements.
     async fn commit_swap(
         &self,
         key: Bytes,
-        ballot: u64,
+        paxos: (u64, u64),
         entry: PeerEntry,
         targets: &[Target],
         required: usize,
@@ -225,7 +226,7 @@ impl Cluster {
         let mut out = Vec::new();
         let started = {
             let mut coordinator = self.coordinator.borrow_mut();
-            let started = coordinator.commit(now_ms(), key, ballot, entry, targets, required, &mut out);
+            let started = coordinator.commit(now_ms(), key, paxos, entry, targets, required, &mut out);
             if let Ok(request_id) = started {
                 coordinator.hint_down_replicas(request_id, down);
             }
@@ -261,17 +262,25 @@ impl Cluster {
         &self,
         key: Bytes,
         ballot: u64,
+        based_on: u64,
         entry: PeerEntry,
     ) -> Result<Acceptance, PeerFailure> {
         let (state, accepted) =
-            self.acceptor_update(key, move |state| state.propose(ballot, entry.clone())).await?;
+            self.acceptor_update(key, move |state| state.propose(ballot, based_on, entry.clone())).await?;
         Ok(state.acceptance(accepted))
     }
 
-    /// The acceptor's part of a commit, once the entry is applied: records `ballot` as the key's
-    /// most recent commit (dropping the proposal it supersedes).
-    pub(super) async fn paxos_committed(&self, key: Bytes, ballot: u64) -> Result<(), PeerFailure> {
-        self.acceptor_update(key, |state| state.commit(ballot)).await.map(|_| ())
+    /// The acceptor's part of a commit, once the entry is applied: records the commit at
+    /// `ballot` of the entry of `version`, based on the state of version `based_on`, as the key's
+    /// most recent (dropping the proposal it supersedes).
+    pub(super) async fn paxos_committed(
+        &self,
+        key: Bytes,
+        ballot: u64,
+        version: u64,
+        based_on: u64,
+    ) -> Result<(), PeerFailure> {
+        self.acceptor_update(key, |state| state.commit(ballot, version, based_on)).await.map(|_| ())
     }
 
     /// Reads `key`'s Paxos state, lets `change` change it, and when it did writes it back, synced,

@@ -3139,11 +3139,12 @@ pub enum PaxosPromiseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// The answer to `PaxosPrepare`. `granted`: the replica promised the ballot; otherwise
-/// `promised` is the higher ballot it had promised. `accepted_ballot` and `accepted` are the
-/// proposal the replica accepted last (`accepted` absent: none). `current` is the head of the
-/// replica's newest entry for the key (absent: it has never seen the key). `committed`: the
-/// highest ballot whose commit (`PaxosCommit`) this replica applied, 0 when none. `failure` set:
-/// nothing else is.
+/// `promised` is the higher ballot it had promised. `accepted_ballot`, `accepted_based_on` and
+/// `accepted` are the proposal the replica accepted last (`accepted` absent: none, and the other
+/// two are not read). `current` is the head of the replica's newest entry for the key (absent: it
+/// has never seen the key). `committed`, `committed_version` and `committed_based_on` are the
+/// most recent commit (`PaxosCommit`) this replica applied: its ballot, the version of its entry
+/// and its `based_on`, all 0 when none. `failure` set: nothing else is.
 pub struct PaxosPromise<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3164,6 +3165,9 @@ impl<'a> PaxosPromise<'a> {
   pub const VT_CURRENT: ::flatbuffers::VOffsetT = 12;
   pub const VT_FAILURE: ::flatbuffers::VOffsetT = 14;
   pub const VT_COMMITTED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_ACCEPTED_BASED_ON: ::flatbuffers::VOffsetT = 18;
+  pub const VT_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 20;
+  pub const VT_COMMITTED_BASED_ON: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3175,6 +3179,9 @@ impl<'a> PaxosPromise<'a> {
     args: &'args PaxosPromiseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PaxosPromise<'bldr>> {
     let mut builder = PaxosPromiseBuilder::new(_fbb);
+    builder.add_committed_based_on(args.committed_based_on);
+    builder.add_committed_version(args.committed_version);
+    builder.add_accepted_based_on(args.accepted_based_on);
     builder.add_committed(args.committed);
     builder.add_accepted_ballot(args.accepted_ballot);
     builder.add_promised(args.promised);
@@ -3235,6 +3242,30 @@ impl<'a> PaxosPromise<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(PaxosPromise::VT_COMMITTED, Some(0)).unwrap()}
   }
+  /// The `based_on` of the accepted proposal; read only when `accepted` is present.
+  #[inline]
+  pub fn accepted_based_on(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPromise::VT_ACCEPTED_BASED_ON, Some(0)).unwrap()}
+  }
+  /// The version of the entry committed at ballot `committed`; 0 when `committed` is 0.
+  #[inline]
+  pub fn committed_version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPromise::VT_COMMITTED_VERSION, Some(0)).unwrap()}
+  }
+  /// The `based_on` of the commit at ballot `committed`; 0 when `committed` is 0.
+  #[inline]
+  pub fn committed_based_on(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPromise::VT_COMMITTED_BASED_ON, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
@@ -3250,6 +3281,9 @@ impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<EntryHead>>("current", Self::VT_CURRENT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Failure>>("failure", Self::VT_FAILURE, false)?
      .visit_field::<u64>("committed", Self::VT_COMMITTED, false)?
+     .visit_field::<u64>("accepted_based_on", Self::VT_ACCEPTED_BASED_ON, false)?
+     .visit_field::<u64>("committed_version", Self::VT_COMMITTED_VERSION, false)?
+     .visit_field::<u64>("committed_based_on", Self::VT_COMMITTED_BASED_ON, false)?
      .finish();
     Ok(())
   }
@@ -3262,6 +3296,9 @@ pub struct PaxosPromiseArgs<'a> {
     pub current: Option<::flatbuffers::WIPOffset<EntryHead<'a>>>,
     pub failure: Option<::flatbuffers::WIPOffset<Failure<'a>>>,
     pub committed: u64,
+    pub accepted_based_on: u64,
+    pub committed_version: u64,
+    pub committed_based_on: u64,
 }
 impl<'a> Default for PaxosPromiseArgs<'a> {
   #[inline]
@@ -3274,6 +3311,9 @@ impl<'a> Default for PaxosPromiseArgs<'a> {
       current: None,
       failure: None,
       committed: 0,
+      accepted_based_on: 0,
+      committed_version: 0,
+      committed_based_on: 0,
     }
   }
 }
@@ -3312,6 +3352,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPromiseBuilder<'a, 'b, A
     self.fbb_.push_slot::<u64>(PaxosPromise::VT_COMMITTED, committed, 0);
   }
   #[inline]
+  pub fn add_accepted_based_on(&mut self, accepted_based_on: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPromise::VT_ACCEPTED_BASED_ON, accepted_based_on, 0);
+  }
+  #[inline]
+  pub fn add_committed_version(&mut self, committed_version: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPromise::VT_COMMITTED_VERSION, committed_version, 0);
+  }
+  #[inline]
+  pub fn add_committed_based_on(&mut self, committed_based_on: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPromise::VT_COMMITTED_BASED_ON, committed_based_on, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPromiseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PaxosPromiseBuilder {
@@ -3336,6 +3388,9 @@ impl ::core::fmt::Debug for PaxosPromise<'_> {
       ds.field("current", &self.current());
       ds.field("failure", &self.failure());
       ds.field("committed", &self.committed());
+      ds.field("accepted_based_on", &self.accepted_based_on());
+      ds.field("committed_version", &self.committed_version());
+      ds.field("committed_based_on", &self.committed_based_on());
       ds.finish()
   }
 }
@@ -3343,6 +3398,8 @@ pub enum PaxosProposeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// Paxos phase 2: accept `entry` for `key` at `ballot` unless a higher ballot was promised.
+/// `based_on` is the version of the key's newest entry (live or not) that the swap's compare was
+/// made against, 0 when the key had none: the state this proposal succeeds.
 pub struct PaxosPropose<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3359,6 +3416,7 @@ impl<'a> PaxosPropose<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
   pub const VT_ENTRY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BASED_ON: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3370,6 +3428,7 @@ impl<'a> PaxosPropose<'a> {
     args: &'args PaxosProposeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PaxosPropose<'bldr>> {
     let mut builder = PaxosProposeBuilder::new(_fbb);
+    builder.add_based_on(args.based_on);
     builder.add_ballot(args.ballot);
     if let Some(x) = args.entry { builder.add_entry(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -3398,6 +3457,13 @@ impl<'a> PaxosPropose<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Entry>>(PaxosPropose::VT_ENTRY, None).unwrap()}
   }
+  #[inline]
+  pub fn based_on(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosPropose::VT_BASED_ON, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PaxosPropose<'_> {
@@ -3409,6 +3475,7 @@ impl ::flatbuffers::Verifiable for PaxosPropose<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<u64>("ballot", Self::VT_BALLOT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("entry", Self::VT_ENTRY, true)?
+     .visit_field::<u64>("based_on", Self::VT_BASED_ON, false)?
      .finish();
     Ok(())
   }
@@ -3417,6 +3484,7 @@ pub struct PaxosProposeArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub ballot: u64,
     pub entry: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
+    pub based_on: u64,
 }
 impl<'a> Default for PaxosProposeArgs<'a> {
   #[inline]
@@ -3425,6 +3493,7 @@ impl<'a> Default for PaxosProposeArgs<'a> {
       key: None, // required field
       ballot: 0,
       entry: None, // required field
+      based_on: 0,
     }
   }
 }
@@ -3445,6 +3514,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosProposeBuilder<'a, 'b, A
   #[inline]
   pub fn add_entry(&mut self, entry: ::flatbuffers::WIPOffset<Entry<'b >>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Entry>>(PaxosPropose::VT_ENTRY, entry);
+  }
+  #[inline]
+  pub fn add_based_on(&mut self, based_on: u64) {
+    self.fbb_.push_slot::<u64>(PaxosPropose::VT_BASED_ON, based_on, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosProposeBuilder<'a, 'b, A> {
@@ -3469,6 +3542,7 @@ impl ::core::fmt::Debug for PaxosPropose<'_> {
       ds.field("key", &self.key());
       ds.field("ballot", &self.ballot());
       ds.field("entry", &self.entry());
+      ds.field("based_on", &self.based_on());
       ds.finish()
   }
 }
@@ -3608,8 +3682,9 @@ pub enum PaxosCommitOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// Paxos phase 3: the proposal accepted by a majority at `ballot` is chosen: apply `entry` to
-/// `key` as a replicated write does (if it outranks what the replica holds) and record `ballot`
-/// as the key's most recent commit. Answered with `ReplicateAck`.
+/// `key` as a replicated write does (if it outranks what the replica holds) and record `ballot`,
+/// the entry's version and `based_on` (the proposal's, see `PaxosPropose`) as the key's most
+/// recent commit. Answered with `ReplicateAck`.
 pub struct PaxosCommit<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3626,6 +3701,7 @@ impl<'a> PaxosCommit<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_BALLOT: ::flatbuffers::VOffsetT = 6;
   pub const VT_ENTRY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BASED_ON: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3637,6 +3713,7 @@ impl<'a> PaxosCommit<'a> {
     args: &'args PaxosCommitArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PaxosCommit<'bldr>> {
     let mut builder = PaxosCommitBuilder::new(_fbb);
+    builder.add_based_on(args.based_on);
     builder.add_ballot(args.ballot);
     if let Some(x) = args.entry { builder.add_entry(x); }
     if let Some(x) = args.key { builder.add_key(x); }
@@ -3665,6 +3742,13 @@ impl<'a> PaxosCommit<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Entry>>(PaxosCommit::VT_ENTRY, None).unwrap()}
   }
+  #[inline]
+  pub fn based_on(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PaxosCommit::VT_BASED_ON, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PaxosCommit<'_> {
@@ -3676,6 +3760,7 @@ impl ::flatbuffers::Verifiable for PaxosCommit<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<u64>("ballot", Self::VT_BALLOT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Entry>>("entry", Self::VT_ENTRY, true)?
+     .visit_field::<u64>("based_on", Self::VT_BASED_ON, false)?
      .finish();
     Ok(())
   }
@@ -3684,6 +3769,7 @@ pub struct PaxosCommitArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub ballot: u64,
     pub entry: Option<::flatbuffers::WIPOffset<Entry<'a>>>,
+    pub based_on: u64,
 }
 impl<'a> Default for PaxosCommitArgs<'a> {
   #[inline]
@@ -3692,6 +3778,7 @@ impl<'a> Default for PaxosCommitArgs<'a> {
       key: None, // required field
       ballot: 0,
       entry: None, // required field
+      based_on: 0,
     }
   }
 }
@@ -3712,6 +3799,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosCommitBuilder<'a, 'b, A>
   #[inline]
   pub fn add_entry(&mut self, entry: ::flatbuffers::WIPOffset<Entry<'b >>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Entry>>(PaxosCommit::VT_ENTRY, entry);
+  }
+  #[inline]
+  pub fn add_based_on(&mut self, based_on: u64) {
+    self.fbb_.push_slot::<u64>(PaxosCommit::VT_BASED_ON, based_on, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosCommitBuilder<'a, 'b, A> {
@@ -3736,6 +3827,7 @@ impl ::core::fmt::Debug for PaxosCommit<'_> {
       ds.field("key", &self.key());
       ds.field("ballot", &self.ballot());
       ds.field("entry", &self.entry());
+      ds.field("based_on", &self.based_on());
       ds.finish()
   }
 }
