@@ -43,7 +43,8 @@ use ringkv_replication::{
 use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::{CasOutcome, Engine, EngineOptions, Entry, Expected as StoredExpected, ScanRange};
 use ringkv_wire::peer::{
-    Acceptance, EntryHead, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, Promise,
+    Acceptance, Accepted, EntryHead, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage,
+    Promise,
 };
 use ringkv_wire::token::token;
 
@@ -484,27 +485,33 @@ impl Node {
                 }
                 Some(replica::promised(envelope, self.paxos_prepare(running, key, ballot, wall_ms)))
             }
-            Ok(Some(replica::Work::Propose { key, ballot, entry })) => {
+            Ok(Some(replica::Work::Propose { key, ballot, based_on, entry })) => {
                 if let Some(failure) = self.rebuilding_refusal(running, &key) {
                     return Some(replica::refusal(envelope, failure));
                 }
-                Some(replica::accepted(envelope, self.paxos_propose(running, key, ballot, entry, wall_ms)))
+                Some(replica::accepted(
+                    envelope,
+                    self.paxos_propose(running, key, (ballot, based_on), entry, wall_ms),
+                ))
             }
             Ok(Some(replica::Work::Commit { .. }))
                 if self.behaviour == ReplicaBehaviour::AcksWithoutApplying =>
             {
                 Some(replica::applied(envelope, Ok(())))
             }
-            Ok(Some(replica::Work::Commit { key, ballot, entry })) => {
+            Ok(Some(replica::Work::Commit { key, ballot, based_on, entry })) => {
                 // As the shard does: the entry first, so that a crash before the ballot is
                 // recorded leaves the proposal looking unfinished (finishing it writes the same
                 // entry again).
+                let version = entry.version;
                 let applied =
                     self.apply_tracked(running, key.clone(), Entry::from(entry)).map_err(storage_failure);
                 let result = match applied {
-                    Ok(()) => {
-                        self.acceptor_update(running, key, wall_ms, |state| state.commit(ballot)).map(drop)
-                    }
+                    Ok(()) => self
+                        .acceptor_update(running, key, wall_ms, |state| {
+                            state.commit(ballot, version, based_on)
+                        })
+                        .map(drop),
                     Err(failure) => Err(failure),
                 };
                 Some(replica::applied(envelope, result))
@@ -544,7 +551,7 @@ impl Node {
         &self,
         running: &Running,
         key: Bytes,
-        ballot: u64,
+        (ballot, based_on): (u64, u64),
         entry: PeerEntry,
         wall_ms: u64,
     ) -> Result<Acceptance, PeerFailure> {
@@ -553,10 +560,10 @@ impl Node {
             if forgets {
                 // The planted bug: accepted whatever was promised since.
                 state.promised = state.promised.max(ballot);
-                state.accepted = Some((ballot, entry.clone()));
+                state.accepted = Some(Accepted { ballot, based_on, entry: entry.clone() });
                 return true;
             }
-            state.propose(ballot, entry.clone())
+            state.propose(ballot, based_on, entry.clone())
         })?;
         Ok(state.acceptance(accepted))
     }
@@ -780,14 +787,22 @@ mod tests {
             version: high,
             value: ringkv_wire::peer::PeerValue::Live { data: Bytes::from_static(b"v"), expires_at_ms: None },
         };
-        let proposal =
-            request(PeerMessage::PaxosPropose { key: key.clone(), ballot: high, entry: entry.clone() });
+        let proposal = request(PeerMessage::PaxosPropose {
+            key: key.clone(),
+            ballot: high,
+            based_on: 0,
+            entry: entry.clone(),
+        });
         match node.serve(&proposal, shard, now_ms + 100).expect("answered").message {
             PeerMessage::PaxosAccept { result } => assert!(result.expect("no failure").accepted),
             other => panic!("not an acceptance: {other:?}"),
         }
-        let commit =
-            request(PeerMessage::PaxosCommit { key: key.clone(), ballot: high, entry: entry.clone() });
+        let commit = request(PeerMessage::PaxosCommit {
+            key: key.clone(),
+            ballot: high,
+            based_on: 0,
+            entry: entry.clone(),
+        });
         match node.serve(&commit, shard, now_ms + 100).expect("answered").message {
             PeerMessage::ReplicateAck { result } => assert_eq!(result, Ok(())),
             other => panic!("not an ack: {other:?}"),

@@ -181,7 +181,7 @@ impl Cluster {
                     }
                     return;
                 }
-                CasStep::Commit { ballot, entry } => {
+                CasStep::Commit { ballot, based_on, entry } => {
                     let mut outputs = Vec::new();
                     let key = swap.cas.key().clone();
                     // As the shard does: the replicas down now get hints of the commit.
@@ -189,7 +189,7 @@ impl Cluster {
                     let started = running.coordinator.commit(
                         now_ms,
                         key,
-                        ballot,
+                        (ballot, based_on),
                         entry,
                         &swap.targets,
                         swap.commit_required,
