@@ -447,17 +447,20 @@ impl PaxosCas {
     fn decide(&mut self, promises: Vec<Promise>, now_ms: u64) -> CasStep {
         let newest = promises.iter().filter_map(|promise| promise.current).max_by_key(|head| head.version);
         let newest_version = newest.map_or(0, |head| head.version);
-        // An entry of this swap that some replica holds or committed was chosen.
+        // An entry of this swap that some replica holds or committed was chosen: commit it again
+        // (at its own ballot, which records nothing new where a higher commit is known) so that
+        // it reaches the level asked for, then answer.
         let chosen = promises
             .iter()
             .flat_map(|promise| {
                 let committed = (promise.committed > 0).then_some(promise.committed_version);
                 promise.current.map(|head| head.version).into_iter().chain(committed)
             })
-            .find(|version| self.own.iter().any(|(own, _)| own == version));
-        if let Some(version) = chosen {
-            self.phase = Phase::Idle;
-            return CasStep::Answer(Ok(CasOutcome::Swapped { version }));
+            .find_map(|version| self.own.iter().copied().find(|(own, _)| *own == version));
+        if let Some((version, based_on)) = chosen {
+            let entry = self.own_entry(version);
+            self.phase = Phase::Commit { entry: entry.clone(), ours: true };
+            return CasStep::Commit { ballot: version, based_on, entry };
         }
         let committed = promises.iter().map(|promise| promise.committed).max().unwrap_or(0);
         let in_progress = promises
@@ -494,15 +497,33 @@ impl PaxosCas {
             }
             return CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: live }));
         }
-        let entry = PeerEntry {
-            version: self.ballot,
+        let entry = self.own_entry(self.ballot);
+        self.own.push((entry.version, newest_version));
+        self.propose(entry, newest_version, true)
+    }
+
+    /// The entry this swap proposed at `version` (its ballot then).
+    fn own_entry(&self, version: u64) -> PeerEntry {
+        PeerEntry {
+            version,
             value: PeerValue::Live {
                 data: self.request.data.clone(),
                 expires_at_ms: self.request.expires_at_ms,
             },
-        };
-        self.own.push((entry.version, newest_version));
-        self.propose(entry, newest_version, true)
+        }
+    }
+
+    /// What to answer when the driver gives the swap up before it ends (`failure` says why): an
+    /// indeterminate failure when a proposal of this swap may have been accepted, else the
+    /// failure as it is.
+    pub fn abandon(&self, failure: PeerFailure) -> CoordinatorError {
+        let proposing =
+            matches!(self.phase, Phase::Propose { ours: true, .. } | Phase::Commit { ours: true, .. });
+        if self.maybe_applied || proposing {
+            CoordinatorError::WriteIndeterminate { acks: 0, required: self.quorum, failure }
+        } else {
+            CoordinatorError::ReplicasFailed { acks: 0, required: self.quorum, failure }
+        }
     }
 
     /// Whether every proposal of this swap lost its state's succession: some replica committed
@@ -939,10 +960,19 @@ mod tests {
             matches!(step, CasStep::Answer(Err(CoordinatorError::WriteIndeterminate { .. }))),
             "{step:?}"
         );
-        // A commit of this swap's own entry says it won, whatever came after it.
+        // A commit of this swap's own entry says it won, whatever came after it: it is committed
+        // again at the level asked for, then answered.
         let mut cas = overtaken();
         cas.on_answer(target(1), promise_after((150, 100, 5), None, Some(&live(300, b"later"))), 0);
         let step = cas.on_answer(target(2), promise_after((0, 0, 0), None, Some(&live(300, b"later"))), 0);
-        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 }))));
+        assert_eq!(step, Some(CasStep::Commit { ballot: 100, based_on: 5, entry: live(100, b"new") }));
+        assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
+        // Given up before the end, a swap whose proposal may have been accepted is indeterminate.
+        let cas = overtaken();
+        let failure = PeerFailure::new(ringkv_wire::peer::PeerErrorCode::ClockSkew, "ahead");
+        assert!(matches!(cas.abandon(failure.clone()), CoordinatorError::WriteIndeterminate { .. }));
+        let mut fresh = swap(Expected::Absent);
+        fresh.begin(1);
+        assert!(matches!(fresh.abandon(failure), CoordinatorError::ReplicasFailed { .. }));
     }
 }

@@ -32,7 +32,7 @@ use ringkv_storage::{CasOutcome as StoredCas, Engine, EngineOptions, Entry, Expe
 use ringkv_wire::peer::{
     Acceptance, EntryHead, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, Promise,
 };
-use ringkv_wire::{Consistency, ErrorCode, Expected, Failure, Outcome};
+use ringkv_wire::{Consistency, Expected, Failure, Outcome};
 
 use super::{failure_of, healing, Cluster};
 
@@ -137,9 +137,9 @@ impl Cluster {
                     if let Err(skew) =
                         self.handler.clock().observe_remote(above, now, self.settings.max_clock_skew_ms)
                     {
-                        return Err(Failure::new(
-                            ErrorCode::Unavailable,
-                            format!("a replica's Paxos ballot is too far ahead to follow: {skew}"),
+                        let reason = format!("a replica's Paxos ballot is too far ahead to follow: {skew}");
+                        return Err(failure_of(
+                            &cas.abandon(PeerFailure::new(PeerErrorCode::ClockSkew, reason)),
                         ));
                     }
                     if pause {

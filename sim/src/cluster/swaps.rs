@@ -18,7 +18,7 @@
 use bytes::Bytes;
 use ringkv_replication::paxos::{CasOutcome, CasRequest, CasStep, PaxosCas};
 use ringkv_replication::{CoordinatorError, CoordinatorReply, Target};
-use ringkv_wire::peer::{PeerEnvelope, PeerMessage, PeerValue};
+use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue};
 use ringkv_wire::{Consistency, Expected};
 
 use super::{Cluster, Event};
@@ -41,9 +41,6 @@ pub struct Swap {
     contended: u32,
     /// The request id of the step waiting for answers, if one is.
     step: Option<u64>,
-    /// Whether the last request sent was a prepare (for the trace: a swap answered right after
-    /// a prepare found its own entry already chosen).
-    prepared: bool,
 }
 
 /// What a swap is asked to do.
@@ -112,16 +109,8 @@ impl Cluster {
         let wall_ms = self.nodes[&node].wall_ms(self.now_ms);
         let generation = self.nodes[&node].generation;
         let running = self.nodes.get_mut(&node).and_then(|state| state.running.as_mut()).expect("running");
-        let mut swap = Swap {
-            cas,
-            targets,
-            commit_required,
-            deadline_ms,
-            timeout_ms,
-            contended: 0,
-            step: None,
-            prepared: false,
-        };
+        let mut swap =
+            Swap { cas, targets, commit_required, deadline_ms, timeout_ms, contended: 0, step: None };
         let step = swap.cas.begin(running.clock.next_version(wall_ms));
         running.swaps.insert(index, swap);
         self.scheduler.schedule(deadline_ms, Event::SwapDeadline { node, generation, index });
@@ -141,9 +130,6 @@ impl Cluster {
             let Some(swap) = running.swaps.get_mut(&index) else { return };
             step = match step {
                 CasStep::Answer(result) => {
-                    if swap.prepared && matches!(result, Ok(CasOutcome::Swapped { .. })) {
-                        self.log(format_args!("#{index} found its own entry chosen by another coordinator"));
-                    }
                     let running =
                         self.nodes.get_mut(&node).and_then(|state| state.running.as_mut()).expect("running");
                     running.swaps.remove(&index);
@@ -163,7 +149,6 @@ impl Cluster {
                     running.swap_request_id += 1;
                     let request_id = SWAP_REQUEST_BIT | running.swap_request_id;
                     swap.step = Some(request_id);
-                    swap.prepared = matches!(message, PeerMessage::PaxosPrepare { .. });
                     running.swap_steps.insert(request_id, index);
                     let targets = swap.targets.clone();
                     let envelope = PeerEnvelope { origin_node: node, origin_shard: 0, request_id, message };
@@ -197,7 +182,6 @@ impl Cluster {
                     );
                     match started {
                         Ok(request_id) => {
-                            swap.prepared = false;
                             running.coordinator.hint_down_replicas(request_id, down);
                             running.swap_commits.insert(request_id, index);
                             let generation = self.nodes[&node].generation;
@@ -211,10 +195,13 @@ impl Cluster {
                 }
                 CasStep::Retry { above, contended } => {
                     if let Err(skew) = running.clock.observe_remote(above, wall_ms, max_skew_ms) {
-                        // As the shard answers it: `Unavailable`.
-                        running.swaps.remove(&index);
+                        // As the shard answers it: given up, indeterminate if a proposal of the
+                        // swap may have been accepted.
                         let why = format!("a replica's Paxos ballot is too far ahead to follow: {skew}");
-                        self.answer_swap(index, Outcome::Failed(why), None);
+                        let error = swap.cas.abandon(PeerFailure::new(PeerErrorCode::ClockSkew, why));
+                        running.swaps.remove(&index);
+                        let (outcome, version) = outcome_of(Err(error));
+                        self.answer_swap(index, outcome, version);
                         return;
                     }
                     if contended {
