@@ -522,7 +522,8 @@ impl Node {
     }
 
     /// The acceptor's answer to a prepare of `key` at `ballot`, as the shard's `paxos_prepare`:
-    /// the head of the newest durable entry here, then the promise, durable when granted.
+    /// the promise, durable when granted, then the head of the newest durable entry here (so
+    /// every commit the promise reports is in that entry).
     fn paxos_prepare(
         &self,
         running: &Running,
@@ -530,11 +531,8 @@ impl Node {
         ballot: u64,
         wall_ms: u64,
     ) -> Result<Promise, PeerFailure> {
-        let current = block_on(self.engine_of(running, &key).get_durable_entry(&key))
-            .map_err(storage_failure)?
-            .map(|entry| EntryHead::of(&PeerEntry::from(entry)));
         let forgets = self.behaviour == ReplicaBehaviour::ForgetsPromises;
-        let (state, granted) = self.acceptor_update(running, key, wall_ms, |state| {
+        let (state, granted) = self.acceptor_update(running, key.clone(), wall_ms, |state| {
             if forgets {
                 // The planted bug: granted whatever was promised before.
                 state.promised = state.promised.max(ballot);
@@ -542,6 +540,9 @@ impl Node {
             }
             state.prepare(ballot)
         })?;
+        let current = block_on(self.engine_of(running, &key).get_durable_entry(&key))
+            .map_err(storage_failure)?
+            .map(|entry| EntryHead::of(&PeerEntry::from(entry)));
         Ok(state.promise(granted, current))
     }
 

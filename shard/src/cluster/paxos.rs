@@ -244,7 +244,14 @@ impl Cluster {
 
     /// The acceptor's answer to a prepare of `key` at `ballot`: promised durably when granted,
     /// with the accepted proposal and the head of the newest entry here.
+    ///
+    /// The entry is read after the state: a commit applies its entry before recording its ballot
+    /// (and drops the proposal it supersedes), so every commit the promise reports is in the
+    /// entry read. Read the other way round, a commit landing between the two reads would be
+    /// reported without its entry, and the proposer would compare against the state before it:
+    /// two swaps would both succeed from that state.
     pub(super) async fn paxos_prepare(&self, key: Bytes, ballot: u64) -> Result<Promise, PeerFailure> {
+        let (state, granted) = self.acceptor_update(key.clone(), |state| state.prepare(ballot)).await?;
         let current = self
             .handler
             .engine()
@@ -252,7 +259,6 @@ impl Cluster {
             .await
             .map_err(healing::storage_failure)?
             .map(|entry| EntryHead::of(&PeerEntry::from(entry)));
-        let (state, granted) = self.acceptor_update(key, |state| state.prepare(ballot)).await?;
         Ok(state.promise(granted, current))
     }
 
