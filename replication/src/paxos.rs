@@ -55,8 +55,9 @@
 //! an ordinary write is a quorum write outside the protocol. Swaps among themselves are.
 
 use bytes::Bytes;
+use ringkv_wire::limits::PAXOS_SUCCESSIONS_MAX;
 use ringkv_wire::peer::{
-    Acceptance, Accepted, EntryHead, PeerEntry, PeerFailure, PeerMessage, PeerValue, Promise,
+    Acceptance, Accepted, EntryHead, PeerEntry, PeerFailure, PeerMessage, PeerValue, Promise, Succession,
 };
 use ringkv_wire::Expected;
 
@@ -76,6 +77,10 @@ pub struct AcceptorState {
     /// The last proposal accepted; dropped once a commit at its ballot or a higher one is
     /// applied.
     pub accepted: Option<Accepted>,
+    /// The commits applied here with the highest versions (at most [`PAXOS_SUCCESSIONS_MAX`]),
+    /// ascending by version: what a swap retried after a contended pause needs to learn whether
+    /// its proposal won, while other swaps went on committing.
+    pub successions: Vec<Succession>,
 }
 
 /// A stored [`AcceptorState`] that does not decode.
@@ -86,20 +91,26 @@ pub struct AcceptorStateError {
     pub reason: &'static str,
 }
 
-const FORMAT: u8 = 1;
+/// The stored layout: 2 adds the successions after the commit; 1 (without them) still reads.
+const FORMAT: u8 = 2;
+const FORMAT_WITHOUT_SUCCESSIONS: u8 = 1;
 const NOTHING_ACCEPTED: u8 = 0;
 const ACCEPTED_LIVE: u8 = 1;
 const ACCEPTED_LIVE_EXPIRING: u8 = 2;
 const ACCEPTED_TOMBSTONE: u8 = 3;
 
-/// Bytes an encoded [`AcceptorState`] adds to the accepted value: format; promised ballot; the
-/// commit's ballot, version and base; kind; the acceptance's ballot and base; the entry's
-/// version and expiry or deletion time.
-pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize = 1 + 8 + 3 * 8 + 1 + 2 * 8 + 2 * 8;
+/// Bytes an encoded [`AcceptorState`] adds to the accepted value, at most: format; promised
+/// ballot; the commit's ballot, version and base; the count of successions and each one's
+/// version and base; kind; the acceptance's ballot and base; the entry's version and expiry or
+/// deletion time.
+pub const ACCEPTOR_STATE_OVERHEAD_BYTES: usize =
+    COMMIT_END + 1 + PAXOS_SUCCESSIONS_MAX * SUCCESSION_BYTES + 1 + 2 * 8 + 2 * 8;
 
-/// Where an encoded state's kind byte is, and its accepted value begins.
-const KIND_OFFSET: usize = 1 + 8 + 3 * 8;
-const VALUE_OFFSET: usize = ACCEPTOR_STATE_OVERHEAD_BYTES;
+/// Where an encoded state's commit ends (and, in the first format, its kind byte is).
+const COMMIT_END: usize = 1 + 8 + 3 * 8;
+const SUCCESSION_BYTES: usize = 2 * 8;
+/// Bytes between an acceptance's kind byte and its value.
+const ACCEPTANCE_HEADER_BYTES: usize = 4 * 8;
 
 impl AcceptorState {
     /// Phase 1: promises `ballot` if it is above every ballot promised so far. Returns whether it
@@ -126,15 +137,38 @@ impl AcceptorState {
 
     /// Phase 3: records that the proposal chosen at `ballot` (its entry's `version`, decided on
     /// the state of version `based_on`) was applied here. Returns whether the state changed.
+    /// A commit older than the last one (they can arrive out of order) changes only the
+    /// successions.
     pub fn commit(&mut self, ballot: u64, version: u64, based_on: u64) -> bool {
+        let recorded = self.record_succession(Succession { version, based_on });
         if ballot <= self.committed {
-            return false;
+            return recorded;
         }
         self.committed = ballot;
         self.committed_version = version;
         self.committed_based_on = based_on;
         if self.accepted.as_ref().is_some_and(|accepted| accepted.ballot <= ballot) {
             self.accepted = None;
+        }
+        true
+    }
+
+    /// Keeps `succession` among the [`PAXOS_SUCCESSIONS_MAX`] with the highest versions.
+    /// Returns whether it was not known and is kept.
+    fn record_succession(&mut self, succession: Succession) -> bool {
+        if succession.version == 0 {
+            return false;
+        }
+        let Err(at) = self.successions.binary_search_by_key(&succession.version, |known| known.version)
+        else {
+            return false;
+        };
+        if at == 0 && self.successions.len() >= PAXOS_SUCCESSIONS_MAX {
+            return false;
+        }
+        self.successions.insert(at, succession);
+        if self.successions.len() > PAXOS_SUCCESSIONS_MAX {
+            self.successions.remove(0);
         }
         true
     }
@@ -150,6 +184,7 @@ impl AcceptorState {
             committed_based_on: self.committed_based_on,
             accepted: self.accepted.clone(),
             current,
+            successions: self.successions.clone(),
         }
     }
 
@@ -168,6 +203,12 @@ impl AcceptorState {
         out.push(FORMAT);
         for word in [self.promised, self.committed, self.committed_version, self.committed_based_on] {
             out.extend_from_slice(&word.to_le_bytes());
+        }
+        debug_assert!(self.successions.len() <= PAXOS_SUCCESSIONS_MAX);
+        out.push(self.successions.len() as u8);
+        for succession in &self.successions {
+            out.extend_from_slice(&succession.version.to_le_bytes());
+            out.extend_from_slice(&succession.based_on.to_le_bytes());
         }
         match &self.accepted {
             None => out.push(NOTHING_ACCEPTED),
@@ -196,26 +237,42 @@ impl AcceptorState {
             let slice = bytes.get(at..at + 8).ok_or_else(|| error("it is cut short"))?;
             Ok(u64::from_le_bytes(slice.try_into().expect("eight bytes")))
         };
-        if bytes.first() != Some(&FORMAT) {
-            return Err(error("its format byte is unknown"));
-        }
         let mut state = AcceptorState {
             promised: word(1)?,
             committed: word(9)?,
             committed_version: word(17)?,
             committed_based_on: word(25)?,
             accepted: None,
+            successions: Vec::new(),
         };
-        let kind = *bytes.get(KIND_OFFSET).ok_or_else(|| error("it is cut short"))?;
+        let kind_offset = match bytes.first() {
+            Some(&FORMAT) => {
+                let count = usize::from(*bytes.get(COMMIT_END).ok_or_else(|| error("it is cut short"))?);
+                if count > PAXOS_SUCCESSIONS_MAX {
+                    return Err(error("it holds more successions than the limit"));
+                }
+                for n in 0..count {
+                    let at = COMMIT_END + 1 + n * SUCCESSION_BYTES;
+                    state.successions.push(Succession { version: word(at)?, based_on: word(at + 8)? });
+                }
+                if !state.successions.windows(2).all(|pair| pair[0].version < pair[1].version) {
+                    return Err(error("its successions are out of order"));
+                }
+                COMMIT_END + 1 + count * SUCCESSION_BYTES
+            }
+            Some(&FORMAT_WITHOUT_SUCCESSIONS) => COMMIT_END,
+            _ => return Err(error("its format byte is unknown")),
+        };
+        let kind = *bytes.get(kind_offset).ok_or_else(|| error("it is cut short"))?;
         if kind == NOTHING_ACCEPTED {
-            if bytes.len() != KIND_OFFSET + 1 {
+            if bytes.len() != kind_offset + 1 {
                 return Err(error("it has bytes after an empty acceptance"));
             }
             return Ok(state);
         }
-        let at = KIND_OFFSET + 1;
+        let at = kind_offset + 1;
         let (ballot, based_on, version, time) = (word(at)?, word(at + 8)?, word(at + 16)?, word(at + 24)?);
-        let data = bytes.slice(VALUE_OFFSET.min(bytes.len())..);
+        let data = bytes.slice((at + ACCEPTANCE_HEADER_BYTES).min(bytes.len())..);
         let value = match kind {
             ACCEPTED_LIVE => PeerValue::Live { data, expires_at_ms: None },
             ACCEPTED_LIVE_EXPIRING => PeerValue::Live { data, expires_at_ms: Some(time) },
@@ -454,7 +511,8 @@ impl PaxosCas {
             .iter()
             .flat_map(|promise| {
                 let committed = (promise.committed > 0).then_some(promise.committed_version);
-                promise.current.map(|head| head.version).into_iter().chain(committed)
+                let successions = promise.successions.iter().map(|succession| succession.version);
+                promise.current.map(|head| head.version).into_iter().chain(committed).chain(successions)
             })
             .find_map(|version| self.own.iter().copied().find(|(own, _)| *own == version));
         if let Some((version, based_on)) = chosen {
@@ -532,9 +590,13 @@ impl PaxosCas {
     fn own_proposals_lost(&self, promises: &[Promise]) -> bool {
         self.own.iter().all(|&(version, based_on)| {
             promises.iter().any(|promise| {
-                promise.committed > 0
-                    && promise.committed_based_on == based_on
-                    && promise.committed_version != version
+                let last = (promise.committed > 0).then_some(Succession {
+                    version: promise.committed_version,
+                    based_on: promise.committed_based_on,
+                });
+                last.iter()
+                    .chain(&promise.successions)
+                    .any(|succession| succession.based_on == based_on && succession.version != version)
             })
         })
     }
@@ -653,8 +715,21 @@ mod tests {
                 committed_based_on,
                 accepted,
                 current,
+                successions: Vec::new(),
             }),
         }
+    }
+
+    /// A promise from a replica that applied these commits, (version, based_on) each, the last
+    /// of them at ballot = version.
+    fn promise_with_successions(successions: &[(u64, u64)], current: Option<&PeerEntry>) -> PeerMessage {
+        let (version, based_on) = successions.last().copied().unwrap_or_default();
+        let mut message = promise_after((version, version, based_on), None, current);
+        if let PeerMessage::PaxosPromise { result: Ok(promise) } = &mut message {
+            promise.successions =
+                successions.iter().map(|&(version, based_on)| Succession { version, based_on }).collect();
+        }
+        message
     }
 
     fn committed_promise(
@@ -680,6 +755,7 @@ mod tests {
                 committed_version: 2,
                 committed_based_on: 1,
                 accepted: Some(accepted(7, 2, live(5, b"value"))),
+                successions: vec![Succession { version: 2, based_on: 1 }],
             },
             AcceptorState {
                 promised: 9,
@@ -703,20 +779,81 @@ mod tests {
                     u64::MAX,
                     PeerEntry { version: 3, value: PeerValue::Tombstone { deleted_at_ms: 44 } },
                 )),
+                successions: (0..PAXOS_SUCCESSIONS_MAX as u64)
+                    .map(|n| Succession { version: u64::MAX - 31 + n, based_on: n })
+                    .collect(),
             },
         ];
         for state in states {
             let encoded = Bytes::from(state.encode());
+            assert!(encoded.len() <= ACCEPTOR_STATE_OVERHEAD_BYTES + 5);
             assert_eq!(AcceptorState::decode(&encoded), Ok(state.clone()));
+            let data = match &state.accepted {
+                Some(Accepted { entry: PeerEntry { value: PeerValue::Live { data, .. }, .. }, .. }) => {
+                    data.len()
+                }
+                _ => 0,
+            };
             for cut in 0..encoded.len() {
                 let decoded = AcceptorState::decode(&encoded.slice(..cut));
                 // A live value's bytes run to the end, so only cuts into the header must fail.
-                if cut < VALUE_OFFSET {
+                if cut < encoded.len() - data {
                     assert!(decoded.is_err(), "{state:?} cut at {cut}");
                 }
             }
         }
-        assert!(AcceptorState::decode(&Bytes::from_static(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0])).is_err());
+        let mut unknown = AcceptorState::default().encode();
+        unknown[0] = 3;
+        assert!(AcceptorState::decode(&Bytes::from(unknown)).is_err());
+        let mut too_many = AcceptorState::default().encode();
+        too_many[COMMIT_END] = PAXOS_SUCCESSIONS_MAX as u8 + 1;
+        assert!(AcceptorState::decode(&Bytes::from(too_many)).is_err());
+    }
+
+    /// States stored before replicas kept their successions read as having none.
+    #[test]
+    fn a_state_stored_without_successions_still_reads() {
+        let mut stored = vec![FORMAT_WITHOUT_SUCCESSIONS];
+        for word in [9u64, 3, 2, 1, 7, 2, 5, 0] {
+            stored.extend_from_slice(&word.to_le_bytes());
+            if stored.len() == COMMIT_END {
+                stored.push(ACCEPTED_LIVE);
+            }
+        }
+        stored.extend_from_slice(b"value");
+        let expected = AcceptorState {
+            promised: 9,
+            committed: 3,
+            committed_version: 2,
+            committed_based_on: 1,
+            accepted: Some(accepted(7, 2, live(5, b"value"))),
+            successions: Vec::new(),
+        };
+        assert_eq!(AcceptorState::decode(&Bytes::from(stored)), Ok(expected));
+        let mut empty = vec![FORMAT_WITHOUT_SUCCESSIONS];
+        empty.extend_from_slice(&[0; 32]);
+        empty.push(NOTHING_ACCEPTED);
+        assert_eq!(AcceptorState::decode(&Bytes::from(empty)), Ok(AcceptorState::default()));
+    }
+
+    #[test]
+    fn an_acceptor_keeps_the_successions_with_the_highest_versions() {
+        let mut state = AcceptorState::default();
+        assert!(state.commit(20, 20, 10));
+        assert!(state.commit(10, 10, 0), "an older commit arriving late is still a succession");
+        assert_eq!(state.committed, 20);
+        assert!(!state.commit(10, 10, 0), "each is kept once");
+        let max = PAXOS_SUCCESSIONS_MAX as u64;
+        for version in 3..=max + 1 {
+            state.commit(100 + version, 100 + version, 100 + version - 1);
+        }
+        assert_eq!(state.successions.len(), PAXOS_SUCCESSIONS_MAX);
+        assert!(state.successions.windows(2).all(|pair| pair[0].version < pair[1].version));
+        assert_eq!(state.successions[0], Succession { version: 20, based_on: 10 }, "the oldest went first");
+        assert!(!state.commit(5, 5, 0), "older than every one kept");
+        let round_trip = AcceptorState::decode(&Bytes::from(state.encode()));
+        assert_eq!(round_trip.map(|decoded| decoded.successions), Ok(state.successions.clone()));
+        assert_eq!(state.promise(true, None).successions, state.successions);
     }
 
     #[test]
@@ -882,8 +1019,9 @@ mod tests {
         assert!(state.commit(30, 10, 5));
         assert_eq!((state.committed_version, state.committed_based_on), (10, 5));
         assert_eq!((state.committed, state.accepted.clone()), (30, None));
-        assert!(!state.commit(25, 9, 5), "commits only rise");
-        assert_eq!(state.committed_version, 10);
+        assert!(state.commit(25, 9, 5), "a late commit is a succession");
+        assert_eq!((state.committed, state.committed_version), (30, 10), "the last commit only rises");
+        assert!(!state.commit(25, 9, 5));
     }
 
     /// A proposal re-proposed keeps its entry's version, so versions do not follow ballots. Here
@@ -974,5 +1112,46 @@ mod tests {
         let mut fresh = swap(Expected::Absent);
         fresh.begin(1);
         assert!(matches!(fresh.abandon(failure), CoordinatorError::ReplicasFailed { .. }));
+    }
+
+    /// Other swaps went on committing while this one paused: the last commit no longer names the
+    /// state it proposed from, but the successions still do.
+    #[test]
+    fn the_successions_settle_a_lost_or_won_race_after_later_commits() {
+        let overtaken = || {
+            let mut cas = swap(Expected::Version(5));
+            cas.begin(100);
+            cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
+            cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
+            let refused =
+                PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: 200 }) };
+            cas.on_answer(target(1), accept(), 0);
+            cas.on_answer(target(2), refused.clone(), 0);
+            assert!(matches!(cas.on_answer(target(3), refused, 0), Some(CasStep::Retry { .. })));
+            cas.begin(401);
+            cas
+        };
+        let latest = live(400, b"latest");
+        // 5 → 200 (another swap) → 300 → 400: this swap's proposal (100, based on 5) lost.
+        let lost = [(200, 5), (300, 200), (400, 300)];
+        let mut cas = overtaken();
+        cas.on_answer(target(2), promise_with_successions(&lost, Some(&latest)), 0);
+        let step = cas.on_answer(target(3), promise_with_successions(&lost[2..], Some(&latest)), 0);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(400) }))));
+        // 5 → 100 (this swap's, finished by another) → 300 → 400: it won; committed again, answered.
+        let won = [(100, 5), (300, 100), (400, 300)];
+        let mut cas = overtaken();
+        cas.on_answer(target(2), promise_with_successions(&won[1..], Some(&latest)), 0);
+        let step = cas.on_answer(target(3), promise_with_successions(&won, Some(&latest)), 0);
+        assert_eq!(step, Some(CasStep::Commit { ballot: 100, based_on: 5, entry: live(100, b"new") }));
+        assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
+        // Neither in sight (the quorum kept only later successions): still indeterminate.
+        let mut cas = overtaken();
+        cas.on_answer(target(2), promise_with_successions(&lost[1..], Some(&latest)), 0);
+        let step = cas.on_answer(target(3), promise_with_successions(&lost[1..], Some(&latest)), 0).unwrap();
+        assert!(
+            matches!(step, CasStep::Answer(Err(CoordinatorError::WriteIndeterminate { .. }))),
+            "{step:?}"
+        );
     }
 }

@@ -62,6 +62,6 @@ pub use options::{EngineOptions, SyncMode};
 /// Longest key accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 256;
 /// Largest value accepted, in bytes: a client's largest value (1 MiB, which the wire enforces)
-/// and 128 bytes of room for a record that wraps one, as the Paxos state of a compare-and-swap
-/// across replicas holds the value it accepted.
-pub const VALUE_BYTES_MAX: usize = (1 << 20) + 128;
+/// and a kibibyte of room for a record that wraps one, as the Paxos state of a
+/// compare-and-swap across replicas holds the value it accepted.
+pub const VALUE_BYTES_MAX: usize = (1 << 20) + 1024;

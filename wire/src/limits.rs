@@ -131,6 +131,14 @@ pub const KEY_LIST_BYTES_MAX: usize = 768 * 1024;
 
 const _: () = assert!(KEY_LIST_BYTES_MAX + KEY_LIST_ENTRIES_MAX * 10 + 4096 < PEER_FRAME_BYTES_MAX);
 
+/// Most successions (commits a replica applied, `peer::Succession`) one Paxos promise carries,
+/// and a replica keeps per key: enough to tell a swap retried after a contended pause whether its
+/// proposal won, while other swaps of the key went on committing.
+pub const PAXOS_SUCCESSIONS_MAX: usize = 32;
+
+/// Bytes one succession takes in a promise.
+pub const PAXOS_SUCCESSION_BYTES: usize = 16;
+
 /// Deepest nesting of tables in a valid peer frame:
 /// `Envelope > ReadReply > EntryAnswer > Entry > Live`. Raise it only together with a schema
 /// change that needs it.
@@ -186,6 +194,10 @@ const _: () = assert!(PEER_FRAME_BYTES_MAX == FRAME_BYTES_MAX);
 // fits in one peer frame (a promise carries one value at most: the current entry is only its
 // head).
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);
+const _: () = assert!(
+    VALUE_BYTES_MAX + PAXOS_SUCCESSIONS_MAX * PAXOS_SUCCESSION_BYTES + PEER_ENVELOPE_BYTES
+        <= PEER_FRAME_BYTES_MAX
+);
 const _: () = assert!(PEER_FAILURE_MESSAGE_BYTES_MAX + PEER_ENVELOPE_BYTES <= PEER_FRAME_BYTES_MAX);
 // A maximal membership message fits in one UDP datagram, prefix included.
 const _: () = assert!(

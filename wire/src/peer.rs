@@ -201,6 +201,18 @@ pub struct Promise {
     /// The head of the replica's newest entry for the key, or `None` when it has never seen the
     /// key.
     pub current: Option<EntryHead>,
+    /// The most recent commits the replica applied for the key (the highest versions, at most
+    /// [`crate::limits::PAXOS_SUCCESSIONS_MAX`]), ascending by version.
+    pub successions: Vec<Succession>,
+}
+
+/// One commit a replica applied: the entry's version and the version its swap's compare saw.
+/// A key's state has exactly one successor, so for a swap whose proposal was based on
+/// `based_on`, a succession of that state to another version says the proposal lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Succession {
+    pub version: u64,
+    pub based_on: u64,
 }
 
 /// A proposal a replica accepted ([`PeerMessage::PaxosPropose`]), as its promise reports it.
@@ -547,6 +559,7 @@ mod tests {
                         committed_based_on: 0,
                         accepted: Some(Accepted { ballot: 1, based_on: 0, entry: live(VALUE_BYTES_MAX + 1) }),
                         current: None,
+                        successions: Vec::new(),
                     }),
                 }),
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
@@ -599,6 +612,7 @@ mod tests {
                     committed_based_on: u64::MAX,
                     accepted: Some(Accepted { ballot: u64::MAX, based_on: u64::MAX, entry: entry.clone() }),
                     current: Some(EntryHead::of(&entry)),
+                    successions: Vec::new(),
                 }),
             }),
             envelope(PeerMessage::PaxosCommit {

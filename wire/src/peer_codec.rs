@@ -25,11 +25,11 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use crate::error::WireError;
 use crate::frame::verified_root_with;
 use crate::generated::peer as fb;
-use crate::limits::PEER_VERIFIER_OPTIONS;
+use crate::limits::{PAXOS_SUCCESSIONS_MAX, PEER_VERIFIER_OPTIONS};
 use crate::peer::RepairReport;
 use crate::peer::{
     Acceptance, Accepted, EntryHead, KeyList, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure,
-    PeerMessage, PeerValue, Promise, ReadAnswer, TreeLevel,
+    PeerMessage, PeerValue, Promise, ReadAnswer, Succession, TreeLevel,
 };
 use crate::request::finished_frame;
 
@@ -235,6 +235,7 @@ fn parse_message(root: &fb::Envelope<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Res
                             tombstone: head.tombstone(),
                             expires_at_ms: head.expires_at_ms(),
                         }),
+                        successions: parse_successions(promise.successions())?,
                     }),
                 },
             }
@@ -316,6 +317,23 @@ fn parse_read_result(
         }
     };
     Ok(result)
+}
+
+/// A promise's successions, at most [`PAXOS_SUCCESSIONS_MAX`] of them (absent: none).
+fn parse_successions(
+    successions: Option<flatbuffers::Vector<'_, fb::Succession>>,
+) -> Result<Vec<Succession>, WireError> {
+    let Some(successions) = successions else { return Ok(Vec::new()) };
+    if successions.len() > PAXOS_SUCCESSIONS_MAX {
+        return Err(WireError::malformed(format!(
+            "a promise carries {} successions; the limit is {PAXOS_SUCCESSIONS_MAX}",
+            successions.len()
+        )));
+    }
+    Ok(successions
+        .iter()
+        .map(|succession| Succession { version: succession.version(), based_on: succession.based_on() })
+        .collect())
 }
 
 fn parse_entry(entry: fb::Entry<'_>, bytes: &dyn Fn(&[u8]) -> Bytes) -> Result<PeerEntry, WireError> {
@@ -545,6 +563,14 @@ fn encode_message(
                             },
                         )
                     });
+                    let successions = (!promise.successions.is_empty()).then(|| {
+                        let successions: Vec<fb::Succession> = promise
+                            .successions
+                            .iter()
+                            .map(|succession| fb::Succession::new(succession.version, succession.based_on))
+                            .collect();
+                        builder.create_vector(&successions)
+                    });
                     fb::PaxosPromiseArgs {
                         granted: promise.granted,
                         promised: promise.promised,
@@ -556,6 +582,7 @@ fn encode_message(
                         accepted_based_on,
                         committed_version: promise.committed_version,
                         committed_based_on: promise.committed_based_on,
+                        successions,
                     }
                 }
                 Err(failure) => fb::PaxosPromiseArgs {
@@ -654,8 +681,8 @@ mod tests {
     use super::*;
     use crate::limits::{
         FRAME_LENGTH_PREFIX_BYTES, KEY_BYTES_MAX, MEMBERSHIP_PAYLOAD_BYTES_MAX, NODE_ID_MAX,
-        PEER_ENVELOPE_BYTES, PEER_FAILURE_MESSAGE_BYTES_MAX, PEER_FRAME_BYTES_MAX, UDP_DATAGRAM_BYTES_MAX,
-        VALUE_BYTES_MAX,
+        PAXOS_SUCCESSION_BYTES, PEER_ENVELOPE_BYTES, PEER_FAILURE_MESSAGE_BYTES_MAX, PEER_FRAME_BYTES_MAX,
+        UDP_DATAGRAM_BYTES_MAX, VALUE_BYTES_MAX,
     };
     use crate::FrameDecoder;
 
@@ -762,6 +789,7 @@ mod tests {
                         entry: proposed.clone(),
                     }),
                     current: Some(EntryHead { version: 11, tombstone: false, expires_at_ms: Some(0) }),
+                    successions: Vec::new(),
                 }),
             },
             PeerMessage::PaxosPromise {
@@ -773,6 +801,7 @@ mod tests {
                     committed_based_on: 3,
                     accepted: Some(Accepted { ballot: 5, based_on: 11, entry: tombstone.clone() }),
                     current: Some(EntryHead::of(&tombstone)),
+                    successions: Vec::new(),
                 }),
             },
             PeerMessage::PaxosPromise {
@@ -784,6 +813,7 @@ mod tests {
                     committed_based_on: 0,
                     accepted: Some(Accepted { ballot: 6, based_on: 0, entry: live(b"first", None) }),
                     current: None,
+                    successions: Vec::new(),
                 }),
             },
             PeerMessage::PaxosPromise {
@@ -795,6 +825,7 @@ mod tests {
                     committed_based_on: 0,
                     accepted: None,
                     current: None,
+                    successions: Vec::new(),
                 }),
             },
             // The commit of a swap that found the key without entries: based on 0.
@@ -807,6 +838,7 @@ mod tests {
                     committed_based_on: 0,
                     accepted: None,
                     current: Some(EntryHead { version: 3, tombstone: false, expires_at_ms: None }),
+                    successions: Vec::new(),
                 }),
             },
             PeerMessage::PaxosPropose {
@@ -969,6 +1001,7 @@ mod tests {
                     committed_based_on: 0,
                     accepted: None,
                     current: None,
+                    successions: Vec::new(),
                 }),
             },
             PeerMessage::PaxosPropose { key: "k".into(), ballot: 1, based_on: 0, entry: live(b"v", None) },
@@ -1017,6 +1050,7 @@ mod tests {
                     accepted_based_on: 1,
                     committed_version: 1,
                     committed_based_on: 1,
+                    successions: None,
                 },
             );
             (fb::Message::PaxosPromise, Some(promise.as_union_value()))
@@ -1069,10 +1103,42 @@ mod tests {
                     committed_version: 0,
                     committed_based_on: 0,
                     accepted: None,
-                    current: None
+                    current: None,
+                    successions: Vec::new(),
                 })
             })
         );
+    }
+
+    #[test]
+    fn a_promise_with_more_successions_than_the_limit_is_malformed() {
+        let promise = |count: u64| {
+            raw_envelope(|builder| {
+                let successions: Vec<fb::Succession> =
+                    (0..count).map(|n| fb::Succession::new(n + 1, n)).collect();
+                let successions = builder.create_vector(&successions);
+                let promise = fb::PaxosPromise::create(
+                    builder,
+                    &fb::PaxosPromiseArgs {
+                        granted: true,
+                        successions: Some(successions),
+                        ..Default::default()
+                    },
+                );
+                (fb::Message::PaxosPromise, Some(promise.as_union_value()))
+            })
+        };
+        let Ok(PeerEnvelope { message: PeerMessage::PaxosPromise { result: Ok(most) }, .. }) =
+            parse_peer(&promise(PAXOS_SUCCESSIONS_MAX as u64))
+        else {
+            panic!("the limit is refused");
+        };
+        assert_eq!(most.successions.len(), PAXOS_SUCCESSIONS_MAX);
+        assert_eq!(most.successions[0], Succession { version: 1, based_on: 0 });
+        assert!(matches!(
+            parse_peer(&promise(PAXOS_SUCCESSIONS_MAX as u64 + 1)),
+            Err(WireError::Malformed { reason }) if reason.contains("successions")
+        ));
     }
 
     #[test]
@@ -1167,9 +1233,12 @@ mod tests {
                             entry: maximal_entry.clone(),
                         }),
                         current: Some(EntryHead::of(&maximal_entry)),
+                        successions: (0..PAXOS_SUCCESSIONS_MAX as u64)
+                            .map(|n| Succession { version: u64::MAX - n, based_on: u64::MAX - n - 1 })
+                            .collect(),
                     }),
                 },
-                VALUE_BYTES_MAX,
+                VALUE_BYTES_MAX + PAXOS_SUCCESSIONS_MAX * PAXOS_SUCCESSION_BYTES,
             ),
             (
                 PeerMessage::PaxosPromise {
@@ -1317,6 +1386,7 @@ mod tests {
                             entry: live(&vec![0; VALUE_BYTES_MAX + 1], None),
                         }),
                         current: None,
+                        successions: Vec::new(),
                     }),
                 }),
                 WireError::ValueTooLarge { length_bytes: VALUE_BYTES_MAX + 1 },
@@ -1762,6 +1832,11 @@ mod tests {
                     (any::<u64>(), any::<u64>(), any::<u64>()),
                     proptest::option::of(arbitrary_accepted()),
                     proptest::option::of(arbitrary_head()),
+                    proptest::collection::vec(
+                        (any::<u64>(), any::<u64>())
+                            .prop_map(|(version, based_on)| Succession { version, based_on }),
+                        0..=PAXOS_SUCCESSIONS_MAX,
+                    ),
                 )
                     .prop_map(
                         |(
@@ -1770,6 +1845,7 @@ mod tests {
                             (committed, committed_version, committed_based_on),
                             accepted,
                             current,
+                            successions,
                         )| {
                             Ok(Promise {
                                 granted,
@@ -1779,6 +1855,7 @@ mod tests {
                                 committed_based_on,
                                 accepted,
                                 current,
+                                successions,
                             })
                         }
                     ),

@@ -392,6 +392,7 @@ mod tests {
                     committed_based_on: 6,
                     accepted: Some(Accepted { ballot: 2, based_on: 7, entry: entry.clone() }),
                     current: Some(EntryHead::of(&entry)),
+                    successions: Vec::new(),
                 }),
             },
             PeerMessage::PaxosPropose {

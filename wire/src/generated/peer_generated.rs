@@ -548,6 +548,136 @@ impl<'a> ::flatbuffers::Verifiable for Message {
 impl ::flatbuffers::SimpleToVerifyInSlice for Message {}
 pub struct MessageUnionTableOffset {}
 
+/// One commit a replica applied: the version of the entry committed, and the version of the
+/// entry its swap was compared against (`based_on`). A key's state has one successor, so a
+/// succession answers, for a swap whose proposal was based on `based_on`, whether it won.
+// struct Succession, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct Succession(pub [u8; 16]);
+impl Default for Succession { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl ::core::fmt::Debug for Succession {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("Succession")
+      .field("version", &self.version())
+      .field("based_on", &self.based_on())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Succession {}
+impl<'a> ::flatbuffers::Follow<'a> for Succession {
+  type Inner = &'a Succession;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a Succession>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a Succession {
+  type Inner = &'a Succession;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<Succession>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for Succession {
+    type Output = Succession;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const Succession as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Succession {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> Succession {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    version: u64,
+    based_on: u64,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_version(version);
+    s.set_based_on(based_on);
+    s
+  }
+
+  pub fn version(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_version(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn based_on(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_based_on(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
 pub enum LiveOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3168,6 +3298,7 @@ impl<'a> PaxosPromise<'a> {
   pub const VT_ACCEPTED_BASED_ON: ::flatbuffers::VOffsetT = 18;
   pub const VT_COMMITTED_VERSION: ::flatbuffers::VOffsetT = 20;
   pub const VT_COMMITTED_BASED_ON: ::flatbuffers::VOffsetT = 22;
+  pub const VT_SUCCESSIONS: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3185,6 +3316,7 @@ impl<'a> PaxosPromise<'a> {
     builder.add_committed(args.committed);
     builder.add_accepted_ballot(args.accepted_ballot);
     builder.add_promised(args.promised);
+    if let Some(x) = args.successions { builder.add_successions(x); }
     if let Some(x) = args.failure { builder.add_failure(x); }
     if let Some(x) = args.current { builder.add_current(x); }
     if let Some(x) = args.accepted { builder.add_accepted(x); }
@@ -3266,6 +3398,15 @@ impl<'a> PaxosPromise<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(PaxosPromise::VT_COMMITTED_BASED_ON, Some(0)).unwrap()}
   }
+  /// The most recent commits the replica applied (the highest versions, at most
+  /// `PAXOS_SUCCESSIONS_MAX`), the one at `committed` among them when it is recent enough.
+  #[inline]
+  pub fn successions(&self) -> Option<::flatbuffers::Vector<'a, Succession>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Succession>>>(PaxosPromise::VT_SUCCESSIONS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
@@ -3284,6 +3425,7 @@ impl ::flatbuffers::Verifiable for PaxosPromise<'_> {
      .visit_field::<u64>("accepted_based_on", Self::VT_ACCEPTED_BASED_ON, false)?
      .visit_field::<u64>("committed_version", Self::VT_COMMITTED_VERSION, false)?
      .visit_field::<u64>("committed_based_on", Self::VT_COMMITTED_BASED_ON, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Succession>>>("successions", Self::VT_SUCCESSIONS, false)?
      .finish();
     Ok(())
   }
@@ -3299,6 +3441,7 @@ pub struct PaxosPromiseArgs<'a> {
     pub accepted_based_on: u64,
     pub committed_version: u64,
     pub committed_based_on: u64,
+    pub successions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Succession>>>,
 }
 impl<'a> Default for PaxosPromiseArgs<'a> {
   #[inline]
@@ -3314,6 +3457,7 @@ impl<'a> Default for PaxosPromiseArgs<'a> {
       accepted_based_on: 0,
       committed_version: 0,
       committed_based_on: 0,
+      successions: None,
     }
   }
 }
@@ -3364,6 +3508,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PaxosPromiseBuilder<'a, 'b, A
     self.fbb_.push_slot::<u64>(PaxosPromise::VT_COMMITTED_BASED_ON, committed_based_on, 0);
   }
   #[inline]
+  pub fn add_successions(&mut self, successions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Succession>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PaxosPromise::VT_SUCCESSIONS, successions);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PaxosPromiseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PaxosPromiseBuilder {
@@ -3391,6 +3539,7 @@ impl ::core::fmt::Debug for PaxosPromise<'_> {
       ds.field("accepted_based_on", &self.accepted_based_on());
       ds.field("committed_version", &self.committed_version());
       ds.field("committed_based_on", &self.committed_based_on());
+      ds.field("successions", &self.successions());
       ds.finish()
   }
 }
