@@ -1,6 +1,7 @@
 //! Compare-and-swap across three real nodes (N = 3): counters incremented concurrently through
-//! every node lose no increment and never count one twice, a swap's outcome is seen through
-//! every other node, and swaps go on with one replica killed and stop with two.
+//! every node, and one hot counter incremented by many clients through one node, lose no
+//! increment and never count one twice; a swap's outcome is seen through every other node, and
+//! swaps go on with one replica killed and stop with two.
 
 use crate::common;
 
@@ -10,6 +11,10 @@ use common::Client;
 use ringkv_wire::{Consistency, ErrorCode, Expected, Operation, Outcome};
 
 const WRITERS_INCREMENTS: u64 = 12;
+
+/// Clients incrementing the hot counter through one node, and the increments each makes.
+const HOT_WRITERS: usize = 6;
+const HOT_INCREMENTS: u64 = 15;
 
 fn swap(key: &[u8], expected: Expected, value: &[u8]) -> Operation {
     Operation::CompareAndSwap {
@@ -112,34 +117,23 @@ fn compare_and_swap_is_linearizable_across_three_replicas() {
     let results: Vec<(&[u8], Increment)> =
         writers.into_iter().flat_map(|writer| writer.join().unwrap()).collect();
     for key in [&b"counter-a"[..], b"counter-b"] {
-        let mut wrote: Vec<(u64, u64)> = Vec::new();
-        let mut maybe = Vec::new();
-        for (counter, increment) in &results {
-            match increment {
-                Increment::Wrote(count, version) if *counter == key => wrote.push((*count, *version)),
-                Increment::Maybe(count) if *counter == key => maybe.push(*count),
-                _ => {}
-            }
-        }
-        // No two swaps wrote the same count: none was based on a state another swap replaced.
-        let mut counts: Vec<u64> = wrote.iter().map(|(count, _)| *count).collect();
-        counts.sort_unstable();
-        counts.dedup();
-        assert_eq!(counts.len(), wrote.len(), "two swaps of {key:?} wrote the same count: {wrote:?}");
-        // Counts rise with versions: the swaps are in one order.
-        wrote.sort_by_key(|(_, version)| *version);
-        assert!(wrote.windows(2).all(|pair| pair[0].0 < pair[1].0), "{key:?}: {wrote:?}");
-        // The final count is every increment that wrote, and at most those whose outcome is
-        // unknown besides.
-        let Outcome::Value { value, .. } = clients[0].get(key) else { panic!("the counter is there") };
-        let total: u64 = std::str::from_utf8(&value).unwrap().parse().unwrap();
-        let written = wrote.len() as u64;
-        assert!(
-            (written..=written + maybe.len() as u64).contains(&total),
-            "{key:?} counts {total}, {written} increments wrote and {} may have",
-            maybe.len()
-        );
+        check_counter(&mut clients[0], key, &results);
     }
+
+    // Many clients through one node race on one key: their swaps contend on every ballot, and
+    // commits land on each replica while other swaps' prepares read it.
+    let port = first.client_port;
+    let hot: Vec<_> = (0..HOT_WRITERS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                (0..HOT_INCREMENTS).map(|_| (&b"hot"[..], increment(&mut client, b"hot"))).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(&[u8], Increment)> =
+        hot.into_iter().flat_map(|writer| writer.join().unwrap()).collect();
+    check_counter(&mut clients[1], b"hot", &results);
 
     // One replica killed: swaps go on through the other two.
     third.kill();
@@ -168,4 +162,35 @@ fn compare_and_swap_is_linearizable_across_three_replicas() {
     wait_for_every_shard(&[&first], &[1], &[2, 3]);
     let refused = first.client().execute(swap(b"cas", expected, b"h")).unwrap_err();
     assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+}
+
+/// Checks the counter `key` against the increments made: no two wrote the same count, counts
+/// rise with versions, and the final count (read through `client`) is every increment that
+/// wrote, plus at most those whose outcome is unknown.
+fn check_counter(client: &mut Client, key: &[u8], results: &[(&[u8], Increment)]) {
+    let mut wrote: Vec<(u64, u64)> = Vec::new();
+    let mut maybe = Vec::new();
+    for (counter, increment) in results {
+        match increment {
+            Increment::Wrote(count, version) if *counter == key => wrote.push((*count, *version)),
+            Increment::Maybe(count) if *counter == key => maybe.push(*count),
+            _ => {}
+        }
+    }
+    // No two swaps wrote the same count: none was based on a state another swap replaced.
+    let mut counts: Vec<u64> = wrote.iter().map(|(count, _)| *count).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    assert_eq!(counts.len(), wrote.len(), "two swaps of {key:?} wrote the same count: {wrote:?}");
+    // Counts rise with versions: the swaps are in one order.
+    wrote.sort_by_key(|(_, version)| *version);
+    assert!(wrote.windows(2).all(|pair| pair[0].0 < pair[1].0), "{key:?}: {wrote:?}");
+    let Outcome::Value { value, .. } = client.get(key) else { panic!("the counter is there") };
+    let total: u64 = std::str::from_utf8(&value).unwrap().parse().unwrap();
+    let written = wrote.len() as u64;
+    assert!(
+        (written..=written + maybe.len() as u64).contains(&total),
+        "{key:?} counts {total}, {written} increments wrote and {} may have",
+        maybe.len()
+    );
 }

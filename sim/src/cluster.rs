@@ -45,7 +45,9 @@ use crate::config::{Sabotage, SimConfig, CLOCK_SKEW_MS_MAX, REPLICATION_FACTOR, 
 use crate::healing::{self, Healing};
 use crate::history::{History, Kind, Operation, Outcome, Swap, Swaps};
 use crate::network::{LinkFaults, Message, Network, Payload};
-use crate::node::{node_of, peer_address, Node, NodeSettings, ReplicaBehaviour, TOKENS_PER_NODE};
+use crate::node::{
+    node_of, peer_address, Node, NodeSettings, PendingPromise, ReplicaBehaviour, Served, TOKENS_PER_NODE,
+};
 use crate::scheduler::Scheduler;
 
 pub mod swaps;
@@ -121,6 +123,14 @@ enum Event {
         node: u16,
         generation: u64,
         index: usize,
+    },
+    /// A replica's prepare makes its second read and answers.
+    Promise {
+        node: u16,
+        generation: u64,
+        pending: Box<PendingPromise>,
+        /// The shard that serves it, the node that asked and that node's incarnation.
+        reply: (u32, u16, u64),
     },
 }
 
@@ -252,6 +262,7 @@ impl Cluster {
                 }
                 Some(Sabotage::ServesWhileRebuilding) => ReplicaBehaviour::ServesWhileRebuilding,
                 Some(Sabotage::AcceptorForgetsPromises) => ReplicaBehaviour::ForgetsPromises,
+                Some(Sabotage::PromisesFromAStaleEntry) => ReplicaBehaviour::PromisesFromAStaleEntry,
                 _ => ReplicaBehaviour::Correct,
             };
             let node = Node::new(node_id, skew_ms, settings, behaviour);
@@ -589,6 +600,24 @@ impl Cluster {
             Event::SwapDeadline { node, generation, index } => {
                 if self.running_mut(node, generation).is_some() {
                     self.swap_deadline(node, index);
+                }
+            }
+            Event::Promise { node, generation, pending, reply: (shard, to, to_generation) } => {
+                // A crash between the two reads: the promise is lost with the process.
+                let answer = match self.running_mut(node, generation) {
+                    Some(_) => self.nodes[&node].finish_promise(*pending, self.now_ms),
+                    None => None,
+                };
+                if let Some(answer) = answer {
+                    let frame = Message::encode_peer(&answer);
+                    self.send_between_shards(
+                        node,
+                        shard,
+                        to,
+                        None,
+                        Some(to_generation),
+                        Payload::Peer(frame),
+                    );
                 }
             }
             Event::Fault => self.fault(),
@@ -1318,7 +1347,13 @@ impl Cluster {
                     }
                 };
                 match node.serve(&envelope, to_shard, self.now_ms) {
-                    Some(answer) => {
+                    Served::Promise(pending) => {
+                        let (at, generation) = (pending.due_ms, node.generation);
+                        let reply = (to_shard.unwrap_or(0), from, from_generation);
+                        let pending = Box::new(pending);
+                        self.scheduler.schedule(at, Event::Promise { node: to, generation, pending, reply });
+                    }
+                    Served::Answer(answer) => {
                         let frame = Message::encode_peer(&answer);
                         if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 {
                             self.count_anti_entropy(frame.len());
@@ -1332,13 +1367,13 @@ impl Cluster {
                             Payload::Peer(frame),
                         );
                     }
-                    None if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
+                    Served::NotARequest if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
                         self.on_healing_answer(to, from, envelope);
                     }
-                    None if envelope.request_id & swaps::SWAP_REQUEST_BIT != 0 => {
+                    Served::NotARequest if envelope.request_id & swaps::SWAP_REQUEST_BIT != 0 => {
                         self.on_swap_answer(to, Target { node_id: from, shard: from_shard }, envelope);
                     }
-                    None => {
+                    Served::NotARequest => {
                         let running =
                             self.nodes.get_mut(&to).and_then(|node| node.running.as_mut()).expect("running");
                         let mut outputs = Vec::new();

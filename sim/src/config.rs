@@ -29,6 +29,9 @@ pub enum Sabotage {
     /// Every acceptor grants every Paxos prepare and accepts every proposal, whatever ballot it
     /// promised: two racing compare-and-swaps can then both be chosen from one state.
     AcceptorForgetsPromises,
+    /// Every acceptor answers a prepare with the entry it read before recording the promise, so
+    /// a commit landing between the two reads is reported without its entry.
+    PromisesFromAStaleEntry,
 }
 
 /// Everything a run is made of besides its schedule.

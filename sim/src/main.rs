@@ -61,6 +61,9 @@ enum PlantedBug {
     /// Every Paxos acceptor grants every prepare and accepts every proposal, whatever it
     /// promised.
     AcceptorForgetsPromises,
+    /// Every Paxos acceptor reads the key's entry before recording its promise, so a commit
+    /// landing between the two is reported without its entry.
+    PromisesFromAStaleEntry,
 }
 
 fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Report {
@@ -70,6 +73,7 @@ fn run(seed: u64, planted: Option<PlantedBug>, shards: u16) -> ringkv_sim::Repor
         PlantedBug::NoAntiEntropy => Sabotage::NoAntiEntropy,
         PlantedBug::ServesWhileRebuilding => Sabotage::ServesWhileRebuilding,
         PlantedBug::AcceptorForgetsPromises => Sabotage::AcceptorForgetsPromises,
+        PlantedBug::PromisesFromAStaleEntry => Sabotage::PromisesFromAStaleEntry,
     });
     ringkv_sim::Cluster::with_shards(seed, sabotage, usize::from(shards)).run()
 }

@@ -44,7 +44,6 @@ use ringkv_storage::disk::memory::{CrashMode, MemDisk};
 use ringkv_storage::{CasOutcome, Engine, EngineOptions, Entry, Expected as StoredExpected, ScanRange};
 use ringkv_wire::peer::{
     Acceptance, Accepted, EntryHead, PeerEntry, PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage,
-    Promise,
 };
 use ringkv_wire::token::token;
 
@@ -104,6 +103,46 @@ pub enum ReplicaBehaviour {
     /// A planted bug: the acceptor grants every prepare and accepts every proposal, whatever it
     /// promised before.
     ForgetsPromises,
+    /// A planted bug: a prepare reads the key's entry before its Paxos state (the shard's order
+    /// once), so a commit landing between the two is reported without its entry.
+    PromisesFromAStaleEntry,
+}
+
+/// What serving a peer request gave.
+pub enum Served {
+    /// The answer, to send now.
+    Answer(PeerEnvelope),
+    /// A prepare half done: [`Node::finish_promise`] finishes it at [`PendingPromise::due_ms`],
+    /// and other requests for the key may run before then, as on the shard, whose prepare
+    /// awaits two reads.
+    Promise(PendingPromise),
+    /// Not a request: an answer for this node's coordinator.
+    NotARequest,
+}
+
+/// A prepare between its two reads (the key's Paxos state, the key's newest entry).
+pub struct PendingPromise {
+    envelope: PeerEnvelope,
+    key: Bytes,
+    ballot: u64,
+    first: FirstRead,
+    /// Simulated time at which the second read is made and the promise sent.
+    pub due_ms: u64,
+}
+
+/// The read a pending prepare made first.
+enum FirstRead {
+    /// The state, updated by the prepare (the shard's order).
+    State(Result<(AcceptorState, bool), PeerFailure>),
+    /// The entry's head (the planted bug's order).
+    Entry(Result<Option<EntryHead>, PeerFailure>),
+}
+
+/// How long a prepare's two reads are apart: 0 to 3 ms, drawn from the ballot and the node so
+/// that the run's generator is left alone (a seed's other draws stay as they were).
+fn promise_gap_ms(ballot: u64, node_id: u16) -> u64 {
+    let mixed = (ballot ^ u64::from(node_id).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 62) & 3
 }
 
 /// The state of a running process; gone at a crash.
@@ -426,7 +465,7 @@ impl Node {
     /// pushes, which name no shard here), on the shard owning the key. A shard that does not own
     /// the key refuses it (`WrongShard`), as the shard does. `None` when the envelope is not a
     /// request (an answer, for the coordinator).
-    pub fn serve(&self, envelope: &PeerEnvelope, shard: Option<u32>, now_ms: u64) -> Option<PeerEnvelope> {
+    pub fn serve(&self, envelope: &PeerEnvelope, shard: Option<u32>, now_ms: u64) -> Served {
         let running = self.running.as_ref().expect("only a running node serves");
         let wall_ms = self.wall_ms(now_ms);
         if let Some(answer) = running
@@ -435,7 +474,7 @@ impl Node {
             .as_ref()
             .and_then(|healing| healing.answer(&envelope.message, &running.engines))
         {
-            return Some(PeerEnvelope { message: answer, ..envelope.clone() });
+            return Served::Answer(PeerEnvelope { message: answer, ..envelope.clone() });
         }
         let key = match &envelope.message {
             PeerMessage::Replicate { key, .. }
@@ -451,45 +490,45 @@ impl Node {
                     PeerErrorCode::WrongShard,
                     format!("shard {shard} of node {} does not own this key", self.node_id),
                 );
-                return Some(replica::refusal(envelope, failure));
+                return Served::Answer(replica::refusal(envelope, failure));
             }
         }
         match replica::accept(envelope, &running.clock, wall_ms, self.settings.max_clock_skew_ms) {
             Ok(Some(replica::Work::Apply { .. }))
                 if self.behaviour == ReplicaBehaviour::AcksWithoutApplying =>
             {
-                Some(replica::applied(envelope, Ok(())))
+                Served::Answer(replica::applied(envelope, Ok(())))
             }
             Ok(Some(replica::Work::Apply { key, entry })) => {
                 // Applied, or superseded by a newer version already here: either way this
                 // version or a newer one is durable, which is what the ack promises.
                 let result = self.apply_tracked(running, key, Entry::from(entry)).map_err(storage_failure);
-                Some(replica::applied(envelope, result))
+                Served::Answer(replica::applied(envelope, result))
             }
             Ok(Some(replica::Work::Read { key, digest_only })) => {
                 let gated = self.behaviour != ReplicaBehaviour::ServesWhileRebuilding;
                 if let Some(failure) = self.rebuilding_refusal(running, &key).filter(|_| gated) {
-                    return Some(replica::refusal(envelope, failure));
+                    return Served::Answer(replica::refusal(envelope, failure));
                 }
                 // As the shard does: a replica tells a coordinator only what is durable here.
                 let result = block_on(self.engine_of(running, &key).get_durable_entry(&key))
                     .map(|entry| entry.map(PeerEntry::from))
                     .map_err(storage_failure);
-                Some(replica::read_answer(envelope, digest_only, result))
+                Served::Answer(replica::read_answer(envelope, digest_only, result))
             }
             Ok(Some(replica::Work::Prepare { key, ballot })) => {
                 // As the shard does: a copy that may lack acknowledged writes must not take part
                 // in a decision about what the key holds (whatever the sabotage of reads).
                 if let Some(failure) = self.rebuilding_refusal(running, &key) {
-                    return Some(replica::refusal(envelope, failure));
+                    return Served::Answer(replica::refusal(envelope, failure));
                 }
-                Some(replica::promised(envelope, self.paxos_prepare(running, key, ballot, wall_ms)))
+                Served::Promise(self.begin_promise(running, envelope, key, ballot, now_ms))
             }
             Ok(Some(replica::Work::Propose { key, ballot, based_on, entry })) => {
                 if let Some(failure) = self.rebuilding_refusal(running, &key) {
-                    return Some(replica::refusal(envelope, failure));
+                    return Served::Answer(replica::refusal(envelope, failure));
                 }
-                Some(replica::accepted(
+                Served::Answer(replica::accepted(
                     envelope,
                     self.paxos_propose(running, key, (ballot, based_on), entry, wall_ms),
                 ))
@@ -497,7 +536,7 @@ impl Node {
             Ok(Some(replica::Work::Commit { .. }))
                 if self.behaviour == ReplicaBehaviour::AcksWithoutApplying =>
             {
-                Some(replica::applied(envelope, Ok(())))
+                Served::Answer(replica::applied(envelope, Ok(())))
             }
             Ok(Some(replica::Work::Commit { key, ballot, based_on, entry })) => {
                 // As the shard does: the entry first, so that a crash before the ballot is
@@ -514,36 +553,80 @@ impl Node {
                         .map(drop),
                     Err(failure) => Err(failure),
                 };
-                Some(replica::applied(envelope, result))
+                Served::Answer(replica::applied(envelope, result))
             }
-            Ok(None) => None,
-            Err(failure) => Some(replica::refusal(envelope, failure)),
+            Ok(None) => Served::NotARequest,
+            Err(failure) => Served::Answer(replica::refusal(envelope, failure)),
         }
     }
 
-    /// The acceptor's answer to a prepare of `key` at `ballot`, as the shard's `paxos_prepare`:
-    /// the promise, durable when granted, then the head of the newest durable entry here (so
-    /// every commit the promise reports is in that entry).
-    fn paxos_prepare(
+    /// The first half of the acceptor's answer to a prepare of `key` at `ballot`, as the shard's
+    /// `paxos_prepare`: the promise, durable when granted. The head of the newest durable entry
+    /// here is read [`promise_gap_ms`] later ([`Node::finish_promise`]), so every commit the
+    /// promise reports is in that entry; the planted bug reads in the other order.
+    fn begin_promise(
+        &self,
+        running: &Running,
+        envelope: &PeerEnvelope,
+        key: Bytes,
+        ballot: u64,
+        now_ms: u64,
+    ) -> PendingPromise {
+        let first = if self.behaviour == ReplicaBehaviour::PromisesFromAStaleEntry {
+            FirstRead::Entry(self.entry_head(running, &key))
+        } else {
+            FirstRead::State(self.promise_state(running, key.clone(), ballot, self.wall_ms(now_ms)))
+        };
+        PendingPromise {
+            envelope: envelope.clone(),
+            key,
+            ballot,
+            first,
+            due_ms: now_ms + promise_gap_ms(ballot, self.node_id),
+        }
+    }
+
+    /// The second half of a prepare's answer (see [`Node::begin_promise`]); `None` when the
+    /// node is not running.
+    pub fn finish_promise(&self, pending: PendingPromise, now_ms: u64) -> Option<PeerEnvelope> {
+        let running = self.running.as_ref()?;
+        let PendingPromise { envelope, key, ballot, first, .. } = pending;
+        let result = match first {
+            FirstRead::State(state) => {
+                state.and_then(|(state, granted)| Ok(state.promise(granted, self.entry_head(running, &key)?)))
+            }
+            FirstRead::Entry(current) => current.and_then(|current| {
+                let (state, granted) = self.promise_state(running, key, ballot, self.wall_ms(now_ms))?;
+                Ok(state.promise(granted, current))
+            }),
+        };
+        Some(replica::promised(&envelope, result))
+    }
+
+    /// The head of the newest durable entry of `key` here.
+    fn entry_head(&self, running: &Running, key: &Bytes) -> Result<Option<EntryHead>, PeerFailure> {
+        Ok(block_on(self.engine_of(running, key).get_durable_entry(key))
+            .map_err(storage_failure)?
+            .map(|entry| EntryHead::of(&PeerEntry::from(entry))))
+    }
+
+    /// Promises `ballot` for `key` when it is the highest yet, durably.
+    fn promise_state(
         &self,
         running: &Running,
         key: Bytes,
         ballot: u64,
         wall_ms: u64,
-    ) -> Result<Promise, PeerFailure> {
+    ) -> Result<(AcceptorState, bool), PeerFailure> {
         let forgets = self.behaviour == ReplicaBehaviour::ForgetsPromises;
-        let (state, granted) = self.acceptor_update(running, key.clone(), wall_ms, |state| {
+        self.acceptor_update(running, key, wall_ms, |state| {
             if forgets {
                 // The planted bug: granted whatever was promised before.
                 state.promised = state.promised.max(ballot);
                 return true;
             }
             state.prepare(ballot)
-        })?;
-        let current = block_on(self.engine_of(running, &key).get_durable_entry(&key))
-            .map_err(storage_failure)?
-            .map(|entry| EntryHead::of(&PeerEntry::from(entry)));
-        Ok(state.promise(granted, current))
+        })
     }
 
     /// The acceptor's answer to a proposal, as the shard's `paxos_propose`: accepted durably
@@ -700,6 +783,20 @@ fn storage_failure(error: ringkv_storage::StorageError) -> PeerFailure {
 mod tests {
     use super::*;
 
+    /// Serves `envelope` as [`Node::serve`] does, a prepare's two reads at once.
+    fn serve_now(
+        node: &Node,
+        envelope: &PeerEnvelope,
+        shard: Option<u32>,
+        now_ms: u64,
+    ) -> Option<PeerEnvelope> {
+        match node.serve(envelope, shard, now_ms) {
+            Served::Answer(answer) => Some(answer),
+            Served::Promise(pending) => node.finish_promise(pending, now_ms),
+            Served::NotARequest => None,
+        }
+    }
+
     #[test]
     fn a_shard_takes_only_the_keys_it_owns_and_stores_them_in_its_own_engine() {
         let settings = NodeSettings {
@@ -737,9 +834,9 @@ mod tests {
             PeerMessage::ReplicateAck { result } => result.map_err(|failure| failure.code),
             other => panic!("not an ack: {other:?}"),
         };
-        assert_eq!(ack(node.serve(&request, Some(other), now_ms)), Err(PeerErrorCode::WrongShard));
+        assert_eq!(ack(serve_now(&node, &request, Some(other), now_ms)), Err(PeerErrorCode::WrongShard));
         assert_eq!(node.stored(&key).expect("readable"), None, "a refused write is not applied");
-        assert_eq!(ack(node.serve(&request, Some(owner), now_ms)), Ok(()));
+        assert_eq!(ack(serve_now(&node, &request, Some(owner), now_ms)), Ok(()));
         let (entries, per_shard) = node.stored_all().expect("scannable");
         assert_eq!(entries[&key].version, version);
         let mut expected = vec![0; 3];
@@ -778,11 +875,11 @@ mod tests {
             other => panic!("not a promise: {other:?}"),
         };
         let (low, high) = (ballot(now_ms), ballot(now_ms + 10));
-        assert!(promise(node.serve(&prepare(high), shard, now_ms)).granted);
+        assert!(promise(serve_now(&node, &prepare(high), shard, now_ms)).granted);
         // Synced before the answer: a crash dropping what was not synced keeps it.
         node.crash(CrashMode::DropUnsynced);
         node.start(now_ms + 100, 8, &[]).expect("restarts");
-        let refused = promise(node.serve(&prepare(low), shard, now_ms + 100));
+        let refused = promise(serve_now(&node, &prepare(low), shard, now_ms + 100));
         assert_eq!((refused.granted, refused.promised), (false, high));
         let entry = PeerEntry {
             version: high,
@@ -794,7 +891,7 @@ mod tests {
             based_on: 0,
             entry: entry.clone(),
         });
-        match node.serve(&proposal, shard, now_ms + 100).expect("answered").message {
+        match serve_now(&node, &proposal, shard, now_ms + 100).expect("answered").message {
             PeerMessage::PaxosAccept { result } => assert!(result.expect("no failure").accepted),
             other => panic!("not an acceptance: {other:?}"),
         }
@@ -804,12 +901,12 @@ mod tests {
             based_on: 0,
             entry: entry.clone(),
         });
-        match node.serve(&commit, shard, now_ms + 100).expect("answered").message {
+        match serve_now(&node, &commit, shard, now_ms + 100).expect("answered").message {
             PeerMessage::ReplicateAck { result } => assert_eq!(result, Ok(())),
             other => panic!("not an ack: {other:?}"),
         }
         assert_eq!(node.stored(&key).expect("readable"), Some(entry.clone()));
-        let after = promise(node.serve(&prepare(ballot(now_ms + 20)), shard, now_ms + 100));
+        let after = promise(serve_now(&node, &prepare(ballot(now_ms + 20)), shard, now_ms + 100));
         assert_eq!(
             (after.committed, after.accepted, after.current),
             (high, None, Some(EntryHead::of(&entry)))

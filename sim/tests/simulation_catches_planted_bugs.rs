@@ -5,7 +5,9 @@
 //! read repairs them), a node that lost a table or its disk answering reads before it has
 //! restored the data (its stale copy completes quorums that miss acknowledged writes), and Paxos
 //! acceptors that grant every prepare and accept every proposal whatever they promised (two
-//! racing compare-and-swaps both succeed from one state).
+//! racing compare-and-swaps both succeed from one state), and acceptors that read the key's
+//! entry before their Paxos state when they promise (a commit landing between the two reads is
+//! reported without its entry, and two swaps succeed from the state before it).
 
 use ringkv_sim::Sabotage;
 
@@ -56,4 +58,15 @@ fn an_acceptor_forgetting_its_promises_is_caught() {
         violations.into_iter().find(|violation| violation.contains("both succeeded from the same state"))
     });
     assert!(caught.is_some(), "no two swaps succeeded from one state in seeds 0..200");
+}
+
+#[test]
+fn a_promise_reporting_a_commit_without_its_entry_is_caught() {
+    // A commit of the key must land on a replica between a prepare's two reads, while another
+    // swap races it: seeds 3, 69 and 214 of 0–299 show it. The search stops at the first.
+    let caught = (0..300).find_map(|seed| {
+        let violations = ringkv_sim::run_sabotaged(seed, Sabotage::PromisesFromAStaleEntry).violations;
+        violations.into_iter().find(|violation| violation.contains("both succeeded from the same state"))
+    });
+    assert!(caught.is_some(), "no two swaps succeeded from one state in seeds 0..300");
 }
