@@ -285,6 +285,19 @@ impl AcceptorState {
     }
 }
 
+/// How long a contended swap pauses before its next attempt (the driver's `Retry` with
+/// `contended`): 1 ms up to 2 ms × 2^attempt, at most 32 ms, spread by the ballot's bits so
+/// that racing coordinators draw different pauses without a random number generator. The
+/// ceiling stays short of the time in which a hot key commits [`PAXOS_SUCCESSIONS_MAX`] other
+/// swaps, so that a swap retried after its pause still finds the succession that settles its
+/// earlier proposal: with a ceiling of 128 ms, eight clients incrementing one key through one
+/// node saw 13 of 1,600 increments answered `Indeterminate`, with 32 ms 0 or 1.
+pub fn contention_pause_ms(ballot: u64, attempt: u32) -> u64 {
+    let ceiling = 2u64 << attempt.min(4);
+    let spread = ballot.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    1 + spread % ceiling
+}
+
 /// What one compare-and-swap asks: write `data` (expiring at `expires_at_ms`) under `key` if the
 /// key's live value has the `expected` version, or is absent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -355,6 +368,11 @@ pub struct PaxosCas {
     /// A proposal of this swap may have been accepted by some replicas without reaching a
     /// quorum: a later mismatch cannot be told for sure.
     maybe_applied: bool,
+    /// Commits any replica reported (in a promise granted or not) that settle a proposal of
+    /// this swap: of one of its entries, or of another entry from the state one was based on.
+    /// Facts stay facts, so they are kept across attempts: an attempt whose prepares were
+    /// refused while other swaps committed still learns of them.
+    settling: Vec<Succession>,
 }
 
 impl PaxosCas {
@@ -373,6 +391,7 @@ impl PaxosCas {
             failure: None,
             own: Vec::new(),
             maybe_applied: false,
+            settling: Vec::new(),
         }
     }
 
@@ -422,7 +441,11 @@ impl PaxosCas {
         }
         self.answered.push(from);
         match (&mut self.phase, answer) {
-            (Phase::Prepare { promises }, PeerMessage::PaxosPromise { result }) => {
+            (Phase::Prepare { .. }, PeerMessage::PaxosPromise { result }) => {
+                if let Ok(promise) = &result {
+                    self.learn(promise);
+                }
+                let Phase::Prepare { promises } = &mut self.phase else { unreachable!("matched above") };
                 match result {
                     Ok(promise) if promise.granted => promises.push(promise),
                     Ok(promise) => {
@@ -509,11 +532,8 @@ impl PaxosCas {
         // it reaches the level asked for, then answer.
         let chosen = promises
             .iter()
-            .flat_map(|promise| {
-                let committed = (promise.committed > 0).then_some(promise.committed_version);
-                let successions = promise.successions.iter().map(|succession| succession.version);
-                promise.current.map(|head| head.version).into_iter().chain(committed).chain(successions)
-            })
+            .filter_map(|promise| promise.current.map(|head| head.version))
+            .chain(self.settling.iter().map(|succession| succession.version))
             .find_map(|version| self.own.iter().copied().find(|(own, _)| *own == version));
         if let Some((version, based_on)) = chosen {
             let entry = self.own_entry(version);
@@ -542,7 +562,7 @@ impl PaxosCas {
         };
         if !matches {
             self.phase = Phase::Idle;
-            if self.maybe_applied && !self.own_proposals_lost(&promises) {
+            if self.maybe_applied && !self.own_proposals_lost() {
                 return CasStep::Answer(Err(CoordinatorError::WriteIndeterminate {
                     acks: 0,
                     required: self.quorum,
@@ -587,18 +607,29 @@ impl PaxosCas {
     /// Whether every proposal of this swap lost its state's succession: some replica committed
     /// another entry based on the state that proposal was based on. A state has one successor,
     /// so such a proposal is never chosen.
-    fn own_proposals_lost(&self, promises: &[Promise]) -> bool {
+    fn own_proposals_lost(&self) -> bool {
         self.own.iter().all(|&(version, based_on)| {
-            promises.iter().any(|promise| {
-                let last = (promise.committed > 0).then_some(Succession {
-                    version: promise.committed_version,
-                    based_on: promise.committed_based_on,
-                });
-                last.iter()
-                    .chain(&promise.successions)
-                    .any(|succession| succession.based_on == based_on && succession.version != version)
-            })
+            self.settling
+                .iter()
+                .any(|succession| succession.based_on == based_on && succession.version != version)
         })
+    }
+
+    /// Keeps the commits `promise` reports that settle a proposal of this swap.
+    fn learn(&mut self, promise: &Promise) {
+        let last = (promise.committed > 0).then_some(Succession {
+            version: promise.committed_version,
+            based_on: promise.committed_based_on,
+        });
+        for succession in last.iter().chain(&promise.successions) {
+            let settles = self
+                .own
+                .iter()
+                .any(|&(version, based_on)| succession.version == version || succession.based_on == based_on);
+            if settles && !self.settling.contains(succession) {
+                self.settling.push(*succession);
+            }
+        }
     }
 
     fn propose(&mut self, entry: PeerEntry, based_on: u64, ours: bool) -> CasStep {
@@ -718,6 +749,15 @@ mod tests {
                 successions: Vec::new(),
             }),
         }
+    }
+
+    /// A refused prepare: the replica promised `promised`.
+    fn refusal_of(promised: u64) -> PeerMessage {
+        let mut message = promise_after((0, 0, 0), None, None);
+        if let PeerMessage::PaxosPromise { result: Ok(promise) } = &mut message {
+            (promise.granted, promise.promised) = (false, promised);
+        }
+        message
     }
 
     /// A promise from a replica that applied these commits, (version, based_on) each, the last
@@ -1114,6 +1154,20 @@ mod tests {
         assert!(matches!(fresh.abandon(failure), CoordinatorError::ReplicasFailed { .. }));
     }
 
+    #[test]
+    fn contention_pauses_grow_with_attempts_up_to_a_ceiling() {
+        for ballot in [1u64, 0xDEAD_BEEF, u64::MAX, 7_534_555_326_851_317_761] {
+            for attempt in 0..12 {
+                let pause = contention_pause_ms(ballot, attempt);
+                assert!((1..=2 << attempt.min(4)).contains(&pause), "{ballot} {attempt}: {pause}");
+                assert!(pause <= 32);
+            }
+        }
+        let spread: std::collections::BTreeSet<u64> =
+            (0..64u64).map(|n| contention_pause_ms(n << 10, 6)).collect();
+        assert!(spread.len() > 8, "ballots draw different pauses: {spread:?}");
+    }
+
     /// Other swaps went on committing while this one paused: the last commit no longer names the
     /// state it proposed from, but the successions still do.
     #[test]
@@ -1145,6 +1199,20 @@ mod tests {
         let step = cas.on_answer(target(3), promise_with_successions(&won, Some(&latest)), 0);
         assert_eq!(step, Some(CasStep::Commit { ballot: 100, based_on: 5, entry: live(100, b"new") }));
         assert_eq!(cas.on_committed(Ok(())), CasStep::Answer(Ok(CasOutcome::Swapped { version: 100 })));
+        // Learned from a refused promise, while other swaps went on committing: still known
+        // when a later attempt's quorum has only later successions.
+        let mut cas = overtaken();
+        let mut refusal = promise_with_successions(&lost, Some(&latest));
+        if let PeerMessage::PaxosPromise { result: Ok(promise) } = &mut refusal {
+            (promise.granted, promise.promised) = (false, 500);
+        }
+        assert_eq!(cas.on_answer(target(1), refusal, 0), None);
+        let step = cas.on_answer(target(2), refusal_of(500), 0);
+        assert!(matches!(step, Some(CasStep::Retry { above: 500, .. })), "{step:?}");
+        cas.begin(601);
+        cas.on_answer(target(2), promise_with_successions(&lost[2..], Some(&latest)), 0);
+        let step = cas.on_answer(target(3), promise_with_successions(&lost[2..], Some(&latest)), 0);
+        assert_eq!(step, Some(CasStep::Answer(Ok(CasOutcome::Mismatch { current_version: Some(400) }))));
         // Neither in sight (the quorum kept only later successions): still indeterminate.
         let mut cas = overtaken();
         cas.on_answer(target(2), promise_with_successions(&lost[1..], Some(&latest)), 0);

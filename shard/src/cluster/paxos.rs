@@ -26,7 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use glommio::channels::local_channel;
 use ringkv_io::{now_ms, DmaDisk, EngineService};
-use ringkv_replication::paxos::{AcceptorState, CasOutcome, CasRequest, CasStep, PaxosCas};
+use ringkv_replication::paxos::{
+    contention_pause_ms, AcceptorState, CasOutcome, CasRequest, CasStep, PaxosCas,
+};
 use ringkv_replication::{replica, CoordinatorError, CoordinatorReply, Target};
 use ringkv_storage::{CasOutcome as StoredCas, Engine, EngineOptions, Entry, Expected as StoredExpected};
 use ringkv_wire::peer::{
@@ -370,13 +372,4 @@ fn cas_answer(step: CasStep) -> CoordinatorError {
         CasStep::Answer(Err(error)) => error,
         _ => CoordinatorError::Timeout { acks: 0, required: 0, timeout_ms: 0 },
     }
-}
-
-/// A pause before the next attempt of a contended swap: up to 2 ms × 2^attempts (at most
-/// 128 ms), spread by the ballot's bits so that racing coordinators draw different pauses
-/// without a random number generator.
-fn contention_pause_ms(ballot: u64, attempt: u32) -> u64 {
-    let ceiling = 2u64 << attempt.min(6);
-    let spread = ballot.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-    1 + spread % ceiling
 }

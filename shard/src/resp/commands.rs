@@ -40,8 +40,10 @@ use crate::resp::reply::RespReply;
 use crate::router::Router;
 
 /// Attempts a read-then-compare-and-swap command makes before giving up on a key other writers
-/// keep changing.
-pub const CAS_ATTEMPTS_MAX: usize = 16;
+/// keep changing. Each lost attempt means another writer's swap won, so the key moves on; on a
+/// cluster, eight clients incrementing one key gave up about once in a hundred increments with
+/// 16 attempts.
+pub const CAS_ATTEMPTS_MAX: usize = 64;
 
 /// Entries `SCAN` returns per call when the client gives no COUNT, as Redis does.
 const SCAN_COUNT_DEFAULT: u32 = 10;

@@ -16,7 +16,7 @@
 //! ```
 
 use bytes::Bytes;
-use ringkv_replication::paxos::{CasOutcome, CasRequest, CasStep, PaxosCas};
+use ringkv_replication::paxos::{contention_pause_ms, CasOutcome, CasRequest, CasStep, PaxosCas};
 use ringkv_replication::{CoordinatorError, CoordinatorReply, Target};
 use ringkv_wire::peer::{PeerEnvelope, PeerErrorCode, PeerFailure, PeerMessage, PeerValue};
 use ringkv_wire::{Consistency, Expected};
@@ -55,15 +55,6 @@ pub struct SwapStart {
     /// Replicas of the key (N).
     pub replicas: usize,
     pub commit_required: usize,
-}
-
-/// A pause before the next attempt of a contended swap, as the shard draws it
-/// (`contention_pause_ms`): up to 2 ms × 2^attempts (at most 128 ms), spread by the ballot's
-/// bits so that racing coordinators draw different pauses.
-pub fn contention_pause_ms(ballot: u64, attempt: u32) -> u64 {
-    let ceiling = 2u64 << attempt.min(6);
-    let spread = ballot.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-    1 + spread % ceiling
 }
 
 /// The history outcome of a swap's answer, classified as a write's: refused before anything
