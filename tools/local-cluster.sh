@@ -20,16 +20,23 @@ cluster_dir="${RINGKV_CLUSTER_DIR:-./ringkv-cluster}"
 binary="${RINGKV_BINARY:-$repository_root/target/release/ringkv}"
 
 stop_cluster() {
-  local stopped=0
+  local stopped=0 pids=() pid
   for pid_file in "$cluster_dir"/node-*.pid; do
     [ -e "$pid_file" ] || continue
-    local pid
     pid="$(cat "$pid_file")"
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid" 2>/dev/null || true
       stopped=$((stopped + 1))
+      pids+=("$pid")
     fi
     rm -f "$pid_file"
+  done
+  # Until they have exited (at most 30 s): their ports are free for the next cluster.
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 300); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
   done
   echo "stopped $stopped node(s)"
 }
@@ -60,8 +67,19 @@ start_node() {
   local peer_port=$((client_port + 1000))
   local seeds=()
   [ "$i" -gt 1 ] && seeds=(--seeds "$seed")
-  local resp=()
-  [ -n "${RINGKV_RESP_PORT_BASE:-}" ] && resp=(--resp-listen "127.0.0.1:$((RINGKV_RESP_PORT_BASE + i - 1))")
+  local resp=() ports=("$client_port" "$peer_port") port
+  if [ -n "${RINGKV_RESP_PORT_BASE:-}" ]; then
+    resp=(--resp-listen "127.0.0.1:$((RINGKV_RESP_PORT_BASE + i - 1))")
+    ports+=("$((RINGKV_RESP_PORT_BASE + i - 1))")
+  fi
+  # A port another process listens on would make this node exit, and node 1's status describe
+  # the other process's cluster.
+  for port in "${ports[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "error: port $port is taken (another cluster running? stop it first)" >&2
+      exit 1
+    fi
+  done
   # shellcheck disable=SC2086
   RINGKV_LOG="${RINGKV_LOG:-info}" "$binary" serve \
     --data-dir "$cluster_dir/node-$i" \
@@ -78,15 +96,29 @@ start_node() {
   echo "node $i: client 127.0.0.1:$client_port, peer 127.0.0.1:$peer_port, log $cluster_dir/node-$i.log"
 }
 
-# wait_for_nodes N: until node 1 sees N nodes up (at most 30 s); prints how many it saw.
+# wait_for_nodes N NODE...: until node 1 sees N nodes up (at most 30 s); prints how many it
+# saw. Fails when fewer are up, or when one of the nodes NODE... just started has exited (a port
+# taken by another process, say: node 1's status would then describe someone else's cluster).
 wait_for_nodes() {
-  local up=0
+  local wanted="$1" up=0 i
+  shift
   for _ in $(seq 1 60); do
     up="$("$binary" status --addr 127.0.0.1:7379 2>/dev/null | grep -cw up || true)"
-    [ "$up" -ge "$1" ] && break
+    [ "$up" -ge "$wanted" ] && break
     sleep 0.5
   done
-  echo "$up of $1 node(s) up"
+  for i in "$@"; do
+    if ! kill -0 "$(cat "$cluster_dir/node-$i.pid")" 2>/dev/null; then
+      echo "error: node $i exited; the end of $cluster_dir/node-$i.log:" >&2
+      tail -n 5 "$cluster_dir/node-$i.log" >&2
+      exit 1
+    fi
+  done
+  echo "$up of $wanted node(s) up"
+  if [ "$up" -lt "$wanted" ]; then
+    echo "error: node 1 sees $up of $wanted nodes up" >&2
+    exit 1
+  fi
 }
 
 if [ "$1" = join ]; then
@@ -101,7 +133,7 @@ if [ "$1" = join ]; then
   fi
   known="$(ls -d "$cluster_dir"/node-* 2>/dev/null | grep -c '/node-[0-9]$' || true)"
   start_node "$node" --join
-  wait_for_nodes "$((known > node ? known : node))"
+  wait_for_nodes "$((known > node ? known : node))" "$node"
   echo "node $node answers replica reads once its log says \"serving replica reads again\""
   exit 0
 fi
@@ -118,7 +150,7 @@ for i in $(seq 1 "$nodes"); do
 done
 
 # Node 1 sees every node up before the first request: the cluster is whole.
-wait_for_nodes "$nodes"
+wait_for_nodes "$nodes" $(seq 1 "$nodes")
 
 if $detach; then
   echo "stop with: $0 stop"
