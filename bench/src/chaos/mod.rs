@@ -31,6 +31,7 @@
 //! - [`report`]: the figures, the recovery time, the verdict.
 
 mod cluster;
+mod counters;
 mod faults;
 mod network;
 mod report;
@@ -310,6 +311,7 @@ fn run_scenario(
     };
     let history = History { operations };
     violations.extend(checker::check(&history, &replica_map, &stored));
+    violations.extend(counters::check(&history));
     let exited = cluster.exited();
     for (node, status) in &exited {
         violations.push(format!("node {node} exited on its own ({status}); see its log"));
@@ -335,6 +337,7 @@ fn run_scenario(
         lost: checker::lost_acknowledged_writes(&history),
         inversions: checker::real_time_inversions(&history),
         keys: keys.len(),
+        increments: counters::outcomes(&history),
         recovery_s: report::recovery_seconds(&history, healed_at),
         latency_before_ms: report::latency_ms(&history, 0, fault_at),
         latency_during_ms: report::latency_ms(&history, fault_at, healed_at),

@@ -33,6 +33,9 @@ pub struct ScenarioReport {
     /// (last-writer-wins under clock skew); counted, not judged, as in the simulator.
     pub inversions: usize,
     pub keys: usize,
+    /// How the counters' increments (compare-and-swaps) ended: written, mismatched, unknown,
+    /// failed.
+    pub increments: (usize, usize, usize, usize),
     /// Seconds from the heal to the first window of QUORUM operations that all succeeded;
     /// `None` if none came before the load stopped.
     pub recovery_s: Option<f64>,
@@ -72,6 +75,11 @@ impl ScenarioReport {
             text,
             "  operations {}  writes {}  acknowledged {}  reads ok {}  failed {}  unknown {}  lost {}  keys {}",
             self.operations, self.writes, self.acknowledged, self.reads_ok, self.failed, self.unknown, self.lost, self.keys
+        );
+        let (written, mismatched, unknown, failed) = self.increments;
+        let _ = writeln!(
+            text,
+            "  increments by compare-and-swap: written {written}  mismatched {mismatched}  unknown {unknown}  failed {failed}"
         );
         let _ = writeln!(
             text,

@@ -1,6 +1,7 @@
 //! The load of a chaos run: a few client threads, each with its own blocking client, issuing
 //! puts (some with a time to live), deletes and gets of a small key space, each put with a value
-//! of its own, mostly at QUORUM and sometimes at ONE or ALL. Every operation is recorded as the
+//! of its own, and increments of two counters by compare-and-swap ([`super::counters`]), mostly
+//! at QUORUM and sometimes at ONE or ALL. Every operation is recorded as the
 //! simulator records it ([`ringkv_sim::history::Operation`]): when it was invoked and completed
 //! (microseconds since the run's start), and whether it was acknowledged, failed (certainly not
 //! applied) or unknown (may have been applied).
@@ -15,9 +16,11 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use ringkv_client::blocking::Client;
-use ringkv_client::{Backoff, ClientOptions, Consistency, Error, ErrorCode, Versioned};
+use ringkv_client::{Backoff, CasResult, ClientOptions, Consistency, Error, ErrorCode, Expected, Versioned};
 use ringkv_sim::history::{Kind, Operation, Outcome};
 use ringkv_wire::peer::{PeerEntry, PeerValue};
+
+use super::counters;
 
 /// Longest time to live a put asks for; the settle phase waits at least this long so that every
 /// expiring value is gone before the final reads.
@@ -212,12 +215,19 @@ fn run_client(
         }
         // No catching up after a slow call: the rate is a ceiling, not a debt.
         next = Instant::now().max(next) + interval;
-        let key = key_name(rng.gen_range(0..spec.keys));
         let consistency = match rng.gen_range(0..10) {
             0 if spec.allow_one => Consistency::One,
             1 => Consistency::All,
             _ => Consistency::Quorum,
         };
+        if rng.gen_range(0..100) < counters::INCREMENT_PERCENT {
+            sequence += 1;
+            let counter = counters::counter_name(rng.gen_range(0..counters::COUNTERS));
+            let tag = format!("c{client}-{sequence}");
+            increment(&mut connection, counter, consistency, &tag, spec, epoch, &mut operations, client);
+            continue;
+        }
+        let key = key_name(rng.gen_range(0..spec.keys));
         let kind = match rng.gen_range(0..100) {
             0..=44 => {
                 sequence += 1;
@@ -266,6 +276,63 @@ fn run_client(
         });
     }
     operations
+}
+
+/// Increments `counter` once: a read at QUORUM, then a swap at `consistency` from the version
+/// read to the count read plus one; both are recorded (the swap as a put of its value).
+#[allow(clippy::too_many_arguments)]
+fn increment(
+    connection: &mut Client,
+    counter: Bytes,
+    consistency: Consistency,
+    tag: &str,
+    spec: &WorkloadSpec,
+    epoch: Instant,
+    operations: &mut Vec<Operation>,
+    client: usize,
+) {
+    let node = connection.route(&counter).node_id.unwrap_or(0);
+    let record = |kind, consistency, version, invoked_step, outcome| Operation {
+        client: Some(client),
+        node,
+        key: counter.clone(),
+        kind,
+        consistency,
+        replicas: spec.replicas,
+        required: required(consistency, spec.replicas),
+        version,
+        invoked_step,
+        completed_step: Some(micros_since(epoch)),
+        outcome,
+    };
+    let invoked_step = micros_since(epoch);
+    let read = connection.with_consistency(Consistency::Quorum).get(&counter);
+    let (count, expected) = match &read {
+        Ok(Some(found)) => match counters::count_of(&found.value) {
+            Some(count) => (count, Expected::Version(found.version)),
+            None => (0, Expected::Version(found.version)),
+        },
+        Ok(None) => (0, Expected::Absent),
+        Err(_) => (0, Expected::Absent),
+    };
+    let read_failed = read.is_err();
+    let outcome = match read {
+        Ok(found) => read_outcome(found),
+        Err(error) => failed(&error, false),
+    };
+    operations.push(record(Kind::Get, Consistency::Quorum, None, invoked_step, outcome));
+    if read_failed {
+        return;
+    }
+    let value = counters::value(count + 1, tag);
+    let invoked_step = micros_since(epoch);
+    let (version, outcome) =
+        match connection.with_consistency(consistency).compare_and_swap(&counter, expected, &value) {
+            Ok(CasResult::Swapped { version }) => (Some(version), Outcome::Written),
+            Ok(CasResult::Mismatch { current_version }) => (None, Outcome::Mismatch { current_version }),
+            Err(error) => (None, failed(&error, true)),
+        };
+    operations.push(record(Kind::Put { value, ttl_ms: None }, consistency, version, invoked_step, outcome));
 }
 
 #[cfg(test)]
