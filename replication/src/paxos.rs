@@ -285,6 +285,16 @@ impl AcceptorState {
     }
 }
 
+/// Until when a replica that lost its data (and with it its Paxos state) refuses Paxos
+/// requests after starting at `started_ms`: every swap that was running when it lost its
+/// promises has ended by then (a coordinator gives a swap at most twice `replica_timeout_ms`),
+/// with `max_clock_skew_ms` for the coordinators' clocks. Past it, a forgotten promise or
+/// acceptance can only have been part of a swap that ended; one chosen and committed somewhere
+/// comes back with the data anti-entropy restores, which the rebuild gate waits for too.
+pub fn forgetful_until_ms(started_ms: u64, replica_timeout_ms: u64, max_clock_skew_ms: u64) -> u64 {
+    started_ms.saturating_add(2 * replica_timeout_ms).saturating_add(max_clock_skew_ms)
+}
+
 /// How long a contended swap pauses before its next attempt (the driver's `Retry` with
 /// `contended`): 1 ms up to 2 ms × 2^attempt, at most 32 ms, spread by the ballot's bits so
 /// that racing coordinators draw different pauses without a random number generator. The
@@ -1152,6 +1162,16 @@ mod tests {
         let mut fresh = swap(Expected::Absent);
         fresh.begin(1);
         assert!(matches!(fresh.abandon(failure), CoordinatorError::ReplicasFailed { .. }));
+    }
+
+    #[test]
+    fn a_replica_that_lost_its_state_sits_out_every_swap_running_then() {
+        let (started, timeout, skew) = (1_000_000, 2_000, 500);
+        let until = forgetful_until_ms(started, timeout, skew);
+        // A swap begun just before the loss gives up by its deadline, twice the replica timeout,
+        // on a coordinator clock up to the skew bound behind.
+        assert!(until >= started + 2 * timeout + skew);
+        assert_eq!(forgetful_until_ms(u64::MAX - 1, timeout, skew), u64::MAX);
     }
 
     #[test]

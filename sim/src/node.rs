@@ -175,6 +175,9 @@ pub struct Running {
     /// shard does, the node answers no replica read of a range until anti-entropy found the
     /// range equal on every other replica after this.
     pub rebuilding_since_ms: std::cell::Cell<Option<u64>>,
+    /// Until when this node refuses Paxos requests after starting with its disks lost, as the
+    /// shard's `paxos_refusal` (0: it did not lose them).
+    pub paxos_forgetful_until_ms: u64,
 }
 
 /// One node.
@@ -321,6 +324,15 @@ impl Node {
             swap_request_id: 0,
             healing: RefCell::new(None),
             rebuilding_since_ms: std::cell::Cell::new(rebuilding.then_some(now_ms)),
+            paxos_forgetful_until_ms: if rebuilding {
+                ringkv_replication::paxos::forgetful_until_ms(
+                    now_ms,
+                    self.settings.replica_timeout_ms,
+                    self.settings.max_clock_skew_ms,
+                )
+            } else {
+                0
+            },
         });
         Ok(())
     }
@@ -437,6 +449,20 @@ impl Node {
     }
 
     /// The Paxos engine of the shard owning `key`.
+    /// Why this node takes no part in a Paxos decision about `key`, as the shard's
+    /// `paxos_refusal`: as for replica reads, and for a while after starting with its disks
+    /// lost. `now_ms` is the simulation's time, on which swaps' deadlines run.
+    fn paxos_refusal(&self, running: &Running, key: &[u8], now_ms: u64) -> Option<PeerFailure> {
+        self.rebuilding_refusal(running, key).or_else(|| {
+            (now_ms < running.paxos_forgetful_until_ms).then(|| {
+                PeerFailure::new(
+                    PeerErrorCode::Rebuilding,
+                    format!("node {} lost its Paxos state with its disks", self.node_id),
+                )
+            })
+        })
+    }
+
     fn paxos_of<'a>(&self, running: &'a Running, key: &[u8]) -> &'a Engine<MemDisk> {
         &running.paxos[self.shard_ring.owner_of_key(key) as usize]
     }
@@ -519,13 +545,13 @@ impl Node {
             Ok(Some(replica::Work::Prepare { key, ballot })) => {
                 // As the shard does: a copy that may lack acknowledged writes must not take part
                 // in a decision about what the key holds (whatever the sabotage of reads).
-                if let Some(failure) = self.rebuilding_refusal(running, &key) {
+                if let Some(failure) = self.paxos_refusal(running, &key, now_ms) {
                     return Served::Answer(replica::refusal(envelope, failure));
                 }
                 Served::Promise(self.begin_promise(running, envelope, key, ballot, now_ms))
             }
             Ok(Some(replica::Work::Propose { key, ballot, based_on, entry })) => {
-                if let Some(failure) = self.rebuilding_refusal(running, &key) {
+                if let Some(failure) = self.paxos_refusal(running, &key, now_ms) {
                     return Served::Answer(replica::refusal(envelope, failure));
                 }
                 Served::Answer(replica::accepted(

@@ -129,6 +129,9 @@ pub struct Cluster {
     /// restored yet: it answers no replica read of a range until anti-entropy repaired the range
     /// after this.
     rebuilding_since_ms: Cell<Option<u64>>,
+    /// Until when this shard refuses Paxos requests because its data, and with it its Paxos
+    /// state, was lost (`paxos::forgetful_until_ms`); 0 when it was not.
+    paxos_forgetful_until_ms: Cell<u64>,
     /// The engine of this shard's Paxos state (see [`paxos`]), when keys have several copies.
     paxos: std::cell::OnceCell<Rc<ringkv_storage::Engine<DmaDisk>>>,
     /// Compare-and-swaps this shard coordinates now; at most `peer_pending_max`.
@@ -169,6 +172,7 @@ impl Cluster {
             own_commits: CommitQueue::default(),
             own_committer_running: Cell::new(false),
             rebuilding_since_ms: Cell::new(None),
+            paxos_forgetful_until_ms: Cell::new(0),
             paxos: std::cell::OnceCell::new(),
             swaps_running: Cell::new(0),
         })
@@ -193,7 +197,13 @@ impl Cluster {
                 "this shard is rebuilding (it lost data, or its node joined the cluster): it answers no \
                  replica read of a range until anti-entropy has restored the range from the other replicas"
             );
-            self.rebuilding_since_ms.set(Some(now_ms()));
+            let now = now_ms();
+            self.rebuilding_since_ms.set(Some(now));
+            self.paxos_forgetful_until_ms.set(ringkv_replication::paxos::forgetful_until_ms(
+                now,
+                self.settings.replica_timeout_ms,
+                self.settings.max_clock_skew_ms,
+            ));
         }
         let cluster = self.clone();
         let ticker = glommio::spawn_local(async move {
@@ -609,6 +619,26 @@ impl Cluster {
         ))
     }
 
+    /// Why this shard takes no part in a Paxos decision about `key`, if it does not: as for
+    /// replica reads, and besides, for a while after it started with its data lost, since it may
+    /// have forgotten promises that swaps still running rely on.
+    fn paxos_refusal(&self, key: &[u8]) -> Option<PeerFailure> {
+        if let Some(failure) = self.rebuilding_refusal(key) {
+            return Some(failure);
+        }
+        let until = self.paxos_forgetful_until_ms.get();
+        (now_ms() < until).then(|| {
+            PeerFailure::new(
+                PeerErrorCode::Rebuilding,
+                format!(
+                    "shard {} of node {} lost its Paxos state with its data: it takes part in no swap \
+                     until the swaps running then have ended",
+                    self.origin.shard, self.origin.node_id
+                ),
+            )
+        })
+    }
+
     /// Once every range this shard holds was repaired after its start, records that the data it
     /// lost is restored: replica reads are answered again.
     async fn end_rebuild_once_repaired(&self) {
@@ -679,13 +709,13 @@ impl Cluster {
             Ok(Some(replica::Work::Prepare { key, ballot })) => {
                 // A copy that may lack acknowledged writes must not take part in a decision
                 // about what the key holds.
-                if let Some(failure) = self.rebuilding_refusal(&key) {
+                if let Some(failure) = self.paxos_refusal(&key) {
                     return replica::refusal(envelope, failure);
                 }
                 replica::promised(envelope, self.paxos_prepare(key, ballot).await)
             }
             Ok(Some(replica::Work::Propose { key, ballot, based_on, entry })) => {
-                if let Some(failure) = self.rebuilding_refusal(&key) {
+                if let Some(failure) = self.paxos_refusal(&key) {
                     return replica::refusal(envelope, failure);
                 }
                 replica::accepted(envelope, self.paxos_propose(key, ballot, based_on, entry).await)
