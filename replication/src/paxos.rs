@@ -761,6 +761,21 @@ mod tests {
         }
     }
 
+    /// A swap from version 5 whose proposal (ballot 100) one replica accepted before a ballot
+    /// of 200 took the other two, begun again at `ballot`.
+    fn overtaken_then_retried(ballot: u64) -> PaxosCas {
+        let mut cas = swap(Expected::Version(5));
+        cas.begin(100);
+        cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
+        cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
+        let refused = PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: 200 }) };
+        cas.on_answer(target(1), accept(), 0);
+        cas.on_answer(target(2), refused.clone(), 0);
+        assert!(matches!(cas.on_answer(target(3), refused, 0), Some(CasStep::Retry { .. })));
+        cas.begin(ballot);
+        cas
+    }
+
     /// A refused prepare: the replica promised `promised`.
     fn refusal_of(promised: u64) -> PeerMessage {
         let mut message = promise_after((0, 0, 0), None, None);
@@ -1122,19 +1137,7 @@ mod tests {
     /// is exact. Without such a commit in sight the swap cannot tell.
     #[test]
     fn a_lost_race_is_a_mismatch_once_a_commit_names_the_winner() {
-        let overtaken = || {
-            let mut cas = swap(Expected::Version(5));
-            cas.begin(100);
-            cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
-            cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
-            let refused =
-                PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: 200 }) };
-            cas.on_answer(target(1), accept(), 0);
-            cas.on_answer(target(2), refused.clone(), 0);
-            assert!(matches!(cas.on_answer(target(3), refused, 0), Some(CasStep::Retry { .. })));
-            cas.begin(201);
-            cas
-        };
+        let overtaken = || overtaken_then_retried(201);
         let winner = live(200, b"theirs");
         let mut cas = overtaken();
         cas.on_answer(target(2), promise_after((200, 200, 5), None, Some(&winner)), 0);
@@ -1192,19 +1195,7 @@ mod tests {
     /// state it proposed from, but the successions still do.
     #[test]
     fn the_successions_settle_a_lost_or_won_race_after_later_commits() {
-        let overtaken = || {
-            let mut cas = swap(Expected::Version(5));
-            cas.begin(100);
-            cas.on_answer(target(1), promise(None, Some(&live(5, b"old"))), 0);
-            cas.on_answer(target(2), promise(None, Some(&live(5, b"old"))), 0);
-            let refused =
-                PeerMessage::PaxosAccept { result: Ok(Acceptance { accepted: false, promised: 200 }) };
-            cas.on_answer(target(1), accept(), 0);
-            cas.on_answer(target(2), refused.clone(), 0);
-            assert!(matches!(cas.on_answer(target(3), refused, 0), Some(CasStep::Retry { .. })));
-            cas.begin(401);
-            cas
-        };
+        let overtaken = || overtaken_then_retried(401);
         let latest = live(400, b"latest");
         // 5 → 200 (another swap) → 300 → 400: this swap's proposal (100, based on 5) lost.
         let lost = [(200, 5), (300, 200), (400, 300)];

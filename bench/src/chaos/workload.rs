@@ -205,6 +205,7 @@ fn run_client(
     let mut rng = SmallRng::seed_from_u64(spec.seed ^ (client as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let interval = Duration::from_secs_f64(spec.clients as f64 / f64::from(spec.rate.max(1)));
     let mut operations = Vec::new();
+    let run = ClientRun { client, spec, epoch };
     let Some(mut connection) = connect(addresses, client, stop) else { return operations };
     let mut next = Instant::now();
     let mut sequence = 0u64;
@@ -224,7 +225,7 @@ fn run_client(
             sequence += 1;
             let counter = counters::counter_name(rng.gen_range(0..counters::COUNTERS));
             let tag = format!("c{client}-{sequence}");
-            increment(&mut connection, counter, consistency, &tag, spec, epoch, &mut operations, client);
+            increment(&run, &mut connection, counter, consistency, &tag, &mut operations);
             continue;
         }
         let key = key_name(rng.gen_range(0..spec.keys));
@@ -261,51 +262,58 @@ fn run_client(
                 Err(error) => (None, failed(&error, false)),
             },
         };
-        operations.push(Operation {
-            client: Some(client),
-            node,
-            key,
-            kind,
-            consistency,
-            replicas: spec.replicas,
-            required: required(consistency, spec.replicas),
-            version,
-            invoked_step,
-            completed_step: Some(micros_since(epoch)),
-            outcome,
-        });
+        operations.push(run.operation(node, key, kind, consistency, invoked_step, (version, outcome)));
     }
     operations
 }
 
+/// One load client's part of the run, for recording its operations.
+struct ClientRun<'a> {
+    client: usize,
+    spec: &'a WorkloadSpec,
+    epoch: Instant,
+}
+
+impl ClientRun<'_> {
+    /// The record of an operation invoked at `invoked_step` that ended now, with the version it
+    /// wrote (if any) and its outcome.
+    fn operation(
+        &self,
+        node: u16,
+        key: Bytes,
+        kind: Kind,
+        consistency: Consistency,
+        invoked_step: u64,
+        (version, outcome): (Option<u64>, Outcome),
+    ) -> Operation {
+        Operation {
+            client: Some(self.client),
+            node,
+            key,
+            kind,
+            consistency,
+            replicas: self.spec.replicas,
+            required: required(consistency, self.spec.replicas),
+            version,
+            invoked_step,
+            completed_step: Some(micros_since(self.epoch)),
+            outcome,
+        }
+    }
+}
+
 /// Increments `counter` once: a read at QUORUM, then a swap at `consistency` from the version
 /// read to the count read plus one; both are recorded (the swap as a put of its value).
-#[allow(clippy::too_many_arguments)]
 fn increment(
+    run: &ClientRun<'_>,
     connection: &mut Client,
     counter: Bytes,
     consistency: Consistency,
     tag: &str,
-    spec: &WorkloadSpec,
-    epoch: Instant,
     operations: &mut Vec<Operation>,
-    client: usize,
 ) {
     let node = connection.route(&counter).node_id.unwrap_or(0);
-    let record = |kind, consistency, version, invoked_step, outcome| Operation {
-        client: Some(client),
-        node,
-        key: counter.clone(),
-        kind,
-        consistency,
-        replicas: spec.replicas,
-        required: required(consistency, spec.replicas),
-        version,
-        invoked_step,
-        completed_step: Some(micros_since(epoch)),
-        outcome,
-    };
-    let invoked_step = micros_since(epoch);
+    let invoked_step = micros_since(run.epoch);
     let read = connection.with_consistency(Consistency::Quorum).get(&counter);
     let (count, expected) = match &read {
         Ok(Some(found)) => match counters::count_of(&found.value) {
@@ -320,19 +328,21 @@ fn increment(
         Ok(found) => read_outcome(found),
         Err(error) => failed(&error, false),
     };
-    operations.push(record(Kind::Get, Consistency::Quorum, None, invoked_step, outcome));
+    let read =
+        run.operation(node, counter.clone(), Kind::Get, Consistency::Quorum, invoked_step, (None, outcome));
+    operations.push(read);
     if read_failed {
         return;
     }
     let value = counters::value(count + 1, tag);
-    let invoked_step = micros_since(epoch);
-    let (version, outcome) =
-        match connection.with_consistency(consistency).compare_and_swap(&counter, expected, &value) {
-            Ok(CasResult::Swapped { version }) => (Some(version), Outcome::Written),
-            Ok(CasResult::Mismatch { current_version }) => (None, Outcome::Mismatch { current_version }),
-            Err(error) => (None, failed(&error, true)),
-        };
-    operations.push(record(Kind::Put { value, ttl_ms: None }, consistency, version, invoked_step, outcome));
+    let invoked_step = micros_since(run.epoch);
+    let ended = match connection.with_consistency(consistency).compare_and_swap(&counter, expected, &value) {
+        Ok(CasResult::Swapped { version }) => (Some(version), Outcome::Written),
+        Ok(CasResult::Mismatch { current_version }) => (None, Outcome::Mismatch { current_version }),
+        Err(error) => (None, failed(&error, true)),
+    };
+    let kind = Kind::Put { value, ttl_ms: None };
+    operations.push(run.operation(node, counter, kind, consistency, invoked_step, ended));
 }
 
 #[cfg(test)]
