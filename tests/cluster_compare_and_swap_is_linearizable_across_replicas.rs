@@ -55,6 +55,8 @@ fn increment(client: &mut Client, key: &[u8]) -> Increment {
             Err(failure) if matches!(failure.code, ErrorCode::Indeterminate | ErrorCode::Timeout) => {
                 return Increment::Maybe(next)
             }
+            // Certainly not applied (no quorum answered before anything was proposed): again.
+            Err(failure) if failure.code == ErrorCode::Unavailable => {}
             Err(failure) => panic!("a swap failed: {failure}"),
             Ok(other) => panic!("a swap answered {other:?}"),
         }

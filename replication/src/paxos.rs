@@ -673,14 +673,29 @@ impl PaxosCas {
         }
     }
 
-    /// The swap's deadline passed before it ended.
+    /// The swap's deadline passed before it ended: a timeout (its outcome unknown) when a
+    /// proposal of this swap may have been accepted, else a failure that certainly changed
+    /// nothing (only prepares, or other swaps' proposals finished, were sent).
     pub fn on_deadline(&self, timeout_ms: u64) -> CasStep {
         let acks = match &self.phase {
             Phase::Prepare { promises } => promises.len(),
             Phase::Propose { accepted, .. } => *accepted,
             Phase::Idle | Phase::Commit { .. } => 0,
         };
-        CasStep::Answer(Err(CoordinatorError::Timeout { acks, required: self.quorum, timeout_ms }))
+        let proposing =
+            matches!(self.phase, Phase::Propose { ours: true, .. } | Phase::Commit { ours: true, .. });
+        if self.maybe_applied || proposing {
+            return CasStep::Answer(Err(CoordinatorError::Timeout {
+                acks,
+                required: self.quorum,
+                timeout_ms,
+            }));
+        }
+        let failure = PeerFailure::new(
+            ringkv_wire::peer::PeerErrorCode::Internal,
+            format!("no quorum answered within {timeout_ms} ms, before anything of this swap was proposed"),
+        );
+        CasStep::Answer(Err(CoordinatorError::ReplicasFailed { acks, required: self.quorum, failure }))
     }
 }
 
@@ -1175,6 +1190,28 @@ mod tests {
         // on a coordinator clock up to the skew bound behind.
         assert!(until >= started + 2 * timeout + skew);
         assert_eq!(forgetful_until_ms(u64::MAX - 1, timeout, skew), u64::MAX);
+    }
+
+    #[test]
+    fn a_deadline_before_proposing_is_a_certain_failure_and_after_it_a_timeout() {
+        let mut fresh = swap(Expected::Absent);
+        fresh.begin(1);
+        fresh.on_answer(target(1), promise(None, None), 0);
+        let step = fresh.on_deadline(2_000);
+        assert!(
+            matches!(step, CasStep::Answer(Err(CoordinatorError::ReplicasFailed { acks: 1, .. }))),
+            "{step:?}"
+        );
+        // Proposing: some replica may have accepted it.
+        let mut proposing = swap(Expected::Absent);
+        proposing.begin(1);
+        proposing.on_answer(target(1), promise(None, None), 0);
+        assert!(matches!(proposing.on_answer(target(2), promise(None, None), 0), Some(CasStep::Send(_))));
+        let step = proposing.on_deadline(2_000);
+        assert!(matches!(step, CasStep::Answer(Err(CoordinatorError::Timeout { .. }))), "{step:?}");
+        // An earlier attempt's proposal may have been accepted: still unknown at a later prepare.
+        let step = overtaken_then_retried(201).on_deadline(2_000);
+        assert!(matches!(step, CasStep::Answer(Err(CoordinatorError::Timeout { .. }))), "{step:?}");
     }
 
     #[test]
