@@ -673,6 +673,21 @@ impl PaxosCas {
         }
     }
 
+    /// The current step's answers did not all come within the driver's step timeout (a
+    /// replica's timeout): the replicas still silent count as failed, since their requests or
+    /// answers may be lost, and the swap tries again at a higher ballot, after a pause. `None`
+    /// when no step waits for answers (a commit has its own timeout).
+    pub fn on_step_timeout(&mut self) -> Option<CasStep> {
+        match self.phase {
+            Phase::Prepare { .. } | Phase::Propose { ours: false, .. } => {}
+            // A silent replica may have accepted it.
+            Phase::Propose { ours: true, .. } => self.maybe_applied = true,
+            Phase::Idle | Phase::Commit { .. } => return None,
+        }
+        self.phase = Phase::Idle;
+        Some(CasStep::Retry { above: self.higher.max(self.ballot), contended: true })
+    }
+
     /// The swap's deadline passed before it ended: a timeout (its outcome unknown) when a
     /// proposal of this swap may have been accepted, else a failure that certainly changed
     /// nothing (only prepares, or other swaps' proposals finished, were sent).
@@ -1211,6 +1226,25 @@ mod tests {
         assert!(matches!(step, CasStep::Answer(Err(CoordinatorError::Timeout { .. }))), "{step:?}");
         // An earlier attempt's proposal may have been accepted: still unknown at a later prepare.
         let step = overtaken_then_retried(201).on_deadline(2_000);
+        assert!(matches!(step, CasStep::Answer(Err(CoordinatorError::Timeout { .. }))), "{step:?}");
+    }
+
+    #[test]
+    fn a_step_short_of_answers_is_tried_again_at_a_higher_ballot() {
+        // A prepare one replica answered: the others' messages may be lost.
+        let mut cas = swap(Expected::Absent);
+        cas.begin(10);
+        cas.on_answer(target(1), promise(None, None), 0);
+        assert_eq!(cas.on_step_timeout(), Some(CasStep::Retry { above: 10, contended: true }));
+        assert_eq!(cas.on_step_timeout(), None, "no step waits any more");
+        cas.begin(11);
+        cas.on_answer(target(1), promise(None, None), 0);
+        assert!(matches!(cas.on_answer(target(2), promise(None, None), 0), Some(CasStep::Send(_))));
+        // Its proposal went out and one replica accepted: it may be chosen, so a later failure
+        // before the end is unknown, not certain.
+        cas.on_answer(target(1), accept(), 0);
+        assert!(matches!(cas.on_step_timeout(), Some(CasStep::Retry { above: 11, .. })));
+        let step = cas.on_deadline(2_000);
         assert!(matches!(step, CasStep::Answer(Err(CoordinatorError::Timeout { .. }))), "{step:?}");
     }
 

@@ -124,6 +124,13 @@ enum Event {
         generation: u64,
         index: usize,
     },
+    /// A swap's step has waited a replica's timeout for its answers.
+    SwapStepTimeout {
+        node: u16,
+        generation: u64,
+        index: usize,
+        request_id: u64,
+    },
     /// A replica's prepare makes its second read and answers.
     Promise {
         node: u16,
@@ -600,6 +607,11 @@ impl Cluster {
             Event::SwapDeadline { node, generation, index } => {
                 if self.running_mut(node, generation).is_some() {
                     self.swap_deadline(node, index);
+                }
+            }
+            Event::SwapStepTimeout { node, generation, index, request_id } => {
+                if self.running_mut(node, generation).is_some() {
+                    self.swap_step_timeout(node, index, request_id);
                 }
             }
             Event::Promise { node, generation, pending, reply: (shard, to, to_generation) } => {

@@ -199,14 +199,24 @@ impl Cluster {
             .detach();
         }
         drop(sender);
+        // A step short of answers after a replica's timeout is tried again at a higher ballot
+        // (a broken link may have lost a request or its answer), while the deadline allows.
+        let step_deadline = deadline.min(now_ms().saturating_add(self.settings.replica_timeout_ms));
         loop {
-            let remaining = Duration::from_millis(deadline.saturating_sub(now_ms()));
+            let remaining = Duration::from_millis(step_deadline.saturating_sub(now_ms()));
             let next = futures_lite::future::or(receiver.recv(), async {
                 glommio::timer::sleep(remaining).await;
                 None
             })
             .await;
-            let Some((from, answer)) = next else { return cas.on_deadline(timeout_ms) };
+            let Some((from, answer)) = next else {
+                if step_deadline < deadline {
+                    if let Some(step) = cas.on_step_timeout() {
+                        return step;
+                    }
+                }
+                return cas.on_deadline(timeout_ms);
+            };
             if let Some(step) = cas.on_answer(from, answer, now_ms()) {
                 return step;
             }

@@ -142,6 +142,14 @@ impl Cluster {
                     swap.step = Some(request_id);
                     running.swap_steps.insert(request_id, index);
                     let targets = swap.targets.clone();
+                    // As the shard does: a step short of answers after a replica's timeout is
+                    // tried again at a higher ballot, while the deadline allows.
+                    let step_timeout_ms = now_ms + self.config.replica_timeout_ms;
+                    if step_timeout_ms < swap.deadline_ms {
+                        let generation = self.nodes[&node].generation;
+                        let event = Event::SwapStepTimeout { node, generation, index, request_id };
+                        self.scheduler.schedule(step_timeout_ms, event);
+                    }
                     let envelope = PeerEnvelope { origin_node: node, origin_shard: 0, request_id, message };
                     let frame = Message::encode_peer(&envelope);
                     // Its own shard's copy included: a message to itself arrives at once.
@@ -238,6 +246,22 @@ impl Cluster {
         } else {
             swap.cas.begin(running.clock.next_version(wall_ms))
         };
+        self.advance_swap(node, index, step);
+    }
+
+    /// A swap's step timeout: the step of `request_id`, if it still waits for answers, gives up
+    /// on the replicas still silent and the swap tries again.
+    pub(super) fn swap_step_timeout(&mut self, node: u16, index: usize, request_id: u64) {
+        let Some(running) = self.nodes.get_mut(&node).and_then(|state| state.running.as_mut()) else {
+            return;
+        };
+        let Some(swap) = running.swaps.get_mut(&index) else { return };
+        if swap.step != Some(request_id) {
+            return;
+        }
+        let Some(step) = swap.cas.on_step_timeout() else { return };
+        swap.step = None;
+        running.swap_steps.remove(&request_id);
         self.advance_swap(node, index, step);
     }
 
