@@ -517,7 +517,8 @@ impl PaxosCas {
                 self.maybe_applied = true;
             }
         }
-        let ended = std::mem::replace(&mut self.phase, Phase::Idle);
+        let may_be_applied = self.may_be_applied();
+        self.phase = Phase::Idle;
         if self.higher > 0 {
             return Some(CasStep::Retry { above: self.higher, contended: true });
         }
@@ -525,7 +526,7 @@ impl PaxosCas {
             PeerFailure::new(ringkv_wire::peer::PeerErrorCode::Internal, "replicas refused without a reason")
         });
         let acks = self.targets - self.refused;
-        let error = if self.maybe_applied || matches!(ended, Phase::Propose { ours: true, .. }) {
+        let error = if may_be_applied {
             CoordinatorError::WriteIndeterminate { acks, required: self.quorum, failure }
         } else {
             CoordinatorError::ReplicasFailed { acks, required: self.quorum, failure }
@@ -605,13 +606,18 @@ impl PaxosCas {
     /// indeterminate failure when a proposal of this swap may have been accepted, else the
     /// failure as it is.
     pub fn abandon(&self, failure: PeerFailure) -> CoordinatorError {
-        let proposing =
-            matches!(self.phase, Phase::Propose { ours: true, .. } | Phase::Commit { ours: true, .. });
-        if self.maybe_applied || proposing {
+        if self.may_be_applied() {
             CoordinatorError::WriteIndeterminate { acks: 0, required: self.quorum, failure }
         } else {
             CoordinatorError::ReplicasFailed { acks: 0, required: self.quorum, failure }
         }
+    }
+
+    /// Whether a proposal of this swap may have been accepted: one of an earlier attempt, or the
+    /// one this attempt proposes or commits.
+    fn may_be_applied(&self) -> bool {
+        self.maybe_applied
+            || matches!(self.phase, Phase::Propose { ours: true, .. } | Phase::Commit { ours: true, .. })
     }
 
     /// Whether every proposal of this swap lost its state's succession: some replica committed
@@ -697,9 +703,7 @@ impl PaxosCas {
             Phase::Propose { accepted, .. } => *accepted,
             Phase::Idle | Phase::Commit { .. } => 0,
         };
-        let proposing =
-            matches!(self.phase, Phase::Propose { ours: true, .. } | Phase::Commit { ours: true, .. });
-        if self.maybe_applied || proposing {
+        if self.may_be_applied() {
             return CasStep::Answer(Err(CoordinatorError::Timeout {
                 acks,
                 required: self.quorum,
@@ -806,13 +810,12 @@ mod tests {
         cas
     }
 
-    /// A refused prepare: the replica promised `promised`.
-    fn refusal_of(promised: u64) -> PeerMessage {
-        let mut message = promise_after((0, 0, 0), None, None);
-        if let PeerMessage::PaxosPromise { result: Ok(promise) } = &mut message {
+    /// `promise` refused: the replica had promised `promised`.
+    fn refused(mut promise: PeerMessage, promised: u64) -> PeerMessage {
+        if let PeerMessage::PaxosPromise { result: Ok(promise) } = &mut promise {
             (promise.granted, promise.promised) = (false, promised);
         }
-        message
+        promise
     }
 
     /// A promise from a replica that applied these commits, (version, based_on) each, the last
@@ -1284,12 +1287,9 @@ mod tests {
         // Learned from a refused promise, while other swaps went on committing: still known
         // when a later attempt's quorum has only later successions.
         let mut cas = overtaken();
-        let mut refusal = promise_with_successions(&lost, Some(&latest));
-        if let PeerMessage::PaxosPromise { result: Ok(promise) } = &mut refusal {
-            (promise.granted, promise.promised) = (false, 500);
-        }
+        let refusal = refused(promise_with_successions(&lost, Some(&latest)), 500);
         assert_eq!(cas.on_answer(target(1), refusal, 0), None);
-        let step = cas.on_answer(target(2), refusal_of(500), 0);
+        let step = cas.on_answer(target(2), refused(promise(None, None), 500), 0);
         assert!(matches!(step, Some(CasStep::Retry { above: 500, .. })), "{step:?}");
         cas.begin(601);
         cas.on_answer(target(2), promise_with_successions(&lost[2..], Some(&latest)), 0);

@@ -621,15 +621,7 @@ impl Cluster {
                     None => None,
                 };
                 if let Some(answer) = answer {
-                    let frame = Message::encode_peer(&answer);
-                    self.send_between_shards(
-                        node,
-                        shard,
-                        to,
-                        None,
-                        Some(to_generation),
-                        Payload::Peer(frame),
-                    );
+                    self.send_answer((node, shard), (to, to_generation), &answer);
                 }
             }
             Event::Fault => self.fault(),
@@ -1366,18 +1358,11 @@ impl Cluster {
                         self.scheduler.schedule(at, Event::Promise { node: to, generation, pending, reply });
                     }
                     Served::Answer(answer) => {
-                        let frame = Message::encode_peer(&answer);
+                        let bytes =
+                            self.send_answer((to, to_shard.unwrap_or(0)), (from, from_generation), &answer);
                         if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 {
-                            self.count_anti_entropy(frame.len());
+                            self.count_anti_entropy(bytes);
                         }
-                        self.send_between_shards(
-                            to,
-                            to_shard.unwrap_or(0),
-                            from,
-                            None,
-                            Some(from_generation),
-                            Payload::Peer(frame),
-                        );
                     }
                     Served::NotARequest if envelope.request_id & healing::HEALING_REQUEST_BIT != 0 => {
                         self.on_healing_answer(to, from, envelope);
@@ -1399,6 +1384,20 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Sends `answer` from shard `shard` of `node` to the incarnation `to_generation` of node `to`
+    /// that asked; returns the frame's bytes.
+    fn send_answer(
+        &mut self,
+        (node, shard): (u16, u32),
+        (to, to_generation): (u16, u64),
+        answer: &PeerEnvelope,
+    ) -> usize {
+        let frame = Message::encode_peer(answer);
+        let bytes = frame.len();
+        self.send_between_shards(node, shard, to, None, Some(to_generation), Payload::Peer(frame));
+        bytes
     }
 
     /// Sends a node's membership datagrams, logs its membership events and schedules its next

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use ringkv_sim::history::{History, Kind, Operation, Outcome};
-use ringkv_wire::peer::PeerValue;
+use ringkv_wire::peer::{PeerEntry, PeerValue};
 
 /// Counters the load increments.
 pub const COUNTERS: usize = 2;
@@ -98,17 +98,17 @@ pub fn check(history: &History) -> Vec<String> {
                 twice[0]
             ));
         }
-        let final_count = operations.iter().rev().find_map(|op| match &op.outcome {
-            Outcome::Read(Some(entry)) if op.client.is_none() => match &entry.value {
-                PeerValue::Live { data, .. } => Some(count_of(data)),
-                PeerValue::Tombstone { .. } => Some(Some(0)),
-            },
-            Outcome::Absent if op.client.is_none() => Some(Some(0)),
-            _ => None,
-        });
-        let Some(final_count) = final_count else {
+        let final_read = operations
+            .iter()
+            .rev()
+            .find(|op| op.client.is_none() && matches!(op.outcome, Outcome::Read(_) | Outcome::Absent));
+        let Some(final_read) = final_read else {
             violations.push(format!("{name}: no final read"));
             continue;
+        };
+        let final_count = match &final_read.outcome {
+            Outcome::Read(Some(PeerEntry { value: PeerValue::Live { data, .. }, .. })) => count_of(data),
+            _ => Some(0),
         };
         let Some(final_count) = final_count else {
             violations.push(format!("{name}: the final read holds no count"));
@@ -133,7 +133,6 @@ pub fn check(history: &History) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringkv_wire::peer::PeerEntry;
     use ringkv_wire::Consistency;
 
     fn op(client: Option<usize>, kind: Kind, version: Option<u64>, outcome: Outcome) -> Operation {

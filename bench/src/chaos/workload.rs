@@ -314,26 +314,23 @@ fn increment(
 ) {
     let node = connection.route(&counter).node_id.unwrap_or(0);
     let invoked_step = micros_since(run.epoch);
-    let read = connection.with_consistency(Consistency::Quorum).get(&counter);
-    let (count, expected) = match &read {
-        Ok(Some(found)) => match counters::count_of(&found.value) {
-            Some(count) => (count, Expected::Version(found.version)),
-            None => (0, Expected::Version(found.version)),
-        },
-        Ok(None) => (0, Expected::Absent),
-        Err(_) => (0, Expected::Absent),
-    };
-    let read_failed = read.is_err();
-    let outcome = match read {
-        Ok(found) => read_outcome(found),
-        Err(error) => failed(&error, false),
+    // The count read and the state to swap from; a value that holds no count counts as 0.
+    let (outcome, base) = match connection.with_consistency(Consistency::Quorum).get(&counter) {
+        Ok(found) => {
+            let base = match &found {
+                Some(found) => {
+                    (counters::count_of(&found.value).unwrap_or(0), Expected::Version(found.version))
+                }
+                None => (0, Expected::Absent),
+            };
+            (read_outcome(found), Some(base))
+        }
+        Err(error) => (failed(&error, false), None),
     };
     let read =
         run.operation(node, counter.clone(), Kind::Get, Consistency::Quorum, invoked_step, (None, outcome));
     operations.push(read);
-    if read_failed {
-        return;
-    }
+    let Some((count, expected)) = base else { return };
     let value = counters::value(count + 1, tag);
     let invoked_step = micros_since(run.epoch);
     let ended = match connection.with_consistency(consistency).compare_and_swap(&counter, expected, &value) {
