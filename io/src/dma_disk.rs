@@ -318,7 +318,7 @@ impl Disk for DmaDisk {
     }
 
     async fn yield_point(&self) {
-        glommio::yield_if_needed().await;
+        crate::executor::yield_if_slice_spent().await;
     }
 
     fn available_bytes(&self) -> io::Result<Option<u64>> {

@@ -12,7 +12,7 @@
 
 use crate::clock::now_ms;
 use crate::dma_disk::{DmaDisk, SyncObserver};
-use crate::executor::{flush_queue, low_priority_queue};
+use crate::executor::{flush_queue, low_priority_queue, Sliced};
 use event_listener::Event;
 use futures_util::future::{select, Either};
 use glommio::task::JoinHandle;
@@ -62,12 +62,13 @@ impl EngineService {
         let stopping = Rc::new(Cell::new(false));
         let stop_requested = Rc::new(Event::new());
         let flushed = engine.clone();
-        let flushes = glommio::spawn_local_into(async move { flushed.run_flushes().await }, flush_queue())
-            .expect("the queue was just created on this executor")
-            .detach();
+        let flushes =
+            glommio::spawn_local_into(Sliced::new(async move { flushed.run_flushes().await }), flush_queue())
+                .expect("the queue was just created on this executor")
+                .detach();
         let compacted = engine.clone();
         let compactions = glommio::spawn_local_into(
-            async move { compacted.run_compactions(now_ms).await },
+            Sliced::new(async move { compacted.run_compactions(now_ms).await }),
             low_priority_queue(),
         )
         .expect("the queue was just created on this executor")

@@ -7,6 +7,10 @@ use crate::manifest;
 use crate::memtable::Memtable;
 use crate::sstable::TableWriter;
 use crate::Result;
+use std::rc::Rc;
+
+/// Entries of a flushed memtable freed between two yield points.
+const RELEASE_ENTRIES_PER_YIELD: usize = 1024;
 
 impl<D: Disk> Engine<D> {
     /// Seals the active memtable (if it holds anything) and flushes every sealed memtable.
@@ -73,6 +77,15 @@ impl<D: Disk> Engine<D> {
         let outcome = self.flush_memtable(&sealed).await;
         if let Err(error) = &outcome {
             self.poison(&mut self.state.borrow_mut(), "flush", error);
+        }
+        drop(_release);
+        // The flushed memtable is freed a piece at a time (unless a reader still holds it, which
+        // then frees it when done): at once, a large one would hold the shard for milliseconds.
+        if let Ok(memtable) = Rc::try_unwrap(sealed) {
+            let mut remains = memtable.into_remains();
+            while remains.release(RELEASE_ENTRIES_PER_YIELD) {
+                self.disk.yield_point().await;
+            }
         }
         outcome
     }
