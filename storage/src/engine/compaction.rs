@@ -164,7 +164,11 @@ impl<D: Disk> Engine<D> {
         })
         .await?;
         for table in inputs {
-            table.forget_cached_blocks();
+            let blocks = table.block_count();
+            for start in (0..blocks).step_by(COMPACTION_ENTRIES_PER_YIELD) {
+                table.forget_cached_blocks(start..blocks.min(start + COMPACTION_ENTRIES_PER_YIELD));
+                self.disk.yield_point().await;
+            }
             self.disk.remove(table.file_name()).await.map_err(io_error("remove", table.file_name()))?;
         }
         self.stats.borrow_mut().compactions += 1;

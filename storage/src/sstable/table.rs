@@ -177,10 +177,16 @@ impl<F: DiskFile> Table<F> {
         &self.file
     }
 
-    /// Takes this table's blocks out of the cache: called once the table is no longer read, so
-    /// they leave room for live blocks at once instead of aging out.
-    pub fn forget_cached_blocks(&self) {
-        for block_number in 0..self.index.len() {
+    /// Number of data blocks.
+    pub fn block_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Takes blocks `blocks` of this table out of the cache: called once the table is no longer
+    /// read, so they leave room for live blocks at once instead of aging out. A large table has
+    /// tens of thousands of blocks, so the caller goes through them a range at a time.
+    pub fn forget_cached_blocks(&self, blocks: std::ops::Range<usize>) {
+        for block_number in blocks {
             self.cache.remove(self.table_id, self.index.handle(block_number).offset);
         }
     }
