@@ -12,6 +12,7 @@ mod dma_disk_drop_closes_files;
 mod dma_disk_fresh_file_reads;
 mod dma_disk_large_blocks;
 mod dma_disk_open_detects_poisoned_probe;
+mod dma_disk_removes_large_files_gently;
 mod dma_disk_reports_syncs;
 mod engine_on_dma_disk;
 mod engine_sigkill;

@@ -38,6 +38,15 @@ pub trait Disk {
     async fn open(&self, name: &str) -> io::Result<Self::File>;
     /// Removes a file. Open handles stay readable until dropped.
     async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Removes a large file that nothing has open and nothing will read again (an obsolete WAL
+    /// segment, a table no reader holds), gently: a disk may shrink it a step at a time first,
+    /// so that the filesystem never discards all of its blocks in one go. On a filesystem
+    /// mounted with `discard`, removing a 64 MiB file at once made concurrent WAL syncs take
+    /// 10–58 ms instead of under 2. Until it returns, the file may be gone from
+    /// [`Disk::list`] while its space is still in use. By default, [`Disk::remove`].
+    async fn remove_gently(&self, name: &str) -> io::Result<()> {
+        self.remove(name).await
+    }
     /// Atomically renames `from` to `to`, replacing `to` if it exists.
     async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Lists the names of the files in the directory.

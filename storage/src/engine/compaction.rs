@@ -169,7 +169,14 @@ impl<D: Disk> Engine<D> {
                 table.forget_cached_blocks(start..blocks.min(start + COMPACTION_ENTRIES_PER_YIELD));
                 self.disk.yield_point().await;
             }
-            self.disk.remove(table.file_name()).await.map_err(io_error("remove", table.file_name()))?;
+            // A table no reader holds (only `inputs` does) is never read again and may shrink
+            // on its way out; one a read or a scan still holds must stay whole until dropped.
+            let removed = if Rc::strong_count(table) == 1 {
+                self.disk.remove_gently(table.file_name()).await
+            } else {
+                self.disk.remove(table.file_name()).await
+            };
+            removed.map_err(io_error("remove", table.file_name()))?;
         }
         self.stats.borrow_mut().compactions += 1;
         Ok(())

@@ -131,7 +131,8 @@ impl<D: Disk> Engine<D> {
         self.work.notify(usize::MAX);
         let obsolete = self.wal.take_obsolete(flushed_seq);
         for name in &obsolete {
-            self.disk.remove(name).await.map_err(io_error("remove", name))?;
+            // Nothing reads a segment once its records are in tables.
+            self.disk.remove_gently(name).await.map_err(io_error("remove", name))?;
         }
         if let Some(name) = obsolete.last() {
             // Until the directory is synced a crash brings the segments back; recovery passes
