@@ -78,6 +78,7 @@ impl<D: Disk> Engine<D> {
         if let Err(error) = &outcome {
             self.poison(&mut self.state.borrow_mut(), "flush", error);
         }
+        // What is left is clean-up: the next flush need not wait for it.
         drop(_release);
         // The flushed memtable is freed a piece at a time (unless a reader still holds it, which
         // then frees it when done): at once, a large one would hold the shard for milliseconds.
@@ -87,10 +88,34 @@ impl<D: Disk> Engine<D> {
                 self.disk.yield_point().await;
             }
         }
-        outcome
+        let (obsolete, flushed_seq) = outcome?;
+        let removed = self.remove_segments(&obsolete).await;
+        if let Err(error) = &removed {
+            self.poison(&mut self.state.borrow_mut(), "flush", error);
+        }
+        removed?;
+        self.stats.borrow_mut().flushes += 1;
+        tracing::debug!(flushed_seq, "memtable flushed");
+        Ok(())
     }
 
-    async fn flush_memtable(&self, sealed: &Memtable) -> Result<()> {
+    /// Removes WAL segments whose records are all in tables. Nothing reads them any more, so
+    /// they go gently ([`Disk::remove_gently`]): a segment is up to 128 MiB.
+    async fn remove_segments(&self, obsolete: &[String]) -> Result<()> {
+        for name in obsolete {
+            self.disk.remove_gently(name).await.map_err(io_error("remove", name))?;
+        }
+        if let Some(name) = obsolete.last() {
+            // Until the directory is synced a crash brings the segments back; recovery passes
+            // over such leftovers, but the disk space and the open time are only saved here.
+            self.disk.sync_dir().await.map_err(io_error("fsync directory after removing", name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `sealed` to a table and installs it; returns the WAL segments that made obsolete
+    /// and the last sequence number flushed.
+    async fn flush_memtable(&self, sealed: &Memtable) -> Result<(Vec<String>, u64)> {
         let table = if sealed.is_empty() {
             None
         } else {
@@ -129,18 +154,6 @@ impl<D: Disk> Engine<D> {
         }
         // A new table may make a compaction due.
         self.work.notify(usize::MAX);
-        let obsolete = self.wal.take_obsolete(flushed_seq);
-        for name in &obsolete {
-            // Nothing reads a segment once its records are in tables.
-            self.disk.remove_gently(name).await.map_err(io_error("remove", name))?;
-        }
-        if let Some(name) = obsolete.last() {
-            // Until the directory is synced a crash brings the segments back; recovery passes
-            // over such leftovers, but the disk space and the open time are only saved here.
-            self.disk.sync_dir().await.map_err(io_error("fsync directory after removing", name))?;
-        }
-        self.stats.borrow_mut().flushes += 1;
-        tracing::debug!(flushed_seq, "memtable flushed");
-        Ok(())
+        Ok((self.wal.take_obsolete(flushed_seq), flushed_seq))
     }
 }
