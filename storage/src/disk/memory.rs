@@ -63,6 +63,8 @@ struct Directory {
     reads: u64,
     /// `write_cached_at` calls on any file.
     cached_writes: u64,
+    /// Files removed through [`Disk::remove_gently`].
+    gentle_removals: Vec<String>,
 }
 
 /// An in-memory directory. Cloning gives another handle to the same directory.
@@ -168,6 +170,11 @@ impl MemDisk {
         self.dir.borrow().current.get(name).map(|file| file.borrow().current.len() as u64)
     }
 
+    /// Files removed through [`Disk::remove_gently`] so far, in order.
+    pub fn gentle_removals(&self) -> Vec<String> {
+        self.dir.borrow().gentle_removals.clone()
+    }
+
     /// Reads made from any file of this disk so far.
     pub fn reads(&self) -> u64 {
         self.dir.borrow().reads
@@ -228,6 +235,12 @@ impl Disk for MemDisk {
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         self.dir.borrow_mut().current.remove(name).map(drop).ok_or_else(|| not_found(name))
+    }
+
+    async fn remove_gently(&self, name: &str) -> io::Result<()> {
+        self.remove(name).await?;
+        self.dir.borrow_mut().gentle_removals.push(name.to_string());
+        Ok(())
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {

@@ -143,6 +143,9 @@ impl<D: Disk> Engine<D> {
                 self.disk.yield_point().await;
             }
         }
+        // The iterators hold the inputs: let them go, so that once the output is installed the
+        // inputs' only holders are this compaction and any reader still at work.
+        drop(iterators);
         let output = if writer.entry_count() == 0 {
             drop(writer);
             self.disk.remove(&name).await.map_err(io_error("remove", &name))?;
@@ -242,6 +245,24 @@ mod tests {
             drop(engine);
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             assert!(disk_reads_for(&engine, &disk, 0..400).await > 0);
+        });
+    }
+
+    #[test]
+    fn compacted_inputs_no_reader_holds_are_removed_gently() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
+            flushed_rounds(&engine, 0..4, 200).await;
+            let tables: Vec<String> =
+                disk.file_names().into_iter().filter(|name| name.ends_with(".sst")).collect();
+            assert!(tables.len() >= 4, "{tables:?}");
+            assert!(engine.compact_all(0).await.unwrap());
+            let gentle = disk.gentle_removals();
+            for table in &tables {
+                assert!(gentle.contains(table), "{table} removed gently: {gentle:?}");
+                assert!(!disk.file_names().contains(table));
+            }
         });
     }
 

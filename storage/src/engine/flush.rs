@@ -113,7 +113,7 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
-    /// Writes `sealed` to a table and installs it; returns the WAL segments that made obsolete
+    /// Writes `sealed` to a table and installs it; returns the WAL segments it made obsolete
     /// and the last sequence number flushed.
     async fn flush_memtable(&self, sealed: &Memtable) -> Result<(Vec<String>, u64)> {
         let table = if sealed.is_empty() {

@@ -148,6 +148,8 @@ mod tests {
             drop(engine);
             let segments_after = crashed.file_names().iter().filter(|name| name.ends_with(".wal")).count();
             assert_eq!(segments_after, 1, "the removals were made durable: {:?}", crashed.file_names());
+            let gentle = disk.gentle_removals().into_iter().filter(|name| name.ends_with(".wal")).count();
+            assert!(gentle >= segments_before - 1, "obsolete segments go gently: {gentle}");
             let engine = Engine::open(crashed.clone(), options.clone()).await.unwrap();
             for index in 0..200 {
                 assert!(engine.get(&key(index), 0).await.unwrap().is_some(), "key {index}");
