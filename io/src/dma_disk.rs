@@ -308,26 +308,17 @@ impl Disk for DmaDisk {
     /// what is left. A crash midway leaves a `.removing` file, which [`DmaDisk::open`] removes
     /// and [`Disk::list`] never shows.
     async fn remove_gently(&self, name: &str) -> io::Result<()> {
-        let path = self.path_of(name)?;
-        let removing = self.path_of(&format!("{name}{REMOVING_SUFFIX}"))?;
-        let renamed = (path.clone(), removing.clone());
-        run_blocking(move || {
-            std::fs::rename(&renamed.0, &renamed.1)
-                .map_err(|error| with_context(error, "renaming for removal", &renamed.0))
-        })
-        .await?;
+        let removing_name = format!("{name}{REMOVING_SUFFIX}");
+        self.rename(name, &removing_name).await?;
+        let removing = self.path_of(&removing_name)?;
         loop {
             let shrinking = removing.clone();
-            let left = run_blocking(move || shrink_by_a_step(&shrinking)).await?;
-            if left == 0 {
+            if run_blocking(move || shrink_by_a_step(&shrinking)).await? == 0 {
                 break;
             }
             glommio::timer::sleep(REMOVAL_STEP_PAUSE).await;
         }
-        run_blocking(move || {
-            std::fs::remove_file(&removing).map_err(|error| with_context(error, "removing", &removing))
-        })
-        .await
+        self.remove(&removing_name).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
