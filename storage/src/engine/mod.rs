@@ -447,6 +447,7 @@ impl<D: Disk> Engine<D> {
             &names,
             &manifest,
             options.memtable_hash_seed,
+            options.memtable_bytes_max,
             options.wal_rotten_tail_accepted,
             &mut recovery,
         )

@@ -19,12 +19,13 @@ impl<D: Disk> Engine<D> {
         names: &[String],
         manifest: &Manifest,
         memtable_hash_seed: u64,
+        memtable_bytes_max: usize,
         accept_rotten_tail: bool,
         recovery: &mut RecoveryReport,
     ) -> Result<(Memtable, Vec<SegmentInfo>, u64)> {
         let mut numbers: Vec<u64> = names.iter().filter_map(|name| parse_segment_file_name(name)).collect();
         numbers.sort_unstable();
-        let mut active = Memtable::with_hash_seed(memtable_hash_seed);
+        let mut active = Memtable::with_hash_seed(memtable_hash_seed).with_budget(memtable_bytes_max);
         let mut closed = Vec::new();
         let mut last_seq = manifest.flushed_seq;
         let mut expected_seq: Option<u64> = None;
