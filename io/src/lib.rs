@@ -8,7 +8,7 @@
 //!  storage engine ──Disk / DiskFile calls──▶ DmaDisk / DmaDiskFile ──O_DIRECT via io_uring──▶ disk
 //!  shard start-up ──ExecutorBuilder::run / spawn──▶ one glommio LocalExecutor per core
 //!  compaction     ──spawn into low_priority_queue()──▶ runs only when foreground work leaves room
-//!  flush          ──spawn into flush_queue()──▶ normal shares; both preempt every millisecond
+//!  flush          ──spawn into flush_queue()──▶ a quarter of serving's shares; both preempt often
 //!  callers        ──clock::now_ms()──▶ wall-clock milliseconds, passed into the engines as data
 //! ```
 //!

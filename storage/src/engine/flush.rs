@@ -31,7 +31,7 @@ impl<D: Disk> Engine<D> {
     }
 
     /// The flush half of [`Engine::run_maintenance`]: flushes each sealed memtable, until stopped.
-    /// Writers stall while a sealed memtable waits, so run it at normal priority.
+    /// Writers stall while a sealed memtable waits, so run it above compactions' priority.
     pub async fn run_flushes(&self) -> Result<()> {
         while !self.stopping.get() {
             let listener = self.work.listen();
