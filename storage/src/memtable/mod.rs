@@ -60,7 +60,7 @@ const ENTRY_OVERHEAD_BYTES: usize = (std::mem::size_of::<MemKey>() + 4) * 3 / 2
 const ALLOCATION_HEADER_BYTES: usize = 16;
 
 /// The most keys [`Memtable::with_budget`] sizes an index for up front: 4 Mi keys, a 32 MiB
-/// index, the smallest keys of a budget of about 800 MiB.
+/// index, the smallest keys of a budget of about 900 MiB.
 pub const INDEX_RESERVED_KEYS_MAX: usize = 4 << 20;
 
 /// An entry as the memtable holds it.
@@ -193,8 +193,9 @@ impl Memtable {
     /// `approximate_bytes` can hold: it is flushed at that size, so its index never doubles on
     /// the way there. Doubling reads every slot again, in the write that found the index full:
     /// 19 ms at 170,000 keys, the size a 64 MiB memtable of 100-byte values passes. The index
-    /// takes about 3% of the budget (8 bytes and a little per key of the smallest charge), up
-    /// to [`INDEX_RESERVED_KEYS_MAX`] keys; past that it grows as needed.
+    /// takes 3–6% of the budget (6–12 bytes per key of the smallest charge, 228 bytes, as its
+    /// groups are a power of two: 2 MiB for 64 MiB), up to [`INDEX_RESERVED_KEYS_MAX`] keys;
+    /// past that it grows as needed.
     pub fn with_budget(mut self, approximate_bytes: usize) -> Self {
         debug_assert!(self.is_empty(), "sized before the first write");
         let keys = (approximate_bytes.div_ceil(ENTRY_OVERHEAD_BYTES) + 1).min(INDEX_RESERVED_KEYS_MAX);
