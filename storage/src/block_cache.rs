@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Blocks are about a page; this only sizes the cache's tables up front.
 const TYPICAL_BLOCK_BYTES: usize = 4096;
@@ -34,6 +34,9 @@ type BlockMap = Cache<(u64, u64), Bytes, BlockWeighter>;
 pub struct BlockCache {
     /// `None` when the capacity is zero: caching is off.
     blocks: Option<RefCell<BlockMap>>,
+    /// Lookups by [`BlockCache::get`] that found their block, and that did not.
+    hits: Cell<u64>,
+    misses: Cell<u64>,
 }
 
 impl BlockCache {
@@ -43,19 +46,48 @@ impl BlockCache {
             let items = (capacity_bytes / TYPICAL_BLOCK_BYTES).max(1);
             RefCell::new(Cache::with_weighter(items, capacity_bytes as u64, BlockWeighter))
         });
-        BlockCache { blocks }
+        BlockCache { blocks, hits: Cell::new(0), misses: Cell::new(0) }
     }
 
-    /// The block of table `table_id` at file offset `offset`, if cached.
+    /// The block of table `table_id` at file offset `offset`, if cached; counted as a hit if
+    /// it is (a lookup that then reads the block counts its miss, [`BlockCache::count_miss`]).
     #[inline]
     pub fn get(&self, table_id: u64, offset: u64) -> Option<Bytes> {
-        self.blocks.as_ref()?.borrow().get(&(table_id, offset)).cloned()
+        let found = self.blocks.as_ref()?.borrow().get(&(table_id, offset)).cloned();
+        if found.is_some() {
+            self.hits.set(self.hits.get() + 1);
+        }
+        found
+    }
+
+    /// Counts a block a read or a scan did not find here and reads from the disk.
+    pub fn count_miss(&self) {
+        self.misses.set(self.misses.get() + 1);
+    }
+
+    /// The block of table `table_id` at `offset`, if cached, without counting as a use: what
+    /// a compaction or a long scan passes through says nothing of what reads want kept.
+    #[inline]
+    pub fn peek(&self, table_id: u64, offset: u64) -> Option<Bytes> {
+        self.blocks.as_ref()?.borrow().peek(&(table_id, offset)).cloned()
     }
 
     /// Caches a verified block. A block larger than the whole cache is not kept.
     pub fn insert(&self, table_id: u64, offset: u64, block: Bytes) {
         if let Some(blocks) = &self.blocks {
             blocks.borrow_mut().insert((table_id, offset), block);
+        }
+    }
+
+    /// Caches a verified block as if just read: it survives its first pass through the cache's
+    /// probation (new blocks are evicted there unless read again), like a block reads use. For
+    /// a block that takes over from one reads had cached (a compaction's output).
+    pub fn insert_used(&self, table_id: u64, offset: u64, block: Bytes) {
+        if let Some(blocks) = &self.blocks {
+            let mut blocks = blocks.borrow_mut();
+            blocks.insert((table_id, offset), block);
+            // A get marks the entry referenced; a block over the capacity was not kept.
+            let _ = blocks.get(&(table_id, offset));
         }
     }
 
@@ -69,6 +101,12 @@ impl BlockCache {
     /// The most bytes of blocks the cache holds (0 when caching is off).
     pub fn capacity_bytes(&self) -> usize {
         self.blocks.as_ref().map_or(0, |blocks| blocks.borrow().capacity() as usize)
+    }
+
+    /// Lookups that found their block, and blocks read from the disk instead, since the cache
+    /// was made (peeks excluded).
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
     }
 
     /// Bytes of blocks held now.
@@ -97,6 +135,10 @@ mod tests {
         assert_eq!(cache.get(2, 0).unwrap()[..], [2; 4096][..]);
         assert_eq!(cache.get(1, 4096), None);
         assert_eq!(cache.used_bytes(), 8192);
+        cache.count_miss();
+        assert_eq!(cache.hits_and_misses(), (2, 1), "a lookup that finds nothing is not a miss by itself");
+        assert!(cache.peek(1, 0).is_some());
+        assert_eq!(cache.hits_and_misses(), (2, 1), "a peek is not counted");
     }
 
     #[test]
@@ -108,6 +150,24 @@ mod tests {
         assert!(cache.used_bytes() <= 64 << 10, "used {}", cache.used_bytes());
         assert!(cache.used_bytes() > 0);
         cache.insert(7, 1 << 30, Bytes::from(vec![0; 1 << 20]));
+        assert!(cache.used_bytes() <= 64 << 10);
+    }
+
+    #[test]
+    fn a_block_inserted_as_used_outlasts_probation_where_a_new_one_does_not() {
+        let cache = BlockCache::new(64 << 10);
+        let block = || Bytes::from(vec![0; 4096]);
+        for offset in 0..16 {
+            cache.insert(1, offset * 4096, block());
+        }
+        cache.insert_used(2, 0, block());
+        cache.insert(2, 4096, block());
+        // Blocks nobody reads pass through after them.
+        for offset in 0..8 {
+            cache.insert(3, offset * 4096, block());
+        }
+        assert!(cache.peek(2, 0).is_some(), "the block inserted as used was evicted");
+        assert!(cache.peek(2, 4096).is_none(), "the plain new block outlasted the churn");
         assert!(cache.used_bytes() <= 64 << 10);
     }
 

@@ -476,13 +476,25 @@ pub fn render(
         let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
     }
     type Field = fn(&ShardFigures) -> u64;
-    let families: [(&str, &str, &str, Field); 31] = [
+    let families: [(&str, &str, &str, Field); 33] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
             m.storage.memtable_bytes as u64
         }),
         ("ringkv_block_cache_bytes", "gauge", "Bytes held by the block cache.", |m| {
             m.storage.block_cache_bytes as u64
         }),
+        (
+            "ringkv_block_cache_hits_total",
+            "counter",
+            "Blocks that reads found in the block cache (compactions' and long scans' passes not counted).",
+            |m| m.storage.block_cache_hits,
+        ),
+        (
+            "ringkv_block_cache_misses_total",
+            "counter",
+            "Blocks that reads did not find in the block cache and read from the disk.",
+            |m| m.storage.block_cache_misses,
+        ),
         ("ringkv_sstable_bytes", "gauge", "Bytes of live SSTables.", |m| m.storage.table_bytes),
         ("ringkv_sstables", "gauge", "Live SSTables.", |m| m.storage.tables as u64),
         ("ringkv_flushes_total", "counter", "Memtable flushes to SSTables.", |m| m.storage.flushes),

@@ -6,7 +6,7 @@ use crate::compaction::{self, Choice, CompactionLimits, TableSize};
 use crate::disk::Disk;
 use crate::entry::{Entry, Value};
 use crate::manifest;
-use crate::sstable::{Table, TableWriter};
+use crate::sstable::{CacheFill, Table, TableWriter};
 use crate::Result;
 use std::rc::Rc;
 
@@ -86,12 +86,14 @@ impl<D: Disk> Engine<D> {
         let expected_keys = inputs.iter().map(|table| table.entry_count() as usize).sum();
         let mut writer = TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, expected_keys);
         // The output replaces tables whose blocks reads had cached: it takes their place in
-        // the cache as it is written, unless it is too large for that to keep the hot set (half
-        // the cache).
+        // the cache as it is written. A block holding an entry whose input block was cached
+        // enters as if read, so the hot set stays in memory through the merge; the rest enters
+        // as new blocks when the output is small next to the cache (half of it at most), and
+        // not at all otherwise, so it does not push the hot set out.
         let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
-        if input_bytes <= self.cache.capacity_bytes() as u64 / 2 {
-            writer = writer.filling_cache(self.cache.clone(), id);
-        }
+        let fill =
+            if input_bytes <= self.cache.capacity_bytes() as u64 / 2 { CacheFill::All } else { CacheFill::Warm };
+        writer = writer.filling_cache(self.cache.clone(), id, fill);
         let mut iterators: Vec<_> = inputs.iter().map(|table| table.iter(None, false)).collect();
         let mut heads = Vec::with_capacity(iterators.len());
         for iterator in &mut iterators {
@@ -117,8 +119,12 @@ impl<D: Disk> Engine<D> {
             }
             let Some(winner) = winner else { break };
             let (key, entry) = heads[winner].clone().expect("winner has a head");
+            // Warm when any input's entry for the key came from a cached block: a read of the
+            // key may have gone to any of them.
+            let mut warm = false;
             for index in 0..heads.len() {
                 if heads[index].as_ref().is_some_and(|(other, _)| *other == key) {
+                    warm |= iterators[index].from_cache();
                     heads[index] = iterators[index].next().await?;
                 }
             }
@@ -138,6 +144,9 @@ impl<D: Disk> Engine<D> {
                 _ => entry,
             };
             writer.add(&key, &entry).await?;
+            if warm {
+                writer.mark_warm();
+            }
             merged += 1;
             if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
                 self.disk.yield_point().await;
@@ -245,6 +254,39 @@ mod tests {
             drop(engine);
             let engine = Engine::open(disk.clone(), small_options()).await.unwrap();
             assert!(disk_reads_for(&engine, &disk, 0..400).await > 0);
+        });
+    }
+
+    #[test]
+    fn a_compaction_larger_than_the_cache_carries_over_only_the_blocks_reads_had_cached() {
+        block_on(async {
+            let disk = MemDisk::new();
+            // Four rounds of 8,000 keys (a table of about 600 KiB each) against a 256 KiB cache:
+            // the merge is too large to cache whole.
+            let options =
+                EngineOptions { memtable_bytes_max: 4 << 20, block_cache_bytes: 256 << 10, ..small_options() };
+            let engine = Engine::open(disk.clone(), options.clone()).await.unwrap();
+            flushed_rounds(&engine, 0..4, 8000).await;
+            drop(engine);
+            // Reopened with an empty cache, reads warm the blocks of ten keys alone.
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            assert!(disk_reads_for(&engine, &disk, 0..10).await > 0);
+            assert_eq!(disk_reads_for(&engine, &disk, 0..10).await, 0, "the hot keys are cached");
+            let warmed = engine.stats().block_cache_bytes;
+            assert!(engine.compact_all(0).await.unwrap());
+            let compacted = engine.stats();
+            assert_eq!(compacted.tables, 1, "{compacted:?}");
+            // The hot keys' new blocks were cached as the merge wrote them...
+            assert_eq!(disk_reads_for(&engine, &disk, 0..10).await, 0, "hot keys after the compaction");
+            // ...and few others: an input block the reads cached spreads over one or two new
+            // ones, and the inputs' own blocks left with them.
+            let cached = engine.stats().block_cache_bytes;
+            assert!(
+                cached > 0 && cached <= warmed * 3 && cached < compacted.table_bytes as usize / 4,
+                "{cached} bytes cached, {warmed} warmed, a table of {}",
+                compacted.table_bytes
+            );
+            assert!(disk_reads_for(&engine, &disk, 4000..4100).await > 0, "cold keys stay on disk");
         });
     }
 

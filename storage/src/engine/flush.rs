@@ -5,7 +5,7 @@ use super::{io_error, Engine, OnDrop, COMPACTION_ENTRIES_PER_YIELD};
 use crate::disk::Disk;
 use crate::manifest;
 use crate::memtable::Memtable;
-use crate::sstable::TableWriter;
+use crate::sstable::{CacheFill, TableWriter};
 use crate::Result;
 use std::rc::Rc;
 
@@ -126,7 +126,7 @@ impl<D: Disk> Engine<D> {
             // written, so reads of recent writes do not become disk reads after the flush.
             let mut writer =
                 TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, sealed.len())
-                    .filling_cache(self.cache.clone(), id);
+                    .filling_cache(self.cache.clone(), id, CacheFill::All);
             for (index, (key, mem_entry)) in sealed.iter().enumerate() {
                 writer.add(key, &mem_entry.entry).await?;
                 if index % COMPACTION_ENTRIES_PER_YIELD == 0 {

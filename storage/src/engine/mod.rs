@@ -190,6 +190,10 @@ pub struct EngineStats {
     pub memtable_bytes: usize,
     /// Bytes held by the block cache.
     pub block_cache_bytes: usize,
+    /// Blocks reads found in the block cache.
+    pub block_cache_hits: u64,
+    /// Blocks reads did not find in the block cache and read from the disk.
+    pub block_cache_misses: u64,
 }
 
 /// The live tables, oldest first (the manifest's order), with the running maximum of their
@@ -615,6 +619,7 @@ impl<D: Disk> Engine<D> {
         stats.memtable_bytes = state.active.approximate_bytes()
             + state.sealed.as_ref().map_or(0, |sealed| sealed.approximate_bytes());
         stats.block_cache_bytes = self.cache.used_bytes();
+        (stats.block_cache_hits, stats.block_cache_misses) = self.cache.hits_and_misses();
         stats
     }
 

@@ -28,6 +28,8 @@ pub struct TableIter<F: DiskFile> {
     next_block: usize,
     /// The current block and its file offset.
     current: Option<(Block, u64)>,
+    /// The current block was in the block cache when loaded.
+    current_cached: bool,
     /// Next entry of the current block.
     position: usize,
     readahead: Option<Readahead>,
@@ -43,9 +45,16 @@ impl<F: DiskFile> TableIter<F> {
             fill_cache,
             next_block,
             current: None,
+            current_cached: false,
             position: 0,
             readahead: None,
         }
+    }
+
+    /// Whether the block of the entry [`TableIter::next`] returned last was in the block cache
+    /// (for a compaction: reads had it there, so its entries' new block is worth caching).
+    pub fn from_cache(&self) -> bool {
+        self.current_cached
     }
 
     /// The next entry in key order, or `None` past the last one. Keys and values are
@@ -76,11 +85,13 @@ impl<F: DiskFile> TableIter<F> {
     }
 
     async fn load(&mut self, block_number: usize) -> Result<Block> {
+        self.current_cached = false;
         if self.fill_cache {
             // Blocks are read one by one: a cached slice of a larger read would pin all of it.
             return self.table.load_block(block_number, true).await;
         }
-        if let Some(block) = self.table.cached_block(block_number) {
+        if let Some(block) = self.table.peek_cached_block(block_number) {
+            self.current_cached = true;
             return Ok(block);
         }
         let handle = self.table.index().handle(block_number);

@@ -91,7 +91,7 @@ pub mod writer;
 pub use filter::key_hash;
 pub use iter::TableIter;
 pub use table::Table;
-pub use writer::{TableSummary, TableWriter};
+pub use writer::{CacheFill, TableSummary, TableWriter};
 
 use crate::disk::ALIGNMENT;
 

@@ -197,6 +197,13 @@ impl<F: DiskFile> Table<F> {
         self.cache.get(self.table_id, offset).map(Block::from_verified)
     }
 
+    /// Block `block_number` if the cache holds it, without counting as a use of it (for
+    /// scans that do not fill the cache: compactions and long scans).
+    pub(crate) fn peek_cached_block(&self, block_number: usize) -> Option<Block> {
+        let offset = self.index.handle(block_number).offset;
+        self.cache.peek(self.table_id, offset).map(Block::from_verified)
+    }
+
     /// Verifies the frame of block `block_number`, read by the caller, and caches it if asked.
     pub(crate) fn accept_block(&self, block_number: usize, frame: Bytes, fill_cache: bool) -> Result<Block> {
         let offset = self.index.handle(block_number).offset;
@@ -213,6 +220,7 @@ impl<F: DiskFile> Table<F> {
         if let Some(block) = self.cached_block(block_number) {
             return Ok(block);
         }
+        self.cache.count_miss();
         let handle = self.index.handle(block_number);
         let frame =
             frame::read_exact(&self.file, &self.file_name, handle.offset, handle.frame_len as usize).await?;

@@ -55,8 +55,24 @@ pub struct TableWriter<F: DiskFile> {
     /// The last key added: the order check, and the open block's last key for the index.
     last_key: Vec<u8>,
     max_version: u64,
-    /// The cache each finished block also goes to, and the table's id there.
-    cache_fill: Option<(Rc<BlockCache>, u64)>,
+    /// The cache finished blocks go to, the table's id there, and which blocks go.
+    cache_fill: Option<(Rc<BlockCache>, u64, CacheFill)>,
+    /// The open block holds an entry whose source block was cached (see [`TableWriter::mark_warm`]).
+    block_warm: bool,
+}
+
+/// Which of a table's blocks its writer puts in the block cache as it finishes them. Blocks
+/// holding an entry marked with [`TableWriter::mark_warm`] go in either way, as if read
+/// ([`BlockCache::insert_used`]): they take over from blocks reads had cached. The others enter
+/// as new blocks, which the cache evicts first unless read soon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheFill {
+    /// Every block: a flush, whose entries were all in memory, or a compaction small next to
+    /// the cache.
+    All,
+    /// Only the warm blocks: a compaction too large for the cache carries over what reads had
+    /// cached, and nothing else.
+    Warm,
 }
 
 impl<F: DiskFile> TableWriter<F> {
@@ -76,17 +92,24 @@ impl<F: DiskFile> TableWriter<F> {
             last_key: Vec::new(),
             max_version: 0,
             cache_fill: None,
+            block_warm: false,
         }
     }
 
-    /// This writer, also putting every block it finishes into `cache` as those of table
-    /// `table_id` (the id the table is then opened with), so that the first reads of the new
-    /// table find its blocks in memory. Files are written and read with O_DIRECT, so without this
-    /// each block's first read after a flush or a compaction goes to the disk (RocksDB's
-    /// `prepopulate_block_cache` answers the same problem).
-    pub fn filling_cache(mut self, cache: Rc<BlockCache>, table_id: u64) -> Self {
-        self.cache_fill = Some((cache, table_id));
+    /// This writer, also putting the blocks it finishes (those `fill` says) into `cache` as
+    /// those of table `table_id` (the id the table is then opened with), so that the first reads
+    /// of the new table find them in memory. Files are written and read with O_DIRECT, so without
+    /// this each block's first read after a flush or a compaction goes to the disk (RocksDB's
+    /// `prepopulate_block_cache` answers the same problem for flushes).
+    pub fn filling_cache(mut self, cache: Rc<BlockCache>, table_id: u64, fill: CacheFill) -> Self {
+        self.cache_fill = Some((cache, table_id, fill));
         self
+    }
+
+    /// Marks the entry added last as warm: the block that holds it goes to the cache as if read
+    /// when finished (see [`CacheFill`]). Call it after [`TableWriter::add`].
+    pub fn mark_warm(&mut self) {
+        self.block_warm = true;
     }
 
     /// Adds an entry. Keys must be strictly ascending (asserted: a violation is a bug in the
@@ -132,10 +155,15 @@ impl<F: DiskFile> TableWriter<F> {
             "a block the writer built does not read back"
         );
         let offset = self.buffer_offset + start as u64;
-        if let Some((cache, table_id)) = &self.cache_fill {
+        if let Some((cache, table_id, fill)) = &self.cache_fill {
             let payload = &self.buffer[frame::payload_range(start, frame_len)];
-            cache.insert(*table_id, offset, Bytes::copy_from_slice(payload));
+            if self.block_warm {
+                cache.insert_used(*table_id, offset, Bytes::copy_from_slice(payload));
+            } else if *fill == CacheFill::All {
+                cache.insert(*table_id, offset, Bytes::copy_from_slice(payload));
+            }
         }
+        self.block_warm = false;
         let frame_len = u32::try_from(frame_len).expect("a block frame fits in u32");
         self.index.push(&self.last_key, BlockHandle { offset, frame_len });
         if self.buffer.len() >= WRITE_CHUNK_BYTES {
