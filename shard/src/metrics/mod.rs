@@ -681,6 +681,7 @@ mod tests {
         assert!(text.contains("ringkv_overloaded_total{shard=\"1\",reason=\"request\"} 1\n"));
         assert!(text.contains("ringkv_received_bytes_total{shard=\"0\",protocol=\"resp\"} 7\n"));
         assert!(text.contains("ringkv_hints_stored_total{shard=\"0\"} 4\n"));
+        assert!(text.contains("ringkv_block_cache_misses_total{shard=\"0\"} 0\n"));
         // Shard 1 did not answer: its figures are left out, not shown as zero, and said so.
         assert!(!text.contains("ringkv_hints_stored_total{shard=\"1\"}"));
         assert!(text.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"));
@@ -689,7 +690,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 45);
+        assert_eq!(types, 47);
     }
 
     #[test]
