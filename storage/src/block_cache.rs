@@ -15,19 +15,26 @@ use std::cell::{Cell, RefCell};
 /// Blocks are about a page; this only sizes the cache's tables up front.
 const TYPICAL_BLOCK_BYTES: usize = 4096;
 
+/// A block in the cache, and whether a read has used it since it went in.
+#[derive(Clone)]
+struct CachedBlock {
+    bytes: Bytes,
+    read: Cell<bool>,
+}
+
 /// Weighs a cached block by its length, so the capacity is in bytes.
 #[derive(Clone, Copy, Debug, Default)]
 struct BlockWeighter;
 
-impl Weighter<(u64, u64), Bytes> for BlockWeighter {
-    fn weight(&self, _key: &(u64, u64), block: &Bytes) -> u64 {
+impl Weighter<(u64, u64), CachedBlock> for BlockWeighter {
+    fn weight(&self, _key: &(u64, u64), block: &CachedBlock) -> u64 {
         // Zero-weight items are never evicted, so even an empty block weighs something.
-        (block.len() as u64).max(1)
+        (block.bytes.len() as u64).max(1)
     }
 }
 
 /// Blocks by `(table_id, offset)`, weighed in bytes.
-type BlockMap = Cache<(u64, u64), Bytes, BlockWeighter>;
+type BlockMap = Cache<(u64, u64), CachedBlock, BlockWeighter>;
 
 /// A cache of verified blocks, keyed by `(table_id, offset)`. Table ids are never reused, so a
 /// removed table's blocks are never served for another; they simply age out.
@@ -53,11 +60,11 @@ impl BlockCache {
     /// it is (a lookup that then reads the block counts its miss, [`BlockCache::count_miss`]).
     #[inline]
     pub fn get(&self, table_id: u64, offset: u64) -> Option<Bytes> {
-        let found = self.blocks.as_ref()?.borrow().get(&(table_id, offset)).cloned();
-        if found.is_some() {
-            self.hits.set(self.hits.get() + 1);
-        }
-        found
+        let blocks = self.blocks.as_ref()?.borrow();
+        let block = blocks.get(&(table_id, offset))?;
+        block.read.set(true);
+        self.hits.set(self.hits.get() + 1);
+        Some(block.bytes.clone())
     }
 
     /// Counts a block a read or a scan did not find here and reads from the disk.
@@ -65,27 +72,43 @@ impl BlockCache {
         self.misses.set(self.misses.get() + 1);
     }
 
-    /// The block of table `table_id` at `offset`, if cached, without counting as a use: what
-    /// a compaction or a long scan passes through says nothing of what reads want kept.
+    /// The block of table `table_id` at `offset`, if cached, and whether a read has used it
+    /// since it went in; not itself a use: what a compaction or a long scan passes through says
+    /// nothing of what reads want kept.
     #[inline]
-    pub fn peek(&self, table_id: u64, offset: u64) -> Option<Bytes> {
-        self.blocks.as_ref()?.borrow().peek(&(table_id, offset)).cloned()
+    pub fn peek(&self, table_id: u64, offset: u64) -> Option<(Bytes, bool)> {
+        let blocks = self.blocks.as_ref()?.borrow();
+        let block = blocks.peek(&(table_id, offset))?;
+        Some((block.bytes.clone(), block.read.get()))
     }
 
-    /// Caches a verified block. A block larger than the whole cache is not kept.
+    /// Caches a verified block that no read has asked for (one a flush or a compaction wrote).
+    /// A block larger than the whole cache is not kept.
     pub fn insert(&self, table_id: u64, offset: u64, block: Bytes) {
+        self.insert_marked(table_id, offset, block, false);
+    }
+
+    /// Caches a verified block a read fetched from the disk: a use of it.
+    pub fn insert_read(&self, table_id: u64, offset: u64, block: Bytes) {
+        self.insert_marked(table_id, offset, block, true);
+    }
+
+    fn insert_marked(&self, table_id: u64, offset: u64, block: Bytes, read: bool) {
         if let Some(blocks) = &self.blocks {
-            blocks.borrow_mut().insert((table_id, offset), block);
+            blocks
+                .borrow_mut()
+                .insert((table_id, offset), CachedBlock { bytes: block, read: Cell::new(read) });
         }
     }
 
     /// Caches a verified block as if just read: it survives its first pass through the cache's
-    /// probation (new blocks are evicted there unless read again), like a block reads use. For
-    /// a block that takes over from one reads had cached (a compaction's output).
+    /// probation (new blocks are evicted there unless read again), like a block reads use, and
+    /// counts as used by a read. For a block that takes over from one reads used (a
+    /// compaction's output).
     pub fn insert_used(&self, table_id: u64, offset: u64, block: Bytes) {
         if let Some(blocks) = &self.blocks {
             let mut blocks = blocks.borrow_mut();
-            blocks.insert((table_id, offset), block);
+            blocks.insert((table_id, offset), CachedBlock { bytes: block, read: Cell::new(true) });
             // A get marks the entry referenced; a block over the capacity was not kept.
             let _ = blocks.get(&(table_id, offset));
         }
@@ -137,8 +160,11 @@ mod tests {
         assert_eq!(cache.used_bytes(), 8192);
         cache.count_miss();
         assert_eq!(cache.hits_and_misses(), (2, 1), "a lookup that finds nothing is not a miss by itself");
-        assert!(cache.peek(1, 0).is_some());
+        assert!(cache.peek(1, 0).is_some_and(|(_, read)| read), "a get is a read's use");
         assert_eq!(cache.hits_and_misses(), (2, 1), "a peek is not counted");
+        cache.insert(3, 0, Bytes::from_static(b"new"));
+        assert!(cache.peek(3, 0).is_some_and(|(_, read)| !read), "no read has used it");
+        assert!(cache.peek(3, 0).is_some_and(|(_, read)| !read), "a peek is not a use");
     }
 
     #[test]

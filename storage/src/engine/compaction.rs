@@ -91,8 +91,11 @@ impl<D: Disk> Engine<D> {
         // as new blocks when the output is small next to the cache (half of it at most), and
         // not at all otherwise, so it does not push the hot set out.
         let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
-        let fill =
-            if input_bytes <= self.cache.capacity_bytes() as u64 / 2 { CacheFill::All } else { CacheFill::Warm };
+        let fill = if input_bytes <= self.cache.capacity_bytes() as u64 / 2 {
+            CacheFill::All
+        } else {
+            CacheFill::Warm
+        };
         writer = writer.filling_cache(self.cache.clone(), id, fill);
         let mut iterators: Vec<_> = inputs.iter().map(|table| table.iter(None, false)).collect();
         let mut heads = Vec::with_capacity(iterators.len());
@@ -263,8 +266,11 @@ mod tests {
             let disk = MemDisk::new();
             // Four rounds of 8,000 keys (a table of about 600 KiB each) against a 256 KiB cache:
             // the merge is too large to cache whole.
-            let options =
-                EngineOptions { memtable_bytes_max: 4 << 20, block_cache_bytes: 256 << 10, ..small_options() };
+            let options = EngineOptions {
+                memtable_bytes_max: 4 << 20,
+                block_cache_bytes: 256 << 10,
+                ..small_options()
+            };
             let engine = Engine::open(disk.clone(), options.clone()).await.unwrap();
             flushed_rounds(&engine, 0..4, 8000).await;
             drop(engine);
@@ -287,6 +293,50 @@ mod tests {
                 compacted.table_bytes
             );
             assert!(disk_reads_for(&engine, &disk, 4000..4100).await > 0, "cold keys stay on disk");
+        });
+    }
+
+    #[test]
+    fn blocks_a_flush_cached_that_no_read_used_are_not_carried_over_by_a_large_compaction() {
+        block_on(async {
+            let disk = MemDisk::new();
+            // A cache that holds every table the flushes write (about 3 MB in all), yet less
+            // than twice their total: the merge is a large one. Filters with next to no false
+            // positives, so that no write's lookup of its new key reads (and uses) a block.
+            let options = EngineOptions {
+                memtable_bytes_max: 4 << 20,
+                block_cache_bytes: 4 << 20,
+                bloom_bits_per_key: 30,
+                ..small_options()
+            };
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            // New keys each round: a write looks up its key's stored version, which would read
+            // (and so use) the blocks of the keys it overwrites.
+            for round in 0..4u32 {
+                for index in round * 8000..(round + 1) * 8000 {
+                    engine.put(key(index), Bytes::from(vec![round as u8; 48]), 1, None).await.unwrap();
+                }
+                engine.flush().await.unwrap();
+            }
+            let flushed = engine.stats();
+            assert!(
+                flushed.table_bytes > 2 << 20 && flushed.block_cache_bytes as u64 >= flushed.table_bytes / 2
+            );
+            // Ten keys are read, from the blocks the flushes cached.
+            assert_eq!(disk_reads_for(&engine, &disk, 0..10).await, 0);
+            assert!(engine.compact_all(0).await.unwrap());
+            let compacted = engine.stats();
+            assert_eq!(compacted.tables, 1, "{compacted:?}");
+            assert_eq!(disk_reads_for(&engine, &disk, 0..10).await, 0, "the read keys after the compaction");
+            // Of all the flushes cached, only the blocks reads used were carried over (each to
+            // the few output blocks its key range spans): a fraction of what was cached.
+            let cached = engine.stats().block_cache_bytes;
+            assert!(
+                cached > 0 && cached < flushed.block_cache_bytes / 3,
+                "{cached} bytes cached of {} before the compaction",
+                flushed.block_cache_bytes
+            );
+            assert!(disk_reads_for(&engine, &disk, 20_000..20_100).await > 0, "unread keys are on disk");
         });
     }
 

@@ -28,7 +28,7 @@ pub struct TableIter<F: DiskFile> {
     next_block: usize,
     /// The current block and its file offset.
     current: Option<(Block, u64)>,
-    /// The current block was in the block cache when loaded.
+    /// The current block was in the block cache when loaded, used by a read there.
     current_cached: bool,
     /// Next entry of the current block.
     position: usize,
@@ -51,8 +51,8 @@ impl<F: DiskFile> TableIter<F> {
         }
     }
 
-    /// Whether the block of the entry [`TableIter::next`] returned last was in the block cache
-    /// (for a compaction: reads had it there, so its entries' new block is worth caching).
+    /// Whether the block of the entry [`TableIter::next`] returned last was in the block cache,
+    /// used by a read there (for a compaction: its entries' new block is worth caching).
     pub fn from_cache(&self) -> bool {
         self.current_cached
     }
@@ -90,8 +90,8 @@ impl<F: DiskFile> TableIter<F> {
             // Blocks are read one by one: a cached slice of a larger read would pin all of it.
             return self.table.load_block(block_number, true).await;
         }
-        if let Some(block) = self.table.peek_cached_block(block_number) {
-            self.current_cached = true;
+        if let Some((block, read)) = self.table.peek_cached_block(block_number) {
+            self.current_cached = read;
             return Ok(block);
         }
         let handle = self.table.index().handle(block_number);

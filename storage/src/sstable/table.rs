@@ -197,11 +197,12 @@ impl<F: DiskFile> Table<F> {
         self.cache.get(self.table_id, offset).map(Block::from_verified)
     }
 
-    /// Block `block_number` if the cache holds it, without counting as a use of it (for
-    /// scans that do not fill the cache: compactions and long scans).
-    pub(crate) fn peek_cached_block(&self, block_number: usize) -> Option<Block> {
+    /// Block `block_number` if the cache holds it, and whether a read has used it there;
+    /// without counting as a use of it (for scans that do not fill the cache: compactions and
+    /// long scans).
+    pub(crate) fn peek_cached_block(&self, block_number: usize) -> Option<(Block, bool)> {
         let offset = self.index.handle(block_number).offset;
-        self.cache.peek(self.table_id, offset).map(Block::from_verified)
+        self.cache.peek(self.table_id, offset).map(|(block, read)| (Block::from_verified(block), read))
     }
 
     /// Verifies the frame of block `block_number`, read by the caller, and caches it if asked.
@@ -210,7 +211,7 @@ impl<F: DiskFile> Table<F> {
         let payload = frame::verify(frame, &self.file_name, offset)?;
         let block = Block::parse(payload, &self.file_name, offset)?;
         if fill_cache {
-            self.cache.insert(self.table_id, offset, block.payload().clone());
+            self.cache.insert_read(self.table_id, offset, block.payload().clone());
         }
         Ok(block)
     }
