@@ -127,6 +127,10 @@ struct ServeArgs {
     /// SSTable block cache per shard. [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     block_cache_bytes: Option<usize>,
+    /// Row cache per shard: single keys' entries that reads found in the tables; 0 turns it
+    /// off. [default: 33554432]
+    #[arg(long, value_name = "BYTES")]
+    row_cache_bytes: Option<usize>,
     /// On shutdown, how long to wait for connections to finish before closing them. [default: 10000]
     #[arg(long, value_name = "MS")]
     shutdown_grace_ms: Option<u64>,
@@ -294,6 +298,7 @@ impl ServeArgs {
         set(&mut config.memtable_bytes_max, &self.memtable_bytes_max);
         set(&mut config.wal_bytes_max, &self.wal_bytes_max);
         set(&mut config.block_cache_bytes, &self.block_cache_bytes);
+        set(&mut config.row_cache_bytes, &self.row_cache_bytes);
         set(&mut config.shutdown_grace_ms, &self.shutdown_grace_ms);
         if self.peer_listen.is_some() {
             config.peer_listen = self.peer_listen;

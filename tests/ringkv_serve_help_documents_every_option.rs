@@ -33,6 +33,7 @@ fn ringkv_serve_help_documents_every_option() {
         "--memtable-bytes-max",
         "--wal-bytes-max",
         "--block-cache-bytes",
+        "--row-cache-bytes",
         "--shutdown-grace-ms",
         "--resp-listen",
         "--metrics-listen",

@@ -167,6 +167,9 @@ pub struct NodeConfig {
     pub wal_bytes_max: u64,
     /// Bytes of SSTable blocks each shard caches.
     pub block_cache_bytes: usize,
+    /// Bytes of the row cache each shard keeps in front of its tables: the entries of single
+    /// keys that reads found there (see `ringkv_storage::row_cache`). 0 turns it off.
+    pub row_cache_bytes: usize,
     /// How long a stopping shard waits for its connections to finish their requests and write
     /// their replies before it closes them.
     pub shutdown_grace_ms: u64,
@@ -312,6 +315,7 @@ impl Default for NodeConfig {
             memtable_bytes_max: 64 << 20,
             wal_bytes_max: 256 << 20,
             block_cache_bytes: 64 << 20,
+            row_cache_bytes: 32 << 20,
             shutdown_grace_ms: 10_000,
             peer_listen: None,
             seeds: Vec::new(),
@@ -441,6 +445,7 @@ impl NodeConfig {
             memtable_bytes_max: self.memtable_bytes_max,
             wal_bytes_max: self.wal_bytes_max,
             block_cache_bytes: self.block_cache_bytes,
+            row_cache_bytes: self.row_cache_bytes,
             memtable_hash_seed: random_seed(),
             tombstone_grace_ms: self.tombstone_grace_ms,
             missing_tables_allowed: self.allow_missing_tables,

@@ -233,6 +233,9 @@ impl Node {
         let options = EngineOptions {
             memtable_bytes_max: self.settings.memtable_bytes_max,
             block_cache_bytes: 256 << 10,
+            // Small, so that rows are evicted as well as kept in step with flushes and
+            // compactions.
+            row_cache_bytes: 32 << 10,
             wal_segment_bytes_max: 16 << 10,
             // Small, so that runs which overwrite a few keys also seal memtables for the log's
             // length, across crashes and restarts.

@@ -38,6 +38,9 @@ pub struct EngineOptions {
     /// Tombstones and expired values are kept at least this long after their deletion or
     /// expiry before compaction may purge them, so replicas can learn of the delete first.
     pub tombstone_grace_ms: u64,
+    /// Bytes of the row cache: entries the tables hold for keys the memtables do not, one per
+    /// key, in front of the block cache (see [`crate::row_cache`]). 0 turns it off.
+    pub row_cache_bytes: usize,
     /// Bloom filter bits per key in each SSTable (10 gives about 1% false positives).
     pub bloom_bits_per_key: u32,
     /// Size-tiered compaction: merge once this many similar-sized tables exist.
@@ -71,6 +74,7 @@ impl Default for EngineOptions {
             wal_preallocate_bytes: crate::wal::PREALLOCATE_BYTES_DEFAULT,
             wal_buffer_bytes_max: 1 << 20,
             tombstone_grace_ms: 10 * 24 * 3600 * 1000,
+            row_cache_bytes: 64 << 20,
             bloom_bits_per_key: 10,
             compaction_width_min: 4,
             compaction_width_max: 16,

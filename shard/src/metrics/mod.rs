@@ -476,7 +476,7 @@ pub fn render(
         let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
     }
     type Field = fn(&ShardFigures) -> u64;
-    let families: [(&str, &str, &str, Field); 33] = [
+    let families: [(&str, &str, &str, Field); 36] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
             m.storage.memtable_bytes as u64
         }),
@@ -494,6 +494,19 @@ pub fn render(
             "counter",
             "Blocks that reads did not find in the block cache and read from the disk.",
             |m| m.storage.block_cache_misses,
+        ),
+        ("ringkv_row_cache_bytes", "gauge", "Bytes held by the row cache.", |m| m.storage.row_cache_bytes as u64),
+        (
+            "ringkv_row_cache_hits_total",
+            "counter",
+            "Reads of keys no memtable held that the row cache answered.",
+            |m| m.storage.row_cache_hits,
+        ),
+        (
+            "ringkv_row_cache_misses_total",
+            "counter",
+            "Reads of keys no memtable held that went to the tables.",
+            |m| m.storage.row_cache_misses,
         ),
         ("ringkv_sstable_bytes", "gauge", "Bytes of live SSTables.", |m| m.storage.table_bytes),
         ("ringkv_sstables", "gauge", "Live SSTables.", |m| m.storage.tables as u64),
@@ -690,7 +703,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 47);
+        assert_eq!(types, 50);
     }
 
     #[test]

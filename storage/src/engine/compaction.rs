@@ -10,6 +10,9 @@ use crate::sstable::{CacheFill, Table, TableWriter};
 use crate::Result;
 use std::rc::Rc;
 
+/// Most keys a compaction notes for the row cache to forget; past it, the whole cache is cleared.
+const CHANGED_ROWS_MAX: usize = 4096;
+
 impl<D: Disk> Engine<D> {
     /// Runs one compaction if the planner asks for one. Returns whether it did.
     pub async fn compact(&self, now_ms: u64) -> Result<bool> {
@@ -104,6 +107,17 @@ impl<D: Disk> Engine<D> {
         }
         let grace = self.options.tombstone_grace_ms;
         let mut merged = 0usize;
+        // Keys whose entry the merge drops or turns into a tombstone: the row cache forgets
+        // them once the output is installed. Past a bound it forgets every row instead.
+        let mut changed_rows: Vec<Vec<u8>> = Vec::new();
+        let mut changed_rows_overflowed = false;
+        let mut note_changed = |key: &[u8]| {
+            if changed_rows.len() < CHANGED_ROWS_MAX {
+                changed_rows.push(key.to_vec());
+            } else {
+                changed_rows_overflowed = true;
+            }
+        };
         loop {
             // The smallest key among the heads; among the heads holding it, the highest-ranking
             // entry (by version, not by table age).
@@ -138,10 +152,12 @@ impl<D: Disk> Engine<D> {
                 Some(since)
                     if purge_dead && since.saturating_add(grace) <= now_ms && self.may_purge(&key, since) =>
                 {
-                    continue
+                    note_changed(&key);
+                    continue;
                 }
                 // An expired value still hides older versions in tables outside this merge.
                 Some(since) if !purge_dead && matches!(entry.value, Value::Live { .. }) => {
+                    note_changed(&key);
                     Entry::tombstone(entry.version, since)
                 }
                 _ => entry,
@@ -178,6 +194,14 @@ impl<D: Disk> Engine<D> {
             tables.splice(range, new_table);
         })
         .await?;
+        // In the same turn as the install: no read sees the new tables with the old rows.
+        if changed_rows_overflowed {
+            self.rows.clear();
+        } else {
+            for key in &changed_rows {
+                self.rows.forget(key);
+            }
+        }
         for table in inputs {
             let blocks = table.block_count();
             for start in (0..blocks).step_by(COMPACTION_ENTRIES_PER_YIELD) {

@@ -129,6 +129,9 @@ impl<D: Disk> Engine<D> {
                     .filling_cache(self.cache.clone(), id, CacheFill::All);
             for (index, (key, mem_entry)) in sealed.iter().enumerate() {
                 writer.add(key, &mem_entry.entry).await?;
+                // The sealed memtable answers for the key until the table is installed, so no
+                // read sees the row's new answer early (see `crate::row_cache`).
+                self.rows.refresh(key, &mem_entry.entry);
                 if index % COMPACTION_ENTRIES_PER_YIELD == 0 {
                     self.disk.yield_point().await;
                 }

@@ -45,6 +45,7 @@ use crate::disk::Disk;
 use crate::manifest::{self, Manifest, TableRecord};
 use crate::memtable::{MemEntry, Memtable};
 use crate::options::EngineOptions;
+use crate::row_cache::RowCache;
 use crate::sstable::{Table, TableWriter};
 use crate::wal::parse_segment_file_name;
 use crate::wal::writer::WalWriter;
@@ -190,6 +191,12 @@ pub struct EngineStats {
     pub memtable_bytes: usize,
     /// Bytes held by the block cache.
     pub block_cache_bytes: usize,
+    /// Bytes held by the row cache.
+    pub row_cache_bytes: usize,
+    /// Reads of keys no memtable held that the row cache answered.
+    pub row_cache_hits: u64,
+    /// Reads of keys no memtable held that the row cache did not answer.
+    pub row_cache_misses: u64,
     /// Blocks reads found in the block cache.
     pub block_cache_hits: u64,
     /// Blocks reads did not find in the block cache and read from the disk.
@@ -297,6 +304,7 @@ pub struct Engine<D: Disk> {
     options: EngineOptions,
     wal: WalWriter<D>,
     cache: Rc<BlockCache>,
+    rows: RowCache,
     next_file_number: Rc<Cell<u64>>,
     state: RefCell<State<D::File>>,
     /// Notified when a flush or compaction ends.
@@ -495,6 +503,7 @@ impl<D: Disk> Engine<D> {
             closed: false,
         };
         let engine = Engine {
+            rows: RowCache::new(options.row_cache_bytes),
             disk,
             options,
             wal,
@@ -620,6 +629,8 @@ impl<D: Disk> Engine<D> {
             + state.sealed.as_ref().map_or(0, |sealed| sealed.approximate_bytes());
         stats.block_cache_bytes = self.cache.used_bytes();
         (stats.block_cache_hits, stats.block_cache_misses) = self.cache.hits_and_misses();
+        stats.row_cache_bytes = self.rows.used_bytes();
+        (stats.row_cache_hits, stats.row_cache_misses) = self.rows.hits_and_misses();
         stats
     }
 
@@ -720,6 +731,8 @@ impl<D: Disk> Engine<D> {
             let mut state = self.state.borrow_mut();
             state.tables = Rc::new(Tables::new(tables));
             state.manifest = manifest;
+            // Reads that looked at the tables before this may not have seen their answer now.
+            self.rows.advance_epoch();
         }
         finished.set(true);
         written

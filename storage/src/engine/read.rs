@@ -13,7 +13,7 @@
 //! Otherwise a reader could be shown a value that a crash then takes back, one that no writer
 //! was ever told had succeeded.
 
-use super::{validate, Engine, ReadStep, Versioned};
+use super::{validate, Engine, ReadStep, State, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::key::{with_stored, StoredKey};
@@ -142,6 +142,15 @@ impl<D: Disk> Engine<D> {
             // The usual case: no table holds anything as new.
             return Some(Ok(read(Some(entry), unsettled)));
         }
+        if in_memory.is_none() && tables.len() > 0 {
+            let mut read = Some(read);
+            let cached = self.rows.with(key, |entry| (read.take().expect("called once"))(Some(entry), None));
+            return match (cached, read) {
+                (Some(answer), _) => Some(Ok(answer)),
+                (None, Some(unread)) => self.tables_entry_now(key, &state, unread),
+                (None, None) => unreachable!("the row cache took the read without lending it an entry"),
+            };
+        }
         let mut found = in_memory.map(Cow::Borrowed);
         let hash = key_hash(key);
         for index in (0..tables.len()).rev() {
@@ -158,6 +167,40 @@ impl<D: Disk> Engine<D> {
         // A table's entry is durable: its table was synced before it was installed.
         let unsettled = unsettled.filter(|_| matches!(found, Some(Cow::Borrowed(_))));
         Some(Ok(read(found.as_deref(), unsettled)))
+    }
+
+    /// [`Engine::stored_entry_now`] of a key no memtable holds and the row cache did not
+    /// answer: the tables' answer from cached blocks, which then goes to the row cache.
+    fn tables_entry_now<R>(
+        &self,
+        key: &[u8],
+        state: &State<D::File>,
+        read: impl FnOnce(Option<&Entry>, Option<Unsettled>) -> R,
+    ) -> Option<Result<R>> {
+        let tables = &state.tables;
+        let mut found: Option<Entry> = None;
+        let hash = key_hash(key);
+        for index in (0..tables.len()).rev() {
+            match tables.read_step(index, found.as_ref().map(|found| found.version)) {
+                ReadStep::Stop => break,
+                ReadStep::Skip => continue,
+                ReadStep::Look => match tables[index].get_cached(key, hash)? {
+                    Ok(None) => {}
+                    Ok(Some(entry)) => {
+                        if found.as_ref().is_none_or(|found| entry.supersedes(found)) {
+                            found = Some(entry);
+                        }
+                    }
+                    Err(error) => return Some(Err(error)),
+                },
+            }
+        }
+        if let Some(found) = &found {
+            // Nothing was awaited since the tables were looked at: the epoch is current.
+            self.rows.insert(key, found, self.rows.epoch());
+        }
+        // A table's entry is durable: its table was synced before it was installed.
+        Some(Ok(read(found.as_ref(), None)))
     }
 
     /// What a read that found the memtable entry of record `seq` must wait for, if anything:
@@ -200,12 +243,17 @@ impl<D: Disk> Engine<D> {
 
     /// [`Engine::stored_entry`], with what must be waited for before anyone is told of it.
     async fn stored_entry_with_seq(&self, key: &[u8]) -> Result<(Option<Entry>, Option<Unsettled>)> {
-        let (in_memory, unsettled, tables) = {
+        let (in_memory, unsettled, tables, epoch) = {
             let state = self.state.borrow();
             let newest = state.newest_in_memory(key);
             let unsettled = newest.and_then(|newest| self.unsettled(newest.seq));
-            (newest.map(|newest| newest.entry.clone()), unsettled, state.tables.clone())
+            (newest.map(|newest| newest.entry.clone()), unsettled, state.tables.clone(), self.rows.epoch())
         };
+        if in_memory.is_none() && tables.len() > 0 {
+            if let Some(entry) = self.rows.with(key, Entry::clone) {
+                return Ok((Some(entry), None));
+            }
+        }
         let from_memory = in_memory.as_ref().map(|entry| entry.version);
         let mut found: Option<Cow<Entry>> = in_memory.map(Cow::Owned);
         // Hash once for every table's filter.
@@ -224,6 +272,11 @@ impl<D: Disk> Engine<D> {
         // The memory's entry stands unless a table's outranked it (versions are unique per
         // key, so the version tells which).
         let stands = from_memory.is_some() && found.as_deref().map(|found| found.version) == from_memory;
+        if let (None, Some(found)) = (from_memory, &found) {
+            // With no memtable entry, every table that could hold a newer one was looked at:
+            // what was found is the tables' answer, unless they changed meanwhile (the epoch).
+            self.rows.insert(key, found, epoch);
+        }
         Ok((found.map(Cow::into_owned), unsettled.filter(|_| stands)))
     }
 }
@@ -237,6 +290,95 @@ mod tests {
     use crate::key::StoredKey;
     use crate::options::SyncMode;
     use futures_executor::block_on;
+
+    #[test]
+    fn the_row_cache_answers_reads_of_tables_and_stays_true_through_flushes_and_compactions() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let options = EngineOptions { tombstone_grace_ms: 0, ..small_options() };
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            let value = |index: u32, round: u8| Bytes::from(vec![round; 20 + index as usize % 7]);
+            for index in 0..300u32 {
+                engine.put(key(index), value(index, 1), 1, None).await.unwrap();
+            }
+            engine.put(key(1000), Bytes::from_static(b"short-lived"), 1, Some(50)).await.unwrap();
+            engine.flush().await.unwrap();
+            async fn versions(engine: &Engine<MemDisk>, now_ms: u64) -> Vec<Option<u64>> {
+                let mut found = Vec::new();
+                for index in (0..300u32).chain([1000]) {
+                    found.push(engine.get(&key(index), now_ms).await.unwrap().map(|found| found.version));
+                }
+                found
+            }
+            let first = versions(&engine, 0).await;
+            let before = (disk.reads(), engine.stats().row_cache_hits);
+            assert_eq!(versions(&engine, 0).await, first);
+            assert_eq!(disk.reads(), before.0, "the second pass read nothing from the disk");
+            assert!(engine.stats().row_cache_hits >= before.1 + 301, "{:?}", engine.stats());
+            // In place too, with nothing awaited.
+            let now =
+                engine.read_now(&key(5), 0, |found, _| found.map(|(data, version)| (data.to_vec(), version)));
+            assert_eq!(now.unwrap().unwrap(), Some((value(5, 1).to_vec(), 1)));
+
+            // Overwrites and deletes reach the tables through flushes: never the rows' old answers.
+            for index in 0..100u32 {
+                engine.put(key(index), value(index, 2), 2, None).await.unwrap();
+            }
+            for index in 100..150u32 {
+                engine.delete(key(index), 3, 10).await.unwrap();
+            }
+            engine.flush().await.unwrap();
+            let expected: Vec<Option<u64>> = (0..300u32)
+                .map(|index| match index {
+                    0..100 => Some(2),
+                    100..150 => None,
+                    _ => Some(1),
+                })
+                .chain([Some(1)])
+                .collect();
+            assert_eq!(versions(&engine, 0).await, expected);
+            assert_eq!(versions(&engine, 0).await, expected, "and again, from the rows");
+            let entry = engine.get_entry(&key(120)).await.unwrap().expect("a tombstone");
+            assert!(entry.data().is_none());
+
+            // A compaction that purges the tombstones and the expired value changes those keys'
+            // stored entries: the rows forget them.
+            assert!(engine.get_entry(&key(1000)).await.unwrap().is_some());
+            assert!(engine.compact_all(1_000).await.unwrap());
+            assert_eq!(engine.get_entry(&key(120)).await.unwrap(), None, "the purged tombstone");
+            assert_eq!(engine.get_entry(&key(1000)).await.unwrap(), None, "the purged expired value");
+            let mut expected = expected;
+            *expected.last_mut().unwrap() = None;
+            assert_eq!(versions(&engine, 1_000).await, expected);
+        });
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_seal_or_an_install_cannot_put_back_an_old_answer() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let stored = StoredKey::new(&key(1));
+            engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
+            engine.flush().await.unwrap();
+            // What a read found before the key's new version was flushed...
+            let began = engine.rows.epoch();
+            let old = engine.get_entry(&key(1)).await.unwrap().unwrap();
+            engine.rows.forget(&stored);
+            engine.put(key(1), Bytes::from_static(b"two"), 2, None).await.unwrap();
+            engine.flush().await.unwrap();
+            // ...is refused once it comes back.
+            engine.rows.insert(&stored, &old, began);
+            assert_eq!(engine.get(&key(1), 0).await.unwrap().unwrap().version, 2);
+
+            // An insert before the seal is taken back by the flush that writes the key.
+            let began = engine.rows.epoch();
+            engine.put(key(1), Bytes::from_static(b"three"), 3, None).await.unwrap();
+            engine.rows.insert(&stored, &old, began);
+            engine.flush().await.unwrap();
+            assert_eq!(engine.get(&key(1), 0).await.unwrap().unwrap().version, 3);
+            assert_eq!(engine.get_entry(&key(1)).await.unwrap().unwrap().version, 3);
+        });
+    }
 
     #[test]
     fn reads_its_writes_across_flush_compaction_and_reopen() {

@@ -502,6 +502,9 @@ impl<D: Disk> Engine<D> {
         let fresh = state.active.empty_like();
         let active = std::mem::replace(&mut state.active, fresh);
         state.sealed = Some(Rc::new(active));
+        // A read that began before may insert into the row cache what the tables hold for a
+        // key the flush is about to change, after the flush has forgotten it.
+        self.rows.advance_epoch();
         state.active_wal_start = self.wal.bytes_logged();
         state.active_wal_replayed = 0;
     }
