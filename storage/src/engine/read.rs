@@ -142,7 +142,7 @@ impl<D: Disk> Engine<D> {
             // The usual case: no table holds anything as new.
             return Some(Ok(read(Some(entry), unsettled)));
         }
-        if in_memory.is_none() && tables.len() > 0 {
+        if in_memory.is_none() && !tables.is_empty() {
             let mut read = Some(read);
             let cached = self.rows.with(key, |entry| (read.take().expect("called once"))(Some(entry), None));
             return match (cached, read) {
@@ -249,7 +249,7 @@ impl<D: Disk> Engine<D> {
             let unsettled = newest.and_then(|newest| self.unsettled(newest.seq));
             (newest.map(|newest| newest.entry.clone()), unsettled, state.tables.clone(), self.rows.epoch())
         };
-        if in_memory.is_none() && tables.len() > 0 {
+        if in_memory.is_none() && !tables.is_empty() {
             if let Some(entry) = self.rows.with(key, Entry::clone) {
                 return Ok((Some(entry), None));
             }
