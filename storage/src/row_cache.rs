@@ -24,7 +24,7 @@ use crate::entry::{Entry, Value};
 use bytes::Bytes;
 use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 
 /// Bytes charged per row on top of its key and value: the cache's slot, the key's and the
 /// value's allocations.
@@ -83,11 +83,10 @@ impl RowCache {
         self.epoch.set(self.epoch.get() + 1);
     }
 
-    /// Lends the tables' entry for stored key `key` to `read` if cached; counted as a hit or a
-    /// miss.
-    pub fn with<R>(&self, key: &[u8], read: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let rows = self.rows.as_ref()?.borrow();
-        let found = rows.get(key).map(read);
+    /// The tables' entry for stored key `key`, if cached; counted as a hit or a miss. Nothing
+    /// may change the cache while it is held.
+    pub fn get(&self, key: &[u8]) -> Option<Ref<'_, Entry>> {
+        let found = Ref::filter_map(self.rows.as_ref()?.borrow(), |rows| rows.get(key)).ok();
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.set(counter.get() + 1);
         found
@@ -170,11 +169,11 @@ mod tests {
     #[test]
     fn a_row_is_answered_until_forgotten() {
         let cache = RowCache::new(1 << 20);
-        assert_eq!(cache.with(b"k", |entry| entry.version), None);
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), None);
         cache.insert(b"k", &live(3, b"value"), cache.epoch());
-        assert_eq!(cache.with(b"k", Clone::clone), Some(live(3, b"value")));
+        assert_eq!(cache.get(b"k").map(|entry| entry.clone()), Some(live(3, b"value")));
         cache.forget(b"k");
-        assert_eq!(cache.with(b"k", |entry| entry.version), None);
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), None);
         assert_eq!(cache.hits_and_misses(), (1, 2));
     }
 
@@ -182,12 +181,12 @@ mod tests {
     fn a_refresh_keeps_the_higher_ranking_entry_of_a_cached_row_only() {
         let cache = RowCache::new(1 << 20);
         cache.refresh(b"absent", &live(5, b"five"));
-        assert_eq!(cache.with(b"absent", |entry| entry.version), None, "a refresh adds no row");
+        assert_eq!(cache.get(b"absent").map(|entry| entry.version), None, "a refresh adds no row");
         cache.insert(b"k", &live(3, b"three"), cache.epoch());
         cache.refresh(b"k", &live(2, b"two"));
-        assert_eq!(cache.with(b"k", |entry| entry.version), Some(3));
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), Some(3));
         cache.refresh(b"k", &Entry::tombstone(4, 10));
-        assert_eq!(cache.with(b"k", Clone::clone), Some(Entry::tombstone(4, 10)));
+        assert_eq!(cache.get(b"k").map(|entry| entry.clone()), Some(Entry::tombstone(4, 10)));
     }
 
     #[test]
@@ -196,11 +195,11 @@ mod tests {
         let began = cache.epoch();
         cache.advance_epoch();
         cache.insert(b"k", &live(1, b"stale"), began);
-        assert_eq!(cache.with(b"k", |entry| entry.version), None);
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), None);
         cache.insert(b"k", &live(2, b"fresh"), cache.epoch());
-        assert_eq!(cache.with(b"k", |entry| entry.version), Some(2));
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), Some(2));
         cache.clear();
-        assert_eq!(cache.with(b"k", |entry| entry.version), None);
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), None);
     }
 
     #[test]
@@ -222,6 +221,6 @@ mod tests {
         let cache = RowCache::new(0);
         assert!(!cache.is_enabled());
         cache.insert(b"k", &live(1, b"v"), cache.epoch());
-        assert_eq!(cache.with(b"k", |entry| entry.version), None);
+        assert_eq!(cache.get(b"k").map(|entry| entry.version), None);
     }
 }

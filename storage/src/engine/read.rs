@@ -13,7 +13,7 @@
 //! Otherwise a reader could be shown a value that a crash then takes back, one that no writer
 //! was ever told had succeeded.
 
-use super::{validate, Engine, ReadStep, State, Versioned};
+use super::{validate, Engine, ReadStep, Versioned};
 use crate::disk::Disk;
 use crate::entry::Entry;
 use crate::key::{with_stored, StoredKey};
@@ -143,13 +143,9 @@ impl<D: Disk> Engine<D> {
             return Some(Ok(read(Some(entry), unsettled)));
         }
         if in_memory.is_none() && !tables.is_empty() {
-            let mut read = Some(read);
-            let cached = self.rows.with(key, |entry| (read.take().expect("called once"))(Some(entry), None));
-            return match (cached, read) {
-                (Some(answer), _) => Some(Ok(answer)),
-                (None, Some(unread)) => self.tables_entry_now(key, &state, unread),
-                (None, None) => unreachable!("the row cache took the read without lending it an entry"),
-            };
+            if let Some(row) = self.rows.get(key) {
+                return Some(Ok(read(Some(&row), None)));
+            }
         }
         let mut found = in_memory.map(Cow::Borrowed);
         let hash = key_hash(key);
@@ -164,43 +160,14 @@ impl<D: Disk> Engine<D> {
                 },
             }
         }
-        // A table's entry is durable: its table was synced before it was installed.
-        let unsettled = unsettled.filter(|_| matches!(found, Some(Cow::Borrowed(_))));
-        Some(Ok(read(found.as_deref(), unsettled)))
-    }
-
-    /// [`Engine::stored_entry_now`] of a key no memtable holds and the row cache did not
-    /// answer: the tables' answer from cached blocks, which then goes to the row cache.
-    fn tables_entry_now<R>(
-        &self,
-        key: &[u8],
-        state: &State<D::File>,
-        read: impl FnOnce(Option<&Entry>, Option<Unsettled>) -> R,
-    ) -> Option<Result<R>> {
-        let tables = &state.tables;
-        let mut found: Option<Entry> = None;
-        let hash = key_hash(key);
-        for index in (0..tables.len()).rev() {
-            match tables.read_step(index, found.as_ref().map(|found| found.version)) {
-                ReadStep::Stop => break,
-                ReadStep::Skip => continue,
-                ReadStep::Look => match tables[index].get_cached(key, hash)? {
-                    Ok(None) => {}
-                    Ok(Some(entry)) => {
-                        if found.as_ref().is_none_or(|found| entry.supersedes(found)) {
-                            found = Some(entry);
-                        }
-                    }
-                    Err(error) => return Some(Err(error)),
-                },
-            }
-        }
-        if let Some(found) = &found {
-            // Nothing was awaited since the tables were looked at: the epoch is current.
+        if let (None, Some(found)) = (in_memory, &found) {
+            // The tables' answer (no memtable entry cut the look short), and nothing was
+            // awaited since the tables were looked at: the epoch is current.
             self.rows.insert(key, found, self.rows.epoch());
         }
         // A table's entry is durable: its table was synced before it was installed.
-        Some(Ok(read(found.as_ref(), None)))
+        let unsettled = unsettled.filter(|_| matches!(found, Some(Cow::Borrowed(_))));
+        Some(Ok(read(found.as_deref(), unsettled)))
     }
 
     /// What a read that found the memtable entry of record `seq` must wait for, if anything:
@@ -250,8 +217,8 @@ impl<D: Disk> Engine<D> {
             (newest.map(|newest| newest.entry.clone()), unsettled, state.tables.clone(), self.rows.epoch())
         };
         if in_memory.is_none() && !tables.is_empty() {
-            if let Some(entry) = self.rows.with(key, Entry::clone) {
-                return Ok((Some(entry), None));
+            if let Some(row) = self.rows.get(key) {
+                return Ok((Some(row.clone()), None));
             }
         }
         let from_memory = in_memory.as_ref().map(|entry| entry.version);
