@@ -89,8 +89,9 @@ impl<D: Disk> Engine<D> {
         let expected_keys = inputs.iter().map(|table| table.entry_count() as usize).sum();
         let mut writer = TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, expected_keys);
         // The output replaces tables whose blocks reads had cached: it takes their place in
-        // the cache as it is written. A block holding an entry whose input block was cached
-        // enters as if read, so the hot set stays in memory through the merge; the rest enters
+        // the cache as it is written. A block holding an entry whose input block was cached and
+        // used there by a read enters as if read, so the hot set stays in memory through the
+        // merge; the rest enters
         // as new blocks when the output is small next to the cache (half of it at most), and
         // not at all otherwise, so it does not push the hot set out.
         let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
@@ -136,8 +137,8 @@ impl<D: Disk> Engine<D> {
             }
             let Some(winner) = winner else { break };
             let (key, entry) = heads[winner].clone().expect("winner has a head");
-            // Warm when any input's entry for the key came from a cached block: a read of the
-            // key may have gone to any of them.
+            // Warm when any input's entry for the key came from a cached block a read had used:
+            // a read of the key may have gone to any of them.
             let mut warm = false;
             for index in 0..heads.len() {
                 if heads[index].as_ref().is_some_and(|(other, _)| *other == key) {
