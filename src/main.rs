@@ -127,8 +127,9 @@ struct ServeArgs {
     /// SSTable block cache per shard. [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     block_cache_bytes: Option<usize>,
-    /// Row cache per shard: single keys' entries that reads found in the tables; 0 turns it
-    /// off. [default: 33554432]
+    /// Row cache per shard: single keys' entries that reads found in the tables. Worth turning
+    /// on when reads go to the disk though the block cache is full (the hot keys spread over more
+    /// blocks than it holds); off by default. [default: 0]
     #[arg(long, value_name = "BYTES")]
     row_cache_bytes: Option<usize>,
     /// On shutdown, how long to wait for connections to finish before closing them. [default: 10000]

@@ -168,7 +168,8 @@ pub struct NodeConfig {
     /// Bytes of SSTable blocks each shard caches.
     pub block_cache_bytes: usize,
     /// Bytes of the row cache each shard keeps in front of its tables: the entries of single
-    /// keys that reads found there (see `ringkv_storage::row_cache`). 0 turns it off.
+    /// keys that reads found there (see `ringkv_storage::row_cache`). 0, the default, turns it
+    /// off; it pays when the hot keys' blocks do not fit the block cache.
     pub row_cache_bytes: usize,
     /// How long a stopping shard waits for its connections to finish their requests and write
     /// their replies before it closes them.
@@ -315,7 +316,7 @@ impl Default for NodeConfig {
             memtable_bytes_max: 64 << 20,
             wal_bytes_max: 256 << 20,
             block_cache_bytes: 64 << 20,
-            row_cache_bytes: 32 << 20,
+            row_cache_bytes: 0,
             shutdown_grace_ms: 10_000,
             peer_listen: None,
             seeds: Vec::new(),

@@ -39,7 +39,9 @@ pub struct EngineOptions {
     /// expiry before compaction may purge them, so replicas can learn of the delete first.
     pub tombstone_grace_ms: u64,
     /// Bytes of the row cache: entries the tables hold for keys the memtables do not, one per
-    /// key, in front of the block cache (see [`crate::row_cache`]). 0 turns it off.
+    /// key, in front of the block cache (see [`crate::row_cache`]). 0, the default, turns it
+    /// off (as RocksDB's `row_cache`): it saves disk reads when the hot keys' blocks do not fit
+    /// the block cache, and costs a lookup per key flushed and a copy per row cached otherwise.
     pub row_cache_bytes: usize,
     /// Bloom filter bits per key in each SSTable (10 gives about 1% false positives).
     pub bloom_bits_per_key: u32,
@@ -74,7 +76,7 @@ impl Default for EngineOptions {
             wal_preallocate_bytes: crate::wal::PREALLOCATE_BYTES_DEFAULT,
             wal_buffer_bytes_max: 1 << 20,
             tombstone_grace_ms: 10 * 24 * 3600 * 1000,
-            row_cache_bytes: 64 << 20,
+            row_cache_bytes: 0,
             bloom_bits_per_key: 10,
             compaction_width_min: 4,
             compaction_width_max: 16,

@@ -26,6 +26,7 @@ fn options() -> EngineOptions {
         sync: SyncMode::Always,
         memtable_bytes_max: 4 << 10,
         block_cache_bytes: 16 << 10,
+        row_cache_bytes: 4 << 10,
         wal_segment_bytes_max: 8 << 10,
         compaction_width_min: 2,
         compaction_width_max: 3,

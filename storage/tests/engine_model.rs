@@ -30,6 +30,8 @@ fn options() -> EngineOptions {
         sync: SyncMode::Always,
         memtable_bytes_max: 8 << 10,
         block_cache_bytes: 32 << 10,
+        // Small, so that rows are evicted as well as kept in step with flushes and purges.
+        row_cache_bytes: 4 << 10,
         wal_segment_bytes_max: 16 << 10,
         tombstone_grace_ms: TOMBSTONE_GRACE_MS,
         compaction_width_min: 2,

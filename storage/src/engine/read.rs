@@ -262,7 +262,8 @@ mod tests {
     fn the_row_cache_answers_reads_of_tables_and_stays_true_through_flushes_and_compactions() {
         block_on(async {
             let disk = MemDisk::new();
-            let options = EngineOptions { tombstone_grace_ms: 0, ..small_options() };
+            let options =
+                EngineOptions { tombstone_grace_ms: 0, row_cache_bytes: 1 << 20, ..small_options() };
             let engine = Engine::open(disk.clone(), options).await.unwrap();
             let value = |index: u32, round: u8| Bytes::from(vec![round; 20 + index as usize % 7]);
             for index in 0..300u32 {
@@ -323,7 +324,8 @@ mod tests {
     #[test]
     fn a_read_that_began_before_a_seal_or_an_install_cannot_put_back_an_old_answer() {
         block_on(async {
-            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let options = EngineOptions { row_cache_bytes: 1 << 20, ..small_options() };
+            let engine = Engine::open(MemDisk::new(), options).await.unwrap();
             let stored = StoredKey::new(&key(1));
             engine.put(key(1), Bytes::from_static(b"one"), 1, None).await.unwrap();
             engine.flush().await.unwrap();
