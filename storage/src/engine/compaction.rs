@@ -109,10 +109,15 @@ impl<D: Disk> Engine<D> {
         let grace = self.options.tombstone_grace_ms;
         let mut merged = 0usize;
         // Keys whose entry the merge drops or turns into a tombstone: the row cache forgets
-        // them once the output is installed. Past a bound it forgets every row instead.
+        // them once the output is installed. Past a bound it forgets every row instead. Nothing
+        // is noted when the row cache is off.
+        let rows_on = self.rows.is_enabled();
         let mut changed_rows: Vec<Vec<u8>> = Vec::new();
         let mut changed_rows_overflowed = false;
         let mut note_changed = |key: &[u8]| {
+            if !rows_on {
+                return;
+            }
             if changed_rows.len() < CHANGED_ROWS_MAX {
                 changed_rows.push(key.to_vec());
             } else {
