@@ -124,7 +124,9 @@ struct ServeArgs {
     /// [default: 268435456]
     #[arg(long, value_name = "BYTES")]
     wal_bytes_max: Option<u64>,
-    /// SSTable block cache per shard. [default: 67108864]
+    /// SSTable block cache per shard; tables are read past the kernel's page cache, so this is
+    /// the memory that keeps a data set's blocks. [default: a quarter of the machine's memory
+    /// over the shards, at least 67108864]
     #[arg(long, value_name = "BYTES")]
     block_cache_bytes: Option<usize>,
     /// Row cache per shard: single keys' entries that reads found in the tables. Worth turning
@@ -298,7 +300,9 @@ impl ServeArgs {
         set(&mut config.io_memory_bytes, &self.io_memory_bytes);
         set(&mut config.memtable_bytes_max, &self.memtable_bytes_max);
         set(&mut config.wal_bytes_max, &self.wal_bytes_max);
-        set(&mut config.block_cache_bytes, &self.block_cache_bytes);
+        if self.block_cache_bytes.is_some() {
+            config.block_cache_bytes = self.block_cache_bytes;
+        }
         set(&mut config.row_cache_bytes, &self.row_cache_bytes);
         set(&mut config.shutdown_grace_ms, &self.shutdown_grace_ms);
         if self.peer_listen.is_some() {

@@ -165,8 +165,9 @@ pub struct NodeConfig {
     /// would otherwise grow without end. A shard's log stays below about twice this plus one
     /// 128 MiB segment.
     pub wal_bytes_max: u64,
-    /// Bytes of SSTable blocks each shard caches.
-    pub block_cache_bytes: usize,
+    /// Bytes of SSTable blocks each shard caches. Default: [`default_block_cache_bytes`] (a
+    /// quarter of the machine's memory over the shards).
+    pub block_cache_bytes: Option<usize>,
     /// Bytes of the row cache each shard keeps in front of its tables: the entries of single
     /// keys that reads found there (see `ringkv_storage::row_cache`). 0, the default, turns it
     /// off; it pays when the hot keys' blocks do not fit the block cache.
@@ -315,7 +316,7 @@ impl Default for NodeConfig {
             io_memory_bytes: 1 << 20,
             memtable_bytes_max: 64 << 20,
             wal_bytes_max: 256 << 20,
-            block_cache_bytes: 64 << 20,
+            block_cache_bytes: None,
             row_cache_bytes: 0,
             shutdown_grace_ms: 10_000,
             peer_listen: None,
@@ -372,13 +373,16 @@ fn to_str<S: Serializer, T: fmt::Display>(value: &T, serializer: S) -> Result<S:
 }
 
 impl NodeConfig {
-    /// The same configuration with every default that depends on other settings written out:
-    /// the shard count, the first shard port and shard 0's peer address.
+    /// The same configuration with every default that depends on other settings or on the
+    /// machine written out: the shard count, the first shard port, shard 0's peer address, the
+    /// request memory budget and the block cache.
     pub fn effective(&self) -> NodeConfig {
         NodeConfig {
             shards: Some(self.shard_count()),
             shard_port_base: Some(self.shard_port(0)),
             peer_listen: Some(self.peer_address(0)),
+            request_memory_bytes_max: Some(self.request_memory_bytes()),
+            block_cache_bytes: Some(self.block_cache_bytes()),
             ..self.clone()
         }
     }
@@ -439,13 +443,18 @@ impl NodeConfig {
         self.request_memory_bytes_max.unwrap_or_else(|| default_request_memory_bytes(self.shard_count()))
     }
 
+    /// Each shard's block cache: `block_cache_bytes`, or [`default_block_cache_bytes`].
+    pub fn block_cache_bytes(&self) -> usize {
+        self.block_cache_bytes.unwrap_or_else(|| default_block_cache_bytes(self.shard_count()))
+    }
+
     /// The storage engine options for each shard.
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions {
             sync: self.sync.into(),
             memtable_bytes_max: self.memtable_bytes_max,
             wal_bytes_max: self.wal_bytes_max,
-            block_cache_bytes: self.block_cache_bytes,
+            block_cache_bytes: self.block_cache_bytes(),
             row_cache_bytes: self.row_cache_bytes,
             memtable_hash_seed: random_seed(),
             tombstone_grace_ms: self.tombstone_grace_ms,
@@ -774,16 +783,80 @@ pub fn default_shard_count(cores: usize) -> usize {
 pub const REQUEST_MEMORY_BYTES_MIN: usize = 2 * (FRAME_LENGTH_PREFIX_BYTES + FRAME_BYTES_MAX);
 
 /// Each shard's default budget of request bytes: a quarter of the machine's memory, shared by the
-/// shards (and never below [`REQUEST_MEMORY_BYTES_MIN`]). 1 GiB is assumed when the machine does
-/// not say.
+/// shards (and never below [`REQUEST_MEMORY_BYTES_MIN`]).
 pub fn default_request_memory_bytes(shards: usize) -> usize {
+    quarter_of_memory_per_shard(shards).max(REQUEST_MEMORY_BYTES_MIN)
+}
+
+/// The smallest default block cache, whatever the machine's memory.
+pub const BLOCK_CACHE_BYTES_DEFAULT_MIN: usize = 64 << 20;
+
+/// Each shard's default block cache: a quarter of the machine's memory, shared by the shards (and
+/// never below [`BLOCK_CACHE_BYTES_DEFAULT_MIN`]). Tables are read past the kernel's page cache,
+/// so this cache is all that keeps a data set's blocks in memory; it takes memory only as blocks
+/// fill it.
+pub fn default_block_cache_bytes(shards: usize) -> usize {
+    quarter_of_memory_per_shard(shards).max(BLOCK_CACHE_BYTES_DEFAULT_MIN)
+}
+
+/// A quarter of [`machine_memory_bytes`] over `shards`.
+fn quarter_of_memory_per_shard(shards: usize) -> usize {
+    let per_shard = machine_memory_bytes() / 4 / shards.max(1) as u64;
+    usize::try_from(per_shard).unwrap_or(usize::MAX)
+}
+
+/// The memory this process may use: the machine's, or its control group's limit when lower (a
+/// container's, say). 1 GiB is assumed when the machine does not say.
+pub fn machine_memory_bytes() -> u64 {
     // SAFETY: sysconf only reads system parameters.
     let (pages, page_bytes) =
         unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let memory_bytes =
+    let physical =
         if pages > 0 && page_bytes > 0 { (pages as u64).saturating_mul(page_bytes as u64) } else { 1 << 30 };
-    let per_shard = memory_bytes / 4 / shards.max(1) as u64;
-    usize::try_from(per_shard).unwrap_or(usize::MAX).max(REQUEST_MEMORY_BYTES_MIN)
+    let limit = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|membership| {
+        cgroup_memory_limit(&membership, |path| {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(path)).ok()
+        })
+    });
+    limit.map_or(physical, |limit| limit.min(physical))
+}
+
+/// The lowest memory limit on the control group `membership` (the text of `/proc/self/cgroup`)
+/// names and on its ancestors, reading each limit file through `read` (given a path under the
+/// cgroup root). cgroup v2 (`0::/path`, its `memory.max`) and v1 (the `memory` controller's
+/// `memory.limit_in_bytes`); `None` when no limit is set or none can be read.
+fn cgroup_memory_limit(membership: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let mut lowest: Option<u64> = None;
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let (root, file) = if controllers.is_empty() {
+            ("", "memory.max")
+        } else if controllers.split(',').any(|controller| controller == "memory") {
+            ("memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        // The group and each ancestor up to the root: a limit on a parent binds its children.
+        let mut group = path.trim_end_matches('/');
+        loop {
+            let file_path = format!("{root}{group}/{file}");
+            // "max" (v2) is no limit; v1 says so with a number near the top of the range.
+            let limit = read(file_path.trim_start_matches('/'))
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .filter(|&limit| limit < 1 << 60);
+            if let Some(limit) = limit {
+                lowest = Some(lowest.map_or(limit, |lowest| lowest.min(limit)));
+            }
+            match group.rfind('/') {
+                Some(parent) => group = &group[..parent],
+                None => break,
+            }
+        }
+    }
+    lowest
 }
 
 /// A seed no client can predict, from the standard library's per-process random hash keys.
@@ -843,6 +916,49 @@ mod tests {
         assert_eq!(config.shard_port(3), 7383);
         assert_eq!(config.data_dir, PathBuf::from("./ringkv-data"));
         assert!(!config.pin_to_cores, "pinning is for dedicated machines; it is asked for");
+    }
+
+    #[test]
+    fn the_block_cache_takes_a_quarter_of_memory_over_the_shards_unless_set() {
+        let memory = machine_memory_bytes();
+        let one = NodeConfig { shards: Some(1), ..NodeConfig::default() };
+        let four = NodeConfig { shards: Some(4), ..NodeConfig::default() };
+        assert_eq!(one.block_cache_bytes() as u64, (memory / 4).max(BLOCK_CACHE_BYTES_DEFAULT_MIN as u64));
+        assert_eq!(four.block_cache_bytes() as u64, (memory / 16).max(BLOCK_CACHE_BYTES_DEFAULT_MIN as u64));
+        assert_eq!(four.engine_options().block_cache_bytes, four.block_cache_bytes());
+        let set = NodeConfig { block_cache_bytes: Some(1 << 20), ..four };
+        assert_eq!(set.engine_options().block_cache_bytes, 1 << 20);
+        // What a running node uses is what it reports.
+        assert_eq!(one.effective().block_cache_bytes, Some(one.block_cache_bytes()));
+        assert_eq!(set.effective().block_cache_bytes, Some(1 << 20));
+    }
+
+    #[test]
+    fn a_control_groups_memory_limit_bounds_the_memory_defaults() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |path: &str| entries.iter().find(|(name, _)| *name == path).map(|(_, text)| text.to_string())
+        };
+        // cgroup v2: the lowest limit of the group and its ancestors; "max" is none.
+        let v2 = files(&[
+            ("system.slice/db.service/memory.max", "max\n"),
+            ("system.slice/memory.max", "8589934592\n"),
+        ]);
+        assert_eq!(cgroup_memory_limit("0::/system.slice/db.service\n", &v2), Some(8 << 30));
+        assert_eq!(cgroup_memory_limit("0::/\n", &v2), None, "the root has no limit");
+        let tighter = files(&[("a/b/memory.max", "1073741824"), ("a/memory.max", "4294967296")]);
+        assert_eq!(cgroup_memory_limit("0::/a/b", &tighter), Some(1 << 30));
+        // cgroup v1: the memory controller's line; an unlimited group reads near 2^63.
+        let v1 = files(&[
+            ("memory/docker/abc/memory.limit_in_bytes", "2147483648"),
+            ("memory/docker/memory.limit_in_bytes", "9223372036854771712"),
+        ]);
+        let membership = "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n0::/\n";
+        assert_eq!(cgroup_memory_limit(membership, &v1), Some(2 << 30));
+        assert_eq!(cgroup_memory_limit("11:memory:/docker\n", &v1), None);
+        // Unreadable or malformed: no limit.
+        assert_eq!(cgroup_memory_limit("garbage", &v2), None);
+        assert_eq!(cgroup_memory_limit("0::/system.slice/db.service", files(&[])), None);
+        assert!(machine_memory_bytes() > 0);
     }
 
     #[test]

@@ -51,7 +51,13 @@ impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Self {
         let blocks = (capacity_bytes > 0).then(|| {
             let items = (capacity_bytes / TYPICAL_BLOCK_BYTES).max(1);
-            RefCell::new(Cache::with_weighter(items, capacity_bytes as u64, BlockWeighter))
+            let mut cache = Cache::with_weighter(items, capacity_bytes as u64, BlockWeighter);
+            // Room for the blocks (and the ghosts of evicted ones, which quick_cache adds) taken
+            // now: grown on demand, a cache of gigabytes would double its tables inside a read or
+            // a flush, copying hundreds of thousands of entries while the shard waits. Room not
+            // yet used costs address space, not memory.
+            cache.reserve(items);
+            RefCell::new(cache)
         });
         BlockCache { blocks, hits: Cell::new(0), misses: Cell::new(0) }
     }
