@@ -60,8 +60,22 @@ struct IndexEntry {
 pub(crate) struct Index {
     payload: Bytes,
     entries: Vec<IndexEntry>,
+    /// Each block's last key's first eight bytes ([`prefix`]), side by side: a seek compares
+    /// these first, so its probes touch a few dense lines instead of an entry and a key apiece.
+    /// Stored keys start with their token, a hash, so the prefixes almost never tie.
+    prefixes: Vec<u64>,
     smallest_key: Bytes,
     largest_key: Bytes,
+}
+
+/// The first eight bytes of `key` as a big-endian number, zeros past its end: ordered as the
+/// keys are, except that keys sharing these bytes (or a shorter key and a longer one it starts)
+/// may tie. A strictly lower prefix always means a lower key.
+fn prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let len = key.len().min(8);
+    bytes[..len].copy_from_slice(&key[..len]);
+    u64::from_be_bytes(bytes)
 }
 
 /// Reads the little-endian integer of `N` bytes at `*at`, advancing it.
@@ -92,6 +106,7 @@ impl Index {
             return Err(corrupt("block count larger than the index"));
         }
         let mut entries = Vec::with_capacity(block_count as usize);
+        let mut prefixes = Vec::with_capacity(block_count as usize);
         let mut expected_offset = 0u64;
         let mut previous_key: &[u8] = &payload[smallest_range.clone()];
         for number in 0..block_count {
@@ -114,6 +129,7 @@ impl Index {
             previous_key = key;
             let handle = BlockHandle { offset: block_offset, frame_len };
             entries.push(IndexEntry { key_start: key_start as u32, key_len, handle });
+            prefixes.push(prefix(key));
         }
         if at != payload.len() {
             return Err(corrupt("trailing bytes"));
@@ -125,7 +141,7 @@ impl Index {
         let largest_key = entries.last().map_or_else(Bytes::new, |last| {
             payload.slice(last.key_start as usize..last.key_start as usize + last.key_len as usize)
         });
-        Ok(Index { payload, entries, smallest_key, largest_key })
+        Ok(Index { payload, entries, prefixes, smallest_key, largest_key })
     }
 
     pub fn len(&self) -> usize {
@@ -144,10 +160,16 @@ impl Index {
     /// The first block that may hold `key` or the first key after it: the first whose last key
     /// is `>= key`. `len()` when `key` is past the largest key.
     pub fn seek(&self, key: &[u8]) -> usize {
+        let wanted = prefix(key);
         let (mut low, mut high) = (0, self.entries.len());
         while low < high {
             let middle = low + (high - low) / 2;
-            if self.last_key(middle) < key {
+            let below = match self.prefixes[middle].cmp(&wanted) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => self.last_key(middle) < key,
+            };
+            if below {
                 low = middle + 1;
             } else {
                 high = middle;
@@ -237,6 +259,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// Seeking by prefix first finds the block a plain search by whole keys finds, for keys
+        /// of any length that share their first bytes, tie on them, or end inside them.
+        #[test]
+        fn seek_by_prefix_matches_a_search_by_whole_keys(
+            keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 1..12), 1..40),
+            probes in proptest::collection::vec(proptest::collection::vec(0u8..3, 0..12), 1..20),
+        ) {
+            let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+            let mut builder = IndexBuilder::default();
+            for (number, key) in keys.iter().enumerate() {
+                builder.push(key, BlockHandle { offset: number as u64 * 4096, frame_len: 100 });
+            }
+            let mut out = Vec::new();
+            builder.encode(&keys[0], &mut out);
+            let index = Index::decode(Bytes::from(out), "t", 0, keys.len() as u64 * 4096).unwrap();
+            for probe in probes.iter().chain(&keys) {
+                let expected = keys.partition_point(|key| key.as_slice() < probe.as_slice());
+                proptest::prop_assert_eq!(index.seek(probe), expected, "probe {:?}", probe);
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes_order_as_keys_do_or_tie() {
+        assert!(prefix(b"a") < prefix(b"b"));
+        assert_eq!(prefix(b"a"), prefix(b"a\0"), "a key and its zero-extension tie");
+        assert_eq!(prefix(b"abcdefgh1"), prefix(b"abcdefgh2"), "only eight bytes count");
+        assert!(prefix(b"ab") < prefix(b"abc"));
+        assert_eq!(prefix(b""), 0);
     }
 
     #[test]
