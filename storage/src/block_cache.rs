@@ -1,4 +1,4 @@
-//! The block cache: verified SSTable data blocks kept in memory, keyed by table and offset.
+//! The block cache: verified SSTable data blocks kept in memory, keyed by table and block number.
 //!
 //! Files are read with O_DIRECT, which bypasses the kernel's page cache, so this cache is the
 //! only thing between a repeated read and the disk. It holds only blocks whose checksum and
@@ -33,10 +33,11 @@ impl Weighter<(u64, u64), CachedBlock> for BlockWeighter {
     }
 }
 
-/// Blocks by `(table_id, offset)`, weighed in bytes.
+/// Blocks by `(table_id, block number)`, weighed in bytes.
 type BlockMap = Cache<(u64, u64), CachedBlock, BlockWeighter>;
 
-/// A cache of verified blocks, keyed by `(table_id, offset)`. Table ids are never reused, so a
+/// A cache of verified blocks, keyed by `(table_id, block number)` (the block's place in the table's index, so
+/// a lookup needs nothing from the index entry itself). Table ids are never reused, so a
 /// removed table's blocks are never served for another; they simply age out.
 pub struct BlockCache {
     /// `None` when the capacity is zero: caching is off.
@@ -62,12 +63,12 @@ impl BlockCache {
         BlockCache { blocks, hits: Cell::new(0), misses: Cell::new(0) }
     }
 
-    /// The block of table `table_id` at file offset `offset`, if cached; counted as a hit if
+    /// Block `block_number` of table `table_id`, if cached; counted as a hit if
     /// it is (a lookup that then reads the block counts its miss, [`BlockCache::count_miss`]).
     #[inline]
-    pub fn get(&self, table_id: u64, offset: u64) -> Option<Bytes> {
+    pub fn get(&self, table_id: u64, block_number: u64) -> Option<Bytes> {
         let blocks = self.blocks.as_ref()?.borrow();
-        let block = blocks.get(&(table_id, offset))?;
+        let block = blocks.get(&(table_id, block_number))?;
         block.read.set(true);
         self.hits.set(self.hits.get() + 1);
         Some(block.bytes.clone())
@@ -78,32 +79,32 @@ impl BlockCache {
         self.misses.set(self.misses.get() + 1);
     }
 
-    /// The block of table `table_id` at `offset`, if cached, and whether a read has used it
+    /// Block `block_number` of table `table_id`, if cached, and whether a read has used it
     /// since it went in; not itself a use: what a compaction or a long scan passes through says
     /// nothing of what reads want kept.
     #[inline]
-    pub fn peek(&self, table_id: u64, offset: u64) -> Option<(Bytes, bool)> {
+    pub fn peek(&self, table_id: u64, block_number: u64) -> Option<(Bytes, bool)> {
         let blocks = self.blocks.as_ref()?.borrow();
-        let block = blocks.peek(&(table_id, offset))?;
+        let block = blocks.peek(&(table_id, block_number))?;
         Some((block.bytes.clone(), block.read.get()))
     }
 
     /// Caches a verified block that no read has asked for (one a flush or a compaction wrote).
     /// A block larger than the whole cache is not kept.
-    pub fn insert(&self, table_id: u64, offset: u64, block: Bytes) {
-        self.insert_marked(table_id, offset, block, false);
+    pub fn insert(&self, table_id: u64, block_number: u64, block: Bytes) {
+        self.insert_marked(table_id, block_number, block, false);
     }
 
     /// Caches a verified block a read fetched from the disk: a use of it.
-    pub fn insert_read(&self, table_id: u64, offset: u64, block: Bytes) {
-        self.insert_marked(table_id, offset, block, true);
+    pub fn insert_read(&self, table_id: u64, block_number: u64, block: Bytes) {
+        self.insert_marked(table_id, block_number, block, true);
     }
 
-    fn insert_marked(&self, table_id: u64, offset: u64, block: Bytes, read: bool) {
+    fn insert_marked(&self, table_id: u64, block_number: u64, block: Bytes, read: bool) {
         if let Some(blocks) = &self.blocks {
             blocks
                 .borrow_mut()
-                .insert((table_id, offset), CachedBlock { bytes: block, read: Cell::new(read) });
+                .insert((table_id, block_number), CachedBlock { bytes: block, read: Cell::new(read) });
         }
     }
 
@@ -111,19 +112,19 @@ impl BlockCache {
     /// probation (new blocks are evicted there unless read again), like a block reads use, and
     /// counts as used by a read. For a block that takes over from one reads used (a
     /// compaction's output).
-    pub fn insert_used(&self, table_id: u64, offset: u64, block: Bytes) {
+    pub fn insert_used(&self, table_id: u64, block_number: u64, block: Bytes) {
         if let Some(blocks) = &self.blocks {
             let mut blocks = blocks.borrow_mut();
-            blocks.insert((table_id, offset), CachedBlock { bytes: block, read: Cell::new(true) });
+            blocks.insert((table_id, block_number), CachedBlock { bytes: block, read: Cell::new(true) });
             // A get marks the entry referenced; a block over the capacity was not kept.
-            let _ = blocks.get(&(table_id, offset));
+            let _ = blocks.get(&(table_id, block_number));
         }
     }
 
-    /// Forgets the block of table `table_id` at `offset`, if cached.
-    pub fn remove(&self, table_id: u64, offset: u64) {
+    /// Forgets block `block_number` of table `table_id`, if cached.
+    pub fn remove(&self, table_id: u64, block_number: u64) {
         if let Some(blocks) = &self.blocks {
-            blocks.borrow_mut().remove(&(table_id, offset));
+            blocks.borrow_mut().remove(&(table_id, block_number));
         }
     }
 

@@ -33,6 +33,11 @@ impl IndexBuilder {
         self.block_count += 1;
     }
 
+    /// Blocks indexed so far: the number the next block gets.
+    pub fn len(&self) -> usize {
+        self.block_count as usize
+    }
+
     /// Bytes the payload will take with a smallest key of `smallest_key_len` bytes.
     pub fn payload_len(&self, smallest_key_len: usize) -> usize {
         4 + 2 + smallest_key_len + self.entries.len()

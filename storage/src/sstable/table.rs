@@ -187,22 +187,22 @@ impl<F: DiskFile> Table<F> {
     /// tens of thousands of blocks, so the caller goes through them a range at a time.
     pub fn forget_cached_blocks(&self, blocks: std::ops::Range<usize>) {
         for block_number in blocks {
-            self.cache.remove(self.table_id, self.index.handle(block_number).offset);
+            self.cache.remove(self.table_id, block_number as u64);
         }
     }
 
     /// Block `block_number` if the cache holds it.
     pub(crate) fn cached_block(&self, block_number: usize) -> Option<Block> {
-        let offset = self.index.handle(block_number).offset;
-        self.cache.get(self.table_id, offset).map(Block::from_verified)
+        self.cache.get(self.table_id, block_number as u64).map(Block::from_verified)
     }
 
     /// Block `block_number` if the cache holds it, and whether a read has used it there;
     /// without counting as a use of it (for scans that do not fill the cache: compactions and
     /// long scans).
     pub(crate) fn peek_cached_block(&self, block_number: usize) -> Option<(Block, bool)> {
-        let offset = self.index.handle(block_number).offset;
-        self.cache.peek(self.table_id, offset).map(|(block, read)| (Block::from_verified(block), read))
+        self.cache
+            .peek(self.table_id, block_number as u64)
+            .map(|(block, read)| (Block::from_verified(block), read))
     }
 
     /// Verifies the frame of block `block_number`, read by the caller, and caches it if asked.
@@ -211,7 +211,7 @@ impl<F: DiskFile> Table<F> {
         let payload = frame::verify(frame, &self.file_name, offset)?;
         let block = Block::parse(payload, &self.file_name, offset)?;
         if fill_cache {
-            self.cache.insert_read(self.table_id, offset, block.payload().clone());
+            self.cache.insert_read(self.table_id, block_number as u64, block.payload().clone());
         }
         Ok(block)
     }

@@ -157,10 +157,11 @@ impl<F: DiskFile> TableWriter<F> {
         let offset = self.buffer_offset + start as u64;
         if let Some((cache, table_id, fill)) = &self.cache_fill {
             let payload = &self.buffer[frame::payload_range(start, frame_len)];
+            let block_number = self.index.len() as u64;
             if self.block_warm {
-                cache.insert_used(*table_id, offset, Bytes::copy_from_slice(payload));
+                cache.insert_used(*table_id, block_number, Bytes::copy_from_slice(payload));
             } else if *fill == CacheFill::All {
-                cache.insert(*table_id, offset, Bytes::copy_from_slice(payload));
+                cache.insert(*table_id, block_number, Bytes::copy_from_slice(payload));
             }
         }
         self.block_warm = false;
