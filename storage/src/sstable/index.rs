@@ -5,6 +5,7 @@
 //! block_count × (last_key_len u16 | last_key | offset u64 | frame_len u32)`.
 
 use super::frame::FRAME_OVERHEAD_BYTES;
+use super::key_prefix as prefix;
 use crate::disk::{align_up, ALIGNMENT};
 use crate::error::{Result, StorageError};
 use bytes::Bytes;
@@ -71,16 +72,6 @@ pub(crate) struct Index {
     prefixes: Vec<u64>,
     smallest_key: Bytes,
     largest_key: Bytes,
-}
-
-/// The first eight bytes of `key` as a big-endian number, zeros past its end: ordered as the
-/// keys are, except that keys sharing these bytes (or a shorter key and a longer one it starts)
-/// may tie. A strictly lower prefix always means a lower key.
-fn prefix(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let len = key.len().min(8);
-    bytes[..len].copy_from_slice(&key[..len]);
-    u64::from_be_bytes(bytes)
 }
 
 /// Reads the little-endian integer of `N` bytes at `*at`, advancing it.
@@ -181,6 +172,17 @@ impl Index {
             }
         }
         low
+    }
+
+    /// Prefixes ([`super::key_prefix`]) bounding the keys of block `block`: its keys' prefixes
+    /// are at least the first (the previous block's last key's, or the table's smallest key's)
+    /// and at most the second (its own last key's).
+    pub fn prefix_bounds(&self, block: usize) -> (u64, u64) {
+        let low = match block.checked_sub(1) {
+            Some(previous) => self.prefixes[previous],
+            None => prefix(&self.smallest_key),
+        };
+        (low, self.prefixes[block])
     }
 
     /// Empty for an empty table.

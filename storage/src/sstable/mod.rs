@@ -95,6 +95,17 @@ pub use writer::{CacheFill, TableSummary, TableWriter};
 
 use crate::disk::ALIGNMENT;
 
+/// The first eight bytes of `key` as a big-endian number, zeros past its end: ordered as the
+/// keys are, except that keys sharing these bytes (or a shorter key and a longer one it starts)
+/// may tie. A strictly lower prefix always means a lower key. Stored keys begin with their hash
+/// token, so their prefixes are spread evenly and almost never tie.
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let len = key.len().min(8);
+    bytes[..len].copy_from_slice(&key[..len]);
+    u64::from_be_bytes(bytes)
+}
+
 /// A data block is filled while its frame stays within this many bytes: one page, so a point
 /// read costs one aligned 4 KiB read.
 pub const BLOCK_TARGET_BYTES: usize = ALIGNMENT;

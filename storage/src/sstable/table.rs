@@ -89,7 +89,8 @@ impl<F: DiskFile> Table<F> {
         // The range check passed, so some block's last key is >= key.
         let block_number = self.index.seek(key);
         let block = self.load_block(block_number, true).await?;
-        match block.find(key) {
+        let (low, high) = self.index.prefix_bounds(block_number);
+        match block.find_near(key, low, high) {
             Some(position) => {
                 let offset = self.index.handle(block_number).offset;
                 Ok(Some(block.entry_at(position, &self.file_name, offset)?.1))
@@ -106,7 +107,8 @@ impl<F: DiskFile> Table<F> {
         }
         let block_number = self.index.seek(key);
         let block = self.cached_block(block_number)?;
-        Some(match block.find(key) {
+        let (low, high) = self.index.prefix_bounds(block_number);
+        Some(match block.find_near(key, low, high) {
             Some(position) => {
                 let offset = self.index.handle(block_number).offset;
                 block.entry_at(position, &self.file_name, offset).map(|(_, entry)| Some(entry))
