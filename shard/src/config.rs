@@ -943,20 +943,20 @@ mod tests {
             ("system.slice/db.service/memory.max", "max\n"),
             ("system.slice/memory.max", "8589934592\n"),
         ]);
-        assert_eq!(cgroup_memory_limit("0::/system.slice/db.service\n", &v2), Some(8 << 30));
-        assert_eq!(cgroup_memory_limit("0::/\n", &v2), None, "the root has no limit");
+        assert_eq!(cgroup_memory_limit("0::/system.slice/db.service\n", v2), Some(8 << 30));
+        assert_eq!(cgroup_memory_limit("0::/\n", v2), None, "the root has no limit");
         let tighter = files(&[("a/b/memory.max", "1073741824"), ("a/memory.max", "4294967296")]);
-        assert_eq!(cgroup_memory_limit("0::/a/b", &tighter), Some(1 << 30));
+        assert_eq!(cgroup_memory_limit("0::/a/b", tighter), Some(1 << 30));
         // cgroup v1: the memory controller's line; an unlimited group reads near 2^63.
         let v1 = files(&[
             ("memory/docker/abc/memory.limit_in_bytes", "2147483648"),
             ("memory/docker/memory.limit_in_bytes", "9223372036854771712"),
         ]);
         let membership = "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n0::/\n";
-        assert_eq!(cgroup_memory_limit(membership, &v1), Some(2 << 30));
-        assert_eq!(cgroup_memory_limit("11:memory:/docker\n", &v1), None);
+        assert_eq!(cgroup_memory_limit(membership, v1), Some(2 << 30));
+        assert_eq!(cgroup_memory_limit("11:memory:/docker\n", v1), None);
         // Unreadable or malformed: no limit.
-        assert_eq!(cgroup_memory_limit("garbage", &v2), None);
+        assert_eq!(cgroup_memory_limit("garbage", v2), None);
         assert_eq!(cgroup_memory_limit("0::/system.slice/db.service", files(&[])), None);
         assert!(machine_memory_bytes() > 0);
     }

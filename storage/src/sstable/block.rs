@@ -370,8 +370,8 @@ mod tests {
                 keys.iter().map(|key| (key.clone(), Entry::live(1, Bytes::from_static(b"v"), None))).collect();
             for (_, _, frame) in build(&entries) {
                 let block = parse(frame).unwrap();
-                let first = key_prefix(&block.key_at(0).to_vec());
-                let last = key_prefix(&block.key_at(block.len() - 1).to_vec());
+                let first = key_prefix(block.key_at(0));
+                let last = key_prefix(block.key_at(block.len() - 1));
                 let all_bounds = bounds.iter().copied().chain([(first, last), (0, u64::MAX), (last, first)]);
                 for (low, high) in all_bounds {
                     for probe in probes.iter().chain(&keys) {
