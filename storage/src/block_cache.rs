@@ -36,9 +36,9 @@ impl Weighter<(u64, u64), CachedBlock> for BlockWeighter {
 /// Blocks by `(table_id, block number)`, weighed in bytes.
 type BlockMap = Cache<(u64, u64), CachedBlock, BlockWeighter>;
 
-/// A cache of verified blocks, keyed by `(table_id, block number)` (the block's place in the table's index, so
-/// a lookup needs nothing from the index entry itself). Table ids are never reused, so a
-/// removed table's blocks are never served for another; they simply age out.
+/// A cache of verified blocks, keyed by `(table_id, block number)` (the block's place in its
+/// table's index, so a lookup needs nothing from the index entry itself). Table ids are never
+/// reused, so a removed table's blocks are never served for another; they simply age out.
 pub struct BlockCache {
     /// `None` when the capacity is zero: caching is off.
     blocks: Option<RefCell<BlockMap>>,
