@@ -14,6 +14,8 @@
 #   client  the tokio client (the request and reply handling all adapters share), 16 requests in
 #           flight, against a one-shard node started here; includes tokio's scheduling and the
 #           user-space side of the socket calls.
+#   server GET from tables  a GET of a key flushed to a table, through the filter, the index, the
+#           block cache and the block search; with callgrind's cache model's misses per request.
 #   peer    one replicated write's frames at both ends: a Replicate encoded into a link's outbox,
 #           decoded and read by the replica, its ack encoded and read back; with the frames laid
 #           out by hand (what links do) and, for comparison, through the FlatBuffers builder.
@@ -83,6 +85,24 @@ printf '%-8s %-4s %s\n' client GET "$(per client get --addr "127.0.0.1:$port")"
 printf '%-8s %-4s %s\n' client PUT "$(per client put --addr "127.0.0.1:$port")"
 printf '%-8s %-4s %s\n' peer write "$(per peer hand)"
 printf '%-8s %-4s %s\n' peer "write (builder)" "$(per peer builder)"
+
+# table_events N: instructions, L1 data read misses and last-level data read misses inside
+# counted_server over N GETs of keys that live in a table (100,000 keys flushed, their blocks in
+# the block cache): the filter, the index, the cache and the block search. callgrind's cache
+# model is fixed here (32 KiB L1 data, 8 MiB last level), so the misses repeat as the
+# instructions do, whatever machine runs it; they are what a read from the tables waits on.
+table_events() {
+  valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 --LL=8388608,16,64 \
+    --toggle-collect="*counted_server" --callgrind-out-file="$work/out" \
+    "$bin/ringkv-path" server --op get --from-tables --records 100000 --ops "$1" >/dev/null 2>"$work/log" ||
+    { cat "$work/log" >&2; exit 1; }
+  awk '/^events:/ { for (i = 2; i <= NF; i++) column[$i] = i }
+       /^summary:|^totals:/ { print $column["Ir"], $column["D1mr"], $column["DLmr"]; exit }' "$work/out"
+}
+read -r ir_one d1_one ll_one <<<"$(table_events "$ops")"
+read -r ir_two d1_two ll_two <<<"$(table_events $((2 * ops)))"
+awk -v ir=$((ir_two - ir_one)) -v d1=$((d1_two - d1_one)) -v ll=$((ll_two - ll_one)) -v n="$ops" \
+  'BEGIN { printf "%-8s %-4s %d (L1 data read misses %.1f, last-level %.1f)\n", "server", "GET from tables", ir / n, d1 / n, ll / n }'
 echo
 for op in get put; do
   printf '%s: ' "$op"
