@@ -14,6 +14,8 @@ use std::cell::{Cell, RefCell};
 
 /// Blocks are about a page; this only sizes the cache's tables up front.
 const TYPICAL_BLOCK_BYTES: usize = 4096;
+/// The most blocks [`BlockCache::new`] reserves room for up front.
+const RESERVED_BLOCKS_MAX: usize = 1 << 20;
 
 /// A block in the cache, and whether a read has used it since it went in.
 #[derive(Clone)]
@@ -56,8 +58,10 @@ impl BlockCache {
             // Room for the blocks (and the ghosts of evicted ones, which quick_cache adds) taken
             // now: grown on demand, a cache of gigabytes would double its tables inside a read or
             // a flush, copying hundreds of thousands of entries while the shard waits. Room not
-            // yet used costs address space, not memory.
-            cache.reserve(items);
+            // yet used costs address space, not memory, but the hash table's control bytes are
+            // written at once: up to RESERVED_BLOCKS_MAX (a 4 GiB cache's worth, about 2 MiB of
+            // them); a larger cache, on a machine with memory to match, grows past that.
+            cache.reserve(items.min(RESERVED_BLOCKS_MAX));
             RefCell::new(cache)
         });
         BlockCache { blocks, hits: Cell::new(0), misses: Cell::new(0) }
