@@ -91,9 +91,8 @@ impl<D: Disk> Engine<D> {
         // The output replaces tables whose blocks reads had cached: it takes their place in
         // the cache as it is written. A block holding an entry whose input block was cached and
         // used there by a read enters as if read, so the hot set stays in memory through the
-        // merge; the rest enters
-        // as new blocks when the output is small next to the cache (half of it at most), and
-        // not at all otherwise, so it does not push the hot set out.
+        // merge; the rest enters as new blocks when the output is small next to the cache (half
+        // of it at most), and not at all otherwise, so it does not push the hot set out.
         let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
         let fill = if input_bytes <= self.cache.capacity_bytes() as u64 / 2 {
             CacheFill::All
