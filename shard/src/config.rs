@@ -806,8 +806,15 @@ fn quarter_of_memory_per_shard(shards: usize) -> usize {
 }
 
 /// The memory this process may use: the machine's, or its control group's limit when lower (a
-/// container's, say). 1 GiB is assumed when the machine does not say.
+/// container's, say). 1 GiB is assumed when the machine does not say. Read once per process:
+/// every shard's defaults ask for it.
 pub fn machine_memory_bytes() -> u64 {
+    static MEMORY_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MEMORY_BYTES.get_or_init(read_machine_memory_bytes)
+}
+
+/// [`machine_memory_bytes`], read from the system.
+fn read_machine_memory_bytes() -> u64 {
     // SAFETY: sysconf only reads system parameters.
     let (pages, page_bytes) =
         unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
