@@ -6,16 +6,28 @@
 //! exact bytes on their way to the disk), so a hit needs no check. Eviction is quick_cache's (a
 //! Clock-PRO variant close to S3-FIFO), weighted by block bytes; it resists a scan flushing the
 //! hot set. It is single-threaded, like the engine that owns it (one per shard).
+//!
+//! The cache is split into segments of at most [`SEGMENT_BYTES`], each its own quick_cache
+//! with its share of the capacity, a block's segment chosen by a hash of its key. A segment's
+//! hash table grows with what it holds, so a cache holding less than its capacity (most data
+//! sets, against the default of a quarter of memory) keeps its tables dense: a lookup's probes
+//! land on lines that other lookups keep warm, where one table sized up front for gigabytes
+//! spreads a few thousand blocks over megabytes of control bytes and slots, a miss or two more
+//! per lookup. And growing one segment moves at most a segment's entries at once (a fraction
+//! of a millisecond), where one table of a million blocks would copy them all inside a read or
+//! a flush.
 
 use bytes::Bytes;
 use quick_cache::unsync::Cache;
 use quick_cache::Weighter;
 use std::cell::{Cell, RefCell};
 
-/// Blocks are about a page; this only sizes the cache's tables up front.
+/// Blocks are about a page; this only estimates a segment's blocks for quick_cache.
 const TYPICAL_BLOCK_BYTES: usize = 4096;
-/// The most blocks [`BlockCache::new`] reserves room for up front.
-const RESERVED_BLOCKS_MAX: usize = 1 << 20;
+/// The most bytes of blocks one segment holds: 16,384 typical blocks, whose hash table and
+/// slab (ghosts of evicted blocks included) are copied in well under a millisecond when the
+/// segment doubles them.
+const SEGMENT_BYTES: usize = 64 << 20;
 
 /// A block in the cache, and whether a read has used it since it went in.
 #[derive(Clone)]
@@ -42,8 +54,8 @@ type BlockMap = Cache<(u64, u64), CachedBlock, BlockWeighter>;
 /// table's index, so a lookup needs nothing from the index entry itself). Table ids are never
 /// reused, so a removed table's blocks are never served for another; they simply age out.
 pub struct BlockCache {
-    /// `None` when the capacity is zero: caching is off.
-    blocks: Option<RefCell<BlockMap>>,
+    /// Empty when the capacity is zero: caching is off.
+    segments: Box<[RefCell<BlockMap>]>,
     /// Lookups by [`BlockCache::get`] that found their block, and that did not.
     hits: Cell<u64>,
     misses: Cell<u64>,
@@ -52,26 +64,37 @@ pub struct BlockCache {
 impl BlockCache {
     /// A cache holding up to about `capacity_bytes` of blocks. Zero turns caching off.
     pub fn new(capacity_bytes: usize) -> Self {
-        let blocks = (capacity_bytes > 0).then(|| {
-            let items = (capacity_bytes / TYPICAL_BLOCK_BYTES).max(1);
-            let mut cache = Cache::with_weighter(items, capacity_bytes as u64, BlockWeighter);
-            // Room for the blocks (and the ghosts of evicted ones, which quick_cache adds) taken
-            // now: grown on demand, a cache of gigabytes would double its tables inside a read or
-            // a flush, copying hundreds of thousands of entries while the shard waits. Room not
-            // yet used costs address space, not memory, but the hash table's control bytes are
-            // written at once: up to RESERVED_BLOCKS_MAX (a 4 GiB cache's worth, about 2 MiB of
-            // them); a larger cache, on a machine with memory to match, grows past that.
-            cache.reserve(items.min(RESERVED_BLOCKS_MAX));
-            RefCell::new(cache)
-        });
-        BlockCache { blocks, hits: Cell::new(0), misses: Cell::new(0) }
+        let count = capacity_bytes.div_ceil(SEGMENT_BYTES);
+        let segments = (0..count)
+            .map(|index| {
+                // The capacity shared out to the byte: the first segments take the remainder.
+                let bytes = capacity_bytes / count + usize::from(index < capacity_bytes % count);
+                let items = (bytes / TYPICAL_BLOCK_BYTES).max(1);
+                RefCell::new(Cache::with_weighter(items, bytes as u64, BlockWeighter))
+            })
+            .collect();
+        BlockCache { segments, hits: Cell::new(0), misses: Cell::new(0) }
+    }
+
+    /// The segment of block `block_number` of table `table_id`, `None` when caching is off.
+    /// Table ids and block numbers both count up from small numbers, so the key is mixed
+    /// before its high bits choose.
+    #[inline]
+    fn segment(&self, table_id: u64, block_number: u64) -> Option<&RefCell<BlockMap>> {
+        let count = self.segments.len() as u64;
+        if count <= 1 {
+            return self.segments.first();
+        }
+        let mixed = (table_id.rotate_left(32) ^ block_number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let index = ((mixed >> 32) * count) >> 32;
+        self.segments.get(index as usize)
     }
 
     /// Block `block_number` of table `table_id`, if cached; counted as a hit if
     /// it is (a lookup that then reads the block counts its miss, [`BlockCache::count_miss`]).
     #[inline]
     pub fn get(&self, table_id: u64, block_number: u64) -> Option<Bytes> {
-        let blocks = self.blocks.as_ref()?.borrow();
+        let blocks = self.segment(table_id, block_number)?.borrow();
         let block = blocks.get(&(table_id, block_number))?;
         block.read.set(true);
         self.hits.set(self.hits.get() + 1);
@@ -88,7 +111,7 @@ impl BlockCache {
     /// nothing of what reads want kept.
     #[inline]
     pub fn peek(&self, table_id: u64, block_number: u64) -> Option<(Bytes, bool)> {
-        let blocks = self.blocks.as_ref()?.borrow();
+        let blocks = self.segment(table_id, block_number)?.borrow();
         let block = blocks.peek(&(table_id, block_number))?;
         Some((block.bytes.clone(), block.read.get()))
     }
@@ -105,7 +128,7 @@ impl BlockCache {
     }
 
     fn insert_marked(&self, table_id: u64, block_number: u64, block: Bytes, read: bool) {
-        if let Some(blocks) = &self.blocks {
+        if let Some(blocks) = self.segment(table_id, block_number) {
             blocks
                 .borrow_mut()
                 .insert((table_id, block_number), CachedBlock { bytes: block, read: Cell::new(read) });
@@ -117,7 +140,7 @@ impl BlockCache {
     /// counts as used by a read. For a block that takes over from one reads used (a
     /// compaction's output).
     pub fn insert_used(&self, table_id: u64, block_number: u64, block: Bytes) {
-        if let Some(blocks) = &self.blocks {
+        if let Some(blocks) = self.segment(table_id, block_number) {
             let mut blocks = blocks.borrow_mut();
             blocks.insert((table_id, block_number), CachedBlock { bytes: block, read: Cell::new(true) });
             // A get marks the entry referenced; a block over the capacity was not kept.
@@ -127,14 +150,14 @@ impl BlockCache {
 
     /// Forgets block `block_number` of table `table_id`, if cached.
     pub fn remove(&self, table_id: u64, block_number: u64) {
-        if let Some(blocks) = &self.blocks {
+        if let Some(blocks) = self.segment(table_id, block_number) {
             blocks.borrow_mut().remove(&(table_id, block_number));
         }
     }
 
     /// The most bytes of blocks the cache holds (0 when caching is off).
     pub fn capacity_bytes(&self) -> usize {
-        self.blocks.as_ref().map_or(0, |blocks| blocks.borrow().capacity() as usize)
+        self.segments.iter().map(|blocks| blocks.borrow().capacity() as usize).sum()
     }
 
     /// Lookups that found their block, and blocks read from the disk instead, since the cache
@@ -145,7 +168,7 @@ impl BlockCache {
 
     /// Bytes of blocks held now.
     pub fn used_bytes(&self) -> usize {
-        self.blocks.as_ref().map_or(0, |blocks| blocks.borrow().weight() as usize)
+        self.segments.iter().map(|blocks| blocks.borrow().weight() as usize).sum()
     }
 }
 
@@ -206,6 +229,32 @@ mod tests {
         assert!(cache.peek(2, 0).is_some(), "the block inserted as used was evicted");
         assert!(cache.peek(2, 4096).is_none(), "the plain new block outlasted the churn");
         assert!(cache.used_bytes() <= 64 << 10);
+    }
+
+    #[test]
+    fn a_cache_of_several_segments_shares_its_capacity_and_finds_every_block() {
+        let capacity = 3 * SEGMENT_BYTES + 5;
+        let cache = BlockCache::new(capacity);
+        assert_eq!(cache.segments.len(), 4);
+        assert_eq!(cache.capacity_bytes(), capacity, "the segments' shares add up to the capacity");
+        // Table ids and block numbers as the engine hands them out: small and consecutive.
+        let blocks = |table: u64| (0..2_000u64).map(move |number| (table, number));
+        for (table, number) in (1..=4).flat_map(blocks) {
+            cache.insert(table, number, Bytes::from(vec![(table * 7 + number) as u8; 4096]));
+        }
+        assert_eq!(cache.used_bytes(), 8_000 * 4096);
+        for (table, number) in (1..=4).flat_map(blocks) {
+            let block = cache.get(table, number).expect("every block inserted is found");
+            assert_eq!(block[0], (table * 7 + number) as u8);
+        }
+        let held: Vec<usize> = cache.segments.iter().map(|segment| segment.borrow().len()).collect();
+        assert!(
+            held.iter().all(|&blocks| (1_500..=2_500).contains(&blocks)),
+            "blocks spread unevenly over the segments: {held:?}"
+        );
+        cache.remove(2, 10);
+        assert_eq!(cache.get(2, 10), None);
+        assert_eq!(cache.used_bytes(), 7_999 * 4096);
     }
 
     #[test]
