@@ -45,6 +45,7 @@ pub mod key;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
+mod prefetch;
 pub mod row_cache;
 pub mod sstable;
 pub mod wal;

@@ -33,7 +33,7 @@ pub struct Unsettled {
     seq: u64,
 }
 
-/// A key's token and memtable hash, computed once by [`Engine::read_hash`] for a read that
+/// A key's token and hashes, computed once by [`Engine::read_hash`] for a read that
 /// prefetches and then reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyHash {
@@ -41,7 +41,14 @@ pub struct KeyHash {
     pub token: u64,
     /// The memtable's hash of the stored key.
     pub hash: u64,
+    /// The tables' filter hash of the stored key ([`key_hash`]); `None` when the engine had
+    /// no tables when it was computed (see [`Engine::read_hash`]).
+    pub filter: Option<u64>,
 }
+
+/// The most tables [`Engine::prefetch`] asks a filter line of for one read: the newest, which
+/// a read tests first; a read that gets past them has its misses to take.
+const FILTER_PREFETCH_TABLES_MAX: usize = 8;
 
 /// What [`Engine::read_now`] lends for `entry` at `now_ms`: its live value and version.
 fn lent(entry: &Entry, now_ms: u64) -> Option<(&[u8], u64)> {
@@ -97,16 +104,31 @@ impl<D: Disk> Engine<D> {
     /// has computed already, for [`Engine::prefetch`] and [`Engine::entry_now_hashed`]; `None`
     /// for a key outside the limits. Pipelined reads hash a batch of keys, prefetch what each
     /// will touch, stage by stage, then read them, so the cache misses of the batch overlap.
+    /// With tables to read, also the stored key's filter hash, which the read would compute
+    /// anyway and [`Engine::prefetch`] needs first.
     pub fn read_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
         validate(key, None).ok()?;
-        let hash = with_stored(token, key, |stored| self.state.borrow().active.hash(stored));
-        Some(KeyHash { token, hash })
+        let state = self.state.borrow();
+        let with_tables = !state.tables.is_empty();
+        let (hash, filter) = with_stored(token, key, |stored| {
+            (state.active.hash(stored), with_tables.then(|| key_hash(stored)))
+        });
+        Some(KeyHash { token, hash, filter })
     }
 
     /// Asks the processor to bring into cache what a read of the key of `hash` (from
-    /// [`Engine::read_hash`]) will touch in the active memtable at `stage`. A hint only.
+    /// [`Engine::read_hash`]) will touch at `stage`: in the active memtable, and first, the
+    /// filter lines of the newest tables, so that a read the memtable cannot answer finds them
+    /// in cache (a filter test is a miss per table, and a key that lives in an old table is
+    /// tested against every newer one first). A hint only.
     pub fn prefetch(&self, hash: KeyHash, stage: Prefetch) {
-        self.state.borrow().active.prefetch(hash.hash, stage);
+        let state = self.state.borrow();
+        state.active.prefetch(hash.hash, stage);
+        if let (Prefetch::Group, Some(filter)) = (stage, hash.filter) {
+            for table in state.tables.list.iter().rev().take(FILTER_PREFETCH_TABLES_MAX) {
+                table.prefetch_filter(filter);
+            }
+        }
     }
 
     /// [`Engine::entry_now`] with the key's memtable hash, when the caller has it, lending
@@ -134,8 +156,8 @@ impl<D: Disk> Engine<D> {
     ) -> Option<Result<R>> {
         let state = self.state.borrow();
         let tables = &state.tables;
-        let hash = hash.map_or_else(|| state.active.hash(key), |hash| hash.hash);
-        let newest = state.newest_in_memory_hashed(key, hash);
+        let memtable_hash = hash.map_or_else(|| state.active.hash(key), |hash| hash.hash);
+        let newest = state.newest_in_memory_hashed(key, memtable_hash);
         let in_memory = newest.map(|newest| &newest.entry);
         let unsettled = newest.and_then(|newest| self.unsettled(newest.seq));
         if let Some(entry) = in_memory.filter(|entry| tables.max_version() < entry.version) {
@@ -148,7 +170,7 @@ impl<D: Disk> Engine<D> {
             }
         }
         let mut found = in_memory.map(Cow::Borrowed);
-        let hash = key_hash(key);
+        let hash = hash.and_then(|hash| hash.filter).unwrap_or_else(|| key_hash(key));
         for index in (0..tables.len()).rev() {
             match tables.read_step(index, found.as_deref().map(|found| found.version)) {
                 ReadStep::Stop => break,
@@ -255,8 +277,54 @@ mod tests {
     use crate::disk::memory::{CrashMode, MemDisk};
     use crate::entry::Entry;
     use crate::key::StoredKey;
+    use crate::memtable::Prefetch;
     use crate::options::SyncMode;
     use futures_executor::block_on;
+
+    /// With tables, a read's hash carries the stored key's filter hash, and a read given it,
+    /// prefetched at every stage first, finds what one without it finds, in the memtable, in
+    /// any table, or nowhere.
+    #[test]
+    fn a_read_given_its_read_hash_finds_in_the_tables_what_one_without_finds() {
+        block_on(async {
+            let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
+            let hash = |key: &[u8]| engine.read_hash(key, ringkv_wire::token::token(key)).unwrap();
+            assert_eq!(hash(&key(1)).filter, None, "no tables, no filter hash");
+            for round in 0..3u32 {
+                for index in round * 100..round * 100 + 150 {
+                    engine
+                        .put(key(index), Bytes::from(format!("{round}")), u64::from(round + 1), None)
+                        .await
+                        .unwrap();
+                }
+                engine.flush().await.unwrap();
+            }
+            engine.put(key(1_000), Bytes::from_static(b"memtable"), 9, None).await.unwrap();
+            for index in (0..360u32).chain([1_000]) {
+                let read = hash(&key(index));
+                let token = ringkv_wire::token::token(&key(index));
+                let expected_filter = crate::key::with_stored(token, &key(index), crate::sstable::key_hash);
+                assert_eq!(read.filter, Some(expected_filter), "key {index}");
+                for stage in [Prefetch::Group, Prefetch::Slot, Prefetch::Value] {
+                    engine.prefetch(read, stage);
+                }
+                let found = |hash: Option<KeyHash>| {
+                    engine
+                        .entry_now_hashed(&key(index), hash, |found, _| found.map(|entry| entry.version))
+                        .expect("every table's blocks are cached")
+                        .unwrap()
+                };
+                let without = found(None);
+                assert_eq!(found(Some(read)), without, "key {index}");
+                // Round r wrote keys r * 100 .. r * 100 + 150 at version r + 1; the newest wins.
+                let newest_round =
+                    (0..3u32).rev().find(|round| (round * 100..round * 100 + 150).contains(&index));
+                let expected =
+                    if index == 1_000 { Some(9) } else { newest_round.map(|round| u64::from(round) + 1) };
+                assert_eq!(without, expected, "key {index}");
+            }
+        });
+    }
 
     #[test]
     fn the_row_cache_answers_reads_of_tables_and_stays_true_through_flushes_and_compactions() {

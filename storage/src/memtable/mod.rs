@@ -34,6 +34,7 @@
 mod index;
 
 use crate::entry::Entry;
+use crate::prefetch::prefetch_line;
 use bytes::Bytes;
 use index::Index;
 use smallvec::SmallVec;
@@ -378,19 +379,6 @@ fn prefetch_span(start: *const u8, len: usize) {
     for line in 0..lines {
         prefetch_line(start.wrapping_add(line * LINE_BYTES));
     }
-}
-
-/// Prefetches the cache line at `address` into every level.
-#[inline(always)]
-fn prefetch_line<T>(address: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint to the processor: it reads nothing the program sees and
-    // does not fault, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
 }
 
 /// A memtable being freed: what [`Memtable::into_remains`] left. Dropping it frees the rest at

@@ -290,10 +290,16 @@ impl Block {
     }
 
     /// Decodes entry `index`; the key and the value are zero-copy slices of the block.
-    /// `file_name` and `offset` (the block's) only serve the error.
-    pub fn entry_at(&self, index: usize, file_name: &str, offset: u64) -> Result<(Bytes, Entry)> {
+    /// `file_name` and `offset` (the block's offset, asked for only then) only serve the error:
+    /// a point read need not touch the block's index entry, a cache miss, to find its offset.
+    pub fn entry_at(
+        &self,
+        index: usize,
+        file_name: &str,
+        offset: impl FnOnce() -> u64,
+    ) -> Result<(Bytes, Entry)> {
         let (key, entry, _) = Entry::decode(&self.payload, self.offset_at(index)).map_err(|reason| {
-            StorageError::corruption(file_name, offset, format!("entry {index}: {reason}"))
+            StorageError::corruption(file_name, offset(), format!("entry {index}: {reason}"))
         })?;
         Ok((key, entry))
     }
@@ -338,7 +344,7 @@ mod tests {
             let block = parse(frame).unwrap();
             assert_eq!(block.offset_width, 2);
             for index in 0..block.len() {
-                let (key, entry) = block.entry_at(index, "t", 0).unwrap();
+                let (key, entry) = block.entry_at(index, "t", || 0).unwrap();
                 assert_eq!((&key[..], &entry), (&entries[next].0[..], &entries[next].1));
                 assert_eq!(block.find(&key), Some(index));
                 assert_eq!(block.seek(&key), index);
@@ -413,7 +419,7 @@ mod tests {
         let block = parse(frames[0].2.clone()).unwrap();
         assert_eq!(block.offset_width, 4);
         assert_eq!(block.len(), 3);
-        assert_eq!(block.entry_at(2, "t", 0).unwrap().1, entries[2].1);
+        assert_eq!(block.entry_at(2, "t", || 0).unwrap().1, entries[2].1);
     }
 
     proptest::proptest! {
@@ -434,7 +440,7 @@ mod tests {
             }
             if let Ok(block) = Block::parse(Bytes::from(payload), "t", 0) {
                 for index in 0..block.len() {
-                    let _ = block.entry_at(index, "t", 0);
+                    let _ = block.entry_at(index, "t", || 0);
                 }
                 block.seek(b"k10");
                 block.find(b"k10");

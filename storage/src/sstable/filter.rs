@@ -93,6 +93,16 @@ impl BloomFilter {
         }
     }
 
+    /// Asks the processor for the line [`BloomFilter::may_contain_hash`] will read for `hash`.
+    /// A hint only.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        let (line, _, _) = probe_plan(hash, self.lines.len());
+        if let Some(line) = self.lines.get(line) {
+            crate::prefetch::prefetch_line(line);
+        }
+    }
+
     /// False when no key with this [`key_hash`] was added; true when one may have been.
     #[inline]
     pub fn may_contain_hash(&self, hash: u64) -> bool {

@@ -63,7 +63,7 @@ impl<F: DiskFile> TableIter<F> {
         loop {
             if let Some((block, offset)) = &self.current {
                 if self.position < block.len() {
-                    let item = block.entry_at(self.position, self.table.file_name(), *offset)?;
+                    let item = block.entry_at(self.position, self.table.file_name(), || *offset)?;
                     self.position += 1;
                     return Ok(Some(item));
                 }

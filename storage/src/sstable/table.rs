@@ -92,7 +92,7 @@ impl<F: DiskFile> Table<F> {
         let (low, high) = self.index.prefix_bounds(block_number);
         match block.find_near(key, low, high) {
             Some(position) => {
-                let offset = self.index.handle(block_number).offset;
+                let offset = || self.index.handle(block_number).offset;
                 Ok(Some(block.entry_at(position, &self.file_name, offset)?.1))
             }
             None => Ok(None),
@@ -110,7 +110,7 @@ impl<F: DiskFile> Table<F> {
         let (low, high) = self.index.prefix_bounds(block_number);
         Some(match block.find_near(key, low, high) {
             Some(position) => {
-                let offset = self.index.handle(block_number).offset;
+                let offset = || self.index.handle(block_number).offset;
                 block.entry_at(position, &self.file_name, offset).map(|(_, entry)| Some(entry))
             }
             None => Ok(None),
@@ -131,6 +131,13 @@ impl<F: DiskFile> Table<F> {
             && key >= &self.index.smallest_key()[..]
             && key <= &self.index.largest_key()[..]
             && self.filter.may_contain_hash(key_hash)
+    }
+
+    /// Asks the processor for the filter line a read of the key of `key_hash` ([`key_hash`])
+    /// will test here. A hint only.
+    #[inline]
+    pub fn prefetch_filter(&self, key_hash: u64) {
+        self.filter.prefetch(key_hash);
     }
 
     /// A scan in ascending key order from the first key `>= start` (from the smallest key when
