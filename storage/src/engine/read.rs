@@ -117,17 +117,27 @@ impl<D: Disk> Engine<D> {
     }
 
     /// Asks the processor to bring into cache what a read of the key of `hash` (from
-    /// [`Engine::read_hash`]) will touch at `stage`: in the active memtable, and first, the
-    /// filter lines of the newest tables, so that a read the memtable cannot answer finds them
-    /// in cache (a filter test is a miss per table, and a key that lives in an old table is
-    /// tested against every newer one first). A hint only.
+    /// [`Engine::read_hash`]) will touch at `stage`: in the active memtable, and for a key the
+    /// memtable does not hold, in the tables ([`crate::sstable::Table::prefetch`]). The first
+    /// stage asks for the filter lines (and radix buckets) of the newest tables, since a filter
+    /// test is a miss per table and a key that lives in an old table is tested against every
+    /// newer one first; the later stages follow the first table whose filter lets the key
+    /// through, down its index to its block. A hint only.
     pub fn prefetch(&self, hash: KeyHash, stage: Prefetch) {
         let state = self.state.borrow();
         state.active.prefetch(hash.hash, stage);
-        if let (Prefetch::Group, Some(filter)) = (stage, hash.filter) {
-            for table in state.tables.list.iter().rev().take(FILTER_PREFETCH_TABLES_MAX) {
-                table.prefetch_filter(filter);
+        let Some(filter) = hash.filter else {
+            return;
+        };
+        let mut newest_tables = state.tables.list.iter().rev().take(FILTER_PREFETCH_TABLES_MAX);
+        match stage {
+            Prefetch::Group => newest_tables.for_each(|table| table.prefetch(hash.token, filter, stage)),
+            Prefetch::Slot | Prefetch::Value if !state.active.may_hold(hash.hash) => {
+                if let Some(table) = newest_tables.find(|table| table.filter_passes(filter)) {
+                    table.prefetch(hash.token, filter, stage);
+                }
             }
+            Prefetch::Slot | Prefetch::Value => {}
         }
     }
 
@@ -300,7 +310,9 @@ mod tests {
                 engine.flush().await.unwrap();
             }
             engine.put(key(1_000), Bytes::from_static(b"memtable"), 9, None).await.unwrap();
-            for index in (0..360u32).chain([1_000]) {
+            // Twice: the first pass's reads note where their blocks are cached, and the second
+            // pass's prefetches go there.
+            for index in (0..360u32).chain([1_000]).chain(0..360) {
                 let read = hash(&key(index));
                 let token = ringkv_wire::token::token(&key(index));
                 let expected_filter = crate::key::with_stored(token, &key(index), crate::sstable::key_hash);

@@ -296,6 +296,14 @@ impl Memtable {
         }
     }
 
+    /// Whether the first index group of `hash` has a tag match for it: false means the
+    /// memtable almost surely does not hold the key (it may, when its group overflowed).
+    /// Cheap once the group is in cache ([`Prefetch::Group`]); for choosing what to prefetch.
+    #[inline]
+    pub fn may_hold(&self, hash: u64) -> bool {
+        self.index.first_candidate(hash).is_some()
+    }
+
     /// The newest entry for `key`.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<&MemEntry> {

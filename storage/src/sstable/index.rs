@@ -8,7 +8,9 @@ use super::frame::FRAME_OVERHEAD_BYTES;
 use super::key_prefix as prefix;
 use crate::disk::{align_up, ALIGNMENT};
 use crate::error::{Result, StorageError};
+use crate::prefetch::prefetch_line;
 use bytes::Bytes;
+use std::cell::Cell;
 
 /// Where a data block's frame is in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +68,96 @@ struct IndexEntry {
 pub(crate) struct Index {
     payload: Bytes,
     entries: Vec<IndexEntry>,
-    /// Each block's last key's first eight bytes ([`prefix`]), side by side: a seek compares
-    /// these first, so its probes touch a few dense lines instead of an entry and a key apiece.
-    /// Stored keys start with their token, a hash, so the prefixes almost never tie.
-    prefixes: Vec<u64>,
+    /// Each block's last key's first eight bytes ([`prefix`]), side by side with the block's
+    /// [`BlockHint`]: a seek compares the prefixes first, so its probes touch a few dense lines
+    /// instead of an entry and a key apiece, and the line it ends on holds the hint of the
+    /// block it found. Stored keys start with their token, a hash, so the prefixes almost
+    /// never tie.
+    prefixes: Vec<PrefixSlot>,
+    /// The radix table over the prefixes' top [`Index::radix_bits`] bits: `radix[b]` is the
+    /// first block whose prefix's top bits are `b` or more, so the blocks a prefix in bucket
+    /// `b` can lead to are `radix[b]..=radix[b + 1]`. Prefixes are hash tokens, so with about a
+    /// bucket a block, a seek searches one or two blocks' prefixes instead of halving its way
+    /// down the whole array, each halving a miss in a large table; and the bucket's line can be
+    /// asked for ahead from a key's token alone.
+    radix: Vec<u32>,
+    radix_bits: u32,
     smallest_key: Bytes,
     largest_key: Bytes,
+}
+
+/// A block's prefix and where its cached copy was last seen.
+#[derive(Debug)]
+#[repr(C, align(16))]
+struct PrefixSlot {
+    prefix: u64,
+    hint: BlockHint,
+}
+
+/// Where a block's bytes were when a read last found it in the block cache, and how long it
+/// was: an address for prefetching only, never read through. The cache may have dropped the
+/// block since, and its memory be anything by now; a prefetch of it reads nothing the program
+/// sees and cannot fault, so a stale hint costs a wasted prefetch, never a wrong answer.
+#[derive(Debug, Default)]
+struct BlockHint(Cell<u64>);
+
+/// Bits of a [`BlockHint`] that hold the address: user-space addresses fit in 48 on x86-64 and
+/// AArch64. The 16 above hold the length, so a block of 64 KiB or more (one holding a large
+/// value), or at a larger address, gets no hint.
+const HINT_ADDRESS_BITS: u32 = 48;
+
+impl BlockHint {
+    /// Notes that the block is at `bytes` now.
+    #[inline]
+    fn set(&self, bytes: &[u8]) {
+        let address = bytes.as_ptr() as usize as u64;
+        let len = bytes.len() as u64;
+        let fits = address >> HINT_ADDRESS_BITS == 0 && len >> (u64::BITS - HINT_ADDRESS_BITS) == 0;
+        let packed = if fits { address | len << HINT_ADDRESS_BITS } else { 0 };
+        if self.0.get() != packed {
+            self.0.set(packed);
+        }
+    }
+
+    /// The block's last known address and length, if a read has seen it.
+    #[inline]
+    fn get(&self) -> Option<(*const u8, usize)> {
+        let packed = self.0.get();
+        let address = packed & ((1 << HINT_ADDRESS_BITS) - 1);
+        (address != 0).then(|| (address as usize as *const u8, (packed >> HINT_ADDRESS_BITS) as usize))
+    }
+}
+
+/// Bytes in a cache line.
+const LINE_BYTES: usize = 64;
+/// [`PrefixSlot`]s in a cache line.
+const PREFIXES_PER_LINE: usize = LINE_BYTES / std::mem::size_of::<PrefixSlot>();
+/// The most bits a radix table indexes by: a million buckets (4 MiB), for a table of a
+/// million blocks (4 GiB); a larger table has a few blocks a bucket.
+const RADIX_BITS_MAX: u32 = 20;
+
+/// The radix bucket of `prefix` in a table of `bits` bits: its top `bits` bits.
+#[inline]
+fn radix_bucket(prefix: u64, bits: u32) -> usize {
+    prefix.checked_shr(u64::BITS - bits).unwrap_or(0) as usize
+}
+
+/// The radix table over `prefixes` (ascending) and its bits: about one bucket a block.
+fn radix_table(prefixes: &[PrefixSlot]) -> (Vec<u32>, u32) {
+    let bits = match prefixes.len() {
+        0..=1 => 0,
+        count => (usize::BITS - (count - 1).leading_zeros()).min(RADIX_BITS_MAX),
+    };
+    let buckets = 1usize << bits;
+    let mut radix = Vec::with_capacity(buckets + 1);
+    let mut block = 0;
+    for bucket in 0..=buckets {
+        while block < prefixes.len() && radix_bucket(prefixes[block].prefix, bits) < bucket {
+            block += 1;
+        }
+        radix.push(block as u32);
+    }
+    (radix, bits)
 }
 
 /// Reads the little-endian integer of `N` bytes at `*at`, advancing it.
@@ -125,7 +211,7 @@ impl Index {
             previous_key = key;
             let handle = BlockHandle { offset: block_offset, frame_len };
             entries.push(IndexEntry { key_start: key_start as u32, key_len, handle });
-            prefixes.push(prefix(key));
+            prefixes.push(PrefixSlot { prefix: prefix(key), hint: BlockHint::default() });
         }
         if at != payload.len() {
             return Err(corrupt("trailing bytes"));
@@ -137,7 +223,8 @@ impl Index {
         let largest_key = entries.last().map_or_else(Bytes::new, |last| {
             payload.slice(last.key_start as usize..last.key_start as usize + last.key_len as usize)
         });
-        Ok(Index { payload, entries, prefixes, smallest_key, largest_key })
+        let (radix, radix_bits) = radix_table(&prefixes);
+        Ok(Index { payload, entries, prefixes, radix, radix_bits, smallest_key, largest_key })
     }
 
     pub fn len(&self) -> usize {
@@ -157,10 +244,10 @@ impl Index {
     /// is `>= key`. `len()` when `key` is past the largest key.
     pub fn seek(&self, key: &[u8]) -> usize {
         let wanted = prefix(key);
-        let (mut low, mut high) = (0, self.entries.len());
+        let (mut low, mut high) = self.radix_range(wanted);
         while low < high {
             let middle = low + (high - low) / 2;
-            let below = match self.prefixes[middle].cmp(&wanted) {
+            let below = match self.prefixes[middle].prefix.cmp(&wanted) {
                 std::cmp::Ordering::Less => true,
                 std::cmp::Ordering::Greater => false,
                 std::cmp::Ordering::Equal => self.last_key(middle) < key,
@@ -174,15 +261,65 @@ impl Index {
         low
     }
 
+    /// The first block whose last key's prefix is `>= wanted` (`len()` when none is): where
+    /// [`Index::seek`] goes for a key of that prefix, unless keys tie on it. For prefetching,
+    /// from a key's token alone.
+    pub fn seek_prefix(&self, wanted: u64) -> usize {
+        let (low, high) = self.radix_range(wanted);
+        low + self.prefixes[low..high].partition_point(|slot| slot.prefix < wanted)
+    }
+
+    /// Blocks `low..high` hold every block whose prefix's top bits are `wanted`'s, so the first
+    /// block whose prefix is `>= wanted` (or whose last key is `>=` a key of that prefix) is
+    /// one of `low..=high`.
+    #[inline]
+    fn radix_range(&self, wanted: u64) -> (usize, usize) {
+        let bucket = radix_bucket(wanted, self.radix_bits);
+        (self.radix[bucket] as usize, self.radix[bucket + 1] as usize)
+    }
+
+    /// Asks the processor for the radix table's line a seek for a key starting with `wanted`
+    /// reads first. A hint only.
+    #[inline]
+    pub fn prefetch_radix(&self, wanted: u64) {
+        prefetch_line(&self.radix[radix_bucket(wanted, self.radix_bits)]);
+    }
+
+    /// Asks the processor for the lines of prefixes a seek for a key starting with `wanted`
+    /// searches (up to four), once the radix table's line is in. A hint only.
+    pub fn prefetch_prefixes(&self, wanted: u64) {
+        let (low, high) = self.radix_range(wanted);
+        // `high` too: the key may lie past every prefix of its bucket.
+        let last = high.min(self.prefixes.len().saturating_sub(1));
+        for block in (low..=last).step_by(PREFIXES_PER_LINE).take(4).chain([last]) {
+            if let Some(slot) = self.prefixes.get(block) {
+                prefetch_line(slot);
+            }
+        }
+    }
+
     /// Prefixes ([`super::key_prefix`]) bounding the keys of block `block`: its keys' prefixes
     /// are at least the first (the previous block's last key's, or the table's smallest key's)
     /// and at most the second (its own last key's).
     pub fn prefix_bounds(&self, block: usize) -> (u64, u64) {
         let low = match block.checked_sub(1) {
-            Some(previous) => self.prefixes[previous],
+            Some(previous) => self.prefixes[previous].prefix,
             None => prefix(&self.smallest_key),
         };
-        (low, self.prefixes[block])
+        (low, self.prefixes[block].prefix)
+    }
+
+    /// Notes where block `block`'s cached bytes are ([`BlockHint`]).
+    #[inline]
+    pub fn note_cached(&self, block: usize, bytes: &[u8]) {
+        self.prefixes[block].hint.set(bytes);
+    }
+
+    /// Where block `block`'s cached bytes were last seen, and their length in whole cache
+    /// lines ([`BlockHint`]): for prefetching only.
+    #[inline]
+    pub fn cached_hint(&self, block: usize) -> Option<(*const u8, usize)> {
+        self.prefixes.get(block)?.hint.get()
     }
 
     /// Empty for an empty table.
@@ -287,8 +424,72 @@ mod tests {
             for probe in probes.iter().chain(&keys) {
                 let expected = keys.partition_point(|key| key.as_slice() < probe.as_slice());
                 proptest::prop_assert_eq!(index.seek(probe), expected, "probe {:?}", probe);
+                // By the prefix alone: the same block unless some block's prefix ties with the
+                // probe's, and never a later one.
+                let by_prefix = index.seek_prefix(prefix(probe));
+                proptest::prop_assert!(by_prefix <= expected, "probe {:?}", probe);
+                if keys.iter().all(|key| prefix(key) != prefix(probe)) {
+                    proptest::prop_assert_eq!(by_prefix, expected, "probe {:?}", probe);
+                }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// With keys that start with eight bytes of hash, as stored keys do, and enough blocks
+        /// for a radix table of many buckets, a seek (whole key and prefix alone) finds the
+        /// block a plain search finds, for keys in the table, between them and past them.
+        #[test]
+        fn seeks_through_the_radix_table_match_a_plain_search(
+            tokens in proptest::collection::btree_set(proptest::prelude::any::<u64>(), 1..700),
+            probes in proptest::collection::vec((proptest::prelude::any::<u64>(), 0u8..3), 1..50),
+            shared in proptest::prelude::any::<bool>(),
+        ) {
+            // Some runs share the top bits between all keys, so that every key falls in a few
+            // buckets.
+            let token = |token: u64| if shared { token >> 20 | 0xabc0_0000_0000_0000 } else { token };
+            let key = |token: u64, tail: u8| {
+                let mut key = token.to_be_bytes().to_vec();
+                key.extend(std::iter::repeat_n(b'k', tail as usize));
+                key
+            };
+            let keys: Vec<Vec<u8>> = tokens.iter().map(|&t| key(token(t), 1)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let mut builder = IndexBuilder::default();
+            for (number, key) in keys.iter().enumerate() {
+                builder.push(key, BlockHandle { offset: number as u64 * 4096, frame_len: 100 });
+            }
+            let mut out = Vec::new();
+            builder.encode(&keys[0], &mut out);
+            let index = Index::decode(Bytes::from(out), "t", 0, keys.len() as u64 * 4096).unwrap();
+            proptest::prop_assert_eq!(index.radix.len(), (1 << index.radix_bits) + 1);
+            proptest::prop_assert!(keys.len() < 2 || 1 << index.radix_bits >= keys.len());
+            let probes = probes.iter().map(|&(t, tail)| key(token(t), tail)).chain(keys.iter().cloned());
+            for probe in probes {
+                let expected = keys.partition_point(|key| key.as_slice() < probe.as_slice());
+                proptest::prop_assert_eq!(index.seek(&probe), expected, "probe {:?}", probe);
+                let by_prefix = keys.partition_point(|key| prefix(key) < prefix(&probe));
+                proptest::prop_assert_eq!(index.seek_prefix(prefix(&probe)), by_prefix, "probe {:?}", probe);
+                index.prefetch_radix(prefix(&probe));
+                index.prefetch_prefixes(prefix(&probe));
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_hint_keeps_where_a_read_last_saw_the_block() {
+        let (_, out) = sample();
+        let index = Index::decode(Bytes::from(out), "t", 0, 16384).unwrap();
+        assert_eq!(index.cached_hint(1), None, "no read has seen it");
+        let block = vec![7u8; 4000];
+        index.note_cached(1, &block);
+        assert_eq!(index.cached_hint(1), Some((block.as_ptr(), 4000)));
+        assert_eq!((index.cached_hint(0), index.cached_hint(3)), (None, None), "other blocks, past the end");
+        let moved = vec![7u8; 100];
+        index.note_cached(1, &moved);
+        assert_eq!(index.cached_hint(1), Some((moved.as_ptr(), 100)), "the latest sighting wins");
+        let large = vec![7u8; 1 << 16];
+        index.note_cached(1, &large);
+        assert_eq!(index.cached_hint(1), None, "a block of 64 KiB or more gets no hint");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::block_cache::BlockCache;
 use crate::disk::{DiskFile, ALIGNMENT};
 use crate::entry::Entry;
 use crate::error::{Result, StorageError};
+use crate::memtable::Prefetch;
+use crate::prefetch::prefetch_line;
 use bytes::Bytes;
 use std::rc::Rc;
 
@@ -107,6 +109,7 @@ impl<F: DiskFile> Table<F> {
         }
         let block_number = self.index.seek(key);
         let block = self.cached_block(block_number)?;
+        self.index.note_cached(block_number, block.payload());
         let (low, high) = self.index.prefix_bounds(block_number);
         Some(match block.find_near(key, low, high) {
             Some(position) => {
@@ -133,11 +136,58 @@ impl<F: DiskFile> Table<F> {
             && self.filter.may_contain_hash(key_hash)
     }
 
-    /// Asks the processor for the filter line a read of the key of `key_hash` ([`key_hash`])
-    /// will test here. A hint only.
+    /// Asks the processor for what a read of a stored key starting with `token`, of filter
+    /// hash `key_hash` ([`key_hash`]), will touch here at `stage`, each stage's lines found
+    /// from the lines the stage before asked for:
+    /// - [`Prefetch::Group`]: the filter's line for the key, and the index's radix bucket;
+    /// - [`Prefetch::Slot`]: the index prefixes the bucket leads to;
+    /// - [`Prefetch::Value`]: the lines of the block the index leads to, where a read last saw
+    ///   it in the block cache ([`Index::cached_hint`]): its end, where its entry count and
+    ///   offsets are, and the few lines around where its key's prefix puts the entry
+    ///   ([`Block::find_near`]'s guess). Nothing is read through that address.
+    ///
+    /// A hint only.
+    pub fn prefetch(&self, token: u64, key_hash: u64, stage: Prefetch) {
+        match stage {
+            Prefetch::Group => {
+                self.filter.prefetch(key_hash);
+                self.index.prefetch_radix(token);
+            }
+            Prefetch::Slot => self.index.prefetch_prefixes(token),
+            Prefetch::Value => self.prefetch_block(token),
+        }
+    }
+
+    /// Whether this table's filter lets a key of `key_hash` through (the key range is not
+    /// checked): for choosing what to prefetch.
     #[inline]
-    pub fn prefetch_filter(&self, key_hash: u64) {
-        self.filter.prefetch(key_hash);
+    pub fn filter_passes(&self, key_hash: u64) -> bool {
+        self.entry_count > 0 && self.filter.may_contain_hash(key_hash)
+    }
+
+    /// [`Table::prefetch`]'s last stage.
+    fn prefetch_block(&self, token: u64) {
+        let block_number = self.index.seek_prefix(token);
+        let Some((start, len)) = self.index.cached_hint(block_number) else {
+            return;
+        };
+        const LINE: usize = 64;
+        let line_at = |offset: usize| start.wrapping_add(offset.min(len.saturating_sub(1)));
+        // The block's end: its count and, just before, its offsets (two bytes an entry), the
+        // last line and, for a block of many entries or an end just past a line, the one
+        // before. Few lines a read: past the ten or so misses a core keeps in flight, a
+        // prefetch waits for a free one.
+        prefetch_line(line_at(len.saturating_sub(1)));
+        prefetch_line(line_at(len.saturating_sub(1 + LINE)));
+        let (low, high) = self.index.prefix_bounds(block_number);
+        if low < high && (low..=high).contains(&token) {
+            // Where the guess of [`Block::find_near`] lands, as a share of the block's bytes,
+            // and the line after it: an entry of a 100-byte value spans two or three.
+            let share = (token - low) as f64 / (high - low) as f64;
+            let guess = (share * len as f64) as usize;
+            prefetch_line(line_at(guess));
+            prefetch_line(line_at(guess + LINE));
+        }
     }
 
     /// A scan in ascending key order from the first key `>= start` (from the smallest key when
@@ -433,6 +483,44 @@ mod tests {
             }
             assert_eq!(cache.used_bytes(), used);
             assert_eq!(scan(&cached, None, true).await.unwrap(), scan(&uncached, None, true).await.unwrap());
+        });
+    }
+
+    /// A read answered from the cache notes where the block is, and a prefetch by the key's
+    /// prefix goes to the same block the read searched.
+    #[test]
+    fn a_cached_read_notes_its_block_for_prefetches() {
+        block_on(async {
+            let disk = MemDisk::new();
+            // Keys that start, as stored keys do, with eight bytes of hash.
+            let oracle: Oracle = (0..1_000u64)
+                .map(|n| {
+                    let mut key = n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes().to_vec();
+                    key.extend_from_slice(b"user");
+                    (key, Entry::live(n, Bytes::from(vec![n as u8; 100]), None))
+                })
+                .collect();
+            write(&disk, "t", &oracle).await;
+            let cache = Rc::new(BlockCache::new(64 << 20));
+            let table = open(&disk, "t", &cache).await.unwrap();
+            let (key, entry) = oracle.iter().nth(500).unwrap();
+            let block_number = table.index.seek(key);
+            assert!(table.get_cached(key, key_hash(key)).is_none(), "not cached before a read");
+            assert_eq!(table.index.cached_hint(block_number), None);
+            assert_eq!(table.get(key).await.unwrap().as_ref(), Some(entry));
+            assert_eq!(table.index.cached_hint(block_number), None, "a read from the disk notes nothing");
+            assert_eq!(table.get_cached(key, key_hash(key)).unwrap().unwrap().as_ref(), Some(entry));
+            let block = table.cached_block(block_number).unwrap();
+            let hint = table.index.cached_hint(block_number);
+            assert_eq!(
+                hint,
+                Some((block.payload().as_ptr(), block.payload().len())),
+                "noted by the cached read"
+            );
+            assert_eq!(table.index.seek_prefix(crate::sstable::key_prefix(key)), block_number);
+            for stage in [Prefetch::Group, Prefetch::Slot, Prefetch::Value] {
+                table.prefetch(crate::sstable::key_prefix(key), key_hash(key), stage);
+            }
         });
     }
 
