@@ -124,7 +124,7 @@ impl BlockHint {
     fn get(&self) -> Option<(*const u8, usize)> {
         let packed = self.0.get();
         let address = packed & ((1 << HINT_ADDRESS_BITS) - 1);
-        (address != 0).then(|| (address as usize as *const u8, (packed >> HINT_ADDRESS_BITS) as usize))
+        (address != 0).then_some((address as usize as *const u8, (packed >> HINT_ADDRESS_BITS) as usize))
     }
 }
 
