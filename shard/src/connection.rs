@@ -712,7 +712,10 @@ impl ReadAhead {
         frames: &Frames,
         router: &Router,
     ) {
-        let hash = router.read_ahead(single.operation.key());
+        let hash = match single.operation {
+            OperationRef::Get { key } => router.read_ahead(key),
+            OperationRef::Put { key, .. } | OperationRef::Delete { key } => router.write_ahead(key),
+        };
         let operation = HeldOperation::of(single.operation, frames);
         self.requests.push(Held::Single {
             id: single.id,
@@ -728,7 +731,9 @@ impl ReadAhead {
     /// shard writes in place looks its key up in the memtable first, as a read does.
     fn push(&mut self, request: Request, charge: Charge, router: &Router) {
         let hash = match &request.command {
-            Command::Single(Operation::Put { key, .. } | Operation::Delete { key }) => router.read_ahead(key),
+            Command::Single(Operation::Put { key, .. } | Operation::Delete { key }) => {
+                router.write_ahead(key)
+            }
             _ => None,
         };
         self.requests.push(Held::Request { request, charge, hash });

@@ -101,6 +101,11 @@ impl<D: Disk> Handler<D> {
         self.engine.read_hash(key, token)
     }
 
+    /// [`Handler::read_hash`] for a put or delete (see [`Engine::write_hash`]).
+    pub fn write_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
+        self.engine.write_hash(key, token)
+    }
+
     /// Prefetches what a read of the key of `hash` will touch at `stage` (see
     /// [`Engine::prefetch`]).
     pub fn prefetch(&self, hash: KeyHash, stage: Prefetch) {

@@ -352,11 +352,22 @@ impl Router {
     /// each will touch with [`Router::prefetch`], stage by stage, then reads them, so their
     /// cache misses overlap. `None` when the read would not be answered in place.
     pub fn read_ahead(&self, key: &[u8]) -> Option<KeyHash> {
-        let token = token(key);
-        if self.ring.owner_of_token(token) != self.shard_id || self.cluster.is_replicated() {
-            return None;
-        }
+        let token = self.owned_in_place(key)?;
         self.handler.read_hash(key, token)
+    }
+
+    /// [`Router::read_ahead`] for a put or delete: the hash its memtable lookup needs, and
+    /// nothing for the tables (see [`Handler::write_hash`]).
+    pub fn write_ahead(&self, key: &[u8]) -> Option<KeyHash> {
+        let token = self.owned_in_place(key)?;
+        self.handler.write_hash(key, token)
+    }
+
+    /// The token of `key` when this shard reads and writes it in place: it owns the key and
+    /// keys have one copy.
+    fn owned_in_place(&self, key: &[u8]) -> Option<u64> {
+        let token = token(key);
+        (self.ring.owner_of_token(token) == self.shard_id && !self.cluster.is_replicated()).then_some(token)
     }
 
     /// Prefetches what a read of the key of `hash` (from [`Router::read_ahead`]) will touch at

@@ -117,7 +117,7 @@ impl BlockCache {
     }
 
     /// Caches a verified block that no read has asked for (one a flush or a compaction wrote).
-    /// A block larger than the whole cache is not kept.
+    /// A block larger than its segment's share of the cache is not kept.
     pub fn insert(&self, table_id: u64, block_number: u64, block: Bytes) {
         self.insert_marked(table_id, block_number, block, false);
     }

@@ -678,7 +678,7 @@ impl HeldRun {
         let held = match request {
             SimpleRequest::Get { key } => Held::Get { hash: router.read_ahead(&buffer[key.clone()]), key },
             SimpleRequest::Set { key, value } => {
-                Held::Set { hash: router.read_ahead(&buffer[key.clone()]), key, value }
+                Held::Set { hash: router.write_ahead(&buffer[key.clone()]), key, value }
             }
         };
         self.held.push(held);

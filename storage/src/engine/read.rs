@@ -41,8 +41,9 @@ pub struct KeyHash {
     pub token: u64,
     /// The memtable's hash of the stored key.
     pub hash: u64,
-    /// The tables' filter hash of the stored key ([`key_hash`]); `None` when the engine had
-    /// no tables when it was computed (see [`Engine::read_hash`]).
+    /// The tables' filter hash of the stored key ([`key_hash`]); `None` for a write's hash, or
+    /// when the engine had no tables when it was computed (see [`Engine::read_hash`]). A read
+    /// given one trusts it: it must be the hash of the key read.
     pub filter: Option<u64>,
 }
 
@@ -104,12 +105,24 @@ impl<D: Disk> Engine<D> {
     /// has computed already, for [`Engine::prefetch`] and [`Engine::entry_now_hashed`]; `None`
     /// for a key outside the limits. Pipelined reads hash a batch of keys, prefetch what each
     /// will touch, stage by stage, then read them, so the cache misses of the batch overlap.
-    /// With tables to read, also the stored key's filter hash, which the read would compute
-    /// anyway and [`Engine::prefetch`] needs first.
+    /// With tables to read, also the stored key's filter hash, which [`Engine::prefetch`] needs
+    /// first and a read the memtable cannot answer then uses.
     pub fn read_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
+        self.hash_ahead(key, token, true)
+    }
+
+    /// [`Engine::read_hash`] for a put or delete: the memtable hash alone. A write looks its key
+    /// up in the memtable, and in the tables' filters only when it may not outrank what they
+    /// hold (seldom: versions rise past everything stored), so nothing of the tables is
+    /// prefetched for it.
+    pub fn write_hash(&self, key: &[u8], token: u64) -> Option<KeyHash> {
+        self.hash_ahead(key, token, false)
+    }
+
+    fn hash_ahead(&self, key: &[u8], token: u64, for_tables: bool) -> Option<KeyHash> {
         validate(key, None).ok()?;
         let state = self.state.borrow();
-        let with_tables = !state.tables.is_empty();
+        let with_tables = for_tables && !state.tables.is_empty();
         let (hash, filter) = with_stored(token, key, |stored| {
             (state.active.hash(stored), with_tables.then(|| key_hash(stored)))
         });
@@ -299,7 +312,8 @@ mod tests {
         block_on(async {
             let engine = Engine::open(MemDisk::new(), small_options()).await.unwrap();
             let hash = |key: &[u8]| engine.read_hash(key, ringkv_wire::token::token(key)).unwrap();
-            assert_eq!(hash(&key(1)).filter, None, "no tables, no filter hash");
+            let taken_before_any_table = hash(&key(1));
+            assert_eq!(taken_before_any_table.filter, None, "no tables, no filter hash");
             for round in 0..3u32 {
                 for index in round * 100..round * 100 + 150 {
                     engine
@@ -310,6 +324,18 @@ mod tests {
                 engine.flush().await.unwrap();
             }
             engine.put(key(1_000), Bytes::from_static(b"memtable"), 9, None).await.unwrap();
+            // A hash taken before the tables came still reads them (the read takes the filter
+            // hash itself).
+            let found = engine.entry_now_hashed(&key(1), Some(taken_before_any_table), |found, _| {
+                found.map(|entry| entry.version)
+            });
+            assert_eq!(found.expect("cached").unwrap(), Some(1));
+            let write = engine.write_hash(&key(1), ringkv_wire::token::token(&key(1))).unwrap();
+            assert_eq!(
+                (write.hash, write.filter),
+                (hash(&key(1)).hash, None),
+                "a write's hash is the memtable's alone"
+            );
             // Twice: the first pass's reads note where their blocks are cached, and the second
             // pass's prefetches go there.
             for index in (0..360u32).chain([1_000]).chain(0..360) {

@@ -130,8 +130,9 @@ impl BlockHint {
 
 /// Bytes in a cache line.
 const LINE_BYTES: usize = 64;
-/// [`PrefixSlot`]s in a cache line.
-const PREFIXES_PER_LINE: usize = LINE_BYTES / std::mem::size_of::<PrefixSlot>();
+/// The most lines of prefixes [`Index::prefetch_prefixes`] asks for: a bucket seldom leads
+/// to more than a few blocks (four slots a line).
+const PREFIX_LINES_PREFETCHED_MAX: usize = 2;
 /// The most bits a radix table indexes by: a million buckets (4 MiB), for a table of a
 /// million blocks (4 GiB); a larger table has a few blocks a bucket.
 const RADIX_BITS_MAX: u32 = 20;
@@ -286,15 +287,24 @@ impl Index {
     }
 
     /// Asks the processor for the lines of prefixes a seek for a key starting with `wanted`
-    /// searches (up to four), once the radix table's line is in. A hint only.
+    /// searches (the first [`PREFIX_LINES_PREFETCHED_MAX`] lines of them), once the radix
+    /// table's line is in. A hint only.
     pub fn prefetch_prefixes(&self, wanted: u64) {
         let (low, high) = self.radix_range(wanted);
         // `high` too: the key may lie past every prefix of its bucket.
         let last = high.min(self.prefixes.len().saturating_sub(1));
-        for block in (low..=last).step_by(PREFIXES_PER_LINE).take(4).chain([last]) {
-            if let Some(slot) = self.prefixes.get(block) {
-                prefetch_line(slot);
+        let (Some(first), Some(last)) = (self.prefixes.get(low), self.prefixes.get(last)) else {
+            return;
+        };
+        let (first, last) = (std::ptr::from_ref(first).cast::<u8>(), std::ptr::from_ref(last) as usize);
+        // Line by line from the line the first slot is in.
+        let first = first.wrapping_sub(first as usize % LINE_BYTES);
+        for line in 0..PREFIX_LINES_PREFETCHED_MAX {
+            let at = first.wrapping_add(line * LINE_BYTES);
+            if at as usize > last {
+                break;
             }
+            prefetch_line(at);
         }
     }
 
@@ -315,8 +325,8 @@ impl Index {
         self.prefixes[block].hint.set(bytes);
     }
 
-    /// Where block `block`'s cached bytes were last seen, and their length in whole cache
-    /// lines ([`BlockHint`]): for prefetching only.
+    /// Where block `block`'s cached bytes were last seen, and their length in bytes
+    /// ([`BlockHint`]): for prefetching only.
     #[inline]
     pub fn cached_hint(&self, block: usize) -> Option<(*const u8, usize)> {
         self.prefixes.get(block)?.hint.get()
