@@ -415,6 +415,18 @@ mod tests {
         }
     }
 
+    /// An index of one block a key of `keys` (ascending, at least one), each block ending at its
+    /// key.
+    fn index_of_blocks_ending_at(keys: &[Vec<u8>]) -> Index {
+        let mut builder = IndexBuilder::default();
+        for (number, key) in keys.iter().enumerate() {
+            builder.push(key, BlockHandle { offset: number as u64 * 4096, frame_len: 100 });
+        }
+        let mut out = Vec::new();
+        builder.encode(&keys[0], &mut out);
+        Index::decode(Bytes::from(out), "t", 0, keys.len() as u64 * 4096).unwrap()
+    }
+
     proptest::proptest! {
         /// Seeking by prefix first finds the block a plain search by whole keys finds, for keys
         /// of any length that share their first bytes, tie on them, or end inside them.
@@ -424,13 +436,7 @@ mod tests {
             probes in proptest::collection::vec(proptest::collection::vec(0u8..3, 0..12), 1..20),
         ) {
             let keys: Vec<Vec<u8>> = keys.into_iter().collect();
-            let mut builder = IndexBuilder::default();
-            for (number, key) in keys.iter().enumerate() {
-                builder.push(key, BlockHandle { offset: number as u64 * 4096, frame_len: 100 });
-            }
-            let mut out = Vec::new();
-            builder.encode(&keys[0], &mut out);
-            let index = Index::decode(Bytes::from(out), "t", 0, keys.len() as u64 * 4096).unwrap();
+            let index = index_of_blocks_ending_at(&keys);
             for probe in probes.iter().chain(&keys) {
                 let expected = keys.partition_point(|key| key.as_slice() < probe.as_slice());
                 proptest::prop_assert_eq!(index.seek(probe), expected, "probe {:?}", probe);
@@ -463,14 +469,9 @@ mod tests {
                 key.extend(std::iter::repeat_n(b'k', tail as usize));
                 key
             };
-            let keys: Vec<Vec<u8>> = tokens.iter().map(|&t| key(token(t), 1)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-            let mut builder = IndexBuilder::default();
-            for (number, key) in keys.iter().enumerate() {
-                builder.push(key, BlockHandle { offset: number as u64 * 4096, frame_len: 100 });
-            }
-            let mut out = Vec::new();
-            builder.encode(&keys[0], &mut out);
-            let index = Index::decode(Bytes::from(out), "t", 0, keys.len() as u64 * 4096).unwrap();
+            let keys: std::collections::BTreeSet<Vec<u8>> = tokens.iter().map(|&t| key(token(t), 1)).collect();
+            let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+            let index = index_of_blocks_ending_at(&keys);
             proptest::prop_assert_eq!(index.radix.len(), (1 << index.radix_bits) + 1);
             proptest::prop_assert!(keys.len() < 2 || 1 << index.radix_bits >= keys.len());
             let probes = probes.iter().map(|&(t, tail)| key(token(t), tail)).chain(keys.iter().cloned());
