@@ -486,6 +486,25 @@ mod tests {
         }
     }
 
+    /// A table of more blocks than the radix table's most buckets gets the most bits, and
+    /// each bucket still starts at the first block of its top bits or above.
+    #[test]
+    fn a_radix_table_caps_its_bits_and_still_bounds_every_bucket() {
+        let count = (1usize << RADIX_BITS_MAX) + 5;
+        let mut prefixes: Vec<PrefixSlot> = (0..count as u64)
+            .map(|n| PrefixSlot { prefix: n.wrapping_mul(0x9e37_79b9_7f4a_7c15), hint: BlockHint::default() })
+            .collect();
+        prefixes.sort_by_key(|slot| slot.prefix);
+        let (radix, bits) = radix_table(&prefixes);
+        assert_eq!(bits, RADIX_BITS_MAX);
+        assert_eq!(radix.len(), (1 << RADIX_BITS_MAX) + 1);
+        assert_eq!(radix[radix.len() - 1] as usize, count);
+        for bucket in (0..1usize << RADIX_BITS_MAX).step_by(997).chain([(1 << RADIX_BITS_MAX) - 1]) {
+            let first = prefixes.partition_point(|slot| radix_bucket(slot.prefix, bits) < bucket);
+            assert_eq!(radix[bucket] as usize, first, "bucket {bucket}");
+        }
+    }
+
     #[test]
     fn a_block_hint_keeps_where_a_read_last_saw_the_block() {
         let (_, out) = sample();
