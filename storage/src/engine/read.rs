@@ -194,6 +194,7 @@ impl<D: Disk> Engine<D> {
         }
         let mut found = in_memory.map(Cow::Borrowed);
         let hash = hash.and_then(|hash| hash.filter).unwrap_or_else(|| key_hash(key));
+        debug_assert_eq!(hash, key_hash(key), "a read given the filter hash of another key");
         for index in (0..tables.len()).rev() {
             match tables.read_step(index, found.as_deref().map(|found| found.version)) {
                 ReadStep::Stop => break,
