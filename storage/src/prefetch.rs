@@ -1,6 +1,9 @@
 //! Cache-line prefetch hints: what a batch of reads asks for ahead, so that the misses of its
 //! reads overlap instead of each read stalling on its own in turn.
 
+/// Bytes in a cache line.
+pub(crate) const LINE_BYTES: usize = 64;
+
 /// Prefetches the cache line at `address` into every level.
 #[inline(always)]
 pub(crate) fn prefetch_line<T>(address: *const T) {

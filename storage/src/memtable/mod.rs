@@ -34,7 +34,7 @@
 mod index;
 
 use crate::entry::Entry;
-use crate::prefetch::prefetch_line;
+use crate::prefetch::{prefetch_line, LINE_BYTES};
 use bytes::Bytes;
 use index::Index;
 use smallvec::SmallVec;
@@ -369,9 +369,6 @@ impl Memtable {
         self.max_version
     }
 }
-
-/// The cache line's size.
-const LINE_BYTES: usize = 64;
 
 /// Lines [`prefetch_span`] asks for at most: a short value whole; of a long one, what the copy
 /// reads first, after which the processor's own prefetcher follows the stream.

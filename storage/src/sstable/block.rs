@@ -5,8 +5,8 @@
 //! bytes and 4 bytes otherwise.
 
 use super::frame::{self, FRAME_OVERHEAD_BYTES};
-use super::key_prefix;
 use super::BLOCK_TARGET_BYTES;
+use super::{key_prefix, prefix_share};
 use crate::disk::align_up;
 use crate::entry::{Entry, ENTRY_HEADER_BYTES};
 use crate::error::{Result, StorageError};
@@ -234,12 +234,10 @@ impl Block {
     /// key, then searches what is left by halves, so any bounds give the right answer.
     pub fn find_near(&self, key: &[u8], low: u64, high: u64) -> Option<usize> {
         let count = self.entry_count;
-        let wanted = key_prefix(key);
-        if count < GUESS_ENTRIES_MIN || low >= high || !(low..=high).contains(&wanted) {
-            return self.find(key);
-        }
-        // In floating point: only a guess, and cheaper than a 128-bit division.
-        let share = (wanted - low) as f64 / (high - low) as f64;
+        let share = match prefix_share(key_prefix(key), low, high) {
+            Some(share) if count >= GUESS_ENTRIES_MIN => share,
+            _ => return self.find(key),
+        };
         let guess = ((share * count as f64) as usize).min(count - 1);
         match self.key_at(guess).cmp(key) {
             Ordering::Equal => Some(guess),

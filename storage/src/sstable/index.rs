@@ -8,7 +8,7 @@ use super::frame::FRAME_OVERHEAD_BYTES;
 use super::key_prefix as prefix;
 use crate::disk::{align_up, ALIGNMENT};
 use crate::error::{Result, StorageError};
-use crate::prefetch::prefetch_line;
+use crate::prefetch::{prefetch_line, LINE_BYTES};
 use bytes::Bytes;
 use std::cell::Cell;
 
@@ -128,8 +128,6 @@ impl BlockHint {
     }
 }
 
-/// Bytes in a cache line.
-const LINE_BYTES: usize = 64;
 /// The most lines of prefixes [`Index::prefetch_prefixes`] asks for: a bucket seldom leads
 /// to more than a few blocks (four slots a line).
 const PREFIX_LINES_PREFETCHED_MAX: usize = 2;

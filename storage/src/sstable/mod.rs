@@ -106,6 +106,14 @@ pub(crate) fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// Where `wanted` falls between the prefixes `low` and `high`, as a share from 0 to 1: where
+/// a key of that prefix sits among keys bounded by them, since stored keys' prefixes (hash
+/// tokens) spread evenly. `None` when the bounds are empty or leave `wanted` outside. In
+/// floating point: only a guess, and cheaper than a 128-bit division.
+pub(crate) fn prefix_share(wanted: u64, low: u64, high: u64) -> Option<f64> {
+    (low < high && (low..=high).contains(&wanted)).then(|| (wanted - low) as f64 / (high - low) as f64)
+}
+
 /// A data block is filled while its frame stays within this many bytes: one page, so a point
 /// read costs one aligned 4 KiB read.
 pub const BLOCK_TARGET_BYTES: usize = ALIGNMENT;

@@ -6,12 +6,13 @@ use super::footer::{Footer, FOOTER_BYTES};
 use super::frame;
 use super::index::Index;
 use super::iter::TableIter;
+use super::prefix_share;
 use crate::block_cache::BlockCache;
 use crate::disk::{DiskFile, ALIGNMENT};
 use crate::entry::Entry;
 use crate::error::{Result, StorageError};
 use crate::memtable::Prefetch;
-use crate::prefetch::prefetch_line;
+use crate::prefetch::{prefetch_line, LINE_BYTES};
 use bytes::Bytes;
 use std::rc::Rc;
 
@@ -171,22 +172,20 @@ impl<F: DiskFile> Table<F> {
         let Some((start, len)) = self.index.cached_hint(block_number) else {
             return;
         };
-        const LINE: usize = 64;
         let line_at = |offset: usize| start.wrapping_add(offset.min(len.saturating_sub(1)));
         // The block's end: its count and, just before, its offsets (two bytes an entry), the
         // last line and, for a block of many entries or an end just past a line, the one
         // before. Few lines a read: past the ten or so misses a core keeps in flight, a
         // prefetch waits for a free one.
         prefetch_line(line_at(len.saturating_sub(1)));
-        prefetch_line(line_at(len.saturating_sub(1 + LINE)));
+        prefetch_line(line_at(len.saturating_sub(1 + LINE_BYTES)));
         let (low, high) = self.index.prefix_bounds(block_number);
-        if low < high && (low..=high).contains(&token) {
+        if let Some(share) = prefix_share(token, low, high) {
             // Where the guess of [`Block::find_near`] lands, as a share of the block's bytes,
             // and the line after it: an entry of a 100-byte value spans two or three.
-            let share = (token - low) as f64 / (high - low) as f64;
             let guess = (share * len as f64) as usize;
             prefetch_line(line_at(guess));
-            prefetch_line(line_at(guess + LINE));
+            prefetch_line(line_at(guess + LINE_BYTES));
         }
     }
 
