@@ -46,7 +46,8 @@ fn bench_load_and_run_against_server() {
     let hdr_directory = root.path().join("hgrm");
     let mut run_args = vec!["run"];
     run_args.extend(shared);
-    run_args.extend(["--workload", "a", "--duration", "1", "--pipeline", "8", "--json", "--hdr-dir"]);
+    run_args.extend(["--workload", "a", "--duration", "1", "--pipeline", "8", "--report-interval", "0.25"]);
+    run_args.extend(["--json", "--hdr-dir"]);
     run_args.push(hdr_directory.to_str().unwrap());
     let run_output = bench_succeeds(&binary, &run_args, &server);
     let last_line = run_output.lines().last().expect("the run printed something");
@@ -78,6 +79,24 @@ fn bench_load_and_run_against_server() {
     }
     assert_png(&hdr_directory.join("latency.png"));
     assert_eq!(per_operation, report["ops"].as_u64().unwrap(), "workload a is reads and updates only");
+
+    // The timeline holds every operation once, in windows of the interval asked for, in order.
+    assert_eq!(report["interval_s"], 0.25, "{report}");
+    let windows = report["intervals"].as_array().expect("intervals is a list");
+    assert!(windows.len() >= 4, "a run of a second has four windows or more: {report}");
+    let mut in_windows = 0;
+    for (index, window) in windows.iter().enumerate() {
+        let start = window["start_s"].as_f64().unwrap();
+        assert!((start - index as f64 * 0.25).abs() < 1e-9, "{window}");
+        let ops = window["ops"].as_u64().unwrap();
+        in_windows += ops;
+        if ops > 0 {
+            let (p50, max) = (window["p50_us"].as_u64().unwrap(), window["max_us"].as_u64().unwrap());
+            assert!(p50 > 0 && p50 <= max, "{window}");
+        }
+    }
+    assert_eq!(in_windows, report["ops"].as_u64().unwrap(), "{report}");
+    assert!(run_output.contains("all operations by when they finished"), "{run_output}");
 }
 
 #[test]

@@ -59,6 +59,7 @@ mod report;
 mod run;
 mod sweep;
 mod target;
+mod timeline;
 mod workload;
 mod ycsb;
 

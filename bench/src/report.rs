@@ -5,6 +5,7 @@
 use crate::chart::{write_percentile_chart, Heading, LatencyCurve};
 use crate::cpu_usage::CpuTime;
 use crate::histogram::{LatencyRecorder, LatencySummary};
+use crate::timeline::Timeline;
 use crate::ycsb::OperationKind;
 use anyhow::{Context, Result};
 use ringkv_io::nudge;
@@ -21,19 +22,28 @@ pub struct Measurements {
     pub errors: BTreeMap<String, u64>,
     /// Reads that found no value (YCSB's `NOT_FOUND`): not errors, but a sign of a short load.
     pub not_found: u64,
+    /// Every kind's latencies by when they finished, when `--report-interval` asks for them.
+    pub timeline: Option<Timeline>,
 }
 
 impl Measurements {
-    pub fn new() -> Self {
+    /// Measurements with a timeline of `report_interval`-long windows when one is given.
+    pub fn new(report_interval: Option<Duration>) -> Self {
         Measurements {
             latencies: std::array::from_fn(|_| LatencyRecorder::new()),
             errors: BTreeMap::new(),
             not_found: 0,
+            timeline: report_interval.map(Timeline::new),
         }
     }
 
-    pub fn record(&mut self, kind: OperationKind, latency: Duration) {
+    /// Records one operation of `kind` that took `latency` and finished `finished` after the run's
+    /// start.
+    pub fn record(&mut self, kind: OperationKind, latency: Duration, finished: Duration) {
         self.latencies[kind.index()].record(latency);
+        if let Some(timeline) = &mut self.timeline {
+            timeline.record(finished, latency);
+        }
     }
 
     pub fn record_error(&mut self, kind: String) {
@@ -48,6 +58,9 @@ impl Measurements {
             *self.errors.entry(kind.clone()).or_default() += count;
         }
         self.not_found += other.not_found;
+        if let (Some(mine), Some(theirs)) = (&mut self.timeline, &other.timeline) {
+            mine.merge(theirs);
+        }
     }
 
     /// Successful operations of every kind.
@@ -109,6 +122,30 @@ fn latency_fields(summary: &LatencySummary, fields: &mut Map<String, Value>) {
     fields.insert("mean_us".into(), json!(summary.mean_us));
 }
 
+/// The timeline as a table, one row per window: when it starts, its operations and their
+/// percentiles (every kind together, by when each finished).
+fn timeline_text(timeline: &Timeline) -> String {
+    let interval = timeline.interval().as_secs_f64();
+    let mut text = format!("every {interval} s, all operations by when they finished:\n");
+    text += &format!(
+        "{:>9} {:>10} {:>12} {:>9} {:>9} {:>9} {:>10}\n",
+        "from s", "ops", "ops/s", "p50 us", "p99 us", "p99.9 us", "max us"
+    );
+    for window in timeline.summaries() {
+        text += &format!(
+            "{:>9.2} {:>10} {:>12.0} {:>9} {:>9} {:>9} {:>10}\n",
+            window.start.as_secs_f64(),
+            window.ops,
+            window.ops as f64 / interval,
+            window.p50_us,
+            window.p99_us,
+            window.p999_us,
+            window.max_us
+        );
+    }
+    text
+}
+
 impl RunReport {
     fn per_second(&self, count: u64) -> f64 {
         let seconds = self.wall.as_secs_f64();
@@ -158,6 +195,24 @@ impl RunReport {
             }),
         );
         fields.insert("generator_nudges".into(), json!(self.generator_nudges));
+        if let Some(timeline) = &measurements.timeline {
+            let windows: Vec<Value> = timeline
+                .summaries()
+                .iter()
+                .map(|window| {
+                    json!({
+                        "start_s": window.start.as_secs_f64(),
+                        "ops": window.ops,
+                        "p50_us": window.p50_us,
+                        "p99_us": window.p99_us,
+                        "p999_us": window.p999_us,
+                        "max_us": window.max_us,
+                    })
+                })
+                .collect();
+            fields.insert("interval_s".into(), json!(timeline.interval().as_secs_f64()));
+            fields.insert("intervals".into(), Value::Array(windows));
+        }
         Value::Object(fields)
     }
 
@@ -226,6 +281,9 @@ impl RunReport {
             self.cpu.system.as_secs_f64(),
             self.cpu.percent_of_one_core(self.wall)
         );
+        if let Some(timeline) = &measurements.timeline {
+            text += &timeline_text(timeline);
+        }
         text
     }
 

@@ -113,6 +113,23 @@ pub struct OutputArgs {
     /// Print the summary and then, as the last line, the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also report throughput and latency percentiles for each interval of this many seconds
+    /// (at least 0.01), by when each operation finished: stalls show when they happened.
+    #[arg(long, value_name = "SECONDS")]
+    pub report_interval: Option<f64>,
+}
+
+impl OutputArgs {
+    /// The interval `--report-interval` asks for, checked.
+    pub fn report_interval(&self) -> Result<Option<Duration>> {
+        let Some(seconds) = self.report_interval else { return Ok(None) };
+        ensure!(
+            seconds.is_finite() && seconds >= crate::timeline::INTERVAL_MIN.as_secs_f64(),
+            "--report-interval must be at least {} seconds",
+            crate::timeline::INTERVAL_MIN.as_secs_f64()
+        );
+        Ok(Some(Duration::from_secs_f64(seconds)))
+    }
 }
 
 /// Options of the `load` subcommand.
@@ -187,6 +204,10 @@ struct Plan {
     interval: Option<Duration>,
     /// Where workers report for the progress line, when one is shown.
     live: Option<Arc<Live>>,
+    /// The windows of the run's timeline, when one is kept.
+    report_interval: Option<Duration>,
+    /// When the run started, for the timeline: the same instant on every thread.
+    started: Instant,
     seed: u64,
     key_space: Arc<KeySpace>,
 }
@@ -211,21 +232,25 @@ pub fn load(args: LoadArgs) -> Result<()> {
         insert_next: AtomicU64::new(0),
         acknowledged: AtomicU64::new(0),
     };
-    let report = execute(&connection, "load", Phase::Load, None, key_space)?;
+    let report_interval = args.output.report_interval()?;
+    let report = execute(&connection, "load", Phase::Load, None, report_interval, key_space)?;
     emit(&args.output, &report)
 }
 
 /// The `run` subcommand.
 pub fn run(args: RunArgs) -> Result<()> {
-    let report = run_transactions(&args.connection, &args.transactions, args.rate)?;
+    let report_interval = args.output.report_interval()?;
+    let report = run_transactions(&args.connection, &args.transactions, args.rate, report_interval)?;
     emit(&args.output, &report)
 }
 
-/// Runs a workload once, in closed loop or at `rate` in open loop, and returns its report.
+/// Runs a workload once, in closed loop or at `rate` in open loop, and returns its report, with a
+/// timeline of `report_interval`-long windows when one is given.
 pub fn run_transactions(
     connection: &ConnectionArgs,
     transactions: &TransactionArgs,
     rate: Option<f64>,
+    report_interval: Option<Duration>,
 ) -> Result<RunReport> {
     check(connection)?;
     let duration = transactions.duration;
@@ -254,7 +279,7 @@ pub fn run_transactions(
         insert_next: AtomicU64::new(connection.records),
         acknowledged: AtomicU64::new(connection.records),
     };
-    execute(connection, workload.name(), phase, rate, key_space)
+    execute(connection, workload.name(), phase, rate, report_interval, key_space)
 }
 
 /// Prints the summary (and the JSON line last) and writes the `.hgrm` files and their charts.
@@ -276,6 +301,7 @@ fn execute(
     workload: &str,
     phase: Phase,
     rate: Option<f64>,
+    report_interval: Option<Duration>,
     key_space: KeySpace,
 ) -> Result<RunReport> {
     let interval = rate.map(|rate| {
@@ -292,6 +318,8 @@ fn execute(
         seed: connection.seed,
         key_space: Arc::new(key_space),
         live: progress.as_ref().map(Progress::live),
+        report_interval,
+        started: Instant::now(),
     };
     // glommio can sleep through its own timer (see `ringkv_io::nudge`): a worker waiting for its
     // next operation's time would then stall the open-loop schedule, and the stall would be
@@ -327,7 +355,7 @@ fn execute(
             }
         }
     }
-    let mut measurements = Measurements::new();
+    let mut measurements = Measurements::new(report_interval);
     let mut first_error = None;
     for handle in threads {
         match handle.join() {
@@ -392,7 +420,7 @@ async fn run_thread(plan: Plan, connections: Vec<usize>) -> Result<Measurements>
         chooser,
         values: ValuePool::new(plan.value_size, thread_seed),
     }));
-    let measurements = Rc::new(RefCell::new(Measurements::new()));
+    let measurements = Rc::new(RefCell::new(Measurements::new(plan.report_interval)));
     let plan = Rc::new(plan);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -476,7 +504,7 @@ impl Worker {
             // earlier than sending whenever the schedule has fallen behind.
             let outcome = self.perform(&operation).await;
             let finished = Instant::now();
-            self.record(&operation, outcome, finished.saturating_duration_since(intended));
+            self.record(&operation, outcome, finished, finished.saturating_duration_since(intended));
             // A run against a store that answers instantly must still let the other tasks in.
             if glommio::executor().need_preempt() {
                 glommio::yield_if_needed().await;
@@ -486,12 +514,19 @@ impl Worker {
         }
     }
 
-    /// Records one finished operation.
-    fn record(&self, operation: &Operation, outcome: Result<bool, StoreError>, latency: Duration) {
+    /// Records one operation that finished at `finished`.
+    fn record(
+        &self,
+        operation: &Operation,
+        outcome: Result<bool, StoreError>,
+        finished: Instant,
+        latency: Duration,
+    ) {
         let mut measurements = self.measurements.borrow_mut();
         match outcome {
             Ok(found) => {
-                measurements.record(operation.kind, latency);
+                let since_start = finished.saturating_duration_since(self.plan.started);
+                measurements.record(operation.kind, latency, since_start);
                 if let Some(live) = &self.plan.live {
                     live.record(latency);
                 }

@@ -110,7 +110,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let closed_loop_peak = match args.rate_max {
         Some(_) => None,
         None => {
-            let report = run_transactions(&args.connection, &args.transactions, None)?;
+            let report = run_transactions(&args.connection, &args.transactions, None, None)?;
             let peak = report.to_json()["ops_per_sec"].as_f64().unwrap_or(0.0);
             println!("closed-loop peak: {peak:.0} ops/s");
             Some(peak)
@@ -125,7 +125,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     };
     let mut trials = Vec::new();
     while let Some(offered) = search.next_rate() {
-        let report = run_transactions(&args.connection, &args.transactions, Some(offered))?;
+        let report = run_transactions(&args.connection, &args.transactions, Some(offered), None)?;
         let run_directory = args.out.join(format!("rate-{offered:.0}"));
         report.write_hgrm_files(&run_directory)?;
         report.write_latency_charts(&run_directory)?;
