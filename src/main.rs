@@ -116,6 +116,11 @@ struct ServeArgs {
     /// Memory each shard registers with io_uring for DMA buffers. [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     io_memory_bytes: Option<usize>,
+    /// Share of each shard's time, in percent, that flushes and compactions may use while
+    /// nothing waits for them (100: every moment the shard does not serve). They run at full
+    /// speed once writers would stall or tables pile up. [default: 25]
+    #[arg(long, value_name = "PERCENT")]
+    background_share_percent: Option<u32>,
     /// Memtable size at which a shard flushes it to an SSTable. [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     memtable_bytes_max: Option<usize>,
@@ -298,6 +303,7 @@ impl ServeArgs {
         set(&mut config.forward_in_flight_max, &self.forward_in_flight_max);
         set(&mut config.mesh_channel_capacity, &self.mesh_channel_capacity);
         set(&mut config.io_memory_bytes, &self.io_memory_bytes);
+        set(&mut config.background_share_percent, &self.background_share_percent);
         set(&mut config.memtable_bytes_max, &self.memtable_bytes_max);
         set(&mut config.wal_bytes_max, &self.wal_bytes_max);
         if self.block_cache_bytes.is_some() {

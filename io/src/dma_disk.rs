@@ -27,7 +27,7 @@ use crate::blocking::run_blocking;
 use bytes::{Bytes, BytesMut};
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::GlommioError;
-use ringkv_storage::disk::ALIGNMENT;
+use ringkv_storage::disk::{Pace, ALIGNMENT};
 use ringkv_storage::{Disk, DiskFile};
 use std::cell::OnceCell;
 use std::ffi::CString;
@@ -311,6 +311,7 @@ impl Disk for DmaDisk {
         let removing_name = format!("{name}{REMOVING_SUFFIX}");
         self.rename(name, &removing_name).await?;
         let removing = self.path_of(&removing_name)?;
+        debug!(file = name, "removing gently");
         loop {
             let shrinking = removing.clone();
             if run_blocking(move || shrink_by_a_step(&shrinking)).await? == 0 {
@@ -318,7 +319,9 @@ impl Disk for DmaDisk {
             }
             glommio::timer::sleep(REMOVAL_STEP_PAUSE).await;
         }
-        self.remove(&removing_name).await
+        let removed = self.remove(&removing_name).await;
+        debug!(file = name, ok = removed.is_ok(), "removed gently");
+        removed
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -351,8 +354,8 @@ impl Disk for DmaDisk {
         .await
     }
 
-    async fn yield_point(&self) {
-        crate::executor::yield_if_slice_spent().await;
+    async fn yield_point(&self, pace: Pace) {
+        crate::executor::yield_if_slice_spent(pace).await;
     }
 
     fn available_bytes(&self) -> io::Result<Option<u64>> {

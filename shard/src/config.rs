@@ -157,6 +157,11 @@ pub struct NodeConfig {
     pub mesh_channel_capacity: usize,
     /// Memory each executor registers with io_uring for DMA buffers.
     pub io_memory_bytes: usize,
+    /// The share of each shard's time, in percent (1–100), that flushes and compactions may use
+    /// while nothing waits for them; 100 lets them use every moment the shard does not serve.
+    /// They run at full speed regardless once writers would stall (the next memtable is half
+    /// full) or the tables pile up. See `ringkv_io::executor::Pacer`.
+    pub background_share_percent: u32,
     /// A shard's memtable is flushed to an SSTable past this size.
     pub memtable_bytes_max: usize,
     /// A shard's memtable is also flushed once it stands for this many bytes of its
@@ -314,6 +319,7 @@ impl Default for NodeConfig {
             forward_in_flight_max: 4096,
             mesh_channel_capacity: 1024,
             io_memory_bytes: 1 << 20,
+            background_share_percent: ringkv_io::executor::BACKGROUND_SHARE_PERCENT_DEFAULT,
             memtable_bytes_max: 64 << 20,
             wal_bytes_max: 256 << 20,
             block_cache_bytes: None,
@@ -623,6 +629,12 @@ impl NodeConfig {
         }
         self.validate_auth()?;
         self.metrics_token()?;
+        if !(1..=100).contains(&self.background_share_percent) {
+            return invalid(
+                "background_share_percent",
+                format!("is {}; it is a percentage of the core, 1 to 100", self.background_share_percent),
+            );
+        }
         if self.io_memory_bytes < 64 << 10 {
             return invalid(
                 "io_memory_bytes",

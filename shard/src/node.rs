@@ -207,7 +207,8 @@ impl Node {
         for (shard, shard_metrics) in metrics.iter().enumerate() {
             let shard_id = shard as u32;
             let mut builder = ExecutorBuilder::new(&format!("ringkv-shard-{shard_id}"))
-                .io_memory_bytes(config.io_memory_bytes);
+                .io_memory_bytes(config.io_memory_bytes)
+                .background_share_percent(config.background_share_percent);
             if config.pin_to_cores {
                 builder = builder.pin_to_core(shard % cores);
             }

@@ -6,7 +6,7 @@
 //! writes or keeps them with the last one torn at sector granularity. Sync failures, write
 //! failures and bit flips can be injected.
 
-use super::{Disk, DiskFile, ALIGNMENT};
+use super::{Disk, DiskFile, Pace, ALIGNMENT};
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -65,6 +65,8 @@ struct Directory {
     cached_writes: u64,
     /// Files removed through [`Disk::remove_gently`].
     gentle_removals: Vec<String>,
+    /// [`Disk::yield_point`] calls by their pace: deferrable, urgent.
+    yield_paces: [u64; 2],
 }
 
 /// An in-memory directory. Cloning gives another handle to the same directory.
@@ -120,6 +122,12 @@ impl MemDisk {
     /// test can stop polling a flush or a compaction midway and drop it.
     pub fn yield_at_yield_points(&self, yields: bool) {
         self.dir.borrow_mut().faults.yields = yields;
+    }
+
+    /// How many [`Disk::yield_point`] calls asked for each pace so far: (deferrable, urgent).
+    pub fn yield_paces(&self) -> (u64, u64) {
+        let [deferrable, urgent] = self.dir.borrow().yield_paces;
+        (deferrable, urgent)
     }
 
     /// Sets what [`Disk::available_bytes`] answers: free bytes, or `None` for "cannot tell"
@@ -261,8 +269,12 @@ impl Disk for MemDisk {
         Ok(())
     }
 
-    async fn yield_point(&self) {
-        let yields = self.dir.borrow().faults.yields;
+    async fn yield_point(&self, pace: Pace) {
+        let yields = {
+            let mut dir = self.dir.borrow_mut();
+            dir.yield_paces[usize::from(pace == Pace::Urgent)] += 1;
+            dir.faults.yields
+        };
         if yields {
             crate::wal::writer::yield_once().await;
         }

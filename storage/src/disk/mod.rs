@@ -54,11 +54,23 @@ pub trait Disk {
     /// Makes creates, renames and removes durable (fsync of the directory).
     async fn sync_dir(&self) -> io::Result<()>;
     /// A cooperative scheduling point: long loops (flush, compaction) call it between blocks so
-    /// that foreground requests keep their latency. May return at once.
-    async fn yield_point(&self);
+    /// that foreground requests keep their latency. [`Pace::Deferrable`] work may also be held
+    /// here for a while, to keep it to its share of the core. May return at once.
+    async fn yield_point(&self, pace: Pace);
     /// Bytes still free for the directory's files on its filesystem (for an unprivileged
     /// writer); `None` when the disk cannot tell. Cheap enough to call every few writes.
     fn available_bytes(&self) -> io::Result<Option<u64>>;
+}
+
+/// Whether a background loop's work may be held back at a [`Disk::yield_point`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Nothing waits for it yet: the disk may hold it back, so that it keeps to its share of the
+    /// core and writes at a bounded rate.
+    Deferrable,
+    /// Something waits for it (writers for a flush, reads for a backlog of tables): it only
+    /// yields to other work.
+    Urgent,
 }
 
 /// One open file.

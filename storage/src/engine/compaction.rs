@@ -3,7 +3,7 @@
 
 use super::{io_error, Engine, OnDrop, COMPACTION_ENTRIES_PER_YIELD};
 use crate::compaction::{self, Choice, CompactionLimits, TableSize};
-use crate::disk::Disk;
+use crate::disk::{Disk, Pace};
 use crate::entry::{Entry, Value};
 use crate::manifest;
 use crate::sstable::{CacheFill, Table, TableWriter};
@@ -41,6 +41,18 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
+    /// How a compaction may be paced: urgent once the tables number more than one compaction of
+    /// the widest kind takes in (reads probe every table, so a backlog costs each of them), or
+    /// when the engine stops; deferrable otherwise.
+    pub(super) fn compaction_pace(&self) -> Pace {
+        let backlog = self.state.borrow().tables.len() >= self.options.compaction_width_max;
+        if backlog || self.stopping.get() {
+            Pace::Urgent
+        } else {
+            Pace::Deferrable
+        }
+    }
+
     fn compaction_limits(&self) -> CompactionLimits {
         CompactionLimits {
             width_min: self.options.compaction_width_min,
@@ -75,10 +87,13 @@ impl<D: Disk> Engine<D> {
             self.state.borrow_mut().compacting = false;
             self.structure_changed.notify(usize::MAX);
         });
+        let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
+        tracing::debug!(tables = inputs.len(), input_bytes, "compaction started");
         let outcome = self.merge_tables(&inputs, choice.purge_dead, now_ms).await;
         if let Err(error) = &outcome {
             self.poison(&mut self.state.borrow_mut(), "compaction", error);
         }
+        tracing::debug!(tables = inputs.len(), input_bytes, ok = outcome.is_ok(), "compaction finished");
         outcome.map(|()| true)
     }
 
@@ -173,7 +188,7 @@ impl<D: Disk> Engine<D> {
             }
             merged += 1;
             if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
-                self.disk.yield_point().await;
+                self.disk.yield_point(self.compaction_pace()).await;
             }
         }
         // The iterators hold the inputs: let them go, so that once the output is installed the
@@ -211,7 +226,7 @@ impl<D: Disk> Engine<D> {
             let blocks = table.block_count();
             for start in (0..blocks).step_by(COMPACTION_ENTRIES_PER_YIELD) {
                 table.forget_cached_blocks(start..blocks.min(start + COMPACTION_ENTRIES_PER_YIELD));
-                self.disk.yield_point().await;
+                self.disk.yield_point(self.compaction_pace()).await;
             }
             // A table no reader holds (only `inputs` does) is never read again and may shrink
             // on its way out; one a read or a scan still holds must stay whole until dropped.
@@ -255,6 +270,37 @@ mod tests {
             assert!(engine.get(&key(index), 0).await.unwrap().is_some(), "key {index}");
         }
         disk.reads() - before
+    }
+
+    #[test]
+    fn a_compaction_is_deferrable_until_the_tables_pile_up() {
+        block_on(async {
+            let disk = MemDisk::new();
+            let options =
+                EngineOptions { compaction_width_max: 4, memtable_bytes_max: 1 << 20, ..small_options() };
+            let engine = Engine::open(disk.clone(), options).await.unwrap();
+            flushed_rounds(&engine, 0..3, 600).await;
+            assert_eq!(engine.stats().tables, 3);
+            let before = disk.yield_paces();
+            assert!(engine.compact_all(0).await.unwrap());
+            let after = disk.yield_paces();
+            assert!(after.0 > before.0, "three tables: deferrable, {before:?} -> {after:?}");
+            assert_eq!(after.1, before.1, "three tables: never urgent");
+
+            flushed_rounds(&engine, 3..6, 600).await;
+            assert_eq!(engine.stats().tables, 4);
+            let before = disk.yield_paces();
+            assert!(engine.compact_all(0).await.unwrap());
+            let after = disk.yield_paces();
+            // The merge ran urgent; once its output replaced the inputs, the clean-up after it
+            // (forgetting their cached blocks) was deferrable again.
+            assert!(
+                after.1 > before.1,
+                "as many tables as the widest compaction: urgent, {before:?} -> {after:?}"
+            );
+            assert_eq!(engine.stats().tables, 1);
+            assert_eq!(disk_reads_for(&engine, &disk, 0..600).await, 0);
+        });
     }
 
     #[test]

@@ -314,6 +314,7 @@ impl<D: Disk> WalWriter<D> {
                 .map_err(|error| StorageError::io("fdatasync", segment_file_name(old_number), error))?;
         }
         let (file, number) = create_segment(self.disk.as_ref(), &self.next_file_number).await?;
+        tracing::debug!(closed = old_number, opened = number, "write-ahead log segment rolled");
         let mut state = self.state.borrow_mut();
         let closed = SegmentInfo { number: old_number, last_seq: state.written_seq };
         state.closed.push(closed);

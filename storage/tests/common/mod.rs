@@ -222,7 +222,7 @@ impl Disk for CrashPointDisk {
         Ok(())
     }
 
-    async fn yield_point(&self) {
+    async fn yield_point(&self, _pace: ringkv_storage::disk::Pace) {
         self.recorder.before().await;
     }
 
