@@ -299,14 +299,21 @@ thread_local! {
     static SLICE_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
     /// How much more time this thread's background work may use now.
     static PACER: Cell<Pacer> = const { Cell::new(Pacer::new(100)) };
-    /// Times deferrable background work on this thread was held back to its share.
-    static BACKGROUND_HOLDS: Cell<u64> = const { Cell::new(0) };
+    /// How often, and for how long, deferrable background work on this thread was held back.
+    static BACKGROUND_HELD: Cell<BackgroundHeld> = const { Cell::new(BackgroundHeld { holds: 0, held_nanos: 0 }) };
 }
 
-/// How many times deferrable background work on this thread has been held back to its share of
-/// the thread's time.
-pub fn background_holds() -> u64 {
-    BACKGROUND_HOLDS.with(Cell::get)
+/// How often deferrable background work on a thread has been held back to its share of the
+/// thread's time, and for how long in all (the sleeps asked for).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundHeld {
+    pub holds: u64,
+    pub held_nanos: u64,
+}
+
+/// What [`Pacer`] has held back on this thread so far.
+pub fn background_held() -> BackgroundHeld {
+    BACKGROUND_HELD.with(Cell::get)
 }
 
 /// Keeps deferrable background work to a share of the thread's time: a token bucket that earns
@@ -357,14 +364,17 @@ impl Pacer {
         self.earned_at = Some(now);
     }
 
-    /// Charges a finished poll's `used` time, at `now`.
+    /// Charges a finished poll's `used` time, at `now`. The debt is kept to one burst: work that
+    /// ran long while something waited for it (urgent work is charged too) does not hold the
+    /// deferrable work after it for longer than a burst's worth.
     pub fn charge(&mut self, now: Instant, used: Duration) {
         if self.unpaced() {
             return;
         }
         self.earn(now);
         let used = i64::try_from(used.as_nanos()).unwrap_or(i64::MAX);
-        self.credit_nanos = self.credit_nanos.saturating_sub(used);
+        let burst = BACKGROUND_BURST.as_nanos() as i64;
+        self.credit_nanos = self.credit_nanos.saturating_sub(used).max(-burst);
     }
 
     /// How long deferrable work that has run `used` in its current poll should sleep at `now`
@@ -446,7 +456,13 @@ pub async fn yield_if_slice_spent(pace: Pace) {
             hold
         });
         if let Some(hold) = hold {
-            BACKGROUND_HOLDS.with(|holds| holds.set(holds.get() + 1));
+            BACKGROUND_HELD.with(|held| {
+                let mut figures = held.get();
+                figures.holds += 1;
+                figures.held_nanos =
+                    figures.held_nanos.saturating_add(u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX));
+                held.set(figures);
+            });
             // Ends this poll; `Sliced` charges what it used.
             glommio::timer::sleep(hold).await;
             return;
@@ -489,6 +505,9 @@ mod tests {
         // A poll that overran its credit leaves a debt the next hold waits out.
         pacer.charge(later, Duration::from_millis(1));
         assert_eq!(pacer.hold(later, Duration::ZERO), Some(Duration::from_millis(3)));
+        // However long a poll ran, the debt it leaves is one burst at most: 2 ms at 25% is 8 ms.
+        pacer.charge(later, Duration::from_secs(1));
+        assert_eq!(pacer.hold(later, Duration::ZERO), Some(Duration::from_millis(8)));
         // A long idle spell banks no more than one burst.
         let much_later = later + Duration::from_secs(60);
         assert_eq!(pacer.hold(much_later, BACKGROUND_BURST), None);
@@ -503,7 +522,7 @@ mod tests {
             let builder = ExecutorBuilder::new("executor-pace-test").background_share_percent(share);
             builder
                 .run(async move {
-                    let before = background_holds();
+                    let before = background_held();
                     let busy = glommio::spawn_local_into(
                         Sliced::new(async move {
                             // Far past one burst, whatever this machine's speed.
@@ -519,7 +538,9 @@ mod tests {
                     )
                     .unwrap();
                     busy.await;
-                    background_holds() - before
+                    let after = background_held();
+                    assert_eq!(after.holds > before.holds, after.held_nanos > before.held_nanos);
+                    after.holds - before.holds
                 })
                 .unwrap()
         }

@@ -226,6 +226,7 @@ impl ShardService {
                         storage: engine.stats(),
                         cluster: cluster.figures(),
                         sockets: ringkv_readiness::Poller::thread_stats(),
+                        background: ringkv_io::executor::background_held(),
                     })
                     .await;
             };

@@ -61,6 +61,8 @@ pub struct ShardFigures {
     pub storage: EngineStats,
     pub cluster: ClusterFigures,
     pub sockets: ringkv_readiness::PollerStats,
+    /// How often the shard's deferrable flushes and compactions were held to their share.
+    pub background: ringkv_io::executor::BackgroundHeld,
 }
 
 /// Why a shard's figures are missing from a scrape.

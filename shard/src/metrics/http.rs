@@ -567,6 +567,7 @@ mod tests {
                     glommio::spawn_local(async move {
                         let figures = || ShardFigures {
                             storage: ringkv_storage::EngineStats { flushes: 3, ..Default::default() },
+                            background: ringkv_io::executor::BackgroundHeld { holds: 5, held_nanos: 1_000 },
                             ..ShardFigures::default()
                         };
                         inbox.answer_until_stopped(&stop, figures).await;
@@ -590,6 +591,7 @@ mod tests {
         assert!(response.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"), "{response}");
         assert!(response.contains("ringkv_shard_figures_available{shard=\"1\"} 0\n"), "{response}");
         assert!(response.contains("ringkv_flushes_total{shard=\"0\"} 3\n"), "{response}");
+        assert!(response.contains("ringkv_background_holds_total{shard=\"0\"} 5\n"), "{response}");
         assert!(!response.contains("ringkv_flushes_total{shard=\"1\"}"), "{response}");
         // The counters every shard keeps itself are there for both.
         assert!(response.contains("ringkv_wal_syncs_total{shard=\"1\"} 0\n"), "{response}");

@@ -476,7 +476,7 @@ pub fn render(
         let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", u8::from(answer.is_ok()));
     }
     type Field = fn(&ShardFigures) -> u64;
-    let families: [(&str, &str, &str, Field); 36] = [
+    let families: [(&str, &str, &str, Field); 37] = [
         ("ringkv_memtable_bytes", "gauge", "Bytes held by the memtables.", |m| {
             m.storage.memtable_bytes as u64
         }),
@@ -519,6 +519,12 @@ pub fn render(
         ),
         ("ringkv_flush_bytes_total", "counter", "Bytes written by flushes.", |m| m.storage.flush_bytes),
         ("ringkv_compactions_total", "counter", "Compactions run.", |m| m.storage.compactions),
+        (
+            "ringkv_background_holds_total",
+            "counter",
+            "Times flushes and compactions nothing waited for were held to background_share_percent of the shard's time.",
+            |m| m.background.holds,
+        ),
         ("ringkv_compaction_bytes_total", "counter", "Bytes written by compactions.", |m| {
             m.storage.compaction_bytes
         }),
@@ -703,7 +709,7 @@ mod tests {
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 50);
+        assert_eq!(types, 51);
     }
 
     #[test]
