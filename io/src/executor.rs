@@ -478,6 +478,18 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
+    /// Background work that computes for `steps` steps of 100 µs (no system call, so glommio's
+    /// own timer is never seen), reaching a yield point of `pace` after each.
+    async fn busy_steps(steps: u32, pace: Pace) {
+        for _ in 0..steps {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(100) {
+                std::hint::spin_loop();
+            }
+            yield_if_slice_spent(pace).await;
+        }
+    }
+
     #[test]
     fn an_unpaced_thread_never_holds_background_work() {
         let mut pacer = Pacer::new(100);
@@ -524,16 +536,8 @@ mod tests {
                 .run(async move {
                     let before = background_held();
                     let busy = glommio::spawn_local_into(
-                        Sliced::new(async move {
-                            // Far past one burst, whatever this machine's speed.
-                            for _ in 0..100 {
-                                let start = Instant::now();
-                                while start.elapsed() < Duration::from_micros(100) {
-                                    std::hint::spin_loop();
-                                }
-                                yield_if_slice_spent(pace).await;
-                            }
-                        }),
+                        // Far past one burst, whatever this machine's speed.
+                        Sliced::new(busy_steps(100, pace)),
                         flush_queue(),
                     )
                     .unwrap();
@@ -613,13 +617,7 @@ mod tests {
             let busy = glommio::spawn_local_into(
                 Sliced::new(async move {
                     // Far longer than the slice, whatever this machine's speed.
-                    for _ in 0..200 {
-                        let start = Instant::now();
-                        while start.elapsed() < Duration::from_micros(100) {
-                            std::hint::spin_loop();
-                        }
-                        yield_if_slice_spent(Pace::Urgent).await;
-                    }
+                    busy_steps(200, Pace::Urgent).await;
                     done.set(true);
                 }),
                 low_priority_queue(),
