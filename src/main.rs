@@ -118,7 +118,7 @@ struct ServeArgs {
     io_memory_bytes: Option<usize>,
     /// Share of each shard's time, in percent, that flushes and compactions may use while
     /// nothing waits for them (100: every moment the shard does not serve). They run at full
-    /// speed once writers would stall or tables pile up. [default: 25]
+    /// speed once writers could stall or tables pile up. [default: 25]
     #[arg(long, value_name = "PERCENT")]
     background_share_percent: Option<u32>,
     /// Memtable size at which a shard flushes it to an SSTable. [default: 67108864]

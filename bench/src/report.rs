@@ -132,11 +132,15 @@ fn timeline_text(timeline: &Timeline) -> String {
         "from s", "ops", "ops/s", "p50 us", "p99 us", "p99.9 us", "max us"
     );
     for window in timeline.summaries() {
+        // The last window may hold everything after it began: no rate for it.
+        let per_second =
+            if window.open_ended { "-".to_string() } else { format!("{:.0}", window.ops as f64 / interval) };
         text += &format!(
-            "{:>9.2} {:>10} {:>12.0} {:>9} {:>9} {:>9} {:>10}\n",
+            "{:>8.2}{} {:>10} {:>12} {:>9} {:>9} {:>9} {:>10}\n",
             window.start.as_secs_f64(),
+            if window.open_ended { "+" } else { " " },
             window.ops,
-            window.ops as f64 / interval,
+            per_second,
             window.p50_us,
             window.p99_us,
             window.p999_us,
@@ -207,6 +211,7 @@ impl RunReport {
                         "p99_us": window.p99_us,
                         "p999_us": window.p999_us,
                         "max_us": window.max_us,
+                        "open_ended": window.open_ended,
                     })
                 })
                 .collect();

@@ -32,6 +32,7 @@ use crate::distribution::KeyChooser;
 use crate::progress::{Live, Progress};
 use crate::report::{Measurements, RunDescription, RunReport};
 use crate::target::{Store, StoreError, Target};
+use crate::timeline::{INTERVAL_MIN, WINDOWS_MAX};
 use crate::workload::ValuePool;
 use crate::ycsb::{key_name, scan_length, Mix, OperationKind, RequestDistribution, Workload};
 use anyhow::{ensure, Context, Result};
@@ -123,12 +124,11 @@ impl OutputArgs {
     /// The interval `--report-interval` asks for, checked.
     pub fn report_interval(&self) -> Result<Option<Duration>> {
         let Some(seconds) = self.report_interval else { return Ok(None) };
-        ensure!(
-            seconds.is_finite() && seconds >= crate::timeline::INTERVAL_MIN.as_secs_f64(),
-            "--report-interval must be at least {} seconds",
-            crate::timeline::INTERVAL_MIN.as_secs_f64()
-        );
-        Ok(Some(Duration::from_secs_f64(seconds)))
+        let interval = Duration::try_from_secs_f64(seconds).ok().filter(|interval| *interval >= INTERVAL_MIN);
+        let interval = interval.with_context(|| {
+            format!("--report-interval must be at least {} seconds", INTERVAL_MIN.as_secs_f64())
+        })?;
+        Ok(Some(interval))
     }
 }
 
@@ -206,8 +206,6 @@ struct Plan {
     live: Option<Arc<Live>>,
     /// The windows of the run's timeline, when one is kept.
     report_interval: Option<Duration>,
-    /// When the run started, for the timeline: the same instant on every thread.
-    started: Instant,
     seed: u64,
     key_space: Arc<KeySpace>,
 }
@@ -240,6 +238,15 @@ pub fn load(args: LoadArgs) -> Result<()> {
 /// The `run` subcommand.
 pub fn run(args: RunArgs) -> Result<()> {
     let report_interval = args.output.report_interval()?;
+    if let Some(interval) = report_interval {
+        let windows = args.transactions.duration / interval.as_secs_f64();
+        ensure!(
+            windows <= WINDOWS_MAX as f64,
+            "--report-interval {} s over --duration {} s makes more than {WINDOWS_MAX} windows",
+            interval.as_secs_f64(),
+            args.transactions.duration
+        );
+    }
     let report = run_transactions(&args.connection, &args.transactions, args.rate, report_interval)?;
     emit(&args.output, &report)
 }
@@ -319,7 +326,6 @@ fn execute(
         key_space: Arc::new(key_space),
         live: progress.as_ref().map(Progress::live),
         report_interval,
-        started: Instant::now(),
     };
     // glommio can sleep through its own timer (see `ringkv_io::nudge`): a worker waiting for its
     // next operation's time would then stall the open-loop schedule, and the stall would be
@@ -525,7 +531,8 @@ impl Worker {
         let mut measurements = self.measurements.borrow_mut();
         match outcome {
             Ok(found) => {
-                let since_start = finished.saturating_duration_since(self.plan.started);
+                // From when this thread's connections were up, as its deadline is.
+                let since_start = finished.saturating_duration_since(self.start);
                 measurements.record(operation.kind, latency, since_start);
                 if let Some(live) = &self.plan.live {
                     live.record(latency);

@@ -3,8 +3,9 @@
 //! run's percentiles. YCSB's `timeseries` measurement type reports the same way.
 //!
 //! Each window holds two significant digits from 1 µs to 100 s in 32-bit counts, about 10 KiB,
-//! and a run keeps at most [`WINDOWS_MAX`] of them: operations finishing later than that are
-//! counted in the last window.
+//! and a run keeps at most [`WINDOWS_MAX`] of them (about 37 MiB a thread at most): operations
+//! finishing later than that are counted in the last window, which then says it runs on to the
+//! end (`run` refuses an interval that would need more).
 
 use hdrhistogram::Histogram;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 /// The shortest interval a run may report at.
 pub const INTERVAL_MIN: Duration = Duration::from_millis(10);
 /// Most windows one run keeps.
-pub const WINDOWS_MAX: usize = 10_000;
+pub const WINDOWS_MAX: usize = 3_600;
 /// The longest latency told apart from longer ones, in microseconds: 100 s.
 const LATENCY_MICROS_MAX: u64 = 100_000_000;
 
@@ -26,6 +27,8 @@ pub struct WindowSummary {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// The last of [`WINDOWS_MAX`] windows, holding everything that finished after it began.
+    pub open_ended: bool,
 }
 
 /// Latencies by the interval in which each operation finished.
@@ -74,9 +77,11 @@ impl Timeline {
         let mut start = Duration::ZERO;
         self.windows
             .iter()
-            .map(|window| {
+            .enumerate()
+            .map(|(index, window)| {
+                let open_ended = index == WINDOWS_MAX - 1;
                 let summary = if window.is_empty() {
-                    WindowSummary { start, ops: 0, p50_us: 0, p99_us: 0, p999_us: 0, max_us: 0 }
+                    WindowSummary { start, ops: 0, p50_us: 0, p99_us: 0, p999_us: 0, max_us: 0, open_ended }
                 } else {
                     WindowSummary {
                         start,
@@ -85,6 +90,7 @@ impl Timeline {
                         p99_us: window.value_at_quantile(0.99),
                         p999_us: window.value_at_quantile(0.999),
                         max_us: window.max(),
+                        open_ended,
                     }
                 };
                 start += self.interval;
@@ -128,7 +134,8 @@ mod tests {
                 p50_us: 0,
                 p99_us: 0,
                 p999_us: 0,
-                max_us: 0
+                max_us: 0,
+                open_ended: false
             }
         );
         let third = summaries[2];
@@ -146,6 +153,7 @@ mod tests {
         assert_eq!(summaries.len(), WINDOWS_MAX);
         let last = summaries[WINDOWS_MAX - 1];
         assert_eq!(last.ops, 2);
+        assert!(last.open_ended && !summaries[WINDOWS_MAX - 2].open_ended);
         // Latencies past the histogram's range are recorded as its top.
         assert!(
             last.max_us >= LATENCY_MICROS_MAX && last.max_us < LATENCY_MICROS_MAX * 101 / 100,

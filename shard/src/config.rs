@@ -159,8 +159,9 @@ pub struct NodeConfig {
     pub io_memory_bytes: usize,
     /// The share of each shard's time, in percent (1–100), that flushes and compactions may use
     /// while nothing waits for them; 100 lets them use every moment the shard does not serve.
-    /// They run at full speed regardless once writers would stall (the next memtable is half
-    /// full) or the tables pile up. See `ringkv_io::executor::Pacer`.
+    /// They run at full speed regardless once writers could stall (the next memtable fills more
+    /// than half as fast as the flush goes) or the tables pile up. See
+    /// `ringkv_io::executor::Pacer`.
     pub background_share_percent: u32,
     /// A shard's memtable is flushed to an SSTable past this size.
     pub memtable_bytes_max: usize,

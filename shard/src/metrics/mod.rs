@@ -522,7 +522,7 @@ pub fn render(
         (
             "ringkv_background_holds_total",
             "counter",
-            "Times flushes and compactions nothing waited for were held to background_share_percent of the shard's time.",
+            "Times deferrable flushes and compactions slept to keep to background_share_percent.",
             |m| m.background.holds,
         ),
         ("ringkv_compaction_bytes_total", "counter", "Bytes written by compactions.", |m| {

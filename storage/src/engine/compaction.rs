@@ -41,9 +41,9 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
-    /// How a compaction may be paced: urgent once the tables number more than one compaction of
-    /// the widest kind takes in (reads probe every table, so a backlog costs each of them), or
-    /// when the engine stops; deferrable otherwise.
+    /// How a compaction may be paced: urgent once the tables number as many as the widest
+    /// compaction takes in (reads probe every table, so a backlog costs each of them), or when
+    /// the engine stops; deferrable otherwise.
     pub(super) fn compaction_pace(&self) -> Pace {
         let backlog = self.state.borrow().tables.len() >= self.options.compaction_width_max;
         if backlog || self.stopping.get() {
@@ -155,6 +155,12 @@ impl<D: Disk> Engine<D> {
                 }
             }
             let Some(winner) = winner else { break };
+            // Counted as examined, written or not: a long run of purged entries still reaches
+            // the yield points.
+            merged += 1;
+            if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
+                self.disk.yield_point(self.compaction_pace()).await;
+            }
             let (key, entry) = heads[winner].clone().expect("winner has a head");
             // Warm when any input's entry for the key came from a cached block a read had used:
             // a read of the key may have gone to any of them.
@@ -186,10 +192,6 @@ impl<D: Disk> Engine<D> {
             if warm {
                 writer.mark_warm();
             }
-            merged += 1;
-            if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
-                self.disk.yield_point(self.compaction_pace()).await;
-            }
         }
         // The iterators hold the inputs: let them go, so that once the output is installed the
         // inputs' only holders are this compaction and any reader still at work.
@@ -214,6 +216,7 @@ impl<D: Disk> Engine<D> {
             tables.splice(range, new_table);
         })
         .await?;
+        tracing::debug!(tables = input_ids.len(), "compaction installed");
         // In the same turn as the install: no read sees the new tables with the old rows.
         if changed_rows_overflowed {
             self.rows.clear();
@@ -297,6 +300,10 @@ mod tests {
             assert!(
                 after.1 > before.1,
                 "as many tables as the widest compaction: urgent, {before:?} -> {after:?}"
+            );
+            assert!(
+                after.0 > before.0,
+                "the clean-up after the install: deferrable, {before:?} -> {after:?}"
             );
             assert_eq!(engine.stats().tables, 1);
             assert_eq!(disk_reads_for(&engine, &disk, 0..600).await, 0);

@@ -48,14 +48,24 @@ impl<D: Disk> Engine<D> {
         Ok(())
     }
 
-    /// How a flush may be paced: urgent once the active memtable is half full (writers stall if
-    /// it fills before the flush ends), or when the engine stops; deferrable otherwise. A flush
-    /// of a full 64 MiB memtable takes about a third of a second of a core, so held to a quarter
-    /// of the core it still ends long before the next memtable fills under any write rate the
-    /// shard can sustain, and the check turns it urgent when it would not.
-    pub(super) fn flush_pace(&self) -> Pace {
-        let half_full = self.state.borrow().active.approximate_bytes() >= self.options.memtable_bytes_max / 2;
-        if half_full || self.stopping.get() {
+    /// How a flush that has written `flushed` of its `total` entries may be paced. It is urgent
+    /// once the memtable written meanwhile has filled half as far as the flush has come, by bytes
+    /// or by its share of the log (a memtable is also sealed at `wal_bytes_max` of the log), or
+    /// when the engine stops; deferrable otherwise. Held to that, a flush ends before the next
+    /// memtable is half full whenever it can at full speed, so writers stall on a paced flush
+    /// only where they would have stalled on an unpaced one.
+    pub(super) fn flush_pace(&self, flushed: usize, total: usize) -> Pace {
+        if self.stopping.get() {
+            return Pace::Urgent;
+        }
+        let state = self.state.borrow();
+        let filled = |used: u64, budget: u64| used as f64 / budget.max(1) as f64;
+        let by_bytes =
+            filled(state.active.approximate_bytes() as u64, self.options.memtable_bytes_max as u64);
+        let logged = self.wal.bytes_logged() - state.active_wal_start + state.active_wal_replayed;
+        let by_log = filled(logged, self.options.wal_bytes_max);
+        let done = filled(flushed as u64, total as u64);
+        if by_bytes.max(by_log) * 2.0 > done {
             Pace::Urgent
         } else {
             Pace::Deferrable
@@ -100,7 +110,7 @@ impl<D: Disk> Engine<D> {
         if let Ok(memtable) = Rc::try_unwrap(sealed) {
             let mut remains = memtable.into_remains();
             while remains.release(RELEASE_ENTRIES_PER_YIELD) {
-                self.disk.yield_point(self.flush_pace()).await;
+                self.disk.yield_point(self.flush_pace(1, 1)).await;
             }
         }
         let (obsolete, flushed_seq) = outcome?;
@@ -142,13 +152,14 @@ impl<D: Disk> Engine<D> {
             let mut writer =
                 TableWriter::new(file, name.clone(), self.options.bloom_bits_per_key, sealed.len())
                     .filling_cache(self.cache.clone(), id, CacheFill::All);
+            let total = sealed.len();
             for (index, (key, mem_entry)) in sealed.iter().enumerate() {
                 writer.add(key, &mem_entry.entry).await?;
                 // The sealed memtable answers for the key until the table is installed, so no
                 // read sees the row's new answer early (see `crate::row_cache`).
                 self.rows.refresh(key, &mem_entry.entry);
                 if index % COMPACTION_ENTRIES_PER_YIELD == 0 {
-                    self.disk.yield_point(self.flush_pace()).await;
+                    self.disk.yield_point(self.flush_pace(index, total)).await;
                 }
             }
             let (table, record) = self.seal_table(writer, name, id).await?;
@@ -170,6 +181,7 @@ impl<D: Disk> Engine<D> {
             state.sealed = None;
             state.flush_generation += 1;
         }
+        tracing::debug!(flushed_seq, "memtable flush installed");
         // A new table may make a compaction due.
         self.work.notify(usize::MAX);
         Ok((self.wal.take_obsolete(flushed_seq), flushed_seq))
@@ -181,6 +193,7 @@ mod tests {
     use super::super::testing::{key, small_options};
     use super::super::*;
     use crate::disk::memory::MemDisk;
+    use crate::disk::Pace;
     use futures_executor::block_on;
 
     /// Puts keys `range` with 200-byte values.
@@ -188,6 +201,33 @@ mod tests {
         for index in range {
             engine.put(key(index), Bytes::from(vec![7u8; 200]), u64::from(index) + 1, None).await.unwrap();
         }
+    }
+
+    #[test]
+    fn a_flush_behind_the_writes_turns_urgent_by_bytes_or_by_log() {
+        block_on(async {
+            let options = EngineOptions { wal_bytes_max: 64 << 10, ..small_options() };
+            let engine = Engine::open(MemDisk::new(), options).await.unwrap();
+            // Nothing written since the seal: a flush at any point may wait.
+            assert_eq!(engine.flush_pace(0, 100), Pace::Deferrable);
+            assert_eq!(engine.flush_pace(99, 100), Pace::Deferrable);
+            // One key overwritten again and again: the memtable stays small, the log grows.
+            let mut version = 1;
+            while engine.state.borrow().active.approximate_bytes() * 8 < small_options().memtable_bytes_max {
+                engine.put(key(0), Bytes::from(vec![1u8; 200]), version, None).await.unwrap();
+                version += 1;
+                if version > 200 {
+                    break;
+                }
+            }
+            // About 200 records of 200 bytes: over half of a 64 KiB log bound, though the memtable
+            // holds one key.
+            assert!(
+                engine.state.borrow().active.approximate_bytes() * 8 < small_options().memtable_bytes_max
+            );
+            assert_eq!(engine.flush_pace(99, 100), Pace::Urgent, "the log share is past half");
+            assert_eq!(engine.flush_pace(0, 100), Pace::Urgent);
+        });
     }
 
     #[test]
@@ -226,6 +266,10 @@ mod tests {
             for index in (0..20).chain(1000..next) {
                 assert!(engine.get(&key(index), 0).await.unwrap().is_some(), "key {index}");
             }
+            // Once the engine stops, nothing may wait.
+            engine.stopping.set(true);
+            assert_eq!(engine.flush_pace(1, 2), Pace::Urgent);
+            assert_eq!(engine.compaction_pace(), Pace::Urgent);
         });
     }
 }
