@@ -212,13 +212,8 @@ mod tests {
             assert_eq!(engine.flush_pace(0, 100), Pace::Deferrable);
             assert_eq!(engine.flush_pace(99, 100), Pace::Deferrable);
             // One key overwritten again and again: the memtable stays small, the log grows.
-            let mut version = 1;
-            while engine.state.borrow().active.approximate_bytes() * 8 < small_options().memtable_bytes_max {
+            for version in 1..=200 {
                 engine.put(key(0), Bytes::from(vec![1u8; 200]), version, None).await.unwrap();
-                version += 1;
-                if version > 200 {
-                    break;
-                }
             }
             // About 200 records of 200 bytes: over half of a 64 KiB log bound, though the memtable
             // holds one key.
