@@ -548,9 +548,18 @@ mod tests {
     #[test]
     fn deferrable_work_is_held_to_the_share_and_urgent_work_is_not() {
         fn holds_of(share: u32, pace: Pace) -> u64 {
+            // glommio can sleep through its own timer, where the holds sleep: a heartbeat lets the
+            // nudge thread wake the executor if it does (see `crate::nudge`).
+            let nudges = std::sync::Arc::new(crate::nudge::Nudges::new(1));
+            let nudger = nudges.spawn("executor-pace-test-nudge").unwrap();
+            let heartbeat_nudges = nudges.clone();
             let builder = ExecutorBuilder::new("executor-pace-test").background_share_percent(share);
-            builder
+            let holds = builder
                 .run(async move {
+                    glommio::spawn_local(async move {
+                        match crate::nudge::heartbeat(&heartbeat_nudges, 0).await {}
+                    })
+                    .detach();
                     let before = background_held();
                     let busy = glommio::spawn_local_into(
                         // Far past one burst, whatever this machine's speed.
@@ -563,7 +572,10 @@ mod tests {
                     assert_eq!(after.holds > before.holds, after.held_nanos > before.held_nanos);
                     after.holds - before.holds
                 })
-                .unwrap()
+                .unwrap();
+            nudges.finish();
+            nudger.join().unwrap();
+            holds
         }
         assert!(holds_of(50, Pace::Deferrable) > 0, "deferrable work at half the core was held");
         assert_eq!(holds_of(50, Pace::Urgent), 0, "urgent work was not held");
