@@ -142,9 +142,9 @@ impl ExecutorBuilder {
 
     /// The share of the thread's time, in percent (1–100), that deferrable background work
     /// ([`Sliced`] futures at [`yield_if_slice_spent`]`(Pace::Deferrable)`) may use; 100, the
-    /// default, never holds it back. See [`Pacer`].
+    /// default, never holds it back; [`Pacer::new`] brings other values inside. See [`Pacer`].
     pub fn background_share_percent(mut self, percent: u32) -> Self {
-        self.background_share_percent = percent.clamp(1, 100);
+        self.background_share_percent = percent;
         self
     }
 

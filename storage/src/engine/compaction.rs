@@ -87,13 +87,11 @@ impl<D: Disk> Engine<D> {
             self.state.borrow_mut().compacting = false;
             self.structure_changed.notify(usize::MAX);
         });
-        let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
-        tracing::debug!(tables = inputs.len(), input_bytes, "compaction started");
         let outcome = self.merge_tables(&inputs, choice.purge_dead, now_ms).await;
         if let Err(error) = &outcome {
             self.poison(&mut self.state.borrow_mut(), "compaction", error);
         }
-        tracing::debug!(tables = inputs.len(), input_bytes, ok = outcome.is_ok(), "compaction finished");
+        tracing::debug!(tables = inputs.len(), ok = outcome.is_ok(), "compaction finished");
         outcome.map(|()| true)
     }
 
@@ -109,6 +107,7 @@ impl<D: Disk> Engine<D> {
         // merge; the rest enters as new blocks when the output is small next to the cache (half
         // of it at most), and not at all otherwise, so it does not push the hot set out.
         let input_bytes: u64 = inputs.iter().map(|table| table.file_bytes()).sum();
+        tracing::debug!(tables = inputs.len(), input_bytes, "compaction started");
         let fill = if input_bytes <= self.cache.capacity_bytes() as u64 / 2 {
             CacheFill::All
         } else {
@@ -121,7 +120,7 @@ impl<D: Disk> Engine<D> {
             heads.push(iterator.next().await?);
         }
         let grace = self.options.tombstone_grace_ms;
-        let mut merged = 0usize;
+        let mut examined = 0usize;
         // Keys whose entry the merge drops or turns into a tombstone: the row cache forgets
         // them once the output is installed. Past a bound it forgets every row instead. Nothing
         // is noted when the row cache is off.
@@ -157,8 +156,8 @@ impl<D: Disk> Engine<D> {
             let Some(winner) = winner else { break };
             // Counted as examined, written or not: a long run of purged entries still reaches
             // the yield points.
-            merged += 1;
-            if merged.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
+            examined += 1;
+            if examined.is_multiple_of(COMPACTION_ENTRIES_PER_YIELD) {
                 self.disk.yield_point(self.compaction_pace()).await;
             }
             let (key, entry) = heads[winner].clone().expect("winner has a head");
