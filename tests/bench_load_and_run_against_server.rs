@@ -64,6 +64,14 @@ fn bench_load_and_run_against_server() {
     }
     // Reported even when none happened, so a script can tell a stalled generator from a slow node.
     assert!(report["generator_nudges"].as_u64().is_some(), "generator_nudges missing: {report}");
+    // The generator's wait for a CPU: a number where the kernel keeps the account (it does here
+    // when /proc has schedstat), null where it does not.
+    let cpu_wait = &report["client_cpu"]["cpu_wait_seconds"];
+    if std::path::Path::new("/proc/self/schedstat").exists() {
+        assert!(cpu_wait.as_f64().is_some_and(|seconds| seconds >= 0.0), "{report}");
+    } else {
+        assert!(cpu_wait.is_null(), "{report}");
+    }
     let by_op = report["by_op"].as_object().expect("by_op is a map");
     let mut per_operation = 0;
     for operation in ["read", "update"] {

@@ -153,6 +153,27 @@ fn metrics_scrape_counts_operations() {
     let polls = total(&after, "ringkv_socket_polls_total", &[]);
     let after_idle = total(&after, "ringkv_socket_reads_after_idle_total", &[]);
     assert!(polls + after_idle > 0, "no read went through the socket poller");
+    // The kernel's account of each shard's thread, where it keeps one: the shard that served
+    // these requests ran, and no shard's wait goes backwards.
+    if std::path::Path::new("/proc/self/schedstat").exists() {
+        let seconds = |samples: &[Sample], name: &str| -> f64 {
+            samples.iter().filter(|sample| sample.name == name).map(|sample| sample.value).sum()
+        };
+        let shards = after.iter().filter(|sample| sample.name == "ringkv_shard_cpu_seconds_total").count();
+        assert!(shards >= 1, "no shard's CPU time in the scrape");
+        assert_eq!(
+            shards,
+            after.iter().filter(|sample| sample.name == "ringkv_shard_cpu_wait_seconds_total").count()
+        );
+        assert!(
+            seconds(&after, "ringkv_shard_cpu_seconds_total")
+                > seconds(&before, "ringkv_shard_cpu_seconds_total")
+        );
+        assert!(
+            seconds(&after, "ringkv_shard_cpu_wait_seconds_total")
+                >= seconds(&before, "ringkv_shard_cpu_wait_seconds_total")
+        );
+    }
     // A single node: nothing to time out, repair or hint.
     for name in ["ringkv_replica_timeouts_total", "ringkv_read_repairs_total", "ringkv_hints_stored_total"] {
         assert_eq!(total(&after, name, &[]), 0, "{name}");

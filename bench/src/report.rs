@@ -9,6 +9,7 @@ use crate::timeline::Timeline;
 use crate::ycsb::OperationKind;
 use anyhow::{Context, Result};
 use ringkv_io::nudge;
+use ringkv_io::SchedStat;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -108,6 +109,9 @@ pub struct RunReport {
     pub measurements: Measurements,
     pub wall: Duration,
     pub cpu: CpuTime,
+    /// The kernel's account of the worker threads (time on a CPU, time ready but waiting for
+    /// one), summed; `None` where the kernel keeps none.
+    pub scheduler: Option<SchedStat>,
     /// Times one of the generator's executors slept through its own timer and was woken from
     /// outside (`ringkv_io::nudge`): each may have stalled the generator for up to 100 ms.
     pub generator_nudges: u64,
@@ -150,7 +154,20 @@ fn timeline_text(timeline: &Timeline) -> String {
     text
 }
 
+/// The share of the run a generator thread spent waiting for a CPU, on average, from which the
+/// report says its latencies overstate the server's.
+const CPU_WAIT_WARNING_SHARE: f64 = 0.1;
+
 impl RunReport {
+    /// The share of the run the generator's threads, on average, spent ready to run but waiting
+    /// for a CPU; `None` where the kernel keeps no account of it.
+    pub fn cpu_wait_share(&self) -> Option<f64> {
+        let scheduler = self.scheduler?;
+        let threads = self.description.threads.min(self.description.connections).max(1);
+        let thread_seconds = self.wall.as_secs_f64() * threads as f64;
+        (thread_seconds > 0.0).then(|| scheduler.waiting.as_secs_f64() / thread_seconds)
+    }
+
     fn per_second(&self, count: u64) -> f64 {
         let seconds = self.wall.as_secs_f64();
         if seconds > 0.0 {
@@ -196,6 +213,7 @@ impl RunReport {
                 "user_seconds": self.cpu.user.as_secs_f64(),
                 "system_seconds": self.cpu.system.as_secs_f64(),
                 "percent_of_one_core": self.cpu.percent_of_one_core(self.wall),
+                "cpu_wait_seconds": self.scheduler.map(|scheduler| scheduler.waiting.as_secs_f64()),
             }),
         );
         fields.insert("generator_nudges".into(), json!(self.generator_nudges));
@@ -281,11 +299,25 @@ impl RunReport {
             );
         }
         text += &format!(
-            "load generator CPU: {:.2} s user, {:.2} s system, {:.0}% of one core\n",
+            "load generator CPU: {:.2} s user, {:.2} s system, {:.0}% of one core",
             self.cpu.user.as_secs_f64(),
             self.cpu.system.as_secs_f64(),
             self.cpu.percent_of_one_core(self.wall)
         );
+        if let Some(scheduler) = self.scheduler {
+            text += &format!("; waited {:.2} s for a CPU", scheduler.waiting.as_secs_f64());
+        }
+        text += "\n";
+        if let Some(share) = self.cpu_wait_share() {
+            if share >= CPU_WAIT_WARNING_SHARE {
+                text += &format!(
+                    "the generator's threads were ready to run but waited for a CPU {:.0}% of the run: \
+                     every latency above includes that wait, so they overstate the server's; give the \
+                     generator cores of its own\n",
+                    share * 100.0
+                );
+            }
+        }
         if let Some(timeline) = &measurements.timeline {
             text += &timeline_text(timeline);
         }
@@ -353,5 +385,55 @@ impl RunReport {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(threads: usize, scheduler: Option<SchedStat>) -> RunReport {
+        let mut measurements = Measurements::new(None);
+        measurements.record(OperationKind::Read, Duration::from_micros(300), Duration::from_millis(1));
+        RunReport {
+            description: RunDescription {
+                target: "ringkv://127.0.0.1:1".into(),
+                workload: "c".into(),
+                records: 1,
+                value_size: 1,
+                connections: 8,
+                pipeline: 1,
+                threads,
+                rate: None,
+            },
+            measurements,
+            wall: Duration::from_secs(10),
+            cpu: CpuTime::default(),
+            scheduler,
+            generator_nudges: 0,
+        }
+    }
+
+    #[test]
+    fn a_starved_generator_is_said_to_overstate_latencies() {
+        // Two threads waiting 3 s in all over 10 s: 15% of the run each, on average.
+        let starved = report(2, Some(SchedStat { waiting: Duration::from_secs(3), ..SchedStat::default() }));
+        assert_eq!(starved.cpu_wait_share(), Some(0.15));
+        let text = starved.summary_text();
+        assert!(text.contains("; waited 3.00 s for a CPU\n"), "{text}");
+        assert!(text.contains("waited for a CPU 15% of the run"), "{text}");
+        assert_eq!(starved.to_json()["client_cpu"]["cpu_wait_seconds"], json!(3.0));
+
+        // One thread waiting 0.5 s of 10: said, not warned about.
+        let fed = report(1, Some(SchedStat { waiting: Duration::from_millis(500), ..SchedStat::default() }));
+        let text = fed.summary_text();
+        assert!(text.contains("; waited 0.50 s for a CPU\n"), "{text}");
+        assert!(!text.contains("overstate"), "{text}");
+
+        // A kernel without the account: nothing said, and null in the JSON.
+        let unknown = report(1, None);
+        assert_eq!(unknown.cpu_wait_share(), None);
+        assert!(!unknown.summary_text().contains("for a CPU"));
+        assert_eq!(unknown.to_json()["client_cpu"]["cpu_wait_seconds"], Value::Null);
     }
 }

@@ -41,6 +41,7 @@ use glommio::LocalExecutorBuilder;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use ringkv_io::nudge::{self, Nudges};
+use ringkv_io::schedstat::{self, SchedStat};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -347,10 +348,12 @@ fn execute(
             .io_memory(IO_MEMORY_BYTES)
             .spawn(move || async move {
                 // The heartbeat never ends: it stops when the workers are done.
-                futures_lite::future::or(run_thread(plan, connections), async {
+                let measured = futures_lite::future::or(run_thread(plan, connections), async {
                     match nudge::heartbeat(&executor_nudges, thread).await {}
                 })
-                .await
+                .await;
+                // Read before the thread ends, which takes its figures with it.
+                (measured, SchedStat::of_thread(schedstat::current_thread_id()).ok())
             })
             .map_err(|error| anyhow::anyhow!("starting executor thread {thread}: {error}"));
         match spawned {
@@ -363,10 +366,17 @@ fn execute(
     }
     let mut measurements = Measurements::new(report_interval);
     let mut first_error = None;
+    // The worker threads' scheduler figures, summed; `None` if any thread's are unknown.
+    let mut scheduler = Some(SchedStat::default());
     for handle in threads {
         match handle.join() {
-            Ok(Ok(thread_measurements)) => measurements.merge(&thread_measurements),
-            Ok(Err(error)) => first_error = first_error.or(Some(error)),
+            Ok((measured, thread_scheduler)) => {
+                scheduler = scheduler.zip(thread_scheduler).map(|(sum, thread)| sum.plus(&thread));
+                match measured {
+                    Ok(thread_measurements) => measurements.merge(&thread_measurements),
+                    Err(error) => first_error = first_error.or(Some(error)),
+                }
+            }
             Err(error) => {
                 first_error = first_error.or(Some(anyhow::anyhow!("executor thread failed: {error}")))
             }
@@ -395,7 +405,7 @@ fn execute(
         threads: connection.threads,
         rate,
     };
-    Ok(RunReport { description, measurements, wall, cpu, generator_nudges: nudges.nudged_total() })
+    Ok(RunReport { description, measurements, wall, cpu, scheduler, generator_nudges: nudges.nudged_total() })
 }
 
 /// Per-thread state the tasks share: the random source, the key chooser and the value pool. One

@@ -24,6 +24,8 @@
 //! - [`clock`]: the wall clock, the only one the engine's callers use.
 //! - [`nudge`]: [`Nudges`], the thread that wakes an executor which stopped waking up (glommio
 //!   can sleep through its own timer), and the [`nudge::heartbeat`] an executor ticks with.
+//! - [`schedstat`]: [`SchedStat`], the kernel's account of a thread's time on a CPU and time
+//!   waiting for one.
 
 pub mod blocking;
 pub mod clock;
@@ -31,6 +33,7 @@ pub mod dma_disk;
 pub mod engine_service;
 pub mod executor;
 pub mod nudge;
+pub mod schedstat;
 
 pub use clock::now_ms;
 pub use dma_disk::{DmaDisk, DmaDiskFile, SyncObserver, PROBE_FILE_NAME};
@@ -39,3 +42,4 @@ pub use executor::{
     flush_queue, low_priority_queue, run_local, scan_queue, serving_queue, ExecutorBuilder, TaskQueueHandle,
 };
 pub use nudge::Nudges;
+pub use schedstat::SchedStat;

@@ -403,6 +403,7 @@ impl ShardThread {
         // this executor is this shard's, so every event carries the shard, request tasks
         // included (they go uninstrumented: a span per request costs more than a cached read).
         let _entered = span.enter();
+        self.metrics.record_thread();
         let shard_id = self.shard_id;
         let watching = Watch::new(shard_id, self.control.clone());
         glommio::spawn_local(watch(watching.clone())).detach();

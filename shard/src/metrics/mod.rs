@@ -29,9 +29,10 @@ pub mod figures;
 pub mod http;
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use ringkv_io::SchedStat;
 use ringkv_wire::{ErrorCode, Failure, Operation, Outcome};
 
 pub use figures::{ClusterFigures, FiguresUnavailable, ShardFigures};
@@ -295,6 +296,9 @@ pub struct ShardMetrics {
     /// Times the node's nudge thread woke this shard after its watch stopped ticking. Written
     /// only by that thread.
     pub nudges: Cell64,
+    /// The kernel's id of the shard's thread, 0 until it starts (see
+    /// [`ShardMetrics::record_thread`]); the scrape reads its scheduler figures by it.
+    thread_id: AtomicI32,
 }
 
 impl ShardMetrics {
@@ -329,6 +333,21 @@ impl ShardMetrics {
     /// Requests of `operation` that ended with `outcome` so far.
     pub fn requests(&self, operation: OperationKind, outcome: RequestOutcome) -> u64 {
         self.requests[operation as usize][outcome as usize].get()
+    }
+
+    /// Records the calling thread as the shard's: its scheduler figures are rendered from now on.
+    pub fn record_thread(&self) {
+        self.thread_id.store(ringkv_io::schedstat::current_thread_id(), Ordering::Relaxed);
+    }
+
+    /// The kernel's account of the shard's thread (time on a CPU, time waiting for one), or
+    /// `None` before the thread starts or where the kernel keeps no such account. Read from
+    /// `/proc` by any thread, so it answers even while the shard itself cannot.
+    pub fn scheduler(&self) -> Option<SchedStat> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            tid => SchedStat::of_thread(tid).ok(),
+        }
     }
 
     /// Records an "overloaded" answer.
@@ -460,6 +479,29 @@ pub fn render(
          core, or an executor that slept through its timer.",
         &|m| m.nudges.get(),
     );
+    let scheduler: Vec<Option<SchedStat>> = shards.iter().map(|metrics| metrics.scheduler()).collect();
+    type SchedulerField = fn(&SchedStat) -> Duration;
+    let scheduler_families: [(&str, &str, SchedulerField); 2] = [
+        (
+            "ringkv_shard_cpu_seconds_total",
+            "Time the shard's thread ran on a CPU (the kernel's schedstat).",
+            |s| s.on_cpu,
+        ),
+        (
+            "ringkv_shard_cpu_wait_seconds_total",
+            "Time the shard's thread was ready to run but waited for a CPU (the kernel's schedstat run \
+             delay): its core is shared with other busy threads, and every request it holds waits too.",
+            |s| s.waiting,
+        ),
+    ];
+    for (name, help, field) in scheduler_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (shard, figures) in scheduler.iter().enumerate() {
+            if let Some(figures) = figures {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {:.6}", field(figures).as_secs_f64());
+            }
+        }
+    }
     let name = "ringkv_wal_sync_duration_seconds";
     let _ = writeln!(out, "# HELP {name} Time each write-ahead log fdatasync took.\n# TYPE {name} histogram");
     for (shard, metrics) in shards.iter().enumerate() {
@@ -685,6 +727,8 @@ mod tests {
         shards[1].request(OperationKind::Put, RequestOutcome::Ok, Duration::from_micros(300));
         shards[1].request(OperationKind::Put, RequestOutcome::Overloaded, Duration::from_micros(10));
         shards[0].connections(Protocol::Resp).bytes_in.add(7);
+        // Shard 0's thread is this one; shard 1's never started.
+        shards[0].record_thread();
         let mut figures = ShardFigures::default();
         figures.cluster.hints_stored = 4;
         let text = render(&shards, &[Ok(figures), Err(FiguresUnavailable::Timeout)]);
@@ -705,11 +749,23 @@ mod tests {
         assert!(!text.contains("ringkv_hints_stored_total{shard=\"1\"}"));
         assert!(text.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"));
         assert!(text.contains("ringkv_shard_figures_available{shard=\"1\"} 0\n"));
+        // The scheduler's figures come from the kernel, for a shard whose thread has started.
+        if SchedStat::of_thread(ringkv_io::schedstat::current_thread_id()).is_ok() {
+            let on_cpu = text
+                .lines()
+                .find_map(|line| line.strip_prefix("ringkv_shard_cpu_seconds_total{shard=\"0\"} "))
+                .map(|value| value.parse::<f64>().unwrap());
+            // A thread's time is banked at ticks and switches, so a young one may still show 0.
+            assert!(on_cpu.is_some_and(|seconds| seconds >= 0.0), "{on_cpu:?}");
+            assert!(text.contains("ringkv_shard_cpu_wait_seconds_total{shard=\"0\"} "));
+        }
+        assert!(!text.contains("ringkv_shard_cpu_seconds_total{shard=\"1\"}"));
+        assert!(!text.contains("ringkv_shard_cpu_wait_seconds_total{shard=\"1\"}"));
         // Every family is announced once, before its samples.
         let types = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|line| line.starts_with("# HELP ")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 51);
+        assert_eq!(types, 53);
     }
 
     #[test]
