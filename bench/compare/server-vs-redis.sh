@@ -95,7 +95,7 @@ python3 - "$work" <<'PY'
 import json, os, statistics, sys
 work = sys.argv[1]
 runs = {name: [json.loads(line) for line in open(f"{work}/{name}.jsonl")] for name in ("ringkv", "redis")}
-# gen wait: the share of the run the generator's thread was ready to run but waited for a CPU
+# gen wait: the share of the run the generator's threads were ready to run but waited for a CPU
 # (the kernel's schedstat): the latencies of that round include it.
 print(f"\n{'':8} {'round':>5} {'ops/s':>10} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9} {'gen us/op':>9} "
       f"{'gen wait':>8} {'errors':>7}")
@@ -103,8 +103,8 @@ for name, side in runs.items():
     for index, run in enumerate(side, 1):
         cpu = run.get("client_cpu", {})
         per_op = (cpu.get("user_seconds", 0) + cpu.get("system_seconds", 0)) * 1e6 / max(run["ops"], 1)
-        waited = cpu.get("cpu_wait_seconds")
-        wait = "-" if waited is None else f"{waited * 100 / max(run['seconds'], 1e-9):.0f}%"
+        share = cpu.get("cpu_wait_share")
+        wait = "-" if share is None else f"{share * 100:.0f}%"
         print(f"{name:8} {index:>5} {run['ops_per_sec']:>10.0f} {run['p50_us']:>8.0f} {run['p99_us']:>8.0f} "
               f"{run.get('p999_us', 0):>9.0f} {per_op:>9.2f} {wait:>8} {run.get('errors', 0):>7}")
 stalled = [(name, index) for name, side in runs.items() for index, run in enumerate(side, 1)

@@ -214,6 +214,7 @@ impl RunReport {
                 "system_seconds": self.cpu.system.as_secs_f64(),
                 "percent_of_one_core": self.cpu.percent_of_one_core(self.wall),
                 "cpu_wait_seconds": self.scheduler.map(|scheduler| scheduler.waiting.as_secs_f64()),
+                "cpu_wait_share": self.cpu_wait_share(),
             }),
         );
         fields.insert("generator_nudges".into(), json!(self.generator_nudges));
@@ -423,6 +424,7 @@ mod tests {
         assert!(text.contains("; waited 3.00 s for a CPU\n"), "{text}");
         assert!(text.contains("waited for a CPU 15% of the run"), "{text}");
         assert_eq!(starved.to_json()["client_cpu"]["cpu_wait_seconds"], json!(3.0));
+        assert_eq!(starved.to_json()["client_cpu"]["cpu_wait_share"], json!(0.15));
 
         // One thread waiting 0.5 s of 10: said, not warned about.
         let fed = report(1, Some(SchedStat { waiting: Duration::from_millis(500), ..SchedStat::default() }));

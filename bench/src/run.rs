@@ -41,7 +41,7 @@ use glommio::LocalExecutorBuilder;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use ringkv_io::nudge::{self, Nudges};
-use ringkv_io::schedstat::{self, SchedStat};
+use ringkv_io::{SchedStat, ThreadSchedStat};
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -353,7 +353,7 @@ fn execute(
                 })
                 .await;
                 // Read before the thread ends, which takes its figures with it.
-                (measured, SchedStat::of_thread(schedstat::current_thread_id()).ok())
+                (measured, ThreadSchedStat::of_this_thread().and_then(|thread| thread.read()).ok())
             })
             .map_err(|error| anyhow::anyhow!("starting executor thread {thread}: {error}"));
         match spawned {

@@ -24,8 +24,8 @@
 //! - [`clock`]: the wall clock, the only one the engine's callers use.
 //! - [`nudge`]: [`Nudges`], the thread that wakes an executor which stopped waking up (glommio
 //!   can sleep through its own timer), and the [`nudge::heartbeat`] an executor ticks with.
-//! - [`schedstat`]: [`SchedStat`], the kernel's account of a thread's time on a CPU and time
-//!   waiting for one.
+//! - [`schedstat`]: [`SchedStat`] and [`ThreadSchedStat`], the kernel's account of a thread's
+//!   time on a CPU and time waiting for one.
 
 pub mod blocking;
 pub mod clock;
@@ -42,4 +42,4 @@ pub use executor::{
     flush_queue, low_priority_queue, run_local, scan_queue, serving_queue, ExecutorBuilder, TaskQueueHandle,
 };
 pub use nudge::Nudges;
-pub use schedstat::SchedStat;
+pub use schedstat::{SchedStat, ThreadSchedStat};

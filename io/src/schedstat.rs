@@ -4,11 +4,13 @@
 //! A thread-per-core server on a machine with more runnable threads than cores (a load generator
 //! beside it, other services, a virtual machine's neighbours) is delayed by the wait, not by its
 //! own work; nothing inside the process can see that wait except the kernel's own account of it,
-//! `/proc/<pid>/task/<tid>/schedstat` (present when the kernel keeps scheduler statistics, as
-//! distributions' kernels do). The shards export it as metrics, and the load generator reports its
-//! own, so a latency tail can be told apart from a starved core.
+//! `/proc/thread-self/schedstat` (kept when the kernel has scheduler statistics or delay
+//! accounting on, as distributions' kernels do). The shards export it as metrics, and the load
+//! generator reports its own, so a latency tail can be told apart from a starved core.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 /// One thread's (or a sum of threads') scheduler figures since it started.
@@ -40,36 +42,6 @@ impl SchedStat {
         })
     }
 
-    /// The figures of thread `tid` of this process (see [`current_thread_id`]).
-    pub fn of_thread(tid: i32) -> io::Result<SchedStat> {
-        read(&format!("/proc/self/task/{tid}/schedstat"))
-    }
-
-    /// The figures of every thread this process has now, summed. Threads that have ended are not
-    /// in it, so compare two readings only across a span in which the same threads ran.
-    pub fn of_this_process() -> io::Result<SchedStat> {
-        let mut sum = SchedStat::default();
-        for entry in std::fs::read_dir("/proc/self/task")? {
-            let path = entry?.path().join("schedstat");
-            match read(&path.to_string_lossy()) {
-                Ok(thread) => sum = sum.plus(&thread),
-                // The thread ended between the listing and the read.
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(sum)
-    }
-
-    /// The figures accrued between `earlier` and `self`.
-    pub fn since(&self, earlier: &SchedStat) -> SchedStat {
-        SchedStat {
-            on_cpu: self.on_cpu.saturating_sub(earlier.on_cpu),
-            waiting: self.waiting.saturating_sub(earlier.waiting),
-            slices: self.slices.saturating_sub(earlier.slices),
-        }
-    }
-
     /// The two figures added, as for two threads together.
     pub fn plus(&self, other: &SchedStat) -> SchedStat {
         SchedStat {
@@ -80,17 +52,42 @@ impl SchedStat {
     }
 }
 
-fn read(path: &str) -> io::Result<SchedStat> {
-    let text = std::fs::read_to_string(path)?;
-    SchedStat::parse(&text).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{path}: not three counters: {text:?}"))
-    })
+/// The calling thread's `schedstat`, held open so any thread can read it later.
+///
+/// The open file stays bound to the thread it was opened on, not to its id: once that thread
+/// has ended, reads fail rather than show another thread that was given the same id.
+#[derive(Debug)]
+pub struct ThreadSchedStat {
+    file: File,
 }
 
-/// The kernel's id of the calling thread, as `/proc/self/task` names it.
-pub fn current_thread_id() -> i32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::gettid() }
+impl ThreadSchedStat {
+    /// Opens the calling thread's figures. Fails where `/proc` has no such file, or where the
+    /// kernel keeps no account (see [`ThreadSchedStat::read`]).
+    pub fn of_this_thread() -> io::Result<ThreadSchedStat> {
+        let opened = ThreadSchedStat { file: File::open("/proc/thread-self/schedstat")? };
+        opened.read()?;
+        Ok(opened)
+    }
+
+    /// The thread's figures now. Fails once the thread has ended, and where the kernel keeps no
+    /// account: older kernels without scheduler statistics show `0 0 0`, while any thread that
+    /// has run shows at least one slice.
+    pub fn read(&self) -> io::Result<SchedStat> {
+        let mut buffer = [0u8; 128];
+        let length = self.file.read_at(&mut buffer, 0)?;
+        let text = std::str::from_utf8(&buffer[..length]).unwrap_or("");
+        match SchedStat::parse(text) {
+            Some(figures) if figures.slices > 0 => Ok(figures),
+            Some(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "the kernel keeps no scheduler account"))
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("schedstat is not three counters: {text:?}"),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -110,46 +107,45 @@ mod tests {
         for bad in ["", "1 2", "1 2 x", "1 2 3 4", "-1 2 3"] {
             assert_eq!(SchedStat::parse(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn differences_saturate() {
-        let earlier =
-            SchedStat { on_cpu: Duration::from_secs(2), waiting: Duration::from_secs(1), slices: 10 };
-        let later = SchedStat { on_cpu: Duration::from_secs(3), waiting: Duration::from_secs(1), slices: 15 };
+        let one = SchedStat { on_cpu: Duration::from_secs(2), waiting: Duration::from_secs(1), slices: 10 };
         assert_eq!(
-            later.since(&earlier),
-            SchedStat { on_cpu: Duration::from_secs(1), waiting: Duration::ZERO, slices: 5 }
-        );
-        assert_eq!(
-            earlier.since(&later),
-            SchedStat { on_cpu: Duration::ZERO, waiting: Duration::ZERO, slices: 0 }
+            one.plus(&one),
+            SchedStat { on_cpu: Duration::from_secs(4), waiting: Duration::from_secs(2), slices: 20 }
         );
     }
 
-    /// Where the kernel keeps scheduler statistics (this machine's does), a thread that spins
-    /// is seen on a CPU, and the process's sum holds at least that thread's time.
+    /// Where the kernel keeps the account (this machine's does), a thread that spins is seen on
+    /// a CPU, and another thread can read it; once the thread has ended, its file says so.
     #[test]
-    fn a_spinning_thread_is_seen_on_a_cpu() {
-        let tid = current_thread_id();
-        let Ok(before) = SchedStat::of_thread(tid) else {
-            eprintln!("this kernel keeps no scheduler statistics; nothing to check");
+    fn a_thread_is_read_from_another_and_not_after_it_ends() {
+        let spinner = std::thread::spawn(|| {
+            let Ok(figures) = ThreadSchedStat::of_this_thread() else {
+                return None;
+            };
+            // The time on a CPU is banked at the scheduler's ticks and switches: spin until one
+            // has banked some, a bounded number of rounds.
+            let mut sum = 0u64;
+            for _ in 0..100_000 {
+                for _ in 0..(1 << 16) {
+                    sum = std::hint::black_box(sum.wrapping_add(1));
+                }
+                if figures.read().unwrap().on_cpu > Duration::ZERO {
+                    return Some(figures);
+                }
+            }
+            panic!("6.5 billion additions and no time on a CPU banked");
+        });
+        let Some(figures) = spinner.join().unwrap() else {
+            eprintln!("this kernel keeps no scheduler account; nothing to check");
             return;
         };
-        let mut sum = 0u64;
-        let mut spun = 0u64;
-        loop {
-            sum = std::hint::black_box(sum.wrapping_add(1));
-            spun += 1;
-            if spun.is_multiple_of(1 << 16)
-                && SchedStat::of_thread(tid).unwrap().since(&before).on_cpu > Duration::ZERO
-            {
-                break;
-            }
+        // Joined once the thread has cleared its id, a moment before the kernel lets it go: wait
+        // for that, a bounded number of times.
+        let mut checks = 0;
+        while figures.read().is_ok() {
+            checks += 1;
+            assert!(checks < 10_000, "the ended thread's figures are still read: {:?}", figures.read());
+            std::thread::sleep(Duration::from_millis(1));
         }
-        let thread = SchedStat::of_thread(tid).unwrap();
-        let process = SchedStat::of_this_process().unwrap();
-        assert!(process.on_cpu >= thread.on_cpu, "{process:?} against {thread:?}");
-        assert!(process.slices >= thread.slices);
     }
 }

@@ -29,10 +29,11 @@ pub mod figures;
 pub mod http;
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use ringkv_io::SchedStat;
+use ringkv_io::{SchedStat, ThreadSchedStat};
 use ringkv_wire::{ErrorCode, Failure, Operation, Outcome};
 
 pub use figures::{ClusterFigures, FiguresUnavailable, ShardFigures};
@@ -296,9 +297,9 @@ pub struct ShardMetrics {
     /// Times the node's nudge thread woke this shard after its watch stopped ticking. Written
     /// only by that thread.
     pub nudges: Cell64,
-    /// The kernel's id of the shard's thread, 0 until it starts (see
-    /// [`ShardMetrics::record_thread`]); the scrape reads its scheduler figures by it.
-    thread_id: AtomicI32,
+    /// The kernel's account of the shard's thread, once it has started (see
+    /// [`ShardMetrics::record_thread`]).
+    thread: OnceLock<ThreadSchedStat>,
 }
 
 impl ShardMetrics {
@@ -335,19 +336,19 @@ impl ShardMetrics {
         self.requests[operation as usize][outcome as usize].get()
     }
 
-    /// Records the calling thread as the shard's: its scheduler figures are rendered from now on.
+    /// Records the calling thread as the shard's: its scheduler figures are rendered from now on,
+    /// where the kernel keeps them. Once only; a later call changes nothing.
     pub fn record_thread(&self) {
-        self.thread_id.store(ringkv_io::schedstat::current_thread_id(), Ordering::Relaxed);
+        if let Ok(thread) = ThreadSchedStat::of_this_thread() {
+            let _ = self.thread.set(thread);
+        }
     }
 
     /// The kernel's account of the shard's thread (time on a CPU, time waiting for one), or
-    /// `None` before the thread starts or where the kernel keeps no such account. Read from
-    /// `/proc` by any thread, so it answers even while the shard itself cannot.
+    /// `None` before the thread starts, after it ends, or where the kernel keeps no account.
+    /// Read from `/proc` by any thread, so it answers even while the shard itself cannot.
     pub fn scheduler(&self) -> Option<SchedStat> {
-        match self.thread_id.load(Ordering::Relaxed) {
-            0 => None,
-            tid => SchedStat::of_thread(tid).ok(),
-        }
+        self.thread.get()?.read().ok()
     }
 
     /// Records an "overloaded" answer.
@@ -750,7 +751,7 @@ mod tests {
         assert!(text.contains("ringkv_shard_figures_available{shard=\"0\"} 1\n"));
         assert!(text.contains("ringkv_shard_figures_available{shard=\"1\"} 0\n"));
         // The scheduler's figures come from the kernel, for a shard whose thread has started.
-        if SchedStat::of_thread(ringkv_io::schedstat::current_thread_id()).is_ok() {
+        if shards[0].scheduler().is_some() {
             let on_cpu = text
                 .lines()
                 .find_map(|line| line.strip_prefix("ringkv_shard_cpu_seconds_total{shard=\"0\"} "))
